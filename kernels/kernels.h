@@ -1,0 +1,77 @@
+/*
+ * The compute interface under the decoder and the vision encoder. One table of operations per
+ * backend (CPU now, CUDA later). All tensors are row-major; "rows" of a weight are its output
+ * features (ggml ne[1]) and "cols" its input features (ggml ne[0], contiguous in memory).
+ * Activation buffers passed to the ops must come from svlm_k_alloc so a device backend can
+ * place them in its own memory; on the CPU they are plain host memory.
+ */
+#ifndef SVLM_KERNELS_KERNELS_H
+#define SVLM_KERNELS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/dtype.h"
+#include "svlm.h"
+
+typedef struct svlm_weight {
+    svlm_dtype type;
+    int64_t rows, cols;
+    const void *data; /* rows * row_bytes bytes, e.g. straight from the GGUF mapping */
+    size_t row_bytes;
+} svlm_weight;
+
+typedef struct svlm_attn_args {
+    const float *q;     /* [n_q][n_head][head_dim] */
+    const void *k;      /* [n_kv] rows of kv_stride elements; head h at h*head_dim */
+    const void *v;      /* same layout as k */
+    svlm_dtype kv_type; /* SVLM_F32 or SVLM_F16 */
+    int64_t kv_stride;  /* elements between consecutive kv positions */
+    float *out;         /* [n_q][n_head][head_dim] */
+    int64_t n_q, n_kv;
+    int n_head, n_kv_head, head_dim;
+    int causal;         /* query i sees kv rows j <= (n_kv - n_q) + i; else all rows */
+    float scale;        /* usually 1/sqrt(head_dim) */
+} svlm_attn_args;
+
+typedef struct svlm_kernels svlm_kernels;
+
+/* CPU backend with its own thread pool (n_threads <= 0: all CPUs). Picks the best SIMD level the
+ * CPU has at run time; SVLM_SIMD=scalar|avx2|avx512 in the environment forces a lower one. */
+svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err);
+void svlm_kernels_destroy(svlm_kernels *k);
+const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */
+int svlm_kernels_threads(const svlm_kernels *k);
+
+void *svlm_k_alloc(svlm_kernels *k, size_t bytes); /* zero-filled, 64-byte aligned; NULL on failure */
+void svlm_k_free(svlm_kernels *k, void *p);
+
+/* y[i][r] = sum_c W[r][c] * x[i][c] for i < n.  x: [n][cols] f32, y: [n][rows] f32.
+ * Quantized weights are used as stored (no whole-model conversion). */
+void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
+
+/* y = x / sqrt(mean(x^2) + eps) * w, per row of `dim`. y may alias x. */
+void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                    float eps);
+/* y = (x - mean) / sqrt(var + eps) * w + b, population variance. y may alias x. b may be NULL. */
+void svlm_k_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y,
+                      int64_t n, int64_t dim, float eps);
+/* In-place RoPE on x [n][n_head][head_dim]: the first n_rot dims of each head are rotated by
+ * pos[i] * base^(-2j/n_rot). neox=0: adjacent pairs (2j, 2j+1); neox=1: pairs (j, j + n_rot/2).
+ * Angles follow ggml: theta_j = pos * (base^(-2/n_rot))^j in float32. */
+void svlm_k_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                 const int32_t *pos, float base, int neox);
+/* Scaled dot-product attention with GQA (kv head of query head h is h / (n_head / n_kv_head)). */
+void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a);
+/* gate[i] = silu(gate[i]) * up[i] */
+void svlm_k_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n);
+/* x = 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) */
+void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n);
+/* y += x */
+void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n);
+/* y[i][j] += b[j] for i < n_rows, j < dim */
+void svlm_k_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim);
+/* In-place softmax over rows of `dim`. */
+void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim);
+
+#endif

@@ -1,0 +1,176 @@
+/* The decoder's forward pass over a batch of tokens with a KV cache. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "llm/llama_internal.h"
+
+#define SVLM_DEFAULT_BATCH 512
+
+svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svlm_dtype kv_type,
+                                  svlm_llama_ctx **out, svlm_err *err) {
+    *out = NULL;
+    if (n_ctx <= 0) return svlm_fail(err, SVLM_E_INVALID, "context size must be positive, got %d", n_ctx);
+    if (kv_type != SVLM_F32 && kv_type != SVLM_F16)
+        return svlm_fail(err, SVLM_E_INVALID, "KV cache type must be f32 or f16");
+    const svlm_llama_hparams *hp = &m->hp;
+    svlm_llama_ctx *c = calloc(1, sizeof *c);
+    if (!c) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    c->m = m;
+    c->k = k;
+    c->n_ctx = n_ctx;
+    c->n_batch = n_ctx < SVLM_DEFAULT_BATCH ? n_ctx : SVLM_DEFAULT_BATCH;
+    c->kv_type = kv_type;
+    c->kv_elt = kv_type == SVLM_F32 ? 4 : 2;
+    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, E = hp->n_embd, B = c->n_batch;
+    c->k_cache = calloc((size_t)hp->n_layer, sizeof(void *));
+    c->v_cache = calloc((size_t)hp->n_layer, sizeof(void *));
+    c->pos = calloc((size_t)n_ctx, sizeof(int32_t));
+    c->batch_pos = calloc(B, sizeof(int32_t));
+    int ok = c->k_cache && c->v_cache && c->pos && c->batch_pos;
+    for (int l = 0; ok && l < hp->n_layer; l++) {
+        c->k_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
+        c->v_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
+        ok = c->k_cache[l] && c->v_cache[l];
+    }
+    if (ok) {
+        c->x = svlm_k_alloc(k, B * E * 4);
+        c->h = svlm_k_alloc(k, B * E * 4);
+        c->q = svlm_k_alloc(k, B * E * 4);
+        c->kx = svlm_k_alloc(k, B * kvd * 4);
+        c->vx = svlm_k_alloc(k, B * kvd * 4);
+        c->att = svlm_k_alloc(k, B * E * 4);
+        c->gate = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
+        c->up = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
+        c->logit_in = svlm_k_alloc(k, B * E * 4);
+        ok = c->x && c->h && c->q && c->kx && c->vx && c->att && c->gate && c->up && c->logit_in;
+    }
+    if (!ok) {
+        svlm_llama_ctx_free(c);
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %d-token context", n_ctx);
+    }
+    *out = c;
+    return SVLM_OK;
+}
+
+void svlm_llama_ctx_free(svlm_llama_ctx *c) {
+    if (!c) return;
+    svlm_kernels *k = c->k;
+    for (int l = 0; l < c->m->hp.n_layer; l++) {
+        if (c->k_cache) svlm_k_free(k, c->k_cache[l]);
+        if (c->v_cache) svlm_k_free(k, c->v_cache[l]);
+    }
+    free(c->k_cache);
+    free(c->v_cache);
+    free(c->pos);
+    free(c->batch_pos);
+    float *bufs[] = {c->x, c->h, c->q, c->kx, c->vx, c->att, c->gate, c->up, c->logit_in};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) svlm_k_free(k, bufs[i]);
+    free(c);
+}
+
+int svlm_llama_ctx_n_past(const svlm_llama_ctx *c) { return c->n_past; }
+void svlm_llama_ctx_reset(svlm_llama_ctx *c) { c->n_past = 0; }
+
+/* Copies n rows of f32 into the cache at slot `at`, converting to the cache type. */
+static void store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd) {
+    if (c->kv_type == SVLM_F32) {
+        memcpy((float *)cache + (size_t)at * kvd, src, (size_t)n * kvd * 4);
+    } else {
+        svlm_f16 *dst = (svlm_f16 *)cache + (size_t)at * kvd;
+        for (size_t i = 0; i < (size_t)n * kvd; i++) dst[i] = svlm_f32_to_f16(src[i]);
+    }
+}
+
+static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **embd, int n) {
+    const svlm_llama *m = c->m;
+    const int E = m->hp.n_embd;
+    for (int i = 0; i < n; i++) {
+        float *row = c->x + (size_t)i * E;
+        if (ids[i] >= 0) {
+            const uint8_t *src = (const uint8_t *)m->tok_embd.data + (size_t)ids[i] * m->tok_embd.row_bytes;
+            svlm_dequantize_row(m->tok_embd.type, src, row, E);
+        } else {
+            memcpy(row, *embd, (size_t)E * sizeof(float));
+            *embd += E;
+        }
+    }
+}
+
+/* One chunk of at most n_batch tokens. */
+static void eval_chunk(svlm_llama_ctx *c, const int32_t *ids, const float **embd, int n, float *logits,
+                       int all_logits) {
+    const svlm_llama *m = c->m;
+    const svlm_llama_hparams *hp = &m->hp;
+    svlm_kernels *k = c->k;
+    const int E = hp->n_embd, kvd = hp->n_head_kv * hp->head_dim;
+    const int p0 = c->n_past;
+
+    embed_tokens(c, ids, embd, n);
+    for (int i = 0; i < n; i++) {
+        c->batch_pos[i] = p0 + i;
+        c->pos[p0 + i] = p0 + i;
+    }
+    for (int l = 0; l < hp->n_layer; l++) {
+        const svlm_llama_layer *L = &m->layers[l];
+        svlm_k_rmsnorm(k, c->x, L->attn_norm, c->h, n, E, hp->rms_eps);
+        svlm_k_matmul(k, &L->wq, c->h, n, c->q);
+        svlm_k_matmul(k, &L->wk, c->h, n, c->kx);
+        svlm_k_matmul(k, &L->wv, c->h, n, c->vx);
+        svlm_k_rope(k, c->q, n, hp->n_head, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
+                    hp->rope_neox);
+        svlm_k_rope(k, c->kx, n, hp->n_head_kv, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
+                    hp->rope_neox);
+        store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
+        store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
+        svlm_attn_args a = {
+            .q = c->q, .k = c->k_cache[l], .v = c->v_cache[l], .kv_type = c->kv_type,
+            .kv_stride = kvd, .out = c->att, .n_q = n, .n_kv = p0 + n, .n_head = hp->n_head,
+            .n_kv_head = hp->n_head_kv, .head_dim = hp->head_dim, .causal = 1,
+            .scale = 1.0f / sqrtf((float)hp->head_dim),
+        };
+        svlm_k_attention(k, &a);
+        svlm_k_matmul(k, &L->wo, c->att, n, c->h);
+        svlm_k_add(k, c->x, c->h, (int64_t)n * E);
+        svlm_k_rmsnorm(k, c->x, L->ffn_norm, c->h, n, E, hp->rms_eps);
+        svlm_k_matmul(k, &L->w_gate, c->h, n, c->gate);
+        svlm_k_matmul(k, &L->w_up, c->h, n, c->up);
+        svlm_k_silu_mul(k, c->gate, c->up, (int64_t)n * hp->n_ff);
+        svlm_k_matmul(k, &L->w_down, c->gate, n, c->h);
+        svlm_k_add(k, c->x, c->h, (int64_t)n * E);
+    }
+    c->n_past += n;
+    if (!logits) return;
+    if (all_logits) {
+        svlm_k_rmsnorm(k, c->x, m->output_norm, c->logit_in, n, E, hp->rms_eps);
+        svlm_k_matmul(k, &m->output, c->logit_in, n, logits);
+    } else {
+        svlm_k_rmsnorm(k, c->x + (size_t)(n - 1) * E, m->output_norm, c->logit_in, 1, E, hp->rms_eps);
+        svlm_k_matmul(k, &m->output, c->logit_in, 1, logits);
+    }
+}
+
+svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                            float *logits, int all_logits, svlm_err *err) {
+    if (n <= 0) return svlm_fail(err, SVLM_E_INVALID, "nothing to evaluate");
+    if (n > c->n_ctx - c->n_past)
+        return svlm_fail(err, SVLM_E_LIMIT, "context full: %d tokens cached, %d more do not fit in %d",
+                         c->n_past, n, c->n_ctx);
+    const int n_vocab = c->m->hp.n_vocab;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= n_vocab) return svlm_fail(err, SVLM_E_INVALID, "token id %d out of range", ids[i]);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 && !embd) return svlm_fail(err, SVLM_E_INVALID, "image token without embeddings");
+    const float *e = embd;
+    for (int done = 0; done < n;) {
+        int chunk = n - done < c->n_batch ? n - done : c->n_batch;
+        int last = done + chunk == n;
+        float *lg = NULL;
+        if (logits && all_logits) lg = logits + (size_t)done * n_vocab;
+        else if (logits && last) lg = logits;
+        eval_chunk(c, ids + done, &e, chunk, lg, all_logits);
+        done += chunk;
+    }
+    return SVLM_OK;
+}

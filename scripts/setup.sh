@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs svlm's Debian 12 build and test dependencies and builds two trees:
+#   build/       the optimised build (the `svlm` binary is build/svlm)
+#   build-asan/  the same with AddressSanitizer + UndefinedBehaviorSanitizer, for the tests
+# Usage: scripts/setup.sh [--no-install] [--no-asan]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+install=1
+asan=1
+for a in "$@"; do
+  case "$a" in
+    --no-install) install=0 ;;
+    --no-asan) asan=0 ;;
+    *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$install" = 1 ]; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "== installing Debian packages"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    build-essential cmake pkg-config ninja-build zlib1g-dev libopenblas-dev \
+    ffmpeg libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev \
+    libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+    gstreamer1.0-tools libgstrtspserver-1.0-dev libwebsockets-dev libjansson-dev \
+    python3 python3-numpy python3-websockets >/dev/null
+fi
+
+gen=()
+command -v ninja >/dev/null && gen=(-G Ninja)
+echo "== building build/ (Release)"
+cmake -S . -B build "${gen[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)"
+if [ "$asan" = 1 ]; then
+  echo "== building build-asan/ (ASan + UBSan)"
+  cmake -S . -B build-asan "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSVLM_SANITIZE=ON >/dev/null
+  cmake --build build-asan -j"$(nproc)"
+fi
+echo "== done: build/svlm"

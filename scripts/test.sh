@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs svlm's whole test suite: every test on the optimised build, then the unit tests (label
+# "unit", i.e. all but the long end-to-end ones) again under ASan + UBSan.
+# Test data comes from SVLM_TEST_DATA (default ../shared); tests that need it skip without it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export SVLM_TEST_DATA="${SVLM_TEST_DATA:-$(cd .. && pwd)/shared}"
+jobs=$(nproc)
+status=0
+echo "== tests (build/)"
+ctest --test-dir build --output-on-failure -j"$jobs" || status=1
+if [ -d build-asan ]; then
+  echo "== tests under ASan + UBSan (build-asan/)"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j"$jobs" -L unit || status=1
+fi
+exit $status

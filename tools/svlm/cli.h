@@ -1,0 +1,22 @@
+/* Shared helpers of the svlm subcommands: strict flag parsing and JSON output. */
+#ifndef SVLM_TOOLS_CLI_H
+#define SVLM_TOOLS_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define SVLM_CMD(name, help) int cmd_##name(int argc, char **argv);
+#include "commands.def"
+#undef SVLM_CMD
+
+/* Each returns 0 and sets *out, or prints "svlm: FLAG expects ..." to stderr and returns -1. */
+int cli_int(const char *flag, const char *s, long long lo, long long hi, long long *out);
+int cli_float(const char *flag, const char *s, double lo, double hi, double *out);
+/* The value after a flag, or NULL after printing "svlm: FLAG needs a value". Advances *i. */
+const char *cli_value(int argc, char **argv, int *i);
+/* Prints s as a JSON string literal (quotes, escapes, invalid UTF-8 replaced by U+FFFD). */
+void cli_json_str(FILE *f, const char *s, size_t len);
+/* Monotonic seconds. */
+double cli_now(void);
+
+#endif

@@ -1,0 +1,151 @@
+/* svlm bench: prompt-processing and generation speed, and how close generation is to the
+ * memory-bandwidth bound (every weight byte is read once per generated token). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "common/bandwidth.h"
+#include "llm/llama_internal.h"
+#include "text_model.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: svlm bench -m MODEL [--pp N] [--tg N] [--reps R] [--threads K] [--kv f32|f16] [--json]\n"
+               "  --pp N    prompt tokens processed in one batch (default 512; 0 skips)\n"
+               "  --tg N    tokens generated one at a time from an empty context (default 128; 0 skips)\n"
+               "  --reps R  repetitions; the best is reported (default 3)\n"
+               "Set OPENBLAS_CORETYPE explicitly (or unset it) when benchmarking.\n");
+}
+
+/* Bytes of weights the decoder reads for one token: every layer matrix plus the output head. */
+static double weight_bytes_per_token(const svlm_llama *m) {
+    double b = (double)m->output.rows * m->output.row_bytes;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const svlm_llama_layer *L = &m->layers[l];
+        const svlm_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) b += (double)ws[i]->rows * ws[i]->row_bytes;
+        b += 2.0 * m->hp.n_embd * sizeof(float);
+    }
+    return b;
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *model_path = NULL;
+    long long pp = 512, tg = 128, threads = 0, reps = 3;
+    int json = 0;
+    svlm_dtype kv_type = SVLM_F16;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!(v = cli_value(argc, argv, &i))) {
+            return 2;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            model_path = v;
+        } else if (!strcmp(a, "--pp")) {
+            if (cli_int(a, v, 0, 1 << 16, &pp)) return 2;
+        } else if (!strcmp(a, "--tg")) {
+            if (cli_int(a, v, 0, 1 << 16, &tg)) return 2;
+        } else if (!strcmp(a, "--reps")) {
+            if (cli_int(a, v, 1, 1000, &reps)) return 2;
+        } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
+            if (cli_int(a, v, 1, 1024, &threads)) return 2;
+        } else if (!strcmp(a, "--kv")) {
+            if (!strcmp(v, "f32")) kv_type = SVLM_F32;
+            else if (!strcmp(v, "f16")) kv_type = SVLM_F16;
+            else {
+                fprintf(stderr, "svlm: --kv expects f32 or f16, got '%s'\n", v);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "svlm bench: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_path) {
+        fprintf(stderr, "svlm bench: -m MODEL is required\n");
+        usage(stderr);
+        return 2;
+    }
+    cli_text_model tm;
+    if (cli_text_model_open(&tm, model_path, (int)threads)) return 1;
+    const svlm_llama_hparams *hp = svlm_llama_hparams_of(tm.model);
+    int n_ctx = (int)(pp > tg ? pp : tg);
+    if (n_ctx < 1) n_ctx = 1;
+    svlm_err err = {0};
+    svlm_llama_ctx *ctx = NULL;
+    int32_t *ids = malloc((size_t)n_ctx * sizeof(int32_t));
+    float *logits = malloc((size_t)hp->n_vocab * sizeof(float));
+    int rc = 1;
+    if (!ids || !logits) {
+        fprintf(stderr, "svlm: out of memory\n");
+        goto done;
+    }
+    if (svlm_llama_ctx_create(tm.model, tm.kernels, n_ctx, kv_type, &ctx, &err)) {
+        fprintf(stderr, "svlm: %s\n", err.msg);
+        goto done;
+    }
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < n_ctx; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        ids[i] = (int32_t)(x % (uint64_t)hp->n_vocab);
+    }
+    double best_pp = 0, best_tg = 0;
+    for (int r = 0; r < reps; r++) {
+        if (pp > 0) {
+            svlm_llama_ctx_reset(ctx);
+            double t0 = cli_now();
+            if (svlm_llama_eval(ctx, ids, NULL, (int)pp, logits, 0, &err)) goto eval_fail;
+            double tps = pp / (cli_now() - t0);
+            if (tps > best_pp) best_pp = tps;
+        }
+        if (tg > 0) {
+            svlm_llama_ctx_reset(ctx);
+            double t0 = cli_now();
+            for (int i = 0; i < tg; i++)
+                if (svlm_llama_eval(ctx, ids + i, NULL, 1, logits, 0, &err)) goto eval_fail;
+            double tps = tg / (cli_now() - t0);
+            if (tps > best_tg) best_tg = tps;
+        }
+        if (!json) fprintf(stderr, "\rsvlm bench: repetition %d/%lld", r + 1, reps);
+    }
+    if (!json) fprintf(stderr, "\n");
+    svlm_pool *pool = NULL;
+    double bw = 0;
+    if (svlm_pool_create(svlm_kernels_threads(tm.kernels), &pool, &err) == SVLM_OK) {
+        bw = svlm_measure_read_bandwidth(pool, (size_t)1 << 30, 3);
+        svlm_pool_destroy(pool);
+    }
+    double wb = weight_bytes_per_token(tm.model);
+    double bound = bw > 0 ? bw / wb : 0;
+    double share = bound > 0 ? best_tg / bound : 0;
+    if (json) {
+        printf("{\"model\":");
+        cli_json_str(stdout, model_path, strlen(model_path));
+        printf(",\"backend\":\"%s\",\"threads\":%d,\"pp\":%lld,\"tg\":%lld,\"pp_tps\":%.2f,\"tg_tps\":%.2f,"
+               "\"weight_bytes_per_token\":%.0f,\"bandwidth_gbs\":%.2f,\"tg_bound_tps\":%.2f,"
+               "\"tg_share_of_bound\":%.4f}\n",
+               svlm_kernels_name(tm.kernels), svlm_kernels_threads(tm.kernels), pp, tg, best_pp, best_tg,
+               wb, bw / 1e9, bound, share);
+    } else {
+        printf("model       %s\nbackend     %s\n", model_path, svlm_kernels_name(tm.kernels));
+        if (pp > 0) printf("pp%-8lld  %.1f tok/s\n", pp, best_pp);
+        if (tg > 0) printf("tg%-8lld  %.1f tok/s\n", tg, best_tg);
+        printf("bandwidth   %.1f GB/s measured; weights %.1f MB per token -> bound %.1f tok/s; "
+               "generation reaches %.0f%% of it\n",
+               bw / 1e9, wb / 1e6, bound, share * 100);
+    }
+    rc = 0;
+    goto done;
+eval_fail:
+    fprintf(stderr, "svlm: %s\n", err.msg);
+done:
+    free(ids);
+    free(logits);
+    svlm_llama_ctx_free(ctx);
+    cli_text_model_close(&tm);
+    return rc;
+}

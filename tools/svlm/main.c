@@ -1,0 +1,42 @@
+/* svlm: one binary, many subcommands (see commands.def). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "svlm.h"
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} command;
+
+static const command commands[] = {
+#define SVLM_CMD(name, help) {#name, cmd_##name, help},
+#include "commands.def"
+#undef SVLM_CMD
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "svlm %s — streaming video-language-model runtime\n\nusage: svlm COMMAND [options]\n\n",
+            svlm_version());
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\nRun 'svlm COMMAND --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("svlm %s\n", svlm_version());
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "svlm: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,28 @@
+/* Loading a text model with its compute backend for the CLI commands, and printing tokens. */
+#ifndef SVLM_TOOLS_TEXT_MODEL_H
+#define SVLM_TOOLS_TEXT_MODEL_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "kernels/kernels.h"
+#include "llm/llama.h"
+
+typedef struct cli_text_model {
+    svlm_llama *model;
+    svlm_kernels *kernels;
+} cli_text_model;
+
+/* Prints the error and returns -1 on failure. threads <= 0: all CPUs. */
+int cli_text_model_open(cli_text_model *tm, const char *path, int threads);
+void cli_text_model_close(cli_text_model *tm);
+
+/* Streams token text to f, holding back an incomplete UTF-8 sequence until it completes. */
+typedef struct cli_utf8_stream {
+    char pending[8];
+    size_t n;
+} cli_utf8_stream;
+void cli_utf8_put(cli_utf8_stream *s, FILE *f, const char *bytes, size_t len);
+void cli_utf8_flush(cli_utf8_stream *s, FILE *f);
+
+#endif
