@@ -23,8 +23,8 @@ typedef enum gguf_vtype {
 
 typedef struct gguf_str { const char *ptr; uint64_t len; } gguf_str;
 
-/* One metadata value. For arrays, `arr_type`/`arr_n` describe the elements and `data`
- * points at the first element in the file (strings: walk with gguf_arr_str). */
+/* One metadata value. For arrays, `arr_type`/`arr_n` describe the elements; fixed-size elements
+ * are raw little-endian bytes at `data`, string elements are decoded in `arr_strs`. */
 typedef struct gguf_kv {
     char *key;
     gguf_vtype type;

@@ -33,8 +33,14 @@ const char *test_tmpdir(void);
 
 #define REQUIRE(cond, ...)                                                                   \
     do {                                                                                     \
-        CHECK(cond, __VA_ARGS__);                                                            \
-        if (!(cond)) exit(1);                                                                \
+        svlm_test_checks++;                                                                  \
+        if (!(cond)) {                                                                       \
+            svlm_test_failures++;                                                            \
+            fprintf(stderr, "%s:%d: REQUIRE(%s) failed: ", __FILE__, __LINE__, #cond);       \
+            fprintf(stderr, __VA_ARGS__);                                                    \
+            fputc('\n', stderr);                                                             \
+            exit(1);                                                                         \
+        }                                                                                    \
     } while (0)
 
 #define SKIP(...)                                                                            \
