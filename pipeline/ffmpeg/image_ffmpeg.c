@@ -1,0 +1,110 @@
+/*
+ * Still-image decoding through FFmpeg (JPEG, WebP, BMP, TIFF, interlaced PNG, ... and the first
+ * frame of a video file): libavformat's image2 demuxer finds the codec, libswscale converts to
+ * packed RGB24. This is the fallback decoder svlm_image_load takes (vision/image.h).
+ */
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/imgutils.h>
+#include <libswscale/swscale.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "vision/image.h"
+
+static svlm_status av_fail(svlm_err *err, svlm_status st, const char *what, int rc) {
+    char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
+    av_strerror(rc, buf, sizeof buf);
+    return svlm_fail(err, st, "%s: %s", what, buf);
+}
+
+/* Reads packets until the decoder hands back one frame. */
+static svlm_status first_frame(AVFormatContext *fmt, AVCodecContext *dec, int stream, AVFrame *frame, svlm_err *err) {
+    AVPacket *pkt = av_packet_alloc();
+    if (!pkt) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    int flushing = 0;
+    for (;;) {
+        int rc = avcodec_receive_frame(dec, frame);
+        if (rc == 0) break;
+        if (rc != AVERROR(EAGAIN) || flushing) {
+            av_packet_free(&pkt);
+            return rc == AVERROR_EOF ? svlm_fail(err, SVLM_E_FORMAT, "no picture could be decoded (truncated or damaged file)")
+                                     : av_fail(err, SVLM_E_FORMAT, "decoding failed", rc);
+        }
+        rc = av_read_frame(fmt, pkt);
+        if (rc < 0) {
+            flushing = 1;
+            avcodec_send_packet(dec, NULL);
+            continue;
+        }
+        if (pkt->stream_index == stream) {
+            rc = avcodec_send_packet(dec, pkt);
+            if (rc < 0 && rc != AVERROR(EAGAIN) && rc != AVERROR_INVALIDDATA) {
+                av_packet_unref(pkt);
+                av_packet_free(&pkt);
+                return av_fail(err, SVLM_E_FORMAT, "decoding failed", rc);
+            }
+        }
+        av_packet_unref(pkt);
+    }
+    av_packet_free(&pkt);
+    return SVLM_OK;
+}
+
+static svlm_status to_rgb(const AVFrame *frame, svlm_image *out, svlm_err *err) {
+    svlm_status st = svlm_image_alloc(out, frame->width, frame->height, err);
+    if (st) return st;
+    struct SwsContext *sws = sws_getContext(frame->width, frame->height, frame->format, frame->width, frame->height,
+                                            AV_PIX_FMT_RGB24, SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT,
+                                            NULL, NULL, NULL);
+    if (!sws) {
+        svlm_image_free(out);
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "cannot convert pixel format %s to RGB",
+                         av_get_pix_fmt_name(frame->format) ? av_get_pix_fmt_name(frame->format) : "?");
+    }
+    uint8_t *dst[4] = {out->rgb, NULL, NULL, NULL};
+    int dst_stride[4] = {out->w * 3, 0, 0, 0};
+    sws_scale(sws, (const uint8_t *const *)frame->data, frame->linesize, 0, frame->height, dst, dst_stride);
+    sws_freeContext(sws);
+    return SVLM_OK;
+}
+
+svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err *err) {
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    AVFormatContext *fmt = NULL;
+    AVCodecContext *dec = NULL;
+    AVFrame *frame = NULL;
+    svlm_status st;
+    int rc = avformat_open_input(&fmt, path, NULL, NULL);
+    if (rc < 0) return av_fail(err, SVLM_E_UNSUPPORTED, "FFmpeg cannot open it as an image", rc);
+    if ((rc = avformat_find_stream_info(fmt, NULL)) < 0) {
+        st = av_fail(err, SVLM_E_FORMAT, "FFmpeg cannot read it", rc);
+        goto done;
+    }
+    const AVCodec *codec = NULL;
+    int stream = av_find_best_stream(fmt, AVMEDIA_TYPE_VIDEO, -1, -1, &codec, 0);
+    if (stream < 0 || !codec) {
+        st = svlm_fail(err, SVLM_E_UNSUPPORTED, "FFmpeg finds no picture in it");
+        goto done;
+    }
+    dec = avcodec_alloc_context3(codec);
+    frame = av_frame_alloc();
+    if (!dec || !frame) {
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        goto done;
+    }
+    avcodec_parameters_to_context(dec, fmt->streams[stream]->codecpar);
+    dec->thread_count = 1;
+    if ((rc = avcodec_open2(dec, codec, NULL)) < 0) {
+        st = av_fail(err, SVLM_E_UNSUPPORTED, "FFmpeg cannot open its decoder", rc);
+        goto done;
+    }
+    st = first_frame(fmt, dec, stream, frame, err);
+    if (!st) st = to_rgb(frame, out, err);
+done:
+    av_frame_free(&frame);
+    avcodec_free_context(&dec);
+    avformat_close_input(&fmt);
+    return st;
+}

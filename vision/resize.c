@@ -1,0 +1,194 @@
+/* The resamplers behind vision/preprocess.c. See resize.h for the exact rules each follows. */
+#include "vision/resize.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+
+static int clampi(int x, int lo, int hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+svlm_status svlm_resize_bilinear_llama(const svlm_image *src, int w, int h, svlm_image *dst, svlm_err *err) {
+    svlm_status st = svlm_image_alloc(dst, w, h, err);
+    if (st) return st;
+    float xr = w > 1 ? (float)(src->w - 1) / (float)(w - 1) : 0.0f;
+    float yr = h > 1 ? (float)(src->h - 1) / (float)(h - 1) : 0.0f;
+    for (int y = 0; y < h; y++) {
+        float py = (float)y * yr;
+        int y0 = clampi((int)py, 0, src->h - 1), y1 = clampi(y0 + 1, 0, src->h - 1);
+        float yf = py - (float)y0;
+        for (int x = 0; x < w; x++) {
+            float px = (float)x * xr;
+            int x0 = clampi((int)px, 0, src->w - 1), x1 = clampi(x0 + 1, 0, src->w - 1);
+            float xf = px - (float)x0;
+            const uint8_t *p00 = src->rgb + ((size_t)y0 * src->w + x0) * 3, *p10 = src->rgb + ((size_t)y0 * src->w + x1) * 3;
+            const uint8_t *p01 = src->rgb + ((size_t)y1 * src->w + x0) * 3, *p11 = src->rgb + ((size_t)y1 * src->w + x1) * 3;
+            uint8_t *o = dst->rgb + ((size_t)y * w + x) * 3;
+            for (int c = 0; c < 3; c++) {
+                float top = (float)p00[c] + ((float)p10[c] - (float)p00[c]) * xf;
+                float bot = (float)p01[c] + ((float)p11[c] - (float)p01[c]) * xf;
+                o[c] = (uint8_t)(top + (bot - top) * yf);
+            }
+        }
+    }
+    return SVLM_OK;
+}
+
+/* Cubic through p(-1), p(0), p(1), p(2) evaluated at t in [0, 1), coefficients as llama.cpp
+ * forms them (double constants, float storage). */
+static float cubic4(float pm1, float p0, float p1, float p2, float t) {
+    float d0 = pm1 - p0, d2 = p1 - p0, d3 = p2 - p0;
+    float a1 = (float)(-1.0 / 3 * d0 + d2 - 1.0 / 6 * d3);
+    float a2 = (float)(1.0 / 2 * d0 + 1.0 / 2 * d2);
+    float a3 = (float)(-1.0 / 6 * d0 - 1.0 / 2 * d2 + 1.0 / 6 * d3);
+    return p0 + a1 * t + a2 * t * t + a3 * t * t * t;
+}
+
+svlm_status svlm_resize_bicubic_llama(const svlm_image *src, int w, int h, svlm_image *dst, svlm_err *err) {
+    svlm_status st = svlm_image_alloc(dst, w, h, err);
+    if (st) return st;
+    int nx = src->w, ny = src->h;
+    float tx = (float)nx / (float)w, ty = (float)ny / (float)h;
+    for (int i = 0; i < h; i++) {
+        int y = (int)(ty * (float)i);
+        float dy = ty * (float)i - (float)y;
+        for (int j = 0; j < w; j++) {
+            int x = (int)(tx * (float)j);
+            float dx = tx * (float)j - (float)x;
+            uint8_t *o = dst->rgb + ((size_t)i * w + j) * 3;
+            for (int c = 0; c < 3; c++) {
+                float col[4];
+                for (int r = 0; r < 4; r++) {
+                    const uint8_t *row = src->rgb + (size_t)clampi(y - 1 + r, 0, ny - 1) * nx * 3;
+                    col[r] = cubic4(row[clampi(x - 1, 0, nx - 1) * 3 + c], row[clampi(x, 0, nx - 1) * 3 + c],
+                                    row[clampi(x + 1, 0, nx - 1) * 3 + c], row[clampi(x + 2, 0, nx - 1) * 3 + c], dx);
+                }
+                float v = roundf(cubic4(col[0], col[1], col[2], col[3], dy));
+                o[c] = (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+            }
+        }
+    }
+    return SVLM_OK;
+}
+
+svlm_status svlm_resize_bicubic_letterbox_llama(const svlm_image *src, int w, int h, svlm_image *dst,
+                                                svlm_err *err) {
+    if (src->w == w && src->h == h) {
+        svlm_status st = svlm_image_alloc(dst, w, h, err);
+        if (!st) memcpy(dst->rgb, src->rgb, (size_t)w * h * 3);
+        return st;
+    }
+    float sx = (float)w / (float)src->w, sy = (float)h / (float)src->h, s = sx < sy ? sx : sy;
+    int nw = (int)ceilf((float)src->w * s), nh = (int)ceilf((float)src->h * s);
+    nw = nw > w ? w : nw < 1 ? 1 : nw;
+    nh = nh > h ? h : nh < 1 ? 1 : nh;
+    svlm_image inner;
+    svlm_status st = svlm_resize_bicubic_llama(src, nw, nh, &inner, err);
+    if (st) return st;
+    st = svlm_image_alloc(dst, w, h, err);
+    if (st) {
+        svlm_image_free(&inner);
+        return st;
+    }
+    memset(dst->rgb, 0, (size_t)w * h * 3);
+    int ox = (w - nw) / 2, oy = (h - nh) / 2;
+    for (int y = 0; y < nh; y++)
+        memcpy(dst->rgb + ((size_t)(y + oy) * w + ox) * 3, inner.rgb + (size_t)y * nw * 3, (size_t)nw * 3);
+    svlm_image_free(&inner);
+    return SVLM_OK;
+}
+
+/* ---- antialiased separable bicubic ------------------------------------------------------- */
+
+static double keys_cubic(double x) {
+    const double a = -0.5;
+    x = fabs(x);
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+    if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+    return 0.0;
+}
+
+/* Per output index: first source index, tap count and normalised weights (stride max_taps). */
+typedef struct {
+    int *first, *count;
+    float *wt;
+    int max_taps;
+} taps;
+
+static int taps_make(int in, int out, taps *t) {
+    double scale = (double)in / out, fscale = scale > 1.0 ? scale : 1.0, support = 2.0 * fscale;
+    t->max_taps = (int)ceil(support) * 2 + 1;
+    t->first = malloc(sizeof(int) * (size_t)out);
+    t->count = malloc(sizeof(int) * (size_t)out);
+    t->wt = malloc(sizeof(float) * (size_t)out * (size_t)t->max_taps);
+    if (!t->first || !t->count || !t->wt) return 0;
+    for (int o = 0; o < out; o++) {
+        double center = (o + 0.5) * scale;
+        int lo = (int)(center - support + 0.5), hi = (int)(center + support + 0.5);
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > in ? in : hi;
+        int n = hi - lo > t->max_taps ? t->max_taps : hi - lo;
+        double sum = 0.0, wbuf[64 * 2 + 1];
+        double *wv = n <= (int)(sizeof wbuf / sizeof wbuf[0]) ? wbuf : NULL;
+        double *heap = wv ? NULL : malloc(sizeof(double) * (size_t)n);
+        if (!wv) wv = heap;
+        if (!wv) return 0;
+        for (int k = 0; k < n; k++) sum += wv[k] = keys_cubic((lo + k - center + 0.5) / fscale);
+        for (int k = 0; k < n; k++) t->wt[(size_t)o * t->max_taps + k] = (float)(sum != 0.0 ? wv[k] / sum : 0.0);
+        free(heap);
+        t->first[o] = lo;
+        t->count[o] = n;
+    }
+    return 1;
+}
+
+static void taps_free(taps *t) {
+    free(t->first);
+    free(t->count);
+    free(t->wt);
+}
+
+static uint8_t to_u8(float v) {
+    v = roundf(v);
+    return (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+}
+
+svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_image *dst, svlm_err *err) {
+    svlm_image mid = {0};
+    taps tx = {0}, ty = {0};
+    svlm_status st = svlm_image_alloc(&mid, w, src->h, err);
+    if (!st) st = svlm_image_alloc(dst, w, h, err);
+    if (st) goto done;
+    if (!taps_make(src->w, w, &tx) || !taps_make(src->h, h, &ty)) {
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory for resampling weights");
+        svlm_image_free(dst);
+        goto done;
+    }
+    for (int y = 0; y < src->h; y++) {
+        const uint8_t *row = src->rgb + (size_t)y * src->w * 3;
+        for (int x = 0; x < w; x++) {
+            const float *wt = tx.wt + (size_t)x * tx.max_taps;
+            float acc[3] = {0, 0, 0};
+            for (int k = 0; k < tx.count[x]; k++) {
+                const uint8_t *p = row + (size_t)(tx.first[x] + k) * 3;
+                for (int c = 0; c < 3; c++) acc[c] += wt[k] * (float)p[c];
+            }
+            for (int c = 0; c < 3; c++) mid.rgb[((size_t)y * w + x) * 3 + c] = to_u8(acc[c]);
+        }
+    }
+    for (int y = 0; y < h; y++) {
+        const float *wt = ty.wt + (size_t)y * ty.max_taps;
+        uint8_t *o = dst->rgb + (size_t)y * w * 3;
+        for (int x = 0; x < w * 3; x++) {
+            float acc = 0.0f;
+            for (int k = 0; k < ty.count[y]; k++) acc += wt[k] * (float)mid.rgb[(size_t)(ty.first[y] + k) * w * 3 + x];
+            o[x] = to_u8(acc);
+        }
+    }
+done:
+    taps_free(&tx);
+    taps_free(&ty);
+    svlm_image_free(&mid);
+    return st;
+}
