@@ -27,7 +27,7 @@ if [ "$install" = 1 ]; then
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base \
     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
     gstreamer1.0-tools libgstrtspserver-1.0-dev libwebsockets-dev libjansson-dev \
-    python3 python3-numpy python3-websockets >/dev/null
+    python3 python3-numpy python3-websockets chromium chromium-driver >/dev/null
 fi
 
 gen=()

@@ -7,9 +7,14 @@
 #include "common/bandwidth.h"
 #include "llm/llama_internal.h"
 #include "text_model.h"
+#include "vision/encoder.h"
+#include "vision/mmproj.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: svlm bench -m MODEL [--pp N] [--tg N] [--reps R] [--threads K] [--kv f32|f16] [--json]\n"
+    fprintf(f, "usage: svlm bench [-m MODEL] [--mmproj MMPROJ] [--pp N] [--tg N] [--batch B] [--reps R]\n"
+               "                  [--threads K] [--kv f32|f16] [--json]\n"
+               "  -m MODEL          text model: prompt processing and generation speed\n"
+               "  --mmproj MMPROJ   vision encoder: ms per tile at batch 1 and at --batch B (default 4)\n"
                "  --pp N    prompt tokens processed in one batch (default 512; 0 skips)\n"
                "  --tg N    tokens generated one at a time from an empty context (default 128; 0 skips)\n"
                "  --reps R  repetitions; the best is reported (default 3)\n"
@@ -28,9 +33,43 @@ static double weight_bytes_per_token(const svlm_llama *m) {
     return b;
 }
 
+/* Encoder speed for an mmproj file; prints its own report. Returns the exit code. */
+static int bench_vision(const char *path, int threads, int batch, int reps, int json) {
+    svlm_err err = {0};
+    svlm_kernels *k = NULL;
+    svlm_mmproj *mm = NULL;
+    svlm_vision_bench_result r;
+    int rc = 1;
+    if (svlm_kernels_create_cpu(threads, &k, &err) || svlm_mmproj_load(path, &mm, &err) ||
+        svlm_vision_bench(mm, k, batch, reps, &r, &err)) {
+        fprintf(stderr, "svlm bench: %s\n", err.msg);
+        goto done;
+    }
+    if (json) {
+        printf("{\"mmproj\":");
+        cli_json_str(stdout, path, strlen(path));
+        printf(",\"backend\":\"%s\",\"threads\":%d,\"image_size\":%d,\"tokens_per_tile\":%d,"
+               "\"ms_per_tile_b1\":%.2f,\"tiles_per_s_b1\":%.3f,\"batch\":%d,\"ms_per_tile_batched\":%.2f,"
+               "\"tiles_per_s_batched\":%.3f}\n",
+               svlm_kernels_name(k), svlm_kernels_threads(k), r.image_size, r.tokens_per_tile, r.ms_per_tile_b1,
+               r.tiles_per_s_b1, r.batch, r.ms_per_tile_batched, r.tiles_per_s_batched);
+    } else {
+        printf("mmproj      %s (%d px tiles, %d tokens each)\nbackend     %s\n", path, r.image_size,
+               r.tokens_per_tile, svlm_kernels_name(k));
+        printf("batch 1     %.1f ms per tile, %.2f tiles/s\n", r.ms_per_tile_b1, r.tiles_per_s_b1);
+        printf("batch %-5d %.1f ms per tile, %.2f tiles/s\n", r.batch, r.ms_per_tile_batched,
+               r.tiles_per_s_batched);
+    }
+    rc = 0;
+done:
+    svlm_mmproj_free(mm);
+    svlm_kernels_destroy(k);
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv) {
-    const char *model_path = NULL;
-    long long pp = 512, tg = 128, threads = 0, reps = 3;
+    const char *model_path = NULL, *mmproj_path = NULL;
+    long long pp = 512, tg = 128, threads = 0, reps = 3, batch = 4;
     int json = 0;
     svlm_dtype kv_type = SVLM_F16;
     for (int i = 1; i < argc; i++) {
@@ -44,6 +83,10 @@ int cmd_bench(int argc, char **argv) {
             return 2;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             model_path = v;
+        } else if (!strcmp(a, "--mmproj")) {
+            mmproj_path = v;
+        } else if (!strcmp(a, "--batch")) {
+            if (cli_int(a, v, 1, 256, &batch)) return 2;
         } else if (!strcmp(a, "--pp")) {
             if (cli_int(a, v, 0, 1 << 16, &pp)) return 2;
         } else if (!strcmp(a, "--tg")) {
@@ -65,10 +108,14 @@ int cmd_bench(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model_path) {
-        fprintf(stderr, "svlm bench: -m MODEL is required\n");
+    if (!model_path && !mmproj_path) {
+        fprintf(stderr, "svlm bench: -m MODEL and/or --mmproj MMPROJ is required\n");
         usage(stderr);
         return 2;
+    }
+    if (mmproj_path) {
+        int vrc = bench_vision(mmproj_path, (int)threads, (int)batch, (int)reps, json);
+        if (vrc || !model_path) return vrc;
     }
     cli_text_model tm;
     if (cli_text_model_open(&tm, model_path, (int)threads)) return 1;
