@@ -1,0 +1,133 @@
+/*
+ * Internals of the CPU backend shared by kernels_cpu.c and the files in kernels/cpu/.
+ * Matrix kernels come in one table per SIMD level; a level starts from the portable table and
+ * overrides what it accelerates, so every entry is always callable.
+ */
+#ifndef SVLM_KERNELS_CPU_CPU_KERNELS_H
+#define SVLM_KERNELS_CPU_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/threadpool.h"
+#include "kernels/kernels.h"
+
+typedef enum svlm_cpu_level {
+    SVLM_CPU_SCALAR = 0,
+    SVLM_CPU_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    SVLM_CPU_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI + BF16 */
+} svlm_cpu_level;
+
+/* Activations quantized for the integer dot products: one block per 32 values,
+ * x[i] ~= d * qs[i], s = d * sum(qs) (lets offset and min terms of the weight formats be
+ * applied once per block). Used for every quantized weight type, K-quants included: a
+ * scale per 32 values is finer than ggml's per-256 Q8_K, so it is at least as accurate. */
+typedef struct svlm_q8a {
+    float d, s;
+    int8_t qs[32];
+} svlm_q8a;
+
+/* Dot product of one weight row (cols elements, stored as the type) with one activation row:
+ * a float row for F32/F16/BF16 weights, a svlm_q8a row for the quantized types. */
+typedef float (*svlm_dot_fn)(int64_t cols, const void *w_row, const void *act);
+/* Dequantizes one weight row into f32. */
+typedef void (*svlm_dequant_fn)(int64_t cols, const void *w_row, float *out);
+/* C[M][N] = A[M][K] * B[N][K]^T (nt) or A[M][K] * B[K][N] (nn); row-major with leading dims. */
+typedef struct svlm_cpu svlm_cpu;
+/* `thread` lets a GEMM take packing buffers from scratch slot SVLM_SCRATCH_GEMM. */
+typedef void (*svlm_gemm_fn)(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                             int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
+
+/* The kernels a SIMD level provides (matrix kernels and the exp-heavy vector loops). */
+typedef struct svlm_cpu_matmul_ops {
+    svlm_dot_fn dot[SVLM_DTYPE_COUNT];
+    svlm_dequant_fn dequant[SVLM_DTYPE_COUNT];
+    svlm_gemm_fn gemm_nt, gemm_nn;
+    void (*softmax_row)(float *x, int64_t dim);               /* stable, in place */
+    void (*silu_mul)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
+    void (*gelu_tanh)(float *x, int64_t n);
+} svlm_cpu_matmul_ops;
+
+void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops);
+#ifdef SVLM_X86
+void svlm_cpu_matmul_init_avx2(svlm_cpu_matmul_ops *ops);
+void svlm_cpu_matmul_init_avx512(svlm_cpu_matmul_ops *ops);
+void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops); /* own AVX-512 f32 GEMM */
+#endif
+
+/* 1 when the weight type takes svlm_q8a activations, 0 when it takes floats. */
+int svlm_cpu_type_uses_q8a(svlm_dtype t);
+/* Quantizes cols (a multiple of 32) floats into cols/32 blocks. */
+void svlm_cpu_quantize_q8a(const float *x, svlm_q8a *out, int64_t cols);
+
+/* Portable GEMMs (OpenBLAS when built with it). */
+void svlm_cpu_gemm_nt_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                          const float *B, int64_t ldb, float *C, int64_t ldc);
+void svlm_cpu_gemm_nn_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                          const float *B, int64_t ldb, float *C, int64_t ldc);
+
+/* The CPU backend state the ops share. Not safe for concurrent use (one run at a time). */
+enum { SVLM_SCRATCH_OP = 0, SVLM_SCRATCH_GEMM = 1, SVLM_SCRATCH_SLOTS = 2 };
+
+struct svlm_cpu {
+    svlm_pool *pool;
+    int n_threads;
+    svlm_cpu_level level;
+    svlm_cpu_matmul_ops mm;
+    void **scratch; /* [thread * SVLM_SCRATCH_SLOTS + slot], grown on demand */
+    size_t *scratch_cap;
+    void *act; /* quantized activations of a matmul */
+    size_t act_cap;
+};
+
+/* A per-thread, 64-byte aligned buffer of at least `bytes` (contents not kept): slot
+ * SVLM_SCRATCH_OP for an op's own data, SVLM_SCRATCH_GEMM for the GEMM it calls. Aborts when
+ * memory runs out: the ops have no error path and these buffers are small. */
+void *svlm_cpu_scratch(svlm_cpu *c, int thread, int slot, size_t bytes);
+
+void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y);
+void svlm_cpu_attention(svlm_cpu *c, const svlm_attn_args *a);
+void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps);
+void svlm_cpu_layernorm(svlm_cpu *c, const float *x, const float *w, const float *b, float *y, int64_t n,
+                        int64_t dim, float eps);
+void svlm_cpu_rope(svlm_cpu *c, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
+                   float base, int neox);
+void svlm_cpu_silu_mul(svlm_cpu *c, float *gate, const float *up, int64_t n);
+void svlm_cpu_gelu_tanh(svlm_cpu *c, float *x, int64_t n);
+void svlm_cpu_add(svlm_cpu *c, float *y, const float *x, int64_t n);
+void svlm_cpu_add_bias(svlm_cpu *c, float *y, const float *b, int64_t n_rows, int64_t dim);
+void svlm_cpu_softmax(svlm_cpu *c, float *x, int64_t n_rows, int64_t dim);
+/* Portable vector loops (the SIMD levels replace them in their tables). */
+void svlm_cpu_softmax_row(float *x, int64_t dim); /* max subtracted first */
+void svlm_cpu_silu_mul_ref(float *gate, const float *up, int64_t n);
+void svlm_cpu_gelu_tanh_ref(float *x, int64_t n);
+
+/* exp(x) in float to about 2 ulp, written without library calls or branches so that
+ * compilers vectorise loops calling it (SSE2 up to AVX-512). */
+static inline float svlm_expf_fast(float x) {
+    x = x > 88.37f ? 88.37f : x;
+    x = x < -87.33f ? -87.33f : x;
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick; its low mantissa bits hold n. */
+    const float magic = 12582912.0f;
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-06f;
+    /* exp(r) on |r| <= ln2/2: Taylor terms to r^7 */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    uint32_t tb, sb;
+    float scale;
+    __builtin_memcpy(&tb, &t, 4);
+    sb = (tb - 0x4B400000u + 127u) << 23;
+    __builtin_memcpy(&scale, &sb, 4);
+    return p * scale;
+}
+
+#endif

@@ -1,0 +1,158 @@
+/*
+ * f32 GEMM with AVX-512: C[M][N] = A[M][K] * op(B), op(B) = B^T (nt, B is [N][K]) or B (nn,
+ * B is [K][N]). Blocked in the usual way: a K slice of A is packed into MR-row interleaved
+ * panels, a block of B into NR-column strips, and a 12x32 register-tile micro-kernel
+ * (24 accumulators) runs over them, so the inner loop is loads, broadcasts and FMAs only.
+ */
+#ifdef SVLM_X86
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+#define MR 12
+#define NR 32
+#define KC 256
+#define NC 256
+
+/* C[0..mr)[0..nr) (+)= Ap (kc x MR) * Bp (kc x NR). */
+static void micro_kernel(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int accumulate,
+                         int64_t mr, int64_t nr) {
+    __m512 c[MR][2];
+    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k++, Ap += MR, Bp += NR) {
+        __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
+        for (int i = 0; i < MR; i++) {
+            __m512 a = _mm512_set1_ps(Ap[i]);
+            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
+        float *row = C + i * ldc;
+        if (accumulate) {
+            c[i][0] = _mm512_add_ps(c[i][0], _mm512_maskz_loadu_ps(m0, row));
+            c[i][1] = _mm512_add_ps(c[i][1], _mm512_maskz_loadu_ps(m1, row + 16));
+        }
+        _mm512_mask_storeu_ps(row, m0, c[i][0]);
+        _mm512_mask_storeu_ps(row + 16, m1, c[i][1]);
+    }
+}
+
+/* Ap[block][k][MR] from rows i of A, columns k0..k0+kc; rows past M are zero. */
+static void pack_a(const float *A, int64_t lda, int64_t M, int64_t k0, int64_t kc, float *Ap) {
+    for (int64_t i0 = 0; i0 < M; i0 += MR, Ap += kc * MR) {
+        for (int64_t i = 0; i < MR; i++) {
+            if (i0 + i < M) {
+                const float *a = A + (i0 + i) * lda + k0;
+                for (int64_t k = 0; k < kc; k++) Ap[k * MR + i] = a[k];
+            } else {
+                for (int64_t k = 0; k < kc; k++) Ap[k * MR + i] = 0.0f;
+            }
+        }
+    }
+}
+
+/* Bp[strip][k][NR] for columns j0..j0+nc of op(B), k0..k0+kc; columns past N are zero. */
+static void pack_b(int trans, const float *B, int64_t ldb, int64_t N, int64_t j0, int64_t nc, int64_t k0,
+                   int64_t kc, float *Bp) {
+    for (int64_t s = 0; s < nc; s += NR, Bp += kc * NR) {
+        int64_t w = N - (j0 + s) < NR ? N - (j0 + s) : NR;
+        if (trans) { /* B is [N][K]: column j of op(B) is row j of B */
+            if (w < NR) memset(Bp, 0, sizeof(float) * (size_t)(kc * NR));
+            for (int64_t j = 0; j < w; j++) {
+                const float *b = B + (j0 + s + j) * ldb + k0;
+                for (int64_t k = 0; k < kc; k++) Bp[k * NR + j] = b[k];
+            }
+        } else {
+            __mmask16 m0 = w >= 16 ? 0xffff : (__mmask16)((1u << w) - 1);
+            __mmask16 m1 = w >= 32 ? 0xffff : w <= 16 ? 0 : (__mmask16)((1u << (w - 16)) - 1);
+            for (int64_t k = 0; k < kc; k++) {
+                const float *b = B + (k0 + k) * ldb + j0 + s;
+                _mm512_store_ps(Bp + k * NR, _mm512_maskz_loadu_ps(m0, b));
+                _mm512_store_ps(Bp + k * NR + 16, _mm512_maskz_loadu_ps(m1, b + 16));
+            }
+        }
+    }
+}
+
+static inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
+
+/* A few rows of A (decode attention): packing would cost more than it saves. */
+static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                         int64_t ldb, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++) {
+        const float *a = A + i * lda;
+        float *c = C + i * ldc;
+        if (trans) {
+            for (int64_t j = 0; j < N; j++) {
+                const float *b = B + j * ldb;
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t k = 0; k < K; k += 16) {
+                    __mmask16 m = tail_mask(K - k);
+                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
+                }
+                c[j] = _mm512_reduce_add_ps(acc);
+            }
+        } else {
+            for (int64_t j = 0; j < N; j += 16) {
+                __mmask16 m = tail_mask(N - j);
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t k = 0; k < K; k++)
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(a[k]), _mm512_maskz_loadu_ps(m, B + k * ldb + j), acc);
+                _mm512_mask_storeu_ps(c + j, m, acc);
+            }
+        }
+    }
+}
+
+static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                 const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (K <= 0) {
+        for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    if (M < 4) {
+        gemm_small_m(trans, M, N, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+    int64_t m_pad = (M + MR - 1) / MR * MR;
+    size_t a_floats = (size_t)(m_pad * KC), b_floats = (size_t)(NC * KC);
+    float *Ap = svlm_cpu_scratch(c, thread, SVLM_SCRATCH_GEMM, sizeof(float) * (a_floats + b_floats));
+    float *Bp = Ap + a_floats;
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        int64_t kc = K - k0 < KC ? K - k0 : KC;
+        pack_a(A, lda, M, k0, kc, Ap);
+        for (int64_t j0 = 0; j0 < N; j0 += NC) {
+            int64_t nc = N - j0 < NC ? N - j0 : NC;
+            pack_b(trans, B, ldb, N, j0, nc, k0, kc, Bp);
+            for (int64_t s = 0; s < nc; s += NR) {
+                int64_t nr = nc - s < NR ? nc - s : NR;
+                const float *bp = Bp + (s / NR) * kc * NR;
+                for (int64_t i0 = 0; i0 < M; i0 += MR) {
+                    int64_t mr = M - i0 < MR ? M - i0 : MR;
+                    micro_kernel(kc, Ap + (i0 / MR) * kc * MR, bp, C + i0 * ldc + j0 + s, ldc, k0 > 0, mr, nr);
+                }
+            }
+        }
+    }
+}
+
+static void gemm_nt_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                           const float *B, int64_t ldb, float *C, int64_t ldc) {
+    gemm(c, thread, 1, M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+static void gemm_nn_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                           const float *B, int64_t ldb, float *C, int64_t ldc) {
+    gemm(c, thread, 0, M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops) {
+    ops->gemm_nt = gemm_nt_avx512;
+    ops->gemm_nn = gemm_nn_avx512;
+}
+#endif

@@ -1,0 +1,253 @@
+/*
+ * The CPU backend object: thread pool, per-thread scratch, the SIMD level found at run time
+ * (cpuid + xgetbv, lowered by SVLM_SIMD), and the svlm_k_* entry points. The entry points go
+ * through a table of operations so that a device backend can supply its own.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/kernels.h"
+
+#ifdef SVLM_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+#ifdef SVLM_X86
+#include <cpuid.h>
+#endif
+
+typedef struct backend_ops {
+    void (*destroy)(svlm_kernels *k);
+    void (*matmul)(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
+    void (*rmsnorm)(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps);
+    void (*layernorm)(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
+                      int64_t dim, float eps);
+    void (*rope)(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
+                 float base, int neox);
+    void (*attention)(svlm_kernels *k, const svlm_attn_args *a);
+    void (*silu_mul)(svlm_kernels *k, float *gate, const float *up, int64_t n);
+    void (*gelu_tanh)(svlm_kernels *k, float *x, int64_t n);
+    void (*add)(svlm_kernels *k, float *y, const float *x, int64_t n);
+    void (*add_bias)(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim);
+    void (*softmax)(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim);
+    void *(*alloc)(svlm_kernels *k, size_t bytes);
+    void (*free)(svlm_kernels *k, void *p);
+} backend_ops;
+
+struct svlm_kernels {
+    const backend_ops *ops;
+    char name[64];
+    int n_threads;
+    svlm_cpu cpu;
+};
+
+/* ---- SIMD level detection ---- */
+
+static svlm_cpu_level detect_level(void) {
+#ifdef SVLM_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return SVLM_CPU_SCALAR;
+    int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    if (!osxsave || !avx) return SVLM_CPU_SCALAR;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo & 0x6) != 0x6) return SVLM_CPU_SCALAR; /* the OS does not save YMM state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return SVLM_CPU_SCALAR;
+    int avx2 = (b >> 5) & 1;
+    if (!(avx2 && fma && f16c)) return SVLM_CPU_SCALAR;
+    int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    int bf16 = 0;
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) bf16 = (a >> 5) & 1;
+    int zmm_state = (xlo & 0xe0) == 0xe0;
+    if (f && dq && bw && vl && vnni && bf16 && zmm_state) return SVLM_CPU_AVX512;
+    return SVLM_CPU_AVX2;
+#else
+    return SVLM_CPU_SCALAR;
+#endif
+}
+
+static const char *level_name(svlm_cpu_level l) {
+    switch (l) {
+    case SVLM_CPU_AVX512: return "avx512-vnni-bf16";
+    case SVLM_CPU_AVX2: return "avx2";
+    default: return "scalar";
+    }
+}
+
+/* Applies SVLM_SIMD (which may only lower the level). */
+static svlm_status choose_level(svlm_cpu_level *level, svlm_err *err) {
+    *level = detect_level();
+    const char *env = getenv("SVLM_SIMD");
+    if (!env || !*env) return SVLM_OK;
+    svlm_cpu_level want;
+    if (!strcmp(env, "scalar")) want = SVLM_CPU_SCALAR;
+    else if (!strcmp(env, "avx2")) want = SVLM_CPU_AVX2;
+    else if (!strcmp(env, "avx512")) want = SVLM_CPU_AVX512;
+    else return svlm_fail(err, SVLM_E_INVALID, "SVLM_SIMD=%s: expected scalar, avx2 or avx512", env);
+    if (want > *level)
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "SVLM_SIMD=%s: this CPU supports only %s", env,
+                         level_name(*level));
+    *level = want;
+    return SVLM_OK;
+}
+
+/* OpenBLAS's SGEMM is a little faster than ours on these shapes where it is built in; ours
+ * replaces the portable loops otherwise. SVLM_GEMM=own|blas picks one (tests, benchmarks). */
+static int use_own_gemm(void) {
+    const char *env = getenv("SVLM_GEMM");
+    if (env && !strcmp(env, "own")) return 1;
+    if (env && !strcmp(env, "blas")) return 0;
+#ifdef SVLM_HAVE_OPENBLAS
+    return 0;
+#else
+    return 1;
+#endif
+}
+
+/* ---- scratch ---- */
+
+void *svlm_cpu_scratch(svlm_cpu *c, int thread, int slot, size_t bytes) {
+    int i = thread * SVLM_SCRATCH_SLOTS + slot;
+    if (bytes > c->scratch_cap[i]) {
+        free(c->scratch[i]);
+        size_t cap = (bytes + bytes / 4 + 63) / 64 * 64;
+        c->scratch[i] = aligned_alloc(64, cap);
+        if (!c->scratch[i]) {
+            fprintf(stderr, "svlm: out of memory for %zu bytes of kernel scratch\n", cap);
+            abort();
+        }
+        c->scratch_cap[i] = cap;
+    }
+    return c->scratch[i];
+}
+
+/* ---- the CPU table ---- */
+
+#define CPU(k) (&(k)->cpu)
+
+static void cpu_destroy(svlm_kernels *k) {
+    for (int t = 0; t < k->n_threads * SVLM_SCRATCH_SLOTS; t++) free(k->cpu.scratch[t]);
+    free(k->cpu.scratch);
+    free(k->cpu.scratch_cap);
+    free(k->cpu.act);
+    svlm_pool_destroy(k->cpu.pool);
+    free(k);
+}
+static void cpu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    svlm_cpu_matmul(CPU(k), w, x, n, y);
+}
+static void cpu_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                        float eps) {
+    svlm_cpu_rmsnorm(CPU(k), x, w, y, n, dim, eps);
+}
+static void cpu_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
+                          int64_t dim, float eps) {
+    svlm_cpu_layernorm(CPU(k), x, w, b, y, n, dim, eps);
+}
+static void cpu_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                     const int32_t *pos, float base, int neox) {
+    svlm_cpu_rope(CPU(k), x, n, n_head, head_dim, n_rot, pos, base, neox);
+}
+static void cpu_attention(svlm_kernels *k, const svlm_attn_args *a) { svlm_cpu_attention(CPU(k), a); }
+static void cpu_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
+    svlm_cpu_silu_mul(CPU(k), gate, up, n);
+}
+static void cpu_gelu_tanh(svlm_kernels *k, float *x, int64_t n) { svlm_cpu_gelu_tanh(CPU(k), x, n); }
+static void cpu_add(svlm_kernels *k, float *y, const float *x, int64_t n) { svlm_cpu_add(CPU(k), y, x, n); }
+static void cpu_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
+    svlm_cpu_add_bias(CPU(k), y, b, n_rows, dim);
+}
+static void cpu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
+    svlm_cpu_softmax(CPU(k), x, n_rows, dim);
+}
+static void *cpu_alloc(svlm_kernels *k, size_t bytes) {
+    (void)k;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (rounded < bytes) return NULL;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (p) memset(p, 0, rounded);
+    return p;
+}
+static void cpu_free(svlm_kernels *k, void *p) {
+    (void)k;
+    free(p);
+}
+
+static const backend_ops cpu_ops = {
+    cpu_destroy, cpu_matmul,  cpu_rmsnorm, cpu_layernorm, cpu_rope,     cpu_attention, cpu_silu_mul,
+    cpu_gelu_tanh, cpu_add, cpu_add_bias, cpu_softmax, cpu_alloc,    cpu_free,
+};
+
+svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err) {
+    *out = NULL;
+    svlm_cpu_level level;
+    svlm_status st = choose_level(&level, err);
+    if (st != SVLM_OK) return st;
+    svlm_kernels *k = calloc(1, sizeof *k);
+    if (!k) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the CPU backend");
+    k->ops = &cpu_ops;
+    st = svlm_pool_create(n_threads, &k->cpu.pool, err);
+    if (st != SVLM_OK) {
+        free(k);
+        return st;
+    }
+    k->n_threads = k->cpu.n_threads = svlm_pool_size(k->cpu.pool);
+    k->cpu.scratch = calloc((size_t)k->n_threads * SVLM_SCRATCH_SLOTS, sizeof *k->cpu.scratch);
+    k->cpu.scratch_cap = calloc((size_t)k->n_threads * SVLM_SCRATCH_SLOTS, sizeof *k->cpu.scratch_cap);
+    if (!k->cpu.scratch || !k->cpu.scratch_cap) {
+        cpu_destroy(k);
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the CPU backend");
+    }
+    k->cpu.level = level;
+    svlm_cpu_matmul_init_ref(&k->cpu.mm);
+#ifdef SVLM_X86
+    if (level >= SVLM_CPU_AVX2) svlm_cpu_matmul_init_avx2(&k->cpu.mm);
+    if (level >= SVLM_CPU_AVX512) svlm_cpu_matmul_init_avx512(&k->cpu.mm);
+    if (level >= SVLM_CPU_AVX512 && use_own_gemm()) svlm_cpu_gemm_init_avx512(&k->cpu.mm);
+#endif
+#ifdef SVLM_HAVE_OPENBLAS
+    /* Our pool already splits GEMMs across the cores; OpenBLAS threads on top would fight it.
+     * (A process-wide setting.) */
+    openblas_set_num_threads(1);
+#endif
+    snprintf(k->name, sizeof k->name, "cpu-%s x%d", level_name(level), k->n_threads);
+    *out = k;
+    return SVLM_OK;
+}
+
+void svlm_kernels_destroy(svlm_kernels *k) {
+    if (k) k->ops->destroy(k);
+}
+const char *svlm_kernels_name(const svlm_kernels *k) { return k->name; }
+int svlm_kernels_threads(const svlm_kernels *k) { return k->n_threads; }
+void *svlm_k_alloc(svlm_kernels *k, size_t bytes) { return k->ops->alloc(k, bytes); }
+void svlm_k_free(svlm_kernels *k, void *p) { k->ops->free(k, p); }
+
+void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    k->ops->matmul(k, w, x, n, y);
+}
+void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                    float eps) {
+    k->ops->rmsnorm(k, x, w, y, n, dim, eps);
+}
+void svlm_k_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
+                      int64_t dim, float eps) {
+    k->ops->layernorm(k, x, w, b, y, n, dim, eps);
+}
+void svlm_k_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
+                 float base, int neox) {
+    k->ops->rope(k, x, n, n_head, head_dim, n_rot, pos, base, neox);
+}
+void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a) { k->ops->attention(k, a); }
+void svlm_k_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
+    k->ops->silu_mul(k, gate, up, n);
+}
+void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n) { k->ops->gelu_tanh(k, x, n); }
+void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n) { k->ops->add(k, y, x, n); }
+void svlm_k_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
+    k->ops->add_bias(k, y, b, n_rows, dim);
+}
+void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) { k->ops->softmax(k, x, n_rows, dim); }
