@@ -37,7 +37,13 @@ typedef struct svlm_attn_args {
 typedef struct svlm_kernels svlm_kernels;
 
 /* CPU backend with its own thread pool (n_threads <= 0: all CPUs). Picks the best SIMD level the
- * CPU has at run time; SVLM_SIMD=scalar|avx2|avx512 in the environment forces a lower one. */
+ * CPU has at run time. Environment overrides (for tests and comparisons):
+ *   SVLM_SIMD=scalar|avx2|avx512  force a level (unknown value: E_INVALID; above the CPU's: E_UNSUPPORTED)
+ *   SVLM_GEMM=own|blas            batched matmuls through svlm's AVX-512 GEMM or OpenBLAS (default
+ *                                 OpenBLAS when built with it). Creating the backend sets OpenBLAS to
+ *                                 one thread: svlm parallelises across its own pool.
+ * Weight types with a kernel: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K (loaders must
+ * reject others up front). */
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err);
 void svlm_kernels_destroy(svlm_kernels *k);
 const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */
