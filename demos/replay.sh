@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Serve a recording as if it were a live camera (played in real time):
+#   demos/replay.sh [VIDEO]   (default: ../shared/media/people_indoor_one_by_one.mp4, else a test pattern)
+source "$(dirname "$0")/common.sh"
+VIDEO=${1:-$REPO/../shared/media/people_indoor_one_by_one.mp4}
+if [ -f "$VIDEO" ]; then
+  start_server replay "$VIDEO"
+else
+  echo "replay: $VIDEO not found, serving the built-in test pattern" >&2
+  start_server replay "pattern:size=640x360,rate=25,duration=0,live"
+fi

@@ -1,0 +1,127 @@
+// svlm web client: plain JavaScript over the websocket protocol (docs/protocol.md).
+"use strict";
+const params = new URLSearchParams(location.search);
+const token = params.get("token") || "";
+const tokenQuery = token ? "token=" + encodeURIComponent(token) : "";
+const $ = (id) => document.getElementById(id);
+let ws = null, nextId = 1, streams = [];
+const answers = new Map();   // request id -> answer element
+const watches = new Map();   // request id -> question
+
+function send(msg) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); }
+function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
+
+function connect() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(proto + "//" + location.host + "/v1/ws" + (tokenQuery ? "?" + tokenQuery : ""));
+  ws.onopen = () => { send({type: "hello", id: "hello", version: 1, token: token || undefined, status_interval: 2}); };
+  ws.onmessage = (ev) => handle(JSON.parse(ev.data));
+  ws.onclose = () => { setConn("disconnected", "bad"); setTimeout(connect, 2000); };
+}
+
+function setConn(text, cls) { const c = $("conn"); c.textContent = text; c.className = "pill " + (cls || ""); }
+
+function handle(m) {
+  switch (m.type) {
+  case "hello":
+    setConn("connected", "ok");
+    $("model").textContent = "model: " + m.model;
+    $("banner").hidden = !m.stand_in;
+    send({type: "list", id: "list"});
+    break;
+  case "streams": case "status": renderStreams(m.streams); break;
+  case "opened": case "closed": send({type: "list", id: "list"}); break;
+  case "token": { const a = answers.get(m.id); if (a) a.text.textContent += m.text; break; }
+  case "done": {
+    const a = answers.get(m.id);
+    if (a) {
+      a.text.textContent = m.text;
+      const t = m.timings;
+      a.stats.textContent = `${m.tokens.completion} tokens · first token ${t.client_ttft_ms.toFixed(0)} ms · ${t.tokens_per_s.toFixed(1)} tok/s` + (m.cancelled ? " · cancelled" : "");
+      a.box.classList.add("done");
+      answers.delete(m.id);
+    }
+    break;
+  }
+  case "alert": {
+    const li = el("li", "", `[${m.stream} @ ${m.video_time.toFixed(1)} s] ${watches.get(m.id) || ""} → ${m.answer}`);
+    $("alerts").prepend(li);
+    break;
+  }
+  case "watching": case "unwatched": break;
+  case "error": {
+    const a = answers.get(m.id);
+    const text = `${m.code}: ${m.message}`;
+    if (a) { a.text.textContent = text; a.box.classList.add("error"); answers.delete(m.id); }
+    else { const d = el("div", "answer error", text); $("chat").append(d); }
+    if (m.code === "unauthorized") setConn("needs ?token=", "bad");
+    break;
+  }
+  }
+}
+
+function snapshotUrl(name) {
+  return `/v1/streams/${encodeURIComponent(name)}/snapshot.jpg?t=${Date.now()}` + (tokenQuery ? "&" + tokenQuery : "");
+}
+
+function renderStreams(list) {
+  streams = list;
+  const box = $("stream-list");
+  const names = new Set(list.map((s) => s.stream));
+  for (const card of [...box.children]) if (!names.has(card.dataset.name)) card.remove();
+  for (const s of list) {
+    let card = box.querySelector(`[data-name="${CSS.escape(s.stream)}"]`);
+    if (!card) {
+      card = el("div", "stream"); card.dataset.name = s.stream;
+      const img = el("img"); img.alt = "latest frame of " + s.stream;
+      card.append(el("strong", "", s.stream), img, el("div", "meta"));
+      box.append(card);
+    }
+    card.querySelector(".meta").textContent =
+      `${s.state} · ${s.fps_in.toFixed(2)} fps · ${s.frames_in} frames · ${s.drops} dropped · ${s.reconnects} reconnects · ${(s.memory_total / 1048576).toFixed(1)} MiB`;
+  }
+  const sel = $("stream-select"), cur = sel.value;
+  sel.replaceChildren(...list.map((s) => { const o = el("option", "", s.stream); o.value = s.stream; return o; }));
+  if (names.has(cur)) sel.value = cur;
+}
+
+// Frames refresh about once a second; a new image replaces the old only when it has loaded.
+setInterval(() => {
+  for (const card of $("stream-list").children) {
+    const img = card.querySelector("img"), next = new Image();
+    next.onload = () => { img.src = next.src; };
+    next.src = snapshotUrl(card.dataset.name);
+  }
+}, 1000);
+
+$("ask-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const q = $("question").value.trim(), stream = $("stream-select").value;
+  if (!q || !stream) return;
+  const id = "q" + nextId++;
+  $("chat").append(el("div", "q", `${stream}: ${q}`));
+  const box = el("div", "answer"), text = el("span", "text"), stats = el("span", "stats");
+  box.append(text, stats); $("chat").append(box);
+  answers.set(id, {box, text, stats});
+  send({type: "ask", id, stream, question: q, max_tokens: 256});
+  $("question").value = "";
+  $("chat").scrollTop = $("chat").scrollHeight;
+});
+
+$("watch-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const q = $("watch-question").value.trim(), stream = $("stream-select").value;
+  if (!q || !stream) return;
+  const id = "w" + nextId++;
+  watches.set(id, q);
+  send({type: "watch", id, stream, question: q, condition: $("watch-condition").value,
+        interval: Number($("watch-interval").value) || 5});
+  $("watch-question").value = "";
+});
+
+$("open-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  send({type: "open", id: "o" + nextId++, stream: $("open-name").value.trim(), uri: $("open-uri").value.trim()});
+});
+
+connect();

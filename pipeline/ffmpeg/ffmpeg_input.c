@@ -1,0 +1,77 @@
+#include "pipeline/ffmpeg/ffmpeg_input.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/err.h"
+
+static int interrupt_cb(void *opaque) { return svlm_ctl_should_stop(opaque) != SVLM_STOP_NONE; }
+
+/* Strips "user:pass@" so that passwords never reach messages. */
+static void redact(const char *url, char *out, size_t n) {
+    const char *scheme_end = strstr(url, "://");
+    const char *at = scheme_end ? strchr(scheme_end + 3, '@') : NULL;
+    const char *slash = scheme_end ? strchr(scheme_end + 3, '/') : NULL;
+    if (at && (!slash || at < slash))
+        snprintf(out, n, "%.*s***@%s", (int)(scheme_end + 3 - url), url, at + 1);
+    else
+        snprintf(out, n, "%s", url);
+}
+
+svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char *target) {
+    char msg[AV_ERROR_MAX_STRING_SIZE] = {0}, safe[512];
+    av_strerror(averr, msg, sizeof msg);
+    redact(target, safe, sizeof safe);
+    if (averr == AVERROR_EXIT) return svlm_fail(err, SVLM_E_CANCELLED, "%s %s: interrupted", what, safe);
+    if (averr == AVERROR(ENOENT)) return svlm_fail(err, SVLM_E_IO, "%s %s: no such file", what, safe);
+    if (averr == AVERROR(ECONNREFUSED))
+        return svlm_fail(err, SVLM_E_IO, "%s %s: connection refused (nothing listens on that host and port)", what, safe);
+    if (averr == AVERROR(ETIMEDOUT) || averr == AVERROR(EHOSTUNREACH) || averr == AVERROR(ENETUNREACH))
+        return svlm_fail(err, SVLM_E_IO, "%s %s: host unreachable (%s)", what, safe, msg);
+    if (averr == AVERROR_HTTP_UNAUTHORIZED || averr == AVERROR_HTTP_FORBIDDEN || averr == AVERROR(EACCES) || averr == AVERROR(EPERM))
+        return svlm_fail(err, SVLM_E_IO, "%s %s: login refused or access denied (check the user:password in the URL)", what, safe);
+    if (averr == AVERROR_HTTP_NOT_FOUND) return svlm_fail(err, SVLM_E_IO, "%s %s: not found on the server (HTTP 404)", what, safe);
+    if (averr == AVERROR_INVALIDDATA) return svlm_fail(err, SVLM_E_FORMAT, "%s %s: not a media file FFmpeg recognises, or damaged", what, safe);
+    if (averr == AVERROR_PROTOCOL_NOT_FOUND)
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "%s %s: this FFmpeg build lacks the protocol", what, safe);
+    return svlm_fail(err, SVLM_E_IO, "%s %s: %s", what, safe, msg);
+}
+
+svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a, svlm_err *err) {
+    *out = NULL;
+    const svlm_uri *uri = a->uri;
+    AVFormatContext *fmt = avformat_alloc_context();
+    if (!fmt) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    fmt->interrupt_callback.callback = interrupt_cb;
+    fmt->interrupt_callback.opaque = a->ctl;
+
+    AVDictionary *opts = NULL;
+    if (uri->kind == SVLM_URI_RTSP) {
+        if (a->opts->transport == SVLM_TRANSPORT_TCP) av_dict_set(&opts, "rtsp_transport", "tcp", 0);
+        if (a->opts->transport == SVLM_TRANSPORT_UDP) av_dict_set(&opts, "rtsp_transport", "udp", 0);
+        /* socket I/O timeout in microseconds; the interrupt callback also enforces ours */
+        char us[32];
+        snprintf(us, sizeof us, "%lld", (long long)(a->opts->open_timeout_s * 1e6));
+        av_dict_set(&opts, "timeout", us, 0);
+    }
+    if (uri->kind == SVLM_URI_HTTP) av_dict_set(&opts, "rw_timeout", "10000000", 0);
+    if (a->opts->live) {
+        /* Cut stream probing (it costs ~1 s before the first frame) and demuxer buffering. */
+        av_dict_set(&opts, "fflags", "nobuffer", 0);
+        av_dict_set(&opts, "probesize", "65536", 0);
+        av_dict_set(&opts, "analyzeduration", "200000", 0);
+        if (uri->kind == SVLM_URI_RTSP) av_dict_set(&opts, "max_delay", "100000", 0);
+    }
+    const char *target = uri->target;
+    int rc = avformat_open_input(&fmt, target, NULL, &opts);
+    av_dict_free(&opts);
+    if (rc < 0) return svlm_ff_fail(err, rc, "cannot open", target);
+    rc = avformat_find_stream_info(fmt, NULL);
+    if (rc < 0) {
+        avformat_close_input(&fmt);
+        return svlm_ff_fail(err, rc, "cannot read the streams of", target);
+    }
+    *out = fmt;
+    return SVLM_OK;
+}

@@ -1,0 +1,15 @@
+/* Opening an input with libavformat: options per scheme, interrupt callback, clear errors. */
+#ifndef SVLM_PIPELINE_FFMPEG_INPUT_H
+#define SVLM_PIPELINE_FFMPEG_INPUT_H
+
+#include <libavformat/avformat.h>
+
+#include "pipeline/source_backend.h"
+
+/* Opens and probes the input (honouring ctl: cancel and the open deadline). */
+svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *args, svlm_err *err);
+
+/* A message for an FFmpeg error code, with the likely cause spelled out. */
+svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char *target);
+
+#endif

@@ -1,0 +1,244 @@
+/*
+ * The FFmpeg backend: libavformat demuxes (files, RTSP, HTTP, HLS), libavcodec decodes,
+ * libswscale converts and scales only the frames the sampler keeps. While the next kept
+ * frame is far ahead, the decoder skips non-reference frames (AVDISCARD_NONREF): nothing
+ * else depends on them, so skipping them never damages later frames.
+ */
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/imgutils.h>
+#include <libswscale/swscale.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "pipeline/ffmpeg/ffmpeg_input.h"
+
+typedef struct ff_ctx {
+    AVFormatContext *fmt;
+    AVCodecContext *dec;
+    AVStream *st;
+    int vidx;
+    AVPacket *pkt;
+    AVFrame *frame;
+    struct SwsContext *sws;
+    int sws_w, sws_h, sws_fmt;
+    const svlm_uri *uri; /* lives in the source */
+    svlm_ingest_ctl *ctl;
+    svlm_sampler *sampler;
+    svlm_source_opts opts;
+    int64_t base_ts;       /* stream timestamp of pts 0 */
+    double frame_dur;      /* seconds, from the stream's frame rate */
+    double last_pts;
+    int draining;
+    int bad_reads; /* consecutive unreadable packets */
+} ff_ctx;
+
+static void ff_close(void *ctx) {
+    ff_ctx *c = ctx;
+    if (!c) return;
+    sws_freeContext(c->sws);
+    av_frame_free(&c->frame);
+    av_packet_free(&c->pkt);
+    avcodec_free_context(&c->dec);
+    avformat_close_input(&c->fmt);
+    free(c);
+}
+
+static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
+    const AVCodec *codec = NULL;
+    int idx = av_find_best_stream(c->fmt, AVMEDIA_TYPE_VIDEO, -1, -1, &codec, 0);
+    if (idx == AVERROR_STREAM_NOT_FOUND) return svlm_fail(err, SVLM_E_FORMAT, "%s has no video stream", c->uri->target);
+    if (idx == AVERROR_DECODER_NOT_FOUND || (idx >= 0 && !codec)) {
+        int any = -1;
+        for (unsigned i = 0; i < c->fmt->nb_streams; i++)
+            if (c->fmt->streams[i]->codecpar->codec_type == AVMEDIA_TYPE_VIDEO) any = (int)i;
+        const AVCodecParameters *par = any >= 0 ? c->fmt->streams[any]->codecpar : NULL;
+        char tag[AV_FOURCC_MAX_STRING_SIZE] = "?";
+        if (par) av_fourcc_make_string(tag, par->codec_tag);
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "unsupported video codec '%s' (tag %s): this FFmpeg has no decoder for it",
+                         par ? avcodec_get_name(par->codec_id) : "?", tag);
+    }
+    if (idx < 0) return svlm_ff_fail(err, idx, "no usable video stream in", c->uri->target);
+    c->vidx = idx;
+    c->st = c->fmt->streams[idx];
+    for (unsigned i = 0; i < c->fmt->nb_streams; i++)
+        if ((int)i != idx) c->fmt->streams[i]->discard = AVDISCARD_ALL; /* audio etc.: not even demuxed */
+
+    c->dec = avcodec_alloc_context3(codec);
+    if (!c->dec) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    int rc = avcodec_parameters_to_context(c->dec, c->st->codecpar);
+    if (rc < 0) return svlm_ff_fail(err, rc, "bad codec parameters in", c->uri->target);
+    c->dec->pkt_timebase = c->st->time_base;
+    c->dec->thread_count = 0;
+    /* Frame threads add a frame of delay per thread: live sources use slice threads only. */
+    if (c->opts.live) {
+        c->dec->thread_type = FF_THREAD_SLICE;
+        c->dec->flags |= AV_CODEC_FLAG_LOW_DELAY;
+    }
+    rc = avcodec_open2(c->dec, codec, NULL);
+    if (rc < 0) return svlm_ff_fail(err, rc, "cannot open the decoder for", c->uri->target);
+
+    AVRational fr = c->st->avg_frame_rate.num ? c->st->avg_frame_rate : c->st->r_frame_rate;
+    c->frame_dur = fr.num > 0 && fr.den > 0 ? av_q2d(av_inv_q(fr)) : 1.0 / 25;
+    /* Live streams start mid-way: their first frame is pts 0. */
+    c->base_ts = c->opts.live ? AV_NOPTS_VALUE : c->st->start_time;
+    return SVLM_OK;
+}
+
+static svlm_status ff_open(void **out, const svlm_backend_args *a, svlm_err *err) {
+    ff_ctx *c = calloc(1, sizeof *c);
+    if (!c) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    c->uri = a->uri;
+    c->ctl = a->ctl;
+    c->sampler = a->sampler;
+    c->opts = *a->opts;
+    c->last_pts = -1;
+    svlm_status st = svlm_ff_open_input(&c->fmt, a, err);
+    if (st == SVLM_OK) st = open_decoder(c, err);
+    if (st == SVLM_OK && (!(c->pkt = av_packet_alloc()) || !(c->frame = av_frame_alloc()))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (st != SVLM_OK) {
+        ff_close(c);
+        return st;
+    }
+    *out = c;
+    return SVLM_OK;
+}
+
+static double ts_seconds(ff_ctx *c, int64_t ts) {
+    if (ts == AV_NOPTS_VALUE) return c->last_pts < 0 ? 0 : c->last_pts + c->frame_dur;
+    if (c->base_ts == AV_NOPTS_VALUE) c->base_ts = ts; /* no declared start: the first frame is 0 */
+    return (double)(ts - c->base_ts) * av_q2d(c->st->time_base);
+}
+
+/* Skip non-reference frames while the next kept frame is more than a few frames (plus the
+ * decoder's reordering delay) ahead of this packet. */
+static void choose_skip(ff_ctx *c, const AVPacket *pkt) {
+    if (c->sampler->interval <= 0 || pkt->pts == AV_NOPTS_VALUE) {
+        c->dec->skip_frame = AVDISCARD_DEFAULT;
+        return;
+    }
+    double pts = (double)(pkt->pts - (c->base_ts == AV_NOPTS_VALUE ? pkt->pts : c->base_ts)) * av_q2d(c->st->time_base);
+    double margin = 4 * c->frame_dur + 0.1;
+    c->dec->skip_frame = svlm_sampler_lead(c->sampler, pts, svlm_wall_now()) > margin ? AVDISCARD_NONREF : AVDISCARD_DEFAULT;
+}
+
+static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_err *err) {
+    int ow, oh;
+    svlm_output_size(&c->opts, f->width, f->height, &ow, &oh);
+    svlm_status st = svlm_frame_alloc(out, ow, oh, err);
+    if (st != SVLM_OK) return st;
+    int flags = (ow < f->width || oh < f->height) ? SWS_AREA : SWS_BILINEAR;
+    c->sws = sws_getCachedContext(c->sws, f->width, f->height, f->format, ow, oh, AV_PIX_FMT_RGB24, flags, NULL, NULL, NULL);
+    if (!c->sws) {
+        svlm_frame_release(out);
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "cannot convert %s frames to RGB", av_get_pix_fmt_name(f->format));
+    }
+    /* Honour the stream's colour matrix and range (BT.709 HD vs BT.601 SD, full vs limited). */
+    int space = f->colorspace == AVCOL_SPC_UNSPECIFIED ? (f->height >= 720 ? SWS_CS_ITU709 : SWS_CS_ITU601) : (int)f->colorspace;
+    int full = f->color_range == AVCOL_RANGE_JPEG;
+    sws_setColorspaceDetails(c->sws, sws_getCoefficients(space), full, sws_getCoefficients(SWS_CS_DEFAULT), 1, 0, 1 << 16, 1 << 16);
+    uint8_t *dst[4] = {out->data, NULL, NULL, NULL};
+    int dst_stride[4] = {out->stride, 0, 0, 0};
+    sws_scale(c->sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst, dst_stride);
+    return SVLM_OK;
+}
+
+/* One decoded frame: count it, keep it if the sampler wants it. Returns 1 when *out is filled. */
+static int on_frame(ff_ctx *c, svlm_frame *out, svlm_status *st, svlm_err *err) {
+    AVFrame *f = c->frame;
+    atomic_fetch_add(&c->ctl->decoded, 1);
+    svlm_ctl_touch(c->ctl);
+    if (f->decode_error_flags || (f->flags & AV_FRAME_FLAG_CORRUPT)) {
+        atomic_fetch_add(&c->ctl->corrupt, 1);
+        av_frame_unref(f);
+        return 0;
+    }
+    double pts = ts_seconds(c, f->best_effort_timestamp);
+    double wall = svlm_wall_now();
+    c->last_pts = pts;
+    int keep = svlm_sampler_take(c->sampler, pts, wall);
+    if (keep) {
+        *st = convert(c, f, out, err);
+        out->pts = pts;
+        out->wall = wall;
+    }
+    av_frame_unref(f);
+    return keep;
+}
+
+static svlm_status ff_read(void *ctx, svlm_frame *out, svlm_err *err) {
+    ff_ctx *c = ctx;
+    for (;;) {
+        int rc = avcodec_receive_frame(c->dec, c->frame);
+        if (rc == 0) {
+            svlm_status st = SVLM_OK;
+            if (on_frame(c, out, &st, err)) return st;
+            continue;
+        }
+        if (rc == AVERROR_EOF) return SVLM_E_END;
+        if (rc != AVERROR(EAGAIN)) {
+            atomic_fetch_add(&c->ctl->corrupt, 1); /* a frame the decoder gave up on */
+            continue;
+        }
+        if (c->draining) return SVLM_E_END;
+        if (svlm_ctl_should_stop(c->ctl)) return svlm_ctl_stop_error(c->ctl, err, c->uri->target);
+        rc = av_read_frame(c->fmt, c->pkt);
+        if (rc == AVERROR_EXIT) return svlm_ctl_stop_error(c->ctl, err, c->uri->target);
+        if (rc == AVERROR_EOF || (rc < 0 && avio_feof(c->fmt->pb))) {
+            c->draining = 1;
+            c->dec->skip_frame = AVDISCARD_DEFAULT;
+            avcodec_send_packet(c->dec, NULL);
+            continue;
+        }
+        if (rc == AVERROR_INVALIDDATA && ++c->bad_reads < 1000) {
+            atomic_fetch_add(&c->ctl->corrupt, 1); /* damaged container data: skip it */
+            continue;
+        }
+        if (rc < 0) return svlm_ff_fail(err, rc, "stream lost:", c->uri->target);
+        c->bad_reads = 0;
+        if (c->pkt->stream_index != c->vidx) {
+            av_packet_unref(c->pkt);
+            continue;
+        }
+        if (c->pkt->flags & AV_PKT_FLAG_CORRUPT) atomic_fetch_add(&c->ctl->corrupt, 1);
+        choose_skip(c, c->pkt);
+        rc = avcodec_send_packet(c->dec, c->pkt);
+        av_packet_unref(c->pkt);
+        if (rc < 0 && rc != AVERROR(EAGAIN)) atomic_fetch_add(&c->ctl->corrupt, 1);
+    }
+}
+
+static void describe_stream(const AVStream *s, svlm_stream_desc *d) {
+    const AVCodecParameters *p = s->codecpar;
+    d->index = s->index;
+    snprintf(d->type, sizeof d->type, "%s", av_get_media_type_string(p->codec_type) ? av_get_media_type_string(p->codec_type) : "unknown");
+    snprintf(d->codec, sizeof d->codec, "%s", avcodec_get_name(p->codec_id));
+    if (p->codec_type == AVMEDIA_TYPE_VIDEO) {
+        d->width = p->width;
+        d->height = p->height;
+        AVRational fr = s->avg_frame_rate.num ? s->avg_frame_rate : s->r_frame_rate;
+        d->fps = fr.num > 0 && fr.den > 0 ? av_q2d(fr) : 0;
+    }
+    if (p->codec_type == AVMEDIA_TYPE_AUDIO) {
+        d->sample_rate = p->sample_rate;
+        d->channels = p->ch_layout.nb_channels;
+    }
+    d->duration = s->duration != AV_NOPTS_VALUE ? (double)s->duration * av_q2d(s->time_base) : 0;
+}
+
+static svlm_status ff_probe(const svlm_backend_args *a, svlm_probe_info *info, svlm_err *err) {
+    AVFormatContext *fmt = NULL;
+    svlm_status st = svlm_ff_open_input(&fmt, a, err);
+    if (st != SVLM_OK) return st;
+    snprintf(info->container, sizeof info->container, "%s", fmt->iformat->name);
+    info->duration = fmt->duration != AV_NOPTS_VALUE ? (double)fmt->duration / AV_TIME_BASE : 0;
+    info->bit_rate = fmt->bit_rate;
+    for (unsigned i = 0; i < fmt->nb_streams && info->n_streams < SVLM_PROBE_MAX_STREAMS; i++)
+        describe_stream(fmt->streams[i], &info->streams[info->n_streams++]);
+    avformat_close_input(&fmt);
+    return SVLM_OK;
+}
+
+const svlm_backend_ops svlm_ffmpeg_backend = {"ffmpeg", ff_open, ff_read, ff_close, ff_probe};

@@ -1,0 +1,329 @@
+/*
+ * The GStreamer backend: SOURCE ! videoconvert ! videoscale ! capsfilter(RGB) ! appsink.
+ * SOURCE is uridecodebin (files, rtsp, http, HLS), v4l2src (webcams) or a user's launch
+ * description (gst:...). A pad probe in front of videoconvert runs the sampler, so frames
+ * that sampling discards are never colour-converted or scaled. appsink rows are padded to
+ * 4 bytes; frames are repacked to a tight stride.
+ */
+#include <gst/app/gstappsink.h>
+#include <gst/gst.h>
+#include <gst/video/video.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "pipeline/source_backend.h"
+
+#define ELEMENT_PREFIX "svlm_"
+
+typedef struct gst_ctx {
+    GstElement *pipeline, *sink, *conv;
+    GstBus *bus;
+    GstPad *probe_pad;
+    gulong probe_id;
+    svlm_ingest_ctl *ctl;
+    svlm_sampler *sampler; /* used only on the streaming thread, inside the probe */
+    svlm_source_opts opts;
+    const svlm_uri *uri;
+    int live;
+    GstClockTime first_pts; /* live: pts 0 is the first frame */
+} gst_ctx;
+
+static void gst_close(void *ctx) {
+    gst_ctx *c = ctx;
+    if (!c) return;
+    if (c->pipeline) gst_element_set_state(c->pipeline, GST_STATE_NULL);
+    if (c->probe_pad) {
+        gst_pad_remove_probe(c->probe_pad, c->probe_id);
+        gst_object_unref(c->probe_pad);
+    }
+    if (c->bus) gst_object_unref(c->bus);
+    if (c->sink) gst_object_unref(c->sink);
+    if (c->conv) gst_object_unref(c->conv);
+    if (c->pipeline) gst_object_unref(c->pipeline);
+    free(c);
+}
+
+/* Seconds from the stream's start for a buffer timestamp under the pad's segment. */
+static double stream_seconds(gst_ctx *c, const GstSegment *seg, GstClockTime pts) {
+    if (!GST_CLOCK_TIME_IS_VALID(pts)) return 0;
+    if (c->live) {
+        if (!GST_CLOCK_TIME_IS_VALID(c->first_pts)) c->first_pts = pts;
+        return pts >= c->first_pts ? (double)(pts - c->first_pts) / GST_SECOND : 0;
+    }
+    guint64 t = seg ? gst_segment_to_stream_time(seg, GST_FORMAT_TIME, pts) : pts;
+    return GST_CLOCK_TIME_IS_VALID(t) ? (double)t / GST_SECOND : (double)pts / GST_SECOND;
+}
+
+/* Streaming thread: count every decoded frame, drop those the sampler does not keep. */
+static GstPadProbeReturn sample_probe(GstPad *pad, GstPadProbeInfo *info, gpointer user) {
+    gst_ctx *c = user;
+    GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    atomic_fetch_add(&c->ctl->decoded, 1);
+    svlm_ctl_touch(c->ctl);
+    if (!c->sampler) return GST_PAD_PROBE_OK; /* probing: let it preroll */
+    if (GST_BUFFER_FLAG_IS_SET(buf, GST_BUFFER_FLAG_CORRUPTED)) {
+        atomic_fetch_add(&c->ctl->corrupt, 1);
+        return GST_PAD_PROBE_DROP;
+    }
+    GstEvent *ev = gst_pad_get_sticky_event(pad, GST_EVENT_SEGMENT, 0);
+    const GstSegment *seg = NULL;
+    if (ev) gst_event_parse_segment(ev, &seg);
+    double pts = stream_seconds(c, seg, GST_BUFFER_PTS(buf));
+    if (ev) gst_event_unref(ev);
+    return svlm_sampler_take(c->sampler, pts, svlm_wall_now()) ? GST_PAD_PROBE_OK : GST_PAD_PROBE_DROP;
+}
+
+/* uridecodebin made its source: tune RTSP for latency and transport. */
+static void on_source_setup(GstElement *bin, GstElement *source, gpointer user) {
+    (void)bin;
+    gst_ctx *c = user;
+    GObjectClass *klass = G_OBJECT_GET_CLASS(source);
+    if (g_object_class_find_property(klass, "latency") && c->uri->kind == SVLM_URI_RTSP)
+        g_object_set(source, "latency", (guint)0, NULL); /* the default 2000 ms jitter buffer */
+    if (g_object_class_find_property(klass, "protocols") && c->opts.transport != SVLM_TRANSPORT_AUTO)
+        g_object_set(source, "protocols", c->opts.transport == SVLM_TRANSPORT_TCP ? 0x4u : 0x1u, NULL);
+}
+
+/* Decoders keep going past damaged data (reported as warnings) instead of failing. */
+static void on_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer user) {
+    (void)bin, (void)sub, (void)user;
+    if (GST_IS_VIDEO_DECODER(el) && g_object_class_find_property(G_OBJECT_GET_CLASS(el), "max-errors"))
+        g_object_set(el, "max-errors", -1, NULL);
+}
+
+static char *caps_string(const svlm_source_opts *o) {
+    if (o->width > 0 && o->height > 0)
+        return g_strdup_printf("video/x-raw,format=RGB,width=%d,height=%d,pixel-aspect-ratio=1/1", o->width, o->height);
+    if (o->max_edge > 0)
+        return g_strdup_printf("video/x-raw,format=RGB,width=[1,%d],height=[1,%d],pixel-aspect-ratio=1/1", o->max_edge, o->max_edge);
+    return g_strdup("video/x-raw,format=RGB");
+}
+
+static char *describe(const svlm_uri *uri) {
+    const char *tail = "videoconvert name=" ELEMENT_PREFIX "conv ! videoscale ! capsfilter name=" ELEMENT_PREFIX
+                       "caps ! appsink name=" ELEMENT_PREFIX "sink";
+    switch (uri->kind) {
+    case SVLM_URI_V4L2: return g_strdup_printf("v4l2src name=" ELEMENT_PREFIX "src ! %s", tail);
+    case SVLM_URI_GST: return g_strdup_printf("%s ! %s", uri->target, tail);
+    default:
+        return g_strdup_printf("uridecodebin name=" ELEMENT_PREFIX "src ! %s", tail);
+    }
+}
+
+/* A GStreamer error message as a clear svlm error. */
+static svlm_status fail_from_message(GstMessage *msg, const char *target, svlm_err *err) {
+    GError *gerr = NULL;
+    gchar *dbg = NULL;
+    gst_message_parse_error(msg, &gerr, &dbg);
+    svlm_status st = SVLM_E_IO;
+    const char *hint = "";
+    if (gerr && (g_error_matches(gerr, GST_CORE_ERROR, GST_CORE_ERROR_MISSING_PLUGIN) ||
+                 g_error_matches(gerr, GST_STREAM_ERROR, GST_STREAM_ERROR_CODEC_NOT_FOUND))) {
+        st = SVLM_E_UNSUPPORTED;
+        hint = "unsupported codec or format: ";
+    } else if (gerr && g_error_matches(gerr, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_AUTHORIZED)) {
+        hint = "login refused: ";
+    } else if (gerr && (g_error_matches(gerr, GST_STREAM_ERROR, GST_STREAM_ERROR_TYPE_NOT_FOUND) ||
+                        g_error_matches(gerr, GST_STREAM_ERROR, GST_STREAM_ERROR_WRONG_TYPE))) {
+        st = SVLM_E_FORMAT;
+        hint = "not a media file GStreamer recognises: ";
+    }
+    if (dbg && strstr(dbg, "not-linked")) hint = "no video stream that GStreamer can decode: ";
+    /* The debug text's last line names the cause (e.g. "Failed to connect."). */
+    const char *why = dbg ? strrchr(dbg, '\n') : NULL;
+    why = why ? why + 1 : dbg;
+    if (why && !*why) why = NULL;
+    svlm_fail(err, st, "%s: %s%s%s%.200s%s", target, hint, gerr ? gerr->message : "GStreamer error", why ? " (" : "", why ? why : "",
+              why ? ")" : "");
+    if (gerr) g_error_free(gerr);
+    g_free(dbg);
+    return st;
+}
+
+/* Reads pending bus messages: an ERROR fails, EOS returns SVLM_E_END, decoder warnings count
+ * as corrupt data. SVLM_OK when nothing final is waiting. */
+static svlm_status drain_bus(gst_ctx *c, const char *target, svlm_err *err) {
+    GstMessage *msg;
+    while ((msg = gst_bus_pop_filtered(c->bus, GST_MESSAGE_ERROR | GST_MESSAGE_EOS | GST_MESSAGE_WARNING))) {
+        svlm_status st = SVLM_OK;
+        if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR) st = fail_from_message(msg, target, err);
+        else if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_EOS) st = SVLM_E_END;
+        else {
+            GError *gerr = NULL;
+            gst_message_parse_warning(msg, &gerr, NULL);
+            if (gerr && gerr->domain == GST_STREAM_ERROR) atomic_fetch_add(&c->ctl->corrupt, 1);
+            if (gerr) g_error_free(gerr);
+        }
+        gst_message_unref(msg);
+        if (st != SVLM_OK) return st;
+    }
+    return SVLM_OK;
+}
+
+static const char *safe_target(const svlm_uri *uri) { return uri->kind == SVLM_URI_RTSP ? "rtsp source" : uri->target; }
+
+static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) {
+    GError *gerr = NULL;
+    if (!gst_init_check(NULL, NULL, &gerr)) {
+        svlm_status st = svlm_fail(err, SVLM_E_UNSUPPORTED, "GStreamer failed to initialise: %s", gerr ? gerr->message : "?");
+        if (gerr) g_error_free(gerr);
+        return st;
+    }
+    char *caps = caps_string(a->opts);
+    char *desc = describe(a->uri);
+    c->pipeline = gst_parse_launch_full(desc, NULL, GST_PARSE_FLAG_FATAL_ERRORS, &gerr);
+    g_free(desc);
+    if (!c->pipeline) {
+        g_free(caps);
+        svlm_status st = svlm_fail(err, SVLM_E_INVALID, "GStreamer cannot build the pipeline: %s", gerr ? gerr->message : "?");
+        if (gerr) g_error_free(gerr);
+        return st;
+    }
+    GstElement *capsfilter = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "caps");
+    GstCaps *gcaps = gst_caps_from_string(caps);
+    g_object_set(capsfilter, "caps", gcaps, NULL);
+    gst_caps_unref(gcaps);
+    gst_object_unref(capsfilter);
+    g_free(caps);
+
+    GstElement *src = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "src");
+    if (src && a->uri->kind == SVLM_URI_V4L2) g_object_set(src, "device", a->uri->target, NULL);
+    if (src && a->uri->kind != SVLM_URI_V4L2) {
+        gchar *u = a->uri->kind == SVLM_URI_FILE ? gst_filename_to_uri(a->uri->target, NULL) : g_strdup(a->uri->target);
+        g_object_set(src, "uri", u, NULL);
+        g_free(u);
+        g_signal_connect(src, "source-setup", G_CALLBACK(on_source_setup), c);
+    }
+    if (src) gst_object_unref(src);
+    g_signal_connect(c->pipeline, "deep-element-added", G_CALLBACK(on_element_added), c);
+
+    c->sink = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "sink");
+    c->conv = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "conv");
+    /* appsink: no clock sync (pacing is ours), a short queue that pushes back on replay */
+    g_object_set(c->sink, "sync", FALSE, "max-buffers", 2, "drop", FALSE, "emit-signals", FALSE, NULL);
+    c->probe_pad = gst_element_get_static_pad(c->conv, "sink");
+    c->probe_id = gst_pad_add_probe(c->probe_pad, GST_PAD_PROBE_TYPE_BUFFER, sample_probe, c, NULL);
+    c->bus = gst_element_get_bus(c->pipeline);
+    return SVLM_OK;
+}
+
+/* Plays the pipeline until the decoded format is known (the first frame reached videoconvert). */
+static svlm_status start(gst_ctx *c, svlm_err *err) {
+    const char *target = safe_target(c->uri);
+    if (gst_element_set_state(c->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
+        svlm_status st = drain_bus(c, target, err);
+        return st != SVLM_OK ? st : svlm_fail(err, SVLM_E_IO, "%s: GStreamer could not start the pipeline", target);
+    }
+    for (;;) {
+        svlm_status st = drain_bus(c, target, err);
+        if (st == SVLM_E_END) return svlm_fail(err, SVLM_E_FORMAT, "%s: the stream ended before any video frame (no video stream?)", target);
+        if (st != SVLM_OK) return st;
+        GstCaps *caps = gst_pad_get_current_caps(c->probe_pad);
+        if (caps) {
+            gst_caps_unref(caps);
+            return SVLM_OK;
+        }
+        if (svlm_ctl_should_stop(c->ctl)) return svlm_ctl_stop_error(c->ctl, err, target);
+        GstMessage *msg = gst_bus_timed_pop_filtered(c->bus, 20 * GST_MSECOND, GST_MESSAGE_ERROR | GST_MESSAGE_EOS);
+        if (msg) {
+            st = GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR ? fail_from_message(msg, target, err)
+                                                             : svlm_fail(err, SVLM_E_FORMAT, "%s: the stream ended before any video frame (no video stream?)", target);
+            gst_message_unref(msg);
+            return st;
+        }
+    }
+}
+
+static svlm_status gst_open_common(gst_ctx **out, const svlm_backend_args *a, svlm_err *err) {
+    gst_ctx *c = calloc(1, sizeof *c);
+    if (!c) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    c->ctl = a->ctl;
+    c->sampler = a->sampler;
+    c->opts = *a->opts;
+    c->uri = a->uri;
+    c->live = a->opts->live;
+    c->first_pts = GST_CLOCK_TIME_NONE;
+    svlm_status st = build(c, a, err);
+    if (st == SVLM_OK) st = start(c, err);
+    if (st != SVLM_OK) {
+        gst_close(c);
+        return st;
+    }
+    *out = c;
+    return SVLM_OK;
+}
+
+static svlm_status gst_open(void **out, const svlm_backend_args *a, svlm_err *err) {
+    gst_ctx *c = NULL;
+    svlm_status st = gst_open_common(&c, a, err);
+    *out = c;
+    return st;
+}
+
+/* Copies a sample into a tight RGB24 frame (appsink rows are padded to 4 bytes). */
+static svlm_status copy_sample(gst_ctx *c, GstSample *sample, svlm_frame *out, svlm_err *err) {
+    GstVideoInfo info;
+    GstCaps *caps = gst_sample_get_caps(sample);
+    GstBuffer *buf = gst_sample_get_buffer(sample);
+    if (!caps || !buf || !gst_video_info_from_caps(&info, caps) || GST_VIDEO_INFO_FORMAT(&info) != GST_VIDEO_FORMAT_RGB)
+        return svlm_fail(err, SVLM_E_FORMAT, "GStreamer delivered a sample without RGB video caps");
+    GstVideoFrame vf;
+    if (!gst_video_frame_map(&vf, &info, buf, GST_MAP_READ)) return svlm_fail(err, SVLM_E_FORMAT, "cannot map a GStreamer video frame");
+    int w = GST_VIDEO_FRAME_WIDTH(&vf), h = GST_VIDEO_FRAME_HEIGHT(&vf);
+    svlm_status st = svlm_frame_alloc(out, w, h, err);
+    if (st == SVLM_OK) {
+        const uint8_t *src = GST_VIDEO_FRAME_PLANE_DATA(&vf, 0);
+        int stride = GST_VIDEO_FRAME_PLANE_STRIDE(&vf, 0);
+        for (int y = 0; y < h; y++) memcpy(out->data + (size_t)y * out->stride, src + (size_t)y * stride, (size_t)w * 3);
+        const GstSegment *seg = gst_sample_get_segment(sample);
+        out->pts = stream_seconds(c, seg, GST_BUFFER_PTS(buf));
+        out->wall = svlm_wall_now();
+    }
+    gst_video_frame_unmap(&vf);
+    return st;
+}
+
+static svlm_status gst_read(void *ctx, svlm_frame *out, svlm_err *err) {
+    gst_ctx *c = ctx;
+    const char *target = safe_target(c->uri);
+    for (;;) {
+        GstSample *sample = gst_app_sink_try_pull_sample(GST_APP_SINK(c->sink), 50 * GST_MSECOND);
+        if (sample) {
+            svlm_status st = copy_sample(c, sample, out, err);
+            gst_sample_unref(sample);
+            return st;
+        }
+        svlm_status st = drain_bus(c, target, err);
+        if (st != SVLM_OK) return st;
+        if (gst_app_sink_is_eos(GST_APP_SINK(c->sink))) return SVLM_E_END;
+        if (svlm_ctl_should_stop(c->ctl)) return svlm_ctl_stop_error(c->ctl, err, target);
+    }
+}
+
+static svlm_status gst_probe(const svlm_backend_args *a, svlm_probe_info *info, svlm_err *err) {
+    gst_ctx *c = NULL;
+    svlm_status st = gst_open_common(&c, a, err);
+    if (st != SVLM_OK) return st;
+    snprintf(info->container, sizeof info->container, "%s", svlm_uri_kind_name(a->uri->kind));
+    gint64 dur = 0;
+    GstCaps *caps = gst_pad_get_current_caps(c->probe_pad);
+    GstVideoInfo vi;
+    if (caps && gst_video_info_from_caps(&vi, caps)) {
+        svlm_stream_desc *d = &info->streams[info->n_streams++];
+        snprintf(d->type, sizeof d->type, "video");
+        /* GStreamer shows the decoded format here, not the codec */
+        snprintf(d->codec, sizeof d->codec, "raw (%s)", gst_video_format_to_string(GST_VIDEO_INFO_FORMAT(&vi)));
+        d->width = GST_VIDEO_INFO_WIDTH(&vi);
+        d->height = GST_VIDEO_INFO_HEIGHT(&vi);
+        d->fps = GST_VIDEO_INFO_FPS_D(&vi) ? (double)GST_VIDEO_INFO_FPS_N(&vi) / GST_VIDEO_INFO_FPS_D(&vi) : 0;
+    }
+    if (caps) gst_caps_unref(caps);
+    if (gst_element_query_duration(c->pipeline, GST_FORMAT_TIME, &dur) && dur > 0) info->duration = (double)dur / GST_SECOND;
+    if (info->n_streams) info->streams[0].duration = info->duration;
+    gst_close(c);
+    return SVLM_OK;
+}
+
+const svlm_backend_ops svlm_gst_backend = {"gst", gst_open, gst_read, gst_close, gst_probe};

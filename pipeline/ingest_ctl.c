@@ -1,0 +1,111 @@
+/* The control block shared by a source and its backend: cancel flag, watchdog, clocks. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "pipeline/source_backend.h"
+
+static long long ns_of(const struct timespec *ts) { return (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec; }
+
+static long long mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ns_of(&ts);
+}
+
+double svlm_mono_now(void) { return (double)mono_ns() * 1e-9; }
+
+double svlm_wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s) {
+    atomic_init(&ctl->cancel, 0);
+    atomic_init(&ctl->progress_ns, mono_ns());
+    atomic_init(&ctl->open_deadline_ns, 0);
+    atomic_init(&ctl->decoded, 0);
+    atomic_init(&ctl->corrupt, 0);
+    atomic_init(&ctl->stop_reason, SVLM_STOP_NONE);
+    ctl->stall_timeout_s = stall_timeout_s;
+}
+
+void svlm_ctl_touch(svlm_ingest_ctl *ctl) { atomic_store(&ctl->progress_ns, mono_ns()); }
+
+svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
+    svlm_stop_reason why = SVLM_STOP_NONE;
+    long long now = mono_ns();
+    long long deadline = atomic_load(&ctl->open_deadline_ns);
+    if (atomic_load(&ctl->cancel))
+        why = SVLM_STOP_CANCEL;
+    else if (deadline && now > deadline)
+        why = SVLM_STOP_OPEN_TIMEOUT;
+    else if (!deadline && ctl->stall_timeout_s > 0 &&
+             now - atomic_load(&ctl->progress_ns) > (long long)(ctl->stall_timeout_s * 1e9))
+        why = SVLM_STOP_STALL;
+    if (why) atomic_store(&ctl->stop_reason, why);
+    return why;
+}
+
+svlm_status svlm_ctl_stop_error(svlm_ingest_ctl *ctl, svlm_err *err, const char *what) {
+    switch (atomic_load(&ctl->stop_reason)) {
+    case SVLM_STOP_STALL:
+        return svlm_fail(err, SVLM_E_IO, "%s: stalled, no frame for %.1f s (watchdog)", what, ctl->stall_timeout_s);
+    case SVLM_STOP_OPEN_TIMEOUT: return svlm_fail(err, SVLM_E_IO, "%s: timed out while opening", what);
+    case SVLM_STOP_CANCEL:
+    default: return svlm_fail(err, SVLM_E_CANCELLED, "%s: cancelled", what);
+    }
+}
+
+int svlm_ctl_sleep(svlm_ingest_ctl *ctl, double seconds) {
+    double end = svlm_mono_now() + seconds;
+    for (;;) {
+        if (atomic_load(&ctl->cancel)) return 1;
+        double left = end - svlm_mono_now();
+        if (left <= 0) return 0;
+        if (left > 0.05) left = 0.05; /* wake often enough to notice a cancel */
+        struct timespec ts = {(time_t)left, (long)((left - floor(left)) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+void svlm_output_size(const svlm_source_opts *opts, int w, int h, int *out_w, int *out_h) {
+    if (opts->width > 0 && opts->height > 0) {
+        *out_w = opts->width;
+        *out_h = opts->height;
+        return;
+    }
+    int longest = w > h ? w : h;
+    if (opts->max_edge <= 0 || longest <= opts->max_edge) {
+        *out_w = w;
+        *out_h = h;
+        return;
+    }
+    /* Same rounding as GStreamer's videoscale, so both backends agree on the size. */
+    double scale = (double)opts->max_edge / longest;
+    int ow = w >= h ? opts->max_edge : (int)lround(w * scale);
+    int oh = h > w ? opts->max_edge : (int)lround(h * scale);
+    *out_w = ow > 0 ? ow : 1;
+    *out_h = oh > 0 ? oh : 1;
+}
+
+svlm_status svlm_frame_alloc(svlm_frame *frame, int w, int h, svlm_err *err) {
+    memset(frame, 0, sizeof *frame);
+    if (w <= 0 || h <= 0 || w > 16384 || h > 16384)
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "frame size %dx%d is out of range", w, h);
+    frame->data = malloc((size_t)w * 3 * (size_t)h);
+    if (!frame->data) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %dx%d frame", w, h);
+    frame->width = w;
+    frame->height = h;
+    frame->stride = w * 3;
+    return SVLM_OK;
+}
+
+void svlm_frame_release(svlm_frame *frame) {
+    if (!frame) return;
+    free(frame->data);
+    memset(frame, 0, sizeof *frame);
+}

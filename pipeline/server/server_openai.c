@@ -1,0 +1,260 @@
+/*
+ * POST /v1/chat/completions, compatible with the OpenAI chat API: the stream to ask about is
+ * the `model` (or the extra field `svlm_stream`); image_url parts (data: URLs) are answered
+ * as still images; `stream: true` answers as server-sent events.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pipeline/server/server_internal.h"
+
+#define MAX_IMAGES 4
+
+typedef struct chat_req {
+    char question[8192];
+    size_t qlen;
+    svlm_backend_image images[MAX_IMAGES];
+    char mimes[MAX_IMAGES][32];
+    int n_images;
+} chat_req;
+
+static void chat_req_free(chat_req *r) {
+    for (int i = 0; i < r->n_images; i++) free((void *)r->images[i].data);
+}
+
+static void add_text(chat_req *r, const char *s) {
+    size_t n = strlen(s);
+    if (r->qlen && r->qlen + 1 < sizeof r->question) r->question[r->qlen++] = '\n';
+    if (r->qlen + n >= sizeof r->question) n = sizeof r->question - 1 - r->qlen;
+    memcpy(r->question + r->qlen, s, n);
+    r->qlen += n;
+    r->question[r->qlen] = 0;
+}
+
+/* "data:image/png;base64,...." → bytes. Returns an error message or NULL. */
+static const char *add_image(chat_req *r, const char *url) {
+    if (r->n_images >= MAX_IMAGES) return "at most 4 images per request";
+    if (strncmp(url, "data:", 5)) return "image_url must be a data: URL (this server fetches nothing)";
+    const char *comma = strchr(url, ',');
+    const char *b64 = comma ? strstr(url, ";base64,") : NULL;
+    if (!comma || b64 != comma - 7) return "image_url data: URLs must be base64";
+    size_t mime_len = (size_t)(b64 - (url + 5));
+    svlm_backend_image *im = &r->images[r->n_images];
+    snprintf(r->mimes[r->n_images], sizeof r->mimes[0], "%.*s", (int)(mime_len < 31 ? mime_len : 31), url + 5);
+    size_t in_len = strlen(comma + 1);
+    char *out = malloc(in_len / 4 * 3 + 8);
+    if (!out) return "out of memory";
+    int n = lws_b64_decode_string(comma + 1, out, (int)(in_len / 4 * 3 + 8));
+    if (n <= 0) {
+        free(out);
+        return "image_url has invalid base64";
+    }
+    im->data = (const uint8_t *)out;
+    im->size = (size_t)n;
+    im->mime = r->mimes[r->n_images];
+    r->n_images++;
+    return NULL;
+}
+
+/* The question is the last user message: its text parts joined, its images kept. */
+static const char *parse_messages(json_t *messages, chat_req *r) {
+    if (!json_is_array(messages) || json_array_size(messages) == 0) return "'messages' must be a non-empty array";
+    json_t *last = NULL;
+    size_t i;
+    json_t *m;
+    json_array_foreach(messages, i, m) {
+        if (!json_is_object(m)) return "each message must be an object";
+        json_t *role = json_object_get(m, "role");
+        if (!json_is_string(role)) return "each message needs a string 'role'";
+        if (!strcmp(json_string_value(role), "user")) last = m;
+    }
+    if (!last) return "no message with role 'user'";
+    json_t *content = json_object_get(last, "content");
+    if (json_is_string(content)) {
+        add_text(r, json_string_value(content));
+        return NULL;
+    }
+    if (!json_is_array(content)) return "'content' must be a string or an array of parts";
+    json_t *part;
+    json_array_foreach(content, i, part) {
+        json_t *type = json_object_get(part, "type");
+        if (!json_is_string(type)) return "each content part needs a string 'type'";
+        const char *t = json_string_value(type);
+        if (!strcmp(t, "text")) {
+            json_t *text = json_object_get(part, "text");
+            if (!json_is_string(text)) return "a text part needs a string 'text'";
+            add_text(r, json_string_value(text));
+        } else if (!strcmp(t, "image_url")) {
+            json_t *iu = json_object_get(part, "image_url");
+            json_t *url = json_is_object(iu) ? json_object_get(iu, "url") : iu;
+            if (!json_is_string(url)) return "an image_url part needs a string 'url'";
+            const char *e = add_image(r, json_string_value(url));
+            if (e) return e;
+        } else {
+            return "content parts must be 'text' or 'image_url'";
+        }
+    }
+    if (!r->qlen) return "the user message has no text";
+    return NULL;
+}
+
+/* `svlm_stream`, else `model` when it names a stream, else the only stream there is. */
+static int pick_stream(svlm_server *srv, json_t *body, int has_images, char *out, size_t cap) {
+    svlm_backend_stream_status st;
+    svlm_err err;
+    json_t *extra = json_object_get(body, "svlm_stream"), *model = json_object_get(body, "model");
+    const char *want = json_is_string(extra) ? json_string_value(extra) : NULL;
+    if (want) {
+        snprintf(out, cap, "%s", want);
+        return srv->be.stream_status(srv->be.ctx, want, &st, &err) == SVLM_OK;
+    }
+    if (json_is_string(model) && srv->be.stream_status(srv->be.ctx, json_string_value(model), &st, &err) == SVLM_OK) {
+        snprintf(out, cap, "%s", json_string_value(model));
+        return 1;
+    }
+    out[0] = 0;
+    if (has_images) return 1;
+    svlm_backend_stream_status one;
+    if (srv->be.list_streams(srv->be.ctx, &one, 1) == 1) {
+        snprintf(out, cap, "%s", one.name);
+        return 1;
+    }
+    return 0;
+}
+
+static void sse_push(svlm_server *srv, srv_conn *c, json_t *obj) {
+    (void)srv;
+    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    size_t n = text ? strlen(text) : 6;
+    char *line = malloc(n + 16);
+    if (line) {
+        int len = snprintf(line, n + 16, "data: %s\n\n", text ? text : "[DONE]");
+        srv_msg *m = srv_msg_new(line, (size_t)len);
+        if (m) srv_queue_push(&c->out, m);
+    }
+    free(line);
+    free(text);
+    lws_callback_on_writable(c->wsi);
+}
+
+static json_t *chunk(srv_conn *c, json_t *delta, const char *finish) {
+    char id[48];
+    snprintf(id, sizeof id, "chatcmpl-%llu", (unsigned long long)c->serial);
+    return json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o}]}", "id", id, "object", "chat.completion.chunk",
+                     "created", (json_int_t)time(NULL), "model", c->ask_model, "choices", "index", 0, "delta", delta,
+                     "finish_reason", finish ? json_string(finish) : json_null());
+}
+
+int srv_openai_chat(svlm_server *srv, srv_conn *c) {
+    json_error_t jerr;
+    json_t *body = json_loadb(c->body ? c->body : "", c->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!body) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+        return srv_http_error(c, 400, "bad_json", msg);
+    }
+    int rc;
+    chat_req *r = calloc(1, sizeof *r);
+    const char *e = r ? NULL : "out of memory";
+    json_t *stream = json_object_get(body, "stream"), *mt = json_object_get(body, "max_tokens");
+    json_t *temp = json_object_get(body, "temperature");
+    if (!mt) mt = json_object_get(body, "max_completion_tokens");
+    if (!e && !json_is_object(body)) e = "the body must be a JSON object";
+    if (!e && stream && !json_is_boolean(stream) && !json_is_null(stream)) e = "'stream' must be a boolean";
+    if (!e && mt && !json_is_null(mt) &&
+        (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > 4096))
+        e = "'max_tokens' must be an integer from 1 to 4096";
+    if (!e && temp && !json_is_null(temp) &&
+        (!json_is_number(temp) || !(json_number_value(temp) >= 0 && json_number_value(temp) <= 2)))
+        e = "'temperature' must be a number from 0 to 2";
+    if (!e) e = parse_messages(json_object_get(body, "messages"), r);
+    if (e) {
+        rc = srv_http_error(c, 400, "bad_request", e);
+        goto out;
+    }
+    char name[SVLM_BACKEND_NAME_MAX];
+    if (!pick_stream(srv, body, r->n_images > 0, name, sizeof name)) {
+        rc = srv_http_error(c, 404, "unknown_stream",
+                            "name an open stream in 'model' (or 'svlm_stream'); GET /v1/models lists them");
+        goto out;
+    }
+    if (srv->n_asks >= srv->cfg.max_questions_total) {
+        rc = srv_http_error(c, 429, "server_busy", "the server is answering as many questions as it may");
+        goto out;
+    }
+    json_t *model = json_object_get(body, "model");
+    snprintf(c->ask_model, sizeof c->ask_model, "%s", name[0] ? name : json_is_string(model) ? json_string_value(model) : "svlm");
+    c->ask_stream_flag = json_is_true(stream);
+    c->ask_max_tokens = mt && json_is_integer(mt) ? (int)json_integer_value(mt) : 256;
+    svlm_backend_ask_req req = {name[0] ? name : NULL, r->question,
+                                c->ask_max_tokens, temp && json_is_number(temp) ? (float)json_number_value(temp) : 0.0f,
+                                r->n_images, r->images};
+    const char *code = NULL;
+    svlm_err err = {0};
+    c->ask = srv_ask_start(srv, c, &req, "", &code, &err);
+    if (!c->ask) {
+        int status = !strcmp(code, "server_busy") ? 429 : !strcmp(code, "bad_request") ? 400 : 503;
+        rc = srv_http_error(c, status, code, err.msg[0] ? err.msg : "the engine refused the question");
+        goto out;
+    }
+    rc = 0;
+    if (c->ask_stream_flag) {
+        unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
+        if (lws_add_http_common_headers(c->wsi, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN, &p, end) ||
+            lws_add_http_header_by_name(c->wsi, (const unsigned char *)"cache-control:",
+                                        (const unsigned char *)"no-cache", 8, &p, end) ||
+            lws_finalize_write_http_header(c->wsi, start, &p, end)) {
+            rc = -1;
+            goto out;
+        }
+        c->sse = 1;
+        sse_push(srv, c, chunk(c, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL));
+    }
+out:
+    if (r) chat_req_free(r);
+    free(r);
+    json_decref(body);
+    return rc;
+}
+
+void srv_openai_token(svlm_server *srv, srv_conn *c, const char *text, size_t len) {
+    if (!c->sse || !len) return;
+    sse_push(srv, c, chunk(c, json_pack("{s:s%}", "content", text, len), NULL));
+}
+
+void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_backend_done *d) {
+    const char *finish = d->completion_tokens >= c->ask_max_tokens ? "length" : "stop";
+    json_t *usage = json_pack("{s:i, s:i, s:i}", "prompt_tokens", d->prompt_tokens, "completion_tokens",
+                              d->completion_tokens, "total_tokens", d->prompt_tokens + d->completion_tokens);
+    int failed = d->status != SVLM_OK && !d->cancelled;
+    const char *why = d->error[0] ? d->error : svlm_status_str(d->status);
+    if (c->sse) {
+        if (failed) {
+            sse_push(srv, c, json_pack("{s:{s:s, s:s, s:s}}", "error", "message", why, "type", "server_error", "code",
+                                       "answer_failed"));
+            json_decref(usage);
+        } else {
+            json_t *last = chunk(c, json_object(), finish);
+            json_object_set_new(last, "usage", usage);
+            sse_push(srv, c, last);
+        }
+        sse_push(srv, c, NULL);
+        c->sse_done = 1;
+        return;
+    }
+    if (failed) {
+        json_decref(usage);
+        srv_http_error(c, 500, "answer_failed", why);
+        return;
+    }
+    char id[48];
+    snprintf(id, sizeof id, "chatcmpl-%llu", (unsigned long long)c->serial);
+    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s%}, s:s}], s:o}", "id", id, "object",
+                             "chat.completion", "created", (json_int_t)time(NULL), "model", c->ask_model, "choices",
+                             "index", 0, "message", "role", "assistant", "content", ask->text ? ask->text : "",
+                             ask->text_len, "finish_reason", finish, "usage", usage);
+    if (srv_http_respond_json(c, 200, resp)) lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+}

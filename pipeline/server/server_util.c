@@ -1,0 +1,111 @@
+/* Small helpers of the server: message queues, token checks, names, status JSON. */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pipeline/server/server_internal.h"
+
+double srv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+srv_msg *srv_msg_new(const void *data, size_t len) {
+    srv_msg *m = malloc(sizeof *m + LWS_PRE + len + 1);
+    if (!m) return NULL;
+    m->next = NULL;
+    m->len = len;
+    if (len) memcpy(m->buf + LWS_PRE, data, len);
+    m->buf[LWS_PRE + len] = 0;
+    return m;
+}
+
+void srv_queue_push(srv_queue *q, srv_msg *m) {
+    m->next = NULL;
+    if (q->tail) q->tail->next = m;
+    else q->head = m;
+    q->tail = m;
+    q->bytes += m->len;
+}
+
+srv_msg *srv_queue_pop(srv_queue *q) {
+    srv_msg *m = q->head;
+    if (!m) return NULL;
+    q->head = m->next;
+    if (!q->head) q->tail = NULL;
+    q->bytes -= m->len;
+    return m;
+}
+
+void srv_queue_clear(srv_queue *q) {
+    srv_msg *m;
+    while ((m = srv_queue_pop(q))) free(m);
+}
+
+/* Compares every byte whatever the contents, so the time taken says nothing about where a
+ * guess went wrong; the length difference is folded in the same way. */
+int svlm_token_equal(const char *expected, const char *presented, size_t presented_len) {
+    size_t n = strlen(expected);
+    unsigned diff = (unsigned)(n != presented_len);
+    for (size_t i = 0; i < presented_len; i++) {
+        unsigned char e = n ? (unsigned char)expected[i % n] : 0;
+        diff |= (unsigned)(e ^ (unsigned char)presented[i]);
+    }
+    return n > 0 && diff == 0;
+}
+
+int svlm_host_is_loopback(const char *host) {
+    if (!strcmp(host, "localhost") || !strcmp(host, "::1") || !strcmp(host, "[::1]")) return 1;
+    unsigned a, b, c, d;
+    char tail;
+    if (sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4) return a == 127 && b < 256 && c < 256 && d < 256;
+    return 0;
+}
+
+int srv_stream_name_ok(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n >= SVLM_BACKEND_NAME_MAX) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-' && s[i] != '.') return 0;
+    return 1;
+}
+
+int srv_presented_token(struct lws *wsi, char *buf, size_t cap) {
+    /* lws 4.1 leaves "token=VALUE" in buf and returns where VALUE starts. */
+    const char *v = lws_get_urlarg_by_name(wsi, "token=", buf, (int)cap);
+    if (v) {
+        memmove(buf, v, strlen(v) + 1);
+        return 1;
+    }
+    char auth[320];
+    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 && !strncmp(auth, "Bearer ", 7)) {
+        snprintf(buf, cap, "%s", auth + 7);
+        return 1;
+    }
+    return 0;
+}
+
+int srv_authorized(svlm_server *srv, struct lws *wsi) {
+    if (!srv->cfg.token[0]) return 1;
+    char tok[320];
+    if (!srv_presented_token(wsi, tok, sizeof tok)) return 0;
+    return svlm_token_equal(srv->cfg.token, tok, strlen(tok));
+}
+
+json_t *srv_status_json(const svlm_backend_stream_status *st) {
+    json_t *mem = json_object();
+    int64_t total = 0;
+    for (int k = 0; k < st->n_tiers && k < SVLM_BACKEND_MAX_TIERS; k++) {
+        json_object_set_new(mem, st->tiers[k].name, json_integer(st->tiers[k].bytes));
+        total += st->tiers[k].bytes;
+    }
+    double n = st->frames_in > 0 ? (double)st->frames_in : 1.0;
+    return json_pack("{s:s, s:s, s:s, s:b, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:o, s:I}", "stream", st->name,
+                     "uri", st->uri, "state", st->state, "live", st->live, "fps_in", st->fps_in, "frames_in",
+                     (json_int_t)st->frames_in, "drops", (json_int_t)st->drops, "reconnects",
+                     (json_int_t)st->reconnects, "video_time", st->video_time, "encoder_ms",
+                     st->encoder_ms_sum / n, "prefill_ms", st->prefill_ms_sum / n, "memory", mem,
+                     "memory_total", (json_int_t)total);
+}

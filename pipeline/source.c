@@ -1,0 +1,380 @@
+/*
+ * A source: a backend plus what every backend shares — sampling, real-time pacing of
+ * replays, the reader thread and drop-oldest queue of live sources, the watchdog and the
+ * reconnect loop with exponential backoff and jitter.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/err.h"
+#include "pipeline/frame_queue.h"
+#include "pipeline/source_backend.h"
+
+#define PENDING_MAX 4
+
+struct svlm_source {
+    svlm_source_opts opts;
+    svlm_uri uri;
+    const svlm_backend_ops *ops;
+    void *bctx;
+    svlm_ingest_ctl ctl;
+    svlm_sampler sampler;
+    int live, reconnectable;
+    unsigned jitter_seed;
+
+    /* replay: items produced in the consumer's thread, handed out in order */
+    svlm_source_item pending[PENDING_MAX];
+    int n_pending;
+    svlm_status finished; /* SVLM_OK while running */
+    svlm_err finished_err;
+    int paced;
+    double pace_mono0, pace_pts0;
+
+    /* live */
+    pthread_t reader;
+    int reader_started;
+    svlm_frame_queue queue;
+
+    /* the timeline (producer side): keeps pts increasing across reconnects */
+    double pts_offset, last_pts, last_wall;
+    int have_last, new_session;
+    int64_t corrupt_reported;
+
+    int64_t delivered;
+    atomic_llong reconnects;
+};
+
+void svlm_source_opts_default(svlm_source_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->fps = 1.0;
+    o->max_edge = 512;
+    o->backend = SVLM_BACKEND_AUTO;
+    o->pace = SVLM_PACE_MAX;
+    o->live = -1;
+    o->transport = SVLM_TRANSPORT_AUTO;
+    o->open_timeout_s = 10;
+    o->stall_timeout_s = 5;
+    o->max_reconnects = -1;
+    o->backoff_initial_s = 0.25;
+    o->backoff_max_s = 5;
+    o->queue_frames = 4;
+}
+
+static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
+    if (!isfinite(o->fps) || o->fps < 0 || o->fps > 1000) return svlm_fail(err, SVLM_E_INVALID, "fps must be from 0 to 1000, got %g", o->fps);
+    if (o->max_edge < 0 || o->max_edge > 16384) return svlm_fail(err, SVLM_E_INVALID, "max_edge must be from 0 to 16384");
+    if ((o->width > 0) != (o->height > 0) || o->width < 0 || o->height < 0 || o->width > 16384 || o->height > 16384)
+        return svlm_fail(err, SVLM_E_INVALID, "output size must give both width and height, 1 to 16384");
+    if (!(o->open_timeout_s > 0) || !(o->stall_timeout_s >= 0) || !(o->backoff_initial_s > 0) || !(o->backoff_max_s >= o->backoff_initial_s))
+        return svlm_fail(err, SVLM_E_INVALID, "timeouts and backoff must be positive (backoff_max >= backoff_initial)");
+    if (o->queue_frames < 1 || o->queue_frames > 1024) return svlm_fail(err, SVLM_E_INVALID, "queue_frames must be from 1 to 1024");
+    return SVLM_OK;
+}
+
+static svlm_status open_backend(svlm_source *s, svlm_err *err) {
+    svlm_backend_args args = {&s->uri, &s->opts, &s->ctl, &s->sampler};
+    atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
+    atomic_store(&s->ctl.open_deadline_ns, (long long)((svlm_mono_now() + s->opts.open_timeout_s) * 1e9));
+    svlm_status st = s->ops->open(&s->bctx, &args, err);
+    atomic_store(&s->ctl.open_deadline_ns, 0);
+    svlm_ctl_touch(&s->ctl);
+    if (st != SVLM_OK) s->bctx = NULL;
+    return st;
+}
+
+static void event_item(svlm_source_item *item, svlm_source_event_kind kind, int64_t count, int64_t total, const char *detail) {
+    memset(item, 0, sizeof *item);
+    item->kind = SVLM_ITEM_EVENT;
+    item->event.kind = kind;
+    item->event.count = count;
+    item->event.total = total;
+    if (detail) snprintf(item->event.detail, sizeof item->event.detail, "%.255s", detail);
+}
+
+/* A CORRUPT event when the decoder skipped something since the last report. */
+static int corrupt_event(svlm_source *s, svlm_source_item *item) {
+    int64_t now = atomic_load(&s->ctl.corrupt);
+    if (now == s->corrupt_reported) return 0;
+    event_item(item, SVLM_EVENT_CORRUPT, now - s->corrupt_reported, now, NULL);
+    s->corrupt_reported = now;
+    return 1;
+}
+
+static void place_on_timeline(svlm_source *s, svlm_frame *f) {
+    if (s->new_session && s->have_last) {
+        double gap = f->wall - s->last_wall;
+        s->pts_offset = s->last_pts + (gap > 0 ? gap : 0) - f->pts;
+    }
+    s->new_session = 0;
+    f->pts += s->pts_offset;
+    /* Some files carry timestamps that step back (box_printed_text_handheld.mp4 ends so):
+     * consumers get a timeline that never goes backwards. */
+    if (s->have_last && f->pts < s->last_pts) f->pts = s->last_pts;
+    s->last_pts = f->pts;
+    s->last_wall = f->wall;
+    s->have_last = 1;
+}
+
+static svlm_status read_backend(svlm_source *s, svlm_frame *f, svlm_err *err) {
+    svlm_ctl_touch(&s->ctl);
+    atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
+    return s->ops->read(s->bctx, f, err);
+}
+
+/* ---- live: the reader thread ------------------------------------------------------------- */
+
+static void push_event(svlm_source *s, svlm_source_event_kind kind, int64_t count, int64_t total, double seconds, const char *detail) {
+    svlm_source_item item;
+    event_item(&item, kind, count, total, detail);
+    item.event.seconds = seconds;
+    svlm_frame_queue_push(&s->queue, &item);
+}
+
+/* Closes the lost stream and reopens it with exponential backoff and jitter. */
+static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
+    push_event(s, SVLM_EVENT_DISCONNECT, 0, atomic_load(&s->reconnects), 0, why);
+    s->ops->close(s->bctx);
+    s->bctx = NULL;
+    double down_since = svlm_mono_now(), delay = s->opts.backoff_initial_s;
+    svlm_err last = {0};
+    for (int attempt = 1;; attempt++) {
+        double jitter = 0.75 + 0.5 * ((double)rand_r(&s->jitter_seed) / RAND_MAX);
+        if (svlm_ctl_sleep(&s->ctl, delay * jitter)) return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
+        svlm_status st = open_backend(s, &last);
+        if (st == SVLM_OK) {
+            long long total = atomic_fetch_add(&s->reconnects, 1) + 1;
+            push_event(s, SVLM_EVENT_RECONNECT, attempt, total, svlm_mono_now() - down_since, NULL);
+            svlm_sampler_restart(&s->sampler);
+            s->new_session = 1;
+            return SVLM_OK;
+        }
+        if (st == SVLM_E_CANCELLED) return svlm_fail(err, st, "source cancelled");
+        if (s->opts.max_reconnects >= 0 && attempt >= s->opts.max_reconnects)
+            return svlm_fail(err, st, "gave up after %d reconnect attempt%s: %s", attempt, attempt == 1 ? "" : "s", last.msg);
+        delay = fmin(delay * 2, s->opts.backoff_max_s);
+    }
+}
+
+static void *reader_main(void *arg) {
+    svlm_source *s = arg;
+    svlm_err err = {0};
+    svlm_status st;
+    for (;;) {
+        svlm_frame f;
+        memset(&f, 0, sizeof f);
+        if (atomic_load(&s->ctl.cancel)) {
+            st = svlm_fail(&err, SVLM_E_CANCELLED, "source cancelled");
+            break;
+        }
+        st = read_backend(s, &f, &err);
+        svlm_source_item item;
+        if (corrupt_event(s, &item)) svlm_frame_queue_push(&s->queue, &item);
+        if (st == SVLM_OK) {
+            place_on_timeline(s, &f);
+            memset(&item, 0, sizeof item);
+            item.kind = SVLM_ITEM_FRAME;
+            item.frame = f;
+            svlm_frame_queue_push(&s->queue, &item);
+            continue;
+        }
+        if (st == SVLM_E_CANCELLED || atomic_load(&s->ctl.cancel)) break;
+        if (atomic_load(&s->ctl.stop_reason) == SVLM_STOP_STALL)
+            push_event(s, SVLM_EVENT_STALL, 0, 0, s->opts.stall_timeout_s, err.msg);
+        if (s->reconnectable && st != SVLM_E_NOMEM) {
+            char why[256];
+            snprintf(why, sizeof why, "%.255s", st == SVLM_E_END ? "end of stream" : err.msg);
+            st = reconnect(s, why, &err);
+            if (st == SVLM_OK) continue;
+            break;
+        }
+        if (st == SVLM_E_END) push_event(s, SVLM_EVENT_EOS, 0, 0, 0, NULL);
+        break;
+    }
+    svlm_frame_queue_finish(&s->queue, st, &err);
+    return NULL;
+}
+
+/* ---- open / next / close ----------------------------------------------------------------- */
+
+svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_source_opts *opts_in, svlm_err *err) {
+    *out = NULL;
+    svlm_source_opts opts;
+    if (opts_in) opts = *opts_in;
+    else svlm_source_opts_default(&opts);
+    svlm_status st = check_opts(&opts, err);
+    if (st != SVLM_OK) return st;
+
+    svlm_source *s = calloc(1, sizeof *s);
+    if (!s) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    st = svlm_uri_parse(uri, &s->uri, err);
+    if (st == SVLM_OK && s->uri.kind == SVLM_URI_FILE) {
+        struct stat sb;
+        if (stat(s->uri.target, &sb) != 0) st = svlm_fail(err, SVLM_E_IO, "no such file: %s", s->uri.target);
+        else if (S_ISDIR(sb.st_mode)) st = svlm_fail(err, SVLM_E_INVALID, "%s is a directory, not a video file", s->uri.target);
+    }
+    if (st == SVLM_OK && !(s->ops = svlm_backend_choose(opts.backend, &s->uri, err))) st = err ? err->status : SVLM_E_UNSUPPORTED;
+    if (st != SVLM_OK) {
+        free(s);
+        return st;
+    }
+    s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
+    opts.live = s->live;
+    s->opts = opts;
+    s->reconnectable = s->live && (s->uri.kind == SVLM_URI_RTSP || s->uri.kind == SVLM_URI_HTTP || s->uri.kind == SVLM_URI_V4L2);
+    s->jitter_seed = (unsigned)(svlm_mono_now() * 1e6) ^ (unsigned)(uintptr_t)s;
+    atomic_init(&s->reconnects, 0);
+    /* The watchdog guards live sources; a replay may legitimately wait on its consumer. */
+    svlm_ctl_init(&s->ctl, s->live ? opts.stall_timeout_s : 0);
+    svlm_sampler_init(&s->sampler, opts.fps, s->live);
+
+    st = open_backend(s, err);
+    if (st == SVLM_OK && s->live) {
+        st = svlm_frame_queue_init(&s->queue, opts.queue_frames);
+        if (st != SVLM_OK) svlm_fail(err, st, "cannot create the frame queue");
+        else if (pthread_create(&s->reader, NULL, reader_main, s) != 0) {
+            svlm_frame_queue_destroy(&s->queue);
+            st = svlm_fail(err, SVLM_E_NOMEM, "cannot start the reader thread");
+        } else
+            s->reader_started = 1;
+    }
+    if (st != SVLM_OK) {
+        if (s->bctx) s->ops->close(s->bctx);
+        free(s);
+        return st;
+    }
+    *out = s;
+    return SVLM_OK;
+}
+
+static void pending_push(svlm_source *s, const svlm_source_item *item) { s->pending[s->n_pending++] = *item; }
+
+static void pending_pop(svlm_source *s, svlm_source_item *item) {
+    *item = s->pending[0];
+    memmove(s->pending, s->pending + 1, (size_t)(s->n_pending - 1) * sizeof s->pending[0]);
+    s->n_pending--;
+}
+
+/* Replay in real time: a frame is not handed out before its pts has elapsed. */
+static int pace(svlm_source *s, double pts) {
+    if (s->opts.pace != SVLM_PACE_REALTIME) return 0;
+    if (!s->paced) {
+        s->paced = 1;
+        s->pace_mono0 = svlm_mono_now();
+        s->pace_pts0 = pts;
+        return 0;
+    }
+    double wait = s->pace_mono0 + (pts - s->pace_pts0) - svlm_mono_now();
+    return wait > 0 ? svlm_ctl_sleep(&s->ctl, wait) : 0;
+}
+
+static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err *err) {
+    if (s->n_pending) {
+        pending_pop(s, item);
+        return SVLM_OK;
+    }
+    if (s->finished != SVLM_OK) {
+        if (err) *err = s->finished_err;
+        return s->finished;
+    }
+    svlm_frame f;
+    memset(&f, 0, sizeof f);
+    svlm_status st = read_backend(s, &f, err);
+    svlm_source_item ev;
+    if (corrupt_event(s, &ev)) pending_push(s, &ev);
+    if (st == SVLM_OK) {
+        if (pace(s, f.pts)) {
+            svlm_frame_release(&f);
+            return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
+        }
+        if (s->opts.pace == SVLM_PACE_REALTIME) f.wall = svlm_wall_now(); /* it "arrives" when due */
+        place_on_timeline(s, &f);
+        svlm_source_item fi;
+        memset(&fi, 0, sizeof fi);
+        fi.kind = SVLM_ITEM_FRAME;
+        fi.frame = f;
+        pending_push(s, &fi);
+    } else if (st == SVLM_E_END) {
+        event_item(&ev, SVLM_EVENT_EOS, 0, 0, NULL);
+        pending_push(s, &ev);
+        s->finished = SVLM_E_END;
+        svlm_fail(&s->finished_err, SVLM_E_END, "end of stream");
+    } else {
+        if (st != SVLM_E_CANCELLED) {
+            s->finished = st;
+            if (err) s->finished_err = *err;
+        }
+        return st;
+    }
+    pending_pop(s, item);
+    return SVLM_OK;
+}
+
+svlm_status svlm_source_next(svlm_source *s, svlm_source_item *item, svlm_err *err) {
+    memset(item, 0, sizeof *item);
+    if (atomic_load(&s->ctl.cancel)) return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
+    svlm_status st = s->live ? svlm_frame_queue_pop(&s->queue, item, &s->ctl.cancel, err) : next_replay(s, item, err);
+    if (st == SVLM_OK && item->kind == SVLM_ITEM_FRAME) item->frame.index = s->delivered++;
+    return st;
+}
+
+void svlm_source_cancel(svlm_source *s) {
+    if (s) atomic_store(&s->ctl.cancel, 1);
+}
+
+void svlm_source_stats_get(const svlm_source *s, svlm_source_stats *st) {
+    svlm_source *m = (svlm_source *)s; /* atomics and the queue lock need non-const access */
+    memset(st, 0, sizeof *st);
+    st->decoded = atomic_load(&m->ctl.decoded);
+    st->delivered = m->delivered;
+    st->dropped = m->live ? svlm_frame_queue_dropped(&m->queue) : 0;
+    st->corrupt = atomic_load(&m->ctl.corrupt);
+    st->reconnects = atomic_load(&m->reconnects);
+}
+
+const char *svlm_source_backend_name(const svlm_source *s) { return s->ops->name; }
+int svlm_source_is_live(const svlm_source *s) { return s->live; }
+
+void svlm_source_close(svlm_source *s) {
+    if (!s) return;
+    atomic_store(&s->ctl.cancel, 1);
+    if (s->reader_started) {
+        pthread_join(s->reader, NULL);
+        svlm_frame_queue_destroy(&s->queue);
+    }
+    if (s->bctx) s->ops->close(s->bctx);
+    for (int i = 0; i < s->n_pending; i++)
+        if (s->pending[i].kind == SVLM_ITEM_FRAME) svlm_frame_release(&s->pending[i].frame);
+    free(s);
+}
+
+svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_in, svlm_probe_info *info, svlm_err *err) {
+    memset(info, 0, sizeof *info);
+    svlm_source_opts opts;
+    if (opts_in) opts = *opts_in;
+    else svlm_source_opts_default(&opts);
+    svlm_status st = check_opts(&opts, err);
+    if (st != SVLM_OK) return st;
+    svlm_uri *uri = calloc(1, sizeof *uri);
+    if (!uri) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    st = svlm_uri_parse(uri_str, uri, err);
+    struct stat sb;
+    if (st == SVLM_OK && uri->kind == SVLM_URI_FILE && stat(uri->target, &sb) != 0) st = svlm_fail(err, SVLM_E_IO, "no such file: %s", uri->target);
+    const svlm_backend_ops *ops = st == SVLM_OK ? svlm_backend_choose(opts.backend, uri, err) : NULL;
+    if (st == SVLM_OK && !ops) st = err ? err->status : SVLM_E_UNSUPPORTED;
+    if (st == SVLM_OK) {
+        if (opts.live < 0) opts.live = svlm_uri_default_live(uri);
+        svlm_ingest_ctl ctl;
+        svlm_ctl_init(&ctl, 0);
+        atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + opts.open_timeout_s) * 1e9));
+        svlm_backend_args args = {uri, &opts, &ctl, NULL};
+        st = ops->probe(&args, info, err);
+        snprintf(info->backend, sizeof info->backend, "%s", ops->name);
+        info->live = opts.live;
+    }
+    free(uri);
+    return st;
+}

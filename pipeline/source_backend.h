@@ -1,0 +1,103 @@
+/*
+ * What a source backend (FFmpeg, GStreamer, the built-in pattern) implements, and the pieces
+ * that source.c shares with them: the parsed URI, the control block (cancel flag, watchdog,
+ * counters) and the sampler. Internal to pipeline/.
+ */
+#ifndef SVLM_PIPELINE_SOURCE_BACKEND_H
+#define SVLM_PIPELINE_SOURCE_BACKEND_H
+
+#include <stdatomic.h>
+
+#include "pipeline/sampler.h"
+#include "pipeline/source.h"
+
+typedef enum svlm_uri_kind {
+    SVLM_URI_FILE = 1,
+    SVLM_URI_RTSP,
+    SVLM_URI_HTTP, /* http and https */
+    SVLM_URI_V4L2,
+    SVLM_URI_GST,
+    SVLM_URI_PATTERN,
+} svlm_uri_kind;
+
+#define SVLM_URI_MAX 4096
+typedef struct svlm_uri {
+    svlm_uri_kind kind;
+    /* FILE: the path; RTSP/HTTP: the whole URL; V4L2: the device path; GST: the launch
+     * description; PATTERN: the parameter list. */
+    char target[SVLM_URI_MAX];
+    int is_hls; /* an HTTP URL ending in .m3u8 */
+} svlm_uri;
+
+/* Parses uri; an unknown scheme or an empty target is SVLM_E_INVALID with a clear message. */
+svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err);
+const char *svlm_uri_kind_name(svlm_uri_kind kind);
+/* Live unless told otherwise: RTSP, V4L2, HLS; the pattern decides from its "live" key. */
+int svlm_uri_default_live(const svlm_uri *uri);
+
+/* Why a blocking backend call should give up. */
+typedef enum svlm_stop_reason { SVLM_STOP_NONE = 0, SVLM_STOP_CANCEL, SVLM_STOP_STALL, SVLM_STOP_OPEN_TIMEOUT } svlm_stop_reason;
+
+typedef struct svlm_ingest_ctl {
+    atomic_int cancel;
+    atomic_llong progress_ns;  /* monotonic time of the last decoded frame (or of the read start) */
+    atomic_llong open_deadline_ns; /* while opening: give up after this; 0 otherwise */
+    atomic_llong decoded;
+    atomic_llong corrupt;
+    atomic_int stop_reason;    /* the last reason svlm_ctl_should_stop returned */
+    double stall_timeout_s;    /* 0: no watchdog */
+} svlm_ingest_ctl;
+
+void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s);
+/* Marks progress now (a frame was decoded, or a read began). */
+void svlm_ctl_touch(svlm_ingest_ctl *ctl);
+/* Cheap; called from library callbacks (FFmpeg interrupt callback, GStreamer poll loops). */
+svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl);
+/* Status and message for a stop: CANCELLED, or E_IO "stalled/timed out". */
+svlm_status svlm_ctl_stop_error(svlm_ingest_ctl *ctl, svlm_err *err, const char *what);
+
+double svlm_mono_now(void);
+double svlm_wall_now(void);
+/* Sleeps up to seconds, waking early (returns 1) when the source is cancelled. */
+int svlm_ctl_sleep(svlm_ingest_ctl *ctl, double seconds);
+
+/* Output size for a native w x h under opts (max_edge / width+height); never 0. */
+void svlm_output_size(const svlm_source_opts *opts, int w, int h, int *out_w, int *out_h);
+
+/* Allocates an RGB24 frame of w x h with a tight stride. */
+svlm_status svlm_frame_alloc(svlm_frame *frame, int w, int h, svlm_err *err);
+
+typedef struct svlm_backend_args {
+    const svlm_uri *uri;
+    const svlm_source_opts *opts; /* live already resolved to 0 or 1 */
+    svlm_ingest_ctl *ctl;
+    svlm_sampler *sampler;       /* NULL when probing */
+} svlm_backend_args;
+
+typedef struct svlm_backend_ops {
+    const char *name;
+    /* Opens and starts the stream (bounded by opts->open_timeout_s through ctl). */
+    svlm_status (*open)(void **ctx, const svlm_backend_args *args, svlm_err *err);
+    /* Decodes until the sampler takes a frame and converts only that one into *out (pixels
+     * newly allocated; pts in seconds from the stream's start; wall = decode time).
+     * Bumps ctl->decoded for every decoded frame and ctl->corrupt for skipped corrupt data.
+     * Returns SVLM_E_END at the end, SVLM_E_IO when the stream is lost, and the result of
+     * svlm_ctl_stop_error() when ctl says stop. */
+    svlm_status (*read)(void *ctx, svlm_frame *out, svlm_err *err);
+    void (*close)(void *ctx);
+    svlm_status (*probe)(const svlm_backend_args *args, svlm_probe_info *info, svlm_err *err);
+} svlm_backend_ops;
+
+extern const svlm_backend_ops svlm_pattern_backend;
+#ifdef SVLM_HAVE_FFMPEG
+extern const svlm_backend_ops svlm_ffmpeg_backend;
+#endif
+#ifdef SVLM_HAVE_GST
+extern const svlm_backend_ops svlm_gst_backend;
+#endif
+
+/* The backend for kind (AUTO picks the default for the URI), or NULL with a message saying
+ * what this build lacks or why the pair does not fit. */
+const svlm_backend_ops *svlm_backend_choose(svlm_backend_kind kind, const svlm_uri *uri, svlm_err *err);
+
+#endif

@@ -1,0 +1,440 @@
+"""The websocket protocol (every message and error code of docs/protocol.md), the limits,
+authentication, disconnects mid-answer, a slow reader, the OpenAI endpoint with curl, /metrics
+and `svlm ask`, against the real server over the deterministic fake engine."""
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_server_harness import Host, http, parse_prometheus, recv_json, until, skip  # noqa: E402
+
+try:
+    import websockets
+except ImportError:
+    skip("python3-websockets is not installed")
+
+WORDS = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "a ", "lazy ", "dog "]
+
+
+def expected_answer(question, max_tokens=256):
+    """What the fake engine answers (tests/test_server_fake.h)."""
+    first = len(question.encode()) % 9
+    return "".join(WORDS[(first + i) % 9] for i in range(min(12, max_tokens)))
+
+
+async def send(ws, **msg):
+    await ws.send(json.dumps(msg))
+
+
+async def error_for(ws, raw, code):
+    await ws.send(raw)
+    m, _ = await until(ws, lambda m: m["type"] == "error")
+    assert m["code"] == code, (raw[:80], m)
+    assert m["message"], m
+    return m
+
+
+async def still_alive(ws):
+    await send(ws, type="list", id="alive")
+    m, _ = await until(ws, lambda m: m["type"] == "streams" and m.get("id") == "alive")
+    return m
+
+
+async def protocol(h):
+    async with websockets.connect(h.ws_url) as ws:
+        await send(ws, type="hello", id=1, version=1, status_interval=0.3)
+        m = await recv_json(ws)
+        assert m["type"] == "hello" and m["id"] == 1 and m["version"] == 1 and m["stand_in"] is True, m
+        assert m["limits"]["max_questions_per_client"] >= 1, m
+
+        await send(ws, type="list", id="l")
+        m, _ = await until(ws, lambda m: m["type"] == "streams")
+        assert m["id"] == "l" and [s["stream"] for s in m["streams"]] == ["cam"], m
+        s = m["streams"][0]
+        for key in ("fps_in", "frames_in", "drops", "reconnects", "memory", "state"):
+            assert key in s, (key, s)
+
+        # pushed status (status_interval 0.3 s) and the status request
+        m, _ = await until(ws, lambda m: m["type"] == "status" and "id" not in m)
+        assert m["streams"][0]["stream"] == "cam", m
+        await send(ws, type="status", id="st", stream="cam")
+        m, _ = await until(ws, lambda m: m["type"] == "status" and m.get("id") == "st")
+        assert len(m["streams"]) == 1 and m["streams"][0]["memory"]["kv_text"] == 12288, m
+        await send(ws, type="hello", id=2, status_interval=0)  # quiet from here on
+        await until(ws, lambda m: m["type"] == "hello")
+
+        # open / close
+        await send(ws, type="open", id="o1", stream="cam2", uri="pattern:", fps=2)
+        m, _ = await until(ws, lambda m: m.get("id") == "o1")
+        assert m["type"] == "opened" and m["stream"] == "cam2", m
+        await send(ws, type="open", id="o2", stream="cam2", uri="pattern:")
+        m, _ = await until(ws, lambda m: m.get("id") == "o2")
+        assert m["type"] == "error" and m["code"] == "stream_exists", m
+        await send(ws, type="open", id="o3", stream="bad", uri="fail:nothing")
+        m, _ = await until(ws, lambda m: m.get("id") == "o3")
+        assert m["type"] == "error" and m["code"] == "open_failed" and "nothing" in m["message"], m
+        await send(ws, type="open", id="o4", stream="no spaces!", uri="pattern:")
+        m, _ = await until(ws, lambda m: m.get("id") == "o4")
+        assert m["code"] == "bad_message", m
+
+        # two questions at once on two streams: tokens routed by id, text = joined tokens
+        q1, q2 = "what is in the picture?", "and now?"
+        await send(ws, type="ask", id="a1", stream="cam", question=q1)
+        await send(ws, type="ask", id="a2", stream="cam2", question=q2, max_tokens=5, temperature=0.5)
+        tokens = {"a1": "", "a2": ""}
+        done = {}
+        while len(done) < 2:
+            m = await recv_json(ws)
+            if m["type"] == "token":
+                assert m["id"] not in done, "token after done"
+                tokens[m["id"]] += m["text"]
+            elif m["type"] == "done":
+                done[m["id"]] = m
+        assert done["a1"]["text"] == tokens["a1"] == expected_answer(q1), done["a1"]
+        assert done["a2"]["text"] == tokens["a2"] == expected_answer(q2, 5), done["a2"]
+        assert done["a1"]["tokens"]["completion"] == 12 and done["a2"]["tokens"]["completion"] == 5
+        t = done["a1"]["timings"]
+        assert t["ttft_ms"] >= 0 and t["tokens_per_s"] > 0 and t["total_ms"] >= t["ttft_ms"], t
+        assert done["a1"]["cancelled"] is False and done["a1"]["stream"] == "cam"
+
+        # errors on ask
+        await send(ws, type="ask", id="x1", stream="nope", question="q")
+        m, _ = await until(ws, lambda m: m.get("id") == "x1")
+        assert m["code"] == "unknown_stream", m
+        await send(ws, type="ask", id="x2", stream="cam", question=5)
+        m, _ = await until(ws, lambda m: m.get("id") == "x2")
+        assert m["code"] == "bad_message" and "question" in m["message"], m
+        await send(ws, type="ask", id="x3", stream="cam", question="q", max_tokens="many")
+        m, _ = await until(ws, lambda m: m.get("id") == "x3")
+        assert m["code"] == "bad_message" and "max_tokens" in m["message"], m
+        await send(ws, type="ask", stream="cam", question="q")
+        m, _ = await until(ws, lambda m: m["type"] == "error")
+        assert m["code"] == "bad_message" and "id" in m["message"], m
+
+        # cancel in the middle
+        await send(ws, type="ask", id="c1", stream="cam", question="long:5000")
+        await until(ws, lambda m: m["type"] == "token" and m["id"] == "c1")
+        await send(ws, type="ask", id="c1", stream="cam", question="again")
+        m, _ = await until(ws, lambda m: m["type"] == "error" and m.get("id") == "c1")
+        assert m["code"] == "duplicate_id", m
+        await send(ws, type="cancel", id="c1")
+        m, _ = await until(ws, lambda m: m["type"] == "done" and m["id"] == "c1")
+        assert m["cancelled"] is True and 0 < m["tokens"]["completion"] < 5000, m["tokens"]
+        await send(ws, type="cancel", id="c1")
+        m, _ = await until(ws, lambda m: m["type"] == "error")
+        assert m["code"] == "unknown_id" and m["id"] == "c1", m
+
+        # watch / alert / unwatch
+        await send(ws, type="watch", id="w1", stream="cam", question="is there a person?", condition="change",
+                   interval=0.2)
+        m, _ = await until(ws, lambda m: m.get("id") == "w1")
+        assert m["type"] == "watching", m
+        m, _ = await until(ws, lambda m: m["type"] == "alert")
+        assert m["id"] == "w1" and m["stream"] == "cam" and m["answer"].startswith("frame "), m
+        await send(ws, type="watch", id="w2", stream="cam", question="q", condition="sometimes")
+        m, _ = await until(ws, lambda m: m.get("id") == "w2")
+        assert m["code"] == "bad_message", m
+        await send(ws, type="unwatch", id="w1")
+        m, _ = await until(ws, lambda m: m["type"] == "unwatched")
+        assert m["id"] == "w1", m
+        await asyncio.sleep(0.5)
+        await send(ws, type="list", id="after")
+        _, seen = await until(ws, lambda m: m.get("id") == "after")
+        assert not [x for x in seen if x["type"] == "alert"], "alerts after unwatch: %r" % seen
+        await send(ws, type="unwatch", id="w1")
+        m, _ = await until(ws, lambda m: m["type"] == "error")
+        assert m["code"] == "unknown_id", m
+
+        await send(ws, type="close", id="cl", stream="cam2")
+        m, _ = await until(ws, lambda m: m.get("id") == "cl")
+        assert m["type"] == "closed" and m["stream"] == "cam2", m
+        await send(ws, type="close", id="cl2", stream="cam2")
+        m, _ = await until(ws, lambda m: m.get("id") == "cl2")
+        assert m["code"] == "unknown_stream", m
+
+        # malformed input: each gets an error and the connection stays usable
+        await error_for(ws, "{not json", "bad_json")
+        await error_for(ws, '{"type":"list","type":"ask"}', "bad_json")  # duplicate key
+        await error_for(ws, "[1,2]", "bad_message")
+        await error_for(ws, '{"id":1}', "bad_message")
+        await error_for(ws, '{"type":7}', "bad_message")
+        await error_for(ws, '{"type":"list","id":[1]}', "bad_message")
+        m = await error_for(ws, '{"type":"dance","id":"d"}', "unknown_type")
+        assert m["id"] == "d", m
+        await error_for(ws, b"\x00\x01binary", "binary_not_supported")
+        await error_for(ws, json.dumps({"type": "list", "pad": "x" * 5000}), "message_too_large")
+        await error_for(ws, json.dumps({"type": "hello", "version": 99}), "unsupported_version")
+        await still_alive(ws)
+
+        # rate limit: 40 burst at 20/s, the rest refused, the connection kept
+        for i in range(100):
+            await send(ws, type="list", id=i)
+        codes = []
+        for _ in range(100):
+            m = await recv_json(ws)
+            codes.append(m["type"] if m["type"] != "error" else m["code"])
+        assert codes.count("rate_limited") >= 30 and codes.count("streams") >= 10, codes
+        await asyncio.sleep(1.0)
+        await still_alive(ws)
+
+        # concurrent questions per client (limit 2)
+        for i in range(3):
+            await send(ws, type="ask", id="p%d" % i, stream="cam", question="long:300")
+        m, _ = await until(ws, lambda m: m["type"] == "error")
+        assert m["code"] == "too_many_questions" and m["id"] == "p2", m
+        for i in range(2):
+            await send(ws, type="cancel", id="p%d" % i)
+        for i in range(2):
+            await until(ws, lambda m: m["type"] == "done")
+
+
+async def total_and_clients(h):
+    # total questions (limit 3) across clients, and the client limit (4)
+    a = await websockets.connect(h.ws_url)
+    b = await websockets.connect(h.ws_url)
+    for i in range(2):
+        await send(a, type="ask", id=i, stream="cam", question="long:300")
+    await send(b, type="ask", id=0, stream="cam", question="long:300")
+    await send(b, type="ask", id=1, stream="cam", question="long:300")
+    m, _ = await until(b, lambda m: m["type"] == "error")
+    assert m["code"] == "server_busy" and m["id"] == 1, m
+    c = await websockets.connect(h.ws_url)
+    d = await websockets.connect(h.ws_url)
+    e = await websockets.connect(h.ws_url)  # the fifth
+    m, _ = await until(e, lambda m: m["type"] == "error")
+    assert m["code"] == "too_many_clients", m
+    await asyncio.wait_for(e.wait_closed(), 10)
+    for ws in (a, b, c, d):
+        await ws.close()
+
+
+async def auth(h):
+    async with websockets.connect(h.ws_url) as ws:
+        await send(ws, type="list", id=1)
+        m = await recv_json(ws)
+        assert m["type"] == "error" and m["code"] == "unauthorized", m
+        await send(ws, type="hello", id=2, token="wrong")
+        m = await recv_json(ws)
+        assert m["code"] == "unauthorized", m
+        await asyncio.wait_for(ws.wait_closed(), 10)
+    async with websockets.connect(h.ws_url) as ws:
+        await send(ws, type="hello", id=1)
+        m = await recv_json(ws)
+        assert m["code"] == "unauthorized", m
+    async with websockets.connect(h.ws_url) as ws:
+        await send(ws, type="hello", id=1, token="s3cret")
+        assert (await recv_json(ws))["type"] == "hello"
+        await still_alive(ws)
+    async with websockets.connect(h.ws_url + "?token=s3cret") as ws:
+        await still_alive(ws)
+    assert http(h.base + "/v1/streams")[0] == 401
+    assert http(h.base + "/metrics")[0] == 401
+    assert http(h.base + "/v1/streams", headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert http(h.base + "/v1/streams", headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert http(h.base + "/v1/streams?token=s3cret")[0] == 200
+    assert http(h.base + "/health")[0] == 200
+    body = json.dumps({"model": "cam", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    assert http(h.base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})[0] == 401
+
+
+def metrics(h):
+    status, headers, body = http(h.base + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain"), (status, headers)
+    return parse_prometheus(body.decode())
+
+
+async def disconnect_mid_answer(h):
+    before = metrics(h)
+    ws = await websockets.connect(h.ws_url)
+    await send(ws, type="ask", id="gone", stream="cam", question="long:3000")
+    await until(ws, lambda m: m["type"] == "token")
+    await ws.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = metrics(h)
+        if m[("svlm_questions_active", frozenset())] == 0:
+            break
+        await asyncio.sleep(0.05)
+    key = ("svlm_questions_total", frozenset({("outcome", "cancelled")}))
+    assert m[("svlm_questions_active", frozenset())] == 0, m
+    assert m[key] == before[key] + 1, (before[key], m[key])
+
+
+def raw_ws_connect(port, rcvbuf):
+    """A websocket client that never reads: a tiny receive buffer and no recv() calls."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+    resp = b""
+    while b"\r\n\r\n" not in resp:
+        resp += s.recv(1)
+    assert b" 101 " in resp, resp
+    return s
+
+
+def ws_frame(text):
+    data = text.encode()
+    mask = os.urandom(4)
+    head = bytes([0x81, 0x80 | len(data)]) if len(data) < 126 else bytes([0x81, 0xFE]) + len(data).to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+async def slow_reader(h):
+    s = raw_ws_connect(h.port, 4096)
+    for i in range(8):
+        s.sendall(ws_frame(json.dumps({"type": "ask", "id": i, "stream": "cam", "question": "long:1500"})))
+    # a well-behaved client keeps getting answers meanwhile
+    async with websockets.connect(h.ws_url) as ws:
+        for i in range(5):
+            q = "question number %d" % i
+            await send(ws, type="ask", id=i, stream="cam", question=q)
+            m, _ = await until(ws, lambda m: m["type"] == "done", timeout=10)
+            assert m["text"] == expected_answer(q), m
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if metrics(h)[("svlm_slow_reader_disconnects_total", frozenset())] >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert metrics(h)[("svlm_slow_reader_disconnects_total", frozenset())] >= 1
+        await still_alive(ws)
+    # the server closed it: draining ends in EOF or a reset
+    s.settimeout(10)
+    try:
+        while s.recv(1 << 16):
+            pass
+    except ConnectionResetError:
+        pass
+    s.close()
+    deadline = time.time() + 10
+    while metrics(h)[("svlm_questions_active", frozenset())] != 0 and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert metrics(h)[("svlm_questions_active", frozenset())] == 0
+
+
+def curl_openai(h):
+    curl = shutil.which("curl")
+    q = "What do you see?"
+    body = {"model": "cam", "messages": [{"role": "system", "content": "be brief"},
+                                         {"role": "user", "content": q}], "max_tokens": 64}
+    if curl:
+        out = subprocess.run([curl, "-sS", "-X", "POST", h.base + "/v1/chat/completions", "-H",
+                              "Content-Type: application/json", "-d", json.dumps(body)],
+                             capture_output=True, check=True, timeout=30).stdout
+    else:
+        out = http(h.base + "/v1/chat/completions", json.dumps(body).encode(),
+                   {"Content-Type": "application/json"})[2]
+    r = json.loads(out)
+    assert r["object"] == "chat.completion" and r["model"] == "cam", r
+    assert r["choices"][0]["message"] == {"role": "assistant", "content": expected_answer(q)}, r
+    assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 12, r
+
+    body["stream"] = True
+    body["max_tokens"] = 4
+    if curl:
+        out = subprocess.run([curl, "-sS", "-N", "-X", "POST", h.base + "/v1/chat/completions", "-H",
+                              "Content-Type: application/json", "-d", json.dumps(body)],
+                             capture_output=True, check=True, timeout=30).stdout.decode()
+    else:
+        out = http(h.base + "/v1/chat/completions", json.dumps(body).encode(),
+                   {"Content-Type": "application/json"})[2].decode()
+    events = [e[len("data: "):] for e in out.split("\n\n") if e.strip()]
+    assert events[-1] == "[DONE]", events
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == expected_answer(q, 4), (text, chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length", chunks[-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 100).decode()
+    body = {"model": "anything", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}}]}]}
+    st, _, out = http(h.base + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    assert st == 200, (st, out)
+    assert json.loads(out)["choices"][0]["message"]["content"] == "1 image(s), first 108 bytes of image/png", out
+
+    for bad, code in ((b"{oops", 400), (b'{"model":"cam"}', 400),
+                      (json.dumps({"model": "cam", "messages": [{"role": "user", "content": 5}]}).encode(), 400),
+                      (json.dumps({"model": "cam", "stream": "yes",
+                                   "messages": [{"role": "user", "content": "q"}]}).encode(), 400),
+                      (json.dumps({"model": "x", "messages": [{"role": "user", "content": [
+                          {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]}).encode(), 400)):
+        st, _, out = http(h.base + "/v1/chat/completions", bad, {"Content-Type": "application/json"})
+        assert st == code and json.loads(out)["error"]["message"], (bad, st, out)
+    st, _, out = http(h.base + "/v1/chat/completions", b"x" * 5000, {"Content-Type": "application/json"})
+    assert st == 413, (st, out)
+    st, _, out = http(h.base + "/v1/models")
+    assert st == 200 and json.loads(out)["data"][0]["id"] == "cam", out
+
+
+def check_http(h):
+    st, hd, body = http(h.base + "/v1/streams/cam/snapshot.jpg")
+    assert st == 200 and hd["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8", (st, hd)
+    assert http(h.base + "/v1/streams/none/snapshot.jpg")[0] == 404
+    st, _, body = http(h.base + "/v1/streams/cam")
+    assert st == 200 and json.loads(body)["stream"] == "cam"
+    st, hd, body = http(h.base + "/")
+    assert st == 200 and b"<html" in body.lower(), (st, body[:100])
+    assert http(h.base + "/nothing-here.html")[0] == 404
+    assert http(h.base + "/v1/unknown")[0] == 404
+    m = metrics(h)
+    count = m[("svlm_ttft_seconds_count", frozenset())]
+    assert count > 0 and m[("svlm_ttft_seconds_bucket", frozenset({("le", "+Inf")}))] == count
+    assert m[("svlm_questions_total", frozenset({("outcome", "ok")}))] >= 3
+    assert m[("svlm_frames_in_total", frozenset({("stream", "cam")}))] >= 1
+    assert m[("svlm_frames_dropped_total", frozenset({("stream", "cam")}))] == 0
+    assert ("svlm_memory_bytes", frozenset({("stream", "cam"), ("tier", "kv_vision")})) in m
+
+
+def cli_ask(h):
+    svlm = os.environ["SVLM_BIN"]
+    q = "what changed?"
+    r = subprocess.run([svlm, "ask", "ws://127.0.0.1:%d" % h.port, "cam", q], capture_output=True, timeout=30)
+    if r.returncode == 2 and b"not built" in r.stderr:
+        print("svlm ask: built without the server libraries, skipped")
+        return
+    assert r.returncode == 0, r
+    assert r.stdout.decode().strip() == expected_answer(q).strip(), r.stdout
+    r = subprocess.run([svlm, "ask", "ws://127.0.0.1:%d" % h.port, "nope", q], capture_output=True, timeout=30)
+    assert r.returncode == 1 and b"unknown_stream" in r.stderr, r
+    r = subprocess.run([svlm, "ask", "--json", "ws://127.0.0.1:%d" % h.port, "cam", q], capture_output=True,
+                       timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout.decode().splitlines()[-1])["type"] == "done", r
+    # the python example of demos/
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "demos",
+                           "ask.py")
+    r = subprocess.run([sys.executable, example, "--url", h.ws_url, "cam", q], capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.decode() == expected_answer(q), r
+
+
+def main():
+    t0 = time.time()
+    with Host(limits="message_bytes=4096,rate=20,per_client=2") as h:
+        asyncio.run(protocol(h))
+        asyncio.run(disconnect_mid_answer(h))
+        curl_openai(h)
+        check_http(h)
+        cli_ask(h)
+    print("protocol ok (%.1f s)" % (time.time() - t0))
+    with Host(limits="total=3,clients=4") as h:
+        asyncio.run(total_and_clients(h))
+    with Host(token="s3cret") as h:
+        asyncio.run(auth(h))
+    print("limits and auth ok (%.1f s)" % (time.time() - t0))
+    with Host(limits="send_queue_bytes=65536,per_client=8", tick_ms=1) as h:
+        asyncio.run(slow_reader(h))
+    print("slow reader ok (%.1f s)" % (time.time() - t0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+/* svlm serve: the websocket/HTTP server (pipeline/server) in front of the streams. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#ifndef SVLM_HAVE_SERVER
+int cmd_serve(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "svlm serve: not built with the server libraries (install libwebsockets-dev and "
+                    "libjansson-dev, then rebuild)\n");
+    return 2;
+}
+#else
+#include <jansson.h>
+
+#include "pipeline/server/ingest_backend.h"
+#include "pipeline/server/server.h"
+
+#define MAX_SOURCES 64
+
+static svlm_server *volatile running;
+static void on_signal(int sig) {
+    (void)sig;
+    if (running) svlm_server_stop(running);
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: svlm serve -m TEXT_GGUF --mmproj MMPROJ_GGUF [options]\n"
+            "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
+            "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
+            "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
+            "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"sources\": {NAME: URI},\n"
+            "                        \"max_message_bytes\", \"max_messages_per_s\", \"max_questions_per_client\",\n"
+            "                        \"max_questions_total\", \"max_watches_per_client\", \"max_streams\",\n"
+            "                        \"max_clients\", \"max_send_queue_bytes\", \"status_interval_s\"}\n"
+            "  --web DIR             the page's folder (demos/web next to the binary's source tree)\n"
+            "Protocol: docs/protocol.md. The page: http://HOST:PORT/\n");
+}
+
+static int parse_listen(const char *s, svlm_server_config *cfg) {
+    const char *colon = strrchr(s, ':');
+    long long port;
+    if (!colon || colon == s || (size_t)(colon - s) >= sizeof cfg->host ||
+        cli_int("--listen", colon + 1, 0, 65535, &port))
+        return fprintf(stderr, "svlm serve: --listen expects HOST:PORT, e.g. 127.0.0.1:8080\n"), -1;
+    snprintf(cfg->host, sizeof cfg->host, "%.*s", (int)(colon - s), s);
+    cfg->port = (int)port;
+    return 0;
+}
+
+static int read_token(const char *path, svlm_server_config *cfg) {
+    FILE *f = fopen(path, "r");
+    if (!f) return fprintf(stderr, "svlm serve: cannot read the token file %s\n", path), -1;
+    size_t n = fread(cfg->token, 1, sizeof cfg->token - 1, f);
+    fclose(f);
+    cfg->token[n] = 0;
+    while (n && strchr("\r\n \t", cfg->token[n - 1])) cfg->token[--n] = 0;
+    if (n < 8) return fprintf(stderr, "svlm serve: the token in %s is shorter than 8 characters\n", path), -1;
+    return 0;
+}
+
+typedef struct source_arg { char name[SVLM_BACKEND_NAME_MAX]; char uri[1024]; } source_arg;
+
+static int add_source(source_arg *src, int *n, const char *name, size_t name_len, const char *uri) {
+    if (*n >= MAX_SOURCES) return fprintf(stderr, "svlm serve: at most %d --source\n", MAX_SOURCES), -1;
+    if (!name_len || name_len >= SVLM_BACKEND_NAME_MAX || !uri[0])
+        return fprintf(stderr, "svlm serve: --source expects NAME=URI\n"), -1;
+    snprintf(src[*n].name, sizeof src[*n].name, "%.*s", (int)name_len, name);
+    snprintf(src[*n].uri, sizeof src[*n].uri, "%s", uri);
+    (*n)++;
+    return 0;
+}
+
+static int load_config(const char *path, svlm_server_config *cfg, source_arg *src, int *n_src) {
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) return fprintf(stderr, "svlm serve: %s:%d:%d: %s\n", path, jerr.line, jerr.column, jerr.text), -1;
+    int rc = 0;
+    const char *key;
+    json_t *v;
+    if (!json_is_object(root)) rc = (fprintf(stderr, "svlm serve: %s: must be a JSON object\n", path), -1);
+    json_object_foreach(root, key, v) {
+        if (rc) break;
+        struct { const char *name; int is_size; void *p; double lo, hi; } nums[] = {
+            {"max_message_bytes", 1, &cfg->max_message_bytes, 1024, 1 << 30},
+            {"max_messages_per_s", 0, &cfg->max_messages_per_s, 0.01, 1e6},
+            {"max_questions_per_client", 2, &cfg->max_questions_per_client, 1, 1 << 20},
+            {"max_questions_total", 2, &cfg->max_questions_total, 1, 1 << 20},
+            {"max_watches_per_client", 2, &cfg->max_watches_per_client, 0, 1 << 20},
+            {"max_streams", 2, &cfg->max_streams, 1, 4096},
+            {"max_clients", 2, &cfg->max_clients, 1, 1 << 20},
+            {"max_send_queue_bytes", 1, &cfg->max_send_queue_bytes, 4096, 1 << 30},
+            {"status_interval_s", 0, &cfg->status_interval_s, 0, 3600},
+        };
+        int known = 0;
+        for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+            if (strcmp(key, nums[i].name)) continue;
+            known = 1;
+            double x = json_number_value(v);
+            if (!json_is_number(v) || x < nums[i].lo || x > nums[i].hi || (nums[i].is_size && x != (double)(long long)x)) {
+                rc = (fprintf(stderr, "svlm serve: %s: '%s' must be a number from %g to %g\n", path, key,
+                              nums[i].lo, nums[i].hi), -1);
+            } else if (nums[i].is_size == 1) *(size_t *)nums[i].p = (size_t)x;
+            else if (nums[i].is_size == 2) *(int *)nums[i].p = (int)x;
+            else *(double *)nums[i].p = x;
+        }
+        if (known) continue;
+        if (!strcmp(key, "listen") && json_is_string(v)) rc = parse_listen(json_string_value(v), cfg);
+        else if (!strcmp(key, "token_file") && json_is_string(v)) rc = read_token(json_string_value(v), cfg);
+        else if (!strcmp(key, "web") && json_is_string(v))
+            snprintf(cfg->web_root, sizeof cfg->web_root, "%s", json_string_value(v));
+        else if (!strcmp(key, "sources") && json_is_object(v)) {
+            const char *name;
+            json_t *uri;
+            json_object_foreach(v, name, uri) {
+                if (!json_is_string(uri)) {
+                    rc = (fprintf(stderr, "svlm serve: %s: sources.%s must be a URI string\n", path, name), -1);
+                    break;
+                }
+                if ((rc = add_source(src, n_src, name, strlen(name), json_string_value(uri)))) break;
+            }
+        } else rc = (fprintf(stderr, "svlm serve: %s: unknown key or wrong type: '%s'\n", path, key), -1);
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* The page ships in demos/web of the source tree; look beside the binary's build folder. */
+static void default_web_root(svlm_server_config *cfg) {
+    char exe[480];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    const char *rel[] = {"/../demos/web", "/../../demos/web", "/../share/svlm/web"};
+    for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s%s/index.html", exe, rel[i]);
+        if (access(path, R_OK) == 0) {
+            snprintf(cfg->web_root, sizeof cfg->web_root, "%s%s", exe, rel[i]);
+            return;
+        }
+    }
+}
+
+int cmd_serve(int argc, char **argv) {
+    svlm_server_config cfg;
+    svlm_server_config_default(&cfg);
+    const char *model = NULL, *mmproj = NULL;
+    static source_arg src[MAX_SOURCES];
+    int n_src = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
+            if (!(model = cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(argv[i], "--mmproj")) {
+            if (!(mmproj = cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(argv[i], "--source")) {
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            const char *eq = strchr(v, '=');
+            if (!eq || add_source(src, &n_src, v, (size_t)(eq - v), eq + 1)) {
+                fprintf(stderr, "svlm serve: --source expects NAME=URI, got '%s'\n", v);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--listen")) {
+            if (!(v = cli_value(argc, argv, &i)) || parse_listen(v, &cfg)) return 2;
+        } else if (!strcmp(argv[i], "--token-file")) {
+            if (!(v = cli_value(argc, argv, &i)) || read_token(v, &cfg)) return 2;
+        } else if (!strcmp(argv[i], "--config")) {
+            if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src)) return 2;
+        } else if (!strcmp(argv[i], "--web")) {
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            snprintf(cfg.web_root, sizeof cfg.web_root, "%s", v);
+        } else {
+            fprintf(stderr, "svlm serve: unknown option %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model || !mmproj) {
+        fprintf(stderr, "svlm serve: -m TEXT_GGUF and --mmproj MMPROJ_GGUF are required\n");
+        usage(stderr);
+        return 2;
+    }
+    const char *files[] = {model, mmproj};
+    for (int i = 0; i < 2; i++)
+        if (access(files[i], R_OK)) {
+            fprintf(stderr, "svlm serve: cannot read %s\n", files[i]);
+            return 1;
+        }
+    if (!cfg.web_root[0]) default_web_root(&cfg);
+
+    svlm_err err = {0};
+    svlm_server_backend be;
+    svlm_ingest_backend *ib = NULL;
+    const char *base = strrchr(model, '/');
+    if (svlm_ingest_backend_create(&ib, base ? base + 1 : model, cfg.max_streams, &be, &err)) {
+        fprintf(stderr, "svlm serve: %s\n", err.msg);
+        return 1;
+    }
+    for (int i = 0; i < n_src; i++) {
+        svlm_backend_open_req req = {src[i].name, src[i].uri, 0, NULL};
+        if (be.open_stream(be.ctx, &req, &err) != SVLM_OK) {
+            fprintf(stderr, "svlm serve: --source %s=%s: %s\n", src[i].name, src[i].uri, err.msg);
+            svlm_ingest_backend_destroy(ib);
+            return 1;
+        }
+    }
+    svlm_server *srv = NULL;
+    if (svlm_server_create(&srv, &cfg, &be, &err) != SVLM_OK) {
+        fprintf(stderr, "svlm serve: %s\n", err.msg);
+        svlm_ingest_backend_destroy(ib);
+        return 1;
+    }
+    fprintf(stderr,
+            "svlm serve: the page is at http://%s:%d/ (websocket ws://%s:%d/v1/ws)\n"
+            "svlm serve: questions answer 'engine_unavailable' until the streaming engine is wired in\n",
+            cfg.host, svlm_server_port(srv), cfg.host, svlm_server_port(srv));
+    running = srv;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    svlm_status st = svlm_server_run(srv, &err);
+    running = NULL;
+    svlm_server_destroy(srv);
+    svlm_ingest_backend_destroy(ib);
+    return st == SVLM_OK ? 0 : 1;
+}
+#endif
