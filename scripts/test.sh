@@ -12,6 +12,7 @@ ctest --test-dir build --output-on-failure -j"$jobs" || status=1
 if [ -d build-asan ]; then
   echo "== tests under ASan + UBSan (build-asan/)"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    LSAN_OPTIONS=suppressions="$PWD/tests/lsan.supp" \
     ctest --test-dir build-asan --output-on-failure -j"$jobs" -L unit || status=1
 fi
 exit $status

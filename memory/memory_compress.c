@@ -1,0 +1,120 @@
+/* Token compression: clustering many tokens into a few representatives, and merging clips. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "memory/memory_internal.h"
+
+#define LLOYD_ROUNDS 4
+
+float mem_cosine(const float *a, const float *b, int d) {
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < d; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    if (aa <= 0 || bb <= 0) return aa == bb ? 1.0f : 0.0f; /* two zero vectors are the same */
+    return (float)(ab / sqrt(aa * bb));
+}
+
+void mem_normalise(float *v, int d) {
+    double s = 0;
+    for (int i = 0; i < d; i++) s += (double)v[i] * v[i];
+    if (s <= 0) return;
+    float inv = (float)(1.0 / sqrt(s));
+    for (int i = 0; i < d; i++) v[i] *= inv;
+}
+
+/* Farthest-point seeding from the token farthest from the mean direction, then Lloyd rounds
+ * assigning by cosine and averaging members (centroids keep the members' scale). */
+int mem_cluster(const float *x, int n, int d, int k, float *c) {
+    if (k >= n) {
+        memcpy(c, x, (size_t)n * (size_t)d * sizeof(float));
+        return 0;
+    }
+    float *best = malloc((size_t)n * sizeof(float));
+    int *assign = malloc((size_t)n * sizeof(int));
+    double *acc = malloc((size_t)k * (size_t)d * sizeof(double));
+    int *count = malloc((size_t)k * sizeof(int));
+    float *mean = malloc((size_t)d * sizeof(float));
+    if (!best || !assign || !acc || !count || !mean) {
+        free(best), free(assign), free(acc), free(count), free(mean);
+        return -1;
+    }
+    memset(mean, 0, (size_t)d * sizeof(float));
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < d; j++) mean[j] += x[(size_t)i * d + j];
+    int first = 0;
+    float lo = 2;
+    for (int i = 0; i < n; i++) {
+        float s = mem_cosine(x + (size_t)i * d, mean, d);
+        if (s < lo) lo = s, first = i;
+    }
+    memcpy(c, x + (size_t)first * d, (size_t)d * sizeof(float));
+    for (int i = 0; i < n; i++) best[i] = mem_cosine(x + (size_t)i * d, c, d);
+    for (int q = 1; q < k; q++) {
+        int far = 0;
+        for (int i = 1; i < n; i++)
+            if (best[i] < best[far]) far = i;
+        memcpy(c + (size_t)q * d, x + (size_t)far * d, (size_t)d * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            float s = mem_cosine(x + (size_t)i * d, c + (size_t)q * d, d);
+            if (s > best[i]) best[i] = s;
+        }
+    }
+    for (int round = 0; round < LLOYD_ROUNDS; round++) {
+        for (int i = 0; i < n; i++) {
+            int arg = 0;
+            float hi = -2;
+            for (int q = 0; q < k; q++) {
+                float s = mem_cosine(x + (size_t)i * d, c + (size_t)q * d, d);
+                if (s > hi) hi = s, arg = q;
+            }
+            assign[i] = arg;
+        }
+        memset(acc, 0, (size_t)k * (size_t)d * sizeof(double));
+        memset(count, 0, (size_t)k * sizeof(int));
+        for (int i = 0; i < n; i++) {
+            count[assign[i]]++;
+            for (int j = 0; j < d; j++) acc[(size_t)assign[i] * d + j] += x[(size_t)i * d + j];
+        }
+        for (int q = 0; q < k; q++) /* an empty cluster keeps its seed */
+            if (count[q])
+                for (int j = 0; j < d; j++) c[(size_t)q * d + j] = (float)(acc[(size_t)q * d + j] / count[q]);
+    }
+    free(best), free(assign), free(acc), free(count), free(mean);
+    return 0;
+}
+
+mem_entry *mem_merge_clips(svlm_memory *m, const mem_entry *a, const mem_entry *b) {
+    int d = m->opts.dim, n = a->n_tokens + b->n_tokens;
+    int k = a->n_tokens > b->n_tokens ? a->n_tokens : b->n_tokens;
+    float *both = malloc((size_t)n * (size_t)d * sizeof(float));
+    mem_entry *e = mem_entry_new(m, SVLM_MEMORY_MID, k, 1);
+    if (!both || !e) {
+        free(both);
+        mem_entry_free(e);
+        return NULL;
+    }
+    memcpy(both, a->tokens, (size_t)a->n_tokens * (size_t)d * sizeof(float));
+    memcpy(both + (size_t)a->n_tokens * d, b->tokens, (size_t)b->n_tokens * (size_t)d * sizeof(float));
+    int rc = mem_cluster(both, n, d, k, e->tokens);
+    free(both);
+    if (rc || mem_refresh_keys(m, e)) {
+        mem_entry_free(e);
+        return NULL;
+    }
+    if (m->opts.key_dim > 0) { /* frame-weighted mean of the two keys */
+        double wa = (double)a->n_frames, wb = (double)b->n_frames;
+        for (int j = 0; j < m->kdim; j++) e->keys[j] = (float)(wa * a->keys[j] + wb * b->keys[j]);
+        mem_normalise(e->keys, m->kdim);
+        e->n_keys = 1;
+    }
+    e->t0 = a->t0 < b->t0 ? a->t0 : b->t0;
+    e->t1 = a->t1 > b->t1 ? a->t1 : b->t1;
+    e->n_frames = a->n_frames + b->n_frames;
+    e->level = (a->level > b->level ? a->level : b->level) + 1;
+    e->importance = 1.0f / (float)(1 + e->level);
+    return e;
+}

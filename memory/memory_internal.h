@@ -1,0 +1,114 @@
+/* Shared inside memory/: the bank's layout and the helpers its files give each other. */
+#ifndef SVLM_MEMORY_INTERNAL_H
+#define SVLM_MEMORY_INTERNAL_H
+
+#include <pthread.h>
+
+#include "memory/memory_bank.h"
+
+typedef struct mem_entry {
+    uint64_t id;
+    svlm_memory_tier tier;
+    double t0, t1;
+    int64_t n_frames;
+    int n_tokens;
+    int level;
+    float importance;
+    float *tokens;      /* [n_tokens][dim] */
+    int n_keys;
+    float *keys;        /* [n_keys][key width], unit length */
+    int persisted;      /* its record is on disk as it is now */
+    uint32_t crc;       /* of that record */
+} mem_entry;
+
+/* The clip being built: per-position sums of similar consecutive frames. */
+typedef struct mem_clip {
+    int open;
+    int n_tokens;
+    int64_t n_frames;
+    double t0, t_last;
+    double *sum;        /* [n_tokens][dim] */
+    double *key_sum;    /* [key_dim] (external keys only) */
+    float *mean_dir;    /* [dim] unit mean token of the clip's first frame */
+} mem_clip;
+
+/* The event being built. */
+typedef struct mem_event {
+    int open;
+    int n_tokens;       /* baseline frame size */
+    double t0, t_last_spike;
+    int calm;           /* no salient change since calm_since */
+    double calm_since;
+    float peak_z;
+    int frames_kept;
+    int n_kept;         /* tokens in kept[] */
+    float *baseline;    /* [n_tokens][dim]: the scene before the event */
+    float *kept;        /* [event_frames * event_tokens][dim] */
+    double *key_sum;    /* [key_dim] */
+    int64_t n_frames;
+} mem_event;
+
+struct svlm_memory {
+    pthread_mutex_t lock;
+    svlm_memory_opts opts;
+    char *dir;
+    int kdim;                   /* key width: key_dim or dim */
+
+    mem_entry **entries;        /* time order (t0, id) */
+    int n_entries, cap_entries;
+    uint64_t next_id;
+    size_t entry_bytes;         /* sum of mem_entry_bytes over entries */
+
+    /* detectors */
+    int prev_n;                 /* tokens of the previous frame (0: none yet) */
+    float *prev;                /* [prev_n][dim] */
+    float *dist;                /* [prev_n] scratch */
+    double prev_t, dt;          /* last time, frame interval estimate */
+    double chg_mean, chg_dev;   /* usual change score: median and scaled MAD of recent calm frames */
+    int64_t chg_n;
+    float chg_hist[64];         /* the last calm change scores (a ring) */
+    mem_clip clip;
+    mem_event event;
+    size_t work_bytes;
+
+    svlm_memory_stats st;
+    svlm_memory_load_report report;
+    uint64_t *removed_ids;      /* records to delete from dir after the next manifest */
+    int n_removed, cap_removed;
+    int dirty;                  /* entries changed since the last manifest */
+};
+
+/* memory_bank.c */
+size_t mem_entry_bytes(const svlm_memory *m, const mem_entry *e);
+mem_entry *mem_entry_new(svlm_memory *m, svlm_memory_tier tier, int n_tokens, int n_keys);
+void mem_entry_free(mem_entry *e);
+/* Inserts in time order; takes ownership. */
+svlm_status mem_insert(svlm_memory *m, mem_entry *e, svlm_err *err);
+/* Removes entry i and frees it (remembering its record for deletion). */
+void mem_remove(svlm_memory *m, int i);
+/* Re-derives the keys from the tokens (key_dim == 0) after tokens changed. */
+svlm_status mem_refresh_keys(svlm_memory *m, mem_entry *e);
+
+/* memory_compress.c */
+/* Clusters n vectors [n][d] into k <= n centroids [k][d] (farthest-point start, a few Lloyd
+ * rounds on cosine). Deterministic. Returns 0, or -1 when out of memory. */
+int mem_cluster(const float *x, int n, int d, int k, float *centroids);
+/* Merges entries a and b (adjacent MID clips) into a new entry. NULL when out of memory. */
+mem_entry *mem_merge_clips(svlm_memory *m, const mem_entry *a, const mem_entry *b);
+float mem_cosine(const float *a, const float *b, int d);
+void mem_normalise(float *v, int d);
+
+/* memory_budget.c */
+/* Applies the budget rule until bytes <= budget and entries <= max_entries. */
+svlm_status mem_enforce_budget(svlm_memory *m, svlm_err *err);
+size_t mem_total_bytes(const svlm_memory *m);
+
+/* memory_store.c */
+svlm_status mem_store_load(svlm_memory *m, svlm_err *err);
+/* Writes changed entries and the manifest, then deletes removed records. */
+svlm_status mem_store_sync(svlm_memory *m, svlm_err *err);
+/* Reads only the manifest header of dir: dim and key_dim. */
+svlm_status mem_store_peek_dims(const char *dir, int *dim, int *key_dim, svlm_err *err);
+uint32_t mem_crc32(uint32_t crc, const void *data, size_t n);
+
+#endif
