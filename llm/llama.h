@@ -10,6 +10,7 @@
 
 #include "kernels/kernels.h"
 #include "llm/gguf.h"
+#include "llm/kv_cache.h"
 #include "llm/tokenizer.h"
 #include "svlm.h"
 
@@ -44,5 +45,22 @@ void svlm_llama_ctx_reset(svlm_llama_ctx *c);
  */
 svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
                             float *logits, int all_logits, svlm_err *err);
+
+/* ---- streaming over a paged, bounded cache (llm/kv_cache.h) ---- */
+
+/* A page pool shaped for this model's K/V rows. */
+svlm_status svlm_llama_kv_pool_create(const svlm_llama *m, svlm_dtype kv_type, int page_tokens, int max_pages,
+                                      svlm_kv_pool **out, svlm_err *err);
+
+/*
+ * Appends n tokens to `seq` as one span of `kind` (evicting older spans of that kind to make
+ * room) and evaluates them at their cache positions; ids/embd/logits as in svlm_llama_eval.
+ * The context's own K/V buffers serve as the working copy of the sequence (RoPE applied), so
+ * n_ctx must be at least the sequence's capacity; consecutive calls on the same sequence copy
+ * only what changed. Using a context for a sequence empties its own (svlm_llama_eval) cache.
+ */
+svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                                const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
+                                svlm_err *err);
 
 #endif

@@ -28,7 +28,8 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
     c->v_cache = calloc((size_t)hp->n_layer, sizeof(void *));
     c->pos = calloc((size_t)n_ctx, sizeof(int32_t));
     c->batch_pos = calloc(B, sizeof(int32_t));
-    int ok = c->k_cache && c->v_cache && c->pos && c->batch_pos;
+    c->stage_pos = calloc(B, sizeof(int32_t));
+    int ok = c->k_cache && c->v_cache && c->pos && c->batch_pos && c->stage_pos;
     for (int l = 0; ok && l < hp->n_layer; l++) {
         c->k_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
         c->v_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
@@ -44,7 +45,8 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
         c->gate = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
         c->up = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
         c->logit_in = svlm_k_alloc(k, B * E * 4);
-        ok = c->x && c->h && c->q && c->kx && c->vx && c->att && c->gate && c->up && c->logit_in;
+        c->stage = svlm_k_alloc(k, B * kvd * 4);
+        ok = c->x && c->h && c->q && c->kx && c->vx && c->att && c->gate && c->up && c->logit_in && c->stage;
     }
     if (!ok) {
         svlm_llama_ctx_free(c);
@@ -65,13 +67,23 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->v_cache);
     free(c->pos);
     free(c->batch_pos);
-    float *bufs[] = {c->x, c->h, c->q, c->kx, c->vx, c->att, c->gate, c->up, c->logit_in};
+    free(c->stage_pos);
+    float *bufs[] = {c->x, c->h, c->q, c->kx, c->vx, c->att, c->gate, c->up, c->logit_in, c->stage};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) svlm_k_free(k, bufs[i]);
     free(c);
 }
 
 int svlm_llama_ctx_n_past(const svlm_llama_ctx *c) { return c->n_past; }
 void svlm_llama_ctx_reset(svlm_llama_ctx *c) { c->n_past = 0; }
+
+svlm_status svlm_llama_kv_pool_create(const svlm_llama *m, svlm_dtype kv_type, int page_tokens, int max_pages,
+                                      svlm_kv_pool **out, svlm_err *err) {
+    svlm_kv_pool_params p = {
+        .n_layer = m->hp.n_layer, .kv_dim = m->hp.n_head_kv * m->hp.head_dim, .type = kv_type,
+        .page_tokens = page_tokens, .max_pages = max_pages,
+    };
+    return svlm_kv_pool_create(&p, out, err);
+}
 
 /* Copies n rows of f32 into the cache at slot `at`, converting to the cache type. */
 static void store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd) {
@@ -98,19 +110,55 @@ static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **em
     }
 }
 
-/* One chunk of at most n_batch tokens. */
-static void eval_chunk(svlm_llama_ctx *c, const int32_t *ids, const float **embd, int n, float *logits,
-                       int all_logits) {
+static void round_to_f16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = svlm_f16_to_f32(svlm_f32_to_f16(x[i]));
+}
+
+/*
+ * Brings rows [from, to) of one layer of the working copy up to date with the sequence: keys
+ * are stored before RoPE in the pages and rotated here to their current positions.
+ */
+static void sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to) {
+    const svlm_llama_hparams *hp = &c->m->hp;
+    const svlm_dtype page_type = svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type;
+    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    for (int a = from; a < to; a += c->n_batch) {
+        const int m = to - a < c->n_batch ? to - a : c->n_batch;
+        for (int i = 0; i < m; i++) {
+            svlm_dequantize_row(page_type, svlm_kv_seq_k_row(seq, layer, a + i), c->stage + i * kvd, (int64_t)kvd);
+            c->stage_pos[i] = svlm_kv_seq_pos(seq, a + i);
+        }
+        svlm_k_rope(c->k, c->stage, m, hp->n_head_kv, hp->head_dim, hp->n_rot, c->stage_pos, hp->rope_base,
+                    hp->rope_neox);
+        store_rows(c, c->k_cache[layer], c->stage, a, m, kvd);
+        if (page_type == c->kv_type) {
+            for (int i = 0; i < m; i++)
+                memcpy((uint8_t *)c->v_cache[layer] + (size_t)(a + i) * kvd * c->kv_elt,
+                       svlm_kv_seq_v_row(seq, layer, a + i), kvd * c->kv_elt);
+        } else {
+            for (int i = 0; i < m; i++)
+                svlm_dequantize_row(page_type, svlm_kv_seq_v_row(seq, layer, a + i), c->stage + i * kvd, (int64_t)kvd);
+            store_rows(c, c->v_cache[layer], c->stage, a, m, kvd);
+        }
+    }
+}
+
+/*
+ * One chunk of at most n_batch tokens at cache rows p0..p0+n-1. Without a sequence the rows are
+ * the context's own cache; with one, they are also written (before RoPE) to its pages, and rows
+ * [sync_from, p0) of the working copy are refreshed from the pages first.
+ */
+static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
+                       const float **embd, int n, float *logits, int all_logits) {
     const svlm_llama *m = c->m;
     const svlm_llama_hparams *hp = &m->hp;
     svlm_kernels *k = c->k;
     const int E = hp->n_embd, kvd = hp->n_head_kv * hp->head_dim;
-    const int p0 = c->n_past;
 
     embed_tokens(c, ids, embd, n);
     for (int i = 0; i < n; i++) {
-        c->batch_pos[i] = p0 + i;
-        c->pos[p0 + i] = p0 + i;
+        c->batch_pos[i] = seq ? svlm_kv_seq_pos(seq, p0 + i) : p0 + i;
+        c->pos[p0 + i] = c->batch_pos[i];
     }
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
@@ -118,6 +166,15 @@ static void eval_chunk(svlm_llama_ctx *c, const int32_t *ids, const float **embd
         svlm_k_matmul(k, &L->wq, c->h, n, c->q);
         svlm_k_matmul(k, &L->wk, c->h, n, c->kx);
         svlm_k_matmul(k, &L->wv, c->h, n, c->vx);
+        if (seq) {
+            svlm_kv_seq_write(seq, l, p0, n, c->kx, c->vx);
+            if (sync_from < p0) sync_working_copy(c, seq, l, sync_from, p0);
+            /* the new rows must look exactly as they will when read back from the pages */
+            if (svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16) {
+                round_to_f16(c->kx, (size_t)n * kvd);
+                round_to_f16(c->vx, (size_t)n * kvd);
+            }
+        }
         svlm_k_rope(k, c->q, n, hp->n_head, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
                     hp->rope_neox);
         svlm_k_rope(k, c->kx, n, hp->n_head_kv, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
@@ -140,7 +197,6 @@ static void eval_chunk(svlm_llama_ctx *c, const int32_t *ids, const float **embd
         svlm_k_matmul(k, &L->w_down, c->gate, n, c->h);
         svlm_k_add(k, c->x, c->h, (int64_t)n * E);
     }
-    c->n_past += n;
     if (!logits) return;
     if (all_logits) {
         svlm_k_rmsnorm(k, c->x, m->output_norm, c->logit_in, n, E, hp->rms_eps);
@@ -151,17 +207,21 @@ static void eval_chunk(svlm_llama_ctx *c, const int32_t *ids, const float **embd
     }
 }
 
-svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
-                            float *logits, int all_logits, svlm_err *err) {
+static svlm_status check_inputs(const svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                                svlm_err *err) {
     if (n <= 0) return svlm_fail(err, SVLM_E_INVALID, "nothing to evaluate");
-    if (n > c->n_ctx - c->n_past)
-        return svlm_fail(err, SVLM_E_LIMIT, "context full: %d tokens cached, %d more do not fit in %d",
-                         c->n_past, n, c->n_ctx);
     const int n_vocab = c->m->hp.n_vocab;
     for (int i = 0; i < n; i++)
         if (ids[i] >= n_vocab) return svlm_fail(err, SVLM_E_INVALID, "token id %d out of range", ids[i]);
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 && !embd) return svlm_fail(err, SVLM_E_INVALID, "image token without embeddings");
+    return SVLM_OK;
+}
+
+/* Runs n tokens in chunks of n_batch starting at cache row p0. */
+static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
+                        const float *embd, int n, float *logits, int all_logits) {
+    const int n_vocab = c->m->hp.n_vocab;
     const float *e = embd;
     for (int done = 0; done < n;) {
         int chunk = n - done < c->n_batch ? n - done : c->n_batch;
@@ -169,8 +229,58 @@ svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *
         float *lg = NULL;
         if (logits && all_logits) lg = logits + (size_t)done * n_vocab;
         else if (logits && last) lg = logits;
-        eval_chunk(c, ids + done, &e, chunk, lg, all_logits);
+        eval_chunk(c, seq, p0 + done, sync_from, ids + done, &e, chunk, lg, all_logits);
+        if (!seq) c->n_past += chunk;
         done += chunk;
+        sync_from = p0 + done;
     }
+}
+
+svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                            float *logits, int all_logits, svlm_err *err) {
+    svlm_status st = check_inputs(c, ids, embd, n, err);
+    if (st) return st;
+    if (n > c->n_ctx - c->n_past)
+        return svlm_fail(err, SVLM_E_LIMIT, "context full: %d tokens cached, %d more do not fit in %d",
+                         c->n_past, n, c->n_ctx);
+    if (c->mirror_of.uid) { /* the buffers held a sequence's working copy: start afresh */
+        memset(&c->mirror_of, 0, sizeof c->mirror_of);
+        c->n_past = 0;
+    }
+    eval_chunks(c, NULL, c->n_past, c->n_past, ids, embd, n, logits, all_logits);
+    return SVLM_OK;
+}
+
+/* How many leading rows of the working copy still match the sequence at version v. */
+static int working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v) {
+    if (!c->mirror_of.uid || c->mirror_of.uid != v.uid) return 0;
+    if (c->mirror_of.epoch == v.epoch) return c->mirror_n;
+    if (c->mirror_of.epoch + 1 == v.epoch) return c->mirror_n < v.kept ? c->mirror_n : v.kept;
+    return 0;
+}
+
+svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                                const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
+                                svlm_err *err) {
+    svlm_status st = check_inputs(c, ids, embd, n, err);
+    if (st) return st;
+    const svlm_llama_hparams *hp = &c->m->hp;
+    const svlm_kv_pool_params *pp = svlm_kv_pool_params_of(svlm_kv_seq_pool(seq));
+    if (pp->n_layer != hp->n_layer || pp->kv_dim != hp->n_head_kv * hp->head_dim)
+        return svlm_fail(err, SVLM_E_INVALID, "KV pool shaped for %d layers x %d, the model has %d x %d",
+                         pp->n_layer, pp->kv_dim, hp->n_layer, hp->n_head_kv * hp->head_dim);
+    if (svlm_kv_seq_capacity(seq) > c->n_ctx)
+        return svlm_fail(err, SVLM_E_LIMIT, "a cache of %d tokens needs a context of at least that size (have %d)",
+                         svlm_kv_seq_capacity(seq), c->n_ctx);
+    int first = 0;
+    if ((st = svlm_kv_seq_append(seq, kind, tag, n, &first, err))) return st;
+    int valid = working_copy_valid(c, svlm_kv_seq_version(seq));
+    if (valid > first) valid = first;
+    /* mark the copy unknown while it is rebuilt, then record what it holds */
+    memset(&c->mirror_of, 0, sizeof c->mirror_of);
+    eval_chunks(c, seq, first, valid, ids, embd, n, logits, all_logits);
+    c->mirror_of = svlm_kv_seq_version(seq);
+    c->mirror_n = first + n;
+    c->n_past = 0;
     return SVLM_OK;
 }

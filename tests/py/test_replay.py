@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""svlm replay on a recording with the tiny SmolVLM fixture models: answers at the given video
+times, the same answers on a second run (greedy, forks pinned to frames), counters, and errors."""
+import json, os, subprocess, sys
+
+data = os.environ.get('SVLM_TEST_DATA', '../shared')
+binp = os.environ['SVLM_BIN']
+if not os.path.isdir(data):
+    print('SKIP: test data folder not found (set SVLM_TEST_DATA)')
+    sys.exit(77)
+models = os.path.join(data, 'fixtures/vision-tiny/models')
+video = os.path.join(data, 'media/bottles_hands_tabletop.mp4')
+base = [binp, 'replay', video, '-m', os.path.join(models, 'tiny-smolvlm-text-f32.gguf'), '--mmproj',
+        os.path.join(models, 'tiny-smolvlm-mmproj-f32.gguf'), '--fps', '2', '--speed', 'max',
+        '--frames-window', '4', '--max-tokens', '12']
+asks = ['--ask', '2:What is on the table?', '--ask', '6.5:What do the hands do?', '--ask', '1000:Anything else?']
+fails = []
+
+probe = subprocess.run([binp, 'replay', '--help'], capture_output=True, text=True)
+if probe.returncode != 0:
+    print('SKIP: svlm replay is not available')
+    sys.exit(77)
+
+
+def replay(extra):
+    p = subprocess.run(base + extra + ['--json'], capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        if 'cannot open' in p.stderr or 'backend' in p.stderr:
+            print('SKIP: no video backend: %s' % p.stderr[-200:])
+            sys.exit(77)
+        fails.append('replay failed (rc %d): %s' % (p.returncode, p.stderr[-300:]))
+        return [], {}
+    lines = [json.loads(l) for l in p.stdout.strip().splitlines()]
+    return lines[:-1], lines[-1]
+
+
+answers, counters = replay(asks)
+again, counters2 = replay(asks)
+if len(answers) != 3:
+    fails.append('expected 3 answers, got %d' % len(answers))
+for a in answers:
+    for key in ('t', 'question', 'answer', 'tokens', 'ttft_ms'):
+        if key not in a:
+            fails.append('answer line without %r: %s' % (key, a))
+    if not (0 < a.get('tokens', 0) <= 12) and a.get('answer'):
+        fails.append('answer with %s tokens' % a.get('tokens'))
+if [a['t'] for a in answers] != [2.0, 6.5, 1000.0]:
+    fails.append('answers out of order: %s' % [a.get('t') for a in answers])
+strip = lambda xs: [(a['t'], a['question'], a['answer'], a['tokens']) for a in xs]
+if strip(answers) != strip(again):
+    fails.append('a second replay gave other answers')
+for key in ('frames', 'drops', 'tokens', 'evicted_spans', 'kv_bytes'):
+    if key not in counters:
+        fails.append('counters without %r' % key)
+if counters:
+    if not counters['frames'] >= 10 or counters['frames'] != counters2.get('frames'):
+        fails.append('frames: %s then %s' % (counters['frames'], counters2.get('frames')))
+    if counters['evicted_spans'] <= 0 or counters['kv_bytes'] <= 0:
+        fails.append('no evictions or no KV bytes: %s' % counters)
+    if counters['tokens']['text'] <= 0:
+        fails.append('the answered turns did not join the dialogue window')
+
+for args, needle in (([binp, 'replay', '/nonexistent.mp4', '-m', 'x', '--mmproj', 'y'], 'cannot'),
+                     (base + ['--ask', 'soon:why?'], '--ask expects'),
+                     (base + ['--speed', 'warp'], '--speed expects'),
+                     ([binp, 'replay', video], 'required')):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if p.returncode == 0 or needle not in p.stderr:
+        fails.append('%s: expected an error mentioning %r, got rc %d %r' % (args[2:], needle, p.returncode,
+                                                                              p.stderr[-200:]))
+
+for f in fails:
+    print('FAIL', f)
+print('%d answers, %s; %d failures' % (len(answers), counters, len(fails)))
+sys.exit(1 if fails else 0)
