@@ -30,6 +30,16 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
     return 0;
 }
 
+int cli_kv_type(const char *flag, const char *s, svlm_dtype *out) {
+    if (!strcmp(s, "f32")) *out = SVLM_F32;
+    else if (!strcmp(s, "f16")) *out = SVLM_F16;
+    else {
+        fprintf(stderr, "svlm: %s expects f32 or f16, got '%s'\n", flag, s);
+        return -1;
+    }
+    return 0;
+}
+
 const char *cli_value(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         fprintf(stderr, "svlm: %s needs a value\n", argv[*i]);

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "kernels/dtype.h"
+
 #define SVLM_CMD(name, help) int cmd_##name(int argc, char **argv);
 #include "commands.def"
 #undef SVLM_CMD
@@ -14,6 +16,8 @@ int cli_int(const char *flag, const char *s, long long lo, long long hi, long lo
 int cli_float(const char *flag, const char *s, double lo, double hi, double *out);
 /* The value after a flag, or NULL after printing "svlm: FLAG needs a value". Advances *i. */
 const char *cli_value(int argc, char **argv, int *i);
+/* Parses a KV cache type ("f32" or "f16"). */
+int cli_kv_type(const char *flag, const char *s, svlm_dtype *out);
 /* Prints s as a JSON string literal (quotes, escapes, invalid UTF-8 replaced by U+FFFD). */
 void cli_json_str(FILE *f, const char *s, size_t len);
 /* Monotonic seconds. */

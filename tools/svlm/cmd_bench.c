@@ -96,12 +96,7 @@ int cmd_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
             if (cli_int(a, v, 1, 1024, &threads)) return 2;
         } else if (!strcmp(a, "--kv")) {
-            if (!strcmp(v, "f32")) kv_type = SVLM_F32;
-            else if (!strcmp(v, "f16")) kv_type = SVLM_F16;
-            else {
-                fprintf(stderr, "svlm: --kv expects f32 or f16, got '%s'\n", v);
-                return 2;
-            }
+            if (cli_kv_type(a, v, &kv_type)) return 2;
         } else {
             fprintf(stderr, "svlm bench: unknown option '%s'\n", a);
             usage(stderr);

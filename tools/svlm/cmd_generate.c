@@ -62,12 +62,7 @@ int cmd_generate(int argc, char **argv) {
             if (cli_float(a, v, 0.01, 100, &d)) return 2;
             sp.repeat_penalty = (float)d;
         } else if (!strcmp(a, "--kv")) {
-            if (!strcmp(v, "f32")) kv_type = SVLM_F32;
-            else if (!strcmp(v, "f16")) kv_type = SVLM_F16;
-            else {
-                fprintf(stderr, "svlm: --kv expects f32 or f16, got '%s'\n", v);
-                return 2;
-            }
+            if (cli_kv_type(a, v, &kv_type)) return 2;
         } else {
             fprintf(stderr, "svlm generate: unknown option '%s'\n", a);
             usage(stderr);

@@ -198,12 +198,7 @@ int cmd_perplexity(int argc, char **argv) {
                 return 2;
             }
         } else if (!strcmp(a, "--kv")) {
-            if (!strcmp(v, "f32")) kv = SVLM_F32;
-            else if (!strcmp(v, "f16")) kv = SVLM_F16;
-            else {
-                fprintf(stderr, "svlm: --kv expects f32 or f16, got '%s'\n", v);
-                return 2;
-            }
+            if (cli_kv_type(a, v, &kv)) return 2;
         } else {
             fprintf(stderr, "svlm perplexity: unknown option '%s'\n", a);
             usage(stderr);
