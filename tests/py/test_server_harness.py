@@ -65,6 +65,67 @@ class Host:
             self.proc.wait()
 
 
+def fixture_models():
+    """The tiny SmolVLM2 fixture pair (text, mmproj), or a skip."""
+    data = os.environ.get("SVLM_TEST_DATA", os.path.join(REPO, "..", "shared"))
+    d = os.path.join(data, "fixtures", "vision-tiny", "models")
+    text, mmproj = (os.path.join(d, "tiny-smolvlm-%s-f32.gguf" % k) for k in ("text", "mmproj"))
+    if not (os.path.exists(text) and os.path.exists(mmproj)):
+        skip("the vision-tiny fixture models are absent")
+    return text, mmproj
+
+
+class Serve:
+    """`svlm serve` itself (the real engine) on a free loopback port; args after `serve`."""
+
+    def __init__(self, args):
+        svlm = os.environ.get("SVLM_BIN") or skip("SVLM_BIN is not set")
+        self.proc = subprocess.Popen([svlm, "serve", "--listen", "127.0.0.1:0", "--web",
+                                      os.path.join(REPO, "demos", "web")] + args, stderr=subprocess.PIPE)
+        self.log = []
+        while True:
+            line = self.proc.stderr.readline().decode()
+            if not line:
+                raise RuntimeError("svlm serve did not start: %s" % "".join(self.log))
+            self.log.append(line)
+            if "http://127.0.0.1:" in line:
+                break
+        self.base = "http://" + line.split("http://")[1].split("/")[0]
+        self.ws_url = self.base.replace("http://", "ws://") + "/v1/ws"
+
+    def stop(self):
+        import signal
+        self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(timeout=60)
+        self.proc.stderr.close()
+        assert rc == 0, "svlm serve exited with %d" % rc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.stop()
+        else:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stderr.close()
+
+
+def wait_frames(base, stream, n, timeout=30):
+    """Waits until the stream has ingested at least n frames; returns its status."""
+    import time
+    deadline = time.time() + timeout
+    while True:
+        st, _, body = http(base + "/v1/streams/" + stream)
+        s = json.loads(body) if st == 200 else {}
+        if s.get("frames_in", 0) >= n:
+            return s
+        if time.time() > deadline:
+            raise AssertionError("stream %s has not ingested %d frames: %r" % (stream, n, s))
+        time.sleep(0.1)
+
+
 def http(url, data=None, headers=None, method=None):
     """Returns (status, headers, body bytes) without raising on HTTP errors."""
     req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)

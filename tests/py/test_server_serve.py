@@ -1,6 +1,9 @@
-"""`svlm serve` itself: flag errors, the non-loopback rule, and a real run on a generated
-test-pattern source: /health, a JPEG snapshot of a real frame, the stream's counters rising,
-the page, and a clean exit on SIGINT."""
+"""`svlm serve` itself: flag errors, the non-loopback rule, and `svlm serve --demo` as a fresh
+machine runs it (the random-weight model generated into an empty cache folder, a config file,
+a test-pattern source): /health, a JPEG snapshot of a real frame, the stream's counters rising,
+the page, the stand-in flag the page's banner shows, an answer over websocket and over the
+OpenAI endpoint, a second start reusing the cached model, and a clean exit on SIGINT."""
+import asyncio
 import json
 import os
 import signal
@@ -8,10 +11,38 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_server_harness import http, skip  # noqa: E402
+from test_server_harness import http, recv_json, until, skip  # noqa: E402
+
+try:
+    import websockets
+except ImportError:
+    skip("python3-websockets is not installed")
+
+
+def start(svlm, args):
+    p = subprocess.Popen([svlm, "serve"] + args, stderr=subprocess.PIPE)
+    log = ""
+    while "http://127.0.0.1:" not in log:
+        line = p.stderr.readline().decode()
+        assert line, "svlm serve did not start: " + log
+        log += line
+    base = "http://" + log.split("http://")[1].split("/")[0]
+    return p, base, log
+
+
+async def ask_ws(base):
+    async with websockets.connect(base.replace("http://", "ws://") + "/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "hello", "id": 1, "version": 1}))
+        hello = await recv_json(ws)
+        assert hello["type"] == "hello" and hello["stand_in"] is True and "random" in hello["model"], hello
+        await ws.send(json.dumps({"type": "ask", "id": "q", "stream": "cam", "question": "What do you see?",
+                                  "max_tokens": 8}))
+        done, toks = await until(ws, lambda m: m["type"] in ("done", "error"), timeout=30)
+        assert done["type"] == "done" and done["tokens"]["completion"] >= 1, done
+        assert done["text"] == "".join(t["text"] for t in toks if t["type"] == "token")
+        return done
 
 
 def main():
@@ -27,7 +58,10 @@ def main():
                (["-m", model, "--mmproj", model, "--listen", "nonsense"], b"HOST:PORT"),
                (["-m", model, "--mmproj", model, "--listen", "0.0.0.0:0"], b"token"),
                (["-m", model, "--mmproj", model, "--source", "noequals"], b"NAME=URI"),
-               (["-m", model, "--mmproj", model, "--bogus"], b"unknown option")]
+               (["-m", model, "--mmproj", model, "--bogus"], b"unknown option"),
+               (["-m", model, "--mmproj", model, "--answer-threads", "0"], b"--answer-threads"),
+               (["--demo", "-m", model], b"--demo"),
+               (["-m", model, "--mmproj", model, "--listen", "127.0.0.1:0"], b"m.gguf")]
         for args, what in bad:
             r = subprocess.run([svlm, "serve"] + args, capture_output=True, timeout=30)
             assert r.returncode in (1, 2) and what in r.stderr, (args, r)
@@ -37,13 +71,12 @@ def main():
         assert r.returncode == 2 and b"max_clients" in r.stderr, r
         open(cfg, "w").write(json.dumps({"max_clients": 10, "listen": "127.0.0.1:0",
                                          "sources": {"cam": "pattern:size=160x120,rate=10,duration=0,live"}}))
-        p = subprocess.Popen([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg],
-                             stderr=subprocess.PIPE)
+        cache = os.path.join(tmp, "cache")
+        t0 = time.time()
+        p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--config", cfg])
         try:
-            line = p.stderr.readline().decode()
-            assert "http://127.0.0.1:" in line, line
-            base = line.split("http://")[1].split("/")[0]
-            base = "http://" + base
+            assert "generating" in log and "random-weight stand-in" in p.stderr.readline().decode(), log
+            assert sorted(os.listdir(cache)) == ["svlm-demo-tiny-f32-s8080-mmproj.gguf", "svlm-demo-tiny-f32-s8080.gguf"]
             deadline = time.time() + 20
             while True:
                 st, hd, body = http(base + "/v1/streams/cam/snapshot.jpg")
@@ -52,15 +85,33 @@ def main():
                 time.sleep(0.2)
             assert st == 200 and body[:2] == b"\xff\xd8", (st, body[:50])
             s1 = json.loads(http(base + "/v1/streams/cam")[2])
+            done = asyncio.run(ask_ws(base))
             time.sleep(1.5)
             s2 = json.loads(http(base + "/v1/streams/cam")[2])
-            assert s2["frames_in"] > s1["frames_in"] and s2["state"] == "running", (s1, s2)
+            assert s2["frames_in"] > s1["frames_in"] and s2["state"] == "running" and s2["drops"] == 0, (s1, s2)
             assert json.loads(http(base + "/health")[2])["streams"] == 1
             st, _, page = http(base + "/")
-            assert st == 200 and b"svlm" in page
+            assert st == 200 and b"svlm" in page and b"random-weight stand-in" in page
+            body = json.dumps({"model": "cam", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi?"}]})
+            st, _, r = http(base + "/v1/chat/completions", body.encode(), {"Content-Type": "application/json"})
+            assert st == 200 and json.loads(r)["usage"]["completion_tokens"] >= 1, (st, r)
         finally:
             p.send_signal(signal.SIGINT)
             rc = p.wait(timeout=30)
+            p.stderr.close()
+        assert rc == 0, rc
+        print("svlm serve --demo: up and answering %.1f s after start (model generated), first answer %r"
+              % (time.time() - t0, done["text"]))
+        # the second start finds the model in the cache, and opens its built-in pattern itself
+        p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--listen", "127.0.0.1:0"])
+        try:
+            assert "generating" not in log, log
+            streams = json.loads(http(base + "/v1/streams")[2])["streams"]
+            assert [s["stream"] for s in streams] == ["demo"], streams
+        finally:
+            p.send_signal(signal.SIGINT)
+            rc = p.wait(timeout=30)
+            p.stderr.close()
         assert rc == 0, rc
     print("svlm serve ok")
 

@@ -18,10 +18,12 @@ int cmd_serve(int argc, char **argv) {
 #else
 #include <jansson.h>
 
-#include "pipeline/server/ingest_backend.h"
+#include "pipeline/server/engine_backend.h"
 #include "pipeline/server/server.h"
+#include "serve_demo.h"
 
 #define MAX_SOURCES 64
+#define DEMO_SOURCE "pattern:size=320x240,rate=5,duration=0,live"
 
 static svlm_server *volatile running;
 static void on_signal(int sig) {
@@ -32,6 +34,14 @@ static void on_signal(int sig) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: svlm serve -m TEXT_GGUF --mmproj MMPROJ_GGUF [options]\n"
+            "       svlm serve --demo [options]\n"
+            "  --demo                a generated random-weight tiny SmolVLM2 instead of -m/--mmproj\n"
+            "                        (made once into --cache-dir), and without --source a built-in\n"
+            "                        test pattern as stream 'demo'\n"
+            "  --cache-dir DIR       where --demo keeps its model ($XDG_CACHE_HOME/svlm or ~/.cache/svlm)\n"
+            "  --answer-threads N    questions answered at once, interleaved token by token (4)\n"
+            "  --frames-window N     frames kept in each stream's context (8)\n"
+            "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
             "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
             "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
             "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
@@ -153,9 +163,12 @@ static void default_web_root(svlm_server_config *cfg) {
 int cmd_serve(int argc, char **argv) {
     svlm_server_config cfg;
     svlm_server_config_default(&cfg);
-    const char *model = NULL, *mmproj = NULL;
+    const char *model = NULL, *mmproj = NULL, *cache_dir = NULL;
     static source_arg src[MAX_SOURCES];
-    int n_src = 0;
+    int n_src = 0, demo = 0;
+    svlm_engine_backend_opts eo;
+    svlm_engine_backend_opts_default(&eo);
+    long long num;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -165,6 +178,19 @@ int cmd_serve(int argc, char **argv) {
             if (!(model = cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(argv[i], "--mmproj")) {
             if (!(mmproj = cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(argv[i], "--demo")) {
+            demo = 1;
+        } else if (!strcmp(argv[i], "--cache-dir")) {
+            if (!(cache_dir = cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(argv[i], "--answer-threads")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 64, &num)) return 2;
+            eo.answer_threads = (int)num;
+        } else if (!strcmp(argv[i], "--frames-window")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 4096, &num)) return 2;
+            eo.frames_window = (int)num;
+        } else if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "-t")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &num)) return 2;
+            eo.compute_threads = (int)num;
         } else if (!strcmp(argv[i], "--source")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             const char *eq = strchr(v, '=');
@@ -187,24 +213,44 @@ int cmd_serve(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model || !mmproj) {
-        fprintf(stderr, "svlm serve: -m TEXT_GGUF and --mmproj MMPROJ_GGUF are required\n");
+    static char demo_text[1024], demo_mmproj[1024];
+    if (demo && (model || mmproj)) {
+        fprintf(stderr, "svlm serve: --demo brings its own model: leave out -m and --mmproj\n");
+        return 2;
+    }
+    if (!demo && (!model || !mmproj)) {
+        fprintf(stderr, "svlm serve: -m TEXT_GGUF and --mmproj MMPROJ_GGUF are required (or --demo)\n");
         usage(stderr);
         return 2;
     }
-    const char *files[] = {model, mmproj};
-    for (int i = 0; i < 2; i++)
-        if (access(files[i], R_OK)) {
-            fprintf(stderr, "svlm serve: cannot read %s\n", files[i]);
-            return 1;
-        }
+    if (!demo) {
+        const char *files[] = {model, mmproj};
+        for (int i = 0; i < 2; i++)
+            if (access(files[i], R_OK)) {
+                fprintf(stderr, "svlm serve: cannot read %s\n", files[i]);
+                return 1;
+            }
+    }
+    if (!svlm_host_is_loopback(cfg.host) && !cfg.token[0]) { /* before the slow part: loading models */
+        fprintf(stderr, "svlm serve: listening on %s needs a token (--token-file)\n", cfg.host);
+        return 2;
+    }
     if (!cfg.web_root[0]) default_web_root(&cfg);
+    if (demo) {
+        if (serve_demo_models(cache_dir, demo_text, sizeof demo_text, demo_mmproj, sizeof demo_mmproj)) return 1;
+        model = demo_text, mmproj = demo_mmproj;
+        eo.model_label = "svlm-demo (random-weight tiny SmolVLM2)";
+        eo.stand_in = 1;
+        if (!n_src) add_source(src, &n_src, "demo", 4, DEMO_SOURCE);
+    }
 
     svlm_err err = {0};
     svlm_server_backend be;
-    svlm_ingest_backend *ib = NULL;
-    const char *base = strrchr(model, '/');
-    if (svlm_ingest_backend_create(&ib, base ? base + 1 : model, cfg.max_streams, &be, &err)) {
+    svlm_engine_backend *eb = NULL;
+    eo.text_path = model;
+    eo.mmproj_path = mmproj;
+    eo.max_streams = cfg.max_streams;
+    if (svlm_engine_backend_create(&eo, &eb, &be, &err)) {
         fprintf(stderr, "svlm serve: %s\n", err.msg);
         return 1;
     }
@@ -212,27 +258,28 @@ int cmd_serve(int argc, char **argv) {
         svlm_backend_open_req req = {src[i].name, src[i].uri, 0, NULL};
         if (be.open_stream(be.ctx, &req, &err) != SVLM_OK) {
             fprintf(stderr, "svlm serve: --source %s=%s: %s\n", src[i].name, src[i].uri, err.msg);
-            svlm_ingest_backend_destroy(ib);
+            svlm_engine_backend_destroy(eb);
             return 1;
         }
     }
     svlm_server *srv = NULL;
     if (svlm_server_create(&srv, &cfg, &be, &err) != SVLM_OK) {
         fprintf(stderr, "svlm serve: %s\n", err.msg);
-        svlm_ingest_backend_destroy(ib);
+        svlm_engine_backend_destroy(eb);
         return 1;
     }
-    fprintf(stderr,
-            "svlm serve: the page is at http://%s:%d/ (websocket ws://%s:%d/v1/ws)\n"
-            "svlm serve: questions answer 'engine_unavailable' until the streaming engine is wired in\n",
-            cfg.host, svlm_server_port(srv), cfg.host, svlm_server_port(srv));
+    fprintf(stderr, "svlm serve: the page is at http://%s:%d/ (websocket ws://%s:%d/v1/ws)\n", cfg.host,
+            svlm_server_port(srv), cfg.host, svlm_server_port(srv));
+    if (demo)
+        fprintf(stderr, "svlm serve: demo mode: the model is a random-weight stand-in, its answers are noise; "
+                        "see the README for real SmolVLM2 files\n");
     running = srv;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     svlm_status st = svlm_server_run(srv, &err);
     running = NULL;
     svlm_server_destroy(srv);
-    svlm_ingest_backend_destroy(ib);
+    svlm_engine_backend_destroy(eb);
     return st == SVLM_OK ? 0 : 1;
 }
 #endif
