@@ -22,11 +22,27 @@ struct svlm_vision_ctx {
     svlm_f16 *patch16_data;
     svlm_vision_trace_fn trace;
     void *trace_user;
+    /* When set (the STC feature cache, vision/stc_cache.c), the full forward pass copies tile 0's
+     * keys and values of layer il into save_k[il] and save_v[il] ([N][D] each). */
+    float *const *save_k, *const *save_v;
 };
 
 static inline void svlm_vision_trace(svlm_vision_ctx *c, const char *name, int layer, const float *d,
                                      int64_t rows, int64_t dim) {
     if (c->trace) c->trace(c->trace_user, name, layer, d, rows, dim);
 }
+
+/* Pieces of the SigLIP forward pass for callers that run it on a subset of one tile's tokens
+ * (vision/stc_cache.c). Scratch comes from the context, so rows <= max_batch * N. */
+
+/* x[i] = patch embedding + position of patch idx[i] of one tile's pixels [3][S][S]. */
+void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *idx, int64_t m, float *x);
+/* Block il, first half: LN1 of x then Q, K, V (with biases) into c->q, c->kk, c->v. */
+void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t rows);
+/* Non-causal attention of n_q query rows over n_kv key/value rows ([.][D] each). */
+void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, const float *v, int64_t n_q,
+                           int64_t n_kv, float *out);
+/* Block il, second half: x += O(c->attn) + bo, then x += MLP(LN2 x). */
+void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows);
 
 #endif

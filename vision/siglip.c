@@ -13,29 +13,43 @@
 #include "vision/encoder_internal.h"
 #include "vision/f16_round.h"
 
-/* Rows of 3*p*p values per patch, ordered (channel, ky, kx) like the conv kernel. */
-static void im2col(const float *pixels, int b, int S, int p, float *out) {
-    int g = S / p;
-    size_t plane = (size_t)S * S, row = (size_t)3 * p * p;
-    for (int t = 0; t < b; t++) {
-        const float *img = pixels + (size_t)t * 3 * plane;
-        for (int py = 0; py < g; py++)
-            for (int px = 0; px < g; px++) {
-                float *dst = out + ((size_t)t * g * g + (size_t)py * g + px) * row;
-                for (int c = 0; c < 3; c++)
-                    for (int ky = 0; ky < p; ky++)
-                        memcpy(dst + ((size_t)c * p + ky) * p, img + c * plane + (size_t)(py * p + ky) * S + (size_t)px * p,
-                               sizeof(float) * (size_t)p);
-            }
-    }
+/* One patch as a row of 3*p*p values, ordered (channel, ky, kx) like the conv kernel. */
+static void patch_row(const float *img, int S, int p, int patch, float *dst) {
+    int g = S / p, py = patch / g, px = patch % g;
+    size_t plane = (size_t)S * S;
+    for (int c = 0; c < 3; c++)
+        for (int ky = 0; ky < p; ky++)
+            memcpy(dst + ((size_t)c * p + ky) * p, img + c * plane + (size_t)(py * p + ky) * S + (size_t)px * p,
+                   sizeof(float) * (size_t)p);
 }
 
-static void block(svlm_vision_ctx *c, const svlm_vit_layer *L, int il, int b) {
-    const svlm_mmproj_hparams *hp = &c->m->hp;
-    svlm_kernels *k = c->k;
-    int64_t N = hp->n_patches, D = hp->n_embd, F = hp->n_ff, rows = (int64_t)b * N;
+static void im2col(const float *pixels, int b, int S, int p, float *out) {
+    int n = (S / p) * (S / p);
+    size_t row = (size_t)3 * p * p;
+    for (int t = 0; t < b; t++)
+        for (int i = 0; i < n; i++)
+            patch_row(pixels + (size_t)t * 3 * S * S, S, p, i, out + ((size_t)t * n + i) * row);
+}
 
-    svlm_k_layernorm(k, c->x, L->ln1_w, L->ln1_b, c->h, rows, D, hp->eps);
+void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *idx, int64_t m, float *x) {
+    const svlm_mmproj *mp = c->m;
+    const svlm_mmproj_hparams *hp = &mp->hp;
+    int64_t D = hp->n_embd;
+    size_t row = (size_t)c->patch16.cols;
+    for (int64_t i = 0; i < m; i++) patch_row(pixels, hp->image_size, hp->patch_size, idx[i], c->h + (size_t)i * row);
+    svlm_f16_round(c->h, (size_t)m * row);
+    svlm_k_matmul(c->k, &c->patch16, c->h, m, x);
+    svlm_k_add_bias(c->k, x, mp->patch_b, m, D);
+    for (int64_t i = 0; i < m; i++) svlm_k_add(c->k, x + (size_t)(i * D), mp->pos + (size_t)idx[i] * (size_t)D, D);
+}
+
+void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t rows) {
+    const svlm_mmproj_hparams *hp = &c->m->hp;
+    const svlm_vit_layer *L = &c->m->layers[il];
+    svlm_kernels *k = c->k;
+    int64_t D = hp->n_embd;
+
+    svlm_k_layernorm(k, x, L->ln1_w, L->ln1_b, c->h, rows, D, hp->eps);
     svlm_vision_trace(c, "layer_inp_normed", il, c->h, rows, D);
     svlm_k_matmul(k, &L->q, c->h, rows, c->q);
     svlm_k_add_bias(k, c->q, L->q_b, rows, D);
@@ -46,23 +60,33 @@ static void block(svlm_vision_ctx *c, const svlm_vit_layer *L, int il, int b) {
     svlm_vision_trace(c, "Qcur", il, c->q, rows, D);
     svlm_vision_trace(c, "Kcur", il, c->kk, rows, D);
     svlm_vision_trace(c, "Vcur", il, c->v, rows, D);
-    for (int t = 0; t < b; t++) { /* every token of a tile sees the whole tile, nothing else */
-        size_t off = (size_t)t * (size_t)N * (size_t)D;
-        svlm_attn_args a = {
-            .q = c->q + off, .k = c->kk + off, .v = c->v + off, .kv_type = SVLM_F32, .kv_stride = D,
-            .out = c->attn + off, .n_q = N, .n_kv = N, .n_head = hp->n_head, .n_kv_head = hp->n_head,
-            .head_dim = hp->head_dim, .causal = 0, .scale = 1.0f / sqrtf((float)hp->head_dim),
-        };
-        svlm_k_attention(k, &a);
-    }
+}
+
+void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, const float *v, int64_t n_q,
+                           int64_t n_kv, float *out) {
+    const svlm_mmproj_hparams *hp = &c->m->hp;
+    svlm_attn_args a = {
+        .q = q, .k = k, .v = v, .kv_type = SVLM_F32, .kv_stride = hp->n_embd, .out = out, .n_q = n_q,
+        .n_kv = n_kv, .n_head = hp->n_head, .n_kv_head = hp->n_head, .head_dim = hp->head_dim, .causal = 0,
+        .scale = 1.0f / sqrtf((float)hp->head_dim),
+    };
+    svlm_k_attention(c->k, &a);
+}
+
+void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows) {
+    const svlm_mmproj_hparams *hp = &c->m->hp;
+    const svlm_vit_layer *L = &c->m->layers[il];
+    svlm_kernels *k = c->k;
+    int64_t D = hp->n_embd, F = hp->n_ff;
+
     svlm_vision_trace(c, "kqv_out", il, c->attn, rows, D);
     svlm_k_matmul(k, &L->o, c->attn, rows, c->h);
     svlm_k_add_bias(k, c->h, L->o_b, rows, D);
     svlm_vision_trace(c, "attn_out", il, c->h, rows, D);
-    svlm_k_add(k, c->x, c->h, rows * D);
-    svlm_vision_trace(c, "ffn_inp", il, c->x, rows, D);
+    svlm_k_add(k, x, c->h, rows * D);
+    svlm_vision_trace(c, "ffn_inp", il, x, rows, D);
 
-    svlm_k_layernorm(k, c->x, L->ln2_w, L->ln2_b, c->h, rows, D, hp->eps);
+    svlm_k_layernorm(k, x, L->ln2_w, L->ln2_b, c->h, rows, D, hp->eps);
     svlm_vision_trace(c, "ffn_inp_normed", il, c->h, rows, D);
     svlm_k_matmul(k, &L->up, c->h, rows, c->ff);
     svlm_vision_trace(c, "ffn_up", il, c->ff, rows, F);
@@ -76,8 +100,24 @@ static void block(svlm_vision_ctx *c, const svlm_vit_layer *L, int il, int b) {
     svlm_vision_trace(c, "ffn_down", il, c->h, rows, D);
     svlm_k_add_bias(k, c->h, L->down_b, rows, D);
     svlm_vision_trace(c, "ffn_out", il, c->h, rows, D);
-    svlm_k_add(k, c->x, c->h, rows * D);
-    svlm_vision_trace(c, "layer_out", il, c->x, rows, D);
+    svlm_k_add(k, x, c->h, rows * D);
+    svlm_vision_trace(c, "layer_out", il, x, rows, D);
+}
+
+/* One block over b whole tiles: every token of a tile sees the whole tile, nothing else. */
+static void block(svlm_vision_ctx *c, int il, int b) {
+    const svlm_mmproj_hparams *hp = &c->m->hp;
+    int64_t N = hp->n_patches, D = hp->n_embd, rows = (int64_t)b * N;
+    svlm_siglip_attn_in(c, il, c->x, rows);
+    if (c->save_k) { /* the feature cache keeps tile 0's keys and values of every layer */
+        memcpy(c->save_k[il], c->kk, sizeof(float) * (size_t)(N * D));
+        memcpy(c->save_v[il], c->v, sizeof(float) * (size_t)(N * D));
+    }
+    for (int t = 0; t < b; t++) {
+        size_t off = (size_t)t * (size_t)N * (size_t)D;
+        svlm_siglip_attention(c, c->q + off, c->kk + off, c->v + off, N, N, c->attn + off);
+    }
+    svlm_siglip_attn_out_ffn(c, il, c->x, rows);
 }
 
 void svlm_siglip_forward(svlm_vision_ctx *c, const float *pixels, int b) {
@@ -92,7 +132,7 @@ void svlm_siglip_forward(svlm_vision_ctx *c, const float *pixels, int b) {
     svlm_vision_trace(c, "patch_bias", -1, c->x, rows, D);
     for (int t = 0; t < b; t++) svlm_k_add(c->k, c->x + (size_t)t * N * D, m->pos, N * D);
     svlm_vision_trace(c, "pos_embed", -1, c->x, rows, D);
-    for (int il = 0; il < hp->n_layer; il++) block(c, &m->layers[il], il, b);
+    for (int il = 0; il < hp->n_layer; il++) block(c, il, b);
     svlm_k_layernorm(c->k, c->x, m->post_ln_w, m->post_ln_b, c->x, rows, D, hp->eps);
     svlm_vision_trace(c, "post_ln", -1, c->x, rows, D);
 }

@@ -17,11 +17,29 @@ static const command commands[] = {
 #undef SVLM_CMD
 };
 
+/* Command names are C identifiers in commands.def; on the command line '-' stands for '_'
+ * (svlm bench-vision runs cmd_bench_vision). */
+static int name_matches(const char *arg, const char *name) {
+    for (; *arg && *name; arg++, name++)
+        if (*arg != *name && !(*arg == '-' && *name == '_')) return 0;
+    return !*arg && !*name;
+}
+
+static void print_name(FILE *f, const char *name) {
+    char buf[32];
+    size_t i = 0;
+    for (; name[i] && i + 1 < sizeof buf; i++) buf[i] = name[i] == '_' ? '-' : name[i];
+    buf[i] = 0;
+    fprintf(f, "  %-14s ", buf);
+}
+
 static void usage(FILE *f) {
     fprintf(f, "svlm %s — streaming video-language-model runtime\n\nusage: svlm COMMAND [options]\n\n",
             svlm_version());
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].help);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        print_name(f, commands[i].name);
+        fprintf(f, "%s\n", commands[i].help);
+    }
     fprintf(f, "\nRun 'svlm COMMAND --help' for a command's options.\n");
 }
 
@@ -35,7 +53,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (name_matches(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "svlm: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
