@@ -7,7 +7,16 @@
 #include <time.h>
 
 #include "common/err.h"
+#include "pipeline/stream_internal.h"
 #include "vision/prompt.h"
+
+/* A turn answered while joins are deferred, waiting for the ingest side to prefill it. */
+typedef struct pending_turn {
+    int32_t *ids;
+    int n;
+    int64_t turn;
+    struct pending_turn *next;
+} pending_turn;
 
 struct svlm_stream {
     svlm_llama *model;
@@ -19,7 +28,13 @@ struct svlm_stream {
     svlm_kv_seq *seq;
     svlm_llama_ctx *ingest;
     int64_t frames_in, frames_dropped, questions, answers_joined;
-    double prefill_ms_total;
+    double prefill_ms_total, encode_ms_total;
+    int64_t encodes;
+    int memory_on;
+    stream_memory mem;  /* used under mu (the hook runs inside add_frame) */
+    double time_offset, t_last;
+    int deferred_join;
+    pending_turn *pending, **pending_tail;
 };
 
 static double now_ms(void) {
@@ -29,7 +44,7 @@ static double now_ms(void) {
 }
 
 int svlm_stream_ctx_size(const svlm_stream *s) {
-    return s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens + s->p.answer_room;
+    return s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens + s->p.answer_room + s->p.memory_room;
 }
 
 svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream_params *p, const char *system_prompt,
@@ -45,15 +60,30 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
     s->p = *p;
     if (!s->p.answer_room) s->p.answer_room = 256;
     if (!s->p.page_tokens) s->p.page_tokens = 16;
+    if (!s->p.memory) s->p.memory_room = 0;
+    else if (s->p.memory_room <= 0) s->p.memory_room = 4 * s->p.rows_per_frame + 64;
+    s->pending_tail = &s->pending;
     pthread_mutex_init(&s->mu, NULL);
     svlm_status st = svlm_vlm_specials_find(s->tok, &s->specials, err);
     const int cap = s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens;
     /* the stream plus a few concurrent forks, each with its answer room and part-filled pages */
-    const int pages = 4 * ((cap + 4 * s->p.answer_room) / s->p.page_tokens + 16);
+    const int pages = 4 * ((cap + 4 * (s->p.answer_room + s->p.memory_room)) / s->p.page_tokens + 16);
     if (!st) st = svlm_llama_kv_pool_create(m, s->p.kv_type, s->p.page_tokens, pages, &s->pool, err);
     svlm_kv_policy pol = {{s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens}, 1};
     if (!st) st = svlm_kv_seq_create(s->pool, &pol, &s->seq, err);
     if (!st) st = svlm_llama_ctx_create(m, k, cap, s->p.kv_type, &s->ingest, err);
+    if (!st && s->p.memory) {
+        s->memory_on = 1;
+        st = stream_memory_init(&s->mem, m, &s->p, err);
+        if (!st) {
+            svlm_kv_evict_hook hook = {stream_memory_on_evict, &s->mem};
+            svlm_kv_seq_set_hook(s->seq, &hook);
+            svlm_memory_stats ms;
+            svlm_memory_stats_get(s->mem.bank, &ms);
+            /* a resumed bank: this stream's clock continues after what it remembers */
+            if (ms.frames > 0 || ms.t_last > 0) s->time_offset = (double)(int64_t)ms.t_last + 1.0;
+        }
+    }
     if (!st && system_prompt && *system_prompt) {
         int32_t *ids = NULL;
         size_t n = 0;
@@ -76,12 +106,62 @@ void svlm_stream_free(svlm_stream *s) {
     if (!s) return;
     svlm_llama_ctx_free(s->ingest);
     svlm_kv_seq_free(s->seq);
+    if (s->memory_on) {
+        svlm_err err = {0};
+        svlm_memory_flush(s->mem.bank, &err); /* the last clip and event persist */
+        stream_memory_free(&s->mem);
+    }
+    while (s->pending) {
+        pending_turn *t = s->pending;
+        s->pending = t->next;
+        free(t->ids);
+        free(t);
+    }
     svlm_kv_pool_free(s->pool);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
 
+/* Prefills the turns answered since the last frame (deferred joins); under mu. */
+static void join_pending_locked(svlm_stream *s) {
+    while (s->pending) {
+        pending_turn *t = s->pending;
+        s->pending = t->next;
+        svlm_err join_err = {0};
+        if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, t->turn, t->ids, NULL, t->n, NULL, 0, &join_err) ==
+            SVLM_OK)
+            s->answers_joined++;
+        free(t->ids);
+        free(t);
+    }
+    s->pending_tail = &s->pending;
+}
+
+svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err) {
+    (void)err;
+    pthread_mutex_lock(&s->mu);
+    join_pending_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    return SVLM_OK;
+}
+
+void svlm_stream_set_deferred_join(svlm_stream *s, int on) {
+    pthread_mutex_lock(&s->mu);
+    s->deferred_join = on;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void svlm_stream_note_encode(svlm_stream *s, double ms) {
+    pthread_mutex_lock(&s->mu);
+    s->encode_ms_total += ms;
+    s->encodes++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+svlm_memory *svlm_stream_memory(svlm_stream *s) { return s->memory_on ? s->mem.bank : NULL; }
+
 svlm_status svlm_stream_add_frame(svlm_stream *s, double t_seconds, const float *embd, svlm_err *err) {
+    t_seconds += s->time_offset;
     svlm_prompt fp;
     svlm_prompt_init(&fp);
     svlm_status st = svlm_prompt_frame(&fp, s->tok, &s->specials, t_seconds, s->p.rows_per_frame, err);
@@ -90,11 +170,14 @@ svlm_status svlm_stream_add_frame(svlm_stream *s, double t_seconds, const float 
                        s->p.rows_per_frame);
     if (!st) {
         pthread_mutex_lock(&s->mu);
+        join_pending_locked(s);
         double t0 = now_ms();
         /* the tag is the frame time in milliseconds: what the memory bank files it under */
-        st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_VISION, (int64_t)(t_seconds * 1000.0), fp.ids, embd,
-                                 (int)fp.n, NULL, 0, err);
+        const int64_t tag = (int64_t)(t_seconds * 1000.0);
+        if (s->memory_on) stream_memory_remember(&s->mem, tag, t_seconds, embd);
+        st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_VISION, tag, fp.ids, embd, (int)fp.n, NULL, 0, err);
         if (!st) {
+            s->t_last = t_seconds;
             s->frames_in++;
             s->prefill_ms_total += now_ms() - t0;
         }
@@ -111,28 +194,6 @@ void svlm_stream_note_drop(svlm_stream *s) {
 }
 
 /* Appends the tokens of text (special tokens parsed or not) to a growing id list. */
-static svlm_status push_text(const svlm_tokenizer *t, const char *text, int special, int32_t **ids, int *n, int *cap,
-                             svlm_err *err) {
-    int32_t *part = NULL;
-    size_t np = 0;
-    svlm_status st = svlm_tokenize(t, text, strlen(text), 0, special, &part, &np, err);
-    if (st) return st;
-    if (*n + (int)np > *cap) {
-        int c = (*n + (int)np) * 2 + 16;
-        int32_t *g = realloc(*ids, (size_t)c * sizeof *g);
-        if (!g) {
-            free(part);
-            return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-        }
-        *ids = g;
-        *cap = c;
-    }
-    memcpy(*ids + *n, part, np * sizeof *part);
-    *n += (int)np;
-    free(part);
-    return SVLM_OK;
-}
-
 static int32_t argmax(const float *x, int n) {
     int32_t best = 0;
     for (int i = 1; i < n; i++)
@@ -143,7 +204,7 @@ static int32_t argmax(const float *x, int n) {
 struct svlm_stream_fork {
     svlm_kv_seq *seq;
     int64_t frames_at_fork, turn;
-    double t_created, wait_ms;
+    double t_created, wait_ms, now; /* now: stream time of the newest frame it holds */
 };
 
 svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_err *err) {
@@ -156,13 +217,15 @@ svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_er
     svlm_status st = svlm_kv_seq_fork(s->seq, &f->seq, err);
     f->frames_at_fork = s->frames_in;
     f->turn = ++s->questions;
+    f->now = s->t_last;
     pthread_mutex_unlock(&s->mu);
     if (st) {
         free(f);
         return st;
     }
-    /* the answer grows the fork's dialogue window, never evicting what the stream had */
-    svlm_kv_policy pol = {{s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens + s->p.answer_room}, 1};
+    /* memory, question and answer grow the fork's dialogue window, never evicting what the stream had */
+    svlm_kv_policy pol = {{s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens + s->p.answer_room + s->p.memory_room},
+                          1};
     svlm_kv_seq_set_policy(f->seq, &pol);
     *out = f;
     return SVLM_OK;
@@ -174,6 +237,184 @@ void svlm_stream_fork_free(svlm_stream_fork *f) {
     free(f);
 }
 
+struct svlm_stream_answer {
+    svlm_stream *s;
+    svlm_llama_ctx *ctx;
+    svlm_kv_seq *fork;
+    stream_prompt pr;  /* memory, then the question turn from q_start, then the answer */
+    int q_start, n_end, max_tokens, eog, n_vocab;
+    int64_t frames_at_fork, turn;
+    double t0, t_first;
+    float *logits;
+    svlm_stream_token_fn on_token;
+    void *user;
+    svlm_answer_metrics am;
+};
+
+static void answer_free(svlm_stream_answer *a) {
+    if (!a) return;
+    svlm_kv_seq_free(a->fork);
+    stream_prompt_free(&a->pr);
+    free(a->logits);
+    free(a);
+}
+
+svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
+                                     const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user,
+                                     svlm_stream_answer **out, svlm_err *err) {
+    *out = NULL;
+    svlm_stream_answer *a = calloc(1, sizeof *a);
+    if (!a) {
+        svlm_stream_fork_free(f);
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    }
+    a->s = s;
+    a->ctx = ctx;
+    a->fork = f->seq;
+    f->seq = NULL;
+    a->frames_at_fork = f->frames_at_fork;
+    a->turn = f->turn;
+    a->t0 = f->t_created; /* times count from the fork: the moment the question was asked */
+    a->am.wait_ms = f->wait_ms;
+    a->on_token = on_token;
+    a->user = user;
+    a->max_tokens = o->max_tokens;
+    const double now = f->now;
+    svlm_stream_fork_free(f);
+    svlm_status st = SVLM_OK;
+    if (o->max_tokens <= 0) st = svlm_fail(err, SVLM_E_INVALID, "max_tokens must be positive");
+    if (!st && !ctx) st = svlm_fail(err, SVLM_E_INVALID, "ask needs a decoder context");
+    if (!st && o->prompt_text && !(a->pr.text = calloc(1, 1))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!st && s->memory_on && o->use_memory)
+        st = stream_memory_prompt(&s->mem, s->tok, question, now, o, &a->pr, &a->am, err);
+    a->q_start = a->pr.n;
+    /* the SmolVLM2 chat turn; the question itself is plain text */
+    if (!st) st = stream_prompt_push_text(&a->pr, s->tok, "<|im_start|>User:", 1, err);
+    char *q = st ? NULL : malloc(strlen(question) + 2);
+    if (!st && !q) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!st) {
+        q[0] = ' ';
+        strcpy(q + 1, question);
+        st = stream_prompt_push_text(&a->pr, s->tok, q, 0, err);
+    }
+    free(q);
+    if (!st) st = stream_prompt_push_text(&a->pr, s->tok, "<end_of_utterance>\nAssistant:", 1, err);
+    const int n_q = a->pr.n - a->q_start;
+    if (!st && n_q + o->max_tokens > s->p.answer_room)
+        st = svlm_fail(err, SVLM_E_LIMIT, "a %d-token question and %d answer tokens exceed the answer room of %d", n_q,
+                       o->max_tokens, s->p.answer_room);
+    if (!st && o->prompt_text) {
+        *o->prompt_text = a->pr.text;
+        a->pr.text = NULL;
+    }
+    if (!st) {
+        int32_t *g = realloc(a->pr.ids, (size_t)(a->pr.n + o->max_tokens + 1) * sizeof *g);
+        if (!g) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        else a->pr.ids = g;
+    }
+    a->n_vocab = svlm_llama_hparams_of(s->model)->n_vocab;
+    if (!st && !(a->logits = malloc((size_t)a->n_vocab * sizeof(float))))
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!st)
+        st = svlm_llama_eval_seq(ctx, a->fork, SVLM_KV_TEXT, a->turn, a->pr.ids, a->pr.embd, a->pr.n, a->logits, 0,
+                                 err);
+    a->n_end = a->pr.n;
+    if (st) {
+        answer_free(a);
+        return st;
+    }
+    *out = a;
+    return SVLM_OK;
+}
+
+svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *err) {
+    *done = 1;
+    const int limit = a->pr.n + a->max_tokens;
+    if (a->eog || a->n_end >= limit) return SVLM_OK;
+    int32_t id = argmax(a->logits, a->n_vocab);
+    if (a->n_end == a->pr.n) a->t_first = now_ms();
+    a->pr.ids[a->n_end++] = id;
+    if (svlm_tokenizer_is_eog(a->s->tok, id)) {
+        a->eog = 1;
+        return SVLM_OK;
+    }
+    char piece[256];
+    size_t len = svlm_token_piece(a->s->tok, id, 0, piece, sizeof piece);
+    if (a->on_token && a->on_token(a->user, id, piece, len < sizeof piece ? len : sizeof piece))
+        return svlm_fail(err, SVLM_E_CANCELLED, "answer cancelled");
+    if (a->n_end >= limit) return SVLM_OK;
+    svlm_status st = svlm_llama_eval_seq(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, a->logits, 0, err);
+    if (!st) *done = 0;
+    return st;
+}
+
+void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svlm_answer_metrics *am) {
+    if (answer) *answer = NULL;
+    if (!a) return;
+    svlm_stream *s = a->s;
+    const double t_end = now_ms();
+    /* the fork's pages go back now, before the turn joins the stream */
+    svlm_kv_seq_free(a->fork);
+    a->fork = NULL;
+    const int n_answer = a->n_end - a->pr.n - a->eog;
+    a->am.tokens = n_answer;
+    if (a->t_first > 0) {
+        a->am.ttft_ms = a->t_first - a->t0;
+        a->am.tokens_per_s = n_answer > 1 && t_end > a->t_first ? (n_answer - 1) / ((t_end - a->t_first) / 1e3) : 0;
+    }
+    if (ok && answer) *answer = svlm_detokenize(s->tok, a->pr.ids + a->pr.n, (size_t)n_answer, 0);
+    pthread_mutex_lock(&s->mu);
+    a->am.frames_during = s->frames_in - a->frames_at_fork;
+    /* the turn (question and answer, not the memory) joins the dialogue window when it fits there */
+    const int n_turn = a->n_end - a->q_start;
+    if (ok && n_turn <= s->p.text_tokens) {
+        if (s->deferred_join) {
+            pending_turn *t = calloc(1, sizeof *t);
+            int32_t *ids = malloc((size_t)n_turn * sizeof *ids);
+            if (t && ids) {
+                memcpy(ids, a->pr.ids + a->q_start, (size_t)n_turn * sizeof *ids);
+                t->ids = ids;
+                t->n = n_turn;
+                t->turn = a->turn;
+                *s->pending_tail = t;
+                s->pending_tail = &t->next;
+            } else {
+                free(t);
+                free(ids);
+            }
+        } else {
+            svlm_err join_err = {0};
+            if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, a->turn, a->pr.ids + a->q_start, NULL, n_turn,
+                                    NULL, 0, &join_err) == SVLM_OK)
+                s->answers_joined++;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (am) *am = a->am;
+    answer_free(a);
+}
+
+svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
+                                      const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user, char **answer,
+                                      svlm_answer_metrics *am, svlm_err *err) {
+    if (am) memset(am, 0, sizeof *am);
+    if (answer) *answer = NULL;
+    svlm_stream_answer *a = NULL;
+    svlm_status st = svlm_stream_answer_start(s, f, ctx, question, o, on_token, user, &a, err);
+    if (st) return st;
+    int done = 0;
+    while (!st && !done) st = svlm_stream_answer_step(a, &done, err);
+    svlm_stream_answer_finish(a, st == SVLM_OK, answer, am);
+    return st;
+}
+
+svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
+                                 int max_tokens, svlm_stream_token_fn on_token, void *user, char **answer,
+                                 svlm_answer_metrics *am, svlm_err *err) {
+    svlm_ask_opts o = {.max_tokens = max_tokens, .use_memory = 1};
+    return svlm_stream_ask_fork_opts(s, f, ctx, question, &o, on_token, user, answer, am, err);
+}
+
 svlm_status svlm_stream_ask(svlm_stream *s, svlm_llama_ctx *ctx, const char *question, int max_tokens,
                             svlm_stream_token_fn on_token, void *user, char **answer, svlm_answer_metrics *am,
                             svlm_err *err) {
@@ -183,110 +424,40 @@ svlm_status svlm_stream_ask(svlm_stream *s, svlm_llama_ctx *ctx, const char *que
     return svlm_stream_ask_fork(s, f, ctx, question, max_tokens, on_token, user, answer, am, err);
 }
 
-svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
-                                 int max_tokens, svlm_stream_token_fn on_token, void *user, char **answer,
-                                 svlm_answer_metrics *am, svlm_err *err) {
-    svlm_answer_metrics local = {0};
-    if (!am) am = &local;
-    memset(am, 0, sizeof *am);
-    if (answer) *answer = NULL;
-    if (max_tokens <= 0) {
-        svlm_stream_fork_free(f);
-        return svlm_fail(err, SVLM_E_INVALID, "max_tokens must be positive");
-    }
-    /* the SmolVLM2 chat turn; the question itself is plain text */
-    int32_t *ids = NULL;
-    int n_q = 0, cap = 0;
-    svlm_status st = push_text(s->tok, "<|im_start|>User:", 1, &ids, &n_q, &cap, err);
-    char *q = malloc(strlen(question) + 2);
-    if (!q) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    if (!st) {
-        q[0] = ' ';
-        strcpy(q + 1, question);
-        st = push_text(s->tok, q, 0, &ids, &n_q, &cap, err);
-    }
-    free(q);
-    if (!st) st = push_text(s->tok, "<end_of_utterance>\nAssistant:", 1, &ids, &n_q, &cap, err);
-    if (!st && n_q + max_tokens > s->p.answer_room)
-        st = svlm_fail(err, SVLM_E_LIMIT, "a %d-token question and %d answer tokens exceed the answer room of %d", n_q,
-                       max_tokens, s->p.answer_room);
-    if (!st && !ctx) st = svlm_fail(err, SVLM_E_INVALID, "ask needs a decoder context");
-    int32_t *grow = st ? NULL : realloc(ids, (size_t)(n_q + max_tokens + 1) * sizeof *ids);
-    if (!st && !grow) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    if (st) {
-        free(ids);
-        svlm_stream_fork_free(f);
-        return st;
-    }
-    ids = grow;
-
-    /* times count from the fork: the moment the question was asked */
-    const double t0 = f->t_created;
-    am->wait_ms = f->wait_ms;
-    svlm_kv_seq *fork = f->seq;
-    const int64_t frames_at_fork = f->frames_at_fork, turn = f->turn;
-    f->seq = NULL;
-    svlm_stream_fork_free(f);
-    const int n_vocab = svlm_llama_hparams_of(s->model)->n_vocab;
-    float *logits = st ? NULL : malloc((size_t)n_vocab * sizeof(float));
-    if (!st && !logits) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    if (!st) {
-        st = svlm_llama_eval_seq(ctx, fork, SVLM_KV_TEXT, turn, ids, NULL, n_q, logits, 0, err);
-    }
-    int n = n_q, eog = 0;
-    double t_first = 0;
-    while (!st && n < n_q + max_tokens) {
-        int32_t id = argmax(logits, n_vocab);
-        if (n == n_q) t_first = now_ms();
-        ids[n++] = id;
-        if (svlm_tokenizer_is_eog(s->tok, id)) {
-            eog = 1;
-            break;
-        }
-        char piece[256];
-        size_t len = svlm_token_piece(s->tok, id, 0, piece, sizeof piece);
-        if (on_token && on_token(user, id, piece, len < sizeof piece ? len : sizeof piece)) {
-            st = svlm_fail(err, SVLM_E_CANCELLED, "answer cancelled");
-            break;
-        }
-        if (n < n_q + max_tokens) st = svlm_llama_eval_seq(ctx, fork, SVLM_KV_TEXT, turn, &id, NULL, 1, logits, 0, err);
-    }
-    double t_end = now_ms();
-    svlm_kv_seq_free(fork);
-    free(logits);
-    int n_answer = n - n_q - eog;
-    am->tokens = n_answer;
-    if (t_first > 0) {
-        am->ttft_ms = t_first - t0;
-        am->tokens_per_s = n_answer > 1 && t_end > t_first ? (n_answer - 1) / ((t_end - t_first) / 1e3) : 0;
-    }
-    if (!st && answer) *answer = svlm_detokenize(s->tok, ids + n_q, (size_t)n_answer, 0);
-    if (!st) {
-        /* the turn joins the stream's dialogue window, when it fits there */
-        pthread_mutex_lock(&s->mu);
-        am->frames_during = s->frames_in - frames_at_fork;
-        if (n <= s->p.text_tokens) {
-            svlm_err join_err = {0};
-            if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, turn, ids, NULL, n, NULL, 0, &join_err) == SVLM_OK)
-                s->answers_joined++;
-        }
-        pthread_mutex_unlock(&s->mu);
-    }
-    free(ids);
-    return st;
-}
-
 void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out) {
     memset(out, 0, sizeof *out);
+    const svlm_kv_pool_params *pp = svlm_kv_pool_params_of(s->pool);
+    const size_t row_bytes = 2 * (size_t)pp->n_layer * svlm_row_bytes(pp->type, pp->kv_dim); /* K and V */
     pthread_mutex_lock(&s->mu);
     out->frames_in = s->frames_in;
     out->frames_dropped = s->frames_dropped;
     out->questions = s->questions;
     out->answers_joined = s->answers_joined;
     out->prefill_ms_per_frame = s->frames_in ? s->prefill_ms_total / (double)s->frames_in : 0;
-    for (int k = 0; k < SVLM_KV_N_KINDS; k++) out->tokens[k] = svlm_kv_seq_count(s->seq, (svlm_kv_kind)k);
+    out->encode_ms_per_frame = s->encodes ? s->encode_ms_total / (double)s->encodes : 0;
+    for (int k = 0; k < SVLM_KV_N_KINDS; k++) {
+        out->tokens[k] = svlm_kv_seq_count(s->seq, (svlm_kv_kind)k);
+        out->kv_kind_bytes[k] = (size_t)out->tokens[k] * row_bytes;
+    }
     out->evicted_spans = svlm_kv_seq_evicted_spans(s->seq);
     out->evicted_tokens = svlm_kv_seq_evicted_tokens(s->seq);
+    out->time_offset = s->time_offset;
+    out->t_last = s->t_last;
+    if (s->memory_on) {
+        svlm_memory_stats ms;
+        svlm_memory_stats_get(s->mem.bank, &ms);
+        out->memory_on = 1;
+        out->memory_bytes = ms.bytes;
+        out->memory_budget = ms.budget;
+        for (int t = 0; t < SVLM_MEMORY_N_TIERS; t++) {
+            out->memory_tier_bytes[t] = ms.tier_bytes[t];
+            out->memory_tier_entries[t] = ms.tier_entries[t];
+        }
+        out->memory_frames = ms.frames;
+        out->memory_events = ms.events;
+        out->memory_push_errors = s->mem.push_errors;
+        out->frame_ring_bytes = (size_t)s->mem.ring_n * (size_t)s->mem.rows * (size_t)s->mem.n_embd * sizeof(float);
+    }
     pthread_mutex_unlock(&s->mu);
     out->kv_bytes = (size_t)svlm_kv_pool_pages_in_use(s->pool) * svlm_kv_pool_page_bytes(s->pool);
 }

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "llm/llama.h"
+#include "memory/memory_bank.h"
 #include "svlm.h"
 
 typedef struct svlm_stream svlm_stream;
@@ -27,6 +28,14 @@ typedef struct svlm_stream_params {
     int rows_per_frame;   /* image-embedding rows per frame (the projector's tokens per tile) */
     int page_tokens;      /* KV page size (default 16) */
     svlm_dtype kv_type;   /* SVLM_F32 or SVLM_F16 */
+    /* Memory (memory/memory_bank.h). NULL: frames leaving the window are dropped. Otherwise each
+     * frame that leaves goes to a bank made with these options (dim is set to n_embd, key_dim to
+     * 0: keys in token space), and a question places its best entries before itself. With
+     * memory->dir the bank persists, and a restarted stream resumes it and continues its clock
+     * after the bank's last time (see svlm_stream_metrics.time_offset). */
+    const svlm_memory_opts *memory;
+    int memory_room;      /* memory tokens (intros included) a question may add (default 4 * rows + 64) */
+    int memory_top_k;     /* entries placed per question (default 3) */
 } svlm_stream_params;
 
 typedef struct svlm_stream_metrics {
@@ -35,12 +44,29 @@ typedef struct svlm_stream_metrics {
     int tokens[SVLM_KV_N_KINDS]; /* cache occupancy by kind */
     int64_t evicted_spans, evicted_tokens;
     size_t kv_bytes;             /* pages in use (stream and its forks) */
+    size_t kv_kind_bytes[SVLM_KV_N_KINDS]; /* the stream's own rows by kind (sink, vision, text) */
+    double encode_ms_per_frame;  /* mean, as reported by the caller (svlm_stream_note_encode) */
+    /* memory bank (zeros without one) */
+    int memory_on;
+    size_t memory_bytes, memory_budget, memory_tier_bytes[SVLM_MEMORY_N_TIERS];
+    int memory_tier_entries[SVLM_MEMORY_N_TIERS];
+    int64_t memory_frames, memory_events, memory_push_errors;
+    size_t frame_ring_bytes;     /* recent frames' rows kept for the hand-off */
+    double time_offset;          /* added to caller frame times (a resumed stream's clock) */
+    double t_last;               /* stream time of the newest frame */
 } svlm_stream_metrics;
+
+enum { SVLM_STREAM_MAX_HITS = 8 };
 
 typedef struct svlm_answer_metrics {
     int tokens;
     double wait_ms, ttft_ms, tokens_per_s; /* lock wait, question prefill + first token, decode rate */
     int64_t frames_during;                 /* frames ingested between the fork and the answer's end */
+    /* memory placed before the question */
+    int memory_hits, memory_tokens, memory_time_anchored;
+    double retrieve_ms;
+    double memory_t0[SVLM_STREAM_MAX_HITS], memory_t1[SVLM_STREAM_MAX_HITS];
+    int memory_tier[SVLM_STREAM_MAX_HITS];
 } svlm_answer_metrics;
 
 /* Called with each answer token (piece = its text); return nonzero to cancel the answer. */
@@ -79,5 +105,48 @@ svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama
                                  svlm_answer_metrics *am, svlm_err *err);
 
 void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out);
+
+/* ---- additions: options, step-wise answers (for the scheduler), memory ---- */
+
+typedef struct svlm_ask_opts {
+    int max_tokens;          /* required, > 0 */
+    int use_memory;          /* 1: place memory hits before the question (when the stream has a bank) */
+    const float *query_vecs; /* the question's representation for retrieval [n_query_vecs][n_embd];
+                                NULL: the mean-pooled input embeddings of the question's tokens */
+    int n_query_vecs;
+    char **prompt_text;      /* if not NULL: receives what was put before the answer (memory
+                                intros, "<memory:N rows>" for their rows, the question turn) */
+} svlm_ask_opts;
+
+/* A question being answered one token at a time (svlm_stream_ask_fork is start + steps + finish). */
+typedef struct svlm_stream_answer svlm_stream_answer;
+
+/* Consumes the fork: builds the prompt (memory, then the question), prefills it on ctx. */
+svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
+                                     const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user,
+                                     svlm_stream_answer **out, svlm_err *err);
+/* Emits the next token (callback) and evaluates it. *done = 1 at end of generation, the token
+ * limit, or a cancel (then SVLM_E_CANCELLED). */
+svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *err);
+/* Ends the answer: frees the fork's pages; when ok (the answer completed), the turn joins the
+ * stream's text window (now, or at the next frame with deferred joins). Frees a. */
+void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svlm_answer_metrics *am);
+
+svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
+                                      const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user, char **answer,
+                                      svlm_answer_metrics *am, svlm_err *err);
+
+/* Deferred joins: an answered turn is queued and prefilled by the next add_frame (or
+ * svlm_stream_join_pending), so the stream's own context and its kernels are used by one thread
+ * only (the engine's ingest lane). Off by default. */
+void svlm_stream_set_deferred_join(svlm_stream *s, int on);
+svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err);
+
+/* Records the encoder time of a frame (metrics only). */
+void svlm_stream_note_encode(svlm_stream *s, double ms);
+
+/* The bank (NULL without memory); owned by the stream. Flushing at the end of a stream closes
+ * the clip and event being built so they persist. */
+svlm_memory *svlm_stream_memory(svlm_stream *s);
 
 #endif

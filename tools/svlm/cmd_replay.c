@@ -1,7 +1,8 @@
 /*
- * svlm replay: the whole pipeline on a recording. Frames are sampled, encoded and appended to a
- * bounded stream context as they come; each --ask "T:QUESTION" is handed to a question thread
- * when the video reaches T seconds and answered from a fork while ingestion goes on.
+ * svlm replay: the whole pipeline on a recording. Frames are sampled and handed to the engine
+ * (pipeline/stream_engine.h), which encodes them and appends them to a bounded stream context on
+ * its ingest lane; each --ask "T:QUESTION" is asked when the video reaches T seconds and answered
+ * on the answer lane while ingestion goes on. Frames leaving the window go to the memory bank.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -10,88 +11,74 @@
 
 #include "cli.h"
 #include "pipeline/source.h"
-#include "pipeline/stream.h"
-#include "text_model.h"
+#include "pipeline/stream_engine.h"
 #include "vision/encoder.h"
-#include "vision/preprocess.h"
 
-enum { MAX_ASKS = 64 };
+enum { MAX_ASKS = 256 };
 
 static void usage(FILE *f) {
     fprintf(f, "usage: svlm replay VIDEO -m TEXT_GGUF --mmproj MMPROJ_GGUF [--fps F] [--speed realtime|max]\n"
                "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--frames-window N]\n"
-               "                   [--text-window N] [--threads K] [--json]\n"
+               "                   [--text-window N] [--threads K] [--memory-budget MIB] [--memory-dir DIR]\n"
+               "                   [--no-memory] [--queue N] [--stats-every N] [--json]\n"
                "  --ask T:Q          ask Q when the video reaches T seconds (repeatable)\n"
                "  --frames-window N  frames kept in the context (default 8)\n"
                "  --text-window N    dialogue tokens kept in the context (default 512)\n"
-               "  --json             one line per answer, then one line of stream counters\n");
+               "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n"
+               "  --memory-budget M  memory bank budget in MiB (default 64); --no-memory: frames leaving\n"
+               "                     the window are dropped; --memory-dir DIR: persist it (a rerun resumes)\n"
+               "  --queue N          frames waiting for the encoder; a live replay (--speed realtime)\n"
+               "                     drops the oldest beyond it (default 2)\n"
+               "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
+               "  --json             one line per answer (as they come), then one line of stream counters\n");
 }
 
 typedef struct ask_item {
     double t;
     const char *question;
-    svlm_stream_fork *fork; /* taken at the frame the question is due, so replays repeat exactly */
 } ask_item;
 
 typedef struct replay {
     svlm_stream *stream;
-    svlm_llama *model;
-    svlm_kernels *kernels;
     ask_item asks[MAX_ASKS];
-    int n_asks, n_due, max_tokens, json, finished, failed;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+    int n_asks, n_asked, json, failed, progress, answered;
+    pthread_mutex_t out_mu; /* answers come from the answer lane, progress from the main thread */
 } replay;
 
-static int print_piece(void *user, int32_t id, const char *piece, size_t len) {
-    (void)id;
-    if (!((replay *)user)->json) fwrite(piece, 1, len, stdout), fflush(stdout);
-    return 0;
+static size_t rss_bytes(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 
-/* Answers the questions in order as they become due. */
-static void *question_thread(void *arg) {
-    replay *r = arg;
-    svlm_err err = {0};
-    svlm_llama_ctx *ctx = NULL;
-    if (svlm_llama_ctx_create(r->model, r->kernels, svlm_stream_ctx_size(r->stream), SVLM_F32, &ctx, &err)) {
-        fprintf(stderr, "svlm: %s\n", err.msg);
+static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer, const svlm_answer_metrics *am,
+                    const char *err_msg) {
+    replay *r = user;
+    const ask_item *a = &r->asks[qid - 1];
+    pthread_mutex_lock(&r->out_mu);
+    r->answered++;
+    if (st) {
+        fprintf(stderr, "%ssvlm: question at %.1f s: %s\n", r->progress ? "\r\033[K" : "", a->t, err_msg);
         r->failed = 1;
-        return NULL;
+    } else if (r->json) {
+        printf("{\"t\":%.3f,\"question\":", a->t);
+        cli_json_str(stdout, a->question, strlen(a->question));
+        printf(",\"answer\":");
+        cli_json_str(stdout, answer, strlen(answer));
+        printf(",\"tokens\":%d,\"ttft_ms\":%.3f,\"tokens_per_s\":%.1f,\"queue_ms\":%.3f,\"frames_during\":%lld,"
+               "\"memory_hits\":%d,\"memory_tokens\":%d,\"retrieve_ms\":%.3f}\n",
+               am->tokens, am->ttft_ms, am->tokens_per_s, am->wait_ms, (long long)am->frames_during, am->memory_hits,
+               am->memory_tokens, am->retrieve_ms);
+    } else {
+        printf("%s[%.1f s] %s\n> %s\n  (%d tokens, first after %.0f ms, %lld frames ingested meanwhile, %d memories)\n",
+               r->progress ? "\r\033[K" : "", a->t, a->question, answer, am->tokens, am->ttft_ms,
+               (long long)am->frames_during, am->memory_hits);
     }
-    for (int next = 0; next < r->n_asks; next++) {
-        pthread_mutex_lock(&r->mu);
-        while (r->n_due <= next && !r->finished) pthread_cond_wait(&r->cv, &r->mu);
-        pthread_mutex_unlock(&r->mu);
-        const ask_item *a = &r->asks[next];
-        if (!r->json) printf("\n[%.1f s] %s\n> ", a->t, a->question);
-        char *answer = NULL;
-        svlm_answer_metrics am;
-        svlm_stream_fork *f = a->fork;
-        r->asks[next].fork = NULL;
-        if (!f || svlm_stream_ask_fork(r->stream, f, ctx, a->question, r->max_tokens, print_piece, r, &answer, &am,
-                                       &err)) {
-            if (!f) snprintf(err.msg, sizeof err.msg, "the stream could not be forked");
-            fprintf(stderr, "svlm: question at %.1f s: %s\n", a->t, err.msg);
-            r->failed = 1;
-            continue;
-        }
-        if (r->json) {
-            printf("{\"t\":%.3f,\"question\":", a->t);
-            cli_json_str(stdout, a->question, strlen(a->question));
-            printf(",\"answer\":");
-            cli_json_str(stdout, answer, strlen(answer));
-            printf(",\"tokens\":%d,\"ttft_ms\":%.3f,\"tokens_per_s\":%.1f,\"queue_ms\":%.3f,\"frames_during\":%lld}\n",
-                   am.tokens, am.ttft_ms, am.tokens_per_s, am.wait_ms, (long long)am.frames_during);
-        } else {
-            printf("\n  (%d tokens, first after %.0f ms, %lld frames ingested meanwhile)\n", am.tokens, am.ttft_ms,
-                   (long long)am.frames_during);
-        }
-        fflush(stdout);
-        free(answer);
-    }
-    svlm_llama_ctx_free(ctx);
-    return NULL;
+    fflush(stdout);
+    pthread_mutex_unlock(&r->out_mu);
 }
 
 static int cmp_ask(const void *a, const void *b) {
@@ -99,40 +86,52 @@ static int cmp_ask(const void *a, const void *b) {
     return d < 0 ? -1 : d > 0;
 }
 
-static void make_due(replay *r, double t) {
-    pthread_mutex_lock(&r->mu);
-    while (r->n_due < r->n_asks && r->asks[r->n_due].t <= t) {
+static void ask_due(replay *r, svlm_engine *e, int sid, double t, int pin, int max_tokens) {
+    while (r->n_asked < r->n_asks && r->asks[r->n_asked].t <= t) {
         svlm_err err = {0};
-        if (svlm_stream_fork_now(r->stream, &r->asks[r->n_due].fork, &err))
-            fprintf(stderr, "svlm: question at %.1f s: %s\n", r->asks[r->n_due].t, err.msg);
-        r->n_due++;
+        svlm_ask_opts o = {.max_tokens = max_tokens, .use_memory = 1};
+        uint64_t qid = 0;
+        /* question ids count from 1 in ask order: on_done finds its item by id */
+        if (svlm_engine_ask(e, sid, r->asks[r->n_asked].question, &o, pin, NULL, on_done, r, &qid, &err)) {
+            fprintf(stderr, "svlm: question at %.1f s: %s\n", r->asks[r->n_asked].t, err.msg);
+            r->failed = 1;
+        }
+        r->n_asked++;
     }
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
 }
 
-/* Preprocesses and encodes one frame into embd [tokens_per_tile][n_embd]. */
-static svlm_status encode_frame(const svlm_frame *f, const svlm_mmproj *mp, svlm_vision_ctx *vc, float *pixels,
-                                float *embd, svlm_err *err) {
-    svlm_image img = {0};
-    svlm_status st = svlm_image_alloc(&img, f->width, f->height, err);
-    if (st) return st;
-    for (int y = 0; y < f->height; y++)
-        memcpy(img.rgb + (size_t)y * f->width * 3, f->data + (size_t)y * f->stride, (size_t)f->width * 3);
-    svlm_preproc_params pp = {.tile = mp->hp.image_size, .longest_edge = mp->hp.preproc_image_size};
-    memcpy(pp.mean, mp->hp.image_mean, sizeof pp.mean);
-    memcpy(pp.std, mp->hp.image_std, sizeof pp.std);
-    st = svlm_preprocess_frame(&img, &pp, 512, pixels, err);
-    if (!st) st = svlm_vision_encode(vc, pixels, 1, embd, err);
-    svlm_image_free(&img);
-    return st;
+static void print_counters(replay *r, svlm_engine *e, double video_t, double secs, int final) {
+    svlm_stream_metrics m;
+    svlm_engine_metrics em;
+    svlm_stream_metrics_get(r->stream, &m);
+    svlm_engine_metrics_get(e, &em);
+    printf("{%s\"frames\":%lld,\"drops\":%lld,\"tokens\":{\"sink\":%d,\"vision\":%d,\"text\":%d},"
+           "\"evicted_spans\":%lld,\"evicted_tokens\":%lld,\"kv_bytes\":%zu,"
+           "\"kv_tier_bytes\":{\"sink\":%zu,\"vision\":%zu,\"text\":%zu},",
+           final ? "" : "\"progress\":true,", (long long)m.frames_in, (long long)m.frames_dropped,
+           m.tokens[SVLM_KV_SINK], m.tokens[SVLM_KV_VISION], m.tokens[SVLM_KV_TEXT], (long long)m.evicted_spans,
+           (long long)m.evicted_tokens, m.kv_bytes, m.kv_kind_bytes[SVLM_KV_SINK], m.kv_kind_bytes[SVLM_KV_VISION],
+           m.kv_kind_bytes[SVLM_KV_TEXT]);
+    printf("\"memory\":{\"on\":%s,\"bytes\":%zu,\"budget\":%zu,\"short\":%zu,\"mid\":%zu,\"event\":%zu,"
+           "\"entries\":{\"short\":%d,\"mid\":%d,\"event\":%d},\"frames\":%lld,\"events\":%lld,\"ring_bytes\":%zu},",
+           m.memory_on ? "true" : "false", m.memory_bytes, m.memory_budget, m.memory_tier_bytes[SVLM_MEMORY_SHORT],
+           m.memory_tier_bytes[SVLM_MEMORY_MID], m.memory_tier_bytes[SVLM_MEMORY_EVENT],
+           m.memory_tier_entries[SVLM_MEMORY_SHORT], m.memory_tier_entries[SVLM_MEMORY_MID],
+           m.memory_tier_entries[SVLM_MEMORY_EVENT], (long long)m.memory_frames, (long long)m.memory_events,
+           m.frame_ring_bytes);
+    printf("\"encode_ms_per_frame\":%.3f,\"prefill_ms_per_frame\":%.3f,\"ingest_busy_ms\":%.1f,\"answer_busy_ms\":%.1f,"
+           "\"questions\":%lld,\"answers_joined\":%lld,\"time_offset\":%.3f,\"rss_bytes\":%zu,\"video_s\":%.3f,"
+           "\"seconds\":%.3f,\"fps\":%.2f}\n",
+           m.encode_ms_per_frame, m.prefill_ms_per_frame, em.ingest_busy_ms, em.answer_busy_ms,
+           (long long)m.questions, (long long)m.answers_joined, m.time_offset, rss_bytes(), video_t, secs,
+           (double)m.frames_in / (secs + 1e-9));
 }
 
 int cmd_replay(int argc, char **argv) {
-    const char *video = NULL, *text_path = NULL, *mmproj_path = NULL;
-    double fps = 1;
-    long long threads = 0, max_tokens = 32, frames_window = 8, text_window = 512;
-    int json = 0;
+    const char *video = NULL, *text_path = NULL, *mmproj_path = NULL, *memory_dir = NULL;
+    double fps = 1, memory_mib = 64;
+    long long threads = 1, max_tokens = 32, frames_window = 8, text_window = 512, queue = 2, stats_every = 0;
+    int json = 0, memory = 1;
     svlm_pace pace = SVLM_PACE_MAX;
     replay r = {0};
     for (int i = 1; i < argc; i++) {
@@ -142,6 +141,8 @@ int cmd_replay(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--json")) {
             json = 1;
+        } else if (!strcmp(a, "--no-memory")) {
+            memory = 0;
         } else if (a[0] != '-' && !video) {
             video = a;
         } else if (!(v = cli_value(argc, argv, &i))) {
@@ -160,6 +161,14 @@ int cmd_replay(int argc, char **argv) {
             if (cli_int(a, v, 1, 4096, &frames_window)) return 2;
         } else if (!strcmp(a, "--text-window")) {
             if (cli_int(a, v, 16, 1 << 20, &text_window)) return 2;
+        } else if (!strcmp(a, "--queue")) {
+            if (cli_int(a, v, 1, 1024, &queue)) return 2;
+        } else if (!strcmp(a, "--stats-every")) {
+            if (cli_int(a, v, 1, 1LL << 40, &stats_every)) return 2;
+        } else if (!strcmp(a, "--memory-budget")) {
+            if (cli_float(a, v, 0.0625, 1 << 20, &memory_mib)) return 2;
+        } else if (!strcmp(a, "--memory-dir")) {
+            memory_dir = v;
         } else if (!strcmp(a, "--speed")) {
             if (!strcmp(v, "max")) pace = SVLM_PACE_MAX;
             else if (!strcmp(v, "realtime")) pace = SVLM_PACE_REALTIME;
@@ -191,42 +200,47 @@ int cmd_replay(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (memory_dir && !memory) {
+        fprintf(stderr, "svlm replay: --memory-dir needs the memory (drop --no-memory)\n");
+        return 2;
+    }
     qsort(r.asks, (size_t)r.n_asks, sizeof r.asks[0], cmp_ask);
-    r.max_tokens = (int)max_tokens;
     r.json = json;
-    pthread_mutex_init(&r.mu, NULL);
-    pthread_cond_init(&r.cv, NULL);
+    r.progress = !json && isatty(2);
+    pthread_mutex_init(&r.out_mu, NULL);
 
     svlm_err err = {0};
-    cli_text_model tm = {0};
+    svlm_llama *model = NULL;
     svlm_mmproj *mp = NULL;
-    svlm_vision_ctx *vc = NULL;
+    svlm_engine *engine = NULL;
     svlm_source *src = NULL;
-    float *pixels = NULL, *embd = NULL;
-    int rc = 1, thread_started = 0;
-    pthread_t th;
-    if (cli_text_model_open(&tm, text_path, (int)threads)) goto done;
-    if (svlm_mmproj_load(mmproj_path, &mp, &err) || svlm_vision_ctx_create(mp, tm.kernels, 1, &vc, &err)) {
+    int rc = 1, sid = -1;
+    if (svlm_llama_load(text_path, &model, &err)) {
+        fprintf(stderr, "svlm: cannot load model: %s\n", err.msg);
+        goto done;
+    }
+    if (svlm_mmproj_load(mmproj_path, &mp, &err)) {
         fprintf(stderr, "svlm: cannot load the vision model: %s\n", err.msg);
         goto done;
     }
-    const int E = svlm_llama_hparams_of(tm.model)->n_embd, T = mp->hp.tokens_per_tile, S = mp->hp.image_size;
-    if (mp->hp.proj_dim != E) {
-        fprintf(stderr, "svlm: the projector makes %d-wide embeddings, the text model takes %d\n", mp->hp.proj_dim, E);
+    svlm_engine_params ep = {.ingest_threads = (int)threads, .answer_threads = (int)threads, .frame_queue = (int)queue,
+                             .exact = pace == SVLM_PACE_MAX};
+    if (svlm_engine_create(model, mp, &ep, &engine, &err)) {
+        fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
     }
-    pixels = malloc((size_t)3 * S * S * sizeof(float));
-    embd = malloc((size_t)T * E * sizeof(float));
-    if (!pixels || !embd) {
-        fprintf(stderr, "svlm: out of memory\n");
-        goto done;
-    }
+    const int T = mp->hp.tokens_per_tile;
+    svlm_memory_opts mo;
+    svlm_memory_opts_default(&mo);
+    mo.budget_bytes = (size_t)(memory_mib * 1048576.0);
+    mo.dir = memory_dir;
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block */
     svlm_stream_params sp = {.sink_tokens = 64, .vision_tokens = (int)frames_window * (T + 24),
                              .text_tokens = (int)text_window, .answer_room = (int)max_tokens + 128,
-                             .rows_per_frame = T, .kv_type = SVLM_F32};
-    if (svlm_stream_create(tm.model, tm.kernels, &sp, "<|im_start|>System: You are watching a video.<end_of_utterance>\n",
-                           &r.stream, &err)) {
+                             .rows_per_frame = T, .kv_type = SVLM_F32, .memory = memory ? &mo : NULL};
+    if (svlm_stream_create(model, svlm_engine_ingest_kernels(engine), &sp,
+                           "<|im_start|>System: You are watching a video.<end_of_utterance>\n", &r.stream, &err) ||
+        svlm_engine_add_stream(engine, r.stream, &sid, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
     }
@@ -239,15 +253,11 @@ int cmd_replay(int argc, char **argv) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
     }
-    r.model = tm.model;
-    r.kernels = tm.kernels;
-    if (pthread_create(&th, NULL, question_thread, &r) != 0) {
-        fprintf(stderr, "svlm: cannot start the question thread\n");
-        goto done;
-    }
-    thread_started = 1;
-    const int progress = !json && isatty(2);
-    double t0 = cli_now(), video_t = 0, encode_ms = 0;
+    /* at full speed nothing is dropped and questions are pinned to their frame (replays repeat);
+     * in real time the source does not wait for the encoder: a full queue drops its oldest frame */
+    const int replay_exact = pace == SVLM_PACE_MAX;
+    double t0 = cli_now(), video_t = 0, last_progress = 0;
+    int64_t frames = 0;
     for (;;) {
         svlm_source_item item;
         svlm_status st = svlm_source_next(src, &item, &err);
@@ -262,64 +272,51 @@ int cmd_replay(int argc, char **argv) {
             continue;
         }
         video_t = item.frame.pts;
-        double e0 = cli_now();
-        st = encode_frame(&item.frame, mp, vc, pixels, embd, &err);
-        encode_ms += (cli_now() - e0) * 1e3;
-        if (!st) st = svlm_stream_add_frame(r.stream, video_t, embd, &err);
-        svlm_frame_release(&item.frame);
-        if (st) {
+        if (svlm_engine_push_frame(engine, sid, &item.frame, replay_exact, &err)) {
             fprintf(stderr, "svlm: frame at %.2f s: %s\n", video_t, err.msg);
             goto done;
         }
-        make_due(&r, video_t); /* a question at T sees the frames up to T */
-        if (progress) {
+        frames++;
+        ask_due(&r, engine, sid, video_t, replay_exact, (int)max_tokens); /* a question at T sees frames up to T */
+        if (json && stats_every && frames % stats_every == 0) {
+            pthread_mutex_lock(&r.out_mu);
+            print_counters(&r, engine, video_t, cli_now() - t0, 0);
+            fflush(stdout);
+            pthread_mutex_unlock(&r.out_mu);
+        }
+        if (r.progress && cli_now() - last_progress > 0.2) {
+            last_progress = cli_now();
             svlm_stream_metrics m;
             svlm_stream_metrics_get(r.stream, &m);
-            fprintf(stderr, "\r%7.1f s video, %lld frames, %.2fx real time   ", video_t, (long long)m.frames_in,
-                    video_t / (cli_now() - t0 + 1e-9));
+            pthread_mutex_lock(&r.out_mu);
+            fprintf(stderr, "\r\033[K%7.1f s video, %lld frames (%lld dropped), %.2fx real time, %d/%d answered",
+                    video_t, (long long)m.frames_in, (long long)m.frames_dropped,
+                    video_t / (cli_now() - t0 + 1e-9), r.answered, r.n_asked);
+            pthread_mutex_unlock(&r.out_mu);
         }
     }
-    make_due(&r, 1e300); /* questions past the end are asked at the end */
-    pthread_mutex_lock(&r.mu);
-    r.finished = 1;
-    pthread_cond_broadcast(&r.cv);
-    pthread_mutex_unlock(&r.mu);
-    pthread_join(th, NULL);
-    thread_started = 0;
-    svlm_stream_metrics m;
-    svlm_stream_metrics_get(r.stream, &m);
+    ask_due(&r, engine, sid, 1e300, replay_exact, (int)max_tokens); /* questions past the end: at the end */
+    svlm_engine_drain(engine);
     double secs = cli_now() - t0;
     if (json) {
-        printf("{\"frames\":%lld,\"drops\":%lld,\"tokens\":{\"sink\":%d,\"vision\":%d,\"text\":%d},"
-               "\"evicted_spans\":%lld,\"evicted_tokens\":%lld,\"kv_bytes\":%zu,\"encode_ms_per_frame\":%.3f,"
-               "\"prefill_ms_per_frame\":%.3f,\"questions\":%lld,\"video_s\":%.3f,\"seconds\":%.3f,\"fps\":%.2f}\n",
-               (long long)m.frames_in, (long long)m.frames_dropped, m.tokens[SVLM_KV_SINK], m.tokens[SVLM_KV_VISION],
-               m.tokens[SVLM_KV_TEXT], (long long)m.evicted_spans, (long long)m.evicted_tokens, m.kv_bytes,
-               m.frames_in ? encode_ms / (double)m.frames_in : 0, m.prefill_ms_per_frame, (long long)m.questions,
-               video_t, secs, (double)m.frames_in / (secs + 1e-9));
+        print_counters(&r, engine, video_t, secs, 1);
     } else {
-        printf("\n%lld frames (%lld dropped) in %.2f s (%.1f frames/s), %zu bytes of KV\n", (long long)m.frames_in,
-               (long long)m.frames_dropped, secs, (double)m.frames_in / (secs + 1e-9), m.kv_bytes);
+        svlm_stream_metrics m;
+        svlm_stream_metrics_get(r.stream, &m);
+        if (r.progress) fprintf(stderr, "\r\033[K");
+        printf("%lld frames (%lld dropped) in %.2f s (%.1f frames/s, %.2fx real time), %zu bytes of KV, "
+               "%zu bytes of memory\n",
+               (long long)m.frames_in, (long long)m.frames_dropped, secs, (double)m.frames_in / (secs + 1e-9),
+               video_t / (secs + 1e-9), m.kv_bytes, m.memory_bytes);
     }
     rc = r.failed ? 1 : 0;
 done:
-    if (thread_started) { /* an ingest error: release the question thread, then wait for it */
-        pthread_mutex_lock(&r.mu);
-        r.n_due = r.n_asks;
-        r.finished = 1;
-        pthread_cond_broadcast(&r.cv);
-        pthread_mutex_unlock(&r.mu);
-        pthread_join(th, NULL);
-    }
+    svlm_engine_stop(engine); /* cancels what is left; the stream is ours again */
     svlm_source_close(src);
-    for (int i = 0; i < r.n_asks; i++) svlm_stream_fork_free(r.asks[i].fork);
     svlm_stream_free(r.stream);
-    svlm_vision_ctx_free(vc);
+    svlm_engine_free(engine);
     svlm_mmproj_free(mp);
-    free(pixels);
-    free(embd);
-    if (tm.model) cli_text_model_close(&tm);
-    pthread_mutex_destroy(&r.mu);
-    pthread_cond_destroy(&r.cv);
+    svlm_llama_free(model);
+    pthread_mutex_destroy(&r.out_mu);
     return rc;
 }

@@ -1,0 +1,577 @@
+/* The two-lane scheduler: an ingest lane for frames, an answer lane for questions. */
+#include "pipeline/stream_engine.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "vision/preprocess.h"
+
+enum { MAX_IDLE_CTX = 4 };
+
+typedef struct question {
+    uint64_t id;
+    int sid, pin, cancel;
+    int64_t pin_frames; /* pinned: forked once this many frames of the stream were handled */
+    char *text;
+    svlm_ask_opts o;
+    svlm_stream_token_fn on_token;
+    svlm_engine_done_fn on_done;
+    void *user;
+    svlm_stream_fork *fork;
+    svlm_stream_answer *ans;
+    svlm_llama_ctx *ctx;
+    int ctx_n;
+    double t_ask, t_start, t_first;
+    struct question *next;
+} question;
+
+typedef struct lane_stream {
+    svlm_stream *s;
+    svlm_frame *queue; /* ring of params.frame_queue frames */
+    int head, n;
+    int64_t handled;   /* frames ingested or dropped */
+    int join_due;      /* an answered turn waits to be joined */
+    int in_flight;     /* questions forked (or about to be) and not ended */
+} lane_stream;
+
+typedef struct idle_ctx {
+    svlm_llama_ctx *ctx;
+    int n;
+} idle_ctx;
+
+struct svlm_engine {
+    svlm_llama *model;
+    const svlm_mmproj *mp;
+    svlm_engine_params p;
+    svlm_kernels *k_ingest, *k_answer;
+    svlm_vision_ctx *vc;
+    float *pixels, *embd;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_ingest, cv_answer, cv_room, cv_idle;
+    pthread_t th_ingest, th_answer;
+    int threads_started, stop, ingest_busy, answer_busy;
+    lane_stream *streams;
+    int n_streams, rr_ingest;
+    question *pinned, *ready, *active; /* lists; ready is FIFO */
+    question *rr_active;               /* the active answer to step next */
+    uint64_t next_qid;
+    idle_ctx idle[MAX_IDLE_CTX];
+    int n_idle;
+    svlm_engine_metrics m;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void list_append(question **list, question *q) {
+    q->next = NULL;
+    while (*list) list = &(*list)->next;
+    *list = q;
+}
+
+static int list_remove(question **list, question *q) {
+    for (; *list; list = &(*list)->next)
+        if (*list == q) {
+            *list = q->next;
+            q->next = NULL;
+            return 1;
+        }
+    return 0;
+}
+
+/* ---- the answer lane ---- */
+
+static int token_relay(void *user, int32_t id, const char *piece, size_t len) {
+    question *q = user;
+    if (q->t_first == 0) q->t_first = now_ms();
+    if (__atomic_load_n(&q->cancel, __ATOMIC_RELAXED)) return 1;
+    return q->on_token ? q->on_token(q->user, id, piece, len) : 0;
+}
+
+static void ctx_release(svlm_engine *e, question *q) {
+    if (!q->ctx) return;
+    pthread_mutex_lock(&e->mu);
+    if (e->n_idle < MAX_IDLE_CTX) {
+        e->idle[e->n_idle++] = (idle_ctx){q->ctx, q->ctx_n};
+        q->ctx = NULL;
+    }
+    pthread_mutex_unlock(&e->mu);
+    svlm_llama_ctx_free(q->ctx);
+    q->ctx = NULL;
+}
+
+static svlm_status ctx_acquire(svlm_engine *e, question *q, int n, svlm_err *err) {
+    pthread_mutex_lock(&e->mu);
+    for (int i = 0; i < e->n_idle; i++)
+        if (e->idle[i].n >= n) {
+            q->ctx = e->idle[i].ctx;
+            q->ctx_n = e->idle[i].n;
+            e->idle[i] = e->idle[--e->n_idle];
+            break;
+        }
+    pthread_mutex_unlock(&e->mu);
+    if (q->ctx) return SVLM_OK;
+    q->ctx_n = n;
+    return svlm_llama_ctx_create(e->model, e->k_answer, n, SVLM_F32, &q->ctx, err);
+}
+
+/* Ends a question: callback, its pages and context back, the turn queued for joining. */
+static void question_end(svlm_engine *e, question *q, svlm_status st, const char *msg) {
+    svlm_answer_metrics am = {0};
+    char *answer = NULL;
+    if (q->ans) svlm_stream_answer_finish(q->ans, st == SVLM_OK, &answer, &am);
+    q->ans = NULL;
+    svlm_stream_fork_free(q->fork);
+    q->fork = NULL;
+    ctx_release(e, q);
+    am.wait_ms = q->t_start > 0 ? q->t_start - q->t_ask : 0;
+    am.ttft_ms = q->t_first > 0 ? q->t_first - q->t_ask : 0;
+    if (q->on_done) q->on_done(q->user, q->id, st, st == SVLM_OK ? (answer ? answer : "") : NULL, &am, msg);
+    free(answer);
+    pthread_mutex_lock(&e->mu);
+    if (st == SVLM_OK) e->m.questions_done++;
+    else if (st == SVLM_E_CANCELLED) e->m.questions_cancelled++;
+    if (st == SVLM_OK) e->streams[q->sid].join_due = 1;
+    e->streams[q->sid].in_flight--;
+    pthread_cond_signal(&e->cv_ingest);
+    pthread_mutex_unlock(&e->mu);
+    free(q->text);
+    free(q);
+}
+
+/* Fork (unless pinned), memory, prefill and the first token. Returns 1 if the answer goes on. */
+static int question_start(svlm_engine *e, question *q) {
+    svlm_err err = {0};
+    svlm_stream *s = e->streams[q->sid].s;
+    q->t_start = now_ms();
+    svlm_status st = __atomic_load_n(&q->cancel, __ATOMIC_RELAXED) ? SVLM_E_CANCELLED : SVLM_OK;
+    if (st) snprintf(err.msg, sizeof err.msg, "answer cancelled");
+    if (!st && !q->fork) st = svlm_stream_fork_now(s, &q->fork, &err);
+    if (!st) st = ctx_acquire(e, q, svlm_stream_ctx_size(s), &err);
+    if (!st) {
+        svlm_stream_fork *f = q->fork;
+        q->fork = NULL;
+        st = svlm_stream_answer_start(s, f, q->ctx, q->text, &q->o, token_relay, q, &q->ans, &err);
+    }
+    int done = 1;
+    if (!st) st = svlm_stream_answer_step(q->ans, &done, &err);
+    if (st || done) {
+        question_end(e, q, st, st ? err.msg : "");
+        return 0;
+    }
+    return 1;
+}
+
+static int question_step(svlm_engine *e, question *q) {
+    svlm_err err = {0};
+    int done = 1;
+    svlm_status st = __atomic_load_n(&q->cancel, __ATOMIC_RELAXED) ? SVLM_E_CANCELLED : SVLM_OK;
+    if (st) snprintf(err.msg, sizeof err.msg, "answer cancelled");
+    else st = svlm_stream_answer_step(q->ans, &done, &err);
+    if (st || done) {
+        question_end(e, q, st, st ? err.msg : "");
+        return 0;
+    }
+    return 1;
+}
+
+static void *answer_lane(void *arg) {
+    svlm_engine *e = arg;
+    pthread_mutex_lock(&e->mu);
+    while (!e->stop) {
+        question *q = e->ready;
+        int fresh = q != NULL;
+        if (fresh) {
+            e->ready = q->next;
+        } else if (e->active) {
+            q = e->rr_active && list_remove(&e->active, e->rr_active) ? e->rr_active : NULL;
+            if (!q) {
+                q = e->active;
+                list_remove(&e->active, q);
+            }
+        } else {
+            pthread_cond_broadcast(&e->cv_idle);
+            pthread_cond_wait(&e->cv_answer, &e->mu);
+            continue;
+        }
+        e->answer_busy = 1;
+        /* the step's successor keeps the round robin going */
+        pthread_mutex_unlock(&e->mu);
+        const double t0 = now_ms();
+        int goes_on = fresh ? question_start(e, q) : question_step(e, q);
+        pthread_mutex_lock(&e->mu);
+        e->m.answer_busy_ms += now_ms() - t0;
+        e->answer_busy = 0;
+        if (goes_on) list_append(&e->active, q);
+        e->rr_active = e->active;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* ---- the ingest lane ---- */
+
+/* Pinned questions whose frames are all handled are forked now (under e->mu). */
+static void release_pinned(svlm_engine *e, int sid) {
+    question **pp = &e->pinned;
+    lane_stream *ls = &e->streams[sid];
+    while (*pp) {
+        question *q = *pp;
+        /* exact replays: the earlier answers have joined the dialogue first */
+        const int wait_dialogue = e->p.exact && !q->cancel && (ls->in_flight > 0 || ls->join_due);
+        if (q->sid != sid || q->pin_frames > ls->handled || wait_dialogue) {
+            pp = &q->next;
+            continue;
+        }
+        ls->in_flight++;
+        *pp = q->next;
+        svlm_err err = {0};
+        if (svlm_stream_fork_now(e->streams[sid].s, &q->fork, &err)) q->fork = NULL; /* retried at start */
+        list_append(&e->ready, q);
+        pthread_cond_signal(&e->cv_answer);
+    }
+}
+
+/* A pinned question of the stream is due but waits for earlier answers (exact replays). */
+static int pinned_due(svlm_engine *e, int sid) {
+    for (question *q = e->pinned; q; q = q->next)
+        if (q->sid == sid && q->pin_frames <= e->streams[sid].handled) return 1;
+    return 0;
+}
+
+static svlm_status encode_frame(svlm_engine *e, const svlm_frame *f, svlm_err *err) {
+    const svlm_mmproj *mp = e->mp;
+    if (!e->vc) return svlm_fail(err, SVLM_E_INVALID, "the engine has no vision model");
+    svlm_image img = {0};
+    svlm_status st = svlm_image_alloc(&img, f->width, f->height, err);
+    if (st) return st;
+    for (int y = 0; y < f->height; y++)
+        memcpy(img.rgb + (size_t)y * f->width * 3, f->data + (size_t)y * f->stride, (size_t)f->width * 3);
+    svlm_preproc_params pp = {.tile = mp->hp.image_size, .longest_edge = mp->hp.preproc_image_size};
+    memcpy(pp.mean, mp->hp.image_mean, sizeof pp.mean);
+    memcpy(pp.std, mp->hp.image_std, sizeof pp.std);
+    st = svlm_preprocess_frame(&img, &pp, 512, e->pixels, err);
+    if (!st) st = svlm_vision_encode(e->vc, e->pixels, 1, e->embd, err);
+    svlm_image_free(&img);
+    return st;
+}
+
+static void *ingest_lane(void *arg) {
+    svlm_engine *e = arg;
+    pthread_mutex_lock(&e->mu);
+    while (!e->stop) {
+        if (e->p.exact) /* turns join before a due question forks, frames wait for that fork */
+            for (int j = 0; j < e->n_streams; j++) {
+                lane_stream *ls = &e->streams[j];
+                if (ls->join_due && ls->in_flight == 0) {
+                    ls->join_due = 0;
+                    pthread_mutex_unlock(&e->mu);
+                    svlm_err err = {0};
+                    svlm_stream_join_pending(ls->s, &err);
+                    pthread_mutex_lock(&e->mu);
+                }
+                release_pinned(e, j);
+            }
+        int sid = -1;
+        for (int i = 0; i < e->n_streams && sid < 0; i++) {
+            int j = (e->rr_ingest + i) % e->n_streams;
+            if (e->streams[j].n > 0 && !(e->p.exact && pinned_due(e, j))) sid = j;
+        }
+        if (sid < 0) {
+            for (int j = 0; j < e->n_streams; j++)
+                if (e->streams[j].join_due) { /* no frame coming: join answered turns now */
+                    e->streams[j].join_due = 0;
+                    svlm_stream *s = e->streams[j].s;
+                    pthread_mutex_unlock(&e->mu);
+                    svlm_err err = {0};
+                    svlm_stream_join_pending(s, &err);
+                    pthread_mutex_lock(&e->mu);
+                }
+            pthread_cond_broadcast(&e->cv_idle);
+            if (!e->stop) pthread_cond_wait(&e->cv_ingest, &e->mu);
+            continue;
+        }
+        e->rr_ingest = (sid + 1) % e->n_streams;
+        lane_stream *ls = &e->streams[sid];
+        svlm_frame f = ls->queue[ls->head];
+        memset(&ls->queue[ls->head], 0, sizeof f);
+        ls->head = (ls->head + 1) % e->p.frame_queue;
+        ls->n--;
+        ls->join_due = 0; /* add_frame joins first */
+        e->ingest_busy = 1;
+        pthread_cond_broadcast(&e->cv_room);
+        pthread_mutex_unlock(&e->mu);
+
+        const double t0 = now_ms();
+        svlm_err err = {0};
+        svlm_status st = encode_frame(e, &f, &err);
+        const double t1 = now_ms();
+        if (!st) svlm_stream_note_encode(ls->s, t1 - t0);
+        if (!st) st = svlm_stream_add_frame(ls->s, f.pts, e->embd, &err);
+        if (st) svlm_stream_note_drop(ls->s); /* a frame that failed is lost: counted with the drops */
+        svlm_frame_release(&f);
+
+        pthread_mutex_lock(&e->mu);
+        e->m.ingest_busy_ms += now_ms() - t0;
+        e->ingest_busy = 0;
+        ls->handled++;
+        if (st) e->m.frames_dropped++;
+        else e->m.frames_done++;
+        release_pinned(e, sid);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* ---- the interface ---- */
+
+svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_engine_params *p, svlm_engine **out,
+                               svlm_err *err) {
+    *out = NULL;
+    svlm_engine *e = calloc(1, sizeof *e);
+    if (!e) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    e->model = m;
+    e->mp = mp;
+    if (p) e->p = *p;
+    if (e->p.ingest_threads <= 0) e->p.ingest_threads = 1;
+    if (e->p.answer_threads <= 0) e->p.answer_threads = 1;
+    if (e->p.frame_queue <= 0) e->p.frame_queue = 2;
+    if (e->p.max_streams <= 0) e->p.max_streams = 16;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv_ingest, NULL);
+    pthread_cond_init(&e->cv_answer, NULL);
+    pthread_cond_init(&e->cv_room, NULL);
+    pthread_cond_init(&e->cv_idle, NULL);
+    svlm_status st = SVLM_OK;
+    if (mp && mp->hp.proj_dim != svlm_llama_hparams_of(m)->n_embd)
+        st = svlm_fail(err, SVLM_E_INVALID, "the projector makes %d-wide embeddings, the text model takes %d",
+                       mp->hp.proj_dim, svlm_llama_hparams_of(m)->n_embd);
+    if (!st) st = svlm_kernels_create_cpu(e->p.ingest_threads, &e->k_ingest, err);
+    if (!st) st = svlm_kernels_create_cpu(e->p.answer_threads, &e->k_answer, err);
+    if (!st && mp) {
+        st = svlm_vision_ctx_create(mp, e->k_ingest, 1, &e->vc, err);
+        const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
+        e->pixels = malloc((size_t)3 * S * S * sizeof(float));
+        e->embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
+        if (!st && (!e->pixels || !e->embd)) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    }
+    e->streams = calloc((size_t)e->p.max_streams, sizeof *e->streams);
+    if (!st && !e->streams) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!st) {
+        if (pthread_create(&e->th_ingest, NULL, ingest_lane, e) != 0) {
+            st = svlm_fail(err, SVLM_E_IO, "cannot start the ingest lane");
+        } else if (pthread_create(&e->th_answer, NULL, answer_lane, e) != 0) {
+            pthread_mutex_lock(&e->mu);
+            e->stop = 1;
+            pthread_cond_broadcast(&e->cv_ingest);
+            pthread_mutex_unlock(&e->mu);
+            pthread_join(e->th_ingest, NULL);
+            st = svlm_fail(err, SVLM_E_IO, "cannot start the answer lane");
+        } else {
+            e->threads_started = 1;
+        }
+    }
+    if (st) {
+        svlm_engine_free(e);
+        return st;
+    }
+    *out = e;
+    return SVLM_OK;
+}
+
+static void free_list(svlm_engine *e, question **list, int pinned) {
+    while (*list) {
+        question *q = *list;
+        *list = q->next;
+        if (pinned) e->streams[q->sid].in_flight++; /* question_end counts it out */
+        question_end(e, q, SVLM_E_CANCELLED, "the engine stopped");
+    }
+}
+
+void svlm_engine_stop(svlm_engine *e) {
+    if (!e || !e->threads_started) return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = 1;
+    pthread_cond_broadcast(&e->cv_ingest);
+    pthread_cond_broadcast(&e->cv_answer);
+    pthread_cond_broadcast(&e->cv_room);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->th_ingest, NULL);
+    pthread_join(e->th_answer, NULL);
+    e->threads_started = 0;
+    free_list(e, &e->pinned, 1);
+    free_list(e, &e->ready, 0);
+    free_list(e, &e->active, 0);
+    for (int i = 0; e->streams && i < e->n_streams; i++) {
+        lane_stream *ls = &e->streams[i];
+        for (int j = 0; j < ls->n; j++) svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
+        ls->n = 0;
+        svlm_err err = {0};
+        svlm_stream_join_pending(ls->s, &err);
+        svlm_stream_set_deferred_join(ls->s, 0);
+    }
+}
+
+void svlm_engine_free(svlm_engine *e) {
+    if (!e) return;
+    svlm_engine_stop(e);
+    for (int i = 0; e->streams && i < e->n_streams; i++) free(e->streams[i].queue);
+    for (int i = 0; i < e->n_idle; i++) svlm_llama_ctx_free(e->idle[i].ctx);
+    free(e->streams);
+    svlm_vision_ctx_free(e->vc);
+    free(e->pixels);
+    free(e->embd);
+    svlm_kernels_destroy(e->k_ingest);
+    svlm_kernels_destroy(e->k_answer);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv_ingest);
+    pthread_cond_destroy(&e->cv_answer);
+    pthread_cond_destroy(&e->cv_room);
+    pthread_cond_destroy(&e->cv_idle);
+    free(e);
+}
+
+svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e) { return e->k_ingest; }
+
+svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm_err *err) {
+    svlm_frame *queue = calloc((size_t)e->p.frame_queue, sizeof *queue);
+    if (!queue) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    pthread_mutex_lock(&e->mu);
+    if (e->n_streams == e->p.max_streams) {
+        pthread_mutex_unlock(&e->mu);
+        free(queue);
+        return svlm_fail(err, SVLM_E_LIMIT, "the engine serves at most %d streams", e->p.max_streams);
+    }
+    svlm_stream_set_deferred_join(s, 1);
+    e->streams[e->n_streams] = (lane_stream){.s = s, .queue = queue};
+    *id = e->n_streams++;
+    pthread_mutex_unlock(&e->mu);
+    return SVLM_OK;
+}
+
+svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, int block, svlm_err *err) {
+    pthread_mutex_lock(&e->mu);
+    if (sid < 0 || sid >= e->n_streams) {
+        pthread_mutex_unlock(&e->mu);
+        svlm_frame_release(frame);
+        return svlm_fail(err, SVLM_E_INVALID, "no stream %d", sid);
+    }
+    lane_stream *ls = &e->streams[sid];
+    while (block && ls->n == e->p.frame_queue && !e->stop) pthread_cond_wait(&e->cv_room, &e->mu);
+    if (ls->n == e->p.frame_queue) { /* live and full: the oldest waiting frame goes */
+        svlm_frame_release(&ls->queue[ls->head]);
+        ls->head = (ls->head + 1) % e->p.frame_queue;
+        ls->n--;
+        ls->handled++;
+        e->m.frames_dropped++;
+        svlm_stream_note_drop(ls->s);
+        release_pinned(e, sid);
+    }
+    ls->queue[(ls->head + ls->n) % e->p.frame_queue] = *frame;
+    ls->n++;
+    memset(frame, 0, sizeof *frame);
+    pthread_cond_signal(&e->cv_ingest);
+    pthread_mutex_unlock(&e->mu);
+    return SVLM_OK;
+}
+
+svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, const svlm_ask_opts *o, int pin,
+                            svlm_stream_token_fn on_token, svlm_engine_done_fn on_done, void *user, uint64_t *qid,
+                            svlm_err *err) {
+    if (!o || o->max_tokens <= 0) return svlm_fail(err, SVLM_E_INVALID, "max_tokens must be positive");
+    question *q = calloc(1, sizeof *q);
+    if (q) q->text = strdup(question_text);
+    if (!q || !q->text) {
+        free(q);
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    }
+    q->t_ask = now_ms();
+    q->o = *o;
+    q->o.prompt_text = NULL; /* its owner would be the answer lane's */
+    q->o.query_vecs = NULL;
+    q->o.n_query_vecs = 0;
+    q->on_token = on_token;
+    q->on_done = on_done;
+    q->user = user;
+    q->pin = pin;
+    pthread_mutex_lock(&e->mu);
+    if (sid < 0 || sid >= e->n_streams) {
+        pthread_mutex_unlock(&e->mu);
+        free(q->text);
+        free(q);
+        return svlm_fail(err, SVLM_E_INVALID, "no stream %d", sid);
+    }
+    q->sid = sid;
+    q->id = ++e->next_qid;
+    if (qid) *qid = q->id;
+    lane_stream *ls = &e->streams[sid];
+    q->pin_frames = ls->handled + ls->n + (e->ingest_busy ? 1 : 0);
+    if (pin) {
+        list_append(&e->pinned, q);
+        release_pinned(e, sid);
+    } else {
+        ls->in_flight++;
+        list_append(&e->ready, q);
+        pthread_cond_signal(&e->cv_answer);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return SVLM_OK;
+}
+
+void svlm_engine_cancel(svlm_engine *e, uint64_t qid) {
+    pthread_mutex_lock(&e->mu);
+    question *lists[] = {e->pinned, e->ready, e->active};
+    for (int l = 0; l < 3; l++)
+        for (question *q = lists[l]; q; q = q->next)
+            if (q->id == qid) __atomic_store_n(&q->cancel, 1, __ATOMIC_RELAXED);
+    /* a pinned question waiting for its frame is ended at once */
+    for (question *q = e->pinned; q; q = q->next)
+        if (q->id == qid) {
+            list_remove(&e->pinned, q);
+            e->streams[q->sid].in_flight++;
+            list_append(&e->ready, q);
+            pthread_cond_signal(&e->cv_answer);
+            break;
+        }
+    pthread_mutex_unlock(&e->mu);
+}
+
+static int busy(svlm_engine *e) {
+    if (e->pinned || e->ready || e->active || e->ingest_busy || e->answer_busy) return 1;
+    for (int i = 0; i < e->n_streams; i++)
+        if (e->streams[i].n > 0 || e->streams[i].join_due) return 1;
+    return 0;
+}
+
+void svlm_engine_drain(svlm_engine *e) {
+    pthread_mutex_lock(&e->mu);
+    while (busy(e) && !e->stop) {
+        pthread_cond_signal(&e->cv_ingest);
+        pthread_cond_signal(&e->cv_answer);
+        pthread_cond_wait(&e->cv_idle, &e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out) {
+    pthread_mutex_lock(&e->mu);
+    *out = e->m;
+    int n = 0;
+    for (question *q = e->active; q; q = q->next) n++;
+    out->active_answers = n + (e->answer_busy ? 1 : 0);
+    n = 0;
+    for (question *q = e->ready; q; q = q->next) n++;
+    for (question *q = e->pinned; q; q = q->next) n++;
+    out->queued_questions = n;
+    n = 0;
+    for (int i = 0; i < e->n_streams; i++) n += e->streams[i].n;
+    out->queued_frames = n;
+    pthread_mutex_unlock(&e->mu);
+}

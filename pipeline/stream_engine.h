@@ -1,0 +1,79 @@
+/*
+ * The scheduler for streams: frames of several streams and questions on them, at once.
+ *
+ * Two lanes, each one thread with its own kernels (svlm_kernels is not safe for concurrent
+ * calls, and on a 2-core machine one core per lane keeps the two from fighting):
+ *   ingest lane  takes the next queued frame (streams in turn), encodes it and appends it to its
+ *                stream; answered turns join their stream's dialogue here too (deferred joins).
+ *   answer lane  a new question first (fork, memory, prefill, first token: time to first token
+ *                comes first), otherwise one decode step of the active answers in turn.
+ * Ingest never waits for an answer: frames wait in a small queue per stream; a live push into a
+ * full queue drops the oldest frame (counted in the stream's drops), a replay push
+ * (block = 1) waits for room instead, so a replay at full speed ingests every frame.
+ *
+ * Questions are pinned (pin = 1: forked right after every frame pushed before the ask has been
+ * ingested; with params.exact also after the earlier answers joined, so replays repeat exactly) or not (forked when the answer lane takes them up:
+ * the context as it is then, no wait for queued frames). Cancelling a question frees its pages.
+ */
+#ifndef SVLM_PIPELINE_STREAM_ENGINE_H
+#define SVLM_PIPELINE_STREAM_ENGINE_H
+
+#include <stdint.h>
+
+#include "pipeline/source.h"
+#include "pipeline/stream.h"
+#include "vision/encoder.h"
+
+typedef struct svlm_engine svlm_engine;
+
+typedef struct svlm_engine_params {
+    int ingest_threads; /* kernel threads of the ingest lane (default 1) */
+    int answer_threads; /* kernel threads of the answer lane (default 1) */
+    int frame_queue;    /* frames waiting per stream (default 2) */
+    int max_streams;    /* default 16 */
+    int exact;          /* replays: a pinned question forks only after the earlier answers of its
+                           stream joined the dialogue, and that stream's frames wait for the fork
+                           (answers then repeat exactly; ingest does wait for answers: not for live) */
+} svlm_engine_params;
+
+/* The models must outlive the engine. */
+svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_engine_params *p, svlm_engine **out,
+                               svlm_err *err);
+/* Stops the lanes, cancels what is pending and joins answered turns: the streams are the
+ * caller's again (free them before the engine: their contexts use the engine's kernels). */
+void svlm_engine_stop(svlm_engine *e);
+/* Stops (if not yet) and frees the engine. */
+void svlm_engine_free(svlm_engine *e);
+/* The kernels to create streams with (their ingest context runs on the ingest lane). */
+svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e);
+
+/* Serves s (created with svlm_engine_ingest_kernels) from now on; sets deferred joins. */
+svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm_err *err);
+
+/* Queues a frame (the engine takes it: the caller's struct is cleared). block = 0: a full queue
+ * drops its oldest frame; block = 1: waits for room. */
+svlm_status svlm_engine_push_frame(svlm_engine *e, int stream_id, svlm_frame *frame, int block, svlm_err *err);
+
+/* Called once per question, on the answer lane, when it ends (status SVLM_OK, SVLM_E_CANCELLED or
+ * an error; answer NULL unless OK). am->ttft_ms and wait_ms count from the ask call. */
+typedef void (*svlm_engine_done_fn)(void *user, uint64_t qid, svlm_status st, const char *answer,
+                                    const svlm_answer_metrics *am, const char *err_msg);
+
+/* Queues a question (copied); on_token runs on the answer lane (return nonzero to cancel). */
+svlm_status svlm_engine_ask(svlm_engine *e, int stream_id, const char *question, const svlm_ask_opts *o, int pin,
+                            svlm_stream_token_fn on_token, svlm_engine_done_fn on_done, void *user, uint64_t *qid,
+                            svlm_err *err);
+/* Cancels a queued or running question (its done callback reports SVLM_E_CANCELLED). */
+void svlm_engine_cancel(svlm_engine *e, uint64_t qid);
+
+/* Waits until every queued frame and question is done. */
+void svlm_engine_drain(svlm_engine *e);
+
+typedef struct svlm_engine_metrics {
+    int64_t frames_done, frames_dropped, questions_done, questions_cancelled;
+    int active_answers, queued_questions, queued_frames;
+    double ingest_busy_ms, answer_busy_ms; /* time each lane spent working */
+} svlm_engine_metrics;
+void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out);
+
+#endif
