@@ -81,6 +81,7 @@ static uint64_t claim_word(unsigned gen, unsigned n_tasks, unsigned next) {
 static void run_tasks(svlm_pool *p, unsigned gen, int thread) {
     in_pool_task = 1;
     pool_thread_index = thread;
+    int done = 0;
     uint64_t v = atomic_load_explicit(&p->claim, memory_order_acquire);
     for (;;) {
         unsigned next = (unsigned)v & TASK_MASK, n = (unsigned)(v >> TASK_BITS) & TASK_MASK;
@@ -90,9 +91,12 @@ static void run_tasks(svlm_pool *p, unsigned gen, int thread) {
             continue;
         /* The run cannot end while we hold a claimed task, so fn and ctx are this run's. */
         p->fn(p->ctx, (int)next, thread);
-        atomic_fetch_add_explicit(&p->done_tasks, 1, memory_order_release);
+        done++;
         v = atomic_load_explicit(&p->claim, memory_order_acquire);
     }
+    /* One count per thread and run, not per task: the counter's cache line moves between
+     * cores once per thread (the run is not over until every claimed task is counted). */
+    if (done) atomic_fetch_add_explicit(&p->done_tasks, done, memory_order_release);
     in_pool_task = 0;
 }
 

@@ -42,6 +42,9 @@ typedef struct svlm_kernels svlm_kernels;
  *   SVLM_GEMM=own|blas            batched matmuls through svlm's AVX-512 GEMM or OpenBLAS (default
  *                                 OpenBLAS when built with it). Creating the backend sets OpenBLAS to
  *                                 one thread: svlm parallelises across its own pool.
+ *   SVLM_BF16=quant|all|0         batched matmuls with bf16 products (AVX-512 BF16, twice the f32
+ *                                 rate; operands rounded to 8 significant bits): quantized and BF16
+ *                                 weights (default "quant"), F16 weights too ("all"), or none.
  * Weight types with a kernel: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K (loaders must
  * reject others up front). */
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err);
@@ -55,6 +58,11 @@ void svlm_k_free(svlm_kernels *k, void *p);
 /* y[i][r] = sum_c W[r][c] * x[i][c] for i < n.  x: [n][cols] f32, y: [n][rows] f32.
  * Quantized weights are used as stored (no whole-model conversion). */
 void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
+/* ys[i] = x * ws[i]^T for i < n_w, like n_w svlm_k_matmul calls, for weights with the same cols
+ * (q/k/v, gate/up). In decode the CPU backend runs them as one parallel loop: one
+ * synchronisation instead of n_w, and the activations are quantized once. */
+void svlm_k_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
+                         float *const *ys);
 
 /* y = x / sqrt(mean(x^2) + eps) * w, per row of `dim`. y may alias x. */
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,

@@ -6,6 +6,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export SVLM_TEST_DATA="${SVLM_TEST_DATA:-$(cd .. && pwd)/shared}"
 jobs=$(nproc)
+# ctest hands SVLM_TEST_DATA to every test from the build's cache: point it at this folder.
+for b in build build-asan; do
+  [ -d "$b" ] && cmake -S . -B "$b" -DSVLM_TEST_DATA="$SVLM_TEST_DATA" >/dev/null
+done
 status=0
 echo "== tests (build/)"
 ctest --test-dir build --output-on-failure -j"$jobs" || status=1

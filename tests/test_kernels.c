@@ -3,9 +3,12 @@
  * has (forced through SVLM_SIMD), with odd sizes. Matmuls of every weight type are compared
  * with dequantize (the reference dtype.c) + f32 dot; the tolerance is the error that 8-bit
  * activation quantization may cause (per 32-value block, half a step of max|x|/127 times
- * sum|w|) plus float rounding. SVLM_KERNEL_BENCH=1 runs the benchmarks instead.
+ * sum|w|) plus float rounding. Batched matmuls of non-F32 weights at the AVX-512 level use bf16
+ * products: both operands rounded to 8 significant bits (2^-8 relative each), so each product may be off by 2^-7 of
+ * itself. SVLM_KERNEL_BENCH=1 runs the benchmarks instead.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +116,53 @@ static void test_pool(void) {
     }
 }
 
+/* Many short runs on several pools at once, each driven by its own thread (as when a server
+ * runs several models): a lost wake-up would hang here, a task run twice or never shows in the
+ * sums. Short on purpose: it should take well under a second. */
+enum { STRESS_POOLS = 3, STRESS_RUNS = 3000 };
+
+typedef struct stress_ctx {
+    int pool_threads;
+    int bad;
+} stress_ctx;
+
+static void *stress_driver(void *arg) {
+    stress_ctx *s = arg;
+    svlm_pool *p;
+    svlm_err err;
+    if (svlm_pool_create(s->pool_threads, &p, &err) != SVLM_OK) {
+        s->bad = -1;
+        return NULL;
+    }
+    sum_ctx c;
+    for (int r = 0; r < STRESS_RUNS; r++) {
+        int n = 1 + r % 7;
+        atomic_store(&c.sum, 0);
+        atomic_store(&c.count, 0);
+        svlm_pool_run(p, sum_task, &c, n);
+        if (atomic_load(&c.count) != n || atomic_load(&c.sum) != (long long)n * (n - 1) / 2) s->bad++;
+        if (r % 500 == 499) { /* let the workers fall asleep: the next run must wake them */
+            struct timespec ts = {0, 300000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    svlm_pool_destroy(p);
+    return NULL;
+}
+
+static void test_pool_stress(void) {
+    pthread_t th[STRESS_POOLS];
+    stress_ctx s[STRESS_POOLS];
+    for (int i = 0; i < STRESS_POOLS; i++) {
+        s[i] = (stress_ctx){2 + i % 2, 0};
+        REQUIRE(pthread_create(&th[i], NULL, stress_driver, &s[i]) == 0, "pthread_create");
+    }
+    for (int i = 0; i < STRESS_POOLS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(s[i].bad == 0, "pool stress %d (%d threads): %d bad runs", i, s[i].pool_threads, s[i].bad);
+    }
+}
+
 /* ---- matmul ---- */
 
 static const svlm_dtype weight_types[] = {SVLM_F32,  SVLM_F16,  SVLM_BF16, SVLM_Q8_0, SVLM_Q4_0, SVLM_Q4_1,
@@ -143,7 +193,7 @@ static wcase make_weight(svlm_dtype t, int64_t rows, int64_t cols) {
 }
 
 /* Max over outputs of |y - ref| / bound, where bound is what activation quantization allows. */
-static double matmul_error(const wcase *c, const float *x, int64_t n, const float *y, int quantized) {
+static double matmul_error(const wcase *c, const float *x, int64_t n, const float *y, int quantized, int bf16) {
     int64_t rows = c->w.rows, cols = c->w.cols;
     double worst = 0.0;
     for (int64_t i = 0; i < n; i++) {
@@ -161,7 +211,7 @@ static double matmul_error(const wcase *c, const float *x, int64_t n, const floa
                 }
                 qbound += wsum * amax / 254.0;
             }
-            double bound = 1e-5 * mag + 1e-30 + (quantized ? 1.01 * qbound : 0.0);
+            double bound = (bf16 ? 1.0 / 128 + 1e-5 : 1e-5) * mag + 1e-30 + (quantized ? 1.01 * qbound : 0.0);
             double e = fabs(y[i * rows + r] - ref) / bound;
             if (e > worst) worst = e;
         }
@@ -169,10 +219,16 @@ static double matmul_error(const wcase *c, const float *x, int64_t n, const floa
     return worst;
 }
 
-/* One weight of type t with `cols` columns, n = 1, 3, 17, 64, at every level. */
-static void check_matmul(svlm_dtype t, int64_t cols, float *x, float *y, float *y_scalar) {
+/* 1 when a batch of n rows of weight type t goes through the bf16 GEMM at level li. */
+static int uses_bf16(size_t li, svlm_dtype t, int64_t n) {
+    const char *env = getenv("SVLM_BF16");
+    if (li != 2 || n < 8 || t == SVLM_F32 || (env && !strcmp(env, "0"))) return 0;
+    return t != SVLM_F16 || (env && !strcmp(env, "all"));
+}
+
+/* One weight of type t with `cols` columns and `rows` rows, n = 1, 3, 17, 64, at every level. */
+static void check_matmul(svlm_dtype t, int64_t rows, int64_t cols, float *x, float *y, float *y_scalar) {
     const int64_t ns[] = {1, 3, 17, 64};
-    const int64_t rows = 37; /* not a multiple of the thread counts or of a vector width */
     wcase c = make_weight(t, rows, cols);
     int quantized = svlm_dtype_get(t)->is_quantized;
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
@@ -182,13 +238,14 @@ static void check_matmul(svlm_dtype t, int64_t cols, float *x, float *y, float *
             svlm_kernels *k = make_kernels(levels[li], li == 1 ? 3 : 2);
             if (!k) continue;
             svlm_k_matmul(k, &c.w, x, n, y);
-            double e = matmul_error(&c, x, n, y, quantized);
+            int bf16 = uses_bf16(li, t, n);
+            double e = matmul_error(&c, x, n, y, quantized, bf16);
             CHECK(e <= 1.0, "%s %s cols=%lld n=%lld: error %.3g of the bound", svlm_kernels_name(k),
                   svlm_dtype_get(t)->name, (long long)cols, (long long)n, e);
             /* the SIMD levels compute the same sums as the scalar one, up to rounding */
             if (li == 0) {
                 memcpy(y_scalar, y, sizeof(float) * (size_t)(n * rows));
-            } else {
+            } else if (!bf16) {
                 /* relative to the largest output: sums that cancel keep absolute rounding */
                 double worst = 0.0, ymax = 1e-30;
                 for (int64_t i = 0; i < n * rows; i++) ymax = fmax(ymax, fabs(y_scalar[i]));
@@ -204,19 +261,59 @@ static void check_matmul(svlm_dtype t, int64_t cols, float *x, float *y, float *
 }
 
 static void test_matmul(void) {
-    float *x = malloc(sizeof(float) * 64 * 768), *y = malloc(sizeof(float) * 64 * 37);
-    float *y_scalar = malloc(sizeof(float) * 64 * 37);
+    const int64_t rows = 37; /* not a multiple of the thread counts or of a vector width */
+    float *x = malloc(sizeof(float) * 64 * 768), *y = malloc(sizeof(float) * 64 * 211);
+    float *y_scalar = malloc(sizeof(float) * 64 * 211);
     REQUIRE(x && y && y_scalar, "out of memory");
     for (size_t ti = 0; ti < sizeof weight_types / sizeof weight_types[0]; ti++) {
         svlm_dtype t = weight_types[ti];
         int bs = svlm_dtype_get(t)->block_size;
         /* one block (the minimum), then an odd number of blocks (SIMD loops unroll by two) */
-        check_matmul(t, bs == 1 ? 7 : bs, x, y, y_scalar);
-        check_matmul(t, bs == 256 ? 768 : (bs == 32 ? 96 : 83), x, y, y_scalar);
+        check_matmul(t, rows, bs == 1 ? 7 : bs, x, y, y_scalar);
+        check_matmul(t, rows, bs == 256 ? 768 : (bs == 32 ? 96 : 83), x, y, y_scalar);
     }
+    /* several weight panels per matmul (the bf16 GEMM packs 96 rows per task) */
+    check_matmul(SVLM_F16, 211, 83, x, y, y_scalar);
+    check_matmul(SVLM_Q8_0, 211, 64, x, y, y_scalar);
     free(x);
     free(y);
     free(y_scalar);
+}
+
+/* svlm_k_matmul_multi gives what separate svlm_k_matmul calls give, bit for bit (same kernels),
+ * for a mix of weight types sharing the input, in decode (n < 8) and batched. */
+static void test_matmul_multi(void) {
+    enum { COLS = 256, NW = 3 };
+    const svlm_dtype types[NW] = {SVLM_Q8_0, SVLM_F16, SVLM_Q4_K};
+    const int64_t rows[NW] = {37, 200, 19};
+    static float x[16 * COLS], y_one[NW][16 * 200], y_multi[NW][16 * 200];
+    wcase cs[NW];
+    const svlm_weight *ws[NW];
+    float *ys[NW];
+    for (int i = 0; i < NW; i++) {
+        cs[i] = make_weight(types[i], rows[i], COLS);
+        ws[i] = &cs[i].w;
+        ys[i] = y_multi[i];
+    }
+    for (size_t li = 0; li < 3; li++) {
+        svlm_kernels *k = make_kernels(levels[li], 2);
+        if (!k) continue;
+        const int64_t ns[] = {1, 2, 16};
+        for (size_t ni = 0; ni < 3; ni++) {
+            int64_t n = ns[ni];
+            fill(x, n * COLS, 1.0f);
+            int same = 1;
+            for (int i = 0; i < NW; i++) svlm_k_matmul(k, ws[i], x, n, y_one[i]);
+            svlm_k_matmul_multi(k, ws, NW, x, n, ys);
+            for (int i = 0; i < NW; i++) same &= !memcmp(y_one[i], y_multi[i], sizeof(float) * (size_t)(n * rows[i]));
+            CHECK(same, "%s matmul_multi n=%lld differs from separate matmuls", svlm_kernels_name(k), (long long)n);
+        }
+        svlm_kernels_destroy(k);
+    }
+    for (int i = 0; i < NW; i++) {
+        free(cs[i].deq);
+        free((void *)cs[i].w.data);
+    }
 }
 
 /* ---- other ops ---- */
@@ -412,7 +509,8 @@ static void test_attention(svlm_kernels *k) {
     for (int f16 = 0; f16 < 2; f16++) {
         svlm_dtype t = f16 ? SVLM_F16 : SVLM_F32;
         attention_case(k, 1, 1, 9, 3, 64, 1, t);     /* first decode step */
-        attention_case(k, 1, 300, 9, 3, 64, 1, t);   /* decode over a cache */
+        attention_case(k, 1, 300, 9, 3, 64, 1, t);   /* decode over a cache (kv rows split in parts) */
+        attention_case(k, 1, 777, 4, 2, 32, 1, t);   /* uneven parts */
         attention_case(k, 3, 40, 6, 2, 32, 1, t);    /* a few new tokens after a prefix */
         attention_case(k, 70, 70, 4, 1, 16, 1, t);   /* causal prefill, two query blocks */
         attention_case(k, 130, 130, 4, 4, 24, 0, t); /* encoder: no mask */
@@ -592,11 +690,21 @@ int test_main(void) {
     CHECK(svlm_kernels_create_cpu(2, &bad, &err) == SVLM_E_INVALID && !bad, "SVLM_SIMD=avx9000 accepted");
     unsetenv("SVLM_SIMD");
 
+    setenv("SVLM_BF16", "fast", 1);
+    CHECK(svlm_kernels_create_cpu(2, &bad, &err) == SVLM_E_INVALID && !bad, "SVLM_BF16=fast accepted");
+    unsetenv("SVLM_BF16");
+
     test_pool();
+    test_pool_stress();
+    test_matmul_multi();
+    test_matmul(); /* default: bf16 products for quantized and BF16 weights */
+    setenv("SVLM_BF16", "all", 1); /* F16 weights too */
     test_matmul();
     /* the AVX-512 level has its own GEMM besides OpenBLAS's: check both */
     setenv("SVLM_GEMM", "own", 1);
+    setenv("SVLM_BF16", "0", 1); /* every type through the f32 GEMM */
     test_matmul();
+    unsetenv("SVLM_BF16");
     svlm_kernels *own = make_kernels("avx512", 2);
     if (own) test_attention(own);
     svlm_kernels_destroy(own);

@@ -43,9 +43,15 @@ typedef struct svlm_cpu_matmul_ops {
     svlm_dot_fn dot[SVLM_DTYPE_COUNT];
     svlm_dequant_fn dequant[SVLM_DTYPE_COUNT];
     svlm_gemm_fn gemm_nt, gemm_nn;
-    void (*softmax_row)(float *x, int64_t dim);               /* stable, in place */
+    /* x[i] = exp(scale * (x[i] - max x)) in place; returns the sum (softmax = this / sum) */
+    float (*exp_row)(float *x, int64_t dim, float scale);
     void (*silu_mul)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
     void (*gelu_tanh)(float *x, int64_t n);
+    void (*rmsnorm_row)(const float *x, const float *w, float *y, int64_t dim, float eps);
+    void (*layernorm_row)(const float *x, const float *w, const float *b, float *y, int64_t dim, float eps);
+    void (*quantize_q8a)(const float *x, svlm_q8a *out, int64_t cols); /* as svlm_cpu_quantize_q8a */
+    /* Batched matmul with bf16 products for non-F32 weights (NULL: not available or disabled). */
+    void (*matmul_bf16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y);
 } svlm_cpu_matmul_ops;
 
 void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops);
@@ -53,6 +59,7 @@ void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_matmul_init_avx2(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_matmul_init_avx512(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops); /* own AVX-512 f32 GEMM */
+void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
 #endif
 
 /* 1 when the weight type takes svlm_q8a activations, 0 when it takes floats. */
@@ -76,7 +83,8 @@ struct svlm_cpu {
     svlm_cpu_matmul_ops mm;
     void **scratch; /* [thread * SVLM_SCRATCH_SLOTS + slot], grown on demand */
     size_t *scratch_cap;
-    void *act; /* quantized activations of a matmul */
+    int bf16_f16; /* F16 weights also take the bf16 GEMM (SVLM_BF16=all) */
+    void *act;    /* converted activations of a matmul */
     size_t act_cap;
 };
 
@@ -84,9 +92,17 @@ struct svlm_cpu {
  * SVLM_SCRATCH_OP for an op's own data, SVLM_SCRATCH_GEMM for the GEMM it calls. Aborts when
  * memory runs out: the ops have no error path and these buffers are small. */
 void *svlm_cpu_scratch(svlm_cpu *c, int thread, int slot, size_t bytes);
+/* The shared buffer for one matmul's converted activations (quantized or bf16), 64-byte
+ * aligned, grown on demand (contents not kept). Aborts when memory runs out. */
+void *svlm_cpu_act_buffer(svlm_cpu *c, size_t bytes);
 
 void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y);
+void svlm_cpu_matmul_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
+                           float *const *ys);
 void svlm_cpu_attention(svlm_cpu *c, const svlm_attn_args *a);
+/* Decode attention over long caches split along the kv rows; returns 0 (nothing done) where
+ * splitting does not pay. */
+int svlm_cpu_attention_split(svlm_cpu *c, const svlm_attn_args *a);
 void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps);
 void svlm_cpu_layernorm(svlm_cpu *c, const float *x, const float *w, const float *b, float *y, int64_t n,
                         int64_t dim, float eps);
@@ -98,7 +114,9 @@ void svlm_cpu_add(svlm_cpu *c, float *y, const float *x, int64_t n);
 void svlm_cpu_add_bias(svlm_cpu *c, float *y, const float *b, int64_t n_rows, int64_t dim);
 void svlm_cpu_softmax(svlm_cpu *c, float *x, int64_t n_rows, int64_t dim);
 /* Portable vector loops (the SIMD levels replace them in their tables). */
-void svlm_cpu_softmax_row(float *x, int64_t dim); /* max subtracted first */
+float svlm_cpu_exp_row_ref(float *x, int64_t dim, float scale);
+void svlm_cpu_rmsnorm_row_ref(const float *x, const float *w, float *y, int64_t dim, float eps);
+void svlm_cpu_layernorm_row_ref(const float *x, const float *w, const float *b, float *y, int64_t dim, float eps);
 void svlm_cpu_silu_mul_ref(float *gate, const float *up, int64_t n);
 void svlm_cpu_gelu_tanh_ref(float *x, int64_t n);
 

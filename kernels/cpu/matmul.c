@@ -4,7 +4,8 @@
  *    with every activation row while it sits in L1; quantized weights meet activations
  *    quantized to 8 bits (svlm_q8a) in integer dot products. Memory-bandwidth bound.
  *  - many rows (prefill, vision encoder): panels of weight rows are dequantized to f32 in
- *    per-thread scratch and multiplied with a GEMM. Compute bound.
+ *    per-thread scratch and multiplied with a GEMM. Compute bound. On AVX-512 BF16 CPUs
+ *    quantized and BF16 weights (and F16 ones with SVLM_BF16=all) go to the bf16 GEMM instead.
  * Rows are split over the pool in chunks handed out dynamically.
  */
 #include <stdio.h>
@@ -25,25 +26,40 @@ static int64_t gemm_panel_rows(int64_t rows, int n_threads) {
     return p > GEMM_PANEL_MAX ? GEMM_PANEL_MAX : p;
 }
 
+/* Up to this many weights share one matvec run (q/k/v, gate/up). */
+#define MATVEC_MAX_WEIGHTS 8
+
 typedef struct matvec_job {
     svlm_cpu *c;
-    const svlm_weight *w;
-    const void *act;
-    size_t act_stride; /* bytes between activation rows */
-    int64_t n, chunk;
-    float *y;
+    int n_w;
+    const svlm_weight *w[MATVEC_MAX_WEIGHTS];
+    float *y[MATVEC_MAX_WEIGHTS];
+    int64_t chunk[MATVEC_MAX_WEIGHTS];
+    int first_task[MATVEC_MAX_WEIGHTS + 1]; /* weight i owns tasks first_task[i] .. first_task[i+1]-1 */
+    const float *x;
+    const svlm_q8a *q8; /* x quantized, when a weight takes svlm_q8a */
+    int64_t n;
 } matvec_job;
 
 static void matvec_task(void *ctx, int task, int thread) {
     (void)thread;
     const matvec_job *j = ctx;
-    const svlm_weight *w = j->w;
+    int wi = 0;
+    while (task >= j->first_task[wi + 1]) wi++;
+    const svlm_weight *w = j->w[wi];
+    float *y = j->y[wi];
     svlm_dot_fn dot = j->c->mm.dot[w->type];
-    int64_t r0 = (int64_t)task * j->chunk, r1 = r0 + j->chunk < w->rows ? r0 + j->chunk : w->rows;
+    const void *act = j->x;
+    size_t act_stride = (size_t)w->cols * sizeof(float);
+    if (svlm_cpu_type_uses_q8a(w->type)) {
+        act = j->q8;
+        act_stride = (size_t)(w->cols / 32) * sizeof(svlm_q8a);
+    }
+    int64_t r0 = (int64_t)(task - j->first_task[wi]) * j->chunk[wi];
+    int64_t r1 = r0 + j->chunk[wi] < w->rows ? r0 + j->chunk[wi] : w->rows;
     const char *row = (const char *)w->data + (size_t)r0 * w->row_bytes;
     for (int64_t r = r0; r < r1; r++, row += w->row_bytes)
-        for (int64_t i = 0; i < j->n; i++)
-            j->y[i * w->rows + r] = dot(w->cols, row, (const char *)j->act + (size_t)i * j->act_stride);
+        for (int64_t i = 0; i < j->n; i++) y[i * w->rows + r] = dot(w->cols, row, (const char *)act + (size_t)i * act_stride);
 }
 
 typedef struct gemm_job {
@@ -72,40 +88,75 @@ static void gemm_task(void *ctx, int task, int thread) {
     j->c->mm.gemm_nt(j->c, thread, j->n, nr, w->cols, j->x, w->cols, panel, w->cols, j->y + r0, w->rows);
 }
 
-static void *grow_act(svlm_cpu *c, size_t bytes) {
-    if (bytes > c->act_cap) {
-        free(c->act);
-        c->act = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!c->act) abort();
-        c->act_cap = bytes;
-    }
-    return c->act;
-}
-
-void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
-    if (n <= 0 || w->rows <= 0) return;
+static void check_type(svlm_cpu *c, const svlm_weight *w) {
     if ((int)w->type < 0 || w->type >= SVLM_DTYPE_COUNT || !c->mm.dot[w->type]) {
         /* Model loaders reject such weights up front; reaching this is a bug in the caller. */
         const svlm_dtype_info *info = svlm_dtype_get((int)w->type);
         fprintf(stderr, "svlm: no CPU matmul kernel for weight type %s\n", info ? info->name : "(unknown)");
         abort();
     }
+}
+
+/* Few activation rows: every weight's rows in chunks, all in one pool run (one barrier). */
+static void matvec_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
+                         float *const *ys) {
+    matvec_job j;
+    j.c = c;
+    j.n_w = n_w;
+    j.x = x;
+    j.q8 = NULL;
+    j.n = n;
+    j.first_task[0] = 0;
+    for (int i = 0; i < n_w; i++) {
+        const svlm_weight *w = ws[i];
+        j.w[i] = w;
+        j.y[i] = ys[i];
+        if (svlm_cpu_type_uses_q8a(w->type) && !j.q8) { /* every weight has the same cols */
+            int64_t blocks = w->cols / 32;
+            svlm_q8a *q = svlm_cpu_act_buffer(c, (size_t)blocks * sizeof(svlm_q8a) * (size_t)n);
+            for (int64_t r = 0; r < n; r++) c->mm.quantize_q8a(x + r * w->cols, q + r * blocks, w->cols);
+            j.q8 = q;
+        }
+        /* About four chunks per thread, at least 16 rows each, so late threads can catch up. */
+        int64_t chunk = w->rows / ((int64_t)c->n_threads * 4);
+        j.chunk[i] = chunk < 16 ? 16 : chunk;
+        j.first_task[i + 1] = j.first_task[i] + (int)((w->rows + j.chunk[i] - 1) / j.chunk[i]);
+    }
+    svlm_pool_run(c->pool, matvec_task, &j, j.first_task[n_w]);
+}
+
+void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    if (n <= 0 || w->rows <= 0) return;
+    check_type(c, w);
+    if (n >= GEMM_MIN_ROWS && c->mm.matmul_bf16 && w->type != SVLM_F32 && (w->type != SVLM_F16 || c->bf16_f16)) {
+        c->mm.matmul_bf16(c, w, x, n, y);
+        return;
+    }
     if (n >= GEMM_MIN_ROWS) {
         gemm_job j = {c, w, x, n, gemm_panel_rows(w->rows, c->n_threads), y};
         svlm_pool_run(c->pool, gemm_task, &j, (int)((w->rows + j.panel - 1) / j.panel));
         return;
     }
-    matvec_job j = {c, w, x, (size_t)w->cols * sizeof(float), n, 0, y};
-    if (svlm_cpu_type_uses_q8a(w->type)) {
-        int64_t blocks = w->cols / 32;
-        j.act_stride = (size_t)blocks * sizeof(svlm_q8a);
-        svlm_q8a *q = grow_act(c, j.act_stride * (size_t)n);
-        for (int64_t i = 0; i < n; i++) svlm_cpu_quantize_q8a(x + i * w->cols, q + i * blocks, w->cols);
-        j.act = q;
+    matvec_multi(c, &w, 1, x, n, &y);
+}
+
+void svlm_cpu_matmul_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
+                           float *const *ys) {
+    if (n <= 0) return;
+    for (int i = 0; i < n_w; i++) {
+        check_type(c, ws[i]);
+        if (ws[i]->cols != ws[0]->cols) {
+            fprintf(stderr, "svlm: matmul_multi weights have %lld and %lld columns\n", (long long)ws[0]->cols,
+                    (long long)ws[i]->cols);
+            abort();
+        }
     }
-    /* About four chunks per thread, at least 16 rows each, so late threads can catch up. */
-    int64_t chunk = w->rows / ((int64_t)c->n_threads * 4);
-    if (chunk < 16) chunk = 16;
-    j.chunk = chunk;
-    svlm_pool_run(c->pool, matvec_task, &j, (int)((w->rows + chunk - 1) / chunk));
+    if (n >= GEMM_MIN_ROWS) { /* compute bound: a barrier per weight costs nothing */
+        for (int i = 0; i < n_w; i++) svlm_cpu_matmul(c, ws[i], x, n, ys[i]);
+        return;
+    }
+    for (int i = 0; i < n_w; i += MATVEC_MAX_WEIGHTS) {
+        int m = n_w - i < MATVEC_MAX_WEIGHTS ? n_w - i : MATVEC_MAX_WEIGHTS;
+        matvec_multi(c, ws + i, m, x, n, ys + i);
+    }
 }

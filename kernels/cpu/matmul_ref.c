@@ -304,7 +304,10 @@ void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops) {
     ops->dequant[SVLM_Q6_K] = deq_q6_k;
     ops->gemm_nt = svlm_cpu_gemm_nt_ref;
     ops->gemm_nn = svlm_cpu_gemm_nn_ref;
-    ops->softmax_row = svlm_cpu_softmax_row;
+    ops->exp_row = svlm_cpu_exp_row_ref;
+    ops->rmsnorm_row = svlm_cpu_rmsnorm_row_ref;
+    ops->layernorm_row = svlm_cpu_layernorm_row_ref;
+    ops->quantize_q8a = svlm_cpu_quantize_q8a;
     ops->silu_mul = svlm_cpu_silu_mul_ref;
     ops->gelu_tanh = svlm_cpu_gelu_tanh_ref;
 }

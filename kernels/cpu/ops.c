@@ -39,7 +39,15 @@ static void parallel_for(svlm_cpu *c, int64_t count, int64_t work, range_fn fn, 
 
 /* ---- norms ---- */
 
+void svlm_cpu_rmsnorm_row_ref(const float *x, const float *w, float *y, int64_t dim, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < dim; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
+    for (int64_t i = 0; i < dim; i++) y[i] = x[i] * scale * w[i];
+}
+
 typedef struct norm_job {
+    svlm_cpu *c;
     const float *x, *w, *b;
     float *y;
     int64_t dim;
@@ -49,42 +57,36 @@ typedef struct norm_job {
 static void rmsnorm_rows(void *ctx, int64_t r0, int64_t r1, int thread) {
     (void)thread;
     const norm_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        const float *x = j->x + r * j->dim;
-        float *y = j->y + r * j->dim;
-        double ss = 0.0;
-        for (int64_t i = 0; i < j->dim; i++) ss += (double)x[i] * x[i];
-        float scale = (float)(1.0 / sqrt(ss / (double)j->dim + (double)j->eps));
-        for (int64_t i = 0; i < j->dim; i++) y[i] = x[i] * scale * j->w[i];
-    }
+    for (int64_t r = r0; r < r1; r++) j->c->mm.rmsnorm_row(j->x + r * j->dim, j->w, j->y + r * j->dim, j->dim, j->eps);
 }
 
 void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps) {
-    norm_job j = {x, w, NULL, y, dim, eps};
+    norm_job j = {c, x, w, NULL, y, dim, eps};
     parallel_for(c, n, dim, rmsnorm_rows, &j);
+}
+
+void svlm_cpu_layernorm_row_ref(const float *x, const float *w, const float *b, float *y, int64_t dim, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < dim; i++) sum += x[i];
+    double mean = sum / (double)dim, var = 0.0;
+    for (int64_t i = 0; i < dim; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
+    float m = (float)mean, scale = (float)(1.0 / sqrt(var / (double)dim + (double)eps));
+    if (b)
+        for (int64_t i = 0; i < dim; i++) y[i] = (x[i] - m) * scale * w[i] + b[i];
+    else
+        for (int64_t i = 0; i < dim; i++) y[i] = (x[i] - m) * scale * w[i];
 }
 
 static void layernorm_rows(void *ctx, int64_t r0, int64_t r1, int thread) {
     (void)thread;
     const norm_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        const float *x = j->x + r * j->dim;
-        float *y = j->y + r * j->dim;
-        double sum = 0.0;
-        for (int64_t i = 0; i < j->dim; i++) sum += x[i];
-        double mean = sum / (double)j->dim, var = 0.0;
-        for (int64_t i = 0; i < j->dim; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
-        float m = (float)mean, scale = (float)(1.0 / sqrt(var / (double)j->dim + (double)j->eps));
-        if (j->b)
-            for (int64_t i = 0; i < j->dim; i++) y[i] = (x[i] - m) * scale * j->w[i] + j->b[i];
-        else
-            for (int64_t i = 0; i < j->dim; i++) y[i] = (x[i] - m) * scale * j->w[i];
-    }
+    for (int64_t r = r0; r < r1; r++)
+        j->c->mm.layernorm_row(j->x + r * j->dim, j->w, j->b, j->y + r * j->dim, j->dim, j->eps);
 }
 
 void svlm_cpu_layernorm(svlm_cpu *c, const float *x, const float *w, const float *b, float *y, int64_t n,
                         int64_t dim, float eps) {
-    norm_job j = {x, w, b, y, dim, eps};
+    norm_job j = {c, x, w, b, y, dim, eps};
     parallel_for(c, n, dim, layernorm_rows, &j);
 }
 
@@ -213,15 +215,13 @@ void svlm_cpu_add_bias(svlm_cpu *c, float *y, const float *b, int64_t n_rows, in
 
 /* ---- softmax ---- */
 
-void svlm_cpu_softmax_row(float *x, int64_t dim) {
-    if (dim <= 0) return;
+float svlm_cpu_exp_row_ref(float *x, int64_t dim, float scale) {
+    if (dim <= 0) return 0.0f;
     float mx = x[0];
     for (int64_t i = 1; i < dim; i++) mx = x[i] > mx ? x[i] : mx;
-    for (int64_t i = 0; i < dim; i++) x[i] = svlm_expf_fast(x[i] - mx);
     double sum = 0.0;
-    for (int64_t i = 0; i < dim; i++) sum += x[i];
-    float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < dim; i++) x[i] *= inv;
+    for (int64_t i = 0; i < dim; i++) sum += (x[i] = svlm_expf_fast(scale * (x[i] - mx)));
+    return (float)sum;
 }
 
 typedef struct softmax_job {
@@ -233,7 +233,11 @@ typedef struct softmax_job {
 static void softmax_rows(void *ctx, int64_t r0, int64_t r1, int thread) {
     (void)thread;
     const softmax_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) j->c->mm.softmax_row(j->x + r * j->dim, j->dim);
+    for (int64_t r = r0; r < r1; r++) {
+        float *x = j->x + r * j->dim;
+        float inv = 1.0f / j->c->mm.exp_row(x, j->dim, 1.0f);
+        for (int64_t i = 0; i < j->dim; i++) x[i] *= inv;
+    }
 }
 
 void svlm_cpu_softmax(svlm_cpu *c, float *x, int64_t n_rows, int64_t dim) {
