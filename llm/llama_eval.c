@@ -163,9 +163,12 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         svlm_k_rmsnorm(k, c->x, L->attn_norm, c->h, n, E, hp->rms_eps);
-        svlm_k_matmul(k, &L->wq, c->h, n, c->q);
-        svlm_k_matmul(k, &L->wk, c->h, n, c->kx);
-        svlm_k_matmul(k, &L->wv, c->h, n, c->vx);
+        {
+            /* one parallel loop for q, k and v: one synchronisation, activations quantized once */
+            const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+            float *ys[3] = {c->q, c->kx, c->vx};
+            svlm_k_matmul_multi(k, ws, 3, c->h, n, ys);
+        }
         if (seq) {
             svlm_kv_seq_write(seq, l, p0, n, c->kx, c->vx);
             if (sync_from < p0) sync_working_copy(c, seq, l, sync_from, p0);
@@ -191,8 +194,11 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         svlm_k_matmul(k, &L->wo, c->att, n, c->h);
         svlm_k_add(k, c->x, c->h, (int64_t)n * E);
         svlm_k_rmsnorm(k, c->x, L->ffn_norm, c->h, n, E, hp->rms_eps);
-        svlm_k_matmul(k, &L->w_gate, c->h, n, c->gate);
-        svlm_k_matmul(k, &L->w_up, c->h, n, c->up);
+        {
+            const svlm_weight *ws[2] = {&L->w_gate, &L->w_up};
+            float *ys[2] = {c->gate, c->up};
+            svlm_k_matmul_multi(k, ws, 2, c->h, n, ys);
+        }
         svlm_k_silu_mul(k, c->gate, c->up, (int64_t)n * hp->n_ff);
         svlm_k_matmul(k, &L->w_down, c->gate, n, c->h);
         svlm_k_add(k, c->x, c->h, (int64_t)n * E);
