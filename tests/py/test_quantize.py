@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Quantized copies of stories260K (svlm quantize) against llama.cpp's F32 logits.
+
+Tolerances are what each type's rounding allows on this model (logits span about 20):
+max |d logit| over the 44-token prompt (measured: f16 0.011, bf16 0.115, q8_0 0.238, q5_1 1.80,
+q4_0 4.49 — this 260K-parameter model is very sensitive to 4- and 5-bit rounding), and the share of
+positions whose argmax agrees (measured 44/44 for every type)."""
+import array, json, os, subprocess, sys, tempfile
+
+data = os.environ.get('SVLM_TEST_DATA', '../shared')
+binp = os.environ['SVLM_BIN']
+if not os.path.isdir(data):
+    print('SKIP: test data folder not found (set SVLM_TEST_DATA)')
+    sys.exit(77)
+model = os.path.join(data, 'models', 'stories260K.gguf')
+meta = json.load(open(os.path.join(data, 'fixtures/stories260K/logits_prompt.json')))
+ref = array.array('f')
+ref.frombytes(open(os.path.join(data, 'fixtures/stories260K/logits_prompt.f32'), 'rb').read())
+V, N = 512, len(meta['tokens'])
+# type: (max |d logit|, positions whose argmax must agree)
+cases = {'f16': (0.03, 44), 'bf16': (0.2, 44), 'q8_0': (0.5, 44), 'q5_1': (2.5, 40), 'q4_0': (6.0, 40)}
+fails, passed = [], 0
+
+def argmax(a, i):
+    row = a[i * V:(i + 1) * V]
+    return max(range(V), key=row.__getitem__)
+
+with tempfile.TemporaryDirectory() as d:
+    for t, (tol, min_agree) in cases.items():
+        q, out = os.path.join(d, t + '.gguf'), os.path.join(d, t + '.f32')
+        p = subprocess.run([binp, 'quantize', model, q, '--type', t], capture_output=True, text=True)
+        if p.returncode:
+            fails.append('quantize %s: %s' % (t, p.stderr[-200:]))
+            continue
+        p = subprocess.run([binp, 'logits', '-m', q, '--tokens', ','.join(map(str, meta['tokens'])), '--out', out],
+                           capture_output=True, text=True)
+        if p.returncode:
+            fails.append('logits %s: %s' % (t, p.stderr[-200:]))
+            continue
+        got = array.array('f')
+        got.frombytes(open(out, 'rb').read())
+        m = max(abs(a - b) for a, b in zip(got, ref))
+        agree = sum(argmax(got, i) == argmax(ref, i) for i in range(N))
+        print('%-5s max |d logit| %.4f (tolerance %g), argmax agrees at %d/%d positions' % (t, m, tol, agree, N))
+        if not m <= tol:
+            fails.append('%s: max |d| %.4f > %g' % (t, m, tol))
+        elif agree < min_agree:
+            fails.append('%s: argmax agrees at only %d/%d positions' % (t, agree, N))
+        else:
+            passed += 1
+    for args, needle in ((['quantize', model, os.path.join(d, 'x.gguf'), '--type', 'q9'], 'not one svlm writes'),
+                         (['quantize', '/nonexistent.gguf', os.path.join(d, 'x.gguf'), '--type', 'q8_0'], 'nonexistent'),
+                         (['quantize', model], 'required')):
+        p = subprocess.run([binp] + args, capture_output=True, text=True)
+        if p.returncode == 0 or needle not in p.stderr:
+            fails.append('%s: expected an error mentioning %r, got %r' % (args[1:], needle, p.stderr[-200:]))
+        else:
+            passed += 1
+        if os.path.exists(os.path.join(d, 'x.gguf')):
+            fails.append('a failed quantize left its output behind')
+
+for f in fails:
+    print('FAIL', f)
+print('%d passed, %d failed' % (passed, len(fails)))
+sys.exit(1 if fails else 0)
