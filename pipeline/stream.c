@@ -29,7 +29,8 @@ struct svlm_stream {
     svlm_llama_ctx *ingest;
     int64_t frames_in, frames_dropped, questions, answers_joined;
     double prefill_ms_total, encode_ms_total;
-    int64_t encodes;
+    int64_t encodes, image_rows_in;
+    int64_t stc[8]; /* frames, patches, recomputed, reused, partial, cuts, tokens, kept */
     int memory_on;
     stream_memory mem;  /* used under mu (the hook runs inside add_frame) */
     double time_offset, t_last;
@@ -60,8 +61,10 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
     s->p = *p;
     if (!s->p.answer_room) s->p.answer_room = 256;
     if (!s->p.page_tokens) s->p.page_tokens = 16;
+    if (s->p.memory_top_k <= 0) s->p.memory_top_k = 3;
+    if (s->p.memory_tokens <= 0) s->p.memory_tokens = 64;
     if (!s->p.memory) s->p.memory_room = 0;
-    else if (s->p.memory_room <= 0) s->p.memory_room = 4 * s->p.rows_per_frame + 64;
+    else if (s->p.memory_room <= 0) s->p.memory_room = s->p.memory_tokens + 24 * s->p.memory_top_k;
     s->pending_tail = &s->pending;
     pthread_mutex_init(&s->mu, NULL);
     svlm_status st = svlm_vlm_specials_find(s->tok, &s->specials, err);
@@ -160,25 +163,55 @@ void svlm_stream_note_encode(svlm_stream *s, double ms) {
 
 svlm_memory *svlm_stream_memory(svlm_stream *s) { return s->memory_on ? s->mem.bank : NULL; }
 
+void svlm_stream_memory_similarity(void *user, const float *tokens, int n, int dim, float *similarity) {
+    svlm_stream *s = user;
+    if (!s->memory_on) {
+        for (int i = 0; i < n; i++) similarity[i] = -2.0f;
+        return;
+    }
+    stream_memory_similarity(&s->mem, tokens, n, dim, similarity); /* the bank has its own lock */
+}
+
+void svlm_stream_note_stc(svlm_stream *s, int n_patches, int n_recomputed, int path, int cut, int n_tokens, int n_kept) {
+    pthread_mutex_lock(&s->mu);
+    s->stc[0]++;
+    s->stc[1] += n_patches;
+    s->stc[2] += n_recomputed;
+    s->stc[3] += path == 2;
+    s->stc[4] += path == 1;
+    s->stc[5] += cut != 0;
+    s->stc[6] += n_tokens;
+    s->stc[7] += n_kept;
+    pthread_mutex_unlock(&s->mu);
+}
+
 svlm_status svlm_stream_add_frame(svlm_stream *s, double t_seconds, const float *embd, svlm_err *err) {
+    return svlm_stream_add_frame_tokens(s, t_seconds, embd, s->p.rows_per_frame, err);
+}
+
+svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const float *embd, int n_tokens,
+                                         svlm_err *err) {
+    if (n_tokens < 1 || n_tokens > s->p.rows_per_frame)
+        return svlm_fail(err, SVLM_E_INVALID, "a frame has 1 to %d image rows, got %d", s->p.rows_per_frame, n_tokens);
     t_seconds += s->time_offset;
     svlm_prompt fp;
     svlm_prompt_init(&fp);
-    svlm_status st = svlm_prompt_frame(&fp, s->tok, &s->specials, t_seconds, s->p.rows_per_frame, err);
-    if (!st && fp.n_image_rows != (size_t)s->p.rows_per_frame)
+    svlm_status st = svlm_prompt_frame(&fp, s->tok, &s->specials, t_seconds, n_tokens, err);
+    if (!st && fp.n_image_rows != (size_t)n_tokens)
         st = svlm_fail(err, SVLM_E_INVALID, "frame layout has %zu image rows, expected %d", fp.n_image_rows,
-                       s->p.rows_per_frame);
+                       n_tokens);
     if (!st) {
         pthread_mutex_lock(&s->mu);
-        join_pending_locked(s);
+        if (s->deferred_join != 2) join_pending_locked(s);
         double t0 = now_ms();
         /* the tag is the frame time in milliseconds: what the memory bank files it under */
         const int64_t tag = (int64_t)(t_seconds * 1000.0);
-        if (s->memory_on) stream_memory_remember(&s->mem, tag, t_seconds, embd);
+        if (s->memory_on) stream_memory_remember(&s->mem, tag, t_seconds, embd, n_tokens);
         st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_VISION, tag, fp.ids, embd, (int)fp.n, NULL, 0, err);
         if (!st) {
             s->t_last = t_seconds;
             s->frames_in++;
+            s->image_rows_in += n_tokens;
             s->prefill_ms_total += now_ms() - t0;
         }
         pthread_mutex_unlock(&s->mu);
@@ -205,6 +238,9 @@ struct svlm_stream_fork {
     svlm_kv_seq *seq;
     int64_t frames_at_fork, turn;
     double t_created, wait_ms, now; /* now: stream time of the newest frame it holds */
+    int prepared;                   /* memory retrieved at the fork (svlm_stream_fork_prepare) */
+    stream_prompt pr;
+    svlm_answer_metrics am;
 };
 
 svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_err *err) {
@@ -234,7 +270,25 @@ svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_er
 void svlm_stream_fork_free(svlm_stream_fork *f) {
     if (!f) return;
     svlm_kv_seq_free(f->seq);
+    stream_prompt_free(&f->pr);
     free(f);
+}
+
+svlm_status svlm_stream_fork_prepare(svlm_stream *s, svlm_stream_fork *f, const char *question, const svlm_ask_opts *o,
+                                     svlm_err *err) {
+    stream_prompt_free(&f->pr);
+    memset(&f->am, 0, sizeof f->am);
+    f->prepared = 0;
+    svlm_status st = SVLM_OK;
+    if (o->prompt_text && !(f->pr.text = calloc(1, 1))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!st && s->memory_on && o->use_memory)
+        st = stream_memory_prompt(&s->mem, s->tok, question, f->now, o, &f->pr, &f->am, err);
+    if (st) {
+        stream_prompt_free(&f->pr);
+        return st;
+    }
+    f->prepared = 1;
+    return SVLM_OK;
 }
 
 struct svlm_stream_answer {
@@ -280,12 +334,21 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
     a->user = user;
     a->max_tokens = o->max_tokens;
     const double now = f->now;
+    const int prepared = f->prepared;
+    if (prepared) { /* memory as it was at the fork */
+        a->pr = f->pr;
+        memset(&f->pr, 0, sizeof f->pr);
+        const double wait = a->am.wait_ms;
+        a->am = f->am;
+        a->am.wait_ms = wait;
+    }
     svlm_stream_fork_free(f);
     svlm_status st = SVLM_OK;
     if (o->max_tokens <= 0) st = svlm_fail(err, SVLM_E_INVALID, "max_tokens must be positive");
     if (!st && !ctx) st = svlm_fail(err, SVLM_E_INVALID, "ask needs a decoder context");
-    if (!st && o->prompt_text && !(a->pr.text = calloc(1, 1))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    if (!st && s->memory_on && o->use_memory)
+    if (!st && !prepared && o->prompt_text && !(a->pr.text = calloc(1, 1)))
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!st && !prepared && s->memory_on && o->use_memory)
         st = stream_memory_prompt(&s->mem, s->tok, question, now, o, &a->pr, &a->am, err);
     a->q_start = a->pr.n;
     /* the SmolVLM2 chat turn; the question itself is plain text */
@@ -442,6 +505,10 @@ void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out) {
     out->evicted_spans = svlm_kv_seq_evicted_spans(s->seq);
     out->evicted_tokens = svlm_kv_seq_evicted_tokens(s->seq);
     out->time_offset = s->time_offset;
+    out->image_rows_in = s->image_rows_in;
+    out->stc_frames = s->stc[0], out->stc_patches = s->stc[1], out->stc_recomputed = s->stc[2];
+    out->stc_reused = s->stc[3], out->stc_partial = s->stc[4], out->stc_cuts = s->stc[5];
+    out->stc_tokens = s->stc[6], out->stc_kept = s->stc[7];
     out->t_last = s->t_last;
     if (s->memory_on) {
         svlm_memory_stats ms;
@@ -456,8 +523,9 @@ void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out) {
         out->memory_frames = ms.frames;
         out->memory_events = ms.events;
         out->memory_push_errors = s->mem.push_errors;
-        out->frame_ring_bytes = (size_t)s->mem.ring_n * (size_t)s->mem.rows * (size_t)s->mem.n_embd * sizeof(float);
+        out->frame_ring_bytes = stream_memory_ring_bytes(&s->mem);
     }
     pthread_mutex_unlock(&s->mu);
-    out->kv_bytes = (size_t)svlm_kv_pool_pages_in_use(s->pool) * svlm_kv_pool_page_bytes(s->pool);
+    out->kv_page_bytes = svlm_kv_pool_page_bytes(s->pool);
+    out->kv_bytes = (size_t)svlm_kv_pool_pages_in_use(s->pool) * out->kv_page_bytes;
 }

@@ -34,8 +34,12 @@ typedef struct svlm_stream_params {
      * memory->dir the bank persists, and a restarted stream resumes it and continues its clock
      * after the bank's last time (see svlm_stream_metrics.time_offset). */
     const svlm_memory_opts *memory;
-    int memory_room;      /* memory tokens (intros included) a question may add (default 4 * rows + 64) */
+    int memory_room;      /* memory tokens (intros included) a question may add (default memory_tokens +
+                             24 per entry for the intros) */
     int memory_top_k;     /* entries placed per question (default 3) */
+    int memory_tokens;    /* memory rows placed per question at most (default 64): they are prefilled
+                             before the question, so they bound what memory adds to the time to
+                             first token (see docs/streaming.md) */
 } svlm_stream_params;
 
 typedef struct svlm_stream_metrics {
@@ -44,6 +48,7 @@ typedef struct svlm_stream_metrics {
     int tokens[SVLM_KV_N_KINDS]; /* cache occupancy by kind */
     int64_t evicted_spans, evicted_tokens;
     size_t kv_bytes;             /* pages in use (stream and its forks) */
+    size_t kv_page_bytes;        /* one page */
     size_t kv_kind_bytes[SVLM_KV_N_KINDS]; /* the stream's own rows by kind (sink, vision, text) */
     double encode_ms_per_frame;  /* mean, as reported by the caller (svlm_stream_note_encode) */
     /* memory bank (zeros without one) */
@@ -54,6 +59,9 @@ typedef struct svlm_stream_metrics {
     size_t frame_ring_bytes;     /* recent frames' rows kept for the hand-off */
     double time_offset;          /* added to caller frame times (a resumed stream's clock) */
     double t_last;               /* stream time of the newest frame */
+    int64_t image_rows_in;       /* image rows appended over all frames (frames may be pruned) */
+    /* token compression (svlm_stream_note_stc; zeros when the caller does not use it) */
+    int64_t stc_frames, stc_patches, stc_recomputed, stc_reused, stc_partial, stc_cuts, stc_tokens, stc_kept;
 } svlm_stream_metrics;
 
 enum { SVLM_STREAM_MAX_HITS = 8 };
@@ -81,6 +89,14 @@ void svlm_stream_free(svlm_stream *s);
 /* Appends one frame at video time t: "\nFrame from MM:SS:" + its image block, with
  * rows_per_frame embedding rows [rows][n_embd]. Older frames leave whole. */
 svlm_status svlm_stream_add_frame(svlm_stream *s, double t_seconds, const float *embd, svlm_err *err);
+/* The same with n_tokens rows (1..rows_per_frame): a frame whose tokens were pruned (vision/stc.h)
+ * gets an image block of n_tokens <image> positions, the kept tokens in their order. The memory
+ * bank gets these rows when the frame leaves the window. */
+svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const float *embd, int n_tokens,
+                                         svlm_err *err);
+/* Records what token compression did with a frame (metrics only): encoder tokens and those
+ * recomputed, reused outright (path 2) or partly (path 1), a scene cut, connector tokens and kept. */
+void svlm_stream_note_stc(svlm_stream *s, int n_patches, int n_recomputed, int path, int cut, int n_tokens, int n_kept);
 /* Counts a frame the caller dropped because the stream could not keep up. */
 void svlm_stream_note_drop(svlm_stream *s);
 
@@ -118,6 +134,12 @@ typedef struct svlm_ask_opts {
                                 intros, "<memory:N rows>" for their rows, the question turn) */
 } svlm_ask_opts;
 
+/* Retrieves the question's memory now, from the bank as it is at the fork (answer_start then
+ * uses it instead of retrieving at its own, later, moment): pinned questions of exact replays
+ * see the same memory every run. o->prompt_text is honoured only if given here too. */
+svlm_status svlm_stream_fork_prepare(svlm_stream *s, svlm_stream_fork *f, const char *question, const svlm_ask_opts *o,
+                                     svlm_err *err);
+
 /* A question being answered one token at a time (svlm_stream_ask_fork is start + steps + finish). */
 typedef struct svlm_stream_answer svlm_stream_answer;
 
@@ -136,9 +158,10 @@ svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_
                                       const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user, char **answer,
                                       svlm_answer_metrics *am, svlm_err *err);
 
-/* Deferred joins: an answered turn is queued and prefilled by the next add_frame (or
- * svlm_stream_join_pending), so the stream's own context and its kernels are used by one thread
- * only (the engine's ingest lane). Off by default. */
+/* Deferred joins: an answered turn is queued and prefilled by the next add_frame (on = 1) or
+ * only by svlm_stream_join_pending (on = 2: the caller picks the moment, so replays repeat), so
+ * the stream's own context and its kernels are used by one thread only (the engine's ingest
+ * lane). Off (0) by default. */
 void svlm_stream_set_deferred_join(svlm_stream *s, int on);
 svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err);
 
@@ -148,5 +171,10 @@ void svlm_stream_note_encode(svlm_stream *s, double ms);
 /* The bank (NULL without memory); owned by the stream. Flushing at the end of a stream closes
  * the clip and event being built so they persist. */
 svlm_memory *svlm_stream_memory(svlm_stream *s);
+
+/* For the token pruner (vision/stc.h svlm_stc_memory_fn, user = the stream): each token's best
+ * cosine similarity to what the stream's memory holds (svlm_memory_novelty); below -1 without a
+ * bank or while it is empty. */
+void svlm_stream_memory_similarity(void *user, const float *tokens, int n, int dim, float *similarity);
 
 #endif

@@ -36,6 +36,8 @@ typedef struct lane_stream {
     int64_t handled;   /* frames ingested or dropped */
     int join_due;      /* an answered turn waits to be joined */
     int in_flight;     /* questions forked (or about to be) and not ended */
+    int closing;       /* being removed: no frames or questions taken */
+    svlm_stc *stc;     /* token compression state (NULL: off) */
 } lane_stream;
 
 typedef struct idle_ctx {
@@ -49,13 +51,16 @@ struct svlm_engine {
     svlm_engine_params p;
     svlm_kernels *k_ingest, *k_answer;
     svlm_vision_ctx *vc;
-    float *pixels, *embd;
+    float *pixels, *embd, *kept_embd;
+    int32_t *kept;
+    svlm_stc_controls stc;
+    pthread_mutex_t compute_mu; /* the ingest kernels: the lane, or a stream being created */
     pthread_mutex_t mu;
     pthread_cond_t cv_ingest, cv_answer, cv_room, cv_idle;
     pthread_t th_ingest, th_answer;
-    int threads_started, stop, ingest_busy, answer_busy;
+    int threads_started, stop, ingest_busy, answer_busy, draining;
     lane_stream *streams;
-    int n_streams, rr_ingest;
+    int n_streams, rr_ingest, ingest_sid; /* ingest_sid: the stream the lane works on (-1) */
     question *pinned, *ready, *active; /* lists; ready is FIFO */
     question *rr_active;               /* the active answer to step next */
     uint64_t next_qid;
@@ -141,6 +146,7 @@ static void question_end(svlm_engine *e, question *q, svlm_status st, const char
     if (st == SVLM_OK) e->streams[q->sid].join_due = 1;
     e->streams[q->sid].in_flight--;
     pthread_cond_signal(&e->cv_ingest);
+    pthread_cond_broadcast(&e->cv_idle); /* remove_stream waits for its answers */
     pthread_mutex_unlock(&e->mu);
     free(q->text);
     free(q);
@@ -187,9 +193,17 @@ static void *answer_lane(void *arg) {
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
         question *q = e->ready;
+        int n_active = 0;
+        for (question *a = e->active; a; a = a->next) n_active++;
+        /* a cancelled question ends at once; a fresh one waits while max_active answers run */
+        if (q && e->p.max_active > 0 && n_active >= e->p.max_active && !q->cancel) {
+            q = NULL;
+            for (question *c = e->ready; c && !q; c = c->next)
+                if (__atomic_load_n(&c->cancel, __ATOMIC_RELAXED)) q = c;
+        }
         int fresh = q != NULL;
         if (fresh) {
-            e->ready = q->next;
+            list_remove(&e->ready, q);
         } else if (e->active) {
             q = e->rr_active && list_remove(&e->active, e->rr_active) ? e->rr_active : NULL;
             if (!q) {
@@ -234,6 +248,11 @@ static void release_pinned(svlm_engine *e, int sid) {
         *pp = q->next;
         svlm_err err = {0};
         if (svlm_stream_fork_now(e->streams[sid].s, &q->fork, &err)) q->fork = NULL; /* retried at start */
+        /* exact replays: memory as of this frame too (the bank moves on while the answer waits) */
+        else if (e->p.exact && !q->cancel && svlm_stream_fork_prepare(e->streams[sid].s, q->fork, q->text, &q->o, &err)) {
+            svlm_stream_fork_free(q->fork); /* retried at start */
+            q->fork = NULL;
+        }
         list_append(&e->ready, q);
         pthread_cond_signal(&e->cv_answer);
     }
@@ -246,7 +265,10 @@ static int pinned_due(svlm_engine *e, int sid) {
     return 0;
 }
 
-static svlm_status encode_frame(svlm_engine *e, const svlm_frame *f, svlm_err *err) {
+/* Encodes f into e->embd; with token compression the kept rows go to e->kept_embd (*n_rows of
+ * them, *rows set to it), else *rows = e->embd with every row. */
+static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, const float **rows, int *n_rows,
+                                svlm_err *err) {
     const svlm_mmproj *mp = e->mp;
     if (!e->vc) return svlm_fail(err, SVLM_E_INVALID, "the engine has no vision model");
     svlm_image img = {0};
@@ -258,7 +280,19 @@ static svlm_status encode_frame(svlm_engine *e, const svlm_frame *f, svlm_err *e
     memcpy(pp.mean, mp->hp.image_mean, sizeof pp.mean);
     memcpy(pp.std, mp->hp.image_std, sizeof pp.std);
     st = svlm_preprocess_frame(&img, &pp, 512, e->pixels, err);
-    if (!st) st = svlm_vision_encode(e->vc, e->pixels, 1, e->embd, err);
+    *rows = e->embd;
+    *n_rows = mp->hp.tokens_per_tile;
+    if (!st && !ls->stc) st = svlm_vision_encode(e->vc, e->pixels, 1, e->embd, err);
+    if (!st && ls->stc) {
+        svlm_stc_frame_info info;
+        st = svlm_stc_frame(ls->stc, e->pixels, e->embd, e->kept, e->kept_embd, &info, err);
+        if (!st) {
+            svlm_stream_note_stc(ls->s, info.n_patches, info.n_recomputed, (int)info.path, info.cut, info.n_tokens,
+                                 info.n_kept);
+            *rows = e->kept_embd;
+            *n_rows = info.n_kept;
+        }
+    }
     svlm_image_free(&img);
     return st;
 }
@@ -270,11 +304,14 @@ static void *ingest_lane(void *arg) {
         if (e->p.exact) /* turns join before a due question forks, frames wait for that fork */
             for (int j = 0; j < e->n_streams; j++) {
                 lane_stream *ls = &e->streams[j];
-                if (ls->join_due && ls->in_flight == 0) {
+                if (!ls->s || ls->closing) continue;
+                if (ls->join_due && ls->in_flight == 0 && (pinned_due(e, j) || e->draining)) {
                     ls->join_due = 0;
                     pthread_mutex_unlock(&e->mu);
                     svlm_err err = {0};
+                    pthread_mutex_lock(&e->compute_mu);
                     svlm_stream_join_pending(ls->s, &err);
+                    pthread_mutex_unlock(&e->compute_mu);
                     pthread_mutex_lock(&e->mu);
                 }
                 release_pinned(e, j);
@@ -282,17 +319,24 @@ static void *ingest_lane(void *arg) {
         int sid = -1;
         for (int i = 0; i < e->n_streams && sid < 0; i++) {
             int j = (e->rr_ingest + i) % e->n_streams;
-            if (e->streams[j].n > 0 && !(e->p.exact && pinned_due(e, j))) sid = j;
+            if (e->streams[j].n > 0 && !e->streams[j].closing && !(e->p.exact && pinned_due(e, j))) sid = j;
         }
         if (sid < 0) {
             for (int j = 0; j < e->n_streams; j++)
-                if (e->streams[j].join_due) { /* no frame coming: join answered turns now */
+                /* no frame coming: join answered turns now (exact replays: at a due question or the end) */
+                if (e->streams[j].join_due && !e->streams[j].closing && (!e->p.exact || e->draining)) {
                     e->streams[j].join_due = 0;
                     svlm_stream *s = e->streams[j].s;
+                    e->ingest_busy = 1;
+                    e->ingest_sid = j;
                     pthread_mutex_unlock(&e->mu);
                     svlm_err err = {0};
+                    pthread_mutex_lock(&e->compute_mu);
                     svlm_stream_join_pending(s, &err);
+                    pthread_mutex_unlock(&e->compute_mu);
                     pthread_mutex_lock(&e->mu);
+                    e->ingest_busy = 0;
+                    e->ingest_sid = -1;
                 }
             pthread_cond_broadcast(&e->cv_idle);
             if (!e->stop) pthread_cond_wait(&e->cv_ingest, &e->mu);
@@ -304,23 +348,30 @@ static void *ingest_lane(void *arg) {
         memset(&ls->queue[ls->head], 0, sizeof f);
         ls->head = (ls->head + 1) % e->p.frame_queue;
         ls->n--;
-        ls->join_due = 0; /* add_frame joins first */
+        if (!e->p.exact) ls->join_due = 0; /* add_frame joins first */
         e->ingest_busy = 1;
+        e->ingest_sid = sid;
         pthread_cond_broadcast(&e->cv_room);
         pthread_mutex_unlock(&e->mu);
 
+        pthread_mutex_lock(&e->compute_mu);
         const double t0 = now_ms();
         svlm_err err = {0};
-        svlm_status st = encode_frame(e, &f, &err);
+        const float *rows = NULL;
+        int n_rows = 0;
+        svlm_status st = encode_frame(e, ls, &f, &rows, &n_rows, &err);
         const double t1 = now_ms();
         if (!st) svlm_stream_note_encode(ls->s, t1 - t0);
-        if (!st) st = svlm_stream_add_frame(ls->s, f.pts, e->embd, &err);
+        if (!st) st = svlm_stream_add_frame_tokens(ls->s, f.pts, rows, n_rows, &err);
         if (st) svlm_stream_note_drop(ls->s); /* a frame that failed is lost: counted with the drops */
+        pthread_mutex_unlock(&e->compute_mu);
         svlm_frame_release(&f);
 
         pthread_mutex_lock(&e->mu);
         e->m.ingest_busy_ms += now_ms() - t0;
         e->ingest_busy = 0;
+        e->ingest_sid = -1;
+        pthread_cond_broadcast(&e->cv_idle);
         ls->handled++;
         if (st) e->m.frames_dropped++;
         else e->m.frames_done++;
@@ -344,6 +395,11 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (e->p.answer_threads <= 0) e->p.answer_threads = 1;
     if (e->p.frame_queue <= 0) e->p.frame_queue = 2;
     if (e->p.max_streams <= 0) e->p.max_streams = 16;
+    if (e->p.stc) e->stc = *e->p.stc;
+    else svlm_stc_controls_default(&e->stc);
+    e->p.stc = NULL;
+    e->ingest_sid = -1;
+    pthread_mutex_init(&e->compute_mu, NULL);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv_ingest, NULL);
     pthread_cond_init(&e->cv_answer, NULL);
@@ -360,7 +416,10 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
         e->pixels = malloc((size_t)3 * S * S * sizeof(float));
         e->embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
-        if (!st && (!e->pixels || !e->embd)) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        e->kept_embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
+        e->kept = malloc((size_t)T * sizeof *e->kept);
+        if (!st && (!e->pixels || !e->embd || !e->kept_embd || !e->kept))
+            st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     }
     e->streams = calloc((size_t)e->p.max_streams, sizeof *e->streams);
     if (!st && !e->streams) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
@@ -413,6 +472,7 @@ void svlm_engine_stop(svlm_engine *e) {
         lane_stream *ls = &e->streams[i];
         for (int j = 0; j < ls->n; j++) svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
         ls->n = 0;
+        if (!ls->s) continue;
         svlm_err err = {0};
         svlm_stream_join_pending(ls->s, &err);
         svlm_stream_set_deferred_join(ls->s, 0);
@@ -422,15 +482,21 @@ void svlm_engine_stop(svlm_engine *e) {
 void svlm_engine_free(svlm_engine *e) {
     if (!e) return;
     svlm_engine_stop(e);
-    for (int i = 0; e->streams && i < e->n_streams; i++) free(e->streams[i].queue);
+    for (int i = 0; e->streams && i < e->n_streams; i++) {
+        free(e->streams[i].queue);
+        svlm_stc_free(e->streams[i].stc);
+    }
     for (int i = 0; i < e->n_idle; i++) svlm_llama_ctx_free(e->idle[i].ctx);
     free(e->streams);
     svlm_vision_ctx_free(e->vc);
     free(e->pixels);
     free(e->embd);
+    free(e->kept_embd);
+    free(e->kept);
     svlm_kernels_destroy(e->k_ingest);
     svlm_kernels_destroy(e->k_answer);
     pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->compute_mu);
     pthread_cond_destroy(&e->cv_ingest);
     pthread_cond_destroy(&e->cv_answer);
     pthread_cond_destroy(&e->cv_room);
@@ -443,22 +509,87 @@ svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e) { return e->k_ingest; }
 svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm_err *err) {
     svlm_frame *queue = calloc((size_t)e->p.frame_queue, sizeof *queue);
     if (!queue) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    svlm_stc *stc = NULL;
+    if (e->stc.enabled && e->vc) {
+        svlm_status st = svlm_stc_create(e->vc, &e->stc, &stc, err);
+        if (st) {
+            free(queue);
+            return st;
+        }
+        /* the pruner's novelty also looks at what the stream's memory already holds */
+        if (svlm_stream_memory(s)) svlm_stc_set_memory(stc, svlm_stream_memory_similarity, s);
+    }
     pthread_mutex_lock(&e->mu);
-    if (e->n_streams == e->p.max_streams) {
+    int slot = -1;
+    for (int i = 0; i < e->n_streams && slot < 0; i++)
+        if (!e->streams[i].s) slot = i; /* a removed stream's place */
+    if (slot < 0 && e->n_streams == e->p.max_streams) {
         pthread_mutex_unlock(&e->mu);
         free(queue);
+        svlm_stc_free(stc);
         return svlm_fail(err, SVLM_E_LIMIT, "the engine serves at most %d streams", e->p.max_streams);
     }
-    svlm_stream_set_deferred_join(s, 1);
-    e->streams[e->n_streams] = (lane_stream){.s = s, .queue = queue};
-    *id = e->n_streams++;
+    if (slot < 0) slot = e->n_streams++;
+    svlm_stream_set_deferred_join(s, e->p.exact ? 2 : 1);
+    e->streams[slot] = (lane_stream){.s = s, .queue = queue, .stc = stc};
+    *id = slot;
     pthread_mutex_unlock(&e->mu);
     return SVLM_OK;
 }
 
+svlm_status svlm_engine_open_stream(svlm_engine *e, const svlm_stream_params *p, const char *system_prompt,
+                                    svlm_stream **out, int *id, svlm_err *err) {
+    *out = NULL;
+    pthread_mutex_lock(&e->compute_mu); /* the system prompt runs on the ingest kernels */
+    svlm_status st = svlm_stream_create(e->model, e->k_ingest, p, system_prompt, out, err);
+    pthread_mutex_unlock(&e->compute_mu);
+    if (!st) st = svlm_engine_add_stream(e, *out, id, err);
+    if (st) {
+        svlm_stream_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+void svlm_engine_remove_stream(svlm_engine *e, int sid) {
+    pthread_mutex_lock(&e->mu);
+    if (sid < 0 || sid >= e->n_streams || !e->streams[sid].s) {
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    lane_stream *ls = &e->streams[sid];
+    ls->closing = 1;
+    question *lists[] = {e->ready, e->active};
+    for (int l = 0; l < 2; l++)
+        for (question *q = lists[l]; q; q = q->next)
+            if (q->sid == sid) __atomic_store_n(&q->cancel, 1, __ATOMIC_RELAXED);
+    for (question **pp = &e->pinned; *pp;) { /* pinned ones end at once, on the answer lane */
+        question *q = *pp;
+        if (q->sid != sid) {
+            pp = &q->next;
+            continue;
+        }
+        *pp = q->next;
+        q->cancel = 1;
+        ls->in_flight++;
+        list_append(&e->ready, q);
+    }
+    pthread_cond_signal(&e->cv_answer);
+    for (int j = 0; j < ls->n; j++) svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
+    ls->n = 0;
+    pthread_cond_broadcast(&e->cv_room);
+    /* answers end on the answer lane (also while it is stopping: stop ends every list) */
+    while ((ls->in_flight > 0 || e->ingest_sid == sid) && e->threads_started) pthread_cond_wait(&e->cv_idle, &e->mu);
+    svlm_stc_free(ls->stc);
+    free(ls->queue);
+    svlm_stream_set_deferred_join(ls->s, 0);
+    *ls = (lane_stream){0};
+    pthread_mutex_unlock(&e->mu);
+}
+
 svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, int block, svlm_err *err) {
     pthread_mutex_lock(&e->mu);
-    if (sid < 0 || sid >= e->n_streams) {
+    if (sid < 0 || sid >= e->n_streams || !e->streams[sid].s || e->streams[sid].closing) {
         pthread_mutex_unlock(&e->mu);
         svlm_frame_release(frame);
         return svlm_fail(err, SVLM_E_INVALID, "no stream %d", sid);
@@ -502,7 +633,7 @@ svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, 
     q->user = user;
     q->pin = pin;
     pthread_mutex_lock(&e->mu);
-    if (sid < 0 || sid >= e->n_streams) {
+    if (sid < 0 || sid >= e->n_streams || !e->streams[sid].s || e->streams[sid].closing) {
         pthread_mutex_unlock(&e->mu);
         free(q->text);
         free(q);
@@ -552,11 +683,13 @@ static int busy(svlm_engine *e) {
 
 void svlm_engine_drain(svlm_engine *e) {
     pthread_mutex_lock(&e->mu);
+    e->draining++; /* exact replays join their last turns now */
     while (busy(e) && !e->stop) {
         pthread_cond_signal(&e->cv_ingest);
         pthread_cond_signal(&e->cv_answer);
         pthread_cond_wait(&e->cv_idle, &e->mu);
     }
+    e->draining--;
     pthread_mutex_unlock(&e->mu);
 }
 

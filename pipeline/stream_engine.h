@@ -23,6 +23,7 @@
 #include "pipeline/source.h"
 #include "pipeline/stream.h"
 #include "vision/encoder.h"
+#include "vision/stc.h"
 
 typedef struct svlm_engine svlm_engine;
 
@@ -31,9 +32,12 @@ typedef struct svlm_engine_params {
     int answer_threads; /* kernel threads of the answer lane (default 1) */
     int frame_queue;    /* frames waiting per stream (default 2) */
     int max_streams;    /* default 16 */
+    int max_active;     /* answers decoded at once, round-robin (0: no limit); more wait, unforked */
     int exact;          /* replays: a pinned question forks only after the earlier answers of its
                            stream joined the dialogue, and that stream's frames wait for the fork
                            (answers then repeat exactly; ingest does wait for answers: not for live) */
+    const svlm_stc_controls *stc; /* token compression on every stream (copied): NULL = the tuned
+                                     defaults (on); enabled = 0: the plain encoder, every token */
 } svlm_engine_params;
 
 /* The models must outlive the engine. */
@@ -47,8 +51,16 @@ void svlm_engine_free(svlm_engine *e);
 /* The kernels to create streams with (their ingest context runs on the ingest lane). */
 svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e);
 
-/* Serves s (created with svlm_engine_ingest_kernels) from now on; sets deferred joins. */
+/* Serves s (created with svlm_engine_ingest_kernels) from now on; sets deferred joins. Only while
+ * the ingest lane is idle (before any frame): use svlm_engine_open_stream on a running engine. */
 svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm_err *err);
+/* Creates a stream on the ingest lane's kernels (the system prompt is prefilled while the lane
+ * pauses between frames) and serves it: any time, from any thread. *out stays the caller's. */
+svlm_status svlm_engine_open_stream(svlm_engine *e, const svlm_stream_params *p, const char *system_prompt,
+                                    svlm_stream **out, int *id, svlm_err *err);
+/* Stops serving a stream: its questions are cancelled (their done callbacks run), queued frames
+ * dropped; returns once nothing of the engine touches it. The caller then frees the stream. */
+void svlm_engine_remove_stream(svlm_engine *e, int id);
 
 /* Queues a frame (the engine takes it: the caller's struct is cleared). block = 0: a full queue
  * drops its oldest frame; block = 1: waits for room. */

@@ -9,7 +9,8 @@ typedef struct stream_frame_slot {
     int64_t tag; /* the frame's span tag (time in ms) */
     double t;
     int used;
-    float *rows; /* [rows_per_frame][n_embd] */
+    int n, cap;  /* rows held (a pruned frame has fewer than rows_per_frame), rows allocated */
+    float *rows; /* [cap][n_embd] */
 } stream_frame_slot;
 
 typedef struct stream_memory {
@@ -25,7 +26,12 @@ typedef struct stream_memory {
 svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svlm_stream_params *p, svlm_err *err);
 void stream_memory_free(stream_memory *sm);
 /* Keeps the rows of the frame about to be appended (copied into the ring). */
-void stream_memory_remember(stream_memory *sm, int64_t tag, double t, const float *rows);
+void stream_memory_remember(stream_memory *sm, int64_t tag, double t, const float *rows, int n);
+/* Bytes of the frame ring. */
+size_t stream_memory_ring_bytes(const stream_memory *sm);
+/* The token pruner's memory lookup (vision/stc.h svlm_stc_memory_fn; user = the stream_memory):
+ * 1 - svlm_memory_novelty, or below -1 while the bank is empty. */
+void stream_memory_similarity(void *user, const float *tokens, int n, int dim, float *similarity);
 /* The KV cache's eviction hook (user = the stream_memory): frames go to the bank. */
 void stream_memory_on_evict(void *user, const svlm_kv_seq *seq, const svlm_kv_span *span);
 

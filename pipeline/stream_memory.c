@@ -25,14 +25,12 @@ svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svl
     sm->tok_embd = gguf_find_tensor(svlm_llama_gguf(m), "token_embd.weight");
     if (!sm->tok_embd || sm->tok_embd->ne[0] != hp->n_embd)
         return svlm_fail(err, SVLM_E_FORMAT, "stream memory: the model has no usable token_embd.weight");
-    /* every frame in the window, plus the one arriving */
-    sm->ring_n = p->vision_tokens / p->rows_per_frame + 2;
+    /* every frame the window can hold, plus the one arriving: a pruned frame can be as small as
+     * its header (a dozen tokens) and one row, so a slot per 8 window tokens; a slot's rows are
+     * allocated at the size of the frames it holds */
+    sm->ring_n = p->vision_tokens / 8 + 2;
     sm->ring = calloc((size_t)sm->ring_n, sizeof *sm->ring);
     if (!sm->ring) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    for (int i = 0; i < sm->ring_n; i++) {
-        sm->ring[i].rows = malloc((size_t)sm->rows * (size_t)sm->n_embd * sizeof(float));
-        if (!sm->ring[i].rows) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    }
     svlm_memory_opts mo = *p->memory;
     mo.dim = sm->n_embd;
     mo.key_dim = 0;
@@ -48,10 +46,34 @@ void stream_memory_free(stream_memory *sm) {
     memset(sm, 0, sizeof *sm);
 }
 
-void stream_memory_remember(stream_memory *sm, int64_t tag, double t, const float *rows) {
+size_t stream_memory_ring_bytes(const stream_memory *sm) {
+    size_t n = 0;
+    for (int i = 0; i < sm->ring_n; i++) n += (size_t)sm->ring[i].cap * (size_t)sm->n_embd * sizeof(float);
+    return n;
+}
+
+void stream_memory_similarity(void *user, const float *tokens, int n, int dim, float *similarity) {
+    stream_memory *sm = user;
+    svlm_err err = {0};
+    int ok = svlm_memory_count(sm->bank) > 0 && dim == sm->n_embd && svlm_memory_novelty(sm->bank, tokens, n, similarity, &err) == SVLM_OK;
+    for (int i = 0; i < n; i++) similarity[i] = ok ? 1.0f - similarity[i] : -2.0f; /* -2: nothing to compare with */
+}
+
+void stream_memory_remember(stream_memory *sm, int64_t tag, double t, const float *rows, int n) {
     stream_frame_slot *slot = &sm->ring[sm->ring_next];
     sm->ring_next = (sm->ring_next + 1) % sm->ring_n;
-    memcpy(slot->rows, rows, (size_t)sm->rows * (size_t)sm->n_embd * sizeof(float));
+    slot->used = 0;
+    if (n > slot->cap) {
+        float *g = realloc(slot->rows, (size_t)n * (size_t)sm->n_embd * sizeof(float));
+        if (!g) {
+            sm->push_errors++; /* this frame will not be remembered */
+            return;
+        }
+        slot->rows = g;
+        slot->cap = n;
+    }
+    memcpy(slot->rows, rows, (size_t)n * (size_t)sm->n_embd * sizeof(float));
+    slot->n = n;
     slot->tag = tag;
     slot->t = t;
     slot->used = 1;
@@ -65,7 +87,7 @@ void stream_memory_on_evict(void *user, const svlm_kv_seq *seq, const svlm_kv_sp
         stream_frame_slot *slot = &sm->ring[i];
         if (!slot->used || slot->tag != span->tag) continue;
         svlm_err err = {0};
-        if (svlm_memory_push(sm->bank, slot->t, slot->rows, sm->rows, NULL, &err)) sm->push_errors++;
+        if (svlm_memory_push(sm->bank, slot->t, slot->rows, slot->n, NULL, &err)) sm->push_errors++;
         slot->used = 0;
         return;
     }

@@ -86,6 +86,73 @@ static void *asker(void *arg) {
     return NULL;
 }
 
+static int pruned_rows(int i) { return 1 + (i * 5) % ROWS; } /* 1..ROWS, varying */
+
+static void pruned_frames(void) {
+    const int E = svlm_llama_hparams_of(model)->n_embd;
+    svlm_err err = {0};
+    svlm_stream_metrics m_full, m_three;
+    svlm_stream *full = new_stream(), *three = new_stream();
+    make_frame(0, E);
+    REQUIRE(svlm_stream_add_frame_tokens(full, 0.0, frame_embd, ROWS, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_stream_add_frame_tokens(three, 0.0, frame_embd, 3, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream_metrics_get(full, &m_full);
+    svlm_stream_metrics_get(three, &m_three);
+    /* same header ("Frame from 00:00:" and the image block's markers), ROWS - 3 fewer rows */
+    CHECK(m_full.tokens[SVLM_KV_VISION] - m_three.tokens[SVLM_KV_VISION] == ROWS - 3 && m_three.image_rows_in == 3,
+          "full frame %d tokens, 3-row frame %d", m_full.tokens[SVLM_KV_VISION], m_three.tokens[SVLM_KV_VISION]);
+    CHECK(svlm_stream_add_frame_tokens(three, 1.0, frame_embd, 0, &err) == SVLM_E_INVALID, "0 rows accepted");
+    CHECK(svlm_stream_add_frame_tokens(three, 1.0, frame_embd, ROWS + 1, &err) == SVLM_E_INVALID, "too many rows");
+    svlm_stream_free(full);
+    svlm_stream_free(three);
+
+    svlm_memory_opts mo;
+    svlm_memory_opts_default(&mo);
+    mo.short_frames = 64; /* every evicted frame stays a SHORT entry, to be checked row by row */
+    svlm_stream_params p = {.sink_tokens = 32, .vision_tokens = 70, .text_tokens = 120, .answer_room = 64,
+                            .rows_per_frame = ROWS, .page_tokens = 16, .kv_type = SVLM_F32, .memory = &mo};
+    svlm_stream *s = NULL;
+    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: video.<end_of_utterance>\n", &s, &err) == SVLM_OK,
+            "%s", err.msg);
+    int64_t rows = 0;
+    for (int i = 0; i < 40; i++) {
+        make_frame(i, E);
+        REQUIRE(svlm_stream_add_frame_tokens(s, (double)i, frame_embd, pruned_rows(i), &err) == SVLM_OK, "%s", err.msg);
+        rows += pruned_rows(i);
+        svlm_stream_metrics m;
+        svlm_stream_metrics_get(s, &m);
+        CHECK(m.tokens[SVLM_KV_VISION] <= 70, "frame %d: %d vision tokens", i, m.tokens[SVLM_KV_VISION]);
+    }
+    svlm_stream_metrics m;
+    svlm_stream_metrics_get(s, &m);
+    CHECK(m.image_rows_in == rows && m.memory_frames == m.evicted_spans && m.memory_push_errors == 0,
+          "rows %lld of %lld, %lld frames remembered of %lld evicted, %lld push errors", (long long)m.image_rows_in,
+          (long long)rows, (long long)m.memory_frames, (long long)m.evicted_spans, (long long)m.memory_push_errors);
+    svlm_memory *bank = svlm_stream_memory(s);
+    int checked = 0;
+    for (int i = 0; i < svlm_memory_count(bank); i++) {
+        svlm_memory_entry_info info;
+        if (svlm_memory_entry(bank, i, &info) || info.tier != SVLM_MEMORY_SHORT) continue;
+        CHECK(info.n_tokens == pruned_rows((int)info.t0), "frame at %.0f s remembered with %d rows, kept %d", info.t0,
+              info.n_tokens, pruned_rows((int)info.t0));
+        checked++;
+    }
+    CHECK(checked > 10, "only %d short-term frames", checked);
+    char *ans = NULL;
+    svlm_answer_metrics am;
+    svlm_llama_ctx *ctx = NULL;
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &ctx, &err) == SVLM_OK, "%s",
+            err.msg);
+    REQUIRE(svlm_stream_ask(s, ctx, "What happened?", 12, NULL, NULL, &ans, &am, &err) == SVLM_OK, "%s", err.msg);
+    CHECK(ans && am.memory_hits > 0 && am.memory_tokens <= svlm_stream_ctx_size(s), "answer %s with %d memories",
+          ans ? ans : "(none)", am.memory_hits);
+    printf("pruned frames: %lld rows in 40 frames, %d short-term entries checked, %d memories placed\n",
+           (long long)rows, checked, am.memory_hits);
+    free(ans);
+    svlm_llama_ctx_free(ctx);
+    svlm_stream_free(s);
+}
+
 int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
@@ -181,6 +248,10 @@ int test_main(void) {
           m.kv_bytes, m2.kv_bytes);
     printf("%lld frames, %.2f ms prefill per frame, %zu KV bytes\n", (long long)m2.frames_in, m2.prefill_ms_per_frame,
            m2.kv_bytes);
+
+    /* 6. pruned frames (token compression): the image block holds as many rows as were kept,
+     * windows and eviction work in whole frames of any size, the memory bank gets the kept rows */
+    pruned_frames();
 
     svlm_llama_ctx_free(ctx);
     svlm_stream_free(a);

@@ -1,36 +1,11 @@
-/* The engine backend's answers: the job queue, the workers, the compute gate, ask and cancel.
- * See engine_backend.h for the scheduling policy. */
+/* The engine backend's answers: stream questions and watch evaluations through the stream
+ * engine's answer lane, still images on their own worker, ask and cancel. See engine_backend.h. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
 #include "pipeline/server/engine_internal.h"
-
-/* ---- the gate: one worker computes at a time; first-token work goes first -------------- */
-
-void eng_gate_acquire(eng_gate *g, int prefill) {
-    pthread_mutex_lock(&g->mu);
-    if (prefill) {
-        g->prefill_waiting++;
-        while (g->busy) pthread_cond_wait(&g->cv, &g->mu);
-        g->prefill_waiting--;
-    } else {
-        /* answers already streaming take turns in arrival order, after any waiting prefill */
-        uint64_t ticket = g->decode_next++;
-        while (g->busy || g->prefill_waiting > 0 || g->decode_serving != ticket) pthread_cond_wait(&g->cv, &g->mu);
-        g->decode_serving++;
-    }
-    g->busy = 1;
-    pthread_mutex_unlock(&g->mu);
-}
-
-void eng_gate_release(eng_gate *g) {
-    pthread_mutex_lock(&g->mu);
-    g->busy = 0;
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-}
 
 /* ---- jobs ------------------------------------------------------------------------------ */
 
@@ -114,14 +89,57 @@ int eng_job_token(eng_job *j, const char *piece, size_t len) {
     j->t_last = now;
     j->n_tokens++;
     eng_job_emit(j, piece, len, 0);
-    eng_gate_release(&j->owner->gate);
-    eng_gate_acquire(&j->owner->gate, 0);
     return atomic_load(&j->cancelled);
 }
 
-static int on_engine_token(void *user, int32_t id, const char *piece, size_t len) {
+/* Ends a job for its consumer: a watch's result, or the ask's done. */
+static void job_done(eng *e, eng_job *j, svlm_status st, const char *msg) {
+    eng_job_emit(j, "", 0, 1); /* whatever UTF-8 was held back */
+    if (j->kind == JOB_WATCH) {
+        eng_watch_result(e, j->watch_id, st ? NULL : (j->answer ? j->answer : ""), j->video_time);
+        return;
+    }
+    svlm_backend_done d = {0};
+    d.cancelled = st == SVLM_E_CANCELLED;
+    d.status = d.cancelled ? SVLM_OK : st;
+    if (st && !d.cancelled) snprintf(d.error, sizeof d.error, "%.255s", msg ? msg : "");
+    d.prompt_tokens = j->prompt_tokens;
+    d.completion_tokens = j->n_tokens;
+    d.queue_wait_ms = j->t_started > 0 ? j->t_started - j->t_asked : 0;
+    d.ttft_ms = j->n_tokens ? j->t_first - j->t_asked : 0;
+    if (d.queue_wait_ms > d.ttft_ms && j->n_tokens) d.queue_wait_ms = d.ttft_ms;
+    d.decode_ms = j->n_tokens > 1 ? j->t_last - j->t_first : 0;
+    d.frames_during = j->frames_during;
+    j->cb.on_done(j->cb.user, &d);
+}
+
+/* ---- stream questions on the answer lane ------------------------------------------------ */
+
+static int on_lane_token(void *user, int32_t id, const char *piece, size_t len) {
     (void)id;
-    return eng_job_token(user, piece, len);
+    eng_job *j = user;
+    if (!j->t_started) j->t_started = eng_now_ms(); /* prefill is done by the first token */
+    return eng_job_token(j, piece, len);
+}
+
+static void on_lane_done(void *user, uint64_t qid, svlm_status st, const char *answer, const svlm_answer_metrics *am,
+                         const char *err_msg) {
+    (void)qid, (void)answer;
+    eng_job *j = user;
+    eng *e = j->owner;
+    if (am->wait_ms > 0) j->t_started = j->t_asked + am->wait_ms;
+    j->frames_during = am->frames_during;
+    job_done(e, j, st, err_msg);
+    pthread_mutex_lock(&e->lock); /* also waits for eng_job_submit to have recorded qid */
+    for (eng_job **pp = &e->jobs; *pp; pp = &(*pp)->next)
+        if (*pp == j) {
+            *pp = j->next;
+            break;
+        }
+    e->n_jobs--;
+    pthread_mutex_unlock(&e->lock);
+    eng_stream_unref(j->s);
+    eng_job_free(j);
 }
 
 /* Question + chat template tokens, to fit max_tokens into the stream's answer room. */
@@ -140,146 +158,102 @@ static int turn_tokens(eng *e, const char *question) {
     return st ? -1 : (int)n_ids;
 }
 
-static svlm_status answer_stream(eng *e, svlm_llama_ctx *ctx, eng_job *j, svlm_backend_done *d, double *video_time,
-                                 svlm_err *err) {
+svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
     int n_q = turn_tokens(e, j->question);
     int room = e->sp.answer_room - n_q - 4; /* a little slack for tokenization at the seams */
-    if (n_q < 0) return svlm_fail(err, SVLM_E_INVALID, "the question cannot be tokenized");
-    if (room < 1) return svlm_fail(err, SVLM_E_LIMIT, "the question is too long (%d tokens)", n_q);
-    int max_tokens = j->max_tokens < room ? j->max_tokens : room;
-    d->prompt_tokens = n_q;
+    svlm_status st = n_q < 0    ? svlm_fail(err, SVLM_E_INVALID, "the question cannot be tokenized")
+                   : room < 1   ? svlm_fail(err, SVLM_E_LIMIT, "the question is too long (%d tokens)", n_q)
+                                : SVLM_OK;
+    if (j->max_tokens > room) j->max_tokens = room;
+    j->prompt_tokens = n_q;
+    j->owner = e;
+    svlm_ask_opts o = {.max_tokens = j->max_tokens, .use_memory = 1};
+    /* under the lock, so that on_done (which takes it) finds j listed with its qid */
     pthread_mutex_lock(&e->lock);
-    *video_time = j->s->video_time;
+    if (!st && e->stopping) st = svlm_fail(err, SVLM_E_CANCELLED, "the engine is stopping");
+    if (!st && e->n_jobs >= e->o.max_queued)
+        st = svlm_fail(err, SVLM_E_LIMIT, "%d questions are waiting already", e->n_jobs);
+    if (!st) {
+        *id = j->id = ++e->next_id;
+        j->t_asked = eng_now_ms();
+        j->video_time = j->s->video_time;
+        st = svlm_engine_ask(e->engine, j->s->sid, j->question, &o, 0, on_lane_token, on_lane_done, j, &j->qid, err);
+    }
+    if (!st) {
+        j->next = e->jobs;
+        e->jobs = j;
+        e->n_jobs++;
+    }
     pthread_mutex_unlock(&e->lock);
-    svlm_stream_fork *f = NULL;
-    svlm_status st = svlm_stream_fork_now(j->s->stream, &f, err);
-    if (st) return st;
-    svlm_answer_metrics am;
-    st = svlm_stream_ask_fork(j->s->stream, f, ctx, j->question, max_tokens, on_engine_token, j, NULL, &am, err);
-    d->frames_during = am.frames_during;
     return st;
 }
 
-static void run_job(eng *e, svlm_llama_ctx *ctx, eng_job *j) {
-    svlm_backend_done d = {0};
-    svlm_err err = {0};
-    svlm_status st = SVLM_OK;
-    double video_time = 0;
-    j->t_started = eng_now_ms();
-    if (!atomic_load(&j->cancelled)) {
-        eng_gate_acquire(&e->gate, 1);
-        j->t_started = eng_now_ms();
-        if (atomic_load(&j->cancelled)) st = SVLM_E_CANCELLED;
-        else if (j->kind == JOB_IMAGE) st = eng_image_answer(e, j, &d.prompt_tokens, &err);
-        else st = answer_stream(e, ctx, j, &d, &video_time, &err);
-        eng_gate_release(&e->gate);
-    } else {
-        st = SVLM_E_CANCELLED;
-    }
-    eng_job_emit(j, "", 0, 1); /* whatever UTF-8 was held back */
-    if (j->kind == JOB_WATCH) {
-        eng_watch_result(e, j->watch_id, st ? NULL : (j->answer ? j->answer : ""), video_time);
-        return;
-    }
-    d.cancelled = st == SVLM_E_CANCELLED;
-    d.status = d.cancelled ? SVLM_OK : st;
-    if (st && !d.cancelled) snprintf(d.error, sizeof d.error, "%.255s", err.msg);
-    d.completion_tokens = j->n_tokens;
-    d.queue_wait_ms = j->t_started - j->t_asked;
-    d.ttft_ms = j->n_tokens ? j->t_first - j->t_asked : 0;
-    d.decode_ms = j->n_tokens > 1 ? j->t_last - j->t_first : 0;
-    j->cb.on_done(j->cb.user, &d);
-}
+/* ---- still images on their own worker --------------------------------------------------- */
 
-static void *worker(void *arg) {
+static void *image_worker(void *arg) {
     eng *e = arg;
-    svlm_llama_ctx *ctx = NULL;
-    svlm_err err = {0};
-    if (svlm_llama_ctx_create(e->model, e->k_answer, e->ctx_size, SVLM_F32, &ctx, &err))
-        fprintf(stderr, "svlm serve: an answer worker has no decoder context: %s\n", err.msg);
     for (;;) {
         pthread_mutex_lock(&e->lock);
-        while (!e->queue_head && !e->stopping) pthread_cond_wait(&e->cv, &e->lock);
-        eng_job *j = e->queue_head;
+        while (!e->image_head && !e->stopping) pthread_cond_wait(&e->cv, &e->lock);
+        eng_job *j = e->image_head;
         if (!j) {
             pthread_mutex_unlock(&e->lock);
-            break;
+            return NULL;
         }
-        if (!(e->queue_head = j->next)) e->queue_tail = NULL;
-        e->n_queued--;
-        j->next = e->running;
-        e->running = j;
+        if (!(e->image_head = j->next)) e->image_tail = NULL;
+        e->image_running = j;
         pthread_mutex_unlock(&e->lock);
 
-        run_job(e, ctx, j);
+        svlm_err err = {0};
+        j->t_started = eng_now_ms();
+        svlm_status st = atomic_load(&j->cancelled) ? SVLM_E_CANCELLED : eng_image_answer(e, j, &j->prompt_tokens, &err);
+        job_done(e, j, st, err.msg);
 
         pthread_mutex_lock(&e->lock);
-        for (eng_job **pp = &e->running; *pp; pp = &(*pp)->next)
-            if (*pp == j) {
-                *pp = j->next;
-                break;
-            }
+        e->image_running = NULL;
+        e->n_jobs--;
         pthread_mutex_unlock(&e->lock);
-        if (j->s) {
-            eng_stream_refresh(j->s); /* the fork's pages are gone, the turn has joined */
-            eng_stream_unref(j->s);
-        }
         eng_job_free(j);
     }
-    svlm_llama_ctx_free(ctx);
-    return NULL;
 }
 
-svlm_status eng_workers_start(eng *e, svlm_err *err) {
-    e->workers = calloc((size_t)e->o.answer_threads, sizeof *e->workers);
-    if (!e->workers) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    for (int i = 0; i < e->o.answer_threads; i++) {
-        if (pthread_create(&e->workers[i], NULL, worker, e)) return svlm_fail(err, SVLM_E_NOMEM, "cannot start a worker");
-        e->n_workers++;
-    }
+svlm_status eng_images_start(eng *e, svlm_err *err) {
+    if (pthread_create(&e->image_thread, NULL, image_worker, e)) return svlm_fail(err, SVLM_E_NOMEM, "cannot start the image worker");
+    e->image_thread_started = 1;
     return SVLM_OK;
 }
 
-void eng_workers_stop(eng *e) {
+void eng_images_stop(eng *e) {
     pthread_mutex_lock(&e->lock);
     e->stopping = 1;
-    for (eng_job *j = e->queue_head; j; j = j->next) atomic_store(&j->cancelled, 1);
-    for (eng_job *j = e->running; j; j = j->next) atomic_store(&j->cancelled, 1);
+    for (eng_job *j = e->image_head; j; j = j->next) atomic_store(&j->cancelled, 1);
+    if (e->image_running) atomic_store(&e->image_running->cancelled, 1);
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->lock);
-    for (int i = 0; i < e->n_workers; i++) pthread_join(e->workers[i], NULL);
-    free(e->workers);
-    e->workers = NULL;
-    e->n_workers = 0;
+    if (e->image_thread_started) pthread_join(e->image_thread, NULL);
+    e->image_thread_started = 0;
 }
 
-svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
+static svlm_status image_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
     pthread_mutex_lock(&e->lock);
-    svlm_status st = e->stopping              ? svlm_fail(err, SVLM_E_CANCELLED, "the engine is stopping")
-                   : e->n_queued >= e->o.max_queued ? svlm_fail(err, SVLM_E_LIMIT, "%d questions are waiting already", e->n_queued)
+    svlm_status st = e->stopping                ? svlm_fail(err, SVLM_E_CANCELLED, "the engine is stopping")
+                   : e->n_jobs >= e->o.max_queued ? svlm_fail(err, SVLM_E_LIMIT, "%d questions are waiting already", e->n_jobs)
                                                    : SVLM_OK;
     if (!st) {
         *id = j->id = ++e->next_id;
         j->owner = e;
         j->t_asked = eng_now_ms();
-        if (e->queue_tail) e->queue_tail->next = j;
-        else e->queue_head = j;
-        e->queue_tail = j;
-        e->n_queued++;
-        pthread_cond_signal(&e->cv);
+        if (e->image_tail) e->image_tail->next = j;
+        else e->image_head = j;
+        e->image_tail = j;
+        e->n_jobs++;
+        pthread_cond_broadcast(&e->cv);
     }
     pthread_mutex_unlock(&e->lock);
     return st;
 }
 
-void eng_jobs_cancel(eng *e, eng_stream *s, uint64_t id) {
-    pthread_mutex_lock(&e->lock);
-    eng_job *lists[2] = {e->queue_head, e->running};
-    for (int l = 0; l < 2; l++)
-        for (eng_job *j = lists[l]; j; j = j->next)
-            if (s ? j->s == s : j->id == id) atomic_store(&j->cancelled, 1);
-    pthread_mutex_unlock(&e->lock);
-}
+/* ---- ask and cancel --------------------------------------------------------------------- */
 
 static char *dup_str(const char *s) {
     size_t n = strlen(s) + 1;
@@ -320,10 +294,14 @@ svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backe
     j->cb = *cb;
     j->max_tokens = req->max_tokens < e->o.max_answer_tokens ? req->max_tokens : e->o.max_answer_tokens;
     svlm_status st = SVLM_OK;
-    if (j->kind == JOB_IMAGE) st = copy_images(j, req, err);
-    else if (!(j->s = eng_stream_ref(e, req->stream)))
+    if (j->kind == JOB_IMAGE) {
+        st = copy_images(j, req, err);
+        if (!st) st = image_submit(e, j, id, err);
+    } else if (!(j->s = eng_stream_ref(e, req->stream))) {
         st = svlm_fail(err, SVLM_E_INVALID, "no stream named '%s'", req->stream ? req->stream : "");
-    if (!st) st = eng_job_submit(e, j, id, err); /* from here on a worker owns j */
+    } else {
+        st = eng_job_submit(e, j, id, err); /* from here on the answer lane owns j */
+    }
     if (st) {
         if (j->s) eng_stream_unref(j->s);
         eng_job_free(j);
@@ -331,4 +309,18 @@ svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backe
     return st;
 }
 
-void eng_cancel(void *ctx, uint64_t id) { eng_jobs_cancel(ctx, NULL, id); }
+void eng_cancel(void *ctx, uint64_t id) {
+    eng *e = ctx;
+    uint64_t qid = 0;
+    pthread_mutex_lock(&e->lock);
+    for (eng_job *j = e->jobs; j; j = j->next)
+        if (j->id == id) {
+            atomic_store(&j->cancelled, 1);
+            qid = j->qid;
+        }
+    for (eng_job *j = e->image_head; j; j = j->next)
+        if (j->id == id) atomic_store(&j->cancelled, 1);
+    if (e->image_running && e->image_running->id == id) atomic_store(&e->image_running->cancelled, 1);
+    pthread_mutex_unlock(&e->lock);
+    if (qid) svlm_engine_cancel(e->engine, qid); /* a queued question ends without waiting its turn */
+}

@@ -1,4 +1,4 @@
-/* The engine backend's streams: open, ingest, status, snapshots, close; and its lifetime.
+/* The engine backend's streams: open, read, status, snapshots, close; and its lifetime.
  * See engine_backend.h. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,10 +8,8 @@
 
 #include "common/err.h"
 #include "pipeline/server/engine_internal.h"
-#include "vision/preprocess.h"
 
 #define SYSTEM_PROMPT "<|im_start|>System: You are watching a live video.<end_of_utterance>\n"
-#define FRAME_EDGE 512 /* SmolVLM2's video longest edge */
 
 double eng_now_ms(void) {
     struct timespec ts;
@@ -28,11 +26,17 @@ double eng_wall(void) {
 void svlm_engine_backend_opts_default(svlm_engine_backend_opts *o) {
     memset(o, 0, sizeof *o);
     o->max_streams = 16;
-    o->answer_threads = 4;
+    o->answer_threads = 8;
     o->frames_window = 8;
     o->text_window = 512;
+    o->sink_tokens = 64;
+    o->frame_queue = 2;
     o->max_answer_tokens = 256;
     o->max_queued = 1024;
+    svlm_stc_controls_default(&o->stc);
+    o->memory = 1;
+    o->memory_budget = (size_t)64 << 20;
+    o->memory_tokens = 64;
 }
 
 static eng_stream *find_locked(eng *e, const char *name) {
@@ -57,39 +61,30 @@ void eng_stream_unref(eng_stream *s) {
     pthread_mutex_unlock(&e->lock);
 }
 
-void eng_stream_refresh(eng_stream *s) {
-    svlm_stream_metrics m;
-    svlm_stream_metrics_get(s->stream, &m);
-    pthread_mutex_lock(&s->owner->lock);
-    s->metrics = m;
-    pthread_mutex_unlock(&s->owner->lock);
-}
-
-/* Video preprocessing and the encoder: one frame into s->embd [tokens_per_tile][n_embd]. */
-static svlm_status encode_frame(eng_stream *s, const svlm_frame *f, svlm_err *err) {
-    const svlm_mmproj *mp = s->owner->mmproj;
-    svlm_image img = {0};
-    svlm_status st = svlm_image_alloc(&img, f->width, f->height, err);
-    if (st) return st;
-    for (int y = 0; y < f->height; y++)
-        memcpy(img.rgb + (size_t)y * f->width * 3, f->data + (size_t)y * f->stride, (size_t)f->width * 3);
-    svlm_preproc_params pp = {.tile = mp->hp.image_size, .longest_edge = mp->hp.preproc_image_size};
-    memcpy(pp.mean, mp->hp.image_mean, sizeof pp.mean);
-    memcpy(pp.std, mp->hp.image_std, sizeof pp.std);
-    st = svlm_preprocess_frame(&img, &pp, FRAME_EDGE, s->pixels, err);
-    if (!st) st = svlm_vision_encode(s->vc, s->pixels, 1, s->embd, err);
-    svlm_image_free(&img);
-    return st;
-}
-
 static void set_state(eng_stream *s, const char *state) {
     pthread_mutex_lock(&s->owner->lock);
     snprintf(s->state, sizeof s->state, "%s", state);
     pthread_mutex_unlock(&s->owner->lock);
 }
 
-/* The ingest thread: frames into the stream as they come; answers run elsewhere. */
-static void *ingest(void *arg) {
+/* Keeps a copy of the frame for snapshots (the engine takes the frame itself); under e->lock. */
+static void keep_latest(eng_stream *s, const svlm_frame *f) {
+    const size_t row = (size_t)f->width * 3, need = row * (size_t)f->height;
+    if (need > s->latest_cap) {
+        uint8_t *g = realloc(s->latest, need);
+        if (!g) return; /* the snapshot stays at the previous frame */
+        s->latest = g;
+        s->latest_cap = need;
+    }
+    for (int y = 0; y < f->height; y++) memcpy(s->latest + (size_t)y * row, f->data + (size_t)y * f->stride, row);
+    s->latest_w = f->width, s->latest_h = f->height, s->latest_stride = (int)row;
+    s->latest_index = f->index;
+    s->latest_pts = f->pts;
+}
+
+/* The source reader: frames into the engine's queue as they come (a full queue drops its
+ * oldest, counted); encoding, prefill and answers run on the engine's lanes. */
+static void *reader(void *arg) {
     eng_stream *s = arg;
     eng *e = s->owner;
     for (;;) {
@@ -105,7 +100,6 @@ static void *ingest(void *arg) {
         if (item.kind == SVLM_ITEM_EVENT) {
             const svlm_source_event *ev = &item.event;
             for (int64_t i = 0; ev->kind == SVLM_EVENT_DROP && i < ev->count; i++) svlm_stream_note_drop(s->stream);
-            if (ev->kind == SVLM_EVENT_DROP) eng_stream_refresh(s);
             pthread_mutex_lock(&e->lock);
             if (ev->kind == SVLM_EVENT_RECONNECT) s->reconnects++, snprintf(s->state, sizeof s->state, "running");
             else if (ev->kind == SVLM_EVENT_STALL) snprintf(s->state, sizeof s->state, "stalled");
@@ -113,17 +107,6 @@ static void *ingest(void *arg) {
             pthread_mutex_unlock(&e->lock);
             continue;
         }
-        double t0 = eng_now_ms();
-        st = encode_frame(s, &item.frame, &err);
-        double t1 = eng_now_ms();
-        if (!st) st = svlm_stream_add_frame(s->stream, item.frame.pts, s->embd, &err);
-        if (st) {
-            fprintf(stderr, "svlm serve: stream %s: frame at %.2f s: %s\n", s->name, item.frame.pts, err.msg);
-            svlm_frame_release(&item.frame);
-            set_state(s, "failed");
-            return NULL;
-        }
-        eng_stream_refresh(s);
         double now = eng_wall();
         pthread_mutex_lock(&e->lock);
         if (s->last_wall > 0 && now > s->last_wall) {
@@ -132,28 +115,26 @@ static void *ingest(void *arg) {
         }
         s->last_wall = now;
         s->video_time = item.frame.pts;
-        s->encoder_ms_sum += t1 - t0;
-        svlm_frame_release(&s->latest);
-        s->latest = item.frame; /* kept for snapshots */
+        keep_latest(s, &item.frame);
         snprintf(s->state, sizeof s->state, "running");
         pthread_mutex_unlock(&e->lock);
+        if (svlm_engine_push_frame(e->engine, s->sid, &item.frame, 0, &err)) { /* the stream is being removed */
+            set_state(s, "ended");
+            return NULL;
+        }
     }
 }
 
-static void stream_free(eng_stream *s) {
+static void stream_free(eng *e, eng_stream *s) {
     if (!s) return;
     if (s->thread_started) {
         svlm_source_cancel(s->src);
         pthread_join(s->thread, NULL);
     }
+    if (s->stream) svlm_engine_remove_stream(e->engine, s->sid); /* cancels its answers, waits for them */
     svlm_source_close(s->src);
     svlm_stream_free(s->stream);
-    svlm_vision_ctx_free(s->vc);
-    svlm_kernels_destroy(s->k_encode);
-    svlm_kernels_destroy(s->k_stream);
-    svlm_frame_release(&s->latest);
-    free(s->pixels);
-    free(s->embd);
+    free(s->latest);
     free(s);
 }
 
@@ -162,23 +143,22 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
     snprintf(s->name, sizeof s->name, "%s", req->name);
     snprintf(s->uri, sizeof s->uri, "%s", req->uri);
     snprintf(s->state, sizeof s->state, "opening");
-    const int S = e->mmproj->hp.image_size;
-    s->pixels = malloc((size_t)3 * S * S * sizeof(float));
-    s->embd = malloc((size_t)e->tokens_per_tile * e->n_embd * sizeof(float));
-    if (!s->pixels || !s->embd) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    svlm_status st;
-    /* one thread each: ingest keeps to its own core, the answers' backend has the rest */
-    if ((st = svlm_kernels_create_cpu(1, &s->k_stream, err)) || (st = svlm_kernels_create_cpu(1, &s->k_encode, err)) ||
-        (st = svlm_vision_ctx_create(e->mmproj, s->k_encode, 1, &s->vc, err)) ||
-        (st = svlm_stream_create(e->model, s->k_stream, &e->sp, SYSTEM_PROMPT, &s->stream, err)))
-        return st;
-    svlm_stream_metrics_get(s->stream, &s->metrics);
+    svlm_stream_params sp = e->sp;
+    svlm_memory_opts mo = e->mo;
+    char dir[1024];
+    if (e->memory_dir[0]) { /* each stream resumes its own bank */
+        snprintf(dir, sizeof dir, "%s/%s", e->memory_dir, req->name);
+        mo.dir = dir;
+    }
+    sp.memory = e->o.memory ? &mo : NULL;
     svlm_source_opts so;
     svlm_source_opts_default(&so);
     if (req->fps > 0) so.fps = req->fps;
     so.pace = SVLM_PACE_REALTIME; /* a recording plays like a camera */
-    if ((st = svlm_source_open(&s->src, req->uri, &so, err))) return st;
-    if (pthread_create(&s->thread, NULL, ingest, s)) return svlm_fail(err, SVLM_E_NOMEM, "cannot start an ingest thread");
+    svlm_status st = svlm_source_open(&s->src, req->uri, &so, err);
+    if (!st) st = svlm_engine_open_stream(e->engine, &sp, SYSTEM_PROMPT, &s->stream, &s->sid, err);
+    if (st) return st;
+    if (pthread_create(&s->thread, NULL, reader, s)) return svlm_fail(err, SVLM_E_NOMEM, "cannot start a reader thread");
     s->thread_started = 1;
     return SVLM_OK;
 }
@@ -203,7 +183,7 @@ static svlm_status open_stream(void *ctx, const svlm_backend_open_req *req, svlm
         e->n_streams--;
     }
     pthread_mutex_unlock(&e->lock);
-    if (st) stream_free(s);
+    if (st) stream_free(e, s);
     return st;
 }
 
@@ -216,7 +196,19 @@ static svlm_status close_stream(void *ctx, const char *name, svlm_err *err) {
     pthread_mutex_unlock(&e->lock);
     if (!s) return svlm_fail(err, SVLM_E_INVALID, "no stream named '%s'", name);
     svlm_source_cancel(s->src);
-    eng_jobs_cancel(e, s, 0);
+    /* its questions: the engine cancels them; their done callbacks drop the references */
+    for (;;) {
+        uint64_t qid = 0;
+        pthread_mutex_lock(&e->lock);
+        for (eng_job *j = e->jobs; j; j = j->next)
+            if (j->s == s && !atomic_exchange(&j->cancelled, 1)) {
+                qid = j->qid;
+                break;
+            }
+        pthread_mutex_unlock(&e->lock);
+        if (!qid) break;
+        svlm_engine_cancel(e->engine, qid);
+    }
     pthread_mutex_lock(&e->lock);
     while (s->refs > 0) pthread_cond_wait(&e->cv, &e->lock);
     for (eng_stream **pp = &e->streams; *pp; pp = &(*pp)->next)
@@ -226,7 +218,7 @@ static svlm_status close_stream(void *ctx, const char *name, svlm_err *err) {
         }
     e->n_streams--;
     pthread_mutex_unlock(&e->lock);
-    stream_free(s);
+    stream_free(e, s);
     return SVLM_OK;
 }
 
@@ -236,7 +228,7 @@ static void tier(svlm_backend_stream_status *o, const char *name, int64_t bytes)
     o->tiers[o->n_tiers++].bytes = bytes;
 }
 
-/* Under e->lock. */
+/* Under e->lock (the stream's metrics take its own short lock, never e->lock). */
 static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     memset(o, 0, sizeof *o);
     snprintf(o->name, sizeof o->name, "%s", s->name);
@@ -246,10 +238,11 @@ static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     o->fps_in = s->fps_ema;
     o->reconnects = s->reconnects;
     o->video_time = s->video_time;
-    o->encoder_ms_sum = s->encoder_ms_sum;
-    const svlm_stream_metrics m = s->metrics;
+    svlm_stream_metrics m;
+    svlm_stream_metrics_get(s->stream, &m);
     o->frames_in = m.frames_in;
     o->drops = m.frames_dropped;
+    o->encoder_ms_sum = m.encode_ms_per_frame * (double)m.frames_in;
     o->prefill_ms_sum = m.prefill_ms_per_frame * (double)m.frames_in;
     const int64_t per = (int64_t)e->kv_bytes_per_token;
     int64_t sink = m.tokens[SVLM_KV_SINK] * per, vision = m.tokens[SVLM_KV_VISION] * per,
@@ -259,7 +252,8 @@ static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     tier(o, "kv_text", text);
     /* the rest of the page pool in use: answers' forks and the unfilled ends of pages */
     tier(o, "kv_other", other > 0 ? other : 0);
-    tier(o, "latest_frame", s->latest.data ? (int64_t)s->latest.stride * s->latest.height : 0);
+    tier(o, "latest_frame", s->latest ? (int64_t)s->latest_stride * s->latest_h : 0);
+    if (m.memory_on) tier(o, "memory_bank", (int64_t)(m.memory_bytes + m.frame_ring_bytes));
 }
 
 static int list_streams(void *ctx, svlm_backend_stream_status *out, int cap) {
@@ -287,18 +281,17 @@ static svlm_status latest_frame(void *ctx, const char *name, svlm_backend_frame 
     pthread_mutex_lock(&e->lock);
     eng_stream *s = find_locked(e, name);
     if (!s) st = svlm_fail(err, SVLM_E_INVALID, "no stream named '%s'", name);
-    else if (!s->latest.data) st = SVLM_E_AGAIN;
+    else if (!s->latest) st = SVLM_E_AGAIN;
     else {
-        const svlm_frame *f = &s->latest;
-        size_t size = (size_t)f->stride * (size_t)f->height;
+        size_t size = (size_t)s->latest_stride * (size_t)s->latest_h;
         if (!(out->data = malloc(size))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
         else {
-            memcpy(out->data, f->data, size);
+            memcpy(out->data, s->latest, size);
             out->size = size;
             out->is_jpeg = 0;
-            out->width = f->width, out->height = f->height, out->stride = f->stride;
-            out->index = f->index;
-            out->pts = f->pts;
+            out->width = s->latest_w, out->height = s->latest_h, out->stride = s->latest_stride;
+            out->index = s->latest_index;
+            out->pts = s->latest_pts;
         }
     }
     pthread_mutex_unlock(&e->lock);
@@ -319,50 +312,54 @@ static svlm_status load_models(eng *e, svlm_err *err) {
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(e->model);
     e->n_embd = hp->n_embd;
     e->tokens_per_tile = e->mmproj->hp.tokens_per_tile;
-    if (e->mmproj->hp.proj_dim != hp->n_embd)
-        return svlm_fail(err, SVLM_E_INVALID, "the projector makes %d-wide embeddings, the text model takes %d",
-                         e->mmproj->hp.proj_dim, hp->n_embd);
     e->kv_bytes_per_token = (size_t)2 * hp->n_layer * hp->n_head_kv * hp->head_dim * sizeof(float);
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block */
-    svlm_stream_params sp = {.sink_tokens = 64,
+    svlm_stream_params sp = {.sink_tokens = e->o.sink_tokens,
                              .vision_tokens = e->o.frames_window * (e->tokens_per_tile + 24),
                              .text_tokens = e->o.text_window,
                              .answer_room = e->o.max_answer_tokens + 256, /* the question's share */
                              .rows_per_frame = e->tokens_per_tile,
-                             .kv_type = SVLM_F32};
+                             .kv_type = SVLM_F32,
+                             .memory_tokens = e->o.memory_tokens};
     e->sp = sp;
-    e->ctx_size = sp.sink_tokens + sp.vision_tokens + sp.text_tokens + sp.answer_room;
+    svlm_memory_opts_default(&e->mo);
+    e->mo.budget_bytes = e->o.memory_budget;
     int threads = e->o.compute_threads;
-    if (threads <= 0) { /* every CPU but one: the streams' ingest threads have that one */
+    if (threads <= 0) { /* every CPU but one: the ingest lane has that one */
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 2 ? (int)n - 1 : 1;
     }
-    if ((st = svlm_kernels_create_cpu(threads, &e->k_answer, err))) return st;
-    return svlm_vision_ctx_create(e->mmproj, e->k_answer, 4, &e->image_vc, err);
+    svlm_engine_params ep = {.ingest_threads = 1, .answer_threads = threads, .frame_queue = e->o.frame_queue,
+                             .max_streams = e->o.max_streams, .max_active = e->o.answer_threads, .stc = &e->o.stc};
+    if ((st = svlm_engine_create(e->model, e->mmproj, &ep, &e->engine, err))) return st;
+    /* still images: their own single-threaded kernels, so they never touch the lanes' */
+    if ((st = svlm_kernels_create_cpu(1, &e->k_image, err))) return st;
+    return svlm_vision_ctx_create(e->mmproj, e->k_image, 4, &e->image_vc, err);
 }
 
 svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_engine_backend **out,
                                        svlm_server_backend *iface, svlm_err *err) {
     *out = NULL;
     if (!o->text_path || !o->mmproj_path) return svlm_fail(err, SVLM_E_INVALID, "the engine needs both model files");
-    if (o->max_streams < 1 || o->answer_threads < 1 || o->answer_threads > 64 || o->frames_window < 1 ||
-        o->text_window < 16 || o->max_answer_tokens < 1 || o->max_queued < 1)
+    if (o->max_streams < 1 || o->answer_threads < 1 || o->answer_threads > 1024 || o->frames_window < 1 ||
+        o->text_window < 16 || o->max_answer_tokens < 1 || o->max_queued < 1 || o->sink_tokens < 16 ||
+        o->frame_queue < 1 || o->memory_tokens < 1 || (o->memory && o->memory_budget < 4096))
         return svlm_fail(err, SVLM_E_INVALID, "engine options out of range");
+    if (o->memory_dir && strlen(o->memory_dir) >= 400) return svlm_fail(err, SVLM_E_INVALID, "the memory directory path is too long");
     eng *e = calloc(1, sizeof *e);
     if (!e) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     e->o = *o;
     const char *base = strrchr(o->text_path, '/');
     snprintf(e->model_label, sizeof e->model_label, "%s",
              o->model_label ? o->model_label : base ? base + 1 : o->text_path);
+    if (o->memory_dir) snprintf(e->memory_dir, sizeof e->memory_dir, "%s", o->memory_dir);
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cv, NULL);
     pthread_mutex_init(&e->watch_lock, NULL);
     pthread_cond_init(&e->watch_cv, NULL);
-    pthread_mutex_init(&e->gate.mu, NULL);
-    pthread_cond_init(&e->gate.cv, NULL);
     svlm_status st = load_models(e, err);
-    e->o.text_path = e->o.mmproj_path = e->o.model_label = NULL; /* the caller's strings are not kept */
-    if (!st) st = eng_workers_start(e, err);
+    e->o.text_path = e->o.mmproj_path = e->o.model_label = e->o.memory_dir = NULL; /* the caller's strings are not kept */
+    if (!st) st = eng_images_start(e, err);
     if (!st) st = eng_watch_start_thread(e, err);
     if (st) {
         svlm_engine_backend_destroy(e);
@@ -390,7 +387,8 @@ void svlm_engine_backend_destroy(svlm_engine_backend *e) {
         svlm_err err = {0};
         close_stream(e, name, &err);
     }
-    eng_workers_stop(e);
+    eng_images_stop(e);
+    svlm_engine_free(e->engine);
     while (e->watches) {
         eng_watcher *w = e->watches;
         e->watches = w->next;
@@ -399,11 +397,9 @@ void svlm_engine_backend_destroy(svlm_engine_backend *e) {
         free(w);
     }
     svlm_vision_ctx_free(e->image_vc);
-    svlm_kernels_destroy(e->k_answer);
+    svlm_kernels_destroy(e->k_image);
     svlm_mmproj_free(e->mmproj);
     svlm_llama_free(e->model);
-    pthread_cond_destroy(&e->gate.cv);
-    pthread_mutex_destroy(&e->gate.mu);
     pthread_cond_destroy(&e->watch_cv);
     pthread_mutex_destroy(&e->watch_lock);
     pthread_cond_destroy(&e->cv);

@@ -1,18 +1,15 @@
 /*
- * The server backend over the streaming engine (pipeline/stream.h): what `svlm serve` runs.
+ * The server backend over the stream engine (pipeline/stream_engine.h): what `svlm serve` runs.
  *
- * Each open stream has an ingest thread: source (pipeline/source.h) -> sampled frames ->
- * SmolVLM2 video preprocessing -> vision encoder -> svlm_stream_add_frame. It has its own
- * compute backends, so answers never stall it; a live source that outruns it drops frames at
- * its bounded queue (counted in `drops`).
- *
- * Questions (stream questions, still-image questions and watch evaluations) go into one FIFO
- * queue served by `answer_threads` workers, each with its own decoder context. The workers
- * share one compute backend through a gate that lets one of them compute at a time and hands
- * it over after every token, favouring questions waiting for their first token (prefill)
- * over answers already streaming: several answers progress at once, interleaved, and a new
- * question's first token does not wait for other answers to finish. A stream question is
- * forked from the stream when a worker takes it (so queue wait shows in its TTFT).
+ * One scheduler for everything: each open stream has a source reader thread that hands sampled
+ * frames to the engine's ingest lane (SmolVLM2 video preprocessing, token compression
+ * (vision/stc.h), the vision encoder, svlm_stream_add_frame_tokens); a live source that outruns
+ * it drops frames at the engine's bounded per-stream queue (counted in `drops`). Stream
+ * questions and watch evaluations go to the engine's answer lane, which starts new questions
+ * first (fork, memory, prefill, first token) and otherwise steps the active answers round-robin,
+ * at most `answer_threads` of them at once. A stream question is forked when the lane takes it up
+ * (queue wait shows in its TTFT). Still-image questions belong to no stream: a separate worker
+ * with its own kernels answers them one at a time.
  *
  * Watches: every `interval` seconds of stream time the watch's question is answered on the
  * stream's current context. Condition "true": an alert when a yes/no answer turns yes (the
@@ -25,7 +22,9 @@
 #ifndef SVLM_PIPELINE_SERVER_ENGINE_BACKEND_H
 #define SVLM_PIPELINE_SERVER_ENGINE_BACKEND_H
 
+#include "memory/memory_bank.h"
 #include "pipeline/server/server_backend.h"
+#include "vision/stc.h"
 
 typedef struct svlm_engine_backend_opts {
     const char *text_path;   /* SmolVLM2 text model GGUF */
@@ -33,13 +32,20 @@ typedef struct svlm_engine_backend_opts {
     const char *model_label; /* what the page and /v1/models show (NULL: the text file's name) */
     int stand_in;            /* 1: a random-weight stand-in (the page shows a banner) */
     int max_streams;         /* (16) */
-    int answer_threads;      /* workers answering at once, interleaved (4) */
-    int compute_threads;     /* threads of the answer workers' compute backend (0: all CPUs but
-                                one, which the ingest threads have; at least 1) */
+    int answer_threads;      /* answers decoded at once, interleaved token by token (8); more wait */
+    int compute_threads;     /* kernel threads of the answer lane (0: all CPUs but one, which the
+                                ingest lane has; at least 1) */
     int frames_window;       /* frames kept in each stream's context (8) */
     int text_window;         /* dialogue tokens kept (512) */
+    int sink_tokens;         /* system-prompt budget (64) */
+    int frame_queue;         /* frames waiting per stream; a live source drops the oldest past it (2) */
     int max_answer_tokens;   /* longer requests are cut to this (256) */
-    int max_queued;          /* questions waiting for a worker (1024) */
+    int max_queued;          /* questions waiting or running (1024) */
+    svlm_stc_controls stc;   /* token compression (defaults: on, tuned) */
+    int memory;              /* 1: each stream has a memory bank (default) */
+    size_t memory_budget;    /* bytes per stream (64 MiB) */
+    const char *memory_dir;  /* persist each stream's bank in memory_dir/NAME (NULL: not) */
+    int memory_tokens;       /* memory rows placed before a question at most (64) */
 } svlm_engine_backend_opts;
 
 void svlm_engine_backend_opts_default(svlm_engine_backend_opts *o);

@@ -1,6 +1,6 @@
 /* Still-image questions (OpenAI image_url parts): decode, tile as llama.cpp does, encode, and
  * answer in the SmolVLM2 chat format on a decoder context of the question's own size. Runs on
- * an answer worker inside the gate, so it may use the shared answer backend and image encoder. */
+ * the image worker, the only user of its kernels and image encoder. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +94,7 @@ svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *e
         st = svlm_fail(err, SVLM_E_LIMIT, "the images and question take %zu tokens; the model's context is %d", p.n,
                        n_train);
     if (!st) *prompt_tokens = (int)p.n;
-    if (!st) st = svlm_llama_ctx_create(e->model, e->k_answer, (int)p.n + j->max_tokens + 1, SVLM_F32, &ctx, err);
+    if (!st) st = svlm_llama_ctx_create(e->model, e->k_image, (int)p.n + j->max_tokens + 1, SVLM_F32, &ctx, err);
     if (!st && !(logits = malloc((size_t)n_vocab * sizeof *logits))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st) st = svlm_llama_eval(ctx, p.ids, embd, (int)p.n, logits, 0, err);
     for (int n = 0; !st && n < j->max_tokens; n++) {

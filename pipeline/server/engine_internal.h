@@ -1,11 +1,16 @@
 /*
- * Shared state of the engine backend's parts: streams and their ingest threads
- * (engine_backend.c), the answer queue, workers and compute gate (engine_answer.c), still
- * images (engine_image.c) and watches (engine_watch.c).
+ * Shared state of the engine backend's parts: streams and their source readers
+ * (engine_backend.c), questions through the stream engine's answer lane (engine_answer.c),
+ * still images (engine_image.c) and watches (engine_watch.c).
  *
- * Locks, outermost first: watch_lock, lock. Neither is held while computing; `lock` guards
- * the stream list, each stream's counters and latest frame, stream references, the job queue
- * and the running list. The gate (its own lock) lets one answer thread compute at a time.
+ * One scheduler: every stream's frames go to pipeline/stream_engine's ingest lane and every
+ * stream question (watch evaluations included) to its answer lane. What stays here is the
+ * server's side: reading sources (which block), snapshots, the job records that turn engine
+ * callbacks into backend callbacks, and a separate worker for still-image questions (they
+ * belong to no stream).
+ *
+ * Locks, outermost first: watch_lock, lock. Neither is held while computing; `lock` guards the
+ * stream list, each stream's counters and latest frame, stream references and the job list.
  */
 #ifndef SVLM_PIPELINE_SERVER_ENGINE_INTERNAL_H
 #define SVLM_PIPELINE_SERVER_ENGINE_INTERNAL_H
@@ -17,7 +22,7 @@
 #include "llm/llama.h"
 #include "pipeline/server/engine_backend.h"
 #include "pipeline/source.h"
-#include "pipeline/stream.h"
+#include "pipeline/stream_engine.h"
 #include "vision/encoder.h"
 
 typedef struct svlm_engine_backend eng;
@@ -29,32 +34,34 @@ typedef struct eng_stream {
     char uri[512];
     svlm_source *src;
     svlm_stream *stream;
-    svlm_kernels *k_stream;  /* the stream's own prefill and the joins of answered turns (under its lock) */
-    svlm_kernels *k_encode;  /* the ingest thread's vision encoder */
-    svlm_vision_ctx *vc;
-    float *pixels, *embd;
-    pthread_t thread;
+    int sid;                 /* the stream engine's id */
+    pthread_t thread;        /* the source reader: frames into the engine's queue */
     int thread_started;
     /* under owner->lock */
     int refs;                /* jobs using the stream; close waits for zero */
     int closing;
-    svlm_frame latest;
+    uint8_t *latest;         /* RGB24 copy of the newest frame, for snapshots */
+    size_t latest_cap;
+    int latest_w, latest_h, latest_stride;
+    int64_t latest_index;
+    double latest_pts;
     char state[16];
     int64_t reconnects;
-    double fps_ema, last_wall, video_time, encoder_ms_sum;
-    svlm_stream_metrics metrics; /* a copy, so status never waits for the stream's own lock */
+    double fps_ema, last_wall, video_time;
 } eng_stream;
 
 typedef enum eng_job_kind { JOB_ASK, JOB_IMAGE, JOB_WATCH } eng_job_kind;
 
 typedef struct eng_job {
-    struct eng_job *next;
-    uint64_t id;
+    struct eng_job *next;    /* the backend's job list (cancel), or the image queue */
+    uint64_t id;             /* the backend's id */
+    uint64_t qid;            /* the stream engine's question id (stream jobs) */
     eng *owner;
     eng_job_kind kind;
     eng_stream *s;           /* JOB_ASK, JOB_WATCH: referenced (refs) */
     char *question;
-    int max_tokens;
+    int max_tokens, prompt_tokens;
+    double video_time;       /* stream time when asked */
     svlm_backend_ask_cb cb;  /* JOB_ASK, JOB_IMAGE */
     uint64_t watch_id;       /* JOB_WATCH */
     int n_images;
@@ -62,18 +69,12 @@ typedef struct eng_job {
     atomic_int cancelled;
     double t_asked, t_started, t_first, t_last;
     int n_tokens;
+    int64_t frames_during;   /* frames ingested while the answer was made */
     char utf8[8];            /* an incomplete UTF-8 sequence held back */
     size_t utf8_n;
     char *answer;            /* JOB_WATCH: the text so far */
     size_t answer_len, answer_cap;
 } eng_job;
-
-typedef struct eng_gate {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int busy, prefill_waiting;
-    uint64_t decode_next, decode_serving;
-} eng_gate;
 
 typedef struct eng_watcher {
     struct eng_watcher *next;
@@ -90,26 +91,30 @@ typedef struct eng_watcher {
 struct svlm_engine_backend {
     svlm_engine_backend_opts o;
     char model_label[128];
+    char memory_dir[512];
     svlm_llama *model;
     svlm_mmproj *mmproj;
-    svlm_kernels *k_answer;      /* answer workers, one at a time through the gate */
-    svlm_vision_ctx *image_vc;   /* still images, under the gate */
+    svlm_engine *engine;         /* the two lanes: ingest and answers */
     svlm_stream_params sp;
-    int ctx_size, n_embd, tokens_per_tile;
+    svlm_memory_opts mo;
+    int n_embd, tokens_per_tile;
     size_t kv_bytes_per_token;
 
     pthread_mutex_t lock;
-    pthread_cond_t cv;           /* jobs queued, streams released */
+    pthread_cond_t cv;           /* streams released, image jobs queued */
     eng_stream *streams;
     int n_streams;               /* including those being opened */
-    eng_job *queue_head, *queue_tail, *running;
-    int n_queued;
+    eng_job *jobs;               /* stream jobs in the engine (for cancel) */
+    int n_jobs;
     uint64_t next_id;
     int stopping;
-    pthread_t *workers;
-    int n_workers;
 
-    eng_gate gate;
+    /* still images: one worker with its own kernels and encoder */
+    svlm_kernels *k_image;
+    svlm_vision_ctx *image_vc;
+    eng_job *image_head, *image_tail, *image_running;
+    pthread_t image_thread;
+    int image_thread_started;
 
     pthread_mutex_t watch_lock;
     pthread_cond_t watch_cv;     /* wakes the timer: a new watch, or stop */
@@ -125,28 +130,23 @@ double eng_wall(void);
 /* Streams (engine_backend.c). */
 eng_stream *eng_stream_ref(eng *e, const char *name); /* NULL when absent or closing */
 void eng_stream_unref(eng_stream *s);
-/* Copies the stream's metrics for status (takes the stream's lock, then e->lock; hold neither). */
-void eng_stream_refresh(eng_stream *s);
 
 /* Answers (engine_answer.c). */
-svlm_status eng_workers_start(eng *e, svlm_err *err);
-void eng_workers_stop(eng *e);
-/* Queues a job (takes ownership); fails when the engine is stopping or the queue is full. */
+/* Queues a stream job (JOB_ASK or JOB_WATCH; takes ownership of j and its stream reference). */
 svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err);
-/* An answer token: timing, delivery, then the gate goes to whoever waits. Returns nonzero to stop. */
+/* An answer token: timing and delivery. Returns nonzero to stop. */
 int eng_job_token(eng_job *j, const char *piece, size_t len);
 svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backend_ask_cb *cb, uint64_t *id,
                     svlm_err *err);
 void eng_cancel(void *ctx, uint64_t id);
 void eng_job_free(eng_job *j);
-/* Sets the cancel flag of every queued or running job on stream s (or with this id when s is NULL). */
-void eng_jobs_cancel(eng *e, eng_stream *s, uint64_t id);
-void eng_gate_acquire(eng_gate *g, int prefill);
-void eng_gate_release(eng_gate *g);
 /* Hands a piece of answer text to the job's consumer in whole UTF-8 characters. */
 void eng_job_emit(eng_job *j, const char *text, size_t len, int flush);
+/* The still-image worker. */
+svlm_status eng_images_start(eng *e, svlm_err *err);
+void eng_images_stop(eng *e);
 
-/* Still images (engine_image.c): answers j on the worker's thread, inside the gate. */
+/* Still images (engine_image.c): answers j on the image worker. */
 svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *err);
 
 /* Watches (engine_watch.c). */

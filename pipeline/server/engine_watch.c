@@ -18,18 +18,22 @@ static int is_yes(const char *a) {
     return !strncasecmp(a, "yes", 3) || !strncasecmp(a, "true", 4);
 }
 
-/* Under watch_lock: queues an evaluation when the stream has moved on by the interval. */
+/* Under watch_lock: queues an evaluation on the answer lane when the stream has moved on by the
+ * interval. */
 static void maybe_queue(eng *e, eng_watcher *w) {
     eng_stream *s = eng_stream_ref(e, w->stream);
     if (!s) return;
     pthread_mutex_lock(&e->lock);
     double vt = s->video_time;
-    int has_frame = s->latest.data != NULL;
+    int has_frame = s->latest != NULL;
     pthread_mutex_unlock(&e->lock);
+    svlm_stream_metrics m;
+    svlm_stream_metrics_get(s->stream, &m);
     eng_job *j = NULL;
     svlm_err err = {0};
     uint64_t id;
-    if (has_frame && (!w->evaluated || vt >= w->next_due) && (j = calloc(1, sizeof *j))) {
+    /* the first evaluation waits for a frame in the context, not just one read */
+    if (has_frame && m.frames_in > 0 && (!w->evaluated || vt >= w->next_due) && (j = calloc(1, sizeof *j))) {
         size_t n = strlen(w->question) + 1;
         j->question = malloc(n);
         j->kind = JOB_WATCH;

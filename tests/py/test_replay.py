@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """svlm replay on a recording with the tiny SmolVLM fixture models: answers at the given video
-times, the same answers on a second run (greedy, forks pinned to frames), counters, and errors."""
+times, the same answers on a second run (greedy, forks pinned to frames), counters, token
+compression on (the default) and off through the stream, and errors."""
 import json, os, subprocess, sys
 
 data = os.environ.get('SVLM_TEST_DATA', '../shared')
@@ -60,7 +61,35 @@ if counters:
     if counters['tokens']['text'] <= 0:
         fails.append('the answered turns did not join the dialogue window')
 
+# token compression through the stream: off is the plain encoder with every token, exactly (the
+# same answers as the compression path with its cache and pruner switched off, a separate code
+# path); on hands fewer tokens per frame to the decoder and still answers every question
+off, c_off = replay(asks + ['--stc', 'off'])
+idle, c_idle = replay(asks + ['--stc-cache', '0', '--stc-prune', '0'])
+full = 16  # the tiny projector's tokens per frame
+if strip(off) != strip(idle) or len(off) != 3:
+    fails.append('--stc off and a compression pass that changes nothing differ:\n%s\n%s' % (strip(off), strip(idle)))
+if c_off and (c_off['stc']['on'] or c_off['stc']['tokens_per_frame'] != full):
+    fails.append('--stc off: %s' % c_off['stc'])
+if c_idle and (c_idle['stc']['tokens_per_frame'] != full or c_idle['stc']['recomputed_share'] != 1.0):
+    fails.append('cache and pruner off: %s' % c_idle['stc'])
+st = counters.get('stc', {})
+if not (st.get('on') and 0 < st.get('tokens_per_frame', full) < 0.75 * full and st.get('recomputed_share', 1) < 1
+        and st.get('frames_reused', 0) + st.get('frames_partial', 0) > 0):
+    fails.append('compression on (the default) did not compress: %s' % st)
+if c_off and counters and counters['kv_tier_bytes']['vision'] > c_off['kv_tier_bytes']['vision'] * 1.2:
+    fails.append('pruned frames took more of the vision window: %s vs %s' % (counters['kv_tier_bytes'],
+                                                                          c_off['kv_tier_bytes']))
+print('stc: on %.2f tokens/frame (recomputed %.0f%%, %d frames reused), off %d; answers on: %s' % (
+    st.get('tokens_per_frame', 0), 100 * st.get('recomputed_share', 0), st.get('frames_reused', 0), full,
+    [a['answer'][:16] for a in answers]))
+
 for args, needle in (([binp, 'replay', '/nonexistent.mp4', '-m', 'x', '--mmproj', 'y'], 'cannot'),
+                     (base + ['--stc', 'maybe'], 'on or off'),
+                     (base + ['--stc-keep-ratio', '2'], 'keep-ratio'),
+                     (base + ['--stc-nosuch', '1'], "unknown control 'nosuch'"),
+                     (base + ['--no-memory', '--memory-dir', '/tmp'], '--memory-dir'),
+                     (base + ['--memory-tokens', '0'], '--memory-tokens'),
                      (base + ['--ask', 'soon:why?'], '--ask expects'),
                      (base + ['--speed', 'warp'], '--speed expects'),
                      ([binp, 'replay', video], 'required')):

@@ -2,7 +2,8 @@
 """svlm replay over the engine with the tiny SmolVLM fixture models:
 - bounded: a 20,000-frame replay of the built-in test pattern at --speed max keeps resident memory
   (/proc/self/statm, reported every 1000 frames), KV bytes and memory-bank bytes flat: over the
-  second half the largest sample is within 5% of the smallest, and the bank stays under budget;
+  second half the largest sample is within 5% of the smallest (KV: plus one page, as pruned
+  frames vary in size), and the bank stays under budget;
 - questions are answered while frames keep arriving (frames ingested between the fork and the
   end of the answer, summed, > 0), and the same replay twice gives the same answers;
 - without --json on a terminal a progress line shows video time, frames, speed and the answers."""
@@ -45,7 +46,10 @@ if final:
         fails.append('only %d samples over the second half' % len(half))
     for key in ('rss_bytes', 'kv_bytes'):
         vals = [s[key] for s in half]
-        if vals and max(vals) > 1.05 * min(vals):
+        # token compression makes frames of different sizes: the window's pages in use then
+        # move by one page as frames come and go (still bounded), so one page is allowed
+        slack = final.get('kv_page_bytes', 0) if key == 'kv_bytes' else 0
+        if vals and max(vals) > 1.05 * min(vals) + slack:
             fails.append('%s not flat over frames %d..%d: %s' % (key, N // 2, N, vals))
     mem = [s['memory']['bytes'] for s in samples]
     if any(b > final['memory']['budget'] for b in mem) or final['memory']['frames'] < N - 10:

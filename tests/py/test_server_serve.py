@@ -61,6 +61,12 @@ def main():
                (["-m", model, "--mmproj", model, "--bogus"], b"unknown option"),
                (["-m", model, "--mmproj", model, "--answer-threads", "0"], b"--answer-threads"),
                (["--demo", "-m", model], b"--demo"),
+               (["-m", model, "--mmproj", model, "--stc", "maybe"], b"on or off"),
+               (["-m", model, "--mmproj", model, "--stc-keep-ratio", "2"], b"keep-ratio"),
+               (["-m", model, "--mmproj", model, "--stc-bogus", "1"], b"unknown control 'bogus'"),
+               (["-m", model, "--mmproj", model, "--memory-budget", "0"], b"--memory-budget"),
+               (["-m", model, "--mmproj", model, "--no-memory", "--memory-dir", tmp], b"--memory-dir"),
+               (["-m", model, "--mmproj", model, "--frames-window", "0"], b"--frames-window"),
                (["-m", model, "--mmproj", model, "--listen", "127.0.0.1:0"], b"m.gguf")]
         for args, what in bad:
             r = subprocess.run([svlm, "serve"] + args, capture_output=True, timeout=30)
@@ -69,8 +75,20 @@ def main():
         open(cfg, "w").write('{"max_clients": "many"}')
         r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg], capture_output=True)
         assert r.returncode == 2 and b"max_clients" in r.stderr, r
+        # the stream sections: each bad value is named
+        for section, what in [({"stc": {"keep_ratio": 5}}, b"keep-ratio"), ({"stc": {"nosuch": 1}}, b"nosuch"),
+                              ({"stc": {"stc": "maybe"}}, b"on or off"), ({"stc": 1}, b"'stc'"),
+                              ({"memory": {"budget_mib": "x"}}, b"memory.budget_mib"),
+                              ({"memory": {"on": 1}}, b"memory.on"), ({"stream": {"bogus": 1}}, b"stream.bogus"),
+                              ({"stream": {"frames_window": 0.5}}, b"stream.frames_window")]:
+            open(cfg, "w").write(json.dumps(section))
+            r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg], capture_output=True)
+            assert r.returncode == 2 and what in r.stderr, (section, r)
         open(cfg, "w").write(json.dumps({"max_clients": 10, "listen": "127.0.0.1:0",
-                                         "sources": {"cam": "pattern:size=160x120,rate=10,duration=0,live"}}))
+                                         "sources": {"cam": "pattern:size=160x120,rate=10,duration=0,live"},
+                                         "stc": {"stc": "on", "keep-ratio": 0.3, "cache": 1},
+                                         "memory": {"on": True, "budget_mib": 8, "tokens": 32},
+                                         "stream": {"frames_window": 6, "queue": 3, "answer_threads": 4}}))
         cache = os.path.join(tmp, "cache")
         t0 = time.time()
         p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--config", cfg])

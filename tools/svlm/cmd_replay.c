@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "stream_flags.h"
 #include "pipeline/source.h"
 #include "pipeline/stream_engine.h"
 #include "vision/encoder.h"
@@ -18,19 +19,14 @@ enum { MAX_ASKS = 256 };
 
 static void usage(FILE *f) {
     fprintf(f, "usage: svlm replay VIDEO -m TEXT_GGUF --mmproj MMPROJ_GGUF [--fps F] [--speed realtime|max]\n"
-               "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--frames-window N]\n"
-               "                   [--text-window N] [--threads K] [--memory-budget MIB] [--memory-dir DIR]\n"
-               "                   [--no-memory] [--queue N] [--stats-every N] [--json]\n"
+               "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--threads K] [--stats-every N]\n"
+               "                   [stream controls] [--json]\n"
                "  --ask T:Q          ask Q when the video reaches T seconds (repeatable)\n"
-               "  --frames-window N  frames kept in the context (default 8)\n"
-               "  --text-window N    dialogue tokens kept in the context (default 512)\n"
                "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n"
-               "  --memory-budget M  memory bank budget in MiB (default 64); --no-memory: frames leaving\n"
-               "                     the window are dropped; --memory-dir DIR: persist it (a rerun resumes)\n"
-               "  --queue N          frames waiting for the encoder; a live replay (--speed realtime)\n"
-               "                     drops the oldest beyond it (default 2)\n"
                "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
-               "  --json             one line per answer (as they come), then one line of stream counters\n");
+               "  --json             one line per answer (as they come), then one line of stream counters\n"
+               "A live replay (--speed realtime) drops the oldest waiting frame beyond --queue.\n");
+    stream_flags_usage(f);
 }
 
 typedef struct ask_item {
@@ -119,6 +115,14 @@ static void print_counters(replay *r, svlm_engine *e, double video_t, double sec
            m.memory_tier_entries[SVLM_MEMORY_SHORT], m.memory_tier_entries[SVLM_MEMORY_MID],
            m.memory_tier_entries[SVLM_MEMORY_EVENT], (long long)m.memory_frames, (long long)m.memory_events,
            m.frame_ring_bytes);
+    const double frames = m.frames_in > 0 ? (double)m.frames_in : 1, stc_frames = m.stc_frames > 0 ? (double)m.stc_frames : 1;
+    printf("\"stc\":{\"on\":%s,\"tokens_per_frame\":%.2f,\"tokens_per_frame_full\":%.2f,\"recomputed_share\":%.4f,"
+           "\"frames_reused\":%lld,\"frames_partial\":%lld,\"cuts\":%lld},",
+           m.stc_frames > 0 ? "true" : "false", (double)m.image_rows_in / frames,
+           m.stc_frames > 0 ? (double)m.stc_tokens / stc_frames : (double)m.image_rows_in / frames,
+           m.stc_patches > 0 ? (double)m.stc_recomputed / (double)m.stc_patches : 1.0, (long long)m.stc_reused,
+           (long long)m.stc_partial, (long long)m.stc_cuts);
+    printf("\"kv_page_bytes\":%zu,", m.kv_page_bytes);
     printf("\"encode_ms_per_frame\":%.3f,\"prefill_ms_per_frame\":%.3f,\"ingest_busy_ms\":%.1f,\"answer_busy_ms\":%.1f,"
            "\"questions\":%lld,\"answers_joined\":%lld,\"time_offset\":%.3f,\"rss_bytes\":%zu,\"video_s\":%.3f,"
            "\"seconds\":%.3f,\"fps\":%.2f}\n",
@@ -128,10 +132,12 @@ static void print_counters(replay *r, svlm_engine *e, double video_t, double sec
 }
 
 int cmd_replay(int argc, char **argv) {
-    const char *video = NULL, *text_path = NULL, *mmproj_path = NULL, *memory_dir = NULL;
-    double fps = 1, memory_mib = 64;
-    long long threads = 1, max_tokens = 32, frames_window = 8, text_window = 512, queue = 2, stats_every = 0;
-    int json = 0, memory = 1;
+    const char *video = NULL, *text_path = NULL, *mmproj_path = NULL;
+    double fps = 1;
+    long long threads = 1, max_tokens = 32, stats_every = 0;
+    int json = 0, sf_rc;
+    stream_flags sf;
+    stream_flags_default(&sf);
     svlm_pace pace = SVLM_PACE_MAX;
     replay r = {0};
     for (int i = 1; i < argc; i++) {
@@ -141,8 +147,8 @@ int cmd_replay(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--json")) {
             json = 1;
-        } else if (!strcmp(a, "--no-memory")) {
-            memory = 0;
+        } else if ((sf_rc = stream_flags_parse(&sf, "replay", argc, argv, &i)) != 0) {
+            if (sf_rc < 0) return 2;
         } else if (a[0] != '-' && !video) {
             video = a;
         } else if (!(v = cli_value(argc, argv, &i))) {
@@ -157,18 +163,8 @@ int cmd_replay(int argc, char **argv) {
             if (cli_int(a, v, 1, 1024, &threads)) return 2;
         } else if (!strcmp(a, "--max-tokens")) {
             if (cli_int(a, v, 1, 4096, &max_tokens)) return 2;
-        } else if (!strcmp(a, "--frames-window")) {
-            if (cli_int(a, v, 1, 4096, &frames_window)) return 2;
-        } else if (!strcmp(a, "--text-window")) {
-            if (cli_int(a, v, 16, 1 << 20, &text_window)) return 2;
-        } else if (!strcmp(a, "--queue")) {
-            if (cli_int(a, v, 1, 1024, &queue)) return 2;
         } else if (!strcmp(a, "--stats-every")) {
             if (cli_int(a, v, 1, 1LL << 40, &stats_every)) return 2;
-        } else if (!strcmp(a, "--memory-budget")) {
-            if (cli_float(a, v, 0.0625, 1 << 20, &memory_mib)) return 2;
-        } else if (!strcmp(a, "--memory-dir")) {
-            memory_dir = v;
         } else if (!strcmp(a, "--speed")) {
             if (!strcmp(v, "max")) pace = SVLM_PACE_MAX;
             else if (!strcmp(v, "realtime")) pace = SVLM_PACE_REALTIME;
@@ -200,10 +196,7 @@ int cmd_replay(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (memory_dir && !memory) {
-        fprintf(stderr, "svlm replay: --memory-dir needs the memory (drop --no-memory)\n");
-        return 2;
-    }
+    if (stream_flags_check(&sf, "replay")) return 2;
     qsort(r.asks, (size_t)r.n_asks, sizeof r.asks[0], cmp_ask);
     r.json = json;
     r.progress = !json && isatty(2);
@@ -223,8 +216,8 @@ int cmd_replay(int argc, char **argv) {
         fprintf(stderr, "svlm: cannot load the vision model: %s\n", err.msg);
         goto done;
     }
-    svlm_engine_params ep = {.ingest_threads = (int)threads, .answer_threads = (int)threads, .frame_queue = (int)queue,
-                             .exact = pace == SVLM_PACE_MAX};
+    svlm_engine_params ep = {.ingest_threads = (int)threads, .answer_threads = (int)threads,
+                             .frame_queue = (int)sf.queue, .exact = pace == SVLM_PACE_MAX, .stc = &sf.stc};
     if (svlm_engine_create(model, mp, &ep, &engine, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
@@ -232,12 +225,13 @@ int cmd_replay(int argc, char **argv) {
     const int T = mp->hp.tokens_per_tile;
     svlm_memory_opts mo;
     svlm_memory_opts_default(&mo);
-    mo.budget_bytes = (size_t)(memory_mib * 1048576.0);
-    mo.dir = memory_dir;
+    mo.budget_bytes = (size_t)(sf.memory_mib * 1048576.0);
+    mo.dir = sf.memory_dir;
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block */
-    svlm_stream_params sp = {.sink_tokens = 64, .vision_tokens = (int)frames_window * (T + 24),
-                             .text_tokens = (int)text_window, .answer_room = (int)max_tokens + 128,
-                             .rows_per_frame = T, .kv_type = SVLM_F32, .memory = memory ? &mo : NULL};
+    svlm_stream_params sp = {.sink_tokens = (int)sf.sinks, .vision_tokens = (int)sf.frames_window * (T + 24),
+                             .text_tokens = (int)sf.text_window, .answer_room = (int)max_tokens + 128,
+                             .rows_per_frame = T, .kv_type = SVLM_F32, .memory = sf.memory ? &mo : NULL,
+                             .memory_tokens = (int)sf.memory_tokens};
     if (svlm_stream_create(model, svlm_engine_ingest_kernels(engine), &sp,
                            "<|im_start|>System: You are watching a video.<end_of_utterance>\n", &r.stream, &err) ||
         svlm_engine_add_stream(engine, r.stream, &sid, &err)) {

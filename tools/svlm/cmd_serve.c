@@ -21,6 +21,7 @@ int cmd_serve(int argc, char **argv) {
 #include "pipeline/server/engine_backend.h"
 #include "pipeline/server/server.h"
 #include "serve_demo.h"
+#include "stream_flags.h"
 
 #define MAX_SOURCES 64
 #define DEMO_SOURCE "pattern:size=320x240,rate=5,duration=0,live"
@@ -39,8 +40,7 @@ static void usage(FILE *f) {
             "                        (made once into --cache-dir), and without --source a built-in\n"
             "                        test pattern as stream 'demo'\n"
             "  --cache-dir DIR       where --demo keeps its model ($XDG_CACHE_HOME/svlm or ~/.cache/svlm)\n"
-            "  --answer-threads N    questions answered at once, interleaved token by token (4)\n"
-            "  --frames-window N     frames kept in each stream's context (8)\n"
+            "  --answer-threads N    answers decoded at once, interleaved token by token (8)\n"
             "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
             "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
             "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
@@ -48,9 +48,13 @@ static void usage(FILE *f) {
             "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"sources\": {NAME: URI},\n"
             "                        \"max_message_bytes\", \"max_messages_per_s\", \"max_questions_per_client\",\n"
             "                        \"max_questions_total\", \"max_watches_per_client\", \"max_streams\",\n"
-            "                        \"max_clients\", \"max_send_queue_bytes\", \"status_interval_s\"}\n"
+            "                        \"max_clients\", \"max_send_queue_bytes\", \"status_interval_s\",\n"
+            "                        \"stc\": {\"stc\": \"on\"|\"off\", NAME: VALUE}, \"memory\": {\"on\", \"budget_mib\",\n"
+            "                        \"dir\", \"tokens\"}, \"stream\": {\"sinks\", \"frames_window\", \"text_window\",\n"
+            "                        \"queue\", \"answer_threads\"}} (docs/streaming.md)\n"
             "  --web DIR             the page's folder (demos/web next to the binary's source tree)\n"
             "Protocol: docs/protocol.md. The page: http://HOST:PORT/\n");
+    stream_flags_usage(f);
 }
 
 static int parse_listen(const char *s, svlm_server_config *cfg) {
@@ -87,7 +91,81 @@ static int add_source(source_arg *src, int *n, const char *name, size_t name_len
     return 0;
 }
 
-static int load_config(const char *path, svlm_server_config *cfg, source_arg *src, int *n_src) {
+/* "stc": {"stc": "on"|"off"|true|false, NAME: number|true|false} (NAME as in --stc-NAME). */
+static int config_stc(const char *path, json_t *obj, stream_flags *sf) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        char text[64];
+        if (json_is_boolean(v)) snprintf(text, sizeof text, "%s", json_is_true(v) ? "1" : "0");
+        else if (json_is_number(v)) snprintf(text, sizeof text, "%.17g", json_number_value(v));
+        else if (json_is_string(v) && !strcmp(key, "stc")) snprintf(text, sizeof text, "%.60s", json_string_value(v));
+        else return fprintf(stderr, "svlm serve: %s: stc.%s must be a number (or on/off for stc.stc)\n", path, key), -1;
+        svlm_err err = {0};
+        if (svlm_stc_control_set(&sf->stc, key, text, &err))
+            return fprintf(stderr, "svlm serve: %s: stc.%s: %s\n", path, key, err.msg), -1;
+    }
+    return 0;
+}
+
+/* Numbers of an object into long long fields: {name, field, lo, hi}. */
+typedef struct config_int { const char *name; long long *p; long long lo, hi; } config_int;
+static int config_ints(const char *path, const char *section, const char *key, json_t *v, const config_int *ints,
+                       int n, int *known) {
+    for (int i = 0; i < n; i++) {
+        if (strcmp(key, ints[i].name)) continue;
+        *known = 1;
+        double x = json_number_value(v);
+        if (!json_is_number(v) || x != (double)(long long)x || x < (double)ints[i].lo || x > (double)ints[i].hi)
+            return fprintf(stderr, "svlm serve: %s: %s.%s must be an integer from %lld to %lld\n", path, section, key,
+                           ints[i].lo, ints[i].hi), -1;
+        *ints[i].p = (long long)x;
+    }
+    return 0;
+}
+
+static char config_memory_dir[1024];
+
+/* "memory": {"on": bool, "budget_mib": number, "dir": string, "tokens": integer} */
+static int config_memory(const char *path, json_t *obj, stream_flags *sf) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        int known = 0;
+        config_int ints[] = {{"tokens", &sf->memory_tokens, 1, 1 << 20}};
+        if (config_ints(path, "memory", key, v, ints, 1, &known)) return -1;
+        if (known) continue;
+        if (!strcmp(key, "on") && json_is_boolean(v)) sf->memory = json_is_true(v);
+        else if (!strcmp(key, "budget_mib") && json_is_number(v) && json_number_value(v) >= 0.0625 &&
+                 json_number_value(v) <= (double)(1 << 20))
+            sf->memory_mib = json_number_value(v);
+        else if (!strcmp(key, "dir") && json_is_string(v) && strlen(json_string_value(v)) < sizeof config_memory_dir) {
+            snprintf(config_memory_dir, sizeof config_memory_dir, "%s", json_string_value(v));
+            sf->memory_dir = config_memory_dir;
+        } else
+            return fprintf(stderr, "svlm serve: %s: memory.%s: unknown key or wrong type/range (on: bool, "
+                                   "budget_mib: 0.0625..1048576, dir: string, tokens: integer)\n", path, key), -1;
+    }
+    return 0;
+}
+
+/* "stream": {"sinks", "frames_window", "text_window", "queue", "answer_threads"} (integers) */
+static int config_stream(const char *path, json_t *obj, stream_flags *sf, long long *answer_threads) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        int known = 0;
+        config_int ints[] = {{"sinks", &sf->sinks, 16, 1 << 16},          {"frames_window", &sf->frames_window, 1, 4096},
+                             {"text_window", &sf->text_window, 16, 1 << 20}, {"queue", &sf->queue, 1, 1024},
+                             {"answer_threads", answer_threads, 1, 1024}};
+        if (config_ints(path, "stream", key, v, ints, (int)(sizeof ints / sizeof ints[0]), &known)) return -1;
+        if (!known) return fprintf(stderr, "svlm serve: %s: unknown key stream.%s\n", path, key), -1;
+    }
+    return 0;
+}
+
+static int load_config(const char *path, svlm_server_config *cfg, source_arg *src, int *n_src, stream_flags *sf,
+                       long long *answer_threads) {
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) return fprintf(stderr, "svlm serve: %s:%d:%d: %s\n", path, jerr.line, jerr.column, jerr.text), -1;
@@ -125,6 +203,9 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
         else if (!strcmp(key, "token_file") && json_is_string(v)) rc = read_token(json_string_value(v), cfg);
         else if (!strcmp(key, "web") && json_is_string(v))
             snprintf(cfg->web_root, sizeof cfg->web_root, "%s", json_string_value(v));
+        else if (!strcmp(key, "stc") && json_is_object(v)) rc = config_stc(path, v, sf);
+        else if (!strcmp(key, "memory") && json_is_object(v)) rc = config_memory(path, v, sf);
+        else if (!strcmp(key, "stream") && json_is_object(v)) rc = config_stream(path, v, sf, answer_threads);
         else if (!strcmp(key, "sources") && json_is_object(v)) {
             const char *name;
             json_t *uri;
@@ -168,7 +249,10 @@ int cmd_serve(int argc, char **argv) {
     int n_src = 0, demo = 0;
     svlm_engine_backend_opts eo;
     svlm_engine_backend_opts_default(&eo);
-    long long num;
+    stream_flags sf;
+    stream_flags_default(&sf);
+    long long num, answer_threads = eo.answer_threads;
+    int sf_rc;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -183,11 +267,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--cache-dir")) {
             if (!(cache_dir = cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(argv[i], "--answer-threads")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 64, &num)) return 2;
-            eo.answer_threads = (int)num;
-        } else if (!strcmp(argv[i], "--frames-window")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 4096, &num)) return 2;
-            eo.frames_window = (int)num;
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &answer_threads)) return 2;
+        } else if ((sf_rc = stream_flags_parse(&sf, "serve", argc, argv, &i)) != 0) {
+            if (sf_rc < 0) return 2;
         } else if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "-t")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &num)) return 2;
             eo.compute_threads = (int)num;
@@ -203,7 +285,7 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--token-file")) {
             if (!(v = cli_value(argc, argv, &i)) || read_token(v, &cfg)) return 2;
         } else if (!strcmp(argv[i], "--config")) {
-            if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src)) return 2;
+            if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src, &sf, &answer_threads)) return 2;
         } else if (!strcmp(argv[i], "--web")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             snprintf(cfg.web_root, sizeof cfg.web_root, "%s", v);
@@ -213,6 +295,17 @@ int cmd_serve(int argc, char **argv) {
             return 2;
         }
     }
+    if (stream_flags_check(&sf, "serve")) return 2;
+    eo.answer_threads = (int)answer_threads;
+    eo.frames_window = (int)sf.frames_window;
+    eo.text_window = (int)sf.text_window;
+    eo.sink_tokens = (int)sf.sinks;
+    eo.frame_queue = (int)sf.queue;
+    eo.stc = sf.stc;
+    eo.memory = sf.memory;
+    eo.memory_budget = (size_t)(sf.memory_mib * 1048576.0);
+    eo.memory_dir = sf.memory_dir;
+    eo.memory_tokens = (int)sf.memory_tokens;
     static char demo_text[1024], demo_mmproj[1024];
     if (demo && (model || mmproj)) {
         fprintf(stderr, "svlm serve: --demo brings its own model: leave out -m and --mmproj\n");
