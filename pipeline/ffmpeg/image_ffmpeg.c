@@ -76,7 +76,18 @@ svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err
     AVCodecContext *dec = NULL;
     AVFrame *frame = NULL;
     svlm_status st;
-    int rc = avformat_open_input(&fmt, path, NULL, NULL);
+    /* The bytes may come from a client (the server's image_url parts): only pictures and plain video
+     * containers, never playlists or concat scripts that would make FFmpeg open other files. */
+    AVDictionary *opts = NULL;
+    av_dict_set(&opts, "protocol_whitelist", "file", 0);
+    av_dict_set(&opts, "format_whitelist",
+                "image2,gif,bmp_pipe,cri_pipe,dds_pipe,dpx_pipe,exr_pipe,gem_pipe,gif_pipe,j2k_pipe,jpeg_pipe,"
+                "jpegls_pipe,jpegxl_pipe,pam_pipe,pbm_pipe,pcx_pipe,pfm_pipe,pgm_pipe,pgmyuv_pipe,pgx_pipe,phm_pipe,"
+                "photocd_pipe,pictor_pipe,png_pipe,ppm_pipe,psd_pipe,qdraw_pipe,qoi_pipe,sgi_pipe,sunrast_pipe,"
+                "svg_pipe,tiff_pipe,vbn_pipe,webp_pipe,xbm_pipe,xpm_pipe,xwd_pipe,mov,matroska,avi,mpegts,flv",
+                0);
+    int rc = avformat_open_input(&fmt, path, NULL, &opts);
+    av_dict_free(&opts);
     if (rc < 0) return av_fail(err, SVLM_E_UNSUPPORTED, "FFmpeg cannot open it as an image", rc);
     if ((rc = avformat_find_stream_info(fmt, NULL)) < 0) {
         st = av_fail(err, SVLM_E_FORMAT, "FFmpeg cannot read it", rc);

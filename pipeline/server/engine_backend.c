@@ -147,6 +147,9 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
     svlm_memory_opts mo = e->mo;
     char dir[1024];
     if (e->memory_dir[0]) { /* each stream resumes its own bank */
+        /* the name becomes a folder name: "." or ".." would leave the memory folder */
+        if (!req->name[0] || !strcmp(req->name, ".") || !strcmp(req->name, "..") || strchr(req->name, '/'))
+            return svlm_fail(err, SVLM_E_INVALID, "stream name '%s' cannot name a memory folder", req->name);
         snprintf(dir, sizeof dir, "%s/%s", e->memory_dir, req->name);
         mo.dir = dir;
     }
@@ -166,16 +169,24 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
 static svlm_status open_stream(void *ctx, const svlm_backend_open_req *req, svlm_err *err) {
     eng *e = ctx;
     pthread_mutex_lock(&e->lock);
-    int exists = find_locked(e, req->name) != NULL, full = e->n_streams >= e->o.max_streams;
-    if (!exists && !full) e->n_streams++; /* the slot is ours while opening */
+    int exists = find_locked(e, req->name) != NULL, slot = -1;
+    for (int i = 0; i < SVLM_BACKEND_MAX_OPENING; i++) {
+        if (e->opening[i][0] && !strcmp(e->opening[i], req->name)) exists = 1;
+        if (!e->opening[i][0] && slot < 0) slot = i;
+    }
+    int full = e->n_streams >= e->o.max_streams || slot < 0;
+    if (!exists && !full) {
+        e->n_streams++; /* the slot and the name are ours while opening */
+        snprintf(e->opening[slot], sizeof e->opening[slot], "%s", req->name);
+    }
     pthread_mutex_unlock(&e->lock);
     if (exists) return svlm_fail(err, SVLM_E_INVALID, "a stream named '%s' is open already", req->name);
-    if (full) return svlm_fail(err, SVLM_E_LIMIT, "at most %d streams", e->o.max_streams);
+    if (full) return svlm_fail(err, SVLM_E_LIMIT, "at most %d streams (and %d opening at once)",
+                               e->o.max_streams, SVLM_BACKEND_MAX_OPENING);
     eng_stream *s = calloc(1, sizeof *s);
     svlm_status st = s ? stream_build(e, req, s, err) : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     pthread_mutex_lock(&e->lock);
-    if (!st && find_locked(e, req->name)) /* opened by another client meanwhile */
-        st = svlm_fail(err, SVLM_E_INVALID, "a stream named '%s' is open already", req->name);
+    e->opening[slot][0] = 0;
     if (!st) {
         s->next = e->streams;
         e->streams = s;

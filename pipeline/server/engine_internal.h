@@ -88,6 +88,8 @@ typedef struct eng_watcher {
     svlm_backend_watch_cb cb;
 } eng_watcher;
 
+#define SVLM_BACKEND_MAX_OPENING 16
+
 struct svlm_engine_backend {
     svlm_engine_backend_opts o;
     char model_label[128];
@@ -104,6 +106,9 @@ struct svlm_engine_backend {
     pthread_cond_t cv;           /* streams released, image jobs queued */
     eng_stream *streams;
     int n_streams;               /* including those being opened */
+    /* names of streams being opened (not yet in `streams`): a second open of the same name is
+     * refused at once, so two banks never share one memory folder */
+    char opening[SVLM_BACKEND_MAX_OPENING][SVLM_BACKEND_NAME_MAX];
     eng_job *jobs;               /* stream jobs in the engine (for cancel) */
     int n_jobs;
     uint64_t next_id;

@@ -39,6 +39,9 @@ with tempfile.TemporaryDirectory() as d:
             continue
         got = array.array('f')
         got.frombytes(open(out, 'rb').read())
+        if len(got) != len(ref):  # zip() below would otherwise compare only a prefix
+            fails.append('%s: %d logits, expected %d' % (t, len(got), len(ref)))
+            continue
         m = max(abs(a - b) for a, b in zip(got, ref))
         agree = sum(argmax(got, i) == argmax(ref, i) for i in range(N))
         print('%-5s max |d logit| %.4f (tolerance %g), argmax agrees at %d/%d positions' % (t, m, tol, agree, N))

@@ -66,8 +66,9 @@ static void handle(ask_client *a, const char *text, size_t len) {
         if (json_is_true(json_object_get(m, "cancelled"))) fprintf(stderr, "svlm ask: cancelled\n");
         a->finished = 1;
     } else if (!strcmp(type, "error")) {
-        fprintf(stderr, "svlm ask: %s: %s\n", json_string_value(json_object_get(m, "code")),
-                json_string_value(json_object_get(m, "message")));
+        const char *code = json_string_value(json_object_get(m, "code"));
+        const char *msg = json_string_value(json_object_get(m, "message"));
+        fprintf(stderr, "svlm ask: %s: %s\n", code ? code : "error", msg ? msg : "(no message)");
         a->finished = 1, a->rc = 1;
     }
     json_decref(m);

@@ -175,7 +175,7 @@ int cmd_replay(int argc, char **argv) {
         } else if (!strcmp(a, "--ask")) {
             char *end;
             double t = strtod(v, &end);
-            if (end == v || *end != ':' || !end[1] || !(t >= 0)) {
+            if (end == v || *end != ':' || !end[1] || !(t >= 0 && t <= 1e9)) { /* also rejects inf and nan */
                 fprintf(stderr, "svlm: --ask expects T:QUESTION (T in seconds), got '%s'\n", v);
                 return 2;
             }

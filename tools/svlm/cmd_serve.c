@@ -116,7 +116,7 @@ static int config_ints(const char *path, const char *section, const char *key, j
         if (strcmp(key, ints[i].name)) continue;
         *known = 1;
         double x = json_number_value(v);
-        if (!json_is_number(v) || x != (double)(long long)x || x < (double)ints[i].lo || x > (double)ints[i].hi)
+        if (!json_is_number(v) || x < (double)ints[i].lo || x > (double)ints[i].hi || x != (double)(long long)x)
             return fprintf(stderr, "svlm serve: %s: %s.%s must be an integer from %lld to %lld\n", path, section, key,
                            ints[i].lo, ints[i].hi), -1;
         *ints[i].p = (long long)x;
