@@ -15,7 +15,8 @@ typedef struct {
 static void read_part(void *ctx, int task, int thread) {
     (void)thread;
     bw_job *j = ctx;
-    size_t per = j->n / (size_t)j->parts, lo = per * (size_t)task, hi = task == j->parts - 1 ? j->n : lo + per;
+    size_t per = j->n / (size_t)j->parts, lo = per * (size_t)task,
+           hi = task == j->parts - 1 ? j->n : lo + per;
     uint64_t a = 0, b = 0, c = 0, d = 0;
     for (size_t i = lo; i + 4 <= hi; i += 4) {
         a += j->buf[i];

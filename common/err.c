@@ -21,7 +21,9 @@ const char *svlm_status_str(svlm_status st) {
     return "E_UNKNOWN";
 }
 
-const char *svlm_version(void) { return SVLM_VERSION_STRING; }
+const char *svlm_version(void) {
+    return SVLM_VERSION_STRING;
+}
 
 svlm_status svlm_fail(svlm_err *err, svlm_status st, const char *fmt, ...) {
     if (err) {

@@ -72,7 +72,7 @@ static _Thread_local int pool_thread_index;
 
 #define TASK_BITS 20
 #define TASK_MASK ((1u << TASK_BITS) - 1)
-#define GEN_MASK 0xffffffu /* 24 bits of generation */
+#define GEN_MASK  0xffffffu /* 24 bits of generation */
 
 static uint64_t claim_word(unsigned gen, unsigned n_tasks, unsigned next) {
     return (uint64_t)(gen & GEN_MASK) << (2 * TASK_BITS) | (uint64_t)n_tasks << TASK_BITS | next;
@@ -170,14 +170,17 @@ void svlm_pool_destroy(svlm_pool *p) {
     atomic_fetch_add(&p->generation, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
-    for (int i = 1; i < p->size; i++) pthread_join(p->workers[i - 1].thread, NULL);
+    for (int i = 1; i < p->size; i++)
+        pthread_join(p->workers[i - 1].thread, NULL);
     pthread_cond_destroy(&p->wake);
     pthread_mutex_destroy(&p->lock);
     free(p->workers);
     free(p);
 }
 
-int svlm_pool_size(const svlm_pool *p) { return p ? p->size : 1; }
+int svlm_pool_size(const svlm_pool *p) {
+    return p ? p->size : 1;
+}
 
 typedef struct offset_ctx {
     svlm_task_fn fn;
@@ -195,13 +198,15 @@ void svlm_pool_run(svlm_pool *p, svlm_task_fn fn, void *ctx, int n_tasks) {
     if (n_tasks > (int)TASK_MASK) { /* more tasks than a claim word counts: several runs */
         for (int done = 0; done < n_tasks; done += (int)TASK_MASK) {
             offset_ctx o = {fn, ctx, done};
-            svlm_pool_run(p, offset_task, &o, n_tasks - done < (int)TASK_MASK ? n_tasks - done : (int)TASK_MASK);
+            svlm_pool_run(p, offset_task, &o,
+                          n_tasks - done < (int)TASK_MASK ? n_tasks - done : (int)TASK_MASK);
         }
         return;
     }
     if (!p || p->size == 1 || n_tasks == 1 || in_pool_task) {
         int thread = in_pool_task ? pool_thread_index : 0;
-        for (int t = 0; t < n_tasks; t++) fn(ctx, t, thread);
+        for (int t = 0; t < n_tasks; t++)
+            fn(ctx, t, thread);
         return;
     }
     unsigned gen = atomic_load_explicit(&p->generation, memory_order_relaxed) + 1;
@@ -226,8 +231,10 @@ void svlm_pool_run(svlm_pool *p, svlm_task_fn fn, void *ctx, int n_tasks) {
     for (int i = 0; atomic_load_explicit(&p->done_tasks, memory_order_acquire) < n_tasks; i++) {
         if ((i & 63) == 63) {
             uint64_t t = now_ns();
-            if (!deadline) deadline = t + CALLER_SPIN_NS;
-            else if (t > deadline) sched_yield();
+            if (!deadline)
+                deadline = t + CALLER_SPIN_NS;
+            else if (t > deadline)
+                sched_yield();
         }
         SVLM_CPU_RELAX();
     }

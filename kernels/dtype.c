@@ -112,7 +112,9 @@ svlm_f16 svlm_f32_to_f16(float f) {
     return (svlm_f16)(sign | h);
 }
 
-float svlm_bf16_to_f32(svlm_bf16 h) { return f32_from_bits((uint32_t)h << 16); }
+float svlm_bf16_to_f32(svlm_bf16 h) {
+    return f32_from_bits((uint32_t)h << 16);
+}
 
 svlm_bf16 svlm_f32_to_bf16(float f) {
     uint32_t u = f32_bits(f);

@@ -35,21 +35,41 @@ typedef enum svlm_dtype {
 typedef uint16_t svlm_f16;  /* IEEE half, raw bits */
 typedef uint16_t svlm_bf16; /* bfloat16, raw bits  */
 
-#define SVLM_QK4_0 32
-#define SVLM_QK4_1 32
-#define SVLM_QK5_0 32
-#define SVLM_QK5_1 32
-#define SVLM_QK8_0 32
-#define SVLM_QK8_1 32
-#define SVLM_QK_K 256
+#define SVLM_QK4_0        32
+#define SVLM_QK4_1        32
+#define SVLM_QK5_0        32
+#define SVLM_QK5_1        32
+#define SVLM_QK8_0        32
+#define SVLM_QK8_1        32
+#define SVLM_QK_K         256
 #define SVLM_K_SCALE_SIZE 12
 
-typedef struct { svlm_f16 d; uint8_t qs[SVLM_QK4_0 / 2]; } svlm_block_q4_0;
-typedef struct { svlm_f16 d, m; uint8_t qs[SVLM_QK4_1 / 2]; } svlm_block_q4_1;
-typedef struct { svlm_f16 d; uint8_t qh[4]; uint8_t qs[SVLM_QK5_0 / 2]; } svlm_block_q5_0;
-typedef struct { svlm_f16 d, m; uint8_t qh[4]; uint8_t qs[SVLM_QK5_1 / 2]; } svlm_block_q5_1;
-typedef struct { svlm_f16 d; int8_t qs[SVLM_QK8_0]; } svlm_block_q8_0;
-typedef struct { svlm_f16 d, s; int8_t qs[SVLM_QK8_1]; } svlm_block_q8_1; /* s = d * sum(qs) */
+typedef struct {
+    svlm_f16 d;
+    uint8_t qs[SVLM_QK4_0 / 2];
+} svlm_block_q4_0;
+typedef struct {
+    svlm_f16 d, m;
+    uint8_t qs[SVLM_QK4_1 / 2];
+} svlm_block_q4_1;
+typedef struct {
+    svlm_f16 d;
+    uint8_t qh[4];
+    uint8_t qs[SVLM_QK5_0 / 2];
+} svlm_block_q5_0;
+typedef struct {
+    svlm_f16 d, m;
+    uint8_t qh[4];
+    uint8_t qs[SVLM_QK5_1 / 2];
+} svlm_block_q5_1;
+typedef struct {
+    svlm_f16 d;
+    int8_t qs[SVLM_QK8_0];
+} svlm_block_q8_0;
+typedef struct {
+    svlm_f16 d, s;
+    int8_t qs[SVLM_QK8_1];
+} svlm_block_q8_1; /* s = d * sum(qs) */
 typedef struct {
     svlm_f16 d, dmin;
     uint8_t scales[SVLM_K_SCALE_SIZE];
@@ -83,9 +103,9 @@ _Static_assert(sizeof(svlm_block_q5_K) == 176, "q5_K layout");
 _Static_assert(sizeof(svlm_block_q6_K) == 210, "q6_K layout");
 
 typedef struct svlm_dtype_info {
-    const char *name;  /* "f32", "q8_0", ... NULL for unknown ids */
-    int block_size;    /* elements per block (1 for plain types)   */
-    size_t type_size;  /* bytes per block                          */
+    const char *name; /* "f32", "q8_0", ... NULL for unknown ids */
+    int block_size;   /* elements per block (1 for plain types)   */
+    size_t type_size; /* bytes per block                          */
     int is_quantized;
 } svlm_dtype_info;
 

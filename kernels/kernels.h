@@ -30,8 +30,8 @@ typedef struct svlm_attn_args {
     float *out;         /* [n_q][n_head][head_dim] */
     int64_t n_q, n_kv;
     int n_head, n_kv_head, head_dim;
-    int causal;         /* query i sees kv rows j <= (n_kv - n_q) + i; else all rows */
-    float scale;        /* usually 1/sqrt(head_dim) */
+    int causal;  /* query i sees kv rows j <= (n_kv - n_q) + i; else all rows */
+    float scale; /* usually 1/sqrt(head_dim) */
 } svlm_attn_args;
 
 typedef struct svlm_kernels svlm_kernels;
@@ -68,8 +68,8 @@ void svlm_k_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w,
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps);
 /* y = (x - mean) / sqrt(var + eps) * w + b, population variance. y may alias x. b may be NULL. */
-void svlm_k_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y,
-                      int64_t n, int64_t dim, float eps);
+void svlm_k_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
+                      int64_t dim, float eps);
 /* In-place RoPE on x [n][n_head][head_dim]: the first n_rot dims of each head are rotated by
  * pos[i] * base^(-2j/n_rot). neox=0: adjacent pairs (2j, 2j+1); neox=1: pairs (j, j + n_rot/2).
  * Angles follow ggml: theta_j = pos * (base^(-2/n_rot))^j in float32. */

@@ -23,11 +23,12 @@ typedef struct backend_ops {
     void (*matmul)(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
     void (*matmul_multi)(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                          float *const *ys);
-    void (*rmsnorm)(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps);
+    void (*rmsnorm)(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                    float eps);
     void (*layernorm)(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
                       int64_t dim, float eps);
-    void (*rope)(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
-                 float base, int neox);
+    void (*rope)(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                 const int32_t *pos, float base, int neox);
     void (*attention)(svlm_kernels *k, const svlm_attn_args *a);
     void (*silu_mul)(svlm_kernels *k, float *gate, const float *up, int64_t n);
     void (*gelu_tanh)(svlm_kernels *k, float *x, int64_t n);
@@ -85,10 +86,14 @@ static svlm_status choose_level(svlm_cpu_level *level, svlm_err *err) {
     const char *env = getenv("SVLM_SIMD");
     if (!env || !*env) return SVLM_OK;
     svlm_cpu_level want;
-    if (!strcmp(env, "scalar")) want = SVLM_CPU_SCALAR;
-    else if (!strcmp(env, "avx2")) want = SVLM_CPU_AVX2;
-    else if (!strcmp(env, "avx512")) want = SVLM_CPU_AVX512;
-    else return svlm_fail(err, SVLM_E_INVALID, "SVLM_SIMD=%s: expected scalar, avx2 or avx512", env);
+    if (!strcmp(env, "scalar"))
+        want = SVLM_CPU_SCALAR;
+    else if (!strcmp(env, "avx2"))
+        want = SVLM_CPU_AVX2;
+    else if (!strcmp(env, "avx512"))
+        want = SVLM_CPU_AVX512;
+    else
+        return svlm_fail(err, SVLM_E_INVALID, "SVLM_SIMD=%s: expected scalar, avx2 or avx512", env);
     if (want > *level)
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "SVLM_SIMD=%s: this CPU supports only %s", env,
                          level_name(*level));
@@ -117,9 +122,12 @@ static svlm_status choose_bf16(svlm_cpu_level level, int *quant, int *f16, svlm_
     *quant = level >= SVLM_CPU_AVX512;
     *f16 = 0;
     if (!env || !*env || !strcmp(env, "quant")) return SVLM_OK;
-    if (!strcmp(env, "0")) *quant = 0;
-    else if (!strcmp(env, "all")) *f16 = *quant;
-    else return svlm_fail(err, SVLM_E_INVALID, "SVLM_BF16=%s: expected quant, all or 0", env);
+    if (!strcmp(env, "0"))
+        *quant = 0;
+    else if (!strcmp(env, "all"))
+        *f16 = *quant;
+    else
+        return svlm_fail(err, SVLM_E_INVALID, "SVLM_BF16=%s: expected quant, all or 0", env);
     return SVLM_OK;
 }
 
@@ -159,7 +167,8 @@ void *svlm_cpu_act_buffer(svlm_cpu *c, size_t bytes) {
 #define CPU(k) (&(k)->cpu)
 
 static void cpu_destroy(svlm_kernels *k) {
-    for (int t = 0; t < k->n_threads * SVLM_SCRATCH_SLOTS; t++) free(k->cpu.scratch[t]);
+    for (int t = 0; t < k->n_threads * SVLM_SCRATCH_SLOTS; t++)
+        free(k->cpu.scratch[t]);
     free(k->cpu.scratch);
     free(k->cpu.scratch_cap);
     free(k->cpu.act);
@@ -169,28 +178,34 @@ static void cpu_destroy(svlm_kernels *k) {
 static void cpu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
     svlm_cpu_matmul(CPU(k), w, x, n, y);
 }
-static void cpu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
-                             float *const *ys) {
+static void cpu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x,
+                             int64_t n, float *const *ys) {
     svlm_cpu_matmul_multi(CPU(k), ws, n_w, x, n, ys);
 }
 static void cpu_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                         float eps) {
     svlm_cpu_rmsnorm(CPU(k), x, w, y, n, dim, eps);
 }
-static void cpu_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
-                          int64_t dim, float eps) {
+static void cpu_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y,
+                          int64_t n, int64_t dim, float eps) {
     svlm_cpu_layernorm(CPU(k), x, w, b, y, n, dim, eps);
 }
 static void cpu_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
                      const int32_t *pos, float base, int neox) {
     svlm_cpu_rope(CPU(k), x, n, n_head, head_dim, n_rot, pos, base, neox);
 }
-static void cpu_attention(svlm_kernels *k, const svlm_attn_args *a) { svlm_cpu_attention(CPU(k), a); }
+static void cpu_attention(svlm_kernels *k, const svlm_attn_args *a) {
+    svlm_cpu_attention(CPU(k), a);
+}
 static void cpu_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
     svlm_cpu_silu_mul(CPU(k), gate, up, n);
 }
-static void cpu_gelu_tanh(svlm_kernels *k, float *x, int64_t n) { svlm_cpu_gelu_tanh(CPU(k), x, n); }
-static void cpu_add(svlm_kernels *k, float *y, const float *x, int64_t n) { svlm_cpu_add(CPU(k), y, x, n); }
+static void cpu_gelu_tanh(svlm_kernels *k, float *x, int64_t n) {
+    svlm_cpu_gelu_tanh(CPU(k), x, n);
+}
+static void cpu_add(svlm_kernels *k, float *y, const float *x, int64_t n) {
+    svlm_cpu_add(CPU(k), y, x, n);
+}
 static void cpu_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
     svlm_cpu_add_bias(CPU(k), y, b, n_rows, dim);
 }
@@ -211,8 +226,8 @@ static void cpu_free(svlm_kernels *k, void *p) {
 }
 
 static const backend_ops cpu_ops = {
-    cpu_destroy,  cpu_matmul, cpu_matmul_multi, cpu_rmsnorm,  cpu_layernorm, cpu_rope,  cpu_attention,
-    cpu_silu_mul, cpu_gelu_tanh, cpu_add,        cpu_add_bias, cpu_softmax,   cpu_alloc, cpu_free,
+    cpu_destroy,  cpu_matmul,    cpu_matmul_multi, cpu_rmsnorm,  cpu_layernorm, cpu_rope,  cpu_attention,
+    cpu_silu_mul, cpu_gelu_tanh, cpu_add,          cpu_add_bias, cpu_softmax,   cpu_alloc, cpu_free,
 };
 
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err) {
@@ -259,10 +274,18 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
 void svlm_kernels_destroy(svlm_kernels *k) {
     if (k) k->ops->destroy(k);
 }
-const char *svlm_kernels_name(const svlm_kernels *k) { return k->name; }
-int svlm_kernels_threads(const svlm_kernels *k) { return k->n_threads; }
-void *svlm_k_alloc(svlm_kernels *k, size_t bytes) { return k->ops->alloc(k, bytes); }
-void svlm_k_free(svlm_kernels *k, void *p) { k->ops->free(k, p); }
+const char *svlm_kernels_name(const svlm_kernels *k) {
+    return k->name;
+}
+int svlm_kernels_threads(const svlm_kernels *k) {
+    return k->n_threads;
+}
+void *svlm_k_alloc(svlm_kernels *k, size_t bytes) {
+    return k->ops->alloc(k, bytes);
+}
+void svlm_k_free(svlm_kernels *k, void *p) {
+    k->ops->free(k, p);
+}
 
 void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
     k->ops->matmul(k, w, x, n, y);
@@ -279,17 +302,25 @@ void svlm_k_layernorm(svlm_kernels *k, const float *x, const float *w, const flo
                       int64_t dim, float eps) {
     k->ops->layernorm(k, x, w, b, y, n, dim, eps);
 }
-void svlm_k_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
-                 float base, int neox) {
+void svlm_k_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                 const int32_t *pos, float base, int neox) {
     k->ops->rope(k, x, n, n_head, head_dim, n_rot, pos, base, neox);
 }
-void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a) { k->ops->attention(k, a); }
+void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a) {
+    k->ops->attention(k, a);
+}
 void svlm_k_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
     k->ops->silu_mul(k, gate, up, n);
 }
-void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n) { k->ops->gelu_tanh(k, x, n); }
-void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n) { k->ops->add(k, y, x, n); }
+void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n) {
+    k->ops->gelu_tanh(k, x, n);
+}
+void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n) {
+    k->ops->add(k, y, x, n);
+}
 void svlm_k_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
     k->ops->add_bias(k, y, b, n_rows, dim);
 }
-void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) { k->ops->softmax(k, x, n_rows, dim); }
+void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
+    k->ops->softmax(k, x, n_rows, dim);
+}

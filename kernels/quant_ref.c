@@ -12,8 +12,12 @@
 
 #define GROUP_MAX_EPS 1e-15f
 
-static int imin(int a, int b) { return a < b ? a : b; }
-static int imax(int a, int b) { return a > b ? a : b; }
+static int imin(int a, int b) {
+    return a < b ? a : b;
+}
+static int imax(int a, int b) {
+    return a > b ? a : b;
+}
 
 /* Round to nearest, ties to even, via the 1.5*2^23 trick (exact for |v| < 2^22).
  * Out-of-range and NaN inputs (only from non-finite weights) are clamped first. */
@@ -33,7 +37,9 @@ static int trunc_int(float v) {
     return (int)v;
 }
 
-static int round_away(float v) { return trunc_int(roundf(v)); }
+static int round_away(float v) {
+    return trunc_int(roundf(v));
+}
 
 /* ---- 32-element blocks ------------------------------------------------------------------ */
 
@@ -91,7 +97,8 @@ static void pack_5bit(const int *q, uint8_t qs[16], uint8_t qh_bytes[4]) {
         qh |= (uint32_t)((q[j] >> 4) & 1) << j;
         qh |= (uint32_t)((q[j + 16] >> 4) & 1) << (j + 16);
     }
-    for (int b = 0; b < 4; b++) qh_bytes[b] = (uint8_t)(qh >> (8 * b));
+    for (int b = 0; b < 4; b++)
+        qh_bytes[b] = (uint8_t)(qh >> (8 * b));
 }
 
 static uint32_t load_u32le(const uint8_t b[4]) {
@@ -103,7 +110,8 @@ static void quantize_q5_0(const float *x, svlm_block_q5_0 *y) {
     const float id = d ? 1.0f / d : 0.0f;
     y->d = svlm_f32_to_f16(d);
     int q[32];
-    for (int j = 0; j < 32; j++) q[j] = (uint8_t)imin(31, (int8_t)trunc_int(x[j] * id + 16.5f));
+    for (int j = 0; j < 32; j++)
+        q[j] = (uint8_t)imin(31, (int8_t)trunc_int(x[j] * id + 16.5f));
     pack_5bit(q, y->qs, y->qh);
 }
 
@@ -115,13 +123,15 @@ static void quantize_q5_1(const float *x, svlm_block_q5_1 *y) {
     y->d = svlm_f32_to_f16(d);
     y->m = svlm_f32_to_f16(mn);
     int q[32];
-    for (int j = 0; j < 32; j++) q[j] = (uint8_t)trunc_int((x[j] - mn) * id + 0.5f);
+    for (int j = 0; j < 32; j++)
+        q[j] = (uint8_t)trunc_int((x[j] - mn) * id + 0.5f);
     pack_5bit(q, y->qs, y->qh);
 }
 
 static float absmax(const float *x, int n) {
     float amax = 0.f;
-    for (int j = 0; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < n; j++)
+        amax = fmaxf(amax, fabsf(x[j]));
     return amax;
 }
 
@@ -129,7 +139,8 @@ static void quantize_q8_0(const float *x, svlm_block_q8_0 *y) {
     const float d = absmax(x, 32) / 127;
     const float id = d ? 1.0f / d : 0.0f;
     y->d = svlm_f32_to_f16(d);
-    for (int j = 0; j < 32; j++) y->qs[j] = (int8_t)round_away(x[j] * id);
+    for (int j = 0; j < 32; j++)
+        y->qs[j] = (int8_t)round_away(x[j] * id);
 }
 
 static void quantize_q8_1(const float *x, svlm_block_q8_1 *y) {
@@ -176,8 +187,8 @@ static void kq_pack_scales(const int ls[8], const int lm[8], uint8_t s[12]) {
  * weighted squared error: start from the min/max grid, then try nstep+1 nearby grids and
  * keep the least-squares (scale, min) fit of whichever codes give the least error.
  */
-static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L,
-                           float *neg_min, float rmin, float rdelta, int nstep) {
+static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
+                           float rmin, float rdelta, int nstep) {
     uint8_t Laux[32];
     float min = x[0], max = x[0];
     float sum_w = w[0], sum_x = sum_w * x[0];
@@ -245,9 +256,11 @@ static void kq_quantize_superblock(const float *x, int nmax, float rmin, int nst
     for (int j = 0; j < 8; j++) {
         const float *xs = x + 32 * j;
         float sum_x2 = 0;
-        for (int l = 0; l < 32; l++) sum_x2 += xs[l] * xs[l];
+        for (int l = 0; l < 32; l++)
+            sum_x2 += xs[l] * xs[l];
         float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; l++) weights[l] = av_x + fabsf(xs[l]);
+        for (int l = 0; l < 32; l++)
+            weights[l] = av_x + fabsf(xs[l]);
         sub_scale[j] = fit_scale_min(32, nmax, xs, weights, L + 32 * j, &sub_min[j], rmin, 0.1f, nstep);
         if (sub_scale[j] > max_scale) max_scale = sub_scale[j];
         if (sub_min[j] > max_min) max_min = sub_min[j];
@@ -361,7 +374,8 @@ static void quantize_q6_K(const float *x, svlm_block_q6_K *y) {
     }
     const float iscale = -128.f / max_scale;
     y->d = svlm_f32_to_f16(1 / iscale);
-    for (int ib = 0; ib < 16; ib++) y->scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
+    for (int ib = 0; ib < 16; ib++)
+        y->scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
     for (int j = 0; j < 16; j++) {
         const float d = svlm_f16_to_f32(y->d) * y->scales[j];
         if (!d) continue;
@@ -389,10 +403,12 @@ static void quantize_q8_K(const float *x, svlm_block_q8_K *y) {
         return;
     }
     const float iscale = -127.f / max;
-    for (int j = 0; j < 256; j++) y->qs[j] = (int8_t)imin(127, nearest_int(iscale * x[j]));
+    for (int j = 0; j < 256; j++)
+        y->qs[j] = (int8_t)imin(127, nearest_int(iscale * x[j]));
     for (int j = 0; j < 16; j++) {
         int sum = 0;
-        for (int ii = 0; ii < 16; ii++) sum += y->qs[16 * j + ii];
+        for (int ii = 0; ii < 16; ii++)
+            sum += y->qs[16 * j + ii];
         y->bsums[j] = (int16_t)sum;
     }
     y->d = 1 / iscale;
@@ -425,23 +441,27 @@ static int code_5bit(const uint8_t qs[16], uint32_t qh, int j) {
 static void dequantize_q5_0(const svlm_block_q5_0 *b, float *y) {
     const float d = svlm_f16_to_f32(b->d);
     const uint32_t qh = load_u32le(b->qh);
-    for (int j = 0; j < 32; j++) y[j] = (code_5bit(b->qs, qh, j) - 16) * d;
+    for (int j = 0; j < 32; j++)
+        y[j] = (code_5bit(b->qs, qh, j) - 16) * d;
 }
 
 static void dequantize_q5_1(const svlm_block_q5_1 *b, float *y) {
     const float d = svlm_f16_to_f32(b->d), m = svlm_f16_to_f32(b->m);
     const uint32_t qh = load_u32le(b->qh);
-    for (int j = 0; j < 32; j++) y[j] = code_5bit(b->qs, qh, j) * d + m;
+    for (int j = 0; j < 32; j++)
+        y[j] = code_5bit(b->qs, qh, j) * d + m;
 }
 
 static void dequantize_q8_0(const svlm_block_q8_0 *b, float *y) {
     const float d = svlm_f16_to_f32(b->d);
-    for (int j = 0; j < 32; j++) y[j] = b->qs[j] * d;
+    for (int j = 0; j < 32; j++)
+        y[j] = b->qs[j] * d;
 }
 
 static void dequantize_q8_1(const svlm_block_q8_1 *b, float *y) {
     const float d = svlm_f16_to_f32(b->d);
-    for (int j = 0; j < 32; j++) y[j] = b->qs[j] * d;
+    for (int j = 0; j < 32; j++)
+        y[j] = b->qs[j] * d;
 }
 
 static void dequantize_q4_K(const svlm_block_q4_K *b, float *y) {
@@ -497,15 +517,20 @@ static void dequantize_q6_K(const svlm_block_q6_K *b, float *y) {
 }
 
 static void dequantize_q8_K(const svlm_block_q8_K *b, float *y) {
-    for (int j = 0; j < 256; j++) y[j] = b->d * b->qs[j];
+    for (int j = 0; j < 256; j++)
+        y[j] = b->d * b->qs[j];
 }
 
 /* ---- entry points ------------------------------------------------------------------------- */
 
 /* One block (de)quantizer per type; the loops below walk the row. */
-#define BLOCK_FNS(T, blk)                                                                     \
-    static void dq_##T(const void *b, float *y) { dequantize_##T((const blk *)b, y); }      \
-    static void q_##T(const float *x, void *b) { quantize_##T(x, (blk *)b); }
+#define BLOCK_FNS(T, blk)                                                                                    \
+    static void dq_##T(const void *b, float *y) {                                                            \
+        dequantize_##T((const blk *)b, y);                                                                   \
+    }                                                                                                        \
+    static void q_##T(const float *x, void *b) {                                                             \
+        quantize_##T(x, (blk *)b);                                                                           \
+    }
 BLOCK_FNS(q4_0, svlm_block_q4_0)
 BLOCK_FNS(q4_1, svlm_block_q4_1)
 BLOCK_FNS(q5_0, svlm_block_q5_0)
@@ -525,11 +550,10 @@ typedef struct {
 
 static const block_codec *codec_for(svlm_dtype t) {
     static const block_codec codecs[SVLM_DTYPE_COUNT] = {
-        [SVLM_Q4_0] = {dq_q4_0, q_q4_0}, [SVLM_Q4_1] = {dq_q4_1, q_q4_1},
-        [SVLM_Q5_0] = {dq_q5_0, q_q5_0}, [SVLM_Q5_1] = {dq_q5_1, q_q5_1},
-        [SVLM_Q8_0] = {dq_q8_0, q_q8_0}, [SVLM_Q8_1] = {dq_q8_1, q_q8_1},
-        [SVLM_Q4_K] = {dq_q4_K, q_q4_K}, [SVLM_Q5_K] = {dq_q5_K, q_q5_K},
-        [SVLM_Q6_K] = {dq_q6_K, q_q6_K}, [SVLM_Q8_K] = {dq_q8_K, q_q8_K},
+        [SVLM_Q4_0] = {dq_q4_0, q_q4_0}, [SVLM_Q4_1] = {dq_q4_1, q_q4_1}, [SVLM_Q5_0] = {dq_q5_0, q_q5_0},
+        [SVLM_Q5_1] = {dq_q5_1, q_q5_1}, [SVLM_Q8_0] = {dq_q8_0, q_q8_0}, [SVLM_Q8_1] = {dq_q8_1, q_q8_1},
+        [SVLM_Q4_K] = {dq_q4_K, q_q4_K}, [SVLM_Q5_K] = {dq_q5_K, q_q5_K}, [SVLM_Q6_K] = {dq_q6_K, q_q6_K},
+        [SVLM_Q8_K] = {dq_q8_K, q_q8_K},
     };
     if ((int)t < 0 || (int)t >= SVLM_DTYPE_COUNT || !codecs[t].quantize) return NULL;
     return &codecs[t];
@@ -542,12 +566,14 @@ int svlm_dequantize_row(svlm_dtype t, const void *src, float *dst, int64_t n) {
     case SVLM_F32: memcpy(dst, src, (size_t)n * sizeof(float)); return 0;
     case SVLM_F16: {
         const uint8_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = svlm_f16_to_f32((svlm_f16)(s[2 * i] | s[2 * i + 1] << 8));
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = svlm_f16_to_f32((svlm_f16)(s[2 * i] | s[2 * i + 1] << 8));
         return 0;
     }
     case SVLM_BF16: {
         const uint8_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = svlm_bf16_to_f32((svlm_bf16)(s[2 * i] | s[2 * i + 1] << 8));
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = svlm_bf16_to_f32((svlm_bf16)(s[2 * i] | s[2 * i + 1] << 8));
         return 0;
     }
     default: break;

@@ -19,9 +19,9 @@
 #include "common/err.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_MAX_KEY_BYTES 4096   /* far beyond any real key; keeps messages sane */
-#define GGUF_MAX_NAME_BYTES 64    /* the GGUF spec's limit for tensor names       */
-#define GGUF_MAX_DIMS 4
+#define GGUF_MAX_KEY_BYTES     4096 /* far beyond any real key; keeps messages sane */
+#define GGUF_MAX_NAME_BYTES    64   /* the GGUF spec's limit for tensor names       */
+#define GGUF_MAX_DIMS          4
 
 /* The public struct plus lookup indexes and ownership; gguf_file* points at `pub`. */
 typedef struct gguf_impl {
@@ -39,11 +39,14 @@ typedef struct cursor {
 
 /* ---- primitive reads --------------------------------------------------------------------- */
 
-static int has(const cursor *c, uint64_t n) { return n <= c->size - c->pos; }
+static int has(const cursor *c, uint64_t n) {
+    return n <= c->size - c->pos;
+}
 
 static uint64_t le(const uint8_t *p, int n) {
     uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
     return v;
 }
 
@@ -92,11 +95,24 @@ static int utf8_valid(const uint8_t *s, uint64_t n) {
         uint8_t b = s[i];
         int extra;
         uint32_t cp, min;
-        if (b < 0x80) { i++; continue; }
-        if ((b & 0xe0) == 0xc0) { extra = 1; cp = b & 0x1f; min = 0x80; }
-        else if ((b & 0xf0) == 0xe0) { extra = 2; cp = b & 0x0f; min = 0x800; }
-        else if ((b & 0xf8) == 0xf0) { extra = 3; cp = b & 0x07; min = 0x10000; }
-        else return 0;
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        if ((b & 0xe0) == 0xc0) {
+            extra = 1;
+            cp = b & 0x1f;
+            min = 0x80;
+        } else if ((b & 0xf0) == 0xe0) {
+            extra = 2;
+            cp = b & 0x0f;
+            min = 0x800;
+        } else if ((b & 0xf8) == 0xf0) {
+            extra = 3;
+            cp = b & 0x07;
+            min = 0x10000;
+        } else
+            return 0;
         if ((uint64_t)extra > n - i - 1) return 0;
         for (int k = 1; k <= extra; k++) {
             if ((s[i + k] & 0xc0) != 0x80) return 0;
@@ -132,7 +148,7 @@ static svlm_status read_name(cursor *c, char **out, uint64_t max_len, svlm_err *
 /* ---- metadata values --------------------------------------------------------------------- */
 
 const char *gguf_vtype_name(gguf_vtype t) {
-    static const char *names[GGUF_VTYPE_COUNT] = {"u8",  "i8",   "u16",   "i16", "u32", "i32", "f32",
+    static const char *names[GGUF_VTYPE_COUNT] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                                   "bool", "string", "array", "u64", "i64", "f64"};
     return (unsigned)t < GGUF_VTYPE_COUNT ? names[t] : "unknown";
 }
@@ -140,10 +156,17 @@ const char *gguf_vtype_name(gguf_vtype t) {
 /* Bytes of one fixed-size element; 0 for strings, arrays and unknown types. */
 static int vtype_size(uint32_t t) {
     switch (t) {
-    case GGUF_UINT8: case GGUF_INT8: case GGUF_BOOL: return 1;
-    case GGUF_UINT16: case GGUF_INT16: return 2;
-    case GGUF_UINT32: case GGUF_INT32: case GGUF_FLOAT32: return 4;
-    case GGUF_UINT64: case GGUF_INT64: case GGUF_FLOAT64: return 8;
+    case GGUF_UINT8:
+    case GGUF_INT8:
+    case GGUF_BOOL: return 1;
+    case GGUF_UINT16:
+    case GGUF_INT16: return 2;
+    case GGUF_UINT32:
+    case GGUF_INT32:
+    case GGUF_FLOAT32: return 4;
+    case GGUF_UINT64:
+    case GGUF_INT64:
+    case GGUF_FLOAT64: return 8;
     default: return 0;
     }
 }
@@ -210,8 +233,9 @@ static svlm_status read_array(cursor *c, gguf_kv *kv, svlm_err *err) {
                          "array of %llu strings at offset %zu cannot fit in the %zu bytes left in the file",
                          (unsigned long long)n, c->pos, c->size - c->pos);
     gguf_str *strs = malloc((size_t)(n ? n : 1) * sizeof *strs);
-    if (!strs) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for an array of %llu strings",
-                                (unsigned long long)n);
+    if (!strs)
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory for an array of %llu strings",
+                         (unsigned long long)n);
     kv->arr_strs = strs;
     for (uint64_t i = 0; i < n; i++) {
         st = read_str(c, &strs[i], err, "string");
@@ -228,7 +252,8 @@ static svlm_status read_value(cursor *c, gguf_kv *kv, svlm_err *err) {
     size_t at = c->pos;
     svlm_status st = read_u32(c, &t, err, "value type");
     if (st) return st;
-    if (t >= GGUF_VTYPE_COUNT) return svlm_fail(err, SVLM_E_FORMAT, "unknown value type %u at offset %zu", t, at);
+    if (t >= GGUF_VTYPE_COUNT)
+        return svlm_fail(err, SVLM_E_FORMAT, "unknown value type %u at offset %zu", t, at);
     kv->type = (gguf_vtype)t;
     if (t == GGUF_STRING) return read_str(c, &kv->v.str, err, "string value");
     if (t == GGUF_ARRAY) return read_array(c, kv, err);
@@ -236,7 +261,8 @@ static svlm_status read_value(cursor *c, gguf_kv *kv, svlm_err *err) {
     if (!has(c, (uint64_t)n)) return truncated(c, err, gguf_vtype_name(kv->type), (uint64_t)n);
     decode_scalar(kv->type, c->base + c->pos, kv);
     if (t == GGUF_BOOL && c->base[c->pos] > 1)
-        return svlm_fail(err, SVLM_E_FORMAT, "bool value at offset %zu is %u, not 0 or 1", c->pos, c->base[c->pos]);
+        return svlm_fail(err, SVLM_E_FORMAT, "bool value at offset %zu is %u, not 0 or 1", c->pos,
+                         c->base[c->pos]);
     c->pos += (size_t)n;
     return SVLM_OK;
 }
@@ -260,11 +286,13 @@ static svlm_status index_kvs(gguf_impl *g, svlm_err *err) {
     gguf_file *f = &g->pub;
     g->kv_sorted = malloc((size_t)(f->n_kv ? f->n_kv : 1) * sizeof *g->kv_sorted);
     if (!g->kv_sorted) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    for (uint64_t i = 0; i < f->n_kv; i++) g->kv_sorted[i] = &f->kv[i];
+    for (uint64_t i = 0; i < f->n_kv; i++)
+        g->kv_sorted[i] = &f->kv[i];
     qsort(g->kv_sorted, (size_t)f->n_kv, sizeof *g->kv_sorted, cmp_kv);
     for (uint64_t i = 1; i < f->n_kv; i++)
         if (!strcmp(g->kv_sorted[i - 1]->key, g->kv_sorted[i]->key))
-            return svlm_fail(err, SVLM_E_FORMAT, "metadata key '%s' appears more than once", g->kv_sorted[i]->key);
+            return svlm_fail(err, SVLM_E_FORMAT, "metadata key '%s' appears more than once",
+                             g->kv_sorted[i]->key);
     return SVLM_OK;
 }
 
@@ -274,16 +302,16 @@ static svlm_status index_tensors(gguf_impl *g, svlm_err *err) {
     size_t n = (size_t)f->n_tensors;
     g->tensor_sorted = malloc((n ? n : 1) * sizeof *g->tensor_sorted);
     if (!g->tensor_sorted) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) g->tensor_sorted[i] = &f->tensors[i];
+    for (size_t i = 0; i < n; i++)
+        g->tensor_sorted[i] = &f->tensors[i];
     qsort(g->tensor_sorted, n, sizeof *g->tensor_sorted, cmp_tensor_offset);
     for (size_t i = 1; i < n; i++) {
         const gguf_tensor *a = g->tensor_sorted[i - 1], *b = g->tensor_sorted[i];
         if (a->offset + a->nbytes > b->offset) /* both ends were checked against the file */
-            return svlm_fail(err, SVLM_E_FORMAT,
-                             "tensors '%s' (data [%llu, %llu)) and '%s' (data [%llu, %llu)) overlap", a->name,
-                             (unsigned long long)a->offset, (unsigned long long)(a->offset + a->nbytes),
-                             b->name, (unsigned long long)b->offset,
-                             (unsigned long long)(b->offset + b->nbytes));
+            return svlm_fail(
+                err, SVLM_E_FORMAT, "tensors '%s' (data [%llu, %llu)) and '%s' (data [%llu, %llu)) overlap",
+                a->name, (unsigned long long)a->offset, (unsigned long long)(a->offset + a->nbytes), b->name,
+                (unsigned long long)b->offset, (unsigned long long)(b->offset + b->nbytes));
     }
     qsort(g->tensor_sorted, n, sizeof *g->tensor_sorted, cmp_tensor_name);
     for (size_t i = 1; i < n; i++)
@@ -320,10 +348,12 @@ static svlm_status read_header(cursor *c, gguf_file *f, uint64_t *n_kv, uint64_t
     /* Smallest possible records: a key/value is 8+1+4+1 bytes, a tensor info 8+1+4+8+4+8. */
     uint64_t left = c->size - c->pos;
     if (*n_kv > left / 14)
-        return svlm_fail(err, SVLM_E_FORMAT, "metadata count %llu cannot fit in the %llu bytes after the header",
+        return svlm_fail(err, SVLM_E_FORMAT,
+                         "metadata count %llu cannot fit in the %llu bytes after the header",
                          (unsigned long long)*n_kv, (unsigned long long)left);
     if (*n_tensors > left / 33)
-        return svlm_fail(err, SVLM_E_FORMAT, "tensor count %llu cannot fit in the %llu bytes after the header",
+        return svlm_fail(err, SVLM_E_FORMAT,
+                         "tensor count %llu cannot fit in the %llu bytes after the header",
                          (unsigned long long)*n_tensors, (unsigned long long)left);
     return SVLM_OK;
 }
@@ -351,7 +381,8 @@ static svlm_status read_metadata(cursor *c, gguf_impl *g, uint64_t n_kv, svlm_er
         f->n_kv = i + 1; /* counts the entry for cleanup even when it fails half-read */
         st = read_name(c, &kv->key, GGUF_MAX_KEY_BYTES, err, "metadata key");
         if (st) {
-            svlm_err_prefix(err, "metadata entry %llu of %llu", (unsigned long long)i, (unsigned long long)n_kv);
+            svlm_err_prefix(err, "metadata entry %llu of %llu", (unsigned long long)i,
+                            (unsigned long long)n_kv);
             return st;
         }
         st = read_value(c, kv, err);
@@ -426,7 +457,8 @@ static svlm_status read_tensor_table(cursor *c, gguf_impl *g, uint64_t n_tensors
             if (t->name)
                 svlm_err_prefix(err, "tensor '%s'", t->name);
             else
-                svlm_err_prefix(err, "tensor %llu of %llu", (unsigned long long)i, (unsigned long long)n_tensors);
+                svlm_err_prefix(err, "tensor %llu of %llu", (unsigned long long)i,
+                                (unsigned long long)n_tensors);
             return st;
         }
     }
@@ -440,9 +472,10 @@ static svlm_status place_tensors(cursor *c, gguf_impl *g, svlm_err *err) {
     if (!svlm_add_size(c->pos, pad, &data)) return svlm_fail(err, SVLM_E_FORMAT, "data offset overflows");
     if (data > c->size) {
         if (f->n_tensors)
-            return svlm_fail(err, SVLM_E_FORMAT,
-                             "the tensor data section starts at offset %zu, past the end of the file (size %zu)",
-                             data, c->size);
+            return svlm_fail(
+                err, SVLM_E_FORMAT,
+                "the tensor data section starts at offset %zu, past the end of the file (size %zu)", data,
+                c->size);
         data = c->size; /* no tensors: the closing padding may be absent */
     }
     f->data_offset = data;
@@ -451,14 +484,15 @@ static svlm_status place_tensors(cursor *c, gguf_impl *g, svlm_err *err) {
         gguf_tensor *t = &f->tensors[i];
         uint64_t end;
         if (t->offset % a)
-            return svlm_fail(err, SVLM_E_FORMAT, "tensor '%s': data offset %llu is not a multiple of the alignment %zu",
-                             t->name, (unsigned long long)t->offset, a);
+            return svlm_fail(err, SVLM_E_FORMAT,
+                             "tensor '%s': data offset %llu is not a multiple of the alignment %zu", t->name,
+                             (unsigned long long)t->offset, a);
         if (!svlm_add_u64(t->offset, t->nbytes, &end) || end > avail)
             return svlm_fail(err, SVLM_E_FORMAT,
                              "tensor '%s': data [offset %llu, %zu bytes) runs past the end of the file "
                              "(data section of %llu bytes at file offset %zu, file size %zu)",
-                             t->name, (unsigned long long)t->offset, t->nbytes, (unsigned long long)avail, data,
-                             c->size);
+                             t->name, (unsigned long long)t->offset, t->nbytes, (unsigned long long)avail,
+                             data, c->size);
         t->data = c->base + data + t->offset;
     }
     return SVLM_OK;
@@ -468,7 +502,8 @@ static svlm_status parse(gguf_impl *g, svlm_err *err) {
     gguf_file *f = &g->pub;
     cursor c = {f->map, f->size, 0};
     if (f->size < 24)
-        return svlm_fail(err, SVLM_E_FORMAT, "file of %zu bytes is too small for a GGUF header (24 bytes)", f->size);
+        return svlm_fail(err, SVLM_E_FORMAT, "file of %zu bytes is too small for a GGUF header (24 bytes)",
+                         f->size);
     uint64_t n_kv = 0, n_tensors = 0;
     svlm_status st = read_header(&c, f, &n_kv, &n_tensors, err);
     if (st) return st;
@@ -533,8 +568,8 @@ svlm_status gguf_open(const char *path, gguf_file **out, svlm_err *err) {
     size_t size = (size_t)sb.st_size;
     if (size < 24) {
         close(fd);
-        return svlm_fail(err, SVLM_E_FORMAT, "%s: file of %zu bytes is too small for a GGUF header (24 bytes)",
-                         path, size);
+        return svlm_fail(err, SVLM_E_FORMAT,
+                         "%s: file of %zu bytes is too small for a GGUF header (24 bytes)", path, size);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
@@ -552,7 +587,8 @@ void gguf_close(gguf_file *f) {
         free(f->kv[i].key);
         free((void *)f->kv[i].arr_strs);
     }
-    for (uint64_t i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        free(f->tensors[i].name);
     free(f->kv);
     free(f->tensors);
     free(g->kv_sorted);

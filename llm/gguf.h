@@ -15,13 +15,26 @@
 #include "svlm.h"
 
 typedef enum gguf_vtype {
-    GGUF_UINT8 = 0, GGUF_INT8 = 1, GGUF_UINT16 = 2, GGUF_INT16 = 3,
-    GGUF_UINT32 = 4, GGUF_INT32 = 5, GGUF_FLOAT32 = 6, GGUF_BOOL = 7,
-    GGUF_STRING = 8, GGUF_ARRAY = 9, GGUF_UINT64 = 10, GGUF_INT64 = 11,
-    GGUF_FLOAT64 = 12, GGUF_VTYPE_COUNT = 13,
+    GGUF_UINT8 = 0,
+    GGUF_INT8 = 1,
+    GGUF_UINT16 = 2,
+    GGUF_INT16 = 3,
+    GGUF_UINT32 = 4,
+    GGUF_INT32 = 5,
+    GGUF_FLOAT32 = 6,
+    GGUF_BOOL = 7,
+    GGUF_STRING = 8,
+    GGUF_ARRAY = 9,
+    GGUF_UINT64 = 10,
+    GGUF_INT64 = 11,
+    GGUF_FLOAT64 = 12,
+    GGUF_VTYPE_COUNT = 13,
 } gguf_vtype;
 
-typedef struct gguf_str { const char *ptr; uint64_t len; } gguf_str;
+typedef struct gguf_str {
+    const char *ptr;
+    uint64_t len;
+} gguf_str;
 
 /* One metadata value. For arrays, `arr_type`/`arr_n` describe the elements; fixed-size elements
  * are raw little-endian bytes at `data`, string elements are decoded in `arr_strs`. */
@@ -29,11 +42,15 @@ typedef struct gguf_kv {
     char *key;
     gguf_vtype type;
     union {
-        uint64_t u64; int64_t i64; double f64; int b; gguf_str str;
+        uint64_t u64;
+        int64_t i64;
+        double f64;
+        int b;
+        gguf_str str;
     } v;                 /* scalars, widened */
     gguf_vtype arr_type; /* arrays only */
     uint64_t arr_n;
-    const uint8_t *data; /* arrays only: raw element bytes (or string records) */
+    const uint8_t *data;      /* arrays only: raw element bytes (or string records) */
     const gguf_str *arr_strs; /* arrays of strings: decoded (ptr,len) per element */
 } gguf_kv;
 
@@ -41,10 +58,10 @@ typedef struct gguf_tensor {
     char *name;
     svlm_dtype type;
     int n_dims;
-    int64_t ne[4];       /* ggml order: ne[0] fastest; unused dims are 1 */
-    uint64_t offset;     /* relative to the data section */
+    int64_t ne[4];   /* ggml order: ne[0] fastest; unused dims are 1 */
+    uint64_t offset; /* relative to the data section */
     size_t nbytes;
-    const void *data;    /* points into the mapping */
+    const void *data; /* points into the mapping */
 } gguf_tensor;
 
 typedef struct gguf_file {
@@ -53,7 +70,7 @@ typedef struct gguf_file {
     gguf_kv *kv;
     gguf_tensor *tensors;
     size_t alignment;
-    size_t data_offset;  /* start of the tensor data section in the file */
+    size_t data_offset; /* start of the tensor data section in the file */
     const uint8_t *map;
     size_t size;
     char *path;

@@ -9,12 +9,15 @@
 #include "common/checked.h"
 #include "common/err.h"
 
-#define GGUF_MAGIC "GGUF"
-#define GGUF_VERSION 3u
+#define GGUF_MAGIC             "GGUF"
+#define GGUF_VERSION           3u
 #define GGUF_DEFAULT_ALIGNMENT 32u
-#define GGUF_MAX_NAME 63 /* ggml's GGML_MAX_NAME minus the terminator */
+#define GGUF_MAX_NAME          63 /* ggml's GGML_MAX_NAME minus the terminator */
 
-typedef struct { uint8_t *p; size_t len, cap; } byte_buf;
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} byte_buf;
 
 typedef struct {
     char *name;
@@ -29,15 +32,15 @@ struct gguf_writer {
     char *path, *tmp_path;
     FILE *f;
     size_t alignment;
-    byte_buf kv;        /* serialized key/value records */
+    byte_buf kv; /* serialized key/value records */
     uint64_t n_kv;
-    char **keys;        /* for the duplicate check */
+    char **keys; /* for the duplicate check */
     tensor_info *tensors;
     uint64_t n_tensors, cap_tensors;
     uint64_t data_size; /* aligned size of the data section so far */
     int header_written, finished, failed;
-    uint64_t cur;       /* tensor being written */
-    size_t cur_done;    /* its bytes written so far */
+    uint64_t cur;    /* tensor being written */
+    size_t cur_done; /* its bytes written so far */
 };
 
 /* ---- in-memory serialization ------------------------------------------------------------ */
@@ -63,7 +66,8 @@ static int buf_put(byte_buf *b, const void *data, size_t n) {
 /* GGUF is little-endian; these helpers write fixed-width integers byte by byte. */
 static int buf_le(byte_buf *b, uint64_t v, int bytes) {
     uint8_t tmp[8];
-    for (int i = 0; i < bytes; i++) tmp[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < bytes; i++)
+        tmp[i] = (uint8_t)(v >> (8 * i));
     return buf_put(b, tmp, (size_t)bytes);
 }
 
@@ -79,10 +83,17 @@ static svlm_status oom(gguf_writer *w, svlm_err *err) {
 
 static size_t scalar_size(gguf_vtype t) {
     switch (t) {
-    case GGUF_UINT8: case GGUF_INT8: case GGUF_BOOL: return 1;
-    case GGUF_UINT16: case GGUF_INT16: return 2;
-    case GGUF_UINT32: case GGUF_INT32: case GGUF_FLOAT32: return 4;
-    case GGUF_UINT64: case GGUF_INT64: case GGUF_FLOAT64: return 8;
+    case GGUF_UINT8:
+    case GGUF_INT8:
+    case GGUF_BOOL: return 1;
+    case GGUF_UINT16:
+    case GGUF_INT16: return 2;
+    case GGUF_UINT32:
+    case GGUF_INT32:
+    case GGUF_FLOAT32: return 4;
+    case GGUF_UINT64:
+    case GGUF_INT64:
+    case GGUF_FLOAT64: return 8;
     default: return 0;
     }
 }
@@ -117,15 +128,33 @@ static svlm_status set_scalar(gguf_writer *w, const char *key, gguf_vtype t, uin
     return SVLM_OK;
 }
 
-svlm_status gguf_writer_set_u8(gguf_writer *w, const char *k, uint8_t v, svlm_err *e) { return set_scalar(w, k, GGUF_UINT8, v, e); }
-svlm_status gguf_writer_set_i8(gguf_writer *w, const char *k, int8_t v, svlm_err *e) { return set_scalar(w, k, GGUF_INT8, (uint8_t)v, e); }
-svlm_status gguf_writer_set_u16(gguf_writer *w, const char *k, uint16_t v, svlm_err *e) { return set_scalar(w, k, GGUF_UINT16, v, e); }
-svlm_status gguf_writer_set_i16(gguf_writer *w, const char *k, int16_t v, svlm_err *e) { return set_scalar(w, k, GGUF_INT16, (uint16_t)v, e); }
-svlm_status gguf_writer_set_u32(gguf_writer *w, const char *k, uint32_t v, svlm_err *e) { return set_scalar(w, k, GGUF_UINT32, v, e); }
-svlm_status gguf_writer_set_i32(gguf_writer *w, const char *k, int32_t v, svlm_err *e) { return set_scalar(w, k, GGUF_INT32, (uint32_t)v, e); }
-svlm_status gguf_writer_set_u64(gguf_writer *w, const char *k, uint64_t v, svlm_err *e) { return set_scalar(w, k, GGUF_UINT64, v, e); }
-svlm_status gguf_writer_set_i64(gguf_writer *w, const char *k, int64_t v, svlm_err *e) { return set_scalar(w, k, GGUF_INT64, (uint64_t)v, e); }
-svlm_status gguf_writer_set_bool(gguf_writer *w, const char *k, int v, svlm_err *e) { return set_scalar(w, k, GGUF_BOOL, v ? 1 : 0, e); }
+svlm_status gguf_writer_set_u8(gguf_writer *w, const char *k, uint8_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_UINT8, v, e);
+}
+svlm_status gguf_writer_set_i8(gguf_writer *w, const char *k, int8_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_INT8, (uint8_t)v, e);
+}
+svlm_status gguf_writer_set_u16(gguf_writer *w, const char *k, uint16_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_UINT16, v, e);
+}
+svlm_status gguf_writer_set_i16(gguf_writer *w, const char *k, int16_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_INT16, (uint16_t)v, e);
+}
+svlm_status gguf_writer_set_u32(gguf_writer *w, const char *k, uint32_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_UINT32, v, e);
+}
+svlm_status gguf_writer_set_i32(gguf_writer *w, const char *k, int32_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_INT32, (uint32_t)v, e);
+}
+svlm_status gguf_writer_set_u64(gguf_writer *w, const char *k, uint64_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_UINT64, v, e);
+}
+svlm_status gguf_writer_set_i64(gguf_writer *w, const char *k, int64_t v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_INT64, (uint64_t)v, e);
+}
+svlm_status gguf_writer_set_bool(gguf_writer *w, const char *k, int v, svlm_err *e) {
+    return set_scalar(w, k, GGUF_BOOL, v ? 1 : 0, e);
+}
 
 svlm_status gguf_writer_set_f32(gguf_writer *w, const char *k, float v, svlm_err *e) {
     uint32_t bits;
@@ -140,7 +169,8 @@ svlm_status gguf_writer_set_f64(gguf_writer *w, const char *k, double v, svlm_er
 }
 
 svlm_status gguf_writer_set_str_n(gguf_writer *w, const char *key, const char *v, size_t len, svlm_err *err) {
-    if (!v && len) return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL string for '%s'", key ? key : "?");
+    if (!v && len)
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL string for '%s'", key ? key : "?");
     svlm_status st = begin_kv(w, key, GGUF_STRING, err);
     if (st) return st;
     if (buf_str(&w->kv, v, len)) return oom(w, err);
@@ -161,7 +191,8 @@ svlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype elem
     if (n > SIZE_MAX || !svlm_mul_size((size_t)n, esize, &total))
         return svlm_fail(err, SVLM_E_INVALID, "gguf writer: '%s': array of %llu elements is too large",
                          key ? key : "?", (unsigned long long)n);
-    if (!elems && n) return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL array for '%s'", key ? key : "?");
+    if (!elems && n)
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL array for '%s'", key ? key : "?");
     svlm_status st = begin_kv(w, key, GGUF_ARRAY, err);
     if (st) return st;
     /* Stored little-endian; the host is assumed little-endian as everywhere in svlm. */
@@ -172,7 +203,8 @@ svlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype elem
 
 svlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t n,
                                     svlm_err *err) {
-    if (!strs && n) return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL array for '%s'", key ? key : "?");
+    if (!strs && n)
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL array for '%s'", key ? key : "?");
     for (uint64_t i = 0; i < n; i++)
         if (!strs[i])
             return svlm_fail(err, SVLM_E_INVALID, "gguf writer: '%s': string %llu is NULL", key ? key : "?",
@@ -180,7 +212,8 @@ svlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char 
     svlm_status st = begin_kv(w, key, GGUF_ARRAY, err);
     if (st) return st;
     int bad = buf_le(&w->kv, GGUF_STRING, 4) || buf_le(&w->kv, n, 8);
-    for (uint64_t i = 0; i < n && !bad; i++) bad = buf_str(&w->kv, strs[i], strlen(strs[i]));
+    for (uint64_t i = 0; i < n && !bad; i++)
+        bad = buf_str(&w->kv, strs[i], strlen(strs[i]));
     if (bad) return oom(w, err);
     return SVLM_OK;
 }
@@ -216,15 +249,18 @@ svlm_status gguf_writer_add_tensor(gguf_writer *w, const char *name, svlm_dtype 
         return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor name '%s' must have 1 to %d bytes", name,
                          GGUF_MAX_NAME);
     if (n_dims < 1 || n_dims > 4)
-        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor '%s' has %d dims (1 to 4 allowed)", name, n_dims);
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor '%s' has %d dims (1 to 4 allowed)", name,
+                         n_dims);
     const svlm_dtype_info *ti = svlm_dtype_get((int)type);
     if (!ti || !ti->name)
-        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor '%s' has unknown type %d", name, (int)type);
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor '%s' has unknown type %d", name,
+                         (int)type);
     size_t nbytes = gguf_tensor_bytes(type, n_dims, ne);
     if (!nbytes)
-        return svlm_fail(err, SVLM_E_INVALID,
-                         "gguf writer: tensor '%s': shape does not fit type %s (ne[0] = %lld, block %d) or is too large",
-                         name, ti->name, (long long)ne[0], ti->block_size);
+        return svlm_fail(
+            err, SVLM_E_INVALID,
+            "gguf writer: tensor '%s': shape does not fit type %s (ne[0] = %lld, block %d) or is too large",
+            name, ti->name, (long long)ne[0], ti->block_size);
     for (uint64_t i = 0; i < w->n_tensors; i++)
         if (!strcmp(w->tensors[i].name, name))
             return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor '%s' added twice", name);
@@ -240,13 +276,15 @@ svlm_status gguf_writer_add_tensor(gguf_writer *w, const char *name, svlm_dtype 
     uint64_t offset = w->data_size;
     if (!svlm_add_u64(offset, nbytes, &end)) ok = 0;
     end = align_up(end, w->alignment, &ok);
-    if (!ok) return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor data exceeds 2^64 bytes at '%s'", name);
+    if (!ok)
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor data exceeds 2^64 bytes at '%s'", name);
     tensor_info *t = &w->tensors[w->n_tensors];
     memset(t, 0, sizeof *t);
     if (!(t->name = strdup(name))) return svlm_fail(err, SVLM_E_NOMEM, "gguf writer: out of memory");
     t->type = type;
     t->n_dims = n_dims;
-    for (int i = 0; i < 4; i++) t->ne[i] = i < n_dims ? ne[i] : 1;
+    for (int i = 0; i < 4; i++)
+        t->ne[i] = i < n_dims ? ne[i] : 1;
     t->offset = offset;
     t->nbytes = nbytes;
     w->data_size = end;
@@ -279,12 +317,14 @@ static svlm_status put_zeros(gguf_writer *w, uint64_t n, svlm_err *err) {
 
 static svlm_status write_header(gguf_writer *w, svlm_err *err) {
     byte_buf head = {0};
-    int bad = buf_put(&head, GGUF_MAGIC, 4) || buf_le(&head, GGUF_VERSION, 4) || buf_le(&head, w->n_tensors, 8) ||
-              buf_le(&head, w->n_kv, 8) || buf_put(&head, w->kv.p, w->kv.len);
+    int bad = buf_put(&head, GGUF_MAGIC, 4) || buf_le(&head, GGUF_VERSION, 4) ||
+              buf_le(&head, w->n_tensors, 8) || buf_le(&head, w->n_kv, 8) ||
+              buf_put(&head, w->kv.p, w->kv.len);
     for (uint64_t i = 0; i < w->n_tensors && !bad; i++) {
         const tensor_info *t = &w->tensors[i];
         bad = buf_str(&head, t->name, strlen(t->name)) || buf_le(&head, (uint64_t)t->n_dims, 4);
-        for (int d = 0; d < t->n_dims && !bad; d++) bad = buf_le(&head, (uint64_t)t->ne[d], 8);
+        for (int d = 0; d < t->n_dims && !bad; d++)
+            bad = buf_le(&head, (uint64_t)t->ne[d], 8);
         bad = bad || buf_le(&head, (uint64_t)t->type, 4) || buf_le(&head, t->offset, 8);
     }
     if (bad) {
@@ -342,7 +382,8 @@ svlm_status gguf_writer_finish(gguf_writer *w, svlm_err *err) {
     if (!w->header_written && (st = write_header(w, err))) return st;
     if (w->cur < w->n_tensors) {
         w->failed = 1;
-        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: tensor '%s' got %zu of %zu bytes (%llu more tensors got none)",
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "gguf writer: tensor '%s' got %zu of %zu bytes (%llu more tensors got none)",
                          w->tensors[w->cur].name, w->cur_done, w->tensors[w->cur].nbytes,
                          (unsigned long long)(w->n_tensors - w->cur - 1));
     }
@@ -365,8 +406,8 @@ svlm_status gguf_writer_create(const char *path, size_t alignment, gguf_writer *
     if (!path || !*path) return svlm_fail(err, SVLM_E_INVALID, "gguf writer: empty path");
     if (alignment == 0) alignment = GGUF_DEFAULT_ALIGNMENT;
     if (alignment % 8 || (alignment & (alignment - 1)) || alignment > UINT32_MAX)
-        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: alignment %zu is not a power of two multiple of 8",
-                         alignment);
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "gguf writer: alignment %zu is not a power of two multiple of 8", alignment);
     gguf_writer *w = calloc(1, sizeof *w);
     if (!w) return svlm_fail(err, SVLM_E_NOMEM, "gguf writer: out of memory");
     w->alignment = alignment;
@@ -381,7 +422,8 @@ svlm_status gguf_writer_create(const char *path, size_t alignment, gguf_writer *
     memcpy(w->tmp_path + n, ".tmp", 5);
     w->f = fopen(w->tmp_path, "wb");
     if (!w->f) {
-        svlm_status st = svlm_fail(err, SVLM_E_IO, "gguf writer: cannot create '%s': %s", w->tmp_path, strerror(errno));
+        svlm_status st =
+            svlm_fail(err, SVLM_E_IO, "gguf writer: cannot create '%s': %s", w->tmp_path, strerror(errno));
         free(w->tmp_path);
         w->tmp_path = NULL; /* nothing to remove */
         gguf_writer_destroy(w);
@@ -403,9 +445,11 @@ void gguf_writer_destroy(gguf_writer *w) {
     if (!w) return;
     if (w->f) fclose(w->f);
     if (!w->finished && w->tmp_path) remove(w->tmp_path);
-    for (uint64_t i = 0; i < w->n_kv; i++) free(w->keys[i]);
+    for (uint64_t i = 0; i < w->n_kv; i++)
+        free(w->keys[i]);
     free(w->keys);
-    for (uint64_t i = 0; i < w->n_tensors; i++) free(w->tensors[i].name);
+    for (uint64_t i = 0; i < w->n_tensors; i++)
+        free(w->tensors[i].name);
     free(w->tensors);
     free(w->kv.p);
     free(w->path);

@@ -43,15 +43,14 @@ svlm_status gguf_writer_set_f32(gguf_writer *w, const char *key, float v, svlm_e
 svlm_status gguf_writer_set_f64(gguf_writer *w, const char *key, double v, svlm_err *err);
 svlm_status gguf_writer_set_bool(gguf_writer *w, const char *key, int v, svlm_err *err);
 svlm_status gguf_writer_set_str(gguf_writer *w, const char *key, const char *v, svlm_err *err);
-svlm_status gguf_writer_set_str_n(gguf_writer *w, const char *key, const char *v, size_t len,
-                                  svlm_err *err);
+svlm_status gguf_writer_set_str_n(gguf_writer *w, const char *key, const char *v, size_t len, svlm_err *err);
 /* Array of n scalars of elem_type (any scalar type except STRING/ARRAY), given as raw
  * little-endian element bytes (bool: one byte 0/1 each). */
-svlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype elem_type,
-                                const void *elems, uint64_t n, svlm_err *err);
+svlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype elem_type, const void *elems,
+                                uint64_t n, svlm_err *err);
 /* Array of n strings (NUL-terminated). */
-svlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs,
-                                    uint64_t n, svlm_err *err);
+svlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t n,
+                                    svlm_err *err);
 
 /* Declares the next tensor: ne in ggml order (ne[0] fastest), n_dims 1..4, ne[0] a multiple
  * of the type's block size. Names are unique and at most 63 bytes (ggml's limit). */

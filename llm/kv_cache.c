@@ -12,10 +12,10 @@ struct svlm_kv_pool {
     svlm_kv_pool_params p;
     size_t row_bytes, page_bytes;
     pthread_mutex_t mu;
-    uint8_t **mem;  /* [max_pages], allocated on first use */
-    int *refs;      /* sequences holding each page */
-    int *used;      /* rows written into each page */
-    int *free_ids;  /* stack of released page ids */
+    uint8_t **mem; /* [max_pages], allocated on first use */
+    int *refs;     /* sequences holding each page */
+    int *used;     /* rows written into each page */
+    int *free_ids; /* stack of released page ids */
     int n_free, n_made, in_use;
 };
 
@@ -31,10 +31,10 @@ struct svlm_kv_seq {
     svlm_kv_evict_hook hook;
     uint64_t uid, epoch;
     int kept;
-    int n, cap;          /* tokens held; allocated length of slot/spos */
-    int32_t *slot;       /* page * page_tokens + row, per token */
-    int64_t *spos;       /* index in the stream, per token */
-    kv_span_rec *spans;  /* in order; starts are indices into slot */
+    int n, cap;         /* tokens held; allocated length of slot/spos */
+    int32_t *slot;      /* page * page_tokens + row, per token */
+    int64_t *spos;      /* index in the stream, per token */
+    kv_span_rec *spans; /* in order; starts are indices into slot */
     int n_spans, cap_spans;
     int count[SVLM_KV_N_KINDS];
     int64_t stream_len, evicted_spans, evicted_tokens;
@@ -47,7 +47,8 @@ static atomic_uint_fast64_t next_uid = 1;
 svlm_status svlm_kv_pool_create(const svlm_kv_pool_params *p, svlm_kv_pool **out, svlm_err *err) {
     *out = NULL;
     if (p->n_layer <= 0 || p->kv_dim <= 0 || p->page_tokens <= 0 || p->max_pages <= 0)
-        return svlm_fail(err, SVLM_E_INVALID, "KV pool: layers, row size, page size and page count must be positive");
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "KV pool: layers, row size, page size and page count must be positive");
     if (p->type != SVLM_F32 && p->type != SVLM_F16)
         return svlm_fail(err, SVLM_E_INVALID, "KV pool: the cache type must be f32 or f16");
     svlm_kv_pool *pool = calloc(1, sizeof *pool);
@@ -71,7 +72,8 @@ svlm_status svlm_kv_pool_create(const svlm_kv_pool_params *p, svlm_kv_pool **out
 void svlm_kv_pool_free(svlm_kv_pool *pool) {
     if (!pool) return;
     if (pool->mem) {
-        for (int i = 0; i < pool->n_made; i++) free(pool->mem[i]);
+        for (int i = 0; i < pool->n_made; i++)
+            free(pool->mem[i]);
         pthread_mutex_destroy(&pool->mu);
     }
     free(pool->mem);
@@ -81,8 +83,12 @@ void svlm_kv_pool_free(svlm_kv_pool *pool) {
     free(pool);
 }
 
-const svlm_kv_pool_params *svlm_kv_pool_params_of(const svlm_kv_pool *pool) { return &pool->p; }
-size_t svlm_kv_pool_page_bytes(const svlm_kv_pool *pool) { return pool->page_bytes; }
+const svlm_kv_pool_params *svlm_kv_pool_params_of(const svlm_kv_pool *pool) {
+    return &pool->p;
+}
+size_t svlm_kv_pool_page_bytes(const svlm_kv_pool *pool) {
+    return pool->page_bytes;
+}
 
 int svlm_kv_pool_pages_in_use(svlm_kv_pool *pool) {
     pthread_mutex_lock(&pool->mu);
@@ -116,7 +122,8 @@ static int pool_take(svlm_kv_pool *pool, int n, int *ids) {
         ids[got++] = id;
     }
     if (!ok) /* give back what was taken */
-        while (got) pool->free_ids[pool->n_free++] = ids[--got], pool->refs[ids[got]] = 0;
+        while (got)
+            pool->free_ids[pool->n_free++] = ids[--got], pool->refs[ids[got]] = 0;
     pool->in_use += got;
     pthread_mutex_unlock(&pool->mu);
     return ok;
@@ -158,14 +165,16 @@ static svlm_status check_policy(const svlm_kv_policy *policy, svlm_err *err) {
         if (policy->budget[k] < 0) return svlm_fail(err, SVLM_E_INVALID, "KV budgets must not be negative");
         total += policy->budget[k];
     }
-    if (total <= 0 || total > (1L << 28)) return svlm_fail(err, SVLM_E_INVALID, "KV budgets must sum to 1..2^28 tokens");
+    if (total <= 0 || total > (1L << 28))
+        return svlm_fail(err, SVLM_E_INVALID, "KV budgets must sum to 1..2^28 tokens");
     return SVLM_OK;
 }
 
 static svlm_status seq_reserve(svlm_kv_seq *s, int n_tokens, int n_spans, svlm_err *err) {
     if (n_tokens > s->cap) {
         int cap = s->cap ? s->cap : 64;
-        while (cap < n_tokens) cap *= 2;
+        while (cap < n_tokens)
+            cap *= 2;
         int32_t *slot = realloc(s->slot, (size_t)cap * sizeof *slot);
         if (slot) s->slot = slot;
         int64_t *spos = slot ? realloc(s->spos, (size_t)cap * sizeof *spos) : NULL;
@@ -235,8 +244,10 @@ void svlm_kv_seq_free(svlm_kv_seq *s) {
 }
 
 void svlm_kv_seq_set_hook(svlm_kv_seq *s, const svlm_kv_evict_hook *hook) {
-    if (hook) s->hook = *hook;
-    else memset(&s->hook, 0, sizeof s->hook);
+    if (hook)
+        s->hook = *hook;
+    else
+        memset(&s->hook, 0, sizeof s->hook);
 }
 
 void svlm_kv_seq_set_policy(svlm_kv_seq *s, const svlm_kv_policy *policy) {
@@ -244,19 +255,30 @@ void svlm_kv_seq_set_policy(svlm_kv_seq *s, const svlm_kv_policy *policy) {
     if (check_policy(policy, &e) == SVLM_OK) s->policy = *policy;
 }
 
-int svlm_kv_seq_len(const svlm_kv_seq *s) { return s->n; }
+int svlm_kv_seq_len(const svlm_kv_seq *s) {
+    return s->n;
+}
 int svlm_kv_seq_count(const svlm_kv_seq *s, svlm_kv_kind kind) {
     return kind >= 0 && kind < SVLM_KV_N_KINDS ? s->count[kind] : 0;
 }
 int svlm_kv_seq_capacity(const svlm_kv_seq *s) {
     int t = 0;
-    for (int k = 0; k < SVLM_KV_N_KINDS; k++) t += s->policy.budget[k];
+    for (int k = 0; k < SVLM_KV_N_KINDS; k++)
+        t += s->policy.budget[k];
     return t;
 }
-int svlm_kv_seq_n_spans(const svlm_kv_seq *s) { return s->n_spans; }
-int64_t svlm_kv_seq_evicted_spans(const svlm_kv_seq *s) { return s->evicted_spans; }
-int64_t svlm_kv_seq_evicted_tokens(const svlm_kv_seq *s) { return s->evicted_tokens; }
-svlm_kv_pool *svlm_kv_seq_pool(const svlm_kv_seq *s) { return s->pool; }
+int svlm_kv_seq_n_spans(const svlm_kv_seq *s) {
+    return s->n_spans;
+}
+int64_t svlm_kv_seq_evicted_spans(const svlm_kv_seq *s) {
+    return s->evicted_spans;
+}
+int64_t svlm_kv_seq_evicted_tokens(const svlm_kv_seq *s) {
+    return s->evicted_tokens;
+}
+svlm_kv_pool *svlm_kv_seq_pool(const svlm_kv_seq *s) {
+    return s->pool;
+}
 
 svlm_kv_version svlm_kv_seq_version(const svlm_kv_seq *s) {
     svlm_kv_version v = {s->uid, s->epoch, s->kept};
@@ -293,7 +315,8 @@ static void evict_span(svlm_kv_seq *s, int si, int *first_change) {
     memmove(s->spos + a, s->spos + b, (size_t)(s->n - b) * sizeof *s->spos);
     memmove(s->spans + si, s->spans + si + 1, (size_t)(s->n_spans - si - 1) * sizeof *s->spans);
     s->n_spans--;
-    for (int j = si; j < s->n_spans; j++) s->spans[j].start -= sp.n;
+    for (int j = si; j < s->n_spans; j++)
+        s->spans[j].start -= sp.n;
     s->n -= sp.n;
     s->count[sp.kind] -= sp.n;
     s->evicted_spans++;
@@ -306,16 +329,19 @@ static void copy_page(svlm_kv_pool *pool, int from, int to) {
     const int B = pool->p.page_tokens, used = pool->used[from];
     for (int l = 0; l < pool->p.n_layer; l++)
         for (int kv = 0; kv < 2; kv++)
-            memcpy(row_ptr(pool, to * B, l, kv), row_ptr(pool, from * B, l, kv), (size_t)used * pool->row_bytes);
+            memcpy(row_ptr(pool, to * B, l, kv), row_ptr(pool, from * B, l, kv),
+                   (size_t)used * pool->row_bytes);
     pool->used[to] = used;
 }
 
 svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, int n, int *first,
                                svlm_err *err) {
-    if (kind < 0 || kind >= SVLM_KV_N_KINDS) return svlm_fail(err, SVLM_E_INVALID, "bad KV span kind %d", (int)kind);
+    if (kind < 0 || kind >= SVLM_KV_N_KINDS)
+        return svlm_fail(err, SVLM_E_INVALID, "bad KV span kind %d", (int)kind);
     if (n <= 0) return svlm_fail(err, SVLM_E_INVALID, "a KV span needs at least one token");
     if (n > s->policy.budget[kind])
-        return svlm_fail(err, SVLM_E_LIMIT, "a span of %d tokens exceeds its window of %d", n, s->policy.budget[kind]);
+        return svlm_fail(err, SVLM_E_LIMIT, "a span of %d tokens exceeds its window of %d", n,
+                         s->policy.budget[kind]);
     if (kind == SVLM_KV_SINK && s->count[kind] + n > s->policy.budget[kind])
         return svlm_fail(err, SVLM_E_LIMIT, "the %d sink tokens are taken", s->policy.budget[kind]);
     svlm_kv_pool *pool = s->pool;
@@ -336,7 +362,8 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
     int first_change = n_before;
     while (s->count[kind] + n > s->policy.budget[kind]) {
         int si = 0;
-        while (s->spans[si].kind != kind) si++;
+        while (s->spans[si].kind != kind)
+            si++;
         evict_span(s, si, &first_change);
     }
     int next = 0;
@@ -351,7 +378,8 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
             if (pool_refs(pool, page) > 1) { /* shared with a fork: copy it first */
                 int copy = ids[next++];
                 copy_page(pool, page, copy);
-                for (int i = s->n - 1; i >= 0 && s->slot[i] / B == page; i--) s->slot[i] = copy * B + s->slot[i] % B;
+                for (int i = s->n - 1; i >= 0 && s->slot[i] / B == page; i--)
+                    s->slot[i] = copy * B + s->slot[i] % B;
                 pool_unref(pool, page);
                 tail_page = copy;
             }
@@ -367,7 +395,8 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
         s->spos[start + i] = s->stream_len + i;
         room--;
     }
-    while (next < worst) pool_unref(pool, ids[next++]); /* unused pages go back */
+    while (next < worst)
+        pool_unref(pool, ids[next++]); /* unused pages go back */
     if (ids != ids_local) free(ids);
     kv_span_rec *sp = &s->spans[s->n_spans++];
     sp->kind = kind;
@@ -391,7 +420,8 @@ static void store_row(const svlm_kv_pool *pool, uint8_t *dst, const float *src) 
         memcpy(dst, src, pool->row_bytes);
     } else {
         svlm_f16 *d = (svlm_f16 *)dst;
-        for (int i = 0; i < pool->p.kv_dim; i++) d[i] = svlm_f32_to_f16(src[i]);
+        for (int i = 0; i < pool->p.kv_dim; i++)
+            d[i] = svlm_f32_to_f16(src[i]);
     }
 }
 

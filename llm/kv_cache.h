@@ -31,7 +31,12 @@
 #include "kernels/dtype.h"
 #include "svlm.h"
 
-typedef enum svlm_kv_kind { SVLM_KV_SINK = 0, SVLM_KV_VISION = 1, SVLM_KV_TEXT = 2, SVLM_KV_N_KINDS = 3 } svlm_kv_kind;
+typedef enum svlm_kv_kind {
+    SVLM_KV_SINK = 0,
+    SVLM_KV_VISION = 1,
+    SVLM_KV_TEXT = 2,
+    SVLM_KV_N_KINDS = 3
+} svlm_kv_kind;
 
 typedef struct svlm_kv_pool svlm_kv_pool;
 typedef struct svlm_kv_seq svlm_kv_seq;

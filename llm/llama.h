@@ -43,8 +43,8 @@ void svlm_llama_ctx_reset(svlm_llama_ctx *c);
  * the next row of `embd` ([rows][n_embd], used in order) as the input embedding (image tokens).
  * logits: NULL, or [n_vocab] for the last token, or [n][n_vocab] when all_logits is set.
  */
-svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
-                            float *logits, int all_logits, svlm_err *err);
+svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n, float *logits,
+                            int all_logits, svlm_err *err);
 
 /* ---- streaming over a paged, bounded cache (llm/kv_cache.h) ---- */
 

@@ -69,18 +69,26 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->batch_pos);
     free(c->stage_pos);
     float *bufs[] = {c->x, c->h, c->q, c->kx, c->vx, c->att, c->gate, c->up, c->logit_in, c->stage};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) svlm_k_free(k, bufs[i]);
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        svlm_k_free(k, bufs[i]);
     free(c);
 }
 
-int svlm_llama_ctx_n_past(const svlm_llama_ctx *c) { return c->n_past; }
-void svlm_llama_ctx_reset(svlm_llama_ctx *c) { c->n_past = 0; }
+int svlm_llama_ctx_n_past(const svlm_llama_ctx *c) {
+    return c->n_past;
+}
+void svlm_llama_ctx_reset(svlm_llama_ctx *c) {
+    c->n_past = 0;
+}
 
 svlm_status svlm_llama_kv_pool_create(const svlm_llama *m, svlm_dtype kv_type, int page_tokens, int max_pages,
                                       svlm_kv_pool **out, svlm_err *err) {
     svlm_kv_pool_params p = {
-        .n_layer = m->hp.n_layer, .kv_dim = m->hp.n_head_kv * m->hp.head_dim, .type = kv_type,
-        .page_tokens = page_tokens, .max_pages = max_pages,
+        .n_layer = m->hp.n_layer,
+        .kv_dim = m->hp.n_head_kv * m->hp.head_dim,
+        .type = kv_type,
+        .page_tokens = page_tokens,
+        .max_pages = max_pages,
     };
     return svlm_kv_pool_create(&p, out, err);
 }
@@ -91,7 +99,8 @@ static void store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at,
         memcpy((float *)cache + (size_t)at * kvd, src, (size_t)n * kvd * 4);
     } else {
         svlm_f16 *dst = (svlm_f16 *)cache + (size_t)at * kvd;
-        for (size_t i = 0; i < (size_t)n * kvd; i++) dst[i] = svlm_f32_to_f16(src[i]);
+        for (size_t i = 0; i < (size_t)n * kvd; i++)
+            dst[i] = svlm_f32_to_f16(src[i]);
     }
 }
 
@@ -111,7 +120,8 @@ static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **em
 }
 
 static void round_to_f16(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = svlm_f16_to_f32(svlm_f32_to_f16(x[i]));
+    for (size_t i = 0; i < n; i++)
+        x[i] = svlm_f16_to_f32(svlm_f32_to_f16(x[i]));
 }
 
 /*
@@ -125,7 +135,8 @@ static void sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int lay
     for (int a = from; a < to; a += c->n_batch) {
         const int m = to - a < c->n_batch ? to - a : c->n_batch;
         for (int i = 0; i < m; i++) {
-            svlm_dequantize_row(page_type, svlm_kv_seq_k_row(seq, layer, a + i), c->stage + i * kvd, (int64_t)kvd);
+            svlm_dequantize_row(page_type, svlm_kv_seq_k_row(seq, layer, a + i), c->stage + i * kvd,
+                                (int64_t)kvd);
             c->stage_pos[i] = svlm_kv_seq_pos(seq, a + i);
         }
         svlm_k_rope(c->k, c->stage, m, hp->n_head_kv, hp->head_dim, hp->n_rot, c->stage_pos, hp->rope_base,
@@ -137,7 +148,8 @@ static void sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int lay
                        svlm_kv_seq_v_row(seq, layer, a + i), kvd * c->kv_elt);
         } else {
             for (int i = 0; i < m; i++)
-                svlm_dequantize_row(page_type, svlm_kv_seq_v_row(seq, layer, a + i), c->stage + i * kvd, (int64_t)kvd);
+                svlm_dequantize_row(page_type, svlm_kv_seq_v_row(seq, layer, a + i), c->stage + i * kvd,
+                                    (int64_t)kvd);
             store_rows(c, c->v_cache[layer], c->stage, a, m, kvd);
         }
     }
@@ -185,9 +197,18 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
         store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
         svlm_attn_args a = {
-            .q = c->q, .k = c->k_cache[l], .v = c->v_cache[l], .kv_type = c->kv_type,
-            .kv_stride = kvd, .out = c->att, .n_q = n, .n_kv = p0 + n, .n_head = hp->n_head,
-            .n_kv_head = hp->n_head_kv, .head_dim = hp->head_dim, .causal = 1,
+            .q = c->q,
+            .k = c->k_cache[l],
+            .v = c->v_cache[l],
+            .kv_type = c->kv_type,
+            .kv_stride = kvd,
+            .out = c->att,
+            .n_q = n,
+            .n_kv = p0 + n,
+            .n_head = hp->n_head,
+            .n_kv_head = hp->n_head_kv,
+            .head_dim = hp->head_dim,
+            .causal = 1,
             .scale = 1.0f / sqrtf((float)hp->head_dim),
         };
         svlm_k_attention(k, &a);
@@ -233,8 +254,10 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
         int chunk = n - done < c->n_batch ? n - done : c->n_batch;
         int last = done + chunk == n;
         float *lg = NULL;
-        if (logits && all_logits) lg = logits + (size_t)done * n_vocab;
-        else if (logits && last) lg = logits;
+        if (logits && all_logits)
+            lg = logits + (size_t)done * n_vocab;
+        else if (logits && last)
+            lg = logits;
         eval_chunk(c, seq, p0 + done, sync_from, ids + done, &e, chunk, lg, all_logits);
         if (!seq) c->n_past += chunk;
         done += chunk;
@@ -242,8 +265,8 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
     }
 }
 
-svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
-                            float *logits, int all_logits, svlm_err *err) {
+svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n, float *logits,
+                            int all_logits, svlm_err *err) {
     svlm_status st = check_inputs(c, ids, embd, n, err);
     if (st) return st;
     if (n > c->n_ctx - c->n_past)
@@ -276,7 +299,8 @@ svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kin
         return svlm_fail(err, SVLM_E_INVALID, "KV pool shaped for %d layers x %d, the model has %d x %d",
                          pp->n_layer, pp->kv_dim, hp->n_layer, hp->n_head_kv * hp->head_dim);
     if (svlm_kv_seq_capacity(seq) > c->n_ctx)
-        return svlm_fail(err, SVLM_E_LIMIT, "a cache of %d tokens needs a context of at least that size (have %d)",
+        return svlm_fail(err, SVLM_E_LIMIT,
+                         "a cache of %d tokens needs a context of at least that size (have %d)",
                          svlm_kv_seq_capacity(seq), c->n_ctx);
     int first = 0;
     if ((st = svlm_kv_seq_append(seq, kind, tag, n, &first, err))) return st;

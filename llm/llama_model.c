@@ -26,15 +26,14 @@ static svlm_status bind_weight(const gguf_file *f, const char *name, int64_t col
     if (t->ne[0] != cols || t->ne[1] != rows || t->ne[2] != 1 || t->ne[3] != 1)
         return svlm_fail(err, SVLM_E_FORMAT,
                          "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
-                         (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
-                         (long long)t->ne[3], (long long)cols, (long long)rows);
+                         (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
+                         (long long)cols, (long long)rows);
     const svlm_dtype_info *ti = svlm_dtype_get(t->type);
-    if (!ti || (t->type != SVLM_F32 && t->type != SVLM_F16 && t->type != SVLM_BF16 &&
-                t->type != SVLM_Q8_0 && t->type != SVLM_Q4_0 && t->type != SVLM_Q4_1 &&
-                t->type != SVLM_Q5_0 && t->type != SVLM_Q5_1 && t->type != SVLM_Q4_K &&
-                t->type != SVLM_Q5_K && t->type != SVLM_Q6_K))
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "tensor '%s' has type %s, which svlm cannot multiply",
-                         name, ti ? ti->name : "unknown");
+    if (!ti || (t->type != SVLM_F32 && t->type != SVLM_F16 && t->type != SVLM_BF16 && t->type != SVLM_Q8_0 &&
+                t->type != SVLM_Q4_0 && t->type != SVLM_Q4_1 && t->type != SVLM_Q5_0 &&
+                t->type != SVLM_Q5_1 && t->type != SVLM_Q4_K && t->type != SVLM_Q5_K && t->type != SVLM_Q6_K))
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "tensor '%s' has type %s, which svlm cannot multiply", name,
+                         ti ? ti->name : "unknown");
     w->type = t->type;
     w->rows = rows;
     w->cols = cols;
@@ -51,8 +50,7 @@ static svlm_status bind_vector(const gguf_file *f, const char *name, int64_t n, 
     if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
         return svlm_fail(err, SVLM_E_FORMAT, "tensor '%s' has %lld elements, expected %lld", name,
                          (long long)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]), (long long)n);
-    if (t->type != SVLM_F32)
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "norm tensor '%s' must be F32", name);
+    if (t->type != SVLM_F32) return svlm_fail(err, SVLM_E_UNSUPPORTED, "norm tensor '%s' must be F32", name);
     *out = (const float *)t->data;
     return SVLM_OK;
 }
@@ -144,11 +142,11 @@ svlm_status svlm_llama_load(const char *path, svlm_llama **out, svlm_err *err) {
     for (int l = 0; l < hp->n_layer; l++) {
         svlm_llama_layer *L = &m->layers[l];
         char n[96];
-#define W(field, nm, c, r)                                                                         \
-    snprintf(n, sizeof n, "blk.%d." nm ".weight", l);                                             \
+#define W(field, nm, c, r)                                                                                   \
+    snprintf(n, sizeof n, "blk.%d." nm ".weight", l);                                                        \
     if ((st = bind_weight(f, n, c, r, &L->field, err))) goto fail;
-#define V(field, nm)                                                                               \
-    snprintf(n, sizeof n, "blk.%d." nm ".weight", l);                                             \
+#define V(field, nm)                                                                                         \
+    snprintf(n, sizeof n, "blk.%d." nm ".weight", l);                                                        \
     if ((st = bind_vector(f, n, E, &L->field, err))) goto fail;
         V(attn_norm, "attn_norm")
         W(wq, "attn_q", E, E)
@@ -184,6 +182,12 @@ void svlm_llama_free(svlm_llama *m) {
     free(m);
 }
 
-const svlm_llama_hparams *svlm_llama_hparams_of(const svlm_llama *m) { return &m->hp; }
-const svlm_tokenizer *svlm_llama_tokenizer(const svlm_llama *m) { return m->tok; }
-const gguf_file *svlm_llama_gguf(const svlm_llama *m) { return m->gguf; }
+const svlm_llama_hparams *svlm_llama_hparams_of(const svlm_llama *m) {
+    return &m->hp;
+}
+const svlm_tokenizer *svlm_llama_tokenizer(const svlm_llama *m) {
+    return m->tok;
+}
+const gguf_file *svlm_llama_gguf(const svlm_llama *m) {
+    return m->gguf;
+}

@@ -22,8 +22,13 @@ struct svlm_sampler {
 };
 
 svlm_sampler_params svlm_sampler_params_default(void) {
-    svlm_sampler_params p = {.temp = 0.8f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f,
-                             .repeat_penalty = 1.0f, .repeat_last_n = 64, .seed = 0};
+    svlm_sampler_params p = {.temp = 0.8f,
+                             .top_k = 40,
+                             .top_p = 0.95f,
+                             .min_p = 0.05f,
+                             .repeat_penalty = 1.0f,
+                             .repeat_last_n = 64,
+                             .seed = 0};
     return p;
 }
 
@@ -89,14 +94,16 @@ static int by_logit_desc(const void *a, const void *b) {
 int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits) {
     const int n = s->n_vocab;
     candidate *c = s->cand;
-    for (int i = 0; i < n; i++) c[i] = (candidate){i, logits[i], 0};
+    for (int i = 0; i < n; i++)
+        c[i] = (candidate){i, logits[i], 0};
     if (s->p.repeat_penalty != 1.0f) {
         for (int j = 0; j < s->n_recent; j++) {
             int32_t id = s->recent[j];
             if (id < 0 || id >= n) continue;
             /* penalise once per distinct token (it may appear several times in the ring) */
             int seen = 0;
-            for (int q = 0; q < j; q++) seen |= s->recent[q] == id;
+            for (int q = 0; q < j; q++)
+                seen |= s->recent[q] == id;
             if (seen) continue;
             float *l = &c[id].logit;
             *l = *l > 0 ? *l / s->p.repeat_penalty : *l * s->p.repeat_penalty;
@@ -117,7 +124,8 @@ int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits) {
         qsort(c, (size_t)n, sizeof *c, by_logit_desc);
         /* softmax over the kept candidates at temperature 1 for top-p / min-p filtering */
         double sum = 0;
-        for (int i = 0; i < m; i++) sum += c[i].p = (float)exp((double)c[i].logit - c[0].logit);
+        for (int i = 0; i < m; i++)
+            sum += c[i].p = (float)exp((double)c[i].logit - c[0].logit);
         if (s->p.top_p < 1.0f) {
             double acc = 0;
             for (int i = 0; i < m; i++) {
@@ -130,11 +138,13 @@ int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits) {
         }
         if (s->p.min_p > 0) {
             int keep = 1;
-            while (keep < m && c[keep].p >= s->p.min_p * c[0].p) keep++;
+            while (keep < m && c[keep].p >= s->p.min_p * c[0].p)
+                keep++;
             m = keep;
         }
         sum = 0;
-        for (int i = 0; i < m; i++) sum += c[i].p = (float)exp(((double)c[i].logit - c[0].logit) / s->p.temp);
+        for (int i = 0; i < m; i++)
+            sum += c[i].p = (float)exp(((double)c[i].logit - c[0].logit) / s->p.temp);
         double r = next_uniform(s->rng) * sum, acc = 0;
         chosen = c[m - 1].id;
         for (int i = 0; i < m; i++) {

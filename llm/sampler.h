@@ -22,8 +22,7 @@ typedef struct svlm_sampler_params {
 typedef struct svlm_sampler svlm_sampler;
 
 svlm_sampler_params svlm_sampler_params_default(void);
-svlm_status svlm_sampler_create(const svlm_sampler_params *p, int n_vocab, svlm_sampler **out,
-                                svlm_err *err);
+svlm_status svlm_sampler_create(const svlm_sampler_params *p, int n_vocab, svlm_sampler **out, svlm_err *err);
 void svlm_sampler_free(svlm_sampler *s);
 /* Picks the next token from logits [n_vocab] (not modified) and remembers it. */
 int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits);

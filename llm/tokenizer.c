@@ -73,18 +73,22 @@ uint64_t tok_hash_bytes(uint64_t h, const char *s, size_t n) { /* FNV-1a */
     return h;
 }
 
-static uint32_t slot_of(uint64_t h, uint32_t mask) { return (uint32_t)(h ^ (h >> 29)) & mask; }
+static uint32_t slot_of(uint64_t h, uint32_t mask) {
+    return (uint32_t)(h ^ (h >> 29)) & mask;
+}
 
 static int hash_init(tok_hash *h, size_t n) {
     size_t cap = 16;
-    while (cap < 2 * n) cap *= 2;
+    while (cap < 2 * n)
+        cap *= 2;
     h->slots = calloc(cap, sizeof *h->slots);
     h->mask = (uint32_t)(cap - 1);
     return h->slots ? 0 : -1;
 }
 
 int32_t tok_lookup(const svlm_tokenizer *t, const char *s, size_t n) {
-    for (uint32_t i = slot_of(tok_hash_bytes(TOK_HASH_SEED, s, n), t->by_text.mask);; i = (i + 1) & t->by_text.mask) {
+    for (uint32_t i = slot_of(tok_hash_bytes(TOK_HASH_SEED, s, n), t->by_text.mask);;
+         i = (i + 1) & t->by_text.mask) {
         uint32_t v = t->by_text.slots[i];
         if (!v) return -1;
         const tok_entry *e = &t->tok[v - 1];
@@ -98,7 +102,8 @@ int32_t tok_merge_rank(const svlm_tokenizer *t, const char *l, size_t nl, const 
         uint32_t v = t->merge_rank.slots[i];
         if (!v) return -1;
         const char *m = t->arena + t->merge_off[v - 1];
-        if (t->merge_len[v - 1] == nl + 1 + nr && !memcmp(m, l, nl) && m[nl] == ' ' && !memcmp(m + nl + 1, r, nr))
+        if (t->merge_len[v - 1] == nl + 1 + nr && !memcmp(m, l, nl) && m[nl] == ' ' &&
+            !memcmp(m + nl + 1, r, nr))
             return (int32_t)(v - 1);
     }
 }
@@ -183,13 +188,17 @@ static uint16_t attr_of_type(int32_t type) {
 }
 
 static int hex_digit(char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
 }
 
 /* The byte a BYTE token "<0xXX>" stands for (the digits at 3..4, read like strtol). */
 static char byte_token_value(const char *s, size_t n) {
     int v = 0;
-    for (size_t i = 3; i < 5 && i < n && hex_digit(s[i]) >= 0; i++) v = v * 16 + hex_digit(s[i]);
+    for (size_t i = 3; i < 5 && i < n && hex_digit(s[i]) >= 0; i++)
+        v = v * 16 + hex_digit(s[i]);
     return (char)v;
 }
 
@@ -216,7 +225,8 @@ static void write_piece(const svlm_tokenizer *t, int32_t id, piece_out *o) {
         if (t->kind == TOK_KIND_SPM) { /* "▁" stands for a space */
             for (size_t i = 0; i < n;) {
                 size_t run = i;
-                while (run < n && !(run + 3 <= n && !memcmp(s + run, "\xE2\x96\x81", 3))) run++;
+                while (run < n && !(run + 3 <= n && !memcmp(s + run, "\xE2\x96\x81", 3)))
+                    run++;
                 put_bytes(o, s + i, run - i);
                 if (run < n) put_bytes(o, " ", 1);
                 i = run + 3;
@@ -249,21 +259,57 @@ static void write_piece(const svlm_tokenizer *t, int32_t id, piece_out *o) {
     }
 }
 
-static const char *const eot_texts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
-    "_<EOT>", "[EOT]", "<\xEF\xBD\x9C" "end\xE2\x96\x81" "of\xE2\x96\x81" "sentence\xEF\xBD\x9C>", "<end_of_utterance>", NULL};
-static const char *const eog_texts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
-    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
-    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-    "<\xEF\xBD\x9C" "end\xE2\x96\x81" "of\xE2\x96\x81" "sentence\xEF\xBD\x9C>", NULL};
+static const char *const eot_texts[] = {"<|eot_id|>",
+                                        "<|im_end|>",
+                                        "<|end|>",
+                                        "<end_of_turn>",
+                                        "<|endoftext|>",
+                                        "<|end_of_text|>",
+                                        "<EOT>",
+                                        "_<EOT>",
+                                        "[EOT]",
+                                        "<\xEF\xBD\x9C"
+                                        "end\xE2\x96\x81"
+                                        "of\xE2\x96\x81"
+                                        "sentence\xEF\xBD\x9C>",
+                                        "<end_of_utterance>",
+                                        NULL};
+static const char *const eog_texts[] = {"<|eot_id|>",
+                                        "<|im_end|>",
+                                        "<|end|>",
+                                        "<|return|>",
+                                        "<|call|>",
+                                        "<|flush|>",
+                                        "<|calls|>",
+                                        "<end_of_turn>",
+                                        "<|endoftext|>",
+                                        "</s>",
+                                        "<|eom_id|>",
+                                        "<EOT>",
+                                        "_<EOT>",
+                                        "[EOT]",
+                                        "[EOS]",
+                                        "<|end_of_text|>",
+                                        "<end_of_utterance>",
+                                        "<eos>",
+                                        "<turn|>",
+                                        "<|tool_response>",
+                                        "<\xEF\xBD\x9C"
+                                        "end\xE2\x96\x81"
+                                        "of\xE2\x96\x81"
+                                        "sentence\xEF\xBD\x9C>",
+                                        NULL};
 static const char *const eom_texts[] = {"<|eom_id|>", NULL};
 /* Fill-in-the-middle markers: pad, repo and file-separator tokens also end generation. */
-static const char *const fim_pre_texts[] = {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "\xE2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>", NULL};
-static const char *const fim_suf_texts[] = {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "\xE2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>", NULL};
-static const char *const fim_mid_texts[] = {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "\xE2\x96\x81<MID>", "<|code_middle|>", "<|middle|>", NULL};
+static const char *const fim_pre_texts[] = {"<|fim_prefix|>",    "<fim-prefix>",    "<fim_prefix>", "<PRE>",
+                                            "\xE2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>",   NULL};
+static const char *const fim_suf_texts[] = {"<|fim_suffix|>",    "<fim-suffix>",    "<fim_suffix>", "<SUF>",
+                                            "\xE2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>",   NULL};
+static const char *const fim_mid_texts[] = {"<|fim_middle|>",    "<fim-middle>",    "<fim_middle>", "<MID>",
+                                            "\xE2\x96\x81<MID>", "<|code_middle|>", "<|middle|>",   NULL};
 static const char *const fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL};
-static const char *const fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL};
+static const char *const fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
+                                            "<REPO>",       "<reponame>",    NULL};
 static const char *const fim_sep_texts[] = {"<|file_sep|>", NULL};
 
 /* Id of a special token: from the key if it is present and in range, else by the first text
@@ -301,7 +347,9 @@ static svlm_status mark_eog(svlm_tokenizer *t, const gguf_file *f) {
     int32_t ends[] = {find_marker(t, f, "tokenizer.ggml.fim_pad_token_id", fim_pad_texts),
                       find_marker(t, f, "tokenizer.ggml.fim_rep_token_id", fim_rep_texts),
                       find_marker(t, f, "tokenizer.ggml.fim_sep_token_id", fim_sep_texts),
-                      t->eos, t->eot, t->eom};
+                      t->eos,
+                      t->eot,
+                      t->eom};
     for (size_t i = 0; i < sizeof ends / sizeof ends[0]; i++)
         if (ends[i] >= 0) t->eog[ends[i]] = 1;
     for (size_t i = 0; eog_texts[i]; i++) {
@@ -337,8 +385,9 @@ static const struct {
     tok_pre pre;
     int clean_spaces;
 } bpe_pres[] = {
-    {"smollm", TOK_PRE_DIGITS_GPT2, 0}, {"starcoder", TOK_PRE_DIGITS_GPT2, 1}, {"refact", TOK_PRE_DIGITS_GPT2, 1},
-    {"codeshell", TOK_PRE_DIGITS_GPT2, 1}, {"gpt-2", TOK_PRE_GPT2, 1}, {"phi-2", TOK_PRE_GPT2, 1},
+    {"smollm", TOK_PRE_DIGITS_GPT2, 0}, {"starcoder", TOK_PRE_DIGITS_GPT2, 1},
+    {"refact", TOK_PRE_DIGITS_GPT2, 1}, {"codeshell", TOK_PRE_DIGITS_GPT2, 1},
+    {"gpt-2", TOK_PRE_GPT2, 1},         {"phi-2", TOK_PRE_GPT2, 1},
     {"mpt", TOK_PRE_GPT2, 1},
 };
 
@@ -352,18 +401,22 @@ static svlm_status load_kind(svlm_tokenizer *t, const gguf_file *f, svlm_err *er
         t->kind = TOK_KIND_BPE;
         char *pre = gguf_get_str_dup(f, "tokenizer.ggml.pre");
         size_t i = 0, n = sizeof bpe_pres / sizeof bpe_pres[0];
-        while (pre && i < n && strcmp(pre, bpe_pres[i].name)) i++;
+        while (pre && i < n && strcmp(pre, bpe_pres[i].name))
+            i++;
         if (!pre || i == n) {
-            st = svlm_fail(err, SVLM_E_UNSUPPORTED,
-                           "tokenizer: pre-tokenizer '%s' is not supported (supported: smollm, starcoder, refact, "
-                           "codeshell, gpt-2, phi-2, mpt)", pre ? pre : "(missing)");
+            st = svlm_fail(
+                err, SVLM_E_UNSUPPORTED,
+                "tokenizer: pre-tokenizer '%s' is not supported (supported: smollm, starcoder, refact, "
+                "codeshell, gpt-2, phi-2, mpt)",
+                pre ? pre : "(missing)");
         } else {
             t->pre = bpe_pres[i].pre;
             t->clean_spaces = bpe_pres[i].clean_spaces;
         }
         free(pre);
     } else {
-        st = svlm_fail(err, SVLM_E_UNSUPPORTED, "tokenizer: model type '%s' is not supported (llama or gpt2)", model);
+        st = svlm_fail(err, SVLM_E_UNSUPPORTED, "tokenizer: model type '%s' is not supported (llama or gpt2)",
+                       model);
     }
     free(model);
     return st;
@@ -375,7 +428,9 @@ static svlm_status per_token_array(const gguf_file *f, const char *key, gguf_vty
     *data = NULL;
     if (!gguf_find_kv(f, key)) return SVLM_OK;
     const gguf_kv *kv = gguf_get_arr(f, key, elem);
-    if (!kv) return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: %s is not an array of %s", key, gguf_vtype_name(elem));
+    if (!kv)
+        return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: %s is not an array of %s", key,
+                         gguf_vtype_name(elem));
     if (kv->arr_n < n)
         return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: %s has %llu entries for %zu tokens", key,
                          (unsigned long long)kv->arr_n, n);
@@ -385,7 +440,8 @@ static svlm_status per_token_array(const gguf_file *f, const char *key, gguf_vty
 
 static svlm_status load_tokens(svlm_tokenizer *t, const gguf_file *f, svlm_err *err) {
     const gguf_kv *toks = gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING);
-    if (!toks || !toks->arr_strs) return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: no tokenizer.ggml.tokens string array");
+    if (!toks || !toks->arr_strs)
+        return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: no tokenizer.ggml.tokens string array");
     if (toks->arr_n == 0 || toks->arr_n > (1u << 24))
         return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: %llu tokens (expected 1 to 16777216)",
                          (unsigned long long)toks->arr_n);
@@ -396,8 +452,10 @@ static svlm_status load_tokens(svlm_tokenizer *t, const gguf_file *f, svlm_err *
     if (st) return st;
 
     uint64_t total = 0;
-    for (size_t i = 0; i < n; i++) total += toks->arr_strs[i].len ? toks->arr_strs[i].len : 32;
-    if (arena_reserve(t, total)) return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: token texts do not fit in memory");
+    for (size_t i = 0; i < n; i++)
+        total += toks->arr_strs[i].len ? toks->arr_strs[i].len : 32;
+    if (arena_reserve(t, total))
+        return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: token texts do not fit in memory");
     t->n_vocab = (int)n;
     t->tok = calloc(n, sizeof *t->tok);
     if (!t->tok || hash_init(&t->by_text, n)) return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: out of memory");
@@ -420,19 +478,25 @@ static svlm_status load_tokens(svlm_tokenizer *t, const gguf_file *f, svlm_err *
         if (types) memcpy(&type, types + 4 * i, 4);
         e->attr = attr_of_type(type);
     }
-    if (hash_fill(&t->by_text, t, token_text_at, (uint32_t)n, 1)) return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: out of memory");
+    if (hash_fill(&t->by_text, t, token_text_at, (uint32_t)n, 1))
+        return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: out of memory");
     return SVLM_OK;
 }
 
 static svlm_status load_merges(svlm_tokenizer *t, const gguf_file *f, svlm_err *err) {
     const gguf_kv *m = gguf_get_arr(f, "tokenizer.ggml.merges", GGUF_STRING);
-    if (!m || !m->arr_strs) return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: gpt2 tokenizer without a tokenizer.ggml.merges string array");
+    if (!m || !m->arr_strs)
+        return svlm_fail(err, SVLM_E_FORMAT,
+                         "tokenizer: gpt2 tokenizer without a tokenizer.ggml.merges string array");
     if (m->arr_n > (1u << 24))
-        return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: %llu merges (at most 16777216)", (unsigned long long)m->arr_n);
+        return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: %llu merges (at most 16777216)",
+                         (unsigned long long)m->arr_n);
     t->n_merges = (uint32_t)m->arr_n;
     uint64_t total = 0;
-    for (uint32_t i = 0; i < t->n_merges; i++) total += m->arr_strs[i].len;
-    if (arena_reserve(t, total)) return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: merges do not fit in memory");
+    for (uint32_t i = 0; i < t->n_merges; i++)
+        total += m->arr_strs[i].len;
+    if (arena_reserve(t, total))
+        return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: merges do not fit in memory");
     t->merge_off = malloc((t->n_merges + 1) * sizeof *t->merge_off);
     t->merge_len = malloc((t->n_merges + 1) * sizeof *t->merge_len);
     if (!t->merge_off || !t->merge_len || hash_init(&t->merge_rank, t->n_merges))
@@ -443,7 +507,8 @@ static svlm_status load_merges(svlm_tokenizer *t, const gguf_file *f, svlm_err *
         t->merge_off[i] = (uint32_t)off;
         t->merge_len[i] = (uint32_t)m->arr_strs[i].len;
     }
-    if (hash_fill(&t->merge_rank, t, merge_at, t->n_merges, 0)) return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: out of memory");
+    if (hash_fill(&t->merge_rank, t, merge_at, t->n_merges, 0))
+        return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: out of memory");
     return SVLM_OK;
 }
 
@@ -492,7 +557,8 @@ static svlm_status load_specials(svlm_tokenizer *t, svlm_err *err) {
         if (t->tok[id].attr & (TOK_ATTR_CONTROL | TOK_ATTR_USER_DEFINED | TOK_ATTR_UNKNOWN))
             keys[t->n_special++] = (special_key){t->tok[id].text_len, id};
     qsort(keys, t->n_special, sizeof *keys, cmp_special);
-    for (size_t i = 0; i < t->n_special; i++) t->special[i] = keys[i].id;
+    for (size_t i = 0; i < t->n_special; i++)
+        t->special[i] = keys[i].id;
     free(keys);
     return SVLM_OK;
 }
@@ -534,10 +600,18 @@ void svlm_tokenizer_free(svlm_tokenizer *t) {
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-int svlm_tokenizer_n_vocab(const svlm_tokenizer *t) { return t->n_vocab; }
-int32_t svlm_tokenizer_bos(const svlm_tokenizer *t) { return t->bos; }
-int32_t svlm_tokenizer_eos(const svlm_tokenizer *t) { return t->eos; }
-int svlm_tokenizer_add_bos(const svlm_tokenizer *t) { return t->add_bos && t->bos >= 0; }
+int svlm_tokenizer_n_vocab(const svlm_tokenizer *t) {
+    return t->n_vocab;
+}
+int32_t svlm_tokenizer_bos(const svlm_tokenizer *t) {
+    return t->bos;
+}
+int32_t svlm_tokenizer_eos(const svlm_tokenizer *t) {
+    return t->eos;
+}
+int svlm_tokenizer_add_bos(const svlm_tokenizer *t) {
+    return t->add_bos && t->bos >= 0;
+}
 
 int svlm_tokenizer_is_eog(const svlm_tokenizer *t, int32_t id) {
     return id >= 0 && id < t->n_vocab && t->eog[id];
@@ -587,7 +661,8 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle, siz
 
 /* Splits the text around special tokens, longest token first. Without parse_special only
  * user-defined tokens are split out. Returns 0, or -1 when memory runs out. */
-static int partition(const svlm_tokenizer *t, const char *text, size_t len, int parse_special, fragments *out) {
+static int partition(const svlm_tokenizer *t, const char *text, size_t len, int parse_special,
+                     fragments *out) {
     fragments cur = {0}, next = {0};
     if (len && frag_push(&cur, -1, 0, len)) return -1;
     for (size_t s = 0; s < t->n_special; s++) {
@@ -627,11 +702,13 @@ oom:
 
 svlm_status svlm_tokenize(const svlm_tokenizer *t, const char *text, size_t len, int add_special,
                           int parse_special, int32_t **ids, size_t *n_ids, svlm_err *err) {
-    if (!t || !ids || !n_ids || (!text && len)) return svlm_fail(err, SVLM_E_INVALID, "tokenize: missing argument");
+    if (!t || !ids || !n_ids || (!text && len))
+        return svlm_fail(err, SVLM_E_INVALID, "tokenize: missing argument");
     *ids = NULL;
     *n_ids = 0;
     if (len > TOK_MAX_TEXT) /* symbol offsets are 32-bit and a word may grow 8-fold when mapped */
-        return svlm_fail(err, SVLM_E_LIMIT, "tokenize: %zu bytes of text (at most %u at once)", len, TOK_MAX_TEXT);
+        return svlm_fail(err, SVLM_E_LIMIT, "tokenize: %zu bytes of text (at most %u at once)", len,
+                         TOK_MAX_TEXT);
     fragments fs = {0};
     tok_ids out = {0};
     if (partition(t, text, len, parse_special, &fs)) goto oom;
@@ -690,8 +767,8 @@ static size_t clean_spaces(char *s, size_t n) {
     for (size_t i = 1; i < n; i++) {
         char x = s[i];
         if (x == '\'' && i + 1 < n && s[i - 1] == ' ' && s[i + 1] == ' ') {
-            w--;         /* the space before */
-            s[++i] = 0;  /* the space after: skipped, and no longer a space for the next test */
+            w--;        /* the space before */
+            s[++i] = 0; /* the space after: skipped, and no longer a space for the next test */
         }
         s[w++] = x;
     }
@@ -710,7 +787,8 @@ static size_t clean_spaces(char *s, size_t n) {
 
 char *svlm_detokenize(const svlm_tokenizer *t, const int32_t *ids, size_t n, int special) {
     size_t total = 0;
-    for (size_t i = 0; i < n; i++) total += svlm_token_piece(t, ids[i], special, NULL, 0);
+    for (size_t i = 0; i < n; i++)
+        total += svlm_token_piece(t, ids[i], special, NULL, 0);
     char *s = malloc(total + 1);
     if (!s) return NULL;
     size_t w = 0;

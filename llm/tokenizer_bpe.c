@@ -34,7 +34,8 @@ static int try_pair(bpe_work *w, int32_t l, int32_t r) {
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return 0;
     size_t cap2 = *cap ? *cap : 64;
-    while (cap2 < need) cap2 *= 2;
+    while (cap2 < need)
+        cap2 *= 2;
     void *q = realloc(*p, cap2 * elem);
     if (!q) return -1;
     *p = q;
@@ -112,21 +113,28 @@ static int gpt2_split(bpe_work *w, size_t b, size_t e) {
         uint32_t cp = c[pos];
         if (cp == '\'' && pos + 1 < e) { /* 's 't 'm 'd 're 've 'll (lower case only) */
             uint32_t n1 = c[pos + 1], n2 = pos + 2 < e ? c[pos + 2] : 0;
-            if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') pos += 2;
-            else if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l')) pos += 3;
+            if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd')
+                pos += 2;
+            else if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l'))
+                pos += 3;
         }
         if (pos == start) {
             size_t q = pos + (cp == ' '); /* " ?" before a letter, number or other run */
             int k = kind_at(c, q, e);
             if (k == K_LETTER || k == K_NUMBER || k == K_OTHER) {
-                while (kind_at(c, q, e) == k) q++;
+                while (kind_at(c, q, e) == k)
+                    q++;
                 pos = q;
             } else {
                 size_t n_space = 0;
-                while (kind_at(c, pos + n_space, e) == K_SPACE) n_space++;
-                if (n_space > 1 && pos + n_space < e) pos += n_space - 1; /* \s+(?!\S): leave the last */
-                else if (n_space > 0) pos += n_space;
-                else pos++;
+                while (kind_at(c, pos + n_space, e) == K_SPACE)
+                    n_space++;
+                if (n_space > 1 && pos + n_space < e)
+                    pos += n_space - 1; /* \s+(?!\S): leave the last */
+                else if (n_space > 0)
+                    pos += n_space;
+                else
+                    pos++;
             }
         }
         if (encode_word(w, start, pos)) return -1;
@@ -139,7 +147,8 @@ int tok_bpe_encode(const svlm_tokenizer *t, const char *text, size_t len, tok_id
     uint32_t *cpt = malloc(len * sizeof *cpt);
     if (!cpt) return -1;
     size_t n = 0;
-    for (size_t pos = 0; pos < len;) cpt[n++] = svlm_utf8_decode((const unsigned char *)text, len, &pos);
+    for (size_t pos = 0; pos < len;)
+        cpt[n++] = svlm_utf8_decode((const unsigned char *)text, len, &pos);
 
     bpe_work w = {.t = t, .cpt = cpt, .out = out};
     int rc = 0;

@@ -26,7 +26,7 @@ typedef enum { TOK_KIND_SPM, TOK_KIND_BPE } tok_kind;
 typedef enum { TOK_PRE_GPT2, TOK_PRE_DIGITS_GPT2 } tok_pre;
 
 typedef struct tok_entry {
-    uint32_t text_off, text_len;   /* into arena */
+    uint32_t text_off, text_len; /* into arena */
     float score;
     uint16_t attr;
 } tok_entry;

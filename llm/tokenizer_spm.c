@@ -29,7 +29,8 @@ static int try_pair(spm_work *w, int32_t l, int32_t r) {
 int tok_spm_encode(const svlm_tokenizer *t, const char *text, size_t len, int space_prefix, tok_ids *out) {
     static const char space_mark[3] = {'\xE2', '\x96', '\x81'}; /* "▁" U+2581 */
     size_t n_spaces = (size_t)space_prefix;
-    for (size_t i = 0; i < len; i++) n_spaces += text[i] == ' ';
+    for (size_t i = 0; i < len; i++)
+        n_spaces += text[i] == ' ';
     size_t n_buf = len + (size_t)space_prefix + 2 * n_spaces;
     if (n_buf == 0) return 0;
     if (n_buf > UINT32_MAX) return -1;
@@ -42,8 +43,10 @@ int tok_spm_encode(const svlm_tokenizer *t, const char *text, size_t len, int sp
     size_t k = 0;
     if (space_prefix) memcpy(buf + k, space_mark, 3), k += 3;
     for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ') memcpy(buf + k, space_mark, 3), k += 3;
-        else buf[k++] = text[i];
+        if (text[i] == ' ')
+            memcpy(buf + k, space_mark, 3), k += 3;
+        else
+            buf[k++] = text[i];
     }
 
     /* One symbol per UTF-8 character (judged by the lead byte, clamped to the end). */

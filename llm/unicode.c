@@ -6,13 +6,17 @@ uint8_t svlm_unicode_class(uint32_t cpt) {
     uint32_t lo = 0, hi = svlm_unicode_range_count;
     while (hi - lo > 1) {
         uint32_t mid = lo + (hi - lo) / 2;
-        if (svlm_unicode_range_start[mid] <= cpt) lo = mid;
-        else hi = mid;
+        if (svlm_unicode_range_start[mid] <= cpt)
+            lo = mid;
+        else
+            hi = mid;
     }
     return svlm_unicode_range_class[lo];
 }
 
-static int is_cont(unsigned char c) { return (c & 0xC0) == 0x80; }
+static int is_cont(unsigned char c) {
+    return (c & 0xC0) == 0x80;
+}
 
 uint32_t svlm_utf8_decode(const unsigned char *s, size_t n, size_t *pos) {
     /* Same acceptance rule as llama.cpp (structure only: overlong forms and surrogates pass),

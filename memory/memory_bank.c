@@ -79,10 +79,13 @@ svlm_status mem_insert(svlm_memory *m, mem_entry *e, svlm_err *err) {
         m->entries = p;
         m->cap_entries = cap;
     }
-    if (!e->id) e->id = m->next_id++;
-    else if (e->id >= m->next_id) m->next_id = e->id + 1;
+    if (!e->id)
+        e->id = m->next_id++;
+    else if (e->id >= m->next_id)
+        m->next_id = e->id + 1;
     int i = m->n_entries;
-    while (i > 0 && entry_before(e, m->entries[i - 1])) i--;
+    while (i > 0 && entry_before(e, m->entries[i - 1]))
+        i--;
     memmove(m->entries + i + 1, m->entries + i, (size_t)(m->n_entries - i) * sizeof *m->entries);
     m->entries[i] = e;
     m->n_entries++;
@@ -121,16 +124,20 @@ svlm_status mem_refresh_keys(svlm_memory *m, mem_entry *e) {
     if (m->opts.key_dim > 0) return SVLM_OK; /* external keys are kept as they are */
     int k = e->n_tokens < SVLM_MEMORY_MAX_KEYS ? e->n_tokens : SVLM_MEMORY_MAX_KEYS;
     if (k < 1) k = 1;
-    if (e->n_tokens <= k) memcpy(e->keys, e->tokens, (size_t)k * (size_t)m->kdim * sizeof(float));
-    else if (mem_cluster(e->tokens, e->n_tokens, m->kdim, k, e->keys)) return SVLM_E_NOMEM;
-    for (int j = 0; j < k; j++) mem_normalise(e->keys + (size_t)j * (size_t)m->kdim, m->kdim);
+    if (e->n_tokens <= k)
+        memcpy(e->keys, e->tokens, (size_t)k * (size_t)m->kdim * sizeof(float));
+    else if (mem_cluster(e->tokens, e->n_tokens, m->kdim, k, e->keys))
+        return SVLM_E_NOMEM;
+    for (int j = 0; j < k; j++)
+        mem_normalise(e->keys + (size_t)j * (size_t)m->kdim, m->kdim);
     e->n_keys = k;
     return SVLM_OK;
 }
 
 /* Entry keys from the mean of external per-frame keys. */
 static void keys_from_sum(svlm_memory *m, mem_entry *e, const double *sum) {
-    for (int j = 0; j < m->kdim; j++) e->keys[j] = (float)sum[j];
+    for (int j = 0; j < m->kdim; j++)
+        e->keys[j] = (float)sum[j];
     mem_normalise(e->keys, m->kdim);
     e->n_keys = 1;
 }
@@ -150,9 +157,9 @@ static svlm_status check_opts(const svlm_memory_opts *o, svlm_err *err) {
         return svlm_fail(err, SVLM_E_INVALID,
                          "memory: need max_entries >= 8, short_frames >= 0, mid_tokens, event_frames, "
                          "event_tokens >= 1");
-    if (!(o->clip_similarity >= -1 && o->clip_similarity <= 1) || !(o->clip_max_s > 0) ||
-        !(o->event_z > 0) || !(o->event_min_change >= 0) || !(o->event_gap_s > 0) ||
-        !(o->event_max_s > 0) || !(o->event_share > 0 && o->event_share <= 1))
+    if (!(o->clip_similarity >= -1 && o->clip_similarity <= 1) || !(o->clip_max_s > 0) || !(o->event_z > 0) ||
+        !(o->event_min_change >= 0) || !(o->event_gap_s > 0) || !(o->event_max_s > 0) ||
+        !(o->event_share > 0 && o->event_share <= 1))
         return svlm_fail(err, SVLM_E_INVALID,
                          "memory: clip_similarity must be in [-1, 1]; clip_max_s, event_z, "
                          "event_gap_s, event_max_s > 0; event_min_change >= 0; event_share in (0, 1]");
@@ -215,7 +222,8 @@ static void free_work(svlm_memory *m) {
 
 void svlm_memory_free(svlm_memory *m) {
     if (!m) return;
-    for (int i = 0; i < m->n_entries; i++) mem_entry_free(m->entries[i]);
+    for (int i = 0; i < m->n_entries; i++)
+        mem_entry_free(m->entries[i]);
     free(m->entries);
     free_work(m);
     free(m->removed_ids);
@@ -237,8 +245,8 @@ static svlm_status alloc_work(svlm_memory *m, int n, svlm_err *err) {
     m->event.baseline = malloc(nn * d * sizeof(float));
     m->event.kept = malloc(kept * d * sizeof(float));
     m->event.key_sum = calloc(kd, sizeof(double));
-    if (!m->prev || !m->dist || !m->clip.sum || !m->clip.key_sum || !m->clip.mean_dir ||
-        !m->event.baseline || !m->event.kept || !m->event.key_sum) {
+    if (!m->prev || !m->dist || !m->clip.sum || !m->clip.key_sum || !m->clip.mean_dir || !m->event.baseline ||
+        !m->event.kept || !m->event.key_sum) {
         free_work(m);
         return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory for frames of %d tokens", n);
     }
@@ -251,7 +259,8 @@ static svlm_status alloc_work(svlm_memory *m, int n, svlm_err *err) {
 
 static void token_distances(const svlm_memory *m, const float *a, const float *b, int n, float *dist) {
     int d = m->opts.dim;
-    for (int i = 0; i < n; i++) dist[i] = 1.0f - mem_cosine(a + (size_t)i * d, b + (size_t)i * d, d);
+    for (int i = 0; i < n; i++)
+        dist[i] = 1.0f - mem_cosine(a + (size_t)i * d, b + (size_t)i * d, d);
 }
 
 static int cmp_float_desc(const void *pa, const void *pb) {
@@ -266,7 +275,8 @@ static float change_score(const float *dist, int n, float *scratch) {
     qsort(scratch, (size_t)n, sizeof(float), cmp_float_desc);
     int top = (n + 7) / 8;
     double s = 0;
-    for (int i = 0; i < top; i++) s += scratch[i];
+    for (int i = 0; i < top; i++)
+        s += scratch[i];
     return (float)(s / top);
 }
 
@@ -285,7 +295,8 @@ static void update_change_stats(svlm_memory *m, float score) {
     memcpy(v, m->chg_hist, (size_t)n * sizeof(float));
     qsort(v, (size_t)n, sizeof(float), cmp_float_desc);
     float med = v[n / 2];
-    for (int i = 0; i < n; i++) v[i] = fabsf(m->chg_hist[i] - med);
+    for (int i = 0; i < n; i++)
+        v[i] = fabsf(m->chg_hist[i] - med);
     qsort(v, (size_t)n, sizeof(float), cmp_float_desc);
     m->chg_mean = med;
     m->chg_dev = 1.4826 * v[n / 2];
@@ -297,7 +308,8 @@ static void mean_direction(const svlm_memory *m, const float *tokens, int n, flo
     int d = m->opts.dim;
     memset(out, 0, (size_t)d * sizeof(float));
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < d; j++) out[j] += tokens[(size_t)i * d + j];
+        for (int j = 0; j < d; j++)
+            out[j] += tokens[(size_t)i * d + j];
     mem_normalise(out, d);
 }
 
@@ -314,7 +326,8 @@ static svlm_status close_clip(svlm_memory *m, double t1, svlm_err *err) {
         mem_entry_free(e);
         return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory closing a clip");
     }
-    for (size_t i = 0; i < (size_t)n * (size_t)d; i++) mean[i] = (float)(c->sum[i] / (double)c->n_frames);
+    for (size_t i = 0; i < (size_t)n * (size_t)d; i++)
+        mean[i] = (float)(c->sum[i] / (double)c->n_frames);
     int rc = k == n ? (memcpy(e->tokens, mean, (size_t)n * (size_t)d * sizeof(float)), 0)
                     : mem_cluster(mean, n, d, k, e->tokens);
     free(mean);
@@ -349,9 +362,11 @@ static svlm_status clip_step(svlm_memory *m, double t, const float *tokens, int 
         memset(c->key_sum, 0, (size_t)m->kdim * sizeof(double));
         memcpy(c->mean_dir, dir, (size_t)m->opts.dim * sizeof(float));
     }
-    for (size_t i = 0; i < nd; i++) c->sum[i] += tokens[i];
+    for (size_t i = 0; i < nd; i++)
+        c->sum[i] += tokens[i];
     if (key)
-        for (int j = 0; j < m->kdim; j++) c->key_sum[j] += key[j];
+        for (int j = 0; j < m->kdim; j++)
+            c->key_sum[j] += key[j];
     c->n_frames++;
     c->t_last = t;
     return SVLM_OK;
@@ -462,7 +477,8 @@ static svlm_status event_step(svlm_memory *m, double t, const float *tokens, int
         free(db);
     }
     if (key)
-        for (int j = 0; j < m->kdim; j++) ev->key_sum[j] += key[j];
+        for (int j = 0; j < m->kdim; j++)
+            ev->key_sum[j] += key[j];
     ev->n_frames++;
     return SVLM_OK;
 }
@@ -501,8 +517,8 @@ static svlm_status push_locked(svlm_memory *m, double t, const float *tokens, in
     if (!tokens || n < 1 || n > (1 << 20))
         return svlm_fail(err, SVLM_E_INVALID, "memory: a frame needs 1..1048576 tokens, got %d", n);
     if (!isfinite(t) || (m->st.frames > 0 && t < m->prev_t))
-        return svlm_fail(err, SVLM_E_INVALID, "memory: frame time %.3f is not finite or goes backwards (last %.3f)",
-                         t, m->prev_t);
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "memory: frame time %.3f is not finite or goes backwards (last %.3f)", t, m->prev_t);
     if ((m->opts.key_dim > 0) != (key != NULL))
         return svlm_fail(err, SVLM_E_INVALID, "memory: a per-frame key is %s",
                          m->opts.key_dim > 0 ? "required (key_dim > 0)" : "not expected (key_dim = 0)");
@@ -511,8 +527,9 @@ static svlm_status push_locked(svlm_memory *m, double t, const float *tokens, in
         if ((st = close_event(m, t, err)) || (st = close_clip(m, t, err))) return st;
         size_t frame = (size_t)n * (size_t)m->opts.dim * sizeof(float);
         if (frame + 2 * frame + sizeof(mem_entry) > m->opts.budget_bytes)
-            return svlm_fail(err, SVLM_E_LIMIT, "memory: frames of %d tokens do not fit a budget of %zu bytes",
-                             n, m->opts.budget_bytes);
+            return svlm_fail(err, SVLM_E_LIMIT,
+                             "memory: frames of %d tokens do not fit a budget of %zu bytes", n,
+                             m->opts.budget_bytes);
         if ((st = alloc_work(m, n, err))) return st;
         m->prev_n = 0;
     }
@@ -544,8 +561,8 @@ static svlm_status push_locked(svlm_memory *m, double t, const float *tokens, in
     return SVLM_OK;
 }
 
-svlm_status svlm_memory_push(svlm_memory *m, double t, const float *tokens, int n_tokens,
-                             const float *key, svlm_err *err) {
+svlm_status svlm_memory_push(svlm_memory *m, double t, const float *tokens, int n_tokens, const float *key,
+                             svlm_err *err) {
     pthread_mutex_lock(&m->lock);
     svlm_status st = push_locked(m, t, tokens, n_tokens, key, err);
     pthread_mutex_unlock(&m->lock);

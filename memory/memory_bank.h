@@ -72,23 +72,23 @@ typedef enum svlm_memory_tier {
 const char *svlm_memory_tier_name(svlm_memory_tier tier); /* "short", "mid", "event" */
 
 typedef struct svlm_memory_opts {
-    int dim;                 /* token width D (required; 0 only with read_only: taken from dir) */
-    int key_dim;             /* width of per-frame keys; 0: keys are derived from the tokens */
-    size_t budget_bytes;     /* the stream's whole memory (64 MiB) */
-    int max_entries;         /* cap on entries, bounds retrieval cost (4096) */
-    int short_frames;        /* SHORT frames kept in full (8) */
-    int mid_tokens;          /* representative tokens per clip (8) */
-    float clip_similarity;   /* cosine of a frame's mean token to the clip's to join it (0.97) */
-    double clip_max_s;       /* longest clip in stream seconds (60) */
-    float event_z;           /* change above mean + event_z * deviation is salient (6) */
-    float event_min_change;  /* ... and above this absolute change score (0.02) */
-    double event_gap_s;      /* calm that separates two events (1 s) */
-    double event_max_s;      /* longest event (60) */
-    int event_frames;        /* frames of an event whose changed tokens are kept (3) */
-    int event_tokens;        /* changed tokens kept per event frame (16) */
-    float event_share;       /* most of the budget events may hold (0.5) */
-    const char *dir;         /* persistence directory (created if absent), or NULL */
-    int read_only;           /* open dir for inspection: no writes, pushes refused */
+    int dim;                /* token width D (required; 0 only with read_only: taken from dir) */
+    int key_dim;            /* width of per-frame keys; 0: keys are derived from the tokens */
+    size_t budget_bytes;    /* the stream's whole memory (64 MiB) */
+    int max_entries;        /* cap on entries, bounds retrieval cost (4096) */
+    int short_frames;       /* SHORT frames kept in full (8) */
+    int mid_tokens;         /* representative tokens per clip (8) */
+    float clip_similarity;  /* cosine of a frame's mean token to the clip's to join it (0.97) */
+    double clip_max_s;      /* longest clip in stream seconds (60) */
+    float event_z;          /* change above mean + event_z * deviation is salient (6) */
+    float event_min_change; /* ... and above this absolute change score (0.02) */
+    double event_gap_s;     /* calm that separates two events (1 s) */
+    double event_max_s;     /* longest event (60) */
+    int event_frames;       /* frames of an event whose changed tokens are kept (3) */
+    int event_tokens;       /* changed tokens kept per event frame (16) */
+    float event_share;      /* most of the budget events may hold (0.5) */
+    const char *dir;        /* persistence directory (created if absent), or NULL */
+    int read_only;          /* open dir for inspection: no writes, pushes refused */
 } svlm_memory_opts;
 
 void svlm_memory_opts_default(svlm_memory_opts *opts);
@@ -104,35 +104,35 @@ void svlm_memory_free(svlm_memory *m);
 /* One frame: t in stream seconds (non-decreasing), tokens [n_tokens][dim], key [key_dim] or
  * NULL (required when opts.key_dim > 0). Returns SVLM_E_LIMIT if one frame cannot fit the
  * budget at all, SVLM_E_IO if persisting failed (the bank in memory stays consistent). */
-svlm_status svlm_memory_push(svlm_memory *m, double t, const float *tokens, int n_tokens,
-                             const float *key, svlm_err *err);
+svlm_status svlm_memory_push(svlm_memory *m, double t, const float *tokens, int n_tokens, const float *key,
+                             svlm_err *err);
 
 /* Closes the clip and event being built (end of stream) so they become entries (and are
  * persisted). Pushing more frames afterwards is allowed. */
 svlm_status svlm_memory_flush(svlm_memory *m, svlm_err *err);
 
 typedef struct svlm_memory_stats {
-    size_t bytes;                              /* everything accounted against the budget */
+    size_t bytes; /* everything accounted against the budget */
     size_t budget;
     size_t tier_bytes[SVLM_MEMORY_N_TIERS];
     int tier_entries[SVLM_MEMORY_N_TIERS];
-    size_t work_bytes;                         /* detector buffers (previous frame, clip sums) */
-    int64_t frames;                            /* frames pushed */
-    int64_t events;                            /* events detected */
+    size_t work_bytes; /* detector buffers (previous frame, clip sums) */
+    int64_t frames;    /* frames pushed */
+    int64_t events;    /* events detected */
     int64_t merges, evictions, shrinks;
-    double t_first, t_last;                    /* stream time covered */
+    double t_first, t_last; /* stream time covered */
 } svlm_memory_stats;
 void svlm_memory_stats_get(svlm_memory *m, svlm_memory_stats *s);
 
 typedef struct svlm_memory_entry_info {
     uint64_t id;
     svlm_memory_tier tier;
-    double t0, t1;      /* [t0, t1) stream seconds */
-    int64_t n_frames;   /* frames it stands for */
+    double t0, t1;    /* [t0, t1) stream seconds */
+    int64_t n_frames; /* frames it stands for */
     int n_tokens;
     size_t bytes;
     float importance;
-    int level;          /* MID: times merged */
+    int level; /* MID: times merged */
 } svlm_memory_entry_info;
 
 /* Entries in time order (t0, then id). Index i in [0, count). */
@@ -142,20 +142,20 @@ svlm_status svlm_memory_entry(svlm_memory *m, int i, svlm_memory_entry_info *inf
 /* What opening opts.dir found: records loaded and rejected, and why. */
 typedef struct svlm_memory_load_report {
     int loaded, rejected;
-    int manifest_ok;    /* 1: MANIFEST verified; 0: absent or corrupt (records scanned) */
-    char detail[512];   /* human-readable list of problems, empty when none */
+    int manifest_ok;  /* 1: MANIFEST verified; 0: absent or corrupt (records scanned) */
+    char detail[512]; /* human-readable list of problems, empty when none */
 } svlm_memory_load_report;
 void svlm_memory_load_report_get(svlm_memory *m, svlm_memory_load_report *r);
 
 /* ---- retrieval (memory_retrieve.c) ---------------------------------------------------- */
 
 typedef struct svlm_memory_query {
-    const float *vecs;  /* question representations [n_vecs][key width]: key_dim, or dim */
-    int n_vecs;         /* more than 8 are pooled into 8 chunk means (bounded cost) */
-    double t_from, t_to;/* only entries overlapping [t_from, t_to] (defaults: everything) */
-    int first;          /* "when did ... first": earliest relevant entries first */
-    int top_k;          /* hits wanted (default 4) */
-    int max_tokens;     /* stop adding hits past this many tokens; 0: no cap */
+    const float *vecs;   /* question representations [n_vecs][key width]: key_dim, or dim */
+    int n_vecs;          /* more than 8 are pooled into 8 chunk means (bounded cost) */
+    double t_from, t_to; /* only entries overlapping [t_from, t_to] (defaults: everything) */
+    int first;           /* "when did ... first": earliest relevant entries first */
+    int top_k;           /* hits wanted (default 4) */
+    int max_tokens;      /* stop adding hits past this many tokens; 0: no cap */
 } svlm_memory_query;
 
 void svlm_memory_query_default(svlm_memory_query *q);
@@ -170,9 +170,9 @@ typedef struct svlm_memory_hit {
     uint64_t id;
     svlm_memory_tier tier;
     double t0, t1;
-    float score;        /* cosine similarity of the best (question vector, entry key) pair */
+    float score; /* cosine similarity of the best (question vector, entry key) pair */
     int n_tokens;
-    float *tokens;      /* [n_tokens][dim], owned by the hits */
+    float *tokens; /* [n_tokens][dim], owned by the hits */
 } svlm_memory_hit;
 
 typedef struct svlm_memory_hits {
@@ -189,8 +189,7 @@ void svlm_memory_hits_free(svlm_memory_hits *h);
  * the same position of the newest SHORT frame (when it has n tokens) and with the keys of
  * the most recent entries (at most 16); 1 for an empty bank. For the token pruner. Needs keys in
  * token space (opts.key_dim == 0), else SVLM_E_UNSUPPORTED. */
-svlm_status svlm_memory_novelty(svlm_memory *m, const float *tokens, int n, float *novelty,
-                                svlm_err *err);
+svlm_status svlm_memory_novelty(svlm_memory *m, const float *tokens, int n, float *novelty, svlm_err *err);
 
 /* "MM:SS" below an hour, "H:MM:SS" from an hour on (stream seconds, rounded down). */
 void svlm_memory_format_clock(double t, char *buf, size_t n);

@@ -100,14 +100,16 @@ static int reduce_events(svlm_memory *m) {
 svlm_status mem_enforce_budget(svlm_memory *m, svlm_err *err) {
     int r = 0;
     /* Events may hold at most their share, so that recent frames and clips always have room. */
-    while (m->st.tier_bytes[SVLM_MEMORY_EVENT] > event_cap(m) && (r = reduce_events(m)) > 0) {}
+    while (m->st.tier_bytes[SVLM_MEMORY_EVENT] > event_cap(m) && (r = reduce_events(m)) > 0) {
+    }
     while (r >= 0 && over(m)) {
         r = merge_oldest_clips(m);
         if (r == 0) r = evict_first_of(m, SVLM_MEMORY_MID);
         if (r == 0) r = evict_first_of(m, SVLM_MEMORY_SHORT);
         if (r == 0) r = reduce_events(m);
         if (r == 0)
-            return svlm_fail(err, SVLM_E_LIMIT, "memory: %zu bytes of working buffers exceed the budget of %zu",
+            return svlm_fail(err, SVLM_E_LIMIT,
+                             "memory: %zu bytes of working buffers exceed the budget of %zu",
                              mem_total_bytes(m), m->opts.budget_bytes);
     }
     if (r < 0) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory while compressing");

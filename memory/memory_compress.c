@@ -20,10 +20,12 @@ float mem_cosine(const float *a, const float *b, int d) {
 
 void mem_normalise(float *v, int d) {
     double s = 0;
-    for (int i = 0; i < d; i++) s += (double)v[i] * v[i];
+    for (int i = 0; i < d; i++)
+        s += (double)v[i] * v[i];
     if (s <= 0) return;
     float inv = (float)(1.0 / sqrt(s));
-    for (int i = 0; i < d; i++) v[i] *= inv;
+    for (int i = 0; i < d; i++)
+        v[i] *= inv;
 }
 
 /* Farthest-point seeding from the token farthest from the mean direction, then Lloyd rounds
@@ -44,7 +46,8 @@ int mem_cluster(const float *x, int n, int d, int k, float *c) {
     }
     memset(mean, 0, (size_t)d * sizeof(float));
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < d; j++) mean[j] += x[(size_t)i * d + j];
+        for (int j = 0; j < d; j++)
+            mean[j] += x[(size_t)i * d + j];
     int first = 0;
     float lo = 2;
     for (int i = 0; i < n; i++) {
@@ -52,7 +55,8 @@ int mem_cluster(const float *x, int n, int d, int k, float *c) {
         if (s < lo) lo = s, first = i;
     }
     memcpy(c, x + (size_t)first * d, (size_t)d * sizeof(float));
-    for (int i = 0; i < n; i++) best[i] = mem_cosine(x + (size_t)i * d, c, d);
+    for (int i = 0; i < n; i++)
+        best[i] = mem_cosine(x + (size_t)i * d, c, d);
     for (int q = 1; q < k; q++) {
         int far = 0;
         for (int i = 1; i < n; i++)
@@ -77,11 +81,13 @@ int mem_cluster(const float *x, int n, int d, int k, float *c) {
         memset(count, 0, (size_t)k * sizeof(int));
         for (int i = 0; i < n; i++) {
             count[assign[i]]++;
-            for (int j = 0; j < d; j++) acc[(size_t)assign[i] * d + j] += x[(size_t)i * d + j];
+            for (int j = 0; j < d; j++)
+                acc[(size_t)assign[i] * d + j] += x[(size_t)i * d + j];
         }
         for (int q = 0; q < k; q++) /* an empty cluster keeps its seed */
             if (count[q])
-                for (int j = 0; j < d; j++) c[(size_t)q * d + j] = (float)(acc[(size_t)q * d + j] / count[q]);
+                for (int j = 0; j < d; j++)
+                    c[(size_t)q * d + j] = (float)(acc[(size_t)q * d + j] / count[q]);
     }
     free(best), free(assign), free(acc), free(count), free(mean);
     return 0;
@@ -107,7 +113,8 @@ mem_entry *mem_merge_clips(svlm_memory *m, const mem_entry *a, const mem_entry *
     }
     if (m->opts.key_dim > 0) { /* frame-weighted mean of the two keys */
         double wa = (double)a->n_frames, wb = (double)b->n_frames;
-        for (int j = 0; j < m->kdim; j++) e->keys[j] = (float)(wa * a->keys[j] + wb * b->keys[j]);
+        for (int j = 0; j < m->kdim; j++)
+            e->keys[j] = (float)(wa * a->keys[j] + wb * b->keys[j]);
         mem_normalise(e->keys, m->kdim);
         e->n_keys = 1;
     }

@@ -14,11 +14,11 @@ typedef struct mem_entry {
     int n_tokens;
     int level;
     float importance;
-    float *tokens;      /* [n_tokens][dim] */
+    float *tokens; /* [n_tokens][dim] */
     int n_keys;
-    float *keys;        /* [n_keys][key width], unit length */
-    int persisted;      /* its record is on disk as it is now */
-    uint32_t crc;       /* of that record */
+    float *keys;   /* [n_keys][key width], unit length */
+    int persisted; /* its record is on disk as it is now */
+    uint32_t crc;  /* of that record */
 } mem_entry;
 
 /* The clip being built: per-position sums of similar consecutive frames. */
@@ -27,24 +27,24 @@ typedef struct mem_clip {
     int n_tokens;
     int64_t n_frames;
     double t0, t_last;
-    double *sum;        /* [n_tokens][dim] */
-    double *key_sum;    /* [key_dim] (external keys only) */
-    float *mean_dir;    /* [dim] unit mean token of the clip's first frame */
+    double *sum;     /* [n_tokens][dim] */
+    double *key_sum; /* [key_dim] (external keys only) */
+    float *mean_dir; /* [dim] unit mean token of the clip's first frame */
 } mem_clip;
 
 /* The event being built. */
 typedef struct mem_event {
     int open;
-    int n_tokens;       /* baseline frame size */
+    int n_tokens; /* baseline frame size */
     double t0, t_last_spike;
-    int calm;           /* no salient change since calm_since */
+    int calm; /* no salient change since calm_since */
     double calm_since;
     float peak_z;
     int frames_kept;
-    int n_kept;         /* tokens in kept[] */
-    float *baseline;    /* [n_tokens][dim]: the scene before the event */
-    float *kept;        /* [event_frames * event_tokens][dim] */
-    double *key_sum;    /* [key_dim] */
+    int n_kept;      /* tokens in kept[] */
+    float *baseline; /* [n_tokens][dim]: the scene before the event */
+    float *kept;     /* [event_frames * event_tokens][dim] */
+    double *key_sum; /* [key_dim] */
     int64_t n_frames;
 } mem_event;
 
@@ -52,30 +52,30 @@ struct svlm_memory {
     pthread_mutex_t lock;
     svlm_memory_opts opts;
     char *dir;
-    int kdim;                   /* key width: key_dim or dim */
+    int kdim; /* key width: key_dim or dim */
 
-    mem_entry **entries;        /* time order (t0, id) */
+    mem_entry **entries; /* time order (t0, id) */
     int n_entries, cap_entries;
     uint64_t next_id;
-    size_t entry_bytes;         /* sum of mem_entry_bytes over entries */
+    size_t entry_bytes; /* sum of mem_entry_bytes over entries */
 
     /* detectors */
-    int prev_n;                 /* tokens of the previous frame (0: none yet) */
-    float *prev;                /* [prev_n][dim] */
-    float *dist;                /* [prev_n] scratch */
-    double prev_t, dt;          /* last time, frame interval estimate */
-    double chg_mean, chg_dev;   /* usual change score: median and scaled MAD of recent calm frames */
+    int prev_n;               /* tokens of the previous frame (0: none yet) */
+    float *prev;              /* [prev_n][dim] */
+    float *dist;              /* [prev_n] scratch */
+    double prev_t, dt;        /* last time, frame interval estimate */
+    double chg_mean, chg_dev; /* usual change score: median and scaled MAD of recent calm frames */
     int64_t chg_n;
-    float chg_hist[64];         /* the last calm change scores (a ring) */
+    float chg_hist[64]; /* the last calm change scores (a ring) */
     mem_clip clip;
     mem_event event;
     size_t work_bytes;
 
     svlm_memory_stats st;
     svlm_memory_load_report report;
-    uint64_t *removed_ids;      /* records to delete from dir after the next manifest */
+    uint64_t *removed_ids; /* records to delete from dir after the next manifest */
     int n_removed, cap_removed;
-    int dirty;                  /* entries changed since the last manifest */
+    int dirty; /* entries changed since the last manifest */
 };
 
 /* memory_bank.c */

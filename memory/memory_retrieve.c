@@ -15,10 +15,10 @@
 #include "common/err.h"
 #include "memory/memory_internal.h"
 
-#define MAX_QUERY_VECS 8
-#define FINE_CANDIDATES 64 /* entries re-scored with every question vector */
-#define FIRST_MARGIN 0.1f     /* "first": entries within this of the best score count as relevant */
-#define AT_WINDOW_S 30.0      /* "at 12:30" covers 12:00 .. 13:00 */
+#define MAX_QUERY_VECS  8
+#define FINE_CANDIDATES 64   /* entries re-scored with every question vector */
+#define FIRST_MARGIN    0.1f /* "first": entries within this of the best score count as relevant */
+#define AT_WINDOW_S     30.0 /* "at 12:30" covers 12:00 .. 13:00 */
 /* A small preference between equally similar entries: events keep the changed detail. */
 static const float tier_prior[SVLM_MEMORY_N_TIERS] = {0.01f, 0.0f, 0.02f};
 
@@ -52,9 +52,11 @@ static float *pool_query(const float *v, int n, int d, int *n_out) {
     if (!q) return NULL;
     for (int i = 0; i < n; i++) {
         float *dst = q + (size_t)((int64_t)i * k / n) * d;
-        for (int j = 0; j < d; j++) dst[j] += v[(size_t)i * d + j];
+        for (int j = 0; j < d; j++)
+            dst[j] += v[(size_t)i * d + j];
     }
-    for (int c = 0; c < k; c++) mem_normalise(q + (size_t)c * d, d);
+    for (int c = 0; c < k; c++)
+        mem_normalise(q + (size_t)c * d, d);
     *n_out = k;
     return q;
 }
@@ -67,9 +69,11 @@ static float best_similarity(const mem_entry *e, const float *q, int nq, int d) 
             float p[8] = {0}; /* independent sums let the compiler vectorise */
             int j = 0;
             for (; j + 8 <= d; j += 8)
-                for (int l = 0; l < 8; l++) p[l] += x[j + l] * y[j + l];
+                for (int l = 0; l < 8; l++)
+                    p[l] += x[j + l] * y[j + l];
             float s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-            for (; j < d; j++) s += x[j] * y[j];
+            for (; j < d; j++)
+                s += x[j] * y[j];
             if (s > best) best = s;
         }
     return best;
@@ -90,7 +94,8 @@ static svlm_status retrieve_locked(svlm_memory *m, const svlm_memory_query *q, s
         return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory for a query");
     }
     for (int a = 0; a < nq; a++)
-        for (int j = 0; j < d; j++) mean[j] += qv[(size_t)a * d + j];
+        for (int j = 0; j < d; j++)
+            mean[j] += qv[(size_t)a * d + j];
     mem_normalise(mean, d);
     int n = 0;
     for (int i = 0; i < m->n_entries; i++) {
@@ -114,7 +119,8 @@ static svlm_status retrieve_locked(svlm_memory *m, const svlm_memory_query *q, s
     out->scanned = n;
     if (q->first && n > 0) {
         int relevant = 1;
-        while (relevant < n && c[relevant].rank >= c[0].rank - FIRST_MARGIN) relevant++;
+        while (relevant < n && c[relevant].rank >= c[0].rank - FIRST_MARGIN)
+            relevant++;
         qsort(c, (size_t)relevant, sizeof *c, by_time);
     }
     int want = q->top_k < n ? q->top_k : n, tokens = 0;
@@ -158,7 +164,8 @@ svlm_status svlm_memory_retrieve(svlm_memory *m, const svlm_memory_query *q, svl
 
 void svlm_memory_hits_free(svlm_memory_hits *h) {
     if (!h) return;
-    for (int i = 0; i < h->n; i++) free(h->hit[i].tokens);
+    for (int i = 0; i < h->n; i++)
+        free(h->hit[i].tokens);
     free(h->hit);
     memset(h, 0, sizeof *h);
 }
@@ -194,8 +201,10 @@ void svlm_memory_format_clock(double t, char *buf, size_t n) {
     if (!isfinite(t) || t < 0) t = 0;
     if (t > 1e9) t = 1e9;
     long s = (long)floor(t);
-    if (s < 3600) snprintf(buf, n, "%02ld:%02ld", s / 60, s % 60);
-    else snprintf(buf, n, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    if (s < 3600)
+        snprintf(buf, n, "%02ld:%02ld", s / 60, s % 60);
+    else
+        snprintf(buf, n, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
 }
 
 void svlm_memory_format_intro(double t0, double t1, char *buf, size_t n) {
@@ -213,7 +222,8 @@ static double parse_clock(const char *s, int *used) {
         if (!isdigit((unsigned char)s[i])) return -1;
         long v = 0;
         int digits = 0;
-        while (isdigit((unsigned char)s[i]) && digits < 6) v = v * 10 + (s[i++] - '0'), digits++;
+        while (isdigit((unsigned char)s[i]) && digits < 6)
+            v = v * 10 + (s[i++] - '0'), digits++;
         part[np++] = v;
         if (np > 1 && (digits != 2 || v > 59)) return -1;
         if (s[i] != ':' || !isdigit((unsigned char)s[i + 1])) break;
@@ -228,10 +238,10 @@ static const struct {
     const char *word;
     int value;
 } number_words[] = {
-    {"a", 1},        {"an", 1},        {"one", 1},     {"two", 2},      {"three", 3},   {"four", 4},
-    {"five", 5},     {"six", 6},       {"seven", 7},   {"eight", 8},    {"nine", 9},    {"ten", 10},
-    {"eleven", 11},  {"twelve", 12},   {"fifteen", 15},{"twenty", 20},  {"thirty", 30}, {"forty", 40},
-    {"forty-five", 45}, {"fifty", 50}, {"sixty", 60},  {"ninety", 90},  {"few", 3},     {"couple", 2},
+    {"a", 1},           {"an", 1},      {"one", 1},      {"two", 2},     {"three", 3},   {"four", 4},
+    {"five", 5},        {"six", 6},     {"seven", 7},    {"eight", 8},   {"nine", 9},    {"ten", 10},
+    {"eleven", 11},     {"twelve", 12}, {"fifteen", 15}, {"twenty", 20}, {"thirty", 30}, {"forty", 40},
+    {"forty-five", 45}, {"fifty", 50},  {"sixty", 60},   {"ninety", 90}, {"few", 3},     {"couple", 2},
 };
 
 /* A count (digits or a number word) then a unit at s; returns seconds or -1. A missing count
@@ -239,7 +249,8 @@ static const struct {
 static double parse_duration(const char *s, int *used) {
     int i = 0;
     double count = -1;
-    while (s[i] == ' ') i++;
+    while (s[i] == ' ')
+        i++;
     if (isdigit((unsigned char)s[i])) {
         char *end;
         count = strtod(s + i, &end);
@@ -255,7 +266,8 @@ static double parse_duration(const char *s, int *used) {
         }
     }
     if (count < 0) count = 1;
-    while (s[i] == ' ') i++;
+    while (s[i] == ' ')
+        i++;
     if (!strncmp(s + i, "of ", 3)) i += 3; /* "couple of minutes" */
     static const struct {
         const char *unit;
@@ -265,7 +277,8 @@ static double parse_duration(const char *s, int *used) {
         size_t len = strlen(units[u].unit);
         if (!strncmp(s + i, units[u].unit, len)) {
             i += (int)len;
-            while (isalpha((unsigned char)s[i])) i++;
+            while (isalpha((unsigned char)s[i]))
+                i++;
             *used = i;
             return count * units[u].seconds;
         }
@@ -278,22 +291,23 @@ int svlm_memory_parse_time_query(const char *question, double now, svlm_memory_q
     size_t n = strlen(question);
     char *s = malloc(n + 2);
     if (!s) return 0;
-    for (size_t i = 0; i < n; i++) s[i] = (char)tolower((unsigned char)question[i]);
+    for (size_t i = 0; i < n; i++)
+        s[i] = (char)tolower((unsigned char)question[i]);
     s[n] = s[n + 1] = 0;
     int anchored = 0, used = 0;
     char *p;
     if ((p = strstr(s, "between "))) {
         double a = parse_clock(p + 8, &used);
         char *and = a >= 0 ? strstr(p + 8 + used, " and ") : NULL;
-        double b = and ? parse_clock(and + 5, &used) : -1;
+        double b = and? parse_clock(and+5, &used) : -1;
         if (a >= 0 && b >= 0) {
             q->t_from = a < b ? a : b;
             q->t_to = a < b ? b : a;
             anchored = 1;
         }
     }
-    static const char *const lasts[] = {"in the last ", "in the past ", "during the last ", "over the last ",
-                                        "in the previous ", "within the last "};
+    static const char *const lasts[] = {"in the last ",   "in the past ",     "during the last ",
+                                        "over the last ", "in the previous ", "within the last "};
     for (size_t k = 0; !anchored && k < sizeof lasts / sizeof lasts[0]; k++) {
         if (!(p = strstr(s, lasts[k]))) continue;
         double span = parse_duration(p + strlen(lasts[k]), &used);

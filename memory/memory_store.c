@@ -30,13 +30,13 @@
 #include "common/err.h"
 #include "memory/memory_internal.h"
 
-#define REC_MAGIC "SVMR"
-#define MAN_MAGIC "SVMM"
-#define VERSION 1u
+#define REC_MAGIC  "SVMR"
+#define MAN_MAGIC  "SVMM"
+#define VERSION    1u
 #define REC_HEADER 72
 #define MAN_HEADER 56
-#define MAN_ROW 16
-#define MAX_FILE ((size_t)1 << 31)
+#define MAN_ROW    16
+#define MAX_FILE   ((size_t)1 << 31)
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "memory_store.c writes little-endian files by copying host values"
@@ -48,14 +48,16 @@ uint32_t mem_crc32(uint32_t crc, const void *data, size_t n) {
     if (!ready) {
         for (uint32_t i = 0; i < 256; i++) {
             uint32_t c = i;
-            for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            for (int k = 0; k < 8; k++)
+                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
             table[i] = c;
         }
         ready = 1;
     }
     const uint8_t *p = data;
     crc = ~crc;
-    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    for (size_t i = 0; i < n; i++)
+        crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
 
@@ -70,9 +72,15 @@ static void put(wbuf *b, const void *v, size_t n) {
     memcpy(b->p + b->n, v, n);
     b->n += n;
 }
-static void put_u32(wbuf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(wbuf *b, uint64_t v) { put(b, &v, 8); }
-static void put_f64(wbuf *b, double v) { put(b, &v, 8); }
+static void put_u32(wbuf *b, uint32_t v) {
+    put(b, &v, 4);
+}
+static void put_u64(wbuf *b, uint64_t v) {
+    put(b, &v, 8);
+}
+static void put_f64(wbuf *b, double v) {
+    put(b, &v, 8);
+}
 
 static uint32_t get_u32(const uint8_t *p) {
     uint32_t v;
@@ -93,7 +101,9 @@ static double get_f64(const uint8_t *p) {
 static void path_of(const svlm_memory *m, char *buf, size_t n, const char *name) {
     snprintf(buf, n, "%s/%s", m->dir, name);
 }
-static void record_name(uint64_t id, char *buf, size_t n) { snprintf(buf, n, "e%016" PRIx64 ".rec", id); }
+static void record_name(uint64_t id, char *buf, size_t n) {
+    snprintf(buf, n, "e%016" PRIx64 ".rec", id);
+}
 
 static svlm_status fsync_dir(const char *dir, svlm_err *err) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
@@ -244,8 +254,8 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
     }
     if ((tier != SVLM_MEMORY_MID && tier != SVLM_MEMORY_EVENT) || n_tokens < 1 || n_tokens > (1u << 20) ||
         n_keys < 1 || n_keys > SVLM_MEMORY_MAX_KEYS || !svlm_mul_size(n_tokens, dim, &a) ||
-        !svlm_mul_size(n_keys, key_dim, &b) || !svlm_add_size(a, b, &need) || !svlm_mul_size(need, 4, &need) ||
-        need + REC_HEADER + 4 != n) {
+        !svlm_mul_size(n_keys, key_dim, &b) || !svlm_add_size(a, b, &need) ||
+        !svlm_mul_size(need, 4, &need) || need + REC_HEADER + 4 != n) {
         *why = "inconsistent header";
         return NULL;
     }
@@ -345,7 +355,8 @@ static int parse_manifest(const uint8_t *p, size_t n, manifest *mf, const char *
 
 static svlm_status write_manifest(svlm_memory *m, svlm_err *err) {
     int count = 0;
-    for (int i = 0; i < m->n_entries; i++) count += m->entries[i]->persisted;
+    for (int i = 0; i < m->n_entries; i++)
+        count += m->entries[i]->persisted;
     wbuf b = {malloc(MAN_HEADER + (size_t)count * MAN_ROW + 4), 0};
     if (!b.p) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory writing the manifest");
     put(&b, MAN_MAGIC, 4);
@@ -415,7 +426,8 @@ static void scan_dir(svlm_memory *m, int only_orphans) {
         if (!is_record_name(s)) continue;
         uint64_t id = strtoull(s + 1, NULL, 16);
         int listed = 0;
-        for (int i = 0; i < m->n_entries && !listed; i++) listed = m->entries[i]->id == id;
+        for (int i = 0; i < m->n_entries && !listed; i++)
+            listed = m->entries[i]->id == id;
         if (only_orphans) {
             if (!listed && !m->opts.read_only) unlink(path);
         } else if (!listed) {
@@ -495,13 +507,15 @@ svlm_status mem_store_peek_dims(const char *dir, int *dim, int *key_dim, svlm_er
     DIR *d = opendir(dir);
     if (!d) return svlm_fail(err, SVLM_E_IO, "memory: cannot open %s: %s", dir, strerror(errno));
     struct dirent *de;
-    svlm_status st = svlm_fail(err, SVLM_E_FORMAT, "memory: %s has no valid MANIFEST (%s) and no valid record",
-                               dir, why ? why : "?");
+    svlm_status st =
+        svlm_fail(err, SVLM_E_FORMAT, "memory: %s has no valid MANIFEST (%s) and no valid record", dir,
+                  why ? why : "?");
     while ((de = readdir(d))) {
         if (!is_record_name(de->d_name)) continue;
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         uint8_t *r = read_all(path, &n, &why);
-        if (r && n >= REC_HEADER + 4 && !memcmp(r, REC_MAGIC, 4) && mem_crc32(0, r, n - 4) == get_u32(r + n - 4)) {
+        if (r && n >= REC_HEADER + 4 && !memcmp(r, REC_MAGIC, 4) &&
+            mem_crc32(0, r, n - 4) == get_u32(r + n - 4)) {
             *dim = (int)get_u32(r + 52);
             *key_dim = (int)get_u32(r + 60);
             /* a record stores the key width in use: equal to dim means derived keys */

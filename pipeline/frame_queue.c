@@ -46,8 +46,10 @@ static void drop_oldest_frame(svlm_frame_queue *q) {
         n = n->next;
     }
     if (!n) return;
-    if (prev) prev->next = n->next;
-    else q->head = n->next;
+    if (prev)
+        prev->next = n->next;
+    else
+        q->head = n->next;
     if (q->tail == n) q->tail = prev;
     svlm_frame_release(&n->item.frame);
     free(n);
@@ -74,8 +76,10 @@ int svlm_frame_queue_push(svlm_frame_queue *q, svlm_source_item *item) {
         if (q->frames >= q->capacity) drop_oldest_frame(q);
         q->frames++;
     }
-    if (q->tail) q->tail->next = n;
-    else q->head = n;
+    if (q->tail)
+        q->tail->next = n;
+    else
+        q->head = n;
     q->tail = n;
     pthread_cond_signal(&q->ready);
     pthread_mutex_unlock(&q->lock);
@@ -92,7 +96,8 @@ void svlm_frame_queue_finish(svlm_frame_queue *q, svlm_status status, const svlm
     pthread_mutex_unlock(&q->lock);
 }
 
-svlm_status svlm_frame_queue_pop(svlm_frame_queue *q, svlm_source_item *item, atomic_int *cancel, svlm_err *err) {
+svlm_status svlm_frame_queue_pop(svlm_frame_queue *q, svlm_source_item *item, atomic_int *cancel,
+                                 svlm_err *err) {
     svlm_status st = SVLM_OK;
     pthread_mutex_lock(&q->lock);
     for (;;) {

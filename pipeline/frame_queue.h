@@ -19,7 +19,7 @@ typedef struct svlm_frame_queue {
     svlm_queue_node *head, *tail;
     int frames, capacity;
     int64_t dropped_pending, dropped_total;
-    int closed;            /* the producer finished: final status below */
+    int closed; /* the producer finished: final status below */
     svlm_status final_status;
     svlm_err final_err;
 } svlm_frame_queue;
@@ -37,7 +37,8 @@ void svlm_frame_queue_finish(svlm_frame_queue *q, svlm_status status, const svlm
 /* Waits for the next item: SVLM_OK with *item (a pending DROP event comes first), the final
  * status once the queue is finished and empty, or SVLM_E_CANCELLED as soon as *cancel is set
  * (polled every 50 ms, so cancelling needs no lock). */
-svlm_status svlm_frame_queue_pop(svlm_frame_queue *q, svlm_source_item *item, atomic_int *cancel, svlm_err *err);
+svlm_status svlm_frame_queue_pop(svlm_frame_queue *q, svlm_source_item *item, atomic_int *cancel,
+                                 svlm_err *err);
 
 int64_t svlm_frame_queue_dropped(svlm_frame_queue *q);
 

@@ -7,7 +7,9 @@
 #include "common/err.h"
 #include "pipeline/source_backend.h"
 
-static long long ns_of(const struct timespec *ts) { return (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec; }
+static long long ns_of(const struct timespec *ts) {
+    return (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec;
+}
 
 static long long mono_ns(void) {
     struct timespec ts;
@@ -15,7 +17,9 @@ static long long mono_ns(void) {
     return ns_of(&ts);
 }
 
-double svlm_mono_now(void) { return (double)mono_ns() * 1e-9; }
+double svlm_mono_now(void) {
+    return (double)mono_ns() * 1e-9;
+}
 
 double svlm_wall_now(void) {
     struct timespec ts;
@@ -33,7 +37,9 @@ void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s) {
     ctl->stall_timeout_s = stall_timeout_s;
 }
 
-void svlm_ctl_touch(svlm_ingest_ctl *ctl) { atomic_store(&ctl->progress_ns, mono_ns()); }
+void svlm_ctl_touch(svlm_ingest_ctl *ctl) {
+    atomic_store(&ctl->progress_ns, mono_ns());
+}
 
 svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
     svlm_stop_reason why = SVLM_STOP_NONE;
@@ -53,7 +59,8 @@ svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
 svlm_status svlm_ctl_stop_error(svlm_ingest_ctl *ctl, svlm_err *err, const char *what) {
     switch (atomic_load(&ctl->stop_reason)) {
     case SVLM_STOP_STALL:
-        return svlm_fail(err, SVLM_E_IO, "%s: stalled, no frame for %.1f s (watchdog)", what, ctl->stall_timeout_s);
+        return svlm_fail(err, SVLM_E_IO, "%s: stalled, no frame for %.1f s (watchdog)", what,
+                         ctl->stall_timeout_s);
     case SVLM_STOP_OPEN_TIMEOUT: return svlm_fail(err, SVLM_E_IO, "%s: timed out while opening", what);
     case SVLM_STOP_CANCEL:
     default: return svlm_fail(err, SVLM_E_CANCELLED, "%s: cancelled", what);

@@ -13,11 +13,11 @@
 #include "pipeline/source_backend.h"
 
 typedef struct pattern_ctx {
-    int width, height;   /* native */
+    int width, height; /* native */
     int out_w, out_h;
     double rate, duration;
     int live;
-    int64_t n;           /* next frame number */
+    int64_t n; /* next frame number */
     double start_mono;
     svlm_ingest_ctl *ctl;
     svlm_sampler *sampler;
@@ -40,7 +40,8 @@ static svlm_status parse_params(pattern_ctx *p, const char *params, svlm_err *er
             long w = strtol(val, &end, 10), h = 0;
             if (end && *end == 'x') h = strtol(end + 1, &end, 10);
             if (!end || *end || w < 2 || h < 2 || w > 8192 || h > 8192)
-                return svlm_fail(err, SVLM_E_INVALID, "pattern: size must be WxH from 2x2 to 8192x8192, got '%s'", val);
+                return svlm_fail(err, SVLM_E_INVALID,
+                                 "pattern: size must be WxH from 2x2 to 8192x8192, got '%s'", val);
             p->width = (int)w;
             p->height = (int)h;
         } else if (!strcmp(tok, "rate") && val) {
@@ -50,9 +51,12 @@ static svlm_status parse_params(pattern_ctx *p, const char *params, svlm_err *er
         } else if (!strcmp(tok, "duration") && val) {
             p->duration = strtod(val, &end);
             if (!end || *end || !(p->duration >= 0 && p->duration <= 1e7))
-                return svlm_fail(err, SVLM_E_INVALID, "pattern: duration must be seconds >= 0 (0 = endless), got '%s'", val);
+                return svlm_fail(err, SVLM_E_INVALID,
+                                 "pattern: duration must be seconds >= 0 (0 = endless), got '%s'", val);
         } else {
-            return svlm_fail(err, SVLM_E_INVALID, "pattern: unknown parameter '%s' (known: size=WxH, rate=FPS, duration=S, live)", tok);
+            return svlm_fail(err, SVLM_E_INVALID,
+                             "pattern: unknown parameter '%s' (known: size=WxH, rate=FPS, duration=S, live)",
+                             tok);
         }
     }
     return SVLM_OK;
@@ -104,7 +108,8 @@ static svlm_status pattern_read(void *ctx, svlm_frame *out, svlm_err *err) {
         if (p->duration > 0 && pts >= p->duration - 1e-9) return SVLM_E_END;
         if (p->live) {
             double wait = p->start_mono + pts - svlm_mono_now();
-            if (wait > 0 && svlm_ctl_sleep(p->ctl, wait)) return svlm_fail(err, SVLM_E_CANCELLED, "pattern: cancelled");
+            if (wait > 0 && svlm_ctl_sleep(p->ctl, wait))
+                return svlm_fail(err, SVLM_E_CANCELLED, "pattern: cancelled");
         }
         if (svlm_ctl_should_stop(p->ctl)) return svlm_ctl_stop_error(p->ctl, err, "pattern");
         int64_t n = p->n++;
@@ -121,7 +126,9 @@ static svlm_status pattern_read(void *ctx, svlm_frame *out, svlm_err *err) {
     }
 }
 
-static void pattern_close(void *ctx) { free(ctx); }
+static void pattern_close(void *ctx) {
+    free(ctx);
+}
 
 static svlm_status pattern_probe(const svlm_backend_args *a, svlm_probe_info *info, svlm_err *err) {
     pattern_ctx p;
@@ -141,4 +148,5 @@ static svlm_status pattern_probe(const svlm_backend_args *a, svlm_probe_info *in
     return SVLM_OK;
 }
 
-const svlm_backend_ops svlm_pattern_backend = {"pattern", pattern_open, pattern_read, pattern_close, pattern_probe};
+const svlm_backend_ops svlm_pattern_backend = {"pattern", pattern_open, pattern_read, pattern_close,
+                                               pattern_probe};

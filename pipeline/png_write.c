@@ -17,13 +17,15 @@ static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n) {
     if (!crc_ready) { /* benign if two threads race: both write the same table */
         for (uint32_t i = 0; i < 256; i++) {
             uint32_t c = i;
-            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            for (int k = 0; k < 8; k++)
+                c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
             crc_table[i] = c;
         }
         crc_ready = 1;
     }
     crc = ~crc;
-    for (size_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    for (size_t i = 0; i < n; i++)
+        crc = crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
 
@@ -40,7 +42,9 @@ static int write_chunk(FILE *f, const char *type, const uint8_t *data, size_t n)
     memcpy(hdr + 4, type, 4);
     uint32_t crc = crc32_update(crc32_update(0, hdr + 4, 4), data, n);
     put_be32(crcb, crc);
-    return fwrite(hdr, 1, 8, f) == 8 && (n == 0 || fwrite(data, 1, n, f) == n) && fwrite(crcb, 1, 4, f) == 4 ? 0 : -1;
+    return fwrite(hdr, 1, 8, f) == 8 && (n == 0 || fwrite(data, 1, n, f) == n) && fwrite(crcb, 1, 4, f) == 4
+               ? 0
+               : -1;
 }
 
 #ifndef SVLM_HAVE_ZLIB
@@ -110,10 +114,11 @@ svlm_status svlm_png_write(const char *path, const svlm_frame *fr, svlm_err *err
     uint8_t ihdr[13];
     put_be32(ihdr, (uint32_t)fr->width);
     put_be32(ihdr + 4, (uint32_t)fr->height);
-    ihdr[8] = 8;  /* bit depth */
-    ihdr[9] = 2;  /* colour type: RGB */
+    ihdr[8] = 8; /* bit depth */
+    ihdr[9] = 2; /* colour type: RGB */
     ihdr[10] = ihdr[11] = ihdr[12] = 0;
-    int bad = fwrite(sig, 1, 8, f) != 8 || write_chunk(f, "IHDR", ihdr, 13) || write_chunk(f, "IDAT", z, zn) || write_chunk(f, "IEND", NULL, 0);
+    int bad = fwrite(sig, 1, 8, f) != 8 || write_chunk(f, "IHDR", ihdr, 13) ||
+              write_chunk(f, "IDAT", z, zn) || write_chunk(f, "IEND", NULL, 0);
     bad |= fclose(f) != 0;
     free(z);
     return bad ? svlm_fail(err, SVLM_E_IO, "cannot write %s", path) : SVLM_OK;

@@ -12,7 +12,9 @@ void svlm_sampler_init(svlm_sampler *s, double fps, int by_wall) {
     s->next_due = 0;
 }
 
-void svlm_sampler_restart(svlm_sampler *s) { s->started = 0; }
+void svlm_sampler_restart(svlm_sampler *s) {
+    s->started = 0;
+}
 
 int svlm_sampler_take(svlm_sampler *s, double pts, double wall) {
     double t = s->by_wall ? wall : pts;

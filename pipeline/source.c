@@ -65,13 +65,19 @@ void svlm_source_opts_default(svlm_source_opts *o) {
 }
 
 static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
-    if (!isfinite(o->fps) || o->fps < 0 || o->fps > 1000) return svlm_fail(err, SVLM_E_INVALID, "fps must be from 0 to 1000, got %g", o->fps);
-    if (o->max_edge < 0 || o->max_edge > 16384) return svlm_fail(err, SVLM_E_INVALID, "max_edge must be from 0 to 16384");
-    if ((o->width > 0) != (o->height > 0) || o->width < 0 || o->height < 0 || o->width > 16384 || o->height > 16384)
+    if (!isfinite(o->fps) || o->fps < 0 || o->fps > 1000)
+        return svlm_fail(err, SVLM_E_INVALID, "fps must be from 0 to 1000, got %g", o->fps);
+    if (o->max_edge < 0 || o->max_edge > 16384)
+        return svlm_fail(err, SVLM_E_INVALID, "max_edge must be from 0 to 16384");
+    if ((o->width > 0) != (o->height > 0) || o->width < 0 || o->height < 0 || o->width > 16384 ||
+        o->height > 16384)
         return svlm_fail(err, SVLM_E_INVALID, "output size must give both width and height, 1 to 16384");
-    if (!(o->open_timeout_s > 0) || !(o->stall_timeout_s >= 0) || !(o->backoff_initial_s > 0) || !(o->backoff_max_s >= o->backoff_initial_s))
-        return svlm_fail(err, SVLM_E_INVALID, "timeouts and backoff must be positive (backoff_max >= backoff_initial)");
-    if (o->queue_frames < 1 || o->queue_frames > 1024) return svlm_fail(err, SVLM_E_INVALID, "queue_frames must be from 1 to 1024");
+    if (!(o->open_timeout_s > 0) || !(o->stall_timeout_s >= 0) || !(o->backoff_initial_s > 0) ||
+        !(o->backoff_max_s >= o->backoff_initial_s))
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "timeouts and backoff must be positive (backoff_max >= backoff_initial)");
+    if (o->queue_frames < 1 || o->queue_frames > 1024)
+        return svlm_fail(err, SVLM_E_INVALID, "queue_frames must be from 1 to 1024");
     return SVLM_OK;
 }
 
@@ -86,7 +92,8 @@ static svlm_status open_backend(svlm_source *s, svlm_err *err) {
     return st;
 }
 
-static void event_item(svlm_source_item *item, svlm_source_event_kind kind, int64_t count, int64_t total, const char *detail) {
+static void event_item(svlm_source_item *item, svlm_source_event_kind kind, int64_t count, int64_t total,
+                       const char *detail) {
     memset(item, 0, sizeof *item);
     item->kind = SVLM_ITEM_EVENT;
     item->event.kind = kind;
@@ -127,7 +134,8 @@ static svlm_status read_backend(svlm_source *s, svlm_frame *f, svlm_err *err) {
 
 /* ---- live: the reader thread ------------------------------------------------------------- */
 
-static void push_event(svlm_source *s, svlm_source_event_kind kind, int64_t count, int64_t total, double seconds, const char *detail) {
+static void push_event(svlm_source *s, svlm_source_event_kind kind, int64_t count, int64_t total,
+                       double seconds, const char *detail) {
     svlm_source_item item;
     event_item(&item, kind, count, total, detail);
     item.event.seconds = seconds;
@@ -143,7 +151,8 @@ static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
     svlm_err last = {0};
     for (int attempt = 1;; attempt++) {
         double jitter = 0.75 + 0.5 * ((double)rand_r(&s->jitter_seed) / RAND_MAX);
-        if (svlm_ctl_sleep(&s->ctl, delay * jitter)) return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
+        if (svlm_ctl_sleep(&s->ctl, delay * jitter))
+            return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
         svlm_status st = open_backend(s, &last);
         if (st == SVLM_OK) {
             long long total = atomic_fetch_add(&s->reconnects, 1) + 1;
@@ -154,7 +163,8 @@ static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
         }
         if (st == SVLM_E_CANCELLED) return svlm_fail(err, st, "source cancelled");
         if (s->opts.max_reconnects >= 0 && attempt >= s->opts.max_reconnects)
-            return svlm_fail(err, st, "gave up after %d reconnect attempt%s: %s", attempt, attempt == 1 ? "" : "s", last.msg);
+            return svlm_fail(err, st, "gave up after %d reconnect attempt%s: %s", attempt,
+                             attempt == 1 ? "" : "s", last.msg);
         delay = fmin(delay * 2, s->opts.backoff_max_s);
     }
 }
@@ -200,11 +210,14 @@ static void *reader_main(void *arg) {
 
 /* ---- open / next / close ----------------------------------------------------------------- */
 
-svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_source_opts *opts_in, svlm_err *err) {
+svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_source_opts *opts_in,
+                             svlm_err *err) {
     *out = NULL;
     svlm_source_opts opts;
-    if (opts_in) opts = *opts_in;
-    else svlm_source_opts_default(&opts);
+    if (opts_in)
+        opts = *opts_in;
+    else
+        svlm_source_opts_default(&opts);
     svlm_status st = check_opts(&opts, err);
     if (st != SVLM_OK) return st;
 
@@ -213,10 +226,13 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     st = svlm_uri_parse(uri, &s->uri, err);
     if (st == SVLM_OK && s->uri.kind == SVLM_URI_FILE) {
         struct stat sb;
-        if (stat(s->uri.target, &sb) != 0) st = svlm_fail(err, SVLM_E_IO, "no such file: %s", s->uri.target);
-        else if (S_ISDIR(sb.st_mode)) st = svlm_fail(err, SVLM_E_INVALID, "%s is a directory, not a video file", s->uri.target);
+        if (stat(s->uri.target, &sb) != 0)
+            st = svlm_fail(err, SVLM_E_IO, "no such file: %s", s->uri.target);
+        else if (S_ISDIR(sb.st_mode))
+            st = svlm_fail(err, SVLM_E_INVALID, "%s is a directory, not a video file", s->uri.target);
     }
-    if (st == SVLM_OK && !(s->ops = svlm_backend_choose(opts.backend, &s->uri, err))) st = err ? err->status : SVLM_E_UNSUPPORTED;
+    if (st == SVLM_OK && !(s->ops = svlm_backend_choose(opts.backend, &s->uri, err)))
+        st = err ? err->status : SVLM_E_UNSUPPORTED;
     if (st != SVLM_OK) {
         free(s);
         return st;
@@ -224,7 +240,8 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
     opts.live = s->live;
     s->opts = opts;
-    s->reconnectable = s->live && (s->uri.kind == SVLM_URI_RTSP || s->uri.kind == SVLM_URI_HTTP || s->uri.kind == SVLM_URI_V4L2);
+    s->reconnectable = s->live && (s->uri.kind == SVLM_URI_RTSP || s->uri.kind == SVLM_URI_HTTP ||
+                                   s->uri.kind == SVLM_URI_V4L2);
     s->jitter_seed = (unsigned)(svlm_mono_now() * 1e6) ^ (unsigned)(uintptr_t)s;
     atomic_init(&s->reconnects, 0);
     /* The watchdog guards live sources; a replay may legitimately wait on its consumer. */
@@ -234,7 +251,8 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     st = open_backend(s, err);
     if (st == SVLM_OK && s->live) {
         st = svlm_frame_queue_init(&s->queue, opts.queue_frames);
-        if (st != SVLM_OK) svlm_fail(err, st, "cannot create the frame queue");
+        if (st != SVLM_OK)
+            svlm_fail(err, st, "cannot create the frame queue");
         else if (pthread_create(&s->reader, NULL, reader_main, s) != 0) {
             svlm_frame_queue_destroy(&s->queue);
             st = svlm_fail(err, SVLM_E_NOMEM, "cannot start the reader thread");
@@ -250,7 +268,9 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     return SVLM_OK;
 }
 
-static void pending_push(svlm_source *s, const svlm_source_item *item) { s->pending[s->n_pending++] = *item; }
+static void pending_push(svlm_source *s, const svlm_source_item *item) {
+    s->pending[s->n_pending++] = *item;
+}
 
 static void pending_pop(svlm_source *s, svlm_source_item *item) {
     *item = s->pending[0];
@@ -316,7 +336,8 @@ static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err 
 svlm_status svlm_source_next(svlm_source *s, svlm_source_item *item, svlm_err *err) {
     memset(item, 0, sizeof *item);
     if (atomic_load(&s->ctl.cancel)) return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
-    svlm_status st = s->live ? svlm_frame_queue_pop(&s->queue, item, &s->ctl.cancel, err) : next_replay(s, item, err);
+    svlm_status st =
+        s->live ? svlm_frame_queue_pop(&s->queue, item, &s->ctl.cancel, err) : next_replay(s, item, err);
     if (st == SVLM_OK && item->kind == SVLM_ITEM_FRAME) item->frame.index = s->delivered++;
     return st;
 }
@@ -335,8 +356,12 @@ void svlm_source_stats_get(const svlm_source *s, svlm_source_stats *st) {
     st->reconnects = atomic_load(&m->reconnects);
 }
 
-const char *svlm_source_backend_name(const svlm_source *s) { return s->ops->name; }
-int svlm_source_is_live(const svlm_source *s) { return s->live; }
+const char *svlm_source_backend_name(const svlm_source *s) {
+    return s->ops->name;
+}
+int svlm_source_is_live(const svlm_source *s) {
+    return s->live;
+}
 
 void svlm_source_close(svlm_source *s) {
     if (!s) return;
@@ -351,18 +376,22 @@ void svlm_source_close(svlm_source *s) {
     free(s);
 }
 
-svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_in, svlm_probe_info *info, svlm_err *err) {
+svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_in, svlm_probe_info *info,
+                              svlm_err *err) {
     memset(info, 0, sizeof *info);
     svlm_source_opts opts;
-    if (opts_in) opts = *opts_in;
-    else svlm_source_opts_default(&opts);
+    if (opts_in)
+        opts = *opts_in;
+    else
+        svlm_source_opts_default(&opts);
     svlm_status st = check_opts(&opts, err);
     if (st != SVLM_OK) return st;
     svlm_uri *uri = calloc(1, sizeof *uri);
     if (!uri) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     st = svlm_uri_parse(uri_str, uri, err);
     struct stat sb;
-    if (st == SVLM_OK && uri->kind == SVLM_URI_FILE && stat(uri->target, &sb) != 0) st = svlm_fail(err, SVLM_E_IO, "no such file: %s", uri->target);
+    if (st == SVLM_OK && uri->kind == SVLM_URI_FILE && stat(uri->target, &sb) != 0)
+        st = svlm_fail(err, SVLM_E_IO, "no such file: %s", uri->target);
     const svlm_backend_ops *ops = st == SVLM_OK ? svlm_backend_choose(opts.backend, uri, err) : NULL;
     if (st == SVLM_OK && !ops) st = err ? err->status : SVLM_E_UNSUPPORTED;
     if (st == SVLM_OK) {

@@ -44,12 +44,16 @@ typedef enum svlm_backend_kind {
 } svlm_backend_kind;
 
 typedef enum svlm_pace { SVLM_PACE_MAX = 0, SVLM_PACE_REALTIME } svlm_pace;
-typedef enum svlm_transport { SVLM_TRANSPORT_AUTO = 0, SVLM_TRANSPORT_TCP, SVLM_TRANSPORT_UDP } svlm_transport;
+typedef enum svlm_transport {
+    SVLM_TRANSPORT_AUTO = 0,
+    SVLM_TRANSPORT_TCP,
+    SVLM_TRANSPORT_UDP
+} svlm_transport;
 
 typedef struct svlm_source_opts {
-    double fps;               /* sampling rate in frames per second; 0 keeps every frame (default 1) */
-    int max_edge;             /* scale so the longest edge is at most this; 0 keeps native size (512) */
-    int width, height;        /* exact output size when both > 0 (overrides max_edge) */
+    double fps;        /* sampling rate in frames per second; 0 keeps every frame (default 1) */
+    int max_edge;      /* scale so the longest edge is at most this; 0 keeps native size (512) */
+    int width, height; /* exact output size when both > 0 (overrides max_edge) */
     svlm_backend_kind backend;
     svlm_pace pace;           /* replay only: as fast as the consumer takes frames, or real time */
     int live;                 /* -1: from the URI (rtsp, v4l2, HLS, live pattern), 0: replay, 1: live */
@@ -57,41 +61,42 @@ typedef struct svlm_source_opts {
     double open_timeout_s;    /* connect/open limit (10) */
     double stall_timeout_s;   /* live watchdog: no decoded frame for this long = stalled (5) */
     int max_reconnects;       /* live: consecutive failed reconnects before giving up, -1 = forever (-1) */
-    double backoff_initial_s; /* first reconnect delay (0.25), doubling up to backoff_max_s (5) with ±25% jitter */
+    double backoff_initial_s; /* first reconnect delay (0.25), doubling up to backoff_max_s (5) with ±25%
+                                 jitter */
     double backoff_max_s;
-    int queue_frames;         /* live queue capacity in frames (4) */
+    int queue_frames; /* live queue capacity in frames (4) */
 } svlm_source_opts;
 
 void svlm_source_opts_default(svlm_source_opts *opts);
 
 typedef struct svlm_frame {
-    uint8_t *data;   /* RGB24, owned by the caller once delivered: svlm_frame_release() */
+    uint8_t *data; /* RGB24, owned by the caller once delivered: svlm_frame_release() */
     int width, height;
-    int stride;      /* bytes between rows (>= 3 * width) */
-    double pts;      /* presentation time, seconds from the stream's start; never decreases, also
-                        across reconnects (live sources: the first frame is 0) */
-    double wall;     /* wall-clock arrival time (decode time; for a real-time replay, the time it
-                        was due), seconds since the Unix epoch */
-    int64_t index;   /* 0, 1, 2, ... over delivered frames */
+    int stride;    /* bytes between rows (>= 3 * width) */
+    double pts;    /* presentation time, seconds from the stream's start; never decreases, also
+                      across reconnects (live sources: the first frame is 0) */
+    double wall;   /* wall-clock arrival time (decode time; for a real-time replay, the time it
+                      was due), seconds since the Unix epoch */
+    int64_t index; /* 0, 1, 2, ... over delivered frames */
 } svlm_frame;
 
 /* Frees the pixels and clears the struct; accepts NULL or an empty frame. */
 void svlm_frame_release(svlm_frame *frame);
 
 typedef enum svlm_source_event_kind {
-    SVLM_EVENT_DROP = 1,  /* the live queue dropped `count` frames the consumer had not taken */
-    SVLM_EVENT_CORRUPT,   /* the decoder skipped or flagged `count` corrupt packets/frames */
-    SVLM_EVENT_STALL,     /* the watchdog found no frame for stall_timeout_s */
-    SVLM_EVENT_DISCONNECT,/* the stream ended or failed; a reconnect follows (detail says why) */
-    SVLM_EVENT_RECONNECT, /* reopened after `count` attempts, `seconds` after the disconnect */
-    SVLM_EVENT_EOS,       /* end of stream; the next call returns SVLM_E_END */
+    SVLM_EVENT_DROP = 1,   /* the live queue dropped `count` frames the consumer had not taken */
+    SVLM_EVENT_CORRUPT,    /* the decoder skipped or flagged `count` corrupt packets/frames */
+    SVLM_EVENT_STALL,      /* the watchdog found no frame for stall_timeout_s */
+    SVLM_EVENT_DISCONNECT, /* the stream ended or failed; a reconnect follows (detail says why) */
+    SVLM_EVENT_RECONNECT,  /* reopened after `count` attempts, `seconds` after the disconnect */
+    SVLM_EVENT_EOS,        /* end of stream; the next call returns SVLM_E_END */
 } svlm_source_event_kind;
 
 typedef struct svlm_source_event {
     svlm_source_event_kind kind;
-    int64_t count;     /* see above */
-    int64_t total;     /* running total of this kind (drops, corrupt, reconnects) */
-    double seconds;    /* RECONNECT: downtime */
+    int64_t count;  /* see above */
+    int64_t total;  /* running total of this kind (drops, corrupt, reconnects) */
+    double seconds; /* RECONNECT: downtime */
     char detail[256];
 } svlm_source_event;
 
@@ -136,8 +141,8 @@ void svlm_source_close(svlm_source *src);
 
 typedef struct svlm_stream_desc {
     int index;
-    char type[16];   /* "video", "audio", "subtitle", "data" */
-    char codec[32];  /* "h264", ... ("raw" when the backend only sees decoded caps) */
+    char type[16];  /* "video", "audio", "subtitle", "data" */
+    char codec[32]; /* "h264", ... ("raw" when the backend only sees decoded caps) */
     int width, height;
     double fps;      /* 0 when unknown */
     double duration; /* seconds, 0 when unknown */
@@ -155,7 +160,8 @@ typedef struct svlm_probe_info {
     svlm_stream_desc streams[SVLM_PROBE_MAX_STREAMS];
 } svlm_probe_info;
 
-svlm_status svlm_source_probe(const char *uri, const svlm_source_opts *opts, svlm_probe_info *info, svlm_err *err);
+svlm_status svlm_source_probe(const char *uri, const svlm_source_opts *opts, svlm_probe_info *info,
+                              svlm_err *err);
 
 /* ---- helpers shared with the CLI ----------------------------------------------------------- */
 

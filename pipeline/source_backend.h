@@ -36,16 +36,21 @@ const char *svlm_uri_kind_name(svlm_uri_kind kind);
 int svlm_uri_default_live(const svlm_uri *uri);
 
 /* Why a blocking backend call should give up. */
-typedef enum svlm_stop_reason { SVLM_STOP_NONE = 0, SVLM_STOP_CANCEL, SVLM_STOP_STALL, SVLM_STOP_OPEN_TIMEOUT } svlm_stop_reason;
+typedef enum svlm_stop_reason {
+    SVLM_STOP_NONE = 0,
+    SVLM_STOP_CANCEL,
+    SVLM_STOP_STALL,
+    SVLM_STOP_OPEN_TIMEOUT
+} svlm_stop_reason;
 
 typedef struct svlm_ingest_ctl {
     atomic_int cancel;
-    atomic_llong progress_ns;  /* monotonic time of the last decoded frame (or of the read start) */
+    atomic_llong progress_ns;      /* monotonic time of the last decoded frame (or of the read start) */
     atomic_llong open_deadline_ns; /* while opening: give up after this; 0 otherwise */
     atomic_llong decoded;
     atomic_llong corrupt;
-    atomic_int stop_reason;    /* the last reason svlm_ctl_should_stop returned */
-    double stall_timeout_s;    /* 0: no watchdog */
+    atomic_int stop_reason; /* the last reason svlm_ctl_should_stop returned */
+    double stall_timeout_s; /* 0: no watchdog */
 } svlm_ingest_ctl;
 
 void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s);
@@ -71,7 +76,7 @@ typedef struct svlm_backend_args {
     const svlm_uri *uri;
     const svlm_source_opts *opts; /* live already resolved to 0 or 1 */
     svlm_ingest_ctl *ctl;
-    svlm_sampler *sampler;       /* NULL when probing */
+    svlm_sampler *sampler; /* NULL when probing */
 } svlm_backend_args;
 
 typedef struct svlm_backend_ops {

@@ -6,9 +6,12 @@
 #include "common/err.h"
 #include "pipeline/source_backend.h"
 
-static int has_prefix(const char *s, const char *p) { return strncasecmp(s, p, strlen(p)) == 0; }
+static int has_prefix(const char *s, const char *p) {
+    return strncasecmp(s, p, strlen(p)) == 0;
+}
 
-static svlm_status set_target(svlm_uri *out, svlm_uri_kind kind, const char *target, const char *uri, svlm_err *err) {
+static svlm_status set_target(svlm_uri *out, svlm_uri_kind kind, const char *target, const char *uri,
+                              svlm_err *err) {
     if (!*target) return svlm_fail(err, SVLM_E_INVALID, "source '%s' names nothing after its scheme", uri);
     if (strlen(target) >= sizeof out->target) return svlm_fail(err, SVLM_E_INVALID, "source URI is too long");
     out->kind = kind;
@@ -19,7 +22,8 @@ static svlm_status set_target(svlm_uri *out, svlm_uri_kind kind, const char *tar
 svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err) {
     memset(out, 0, sizeof *out);
     if (!uri || !*uri) return svlm_fail(err, SVLM_E_INVALID, "empty source URI");
-    if (has_prefix(uri, "rtsp://") || has_prefix(uri, "rtsps://")) return set_target(out, SVLM_URI_RTSP, uri, uri, err);
+    if (has_prefix(uri, "rtsp://") || has_prefix(uri, "rtsps://"))
+        return set_target(out, SVLM_URI_RTSP, uri, uri, err);
     if (has_prefix(uri, "http://") || has_prefix(uri, "https://")) {
         svlm_status st = set_target(out, SVLM_URI_HTTP, uri, uri, err);
         const char *q = strpbrk(uri, "?#");
@@ -32,18 +36,22 @@ svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err) {
     if (has_prefix(uri, "gst:")) return set_target(out, SVLM_URI_GST, uri + 4, uri, err);
     if (has_prefix(uri, "pattern:") || has_prefix(uri, "testsrc:")) {
         out->kind = SVLM_URI_PATTERN;
-        return strlen(uri + 8) < sizeof out->target ? (strcpy(out->target, uri + 8), SVLM_OK)
-                                                     : svlm_fail(err, SVLM_E_INVALID, "source URI is too long");
+        return strlen(uri + 8) < sizeof out->target
+                   ? (strcpy(out->target, uri + 8), SVLM_OK)
+                   : svlm_fail(err, SVLM_E_INVALID, "source URI is too long");
     }
     /* "scheme://..." that we do not know, rather than a file called like that. */
     const char *colon = strstr(uri, "://");
     if (colon) {
         int ok = colon > uri;
         for (const char *c = uri; c < colon; c++)
-            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '+' || *c == '-' || *c == '.')) ok = 0;
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+                  *c == '+' || *c == '-' || *c == '.'))
+                ok = 0;
         if (ok)
             return svlm_fail(err, SVLM_E_INVALID,
-                             "unknown URI scheme '%.*s' in '%s' (known: file, rtsp, rtsps, http, https, v4l2, gst:, pattern:, testsrc:)",
+                             "unknown URI scheme '%.*s' in '%s' (known: file, rtsp, rtsps, http, https, "
+                             "v4l2, gst:, pattern:, testsrc:)",
                              (int)(colon - uri), uri, uri);
     }
     return set_target(out, SVLM_URI_FILE, uri, uri, err);
@@ -88,11 +96,16 @@ const char *svlm_backend_kind_name(svlm_backend_kind kind) {
 }
 
 int svlm_backend_kind_parse(const char *name, svlm_backend_kind *out) {
-    if (!strcmp(name, "auto")) *out = SVLM_BACKEND_AUTO;
-    else if (!strcmp(name, "ffmpeg")) *out = SVLM_BACKEND_FFMPEG;
-    else if (!strcmp(name, "gst") || !strcmp(name, "gstreamer")) *out = SVLM_BACKEND_GST;
-    else if (!strcmp(name, "pattern")) *out = SVLM_BACKEND_PATTERN;
-    else return -1;
+    if (!strcmp(name, "auto"))
+        *out = SVLM_BACKEND_AUTO;
+    else if (!strcmp(name, "ffmpeg"))
+        *out = SVLM_BACKEND_FFMPEG;
+    else if (!strcmp(name, "gst") || !strcmp(name, "gstreamer"))
+        *out = SVLM_BACKEND_GST;
+    else if (!strcmp(name, "pattern"))
+        *out = SVLM_BACKEND_PATTERN;
+    else
+        return -1;
     return 0;
 }
 
@@ -131,7 +144,9 @@ const svlm_backend_ops *svlm_backend_choose(svlm_backend_kind kind, const svlm_u
     const char *scheme = svlm_uri_kind_name(uri->kind);
     if (uri->kind == SVLM_URI_PATTERN) {
         if (kind != SVLM_BACKEND_AUTO && kind != SVLM_BACKEND_PATTERN) {
-            svlm_fail(err, SVLM_E_INVALID, "pattern: sources use the built-in backend (for a GStreamer test source use gst:videotestsrc)");
+            svlm_fail(err, SVLM_E_INVALID,
+                      "pattern: sources use the built-in backend (for a GStreamer test source use "
+                      "gst:videotestsrc)");
             return NULL;
         }
         return &svlm_pattern_backend;
@@ -149,16 +164,21 @@ const svlm_backend_ops *svlm_backend_choose(svlm_backend_kind kind, const svlm_u
     if (chosen) {
         /* FFmpeg is the default where it can serve the scheme: faster to the first frame on
          * files and it reports codec details; GStreamer serves the rest and fills in. */
-        kind = gst_only ? SVLM_BACKEND_GST : ops_of(SVLM_BACKEND_FFMPEG) ? SVLM_BACKEND_FFMPEG : SVLM_BACKEND_GST;
+        kind = gst_only                      ? SVLM_BACKEND_GST
+               : ops_of(SVLM_BACKEND_FFMPEG) ? SVLM_BACKEND_FFMPEG
+                                             : SVLM_BACKEND_GST;
     }
     const svlm_backend_ops *ops = ops_of(kind);
     if (!ops) {
         if (chosen && !gst_only)
             svlm_fail(err, SVLM_E_UNSUPPORTED,
-                      "this svlm was built without FFmpeg and without GStreamer; %s sources need one of them (only pattern: works)", scheme);
-        else
-            svlm_fail(err, SVLM_E_UNSUPPORTED, "this svlm was built without %s, which %s sources need with this backend", library_of(kind),
+                      "this svlm was built without FFmpeg and without GStreamer; %s sources need one of them "
+                      "(only pattern: works)",
                       scheme);
+        else
+            svlm_fail(err, SVLM_E_UNSUPPORTED,
+                      "this svlm was built without %s, which %s sources need with this backend",
+                      library_of(kind), scheme);
         return NULL;
     }
     return ops;

@@ -32,7 +32,7 @@ struct svlm_stream {
     int64_t encodes, image_rows_in;
     int64_t stc[8]; /* frames, patches, recomputed, reused, partial, cuts, tokens, kept */
     int memory_on;
-    stream_memory mem;  /* used under mu (the hook runs inside add_frame) */
+    stream_memory mem; /* used under mu (the hook runs inside add_frame) */
     double time_offset, t_last;
     int deferred_join;
     pending_turn *pending, **pending_tail;
@@ -48,8 +48,8 @@ int svlm_stream_ctx_size(const svlm_stream *s) {
     return s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens + s->p.answer_room + s->p.memory_room;
 }
 
-svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream_params *p, const char *system_prompt,
-                               svlm_stream **out, svlm_err *err) {
+svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream_params *p,
+                               const char *system_prompt, svlm_stream **out, svlm_err *err) {
     *out = NULL;
     if (p->sink_tokens < 0 || p->vision_tokens <= 0 || p->text_tokens <= 0 || p->rows_per_frame <= 0 ||
         p->answer_room < 0 || p->page_tokens < 0)
@@ -63,8 +63,10 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
     if (!s->p.page_tokens) s->p.page_tokens = 16;
     if (s->p.memory_top_k <= 0) s->p.memory_top_k = 3;
     if (s->p.memory_tokens <= 0) s->p.memory_tokens = 64;
-    if (!s->p.memory) s->p.memory_room = 0;
-    else if (s->p.memory_room <= 0) s->p.memory_room = s->p.memory_tokens + 24 * s->p.memory_top_k;
+    if (!s->p.memory)
+        s->p.memory_room = 0;
+    else if (s->p.memory_room <= 0)
+        s->p.memory_room = s->p.memory_tokens + 24 * s->p.memory_top_k;
     s->pending_tail = &s->pending;
     pthread_mutex_init(&s->mu, NULL);
     svlm_status st = svlm_vlm_specials_find(s->tok, &s->specials, err);
@@ -94,7 +96,8 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
         if (!st && (n == 0 || n > (size_t)s->p.sink_tokens))
             st = svlm_fail(err, SVLM_E_LIMIT, "the system prompt has %zu tokens, the sink budget is %d", n,
                            s->p.sink_tokens);
-        if (!st) st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_SINK, 0, ids, NULL, (int)n, NULL, 0, err);
+        if (!st)
+            st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_SINK, 0, ids, NULL, (int)n, NULL, 0, err);
         free(ids);
     }
     if (st) {
@@ -131,8 +134,8 @@ static void join_pending_locked(svlm_stream *s) {
         pending_turn *t = s->pending;
         s->pending = t->next;
         svlm_err join_err = {0};
-        if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, t->turn, t->ids, NULL, t->n, NULL, 0, &join_err) ==
-            SVLM_OK)
+        if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, t->turn, t->ids, NULL, t->n, NULL, 0,
+                                &join_err) == SVLM_OK)
             s->answers_joined++;
         free(t->ids);
         free(t);
@@ -161,18 +164,22 @@ void svlm_stream_note_encode(svlm_stream *s, double ms) {
     pthread_mutex_unlock(&s->mu);
 }
 
-svlm_memory *svlm_stream_memory(svlm_stream *s) { return s->memory_on ? s->mem.bank : NULL; }
+svlm_memory *svlm_stream_memory(svlm_stream *s) {
+    return s->memory_on ? s->mem.bank : NULL;
+}
 
 void svlm_stream_memory_similarity(void *user, const float *tokens, int n, int dim, float *similarity) {
     svlm_stream *s = user;
     if (!s->memory_on) {
-        for (int i = 0; i < n; i++) similarity[i] = -2.0f;
+        for (int i = 0; i < n; i++)
+            similarity[i] = -2.0f;
         return;
     }
     stream_memory_similarity(&s->mem, tokens, n, dim, similarity); /* the bank has its own lock */
 }
 
-void svlm_stream_note_stc(svlm_stream *s, int n_patches, int n_recomputed, int path, int cut, int n_tokens, int n_kept) {
+void svlm_stream_note_stc(svlm_stream *s, int n_patches, int n_recomputed, int path, int cut, int n_tokens,
+                          int n_kept) {
     pthread_mutex_lock(&s->mu);
     s->stc[0]++;
     s->stc[1] += n_patches;
@@ -192,7 +199,8 @@ svlm_status svlm_stream_add_frame(svlm_stream *s, double t_seconds, const float 
 svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const float *embd, int n_tokens,
                                          svlm_err *err) {
     if (n_tokens < 1 || n_tokens > s->p.rows_per_frame)
-        return svlm_fail(err, SVLM_E_INVALID, "a frame has 1 to %d image rows, got %d", s->p.rows_per_frame, n_tokens);
+        return svlm_fail(err, SVLM_E_INVALID, "a frame has 1 to %d image rows, got %d", s->p.rows_per_frame,
+                         n_tokens);
     t_seconds += s->time_offset;
     svlm_prompt fp;
     svlm_prompt_init(&fp);
@@ -207,7 +215,8 @@ svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const
         /* the tag is the frame time in milliseconds: what the memory bank files it under */
         const int64_t tag = (int64_t)(t_seconds * 1000.0);
         if (s->memory_on) stream_memory_remember(&s->mem, tag, t_seconds, embd, n_tokens);
-        st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_VISION, tag, fp.ids, embd, (int)fp.n, NULL, 0, err);
+        st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_VISION, tag, fp.ids, embd, (int)fp.n, NULL, 0,
+                                 err);
         if (!st) {
             s->t_last = t_seconds;
             s->frames_in++;
@@ -260,8 +269,8 @@ svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_er
         return st;
     }
     /* memory, question and answer grow the fork's dialogue window, never evicting what the stream had */
-    svlm_kv_policy pol = {{s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens + s->p.answer_room + s->p.memory_room},
-                          1};
+    svlm_kv_policy pol = {
+        {s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens + s->p.answer_room + s->p.memory_room}, 1};
     svlm_kv_seq_set_policy(f->seq, &pol);
     *out = f;
     return SVLM_OK;
@@ -274,8 +283,8 @@ void svlm_stream_fork_free(svlm_stream_fork *f) {
     free(f);
 }
 
-svlm_status svlm_stream_fork_prepare(svlm_stream *s, svlm_stream_fork *f, const char *question, const svlm_ask_opts *o,
-                                     svlm_err *err) {
+svlm_status svlm_stream_fork_prepare(svlm_stream *s, svlm_stream_fork *f, const char *question,
+                                     const svlm_ask_opts *o, svlm_err *err) {
     stream_prompt_free(&f->pr);
     memset(&f->am, 0, sizeof f->am);
     f->prepared = 0;
@@ -295,7 +304,7 @@ struct svlm_stream_answer {
     svlm_stream *s;
     svlm_llama_ctx *ctx;
     svlm_kv_seq *fork;
-    stream_prompt pr;  /* memory, then the question turn from q_start, then the answer */
+    stream_prompt pr; /* memory, then the question turn from q_start, then the answer */
     int q_start, n_end, max_tokens, eog, n_vocab;
     int64_t frames_at_fork, turn;
     double t0, t_first;
@@ -313,9 +322,10 @@ static void answer_free(svlm_stream_answer *a) {
     free(a);
 }
 
-svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
-                                     const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user,
-                                     svlm_stream_answer **out, svlm_err *err) {
+svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
+                                     const char *question, const svlm_ask_opts *o,
+                                     svlm_stream_token_fn on_token, void *user, svlm_stream_answer **out,
+                                     svlm_err *err) {
     *out = NULL;
     svlm_stream_answer *a = calloc(1, sizeof *a);
     if (!a) {
@@ -364,7 +374,8 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
     if (!st) st = stream_prompt_push_text(&a->pr, s->tok, "<end_of_utterance>\nAssistant:", 1, err);
     const int n_q = a->pr.n - a->q_start;
     if (!st && n_q + o->max_tokens > s->p.answer_room)
-        st = svlm_fail(err, SVLM_E_LIMIT, "a %d-token question and %d answer tokens exceed the answer room of %d", n_q,
+        st = svlm_fail(err, SVLM_E_LIMIT,
+                       "a %d-token question and %d answer tokens exceed the answer room of %d", n_q,
                        o->max_tokens, s->p.answer_room);
     if (!st && o->prompt_text) {
         *o->prompt_text = a->pr.text;
@@ -372,15 +383,17 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
     }
     if (!st) {
         int32_t *g = realloc(a->pr.ids, (size_t)(a->pr.n + o->max_tokens + 1) * sizeof *g);
-        if (!g) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-        else a->pr.ids = g;
+        if (!g)
+            st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        else
+            a->pr.ids = g;
     }
     a->n_vocab = svlm_llama_hparams_of(s->model)->n_vocab;
     if (!st && !(a->logits = malloc((size_t)a->n_vocab * sizeof(float))))
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st)
-        st = svlm_llama_eval_seq(ctx, a->fork, SVLM_KV_TEXT, a->turn, a->pr.ids, a->pr.embd, a->pr.n, a->logits, 0,
-                                 err);
+        st = svlm_llama_eval_seq(ctx, a->fork, SVLM_KV_TEXT, a->turn, a->pr.ids, a->pr.embd, a->pr.n,
+                                 a->logits, 0, err);
     a->n_end = a->pr.n;
     if (st) {
         answer_free(a);
@@ -406,7 +419,8 @@ svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *
     if (a->on_token && a->on_token(a->user, id, piece, len < sizeof piece ? len : sizeof piece))
         return svlm_fail(err, SVLM_E_CANCELLED, "answer cancelled");
     if (a->n_end >= limit) return SVLM_OK;
-    svlm_status st = svlm_llama_eval_seq(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, a->logits, 0, err);
+    svlm_status st =
+        svlm_llama_eval_seq(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, a->logits, 0, err);
     if (!st) *done = 0;
     return st;
 }
@@ -423,7 +437,8 @@ void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svl
     a->am.tokens = n_answer;
     if (a->t_first > 0) {
         a->am.ttft_ms = a->t_first - a->t0;
-        a->am.tokens_per_s = n_answer > 1 && t_end > a->t_first ? (n_answer - 1) / ((t_end - a->t_first) / 1e3) : 0;
+        a->am.tokens_per_s =
+            n_answer > 1 && t_end > a->t_first ? (n_answer - 1) / ((t_end - a->t_first) / 1e3) : 0;
     }
     if (ok && answer) *answer = svlm_detokenize(s->tok, a->pr.ids + a->pr.n, (size_t)n_answer, 0);
     pthread_mutex_lock(&s->mu);
@@ -447,8 +462,8 @@ void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svl
             }
         } else {
             svlm_err join_err = {0};
-            if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, a->turn, a->pr.ids + a->q_start, NULL, n_turn,
-                                    NULL, 0, &join_err) == SVLM_OK)
+            if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, a->turn, a->pr.ids + a->q_start, NULL,
+                                    n_turn, NULL, 0, &join_err) == SVLM_OK)
                 s->answers_joined++;
         }
     }
@@ -457,8 +472,9 @@ void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svl
     answer_free(a);
 }
 
-svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
-                                      const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user, char **answer,
+svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
+                                      const char *question, const svlm_ask_opts *o,
+                                      svlm_stream_token_fn on_token, void *user, char **answer,
                                       svlm_answer_metrics *am, svlm_err *err) {
     if (am) memset(am, 0, sizeof *am);
     if (answer) *answer = NULL;
@@ -466,14 +482,15 @@ svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_
     svlm_status st = svlm_stream_answer_start(s, f, ctx, question, o, on_token, user, &a, err);
     if (st) return st;
     int done = 0;
-    while (!st && !done) st = svlm_stream_answer_step(a, &done, err);
+    while (!st && !done)
+        st = svlm_stream_answer_step(a, &done, err);
     svlm_stream_answer_finish(a, st == SVLM_OK, answer, am);
     return st;
 }
 
-svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
-                                 int max_tokens, svlm_stream_token_fn on_token, void *user, char **answer,
-                                 svlm_answer_metrics *am, svlm_err *err) {
+svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
+                                 const char *question, int max_tokens, svlm_stream_token_fn on_token,
+                                 void *user, char **answer, svlm_answer_metrics *am, svlm_err *err) {
     svlm_ask_opts o = {.max_tokens = max_tokens, .use_memory = 1};
     return svlm_stream_ask_fork_opts(s, f, ctx, question, &o, on_token, user, answer, am, err);
 }

@@ -21,25 +21,25 @@
 typedef struct svlm_stream svlm_stream;
 
 typedef struct svlm_stream_params {
-    int sink_tokens;      /* budget for the system prompt (kept for ever) */
-    int vision_tokens;    /* window of recent frames, in tokens */
-    int text_tokens;      /* window of recent dialogue, in tokens */
-    int answer_room;      /* question + answer tokens a fork may add on top (default 256) */
-    int rows_per_frame;   /* image-embedding rows per frame (the projector's tokens per tile) */
-    int page_tokens;      /* KV page size (default 16) */
-    svlm_dtype kv_type;   /* SVLM_F32 or SVLM_F16 */
+    int sink_tokens;    /* budget for the system prompt (kept for ever) */
+    int vision_tokens;  /* window of recent frames, in tokens */
+    int text_tokens;    /* window of recent dialogue, in tokens */
+    int answer_room;    /* question + answer tokens a fork may add on top (default 256) */
+    int rows_per_frame; /* image-embedding rows per frame (the projector's tokens per tile) */
+    int page_tokens;    /* KV page size (default 16) */
+    svlm_dtype kv_type; /* SVLM_F32 or SVLM_F16 */
     /* Memory (memory/memory_bank.h). NULL: frames leaving the window are dropped. Otherwise each
      * frame that leaves goes to a bank made with these options (dim is set to n_embd, key_dim to
      * 0: keys in token space), and a question places its best entries before itself. With
      * memory->dir the bank persists, and a restarted stream resumes it and continues its clock
      * after the bank's last time (see svlm_stream_metrics.time_offset). */
     const svlm_memory_opts *memory;
-    int memory_room;      /* memory tokens (intros included) a question may add (default memory_tokens +
-                             24 per entry for the intros) */
-    int memory_top_k;     /* entries placed per question (default 3) */
-    int memory_tokens;    /* memory rows placed per question at most (default 64): they are prefilled
-                             before the question, so they bound what memory adds to the time to
-                             first token (see docs/streaming.md) */
+    int memory_room;   /* memory tokens (intros included) a question may add (default memory_tokens +
+                          24 per entry for the intros) */
+    int memory_top_k;  /* entries placed per question (default 3) */
+    int memory_tokens; /* memory rows placed per question at most (default 64): they are prefilled
+                          before the question, so they bound what memory adds to the time to
+                          first token (see docs/streaming.md) */
 } svlm_stream_params;
 
 typedef struct svlm_stream_metrics {
@@ -47,19 +47,19 @@ typedef struct svlm_stream_metrics {
     double prefill_ms_per_frame; /* mean */
     int tokens[SVLM_KV_N_KINDS]; /* cache occupancy by kind */
     int64_t evicted_spans, evicted_tokens;
-    size_t kv_bytes;             /* pages in use (stream and its forks) */
-    size_t kv_page_bytes;        /* one page */
+    size_t kv_bytes;                       /* pages in use (stream and its forks) */
+    size_t kv_page_bytes;                  /* one page */
     size_t kv_kind_bytes[SVLM_KV_N_KINDS]; /* the stream's own rows by kind (sink, vision, text) */
-    double encode_ms_per_frame;  /* mean, as reported by the caller (svlm_stream_note_encode) */
+    double encode_ms_per_frame;            /* mean, as reported by the caller (svlm_stream_note_encode) */
     /* memory bank (zeros without one) */
     int memory_on;
     size_t memory_bytes, memory_budget, memory_tier_bytes[SVLM_MEMORY_N_TIERS];
     int memory_tier_entries[SVLM_MEMORY_N_TIERS];
     int64_t memory_frames, memory_events, memory_push_errors;
-    size_t frame_ring_bytes;     /* recent frames' rows kept for the hand-off */
-    double time_offset;          /* added to caller frame times (a resumed stream's clock) */
-    double t_last;               /* stream time of the newest frame */
-    int64_t image_rows_in;       /* image rows appended over all frames (frames may be pruned) */
+    size_t frame_ring_bytes; /* recent frames' rows kept for the hand-off */
+    double time_offset;      /* added to caller frame times (a resumed stream's clock) */
+    double t_last;           /* stream time of the newest frame */
+    int64_t image_rows_in;   /* image rows appended over all frames (frames may be pruned) */
     /* token compression (svlm_stream_note_stc; zeros when the caller does not use it) */
     int64_t stc_frames, stc_patches, stc_recomputed, stc_reused, stc_partial, stc_cuts, stc_tokens, stc_kept;
 } svlm_stream_metrics;
@@ -82,8 +82,8 @@ typedef int (*svlm_stream_token_fn)(void *user, int32_t id, const char *piece, s
 
 /* system_prompt (may be NULL) is tokenized with special tokens and becomes the sinks. The model
  * must outlive the stream; `k` runs the stream's own prefill. */
-svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream_params *p, const char *system_prompt,
-                               svlm_stream **out, svlm_err *err);
+svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream_params *p,
+                               const char *system_prompt, svlm_stream **out, svlm_err *err);
 void svlm_stream_free(svlm_stream *s);
 
 /* Appends one frame at video time t: "\nFrame from MM:SS:" + its image block, with
@@ -96,7 +96,8 @@ svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const
                                          svlm_err *err);
 /* Records what token compression did with a frame (metrics only): encoder tokens and those
  * recomputed, reused outright (path 2) or partly (path 1), a scene cut, connector tokens and kept. */
-void svlm_stream_note_stc(svlm_stream *s, int n_patches, int n_recomputed, int path, int cut, int n_tokens, int n_kept);
+void svlm_stream_note_stc(svlm_stream *s, int n_patches, int n_recomputed, int path, int cut, int n_tokens,
+                          int n_kept);
 /* Counts a frame the caller dropped because the stream could not keep up. */
 void svlm_stream_note_drop(svlm_stream *s);
 
@@ -116,9 +117,9 @@ int svlm_stream_ctx_size(const svlm_stream *s);
 typedef struct svlm_stream_fork svlm_stream_fork;
 svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_err *err);
 void svlm_stream_fork_free(svlm_stream_fork *f);
-svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
-                                 int max_tokens, svlm_stream_token_fn on_token, void *user, char **answer,
-                                 svlm_answer_metrics *am, svlm_err *err);
+svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
+                                 const char *question, int max_tokens, svlm_stream_token_fn on_token,
+                                 void *user, char **answer, svlm_answer_metrics *am, svlm_err *err);
 
 void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out);
 
@@ -130,23 +131,24 @@ typedef struct svlm_ask_opts {
     const float *query_vecs; /* the question's representation for retrieval [n_query_vecs][n_embd];
                                 NULL: the mean-pooled input embeddings of the question's tokens */
     int n_query_vecs;
-    char **prompt_text;      /* if not NULL: receives what was put before the answer (memory
-                                intros, "<memory:N rows>" for their rows, the question turn) */
+    char **prompt_text; /* if not NULL: receives what was put before the answer (memory
+                           intros, "<memory:N rows>" for their rows, the question turn) */
 } svlm_ask_opts;
 
 /* Retrieves the question's memory now, from the bank as it is at the fork (answer_start then
  * uses it instead of retrieving at its own, later, moment): pinned questions of exact replays
  * see the same memory every run. o->prompt_text is honoured only if given here too. */
-svlm_status svlm_stream_fork_prepare(svlm_stream *s, svlm_stream_fork *f, const char *question, const svlm_ask_opts *o,
-                                     svlm_err *err);
+svlm_status svlm_stream_fork_prepare(svlm_stream *s, svlm_stream_fork *f, const char *question,
+                                     const svlm_ask_opts *o, svlm_err *err);
 
 /* A question being answered one token at a time (svlm_stream_ask_fork is start + steps + finish). */
 typedef struct svlm_stream_answer svlm_stream_answer;
 
 /* Consumes the fork: builds the prompt (memory, then the question), prefills it on ctx. */
-svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
-                                     const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user,
-                                     svlm_stream_answer **out, svlm_err *err);
+svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
+                                     const char *question, const svlm_ask_opts *o,
+                                     svlm_stream_token_fn on_token, void *user, svlm_stream_answer **out,
+                                     svlm_err *err);
 /* Emits the next token (callback) and evaluates it. *done = 1 at end of generation, the token
  * limit, or a cancel (then SVLM_E_CANCELLED). */
 svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *err);
@@ -154,8 +156,9 @@ svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *
  * stream's text window (now, or at the next frame with deferred joins). Frees a. */
 void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svlm_answer_metrics *am);
 
-svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx, const char *question,
-                                      const svlm_ask_opts *o, svlm_stream_token_fn on_token, void *user, char **answer,
+svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
+                                      const char *question, const svlm_ask_opts *o,
+                                      svlm_stream_token_fn on_token, void *user, char **answer,
                                       svlm_answer_metrics *am, svlm_err *err);
 
 /* Deferred joins: an answered turn is queued and prefilled by the next add_frame (on = 1) or

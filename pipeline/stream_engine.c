@@ -33,11 +33,11 @@ typedef struct lane_stream {
     svlm_stream *s;
     svlm_frame *queue; /* ring of params.frame_queue frames */
     int head, n;
-    int64_t handled;   /* frames ingested or dropped */
-    int join_due;      /* an answered turn waits to be joined */
-    int in_flight;     /* questions forked (or about to be) and not ended */
-    int closing;       /* being removed: no frames or questions taken */
-    svlm_stc *stc;     /* token compression state (NULL: off) */
+    int64_t handled; /* frames ingested or dropped */
+    int join_due;    /* an answered turn waits to be joined */
+    int in_flight;   /* questions forked (or about to be) and not ended */
+    int closing;     /* being removed: no frames or questions taken */
+    svlm_stc *stc;   /* token compression state (NULL: off) */
 } lane_stream;
 
 typedef struct idle_ctx {
@@ -61,8 +61,8 @@ struct svlm_engine {
     int threads_started, stop, ingest_busy, answer_busy, draining;
     lane_stream *streams;
     int n_streams, rr_ingest, ingest_sid; /* ingest_sid: the stream the lane works on (-1) */
-    question *pinned, *ready, *active; /* lists; ready is FIFO */
-    question *rr_active;               /* the active answer to step next */
+    question *pinned, *ready, *active;    /* lists; ready is FIFO */
+    question *rr_active;                  /* the active answer to step next */
     uint64_t next_qid;
     idle_ctx idle[MAX_IDLE_CTX];
     int n_idle;
@@ -77,7 +77,8 @@ static double now_ms(void) {
 
 static void list_append(question **list, question *q) {
     q->next = NULL;
-    while (*list) list = &(*list)->next;
+    while (*list)
+        list = &(*list)->next;
     *list = q;
 }
 
@@ -141,8 +142,10 @@ static void question_end(svlm_engine *e, question *q, svlm_status st, const char
     if (q->on_done) q->on_done(q->user, q->id, st, st == SVLM_OK ? (answer ? answer : "") : NULL, &am, msg);
     free(answer);
     pthread_mutex_lock(&e->mu);
-    if (st == SVLM_OK) e->m.questions_done++;
-    else if (st == SVLM_E_CANCELLED) e->m.questions_cancelled++;
+    if (st == SVLM_OK)
+        e->m.questions_done++;
+    else if (st == SVLM_E_CANCELLED)
+        e->m.questions_cancelled++;
     if (st == SVLM_OK) e->streams[q->sid].join_due = 1;
     e->streams[q->sid].in_flight--;
     pthread_cond_signal(&e->cv_ingest);
@@ -179,8 +182,10 @@ static int question_step(svlm_engine *e, question *q) {
     svlm_err err = {0};
     int done = 1;
     svlm_status st = __atomic_load_n(&q->cancel, __ATOMIC_RELAXED) ? SVLM_E_CANCELLED : SVLM_OK;
-    if (st) snprintf(err.msg, sizeof err.msg, "answer cancelled");
-    else st = svlm_stream_answer_step(q->ans, &done, &err);
+    if (st)
+        snprintf(err.msg, sizeof err.msg, "answer cancelled");
+    else
+        st = svlm_stream_answer_step(q->ans, &done, &err);
     if (st || done) {
         question_end(e, q, st, st ? err.msg : "");
         return 0;
@@ -194,7 +199,8 @@ static void *answer_lane(void *arg) {
     while (!e->stop) {
         question *q = e->ready;
         int n_active = 0;
-        for (question *a = e->active; a; a = a->next) n_active++;
+        for (question *a = e->active; a; a = a->next)
+            n_active++;
         /* a cancelled question ends at once; a fresh one waits while max_active answers run */
         if (q && e->p.max_active > 0 && n_active >= e->p.max_active && !q->cancel) {
             q = NULL;
@@ -249,7 +255,8 @@ static void release_pinned(svlm_engine *e, int sid) {
         svlm_err err = {0};
         if (svlm_stream_fork_now(e->streams[sid].s, &q->fork, &err)) q->fork = NULL; /* retried at start */
         /* exact replays: memory as of this frame too (the bank moves on while the answer waits) */
-        else if (e->p.exact && !q->cancel && svlm_stream_fork_prepare(e->streams[sid].s, q->fork, q->text, &q->o, &err)) {
+        else if (e->p.exact && !q->cancel &&
+                 svlm_stream_fork_prepare(e->streams[sid].s, q->fork, q->text, &q->o, &err)) {
             svlm_stream_fork_free(q->fork); /* retried at start */
             q->fork = NULL;
         }
@@ -267,8 +274,8 @@ static int pinned_due(svlm_engine *e, int sid) {
 
 /* Encodes f into e->embd; with token compression the kept rows go to e->kept_embd (*n_rows of
  * them, *rows set to it), else *rows = e->embd with every row. */
-static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, const float **rows, int *n_rows,
-                                svlm_err *err) {
+static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, const float **rows,
+                                int *n_rows, svlm_err *err) {
     const svlm_mmproj *mp = e->mp;
     if (!e->vc) return svlm_fail(err, SVLM_E_INVALID, "the engine has no vision model");
     svlm_image img = {0};
@@ -287,8 +294,8 @@ static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_fram
         svlm_stc_frame_info info;
         st = svlm_stc_frame(ls->stc, e->pixels, e->embd, e->kept, e->kept_embd, &info, err);
         if (!st) {
-            svlm_stream_note_stc(ls->s, info.n_patches, info.n_recomputed, (int)info.path, info.cut, info.n_tokens,
-                                 info.n_kept);
+            svlm_stream_note_stc(ls->s, info.n_patches, info.n_recomputed, (int)info.path, info.cut,
+                                 info.n_tokens, info.n_kept);
             *rows = e->kept_embd;
             *n_rows = info.n_kept;
         }
@@ -373,8 +380,10 @@ static void *ingest_lane(void *arg) {
         e->ingest_sid = -1;
         pthread_cond_broadcast(&e->cv_idle);
         ls->handled++;
-        if (st) e->m.frames_dropped++;
-        else e->m.frames_done++;
+        if (st)
+            e->m.frames_dropped++;
+        else
+            e->m.frames_done++;
         release_pinned(e, sid);
     }
     pthread_mutex_unlock(&e->mu);
@@ -383,8 +392,8 @@ static void *ingest_lane(void *arg) {
 
 /* ---- the interface ---- */
 
-svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_engine_params *p, svlm_engine **out,
-                               svlm_err *err) {
+svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_engine_params *p,
+                               svlm_engine **out, svlm_err *err) {
     *out = NULL;
     svlm_engine *e = calloc(1, sizeof *e);
     if (!e) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
@@ -395,8 +404,10 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (e->p.answer_threads <= 0) e->p.answer_threads = 1;
     if (e->p.frame_queue <= 0) e->p.frame_queue = 2;
     if (e->p.max_streams <= 0) e->p.max_streams = 16;
-    if (e->p.stc) e->stc = *e->p.stc;
-    else svlm_stc_controls_default(&e->stc);
+    if (e->p.stc)
+        e->stc = *e->p.stc;
+    else
+        svlm_stc_controls_default(&e->stc);
     e->p.stc = NULL;
     e->ingest_sid = -1;
     pthread_mutex_init(&e->compute_mu, NULL);
@@ -470,7 +481,8 @@ void svlm_engine_stop(svlm_engine *e) {
     free_list(e, &e->active, 0);
     for (int i = 0; e->streams && i < e->n_streams; i++) {
         lane_stream *ls = &e->streams[i];
-        for (int j = 0; j < ls->n; j++) svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
+        for (int j = 0; j < ls->n; j++)
+            svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
         ls->n = 0;
         if (!ls->s) continue;
         svlm_err err = {0};
@@ -486,7 +498,8 @@ void svlm_engine_free(svlm_engine *e) {
         free(e->streams[i].queue);
         svlm_stc_free(e->streams[i].stc);
     }
-    for (int i = 0; i < e->n_idle; i++) svlm_llama_ctx_free(e->idle[i].ctx);
+    for (int i = 0; i < e->n_idle; i++)
+        svlm_llama_ctx_free(e->idle[i].ctx);
     free(e->streams);
     svlm_vision_ctx_free(e->vc);
     free(e->pixels);
@@ -504,7 +517,9 @@ void svlm_engine_free(svlm_engine *e) {
     free(e);
 }
 
-svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e) { return e->k_ingest; }
+svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e) {
+    return e->k_ingest;
+}
 
 svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm_err *err) {
     svlm_frame *queue = calloc((size_t)e->p.frame_queue, sizeof *queue);
@@ -575,11 +590,13 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
         list_append(&e->ready, q);
     }
     pthread_cond_signal(&e->cv_answer);
-    for (int j = 0; j < ls->n; j++) svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
+    for (int j = 0; j < ls->n; j++)
+        svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
     ls->n = 0;
     pthread_cond_broadcast(&e->cv_room);
     /* answers end on the answer lane (also while it is stopping: stop ends every list) */
-    while ((ls->in_flight > 0 || e->ingest_sid == sid) && e->threads_started) pthread_cond_wait(&e->cv_idle, &e->mu);
+    while ((ls->in_flight > 0 || e->ingest_sid == sid) && e->threads_started)
+        pthread_cond_wait(&e->cv_idle, &e->mu);
     svlm_stc_free(ls->stc);
     free(ls->queue);
     svlm_stream_set_deferred_join(ls->s, 0);
@@ -595,7 +612,8 @@ svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, i
         return svlm_fail(err, SVLM_E_INVALID, "no stream %d", sid);
     }
     lane_stream *ls = &e->streams[sid];
-    while (block && ls->n == e->p.frame_queue && !e->stop) pthread_cond_wait(&e->cv_room, &e->mu);
+    while (block && ls->n == e->p.frame_queue && !e->stop)
+        pthread_cond_wait(&e->cv_room, &e->mu);
     if (ls->n == e->p.frame_queue) { /* live and full: the oldest waiting frame goes */
         svlm_frame_release(&ls->queue[ls->head]);
         ls->head = (ls->head + 1) % e->p.frame_queue;
@@ -613,9 +631,9 @@ svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, i
     return SVLM_OK;
 }
 
-svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, const svlm_ask_opts *o, int pin,
-                            svlm_stream_token_fn on_token, svlm_engine_done_fn on_done, void *user, uint64_t *qid,
-                            svlm_err *err) {
+svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, const svlm_ask_opts *o,
+                            int pin, svlm_stream_token_fn on_token, svlm_engine_done_fn on_done, void *user,
+                            uint64_t *qid, svlm_err *err) {
     if (!o || o->max_tokens <= 0) return svlm_fail(err, SVLM_E_INVALID, "max_tokens must be positive");
     question *q = calloc(1, sizeof *q);
     if (q) q->text = strdup(question_text);
@@ -697,14 +715,18 @@ void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out) {
     pthread_mutex_lock(&e->mu);
     *out = e->m;
     int n = 0;
-    for (question *q = e->active; q; q = q->next) n++;
+    for (question *q = e->active; q; q = q->next)
+        n++;
     out->active_answers = n + (e->answer_busy ? 1 : 0);
     n = 0;
-    for (question *q = e->ready; q; q = q->next) n++;
-    for (question *q = e->pinned; q; q = q->next) n++;
+    for (question *q = e->ready; q; q = q->next)
+        n++;
+    for (question *q = e->pinned; q; q = q->next)
+        n++;
     out->queued_questions = n;
     n = 0;
-    for (int i = 0; i < e->n_streams; i++) n += e->streams[i].n;
+    for (int i = 0; i < e->n_streams; i++)
+        n += e->streams[i].n;
     out->queued_frames = n;
     pthread_mutex_unlock(&e->mu);
 }

@@ -12,8 +12,9 @@
  * (block = 1) waits for room instead, so a replay at full speed ingests every frame.
  *
  * Questions are pinned (pin = 1: forked right after every frame pushed before the ask has been
- * ingested; with params.exact also after the earlier answers joined, so replays repeat exactly) or not (forked when the answer lane takes them up:
- * the context as it is then, no wait for queued frames). Cancelling a question frees its pages.
+ * ingested; with params.exact also after the earlier answers joined, so replays repeat exactly) or not
+ * (forked when the answer lane takes them up: the context as it is then, no wait for queued frames).
+ * Cancelling a question frees its pages.
  */
 #ifndef SVLM_PIPELINE_STREAM_ENGINE_H
 #define SVLM_PIPELINE_STREAM_ENGINE_H
@@ -41,8 +42,8 @@ typedef struct svlm_engine_params {
 } svlm_engine_params;
 
 /* The models must outlive the engine. */
-svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_engine_params *p, svlm_engine **out,
-                               svlm_err *err);
+svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_engine_params *p,
+                               svlm_engine **out, svlm_err *err);
 /* Stops the lanes, cancels what is pending and joins answered turns: the streams are the
  * caller's again (free them before the engine: their contexts use the engine's kernels). */
 void svlm_engine_stop(svlm_engine *e);
@@ -64,7 +65,8 @@ void svlm_engine_remove_stream(svlm_engine *e, int id);
 
 /* Queues a frame (the engine takes it: the caller's struct is cleared). block = 0: a full queue
  * drops its oldest frame; block = 1: waits for room. */
-svlm_status svlm_engine_push_frame(svlm_engine *e, int stream_id, svlm_frame *frame, int block, svlm_err *err);
+svlm_status svlm_engine_push_frame(svlm_engine *e, int stream_id, svlm_frame *frame, int block,
+                                   svlm_err *err);
 
 /* Called once per question, on the answer lane, when it ends (status SVLM_OK, SVLM_E_CANCELLED or
  * an error; answer NULL unless OK). am->ttft_ms and wait_ms count from the ask call. */
@@ -72,9 +74,9 @@ typedef void (*svlm_engine_done_fn)(void *user, uint64_t qid, svlm_status st, co
                                     const svlm_answer_metrics *am, const char *err_msg);
 
 /* Queues a question (copied); on_token runs on the answer lane (return nonzero to cancel). */
-svlm_status svlm_engine_ask(svlm_engine *e, int stream_id, const char *question, const svlm_ask_opts *o, int pin,
-                            svlm_stream_token_fn on_token, svlm_engine_done_fn on_done, void *user, uint64_t *qid,
-                            svlm_err *err);
+svlm_status svlm_engine_ask(svlm_engine *e, int stream_id, const char *question, const svlm_ask_opts *o,
+                            int pin, svlm_stream_token_fn on_token, svlm_engine_done_fn on_done, void *user,
+                            uint64_t *qid, svlm_err *err);
 /* Cancels a queued or running question (its done callback reports SVLM_E_CANCELLED). */
 void svlm_engine_cancel(svlm_engine *e, uint64_t qid);
 

@@ -23,7 +23,8 @@ typedef struct stream_memory {
 } stream_memory;
 
 /* Opens the bank (resuming p->memory->dir when set). */
-svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svlm_stream_params *p, svlm_err *err);
+svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svlm_stream_params *p,
+                               svlm_err *err);
 void stream_memory_free(stream_memory *sm);
 /* Keeps the rows of the frame about to be appended (copied into the ring). */
 void stream_memory_remember(stream_memory *sm, int64_t tag, double t, const float *rows, int n);
@@ -45,13 +46,14 @@ typedef struct stream_prompt {
     int n, cap;
     float *embd; /* [n_rows][n_embd] */
     int n_rows;
-    char *text;  /* readable form, or NULL when not asked for */
+    char *text; /* readable form, or NULL when not asked for */
     size_t text_len, text_cap;
 } stream_prompt;
 svlm_status stream_prompt_push_text(stream_prompt *p, const svlm_tokenizer *t, const char *text, int special,
                                     svlm_err *err);
 void stream_prompt_free(stream_prompt *p);
-svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, const char *question, double now,
-                                 const svlm_ask_opts *o, stream_prompt *out, svlm_answer_metrics *am, svlm_err *err);
+svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, const char *question,
+                                 double now, const svlm_ask_opts *o, stream_prompt *out,
+                                 svlm_answer_metrics *am, svlm_err *err);
 
 #endif

@@ -14,7 +14,8 @@ static double now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svlm_stream_params *p, svlm_err *err) {
+svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svlm_stream_params *p,
+                               svlm_err *err) {
     memset(sm, 0, sizeof *sm);
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(m);
     sm->rows = p->rows_per_frame;
@@ -40,7 +41,8 @@ svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svl
 
 void stream_memory_free(stream_memory *sm) {
     if (sm->ring)
-        for (int i = 0; i < sm->ring_n; i++) free(sm->ring[i].rows);
+        for (int i = 0; i < sm->ring_n; i++)
+            free(sm->ring[i].rows);
     free(sm->ring);
     svlm_memory_free(sm->bank);
     memset(sm, 0, sizeof *sm);
@@ -48,15 +50,18 @@ void stream_memory_free(stream_memory *sm) {
 
 size_t stream_memory_ring_bytes(const stream_memory *sm) {
     size_t n = 0;
-    for (int i = 0; i < sm->ring_n; i++) n += (size_t)sm->ring[i].cap * (size_t)sm->n_embd * sizeof(float);
+    for (int i = 0; i < sm->ring_n; i++)
+        n += (size_t)sm->ring[i].cap * (size_t)sm->n_embd * sizeof(float);
     return n;
 }
 
 void stream_memory_similarity(void *user, const float *tokens, int n, int dim, float *similarity) {
     stream_memory *sm = user;
     svlm_err err = {0};
-    int ok = svlm_memory_count(sm->bank) > 0 && dim == sm->n_embd && svlm_memory_novelty(sm->bank, tokens, n, similarity, &err) == SVLM_OK;
-    for (int i = 0; i < n; i++) similarity[i] = ok ? 1.0f - similarity[i] : -2.0f; /* -2: nothing to compare with */
+    int ok = svlm_memory_count(sm->bank) > 0 && dim == sm->n_embd &&
+             svlm_memory_novelty(sm->bank, tokens, n, similarity, &err) == SVLM_OK;
+    for (int i = 0; i < n; i++)
+        similarity[i] = ok ? 1.0f - similarity[i] : -2.0f; /* -2: nothing to compare with */
 }
 
 void stream_memory_remember(stream_memory *sm, int64_t tag, double t, const float *rows, int n) {
@@ -166,7 +171,8 @@ static svlm_status question_vecs(const stream_memory *sm, const svlm_tokenizer *
             st = svlm_fail(err, SVLM_E_INVALID, "question token %d outside the embedding table", (int)ids[i]);
             break;
         }
-        if (svlm_dequantize_row(sm->tok_embd->type, (const uint8_t *)sm->tok_embd->data + (size_t)ids[i] * row_bytes,
+        if (svlm_dequantize_row(sm->tok_embd->type,
+                                (const uint8_t *)sm->tok_embd->data + (size_t)ids[i] * row_bytes,
                                 v + i * (size_t)E, E))
             st = svlm_fail(err, SVLM_E_UNSUPPORTED, "cannot read the token embedding table");
     }
@@ -185,8 +191,9 @@ static int cmp_hit_time(const void *a, const void *b) {
     return x->t0 < y->t0 ? -1 : x->t0 > y->t0;
 }
 
-svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, const char *question, double now,
-                                 const svlm_ask_opts *o, stream_prompt *out, svlm_answer_metrics *am, svlm_err *err) {
+svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, const char *question,
+                                 double now, const svlm_ask_opts *o, stream_prompt *out,
+                                 svlm_answer_metrics *am, svlm_err *err) {
     const double t0 = now_ms();
     svlm_memory_query q;
     svlm_memory_query_default(&q);
@@ -225,11 +232,13 @@ svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, c
             continue;
         }
         if (grow((void **)&out->ids, &out->cap, out->n + h->n_tokens, sizeof *out->ids) ||
-            !(out->embd = realloc(out->embd, (size_t)(out->n_rows + h->n_tokens) * (size_t)E * sizeof(float)))) {
+            !(out->embd =
+                  realloc(out->embd, (size_t)(out->n_rows + h->n_tokens) * (size_t)E * sizeof(float)))) {
             st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
             break;
         }
-        for (int r = 0; r < h->n_tokens; r++) out->ids[out->n++] = -1;
+        for (int r = 0; r < h->n_tokens; r++)
+            out->ids[out->n++] = -1;
         memcpy(out->embd + (size_t)out->n_rows * E, h->tokens, (size_t)h->n_tokens * E * sizeof(float));
         out->n_rows += h->n_tokens;
         char rows[48];

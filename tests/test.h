@@ -20,35 +20,35 @@ const char *test_data_or_skip(void);
 /* A scratch folder for this test (created). */
 const char *test_tmpdir(void);
 
-#define CHECK(cond, ...)                                                                     \
-    do {                                                                                     \
-        svlm_test_checks++;                                                                  \
-        if (!(cond)) {                                                                       \
-            svlm_test_failures++;                                                            \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);         \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-        }                                                                                    \
+#define CHECK(cond, ...)                                                                                     \
+    do {                                                                                                     \
+        svlm_test_checks++;                                                                                  \
+        if (!(cond)) {                                                                                       \
+            svlm_test_failures++;                                                                            \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);                         \
+            fprintf(stderr, __VA_ARGS__);                                                                    \
+            fputc('\n', stderr);                                                                             \
+        }                                                                                                    \
     } while (0)
 
-#define REQUIRE(cond, ...)                                                                   \
-    do {                                                                                     \
-        svlm_test_checks++;                                                                  \
-        if (!(cond)) {                                                                       \
-            svlm_test_failures++;                                                            \
-            fprintf(stderr, "%s:%d: REQUIRE(%s) failed: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-            exit(1);                                                                         \
-        }                                                                                    \
+#define REQUIRE(cond, ...)                                                                                   \
+    do {                                                                                                     \
+        svlm_test_checks++;                                                                                  \
+        if (!(cond)) {                                                                                       \
+            svlm_test_failures++;                                                                            \
+            fprintf(stderr, "%s:%d: REQUIRE(%s) failed: ", __FILE__, __LINE__, #cond);                       \
+            fprintf(stderr, __VA_ARGS__);                                                                    \
+            fputc('\n', stderr);                                                                             \
+            exit(1);                                                                                         \
+        }                                                                                                    \
     } while (0)
 
-#define SKIP(...)                                                                            \
-    do {                                                                                     \
-        printf("SKIP: ");                                                                    \
-        printf(__VA_ARGS__);                                                                 \
-        printf("\n");                                                                        \
-        exit(77);                                                                            \
+#define SKIP(...)                                                                                            \
+    do {                                                                                                     \
+        printf("SKIP: ");                                                                                    \
+        printf(__VA_ARGS__);                                                                                 \
+        printf("\n");                                                                                        \
+        exit(77);                                                                                            \
     } while (0)
 
 #endif

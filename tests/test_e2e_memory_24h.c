@@ -17,7 +17,7 @@
 #include "test.h"
 #include "test_memory_synth.h"
 
-#define DAY 86400
+#define DAY      86400
 #define NEEDLE_T 1800.0
 
 static double now_s(void) {
@@ -74,7 +74,8 @@ static void run_default_budget(void) {
 
     /* retrieval per question: a 20-vector question (pooled to 8) against 24 hours */
     float *qv = malloc((size_t)20 * D * sizeof(float));
-    for (int i = 0; i < 20; i++) synth_object_token(&s, ev, qv + (size_t)i * D);
+    for (int i = 0; i < 20; i++)
+        synth_object_token(&s, ev, qv + (size_t)i * D);
     svlm_memory_query q;
     svlm_memory_query_default(&q);
     q.vecs = qv;
@@ -88,7 +89,8 @@ static void run_default_budget(void) {
         if (r + 1 < reps) svlm_memory_hits_free(&h);
     }
     double per_q_ms = (now_s() - t0) * 1e3 / reps;
-    printf("A: retrieval %.2f ms per question over %d entries; needle found first %d/%d, score %.3f, [%.0f, %.0f)\n",
+    printf("A: retrieval %.2f ms per question over %d entries; needle found first %d/%d, score %.3f, [%.0f, "
+           "%.0f)\n",
            per_q_ms, h.scanned, first_ok, reps, h.n ? h.hit[0].score : 0, h.n ? h.hit[0].t0 : -1,
            h.n ? h.hit[0].t1 : -1);
     CHECK(first_ok == reps, "the needle from 23.5 hours ago should rank first");
@@ -108,7 +110,8 @@ static void run_small_budget(void) {
     synth_init(&s, T, D, 77);
     synth_fast_noise(&s);
     int ev = synth_add_event(&s, 600, 3);
-    for (int e = 1; e < 48; e++) synth_add_event(&s, e * 1800.0, 3); /* one event every half hour */
+    for (int e = 1; e < 48; e++)
+        synth_add_event(&s, e * 1800.0, 3); /* one event every half hour */
     svlm_memory_opts o;
     svlm_memory_opts_default(&o);
     o.dim = D;
@@ -137,7 +140,8 @@ static void run_small_budget(void) {
            max_bytes, rss_quarter, rss_end, svlm_memory_count(m), st.tier_entries[1], st.tier_entries[2],
            (long long)st.merges);
     CHECK(over == 0, "over the budget after %d frames", over);
-    CHECK(rss_end - rss_quarter <= 512, "resident memory grew by %ld KiB from 6 h to 24 h", rss_end - rss_quarter);
+    CHECK(rss_end - rss_quarter <= 512, "resident memory grew by %ld KiB from 6 h to 24 h",
+          rss_end - rss_quarter);
     CHECK(st.merges > 0, "the budget should have filled");
     float qv[D];
     synth_object_token(&s, ev, qv);
@@ -147,8 +151,8 @@ static void run_small_budget(void) {
     q.n_vecs = 1;
     svlm_memory_hits h;
     REQUIRE(svlm_memory_retrieve(m, &q, &h, &err) == SVLM_OK, "%s", err.msg);
-    CHECK(h.n > 0 && fabs(h.hit[0].t0 - 600) <= 1, "the first needle survives 24 h under a full budget (got %.0f)",
-          h.n ? h.hit[0].t0 : -1);
+    CHECK(h.n > 0 && fabs(h.hit[0].t0 - 600) <= 1,
+          "the first needle survives 24 h under a full budget (got %.0f)", h.n ? h.hit[0].t0 : -1);
     svlm_memory_hits_free(&h);
     svlm_memory_free(m);
     synth_free(&s);

@@ -37,9 +37,15 @@ static void put_le(bytes *b, uint64_t v, int n) {
         put(b, &c, 1);
     }
 }
-static void put_u8(bytes *b, uint8_t v) { put_le(b, v, 1); }
-static void put_u32(bytes *b, uint32_t v) { put_le(b, v, 4); }
-static void put_u64(bytes *b, uint64_t v) { put_le(b, v, 8); }
+static void put_u8(bytes *b, uint8_t v) {
+    put_le(b, v, 1);
+}
+static void put_u32(bytes *b, uint32_t v) {
+    put_le(b, v, 4);
+}
+static void put_u64(bytes *b, uint64_t v) {
+    put_le(b, v, 8);
+}
 static void put_f32(bytes *b, float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -49,7 +55,9 @@ static void put_strn(bytes *b, const char *s, size_t n) {
     put_u64(b, n);
     put(b, s, n);
 }
-static void put_str(bytes *b, const char *s) { put_strn(b, s, strlen(s)); }
+static void put_str(bytes *b, const char *s) {
+    put_strn(b, s, strlen(s));
+}
 static void kv_head(bytes *b, const char *key, uint32_t type) {
     put_str(b, key);
     put_u32(b, type);
@@ -62,7 +70,9 @@ static void kv_str(bytes *b, const char *key, const char *v) {
     kv_head(b, key, GGUF_STRING);
     put_str(b, v);
 }
-static void bytes_free(bytes *b) { free(b->p); }
+static void bytes_free(bytes *b) {
+    free(b->p);
+}
 
 typedef struct {
     const char *name;
@@ -75,7 +85,8 @@ typedef struct {
 static void put_tensor(bytes *b, const tinfo *t) {
     put_str(b, t->name);
     put_u32(b, t->n_dims);
-    for (uint32_t d = 0; d < t->n_dims && d < 4; d++) put_u64(b, t->ne[d]);
+    for (uint32_t d = 0; d < t->n_dims && d < 4; d++)
+        put_u64(b, t->ne[d]);
     put_u32(b, t->type);
     put_u64(b, t->offset);
 }
@@ -89,9 +100,12 @@ static bytes make_gguf(uint32_t version, uint64_t n_kv, const bytes *kvs, uint64
     put_u64(&b, n_t);
     put_u64(&b, n_kv);
     if (kvs) put(&b, kvs->p, kvs->n);
-    for (uint64_t i = 0; i < n_t; i++) put_tensor(&b, &ts[i]);
-    while (b.n % alignment) put_u8(&b, 0);
-    for (size_t i = 0; i < data_len; i++) put_u8(&b, (uint8_t)(i * 7 + 1));
+    for (uint64_t i = 0; i < n_t; i++)
+        put_tensor(&b, &ts[i]);
+    while (b.n % alignment)
+        put_u8(&b, 0);
+    for (size_t i = 0; i < data_len; i++)
+        put_u8(&b, (uint8_t)(i * 7 + 1));
     return b;
 }
 
@@ -113,7 +127,9 @@ static void expect_reject_n(const uint8_t *p, size_t n, const char *what, const 
     CHECK(st != SVLM_OK, "%s: accepted", what);
     CHECK(f == NULL, "%s: out handle not NULL on failure", what);
     CHECK(err.msg[0] != 0, "%s: empty error message", what);
-    if (needle) CHECK(strstr(err.msg, needle) != NULL, "%s: message '%s' does not mention '%s'", what, err.msg, needle);
+    if (needle)
+        CHECK(strstr(err.msg, needle) != NULL, "%s: message '%s' does not mention '%s'", what, err.msg,
+              needle);
     if (st == SVLM_OK) gguf_close(f);
     free(copy);
 }
@@ -139,29 +155,53 @@ static const char *arr_strs[] = {"<unk>", "", "\xe2\x96\x81the", "a\"b"};
 
 static uint64_t full_kvs(bytes *k) {
     kv_str(k, "general.architecture", "llama");
-    kv_head(k, "t.u8", GGUF_UINT8); put_u8(k, 200);
-    kv_head(k, "t.i8", GGUF_INT8); put_u8(k, 0x80); /* -128 */
-    kv_head(k, "t.u16", GGUF_UINT16); put_le(k, 65535, 2);
-    kv_head(k, "t.i16", GGUF_INT16); put_le(k, 0xfffe, 2); /* -2 */
+    kv_head(k, "t.u8", GGUF_UINT8);
+    put_u8(k, 200);
+    kv_head(k, "t.i8", GGUF_INT8);
+    put_u8(k, 0x80); /* -128 */
+    kv_head(k, "t.u16", GGUF_UINT16);
+    put_le(k, 65535, 2);
+    kv_head(k, "t.i16", GGUF_INT16);
+    put_le(k, 0xfffe, 2); /* -2 */
     kv_u32(k, "t.u32", 4000000000u);
-    kv_head(k, "t.i32", GGUF_INT32); put_u32(k, (uint32_t)-5);
-    kv_head(k, "t.f32", GGUF_FLOAT32); put_f32(k, 1e-5f);
-    kv_head(k, "t.bool", GGUF_BOOL); put_u8(k, 1);
-    kv_head(k, "t.u64", GGUF_UINT64); put_u64(k, UINT64_MAX);
-    kv_head(k, "t.i64", GGUF_INT64); put_u64(k, (uint64_t)INT64_MIN);
+    kv_head(k, "t.i32", GGUF_INT32);
+    put_u32(k, (uint32_t)-5);
+    kv_head(k, "t.f32", GGUF_FLOAT32);
+    put_f32(k, 1e-5f);
+    kv_head(k, "t.bool", GGUF_BOOL);
+    put_u8(k, 1);
+    kv_head(k, "t.u64", GGUF_UINT64);
+    put_u64(k, UINT64_MAX);
+    kv_head(k, "t.i64", GGUF_INT64);
+    put_u64(k, (uint64_t)INT64_MIN);
     kv_head(k, "t.f64", GGUF_FLOAT64);
     double d = -2.5e-300;
     uint64_t du;
     memcpy(&du, &d, 8);
     put_u64(k, du);
-    kv_head(k, "t.arr_i32", GGUF_ARRAY); put_u32(k, GGUF_INT32); put_u64(k, 4);
-    for (int i = 0; i < 4; i++) put_u32(k, (uint32_t)arr_i32[i]);
-    kv_head(k, "t.arr_f32", GGUF_ARRAY); put_u32(k, GGUF_FLOAT32); put_u64(k, 3);
-    for (int i = 0; i < 3; i++) put_f32(k, arr_f32[i]);
-    kv_head(k, "t.arr_str", GGUF_ARRAY); put_u32(k, GGUF_STRING); put_u64(k, 4);
-    for (int i = 0; i < 4; i++) put_str(k, arr_strs[i]);
-    kv_head(k, "t.arr_empty", GGUF_ARRAY); put_u32(k, GGUF_UINT8); put_u64(k, 0);
-    kv_head(k, "t.arr_bool", GGUF_ARRAY); put_u32(k, GGUF_BOOL); put_u64(k, 2); put_u8(k, 0); put_u8(k, 1);
+    kv_head(k, "t.arr_i32", GGUF_ARRAY);
+    put_u32(k, GGUF_INT32);
+    put_u64(k, 4);
+    for (int i = 0; i < 4; i++)
+        put_u32(k, (uint32_t)arr_i32[i]);
+    kv_head(k, "t.arr_f32", GGUF_ARRAY);
+    put_u32(k, GGUF_FLOAT32);
+    put_u64(k, 3);
+    for (int i = 0; i < 3; i++)
+        put_f32(k, arr_f32[i]);
+    kv_head(k, "t.arr_str", GGUF_ARRAY);
+    put_u32(k, GGUF_STRING);
+    put_u64(k, 4);
+    for (int i = 0; i < 4; i++)
+        put_str(k, arr_strs[i]);
+    kv_head(k, "t.arr_empty", GGUF_ARRAY);
+    put_u32(k, GGUF_UINT8);
+    put_u64(k, 0);
+    kv_head(k, "t.arr_bool", GGUF_ARRAY);
+    put_u32(k, GGUF_BOOL);
+    put_u64(k, 2);
+    put_u8(k, 0);
+    put_u8(k, 1);
     kv_str(k, "t.str_nul", "x"); /* overwritten below with an embedded NUL in the value */
     k->p[k->n - 1] = 0;          /* values may hold NULs; only keys and names may not */
     return 18;
@@ -192,7 +232,8 @@ static void test_valid(void) {
     CHECK(f->version == 3 && f->n_kv == 18 && f->n_tensors == 4, "header %u %llu %llu", f->version,
           (unsigned long long)f->n_kv, (unsigned long long)f->n_tensors);
     CHECK(f->alignment == 32, "default alignment %zu", f->alignment);
-    CHECK(f->data_offset % 32 == 0 && f->data_offset + VALID_DATA_LEN == b.n, "data offset %zu", f->data_offset);
+    CHECK(f->data_offset % 32 == 0 && f->data_offset + VALID_DATA_LEN == b.n, "data offset %zu",
+          f->data_offset);
 
     char *arch = gguf_get_str_dup(f, "general.architecture");
     CHECK(arch && !strcmp(arch, "llama"), "architecture '%s'", arch ? arch : "(null)");
@@ -215,10 +256,12 @@ static void test_valid(void) {
     CHECK(gguf_find_kv(f, "t.u64")->v.u64 == UINT64_MAX, "u64 value");
     CHECK(gguf_get_i64(f, "t.i64", &i64) && i64 == INT64_MIN, "i64 %lld", (long long)i64);
     CHECK(gguf_get_f32(f, "t.f64", &f32) && gguf_find_kv(f, "t.f64")->v.f64 == -2.5e-300, "f64");
-    CHECK(!gguf_get_f32(f, "t.u32", &f32) && !gguf_get_bool(f, "t.u8", &bv), "type-mismatched getters succeed");
+    CHECK(!gguf_get_f32(f, "t.u32", &f32) && !gguf_get_bool(f, "t.u8", &bv),
+          "type-mismatched getters succeed");
     CHECK(!gguf_get_u32(f, "missing.key", &u32) && !gguf_find_kv(f, "missing.key"), "missing key found");
     const gguf_kv *nul = gguf_find_kv(f, "t.str_nul");
-    CHECK(nul && nul->type == GGUF_STRING && nul->v.str.len == 1 && nul->v.str.ptr[0] == 0, "string with NUL");
+    CHECK(nul && nul->type == GGUF_STRING && nul->v.str.len == 1 && nul->v.str.ptr[0] == 0,
+          "string with NUL");
 
     const gguf_kv *ai = gguf_get_arr(f, "t.arr_i32", GGUF_INT32);
     CHECK(ai && ai->arr_n == 4, "i32 array");
@@ -238,7 +281,8 @@ static void test_valid(void) {
     const gguf_kv *as = gguf_get_arr(f, "t.arr_str", GGUF_STRING);
     CHECK(as && as->arr_n == 4 && as->arr_strs, "string array");
     for (int i = 0; as && i < 4; i++)
-        CHECK(as->arr_strs[i].len == strlen(arr_strs[i]) && !memcmp(as->arr_strs[i].ptr, arr_strs[i], strlen(arr_strs[i])),
+        CHECK(as->arr_strs[i].len == strlen(arr_strs[i]) &&
+                  !memcmp(as->arr_strs[i].ptr, arr_strs[i], strlen(arr_strs[i])),
               "arr_str[%d]", i);
     const gguf_kv *ae = gguf_get_arr(f, "t.arr_empty", GGUF_UINT8);
     CHECK(ae && ae->arr_n == 0, "empty array");
@@ -254,11 +298,12 @@ static void test_valid(void) {
         CHECK(t == &f->tensors[i], "tensor %s is not entry %d", w->name, i);
         CHECK(t->type == (svlm_dtype)w->type && t->n_dims == (int)w->n_dims, "tensor %s type/dims", w->name);
         for (int d = 0; d < 4; d++)
-            CHECK(t->ne[d] == (d < (int)w->n_dims ? (int64_t)w->ne[d] : 1), "tensor %s ne[%d]=%lld", w->name, d,
-                  (long long)t->ne[d]);
+            CHECK(t->ne[d] == (d < (int)w->n_dims ? (int64_t)w->ne[d] : 1), "tensor %s ne[%d]=%lld", w->name,
+                  d, (long long)t->ne[d]);
         CHECK(t->nbytes == want_bytes[i], "tensor %s nbytes %zu", w->name, t->nbytes);
         CHECK(t->offset == w->offset, "tensor %s offset", w->name);
-        CHECK((const uint8_t *)t->data == copy + f->data_offset + w->offset, "tensor %s data pointer", w->name);
+        CHECK((const uint8_t *)t->data == copy + f->data_offset + w->offset, "tensor %s data pointer",
+              w->name);
         CHECK(((const uint8_t *)t->data)[0] == (uint8_t)(w->offset * 7 + 1), "tensor %s first byte", w->name);
     }
     CHECK(!gguf_find_tensor(f, "nope"), "missing tensor found");
@@ -284,7 +329,8 @@ static void test_alignment(void) {
     uint8_t *copy;
     gguf_file *f = expect_accept(&b, &copy, "alignment 64");
     if (f) {
-        CHECK(f->alignment == 64 && f->data_offset % 64 == 0, "alignment %zu data %zu", f->alignment, f->data_offset);
+        CHECK(f->alignment == 64 && f->data_offset % 64 == 0, "alignment %zu data %zu", f->alignment,
+              f->data_offset);
         CHECK(gguf_find_tensor(f, "y")->data == copy + f->data_offset + 64, "aligned tensor pointer");
         gguf_close(f);
     }
@@ -349,10 +395,12 @@ static void test_bad_header(void) {
     const uint64_t huge[] = {UINT64_MAX, (uint64_t)1 << 63, 1u << 20, 19};
     for (int i = 0; i < 4; i++) {
         b = valid_file();
-        for (int j = 0; j < 8; j++) b.p[16 + j] = (uint8_t)(huge[i] >> (8 * j)); /* n_kv */
+        for (int j = 0; j < 8; j++)
+            b.p[16 + j] = (uint8_t)(huge[i] >> (8 * j)); /* n_kv */
         expect_reject(&b, "huge metadata count", i < 3 ? "metadata count" : NULL);
         b = valid_file();
-        for (int j = 0; j < 8; j++) b.p[8 + j] = (uint8_t)(huge[i] >> (8 * j)); /* n_tensors */
+        for (int j = 0; j < 8; j++)
+            b.p[8 + j] = (uint8_t)(huge[i] >> (8 * j)); /* n_tensors */
         expect_reject(&b, "huge tensor count", i < 3 ? "tensor count" : NULL);
     }
 }
@@ -433,7 +481,8 @@ static void test_bad_metadata(void) {
     bytes_free(&k);
 
     /* Keys: invalid UTF-8 in several ways, NUL, empty, too long, duplicated. */
-    const char *bad_keys[] = {"bad\xff", "over\xc0\x80long", "surr\xed\xa0\x80", "cut\xe2\x96", "big\xf4\x90\x80\x80"};
+    const char *bad_keys[] = {"bad\xff", "over\xc0\x80long", "surr\xed\xa0\x80", "cut\xe2\x96",
+                              "big\xf4\x90\x80\x80"};
     for (int i = 0; i < 5; i++) {
         k = (bytes){0};
         kv_u32(&k, bad_keys[i], 1);
@@ -515,7 +564,8 @@ static void test_bad_tensors(void) {
     reject_tensors(rows + 1, 1, 256, "q4_K row not a multiple of 256", "multiple");
 
     /* Names. */
-    const char *bad_names[] = {"n\xff", "\xc1\xbf", "", "0123456789012345678901234567890123456789012345678901234567890123X"};
+    const char *bad_names[] = {"n\xff", "\xc1\xbf", "",
+                               "0123456789012345678901234567890123456789012345678901234567890123X"};
     const char *needles[] = {"UTF-8", "UTF-8", "empty", "limit"};
     for (int i = 0; i < 4; i++) {
         tinfo t[] = {{bad_names[i], 1, {8}, SVLM_F32, 0}};
@@ -531,14 +581,17 @@ static void test_bad_tensors(void) {
     put_u64(&b, 8);
     put_u32(&b, SVLM_F32);
     put_u64(&b, 0);
-    while (b.n % 32) put_u8(&b, 0);
-    for (int i = 0; i < 32; i++) put_u8(&b, 0);
+    while (b.n % 32)
+        put_u8(&b, 0);
+    for (int i = 0; i < 32; i++)
+        put_u8(&b, 0);
     expect_reject(&b, "tensor name with NUL", "NUL");
 
     /* Data section start beyond the file when tensors exist. */
     tinfo one[] = {{"a", 1, {8}, SVLM_F32, 0}};
     b = make_gguf(3, 0, NULL, 1, one, 32, 0);
-    while (b.n % 32 == 0) b.n--; /* drop the padding too */
+    while (b.n % 32 == 0)
+        b.n--; /* drop the padding too */
     expect_reject(&b, "no data section", "past the end");
 }
 
@@ -565,7 +618,8 @@ static void test_random_corruption(void) {
             for (uint64_t i = 0; i < f->n_tensors; i++) {
                 const gguf_tensor *t = &f->tensors[i];
                 const uint8_t *p = t->data;
-                CHECK(p >= m + f->data_offset && p + t->nbytes <= m + b.n, "accepted tensor outside the buffer");
+                CHECK(p >= m + f->data_offset && p + t->nbytes <= m + b.n,
+                      "accepted tensor outside the buffer");
             }
             gguf_close(f);
         } else {
@@ -590,7 +644,8 @@ static void test_open_path(void) {
     FILE *fp = fopen(path, "wb");
     REQUIRE(fp, "cannot create %s", path);
     fclose(fp);
-    CHECK(gguf_open(path, &f, &err) == SVLM_E_FORMAT && strstr(err.msg, "too small"), "empty file: %s", err.msg);
+    CHECK(gguf_open(path, &f, &err) == SVLM_E_FORMAT && strstr(err.msg, "too small"), "empty file: %s",
+          err.msg);
 
     bytes b = valid_file();
     snprintf(path, sizeof path, "%s/valid.gguf", test_tmpdir());
@@ -615,7 +670,8 @@ static void test_open_path(void) {
     gguf_close(NULL);
 }
 
-/* ---- the shared model files ------------------------------------------------------------------------------ */
+/* ---- the shared model files ------------------------------------------------------------------------------
+ */
 
 static uint8_t *read_all(const char *path, size_t *n) {
     FILE *fp = fopen(path, "rb");
@@ -654,7 +710,8 @@ static void test_stories(void) {
     CHECK(tok && tok->arr_n == 512 && tok->arr_strs[1].len == 3 && !memcmp(tok->arr_strs[1].ptr, "<s>", 3),
           "tokens");
     const gguf_tensor *t = gguf_find_tensor(f, "token_embd.weight");
-    CHECK(t && t->type == SVLM_F32 && t->n_dims == 2 && t->ne[0] == 64 && t->ne[1] == 512 && t->nbytes == 131072,
+    CHECK(t && t->type == SVLM_F32 && t->n_dims == 2 && t->ne[0] == 64 && t->ne[1] == 512 &&
+              t->nbytes == 131072,
           "token_embd.weight");
     t = gguf_find_tensor(f, "blk.4.ffn_down.weight");
     CHECK(t && t->ne[0] == 172 && t->ne[1] == 64, "blk.4.ffn_down.weight");

@@ -10,16 +10,35 @@
 static void test_uri(void) {
     svlm_uri u;
     svlm_err err = {0};
-    CHECK(svlm_uri_parse("/a/b.mp4", &u, &err) == SVLM_OK && u.kind == SVLM_URI_FILE && !strcmp(u.target, "/a/b.mp4"), "plain path");
-    CHECK(svlm_uri_parse("file:///a/b.mp4", &u, &err) == SVLM_OK && u.kind == SVLM_URI_FILE && !strcmp(u.target, "/a/b.mp4"), "file://");
-    CHECK(svlm_uri_parse("rtsp://u:p@h:554/x", &u, &err) == SVLM_OK && u.kind == SVLM_URI_RTSP && svlm_uri_default_live(&u), "rtsp is live");
-    CHECK(svlm_uri_parse("https://h/x.m3u8?t=1", &u, &err) == SVLM_OK && u.kind == SVLM_URI_HTTP && u.is_hls && svlm_uri_default_live(&u), "HLS");
-    CHECK(svlm_uri_parse("http://h/x.mp4", &u, &err) == SVLM_OK && !u.is_hls && !svlm_uri_default_live(&u), "progressive http is replay");
-    CHECK(svlm_uri_parse("v4l2:///dev/video0", &u, &err) == SVLM_OK && u.kind == SVLM_URI_V4L2 && !strcmp(u.target, "/dev/video0"), "v4l2");
-    CHECK(svlm_uri_parse("gst:videotestsrc", &u, &err) == SVLM_OK && u.kind == SVLM_URI_GST && !strcmp(u.target, "videotestsrc"), "gst:");
-    CHECK(svlm_uri_parse("pattern:live,rate=5", &u, &err) == SVLM_OK && u.kind == SVLM_URI_PATTERN && svlm_uri_default_live(&u), "pattern live");
-    CHECK(svlm_uri_parse("testsrc:", &u, &err) == SVLM_OK && u.kind == SVLM_URI_PATTERN && !svlm_uri_default_live(&u), "testsrc");
-    CHECK(svlm_uri_parse("foo://x", &u, &err) == SVLM_E_INVALID && strstr(err.msg, "unknown URI scheme 'foo'"), "unknown scheme: %s", err.msg);
+    CHECK(svlm_uri_parse("/a/b.mp4", &u, &err) == SVLM_OK && u.kind == SVLM_URI_FILE &&
+              !strcmp(u.target, "/a/b.mp4"),
+          "plain path");
+    CHECK(svlm_uri_parse("file:///a/b.mp4", &u, &err) == SVLM_OK && u.kind == SVLM_URI_FILE &&
+              !strcmp(u.target, "/a/b.mp4"),
+          "file://");
+    CHECK(svlm_uri_parse("rtsp://u:p@h:554/x", &u, &err) == SVLM_OK && u.kind == SVLM_URI_RTSP &&
+              svlm_uri_default_live(&u),
+          "rtsp is live");
+    CHECK(svlm_uri_parse("https://h/x.m3u8?t=1", &u, &err) == SVLM_OK && u.kind == SVLM_URI_HTTP &&
+              u.is_hls && svlm_uri_default_live(&u),
+          "HLS");
+    CHECK(svlm_uri_parse("http://h/x.mp4", &u, &err) == SVLM_OK && !u.is_hls && !svlm_uri_default_live(&u),
+          "progressive http is replay");
+    CHECK(svlm_uri_parse("v4l2:///dev/video0", &u, &err) == SVLM_OK && u.kind == SVLM_URI_V4L2 &&
+              !strcmp(u.target, "/dev/video0"),
+          "v4l2");
+    CHECK(svlm_uri_parse("gst:videotestsrc", &u, &err) == SVLM_OK && u.kind == SVLM_URI_GST &&
+              !strcmp(u.target, "videotestsrc"),
+          "gst:");
+    CHECK(svlm_uri_parse("pattern:live,rate=5", &u, &err) == SVLM_OK && u.kind == SVLM_URI_PATTERN &&
+              svlm_uri_default_live(&u),
+          "pattern live");
+    CHECK(svlm_uri_parse("testsrc:", &u, &err) == SVLM_OK && u.kind == SVLM_URI_PATTERN &&
+              !svlm_uri_default_live(&u),
+          "testsrc");
+    CHECK(svlm_uri_parse("foo://x", &u, &err) == SVLM_E_INVALID &&
+              strstr(err.msg, "unknown URI scheme 'foo'"),
+          "unknown scheme: %s", err.msg);
     CHECK(svlm_uri_parse("", &u, &err) == SVLM_E_INVALID, "empty URI");
     CHECK(svlm_uri_parse("rtsp://", &u, &err) == SVLM_OK, "rtsp:// alone is left to the backend");
     CHECK(svlm_uri_parse("gst:", &u, &err) == SVLM_E_INVALID, "gst: without a description");
@@ -42,24 +61,30 @@ static void test_sampler(void) {
     /* 25 fps for 10 s at 1 fps: one frame per second, exactly on the second */
     int n = sample_run(25, 10, 1, kept, 1000);
     CHECK(n == 10, "1 fps of 10 s: %d frames", n);
-    for (int i = 0; i < n; i++) CHECK(fabs(kept[i] - i) < 1e-9, "frame %d at %g", i, kept[i]);
+    for (int i = 0; i < n; i++)
+        CHECK(fabs(kept[i] - i) < 1e-9, "frame %d at %g", i, kept[i]);
     /* 29.97 fps (timestamps a hair off the grid) at 2 fps: 20 frames, each within a frame of k/2 */
     n = sample_run(30000.0 / 1001, 10, 2, kept, 1000);
     CHECK(n == 20, "2 fps of 29.97 fps: %d frames", n);
-    for (int i = 0; i < n; i++) CHECK(kept[i] >= i * 0.5 - 1e-3 && kept[i] < i * 0.5 + 1001.0 / 30000 + 1e-9, "frame %d at %g", i, kept[i]);
+    for (int i = 0; i < n; i++)
+        CHECK(kept[i] >= i * 0.5 - 1e-3 && kept[i] < i * 0.5 + 1001.0 / 30000 + 1e-9, "frame %d at %g", i,
+              kept[i]);
     /* 3 fps from 25 fps: 30 frames, kept[k] is the first frame at or after k/3 */
     n = sample_run(25, 10, 3, kept, 1000);
     CHECK(n == 30, "3 fps: %d frames", n);
-    for (int i = 0; i < n; i++) CHECK(kept[i] >= i / 3.0 - 1e-3 && kept[i] < i / 3.0 + 0.04 + 1e-9, "frame %d at %g", i, kept[i]);
+    for (int i = 0; i < n; i++)
+        CHECK(kept[i] >= i / 3.0 - 1e-3 && kept[i] < i / 3.0 + 0.04 + 1e-9, "frame %d at %g", i, kept[i]);
     /* a rate above the source keeps every frame */
     CHECK(sample_run(10, 5, 30, kept, 1000) == 50, "30 fps of a 10 fps source keeps all 50");
     CHECK(sample_run(10, 5, 0, kept, 1000) == 50, "fps 0 keeps everything");
     /* a gap in the timestamps does not make it catch up with a burst */
     svlm_sampler s;
     svlm_sampler_init(&s, 1, 0);
-    CHECK(svlm_sampler_take(&s, 0, 0) && svlm_sampler_take(&s, 10, 0) && !svlm_sampler_take(&s, 10.5, 0) && svlm_sampler_take(&s, 11, 0),
+    CHECK(svlm_sampler_take(&s, 0, 0) && svlm_sampler_take(&s, 10, 0) && !svlm_sampler_take(&s, 10.5, 0) &&
+              svlm_sampler_take(&s, 11, 0),
           "after a 10 s gap, the grid continues from there");
-    CHECK(svlm_sampler_lead(&s, 11.2, 0) > 0.79 && svlm_sampler_lead(&s, 11.2, 0) < 0.81, "lead to the next kept frame");
+    CHECK(svlm_sampler_lead(&s, 11.2, 0) > 0.79 && svlm_sampler_lead(&s, 11.2, 0) < 0.81,
+          "lead to the next kept frame");
     /* timestamps that restart (a wrapped stream) start the grid over */
     CHECK(svlm_sampler_take(&s, 0, 0), "restarted timeline keeps its first frame");
 }
@@ -107,20 +132,24 @@ static void test_queue(void) {
     svlm_err err;
     atomic_int cancel = 0;
     svlm_source_item out;
-    CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK && out.kind == SVLM_ITEM_EVENT && out.event.kind == SVLM_EVENT_DROP &&
-              out.event.count == 3 && out.event.total == 3,
+    CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK && out.kind == SVLM_ITEM_EVENT &&
+              out.event.kind == SVLM_EVENT_DROP && out.event.count == 3 && out.event.total == 3,
           "drop event first, count 3");
-    CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK && out.kind == SVLM_ITEM_EVENT && out.event.kind == SVLM_EVENT_RECONNECT,
+    CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK && out.kind == SVLM_ITEM_EVENT &&
+              out.event.kind == SVLM_EVENT_RECONNECT,
           "the event is never dropped");
     for (int i = 3; i <= 5; i++) {
-        CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK && out.kind == SVLM_ITEM_FRAME && out.frame.pts == i, "newest frames kept (%d)", i);
+        CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK && out.kind == SVLM_ITEM_FRAME &&
+                  out.frame.pts == i,
+              "newest frames kept (%d)", i);
         svlm_frame_release(&out.frame);
     }
     atomic_store(&cancel, 1);
     CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_E_CANCELLED, "cancel wakes an empty pop");
     atomic_store(&cancel, 0);
     svlm_frame_queue_finish(&q, SVLM_E_END, NULL);
-    CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_E_END, "finished queue returns the final status");
+    CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_E_END,
+          "finished queue returns the final status");
     CHECK(svlm_frame_queue_dropped(&q) == 3, "dropped total");
     it = frame_item(9); /* left queued: destroy frees it */
     svlm_frame_queue_push(&q, &it);
@@ -133,8 +162,10 @@ static void test_pattern_source(void) {
     o.fps = 5;
     svlm_source *src = NULL;
     svlm_err err = {0};
-    REQUIRE(svlm_source_open(&src, "pattern:size=320x200,rate=25,duration=2", &o, &err) == SVLM_OK, "open pattern: %s", err.msg);
-    CHECK(!strcmp(svlm_source_backend_name(src), "pattern") && !svlm_source_is_live(src), "pattern replay backend");
+    REQUIRE(svlm_source_open(&src, "pattern:size=320x200,rate=25,duration=2", &o, &err) == SVLM_OK,
+            "open pattern: %s", err.msg);
+    CHECK(!strcmp(svlm_source_backend_name(src), "pattern") && !svlm_source_is_live(src),
+          "pattern replay backend");
     int frames = 0, eos = 0;
     svlm_source_item it;
     svlm_status st;
@@ -144,10 +175,12 @@ static void test_pattern_source(void) {
             continue;
         }
         CHECK(it.frame.width == 320 && it.frame.height == 200 && it.frame.stride == 960, "size");
-        CHECK(fabs(it.frame.pts - frames * 0.2) < 1e-9 && it.frame.index == frames, "pts %g index %lld", it.frame.pts, (long long)it.frame.index);
+        CHECK(fabs(it.frame.pts - frames * 0.2) < 1e-9 && it.frame.index == frames, "pts %g index %lld",
+              it.frame.pts, (long long)it.frame.index);
         /* the frame number painted in the top-left cells (20 px wide) */
         int n = 0;
-        for (int bit = 0; bit < 16; bit++) n = (n << 1) | (it.frame.data[3 * (bit * 20 + 10)] > 128);
+        for (int bit = 0; bit < 16; bit++)
+            n = (n << 1) | (it.frame.data[3 * (bit * 20 + 10)] > 128);
         CHECK(n == frames * 5, "painted frame number %d, expected %d", n, frames * 5);
         svlm_frame_release(&it.frame);
         frames++;
@@ -155,11 +188,13 @@ static void test_pattern_source(void) {
     CHECK(st == SVLM_E_END && frames == 10 && eos == 1, "10 frames then EOS (st %d, %d frames)", st, frames);
     svlm_source_stats stats;
     svlm_source_stats_get(src, &stats);
-    CHECK(stats.decoded == 50 && stats.delivered == 10, "stats %lld/%lld", (long long)stats.decoded, (long long)stats.delivered);
+    CHECK(stats.decoded == 50 && stats.delivered == 10, "stats %lld/%lld", (long long)stats.decoded,
+          (long long)stats.delivered);
     svlm_source_close(src);
 
     /* a live pattern, cancelled from this thread while the reader runs */
-    REQUIRE(svlm_source_open(&src, "pattern:live,rate=50,duration=0", &o, &err) == SVLM_OK, "open live pattern: %s", err.msg);
+    REQUIRE(svlm_source_open(&src, "pattern:live,rate=50,duration=0", &o, &err) == SVLM_OK,
+            "open live pattern: %s", err.msg);
     CHECK(svlm_source_is_live(src), "live");
     REQUIRE(svlm_source_next(src, &it, &err) == SVLM_OK && it.kind == SVLM_ITEM_FRAME, "first live frame");
     svlm_frame_release(&it.frame);
@@ -167,9 +202,14 @@ static void test_pattern_source(void) {
     CHECK(svlm_source_next(src, &it, &err) == SVLM_E_CANCELLED, "cancelled");
     svlm_source_close(src);
 
-    CHECK(svlm_source_open(&src, "pattern:size=1x1", &o, &err) == SVLM_E_INVALID && !src, "bad pattern size: %s", err.msg);
-    CHECK(svlm_source_open(&src, "/nonexistent/clip.mp4", &o, &err) == SVLM_E_IO && strstr(err.msg, "no such file"), "missing file: %s", err.msg);
-    CHECK(svlm_source_open(&src, "bogus://x", &o, &err) == SVLM_E_INVALID && strstr(err.msg, "unknown URI scheme"), "unknown scheme");
+    CHECK(svlm_source_open(&src, "pattern:size=1x1", &o, &err) == SVLM_E_INVALID && !src,
+          "bad pattern size: %s", err.msg);
+    CHECK(svlm_source_open(&src, "/nonexistent/clip.mp4", &o, &err) == SVLM_E_IO &&
+              strstr(err.msg, "no such file"),
+          "missing file: %s", err.msg);
+    CHECK(svlm_source_open(&src, "bogus://x", &o, &err) == SVLM_E_INVALID &&
+              strstr(err.msg, "unknown URI scheme"),
+          "unknown scheme");
     o.fps = -1;
     CHECK(svlm_source_open(&src, "pattern:", &o, &err) == SVLM_E_INVALID, "negative fps refused");
 }

@@ -4,8 +4,8 @@
  * with dequantize (the reference dtype.c) + f32 dot; the tolerance is the error that 8-bit
  * activation quantization may cause (per 32-value block, half a step of max|x|/127 times
  * sum|w|) plus float rounding. Batched matmuls of non-F32 weights at the AVX-512 level use bf16
- * products: both operands rounded to 8 significant bits (2^-8 relative each), so each product may be off by 2^-7 of
- * itself. SVLM_KERNEL_BENCH=1 runs the benchmarks instead.
+ * products: both operands rounded to 8 significant bits (2^-8 relative each), so each product may be off by
+ * 2^-7 of itself. SVLM_KERNEL_BENCH=1 runs the benchmarks instead.
  */
 #include <math.h>
 #include <pthread.h>
@@ -27,7 +27,8 @@ static float frand(void) { /* uniform in [-1, 1) */
     return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
 }
 static void fill(float *x, int64_t n, float scale) {
-    for (int64_t i = 0; i < n; i++) x[i] = frand() * scale;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = frand() * scale;
 }
 
 static const char *levels[] = {"scalar", "avx2", "avx512"};
@@ -108,7 +109,8 @@ static void test_pool(void) {
             int n = 1 + (round * 37) % 1000;
             svlm_pool_run(p, count_task, &c, n);
             int bad = 0;
-            for (int t = 0; t < n; t++) bad += atomic_load(&c.hits[t]) != 1;
+            for (int t = 0; t < n; t++)
+                bad += atomic_load(&c.hits[t]) != 1;
             CHECK(bad == 0, "threads %d round %d: %d tasks not run exactly once", threads, round, bad);
             CHECK(atomic_load(&c.nested) == 3 * ((n + 99) / 100), "nested runs %d", atomic_load(&c.nested));
         }
@@ -193,7 +195,8 @@ static wcase make_weight(svlm_dtype t, int64_t rows, int64_t cols) {
 }
 
 /* Max over outputs of |y - ref| / bound, where bound is what activation quantization allows. */
-static double matmul_error(const wcase *c, const float *x, int64_t n, const float *y, int quantized, int bf16) {
+static double matmul_error(const wcase *c, const float *x, int64_t n, const float *y, int quantized,
+                           int bf16) {
     int64_t rows = c->w.rows, cols = c->w.cols;
     double worst = 0.0;
     for (int64_t i = 0; i < n; i++) {
@@ -248,10 +251,12 @@ static void check_matmul(svlm_dtype t, int64_t rows, int64_t cols, float *x, flo
             } else if (!bf16) {
                 /* relative to the largest output: sums that cancel keep absolute rounding */
                 double worst = 0.0, ymax = 1e-30;
-                for (int64_t i = 0; i < n * rows; i++) ymax = fmax(ymax, fabs(y_scalar[i]));
-                for (int64_t i = 0; i < n * rows; i++) worst = fmax(worst, fabs(y[i] - y_scalar[i]) / ymax);
-                CHECK(worst < 1e-5, "%s %s cols=%lld n=%lld differs from scalar by %.3g", svlm_kernels_name(k),
-                      svlm_dtype_get(t)->name, (long long)cols, (long long)n, worst);
+                for (int64_t i = 0; i < n * rows; i++)
+                    ymax = fmax(ymax, fabs(y_scalar[i]));
+                for (int64_t i = 0; i < n * rows; i++)
+                    worst = fmax(worst, fabs(y[i] - y_scalar[i]) / ymax);
+                CHECK(worst < 1e-5, "%s %s cols=%lld n=%lld differs from scalar by %.3g",
+                      svlm_kernels_name(k), svlm_dtype_get(t)->name, (long long)cols, (long long)n, worst);
             }
             svlm_kernels_destroy(k);
         }
@@ -303,10 +308,13 @@ static void test_matmul_multi(void) {
             int64_t n = ns[ni];
             fill(x, n * COLS, 1.0f);
             int same = 1;
-            for (int i = 0; i < NW; i++) svlm_k_matmul(k, ws[i], x, n, y_one[i]);
+            for (int i = 0; i < NW; i++)
+                svlm_k_matmul(k, ws[i], x, n, y_one[i]);
             svlm_k_matmul_multi(k, ws, NW, x, n, ys);
-            for (int i = 0; i < NW; i++) same &= !memcmp(y_one[i], y_multi[i], sizeof(float) * (size_t)(n * rows[i]));
-            CHECK(same, "%s matmul_multi n=%lld differs from separate matmuls", svlm_kernels_name(k), (long long)n);
+            for (int i = 0; i < NW; i++)
+                same &= !memcmp(y_one[i], y_multi[i], sizeof(float) * (size_t)(n * rows[i]));
+            CHECK(same, "%s matmul_multi n=%lld differs from separate matmuls", svlm_kernels_name(k),
+                  (long long)n);
         }
         svlm_kernels_destroy(k);
     }
@@ -318,7 +326,9 @@ static void test_matmul_multi(void) {
 
 /* ---- other ops ---- */
 
-static double rel_err(double got, double ref, double floor_) { return fabs(got - ref) / (fabs(ref) + floor_); }
+static double rel_err(double got, double ref, double floor_) {
+    return fabs(got - ref) / (fabs(ref) + floor_);
+}
 
 static void test_norms(svlm_kernels *k) {
     const int64_t n = 5, dim = 77;
@@ -330,9 +340,11 @@ static void test_norms(svlm_kernels *k) {
     double worst = 0.0;
     for (int64_t r = 0; r < n; r++) {
         double ss = 0.0;
-        for (int64_t i = 0; i < dim; i++) ss += (double)x[r * dim + i] * x[r * dim + i];
+        for (int64_t i = 0; i < dim; i++)
+            ss += (double)x[r * dim + i] * x[r * dim + i];
         double s = 1.0 / sqrt(ss / dim + 1e-5);
-        for (int64_t i = 0; i < dim; i++) worst = fmax(worst, rel_err(y[r * dim + i], x[r * dim + i] * s * w[i], 1e-3));
+        for (int64_t i = 0; i < dim; i++)
+            worst = fmax(worst, rel_err(y[r * dim + i], x[r * dim + i] * s * w[i], 1e-3));
     }
     CHECK(worst < 1e-6, "%s rmsnorm rel error %.3g", svlm_kernels_name(k), worst);
 
@@ -342,9 +354,11 @@ static void test_norms(svlm_kernels *k) {
         worst = 0.0;
         for (int64_t r = 0; r < n; r++) {
             double mean = 0.0, var = 0.0;
-            for (int64_t i = 0; i < dim; i++) mean += x[r * dim + i];
+            for (int64_t i = 0; i < dim; i++)
+                mean += x[r * dim + i];
             mean /= dim;
-            for (int64_t i = 0; i < dim; i++) var += (x[r * dim + i] - mean) * (x[r * dim + i] - mean);
+            for (int64_t i = 0; i < dim; i++)
+                var += (x[r * dim + i] - mean) * (x[r * dim + i] - mean);
             double s = 1.0 / sqrt(var / dim + 1e-6);
             for (int64_t i = 0; i < dim; i++) {
                 double term = (x[r * dim + i] - mean) * s * w[i], bias = with_bias ? b[i] : 0.0;
@@ -383,9 +397,11 @@ static void test_rope(svlm_kernels *k) {
                     }
                 }
                 for (int h = 0; h < H; h++)
-                    for (int i = n_rot; i < D; i++) untouched_ok &= x[(t * H + h) * D + i] == y[(t * H + h) * D + i];
+                    for (int i = n_rot; i < D; i++)
+                        untouched_ok &= x[(t * H + h) * D + i] == y[(t * H + h) * D + i];
             }
-            CHECK(worst < 2e-6, "%s rope neox=%d n_rot=%d error %.3g", svlm_kernels_name(k), neox, n_rot, worst);
+            CHECK(worst < 2e-6, "%s rope neox=%d n_rot=%d error %.3g", svlm_kernels_name(k), neox, n_rot,
+                  worst);
             CHECK(untouched_ok, "rope changed dims beyond n_rot");
         }
     }
@@ -399,7 +415,8 @@ static void test_activations(svlm_kernels *k) {
     memcpy(y, g, sizeof g);
     svlm_k_silu_mul(k, y, u, N);
     double worst = 0.0;
-    for (int i = 0; i < N; i++) worst = fmax(worst, rel_err(y[i], g[i] / (1.0 + exp(-(double)g[i])) * u[i], 1e-30));
+    for (int i = 0; i < N; i++)
+        worst = fmax(worst, rel_err(y[i], g[i] / (1.0 + exp(-(double)g[i])) * u[i], 1e-30));
     CHECK(worst < 2e-6, "%s silu_mul rel error %.3g", svlm_kernels_name(k), worst);
 
     memcpy(y, g, sizeof g);
@@ -423,28 +440,34 @@ static void test_activations(svlm_kernels *k) {
     memcpy(y, g, sizeof g);
     svlm_k_add(k, y, u, N);
     int ok = 1;
-    for (int i = 0; i < N; i++) ok &= y[i] == g[i] + u[i];
+    for (int i = 0; i < N; i++)
+        ok &= y[i] == g[i] + u[i];
     CHECK(ok, "add");
 
     memcpy(y, g, sizeof g);
     svlm_k_add_bias(k, y, u, 3, 1000);
     ok = 1;
-    for (int i = 0; i < N; i++) ok &= y[i] == (i < 3000 ? g[i] + u[i % 1000] : g[i]);
+    for (int i = 0; i < N; i++)
+        ok &= y[i] == (i < 3000 ? g[i] + u[i % 1000] : g[i]);
     CHECK(ok, "add_bias");
 
     /* softmax: rows with huge offsets must not overflow */
     enum { R = 5, C = 333 };
     static float s[R * C];
     fill(s, R * C, 20.0f);
-    for (int c = 0; c < C; c++) s[C + c] += 1000.0f, s[2 * C + c] -= 1000.0f;
+    for (int c = 0; c < C; c++)
+        s[C + c] += 1000.0f, s[2 * C + c] -= 1000.0f;
     memcpy(y, s, sizeof s);
     svlm_k_softmax(k, y, R, C);
     worst = 0.0;
     for (int r = 0; r < R; r++) {
         double mx = -INFINITY, sum = 0.0;
-        for (int c = 0; c < C; c++) mx = fmax(mx, s[r * C + c]);
-        for (int c = 0; c < C; c++) sum += exp((double)s[r * C + c] - mx);
-        for (int c = 0; c < C; c++) worst = fmax(worst, rel_err(y[r * C + c], exp((double)s[r * C + c] - mx) / sum, 1e-30));
+        for (int c = 0; c < C; c++)
+            mx = fmax(mx, s[r * C + c]);
+        for (int c = 0; c < C; c++)
+            sum += exp((double)s[r * C + c] - mx);
+        for (int c = 0; c < C; c++)
+            worst = fmax(worst, rel_err(y[r * C + c], exp((double)s[r * C + c] - mx) / sum, 1e-30));
     }
     CHECK(worst < 2e-5, "%s softmax rel error %.3g", svlm_kernels_name(k), worst);
 }
@@ -453,7 +476,8 @@ static void attention_case(svlm_kernels *k, int64_t n_q, int64_t n_kv, int n_hea
                            int causal, svlm_dtype kv_type) {
     int64_t stride = (int64_t)n_kv_head * hd + 5; /* rows padded like a cache with spare room */
     float *q = malloc(sizeof(float) * (size_t)(n_q * n_head * hd));
-    float *kf = malloc(sizeof(float) * (size_t)(n_kv * stride)), *vf = malloc(sizeof(float) * (size_t)(n_kv * stride));
+    float *kf = malloc(sizeof(float) * (size_t)(n_kv * stride)),
+          *vf = malloc(sizeof(float) * (size_t)(n_kv * stride));
     svlm_f16 *k16 = malloc(2 * (size_t)(n_kv * stride)), *v16 = malloc(2 * (size_t)(n_kv * stride));
     float *out = malloc(sizeof(float) * (size_t)(n_q * n_head * hd));
     REQUIRE(q && kf && vf && k16 && v16 && out, "out of memory");
@@ -469,8 +493,19 @@ static void attention_case(svlm_kernels *k, int64_t n_q, int64_t n_kv, int n_hea
         }
     }
     float scale = 1.0f / sqrtf((float)hd);
-    svlm_attn_args a = {q, kv_type == SVLM_F16 ? (void *)k16 : (void *)kf, kv_type == SVLM_F16 ? (void *)v16 : (void *)vf,
-                        kv_type, stride, out, n_q, n_kv, n_head, n_kv_head, hd, causal, scale};
+    svlm_attn_args a = {q,
+                        kv_type == SVLM_F16 ? (void *)k16 : (void *)kf,
+                        kv_type == SVLM_F16 ? (void *)v16 : (void *)vf,
+                        kv_type,
+                        stride,
+                        out,
+                        n_q,
+                        n_kv,
+                        n_head,
+                        n_kv_head,
+                        hd,
+                        causal,
+                        scale};
     svlm_k_attention(k, &a);
     double worst = 0.0;
     double *p = malloc(sizeof(double) * (size_t)n_kv);
@@ -482,20 +517,24 @@ static void attention_case(svlm_kernels *k, int64_t n_q, int64_t n_kv, int n_hea
             double mx = -INFINITY, sum = 0.0;
             for (int64_t j = 0; j < vis; j++) {
                 double s = 0.0;
-                for (int d = 0; d < hd; d++) s += (double)q[(i * n_head + h) * hd + d] * kf[j * stride + kvh * hd + d];
+                for (int d = 0; d < hd; d++)
+                    s += (double)q[(i * n_head + h) * hd + d] * kf[j * stride + kvh * hd + d];
                 p[j] = s * scale;
                 mx = fmax(mx, p[j]);
             }
-            for (int64_t j = 0; j < vis; j++) sum += (p[j] = exp(p[j] - mx));
+            for (int64_t j = 0; j < vis; j++)
+                sum += (p[j] = exp(p[j] - mx));
             for (int d = 0; d < hd; d++) {
                 double o = 0.0;
-                for (int64_t j = 0; j < vis; j++) o += p[j] / sum * vf[j * stride + kvh * hd + d];
+                for (int64_t j = 0; j < vis; j++)
+                    o += p[j] / sum * vf[j * stride + kvh * hd + d];
                 worst = fmax(worst, fabs(out[(i * n_head + h) * hd + d] - o));
             }
         }
     }
-    CHECK(worst < 2e-5, "%s attention n_q=%lld n_kv=%lld heads %d/%d causal=%d %s: error %.3g", svlm_kernels_name(k),
-          (long long)n_q, (long long)n_kv, n_head, n_kv_head, causal, svlm_dtype_get(kv_type)->name, worst);
+    CHECK(worst < 2e-5, "%s attention n_q=%lld n_kv=%lld heads %d/%d causal=%d %s: error %.3g",
+          svlm_kernels_name(k), (long long)n_q, (long long)n_kv, n_head, n_kv_head, causal,
+          svlm_dtype_get(kv_type)->name, worst);
     free(p);
     free(q);
     free(kf);
@@ -542,18 +581,21 @@ static void read_task(void *ctx, int task, int thread) {
     read_job *j = ctx;
     int64_t b = task * j->chunk, e = b + j->chunk < j->words ? b + j->chunk : j->words;
     uint64_t s = 0;
-    for (int64_t i = b; i < e; i++) s ^= j->data[i];
+    for (int64_t i = b; i < e; i++)
+        s ^= j->data[i];
     j->sums[thread] ^= s;
 }
 
 static void bench_matvec(svlm_kernels *k, svlm_pool *pool, svlm_dtype t) {
     /* SmolVLM2-256M decoder: per layer q,k,v,o, gate, up, down; then the 49280-row output head */
-    const int64_t shapes[7][2] = {{576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
+    const int64_t shapes[7][2] = {{576, 576},  {192, 576},  {192, 576}, {576, 576},
+                                  {1536, 576}, {1536, 576}, {576, 1536}};
     enum { LAYERS = 30 };
     svlm_weight ws[LAYERS * 7 + 1];
     size_t total = 0;
     for (int i = 0; i < LAYERS * 7 + 1; i++) {
-        int64_t rows = i < LAYERS * 7 ? shapes[i % 7][0] : 49280, cols = i < LAYERS * 7 ? shapes[i % 7][1] : 576;
+        int64_t rows = i < LAYERS * 7 ? shapes[i % 7][0] : 49280,
+                cols = i < LAYERS * 7 ? shapes[i % 7][1] : 576;
         if (svlm_dtype_get(t)->block_size == 256 && cols % 256) cols = 768; /* K-quants need 256 | cols */
         size_t rb = svlm_row_bytes(t, cols);
         ws[i] = (svlm_weight){t, rows, cols, NULL, rb};
@@ -569,7 +611,8 @@ static void bench_matvec(svlm_kernels *k, svlm_pool *pool, svlm_dtype t) {
         for (int i = 0; i < LAYERS * 7 + 1; i++) {
             svlm_quantize_row(t, row, qrow, ws[i].cols);
             ws[i].data = data + off;
-            for (int64_t r = 0; r < ws[i].rows; r++, off += ws[i].row_bytes) memcpy(data + off, qrow, ws[i].row_bytes);
+            for (int64_t r = 0; r < ws[i].rows; r++, off += ws[i].row_bytes)
+                memcpy(data + off, qrow, ws[i].row_bytes);
         }
     }
     float x[1536], y[49280];
@@ -578,7 +621,8 @@ static void bench_matvec(svlm_kernels *k, svlm_pool *pool, svlm_dtype t) {
     double best = 1e9, best_cpu = 1e9;
     for (int rep = 0; rep < reps; rep++) {
         double t0 = now_s(), c0 = cpu_s();
-        for (int i = 0; i < LAYERS * 7 + 1; i++) svlm_k_matmul(k, &ws[i], x, 1, y);
+        for (int i = 0; i < LAYERS * 7 + 1; i++)
+            svlm_k_matmul(k, &ws[i], x, 1, y);
         double dt = now_s() - t0, dc = cpu_s() - c0;
         if (dt < best) best = dt;
         if (dc < best_cpu) best_cpu = dc;
@@ -593,15 +637,17 @@ static void bench_matvec(svlm_kernels *k, svlm_pool *pool, svlm_dtype t) {
         double dt = now_s() - t0;
         if (dt < best_read) best_read = dt;
     }
-    printf("matvec %-5s %s: %.1f MB per token, %.3f ms, %.1f GB/s (%.0f tok/s); plain read %.1f GB/s -> %.0f%% of "
+    printf("matvec %-5s %s: %.1f MB per token, %.3f ms, %.1f GB/s (%.0f tok/s); plain read %.1f GB/s -> "
+           "%.0f%% of "
            "the bound; %.1f GB per CPU-second\n",
-           svlm_dtype_get(t)->name, svlm_kernels_name(k), total / 1e6, best * 1e3, total / best / 1e9, 1.0 / best,
-           total / best_read / 1e9, 100.0 * best_read / best, total / best_cpu / 1e9);
+           svlm_dtype_get(t)->name, svlm_kernels_name(k), total / 1e6, best * 1e3, total / best / 1e9,
+           1.0 / best, total / best_read / 1e9, 100.0 * best_read / best, total / best_cpu / 1e9);
     free(data);
 }
 
 static void bench_gemm(svlm_kernels *k, svlm_dtype t, int64_t n) {
-    const int64_t shapes[7][2] = {{576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
+    const int64_t shapes[7][2] = {{576, 576},  {192, 576},  {192, 576}, {576, 576},
+                                  {1536, 576}, {1536, 576}, {576, 1536}};
     wcase cs[7];
     float *x = malloc(sizeof(float) * (size_t)n * 1536), *y = malloc(sizeof(float) * (size_t)n * 1536);
     REQUIRE(x && y, "out of memory");
@@ -614,7 +660,8 @@ static void bench_gemm(svlm_kernels *k, svlm_dtype t, int64_t n) {
     double best = 1e9, best_cpu = 1e9;
     for (int rep = 0; rep < 5; rep++) {
         double t0 = now_s(), c0 = cpu_s();
-        for (int i = 0; i < 7; i++) svlm_k_matmul(k, &cs[i].w, x, n, y);
+        for (int i = 0; i < 7; i++)
+            svlm_k_matmul(k, &cs[i].w, x, n, y);
         double dt = now_s() - t0, dc = cpu_s() - c0;
         if (dt < best) best = dt;
         if (dc < best_cpu) best_cpu = dc;
@@ -635,7 +682,8 @@ static void bench_attention(svlm_kernels *k, int64_t n_q, int64_t n_kv, int n_he
                             svlm_dtype kv_type) {
     int hd = 64;
     int64_t stride = (int64_t)n_kv_head * hd;
-    float *q = calloc((size_t)(n_q * n_head * hd), sizeof(float)), *out = calloc((size_t)(n_q * n_head * hd), sizeof(float));
+    float *q = calloc((size_t)(n_q * n_head * hd), sizeof(float)),
+          *out = calloc((size_t)(n_q * n_head * hd), sizeof(float));
     void *kv = calloc((size_t)(n_kv * stride), 4);
     REQUIRE(q && out && kv, "out of memory");
     svlm_attn_args a = {q, kv, kv, kv_type, stride, out, n_q, n_kv, n_head, n_kv_head, hd, causal, 0.125f};
@@ -648,7 +696,8 @@ static void bench_attention(svlm_kernels *k, int64_t n_q, int64_t n_kv, int n_he
         if (dc < best_cpu) best_cpu = dc;
     }
     printf("attention n_q=%lld n_kv=%lld heads %d/%d causal=%d %s: %.3f ms (%.3f CPU-ms)\n", (long long)n_q,
-           (long long)n_kv, n_head, n_kv_head, causal, svlm_dtype_get(kv_type)->name, best * 1e3, best_cpu * 1e3);
+           (long long)n_kv, n_head, n_kv_head, causal, svlm_dtype_get(kv_type)->name, best * 1e3,
+           best_cpu * 1e3);
     free(q);
     free(out);
     free(kv);
@@ -663,12 +712,15 @@ static void bench(void) {
     svlm_pool *pool;
     svlm_err err;
     REQUIRE(svlm_pool_create(threads, &pool, &err) == SVLM_OK, "pool");
-    const svlm_dtype types[] = {SVLM_Q8_0, SVLM_F16, SVLM_Q4_0, SVLM_Q5_0, SVLM_Q4_K, SVLM_Q6_K, SVLM_BF16, SVLM_F32};
+    const svlm_dtype types[] = {SVLM_Q8_0, SVLM_F16,  SVLM_Q4_0, SVLM_Q5_0,
+                                SVLM_Q4_K, SVLM_Q6_K, SVLM_BF16, SVLM_F32};
     const char *only = getenv("SVLM_BENCH_ONLY"); /* matvec, gemm or attention */
     if (!only || !strcmp(only, "matvec"))
-        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) bench_matvec(k, pool, types[i]);
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+            bench_matvec(k, pool, types[i]);
     if (!only || !strcmp(only, "gemm"))
-        for (size_t i = 0; i < 3; i++) bench_gemm(k, types[i], 512);
+        for (size_t i = 0; i < 3; i++)
+            bench_gemm(k, types[i], 512);
     if (only && strcmp(only, "attention")) goto done;
     bench_attention(k, 512, 512, 9, 3, 1, SVLM_F16);
     bench_attention(k, 1024, 1024, 12, 12, 0, SVLM_F32);
@@ -697,7 +749,7 @@ int test_main(void) {
     test_pool();
     test_pool_stress();
     test_matmul_multi();
-    test_matmul(); /* default: bf16 products for quantized and BF16 weights */
+    test_matmul();                 /* default: bf16 products for quantized and BF16 weights */
     setenv("SVLM_BF16", "all", 1); /* F16 weights too */
     test_matmul();
     /* the AVX-512 level has its own GEMM besides OpenBLAS's: check both */

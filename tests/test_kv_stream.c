@@ -75,7 +75,8 @@ static double run_fixture(svlm_llama *m, svlm_kernels *k, const int32_t *ids, in
     double worst = 0;
     for (int i = 0; i < FIX_N; i++) {
         svlm_kv_kind kind = i < S ? SVLM_KV_SINK : SVLM_KV_TEXT;
-        REQUIRE(svlm_llama_eval_seq(c, s, kind, i, ids + i, NULL, 1, logits, 0, &err) == SVLM_OK, "%s", err.msg);
+        REQUIRE(svlm_llama_eval_seq(c, s, kind, i, ids + i, NULL, 1, logits, 0, &err) == SVLM_OK, "%s",
+                err.msg);
         double d = max_abs_diff(logits, ref + (size_t)i * V, V);
         if (!(d <= worst)) worst = d;
         CHECK(svlm_kv_seq_len(s) == (i + 1 < FIX_W ? i + 1 : FIX_W), "cache holds %d tokens at step %d",
@@ -85,8 +86,8 @@ static double run_fixture(svlm_llama *m, svlm_kernels *k, const int32_t *ids, in
           (long long)svlm_kv_seq_evicted_tokens(s));
     /* bounded: a W-token cache never needs more than its pages plus one partly used per side */
     int bound = (FIX_W + page_tokens - 1) / page_tokens + 2;
-    CHECK(svlm_kv_pool_pages_in_use(pool) <= bound, "%d pages in use, bound %d", svlm_kv_pool_pages_in_use(pool),
-          bound);
+    CHECK(svlm_kv_pool_pages_in_use(pool) <= bound, "%d pages in use, bound %d",
+          svlm_kv_pool_pages_in_use(pool), bound);
     svlm_kv_seq_free(s);
     CHECK(svlm_kv_pool_pages_in_use(pool) == 0, "pages leaked");
     svlm_llama_ctx_free(c);
@@ -104,7 +105,8 @@ static void on_evict(void *user, const svlm_kv_seq *seq, const svlm_kv_span *spa
     evict_log *log = user;
     if (log->n < 64) log->spans[log->n++] = *span;
     /* the span's rows are still readable when the hook runs */
-    if (!svlm_kv_seq_k_row(seq, 0, span->start) || span->start + span->n > svlm_kv_seq_len(seq)) log->first_pos_ok = 0;
+    if (!svlm_kv_seq_k_row(seq, 0, span->start) || span->start + span->n > svlm_kv_seq_len(seq))
+        log->first_pos_ok = 0;
 }
 
 int test_main(void) {
@@ -128,8 +130,8 @@ int test_main(void) {
         double d32 = run_fixture(m, k, ids, S, SVLM_F32, 16, ref);
         double d32b = run_fixture(m, k, ids, S, SVLM_F32, 3, ref);
         double d16 = run_fixture(m, k, ids, S, SVLM_F16, 5, ref);
-        printf("stream fixture S=%d: F32 max |d logit| %.3g (pages of 16) %.3g (pages of 3), F16 %.3g\n", S, d32,
-               d32b, d16);
+        printf("stream fixture S=%d: F32 max |d logit| %.3g (pages of 16) %.3g (pages of 3), F16 %.3g\n", S,
+               d32, d32b, d16);
         CHECK(d32 <= 1e-3 && d32b <= 1e-3, "F32 cache differs by %g / %g", d32, d32b);
         /* The fixture README expects 2e-2 for F16; keys rounded before RoPE land at 0.022-0.025
          * over these 256 rows (an F16 contiguous cache gives 0.015 over the 44-row prompt). */
@@ -148,8 +150,8 @@ int test_main(void) {
     REQUIRE(svlm_llama_eval(dense, ids, NULL, 40, want, 1, &err) == SVLM_OK, "%s", err.msg);
     svlm_kv_seq *a = new_seq(pool, 4, 0, 100, 1);
     REQUIRE(svlm_llama_eval_seq(c, a, SVLM_KV_SINK, 0, ids, NULL, 4, got, 1, &err) == SVLM_OK, "%s", err.msg);
-    REQUIRE(svlm_llama_eval_seq(c, a, SVLM_KV_TEXT, 1, ids + 4, NULL, 13, got + 4 * V, 1, &err) == SVLM_OK, "%s",
-            err.msg);
+    REQUIRE(svlm_llama_eval_seq(c, a, SVLM_KV_TEXT, 1, ids + 4, NULL, 13, got + 4 * V, 1, &err) == SVLM_OK,
+            "%s", err.msg);
     double d = max_abs_diff(got, want, (size_t)17 * V);
     CHECK(d <= 1e-4, "paged prefill differs from contiguous by %g", d);
     int pages_a = svlm_kv_pool_pages_in_use(pool);
@@ -159,12 +161,14 @@ int test_main(void) {
     /* the fork continues with the real text on its own context... */
     for (int i = 17; i < 40; i++)
         REQUIRE(svlm_llama_eval_seq(c2, b, SVLM_KV_TEXT, i, ids + i, NULL, 1, got + (size_t)i * V, 0, &err) ==
-                    SVLM_OK, "%s", err.msg);
+                    SVLM_OK,
+                "%s", err.msg);
     d = max_abs_diff(got + 17 * V, want + 17 * V, (size_t)23 * V);
     CHECK(d <= 1e-4, "the fork's decode differs from contiguous by %g", d);
     /* ...while the source takes other tokens, on the context that mirrors it */
     int32_t other[8] = {5, 6, 7, 8, 9, 10, 11, 12};
-    REQUIRE(svlm_llama_eval_seq(c, a, SVLM_KV_TEXT, 99, other, NULL, 8, got, 1, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_llama_eval_seq(c, a, SVLM_KV_TEXT, 99, other, NULL, 8, got, 1, &err) == SVLM_OK, "%s",
+            err.msg);
     svlm_llama_ctx_reset(dense);
     REQUIRE(svlm_llama_eval(dense, ids, NULL, 17, NULL, 0, &err) == SVLM_OK, "%s", err.msg);
     REQUIRE(svlm_llama_eval(dense, other, NULL, 8, want, 1, &err) == SVLM_OK, "%s", err.msg);
@@ -173,8 +177,10 @@ int test_main(void) {
     /* one context serving both in turn rebuilds its working copy and stays exact */
     float one_a[V], one_b[V], ref_b[V];
     int32_t t = 42;
-    REQUIRE(svlm_llama_eval_seq(c, b, SVLM_KV_TEXT, 100, &t, NULL, 1, one_b, 0, &err) == SVLM_OK, "%s", err.msg);
-    REQUIRE(svlm_llama_eval_seq(c, a, SVLM_KV_TEXT, 100, &t, NULL, 1, one_a, 0, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_llama_eval_seq(c, b, SVLM_KV_TEXT, 100, &t, NULL, 1, one_b, 0, &err) == SVLM_OK, "%s",
+            err.msg);
+    REQUIRE(svlm_llama_eval_seq(c, a, SVLM_KV_TEXT, 100, &t, NULL, 1, one_a, 0, &err) == SVLM_OK, "%s",
+            err.msg);
     REQUIRE(svlm_llama_eval(dense, &t, NULL, 1, want, 0, &err) == SVLM_OK, "%s", err.msg);
     svlm_llama_ctx_reset(c2);
     REQUIRE(svlm_llama_eval(c2, ids, NULL, 40, NULL, 0, &err) == SVLM_OK, "%s", err.msg);
@@ -185,8 +191,8 @@ int test_main(void) {
     int before = svlm_kv_pool_pages_in_use(pool);
     svlm_kv_seq_free(b);
     int after = svlm_kv_pool_pages_in_use(pool);
-    CHECK(after < before && after == (svlm_kv_seq_len(a) + 7) / 8, "pages %d -> %d after freeing a fork", before,
-          after);
+    CHECK(after < before && after == (svlm_kv_seq_len(a) + 7) / 8, "pages %d -> %d after freeing a fork",
+          before, after);
     svlm_kv_seq_free(a);
     CHECK(svlm_kv_pool_pages_in_use(pool) == 0, "pages leaked");
 
@@ -197,16 +203,20 @@ int test_main(void) {
     svlm_kv_seq_set_hook(s, &hook);
     const int E = svlm_llama_hparams_of(m)->n_embd;
     float *embd = calloc((size_t)5 * E, sizeof(float));
-    for (int i = 0; i < 5 * E; i++) embd[i] = 0.01f * (float)(i % 17) - 0.08f;
+    for (int i = 0; i < 5 * E; i++)
+        embd[i] = 0.01f * (float)(i % 17) - 0.08f;
     int32_t frame[5] = {-1, -1, -1, -1, -1}, turn[4] = {300, 301, 302, 303};
-    REQUIRE(svlm_llama_eval_seq(c, s, SVLM_KV_SINK, 0, ids, NULL, 2, NULL, 0, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_llama_eval_seq(c, s, SVLM_KV_SINK, 0, ids, NULL, 2, NULL, 0, &err) == SVLM_OK, "%s",
+            err.msg);
     int frames = 0, turns = 0;
     for (int step = 0; step < 12; step++) {
         if (step % 3 == 2) {
-            REQUIRE(svlm_llama_eval_seq(c, s, SVLM_KV_TEXT, 1000 + turns++, turn, NULL, 4, NULL, 0, &err) == SVLM_OK,
+            REQUIRE(svlm_llama_eval_seq(c, s, SVLM_KV_TEXT, 1000 + turns++, turn, NULL, 4, NULL, 0, &err) ==
+                        SVLM_OK,
                     "%s", err.msg);
         } else {
-            REQUIRE(svlm_llama_eval_seq(c, s, SVLM_KV_VISION, frames++, frame, embd, 5, NULL, 0, &err) == SVLM_OK,
+            REQUIRE(svlm_llama_eval_seq(c, s, SVLM_KV_VISION, frames++, frame, embd, 5, NULL, 0, &err) ==
+                        SVLM_OK,
                     "%s", err.msg);
         }
         CHECK(svlm_kv_seq_count(s, SVLM_KV_VISION) <= 12 && svlm_kv_seq_count(s, SVLM_KV_TEXT) <= 10 &&
@@ -219,10 +229,14 @@ int test_main(void) {
     CHECK(log.n == 8 && svlm_kv_seq_evicted_spans(s) == 8, "%d evictions seen", log.n);
     int vis = 0, txt = 0, order_ok = log.first_pos_ok;
     for (int i = 0; i < log.n; i++) {
-        if (log.spans[i].kind == SVLM_KV_VISION) order_ok &= log.spans[i].tag == vis++ && log.spans[i].n == 5;
-        else order_ok &= log.spans[i].kind == SVLM_KV_TEXT && log.spans[i].tag == 1000 + txt++ && log.spans[i].n == 4;
+        if (log.spans[i].kind == SVLM_KV_VISION)
+            order_ok &= log.spans[i].tag == vis++ && log.spans[i].n == 5;
+        else
+            order_ok &=
+                log.spans[i].kind == SVLM_KV_TEXT && log.spans[i].tag == 1000 + txt++ && log.spans[i].n == 4;
     }
-    CHECK(order_ok && vis == 6 && txt == 2, "evicted spans out of order or split (%d frames, %d turns)", vis, txt);
+    CHECK(order_ok && vis == 6 && txt == 2, "evicted spans out of order or split (%d frames, %d turns)", vis,
+          txt);
     for (int i = 0; i < svlm_kv_seq_len(s); i++)
         CHECK(svlm_kv_seq_pos(s, i) == i, "position %d at index %d", svlm_kv_seq_pos(s, i), i);
 
@@ -233,7 +247,8 @@ int test_main(void) {
           "an oversized turn was accepted");
     CHECK(svlm_llama_eval_seq(c, s, SVLM_KV_SINK, 0, many, NULL, 1, NULL, 0, &err) == SVLM_E_LIMIT,
           "a third sink was accepted");
-    CHECK(svlm_kv_seq_len(s) == len && svlm_kv_seq_evicted_spans(s) == 8, "a refused append changed the cache");
+    CHECK(svlm_kv_seq_len(s) == len && svlm_kv_seq_evicted_spans(s) == 8,
+          "a refused append changed the cache");
     svlm_kv_seq *big = new_seq(pool, 0, 0, 500, 1);
     CHECK(svlm_llama_eval_seq(c, big, SVLM_KV_TEXT, 0, many, NULL, 1, NULL, 0, &err) == SVLM_E_LIMIT,
           "a cache larger than the context was accepted");
@@ -246,7 +261,8 @@ int test_main(void) {
     CHECK(svlm_kv_seq_len(t1) == 0 && svlm_kv_pool_pages_in_use(tiny) == 0, "a failed append kept pages");
     svlm_kv_seq_free(t1);
     svlm_kv_pool_free(tiny);
-    svlm_kv_pool_params bad = {.n_layer = 1, .kv_dim = 8, .type = SVLM_Q8_0, .page_tokens = 4, .max_pages = 4};
+    svlm_kv_pool_params bad = {
+        .n_layer = 1, .kv_dim = 8, .type = SVLM_Q8_0, .page_tokens = 4, .max_pages = 4};
     CHECK(svlm_kv_pool_create(&bad, &tiny, &err) == SVLM_E_INVALID, "a quantized cache type was accepted");
 
     svlm_kv_seq_free(s);

@@ -94,7 +94,9 @@ int test_main(void) {
         /* compact: rows only for the -1 positions, in order */
         int r = 0;
         for (int i = 0; i < N; i++)
-            if (ids[i] < 0) memmove(emb + (size_t)r++ * hp->n_embd, emb + (size_t)i * hp->n_embd, sizeof(float) * hp->n_embd);
+            if (ids[i] < 0)
+                memmove(emb + (size_t)r++ * hp->n_embd, emb + (size_t)i * hp->n_embd,
+                        sizeof(float) * hp->n_embd);
         svlm_llama_ctx_reset(c);
         REQUIRE(svlm_llama_eval(c, ids, emb, N, step, 1, &err) == SVLM_OK, "%s", err.msg);
         d = max_abs_diff(step, all, (size_t)N * V);

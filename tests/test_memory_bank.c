@@ -13,7 +13,7 @@
 #include "test_memory_synth.h"
 
 #define T_TOK 16
-#define DIM 64
+#define DIM   64
 
 static void test_format(void) {
     char b[64];
@@ -31,12 +31,14 @@ static void test_parse_time(void) {
     CHECK(svlm_memory_parse_time_query("What was on the table at 12:30?", 5000, &q) == 1, "at 12:30");
     CHECK(q.t_from == 750 - 30 && q.t_to == 750 + 30, "at 12:30 -> [%g, %g]", q.t_from, q.t_to);
     svlm_memory_query_default(&q);
-    CHECK(svlm_memory_parse_time_query("Anything at 1:02:03", 9000, &q) == 1 && q.t_from == 3723 - 30, "h:mm:ss");
+    CHECK(svlm_memory_parse_time_query("Anything at 1:02:03", 9000, &q) == 1 && q.t_from == 3723 - 30,
+          "h:mm:ss");
     svlm_memory_query_default(&q);
     CHECK(svlm_memory_parse_time_query("Who came in the last five minutes?", 1000, &q) == 1, "last five");
     CHECK(q.t_from == 700 && q.t_to == 1000, "last five minutes -> [%g, %g]", q.t_from, q.t_to);
     svlm_memory_query_default(&q);
-    CHECK(svlm_memory_parse_time_query("In the past 2 hours, did it rain?", 10000, &q) == 1 && q.t_from == 2800,
+    CHECK(svlm_memory_parse_time_query("In the past 2 hours, did it rain?", 10000, &q) == 1 &&
+              q.t_from == 2800,
           "past 2 hours -> %g", q.t_from);
     svlm_memory_query_default(&q);
     CHECK(svlm_memory_parse_time_query("What happened in the last minute", 600, &q) == 1 && q.t_from == 540,
@@ -46,8 +48,8 @@ static void test_parse_time(void) {
               q.t_from == 3000 - 90 && q.t_to == 3000 + 90,
           "ten minutes ago -> [%g, %g]", q.t_from, q.t_to);
     svlm_memory_query_default(&q);
-    CHECK(svlm_memory_parse_time_query("between 10:00 and 12:30 who left", 9000, &q) == 1 && q.t_from == 600 &&
-              q.t_to == 750,
+    CHECK(svlm_memory_parse_time_query("between 10:00 and 12:30 who left", 9000, &q) == 1 &&
+              q.t_from == 600 && q.t_to == 750,
           "between -> [%g, %g]", q.t_from, q.t_to);
     svlm_memory_query_default(&q);
     CHECK(svlm_memory_parse_time_query("When did the dog first appear?", 9000, &q) == 1 && q.first == 1 &&
@@ -56,7 +58,8 @@ static void test_parse_time(void) {
     svlm_memory_query_default(&q);
     CHECK(svlm_memory_parse_time_query("What colour is the car?", 9000, &q) == 0 && isinf(q.t_to) && !q.first,
           "no anchor");
-    CHECK(svlm_memory_parse_time_query("thirst at 99:99 firstly", 9000, &q) == 0, "look-alikes do not anchor");
+    CHECK(svlm_memory_parse_time_query("thirst at 99:99 firstly", 9000, &q) == 0,
+          "look-alikes do not anchor");
 }
 
 static void check_errors(void) {
@@ -73,7 +76,8 @@ static void check_errors(void) {
     o.dim = DIM;
     REQUIRE(svlm_memory_create(&o, &m, &err) == SVLM_OK, "%s", err.msg);
     float tok[4 * DIM] = {0}, key[DIM] = {0};
-    CHECK(svlm_memory_push(m, 1, tok, 4, key, &err) == SVLM_E_INVALID && strstr(err.msg, "key"), "%s", err.msg);
+    CHECK(svlm_memory_push(m, 1, tok, 4, key, &err) == SVLM_E_INVALID && strstr(err.msg, "key"), "%s",
+          err.msg);
     CHECK(svlm_memory_push(m, NAN, tok, 4, NULL, &err) == SVLM_E_INVALID, "NaN time");
     CHECK(svlm_memory_push(m, 5, tok, 4, NULL, &err) == SVLM_OK, "%s", err.msg);
     CHECK(svlm_memory_push(m, 4, tok, 4, NULL, &err) == SVLM_E_INVALID && strstr(err.msg, "backwards"), "%s",
@@ -92,7 +96,8 @@ static void object_query(synth *s, int e, float *q) {
     memset(q, 0, DIM * sizeof(float));
     for (int k = 0; k < 4; k++) {
         synth_object_token(s, e, tok);
-        for (int j = 0; j < DIM; j++) q[j] += tok[j] / 4;
+        for (int j = 0; j < DIM; j++)
+            q[j] += tok[j] / 4;
     }
 }
 
@@ -125,7 +130,8 @@ static void test_needle(void) {
     REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
     svlm_memory_stats st;
     svlm_memory_stats_get(m, &st);
-    CHECK(over == 0, "bytes exceeded the budget after %d frames (peak %zu > %zu)", over, peak, o.budget_bytes);
+    CHECK(over == 0, "bytes exceeded the budget after %d frames (peak %zu > %zu)", over, peak,
+          o.budget_bytes);
     CHECK(st.merges > 0, "the budget should have forced merges");
     printf("needle at %.0f s; peak %zu of %zu bytes; %d entries (short %d, mid %d, event %d); %lld merges\n",
            event_t, peak, o.budget_bytes, svlm_memory_count(m), st.tier_entries[0], st.tier_entries[1],
@@ -164,7 +170,8 @@ static void test_needle(void) {
     for (int i = 0; i < h.n; i++)
         if (h.hit[i].t1 <= event_t || h.hit[i].t0 >= event_t + 3)
             best_other = fmaxf(best_other, h.hit[i].score);
-    CHECK(h.hit[0].score - best_other > 0.5f, "scene entries too close: %.3f vs %.3f", h.hit[0].score, best_other);
+    CHECK(h.hit[0].score - best_other > 0.5f, "scene entries too close: %.3f vs %.3f", h.hit[0].score,
+          best_other);
     CHECK(h.hit[0].n_tokens > 0 && isfinite(h.hit[0].tokens[0]), "hit tokens");
     CHECK(h.scanned <= o.max_entries, "scanned %d", h.scanned);
     svlm_memory_hits_free(&h);
@@ -196,7 +203,8 @@ static void test_needle(void) {
     q.n_vecs = 1;
     svlm_memory_parse_time_query("What happened in the last five minutes?", len, &q);
     REQUIRE(svlm_memory_retrieve(m, &q, &h, &err) == SVLM_OK, "%s", err.msg);
-    for (int i = 0; i < h.n; i++) CHECK(h.hit[i].id != event_id, "the event is not in the last five minutes");
+    for (int i = 0; i < h.n; i++)
+        CHECK(h.hit[i].id != event_id, "the event is not in the last five minutes");
     svlm_memory_hits_free(&h);
 
     svlm_memory_query_default(&q);
@@ -217,7 +225,8 @@ static void test_needle(void) {
 static void test_budget_order(void) {
     synth s;
     synth_init(&s, T_TOK, DIM, 3);
-    for (int e = 0; e < 40; e++) synth_add_event(&s, 100 + e * 45, 3);
+    for (int e = 0; e < 40; e++)
+        synth_add_event(&s, 100 + e * 45, 3);
     svlm_memory_opts o;
     svlm_memory_opts_default(&o);
     o.dim = DIM;
@@ -242,9 +251,11 @@ static void test_budget_order(void) {
     CHECK(st.events == 40, "detected %lld of 40 events", (long long)st.events);
     CHECK(st.shrinks > 0 && st.merges > 0, "the budget should have shrunk events and merged clips");
     /* events lose detail before any is dropped: all 40 are still there, the oldest findable */
-    CHECK(st.tier_entries[SVLM_MEMORY_EVENT] == 40, "kept %d of 40 events", st.tier_entries[SVLM_MEMORY_EVENT]);
+    CHECK(st.tier_entries[SVLM_MEMORY_EVENT] == 40, "kept %d of 40 events",
+          st.tier_entries[SVLM_MEMORY_EVENT]);
     CHECK(st.tier_entries[SVLM_MEMORY_MID] > 1 && st.tier_entries[SVLM_MEMORY_SHORT] == o.short_frames,
-          "recent frames and clips keep their room (%d mid, %d short)", st.tier_entries[1], st.tier_entries[0]);
+          "recent frames and clips keep their room (%d mid, %d short)", st.tier_entries[1],
+          st.tier_entries[0]);
     float qv[DIM];
     object_query(&s, 0, qv);
     svlm_memory_query q;
@@ -274,7 +285,8 @@ static void test_budget_order(void) {
     float nov[T_TOK], obj[T_TOK * DIM];
     synth_frame(&s, 2000, frame);
     REQUIRE(svlm_memory_novelty(m, frame, T_TOK, nov, &err) == SVLM_OK, "%s", err.msg);
-    for (int i = 0; i < T_TOK; i++) synth_object_token(&s, 63, obj + i * DIM);
+    for (int i = 0; i < T_TOK; i++)
+        synth_object_token(&s, 63, obj + i * DIM);
     float nov_obj[T_TOK];
     REQUIRE(svlm_memory_novelty(m, obj, T_TOK, nov_obj, &err) == SVLM_OK, "%s", err.msg);
     CHECK(nov[0] < 0.3f && nov_obj[0] > 0.6f, "novelty scene %.2f, new object %.2f", nov[0], nov_obj[0]);
@@ -312,7 +324,8 @@ static void test_external_keys(void) {
     svlm_memory_hits h;
     REQUIRE(svlm_memory_retrieve(m, &q, &h, &err) == SVLM_OK, "%s", err.msg);
     CHECK(h.n > 0 && h.hit[0].t0 >= 299 && h.hit[0].t0 <= 301 && h.hit[0].score > 0.9f,
-          "key-space query finds the event (t0 %.0f, score %.2f)", h.n ? h.hit[0].t0 : -1, h.n ? h.hit[0].score : 0);
+          "key-space query finds the event (t0 %.0f, score %.2f)", h.n ? h.hit[0].t0 : -1,
+          h.n ? h.hit[0].score : 0);
     svlm_memory_hits_free(&h);
     float nov[T_TOK];
     CHECK(svlm_memory_novelty(m, frame, T_TOK, nov, &err) == SVLM_E_UNSUPPORTED, "novelty needs token keys");

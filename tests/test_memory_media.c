@@ -17,10 +17,10 @@
 #include "pipeline/source.h"
 #include "test.h"
 
-#define GRID 8
+#define GRID  8
 #define T_TOK (GRID * GRID)
-#define BINS 10
-#define DIM (3 * BINS + 2)
+#define BINS  10
+#define DIM   (3 * BINS + 2)
 
 static void patch_features(const svlm_frame *fr, float *tokens) {
     for (int gy = 0; gy < GRID; gy++)
@@ -34,12 +34,14 @@ static void patch_features(const svlm_frame *fr, float *tokens) {
             for (int y = y0; y < y1; y++)
                 for (int x = x0; x < x1; x++) {
                     const uint8_t *p = fr->data + (size_t)y * fr->stride + 3 * x;
-                    for (int c = 0; c < 3; c++) t[c * BINS + p[c] * BINS / 256] += 1;
+                    for (int c = 0; c < 3; c++)
+                        t[c * BINS + p[c] * BINS / 256] += 1;
                     double l = (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0;
                     sum += l, sq += l * l, n++;
                 }
             if (!n) continue;
-            for (int i = 0; i < 3 * BINS; i++) t[i] /= (float)n;
+            for (int i = 0; i < 3 * BINS; i++)
+                t[i] /= (float)n;
             double mean = sum / n;
             t[3 * BINS] = (float)mean;
             t[3 * BINS + 1] = (float)sqrt(fmax(0, sq / n - mean * mean));
@@ -116,8 +118,8 @@ int test_main(void) {
     print_events(m);
     static const double entering[] = {6, 23, 50, 75, 92, 124};
     for (size_t i = 0; i < sizeof entering / sizeof entering[0]; i++)
-        CHECK(starts_near(m, SVLM_MEMORY_EVENT, entering[i], 2, 3), "no event for the person entering at %.0f s",
-              entering[i]);
+        CHECK(starts_near(m, SVLM_MEMORY_EVENT, entering[i], 2, 3),
+              "no event for the person entering at %.0f s", entering[i]);
     int events = count_tier(m, SVLM_MEMORY_EVENT);
     CHECK(events >= 6 && events <= 18, "%d events for 6 people walking in and out", events);
     svlm_memory_free(m);
@@ -127,10 +129,12 @@ int test_main(void) {
     print_events(m);
     static const double cuts[] = {0.875, 2.708, 7.708};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++)
-        CHECK(starts_near(m, SVLM_MEMORY_MID, cuts[i], 0.01, 0.5), "no new clip at the cut at %.3f s", cuts[i]);
+        CHECK(starts_near(m, SVLM_MEMORY_MID, cuts[i], 0.01, 0.5), "no new clip at the cut at %.3f s",
+              cuts[i]);
     /* the first cut falls in the detector's warm-up; the later ones are events */
     for (size_t i = 1; i < sizeof cuts / sizeof cuts[0]; i++)
-        CHECK(starts_near(m, SVLM_MEMORY_EVENT, cuts[i], 0.01, 0.5), "no event at the cut at %.3f s", cuts[i]);
+        CHECK(starts_near(m, SVLM_MEMORY_EVENT, cuts[i], 0.01, 0.5), "no event at the cut at %.3f s",
+              cuts[i]);
     int clips = count_tier(m, SVLM_MEMORY_MID);
     CHECK(clips >= 4 && clips <= 12, "%d clips for 5 shots", clips);
     for (int i = 0; i < svlm_memory_count(m); i++) {

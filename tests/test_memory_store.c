@@ -17,7 +17,7 @@
 #include "test_memory_synth.h"
 
 #define T_TOK 16
-#define DIM 32
+#define DIM   32
 #define MAX_E 512
 
 typedef struct snapshot {
@@ -81,7 +81,8 @@ static uint64_t top_hit(svlm_memory *m, synth *s, int ev, double *sum) {
     REQUIRE(svlm_memory_retrieve(m, &qq, &h, &err) == SVLM_OK, "%s", err.msg);
     REQUIRE(h.n > 0, "no hits");
     *sum = 0;
-    for (int i = 0; i < h.hit[0].n_tokens * DIM; i++) *sum += h.hit[0].tokens[i] * (double)(i % 7 + 1);
+    for (int i = 0; i < h.hit[0].n_tokens * DIM; i++)
+        *sum += h.hit[0].tokens[i] * (double)(i % 7 + 1);
     uint64_t id = h.hit[0].id;
     svlm_memory_hits_free(&h);
     return id;
@@ -92,7 +93,8 @@ int test_main(void) {
     snprintf(dir, sizeof dir, "%s/mem", test_tmpdir());
     synth s;
     synth_init(&s, T_TOK, DIM, 11);
-    for (int e = 0; e < 6; e++) synth_add_event(&s, 200 + e * 250, 3);
+    for (int e = 0; e < 6; e++)
+        synth_add_event(&s, 200 + e * 250, 3);
 
     /* a 30-minute stream with a tight budget: records are written, merged and deleted */
     svlm_memory_load_report r;
@@ -109,8 +111,8 @@ int test_main(void) {
     take(m, before);
     svlm_memory_stats st;
     svlm_memory_stats_get(m, &st);
-    CHECK(st.merges > 0 && st.tier_entries[SVLM_MEMORY_EVENT] == 6, "merges %lld, events %d", (long long)st.merges,
-          st.tier_entries[SVLM_MEMORY_EVENT]);
+    CHECK(st.merges > 0 && st.tier_entries[SVLM_MEMORY_EVENT] == 6, "merges %lld, events %d",
+          (long long)st.merges, st.tier_entries[SVLM_MEMORY_EVENT]);
     double sum_before, sum_after;
     uint64_t hit_before = top_hit(m, &s, 2, &sum_before);
     svlm_memory_free(m);
@@ -118,10 +120,11 @@ int test_main(void) {
     /* restart: the same entries, the same retrieval, bit for bit */
     m = open_bank(dir, &r);
     take(m, after);
-    CHECK(r.manifest_ok && r.rejected == 0 && r.loaded == before->n, "loaded %d of %d, rejected %d: %s", r.loaded,
-          before->n, r.rejected, r.detail);
+    CHECK(r.manifest_ok && r.rejected == 0 && r.loaded == before->n, "loaded %d of %d, rejected %d: %s",
+          r.loaded, before->n, r.rejected, r.detail);
     int same = after->n == before->n;
-    for (int i = 0; same && i < before->n; i++) same = same_entry(&before->e[i], &after->e[i]);
+    for (int i = 0; same && i < before->n; i++)
+        same = same_entry(&before->e[i], &after->e[i]);
     CHECK(same, "restored entries differ (%d vs %d)", after->n, before->n);
     uint64_t hit_after = top_hit(m, &s, 2, &sum_after);
     CHECK(hit_after == hit_before && sum_after == sum_before, "retrieval after restart differs");
@@ -146,7 +149,8 @@ int test_main(void) {
     snprintf(cmd, sizeof cmd, "cp '%s' '%s'", path, path2);
     REQUIRE(system(cmd) == 0, "%s", cmd);
     m = open_bank(dir, &r);
-    CHECK(r.rejected == 0 && r.loaded == before->n, "leftovers are ignored (loaded %d of %d)", r.loaded, before->n);
+    CHECK(r.rejected == 0 && r.loaded == before->n, "leftovers are ignored (loaded %d of %d)", r.loaded,
+          before->n);
     struct stat sb;
     CHECK(stat(path2, &sb) != 0, "the orphan record was removed");
     svlm_memory_free(m);
@@ -154,8 +158,10 @@ int test_main(void) {
     /* a corrupted record and a truncated one: detected, named, the rest loads */
     uint64_t bad1 = 0, bad2 = 0;
     for (int i = 0; i < before->n; i++) {
-        if (before->e[i].tier == SVLM_MEMORY_EVENT && !bad1) bad1 = before->e[i].id;
-        else if (before->e[i].tier == SVLM_MEMORY_MID && !bad2) bad2 = before->e[i].id;
+        if (before->e[i].tier == SVLM_MEMORY_EVENT && !bad1)
+            bad1 = before->e[i].id;
+        else if (before->e[i].tier == SVLM_MEMORY_MID && !bad2)
+            bad2 = before->e[i].id;
     }
     record_path(dir, bad1, path, sizeof path);
     flip_byte(path, 100);
@@ -177,7 +183,8 @@ int test_main(void) {
         out[n] = 0;
         fclose(f);
         int listed = 0;
-        for (char *p = out; (p = strstr(p, "\"tier\"")); p++) listed++;
+        for (char *p = out; (p = strstr(p, "\"tier\"")); p++)
+            listed++;
         CHECK(listed == before->n - 2, "dump lists %d entries, expected %d", listed, before->n - 2);
         CHECK(strstr(out, "\"rejected\":2") && strstr(out, "checksum mismatch"), "dump output: %.300s", out);
         snprintf(cmd, sizeof cmd, "'%s' memory dump '%s/nonexistent' 2>/dev/null", bin, dir);
@@ -191,27 +198,31 @@ int test_main(void) {
     CHECK(r.rejected == 2 && r.loaded == before->n - 2, "loaded %d, rejected %d", r.loaded, r.rejected);
     char name[64];
     snprintf(name, sizeof name, "e%016llx.rec", (unsigned long long)bad1);
-    CHECK(strstr(r.detail, name) && strstr(r.detail, "checksum"), "report names the corrupt record: %s", r.detail);
+    CHECK(strstr(r.detail, name) && strstr(r.detail, "checksum"), "report names the corrupt record: %s",
+          r.detail);
     take(m, after);
-    CHECK(after->n == before->n - 2, "the stream starts with the %d verified entries (%d)", before->n - 2, after->n);
+    CHECK(after->n == before->n - 2, "the stream starts with the %d verified entries (%d)", before->n - 2,
+          after->n);
     svlm_memory_free(m);
     /* the damaged records were set aside and the manifest rewritten: the next open is clean */
     m = open_bank(dir, &r);
-    CHECK(r.rejected == 0 && r.manifest_ok && r.loaded == before->n - 2, "clean after recovery: %s", r.detail);
+    CHECK(r.rejected == 0 && r.manifest_ok && r.loaded == before->n - 2, "clean after recovery: %s",
+          r.detail);
     svlm_memory_free(m);
 
     /* a corrupted manifest: reported, every record that verifies is still loaded */
     snprintf(path, sizeof path, "%s/MANIFEST", dir);
     flip_byte(path, 20);
     m = open_bank(dir, &r);
-    CHECK(!r.manifest_ok && strstr(r.detail, "MANIFEST") && r.loaded == before->n - 2, "manifest: %d loaded, %s",
-          r.loaded, r.detail);
+    CHECK(!r.manifest_ok && strstr(r.detail, "MANIFEST") && r.loaded == before->n - 2,
+          "manifest: %d loaded, %s", r.loaded, r.detail);
     svlm_memory_free(m);
     /* a truncated manifest: likewise */
     REQUIRE(stat(path, &sb) == 0, "manifest rewritten");
     REQUIRE(truncate(path, sb.st_size / 2) == 0, "truncate");
     m = open_bank(dir, &r);
-    CHECK(!r.manifest_ok && r.loaded == before->n - 2, "truncated manifest: %d loaded, %s", r.loaded, r.detail);
+    CHECK(!r.manifest_ok && r.loaded == before->n - 2, "truncated manifest: %d loaded, %s", r.loaded,
+          r.detail);
     svlm_memory_free(m);
 
     /* a bank of another width is refused with a clear message */

@@ -18,11 +18,11 @@ typedef struct synth {
     int T, D;
     uint64_t rng;
     float noise, drift_step;
-    float *base;   /* [T][D] */
-    float *drift;  /* [D] */
+    float *base;  /* [T][D] */
+    float *drift; /* [D] */
     int n_events;
     double event_t[SYNTH_MAX_EVENTS], event_len[SYNTH_MAX_EVENTS];
-    float *object; /* [SYNTH_MAX_EVENTS][D] */
+    float *object;      /* [SYNTH_MAX_EVENTS][D] */
     float *noise_table; /* when set (synth_fast_noise), noise is read from it at random offsets */
 } synth;
 
@@ -52,14 +52,17 @@ static inline void synth_init(synth *s, int T, int D, uint64_t seed) {
     s->base = malloc((size_t)T * D * sizeof(float));
     s->drift = calloc((size_t)D, sizeof(float));
     s->object = malloc((size_t)SYNTH_MAX_EVENTS * D * sizeof(float));
-    for (int i = 0; i < T * D; i++) s->base[i] = synth_gauss(&s->rng);
-    for (int i = 0; i < SYNTH_MAX_EVENTS * D; i++) s->object[i] = synth_gauss(&s->rng);
+    for (int i = 0; i < T * D; i++)
+        s->base[i] = synth_gauss(&s->rng);
+    for (int i = 0; i < SYNTH_MAX_EVENTS * D; i++)
+        s->object[i] = synth_gauss(&s->rng);
 }
 
 /* Cheaper noise for long runs: a fixed table read at a random offset per token. */
 static inline void synth_fast_noise(synth *s) {
     s->noise_table = malloc(SYNTH_NOISE_TABLE * sizeof(float));
-    for (int i = 0; i < SYNTH_NOISE_TABLE; i++) s->noise_table[i] = synth_gauss(&s->rng);
+    for (int i = 0; i < SYNTH_NOISE_TABLE; i++)
+        s->noise_table[i] = synth_gauss(&s->rng);
 }
 
 static inline void synth_free(synth *s) {
@@ -84,7 +87,8 @@ static inline int synth_event_at(const synth *s, double t) {
 
 /* An object token: the event's vector with a little per-token variation. */
 static inline void synth_object_token(synth *s, int e, float *out) {
-    for (int j = 0; j < s->D; j++) out[j] = s->object[(size_t)e * s->D + j] + 0.2f * synth_gauss(&s->rng);
+    for (int j = 0; j < s->D; j++)
+        out[j] = s->object[(size_t)e * s->D + j] + 0.2f * synth_gauss(&s->rng);
 }
 
 /* The frame at time t (call with increasing t, one call per frame). */
@@ -92,18 +96,23 @@ static inline void synth_frame(synth *s, double t, float *out) {
     int e = synth_event_at(s, t), T = s->T, D = s->D;
     for (int i = 0; i < T; i++) {
         float *o = out + (size_t)i * D;
-        if (e >= 0 && i >= T / 4 && i < 3 * T / 4) synth_object_token(s, e, o);
+        if (e >= 0 && i >= T / 4 && i < 3 * T / 4)
+            synth_object_token(s, e, o);
         else
-            for (int j = 0; j < D; j++) o[j] = s->base[(size_t)i * D + j] + s->drift[j];
+            for (int j = 0; j < D; j++)
+                o[j] = s->base[(size_t)i * D + j] + s->drift[j];
         if (s->noise_table) {
             uint64_t r = (uint64_t)((synth_uniform(&s->rng) + 1) * 0.5 * (SYNTH_NOISE_TABLE - D));
             const float *nz = s->noise_table + r;
-            for (int j = 0; j < D; j++) o[j] += s->noise * nz[j];
+            for (int j = 0; j < D; j++)
+                o[j] += s->noise * nz[j];
         } else {
-            for (int j = 0; j < D; j++) o[j] += s->noise * synth_gauss(&s->rng);
+            for (int j = 0; j < D; j++)
+                o[j] += s->noise * synth_gauss(&s->rng);
         }
     }
-    for (int j = 0; j < D; j++) s->drift[j] += s->drift_step * synth_gauss(&s->rng);
+    for (int j = 0; j < D; j++)
+        s->drift[j] += s->drift_step * synth_gauss(&s->rng);
 }
 
 #endif

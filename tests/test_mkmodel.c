@@ -43,7 +43,8 @@ static int file_exists(const char *p) {
 static int run(const char *args) {
     const char *bin = getenv("SVLM_BIN");
     char cmd[16384];
-    if (snprintf(cmd, sizeof cmd, "'%s' %s >/dev/null 2>%s/stderr.txt", bin, args, tmp) >= (int)sizeof cmd) return -1;
+    if (snprintf(cmd, sizeof cmd, "'%s' %s >/dev/null 2>%s/stderr.txt", bin, args, tmp) >= (int)sizeof cmd)
+        return -1;
     int rc = system(cmd);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
@@ -80,19 +81,24 @@ static void test_writer_roundtrip(void) {
     CHECK(gguf_writer_set_arr(w, "t.aempty", GGUF_UINT8, NULL, 0, &err) == SVLM_OK, "%s", err.msg);
 
     /* Errors that must not spoil the writer. */
-    CHECK(gguf_writer_set_u32(w, "t.u32", 1, &err) == SVLM_E_INVALID && strstr(err.msg, "twice"), "dup key: %s", err.msg);
-    CHECK(gguf_writer_set_arr(w, "t.bad", GGUF_STRING, ints, 1, &err) == SVLM_E_INVALID, "string elems via set_arr");
+    CHECK(gguf_writer_set_u32(w, "t.u32", 1, &err) == SVLM_E_INVALID && strstr(err.msg, "twice"),
+          "dup key: %s", err.msg);
+    CHECK(gguf_writer_set_arr(w, "t.bad", GGUF_STRING, ints, 1, &err) == SVLM_E_INVALID,
+          "string elems via set_arr");
     int64_t ne_bad[2] = {33, 2};
-    CHECK(gguf_writer_add_tensor(w, "bad", SVLM_Q8_0, 2, ne_bad, &err) == SVLM_E_INVALID, "q8_0 with ne0 33 accepted");
+    CHECK(gguf_writer_add_tensor(w, "bad", SVLM_Q8_0, 2, ne_bad, &err) == SVLM_E_INVALID,
+          "q8_0 with ne0 33 accepted");
 
     /* Odd sizes so that every tensor needs padding to the next 32-byte boundary. */
     int64_t ne_a[1] = {3}, ne_b[2] = {32, 3}, ne_c[3] = {5, 1, 2};
     CHECK(gguf_writer_add_tensor(w, "a", SVLM_F32, 1, ne_a, &err) == SVLM_OK, "%s", err.msg);
     CHECK(gguf_writer_add_tensor(w, "b", SVLM_Q8_0, 2, ne_b, &err) == SVLM_OK, "%s", err.msg);
     CHECK(gguf_writer_add_tensor(w, "c", SVLM_F16, 3, ne_c, &err) == SVLM_OK, "%s", err.msg);
-    CHECK(gguf_writer_add_tensor(w, "a", SVLM_F32, 1, ne_a, &err) == SVLM_E_INVALID, "duplicate tensor accepted");
+    CHECK(gguf_writer_add_tensor(w, "a", SVLM_F32, 1, ne_a, &err) == SVLM_E_INVALID,
+          "duplicate tensor accepted");
     uint8_t data[12 + 102 + 20];
-    for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)(i * 7 + 1);
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 7 + 1);
     /* In three chunks that straddle the tensor boundaries. */
     CHECK(gguf_writer_write_data(w, data, 5, &err) == SVLM_OK, "%s", err.msg);
     CHECK(gguf_writer_write_data(w, data + 5, 100, &err) == SVLM_OK, "%s", err.msg);
@@ -113,7 +119,8 @@ static void test_writer_roundtrip(void) {
     }
     CHECK(f->version == 3 && f->n_kv == 17 && f->n_tensors == 3, "header %u %llu %llu", f->version,
           (unsigned long long)f->n_kv, (unsigned long long)f->n_tensors);
-    CHECK(f->alignment == 32 && f->data_offset % 32 == 0, "alignment %zu offset %zu", f->alignment, f->data_offset);
+    CHECK(f->alignment == 32 && f->data_offset % 32 == 0, "alignment %zu offset %zu", f->alignment,
+          f->data_offset);
     CHECK(gguf_find_kv(f, "general.alignment") == NULL, "default alignment written as a key");
     uint32_t u32;
     int64_t i64;
@@ -156,7 +163,8 @@ static void test_writer_roundtrip(void) {
         at += sizes[i];
     }
     const gguf_tensor *c = gguf_find_tensor(f, "c");
-    CHECK(c && c->n_dims == 3 && c->ne[0] == 5 && c->ne[1] == 1 && c->ne[2] == 2 && c->type == SVLM_F16, "c shape");
+    CHECK(c && c->n_dims == 3 && c->ne[0] == 5 && c->ne[1] == 1 && c->ne[2] == 2 && c->type == SVLM_F16,
+          "c shape");
     gguf_close(f);
 }
 
@@ -166,7 +174,8 @@ static void test_writer_errors(void) {
     CHECK(gguf_writer_create(tmp_path("no/such/dir/x.gguf"), 0, &w, &err) == SVLM_E_IO && !w &&
               strstr(err.msg, "no/such/dir"),
           "unwritable path: %s", err.msg);
-    CHECK(gguf_writer_create(tmp_path("x.gguf"), 24, &w, &err) == SVLM_E_INVALID && !w, "alignment 24 accepted");
+    CHECK(gguf_writer_create(tmp_path("x.gguf"), 24, &w, &err) == SVLM_E_INVALID && !w,
+          "alignment 24 accepted");
 
     /* Short data: finish fails, nothing appears at the path, the temp file goes away. */
     const char *path = tmp_path("short.gguf");
@@ -213,7 +222,8 @@ static void test_writer_errors(void) {
         REQUIRE(st_ == SVLM_OK, "%s", err.msg);
     }
     uint32_t a = 0;
-    CHECK(gguf_get_u32(f, "general.alignment", &a) && a == 64 && f->alignment == 64 && f->data_offset % 64 == 0,
+    CHECK(gguf_get_u32(f, "general.alignment", &a) && a == 64 && f->alignment == 64 &&
+              f->data_offset % 64 == 0,
           "alignment 64");
     CHECK(gguf_find_tensor(f, "y") && gguf_find_tensor(f, "y")->offset == 64, "y offset");
     gguf_close(f);
@@ -221,7 +231,11 @@ static void test_writer_errors(void) {
 
 /* ---- mkmodel: expected layouts computed from the spec's numbers ----------------------- */
 
-typedef struct { const char *name; int n_dims; int64_t ne[4]; } expect;
+typedef struct {
+    const char *name;
+    int n_dims;
+    int64_t ne[4];
+} expect;
 
 typedef struct {
     int vocab, embd, layers, heads, kv_heads, ff, tied;
@@ -231,7 +245,8 @@ typedef struct {
 static const dims tiny = {1024, 96, 3, 6, 2, 256, 1, 64, 16, 96, 256, 2, 2};
 static const dims s256m = {49280, 576, 30, 9, 3, 1536, 0, 512, 16, 768, 3072, 12, 4};
 
-static int add_expect(expect *e, int n, const char *name, int nd, int64_t a, int64_t b, int64_t c, int64_t d) {
+static int add_expect(expect *e, int n, const char *name, int nd, int64_t a, int64_t b, int64_t c,
+                      int64_t d) {
     e[n].name = strdup(name);
     e[n].n_dims = nd;
     e[n].ne[0] = a, e[n].ne[1] = b, e[n].ne[2] = c, e[n].ne[3] = d;
@@ -243,8 +258,8 @@ static int text_expect(const dims *m, expect *e) {
     char nm[64];
     n = add_expect(e, n, "token_embd.weight", 2, m->embd, m->vocab, 1, 1);
     for (int i = 0; i < m->layers; i++) {
-#define T(suffix, nd, a, b)                                    \
-    snprintf(nm, sizeof nm, "blk.%d." suffix, i);              \
+#define T(suffix, nd, a, b)                                                                                  \
+    snprintf(nm, sizeof nm, "blk.%d." suffix, i);                                                            \
     n = add_expect(e, n, nm, nd, a, b, 1, 1);
         T("attn_norm.weight", 1, m->embd, 1);
         T("attn_q.weight", 2, m->embd, m->heads * hd);
@@ -297,17 +312,20 @@ static int mmproj_expect(const dims *m, expect *e) {
 }
 
 static void free_expect(expect *e, int n) {
-    for (int i = 0; i < n; i++) free((void *)e[i].name);
+    for (int i = 0; i < n; i++)
+        free((void *)e[i].name);
 }
 
 static void check_tensors(const gguf_file *f, const expect *e, int n, const char *what) {
-    CHECK(f->n_tensors == (uint64_t)n, "%s: %llu tensors, expected %d", what, (unsigned long long)f->n_tensors, n);
+    CHECK(f->n_tensors == (uint64_t)n, "%s: %llu tensors, expected %d", what,
+          (unsigned long long)f->n_tensors, n);
     for (int i = 0; i < n; i++) {
         const gguf_tensor *t = gguf_find_tensor(f, e[i].name);
         CHECK(t != NULL, "%s: tensor %s missing", what, e[i].name);
         if (!t) continue;
         int same = t->n_dims == e[i].n_dims;
-        for (int d = 0; d < 4 && same; d++) same = t->ne[d] == e[i].ne[d];
+        for (int d = 0; d < 4 && same; d++)
+            same = t->ne[d] == e[i].ne[d];
         CHECK(same, "%s: %s has a different shape", what, e[i].name);
         CHECK(t->offset % 32 == 0, "%s: %s misaligned", what, e[i].name);
         if (t->n_dims == 1) CHECK(t->type == SVLM_F32, "%s: 1-D %s is not F32", what, e[i].name);
@@ -321,7 +339,8 @@ static void check_u32(const gguf_file *f, const char *key, uint32_t want) {
 
 static void check_f32(const gguf_file *f, const char *key, float want) {
     float v = 0;
-    CHECK(gguf_get_f32(f, key, &v) && fabsf(v - want) <= 1e-6f * fabsf(want), "%s = %g, expected %g", key, v, want);
+    CHECK(gguf_get_f32(f, key, &v) && fabsf(v - want) <= 1e-6f * fabsf(want), "%s = %g, expected %g", key, v,
+          want);
 }
 
 static void check_str(const gguf_file *f, const char *key, const char *want) {
@@ -375,7 +394,8 @@ static void check_mmproj_keys(const gguf_file *f, const dims *m) {
     check_u32(f, "clip.vision.projector.scale_factor", (uint32_t)m->scale);
     check_u32(f, "clip.vision.projection_dim", (uint32_t)m->embd);
     check_f32(f, "clip.vision.attention.layer_norm_epsilon", 1e-6f);
-    CHECK(gguf_find_kv(f, "clip.vision.attention.head_count") && gguf_find_kv(f, "clip.vision.preproc_image_size"),
+    CHECK(gguf_find_kv(f, "clip.vision.attention.head_count") &&
+              gguf_find_kv(f, "clip.vision.preproc_image_size"),
           "head_count / preproc_image_size missing");
     const gguf_kv *mean = gguf_get_arr(f, "clip.vision.image_mean", GGUF_FLOAT32);
     const gguf_kv *std = gguf_get_arr(f, "clip.vision.image_std", GGUF_FLOAT32);
@@ -385,7 +405,8 @@ static void check_mmproj_keys(const gguf_file *f, const dims *m) {
 /* Dequantized values of a tensor (caller frees). */
 static float *tensor_values(const gguf_tensor *t, int64_t *count) {
     int64_t n = 1, ne0 = t->ne[0];
-    for (int d = 0; d < t->n_dims; d++) n *= t->ne[d];
+    for (int d = 0; d < t->n_dims; d++)
+        n *= t->ne[d];
     float *out = malloc((size_t)n * sizeof *out);
     size_t row = svlm_row_bytes(t->type, ne0);
     for (int64_t r = 0; r < n / ne0 && out; r++)
@@ -407,7 +428,8 @@ static void check_values_match(const gguf_file *f, const gguf_file *ref, const c
         CHECK(a && b && n == nr, "%s: cannot read %s", what, t->name);
         if (a && b && n == nr) {
             double err2 = 0, ref2 = 0, dev2 = 0, mean = 0;
-            for (int64_t k = 0; k < n; k++) mean += b[k];
+            for (int64_t k = 0; k < n; k++)
+                mean += b[k];
             mean /= (double)n;
             for (int64_t k = 0; k < n; k++) {
                 err2 += (double)(a[k] - b[k]) * (a[k] - b[k]);
@@ -417,7 +439,8 @@ static void check_values_match(const gguf_file *f, const gguf_file *ref, const c
             /* Relative RMS error against the spread of the weights: 4-bit types land near
              * 0.1, 8-bit near 0.005; 0.2 catches misplaced or garbage data (≈1.4). */
             double rel = sqrt(err2 / (dev2 > 0 ? dev2 : ref2 > 0 ? ref2 : 1));
-            CHECK(rel < 0.2, "%s: %s (type %d) differs from f32: rel rms %.3f", what, t->name, (int)t->type, rel);
+            CHECK(rel < 0.2, "%s: %s (type %d) differs from f32: rel rms %.3f", what, t->name, (int)t->type,
+                  rel);
         }
         free(a);
         free(b);
@@ -443,7 +466,8 @@ static void check_f32_statistics(const gguf_file *f) {
     v = tensor_values(norm, &n);
     REQUIRE(v, "read attn_norm");
     s = 0;
-    for (int64_t i = 0; i < n; i++) s += v[i];
+    for (int64_t i = 0; i < n; i++)
+        s += v[i];
     CHECK(fabs(s / n - 1.0) < 0.01, "norm mean %g, want 1", s / n);
     free(v);
 }
@@ -461,8 +485,11 @@ static int same_bytes(const char *a, const char *b) {
     return same;
 }
 
-static const struct { const char *name; uint32_t file_type; } types[] = {
-    {"f32", 0}, {"f16", 1}, {"bf16", 32}, {"q8_0", 7}, {"q4_0", 2}, {"q4_1", 3},
+static const struct {
+    const char *name;
+    uint32_t file_type;
+} types[] = {
+    {"f32", 0},  {"f16", 1},  {"bf16", 32}, {"q8_0", 7},  {"q4_0", 2},  {"q4_1", 3},
     {"q5_0", 8}, {"q5_1", 9}, {"q4_k", 14}, {"q5_k", 16}, {"q6_k", 18}, {"q4_k_m", 15},
 };
 
@@ -473,8 +500,10 @@ static void test_mkmodel_tiny(void) {
     char args[4300], path[4300], mpath[4300];
     svlm_err err = {0};
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
-        snprintf(args, sizeof args, "mkmodel --arch smolvlm --shape tiny --type %s --mmproj-type %s --seed 7 -o '%s/tiny-%s'",
-                 types[k].name, !strcmp(types[k].name, "q4_k_m") ? "q4_k" : types[k].name, tmp, types[k].name);
+        snprintf(args, sizeof args,
+                 "mkmodel --arch smolvlm --shape tiny --type %s --mmproj-type %s --seed 7 -o '%s/tiny-%s'",
+                 types[k].name, !strcmp(types[k].name, "q4_k_m") ? "q4_k" : types[k].name, tmp,
+                 types[k].name);
         CHECK(run(args) == 0, "mkmodel --type %s failed", types[k].name);
         snprintf(path, sizeof path, "%s/tiny-%s.gguf", tmp, types[k].name);
         snprintf(mpath, sizeof mpath, "%s/tiny-%s-mmproj.gguf", tmp, types[k].name);
@@ -505,17 +534,23 @@ static void test_mkmodel_tiny(void) {
     free_expect(me, nm);
 
     /* Same seed → same bytes; another seed → other weights, same layout. */
-    snprintf(args, sizeof args, "mkmodel --arch smolvlm --shape tiny --type q4_0 --mmproj-type q4_0 --seed 7 -o '%s/again'", tmp);
+    snprintf(args, sizeof args,
+             "mkmodel --arch smolvlm --shape tiny --type q4_0 --mmproj-type q4_0 --seed 7 -o '%s/again'",
+             tmp);
     CHECK(run(args) == 0, "mkmodel again");
     CHECK(same_bytes(tmp_path("again.gguf"), tmp_path("tiny-q4_0.gguf")), "same seed, different text bytes");
-    CHECK(same_bytes(tmp_path("again-mmproj.gguf"), tmp_path("tiny-q4_0-mmproj.gguf")), "same seed, different mmproj");
-    snprintf(args, sizeof args, "mkmodel --arch smolvlm --shape tiny --type q4_0 --seed 8 -o '%s/other'", tmp);
+    CHECK(same_bytes(tmp_path("again-mmproj.gguf"), tmp_path("tiny-q4_0-mmproj.gguf")),
+          "same seed, different mmproj");
+    snprintf(args, sizeof args, "mkmodel --arch smolvlm --shape tiny --type q4_0 --seed 8 -o '%s/other'",
+             tmp);
     CHECK(run(args) == 0, "mkmodel other seed");
     CHECK(!same_bytes(tmp_path("other.gguf"), tmp_path("tiny-q4_0.gguf")), "other seed, same text bytes");
     gguf_file *a = NULL, *b = NULL;
-    if (gguf_open(tmp_path("other.gguf"), &a, &err) == SVLM_OK && gguf_open(tmp_path("tiny-q4_0.gguf"), &b, &err) == SVLM_OK) {
+    if (gguf_open(tmp_path("other.gguf"), &a, &err) == SVLM_OK &&
+        gguf_open(tmp_path("tiny-q4_0.gguf"), &b, &err) == SVLM_OK) {
         CHECK(a->size == b->size && a->n_tensors == b->n_tensors, "other seed changed the layout");
-        const gguf_tensor *ta = gguf_find_tensor(a, "blk.1.ffn_up.weight"), *tb = gguf_find_tensor(b, "blk.1.ffn_up.weight");
+        const gguf_tensor *ta = gguf_find_tensor(a, "blk.1.ffn_up.weight"),
+                          *tb = gguf_find_tensor(b, "blk.1.ffn_up.weight");
         CHECK(ta && tb && memcmp(ta->data, tb->data, ta->nbytes) != 0, "other seed, same weights");
     }
     gguf_close(a);
@@ -524,7 +559,8 @@ static void test_mkmodel_tiny(void) {
     /* --arch llama: the text model only. */
     snprintf(args, sizeof args, "mkmodel --arch llama --shape tiny --type f16 -o '%s/plain'", tmp);
     CHECK(run(args) == 0, "mkmodel --arch llama");
-    CHECK(file_exists(tmp_path("plain.gguf")) && !file_exists(tmp_path("plain-mmproj.gguf")), "llama arch files");
+    CHECK(file_exists(tmp_path("plain.gguf")) && !file_exists(tmp_path("plain-mmproj.gguf")),
+          "llama arch files");
 
     /* Bad flags get a usage error; an unwritable prefix fails cleanly. */
     CHECK(run("mkmodel --arch smolvlm --shape tiny --type q3_k -o x") == 2, "unknown type accepted");
@@ -537,13 +573,16 @@ static void test_mkmodel_tiny(void) {
 }
 
 /* llama.cpp's use_more_bits, as the spec states it (§5). */
-static int more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+static int more_bits(int i, int n) {
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
 
 static void test_mkmodel_256m_list(void) {
     expect te[400], me[256];
     int nt = text_expect(&s256m, te), nm = mmproj_expect(&s256m, me);
     char args[4300];
-    snprintf(args, sizeof args, "mkmodel --arch smolvlm --shape smolvlm2-256m --type q4_k_m --list > '%s/list.txt'", tmp);
+    snprintf(args, sizeof args,
+             "mkmodel --arch smolvlm --shape smolvlm2-256m --type q4_k_m --list > '%s/list.txt'", tmp);
     const char *bin = getenv("SVLM_BIN");
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "'%s' %s", bin, args);
@@ -555,7 +594,8 @@ static void test_mkmodel_256m_list(void) {
     while (fgets(line, sizeof line, f)) {
         char file[16], name[80], type[16];
         long long ne[4] = {1, 1, 1, 1};
-        int k = sscanf(line, "%15s %79s %15s %lld %lld %lld %lld", file, name, type, &ne[0], &ne[1], &ne[2], &ne[3]);
+        int k = sscanf(line, "%15s %79s %15s %lld %lld %lld %lld", file, name, type, &ne[0], &ne[1], &ne[2],
+                       &ne[3]);
         REQUIRE(k >= 4, "bad list line: %s", line);
         int is_text = !strcmp(file, "text");
         expect *e = is_text ? te : me;
@@ -565,19 +605,27 @@ static void test_mkmodel_256m_list(void) {
         CHECK(idx >= 0, "unexpected tensor %s %s", file, name);
         if (idx < 0) continue;
         CHECK(k - 3 == e[idx].n_dims, "%s: %d dims, expected %d", name, k - 3, e[idx].n_dims);
-        for (int d = 0; d < 4; d++) CHECK(ne[d] == e[idx].ne[d], "%s ne[%d] = %lld, expected %lld", name, d, ne[d], (long long)e[idx].ne[d]);
+        for (int d = 0; d < 4; d++)
+            CHECK(ne[d] == e[idx].ne[d], "%s ne[%d] = %lld, expected %lld", name, d, ne[d],
+                  (long long)e[idx].ne[d]);
         is_text ? seen_t++ : seen_m++;
         /* The Q4_K_M mix on 576-wide rows (spec §5): Q4_K → Q5_0 and Q6_K → Q8_0 fallbacks;
          * only ffn_down (1536-wide rows) keeps K types. The mmproj is Q8_0, F32 embeddings. */
         const char *want = NULL;
         int layer = -1;
         sscanf(name, "blk.%d.", &layer);
-        if (k == 4) want = "f32";
-        else if (!is_text) want = strstr(name, "patch_embd") || strstr(name, "position_embd") ? "f32" : "q8_0";
-        else if (!strcmp(name, "output.weight")) want = "q8_0";
-        else if (strstr(name, "ffn_down")) want = more_bits(layer, 30) ? "q6_k" : "q4_k";
-        else if (strstr(name, "attn_v")) want = more_bits(layer, 30) ? "q8_0" : "q5_0";
-        else want = "q5_0";
+        if (k == 4)
+            want = "f32";
+        else if (!is_text)
+            want = strstr(name, "patch_embd") || strstr(name, "position_embd") ? "f32" : "q8_0";
+        else if (!strcmp(name, "output.weight"))
+            want = "q8_0";
+        else if (strstr(name, "ffn_down"))
+            want = more_bits(layer, 30) ? "q6_k" : "q4_k";
+        else if (strstr(name, "attn_v"))
+            want = more_bits(layer, 30) ? "q8_0" : "q5_0";
+        else
+            want = "q5_0";
         CHECK(!strcmp(type, want), "%s is %s, expected %s", name, type, want);
     }
     fclose(f);
@@ -615,7 +663,8 @@ static int has_token(const gguf_str *sorted, uint64_t n, const char *p, size_t l
 
 static void test_mkmodel_real_vocab(void) {
     char args[4300];
-    snprintf(args, sizeof args, "mkmodel --arch smolvlm --shape smolvlm2-256m --vocab-only -o '%s/vocab'", tmp);
+    snprintf(args, sizeof args, "mkmodel --arch smolvlm --shape smolvlm2-256m --vocab-only -o '%s/vocab'",
+             tmp);
     CHECK(run(args) == 0, "mkmodel --vocab-only failed");
     gguf_file *f = NULL;
     svlm_err err = {0};
@@ -630,10 +679,15 @@ static void test_mkmodel_real_vocab(void) {
     const gguf_kv *mer = gguf_get_arr(f, "tokenizer.ggml.merges", GGUF_STRING);
     REQUIRE(tok && typ && mer && tok->arr_n == 49280, "vocabulary arrays");
     /* SmolVLM2's special ids (spec §2.4, §3, §6.1). */
-    struct { const char *text; int id; } specials[] = {
-        {"<|endoftext|>", 0}, {"<|im_start|>", 1}, {"<|im_end|>", 2}, {"<global-img>", 49152},
-        {"<row_1_col_1>", 49153}, {"<row_2_col_3>", 49153 + 6 + 2}, {"<row_6_col_6>", 49188},
-        {"<fake_token_around_image>", 49189}, {"<image>", 49190}, {"<end_of_utterance>", 49279},
+    struct {
+        const char *text;
+        int id;
+    } specials[] = {
+        {"<|endoftext|>", 0},     {"<|im_start|>", 1},
+        {"<|im_end|>", 2},        {"<global-img>", 49152},
+        {"<row_1_col_1>", 49153}, {"<row_2_col_3>", 49153 + 6 + 2},
+        {"<row_6_col_6>", 49188}, {"<fake_token_around_image>", 49189},
+        {"<image>", 49190},       {"<end_of_utterance>", 49279},
     };
     for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) {
         CHECK(token_id(tok, specials[i].text) == specials[i].id, "%s at %d, expected %d", specials[i].text,
@@ -647,14 +701,17 @@ static void test_mkmodel_real_vocab(void) {
     memcpy(sorted, tok->arr_strs, (size_t)tok->arr_n * sizeof *sorted);
     qsort(sorted, (size_t)tok->arr_n, sizeof *sorted, cmp_str);
     int dups = 0;
-    for (uint64_t i = 1; i < tok->arr_n; i++) dups += !cmp_str(&sorted[i - 1], &sorted[i]);
+    for (uint64_t i = 1; i < tok->arr_n; i++)
+        dups += !cmp_str(&sorted[i - 1], &sorted[i]);
     CHECK(dups == 0, "%d duplicate token texts", dups);
-    CHECK(token_id(tok, "Ġ") >= 0 && token_id(tok, "Ċ") >= 0 && token_id(tok, "a") >= 0 && token_id(tok, "Ā") >= 0,
+    CHECK(token_id(tok, "Ġ") >= 0 && token_id(tok, "Ċ") >= 0 && token_id(tok, "a") >= 0 &&
+              token_id(tok, "Ā") >= 0,
           "byte symbols missing");
     /* Merges: "left right", both parts and the joined text are tokens; one merge per
      * normal token beyond the 256 byte symbols. */
     int bad = 0, normal = 0;
-    for (uint64_t i = 0; i < typ->arr_n; i++) normal += elem_i32(typ, i) == 1;
+    for (uint64_t i = 0; i < typ->arr_n; i++)
+        normal += elem_i32(typ, i) == 1;
     CHECK((uint64_t)(normal - 256) == mer->arr_n, "%d normal tokens for %llu merges", normal,
           (unsigned long long)mer->arr_n);
     for (uint64_t i = 0; i < mer->arr_n && bad < 5; i++) {
@@ -686,9 +743,11 @@ static void cleanup(void) {
         printf("files kept in %s\n", tmp);
         return;
     }
-    static const char *const names[] = {"rt.gguf", "short.gguf", "again.gguf", "again-mmproj.gguf", "other.gguf",
-                                        "other-mmproj.gguf", "plain.gguf", "vocab.gguf", "list.txt", "stderr.txt"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(tmp_path(names[i]));
+    static const char *const names[] = {"rt.gguf",    "short.gguf",        "again.gguf", "again-mmproj.gguf",
+                                        "other.gguf", "other-mmproj.gguf", "plain.gguf", "vocab.gguf",
+                                        "list.txt",   "stderr.txt"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        remove(tmp_path(names[i]));
     char name[64];
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         snprintf(name, sizeof name, "tiny-%s.gguf", types[k].name);

@@ -35,7 +35,9 @@ static uint32_t rnd(void) {
     rng_state ^= rng_state << 5;
     return rng_state;
 }
-static float rnd_uniform(void) { return (float)((rnd() >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+static float rnd_uniform(void) {
+    return (float)((rnd() >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
 
 static float f32_of(uint32_t u) {
     float f;
@@ -63,8 +65,8 @@ static uint16_t half_reference(float x) {
     if (a >= 65520.0) return sign | 0x7c00;
     if (a < ldexp(1, -14)) return sign | (uint16_t)nearbyint(a * ldexp(1, 24)); /* may reach 0x400 */
     int e;
-    frexp(a, &e); /* a = f * 2^e, f in [0.5, 1) */
-    e -= 1;       /* a in [2^e, 2^(e+1)) */
+    frexp(a, &e);                               /* a = f * 2^e, f in [0.5, 1) */
+    e -= 1;                                     /* a in [2^e, 2^(e+1)) */
     double q = nearbyint(a * ldexp(1, 10 - e)); /* 1024 .. 2048 */
     if (q == 2048) {
         q = 1024;
@@ -81,32 +83,36 @@ static void test_table(void) {
         int block;
         size_t bytes;
     } want[] = {
-        {SVLM_F32, "f32", 1, 4},        {SVLM_F16, "f16", 1, 2},        {SVLM_BF16, "bf16", 1, 2},
-        {SVLM_Q4_0, "q4_0", 32, 18},    {SVLM_Q4_1, "q4_1", 32, 20},    {SVLM_Q5_0, "q5_0", 32, 22},
-        {SVLM_Q5_1, "q5_1", 32, 24},    {SVLM_Q8_0, "q8_0", 32, 34},    {SVLM_Q8_1, "q8_1", 32, 36},
-        {SVLM_Q2_K, "q2_k", 256, 84},   {SVLM_Q3_K, "q3_k", 256, 110},  {SVLM_Q4_K, "q4_k", 256, 144},
-        {SVLM_Q5_K, "q5_k", 256, 176},  {SVLM_Q6_K, "q6_k", 256, 210},  {SVLM_Q8_K, "q8_k", 256, 292},
-        {SVLM_I8, "i8", 1, 1},          {SVLM_I16, "i16", 1, 2},        {SVLM_I32, "i32", 1, 4},
-        {SVLM_I64, "i64", 1, 8},        {SVLM_F64, "f64", 1, 8},
+        {SVLM_F32, "f32", 1, 4},       {SVLM_F16, "f16", 1, 2},       {SVLM_BF16, "bf16", 1, 2},
+        {SVLM_Q4_0, "q4_0", 32, 18},   {SVLM_Q4_1, "q4_1", 32, 20},   {SVLM_Q5_0, "q5_0", 32, 22},
+        {SVLM_Q5_1, "q5_1", 32, 24},   {SVLM_Q8_0, "q8_0", 32, 34},   {SVLM_Q8_1, "q8_1", 32, 36},
+        {SVLM_Q2_K, "q2_k", 256, 84},  {SVLM_Q3_K, "q3_k", 256, 110}, {SVLM_Q4_K, "q4_k", 256, 144},
+        {SVLM_Q5_K, "q5_k", 256, 176}, {SVLM_Q6_K, "q6_k", 256, 210}, {SVLM_Q8_K, "q8_k", 256, 292},
+        {SVLM_I8, "i8", 1, 1},         {SVLM_I16, "i16", 1, 2},       {SVLM_I32, "i32", 1, 4},
+        {SVLM_I64, "i64", 1, 8},       {SVLM_F64, "f64", 1, 8},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const svlm_dtype_info *info = svlm_dtype_get(want[i].type);
         REQUIRE(info, "type %d missing", want[i].type);
-        CHECK(!strcmp(info->name, want[i].name) && info->block_size == want[i].block && info->type_size == want[i].bytes,
+        CHECK(!strcmp(info->name, want[i].name) && info->block_size == want[i].block &&
+                  info->type_size == want[i].bytes,
               "type %d: %s %d %zu", want[i].type, info->name, info->block_size, info->type_size);
         CHECK(info->is_quantized == (want[i].block > 1), "%s is_quantized", info->name);
         svlm_dtype t;
         char upper[16];
-        for (size_t c = 0; c <= strlen(want[i].name); c++) upper[c] = (char)(want[i].name[c] >= 'a' ? want[i].name[c] - 32 : want[i].name[c]);
+        for (size_t c = 0; c <= strlen(want[i].name); c++)
+            upper[c] = (char)(want[i].name[c] >= 'a' ? want[i].name[c] - 32 : want[i].name[c]);
         CHECK(svlm_dtype_from_name(upper, &t) == 0 && (int)t == want[i].type, "from_name(%s)", upper);
     }
     const int unknown[] = {-1, 4, 5, 16, 29, 31, 39, SVLM_DTYPE_COUNT, 1000};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
         CHECK(svlm_dtype_get(unknown[i]) == NULL, "type %d known", unknown[i]);
     svlm_dtype t;
-    CHECK(svlm_dtype_from_name("q4_k_m", &t) < 0 && svlm_dtype_from_name("", &t) < 0 && svlm_dtype_from_name(NULL, &t) < 0,
+    CHECK(svlm_dtype_from_name("q4_k_m", &t) < 0 && svlm_dtype_from_name("", &t) < 0 &&
+              svlm_dtype_from_name(NULL, &t) < 0,
           "bogus names accepted");
-    CHECK(svlm_row_bytes(SVLM_Q8_0, 64) == 68 && svlm_row_bytes(SVLM_Q4_K, 576 * 256) == 576 * 144, "row bytes");
+    CHECK(svlm_row_bytes(SVLM_Q8_0, 64) == 68 && svlm_row_bytes(SVLM_Q4_K, 576 * 256) == 576 * 144,
+          "row bytes");
     CHECK(svlm_row_bytes(SVLM_F32, 0) == 0 && svlm_row_bytes(SVLM_F32, 3) == 12, "f32 row bytes");
     CHECK(svlm_row_bytes(SVLM_Q8_0, 33) == 0, "partial block");
     CHECK(svlm_row_bytes(SVLM_F32, -32) == 0, "negative n");
@@ -137,14 +143,29 @@ static void test_f16(void) {
         float x;
         uint16_t h;
     } cases[] = {
-        {1.0f, 0x3c00},           {-2.0f, 0xc000},          {65504.0f, 0x7bff},
-        {65519.99f, 0x7bff},      {65520.0f, 0x7c00},       {1e9f, 0x7c00},
-        {INFINITY, 0x7c00},       {-INFINITY, 0xfc00},      {0.0f, 0x0000},
-        {-0.0f, 0x8000},          {0x1p-24f, 0x0001},       {0x1p-25f, 0x0000},
-        {0x1.000002p-25f, 0x0001}, {0x3p-25f, 0x0002},      {0x5p-25f, 0x0002},
-        {0x1p-14f, 0x0400},       {0x1.ffcp-15f, 0x0400},   {0x1.ff4p-15f, 0x03fe},
-        {1.0f + 0x1p-11f, 0x3c00}, {1.0f + 0x3p-11f, 0x3c02}, {1.0f + 0x1.2p-11f, 0x3c01},
-        {-1e-30f, 0x8000},        {FLT_MIN, 0x0000},
+        {1.0f, 0x3c00},
+        {-2.0f, 0xc000},
+        {65504.0f, 0x7bff},
+        {65519.99f, 0x7bff},
+        {65520.0f, 0x7c00},
+        {1e9f, 0x7c00},
+        {INFINITY, 0x7c00},
+        {-INFINITY, 0xfc00},
+        {0.0f, 0x0000},
+        {-0.0f, 0x8000},
+        {0x1p-24f, 0x0001},
+        {0x1p-25f, 0x0000},
+        {0x1.000002p-25f, 0x0001},
+        {0x3p-25f, 0x0002},
+        {0x5p-25f, 0x0002},
+        {0x1p-14f, 0x0400},
+        {0x1.ffcp-15f, 0x0400},
+        {0x1.ff4p-15f, 0x03fe},
+        {1.0f + 0x1p-11f, 0x3c00},
+        {1.0f + 0x3p-11f, 0x3c02},
+        {1.0f + 0x1.2p-11f, 0x3c01},
+        {-1e-30f, 0x8000},
+        {FLT_MIN, 0x0000},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         uint16_t got = svlm_f32_to_f16(cases[i].x);
@@ -199,7 +220,10 @@ static void test_bf16(void) {
         double x = f32_of(u), lo = f32_of(u & 0xffff0000u);
         double hi = lo + ldexp(1, (e ? e : 1) - 134); /* next bf16 up, unbounded exponent */
         double got = svlm_bf16_to_f32(h);
-        double best = fabs(x - lo) < fabs(hi - x) ? lo : fabs(x - lo) > fabs(hi - x) ? hi : ((u >> 16) & 1) ? hi : lo;
+        double best = fabs(x - lo) < fabs(hi - x)   ? lo
+                      : fabs(x - lo) > fabs(hi - x) ? hi
+                      : ((u >> 16) & 1)             ? hi
+                                                    : lo;
         if (best >= 0x1p128) best = INFINITY; /* rounds past the largest finite: overflow */
         worse += got != best;
     }
@@ -208,7 +232,9 @@ static void test_bf16(void) {
 
 /* ---- dequantization against the written formulas ------------------------------------------------ */
 
-static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint16_t le16(const uint8_t *p) {
+    return (uint16_t)(p[0] | p[1] << 8);
+}
 
 /* A finite half with a moderate exponent and random sign/mantissa. */
 static void put_half(uint8_t *p) {
@@ -278,7 +304,10 @@ static double spec_value(svlm_dtype t, const uint8_t *b, int i, double *mag) {
         const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
         const int8_t *sc = (const int8_t *)(b + 192 + 8 * h);
         d = half_value(le16(b + 208));
-        int low4 = quarter == 0 ? ql[l] & 15 : quarter == 1 ? ql[l + 32] & 15 : quarter == 2 ? ql[l] >> 4 : ql[l + 32] >> 4;
+        int low4 = quarter == 0   ? ql[l] & 15
+                   : quarter == 1 ? ql[l + 32] & 15
+                   : quarter == 2 ? ql[l] >> 4
+                                  : ql[l + 32] >> 4;
         q = (low4 | (((qh[l] >> (2 * quarter)) & 3) << 4)) - 32;
         *mag = fabs(d * sc[is + 2 * quarter] * q);
         return d * sc[is + 2 * quarter] * q;
@@ -310,12 +339,19 @@ static void test_dequantize_formulas(void) {
         REQUIRE(raw && out, "oom");
         int bad = 0;
         for (int rep = 0; rep < 20; rep++) {
-            for (size_t k = 0; k < bs * BLOCKS; k++) raw[k] = (uint8_t)rnd();
+            for (size_t k = 0; k < bs * BLOCKS; k++)
+                raw[k] = (uint8_t)rnd();
             for (int blk = 0; blk < BLOCKS; blk++) { /* make the fp16 scales finite */
                 uint8_t *b = raw + bs * (size_t)blk;
                 switch (t) {
-                case SVLM_Q4_1: case SVLM_Q5_1: case SVLM_Q8_1: case SVLM_Q4_K: case SVLM_Q5_K:
-                    put_half(b); put_half(b + 2); break;
+                case SVLM_Q4_1:
+                case SVLM_Q5_1:
+                case SVLM_Q8_1:
+                case SVLM_Q4_K:
+                case SVLM_Q5_K:
+                    put_half(b);
+                    put_half(b + 2);
+                    break;
                 case SVLM_Q6_K: put_half(b + 208); break;
                 case SVLM_Q8_K: {
                     float df = rnd_uniform() * 0.01f;
@@ -325,7 +361,8 @@ static void test_dequantize_formulas(void) {
                 default: put_half(b); break;
                 }
             }
-            CHECK(svlm_dequantize_row(t, raw, out, (int64_t)qk * BLOCKS) == 0, "%s dequantize failed", info->name);
+            CHECK(svlm_dequantize_row(t, raw, out, (int64_t)qk * BLOCKS) == 0, "%s dequantize failed",
+                  info->name);
             for (int blk = 0; blk < BLOCKS; blk++) {
                 for (int i = 0; i < qk; i++) {
                     double mag, want = spec_value(t, raw + bs * (size_t)blk, i, &mag);
@@ -333,13 +370,15 @@ static void test_dequantize_formulas(void) {
                     /* float evaluation of the same formula: a few ulps of its terms */
                     if (!(fabs(got - want) <= 4 * FLT_EPSILON * mag + 1e-38)) {
                         if (bad++ < 5)
-                            fprintf(stderr, "%s block %d elem %d: got %.9g want %.9g\n", info->name, blk, i, got, want);
+                            fprintf(stderr, "%s block %d elem %d: got %.9g want %.9g\n", info->name, blk, i,
+                                    got, want);
                     }
                 }
             }
         }
         CHECK(bad == 0, "%s: %d elements differ from the written formula", info->name, bad);
-        CHECK(svlm_dequantize_row(t, raw, out, qk - 1) != 0 || qk == 1, "%s: partial block accepted", info->name);
+        CHECK(svlm_dequantize_row(t, raw, out, qk - 1) != 0 || qk == 1, "%s: partial block accepted",
+              info->name);
         free(raw);
         free(out);
     }
@@ -353,14 +392,17 @@ static void test_dequantize_formulas(void) {
           "unsupported types accepted");
 }
 
-/* ---- quantize -> dequantize ------------------------------------------------------------------------------ */
+/* ---- quantize -> dequantize ------------------------------------------------------------------------------
+ */
 
 typedef struct {
     double rms, max;
 } errstat;
 
 /* Largest error of rounding v to fp16: half an ulp, or half the subnormal step 2^-24. */
-static double h16err(double v) { return fmax(fabs(v) * 0x1p-11, 0x1p-25); }
+static double h16err(double v) {
+    return fmax(fabs(v) * 0x1p-11, 0x1p-25);
+}
 
 /* Round-trips n values; checks the per-block bound of the simple formats; returns the errors. */
 static errstat roundtrip(svlm_dtype t, const float *x, int n, const char *data_name) {
@@ -369,7 +411,8 @@ static errstat roundtrip(svlm_dtype t, const float *x, int n, const char *data_n
     uint8_t *q = malloc(bytes), *q2 = malloc(bytes);
     float *y = malloc(sizeof(float) * (size_t)n);
     REQUIRE(q && q2 && y, "oom");
-    CHECK(svlm_quantize_row(t, x, q, n) == 0 && svlm_dequantize_row(t, q, y, n) == 0, "%s failed", info->name);
+    CHECK(svlm_quantize_row(t, x, q, n) == 0 && svlm_dequantize_row(t, q, y, n) == 0, "%s failed",
+          info->name);
     CHECK(svlm_quantize_row(t, x, q2, n) == 0 && !memcmp(q, q2, bytes), "%s quantization not deterministic",
           info->name);
     errstat s = {0, 0};
@@ -383,7 +426,8 @@ static errstat roundtrip(svlm_dtype t, const float *x, int n, const char *data_n
         }
         double bound = INFINITY;
         switch (t) {
-        case SVLM_Q8_0: case SVLM_Q8_1: bound = amax / 127 * 0.5 + 127 * h16err(amax / 127); break;
+        case SVLM_Q8_0:
+        case SVLM_Q8_1: bound = amax / 127 * 0.5 + 127 * h16err(amax / 127); break;
         case SVLM_Q8_K: bound = amax / 127 * 0.5 * (1 + 1e-6); break;
         case SVLM_Q4_0: bound = amax / 8 + 8 * h16err(amax / 8); break;
         case SVLM_Q5_0: bound = amax / 16 + 16 * h16err(amax / 16); break;
@@ -394,12 +438,12 @@ static errstat roundtrip(svlm_dtype t, const float *x, int n, const char *data_n
         bound = bound * (1 + 1e-5) + 1e-30;
         for (int i = b0; i < b0 + qk; i++) {
             double e = fabs((double)y[i] - x[i]);
-            double eb = t == SVLM_F16   ? h16err(x[i]) * (1 + 1e-6)
+            double eb = t == SVLM_F16    ? h16err(x[i]) * (1 + 1e-6)
                         : t == SVLM_BF16 ? fabs(x[i]) * 0x1p-8 * (1 + 1e-6)
                                          : bound;
             if (e > eb && over++ < 3)
-                fprintf(stderr, "%s on %s: x[%d]=%g -> %g, error %g > bound %g\n", info->name, data_name, i, x[i],
-                        y[i], e, eb);
+                fprintf(stderr, "%s on %s: x[%d]=%g -> %g, error %g > bound %g\n", info->name, data_name, i,
+                        x[i], y[i], e, eb);
             s.rms += e * e;
             s.max = fmax(s.max, e);
         }
@@ -414,8 +458,10 @@ static errstat roundtrip(svlm_dtype t, const float *x, int n, const char *data_n
 
 static void test_roundtrip(void) {
     enum { N = 256 * 64 };
-    float *uni = malloc(sizeof(float) * N), *gauss = malloc(sizeof(float) * N), *pos = malloc(sizeof(float) * N);
-    float *outl = malloc(sizeof(float) * N), *tiny = malloc(sizeof(float) * N), *zero = calloc(N, sizeof(float));
+    float *uni = malloc(sizeof(float) * N), *gauss = malloc(sizeof(float) * N),
+          *pos = malloc(sizeof(float) * N);
+    float *outl = malloc(sizeof(float) * N), *tiny = malloc(sizeof(float) * N),
+          *zero = calloc(N, sizeof(float));
     REQUIRE(uni && gauss && pos && outl && tiny && zero, "oom");
     for (int i = 0; i < N; i++) {
         uni[i] = rnd_uniform();
@@ -424,14 +470,19 @@ static void test_roundtrip(void) {
         outl[i] = rnd_uniform() * ((i % 97) == 5 ? 40.0f : 0.5f);
         tiny[i] = rnd_uniform() * 1e-4f; /* block scales land in fp16's subnormal range */
     }
-    const svlm_dtype all[] = {SVLM_F16, SVLM_BF16, SVLM_Q4_0, SVLM_Q4_1, SVLM_Q5_0, SVLM_Q5_1, SVLM_Q8_0,
-                              SVLM_Q8_1, SVLM_Q4_K, SVLM_Q5_K, SVLM_Q6_K, SVLM_Q8_K};
+    const svlm_dtype all[] = {SVLM_F16,  SVLM_BF16, SVLM_Q4_0, SVLM_Q4_1, SVLM_Q5_0, SVLM_Q5_1,
+                              SVLM_Q8_0, SVLM_Q8_1, SVLM_Q4_K, SVLM_Q5_K, SVLM_Q6_K, SVLM_Q8_K};
     const struct {
         const float *x;
         const char *name;
-    } sets[] = {{uni, "U(-1,1)"}, {gauss, "bell(0.02)"}, {pos, "U(2,4)"}, {outl, "outliers"}, {tiny, "U(-1e-4,1e-4)"}};
+    } sets[] = {{uni, "U(-1,1)"},
+                {gauss, "bell(0.02)"},
+                {pos, "U(2,4)"},
+                {outl, "outliers"},
+                {tiny, "U(-1e-4,1e-4)"}};
     printf("%-6s", "type");
-    for (size_t s = 0; s < 5; s++) printf(" %22s", sets[s].name);
+    for (size_t s = 0; s < 5; s++)
+        printf(" %22s", sets[s].name);
     printf("   (rms / max error)\n");
     for (size_t ti = 0; ti < sizeof all / sizeof all[0]; ti++) {
         svlm_dtype t = all[ti];
@@ -440,16 +491,24 @@ static void test_roundtrip(void) {
             errstat e = roundtrip(t, sets[s].x, N, sets[s].name);
             printf("    %9.3g / %8.3g", e.rms, e.max);
             if (s == 0) { /* stated bounds for the searched-scale K-quants on U(-1,1) */
-                if (t == SVLM_Q4_K) CHECK(e.rms <= 0.036 && e.max <= 0.12, "q4_K U(-1,1): rms %g max %g", e.rms, e.max);
-                if (t == SVLM_Q5_K) CHECK(e.rms <= 0.019 && e.max <= 0.07, "q5_K U(-1,1): rms %g max %g", e.rms, e.max);
-                if (t == SVLM_Q6_K) CHECK(e.rms <= 0.0090 && e.max <= 0.025, "q6_K U(-1,1): rms %g max %g", e.rms, e.max);
+                if (t == SVLM_Q4_K)
+                    CHECK(e.rms <= 0.036 && e.max <= 0.12, "q4_K U(-1,1): rms %g max %g", e.rms, e.max);
+                if (t == SVLM_Q5_K)
+                    CHECK(e.rms <= 0.019 && e.max <= 0.07, "q5_K U(-1,1): rms %g max %g", e.rms, e.max);
+                if (t == SVLM_Q6_K)
+                    CHECK(e.rms <= 0.0090 && e.max <= 0.025, "q6_K U(-1,1): rms %g max %g", e.rms, e.max);
             }
         }
         printf("\n");
         errstat z = roundtrip(t, zero, N, "zeros");
         CHECK(z.max == 0, "%s: zeros do not stay zero", svlm_dtype_get(t)->name);
     }
-    free(uni); free(gauss); free(pos); free(outl); free(tiny); free(zero);
+    free(uni);
+    free(gauss);
+    free(pos);
+    free(outl);
+    free(tiny);
+    free(zero);
 }
 
 /* Values already on a format's grid come back exactly. */
@@ -457,22 +516,26 @@ static void test_exact_grids(void) {
     float x[256], y[256];
     uint8_t q[512];
     /* q8_0: k * 2^-7 with k in -127..127 and |k| = 127 present in each block. */
-    for (int i = 0; i < 256; i++) x[i] = (float)((i % 32 == 0) ? 127 : (int)(rnd() % 255) - 127) * 0x1p-7f;
+    for (int i = 0; i < 256; i++)
+        x[i] = (float)((i % 32 == 0) ? 127 : (int)(rnd() % 255) - 127) * 0x1p-7f;
     svlm_quantize_row(SVLM_Q8_0, x, q, 256);
     svlm_dequantize_row(SVLM_Q8_0, q, y, 256);
     CHECK(!memcmp(x, y, sizeof x), "q8_0 grid values changed");
     /* q4_0: (k - 8) * 2^-4 with the extreme -8 present. */
-    for (int i = 0; i < 256; i++) x[i] = (float)((i % 32 == 3) ? -8 : (int)(rnd() % 16) - 8) * 0x1p-4f;
+    for (int i = 0; i < 256; i++)
+        x[i] = (float)((i % 32 == 3) ? -8 : (int)(rnd() % 16) - 8) * 0x1p-4f;
     svlm_quantize_row(SVLM_Q4_0, x, q, 256);
     svlm_dequantize_row(SVLM_Q4_0, q, y, 256);
     CHECK(!memcmp(x, y, sizeof x), "q4_0 grid values changed");
     /* q5_0: (k - 16) * 2^-5 with -16 present. */
-    for (int i = 0; i < 256; i++) x[i] = (float)((i % 32 == 7) ? -16 : (int)(rnd() % 32) - 16) * 0x1p-5f;
+    for (int i = 0; i < 256; i++)
+        x[i] = (float)((i % 32 == 7) ? -16 : (int)(rnd() % 32) - 16) * 0x1p-5f;
     svlm_quantize_row(SVLM_Q5_0, x, q, 256);
     svlm_dequantize_row(SVLM_Q5_0, q, y, 256);
     CHECK(!memcmp(x, y, sizeof x), "q5_0 grid values changed");
     /* q8_K: integers -127..127 with 127 present (d = 1). */
-    for (int i = 0; i < 256; i++) x[i] = (float)(i == 0 ? 127 : (int)(rnd() % 255) - 127);
+    for (int i = 0; i < 256; i++)
+        x[i] = (float)(i == 0 ? 127 : (int)(rnd() % 255) - 127);
     svlm_quantize_row(SVLM_Q8_K, x, q, 256);
     svlm_dequantize_row(SVLM_Q8_K, q, y, 256);
     CHECK(!memcmp(x, y, sizeof x), "q8_K grid values changed");
@@ -481,7 +544,8 @@ static void test_exact_grids(void) {
     int bsum_bad = 0;
     for (int g = 0; g < 16; g++) {
         int s = 0;
-        for (int i = 0; i < 16; i++) s += kb.qs[16 * g + i];
+        for (int i = 0; i < 16; i++)
+            s += kb.qs[16 * g + i];
         bsum_bad += kb.bsums[g] != s;
     }
     CHECK(bsum_bad == 0, "q8_K bsums are not the group sums");
@@ -489,8 +553,10 @@ static void test_exact_grids(void) {
     svlm_block_q8_1 b1;
     svlm_quantize_row(SVLM_Q8_1, x, &b1, 32);
     int sum = 0;
-    for (int i = 0; i < 32; i++) sum += b1.qs[i];
-    CHECK(fabs(svlm_f16_to_f32(b1.s) - sum * svlm_f16_to_f32(b1.d)) <= fabs(sum * svlm_f16_to_f32(b1.d)) * 0x1p-10,
+    for (int i = 0; i < 32; i++)
+        sum += b1.qs[i];
+    CHECK(fabs(svlm_f16_to_f32(b1.s) - sum * svlm_f16_to_f32(b1.d)) <=
+              fabs(sum * svlm_f16_to_f32(b1.d)) * 0x1p-10,
           "q8_1 s = %g, d*sum = %g", svlm_f16_to_f32(b1.s), sum * svlm_f16_to_f32(b1.d));
 }
 

@@ -19,7 +19,8 @@
 #include "pipeline/server/server_backend.h"
 
 #define FAKE_MAX 64
-static const char *const fake_words[] = {"the ", "quick ", "brown ", "fox ", "jumps ", "over ", "a ", "lazy ", "dog "};
+static const char *const fake_words[] = {"the ",  "quick ", "brown ", "fox ", "jumps ",
+                                         "over ", "a ",     "lazy ",  "dog "};
 
 typedef struct fake_stream {
     int used;
@@ -68,7 +69,9 @@ static fake_stream *fake_find(fake_engine *e, const char *name) {
     return NULL;
 }
 
-static int64_t fake_frames(const fake_stream *s) { return (int64_t)((fake_now() - s->t_open) * s->fps) + 1; }
+static int64_t fake_frames(const fake_stream *s) {
+    return (int64_t)((fake_now() - s->t_open) * s->fps) + 1;
+}
 
 static void fake_info(void *ctx, svlm_backend_info *out) {
     (void)ctx;
@@ -222,8 +225,8 @@ static void fake_cancel(void *ctx, uint64_t id) {
     pthread_mutex_unlock(&e->lock);
 }
 
-static svlm_status fake_watch_start(void *ctx, const svlm_backend_watch_req *req, const svlm_backend_watch_cb *cb,
-                                    uint64_t *id, svlm_err *err) {
+static svlm_status fake_watch_start(void *ctx, const svlm_backend_watch_req *req,
+                                    const svlm_backend_watch_cb *cb, uint64_t *id, svlm_err *err) {
     fake_engine *e = ctx;
     pthread_mutex_lock(&e->lock);
     for (int i = 0; i < FAKE_MAX; i++)
@@ -258,11 +261,13 @@ static void fake_step(fake_engine *e) {
         if (!a->used) continue;
         if (!a->cancelled && a->n_sent < a->n_total) {
             char buf[1100];
-            if (a->image_text[0]) snprintf(buf, sizeof buf, "%s", a->image_text);
+            if (a->image_text[0])
+                snprintf(buf, sizeof buf, "%s", a->image_text);
             else if (a->long_tokens) {
                 memset(buf, 'x', 999);
                 buf[999] = 0;
-            } else snprintf(buf, sizeof buf, "%s", fake_words[(a->first_word + a->n_sent) % 9]);
+            } else
+                snprintf(buf, sizeof buf, "%s", fake_words[(a->first_word + a->n_sent) % 9]);
             if (a->n_sent == 0) a->t_first = now;
             a->n_sent++;
             a->cb.on_token(a->cb.user, buf, strlen(buf));
@@ -316,8 +321,9 @@ static fake_engine *fake_engine_start(double tick_s, svlm_server_backend *be) {
         free(e);
         return NULL;
     }
-    svlm_server_backend b = {e,           fake_info,  fake_open,      fake_close,  fake_list,       fake_status,
-                             fake_frame,  fake_ask_start, fake_cancel, fake_watch_start, fake_unwatch};
+    svlm_server_backend b = {e,           fake_info,        fake_open,   fake_close,
+                             fake_list,   fake_status,      fake_frame,  fake_ask_start,
+                             fake_cancel, fake_watch_start, fake_unwatch};
     *be = b;
     return e;
 }
@@ -328,7 +334,8 @@ static void fake_engine_stop(fake_engine *e) {
     for (;;) {
         pthread_mutex_lock(&e->lock);
         int busy = 0;
-        for (int i = 0; i < 256; i++) busy |= e->asks[i].used;
+        for (int i = 0; i < 256; i++)
+            busy |= e->asks[i].used;
         pthread_mutex_unlock(&e->lock);
         if (!busy) break;
         struct timespec ts = {0, 2000000};

@@ -35,15 +35,24 @@ static void apply_limits(svlm_server_config *cfg, const char *spec) {
         if (!eq) continue;
         *eq = 0;
         double v = atof(eq + 1);
-        if (!strcmp(kv, "clients")) cfg->max_clients = (int)v;
-        else if (!strcmp(kv, "per_client")) cfg->max_questions_per_client = (int)v;
-        else if (!strcmp(kv, "total")) cfg->max_questions_total = (int)v;
-        else if (!strcmp(kv, "streams")) cfg->max_streams = (int)v;
-        else if (!strcmp(kv, "rate")) cfg->max_messages_per_s = v;
-        else if (!strcmp(kv, "message_bytes")) cfg->max_message_bytes = (size_t)v;
-        else if (!strcmp(kv, "send_queue_bytes")) cfg->max_send_queue_bytes = (size_t)v;
-        else if (!strcmp(kv, "status_interval")) cfg->status_interval_s = v;
-        else if (!strcmp(kv, "watches")) cfg->max_watches_per_client = (int)v;
+        if (!strcmp(kv, "clients"))
+            cfg->max_clients = (int)v;
+        else if (!strcmp(kv, "per_client"))
+            cfg->max_questions_per_client = (int)v;
+        else if (!strcmp(kv, "total"))
+            cfg->max_questions_total = (int)v;
+        else if (!strcmp(kv, "streams"))
+            cfg->max_streams = (int)v;
+        else if (!strcmp(kv, "rate"))
+            cfg->max_messages_per_s = v;
+        else if (!strcmp(kv, "message_bytes"))
+            cfg->max_message_bytes = (size_t)v;
+        else if (!strcmp(kv, "send_queue_bytes"))
+            cfg->max_send_queue_bytes = (size_t)v;
+        else if (!strcmp(kv, "status_interval"))
+            cfg->status_interval_s = v;
+        else if (!strcmp(kv, "watches"))
+            cfg->max_watches_per_client = (int)v;
     }
 }
 
@@ -106,7 +115,8 @@ static char *http_get(int port, const char *request) {
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     ssize_t r;
-    while (buf && n + 1 < cap && (r = read(fd, buf + n, cap - 1 - n)) > 0) n += (size_t)r;
+    while (buf && n + 1 < cap && (r = read(fd, buf + n, cap - 1 - n)) > 0)
+        n += (size_t)r;
     close(fd);
     if (buf) buf[n] = 0;
     return buf;
@@ -119,8 +129,8 @@ int test_main(void) {
     CHECK(!svlm_token_equal("s3cret", "s3cret!", 7), "longer");
     CHECK(!svlm_token_equal("s3cret", "s3cre", 5), "prefix");
     CHECK(!svlm_token_equal("", "", 0), "an empty token never matches");
-    CHECK(svlm_host_is_loopback("127.0.0.1") && svlm_host_is_loopback("127.1.2.3") && svlm_host_is_loopback("::1") &&
-              svlm_host_is_loopback("localhost"),
+    CHECK(svlm_host_is_loopback("127.0.0.1") && svlm_host_is_loopback("127.1.2.3") &&
+              svlm_host_is_loopback("::1") && svlm_host_is_loopback("localhost"),
           "loopback");
     CHECK(!svlm_host_is_loopback("0.0.0.0") && !svlm_host_is_loopback("192.168.1.2") &&
               !svlm_host_is_loopback("127.0.0.1x") && !svlm_host_is_loopback("300.0.0.1"),
@@ -143,7 +153,8 @@ int test_main(void) {
     snprintf(cfg.host, sizeof cfg.host, "127.0.0.1");
     svlm_server_backend broken = be;
     broken.ask = NULL;
-    CHECK(svlm_server_create(&srv, &cfg, &broken, &err) == SVLM_E_INVALID, "a backend without ask is refused");
+    CHECK(svlm_server_create(&srv, &cfg, &broken, &err) == SVLM_E_INVALID,
+          "a backend without ask is refused");
     cfg.max_clients = 0;
     CHECK(svlm_server_create(&srv, &cfg, &be, &err) == SVLM_E_INVALID, "max_clients 0 is refused");
     cfg.max_clients = 8;
@@ -157,11 +168,12 @@ int test_main(void) {
     REQUIRE(pthread_create(&th, NULL, serve_thread, srv) == 0, "thread");
 
     char *r = http_get(port, "GET /health HTTP/1.0\r\n\r\n");
-    CHECK(r && strstr(r, "200 OK") && strstr(r, "\"status\":\"ok\"") && strstr(r, "\"streams\":1"), "/health: %s",
-          r ? r : "(no reply)");
+    CHECK(r && strstr(r, "200 OK") && strstr(r, "\"status\":\"ok\"") && strstr(r, "\"streams\":1"),
+          "/health: %s", r ? r : "(no reply)");
     free(r);
     r = http_get(port, "GET /metrics HTTP/1.0\r\n\r\n");
-    CHECK(r && strstr(r, "svlm_frames_in_total{stream=\"cam\"}") && strstr(r, "# TYPE svlm_ttft_seconds histogram") &&
+    CHECK(r && strstr(r, "svlm_frames_in_total{stream=\"cam\"}") &&
+              strstr(r, "# TYPE svlm_ttft_seconds histogram") &&
               strstr(r, "svlm_memory_bytes{stream=\"cam\",tier=\"kv_text\"} 12288"),
           "/metrics: %.300s", r ? r : "(no reply)");
     free(r);

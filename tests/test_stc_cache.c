@@ -29,13 +29,15 @@ static float *read_f32(const char *path, size_t n) {
 
 static double cosine(const float *a, const float *b, int n) {
     double ab = 0, aa = 0, bb = 0;
-    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    for (int i = 0; i < n; i++)
+        ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
     return ab / sqrt(aa * bb);
 }
 
 static double min_token_cos(const float *a, const float *b, int T, int E) {
     double m = 1;
-    for (int t = 0; t < T; t++) m = fmin(m, cosine(a + (size_t)t * E, b + (size_t)t * E, E));
+    for (int t = 0; t < T; t++)
+        m = fmin(m, cosine(a + (size_t)t * E, b + (size_t)t * E, E));
     return m;
 }
 
@@ -52,7 +54,8 @@ static double max_abs(const float *a, const float *b, size_t n) {
 static void paint_patch(float *px, int py, int pxl, float v) {
     for (int c = 0; c < 3; c++)
         for (int y = 0; y < 16; y++)
-            for (int x = 0; x < 16; x++) px[(size_t)c * 128 * 128 + (size_t)(py * 16 + y) * 128 + pxl * 16 + x] += v;
+            for (int x = 0; x < 16; x++)
+                px[(size_t)c * 128 * 128 + (size_t)(py * 16 + y) * 128 + pxl * 16 + x] += v;
 }
 
 int test_main(void) {
@@ -61,14 +64,17 @@ int test_main(void) {
     svlm_mmproj *m = NULL;
     svlm_kernels *k = NULL;
     svlm_vision_ctx *vc = NULL;
-    REQUIRE(!svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &m, &err), "%s", err.msg);
+    REQUIRE(
+        !svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &m, &err),
+        "%s", err.msg);
     REQUIRE(!svlm_kernels_create_cpu(1, &k, &err), "%s", err.msg);
     REQUIRE(!svlm_vision_ctx_create(m, k, 1, &vc, &err), "%s", err.msg);
     const int T = m->hp.tokens_per_tile, E = m->hp.proj_dim, N = m->hp.n_patches;
     const size_t tile = 3 * 128 * 128, TE = (size_t)T * E;
     float *a = read_f32(test_data("fixtures/vision-tiny/out-f32/chunk_01_pixels.f32"), tile);
     float *ref = read_f32(test_data("fixtures/vision-tiny/out-f32/chunk_01_embd.f32"), TE);
-    float *b = malloc(sizeof(float) * tile), *plain = malloc(sizeof(float) * TE), *out = malloc(sizeof(float) * TE);
+    float *b = malloc(sizeof(float) * tile), *plain = malloc(sizeof(float) * TE),
+          *out = malloc(sizeof(float) * TE);
     int32_t kept[64];
     REQUIRE(b && plain && out && T <= 64, "setup");
     REQUIRE(!svlm_vision_encode(vc, a, 1, plain, &err), "%s", err.msg);
@@ -82,8 +88,10 @@ int test_main(void) {
     REQUIRE(!svlm_stc_create(vc, &ctl, &s, &err), "%s", err.msg);
     for (int rep = 0; rep < 2; rep++) {
         REQUIRE(!svlm_stc_frame(s, a, out, kept, NULL, &info, &err), "%s", err.msg);
-        CHECK(!memcmp(out, plain, sizeof(float) * TE), "STC off differs from the plain encoder (frame %d)", rep);
-        CHECK(info.n_kept == T && kept[0] == 0 && kept[T - 1] == T - 1, "STC off kept %d of %d", info.n_kept, T);
+        CHECK(!memcmp(out, plain, sizeof(float) * TE), "STC off differs from the plain encoder (frame %d)",
+              rep);
+        CHECK(info.n_kept == T && kept[0] == 0 && kept[T - 1] == T - 1, "STC off kept %d of %d", info.n_kept,
+              T);
     }
     svlm_stc_free(s);
 
@@ -91,17 +99,21 @@ int test_main(void) {
     svlm_stc_controls_default(&ctl);
     REQUIRE(!svlm_stc_create(vc, &ctl, &s, &err), "%s", err.msg);
     REQUIRE(!svlm_stc_frame(s, a, out, kept, NULL, &info, &err), "%s", err.msg);
-    CHECK(info.path == SVLM_STC_FULL && info.reason == SVLM_STC_FIRST, "first frame path %d reason %d", info.path, info.reason);
+    CHECK(info.path == SVLM_STC_FULL && info.reason == SVLM_STC_FIRST, "first frame path %d reason %d",
+          info.path, info.reason);
     CHECK(!memcmp(out, plain, sizeof(float) * TE), "first frame with STC on differs from the plain encoder");
     REQUIRE(!svlm_stc_frame(s, a, out, kept, NULL, &info, &err), "%s", err.msg);
     CHECK(info.path == SVLM_STC_REUSED && info.n_recomputed == 0, "unchanged frame: path %d", info.path);
     CHECK(!memcmp(out, plain, sizeof(float) * TE), "reused frame differs from the reference");
-    CHECK(info.n_kept == ctl.keep_floor, "unchanged frame handed %d tokens, expected the floor %d", info.n_kept, ctl.keep_floor);
+    CHECK(info.n_kept == ctl.keep_floor, "unchanged frame handed %d tokens, expected the floor %d",
+          info.n_kept, ctl.keep_floor);
 
     /* exposure: b = 0.9 a + 0.05 everywhere is a global change, not motion */
-    for (size_t i = 0; i < tile; i++) b[i] = 0.9f * a[i] + 0.05f;
+    for (size_t i = 0; i < tile; i++)
+        b[i] = 0.9f * a[i] + 0.05f;
     REQUIRE(!svlm_stc_frame(s, b, out, kept, NULL, &info, &err), "%s", err.msg);
-    CHECK(!info.cut && info.changed_vs_prev == 0.0f, "exposure change counted as motion: %.3f changed", info.changed_vs_prev);
+    CHECK(!info.cut && info.changed_vs_prev == 0.0f, "exposure change counted as motion: %.3f changed",
+          info.changed_vs_prev);
     CHECK(info.path != SVLM_STC_PARTIAL, "exposure change took the partial path");
     svlm_stc_free(s);
 
@@ -113,8 +125,8 @@ int test_main(void) {
     paint_patch(b, 5, 5, -0.7f);
     paint_patch(b, 6, 1, 0.5f);
     REQUIRE(!svlm_stc_frame(s, b, out, kept, NULL, &info, &err), "%s", err.msg);
-    CHECK(info.path == SVLM_STC_PARTIAL && info.n_recomputed == 3, "3 changed patches: path %d, %d recomputed", info.path,
-          info.n_recomputed);
+    CHECK(info.path == SVLM_STC_PARTIAL && info.n_recomputed == 3,
+          "3 changed patches: path %d, %d recomputed", info.path, info.n_recomputed);
     REQUIRE(!svlm_vision_encode(vc, b, 1, plain, &err), "%s", err.msg);
     double mc = min_token_cos(out, plain, T, E);
     printf("3 of %d patches changed: min token cosine vs full recompute %.5f\n", N, mc);
@@ -134,8 +146,8 @@ int test_main(void) {
         b[i] = a[i] + 0.2f * ((float)(r >> 8) / 16777216.0f - 0.5f);
     }
     REQUIRE(!svlm_stc_frame(s, b, out, kept, NULL, &info, &err), "%s", err.msg);
-    CHECK(info.path == SVLM_STC_PARTIAL && info.n_recomputed == N, "all-dynamic frame: path %d, %d recomputed", info.path,
-          info.n_recomputed);
+    CHECK(info.path == SVLM_STC_PARTIAL && info.n_recomputed == N,
+          "all-dynamic frame: path %d, %d recomputed", info.path, info.n_recomputed);
     REQUIRE(!svlm_vision_encode(vc, b, 1, plain, &err), "%s", err.msg);
     double d = max_abs(out, plain, TE);
     printf("all %d patches through the partial pass: max|d| vs full pass %.2e\n", N, d);
@@ -143,13 +155,15 @@ int test_main(void) {
     svlm_stc_free(s);
 
     /* controls by name */
-    CHECK(!svlm_stc_control_set(&ctl, "keep_ratio", "0.25", &err) && ctl.keep_ratio == 0.25f, "keep_ratio not set");
+    CHECK(!svlm_stc_control_set(&ctl, "keep_ratio", "0.25", &err) && ctl.keep_ratio == 0.25f,
+          "keep_ratio not set");
     CHECK(!svlm_stc_control_set(&ctl, "stc", "off", &err) && !ctl.enabled, "stc off not set");
     CHECK(svlm_stc_control_set(&ctl, "keep-ratio", "1.5", &err) == SVLM_E_INVALID, "keep-ratio 1.5 accepted");
     CHECK(svlm_stc_control_set(&ctl, "dilate", "1.5", &err) == SVLM_E_INVALID, "dilate 1.5 accepted");
     CHECK(svlm_stc_control_set(&ctl, "nonsense", "1", &err) == SVLM_E_INVALID && strstr(err.msg, "nonsense"),
           "unknown control accepted");
-    CHECK(svlm_stc_control_set(&ctl, "refresh-interval", "12x", &err) == SVLM_E_INVALID, "trailing junk accepted");
+    CHECK(svlm_stc_control_set(&ctl, "refresh-interval", "12x", &err) == SVLM_E_INVALID,
+          "trailing junk accepted");
 
     free(a);
     free(b);

@@ -26,11 +26,13 @@ typedef struct clip_result {
 
 static double cosine(const float *a, const float *b, int n) {
     double ab = 0, aa = 0, bb = 0;
-    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    for (int i = 0; i < n; i++)
+        ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
     return ab / sqrt(aa * bb);
 }
 
-static clip_result run_clip(svlm_vision_ctx *vc, const svlm_mmproj *m, const char *rel, double fps, int max_frames) {
+static clip_result run_clip(svlm_vision_ctx *vc, const svlm_mmproj *m, const char *rel, double fps,
+                            int max_frames) {
     clip_result r = {0};
     r.cut_cos_min = 1;
     svlm_err err = {0};
@@ -45,7 +47,8 @@ static clip_result run_clip(svlm_vision_ctx *vc, const svlm_mmproj *m, const cha
     REQUIRE(!svlm_stc_create(vc, &ctl, &s, &err), "%s", err.msg);
     const svlm_mmproj_hparams *hp = &m->hp;
     int T = hp->tokens_per_tile, E = hp->proj_dim;
-    float *px = malloc(sizeof(float) * 3 * 128 * 128), *full = malloc(sizeof(float) * T * E), *out = malloc(sizeof(float) * T * E);
+    float *px = malloc(sizeof(float) * 3 * 128 * 128), *full = malloc(sizeof(float) * T * E),
+          *out = malloc(sizeof(float) * T * E);
     int32_t *kept = malloc(sizeof(int32_t) * T);
     REQUIRE(px && full && out && kept, "oom");
     svlm_preproc_params pp = {.tile = hp->image_size, .longest_edge = hp->image_size};
@@ -60,7 +63,8 @@ static clip_result run_clip(svlm_vision_ctx *vc, const svlm_mmproj *m, const cha
         svlm_image img = {0};
         REQUIRE(!svlm_image_alloc(&img, it.frame.width, it.frame.height, &err), "%s", err.msg);
         for (int y = 0; y < img.h; y++)
-            memcpy(img.rgb + (size_t)y * img.w * 3, it.frame.data + (size_t)y * it.frame.stride, (size_t)img.w * 3);
+            memcpy(img.rgb + (size_t)y * img.w * 3, it.frame.data + (size_t)y * it.frame.stride,
+                   (size_t)img.w * 3);
         svlm_frame_release(&it.frame);
         REQUIRE(!svlm_preprocess_frame(&img, &pp, hp->image_size, px, &err), "%s", err.msg);
         svlm_image_free(&img);
@@ -85,9 +89,10 @@ static clip_result run_clip(svlm_vision_ctx *vc, const svlm_mmproj *m, const cha
         r.patches += info.n_patches;
         r.frames++;
     }
-    printf("%s: %d frames, %d cuts (%d refreshed, min cos at cuts %.4f), %d reused, %.1f%% recomputed, mean cos %.5f\n", rel,
-           r.frames, r.cuts, r.cut_frames_refreshed, r.cut_cos_min, r.reused, 100.0 * r.recomputed / (double)r.patches,
-           r.cos_sum / r.cos_n);
+    printf("%s: %d frames, %d cuts (%d refreshed, min cos at cuts %.4f), %d reused, %.1f%% recomputed, mean "
+           "cos %.5f\n",
+           rel, r.frames, r.cuts, r.cut_frames_refreshed, r.cut_cos_min, r.reused,
+           100.0 * r.recomputed / (double)r.patches, r.cos_sum / r.cos_n);
     free(px);
     free(full);
     free(out);
@@ -99,29 +104,36 @@ static clip_result run_clip(svlm_vision_ctx *vc, const svlm_mmproj *m, const cha
 
 int test_main(void) {
     test_data_or_skip();
-    if (!svlm_source_backend_available(SVLM_BACKEND_FFMPEG) && !svlm_source_backend_available(SVLM_BACKEND_GST))
+    if (!svlm_source_backend_available(SVLM_BACKEND_FFMPEG) &&
+        !svlm_source_backend_available(SVLM_BACKEND_GST))
         SKIP("no video backend in this build");
     svlm_source_library_log(0);
     svlm_err err = {0};
     svlm_mmproj *m = NULL;
     svlm_kernels *k = NULL;
     svlm_vision_ctx *vc = NULL;
-    REQUIRE(!svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &m, &err), "%s", err.msg);
+    REQUIRE(
+        !svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &m, &err),
+        "%s", err.msg);
     REQUIRE(!svlm_kernels_create_cpu(1, &k, &err), "%s", err.msg);
     REQUIRE(!svlm_vision_ctx_create(m, k, 1, &vc, &err), "%s", err.msg);
 
     clip_result cut = run_clip(vc, m, "media/tears_of_steel_10s_cuts.mp4", 2.0, 1000);
     CHECK(cut.frames >= 19, "only %d frames from the film excerpt", cut.frames);
     CHECK(cut.cuts >= 4, "%d scene cuts detected, the excerpt has 5 shots", cut.cuts);
-    CHECK(cut.cut_frames_refreshed == cut.cuts, "%d of %d cut frames refreshed the reference", cut.cut_frames_refreshed, cut.cuts);
+    CHECK(cut.cut_frames_refreshed == cut.cuts, "%d of %d cut frames refreshed the reference",
+          cut.cut_frames_refreshed, cut.cuts);
     CHECK(cut.cut_cos_min >= 0.98, "cut frames: min cosine vs full recompute %.4f < 0.98", cut.cut_cos_min);
 
-    static const char *fixed[] = {"media/people_indoor_one_by_one.mp4", "media/person_bicycle_car_overhead.mp4"};
+    static const char *fixed[] = {"media/people_indoor_one_by_one.mp4",
+                                  "media/person_bicycle_car_overhead.mp4"};
     for (int i = 0; i < 2; i++) {
         clip_result r = run_clip(vc, m, fixed[i], 1.0, 24);
         CHECK(r.frames == 24, "%s: %d frames", fixed[i], r.frames);
-        CHECK(r.cos_sum / r.cos_n >= 0.98, "%s: mean cosine vs full recompute %.4f < 0.98", fixed[i], r.cos_sum / r.cos_n);
-        CHECK(r.recomputed < 0.75 * (double)r.patches, "%s: %lld of %lld tokens recomputed", fixed[i], r.recomputed, r.patches);
+        CHECK(r.cos_sum / r.cos_n >= 0.98, "%s: mean cosine vs full recompute %.4f < 0.98", fixed[i],
+              r.cos_sum / r.cos_n);
+        CHECK(r.recomputed < 0.75 * (double)r.patches, "%s: %lld of %lld tokens recomputed", fixed[i],
+              r.recomputed, r.patches);
     }
     svlm_vision_ctx_free(vc);
     svlm_kernels_destroy(k);

@@ -9,11 +9,11 @@
  * Controls on the same forced answer: the cache alone (every token, from the feature cache),
  * random tokens at STC's per-frame counts, and "blind" rows (the mean visual token) at those
  * counts. Measured here (59% fewer tokens): cache only KL 0.0086 (top-1 8/9: one near-tie
- * flips); STC 0.55, random 0.51, blind 0.58 (top-1 8/9, 9/9, 8/9). With these random weights the answer moves with
- * the number of image positions, hardly with which tokens fill them, so the pruner's choice is
- * not measurable here (a trained model is needed for that; docs/stc.md).
- * Asserted: the cache alone keeps the answer (KL < 0.03, top-1 >= 7/9); pruning keeps KL under
- * 1 nat and top-1 agreement >= 2/3; and pruning removes tokens.
+ * flips); STC 0.55, random 0.51, blind 0.58 (top-1 8/9, 9/9, 8/9). With these random weights the answer moves
+ * with the number of image positions, hardly with which tokens fill them, so the pruner's choice is not
+ * measurable here (a trained model is needed for that; docs/stc.md). Asserted: the cache alone keeps the
+ * answer (KL < 0.03, top-1 >= 7/9); pruning keeps KL under 1 nat and top-1 agreement >= 2/3; and pruning
+ * removes tokens.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -31,9 +31,9 @@ enum { N_FRAMES = 8, N_FORCED = 8 };
 
 typedef struct frames {
     int T, E;
-    float *full;        /* [N_FRAMES][T][E] plain encoder */
-    float *kept;        /* [N_FRAMES][T][E] STC's tokens, n_kept[f] used per frame */
-    float *cached;      /* [N_FRAMES][T][E] STC's cache output before pruning */
+    float *full;   /* [N_FRAMES][T][E] plain encoder */
+    float *kept;   /* [N_FRAMES][T][E] STC's tokens, n_kept[f] used per frame */
+    float *cached; /* [N_FRAMES][T][E] STC's cache output before pruning */
     int n_kept[N_FRAMES];
 } frames;
 
@@ -46,13 +46,15 @@ static void encode_frames(svlm_vision_ctx *vc, const svlm_mmproj *m, frames *fr)
     fr->full = malloc(sizeof(float) * TE * N_FRAMES);
     fr->kept = malloc(sizeof(float) * TE * N_FRAMES);
     fr->cached = malloc(sizeof(float) * TE * N_FRAMES);
-    float *px = malloc(sizeof(float) * 3 * hp->image_size * hp->image_size), *tok = malloc(sizeof(float) * TE);
+    float *px = malloc(sizeof(float) * 3 * hp->image_size * hp->image_size),
+          *tok = malloc(sizeof(float) * TE);
     int32_t *idx = malloc(sizeof(int32_t) * fr->T);
     REQUIRE(fr->full && fr->kept && fr->cached && px && tok && idx, "oom");
     svlm_source_opts opts;
     svlm_source_opts_default(&opts);
     svlm_source *src = NULL;
-    REQUIRE(!svlm_source_open(&src, test_data("media/person_bicycle_car_overhead.mp4"), &opts, &err), "%s", err.msg);
+    REQUIRE(!svlm_source_open(&src, test_data("media/person_bicycle_car_overhead.mp4"), &opts, &err), "%s",
+            err.msg);
     svlm_stc_controls ctl;
     svlm_stc_controls_default(&ctl);
     svlm_stc *s = NULL;
@@ -67,7 +69,8 @@ static void encode_frames(svlm_vision_ctx *vc, const svlm_mmproj *m, frames *fr)
         svlm_image img = {0};
         REQUIRE(!svlm_image_alloc(&img, it.frame.width, it.frame.height, &err), "%s", err.msg);
         for (int y = 0; y < img.h; y++)
-            memcpy(img.rgb + (size_t)y * img.w * 3, it.frame.data + (size_t)y * it.frame.stride, (size_t)img.w * 3);
+            memcpy(img.rgb + (size_t)y * img.w * 3, it.frame.data + (size_t)y * it.frame.stride,
+                   (size_t)img.w * 3);
         svlm_frame_release(&it.frame);
         REQUIRE(!svlm_preprocess_frame(&img, &pp, hp->image_size, px, &err), "%s", err.msg);
         svlm_image_free(&img);
@@ -86,21 +89,24 @@ static void encode_frames(svlm_vision_ctx *vc, const svlm_mmproj *m, frames *fr)
 }
 
 /* The video prompt with n_tok[f] image rows for frame f. */
-static void build_prompt(svlm_prompt *p, const svlm_tokenizer *t, const svlm_vlm_specials *sp, const int *n_tok) {
+static void build_prompt(svlm_prompt *p, const svlm_tokenizer *t, const svlm_vlm_specials *sp,
+                         const int *n_tok) {
     svlm_err err = {0};
     char intro[256];
     svlm_prompt_video_intro(intro, sizeof intro, N_FRAMES, N_FRAMES);
-    const char *head = "<|im_start|>User: ", *q = "\nWhat moves through the parking lot?<end_of_utterance>\nAssistant:";
+    const char *head = "<|im_start|>User: ",
+               *q = "\nWhat moves through the parking lot?<end_of_utterance>\nAssistant:";
     REQUIRE(!svlm_prompt_text(p, t, head, strlen(head), 0, 1, &err), "%s", err.msg);
     REQUIRE(!svlm_prompt_text(p, t, intro, strlen(intro), 0, 0, &err), "%s", err.msg);
-    for (int f = 0; f < N_FRAMES; f++) REQUIRE(!svlm_prompt_frame(p, t, sp, f, n_tok[f], &err), "%s", err.msg);
+    for (int f = 0; f < N_FRAMES; f++)
+        REQUIRE(!svlm_prompt_frame(p, t, sp, f, n_tok[f], &err), "%s", err.msg);
     REQUIRE(!svlm_prompt_text(p, t, q, strlen(q), 0, 1, &err), "%s", err.msg);
 }
 
 /* Logits at the end of the prompt and after each forced token: out [N_FORCED + 1][V]. When
  * forced is NULL the greedy choices are taken and written to greedy. */
-static void answer_logits(svlm_llama *lm, svlm_kernels *k, const svlm_prompt *p, const float *embd, const int32_t *forced,
-                          int32_t *greedy, float *out) {
+static void answer_logits(svlm_llama *lm, svlm_kernels *k, const svlm_prompt *p, const float *embd,
+                          const int32_t *forced, int32_t *greedy, float *out) {
     svlm_err err = {0};
     int V = svlm_llama_hparams_of(lm)->n_vocab;
     svlm_llama_ctx *ctx = NULL;
@@ -109,9 +115,11 @@ static void answer_logits(svlm_llama *lm, svlm_kernels *k, const svlm_prompt *p,
     for (int s = 0; s < N_FORCED; s++) {
         const float *l = out + (size_t)s * V;
         int32_t id = 0;
-        if (forced) id = forced[s];
+        if (forced)
+            id = forced[s];
         else {
-            for (int v = 1; v < V; v++) id = l[v] > l[id] ? v : id;
+            for (int v = 1; v < V; v++)
+                id = l[v] > l[id] ? v : id;
             greedy[s] = id;
         }
         REQUIRE(!svlm_llama_eval(ctx, &id, NULL, 1, out + (size_t)(s + 1) * V, 0, &err), "%s", err.msg);
@@ -131,7 +139,8 @@ static void compare(const float *a, const float *b, int V, double *kl_mean, doub
             if (y[v] > my) my = y[v], ay = v;
         }
         double zx = 0, zy = 0;
-        for (int v = 0; v < V; v++) zx += exp(x[v] - mx), zy += exp(y[v] - my);
+        for (int v = 0; v < V; v++)
+            zx += exp(x[v] - mx), zy += exp(y[v] - my);
         double d = 0;
         for (int v = 0; v < V; v++) {
             double lp = x[v] - mx - log(zx), lq = y[v] - my - log(zy);
@@ -146,7 +155,8 @@ static void compare(const float *a, const float *b, int V, double *kl_mean, doub
 
 int test_main(void) {
     test_data_or_skip();
-    if (!svlm_source_backend_available(SVLM_BACKEND_FFMPEG) && !svlm_source_backend_available(SVLM_BACKEND_GST))
+    if (!svlm_source_backend_available(SVLM_BACKEND_FFMPEG) &&
+        !svlm_source_backend_available(SVLM_BACKEND_GST))
         SKIP("no video backend in this build");
     svlm_source_library_log(0);
     svlm_err err = {0};
@@ -154,8 +164,11 @@ int test_main(void) {
     svlm_llama *lm = NULL;
     svlm_kernels *k = NULL;
     svlm_vision_ctx *vc = NULL;
-    REQUIRE(!svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &m, &err), "%s", err.msg);
-    REQUIRE(!svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &lm, &err), "%s", err.msg);
+    REQUIRE(
+        !svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &m, &err),
+        "%s", err.msg);
+    REQUIRE(!svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &lm, &err),
+            "%s", err.msg);
     REQUIRE(!svlm_kernels_create_cpu(1, &k, &err), "%s", err.msg);
     REQUIRE(!svlm_vision_ctx_create(m, k, 1, &vc, &err), "%s", err.msg);
     frames fr;
@@ -164,7 +177,8 @@ int test_main(void) {
     svlm_vlm_specials sp;
     REQUIRE(!svlm_vlm_specials_find(tok, &sp, &err), "%s", err.msg);
     int V = svlm_llama_hparams_of(lm)->n_vocab, T = fr.T, E = fr.E, all[N_FRAMES], total_kept = 0;
-    for (int f = 0; f < N_FRAMES; f++) all[f] = T, total_kept += fr.n_kept[f];
+    for (int f = 0; f < N_FRAMES; f++)
+        all[f] = T, total_kept += fr.n_kept[f];
 
     /* unpruned: every token, greedy answer */
     svlm_prompt pf, pk;
@@ -180,7 +194,8 @@ int test_main(void) {
 
     /* pruned: the kept tokens of each frame, packed in order */
     size_t TE = (size_t)T * E;
-    float *packed = malloc(sizeof(float) * TE * N_FRAMES), *blind = malloc(sizeof(float) * TE * N_FRAMES), mean[4096];
+    float *packed = malloc(sizeof(float) * TE * N_FRAMES), *blind = malloc(sizeof(float) * TE * N_FRAMES),
+          mean[4096];
     REQUIRE(packed && blind && E <= 4096, "oom");
     size_t rows = 0;
     for (int f = 0; f < N_FRAMES; f++) {
@@ -192,8 +207,10 @@ int test_main(void) {
     /* blind: same layout and budget, every row the mean visual token */
     memset(mean, 0, sizeof mean);
     for (size_t r = 0; r < (size_t)T * N_FRAMES; r++)
-        for (int e = 0; e < E; e++) mean[e] += fr.full[r * E + e] / (float)(T * N_FRAMES);
-    for (size_t r = 0; r < rows; r++) memcpy(blind + r * E, mean, sizeof(float) * E);
+        for (int e = 0; e < E; e++)
+            mean[e] += fr.full[r * E + e] / (float)(T * N_FRAMES);
+    for (size_t r = 0; r < rows; r++)
+        memcpy(blind + r * E, mean, sizeof(float) * E);
     answer_logits(lm, k, &pk, blind, answer, NULL, lb);
 
     /* cache only: every token, from the feature cache */
@@ -226,8 +243,8 @@ int test_main(void) {
     printf("random tokens, same counts: top-1 agreement %.0f%%, mean KL %.4f nats\n", 100 * top1_r, kl_r);
     free(lc);
     free(lr);
-    printf("tokens to the decoder: %d pruned vs %d (%.0f%% fewer), prompt %zu vs %zu positions\n", total_kept, T * N_FRAMES,
-           100.0 * (1.0 - (double)total_kept / (T * N_FRAMES)), pk.n, pf.n);
+    printf("tokens to the decoder: %d pruned vs %d (%.0f%% fewer), prompt %zu vs %zu positions\n", total_kept,
+           T * N_FRAMES, 100.0 * (1.0 - (double)total_kept / (T * N_FRAMES)), pk.n, pf.n);
     printf("STC vs unpruned: top-1 agreement %.0f%%, mean KL %.4f nats\n", 100 * top1, kl);
     printf("blind vs unpruned: top-1 agreement %.0f%%, mean KL %.4f nats\n", 100 * top1_b, kl_b);
     CHECK(isfinite(kl_c) && kl_c < 0.03, "KL(unpruned || cache only) = %.5f", kl_c);

@@ -23,12 +23,14 @@ static void smooth_frame(float *x, uint32_t seed) {
         for (int d = 0; d < DIM; d++) {
             r = r * 1664525u + 1013904223u;
             float noise = 0.01f * ((float)(r >> 8) / 16777216.0f - 0.5f);
-            x[i * DIM + d] = 1.0f + 0.05f * sinf(0.3f * (float)(i % GW) + (float)d) + 0.05f * cosf(0.2f * (float)(i / GW) * (float)d) + noise;
+            x[i * DIM + d] = 1.0f + 0.05f * sinf(0.3f * (float)(i % GW) + (float)d) +
+                             0.05f * cosf(0.2f * (float)(i / GW) * (float)d) + noise;
         }
 }
 
 static void make_odd(float *x, int i, float sign) {
-    for (int d = 0; d < DIM; d++) x[i * DIM + d] = sign * ((d % 2) ? 1.0f : -1.0f);
+    for (int d = 0; d < DIM; d++)
+        x[i * DIM + d] = sign * ((d % 2) ? 1.0f : -1.0f);
 }
 
 static int contains(const int32_t *v, int n, int x) {
@@ -43,7 +45,8 @@ static void memory_lookup(void *user, const float *tokens, int n, int dim, float
     for (int i = 0; i < n; i++) {
         double ab = 0, aa = 0, bb = 0;
         for (int d = 0; d < dim; d++)
-            ab += tokens[i * dim + d] * remembered[d], aa += tokens[i * dim + d] * tokens[i * dim + d], bb += remembered[d] * remembered[d];
+            ab += tokens[i * dim + d] * remembered[d], aa += tokens[i * dim + d] * tokens[i * dim + d],
+                bb += remembered[d] * remembered[d];
         sim[i] = (float)(ab / sqrt(aa * bb));
     }
 }
@@ -53,11 +56,12 @@ int test_main(void) {
     svlm_stc_controls ctl;
     svlm_stc_controls_default(&ctl);
     ctl.keep_ratio = 0.25f; /* 9 of 36 */
-    ctl.keep_floor = 1; /* so that only novelty keeps a token beyond the first */
+    ctl.keep_floor = 1;     /* so that only novelty keeps a token beyond the first */
     ctl.keyframe_ratio = 0.5f;
     svlm_stc_pruner *p = NULL;
     REQUIRE(!svlm_stc_pruner_create(&ctl, GW, GH, DIM, &p, &err), "%s", err.msg);
-    CHECK(svlm_stc_pruner_create(&ctl, 0, GH, DIM, &(svlm_stc_pruner *){NULL}, &err) == SVLM_E_INVALID, "empty grid accepted");
+    CHECK(svlm_stc_pruner_create(&ctl, 0, GH, DIM, &(svlm_stc_pruner *){NULL}, &err) == SVLM_E_INVALID,
+          "empty grid accepted");
 
     float *f = malloc(sizeof(float) * NT * DIM), *kt = malloc(sizeof(float) * NT * DIM), scores[NT];
     int32_t kept[NT];
@@ -70,10 +74,14 @@ int test_main(void) {
     CHECK(n == 18, "first frame kept %d, expected the keyframe budget 18", n);
     CHECK(contains(kept, n, 20), "salient token 20 dropped on the first frame");
     int best = 0;
-    for (int i = 1; i < NT; i++) best = scores[i] > scores[best] ? i : best;
+    for (int i = 1; i < NT; i++)
+        best = scores[i] > scores[best] ? i : best;
     CHECK(best == 20, "highest score at %d, expected 20", best);
-    for (int i = 1; i < n; i++) CHECK(kept[i] > kept[i - 1], "kept indices not ascending at %d", i);
-    for (int i = 0; i < n; i++) CHECK(!memcmp(kt + i * DIM, f + kept[i] * DIM, sizeof(float) * DIM), "kept row %d is not token %d", i, kept[i]);
+    for (int i = 1; i < n; i++)
+        CHECK(kept[i] > kept[i - 1], "kept indices not ascending at %d", i);
+    for (int i = 0; i < n; i++)
+        CHECK(!memcmp(kt + i * DIM, f + kept[i] * DIM, sizeof(float) * DIM), "kept row %d is not token %d", i,
+              kept[i]);
 
     /* the same frame again: nothing is novel, only the floor */
     n = svlm_stc_prune(p, f, 0, kept, kt, NULL);
@@ -87,7 +95,8 @@ int test_main(void) {
     CHECK(contains(kept, n, 7) && contains(kept, n, 29), "changed tokens 7 and 29 not both kept");
 
     /* memory already holds what token 11 becomes: it is not novel */
-    for (int d = 0; d < DIM; d++) remembered[d] = (d % 3) ? 0.5f : -2.0f;
+    for (int d = 0; d < DIM; d++)
+        remembered[d] = (d % 3) ? 0.5f : -2.0f;
     svlm_stc_pruner_set_memory(p, memory_lookup, NULL);
     memcpy(f + 11 * DIM, remembered, sizeof remembered);
     make_odd(f, 30, 1);

@@ -22,12 +22,17 @@ static void make_frame(int i, int E) {
 }
 
 static svlm_stream *new_stream(void) {
-    svlm_stream_params p = {.sink_tokens = 32, .vision_tokens = 70, .text_tokens = 120, .answer_room = 64,
-                            .rows_per_frame = ROWS, .page_tokens = 16, .kv_type = SVLM_F32};
+    svlm_stream_params p = {.sink_tokens = 32,
+                            .vision_tokens = 70,
+                            .text_tokens = 120,
+                            .answer_room = 64,
+                            .rows_per_frame = ROWS,
+                            .page_tokens = 16,
+                            .kv_type = SVLM_F32};
     svlm_stream *s = NULL;
     svlm_err err = {0};
-    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe the video.<end_of_utterance>\n", &s,
-                               &err) == SVLM_OK,
+    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe the video.<end_of_utterance>\n",
+                               &s, &err) == SVLM_OK,
             "%s", err.msg);
     return s;
 }
@@ -86,7 +91,9 @@ static void *asker(void *arg) {
     return NULL;
 }
 
-static int pruned_rows(int i) { return 1 + (i * 5) % ROWS; } /* 1..ROWS, varying */
+static int pruned_rows(int i) {
+    return 1 + (i * 5) % ROWS;
+} /* 1..ROWS, varying */
 
 static void pruned_frames(void) {
     const int E = svlm_llama_hparams_of(model)->n_embd;
@@ -99,25 +106,36 @@ static void pruned_frames(void) {
     svlm_stream_metrics_get(full, &m_full);
     svlm_stream_metrics_get(three, &m_three);
     /* same header ("Frame from 00:00:" and the image block's markers), ROWS - 3 fewer rows */
-    CHECK(m_full.tokens[SVLM_KV_VISION] - m_three.tokens[SVLM_KV_VISION] == ROWS - 3 && m_three.image_rows_in == 3,
-          "full frame %d tokens, 3-row frame %d", m_full.tokens[SVLM_KV_VISION], m_three.tokens[SVLM_KV_VISION]);
+    CHECK(m_full.tokens[SVLM_KV_VISION] - m_three.tokens[SVLM_KV_VISION] == ROWS - 3 &&
+              m_three.image_rows_in == 3,
+          "full frame %d tokens, 3-row frame %d", m_full.tokens[SVLM_KV_VISION],
+          m_three.tokens[SVLM_KV_VISION]);
     CHECK(svlm_stream_add_frame_tokens(three, 1.0, frame_embd, 0, &err) == SVLM_E_INVALID, "0 rows accepted");
-    CHECK(svlm_stream_add_frame_tokens(three, 1.0, frame_embd, ROWS + 1, &err) == SVLM_E_INVALID, "too many rows");
+    CHECK(svlm_stream_add_frame_tokens(three, 1.0, frame_embd, ROWS + 1, &err) == SVLM_E_INVALID,
+          "too many rows");
     svlm_stream_free(full);
     svlm_stream_free(three);
 
     svlm_memory_opts mo;
     svlm_memory_opts_default(&mo);
     mo.short_frames = 64; /* every evicted frame stays a SHORT entry, to be checked row by row */
-    svlm_stream_params p = {.sink_tokens = 32, .vision_tokens = 70, .text_tokens = 120, .answer_room = 64,
-                            .rows_per_frame = ROWS, .page_tokens = 16, .kv_type = SVLM_F32, .memory = &mo};
+    svlm_stream_params p = {.sink_tokens = 32,
+                            .vision_tokens = 70,
+                            .text_tokens = 120,
+                            .answer_room = 64,
+                            .rows_per_frame = ROWS,
+                            .page_tokens = 16,
+                            .kv_type = SVLM_F32,
+                            .memory = &mo};
     svlm_stream *s = NULL;
-    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: video.<end_of_utterance>\n", &s, &err) == SVLM_OK,
+    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: video.<end_of_utterance>\n", &s, &err) ==
+                SVLM_OK,
             "%s", err.msg);
     int64_t rows = 0;
     for (int i = 0; i < 40; i++) {
         make_frame(i, E);
-        REQUIRE(svlm_stream_add_frame_tokens(s, (double)i, frame_embd, pruned_rows(i), &err) == SVLM_OK, "%s", err.msg);
+        REQUIRE(svlm_stream_add_frame_tokens(s, (double)i, frame_embd, pruned_rows(i), &err) == SVLM_OK, "%s",
+                err.msg);
         rows += pruned_rows(i);
         svlm_stream_metrics m;
         svlm_stream_metrics_get(s, &m);
@@ -126,26 +144,28 @@ static void pruned_frames(void) {
     svlm_stream_metrics m;
     svlm_stream_metrics_get(s, &m);
     CHECK(m.image_rows_in == rows && m.memory_frames == m.evicted_spans && m.memory_push_errors == 0,
-          "rows %lld of %lld, %lld frames remembered of %lld evicted, %lld push errors", (long long)m.image_rows_in,
-          (long long)rows, (long long)m.memory_frames, (long long)m.evicted_spans, (long long)m.memory_push_errors);
+          "rows %lld of %lld, %lld frames remembered of %lld evicted, %lld push errors",
+          (long long)m.image_rows_in, (long long)rows, (long long)m.memory_frames, (long long)m.evicted_spans,
+          (long long)m.memory_push_errors);
     svlm_memory *bank = svlm_stream_memory(s);
     int checked = 0;
     for (int i = 0; i < svlm_memory_count(bank); i++) {
         svlm_memory_entry_info info;
         if (svlm_memory_entry(bank, i, &info) || info.tier != SVLM_MEMORY_SHORT) continue;
-        CHECK(info.n_tokens == pruned_rows((int)info.t0), "frame at %.0f s remembered with %d rows, kept %d", info.t0,
-              info.n_tokens, pruned_rows((int)info.t0));
+        CHECK(info.n_tokens == pruned_rows((int)info.t0), "frame at %.0f s remembered with %d rows, kept %d",
+              info.t0, info.n_tokens, pruned_rows((int)info.t0));
         checked++;
     }
     CHECK(checked > 10, "only %d short-term frames", checked);
     char *ans = NULL;
     svlm_answer_metrics am;
     svlm_llama_ctx *ctx = NULL;
-    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &ctx, &err) == SVLM_OK, "%s",
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &ctx, &err) == SVLM_OK,
+            "%s", err.msg);
+    REQUIRE(svlm_stream_ask(s, ctx, "What happened?", 12, NULL, NULL, &ans, &am, &err) == SVLM_OK, "%s",
             err.msg);
-    REQUIRE(svlm_stream_ask(s, ctx, "What happened?", 12, NULL, NULL, &ans, &am, &err) == SVLM_OK, "%s", err.msg);
-    CHECK(ans && am.memory_hits > 0 && am.memory_tokens <= svlm_stream_ctx_size(s), "answer %s with %d memories",
-          ans ? ans : "(none)", am.memory_hits);
+    CHECK(ans && am.memory_hits > 0 && am.memory_tokens <= svlm_stream_ctx_size(s),
+          "answer %s with %d memories", ans ? ans : "(none)", am.memory_hits);
     printf("pruned frames: %lld rows in 40 frames, %d short-term entries checked, %d memories placed\n",
            (long long)rows, checked, am.memory_hits);
     free(ans);
@@ -167,24 +187,27 @@ int test_main(void) {
     add_frames(b, 0, 10);
     svlm_stream_metrics m;
     svlm_stream_metrics_get(a, &m);
-    CHECK(m.frames_in == 10 && m.tokens[SVLM_KV_VISION] <= 70 && m.tokens[SVLM_KV_VISION] > 40, "vision %d tokens",
-          m.tokens[SVLM_KV_VISION]);
+    CHECK(m.frames_in == 10 && m.tokens[SVLM_KV_VISION] <= 70 && m.tokens[SVLM_KV_VISION] > 40,
+          "vision %d tokens", m.tokens[SVLM_KV_VISION]);
     CHECK(m.evicted_spans >= 7 && m.evicted_tokens % m.evicted_spans == 0, "%lld spans, %lld tokens evicted",
           (long long)m.evicted_spans, (long long)m.evicted_tokens);
-    CHECK(m.tokens[SVLM_KV_SINK] > 0 && m.tokens[SVLM_KV_TEXT] == 0, "sinks %d text %d", m.tokens[SVLM_KV_SINK],
-          m.tokens[SVLM_KV_TEXT]);
+    CHECK(m.tokens[SVLM_KV_SINK] > 0 && m.tokens[SVLM_KV_TEXT] == 0, "sinks %d text %d",
+          m.tokens[SVLM_KV_SINK], m.tokens[SVLM_KV_TEXT]);
 
     /* 2. the same stream state gives the same greedy answer; it joins the dialogue window */
     svlm_llama_ctx *ctx = NULL;
-    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(a), SVLM_F32, &ctx, &err) == SVLM_OK, "%s",
-            err.msg);
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(a), SVLM_F32, &ctx, &err) == SVLM_OK,
+            "%s", err.msg);
     char *ans_a = NULL, *ans_b = NULL;
     svlm_answer_metrics am;
-    REQUIRE(svlm_stream_ask(a, ctx, "What happens?", 12, NULL, NULL, &ans_a, &am, &err) == SVLM_OK, "%s", err.msg);
-    REQUIRE(svlm_stream_ask(b, ctx, "What happens?", 12, NULL, NULL, &ans_b, NULL, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_stream_ask(a, ctx, "What happens?", 12, NULL, NULL, &ans_a, &am, &err) == SVLM_OK, "%s",
+            err.msg);
+    REQUIRE(svlm_stream_ask(b, ctx, "What happens?", 12, NULL, NULL, &ans_b, NULL, &err) == SVLM_OK, "%s",
+            err.msg);
     CHECK(ans_a && ans_b && !strcmp(ans_a, ans_b), "answers differ: '%s' vs '%s'", ans_a, ans_b);
     CHECK(am.tokens > 0 && am.ttft_ms > 0, "%d tokens, ttft %.2f ms", am.tokens, am.ttft_ms);
-    printf("answer: '%s' (%d tokens, ttft %.2f ms, %.0f tok/s)\n", ans_a, am.tokens, am.ttft_ms, am.tokens_per_s);
+    printf("answer: '%s' (%d tokens, ttft %.2f ms, %.0f tok/s)\n", ans_a, am.tokens, am.ttft_ms,
+           am.tokens_per_s);
     svlm_stream_metrics_get(a, &m);
     CHECK(m.tokens[SVLM_KV_TEXT] > am.tokens && m.answers_joined == 1, "the turn did not join: text %d",
           m.tokens[SVLM_KV_TEXT]);
@@ -194,13 +217,15 @@ int test_main(void) {
     /* 3. cancelling an answer frees its pages and leaves the stream as it was */
     size_t bytes_before = m.kv_bytes;
     int calls = 0;
-    CHECK(svlm_stream_ask(a, ctx, "And then?", 12, cancel_at_second, &calls, NULL, NULL, &err) == SVLM_E_CANCELLED,
+    CHECK(svlm_stream_ask(a, ctx, "And then?", 12, cancel_at_second, &calls, NULL, NULL, &err) ==
+              SVLM_E_CANCELLED,
           "not cancelled");
     svlm_stream_metrics m2;
     svlm_stream_metrics_get(a, &m2);
     CHECK(calls == 2 && m2.kv_bytes == bytes_before && m2.tokens[SVLM_KV_TEXT] == m.tokens[SVLM_KV_TEXT],
           "after cancel: %zu bytes (was %zu), %d calls", m2.kv_bytes, bytes_before, calls);
-    CHECK(svlm_stream_ask(a, ctx, "x", 100, NULL, NULL, NULL, NULL, &err) == SVLM_E_LIMIT, "oversized answer accepted");
+    CHECK(svlm_stream_ask(a, ctx, "x", 100, NULL, NULL, NULL, NULL, &err) == SVLM_E_LIMIT,
+          "oversized answer accepted");
 
     /* 4. a question is answered while frames keep arriving. (The fork point depends on timing, and
      * this random-weight model may end an answer at once; then no token shows the overlap: retry.) */
@@ -218,7 +243,8 @@ int test_main(void) {
             svlm_stream_metrics_get(a, &now);
             pthread_mutex_lock(&L.mu);
             int done = L.done, enough = L.wait_until && now.frames_in >= L.wait_until;
-            while (enough && !L.done) pthread_cond_wait(&L.cv, &L.mu);
+            while (enough && !L.done)
+                pthread_cond_wait(&L.cv, &L.mu);
             pthread_mutex_unlock(&L.mu);
             if (done || enough) break;
             add_frames(a, frame_no, frame_no + 1);
@@ -233,9 +259,10 @@ int test_main(void) {
         free(L.answer);
         REQUIRE(L.st == SVLM_OK, "live question failed (%d)", L.st);
         if (L.am.tokens == 0 && attempt < 4) continue;
-        printf("live answer: %d tokens, %lld frames ingested meanwhile\n", L.am.tokens, (long long)L.am.frames_during);
-        CHECK(L.am.tokens > 0 && L.am.frames_during >= 2, "%d tokens, %lld frames during the answer", L.am.tokens,
-              (long long)L.am.frames_during);
+        printf("live answer: %d tokens, %lld frames ingested meanwhile\n", L.am.tokens,
+               (long long)L.am.frames_during);
+        CHECK(L.am.tokens > 0 && L.am.frames_during >= 2, "%d tokens, %lld frames during the answer",
+              L.am.tokens, (long long)L.am.frames_during);
         break;
     }
 
@@ -244,10 +271,10 @@ int test_main(void) {
     svlm_stream_metrics_get(a, &m);
     add_frames(a, 120, 420);
     svlm_stream_metrics_get(a, &m2);
-    CHECK(m2.kv_bytes <= m.kv_bytes * 105 / 100 && m2.frames_in == m.frames_in + 300, "cache grew from %zu to %zu bytes",
-          m.kv_bytes, m2.kv_bytes);
-    printf("%lld frames, %.2f ms prefill per frame, %zu KV bytes\n", (long long)m2.frames_in, m2.prefill_ms_per_frame,
-           m2.kv_bytes);
+    CHECK(m2.kv_bytes <= m.kv_bytes * 105 / 100 && m2.frames_in == m.frames_in + 300,
+          "cache grew from %zu to %zu bytes", m.kv_bytes, m2.kv_bytes);
+    printf("%lld frames, %.2f ms prefill per frame, %zu KV bytes\n", (long long)m2.frames_in,
+           m2.prefill_ms_per_frame, m2.kv_bytes);
 
     /* 6. pruned frames (token compression): the image block holds as many rows as were kept,
      * windows and eviction work in whole frames of any size, the memory bank gets the kept rows */

@@ -20,7 +20,8 @@ static void make_frame(int i, int E, float *out) {
     const int event = i >= EVENT_AT && i < EVENT_AT + EVENT_LEN;
     for (int r = 0; r < ROWS; r++)
         for (int j = 0; j < E; j++) {
-            float calm = 0.5f * (float)((r * 7 + j * 13) % 17 - 8) / 8.0f + 0.001f * (float)i * (float)(j % 3);
+            float calm =
+                0.5f * (float)((r * 7 + j * 13) % 17 - 8) / 8.0f + 0.001f * (float)i * (float)(j % 3);
             float odd = ((r * 5 + j * 11) % 9 < 3) ? 1.5f : -1.2f;
             out[(size_t)r * E + j] = event ? odd : calm;
         }
@@ -31,13 +32,20 @@ static svlm_stream *new_stream(const char *dir) {
     svlm_memory_opts_default(&mo);
     mo.budget_bytes = 1 << 20;
     mo.dir = dir;
-    svlm_stream_params p = {.sink_tokens = 32, .vision_tokens = 70, .text_tokens = 120, .answer_room = 64,
-                            .rows_per_frame = ROWS, .page_tokens = 16, .kv_type = SVLM_F32, .memory = &mo,
-                            .memory_room = 160, .memory_top_k = 3};
+    svlm_stream_params p = {.sink_tokens = 32,
+                            .vision_tokens = 70,
+                            .text_tokens = 120,
+                            .answer_room = 64,
+                            .rows_per_frame = ROWS,
+                            .page_tokens = 16,
+                            .kv_type = SVLM_F32,
+                            .memory = &mo,
+                            .memory_room = 160,
+                            .memory_top_k = 3};
     svlm_stream *s = NULL;
     svlm_err err = {0};
-    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe the video.<end_of_utterance>\n", &s,
-                               &err) == SVLM_OK,
+    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe the video.<end_of_utterance>\n",
+                               &s, &err) == SVLM_OK,
             "%s", err.msg);
     return s;
 }
@@ -55,11 +63,12 @@ int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
     REQUIRE(svlm_kernels_create_cpu(2, &kern, &err) == SVLM_OK, "%s", err.msg);
-    REQUIRE(svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &model, &err) ==
-                SVLM_OK,
+    REQUIRE(svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &model,
+                            &err) == SVLM_OK,
             "%s", err.msg);
     const int E = svlm_llama_hparams_of(model)->n_embd;
-    float *frame = malloc((size_t)ROWS * E * sizeof(float)), *needle = malloc((size_t)ROWS * E * sizeof(float));
+    float *frame = malloc((size_t)ROWS * E * sizeof(float)),
+          *needle = malloc((size_t)ROWS * E * sizeof(float));
     REQUIRE(frame && needle, "out of memory");
     char dir[] = "/tmp/svlm_stream_memoryXXXXXX";
     REQUIRE(mkdtemp(dir), "mkdtemp failed");
@@ -77,29 +86,32 @@ int test_main(void) {
     CHECK(m.memory_push_errors == 0, "%lld pushes failed", (long long)m.memory_push_errors);
     CHECK(m.memory_bytes > 0 && m.memory_bytes <= m.memory_budget, "memory %zu of %zu", m.memory_bytes,
           m.memory_budget);
-    CHECK(m.memory_tier_entries[SVLM_MEMORY_EVENT] >= 1, "no event entry (events %lld)", (long long)m.memory_events);
+    CHECK(m.memory_tier_entries[SVLM_MEMORY_EVENT] >= 1, "no event entry (events %lld)",
+          (long long)m.memory_events);
 
     /* the question is built from the needle's own content: its entry ranks first and is placed */
     svlm_llama_ctx *ctx = NULL;
-    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &ctx, &err) == SVLM_OK, "%s",
-            err.msg);
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &ctx, &err) == SVLM_OK,
+            "%s", err.msg);
     make_frame(EVENT_AT, E, needle);
     char *prompt = NULL, *answer = NULL;
     svlm_answer_metrics am;
-    svlm_ask_opts o = {.max_tokens = 4, .use_memory = 1, .query_vecs = needle, .n_query_vecs = ROWS,
-                       .prompt_text = &prompt};
+    svlm_ask_opts o = {
+        .max_tokens = 4, .use_memory = 1, .query_vecs = needle, .n_query_vecs = ROWS, .prompt_text = &prompt};
     svlm_stream_fork *f = NULL;
     REQUIRE(svlm_stream_fork_now(s, &f, &err) == SVLM_OK, "%s", err.msg);
     REQUIRE(svlm_stream_ask_fork_opts(s, f, ctx, "What was different?", &o, NULL, NULL, &answer, &am, &err) ==
                 SVLM_OK,
             "%s", err.msg);
     int hit = -1;
-    CHECK(am.memory_hits >= 1 && covers_event(&am, &hit), "%d hits, none covers %d s", am.memory_hits, EVENT_AT);
+    CHECK(am.memory_hits >= 1 && covers_event(&am, &hit), "%d hits, none covers %d s", am.memory_hits,
+          EVENT_AT);
     if (hit >= 0) {
         CHECK(am.memory_tier[hit] == SVLM_MEMORY_EVENT, "the needle came from tier %d", am.memory_tier[hit]);
         char intro[96];
         svlm_memory_format_intro(am.memory_t0[hit], am.memory_t1[hit], intro, sizeof intro);
-        CHECK(prompt && strstr(prompt, intro), "'%s' not in the prompt: %s", intro, prompt ? prompt : "(none)");
+        CHECK(prompt && strstr(prompt, intro), "'%s' not in the prompt: %s", intro,
+              prompt ? prompt : "(none)");
     }
     CHECK(prompt && strstr(prompt, "What was different?") > strstr(prompt, "Memory from"),
           "memory is not before the question: %s", prompt ? prompt : "(none)");
@@ -110,16 +122,17 @@ int test_main(void) {
     /* a time anchor finds it from the question's own words */
     REQUIRE(svlm_stream_fork_now(s, &f, &err) == SVLM_OK, "%s", err.msg);
     svlm_ask_opts o2 = {.max_tokens = 4, .use_memory = 1};
-    REQUIRE(svlm_stream_ask_fork_opts(s, f, ctx, "What happened at 00:41?", &o2, NULL, NULL, NULL, &am, &err) ==
-                SVLM_OK,
+    REQUIRE(svlm_stream_ask_fork_opts(s, f, ctx, "What happened at 00:41?", &o2, NULL, NULL, NULL, &am,
+                                      &err) == SVLM_OK,
             "%s", err.msg);
     CHECK(am.memory_time_anchored == 1, "the time anchor was not understood");
     for (int i = 0; i < am.memory_hits; i++)
-        CHECK(am.memory_t1[i] >= 41 - 30 && am.memory_t0[i] <= 41 + 30, "hit %d at %.0f-%.0f s outside 00:41 +- 30 s", i,
-              am.memory_t0[i], am.memory_t1[i]);
+        CHECK(am.memory_t1[i] >= 41 - 30 && am.memory_t0[i] <= 41 + 30,
+              "hit %d at %.0f-%.0f s outside 00:41 +- 30 s", i, am.memory_t0[i], am.memory_t1[i]);
     CHECK(am.memory_hits >= 1, "no hit for a time-anchored question");
     svlm_stream_metrics_get(s, &m);
-    const int entries_before = m.memory_tier_entries[SVLM_MEMORY_MID] + m.memory_tier_entries[SVLM_MEMORY_EVENT];
+    const int entries_before =
+        m.memory_tier_entries[SVLM_MEMORY_MID] + m.memory_tier_entries[SVLM_MEMORY_EVENT];
     svlm_llama_ctx_free(ctx);
     svlm_stream_free(s); /* flushes: the clip and event being built persist too */
 
@@ -131,8 +144,8 @@ int test_main(void) {
     const double offset = m.time_offset;
     CHECK(offset > EVENT_AT + EVENT_LEN && offset <= N_FRAMES, "the clock restarts at %.1f s", offset);
     CHECK(m.memory_tier_entries[SVLM_MEMORY_MID] + m.memory_tier_entries[SVLM_MEMORY_EVENT] >= entries_before,
-          "restored %d entries, had %d", m.memory_tier_entries[SVLM_MEMORY_MID] + m.memory_tier_entries[SVLM_MEMORY_EVENT],
-          entries_before);
+          "restored %d entries, had %d",
+          m.memory_tier_entries[SVLM_MEMORY_MID] + m.memory_tier_entries[SVLM_MEMORY_EVENT], entries_before);
     make_frame(0, E, frame);
     REQUIRE(svlm_stream_add_frame(s, 0.0, frame, &err) == SVLM_OK, "%s", err.msg);
     svlm_stream_metrics_get(s, &m);

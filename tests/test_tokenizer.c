@@ -40,17 +40,19 @@ static void expect_ids(const svlm_tokenizer *t, const char *what, const char *te
           parse_special);
     if (!same) {
         fprintf(stderr, "  got:");
-        for (size_t i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %d", ids[i]);
         fprintf(stderr, "\n  exp:");
-        for (size_t i = 0; i < n_exp; i++) fprintf(stderr, " %d", exp[i]);
+        for (size_t i = 0; i < n_exp; i++)
+            fprintf(stderr, " %d", exp[i]);
         fprintf(stderr, "\n");
     }
     free(ids);
 }
-#define EXPECT(t, what, text, add, parse, ...)                                                     \
-    do {                                                                                           \
-        const int32_t exp_[] = {__VA_ARGS__};                                                      \
-        expect_ids(t, what, text, add, parse, exp_, sizeof exp_ / sizeof exp_[0]);                 \
+#define EXPECT(t, what, text, add, parse, ...)                                                               \
+    do {                                                                                                     \
+        const int32_t exp_[] = {__VA_ARGS__};                                                                \
+        expect_ids(t, what, text, add, parse, exp_, sizeof exp_ / sizeof exp_[0]);                           \
     } while (0)
 
 static void expect_detok(const svlm_tokenizer *t, const char *what, const int32_t *ids, size_t n, int special,
@@ -78,10 +80,14 @@ static void write_vocab(const char *path, const vocab_spec *v) {
     if (!st) st = gguf_writer_set_str(w, "general.architecture", "llama", &err);
     if (!st && v->model) st = gguf_writer_set_str(w, "tokenizer.ggml.model", v->model, &err);
     if (!st && v->pre) st = gguf_writer_set_str(w, "tokenizer.ggml.pre", v->pre, &err);
-    if (!st && v->tokens) st = gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", v->tokens, v->n_tokens, &err);
-    if (!st && v->scores) st = gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_FLOAT32, v->scores, v->n_tokens, &err);
-    if (!st && v->types) st = gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_INT32, v->types, v->n_tokens, &err);
-    if (!st && v->merges) st = gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", v->merges, v->n_merges, &err);
+    if (!st && v->tokens)
+        st = gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", v->tokens, v->n_tokens, &err);
+    if (!st && v->scores)
+        st = gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_FLOAT32, v->scores, v->n_tokens, &err);
+    if (!st && v->types)
+        st = gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_INT32, v->types, v->n_tokens, &err);
+    if (!st && v->merges)
+        st = gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", v->merges, v->n_merges, &err);
     if (!st && v->with_bos_eos) st = gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1, &err);
     if (!st && v->with_bos_eos) st = gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2, &err);
     if (!st) st = gguf_writer_finish(w, &err);
@@ -109,7 +115,8 @@ static void test_spm_synthetic(void) {
     int32_t types[SPM_N];
     const char *fixed[] = {"<unk>", "<s>", "</s>"};
     const int32_t fixed_types[] = {2, 3, 3};
-    for (int i = 0; i < 3; i++) tokens[i] = fixed[i], types[i] = fixed_types[i], scores[i] = 0;
+    for (int i = 0; i < 3; i++)
+        tokens[i] = fixed[i], types[i] = fixed_types[i], scores[i] = 0;
     for (int b = 0; b < 256; b++) {
         snprintf(names[SPM_BYTE(b)], sizeof names[0], "<0x%02X>", b);
         tokens[SPM_BYTE(b)] = names[SPM_BYTE(b)];
@@ -119,7 +126,8 @@ static void test_spm_synthetic(void) {
     /* "▁a" and "ab" both exist but "▁ab" does not: which pair merges first decides the result. */
     const char *words[] = {"\xE2\x96\x81", "a", "b", "\xE2\x96\x81\x61" /* ▁a */, "ab"};
     const float word_scores[] = {-100, -100, -100, -1.0f, -0.5f};
-    for (int i = 0; i < 5; i++) tokens[SPM_SPACE + i] = words[i], scores[SPM_SPACE + i] = word_scores[i], types[SPM_SPACE + i] = 1;
+    for (int i = 0; i < 5; i++)
+        tokens[SPM_SPACE + i] = words[i], scores[SPM_SPACE + i] = word_scores[i], types[SPM_SPACE + i] = 1;
     vocab_spec v = {"llama", NULL, tokens, SPM_N, scores, types, NULL, 0, 1};
     const char *path = tmp_path("spm.gguf");
     write_vocab(path, &v);
@@ -145,7 +153,8 @@ static void test_spm_synthetic(void) {
     EXPECT(t, "spm invalid utf-8", "\xFF", 0, 0, SPM_SPACE, SPM_BYTE(0xFF));
     /* After a parsed special token the next text gets its "▁" prefix again. */
     EXPECT(t, "spm special parsed", "<s>a", 1, 1, 1, 1, SPM_SPACE_A);
-    EXPECT(t, "spm special as text", "<s>a", 0, 0, SPM_SPACE, SPM_BYTE('<'), SPM_BYTE('s'), SPM_BYTE('>'), SPM_A);
+    EXPECT(t, "spm special as text", "<s>a", 0, 0, SPM_SPACE, SPM_BYTE('<'), SPM_BYTE('s'), SPM_BYTE('>'),
+           SPM_A);
 
     const int32_t ab_ab[] = {SPM_SPACE, SPM_AB, SPM_SPACE, SPM_AB};
     expect_detok(t, "spm detok strips the prefix space", ab_ab, 4, 0, "ab ab");
@@ -154,10 +163,13 @@ static void test_spm_synthetic(void) {
     expect_detok(t, "spm detok with specials", with_bos, 2, 1, "<s> a");
     char piece[8];
     CHECK(svlm_token_piece(t, SPM_BYTE('A'), 0, piece, sizeof piece) == 1 && piece[0] == 'A', "byte piece");
-    CHECK(svlm_token_piece(t, SPM_SPACE_A, 0, piece, sizeof piece) == 2 && !memcmp(piece, " a", 2), "▁ piece");
+    CHECK(svlm_token_piece(t, SPM_SPACE_A, 0, piece, sizeof piece) == 2 && !memcmp(piece, " a", 2),
+          "▁ piece");
     CHECK(svlm_token_piece(t, 1, 0, piece, sizeof piece) == 0, "hidden control piece");
-    CHECK(svlm_token_piece(t, 1, 1, piece, sizeof piece) == 3 && !memcmp(piece, "<s>", 3), "shown control piece");
-    CHECK(svlm_token_piece(t, -1, 1, piece, sizeof piece) == 0 && svlm_token_piece(t, SPM_N, 1, piece, 8) == 0,
+    CHECK(svlm_token_piece(t, 1, 1, piece, sizeof piece) == 3 && !memcmp(piece, "<s>", 3),
+          "shown control piece");
+    CHECK(svlm_token_piece(t, -1, 1, piece, sizeof piece) == 0 &&
+              svlm_token_piece(t, SPM_N, 1, piece, 8) == 0,
           "invalid ids give empty pieces");
     int32_t *ids = NULL;
     size_t n = 0;
@@ -186,14 +198,18 @@ static const char *write_bpe(const char *name, const char *pre) {
     int32_t types[BPE_N];
     for (int b = 0; b < 256; b++) { /* token id b is the byte b */
         unsigned c = gpt2_cpt(b);
-        if (c < 0x80) names[b][0] = (char)c, names[b][1] = 0;
-        else names[b][0] = (char)(0xC0 | (c >> 6)), names[b][1] = (char)(0x80 | (c & 0x3F)), names[b][2] = 0;
+        if (c < 0x80)
+            names[b][0] = (char)c, names[b][1] = 0;
+        else
+            names[b][0] = (char)(0xC0 | (c >> 6)), names[b][1] = (char)(0x80 | (c & 0x3F)), names[b][2] = 0;
         tokens[b] = names[b];
         types[b] = 1;
     }
-    const char *words[] = {"ab", "\xC4\xA0\x61\x62" /* Ġab */, "12", "bc", "\xC4\xA0\xC4\xA0", "'s", "<|im_end|>", "<user>"};
+    const char *words[] = {
+        "ab", "\xC4\xA0\x61\x62" /* Ġab */, "12", "bc", "\xC4\xA0\xC4\xA0", "'s", "<|im_end|>", "<user>"};
     const int32_t word_types[] = {1, 1, 1, 1, 1, 1, 3, 4};
-    for (int i = 0; i < 8; i++) tokens[256 + i] = words[i], types[256 + i] = word_types[i];
+    for (int i = 0; i < 8; i++)
+        tokens[256 + i] = words[i], types[256 + i] = word_types[i];
     const char *merges[] = {"a b", "\xC4\xA0 ab", "1 2", "b c", "\xC4\xA0 \xC4\xA0", "' s"};
     vocab_spec v = {"gpt2", pre, tokens, BPE_N, NULL, types, merges, 6, 0};
     const char *path = tmp_path(name);
@@ -255,9 +271,33 @@ static uint32_t lcg(uint32_t *state) {
 /* Text from fragments that exercise every rule: letters, digits, space runs, newlines, tabs,
  * contractions, multi-byte characters, special-token text and its pieces. */
 static size_t random_text(uint32_t *rng, char *buf, size_t cap) {
-    static const char *const parts[] = {"a", "b", "ab", "abc", "x12", "7", " ", "  ", "\n", "\t", "'s", "'S", "it",
-                                        "\xC3\xA9", "\xE6\x97\xA5", "\xF0\x9F\xA6\x99", "<s>", "</s>", "<|im_end|>",
-                                        "<user>", "<", "|", ",", "?", "Hello", "\xE2\x80\x8D", "\xC2\xA0"};
+    static const char *const parts[] = {"a",
+                                        "b",
+                                        "ab",
+                                        "abc",
+                                        "x12",
+                                        "7",
+                                        " ",
+                                        "  ",
+                                        "\n",
+                                        "\t",
+                                        "'s",
+                                        "'S",
+                                        "it",
+                                        "\xC3\xA9",
+                                        "\xE6\x97\xA5",
+                                        "\xF0\x9F\xA6\x99",
+                                        "<s>",
+                                        "</s>",
+                                        "<|im_end|>",
+                                        "<user>",
+                                        "<",
+                                        "|",
+                                        ",",
+                                        "?",
+                                        "Hello",
+                                        "\xE2\x80\x8D",
+                                        "\xC2\xA0"};
     size_t n = 0, k = lcg(rng) % 12;
     for (size_t i = 0; i < k; i++) {
         const char *p = parts[lcg(rng) % (sizeof parts / sizeof parts[0])];
@@ -291,7 +331,8 @@ static void test_round_trips(void) {
         char *back = st == SVLM_OK ? svlm_detokenize(t, ids, n_ids, 1) : NULL;
         if (!back || strcmp(back, text)) {
             bad++;
-            CHECK(0, "%s round trip of \"%s\" gave \"%s\"", iter % 2 ? "bpe" : "spm", text, back ? back : "(error)");
+            CHECK(0, "%s round trip of \"%s\" gave \"%s\"", iter % 2 ? "bpe" : "spm", text,
+                  back ? back : "(error)");
         }
         free(back);
         free(ids);
@@ -301,13 +342,15 @@ static void test_round_trips(void) {
     for (int iter = 0; iter < 400; iter++) {
         char text[64];
         size_t n = lcg(&rng) % sizeof text;
-        for (size_t i = 0; i < n; i++) text[i] = (char)(lcg(&rng) & 0xFF);
+        for (size_t i = 0; i < n; i++)
+            text[i] = (char)(lcg(&rng) & 0xFF);
         svlm_tokenizer *t = iter % 2 ? bpe : spm;
         int32_t *ids = NULL;
         size_t n_ids = 0;
         st = svlm_tokenize(t, text, n, iter % 3 == 0, iter % 4 == 0, &ids, &n_ids, &err);
         int in_range = st == SVLM_OK;
-        for (size_t i = 0; in_range && i < n_ids; i++) in_range = ids[i] >= 0 && ids[i] < svlm_tokenizer_n_vocab(t);
+        for (size_t i = 0; in_range && i < n_ids; i++)
+            in_range = ids[i] >= 0 && ids[i] < svlm_tokenizer_n_vocab(t);
         CHECK(in_range, "random bytes (iteration %d): status %d or an id out of range", iter, st);
         char *back = svlm_detokenize(t, ids, n_ids, iter % 2);
         CHECK(back != NULL, "detokenize of random ids");
@@ -326,8 +369,8 @@ static void expect_load_error(const char *name, const vocab_spec *v, svlm_status
     svlm_err err = {0};
     svlm_status st;
     svlm_tokenizer *t = load(path, &st, &err);
-    CHECK(!t && st == want && strstr(err.msg, needle), "%s: got status %d '%s', expected %d with '%s'", name, st,
-          err.msg, want, needle);
+    CHECK(!t && st == want && strstr(err.msg, needle), "%s: got status %d '%s', expected %d with '%s'", name,
+          st, err.msg, want, needle);
     svlm_tokenizer_free(t);
 }
 
@@ -386,7 +429,8 @@ static void test_bad_metadata(void) {
         gguf_writer_destroy(gw);
         REQUIRE(st == SVLM_OK, "writing %s: %s", path, err.msg);
         svlm_tokenizer *t = load(path, &st, &err);
-        CHECK(!t && st == SVLM_E_FORMAT && strstr(err.msg, "token_type"), "float token types: %d '%s'", st, err.msg);
+        CHECK(!t && st == SVLM_E_FORMAT && strstr(err.msg, "token_type"), "float token types: %d '%s'", st,
+              err.msg);
         svlm_tokenizer_free(t);
     }
     svlm_err err = {0};

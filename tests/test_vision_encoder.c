@@ -34,8 +34,8 @@ static double max_abs_diff(const float *a, const float *b, size_t n) {
 /* ---- intermediates: llama.cpp's chunk_01_acts.{json,f32}, matched by name and order ------- */
 
 typedef struct {
-    const float *ref;    /* the whole acts file */
-    const char *json;    /* its index */
+    const float *ref; /* the whole acts file */
+    const char *json; /* its index */
     int n_checked;
     double worst_rel;
     char worst[64];
@@ -44,8 +44,10 @@ typedef struct {
 /* Finds the next tensor named `name` after the cursor in the index: returns offset and count. */
 static int acts_find(const char *json, const char *name, int layer, size_t *off, size_t *n) {
     char key[96];
-    if (layer >= 0) snprintf(key, sizeof key, "\"name\": \"%s-%d\"", name, layer);
-    else snprintf(key, sizeof key, "\"name\": \"%s\"", name);
+    if (layer >= 0)
+        snprintf(key, sizeof key, "\"name\": \"%s-%d\"", name, layer);
+    else
+        snprintf(key, sizeof key, "\"name\": \"%s\"", name);
     const char *p = strstr(json, key);
     if (!p) return 0;
     const char *o = strstr(p, "\"offset_bytes\": "), *c = strstr(p, "\"n_floats\": ");
@@ -62,10 +64,12 @@ static void on_trace(void *user, const char *name, int layer, const float *data,
     if (!acts_find(ac->json, ref_name, layer, &off, &n)) return;
     if (n != (size_t)(rows * dim)) return;
     double scale = 0;
-    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(ac->ref[off + i]));
+    for (size_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(ac->ref[off + i]));
     double rel = max_abs_diff(data, ac->ref + off, n) / fmax(scale, 1e-6);
     ac->n_checked++;
-    if (getenv("SVLM_TEST_VERBOSE")) printf("  %-18s %2d  max|d|/scale %.2e  scale %.3g\n", name, layer, rel, scale);
+    if (getenv("SVLM_TEST_VERBOSE"))
+        printf("  %-18s %2d  max|d|/scale %.2e  scale %.3g\n", name, layer, rel, scale);
     if (rel > ac->worst_rel) {
         ac->worst_rel = rel;
         snprintf(ac->worst, sizeof ac->worst, "%s-%d", name, layer);

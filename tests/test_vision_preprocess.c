@@ -60,7 +60,8 @@ static void llama_tiles(void) {
     svlm_tiles t;
     st = svlm_preprocess_image(&img, &p, &t, &err);
     REQUIRE(st == SVLM_OK, "%s", err.msg);
-    CHECK(t.n_tiles == 5 && t.rows == 2 && t.cols == 2 && t.size == 128, "grid %dx%d, %d tiles", t.cols, t.rows, t.n_tiles);
+    CHECK(t.n_tiles == 5 && t.rows == 2 && t.cols == 2 && t.size == 128, "grid %dx%d, %d tiles", t.cols,
+          t.rows, t.n_tiles);
     static const char *chunks[] = {"01", "03", "05", "07", "09"};
     for (int k = 0; k < 5 && k < t.n_tiles; k++) {
         char path[256];
@@ -88,8 +89,10 @@ static void llama_tiles(void) {
 }
 
 static void hf_video(void) {
-    static const struct { const char *in, *ref; int frame; } cases[] = {
-        {"f0", "video_A", 0}, {"f1", "video_A", 1}, {"f2", "video_B", 0}, {"f3", "video_C", 0}};
+    static const struct {
+        const char *in, *ref;
+        int frame;
+    } cases[] = {{"f0", "video_A", 0}, {"f1", "video_A", 1}, {"f2", "video_B", 0}, {"f3", "video_C", 0}};
     svlm_preproc_params p = half;
     p.tile = 512;
     p.longest_edge = 2048;
@@ -141,10 +144,11 @@ static void media_frames(void) {
             mean += a[j];
         }
         mean /= (double)n;
-        CHECK(lo >= -1.0f && hi <= 1.0f && hi - lo > 0.5f && fabs(mean) < 0.9, "%s: range [%g, %g] mean %g", photos[i],
-              (double)lo, (double)hi, mean);
+        CHECK(lo >= -1.0f && hi <= 1.0f && hi - lo > 0.5f && fabs(mean) < 0.9, "%s: range [%g, %g] mean %g",
+              photos[i], (double)lo, (double)hi, mean);
         if (strstr(photos[i], "gray")) /* a grey photo stays grey: R = G = B planes */
-            CHECK(!memcmp(a, a + n / 3, sizeof(float) * n / 3) && !memcmp(a, a + 2 * n / 3, sizeof(float) * n / 3),
+            CHECK(!memcmp(a, a + n / 3, sizeof(float) * n / 3) &&
+                      !memcmp(a, a + 2 * n / 3, sizeof(float) * n / 3),
                   "grey photo has colour");
         svlm_image_free(&img);
     }
@@ -156,8 +160,8 @@ static void expect_error(const char *path, svlm_status want, const char *needle)
     svlm_err err = {0};
     svlm_image img;
     svlm_status st = svlm_image_load(path, NULL, &img, &err);
-    CHECK(st == want && strstr(err.msg, needle) && img.rgb == NULL, "%s: status %d, message '%s' (want %d, '%s')", path,
-          st, err.msg, want, needle);
+    CHECK(st == want && strstr(err.msg, needle) && img.rgb == NULL,
+          "%s: status %d, message '%s' (want %d, '%s')", path, st, err.msg, want, needle);
     svlm_image_free(&img);
 }
 
@@ -212,7 +216,8 @@ static void bad_input(void) {
     svlm_err err = {0};
     svlm_image img;
     svlm_status st = svlm_image_load(path, NULL, &img, &err);
-    CHECK(st == SVLM_OK && img.w == 2 && img.h == 1 && img.rgb[0] == 255 && img.rgb[1] == 0 && img.rgb[3] == 136,
+    CHECK(st == SVLM_OK && img.w == 2 && img.h == 1 && img.rgb[0] == 255 && img.rgb[1] == 0 &&
+              img.rgb[3] == 136,
           "PPM decode: %s", err.msg);
     svlm_image_free(&img);
 }

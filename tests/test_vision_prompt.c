@@ -15,13 +15,15 @@ int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
     svlm_llama *m = NULL;
-    svlm_status st = svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &m, &err);
+    svlm_status st =
+        svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &m, &err);
     REQUIRE(st == SVLM_OK, "%s", err.msg);
     const svlm_tokenizer *tok = svlm_llama_tokenizer(m);
     svlm_vlm_specials sp;
     st = svlm_vlm_specials_find(tok, &sp, &err);
     REQUIRE(st == SVLM_OK, "%s", err.msg);
-    CHECK(sp.fake == 984 && sp.global == 986 && sp.rowcol[0][0] == 988 && sp.rowcol[1][0] == 994 && sp.rowcol[5][5] == 1023,
+    CHECK(sp.fake == 984 && sp.global == 986 && sp.rowcol[0][0] == 988 && sp.rowcol[1][0] == 994 &&
+              sp.rowcol[5][5] == 1023,
           "special ids %d %d %d %d", sp.fake, sp.global, sp.rowcol[0][0], sp.rowcol[5][5]);
 
     /* 2x2 grid, T = 2: the llama.cpp order of the fixture (result.json) at a smaller T. */
@@ -29,8 +31,8 @@ int test_main(void) {
     svlm_prompt_init(&p);
     st = svlm_prompt_image(&p, tok, &sp, 2, 2, 2, &err);
     REQUIRE(st == SVLM_OK, "%s", err.msg);
-    static const int32_t want[] = {984, 988, -1, -1, 984, 989, -1, -1, 13, 984, 994, -1, -1, 984, 995, -1, -1,
-                                   259, 984, 986, -1, -1, 984};
+    static const int32_t want[] = {984, 988, -1,  -1, 984, 989, -1,  -1,  13, 984, 994, -1,
+                                   -1,  984, 995, -1, -1,  259, 984, 986, -1, -1,  984};
     CHECK(p.n == sizeof want / sizeof want[0] && !memcmp(p.ids, want, sizeof want) && p.n_image_rows == 10,
           "split-image layout differs (%zu ids)", p.n);
     svlm_prompt_free(&p);
@@ -50,8 +52,11 @@ int test_main(void) {
 
     char intro[256];
     svlm_prompt_video_intro(intro, sizeof intro, 24, 24.9);
-    CHECK(!strcmp(intro, "You are provided the following series of twenty-four frames from a 0:00:24 [H:MM:SS] video.\n"),
-          "intro '%s'", intro);
+    CHECK(
+        !strcmp(
+            intro,
+            "You are provided the following series of twenty-four frames from a 0:00:24 [H:MM:SS] video.\n"),
+        "intro '%s'", intro);
     svlm_prompt_video_intro(intro, sizeof intro, 105, 3725);
     CHECK(strstr(intro, "one hundred and five frames from a 1:02:05 ") != NULL, "intro '%s'", intro);
 

@@ -19,8 +19,8 @@ static float *scratch(svlm_vision_ctx *c, size_t rows, size_t cols, int *ok) {
     return p;
 }
 
-svlm_status svlm_vision_ctx_create(const svlm_mmproj *m, svlm_kernels *k, int max_batch, svlm_vision_ctx **out,
-                                   svlm_err *err) {
+svlm_status svlm_vision_ctx_create(const svlm_mmproj *m, svlm_kernels *k, int max_batch,
+                                   svlm_vision_ctx **out, svlm_err *err) {
     *out = NULL;
     if (!m || !k || max_batch < 1 || max_batch > 256)
         return svlm_fail(err, SVLM_E_INVALID, "vision context: batch size %d is outside 1..256", max_batch);
@@ -31,7 +31,8 @@ svlm_status svlm_vision_ctx_create(const svlm_mmproj *m, svlm_kernels *k, int ma
     c->max_batch = max_batch;
     const svlm_mmproj_hparams *hp = &m->hp;
     size_t tokens = (size_t)max_batch * (size_t)hp->n_patches, D = (size_t)hp->n_embd;
-    size_t im2col = (size_t)3 * hp->patch_size * hp->patch_size, s2 = (size_t)hp->scale_factor * hp->scale_factor;
+    size_t im2col = (size_t)3 * hp->patch_size * hp->patch_size,
+           s2 = (size_t)hp->scale_factor * hp->scale_factor;
     size_t out_rows = (size_t)max_batch * (size_t)hp->tokens_per_tile;
     int ok = 1;
     c->x = scratch(c, tokens, D, &ok);
@@ -50,15 +51,19 @@ svlm_status svlm_vision_ctx_create(const svlm_mmproj *m, svlm_kernels *k, int ma
         c->patch16_data = malloc(sizeof(svlm_f16) * n);
         ok = row && c->patch16_data;
         for (int64_t r = 0; ok && r < w->rows; r++) {
-            ok = !svlm_dequantize_row(w->type, (const char *)w->data + (size_t)r * w->row_bytes, row, w->cols);
-            for (int64_t i = 0; ok && i < w->cols; i++) c->patch16_data[(size_t)r * w->cols + i] = svlm_f32_to_f16(row[i]);
+            ok =
+                !svlm_dequantize_row(w->type, (const char *)w->data + (size_t)r * w->row_bytes, row, w->cols);
+            for (int64_t i = 0; ok && i < w->cols; i++)
+                c->patch16_data[(size_t)r * w->cols + i] = svlm_f32_to_f16(row[i]);
         }
         free(row);
-        c->patch16 = (svlm_weight){SVLM_F16, w->rows, w->cols, c->patch16_data, sizeof(svlm_f16) * (size_t)w->cols};
+        c->patch16 =
+            (svlm_weight){SVLM_F16, w->rows, w->cols, c->patch16_data, sizeof(svlm_f16) * (size_t)w->cols};
     }
     if (!ok) {
         svlm_vision_ctx_free(c);
-        return svlm_fail(err, SVLM_E_NOMEM, "vision context: out of memory for %d tiles of scratch", max_batch);
+        return svlm_fail(err, SVLM_E_NOMEM, "vision context: out of memory for %d tiles of scratch",
+                         max_batch);
     }
     *out = c;
     return SVLM_OK;
@@ -103,8 +108,8 @@ static double now_s(void) {
 }
 
 /* Best wall time of `iters` encodes of b tiles, after one warm-up. */
-static svlm_status time_batch(const svlm_mmproj *m, svlm_kernels *k, int b, int iters, const float *px, float *emb,
-                              double *best, svlm_err *err) {
+static svlm_status time_batch(const svlm_mmproj *m, svlm_kernels *k, int b, int iters, const float *px,
+                              float *emb, double *best, svlm_err *err) {
     svlm_vision_ctx *c;
     svlm_status st = svlm_vision_ctx_create(m, k, b, &c, err);
     if (st) return st;
@@ -127,7 +132,8 @@ svlm_status svlm_vision_bench(const svlm_mmproj *m, svlm_kernels *k, int batch, 
     const svlm_mmproj_hparams *hp = &m->hp;
     size_t tile = (size_t)3 * hp->image_size * hp->image_size;
     size_t emb = (size_t)hp->tokens_per_tile * (size_t)hp->proj_dim;
-    float *px = malloc(sizeof(float) * tile * (size_t)batch), *out = malloc(sizeof(float) * emb * (size_t)batch);
+    float *px = malloc(sizeof(float) * tile * (size_t)batch),
+          *out = malloc(sizeof(float) * emb * (size_t)batch);
     if (!px || !out) {
         free(px);
         free(out);

@@ -11,7 +11,9 @@ static int have_f16c(void) {
 #endif
 }
 
-static float r16(float v) { return svlm_f16_to_f32(svlm_f32_to_f16(v)); }
+static float r16(float v) {
+    return svlm_f16_to_f32(svlm_f32_to_f16(v));
+}
 
 void svlm_f16_round(float *x, size_t n) {
     size_t done = 0;
@@ -21,7 +23,8 @@ void svlm_f16_round(float *x, size_t n) {
         svlm_f16_round_f16c(x, done);
     }
 #endif
-    for (size_t i = done; i < n; i++) x[i] = r16(x[i]);
+    for (size_t i = done; i < n; i++)
+        x[i] = r16(x[i]);
 }
 
 void svlm_gelu_round_in(float *x, size_t n) {

@@ -8,7 +8,8 @@ static inline __m256 round8(__m256 v) {
 }
 
 void svlm_f16_round_f16c(float *x, size_t n) {
-    for (size_t i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, round8(_mm256_loadu_ps(x + i)));
+    for (size_t i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, round8(_mm256_loadu_ps(x + i)));
 }
 
 void svlm_gelu_round_in_f16c(float *x, size_t n) {

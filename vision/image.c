@@ -13,8 +13,8 @@ svlm_status svlm_image_alloc(svlm_image *img, int w, int h, svlm_err *err) {
     img->rgb = NULL;
     if (w <= 0 || h <= 0 || w > SVLM_IMAGE_MAX_SIDE || h > SVLM_IMAGE_MAX_SIDE ||
         (size_t)w * (size_t)h > SVLM_IMAGE_MAX_PIXELS)
-        return svlm_fail(err, SVLM_E_LIMIT, "image size %dx%d is outside 1..%d per side / %zu pixels", w,
-                         h, SVLM_IMAGE_MAX_SIDE, SVLM_IMAGE_MAX_PIXELS);
+        return svlm_fail(err, SVLM_E_LIMIT, "image size %dx%d is outside 1..%d per side / %zu pixels", w, h,
+                         SVLM_IMAGE_MAX_SIDE, SVLM_IMAGE_MAX_PIXELS);
     img->rgb = malloc((size_t)w * (size_t)h * 3);
     if (!img->rgb) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %dx%d image", w, h);
     img->w = w;
@@ -35,16 +35,19 @@ void svlm_image_free(svlm_image *img) {
 static int pnm_int(const uint8_t *d, size_t n, size_t *pos, long *out) {
     size_t p = *pos;
     for (;;) {
-        while (p < n && (d[p] == ' ' || d[p] == '\t' || d[p] == '\n' || d[p] == '\r')) p++;
+        while (p < n && (d[p] == ' ' || d[p] == '\t' || d[p] == '\n' || d[p] == '\r'))
+            p++;
         if (p < n && d[p] == '#') {
-            while (p < n && d[p] != '\n') p++;
+            while (p < n && d[p] != '\n')
+                p++;
             continue;
         }
         break;
     }
     long v = 0;
     size_t start = p;
-    while (p < n && d[p] >= '0' && d[p] <= '9' && v < 1000000) v = v * 10 + (d[p++] - '0');
+    while (p < n && d[p] >= '0' && d[p] <= '9' && v < 1000000)
+        v = v * 10 + (d[p++] - '0');
     if (p == start || v >= 1000000) return 0;
     *out = v;
     *pos = p;
@@ -59,7 +62,8 @@ svlm_status svlm_image_decode_pnm(const uint8_t *d, size_t n, svlm_image *out, s
     long w, h, maxval;
     if (!pnm_int(d, n, &pos, &w) || !pnm_int(d, n, &pos, &h) || !pnm_int(d, n, &pos, &maxval))
         return svlm_fail(err, SVLM_E_FORMAT, "PNM header is malformed");
-    if (maxval < 1 || maxval > 65535) return svlm_fail(err, SVLM_E_FORMAT, "PNM maxval %ld is invalid", maxval);
+    if (maxval < 1 || maxval > 65535)
+        return svlm_fail(err, SVLM_E_FORMAT, "PNM maxval %ld is invalid", maxval);
     if (pos >= n) return svlm_fail(err, SVLM_E_FORMAT, "PNM file ends after its header");
     pos++; /* exactly one whitespace byte before the raster */
     svlm_status st = svlm_image_alloc(out, (int)(w > 0 && w <= SVLM_IMAGE_MAX_SIDE ? w : 0),
@@ -93,9 +97,11 @@ svlm_status svlm_image_decode_builtin(const uint8_t *data, size_t size, svlm_ima
     if (size >= 2 && data[0] == 'P' && (data[1] == '5' || data[1] == '6'))
         return svlm_image_decode_pnm(data, size, out, err);
     if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF)
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "JPEG needs FFmpeg: this svlm was built without it (PNG and PPM work)");
-    return svlm_fail(err, SVLM_E_UNSUPPORTED,
-                     "unknown image format: this svlm build decodes PNG and PPM itself, other formats need FFmpeg");
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "JPEG needs FFmpeg: this svlm was built without it (PNG and PPM work)");
+    return svlm_fail(
+        err, SVLM_E_UNSUPPORTED,
+        "unknown image format: this svlm build decodes PNG and PPM itself, other formats need FFmpeg");
 }
 
 static svlm_status read_file(const char *path, uint8_t **data, size_t *size, svlm_err *err) {

@@ -25,13 +25,12 @@ typedef struct svlm_image {
 typedef svlm_status (*svlm_image_decoder)(const char *path, svlm_image *out, svlm_err *err);
 
 /* Largest side and pixel count accepted from any decoder (protects against bombs). */
-#define SVLM_IMAGE_MAX_SIDE 16384
+#define SVLM_IMAGE_MAX_SIDE   16384
 #define SVLM_IMAGE_MAX_PIXELS ((size_t)100 * 1000 * 1000)
 
 /* Reads and decodes `path`. Built-in formats first; other formats (or built-in variants the
  * core does not decode) go to `fallback` if it is not NULL. */
-svlm_status svlm_image_load(const char *path, svlm_image_decoder fallback, svlm_image *out,
-                            svlm_err *err);
+svlm_status svlm_image_load(const char *path, svlm_image_decoder fallback, svlm_image *out, svlm_err *err);
 /* Decodes an in-memory PNG or PPM/PGM file (no fallback). */
 svlm_status svlm_image_decode_builtin(const uint8_t *data, size_t size, svlm_image *out, svlm_err *err);
 /* Allocates an uninitialised w x h image after checking the size limits. */

@@ -29,7 +29,8 @@ static svlm_status unfilter(uint8_t *raw, size_t stride, int h, size_t bpp, svlm
         int type = row[0];
         uint8_t *cur = row + 1;
         for (size_t i = 0; i < stride; i++) {
-            int a = i >= bpp ? cur[i - bpp] : 0, b = prev ? prev[i] : 0, c = prev && i >= bpp ? prev[i - bpp] : 0;
+            int a = i >= bpp ? cur[i - bpp] : 0, b = prev ? prev[i] : 0,
+                c = prev && i >= bpp ? prev[i - bpp] : 0;
             switch (type) {
             case 0: break;
             case 1: cur[i] = (uint8_t)(cur[i] + a); break;
@@ -74,11 +75,13 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
         const uint8_t *type = d + pos + 4, *body = d + pos + 8;
         if (len > n - pos - 12) {
             free(z);
-            return svlm_fail(err, SVLM_E_FORMAT, "PNG is truncated (chunk '%.4s' needs %u bytes)", (const char *)type, len);
+            return svlm_fail(err, SVLM_E_FORMAT, "PNG is truncated (chunk '%.4s' needs %u bytes)",
+                             (const char *)type, len);
         }
         if ((uint32_t)crc32(crc32(0, NULL, 0), type, len + 4) != be32(body + len)) {
             free(z);
-            return svlm_fail(err, SVLM_E_FORMAT, "PNG chunk '%.4s' fails its CRC (damaged file)", (const char *)type);
+            return svlm_fail(err, SVLM_E_FORMAT, "PNG chunk '%.4s' fails its CRC (damaged file)",
+                             (const char *)type);
         }
         if (!memcmp(type, "IHDR", 4)) {
             if (len != 13) return free(z), svlm_fail(err, SVLM_E_FORMAT, "PNG IHDR has length %u", len);
@@ -108,23 +111,27 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
     }
     if (!have_ihdr || !zn) {
         free(z);
-        return svlm_fail(err, SVLM_E_FORMAT, "PNG has no %s (truncated or damaged file)", have_ihdr ? "image data" : "IHDR");
+        return svlm_fail(err, SVLM_E_FORMAT, "PNG has no %s (truncated or damaged file)",
+                         have_ihdr ? "image data" : "IHDR");
     }
     int channels = ctype == 0 ? 1 : ctype == 2 ? 3 : ctype == 3 ? 1 : ctype == 4 ? 2 : ctype == 6 ? 4 : 0;
-    int depth_ok = depth == 8 || depth == 16 || ((ctype == 0 || ctype == 3) && (depth == 1 || depth == 2 || depth == 4));
+    int depth_ok =
+        depth == 8 || depth == 16 || ((ctype == 0 || ctype == 3) && (depth == 1 || depth == 2 || depth == 4));
     if (!channels || !depth_ok || (ctype == 3 && depth == 16)) {
         free(z);
         return svlm_fail(err, SVLM_E_FORMAT, "PNG colour type %d with bit depth %d is invalid", ctype, depth);
     }
     if (interlace) {
         free(z);
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "interlaced PNG needs FFmpeg (built-in decoder reads non-interlaced PNG)");
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "interlaced PNG needs FFmpeg (built-in decoder reads non-interlaced PNG)");
     }
     if (ctype == 3 && !plte) {
         free(z);
         return svlm_fail(err, SVLM_E_FORMAT, "palette PNG has no PLTE chunk");
     }
-    svlm_status st = svlm_image_alloc(out, w <= SVLM_IMAGE_MAX_SIDE ? (int)w : 0, h <= SVLM_IMAGE_MAX_SIDE ? (int)h : 0, err);
+    svlm_status st = svlm_image_alloc(out, w <= SVLM_IMAGE_MAX_SIDE ? (int)w : 0,
+                                      h <= SVLM_IMAGE_MAX_SIDE ? (int)h : 0, err);
     if (st) return free(z), st;
     size_t bits_pp = (size_t)channels * (size_t)depth;
     size_t stride = ((size_t)w * bits_pp + 7) / 8, bpp = (bits_pp + 7) / 8;
@@ -160,11 +167,13 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
                 if (idx >= plte_n) {
                     free(raw);
                     svlm_image_free(out);
-                    return svlm_fail(err, SVLM_E_FORMAT, "PNG pixel uses palette entry %u of %u", idx, plte_n);
+                    return svlm_fail(err, SVLM_E_FORMAT, "PNG pixel uses palette entry %u of %u", idx,
+                                     plte_n);
                 }
                 memcpy(o, plte + 3 * idx, 3);
             } else if (channels >= 3) {
-                for (int c = 0; c < 3; c++) o[c] = (uint8_t)sample8(row, k + (size_t)c, depth, 1);
+                for (int c = 0; c < 3; c++)
+                    o[c] = (uint8_t)sample8(row, k + (size_t)c, depth, 1);
             } else {
                 o[0] = o[1] = o[2] = (uint8_t)sample8(row, k, depth, 1);
             }

@@ -10,7 +10,8 @@
 
 static svlm_status req_u32(const gguf_file *f, const char *key, int lo, int hi, int *out, svlm_err *err) {
     uint32_t v;
-    if (!gguf_get_u32(f, key, &v)) return svlm_fail(err, SVLM_E_FORMAT, "mmproj: metadata key '%s' is missing", key);
+    if (!gguf_get_u32(f, key, &v))
+        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: metadata key '%s' is missing", key);
     if (v < (uint32_t)lo || v > (uint32_t)hi)
         return svlm_fail(err, SVLM_E_FORMAT, "mmproj: '%s' = %u is outside %d..%d", key, v, lo, hi);
     *out = (int)v;
@@ -19,21 +20,32 @@ static svlm_status req_u32(const gguf_file *f, const char *key, int lo, int hi, 
 
 static int matmul_type_ok(svlm_dtype t) {
     switch (t) {
-    case SVLM_F32: case SVLM_F16: case SVLM_BF16: case SVLM_Q8_0: case SVLM_Q4_0: case SVLM_Q4_1:
-    case SVLM_Q5_0: case SVLM_Q5_1: case SVLM_Q4_K: case SVLM_Q5_K: case SVLM_Q6_K: return 1;
+    case SVLM_F32:
+    case SVLM_F16:
+    case SVLM_BF16:
+    case SVLM_Q8_0:
+    case SVLM_Q4_0:
+    case SVLM_Q4_1:
+    case SVLM_Q5_0:
+    case SVLM_Q5_1:
+    case SVLM_Q4_K:
+    case SVLM_Q5_K:
+    case SVLM_Q6_K: return 1;
     default: return 0;
     }
 }
 
-static const gguf_tensor *find_shaped(const gguf_file *f, const char *name, int64_t ne0, int64_t ne1, svlm_err *err) {
+static const gguf_tensor *find_shaped(const gguf_file *f, const char *name, int64_t ne0, int64_t ne1,
+                                      svlm_err *err) {
     const gguf_tensor *t = gguf_find_tensor(f, name);
     if (!t) {
         svlm_fail(err, SVLM_E_FORMAT, "mmproj: tensor '%s' is missing", name);
         return NULL;
     }
     if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
-        svlm_fail(err, SVLM_E_FORMAT, "mmproj: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
-                  name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
+        svlm_fail(err, SVLM_E_FORMAT,
+                  "mmproj: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
+                  (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
                   (long long)ne0, (long long)ne1);
         return NULL;
     }
@@ -41,10 +53,12 @@ static const gguf_tensor *find_shaped(const gguf_file *f, const char *name, int6
 }
 
 /* A matrix view: ggml shape [cols, rows] = rows output features of cols inputs each. */
-static svlm_status bind_matrix(const gguf_tensor *t, int64_t cols, int64_t rows, svlm_weight *w, svlm_err *err) {
+static svlm_status bind_matrix(const gguf_tensor *t, int64_t cols, int64_t rows, svlm_weight *w,
+                               svlm_err *err) {
     if (!matmul_type_ok(t->type)) {
         const svlm_dtype_info *ti = svlm_dtype_get(t->type);
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "mmproj: tensor '%s' has type %s, which svlm cannot multiply", t->name,
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "mmproj: tensor '%s' has type %s, which svlm cannot multiply", t->name,
                          ti && ti->name ? ti->name : "unknown");
     }
     w->type = t->type;
@@ -52,17 +66,20 @@ static svlm_status bind_matrix(const gguf_tensor *t, int64_t cols, int64_t rows,
     w->cols = cols;
     w->data = t->data;
     w->row_bytes = svlm_row_bytes(t->type, cols);
-    if (!w->row_bytes) return svlm_fail(err, SVLM_E_FORMAT, "mmproj: tensor '%s' rows do not fit its type", t->name);
+    if (!w->row_bytes)
+        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: tensor '%s' rows do not fit its type", t->name);
     return SVLM_OK;
 }
 
-static svlm_status matrix(const gguf_file *f, const char *name, int64_t cols, int64_t rows, svlm_weight *w, svlm_err *err) {
+static svlm_status matrix(const gguf_file *f, const char *name, int64_t cols, int64_t rows, svlm_weight *w,
+                          svlm_err *err) {
     const gguf_tensor *t = find_shaped(f, name, cols, rows, err);
     return t ? bind_matrix(t, cols, rows, w, err) : err ? err->status : SVLM_E_FORMAT;
 }
 
 /* An F32 vector of n elements (any stored type; non-F32 is converted into m->owned). */
-static svlm_status vector(svlm_mmproj *m, const char *name, int64_t n, int64_t n1, const float **out, svlm_err *err) {
+static svlm_status vector(svlm_mmproj *m, const char *name, int64_t n, int64_t n1, const float **out,
+                          svlm_err *err) {
     const gguf_tensor *t = find_shaped(m->file, name, n, n1, err);
     if (!t) return err ? err->status : SVLM_E_FORMAT;
     if (t->type == SVLM_F32) {
@@ -91,12 +108,14 @@ static svlm_status check_projector(const gguf_file *f, svlm_err *err) {
         char *arch = gguf_get_str_dup(f, "general.architecture");
         int is_clip = arch && !strcmp(arch, "clip");
         free(arch);
-        return svlm_fail(err, SVLM_E_FORMAT, "%s", is_clip ? "mmproj: clip.projector_type is missing"
-                                                           : "not an mmproj file (general.architecture is not 'clip')");
+        return svlm_fail(err, SVLM_E_FORMAT, "%s",
+                         is_clip ? "mmproj: clip.projector_type is missing"
+                                 : "not an mmproj file (general.architecture is not 'clip')");
     }
     svlm_status st = SVLM_OK;
     if (strcmp(type, "idefics3"))
-        st = svlm_fail(err, SVLM_E_UNSUPPORTED, "mmproj: projector type '%.64s' is not supported (svlm reads 'idefics3': SmolVLM)",
+        st = svlm_fail(err, SVLM_E_UNSUPPORTED,
+                       "mmproj: projector type '%.64s' is not supported (svlm reads 'idefics3': SmolVLM)",
                        type);
     free(type);
     if (st) return st;
@@ -104,10 +123,12 @@ static svlm_status check_projector(const gguf_file *f, svlm_err *err) {
     if (gguf_get_bool(f, "clip.has_vision_encoder", &b) && !b)
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "mmproj: the file has no vision encoder");
     if (gguf_get_bool(f, "clip.use_silu", &b) && b)
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "mmproj: SiLU MLP (clip.use_silu) is not supported; SmolVLM uses GELU");
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "mmproj: SiLU MLP (clip.use_silu) is not supported; SmolVLM uses GELU");
     if (!gguf_get_bool(f, "clip.use_gelu", &b) || !b)
         return svlm_fail(err, SVLM_E_UNSUPPORTED,
-                         "mmproj: quick-GELU MLP (clip.use_gelu absent or false) is not supported; SmolVLM uses tanh GELU");
+                         "mmproj: quick-GELU MLP (clip.use_gelu absent or false) is not supported; SmolVLM "
+                         "uses tanh GELU");
     return SVLM_OK;
 }
 
@@ -123,7 +144,8 @@ static svlm_status load_hparams(const gguf_file *f, svlm_mmproj_hparams *hp, svl
         return st;
     uint32_t v;
     hp->preproc_image_size = gguf_get_u32(f, "clip.vision.preproc_image_size", &v) && v <= 16384 ? (int)v : 0;
-    if (!gguf_get_f32(f, "clip.vision.attention.layer_norm_epsilon", &hp->eps)) hp->eps = 1e-6f; /* SigLIP's */
+    if (!gguf_get_f32(f, "clip.vision.attention.layer_norm_epsilon", &hp->eps))
+        hp->eps = 1e-6f; /* SigLIP's */
     if (!(hp->eps > 0.0f && hp->eps < 1.0f))
         return svlm_fail(err, SVLM_E_FORMAT, "mmproj: layer_norm_epsilon %g is invalid", (double)hp->eps);
     for (int i = 0; i < 2; i++) {
@@ -134,17 +156,20 @@ static svlm_status load_hparams(const gguf_file *f, svlm_mmproj_hparams *hp, svl
         memcpy(dst, kv->data, sizeof(float) * 3);
         for (int c = 0; c < 3; c++)
             if (!isfinite(dst[c]) || (i && dst[c] == 0.0f))
-                return svlm_fail(err, SVLM_E_FORMAT, "mmproj: '%s'[%d] = %g is invalid", key, c, (double)dst[c]);
+                return svlm_fail(err, SVLM_E_FORMAT, "mmproj: '%s'[%d] = %g is invalid", key, c,
+                                 (double)dst[c]);
     }
     if (hp->image_size % hp->patch_size)
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "mmproj: image size %d is not a multiple of patch size %d (unsupported)",
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "mmproj: image size %d is not a multiple of patch size %d (unsupported)",
                          hp->image_size, hp->patch_size);
     int g = hp->image_size / hp->patch_size;
     if (g % hp->scale_factor)
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "mmproj: patch grid %d is not a multiple of scale factor %d", g,
-                         hp->scale_factor);
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "mmproj: patch grid %d is not a multiple of scale factor %d", g, hp->scale_factor);
     if (hp->n_embd % hp->n_head)
-        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: width %d is not divisible by %d heads", hp->n_embd, hp->n_head);
+        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: width %d is not divisible by %d heads", hp->n_embd,
+                         hp->n_head);
     hp->head_dim = hp->n_embd / hp->n_head;
     hp->n_patches = g * g;
     hp->tokens_per_tile = hp->n_patches / (hp->scale_factor * hp->scale_factor);
@@ -159,19 +184,27 @@ static svlm_status load_layer(svlm_mmproj *m, int il, svlm_err *err) {
     char name[96];
     svlm_status st;
 #define NAME(suffix) (snprintf(name, sizeof name, "v.blk.%d.%s", il, suffix), name)
-    if ((st = matrix(f, NAME("attn_q.weight"), D, D, &L->q, err)) || (st = matrix(f, NAME("attn_k.weight"), D, D, &L->k, err)) ||
-        (st = matrix(f, NAME("attn_v.weight"), D, D, &L->v, err)) || (st = matrix(f, NAME("attn_out.weight"), D, D, &L->o, err)) ||
-        (st = vector(m, NAME("attn_q.bias"), D, 1, &L->q_b, err)) || (st = vector(m, NAME("attn_k.bias"), D, 1, &L->k_b, err)) ||
-        (st = vector(m, NAME("attn_v.bias"), D, 1, &L->v_b, err)) || (st = vector(m, NAME("attn_out.bias"), D, 1, &L->o_b, err)) ||
-        (st = vector(m, NAME("ln1.weight"), D, 1, &L->ln1_w, err)) || (st = vector(m, NAME("ln1.bias"), D, 1, &L->ln1_b, err)) ||
-        (st = vector(m, NAME("ln2.weight"), D, 1, &L->ln2_w, err)) || (st = vector(m, NAME("ln2.bias"), D, 1, &L->ln2_b, err)))
+    if ((st = matrix(f, NAME("attn_q.weight"), D, D, &L->q, err)) ||
+        (st = matrix(f, NAME("attn_k.weight"), D, D, &L->k, err)) ||
+        (st = matrix(f, NAME("attn_v.weight"), D, D, &L->v, err)) ||
+        (st = matrix(f, NAME("attn_out.weight"), D, D, &L->o, err)) ||
+        (st = vector(m, NAME("attn_q.bias"), D, 1, &L->q_b, err)) ||
+        (st = vector(m, NAME("attn_k.bias"), D, 1, &L->k_b, err)) ||
+        (st = vector(m, NAME("attn_v.bias"), D, 1, &L->v_b, err)) ||
+        (st = vector(m, NAME("attn_out.bias"), D, 1, &L->o_b, err)) ||
+        (st = vector(m, NAME("ln1.weight"), D, 1, &L->ln1_w, err)) ||
+        (st = vector(m, NAME("ln1.bias"), D, 1, &L->ln1_b, err)) ||
+        (st = vector(m, NAME("ln2.weight"), D, 1, &L->ln2_w, err)) ||
+        (st = vector(m, NAME("ln2.bias"), D, 1, &L->ln2_b, err)))
         return st;
     /* Older converters stored fc1 under ffn_down: recognise it by its input width (D). */
     const gguf_tensor *down = gguf_find_tensor(f, NAME("ffn_down.weight"));
     int swapped = down && down->ne[0] == D && D != F;
-    if (il == 0) m->ffn_swapped = swapped;
+    if (il == 0)
+        m->ffn_swapped = swapped;
     else if (swapped != m->ffn_swapped)
-        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: layer %d's ffn_up/ffn_down naming differs from layer 0", il);
+        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: layer %d's ffn_up/ffn_down naming differs from layer 0",
+                         il);
     const char *fc1 = swapped ? "ffn_down" : "ffn_up", *fc2 = swapped ? "ffn_up" : "ffn_down";
     char suffix[48];
     snprintf(suffix, sizeof suffix, "%s.weight", fc1);
@@ -193,9 +226,11 @@ static svlm_status load_tensors(svlm_mmproj *m, svlm_err *err) {
     const gguf_tensor *t = gguf_find_tensor(f, "v.patch_embd.weight");
     if (!t) return svlm_fail(err, SVLM_E_FORMAT, "mmproj: tensor 'v.patch_embd.weight' is missing");
     if (t->ne[0] != p || t->ne[1] != p || t->ne[2] != 3 || t->ne[3] != D)
-        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: v.patch_embd.weight has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, 3, %lld]",
-                         (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], (long long)p,
-                         (long long)p, (long long)D);
+        return svlm_fail(
+            err, SVLM_E_FORMAT,
+            "mmproj: v.patch_embd.weight has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, 3, %lld]",
+            (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], (long long)p,
+            (long long)p, (long long)D);
     /* [kx, ky, c, o] in ggml order is row o of 3*p*p inputs ordered (c, ky, kx): im2col's order. */
     svlm_status st = bind_matrix(t, 3 * p * p, D, &m->patch, err);
     if (st) return st;
@@ -213,9 +248,10 @@ static svlm_status load_tensors(svlm_mmproj *m, svlm_err *err) {
     t = gguf_find_tensor(f, "mm.model.fc.weight");
     if (!t) return svlm_fail(err, SVLM_E_FORMAT, "mmproj: tensor 'mm.model.fc.weight' is missing");
     if (t->ne[0] != in || t->ne[1] < 1 || t->ne[1] > 65536 || t->ne[2] != 1 || t->ne[3] != 1)
-        return svlm_fail(err, SVLM_E_FORMAT,
-                         "mmproj: mm.model.fc.weight has shape [%lld, %lld], expected [%lld (= %d * %d^2), n_embd]",
-                         (long long)t->ne[0], (long long)t->ne[1], (long long)in, hp->n_embd, hp->scale_factor);
+        return svlm_fail(
+            err, SVLM_E_FORMAT,
+            "mmproj: mm.model.fc.weight has shape [%lld, %lld], expected [%lld (= %d * %d^2), n_embd]",
+            (long long)t->ne[0], (long long)t->ne[1], (long long)in, hp->n_embd, hp->scale_factor);
     m->hp.proj_dim = (int)t->ne[1];
     return bind_matrix(t, in, t->ne[1], &m->proj, err);
 }
@@ -250,7 +286,8 @@ svlm_status svlm_mmproj_load(const char *path, svlm_mmproj **out, svlm_err *err)
 
 void svlm_mmproj_free(svlm_mmproj *m) {
     if (!m) return;
-    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    for (int i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
     free(m->owned);
     free(m->layers);
     gguf_close(m->file);

@@ -12,9 +12,9 @@
 #include "svlm.h"
 
 typedef struct svlm_mmproj_hparams {
-    int image_size;         /* S: tile side in pixels */
-    int patch_size;         /* p */
-    int n_embd;             /* D: encoder width */
+    int image_size; /* S: tile side in pixels */
+    int patch_size; /* p */
+    int n_embd;     /* D: encoder width */
     int n_ff, n_layer, n_head, head_dim;
     int n_patches;          /* (S/p)^2 tokens per tile inside the encoder */
     int scale_factor;       /* s: pixel-shuffle factor */
@@ -26,8 +26,8 @@ typedef struct svlm_mmproj_hparams {
 } svlm_mmproj_hparams;
 
 typedef struct svlm_vit_layer {
-    svlm_weight q, k, v, o;  /* [D][D] */
-    svlm_weight up, down;    /* [n_ff][D] (fc1), [D][n_ff] (fc2) */
+    svlm_weight q, k, v, o; /* [D][D] */
+    svlm_weight up, down;   /* [n_ff][D] (fc1), [D][n_ff] (fc2) */
     const float *q_b, *k_b, *v_b, *o_b, *up_b, *down_b;
     const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
 } svlm_vit_layer;
@@ -35,14 +35,14 @@ typedef struct svlm_vit_layer {
 typedef struct svlm_mmproj {
     gguf_file *file;
     svlm_mmproj_hparams hp;
-    svlm_weight patch;        /* [D][3*p*p], columns in (channel, ky, kx) order */
-    const float *patch_b;     /* [D] */
-    const float *pos;         /* [n_patches][D] */
+    svlm_weight patch;    /* [D][3*p*p], columns in (channel, ky, kx) order */
+    const float *patch_b; /* [D] */
+    const float *pos;     /* [n_patches][D] */
     const float *post_ln_w, *post_ln_b;
-    svlm_vit_layer *layers;   /* [n_layer] */
-    svlm_weight proj;         /* [proj_dim][D*s*s] */
-    int ffn_swapped;          /* the file stores fc1 as ffn_down (older converters) */
-    float **owned;            /* vectors converted to F32 here */
+    svlm_vit_layer *layers; /* [n_layer] */
+    svlm_weight proj;       /* [proj_dim][D*s*s] */
+    int ffn_swapped;        /* the file stores fc1 as ffn_down (older converters) */
+    float **owned;          /* vectors converted to F32 here */
     int n_owned;
 } svlm_mmproj;
 

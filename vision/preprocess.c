@@ -12,7 +12,8 @@ void svlm_preproc_normalize(const svlm_image *tile, const svlm_preproc_params *p
     size_t plane = (size_t)tile->w * (size_t)tile->h;
     for (int c = 0; c < 3; c++)
         for (size_t i = 0; i < plane; i++)
-            out[(size_t)c * plane + i] = ((float)tile->rgb[i * 3 + (size_t)c] / 255.0f - p->mean[c]) / p->std[c];
+            out[(size_t)c * plane + i] =
+                ((float)tile->rgb[i * 3 + (size_t)c] / 255.0f - p->mean[c]) / p->std[c];
 }
 
 void svlm_preproc_grid(const svlm_preproc_params *p, int w, int h, int *refined_w, int *refined_h) {
@@ -24,7 +25,8 @@ void svlm_preproc_grid(const svlm_preproc_params *p, int w, int h, int *refined_
 
 static svlm_status check_params(const svlm_preproc_params *p, svlm_err *err) {
     if (p->tile < 1 || p->tile > 4096 || p->longest_edge < 0 || p->longest_edge > 16384)
-        return svlm_fail(err, SVLM_E_INVALID, "tile size %d / longest edge %d out of range", p->tile, p->longest_edge);
+        return svlm_fail(err, SVLM_E_INVALID, "tile size %d / longest edge %d out of range", p->tile,
+                         p->longest_edge);
     for (int c = 0; c < 3; c++)
         if (!(p->std[c] != 0.0f) || !isfinite(p->std[c]) || !isfinite(p->mean[c]))
             return svlm_fail(err, SVLM_E_INVALID, "image_std/image_mean channel %d is unusable", c);
@@ -40,8 +42,8 @@ svlm_status svlm_preprocess_image(const svlm_image *img, const svlm_preproc_para
     svlm_preproc_grid(p, img->w, img->h, &rw, &rh);
     int cols = rw / S, rows = rh / S;
     if (rows < 1 || cols < 1 || rows * cols > 64)
-        return svlm_fail(err, SVLM_E_LIMIT, "image %dx%d gives a %dx%d tile grid (1..64 tiles allowed)", img->w, img->h,
-                         cols, rows);
+        return svlm_fail(err, SVLM_E_LIMIT, "image %dx%d gives a %dx%d tile grid (1..64 tiles allowed)",
+                         img->w, img->h, cols, rows);
     size_t tile_floats = (size_t)3 * S * S;
     out->n_tiles = rows * cols + 1;
     out->rows = rows;
@@ -57,8 +59,8 @@ svlm_status svlm_preprocess_image(const svlm_image *img, const svlm_preproc_para
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++) {
                 for (int y = 0; y < S; y++)
-                    memcpy(tile.rgb + (size_t)y * S * 3, refined.rgb + ((size_t)(r * S + y) * rw + (size_t)c * S) * 3,
-                           (size_t)S * 3);
+                    memcpy(tile.rgb + (size_t)y * S * 3,
+                           refined.rgb + ((size_t)(r * S + y) * rw + (size_t)c * S) * 3, (size_t)S * 3);
                 svlm_preproc_normalize(&tile, p, out->pixels + tile_floats * (size_t)(r * cols + c));
             }
         svlm_preproc_normalize(&overview, p, out->pixels + tile_floats * (size_t)(rows * cols));
@@ -74,7 +76,8 @@ svlm_status svlm_preprocess_frame(const svlm_image *img, const svlm_preproc_para
                                   float *out, svlm_err *err) {
     svlm_status st = check_params(p, err);
     if (st) return st;
-    if (frame_edge < 1 || frame_edge > 16384) return svlm_fail(err, SVLM_E_INVALID, "frame edge %d out of range", frame_edge);
+    if (frame_edge < 1 || frame_edge > 16384)
+        return svlm_fail(err, SVLM_E_INVALID, "frame edge %d out of range", frame_edge);
     /* Hugging Face's rule: longest edge to frame_edge, the other side truncated then made even. */
     int w, h;
     if (img->w >= img->h) {

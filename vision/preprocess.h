@@ -19,8 +19,8 @@
 #include "vision/image.h"
 
 typedef struct svlm_preproc_params {
-    int tile;           /* S: clip.vision.image_size */
-    int longest_edge;   /* L: clip.vision.preproc_image_size (0: S, i.e. no splitting) */
+    int tile;         /* S: clip.vision.image_size */
+    int longest_edge; /* L: clip.vision.preproc_image_size (0: S, i.e. no splitting) */
     float mean[3], std[3];
 } svlm_preproc_params;
 

@@ -7,7 +7,9 @@
 
 #include "common/err.h"
 
-static int clampi(int x, int lo, int hi) { return x < lo ? lo : x > hi ? hi : x; }
+static int clampi(int x, int lo, int hi) {
+    return x < lo ? lo : x > hi ? hi : x;
+}
 
 svlm_status svlm_resize_bilinear_llama(const svlm_image *src, int w, int h, svlm_image *dst, svlm_err *err) {
     svlm_status st = svlm_image_alloc(dst, w, h, err);
@@ -22,8 +24,10 @@ svlm_status svlm_resize_bilinear_llama(const svlm_image *src, int w, int h, svlm
             float px = (float)x * xr;
             int x0 = clampi((int)px, 0, src->w - 1), x1 = clampi(x0 + 1, 0, src->w - 1);
             float xf = px - (float)x0;
-            const uint8_t *p00 = src->rgb + ((size_t)y0 * src->w + x0) * 3, *p10 = src->rgb + ((size_t)y0 * src->w + x1) * 3;
-            const uint8_t *p01 = src->rgb + ((size_t)y1 * src->w + x0) * 3, *p11 = src->rgb + ((size_t)y1 * src->w + x1) * 3;
+            const uint8_t *p00 = src->rgb + ((size_t)y0 * src->w + x0) * 3,
+                          *p10 = src->rgb + ((size_t)y0 * src->w + x1) * 3;
+            const uint8_t *p01 = src->rgb + ((size_t)y1 * src->w + x0) * 3,
+                          *p11 = src->rgb + ((size_t)y1 * src->w + x1) * 3;
             uint8_t *o = dst->rgb + ((size_t)y * w + x) * 3;
             for (int c = 0; c < 3; c++) {
                 float top = (float)p00[c] + ((float)p10[c] - (float)p00[c]) * xf;
@@ -62,7 +66,8 @@ svlm_status svlm_resize_bicubic_llama(const svlm_image *src, int w, int h, svlm_
                 for (int r = 0; r < 4; r++) {
                     const uint8_t *row = src->rgb + (size_t)clampi(y - 1 + r, 0, ny - 1) * nx * 3;
                     col[r] = cubic4(row[clampi(x - 1, 0, nx - 1) * 3 + c], row[clampi(x, 0, nx - 1) * 3 + c],
-                                    row[clampi(x + 1, 0, nx - 1) * 3 + c], row[clampi(x + 2, 0, nx - 1) * 3 + c], dx);
+                                    row[clampi(x + 1, 0, nx - 1) * 3 + c],
+                                    row[clampi(x + 2, 0, nx - 1) * 3 + c], dx);
                 }
                 float v = roundf(cubic4(col[0], col[1], col[2], col[3], dy));
                 o[c] = (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
@@ -134,8 +139,10 @@ static int taps_make(int in, int out, taps *t) {
         double *heap = wv ? NULL : malloc(sizeof(double) * (size_t)n);
         if (!wv) wv = heap;
         if (!wv) return 0;
-        for (int k = 0; k < n; k++) sum += wv[k] = keys_cubic((lo + k - center + 0.5) / fscale);
-        for (int k = 0; k < n; k++) t->wt[(size_t)o * t->max_taps + k] = (float)(sum != 0.0 ? wv[k] / sum : 0.0);
+        for (int k = 0; k < n; k++)
+            sum += wv[k] = keys_cubic((lo + k - center + 0.5) / fscale);
+        for (int k = 0; k < n; k++)
+            t->wt[(size_t)o * t->max_taps + k] = (float)(sum != 0.0 ? wv[k] / sum : 0.0);
         free(heap);
         t->first[o] = lo;
         t->count[o] = n;
@@ -172,9 +179,11 @@ svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_ima
             float acc[3] = {0, 0, 0};
             for (int k = 0; k < tx.count[x]; k++) {
                 const uint8_t *p = row + (size_t)(tx.first[x] + k) * 3;
-                for (int c = 0; c < 3; c++) acc[c] += wt[k] * (float)p[c];
+                for (int c = 0; c < 3; c++)
+                    acc[c] += wt[k] * (float)p[c];
             }
-            for (int c = 0; c < 3; c++) mid.rgb[((size_t)y * w + x) * 3 + c] = to_u8(acc[c]);
+            for (int c = 0; c < 3; c++)
+                mid.rgb[((size_t)y * w + x) * 3 + c] = to_u8(acc[c]);
         }
     }
     for (int y = 0; y < h; y++) {
@@ -182,7 +191,8 @@ svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_ima
         uint8_t *o = dst->rgb + (size_t)y * w * 3;
         for (int x = 0; x < w * 3; x++) {
             float acc = 0.0f;
-            for (int k = 0; k < ty.count[y]; k++) acc += wt[k] * (float)mid.rgb[(size_t)(ty.first[y] + k) * w * 3 + x];
+            for (int k = 0; k < ty.count[y]; k++)
+                acc += wt[k] * (float)mid.rgb[(size_t)(ty.first[y] + k) * w * 3 + x];
             o[x] = to_u8(acc);
         }
     }

@@ -19,8 +19,8 @@ static void patch_row(const float *img, int S, int p, int patch, float *dst) {
     size_t plane = (size_t)S * S;
     for (int c = 0; c < 3; c++)
         for (int ky = 0; ky < p; ky++)
-            memcpy(dst + ((size_t)c * p + ky) * p, img + c * plane + (size_t)(py * p + ky) * S + (size_t)px * p,
-                   sizeof(float) * (size_t)p);
+            memcpy(dst + ((size_t)c * p + ky) * p,
+                   img + c * plane + (size_t)(py * p + ky) * S + (size_t)px * p, sizeof(float) * (size_t)p);
 }
 
 static void im2col(const float *pixels, int b, int S, int p, float *out) {
@@ -31,16 +31,19 @@ static void im2col(const float *pixels, int b, int S, int p, float *out) {
             patch_row(pixels + (size_t)t * 3 * S * S, S, p, i, out + ((size_t)t * n + i) * row);
 }
 
-void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *idx, int64_t m, float *x) {
+void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *idx, int64_t m,
+                            float *x) {
     const svlm_mmproj *mp = c->m;
     const svlm_mmproj_hparams *hp = &mp->hp;
     int64_t D = hp->n_embd;
     size_t row = (size_t)c->patch16.cols;
-    for (int64_t i = 0; i < m; i++) patch_row(pixels, hp->image_size, hp->patch_size, idx[i], c->h + (size_t)i * row);
+    for (int64_t i = 0; i < m; i++)
+        patch_row(pixels, hp->image_size, hp->patch_size, idx[i], c->h + (size_t)i * row);
     svlm_f16_round(c->h, (size_t)m * row);
     svlm_k_matmul(c->k, &c->patch16, c->h, m, x);
     svlm_k_add_bias(c->k, x, mp->patch_b, m, D);
-    for (int64_t i = 0; i < m; i++) svlm_k_add(c->k, x + (size_t)(i * D), mp->pos + (size_t)idx[i] * (size_t)D, D);
+    for (int64_t i = 0; i < m; i++)
+        svlm_k_add(c->k, x + (size_t)(i * D), mp->pos + (size_t)idx[i] * (size_t)D, D);
 }
 
 void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t rows) {
@@ -66,8 +69,18 @@ void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, c
                            int64_t n_kv, float *out) {
     const svlm_mmproj_hparams *hp = &c->m->hp;
     svlm_attn_args a = {
-        .q = q, .k = k, .v = v, .kv_type = SVLM_F32, .kv_stride = hp->n_embd, .out = out, .n_q = n_q,
-        .n_kv = n_kv, .n_head = hp->n_head, .n_kv_head = hp->n_head, .head_dim = hp->head_dim, .causal = 0,
+        .q = q,
+        .k = k,
+        .v = v,
+        .kv_type = SVLM_F32,
+        .kv_stride = hp->n_embd,
+        .out = out,
+        .n_q = n_q,
+        .n_kv = n_kv,
+        .n_head = hp->n_head,
+        .n_kv_head = hp->n_head,
+        .head_dim = hp->head_dim,
+        .causal = 0,
         .scale = 1.0f / sqrtf((float)hp->head_dim),
     };
     svlm_k_attention(c->k, &a);
@@ -130,9 +143,11 @@ void svlm_siglip_forward(svlm_vision_ctx *c, const float *pixels, int b) {
     svlm_k_matmul(c->k, &c->patch16, c->h, rows, c->x);
     svlm_k_add_bias(c->k, c->x, m->patch_b, rows, D);
     svlm_vision_trace(c, "patch_bias", -1, c->x, rows, D);
-    for (int t = 0; t < b; t++) svlm_k_add(c->k, c->x + (size_t)t * N * D, m->pos, N * D);
+    for (int t = 0; t < b; t++)
+        svlm_k_add(c->k, c->x + (size_t)t * N * D, m->pos, N * D);
     svlm_vision_trace(c, "pos_embed", -1, c->x, rows, D);
-    for (int il = 0; il < hp->n_layer; il++) block(c, il, b);
+    for (int il = 0; il < hp->n_layer; il++)
+        block(c, il, b);
     svlm_k_layernorm(c->k, c->x, m->post_ln_w, m->post_ln_b, c->x, rows, D, hp->eps);
     svlm_vision_trace(c, "post_ln", -1, c->x, rows, D);
 }

@@ -40,23 +40,32 @@ void svlm_stc_controls_off(svlm_stc_controls *c) {
 }
 
 typedef svlm_stc_control_desc control;
-#define INT_CTL(n, field, lo, hi, help) {n, help, 1, lo, hi, offsetof(svlm_stc_controls, field)}
-#define FLT_CTL(n, field, lo, hi, help) {n, help, 0, lo, hi, offsetof(svlm_stc_controls, field)}
+#define INT_CTL(n, field, lo, hi, help)                                                                      \
+    { n, help, 1, lo, hi, offsetof(svlm_stc_controls, field) }
+#define FLT_CTL(n, field, lo, hi, help)                                                                      \
+    { n, help, 0, lo, hi, offsetof(svlm_stc_controls, field) }
 static const control controls[] = {
     INT_CTL("cache", cache, 0, 1, "feature cache on (1) or off (0)"),
-    FLT_CTL("change-threshold", change_threshold, 0, 2, "patch change (normalised pixel units) that makes a patch dynamic"),
+    FLT_CTL("change-threshold", change_threshold, 0, 2,
+            "patch change (normalised pixel units) that makes a patch dynamic"),
     INT_CTL("dilate", dilate, 0, 8, "grow the dynamic set by this many patches"),
-    FLT_CTL("max-dynamic", max_dynamic, 0, 1, "share of dynamic patches above which the frame is recomputed in full"),
-    FLT_CTL("cut-ratio", cut_ratio, 0, 1, "share of patches changed since the previous frame that is a scene cut"),
+    FLT_CTL("max-dynamic", max_dynamic, 0, 1,
+            "share of dynamic patches above which the frame is recomputed in full"),
+    FLT_CTL("cut-ratio", cut_ratio, 0, 1,
+            "share of patches changed since the previous frame that is a scene cut"),
     FLT_CTL("cut-colour", cut_colour, 0, 1, "colour-histogram distance that a scene cut also needs"),
-    FLT_CTL("drift-threshold", drift_threshold, 0, 2, "mean change of static patches vs the reference that forces a refresh"),
-    INT_CTL("refresh-interval", refresh_interval, 0, 1000000, "refresh the reference after this many frames (0: never)"),
+    FLT_CTL("drift-threshold", drift_threshold, 0, 2,
+            "mean change of static patches vs the reference that forces a refresh"),
+    INT_CTL("refresh-interval", refresh_interval, 0, 1000000,
+            "refresh the reference after this many frames (0: never)"),
     INT_CTL("prune", prune, 0, 1, "token pruner on (1) or off (0)"),
     FLT_CTL("keep-ratio", keep_ratio, 0, 1, "share of a frame's tokens handed to the decoder"),
-    INT_CTL("keep-count", keep_count, 0, 1000000, "tokens per frame handed to the decoder (0: use keep-ratio)"),
+    INT_CTL("keep-count", keep_count, 0, 1000000,
+            "tokens per frame handed to the decoder (0: use keep-ratio)"),
     INT_CTL("keep-floor", keep_floor, 0, 1000000, "never fewer tokens per frame than this"),
     FLT_CTL("keyframe-ratio", keyframe_ratio, 0, 1, "share kept on the first frame and on scene cuts"),
-    FLT_CTL("redundant", redundant, 0, 2, "novelty (cosine distance) under which a token is dropped within the budget"),
+    FLT_CTL("redundant", redundant, 0, 2,
+            "novelty (cosine distance) under which a token is dropped within the budget"),
     FLT_CTL("spatial-weight", spatial_weight, 0, 100, "weight of spatial salience in the token score"),
     FLT_CTL("temporal-weight", temporal_weight, 0, 100, "weight of temporal novelty in the token score"),
     FLT_CTL("novelty-floor", novelty_floor, 0, 2, "novelty scale below which changes count as noise"),
@@ -72,7 +81,8 @@ static const control *find(const char *name) {
     char canon[64];
     size_t len = strlen(name);
     if (len >= sizeof canon) return NULL;
-    for (size_t i = 0; i <= len; i++) canon[i] = name[i] == '_' ? '-' : name[i];
+    for (size_t i = 0; i <= len; i++)
+        canon[i] = name[i] == '_' ? '-' : name[i];
     for (int i = 0; i < N_CONTROLS; i++)
         if (!strcmp(canon, controls[i].name)) return &controls[i];
     return NULL;
@@ -89,9 +99,12 @@ double svlm_stc_control_get(const svlm_stc_controls *c, const char *name) {
 svlm_status svlm_stc_control_set(svlm_stc_controls *c, const char *name, const char *value, svlm_err *err) {
     if (!name || !value) return svlm_fail(err, SVLM_E_INVALID, "stc: a control needs a name and a value");
     if (!strcmp(name, "stc")) {
-        if (!strcmp(value, "on") || !strcmp(value, "1") || !strcmp(value, "true")) c->enabled = 1;
-        else if (!strcmp(value, "off") || !strcmp(value, "0") || !strcmp(value, "false")) c->enabled = 0;
-        else return svlm_fail(err, SVLM_E_INVALID, "stc: expects on or off, not '%s'", value);
+        if (!strcmp(value, "on") || !strcmp(value, "1") || !strcmp(value, "true"))
+            c->enabled = 1;
+        else if (!strcmp(value, "off") || !strcmp(value, "0") || !strcmp(value, "false"))
+            c->enabled = 0;
+        else
+            return svlm_fail(err, SVLM_E_INVALID, "stc: expects on or off, not '%s'", value);
         return SVLM_OK;
     }
     const control *k = find(name);
@@ -102,8 +115,10 @@ svlm_status svlm_stc_control_set(svlm_stc_controls *c, const char *name, const c
         return svlm_fail(err, SVLM_E_INVALID, "stc: %s expects %s from %g to %g, not '%s'", k->name,
                          k->is_int ? "an integer" : "a number", k->lo, k->hi, value);
     char *p = (char *)c + k->offset;
-    if (k->is_int) *(int *)p = (int)v;
-    else *(float *)p = (float)v;
+    if (k->is_int)
+        *(int *)p = (int)v;
+    else
+        *(float *)p = (float)v;
     return SVLM_OK;
 }
 
@@ -121,7 +136,8 @@ struct svlm_stc {
     svlm_stc_pruner *pruner;
 };
 
-svlm_status svlm_stc_create(svlm_vision_ctx *vc, const svlm_stc_controls *ctl, svlm_stc **out, svlm_err *err) {
+svlm_status svlm_stc_create(svlm_vision_ctx *vc, const svlm_stc_controls *ctl, svlm_stc **out,
+                            svlm_err *err) {
     *out = NULL;
     if (!vc || !ctl) return svlm_fail(err, SVLM_E_INVALID, "stc: bad arguments");
     svlm_stc *s = calloc(1, sizeof *s);
@@ -132,7 +148,8 @@ svlm_status svlm_stc_create(svlm_vision_ctx *vc, const svlm_stc_controls *ctl, s
     int gt = hp->image_size / hp->patch_size / hp->scale_factor; /* connector grid side */
     svlm_status st = SVLM_OK;
     if (ctl->enabled) st = svlm_stc_cache_create(vc, ctl, &s->cache, err);
-    if (!st && ctl->enabled && ctl->prune) st = svlm_stc_pruner_create(ctl, gt, gt, hp->proj_dim, &s->pruner, err);
+    if (!st && ctl->enabled && ctl->prune)
+        st = svlm_stc_pruner_create(ctl, gt, gt, hp->proj_dim, &s->pruner, err);
     if (st) {
         svlm_stc_free(s);
         return st;
@@ -179,7 +196,8 @@ svlm_status svlm_stc_frame(svlm_stc *s, const float *pixels, float *tokens, int3
     if (s->pruner) {
         info->n_kept = svlm_stc_prune(s->pruner, tokens, info->cut, kept, kept_tokens, NULL);
     } else {
-        for (int i = 0; i < T; i++) kept[i] = i;
+        for (int i = 0; i < T; i++)
+            kept[i] = i;
         if (kept_tokens) memcpy(kept_tokens, tokens, sizeof(float) * TE);
         info->n_kept = T;
     }

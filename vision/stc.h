@@ -23,30 +23,30 @@
 #include "vision/encoder.h"
 
 typedef struct svlm_stc_controls {
-    int enabled;             /* 0: plain encoder, every token kept (bit-identical to svlm_vision_encode) */
+    int enabled; /* 0: plain encoder, every token kept (bit-identical to svlm_vision_encode) */
     /* feature cache */
-    int cache;               /* 0: always a full encoder pass (cut detection still runs for the pruner) */
-    float change_threshold;  /* a patch is dynamic when its change against the reference exceeds this
-                                (mean |difference| of 4x4-pixel block means, normalised pixel units) */
-    int dilate;              /* grow the dynamic set by this many patches in each direction */
-    float max_dynamic;       /* share of dynamic patches above which the frame is recomputed in full
-                                and becomes the new reference */
-    float cut_ratio;         /* share of patches changed against the previous frame above which the frame
-                                is a scene cut (1: never) ... */
-    float cut_colour;        /* ... when its colour histogram also moved this far (0..1) */
-    float drift_threshold;   /* mean change of the static patches against the reference that forces a
-                                refresh (slow light/exposure change accumulates against a fixed reference) */
-    int refresh_interval;    /* refresh after this many frames on the same reference (0: never) */
+    int cache;              /* 0: always a full encoder pass (cut detection still runs for the pruner) */
+    float change_threshold; /* a patch is dynamic when its change against the reference exceeds this
+                               (mean |difference| of 4x4-pixel block means, normalised pixel units) */
+    int dilate;             /* grow the dynamic set by this many patches in each direction */
+    float max_dynamic;      /* share of dynamic patches above which the frame is recomputed in full
+                               and becomes the new reference */
+    float cut_ratio;        /* share of patches changed against the previous frame above which the frame
+                               is a scene cut (1: never) ... */
+    float cut_colour;       /* ... when its colour histogram also moved this far (0..1) */
+    float drift_threshold;  /* mean change of the static patches against the reference that forces a
+                               refresh (slow light/exposure change accumulates against a fixed reference) */
+    int refresh_interval;   /* refresh after this many frames on the same reference (0: never) */
     /* pruner */
-    int prune;               /* 0: every token goes to the decoder */
-    float keep_ratio;        /* budget as a share of the frame's tokens (used when keep_count is 0) */
-    int keep_count;          /* budget as a token count (0: use keep_ratio) */
-    int keep_floor;          /* never fewer tokens than this */
-    float keyframe_ratio;    /* budget share for the first frame and scene cuts */
-    float redundant;         /* tokens whose novelty is below this (cosine distance) are dropped even
-                                within the budget, down to the floor */
+    int prune;            /* 0: every token goes to the decoder */
+    float keep_ratio;     /* budget as a share of the frame's tokens (used when keep_count is 0) */
+    int keep_count;       /* budget as a token count (0: use keep_ratio) */
+    int keep_floor;       /* never fewer tokens than this */
+    float keyframe_ratio; /* budget share for the first frame and scene cuts */
+    float redundant;      /* tokens whose novelty is below this (cosine distance) are dropped even
+                             within the budget, down to the floor */
     float spatial_weight, temporal_weight; /* score = ws * salience/max + wt * novelty/max(max, floor) */
-    float novelty_floor;     /* novelty below this scale counts as noise in the score */
+    float novelty_floor;                   /* novelty below this scale counts as noise in the score */
 } svlm_stc_controls;
 
 void svlm_stc_controls_default(svlm_stc_controls *c);
@@ -58,9 +58,9 @@ void svlm_stc_controls_off(svlm_stc_controls *c);
 svlm_status svlm_stc_control_set(svlm_stc_controls *c, const char *name, const char *value, svlm_err *err);
 
 typedef struct svlm_stc_control_desc {
-    const char *name;  /* dash form */
+    const char *name; /* dash form */
     const char *help;
-    int is_int;   /* int field, else float */
+    int is_int; /* int field, else float */
     double lo, hi;
     size_t offset; /* of the field in svlm_stc_controls */
 } svlm_stc_control_desc;
@@ -73,27 +73,27 @@ double svlm_stc_control_get(const svlm_stc_controls *c, const char *name);
 typedef enum svlm_stc_path { SVLM_STC_FULL = 0, SVLM_STC_PARTIAL, SVLM_STC_REUSED } svlm_stc_path;
 typedef enum svlm_stc_reason {
     SVLM_STC_NO_REFRESH = 0,
-    SVLM_STC_FIRST,     /* no reference yet */
-    SVLM_STC_CUT,       /* scene cut against the previous frame */
-    SVLM_STC_DRIFT,     /* static patches drifted from the reference */
-    SVLM_STC_SCHEDULE,  /* refresh_interval reached */
-    SVLM_STC_DYNAMIC,   /* too much of the frame changed */
-    SVLM_STC_UNCACHED,  /* cache off */
+    SVLM_STC_FIRST,    /* no reference yet */
+    SVLM_STC_CUT,      /* scene cut against the previous frame */
+    SVLM_STC_DRIFT,    /* static patches drifted from the reference */
+    SVLM_STC_SCHEDULE, /* refresh_interval reached */
+    SVLM_STC_DYNAMIC,  /* too much of the frame changed */
+    SVLM_STC_UNCACHED, /* cache off */
 } svlm_stc_reason;
 const char *svlm_stc_reason_name(svlm_stc_reason r);
 
 typedef struct svlm_stc_frame_info {
     svlm_stc_path path;
-    svlm_stc_reason reason;  /* why a full pass ran (path FULL) */
-    int cut;                 /* a scene cut was detected */
-    int n_patches;           /* encoder tokens of the frame */
-    int n_recomputed;        /* encoder tokens computed this frame (n_patches for FULL, 0 for REUSED) */
-    float changed_vs_prev;   /* share of patches changed against the previous frame */
-    float change_vs_prev;    /* mean patch change against the previous frame */
-    float colour_change;     /* colour-histogram distance to the previous frame (0..1) */
-    float drift;             /* mean change of the static patches against the reference */
-    int n_tokens;            /* connector tokens of the frame */
-    int n_kept;              /* tokens handed to the decoder */
+    svlm_stc_reason reason; /* why a full pass ran (path FULL) */
+    int cut;                /* a scene cut was detected */
+    int n_patches;          /* encoder tokens of the frame */
+    int n_recomputed;       /* encoder tokens computed this frame (n_patches for FULL, 0 for REUSED) */
+    float changed_vs_prev;  /* share of patches changed against the previous frame */
+    float change_vs_prev;   /* mean patch change against the previous frame */
+    float colour_change;    /* colour-histogram distance to the previous frame (0..1) */
+    float drift;            /* mean change of the static patches against the reference */
+    int n_tokens;           /* connector tokens of the frame */
+    int n_kept;             /* tokens handed to the decoder */
 } svlm_stc_frame_info;
 
 typedef struct svlm_stc svlm_stc;

@@ -7,25 +7,25 @@
 #include "vision/encoder_internal.h"
 #include "vision/stc_cache.h"
 
-#define BLOCKS_PER_SIDE 4 /* patch summary: 4x4 block means per channel */
-#define HIST_BINS 16      /* per channel, over the block means, for cut detection */
+#define BLOCKS_PER_SIDE 4  /* patch summary: 4x4 block means per channel */
+#define HIST_BINS       16 /* per channel, over the block means, for cut detection */
 
 struct svlm_stc_cache {
     svlm_vision_ctx *vc;
     svlm_stc_controls ctl;
     int S, p, g, N, D, T, E, n_layer;
-    int nb, desc_len;         /* blocks per patch side, summary length per patch */
+    int nb, desc_len; /* blocks per patch side, summary length per patch */
     int has_ref, has_prev;
-    int frames_on_ref;        /* frames encoded since the reference was computed */
-    float *desc, *ref_desc, *prev_desc; /* [N][desc_len] */
+    int frames_on_ref;                                   /* frames encoded since the reference was computed */
+    float *desc, *ref_desc, *prev_desc;                  /* [N][desc_len] */
     float hist[3 * HIST_BINS], prev_hist[3 * HIST_BINS]; /* colour histograms, fractions */
-    float *change;            /* [N] against the reference */
-    float *ga, *gb, *resid;   /* [N * nb * nb] one channel's block means, for global_fit */
-    uint8_t *mask, *grown;    /* [N] dynamic */
-    int32_t *idx;             /* [N] dynamic patch indices */
-    float **ref_k, **ref_v;   /* [n_layer] of [N][D], from svlm_k_alloc */
-    float *ref_enc;           /* [N][D] post-LayerNorm output of the reference */
-    float *ref_out;           /* [T][E] connector output of the reference */
+    float *change;                                       /* [N] against the reference */
+    float *ga, *gb, *resid; /* [N * nb * nb] one channel's block means, for global_fit */
+    uint8_t *mask, *grown;  /* [N] dynamic */
+    int32_t *idx;           /* [N] dynamic patch indices */
+    float **ref_k, **ref_v; /* [n_layer] of [N][D], from svlm_k_alloc */
+    float *ref_enc;         /* [N][D] post-LayerNorm output of the reference */
+    float *ref_out;         /* [T][E] connector output of the reference */
 };
 
 static void free_kv(svlm_stc_cache *c) {
@@ -77,14 +77,14 @@ svlm_status svlm_stc_cache_create(svlm_vision_ctx *vc, const svlm_stc_controls *
     int ok = (c->desc = malloc(sizeof(float) * dl)) && (c->ref_desc = malloc(sizeof(float) * dl)) &&
              (c->prev_desc = malloc(sizeof(float) * dl)) && (c->change = malloc(sizeof(float) * N)) &&
              (c->ga = malloc(sizeof(float) * dl)) && (c->gb = malloc(sizeof(float) * dl)) &&
-             (c->resid = malloc(sizeof(float) * dl)) &&
-             (c->mask = malloc(N)) && (c->grown = malloc(N)) && (c->idx = malloc(sizeof(int32_t) * N)) &&
-             (c->ref_enc = malloc(sizeof(float) * ND)) &&
+             (c->resid = malloc(sizeof(float) * dl)) && (c->mask = malloc(N)) && (c->grown = malloc(N)) &&
+             (c->idx = malloc(sizeof(int32_t) * N)) && (c->ref_enc = malloc(sizeof(float) * ND)) &&
              (c->ref_out = malloc(sizeof(float) * (size_t)c->T * (size_t)c->E)) &&
              (c->ref_k = calloc((size_t)c->n_layer, sizeof(float *))) &&
              (c->ref_v = calloc((size_t)c->n_layer, sizeof(float *)));
     for (int l = 0; ok && l < c->n_layer && ctl->cache; l++)
-        ok = (c->ref_k[l] = svlm_k_alloc(vc->k, sizeof(float) * ND)) && (c->ref_v[l] = svlm_k_alloc(vc->k, sizeof(float) * ND));
+        ok = (c->ref_k[l] = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
+             (c->ref_v[l] = svlm_k_alloc(vc->k, sizeof(float) * ND));
     if (!ok) {
         svlm_stc_cache_free(c);
         return svlm_fail(err, SVLM_E_NOMEM, "stc cache: out of memory for the reference state");
@@ -109,17 +109,20 @@ static void summarise(const svlm_stc_cache *c, const float *px, float *desc) {
         for (int ch = 0; ch < 3; ch++)
             for (int by = 0; by < c->nb; by++)
                 for (int bx = 0; bx < c->nb; bx++) {
-                    const float *src = px + ch * plane + (size_t)(py * c->p + by * bs) * c->S + (size_t)(pxl * c->p + bx * bs);
+                    const float *src = px + ch * plane + (size_t)(py * c->p + by * bs) * c->S +
+                                       (size_t)(pxl * c->p + bx * bs);
                     float s = 0;
                     for (int y = 0; y < bs; y++)
-                        for (int x = 0; x < bs; x++) s += src[(size_t)y * c->S + x];
+                        for (int x = 0; x < bs; x++)
+                            s += src[(size_t)y * c->S + x];
                     *d++ = s * inv;
                 }
     }
 }
 
 /* Mean |a - (gain * b + offset)| per channel over the patch's summary. */
-static float patch_change(const svlm_stc_cache *c, const float *a, const float *b, const float fit[6], int pi) {
+static float patch_change(const svlm_stc_cache *c, const float *a, const float *b, const float fit[6],
+                          int pi) {
     const float *x = a + (size_t)pi * c->desc_len, *y = b + (size_t)pi * c->desc_len;
     int per_ch = c->nb * c->nb;
     float s = 0;
@@ -165,11 +168,13 @@ static float global_fit(svlm_stc_cache *c, const float *a, const float *b, float
         }
         float first[2];
         fit_affine(c->ga, c->gb, n, NULL, 0, first);
-        for (size_t i = 0; i < n; i++) c->resid[i] = fabsf(c->ga[i] - first[0] * c->gb[i] - first[1]);
+        for (size_t i = 0; i < n; i++)
+            c->resid[i] = fabsf(c->ga[i] - first[0] * c->gb[i] - first[1]);
         qsort(c->resid, n, sizeof(float), cmp_float);
         float *f = fit + 2 * ch;
         fit_affine(c->ga, c->gb, n, first, c->resid[n / 2], f);
-        for (size_t i = 0; i < n; i++) explained += fabsf((f[0] - 1.0f) * c->gb[i] + f[1]);
+        for (size_t i = 0; i < n; i++)
+            explained += fabsf((f[0] - 1.0f) * c->gb[i] + f[1]);
     }
     return (float)(explained / (3.0 * (double)n));
 }
@@ -191,14 +196,16 @@ static void colour_hist(const svlm_stc_cache *c, const float *desc, float *hist)
 /* Half the L1 distance of the histograms, averaged over channels: 0 same colours, 1 disjoint. */
 static float hist_distance(const float *a, const float *b) {
     float s = 0;
-    for (int i = 0; i < 3 * HIST_BINS; i++) s += fabsf(a[i] - b[i]);
+    for (int i = 0; i < 3 * HIST_BINS; i++)
+        s += fabsf(a[i] - b[i]);
     return s / 6.0f;
 }
 
 /* Grows the dynamic mask by ctl.dilate patches (square neighbourhood); returns the count. */
 static int dynamic_set(svlm_stc_cache *c) {
     int r = c->ctl.dilate, g = c->g, n = 0;
-    for (int i = 0; i < c->N; i++) c->mask[i] = c->change[i] > c->ctl.change_threshold;
+    for (int i = 0; i < c->N; i++)
+        c->mask[i] = c->change[i] > c->ctl.change_threshold;
     memcpy(c->grown, c->mask, (size_t)c->N);
     if (r > 0)
         for (int i = 0; i < c->N; i++) {
@@ -265,13 +272,14 @@ static void partial_pass(svlm_stc_cache *c, const float *pixels, int m, float *o
     /* vc->x = the reference output with the dynamic rows replaced (q holds the new rows meanwhile) */
     memcpy(vc->q, vc->x, sizeof(float) * (size_t)m * D);
     memcpy(vc->x, c->ref_enc, sizeof(float) * (size_t)c->N * D);
-    for (int i = 0; i < m; i++) memcpy(vc->x + (size_t)c->idx[i] * D, vc->q + (size_t)i * D, sizeof(float) * (size_t)D);
+    for (int i = 0; i < m; i++)
+        memcpy(vc->x + (size_t)c->idx[i] * D, vc->q + (size_t)i * D, sizeof(float) * (size_t)D);
     svlm_connector_forward(vc, 1);
     memcpy(out, vc->proj, sizeof(float) * (size_t)c->T * c->E);
 }
 
-svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out, svlm_stc_frame_info *info,
-                                  svlm_err *err) {
+svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out,
+                                  svlm_stc_frame_info *info, svlm_err *err) {
     if (!c || !pixels || !out || !info) return svlm_fail(err, SVLM_E_INVALID, "stc cache: bad arguments");
     memset(info, 0, sizeof *info);
     info->n_patches = c->N;
@@ -304,14 +312,19 @@ svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float 
 
     svlm_stc_reason why = SVLM_STC_NO_REFRESH;
     int m = 0;
-    if (!c->ctl.cache) why = SVLM_STC_UNCACHED;
-    else if (!c->has_ref) why = SVLM_STC_FIRST;
-    else if (info->cut) why = SVLM_STC_CUT;
-    else if (c->ctl.refresh_interval > 0 && c->frames_on_ref >= c->ctl.refresh_interval) why = SVLM_STC_SCHEDULE;
+    if (!c->ctl.cache)
+        why = SVLM_STC_UNCACHED;
+    else if (!c->has_ref)
+        why = SVLM_STC_FIRST;
+    else if (info->cut)
+        why = SVLM_STC_CUT;
+    else if (c->ctl.refresh_interval > 0 && c->frames_on_ref >= c->ctl.refresh_interval)
+        why = SVLM_STC_SCHEDULE;
     else {
         float fit[6];
         float expo = global_fit(c, desc, c->ref_desc, fit);
-        for (int i = 0; i < c->N; i++) c->change[i] = patch_change(c, desc, c->ref_desc, fit, i);
+        for (int i = 0; i < c->N; i++)
+            c->change[i] = patch_change(c, desc, c->ref_desc, fit, i);
         m = dynamic_set(c);
         double residual = 0;
         int n_static = 0;
@@ -322,8 +335,10 @@ svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float 
             }
         /* what reusing the static patches ignores: the exposure change plus their own small changes */
         info->drift = expo + (n_static ? (float)(residual / n_static) : 0.0f);
-        if (info->drift > c->ctl.drift_threshold) why = SVLM_STC_DRIFT;
-        else if ((float)m > c->ctl.max_dynamic * (float)c->N) why = SVLM_STC_DYNAMIC;
+        if (info->drift > c->ctl.drift_threshold)
+            why = SVLM_STC_DRIFT;
+        else if ((float)m > c->ctl.max_dynamic * (float)c->N)
+            why = SVLM_STC_DYNAMIC;
     }
 
     if (why != SVLM_STC_NO_REFRESH) {

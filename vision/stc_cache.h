@@ -26,7 +26,7 @@ void svlm_stc_cache_free(svlm_stc_cache *c);
 void svlm_stc_cache_reset(svlm_stc_cache *c);
 
 /* pixels [3][S][S] -> out [T][E]; fills every field of info except n_kept. */
-svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out, svlm_stc_frame_info *info,
-                                  svlm_err *err);
+svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out,
+                                  svlm_stc_frame_info *info, svlm_err *err);
 
 #endif

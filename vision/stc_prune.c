@@ -10,11 +10,11 @@ struct svlm_stc_pruner {
     svlm_stc_controls ctl;
     int gw, gh, n, dim;
     int has_prev;
-    float *prev;     /* [n][dim] the previous frame's tokens */
-    float *mean;     /* [dim] */
-    float *nbr;      /* [dim] */
+    float *prev;                        /* [n][dim] the previous frame's tokens */
+    float *mean;                        /* [dim] */
+    float *nbr;                         /* [dim] */
     float *sal, *nov, *score, *mem_sim; /* [n] */
-    int32_t *order;  /* [n] */
+    int32_t *order;                     /* [n] */
     svlm_stc_memory_fn memory;
     void *memory_user;
 };
@@ -36,7 +36,8 @@ svlm_status svlm_stc_pruner_create(const svlm_stc_controls *ctl, int grid_w, int
                                    svlm_stc_pruner **out, svlm_err *err) {
     *out = NULL;
     if (grid_w < 1 || grid_h < 1 || dim < 1 || grid_w > 4096 || grid_h > 4096)
-        return svlm_fail(err, SVLM_E_INVALID, "stc pruner: bad token grid %dx%d of width %d", grid_w, grid_h, dim);
+        return svlm_fail(err, SVLM_E_INVALID, "stc pruner: bad token grid %dx%d of width %d", grid_w, grid_h,
+                         dim);
     svlm_stc_pruner *p = calloc(1, sizeof *p);
     if (!p) return svlm_fail(err, SVLM_E_NOMEM, "stc pruner: out of memory");
     p->ctl = *ctl;
@@ -45,10 +46,11 @@ svlm_status svlm_stc_pruner_create(const svlm_stc_controls *ctl, int grid_w, int
     p->n = grid_w * grid_h;
     p->dim = dim;
     size_t n = (size_t)p->n;
-    if (!(p->prev = malloc(sizeof(float) * n * (size_t)dim)) || !(p->mean = malloc(sizeof(float) * (size_t)dim)) ||
-        !(p->nbr = malloc(sizeof(float) * (size_t)dim)) || !(p->sal = malloc(sizeof(float) * n)) ||
-        !(p->nov = malloc(sizeof(float) * n)) || !(p->score = malloc(sizeof(float) * n)) ||
-        !(p->mem_sim = malloc(sizeof(float) * n)) || !(p->order = malloc(sizeof(int32_t) * n))) {
+    if (!(p->prev = malloc(sizeof(float) * n * (size_t)dim)) ||
+        !(p->mean = malloc(sizeof(float) * (size_t)dim)) || !(p->nbr = malloc(sizeof(float) * (size_t)dim)) ||
+        !(p->sal = malloc(sizeof(float) * n)) || !(p->nov = malloc(sizeof(float) * n)) ||
+        !(p->score = malloc(sizeof(float) * n)) || !(p->mem_sim = malloc(sizeof(float) * n)) ||
+        !(p->order = malloc(sizeof(int32_t) * n))) {
         svlm_stc_pruner_free(p);
         return svlm_fail(err, SVLM_E_NOMEM, "stc pruner: out of memory");
     }
@@ -56,7 +58,9 @@ svlm_status svlm_stc_pruner_create(const svlm_stc_controls *ctl, int grid_w, int
     return SVLM_OK;
 }
 
-void svlm_stc_pruner_reset(svlm_stc_pruner *p) { p->has_prev = 0; }
+void svlm_stc_pruner_reset(svlm_stc_pruner *p) {
+    p->has_prev = 0;
+}
 
 void svlm_stc_pruner_set_memory(svlm_stc_pruner *p, svlm_stc_memory_fn fn, void *user) {
     p->memory = fn;
@@ -79,7 +83,8 @@ static void salience(svlm_stc_pruner *p, const float *x) {
     int D = p->dim;
     memset(p->mean, 0, sizeof(float) * (size_t)D);
     for (int i = 0; i < p->n; i++)
-        for (int j = 0; j < D; j++) p->mean[j] += x[(size_t)i * D + j];
+        for (int j = 0; j < D; j++)
+            p->mean[j] += x[(size_t)i * D + j];
     for (int i = 0; i < p->n; i++) {
         int y = i / p->gw, xx = i % p->gw, k = 0;
         static const int dy[4] = {-1, 1, 0, 0}, dx[4] = {0, 0, -1, 1};
@@ -88,7 +93,8 @@ static void salience(svlm_stc_pruner *p, const float *x) {
             int ny = y + dy[d], nx = xx + dx[d];
             if (ny < 0 || ny >= p->gh || nx < 0 || nx >= p->gw) continue;
             const float *r = x + (size_t)(ny * p->gw + nx) * D;
-            for (int j = 0; j < D; j++) p->nbr[j] += r[j];
+            for (int j = 0; j < D; j++)
+                p->nbr[j] += r[j];
             k++;
         }
         const float *xi = x + (size_t)i * D;
@@ -99,7 +105,8 @@ static void salience(svlm_stc_pruner *p, const float *x) {
 
 static float max_of(const float *v, int n) {
     float m = 0;
-    for (int i = 0; i < n; i++) m = v[i] > m ? v[i] : m;
+    for (int i = 0; i < n; i++)
+        m = v[i] > m ? v[i] : m;
     return m;
 }
 
@@ -131,7 +138,9 @@ static void sort_ascending(int32_t *v, int n) {
 
 static int budget(const svlm_stc_pruner *p, int keyframe) {
     const svlm_stc_controls *c = &p->ctl;
-    int k = c->keep_count > 0 && !keyframe ? c->keep_count : (int)ceilf((keyframe ? c->keyframe_ratio : c->keep_ratio) * (float)p->n);
+    int k = c->keep_count > 0 && !keyframe
+                ? c->keep_count
+                : (int)ceilf((keyframe ? c->keyframe_ratio : c->keep_ratio) * (float)p->n);
     if (k < c->keep_floor) k = c->keep_floor;
     return k < p->n ? (k > 0 ? k : 0) : p->n;
 }
@@ -142,7 +151,8 @@ int svlm_stc_prune(svlm_stc_pruner *p, const float *tokens, int keyframe, int32_
     int n = p->n, D = p->dim;
     int fresh = keyframe || !p->has_prev; /* nothing to be novel against: salience alone */
     salience(p, tokens);
-    for (int i = 0; i < n; i++) p->nov[i] = fresh ? 1.0f : cos_dist(tokens + (size_t)i * D, p->prev + (size_t)i * D, D);
+    for (int i = 0; i < n; i++)
+        p->nov[i] = fresh ? 1.0f : cos_dist(tokens + (size_t)i * D, p->prev + (size_t)i * D, D);
     if (p->memory && !fresh) {
         p->memory(p->memory_user, tokens, n, D, p->mem_sim);
         for (int i = 0; i < n; i++) {

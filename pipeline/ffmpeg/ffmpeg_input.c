@@ -6,7 +6,9 @@
 
 #include "common/err.h"
 
-static int interrupt_cb(void *opaque) { return svlm_ctl_should_stop(opaque) != SVLM_STOP_NONE; }
+static int interrupt_cb(void *opaque) {
+    return svlm_ctl_should_stop(opaque) != SVLM_STOP_NONE;
+}
 
 /* Strips "user:pass@" so that passwords never reach messages. */
 static void redact(const char *url, char *out, size_t n) {
@@ -26,13 +28,20 @@ svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char 
     if (averr == AVERROR_EXIT) return svlm_fail(err, SVLM_E_CANCELLED, "%s %s: interrupted", what, safe);
     if (averr == AVERROR(ENOENT)) return svlm_fail(err, SVLM_E_IO, "%s %s: no such file", what, safe);
     if (averr == AVERROR(ECONNREFUSED))
-        return svlm_fail(err, SVLM_E_IO, "%s %s: connection refused (nothing listens on that host and port)", what, safe);
+        return svlm_fail(err, SVLM_E_IO, "%s %s: connection refused (nothing listens on that host and port)",
+                         what, safe);
     if (averr == AVERROR(ETIMEDOUT) || averr == AVERROR(EHOSTUNREACH) || averr == AVERROR(ENETUNREACH))
         return svlm_fail(err, SVLM_E_IO, "%s %s: host unreachable (%s)", what, safe, msg);
-    if (averr == AVERROR_HTTP_UNAUTHORIZED || averr == AVERROR_HTTP_FORBIDDEN || averr == AVERROR(EACCES) || averr == AVERROR(EPERM))
-        return svlm_fail(err, SVLM_E_IO, "%s %s: login refused or access denied (check the user:password in the URL)", what, safe);
-    if (averr == AVERROR_HTTP_NOT_FOUND) return svlm_fail(err, SVLM_E_IO, "%s %s: not found on the server (HTTP 404)", what, safe);
-    if (averr == AVERROR_INVALIDDATA) return svlm_fail(err, SVLM_E_FORMAT, "%s %s: not a media file FFmpeg recognises, or damaged", what, safe);
+    if (averr == AVERROR_HTTP_UNAUTHORIZED || averr == AVERROR_HTTP_FORBIDDEN || averr == AVERROR(EACCES) ||
+        averr == AVERROR(EPERM))
+        return svlm_fail(err, SVLM_E_IO,
+                         "%s %s: login refused or access denied (check the user:password in the URL)", what,
+                         safe);
+    if (averr == AVERROR_HTTP_NOT_FOUND)
+        return svlm_fail(err, SVLM_E_IO, "%s %s: not found on the server (HTTP 404)", what, safe);
+    if (averr == AVERROR_INVALIDDATA)
+        return svlm_fail(err, SVLM_E_FORMAT, "%s %s: not a media file FFmpeg recognises, or damaged", what,
+                         safe);
     if (averr == AVERROR_PROTOCOL_NOT_FOUND)
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "%s %s: this FFmpeg build lacks the protocol", what, safe);
     return svlm_fail(err, SVLM_E_IO, "%s %s: %s", what, safe, msg);

@@ -28,8 +28,8 @@ typedef struct ff_ctx {
     svlm_ingest_ctl *ctl;
     svlm_sampler *sampler;
     svlm_source_opts opts;
-    int64_t base_ts;       /* stream timestamp of pts 0 */
-    double frame_dur;      /* seconds, from the stream's frame rate */
+    int64_t base_ts;  /* stream timestamp of pts 0 */
+    double frame_dur; /* seconds, from the stream's frame rate */
     double last_pts;
     int draining;
     int bad_reads; /* consecutive unreadable packets */
@@ -49,7 +49,8 @@ static void ff_close(void *ctx) {
 static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
     const AVCodec *codec = NULL;
     int idx = av_find_best_stream(c->fmt, AVMEDIA_TYPE_VIDEO, -1, -1, &codec, 0);
-    if (idx == AVERROR_STREAM_NOT_FOUND) return svlm_fail(err, SVLM_E_FORMAT, "%s has no video stream", c->uri->target);
+    if (idx == AVERROR_STREAM_NOT_FOUND)
+        return svlm_fail(err, SVLM_E_FORMAT, "%s has no video stream", c->uri->target);
     if (idx == AVERROR_DECODER_NOT_FOUND || (idx >= 0 && !codec)) {
         int any = -1;
         for (unsigned i = 0; i < c->fmt->nb_streams; i++)
@@ -57,7 +58,8 @@ static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
         const AVCodecParameters *par = any >= 0 ? c->fmt->streams[any]->codecpar : NULL;
         char tag[AV_FOURCC_MAX_STRING_SIZE] = "?";
         if (par) av_fourcc_make_string(tag, par->codec_tag);
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "unsupported video codec '%s' (tag %s): this FFmpeg has no decoder for it",
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "unsupported video codec '%s' (tag %s): this FFmpeg has no decoder for it",
                          par ? avcodec_get_name(par->codec_id) : "?", tag);
     }
     if (idx < 0) return svlm_ff_fail(err, idx, "no usable video stream in", c->uri->target);
@@ -97,7 +99,8 @@ static svlm_status ff_open(void **out, const svlm_backend_args *a, svlm_err *err
     c->last_pts = -1;
     svlm_status st = svlm_ff_open_input(&c->fmt, a, err);
     if (st == SVLM_OK) st = open_decoder(c, err);
-    if (st == SVLM_OK && (!(c->pkt = av_packet_alloc()) || !(c->frame = av_frame_alloc()))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (st == SVLM_OK && (!(c->pkt = av_packet_alloc()) || !(c->frame = av_frame_alloc())))
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (st != SVLM_OK) {
         ff_close(c);
         return st;
@@ -119,9 +122,11 @@ static void choose_skip(ff_ctx *c, const AVPacket *pkt) {
         c->dec->skip_frame = AVDISCARD_DEFAULT;
         return;
     }
-    double pts = (double)(pkt->pts - (c->base_ts == AV_NOPTS_VALUE ? pkt->pts : c->base_ts)) * av_q2d(c->st->time_base);
+    double pts = (double)(pkt->pts - (c->base_ts == AV_NOPTS_VALUE ? pkt->pts : c->base_ts)) *
+                 av_q2d(c->st->time_base);
     double margin = 4 * c->frame_dur + 0.1;
-    c->dec->skip_frame = svlm_sampler_lead(c->sampler, pts, svlm_wall_now()) > margin ? AVDISCARD_NONREF : AVDISCARD_DEFAULT;
+    c->dec->skip_frame =
+        svlm_sampler_lead(c->sampler, pts, svlm_wall_now()) > margin ? AVDISCARD_NONREF : AVDISCARD_DEFAULT;
 }
 
 static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_err *err) {
@@ -130,15 +135,19 @@ static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_er
     svlm_status st = svlm_frame_alloc(out, ow, oh, err);
     if (st != SVLM_OK) return st;
     int flags = (ow < f->width || oh < f->height) ? SWS_AREA : SWS_BILINEAR;
-    c->sws = sws_getCachedContext(c->sws, f->width, f->height, f->format, ow, oh, AV_PIX_FMT_RGB24, flags, NULL, NULL, NULL);
+    c->sws = sws_getCachedContext(c->sws, f->width, f->height, f->format, ow, oh, AV_PIX_FMT_RGB24, flags,
+                                  NULL, NULL, NULL);
     if (!c->sws) {
         svlm_frame_release(out);
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "cannot convert %s frames to RGB", av_get_pix_fmt_name(f->format));
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "cannot convert %s frames to RGB",
+                         av_get_pix_fmt_name(f->format));
     }
     /* Honour the stream's colour matrix and range (BT.709 HD vs BT.601 SD, full vs limited). */
-    int space = f->colorspace == AVCOL_SPC_UNSPECIFIED ? (f->height >= 720 ? SWS_CS_ITU709 : SWS_CS_ITU601) : (int)f->colorspace;
+    int space = f->colorspace == AVCOL_SPC_UNSPECIFIED ? (f->height >= 720 ? SWS_CS_ITU709 : SWS_CS_ITU601)
+                                                       : (int)f->colorspace;
     int full = f->color_range == AVCOL_RANGE_JPEG;
-    sws_setColorspaceDetails(c->sws, sws_getCoefficients(space), full, sws_getCoefficients(SWS_CS_DEFAULT), 1, 0, 1 << 16, 1 << 16);
+    sws_setColorspaceDetails(c->sws, sws_getCoefficients(space), full, sws_getCoefficients(SWS_CS_DEFAULT), 1,
+                             0, 1 << 16, 1 << 16);
     uint8_t *dst[4] = {out->data, NULL, NULL, NULL};
     int dst_stride[4] = {out->stride, 0, 0, 0};
     sws_scale(c->sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst, dst_stride);
@@ -213,7 +222,8 @@ static svlm_status ff_read(void *ctx, svlm_frame *out, svlm_err *err) {
 static void describe_stream(const AVStream *s, svlm_stream_desc *d) {
     const AVCodecParameters *p = s->codecpar;
     d->index = s->index;
-    snprintf(d->type, sizeof d->type, "%s", av_get_media_type_string(p->codec_type) ? av_get_media_type_string(p->codec_type) : "unknown");
+    snprintf(d->type, sizeof d->type, "%s",
+             av_get_media_type_string(p->codec_type) ? av_get_media_type_string(p->codec_type) : "unknown");
     snprintf(d->codec, sizeof d->codec, "%s", avcodec_get_name(p->codec_id));
     if (p->codec_type == AVMEDIA_TYPE_VIDEO) {
         d->width = p->width;

@@ -19,7 +19,8 @@ static svlm_status av_fail(svlm_err *err, svlm_status st, const char *what, int 
 }
 
 /* Reads packets until the decoder hands back one frame. */
-static svlm_status first_frame(AVFormatContext *fmt, AVCodecContext *dec, int stream, AVFrame *frame, svlm_err *err) {
+static svlm_status first_frame(AVFormatContext *fmt, AVCodecContext *dec, int stream, AVFrame *frame,
+                               svlm_err *err) {
     AVPacket *pkt = av_packet_alloc();
     if (!pkt) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     int flushing = 0;
@@ -28,7 +29,8 @@ static svlm_status first_frame(AVFormatContext *fmt, AVCodecContext *dec, int st
         if (rc == 0) break;
         if (rc != AVERROR(EAGAIN) || flushing) {
             av_packet_free(&pkt);
-            return rc == AVERROR_EOF ? svlm_fail(err, SVLM_E_FORMAT, "no picture could be decoded (truncated or damaged file)")
+            return rc == AVERROR_EOF ? svlm_fail(err, SVLM_E_FORMAT,
+                                                 "no picture could be decoded (truncated or damaged file)")
                                      : av_fail(err, SVLM_E_FORMAT, "decoding failed", rc);
         }
         rc = av_read_frame(fmt, pkt);
@@ -54,9 +56,9 @@ static svlm_status first_frame(AVFormatContext *fmt, AVCodecContext *dec, int st
 static svlm_status to_rgb(const AVFrame *frame, svlm_image *out, svlm_err *err) {
     svlm_status st = svlm_image_alloc(out, frame->width, frame->height, err);
     if (st) return st;
-    struct SwsContext *sws = sws_getContext(frame->width, frame->height, frame->format, frame->width, frame->height,
-                                            AV_PIX_FMT_RGB24, SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT,
-                                            NULL, NULL, NULL);
+    struct SwsContext *sws = sws_getContext(
+        frame->width, frame->height, frame->format, frame->width, frame->height, AV_PIX_FMT_RGB24,
+        SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT, NULL, NULL, NULL);
     if (!sws) {
         svlm_image_free(out);
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "cannot convert pixel format %s to RGB",
@@ -80,12 +82,13 @@ svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err
      * containers, never playlists or concat scripts that would make FFmpeg open other files. */
     AVDictionary *opts = NULL;
     av_dict_set(&opts, "protocol_whitelist", "file", 0);
-    av_dict_set(&opts, "format_whitelist",
-                "image2,gif,bmp_pipe,cri_pipe,dds_pipe,dpx_pipe,exr_pipe,gem_pipe,gif_pipe,j2k_pipe,jpeg_pipe,"
-                "jpegls_pipe,jpegxl_pipe,pam_pipe,pbm_pipe,pcx_pipe,pfm_pipe,pgm_pipe,pgmyuv_pipe,pgx_pipe,phm_pipe,"
-                "photocd_pipe,pictor_pipe,png_pipe,ppm_pipe,psd_pipe,qdraw_pipe,qoi_pipe,sgi_pipe,sunrast_pipe,"
-                "svg_pipe,tiff_pipe,vbn_pipe,webp_pipe,xbm_pipe,xpm_pipe,xwd_pipe,mov,matroska,avi,mpegts,flv",
-                0);
+    av_dict_set(
+        &opts, "format_whitelist",
+        "image2,gif,bmp_pipe,cri_pipe,dds_pipe,dpx_pipe,exr_pipe,gem_pipe,gif_pipe,j2k_pipe,jpeg_pipe,"
+        "jpegls_pipe,jpegxl_pipe,pam_pipe,pbm_pipe,pcx_pipe,pfm_pipe,pgm_pipe,pgmyuv_pipe,pgx_pipe,phm_pipe,"
+        "photocd_pipe,pictor_pipe,png_pipe,ppm_pipe,psd_pipe,qdraw_pipe,qoi_pipe,sgi_pipe,sunrast_pipe,"
+        "svg_pipe,tiff_pipe,vbn_pipe,webp_pipe,xbm_pipe,xpm_pipe,xwd_pipe,mov,matroska,avi,mpegts,flv",
+        0);
     int rc = avformat_open_input(&fmt, path, NULL, &opts);
     av_dict_free(&opts);
     if (rc < 0) return av_fail(err, SVLM_E_UNSUPPORTED, "FFmpeg cannot open it as an image", rc);

@@ -95,20 +95,22 @@ static void on_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer 
 
 static char *caps_string(const svlm_source_opts *o) {
     if (o->width > 0 && o->height > 0)
-        return g_strdup_printf("video/x-raw,format=RGB,width=%d,height=%d,pixel-aspect-ratio=1/1", o->width, o->height);
+        return g_strdup_printf("video/x-raw,format=RGB,width=%d,height=%d,pixel-aspect-ratio=1/1", o->width,
+                               o->height);
     if (o->max_edge > 0)
-        return g_strdup_printf("video/x-raw,format=RGB,width=[1,%d],height=[1,%d],pixel-aspect-ratio=1/1", o->max_edge, o->max_edge);
+        return g_strdup_printf("video/x-raw,format=RGB,width=[1,%d],height=[1,%d],pixel-aspect-ratio=1/1",
+                               o->max_edge, o->max_edge);
     return g_strdup("video/x-raw,format=RGB");
 }
 
 static char *describe(const svlm_uri *uri) {
-    const char *tail = "videoconvert name=" ELEMENT_PREFIX "conv ! videoscale ! capsfilter name=" ELEMENT_PREFIX
-                       "caps ! appsink name=" ELEMENT_PREFIX "sink";
+    const char *tail =
+        "videoconvert name=" ELEMENT_PREFIX "conv ! videoscale ! capsfilter name=" ELEMENT_PREFIX
+        "caps ! appsink name=" ELEMENT_PREFIX "sink";
     switch (uri->kind) {
     case SVLM_URI_V4L2: return g_strdup_printf("v4l2src name=" ELEMENT_PREFIX "src ! %s", tail);
     case SVLM_URI_GST: return g_strdup_printf("%s ! %s", uri->target, tail);
-    default:
-        return g_strdup_printf("uridecodebin name=" ELEMENT_PREFIX "src ! %s", tail);
+    default: return g_strdup_printf("uridecodebin name=" ELEMENT_PREFIX "src ! %s", tail);
     }
 }
 
@@ -135,8 +137,8 @@ static svlm_status fail_from_message(GstMessage *msg, const char *target, svlm_e
     const char *why = dbg ? strrchr(dbg, '\n') : NULL;
     why = why ? why + 1 : dbg;
     if (why && !*why) why = NULL;
-    svlm_fail(err, st, "%s: %s%s%s%.200s%s", target, hint, gerr ? gerr->message : "GStreamer error", why ? " (" : "", why ? why : "",
-              why ? ")" : "");
+    svlm_fail(err, st, "%s: %s%s%s%.200s%s", target, hint, gerr ? gerr->message : "GStreamer error",
+              why ? " (" : "", why ? why : "", why ? ")" : "");
     if (gerr) g_error_free(gerr);
     g_free(dbg);
     return st;
@@ -148,8 +150,10 @@ static svlm_status drain_bus(gst_ctx *c, const char *target, svlm_err *err) {
     GstMessage *msg;
     while ((msg = gst_bus_pop_filtered(c->bus, GST_MESSAGE_ERROR | GST_MESSAGE_EOS | GST_MESSAGE_WARNING))) {
         svlm_status st = SVLM_OK;
-        if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR) st = fail_from_message(msg, target, err);
-        else if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_EOS) st = SVLM_E_END;
+        if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR)
+            st = fail_from_message(msg, target, err);
+        else if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_EOS)
+            st = SVLM_E_END;
         else {
             GError *gerr = NULL;
             gst_message_parse_warning(msg, &gerr, NULL);
@@ -162,12 +166,15 @@ static svlm_status drain_bus(gst_ctx *c, const char *target, svlm_err *err) {
     return SVLM_OK;
 }
 
-static const char *safe_target(const svlm_uri *uri) { return uri->kind == SVLM_URI_RTSP ? "rtsp source" : uri->target; }
+static const char *safe_target(const svlm_uri *uri) {
+    return uri->kind == SVLM_URI_RTSP ? "rtsp source" : uri->target;
+}
 
 static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) {
     GError *gerr = NULL;
     if (!gst_init_check(NULL, NULL, &gerr)) {
-        svlm_status st = svlm_fail(err, SVLM_E_UNSUPPORTED, "GStreamer failed to initialise: %s", gerr ? gerr->message : "?");
+        svlm_status st = svlm_fail(err, SVLM_E_UNSUPPORTED, "GStreamer failed to initialise: %s",
+                                   gerr ? gerr->message : "?");
         if (gerr) g_error_free(gerr);
         return st;
     }
@@ -177,7 +184,8 @@ static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) 
     g_free(desc);
     if (!c->pipeline) {
         g_free(caps);
-        svlm_status st = svlm_fail(err, SVLM_E_INVALID, "GStreamer cannot build the pipeline: %s", gerr ? gerr->message : "?");
+        svlm_status st = svlm_fail(err, SVLM_E_INVALID, "GStreamer cannot build the pipeline: %s",
+                                   gerr ? gerr->message : "?");
         if (gerr) g_error_free(gerr);
         return st;
     }
@@ -191,7 +199,8 @@ static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) 
     GstElement *src = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "src");
     if (src && a->uri->kind == SVLM_URI_V4L2) g_object_set(src, "device", a->uri->target, NULL);
     if (src && a->uri->kind != SVLM_URI_V4L2) {
-        gchar *u = a->uri->kind == SVLM_URI_FILE ? gst_filename_to_uri(a->uri->target, NULL) : g_strdup(a->uri->target);
+        gchar *u = a->uri->kind == SVLM_URI_FILE ? gst_filename_to_uri(a->uri->target, NULL)
+                                                 : g_strdup(a->uri->target);
         g_object_set(src, "uri", u, NULL);
         g_free(u);
         g_signal_connect(src, "source-setup", G_CALLBACK(on_source_setup), c);
@@ -214,11 +223,15 @@ static svlm_status start(gst_ctx *c, svlm_err *err) {
     const char *target = safe_target(c->uri);
     if (gst_element_set_state(c->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
         svlm_status st = drain_bus(c, target, err);
-        return st != SVLM_OK ? st : svlm_fail(err, SVLM_E_IO, "%s: GStreamer could not start the pipeline", target);
+        return st != SVLM_OK
+                   ? st
+                   : svlm_fail(err, SVLM_E_IO, "%s: GStreamer could not start the pipeline", target);
     }
     for (;;) {
         svlm_status st = drain_bus(c, target, err);
-        if (st == SVLM_E_END) return svlm_fail(err, SVLM_E_FORMAT, "%s: the stream ended before any video frame (no video stream?)", target);
+        if (st == SVLM_E_END)
+            return svlm_fail(err, SVLM_E_FORMAT,
+                             "%s: the stream ended before any video frame (no video stream?)", target);
         if (st != SVLM_OK) return st;
         GstCaps *caps = gst_pad_get_current_caps(c->probe_pad);
         if (caps) {
@@ -226,10 +239,13 @@ static svlm_status start(gst_ctx *c, svlm_err *err) {
             return SVLM_OK;
         }
         if (svlm_ctl_should_stop(c->ctl)) return svlm_ctl_stop_error(c->ctl, err, target);
-        GstMessage *msg = gst_bus_timed_pop_filtered(c->bus, 20 * GST_MSECOND, GST_MESSAGE_ERROR | GST_MESSAGE_EOS);
+        GstMessage *msg =
+            gst_bus_timed_pop_filtered(c->bus, 20 * GST_MSECOND, GST_MESSAGE_ERROR | GST_MESSAGE_EOS);
         if (msg) {
-            st = GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR ? fail_from_message(msg, target, err)
-                                                             : svlm_fail(err, SVLM_E_FORMAT, "%s: the stream ended before any video frame (no video stream?)", target);
+            st = GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR
+                     ? fail_from_message(msg, target, err)
+                     : svlm_fail(err, SVLM_E_FORMAT,
+                                 "%s: the stream ended before any video frame (no video stream?)", target);
             gst_message_unref(msg);
             return st;
         }
@@ -267,16 +283,19 @@ static svlm_status copy_sample(gst_ctx *c, GstSample *sample, svlm_frame *out, s
     GstVideoInfo info;
     GstCaps *caps = gst_sample_get_caps(sample);
     GstBuffer *buf = gst_sample_get_buffer(sample);
-    if (!caps || !buf || !gst_video_info_from_caps(&info, caps) || GST_VIDEO_INFO_FORMAT(&info) != GST_VIDEO_FORMAT_RGB)
+    if (!caps || !buf || !gst_video_info_from_caps(&info, caps) ||
+        GST_VIDEO_INFO_FORMAT(&info) != GST_VIDEO_FORMAT_RGB)
         return svlm_fail(err, SVLM_E_FORMAT, "GStreamer delivered a sample without RGB video caps");
     GstVideoFrame vf;
-    if (!gst_video_frame_map(&vf, &info, buf, GST_MAP_READ)) return svlm_fail(err, SVLM_E_FORMAT, "cannot map a GStreamer video frame");
+    if (!gst_video_frame_map(&vf, &info, buf, GST_MAP_READ))
+        return svlm_fail(err, SVLM_E_FORMAT, "cannot map a GStreamer video frame");
     int w = GST_VIDEO_FRAME_WIDTH(&vf), h = GST_VIDEO_FRAME_HEIGHT(&vf);
     svlm_status st = svlm_frame_alloc(out, w, h, err);
     if (st == SVLM_OK) {
         const uint8_t *src = GST_VIDEO_FRAME_PLANE_DATA(&vf, 0);
         int stride = GST_VIDEO_FRAME_PLANE_STRIDE(&vf, 0);
-        for (int y = 0; y < h; y++) memcpy(out->data + (size_t)y * out->stride, src + (size_t)y * stride, (size_t)w * 3);
+        for (int y = 0; y < h; y++)
+            memcpy(out->data + (size_t)y * out->stride, src + (size_t)y * stride, (size_t)w * 3);
         const GstSegment *seg = gst_sample_get_segment(sample);
         out->pts = stream_seconds(c, seg, GST_BUFFER_PTS(buf));
         out->wall = svlm_wall_now();
@@ -314,13 +333,16 @@ static svlm_status gst_probe(const svlm_backend_args *a, svlm_probe_info *info, 
         svlm_stream_desc *d = &info->streams[info->n_streams++];
         snprintf(d->type, sizeof d->type, "video");
         /* GStreamer shows the decoded format here, not the codec */
-        snprintf(d->codec, sizeof d->codec, "raw (%s)", gst_video_format_to_string(GST_VIDEO_INFO_FORMAT(&vi)));
+        snprintf(d->codec, sizeof d->codec, "raw (%s)",
+                 gst_video_format_to_string(GST_VIDEO_INFO_FORMAT(&vi)));
         d->width = GST_VIDEO_INFO_WIDTH(&vi);
         d->height = GST_VIDEO_INFO_HEIGHT(&vi);
-        d->fps = GST_VIDEO_INFO_FPS_D(&vi) ? (double)GST_VIDEO_INFO_FPS_N(&vi) / GST_VIDEO_INFO_FPS_D(&vi) : 0;
+        d->fps =
+            GST_VIDEO_INFO_FPS_D(&vi) ? (double)GST_VIDEO_INFO_FPS_N(&vi) / GST_VIDEO_INFO_FPS_D(&vi) : 0;
     }
     if (caps) gst_caps_unref(caps);
-    if (gst_element_query_duration(c->pipeline, GST_FORMAT_TIME, &dur) && dur > 0) info->duration = (double)dur / GST_SECOND;
+    if (gst_element_query_duration(c->pipeline, GST_FORMAT_TIME, &dur) && dur > 0)
+        info->duration = (double)dur / GST_SECOND;
     if (info->n_streams) info->streams[0].duration = info->duration;
     gst_close(c);
     return SVLM_OK;

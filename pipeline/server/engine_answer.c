@@ -11,7 +11,8 @@
 
 void eng_job_free(eng_job *j) {
     if (!j) return;
-    for (int i = 0; i < j->n_images; i++) free((void *)j->images[i].data), free((void *)j->images[i].mime);
+    for (int i = 0; i < j->n_images; i++)
+        free((void *)j->images[i].data), free((void *)j->images[i].mime);
     free(j->images);
     free(j->question);
     free(j->answer);
@@ -21,7 +22,8 @@ void eng_job_free(eng_job *j) {
 static void answer_append(eng_job *j, const char *text, size_t len) {
     if (j->answer_len + len + 1 > j->answer_cap) {
         size_t cap = j->answer_cap ? j->answer_cap * 2 : 128;
-        while (cap < j->answer_len + len + 1) cap *= 2;
+        while (cap < j->answer_len + len + 1)
+            cap *= 2;
         char *p = realloc(j->answer, cap);
         if (!p) return;
         j->answer = p, j->answer_cap = cap;
@@ -32,8 +34,10 @@ static void answer_append(eng_job *j, const char *text, size_t len) {
 }
 
 static void deliver(eng_job *j, const char *text, size_t len) {
-    if (j->kind == JOB_WATCH) answer_append(j, text, len);
-    else j->cb.on_token(j->cb.user, text, len);
+    if (j->kind == JOB_WATCH)
+        answer_append(j, text, len);
+    else
+        j->cb.on_token(j->cb.user, text, len);
 }
 
 /* Expected length of a UTF-8 sequence from its first byte (0 for a byte that cannot start one). */
@@ -72,8 +76,10 @@ void eng_job_emit(eng_job *j, const char *text, size_t len, int flush) {
         } else {
             j->utf8[j->utf8_n++] = (char)c;
             if (j->utf8_n == utf8_len((unsigned char)j->utf8[0])) {
-                if (utf8_valid((const unsigned char *)j->utf8, j->utf8_n)) memcpy(out + n, j->utf8, j->utf8_n), n += j->utf8_n;
-                else memcpy(out + n, REPLACEMENT, 3), n += 3;
+                if (utf8_valid((const unsigned char *)j->utf8, j->utf8_n))
+                    memcpy(out + n, j->utf8, j->utf8_n), n += j->utf8_n;
+                else
+                    memcpy(out + n, REPLACEMENT, 3), n += 3;
                 j->utf8_n = 0;
             }
         }
@@ -122,8 +128,8 @@ static int on_lane_token(void *user, int32_t id, const char *piece, size_t len) 
     return eng_job_token(j, piece, len);
 }
 
-static void on_lane_done(void *user, uint64_t qid, svlm_status st, const char *answer, const svlm_answer_metrics *am,
-                         const char *err_msg) {
+static void on_lane_done(void *user, uint64_t qid, svlm_status st, const char *answer,
+                         const svlm_answer_metrics *am, const char *err_msg) {
     (void)qid, (void)answer;
     eng_job *j = user;
     eng *e = j->owner;
@@ -152,7 +158,8 @@ static int turn_tokens(eng *e, const char *question) {
     int32_t *ids = NULL;
     size_t n_ids = 0;
     svlm_err err = {0};
-    svlm_status st = svlm_tokenize(svlm_llama_tokenizer(e->model), text, strlen(text), 0, 1, &ids, &n_ids, &err);
+    svlm_status st =
+        svlm_tokenize(svlm_llama_tokenizer(e->model), text, strlen(text), 0, 1, &ids, &n_ids, &err);
     free(text);
     free(ids);
     return st ? -1 : (int)n_ids;
@@ -162,7 +169,7 @@ svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
     int n_q = turn_tokens(e, j->question);
     int room = e->sp.answer_room - n_q - 4; /* a little slack for tokenization at the seams */
     svlm_status st = n_q < 0    ? svlm_fail(err, SVLM_E_INVALID, "the question cannot be tokenized")
-                   : room < 1   ? svlm_fail(err, SVLM_E_LIMIT, "the question is too long (%d tokens)", n_q)
+                     : room < 1 ? svlm_fail(err, SVLM_E_LIMIT, "the question is too long (%d tokens)", n_q)
                                 : SVLM_OK;
     if (j->max_tokens > room) j->max_tokens = room;
     j->prompt_tokens = n_q;
@@ -177,7 +184,8 @@ svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
         *id = j->id = ++e->next_id;
         j->t_asked = eng_now_ms();
         j->video_time = j->s->video_time;
-        st = svlm_engine_ask(e->engine, j->s->sid, j->question, &o, 0, on_lane_token, on_lane_done, j, &j->qid, err);
+        st = svlm_engine_ask(e->engine, j->s->sid, j->question, &o, 0, on_lane_token, on_lane_done, j,
+                             &j->qid, err);
     }
     if (!st) {
         j->next = e->jobs;
@@ -194,7 +202,8 @@ static void *image_worker(void *arg) {
     eng *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->lock);
-        while (!e->image_head && !e->stopping) pthread_cond_wait(&e->cv, &e->lock);
+        while (!e->image_head && !e->stopping)
+            pthread_cond_wait(&e->cv, &e->lock);
         eng_job *j = e->image_head;
         if (!j) {
             pthread_mutex_unlock(&e->lock);
@@ -206,7 +215,8 @@ static void *image_worker(void *arg) {
 
         svlm_err err = {0};
         j->t_started = eng_now_ms();
-        svlm_status st = atomic_load(&j->cancelled) ? SVLM_E_CANCELLED : eng_image_answer(e, j, &j->prompt_tokens, &err);
+        svlm_status st =
+            atomic_load(&j->cancelled) ? SVLM_E_CANCELLED : eng_image_answer(e, j, &j->prompt_tokens, &err);
         job_done(e, j, st, err.msg);
 
         pthread_mutex_lock(&e->lock);
@@ -218,7 +228,8 @@ static void *image_worker(void *arg) {
 }
 
 svlm_status eng_images_start(eng *e, svlm_err *err) {
-    if (pthread_create(&e->image_thread, NULL, image_worker, e)) return svlm_fail(err, SVLM_E_NOMEM, "cannot start the image worker");
+    if (pthread_create(&e->image_thread, NULL, image_worker, e))
+        return svlm_fail(err, SVLM_E_NOMEM, "cannot start the image worker");
     e->image_thread_started = 1;
     return SVLM_OK;
 }
@@ -226,7 +237,8 @@ svlm_status eng_images_start(eng *e, svlm_err *err) {
 void eng_images_stop(eng *e) {
     pthread_mutex_lock(&e->lock);
     e->stopping = 1;
-    for (eng_job *j = e->image_head; j; j = j->next) atomic_store(&j->cancelled, 1);
+    for (eng_job *j = e->image_head; j; j = j->next)
+        atomic_store(&j->cancelled, 1);
     if (e->image_running) atomic_store(&e->image_running->cancelled, 1);
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->lock);
@@ -236,15 +248,18 @@ void eng_images_stop(eng *e) {
 
 static svlm_status image_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
     pthread_mutex_lock(&e->lock);
-    svlm_status st = e->stopping                ? svlm_fail(err, SVLM_E_CANCELLED, "the engine is stopping")
-                   : e->n_jobs >= e->o.max_queued ? svlm_fail(err, SVLM_E_LIMIT, "%d questions are waiting already", e->n_jobs)
-                                                   : SVLM_OK;
+    svlm_status st = e->stopping ? svlm_fail(err, SVLM_E_CANCELLED, "the engine is stopping")
+                     : e->n_jobs >= e->o.max_queued
+                         ? svlm_fail(err, SVLM_E_LIMIT, "%d questions are waiting already", e->n_jobs)
+                         : SVLM_OK;
     if (!st) {
         *id = j->id = ++e->next_id;
         j->owner = e;
         j->t_asked = eng_now_ms();
-        if (e->image_tail) e->image_tail->next = j;
-        else e->image_head = j;
+        if (e->image_tail)
+            e->image_tail->next = j;
+        else
+            e->image_head = j;
         e->image_tail = j;
         e->n_jobs++;
         pthread_cond_broadcast(&e->cv);
@@ -263,7 +278,8 @@ static char *dup_str(const char *s) {
 }
 
 static svlm_status copy_images(eng_job *j, const svlm_backend_ask_req *req, svlm_err *err) {
-    if (!(j->images = calloc((size_t)req->n_images, sizeof *j->images))) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!(j->images = calloc((size_t)req->n_images, sizeof *j->images)))
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     for (int i = 0; i < req->n_images; i++, j->n_images++) {
         const svlm_backend_image *in = &req->images[i];
         uint8_t *data = malloc(in->size ? in->size : 1);
@@ -283,8 +299,10 @@ static svlm_status copy_images(eng_job *j, const svlm_backend_ask_req *req, svlm
 svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backend_ask_cb *cb, uint64_t *id,
                     svlm_err *err) {
     eng *e = ctx;
-    if (!req->question || req->max_tokens < 1) return svlm_fail(err, SVLM_E_INVALID, "a question and max_tokens >= 1");
-    if (req->n_images > MAX_IMAGES) return svlm_fail(err, SVLM_E_INVALID, "at most %d images per question", MAX_IMAGES);
+    if (!req->question || req->max_tokens < 1)
+        return svlm_fail(err, SVLM_E_INVALID, "a question and max_tokens >= 1");
+    if (req->n_images > MAX_IMAGES)
+        return svlm_fail(err, SVLM_E_INVALID, "at most %d images per question", MAX_IMAGES);
     eng_job *j = calloc(1, sizeof *j);
     if (!j || !(j->question = dup_str(req->question))) {
         eng_job_free(j);

@@ -76,7 +76,8 @@ static void keep_latest(eng_stream *s, const svlm_frame *f) {
         s->latest = g;
         s->latest_cap = need;
     }
-    for (int y = 0; y < f->height; y++) memcpy(s->latest + (size_t)y * row, f->data + (size_t)y * f->stride, row);
+    for (int y = 0; y < f->height; y++)
+        memcpy(s->latest + (size_t)y * row, f->data + (size_t)y * f->stride, row);
     s->latest_w = f->width, s->latest_h = f->height, s->latest_stride = (int)row;
     s->latest_index = f->index;
     s->latest_pts = f->pts;
@@ -99,11 +100,15 @@ static void *reader(void *arg) {
         }
         if (item.kind == SVLM_ITEM_EVENT) {
             const svlm_source_event *ev = &item.event;
-            for (int64_t i = 0; ev->kind == SVLM_EVENT_DROP && i < ev->count; i++) svlm_stream_note_drop(s->stream);
+            for (int64_t i = 0; ev->kind == SVLM_EVENT_DROP && i < ev->count; i++)
+                svlm_stream_note_drop(s->stream);
             pthread_mutex_lock(&e->lock);
-            if (ev->kind == SVLM_EVENT_RECONNECT) s->reconnects++, snprintf(s->state, sizeof s->state, "running");
-            else if (ev->kind == SVLM_EVENT_STALL) snprintf(s->state, sizeof s->state, "stalled");
-            else if (ev->kind == SVLM_EVENT_DISCONNECT) snprintf(s->state, sizeof s->state, "reconnecting");
+            if (ev->kind == SVLM_EVENT_RECONNECT)
+                s->reconnects++, snprintf(s->state, sizeof s->state, "running");
+            else if (ev->kind == SVLM_EVENT_STALL)
+                snprintf(s->state, sizeof s->state, "stalled");
+            else if (ev->kind == SVLM_EVENT_DISCONNECT)
+                snprintf(s->state, sizeof s->state, "reconnecting");
             pthread_mutex_unlock(&e->lock);
             continue;
         }
@@ -118,7 +123,8 @@ static void *reader(void *arg) {
         keep_latest(s, &item.frame);
         snprintf(s->state, sizeof s->state, "running");
         pthread_mutex_unlock(&e->lock);
-        if (svlm_engine_push_frame(e->engine, s->sid, &item.frame, 0, &err)) { /* the stream is being removed */
+        if (svlm_engine_push_frame(e->engine, s->sid, &item.frame, 0,
+                                   &err)) { /* the stream is being removed */
             set_state(s, "ended");
             return NULL;
         }
@@ -161,7 +167,8 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
     svlm_status st = svlm_source_open(&s->src, req->uri, &so, err);
     if (!st) st = svlm_engine_open_stream(e->engine, &sp, SYSTEM_PROMPT, &s->stream, &s->sid, err);
     if (st) return st;
-    if (pthread_create(&s->thread, NULL, reader, s)) return svlm_fail(err, SVLM_E_NOMEM, "cannot start a reader thread");
+    if (pthread_create(&s->thread, NULL, reader, s))
+        return svlm_fail(err, SVLM_E_NOMEM, "cannot start a reader thread");
     s->thread_started = 1;
     return SVLM_OK;
 }
@@ -181,8 +188,9 @@ static svlm_status open_stream(void *ctx, const svlm_backend_open_req *req, svlm
     }
     pthread_mutex_unlock(&e->lock);
     if (exists) return svlm_fail(err, SVLM_E_INVALID, "a stream named '%s' is open already", req->name);
-    if (full) return svlm_fail(err, SVLM_E_LIMIT, "at most %d streams (and %d opening at once)",
-                               e->o.max_streams, SVLM_BACKEND_MAX_OPENING);
+    if (full)
+        return svlm_fail(err, SVLM_E_LIMIT, "at most %d streams (and %d opening at once)", e->o.max_streams,
+                         SVLM_BACKEND_MAX_OPENING);
     eng_stream *s = calloc(1, sizeof *s);
     svlm_status st = s ? stream_build(e, req, s, err) : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     pthread_mutex_lock(&e->lock);
@@ -221,7 +229,8 @@ static svlm_status close_stream(void *ctx, const char *name, svlm_err *err) {
         svlm_engine_cancel(e->engine, qid);
     }
     pthread_mutex_lock(&e->lock);
-    while (s->refs > 0) pthread_cond_wait(&e->cv, &e->lock);
+    while (s->refs > 0)
+        pthread_cond_wait(&e->cv, &e->lock);
     for (eng_stream **pp = &e->streams; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
@@ -277,7 +286,8 @@ static int list_streams(void *ctx, svlm_backend_stream_status *out, int cap) {
     return n;
 }
 
-static svlm_status stream_status(void *ctx, const char *name, svlm_backend_stream_status *out, svlm_err *err) {
+static svlm_status stream_status(void *ctx, const char *name, svlm_backend_stream_status *out,
+                                 svlm_err *err) {
     eng *e = ctx;
     pthread_mutex_lock(&e->lock);
     eng_stream *s = find_locked(e, name);
@@ -291,11 +301,14 @@ static svlm_status latest_frame(void *ctx, const char *name, svlm_backend_frame 
     svlm_status st = SVLM_OK;
     pthread_mutex_lock(&e->lock);
     eng_stream *s = find_locked(e, name);
-    if (!s) st = svlm_fail(err, SVLM_E_INVALID, "no stream named '%s'", name);
-    else if (!s->latest) st = SVLM_E_AGAIN;
+    if (!s)
+        st = svlm_fail(err, SVLM_E_INVALID, "no stream named '%s'", name);
+    else if (!s->latest)
+        st = SVLM_E_AGAIN;
     else {
         size_t size = (size_t)s->latest_stride * (size_t)s->latest_h;
-        if (!(out->data = malloc(size))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        if (!(out->data = malloc(size)))
+            st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
         else {
             memcpy(out->data, s->latest, size);
             out->size = size;
@@ -340,8 +353,12 @@ static svlm_status load_models(eng *e, svlm_err *err) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 2 ? (int)n - 1 : 1;
     }
-    svlm_engine_params ep = {.ingest_threads = 1, .answer_threads = threads, .frame_queue = e->o.frame_queue,
-                             .max_streams = e->o.max_streams, .max_active = e->o.answer_threads, .stc = &e->o.stc};
+    svlm_engine_params ep = {.ingest_threads = 1,
+                             .answer_threads = threads,
+                             .frame_queue = e->o.frame_queue,
+                             .max_streams = e->o.max_streams,
+                             .max_active = e->o.answer_threads,
+                             .stc = &e->o.stc};
     if ((st = svlm_engine_create(e->model, e->mmproj, &ep, &e->engine, err))) return st;
     /* still images: their own single-threaded kernels, so they never touch the lanes' */
     if ((st = svlm_kernels_create_cpu(1, &e->k_image, err))) return st;
@@ -351,33 +368,39 @@ static svlm_status load_models(eng *e, svlm_err *err) {
 svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_engine_backend **out,
                                        svlm_server_backend *iface, svlm_err *err) {
     *out = NULL;
-    if (!o->text_path || !o->mmproj_path) return svlm_fail(err, SVLM_E_INVALID, "the engine needs both model files");
+    if (!o->text_path || !o->mmproj_path)
+        return svlm_fail(err, SVLM_E_INVALID, "the engine needs both model files");
     if (o->max_streams < 1 || o->answer_threads < 1 || o->answer_threads > 1024 || o->frames_window < 1 ||
         o->text_window < 16 || o->max_answer_tokens < 1 || o->max_queued < 1 || o->sink_tokens < 16 ||
         o->frame_queue < 1 || o->memory_tokens < 1 || (o->memory && o->memory_budget < 4096))
         return svlm_fail(err, SVLM_E_INVALID, "engine options out of range");
-    if (o->memory_dir && strlen(o->memory_dir) >= 400) return svlm_fail(err, SVLM_E_INVALID, "the memory directory path is too long");
+    if (o->memory_dir && strlen(o->memory_dir) >= 400)
+        return svlm_fail(err, SVLM_E_INVALID, "the memory directory path is too long");
     eng *e = calloc(1, sizeof *e);
     if (!e) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     e->o = *o;
     const char *base = strrchr(o->text_path, '/');
     snprintf(e->model_label, sizeof e->model_label, "%s",
-             o->model_label ? o->model_label : base ? base + 1 : o->text_path);
+             o->model_label ? o->model_label
+             : base         ? base + 1
+                            : o->text_path);
     if (o->memory_dir) snprintf(e->memory_dir, sizeof e->memory_dir, "%s", o->memory_dir);
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cv, NULL);
     pthread_mutex_init(&e->watch_lock, NULL);
     pthread_cond_init(&e->watch_cv, NULL);
     svlm_status st = load_models(e, err);
-    e->o.text_path = e->o.mmproj_path = e->o.model_label = e->o.memory_dir = NULL; /* the caller's strings are not kept */
+    e->o.text_path = e->o.mmproj_path = e->o.model_label = e->o.memory_dir =
+        NULL; /* the caller's strings are not kept */
     if (!st) st = eng_images_start(e, err);
     if (!st) st = eng_watch_start_thread(e, err);
     if (st) {
         svlm_engine_backend_destroy(e);
         return st;
     }
-    svlm_server_backend be = {e,         info,    open_stream, close_stream, list_streams, stream_status,
-                              latest_frame, eng_ask, eng_cancel, eng_watch,   eng_unwatch};
+    svlm_server_backend be = {
+        e,       info,       open_stream, close_stream, list_streams, stream_status, latest_frame,
+        eng_ask, eng_cancel, eng_watch,   eng_unwatch};
     *iface = be;
     *out = e;
     return SVLM_OK;
@@ -390,7 +413,8 @@ void svlm_engine_backend_destroy(svlm_engine_backend *e) {
     for (;;) {
         pthread_mutex_lock(&e->lock);
         eng_stream *s = e->streams;
-        while (s && s->closing) s = s->next;
+        while (s && s->closing)
+            s = s->next;
         char name[SVLM_BACKEND_NAME_MAX] = "";
         if (s) snprintf(name, sizeof name, "%s", s->name);
         pthread_mutex_unlock(&e->lock);

@@ -38,8 +38,8 @@ static svlm_status decode_image(const svlm_backend_image *im, svlm_image *out, s
 }
 
 /* Appends one image's block to the prompt and its embeddings to *embd (grown). */
-static svlm_status add_image(eng *e, const svlm_backend_image *im, const svlm_vlm_specials *sp, svlm_prompt *p,
-                             float **embd, size_t *n_rows, svlm_err *err) {
+static svlm_status add_image(eng *e, const svlm_backend_image *im, const svlm_vlm_specials *sp,
+                             svlm_prompt *p, float **embd, size_t *n_rows, svlm_err *err) {
     const svlm_mmproj *mp = e->mmproj;
     svlm_image img = {0};
     svlm_tiles tiles = {0};
@@ -48,14 +48,18 @@ static svlm_status add_image(eng *e, const svlm_backend_image *im, const svlm_vl
     memcpy(pp.mean, mp->hp.image_mean, sizeof pp.mean);
     memcpy(pp.std, mp->hp.image_std, sizeof pp.std);
     if (!st) st = svlm_preprocess_image(&img, &pp, &tiles, err);
-    if (!st) st = svlm_prompt_image(p, svlm_llama_tokenizer(e->model), sp, tiles.rows, tiles.cols, e->tokens_per_tile, err);
+    if (!st)
+        st = svlm_prompt_image(p, svlm_llama_tokenizer(e->model), sp, tiles.rows, tiles.cols,
+                               e->tokens_per_tile, err);
     if (!st) {
         size_t rows = (size_t)tiles.n_tiles * e->tokens_per_tile;
         float *grown = realloc(*embd, (*n_rows + rows) * (size_t)e->n_embd * sizeof(float));
-        if (!grown) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        if (!grown)
+            st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
         else {
             *embd = grown;
-            st = svlm_vision_encode(e->image_vc, tiles.pixels, tiles.n_tiles, grown + *n_rows * (size_t)e->n_embd, err);
+            st = svlm_vision_encode(e->image_vc, tiles.pixels, tiles.n_tiles,
+                                    grown + *n_rows * (size_t)e->n_embd, err);
             *n_rows += rows;
         }
     }
@@ -91,19 +95,23 @@ svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *e
     if (!st) st = svlm_prompt_text(&p, tok, tail, strlen(tail), 0, 1, err);
     const int n_train = svlm_llama_hparams_of(e->model)->n_ctx_train;
     if (!st && (int)p.n + j->max_tokens > n_train && n_train > 0)
-        st = svlm_fail(err, SVLM_E_LIMIT, "the images and question take %zu tokens; the model's context is %d", p.n,
-                       n_train);
+        st = svlm_fail(err, SVLM_E_LIMIT,
+                       "the images and question take %zu tokens; the model's context is %d", p.n, n_train);
     if (!st) *prompt_tokens = (int)p.n;
-    if (!st) st = svlm_llama_ctx_create(e->model, e->k_image, (int)p.n + j->max_tokens + 1, SVLM_F32, &ctx, err);
-    if (!st && !(logits = malloc((size_t)n_vocab * sizeof *logits))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    if (!st)
+        st = svlm_llama_ctx_create(e->model, e->k_image, (int)p.n + j->max_tokens + 1, SVLM_F32, &ctx, err);
+    if (!st && !(logits = malloc((size_t)n_vocab * sizeof *logits)))
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st) st = svlm_llama_eval(ctx, p.ids, embd, (int)p.n, logits, 0, err);
     for (int n = 0; !st && n < j->max_tokens; n++) {
         int32_t id = argmax(logits, n_vocab);
         if (svlm_tokenizer_is_eog(tok, id)) break;
         char piece[256];
         size_t len = svlm_token_piece(tok, id, 0, piece, sizeof piece);
-        if (eng_job_token(j, piece, len < sizeof piece ? len : sizeof piece)) st = SVLM_E_CANCELLED;
-        else if (n + 1 < j->max_tokens) st = svlm_llama_eval(ctx, &id, NULL, 1, logits, 0, err);
+        if (eng_job_token(j, piece, len < sizeof piece ? len : sizeof piece))
+            st = SVLM_E_CANCELLED;
+        else if (n + 1 < j->max_tokens)
+            st = svlm_llama_eval(ctx, &id, NULL, 1, logits, 0, err);
     }
     svlm_llama_ctx_free(ctx);
     free(logits);

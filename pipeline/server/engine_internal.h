@@ -34,13 +34,13 @@ typedef struct eng_stream {
     char uri[512];
     svlm_source *src;
     svlm_stream *stream;
-    int sid;                 /* the stream engine's id */
-    pthread_t thread;        /* the source reader: frames into the engine's queue */
+    int sid;          /* the stream engine's id */
+    pthread_t thread; /* the source reader: frames into the engine's queue */
     int thread_started;
     /* under owner->lock */
-    int refs;                /* jobs using the stream; close waits for zero */
+    int refs; /* jobs using the stream; close waits for zero */
     int closing;
-    uint8_t *latest;         /* RGB24 copy of the newest frame, for snapshots */
+    uint8_t *latest; /* RGB24 copy of the newest frame, for snapshots */
     size_t latest_cap;
     int latest_w, latest_h, latest_stride;
     int64_t latest_index;
@@ -53,26 +53,26 @@ typedef struct eng_stream {
 typedef enum eng_job_kind { JOB_ASK, JOB_IMAGE, JOB_WATCH } eng_job_kind;
 
 typedef struct eng_job {
-    struct eng_job *next;    /* the backend's job list (cancel), or the image queue */
-    uint64_t id;             /* the backend's id */
-    uint64_t qid;            /* the stream engine's question id (stream jobs) */
+    struct eng_job *next; /* the backend's job list (cancel), or the image queue */
+    uint64_t id;          /* the backend's id */
+    uint64_t qid;         /* the stream engine's question id (stream jobs) */
     eng *owner;
     eng_job_kind kind;
-    eng_stream *s;           /* JOB_ASK, JOB_WATCH: referenced (refs) */
+    eng_stream *s; /* JOB_ASK, JOB_WATCH: referenced (refs) */
     char *question;
     int max_tokens, prompt_tokens;
-    double video_time;       /* stream time when asked */
-    svlm_backend_ask_cb cb;  /* JOB_ASK, JOB_IMAGE */
-    uint64_t watch_id;       /* JOB_WATCH */
+    double video_time;      /* stream time when asked */
+    svlm_backend_ask_cb cb; /* JOB_ASK, JOB_IMAGE */
+    uint64_t watch_id;      /* JOB_WATCH */
     int n_images;
     svlm_backend_image *images; /* copies */
     atomic_int cancelled;
     double t_asked, t_started, t_first, t_last;
     int n_tokens;
-    int64_t frames_during;   /* frames ingested while the answer was made */
-    char utf8[8];            /* an incomplete UTF-8 sequence held back */
+    int64_t frames_during; /* frames ingested while the answer was made */
+    char utf8[8];          /* an incomplete UTF-8 sequence held back */
     size_t utf8_n;
-    char *answer;            /* JOB_WATCH: the text so far */
+    char *answer; /* JOB_WATCH: the text so far */
     size_t answer_len, answer_cap;
 } eng_job;
 
@@ -96,20 +96,20 @@ struct svlm_engine_backend {
     char memory_dir[512];
     svlm_llama *model;
     svlm_mmproj *mmproj;
-    svlm_engine *engine;         /* the two lanes: ingest and answers */
+    svlm_engine *engine; /* the two lanes: ingest and answers */
     svlm_stream_params sp;
     svlm_memory_opts mo;
     int n_embd, tokens_per_tile;
     size_t kv_bytes_per_token;
 
     pthread_mutex_t lock;
-    pthread_cond_t cv;           /* streams released, image jobs queued */
+    pthread_cond_t cv; /* streams released, image jobs queued */
     eng_stream *streams;
-    int n_streams;               /* including those being opened */
+    int n_streams; /* including those being opened */
     /* names of streams being opened (not yet in `streams`): a second open of the same name is
      * refused at once, so two banks never share one memory folder */
     char opening[SVLM_BACKEND_MAX_OPENING][SVLM_BACKEND_NAME_MAX];
-    eng_job *jobs;               /* stream jobs in the engine (for cancel) */
+    eng_job *jobs; /* stream jobs in the engine (for cancel) */
     int n_jobs;
     uint64_t next_id;
     int stopping;
@@ -122,7 +122,7 @@ struct svlm_engine_backend {
     int image_thread_started;
 
     pthread_mutex_t watch_lock;
-    pthread_cond_t watch_cv;     /* wakes the timer: a new watch, or stop */
+    pthread_cond_t watch_cv; /* wakes the timer: a new watch, or stop */
     int watch_stop;
     eng_watcher *watches;
     pthread_t watch_thread;
@@ -159,8 +159,8 @@ svlm_status eng_watch_start_thread(eng *e, svlm_err *err);
 void eng_watch_stop_thread(eng *e);
 /* A watch evaluation finished (answer NULL on failure): alerts if its condition fires. */
 void eng_watch_result(eng *e, uint64_t watch_id, const char *answer, double video_time);
-svlm_status eng_watch(void *ctx, const svlm_backend_watch_req *req, const svlm_backend_watch_cb *cb, uint64_t *id,
-                      svlm_err *err);
+svlm_status eng_watch(void *ctx, const svlm_backend_watch_req *req, const svlm_backend_watch_cb *cb,
+                      uint64_t *id, svlm_err *err);
 void eng_unwatch(void *ctx, uint64_t id);
 
 #endif

@@ -14,7 +14,8 @@
 #define TICK_MS 100
 
 static int is_yes(const char *a) {
-    while (*a && (isspace((unsigned char)*a) || ispunct((unsigned char)*a))) a++;
+    while (*a && (isspace((unsigned char)*a) || ispunct((unsigned char)*a)))
+        a++;
     return !strncasecmp(a, "yes", 3) || !strncasecmp(a, "true", 4);
 }
 
@@ -72,7 +73,8 @@ static void *timer(void *arg) {
 }
 
 svlm_status eng_watch_start_thread(eng *e, svlm_err *err) {
-    if (pthread_create(&e->watch_thread, NULL, timer, e)) return svlm_fail(err, SVLM_E_NOMEM, "cannot start the watch timer");
+    if (pthread_create(&e->watch_thread, NULL, timer, e))
+        return svlm_fail(err, SVLM_E_NOMEM, "cannot start the watch timer");
     e->watch_thread_started = 1;
     return SVLM_OK;
 }
@@ -90,12 +92,14 @@ void eng_watch_stop_thread(eng *e) {
 void eng_watch_result(eng *e, uint64_t watch_id, const char *answer, double video_time) {
     pthread_mutex_lock(&e->watch_lock);
     eng_watcher *w = e->watches;
-    while (w && w->id != watch_id) w = w->next;
+    while (w && w->id != watch_id)
+        w = w->next;
     if (w) { /* else unwatched meanwhile: the answer goes nowhere */
         w->in_flight = 0;
         if (answer) {
             int yes = is_yes(answer);
-            int fire = w->cond_true ? yes && !w->last_yes : !w->last_answer || strcmp(w->last_answer, answer) != 0;
+            int fire =
+                w->cond_true ? yes && !w->last_yes : !w->last_answer || strcmp(w->last_answer, answer) != 0;
             w->last_yes = yes;
             size_t n = strlen(answer) + 1;
             char *copy = malloc(n);
@@ -113,11 +117,12 @@ void eng_watch_result(eng *e, uint64_t watch_id, const char *answer, double vide
     pthread_mutex_unlock(&e->watch_lock);
 }
 
-svlm_status eng_watch(void *ctx, const svlm_backend_watch_req *req, const svlm_backend_watch_cb *cb, uint64_t *id,
-                      svlm_err *err) {
+svlm_status eng_watch(void *ctx, const svlm_backend_watch_req *req, const svlm_backend_watch_cb *cb,
+                      uint64_t *id, svlm_err *err) {
     eng *e = ctx;
     if (!req->stream || !req->question || !(req->interval_s > 0) || req->max_tokens < 1)
-        return svlm_fail(err, SVLM_E_INVALID, "a watch needs a stream, a question, an interval and max_tokens");
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "a watch needs a stream, a question, an interval and max_tokens");
     eng_stream *s = eng_stream_ref(e, req->stream);
     if (!s) return svlm_fail(err, SVLM_E_INVALID, "no stream named '%s'", req->stream);
     eng_stream_unref(s);

@@ -10,19 +10,19 @@
 #include "pipeline/server/server_backend.h"
 
 typedef struct svlm_server_config {
-    char host[64];               /* listen address ("127.0.0.1") */
-    int port;                    /* 0: any free port (see svlm_server_port) */
-    char token[256];             /* "" = no token; required when host is not loopback */
-    char web_root[512];          /* folder served at / (demos/web); "" = no page */
-    size_t max_message_bytes;    /* largest websocket message or HTTP body accepted (1 MiB) */
-    double max_messages_per_s;   /* per client, token bucket with a burst of twice this (50) */
-    int max_questions_per_client;/* concurrent answers per client (4) */
-    int max_questions_total;     /* concurrent answers in all (64) */
-    int max_watches_per_client;  /* (8) */
-    int max_streams;             /* (16) */
-    int max_clients;             /* websocket clients (256) */
-    size_t max_send_queue_bytes; /* per client; a client further behind is disconnected (4 MiB) */
-    double status_interval_s;    /* default push interval of `status` messages (0 = off; 5) */
+    char host[64];                /* listen address ("127.0.0.1") */
+    int port;                     /* 0: any free port (see svlm_server_port) */
+    char token[256];              /* "" = no token; required when host is not loopback */
+    char web_root[512];           /* folder served at / (demos/web); "" = no page */
+    size_t max_message_bytes;     /* largest websocket message or HTTP body accepted (1 MiB) */
+    double max_messages_per_s;    /* per client, token bucket with a burst of twice this (50) */
+    int max_questions_per_client; /* concurrent answers per client (4) */
+    int max_questions_total;      /* concurrent answers in all (64) */
+    int max_watches_per_client;   /* (8) */
+    int max_streams;              /* (16) */
+    int max_clients;              /* websocket clients (256) */
+    size_t max_send_queue_bytes;  /* per client; a client further behind is disconnected (4 MiB) */
+    double status_interval_s;     /* default push interval of `status` messages (0 = off; 5) */
 } svlm_server_config;
 
 void svlm_server_config_default(svlm_server_config *cfg);

@@ -23,14 +23,14 @@
 
 #include "svlm.h"
 
-#define SVLM_BACKEND_NAME_MAX 64   /* stream names: [A-Za-z0-9_.-]{1,63} */
+#define SVLM_BACKEND_NAME_MAX  64 /* stream names: [A-Za-z0-9_.-]{1,63} */
 #define SVLM_BACKEND_MAX_TIERS 6
 
 typedef struct svlm_backend_open_req {
-    const char *name;     /* stream name chosen by the client */
-    const char *uri;      /* any URI pipeline/source.h accepts */
-    double fps;           /* sampling rate (frames per second); 0: the engine's default */
-    const char *options;  /* the client's "options" object as compact JSON, or NULL */
+    const char *name;    /* stream name chosen by the client */
+    const char *uri;     /* any URI pipeline/source.h accepts */
+    double fps;          /* sampling rate (frames per second); 0: the engine's default */
+    const char *options; /* the client's "options" object as compact JSON, or NULL */
 } svlm_backend_open_req;
 
 /* One memory tier: e.g. "kv_sink", "kv_vision", "kv_text", "memory_bank". */
@@ -42,13 +42,13 @@ typedef struct svlm_backend_tier {
 typedef struct svlm_backend_stream_status {
     char name[SVLM_BACKEND_NAME_MAX];
     char uri[512];
-    char state[16];       /* "opening", "running", "stalled", "reconnecting", "ended", "failed" */
+    char state[16]; /* "opening", "running", "stalled", "reconnecting", "ended", "failed" */
     int live;
-    double fps_in;        /* sampled frames per second entering the engine, recent average */
-    int64_t frames_in;    /* frames that entered the engine */
-    int64_t drops;        /* frames dropped at ingest (source queue and engine backlog) */
+    double fps_in;     /* sampled frames per second entering the engine, recent average */
+    int64_t frames_in; /* frames that entered the engine */
+    int64_t drops;     /* frames dropped at ingest (source queue and engine backlog) */
     int64_t reconnects;
-    double video_time;    /* seconds of video ingested */
+    double video_time;                     /* seconds of video ingested */
     double encoder_ms_sum, prefill_ms_sum; /* totals over frames_in, for means and /metrics */
     int n_tiers;
     svlm_backend_tier tiers[SVLM_BACKEND_MAX_TIERS];
@@ -58,28 +58,28 @@ typedef struct svlm_backend_stream_status {
 typedef struct svlm_backend_image {
     const uint8_t *data;
     size_t size;
-    const char *mime;     /* "image/jpeg", "image/png", ... or "" when unknown */
+    const char *mime; /* "image/jpeg", "image/png", ... or "" when unknown */
 } svlm_backend_image;
 
 typedef struct svlm_backend_ask_req {
-    const char *stream;   /* stream to ask about; may be NULL when images are given */
+    const char *stream; /* stream to ask about; may be NULL when images are given */
     const char *question;
     int max_tokens;
-    float temperature;    /* 0: greedy */
-    int n_images;         /* > 0: answer about these still images instead of the stream */
+    float temperature; /* 0: greedy */
+    int n_images;      /* > 0: answer about these still images instead of the stream */
     const svlm_backend_image *images;
 } svlm_backend_ask_req;
 
 typedef struct svlm_backend_done {
-    int cancelled;             /* stopped by cancel() */
-    svlm_status status;        /* SVLM_OK, or why the answer failed */
-    char error[256];           /* when status != SVLM_OK */
-    int prompt_tokens;         /* tokens the question added (including images) */
+    int cancelled;      /* stopped by cancel() */
+    svlm_status status; /* SVLM_OK, or why the answer failed */
+    char error[256];    /* when status != SVLM_OK */
+    int prompt_tokens;  /* tokens the question added (including images) */
     int completion_tokens;
-    double queue_wait_ms;      /* from ask() to the start of its prefill */
-    double ttft_ms;            /* from ask() to the first answer token */
-    double decode_ms;          /* from the first to the last answer token */
-    int64_t frames_during;     /* frames ingested on the stream while this answer was made */
+    double queue_wait_ms;  /* from ask() to the start of its prefill */
+    double ttft_ms;        /* from ask() to the first answer token */
+    double decode_ms;      /* from the first to the last answer token */
+    int64_t frames_during; /* frames ingested on the stream while this answer was made */
 } svlm_backend_done;
 
 typedef struct svlm_backend_ask_cb {
@@ -92,17 +92,17 @@ typedef struct svlm_backend_ask_cb {
 
 typedef struct svlm_backend_watch_req {
     const char *stream;
-    const char *question;      /* asked every interval_s seconds of stream time */
-    const char *condition;     /* "true": alert when a yes/no answer turns yes;
-                                  "change": alert when the answer text changes */
+    const char *question;  /* asked every interval_s seconds of stream time */
+    const char *condition; /* "true": alert when a yes/no answer turns yes;
+                              "change": alert when the answer text changes */
     double interval_s;
     int max_tokens;
 } svlm_backend_watch_req;
 
 typedef struct svlm_backend_alert {
     const char *answer;
-    double video_time;         /* stream time the answer is about */
-    double wall;               /* Unix seconds */
+    double video_time; /* stream time the answer is about */
+    double wall;       /* Unix seconds */
 } svlm_backend_alert;
 
 typedef struct svlm_backend_watch_cb {
@@ -115,15 +115,15 @@ typedef struct svlm_backend_watch_cb {
 typedef struct svlm_backend_frame {
     uint8_t *data;
     size_t size;
-    int is_jpeg;               /* 1: data is a JPEG file; 0: RGB24 of width x height, stride */
+    int is_jpeg; /* 1: data is a JPEG file; 0: RGB24 of width x height, stride */
     int width, height, stride;
-    int64_t index;             /* frame number, so the server can cache its encoding */
+    int64_t index; /* frame number, so the server can cache its encoding */
     double pts;
 } svlm_backend_frame;
 
 typedef struct svlm_backend_info {
-    char model[128];           /* what /v1/models and the page show */
-    int stand_in;              /* 1: random-weight stand-in model (the page shows a banner) */
+    char model[128]; /* what /v1/models and the page show */
+    int stand_in;    /* 1: random-weight stand-in model (the page shows a banner) */
 } svlm_backend_info;
 
 typedef struct svlm_server_backend {

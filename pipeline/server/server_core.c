@@ -21,15 +21,15 @@ void svlm_server_config_default(svlm_server_config *cfg) {
     cfg->status_interval_s = 5;
 }
 
-static svlm_server *server_of(struct lws *wsi) { return lws_context_user(lws_get_context(wsi)); }
+static svlm_server *server_of(struct lws *wsi) {
+    return lws_context_user(lws_get_context(wsi));
+}
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
     srv_conn *c = user;
     svlm_server *srv;
     switch (reason) {
-    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        srv_events_drain(server_of(wsi));
-        return 0;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED: srv_events_drain(server_of(wsi)); return 0;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         char uri[64];
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/v1/ws")) return -1;
@@ -37,33 +37,22 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (c) c->token_ok = srv_authorized(server_of(wsi), wsi);
         return 0;
     }
-    case LWS_CALLBACK_ESTABLISHED:
-        c->wsi = wsi;
-        return srv_ws_established(server_of(wsi), c);
-    case LWS_CALLBACK_RECEIVE:
-        srv_ws_receive(server_of(wsi), c, in, len);
-        return 0;
-    case LWS_CALLBACK_SERVER_WRITEABLE:
-        return srv_ws_writeable(server_of(wsi), c);
-    case LWS_CALLBACK_CLOSED:
-        srv_ws_closed(server_of(wsi), c);
-        return 0;
+    case LWS_CALLBACK_ESTABLISHED: c->wsi = wsi; return srv_ws_established(server_of(wsi), c);
+    case LWS_CALLBACK_RECEIVE: srv_ws_receive(server_of(wsi), c, in, len); return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE: return srv_ws_writeable(server_of(wsi), c);
+    case LWS_CALLBACK_CLOSED: srv_ws_closed(server_of(wsi), c); return 0;
     case LWS_CALLBACK_HTTP:
         c->wsi = wsi;
         return srv_http_request(server_of(wsi), c, in ? (const char *)in : "/");
-    case LWS_CALLBACK_HTTP_BODY:
-        return srv_http_body(server_of(wsi), c, in, len);
-    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        return srv_http_body_done(server_of(wsi), c);
-    case LWS_CALLBACK_HTTP_WRITEABLE:
-        return srv_http_writeable(server_of(wsi), c);
+    case LWS_CALLBACK_HTTP_BODY: return srv_http_body(server_of(wsi), c, in, len);
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION: return srv_http_body_done(server_of(wsi), c);
+    case LWS_CALLBACK_HTTP_WRITEABLE: return srv_http_writeable(server_of(wsi), c);
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL: /* either may come last: freeing twice is harmless */
         srv = server_of(wsi);
         if (c && c->kind == CONN_HTTP) srv_http_closed(srv, c);
         return 0;
-    default:
-        break;
+    default: break;
     }
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
@@ -79,8 +68,8 @@ static void tick(lws_sorted_usec_list_t *sul) {
     lws_sul_schedule(srv->ctx, 0, &srv->tick, tick, 250 * LWS_US_PER_MS);
 }
 
-svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg, const svlm_server_backend *backend,
-                               svlm_err *err) {
+svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
+                               const svlm_server_backend *backend, svlm_err *err) {
     *out = NULL;
     const svlm_server_backend *b = backend;
     if (!b || !b->info || !b->open_stream || !b->close_stream || !b->list_streams || !b->stream_status ||
@@ -89,7 +78,8 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     if (!svlm_host_is_loopback(cfg->host) && !cfg->token[0])
         return svlm_fail(err, SVLM_E_INVALID,
                          "listening on %s (not loopback) needs a token: pass --token-file FILE", cfg->host);
-    if (cfg->port < 0 || cfg->port > 65535) return svlm_fail(err, SVLM_E_INVALID, "port %d is out of range", cfg->port);
+    if (cfg->port < 0 || cfg->port > 65535)
+        return svlm_fail(err, SVLM_E_INVALID, "port %d is out of range", cfg->port);
     if (cfg->max_message_bytes < 1024 || cfg->max_messages_per_s <= 0 || cfg->max_questions_per_client < 1 ||
         cfg->max_questions_total < 1 || cfg->max_streams < 1 || cfg->max_clients < 1 ||
         cfg->max_send_queue_bytes < 4096 || cfg->max_watches_per_client < 0 || cfg->status_interval_s < 0)
@@ -132,7 +122,9 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     return SVLM_OK;
 }
 
-int svlm_server_port(const svlm_server *srv) { return srv->port; }
+int svlm_server_port(const svlm_server *srv) {
+    return srv->port;
+}
 
 svlm_status svlm_server_run(svlm_server *srv, svlm_err *err) {
     (void)err;
@@ -148,7 +140,8 @@ void svlm_server_stop(svlm_server *srv) {
 
 void svlm_server_destroy(svlm_server *srv) {
     if (!srv) return;
-    for (srv_ask *a = srv->asks; a; a = a->next) srv_ask_cancel(srv, a);
+    for (srv_ask *a = srv->asks; a; a = a->next)
+        srv_ask_cancel(srv, a);
     while (srv->watches) {
         srv_watch *w = srv->watches;
         srv->be.unwatch(srv->be.ctx, w->backend_id);
@@ -158,7 +151,8 @@ void svlm_server_destroy(svlm_server *srv) {
     /* The backend still holds our callbacks until every answer reports done and every
      * open/close returns: wait for them, then no engine thread can reach us. */
     pthread_mutex_lock(&srv->lock);
-    while (srv->outstanding_asks > 0 || srv->jobs > 0) pthread_cond_wait(&srv->cond, &srv->lock);
+    while (srv->outstanding_asks > 0 || srv->jobs > 0)
+        pthread_cond_wait(&srv->cond, &srv->lock);
     pthread_mutex_unlock(&srv->lock);
     srv_events_drain(srv);
     pthread_mutex_lock(&srv->lock);

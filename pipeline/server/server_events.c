@@ -13,8 +13,10 @@
 void srv_event_push(svlm_server *srv, srv_event *ev) {
     ev->next = NULL;
     pthread_mutex_lock(&srv->lock);
-    if (srv->ev_tail) srv->ev_tail->next = ev;
-    else srv->ev_head = ev;
+    if (srv->ev_tail)
+        srv->ev_tail->next = ev;
+    else
+        srv->ev_head = ev;
     srv->ev_tail = ev;
     if (srv->alive) lws_cancel_service(srv->ctx);
     pthread_mutex_unlock(&srv->lock);
@@ -99,9 +101,10 @@ srv_ask *srv_ask_start(svlm_server *srv, srv_conn *conn, const svlm_backend_ask_
         pthread_mutex_unlock(&srv->lock);
         free(t);
         free(a);
-        *code = st == SVLM_E_LIMIT ? "server_busy"
-              : st == SVLM_E_UNSUPPORTED ? "engine_unavailable"
-              : st == SVLM_E_INVALID ? "bad_request" : "backend_error";
+        *code = st == SVLM_E_LIMIT         ? "server_busy"
+                : st == SVLM_E_UNSUPPORTED ? "engine_unavailable"
+                : st == SVLM_E_INVALID     ? "bad_request"
+                                           : "backend_error";
         return NULL;
     }
     a->started = 1;
@@ -119,7 +122,8 @@ void srv_ask_cancel(svlm_server *srv, srv_ask *ask) {
 static void ask_append(srv_ask *a, const char *text, size_t len) {
     if (a->text_len + len + 1 > a->text_cap) {
         size_t cap = a->text_cap ? a->text_cap : 256;
-        while (cap < a->text_len + len + 1) cap *= 2;
+        while (cap < a->text_len + len + 1)
+            cap *= 2;
         char *p = realloc(a->text, cap);
         if (!p) return;
         a->text = p;
@@ -177,27 +181,33 @@ static void on_done(svlm_server *srv, srv_event *ev) {
     srv_ask *a = ev->ask;
     const svlm_backend_done *d = &ev->done;
     double now = srv_now();
-    if (d->cancelled) srv->metrics.questions_cancelled++;
-    else if (d->status != SVLM_OK) srv->metrics.questions_failed++;
-    else srv->metrics.questions_ok++;
-    double tps = d->decode_ms > 0 && d->completion_tokens > 1 ? (d->completion_tokens - 1) * 1000.0 / d->decode_ms : 0;
+    if (d->cancelled)
+        srv->metrics.questions_cancelled++;
+    else if (d->status != SVLM_OK)
+        srv->metrics.questions_failed++;
+    else
+        srv->metrics.questions_ok++;
+    double tps =
+        d->decode_ms > 0 && d->completion_tokens > 1 ? (d->completion_tokens - 1) * 1000.0 / d->decode_ms : 0;
     if (tps > 0) srv_hist_add(&srv->metrics.tokens_per_s, tps);
     srv_hist_add(&srv->metrics.queue_wait_s, d->queue_wait_ms / 1000.0);
     srv_conn *c = a->conn;
     if (c && c->kind == CONN_WS) {
         c->n_asks--;
         if (d->status != SVLM_OK && !d->cancelled) {
-            srv_ws_error(srv, c, a->req_id, "answer_failed", "%s", d->error[0] ? d->error : svlm_status_str(d->status));
+            srv_ws_error(srv, c, a->req_id, "answer_failed", "%s",
+                         d->error[0] ? d->error : svlm_status_str(d->status));
         } else {
             json_t *m = srv_reply("done", a->req_id);
             json_object_set_new(m, "stream", json_string(a->stream));
             json_object_set_new(m, "text", json_stringn(a->text ? a->text : "", a->text_len));
             json_object_set_new(m, "cancelled", json_boolean(d->cancelled));
-            json_object_set_new(m, "tokens", json_pack("{s:i, s:i}", "prompt", d->prompt_tokens, "completion",
-                                                       d->completion_tokens));
+            json_object_set_new(
+                m, "tokens",
+                json_pack("{s:i, s:i}", "prompt", d->prompt_tokens, "completion", d->completion_tokens));
             json_object_set_new(m, "timings",
-                                json_pack("{s:f, s:f, s:f, s:f, s:f}", "queue_wait_ms", d->queue_wait_ms, "ttft_ms",
-                                          d->ttft_ms, "client_ttft_ms",
+                                json_pack("{s:f, s:f, s:f, s:f, s:f}", "queue_wait_ms", d->queue_wait_ms,
+                                          "ttft_ms", d->ttft_ms, "client_ttft_ms",
                                           a->n_tokens ? (a->t_first - a->t_asked) * 1000.0 : 0.0,
                                           "tokens_per_s", tps, "total_ms", (now - a->t_asked) * 1000.0));
             json_object_set_new(m, "frames_during", json_integer(d->frames_during));
@@ -212,7 +222,8 @@ static void on_done(svlm_server *srv, srv_event *ev) {
 
 static void on_alert(svlm_server *srv, srv_event *ev) {
     srv_watch *w = srv->watches;
-    while (w && w->serial != ev->serial) w = w->next;
+    while (w && w->serial != ev->serial)
+        w = w->next;
     if (!w || !w->conn) return; /* unwatched since: dropped */
     srv->metrics.alerts++;
     json_t *m = srv_reply("alert", w->req_id);

@@ -10,8 +10,8 @@
 int srv_http_respond(srv_conn *c, int status, const char *type, const void *body, size_t len) {
     unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
     if (lws_add_http_common_headers(c->wsi, (unsigned)status, type, len, &p, end)) return -1;
-    if (lws_add_http_header_by_name(c->wsi, (const unsigned char *)"cache-control:", (const unsigned char *)"no-store",
-                                    8, &p, end))
+    if (lws_add_http_header_by_name(
+            c->wsi, (const unsigned char *)"cache-control:", (const unsigned char *)"no-store", 8, &p, end))
         return -1;
     if (lws_finalize_write_http_header(c->wsi, start, &p, end)) return -1;
     free(c->resp);
@@ -33,17 +33,21 @@ int srv_http_respond_json(srv_conn *c, int status, json_t *body) {
 
 int srv_http_error(srv_conn *c, int status, const char *code, const char *msg) {
     /* The OpenAI error shape, so its clients show the message. */
-    return srv_http_respond_json(c, status, json_pack("{s:{s:s, s:s, s:s}}", "error", "message", msg, "type",
-                                                      status >= 500 ? "server_error" : "invalid_request_error",
-                                                      "code", code));
+    return srv_http_respond_json(c, status,
+                                 json_pack("{s:{s:s, s:s, s:s}}", "error", "message", msg, "type",
+                                           status >= 500 ? "server_error" : "invalid_request_error", "code",
+                                           code));
 }
 
 static const char *mime_of(const char *name) {
     const char *dot = strrchr(name, '.');
     if (!dot) return NULL;
-    static const char *map[][2] = {{".html", "text/html; charset=utf-8"}, {".css", "text/css"},
-                                   {".js", "text/javascript"},           {".svg", "image/svg+xml"},
-                                   {".png", "image/png"},                {".ico", "image/x-icon"}};
+    static const char *map[][2] = {{".html", "text/html; charset=utf-8"},
+                                   {".css", "text/css"},
+                                   {".js", "text/javascript"},
+                                   {".svg", "image/svg+xml"},
+                                   {".png", "image/png"},
+                                   {".ico", "image/x-icon"}};
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
         if (!strcmp(dot, map[i][0])) return map[i][1];
     return NULL;
@@ -55,7 +59,8 @@ static int serve_static(svlm_server *srv, srv_conn *c, const char *uri) {
     const char *mime = mime_of(name);
     int ok = srv->cfg.web_root[0] && mime && name[0] != '.';
     for (const char *s = name; ok && *s; s++)
-        if (!(*s >= 'a' && *s <= 'z') && !(*s >= '0' && *s <= '9') && *s != '_' && *s != '-' && *s != '.') ok = 0;
+        if (!(*s >= 'a' && *s <= 'z') && !(*s >= '0' && *s <= '9') && *s != '_' && *s != '-' && *s != '.')
+            ok = 0;
     if (!ok) return srv_http_error(c, 404, "not_found", "no such page");
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", srv->cfg.web_root, name);
@@ -115,8 +120,8 @@ static int models(svlm_server *srv, srv_conn *c) {
     svlm_backend_stream_status *st = all_streams(srv, &n);
     json_t *arr = json_array();
     for (int i = 0; i < n; i++)
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:i, s:s}", "id", st[i].name, "object", "model", "created", 0,
-                                             "owned_by", "svlm"));
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:i, s:s}", "id", st[i].name, "object", "model",
+                                             "created", 0, "owned_by", "svlm"));
     free(st);
     return srv_http_respond_json(c, 200, json_pack("{s:s, s:o}", "object", "list", "data", arr));
 }
@@ -135,8 +140,10 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     snprintf(c->path, sizeof c->path, "%s", uri);
     c->is_post = lws_hdr_total_length(c->wsi, WSI_TOKEN_POST_URI) > 0;
     if (c->is_post) {
-        if (strcmp(uri, "/v1/chat/completions")) return srv_http_error(c, 404, "not_found", "no such endpoint");
-        if (!srv_authorized(srv, c->wsi)) return srv_http_error(c, 401, "unauthorized", "a valid token is required");
+        if (strcmp(uri, "/v1/chat/completions"))
+            return srv_http_error(c, 404, "not_found", "no such endpoint");
+        if (!srv_authorized(srv, c->wsi))
+            return srv_http_error(c, 401, "unauthorized", "a valid token is required");
         char cl[32];
         if (lws_hdr_copy(c->wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0 || atol(cl) <= 0)
             return srv_http_error(c, 411, "bad_request", "a JSON body with a Content-Length is required");
@@ -145,11 +152,14 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     }
     if (!strcmp(uri, "/health")) {
         int n = srv->be.list_streams(srv->be.ctx, NULL, 0);
-        return srv_http_respond_json(c, 200, json_pack("{s:s, s:i, s:i, s:f}", "status", "ok", "streams", n, "clients",
-                                                       srv->n_clients, "uptime_s", srv_now() - srv->t_start));
+        return srv_http_respond_json(c, 200,
+                                     json_pack("{s:s, s:i, s:i, s:f}", "status", "ok", "streams", n,
+                                               "clients", srv->n_clients, "uptime_s",
+                                               srv_now() - srv->t_start));
     }
     if (strncmp(uri, "/v1/", 4) && strcmp(uri, "/metrics")) return serve_static(srv, c, uri);
-    if (!srv_authorized(srv, c->wsi)) return srv_http_error(c, 401, "unauthorized", "a valid token is required");
+    if (!srv_authorized(srv, c->wsi))
+        return srv_http_error(c, 401, "unauthorized", "a valid token is required");
     if (!strcmp(uri, "/metrics")) return metrics(srv, c);
     if (!strcmp(uri, "/v1/streams")) return streams(srv, c, NULL);
     if (!strcmp(uri, "/v1/models")) return models(srv, c);
@@ -204,15 +214,17 @@ int srv_http_writeable(svlm_server *srv, srv_conn *c) {
             free(m);
             if (n < 0) return -1;
         }
-        if (c->out.head) lws_callback_on_writable(c->wsi);
-        else if (c->sse_done) return -1; /* no Content-Length: the close ends the response */
+        if (c->out.head)
+            lws_callback_on_writable(c->wsi);
+        else if (c->sse_done)
+            return -1; /* no Content-Length: the close ends the response */
         return 0;
     }
     if (!c->resp) return 0;
     size_t left = c->resp->len - c->resp_off, n = left > HTTP_CHUNK ? HTTP_CHUNK : left;
     int final = n == left;
-    if (lws_write(c->wsi, c->resp->buf + LWS_PRE + c->resp_off, n, final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) <
-        (int)n)
+    if (lws_write(c->wsi, c->resp->buf + LWS_PRE + c->resp_off, n,
+                  final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) < (int)n)
         return -1;
     c->resp_off += n; /* the LWS_PRE bytes lws may use before the next piece are sent already */
     if (!final) {

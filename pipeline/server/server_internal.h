@@ -12,7 +12,7 @@
 #include "pipeline/server/server_metrics.h"
 
 #define SRV_PROTOCOL_VERSION 1
-#define SRV_ID_MAX 128
+#define SRV_ID_MAX           128
 
 /* An outgoing message: LWS_PRE bytes of headroom, then len bytes. */
 typedef struct srv_msg {
@@ -37,9 +37,9 @@ typedef struct srv_conn {
     struct lws *wsi;
     uint64_t serial;
     int authed;
-    int token_ok;                 /* the upgrade request carried the token (?token=, Bearer) */
-    int kill;                     /* close at the next writeable callback */
-    int closing;                  /* close once the send queue is empty */
+    int token_ok; /* the upgrade request carried the token (?token=, Bearer) */
+    int kill;     /* close at the next writeable callback */
+    int closing;  /* close once the send queue is empty */
     srv_queue out;
     /* websocket */
     char *rx;
@@ -55,11 +55,11 @@ typedef struct srv_conn {
     size_t body_len;
     int body_oversize;
     int http_status;
-    srv_msg *resp;                /* whole response body, sent in pieces */
+    srv_msg *resp; /* whole response body, sent in pieces */
     size_t resp_off;
-    int sse;                      /* streaming chat completion in progress */
-    int sse_done;                 /* final event queued: close after the queue drains */
-    struct srv_ask *ask;          /* HTTP chat completion in progress */
+    int sse;             /* streaming chat completion in progress */
+    int sse_done;        /* final event queued: close after the queue drains */
+    struct srv_ask *ask; /* HTTP chat completion in progress */
     char ask_model[64];
     int ask_stream_flag;
     int ask_max_tokens;
@@ -67,7 +67,7 @@ typedef struct srv_conn {
 
 typedef struct srv_ask {
     struct srv_ask *next;
-    srv_conn *conn;          /* NULL once the asker went away */
+    srv_conn *conn; /* NULL once the asker went away */
     uint64_t backend_id;
     int started;             /* backend accepted it (cancel applies) */
     char req_id[SRV_ID_MAX]; /* the client's id as compact JSON */
@@ -95,12 +95,12 @@ typedef enum { EV_TOKEN = 1, EV_DONE, EV_ALERT, EV_JOB } srv_event_kind;
 typedef struct srv_event {
     struct srv_event *next;
     srv_event_kind kind;
-    srv_ask *ask;                 /* TOKEN, DONE */
-    uint64_t serial;              /* ALERT: watch serial; JOB: connection serial */
+    srv_ask *ask;    /* TOKEN, DONE */
+    uint64_t serial; /* ALERT: watch serial; JOB: connection serial */
     svlm_backend_done done;
-    double video_time, wall;      /* ALERT */
-    svlm_status status;           /* JOB */
-    char job_type[16];            /* JOB: "opened" / "closed" */
+    double video_time, wall; /* ALERT */
+    svlm_status status;      /* JOB */
+    char job_type[16];       /* JOB: "opened" / "closed" */
     char req_id[SRV_ID_MAX];
     char stream[SVLM_BACKEND_NAME_MAX];
     char error[512];
@@ -118,14 +118,14 @@ struct svlm_server {
     atomic_int stop;
     double t_start;
 
-    pthread_mutex_t lock;         /* guards events, alive and jobs */
+    pthread_mutex_t lock; /* guards events, alive and jobs */
     pthread_cond_t cond;
     srv_event *ev_head, *ev_tail;
-    int outstanding_asks;         /* asks whose on_done has not run yet */
-    int jobs;                     /* open/close worker threads running */
-    int alive;                    /* lws context exists: callbacks may wake it */
+    int outstanding_asks; /* asks whose on_done has not run yet */
+    int jobs;             /* open/close worker threads running */
+    int alive;            /* lws context exists: callbacks may wake it */
 
-    srv_conn *clients;            /* websocket clients */
+    srv_conn *clients; /* websocket clients */
     int n_clients;
     uint64_t next_serial;
     srv_ask *asks;
@@ -135,7 +135,11 @@ struct svlm_server {
     lws_sorted_usec_list_t tick;
     srv_metrics metrics;
     /* last encoded snapshot per stream (a small cache: the page polls once a second) */
-    struct { char name[SVLM_BACKEND_NAME_MAX]; int64_t index; srv_msg *jpeg; } snaps[8];
+    struct {
+        char name[SVLM_BACKEND_NAME_MAX];
+        int64_t index;
+        srv_msg *jpeg;
+    } snaps[8];
 };
 
 /* ---- server_util.c ---- */
@@ -157,14 +161,17 @@ void srv_events_drain(svlm_server *srv);
 void srv_ask_on_token(void *user, const char *text, size_t len);
 void srv_ask_on_done(void *user, const svlm_backend_done *done);
 /* The user pointer given to the backend for an ask: the ask plus its server. */
-typedef struct srv_ask_ticket { svlm_server *srv; srv_ask *ask; } srv_ask_ticket;
-srv_ask *srv_ask_start(svlm_server *srv, srv_conn *conn, const svlm_backend_ask_req *req,
-                       const char *req_id, const char **code, svlm_err *err);
+typedef struct srv_ask_ticket {
+    svlm_server *srv;
+    srv_ask *ask;
+} srv_ask_ticket;
+srv_ask *srv_ask_start(svlm_server *srv, srv_conn *conn, const svlm_backend_ask_req *req, const char *req_id,
+                       const char **code, svlm_err *err);
 void srv_ask_cancel(svlm_server *srv, srv_ask *ask);
 void srv_watch_alert(void *user, const svlm_backend_alert *alert);
 /* Runs backend open/close on a worker thread; the reply comes back as an EV_JOB. */
-int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char *req_id,
-                  const char *stream, const char *uri, double fps, const char *options);
+int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char *req_id, const char *stream,
+                  const char *uri, double fps, const char *options);
 
 /* ---- server_ws.c ---- */
 void srv_ws_send_json(svlm_server *srv, srv_conn *c, json_t *msg); /* steals msg */

@@ -24,7 +24,8 @@ void srv_metrics_init(srv_metrics *m) {
 
 void srv_hist_add(srv_hist *h, double v) {
     int i = 0;
-    while (i < h->n_le && v > h->le[i]) i++;
+    while (i < h->n_le && v > h->le[i])
+        i++;
     if (i < h->n_le) h->counts[i]++;
     h->count++;
     h->sum += v;
@@ -38,12 +39,22 @@ void srv_text_printf(srv_text *t, const char *fmt, ...) {
         size_t room = t->cap - t->len;
         int n = vsnprintf(t->buf ? t->buf + t->len : NULL, t->buf ? room : 0, fmt, ap);
         va_end(ap);
-        if (n < 0) { t->failed = 1; return; }
-        if (t->buf && (size_t)n < room) { t->len += (size_t)n; return; }
+        if (n < 0) {
+            t->failed = 1;
+            return;
+        }
+        if (t->buf && (size_t)n < room) {
+            t->len += (size_t)n;
+            return;
+        }
         size_t cap = t->cap ? t->cap * 2 : 4096;
-        while (cap - t->len <= (size_t)n) cap *= 2;
+        while (cap - t->len <= (size_t)n)
+            cap *= 2;
         char *b = realloc(t->buf, cap);
-        if (!b) { t->failed = 1; return; }
+        if (!b) {
+            t->failed = 1;
+            return;
+        }
         t->buf = b;
         t->cap = cap;
     }
@@ -53,9 +64,14 @@ void srv_text_printf(srv_text *t, const char *fmt, ...) {
 static const char *label(const char *s, char *buf, size_t cap) {
     size_t o = 0;
     for (; *s && o + 3 < cap; s++) {
-        if (*s == '\\' || *s == '"') { buf[o++] = '\\'; buf[o++] = *s; }
-        else if (*s == '\n') { buf[o++] = '\\'; buf[o++] = 'n'; }
-        else buf[o++] = *s;
+        if (*s == '\\' || *s == '"') {
+            buf[o++] = '\\';
+            buf[o++] = *s;
+        } else if (*s == '\n') {
+            buf[o++] = '\\';
+            buf[o++] = 'n';
+        } else
+            buf[o++] = *s;
     }
     buf[o] = 0;
     return buf;
@@ -76,13 +92,14 @@ static void head(srv_text *t, const char *name, const char *type, const char *he
     srv_text_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-#define PER_STREAM(metric, type, help, fmt, expr)                                         \
-    do {                                                                                   \
-        head(out, metric, type, help);                                                     \
-        for (int i = 0; i < n_streams; i++) {                                              \
-            const svlm_backend_stream_status *s = &streams[i];                             \
-            srv_text_printf(out, "%s{stream=\"%s\"} " fmt "\n", metric, label(s->name, lb, sizeof lb), expr); \
-        }                                                                                  \
+#define PER_STREAM(metric, type, help, fmt, expr)                                                            \
+    do {                                                                                                     \
+        head(out, metric, type, help);                                                                       \
+        for (int i = 0; i < n_streams; i++) {                                                                \
+            const svlm_backend_stream_status *s = &streams[i];                                               \
+            srv_text_printf(out, "%s{stream=\"%s\"} " fmt "\n", metric, label(s->name, lb, sizeof lb),       \
+                            expr);                                                                           \
+        }                                                                                                    \
     } while (0)
 
 void srv_metrics_render(srv_text *out, const srv_metrics *m, const svlm_backend_stream_status *streams,
@@ -94,7 +111,8 @@ void srv_metrics_render(srv_text *out, const srv_metrics *m, const svlm_backend_
     srv_text_printf(out, "svlm_streams %d\n", n_streams);
     PER_STREAM("svlm_frames_in_total", "counter", "Sampled frames that entered the engine.", "%lld",
                (long long)s->frames_in);
-    PER_STREAM("svlm_frames_dropped_total", "counter", "Frames dropped at ingest.", "%lld", (long long)s->drops);
+    PER_STREAM("svlm_frames_dropped_total", "counter", "Frames dropped at ingest.", "%lld",
+               (long long)s->drops);
     PER_STREAM("svlm_reconnects_total", "counter", "Source reconnects.", "%lld", (long long)s->reconnects);
     PER_STREAM("svlm_fps_in", "gauge", "Recent frames per second into the engine.", "%.3f", s->fps_in);
     PER_STREAM("svlm_encoder_seconds_total", "counter", "Vision encoder time over all frames.", "%.6f",
@@ -106,11 +124,13 @@ void srv_metrics_render(srv_text *out, const srv_metrics *m, const svlm_backend_
     for (int i = 0; i < n_streams; i++)
         for (int k = 0; k < streams[i].n_tiers && k < SVLM_BACKEND_MAX_TIERS; k++)
             srv_text_printf(out, "svlm_memory_bytes{stream=\"%s\",tier=\"%s\"} %lld\n",
-                            label(streams[i].name, lb, sizeof lb), label(streams[i].tiers[k].name, lb2, sizeof lb2),
+                            label(streams[i].name, lb, sizeof lb),
+                            label(streams[i].tiers[k].name, lb2, sizeof lb2),
                             (long long)streams[i].tiers[k].bytes);
     head(out, "svlm_questions_total", "counter", "Answers finished, by outcome.");
     srv_text_printf(out, "svlm_questions_total{outcome=\"ok\"} %lld\n", (long long)m->questions_ok);
-    srv_text_printf(out, "svlm_questions_total{outcome=\"cancelled\"} %lld\n", (long long)m->questions_cancelled);
+    srv_text_printf(out, "svlm_questions_total{outcome=\"cancelled\"} %lld\n",
+                    (long long)m->questions_cancelled);
     srv_text_printf(out, "svlm_questions_total{outcome=\"error\"} %lld\n", (long long)m->questions_failed);
     head(out, "svlm_questions_active", "gauge", "Answers in progress.");
     srv_text_printf(out, "svlm_questions_active %d\n", questions_active);
@@ -119,7 +139,8 @@ void srv_metrics_render(srv_text *out, const srv_metrics *m, const svlm_backend_
     hist(out, "svlm_ttft_seconds", "Time from a question to its first answer token, as the server saw it.",
          &m->ttft_s);
     hist(out, "svlm_tokens_per_second", "Answer decoding speed per question.", &m->tokens_per_s);
-    hist(out, "svlm_queue_wait_seconds", "Time a question waited before its prefill started.", &m->queue_wait_s);
+    hist(out, "svlm_queue_wait_seconds", "Time a question waited before its prefill started.",
+         &m->queue_wait_s);
     head(out, "svlm_clients", "gauge", "Websocket clients connected.");
     srv_text_printf(out, "svlm_clients %d\n", clients);
     head(out, "svlm_clients_total", "counter", "Websocket clients accepted.");

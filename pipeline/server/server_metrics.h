@@ -11,7 +11,7 @@
 #define SRV_HIST_BUCKETS 12
 
 typedef struct srv_hist {
-    double le[SRV_HIST_BUCKETS];      /* upper bounds, ascending */
+    double le[SRV_HIST_BUCKETS]; /* upper bounds, ascending */
     int n_le;
     int64_t counts[SRV_HIST_BUCKETS]; /* per bucket (not cumulative) */
     int64_t count;

@@ -21,7 +21,8 @@ typedef struct chat_req {
 } chat_req;
 
 static void chat_req_free(chat_req *r) {
-    for (int i = 0; i < r->n_images; i++) free((void *)r->images[i].data);
+    for (int i = 0; i < r->n_images; i++)
+        free((void *)r->images[i].data);
 }
 
 static void add_text(chat_req *r, const char *s) {
@@ -42,7 +43,8 @@ static const char *add_image(chat_req *r, const char *url) {
     if (!comma || b64 != comma - 7) return "image_url data: URLs must be base64";
     size_t mime_len = (size_t)(b64 - (url + 5));
     svlm_backend_image *im = &r->images[r->n_images];
-    snprintf(r->mimes[r->n_images], sizeof r->mimes[0], "%.*s", (int)(mime_len < 31 ? mime_len : 31), url + 5);
+    snprintf(r->mimes[r->n_images], sizeof r->mimes[0], "%.*s", (int)(mime_len < 31 ? mime_len : 31),
+             url + 5);
     size_t in_len = strlen(comma + 1);
     char *out = malloc(in_len / 4 * 3 + 8);
     if (!out) return "out of memory";
@@ -60,7 +62,8 @@ static const char *add_image(chat_req *r, const char *url) {
 
 /* The question is the last user message: its text parts joined, its images kept. */
 static const char *parse_messages(json_t *messages, chat_req *r) {
-    if (!json_is_array(messages) || json_array_size(messages) == 0) return "'messages' must be a non-empty array";
+    if (!json_is_array(messages) || json_array_size(messages) == 0)
+        return "'messages' must be a non-empty array";
     json_t *last = NULL;
     size_t i;
     json_t *m;
@@ -110,7 +113,8 @@ static int pick_stream(svlm_server *srv, json_t *body, int has_images, char *out
         snprintf(out, cap, "%s", want);
         return srv->be.stream_status(srv->be.ctx, want, &st, &err) == SVLM_OK;
     }
-    if (json_is_string(model) && srv->be.stream_status(srv->be.ctx, json_string_value(model), &st, &err) == SVLM_OK) {
+    if (json_is_string(model) &&
+        srv->be.stream_status(srv->be.ctx, json_string_value(model), &st, &err) == SVLM_OK) {
         snprintf(out, cap, "%s", json_string_value(model));
         return 1;
     }
@@ -144,8 +148,8 @@ static json_t *chunk(srv_conn *c, json_t *delta, const char *finish) {
     char id[48];
     snprintf(id, sizeof id, "chatcmpl-%llu", (unsigned long long)c->serial);
     return json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o}]}", "id", id, "object", "chat.completion.chunk",
-                     "created", (json_int_t)time(NULL), "model", c->ask_model, "choices", "index", 0, "delta", delta,
-                     "finish_reason", finish ? json_string(finish) : json_null());
+                     "created", (json_int_t)time(NULL), "model", c->ask_model, "choices", "index", 0, "delta",
+                     delta, "finish_reason", finish ? json_string(finish) : json_null());
 }
 
 int srv_openai_chat(svlm_server *srv, srv_conn *c) {
@@ -186,12 +190,16 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
         goto out;
     }
     json_t *model = json_object_get(body, "model");
-    snprintf(c->ask_model, sizeof c->ask_model, "%s", name[0] ? name : json_is_string(model) ? json_string_value(model) : "svlm");
+    snprintf(c->ask_model, sizeof c->ask_model, "%s",
+             name[0]                 ? name
+             : json_is_string(model) ? json_string_value(model)
+                                     : "svlm");
     c->ask_stream_flag = json_is_true(stream);
     c->ask_max_tokens = mt && json_is_integer(mt) ? (int)json_integer_value(mt) : 256;
-    svlm_backend_ask_req req = {name[0] ? name : NULL, r->question,
-                                c->ask_max_tokens, temp && json_is_number(temp) ? (float)json_number_value(temp) : 0.0f,
-                                r->n_images, r->images};
+    svlm_backend_ask_req req = {
+        name[0] ? name : NULL, r->question,
+        c->ask_max_tokens,     temp && json_is_number(temp) ? (float)json_number_value(temp) : 0.0f,
+        r->n_images,           r->images};
     const char *code = NULL;
     svlm_err err = {0};
     c->ask = srv_ask_start(srv, c, &req, "", &code, &err);
@@ -203,7 +211,8 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     rc = 0;
     if (c->ask_stream_flag) {
         unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
-        if (lws_add_http_common_headers(c->wsi, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN, &p, end) ||
+        if (lws_add_http_common_headers(c->wsi, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN, &p,
+                                        end) ||
             lws_add_http_header_by_name(c->wsi, (const unsigned char *)"cache-control:",
                                         (const unsigned char *)"no-cache", 8, &p, end) ||
             lws_finalize_write_http_header(c->wsi, start, &p, end)) {
@@ -233,8 +242,9 @@ void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_bac
     const char *why = d->error[0] ? d->error : svlm_status_str(d->status);
     if (c->sse) {
         if (failed) {
-            sse_push(srv, c, json_pack("{s:{s:s, s:s, s:s}}", "error", "message", why, "type", "server_error", "code",
-                                       "answer_failed"));
+            sse_push(srv, c,
+                     json_pack("{s:{s:s, s:s, s:s}}", "error", "message", why, "type", "server_error", "code",
+                               "answer_failed"));
             json_decref(usage);
         } else {
             json_t *last = chunk(c, json_object(), finish);
@@ -252,9 +262,11 @@ void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_bac
     }
     char id[48];
     snprintf(id, sizeof id, "chatcmpl-%llu", (unsigned long long)c->serial);
-    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s%}, s:s}], s:o}", "id", id, "object",
-                             "chat.completion", "created", (json_int_t)time(NULL), "model", c->ask_model, "choices",
-                             "index", 0, "message", "role", "assistant", "content", ask->text ? ask->text : "",
-                             ask->text_len, "finish_reason", finish, "usage", usage);
-    if (srv_http_respond_json(c, 200, resp)) lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+    json_t *resp =
+        json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s%}, s:s}], s:o}", "id", id, "object",
+                  "chat.completion", "created", (json_int_t)time(NULL), "model", c->ask_model, "choices",
+                  "index", 0, "message", "role", "assistant", "content", ask->text ? ask->text : "",
+                  ask->text_len, "finish_reason", finish, "usage", usage);
+    if (srv_http_respond_json(c, 200, resp))
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
 }

@@ -78,7 +78,8 @@ int srv_snapshot(svlm_server *srv, srv_conn *c, const char *stream) {
     svlm_err err = {0};
     svlm_status st = srv->be.latest_frame(srv->be.ctx, stream, &f, &err);
     if (st == SVLM_E_AGAIN) return srv_http_error(c, 503, "no_frame_yet", "the stream has no frame yet");
-    if (st != SVLM_OK) return srv_http_error(c, 404, "unknown_stream", err.msg[0] ? err.msg : "no such stream");
+    if (st != SVLM_OK)
+        return srv_http_error(c, 404, "unknown_stream", err.msg[0] ? err.msg : "no such stream");
     if (f.is_jpeg) {
         int rc = srv_http_respond(c, 200, "image/jpeg", f.data, f.size);
         free(f.data);
@@ -90,7 +91,10 @@ int srv_snapshot(svlm_server *srv, srv_conn *c, const char *stream) {
     if (slot == n_slots) { /* a free slot, else the first one */
         slot = 0;
         for (size_t i = 0; i < n_slots; i++)
-            if (!srv->snaps[i].jpeg) { slot = i; break; }
+            if (!srv->snaps[i].jpeg) {
+                slot = i;
+                break;
+            }
         free(srv->snaps[slot].jpeg);
         srv->snaps[slot].jpeg = NULL;
         snprintf(srv->snaps[slot].name, sizeof srv->snaps[slot].name, "%s", stream);

@@ -24,8 +24,10 @@ srv_msg *srv_msg_new(const void *data, size_t len) {
 
 void srv_queue_push(srv_queue *q, srv_msg *m) {
     m->next = NULL;
-    if (q->tail) q->tail->next = m;
-    else q->head = m;
+    if (q->tail)
+        q->tail->next = m;
+    else
+        q->head = m;
     q->tail = m;
     q->bytes += m->len;
 }
@@ -41,7 +43,8 @@ srv_msg *srv_queue_pop(srv_queue *q) {
 
 void srv_queue_clear(srv_queue *q) {
     srv_msg *m;
-    while ((m = srv_queue_pop(q))) free(m);
+    while ((m = srv_queue_pop(q)))
+        free(m);
 }
 
 /* Compares every byte whatever the contents, so the time taken says nothing about where a
@@ -60,7 +63,8 @@ int svlm_host_is_loopback(const char *host) {
     if (!strcmp(host, "localhost") || !strcmp(host, "::1") || !strcmp(host, "[::1]")) return 1;
     unsigned a, b, c, d;
     char tail;
-    if (sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4) return a == 127 && b < 256 && c < 256 && d < 256;
+    if (sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4)
+        return a == 127 && b < 256 && c < 256 && d < 256;
     return 0;
 }
 
@@ -80,7 +84,8 @@ int srv_presented_token(struct lws *wsi, char *buf, size_t cap) {
         return 1;
     }
     char auth[320];
-    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 && !strncmp(auth, "Bearer ", 7)) {
+    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 &&
+        !strncmp(auth, "Bearer ", 7)) {
         snprintf(buf, cap, "%s", auth + 7);
         return 1;
     }

@@ -7,7 +7,7 @@
 #include "pipeline/server/server_internal.h"
 
 #define QUESTION_MAX_BYTES 8192
-#define URI_MAX_BYTES 1024
+#define URI_MAX_BYTES      1024
 
 void srv_ws_send_json(svlm_server *srv, srv_conn *c, json_t *msg) {
     char *text = json_dumps(msg, JSON_COMPACT);
@@ -91,8 +91,10 @@ void srv_ws_closed(svlm_server *srv, srv_conn *c) {
             pp = &w->next;
         }
     }
-    if (c->prev) c->prev->next = c->next;
-    else if (srv->clients == c) srv->clients = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (srv->clients == c)
+        srv->clients = c->next;
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = NULL;
     free(c->rx);
@@ -110,7 +112,8 @@ int srv_ws_writeable(svlm_server *srv, srv_conn *c) {
         free(m);
         if (n < 0) return -1;
     }
-    if (c->out.head) lws_callback_on_writable(c->wsi);
+    if (c->out.head)
+        lws_callback_on_writable(c->wsi);
     else if (c->closing) {
         lws_close_reason(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
         return -1;
@@ -200,7 +203,8 @@ static void do_hello(req_ctx *r) {
     long version;
     const char *token;
     double interval;
-    if (get_int(r, "version", 0, 1000000, SRV_PROTOCOL_VERSION, &version) || get_string(r, "token", 0, 300, &token) ||
+    if (get_int(r, "version", 0, 1000000, SRV_PROTOCOL_VERSION, &version) ||
+        get_string(r, "token", 0, 300, &token) ||
         get_number(r, "status_interval", 0, 3600, r->c->status_interval, &interval))
         return;
     if (version != SRV_PROTOCOL_VERSION) {
@@ -210,7 +214,8 @@ static void do_hello(req_ctx *r) {
     }
     if (srv->cfg.token[0] && !r->c->authed) {
         if (!token || !svlm_token_equal(srv->cfg.token, token, strlen(token))) {
-            srv_ws_error(srv, r->c, r->id, "unauthorized", token ? "wrong token" : "this server needs a token");
+            srv_ws_error(srv, r->c, r->id, "unauthorized",
+                         token ? "wrong token" : "this server needs a token");
             r->c->closing = 1;
             return;
         }
@@ -224,13 +229,14 @@ static void do_hello(req_ctx *r) {
     json_object_set_new(m, "server", json_string("svlm " SVLM_VERSION_STRING));
     json_object_set_new(m, "model", json_string(srv->info.model));
     json_object_set_new(m, "stand_in", json_boolean(srv->info.stand_in));
-    json_object_set_new(m, "limits",
-                        json_pack("{s:I, s:f, s:i, s:i, s:i, s:i, s:i, s:I}", "max_message_bytes",
-                                  (json_int_t)cfg->max_message_bytes, "max_messages_per_s", cfg->max_messages_per_s,
-                                  "max_questions_per_client", cfg->max_questions_per_client, "max_questions_total",
-                                  cfg->max_questions_total, "max_watches_per_client", cfg->max_watches_per_client,
-                                  "max_streams", cfg->max_streams, "max_clients", cfg->max_clients,
-                                  "max_send_queue_bytes", (json_int_t)cfg->max_send_queue_bytes));
+    json_object_set_new(
+        m, "limits",
+        json_pack("{s:I, s:f, s:i, s:i, s:i, s:i, s:i, s:I}", "max_message_bytes",
+                  (json_int_t)cfg->max_message_bytes, "max_messages_per_s", cfg->max_messages_per_s,
+                  "max_questions_per_client", cfg->max_questions_per_client, "max_questions_total",
+                  cfg->max_questions_total, "max_watches_per_client", cfg->max_watches_per_client,
+                  "max_streams", cfg->max_streams, "max_clients", cfg->max_clients, "max_send_queue_bytes",
+                  (json_int_t)cfg->max_send_queue_bytes));
     srv_ws_send_json(srv, r->c, m);
 }
 
@@ -258,8 +264,10 @@ static void do_open(req_ctx *r) {
         return;
     }
     char *opt_text = opts && json_is_object(opts) ? json_dumps(opts, JSON_COMPACT) : NULL;
-    if (srv_job_start(srv, r->c, "open", r->id, name, uri, fps, opt_text) == 0) srv->pending_opens++;
-    else srv_ws_error(srv, r->c, r->id, "server_busy", "could not start the open");
+    if (srv_job_start(srv, r->c, "open", r->id, name, uri, fps, opt_text) == 0)
+        srv->pending_opens++;
+    else
+        srv_ws_error(srv, r->c, r->id, "server_busy", "could not start the open");
     free(opt_text);
 }
 
@@ -314,8 +322,8 @@ static void do_ask(req_ctx *r) {
     long max_tokens;
     double temperature;
     if (need_id(r) || get_string(r, "question", 1, QUESTION_MAX_BYTES, &question) ||
-        get_int(r, "max_tokens", 1, 4096, 256, &max_tokens) || get_number(r, "temperature", 0, 2, 0, &temperature) ||
-        get_stream(r, &stream, 1))
+        get_int(r, "max_tokens", 1, 4096, 256, &max_tokens) ||
+        get_number(r, "temperature", 0, 2, 0, &temperature) || get_stream(r, &stream, 1))
         return;
     if (!question[0]) {
         bad(r, "bad_message", "field '%s' is empty", "question");
@@ -331,13 +339,15 @@ static void do_ask(req_ctx *r) {
         return;
     }
     if (srv->n_asks >= srv->cfg.max_questions_total) {
-        srv_ws_error(srv, r->c, r->id, "server_busy", "the server is answering %d questions, its limit", srv->n_asks);
+        srv_ws_error(srv, r->c, r->id, "server_busy", "the server is answering %d questions, its limit",
+                     srv->n_asks);
         return;
     }
     svlm_backend_ask_req req = {stream, question, (int)max_tokens, (float)temperature, 0, NULL};
     const char *code = NULL;
     svlm_err err = {0};
-    if (!srv_ask_start(srv, r->c, &req, r->id, &code, &err)) srv_ws_error(srv, r->c, r->id, code, "%s", err.msg);
+    if (!srv_ask_start(srv, r->c, &req, r->id, &code, &err))
+        srv_ws_error(srv, r->c, r->id, code, "%s", err.msg);
 }
 
 static void do_cancel(req_ctx *r) {
@@ -356,7 +366,8 @@ static void do_watch(req_ctx *r) {
     double interval;
     long max_tokens;
     if (need_id(r) || get_string(r, "question", 1, QUESTION_MAX_BYTES, &question) ||
-        get_string(r, "condition", 0, 16, &condition) || get_number(r, "interval", 0.1, 86400, 5, &interval) ||
+        get_string(r, "condition", 0, 16, &condition) ||
+        get_number(r, "interval", 0.1, 86400, 5, &interval) ||
         get_int(r, "max_tokens", 1, 1024, 32, &max_tokens) || get_stream(r, &stream, 1))
         return;
     if (!condition) condition = "change";
@@ -389,8 +400,8 @@ static void do_watch(req_ctx *r) {
     svlm_status st = srv->be.watch(srv->be.ctx, &req, &cb, &w->backend_id, &err);
     if (st != SVLM_OK) {
         free(w);
-        srv_ws_error(srv, r->c, r->id, st == SVLM_E_UNSUPPORTED ? "engine_unavailable" : "backend_error", "%s",
-                     err.msg);
+        srv_ws_error(srv, r->c, r->id, st == SVLM_E_UNSUPPORTED ? "engine_unavailable" : "backend_error",
+                     "%s", err.msg);
         return;
     }
     w->next = srv->watches;
@@ -421,8 +432,9 @@ static const struct {
     const char *type;
     void (*fn)(req_ctx *);
 } handlers[] = {
-    {"hello", do_hello}, {"open", do_open},     {"close", do_close}, {"list", do_list},       {"status", do_status},
-    {"ask", do_ask},     {"cancel", do_cancel}, {"watch", do_watch}, {"unwatch", do_unwatch},
+    {"hello", do_hello},   {"open", do_open},     {"close", do_close},
+    {"list", do_list},     {"status", do_status}, {"ask", do_ask},
+    {"cancel", do_cancel}, {"watch", do_watch},   {"unwatch", do_unwatch},
 };
 
 static int take_token(svlm_server *srv, srv_conn *c) {
@@ -462,7 +474,8 @@ static void handle(svlm_server *srv, srv_conn *c, const char *text, size_t len) 
     }
     json_t *type = json_object_get(r.msg, "type");
     if (!json_is_string(type)) {
-        srv_ws_error(srv, c, r.id, "bad_message", type ? "field 'type' must be a string" : "missing field 'type'");
+        srv_ws_error(srv, c, r.id, "bad_message",
+                     type ? "field 'type' must be a string" : "missing field 'type'");
         goto out;
     }
     r.type = json_string_value(type);
@@ -490,7 +503,8 @@ void srv_ws_receive(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
             c->rx_oversize = 1;
         } else {
             char *p = realloc(c->rx, c->rx_len + len + 1);
-            if (!p) c->rx_oversize = 1;
+            if (!p)
+                c->rx_oversize = 1;
             else {
                 c->rx = p;
                 memcpy(c->rx + c->rx_len, in, len);
@@ -501,7 +515,8 @@ void srv_ws_receive(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
     if (!lws_is_final_fragment(c->wsi)) return;
     srv->metrics.ws_messages++;
     if (!take_token(srv, c)) {
-        srv_ws_error(srv, c, "", "rate_limited", "more than %g messages per second", srv->cfg.max_messages_per_s);
+        srv_ws_error(srv, c, "", "rate_limited", "more than %g messages per second",
+                     srv->cfg.max_messages_per_s);
     } else if (c->rx_binary) {
         srv_ws_error(srv, c, "", "binary_not_supported", "send JSON text messages, not binary ones");
     } else if (c->rx_oversize) {

@@ -19,10 +19,10 @@
 #include <string.h>
 #include <time.h>
 
-#define STAMP_BITS 24
+#define STAMP_BITS   24
 #define STAMP_CELL_W 13
 #define STAMP_CELL_H 32
-#define STAMP_WIDTH 320
+#define STAMP_WIDTH  320
 
 static GstPadProbeReturn stamp_probe(GstPad *pad, GstPadProbeInfo *info, gpointer user) {
     (void)pad, (void)user;
@@ -30,7 +30,8 @@ static GstPadProbeReturn stamp_probe(GstPad *pad, GstPadProbeInfo *info, gpointe
     GST_PAD_PROBE_INFO_DATA(info) = buf;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    unsigned long long ms = (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
+    unsigned long long ms =
+        (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
     unsigned stamp = (unsigned)(ms & ((1u << STAMP_BITS) - 1));
     GstMapInfo map;
     if (!gst_buffer_map(buf, &map, GST_MAP_WRITE)) return GST_PAD_PROBE_OK;
@@ -62,11 +63,16 @@ int main(int argc, char **argv) {
     int stamp = 0;
     gst_init(&argc, &argv);
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--port") && i + 1 < argc) port = argv[++i];
-        else if (!strcmp(argv[i], "--file") && i + 1 < argc) file = argv[++i];
-        else if (!strcmp(argv[i], "--user") && i + 1 < argc) user = argv[++i];
-        else if (!strcmp(argv[i], "--pass") && i + 1 < argc) pass = argv[++i];
-        else if (!strcmp(argv[i], "--stamp")) stamp = 1;
+        if (!strcmp(argv[i], "--port") && i + 1 < argc)
+            port = argv[++i];
+        else if (!strcmp(argv[i], "--file") && i + 1 < argc)
+            file = argv[++i];
+        else if (!strcmp(argv[i], "--user") && i + 1 < argc)
+            user = argv[++i];
+        else if (!strcmp(argv[i], "--pass") && i + 1 < argc)
+            pass = argv[++i];
+        else if (!strcmp(argv[i], "--stamp"))
+            stamp = 1;
         else {
             fprintf(stderr, "usage: rtsp_server --port P (--file CLIP.mp4 | --stamp) [--user U --pass W]\n");
             return 2;
@@ -79,13 +85,17 @@ int main(int argc, char **argv) {
     char launch[4096];
     if (stamp)
         snprintf(launch, sizeof launch,
-                 "( videotestsrc is-live=true pattern=black ! video/x-raw,format=I420,width=%d,height=240,framerate=30/1 "
-                 "! identity name=stamp ! x264enc tune=zerolatency speed-preset=ultrafast threads=1 key-int-max=30 "
+                 "( videotestsrc is-live=true pattern=black ! "
+                 "video/x-raw,format=I420,width=%d,height=240,framerate=30/1 "
+                 "! identity name=stamp ! x264enc tune=zerolatency speed-preset=ultrafast threads=1 "
+                 "key-int-max=30 "
                  "! rtph264pay name=pay0 pt=96 config-interval=1 )",
                  STAMP_WIDTH);
     else
         snprintf(launch, sizeof launch,
-                 "( filesrc location=\"%s\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )", file);
+                 "( filesrc location=\"%s\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 "
+                 "config-interval=1 )",
+                 file);
 
     GstRTSPServer *server = gst_rtsp_server_new();
     gst_rtsp_server_set_address(server, "127.0.0.1");
@@ -97,15 +107,17 @@ int main(int argc, char **argv) {
 
     if (user && pass) {
         GstRTSPAuth *auth = gst_rtsp_auth_new();
-        GstRTSPToken *token = gst_rtsp_token_new(GST_RTSP_TOKEN_MEDIA_FACTORY_ROLE, G_TYPE_STRING, "viewer", NULL);
+        GstRTSPToken *token =
+            gst_rtsp_token_new(GST_RTSP_TOKEN_MEDIA_FACTORY_ROLE, G_TYPE_STRING, "viewer", NULL);
         gchar *basic = gst_rtsp_auth_make_basic(user, pass);
         gst_rtsp_auth_add_basic(auth, basic, token);
         g_free(basic);
         gst_rtsp_token_unref(token);
         gst_rtsp_server_set_auth(server, auth);
         g_object_unref(auth);
-        gst_rtsp_media_factory_add_role(factory, "viewer", GST_RTSP_PERM_MEDIA_FACTORY_ACCESS, G_TYPE_BOOLEAN, TRUE,
-                                        GST_RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, G_TYPE_BOOLEAN, TRUE, NULL);
+        gst_rtsp_media_factory_add_role(factory, "viewer", GST_RTSP_PERM_MEDIA_FACTORY_ACCESS, G_TYPE_BOOLEAN,
+                                        TRUE, GST_RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, G_TYPE_BOOLEAN, TRUE,
+                                        NULL);
     }
     GstRTSPMountPoints *mounts = gst_rtsp_server_get_mount_points(server);
     gst_rtsp_mount_points_add_factory(mounts, "/stream", factory);

@@ -31,8 +31,10 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
 }
 
 int cli_kv_type(const char *flag, const char *s, svlm_dtype *out) {
-    if (!strcmp(s, "f32")) *out = SVLM_F32;
-    else if (!strcmp(s, "f16")) *out = SVLM_F16;
+    if (!strcmp(s, "f32"))
+        *out = SVLM_F32;
+    else if (!strcmp(s, "f16"))
+        *out = SVLM_F16;
     else {
         fprintf(stderr, "svlm: %s expects f32 or f16, got '%s'\n", flag, s);
         return -1;

@@ -11,8 +11,9 @@
 int cmd_ask(int argc, char **argv) {
     (void)argc;
     (void)argv;
-    fprintf(stderr, "svlm ask: not built with the server libraries (install libwebsockets-dev and libjansson-dev, "
-                    "then rebuild)\n");
+    fprintf(stderr,
+            "svlm ask: not built with the server libraries (install libwebsockets-dev and libjansson-dev, "
+            "then rebuild)\n");
     return 2;
 }
 #else
@@ -20,7 +21,7 @@ int cmd_ask(int argc, char **argv) {
 #include <libwebsockets.h>
 
 typedef struct ask_client {
-    char *out[3];       /* messages still to send */
+    char *out[3]; /* messages still to send */
     int n_out, sent;
     char *rx;
     size_t rx_len;
@@ -82,9 +83,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         fprintf(stderr, "svlm ask: cannot connect: %s\n", in ? (const char *)in : "unknown error");
         a->finished = 1, a->rc = 1;
         return 0;
-    case LWS_CALLBACK_CLIENT_ESTABLISHED:
-        lws_callback_on_writable(wsi);
-        return 0;
+    case LWS_CALLBACK_CLIENT_ESTABLISHED: lws_callback_on_writable(wsi); return 0;
     case LWS_CALLBACK_CLIENT_WRITEABLE:
         if (interrupted && !a->cancel_sent && a->sent == a->n_out) {
             char msg[200];
@@ -124,8 +123,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             a->finished = 1, a->rc = 1;
         }
         return 0;
-    default:
-        return 0;
+    default: return 0;
     }
 }
 
@@ -138,7 +136,8 @@ static int read_token(const char *path, char *buf, size_t cap) {
     size_t n = fread(buf, 1, cap - 1, f);
     fclose(f);
     buf[n] = 0;
-    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) buf[--n] = 0;
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = 0;
     return 0;
 }
 
@@ -158,9 +157,11 @@ int cmd_ask(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--json")) {
             a.json = 1;
         } else if (!strcmp(argv[i], "--max-tokens")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int("--max-tokens", v, 1, 4096, &max_tokens)) return 2;
+            if (!(v = cli_value(argc, argv, &i)) || cli_int("--max-tokens", v, 1, 4096, &max_tokens))
+                return 2;
         } else if (!strcmp(argv[i], "--temperature")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_float("--temperature", v, 0, 2, &temperature)) return 2;
+            if (!(v = cli_value(argc, argv, &i)) || cli_float("--temperature", v, 0, 2, &temperature))
+                return 2;
         } else if (!strcmp(argv[i], "--timeout")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_float("--timeout", v, 0.1, 86400, &timeout)) return 2;
         } else if (!strcmp(argv[i], "--token-file")) {
@@ -189,14 +190,16 @@ int cmd_ask(int argc, char **argv) {
         return 2;
     }
     char full_path[512];
-    while (*path == '/') path++; /* lws_parse_uri leaves the leading slash off, or not */
+    while (*path == '/')
+        path++; /* lws_parse_uri leaves the leading slash off, or not */
     snprintf(full_path, sizeof full_path, "/%s", path[0] ? path : "v1/ws");
 
     a.req_id = "\"q1\"";
     json_t *hello = json_pack("{s:s, s:i, s:i}", "type", "hello", "version", 1, "status_interval", 0);
     if (token[0]) json_object_set_new(hello, "token", json_string(token));
-    json_t *ask = json_pack("{s:s, s:s, s:s, s:s, s:I, s:f}", "type", "ask", "id", "q1", "stream", pos[1], "question",
-                            pos[2], "max_tokens", (json_int_t)max_tokens, "temperature", temperature);
+    json_t *ask =
+        json_pack("{s:s, s:s, s:s, s:s, s:I, s:f}", "type", "ask", "id", "q1", "stream", pos[1], "question",
+                  pos[2], "max_tokens", (json_int_t)max_tokens, "temperature", temperature);
     if (!hello || !ask) {
         fprintf(stderr, "svlm ask: the stream name and question must be UTF-8\n");
         json_decref(hello);
@@ -254,7 +257,8 @@ int cmd_ask(int argc, char **argv) {
         if (lws_service(ctx, 100) < 0) break;
     }
     lws_context_destroy(ctx);
-    for (int i = 0; i < a.n_out; i++) free(a.out[i]);
+    for (int i = 0; i < a.n_out; i++)
+        free(a.out[i]);
     free(a.rx);
     return a.rc;
 }

@@ -27,7 +27,8 @@ static double weight_bytes_per_token(const svlm_llama *m) {
     for (int l = 0; l < m->hp.n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         const svlm_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (int i = 0; i < 7; i++) b += (double)ws[i]->rows * ws[i]->row_bytes;
+        for (int i = 0; i < 7; i++)
+            b += (double)ws[i]->rows * ws[i]->row_bytes;
         b += 2.0 * m->hp.n_embd * sizeof(float);
     }
     return b;
@@ -51,8 +52,8 @@ static int bench_vision(const char *path, int threads, int batch, int reps, int 
         printf(",\"backend\":\"%s\",\"threads\":%d,\"image_size\":%d,\"tokens_per_tile\":%d,"
                "\"ms_per_tile_b1\":%.2f,\"tiles_per_s_b1\":%.3f,\"batch\":%d,\"ms_per_tile_batched\":%.2f,"
                "\"tiles_per_s_batched\":%.3f}\n",
-               svlm_kernels_name(k), svlm_kernels_threads(k), r.image_size, r.tokens_per_tile, r.ms_per_tile_b1,
-               r.tiles_per_s_b1, r.batch, r.ms_per_tile_batched, r.tiles_per_s_batched);
+               svlm_kernels_name(k), svlm_kernels_threads(k), r.image_size, r.tokens_per_tile,
+               r.ms_per_tile_b1, r.tiles_per_s_b1, r.batch, r.ms_per_tile_batched, r.tiles_per_s_batched);
     } else {
         printf("mmproj      %s (%d px tiles, %d tokens each)\nbackend     %s\n", path, r.image_size,
                r.tokens_per_tile, svlm_kernels_name(k));
@@ -170,8 +171,8 @@ int cmd_bench(int argc, char **argv) {
         printf(",\"backend\":\"%s\",\"threads\":%d,\"pp\":%lld,\"tg\":%lld,\"pp_tps\":%.2f,\"tg_tps\":%.2f,"
                "\"weight_bytes_per_token\":%.0f,\"bandwidth_gbs\":%.2f,\"tg_bound_tps\":%.2f,"
                "\"tg_share_of_bound\":%.4f}\n",
-               svlm_kernels_name(tm.kernels), svlm_kernels_threads(tm.kernels), pp, tg, best_pp, best_tg,
-               wb, bw / 1e9, bound, share);
+               svlm_kernels_name(tm.kernels), svlm_kernels_threads(tm.kernels), pp, tg, best_pp, best_tg, wb,
+               bw / 1e9, bound, share);
     } else {
         printf("model       %s\nbackend     %s\n", model_path, svlm_kernels_name(tm.kernels));
         if (pp > 0) printf("pp%-8lld  %.1f tok/s\n", pp, best_pp);

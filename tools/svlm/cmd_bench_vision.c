@@ -16,21 +16,22 @@
 #include "vision/stc.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: svlm bench-vision SOURCE... --mmproj MMPROJ [--stc on|off] [--fps F] [--max-frames N]\n"
-            "                         [--threads K] [--json] [--stc-NAME VALUE ...]\n"
-            "  SOURCE          recordings or any svlm source URI; one result per source\n"
-            "  --fps F         sampling rate (default 1; 0 = every frame)\n"
-            "  --max-frames N  frames per source (default: all)\n"
-            "  --stc off       time the plain encoder only (every token to the decoder)\n"
-            "  --per-frame     one line per frame on stderr (path, refresh reason, change, tokens, fidelity)\n"
-            "STC controls (defaults in brackets):\n");
+    fprintf(
+        f, "usage: svlm bench-vision SOURCE... --mmproj MMPROJ [--stc on|off] [--fps F] [--max-frames N]\n"
+           "                         [--threads K] [--json] [--stc-NAME VALUE ...]\n"
+           "  SOURCE          recordings or any svlm source URI; one result per source\n"
+           "  --fps F         sampling rate (default 1; 0 = every frame)\n"
+           "  --max-frames N  frames per source (default: all)\n"
+           "  --stc off       time the plain encoder only (every token to the decoder)\n"
+           "  --per-frame     one line per frame on stderr (path, refresh reason, change, tokens, fidelity)\n"
+           "STC controls (defaults in brackets):\n");
     svlm_stc_controls d;
     svlm_stc_controls_default(&d);
     int n;
     const svlm_stc_control_desc *list = svlm_stc_control_list(&n);
     for (int i = 0; i < n; i++)
-        fprintf(f, "  --stc-%-18s %s [%g]\n", list[i].name, list[i].help, svlm_stc_control_get(&d, list[i].name));
+        fprintf(f, "  --stc-%-18s %s [%g]\n", list[i].name, list[i].help,
+                svlm_stc_control_get(&d, list[i].name));
 }
 
 typedef struct clip_stats {
@@ -63,11 +64,13 @@ typedef struct bench {
 } bench;
 
 /* One frame through STC and the plain encoder. */
-static int bench_frame(bench *b, svlm_stc *stc, const svlm_frame *f, int have_prev, clip_stats *cs, svlm_err *err) {
+static int bench_frame(bench *b, svlm_stc *stc, const svlm_frame *f, int have_prev, clip_stats *cs,
+                       svlm_err *err) {
     const svlm_mmproj_hparams *hp = &b->mp->hp;
     svlm_image img = {0};
     if (svlm_image_alloc(&img, f->width, f->height, err)) return -1;
-    for (int y = 0; y < f->height; y++) memcpy(img.rgb + (size_t)y * f->width * 3, f->data + (size_t)y * f->stride, (size_t)f->width * 3);
+    for (int y = 0; y < f->height; y++)
+        memcpy(img.rgb + (size_t)y * f->width * 3, f->data + (size_t)y * f->stride, (size_t)f->width * 3);
     svlm_preproc_params pp = {.tile = hp->image_size, .longest_edge = hp->image_size};
     memcpy(pp.mean, hp->image_mean, sizeof pp.mean);
     memcpy(pp.std, hp->image_std, sizeof pp.std);
@@ -78,7 +81,8 @@ static int bench_frame(bench *b, svlm_stc *stc, const svlm_frame *f, int have_pr
     int T = hp->tokens_per_tile, E = hp->proj_dim;
     svlm_stc_frame_info info = {0};
     double t0 = cli_now();
-    if (b->ctl.enabled && svlm_stc_frame(stc, b->pixels, b->stc_out, b->kept, b->kept_tok, &info, err)) return -1;
+    if (b->ctl.enabled && svlm_stc_frame(stc, b->pixels, b->stc_out, b->kept, b->kept_tok, &info, err))
+        return -1;
     double t1 = cli_now();
     if (svlm_vision_encode(b->vc, b->pixels, 1, b->full, err)) return -1;
     double t2 = cli_now();
@@ -111,10 +115,17 @@ static int bench_frame(bench *b, svlm_stc *stc, const svlm_frame *f, int have_pr
     }
     cs->cos_min = fmin(cs->cos_min, frame_min);
     if (b->per_frame)
-        fprintf(stderr, "frame %d pts %.2f: %s%s%s recomputed %d/%d changed-vs-prev %.3f (mean %.3f, colour %.3f) drift %.4f kept %d/%d min cos %.4f (%.1f / %.1f ms)\n",
-                cs->frames - 1, f->pts, info.path == SVLM_STC_FULL ? "full (" : info.path == SVLM_STC_REUSED ? "reused" : "partial",
-                info.path == SVLM_STC_FULL ? svlm_stc_reason_name(info.reason) : "", info.path == SVLM_STC_FULL ? ")" : "",
-                info.n_recomputed, info.n_patches, info.changed_vs_prev, info.change_vs_prev, info.colour_change, info.drift, info.n_kept, T, frame_min, (t1 - t0) * 1e3, (t2 - t1) * 1e3);
+        fprintf(stderr,
+                "frame %d pts %.2f: %s%s%s recomputed %d/%d changed-vs-prev %.3f (mean %.3f, colour %.3f) "
+                "drift %.4f kept %d/%d min cos %.4f (%.1f / %.1f ms)\n",
+                cs->frames - 1, f->pts,
+                info.path == SVLM_STC_FULL     ? "full ("
+                : info.path == SVLM_STC_REUSED ? "reused"
+                                               : "partial",
+                info.path == SVLM_STC_FULL ? svlm_stc_reason_name(info.reason) : "",
+                info.path == SVLM_STC_FULL ? ")" : "", info.n_recomputed, info.n_patches,
+                info.changed_vs_prev, info.change_vs_prev, info.colour_change, info.drift, info.n_kept, T,
+                frame_min, (t1 - t0) * 1e3, (t2 - t1) * 1e3);
     if (info.cut) {
         cs->cuts++;
         cs->cut_cos_min = fmin(cs->cut_cos_min, frame_min);
@@ -132,7 +143,8 @@ static int bench_source(bench *b, const char *uri, double fps, long long max_fra
     svlm_stc *stc = NULL;
     memset(cs, 0, sizeof *cs);
     cs->cos_min = cs->cut_cos_min = 1.0;
-    if (svlm_source_open(&src, uri, &opts, &err) || (b->ctl.enabled && svlm_stc_create(b->vc, &b->ctl, &stc, &err))) {
+    if (svlm_source_open(&src, uri, &opts, &err) ||
+        (b->ctl.enabled && svlm_stc_create(b->vc, &b->ctl, &stc, &err))) {
         fprintf(stderr, "svlm: %s: %s\n", uri, err.msg);
         svlm_source_close(src);
         return -1;
@@ -179,13 +191,15 @@ static void print_clip(const char *uri, const clip_stats *c, int stc_on, int jso
     if (json) {
         printf("%s{\"source\":", first ? "" : ",");
         cli_json_str(stdout, uri, strlen(uri));
-        printf(",\"stc\":%s,\"frames\":%d,\"full_ms_per_frame\":%.3f", stc_on ? "true" : "false", c->frames, full_ms);
+        printf(",\"stc\":%s,\"frames\":%d,\"full_ms_per_frame\":%.3f", stc_on ? "true" : "false", c->frames,
+               full_ms);
         if (stc_on) {
             printf(",\"stc_ms_per_frame\":%.3f,\"encoder_time_saved\":%.4f,\"recomputed_share\":%.4f,"
                    "\"frames_reused\":%d,\"frames_partial\":%d,\"frames_full\":%d,\"refresh\":{",
                    stc_ms, 1.0 - stc_ms / full_ms, recomputed, c->reused, c->partial, c->full);
             for (int r = SVLM_STC_FIRST; r <= SVLM_STC_UNCACHED; r++)
-                printf("%s\"%s\":%d", r > SVLM_STC_FIRST ? "," : "", svlm_stc_reason_name((svlm_stc_reason)r), c->refresh[r]);
+                printf("%s\"%s\":%d", r > SVLM_STC_FIRST ? "," : "", svlm_stc_reason_name((svlm_stc_reason)r),
+                       c->refresh[r]);
             printf("},\"cuts\":%d,\"cos_mean\":%.5f,\"cos_min\":%.5f,", c->cuts, cos_mean, c->cos_min);
             if (c->cuts) printf("\"cut_cos_min\":%.5f,", c->cut_cos_min);
             if (!isnan(prev_cos)) printf("\"prev_frame_cos_mean\":%.5f,", prev_cos);
@@ -197,18 +211,18 @@ static void print_clip(const char *uri, const clip_stats *c, int stc_on, int jso
         return;
     }
     if (first)
-        printf("%-34s %6s %9s %9s %6s %7s %6s %5s %9s %7s %7s %7s %7s\n", "source", "frames", "full ms", "stc ms", "saved",
-               "recomp", "reused", "cuts", "tok/frame", "tok-", "cos", "cosmin", "cutmin");
+        printf("%-34s %6s %9s %9s %6s %7s %6s %5s %9s %7s %7s %7s %7s\n", "source", "frames", "full ms",
+               "stc ms", "saved", "recomp", "reused", "cuts", "tok/frame", "tok-", "cos", "cosmin", "cutmin");
     if (!stc_on) {
-        printf("%-34s %6d %9.1f %9s %6s %7s %6s %5s %9.1f %7s %7s %7s %7s\n", base_name(uri), c->frames, full_ms, "-", "-", "100%", "-",
-               "-", tok, "0%", "-", "-", "-");
+        printf("%-34s %6d %9.1f %9s %6s %7s %6s %5s %9.1f %7s %7s %7s %7s\n", base_name(uri), c->frames,
+               full_ms, "-", "-", "100%", "-", "-", tok, "0%", "-", "-", "-");
         return;
     }
     char cut[16] = "-";
     if (c->cuts) snprintf(cut, sizeof cut, "%.4f", c->cut_cos_min);
-    printf("%-34s %6d %9.1f %9.1f %5.1f%% %6.1f%% %6d %5d %9.1f %6.1f%% %7.4f %7.4f %7s\n", base_name(uri), c->frames, full_ms,
-           stc_ms, 100 * (1 - stc_ms / full_ms), 100 * recomputed, c->reused, c->cuts, tok, 100 * tok_saved, cos_mean, c->cos_min,
-           cut);
+    printf("%-34s %6d %9.1f %9.1f %5.1f%% %6.1f%% %6d %5d %9.1f %6.1f%% %7.4f %7.4f %7s\n", base_name(uri),
+           c->frames, full_ms, stc_ms, 100 * (1 - stc_ms / full_ms), 100 * recomputed, c->reused, c->cuts,
+           tok, 100 * tok_saved, cos_mean, c->cos_min, cut);
 }
 
 int cmd_bench_vision(int argc, char **argv) {
@@ -285,8 +299,9 @@ int cmd_bench_vision(int argc, char **argv) {
         printf("{\"mmproj\":");
         cli_json_str(stdout, mmproj, strlen(mmproj));
         printf(",\"backend\":\"%s\",\"fps\":%g,\"clips\":[", svlm_kernels_name(k), fps);
-    }
-    else printf("mmproj %s, %s, %g fps, STC %s\n", base_name(mmproj), svlm_kernels_name(k), fps, b.ctl.enabled ? "on" : "off");
+    } else
+        printf("mmproj %s, %s, %g fps, STC %s\n", base_name(mmproj), svlm_kernels_name(k), fps,
+               b.ctl.enabled ? "on" : "off");
     rc = 0;
     for (int i = 0, printed = 0; i < n_src; i++) {
         clip_stats cs;

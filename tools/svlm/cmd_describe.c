@@ -82,8 +82,10 @@ static int parse(int argc, char **argv, describe_args *a) {
 
 static int write_f32(const char *dir, const char *name, int k, const float *data, size_t n) {
     char path[4096];
-    if (k >= 0) snprintf(path, sizeof path, "%s/%s_%d.f32", dir, name, k);
-    else snprintf(path, sizeof path, "%s/%s.f32", dir, name);
+    if (k >= 0)
+        snprintf(path, sizeof path, "%s/%s_%d.f32", dir, name, k);
+    else
+        snprintf(path, sizeof path, "%s/%s.f32", dir, name);
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, sizeof(float), n, f) != n || fclose(f)) {
         fprintf(stderr, "svlm: cannot write '%s': %s\n", path, strerror(errno));
@@ -147,7 +149,9 @@ int cmd_describe(int argc, char **argv) {
     const svlm_tokenizer *tok = svlm_llama_tokenizer(tm.model);
     const svlm_mmproj_hparams *vp = &mp->hp;
     if (vp->proj_dim != hp->n_embd) {
-        fprintf(stderr, "svlm: the projector does not match the text model: it outputs %d-wide embeddings, '%s' is %d wide\n",
+        fprintf(stderr,
+                "svlm: the projector does not match the text model: it outputs %d-wide embeddings, '%s' is "
+                "%d wide\n",
                 vp->proj_dim, a.model, hp->n_embd);
         goto done;
     }
@@ -156,7 +160,8 @@ int cmd_describe(int argc, char **argv) {
     memcpy(pp.std, vp->image_std, sizeof pp.std);
     svlm_vlm_specials sp;
     if (svlm_preprocess_image(&img, &pp, &tiles, &err) || svlm_vlm_specials_find(tok, &sp, &err) ||
-        svlm_prompt_build(&prompt, tok, &sp, a.prompt, a.raw, tiles.rows, tiles.cols, vp->tokens_per_tile, &err)) {
+        svlm_prompt_build(&prompt, tok, &sp, a.prompt, a.raw, tiles.rows, tiles.cols, vp->tokens_per_tile,
+                          &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
     }
@@ -214,21 +219,26 @@ int cmd_describe(int argc, char **argv) {
     double t4 = cli_now();
     if (a.json) {
         char *text = svlm_detokenize(tok, gen, (size_t)n_gen, 0);
-        printf("{\"image\":{\"width\":%d,\"height\":%d,\"rows\":%d,\"cols\":%d,\"tiles\":%d,\"tokens_per_tile\":%d},",
+        printf("{\"image\":{\"width\":%d,\"height\":%d,\"rows\":%d,\"cols\":%d,\"tiles\":%d,\"tokens_per_"
+               "tile\":%d},",
                img.w, img.h, tiles.rows, tiles.cols, tiles.n_tiles, vp->tokens_per_tile);
         printf("\"prompt_tokens\":%zu,\"prompt_ids\":[", prompt.n);
-        for (size_t i = 0; i < prompt.n; i++) printf("%s%d", i ? "," : "", prompt.ids[i]);
+        for (size_t i = 0; i < prompt.n; i++)
+            printf("%s%d", i ? "," : "", prompt.ids[i]);
         printf("],\"tokens\":[");
-        for (int i = 0; i < n_gen; i++) printf("%s%d", i ? "," : "", gen[i]);
+        for (int i = 0; i < n_gen; i++)
+            printf("%s%d", i ? "," : "", gen[i]);
         printf("],\"text\":");
         cli_json_str(stdout, text ? text : "", text ? strlen(text) : 0);
-        printf(",\"preprocess_ms\":%.3f,\"encode_ms\":%.3f,\"prompt_ms\":%.3f,\"generate_ms\":%.3f}\n", (t1 - t0) * 1e3,
-               (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3);
+        printf(",\"preprocess_ms\":%.3f,\"encode_ms\":%.3f,\"prompt_ms\":%.3f,\"generate_ms\":%.3f}\n",
+               (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3);
         free(text);
     } else {
         cli_utf8_flush(&us, stdout);
         printf("\n");
-        fprintf(stderr, "svlm: %d tiles (%dx%d + overview) encoded in %.0f ms, prompt %zu tokens in %.0f ms, %d tokens generated (%s)\n",
+        fprintf(stderr,
+                "svlm: %d tiles (%dx%d + overview) encoded in %.0f ms, prompt %zu tokens in %.0f ms, %d "
+                "tokens generated (%s)\n",
                 tiles.n_tiles, tiles.cols, tiles.rows, (t2 - t1) * 1e3, prompt.n, (t3 - t2) * 1e3, n_gen,
                 svlm_kernels_name(tm.kernels));
     }

@@ -43,40 +43,53 @@ static void mean_rgb(const svlm_frame *f, double m[3]) {
     for (int y = 0; y < f->height; y++) {
         const uint8_t *row = f->data + (size_t)y * f->stride;
         for (int x = 0; x < f->width; x++)
-            for (int c = 0; c < 3; c++) s[c] += row[3 * x + c];
+            for (int c = 0; c < 3; c++)
+                s[c] += row[3 * x + c];
     }
     double n = (double)f->width * f->height;
-    for (int c = 0; c < 3; c++) m[c] = s[c] / n;
+    for (int c = 0; c < 3; c++)
+        m[c] = s[c] / n;
 }
 
 static void print_stats(const svlm_source *src, const char *reason, int json) {
     svlm_source_stats st;
     svlm_source_stats_get(src, &st);
     if (json)
-        printf("{\"event\":\"stats\",\"reason\":\"%s\",\"decoded\":%lld,\"delivered\":%lld,\"dropped\":%lld,\"corrupt\":%lld,\"reconnects\":%lld}\n",
-               reason, (long long)st.decoded, (long long)st.delivered, (long long)st.dropped, (long long)st.corrupt, (long long)st.reconnects);
+        printf("{\"event\":\"stats\",\"reason\":\"%s\",\"decoded\":%lld,\"delivered\":%lld,\"dropped\":%lld,"
+               "\"corrupt\":%lld,\"reconnects\":%lld}\n",
+               reason, (long long)st.decoded, (long long)st.delivered, (long long)st.dropped,
+               (long long)st.corrupt, (long long)st.reconnects);
     else
-        fprintf(stderr, "svlm: %s: %lld decoded, %lld delivered, %lld dropped, %lld corrupt, %lld reconnects\n", reason, (long long)st.decoded,
-                (long long)st.delivered, (long long)st.dropped, (long long)st.corrupt, (long long)st.reconnects);
+        fprintf(stderr,
+                "svlm: %s: %lld decoded, %lld delivered, %lld dropped, %lld corrupt, %lld reconnects\n",
+                reason, (long long)st.decoded, (long long)st.delivered, (long long)st.dropped,
+                (long long)st.corrupt, (long long)st.reconnects);
 }
 
 static void print_event(const svlm_source_event *e, const svlm_source *src, int json) {
     static const char *names[] = {"?", "drop", "corrupt", "stall", "disconnect", "reconnect", "eos"};
     const char *name = e->kind >= 1 && e->kind <= SVLM_EVENT_EOS ? names[e->kind] : "?";
     if (!json) {
-        fprintf(stdout, "event %s count %lld total %lld%s%s\n", name, (long long)e->count, (long long)e->total, e->detail[0] ? ": " : "", e->detail);
+        fprintf(stdout, "event %s count %lld total %lld%s%s\n", name, (long long)e->count,
+                (long long)e->total, e->detail[0] ? ": " : "", e->detail);
         return;
     }
     printf("{\"event\":\"%s\"", name);
     switch (e->kind) {
     case SVLM_EVENT_DROP:
-    case SVLM_EVENT_CORRUPT: printf(",\"count\":%lld,\"total\":%lld", (long long)e->count, (long long)e->total); break;
+    case SVLM_EVENT_CORRUPT:
+        printf(",\"count\":%lld,\"total\":%lld", (long long)e->count, (long long)e->total);
+        break;
     case SVLM_EVENT_STALL: printf(",\"seconds\":%.3f", e->seconds); break;
-    case SVLM_EVENT_RECONNECT: printf(",\"attempts\":%lld,\"total\":%lld,\"downtime\":%.3f", (long long)e->count, (long long)e->total, e->seconds); break;
+    case SVLM_EVENT_RECONNECT:
+        printf(",\"attempts\":%lld,\"total\":%lld,\"downtime\":%.3f", (long long)e->count,
+               (long long)e->total, e->seconds);
+        break;
     case SVLM_EVENT_EOS: {
         svlm_source_stats st;
         svlm_source_stats_get(src, &st);
-        printf(",\"decoded\":%lld,\"delivered\":%lld,\"corrupt\":%lld", (long long)st.decoded, (long long)st.delivered, (long long)st.corrupt);
+        printf(",\"decoded\":%lld,\"delivered\":%lld,\"corrupt\":%lld", (long long)st.decoded,
+               (long long)st.delivered, (long long)st.corrupt);
         break;
     }
     default: break;
@@ -111,11 +124,16 @@ int cmd_frames(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--json")) json = 1;
-        else if (!strcmp(a, "--verbose")) verbose = 1;
-        else if (!strcmp(a, "--native")) opts.max_edge = 0;
-        else if (!strcmp(a, "--live")) opts.live = 1;
-        else if (!strcmp(a, "--replay")) opts.live = 0;
+        } else if (!strcmp(a, "--json"))
+            json = 1;
+        else if (!strcmp(a, "--verbose"))
+            verbose = 1;
+        else if (!strcmp(a, "--native"))
+            opts.max_edge = 0;
+        else if (!strcmp(a, "--live"))
+            opts.live = 1;
+        else if (!strcmp(a, "--replay"))
+            opts.live = 0;
         else if (!strcmp(a, "--fps")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_float(a, v, 0, 1000, &opts.fps)) return 2;
         } else if (!strcmp(a, "--max-frames")) {
@@ -124,8 +142,10 @@ int cmd_frames(int argc, char **argv) {
             if (!(v = cli_value(argc, argv, &i)) || cli_float(a, v, 0.001, 1e6, &duration)) return 2;
         } else if (!strcmp(a, "--speed")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
-            if (!strcmp(v, "realtime")) opts.pace = SVLM_PACE_REALTIME;
-            else if (!strcmp(v, "max")) opts.pace = SVLM_PACE_MAX;
+            if (!strcmp(v, "realtime"))
+                opts.pace = SVLM_PACE_REALTIME;
+            else if (!strcmp(v, "max"))
+                opts.pace = SVLM_PACE_MAX;
             else {
                 fprintf(stderr, "svlm: --speed expects realtime or max, got '%s'\n", v);
                 return 2;
@@ -149,14 +169,17 @@ int cmd_frames(int argc, char **argv) {
             opts.max_edge = (int)ll;
         } else if (!strcmp(a, "--transport")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
-            if (!strcmp(v, "tcp")) opts.transport = SVLM_TRANSPORT_TCP;
-            else if (!strcmp(v, "udp")) opts.transport = SVLM_TRANSPORT_UDP;
+            if (!strcmp(v, "tcp"))
+                opts.transport = SVLM_TRANSPORT_TCP;
+            else if (!strcmp(v, "udp"))
+                opts.transport = SVLM_TRANSPORT_UDP;
             else {
                 fprintf(stderr, "svlm: --transport expects tcp or udp, got '%s'\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--open-timeout")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_float(a, v, 0.1, 3600, &opts.open_timeout_s)) return 2;
+            if (!(v = cli_value(argc, argv, &i)) || cli_float(a, v, 0.1, 3600, &opts.open_timeout_s))
+                return 2;
         } else if (!strcmp(a, "--stall-timeout")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_float(a, v, 0, 3600, &opts.stall_timeout_s)) return 2;
         } else if (!strcmp(a, "--reconnect-max")) {
@@ -169,7 +192,8 @@ int cmd_frames(int argc, char **argv) {
             fprintf(stderr, "svlm: frames: unknown option '%s'\n", a);
             usage(stderr);
             return 2;
-        } else if (!uri) uri = a;
+        } else if (!uri)
+            uri = a;
         else {
             fprintf(stderr, "svlm: frames takes one SOURCE, got '%s' and '%s'\n", uri, a);
             return 2;
@@ -199,7 +223,8 @@ int cmd_frames(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGALRM, &sa, NULL);
     if (duration > 0) {
-        struct itimerval t = {{0, 0}, {(time_t)duration, (suseconds_t)((duration - (double)(time_t)duration) * 1e6)}};
+        struct itimerval t = {{0, 0},
+                              {(time_t)duration, (suseconds_t)((duration - (double)(time_t)duration) * 1e6)}};
         setitimer(ITIMER_REAL, &t, NULL);
     }
 
@@ -245,15 +270,17 @@ int cmd_frames(int argc, char **argv) {
         double m[3];
         mean_rgb(f, m);
         if (json) {
-            printf("{\"index\":%lld,\"pts\":%.6f,\"wall\":%.6f,\"width\":%d,\"height\":%d,\"mean\":[%.2f,%.2f,%.2f]", (long long)f->index, f->pts,
-                   f->wall, f->width, f->height, m[0], m[1], m[2]);
+            printf("{\"index\":%lld,\"pts\":%.6f,\"wall\":%.6f,\"width\":%d,\"height\":%d,\"mean\":[%.2f,%."
+                   "2f,%.2f]",
+                   (long long)f->index, f->pts, f->wall, f->width, f->height, m[0], m[1], m[2]);
             if (path[0]) {
                 printf(",\"file\":");
                 cli_json_str(stdout, path, strlen(path));
             }
             printf("}\n");
         } else {
-            printf("frame %lld pts %.3f %dx%d%s%s\n", (long long)f->index, f->pts, f->width, f->height, path[0] ? " " : "", path);
+            printf("frame %lld pts %.3f %dx%d%s%s\n", (long long)f->index, f->pts, f->width, f->height,
+                   path[0] ? " " : "", path);
         }
         fflush(stdout);
         svlm_frame_release(f);

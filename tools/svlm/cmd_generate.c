@@ -7,14 +7,13 @@
 #include "text_model.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: svlm generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
-            "                     [--min-p P] [--repeat-penalty R] [--seed S] [--threads K]\n"
-            "                     [--kv f32|f16] [--no-special] [--json]\n"
-            "  -n N           tokens to generate (default 64)\n"
-            "  --temp T       0 = greedy (default 0.8)\n"
-            "  --no-special   do not parse special tokens written in the prompt\n"
-            "  --json         print one JSON object: prompt_tokens, tokens, text, timings\n");
+    fprintf(f, "usage: svlm generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
+               "                     [--min-p P] [--repeat-penalty R] [--seed S] [--threads K]\n"
+               "                     [--kv f32|f16] [--no-special] [--json]\n"
+               "  -n N           tokens to generate (default 64)\n"
+               "  --temp T       0 = greedy (default 0.8)\n"
+               "  --no-special   do not parse special tokens written in the prompt\n"
+               "  --json         print one JSON object: prompt_tokens, tokens, text, timings\n");
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -107,7 +106,8 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "svlm: out of memory\n");
         goto done;
     }
-    for (size_t i = 0; i < n_prompt; i++) svlm_sampler_accept(smp, ids[i]);
+    for (size_t i = 0; i < n_prompt; i++)
+        svlm_sampler_accept(smp, ids[i]);
     double t0 = cli_now();
     if (svlm_llama_eval(ctx, ids, NULL, (int)n_prompt, logits, 0, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
@@ -141,9 +141,11 @@ int cmd_generate(int argc, char **argv) {
     if (json) {
         char *text = svlm_detokenize(tok, gen, (size_t)n_gen, 0);
         printf("{\"prompt_tokens\":%zu,\"prompt_ids\":[", n_prompt);
-        for (size_t i = 0; i < n_prompt; i++) printf("%s%d", i ? "," : "", ids[i]);
+        for (size_t i = 0; i < n_prompt; i++)
+            printf("%s%d", i ? "," : "", ids[i]);
         printf("],\"tokens\":[");
-        for (int i = 0; i < n_gen; i++) printf("%s%d", i ? "," : "", gen[i]);
+        for (int i = 0; i < n_gen; i++)
+            printf("%s%d", i ? "," : "", gen[i]);
         printf("],\"text\":");
         cli_json_str(stdout, text ? text : "", text ? strlen(text) : 0);
         printf(",\"prompt_ms\":%.3f,\"generate_ms\":%.3f,\"prompt_tps\":%.2f,\"generate_tps\":%.2f}\n",

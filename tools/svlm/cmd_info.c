@@ -38,7 +38,8 @@ static gguf_kv array_elem(const gguf_kv *arr, uint64_t i) {
     int n = sizes[arr->arr_type];
     const uint8_t *p = arr->data + i * (uint64_t)n;
     uint64_t raw = 0;
-    for (int b = n - 1; b >= 0; b--) raw = raw << 8 | p[b];
+    for (int b = n - 1; b >= 0; b--)
+        raw = raw << 8 | p[b];
     gguf_kv e = {.type = arr->arr_type};
     switch (arr->arr_type) {
     case GGUF_INT8: e.v.i64 = (int8_t)raw; break;
@@ -61,9 +62,10 @@ static gguf_kv array_elem(const gguf_kv *arr, uint64_t i) {
 
 static void print_scalar(FILE *o, const gguf_kv *kv, int json) {
     switch (kv->type) {
-    case GGUF_INT8: case GGUF_INT16: case GGUF_INT32: case GGUF_INT64:
-        fprintf(o, "%" PRId64, kv->v.i64);
-        break;
+    case GGUF_INT8:
+    case GGUF_INT16:
+    case GGUF_INT32:
+    case GGUF_INT64: fprintf(o, "%" PRId64, kv->v.i64); break;
     case GGUF_FLOAT32: print_double(o, kv->v.f64, 1, json); break;
     case GGUF_FLOAT64: print_double(o, kv->v.f64, 0, json); break;
     case GGUF_BOOL: fputs(kv->v.b ? "true" : "false", o); break;
@@ -125,8 +127,9 @@ static void shape_text(const gguf_tensor *t, char *buf, size_t cap) {
 
 static void print_text(FILE *o, const gguf_file *f, uint64_t head) {
     fprintf(o, "file: %s\n", f->path);
-    fprintf(o, "GGUF version %u, %" PRIu64 " metadata entries, %" PRIu64 " tensors, alignment %zu, "
-               "data section at offset %zu, file size %zu bytes\n\nmetadata:\n",
+    fprintf(o,
+            "GGUF version %u, %" PRIu64 " metadata entries, %" PRIu64 " tensors, alignment %zu, "
+            "data section at offset %zu, file size %zu bytes\n\nmetadata:\n",
             f->version, f->n_kv, f->n_tensors, f->alignment, f->data_offset, f->size);
     for (uint64_t i = 0; i < f->n_kv; i++) {
         const gguf_kv *kv = &f->kv[i];
@@ -161,8 +164,8 @@ static void print_text(FILE *o, const gguf_file *f, uint64_t head) {
 static void print_json(FILE *o, const gguf_file *f, uint64_t head) {
     fputs("{\"file\":", o);
     cli_json_str(o, f->path, strlen(f->path));
-    fprintf(o, ",\"version\":%u,\"alignment\":%zu,\"data_offset\":%zu,\"size\":%zu,\"metadata\":[", f->version,
-            f->alignment, f->data_offset, f->size);
+    fprintf(o, ",\"version\":%u,\"alignment\":%zu,\"data_offset\":%zu,\"size\":%zu,\"metadata\":[",
+            f->version, f->alignment, f->data_offset, f->size);
     for (uint64_t i = 0; i < f->n_kv; i++) {
         const gguf_kv *kv = &f->kv[i];
         fputs(i ? ",{\"key\":" : "{\"key\":", o);
@@ -184,11 +187,14 @@ static void print_json(FILE *o, const gguf_file *f, uint64_t head) {
         fputs(i ? ",{\"name\":" : "{\"name\":", o);
         cli_json_str(o, t->name, strlen(t->name));
         fprintf(o, ",\"type\":\"%s\",\"shape\":[", svlm_dtype_get(t->type)->name);
-        for (int d = 0; d < t->n_dims; d++) fprintf(o, "%s%" PRId64, d ? "," : "", t->ne[d]);
+        for (int d = 0; d < t->n_dims; d++)
+            fprintf(o, "%s%" PRId64, d ? "," : "", t->ne[d]);
         fprintf(o, "],\"offset\":%" PRIu64 ",\"bytes\":%zu}", t->offset, t->nbytes);
     }
     totals s = count_totals(f);
-    fprintf(o, "],\"totals\":{\"tensors\":%" PRIu64 ",\"parameters\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"by_type\":{",
+    fprintf(o,
+            "],\"totals\":{\"tensors\":%" PRIu64 ",\"parameters\":%" PRIu64 ",\"bytes\":%" PRIu64
+            ",\"by_type\":{",
             f->n_tensors, s.params, s.bytes);
     int first = 1;
     for (int t = 0; t < SVLM_DTYPE_COUNT; t++) {

@@ -56,7 +56,8 @@ int cmd_memory(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--json")) json = 1;
+        } else if (!strcmp(a, "--json"))
+            json = 1;
         else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "svlm: memory: unknown option '%s'\n", a);
             usage(stderr);
@@ -67,7 +68,8 @@ int cmd_memory(int argc, char **argv) {
                 return 2;
             }
             have_verb = 1;
-        } else if (!dir) dir = a;
+        } else if (!dir)
+            dir = a;
         else {
             fprintf(stderr, "svlm: memory dump takes one DIR, got '%s' and '%s'\n", dir, a);
             return 2;
@@ -91,8 +93,10 @@ int cmd_memory(int argc, char **argv) {
     }
     svlm_memory_load_report r;
     svlm_memory_load_report_get(m, &r);
-    if (json) dump_json(m, &r);
-    else dump_text(m, &r);
+    if (json)
+        dump_json(m, &r);
+    else
+        dump_text(m, &r);
     svlm_memory_free(m);
     return r.rejected ? 3 : 0;
 }

@@ -108,8 +108,8 @@ int cmd_mkmodel(int argc, char **argv) {
     if (mmproj_name) {
         const mk_ftype *mt = mk_ftype_find(mmproj_name);
         if (!mt || mt->k_medium) {
-            fprintf(stderr, "svlm mkmodel: unknown --mmproj-type '%s' (one of %s, except q4_k_m)\n", mmproj_name,
-                    mk_ftype_names());
+            fprintf(stderr, "svlm mkmodel: unknown --mmproj-type '%s' (one of %s, except q4_k_m)\n",
+                    mmproj_name, mk_ftype_names());
             return 2;
         }
         o.mmproj_type = mt->base;

@@ -16,16 +16,15 @@
 #include "text_model.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: svlm perplexity -m MODEL -f TEXT [--ctx N] [--first N] [--sinks S] [--window W]\n"
-            "                       [--mode dense|window|recompute] [--no-reassign] [--kv f32|f16]\n"
-            "                       [--threads K] [--tokens-out FILE] [--json]\n"
-            "  --ctx N        tokens of the text to stream, BOS included (default 8192)\n"
-            "  --first N      index of the first scored token (default 512)\n"
-            "  --window W     cache size in tokens, sinks included (default 256)\n"
-            "  --sinks S      leading tokens kept for ever (default 4; 0 for recompute)\n"
-            "  --tokens-out F write the streamed token ids as int32\n"
-            "  --json         one JSON object with the perplexity and the mean negative log-likelihood\n");
+    fprintf(f, "usage: svlm perplexity -m MODEL -f TEXT [--ctx N] [--first N] [--sinks S] [--window W]\n"
+               "                       [--mode dense|window|recompute] [--no-reassign] [--kv f32|f16]\n"
+               "                       [--threads K] [--tokens-out FILE] [--json]\n"
+               "  --ctx N        tokens of the text to stream, BOS included (default 8192)\n"
+               "  --first N      index of the first scored token (default 512)\n"
+               "  --window W     cache size in tokens, sinks included (default 256)\n"
+               "  --sinks S      leading tokens kept for ever (default 4; 0 for recompute)\n"
+               "  --tokens-out F write the streamed token ids as int32\n"
+               "  --json         one JSON object with the perplexity and the mean negative log-likelihood\n");
 }
 
 typedef enum { MODE_DENSE, MODE_WINDOW, MODE_RECOMPUTE } ppl_mode;
@@ -46,13 +45,16 @@ static void score(ppl_run *r, const float *logits, int32_t target, int n_vocab) 
     for (int i = 1; i < n_vocab; i++)
         if (logits[i] > mx) mx = logits[i];
     double sum = 0;
-    for (int i = 0; i < n_vocab; i++) sum += exp((double)logits[i] - mx);
+    for (int i = 0; i < n_vocab; i++)
+        sum += exp((double)logits[i] - mx);
     r->nll_sum += mx + log(sum) - (double)logits[target];
     r->scored++;
 }
 
 /* The logits row after token i predicts token i + 1; rows first-1 .. n-2 are scored. */
-static int row_scored(const ppl_run *r, int i) { return i >= r->first - 1 && i + 1 < r->n; }
+static int row_scored(const ppl_run *r, int i) {
+    return i >= r->first - 1 && i + 1 < r->n;
+}
 
 static svlm_status run_dense(ppl_run *r, float *logits, int n_vocab, svlm_err *err) {
     enum { CHUNK = 256 };
@@ -96,10 +98,12 @@ static svlm_status run_recompute(ppl_run *r, float *logits, int n_vocab, svlm_er
     for (int i = r->first - 1; st == SVLM_OK && i + 1 < r->n; i++) {
         /* the sinks, then the most recent tokens up to i, at positions 0.. */
         int m = 0, s = i + 1 < r->sinks ? i + 1 : r->sinks;
-        for (int j = 0; j < s; j++) win[m++] = r->ids[j];
+        for (int j = 0; j < s; j++)
+            win[m++] = r->ids[j];
         int from = i - (r->window - s) + 1;
         if (from < s) from = s;
-        for (int j = from; j <= i; j++) win[m++] = r->ids[j];
+        for (int j = from; j <= i; j++)
+            win[m++] = r->ids[j];
         svlm_llama_ctx_reset(c);
         st = svlm_llama_eval(c, win, NULL, m, logits, 0, err);
         if (st == SVLM_OK) score(r, logits, r->ids[i + 1], n_vocab);
@@ -133,7 +137,8 @@ static char *read_text(const char *path, size_t *len) {
     int bad = ferror(f);
     fclose(f);
     if (!buf || bad) {
-        fprintf(stderr, "svlm: cannot read '%s' (%s)\n", path, bad ? "read error" : "too large or out of memory");
+        fprintf(stderr, "svlm: cannot read '%s' (%s)\n", path,
+                bad ? "read error" : "too large or out of memory");
         free(buf);
         return NULL;
     }
@@ -190,9 +195,12 @@ int cmd_perplexity(int argc, char **argv) {
             if (cli_int(a, v, 1, 1024, &threads)) return 2;
         } else if (!strcmp(a, "--mode")) {
             mode_name = v;
-            if (!strcmp(v, "dense")) mode = MODE_DENSE;
-            else if (!strcmp(v, "window")) mode = MODE_WINDOW;
-            else if (!strcmp(v, "recompute")) mode = MODE_RECOMPUTE;
+            if (!strcmp(v, "dense"))
+                mode = MODE_DENSE;
+            else if (!strcmp(v, "window"))
+                mode = MODE_WINDOW;
+            else if (!strcmp(v, "recompute"))
+                mode = MODE_RECOMPUTE;
             else {
                 fprintf(stderr, "svlm: --mode expects dense, window or recompute, got '%s'\n", v);
                 return 2;
@@ -248,8 +256,15 @@ int cmd_perplexity(int argc, char **argv) {
         goto done;
     }
     ppl_run r = {
-        .model = tm.model, .kernels = tm.kernels, .ids = ids, .n = (int)n_ctx, .first = (int)first,
-        .sinks = (int)sinks, .window = (int)window, .reassign = reassign, .kv = kv,
+        .model = tm.model,
+        .kernels = tm.kernels,
+        .ids = ids,
+        .n = (int)n_ctx,
+        .first = (int)first,
+        .sinks = (int)sinks,
+        .window = (int)window,
+        .reassign = reassign,
+        .kv = kv,
     };
     double t0 = cli_now();
     svlm_status st = mode == MODE_DENSE    ? run_dense(&r, logits, n_vocab, &err)
@@ -262,14 +277,17 @@ int cmd_perplexity(int argc, char **argv) {
     }
     double nll = r.nll_sum / (double)r.scored, ppl = exp(nll);
     if (json) {
-        printf("{\"mode\":\"%s\",\"tokens\":%lld,\"first\":%lld,\"scored\":%ld,\"sinks\":%lld,\"window\":%lld,"
-               "\"reassign\":%s,\"kv\":\"%s\",\"ppl\":%.6f,\"nll\":%.8f,\"seconds\":%.3f}\n",
-               mode_name, n_ctx, first, r.scored, mode == MODE_DENSE ? 0 : sinks, mode == MODE_DENSE ? n_ctx : window,
-               reassign ? "true" : "false", kv == SVLM_F32 ? "f32" : "f16", ppl, nll, secs);
+        printf(
+            "{\"mode\":\"%s\",\"tokens\":%lld,\"first\":%lld,\"scored\":%ld,\"sinks\":%lld,\"window\":%lld,"
+            "\"reassign\":%s,\"kv\":\"%s\",\"ppl\":%.6f,\"nll\":%.8f,\"seconds\":%.3f}\n",
+            mode_name, n_ctx, first, r.scored, mode == MODE_DENSE ? 0 : sinks,
+            mode == MODE_DENSE ? n_ctx : window, reassign ? "true" : "false", kv == SVLM_F32 ? "f32" : "f16",
+            ppl, nll, secs);
     } else {
-        printf("perplexity %.4f (mean NLL %.5f) over %ld tokens (%lld..%lld), mode %s", ppl, nll, r.scored, first,
-               n_ctx - 1, mode_name);
-        if (mode != MODE_DENSE) printf(", %lld sinks + window %lld%s", sinks, window, reassign ? "" : ", stream positions");
+        printf("perplexity %.4f (mean NLL %.5f) over %ld tokens (%lld..%lld), mode %s", ppl, nll, r.scored,
+               first, n_ctx - 1, mode_name);
+        if (mode != MODE_DENSE)
+            printf(", %lld sinks + window %lld%s", sinks, window, reassign ? "" : ", stream positions");
         printf(", %.2f s\n", secs);
     }
     rc = 0;

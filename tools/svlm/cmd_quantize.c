@@ -9,9 +9,10 @@
 #include "common/err.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: svlm quantize IN.gguf OUT.gguf --type f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
-               "  Weight matrices (2-D '*.weight' tensors) are converted; vectors (norms, biases) keep\n"
-               "  their type, and so does a matrix whose rows are not a multiple of the type's block.\n");
+    fprintf(f,
+            "usage: svlm quantize IN.gguf OUT.gguf --type f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
+            "  Weight matrices (2-D '*.weight' tensors) are converted; vectors (norms, biases) keep\n"
+            "  their type, and so does a matrix whose rows are not a multiple of the type's block.\n");
 }
 
 /* Copies one metadata value into the writer. */
@@ -30,21 +31,24 @@ static svlm_status copy_kv(gguf_writer *w, const gguf_kv *kv, svlm_err *err) {
     case GGUF_BOOL: return gguf_writer_set_bool(w, kv->key, kv->v.b, err);
     case GGUF_STRING: return gguf_writer_set_str_n(w, kv->key, kv->v.str.ptr, (size_t)kv->v.str.len, err);
     case GGUF_ARRAY:
-        if (kv->arr_type != GGUF_STRING) return gguf_writer_set_arr(w, kv->key, kv->arr_type, kv->data, kv->arr_n, err);
+        if (kv->arr_type != GGUF_STRING)
+            return gguf_writer_set_arr(w, kv->key, kv->arr_type, kv->data, kv->arr_n, err);
         {
             /* the writer takes NUL-terminated strings: copy them */
             char **strs = calloc(kv->arr_n ? kv->arr_n : 1, sizeof *strs);
             svlm_status st = strs ? SVLM_OK : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
             for (uint64_t i = 0; !st && i < kv->arr_n; i++) {
                 strs[i] = malloc(kv->arr_strs[i].len + 1);
-                if (!strs[i]) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+                if (!strs[i])
+                    st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
                 else {
                     memcpy(strs[i], kv->arr_strs[i].ptr, kv->arr_strs[i].len);
                     strs[i][kv->arr_strs[i].len] = 0;
                 }
             }
             if (!st) st = gguf_writer_set_arr_str(w, kv->key, (const char *const *)strs, kv->arr_n, err);
-            for (uint64_t i = 0; strs && i < kv->arr_n; i++) free(strs[i]);
+            for (uint64_t i = 0; strs && i < kv->arr_n; i++)
+                free(strs[i]);
             free(strs);
             return st;
         }
@@ -89,9 +93,9 @@ int cmd_quantize(int argc, char **argv) {
         return 2;
     }
     if (svlm_dtype_from_name(type_name, &want) ||
-        !(want == SVLM_F16 || want == SVLM_BF16 || want == SVLM_F32 || want == SVLM_Q8_0 || want == SVLM_Q4_0 ||
-          want == SVLM_Q4_1 || want == SVLM_Q5_0 || want == SVLM_Q5_1 || want == SVLM_Q4_K ||
-          want == SVLM_Q5_K || want == SVLM_Q6_K)) {
+        !(want == SVLM_F16 || want == SVLM_BF16 || want == SVLM_F32 || want == SVLM_Q8_0 ||
+          want == SVLM_Q4_0 || want == SVLM_Q4_1 || want == SVLM_Q5_0 || want == SVLM_Q5_1 ||
+          want == SVLM_Q4_K || want == SVLM_Q5_K || want == SVLM_Q6_K)) {
         fprintf(stderr, "svlm quantize: --type '%s' is not one svlm writes\n", type_name);
         return 2;
     }

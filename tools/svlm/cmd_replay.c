@@ -18,14 +18,15 @@
 enum { MAX_ASKS = 256 };
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: svlm replay VIDEO -m TEXT_GGUF --mmproj MMPROJ_GGUF [--fps F] [--speed realtime|max]\n"
-               "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--threads K] [--stats-every N]\n"
-               "                   [stream controls] [--json]\n"
-               "  --ask T:Q          ask Q when the video reaches T seconds (repeatable)\n"
-               "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n"
-               "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
-               "  --json             one line per answer (as they come), then one line of stream counters\n"
-               "A live replay (--speed realtime) drops the oldest waiting frame beyond --queue.\n");
+    fprintf(f,
+            "usage: svlm replay VIDEO -m TEXT_GGUF --mmproj MMPROJ_GGUF [--fps F] [--speed realtime|max]\n"
+            "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--threads K] [--stats-every N]\n"
+            "                   [stream controls] [--json]\n"
+            "  --ask T:Q          ask Q when the video reaches T seconds (repeatable)\n"
+            "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n"
+            "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
+            "  --json             one line per answer (as they come), then one line of stream counters\n"
+            "A live replay (--speed realtime) drops the oldest waiting frame beyond --queue.\n");
     stream_flags_usage(f);
 }
 
@@ -50,8 +51,8 @@ static size_t rss_bytes(void) {
     return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 
-static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer, const svlm_answer_metrics *am,
-                    const char *err_msg) {
+static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer,
+                    const svlm_answer_metrics *am, const char *err_msg) {
     replay *r = user;
     const ask_item *a = &r->asks[qid - 1];
     pthread_mutex_lock(&r->out_mu);
@@ -64,12 +65,14 @@ static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer
         cli_json_str(stdout, a->question, strlen(a->question));
         printf(",\"answer\":");
         cli_json_str(stdout, answer, strlen(answer));
-        printf(",\"tokens\":%d,\"ttft_ms\":%.3f,\"tokens_per_s\":%.1f,\"queue_ms\":%.3f,\"frames_during\":%lld,"
-               "\"memory_hits\":%d,\"memory_tokens\":%d,\"retrieve_ms\":%.3f}\n",
-               am->tokens, am->ttft_ms, am->tokens_per_s, am->wait_ms, (long long)am->frames_during, am->memory_hits,
-               am->memory_tokens, am->retrieve_ms);
+        printf(
+            ",\"tokens\":%d,\"ttft_ms\":%.3f,\"tokens_per_s\":%.1f,\"queue_ms\":%.3f,\"frames_during\":%lld,"
+            "\"memory_hits\":%d,\"memory_tokens\":%d,\"retrieve_ms\":%.3f}\n",
+            am->tokens, am->ttft_ms, am->tokens_per_s, am->wait_ms, (long long)am->frames_during,
+            am->memory_hits, am->memory_tokens, am->retrieve_ms);
     } else {
-        printf("%s[%.1f s] %s\n> %s\n  (%d tokens, first after %.0f ms, %lld frames ingested meanwhile, %d memories)\n",
+        printf("%s[%.1f s] %s\n> %s\n  (%d tokens, first after %.0f ms, %lld frames ingested meanwhile, %d "
+               "memories)\n",
                r->progress ? "\r\033[K" : "", a->t, a->question, answer, am->tokens, am->ttft_ms,
                (long long)am->frames_during, am->memory_hits);
     }
@@ -105,30 +108,35 @@ static void print_counters(replay *r, svlm_engine *e, double video_t, double sec
            "\"evicted_spans\":%lld,\"evicted_tokens\":%lld,\"kv_bytes\":%zu,"
            "\"kv_tier_bytes\":{\"sink\":%zu,\"vision\":%zu,\"text\":%zu},",
            final ? "" : "\"progress\":true,", (long long)m.frames_in, (long long)m.frames_dropped,
-           m.tokens[SVLM_KV_SINK], m.tokens[SVLM_KV_VISION], m.tokens[SVLM_KV_TEXT], (long long)m.evicted_spans,
-           (long long)m.evicted_tokens, m.kv_bytes, m.kv_kind_bytes[SVLM_KV_SINK], m.kv_kind_bytes[SVLM_KV_VISION],
-           m.kv_kind_bytes[SVLM_KV_TEXT]);
+           m.tokens[SVLM_KV_SINK], m.tokens[SVLM_KV_VISION], m.tokens[SVLM_KV_TEXT],
+           (long long)m.evicted_spans, (long long)m.evicted_tokens, m.kv_bytes, m.kv_kind_bytes[SVLM_KV_SINK],
+           m.kv_kind_bytes[SVLM_KV_VISION], m.kv_kind_bytes[SVLM_KV_TEXT]);
     printf("\"memory\":{\"on\":%s,\"bytes\":%zu,\"budget\":%zu,\"short\":%zu,\"mid\":%zu,\"event\":%zu,"
-           "\"entries\":{\"short\":%d,\"mid\":%d,\"event\":%d},\"frames\":%lld,\"events\":%lld,\"ring_bytes\":%zu},",
-           m.memory_on ? "true" : "false", m.memory_bytes, m.memory_budget, m.memory_tier_bytes[SVLM_MEMORY_SHORT],
-           m.memory_tier_bytes[SVLM_MEMORY_MID], m.memory_tier_bytes[SVLM_MEMORY_EVENT],
-           m.memory_tier_entries[SVLM_MEMORY_SHORT], m.memory_tier_entries[SVLM_MEMORY_MID],
-           m.memory_tier_entries[SVLM_MEMORY_EVENT], (long long)m.memory_frames, (long long)m.memory_events,
-           m.frame_ring_bytes);
-    const double frames = m.frames_in > 0 ? (double)m.frames_in : 1, stc_frames = m.stc_frames > 0 ? (double)m.stc_frames : 1;
-    printf("\"stc\":{\"on\":%s,\"tokens_per_frame\":%.2f,\"tokens_per_frame_full\":%.2f,\"recomputed_share\":%.4f,"
+           "\"entries\":{\"short\":%d,\"mid\":%d,\"event\":%d},\"frames\":%lld,\"events\":%lld,\"ring_"
+           "bytes\":%zu},",
+           m.memory_on ? "true" : "false", m.memory_bytes, m.memory_budget,
+           m.memory_tier_bytes[SVLM_MEMORY_SHORT], m.memory_tier_bytes[SVLM_MEMORY_MID],
+           m.memory_tier_bytes[SVLM_MEMORY_EVENT], m.memory_tier_entries[SVLM_MEMORY_SHORT],
+           m.memory_tier_entries[SVLM_MEMORY_MID], m.memory_tier_entries[SVLM_MEMORY_EVENT],
+           (long long)m.memory_frames, (long long)m.memory_events, m.frame_ring_bytes);
+    const double frames = m.frames_in > 0 ? (double)m.frames_in : 1,
+                 stc_frames = m.stc_frames > 0 ? (double)m.stc_frames : 1;
+    printf("\"stc\":{\"on\":%s,\"tokens_per_frame\":%.2f,\"tokens_per_frame_full\":%.2f,\"recomputed_share\":"
+           "%.4f,"
            "\"frames_reused\":%lld,\"frames_partial\":%lld,\"cuts\":%lld},",
            m.stc_frames > 0 ? "true" : "false", (double)m.image_rows_in / frames,
            m.stc_frames > 0 ? (double)m.stc_tokens / stc_frames : (double)m.image_rows_in / frames,
-           m.stc_patches > 0 ? (double)m.stc_recomputed / (double)m.stc_patches : 1.0, (long long)m.stc_reused,
-           (long long)m.stc_partial, (long long)m.stc_cuts);
+           m.stc_patches > 0 ? (double)m.stc_recomputed / (double)m.stc_patches : 1.0,
+           (long long)m.stc_reused, (long long)m.stc_partial, (long long)m.stc_cuts);
     printf("\"kv_page_bytes\":%zu,", m.kv_page_bytes);
-    printf("\"encode_ms_per_frame\":%.3f,\"prefill_ms_per_frame\":%.3f,\"ingest_busy_ms\":%.1f,\"answer_busy_ms\":%.1f,"
-           "\"questions\":%lld,\"answers_joined\":%lld,\"time_offset\":%.3f,\"rss_bytes\":%zu,\"video_s\":%.3f,"
-           "\"seconds\":%.3f,\"fps\":%.2f}\n",
-           m.encode_ms_per_frame, m.prefill_ms_per_frame, em.ingest_busy_ms, em.answer_busy_ms,
-           (long long)m.questions, (long long)m.answers_joined, m.time_offset, rss_bytes(), video_t, secs,
-           (double)m.frames_in / (secs + 1e-9));
+    printf(
+        "\"encode_ms_per_frame\":%.3f,\"prefill_ms_per_frame\":%.3f,\"ingest_busy_ms\":%.1f,\"answer_busy_"
+        "ms\":%.1f,"
+        "\"questions\":%lld,\"answers_joined\":%lld,\"time_offset\":%.3f,\"rss_bytes\":%zu,\"video_s\":%.3f,"
+        "\"seconds\":%.3f,\"fps\":%.2f}\n",
+        m.encode_ms_per_frame, m.prefill_ms_per_frame, em.ingest_busy_ms, em.answer_busy_ms,
+        (long long)m.questions, (long long)m.answers_joined, m.time_offset, rss_bytes(), video_t, secs,
+        (double)m.frames_in / (secs + 1e-9));
 }
 
 int cmd_replay(int argc, char **argv) {
@@ -166,8 +174,10 @@ int cmd_replay(int argc, char **argv) {
         } else if (!strcmp(a, "--stats-every")) {
             if (cli_int(a, v, 1, 1LL << 40, &stats_every)) return 2;
         } else if (!strcmp(a, "--speed")) {
-            if (!strcmp(v, "max")) pace = SVLM_PACE_MAX;
-            else if (!strcmp(v, "realtime")) pace = SVLM_PACE_REALTIME;
+            if (!strcmp(v, "max"))
+                pace = SVLM_PACE_MAX;
+            else if (!strcmp(v, "realtime"))
+                pace = SVLM_PACE_REALTIME;
             else {
                 fprintf(stderr, "svlm: --speed expects realtime or max, got '%s'\n", v);
                 return 2;
@@ -216,8 +226,11 @@ int cmd_replay(int argc, char **argv) {
         fprintf(stderr, "svlm: cannot load the vision model: %s\n", err.msg);
         goto done;
     }
-    svlm_engine_params ep = {.ingest_threads = (int)threads, .answer_threads = (int)threads,
-                             .frame_queue = (int)sf.queue, .exact = pace == SVLM_PACE_MAX, .stc = &sf.stc};
+    svlm_engine_params ep = {.ingest_threads = (int)threads,
+                             .answer_threads = (int)threads,
+                             .frame_queue = (int)sf.queue,
+                             .exact = pace == SVLM_PACE_MAX,
+                             .stc = &sf.stc};
     if (svlm_engine_create(model, mp, &ep, &engine, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
@@ -228,12 +241,17 @@ int cmd_replay(int argc, char **argv) {
     mo.budget_bytes = (size_t)(sf.memory_mib * 1048576.0);
     mo.dir = sf.memory_dir;
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block */
-    svlm_stream_params sp = {.sink_tokens = (int)sf.sinks, .vision_tokens = (int)sf.frames_window * (T + 24),
-                             .text_tokens = (int)sf.text_window, .answer_room = (int)max_tokens + 128,
-                             .rows_per_frame = T, .kv_type = SVLM_F32, .memory = sf.memory ? &mo : NULL,
+    svlm_stream_params sp = {.sink_tokens = (int)sf.sinks,
+                             .vision_tokens = (int)sf.frames_window * (T + 24),
+                             .text_tokens = (int)sf.text_window,
+                             .answer_room = (int)max_tokens + 128,
+                             .rows_per_frame = T,
+                             .kv_type = SVLM_F32,
+                             .memory = sf.memory ? &mo : NULL,
                              .memory_tokens = (int)sf.memory_tokens};
     if (svlm_stream_create(model, svlm_engine_ingest_kernels(engine), &sp,
-                           "<|im_start|>System: You are watching a video.<end_of_utterance>\n", &r.stream, &err) ||
+                           "<|im_start|>System: You are watching a video.<end_of_utterance>\n", &r.stream,
+                           &err) ||
         svlm_engine_add_stream(engine, r.stream, &sid, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
@@ -271,7 +289,8 @@ int cmd_replay(int argc, char **argv) {
             goto done;
         }
         frames++;
-        ask_due(&r, engine, sid, video_t, replay_exact, (int)max_tokens); /* a question at T sees frames up to T */
+        ask_due(&r, engine, sid, video_t, replay_exact,
+                (int)max_tokens); /* a question at T sees frames up to T */
         if (json && stats_every && frames % stats_every == 0) {
             pthread_mutex_lock(&r.out_mu);
             print_counters(&r, engine, video_t, cli_now() - t0, 0);
@@ -283,7 +302,8 @@ int cmd_replay(int argc, char **argv) {
             svlm_stream_metrics m;
             svlm_stream_metrics_get(r.stream, &m);
             pthread_mutex_lock(&r.out_mu);
-            fprintf(stderr, "\r\033[K%7.1f s video, %lld frames (%lld dropped), %.2fx real time, %d/%d answered",
+            fprintf(stderr,
+                    "\r\033[K%7.1f s video, %lld frames (%lld dropped), %.2fx real time, %d/%d answered",
                     video_t, (long long)m.frames_in, (long long)m.frames_dropped,
                     video_t / (cli_now() - t0 + 1e-9), r.answered, r.n_asked);
             pthread_mutex_unlock(&r.out_mu);

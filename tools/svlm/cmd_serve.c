@@ -46,11 +46,14 @@ static void usage(FILE *f) {
             "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
             "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
             "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"sources\": {NAME: URI},\n"
-            "                        \"max_message_bytes\", \"max_messages_per_s\", \"max_questions_per_client\",\n"
+            "                        \"max_message_bytes\", \"max_messages_per_s\", "
+            "\"max_questions_per_client\",\n"
             "                        \"max_questions_total\", \"max_watches_per_client\", \"max_streams\",\n"
             "                        \"max_clients\", \"max_send_queue_bytes\", \"status_interval_s\",\n"
-            "                        \"stc\": {\"stc\": \"on\"|\"off\", NAME: VALUE}, \"memory\": {\"on\", \"budget_mib\",\n"
-            "                        \"dir\", \"tokens\"}, \"stream\": {\"sinks\", \"frames_window\", \"text_window\",\n"
+            "                        \"stc\": {\"stc\": \"on\"|\"off\", NAME: VALUE}, \"memory\": {\"on\", "
+            "\"budget_mib\",\n"
+            "                        \"dir\", \"tokens\"}, \"stream\": {\"sinks\", \"frames_window\", "
+            "\"text_window\",\n"
             "                        \"queue\", \"answer_threads\"}} (docs/streaming.md)\n"
             "  --web DIR             the page's folder (demos/web next to the binary's source tree)\n"
             "Protocol: docs/protocol.md. The page: http://HOST:PORT/\n");
@@ -74,12 +77,16 @@ static int read_token(const char *path, svlm_server_config *cfg) {
     size_t n = fread(cfg->token, 1, sizeof cfg->token - 1, f);
     fclose(f);
     cfg->token[n] = 0;
-    while (n && strchr("\r\n \t", cfg->token[n - 1])) cfg->token[--n] = 0;
+    while (n && strchr("\r\n \t", cfg->token[n - 1]))
+        cfg->token[--n] = 0;
     if (n < 8) return fprintf(stderr, "svlm serve: the token in %s is shorter than 8 characters\n", path), -1;
     return 0;
 }
 
-typedef struct source_arg { char name[SVLM_BACKEND_NAME_MAX]; char uri[1024]; } source_arg;
+typedef struct source_arg {
+    char name[SVLM_BACKEND_NAME_MAX];
+    char uri[1024];
+} source_arg;
 
 static int add_source(source_arg *src, int *n, const char *name, size_t name_len, const char *uri) {
     if (*n >= MAX_SOURCES) return fprintf(stderr, "svlm serve: at most %d --source\n", MAX_SOURCES), -1;
@@ -97,10 +104,16 @@ static int config_stc(const char *path, json_t *obj, stream_flags *sf) {
     json_t *v;
     json_object_foreach(obj, key, v) {
         char text[64];
-        if (json_is_boolean(v)) snprintf(text, sizeof text, "%s", json_is_true(v) ? "1" : "0");
-        else if (json_is_number(v)) snprintf(text, sizeof text, "%.17g", json_number_value(v));
-        else if (json_is_string(v) && !strcmp(key, "stc")) snprintf(text, sizeof text, "%.60s", json_string_value(v));
-        else return fprintf(stderr, "svlm serve: %s: stc.%s must be a number (or on/off for stc.stc)\n", path, key), -1;
+        if (json_is_boolean(v))
+            snprintf(text, sizeof text, "%s", json_is_true(v) ? "1" : "0");
+        else if (json_is_number(v))
+            snprintf(text, sizeof text, "%.17g", json_number_value(v));
+        else if (json_is_string(v) && !strcmp(key, "stc"))
+            snprintf(text, sizeof text, "%.60s", json_string_value(v));
+        else
+            return fprintf(stderr, "svlm serve: %s: stc.%s must be a number (or on/off for stc.stc)\n", path,
+                           key),
+                   -1;
         svlm_err err = {0};
         if (svlm_stc_control_set(&sf->stc, key, text, &err))
             return fprintf(stderr, "svlm serve: %s: stc.%s: %s\n", path, key, err.msg), -1;
@@ -109,16 +122,22 @@ static int config_stc(const char *path, json_t *obj, stream_flags *sf) {
 }
 
 /* Numbers of an object into long long fields: {name, field, lo, hi}. */
-typedef struct config_int { const char *name; long long *p; long long lo, hi; } config_int;
-static int config_ints(const char *path, const char *section, const char *key, json_t *v, const config_int *ints,
-                       int n, int *known) {
+typedef struct config_int {
+    const char *name;
+    long long *p;
+    long long lo, hi;
+} config_int;
+static int config_ints(const char *path, const char *section, const char *key, json_t *v,
+                       const config_int *ints, int n, int *known) {
     for (int i = 0; i < n; i++) {
         if (strcmp(key, ints[i].name)) continue;
         *known = 1;
         double x = json_number_value(v);
-        if (!json_is_number(v) || x < (double)ints[i].lo || x > (double)ints[i].hi || x != (double)(long long)x)
-            return fprintf(stderr, "svlm serve: %s: %s.%s must be an integer from %lld to %lld\n", path, section, key,
-                           ints[i].lo, ints[i].hi), -1;
+        if (!json_is_number(v) || x < (double)ints[i].lo || x > (double)ints[i].hi ||
+            x != (double)(long long)x)
+            return fprintf(stderr, "svlm serve: %s: %s.%s must be an integer from %lld to %lld\n", path,
+                           section, key, ints[i].lo, ints[i].hi),
+                   -1;
         *ints[i].p = (long long)x;
     }
     return 0;
@@ -135,16 +154,21 @@ static int config_memory(const char *path, json_t *obj, stream_flags *sf) {
         config_int ints[] = {{"tokens", &sf->memory_tokens, 1, 1 << 20}};
         if (config_ints(path, "memory", key, v, ints, 1, &known)) return -1;
         if (known) continue;
-        if (!strcmp(key, "on") && json_is_boolean(v)) sf->memory = json_is_true(v);
+        if (!strcmp(key, "on") && json_is_boolean(v))
+            sf->memory = json_is_true(v);
         else if (!strcmp(key, "budget_mib") && json_is_number(v) && json_number_value(v) >= 0.0625 &&
                  json_number_value(v) <= (double)(1 << 20))
             sf->memory_mib = json_number_value(v);
-        else if (!strcmp(key, "dir") && json_is_string(v) && strlen(json_string_value(v)) < sizeof config_memory_dir) {
+        else if (!strcmp(key, "dir") && json_is_string(v) &&
+                 strlen(json_string_value(v)) < sizeof config_memory_dir) {
             snprintf(config_memory_dir, sizeof config_memory_dir, "%s", json_string_value(v));
             sf->memory_dir = config_memory_dir;
         } else
-            return fprintf(stderr, "svlm serve: %s: memory.%s: unknown key or wrong type/range (on: bool, "
-                                   "budget_mib: 0.0625..1048576, dir: string, tokens: integer)\n", path, key), -1;
+            return fprintf(stderr,
+                           "svlm serve: %s: memory.%s: unknown key or wrong type/range (on: bool, "
+                           "budget_mib: 0.0625..1048576, dir: string, tokens: integer)\n",
+                           path, key),
+                   -1;
     }
     return 0;
 }
@@ -155,8 +179,10 @@ static int config_stream(const char *path, json_t *obj, stream_flags *sf, long l
     json_t *v;
     json_object_foreach(obj, key, v) {
         int known = 0;
-        config_int ints[] = {{"sinks", &sf->sinks, 16, 1 << 16},          {"frames_window", &sf->frames_window, 1, 4096},
-                             {"text_window", &sf->text_window, 16, 1 << 20}, {"queue", &sf->queue, 1, 1024},
+        config_int ints[] = {{"sinks", &sf->sinks, 16, 1 << 16},
+                             {"frames_window", &sf->frames_window, 1, 4096},
+                             {"text_window", &sf->text_window, 16, 1 << 20},
+                             {"queue", &sf->queue, 1, 1024},
                              {"answer_threads", answer_threads, 1, 1024}};
         if (config_ints(path, "stream", key, v, ints, (int)(sizeof ints / sizeof ints[0]), &known)) return -1;
         if (!known) return fprintf(stderr, "svlm serve: %s: unknown key stream.%s\n", path, key), -1;
@@ -164,18 +190,24 @@ static int config_stream(const char *path, json_t *obj, stream_flags *sf, long l
     return 0;
 }
 
-static int load_config(const char *path, svlm_server_config *cfg, source_arg *src, int *n_src, stream_flags *sf,
-                       long long *answer_threads) {
+static int load_config(const char *path, svlm_server_config *cfg, source_arg *src, int *n_src,
+                       stream_flags *sf, long long *answer_threads) {
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) return fprintf(stderr, "svlm serve: %s:%d:%d: %s\n", path, jerr.line, jerr.column, jerr.text), -1;
+    if (!root)
+        return fprintf(stderr, "svlm serve: %s:%d:%d: %s\n", path, jerr.line, jerr.column, jerr.text), -1;
     int rc = 0;
     const char *key;
     json_t *v;
     if (!json_is_object(root)) rc = (fprintf(stderr, "svlm serve: %s: must be a JSON object\n", path), -1);
     json_object_foreach(root, key, v) {
         if (rc) break;
-        struct { const char *name; int is_size; void *p; double lo, hi; } nums[] = {
+        struct {
+            const char *name;
+            int is_size;
+            void *p;
+            double lo, hi;
+        } nums[] = {
             {"max_message_bytes", 1, &cfg->max_message_bytes, 1024, 1 << 30},
             {"max_messages_per_s", 0, &cfg->max_messages_per_s, 0.01, 1e6},
             {"max_questions_per_client", 2, &cfg->max_questions_per_client, 1, 1 << 20},
@@ -191,32 +223,44 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             if (strcmp(key, nums[i].name)) continue;
             known = 1;
             double x = json_number_value(v);
-            if (!json_is_number(v) || x < nums[i].lo || x > nums[i].hi || (nums[i].is_size && x != (double)(long long)x)) {
+            if (!json_is_number(v) || x < nums[i].lo || x > nums[i].hi ||
+                (nums[i].is_size && x != (double)(long long)x)) {
                 rc = (fprintf(stderr, "svlm serve: %s: '%s' must be a number from %g to %g\n", path, key,
-                              nums[i].lo, nums[i].hi), -1);
-            } else if (nums[i].is_size == 1) *(size_t *)nums[i].p = (size_t)x;
-            else if (nums[i].is_size == 2) *(int *)nums[i].p = (int)x;
-            else *(double *)nums[i].p = x;
+                              nums[i].lo, nums[i].hi),
+                      -1);
+            } else if (nums[i].is_size == 1)
+                *(size_t *)nums[i].p = (size_t)x;
+            else if (nums[i].is_size == 2)
+                *(int *)nums[i].p = (int)x;
+            else
+                *(double *)nums[i].p = x;
         }
         if (known) continue;
-        if (!strcmp(key, "listen") && json_is_string(v)) rc = parse_listen(json_string_value(v), cfg);
-        else if (!strcmp(key, "token_file") && json_is_string(v)) rc = read_token(json_string_value(v), cfg);
+        if (!strcmp(key, "listen") && json_is_string(v))
+            rc = parse_listen(json_string_value(v), cfg);
+        else if (!strcmp(key, "token_file") && json_is_string(v))
+            rc = read_token(json_string_value(v), cfg);
         else if (!strcmp(key, "web") && json_is_string(v))
             snprintf(cfg->web_root, sizeof cfg->web_root, "%s", json_string_value(v));
-        else if (!strcmp(key, "stc") && json_is_object(v)) rc = config_stc(path, v, sf);
-        else if (!strcmp(key, "memory") && json_is_object(v)) rc = config_memory(path, v, sf);
-        else if (!strcmp(key, "stream") && json_is_object(v)) rc = config_stream(path, v, sf, answer_threads);
+        else if (!strcmp(key, "stc") && json_is_object(v))
+            rc = config_stc(path, v, sf);
+        else if (!strcmp(key, "memory") && json_is_object(v))
+            rc = config_memory(path, v, sf);
+        else if (!strcmp(key, "stream") && json_is_object(v))
+            rc = config_stream(path, v, sf, answer_threads);
         else if (!strcmp(key, "sources") && json_is_object(v)) {
             const char *name;
             json_t *uri;
             json_object_foreach(v, name, uri) {
                 if (!json_is_string(uri)) {
-                    rc = (fprintf(stderr, "svlm serve: %s: sources.%s must be a URI string\n", path, name), -1);
+                    rc = (fprintf(stderr, "svlm serve: %s: sources.%s must be a URI string\n", path, name),
+                          -1);
                     break;
                 }
                 if ((rc = add_source(src, n_src, name, strlen(name), json_string_value(uri)))) break;
             }
-        } else rc = (fprintf(stderr, "svlm serve: %s: unknown key or wrong type: '%s'\n", path, key), -1);
+        } else
+            rc = (fprintf(stderr, "svlm serve: %s: unknown key or wrong type: '%s'\n", path, key), -1);
     }
     json_decref(root);
     return rc;
@@ -267,7 +311,8 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--cache-dir")) {
             if (!(cache_dir = cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(argv[i], "--answer-threads")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &answer_threads)) return 2;
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &answer_threads))
+                return 2;
         } else if ((sf_rc = stream_flags_parse(&sf, "serve", argc, argv, &i)) != 0) {
             if (sf_rc < 0) return 2;
         } else if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "-t")) {
@@ -285,7 +330,8 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--token-file")) {
             if (!(v = cli_value(argc, argv, &i)) || read_token(v, &cfg)) return 2;
         } else if (!strcmp(argv[i], "--config")) {
-            if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src, &sf, &answer_threads)) return 2;
+            if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src, &sf, &answer_threads))
+                return 2;
         } else if (!strcmp(argv[i], "--web")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             snprintf(cfg.web_root, sizeof cfg.web_root, "%s", v);
@@ -330,7 +376,8 @@ int cmd_serve(int argc, char **argv) {
     }
     if (!cfg.web_root[0]) default_web_root(&cfg);
     if (demo) {
-        if (serve_demo_models(cache_dir, demo_text, sizeof demo_text, demo_mmproj, sizeof demo_mmproj)) return 1;
+        if (serve_demo_models(cache_dir, demo_text, sizeof demo_text, demo_mmproj, sizeof demo_mmproj))
+            return 1;
         model = demo_text, mmproj = demo_mmproj;
         eo.model_label = "svlm-demo (random-weight tiny SmolVLM2)";
         eo.stand_in = 1;
@@ -364,8 +411,9 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "svlm serve: the page is at http://%s:%d/ (websocket ws://%s:%d/v1/ws)\n", cfg.host,
             svlm_server_port(srv), cfg.host, svlm_server_port(srv));
     if (demo)
-        fprintf(stderr, "svlm serve: demo mode: the model is a random-weight stand-in, its answers are noise; "
-                        "see the README for real SmolVLM2 files\n");
+        fprintf(stderr,
+                "svlm serve: demo mode: the model is a random-weight stand-in, its answers are noise; "
+                "see the README for real SmolVLM2 files\n");
     running = srv;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

@@ -8,16 +8,15 @@
 #include "llm/tokenizer.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: svlm tokenize -m MODEL [--no-bos] [--parse-special] [--json [--pieces]] TEXT\n"
-            "       svlm tokenize -m MODEL [...] -f FILE\n\n"
-            "  -m MODEL          GGUF file whose tokenizer to use\n"
-            "  --no-bos          do not add BOS/EOS (add_special = false)\n"
-            "  --parse-special   control tokens written in the text (e.g. <s>) become their ids\n"
-            "  --json            print {\"tokens\":[...]} instead of one id and piece per line\n"
-            "  --pieces          with --json, add \"pieces_hex\" (each token's bytes, specials shown)\n"
-            "                    and \"text\" (the ids detokenized, specials hidden)\n"
-            "  -f FILE           read the text from FILE ('-' for stdin) instead of TEXT\n");
+    fprintf(f, "usage: svlm tokenize -m MODEL [--no-bos] [--parse-special] [--json [--pieces]] TEXT\n"
+               "       svlm tokenize -m MODEL [...] -f FILE\n\n"
+               "  -m MODEL          GGUF file whose tokenizer to use\n"
+               "  --no-bos          do not add BOS/EOS (add_special = false)\n"
+               "  --parse-special   control tokens written in the text (e.g. <s>) become their ids\n"
+               "  --json            print {\"tokens\":[...]} instead of one id and piece per line\n"
+               "  --pieces          with --json, add \"pieces_hex\" (each token's bytes, specials shown)\n"
+               "                    and \"text\" (the ids detokenized, specials hidden)\n"
+               "  -f FILE           read the text from FILE ('-' for stdin) instead of TEXT\n");
 }
 
 /* Reads a whole file (or stdin for "-") into a new buffer. */
@@ -52,7 +51,8 @@ static int print_pieces(const svlm_tokenizer *tok, const int32_t *ids, size_t n)
         if (!p) return -1;
         svlm_token_piece(tok, ids[i], 1, (char *)p, k);
         printf(i ? ",\"" : "\"");
-        for (size_t j = 0; j < k; j++) printf("%02x", p[j]);
+        for (size_t j = 0; j < k; j++)
+            printf("%02x", p[j]);
         putchar('"');
         free(p);
     }
@@ -87,7 +87,8 @@ int cmd_tokenize(int argc, char **argv) {
         } else if (!only_text && !strcmp(a, "--pieces")) {
             pieces = 1;
         } else if (!only_text && a[0] == '-' && a[1] && !text) {
-            fprintf(stderr, "svlm tokenize: unknown option '%s' (put '--' before text that starts with '-')\n", a);
+            fprintf(stderr,
+                    "svlm tokenize: unknown option '%s' (put '--' before text that starts with '-')\n", a);
             return 2;
         } else if (!text) {
             text = a;
@@ -97,7 +98,8 @@ int cmd_tokenize(int argc, char **argv) {
         }
     }
     if (!model || (!text && !file) || (text && file)) {
-        fprintf(stderr, "svlm tokenize: %s\n", !model ? "-m MODEL is required" : "give exactly one of TEXT or -f FILE");
+        fprintf(stderr, "svlm tokenize: %s\n",
+                !model ? "-m MODEL is required" : "give exactly one of TEXT or -f FILE");
         usage(stderr);
         return 2;
     }
@@ -128,7 +130,8 @@ int cmd_tokenize(int argc, char **argv) {
     }
     if (json) {
         fputs("{\"tokens\":[", stdout);
-        for (size_t i = 0; i < n; i++) printf(i ? ",%d" : "%d", ids[i]);
+        for (size_t i = 0; i < n; i++)
+            printf(i ? ",%d" : "%d", ids[i]);
         putchar(']');
         if (pieces && print_pieces(tok, ids, n)) {
             fprintf(stderr, "svlm tokenize: out of memory\n");

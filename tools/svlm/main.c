@@ -28,7 +28,8 @@ static int name_matches(const char *arg, const char *name) {
 static void print_name(FILE *f, const char *name) {
     char buf[32];
     size_t i = 0;
-    for (; name[i] && i + 1 < sizeof buf; i++) buf[i] = name[i] == '_' ? '-' : name[i];
+    for (; name[i] && i + 1 < sizeof buf; i++)
+        buf[i] = name[i] == '_' ? '-' : name[i];
     buf[i] = 0;
     fprintf(f, "  %-14s ", buf);
 }

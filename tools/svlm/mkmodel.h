@@ -87,7 +87,9 @@ svlm_status mk_vocab_build(const mk_shape *s, const char *corpus_path, mk_vocab 
 void mk_vocab_free(mk_vocab *v);
 
 /* Seeded generator (xoshiro256**, seeded by splitmix64). */
-typedef struct mk_rng { uint64_t s[4]; } mk_rng;
+typedef struct mk_rng {
+    uint64_t s[4];
+} mk_rng;
 void mk_rng_seed(mk_rng *r, uint64_t seed, uint64_t stream);
 uint64_t mk_rng_next(mk_rng *r);
 /* Approximately standard normal (sum of four uniforms, rescaled): cheap and bounded. */

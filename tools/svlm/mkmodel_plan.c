@@ -11,36 +11,43 @@
  * n_ff 256 keeps ffn_down rows K-quantizable while n_embd 96 takes llama.cpp's fallbacks,
  * just as 1536 and 576 do in the 256M model. */
 static const mk_shape shapes[] = {
-    {"tiny", "svlm-tiny-random", "400K", 0,
+    {"tiny",
+     "svlm-tiny-random",
+     "400K",
+     0,
      {1024, 96, 3, 6, 2, 256, 2048, 100000.0f, 1e-5f, 1},
      {64, 16, 96, 256, 2, 6, 2, 128, 1e-6f}},
-    {"smolvlm2-256m", "SmolVLM2 256M Video Instruct (random weights)", "256M", 1,
+    {"smolvlm2-256m",
+     "SmolVLM2 256M Video Instruct (random weights)",
+     "256M",
+     1,
      {49280, 576, 30, 9, 3, 1536, 8192, 100000.0f, 1e-5f, 0},
      {512, 16, 768, 3072, 12, 12, 4, 2048, 1e-6f}},
-    {"smolvlm2-500m", "SmolVLM2 500M Video Instruct (random weights)", "500M", 1,
+    {"smolvlm2-500m",
+     "SmolVLM2 500M Video Instruct (random weights)",
+     "500M",
+     1,
      {49280, 960, 32, 15, 5, 2560, 8192, 100000.0f, 1e-5f, 0},
      {512, 16, 768, 3072, 12, 12, 4, 2048, 1e-6f}},
     /* 2.2B has an output.weight: the published Q4_K_M file's size (1,112,602,656 bytes)
      * only adds up with a separate Q6_K head. */
-    {"smolvlm2-2.2b", "SmolVLM2 2.2B Instruct (random weights)", "2.2B", 1,
+    {"smolvlm2-2.2b",
+     "SmolVLM2 2.2B Instruct (random weights)",
+     "2.2B",
+     1,
      {49280, 2048, 24, 32, 32, 8192, 8192, 130000.0f, 1e-5f, 0},
      {384, 14, 1152, 4304, 27, 16, 3, 1536, 1e-6f}},
 };
 
 /* file_type values are llama.cpp's llama_ftype ids. */
 static const mk_ftype ftypes[] = {
-    {"f32", SVLM_F32, 0, 0, 0, 0},
-    {"f16", SVLM_F16, 1, 0, 0, 0},
-    {"bf16", SVLM_BF16, 32, 0, 0, 0},
-    {"q8_0", SVLM_Q8_0, 7, 0, 0, 0},
-    {"q4_0", SVLM_Q4_0, 2, 1, 0, 0},
-    {"q4_1", SVLM_Q4_1, 3, 1, 0, 0},
-    {"q5_0", SVLM_Q5_0, 8, 1, 0, 0},
-    {"q5_1", SVLM_Q5_1, 9, 1, 0, 0},
+    {"f32", SVLM_F32, 0, 0, 0, 0},    {"f16", SVLM_F16, 1, 0, 0, 0},
+    {"bf16", SVLM_BF16, 32, 0, 0, 0}, {"q8_0", SVLM_Q8_0, 7, 0, 0, 0},
+    {"q4_0", SVLM_Q4_0, 2, 1, 0, 0},  {"q4_1", SVLM_Q4_1, 3, 1, 0, 0},
+    {"q5_0", SVLM_Q5_0, 8, 1, 0, 0},  {"q5_1", SVLM_Q5_1, 9, 1, 0, 0},
     {"q4_k", SVLM_Q4_K, 14, 1, 0, 1}, /* Q4_K_S */
     {"q5_k", SVLM_Q5_K, 16, 1, 0, 0}, /* Q5_K_S */
-    {"q6_k", SVLM_Q6_K, 18, 1, 0, 0},
-    {"q4_k_m", SVLM_Q4_K, 15, 1, 1, 0},
+    {"q6_k", SVLM_Q6_K, 18, 1, 0, 0}, {"q4_k_m", SVLM_Q4_K, 15, 1, 1, 0},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -57,8 +64,12 @@ const mk_ftype *mk_ftype_find(const char *name) {
     return NULL;
 }
 
-const char *mk_shape_names(void) { return "tiny, smolvlm2-256m, smolvlm2-500m, smolvlm2-2.2b"; }
-const char *mk_ftype_names(void) { return "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m"; }
+const char *mk_shape_names(void) {
+    return "tiny, smolvlm2-256m, smolvlm2-500m, smolvlm2-2.2b";
+}
+const char *mk_ftype_names(void) {
+    return "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m";
+}
 
 /* ---- type rules ------------------------------------------------------------------------- */
 
@@ -81,11 +92,14 @@ static svlm_dtype fit_rows(svlm_dtype t, int64_t ne0) {
 }
 
 /* True for the layers that Q4_K_M gives more bits (llama.cpp's use_more_bits). */
-static int more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+static int more_bits(int i, int n) {
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
 
 typedef enum { ROLE_OTHER, ROLE_OUTPUT, ROLE_ATTN_V, ROLE_FFN_DOWN } weight_role;
 
-static svlm_dtype text_weight_type(const mk_ftype *ft, weight_role role, int layer, int n_layer, int64_t ne0) {
+static svlm_dtype text_weight_type(const mk_ftype *ft, weight_role role, int layer, int n_layer,
+                                   int64_t ne0) {
     svlm_dtype t = ft->base;
     if (ft->quantized_mix) {
         if (role == ROLE_OUTPUT)
@@ -121,22 +135,23 @@ static svlm_status add(mk_plan *p, svlm_err *err, svlm_dtype type, mk_init init,
     t->std = std;
     t->n_dims = n_dims;
     int64_t ne[4] = {ne0, ne1, ne2, ne3};
-    for (int i = 0; i < 4; i++) t->ne[i] = i < n_dims ? ne[i] : 1;
+    for (int i = 0; i < 4; i++)
+        t->ne[i] = i < n_dims ? ne[i] : 1;
     return SVLM_OK;
 }
 
-#define TRY(x)                      \
-    do {                            \
-        svlm_status st_ = (x);      \
-        if (st_) {                  \
-            mk_plan_free(p);        \
-            return st_;             \
-        }                           \
+#define TRY(x)                                                                                               \
+    do {                                                                                                     \
+        svlm_status st_ = (x);                                                                               \
+        if (st_) {                                                                                           \
+            mk_plan_free(p);                                                                                 \
+            return st_;                                                                                      \
+        }                                                                                                    \
     } while (0)
 
 /* Real-model-like init: weights N(0, 0.02), norms 1 ± 0.02. The attention output and FFN
  * down projections get 3x that, so random models do not just echo their last token. */
-#define W_STD 0.02f
+#define W_STD          0.02f
 #define W_STD_RESIDUAL 0.06f
 
 svlm_status mk_plan_text(const mk_shape *s, const mk_ftype *ft, mk_plan *p, svlm_err *err) {
@@ -154,8 +169,8 @@ svlm_status mk_plan_text(const mk_shape *s, const mk_ftype *ft, mk_plan *p, svlm
                 "blk.%d.attn_k.weight", i));
         TRY(add(p, err, text_weight_type(ft, ROLE_ATTN_V, i, L, E), MK_INIT_NORMAL, W_STD, 2, E, KV, 1, 1,
                 "blk.%d.attn_v.weight", i));
-        TRY(add(p, err, text_weight_type(ft, ROLE_OTHER, i, L, Q), MK_INIT_NORMAL, W_STD_RESIDUAL, 2, Q, E, 1, 1,
-                "blk.%d.attn_output.weight", i));
+        TRY(add(p, err, text_weight_type(ft, ROLE_OTHER, i, L, Q), MK_INIT_NORMAL, W_STD_RESIDUAL, 2, Q, E, 1,
+                1, "blk.%d.attn_output.weight", i));
         TRY(add(p, err, SVLM_F32, MK_INIT_ONES, W_STD, 1, E, 1, 1, 1, "blk.%d.ffn_norm.weight", i));
         TRY(add(p, err, text_weight_type(ft, ROLE_OTHER, i, L, E), MK_INIT_NORMAL, W_STD, 2, E, h->n_ff, 1, 1,
                 "blk.%d.ffn_gate.weight", i));
@@ -166,8 +181,8 @@ svlm_status mk_plan_text(const mk_shape *s, const mk_ftype *ft, mk_plan *p, svlm
     }
     TRY(add(p, err, SVLM_F32, MK_INIT_ONES, W_STD, 1, E, 1, 1, 1, "output_norm.weight", 0));
     if (!h->tied)
-        TRY(add(p, err, text_weight_type(ft, ROLE_OUTPUT, 0, L, E), MK_INIT_NORMAL, W_STD, 2, E, h->n_vocab, 1, 1,
-                "output.weight", 0));
+        TRY(add(p, err, text_weight_type(ft, ROLE_OUTPUT, 0, L, E), MK_INIT_NORMAL, W_STD, 2, E, h->n_vocab,
+                1, 1, "output.weight", 0));
     return SVLM_OK;
 }
 
@@ -197,7 +212,8 @@ svlm_status mk_plan_mmproj(const mk_shape *s, svlm_dtype mt, mk_plan *p, svlm_er
         TRY(add(p, err, SVLM_F32, MK_INIT_NORMAL, W_STD, 1, D, 1, 1, 1, "v.blk.%d.ln2.bias", i));
         TRY(add(p, err, fit_rows(mt, D), MK_INIT_NORMAL, W_STD, 2, D, F, 1, 1, "v.blk.%d.ffn_up.weight", i));
         TRY(add(p, err, SVLM_F32, MK_INIT_NORMAL, W_STD, 1, F, 1, 1, 1, "v.blk.%d.ffn_up.bias", i));
-        TRY(add(p, err, fit_rows(mt, F), MK_INIT_NORMAL, W_STD, 2, F, D, 1, 1, "v.blk.%d.ffn_down.weight", i));
+        TRY(add(p, err, fit_rows(mt, F), MK_INIT_NORMAL, W_STD, 2, F, D, 1, 1, "v.blk.%d.ffn_down.weight",
+                i));
         TRY(add(p, err, SVLM_F32, MK_INIT_NORMAL, W_STD, 1, D, 1, 1, 1, "v.blk.%d.ffn_down.bias", i));
     }
     TRY(add(p, err, SVLM_F32, MK_INIT_ONES, W_STD, 1, D, 1, 1, 1, "v.post_ln.weight", 0));
@@ -218,7 +234,8 @@ void mk_plan_print(FILE *f, const char *file_label, const mk_plan *p) {
         const mk_tensor *t = &p->t[i];
         const svlm_dtype_info *ti = svlm_dtype_get((int)t->type);
         fprintf(f, "%s %s %s", file_label, t->name, ti && ti->name ? ti->name : "?");
-        for (int d = 0; d < t->n_dims; d++) fprintf(f, " %lld", (long long)t->ne[d]);
+        for (int d = 0; d < t->n_dims; d++)
+            fprintf(f, " %lld", (long long)t->ne[d]);
         fputc('\n', f);
     }
 }

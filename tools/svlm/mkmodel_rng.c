@@ -11,10 +11,13 @@ static uint64_t splitmix64(uint64_t *x) {
 /* Each tensor draws from its own stream so that its values do not depend on the others. */
 void mk_rng_seed(mk_rng *r, uint64_t seed, uint64_t stream) {
     uint64_t x = seed ^ (stream * 0xD1B54A32D192ED03ull);
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&x);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 uint64_t mk_rng_next(mk_rng *r) {
     uint64_t *s = r->s;
@@ -35,5 +38,5 @@ float mk_rng_normal(mk_rng *r) {
     uint32_t sum = (uint32_t)(x & 0xFFFF) + (uint32_t)((x >> 16) & 0xFFFF) + (uint32_t)((x >> 32) & 0xFFFF) +
                    (uint32_t)(x >> 48);
     const float scale = 1.7320508f / 65536.0f; /* sqrt(3) / 2^16 */
-    return ((float)sum - 131070.0f) * scale; /* 4 * 32767.5 */
+    return ((float)sum - 131070.0f) * scale;   /* 4 * 32767.5 */
 }

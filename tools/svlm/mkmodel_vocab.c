@@ -16,11 +16,16 @@
 
 /* ---- a string → int map with open addressing ------------------------------------------- */
 
-typedef struct { char **keys; int *vals; size_t cap, n; } str_map;
+typedef struct {
+    char **keys;
+    int *vals;
+    size_t cap, n;
+} str_map;
 
 static uint64_t hash_bytes(const char *s) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
     return h;
 }
 
@@ -36,7 +41,8 @@ static int map_grow(str_map *m) {
     for (size_t i = 0; i < m->cap; i++) {
         if (!m->keys[i]) continue;
         size_t j = hash_bytes(m->keys[i]) & (cap - 1);
-        while (keys[j]) j = (j + 1) & (cap - 1);
+        while (keys[j])
+            j = (j + 1) & (cap - 1);
         keys[j] = m->keys[i];
         vals[j] = m->vals[i];
     }
@@ -51,7 +57,8 @@ static int map_grow(str_map *m) {
 /* Slot of key, or of the empty place where it would go. */
 static size_t map_slot(const str_map *m, const char *key) {
     size_t j = hash_bytes(key) & (m->cap - 1);
-    while (m->keys[j] && strcmp(m->keys[j], key)) j = (j + 1) & (m->cap - 1);
+    while (m->keys[j] && strcmp(m->keys[j], key))
+        j = (j + 1) & (m->cap - 1);
     return j;
 }
 
@@ -72,7 +79,8 @@ static int map_put(str_map *m, const char *key, int v) {
 }
 
 static void map_free(str_map *m) {
-    for (size_t i = 0; i < m->cap; i++) free(m->keys[i]);
+    for (size_t i = 0; i < m->cap; i++)
+        free(m->keys[i]);
     free(m->keys);
     free(m->vals);
     memset(m, 0, sizeof *m);
@@ -83,8 +91,8 @@ static void map_free(str_map *m) {
 typedef struct {
     mk_vocab *v;
     int cap_tokens;
-    str_map index;     /* token text → id */
-    char **raw;        /* raw bytes of each token (NUL-terminated; specials: NULL) */
+    str_map index;         /* token text → id */
+    char **raw;            /* raw bytes of each token (NUL-terminated; specials: NULL) */
     char byte_sym[256][3]; /* GPT-2 byte → unicode symbol, UTF-8 */
 } builder;
 
@@ -186,9 +194,15 @@ static const char builtin_corpus[] =
     "a dog running after a ball in the park. It answers questions about the scene, and it must be "
     "fast enough to keep up with the stream, in 2024 and 2025 and in the years after.\n";
 
-static int is_letter(uint8_t c) { return (unsigned)((c | 32) - 'a') < 26u || c >= 0x80; }
-static int is_digit(uint8_t c) { return (unsigned)(c - '0') < 10u; }
-static int is_space(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+static int is_letter(uint8_t c) {
+    return (unsigned)((c | 32) - 'a') < 26u || c >= 0x80;
+}
+static int is_digit(uint8_t c) {
+    return (unsigned)(c - '0') < 10u;
+}
+static int is_space(uint8_t c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 /* Length of the next piece at p, in the spirit of GPT-2's pre-tokenizer with single
  * digits (SmolLM): " ?letters", one digit, " ?punctuation", or a whitespace run that leaves
@@ -196,7 +210,8 @@ static int is_space(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c 
 static size_t next_piece(const uint8_t *p, size_t n) {
     size_t i = 0;
     if (is_space(p[0])) {
-        while (i < n && is_space(p[i])) i++;
+        while (i < n && is_space(p[i]))
+            i++;
         if (i == n) return i;
         if (i > 1) return p[i - 1] == ' ' ? i - 1 : i;
         if (p[0] != ' ') return 1;
@@ -204,10 +219,12 @@ static size_t next_piece(const uint8_t *p, size_t n) {
     }
     if (i < n && is_digit(p[i])) return i ? i : 1; /* digits stand alone */
     if (i < n && is_letter(p[i])) {
-        while (i < n && is_letter(p[i])) i++;
+        while (i < n && is_letter(p[i]))
+            i++;
         return i;
     }
-    while (i < n && !is_space(p[i]) && !is_letter(p[i]) && !is_digit(p[i])) i++;
+    while (i < n && !is_space(p[i]) && !is_letter(p[i]) && !is_digit(p[i]))
+        i++;
     return i ? i : 1;
 }
 
@@ -219,7 +236,8 @@ typedef struct {
 } word_set;
 
 static void words_free(word_set *w) {
-    for (int i = 0; i < w->n; i++) free(w->sym[i]);
+    for (int i = 0; i < w->n; i++)
+        free(w->sym[i]);
     free(w->sym);
     free(w->len);
     free(w->count);
@@ -254,7 +272,8 @@ static svlm_status corpus_words(const builder *b, const char *text, size_t n, wo
                 }
                 int *s = malloc((k + 1) * sizeof *s);
                 if (!s) goto oom;
-                for (size_t i = 0; i < k; i++) s[i] = p[at + i]; /* byte symbol ids are 0..255 */
+                for (size_t i = 0; i < k; i++)
+                    s[i] = p[at + i]; /* byte symbol ids are 0..255 */
                 s[k] = -1;
                 w->sym[w->n] = s;
                 w->len[w->n] = (int)k;
@@ -277,13 +296,22 @@ oom:
 
 /* ---- BPE training ----------------------------------------------------------------------- */
 
-typedef struct { uint64_t *keys; int64_t *counts; size_t cap; size_t *used; size_t n_used; } pair_map;
+typedef struct {
+    uint64_t *keys;
+    int64_t *counts;
+    size_t cap;
+    size_t *used;
+    size_t n_used;
+} pair_map;
 
-static uint64_t pair_key(int a, int b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
+static uint64_t pair_key(int a, int b) {
+    return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+}
 
 static size_t pair_slot(const pair_map *m, uint64_t key) {
     size_t j = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & (m->cap - 1);
-    while (m->keys[j] != UINT64_MAX && m->keys[j] != key) j = (j + 1) & (m->cap - 1);
+    while (m->keys[j] != UINT64_MAX && m->keys[j] != key)
+        j = (j + 1) & (m->cap - 1);
     return j;
 }
 
@@ -300,7 +328,8 @@ static int pair_add(pair_map *m, uint64_t key, int64_t c) {
 }
 
 static void pair_clear(pair_map *m) {
-    for (size_t i = 0; i < m->n_used; i++) m->keys[m->used[i]] = UINT64_MAX;
+    for (size_t i = 0; i < m->n_used; i++)
+        m->keys[m->used[i]] = UINT64_MAX;
     m->n_used = 0;
 }
 
@@ -311,10 +340,12 @@ static int vocab_id(int sym, int first_byte, const int *learned_ids) {
 
 static svlm_status learn_merges(builder *b, word_set *w, int first_byte, int want, svlm_err *err) {
     size_t total = 0;
-    for (int i = 0; i < w->n; i++) total += (size_t)w->len[i];
+    for (int i = 0; i < w->n; i++)
+        total += (size_t)w->len[i];
     pair_map pm = {0};
     pm.cap = 1024;
-    while (pm.cap < 2 * total + 2) pm.cap *= 2;
+    while (pm.cap < 2 * total + 2)
+        pm.cap *= 2;
     pm.keys = malloc(pm.cap * sizeof *pm.keys);
     pm.counts = malloc(pm.cap * sizeof *pm.counts);
     pm.used = malloc(pm.cap * sizeof *pm.used);
@@ -341,7 +372,8 @@ static svlm_status learn_merges(builder *b, word_set *w, int first_byte, int wan
             int64_t c = pm.counts[j];
             if (c < best || (c == best && pm.keys[j] > best_key)) continue;
             int ban = 0;
-            for (int k = 0; k < n_banned && !ban; k++) ban = banned[k] == pm.keys[j];
+            for (int k = 0; k < n_banned && !ban; k++)
+                ban = banned[k] == pm.keys[j];
             if (ban) continue;
             best = c;
             best_key = pm.keys[j];
@@ -390,7 +422,8 @@ static svlm_status add_fillers(builder *b, int first_byte, int first_merge, int 
     /* Without learned tokens (an empty corpus) the letters themselves seed the fillers. */
     int start = v->n_tokens > first_merge ? first_merge : first_byte + 'a';
     for (int i = start; v->n_tokens < want_total; i++) {
-        if (i >= v->n_tokens) return svlm_fail(err, SVLM_E_INVALID, "mkmodel: cannot build enough filler tokens");
+        if (i >= v->n_tokens)
+            return svlm_fail(err, SVLM_E_INVALID, "mkmodel: cannot build enough filler tokens");
         const char *raw = b->raw[i];
         size_t n = strlen(raw);
         if (n == 0 || n > 12 || !is_letter((uint8_t)raw[n - 1])) continue;
@@ -406,9 +439,10 @@ static svlm_status add_fillers(builder *b, int first_byte, int first_merge, int 
 /* ---- special tokens and layout ---------------------------------------------------------- */
 
 static const char *const smollm_specials[] = {
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>",
-    "<filename>", "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
-    "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<jupyter_script>", "<empty_output>",
+    "<|endoftext|>",    "<|im_start|>",    "<|im_end|>",     "<repo_name>",    "<reponame>",
+    "<file_sep>",       "<filename>",      "<gh_stars>",     "<issue_start>",  "<issue_comment>",
+    "<issue_closed>",   "<jupyter_start>", "<jupyter_text>", "<jupyter_code>", "<jupyter_output>",
+    "<jupyter_script>", "<empty_output>",
 };
 
 static int push_special(builder *b, const char *text) {
@@ -433,8 +467,8 @@ static int push_rows(builder *b) {
 static int push_trailing(builder *b, int real) {
     int n_reserved = b->cap_tokens - 1 - (b->v->n_tokens + 1 + 36 + 2);
     if (real) {
-        if (push_special(b, "<global-img>") < 0 || push_rows(b) || push_special(b, "<fake_token_around_image>") < 0 ||
-            push_special(b, "<image>") < 0)
+        if (push_special(b, "<global-img>") < 0 || push_rows(b) ||
+            push_special(b, "<fake_token_around_image>") < 0 || push_special(b, "<image>") < 0)
             return -1;
         char name[48];
         for (int i = 0; i < n_reserved; i++) {
@@ -492,7 +526,8 @@ svlm_status mk_vocab_build(const mk_shape *s, const char *corpus_path, mk_vocab 
     int n_lead = s->real_vocab ? (int)(sizeof smollm_specials / sizeof *smollm_specials) : 3;
     int n_trail = s->real_vocab ? 128 : 40; /* SmolVLM2 added 128 tokens */
     int n_merge_tokens = b.cap_tokens - n_lead - 256 - n_trail;
-    if (n_merge_tokens < 0) return svlm_fail(err, SVLM_E_INVALID, "mkmodel: vocabulary of %d is too small", b.cap_tokens);
+    if (n_merge_tokens < 0)
+        return svlm_fail(err, SVLM_E_INVALID, "mkmodel: vocabulary of %d is too small", b.cap_tokens);
     init_byte_symbols(&b);
     out->tokens = calloc((size_t)b.cap_tokens, sizeof *out->tokens);
     out->types = calloc((size_t)b.cap_tokens, sizeof *out->types);
@@ -531,7 +566,8 @@ svlm_status mk_vocab_build(const mk_shape *s, const char *corpus_path, mk_vocab 
     if ((st = add_fillers(&b, first_byte, first_merge, first_merge + n_merge_tokens, err))) goto fail;
     if (push_trailing(&b, s->real_vocab)) goto oom;
     if (out->n_tokens != b.cap_tokens) {
-        st = svlm_fail(err, SVLM_E_INVALID, "mkmodel: built %d tokens, expected %d", out->n_tokens, b.cap_tokens);
+        st = svlm_fail(err, SVLM_E_INVALID, "mkmodel: built %d tokens, expected %d", out->n_tokens,
+                       b.cap_tokens);
         goto fail;
     }
     int *id;
@@ -548,7 +584,8 @@ cleanup:
     words_free(&words);
     free(corpus);
     if (b.raw)
-        for (int i = 0; i < b.cap_tokens; i++) free(b.raw[i]);
+        for (int i = 0; i < b.cap_tokens; i++)
+            free(b.raw[i]);
     free(b.raw);
     map_free(&b.index);
     return st;
@@ -556,8 +593,10 @@ cleanup:
 
 void mk_vocab_free(mk_vocab *v) {
     if (!v) return;
-    for (int i = 0; v->tokens && i < v->n_tokens; i++) free(v->tokens[i]);
-    for (int i = 0; v->merges && i < v->n_merges; i++) free(v->merges[i]);
+    for (int i = 0; v->tokens && i < v->n_tokens; i++)
+        free(v->tokens[i]);
+    for (int i = 0; v->merges && i < v->n_merges; i++)
+        free(v->merges[i]);
     free(v->tokens);
     free(v->types);
     free(v->merges);

@@ -27,7 +27,7 @@ static const char chat_template[] =
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
 
 #define GGML_QUANT_VERSION 2
-#define CHUNK_VALUES (1 << 20) /* floats drawn per step */
+#define CHUNK_VALUES       (1 << 20) /* floats drawn per step */
 
 typedef struct {
     const char *path;
@@ -51,7 +51,8 @@ static svlm_status write_tensor(gguf_writer *w, const mk_tensor *t, uint64_t see
     mk_rng_seed(&rng, seed, stream);
     const int64_t ne0 = t->ne[0];
     int64_t rows = 1;
-    for (int d = 1; d < t->n_dims; d++) rows *= t->ne[d];
+    for (int d = 1; d < t->n_dims; d++)
+        rows *= t->ne[d];
     size_t row_bytes = svlm_row_bytes(t->type, ne0);
     int64_t rows_per_chunk = CHUNK_VALUES / ne0 > 0 ? CHUNK_VALUES / ne0 : 1;
     const float base = t->init == MK_INIT_ONES ? 1.0f : 0.0f;
@@ -59,7 +60,8 @@ static svlm_status write_tensor(gguf_writer *w, const mk_tensor *t, uint64_t see
         int64_t nr = rows - r0 < rows_per_chunk ? rows - r0 : rows_per_chunk;
         for (int64_t r = 0; r < nr; r++) {
             float *row = vals; /* one row at a time keeps the float buffer at one chunk */
-            for (int64_t i = 0; i < ne0; i++) row[i] = base + t->std * mk_rng_normal(&rng);
+            for (int64_t i = 0; i < ne0; i++)
+                row[i] = base + t->std * mk_rng_normal(&rng);
             if (svlm_quantize_row(t->type, row, (uint8_t *)packed + (size_t)r * row_bytes, ne0))
                 return svlm_fail(err, SVLM_E_UNSUPPORTED, "mkmodel: cannot quantize '%s' to type %d", t->name,
                                  (int)t->type);
@@ -97,16 +99,17 @@ static svlm_status write_plan(gguf_writer *w, const char *path, const mk_options
         return svlm_fail(err, SVLM_E_NOMEM, "mkmodel: out of memory");
     }
     st = SVLM_OK;
-    for (int i = 0; i < p->n && !st; i++) st = write_tensor(w, &p->t[i], o->seed, stream_base + (uint64_t)i, vals, packed, &pg, err);
+    for (int i = 0; i < p->n && !st; i++)
+        st = write_tensor(w, &p->t[i], o->seed, stream_base + (uint64_t)i, vals, packed, &pg, err);
     free(vals);
     free(packed);
     if (!st) st = gguf_writer_finish(w, err);
     return st;
 }
 
-#define KV(call)                    \
-    do {                            \
-        if ((st = (call))) goto out; \
+#define KV(call)                                                                                             \
+    do {                                                                                                     \
+        if ((st = (call))) goto out;                                                                         \
     } while (0)
 
 svlm_status mk_write_text(const char *path, const mk_options *o, const mk_vocab *v, const mk_plan *p,
@@ -133,9 +136,11 @@ svlm_status mk_write_text(const char *path, const mk_options *o, const mk_vocab 
     KV(gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)(h->n_embd / h->n_head), err));
     KV(gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2", err));
     KV(gguf_writer_set_str(w, "tokenizer.ggml.pre", "smollm", err));
-    KV(gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v->tokens, (uint64_t)v->n_tokens, err));
+    KV(gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v->tokens,
+                               (uint64_t)v->n_tokens, err));
     KV(gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_INT32, v->types, (uint64_t)v->n_tokens, err));
-    KV(gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)v->merges, (uint64_t)v->n_merges, err));
+    KV(gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)v->merges,
+                               (uint64_t)v->n_merges, err));
     KV(gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", v->bos, err));
     KV(gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", v->eos, err));
     KV(gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", v->unk, err));

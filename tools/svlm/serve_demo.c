@@ -13,7 +13,7 @@
 #include "mkmodel.h"
 
 #define DEMO_SEED 8080
-#define DEMO_TAG "svlm-demo-tiny-f32-s8080"
+#define DEMO_TAG  "svlm-demo-tiny-f32-s8080"
 
 /* mkdir -p for the cache path (every component). */
 static int make_dirs(char *path) {
@@ -29,9 +29,9 @@ static int make_dirs(char *path) {
 
 static int default_cache_dir(char *out, size_t cap) {
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    int n = xdg && *xdg ? snprintf(out, cap, "%s/svlm", xdg)
-          : home && *home ? snprintf(out, cap, "%s/.cache/svlm", home)
-                          : snprintf(out, cap, "/tmp/svlm-cache-%d", (int)getuid());
+    int n = xdg && *xdg     ? snprintf(out, cap, "%s/svlm", xdg)
+            : home && *home ? snprintf(out, cap, "%s/.cache/svlm", home)
+                            : snprintf(out, cap, "/tmp/svlm-cache-%d", (int)getuid());
     return n > 0 && (size_t)n < cap ? 0 : -1;
 }
 
@@ -45,8 +45,10 @@ static svlm_status write_pair(const char *text_tmp, const char *mmproj_tmp, svlm
     mk_plan text = {0}, mmproj = {0};
     mk_vocab vocab = {0};
     svlm_status st;
-    if (!(st = mk_plan_text(o.shape, o.ftype, &text, err)) && !(st = mk_plan_mmproj(o.shape, o.mmproj_type, &mmproj, err)) &&
-        !(st = mk_vocab_build(o.shape, NULL, &vocab, err)) && !(st = mk_write_text(text_tmp, &o, &vocab, &text, err)))
+    if (!(st = mk_plan_text(o.shape, o.ftype, &text, err)) &&
+        !(st = mk_plan_mmproj(o.shape, o.mmproj_type, &mmproj, err)) &&
+        !(st = mk_vocab_build(o.shape, NULL, &vocab, err)) &&
+        !(st = mk_write_text(text_tmp, &o, &vocab, &text, err)))
         st = mk_write_mmproj(mmproj_tmp, &o, &mmproj, err);
     mk_plan_free(&text);
     mk_plan_free(&mmproj);
@@ -56,9 +58,12 @@ static svlm_status write_pair(const char *text_tmp, const char *mmproj_tmp, svlm
 
 int serve_demo_models(const char *cache_dir, char *text, size_t text_cap, char *mmproj, size_t mmproj_cap) {
     char dir[900];
-    if (cache_dir) snprintf(dir, sizeof dir, "%s", cache_dir);
-    else if (default_cache_dir(dir, sizeof dir)) return fprintf(stderr, "svlm serve: no cache folder (set HOME)\n"), -1;
-    if (make_dirs(dir)) return fprintf(stderr, "svlm serve: cannot create %s: %s\n", dir, strerror(errno)), -1;
+    if (cache_dir)
+        snprintf(dir, sizeof dir, "%s", cache_dir);
+    else if (default_cache_dir(dir, sizeof dir))
+        return fprintf(stderr, "svlm serve: no cache folder (set HOME)\n"), -1;
+    if (make_dirs(dir))
+        return fprintf(stderr, "svlm serve: cannot create %s: %s\n", dir, strerror(errno)), -1;
     if ((size_t)snprintf(text, text_cap, "%s/%s.gguf", dir, DEMO_TAG) >= text_cap ||
         (size_t)snprintf(mmproj, mmproj_cap, "%s/%s-mmproj.gguf", dir, DEMO_TAG) >= mmproj_cap)
         return fprintf(stderr, "svlm serve: the cache path is too long\n"), -1;
@@ -70,7 +75,8 @@ int serve_demo_models(const char *cache_dir, char *text, size_t text_cap, char *
     fprintf(stderr, "svlm serve: generating the random-weight demo model in %s\n", dir);
     svlm_err err = {0};
     if (write_pair(text_tmp, mmproj_tmp, &err) || rename(mmproj_tmp, mmproj) || rename(text_tmp, text)) {
-        fprintf(stderr, "svlm serve: cannot write the demo model: %s\n", err.msg[0] ? err.msg : strerror(errno));
+        fprintf(stderr, "svlm serve: cannot write the demo model: %s\n",
+                err.msg[0] ? err.msg : strerror(errno));
         unlink(text_tmp);
         unlink(mmproj_tmp);
         return -1;

@@ -23,16 +23,22 @@ int stream_flags_parse(stream_flags *f, const char *cmd, int argc, char **argv, 
         f->memory = 0;
         return 1;
     }
-    struct { const char *flag; long long *p; long long lo, hi; } ints[] = {
-        {"--memory-tokens", &f->memory_tokens, 1, 1 << 20}, {"--sinks", &f->sinks, 16, 1 << 16},
-        {"--frames-window", &f->frames_window, 1, 4096},    {"--text-window", &f->text_window, 16, 1 << 20},
+    struct {
+        const char *flag;
+        long long *p;
+        long long lo, hi;
+    } ints[] = {
+        {"--memory-tokens", &f->memory_tokens, 1, 1 << 20},
+        {"--sinks", &f->sinks, 16, 1 << 16},
+        {"--frames-window", &f->frames_window, 1, 4096},
+        {"--text-window", &f->text_window, 16, 1 << 20},
         {"--queue", &f->queue, 1, 1024},
     };
     int is_int = -1;
     for (int k = 0; k < (int)(sizeof ints / sizeof ints[0]); k++)
         if (!strcmp(a, ints[k].flag)) is_int = k;
-    const int ours = is_int >= 0 || !strcmp(a, "--memory-budget") || !strcmp(a, "--memory-dir") || !strcmp(a, "--stc") ||
-                     !strncmp(a, "--stc-", 6);
+    const int ours = is_int >= 0 || !strcmp(a, "--memory-budget") || !strcmp(a, "--memory-dir") ||
+                     !strcmp(a, "--stc") || !strncmp(a, "--stc-", 6);
     if (!ours) return 0;
     if (!(v = cli_value(argc, argv, i))) return -1;
     if (is_int >= 0) return cli_int(a, v, ints[is_int].lo, ints[is_int].hi, ints[is_int].p) ? -1 : 1;
@@ -58,18 +64,19 @@ int stream_flags_check(const stream_flags *f, const char *cmd) {
 }
 
 void stream_flags_usage(FILE *out) {
-    fprintf(out, "stream controls:\n"
-                 "  --frames-window N  frames kept in the context (8)\n"
-                 "  --text-window N    dialogue tokens kept in the context (512)\n"
-                 "  --sinks N          tokens kept for ever for the system prompt (64)\n"
-                 "  --queue N          frames waiting for the encoder per stream; a live source drops\n"
-                 "                     the oldest beyond it (2)\n"
-                 "  --memory-budget M  memory bank budget in MiB per stream (64)\n"
-                 "  --memory-dir DIR   persist the bank there (a rerun resumes it)\n"
-                 "  --memory-tokens N  memory rows placed before a question at most (64): they are\n"
-                 "                     prefilled with the question, so they bound its first-token time\n"
-                 "  --no-memory        frames leaving the window are dropped\n"
-                 "  --stc on|off       token compression (on: tuned defaults; off: every token, plain encoder)\n");
+    fprintf(out,
+            "stream controls:\n"
+            "  --frames-window N  frames kept in the context (8)\n"
+            "  --text-window N    dialogue tokens kept in the context (512)\n"
+            "  --sinks N          tokens kept for ever for the system prompt (64)\n"
+            "  --queue N          frames waiting for the encoder per stream; a live source drops\n"
+            "                     the oldest beyond it (2)\n"
+            "  --memory-budget M  memory bank budget in MiB per stream (64)\n"
+            "  --memory-dir DIR   persist the bank there (a rerun resumes it)\n"
+            "  --memory-tokens N  memory rows placed before a question at most (64): they are\n"
+            "                     prefilled with the question, so they bound its first-token time\n"
+            "  --no-memory        frames leaving the window are dropped\n"
+            "  --stc on|off       token compression (on: tuned defaults; off: every token, plain encoder)\n");
     int n = 0;
     const svlm_stc_control_desc *d = svlm_stc_control_list(&n);
     svlm_stc_controls def;
