@@ -67,7 +67,7 @@ struct svlm_pool {
 
 /* Set while a thread executes tasks, so that nested runs execute inline (on that thread's
  * index, so per-thread scratch stays private). */
-static _Thread_local int in_pool_task;
+static _Thread_local const svlm_pool *in_pool_task; /* the pool whose task this thread runs */
 static _Thread_local int pool_thread_index;
 
 #define TASK_BITS 20
@@ -79,7 +79,9 @@ static uint64_t claim_word(unsigned gen, unsigned n_tasks, unsigned next) {
 }
 
 static void run_tasks(svlm_pool *p, unsigned gen, int thread) {
-    in_pool_task = 1;
+    const svlm_pool *outer = in_pool_task; /* a task of another pool may drive this one */
+    int outer_index = pool_thread_index;
+    in_pool_task = p;
     pool_thread_index = thread;
     int done = 0;
     uint64_t v = atomic_load_explicit(&p->claim, memory_order_acquire);
@@ -97,7 +99,8 @@ static void run_tasks(svlm_pool *p, unsigned gen, int thread) {
     /* One count per thread and run, not per task: the counter's cache line moves between
      * cores once per thread (the run is not over until every claimed task is counted). */
     if (done) atomic_fetch_add_explicit(&p->done_tasks, done, memory_order_release);
-    in_pool_task = 0;
+    in_pool_task = outer;
+    pool_thread_index = outer_index;
 }
 
 static void *worker_main(void *arg) {
@@ -203,10 +206,17 @@ void svlm_pool_run(svlm_pool *p, svlm_task_fn fn, void *ctx, int n_tasks) {
         }
         return;
     }
-    if (!p || p->size == 1 || n_tasks == 1 || in_pool_task) {
-        int thread = in_pool_task ? pool_thread_index : 0;
+    if (!p || p->size == 1 || n_tasks == 1 || in_pool_task == p) {
+        /* Inline on this thread. Mark it as inside the pool meanwhile, so that a run nested in
+         * these tasks stays inline too and keeps this thread's index (its scratch). */
+        const svlm_pool *outer = in_pool_task;
+        int outer_index = pool_thread_index, thread = p && outer == p ? outer_index : 0;
+        in_pool_task = p;
+        pool_thread_index = thread;
         for (int t = 0; t < n_tasks; t++)
             fn(ctx, t, thread);
+        in_pool_task = outer;
+        pool_thread_index = outer_index;
         return;
     }
     unsigned gen = atomic_load_explicit(&p->generation, memory_order_relaxed) + 1;

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "common/threadpool.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
 #include "test.h"
@@ -321,6 +322,82 @@ static void test_matmul_multi(void) {
     for (int i = 0; i < NW; i++) {
         free(cs[i].deq);
         free((void *)cs[i].w.data);
+    }
+}
+
+/* The four-row dot kernels (used by decode matvecs) against the one-row kernel of the same
+ * level (the same sums in another order: 1e-5 of sum |w x|) and against a double-precision
+ * dot of the dequantized weights with the activations the kernel sees (quantized ones for the
+ * svlm_q8a types; 1e-5 of sum |w x| for float rounding), at every start row of an odd row
+ * count and at block counts with and without the kernels' tails. */
+static void check_dot4(const svlm_cpu_matmul_ops *ops, const char *level, svlm_dtype t, int64_t cols) {
+    enum { ROWS = 7 };
+    wcase c = make_weight(t, ROWS, cols);
+    float *x = malloc(sizeof(float) * (size_t)cols), *xq = malloc(sizeof(float) * (size_t)cols);
+    svlm_q8a *q8 = malloc(sizeof(svlm_q8a) * (size_t)(cols / 32 + 1));
+    REQUIRE(x && xq && q8, "out of memory");
+    fill(x, cols, 2.0f);
+    const void *act = x;
+    memcpy(xq, x, sizeof(float) * (size_t)cols);
+    if (svlm_cpu_type_uses_q8a(t)) {
+        svlm_cpu_quantize_q8a(x, q8, cols);
+        for (int64_t i = 0; i < cols; i++)
+            xq[i] = q8[i / 32].d * (float)q8[i / 32].qs[i % 32];
+        act = q8;
+    }
+    double worst_row = 0.0, worst_ref = 0.0;
+    for (int64_t r0 = 0; r0 + 4 <= ROWS; r0++) {
+        float out[4];
+        ops->dot4[t](cols, (const char *)c.w.data + (size_t)r0 * c.w.row_bytes, c.w.row_bytes, act, out);
+        for (int k = 0; k < 4; k++) {
+            const float *w = c.deq + (r0 + k) * cols;
+            double ref = 0.0, mag = 1e-30;
+            for (int64_t i = 0; i < cols; i++) {
+                ref += (double)w[i] * xq[i];
+                mag += fabs((double)w[i] * xq[i]);
+            }
+            float one = ops->dot[t](cols, (const char *)c.w.data + (size_t)(r0 + k) * c.w.row_bytes, act);
+            worst_row = fmax(worst_row, fabs(out[k] - one) / mag);
+            worst_ref = fmax(worst_ref, fabs(out[k] - ref) / mag);
+        }
+    }
+    CHECK(worst_row <= 1e-5, "%s dot4 %s cols=%lld differs from the one-row dot by %.3g", level,
+          svlm_dtype_get(t)->name, (long long)cols, worst_row);
+    CHECK(worst_ref <= 1e-5, "%s dot4 %s cols=%lld differs from the reference by %.3g", level,
+          svlm_dtype_get(t)->name, (long long)cols, worst_ref);
+    free(x);
+    free(xq);
+    free(q8);
+    free(c.deq);
+    free((void *)c.w.data);
+}
+
+static void test_dot4(void) {
+    for (size_t li = 1; li < 3; li++) {
+        svlm_kernels *k = make_kernels(levels[li], 1); /* only to learn whether the CPU has the level */
+        if (!k) continue;
+        svlm_kernels_destroy(k);
+        svlm_cpu_matmul_ops ops;
+        svlm_cpu_matmul_init_ref(&ops);
+#ifdef SVLM_X86
+        svlm_cpu_matmul_init_avx2(&ops);
+        if (li == 2) svlm_cpu_matmul_init_avx512(&ops);
+#endif
+        /* decode matvecs of Q8_0 weights must get the four-row kernel */
+        CHECK(ops.dot4[SVLM_Q8_0] != NULL, "%s: no four-row dot for Q8_0", levels[li]);
+        for (size_t ti = 0; ti < sizeof weight_types / sizeof weight_types[0]; ti++) {
+            svlm_dtype t = weight_types[ti];
+            if (!ops.dot4[t]) continue;
+            int bs = svlm_dtype_get(t)->block_size;
+            if (bs == 1) { /* float rows: vector tails (8 and 16 lanes) and an odd scalar tail */
+                check_dot4(&ops, levels[li], t, 7);
+                check_dot4(&ops, levels[li], t, 83);
+            } else { /* one block, an odd count, and SmolVLM2-256M's 576 columns */
+                check_dot4(&ops, levels[li], t, bs);
+                check_dot4(&ops, levels[li], t, bs == 32 ? 96 : 768);
+            }
+            check_dot4(&ops, levels[li], t, 576);
+        }
     }
 }
 
@@ -748,6 +825,7 @@ int test_main(void) {
 
     test_pool();
     test_pool_stress();
+    test_dot4();
     test_matmul_multi();
     test_matmul();                 /* default: bf16 products for quantized and BF16 weights */
     setenv("SVLM_BF16", "all", 1); /* F16 weights too */

@@ -10,10 +10,10 @@
 
 /* Queries per task. Causal blocks stay small so the masked triangle is mostly skipped; without
  * a mask larger blocks amortise the GEMMs' packing of K and V (up to ~1 MB of scores). */
-#define CAUSAL_BLOCK 64
-#define FULL_BLOCK_MAX 256
+#define CAUSAL_BLOCK      64
+#define FULL_BLOCK_MAX    256
 #define FULL_BLOCK_SCORES (256 * 1024)
-#define SERIAL_MAX_MACS (1 << 17)
+#define SERIAL_MAX_MACS   (1 << 17)
 
 typedef struct attn_job {
     svlm_cpu *c;
@@ -25,7 +25,8 @@ typedef struct attn_job {
  * head_dim outputs instead of the n_kv probabilities. */
 static void scale_rows(float *out, int64_t ld, int64_t rows, int64_t n, const float *f) {
     for (int64_t i = 0; i < rows; i++)
-        for (int64_t d = 0; d < n; d++) out[i * ld + d] *= f[i];
+        for (int64_t d = 0; d < n; d++)
+            out[i * ld + d] *= f[i];
 }
 
 static void attn_task(void *ctx, int task, int thread) {
@@ -48,14 +49,16 @@ static void attn_task(void *ctx, int task, int thread) {
     if (n_vis <= 0) { /* no query of the block sees any row (n_kv < n_q): zeros */
         for (int g = 0; g < group; g++)
             for (int64_t i = 0; i < nq; i++)
-                memset(a->out + (q0 + i) * q_stride + (int64_t)(kvh * group + g) * hd, 0, sizeof(float) * (size_t)hd);
+                memset(a->out + (q0 + i) * q_stride + (int64_t)(kvh * group + g) * hd, 0,
+                       sizeof(float) * (size_t)hd);
         return;
     }
 
     int64_t n_rows = nq > group ? nq : group;
     size_t s_bytes = sizeof(float) * (size_t)n_rows * (size_t)n_vis;
     size_t kv_bytes = a->kv_type == SVLM_F16 ? 2 * sizeof(float) * (size_t)n_vis * (size_t)hd : 0;
-    float *scores = svlm_cpu_scratch(c, thread, SVLM_SCRATCH_OP, s_bytes + kv_bytes + sizeof(float) * (size_t)n_rows);
+    float *scores =
+        svlm_cpu_scratch(c, thread, SVLM_SCRATCH_OP, s_bytes + kv_bytes + sizeof(float) * (size_t)n_rows);
     float *inv_sum = (float *)((char *)scores + s_bytes + kv_bytes); /* per score row */
     const float *K, *V;
     int64_t ld_kv;
@@ -81,7 +84,8 @@ static void attn_task(void *ctx, int task, int thread) {
         const float *q = a->q + q0 * q_stride + (int64_t)kvh * group * hd;
         float *out = a->out + q0 * q_stride + (int64_t)kvh * group * hd;
         c->mm.gemm_nt(c, thread, group, n_vis, hd, q, hd, K, ld_kv, scores, n_vis);
-        for (int g = 0; g < group; g++) inv_sum[g] = 1.0f / c->mm.exp_row(scores + (int64_t)g * n_vis, n_vis, a->scale);
+        for (int g = 0; g < group; g++)
+            inv_sum[g] = 1.0f / c->mm.exp_row(scores + (int64_t)g * n_vis, n_vis, a->scale);
         c->mm.gemm_nn(c, thread, group, hd, n_vis, scores, n_vis, V, ld_kv, out, hd);
         scale_rows(out, hd, group, hd, inv_sum);
         return;
@@ -101,7 +105,8 @@ static void attn_task(void *ctx, int task, int thread) {
                 continue;
             }
             inv_sum[i] = 1.0f / c->mm.exp_row(s, vis, a->scale);
-            for (int64_t t = vis; t < n_vis; t++) s[t] = 0.0f;
+            for (int64_t t = vis; t < n_vis; t++)
+                s[t] = 0.0f;
         }
         c->mm.gemm_nn(c, thread, nq, hd, n_vis, scores, n_vis, V, ld_kv, out, q_stride);
         scale_rows(out, q_stride, nq, hd, inv_sum);

@@ -60,13 +60,15 @@ static void part_task(void *ctx, int task, int thread) {
     c->mm.gemm_nt(c, thread, group, rows, hd, q, hd, K, ld_kv, scores, rows);
     for (int g = 0; g < group; g++) {
         float *s = scores + (int64_t)g * rows, mx = s[0];
-        for (int64_t t = 1; t < rows; t++) mx = s[t] > mx ? s[t] : mx;
+        for (int64_t t = 1; t < rows; t++)
+            mx = s[t] > mx ? s[t] : mx;
         float *dst = part_at(j, kvh, p, g);
         dst[hd] = mx;
         dst[hd + 1] = c->mm.exp_row(s, rows, a->scale);
     }
     for (int g = 0; g < group; g++)
-        c->mm.gemm_nn(c, thread, 1, hd, rows, scores + (int64_t)g * rows, rows, V, ld_kv, part_at(j, kvh, p, g), hd);
+        c->mm.gemm_nn(c, thread, 1, hd, rows, scores + (int64_t)g * rows, rows, V, ld_kv,
+                      part_at(j, kvh, p, g), hd);
 }
 
 static void merge_task(void *ctx, int task, int thread) {
@@ -75,16 +77,19 @@ static void merge_task(void *ctx, int task, int thread) {
     const svlm_attn_args *a = j->a;
     int kvh = task / j->group, g = task % j->group, hd = a->head_dim;
     float m = -INFINITY;
-    for (int p = 0; p < j->n_split; p++) m = fmaxf(m, part_at(j, kvh, p, g)[hd]);
+    for (int p = 0; p < j->n_split; p++)
+        m = fmaxf(m, part_at(j, kvh, p, g)[hd]);
     float *out = a->out + (int64_t)(kvh * j->group + g) * hd, sum = 0.0f;
     memset(out, 0, sizeof(float) * (size_t)hd);
     for (int p = 0; p < j->n_split; p++) {
         const float *src = part_at(j, kvh, p, g);
         float w = expf(a->scale * (src[hd] - m)); /* the part's exps were taken from its own max */
         sum += w * src[hd + 1];
-        for (int d = 0; d < hd; d++) out[d] += w * src[d];
+        for (int d = 0; d < hd; d++)
+            out[d] += w * src[d];
     }
-    for (int d = 0; d < hd; d++) out[d] /= sum;
+    for (int d = 0; d < hd; d++)
+        out[d] /= sum;
 }
 
 int svlm_cpu_attention_split(svlm_cpu *c, const svlm_attn_args *a) {

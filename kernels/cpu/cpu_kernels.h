@@ -30,6 +30,11 @@ typedef struct svlm_q8a {
 /* Dot product of one weight row (cols elements, stored as the type) with one activation row:
  * a float row for F32/F16/BF16 weights, a svlm_q8a row for the quantized types. */
 typedef float (*svlm_dot_fn)(int64_t cols, const void *w_row, const void *act);
+/* The same dot for 4 consecutive weight rows (row_bytes apart) at once: out[k] for row k. Decode
+ * rows are short (576 columns), so sharing the activation loads and one reduction for the four
+ * sums saves much of the per-row cost. */
+typedef void (*svlm_dot4_fn)(int64_t cols, const void *w_rows, size_t row_bytes, const void *act,
+                             float out[4]);
 /* Dequantizes one weight row into f32. */
 typedef void (*svlm_dequant_fn)(int64_t cols, const void *w_row, float *out);
 /* C[M][N] = A[M][K] * B[N][K]^T (nt) or A[M][K] * B[K][N] (nn); row-major with leading dims. */
@@ -41,6 +46,7 @@ typedef void (*svlm_gemm_fn)(svlm_cpu *c, int thread, int64_t M, int64_t N, int6
 /* The kernels a SIMD level provides (matrix kernels and the exp-heavy vector loops). */
 typedef struct svlm_cpu_matmul_ops {
     svlm_dot_fn dot[SVLM_DTYPE_COUNT];
+    svlm_dot4_fn dot4[SVLM_DTYPE_COUNT]; /* NULL: the matvec calls dot row by row */
     svlm_dequant_fn dequant[SVLM_DTYPE_COUNT];
     svlm_gemm_fn gemm_nt, gemm_nn;
     /* x[i] = exp(scale * (x[i] - max x)) in place; returns the sum (softmax = this / sum) */
@@ -58,7 +64,7 @@ void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops);
 #ifdef SVLM_X86
 void svlm_cpu_matmul_init_avx2(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_matmul_init_avx512(svlm_cpu_matmul_ops *ops);
-void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops); /* own AVX-512 f32 GEMM */
+void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops);      /* own AVX-512 f32 GEMM */
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
 #endif
 
@@ -68,10 +74,10 @@ int svlm_cpu_type_uses_q8a(svlm_dtype t);
 void svlm_cpu_quantize_q8a(const float *x, svlm_q8a *out, int64_t cols);
 
 /* Portable GEMMs (OpenBLAS when built with it). */
-void svlm_cpu_gemm_nt_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                          const float *B, int64_t ldb, float *C, int64_t ldc);
-void svlm_cpu_gemm_nn_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                          const float *B, int64_t ldb, float *C, int64_t ldc);
+void svlm_cpu_gemm_nt_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                          int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
+void svlm_cpu_gemm_nn_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                          int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
 
 /* The CPU backend state the ops share. Not safe for concurrent use (one run at a time). */
 enum { SVLM_SCRATCH_OP = 0, SVLM_SCRATCH_GEMM = 1, SVLM_SCRATCH_SLOTS = 2 };
@@ -103,7 +109,8 @@ void svlm_cpu_attention(svlm_cpu *c, const svlm_attn_args *a);
 /* Decode attention over long caches split along the kv rows; returns 0 (nothing done) where
  * splitting does not pay. */
 int svlm_cpu_attention_split(svlm_cpu *c, const svlm_attn_args *a);
-void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps);
+void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                      float eps);
 void svlm_cpu_layernorm(svlm_cpu *c, const float *x, const float *w, const float *b, float *y, int64_t n,
                         int64_t dim, float eps);
 void svlm_cpu_rope(svlm_cpu *c, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
@@ -116,7 +123,8 @@ void svlm_cpu_softmax(svlm_cpu *c, float *x, int64_t n_rows, int64_t dim);
 /* Portable vector loops (the SIMD levels replace them in their tables). */
 float svlm_cpu_exp_row_ref(float *x, int64_t dim, float scale);
 void svlm_cpu_rmsnorm_row_ref(const float *x, const float *w, float *y, int64_t dim, float eps);
-void svlm_cpu_layernorm_row_ref(const float *x, const float *w, const float *b, float *y, int64_t dim, float eps);
+void svlm_cpu_layernorm_row_ref(const float *x, const float *w, const float *b, float *y, int64_t dim,
+                                float eps);
 void svlm_cpu_silu_mul_ref(float *gate, const float *up, int64_t n);
 void svlm_cpu_gelu_tanh_ref(float *x, int64_t n);
 

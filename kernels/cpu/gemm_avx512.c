@@ -19,7 +19,8 @@
 static void micro_kernel(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int accumulate,
                          int64_t mr, int64_t nr) {
     __m512 c[MR][2];
-    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < MR; i++)
+        c[i][0] = c[i][1] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k++, Ap += MR, Bp += NR) {
         __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
         for (int i = 0; i < MR; i++) {
@@ -48,9 +49,11 @@ static void pack_a(const float *A, int64_t lda, int64_t M, int64_t k0, int64_t k
         for (int64_t i = 0; i < MR; i++) {
             if (i0 + i < M) {
                 const float *a = A + (i0 + i) * lda + k0;
-                for (int64_t k = 0; k < kc; k++) Ap[k * MR + i] = a[k];
+                for (int64_t k = 0; k < kc; k++)
+                    Ap[k * MR + i] = a[k];
             } else {
-                for (int64_t k = 0; k < kc; k++) Ap[k * MR + i] = 0.0f;
+                for (int64_t k = 0; k < kc; k++)
+                    Ap[k * MR + i] = 0.0f;
             }
         }
     }
@@ -65,7 +68,8 @@ static void pack_b(int trans, const float *B, int64_t ldb, int64_t N, int64_t j0
             if (w < NR) memset(Bp, 0, sizeof(float) * (size_t)(kc * NR));
             for (int64_t j = 0; j < w; j++) {
                 const float *b = B + (j0 + s + j) * ldb + k0;
-                for (int64_t k = 0; k < kc; k++) Bp[k * NR + j] = b[k];
+                for (int64_t k = 0; k < kc; k++)
+                    Bp[k * NR + j] = b[k];
             }
         } else {
             __mmask16 m0 = w >= 16 ? 0xffff : (__mmask16)((1u << w) - 1);
@@ -79,11 +83,13 @@ static void pack_b(int trans, const float *B, int64_t ldb, int64_t N, int64_t j0
     }
 }
 
-static inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
+static inline __mmask16 tail_mask(int64_t n) {
+    return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+}
 
 /* A few rows of A (decode attention): packing would cost more than it saves. */
-static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
-                         int64_t ldb, float *C, int64_t ldc) {
+static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                         const float *B, int64_t ldb, float *C, int64_t ldc) {
     for (int64_t i = 0; i < M; i++) {
         const float *a = A + i * lda;
         float *c = C + i * ldc;
@@ -93,7 +99,8 @@ static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float
                 __m512 acc = _mm512_setzero_ps();
                 for (int64_t k = 0; k < K; k += 16) {
                     __mmask16 m = tail_mask(K - k);
-                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
+                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k),
+                                          acc);
                 }
                 c[j] = _mm512_reduce_add_ps(acc);
             }
@@ -102,17 +109,19 @@ static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float
                 __mmask16 m = tail_mask(N - j);
                 __m512 acc = _mm512_setzero_ps();
                 for (int64_t k = 0; k < K; k++)
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(a[k]), _mm512_maskz_loadu_ps(m, B + k * ldb + j), acc);
+                    acc =
+                        _mm512_fmadd_ps(_mm512_set1_ps(a[k]), _mm512_maskz_loadu_ps(m, B + k * ldb + j), acc);
                 _mm512_mask_storeu_ps(c + j, m, acc);
             }
         }
     }
 }
 
-static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                 const float *B, int64_t ldb, float *C, int64_t ldc) {
+static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64_t K, const float *A,
+                 int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
     if (K <= 0) {
-        for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
+        for (int64_t i = 0; i < M; i++)
+            memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
         return;
     }
     if (M < 4) {
@@ -134,20 +143,21 @@ static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64
                 const float *bp = Bp + (s / NR) * kc * NR;
                 for (int64_t i0 = 0; i0 < M; i0 += MR) {
                     int64_t mr = M - i0 < MR ? M - i0 : MR;
-                    micro_kernel(kc, Ap + (i0 / MR) * kc * MR, bp, C + i0 * ldc + j0 + s, ldc, k0 > 0, mr, nr);
+                    micro_kernel(kc, Ap + (i0 / MR) * kc * MR, bp, C + i0 * ldc + j0 + s, ldc, k0 > 0, mr,
+                                 nr);
                 }
             }
         }
     }
 }
 
-static void gemm_nt_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                           const float *B, int64_t ldb, float *C, int64_t ldc) {
+static void gemm_nt_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                           int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
     gemm(c, thread, 1, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
-static void gemm_nn_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                           const float *B, int64_t ldb, float *C, int64_t ldc) {
+static void gemm_nn_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                           int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
     gemm(c, thread, 0, M, N, K, A, lda, B, ldb, C, ldc);
 }
 

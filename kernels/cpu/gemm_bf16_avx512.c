@@ -16,8 +16,8 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 
-#define MR 12    /* tokens per tile (broadcast) */
-#define NR 32    /* weight rows per tile (two vectors) */
+#define MR    12 /* tokens per tile (broadcast) */
+#define NR    32 /* weight rows per tile (two vectors) */
 #define PANEL 96 /* weight rows per task: three strips, packed ~0.6 MB at most (K 3072), in L2 */
 
 typedef struct bf16_job {
@@ -33,7 +33,8 @@ typedef struct bf16_job {
 static void to_bf16_pairs(const float *x, int64_t cols, uint32_t *out) {
     int64_t c = 0;
     for (; c + 16 <= cols; c += 16)
-        _mm256_storeu_si256((__m256i *)((uint16_t *)out + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + c)));
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + c),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + c)));
     if (c < cols) {
         __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);
         __m256i v = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + c));
@@ -48,8 +49,10 @@ static void convert_rows_task(void *ctx, int task, int thread) {
     int64_t r0 = (int64_t)task * MR;
     for (int64_t r = r0; r < r0 + MR; r++) {
         uint32_t *dst = j->a + r * j->kp;
-        if (r < j->n) to_bf16_pairs(j->x + r * j->w->cols, j->w->cols, dst);
-        else memset(dst, 0, sizeof(uint32_t) * (size_t)j->kp);
+        if (r < j->n)
+            to_bf16_pairs(j->x + r * j->w->cols, j->w->cols, dst);
+        else
+            memset(dst, 0, sizeof(uint32_t) * (size_t)j->kp);
     }
 }
 
@@ -57,7 +60,8 @@ static void convert_rows_task(void *ctx, int task, int thread) {
 static void micro_kernel(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
                          int64_t nr) {
     __m512 c[MR][2];
-    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < MR; i++)
+        c[i][0] = c[i][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < kp; p++, b += NR) {
         __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
         for (int i = 0; i < MR; i++) {
@@ -78,8 +82,8 @@ static void micro_kernel(int64_t kp, const uint32_t *a, const uint32_t *b, float
 static void pack_panel(const bf16_job *j, int thread, int64_t r0, int64_t nr, uint32_t *bp) {
     const svlm_weight *w = j->w;
     int64_t kp = j->kp, strips = (nr + NR - 1) / NR;
-    float *row = svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_GEMM, sizeof(float) * (size_t)w->cols +
-                                                                       sizeof(uint32_t) * (size_t)(kp + 16));
+    float *row = svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_GEMM,
+                                  sizeof(float) * (size_t)w->cols + sizeof(uint32_t) * (size_t)(kp + 16));
     uint32_t *pairs = (uint32_t *)(row + w->cols);
     svlm_dequant_fn deq = j->c->mm.dequant[w->type];
     if (nr < strips * NR) memset(bp, 0, sizeof(uint32_t) * (size_t)(strips * NR * kp));
@@ -93,7 +97,8 @@ static void pack_panel(const bf16_job *j, int thread, int64_t r0, int64_t nr, ui
             to_bf16_pairs(row, w->cols, pairs);
         }
         uint32_t *dst = bp + (r / NR) * kp * NR + r % NR;
-        for (int64_t p = 0; p < kp; p++) dst[p * NR] = pairs[p];
+        for (int64_t p = 0; p < kp; p++)
+            dst[p * NR] = pairs[p];
     }
 }
 
@@ -102,14 +107,15 @@ static void panel_task(void *ctx, int task, int thread) {
     const svlm_weight *w = j->w;
     int64_t r0 = (int64_t)task * PANEL, nr = w->rows - r0 < PANEL ? w->rows - r0 : PANEL;
     int64_t strips = (nr + NR - 1) / NR;
-    uint32_t *bp = svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, sizeof(uint32_t) * (size_t)(strips * NR * j->kp));
+    uint32_t *bp =
+        svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, sizeof(uint32_t) * (size_t)(strips * NR * j->kp));
     pack_panel(j, thread, r0, nr, bp);
     for (int64_t i0 = 0; i0 < j->n; i0 += MR) {
         int64_t mr = j->n - i0 < MR ? j->n - i0 : MR;
         for (int64_t s = 0; s < strips; s++) {
             int64_t cols = nr - s * NR < NR ? nr - s * NR : NR;
-            micro_kernel(j->kp, j->a + i0 * j->kp, bp + s * j->kp * NR, j->y + i0 * w->rows + r0 + s * NR, w->rows,
-                         mr, cols);
+            micro_kernel(j->kp, j->a + i0 * j->kp, bp + s * j->kp * NR, j->y + i0 * w->rows + r0 + s * NR,
+                         w->rows, mr, cols);
         }
     }
 }
@@ -122,5 +128,7 @@ static void matmul_bf16(svlm_cpu *c, const svlm_weight *w, const float *x, int64
     svlm_pool_run(c->pool, panel_task, &j, (int)((w->rows + PANEL - 1) / PANEL));
 }
 
-void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops) { ops->matmul_bf16 = matmul_bf16; }
+void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops) {
+    ops->matmul_bf16 = matmul_bf16;
+}
 #endif

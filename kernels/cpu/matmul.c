@@ -45,7 +45,8 @@ static void matvec_task(void *ctx, int task, int thread) {
     (void)thread;
     const matvec_job *j = ctx;
     int wi = 0;
-    while (task >= j->first_task[wi + 1]) wi++;
+    while (task >= j->first_task[wi + 1])
+        wi++;
     const svlm_weight *w = j->w[wi];
     float *y = j->y[wi];
     svlm_dot_fn dot = j->c->mm.dot[w->type];
@@ -58,8 +59,13 @@ static void matvec_task(void *ctx, int task, int thread) {
     int64_t r0 = (int64_t)(task - j->first_task[wi]) * j->chunk[wi];
     int64_t r1 = r0 + j->chunk[wi] < w->rows ? r0 + j->chunk[wi] : w->rows;
     const char *row = (const char *)w->data + (size_t)r0 * w->row_bytes;
+    svlm_dot4_fn dot4 = j->c->mm.dot4[w->type];
+    if (dot4 && j->n == 1) /* decode: four rows per call, the rest one by one */
+        for (; r0 + 4 <= r1; r0 += 4, row += 4 * w->row_bytes)
+            dot4(w->cols, row, w->row_bytes, act, y + r0);
     for (int64_t r = r0; r < r1; r++, row += w->row_bytes)
-        for (int64_t i = 0; i < j->n; i++) y[i * w->rows + r] = dot(w->cols, row, (const char *)act + (size_t)i * act_stride);
+        for (int64_t i = 0; i < j->n; i++)
+            y[i * w->rows + r] = dot(w->cols, row, (const char *)act + (size_t)i * act_stride);
 }
 
 typedef struct gemm_job {
@@ -80,9 +86,11 @@ static void gemm_task(void *ctx, int task, int thread) {
     if (w->type == SVLM_F32 && w->row_bytes == (size_t)w->cols * sizeof(float)) {
         panel = (const float *)rows;
     } else {
-        float *buf = svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, (size_t)nr * (size_t)w->cols * sizeof(float));
+        float *buf =
+            svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, (size_t)nr * (size_t)w->cols * sizeof(float));
         svlm_dequant_fn deq = j->c->mm.dequant[w->type];
-        for (int64_t r = 0; r < nr; r++) deq(w->cols, rows + (size_t)r * w->row_bytes, buf + r * w->cols);
+        for (int64_t r = 0; r < nr; r++)
+            deq(w->cols, rows + (size_t)r * w->row_bytes, buf + r * w->cols);
         panel = buf;
     }
     j->c->mm.gemm_nt(j->c, thread, j->n, nr, w->cols, j->x, w->cols, panel, w->cols, j->y + r0, w->rows);
@@ -114,12 +122,15 @@ static void matvec_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, con
         if (svlm_cpu_type_uses_q8a(w->type) && !j.q8) { /* every weight has the same cols */
             int64_t blocks = w->cols / 32;
             svlm_q8a *q = svlm_cpu_act_buffer(c, (size_t)blocks * sizeof(svlm_q8a) * (size_t)n);
-            for (int64_t r = 0; r < n; r++) c->mm.quantize_q8a(x + r * w->cols, q + r * blocks, w->cols);
+            for (int64_t r = 0; r < n; r++)
+                c->mm.quantize_q8a(x + r * w->cols, q + r * blocks, w->cols);
             j.q8 = q;
         }
-        /* About four chunks per thread, at least 16 rows each, so late threads can catch up. */
-        int64_t chunk = w->rows / ((int64_t)c->n_threads * 4);
-        j.chunk[i] = chunk < 16 ? 16 : chunk;
+        /* About two chunks per thread, at least 16 rows each, so a late thread can be caught up
+         * with; more (four) ran slower in decode on 2 threads: shorter sequential runs per thread. */
+        int64_t chunk = w->rows / ((int64_t)c->n_threads * 2);
+        chunk = chunk < 16 ? 16 : chunk;
+        j.chunk[i] = (chunk + 3) / 4 * 4; /* whole groups for the four-row dot kernels */
         j.first_task[i + 1] = j.first_task[i] + (int)((w->rows + j.chunk[i] - 1) / j.chunk[i]);
     }
     svlm_pool_run(c->pool, matvec_task, &j, j.first_task[n_w]);
@@ -128,7 +139,8 @@ static void matvec_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, con
 void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
     if (n <= 0 || w->rows <= 0) return;
     check_type(c, w);
-    if (n >= GEMM_MIN_ROWS && c->mm.matmul_bf16 && w->type != SVLM_F32 && (w->type != SVLM_F16 || c->bf16_f16)) {
+    if (n >= GEMM_MIN_ROWS && c->mm.matmul_bf16 && w->type != SVLM_F32 &&
+        (w->type != SVLM_F16 || c->bf16_f16)) {
         c->mm.matmul_bf16(c, w, x, n, y);
         return;
     }
@@ -152,7 +164,8 @@ void svlm_cpu_matmul_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, c
         }
     }
     if (n >= GEMM_MIN_ROWS) { /* compute bound: a barrier per weight costs nothing */
-        for (int i = 0; i < n_w; i++) svlm_cpu_matmul(c, ws[i], x, n, ys[i]);
+        for (int i = 0; i < n_w; i++)
+            svlm_cpu_matmul(c, ws[i], x, n, ys[i]);
         return;
     }
     for (int i = 0; i < n_w; i += MATVEC_MAX_WEIGHTS) {

@@ -12,17 +12,19 @@ static inline __m256i dot_u8s8_avx2(__m256i u, __m256i s) {
 
 static inline __m256i bits_to_bytes_avx2(uint32_t bits) {
     /* byte i <- byte i/8 of bits, then test bit i%8 */
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
-                                            3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2,
+                                            2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
     const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
     return _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
 }
 
-#define DOT_U8S8(u, s) dot_u8s8_avx2(u, s)
+#define DOT_U8S8(u, s)   dot_u8s8_avx2(u, s)
 #define BITS_TO_BYTES(b) bits_to_bytes_avx2(b)
-#define FN(name) name##_avx2
+#define FN(name)         name##_avx2
 #include "kernels/cpu/matmul_simd.inc"
 
-void svlm_cpu_matmul_init_avx2(svlm_cpu_matmul_ops *ops) { install_simd256(ops); }
+void svlm_cpu_matmul_init_avx2(svlm_cpu_matmul_ops *ops) {
+    install_simd256(ops);
+}
 #endif

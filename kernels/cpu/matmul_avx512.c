@@ -5,9 +5,9 @@
 
 #include <immintrin.h>
 
-#define DOT_U8S8(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+#define DOT_U8S8(u, s)   _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 #define BITS_TO_BYTES(b) _mm256_movm_epi8((__mmask32)(b))
-#define FN(name) name##_avx512
+#define FN(name)         name##_avx512
 #include "kernels/cpu/matmul_simd.inc"
 
 /* ---- 512-bit exp loops (the vision encoder's softmax and GELU run over ~10^8 values) ---- */
@@ -32,7 +32,9 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
 }
 
-static inline __mmask16 tail16(int64_t n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
+static inline __mmask16 tail16(int64_t n) {
+    return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+}
 
 static float exp_row_512(float *x, int64_t dim, float scale) {
     if (dim <= 0) return 0.0f;
@@ -68,7 +70,8 @@ static void gelu_tanh_512(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = tail16(n - i);
         __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        __m512 u = _mm512_mul_ps(k, _mm512_add_ps(v, _mm512_mul_ps(_mm512_mul_ps(c, v), _mm512_mul_ps(v, v))));
+        __m512 u =
+            _mm512_mul_ps(k, _mm512_add_ps(v, _mm512_mul_ps(_mm512_mul_ps(c, v), _mm512_mul_ps(v, v))));
         _mm512_mask_storeu_ps(x + i, m, _mm512_div_ps(v, _mm512_add_ps(one, exp16(_mm512_mul_ps(m2, u)))));
     }
 }

@@ -21,7 +21,8 @@ int svlm_cpu_type_uses_q8a(svlm_dtype t) {
 void svlm_cpu_quantize_q8a(const float *x, svlm_q8a *out, int64_t cols) {
     for (int64_t b = 0; b < cols / 32; b++, x += 32, out++) {
         float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[i]));
         float d = amax / 127.0f;
         float id = d > 0.0f ? 1.0f / d : 0.0f;
         int sum = 0;
@@ -43,7 +44,8 @@ static float dot_q4_0(int64_t cols, const void *w_row, const void *act) {
     float acc = 0.0f;
     for (int64_t b = 0; b < cols / 32; b++) {
         int sum = 0;
-        for (int j = 0; j < 16; j++) sum += (w[b].qs[j] & 15) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + 16];
+        for (int j = 0; j < 16; j++)
+            sum += (w[b].qs[j] & 15) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + 16];
         float d = svlm_f16_to_f32(w[b].d);
         acc += d * x[b].d * (float)sum - 8.0f * d * x[b].s;
     }
@@ -56,7 +58,8 @@ static float dot_q4_1(int64_t cols, const void *w_row, const void *act) {
     float acc = 0.0f;
     for (int64_t b = 0; b < cols / 32; b++) {
         int sum = 0;
-        for (int j = 0; j < 16; j++) sum += (w[b].qs[j] & 15) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + 16];
+        for (int j = 0; j < 16; j++)
+            sum += (w[b].qs[j] & 15) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + 16];
         acc += svlm_f16_to_f32(w[b].d) * x[b].d * (float)sum + svlm_f16_to_f32(w[b].m) * x[b].s;
     }
     return acc;
@@ -76,7 +79,8 @@ static float dot_q5_0(int64_t cols, const void *w_row, const void *act) {
     float acc = 0.0f;
     for (int64_t b = 0; b < cols / 32; b++) {
         int sum = 0;
-        for (int j = 0; j < 32; j++) sum += code5(w[b].qs, w[b].qh, j) * x[b].qs[j];
+        for (int j = 0; j < 32; j++)
+            sum += code5(w[b].qs, w[b].qh, j) * x[b].qs[j];
         float d = svlm_f16_to_f32(w[b].d);
         acc += d * x[b].d * (float)sum - 16.0f * d * x[b].s;
     }
@@ -89,7 +93,8 @@ static float dot_q5_1(int64_t cols, const void *w_row, const void *act) {
     float acc = 0.0f;
     for (int64_t b = 0; b < cols / 32; b++) {
         int sum = 0;
-        for (int j = 0; j < 32; j++) sum += code5(w[b].qs, w[b].qh, j) * x[b].qs[j];
+        for (int j = 0; j < 32; j++)
+            sum += code5(w[b].qs, w[b].qh, j) * x[b].qs[j];
         acc += svlm_f16_to_f32(w[b].d) * x[b].d * (float)sum + svlm_f16_to_f32(w[b].m) * x[b].s;
     }
     return acc;
@@ -101,7 +106,8 @@ static float dot_q8_0(int64_t cols, const void *w_row, const void *act) {
     float acc = 0.0f;
     for (int64_t b = 0; b < cols / 32; b++) {
         int sum = 0;
-        for (int j = 0; j < 32; j++) sum += w[b].qs[j] * x[b].qs[j];
+        for (int j = 0; j < 32; j++)
+            sum += w[b].qs[j] * x[b].qs[j];
         acc += svlm_f16_to_f32(w[b].d) * x[b].d * (float)sum;
     }
     return acc;
@@ -190,10 +196,13 @@ static float dot_f32(int64_t cols, const void *w_row, const void *act) {
     float acc[8] = {0};
     int64_t c = 0;
     for (; c + 8 <= cols; c += 8)
-        for (int i = 0; i < 8; i++) acc[i] += w[c + i] * x[c + i];
+        for (int i = 0; i < 8; i++)
+            acc[i] += w[c + i] * x[c + i];
     float sum = 0.0f;
-    for (; c < cols; c++) sum += w[c] * x[c];
-    for (int i = 0; i < 8; i++) sum += acc[i];
+    for (; c < cols; c++)
+        sum += w[c] * x[c];
+    for (int i = 0; i < 8; i++)
+        sum += acc[i];
     return sum;
 }
 
@@ -201,7 +210,8 @@ static float dot_f16(int64_t cols, const void *w_row, const void *act) {
     const svlm_f16 *w = w_row;
     const float *x = act;
     float sum = 0.0f;
-    for (int64_t c = 0; c < cols; c++) sum += svlm_f16_to_f32(w[c]) * x[c];
+    for (int64_t c = 0; c < cols; c++)
+        sum += svlm_f16_to_f32(w[c]) * x[c];
     return sum;
 }
 
@@ -209,13 +219,14 @@ static float dot_bf16(int64_t cols, const void *w_row, const void *act) {
     const svlm_bf16 *w = w_row;
     const float *x = act;
     float sum = 0.0f;
-    for (int64_t c = 0; c < cols; c++) sum += svlm_bf16_to_f32(w[c]) * x[c];
+    for (int64_t c = 0; c < cols; c++)
+        sum += svlm_bf16_to_f32(w[c]) * x[c];
     return sum;
 }
 
-#define DEQUANT_VIA_REFERENCE(name, type)                                                     \
-    static void name(int64_t cols, const void *w_row, float *out) {                            \
-        svlm_dequantize_row(type, w_row, out, cols);                                           \
+#define DEQUANT_VIA_REFERENCE(name, type)                                                                    \
+    static void name(int64_t cols, const void *w_row, float *out) {                                          \
+        svlm_dequantize_row(type, w_row, out, cols);                                                         \
     }
 DEQUANT_VIA_REFERENCE(deq_f16, SVLM_F16)
 DEQUANT_VIA_REFERENCE(deq_bf16, SVLM_BF16)
@@ -228,12 +239,14 @@ DEQUANT_VIA_REFERENCE(deq_q4_k, SVLM_Q4_K)
 DEQUANT_VIA_REFERENCE(deq_q5_k, SVLM_Q5_K)
 DEQUANT_VIA_REFERENCE(deq_q6_k, SVLM_Q6_K)
 
-static void deq_f32(int64_t cols, const void *w_row, float *out) { memcpy(out, w_row, (size_t)cols * sizeof(float)); }
+static void deq_f32(int64_t cols, const void *w_row, float *out) {
+    memcpy(out, w_row, (size_t)cols * sizeof(float));
+}
 
 /* ---- GEMM ---- */
 
-void svlm_cpu_gemm_nn_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                          const float *B, int64_t ldb, float *C, int64_t ldc) {
+void svlm_cpu_gemm_nn_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                          int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
     (void)c;
     (void)thread;
 #ifdef SVLM_HAVE_OPENBLAS
@@ -242,18 +255,20 @@ void svlm_cpu_gemm_nn_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t
 #else
     for (int64_t i = 0; i < M; i++) {
         float *c = C + i * ldc;
-        for (int64_t j = 0; j < N; j++) c[j] = 0.0f;
+        for (int64_t j = 0; j < N; j++)
+            c[j] = 0.0f;
         for (int64_t k = 0; k < K; k++) {
             float a = A[i * lda + k];
             const float *b = B + k * ldb;
-            for (int64_t j = 0; j < N; j++) c[j] += a * b[j];
+            for (int64_t j = 0; j < N; j++)
+                c[j] += a * b[j];
         }
     }
 #endif
 }
 
-void svlm_cpu_gemm_nt_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                          const float *B, int64_t ldb, float *C, int64_t ldc) {
+void svlm_cpu_gemm_nt_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                          int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
 #ifdef SVLM_HAVE_OPENBLAS
     (void)c;
     (void)thread;
@@ -266,13 +281,16 @@ void svlm_cpu_gemm_nt_ref(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t
     for (int64_t j0 = 0; j0 < N; j0 += PANEL) {
         int64_t nj = N - j0 < PANEL ? N - j0 : PANEL;
         for (int64_t k = 0; k < K; k++)
-            for (int64_t j = 0; j < PANEL; j++) bt[k * PANEL + j] = j < nj ? B[(j0 + j) * ldb + k] : 0.0f;
+            for (int64_t j = 0; j < PANEL; j++)
+                bt[k * PANEL + j] = j < nj ? B[(j0 + j) * ldb + k] : 0.0f;
         for (int64_t i = 0; i < M; i++) {
             float acc[PANEL] = {0};
             const float *a = A + i * lda;
             for (int64_t k = 0; k < K; k++)
-                for (int j = 0; j < PANEL; j++) acc[j] += a[k] * bt[k * PANEL + j];
-            for (int64_t j = 0; j < nj; j++) C[i * ldc + j0 + j] = acc[j];
+                for (int j = 0; j < PANEL; j++)
+                    acc[j] += a[k] * bt[k * PANEL + j];
+            for (int64_t j = 0; j < nj; j++)
+                C[i * ldc + j0 + j] = acc[j];
         }
     }
 #endif

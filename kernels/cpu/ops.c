@@ -41,9 +41,11 @@ static void parallel_for(svlm_cpu *c, int64_t count, int64_t work, range_fn fn, 
 
 void svlm_cpu_rmsnorm_row_ref(const float *x, const float *w, float *y, int64_t dim, float eps) {
     double ss = 0.0;
-    for (int64_t i = 0; i < dim; i++) ss += (double)x[i] * x[i];
+    for (int64_t i = 0; i < dim; i++)
+        ss += (double)x[i] * x[i];
     float scale = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
-    for (int64_t i = 0; i < dim; i++) y[i] = x[i] * scale * w[i];
+    for (int64_t i = 0; i < dim; i++)
+        y[i] = x[i] * scale * w[i];
 }
 
 typedef struct norm_job {
@@ -57,24 +59,31 @@ typedef struct norm_job {
 static void rmsnorm_rows(void *ctx, int64_t r0, int64_t r1, int thread) {
     (void)thread;
     const norm_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) j->c->mm.rmsnorm_row(j->x + r * j->dim, j->w, j->y + r * j->dim, j->dim, j->eps);
+    for (int64_t r = r0; r < r1; r++)
+        j->c->mm.rmsnorm_row(j->x + r * j->dim, j->w, j->y + r * j->dim, j->dim, j->eps);
 }
 
-void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps) {
+void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                      float eps) {
     norm_job j = {c, x, w, NULL, y, dim, eps};
     parallel_for(c, n, dim, rmsnorm_rows, &j);
 }
 
-void svlm_cpu_layernorm_row_ref(const float *x, const float *w, const float *b, float *y, int64_t dim, float eps) {
+void svlm_cpu_layernorm_row_ref(const float *x, const float *w, const float *b, float *y, int64_t dim,
+                                float eps) {
     double sum = 0.0;
-    for (int64_t i = 0; i < dim; i++) sum += x[i];
+    for (int64_t i = 0; i < dim; i++)
+        sum += x[i];
     double mean = sum / (double)dim, var = 0.0;
-    for (int64_t i = 0; i < dim; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
+    for (int64_t i = 0; i < dim; i++)
+        var += ((double)x[i] - mean) * ((double)x[i] - mean);
     float m = (float)mean, scale = (float)(1.0 / sqrt(var / (double)dim + (double)eps));
     if (b)
-        for (int64_t i = 0; i < dim; i++) y[i] = (x[i] - m) * scale * w[i] + b[i];
+        for (int64_t i = 0; i < dim; i++)
+            y[i] = (x[i] - m) * scale * w[i] + b[i];
     else
-        for (int64_t i = 0; i < dim; i++) y[i] = (x[i] - m) * scale * w[i];
+        for (int64_t i = 0; i < dim; i++)
+            y[i] = (x[i] - m) * scale * w[i];
 }
 
 static void layernorm_rows(void *ctx, int64_t r0, int64_t r1, int thread) {
@@ -103,7 +112,8 @@ typedef struct rope_job {
 static void rope_rows(void *ctx, int64_t t0, int64_t t1, int thread) {
     const rope_job *j = ctx;
     int half = j->n_rot / 2;
-    float *cs = svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, sizeof(float) * 2 * (size_t)(half > 0 ? half : 1));
+    float *cs =
+        svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, sizeof(float) * 2 * (size_t)(half > 0 ? half : 1));
     float *sn = cs + half;
     for (int64_t t = t0; t < t1; t++) {
         /* ggml's order of operations: the angle is multiplied by theta_scale pair after pair. */
@@ -147,7 +157,8 @@ typedef struct act_job {
 } act_job;
 
 void svlm_cpu_silu_mul_ref(float *g, const float *u, int64_t n) {
-    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + svlm_expf_fast(-g[i])) * u[i];
+    for (int64_t i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + svlm_expf_fast(-g[i])) * u[i];
 }
 
 static void silu_mul_range(void *ctx, int64_t b, int64_t e, int thread) {
@@ -185,7 +196,8 @@ void svlm_cpu_gelu_tanh(svlm_cpu *c, float *x, int64_t n) {
 static void add_range(void *ctx, int64_t b, int64_t e, int thread) {
     (void)thread;
     const ew_job *j = ctx;
-    for (int64_t i = b; i < e; i++) j->y[i] += j->x[i];
+    for (int64_t i = b; i < e; i++)
+        j->y[i] += j->x[i];
 }
 
 void svlm_cpu_add(svlm_cpu *c, float *y, const float *x, int64_t n) {
@@ -204,7 +216,8 @@ static void add_bias_rows(void *ctx, int64_t r0, int64_t r1, int thread) {
     const bias_job *j = ctx;
     for (int64_t r = r0; r < r1; r++) {
         float *y = j->y + r * j->dim;
-        for (int64_t i = 0; i < j->dim; i++) y[i] += j->b[i];
+        for (int64_t i = 0; i < j->dim; i++)
+            y[i] += j->b[i];
     }
 }
 
@@ -218,9 +231,11 @@ void svlm_cpu_add_bias(svlm_cpu *c, float *y, const float *b, int64_t n_rows, in
 float svlm_cpu_exp_row_ref(float *x, int64_t dim, float scale) {
     if (dim <= 0) return 0.0f;
     float mx = x[0];
-    for (int64_t i = 1; i < dim; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int64_t i = 1; i < dim; i++)
+        mx = x[i] > mx ? x[i] : mx;
     double sum = 0.0;
-    for (int64_t i = 0; i < dim; i++) sum += (x[i] = svlm_expf_fast(scale * (x[i] - mx)));
+    for (int64_t i = 0; i < dim; i++)
+        sum += (x[i] = svlm_expf_fast(scale * (x[i] - mx)));
     return (float)sum;
 }
 
@@ -236,7 +251,8 @@ static void softmax_rows(void *ctx, int64_t r0, int64_t r1, int thread) {
     for (int64_t r = r0; r < r1; r++) {
         float *x = j->x + r * j->dim;
         float inv = 1.0f / j->c->mm.exp_row(x, j->dim, 1.0f);
-        for (int64_t i = 0; i < j->dim; i++) x[i] *= inv;
+        for (int64_t i = 0; i < j->dim; i++)
+            x[i] *= inv;
     }
 }
 
