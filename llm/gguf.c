@@ -153,8 +153,7 @@ const char *gguf_vtype_name(gguf_vtype t) {
     return (unsigned)t < GGUF_VTYPE_COUNT ? names[t] : "unknown";
 }
 
-/* Bytes of one fixed-size element; 0 for strings, arrays and unknown types. */
-static int vtype_size(uint32_t t) {
+size_t gguf_vtype_size(gguf_vtype t) {
     switch (t) {
     case GGUF_UINT8:
     case GGUF_INT8:
@@ -187,7 +186,7 @@ static double f32_of_bits(uint32_t u) {
 
 /* Decodes one fixed-size scalar at p into kv->v (widened). */
 static void decode_scalar(gguf_vtype t, const uint8_t *p, gguf_kv *kv) {
-    int n = vtype_size(t);
+    int n = (int)gguf_vtype_size((gguf_vtype)t);
     uint64_t raw = le(p, n);
     switch (t) {
     case GGUF_INT8: kv->v.i64 = (int8_t)raw; break;
@@ -215,7 +214,7 @@ static svlm_status read_array(cursor *c, gguf_kv *kv, svlm_err *err) {
     kv->data = c->base + c->pos;
     if (et != GGUF_STRING) {
         uint64_t bytes;
-        if (!svlm_mul_u64(n, (uint64_t)vtype_size(et), &bytes) || !has(c, bytes))
+        if (!svlm_mul_u64(n, (uint64_t)gguf_vtype_size((gguf_vtype)et), &bytes) || !has(c, bytes))
             return svlm_fail(err, SVLM_E_FORMAT,
                              "array of %llu %s values at offset %zu runs past the end of the file (size %zu)",
                              (unsigned long long)n, gguf_vtype_name((gguf_vtype)et), c->pos, c->size);
@@ -257,7 +256,7 @@ static svlm_status read_value(cursor *c, gguf_kv *kv, svlm_err *err) {
     kv->type = (gguf_vtype)t;
     if (t == GGUF_STRING) return read_str(c, &kv->v.str, err, "string value");
     if (t == GGUF_ARRAY) return read_array(c, kv, err);
-    int n = vtype_size(t);
+    int n = (int)gguf_vtype_size((gguf_vtype)t);
     if (!has(c, (uint64_t)n)) return truncated(c, err, gguf_vtype_name(kv->type), (uint64_t)n);
     decode_scalar(kv->type, c->base + c->pos, kv);
     if (t == GGUF_BOOL && c->base[c->pos] > 1)

@@ -97,5 +97,7 @@ char *gguf_get_str_dup(const gguf_file *f, const char *key);
 const gguf_kv *gguf_get_arr(const gguf_file *f, const char *key, gguf_vtype elem_type);
 
 const char *gguf_vtype_name(gguf_vtype t);
+/* Bytes of one fixed-size value; 0 for strings, arrays and unknown types. */
+size_t gguf_vtype_size(gguf_vtype t);
 
 #endif

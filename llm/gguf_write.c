@@ -81,23 +81,6 @@ static svlm_status oom(gguf_writer *w, svlm_err *err) {
     return svlm_fail(err, SVLM_E_NOMEM, "gguf writer: out of memory");
 }
 
-static size_t scalar_size(gguf_vtype t) {
-    switch (t) {
-    case GGUF_UINT8:
-    case GGUF_INT8:
-    case GGUF_BOOL: return 1;
-    case GGUF_UINT16:
-    case GGUF_INT16: return 2;
-    case GGUF_UINT32:
-    case GGUF_INT32:
-    case GGUF_FLOAT32: return 4;
-    case GGUF_UINT64:
-    case GGUF_INT64:
-    case GGUF_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
 /* Validates the key, checks it is new, writes "key, type" and remembers the key. */
 static svlm_status begin_kv(gguf_writer *w, const char *key, gguf_vtype type, svlm_err *err) {
     if (!w || !key) return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL argument");
@@ -124,7 +107,7 @@ static svlm_status begin_kv(gguf_writer *w, const char *key, gguf_vtype type, sv
 static svlm_status set_scalar(gguf_writer *w, const char *key, gguf_vtype t, uint64_t bits, svlm_err *err) {
     svlm_status st = begin_kv(w, key, t, err);
     if (st) return st;
-    if (buf_le(&w->kv, bits, (int)scalar_size(t))) return oom(w, err);
+    if (buf_le(&w->kv, bits, (int)gguf_vtype_size(t))) return oom(w, err);
     return SVLM_OK;
 }
 
@@ -184,7 +167,7 @@ svlm_status gguf_writer_set_str(gguf_writer *w, const char *key, const char *v, 
 
 svlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype elem_type, const void *elems,
                                 uint64_t n, svlm_err *err) {
-    size_t esize = scalar_size(elem_type), total;
+    size_t esize = gguf_vtype_size(elem_type), total;
     if (!esize)
         return svlm_fail(err, SVLM_E_INVALID, "gguf writer: '%s': array element type %d is not a scalar",
                          key ? key : "?", (int)elem_type);
