@@ -1,6 +1,6 @@
 /*
  * The compute interface under the decoder and the vision encoder. One table of operations per
- * backend (CPU now, CUDA later). All tensors are row-major; "rows" of a weight are its output
+ * backend (CPU, CUDA). All tensors are row-major; "rows" of a weight are its output
  * features (ggml ne[1]) and "cols" its input features (ggml ne[0], contiguous in memory).
  * Activation buffers passed to the ops must come from svlm_k_alloc so a device backend can
  * place them in its own memory; on the CPU they are plain host memory.
@@ -48,12 +48,30 @@ typedef struct svlm_kernels svlm_kernels;
  * Weight types with a kernel: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K (loaders must
  * reject others up front). */
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err);
+/* CUDA backend on GPU `device` (a build with -DSVLM_CUDA=ON). Weights are uploaded on first use
+ * and stay on the GPU (quantized ones stay quantized for matrix-vector products; batched products
+ * run through cuBLAS on tensor cores); svlm_k_alloc returns managed memory that both the host
+ * and the GPU may touch. Pointers the host allocated itself are staged through device buffers,
+ * so every op accepts any pointer. Each op returns with its results visible to the host.
+ * No usable GPU (cudaGetDeviceCount errors 35, 100, 999, or no device) or a build without CUDA:
+ * SVLM_E_UNSUPPORTED with the reason. */
+svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *err);
+/* The backend named `name`: "cpu", "cuda" (or "cuda:N" for GPU N) or "auto" (CUDA when a GPU is
+ * usable, else the CPU). NULL or "" reads SVLM_BACKEND, default "cpu". When CUDA is asked for but
+ * unusable, the CPU backend is created instead and the reason is printed on stderr once.
+ * n_threads is for the CPU backend. Unknown names: SVLM_E_INVALID. */
+svlm_status svlm_kernels_create_named(const char *name, int n_threads, svlm_kernels **out, svlm_err *err);
+/* 1 when the backend computes on a GPU. */
+int svlm_kernels_is_gpu(const svlm_kernels *k);
 void svlm_kernels_destroy(svlm_kernels *k);
 const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */
 int svlm_kernels_threads(const svlm_kernels *k);
 
 void *svlm_k_alloc(svlm_kernels *k, size_t bytes); /* zero-filled, 64-byte aligned; NULL on failure */
 void svlm_k_free(svlm_kernels *k, void *p);
+/* A host buffer that served as weight data (svlm_weight.data) is about to be freed or rewritten:
+ * device backends drop their copies of it. Weights from the model mapping never need this. */
+void svlm_k_forget(svlm_kernels *k, const void *weight_data);
 
 /* y[i][r] = sum_c W[r][c] * x[i][c] for i < n.  x: [n][cols] f32, y: [n][rows] f32.
  * Quantized weights are used as stored (no whole-model conversion). */

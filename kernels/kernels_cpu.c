@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/kernels.h"
 
@@ -17,34 +18,6 @@
 #ifdef SVLM_X86
 #include <cpuid.h>
 #endif
-
-typedef struct backend_ops {
-    void (*destroy)(svlm_kernels *k);
-    void (*matmul)(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
-    void (*matmul_multi)(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
-                         float *const *ys);
-    void (*rmsnorm)(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
-                    float eps);
-    void (*layernorm)(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
-                      int64_t dim, float eps);
-    void (*rope)(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
-                 const int32_t *pos, float base, int neox);
-    void (*attention)(svlm_kernels *k, const svlm_attn_args *a);
-    void (*silu_mul)(svlm_kernels *k, float *gate, const float *up, int64_t n);
-    void (*gelu_tanh)(svlm_kernels *k, float *x, int64_t n);
-    void (*add)(svlm_kernels *k, float *y, const float *x, int64_t n);
-    void (*add_bias)(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim);
-    void (*softmax)(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim);
-    void *(*alloc)(svlm_kernels *k, size_t bytes);
-    void (*free)(svlm_kernels *k, void *p);
-} backend_ops;
-
-struct svlm_kernels {
-    const backend_ops *ops;
-    char name[64];
-    int n_threads;
-    svlm_cpu cpu;
-};
 
 /* ---- SIMD level detection ---- */
 
@@ -226,8 +199,9 @@ static void cpu_free(svlm_kernels *k, void *p) {
 }
 
 static const backend_ops cpu_ops = {
-    cpu_destroy,  cpu_matmul,    cpu_matmul_multi, cpu_rmsnorm,  cpu_layernorm, cpu_rope,  cpu_attention,
-    cpu_silu_mul, cpu_gelu_tanh, cpu_add,          cpu_add_bias, cpu_softmax,   cpu_alloc, cpu_free,
+    cpu_destroy,  cpu_matmul,    cpu_matmul_multi, cpu_rmsnorm,   cpu_layernorm,
+    cpu_rope,     cpu_attention, cpu_silu_mul,     cpu_gelu_tanh, cpu_add,
+    cpu_add_bias, cpu_softmax,   cpu_alloc,        cpu_free,      NULL,
 };
 
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err) {
@@ -269,58 +243,4 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
     snprintf(k->name, sizeof k->name, "cpu-%s x%d", level_name(level), k->n_threads);
     *out = k;
     return SVLM_OK;
-}
-
-void svlm_kernels_destroy(svlm_kernels *k) {
-    if (k) k->ops->destroy(k);
-}
-const char *svlm_kernels_name(const svlm_kernels *k) {
-    return k->name;
-}
-int svlm_kernels_threads(const svlm_kernels *k) {
-    return k->n_threads;
-}
-void *svlm_k_alloc(svlm_kernels *k, size_t bytes) {
-    return k->ops->alloc(k, bytes);
-}
-void svlm_k_free(svlm_kernels *k, void *p) {
-    k->ops->free(k, p);
-}
-
-void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
-    k->ops->matmul(k, w, x, n, y);
-}
-void svlm_k_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
-                         float *const *ys) {
-    k->ops->matmul_multi(k, ws, n_w, x, n, ys);
-}
-void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
-                    float eps) {
-    k->ops->rmsnorm(k, x, w, y, n, dim, eps);
-}
-void svlm_k_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
-                      int64_t dim, float eps) {
-    k->ops->layernorm(k, x, w, b, y, n, dim, eps);
-}
-void svlm_k_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
-                 const int32_t *pos, float base, int neox) {
-    k->ops->rope(k, x, n, n_head, head_dim, n_rot, pos, base, neox);
-}
-void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a) {
-    k->ops->attention(k, a);
-}
-void svlm_k_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
-    k->ops->silu_mul(k, gate, up, n);
-}
-void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n) {
-    k->ops->gelu_tanh(k, x, n);
-}
-void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n) {
-    k->ops->add(k, y, x, n);
-}
-void svlm_k_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
-    k->ops->add_bias(k, y, b, n_rows, dim);
-}
-void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
-    k->ops->softmax(k, x, n_rows, dim);
 }

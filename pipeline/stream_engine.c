@@ -420,8 +420,9 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (mp && mp->hp.proj_dim != svlm_llama_hparams_of(m)->n_embd)
         st = svlm_fail(err, SVLM_E_INVALID, "the projector makes %d-wide embeddings, the text model takes %d",
                        mp->hp.proj_dim, svlm_llama_hparams_of(m)->n_embd);
-    if (!st) st = svlm_kernels_create_cpu(e->p.ingest_threads, &e->k_ingest, err);
-    if (!st) st = svlm_kernels_create_cpu(e->p.answer_threads, &e->k_answer, err);
+    /* one backend per lane: the CPU, or a GPU when SVLM_BACKEND says so */
+    if (!st) st = svlm_kernels_create_named(NULL, e->p.ingest_threads, &e->k_ingest, err);
+    if (!st) st = svlm_kernels_create_named(NULL, e->p.answer_threads, &e->k_answer, err);
     if (!st && mp) {
         st = svlm_vision_ctx_create(mp, e->k_ingest, 1, &e->vc, err);
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs svlm's Debian 12 build and test dependencies and builds two trees:
-#   build/       the optimised build (the `svlm` binary is build/svlm)
+#   build/       the optimised build (the `svlm` binary is build/svlm), with the CUDA backend
+#                when nvcc is found (/usr/local/cuda or PATH); it runs without a GPU too
 #   build-asan/  the same with AddressSanitizer + UndefinedBehaviorSanitizer, for the tests
 # Usage: scripts/setup.sh [--no-install] [--no-asan]
 set -euo pipefail
@@ -32,8 +33,12 @@ fi
 
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
-echo "== building build/ (Release)"
-cmake -S . -B build "${gen[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cuda=(-DSVLM_CUDA=OFF)
+if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null; then
+  cuda=(-DSVLM_CUDA=ON)
+fi
+echo "== building build/ (Release, ${cuda[0]#-D})"
+cmake -S . -B build "${gen[@]}" -DCMAKE_BUILD_TYPE=Release "${cuda[@]}" >/dev/null
 cmake --build build -j"$(nproc)"
 if [ "$asan" = 1 ]; then
   echo "== building build-asan/ (ASan + UBSan)"

@@ -74,6 +74,7 @@ void svlm_vision_ctx_free(svlm_vision_ctx *c) {
     float *bufs[] = {c->x, c->h, c->q, c->kk, c->v, c->attn, c->ff, c->shuf, c->proj};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(c->k, bufs[i]);
+    svlm_k_forget(c->k, c->patch16_data); /* a device backend holds a copy */
     free(c->patch16_data);
     free(c);
 }

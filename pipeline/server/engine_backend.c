@@ -360,8 +360,9 @@ static svlm_status load_models(eng *e, svlm_err *err) {
                              .max_active = e->o.answer_threads,
                              .stc = &e->o.stc};
     if ((st = svlm_engine_create(e->model, e->mmproj, &ep, &e->engine, err))) return st;
-    /* still images: their own single-threaded kernels, so they never touch the lanes' */
-    if ((st = svlm_kernels_create_cpu(1, &e->k_image, err))) return st;
+    /* still images: their own kernels (one CPU thread, or the GPU of SVLM_BACKEND), so they never
+     * touch the lanes' */
+    if ((st = svlm_kernels_create_named(NULL, 1, &e->k_image, err))) return st;
     return svlm_vision_ctx_create(e->mmproj, e->k_image, 4, &e->image_vc, err);
 }
 

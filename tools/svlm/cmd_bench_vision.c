@@ -16,15 +16,15 @@
 #include "vision/stc.h"
 
 static void usage(FILE *f) {
-    fprintf(
-        f, "usage: svlm bench-vision SOURCE... --mmproj MMPROJ [--stc on|off] [--fps F] [--max-frames N]\n"
-           "                         [--threads K] [--json] [--stc-NAME VALUE ...]\n"
-           "  SOURCE          recordings or any svlm source URI; one result per source\n"
-           "  --fps F         sampling rate (default 1; 0 = every frame)\n"
-           "  --max-frames N  frames per source (default: all)\n"
-           "  --stc off       time the plain encoder only (every token to the decoder)\n"
-           "  --per-frame     one line per frame on stderr (path, refresh reason, change, tokens, fidelity)\n"
-           "STC controls (defaults in brackets):\n");
+    fprintf(f,
+            "usage: svlm bench-vision SOURCE... --mmproj MMPROJ [--stc on|off] [--fps F] [--max-frames N]\n"
+            "                         [--threads K] [--backend B] [--json] [--stc-NAME VALUE ...]\n"
+            "  SOURCE          recordings or any svlm source URI; one result per source\n"
+            "  --fps F         sampling rate (default 1; 0 = every frame)\n"
+            "  --max-frames N  frames per source (default: all)\n"
+            "  --stc off       time the plain encoder only (every token to the decoder)\n"
+            "  --per-frame     one line per frame on stderr (path, refresh reason, change, tokens, "
+            "fidelity)\n" CLI_BACKEND_HELP "STC controls (defaults in brackets):\n");
     svlm_stc_controls d;
     svlm_stc_controls_default(&d);
     int n;
@@ -226,7 +226,7 @@ static void print_clip(const char *uri, const clip_stats *c, int stc_on, int jso
 }
 
 int cmd_bench_vision(int argc, char **argv) {
-    const char *mmproj = NULL;
+    const char *mmproj = NULL, *backend = NULL;
     const char **sources = calloc((size_t)argc, sizeof(char *));
     int n_src = 0, json = 0, rc = 2;
     long long threads = 0, max_frames = -1;
@@ -259,6 +259,9 @@ int cmd_bench_vision(int argc, char **argv) {
             if (cli_int(a, v, 1, 1 << 30, &max_frames)) goto done;
         } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
             if (cli_int(a, v, 1, 1024, &threads)) goto done;
+        } else if (!strcmp(a, "--backend")) {
+            if (cli_backend(a, v)) goto done;
+            backend = v;
         } else if (!strcmp(a, "--stc") || !strncmp(a, "--stc-", 6)) {
             if (svlm_stc_control_set(&b.ctl, a[5] ? a + 6 : "stc", v, &err)) {
                 fprintf(stderr, "svlm: %s: %s\n", a, err.msg);
@@ -276,7 +279,7 @@ int cmd_bench_vision(int argc, char **argv) {
         goto done;
     }
     rc = 1;
-    if (svlm_mmproj_load(mmproj, &mp, &err) || svlm_kernels_create_cpu((int)threads, &k, &err) ||
+    if (svlm_mmproj_load(mmproj, &mp, &err) || svlm_kernels_create_named(backend, (int)threads, &k, &err) ||
         svlm_vision_ctx_create(mp, k, 1, &b.vc, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;

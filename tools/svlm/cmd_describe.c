@@ -16,19 +16,20 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: svlm describe -m TEXT_GGUF --mmproj MMPROJ_GGUF --image FILE -p PROMPT [-n N]\n"
-            "                     [--temp T] [--seed S] [--threads K] [--json] [--raw] [--dump-dir DIR]\n"
+            "                     [--temp T] [--seed S] [--threads K] [--backend B] [--json] [--raw]\n"
+            "                     [--dump-dir DIR]\n"
             "  -n N            tokens to generate (default 128)\n"
             "  --temp T        0 = greedy (default 0)\n"
             "  --raw           use PROMPT verbatim (special tokens parsed); %s marks the image\n"
             "  --dump-dir DIR  write pixels_K.f32 [3][S][S] and embd_K.f32 [tokens][n_embd] for the K-th\n"
             "                  image chunk in prompt order, and logits.f32 after the whole prompt\n"
-            "  --json          print one JSON object: prompt layout, tokens, text, timings\n"
+            "  --json          print one JSON object: prompt layout, tokens, text, timings\n" CLI_BACKEND_HELP
             "Images: PNG and PPM always; JPEG and other formats when svlm is built with FFmpeg.\n",
             SVLM_MEDIA_MARKER);
 }
 
 typedef struct describe_args {
-    const char *model, *mmproj, *image, *prompt, *dump_dir;
+    const char *model, *mmproj, *image, *prompt, *dump_dir, *backend;
     long long n_predict, threads, seed;
     double temp;
     int json, raw;
@@ -66,6 +67,9 @@ static int parse(int argc, char **argv, describe_args *a) {
             if (cli_int(f, v, 0, 0x7fffffffffffffffLL, &a->seed)) return -1;
         } else if (!strcmp(f, "--temp")) {
             if (cli_float(f, v, 0, 100, &a->temp)) return -1;
+        } else if (!strcmp(f, "--backend")) {
+            if (cli_backend(f, v)) return -1;
+            a->backend = v;
         } else {
             fprintf(stderr, "svlm describe: unknown option '%s'\n", f);
             usage(stderr);
@@ -144,7 +148,7 @@ int cmd_describe(int argc, char **argv) {
         fprintf(stderr, "svlm: cannot load the projector: %s\n", err.msg);
         goto done;
     }
-    if (cli_text_model_open(&tm, a.model, (int)a.threads)) goto done;
+    if (cli_text_model_open(&tm, a.model, a.backend, (int)a.threads)) goto done;
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(tm.model);
     const svlm_tokenizer *tok = svlm_llama_tokenizer(tm.model);
     const svlm_mmproj_hparams *vp = &mp->hp;

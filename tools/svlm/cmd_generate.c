@@ -7,17 +7,19 @@
 #include "text_model.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: svlm generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
-               "                     [--min-p P] [--repeat-penalty R] [--seed S] [--threads K]\n"
-               "                     [--kv f32|f16] [--no-special] [--json]\n"
-               "  -n N           tokens to generate (default 64)\n"
-               "  --temp T       0 = greedy (default 0.8)\n"
-               "  --no-special   do not parse special tokens written in the prompt\n"
-               "  --json         print one JSON object: prompt_tokens, tokens, text, timings\n");
+    fprintf(
+        f,
+        "usage: svlm generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
+        "                     [--min-p P] [--repeat-penalty R] [--seed S] [--threads K]\n"
+        "                     [--kv f32|f16] [--backend B] [--no-special] [--json]\n"
+        "  -n N             tokens to generate (default 64)\n"
+        "  --temp T         0 = greedy (default 0.8)\n"
+        "  --no-special     do not parse special tokens written in the prompt\n"
+        "  --json           print one JSON object: prompt_tokens, tokens, text, timings\n" CLI_BACKEND_HELP);
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL;
+    const char *model_path = NULL, *prompt = NULL, *backend = NULL;
     long long n_predict = 64, threads = 0, seed = 0;
     int json = 0, parse_special = 1;
     svlm_dtype kv_type = SVLM_F32;
@@ -62,6 +64,9 @@ int cmd_generate(int argc, char **argv) {
             sp.repeat_penalty = (float)d;
         } else if (!strcmp(a, "--kv")) {
             if (cli_kv_type(a, v, &kv_type)) return 2;
+        } else if (!strcmp(a, "--backend")) {
+            if (cli_backend(a, v)) return 2;
+            backend = v;
         } else {
             fprintf(stderr, "svlm generate: unknown option '%s'\n", a);
             usage(stderr);
@@ -76,7 +81,7 @@ int cmd_generate(int argc, char **argv) {
     sp.seed = (uint64_t)seed;
 
     cli_text_model tm;
-    if (cli_text_model_open(&tm, model_path, (int)threads)) return 1;
+    if (cli_text_model_open(&tm, model_path, backend, (int)threads)) return 1;
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(tm.model);
     const svlm_tokenizer *tok = svlm_llama_tokenizer(tm.model);
     svlm_err err = {0};

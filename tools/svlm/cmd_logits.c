@@ -8,7 +8,9 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: svlm logits -m MODEL --tokens ID,ID,... --out FILE [--threads K] [--kv f32|f16]\n"
-               "  writes float32 row-major [n_tokens][n_vocab]; row i = logits after tokens 0..i\n");
+               "                   [--backend B]\n"
+               "  writes float32 row-major [n_tokens][n_vocab]; row i = logits after tokens "
+               "0..i\n" CLI_BACKEND_HELP);
 }
 
 /* Parses "1,2,3" into a new array. */
@@ -48,7 +50,7 @@ static int parse_ids(const char *s, int32_t **out, int *n) {
 }
 
 int cmd_logits(int argc, char **argv) {
-    const char *model_path = NULL, *tokens = NULL, *out_path = NULL;
+    const char *model_path = NULL, *tokens = NULL, *out_path = NULL, *backend = NULL;
     long long threads = 0;
     svlm_dtype kv_type = SVLM_F32;
     for (int i = 1; i < argc; i++) {
@@ -68,6 +70,9 @@ int cmd_logits(int argc, char **argv) {
             if (cli_int(a, v, 1, 1024, &threads)) return 2;
         } else if (!strcmp(a, "--kv")) {
             if (cli_kv_type(a, v, &kv_type)) return 2;
+        } else if (!strcmp(a, "--backend")) {
+            if (cli_backend(a, v)) return 2;
+            backend = v;
         } else {
             fprintf(stderr, "svlm logits: unknown option '%s'\n", a);
             usage(stderr);
@@ -83,7 +88,7 @@ int cmd_logits(int argc, char **argv) {
     int n;
     if (parse_ids(tokens, &ids, &n)) return 2;
     cli_text_model tm;
-    if (cli_text_model_open(&tm, model_path, (int)threads)) {
+    if (cli_text_model_open(&tm, model_path, backend, (int)threads)) {
         free(ids);
         return 1;
     }

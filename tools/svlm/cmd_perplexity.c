@@ -18,13 +18,14 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: svlm perplexity -m MODEL -f TEXT [--ctx N] [--first N] [--sinks S] [--window W]\n"
                "                       [--mode dense|window|recompute] [--no-reassign] [--kv f32|f16]\n"
-               "                       [--threads K] [--tokens-out FILE] [--json]\n"
+               "                       [--threads K] [--backend B] [--tokens-out FILE] [--json]\n"
                "  --ctx N        tokens of the text to stream, BOS included (default 8192)\n"
                "  --first N      index of the first scored token (default 512)\n"
                "  --window W     cache size in tokens, sinks included (default 256)\n"
                "  --sinks S      leading tokens kept for ever (default 4; 0 for recompute)\n"
                "  --tokens-out F write the streamed token ids as int32\n"
                "  --json         one JSON object with the perplexity and the mean negative log-likelihood\n");
+    fputs(CLI_BACKEND_HELP, f);
 }
 
 typedef enum { MODE_DENSE, MODE_WINDOW, MODE_RECOMPUTE } ppl_mode;
@@ -161,7 +162,8 @@ static int write_tokens(const char *path, const int32_t *ids, int n) {
 }
 
 int cmd_perplexity(int argc, char **argv) {
-    const char *model_path = NULL, *text_path = NULL, *tokens_out = NULL, *mode_name = "window";
+    const char *model_path = NULL, *text_path = NULL, *tokens_out = NULL, *mode_name = "window",
+               *backend = NULL;
     long long n_ctx = 8192, first = 512, sinks = -1, window = 256, threads = 0;
     int json = 0, reassign = 1;
     svlm_dtype kv = SVLM_F32;
@@ -207,6 +209,9 @@ int cmd_perplexity(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--kv")) {
             if (cli_kv_type(a, v, &kv)) return 2;
+        } else if (!strcmp(a, "--backend")) {
+            if (cli_backend(a, v)) return 2;
+            backend = v;
         } else {
             fprintf(stderr, "svlm perplexity: unknown option '%s'\n", a);
             usage(stderr);
@@ -231,7 +236,7 @@ int cmd_perplexity(int argc, char **argv) {
     char *text = read_text(text_path, &text_len);
     if (!text) return 1;
     cli_text_model tm;
-    if (cli_text_model_open(&tm, model_path, (int)threads)) {
+    if (cli_text_model_open(&tm, model_path, backend, (int)threads)) {
         free(text);
         return 1;
     }

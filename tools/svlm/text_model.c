@@ -2,12 +2,12 @@
 
 #include <stdio.h>
 
-int cli_text_model_open(cli_text_model *tm, const char *path, int threads) {
+int cli_text_model_open(cli_text_model *tm, const char *path, const char *backend, int threads) {
     svlm_err err = {0};
     tm->model = NULL;
     tm->kernels = NULL;
-    if (svlm_kernels_create_cpu(threads, &tm->kernels, &err) != SVLM_OK) {
-        fprintf(stderr, "svlm: cannot start the CPU backend: %s\n", err.msg);
+    if (svlm_kernels_create_named(backend, threads, &tm->kernels, &err) != SVLM_OK) {
+        fprintf(stderr, "svlm: cannot start the compute backend: %s\n", err.msg);
         return -1;
     }
     if (svlm_llama_load(path, &tm->model, &err) != SVLM_OK) {

@@ -13,8 +13,9 @@ typedef struct cli_text_model {
     svlm_kernels *kernels;
 } cli_text_model;
 
-/* Prints the error and returns -1 on failure. threads <= 0: all CPUs. */
-int cli_text_model_open(cli_text_model *tm, const char *path, int threads);
+/* Prints the error and returns -1 on failure. backend: a name for svlm_kernels_create_named (NULL:
+ * $SVLM_BACKEND, else the CPU); threads <= 0: all CPUs (for the CPU backend). */
+int cli_text_model_open(cli_text_model *tm, const char *path, const char *backend, int threads);
 void cli_text_model_close(cli_text_model *tm);
 
 /* Streams token text to f, holding back an incomplete UTF-8 sequence until it completes. */

@@ -1,0 +1,42 @@
+/*
+ * What a backend supplies behind kernels.h: a table of operations and the object the svlm_k_*
+ * entry points dispatch through. Private to kernels/.
+ */
+#ifndef SVLM_KERNELS_BACKEND_H
+#define SVLM_KERNELS_BACKEND_H
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/kernels.h"
+
+typedef struct backend_ops {
+    void (*destroy)(svlm_kernels *k);
+    void (*matmul)(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
+    void (*matmul_multi)(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
+                         float *const *ys);
+    void (*rmsnorm)(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                    float eps);
+    void (*layernorm)(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
+                      int64_t dim, float eps);
+    void (*rope)(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                 const int32_t *pos, float base, int neox);
+    void (*attention)(svlm_kernels *k, const svlm_attn_args *a);
+    void (*silu_mul)(svlm_kernels *k, float *gate, const float *up, int64_t n);
+    void (*gelu_tanh)(svlm_kernels *k, float *x, int64_t n);
+    void (*add)(svlm_kernels *k, float *y, const float *x, int64_t n);
+    void (*add_bias)(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim);
+    void (*softmax)(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim);
+    void *(*alloc)(svlm_kernels *k, size_t bytes);
+    void (*free)(svlm_kernels *k, void *p);
+    void (*forget)(svlm_kernels *k, const void *weight_data); /* NULL: nothing cached */
+} backend_ops;
+
+struct svlm_kernels {
+    const backend_ops *ops;
+    char name[64];
+    int n_threads;
+    int is_gpu;
+    svlm_cpu cpu;
+    void *dev; /* a device backend's state */
+};
+
+#endif

@@ -1,0 +1,313 @@
+/*
+ * The CUDA backend object: GPU discovery (no GPU is a normal answer, not a failure), managed
+ * memory for svlm_k_alloc, staging of host pointers, and the row-wise ops. Each op runs on the
+ * backend's stream and waits for it, so the host code of the decoder and encoder can read any
+ * result right after the call.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/cuda_ops.h"
+
+void cu_check(int err, const char *what) {
+    if (err == cudaSuccess) return;
+    fprintf(stderr, "svlm: CUDA error in %s: %s (%d); the GPU state is lost, stopping\n", what,
+            cudaGetErrorString((cudaError_t)err), err);
+    abort();
+}
+
+void cu_check_blas(cublasStatus_t st, const char *what) {
+    if (st == CUBLAS_STATUS_SUCCESS) return;
+    fprintf(stderr, "svlm: cuBLAS error in %s: status %d; stopping\n", what, (int)st);
+    abort();
+}
+
+/* The address the GPU may use for p, or NULL when p is plain host memory. */
+static const void *device_view(const void *p) {
+    struct cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError(); /* not an error worth keeping: p is simply unknown to CUDA */
+        return NULL;
+    }
+    switch (a.type) {
+    case cudaMemoryTypeDevice:
+    case cudaMemoryTypeManaged: return p;
+    case cudaMemoryTypeHost: return a.devicePointer;
+    default: return NULL;
+    }
+}
+
+static void *stage_buffer(cu_ctx *c, int slot, size_t bytes) {
+    if (bytes > c->stage_cap[slot]) {
+        if (c->stage[slot]) cu_check(cudaFree(c->stage[slot]), "cudaFree(staging)");
+        size_t cap = (bytes + bytes / 4 + 255) / 256 * 256;
+        cu_check(cudaMalloc(&c->stage[slot], cap), "cudaMalloc(staging)");
+        c->stage_cap[slot] = cap;
+    }
+    return c->stage[slot];
+}
+
+const void *cu_in(svlm_kernels *k, int slot, const void *p, size_t bytes) {
+    if (!p || !bytes) return p;
+    const void *d = device_view(p);
+    if (d) return d;
+    cu_ctx *c = CU(k);
+    void *s = stage_buffer(c, slot, bytes);
+    cu_check(cudaMemcpyAsync(s, p, bytes, cudaMemcpyHostToDevice, c->stream), "copy to the GPU");
+    return s;
+}
+
+void *cu_out(svlm_kernels *k, int slot, void *p, size_t bytes, int copy_in) {
+    if (!p || !bytes) return p;
+    const void *d = device_view(p);
+    if (d) return (void *)d;
+    cu_ctx *c = CU(k);
+    void *s = stage_buffer(c, slot, bytes);
+    if (copy_in) cu_check(cudaMemcpyAsync(s, p, bytes, cudaMemcpyHostToDevice, c->stream), "copy to the GPU");
+    if (c->n_wb == CU_MAX_WRITEBACKS) {
+        fprintf(stderr, "svlm: internal error: too many staged outputs in one CUDA op\n");
+        abort();
+    }
+    c->wb[c->n_wb++] = (cu_writeback){p, s, bytes};
+    return s;
+}
+
+void cu_done(svlm_kernels *k, const char *what) {
+    cu_ctx *c = CU(k);
+    cu_check(cudaGetLastError(), what);
+    for (int i = 0; i < c->n_wb; i++)
+        cu_check(
+            cudaMemcpyAsync(c->wb[i].host, c->wb[i].dev, c->wb[i].bytes, cudaMemcpyDeviceToHost, c->stream),
+            "copy from the GPU");
+    c->n_wb = 0;
+    cu_check(cudaStreamSynchronize(c->stream), what);
+}
+
+void *cu_scratch(svlm_kernels *k, size_t bytes) {
+    cu_ctx *c = CU(k);
+    if (bytes > c->scratch_cap) {
+        if (c->scratch) cu_check(cudaFree(c->scratch), "cudaFree(scratch)");
+        size_t cap = (bytes + bytes / 4 + 255) / 256 * 256;
+        cu_check(cudaMalloc(&c->scratch, cap), "cudaMalloc(scratch)");
+        c->scratch_cap = cap;
+    }
+    return c->scratch;
+}
+
+/* ---- ops ---- */
+
+static void begin(svlm_kernels *k) {
+    cu_check(cudaSetDevice(CU(k)->device), "cudaSetDevice");
+}
+
+static void cu_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                       float eps) {
+    begin(k);
+    size_t bytes = sizeof(float) * (size_t)(n * dim);
+    const float *dx = cu_in(k, 0, x, bytes);
+    const float *dw = cu_weight(k, w, sizeof(float) * (size_t)dim);
+    float *dy = cu_out(k, 1, y, bytes, 0);
+    cu_check(svlm_cu_rmsnorm(CU(k)->stream, dx, dw, dy, n, dim, eps), "rmsnorm");
+    cu_done(k, "rmsnorm");
+}
+
+static void cu_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
+                         int64_t dim, float eps) {
+    begin(k);
+    size_t bytes = sizeof(float) * (size_t)(n * dim);
+    const float *dx = cu_in(k, 0, x, bytes);
+    const float *dw = cu_weight(k, w, sizeof(float) * (size_t)dim);
+    const float *db = b ? cu_weight(k, b, sizeof(float) * (size_t)dim) : NULL;
+    float *dy = cu_out(k, 1, y, bytes, 0);
+    cu_check(svlm_cu_layernorm(CU(k)->stream, dx, dw, db, dy, n, dim, eps), "layernorm");
+    cu_done(k, "layernorm");
+}
+
+static void cu_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                    const int32_t *pos, float base, int neox) {
+    if (n_rot <= 0 || n <= 0) return;
+    begin(k);
+    float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)(n * n_head * head_dim), 1);
+    const int32_t *dp = cu_in(k, 1, pos, sizeof(int32_t) * (size_t)n);
+    /* the same float theta_scale as the CPU backend */
+    float theta_scale = powf(base, -2.0f / (float)n_rot);
+    cu_check(svlm_cu_rope(CU(k)->stream, dx, n, n_head, head_dim, n_rot, dp, theta_scale, neox), "rope");
+    cu_done(k, "rope");
+}
+
+static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
+    if (a->n_q <= 0) return;
+    begin(k);
+    size_t q_bytes = sizeof(float) * (size_t)(a->n_q * a->n_head * a->head_dim);
+    size_t elt = a->kv_type == SVLM_F16 ? 2 : 4;
+    /* exactly the rows' extent: the last row need not have a full stride after it */
+    size_t kv_bytes =
+        a->n_kv > 0 ? elt * (size_t)((a->n_kv - 1) * a->kv_stride + (int64_t)a->n_kv_head * a->head_dim) : 0;
+    const float *dq = cu_in(k, 0, a->q, q_bytes);
+    const void *dk = kv_bytes ? cu_in(k, 1, a->k, kv_bytes) : NULL;
+    const void *dv = kv_bytes ? cu_in(k, 2, a->v, kv_bytes) : NULL;
+    float *dout = cu_out(k, 3, a->out, q_bytes, 0);
+    cu_check(svlm_cu_attention(CU(k)->stream, dq, dk, dv, a->kv_type == SVLM_F16, a->kv_stride, dout, a->n_q,
+                               a->n_kv > 0 ? a->n_kv : 0, a->n_head, a->n_kv_head, a->head_dim, a->causal,
+                               a->scale),
+             "attention");
+    cu_done(k, "attention");
+}
+
+static void cu_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
+    if (n <= 0) return;
+    begin(k);
+    float *dg = cu_out(k, 0, gate, sizeof(float) * (size_t)n, 1);
+    const float *du = cu_in(k, 1, up, sizeof(float) * (size_t)n);
+    cu_check(svlm_cu_silu_mul(CU(k)->stream, dg, du, n), "silu_mul");
+    cu_done(k, "silu_mul");
+}
+
+static void cu_gelu_tanh(svlm_kernels *k, float *x, int64_t n) {
+    if (n <= 0) return;
+    begin(k);
+    float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)n, 1);
+    cu_check(svlm_cu_gelu_tanh(CU(k)->stream, dx, n), "gelu_tanh");
+    cu_done(k, "gelu_tanh");
+}
+
+static void cu_add(svlm_kernels *k, float *y, const float *x, int64_t n) {
+    if (n <= 0) return;
+    begin(k);
+    float *dy = cu_out(k, 0, y, sizeof(float) * (size_t)n, 1);
+    const float *dx = cu_in(k, 1, x, sizeof(float) * (size_t)n);
+    cu_check(svlm_cu_add(CU(k)->stream, dy, dx, n), "add");
+    cu_done(k, "add");
+}
+
+static void cu_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
+    if (n_rows <= 0 || dim <= 0) return;
+    begin(k);
+    float *dy = cu_out(k, 0, y, sizeof(float) * (size_t)(n_rows * dim), 1);
+    const float *db = cu_weight(k, b, sizeof(float) * (size_t)dim);
+    cu_check(svlm_cu_add_bias(CU(k)->stream, dy, db, n_rows, dim), "add_bias");
+    cu_done(k, "add_bias");
+}
+
+static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
+    if (n_rows <= 0 || dim <= 0) return;
+    begin(k);
+    float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)(n_rows * dim), 1);
+    cu_check(svlm_cu_softmax(CU(k)->stream, dx, n_rows, dim), "softmax");
+    cu_done(k, "softmax");
+}
+
+/* Managed memory: the decoder's and encoder's host code reads and writes these buffers between
+ * ops, and the driver moves the pages to whichever side touches them. */
+static void *cu_alloc(svlm_kernels *k, size_t bytes) {
+    begin(k);
+    size_t rounded = (bytes + 255) / 256 * 256;
+    if (rounded < bytes) return NULL;
+    /* oversubscribed managed memory thrashes or stalls the GPU: keep a tenth of it free */
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && rounded > free_b / 10 * 9) return NULL;
+    (void)cudaGetLastError();
+    void *p = NULL;
+    if (cudaMallocManaged(&p, rounded ? rounded : 256, cudaMemAttachGlobal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    memset(p, 0, rounded ? rounded : 256);
+    return p;
+}
+
+static void cu_free(svlm_kernels *k, void *p) {
+    if (!p) return;
+    begin(k);
+    cu_check(cudaFree(p), "cudaFree");
+}
+
+static void cu_destroy(svlm_kernels *k) {
+    cu_ctx *c = CU(k);
+    if (c) {
+        (void)cudaSetDevice(c->device);
+        if (c->stream) (void)cudaStreamSynchronize(c->stream);
+        for (int i = 0; i < CU_STAGE_SLOTS; i++)
+            if (c->stage[i]) (void)cudaFree(c->stage[i]);
+        if (c->scratch) (void)cudaFree(c->scratch);
+        if (c->blas) cublasDestroy(c->blas);
+        if (c->stream) (void)cudaStreamDestroy(c->stream);
+        free(c);
+        cu_weights_release();
+    }
+    free(k);
+}
+
+static const backend_ops cuda_ops = {
+    cu_destroy,  cu_matmul,    cu_matmul_multi, cu_rmsnorm,   cu_layernorm,
+    cu_rope,     cu_attention, cu_silu_mul,     cu_gelu_tanh, cu_add,
+    cu_add_bias, cu_softmax,   cu_alloc,        cu_free,      cu_weights_forget,
+};
+
+/* cudaGetDeviceCount's answers that mean "no GPU here": no driver or too old a driver (35), no
+ * device (100), and the unknown error some containers give without a GPU (999). */
+static int means_no_gpu(cudaError_t e) {
+    return e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice || e == cudaErrorUnknown;
+}
+
+svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *err) {
+    *out = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "%s (cudaGetDeviceCount: %s, error %d)",
+                         means_no_gpu(e) ? "no NVIDIA GPU or driver on this machine" : "CUDA cannot start",
+                         cudaGetErrorString(e), (int)e);
+    }
+    if (count <= 0) return svlm_fail(err, SVLM_E_UNSUPPORTED, "no NVIDIA GPU on this machine");
+    if (device < 0 || device >= count)
+        return svlm_fail(err, SVLM_E_INVALID, "GPU %d does not exist: this machine has %d (0 to %d)", device,
+                         count, count - 1);
+    struct cudaDeviceProp prop;
+    if ((e = cudaSetDevice(device)) != cudaSuccess ||
+        (e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d: %s", device, cudaGetErrorString(e));
+    if (prop.major < 8)
+        return svlm_fail(err, SVLM_E_UNSUPPORTED,
+                         "GPU %d (%s) is sm_%d%d; svlm's CUDA kernels need sm_80 or newer", device, prop.name,
+                         prop.major, prop.minor);
+    /* host code touches managed buffers while another lane's kernels run: that needs concurrent
+     * managed access (absent on Windows/WSL and some virtualised GPUs) */
+    if (!prop.managedMemory || !prop.concurrentManagedAccess)
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d (%s) lacks concurrent managed memory access",
+                         device, prop.name);
+
+    svlm_kernels *k = calloc(1, sizeof *k);
+    cu_ctx *c = calloc(1, sizeof *c);
+    if (!k || !c) {
+        free(k);
+        free(c);
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the CUDA backend");
+    }
+    k->ops = &cuda_ops;
+    k->dev = c;
+    k->n_threads = 1;
+    k->is_gpu = 1;
+    c->device = device;
+    cu_weights_retain();
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        cu_destroy(k);
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d: cannot create a stream: %s", device,
+                         cudaGetErrorString(e));
+    }
+    cublasStatus_t bs = cublasCreate(&c->blas);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(c->blas, c->stream);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        cu_destroy(k);
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d: cuBLAS does not start (status %d)", device,
+                         (int)bs);
+    }
+    snprintf(k->name, sizeof k->name, "cuda:%d %.40s sm_%d%d", device, prop.name, prop.major, prop.minor);
+    *out = k;
+    return SVLM_OK;
+}

@@ -1,0 +1,207 @@
+/*
+ * Row-wise and element-wise kernels of the CUDA backend: RMSNorm, LayerNorm, RoPE, SwiGLU, GELU,
+ * residual adds, bias, softmax and the f32 -> bf16 conversion in front of cuBLAS. Reductions run
+ * in double where the CPU reference does, so both backends agree to float rounding.
+ */
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "kernels/cuda/cuda_ops.h"
+
+namespace {
+
+constexpr int kRowThreads = 256;
+
+/* Sum over the block; every thread gets the result. `scratch` holds one value per warp. */
+template <typename T> __device__ T block_sum(T v, T *scratch) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+    __syncthreads(); /* scratch may still be read by a previous call */
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    T t = 0;
+    for (int i = 0; i < n_warps; i++)
+        t += scratch[i];
+    return t;
+}
+
+__device__ float block_max(float v, float *scratch) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = -INFINITY;
+    for (int i = 0; i < n_warps; i++)
+        t = fmaxf(t, scratch[i]);
+    return t;
+}
+
+__global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int64_t dim, float eps) {
+    __shared__ double scratch[32];
+    const float *xr = x + blockIdx.x * dim;
+    float *yr = y + blockIdx.x * dim;
+    double ss = 0;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        ss += (double)xr[i] * xr[i];
+    ss = block_sum(ss, scratch);
+    const float scale = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        yr[i] = xr[i] * scale * w[i];
+}
+
+__global__ void layernorm_kernel(const float *x, const float *w, const float *b, float *y, int64_t dim,
+                                 float eps) {
+    __shared__ double scratch[32];
+    const float *xr = x + blockIdx.x * dim;
+    float *yr = y + blockIdx.x * dim;
+    double sum = 0;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        sum += xr[i];
+    const double mean = block_sum(sum, scratch) / (double)dim;
+    double var = 0;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+    var = block_sum(var, scratch);
+    const float m = (float)mean, scale = (float)(1.0 / sqrt(var / (double)dim + (double)eps));
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = (xr[i] - m) * scale * w[i];
+        yr[i] = b ? v + b[i] : v;
+    }
+}
+
+/* One thread per (row, head, pair). The angle is built pair after pair in float, as the CPU
+ * backend (and ggml) does, so both round the same way. */
+__global__ void rope_kernel(float *x, int64_t n, int n_head, int head_dim, int half, const int32_t *pos,
+                            float theta_scale, int neox) {
+    const int64_t id = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (id >= n * n_head * half) return;
+    const int p = (int)(id % half);
+    const int64_t th = id / half; /* row * n_head + head */
+    const int64_t t = th / n_head;
+    float theta = (float)pos[t];
+    for (int i = 0; i < p; i++)
+        theta *= theta_scale;
+    const float c = cosf(theta), s = sinf(theta);
+    float *v = x + th * head_dim;
+    float *a = v + (neox ? p : 2 * p), *bb = a + (neox ? half : 1);
+    const float x0 = *a, x1 = *bb;
+    *a = x0 * c - x1 * s;
+    *bb = x0 * s + x1 * c;
+}
+
+__global__ void silu_mul_kernel(float *g, const float *u, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+__global__ void gelu_tanh_kernel(float *x, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    /* 0.5 v (1 + tanh u) = v / (1 + exp(-2u)): no cancellation for negative v (as on the CPU) */
+    const float v = x[i];
+    const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    x[i] = v / (1.0f + expf(-2.0f * u));
+}
+
+__global__ void add_kernel(float *y, const float *x, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) y[i] += x[i];
+}
+
+__global__ void add_bias_kernel(float *y, const float *b, int64_t n, int64_t dim) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) y[i] += b[i % dim];
+}
+
+__global__ void softmax_kernel(float *x, int64_t dim) {
+    __shared__ float scratch[32];
+    __shared__ double dscratch[32];
+    float *r = x + blockIdx.x * dim;
+    float m = -INFINITY;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        m = fmaxf(m, r[i]);
+    m = block_max(m, scratch);
+    double sum = 0;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float e = expf(r[i] - m);
+        r[i] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, dscratch);
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        r[i] *= inv;
+}
+
+__global__ void f32_to_bf16_kernel(const float *x, uint16_t *y, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint32_t u = __float_as_uint(x[i]);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        y[i] = (uint16_t)((u >> 16) | 64); /* NaN stays NaN */
+        return;
+    }
+    y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+unsigned blocks_for(int64_t n, int threads) {
+    return (unsigned)((n + threads - 1) / threads);
+}
+
+} // namespace
+
+extern "C" int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, float *y, int64_t n,
+                               int64_t dim, float eps) {
+    if (n > 0) rmsnorm_kernel<<<(unsigned)n, kRowThreads, 0, s>>>(x, w, y, dim, eps);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y,
+                                 int64_t n, int64_t dim, float eps) {
+    if (n > 0) layernorm_kernel<<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                            const int32_t *pos, float theta_scale, int neox) {
+    const int half = n_rot / 2;
+    const int64_t total = n * n_head * half;
+    if (total > 0)
+        rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n, n_head, head_dim, half, pos, theta_scale,
+                                                           neox);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_silu_mul(cudaStream_t s, float *gate, const float *up, int64_t n) {
+    if (n > 0) silu_mul_kernel<<<blocks_for(n, 256), 256, 0, s>>>(gate, up, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_gelu_tanh(cudaStream_t s, float *x, int64_t n) {
+    if (n > 0) gelu_tanh_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_add(cudaStream_t s, float *y, const float *x, int64_t n) {
+    if (n > 0) add_kernel<<<blocks_for(n, 256), 256, 0, s>>>(y, x, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_add_bias(cudaStream_t s, float *y, const float *b, int64_t n_rows, int64_t dim) {
+    const int64_t n = n_rows * dim;
+    if (n > 0) add_bias_kernel<<<blocks_for(n, 256), 256, 0, s>>>(y, b, n, dim);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_softmax(cudaStream_t s, float *x, int64_t n_rows, int64_t dim) {
+    if (n_rows > 0) softmax_kernel<<<(unsigned)n_rows, kRowThreads, 0, s>>>(x, dim);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_f32_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n) {
+    if (n > 0) f32_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
+    return (int)cudaGetLastError();
+}

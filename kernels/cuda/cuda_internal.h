@@ -1,0 +1,67 @@
+/*
+ * State of the CUDA backend shared by its C files: one stream and cuBLAS handle per backend
+ * object, staging buffers for host pointers, and the process-wide cache of uploaded weights.
+ */
+#ifndef SVLM_KERNELS_CUDA_INTERNAL_H
+#define SVLM_KERNELS_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "kernels/backend.h"
+
+enum { CU_STAGE_SLOTS = 6, CU_MAX_WRITEBACKS = 4 };
+
+typedef struct cu_writeback {
+    void *host;
+    const void *dev;
+    size_t bytes;
+} cu_writeback;
+
+typedef struct cu_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *stage[CU_STAGE_SLOTS]; /* device buffers for host inputs and outputs */
+    size_t stage_cap[CU_STAGE_SLOTS];
+    void *scratch; /* bf16 activations in front of cuBLAS */
+    size_t scratch_cap;
+    cu_writeback wb[CU_MAX_WRITEBACKS];
+    int n_wb;
+} cu_ctx;
+
+#define CU(k) ((cu_ctx *)(k)->dev)
+
+/* Ends the program with the failing call named: a device fault is not an input error, and the
+ * ops have no way to report one (the CPU backend aborts on out-of-memory the same way). */
+void cu_check(int err, const char *what);
+void cu_check_blas(cublasStatus_t st, const char *what);
+
+/* A device-accessible view of `bytes` of input at p: p itself when the GPU can read it (device,
+ * managed or mapped memory), else a copy in staging slot `slot`. */
+const void *cu_in(svlm_kernels *k, int slot, const void *p, size_t bytes);
+/* Same for an output (copy_in = 1: also an input); host-only outputs are copied back by cu_done. */
+void *cu_out(svlm_kernels *k, int slot, void *p, size_t bytes, int copy_in);
+/* Waits for the stream, copies staged outputs back to the host. Every op ends with it. */
+void cu_done(svlm_kernels *k, const char *what);
+/* Device buffer of at least `bytes` that lives until the next call (one per backend). */
+void *cu_scratch(svlm_kernels *k, size_t bytes);
+
+/* The weight cache (cuda_weights.c). Weights and parameter vectors are uploaded once per process
+ * and device and kept until the last CUDA backend goes; a pointer the GPU can read is used as it
+ * is. Returns the device copy of `bytes` at host. */
+const void *cu_weight(svlm_kernels *k, const void *host, size_t bytes);
+/* A bf16 (*bf16 = 1: quantized and BF16 weights) or f32 (F32, F16) row-major decode of the weight,
+ * made on first use, for cuBLAS. When *temp is set the decode is for this product only and the
+ * caller frees it (cudaFree) afterwards. */
+const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, void **temp);
+void cu_weights_retain(void);
+void cu_weights_release(void);
+void cu_weights_forget(svlm_kernels *k, const void *host);
+
+/* The CUDA op implementations (cuda_matmul.c, cuda_backend.c). */
+void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
+void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
+                     float *const *ys);
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * Matrix products on the GPU. Up to SVLM_CU_MATVEC_MAX activation rows (decode steps, small
+ * batches): the quantized weight is read as stored and decoded inside the kernel, the bound
+ * being memory bandwidth. More rows (prefill, the vision encoder): cuBLAS on tensor cores, bf16
+ * for quantized and BF16 weights (activations rounded to bf16 as the CPU backend's bf16 GEMM
+ * does), TF32 for F16 weights (SVLM_CUDA_TF32=0: f32), and full f32 for F32 weights.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/cuda_ops.h"
+
+static void check_weight(const svlm_weight *w) {
+    if (!svlm_cu_type_supported((int)w->type) || w->rows > INT32_MAX || w->cols > INT32_MAX) {
+        /* loaders reject other types up front (kernels.h), so reaching here is a bug */
+        fprintf(stderr,
+                "svlm: internal error: the CUDA backend has no product for a %s weight of %lld x %lld\n",
+                svlm_dtype_get((int)w->type) ? svlm_dtype_get((int)w->type)->name : "?", (long long)w->rows,
+                (long long)w->cols);
+        abort();
+    }
+}
+
+/* F16 weights multiply on TF32 tensor cores (10-bit mantissas: the weights' own precision);
+ * SVLM_CUDA_TF32=0 asks for full f32 products instead, for comparisons. */
+static int cu_tf32(void) {
+    const char *e = getenv("SVLM_CUDA_TF32");
+    return !(e && !strcmp(e, "0"));
+}
+
+/* y = x W^T on device pointers (no staging, no wait). */
+static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int64_t n, float *dy) {
+    cu_ctx *c = CU(k);
+    if (n <= SVLM_CU_MATVEC_MAX) {
+        const void *dw = cu_weight(k, w->data, (size_t)w->rows * w->row_bytes);
+        cu_check(svlm_cu_matvec(c->stream, (int)w->type, dw, w->row_bytes, w->rows, w->cols, dx, n, dy),
+                 "matvec");
+        return;
+    }
+    int bf16;
+    void *temp;
+    const void *dw = cu_weight_gemm(k, w, &bf16, &temp);
+    const float one = 1.0f, zero = 0.0f;
+    const int m = (int)w->rows, kk = (int)w->cols;
+    /* row-major y[n][rows] = x[n][cols] W[rows][cols]^T is, column-major, y^T = W^T' x^T with W
+     * read as a cols x rows matrix (lda = cols) and transposed */
+    for (int64_t i0 = 0; i0 < n; i0 += INT32_MAX / 2) {
+        const int nb = (int)(n - i0 < INT32_MAX / 2 ? n - i0 : INT32_MAX / 2);
+        const float *xb = dx + i0 * w->cols;
+        float *yb = dy + i0 * w->rows;
+        if (bf16) {
+            uint16_t *xh = cu_scratch(k, sizeof(uint16_t) * (size_t)nb * (size_t)kk);
+            cu_check(svlm_cu_f32_to_bf16(c->stream, xb, xh, (int64_t)nb * kk), "activations to bf16");
+            cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, nb, kk, &one, dw, CUDA_R_16BF,
+                                       kk, xh, CUDA_R_16BF, kk, &zero, yb, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT),
+                          "bf16 GEMM");
+        } else {
+            cublasComputeType_t ct =
+                w->type == SVLM_F32 || !cu_tf32() ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+            cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, nb, kk, &one, dw, CUDA_R_32F, kk,
+                                       xb, CUDA_R_32F, kk, &zero, yb, CUDA_R_32F, m, ct, CUBLAS_GEMM_DEFAULT),
+                          "f32 GEMM");
+        }
+    }
+    if (temp) {
+        cu_check(cudaStreamSynchronize(c->stream), "GEMM");
+        cu_check(cudaFree(temp), "cudaFree");
+    }
+}
+
+void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    if (n <= 0 || w->rows <= 0) return;
+    check_weight(w);
+    cu_check(cudaSetDevice(CU(k)->device), "cudaSetDevice");
+    const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
+    float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 0);
+    product(k, w, dx, n, dy);
+    cu_done(k, "matmul");
+}
+
+void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
+                     float *const *ys) {
+    if (n <= 0 || n_w <= 0) return;
+    cu_check(cudaSetDevice(CU(k)->device), "cudaSetDevice");
+    const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * ws[0]->cols));
+    /* outputs staged in turn: one wait per group of CU_MAX_WRITEBACKS products */
+    for (int i = 0; i < n_w; i++) {
+        if (ws[i]->rows <= 0) continue;
+        check_weight(ws[i]);
+        if (CU(k)->n_wb == CU_MAX_WRITEBACKS) cu_done(k, "matmul");
+        float *dy = cu_out(k, 1 + CU(k)->n_wb, ys[i], sizeof(float) * (size_t)(n * ws[i]->rows), 0);
+        product(k, ws[i], dx, n, dy);
+    }
+    cu_done(k, "matmul");
+}

@@ -1,0 +1,51 @@
+/*
+ * The device kernels of the CUDA backend, launched on a stream. Every pointer here is
+ * device-accessible (device or managed memory). Each launcher returns the cudaError_t of the
+ * launch (cudaSuccess = 0). Shared by the .cu files that define them and the C backend.
+ */
+#ifndef SVLM_KERNELS_CUDA_OPS_H
+#define SVLM_KERNELS_CUDA_OPS_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Weight types the kernels decode (the ggml type ids of kernels/dtype.h). */
+int svlm_cu_type_supported(int type);
+
+/* y[i][r] = sum_c W[r][c] x[i][c] for i < n <= SVLM_CU_MATVEC_MAX, W stored as `type` rows of
+ * row_bytes, decoded inside the kernel. cols is a multiple of 32. */
+#define SVLM_CU_MATVEC_MAX 8
+int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
+                   const float *x, int64_t n, float *y);
+/* Whole weight to bf16 (out_bf16 = 1) or f32 rows of cols elements, for cuBLAS. */
+int svlm_cu_dequant(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
+                    void *out, int out_bf16);
+/* n f32 values to bf16 (round to nearest even). */
+int svlm_cu_f32_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
+
+int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                    float eps);
+int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y, int64_t n,
+                      int64_t dim, float eps);
+int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
+                 float theta_scale, int neox);
+int svlm_cu_silu_mul(cudaStream_t s, float *gate, const float *up, int64_t n);
+int svlm_cu_gelu_tanh(cudaStream_t s, float *x, int64_t n);
+int svlm_cu_add(cudaStream_t s, float *y, const float *x, int64_t n);
+int svlm_cu_add_bias(cudaStream_t s, float *y, const float *b, int64_t n_rows, int64_t dim);
+int svlm_cu_softmax(cudaStream_t s, float *x, int64_t n_rows, int64_t dim);
+
+/* Attention as svlm_k_attention describes it; k/v are f32 (kv_f16 = 0) or f16. head_dim <= 256. */
+int svlm_cu_attention(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
+                      int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
+                      int head_dim, int causal, float scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

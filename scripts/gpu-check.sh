@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016 # bash -c scripts take their arguments as $1...
+# The check for a machine with an NVIDIA GPU: builds the svlm tool and the GPU tests in
+# build-gpu/ with the CUDA backend (no FFmpeg, GStreamer or server libraries needed), runs the GPU
+# tests (ctest -R test_cuda) and test_cuda_backend under compute-sanitizer's memcheck when it is
+# installed, then benchmarks the CUDA backend against the CPU on a generated SmolVLM2-256M-shaped
+# Q8_0 model (text pp512/tg128, vision encoder, bench-vision on the built-in test pattern).
+#
+# Everything goes to stdout (and to $OUT/gpu-check.log when $OUT names a folder); a summary comes
+# last. Exit status 1 when the build, a test, memcheck or a benchmark command failed; the
+# benchmarks run whatever the tests said. Each step has a timeout within an overall budget
+# (SVLM_GPU_CHECK_BUDGET seconds, default 470: under 8 minutes with the summary).
+#
+# Environment: SVLM_TEST_DATA (default ../shared, else ./shared), SVLM_CUDA_ARCH (default: the
+# GPU's compute capability from nvidia-smi, e.g. 90 on an H100; "80;90" without a GPU),
+# SVLM_GPU_CHECK_BUILD (the build folder, default build-gpu).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+B=${SVLM_GPU_CHECK_BUILD:-build-gpu}
+start=$(date +%s)
+budget=${SVLM_GPU_CHECK_BUDGET:-470}
+status=0
+summary=()
+tee_pid=""
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ -w "$OUT" ]; then
+  exec > >(tee -a "$OUT/gpu-check.log") 2>&1
+  tee_pid=$!
+fi
+exec 2>&1
+export PATH="/usr/local/cuda/bin:$PATH"
+jobs=$(nproc)
+
+elapsed() { echo $(($(date +%s) - start)); }
+
+# step NAME CAP RESERVE CMD...: runs CMD with a timeout of CAP seconds, or less so that RESERVE
+# seconds of the budget stay for the steps after it. Returns CMD's status (124: timed out).
+step() {
+  local name=$1 cap=$2 reserve=$3
+  shift 3
+  local left=$((budget - $(elapsed) - reserve))
+  local t=$((cap < left ? cap : left))
+  echo
+  echo "==== $name (timeout ${t}s; $(elapsed)s elapsed)"
+  if [ "$t" -lt 10 ]; then
+    echo "skipped: out of time"
+    return 124
+  fi
+  local t0
+  t0=$(date +%s)
+  timeout --kill-after=10 "$t" "$@"
+  local rc=$?
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "TIMED OUT after ${t}s"
+  echo "---- $name: exit $rc after $(($(date +%s) - t0))s"
+  return $rc
+}
+
+echo "==== svlm GPU check in $ROOT, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $jobs CPUs"
+if command -v git >/dev/null && git rev-parse --git-dir >/dev/null 2>&1; then
+  echo "commit $(git log -1 --format='%h %s' 2>/dev/null); $(git status --short 2>/dev/null | wc -l) changed files"
+fi
+
+# ---- the GPU ----
+echo
+echo "==== nvidia-smi -L"
+gpus=0
+cc=""
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi -L
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv 2>/dev/null
+  cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')
+else
+  echo "nvidia-smi not found"
+fi
+arch=${SVLM_CUDA_ARCH:-}
+if [ -z "$arch" ]; then
+  case "$cc" in
+  9.*) arch=90 ;; # H100, H200: only their architecture, to compile faster
+  [0-9].[0-9] | [0-9][0-9].[0-9]) arch="${cc%%.*}${cc#*.}" ;; # e.g. 8.6 -> 86
+  *) arch="80;90" ;;
+  esac
+fi
+nvcc --version 2>/dev/null | tail -n 2
+echo "GPUs: $gpus; compute capability: ${cc:-unknown}; CUDA architectures: $arch"
+if [ "$gpus" -gt 0 ]; then
+  export SVLM_TEST_REQUIRE_GPU=1 # a GPU test that finds no usable GPU fails instead of skipping
+fi
+
+# ---- test data ----
+if [ -z "${SVLM_TEST_DATA:-}" ]; then
+  if [ -d ../shared ]; then
+    SVLM_TEST_DATA=$(cd .. && pwd)/shared
+  elif [ -d shared ]; then
+    SVLM_TEST_DATA=$ROOT/shared
+  else
+    SVLM_TEST_DATA=$(cd .. && pwd)/shared
+  fi
+fi
+export SVLM_TEST_DATA
+echo "test data: $SVLM_TEST_DATA$([ -f "$SVLM_TEST_DATA/models/stories260K.gguf" ] || echo ' (no models/stories260K.gguf: the end-to-end test skips)')"
+
+# ---- build ----
+build_ok=0
+if step "configure $B" 120 300 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DSVLM_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DSVLM_FFMPEG=OFF -DSVLM_GSTREAMER=OFF -DSVLM_SERVER=OFF -DSVLM_WERROR=OFF \
+  -DSVLM_TEST_DATA="$SVLM_TEST_DATA"; then
+  # only what this check runs: the svlm tool and the GPU tests (faster, and other tests may
+  # need libraries this machine lacks)
+  targets=(svlm)
+  while IFS= read -r t; do targets+=("$t"); done < <(ctest --test-dir "$B" -N -R '^test_cuda' |
+    sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
+  echo "targets: ${targets[*]}"
+  # the whole log is long: warnings, errors and the last lines on failure
+  step "build $B ($jobs jobs)" 330 120 bash -c 'cmake --build "$1" -j"$2" --target "${@:3}" >"$1/build.log" 2>&1
+    rc=$?
+    grep -E -i "warning|error" "$1/build.log" | head -n 60
+    [ $rc -ne 0 ] && tail -n 60 "$1/build.log"
+    exit $rc' _ "$B" "$jobs" "${targets[@]}" && build_ok=1
+fi
+if [ $build_ok = 1 ]; then
+  summary+=("build: ok")
+else
+  status=1
+  summary+=("build: FAILED (see above; $B/build.log)")
+fi
+
+# ---- tests ----
+if [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; then
+  step "GPU tests: ctest -R test_cuda" 180 100 bash -c 'ctest --test-dir "$1" -R test_cuda -V >"$1/gpu-tests.log" 2>&1
+    rc=$?
+    cat "$1/gpu-tests.log"
+    exit $rc' _ "$B"
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    summary+=("GPU tests: passed")
+  else
+    status=1
+    summary+=("GPU tests: FAILED (exit $rc)")
+  fi
+  # the tests' own summaries: worst margins, check counts, skips and the first failures
+  while IFS= read -r line; do summary+=("  $line"); done < <(
+    grep -E 'worst comparison|checks, [0-9]+ failed|SKIP|Test +#|tests passed|prompt logits|identical|part at' \
+      "$B/gpu-tests.log" 2>/dev/null | sed -E 's/^[0-9]+: //' | head -n 30
+    grep -E 'CHECK\(|REQUIRE\(' "$B/gpu-tests.log" 2>/dev/null | sed -E 's/^[0-9]+: //' | head -n 12
+  )
+else
+  status=1
+  summary+=("GPU tests: not built")
+fi
+
+SAN=/usr/local/cuda/bin/compute-sanitizer
+if [ -x "$SAN" ] && [ -x "$B/tests/test_cuda_backend" ]; then
+  # the comparisons are in the ctest output above: here only the sanitizer's findings
+  step "compute-sanitizer memcheck: test_cuda_backend" 180 80 bash -c '"$1" --tool memcheck --leak-check full \
+    --error-exitcode 99 "$2/tests/test_cuda_backend" >"$2/memcheck.log" 2>&1
+    rc=$?
+    grep -v -E "^  (matmul|rmsnorm|layernorm|rope|silu|gelu|add|softmax|attention)" "$2/memcheck.log" | tail -n 80
+    exit $rc' _ "$SAN" "$B"
+  rc=$?
+  errs=$(grep -E 'ERROR SUMMARY' "$B/memcheck.log" 2>/dev/null | tail -n 1)
+  case $rc in
+  0) summary+=("memcheck: clean (${errs:-no summary line})") ;;
+  124 | 137) summary+=("memcheck: TIMED OUT, inconclusive (${errs:-no summary line})") ;;
+  *)
+    status=1
+    summary+=("memcheck: FAILED, exit $rc (${errs:-no summary line})")
+    ;;
+  esac
+else
+  summary+=("memcheck: skipped (no $SAN or no test_cuda_backend)")
+fi
+
+# ---- benchmarks ----
+unset OPENBLAS_CORETYPE
+S="$B/svlm"
+M="$B/bench/s256-q8_0"
+bench() { # bench LABEL CAP ARGS...: runs svlm ARGS as a step, keeps its result lines for the summary
+  local label=$1 cap=$2
+  shift 2
+  local log="$B/bench/last.log"
+  step "$label: svlm $*" "$cap" 0 bash -c '"$@" >"$0" 2>&1; rc=$?; cat "$0"; exit $rc' "$log" "$S" "$@"
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    status=1
+    summary+=("$label: FAILED (exit $rc)")
+  else
+    summary+=("$label:")
+    while IFS= read -r line; do summary+=("  $line"); done < <(
+      grep -E '^(backend|pp[0-9]|tg[0-9]|bandwidth|batch|mmproj|source|pattern)|no usable GPU' "$log" | head -n 8
+    )
+  fi
+}
+if [ -x "$S" ]; then
+  mkdir -p "$B/bench"
+  if [ -f "$M.gguf" ] && [ -f "$M-mmproj.gguf" ]; then
+    echo
+    echo "==== benchmark model: $M.gguf and $M-mmproj.gguf (already there)"
+  else
+    step "benchmark model (SmolVLM2-256M shape, Q8_0)" 90 0 "$S" mkmodel --arch smolvlm --shape smolvlm2-256m \
+      --type q8_0 --seed 1 -o "$M" --quiet || { status=1; summary+=("mkmodel: FAILED"); }
+  fi
+  if [ -f "$M.gguf" ]; then
+    bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+    bench "text, cpu ($jobs threads)" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cpu --threads "$jobs"
+    bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --backend cuda
+    bench "vision encoder, cpu ($jobs threads)" 60 bench --mmproj "$M-mmproj.gguf" --backend cpu --threads "$jobs"
+    bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
+      --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
+  fi
+else
+  summary+=("benchmarks: skipped (no $S)")
+fi
+
+echo
+echo "==== summary ($(elapsed)s)"
+for line in "${summary[@]}"; do echo "$line"; done
+echo "gpu-check: $([ $status = 0 ] && echo OK || echo FAILED)"
+if [ -n "$tee_pid" ]; then # let tee write the last lines before the script ends
+  exec >&- 2>&-
+  wait "$tee_pid"
+fi
+exit $status

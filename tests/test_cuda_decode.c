@@ -1,0 +1,71 @@
+/*
+ * The CUDA kernels' weight decoders (kernels/cuda/quant_decode.h, compiled here for the CPU)
+ * against the reference dequantizers, for every type and across several super-blocks, so the
+ * GPU's reading of every format is checked on machines without a GPU. Tolerance: the GPU may
+ * fuse a multiply and an add, so 2^-20 of the row's largest magnitude instead of bit equality.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "kernels/cuda/quant_decode.h"
+#include "kernels/dtype.h"
+#include "test.h"
+
+typedef float (*decode_fn)(const uint8_t *row, int64_t sb, int l);
+
+static uint32_t rng_state = 12345;
+static float rnd(void) {
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (float)((rng_state >> 8) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+}
+
+static void check_type(int type, decode_fn fn, int64_t cols) {
+    const svlm_dtype_info *info = svlm_dtype_get(type);
+    REQUIRE(info, "type %d unknown", type);
+    const int rows = 3;
+    size_t row_bytes = svlm_row_bytes((svlm_dtype)type, cols);
+    REQUIRE(row_bytes > 0, "%s: no row size for %lld columns", info->name, (long long)cols);
+    float *src = malloc(sizeof(float) * (size_t)cols), *ref = malloc(sizeof(float) * (size_t)cols);
+    uint8_t *q = malloc(row_bytes * rows);
+    REQUIRE(src && ref && q, "out of memory");
+    int bad = 0;
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        /* rows of different scales, with outliers, so every scale and min code is exercised */
+        float scale = r == 0 ? 1.0f : r == 1 ? 0.02f : 37.0f;
+        for (int64_t i = 0; i < cols; i++)
+            src[i] = rnd() * scale * (i % 97 == 5 ? 8.0f : 1.0f) + (r == 2 ? 0.5f * scale : 0.0f);
+        uint8_t *row = q + row_bytes * (size_t)r;
+        REQUIRE(!svlm_quantize_row((svlm_dtype)type, src, row, cols), "%s: quantize", info->name);
+        REQUIRE(!svlm_dequantize_row((svlm_dtype)type, row, ref, cols), "%s: dequantize", info->name);
+        float mx = 0;
+        for (int64_t i = 0; i < cols; i++)
+            mx = fmaxf(mx, fabsf(ref[i]));
+        for (int64_t i = 0; i < cols; i++) {
+            float got = fn(row, i / 32, (int)(i % 32));
+            double err = fabs((double)got - ref[i]);
+            if (err > worst) worst = err;
+            if (err > mx * 0x1p-20 && bad++ < 3)
+                fprintf(stderr, "%s row %d element %lld: decoded %g, reference %g\n", info->name, r,
+                        (long long)i, got, ref[i]);
+        }
+    }
+    CHECK(bad == 0, "%s: %d of %lld elements decoded wrongly", info->name, bad, (long long)(cols * rows));
+    printf("%-5s %4lld columns: max |decoded - reference| = %.3g\n", info->name, (long long)cols, worst);
+    free(src);
+    free(ref);
+    free(q);
+}
+
+int test_main(void) {
+#define RUN(ID, FN)                                                                                          \
+    check_type(ID, FN, 768);                                                                                 \
+    if (!svlm_dtype_get(ID)->is_quantized || svlm_dtype_get(ID)->block_size == 32) check_type(ID, FN, 576);
+    SVLM_QD_TYPES(RUN)
+#undef RUN
+    /* plain types may end in a partial sub-block: the kernels mask those lanes */
+    check_type(SVLM_F32, qd_f32, 77);
+    check_type(SVLM_F16, qd_f16, 77);
+    return 0;
+}
