@@ -63,4 +63,35 @@ svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kin
                                 const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
                                 svlm_err *err);
 
+/* ---- continuous batching: one decode step of many sequences at once ---- */
+
+/* Scratch for decode steps of up to max_seqs sequences together; uses the kernels of the
+ * contexts it serves (all contexts of one step must share one svlm_kernels). */
+typedef struct svlm_llama_batch svlm_llama_batch;
+svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs, svlm_llama_batch **out,
+                                    svlm_err *err);
+void svlm_llama_batch_free(svlm_llama_batch *b);
+int svlm_llama_batch_max(const svlm_llama_batch *b);
+
+/* One item of a batched decode step: like svlm_llama_eval_seq(ctx, seq, kind, tag, &id, NULL, 1,
+ * logits, 0): token `id` is appended to `seq` and evaluated with `ctx` as its working copy;
+ * logits receives [n_vocab]. Each item needs its own ctx and seq. */
+typedef struct svlm_llama_batch_item {
+    svlm_llama_ctx *ctx;
+    svlm_kv_seq *seq;
+    svlm_kv_kind kind;
+    int64_t tag;
+    int32_t id;
+    float *logits;
+    svlm_status status; /* out: SVLM_OK, or why this item was not evaluated (err_msg) */
+    char err_msg[128];
+} svlm_llama_batch_item;
+
+/* Evaluates n <= svlm_llama_batch_max(b) items together: the weights are read once for all of
+ * them (the matrix products run on n rows), attention runs per sequence over its own cache. An
+ * item that cannot be evaluated (bad token, full cache) gets its status and the others go on.
+ * Results equal n separate svlm_llama_eval_seq calls up to the rounding of the backend's
+ * n-row products. Returns SVLM_E_INVALID for bad arguments (n out of range, shared ctx/seq). */
+svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *items, int n, svlm_err *err);
+
 #endif

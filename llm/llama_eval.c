@@ -94,7 +94,7 @@ svlm_status svlm_llama_kv_pool_create(const svlm_llama *m, svlm_dtype kv_type, i
 }
 
 /* Copies n rows of f32 into the cache at slot `at`, converting to the cache type. */
-static void store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd) {
+void llama_store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd) {
     if (c->kv_type == SVLM_F32) {
         memcpy((float *)cache + (size_t)at * kvd, src, (size_t)n * kvd * 4);
     } else {
@@ -119,7 +119,7 @@ static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **em
     }
 }
 
-static void round_to_f16(float *x, size_t n) {
+void llama_round_to_f16(float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         x[i] = svlm_f16_to_f32(svlm_f32_to_f16(x[i]));
 }
@@ -128,7 +128,7 @@ static void round_to_f16(float *x, size_t n) {
  * Brings rows [from, to) of one layer of the working copy up to date with the sequence: keys
  * are stored before RoPE in the pages and rotated here to their current positions.
  */
-static void sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to) {
+void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to) {
     const svlm_llama_hparams *hp = &c->m->hp;
     const svlm_dtype page_type = svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
@@ -141,7 +141,7 @@ static void sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int lay
         }
         svlm_k_rope(c->k, c->stage, m, hp->n_head_kv, hp->head_dim, hp->n_rot, c->stage_pos, hp->rope_base,
                     hp->rope_neox);
-        store_rows(c, c->k_cache[layer], c->stage, a, m, kvd);
+        llama_store_rows(c, c->k_cache[layer], c->stage, a, m, kvd);
         if (page_type == c->kv_type) {
             for (int i = 0; i < m; i++)
                 memcpy((uint8_t *)c->v_cache[layer] + (size_t)(a + i) * kvd * c->kv_elt,
@@ -150,7 +150,7 @@ static void sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int lay
             for (int i = 0; i < m; i++)
                 svlm_dequantize_row(page_type, svlm_kv_seq_v_row(seq, layer, a + i), c->stage + i * kvd,
                                     (int64_t)kvd);
-            store_rows(c, c->v_cache[layer], c->stage, a, m, kvd);
+            llama_store_rows(c, c->v_cache[layer], c->stage, a, m, kvd);
         }
     }
 }
@@ -183,19 +183,19 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         }
         if (seq) {
             svlm_kv_seq_write(seq, l, p0, n, c->kx, c->vx);
-            if (sync_from < p0) sync_working_copy(c, seq, l, sync_from, p0);
+            if (sync_from < p0) llama_sync_working_copy(c, seq, l, sync_from, p0);
             /* the new rows must look exactly as they will when read back from the pages */
             if (svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16) {
-                round_to_f16(c->kx, (size_t)n * kvd);
-                round_to_f16(c->vx, (size_t)n * kvd);
+                llama_round_to_f16(c->kx, (size_t)n * kvd);
+                llama_round_to_f16(c->vx, (size_t)n * kvd);
             }
         }
         svlm_k_rope(k, c->q, n, hp->n_head, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
                     hp->rope_neox);
         svlm_k_rope(k, c->kx, n, hp->n_head_kv, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
                     hp->rope_neox);
-        store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
-        store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
+        llama_store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
+        llama_store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
         svlm_attn_args a = {
             .q = c->q,
             .k = c->k_cache[l],
@@ -234,8 +234,8 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     }
 }
 
-static svlm_status check_inputs(const svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
-                                svlm_err *err) {
+svlm_status llama_check_inputs(const svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                               svlm_err *err) {
     if (n <= 0) return svlm_fail(err, SVLM_E_INVALID, "nothing to evaluate");
     const int n_vocab = c->m->hp.n_vocab;
     for (int i = 0; i < n; i++)
@@ -267,7 +267,7 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
 
 svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n, float *logits,
                             int all_logits, svlm_err *err) {
-    svlm_status st = check_inputs(c, ids, embd, n, err);
+    svlm_status st = llama_check_inputs(c, ids, embd, n, err);
     if (st) return st;
     if (n > c->n_ctx - c->n_past)
         return svlm_fail(err, SVLM_E_LIMIT, "context full: %d tokens cached, %d more do not fit in %d",
@@ -281,7 +281,7 @@ svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *
 }
 
 /* How many leading rows of the working copy still match the sequence at version v. */
-static int working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v) {
+int llama_working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v) {
     if (!c->mirror_of.uid || c->mirror_of.uid != v.uid) return 0;
     if (c->mirror_of.epoch == v.epoch) return c->mirror_n;
     if (c->mirror_of.epoch + 1 == v.epoch) return c->mirror_n < v.kept ? c->mirror_n : v.kept;
@@ -291,7 +291,7 @@ static int working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v) {
 svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
                                 const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
                                 svlm_err *err) {
-    svlm_status st = check_inputs(c, ids, embd, n, err);
+    svlm_status st = llama_check_inputs(c, ids, embd, n, err);
     if (st) return st;
     const svlm_llama_hparams *hp = &c->m->hp;
     const svlm_kv_pool_params *pp = svlm_kv_pool_params_of(svlm_kv_seq_pool(seq));
@@ -304,7 +304,7 @@ svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kin
                          svlm_kv_seq_capacity(seq), c->n_ctx);
     int first = 0;
     if ((st = svlm_kv_seq_append(seq, kind, tag, n, &first, err))) return st;
-    int valid = working_copy_valid(c, svlm_kv_seq_version(seq));
+    int valid = llama_working_copy_valid(c, svlm_kv_seq_version(seq));
     if (valid > first) valid = first;
     /* mark the copy unknown while it is rebuilt, then record what it holds */
     memset(&c->mirror_of, 0, sizeof c->mirror_of);

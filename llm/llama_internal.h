@@ -37,4 +37,16 @@ struct svlm_llama_ctx {
     int32_t *batch_pos, *stage_pos;
 };
 
+/* Shared by llama_eval.c and llama_batch.c. */
+/* Copies n rows of f32 into the cache at slot `at`, converting to the cache type. */
+void llama_store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd);
+/* x[i] = x[i] rounded to f16 and back: new rows look as they will when read from F16 pages. */
+void llama_round_to_f16(float *x, size_t n);
+/* Rows [from, to) of one layer of c's working copy brought up to date with seq (RoPE applied). */
+void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to);
+/* How many leading rows of c's working copy still match the sequence at version v. */
+int llama_working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v);
+svlm_status llama_check_inputs(const svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                               svlm_err *err);
+
 #endif

@@ -2,6 +2,7 @@
 #include "pipeline/stream.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -403,8 +404,10 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
     return SVLM_OK;
 }
 
-svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *err) {
-    *done = 1;
+/* Picks the next token, records it and hands it out. *more = 1 when it must be evaluated (the
+ * answer goes on); *id is that token. */
+static svlm_status answer_emit(svlm_stream_answer *a, int32_t *id_out, int *more, svlm_err *err) {
+    *more = 0;
     const int limit = a->pr.n + a->max_tokens;
     if (a->eog || a->n_end >= limit) return SVLM_OK;
     int32_t id = argmax(a->logits, a->n_vocab);
@@ -418,11 +421,70 @@ svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *
     size_t len = svlm_token_piece(a->s->tok, id, 0, piece, sizeof piece);
     if (a->on_token && a->on_token(a->user, id, piece, len < sizeof piece ? len : sizeof piece))
         return svlm_fail(err, SVLM_E_CANCELLED, "answer cancelled");
-    if (a->n_end >= limit) return SVLM_OK;
-    svlm_status st =
-        svlm_llama_eval_seq(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, a->logits, 0, err);
+    *id_out = id;
+    *more = a->n_end < limit;
+    return SVLM_OK;
+}
+
+svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *err) {
+    *done = 1;
+    int32_t id = 0;
+    int more = 0;
+    svlm_status st = answer_emit(a, &id, &more, err);
+    if (st || !more) return st;
+    st = svlm_llama_eval_seq(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, a->logits, 0, err);
     if (!st) *done = 0;
     return st;
+}
+
+svlm_status svlm_stream_answers_step(svlm_llama_batch *b, svlm_stream_answer *const *as, int n, int *done,
+                                     svlm_status *st, svlm_err *errs) {
+    const int max = svlm_llama_batch_max(b);
+    svlm_llama_batch_item *items = calloc((size_t)(n < max ? n : max), sizeof *items);
+    int *of = calloc((size_t)(n < max ? n : max), sizeof *of);
+    if (!items || !of) {
+        free(items);
+        free(of);
+        return SVLM_E_NOMEM;
+    }
+    for (int i0 = 0; i0 < n; i0 += max) {
+        const int i1 = n - i0 < max ? n : i0 + max;
+        int m = 0;
+        for (int i = i0; i < i1; i++) {
+            svlm_stream_answer *a = as[i];
+            int32_t id = 0;
+            int more = 0;
+            done[i] = 1;
+            st[i] = answer_emit(a, &id, &more, &errs[i]);
+            if (st[i] || !more) continue;
+            items[m] = (svlm_llama_batch_item){.ctx = a->ctx,
+                                               .seq = a->fork,
+                                               .kind = SVLM_KV_TEXT,
+                                               .tag = a->turn,
+                                               .id = id,
+                                               .logits = a->logits};
+            of[m++] = i;
+        }
+        if (!m) continue;
+        svlm_err berr = {0};
+        svlm_status bst = svlm_llama_eval_batch(b, items, m, &berr);
+        for (int j = 0; j < m; j++) {
+            const int i = of[j];
+            if (bst) {
+                st[i] = bst;
+                errs[i] = berr;
+            } else if (items[j].status) {
+                st[i] = items[j].status;
+                snprintf(errs[i].msg, sizeof errs[i].msg, "%s", items[j].err_msg);
+                errs[i].status = st[i];
+            } else {
+                done[i] = 0;
+            }
+        }
+    }
+    free(items);
+    free(of);
+    return SVLM_OK;
 }
 
 void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svlm_answer_metrics *am) {

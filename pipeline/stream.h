@@ -152,6 +152,12 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
 /* Emits the next token (callback) and evaluates it. *done = 1 at end of generation, the token
  * limit, or a cancel (then SVLM_E_CANCELLED). */
 svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *err);
+/* svlm_stream_answer_step for n answers (of any streams of one model, contexts on b's kernels)
+ * with their decode steps evaluated together (continuous batching, svlm_llama_eval_batch):
+ * done[i], st[i] and errs[i] are answer i's results as answer_step would give them. Returns
+ * SVLM_E_NOMEM without stepping any answer when it cannot allocate. */
+svlm_status svlm_stream_answers_step(svlm_llama_batch *b, svlm_stream_answer *const *as, int n, int *done,
+                                     svlm_status *st, svlm_err *errs);
 /* Ends the answer: frees the fork's pages; when ok (the answer completed), the turn joins the
  * stream's text window (now, or at the next frame with deferred joins). Frees a. */
 void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svlm_answer_metrics *am);

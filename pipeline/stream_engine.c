@@ -50,6 +50,7 @@ struct svlm_engine {
     const svlm_mmproj *mp;
     svlm_engine_params p;
     svlm_kernels *k_ingest, *k_answer;
+    svlm_llama_batch *batch; /* decode steps of several answers at once (NULL: one at a time) */
     svlm_vision_ctx *vc;
     float *pixels, *embd, *kept_embd;
     int32_t *kept;
@@ -193,6 +194,57 @@ static int question_step(svlm_engine *e, question *q) {
     return 1;
 }
 
+/* One decode step of up to decode_batch active answers together (called and returning with
+ * e->mu held). Cancelled ones end first; the rest go back to the active list in order. */
+static void step_batch(svlm_engine *e) {
+    const int max = svlm_llama_batch_max(e->batch);
+    question *qs[max];
+    svlm_stream_answer *as[max];
+    int n = 0;
+    while (e->active && n < max) {
+        qs[n] = e->active;
+        list_remove(&e->active, qs[n]);
+        n++;
+    }
+    e->answer_busy = 1;
+    pthread_mutex_unlock(&e->mu);
+    const double t0 = now_ms();
+    int live = 0;
+    for (int i = 0; i < n; i++) {
+        if (__atomic_load_n(&qs[i]->cancel, __ATOMIC_RELAXED)) {
+            question_end(e, qs[i], SVLM_E_CANCELLED, "answer cancelled");
+            continue;
+        }
+        qs[live] = qs[i];
+        as[live++] = qs[i]->ans;
+    }
+    int done[max];
+    svlm_status st[max];
+    svlm_err errs[max];
+    memset(errs, 0, sizeof(svlm_err) * (size_t)(live > 0 ? live : 1));
+    if (live && svlm_stream_answers_step(e->batch, as, live, done, st, errs))
+        for (int i = 0; i < live; i++) { /* no memory for the batch: one by one, as without it */
+            st[i] = svlm_stream_answer_step(as[i], &done[i], &errs[i]);
+        }
+    int goes_on = 0;
+    for (int i = 0; i < live; i++) {
+        if (st[i] || done[i])
+            question_end(e, qs[i], st[i], st[i] ? errs[i].msg : "");
+        else
+            qs[goes_on++] = qs[i];
+    }
+    pthread_mutex_lock(&e->mu);
+    e->m.answer_busy_ms += now_ms() - t0;
+    e->answer_busy = 0;
+    e->m.decode_batches++;
+    e->m.decode_batch_answers += (uint64_t)live;
+    for (int i = goes_on - 1; i >= 0; i--) { /* back at the front, in their order */
+        qs[i]->next = e->active;
+        e->active = qs[i];
+    }
+    e->rr_active = e->active;
+}
+
 static void *answer_lane(void *arg) {
     svlm_engine *e = arg;
     pthread_mutex_lock(&e->mu);
@@ -210,6 +262,9 @@ static void *answer_lane(void *arg) {
         int fresh = q != NULL;
         if (fresh) {
             list_remove(&e->ready, q);
+        } else if (e->active && e->active->next && e->batch) {
+            step_batch(e);
+            continue;
         } else if (e->active) {
             q = e->rr_active && list_remove(&e->active, e->rr_active) ? e->rr_active : NULL;
             if (!q) {
@@ -312,7 +367,9 @@ static void *ingest_lane(void *arg) {
             for (int j = 0; j < e->n_streams; j++) {
                 lane_stream *ls = &e->streams[j];
                 if (!ls->s || ls->closing) continue;
-                if (ls->join_due && ls->in_flight == 0 && (pinned_due(e, j) || e->draining)) {
+                /* at a due question, or when draining once the stream's last frame is in: joining
+                 * while frames still wait would put the turn at a timing-dependent place */
+                if (ls->join_due && ls->in_flight == 0 && (pinned_due(e, j) || (e->draining && ls->n == 0))) {
                     ls->join_due = 0;
                     pthread_mutex_unlock(&e->mu);
                     svlm_err err = {0};
@@ -423,6 +480,10 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     /* one backend per lane: the CPU, or a GPU when SVLM_BACKEND says so */
     if (!st) st = svlm_kernels_create_named(NULL, e->p.ingest_threads, &e->k_ingest, err);
     if (!st) st = svlm_kernels_create_named(NULL, e->p.answer_threads, &e->k_answer, err);
+    if (e->p.decode_batch <= 0) e->p.decode_batch = 16;
+    if (e->p.exact) e->p.decode_batch = 1; /* a replay's answers repeat exactly: one at a time */
+    if (!st && e->p.decode_batch > 1)
+        st = svlm_llama_batch_create(m, e->k_answer, e->p.decode_batch, &e->batch, err);
     if (!st && mp) {
         st = svlm_vision_ctx_create(mp, e->k_ingest, 1, &e->vc, err);
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
@@ -507,6 +568,7 @@ void svlm_engine_free(svlm_engine *e) {
     free(e->embd);
     free(e->kept_embd);
     free(e->kept);
+    svlm_llama_batch_free(e->batch);
     svlm_kernels_destroy(e->k_ingest);
     svlm_kernels_destroy(e->k_answer);
     pthread_mutex_destroy(&e->mu);

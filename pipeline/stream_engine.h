@@ -34,6 +34,9 @@ typedef struct svlm_engine_params {
     int frame_queue;    /* frames waiting per stream (default 2) */
     int max_streams;    /* default 16 */
     int max_active;     /* answers decoded at once, round-robin (0: no limit); more wait, unforked */
+    int decode_batch;   /* answers whose decode steps run as one batch (continuous batching: the
+                           weights are read once per step for all of them); default 16, 1 = one
+                           answer per step; exact replays always step one at a time */
     int exact;          /* replays: a pinned question forks only after the earlier answers of its
                            stream joined the dialogue, and that stream's frames wait for the fork
                            (answers then repeat exactly; ingest does wait for answers: not for live) */
@@ -86,7 +89,8 @@ void svlm_engine_drain(svlm_engine *e);
 typedef struct svlm_engine_metrics {
     int64_t frames_done, frames_dropped, questions_done, questions_cancelled;
     int active_answers, queued_questions, queued_frames;
-    double ingest_busy_ms, answer_busy_ms; /* time each lane spent working */
+    double ingest_busy_ms, answer_busy_ms;         /* time each lane spent working */
+    uint64_t decode_batches, decode_batch_answers; /* batched decode steps, answers they stepped */
 } svlm_engine_metrics;
 void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out);
 

@@ -358,6 +358,7 @@ static svlm_status load_models(eng *e, svlm_err *err) {
                              .frame_queue = e->o.frame_queue,
                              .max_streams = e->o.max_streams,
                              .max_active = e->o.answer_threads,
+                             .decode_batch = e->o.decode_batch,
                              .stc = &e->o.stc};
     if ((st = svlm_engine_create(e->model, e->mmproj, &ep, &e->engine, err))) return st;
     /* still images: their own kernels (one CPU thread, or the GPU of SVLM_BACKEND), so they never
@@ -371,9 +372,10 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
     *out = NULL;
     if (!o->text_path || !o->mmproj_path)
         return svlm_fail(err, SVLM_E_INVALID, "the engine needs both model files");
-    if (o->max_streams < 1 || o->answer_threads < 1 || o->answer_threads > 1024 || o->frames_window < 1 ||
-        o->text_window < 16 || o->max_answer_tokens < 1 || o->max_queued < 1 || o->sink_tokens < 16 ||
-        o->frame_queue < 1 || o->memory_tokens < 1 || (o->memory && o->memory_budget < 4096))
+    if (o->max_streams < 1 || o->answer_threads < 1 || o->answer_threads > 1024 || o->decode_batch < 0 ||
+        o->decode_batch > 1024 || o->frames_window < 1 || o->text_window < 16 || o->max_answer_tokens < 1 ||
+        o->max_queued < 1 || o->sink_tokens < 16 || o->frame_queue < 1 || o->memory_tokens < 1 ||
+        (o->memory && o->memory_budget < 4096))
         return svlm_fail(err, SVLM_E_INVALID, "engine options out of range");
     if (o->memory_dir && strlen(o->memory_dir) >= 400)
         return svlm_fail(err, SVLM_E_INVALID, "the memory directory path is too long");

@@ -33,6 +33,7 @@ typedef struct svlm_engine_backend_opts {
     int stand_in;            /* 1: a random-weight stand-in (the page shows a banner) */
     int max_streams;         /* (16) */
     int answer_threads;      /* answers decoded at once, interleaved token by token (8); more wait */
+    int decode_batch;        /* of those, decode steps run together (continuous batching); 0: 16 */
     int compute_threads;     /* kernel threads of the answer lane (0: all CPUs but one, which the
                                 ingest lane has; at least 1) */
     int frames_window;       /* frames kept in each stream's context (8) */

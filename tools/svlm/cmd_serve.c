@@ -41,6 +41,8 @@ static void usage(FILE *f) {
             "                        test pattern as stream 'demo'\n"
             "  --cache-dir DIR       where --demo keeps its model ($XDG_CACHE_HOME/svlm or ~/.cache/svlm)\n"
             "  --answer-threads N    answers decoded at once, interleaved token by token (8)\n"
+            "  --decode-batch N      of those, how many step together, reading the weights once (16;\n"
+            "                        1: one answer per step)\n"
             "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
             "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
             "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
@@ -310,6 +312,9 @@ int cmd_serve(int argc, char **argv) {
             demo = 1;
         } else if (!strcmp(argv[i], "--cache-dir")) {
             if (!(cache_dir = cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(argv[i], "--decode-batch")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &num)) return 2;
+            eo.decode_batch = (int)num;
         } else if (!strcmp(argv[i], "--answer-threads")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &answer_threads))
                 return 2;

@@ -1,0 +1,203 @@
+/*
+ * Continuous batching: one decode step for many sequences (answers to different questions, on
+ * different streams) in one pass over the weights. Decode is bound by reading the weights, so n
+ * sequences cost little more than one: the matrix products run on n rows, while each sequence
+ * keeps its own paged cache, working copy, positions and attention.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "llm/llama_internal.h"
+
+struct svlm_llama_batch {
+    svlm_llama *m;
+    svlm_kernels *k;
+    int max;
+    float *x, *h, *q, *kx, *vx, *att, *gate, *up, *logits;
+    int32_t *pos;
+    int *p0, *sync, *live; /* per live row: cache row of its token, where its working copy stops
+                            * matching its sequence, index of its item */
+};
+
+svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs, svlm_llama_batch **out,
+                                    svlm_err *err) {
+    *out = NULL;
+    if (max_seqs <= 0 || max_seqs > 4096)
+        return svlm_fail(err, SVLM_E_INVALID, "a batch holds 1 to 4096 sequences, not %d", max_seqs);
+    const svlm_llama_hparams *hp = &m->hp;
+    svlm_llama_batch *b = calloc(1, sizeof *b);
+    if (!b) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    b->m = m;
+    b->k = k;
+    b->max = max_seqs;
+    const size_t B = (size_t)max_seqs, E = (size_t)hp->n_embd, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim;
+    b->x = svlm_k_alloc(k, B * E * 4);
+    b->h = svlm_k_alloc(k, B * (E > qd ? E : qd) * 4);
+    b->q = svlm_k_alloc(k, B * qd * 4);
+    b->kx = svlm_k_alloc(k, B * kvd * 4);
+    b->vx = svlm_k_alloc(k, B * kvd * 4);
+    b->att = svlm_k_alloc(k, B * qd * 4);
+    b->gate = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
+    b->up = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
+    b->logits = svlm_k_alloc(k, B * (size_t)hp->n_vocab * 4);
+    b->pos = calloc(B, sizeof *b->pos);
+    b->p0 = calloc(B, sizeof *b->p0);
+    b->live = calloc(B, sizeof *b->live);
+    b->sync = calloc(B, sizeof *b->sync);
+    if (!b->x || !b->h || !b->q || !b->kx || !b->vx || !b->att || !b->gate || !b->up || !b->logits ||
+        !b->pos || !b->p0 || !b->live || !b->sync) {
+        svlm_llama_batch_free(b);
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a batch of %d sequences", max_seqs);
+    }
+    *out = b;
+    return SVLM_OK;
+}
+
+void svlm_llama_batch_free(svlm_llama_batch *b) {
+    if (!b) return;
+    float *bufs[] = {b->x, b->h, b->q, b->kx, b->vx, b->att, b->gate, b->up, b->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) svlm_k_free(b->k, bufs[i]);
+    free(b->pos);
+    free(b->p0);
+    free(b->live);
+    free(b->sync);
+    free(b);
+}
+
+int svlm_llama_batch_max(const svlm_llama_batch *b) {
+    return b->max;
+}
+
+/* The checks and cache bookkeeping of svlm_llama_eval_seq for one item; on success the token's
+ * row is appended to the sequence and *p0 is its cache row, *sync_from where the item's working
+ * copy stops matching the sequence. */
+static svlm_status prepare(svlm_llama_batch *b, svlm_llama_batch_item *it, int *p0, int *sync_from) {
+    svlm_err e = {0};
+    svlm_status st = SVLM_OK;
+    const svlm_llama_hparams *hp = &b->m->hp;
+    if (it->ctx->m != b->m || it->ctx->k != b->k)
+        st = svlm_fail(&e, SVLM_E_INVALID, "the context belongs to another model or backend than the batch");
+    if (!st) st = llama_check_inputs(it->ctx, &it->id, NULL, 1, &e);
+    const svlm_kv_pool_params *pp = st ? NULL : svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq));
+    if (!st && (pp->n_layer != hp->n_layer || pp->kv_dim != hp->n_head_kv * hp->head_dim))
+        st = svlm_fail(&e, SVLM_E_INVALID, "KV pool shaped for %d layers x %d, the model has %d x %d",
+                       pp->n_layer, pp->kv_dim, hp->n_layer, hp->n_head_kv * hp->head_dim);
+    if (!st && svlm_kv_seq_capacity(it->seq) > it->ctx->n_ctx)
+        st = svlm_fail(&e, SVLM_E_LIMIT,
+                       "a cache of %d tokens needs a context of at least that size (have %d)",
+                       svlm_kv_seq_capacity(it->seq), it->ctx->n_ctx);
+    int first = 0;
+    if (!st) st = svlm_kv_seq_append(it->seq, it->kind, it->tag, 1, &first, &e);
+    if (st) {
+        it->status = st;
+        memcpy(it->err_msg, e.msg, sizeof it->err_msg - 1);
+        it->err_msg[sizeof it->err_msg - 1] = 0;
+        return st;
+    }
+    int valid = llama_working_copy_valid(it->ctx, svlm_kv_seq_version(it->seq));
+    *sync_from = valid < first ? valid : first;
+    *p0 = first;
+    memset(&it->ctx->mirror_of, 0, sizeof it->ctx->mirror_of); /* unknown while it is rebuilt */
+    return SVLM_OK;
+}
+
+svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *items, int n, svlm_err *err) {
+    if (n <= 0 || n > b->max)
+        return svlm_fail(err, SVLM_E_INVALID, "a batch of %d items (this one holds 1 to %d)", n, b->max);
+    for (int i = 0; i < n; i++) {
+        if (!items[i].ctx || !items[i].seq)
+            return svlm_fail(err, SVLM_E_INVALID, "item %d has no context", i);
+        for (int j = 0; j < i; j++)
+            if (items[j].ctx == items[i].ctx || items[j].seq == items[i].seq)
+                return svlm_fail(err, SVLM_E_INVALID, "items %d and %d share a context or a sequence", j, i);
+    }
+    const svlm_llama *m = b->m;
+    const svlm_llama_hparams *hp = &m->hp;
+    svlm_kernels *k = b->k;
+    const int E = hp->n_embd, kvd = hp->n_head_kv * hp->head_dim, qd = hp->n_head * hp->head_dim;
+    int *sync_from = b->sync;
+    int nl = 0; /* live rows: the items that prepared */
+    for (int i = 0; i < n; i++) {
+        items[i].status = SVLM_OK;
+        items[i].err_msg[0] = 0;
+        if (prepare(b, &items[i], &b->p0[nl], &sync_from[nl])) continue;
+        svlm_llama_batch_item *it = &items[i];
+        b->live[nl] = i;
+        b->pos[nl] = svlm_kv_seq_pos(it->seq, b->p0[nl]);
+        it->ctx->pos[b->p0[nl]] = b->pos[nl];
+        const uint8_t *src = (const uint8_t *)m->tok_embd.data + (size_t)it->id * m->tok_embd.row_bytes;
+        svlm_dequantize_row(m->tok_embd.type, src, b->x + (size_t)nl * E, E);
+        nl++;
+    }
+    if (nl == 0) return SVLM_OK;
+    const float scale = 1.0f / sqrtf((float)hp->head_dim);
+    for (int l = 0; l < hp->n_layer; l++) {
+        const svlm_llama_layer *L = &m->layers[l];
+        svlm_k_rmsnorm(k, b->x, L->attn_norm, b->h, nl, E, hp->rms_eps);
+        {
+            const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+            float *ys[3] = {b->q, b->kx, b->vx};
+            svlm_k_matmul_multi(k, ws, 3, b->h, nl, ys);
+        }
+        for (int r = 0; r < nl; r++) {
+            svlm_llama_batch_item *it = &items[b->live[r]];
+            float *kx = b->kx + (size_t)r * kvd, *vx = b->vx + (size_t)r * kvd;
+            svlm_kv_seq_write(it->seq, l, b->p0[r], 1, kx, vx);
+            if (sync_from[r] < b->p0[r]) llama_sync_working_copy(it->ctx, it->seq, l, sync_from[r], b->p0[r]);
+            if (svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq))->type == SVLM_F16) {
+                llama_round_to_f16(kx, (size_t)kvd);
+                llama_round_to_f16(vx, (size_t)kvd);
+            }
+        }
+        svlm_k_rope(k, b->q, nl, hp->n_head, hp->head_dim, hp->n_rot, b->pos, hp->rope_base, hp->rope_neox);
+        svlm_k_rope(k, b->kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos, hp->rope_base,
+                    hp->rope_neox);
+        for (int r = 0; r < nl; r++) {
+            svlm_llama_ctx *c = items[b->live[r]].ctx;
+            llama_store_rows(c, c->k_cache[l], b->kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+            llama_store_rows(c, c->v_cache[l], b->vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+            svlm_attn_args a = {
+                .q = b->q + (size_t)r * qd,
+                .k = c->k_cache[l],
+                .v = c->v_cache[l],
+                .kv_type = c->kv_type,
+                .kv_stride = kvd,
+                .out = b->att + (size_t)r * qd,
+                .n_q = 1,
+                .n_kv = b->p0[r] + 1,
+                .n_head = hp->n_head,
+                .n_kv_head = hp->n_head_kv,
+                .head_dim = hp->head_dim,
+                .causal = 1,
+                .scale = scale,
+            };
+            svlm_k_attention(k, &a);
+        }
+        svlm_k_matmul(k, &L->wo, b->att, nl, b->h);
+        svlm_k_add(k, b->x, b->h, (int64_t)nl * E);
+        svlm_k_rmsnorm(k, b->x, L->ffn_norm, b->h, nl, E, hp->rms_eps);
+        {
+            const svlm_weight *ws[2] = {&L->w_gate, &L->w_up};
+            float *ys[2] = {b->gate, b->up};
+            svlm_k_matmul_multi(k, ws, 2, b->h, nl, ys);
+        }
+        svlm_k_silu_mul(k, b->gate, b->up, (int64_t)nl * hp->n_ff);
+        svlm_k_matmul(k, &L->w_down, b->gate, nl, b->h);
+        svlm_k_add(k, b->x, b->h, (int64_t)nl * E);
+    }
+    svlm_k_rmsnorm(k, b->x, m->output_norm, b->h, nl, E, hp->rms_eps);
+    svlm_k_matmul(k, &m->output, b->h, nl, b->logits);
+    for (int r = 0; r < nl; r++) {
+        svlm_llama_batch_item *it = &items[b->live[r]];
+        if (it->logits)
+            memcpy(it->logits, b->logits + (size_t)r * hp->n_vocab, sizeof(float) * (size_t)hp->n_vocab);
+        it->ctx->mirror_of = svlm_kv_seq_version(it->seq);
+        it->ctx->mirror_n = b->p0[r] + 1;
+        it->ctx->n_past = 0;
+    }
+    return SVLM_OK;
+}
