@@ -4,7 +4,8 @@
 # build-gpu/ with the CUDA backend (no FFmpeg, GStreamer or server libraries needed), runs the GPU
 # tests (ctest -R test_cuda) and test_cuda_backend under compute-sanitizer's memcheck when it is
 # installed, then benchmarks the CUDA backend against the CPU on a generated SmolVLM2-256M-shaped
-# Q8_0 model (text pp512/tg128, vision encoder, bench-vision on the built-in test pattern).
+# Q8_0 model (text pp512/tg128, 16 answers decoding together, vision encoder, bench-vision on the
+# built-in test pattern).
 #
 # Everything goes to stdout (and to $OUT/gpu-check.log when $OUT names a folder); a summary comes
 # last. Exit status 1 when the build, a test, memcheck or a benchmark command failed; the
@@ -202,6 +203,8 @@ if [ -x "$S" ]; then
   fi
   if [ -f "$M.gguf" ]; then
     bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+    bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
+      --reps 1 --backend cuda
     bench "text, cpu ($jobs threads)" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cpu --threads "$jobs"
     bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --backend cuda
     bench "vision encoder, cpu ($jobs threads)" 60 bench --mmproj "$M-mmproj.gguf" --backend cpu --threads "$jobs"

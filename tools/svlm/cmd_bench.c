@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_batch.h"
 #include "cli.h"
 #include "common/bandwidth.h"
 #include "llm/llama_internal.h"
@@ -11,15 +12,18 @@
 #include "vision/mmproj.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: svlm bench [-m MODEL] [--mmproj MMPROJ] [--pp N] [--tg N] [--batch B] [--reps R]\n"
-               "                  [--threads K] [--kv f32|f16] [--backend B] [--json]\n"
-               "  -m MODEL          text model: prompt processing and generation speed\n"
-               "  --mmproj MMPROJ   vision encoder: ms per tile at batch 1 and at --batch B (default 4)\n"
-               "  --pp N    prompt tokens processed in one batch (default 512; 0 skips)\n"
-               "  --tg N    tokens generated one at a time from an empty context (default 128; 0 skips)\n"
-               "  --reps R  repetitions; the best is reported (default 3)\n" CLI_BACKEND_HELP
-               "The backend that ran is printed. On a GPU the host-bandwidth bound is not measured.\n"
-               "Set OPENBLAS_CORETYPE explicitly (or unset it) when benchmarking.\n");
+    fprintf(
+        f, "usage: svlm bench [-m MODEL] [--mmproj MMPROJ] [--pp N] [--tg N] [--decode-batch S] [--batch B]\n"
+           "                  [--reps R] [--threads K] [--kv f32|f16] [--backend B] [--json]\n"
+           "  -m MODEL          text model: prompt processing and generation speed\n"
+           "  --mmproj MMPROJ   vision encoder: ms per tile at batch 1 and at --batch B (default 4)\n"
+           "  --pp N    prompt tokens processed in one batch (default 512; 0 skips)\n"
+           "  --tg N    tokens generated one at a time from an empty context (default 128; 0 skips)\n"
+           "  --decode-batch S  also S sequences (128-token prompts) decoding N steps together, as\n"
+           "                    the server's answers do: aggregate tokens per second\n"
+           "  --reps R  repetitions; the best is reported (default 3)\n" CLI_BACKEND_HELP
+           "The backend that ran is printed. On a GPU the host-bandwidth bound is not measured.\n"
+           "Set OPENBLAS_CORETYPE explicitly (or unset it) when benchmarking.\n");
 }
 
 /* Bytes of weights the decoder reads for one token: every layer matrix plus the output head. */
@@ -71,7 +75,7 @@ done:
 
 int cmd_bench(int argc, char **argv) {
     const char *model_path = NULL, *mmproj_path = NULL, *backend = NULL;
-    long long pp = 512, tg = 128, threads = 0, reps = 3, batch = 4;
+    long long pp = 512, tg = 128, threads = 0, reps = 3, batch = 4, decode_batch = 0;
     int json = 0;
     svlm_dtype kv_type = SVLM_F16;
     for (int i = 1; i < argc; i++) {
@@ -89,6 +93,8 @@ int cmd_bench(int argc, char **argv) {
             mmproj_path = v;
         } else if (!strcmp(a, "--batch")) {
             if (cli_int(a, v, 1, 256, &batch)) return 2;
+        } else if (!strcmp(a, "--decode-batch")) {
+            if (cli_int(a, v, 1, 1024, &decode_batch)) return 2;
         } else if (!strcmp(a, "--pp")) {
             if (cli_int(a, v, 0, 1 << 16, &pp)) return 2;
         } else if (!strcmp(a, "--tg")) {
@@ -159,6 +165,11 @@ int cmd_bench(int argc, char **argv) {
         }
         if (!json) fprintf(stderr, "\rsvlm bench: repetition %d/%lld", r + 1, reps);
     }
+    double batch_tps = 0;
+    if (decode_batch > 0 && tg > 0 &&
+        cli_bench_decode_batch(tm.model, tm.kernels, (int)decode_batch, 128, (int)tg, (int)reps, &batch_tps,
+                               &err))
+        goto eval_fail;
     if (!json) fprintf(stderr, "\n");
     /* the host's read bandwidth bounds generation on the CPU only */
     const int gpu = svlm_kernels_is_gpu(tm.kernels);
@@ -177,14 +188,18 @@ int cmd_bench(int argc, char **argv) {
         printf(
             ",\"backend\":\"%s\",\"gpu\":%s,\"threads\":%d,\"pp\":%lld,\"tg\":%lld,\"pp_tps\":%.2f,"
             "\"tg_tps\":%.2f,\"weight_bytes_per_token\":%.0f,\"tg_weight_gbs\":%.2f,\"bandwidth_gbs\":%.2f,"
-            "\"tg_bound_tps\":%.2f,\"tg_share_of_bound\":%.4f}\n",
+            "\"tg_bound_tps\":%.2f,\"tg_share_of_bound\":%.4f,\"decode_batch\":%lld,\"decode_batch_tps\":%."
+            "2f}\n",
             svlm_kernels_name(tm.kernels), gpu ? "true" : "false", svlm_kernels_threads(tm.kernels), pp, tg,
-            best_pp, best_tg, wb, wb * best_tg / 1e9, bw / 1e9, bound, share);
+            best_pp, best_tg, wb, wb * best_tg / 1e9, bw / 1e9, bound, share, decode_batch, batch_tps);
     } else {
         printf("model       %s\nbackend     %s\n", model_path, svlm_kernels_name(tm.kernels));
         if (pp > 0) printf("pp%-8lld  %.1f tok/s\n", pp, best_pp);
         if (tg > 0)
             printf("tg%-8lld  %.1f tok/s (weights read at %.1f GB/s)\n", tg, best_tg, wb * best_tg / 1e9);
+        if (batch_tps > 0)
+            printf("tg%lld x%-4lld %.1f tok/s aggregate, %lld sequences decoding together (%.1f each)\n", tg,
+                   decode_batch, batch_tps, decode_batch, batch_tps / (double)decode_batch);
         if (gpu)
             printf(
                 "bandwidth   weights %.1f MB per token; the host-bandwidth bound applies to the CPU only\n",
