@@ -585,11 +585,17 @@ svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e) {
 }
 
 svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm_err *err) {
+    return svlm_engine_add_stream_with(e, s, NULL, id, err);
+}
+
+svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const svlm_stc_controls *stc_controls,
+                                        int *id, svlm_err *err) {
+    if (!stc_controls) stc_controls = &e->stc;
     svlm_frame *queue = calloc((size_t)e->p.frame_queue, sizeof *queue);
     if (!queue) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     svlm_stc *stc = NULL;
-    if (e->stc.enabled && e->vc) {
-        svlm_status st = svlm_stc_create(e->vc, &e->stc, &stc, err);
+    if (stc_controls->enabled && e->vc) {
+        svlm_status st = svlm_stc_create(e->vc, stc_controls, &stc, err);
         if (st) {
             free(queue);
             return st;
@@ -617,11 +623,17 @@ svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm
 
 svlm_status svlm_engine_open_stream(svlm_engine *e, const svlm_stream_params *p, const char *system_prompt,
                                     svlm_stream **out, int *id, svlm_err *err) {
+    return svlm_engine_open_stream_with(e, p, system_prompt, NULL, out, id, err);
+}
+
+svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_params *p,
+                                         const char *system_prompt, const svlm_stc_controls *stc,
+                                         svlm_stream **out, int *id, svlm_err *err) {
     *out = NULL;
     pthread_mutex_lock(&e->compute_mu); /* the system prompt runs on the ingest kernels */
     svlm_status st = svlm_stream_create(e->model, e->k_ingest, p, system_prompt, out, err);
     pthread_mutex_unlock(&e->compute_mu);
-    if (!st) st = svlm_engine_add_stream(e, *out, id, err);
+    if (!st) st = svlm_engine_add_stream_with(e, *out, stc, id, err);
     if (st) {
         svlm_stream_free(*out);
         *out = NULL;

@@ -62,6 +62,12 @@ svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm
  * pauses between frames) and serves it: any time, from any thread. *out stays the caller's. */
 svlm_status svlm_engine_open_stream(svlm_engine *e, const svlm_stream_params *p, const char *system_prompt,
                                     svlm_stream **out, int *id, svlm_err *err);
+/* The same two with this stream's own token-compression controls (copied; NULL: the engine's). */
+svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const svlm_stc_controls *stc, int *id,
+                                        svlm_err *err);
+svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_params *p,
+                                         const char *system_prompt, const svlm_stc_controls *stc,
+                                         svlm_stream **out, int *id, svlm_err *err);
 /* Stops serving a stream: its questions are cancelled (their done callbacks run), queued frames
  * dropped; returns once nothing of the engine touches it. The caller then frees the stream. */
 void svlm_engine_remove_stream(svlm_engine *e, int id);

@@ -230,8 +230,16 @@ int test_main(void) {
     /* 4. a question is answered while frames keep arriving. (The fork point depends on timing, and
      * this random-weight model may end an answer at once; then no token shows the overlap: retry.) */
     int frame_no = 10;
+    /* the answer runs on its own kernels: a kernels object serves one thread at a time, and the
+     * stream's frames are prefilled on `kern` by this thread meanwhile (as the engine's two lanes) */
+    svlm_kernels *kern_answer = NULL;
+    svlm_llama_ctx *ctx_answer = NULL;
+    REQUIRE(svlm_kernels_create_cpu(1, &kern_answer, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_llama_ctx_create(model, kern_answer, svlm_stream_ctx_size(a), SVLM_F32, &ctx_answer, &err) ==
+                SVLM_OK,
+            "%s", err.msg);
     for (int attempt = 0; attempt < 5; attempt++) {
-        live L = {.s = a, .ctx = ctx};
+        live L = {.s = a, .ctx = ctx_answer};
         pthread_mutex_init(&L.mu, NULL);
         pthread_cond_init(&L.cv, NULL);
         pthread_t th;
@@ -265,6 +273,9 @@ int test_main(void) {
               L.am.tokens, (long long)L.am.frames_during);
         break;
     }
+
+    svlm_llama_ctx_free(ctx_answer);
+    svlm_kernels_destroy(kern_answer);
 
     /* 5. bounded: cache bytes stay flat over many frames */
     add_frames(a, 100, 120);

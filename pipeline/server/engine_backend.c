@@ -149,7 +149,10 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
     snprintf(s->name, sizeof s->name, "%s", req->name);
     snprintf(s->uri, sizeof s->uri, "%s", req->uri);
     snprintf(s->state, sizeof s->state, "opening");
-    svlm_stream_params sp = e->sp;
+    eng_stream_settings set;
+    svlm_status st = eng_stream_options(e, req->options, &set, err);
+    if (st) return st;
+    svlm_stream_params sp = set.sp;
     svlm_memory_opts mo = e->mo;
     char dir[1024];
     if (e->memory_dir[0]) { /* each stream resumes its own bank */
@@ -159,13 +162,14 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
         snprintf(dir, sizeof dir, "%s/%s", e->memory_dir, req->name);
         mo.dir = dir;
     }
-    sp.memory = e->o.memory ? &mo : NULL;
+    sp.memory = set.memory ? &mo : NULL;
     svlm_source_opts so;
     svlm_source_opts_default(&so);
     if (req->fps > 0) so.fps = req->fps;
     so.pace = SVLM_PACE_REALTIME; /* a recording plays like a camera */
-    svlm_status st = svlm_source_open(&s->src, req->uri, &so, err);
-    if (!st) st = svlm_engine_open_stream(e->engine, &sp, SYSTEM_PROMPT, &s->stream, &s->sid, err);
+    st = svlm_source_open(&s->src, req->uri, &so, err);
+    if (!st)
+        st = svlm_engine_open_stream_with(e->engine, &sp, SYSTEM_PROMPT, &set.stc, &s->stream, &s->sid, err);
     if (st) return st;
     if (pthread_create(&s->thread, NULL, reader, s))
         return svlm_fail(err, SVLM_E_NOMEM, "cannot start a reader thread");

@@ -90,6 +90,13 @@ typedef struct eng_watcher {
 
 #define SVLM_BACKEND_MAX_OPENING 16
 
+/* One stream's settings: the server's, with a client's `open` options applied. */
+typedef struct eng_stream_settings {
+    svlm_stream_params sp;
+    int memory;
+    svlm_stc_controls stc;
+} eng_stream_settings;
+
 struct svlm_engine_backend {
     svlm_engine_backend_opts o;
     char model_label[128];
@@ -128,6 +135,12 @@ struct svlm_engine_backend {
     pthread_t watch_thread;
     int watch_thread_started;
 };
+
+/* Parses an `open` message's options (JSON text, NULL or "" for none) over e's defaults:
+ * {"stc": on/off, "memory": on/off, "frames_window": 1-256, "text_window": 16-8192,
+ * "memory_tokens": 1-1024}. Unknown keys or bad values: SVLM_E_INVALID naming them. */
+svlm_status eng_stream_options(const svlm_engine_backend *e, const char *json, eng_stream_settings *out,
+                               svlm_err *err);
 
 double eng_now_ms(void);
 double eng_wall(void);

@@ -146,6 +146,32 @@ def openai(s, text, mmproj):
     assert (usage["completion_tokens"] == 0) <= (streamed == ""), (streamed, usage)
 
 
+async def open_options(s):
+    """Per-stream options on open: bad ones refused with a message naming them; good ones take
+    effect (no memory bank, a 2-frame vision window, token compression off: every frame's full
+    tokens) while the server's own streams keep theirs."""
+    async with websockets.connect(s.ws_url) as ws:
+        for i, (opts, words) in enumerate([({"bogus": 1}, "unknown option 'bogus'"),
+                                           ({"frames_window": 0}, "frames_window"),
+                                           ({"stc": "maybe"}, "'stc'"), ({"memory": 3}, "'memory'")]):
+            await ws.send(json.dumps({"type": "open", "id": "bad%d" % i, "stream": "opt%d" % i, "uri": PATTERN,
+                                      "options": opts}))
+            m, _ = await until(ws, lambda m: m.get("id") == "bad%d" % i, timeout=30)
+            assert m["type"] == "error" and words in m.get("message", ""), (opts, m)
+        await ws.send(json.dumps({"type": "open", "id": "o3", "stream": "cam3", "uri": PATTERN, "fps": 2,
+                                  "options": {"memory": False, "stc": "off", "frames_window": 2}}))
+        m, _ = await until(ws, lambda m: m.get("id") == "o3", timeout=30)
+        assert m["type"] == "opened", m
+        st = wait_frames(s.base, "cam3", 4)
+        mine, theirs = st["memory"], wait_frames(s.base, "cam", 1)["memory"]
+        assert mine.get("memory_bank", 0) == 0 and theirs.get("memory_bank", 0) > 0, (mine, theirs)
+        await ws.send(json.dumps({"type": "close", "id": "c3", "stream": "cam3"}))
+        m, _ = await until(ws, lambda m: m.get("id") == "c3", timeout=10)
+        assert m["type"] == "closed", m
+        print("open options: 4 bad ones refused; memory off and a 2-frame window on cam3 only (%s vs %s)"
+              % (mine, theirs))
+
+
 async def one_client(url, k):
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"type": "ask", "id": k, "stream": "cam", "question": "Client %d asks: what now?" % k,
@@ -222,6 +248,7 @@ def main():
             asyncio.run(fifty_clients(s))
             openai(s, text, mmproj)
             asyncio.run(watch(s))
+            asyncio.run(open_options(s))
             asyncio.run(disconnect_mid_answer(s))
             m = parse_prometheus(http(s.base + "/metrics")[2].decode())
             assert m[("svlm_frames_dropped_total", frozenset({("stream", "cam")}))] == 0
