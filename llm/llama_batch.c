@@ -177,17 +177,7 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
             };
             svlm_k_attention(k, &a);
         }
-        svlm_k_matmul(k, &L->wo, b->att, nl, b->h);
-        svlm_k_add(k, b->x, b->h, (int64_t)nl * E);
-        svlm_k_rmsnorm(k, b->x, L->ffn_norm, b->h, nl, E, hp->rms_eps);
-        {
-            const svlm_weight *ws[2] = {&L->w_gate, &L->w_up};
-            float *ys[2] = {b->gate, b->up};
-            svlm_k_matmul_multi(k, ws, 2, b->h, nl, ys);
-        }
-        svlm_k_silu_mul(k, b->gate, b->up, (int64_t)nl * hp->n_ff);
-        svlm_k_matmul(k, &L->w_down, b->gate, nl, b->h);
-        svlm_k_add(k, b->x, b->h, (int64_t)nl * E);
+        llama_layer_rest(k, hp, L, b->att, b->x, b->h, b->gate, b->up, nl);
     }
     svlm_k_rmsnorm(k, b->x, m->output_norm, b->h, nl, E, hp->rms_eps);
     svlm_k_matmul(k, &m->output, b->h, nl, b->logits);

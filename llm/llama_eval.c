@@ -155,6 +155,20 @@ void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int laye
     }
 }
 
+void llama_layer_rest(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L,
+                      const float *att, float *x, float *h, float *gate, float *up, int n) {
+    const int E = hp->n_embd;
+    svlm_k_matmul(k, &L->wo, att, n, h);
+    svlm_k_add(k, x, h, (int64_t)n * E);
+    svlm_k_rmsnorm(k, x, L->ffn_norm, h, n, E, hp->rms_eps);
+    const svlm_weight *ws[2] = {&L->w_gate, &L->w_up};
+    float *ys[2] = {gate, up};
+    svlm_k_matmul_multi(k, ws, 2, h, n, ys);
+    svlm_k_silu_mul(k, gate, up, (int64_t)n * hp->n_ff);
+    svlm_k_matmul(k, &L->w_down, gate, n, h);
+    svlm_k_add(k, x, h, (int64_t)n * E);
+}
+
 /*
  * One chunk of at most n_batch tokens at cache rows p0..p0+n-1. Without a sequence the rows are
  * the context's own cache; with one, they are also written (before RoPE) to its pages, and rows
@@ -212,17 +226,7 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
             .scale = 1.0f / sqrtf((float)hp->head_dim),
         };
         svlm_k_attention(k, &a);
-        svlm_k_matmul(k, &L->wo, c->att, n, c->h);
-        svlm_k_add(k, c->x, c->h, (int64_t)n * E);
-        svlm_k_rmsnorm(k, c->x, L->ffn_norm, c->h, n, E, hp->rms_eps);
-        {
-            const svlm_weight *ws[2] = {&L->w_gate, &L->w_up};
-            float *ys[2] = {c->gate, c->up};
-            svlm_k_matmul_multi(k, ws, 2, c->h, n, ys);
-        }
-        svlm_k_silu_mul(k, c->gate, c->up, (int64_t)n * hp->n_ff);
-        svlm_k_matmul(k, &L->w_down, c->gate, n, c->h);
-        svlm_k_add(k, c->x, c->h, (int64_t)n * E);
+        llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
     }
     if (!logits) return;
     if (all_logits) {

@@ -46,6 +46,10 @@ void llama_round_to_f16(float *x, size_t n);
 void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to);
 /* How many leading rows of c's working copy still match the sequence at version v. */
 int llama_working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v);
+/* The rest of layer L after attention, on n rows: output projection and residual, then the
+ * SwiGLU feed-forward block and its residual (x updated, h/gate/up scratch). */
+void llama_layer_rest(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L,
+                      const float *att, float *x, float *h, float *gate, float *up, int n);
 svlm_status llama_check_inputs(const svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
                                svlm_err *err);
 
