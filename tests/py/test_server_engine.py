@@ -60,7 +60,8 @@ def check_done(toks, d, max_tokens):
     assert d["cancelled"] is False, d
     assert d["text"] == "".join(toks), (toks, d)
     c = d["tokens"]["completion"]
-    assert 1 <= c <= max_tokens and len(toks) >= c, (len(toks), d)
+    # 0 when the random-weight model ends the answer at once (end of generation first)
+    assert 0 <= c <= max_tokens and len(toks) >= c and (c > 0 or d["text"] == ""), (len(toks), d)
     assert d["tokens"]["prompt"] > 5, d
     t = d["timings"]
     assert 0 <= t["queue_wait_ms"] <= t["ttft_ms"] <= t["total_ms"], t
@@ -201,7 +202,8 @@ async def watch(s):
         m = await recv_json(ws)
         assert m["type"] == "watching" and m["id"] == "w", m
         alert, _ = await until(ws, lambda m: m["type"] == "alert", timeout=20)
-        assert alert["id"] == "w" and alert["stream"] == "cam" and alert["answer"], alert
+        # the random-weight model may end an answer at once: the first answer may be empty text
+        assert alert["id"] == "w" and alert["stream"] == "cam" and isinstance(alert["answer"], str), alert
         assert alert["video_time"] >= 0 and abs(alert["wall"] - time.time()) < 30, alert
         await ws.send(json.dumps({"type": "unwatch", "id": "w"}))
         m, _ = await until(ws, lambda m: m["type"] == "unwatched", timeout=10)

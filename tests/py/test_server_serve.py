@@ -40,7 +40,8 @@ async def ask_ws(base):
         await ws.send(json.dumps({"type": "ask", "id": "q", "stream": "cam", "question": "What do you see?",
                                   "max_tokens": 8}))
         done, toks = await until(ws, lambda m: m["type"] in ("done", "error"), timeout=30)
-        assert done["type"] == "done" and done["tokens"]["completion"] >= 1, done
+        # a random-weight stand-in on a live stream may end an answer at once (0 tokens)
+        assert done["type"] == "done" and done["tokens"]["completion"] >= 0 and not done["cancelled"], done
         assert done["text"] == "".join(t["text"] for t in toks if t["type"] == "token")
         return done
 
@@ -112,7 +113,9 @@ def main():
             assert st == 200 and b"svlm" in page and b"random-weight stand-in" in page
             body = json.dumps({"model": "cam", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi?"}]})
             st, _, r = http(base + "/v1/chat/completions", body.encode(), {"Content-Type": "application/json"})
-            assert st == 200 and json.loads(r)["usage"]["completion_tokens"] >= 1, (st, r)
+            r = json.loads(r) if st == 200 else r
+            assert st == 200 and r["object"] == "chat.completion" and r["usage"]["prompt_tokens"] > 5, (st, r)
+            assert (r["usage"]["completion_tokens"] == 0) <= (r["choices"][0]["message"]["content"] == ""), r
         finally:
             p.send_signal(signal.SIGINT)
             rc = p.wait(timeout=30)
