@@ -396,7 +396,7 @@ static void test_dot4(void) {
                 check_dot4(&ops, levels[li], t, bs);
                 check_dot4(&ops, levels[li], t, bs == 32 ? 96 : 768);
             }
-            check_dot4(&ops, levels[li], t, 576);
+            if (576 % bs == 0) check_dot4(&ops, levels[li], t, 576);
         }
     }
 }
