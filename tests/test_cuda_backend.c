@@ -26,6 +26,7 @@
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_ref_attention.h"
 
 static svlm_kernels *G, *C; /* the backend under test, the CPU reference */
 
@@ -471,31 +472,8 @@ static void attention_case(int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
         a.out[i] = NAN;
     svlm_k_attention(G, &a);
 
-    double worst = 0.0;
-    double *p = xmalloc(sizeof(double) * (size_t)(n_kv > 0 ? n_kv : 1));
-    for (int64_t i = 0; i < n_q; i++) {
-        for (int h = 0; h < n_head; h++) {
-            int kvh = h / (n_head / n_kv_head);
-            int64_t vis = causal ? n_kv - n_q + i + 1 : n_kv;
-            double mx = -INFINITY, sum = 0.0;
-            for (int64_t j = 0; j < vis; j++) {
-                double s = 0.0;
-                for (int d = 0; d < hd; d++)
-                    s += (double)q[(i * n_head + h) * hd + d] * kf[j * stride + kvh * hd + d];
-                p[j] = s * scale;
-                mx = fmax(mx, p[j]);
-            }
-            for (int64_t j = 0; j < vis; j++)
-                sum += (p[j] = exp(p[j] - mx));
-            for (int d = 0; d < hd; d++) {
-                double o = 0.0; /* no visible row: zeros */
-                for (int64_t j = 0; j < vis; j++)
-                    o += p[j] / sum * vf[j * stride + kvh * hd + d];
-                double e = fabs(a.out[(i * n_head + h) * hd + d] - o);
-                if (!(e <= worst)) worst = e;
-            }
-        }
-    }
+    double worst =
+        ref_attention_error(q, kf, vf, a.out, n_q, n_kv, n_head, n_kv_head, hd, stride, causal, scale);
     double vs = 0.0;
     for (size_t i = 0; i < nq; i++) {
         double d = fabs((double)a.out[i] - oc[i]);
@@ -510,7 +488,6 @@ static void attention_case(int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
     if (shown)
         printf("  %-62s %-8s %.3g, |gpu-cpu| %.3g (tolerance 1e-4)\n", what, mode_names[buf_mode], worst, vs);
     bufs_free();
-    free(p);
     free(q);
     free(kf);
     free(vf);

@@ -19,6 +19,7 @@
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_ref_attention.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -584,35 +585,11 @@ static void attention_case(svlm_kernels *k, int64_t n_q, int64_t n_kv, int n_hea
                         causal,
                         scale};
     svlm_k_attention(k, &a);
-    double worst = 0.0;
-    double *p = malloc(sizeof(double) * (size_t)n_kv);
-    REQUIRE(p, "out of memory");
-    for (int64_t i = 0; i < n_q; i++) {
-        for (int h = 0; h < n_head; h++) {
-            int kvh = h / (n_head / n_kv_head);
-            int64_t vis = causal ? n_kv - n_q + i + 1 : n_kv;
-            double mx = -INFINITY, sum = 0.0;
-            for (int64_t j = 0; j < vis; j++) {
-                double s = 0.0;
-                for (int d = 0; d < hd; d++)
-                    s += (double)q[(i * n_head + h) * hd + d] * kf[j * stride + kvh * hd + d];
-                p[j] = s * scale;
-                mx = fmax(mx, p[j]);
-            }
-            for (int64_t j = 0; j < vis; j++)
-                sum += (p[j] = exp(p[j] - mx));
-            for (int d = 0; d < hd; d++) {
-                double o = 0.0;
-                for (int64_t j = 0; j < vis; j++)
-                    o += p[j] / sum * vf[j * stride + kvh * hd + d];
-                worst = fmax(worst, fabs(out[(i * n_head + h) * hd + d] - o));
-            }
-        }
-    }
+    double worst =
+        ref_attention_error(q, kf, vf, out, n_q, n_kv, n_head, n_kv_head, hd, stride, causal, scale);
     CHECK(worst < 2e-5, "%s attention n_q=%lld n_kv=%lld heads %d/%d causal=%d %s: error %.3g",
           svlm_kernels_name(k), (long long)n_q, (long long)n_kv, n_head, n_kv_head, causal,
           svlm_dtype_get(kv_type)->name, worst);
-    free(p);
     free(q);
     free(kf);
     free(vf);
