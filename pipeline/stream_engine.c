@@ -51,6 +51,7 @@ struct svlm_engine {
     svlm_engine_params p;
     svlm_kernels *k_ingest, *k_answer;
     svlm_llama_batch *batch; /* decode steps of several answers at once (NULL: one at a time) */
+    svlm_err *batch_errs;    /* one per answer of a batch (kept off the lane's stack: ~0.5 KB each) */
     svlm_vision_ctx *vc;
     float *pixels, *embd, *kept_embd;
     int32_t *kept;
@@ -220,8 +221,8 @@ static void step_batch(svlm_engine *e) {
     }
     int done[max];
     svlm_status st[max];
-    svlm_err errs[max];
-    memset(errs, 0, sizeof(svlm_err) * (size_t)(live > 0 ? live : 1));
+    svlm_err *errs = e->batch_errs;
+    memset(errs, 0, sizeof(svlm_err) * (size_t)max);
     if (live && svlm_stream_answers_step(e->batch, as, live, done, st, errs))
         for (int i = 0; i < live; i++) { /* no memory for the batch: one by one, as without it */
             st[i] = svlm_stream_answer_step(as[i], &done[i], &errs[i]);
@@ -484,6 +485,8 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (e->p.exact) e->p.decode_batch = 1; /* a replay's answers repeat exactly: one at a time */
     if (!st && e->p.decode_batch > 1)
         st = svlm_llama_batch_create(m, e->k_answer, e->p.decode_batch, &e->batch, err);
+    if (!st && e->batch && !(e->batch_errs = calloc((size_t)e->p.decode_batch, sizeof *e->batch_errs)))
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st && mp) {
         st = svlm_vision_ctx_create(mp, e->k_ingest, 1, &e->vc, err);
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
@@ -569,6 +572,7 @@ void svlm_engine_free(svlm_engine *e) {
     free(e->kept_embd);
     free(e->kept);
     svlm_llama_batch_free(e->batch);
+    free(e->batch_errs);
     svlm_kernels_destroy(e->k_ingest);
     svlm_kernels_destroy(e->k_answer);
     pthread_mutex_destroy(&e->mu);
