@@ -17,6 +17,8 @@ int test_main(void);
 const char *test_data(const char *rel);
 /* Exits with 77 after printing why, when ../shared is absent. Returns the data root otherwise. */
 const char *test_data_or_skip(void);
+/* The whole file as floats (*n of them); NULL when it cannot be read. The caller frees it. */
+float *test_read_f32(const char *path, size_t *n);
 /* A scratch folder for this test (created). */
 const char *test_tmpdir(void);
 

@@ -85,22 +85,6 @@ static void run_free(run *r) {
     free(r->step_logits);
 }
 
-static float *read_f32(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    float *d = malloc((size_t)sz);
-    if (d && fread(d, 1, (size_t)sz, f) != (size_t)sz) {
-        free(d);
-        d = NULL;
-    }
-    fclose(f);
-    *n = (size_t)sz / sizeof(float);
-    return d;
-}
-
 int test_main(void) {
     svlm_err err = {0};
     svlm_kernels *g = NULL, *c = NULL;
@@ -129,7 +113,7 @@ int test_main(void) {
     const int V = svlm_llama_hparams_of(m)->n_vocab;
     printf("backend under test: %s; reference: %s\n", svlm_kernels_name(g), svlm_kernels_name(c));
     size_t n_ref = 0;
-    float *ref = read_f32(test_data("fixtures/stories260K/logits_prompt.f32"), &n_ref);
+    float *ref = test_read_f32(test_data("fixtures/stories260K/logits_prompt.f32"), &n_ref);
     if (!ref || n_ref != (size_t)N * V) printf("no llama.cpp fixture logits_prompt.f32: not compared\n");
 
     for (int kvi = 0; kvi < 2; kvi++) {

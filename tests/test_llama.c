@@ -6,22 +6,6 @@
 #include "llm/llama_internal.h"
 #include "test.h"
 
-static float *read_f32(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    float *d = malloc((size_t)sz);
-    if (d && fread(d, 1, (size_t)sz, f) != (size_t)sz) {
-        free(d);
-        d = NULL;
-    }
-    fclose(f);
-    *n = (size_t)sz / sizeof(float);
-    return d;
-}
-
 static double max_abs_diff(const float *a, const float *b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -50,7 +34,7 @@ int test_main(void) {
           "unexpected hparams");
     const int V = hp->n_vocab;
     size_t n_ref = 0;
-    float *ref = read_f32(test_data("fixtures/stories260K/logits_prompt.f32"), &n_ref);
+    float *ref = test_read_f32(test_data("fixtures/stories260K/logits_prompt.f32"), &n_ref);
     REQUIRE(ref && n_ref == (size_t)N * V, "cannot read logits_prompt.f32");
 
     /* 1. whole prompt in one batch, F32 cache: within 1e-4 of llama.cpp (F32 KV, no flash-attn) */

@@ -27,6 +27,22 @@ const char *test_data_or_skip(void) {
     return d;
 }
 
+float *test_read_f32(const char *path, size_t *n) {
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    float *d = NULL;
+    long sz = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (sz >= 0 && fseek(f, 0, SEEK_SET) == 0 && (d = malloc((size_t)sz + 1)) &&
+        fread(d, 1, (size_t)sz, f) != (size_t)sz) {
+        free(d);
+        d = NULL;
+    }
+    fclose(f);
+    if (d) *n = (size_t)sz / sizeof(float);
+    return d;
+}
+
 const char *test_tmpdir(void) {
     static char buf[4096];
     const char *base = getenv("SVLM_TEST_TMP");
