@@ -372,12 +372,16 @@ static void *ingest_lane(void *arg) {
                  * while frames still wait would put the turn at a timing-dependent place */
                 if (ls->join_due && ls->in_flight == 0 && (pinned_due(e, j) || (e->draining && ls->n == 0))) {
                     ls->join_due = 0;
+                    e->ingest_busy = 1; /* drain waits for the join, not just for join_due */
+                    e->ingest_sid = j;
                     pthread_mutex_unlock(&e->mu);
                     svlm_err err = {0};
                     pthread_mutex_lock(&e->compute_mu);
                     svlm_stream_join_pending(ls->s, &err);
                     pthread_mutex_unlock(&e->compute_mu);
                     pthread_mutex_lock(&e->mu);
+                    e->ingest_busy = 0;
+                    e->ingest_sid = -1;
                 }
                 release_pinned(e, j);
             }
