@@ -28,6 +28,14 @@ typedef struct backend_ops {
     void *(*alloc)(svlm_kernels *k, size_t bytes);
     void (*free)(svlm_kernels *k, void *p);
     void (*forget)(svlm_kernels *k, const void *weight_data); /* NULL: nothing cached */
+    void (*defer)(svlm_kernels *k, int on);                   /* NULL: ops are synchronous */
+    void (*sync)(svlm_kernels *k);                            /* NULL: nothing to wait for */
+    void (*copy)(svlm_kernels *k, void *dst, const void *src, size_t bytes);
+    void (*store)(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n);
+    void (*round_f16)(svlm_kernels *k, float *x, int64_t n);
+    void (*gather_rows)(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
+                        int64_t dim);
+    void (*gelu_tanh_f16)(svlm_kernels *k, float *x, int64_t n);
 } backend_ops;
 
 struct svlm_kernels {

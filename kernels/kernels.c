@@ -68,6 +68,29 @@ void svlm_k_forget(svlm_kernels *k, const void *weight_data) {
     if (k->ops->forget && weight_data) k->ops->forget(k, weight_data);
 }
 
+void svlm_k_defer(svlm_kernels *k, int on) {
+    if (k->ops->defer) k->ops->defer(k, on);
+}
+void svlm_k_sync(svlm_kernels *k) {
+    if (k->ops->sync) k->ops->sync(k);
+}
+void svlm_k_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) k->ops->copy(k, dst, src, bytes);
+}
+void svlm_k_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
+    if (n > 0) k->ops->store(k, dst, dst_type, src, n);
+}
+void svlm_k_round_f16(svlm_kernels *k, float *x, int64_t n) {
+    if (n > 0) k->ops->round_f16(k, x, n);
+}
+void svlm_k_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
+                        int64_t dim) {
+    if (n > 0 && dim > 0) k->ops->gather_rows(k, dst, src, idx, n, dim);
+}
+void svlm_k_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
+    if (n > 0) k->ops->gelu_tanh_f16(k, x, n);
+}
+
 void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
     k->ops->matmul(k, w, x, n, y);
 }

@@ -52,7 +52,8 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
  * and stay on the GPU (quantized ones stay quantized for matrix-vector products; batched products
  * run through cuBLAS on tensor cores); svlm_k_alloc returns managed memory that both the host
  * and the GPU may touch. Pointers the host allocated itself are staged through device buffers,
- * so every op accepts any pointer. Each op returns with its results visible to the host.
+ * so every op accepts any pointer. Each op returns with its results visible to the host, except
+ * in deferred mode (svlm_k_defer).
  * No usable GPU (cudaGetDeviceCount errors 35, 100, 999, or no device) or a build without CUDA:
  * SVLM_E_UNSUPPORTED with the reason. */
 svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *err);
@@ -72,6 +73,26 @@ void svlm_k_free(svlm_kernels *k, void *p);
 /* A host buffer that served as weight data (svlm_weight.data) is about to be freed or rewritten:
  * device backends drop their copies of it. Weights from the model mapping never need this. */
 void svlm_k_forget(svlm_kernels *k, const void *weight_data);
+
+/* Deferred mode, for code whose buffers the host does not touch between ops: while on (calls
+ * nest), a device backend's ops may return before their results land, so a decode step is a queue
+ * of launches instead of a wait per op. The host then reaches svlm_k_alloc buffers only through
+ * svlm_k_copy, or after svlm_k_sync. Outputs to plain host memory are complete on return either
+ * way. Turning the last level off waits for the queue. The CPU completes every op at once. */
+void svlm_k_defer(svlm_kernels *k, int on);
+/* Waits until every op called so far has its results visible to the host. */
+void svlm_k_sync(svlm_kernels *k);
+/* Copies bytes from src to dst, each host memory or an svlm_k_alloc buffer, in order with the
+ * ops (after the ops called before it); complete on return when dst is plain host memory. */
+void svlm_k_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes);
+/* dst[i] = src[i] stored as dst_type: SVLM_F32, or SVLM_F16 rounded to nearest even. */
+void svlm_k_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n);
+/* x[i] = f32(f16(x[i])): values as a float16 computation would see them. */
+void svlm_k_round_f16(svlm_kernels *k, float *x, int64_t n);
+/* Row i of dst = row idx[i] of src, rows of dim floats (idx: n entries, any memory). dst must
+ * not overlap src. */
+void svlm_k_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
+                        int64_t dim);
 
 /* y[i][r] = sum_c W[r][c] * x[i][c] for i < n.  x: [n][cols] f32, y: [n][rows] f32.
  * Quantized weights are used as stored (no whole-model conversion). */
@@ -99,6 +120,9 @@ void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a);
 void svlm_k_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n);
 /* x = 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) */
 void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n);
+/* GELU as ggml's F16 table gives it: inputs in (-10, 10) rounded to f16, svlm_k_gelu_tanh, then
+ * outputs below 10 rounded to f16 (keeps the vision encoder within 1e-4 of llama.cpp). */
+void svlm_k_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n);
 /* y += x */
 void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n);
 /* y[i][j] += b[j] for i < n_rows, j < dim */

@@ -10,6 +10,7 @@
 #include "common/err.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/f16_round.h"
 #include "kernels/kernels.h"
 
 #ifdef SVLM_HAVE_OPENBLAS
@@ -198,10 +199,56 @@ static void cpu_free(svlm_kernels *k, void *p) {
     free(p);
 }
 
+static void cpu_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
+    (void)k;
+    memmove(dst, src, bytes);
+}
+static void cpu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
+    (void)k;
+    if (dst_type == SVLM_F16) {
+        svlm_f16 *d = dst;
+        for (int64_t i = 0; i < n; i++)
+            d[i] = svlm_f32_to_f16(src[i]);
+    } else {
+        memmove(dst, src, sizeof(float) * (size_t)n);
+    }
+}
+static void cpu_round_f16(svlm_kernels *k, float *x, int64_t n) {
+    (void)k;
+    svlm_f16_round(x, (size_t)n);
+}
+static void cpu_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
+                            int64_t dim) {
+    (void)k;
+    for (int64_t i = 0; i < n; i++)
+        memcpy(dst + (size_t)(i * dim), src + (size_t)idx[i] * (size_t)dim, sizeof(float) * (size_t)dim);
+}
+static void cpu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
+    svlm_gelu_round_in(x, (size_t)n);
+    svlm_cpu_gelu_tanh(CPU(k), x, n);
+    svlm_gelu_round_out(x, (size_t)n);
+}
+
 static const backend_ops cpu_ops = {
-    cpu_destroy,  cpu_matmul,    cpu_matmul_multi, cpu_rmsnorm,   cpu_layernorm,
-    cpu_rope,     cpu_attention, cpu_silu_mul,     cpu_gelu_tanh, cpu_add,
-    cpu_add_bias, cpu_softmax,   cpu_alloc,        cpu_free,      NULL,
+    .destroy = cpu_destroy,
+    .matmul = cpu_matmul,
+    .matmul_multi = cpu_matmul_multi,
+    .rmsnorm = cpu_rmsnorm,
+    .layernorm = cpu_layernorm,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .silu_mul = cpu_silu_mul,
+    .gelu_tanh = cpu_gelu_tanh,
+    .add = cpu_add,
+    .add_bias = cpu_add_bias,
+    .softmax = cpu_softmax,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy = cpu_copy,
+    .store = cpu_store,
+    .round_f16 = cpu_round_f16,
+    .gather_rows = cpu_gather_rows,
+    .gelu_tanh_f16 = cpu_gelu_tanh_f16,
 };
 
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err) {

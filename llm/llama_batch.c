@@ -16,7 +16,9 @@ struct svlm_llama_batch {
     svlm_kernels *k;
     int max;
     float *x, *h, *q, *kx, *vx, *att, *gate, *up, *logits;
-    int32_t *pos;
+    int32_t *pos, *pos_k;  /* RoPE positions, in host memory and on the kernels' side */
+    int32_t *ids;          /* the live rows' tokens */
+    float *host_x;         /* their embeddings on the host, and keys and values on the way to the pages */
     int *p0, *sync, *live; /* per live row: cache row of its token, where its working copy stops
                             * matching its sequence, index of its item */
 };
@@ -44,11 +46,14 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->up = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
     b->logits = svlm_k_alloc(k, B * (size_t)hp->n_vocab * 4);
     b->pos = calloc(B, sizeof *b->pos);
+    b->pos_k = svlm_k_alloc(k, B * sizeof *b->pos_k);
+    b->ids = calloc(B, sizeof *b->ids);
+    b->host_x = malloc(B * (E > 2 * kvd ? E : 2 * kvd) * sizeof(float));
     b->p0 = calloc(B, sizeof *b->p0);
     b->live = calloc(B, sizeof *b->live);
     b->sync = calloc(B, sizeof *b->sync);
     if (!b->x || !b->h || !b->q || !b->kx || !b->vx || !b->att || !b->gate || !b->up || !b->logits ||
-        !b->pos || !b->p0 || !b->live || !b->sync) {
+        !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k || !b->ids || !b->host_x) {
         svlm_llama_batch_free(b);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a batch of %d sequences", max_seqs);
     }
@@ -58,10 +63,12 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
 
 void svlm_llama_batch_free(svlm_llama_batch *b) {
     if (!b) return;
-    float *bufs[] = {b->x, b->h, b->q, b->kx, b->vx, b->att, b->gate, b->up, b->logits};
+    void *bufs[] = {b->x, b->h, b->q, b->kx, b->vx, b->att, b->gate, b->up, b->logits, b->pos_k};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(b->k, bufs[i]);
     free(b->pos);
+    free(b->ids);
+    free(b->host_x);
     free(b->p0);
     free(b->live);
     free(b->sync);
@@ -129,11 +136,13 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
         b->live[nl] = i;
         b->pos[nl] = svlm_kv_seq_pos(it->seq, b->p0[nl]);
         it->ctx->pos[b->p0[nl]] = b->pos[nl];
-        const uint8_t *src = (const uint8_t *)m->tok_embd.data + (size_t)it->id * m->tok_embd.row_bytes;
-        svlm_dequantize_row(m->tok_embd.type, src, b->x + (size_t)nl * E, E);
+        b->ids[nl] = it->id;
         nl++;
     }
     if (nl == 0) return SVLM_OK;
+    svlm_k_defer(k, 1); /* the host touches the buffers only through svlm_k_copy */
+    llama_embed_rows(m, k, b->host_x, b->x, b->ids, nl);
+    svlm_k_copy(k, b->pos_k, b->pos, sizeof(int32_t) * (size_t)nl);
     const float scale = 1.0f / sqrtf((float)hp->head_dim);
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
@@ -143,18 +152,21 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
             float *ys[3] = {b->q, b->kx, b->vx};
             svlm_k_matmul_multi(k, ws, 3, b->h, nl, ys);
         }
+        /* every row's new key and value go to its pages: one copy to the host for all rows */
+        float *hk = b->host_x, *hv = b->host_x + (size_t)nl * kvd;
+        svlm_k_copy(k, hk, b->kx, sizeof(float) * (size_t)nl * kvd);
+        svlm_k_copy(k, hv, b->vx, sizeof(float) * (size_t)nl * kvd);
         for (int r = 0; r < nl; r++) {
             svlm_llama_batch_item *it = &items[b->live[r]];
-            float *kx = b->kx + (size_t)r * kvd, *vx = b->vx + (size_t)r * kvd;
-            svlm_kv_seq_write(it->seq, l, b->p0[r], 1, kx, vx);
+            svlm_kv_seq_write(it->seq, l, b->p0[r], 1, hk + (size_t)r * kvd, hv + (size_t)r * kvd);
             if (sync_from[r] < b->p0[r]) llama_sync_working_copy(it->ctx, it->seq, l, sync_from[r], b->p0[r]);
             if (svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq))->type == SVLM_F16) {
-                llama_round_to_f16(kx, (size_t)kvd);
-                llama_round_to_f16(vx, (size_t)kvd);
+                svlm_k_round_f16(k, b->kx + (size_t)r * kvd, kvd);
+                svlm_k_round_f16(k, b->vx + (size_t)r * kvd, kvd);
             }
         }
-        svlm_k_rope(k, b->q, nl, hp->n_head, hp->head_dim, hp->n_rot, b->pos, hp->rope_base, hp->rope_neox);
-        svlm_k_rope(k, b->kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos, hp->rope_base,
+        svlm_k_rope(k, b->q, nl, hp->n_head, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base, hp->rope_neox);
+        svlm_k_rope(k, b->kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
                     hp->rope_neox);
         for (int r = 0; r < nl; r++) {
             svlm_llama_ctx *c = items[b->live[r]].ctx;
@@ -184,10 +196,12 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
     for (int r = 0; r < nl; r++) {
         svlm_llama_batch_item *it = &items[b->live[r]];
         if (it->logits)
-            memcpy(it->logits, b->logits + (size_t)r * hp->n_vocab, sizeof(float) * (size_t)hp->n_vocab);
+            svlm_k_copy(k, it->logits, b->logits + (size_t)r * hp->n_vocab,
+                        sizeof(float) * (size_t)hp->n_vocab);
         it->ctx->mirror_of = svlm_kv_seq_version(it->seq);
         it->ctx->mirror_n = b->p0[r] + 1;
         it->ctx->n_past = 0;
     }
+    svlm_k_defer(k, 0);
     return SVLM_OK;
 }

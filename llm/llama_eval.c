@@ -29,7 +29,11 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
     c->pos = calloc((size_t)n_ctx, sizeof(int32_t));
     c->batch_pos = calloc(B, sizeof(int32_t));
     c->stage_pos = calloc(B, sizeof(int32_t));
-    int ok = c->k_cache && c->v_cache && c->pos && c->batch_pos && c->stage_pos;
+    const size_t host_w = E > 2 * kvd ? E : 2 * kvd;
+    c->host_rows = malloc(B * host_w * sizeof(float));
+    c->pending_host = malloc((size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * sizeof(float));
+    int ok =
+        c->k_cache && c->v_cache && c->pos && c->batch_pos && c->stage_pos && c->host_rows && c->pending_host;
     for (int l = 0; ok && l < hp->n_layer; l++) {
         c->k_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
         c->v_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
@@ -46,7 +50,11 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
         c->up = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
         c->logit_in = svlm_k_alloc(k, B * E * 4);
         c->stage = svlm_k_alloc(k, B * kvd * 4);
-        ok = c->x && c->h && c->q && c->kx && c->vx && c->att && c->gate && c->up && c->logit_in && c->stage;
+        c->pos_k = svlm_k_alloc(k, B * sizeof(int32_t));
+        c->stage_pos_k = svlm_k_alloc(k, B * sizeof(int32_t));
+        c->pending = svlm_k_alloc(k, (size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * 4);
+        ok = c->x && c->h && c->q && c->kx && c->vx && c->att && c->gate && c->up && c->logit_in &&
+             c->stage && c->pos_k && c->stage_pos_k && c->pending;
     }
     if (!ok) {
         svlm_llama_ctx_free(c);
@@ -68,7 +76,10 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->pos);
     free(c->batch_pos);
     free(c->stage_pos);
-    float *bufs[] = {c->x, c->h, c->q, c->kx, c->vx, c->att, c->gate, c->up, c->logit_in, c->stage};
+    free(c->host_rows);
+    free(c->pending_host);
+    void *bufs[] = {c->x,  c->h,        c->q,     c->kx,    c->vx,          c->att,    c->gate,
+                    c->up, c->logit_in, c->stage, c->pos_k, c->stage_pos_k, c->pending};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         svlm_k_free(k, bufs[i]);
     free(c);
@@ -93,35 +104,39 @@ svlm_status svlm_llama_kv_pool_create(const svlm_llama *m, svlm_dtype kv_type, i
     return svlm_kv_pool_create(&p, out, err);
 }
 
-/* Copies n rows of f32 into the cache at slot `at`, converting to the cache type. */
 void llama_store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd) {
-    if (c->kv_type == SVLM_F32) {
-        memcpy((float *)cache + (size_t)at * kvd, src, (size_t)n * kvd * 4);
-    } else {
-        svlm_f16 *dst = (svlm_f16 *)cache + (size_t)at * kvd;
-        for (size_t i = 0; i < (size_t)n * kvd; i++)
-            dst[i] = svlm_f32_to_f16(src[i]);
-    }
+    svlm_k_store(c->k, (uint8_t *)cache + (size_t)at * kvd * c->kv_elt, c->kv_type, src,
+                 (int64_t)n * (int64_t)kvd);
 }
 
-static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **embd, int n) {
-    const svlm_llama *m = c->m;
+void llama_embed_rows(const svlm_llama *m, svlm_kernels *k, float *host, float *x, const int32_t *ids,
+                      int n) {
     const int E = m->hp.n_embd;
     for (int i = 0; i < n; i++) {
-        float *row = c->x + (size_t)i * E;
-        if (ids[i] >= 0) {
-            const uint8_t *src = (const uint8_t *)m->tok_embd.data + (size_t)ids[i] * m->tok_embd.row_bytes;
-            svlm_dequantize_row(m->tok_embd.type, src, row, E);
-        } else {
-            memcpy(row, *embd, (size_t)E * sizeof(float));
-            *embd += E;
-        }
+        const uint8_t *src = (const uint8_t *)m->tok_embd.data + (size_t)ids[i] * m->tok_embd.row_bytes;
+        svlm_dequantize_row(m->tok_embd.type, src, host + (size_t)i * E, E);
     }
+    svlm_k_copy(k, x, host, sizeof(float) * (size_t)n * (size_t)E);
 }
 
-void llama_round_to_f16(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = svlm_f16_to_f32(svlm_f32_to_f16(x[i]));
+/* c->x = the chunk's inputs: runs of token embeddings, and image embeddings (ids < 0) taken in
+ * order from *embd (host memory or an svlm_k_alloc buffer), which advances past them. */
+static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **embd, int n) {
+    const int E = c->m->hp.n_embd;
+    for (int i = 0; i < n;) {
+        int j = i;
+        if (ids[i] >= 0) {
+            while (j < n && ids[j] >= 0)
+                j++;
+            llama_embed_rows(c->m, c->k, c->host_rows, c->x + (size_t)i * E, ids + i, j - i);
+        } else {
+            while (j < n && ids[j] < 0)
+                j++;
+            svlm_k_copy(c->k, c->x + (size_t)i * E, *embd, sizeof(float) * (size_t)(j - i) * (size_t)E);
+            *embd += (size_t)(j - i) * E;
+        }
+        i = j;
+    }
 }
 
 /*
@@ -132,24 +147,31 @@ void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int laye
     const svlm_llama_hparams *hp = &c->m->hp;
     const svlm_dtype page_type = svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    float *host = c->host_rows; /* n_batch rows of 2 * kvd floats: keys, then values */
     for (int a = from; a < to; a += c->n_batch) {
         const int m = to - a < c->n_batch ? to - a : c->n_batch;
         for (int i = 0; i < m; i++) {
-            svlm_dequantize_row(page_type, svlm_kv_seq_k_row(seq, layer, a + i), c->stage + i * kvd,
+            svlm_dequantize_row(page_type, svlm_kv_seq_k_row(seq, layer, a + i), host + i * kvd,
                                 (int64_t)kvd);
             c->stage_pos[i] = svlm_kv_seq_pos(seq, a + i);
         }
-        svlm_k_rope(c->k, c->stage, m, hp->n_head_kv, hp->head_dim, hp->n_rot, c->stage_pos, hp->rope_base,
+        svlm_k_copy(c->k, c->stage, host, (size_t)m * kvd * sizeof(float));
+        svlm_k_copy(c->k, c->stage_pos_k, c->stage_pos, (size_t)m * sizeof(int32_t));
+        svlm_k_rope(c->k, c->stage, m, hp->n_head_kv, hp->head_dim, hp->n_rot, c->stage_pos_k, hp->rope_base,
                     hp->rope_neox);
         llama_store_rows(c, c->k_cache[layer], c->stage, a, m, kvd);
-        if (page_type == c->kv_type) {
+        uint8_t *vdst = (uint8_t *)c->v_cache[layer] + (size_t)a * kvd * c->kv_elt;
+        if (page_type == c->kv_type) { /* rows gathered on the host, one copy across */
+            uint8_t *h = (uint8_t *)host;
             for (int i = 0; i < m; i++)
-                memcpy((uint8_t *)c->v_cache[layer] + (size_t)(a + i) * kvd * c->kv_elt,
-                       svlm_kv_seq_v_row(seq, layer, a + i), kvd * c->kv_elt);
+                memcpy(h + (size_t)i * kvd * c->kv_elt, svlm_kv_seq_v_row(seq, layer, a + i),
+                       kvd * c->kv_elt);
+            svlm_k_copy(c->k, vdst, h, (size_t)m * kvd * c->kv_elt);
         } else {
             for (int i = 0; i < m; i++)
-                svlm_dequantize_row(page_type, svlm_kv_seq_v_row(seq, layer, a + i), c->stage + i * kvd,
+                svlm_dequantize_row(page_type, svlm_kv_seq_v_row(seq, layer, a + i), host + i * kvd,
                                     (int64_t)kvd);
+            svlm_k_copy(c->k, c->stage, host, (size_t)m * kvd * sizeof(float));
             llama_store_rows(c, c->v_cache[layer], c->stage, a, m, kvd);
         }
     }
@@ -186,6 +208,8 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         c->batch_pos[i] = seq ? svlm_kv_seq_pos(seq, p0 + i) : p0 + i;
         c->pos[p0 + i] = c->batch_pos[i];
     }
+    svlm_k_copy(k, c->pos_k, c->batch_pos, sizeof(int32_t) * (size_t)n);
+    const int pend = seq && n <= LLAMA_PENDING_ROWS; /* new rows reach the pages after the layers */
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         svlm_k_rmsnorm(k, c->x, L->attn_norm, c->h, n, E, hp->rms_eps);
@@ -196,17 +220,26 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
             svlm_k_matmul_multi(k, ws, 3, c->h, n, ys);
         }
         if (seq) {
-            svlm_kv_seq_write(seq, l, p0, n, c->kx, c->vx);
+            const size_t row_bytes = sizeof(float) * (size_t)n * kvd;
+            if (pend) {
+                float *pk = c->pending + (size_t)l * 2 * LLAMA_PENDING_ROWS * kvd;
+                svlm_k_copy(k, pk, c->kx, row_bytes);
+                svlm_k_copy(k, pk + (size_t)LLAMA_PENDING_ROWS * kvd, c->vx, row_bytes);
+            } else { /* a long chunk: the wait for its rows is small next to its compute */
+                float *hk = c->host_rows, *hv = c->host_rows + (size_t)n * kvd;
+                svlm_k_copy(k, hk, c->kx, row_bytes);
+                svlm_k_copy(k, hv, c->vx, row_bytes);
+                svlm_kv_seq_write(seq, l, p0, n, hk, hv);
+            }
             if (sync_from < p0) llama_sync_working_copy(c, seq, l, sync_from, p0);
             /* the new rows must look exactly as they will when read back from the pages */
             if (svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16) {
-                llama_round_to_f16(c->kx, (size_t)n * kvd);
-                llama_round_to_f16(c->vx, (size_t)n * kvd);
+                svlm_k_round_f16(k, c->kx, (int64_t)n * kvd);
+                svlm_k_round_f16(k, c->vx, (int64_t)n * kvd);
             }
         }
-        svlm_k_rope(k, c->q, n, hp->n_head, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
-                    hp->rope_neox);
-        svlm_k_rope(k, c->kx, n, hp->n_head_kv, hp->head_dim, hp->n_rot, c->batch_pos, hp->rope_base,
+        svlm_k_rope(k, c->q, n, hp->n_head, hp->head_dim, hp->n_rot, c->pos_k, hp->rope_base, hp->rope_neox);
+        svlm_k_rope(k, c->kx, n, hp->n_head_kv, hp->head_dim, hp->n_rot, c->pos_k, hp->rope_base,
                     hp->rope_neox);
         llama_store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
         llama_store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
@@ -227,6 +260,14 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         };
         svlm_k_attention(k, &a);
         llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
+    }
+    if (pend) {
+        const size_t per_layer = (size_t)2 * LLAMA_PENDING_ROWS * kvd;
+        svlm_k_copy(k, c->pending_host, c->pending, sizeof(float) * per_layer * (size_t)hp->n_layer);
+        for (int l = 0; l < hp->n_layer; l++) {
+            const float *pk = c->pending_host + (size_t)l * per_layer;
+            svlm_kv_seq_write(seq, l, p0, n, pk, pk + (size_t)LLAMA_PENDING_ROWS * kvd);
+        }
     }
     if (!logits) return;
     if (all_logits) {
@@ -254,6 +295,7 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
                         const float *embd, int n, float *logits, int all_logits) {
     const int n_vocab = c->m->hp.n_vocab;
     const float *e = embd;
+    svlm_k_defer(c->k, 1); /* the host touches the buffers only through svlm_k_copy */
     for (int done = 0; done < n;) {
         int chunk = n - done < c->n_batch ? n - done : c->n_batch;
         int last = done + chunk == n;
@@ -267,6 +309,7 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
         done += chunk;
         sync_from = p0 + done;
     }
+    svlm_k_defer(c->k, 0);
 }
 
 svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n, float *logits,

@@ -35,13 +35,25 @@ struct svlm_llama_ctx {
     float *x, *h, *q, *kx, *vx, *att, *gate, *up, *logit_in;
     float *stage; /* rows copied out of pages on their way into the working copy */
     int32_t *batch_pos, *stage_pos;
+    /* The ops may run on a device while the host goes on (svlm_k_defer): the host reaches the
+     * buffers above only through svlm_k_copy. Host-side rows, RoPE positions on the kernels'
+     * side, and new keys and values of up to LLAMA_PENDING_ROWS tokens of every layer, written to
+     * the pages in one copy after the layers. */
+    float *host_rows;             /* n_batch rows of max(n_embd, 2 * kv_dim) floats, host memory */
+    int32_t *pos_k, *stage_pos_k; /* batch_pos and stage_pos, svlm_k_alloc */
+    float *pending;               /* [n_layer][2][LLAMA_PENDING_ROWS][kv_dim], svlm_k_alloc */
+    float *pending_host;          /* the same, host memory */
 };
 
+enum { LLAMA_PENDING_ROWS = 16 };
+
 /* Shared by llama_eval.c and llama_batch.c. */
-/* Copies n rows of f32 into the cache at slot `at`, converting to the cache type. */
+/* Copies n rows of f32 (an svlm_k_alloc buffer) into the cache at slot `at`, converting to the
+ * cache type. */
 void llama_store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd);
-/* x[i] = x[i] rounded to f16 and back: new rows look as they will when read from F16 pages. */
-void llama_round_to_f16(float *x, size_t n);
+/* x rows 0..n-1 (an svlm_k_alloc buffer) = the embeddings of tokens ids (all >= 0), dequantized
+ * into `host` (n rows of n_embd floats, host memory) and copied over in one go. */
+void llama_embed_rows(const svlm_llama *m, svlm_kernels *k, float *host, float *x, const int32_t *ids, int n);
 /* Rows [from, to) of one layer of c's working copy brought up to date with seq (RoPE applied). */
 void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to);
 /* How many leading rows of c's working copy still match the sequence at version v. */

@@ -8,27 +8,23 @@
 
 #include "vision/encoder_internal.h"
 
-static void pixel_shuffle(const float *x, int b, int g, int s, int64_t D, float *out) {
-    int gs = g / s;
-    size_t in_tile = (size_t)g * g * (size_t)D, out_row = (size_t)s * s * (size_t)D;
+void svlm_connector_shuffle_rows(const svlm_mmproj_hparams *hp, int b, int32_t *idx) {
+    const int g = hp->image_size / hp->patch_size, s = hp->scale_factor, gs = g / s;
+    size_t r = 0;
     for (int t = 0; t < b; t++)
         for (int hb = 0; hb < gs; hb++)
-            for (int wb = 0; wb < gs; wb++) {
-                float *dst = out + ((size_t)t * gs * gs + (size_t)hb * gs + wb) * out_row;
+            for (int wb = 0; wb < gs; wb++)
                 for (int dh = 0; dh < s; dh++)
-                    for (int dw = 0; dw < s; dw++) {
-                        size_t tok = (size_t)(hb * s + dh) * g + (size_t)(wb * s + dw);
-                        memcpy(dst + ((size_t)dh * s + dw) * (size_t)D, x + t * in_tile + tok * (size_t)D,
-                               sizeof(float) * (size_t)D);
-                    }
-            }
+                    for (int dw = 0; dw < s; dw++)
+                        idx[r++] =
+                            (int32_t)((size_t)t * g * g + (size_t)(hb * s + dh) * g + (size_t)(wb * s + dw));
 }
 
 void svlm_connector_forward(svlm_vision_ctx *c, int b) {
     const svlm_mmproj_hparams *hp = &c->m->hp;
-    int g = hp->image_size / hp->patch_size, s = hp->scale_factor;
+    int s = hp->scale_factor;
     int64_t rows = (int64_t)b * hp->tokens_per_tile;
-    pixel_shuffle(c->x, b, g, s, hp->n_embd, c->shuf);
+    svlm_k_gather_rows(c->k, c->shuf, c->x, c->shuffle, rows * s * s, hp->n_embd);
     svlm_vision_trace(c, "pixel_shuffle", -1, c->shuf, rows, (int64_t)hp->n_embd * s * s);
     svlm_k_matmul(c->k, &c->m->proj, c->shuf, rows, c->proj);
 }

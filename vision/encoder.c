@@ -44,6 +44,11 @@ svlm_status svlm_vision_ctx_create(const svlm_mmproj *m, svlm_kernels *k, int ma
     c->ff = scratch(c, tokens, (size_t)hp->n_ff, &ok);
     c->shuf = scratch(c, out_rows, D * s2, &ok);
     c->proj = scratch(c, out_rows, (size_t)hp->proj_dim, &ok);
+    size_t patch_floats = 0;
+    ok = ok && svlm_mul_size(tokens, im2col, &patch_floats) &&
+         (c->patches = malloc(sizeof(float) * patch_floats)) != NULL &&
+         (c->shuffle = malloc(sizeof(int32_t) * out_rows * s2)) != NULL;
+    if (ok) svlm_connector_shuffle_rows(hp, max_batch, c->shuffle);
     if (ok) {
         const svlm_weight *w = &m->patch;
         size_t n = (size_t)w->rows * (size_t)w->cols;
@@ -76,6 +81,8 @@ void svlm_vision_ctx_free(svlm_vision_ctx *c) {
         if (bufs[i]) svlm_k_free(c->k, bufs[i]);
     svlm_k_forget(c->k, c->patch16_data); /* a device backend holds a copy */
     free(c->patch16_data);
+    free(c->patches);
+    free(c->shuffle);
     free(c);
 }
 
@@ -90,13 +97,15 @@ svlm_status svlm_vision_encode(svlm_vision_ctx *c, const float *pixels, int n, f
     const svlm_mmproj_hparams *hp = &c->m->hp;
     size_t tile = (size_t)3 * hp->image_size * hp->image_size;
     size_t emb = (size_t)hp->tokens_per_tile * (size_t)hp->proj_dim;
+    svlm_k_defer(c->k, 1); /* the host reaches the scratch only through svlm_k_copy */
     for (int done = 0; done < n;) {
         int b = n - done < c->max_batch ? n - done : c->max_batch;
         svlm_siglip_forward(c, pixels + (size_t)done * tile, b);
         svlm_connector_forward(c, b);
-        memcpy(out + (size_t)done * emb, c->proj, sizeof(float) * emb * (size_t)b);
+        svlm_k_copy(c->k, out + (size_t)done * emb, c->proj, sizeof(float) * emb * (size_t)b);
         done += b;
     }
+    svlm_k_defer(c->k, 0);
     return SVLM_OK;
 }
 

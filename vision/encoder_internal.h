@@ -16,6 +16,8 @@ struct svlm_vision_ctx {
     float *ff;         /* [B*N][F]                                     */
     float *shuf;       /* [B*T][D*s*s] pixel-shuffled features         */
     float *proj;       /* [B*T][proj_dim]                              */
+    float *patches; /* [B*N][3p^2] im2col rows, host memory: built there, copied across by the patch matmul */
+    int32_t *shuffle; /* [B*T*s*s] encoder row behind each pixel-shuffled row of D (host memory) */
     /* The patch kernel rounded to F16, and im2col rows rounded likewise: llama.cpp runs the
      * patch convolution in F16 (ggml_conv_2d), a 2e-4 relative shift we reproduce. */
     svlm_weight patch16;
@@ -29,8 +31,14 @@ struct svlm_vision_ctx {
 
 static inline void svlm_vision_trace(svlm_vision_ctx *c, const char *name, int layer, const float *d,
                                      int64_t rows, int64_t dim) {
-    if (c->trace) c->trace(c->trace_user, name, layer, d, rows, dim);
+    if (!c->trace) return;
+    svlm_k_sync(c->k); /* the tracer reads d on the host */
+    c->trace(c->trace_user, name, layer, d, rows, dim);
 }
+
+/* The pixel shuffle as a row gather (vision/connector.c): idx[r] for each of the
+ * b * tokens_per_tile * s * s rows of n_embd floats of the shuffled features. */
+void svlm_connector_shuffle_rows(const svlm_mmproj_hparams *hp, int b, int32_t *idx);
 
 /* Pieces of the SigLIP forward pass for callers that run it on a subset of one tile's tokens
  * (vision/stc_cache.c). Scratch comes from the context, so rows <= max_batch * N. */

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "vision/encoder_internal.h"
-#include "vision/f16_round.h"
+#include "kernels/cpu/f16_round.h"
 
 /* One patch as a row of 3*p*p values, ordered (channel, ky, kx) like the conv kernel. */
 static void patch_row(const float *img, int S, int p, int patch, float *dst) {
@@ -38,9 +38,9 @@ void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32
     int64_t D = hp->n_embd;
     size_t row = (size_t)c->patch16.cols;
     for (int64_t i = 0; i < m; i++)
-        patch_row(pixels, hp->image_size, hp->patch_size, idx[i], c->h + (size_t)i * row);
-    svlm_f16_round(c->h, (size_t)m * row);
-    svlm_k_matmul(c->k, &c->patch16, c->h, m, x);
+        patch_row(pixels, hp->image_size, hp->patch_size, idx[i], c->patches + (size_t)i * row);
+    svlm_f16_round(c->patches, (size_t)m * row);
+    svlm_k_matmul(c->k, &c->patch16, c->patches, m, x);
     svlm_k_add_bias(c->k, x, mp->patch_b, m, D);
     for (int64_t i = 0; i < m; i++)
         svlm_k_add(c->k, x + (size_t)(i * D), mp->pos + (size_t)idx[i] * (size_t)D, D);
@@ -105,9 +105,7 @@ void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows
     svlm_vision_trace(c, "ffn_up", il, c->ff, rows, F);
     svlm_k_add_bias(k, c->ff, L->up_b, rows, F);
     svlm_vision_trace(c, "ffn_up_b", il, c->ff, rows, F);
-    svlm_gelu_round_in(c->ff, (size_t)(rows * F));
-    svlm_k_gelu_tanh(k, c->ff, rows * F);
-    svlm_gelu_round_out(c->ff, (size_t)(rows * F));
+    svlm_k_gelu_tanh_f16(k, c->ff, rows * F);
     svlm_vision_trace(c, "ffn_gelu", il, c->ff, rows, F);
     svlm_k_matmul(k, &L->down, c->ff, rows, c->h);
     svlm_vision_trace(c, "ffn_down", il, c->h, rows, D);
@@ -123,8 +121,8 @@ static void block(svlm_vision_ctx *c, int il, int b) {
     int64_t N = hp->n_patches, D = hp->n_embd, rows = (int64_t)b * N;
     svlm_siglip_attn_in(c, il, c->x, rows);
     if (c->save_k) { /* the feature cache keeps tile 0's keys and values of every layer */
-        memcpy(c->save_k[il], c->kk, sizeof(float) * (size_t)(N * D));
-        memcpy(c->save_v[il], c->v, sizeof(float) * (size_t)(N * D));
+        svlm_k_copy(c->k, c->save_k[il], c->kk, sizeof(float) * (size_t)(N * D));
+        svlm_k_copy(c->k, c->save_v[il], c->v, sizeof(float) * (size_t)(N * D));
     }
     for (int t = 0; t < b; t++) {
         size_t off = (size_t)t * (size_t)N * (size_t)D;
@@ -138,13 +136,14 @@ void svlm_siglip_forward(svlm_vision_ctx *c, const float *pixels, int b) {
     const svlm_mmproj_hparams *hp = &m->hp;
     int64_t N = hp->n_patches, D = hp->n_embd, rows = (int64_t)b * N;
 
-    im2col(pixels, b, hp->image_size, hp->patch_size, c->h);
-    svlm_f16_round(c->h, (size_t)rows * (size_t)c->patch16.cols);
-    svlm_k_matmul(c->k, &c->patch16, c->h, rows, c->x);
+    /* the patches are built on the host: the patch matmul copies them across */
+    im2col(pixels, b, hp->image_size, hp->patch_size, c->patches);
+    svlm_f16_round(c->patches, (size_t)rows * (size_t)c->patch16.cols);
+    svlm_k_matmul(c->k, &c->patch16, c->patches, rows, c->x);
     svlm_k_add_bias(c->k, c->x, m->patch_b, rows, D);
     svlm_vision_trace(c, "patch_bias", -1, c->x, rows, D);
-    for (int t = 0; t < b; t++)
-        svlm_k_add(c->k, c->x + (size_t)t * N * D, m->pos, N * D);
+    /* positions as a bias over whole tiles: the table is model data a device keeps */
+    svlm_k_add_bias(c->k, c->x, m->pos, b, N * D);
     svlm_vision_trace(c, "pos_embed", -1, c->x, rows, D);
     for (int il = 0; il < hp->n_layer; il++)
         block(c, il, b);

@@ -26,19 +26,26 @@ void cu_check_blas(cublasStatus_t st, const char *what) {
     abort();
 }
 
-/* The address the GPU may use for p, or NULL when p is plain host memory. */
-static const void *device_view(const void *p) {
+/* The address the GPU may use for p, or NULL when p is plain host memory. *host_side is set
+ * when p is host memory of either kind (plain, or pinned and mapped). */
+static const void *device_view_of(const void *p, int *host_side) {
     struct cudaPointerAttributes a;
+    *host_side = 1;
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
         (void)cudaGetLastError(); /* not an error worth keeping: p is simply unknown to CUDA */
         return NULL;
     }
     switch (a.type) {
     case cudaMemoryTypeDevice:
-    case cudaMemoryTypeManaged: return p;
+    case cudaMemoryTypeManaged: *host_side = 0; return p;
     case cudaMemoryTypeHost: return a.devicePointer;
     default: return NULL;
     }
+}
+
+static const void *device_view(const void *p) {
+    int host_side;
+    return device_view_of(p, &host_side);
 }
 
 static void *stage_buffer(cu_ctx *c, int slot, size_t bytes) {
@@ -83,8 +90,9 @@ void cu_done(svlm_kernels *k, const char *what) {
         cu_check(
             cudaMemcpyAsync(c->wb[i].host, c->wb[i].dev, c->wb[i].bytes, cudaMemcpyDeviceToHost, c->stream),
             "copy from the GPU");
+    const int wrote_host = c->n_wb > 0;
     c->n_wb = 0;
-    cu_check(cudaStreamSynchronize(c->stream), what);
+    if (wrote_host || !c->defer) cu_check(cudaStreamSynchronize(c->stream), what);
 }
 
 void *cu_scratch(svlm_kernels *k, size_t bytes) {
@@ -201,6 +209,75 @@ static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     cu_done(k, "softmax");
 }
 
+static void cu_defer(svlm_kernels *k, int on) {
+    cu_ctx *c = CU(k);
+    if (on) {
+        c->defer++;
+    } else if (c->defer > 0 && --c->defer == 0) {
+        begin(k);
+        cu_check(cudaStreamSynchronize(c->stream), "the end of deferred ops");
+    }
+}
+
+static void cu_sync(svlm_kernels *k) {
+    begin(k);
+    cu_check(cudaStreamSynchronize(CU(k)->stream), "waiting for the GPU");
+}
+
+static void cu_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
+    begin(k);
+    int dst_host, src_host;
+    (void)device_view_of(dst, &dst_host);
+    (void)device_view_of(src, &src_host);
+    if (dst_host && src_host) { /* no op leaves host memory pending: nothing to wait for */
+        memmove(dst, src, bytes);
+        return;
+    }
+    cu_ctx *c = CU(k);
+    cu_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->stream), "copy");
+    if (dst_host || !c->defer) cu_check(cudaStreamSynchronize(c->stream), "copy");
+}
+
+static void cu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
+    begin(k);
+    const size_t elt = dst_type == SVLM_F16 ? 2 : 4;
+    const float *ds = cu_in(k, 0, src, sizeof(float) * (size_t)n);
+    void *dd = cu_out(k, 1, dst, elt * (size_t)n, 0);
+    if (dst_type == SVLM_F16)
+        cu_check(svlm_cu_store_f16(CU(k)->stream, dd, ds, n), "store (f16)");
+    else
+        cu_check(cudaMemcpyAsync(dd, ds, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, CU(k)->stream),
+                 "store (f32)");
+    cu_done(k, "store");
+}
+
+static void cu_round_f16(svlm_kernels *k, float *x, int64_t n) {
+    begin(k);
+    float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)n, 1);
+    cu_check(svlm_cu_round_f16(CU(k)->stream, dx, n), "round_f16");
+    cu_done(k, "round_f16");
+}
+
+static void cu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
+    begin(k);
+    float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)n, 1);
+    cu_check(svlm_cu_gelu_tanh_f16(CU(k)->stream, dx, n), "gelu_tanh_f16");
+    cu_done(k, "gelu_tanh_f16");
+}
+
+static void cu_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
+                           int64_t dim) {
+    begin(k);
+    int32_t hi = 0; /* idx is host memory: the extent of src to stage when src is too */
+    for (int64_t i = 0; i < n; i++)
+        hi = idx[i] > hi ? idx[i] : hi;
+    const float *ds = cu_in(k, 0, src, sizeof(float) * (size_t)(hi + 1) * (size_t)dim);
+    const int32_t *di = cu_in(k, 1, idx, sizeof(int32_t) * (size_t)n);
+    float *dd = cu_out(k, 2, dst, sizeof(float) * (size_t)(n * dim), 0);
+    cu_check(svlm_cu_gather_rows(CU(k)->stream, dd, ds, di, n, dim), "gather_rows");
+    cu_done(k, "gather_rows");
+}
+
 /* Managed memory: the decoder's and encoder's host code reads and writes these buffers between
  * ops, and the driver moves the pages to whichever side touches them. */
 static void *cu_alloc(svlm_kernels *k, size_t bytes) {
@@ -243,9 +320,28 @@ static void cu_destroy(svlm_kernels *k) {
 }
 
 static const backend_ops cuda_ops = {
-    cu_destroy,  cu_matmul,    cu_matmul_multi, cu_rmsnorm,   cu_layernorm,
-    cu_rope,     cu_attention, cu_silu_mul,     cu_gelu_tanh, cu_add,
-    cu_add_bias, cu_softmax,   cu_alloc,        cu_free,      cu_weights_forget,
+    .destroy = cu_destroy,
+    .matmul = cu_matmul,
+    .matmul_multi = cu_matmul_multi,
+    .rmsnorm = cu_rmsnorm,
+    .layernorm = cu_layernorm,
+    .rope = cu_rope,
+    .attention = cu_attention,
+    .silu_mul = cu_silu_mul,
+    .gelu_tanh = cu_gelu_tanh,
+    .add = cu_add,
+    .add_bias = cu_add_bias,
+    .softmax = cu_softmax,
+    .alloc = cu_alloc,
+    .free = cu_free,
+    .forget = cu_weights_forget,
+    .defer = cu_defer,
+    .sync = cu_sync,
+    .copy = cu_copy,
+    .store = cu_store,
+    .round_f16 = cu_round_f16,
+    .gather_rows = cu_gather_rows,
+    .gelu_tanh_f16 = cu_gelu_tanh_f16,
 };
 
 /* cudaGetDeviceCount's answers that mean "no GPU here": no driver or too old a driver (35), no

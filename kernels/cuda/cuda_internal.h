@@ -28,6 +28,9 @@ typedef struct cu_ctx {
     size_t scratch_cap;
     cu_writeback wb[CU_MAX_WRITEBACKS];
     int n_wb;
+    int defer;          /* svlm_k_defer depth: ops return without waiting while > 0 */
+    void *attn_scratch; /* scores, probabilities and f16 queries of cu_attention_gemm */
+    size_t attn_scratch_cap;
 } cu_ctx;
 
 #define CU(k) ((cu_ctx *)(k)->dev)
@@ -42,7 +45,8 @@ void cu_check_blas(cublasStatus_t st, const char *what);
 const void *cu_in(svlm_kernels *k, int slot, const void *p, size_t bytes);
 /* Same for an output (copy_in = 1: also an input); host-only outputs are copied back by cu_done. */
 void *cu_out(svlm_kernels *k, int slot, void *p, size_t bytes, int copy_in);
-/* Waits for the stream, copies staged outputs back to the host. Every op ends with it. */
+/* Copies staged outputs back to the host and waits for the stream, unless the op wrote only
+ * device-accessible memory in deferred mode. Every op ends with it. */
 void cu_done(svlm_kernels *k, const char *what);
 /* Device buffer of at least `bytes` that lives until the next call (one per backend). */
 void *cu_scratch(svlm_kernels *k, size_t bytes);
@@ -63,5 +67,11 @@ void cu_weights_forget(svlm_kernels *k, const void *host);
 void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
 void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                      float *const *ys);
+/* Attention on tensor cores through cuBLAS (cuda_attention_gemm.c) for n_q >= 32: scores, a
+ * masked row softmax, then P V, in query chunks. Takes the device views of a's q, k, v and out,
+ * enqueues on the stream without waiting; returns 0 (nothing done) when it declines: decode-sized
+ * n_q, sizes past cuBLAS's int arguments, or scratch it cannot get. */
+int cu_attention_gemm(svlm_kernels *k, const svlm_attn_args *a, const float *dq, const void *dk,
+                      const void *dv, float *dout);
 
 #endif

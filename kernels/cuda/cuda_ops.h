@@ -44,6 +44,23 @@ int svlm_cu_attention(cudaStream_t s, const float *q, const void *k, const void 
                       int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
                       int head_dim, int causal, float scale);
 
+/* Data movement (cuda_data.cu): f32 -> f16 stores, rounding through f16, the f16-table GELU,
+ * row gathers (dst row i = src row idx[i], idx on the device). */
+int svlm_cu_store_f16(cudaStream_t s, void *y, const float *x, int64_t n);
+int svlm_cu_round_f16(cudaStream_t s, float *x, int64_t n);
+int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n);
+int svlm_cu_gather_rows(cudaStream_t s, float *dst, const float *src, const int32_t *idx, int64_t n,
+                        int64_t dim);
+
+/* The large-attention path (cuda_attention_gemm.cu). Rows [n_rows] of S, ld apart, each len
+ * scores of head row / rows_per_head and query first_q + row % rows_per_head: softmax over the
+ * visible ones (causal: kv rows j <= vis_off + query), zeros past them; written in place, or as
+ * f16 into p16 (same ld) when p16 is not NULL. */
+int svlm_cu_attn_softmax(cudaStream_t s, float *S, uint16_t *p16, int64_t ld, int64_t n_rows,
+                         int64_t rows_per_head, int64_t len, int64_t first_q, int64_t vis_off, int causal);
+/* n f32 values to f16 (round to nearest even). */
+int svlm_cu_attn_to_f16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
+
 #ifdef __cplusplus
 }
 #endif

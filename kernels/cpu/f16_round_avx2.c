@@ -1,7 +1,7 @@
 /* F16C versions of the f16_round.h loops (compiled with -mavx2 -mf16c). */
 #include <immintrin.h>
 
-#include "vision/f16_round.h"
+#include "kernels/cpu/f16_round.h"
 
 static inline __m256 round8(__m256 v) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));

@@ -1,5 +1,5 @@
 /* Scalar paths and dispatch for f16_round.h. */
-#include "vision/f16_round.h"
+#include "kernels/cpu/f16_round.h"
 
 #include "kernels/dtype.h"
 

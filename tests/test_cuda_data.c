@@ -1,0 +1,265 @@
+/*
+ * The CUDA backend's data ops and deferred mode against the CPU backend: svlm_k_copy between
+ * host memory and svlm_k_alloc buffers, svlm_k_store (f32, f16), svlm_k_round_f16,
+ * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, and chains of ops run with svlm_k_defer on, which
+ * must give exactly what the same chain gives op by op.
+ *
+ * Tolerances: copies, stores, roundings and gathers are exact (IEEE round-to-nearest-even on both
+ * sides); the f16-table GELU may differ by one f16 step where the two backends' expf differ by an
+ * ulp across a rounding boundary (2^-10 relative); a deferred chain equals its op-by-op run bit
+ * for bit (same kernels, same order) and the CPU within 1e-4.
+ *
+ * Skips (77) without a usable GPU unless SVLM_TEST_REQUIRE_GPU=1; SVLM_TEST_CUDA_AS_CPU=1 puts a
+ * CPU backend in the GPU's place (a check of this test without a GPU).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/dtype.h"
+#include "kernels/kernels.h"
+#include "test.h"
+
+static svlm_kernels *G, *C;
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static float *host_floats(int64_t n, float scale) {
+    float *p = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    REQUIRE(p, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        p[i] = frand() * scale;
+    return p;
+}
+
+static void *galloc(size_t bytes) {
+    void *p = svlm_k_alloc(G, bytes);
+    REQUIRE(p, "svlm_k_alloc(%zu) failed", bytes);
+    return p;
+}
+
+static double max_rel(const float *a, const float *b, int64_t n) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / fmax(1.0, fabs((double)b[i]));
+        if (!(d <= worst)) worst = d; /* NaN counts as worst */
+    }
+    return worst;
+}
+
+static void test_copy(void) {
+    enum { N = 100003 };
+    float *src = host_floats(N, 5.0f), *back = host_floats(N, 0.0f);
+    float *a = galloc(sizeof(float) * N), *b = galloc(sizeof(float) * N);
+    for (int deferred = 0; deferred < 2; deferred++) {
+        memset(back, 0, sizeof(float) * N);
+        if (deferred) svlm_k_defer(G, 1);
+        svlm_k_copy(G, a, src, sizeof(float) * N);              /* host -> device */
+        svlm_k_copy(G, b + 7, a + 3, sizeof(float) * (N - 10)); /* device -> device, offsets */
+        svlm_k_copy(G, back, b, sizeof(float) * N);             /* device -> host: complete on return */
+        int ok = !memcmp(back + 7, src + 3, sizeof(float) * (N - 10));
+        if (deferred) svlm_k_defer(G, 0);
+        CHECK(ok, "copy chain host -> k_alloc -> k_alloc -> host (%s) lost data",
+              deferred ? "deferred" : "op by op");
+    }
+    /* host -> host goes straight through */
+    svlm_k_copy(G, back, src, sizeof(float) * 100);
+    CHECK(!memcmp(back, src, sizeof(float) * 100), "host -> host copy");
+    svlm_k_free(G, a);
+    svlm_k_free(G, b);
+    free(src);
+    free(back);
+    printf("copy: exact in both modes\n");
+}
+
+static void test_store_round(void) {
+    enum { N = 5000 };
+    float *src = host_floats(N, 70000.0f); /* beyond f16's range too: infinities both sides */
+    for (int i = 0; i < 100; i++)
+        src[i] *= 1e-9f; /* f16 subnormals and zeros */
+    float *gs = galloc(sizeof(float) * N);
+    svlm_k_copy(G, gs, src, sizeof(float) * N);
+    uint16_t *gh = galloc(2 * (N + 64)), hc[N], hg[N];
+    svlm_k_store(G, gh + 64, SVLM_F16, gs, N);
+    svlm_k_store(C, hc, SVLM_F16, src, N);
+    svlm_k_copy(G, hg, gh + 64, sizeof hg);
+    CHECK(!memcmp(hg, hc, sizeof hg), "store f16 differs from the CPU's");
+    float *gf = galloc(sizeof(float) * N), *fb = host_floats(N, 0.0f);
+    svlm_k_store(G, gf, SVLM_F32, gs, N);
+    svlm_k_copy(G, fb, gf, sizeof(float) * N);
+    CHECK(!memcmp(fb, src, sizeof(float) * N), "store f32 is not a copy");
+
+    float *rc = host_floats(N, 0.0f);
+    memcpy(rc, src, sizeof(float) * N);
+    svlm_k_round_f16(C, rc, N);
+    svlm_k_round_f16(G, gs, N);
+    svlm_k_copy(G, fb, gs, sizeof(float) * N);
+    CHECK(!memcmp(fb, rc, sizeof(float) * N), "round_f16 differs from the CPU's");
+    /* a host pointer is staged and written back */
+    memcpy(fb, src, sizeof(float) * N);
+    svlm_k_round_f16(G, fb, N);
+    CHECK(!memcmp(fb, rc, sizeof(float) * N), "round_f16 on host memory differs from the CPU's");
+    svlm_k_free(G, gs);
+    svlm_k_free(G, gh);
+    svlm_k_free(G, gf);
+    free(src);
+    free(fb);
+    free(rc);
+    printf("store f16/f32, round_f16: exact\n");
+}
+
+static void test_gather_gelu(void) {
+    enum { ROWS = 300, DIM = 771, NI = 1000 };
+    float *src = host_floats((int64_t)ROWS * DIM, 3.0f);
+    int32_t idx[NI];
+    for (int i = 0; i < NI; i++)
+        idx[i] = (int32_t)((i * 7919u) % ROWS);
+    float *gs = galloc(sizeof(float) * ROWS * DIM), *gd = galloc(sizeof(float) * NI * DIM);
+    float *dc = host_floats((int64_t)NI * DIM, 0.0f), *dg = host_floats((int64_t)NI * DIM, 0.0f);
+    svlm_k_copy(G, gs, src, sizeof(float) * ROWS * DIM);
+    svlm_k_gather_rows(G, gd, gs, idx, NI, DIM);
+    svlm_k_gather_rows(C, dc, src, idx, NI, DIM);
+    svlm_k_copy(G, dg, gd, sizeof(float) * NI * DIM);
+    CHECK(!memcmp(dg, dc, sizeof(float) * NI * DIM), "gather_rows k_alloc -> k_alloc");
+    memset(dg, 0, sizeof(float) * NI * DIM);
+    svlm_k_gather_rows(G, dg, src, idx, NI, DIM); /* host source and destination: staged */
+    CHECK(!memcmp(dg, dc, sizeof(float) * NI * DIM), "gather_rows host -> host");
+
+    /* GELU through the f16 table, on values around the +-10 cut-offs too */
+    const int64_t n = (int64_t)NI * DIM;
+    for (int64_t i = 0; i < n; i++)
+        dc[i] *= 4.0f;
+    dc[0] = 10.0f, dc[1] = -10.0f, dc[2] = 9.999f, dc[3] = -9.999f, dc[4] = 0.0f;
+    svlm_k_copy(G, gd, dc, sizeof(float) * (size_t)n);
+    svlm_k_gelu_tanh_f16(C, dc, n);
+    svlm_k_gelu_tanh_f16(G, gd, n);
+    svlm_k_copy(G, dg, gd, sizeof(float) * (size_t)n);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; i++)
+        differ += dg[i] != dc[i];
+    double e = max_rel(dg, dc, n);
+    printf("gather_rows: exact; gelu_tanh_f16: %lld of %lld values differ, max %.3g (tolerance 2^-10)\n",
+           (long long)differ, (long long)n, e);
+    CHECK(e <= 1.0 / 1024, "gelu_tanh_f16 differs from the CPU's by %g", e);
+    svlm_k_free(G, gs);
+    svlm_k_free(G, gd);
+    free(src);
+    free(dc);
+    free(dg);
+}
+
+/* A decode-like chain on backend k: every buffer but `out` from svlm_k_alloc of k, inputs copied
+ * in, the result copied out to host memory at the end. */
+static void chain(svlm_kernels *k, int deferred, const svlm_weight *w, const float *x0, const float *nw,
+                  const int32_t *pos, int n, float *out) {
+    enum { E = 256, NH = 4, HD = 64, NKV = 40 };
+    float *x = svlm_k_alloc(k, sizeof(float) * n * E), *h = svlm_k_alloc(k, sizeof(float) * n * E);
+    float *q = svlm_k_alloc(k, sizeof(float) * n * E), *att = svlm_k_alloc(k, sizeof(float) * n * E);
+    float *kv = svlm_k_alloc(k, sizeof(float) * NKV * E);
+    int32_t *pk = svlm_k_alloc(k, sizeof(int32_t) * n);
+    REQUIRE(x && h && q && att && kv && pk, "svlm_k_alloc failed");
+    if (deferred) svlm_k_defer(k, 1);
+    svlm_k_copy(k, x, x0, sizeof(float) * n * E);
+    svlm_k_copy(k, pk, pos, sizeof(int32_t) * n);
+    for (int layer = 0; layer < 3; layer++) {
+        svlm_k_rmsnorm(k, x, nw, h, n, E, 1e-5f);
+        svlm_k_matmul(k, w, h, n, q);
+        svlm_k_rope(k, q, n, NH, HD, HD, pk, 10000.0f, 0);
+        svlm_k_store(k, kv + (size_t)layer * n * E, SVLM_F32, q, (int64_t)n * E);
+        svlm_k_round_f16(k, q, (int64_t)n * E);
+        svlm_attn_args a = {.q = q,
+                            .k = kv,
+                            .v = kv,
+                            .kv_type = SVLM_F32,
+                            .kv_stride = E,
+                            .out = att,
+                            .n_q = n,
+                            .n_kv = (layer + 1) * n,
+                            .n_head = NH,
+                            .n_kv_head = NH,
+                            .head_dim = HD,
+                            .causal = 1,
+                            .scale = 0.125f};
+        svlm_k_attention(k, &a);
+        svlm_k_add(k, x, att, (int64_t)n * E);
+    }
+    svlm_k_copy(k, out, x, sizeof(float) * n * E);
+    if (deferred) svlm_k_defer(k, 0);
+    void *bufs[] = {x, h, q, att, kv, pk};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        svlm_k_free(k, bufs[i]);
+}
+
+static void test_deferred_chain(void) {
+    enum { E = 256, MAXN = 12 };
+    float *wd = host_floats((int64_t)E * E, 0.1f), *x0 = host_floats(MAXN * E, 1.0f),
+          *nw = host_floats(E, 1.0f);
+    svlm_weight w = {SVLM_F32, E, E, wd, sizeof(float) * E};
+    int32_t pos[MAXN];
+    for (int i = 0; i < MAXN; i++)
+        pos[i] = 100 + 3 * i;
+    const int ns[2] = {1, MAXN}; /* decode (matrix-vector) and a batched product */
+    for (int t = 0; t < 2; t++) {
+        int n = ns[t];
+        float *a = host_floats(n * E, 0.0f), *b = host_floats(n * E, 0.0f), *c = host_floats(n * E, 0.0f);
+        chain(G, 0, &w, x0, nw, pos, n, a);
+        chain(G, 1, &w, x0, nw, pos, n, b);
+        chain(C, 0, &w, x0, nw, pos, n, c);
+        CHECK(!memcmp(a, b, sizeof(float) * n * E), "n=%d: the deferred chain differs from op by op", n);
+        double e = max_rel(b, c, (int64_t)n * E);
+        printf("deferred chain n=%d: identical to op by op; max |gpu - cpu| %.3g (tolerance 1e-4)\n", n, e);
+        CHECK(e <= 1e-4, "n=%d: deferred chain differs from the CPU by %g", n, e);
+        free(a);
+        free(b);
+        free(c);
+    }
+    /* svlm_k_sync makes deferred results readable in place */
+    float *g = galloc(sizeof(float) * E);
+    svlm_k_defer(G, 1);
+    svlm_k_copy(G, g, x0, sizeof(float) * E);
+    svlm_k_add(G, g, g, E);
+    svlm_k_sync(G);
+    int ok = 1;
+    for (int i = 0; i < E; i++)
+        ok &= g[i] == x0[i] + x0[i];
+    svlm_k_defer(G, 0);
+    CHECK(ok, "svlm_k_sync: a deferred add is not visible to the host");
+    svlm_k_free(G, g);
+    svlm_k_forget(G, wd); /* the weight and the norm vector were uploaded */
+    svlm_k_forget(G, nw);
+    free(wd);
+    free(x0);
+    free(nw);
+}
+
+int test_main(void) {
+    svlm_err err = {0};
+    svlm_status st;
+    const char *as_cpu = getenv("SVLM_TEST_CUDA_AS_CPU");
+    if (as_cpu && *as_cpu)
+        st = svlm_kernels_create_cpu(2, &G, &err);
+    else
+        st = svlm_kernels_create_cuda(0, &G, &err);
+    if (st == SVLM_E_UNSUPPORTED) {
+        const char *req = getenv("SVLM_TEST_REQUIRE_GPU");
+        REQUIRE(!req || strcmp(req, "1"), "SVLM_TEST_REQUIRE_GPU=1 but no usable GPU: %s", err.msg);
+        SKIP("no usable GPU: %s", err.msg);
+    }
+    REQUIRE(st == SVLM_OK, "svlm_kernels_create_cuda: %s", err.msg);
+    REQUIRE(svlm_kernels_create_cpu(0, &C, &err) == SVLM_OK, "cpu backend: %s", err.msg);
+    printf("backend under test: %s; reference: %s\n", svlm_kernels_name(G), svlm_kernels_name(C));
+    test_copy();
+    test_store_round();
+    test_gather_gelu();
+    test_deferred_chain();
+    svlm_kernels_destroy(G);
+    svlm_kernels_destroy(C);
+    return 0;
+}
