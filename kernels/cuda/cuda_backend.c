@@ -93,6 +93,7 @@ void cu_done(svlm_kernels *k, const char *what) {
     const int wrote_host = c->n_wb > 0;
     c->n_wb = 0;
     if (wrote_host || !c->defer) cu_check(cudaStreamSynchronize(c->stream), what);
+    cu_prof_stop(k, what);
 }
 
 void *cu_scratch(svlm_kernels *k, size_t bytes) {
@@ -108,13 +109,14 @@ void *cu_scratch(svlm_kernels *k, size_t bytes) {
 
 /* ---- ops ---- */
 
-static void begin(svlm_kernels *k) {
+void cu_begin(svlm_kernels *k) {
+    cu_prof_start(k);
     cu_check(cudaSetDevice(CU(k)->device), "cudaSetDevice");
 }
 
 static void cu_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                        float eps) {
-    begin(k);
+    cu_begin(k);
     size_t bytes = sizeof(float) * (size_t)(n * dim);
     const float *dx = cu_in(k, 0, x, bytes);
     const float *dw = cu_weight(k, w, sizeof(float) * (size_t)dim);
@@ -125,7 +127,7 @@ static void cu_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y
 
 static void cu_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
                          int64_t dim, float eps) {
-    begin(k);
+    cu_begin(k);
     size_t bytes = sizeof(float) * (size_t)(n * dim);
     const float *dx = cu_in(k, 0, x, bytes);
     const float *dw = cu_weight(k, w, sizeof(float) * (size_t)dim);
@@ -138,7 +140,7 @@ static void cu_layernorm(svlm_kernels *k, const float *x, const float *w, const 
 static void cu_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
                     const int32_t *pos, float base, int neox) {
     if (n_rot <= 0 || n <= 0) return;
-    begin(k);
+    cu_begin(k);
     float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)(n * n_head * head_dim), 1);
     const int32_t *dp = cu_in(k, 1, pos, sizeof(int32_t) * (size_t)n);
     /* the same float theta_scale as the CPU backend */
@@ -149,7 +151,7 @@ static void cu_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_d
 
 static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
     if (a->n_q <= 0) return;
-    begin(k);
+    cu_begin(k);
     size_t q_bytes = sizeof(float) * (size_t)(a->n_q * a->n_head * a->head_dim);
     size_t elt = a->kv_type == SVLM_F16 ? 2 : 4;
     /* exactly the rows' extent: the last row need not have a full stride after it */
@@ -159,16 +161,18 @@ static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
     const void *dk = kv_bytes ? cu_in(k, 1, a->k, kv_bytes) : NULL;
     const void *dv = kv_bytes ? cu_in(k, 2, a->v, kv_bytes) : NULL;
     float *dout = cu_out(k, 3, a->out, q_bytes, 0);
-    cu_check(svlm_cu_attention(CU(k)->stream, dq, dk, dv, a->kv_type == SVLM_F16, a->kv_stride, dout, a->n_q,
-                               a->n_kv > 0 ? a->n_kv : 0, a->n_head, a->n_kv_head, a->head_dim, a->causal,
-                               a->scale),
-             "attention");
-    cu_done(k, "attention");
+    const int gemm = cu_attention_gemm(k, a, dq, dk, dv, dout); /* tensor cores for long query runs */
+    if (!gemm)
+        cu_check(svlm_cu_attention(CU(k)->stream, dq, dk, dv, a->kv_type == SVLM_F16, a->kv_stride, dout,
+                                   a->n_q, a->n_kv > 0 ? a->n_kv : 0, a->n_head, a->n_kv_head, a->head_dim,
+                                   a->causal, a->scale),
+                 "attention");
+    cu_done(k, gemm ? "attention (cuBLAS)" : "attention (kernel)");
 }
 
 static void cu_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
     if (n <= 0) return;
-    begin(k);
+    cu_begin(k);
     float *dg = cu_out(k, 0, gate, sizeof(float) * (size_t)n, 1);
     const float *du = cu_in(k, 1, up, sizeof(float) * (size_t)n);
     cu_check(svlm_cu_silu_mul(CU(k)->stream, dg, du, n), "silu_mul");
@@ -177,7 +181,7 @@ static void cu_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n
 
 static void cu_gelu_tanh(svlm_kernels *k, float *x, int64_t n) {
     if (n <= 0) return;
-    begin(k);
+    cu_begin(k);
     float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)n, 1);
     cu_check(svlm_cu_gelu_tanh(CU(k)->stream, dx, n), "gelu_tanh");
     cu_done(k, "gelu_tanh");
@@ -185,7 +189,7 @@ static void cu_gelu_tanh(svlm_kernels *k, float *x, int64_t n) {
 
 static void cu_add(svlm_kernels *k, float *y, const float *x, int64_t n) {
     if (n <= 0) return;
-    begin(k);
+    cu_begin(k);
     float *dy = cu_out(k, 0, y, sizeof(float) * (size_t)n, 1);
     const float *dx = cu_in(k, 1, x, sizeof(float) * (size_t)n);
     cu_check(svlm_cu_add(CU(k)->stream, dy, dx, n), "add");
@@ -194,7 +198,7 @@ static void cu_add(svlm_kernels *k, float *y, const float *x, int64_t n) {
 
 static void cu_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
     if (n_rows <= 0 || dim <= 0) return;
-    begin(k);
+    cu_begin(k);
     float *dy = cu_out(k, 0, y, sizeof(float) * (size_t)(n_rows * dim), 1);
     const float *db = cu_weight(k, b, sizeof(float) * (size_t)dim);
     cu_check(svlm_cu_add_bias(CU(k)->stream, dy, db, n_rows, dim), "add_bias");
@@ -203,7 +207,7 @@ static void cu_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_row
 
 static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     if (n_rows <= 0 || dim <= 0) return;
-    begin(k);
+    cu_begin(k);
     float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)(n_rows * dim), 1);
     cu_check(svlm_cu_softmax(CU(k)->stream, dx, n_rows, dim), "softmax");
     cu_done(k, "softmax");
@@ -214,32 +218,38 @@ static void cu_defer(svlm_kernels *k, int on) {
     if (on) {
         c->defer++;
     } else if (c->defer > 0 && --c->defer == 0) {
-        begin(k);
+        cu_begin(k);
         cu_check(cudaStreamSynchronize(c->stream), "the end of deferred ops");
+        cu_prof_stop(k, "wait: end of deferred ops");
     }
 }
 
 static void cu_sync(svlm_kernels *k) {
-    begin(k);
+    cu_begin(k);
     cu_check(cudaStreamSynchronize(CU(k)->stream), "waiting for the GPU");
+    cu_prof_stop(k, "wait: svlm_k_sync");
 }
 
 static void cu_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
-    begin(k);
+    cu_begin(k);
     int dst_host, src_host;
     (void)device_view_of(dst, &dst_host);
     (void)device_view_of(src, &src_host);
     if (dst_host && src_host) { /* no op leaves host memory pending: nothing to wait for */
         memmove(dst, src, bytes);
+        cu_prof_stop(k, "copy host to host");
         return;
     }
     cu_ctx *c = CU(k);
     cu_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->stream), "copy");
     if (dst_host || !c->defer) cu_check(cudaStreamSynchronize(c->stream), "copy");
+    cu_prof_stop(k, dst_host   ? "copy to the host (waits)"
+                    : src_host ? "copy from the host"
+                               : "copy on the GPU");
 }
 
 static void cu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
-    begin(k);
+    cu_begin(k);
     const size_t elt = dst_type == SVLM_F16 ? 2 : 4;
     const float *ds = cu_in(k, 0, src, sizeof(float) * (size_t)n);
     void *dd = cu_out(k, 1, dst, elt * (size_t)n, 0);
@@ -252,14 +262,14 @@ static void cu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const floa
 }
 
 static void cu_round_f16(svlm_kernels *k, float *x, int64_t n) {
-    begin(k);
+    cu_begin(k);
     float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)n, 1);
     cu_check(svlm_cu_round_f16(CU(k)->stream, dx, n), "round_f16");
     cu_done(k, "round_f16");
 }
 
 static void cu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
-    begin(k);
+    cu_begin(k);
     float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)n, 1);
     cu_check(svlm_cu_gelu_tanh_f16(CU(k)->stream, dx, n), "gelu_tanh_f16");
     cu_done(k, "gelu_tanh_f16");
@@ -267,7 +277,7 @@ static void cu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
 
 static void cu_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                            int64_t dim) {
-    begin(k);
+    cu_begin(k);
     int32_t hi = 0; /* idx is host memory: the extent of src to stage when src is too */
     for (int64_t i = 0; i < n; i++)
         hi = idx[i] > hi ? idx[i] : hi;
@@ -281,7 +291,7 @@ static void cu_gather_rows(svlm_kernels *k, float *dst, const float *src, const 
 /* Managed memory: the decoder's and encoder's host code reads and writes these buffers between
  * ops, and the driver moves the pages to whichever side touches them. */
 static void *cu_alloc(svlm_kernels *k, size_t bytes) {
-    begin(k);
+    cu_begin(k);
     size_t rounded = (bytes + 255) / 256 * 256;
     if (rounded < bytes) return NULL;
     /* oversubscribed managed memory thrashes or stalls the GPU: keep a tenth of it free */
@@ -299,18 +309,20 @@ static void *cu_alloc(svlm_kernels *k, size_t bytes) {
 
 static void cu_free(svlm_kernels *k, void *p) {
     if (!p) return;
-    begin(k);
+    cu_begin(k);
     cu_check(cudaFree(p), "cudaFree");
 }
 
 static void cu_destroy(svlm_kernels *k) {
     cu_ctx *c = CU(k);
     if (c) {
+        cu_prof_report(k);
         (void)cudaSetDevice(c->device);
         if (c->stream) (void)cudaStreamSynchronize(c->stream);
         for (int i = 0; i < CU_STAGE_SLOTS; i++)
             if (c->stage[i]) (void)cudaFree(c->stage[i]);
         if (c->scratch) (void)cudaFree(c->scratch);
+        if (c->attn_scratch) (void)cudaFree(c->attn_scratch);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) (void)cudaStreamDestroy(c->stream);
         free(c);
@@ -390,6 +402,7 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     k->n_threads = 1;
     k->is_gpu = 1;
     c->device = device;
+    cu_prof_init(k);
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

@@ -18,6 +18,13 @@ typedef struct cu_writeback {
     size_t bytes;
 } cu_writeback;
 
+enum { CU_PROF_OPS = 40 };
+typedef struct cu_prof_op {
+    const char *what;
+    long calls;
+    double us;
+} cu_prof_op;
+
 typedef struct cu_ctx {
     int device;
     cudaStream_t stream;
@@ -28,6 +35,10 @@ typedef struct cu_ctx {
     size_t scratch_cap;
     cu_writeback wb[CU_MAX_WRITEBACKS];
     int n_wb;
+    int prof; /* SVLM_CUDA_PROFILE: host time per op (cuda_profile.c) */
+    double prof_t0;
+    cu_prof_op prof_ops[CU_PROF_OPS];
+    int n_prof;
     int defer;          /* svlm_k_defer depth: ops return without waiting while > 0 */
     void *attn_scratch; /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
@@ -62,6 +73,14 @@ const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, voi
 void cu_weights_retain(void);
 void cu_weights_release(void);
 void cu_weights_forget(svlm_kernels *k, const void *host);
+
+/* Every op starts with it: selects the backend's GPU for this thread, starts the op's timer. */
+void cu_begin(svlm_kernels *k);
+/* The profile (cuda_profile.c): op timers, and the table printed when the backend goes. */
+void cu_prof_init(svlm_kernels *k);
+void cu_prof_start(svlm_kernels *k);
+void cu_prof_stop(svlm_kernels *k, const char *what);
+void cu_prof_report(svlm_kernels *k);
 
 /* The CUDA op implementations (cuda_matmul.c, cuda_backend.c). */
 void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);

@@ -74,17 +74,17 @@ static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int6
 void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
     if (n <= 0 || w->rows <= 0) return;
     check_weight(w);
-    cu_check(cudaSetDevice(CU(k)->device), "cudaSetDevice");
+    cu_begin(k);
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
     float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 0);
     product(k, w, dx, n, dy);
-    cu_done(k, "matmul");
+    cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul (matvec)" : "matmul (cuBLAS)");
 }
 
 void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                      float *const *ys) {
     if (n <= 0 || n_w <= 0) return;
-    cu_check(cudaSetDevice(CU(k)->device), "cudaSetDevice");
+    cu_begin(k);
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * ws[0]->cols));
     /* outputs staged in turn: one wait per group of CU_MAX_WRITEBACKS products */
     for (int i = 0; i < n_w; i++) {
@@ -94,5 +94,5 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
         float *dy = cu_out(k, 1 + CU(k)->n_wb, ys[i], sizeof(float) * (size_t)(n * ws[i]->rows), 0);
         product(k, ws[i], dx, n, dy);
     }
-    cu_done(k, "matmul");
+    cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul_multi (matvec)" : "matmul_multi (cuBLAS)");
 }
