@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""svlm bench-streams on a tiny random SmolVLM pair made by svlm mkmodel: 3 streams at 2 frames per
+second for 2 s on the CPU. Frames reach every stream, questions are answered, every figure of the
+text and JSON reports parses and is consistent (p50 <= p90 <= p99 <= max), and bad options are
+refused with exit code 2 and a message. Speeds themselves are benchmarks, not checked here."""
+import json, math, os, re, shutil, subprocess, sys, tempfile
+
+binp = os.environ['SVLM_BIN']
+base_tmp = os.environ.get('SVLM_TEST_TMP')
+if base_tmp:
+    os.makedirs(base_tmp, exist_ok=True)
+tmp = tempfile.mkdtemp(prefix='bench-streams-', dir=base_tmp)
+fails = []
+
+
+def run(args, timeout=120):
+    env = dict(os.environ)
+    env.pop('OPENBLAS_CORETYPE', None)
+    env.pop('SVLM_BACKEND', None)
+    return subprocess.run([binp] + args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+prefix = os.path.join(tmp, 'tiny')
+p = run(['mkmodel', '--arch', 'smolvlm', '--shape', 'tiny', '--type', 'f32', '--seed', '1', '-o', prefix, '--quiet'])
+if p.returncode != 0:
+    print('FAIL mkmodel: %s' % p.stderr[-300:])
+    sys.exit(1)
+model, mmproj = prefix + '.gguf', prefix + '-mmproj.gguf'
+STREAMS, FPS = 3, 2
+base = ['bench-streams', '-m', model, '--mmproj', mmproj, '--streams', str(STREAMS), '--fps', str(FPS),
+        '--duration', '2', '--warmup', '1', '--ask-every', '1', '--question-tokens', '20', '--answer-tokens', '4',
+        '--threads', '1', '--backend', 'cpu']
+NUM = r'([0-9]+(?:\.[0-9]+)?)'
+
+
+def check_figures(r, where):
+    """r: the JSON report, or the same keys parsed from the text report."""
+    if r.get('streams') != STREAMS or r.get('target_fps') != FPS:
+        fails.append('%s: streams/fps %s %s' % (where, r.get('streams'), r.get('target_fps')))
+    if not r.get('backend', '').startswith('cpu'):
+        fails.append('%s: backend %r' % (where, r.get('backend')))
+    if not r.get('seconds', 0) > 0:
+        fails.append('%s: seconds %r' % (where, r.get('seconds')))
+    if not r.get('stream_frames_min', 0) > 0:
+        fails.append('%s: a stream ingested no frame in the window: %s' % (where, r))
+    if not r.get('frames', 0) >= STREAMS * r.get('stream_frames_min', 0):
+        fails.append('%s: frames %r below streams x the per-stream minimum' % (where, r.get('frames')))
+    if not r.get('fps_per_stream', 0) > 0 or r.get('dropped', -1) < 0:
+        fails.append('%s: fps_per_stream %r dropped %r' % (where, r.get('fps_per_stream'), r.get('dropped')))
+    asked, started, answered = (r.get('questions_' + k, 0) for k in ('asked', 'started', 'answered'))
+    if not (0 < answered <= started <= asked):
+        fails.append('%s: questions asked %r started %r answered %r' % (where, asked, started, answered))
+    if not (r.get('encode_ms_per_frame', 0) > 0 and r.get('prefill_ms_per_frame', 0) > 0):
+        fails.append('%s: ingest ms per frame %r %r' % (where, r.get('encode_ms_per_frame'),
+                                                       r.get('prefill_ms_per_frame')))
+    t = r.get('ttft_ms') or {}
+    vals = [t.get(k) for k in ('p50', 'p90', 'p99', 'max')]
+    if any(not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 for v in vals):
+        fails.append('%s: ttft_ms %s' % (where, t))
+    elif vals != sorted(vals):
+        fails.append('%s: ttft percentiles out of order %s' % (where, vals))
+    for key in ('ingest_busy', 'answer_busy'):
+        if not r.get(key, -1) >= 0:  # a step spanning the window's edge counts whole: may pass 1
+            fails.append('%s: %s %r' % (where, key, r.get(key)))
+    if not r.get('answer_tok_s', -1) >= 0 or r.get('kv_bytes_per_stream', 0) <= 0:
+        fails.append('%s: answer_tok_s %r kv_bytes_per_stream %r' % (where, r.get('answer_tok_s'),
+                                                                        r.get('kv_bytes_per_stream')))
+    if not isinstance(r.get('keeps_up'), bool):
+        fails.append('%s: keeps_up %r' % (where, r.get('keeps_up')))
+
+
+def parse_text(out):
+    """The text report's figures under the JSON report's keys (every line must parse)."""
+    r = {}
+    pats = [
+        (r'backend +(\S.*)$', lambda m: r.update(backend=m[1])),
+        (r'streams +([0-9]+) at ' + NUM + r' fps each \(stc (on|off), memory (on|off)\)$',
+         lambda m: r.update(streams=int(m[1]), target_fps=float(m[2]))),
+        (r'seconds +' + NUM + r' measured after ' + NUM + r' s of warmup$', lambda m: r.update(seconds=float(m[1]))),
+        (r'fps_per_stream +' + NUM + r' \(' + NUM + r' % of target\)$',
+         lambda m: r.update(fps_per_stream=float(m[1]), fps_share=float(m[2]) / 100)),
+        (r'frames +([0-9]+) ingested \(([0-9]+) to ([0-9]+) per stream\), ([0-9]+) pushed, ([0-9]+) dropped$',
+         lambda m: r.update(frames=int(m[1]), stream_frames_min=int(m[2]), stream_frames_max=int(m[3]),
+                            frames_pushed=int(m[4]), dropped=int(m[5]))),
+        (r'questions +([0-9]+) asked, ([0-9]+) started, ([0-9]+) answered, ([0-9]+) failed, ([0-9]+) unanswered '
+         r'\(([0-9]+) tokens, up to ([0-9]+) answer tokens\)$',
+         lambda m: r.update(questions_asked=int(m[1]), questions_started=int(m[2]), questions_answered=int(m[3]),
+                            questions_failed=int(m[4]), questions_unanswered=int(m[5]), question_tokens=int(m[6]))),
+        (r'ttft_ms +p50 ' + NUM + ' p90 ' + NUM + ' p99 ' + NUM + ' max ' + NUM + '$',
+         lambda m: r.update(ttft_ms={'p50': float(m[1]), 'p90': float(m[2]), 'p99': float(m[3]), 'max': float(m[4])})),
+        (r'answer_tok_s +' + NUM + ' aggregate, ' + NUM + ' per answer$', lambda m: r.update(answer_tok_s=float(m[1]))),
+        (r'lanes_busy +ingest ' + NUM + ' % answer ' + NUM + ' %$',
+         lambda m: r.update(ingest_busy=float(m[1]) / 100, answer_busy=float(m[2]) / 100)),
+        (r'ingest_ms +' + NUM + ' encode ' + NUM + ' prefill per frame$',
+         lambda m: r.update(encode_ms_per_frame=float(m[1]), prefill_ms_per_frame=float(m[2]))),
+        (r'memory +per stream: KV ' + NUM + ' MiB, memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',
+         lambda m: r.update(kv_bytes_per_stream=float(m[1]) * 2**20)),
+        (r'producer_lag_ms +' + NUM + '(?: max)?; drain ' + NUM + ' s$', lambda m: None),
+        (r'keeps up: (yes|no) \(fps >= 0\.95\*target and p99 < 250 ms\)$', lambda m: r.update(keeps_up=m[1] == 'yes')),
+    ]
+    for line in out.splitlines():
+        for pat, fn in pats:
+            m = re.match(pat, line)
+            if m:
+                fn(m)
+                break
+        else:
+            fails.append('text report: line does not parse: %r' % line)
+    return r
+
+
+p = run(base)
+if p.returncode != 0:
+    fails.append('text run: rc %d %s' % (p.returncode, p.stderr[-400:]))
+else:
+    r = parse_text(p.stdout)
+    check_figures(r, 'text')
+    if r.get('question_tokens') != 20:  # the built-in words reach 20 tokens exactly with this vocabulary
+        fails.append('text: question of %r tokens, wanted 20' % r.get('question_tokens'))
+    if 't=' in p.stderr:
+        fails.append('progress lines without a terminal or --progress: %r' % p.stderr[-200:])
+
+p = run(base + ['--json', '--progress', '--no-stc', '--no-memory'])
+if p.returncode != 0:
+    fails.append('json run: rc %d %s' % (p.returncode, p.stderr[-400:]))
+else:
+    try:
+        r = json.loads(p.stdout)
+    except ValueError as e:
+        fails.append('--json is not one JSON object (%s): %r' % (e, p.stdout[-300:]))
+        r = {}
+    check_figures(r, 'json')
+    if r.get('stc') is not False or r.get('memory') is not False or r.get('answer_tokens') != 4:
+        fails.append('json: stc %r memory %r answer_tokens %r' %
+                     (r.get('stc'), r.get('memory'), r.get('answer_tokens')))
+    if not re.search(r'^t=[0-9]+s (warmup|measure) frames [0-9]+ drops [0-9]+', p.stderr, re.M):
+        fails.append('--progress printed no progress line: %r' % p.stderr[-300:])
+
+ok = ['-m', model, '--mmproj', mmproj]
+for bad in (['--mmproj', mmproj], ok + ['--streams', '0'], ok + ['--streams', '1025'], ok + ['--fps', '0'],
+            ok + ['--fps', 'x'], ok + ['--duration', '-1'], ok + ['--warmup', 'nan'], ok + ['--ask-every', '0.001'],
+            ok + ['--question-tokens', '0'], ok + ['--answer-tokens', '5000'], ok + ['--threads', '0'],
+            ok + ['--backend', 'tpu'], ok + ['--kv', 'q8'], ok + ['--bogus'], ok + ['video.mp4'],
+            ok + ['--memory-dir', tmp], ok + ['--stc', 'maybe'], ok + ['--streams']):
+    p = run(['bench-streams'] + bad)
+    if p.returncode != 2 or not p.stderr.strip():
+        fails.append('%s: exit %d, stderr %r (want 2 and a message)' % (bad, p.returncode, p.stderr[-200:]))
+
+missing = os.path.join(tmp, 'no-such-model.gguf')
+p = run(['bench-streams', '-m', missing, '--mmproj', mmproj, '--duration', '1', '--warmup', '0'])
+if p.returncode != 1 or 'no-such-model' not in p.stderr:
+    fails.append('missing model: exit %d, %r' % (p.returncode, p.stderr[-200:]))
+
+p = run(['bench-streams', '--help'])
+if p.returncode != 0 or '--streams' not in p.stdout:
+    fails.append('--help: exit %d' % p.returncode)
+
+shutil.rmtree(tmp, ignore_errors=True)
+for f in fails:
+    print('FAIL', f)
+print('bench-streams reports: %d failures' % len(fails))
+sys.exit(1 if fails else 0)
