@@ -151,26 +151,29 @@ else
 fi
 
 SAN=/usr/local/cuda/bin/compute-sanitizer
-if [ -x "$SAN" ] && [ -x "$B/tests/test_cuda_backend" ]; then
+for t in test_cuda_backend test_cuda_data test_cuda_stream; do
+  [ -x "$B/tests/$t" ] || continue
+  if [ ! -x "$SAN" ]; then
+    summary+=("memcheck: skipped (no $SAN)")
+    break
+  fi
   # the comparisons are in the ctest output above: here only the sanitizer's findings
-  step "compute-sanitizer memcheck: test_cuda_backend" 180 80 bash -c '"$1" --tool memcheck --leak-check full \
-    --error-exitcode 99 "$2/tests/test_cuda_backend" >"$2/memcheck.log" 2>&1
+  step "compute-sanitizer memcheck: $t" 150 80 bash -c 'cd "$2/tests" && "$1" --tool memcheck --leak-check full \
+    --error-exitcode 99 "./$3" >"$2/memcheck-$3.log" 2>&1
     rc=$?
-    grep -v -E "^  (matmul|rmsnorm|layernorm|rope|silu|gelu|add|softmax|attention)" "$2/memcheck.log" | tail -n 80
-    exit $rc' _ "$SAN" "$B"
+    grep -E "=========|checks, |SKIP" "$2/memcheck-$3.log" | tail -n 60
+    exit $rc' _ "$SAN" "$B" "$t"
   rc=$?
-  errs=$(grep -E 'ERROR SUMMARY' "$B/memcheck.log" 2>/dev/null | tail -n 1)
+  errs=$(grep -E 'ERROR SUMMARY' "$B/memcheck-$t.log" 2>/dev/null | tail -n 1)
   case $rc in
-  0) summary+=("memcheck: clean (${errs:-no summary line})") ;;
-  124 | 137) summary+=("memcheck: TIMED OUT, inconclusive (${errs:-no summary line})") ;;
+  0) summary+=("memcheck $t: clean (${errs:-no summary line})") ;;
+  124 | 137) summary+=("memcheck $t: TIMED OUT, inconclusive (${errs:-no summary line})") ;;
   *)
     status=1
-    summary+=("memcheck: FAILED, exit $rc (${errs:-no summary line})")
+    summary+=("memcheck $t: FAILED, exit $rc (${errs:-no summary line})")
     ;;
   esac
-else
-  summary+=("memcheck: skipped (no $SAN or no test_cuda_backend)")
-fi
+done
 
 # ---- benchmarks ----
 unset OPENBLAS_CORETYPE
@@ -188,7 +191,8 @@ bench() { # bench LABEL CAP ARGS...: runs svlm ARGS as a step, keeps its result 
   else
     summary+=("$label:")
     while IFS= read -r line; do summary+=("  $line"); done < <(
-      grep -E '^(backend|pp[0-9]|tg[0-9]|bandwidth|batch|mmproj|source|pattern)|no usable GPU' "$log" | head -n 8
+      grep -E '^(backend|pp[0-9]|tg[0-9]|bandwidth|batch|mmproj|source|pattern|streams|frames|ttft|TTFT|questions|decode|lanes|keeps|memory)|no usable GPU|^  (matmul|copy|wait|attention|rmsnorm|rope|store|add|silu|round|gather|gelu|layernorm)' \
+        "$log" | head -n 24
     )
   fi
 }
@@ -203,13 +207,21 @@ if [ -x "$S" ]; then
   fi
   if [ -f "$M.gguf" ]; then
     bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+    # where a decode step's time goes: host time per op, and the waits for the GPU
+    SVLM_CUDA_PROFILE=1 bench "text, cuda, profiled decode" 60 bench -m "$M.gguf" --pp 0 --tg 64 --reps 1 \
+      --backend cuda
     bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
       --reps 1 --backend cuda
     bench "text, cpu ($jobs threads)" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cpu --threads "$jobs"
-    bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --backend cuda
-    bench "vision encoder, cpu ($jobs threads)" 60 bench --mmproj "$M-mmproj.gguf" --backend cpu --threads "$jobs"
+    bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
+    if "$S" bench-streams --help >/dev/null 2>&1; then
+      for n in ${SVLM_GPU_CHECK_STREAMS:-64 256}; do
+        bench "$n streams at 1 fps, cuda" 75 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams "$n" \
+          --fps 1 --warmup 5 --duration 20 --question-tokens 20 --answer-tokens 8 --backend cuda
+      done
+    fi
   fi
 else
   summary+=("benchmarks: skipped (no $S)")
