@@ -36,6 +36,7 @@ typedef struct backend_ops {
     void (*gather_rows)(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                         int64_t dim);
     void (*gelu_tanh_f16)(svlm_kernels *k, float *x, int64_t n);
+    void (*attention_multi)(svlm_kernels *k, const svlm_attn_args *a, int n); /* NULL: one by one */
 } backend_ops;
 
 struct svlm_kernels {

@@ -87,6 +87,14 @@ void svlm_k_gather_rows(svlm_kernels *k, float *dst, const float *src, const int
                         int64_t dim) {
     if (n > 0 && dim > 0) k->ops->gather_rows(k, dst, src, idx, n, dim);
 }
+void svlm_k_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
+    if (k->ops->attention_multi) {
+        k->ops->attention_multi(k, a, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        k->ops->attention(k, &a[i]);
+}
 void svlm_k_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
     if (n > 0) k->ops->gelu_tanh_f16(k, x, n);
 }

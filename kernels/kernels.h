@@ -116,6 +116,9 @@ void svlm_k_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim,
                  const int32_t *pos, float base, int neox);
 /* Scaled dot-product attention with GQA (kv head of query head h is h / (n_head / n_kv_head)). */
 void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a);
+/* n attentions as n svlm_k_attention calls, for decode steps of several sequences, each over
+ * its own cache: a device backend runs those of one query each in one launch. */
+void svlm_k_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n);
 /* gate[i] = silu(gate[i]) * up[i] */
 void svlm_k_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n);
 /* x = 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) */

@@ -18,7 +18,10 @@ struct svlm_llama_batch {
     float *x, *h, *q, *kx, *vx, *att, *gate, *up, *logits;
     int32_t *pos, *pos_k;  /* RoPE positions, in host memory and on the kernels' side */
     int32_t *ids;          /* the live rows' tokens */
-    float *host_x;         /* their embeddings on the host, and keys and values on the way to the pages */
+    float *host_x;         /* their embeddings on the host */
+    float *pending;        /* [n_layer][2][live rows][kv_dim]: new keys and values for the pages, */
+    float *pending_host;   /* written after the layers in one copy (svlm_k_alloc, host memory) */
+    svlm_attn_args *attn;  /* per live row: its attention */
     int *p0, *sync, *live; /* per live row: cache row of its token, where its working copy stops
                             * matching its sequence, index of its item */
 };
@@ -46,14 +49,18 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->up = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
     b->logits = svlm_k_alloc(k, B * (size_t)hp->n_vocab * 4);
     b->pos = calloc(B, sizeof *b->pos);
+    b->attn = calloc(B, sizeof *b->attn);
     b->pos_k = svlm_k_alloc(k, B * sizeof *b->pos_k);
     b->ids = calloc(B, sizeof *b->ids);
-    b->host_x = malloc(B * (E > 2 * kvd ? E : 2 * kvd) * sizeof(float));
+    b->host_x = malloc(B * E * sizeof(float));
+    b->pending = svlm_k_alloc(k, (size_t)hp->n_layer * 2 * B * kvd * sizeof(float));
+    b->pending_host = malloc((size_t)hp->n_layer * 2 * B * kvd * sizeof(float));
     b->p0 = calloc(B, sizeof *b->p0);
     b->live = calloc(B, sizeof *b->live);
     b->sync = calloc(B, sizeof *b->sync);
     if (!b->x || !b->h || !b->q || !b->kx || !b->vx || !b->att || !b->gate || !b->up || !b->logits ||
-        !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k || !b->ids || !b->host_x) {
+        !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k || !b->ids || !b->host_x || !b->pending ||
+        !b->pending_host || !b->attn) {
         svlm_llama_batch_free(b);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a batch of %d sequences", max_seqs);
     }
@@ -63,12 +70,14 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
 
 void svlm_llama_batch_free(svlm_llama_batch *b) {
     if (!b) return;
-    void *bufs[] = {b->x, b->h, b->q, b->kx, b->vx, b->att, b->gate, b->up, b->logits, b->pos_k};
+    void *bufs[] = {b->x, b->h, b->q, b->kx, b->vx, b->att, b->gate, b->up, b->logits, b->pos_k, b->pending};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(b->k, bufs[i]);
     free(b->pos);
     free(b->ids);
     free(b->host_x);
+    free(b->pending_host);
+    free(b->attn);
     free(b->p0);
     free(b->live);
     free(b->sync);
@@ -152,18 +161,26 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
             float *ys[3] = {b->q, b->kx, b->vx};
             svlm_k_matmul_multi(k, ws, 3, b->h, nl, ys);
         }
-        /* every row's new key and value go to its pages: one copy to the host for all rows */
-        float *hk = b->host_x, *hv = b->host_x + (size_t)nl * kvd;
-        svlm_k_copy(k, hk, b->kx, sizeof(float) * (size_t)nl * kvd);
-        svlm_k_copy(k, hv, b->vx, sizeof(float) * (size_t)nl * kvd);
+        /* the rows' new keys and values reach their pages after the layers, in one copy */
+        float *pk = b->pending + (size_t)l * 2 * nl * kvd;
+        svlm_k_copy(k, pk, b->kx, sizeof(float) * (size_t)nl * kvd);
+        svlm_k_copy(k, pk + (size_t)nl * kvd, b->vx, sizeof(float) * (size_t)nl * kvd);
+        int n_f16 = 0;
         for (int r = 0; r < nl; r++) {
             svlm_llama_batch_item *it = &items[b->live[r]];
-            svlm_kv_seq_write(it->seq, l, b->p0[r], 1, hk + (size_t)r * kvd, hv + (size_t)r * kvd);
             if (sync_from[r] < b->p0[r]) llama_sync_working_copy(it->ctx, it->seq, l, sync_from[r], b->p0[r]);
-            if (svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq))->type == SVLM_F16) {
-                svlm_k_round_f16(k, b->kx + (size_t)r * kvd, kvd);
-                svlm_k_round_f16(k, b->vx + (size_t)r * kvd, kvd);
-            }
+            n_f16 += svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq))->type == SVLM_F16;
+        }
+        /* rows on f16 pages must look as they will when read back: all at once when all are */
+        if (n_f16 == nl) {
+            svlm_k_round_f16(k, b->kx, (int64_t)nl * kvd);
+            svlm_k_round_f16(k, b->vx, (int64_t)nl * kvd);
+        } else if (n_f16 > 0) {
+            for (int r = 0; r < nl; r++)
+                if (svlm_kv_pool_params_of(svlm_kv_seq_pool(items[b->live[r]].seq))->type == SVLM_F16) {
+                    svlm_k_round_f16(k, b->kx + (size_t)r * kvd, kvd);
+                    svlm_k_round_f16(k, b->vx + (size_t)r * kvd, kvd);
+                }
         }
         svlm_k_rope(k, b->q, nl, hp->n_head, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base, hp->rope_neox);
         svlm_k_rope(k, b->kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
@@ -172,7 +189,7 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
             svlm_llama_ctx *c = items[b->live[r]].ctx;
             llama_store_rows(c, c->k_cache[l], b->kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
             llama_store_rows(c, c->v_cache[l], b->vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
-            svlm_attn_args a = {
+            b->attn[r] = (svlm_attn_args){
                 .q = b->q + (size_t)r * qd,
                 .k = c->k_cache[l],
                 .v = c->v_cache[l],
@@ -187,12 +204,20 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
                 .causal = 1,
                 .scale = scale,
             };
-            svlm_k_attention(k, &a);
         }
+        svlm_k_attention_multi(k, b->attn, nl); /* one launch for every row on a GPU */
         llama_layer_rest(k, hp, L, b->att, b->x, b->h, b->gate, b->up, nl);
     }
     svlm_k_rmsnorm(k, b->x, m->output_norm, b->h, nl, E, hp->rms_eps);
     svlm_k_matmul(k, &m->output, b->h, nl, b->logits);
+    const size_t per_layer = (size_t)2 * nl * kvd;
+    svlm_k_copy(k, b->pending_host, b->pending, sizeof(float) * per_layer * (size_t)hp->n_layer);
+    for (int l = 0; l < hp->n_layer; l++) {
+        const float *hk = b->pending_host + (size_t)l * per_layer, *hv = hk + (size_t)nl * kvd;
+        for (int r = 0; r < nl; r++)
+            svlm_kv_seq_write(items[b->live[r]].seq, l, b->p0[r], 1, hk + (size_t)r * kvd,
+                              hv + (size_t)r * kvd);
+    }
     for (int r = 0; r < nl; r++) {
         svlm_llama_batch_item *it = &items[b->live[r]];
         if (it->logits)

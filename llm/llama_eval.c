@@ -222,9 +222,9 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         if (seq) {
             const size_t row_bytes = sizeof(float) * (size_t)n * kvd;
             if (pend) {
-                float *pk = c->pending + (size_t)l * 2 * LLAMA_PENDING_ROWS * kvd;
+                float *pk = c->pending + (size_t)l * 2 * n * kvd; /* [n_layer][2][n][kvd] */
                 svlm_k_copy(k, pk, c->kx, row_bytes);
-                svlm_k_copy(k, pk + (size_t)LLAMA_PENDING_ROWS * kvd, c->vx, row_bytes);
+                svlm_k_copy(k, pk + (size_t)n * kvd, c->vx, row_bytes);
             } else { /* a long chunk: the wait for its rows is small next to its compute */
                 float *hk = c->host_rows, *hv = c->host_rows + (size_t)n * kvd;
                 svlm_k_copy(k, hk, c->kx, row_bytes);
@@ -262,11 +262,11 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
     }
     if (pend) {
-        const size_t per_layer = (size_t)2 * LLAMA_PENDING_ROWS * kvd;
+        const size_t per_layer = (size_t)2 * n * kvd;
         svlm_k_copy(k, c->pending_host, c->pending, sizeof(float) * per_layer * (size_t)hp->n_layer);
         for (int l = 0; l < hp->n_layer; l++) {
             const float *pk = c->pending_host + (size_t)l * per_layer;
-            svlm_kv_seq_write(seq, l, p0, n, pk, pk + (size_t)LLAMA_PENDING_ROWS * kvd);
+            svlm_kv_seq_write(seq, l, p0, n, pk, pk + (size_t)n * kvd);
         }
     }
     if (!logits) return;

@@ -41,11 +41,11 @@ struct svlm_llama_ctx {
      * the pages in one copy after the layers. */
     float *host_rows;             /* n_batch rows of max(n_embd, 2 * kv_dim) floats, host memory */
     int32_t *pos_k, *stage_pos_k; /* batch_pos and stage_pos, svlm_k_alloc */
-    float *pending;               /* [n_layer][2][LLAMA_PENDING_ROWS][kv_dim], svlm_k_alloc */
+    float *pending;               /* [n_layer][2][n][kv_dim] for a chunk of n rows, svlm_k_alloc */
     float *pending_host;          /* the same, host memory */
 };
 
-enum { LLAMA_PENDING_ROWS = 16 };
+enum { LLAMA_PENDING_ROWS = 96 }; /* a video frame (64 or 81 tokens) or a question */
 
 /* Shared by llama_eval.c and llama_batch.c. */
 /* Copies n rows of f32 (an svlm_k_alloc buffer) into the cache at slot `at`, converting to the

@@ -1,8 +1,8 @@
 /*
  * The CUDA backend's data ops and deferred mode against the CPU backend: svlm_k_copy between
  * host memory and svlm_k_alloc buffers, svlm_k_store (f32, f16), svlm_k_round_f16,
- * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, and chains of ops run with svlm_k_defer on, which
- * must give exactly what the same chain gives op by op.
+ * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, svlm_k_attention_multi, and chains of ops run with svlm_k_defer
+ * on, which must give exactly what the same chain gives op by op.
  *
  * Tolerances: copies, stores, roundings and gathers are exact (IEEE round-to-nearest-even on both
  * sides); the f16-table GELU may differ by one f16 step where the two backends' expf differ by an
@@ -239,6 +239,89 @@ static void test_deferred_chain(void) {
     free(nw);
 }
 
+/* Decode attentions of several sequences at once equal the same attentions one by one (the same
+ * device code: exactly), and the CPU's within 1e-4; with a host buffer among them it falls back. */
+static void test_attention_multi(void) {
+    enum { NI = 7, NH = 6, NKVH = 2, HD = 64, KVD = NKVH * HD, MAXKV = 300 };
+    for (int f16 = 0; f16 < 2; f16++) {
+        const size_t elt = f16 ? 2 : 4;
+        svlm_attn_args ag[NI], ac[NI];
+        float *qh = host_floats(NI * NH * HD, 1.0f), *outs = host_floats(2 * NI * NH * HD, 0.0f);
+        float *oc = host_floats(NI * NH * HD, 0.0f);
+        float *qg = galloc(sizeof(float) * NI * NH * HD), *og = galloc(sizeof(float) * 2 * NI * NH * HD);
+        void *kc[NI], *vc[NI], *kg[NI], *vg[NI];
+        svlm_k_copy(G, qg, qh, sizeof(float) * NI * NH * HD);
+        for (int i = 0; i < NI; i++) {
+            const int64_t n_kv = 1 + (i * 97) % MAXKV;
+            float *kf = host_floats(n_kv * KVD, 1.0f), *vf = host_floats(n_kv * KVD, 1.0f);
+            kc[i] = malloc(elt * (size_t)n_kv * KVD);
+            vc[i] = malloc(elt * (size_t)n_kv * KVD);
+            REQUIRE(kc[i] && vc[i], "out of memory");
+            svlm_k_store(C, kc[i], f16 ? SVLM_F16 : SVLM_F32, kf, n_kv * KVD);
+            svlm_k_store(C, vc[i], f16 ? SVLM_F16 : SVLM_F32, vf, n_kv * KVD);
+            kg[i] = galloc(elt * (size_t)n_kv * KVD);
+            vg[i] = galloc(elt * (size_t)n_kv * KVD);
+            svlm_k_copy(G, kg[i], kc[i], elt * (size_t)n_kv * KVD);
+            svlm_k_copy(G, vg[i], vc[i], elt * (size_t)n_kv * KVD);
+            free(kf);
+            free(vf);
+            ac[i] = (svlm_attn_args){.q = qh + i * NH * HD,
+                                     .k = kc[i],
+                                     .v = vc[i],
+                                     .kv_type = f16 ? SVLM_F16 : SVLM_F32,
+                                     .kv_stride = KVD,
+                                     .out = oc + i * NH * HD,
+                                     .n_q = 1,
+                                     .n_kv = n_kv,
+                                     .n_head = NH,
+                                     .n_kv_head = NKVH,
+                                     .head_dim = HD,
+                                     .causal = 1,
+                                     .scale = 0.125f};
+            ag[i] = ac[i];
+            ag[i].q = qg + i * NH * HD;
+            ag[i].k = kg[i];
+            ag[i].v = vg[i];
+            ag[i].out = og + i * NH * HD;
+        }
+        svlm_k_attention_multi(C, ac, NI);
+        svlm_k_defer(G, 1);
+        svlm_k_attention_multi(G, ag, NI);
+        for (int i = 0; i < NI; i++) { /* one by one, into the second half */
+            svlm_attn_args one = ag[i];
+            one.out += NI * NH * HD;
+            svlm_k_attention(G, &one);
+        }
+        svlm_k_copy(G, outs, og, sizeof(float) * 2 * NI * NH * HD);
+        svlm_k_defer(G, 0);
+        CHECK(!memcmp(outs, outs + NI * NH * HD, sizeof(float) * NI * NH * HD),
+              "attention_multi (%s KV) differs from one by one", f16 ? "f16" : "f32");
+        double e = max_rel(outs, oc, NI * NH * HD);
+        printf(
+            "attention_multi %d items, %s KV: equal to one by one; max |gpu - cpu| %.3g (tolerance 1e-4)\n",
+            NI, f16 ? "f16" : "f32", e);
+        CHECK(e <= 1e-4, "attention_multi differs from the CPU by %g", e);
+        /* a host output among them: the backend goes one by one */
+        float *host_out = host_floats(NH * HD, 0.0f);
+        ag[3].out = host_out;
+        svlm_k_attention_multi(G, ag, NI);
+        e = max_rel(host_out, oc + 3 * NH * HD, NH * HD);
+        CHECK(e <= 1e-4, "attention_multi with a host output differs from the CPU by %g", e);
+        free(host_out);
+        for (int i = 0; i < NI; i++) {
+            free(kc[i]);
+            free(vc[i]);
+            svlm_k_free(G, kg[i]);
+            svlm_k_free(G, vg[i]);
+        }
+        svlm_k_free(G, qg);
+        svlm_k_free(G, og);
+        free(qh);
+        free(outs);
+        free(oc);
+    }
+}
+
 int test_main(void) {
     svlm_err err = {0};
     svlm_status st;
@@ -259,6 +342,7 @@ int test_main(void) {
     test_store_round();
     test_gather_gelu();
     test_deferred_chain();
+    test_attention_multi();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);
     return 0;

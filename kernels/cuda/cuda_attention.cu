@@ -20,12 +20,11 @@ template <bool F16> __device__ __forceinline__ float kv_at(const void *base, int
     return static_cast<const float *>(base)[i];
 }
 
+/* Query qi, head h: the work of one thread block. */
 template <bool F16>
-__global__ void attention_kernel(const float *q, const void *k, const void *v, int64_t kv_stride, float *out,
-                                 int64_t n_q, int64_t n_kv, int n_head, int n_kv_head, int head_dim,
-                                 int causal, float scale) {
-    const int64_t qi = blockIdx.x;
-    const int h = blockIdx.y;
+__device__ void attend(const float *q, const void *k, const void *v, int64_t kv_stride, float *out,
+                       int64_t n_q, int64_t n_kv, int n_head, int n_kv_head, int head_dim, int causal,
+                       float scale, int64_t qi, int h) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int kvh = h / (n_head / n_kv_head);
     const int per_lane = (head_dim + 31) / 32;
@@ -104,7 +103,41 @@ __global__ void attention_kernel(const float *q, const void *k, const void *v, i
     }
 }
 
+template <bool F16>
+__global__ void attention_kernel(const float *q, const void *k, const void *v, int64_t kv_stride, float *out,
+                                 int64_t n_q, int64_t n_kv, int n_head, int n_kv_head, int head_dim,
+                                 int causal, float scale) {
+    attend<F16>(q, k, v, kv_stride, out, n_q, n_kv, n_head, n_kv_head, head_dim, causal, scale, blockIdx.x,
+                blockIdx.y);
+}
+
+/* Block (item, head): one decode query of item over its own cache. */
+template <bool F16>
+__global__ void attention_multi_kernel(const svlm_cu_attn_item *items, int64_t kv_stride, int n_head,
+                                       int n_kv_head, int head_dim, int causal, float scale) {
+    const svlm_cu_attn_item it = items[blockIdx.x];
+    attend<F16>(it.q, it.k, it.v, kv_stride, it.out, 1, it.n_kv, n_head, n_kv_head, head_dim, causal, scale,
+                0, blockIdx.y);
+}
+
 } // namespace
+
+extern "C" int svlm_cu_attention_multi(cudaStream_t s, const svlm_cu_attn_item *items, int n_items,
+                                       int kv_f16, int64_t kv_stride, int n_head, int n_kv_head, int head_dim,
+                                       int causal, float scale) {
+    if (n_items <= 0 || n_head <= 0) return 0;
+    if (head_dim > 32 * kMaxDimPerLane || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535)
+        return (int)cudaErrorInvalidValue;
+    const dim3 grid((unsigned)n_items, (unsigned)n_head);
+    const size_t shmem = sizeof(float) * kWarps * (size_t)head_dim;
+    if (kv_f16)
+        attention_multi_kernel<true>
+            <<<grid, 32 * kWarps, shmem, s>>>(items, kv_stride, n_head, n_kv_head, head_dim, causal, scale);
+    else
+        attention_multi_kernel<false>
+            <<<grid, 32 * kWarps, shmem, s>>>(items, kv_stride, n_head, n_kv_head, head_dim, causal, scale);
+    return (int)cudaGetLastError();
+}
 
 extern "C" int svlm_cu_attention(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
                                  int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,

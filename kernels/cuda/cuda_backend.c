@@ -170,6 +170,35 @@ static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
     cu_done(k, gemm ? "attention (cuBLAS)" : "attention (kernel)");
 }
 
+/* Decode attentions of several sequences (one query each, shared shapes, device-accessible
+ * buffers) in one launch; anything else one by one. */
+static void cu_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
+    enum { MAX_ITEMS = 256 };
+    svlm_cu_attn_item items[MAX_ITEMS];
+    int ok = n > 0 && n <= MAX_ITEMS;
+    for (int i = 0; ok && i < n; i++) {
+        const svlm_attn_args *x = &a[i];
+        ok = x->n_q == 1 && x->n_kv > 0 && x->kv_type == a[0].kv_type && x->kv_stride == a[0].kv_stride &&
+             x->n_head == a[0].n_head && x->n_kv_head == a[0].n_kv_head && x->head_dim == a[0].head_dim &&
+             x->causal == a[0].causal && x->scale == a[0].scale;
+        const void *ptrs[4] = {x->q, x->k, x->v, x->out};
+        for (int j = 0; ok && j < 4; j++)
+            ok = device_view(ptrs[j]) == ptrs[j];
+        if (ok) items[i] = (svlm_cu_attn_item){x->q, x->k, x->v, x->out, x->n_kv};
+    }
+    if (!ok) {
+        for (int i = 0; i < n; i++)
+            cu_attention(k, &a[i]);
+        return;
+    }
+    cu_begin(k);
+    const svlm_cu_attn_item *di = cu_in(k, 0, items, sizeof(svlm_cu_attn_item) * (size_t)n);
+    cu_check(svlm_cu_attention_multi(CU(k)->stream, di, n, a[0].kv_type == SVLM_F16, a[0].kv_stride,
+                                     a[0].n_head, a[0].n_kv_head, a[0].head_dim, a[0].causal, a[0].scale),
+             "attention_multi");
+    cu_done(k, "attention_multi (kernel)");
+}
+
 static void cu_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
     if (n <= 0) return;
     cu_begin(k);
@@ -354,6 +383,7 @@ static const backend_ops cuda_ops = {
     .round_f16 = cu_round_f16,
     .gather_rows = cu_gather_rows,
     .gelu_tanh_f16 = cu_gelu_tanh_f16,
+    .attention_multi = cu_attention_multi,
 };
 
 /* cudaGetDeviceCount's answers that mean "no GPU here": no driver or too old a driver (35), no

@@ -44,6 +44,18 @@ int svlm_cu_attention(cudaStream_t s, const float *q, const void *k, const void 
                       int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
                       int head_dim, int causal, float scale);
 
+/* Decode attention of several sequences in one launch: item i is one query (q, out: [n_head]
+ * [head_dim]) over its own cache of n_kv rows; the rest is shared. items: device memory. */
+typedef struct svlm_cu_attn_item {
+    const float *q;
+    const void *k, *v;
+    float *out;
+    int64_t n_kv;
+} svlm_cu_attn_item;
+int svlm_cu_attention_multi(cudaStream_t s, const svlm_cu_attn_item *items, int n_items, int kv_f16,
+                            int64_t kv_stride, int n_head, int n_kv_head, int head_dim, int causal,
+                            float scale);
+
 /* Data movement (cuda_data.cu): f32 -> f16 stores, rounding through f16, the f16-table GELU,
  * row gathers (dst row i = src row idx[i], idx on the device). */
 int svlm_cu_store_f16(cudaStream_t s, void *y, const float *x, int64_t n);
