@@ -10,7 +10,9 @@
 #include "common/err.h"
 #include "vision/preprocess.h"
 
-enum { MAX_IDLE_CTX = 4 };
+/* answer contexts kept for reuse: a few on the CPU; on a GPU a batch's worth, since making one
+ * (managed memory, first touches) costs more than its memory */
+enum { MAX_IDLE_CTX = 36, CPU_IDLE_CTX = 4, MAX_INGEST_BATCH = 64 };
 
 typedef struct question {
     uint64_t id;
@@ -37,6 +39,7 @@ typedef struct lane_stream {
     int join_due;    /* an answered turn waits to be joined */
     int in_flight;   /* questions forked (or about to be) and not ended */
     int closing;     /* being removed: no frames or questions taken */
+    int ingesting;   /* one of its frames is on the ingest lane */
     svlm_stc *stc;   /* token compression state (NULL: off) */
 } lane_stream;
 
@@ -53,7 +56,7 @@ struct svlm_engine {
     svlm_llama_batch *batch; /* decode steps of several answers at once (NULL: one at a time) */
     svlm_err *batch_errs;    /* one per answer of a batch (kept off the lane's stack: ~0.5 KB each) */
     svlm_vision_ctx *vc;
-    float *pixels, *embd, *kept_embd;
+    float *pixels, *embd, *kept_embd; /* pixels, embd: ingest_batch tiles */
     int32_t *kept;
     svlm_stc_controls stc;
     pthread_mutex_t compute_mu; /* the ingest kernels: the lane, or a stream being created */
@@ -67,7 +70,7 @@ struct svlm_engine {
     question *rr_active;                  /* the active answer to step next */
     uint64_t next_qid;
     idle_ctx idle[MAX_IDLE_CTX];
-    int n_idle;
+    int n_idle, max_idle;
     svlm_engine_metrics m;
 };
 
@@ -106,7 +109,7 @@ static int token_relay(void *user, int32_t id, const char *piece, size_t len) {
 static void ctx_release(svlm_engine *e, question *q) {
     if (!q->ctx) return;
     pthread_mutex_lock(&e->mu);
-    if (e->n_idle < MAX_IDLE_CTX) {
+    if (e->n_idle < e->max_idle) {
         e->idle[e->n_idle++] = (idle_ctx){q->ctx, q->ctx_n};
         q->ctx = NULL;
     }
@@ -328,12 +331,9 @@ static int pinned_due(svlm_engine *e, int sid) {
     return 0;
 }
 
-/* Encodes f into e->embd; with token compression the kept rows go to e->kept_embd (*n_rows of
- * them, *rows set to it), else *rows = e->embd with every row. */
-static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, const float **rows,
-                                int *n_rows, svlm_err *err) {
+/* f as the encoder's input tile, into pixels. */
+static svlm_status preprocess_frame(svlm_engine *e, const svlm_frame *f, float *pixels, svlm_err *err) {
     const svlm_mmproj *mp = e->mp;
-    if (!e->vc) return svlm_fail(err, SVLM_E_INVALID, "the engine has no vision model");
     svlm_image img = {0};
     svlm_status st = svlm_image_alloc(&img, f->width, f->height, err);
     if (st) return st;
@@ -342,7 +342,18 @@ static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_fram
     svlm_preproc_params pp = {.tile = mp->hp.image_size, .longest_edge = mp->hp.preproc_image_size};
     memcpy(pp.mean, mp->hp.image_mean, sizeof pp.mean);
     memcpy(pp.std, mp->hp.image_std, sizeof pp.std);
-    st = svlm_preprocess_frame(&img, &pp, 512, e->pixels, err);
+    st = svlm_preprocess_frame(&img, &pp, 512, pixels, err);
+    svlm_image_free(&img);
+    return st;
+}
+
+/* Encodes f into e->embd; with token compression the kept rows go to e->kept_embd (*n_rows of
+ * them, *rows set to it), else *rows = e->embd with every row. */
+static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, const float **rows,
+                                int *n_rows, svlm_err *err) {
+    const svlm_mmproj *mp = e->mp;
+    if (!e->vc) return svlm_fail(err, SVLM_E_INVALID, "the engine has no vision model");
+    svlm_status st = preprocess_frame(e, f, e->pixels, err);
     *rows = e->embd;
     *n_rows = mp->hp.tokens_per_tile;
     if (!st && !ls->stc) st = svlm_vision_encode(e->vc, e->pixels, 1, e->embd, err);
@@ -356,8 +367,34 @@ static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_fram
             *n_rows = info.n_kept;
         }
     }
-    svlm_image_free(&img);
     return st;
+}
+
+/* Frames of nb streams without token compression: preprocessed one by one, encoded as one batch,
+ * then appended each to its stream. st[i]: frame i's outcome. */
+static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, int nb, svlm_status *st) {
+    const svlm_mmproj *mp = e->mp;
+    const size_t tile = (size_t)3 * mp->hp.image_size * mp->hp.image_size;
+    const int T = mp->hp.tokens_per_tile;
+    const size_t emb = (size_t)T * mp->hp.proj_dim;
+    int slot[MAX_INGEST_BATCH], n_ok = 0;
+    svlm_err err = {0};
+    const double t0 = now_ms();
+    for (int i = 0; i < nb; i++) {
+        st[i] = e->vc ? preprocess_frame(e, &fr[i], e->pixels + (size_t)n_ok * tile, &err)
+                      : svlm_fail(&err, SVLM_E_INVALID, "the engine has no vision model");
+        slot[i] = st[i] ? -1 : n_ok++;
+    }
+    svlm_status enc = n_ok ? svlm_vision_encode(e->vc, e->pixels, n_ok, e->embd, &err) : SVLM_OK;
+    const double per_frame = n_ok ? (now_ms() - t0) / n_ok : 0;
+    for (int i = 0; i < nb; i++) {
+        if (slot[i] < 0) continue;
+        svlm_stream *s = e->streams[sids[i]].s;
+        st[i] = enc;
+        if (!st[i]) svlm_stream_note_encode(s, per_frame);
+        if (!st[i])
+            st[i] = svlm_stream_add_frame_tokens(s, fr[i].pts, e->embd + (size_t)slot[i] * emb, T, &err);
+    }
 }
 
 static void *ingest_lane(void *arg) {
@@ -411,13 +448,24 @@ static void *ingest_lane(void *arg) {
             if (!e->stop) pthread_cond_wait(&e->cv_ingest, &e->mu);
             continue;
         }
-        e->rr_ingest = (sid + 1) % e->n_streams;
-        lane_stream *ls = &e->streams[sid];
-        svlm_frame f = ls->queue[ls->head];
-        memset(&ls->queue[ls->head], 0, sizeof f);
-        ls->head = (ls->head + 1) % e->p.frame_queue;
-        ls->n--;
-        if (!e->p.exact) ls->join_due = 0; /* add_frame joins first */
+        /* with the next streams' frames when they can share the encoder (no token compression) */
+        int sids[MAX_INGEST_BATCH], nb = 0;
+        sids[nb++] = sid;
+        for (int i = 1; i < e->n_streams && nb < e->p.ingest_batch && !e->streams[sid].stc; i++) {
+            int j = (sid + i) % e->n_streams;
+            if (e->streams[j].n > 0 && !e->streams[j].closing && !e->streams[j].stc) sids[nb++] = j;
+        }
+        e->rr_ingest = (sids[nb - 1] + 1) % e->n_streams;
+        svlm_frame fr[MAX_INGEST_BATCH];
+        for (int i = 0; i < nb; i++) {
+            lane_stream *ls = &e->streams[sids[i]];
+            fr[i] = ls->queue[ls->head];
+            memset(&ls->queue[ls->head], 0, sizeof fr[i]);
+            ls->head = (ls->head + 1) % e->p.frame_queue;
+            ls->n--;
+            ls->ingesting = 1;
+            if (!e->p.exact) ls->join_due = 0; /* add_frame joins first */
+        }
         e->ingest_busy = 1;
         e->ingest_sid = sid;
         pthread_cond_broadcast(&e->cv_room);
@@ -425,28 +473,45 @@ static void *ingest_lane(void *arg) {
 
         pthread_mutex_lock(&e->compute_mu);
         const double t0 = now_ms();
-        svlm_err err = {0};
-        const float *rows = NULL;
-        int n_rows = 0;
-        svlm_status st = encode_frame(e, ls, &f, &rows, &n_rows, &err);
-        const double t1 = now_ms();
-        if (!st) svlm_stream_note_encode(ls->s, t1 - t0);
-        if (!st) st = svlm_stream_add_frame_tokens(ls->s, f.pts, rows, n_rows, &err);
-        if (st) svlm_stream_note_drop(ls->s); /* a frame that failed is lost: counted with the drops */
+        svlm_status st[MAX_INGEST_BATCH];
+        if (nb == 1) {
+            lane_stream *ls = &e->streams[sid];
+            svlm_err err = {0};
+            const float *rows = NULL;
+            int n_rows = 0;
+            st[0] = encode_frame(e, ls, &fr[0], &rows, &n_rows, &err);
+            const double t1 = now_ms();
+            if (!st[0]) svlm_stream_note_encode(ls->s, t1 - t0);
+            if (!st[0]) st[0] = svlm_stream_add_frame_tokens(ls->s, fr[0].pts, rows, n_rows, &err);
+        } else {
+            ingest_batch(e, sids, fr, nb, st);
+        }
+        for (int i = 0; i < nb; i++) {
+            /* a frame that failed is lost: counted with the drops */
+            if (st[i]) svlm_stream_note_drop(e->streams[sids[i]].s);
+            svlm_frame_release(&fr[i]);
+        }
         pthread_mutex_unlock(&e->compute_mu);
-        svlm_frame_release(&f);
 
         pthread_mutex_lock(&e->mu);
         e->m.ingest_busy_ms += now_ms() - t0;
         e->ingest_busy = 0;
         e->ingest_sid = -1;
+        if (nb > 1) {
+            e->m.ingest_batches++;
+            e->m.ingest_batch_frames += (uint64_t)nb;
+        }
+        for (int i = 0; i < nb; i++) {
+            lane_stream *ls = &e->streams[sids[i]];
+            ls->ingesting = 0;
+            ls->handled++;
+            if (st[i])
+                e->m.frames_dropped++;
+            else
+                e->m.frames_done++;
+            release_pinned(e, sids[i]);
+        }
         pthread_cond_broadcast(&e->cv_idle);
-        ls->handled++;
-        if (st)
-            e->m.frames_dropped++;
-        else
-            e->m.frames_done++;
-        release_pinned(e, sid);
     }
     pthread_mutex_unlock(&e->mu);
     return NULL;
@@ -489,13 +554,21 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (e->p.exact) e->p.decode_batch = 1; /* a replay's answers repeat exactly: one at a time */
     if (!st && e->p.decode_batch > 1)
         st = svlm_llama_batch_create(m, e->k_answer, e->p.decode_batch, &e->batch, err);
+    e->max_idle = CPU_IDLE_CTX;
+    if (e->k_answer && svlm_kernels_is_gpu(e->k_answer))
+        e->max_idle = e->p.decode_batch + 4 < MAX_IDLE_CTX ? e->p.decode_batch + 4 : MAX_IDLE_CTX;
     if (!st && e->batch && !(e->batch_errs = calloc((size_t)e->p.decode_batch, sizeof *e->batch_errs)))
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    /* frames of several streams through the encoder together: a GPU's products fill up */
+    if (e->p.ingest_batch <= 0) e->p.ingest_batch = e->k_ingest && svlm_kernels_is_gpu(e->k_ingest) ? 16 : 1;
+    if (e->p.ingest_batch > MAX_INGEST_BATCH) e->p.ingest_batch = MAX_INGEST_BATCH;
+    if (e->p.exact) e->p.ingest_batch = 1; /* a replay's frames go in order, one at a time */
     if (!st && mp) {
-        st = svlm_vision_ctx_create(mp, e->k_ingest, 1, &e->vc, err);
+        const int B = e->p.ingest_batch;
+        st = svlm_vision_ctx_create(mp, e->k_ingest, B, &e->vc, err);
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
-        e->pixels = malloc((size_t)3 * S * S * sizeof(float));
-        e->embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
+        e->pixels = malloc((size_t)B * 3 * S * S * sizeof(float));
+        e->embd = malloc((size_t)B * T * mp->hp.proj_dim * sizeof(float));
         e->kept_embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
         e->kept = malloc((size_t)T * sizeof *e->kept);
         if (!st && (!e->pixels || !e->embd || !e->kept_embd || !e->kept))
@@ -678,7 +751,7 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     ls->n = 0;
     pthread_cond_broadcast(&e->cv_room);
     /* answers end on the answer lane (also while it is stopping: stop ends every list) */
-    while ((ls->in_flight > 0 || e->ingest_sid == sid) && e->threads_started)
+    while ((ls->in_flight > 0 || e->ingest_sid == sid || ls->ingesting) && e->threads_started)
         pthread_cond_wait(&e->cv_idle, &e->mu);
     svlm_stc_free(ls->stc);
     free(ls->queue);
@@ -744,7 +817,7 @@ svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, 
     q->id = ++e->next_qid;
     if (qid) *qid = q->id;
     lane_stream *ls = &e->streams[sid];
-    q->pin_frames = ls->handled + ls->n + (e->ingest_busy ? 1 : 0);
+    q->pin_frames = ls->handled + ls->n + (ls->ingesting ? 1 : 0);
     if (pin) {
         list_append(&e->pinned, q);
         release_pinned(e, sid);

@@ -5,6 +5,8 @@
  * calls, and on a 2-core machine one core per lane keeps the two from fighting):
  *   ingest lane  takes the next queued frame (streams in turn), encodes it and appends it to its
  *                stream; answered turns join their stream's dialogue here too (deferred joins).
+ *                With params.ingest_batch > 1 (the default on a GPU) it takes the next frames of up
+ *                to that many streams without token compression and encodes them as one batch.
  *   answer lane  a new question first (fork, memory, prefill, first token: time to first token
  *                comes first), otherwise one decode step of the active answers in turn.
  * Ingest never waits for an answer: frames wait in a small queue per stream; a live push into a
@@ -37,6 +39,8 @@ typedef struct svlm_engine_params {
     int decode_batch;   /* answers whose decode steps run as one batch (continuous batching: the
                            weights are read once per step for all of them); default 16, 1 = one
                            answer per step; exact replays always step one at a time */
+    int ingest_batch;   /* frames of different streams encoded together (streams without token
+                           compression; 0: 16 on a GPU, 1 on the CPU; at most 64; exact replays 1) */
     int exact;          /* replays: a pinned question forks only after the earlier answers of its
                            stream joined the dialogue, and that stream's frames wait for the fork
                            (answers then repeat exactly; ingest does wait for answers: not for live) */
@@ -97,6 +101,7 @@ typedef struct svlm_engine_metrics {
     int active_answers, queued_questions, queued_frames;
     double ingest_busy_ms, answer_busy_ms;         /* time each lane spent working */
     uint64_t decode_batches, decode_batch_answers; /* batched decode steps, answers they stepped */
+    uint64_t ingest_batches, ingest_batch_frames;  /* encoder batches of 2+ streams' frames, their frames */
 } svlm_engine_metrics;
 void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out);
 

@@ -91,6 +91,8 @@ def parse_text(out):
         (r'answer_tok_s +' + NUM + ' aggregate, ' + NUM + ' per answer$', lambda m: r.update(answer_tok_s=float(m[1]))),
         (r'lanes_busy +ingest ' + NUM + ' % answer ' + NUM + ' %$',
          lambda m: r.update(ingest_busy=float(m[1]) / 100, answer_busy=float(m[2]) / 100)),
+        (r'ingest_batch +' + NUM + ' frames per encoder batch of several streams; ' + NUM + ' % of frames in them$',
+         lambda m: r.update(ingest_batch_mean=float(m[1]), ingest_batch_share=float(m[2]) / 100)),
         (r'ingest_ms +' + NUM + ' encode ' + NUM + ' prefill per frame$',
          lambda m: r.update(encode_ms_per_frame=float(m[1]), prefill_ms_per_frame=float(m[2]))),
         (r'memory +per stream: KV ' + NUM + ' MiB, memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',
@@ -120,7 +122,7 @@ else:
     if 't=' in p.stderr:
         fails.append('progress lines without a terminal or --progress: %r' % p.stderr[-200:])
 
-p = run(base + ['--json', '--progress', '--no-stc', '--no-memory'])
+p = run(base + ['--json', '--progress', '--no-stc', '--no-memory', '--ingest-batch', '3'])
 if p.returncode != 0:
     fails.append('json run: rc %d %s' % (p.returncode, p.stderr[-400:]))
 else:
@@ -141,7 +143,7 @@ for bad in (['--mmproj', mmproj], ok + ['--streams', '0'], ok + ['--streams', '1
             ok + ['--fps', 'x'], ok + ['--duration', '-1'], ok + ['--warmup', 'nan'], ok + ['--ask-every', '0.001'],
             ok + ['--question-tokens', '0'], ok + ['--answer-tokens', '5000'], ok + ['--threads', '0'],
             ok + ['--backend', 'tpu'], ok + ['--kv', 'q8'], ok + ['--bogus'], ok + ['video.mp4'],
-            ok + ['--memory-dir', tmp], ok + ['--stc', 'maybe'], ok + ['--streams']):
+            ok + ['--memory-dir', tmp], ok + ['--stc', 'maybe'], ok + ['--streams'], ok + ['--ingest-batch', '65']):
     p = run(['bench-streams'] + bad)
     if p.returncode != 2 or not p.stderr.strip():
         fails.append('%s: exit %d, stderr %r (want 2 and a message)' % (bad, p.returncode, p.stderr[-200:]))

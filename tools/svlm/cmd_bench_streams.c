@@ -29,7 +29,8 @@ static void usage(FILE *f) {
         f,
         "usage: svlm bench-streams -m TEXT_GGUF --mmproj MMPROJ_GGUF [--streams N] [--fps F]\n"
         "                          [--duration S] [--warmup W] [--question-tokens Q] [--answer-tokens A]\n"
-        "                          [--ask-every SEC] [--threads K] [--decode-batch B] [--kv f32|f16]\n"
+        "                          [--ask-every SEC] [--threads K] [--decode-batch B] [--ingest-batch B]\n"
+        "                          [--kv f32|f16]\n"
         "                          [--backend B] [--no-stc] [--drain-max SEC] [--progress] [--json]\n"
         "                          [stream controls]\n"
         "N streams each get F frames per second (%dx%d, drawn in-process, a moving box per stream;\n"
@@ -42,6 +43,8 @@ static void usage(FILE *f) {
         "  --ask-every SEC      seconds between one stream's questions (default 10; 0: none)\n"
         "  --threads K          kernel threads of each lane, ingest and answer (default 1)\n"
         "  --decode-batch B     answers decoded together in one step (default 16)\n"
+        "  --ingest-batch B     frames of different streams encoded together (default 0: 16 on a GPU,\n"
+        "                       1 on the CPU; streams with token compression go one at a time)\n"
         "  --kv f32|f16         KV cache type of the streams (default f32)\n"
         "  --no-stc             no token compression (the same as --stc off)\n"
         "  --drain-max SEC      after the window, wait at most this long for the queues (default 30)\n"
@@ -55,7 +58,7 @@ static void usage(FILE *f) {
 
 typedef struct bench_args {
     const char *model, *mmproj, *backend;
-    long long streams, question_tokens, answer_tokens, threads, decode_batch;
+    long long streams, question_tokens, answer_tokens, threads, decode_batch, ingest_batch;
     double fps, duration, warmup, ask_every, drain_max;
     int json, progress;
     svlm_dtype kv;
@@ -90,6 +93,8 @@ typedef struct result {
     double p50, p90, p99, max;
     int64_t asked, started, answered, failed, unanswered;
     double encode_ms, prefill_ms; /* ingest cost of a frame, mean over every frame so far */
+    double ingest_batch_mean;     /* frames per encoder batch of 2+ streams in the window */
+    double ingest_batch_share;    /* share of the window's frames encoded in such batches */
     int question_tokens, keeps_up;
     size_t kv_per_stream, bank_per_stream, rss;
 } result;
@@ -137,6 +142,7 @@ static int takes_value(const char *f) {
                                         "--answer-tokens",
                                         "--ask-every",
                                         "--decode-batch",
+                                        "--ingest-batch",
                                         "--drain-max"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (!strcmp(f, flags[i])) return 1;
@@ -163,6 +169,7 @@ static int parse_value(bench_args *a, const char *f, const char *v) {
     if (!strcmp(f, "--answer-tokens")) return cli_int(f, v, 1, 1024, &a->answer_tokens);
     if (!strcmp(f, "--threads") || !strcmp(f, "-t")) return cli_int(f, v, 1, 1024, &a->threads);
     if (!strcmp(f, "--decode-batch")) return cli_int(f, v, 1, 1024, &a->decode_batch);
+    if (!strcmp(f, "--ingest-batch")) return cli_int(f, v, 0, 64, &a->ingest_batch);
     if (!strcmp(f, "--fps")) return cli_float(f, v, 0.01, 120, &a->fps);
     if (!strcmp(f, "--duration")) return cli_float(f, v, 0.1, 86400, &a->duration);
     if (!strcmp(f, "--warmup")) return cli_float(f, v, 0, 3600, &a->warmup);
@@ -539,6 +546,10 @@ static svlm_status produce(run_ctx *r, result *res, svlm_err *err) {
     res->pushed = j - pushed0;
     res->ingest_busy = (m1.ingest_busy_ms - m0.ingest_busy_ms) / (res->secs * 1e3);
     res->answer_busy = (m1.answer_busy_ms - m0.answer_busy_ms) / (res->secs * 1e3);
+    const uint64_t nbat = m1.ingest_batches - m0.ingest_batches,
+                   nfr = m1.ingest_batch_frames - m0.ingest_batch_frames;
+    res->ingest_batch_mean = nbat ? (double)nfr / (double)nbat : 0;
+    res->ingest_batch_share = res->frames > 0 ? (double)nfr / (double)res->frames : 0;
     stream_figures(r, res);
     res->rss = rss_bytes();
     return SVLM_OK;
@@ -618,6 +629,8 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     json_num("encode_ms_per_frame", r->encode_ms, 1);
     json_num("prefill_ms_per_frame", r->prefill_ms, 1);
     json_num("ingest_busy", r->ingest_busy, 1);
+    json_num("ingest_batch_mean", r->ingest_batch_mean, 1);
+    json_num("ingest_batch_share", r->ingest_batch_share, 1);
     json_num("answer_busy", r->answer_busy, 1);
     json_num("producer_lag_max_ms", r->lag_max_ms, 1);
     json_num("drain_s", r->drain_s, 1);
@@ -648,6 +661,8 @@ static void report_text(const bench_args *a, const result *r, const char *backen
     printf("answer_tok_s     %.1f aggregate, %.1f per answer\n", r->tok_s,
            isfinite(r->tok_s_per_answer) ? r->tok_s_per_answer : 0.0);
     printf("lanes_busy       ingest %.1f %% answer %.1f %%\n", 100 * r->ingest_busy, 100 * r->answer_busy);
+    printf("ingest_batch     %.1f frames per encoder batch of several streams; %.0f %% of frames in them\n",
+           r->ingest_batch_mean, 100 * r->ingest_batch_share);
     printf("ingest_ms        %.2f encode %.2f prefill per frame\n",
            isfinite(r->encode_ms) ? r->encode_ms : 0.0, isfinite(r->prefill_ms) ? r->prefill_ms : 0.0);
     printf("memory           per stream: KV %.2f MiB, memory bank %.2f MiB; process %.1f MiB resident\n",
@@ -727,6 +742,7 @@ int cmd_bench_streams(int argc, char **argv) {
                              .frame_queue = (int)a.sf.queue,
                              .max_streams = (int)a.streams,
                              .decode_batch = (int)a.decode_batch,
+                             .ingest_batch = (int)a.ingest_batch,
                              .stc = &a.sf.stc};
     if (svlm_engine_create(model, mp, &ep, &r.e, &err) || open_streams(&r, mp, res.question_tokens, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);

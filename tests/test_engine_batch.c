@@ -1,0 +1,149 @@
+/*
+ * The engine's ingest lane with frames of several streams encoded as one batch
+ * (svlm_engine_params.ingest_batch, the default on a GPU), on the CPU with the vision-tiny models
+ * (SVLM_TEST_DATA): the same frames pushed to three streams with batches of 1 and of 3 must give
+ * every stream the same frames and tokens of each kind, answers to questions on the streams, no
+ * drops, and batches that did form; and a stream removed while its frames queue leaves the
+ * others whole.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llm/llama.h"
+#include "pipeline/source_backend.h"
+#include "pipeline/stream_engine.h"
+#include "test.h"
+#include "vision/mmproj.h"
+
+enum { N_STREAMS = 3, N_FRAMES = 4, W = 96, H = 64 };
+
+/* Frame k of stream s: a gradient with a box that moves with k, in a colour of s. */
+static void make_frame(svlm_frame *f, int s, int k) {
+    svlm_err err = {0};
+    REQUIRE(svlm_frame_alloc(f, W, H, &err) == SVLM_OK, "%s", err.msg);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            uint8_t *p = f->data + (size_t)y * f->stride + (size_t)x * 3;
+            int box = x >= 10 + 12 * k && x < 30 + 12 * k && y >= 20 && y < 40;
+            p[0] = (uint8_t)(box ? 60 * s + 40 : x * 2);
+            p[1] = (uint8_t)(box ? 200 - 50 * s : y * 3);
+            p[2] = (uint8_t)((x + y + 37 * s) & 255);
+        }
+    f->pts = 0.5 * k;
+}
+
+typedef struct answers {
+    int done, ok;
+} answers;
+
+static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer,
+                    const svlm_answer_metrics *am, const char *err_msg) {
+    (void)qid, (void)answer, (void)am, (void)err_msg;
+    answers *a = user;
+    __atomic_add_fetch(&a->done, 1, __ATOMIC_SEQ_CST);
+    if (st == SVLM_OK) __atomic_add_fetch(&a->ok, 1, __ATOMIC_SEQ_CST);
+}
+
+typedef struct run_result {
+    svlm_stream_metrics sm[N_STREAMS];
+    svlm_engine_metrics em;
+    answers ans;
+} run_result;
+
+static void run(svlm_llama *m, const svlm_mmproj *mp, int batch, int remove_middle, run_result *r) {
+    svlm_err err = {0};
+    svlm_stc_controls stc;
+    svlm_stc_controls_default(&stc);
+    stc.enabled = 0; /* batches take streams without token compression */
+    svlm_engine_params ep = {
+        .frame_queue = N_FRAMES, .max_streams = N_STREAMS, .ingest_batch = batch, .stc = &stc};
+    svlm_engine *e = NULL;
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream *s[N_STREAMS];
+    int sid[N_STREAMS];
+    svlm_stream_params sp = {.sink_tokens = 16,
+                             .vision_tokens = 8 * mp->hp.tokens_per_tile,
+                             .text_tokens = 64,
+                             .rows_per_frame = mp->hp.tokens_per_tile,
+                             .kv_type = SVLM_F32};
+    for (int i = 0; i < N_STREAMS; i++)
+        REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
+                err.msg);
+    /* all frames queued first (the lane may already take some): batches form when it falls behind */
+    for (int k = 0; k < N_FRAMES; k++)
+        for (int i = 0; i < N_STREAMS; i++) {
+            svlm_frame f;
+            make_frame(&f, i, k);
+            REQUIRE(svlm_engine_push_frame(e, sid[i], &f, 1, &err) == SVLM_OK, "%s", err.msg);
+        }
+    if (remove_middle) svlm_engine_remove_stream(e, sid[1]);
+    svlm_engine_drain(e);
+    memset(r, 0, sizeof *r);
+    for (int i = 0; i < N_STREAMS; i++) {
+        if (remove_middle && i == 1) continue;
+        svlm_ask_opts o = {.max_tokens = 4};
+        REQUIRE(svlm_engine_ask(e, sid[i], "What moves?", &o, 1, NULL, on_done, &r->ans, NULL, &err) ==
+                    SVLM_OK,
+                "%s", err.msg);
+    }
+    svlm_engine_drain(e);
+    svlm_engine_metrics_get(e, &r->em);
+    svlm_engine_stop(e);
+    for (int i = 0; i < N_STREAMS; i++) {
+        svlm_stream_metrics_get(s[i], &r->sm[i]);
+        svlm_stream_free(s[i]);
+    }
+    svlm_engine_free(e);
+}
+
+int test_main(void) {
+    const char *tp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf");
+    const char *mpp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf");
+    if (!tp || !mpp) SKIP("test data folder not found (set SVLM_TEST_DATA): no vision-tiny models");
+    setenv("SVLM_BACKEND", "cpu", 1);
+    svlm_err err = {0};
+    svlm_llama *m = NULL;
+    svlm_mmproj *mp = NULL;
+    REQUIRE(svlm_llama_load(tp, &m, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_mmproj_load(mpp, &mp, &err) == SVLM_OK, "%s", err.msg);
+
+    run_result one, three;
+    run(m, mp, 1, 0, &one);
+    run(m, mp, 3, 0, &three);
+    for (int i = 0; i < N_STREAMS; i++) {
+        CHECK(one.sm[i].frames_in == N_FRAMES && three.sm[i].frames_in == N_FRAMES,
+              "stream %d ingested %lld frames one at a time, %lld in batches (want %d)", i,
+              (long long)one.sm[i].frames_in, (long long)three.sm[i].frames_in, N_FRAMES);
+        for (int kind = 0; kind < SVLM_KV_N_KINDS; kind++)
+            CHECK(one.sm[i].tokens[kind] == three.sm[i].tokens[kind],
+                  "stream %d: %d tokens of kind %d one at a time, %d in batches", i, one.sm[i].tokens[kind],
+                  kind, three.sm[i].tokens[kind]);
+    }
+    CHECK(one.em.frames_done == N_STREAMS * N_FRAMES && three.em.frames_done == N_STREAMS * N_FRAMES,
+          "frames done: %lld and %lld", (long long)one.em.frames_done, (long long)three.em.frames_done);
+    CHECK(one.em.frames_dropped == 0 && three.em.frames_dropped == 0, "dropped frames");
+    CHECK(one.em.ingest_batches == 0, "batches of 1 made %llu batches",
+          (unsigned long long)one.em.ingest_batches);
+    CHECK(three.em.ingest_batches > 0 && three.em.ingest_batch_frames <= 3 * three.em.ingest_batches,
+          "batches of 3: %llu batches of %llu frames", (unsigned long long)three.em.ingest_batches,
+          (unsigned long long)three.em.ingest_batch_frames);
+    CHECK(one.ans.ok == N_STREAMS && three.ans.ok == N_STREAMS, "answers: %d and %d of %d", one.ans.ok,
+          three.ans.ok, N_STREAMS);
+    printf("3 streams x %d frames: one at a time and in batches of 3 (%llu batches, %llu frames) ingest the "
+           "same "
+           "frames and tokens; %d + %d answers\n",
+           N_FRAMES, (unsigned long long)three.em.ingest_batches,
+           (unsigned long long)three.em.ingest_batch_frames, one.ans.ok, three.ans.ok);
+
+    run_result rm;
+    run(m, mp, 3, 1, &rm);
+    CHECK(rm.sm[0].frames_in == N_FRAMES && rm.sm[2].frames_in == N_FRAMES,
+          "with the middle stream removed, the others ingested %lld and %lld frames",
+          (long long)rm.sm[0].frames_in, (long long)rm.sm[2].frames_in);
+    CHECK(rm.ans.ok == 2, "answers with the middle stream removed: %d", rm.ans.ok);
+
+    svlm_mmproj_free(mp);
+    svlm_llama_free(m);
+    return 0;
+}
