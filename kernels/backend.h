@@ -32,6 +32,7 @@ typedef struct backend_ops {
     void (*sync)(svlm_kernels *k);                            /* NULL: nothing to wait for */
     void (*copy)(svlm_kernels *k, void *dst, const void *src, size_t bytes);
     void (*store)(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n);
+    void (*load)(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n);
     void (*round_f16)(svlm_kernels *k, float *x, int64_t n);
     void (*gather_rows)(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                         int64_t dim);

@@ -80,6 +80,9 @@ void svlm_k_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
 void svlm_k_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
     if (n > 0) k->ops->store(k, dst, dst_type, src, n);
 }
+void svlm_k_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
+    if (n > 0) k->ops->load(k, dst, src, src_type, n);
+}
 void svlm_k_round_f16(svlm_kernels *k, float *x, int64_t n) {
     if (n > 0) k->ops->round_f16(k, x, n);
 }

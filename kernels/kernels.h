@@ -87,6 +87,9 @@ void svlm_k_sync(svlm_kernels *k);
 void svlm_k_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes);
 /* dst[i] = src[i] stored as dst_type: SVLM_F32, or SVLM_F16 rounded to nearest even. */
 void svlm_k_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n);
+/* dst[i] = src[i] as f32, src stored as src_type (SVLM_F32 or SVLM_F16; any memory): the
+ * inverse of svlm_k_store, so rows kept as f16 on the host convert where they are used. */
+void svlm_k_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n);
 /* x[i] = f32(f16(x[i])): values as a float16 computation would see them. */
 void svlm_k_round_f16(svlm_kernels *k, float *x, int64_t n);
 /* Row i of dst = row idx[i] of src, rows of dim floats (idx: n entries, any memory). dst must

@@ -213,6 +213,16 @@ static void cpu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const flo
         memmove(dst, src, sizeof(float) * (size_t)n);
     }
 }
+static void cpu_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
+    (void)k;
+    if (src_type == SVLM_F16) {
+        const svlm_f16 *s = src;
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = svlm_f16_to_f32(s[i]);
+    } else {
+        memmove(dst, src, sizeof(float) * (size_t)n);
+    }
+}
 static void cpu_round_f16(svlm_kernels *k, float *x, int64_t n) {
     (void)k;
     svlm_f16_round(x, (size_t)n);
@@ -246,6 +256,7 @@ static const backend_ops cpu_ops = {
     .free = cpu_free,
     .copy = cpu_copy,
     .store = cpu_store,
+    .load = cpu_load,
     .round_f16 = cpu_round_f16,
     .gather_rows = cpu_gather_rows,
     .gelu_tanh_f16 = cpu_gelu_tanh_f16,

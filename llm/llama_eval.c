@@ -139,39 +139,50 @@ static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **em
     }
 }
 
+/* Copies rows [a, a + m) of one layer's keys (v = 0) or values (v = 1) of seq, as stored, into
+ * dst (host memory), a run of adjacent rows at a time. */
+static void gather_page_rows(const svlm_kv_seq *seq, int layer, int v, int a, int m, size_t row_bytes,
+                             uint8_t *dst) {
+    for (int i = 0; i < m;) {
+        const uint8_t *first =
+            v ? svlm_kv_seq_v_row(seq, layer, a + i) : svlm_kv_seq_k_row(seq, layer, a + i);
+        int n = 1;
+        while (i + n < m && (const uint8_t *)(v ? svlm_kv_seq_v_row(seq, layer, a + i + n)
+                                                : svlm_kv_seq_k_row(seq, layer, a + i + n)) ==
+                                first + (size_t)n * row_bytes)
+            n++;
+        memcpy(dst + (size_t)i * row_bytes, first, (size_t)n * row_bytes);
+        i += n;
+    }
+}
+
 /*
  * Brings rows [from, to) of one layer of the working copy up to date with the sequence: keys
- * are stored before RoPE in the pages and rotated here to their current positions.
+ * are stored before RoPE in the pages and rotated here to their current positions. The rows
+ * cross as stored (f16 pages: half the bytes) and are converted by the kernels.
  */
 void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to) {
     const svlm_llama_hparams *hp = &c->m->hp;
     const svlm_dtype page_type = svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    float *host = c->host_rows; /* n_batch rows of 2 * kvd floats: keys, then values */
+    const size_t row_bytes = kvd * (page_type == SVLM_F16 ? 2 : 4);
+    uint8_t *host = (uint8_t *)c->host_rows; /* n_batch rows of 2 * kvd floats */
     for (int a = from; a < to; a += c->n_batch) {
         const int m = to - a < c->n_batch ? to - a : c->n_batch;
-        for (int i = 0; i < m; i++) {
-            svlm_dequantize_row(page_type, svlm_kv_seq_k_row(seq, layer, a + i), host + i * kvd,
-                                (int64_t)kvd);
+        for (int i = 0; i < m; i++)
             c->stage_pos[i] = svlm_kv_seq_pos(seq, a + i);
-        }
-        svlm_k_copy(c->k, c->stage, host, (size_t)m * kvd * sizeof(float));
+        gather_page_rows(seq, layer, 0, a, m, row_bytes, host);
+        svlm_k_load(c->k, c->stage, host, page_type, (int64_t)m * (int64_t)kvd);
         svlm_k_copy(c->k, c->stage_pos_k, c->stage_pos, (size_t)m * sizeof(int32_t));
         svlm_k_rope(c->k, c->stage, m, hp->n_head_kv, hp->head_dim, hp->n_rot, c->stage_pos_k, hp->rope_base,
                     hp->rope_neox);
         llama_store_rows(c, c->k_cache[layer], c->stage, a, m, kvd);
-        uint8_t *vdst = (uint8_t *)c->v_cache[layer] + (size_t)a * kvd * c->kv_elt;
-        if (page_type == c->kv_type) { /* rows gathered on the host, one copy across */
-            uint8_t *h = (uint8_t *)host;
-            for (int i = 0; i < m; i++)
-                memcpy(h + (size_t)i * kvd * c->kv_elt, svlm_kv_seq_v_row(seq, layer, a + i),
-                       kvd * c->kv_elt);
-            svlm_k_copy(c->k, vdst, h, (size_t)m * kvd * c->kv_elt);
+        gather_page_rows(seq, layer, 1, a, m, row_bytes, host);
+        if (page_type == c->kv_type) { /* the working copy keeps the pages' type: one copy across */
+            svlm_k_copy(c->k, (uint8_t *)c->v_cache[layer] + (size_t)a * kvd * c->kv_elt, host,
+                        (size_t)m * row_bytes);
         } else {
-            for (int i = 0; i < m; i++)
-                svlm_dequantize_row(page_type, svlm_kv_seq_v_row(seq, layer, a + i), host + i * kvd,
-                                    (int64_t)kvd);
-            svlm_k_copy(c->k, c->stage, host, (size_t)m * kvd * sizeof(float));
+            svlm_k_load(c->k, c->stage, host, page_type, (int64_t)m * (int64_t)kvd);
             llama_store_rows(c, c->v_cache[layer], c->stage, a, m, kvd);
         }
     }

@@ -1,6 +1,6 @@
 /*
  * The CUDA backend's data ops and deferred mode against the CPU backend: svlm_k_copy between
- * host memory and svlm_k_alloc buffers, svlm_k_store (f32, f16), svlm_k_round_f16,
+ * host memory and svlm_k_alloc buffers, svlm_k_store and svlm_k_load (f32, f16), svlm_k_round_f16,
  * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, svlm_k_attention_multi, and chains of ops run with svlm_k_defer
  * on, which must give exactly what the same chain gives op by op.
  *
@@ -92,6 +92,21 @@ static void test_store_round(void) {
     svlm_k_copy(G, hg, gh + 64, sizeof hg);
     CHECK(!memcmp(hg, hc, sizeof hg), "store f16 differs from the CPU's");
     float *gf = galloc(sizeof(float) * N), *fb = host_floats(N, 0.0f);
+    /* and back: svlm_k_load from device f16, host f16 (staged) and f32 */
+    float *lc = host_floats(N, 0.0f), *lg = galloc(sizeof(float) * N);
+    svlm_k_load(C, lc, hc, SVLM_F16, N);
+    svlm_k_load(G, lg, gh + 64, SVLM_F16, N);
+    svlm_k_copy(G, fb, lg, sizeof(float) * N);
+    CHECK(!memcmp(fb, lc, sizeof(float) * N), "load f16 (device) differs from the CPU's");
+    memset(fb, 0, sizeof(float) * N);
+    svlm_k_load(G, fb, hc, SVLM_F16, N);
+    CHECK(!memcmp(fb, lc, sizeof(float) * N),
+          "load f16 (host source and destination) differs from the CPU's");
+    svlm_k_load(G, lg, src, SVLM_F32, N);
+    svlm_k_copy(G, fb, lg, sizeof(float) * N);
+    CHECK(!memcmp(fb, src, sizeof(float) * N), "load f32 is not a copy");
+    svlm_k_free(G, lg);
+    free(lc);
     svlm_k_store(G, gf, SVLM_F32, gs, N);
     svlm_k_copy(G, fb, gf, sizeof(float) * N);
     CHECK(!memcmp(fb, src, sizeof(float) * N), "store f32 is not a copy");
@@ -112,7 +127,7 @@ static void test_store_round(void) {
     free(src);
     free(fb);
     free(rc);
-    printf("store f16/f32, round_f16: exact\n");
+    printf("store f16/f32, load f16/f32, round_f16: exact\n");
 }
 
 static void test_gather_gelu(void) {

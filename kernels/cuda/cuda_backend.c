@@ -290,6 +290,19 @@ static void cu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const floa
     cu_done(k, "store");
 }
 
+static void cu_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
+    cu_begin(k);
+    const size_t elt = src_type == SVLM_F16 ? 2 : 4;
+    const void *ds = cu_in(k, 0, src, elt * (size_t)n);
+    float *dd = cu_out(k, 1, dst, sizeof(float) * (size_t)n, 0);
+    if (src_type == SVLM_F16)
+        cu_check(svlm_cu_load_f16(CU(k)->stream, dd, ds, n), "load (f16)");
+    else
+        cu_check(cudaMemcpyAsync(dd, ds, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, CU(k)->stream),
+                 "load (f32)");
+    cu_done(k, "load");
+}
+
 static void cu_round_f16(svlm_kernels *k, float *x, int64_t n) {
     cu_begin(k);
     float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)n, 1);
@@ -380,6 +393,7 @@ static const backend_ops cuda_ops = {
     .sync = cu_sync,
     .copy = cu_copy,
     .store = cu_store,
+    .load = cu_load,
     .round_f16 = cu_round_f16,
     .gather_rows = cu_gather_rows,
     .gelu_tanh_f16 = cu_gelu_tanh_f16,

@@ -21,6 +21,11 @@ __global__ void store_f16_kernel(__half *y, const float *x, int64_t n) {
     if (i < n) y[i] = __float2half_rn(x[i]);
 }
 
+__global__ void load_f16_kernel(float *y, const __half *x, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __half2float(x[i]);
+}
+
 __global__ void round_f16_kernel(float *x, int64_t n) {
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i < n) x[i] = round_f16(x[i]);
@@ -55,6 +60,11 @@ unsigned blocks_for(int64_t n, int threads) {
 
 extern "C" int svlm_cu_store_f16(cudaStream_t s, void *y, const float *x, int64_t n) {
     if (n > 0) store_f16_kernel<<<blocks_for(n, 256), 256, 0, s>>>((__half *)y, x, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_load_f16(cudaStream_t s, float *y, const void *x, int64_t n) {
+    if (n > 0) load_f16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(y, (const __half *)x, n);
     return (int)cudaGetLastError();
 }
 

@@ -59,6 +59,7 @@ int svlm_cu_attention_multi(cudaStream_t s, const svlm_cu_attn_item *items, int 
 /* Data movement (cuda_data.cu): f32 -> f16 stores, rounding through f16, the f16-table GELU,
  * row gathers (dst row i = src row idx[i], idx on the device). */
 int svlm_cu_store_f16(cudaStream_t s, void *y, const float *x, int64_t n);
+int svlm_cu_load_f16(cudaStream_t s, float *y, const void *x, int64_t n);
 int svlm_cu_round_f16(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_gather_rows(cudaStream_t s, float *dst, const float *src, const int32_t *idx, int64_t n,
