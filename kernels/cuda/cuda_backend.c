@@ -29,6 +29,10 @@ void cu_check_blas(cublasStatus_t st, const char *what) {
 /* The address the GPU may use for p, or NULL when p is plain host memory. *host_side is set
  * when p is host memory of either kind (plain, or pinned and mapped). */
 static const void *device_view_of(const void *p, int *host_side) {
+    if (cu_ranges_contain(p)) { /* an svlm_k_alloc buffer: no driver call */
+        *host_side = 0;
+        return p;
+    }
     struct cudaPointerAttributes a;
     *host_side = 1;
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
@@ -346,12 +350,14 @@ static void *cu_alloc(svlm_kernels *k, size_t bytes) {
         return NULL;
     }
     memset(p, 0, rounded ? rounded : 256);
+    (void)cu_ranges_add(p, rounded ? rounded : 256);
     return p;
 }
 
 static void cu_free(svlm_kernels *k, void *p) {
     if (!p) return;
     cu_begin(k);
+    cu_ranges_remove(p);
     cu_check(cudaFree(p), "cudaFree");
 }
 

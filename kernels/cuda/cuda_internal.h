@@ -74,6 +74,12 @@ void cu_weights_retain(void);
 void cu_weights_release(void);
 void cu_weights_forget(svlm_kernels *k, const void *host);
 
+/* The managed allocations of svlm_k_alloc (cuda_ranges.c): device-accessible pointers known
+ * without a driver call. add returns 0 when out of memory (the pointer is then simply unknown). */
+int cu_ranges_add(const void *p, size_t bytes);
+void cu_ranges_remove(const void *p);
+int cu_ranges_contain(const void *p);
+
 /* Every op starts with it: selects the backend's GPU for this thread, starts the op's timer. */
 void cu_begin(svlm_kernels *k);
 /* The profile (cuda_profile.c): op timers, and the table printed when the backend goes. */

@@ -183,8 +183,26 @@ static const void *readable(const void *p) {
     return NULL;
 }
 
+/* The uploaded, still valid copy of (host, bytes) on this device, or NULL. Under the lock. */
+static const void *cached(const void *host, size_t bytes, int device) {
+    if (!cap) return NULL;
+    size_t s = slot_of(host, bytes);
+    while (table[s].host) {
+        if (table[s].host == host && table[s].bytes == bytes && table[s].device == device)
+            return table[s].dev && still_valid(&table[s]) ? table[s].dev : NULL;
+        s = (s + 1) & (cap - 1);
+    }
+    return NULL;
+}
+
 const void *cu_weight(svlm_kernels *k, const void *host, size_t bytes) {
     if (!host || !bytes) return host;
+    if (cu_ranges_contain(host)) return host; /* an svlm_k_alloc buffer */
+    /* a weight seen before: no driver call (decode steps look up hundreds) */
+    pthread_mutex_lock(&lock);
+    const void *hit = cached(host, bytes, CU(k)->device);
+    pthread_mutex_unlock(&lock);
+    if (hit) return hit;
     const void *d = readable(host);
     if (d) return d;
     pthread_mutex_lock(&lock);
