@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/err.h"
+#include "common/threadpool.h"
 #include "vision/preprocess.h"
 
 /* answer contexts kept for reuse: a few on the CPU; on a GPU a batch's worth, since making one
@@ -56,6 +58,8 @@ struct svlm_engine {
     svlm_llama_batch *batch; /* decode steps of several answers at once (NULL: one at a time) */
     svlm_err *batch_errs;    /* one per answer of a batch (kept off the lane's stack: ~0.5 KB each) */
     svlm_vision_ctx *vc;
+    svlm_pool *pre_pool; /* preprocesses a batch's frames in parallel (NULL: one by one) */
+    struct pre_job *pre_job;
     float *pixels, *embd, *kept_embd; /* pixels, embd: ingest_batch tiles */
     int32_t *kept;
     svlm_stc_controls stc;
@@ -370,8 +374,25 @@ static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_fram
     return st;
 }
 
-/* Frames of nb streams without token compression: preprocessed one by one, encoded as one batch,
- * then appended each to its stream. st[i]: frame i's outcome. */
+struct pre_job {
+    svlm_engine *e;
+    const svlm_frame *fr;
+    svlm_status *st;
+    svlm_err err[MAX_INGEST_BATCH];
+};
+typedef struct pre_job pre_job;
+
+static void pre_task(void *ctx, int i, int thread) {
+    (void)thread;
+    pre_job *j = ctx;
+    const svlm_mmproj_hparams *hp = &j->e->mp->hp;
+    const size_t tile = (size_t)3 * hp->image_size * hp->image_size;
+    j->st[i] = preprocess_frame(j->e, &j->fr[i], j->e->pixels + (size_t)i * tile, &j->err[i]);
+}
+
+/* Frames of nb streams without token compression: preprocessed (in parallel with a pool: resizing
+ * costs the host ~10 ms a frame), encoded as one batch, then appended each to its stream.
+ * st[i]: frame i's outcome. */
 static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, int nb, svlm_status *st) {
     const svlm_mmproj *mp = e->mp;
     const size_t tile = (size_t)3 * mp->hp.image_size * mp->hp.image_size;
@@ -380,10 +401,28 @@ static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, 
     int slot[MAX_INGEST_BATCH], n_ok = 0;
     svlm_err err = {0};
     const double t0 = now_ms();
-    for (int i = 0; i < nb; i++) {
-        st[i] = e->vc ? preprocess_frame(e, &fr[i], e->pixels + (size_t)n_ok * tile, &err)
-                      : svlm_fail(&err, SVLM_E_INVALID, "the engine has no vision model");
-        slot[i] = st[i] ? -1 : n_ok++;
+    if (!e->vc) {
+        for (int i = 0; i < nb; i++)
+            st[i] = svlm_fail(&err, SVLM_E_INVALID, "the engine has no vision model");
+        return;
+    }
+    pre_job *job = e->pre_job; /* the ingest lane's own: one batch at a time */
+    job->e = e;
+    job->fr = fr;
+    job->st = st;
+    if (e->pre_pool)
+        svlm_pool_run(e->pre_pool, pre_task, job, nb);
+    else
+        for (int i = 0; i < nb; i++)
+            pre_task(job, i, 0);
+    for (int i = 0; i < nb; i++) { /* failed frames leave holes: close them up */
+        if (st[i]) {
+            slot[i] = -1;
+            continue;
+        }
+        if (n_ok != i)
+            memmove(e->pixels + (size_t)n_ok * tile, e->pixels + (size_t)i * tile, sizeof(float) * tile);
+        slot[i] = n_ok++;
     }
     svlm_status enc = n_ok ? svlm_vision_encode(e->vc, e->pixels, n_ok, e->embd, &err) : SVLM_OK;
     const double per_frame = n_ok ? (now_ms() - t0) / n_ok : 0;
@@ -563,6 +602,14 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (e->p.ingest_batch <= 0) e->p.ingest_batch = e->k_ingest && svlm_kernels_is_gpu(e->k_ingest) ? 16 : 1;
     if (e->p.ingest_batch > MAX_INGEST_BATCH) e->p.ingest_batch = MAX_INGEST_BATCH;
     if (e->p.exact) e->p.ingest_batch = 1; /* a replay's frames go in order, one at a time */
+    if (!st && mp && e->p.ingest_batch > 1) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* two cores stay with the lanes */
+        int n = cpus > 4 ? (int)cpus - 2 : 2;
+        if (n > e->p.ingest_batch) n = e->p.ingest_batch;
+        if (n > 1) st = svlm_pool_create(n, &e->pre_pool, err);
+    }
+    if (!st && mp && !(e->pre_job = calloc(1, sizeof *e->pre_job)))
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st && mp) {
         const int B = e->p.ingest_batch;
         st = svlm_vision_ctx_create(mp, e->k_ingest, B, &e->vc, err);
@@ -644,6 +691,8 @@ void svlm_engine_free(svlm_engine *e) {
         svlm_llama_ctx_free(e->idle[i].ctx);
     free(e->streams);
     svlm_vision_ctx_free(e->vc);
+    if (e->pre_pool) svlm_pool_destroy(e->pre_pool);
+    free(e->pre_job);
     free(e->pixels);
     free(e->embd);
     free(e->kept_embd);
