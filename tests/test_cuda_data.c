@@ -1,8 +1,8 @@
 /*
  * The CUDA backend's data ops and deferred mode against the CPU backend: svlm_k_copy between
  * host memory and svlm_k_alloc buffers, svlm_k_store and svlm_k_load (f32, f16), svlm_k_round_f16,
- * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, svlm_k_attention_multi, and chains of ops run with svlm_k_defer
- * on, which must give exactly what the same chain gives op by op.
+ * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, svlm_k_attention_multi, matmul_multi's one-launch products, and
+ * chains of ops run with svlm_k_defer on, which must give exactly what the same chain gives op by op.
  *
  * Tolerances: copies, stores, roundings and gathers are exact (IEEE round-to-nearest-even on both
  * sides); the f16-table GELU may differ by one f16 step where the two backends' expf differ by an
@@ -337,6 +337,84 @@ static void test_attention_multi(void) {
     }
 }
 
+/* q/k/v-like products of weights alike (matmul_multi into svlm_k_alloc outputs: one launch on a
+ * GPU) equal the same products one by one on the same backend (1e-6 of the largest output), and
+ * the CPU's within the decode products' tolerance (8-bit activations on the CPU: 2e-2). */
+static void test_matvec_together(void) {
+    enum { COLS = 512, NW = 3 };
+    const int64_t rows[NW] = {96, 32, 32};
+    const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_F16, SVLM_Q6_K};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        const svlm_dtype type = types[t];
+        const size_t rb = svlm_row_bytes(type, COLS);
+        svlm_weight w[NW];
+        const svlm_weight *ws[NW];
+        void *data[NW];
+        float *row = host_floats(COLS, 1.0f);
+        for (int i = 0; i < NW; i++) {
+            data[i] = malloc(rb * (size_t)rows[i]);
+            REQUIRE(data[i], "out of memory");
+            for (int64_t r = 0; r < rows[i]; r++) {
+                for (int c = 0; c < COLS; c++)
+                    row[c] = frand();
+                REQUIRE(!svlm_quantize_row(type, row, (char *)data[i] + (size_t)r * rb, COLS), "quantize");
+            }
+            w[i] = (svlm_weight){type, rows[i], COLS, data[i], rb};
+            ws[i] = &w[i];
+        }
+        for (int n = 1; n <= 5; n += 4) {
+            float *x = host_floats((int64_t)n * COLS, 1.0f), *xg = galloc(sizeof(float) * n * COLS);
+            svlm_k_copy(G, xg, x, sizeof(float) * n * COLS);
+            float *yt[NW], *y1[NW], *yc[NW], *h1 = host_floats(n * 96, 0), *ht = host_floats(n * 96, 0);
+            for (int i = 0; i < NW; i++) {
+                yt[i] = galloc(sizeof(float) * n * rows[i]);
+                y1[i] = galloc(sizeof(float) * n * rows[i]);
+                yc[i] = host_floats(n * rows[i], 0.0f);
+            }
+            svlm_k_matmul_multi(G, ws, NW, xg, n, yt);
+            for (int i = 0; i < NW; i++)
+                svlm_k_matmul(G, &w[i], xg, n, y1[i]);
+            svlm_k_matmul_multi(C, ws, NW, x, n, yc);
+            double worst = 0;
+            for (int i = 0; i < NW; i++) {
+                svlm_k_copy(G, ht, yt[i], sizeof(float) * n * rows[i]);
+                svlm_k_copy(G, h1, y1[i], sizeof(float) * n * rows[i]);
+                double ymax = 0, d = 0, d1 = 0;
+                for (int64_t j = 0; j < n * rows[i]; j++) {
+                    ymax = fmax(ymax, fabs(yc[i][j]));
+                    d = fmax(d, fabs((double)ht[j] - yc[i][j]));
+                    d1 = fmax(d1, fabs((double)ht[j] - h1[j]));
+                }
+                /* the same per-row arithmetic: equal up to the compiler's choice of contractions */
+                CHECK(d1 <= 1e-6 * fmax(ymax, 1e-30),
+                      "%s n=%d weight %d: together and one by one differ by %g", svlm_dtype_get(type)->name,
+                      n, i, d1);
+                worst = fmax(worst, d / fmax(ymax, 1e-30));
+            }
+            printf(
+                "matmul_multi %s n=%d into k_alloc outputs: equal to one by one; |gpu - cpu| / max|y| %.3g "
+                "(tolerance 2e-2)\n",
+                svlm_dtype_get(type)->name, n, worst);
+            CHECK(worst <= 2e-2, "%s n=%d: products together differ from the CPU by %g",
+                  svlm_dtype_get(type)->name, n, worst);
+            for (int i = 0; i < NW; i++) {
+                svlm_k_free(G, yt[i]);
+                svlm_k_free(G, y1[i]);
+                free(yc[i]);
+            }
+            svlm_k_free(G, xg);
+            free(x);
+            free(h1);
+            free(ht);
+        }
+        for (int i = 0; i < NW; i++) {
+            svlm_k_forget(G, data[i]);
+            free(data[i]);
+        }
+        free(row);
+    }
+}
+
 int test_main(void) {
     svlm_err err = {0};
     svlm_status st;
@@ -358,6 +436,7 @@ int test_main(void) {
     test_gather_gelu();
     test_deferred_chain();
     test_attention_multi();
+    test_matvec_together();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);
     return 0;

@@ -81,11 +81,38 @@ void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n,
     cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul (matvec)" : "matmul (cuBLAS)");
 }
 
+/* Decode-sized products of weights alike (type, width, row size) into device-accessible outputs:
+ * one launch for all of them. Returns 0 when they do not qualify. */
+static int matvec_together(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *dx, int64_t n,
+                           float *const *ys) {
+    if (n > SVLM_CU_MATVEC_MAX || n_w < 2 || n_w > SVLM_CU_MULTI_MAX) return 0;
+    svlm_cu_matvec_set set = {.row_bytes = ws[0]->row_bytes, .n = n_w};
+    for (int i = 0; i < n_w; i++) {
+        const svlm_weight *w = ws[i];
+        if (w->type != ws[0]->type || w->cols != ws[0]->cols || w->row_bytes != ws[0]->row_bytes ||
+            w->rows <= 0 || !cu_ranges_contain(ys[i]))
+            return 0;
+    }
+    for (int i = 0; i < n_w; i++) {
+        check_weight(ws[i]);
+        set.w[i] = cu_weight(k, ws[i]->data, (size_t)ws[i]->rows * ws[i]->row_bytes);
+        set.y[i] = ys[i];
+        set.rows[i] = ws[i]->rows;
+    }
+    cu_check(svlm_cu_matvec_multi(CU(k)->stream, (int)ws[0]->type, &set, ws[0]->cols, dx, n),
+             "matvec (several)");
+    return 1;
+}
+
 void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                      float *const *ys) {
     if (n <= 0 || n_w <= 0) return;
     cu_begin(k);
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * ws[0]->cols));
+    if (matvec_together(k, ws, n_w, dx, n, ys)) {
+        cu_done(k, "matmul_multi (one matvec launch)");
+        return;
+    }
     /* outputs staged in turn: one wait per group of CU_MAX_WRITEBACKS products */
     for (int i = 0; i < n_w; i++) {
         if (ws[i]->rows <= 0) continue;

@@ -21,6 +21,18 @@ int svlm_cu_type_supported(int type);
 #define SVLM_CU_MATVEC_MAX 8
 int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                    const float *x, int64_t n, float *y);
+/* Up to SVLM_CU_MULTI_MAX weights of one type, width and row size against the same activations
+ * in one launch: y[i] = x W[i]^T, as svlm_cu_matvec for each. */
+#define SVLM_CU_MULTI_MAX 4
+typedef struct svlm_cu_matvec_set {
+    const void *w[SVLM_CU_MULTI_MAX];
+    float *y[SVLM_CU_MULTI_MAX];
+    int64_t rows[SVLM_CU_MULTI_MAX];
+    size_t row_bytes;
+    int n;
+} svlm_cu_matvec_set;
+int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
+                         const float *x, int64_t n);
 /* Whole weight to bf16 (out_bf16 = 1) or f32 rows of cols elements, for cuBLAS. */
 int svlm_cu_dequant(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                     void *out, int out_bf16);

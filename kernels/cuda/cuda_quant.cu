@@ -56,6 +56,45 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
     }
 }
 
+/* Several weights of one type and width in one launch (q/k/v, gate/up): global row r belongs to
+ * the weight whose range of the concatenated rows holds it. */
+template <int T>
+__global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n) {
+    int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+    int wi = 0;
+    while (wi < set.n && r >= set.rows[wi]) {
+        r -= set.rows[wi];
+        wi++;
+    }
+    if (wi >= set.n) return;
+    const int lane = threadIdx.x % 32;
+    const int64_t rows = set.rows[wi];
+    const uint8_t *row = static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes;
+    const int64_t n_sb = (cols + 31) / 32;
+    float acc[SVLM_CU_MATVEC_MAX];
+#pragma unroll
+    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+        acc[i] = 0.0f;
+#pragma unroll 4
+    for (int64_t sb = 0; sb < n_sb; sb++) {
+        if (sb * 32 + lane >= cols) break;
+        const float v = elem<T>(row, sb, lane);
+        const float *xc = x + sb * 32 + lane;
+#pragma unroll
+        for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+            if (i < n) acc[i] += v * xc[i * cols];
+    }
+    float *y = set.y[wi];
+#pragma unroll
+    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++) {
+        if (i >= n) break;
+        float a = acc[i];
+        for (int o = 16; o > 0; o >>= 1)
+            a += __shfl_xor_sync(0xffffffffu, a, o);
+        if (lane == 0) y[i * rows + r] = a;
+    }
+}
+
 __device__ __forceinline__ uint16_t to_bf16(float f) {
     const uint32_t u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
@@ -81,6 +120,18 @@ int launch_matvec(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows,
     const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
     matvec_kernel<T><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(static_cast<const uint8_t *>(w), row_bytes, rows,
                                                             cols, x, (int)n, y);
+    return (int)cudaGetLastError();
+}
+
+/* Warps are independent, so a block may hold the last rows of one weight and the first of the next. */
+template <int T>
+int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
+                        int64_t n) {
+    int64_t total = 0;
+    for (int i = 0; i < set->n; i++)
+        total += set->rows[i];
+    const unsigned blocks = (unsigned)((total + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    matvec_multi_kernel<T><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n);
     return (int)cudaGetLastError();
 }
 
@@ -113,6 +164,17 @@ extern "C" int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t ro
     if (n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32)) return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
     case T: return launch_matvec<T>(s, w, row_bytes, rows, cols, x, n, y);
+    switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
+#undef CASE
+}
+
+extern "C" int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
+                                    const float *x, int64_t n) {
+    if (set->n <= 0 || n <= 0) return 0;
+    if (set->n > SVLM_CU_MULTI_MAX || n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32))
+        return (int)cudaErrorInvalidValue;
+#define CASE(T, FN)                                                                                          \
+    case T: return launch_matvec_multi<T>(s, set, cols, x, n);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
 #undef CASE
 }
