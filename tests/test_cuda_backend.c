@@ -440,7 +440,8 @@ static void test_elementwise(void) {
 
 /* ---- attention ---- */
 
-/* The CUDA backend takes n_q >= ATTN_GEMM_MIN_Q (cuda_attention_gemm.c) to cuBLAS on tensor cores,
+/* The CUDA backend takes n_q >= ATTN_GEMM_MIN_Q (set through SVLM_CUDA_ATTN_GEMM_MIN_Q in test_main;
+ * 128 by default) to cuBLAS on tensor cores,
  * whose operands keep 10 mantissa bits (TF32 for f32 K/V; f16 copies of Q and P for f16 K/V): a
  * probability or V value read 2^-10 off (TF32 may truncate; f16 rounds, 2^-11) moves an output by
  * at most 2^-10 max |v| ~ 1e-3, its error in the scores (std ~6e-4 with |q|, |k| <= 1.5, hd 64)
@@ -580,6 +581,8 @@ int test_main(void) {
         st = svlm_kernels_create_cpu(2, &G, &err);
         unsetenv("SVLM_SIMD");
     } else {
+        setenv("SVLM_CUDA_ATTN_GEMM_MIN_Q", "32",
+               1); /* the cases below reach the cuBLAS path from 32 queries */
         st = svlm_kernels_create_cuda(0, &G, &err);
     }
     if (st == SVLM_E_UNSUPPORTED) {

@@ -23,8 +23,8 @@
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/cuda_ops.h"
 
-enum { GEMM_MIN_Q = 32 };               /* fewer queries: decode, the kernel is as fast */
-#ifndef S_MAX_BYTES                     /* a test may set a smaller one, to see chunks */
+enum { GEMM_MIN_Q = 32 }; /* the least the path takes (SVLM_CUDA_ATTN_GEMM_MIN_Q, default 128) */
+#ifndef S_MAX_BYTES       /* a test may set a smaller one, to see chunks */
 #define S_MAX_BYTES ((size_t)256 << 20) /* f32 scores of one chunk, all heads */
 #endif
 
@@ -109,8 +109,8 @@ static void run_chunk(cu_ctx *c, const plan *p, int64_t i0, int rows) {
 
 int cu_attention_gemm(svlm_kernels *k, const svlm_attn_args *a, const float *dq, const void *dk,
                       const void *dv, float *dout) {
-    if (a->n_q < GEMM_MIN_Q || a->n_kv <= 0 || a->head_dim <= 0 || a->n_head <= 0 || a->n_kv_head <= 0 ||
-        a->n_head % a->n_kv_head)
+    if (a->n_q < CU(k)->attn_gemm_min_q || a->n_kv <= 0 || a->head_dim <= 0 || a->n_head <= 0 ||
+        a->n_kv_head <= 0 || a->n_head % a->n_kv_head)
         return 0;
     const int64_t ldq = (int64_t)a->n_head * a->head_dim;
     if (a->n_kv > INT_MAX - 16 || a->kv_stride > INT_MAX || ldq > INT_MAX || a->n_q > INT_MAX ||

@@ -453,6 +453,8 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     k->is_gpu = 1;
     c->device = device;
     cu_prof_init(k);
+    const char *mq = getenv("SVLM_CUDA_ATTN_GEMM_MIN_Q"); /* tests reach the cuBLAS path with less */
+    c->attn_gemm_min_q = mq && atoi(mq) >= 32 ? atoi(mq) : 128;
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);
