@@ -103,7 +103,7 @@ echo "test data: $SVLM_TEST_DATA$([ -f "$SVLM_TEST_DATA/models/stories260K.gguf"
 
 # ---- build ----
 build_ok=0
-if step "configure $B" 120 300 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DSVLM_CUDA=ON \
+if step "configure $B" 120 150 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DSVLM_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DSVLM_FFMPEG=OFF -DSVLM_GSTREAMER=OFF -DSVLM_SERVER=OFF -DSVLM_WERROR=OFF \
   -DSVLM_TEST_DATA="$SVLM_TEST_DATA"; then
   # only what this check runs: the svlm tool and the GPU tests (faster, and other tests may
@@ -151,19 +151,21 @@ else
 fi
 
 SAN=/usr/local/cuda/bin/compute-sanitizer
-for t in test_cuda_backend test_cuda_data test_cuda_stream; do
-  [ -x "$B/tests/$t" ] || continue
+# memcheck TEST CAP: the sanitizer's findings on one GPU test (the comparisons are in ctest's output)
+memcheck() {
+  local t=$1 cap=$2
+  [ -x "$B/tests/$t" ] || return 0
   if [ ! -x "$SAN" ]; then
-    summary+=("memcheck: skipped (no $SAN)")
-    break
+    summary+=("memcheck $t: skipped (no $SAN)")
+    return 0
   fi
-  # the comparisons are in the ctest output above: here only the sanitizer's findings
-  step "compute-sanitizer memcheck: $t" 150 80 bash -c 'cd "$2/tests" && "$1" --tool memcheck --leak-check full \
+  step "compute-sanitizer memcheck: $t" "$cap" 20 bash -c 'cd "$2/tests" && "$1" --tool memcheck --leak-check full \
     --error-exitcode 99 "./$3" >"$2/memcheck-$3.log" 2>&1
     rc=$?
     grep -E "=========|checks, |SKIP" "$2/memcheck-$3.log" | tail -n 60
     exit $rc' _ "$SAN" "$B" "$t"
-  rc=$?
+  local rc=$?
+  local errs
   errs=$(grep -E 'ERROR SUMMARY' "$B/memcheck-$t.log" 2>/dev/null | tail -n 1)
   case $rc in
   0) summary+=("memcheck $t: clean (${errs:-no summary line})") ;;
@@ -173,7 +175,9 @@ for t in test_cuda_backend test_cuda_data test_cuda_stream; do
     summary+=("memcheck $t: FAILED, exit $rc (${errs:-no summary line})")
     ;;
   esac
-done
+}
+memcheck test_cuda_backend 90
+memcheck test_cuda_data 60
 
 # ---- benchmarks ----
 unset OPENBLAS_CORETYPE
@@ -191,8 +195,8 @@ bench() { # bench LABEL CAP ARGS...: runs svlm ARGS as a step, keeps its result 
   else
     summary+=("$label:")
     while IFS= read -r line; do summary+=("  $line"); done < <(
-      grep -E '^(backend|pp[0-9]|tg[0-9]|bandwidth|batch|mmproj|source|pattern|streams|frames|ttft|TTFT|questions|decode|lanes|keeps|memory)|no usable GPU|^  (matmul|copy|wait|attention|rmsnorm|rope|store|add|silu|round|gather|gelu|layernorm)' \
-        "$log" | head -n 24
+      grep -E '^(backend|pp[0-9]|tg[0-9]|bandwidth|batch|mmproj|source|pattern|streams|fps_per|frames|ttft|questions|answer_tok|lanes|ingest|keeps|memory)|no usable GPU|^  [a-z]' \
+        "$log" | head -n 30
     )
   fi
 }
@@ -216,16 +220,23 @@ if [ -x "$S" ]; then
     bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
+    # the headline: many live streams at 1 fps with 20-token questions (STC off: batched encoder;
+    # then one run with STC's default controls for comparison)
     if "$S" bench-streams --help >/dev/null 2>&1; then
-      for n in ${SVLM_GPU_CHECK_STREAMS:-64 256}; do
-        bench "$n streams at 1 fps, cuda" 75 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams "$n" \
-          --fps 1 --warmup 5 --duration 20 --question-tokens 20 --answer-tokens 8 --backend cuda
+      for cfg in ${SVLM_GPU_CHECK_STREAMS:-256:--no-stc 128:--no-stc 64:}; do
+        n=${cfg%%:*} flags=${cfg#*:}
+        # shellcheck disable=SC2086 # flags are words
+        bench "$n streams at 1 fps, cuda ${flags:-(stc on)}" 60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" \
+          --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
+          --backend cuda $flags
       done
     fi
   fi
 else
   summary+=("benchmarks: skipped (no $S)")
 fi
+
+memcheck test_cuda_stream 60
 
 echo
 echo "==== summary ($(elapsed)s)"
