@@ -349,7 +349,13 @@ static void *cu_alloc(svlm_kernels *k, size_t bytes) {
         (void)cudaGetLastError();
         return NULL;
     }
-    memset(p, 0, rounded ? rounded : 256);
+    /* zeroed by the GPU: the pages start out there, where the ops use them, instead of on the
+     * host (a host memset would also make them count in the process's resident memory) */
+    if (cudaMemsetAsync(p, 0, rounded ? rounded : 256, CU(k)->stream) != cudaSuccess ||
+        cudaStreamSynchronize(CU(k)->stream) != cudaSuccess) {
+        (void)cudaGetLastError();
+        memset(p, 0, rounded ? rounded : 256);
+    }
     (void)cu_ranges_add(p, rounded ? rounded : 256);
     return p;
 }
