@@ -19,6 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 B=${SVLM_GPU_CHECK_BUILD:-build-gpu}
+case $B in /*) ;; *) B=$ROOT/$B ;; esac # steps that change folder still find it
 start=$(date +%s)
 budget=${SVLM_GPU_CHECK_BUDGET:-470}
 status=0
@@ -150,7 +151,7 @@ else
   summary+=("GPU tests: not built")
 fi
 
-SAN=/usr/local/cuda/bin/compute-sanitizer
+SAN=${SVLM_COMPUTE_SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
 # memcheck TEST CAP: the sanitizer's findings on one GPU test (the comparisons are in ctest's output)
 memcheck() {
   local t=$1 cap=$2
@@ -159,6 +160,7 @@ memcheck() {
     summary+=("memcheck $t: skipped (no $SAN)")
     return 0
   fi
+  # from the tests' folder, as ctest runs them; the log under an absolute path
   step "compute-sanitizer memcheck: $t" "$cap" 20 bash -c 'cd "$2/tests" && "$1" --tool memcheck --leak-check full \
     --error-exitcode 99 "./$3" >"$2/memcheck-$3.log" 2>&1
     rc=$?
@@ -169,6 +171,7 @@ memcheck() {
   errs=$(grep -E 'ERROR SUMMARY' "$B/memcheck-$t.log" 2>/dev/null | tail -n 1)
   case $rc in
   0) summary+=("memcheck $t: clean (${errs:-no summary line})") ;;
+  77) summary+=("memcheck $t: skipped (the test found no usable GPU)") ;;
   124 | 137) summary+=("memcheck $t: TIMED OUT, inconclusive (${errs:-no summary line})") ;;
   *)
     status=1
