@@ -14,7 +14,7 @@
 
 /* answer contexts kept for reuse: a few on the CPU; on a GPU a batch's worth, since making one
  * (managed memory, first touches) costs more than its memory */
-enum { MAX_IDLE_CTX = 36, CPU_IDLE_CTX = 4, MAX_INGEST_BATCH = 64 };
+enum { MAX_IDLE_CTX = 36, CPU_IDLE_CTX = 4, MAX_INGEST_BATCH = 64, DEFAULT_MAX_ACTIVE = 64 };
 
 typedef struct question {
     uint64_t id;
@@ -68,6 +68,7 @@ struct svlm_engine {
     pthread_cond_t cv_ingest, cv_answer, cv_room, cv_idle;
     pthread_t th_ingest, th_answer;
     int threads_started, stop, ingest_busy, answer_busy, draining;
+    int started_last; /* the answer lane's last work was a question's start */
     lane_stream *streams;
     int n_streams, rr_ingest, ingest_sid; /* ingest_sid: the stream the lane works on (-1) */
     question *pinned, *ready, *active;    /* lists; ready is FIFO */
@@ -267,7 +268,11 @@ static void *answer_lane(void *arg) {
             for (question *c = e->ready; c && !q; c = c->next)
                 if (__atomic_load_n(&c->cancel, __ATOMIC_RELAXED)) q = c;
         }
+        /* under a stream of questions, starts and decode steps take turns: answers already
+         * running keep streaming instead of waiting for every newcomer's first token */
+        if (q && !q->cancel && e->started_last && e->active) q = NULL;
         int fresh = q != NULL;
+        e->started_last = fresh;
         if (fresh) {
             list_remove(&e->ready, q);
         } else if (e->active && e->active->next && e->batch) {
@@ -590,6 +595,9 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (!st) st = svlm_kernels_create_named(NULL, e->p.ingest_threads, &e->k_ingest, err);
     if (!st) st = svlm_kernels_create_named(NULL, e->p.answer_threads, &e->k_answer, err);
     if (e->p.decode_batch <= 0) e->p.decode_batch = 16;
+    /* every running answer holds a context: an unbounded number of them under a flood of
+     * questions runs out of memory before any finishes */
+    if (e->p.max_active <= 0) e->p.max_active = DEFAULT_MAX_ACTIVE;
     if (e->p.exact) e->p.decode_batch = 1; /* a replay's answers repeat exactly: one at a time */
     if (!st && e->p.decode_batch > 1)
         st = svlm_llama_batch_create(m, e->k_answer, e->p.decode_batch, &e->batch, err);

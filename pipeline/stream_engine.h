@@ -8,7 +8,9 @@
  *                With params.ingest_batch > 1 (the default on a GPU) it takes the next frames of up
  *                to that many streams without token compression and encodes them as one batch.
  *   answer lane  a new question first (fork, memory, prefill, first token: time to first token
- *                comes first), otherwise one decode step of the active answers in turn.
+ *                comes first), otherwise one decode step of the active answers in turn; when
+ *                questions keep coming, starts and decode steps alternate, and at most
+ *                params.max_active answers run (more wait, unforked).
  * Ingest never waits for an answer: frames wait in a small queue per stream; a live push into a
  * full queue drops the oldest frame (counted in the stream's drops), a replay push
  * (block = 1) waits for room instead, so a replay at full speed ingests every frame.
@@ -31,19 +33,19 @@
 typedef struct svlm_engine svlm_engine;
 
 typedef struct svlm_engine_params {
-    int ingest_threads; /* kernel threads of the ingest lane (default 1) */
-    int answer_threads; /* kernel threads of the answer lane (default 1) */
-    int frame_queue;    /* frames waiting per stream (default 2) */
-    int max_streams;    /* default 16 */
-    int max_active;     /* answers decoded at once, round-robin (0: no limit); more wait, unforked */
-    int decode_batch;   /* answers whose decode steps run as one batch (continuous batching: the
-                           weights are read once per step for all of them); default 16, 1 = one
-                           answer per step; exact replays always step one at a time */
-    int ingest_batch;   /* frames of different streams encoded together (streams without token
-                           compression; 0: 16 on a GPU, 1 on the CPU; at most 64; exact replays 1) */
-    int exact;          /* replays: a pinned question forks only after the earlier answers of its
-                           stream joined the dialogue, and that stream's frames wait for the fork
-                           (answers then repeat exactly; ingest does wait for answers: not for live) */
+    int ingest_threads;           /* kernel threads of the ingest lane (default 1) */
+    int answer_threads;           /* kernel threads of the answer lane (default 1) */
+    int frame_queue;              /* frames waiting per stream (default 2) */
+    int max_streams;              /* default 16 */
+    int max_active;               /* answers decoded at once, round-robin (0: 64); more wait, unforked */
+    int decode_batch;             /* answers whose decode steps run as one batch (continuous batching: the
+                                     weights are read once per step for all of them); default 16, 1 = one
+                                     answer per step; exact replays always step one at a time */
+    int ingest_batch;             /* frames of different streams encoded together (streams without token
+                                     compression; 0: 16 on a GPU, 1 on the CPU; at most 64; exact replays 1) */
+    int exact;                    /* replays: a pinned question forks only after the earlier answers of its
+                                     stream joined the dialogue, and that stream's frames wait for the fork
+                                     (answers then repeat exactly; ingest does wait for answers: not for live) */
     const svlm_stc_controls *stc; /* token compression on every stream (copied): NULL = the tuned
                                      defaults (on); enabled = 0: the plain encoder, every token */
 } svlm_engine_params;

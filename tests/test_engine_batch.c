@@ -3,12 +3,13 @@
  * (svlm_engine_params.ingest_batch, the default on a GPU), on the CPU with the vision-tiny models
  * (SVLM_TEST_DATA): the same frames pushed to three streams with batches of 1 and of 3 must give
  * every stream the same frames and tokens of each kind, answers to questions on the streams, no
- * drops, and batches that did form; and a stream removed while its frames queue leaves the
- * others whole.
+ * drops, and batches that did form; a stream removed while its frames queue leaves the others
+ * whole; and a flood of questions runs at most max_active answers at once and answers them all.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "llm/llama.h"
 #include "pipeline/source_backend.h"
@@ -97,6 +98,52 @@ static void run(svlm_llama *m, const svlm_mmproj *mp, int batch, int remove_midd
     svlm_engine_free(e);
 }
 
+/* A flood of questions on one stream: at most max_active answers run at once (each holds a
+ * context), and every question is answered. */
+static void flood(svlm_llama *m, const svlm_mmproj *mp) {
+    enum { N_Q = 40, MAX_ACTIVE = 4 };
+    svlm_err err = {0};
+    svlm_stc_controls stc;
+    svlm_stc_controls_default(&stc);
+    stc.enabled = 0;
+    svlm_engine_params ep = {.max_streams = 1, .max_active = MAX_ACTIVE, .decode_batch = 3, .stc = &stc};
+    svlm_engine *e = NULL;
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream *s = NULL;
+    int sid = 0;
+    svlm_stream_params sp = {.sink_tokens = 16,
+                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
+                             .text_tokens = 64,
+                             .rows_per_frame = mp->hp.tokens_per_tile,
+                             .kv_type = SVLM_F32};
+    REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s, &sid, &err) == SVLM_OK, "%s", err.msg);
+    svlm_frame f;
+    make_frame(&f, 0, 0);
+    REQUIRE(svlm_engine_push_frame(e, sid, &f, 1, &err) == SVLM_OK, "%s", err.msg);
+    answers ans = {0};
+    for (int i = 0; i < N_Q; i++) {
+        svlm_ask_opts o = {.max_tokens = 6};
+        REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, NULL, on_done, &ans, NULL, &err) == SVLM_OK,
+                "%s", err.msg);
+    }
+    int most = 0;
+    while (__atomic_load_n(&ans.done, __ATOMIC_SEQ_CST) < N_Q) {
+        svlm_engine_metrics em;
+        svlm_engine_metrics_get(e, &em);
+        most = em.active_answers > most ? em.active_answers : most;
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+    svlm_engine_drain(e);
+    CHECK(ans.ok == N_Q, "a flood of %d questions: %d answered", N_Q, ans.ok);
+    CHECK(most <= MAX_ACTIVE, "%d answers ran at once, max_active %d", most, MAX_ACTIVE);
+    printf("a flood of %d questions: all answered, at most %d of them running at once (max_active %d)\n", N_Q,
+           most, MAX_ACTIVE);
+    svlm_engine_stop(e);
+    svlm_stream_free(s);
+    svlm_engine_free(e);
+}
+
 int test_main(void) {
     const char *tp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf");
     const char *mpp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf");
@@ -142,6 +189,8 @@ int test_main(void) {
           "with the middle stream removed, the others ingested %lld and %lld frames",
           (long long)rm.sm[0].frames_in, (long long)rm.sm[2].frames_in);
     CHECK(rm.ans.ok == 2, "answers with the middle stream removed: %d", rm.ans.ok);
+
+    flood(m, mp);
 
     svlm_mmproj_free(mp);
     svlm_llama_free(m);
