@@ -729,6 +729,9 @@ svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm
 svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const svlm_stc_controls *stc_controls,
                                         int *id, svlm_err *err) {
     if (!stc_controls) stc_controls = &e->stc;
+    svlm_stc_controls resolved = *stc_controls;
+    if (resolved.enabled < 0) resolved.enabled = !svlm_kernels_is_gpu(e->k_ingest);
+    stc_controls = &resolved;
     svlm_frame *queue = calloc((size_t)e->p.frame_queue, sizeof *queue);
     if (!queue) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     svlm_stc *stc = NULL;

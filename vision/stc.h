@@ -23,7 +23,10 @@
 #include "vision/encoder.h"
 
 typedef struct svlm_stc_controls {
-    int enabled; /* 0: plain encoder, every token kept (bit-identical to svlm_vision_encode) */
+    int enabled; /* 0: plain encoder, every token kept (bit-identical to svlm_vision_encode);
+                    -1: the engine's choice: on for the CPU, off on a GPU (there the encoder is a
+                    few ms a frame, batched across streams, and STC's host-side work costs more
+                    than it saves); svlm_stc_create takes -1 as on */
     /* feature cache */
     int cache;              /* 0: always a full encoder pass (cut detection still runs for the pruner) */
     float change_threshold; /* a patch is dynamic when its change against the reference exceeds this

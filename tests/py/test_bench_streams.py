@@ -74,7 +74,7 @@ def parse_text(out):
     r = {}
     pats = [
         (r'backend +(\S.*)$', lambda m: r.update(backend=m[1])),
-        (r'streams +([0-9]+) at ' + NUM + r' fps each \(stc (on|off), memory (on|off)\)$',
+        (r'streams +([0-9]+) at ' + NUM + r' fps each \(stc (on|off|auto), memory (on|off)\)$',
          lambda m: r.update(streams=int(m[1]), target_fps=float(m[2]))),
         (r'seconds +' + NUM + r' measured after ' + NUM + r' s of warmup$', lambda m: r.update(seconds=float(m[1]))),
         (r'fps_per_stream +' + NUM + r' \(' + NUM + r' % of target\)$',

@@ -602,15 +602,21 @@ static void json_num(const char *key, double v, int comma) {
         printf("\"%s\":null%s", key, comma ? "," : "");
 }
 
+/* --stc as given: on, off, or the engine's choice (on for the CPU, off on a GPU) */
+static const char *stc_name(int enabled, int json) {
+    if (enabled < 0) return json ? "\"auto\"" : "auto";
+    return enabled ? (json ? "true" : "on") : (json ? "false" : "off");
+}
+
 static void report_json(const bench_args *a, const result *r, const char *backend, int gpu) {
     printf("{\"backend\":");
     cli_json_str(stdout, backend, strlen(backend));
     printf(",\"gpu\":%s,\"streams\":%lld,\"target_fps\":%g,\"warmup_s\":%g,\"seconds\":%.3f,\"stc\":%s,"
            "\"memory\":%s,\"frames\":%lld,\"frames_pushed\":%lld,\"dropped\":%lld,\"stream_frames_min\":%lld,"
            "\"stream_frames_max\":%lld,",
-           gpu ? "true" : "false", a->streams, a->fps, a->warmup, r->secs,
-           a->sf.stc.enabled ? "true" : "false", a->sf.memory ? "true" : "false", (long long)r->frames,
-           (long long)r->pushed, (long long)r->drops, (long long)r->stream_min, (long long)r->stream_max);
+           gpu ? "true" : "false", a->streams, a->fps, a->warmup, r->secs, stc_name(a->sf.stc.enabled, 1),
+           a->sf.memory ? "true" : "false", (long long)r->frames, (long long)r->pushed, (long long)r->drops,
+           (long long)r->stream_min, (long long)r->stream_max);
     json_num("fps_per_stream", r->fps_per_stream, 1);
     json_num("fps_share", r->fps_share, 1);
     printf(
@@ -643,7 +649,7 @@ static void report_text(const bench_args *a, const result *r, const char *backen
     const double mib = 1024.0 * 1024.0;
     printf("backend          %s\n", backend);
     printf("streams          %lld at %g fps each (stc %s, memory %s)\n", a->streams, a->fps,
-           a->sf.stc.enabled ? "on" : "off", a->sf.memory ? "on" : "off");
+           stc_name(a->sf.stc.enabled, 0), a->sf.memory ? "on" : "off");
     printf("seconds          %.2f measured after %g s of warmup\n", r->secs, a->warmup);
     printf("fps_per_stream   %.3f (%.1f %% of target)\n", r->fps_per_stream, 100 * r->fps_share);
     printf("frames           %lld ingested (%lld to %lld per stream), %lld pushed, %lld dropped\n",

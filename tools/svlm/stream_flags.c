@@ -8,6 +8,7 @@
 void stream_flags_default(stream_flags *f) {
     memset(f, 0, sizeof *f);
     svlm_stc_controls_default(&f->stc);
+    f->stc.enabled = -1; /* unless --stc says: on for the CPU, off on a GPU (the engine decides) */
     f->memory = 1;
     f->memory_mib = 64;
     f->memory_tokens = 64;
@@ -76,7 +77,8 @@ void stream_flags_usage(FILE *out) {
             "  --memory-tokens N  memory rows placed before a question at most (64): they are\n"
             "                     prefilled with the question, so they bound its first-token time\n"
             "  --no-memory        frames leaving the window are dropped\n"
-            "  --stc on|off       token compression (on: tuned defaults; off: every token, plain encoder)\n");
+            "  --stc on|off       token compression (on: tuned defaults; off: every token, plain encoder;\n"
+            "                     default: on for the CPU, off on a GPU)\n");
     int n = 0;
     const svlm_stc_control_desc *d = svlm_stc_control_list(&n);
     svlm_stc_controls def;
