@@ -223,13 +223,15 @@ if [ -x "$S" ]; then
     bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
-    # the headline: many live streams at 1 fps with 20-token questions (STC off: batched encoder;
-    # then one run with STC's default controls for comparison)
+    # the headline: many live streams at 1 fps with 20-token questions (on a GPU STC is off by
+    # default: the encoder is batched across streams; one run with it on for comparison).
+    # SVLM_GPU_CHECK_STREAMS: entries N:FLAGS, the flags' words joined by commas.
     if "$S" bench-streams --help >/dev/null 2>&1; then
-      for cfg in ${SVLM_GPU_CHECK_STREAMS:-256:--no-stc 128:--no-stc 64:}; do
+      for cfg in ${SVLM_GPU_CHECK_STREAMS:-256: 128: 64:--stc,on}; do
         n=${cfg%%:*} flags=${cfg#*:}
+        flags=${flags//,/ }
         # shellcheck disable=SC2086 # flags are words
-        bench "$n streams at 1 fps, cuda ${flags:-(stc on)}" 60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" \
+        bench "$n streams at 1 fps, cuda ${flags:-(defaults)}" 60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" \
           --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
           --backend cuda $flags
       done
