@@ -94,4 +94,35 @@ typedef struct svlm_llama_batch_item {
  * n-row products. Returns SVLM_E_INVALID for bad arguments (n out of range, shared ctx/seq). */
 svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *items, int n, svlm_err *err);
 
+/* ---- prefill of several sequences at once (frames of many streams) ---- */
+
+/* Scratch for chunks of several sequences (up to max_rows rows in all) in one pass. */
+typedef struct svlm_llama_multi svlm_llama_multi;
+svlm_status svlm_llama_multi_create(svlm_llama *m, svlm_kernels *k, int max_rows, svlm_llama_multi **out,
+                                    svlm_err *err);
+void svlm_llama_multi_free(svlm_llama_multi *b);
+/* The most rows one item may bring (a frame with its timestamp text). */
+int svlm_llama_multi_item_max(void);
+
+/* One sequence's chunk: like svlm_llama_eval_seq(ctx, seq, kind, tag, ids, embd, n, NULL, 0),
+ * with 1 <= n <= svlm_llama_multi_item_max(). Each item needs its own ctx and seq. */
+typedef struct svlm_llama_multi_item {
+    svlm_llama_ctx *ctx;
+    svlm_kv_seq *seq;
+    svlm_kv_kind kind;
+    int64_t tag;
+    const int32_t *ids;
+    const float *embd; /* rows for the ids < 0, in order */
+    int n;
+    svlm_status status; /* out: SVLM_OK, or why this item was not evaluated (err_msg) */
+    char err_msg[128];
+} svlm_llama_multi_item;
+
+/* Evaluates the items' chunks together: the matrix products run once on all their rows, RoPE,
+ * the caches and attention per sequence. Results equal separate svlm_llama_eval_seq calls up to
+ * the rounding of the backend's products on more rows. An item that cannot be evaluated gets its
+ * status and the others go on. SVLM_E_INVALID for bad arguments (too many rows, shared ctx/seq). */
+svlm_status svlm_llama_eval_seq_multi(svlm_llama_multi *b, svlm_llama_multi_item *items, int n,
+                                      svlm_err *err);
+
 #endif

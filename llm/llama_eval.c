@@ -119,20 +119,18 @@ void llama_embed_rows(const svlm_llama *m, svlm_kernels *k, float *host, float *
     svlm_k_copy(k, x, host, sizeof(float) * (size_t)n * (size_t)E);
 }
 
-/* c->x = the chunk's inputs: runs of token embeddings, and image embeddings (ids < 0) taken in
- * order from *embd (host memory or an svlm_k_alloc buffer), which advances past them. */
-static void embed_tokens(svlm_llama_ctx *c, const int32_t *ids, const float **embd, int n) {
+void llama_embed_inputs(svlm_llama_ctx *c, float *x, const int32_t *ids, const float **embd, int n) {
     const int E = c->m->hp.n_embd;
     for (int i = 0; i < n;) {
         int j = i;
         if (ids[i] >= 0) {
             while (j < n && ids[j] >= 0)
                 j++;
-            llama_embed_rows(c->m, c->k, c->host_rows, c->x + (size_t)i * E, ids + i, j - i);
+            llama_embed_rows(c->m, c->k, c->host_rows, x + (size_t)i * E, ids + i, j - i);
         } else {
             while (j < n && ids[j] < 0)
                 j++;
-            svlm_k_copy(c->k, c->x + (size_t)i * E, *embd, sizeof(float) * (size_t)(j - i) * (size_t)E);
+            svlm_k_copy(c->k, x + (size_t)i * E, *embd, sizeof(float) * (size_t)(j - i) * (size_t)E);
             *embd += (size_t)(j - i) * E;
         }
         i = j;
@@ -214,7 +212,7 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     svlm_kernels *k = c->k;
     const int E = hp->n_embd, kvd = hp->n_head_kv * hp->head_dim;
 
-    embed_tokens(c, ids, embd, n);
+    llama_embed_inputs(c, c->x, ids, embd, n);
     for (int i = 0; i < n; i++) {
         c->batch_pos[i] = seq ? svlm_kv_seq_pos(seq, p0 + i) : p0 + i;
         c->pos[p0 + i] = c->batch_pos[i];

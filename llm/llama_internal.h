@@ -48,6 +48,9 @@ struct svlm_llama_ctx {
 enum { LLAMA_PENDING_ROWS = 96 }; /* a video frame (64 or 81 tokens) or a question */
 
 /* Shared by llama_eval.c and llama_batch.c. */
+/* x (svlm_k_alloc, n rows of n_embd) = the inputs of a chunk: token embeddings, and image rows
+ * (ids < 0) taken in order from *embd, which advances past them. */
+void llama_embed_inputs(svlm_llama_ctx *c, float *x, const int32_t *ids, const float **embd, int n);
 /* Copies n rows of f32 (an svlm_k_alloc buffer) into the cache at slot `at`, converting to the
  * cache type. */
 void llama_store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, int n, size_t kvd);

@@ -197,37 +197,104 @@ svlm_status svlm_stream_add_frame(svlm_stream *s, double t_seconds, const float 
     return svlm_stream_add_frame_tokens(s, t_seconds, embd, s->p.rows_per_frame, err);
 }
 
-svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const float *embd, int n_tokens,
-                                         svlm_err *err) {
+/* The first half of appending a frame: its prompt built, the stream locked, answered turns
+ * joined, the frame remembered. On success the stream stays locked for frame_end. */
+static svlm_status frame_begin(svlm_stream *s, double t_seconds, const float *embd, int n_tokens,
+                               svlm_prompt *fp, int64_t *tag, double *t_abs, svlm_err *err) {
+    svlm_prompt_init(fp);
     if (n_tokens < 1 || n_tokens > s->p.rows_per_frame)
         return svlm_fail(err, SVLM_E_INVALID, "a frame has 1 to %d image rows, got %d", s->p.rows_per_frame,
                          n_tokens);
     t_seconds += s->time_offset;
-    svlm_prompt fp;
-    svlm_prompt_init(&fp);
-    svlm_status st = svlm_prompt_frame(&fp, s->tok, &s->specials, t_seconds, n_tokens, err);
-    if (!st && fp.n_image_rows != (size_t)n_tokens)
-        st = svlm_fail(err, SVLM_E_INVALID, "frame layout has %zu image rows, expected %d", fp.n_image_rows,
+    svlm_status st = svlm_prompt_frame(fp, s->tok, &s->specials, t_seconds, n_tokens, err);
+    if (!st && fp->n_image_rows != (size_t)n_tokens)
+        st = svlm_fail(err, SVLM_E_INVALID, "frame layout has %zu image rows, expected %d", fp->n_image_rows,
                        n_tokens);
+    if (st) return st;
+    pthread_mutex_lock(&s->mu);
+    if (s->deferred_join != 2) join_pending_locked(s);
+    /* the tag is the frame time in milliseconds: what the memory bank files it under */
+    *tag = (int64_t)(t_seconds * 1000.0);
+    *t_abs = t_seconds;
+    if (s->memory_on) stream_memory_remember(&s->mem, *tag, t_seconds, embd, n_tokens);
+    return SVLM_OK;
+}
+
+/* The second half: counters, then the stream unlocked. */
+static void frame_end(svlm_stream *s, svlm_status st, double t_abs, int n_tokens, double prefill_ms) {
     if (!st) {
-        pthread_mutex_lock(&s->mu);
-        if (s->deferred_join != 2) join_pending_locked(s);
+        s->t_last = t_abs;
+        s->frames_in++;
+        s->image_rows_in += n_tokens;
+        s->prefill_ms_total += prefill_ms;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const float *embd, int n_tokens,
+                                         svlm_err *err) {
+    svlm_prompt fp;
+    int64_t tag = 0;
+    double t_abs = 0;
+    svlm_status st = frame_begin(s, t_seconds, embd, n_tokens, &fp, &tag, &t_abs, err);
+    if (!st) {
         double t0 = now_ms();
-        /* the tag is the frame time in milliseconds: what the memory bank files it under */
-        const int64_t tag = (int64_t)(t_seconds * 1000.0);
-        if (s->memory_on) stream_memory_remember(&s->mem, tag, t_seconds, embd, n_tokens);
         st = svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_VISION, tag, fp.ids, embd, (int)fp.n, NULL, 0,
                                  err);
-        if (!st) {
-            s->t_last = t_seconds;
-            s->frames_in++;
-            s->image_rows_in += n_tokens;
-            s->prefill_ms_total += now_ms() - t0;
-        }
-        pthread_mutex_unlock(&s->mu);
+        frame_end(s, st, t_abs, n_tokens, now_ms() - t0);
     }
     svlm_prompt_free(&fp);
     return st;
+}
+
+svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, svlm_stream *const *ss, const double *t_seconds,
+                                    const float *const *embd, const int *n_tokens, int n, svlm_status *st,
+                                    svlm_err *errs) {
+    enum { MAX = 256 };
+    if (n < 1 || n > MAX)
+        return svlm_fail(&errs[0], SVLM_E_INVALID, "1 to %d frames at once, not %d", MAX, n);
+    svlm_prompt fp[MAX];
+    int64_t tag[MAX];
+    double t_abs[MAX];
+    svlm_llama_multi_item items[MAX];
+    int at[MAX], ni = 0; /* items[at[i]] is frame i's, or -1 */
+    for (int i = 0; i < n; i++) {
+        at[i] = -1;
+        st[i] = frame_begin(ss[i], t_seconds[i], embd[i], n_tokens[i], &fp[i], &tag[i], &t_abs[i], &errs[i]);
+        if (st[i]) continue;
+        if (fp[i].n > (size_t)svlm_llama_multi_item_max()) { /* too long for a shared pass: alone */
+            double t0 = now_ms();
+            st[i] = svlm_llama_eval_seq(ss[i]->ingest, ss[i]->seq, SVLM_KV_VISION, tag[i], fp[i].ids, embd[i],
+                                        (int)fp[i].n, NULL, 0, &errs[i]);
+            frame_end(ss[i], st[i], t_abs[i], n_tokens[i], now_ms() - t0);
+            continue;
+        }
+        items[ni] = (svlm_llama_multi_item){.ctx = ss[i]->ingest,
+                                            .seq = ss[i]->seq,
+                                            .kind = SVLM_KV_VISION,
+                                            .tag = tag[i],
+                                            .ids = fp[i].ids,
+                                            .embd = embd[i],
+                                            .n = (int)fp[i].n};
+        at[i] = ni++;
+    }
+    const double t0 = now_ms();
+    svlm_err e = {0};
+    svlm_status all = ni ? svlm_llama_eval_seq_multi(mb, items, ni, &e) : SVLM_OK;
+    const double per = ni ? (now_ms() - t0) / ni : 0;
+    for (int i = 0; i < n; i++) {
+        if (at[i] >= 0) {
+            const svlm_llama_multi_item *it = &items[at[i]];
+            st[i] = all ? all : it->status;
+            if (all)
+                errs[i] = e;
+            else if (st[i])
+                svlm_fail(&errs[i], st[i], "%s", it->err_msg);
+            frame_end(ss[i], st[i], t_abs[i], n_tokens[i], per);
+        }
+        svlm_prompt_free(&fp[i]);
+    }
+    return SVLM_OK;
 }
 
 void svlm_stream_note_drop(svlm_stream *s) {

@@ -58,7 +58,8 @@ struct svlm_engine {
     svlm_llama_batch *batch; /* decode steps of several answers at once (NULL: one at a time) */
     svlm_err *batch_errs;    /* one per answer of a batch (kept off the lane's stack: ~0.5 KB each) */
     svlm_vision_ctx *vc;
-    svlm_pool *pre_pool; /* preprocesses a batch's frames in parallel (NULL: one by one) */
+    svlm_pool *pre_pool;     /* preprocesses a batch's frames in parallel (NULL: one by one) */
+    svlm_llama_multi *multi; /* a batch's frames reach their streams in one decoder pass */
     struct pre_job *pre_job;
     float *pixels, *embd, *kept_embd; /* pixels, embd: ingest_batch tiles */
     int32_t *kept;
@@ -431,13 +432,31 @@ static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, 
     }
     svlm_status enc = n_ok ? svlm_vision_encode(e->vc, e->pixels, n_ok, e->embd, &err) : SVLM_OK;
     const double per_frame = n_ok ? (now_ms() - t0) / n_ok : 0;
+    /* the encoded frames reach their streams in one pass of the decoder over all their rows */
+    svlm_stream *ss[MAX_INGEST_BATCH];
+    double ts[MAX_INGEST_BATCH];
+    const float *rows[MAX_INGEST_BATCH];
+    int nt[MAX_INGEST_BATCH], which[MAX_INGEST_BATCH], na = 0;
+    svlm_status sa[MAX_INGEST_BATCH];
     for (int i = 0; i < nb; i++) {
         if (slot[i] < 0) continue;
-        svlm_stream *s = e->streams[sids[i]].s;
         st[i] = enc;
-        if (!st[i]) svlm_stream_note_encode(s, per_frame);
-        if (!st[i])
-            st[i] = svlm_stream_add_frame_tokens(s, fr[i].pts, e->embd + (size_t)slot[i] * emb, T, &err);
+        if (st[i]) continue;
+        svlm_stream_note_encode(e->streams[sids[i]].s, per_frame);
+        ss[na] = e->streams[sids[i]].s;
+        ts[na] = fr[i].pts;
+        rows[na] = e->embd + (size_t)slot[i] * emb;
+        nt[na] = T;
+        which[na++] = i;
+    }
+    if (na == 0) return;
+    if (e->multi) {
+        (void)svlm_streams_add_frames(e->multi, ss, ts, rows, nt, na, sa, e->pre_job->err);
+        for (int j = 0; j < na; j++)
+            st[which[j]] = sa[j];
+    } else {
+        for (int j = 0; j < na; j++)
+            st[which[j]] = svlm_stream_add_frame_tokens(ss[j], ts[j], rows[j], nt[j], &err);
     }
 }
 
@@ -616,6 +635,9 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
         if (n > e->p.ingest_batch) n = e->p.ingest_batch;
         if (n > 1) st = svlm_pool_create(n, &e->pre_pool, err);
     }
+    if (!st && mp && e->p.ingest_batch > 1)
+        st = svlm_llama_multi_create(m, e->k_ingest, e->p.ingest_batch * svlm_llama_multi_item_max(),
+                                     &e->multi, err);
     if (!st && mp && !(e->pre_job = calloc(1, sizeof *e->pre_job)))
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st && mp) {
@@ -700,6 +722,7 @@ void svlm_engine_free(svlm_engine *e) {
     free(e->streams);
     svlm_vision_ctx_free(e->vc);
     if (e->pre_pool) svlm_pool_destroy(e->pre_pool);
+    svlm_llama_multi_free(e->multi);
     free(e->pre_job);
     free(e->pixels);
     free(e->embd);
