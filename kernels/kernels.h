@@ -92,7 +92,7 @@ void svlm_k_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *
 void svlm_k_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n);
 /* x[i] = f32(f16(x[i])): values as a float16 computation would see them. */
 void svlm_k_round_f16(svlm_kernels *k, float *x, int64_t n);
-/* Row i of dst = row idx[i] of src, rows of dim floats (idx: n entries, any memory). dst must
+/* Row i of dst = row idx[i] of src, rows of dim floats (idx: n entries in host memory). dst must
  * not overlap src. */
 void svlm_k_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                         int64_t dim);

@@ -759,7 +759,9 @@ svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const sv
     if (!queue) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     svlm_stc *stc = NULL;
     if (stc_controls->enabled && e->vc) {
+        pthread_mutex_lock(&e->compute_mu); /* it allocates on the ingest kernels */
         svlm_status st = svlm_stc_create(e->vc, stc_controls, &stc, err);
+        pthread_mutex_unlock(&e->compute_mu);
         if (st) {
             free(queue);
             return st;
@@ -774,7 +776,9 @@ svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const sv
     if (slot < 0 && e->n_streams == e->p.max_streams) {
         pthread_mutex_unlock(&e->mu);
         free(queue);
+        pthread_mutex_lock(&e->compute_mu);
         svlm_stc_free(stc);
+        pthread_mutex_unlock(&e->compute_mu);
         return svlm_fail(err, SVLM_E_LIMIT, "the engine serves at most %d streams", e->p.max_streams);
     }
     if (slot < 0) slot = e->n_streams++;
@@ -836,11 +840,14 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     /* answers end on the answer lane (also while it is stopping: stop ends every list) */
     while ((ls->in_flight > 0 || e->ingest_sid == sid || ls->ingesting) && e->threads_started)
         pthread_cond_wait(&e->cv_idle, &e->mu);
-    svlm_stc_free(ls->stc);
+    svlm_stc *stc = ls->stc;
     free(ls->queue);
     svlm_stream_set_deferred_join(ls->s, 0);
     *ls = (lane_stream){0};
     pthread_mutex_unlock(&e->mu);
+    pthread_mutex_lock(&e->compute_mu); /* it frees on the ingest kernels, which the lane may be using */
+    svlm_stc_free(stc);
+    pthread_mutex_unlock(&e->compute_mu);
 }
 
 svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, int block, svlm_err *err) {

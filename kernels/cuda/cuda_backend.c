@@ -74,9 +74,13 @@ const void *cu_in(svlm_kernels *k, int slot, const void *p, size_t bytes) {
 
 void *cu_out(svlm_kernels *k, int slot, void *p, size_t bytes, int copy_in) {
     if (!p || !bytes) return p;
-    const void *d = device_view(p);
-    if (d) return (void *)d;
     cu_ctx *c = CU(k);
+    int host_side;
+    const void *d = device_view_of(p, &host_side);
+    if (d) {
+        c->pinned_out |= host_side; /* host memory the GPU writes: complete on return too */
+        return (void *)d;
+    }
     void *s = stage_buffer(c, slot, bytes);
     if (copy_in) cu_check(cudaMemcpyAsync(s, p, bytes, cudaMemcpyHostToDevice, c->stream), "copy to the GPU");
     if (c->n_wb == CU_MAX_WRITEBACKS) {
@@ -94,8 +98,9 @@ void cu_done(svlm_kernels *k, const char *what) {
         cu_check(
             cudaMemcpyAsync(c->wb[i].host, c->wb[i].dev, c->wb[i].bytes, cudaMemcpyDeviceToHost, c->stream),
             "copy from the GPU");
-    const int wrote_host = c->n_wb > 0;
+    const int wrote_host = c->n_wb > 0 || c->pinned_out;
     c->n_wb = 0;
+    c->pinned_out = 0;
     if (wrote_host || !c->defer) cu_check(cudaStreamSynchronize(c->stream), what);
     cu_prof_stop(k, what);
 }
@@ -268,7 +273,9 @@ static void cu_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
     int dst_host, src_host;
     (void)device_view_of(dst, &dst_host);
     (void)device_view_of(src, &src_host);
-    if (dst_host && src_host) { /* no op leaves host memory pending: nothing to wait for */
+    if (dst_host && src_host) { /* no op leaves host memory pending: nothing to wait for, */
+        /* unless a queued op still reads pinned memory the host is about to write */
+        if (CU(k)->defer && device_view(dst)) cu_check(cudaStreamSynchronize(CU(k)->stream), "copy");
         memmove(dst, src, bytes);
         cu_prof_stop(k, "copy host to host");
         return;

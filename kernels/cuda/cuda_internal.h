@@ -39,6 +39,7 @@ typedef struct cu_ctx {
     double prof_t0;
     cu_prof_op prof_ops[CU_PROF_OPS];
     int n_prof;
+    int pinned_out;      /* this op writes pinned host memory directly: it must wait too */
     int defer;           /* svlm_k_defer depth: ops return without waiting while > 0 */
     int attn_gemm_min_q; /* fewer queries go to the kernel: its one launch beats cuBLAS's eight
                             launches of host time (decode, a frame's 64 to 81 rows) */

@@ -49,6 +49,7 @@ int stream_flags_parse(stream_flags *f, const char *cmd, int argc, char **argv, 
         return 1;
     }
     svlm_err err = {0};
+    if (a[5] && f->stc.enabled < 0) f->stc.enabled = 1; /* tuning a control asks for compression */
     if (svlm_stc_control_set(&f->stc, a[5] ? a + 6 : "stc", v, &err)) {
         fprintf(stderr, "svlm %s: %s: %s\n", cmd, a, err.msg);
         return -1;
