@@ -4,7 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 int cli_int(const char *flag, const char *s, long long lo, long long hi, long long *out) {
     char *end;
@@ -101,6 +103,15 @@ void cli_json_str(FILE *f, const char *str, size_t n) {
         }
     }
     fputc('"', f);
+}
+
+size_t cli_rss_bytes(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 
 double cli_now(void) {

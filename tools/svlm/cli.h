@@ -28,5 +28,7 @@ int cli_backend(const char *flag, const char *s);
 void cli_json_str(FILE *f, const char *s, size_t len);
 /* Monotonic seconds. */
 double cli_now(void);
+/* The process's resident memory in bytes (/proc/self/statm; 0 where that is unreadable). */
+size_t cli_rss_bytes(void);
 
 #endif

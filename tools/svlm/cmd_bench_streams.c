@@ -99,15 +99,6 @@ typedef struct result {
     size_t kv_per_stream, bank_per_stream, rss;
 } result;
 
-static size_t rss_bytes(void) {
-    long pages = 0, resident = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f) return 0;
-    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
-    fclose(f);
-    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
-
 /* ---- flags ---- */
 
 static void args_default(bench_args *a) {
@@ -551,7 +542,7 @@ static svlm_status produce(run_ctx *r, result *res, svlm_err *err) {
     res->ingest_batch_mean = nbat ? (double)nfr / (double)nbat : 0;
     res->ingest_batch_share = res->frames > 0 ? (double)nfr / (double)res->frames : 0;
     stream_figures(r, res);
-    res->rss = rss_bytes();
+    res->rss = cli_rss_bytes();
     return SVLM_OK;
 }
 

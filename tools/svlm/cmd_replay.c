@@ -42,15 +42,6 @@ typedef struct replay {
     pthread_mutex_t out_mu; /* answers come from the answer lane, progress from the main thread */
 } replay;
 
-static size_t rss_bytes(void) {
-    long pages = 0, resident = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f) return 0;
-    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
-    fclose(f);
-    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
-
 static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer,
                     const svlm_answer_metrics *am, const char *err_msg) {
     replay *r = user;
@@ -135,7 +126,7 @@ static void print_counters(replay *r, svlm_engine *e, double video_t, double sec
         "\"questions\":%lld,\"answers_joined\":%lld,\"time_offset\":%.3f,\"rss_bytes\":%zu,\"video_s\":%.3f,"
         "\"seconds\":%.3f,\"fps\":%.2f}\n",
         m.encode_ms_per_frame, m.prefill_ms_per_frame, em.ingest_busy_ms, em.answer_busy_ms,
-        (long long)m.questions, (long long)m.answers_joined, m.time_offset, rss_bytes(), video_t, secs,
+        (long long)m.questions, (long long)m.answers_joined, m.time_offset, cli_rss_bytes(), video_t, secs,
         (double)m.frames_in / (secs + 1e-9));
 }
 
