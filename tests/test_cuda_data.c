@@ -69,6 +69,17 @@ static void test_copy(void) {
         CHECK(ok, "copy chain host -> k_alloc -> k_alloc -> host (%s) lost data",
               deferred ? "deferred" : "op by op");
     }
+    /* deferred code reuses host buffers right after copying them across (embeddings, positions,
+     * page rows): the copy must have taken the data when it returns */
+    svlm_k_defer(G, 1);
+    memcpy(back, src, sizeof(float) * N);
+    svlm_k_copy(G, a, back, sizeof(float) * N);
+    memset(back, 0xff, sizeof(float) * N); /* NaNs */
+    svlm_k_copy(G, b, a, sizeof(float) * N);
+    svlm_k_copy(G, back, b, sizeof(float) * N);
+    int kept = !memcmp(back, src, sizeof(float) * N);
+    svlm_k_defer(G, 0);
+    CHECK(kept, "a host buffer rewritten right after svlm_k_copy took it changed what the copy delivered");
     /* host -> host goes straight through */
     svlm_k_copy(G, back, src, sizeof(float) * 100);
     CHECK(!memcmp(back, src, sizeof(float) * 100), "host -> host copy");
