@@ -2,17 +2,19 @@
 # shellcheck disable=SC2016 # bash -c scripts take their arguments as $1...
 # The check for a machine with an NVIDIA GPU: builds the svlm tool and the GPU tests in
 # build-gpu/ with the CUDA backend (no FFmpeg, GStreamer or server libraries needed), runs the GPU
-# tests (ctest -R test_cuda) and test_cuda_backend under compute-sanitizer's memcheck when it is
-# installed, then benchmarks the CUDA backend against the CPU on a generated SmolVLM2-256M-shaped
-# Q8_0 model (text pp512/tg128, 16 answers decoding together, vision encoder, bench-vision on the
-# built-in test pattern).
+# tests (ctest -R test_cuda) and each under compute-sanitizer's memcheck when it is installed,
+# then benchmarks the CUDA backend on a generated SmolVLM2-256M-shaped Q8_0 model (text pp512 /
+# tg128 and a profiled decode, 16 answers decoding together, the CPU for comparison, the vision
+# encoder, bench-vision on the built-in test pattern, bench-streams at 256, 128 and 64 streams)
+# and on a 2.2B-shaped Q4_K_M one (text, 32 streams).
 #
 # Everything goes to stdout (and to $OUT/gpu-check.log when $OUT names a folder); a summary comes
 # last. Exit status 1 when the build, a test, memcheck or a benchmark command failed; the
 # benchmarks run whatever the tests said. Each step has a timeout within an overall budget
 # (SVLM_GPU_CHECK_BUDGET seconds, default 470: under 8 minutes with the summary).
 #
-# Environment: SVLM_TEST_DATA (default ../shared, else ./shared), SVLM_CUDA_ARCH (default: the
+# Environment: SVLM_TEST_DATA (default ../shared, else ./shared), SVLM_GPU_CHECK_22B=0 (skip the
+# 2.2B-shaped model and its benchmarks), SVLM_CUDA_ARCH (default: the
 # GPU's compute capability from nvidia-smi, e.g. 90 on an H100; "80;90" without a GPU),
 # SVLM_GPU_CHECK_BUILD (the build folder, default build-gpu).
 set -uo pipefail
@@ -235,6 +237,21 @@ if [ -x "$S" ]; then
           --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
           --backend cuda $flags
       done
+    fi
+  fi
+  # the 2.2B shape (Q4_K_M): text speed and the 32 streams (making the model takes about
+  # 100 s on one core; skipped when the budget is short)
+  if [ "${SVLM_GPU_CHECK_22B:-1}" = 1 ]; then
+    M22="$B/bench/s22-q4_k_m"
+    if [ ! -f "$M22.gguf" ] || [ ! -f "$M22-mmproj.gguf" ]; then
+      step "benchmark model (SmolVLM2-2.2B shape, Q4_K_M)" 150 90 "$S" mkmodel --arch smolvlm \
+        --shape smolvlm2-2.2b --type q4_k_m --seed 1 -o "$M22" --quiet || summary+=("mkmodel 2.2B: not made (budget or error)")
+    fi
+    if [ -f "$M22.gguf" ] && [ -f "$M22-mmproj.gguf" ]; then
+      bench "2.2B text, cuda" 45 bench -m "$M22.gguf" --pp 512 --tg 64 --reps 1 --backend cuda
+      bench "2.2B: 32 streams at 1 fps, cuda" 60 bench-streams -m "$M22.gguf" --mmproj "$M22-mmproj.gguf" \
+        --streams 32 --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
+        --backend cuda
     fi
   fi
 else
