@@ -159,11 +159,12 @@ static svlm_status load_hparams(const gguf_file *f, svlm_mmproj_hparams *hp, svl
                 return svlm_fail(err, SVLM_E_FORMAT, "mmproj: '%s'[%d] = %g is invalid", key, c,
                                  (double)dst[c]);
     }
-    if (hp->image_size % hp->patch_size)
-        return svlm_fail(err, SVLM_E_UNSUPPORTED,
-                         "mmproj: image size %d is not a multiple of patch size %d (unsupported)",
-                         hp->image_size, hp->patch_size);
+    /* a stride-p valid convolution: 384 px with 14-px patches (SmolVLM2-2.2B) is a 27 x 27 grid
+     * that never sees the last 6 pixel rows and columns (smolvlm2-spec.md, vision table) */
     int g = hp->image_size / hp->patch_size;
+    if (g < 1)
+        return svlm_fail(err, SVLM_E_FORMAT, "mmproj: image size %d is smaller than one %d-px patch",
+                         hp->image_size, hp->patch_size);
     if (g % hp->scale_factor)
         return svlm_fail(err, SVLM_E_UNSUPPORTED,
                          "mmproj: patch grid %d is not a multiple of scale factor %d", g, hp->scale_factor);

@@ -17,6 +17,14 @@ static const mk_shape shapes[] = {
      0,
      {1024, 96, 3, 6, 2, 256, 2048, 100000.0f, 1e-5f, 1},
      {64, 16, 96, 256, 2, 6, 2, 128, 1e-6f}},
+    /* the 2.2B vision geometry in small: 60-px tiles of 14-px patches, a 4 x 4 grid that never
+     * sees the last 4 pixel rows and columns, as 384 / 14 leaves 6 */
+    {"tiny-p14",
+     "svlm-tiny-p14-random",
+     "400K",
+     0,
+     {1024, 96, 3, 6, 2, 256, 2048, 100000.0f, 1e-5f, 1},
+     {60, 14, 96, 256, 2, 6, 2, 240, 1e-6f}},
     {"smolvlm2-256m",
      "SmolVLM2 256M Video Instruct (random weights)",
      "256M",
@@ -65,7 +73,7 @@ const mk_ftype *mk_ftype_find(const char *name) {
 }
 
 const char *mk_shape_names(void) {
-    return "tiny, smolvlm2-256m, smolvlm2-500m, smolvlm2-2.2b";
+    return "tiny, tiny-p14, smolvlm2-256m, smolvlm2-500m, smolvlm2-2.2b";
 }
 const char *mk_ftype_names(void) {
     return "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m";
