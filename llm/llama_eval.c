@@ -344,9 +344,9 @@ int llama_working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v) {
     return 0;
 }
 
-svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
-                                const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
-                                svlm_err *err) {
+svlm_status llama_seq_prepare(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                              const int32_t *ids, const float *embd, int n, int *p0, int *sync_from,
+                              svlm_err *err) {
     svlm_status st = llama_check_inputs(c, ids, embd, n, err);
     if (st) return st;
     const svlm_llama_hparams *hp = &c->m->hp;
@@ -361,9 +361,19 @@ svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kin
     int first = 0;
     if ((st = svlm_kv_seq_append(seq, kind, tag, n, &first, err))) return st;
     int valid = llama_working_copy_valid(c, svlm_kv_seq_version(seq));
-    if (valid > first) valid = first;
-    /* mark the copy unknown while it is rebuilt, then record what it holds */
+    *sync_from = valid < first ? valid : first;
+    *p0 = first;
+    /* the copy is unknown while it is rebuilt; the caller records what it holds afterwards */
     memset(&c->mirror_of, 0, sizeof c->mirror_of);
+    return SVLM_OK;
+}
+
+svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                                const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
+                                svlm_err *err) {
+    int first = 0, valid = 0;
+    svlm_status st = llama_seq_prepare(c, seq, kind, tag, ids, embd, n, &first, &valid, err);
+    if (st) return st;
     eval_chunks(c, seq, first, valid, ids, embd, n, logits, all_logits);
     c->mirror_of = svlm_kv_seq_version(seq);
     c->mirror_n = first + n;

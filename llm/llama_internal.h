@@ -65,6 +65,12 @@ int llama_working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v);
  * SwiGLU feed-forward block and its residual (x updated, h/gate/up scratch). */
 void llama_layer_rest(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L,
                       const float *att, float *x, float *h, float *gate, float *up, int n);
+/* svlm_llama_eval_seq's checks and cache bookkeeping for n rows of seq evaluated with c: the
+ * rows are appended, *p0 is their first cache row, *sync_from where c's working copy stops
+ * matching the sequence; c's copy is marked unknown until the caller records it. */
+svlm_status llama_seq_prepare(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                              const int32_t *ids, const float *embd, int n, int *p0, int *sync_from,
+                              svlm_err *err);
 svlm_status llama_check_inputs(const svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
                                svlm_err *err);
 

@@ -70,34 +70,20 @@ void svlm_llama_multi_free(svlm_llama_multi *b) {
 static svlm_status prepare(svlm_llama_multi *b, svlm_llama_multi_item *it, int *p0, int *sync_from) {
     svlm_err e = {0};
     svlm_status st = SVLM_OK;
-    const svlm_llama_hparams *hp = &b->m->hp;
     if (it->ctx->m != b->m || it->ctx->k != b->k)
         st = svlm_fail(&e, SVLM_E_INVALID, "the context belongs to another model or backend than the pass");
     if (!st && (it->n < 1 || it->n > LLAMA_PENDING_ROWS || it->n > it->ctx->n_batch))
         st = svlm_fail(&e, SVLM_E_INVALID, "an item of %d rows (1 to %d)", it->n,
                        LLAMA_PENDING_ROWS < it->ctx->n_batch ? LLAMA_PENDING_ROWS : it->ctx->n_batch);
-    if (!st) st = llama_check_inputs(it->ctx, it->ids, it->embd, it->n, &e);
-    const svlm_kv_pool_params *pp = st ? NULL : svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq));
-    if (!st && (pp->n_layer != hp->n_layer || pp->kv_dim != hp->n_head_kv * hp->head_dim))
-        st = svlm_fail(&e, SVLM_E_INVALID, "KV pool shaped for %d layers x %d, the model has %d x %d",
-                       pp->n_layer, pp->kv_dim, hp->n_layer, hp->n_head_kv * hp->head_dim);
-    if (!st && svlm_kv_seq_capacity(it->seq) > it->ctx->n_ctx)
-        st = svlm_fail(&e, SVLM_E_LIMIT,
-                       "a cache of %d tokens needs a context of at least that size (have %d)",
-                       svlm_kv_seq_capacity(it->seq), it->ctx->n_ctx);
-    int first = 0;
-    if (!st) st = svlm_kv_seq_append(it->seq, it->kind, it->tag, it->n, &first, &e);
+    if (!st)
+        st = llama_seq_prepare(it->ctx, it->seq, it->kind, it->tag, it->ids, it->embd, it->n, p0, sync_from,
+                               &e);
     if (st) {
         it->status = st;
         memcpy(it->err_msg, e.msg, sizeof it->err_msg - 1);
         it->err_msg[sizeof it->err_msg - 1] = 0;
-        return st;
     }
-    int valid = llama_working_copy_valid(it->ctx, svlm_kv_seq_version(it->seq));
-    *sync_from = valid < first ? valid : first;
-    *p0 = first;
-    memset(&it->ctx->mirror_of, 0, sizeof it->ctx->mirror_of); /* unknown while it is rebuilt */
-    return SVLM_OK;
+    return st;
 }
 
 typedef struct live_item {
