@@ -255,23 +255,40 @@ static void step_batch(svlm_engine *e) {
     e->rr_active = e->active;
 }
 
+/* The ready question to take up next (under e->mu): a cancelled one first (it ends at once),
+ * else the oldest of the stream with the fewest running answers, so that one stream's burst of
+ * questions does not hold every answer slot while another stream's question waits. */
+static question *next_ready(svlm_engine *e) {
+    if (!e->ready) return NULL;
+    for (question *c = e->ready; c; c = c->next)
+        if (__atomic_load_n(&c->cancel, __ATOMIC_RELAXED)) return c;
+    int running[e->n_streams > 0 ? e->n_streams : 1];
+    memset(running, 0, sizeof running);
+    for (question *a = e->active; a; a = a->next)
+        if (a->sid >= 0 && a->sid < e->n_streams) running[a->sid]++;
+    question *best = NULL;
+    for (question *c = e->ready; c; c = c->next) /* FIFO: the first of a count wins */
+        if (!best || (c->sid >= 0 && c->sid < e->n_streams && best->sid >= 0 && best->sid < e->n_streams &&
+                      running[c->sid] < running[best->sid]))
+            best = c;
+    return best;
+}
+
 static void *answer_lane(void *arg) {
     svlm_engine *e = arg;
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
-        question *q = e->ready;
+        question *q = next_ready(e);
         int n_active = 0;
         for (question *a = e->active; a; a = a->next)
             n_active++;
-        /* a cancelled question ends at once; a fresh one waits while max_active answers run */
-        if (q && e->p.max_active > 0 && n_active >= e->p.max_active && !q->cancel) {
+        /* a fresh question waits while max_active answers run */
+        if (q && e->p.max_active > 0 && n_active >= e->p.max_active &&
+            !__atomic_load_n(&q->cancel, __ATOMIC_RELAXED))
             q = NULL;
-            for (question *c = e->ready; c && !q; c = c->next)
-                if (__atomic_load_n(&c->cancel, __ATOMIC_RELAXED)) q = c;
-        }
         /* under a stream of questions, starts and decode steps take turns: answers already
          * running keep streaming instead of waiting for every newcomer's first token */
-        if (q && !q->cancel && e->started_last && e->active) q = NULL;
+        if (q && !__atomic_load_n(&q->cancel, __ATOMIC_RELAXED) && e->started_last && e->active) q = NULL;
         int fresh = q != NULL;
         e->started_last = fresh;
         if (fresh) {

@@ -10,7 +10,9 @@
  *   answer lane  a new question first (fork, memory, prefill, first token: time to first token
  *                comes first), otherwise one decode step of the active answers in turn; when
  *                questions keep coming, starts and decode steps alternate, and at most
- *                params.max_active answers run (more wait, unforked).
+ *                params.max_active answers run (more wait, unforked). The next question taken
+ *                up is the oldest of the stream with the fewest running answers: one stream's
+ *                burst does not hold every slot while another stream waits.
  * Ingest never waits for an answer: frames wait in a small queue per stream; a live push into a
  * full queue drops the oldest frame (counted in the stream's drops), a replay push
  * (block = 1) waits for room instead, so a replay at full speed ingests every frame.

@@ -4,7 +4,8 @@
  * (SVLM_TEST_DATA): the same frames pushed to three streams with batches of 1 and of 3 must give
  * every stream the same frames and tokens of each kind, answers to questions on the streams, no
  * drops, and batches that did form; a stream removed while its frames queue leaves the others
- * whole; and a flood of questions runs at most max_active answers at once and answers them all.
+ * whole; a flood of questions runs at most max_active answers at once and answers them all; and
+ * one stream's burst of questions does not make another stream's question wait for all of it.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -144,6 +145,66 @@ static void flood(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_engine_free(e);
 }
 
+/* Fairness between streams: stream 0 asks 20 questions at once, then stream 1 one; with two
+ * answer slots, stream 1's question is taken up as soon as a slot frees, not after the burst. */
+typedef struct order_rec {
+    int n, order[32];
+} order_rec;
+typedef struct tagged {
+    order_rec *rec;
+    int sid;
+} tagged;
+static void on_done_order(void *user, uint64_t qid, svlm_status st, const char *answer,
+                          const svlm_answer_metrics *am, const char *err_msg) {
+    (void)qid, (void)st, (void)answer, (void)am, (void)err_msg;
+    tagged *t = user;
+    int i = __atomic_fetch_add(&t->rec->n, 1, __ATOMIC_SEQ_CST);
+    if (i < 32) t->rec->order[i] = t->sid;
+}
+
+static void burst(svlm_llama *m, const svlm_mmproj *mp) {
+    enum { N_Q = 20 };
+    svlm_err err = {0};
+    svlm_stc_controls stc;
+    svlm_stc_controls_default(&stc);
+    stc.enabled = 0;
+    svlm_engine_params ep = {.max_streams = 2, .max_active = 2, .decode_batch = 2, .stc = &stc};
+    svlm_engine *e = NULL;
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream *s[2];
+    int sid[2];
+    svlm_stream_params sp = {.sink_tokens = 16,
+                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
+                             .text_tokens = 64,
+                             .rows_per_frame = mp->hp.tokens_per_tile,
+                             .kv_type = SVLM_F32};
+    for (int i = 0; i < 2; i++)
+        REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
+                err.msg);
+    order_rec rec = {0};
+    tagged tags[2] = {{&rec, 0}, {&rec, 1}};
+    svlm_ask_opts o = {.max_tokens = 6};
+    for (int i = 0; i < N_Q; i++)
+        REQUIRE(svlm_engine_ask(e, sid[0], "What moves?", &o, 0, NULL, on_done_order, &tags[0], NULL, &err) ==
+                    SVLM_OK,
+                "%s", err.msg);
+    REQUIRE(svlm_engine_ask(e, sid[1], "And here?", &o, 0, NULL, on_done_order, &tags[1], NULL, &err) ==
+                SVLM_OK,
+            "%s", err.msg);
+    svlm_engine_drain(e);
+    int at = -1;
+    for (int i = 0; i < rec.n && i < 32; i++)
+        if (rec.order[i] == 1) at = i;
+    printf("stream 1's question after a burst of %d on stream 0 ended %d of %d\n", N_Q, at + 1, rec.n);
+    CHECK(rec.n == N_Q + 1, "%d of %d questions ended", rec.n, N_Q + 1);
+    CHECK(at >= 0 && at < 5, "stream 1's question ended %d of %d: it waited for the other stream's burst",
+          at + 1, rec.n);
+    svlm_engine_stop(e);
+    for (int i = 0; i < 2; i++)
+        svlm_stream_free(s[i]);
+    svlm_engine_free(e);
+}
+
 int test_main(void) {
     const char *tp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf");
     const char *mpp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf");
@@ -191,6 +252,7 @@ int test_main(void) {
     CHECK(rm.ans.ok == 2, "answers with the middle stream removed: %d", rm.ans.ok);
 
     flood(m, mp);
+    burst(m, mp);
 
     svlm_mmproj_free(mp);
     svlm_llama_free(m);
