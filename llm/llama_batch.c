@@ -4,7 +4,6 @@
  * sequences cost little more than one: the matrix products run on n rows, while each sequence
  * keeps its own paged cache, working copy, positions and attention.
  */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -136,7 +135,6 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
     svlm_k_defer(k, 1); /* the host touches the buffers only through svlm_k_copy */
     llama_embed_rows(m, k, b->host_x, b->x, b->ids, nl);
     svlm_k_copy(k, b->pos_k, b->pos, sizeof(int32_t) * (size_t)nl);
-    const float scale = 1.0f / sqrtf((float)hp->head_dim);
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         svlm_k_rmsnorm(k, b->x, L->attn_norm, b->h, nl, E, hp->rms_eps);
@@ -173,21 +171,8 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
             svlm_llama_ctx *c = items[b->live[r]].ctx;
             llama_store_rows(c, c->k_cache[l], b->kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
             llama_store_rows(c, c->v_cache[l], b->vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
-            b->attn[r] = (svlm_attn_args){
-                .q = b->q + (size_t)r * qd,
-                .k = c->k_cache[l],
-                .v = c->v_cache[l],
-                .kv_type = c->kv_type,
-                .kv_stride = kvd,
-                .out = b->att + (size_t)r * qd,
-                .n_q = 1,
-                .n_kv = b->p0[r] + 1,
-                .n_head = hp->n_head,
-                .n_kv_head = hp->n_head_kv,
-                .head_dim = hp->head_dim,
-                .causal = 1,
-                .scale = scale,
-            };
+            b->attn[r] =
+                llama_cache_attention(c, l, b->q + (size_t)r * qd, b->att + (size_t)r * qd, 1, b->p0[r]);
         }
         svlm_k_attention_multi(k, b->attn, nl); /* one launch for every row on a GPU */
         llama_layer_rest(k, hp, L, b->att, b->x, b->h, b->gate, b->up, nl);

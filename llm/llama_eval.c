@@ -205,6 +205,52 @@ void llama_layer_rest(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_
  * the context's own cache; with one, they are also written (before RoPE) to its pages, and rows
  * [sync_from, p0) of the working copy are refreshed from the pages first.
  */
+void llama_new_rows_to_pending(svlm_llama_ctx *c, svlm_kv_seq *seq, int layer, float *kx, float *vx, int n,
+                               int p0, int sync_from) {
+    svlm_kernels *k = c->k;
+    const size_t kvd = (size_t)c->m->hp.n_head_kv * c->m->hp.head_dim,
+                 row_bytes = sizeof(float) * (size_t)n * kvd;
+    float *pk = c->pending + (size_t)layer * 2 * n * kvd; /* [n_layer][2][n][kvd] */
+    svlm_k_copy(k, pk, kx, row_bytes);
+    svlm_k_copy(k, pk + (size_t)n * kvd, vx, row_bytes);
+    if (sync_from < p0) llama_sync_working_copy(c, seq, layer, sync_from, p0);
+    /* the new rows must look exactly as they will when read back from the pages */
+    if (svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16) {
+        svlm_k_round_f16(k, kx, (int64_t)n * (int64_t)kvd);
+        svlm_k_round_f16(k, vx, (int64_t)n * (int64_t)kvd);
+    }
+}
+
+void llama_pending_to_pages(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int n) {
+    const svlm_llama_hparams *hp = &c->m->hp;
+    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, per_layer = (size_t)2 * n * kvd;
+    svlm_k_copy(c->k, c->pending_host, c->pending, sizeof(float) * per_layer * (size_t)hp->n_layer);
+    for (int l = 0; l < hp->n_layer; l++) {
+        const float *pk = c->pending_host + (size_t)l * per_layer;
+        svlm_kv_seq_write(seq, l, p0, n, pk, pk + (size_t)n * kvd);
+    }
+}
+
+svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const float *q, float *out, int n,
+                                     int p0) {
+    const svlm_llama_hparams *hp = &c->m->hp;
+    return (svlm_attn_args){
+        .q = q,
+        .k = c->k_cache[layer],
+        .v = c->v_cache[layer],
+        .kv_type = c->kv_type,
+        .kv_stride = (int64_t)hp->n_head_kv * hp->head_dim,
+        .out = out,
+        .n_q = n,
+        .n_kv = p0 + n,
+        .n_head = hp->n_head,
+        .n_kv_head = hp->n_head_kv,
+        .head_dim = hp->head_dim,
+        .causal = 1,
+        .scale = 1.0f / sqrtf((float)hp->head_dim),
+    };
+}
+
 static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
                        const float **embd, int n, float *logits, int all_logits) {
     const svlm_llama *m = c->m;
@@ -228,20 +274,15 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
             float *ys[3] = {c->q, c->kx, c->vx};
             svlm_k_matmul_multi(k, ws, 3, c->h, n, ys);
         }
-        if (seq) {
+        if (pend) {
+            llama_new_rows_to_pending(c, seq, l, c->kx, c->vx, n, p0, sync_from);
+        } else if (seq) { /* a long chunk: the wait for its rows is small next to its compute */
             const size_t row_bytes = sizeof(float) * (size_t)n * kvd;
-            if (pend) {
-                float *pk = c->pending + (size_t)l * 2 * n * kvd; /* [n_layer][2][n][kvd] */
-                svlm_k_copy(k, pk, c->kx, row_bytes);
-                svlm_k_copy(k, pk + (size_t)n * kvd, c->vx, row_bytes);
-            } else { /* a long chunk: the wait for its rows is small next to its compute */
-                float *hk = c->host_rows, *hv = c->host_rows + (size_t)n * kvd;
-                svlm_k_copy(k, hk, c->kx, row_bytes);
-                svlm_k_copy(k, hv, c->vx, row_bytes);
-                svlm_kv_seq_write(seq, l, p0, n, hk, hv);
-            }
+            float *hk = c->host_rows, *hv = c->host_rows + (size_t)n * kvd;
+            svlm_k_copy(k, hk, c->kx, row_bytes);
+            svlm_k_copy(k, hv, c->vx, row_bytes);
+            svlm_kv_seq_write(seq, l, p0, n, hk, hv);
             if (sync_from < p0) llama_sync_working_copy(c, seq, l, sync_from, p0);
-            /* the new rows must look exactly as they will when read back from the pages */
             if (svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16) {
                 svlm_k_round_f16(k, c->kx, (int64_t)n * kvd);
                 svlm_k_round_f16(k, c->vx, (int64_t)n * kvd);
@@ -252,32 +293,11 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
                     hp->rope_neox);
         llama_store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
         llama_store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
-        svlm_attn_args a = {
-            .q = c->q,
-            .k = c->k_cache[l],
-            .v = c->v_cache[l],
-            .kv_type = c->kv_type,
-            .kv_stride = kvd,
-            .out = c->att,
-            .n_q = n,
-            .n_kv = p0 + n,
-            .n_head = hp->n_head,
-            .n_kv_head = hp->n_head_kv,
-            .head_dim = hp->head_dim,
-            .causal = 1,
-            .scale = 1.0f / sqrtf((float)hp->head_dim),
-        };
+        svlm_attn_args a = llama_cache_attention(c, l, c->q, c->att, n, p0);
         svlm_k_attention(k, &a);
         llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
     }
-    if (pend) {
-        const size_t per_layer = (size_t)2 * n * kvd;
-        svlm_k_copy(k, c->pending_host, c->pending, sizeof(float) * per_layer * (size_t)hp->n_layer);
-        for (int l = 0; l < hp->n_layer; l++) {
-            const float *pk = c->pending_host + (size_t)l * per_layer;
-            svlm_kv_seq_write(seq, l, p0, n, pk, pk + (size_t)n * kvd);
-        }
-    }
+    if (pend) llama_pending_to_pages(c, seq, p0, n);
     if (!logits) return;
     if (all_logits) {
         svlm_k_rmsnorm(k, c->x, m->output_norm, c->logit_in, n, E, hp->rms_eps);

@@ -57,6 +57,16 @@ void llama_store_rows(svlm_llama_ctx *c, void *cache, const float *src, int at, 
 /* x rows 0..n-1 (an svlm_k_alloc buffer) = the embeddings of tokens ids (all >= 0), dequantized
  * into `host` (n rows of n_embd floats, host memory) and copied over in one go. */
 void llama_embed_rows(const svlm_llama *m, svlm_kernels *k, float *host, float *x, const int32_t *ids, int n);
+/* A chunk's new keys and values of one layer (kx, vx: n rows, before RoPE) kept in c->pending for
+ * the pages; rows [sync_from, p0) of the working copy brought up to date first; kx, vx rounded as
+ * f16 pages will give them back. */
+void llama_new_rows_to_pending(svlm_llama_ctx *c, svlm_kv_seq *seq, int layer, float *kx, float *vx, int n,
+                               int p0, int sync_from);
+/* Every layer's kept rows into seq's pages at p0 (one copy to the host). */
+void llama_pending_to_pages(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int n);
+/* The causal attention of n query rows at cache rows p0.. over c's working copy of one layer. */
+svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const float *q, float *out, int n,
+                                     int p0);
 /* Rows [from, to) of one layer of c's working copy brought up to date with seq (RoPE applied). */
 void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to);
 /* How many leading rows of c's working copy still match the sequence at version v. */

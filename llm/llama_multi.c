@@ -4,7 +4,6 @@
  * which on a GPU is what a frame's prefill costs: the host time of its launches). Each sequence
  * keeps its own pages, working copy, positions and attention, as in eval_chunk (llama_eval.c).
  */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,20 +96,9 @@ static void layer_attention(svlm_llama_multi *b, const live_item *lv, int nl, in
     const svlm_llama_hparams *hp = &b->m->hp;
     svlm_kernels *k = b->k;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, qd = (size_t)hp->n_head * hp->head_dim;
-    for (int i = 0; i < nl; i++) {
-        svlm_llama_ctx *c = lv[i].it->ctx;
-        const int n = lv[i].it->n;
-        float *kx = b->kx + (size_t)lv[i].row * kvd, *vx = b->vx + (size_t)lv[i].row * kvd;
-        float *pk = c->pending + (size_t)l * 2 * n * kvd; /* [n_layer][2][n][kvd], as eval_chunk */
-        svlm_k_copy(k, pk, kx, sizeof(float) * (size_t)n * kvd);
-        svlm_k_copy(k, pk + (size_t)n * kvd, vx, sizeof(float) * (size_t)n * kvd);
-        if (lv[i].sync_from < lv[i].p0)
-            llama_sync_working_copy(c, lv[i].it->seq, l, lv[i].sync_from, lv[i].p0);
-        if (svlm_kv_pool_params_of(svlm_kv_seq_pool(lv[i].it->seq))->type == SVLM_F16) {
-            svlm_k_round_f16(k, kx, (int64_t)n * (int64_t)kvd);
-            svlm_k_round_f16(k, vx, (int64_t)n * (int64_t)kvd);
-        }
-    }
+    for (int i = 0; i < nl; i++)
+        llama_new_rows_to_pending(lv[i].it->ctx, lv[i].it->seq, l, b->kx + (size_t)lv[i].row * kvd,
+                                  b->vx + (size_t)lv[i].row * kvd, lv[i].it->n, lv[i].p0, lv[i].sync_from);
     svlm_k_rope(k, b->q, rows, hp->n_head, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base, hp->rope_neox);
     svlm_k_rope(k, b->kx, rows, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
                 hp->rope_neox);
@@ -119,21 +107,8 @@ static void layer_attention(svlm_llama_multi *b, const live_item *lv, int nl, in
         const int n = lv[i].it->n;
         llama_store_rows(c, c->k_cache[l], b->kx + (size_t)lv[i].row * kvd, lv[i].p0, n, kvd);
         llama_store_rows(c, c->v_cache[l], b->vx + (size_t)lv[i].row * kvd, lv[i].p0, n, kvd);
-        svlm_attn_args a = {
-            .q = b->q + (size_t)lv[i].row * qd,
-            .k = c->k_cache[l],
-            .v = c->v_cache[l],
-            .kv_type = c->kv_type,
-            .kv_stride = (int64_t)kvd,
-            .out = b->att + (size_t)lv[i].row * qd,
-            .n_q = n,
-            .n_kv = lv[i].p0 + n,
-            .n_head = hp->n_head,
-            .n_kv_head = hp->n_head_kv,
-            .head_dim = hp->head_dim,
-            .causal = 1,
-            .scale = 1.0f / sqrtf((float)hp->head_dim),
-        };
+        svlm_attn_args a = llama_cache_attention(c, l, b->q + (size_t)lv[i].row * qd,
+                                                 b->att + (size_t)lv[i].row * qd, n, lv[i].p0);
         svlm_k_attention(k, &a);
     }
 }
@@ -157,7 +132,6 @@ svlm_status svlm_llama_eval_seq_multi(svlm_llama_multi *b, svlm_llama_multi_item
     const svlm_llama_hparams *hp = &m->hp;
     svlm_kernels *k = b->k;
     const int E = hp->n_embd;
-    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     live_item lv[n];
     int nl = 0, rows = 0;
     svlm_k_defer(k, 1); /* the host touches the buffers only through svlm_k_copy */
@@ -195,15 +169,9 @@ svlm_status svlm_llama_eval_seq_multi(svlm_llama_multi *b, svlm_llama_multi_item
     /* the new rows reach each sequence's pages: one copy per sequence */
     for (int i = 0; i < nl; i++) {
         svlm_llama_ctx *c = lv[i].it->ctx;
-        const int cn = lv[i].it->n;
-        const size_t per_layer = (size_t)2 * cn * kvd;
-        svlm_k_copy(k, c->pending_host, c->pending, sizeof(float) * per_layer * (size_t)hp->n_layer);
-        for (int l = 0; l < hp->n_layer; l++) {
-            const float *pk = c->pending_host + (size_t)l * per_layer;
-            svlm_kv_seq_write(lv[i].it->seq, l, lv[i].p0, cn, pk, pk + (size_t)cn * kvd);
-        }
+        llama_pending_to_pages(c, lv[i].it->seq, lv[i].p0, lv[i].it->n);
         c->mirror_of = svlm_kv_seq_version(lv[i].it->seq);
-        c->mirror_n = lv[i].p0 + cn;
+        c->mirror_n = lv[i].p0 + lv[i].it->n;
         c->n_past = 0;
     }
     svlm_k_defer(k, 0);
