@@ -447,6 +447,29 @@ static void test_norms(svlm_kernels *k) {
         }
         CHECK(worst < 2e-6, "%s layernorm (bias %d) rel error %.3g", svlm_kernels_name(k), with_bias, worst);
     }
+
+    /* rows far from zero (an offset of 50 against a spread of 1): against the reference's own
+     * float steps (a double mean and variance, then x - (float)mean in float), a kernel must be
+     * within float rounding; one whose mean is summed in float alone is 1e-5 off */
+    float xo[5 * 77];
+    for (int64_t i = 0; i < n * dim; i++)
+        xo[i] = 50.0f + x[i] / 3.0f;
+    svlm_k_layernorm(k, xo, w, NULL, y, n, dim, 1e-6f);
+    worst = 0.0;
+    for (int64_t r = 0; r < n; r++) {
+        double mean = 0.0, var = 0.0;
+        for (int64_t i = 0; i < dim; i++)
+            mean += xo[r * dim + i];
+        mean /= dim;
+        for (int64_t i = 0; i < dim; i++)
+            var += (xo[r * dim + i] - mean) * (xo[r * dim + i] - mean);
+        const float m = (float)mean, s = (float)(1.0 / sqrt(var / dim + 1e-6));
+        for (int64_t i = 0; i < dim; i++) {
+            const float ref = (xo[r * dim + i] - m) * s * w[i];
+            worst = fmax(worst, fabs(y[r * dim + i] - ref) / (fabs(w[i]) + 1e-30)); /* |normalised| ~ 1 */
+        }
+    }
+    CHECK(worst < 1e-6, "%s layernorm of rows offset by 50: error %.3g", svlm_kernels_name(k), worst);
 }
 
 static void test_rope(svlm_kernels *k) {
