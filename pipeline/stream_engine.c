@@ -14,7 +14,7 @@
 
 /* answer contexts kept for reuse: a few on the CPU; on a GPU a batch's worth, since making one
  * (managed memory, first touches) costs more than its memory */
-enum { MAX_IDLE_CTX = 36, CPU_IDLE_CTX = 4, MAX_INGEST_BATCH = 64, DEFAULT_MAX_ACTIVE = 64 };
+enum { MAX_IDLE_CTX = 36, CPU_IDLE_CTX = 4, MAX_INGEST_BATCH = 64, CPU_MAX_ACTIVE = 8 };
 
 typedef struct question {
     uint64_t id;
@@ -632,8 +632,10 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (!st) st = svlm_kernels_create_named(NULL, e->p.answer_threads, &e->k_answer, err);
     if (e->p.decode_batch <= 0) e->p.decode_batch = 16;
     /* every running answer holds a context: an unbounded number of them under a flood of
-     * questions runs out of memory before any finishes */
-    if (e->p.max_active <= 0) e->p.max_active = DEFAULT_MAX_ACTIVE;
+     * questions runs out of memory before any finishes. A GPU keeps four decode batches busy. */
+    if (e->p.max_active <= 0)
+        e->p.max_active =
+            e->k_answer && svlm_kernels_is_gpu(e->k_answer) ? 4 * e->p.decode_batch : CPU_MAX_ACTIVE;
     if (e->p.exact) e->p.decode_batch = 1; /* a replay's answers repeat exactly: one at a time */
     if (!st && e->p.decode_batch > 1)
         st = svlm_llama_batch_create(m, e->k_answer, e->p.decode_batch, &e->batch, err);

@@ -39,7 +39,8 @@ typedef struct svlm_engine_params {
     int answer_threads;           /* kernel threads of the answer lane (default 1) */
     int frame_queue;              /* frames waiting per stream (default 2) */
     int max_streams;              /* default 16 */
-    int max_active;               /* answers decoded at once, round-robin (0: 64); more wait, unforked */
+    int max_active;               /* answers running at once (0: 8 on the CPU, 4 decode batches on a GPU);
+                                     more wait, unforked */
     int decode_batch;             /* answers whose decode steps run as one batch (continuous batching: the
                                      weights are read once per step for all of them); default 16, 1 = one
                                      answer per step; exact replays always step one at a time */

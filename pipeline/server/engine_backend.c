@@ -26,7 +26,7 @@ double eng_wall(void) {
 void svlm_engine_backend_opts_default(svlm_engine_backend_opts *o) {
     memset(o, 0, sizeof *o);
     o->max_streams = 16;
-    o->answer_threads = 8;
+    o->answer_threads = 0; /* the engine's: 8 on the CPU, 64 on a GPU */
     o->frames_window = 8;
     o->text_window = 512;
     o->sink_tokens = 64;
@@ -376,7 +376,7 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
     *out = NULL;
     if (!o->text_path || !o->mmproj_path)
         return svlm_fail(err, SVLM_E_INVALID, "the engine needs both model files");
-    if (o->max_streams < 1 || o->answer_threads < 1 || o->answer_threads > 1024 || o->decode_batch < 0 ||
+    if (o->max_streams < 1 || o->answer_threads < 0 || o->answer_threads > 1024 || o->decode_batch < 0 ||
         o->decode_batch > 1024 || o->frames_window < 1 || o->text_window < 16 || o->max_answer_tokens < 1 ||
         o->max_queued < 1 || o->sink_tokens < 16 || o->frame_queue < 1 || o->memory_tokens < 1 ||
         (o->memory && o->memory_budget < 4096))

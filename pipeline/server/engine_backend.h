@@ -32,7 +32,7 @@ typedef struct svlm_engine_backend_opts {
     const char *model_label; /* what the page and /v1/models show (NULL: the text file's name) */
     int stand_in;            /* 1: a random-weight stand-in (the page shows a banner) */
     int max_streams;         /* (16) */
-    int answer_threads;      /* answers decoded at once, interleaved token by token (8); more wait */
+    int answer_threads;      /* answers running at once (0: 8 on the CPU, 64 on a GPU); more wait */
     int decode_batch;        /* of those, decode steps run together (continuous batching); 0: 16 */
     int compute_threads;     /* kernel threads of the answer lane (0: all CPUs but one, which the
                                 ingest lane has; at least 1) */

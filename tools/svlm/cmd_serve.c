@@ -40,7 +40,7 @@ static void usage(FILE *f) {
             "                        (made once into --cache-dir), and without --source a built-in\n"
             "                        test pattern as stream 'demo'\n"
             "  --cache-dir DIR       where --demo keeps its model ($XDG_CACHE_HOME/svlm or ~/.cache/svlm)\n"
-            "  --answer-threads N    answers decoded at once, interleaved token by token (8)\n"
+            "  --answer-threads N    answers running at once (default 8 on the CPU, 64 on a GPU)\n"
             "  --decode-batch N      of those, how many step together, reading the weights once (16;\n"
             "                        1: one answer per step)\n"
             "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
