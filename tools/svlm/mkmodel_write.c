@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/threadpool.h"
 #include "llm/gguf_write.h"
 #include "mkmodel.h"
 
@@ -44,9 +45,30 @@ static void progress_step(progress *p, uint64_t bytes) {
     p->next_report = p->done + p->total / 50;
 }
 
-/* Draws one tensor's values and streams them, quantized, into the writer. */
+typedef struct quant_job {
+    const mk_tensor *t;
+    const float *vals;
+    uint8_t *packed;
+    int64_t rows, ne0, per_task;
+    size_t row_bytes;
+    int failed;
+} quant_job;
+
+static void quant_task(void *ctx, int task, int thread) {
+    (void)thread;
+    quant_job *j = ctx;
+    const int64_t r0 = (int64_t)task * j->per_task,
+                  r1 = r0 + j->per_task < j->rows ? r0 + j->per_task : j->rows;
+    for (int64_t r = r0; r < r1; r++)
+        if (svlm_quantize_row(j->t->type, j->vals + (size_t)r * (size_t)j->ne0,
+                              j->packed + (size_t)r * j->row_bytes, j->ne0))
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+}
+
+/* Draws one tensor's values (one stream, in order: the same seed gives the same bytes) and streams
+ * them, quantized on every core (the K-quants' scale search is most of the time), into the writer. */
 static svlm_status write_tensor(gguf_writer *w, const mk_tensor *t, uint64_t seed, uint64_t stream,
-                                float *vals, void *packed, progress *pg, svlm_err *err) {
+                                float *vals, void *packed, svlm_pool *pool, progress *pg, svlm_err *err) {
     mk_rng rng;
     mk_rng_seed(&rng, seed, stream);
     const int64_t ne0 = t->ne[0];
@@ -58,14 +80,14 @@ static svlm_status write_tensor(gguf_writer *w, const mk_tensor *t, uint64_t see
     const float base = t->init == MK_INIT_ONES ? 1.0f : 0.0f;
     for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
         int64_t nr = rows - r0 < rows_per_chunk ? rows - r0 : rows_per_chunk;
-        for (int64_t r = 0; r < nr; r++) {
-            float *row = vals; /* one row at a time keeps the float buffer at one chunk */
-            for (int64_t i = 0; i < ne0; i++)
-                row[i] = base + t->std * mk_rng_normal(&rng);
-            if (svlm_quantize_row(t->type, row, (uint8_t *)packed + (size_t)r * row_bytes, ne0))
-                return svlm_fail(err, SVLM_E_UNSUPPORTED, "mkmodel: cannot quantize '%s' to type %d", t->name,
-                                 (int)t->type);
-        }
+        for (int64_t i = 0; i < nr * ne0; i++)
+            vals[i] = base + t->std * mk_rng_normal(&rng);
+        const int64_t tasks = nr < 4 * (int64_t)svlm_pool_size(pool) ? nr : 4 * (int64_t)svlm_pool_size(pool);
+        quant_job j = {t, vals, packed, nr, ne0, (nr + tasks - 1) / tasks, row_bytes, 0};
+        svlm_pool_run(pool, quant_task, &j, (int)((nr + j.per_task - 1) / j.per_task));
+        if (j.failed)
+            return svlm_fail(err, SVLM_E_UNSUPPORTED, "mkmodel: cannot quantize '%s' to type %d", t->name,
+                             (int)t->type);
         svlm_status st = gguf_writer_write_data(w, packed, (size_t)nr * row_bytes, err);
         if (st) return st;
         progress_step(pg, (uint64_t)nr * row_bytes);
@@ -91,16 +113,19 @@ static svlm_status write_plan(gguf_writer *w, const char *path, const mk_options
     int64_t max_ne0 = 1;
     for (int i = 0; i < p->n; i++)
         if (p->t[i].ne[0] > max_ne0) max_ne0 = p->t[i].ne[0];
-    float *vals = malloc((size_t)max_ne0 * sizeof *vals);
+    /* a chunk of rows, or one row longer than a chunk */
+    float *vals = malloc((size_t)(max_ne0 > CHUNK_VALUES ? max_ne0 : CHUNK_VALUES) * sizeof *vals);
     void *packed = malloc(max_chunk ? max_chunk : 1);
-    if (!vals || !packed) {
+    svlm_pool *pool = NULL;
+    if (!vals || !packed || svlm_pool_create(0, &pool, err)) {
         free(vals);
         free(packed);
         return svlm_fail(err, SVLM_E_NOMEM, "mkmodel: out of memory");
     }
     st = SVLM_OK;
     for (int i = 0; i < p->n && !st; i++)
-        st = write_tensor(w, &p->t[i], o->seed, stream_base + (uint64_t)i, vals, packed, &pg, err);
+        st = write_tensor(w, &p->t[i], o->seed, stream_base + (uint64_t)i, vals, packed, pool, &pg, err);
+    svlm_pool_destroy(pool);
     free(vals);
     free(packed);
     if (!st) st = gguf_writer_finish(w, err);
