@@ -14,7 +14,8 @@ struct svlm_llama_batch {
     svlm_llama *m;
     svlm_kernels *k;
     int max;
-    float *x, *h, *q, *kx, *vx, *att, *gate, *up, *logits;
+    llama_rows r; /* activations of up to max rows */
+    float *logits;
     int32_t *pos, *pos_k;  /* RoPE positions, in host memory and on the kernels' side */
     int32_t *ids;          /* the live rows' tokens */
     float *host_x;         /* their embeddings on the host */
@@ -37,15 +38,7 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->k = k;
     b->max = max_seqs;
     const size_t B = (size_t)max_seqs, E = (size_t)hp->n_embd, kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    const size_t qd = (size_t)hp->n_head * hp->head_dim;
-    b->x = svlm_k_alloc(k, B * E * 4);
-    b->h = svlm_k_alloc(k, B * (E > qd ? E : qd) * 4);
-    b->q = svlm_k_alloc(k, B * qd * 4);
-    b->kx = svlm_k_alloc(k, B * kvd * 4);
-    b->vx = svlm_k_alloc(k, B * kvd * 4);
-    b->att = svlm_k_alloc(k, B * qd * 4);
-    b->gate = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
-    b->up = svlm_k_alloc(k, B * (size_t)hp->n_ff * 4);
+    const int rows_ok = llama_rows_alloc(k, hp, B, &b->r);
     b->logits = svlm_k_alloc(k, B * (size_t)hp->n_vocab * 4);
     b->pos = calloc(B, sizeof *b->pos);
     b->attn = calloc(B, sizeof *b->attn);
@@ -57,9 +50,8 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->p0 = calloc(B, sizeof *b->p0);
     b->live = calloc(B, sizeof *b->live);
     b->sync = calloc(B, sizeof *b->sync);
-    if (!b->x || !b->h || !b->q || !b->kx || !b->vx || !b->att || !b->gate || !b->up || !b->logits ||
-        !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k || !b->ids || !b->host_x || !b->pending ||
-        !b->pending_host || !b->attn) {
+    if (!rows_ok || !b->logits || !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k || !b->ids ||
+        !b->host_x || !b->pending || !b->pending_host || !b->attn) {
         svlm_llama_batch_free(b);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a batch of %d sequences", max_seqs);
     }
@@ -69,7 +61,8 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
 
 void svlm_llama_batch_free(svlm_llama_batch *b) {
     if (!b) return;
-    void *bufs[] = {b->x, b->h, b->q, b->kx, b->vx, b->att, b->gate, b->up, b->logits, b->pos_k, b->pending};
+    llama_rows_free(b->k, &b->r);
+    void *bufs[] = {b->logits, b->pos_k, b->pending};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(b->k, bufs[i]);
     free(b->pos);
@@ -133,20 +126,15 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
     }
     if (nl == 0) return SVLM_OK;
     svlm_k_defer(k, 1); /* the host touches the buffers only through svlm_k_copy */
-    llama_embed_rows(m, k, b->host_x, b->x, b->ids, nl);
+    llama_embed_rows(m, k, b->host_x, b->r.x, b->ids, nl);
     svlm_k_copy(k, b->pos_k, b->pos, sizeof(int32_t) * (size_t)nl);
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
-        svlm_k_rmsnorm(k, b->x, L->attn_norm, b->h, nl, E, hp->rms_eps);
-        {
-            const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
-            float *ys[3] = {b->q, b->kx, b->vx};
-            svlm_k_matmul_multi(k, ws, 3, b->h, nl, ys);
-        }
+        llama_layer_qkv(k, hp, L, b->r.x, b->r.h, b->r.q, b->r.kx, b->r.vx, nl);
         /* the rows' new keys and values reach their pages after the layers, in one copy */
         float *pk = b->pending + (size_t)l * 2 * nl * kvd;
-        svlm_k_copy(k, pk, b->kx, sizeof(float) * (size_t)nl * kvd);
-        svlm_k_copy(k, pk + (size_t)nl * kvd, b->vx, sizeof(float) * (size_t)nl * kvd);
+        svlm_k_copy(k, pk, b->r.kx, sizeof(float) * (size_t)nl * kvd);
+        svlm_k_copy(k, pk + (size_t)nl * kvd, b->r.vx, sizeof(float) * (size_t)nl * kvd);
         int n_f16 = 0;
         for (int r = 0; r < nl; r++) {
             svlm_llama_batch_item *it = &items[b->live[r]];
@@ -155,30 +143,31 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
         }
         /* rows on f16 pages must look as they will when read back: all at once when all are */
         if (n_f16 == nl) {
-            svlm_k_round_f16(k, b->kx, (int64_t)nl * kvd);
-            svlm_k_round_f16(k, b->vx, (int64_t)nl * kvd);
+            svlm_k_round_f16(k, b->r.kx, (int64_t)nl * kvd);
+            svlm_k_round_f16(k, b->r.vx, (int64_t)nl * kvd);
         } else if (n_f16 > 0) {
             for (int r = 0; r < nl; r++)
                 if (svlm_kv_pool_params_of(svlm_kv_seq_pool(items[b->live[r]].seq))->type == SVLM_F16) {
-                    svlm_k_round_f16(k, b->kx + (size_t)r * kvd, kvd);
-                    svlm_k_round_f16(k, b->vx + (size_t)r * kvd, kvd);
+                    svlm_k_round_f16(k, b->r.kx + (size_t)r * kvd, kvd);
+                    svlm_k_round_f16(k, b->r.vx + (size_t)r * kvd, kvd);
                 }
         }
-        svlm_k_rope(k, b->q, nl, hp->n_head, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base, hp->rope_neox);
-        svlm_k_rope(k, b->kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
+        svlm_k_rope(k, b->r.q, nl, hp->n_head, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
+                    hp->rope_neox);
+        svlm_k_rope(k, b->r.kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
                     hp->rope_neox);
         for (int r = 0; r < nl; r++) {
             svlm_llama_ctx *c = items[b->live[r]].ctx;
-            llama_store_rows(c, c->k_cache[l], b->kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
-            llama_store_rows(c, c->v_cache[l], b->vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+            llama_store_rows(c, c->k_cache[l], b->r.kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+            llama_store_rows(c, c->v_cache[l], b->r.vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
             b->attn[r] =
-                llama_cache_attention(c, l, b->q + (size_t)r * qd, b->att + (size_t)r * qd, 1, b->p0[r]);
+                llama_cache_attention(c, l, b->r.q + (size_t)r * qd, b->r.att + (size_t)r * qd, 1, b->p0[r]);
         }
         svlm_k_attention_multi(k, b->attn, nl); /* one launch for every row on a GPU */
-        llama_layer_rest(k, hp, L, b->att, b->x, b->h, b->gate, b->up, nl);
+        llama_layer_rest(k, hp, L, b->r.att, b->r.x, b->r.h, b->r.gate, b->r.up, nl);
     }
-    svlm_k_rmsnorm(k, b->x, m->output_norm, b->h, nl, E, hp->rms_eps);
-    svlm_k_matmul(k, &m->output, b->h, nl, b->logits);
+    svlm_k_rmsnorm(k, b->r.x, m->output_norm, b->r.h, nl, E, hp->rms_eps);
+    svlm_k_matmul(k, &m->output, b->r.h, nl, b->logits);
     const size_t per_layer = (size_t)2 * nl * kvd;
     svlm_k_copy(k, b->pending_host, b->pending, sizeof(float) * per_layer * (size_t)hp->n_layer);
     for (int l = 0; l < hp->n_layer; l++) {

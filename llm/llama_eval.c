@@ -186,6 +186,35 @@ void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int laye
     }
 }
 
+int llama_rows_alloc(svlm_kernels *k, const svlm_llama_hparams *hp, size_t rows, llama_rows *r) {
+    const size_t E = (size_t)hp->n_embd, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim, F = (size_t)hp->n_ff;
+    r->x = svlm_k_alloc(k, rows * E * 4);
+    r->h = svlm_k_alloc(k, rows * (E > qd ? E : qd) * 4);
+    r->q = svlm_k_alloc(k, rows * qd * 4);
+    r->kx = svlm_k_alloc(k, rows * kvd * 4);
+    r->vx = svlm_k_alloc(k, rows * kvd * 4);
+    r->att = svlm_k_alloc(k, rows * qd * 4);
+    r->gate = svlm_k_alloc(k, rows * F * 4);
+    r->up = svlm_k_alloc(k, rows * F * 4);
+    return r->x && r->h && r->q && r->kx && r->vx && r->att && r->gate && r->up;
+}
+
+void llama_rows_free(svlm_kernels *k, llama_rows *r) {
+    float *bufs[] = {r->x, r->h, r->q, r->kx, r->vx, r->att, r->gate, r->up};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) svlm_k_free(k, bufs[i]);
+    memset(r, 0, sizeof *r);
+}
+
+void llama_layer_qkv(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L, const float *x,
+                     float *h, float *q, float *kx, float *vx, int n) {
+    svlm_k_rmsnorm(k, x, L->attn_norm, h, n, hp->n_embd, hp->rms_eps);
+    const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+    float *ys[3] = {q, kx, vx};
+    svlm_k_matmul_multi(k, ws, 3, h, n, ys);
+}
+
 void llama_layer_rest(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L,
                       const float *att, float *x, float *h, float *gate, float *up, int n) {
     const int E = hp->n_embd;
@@ -267,13 +296,7 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     const int pend = seq && n <= LLAMA_PENDING_ROWS; /* new rows reach the pages after the layers */
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
-        svlm_k_rmsnorm(k, c->x, L->attn_norm, c->h, n, E, hp->rms_eps);
-        {
-            /* one parallel loop for q, k and v: one synchronisation, activations quantized once */
-            const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
-            float *ys[3] = {c->q, c->kx, c->vx};
-            svlm_k_matmul_multi(k, ws, 3, c->h, n, ys);
-        }
+        llama_layer_qkv(k, hp, L, c->x, c->h, c->q, c->kx, c->vx, n);
         if (pend) {
             llama_new_rows_to_pending(c, seq, l, c->kx, c->vx, n, p0, sync_from);
         } else if (seq) { /* a long chunk: the wait for its rows is small next to its compute */

@@ -47,6 +47,15 @@ struct svlm_llama_ctx {
 
 enum { LLAMA_PENDING_ROWS = 96 }; /* a video frame (64 or 81 tokens) or a question */
 
+/* The activations of a pass over many rows (continuous batching, the multi-sequence pass):
+ * [rows][...] each, svlm_k_alloc. */
+typedef struct llama_rows {
+    float *x, *h, *q, *kx, *vx, *att, *gate, *up;
+} llama_rows;
+/* 0 when out of memory (what was made is freed by llama_rows_free). */
+int llama_rows_alloc(svlm_kernels *k, const svlm_llama_hparams *hp, size_t rows, llama_rows *r);
+void llama_rows_free(svlm_kernels *k, llama_rows *r);
+
 /* Shared by llama_eval.c and llama_batch.c. */
 /* x (svlm_k_alloc, n rows of n_embd) = the inputs of a chunk: token embeddings, and image rows
  * (ids < 0) taken in order from *embd, which advances past them. */
@@ -71,6 +80,10 @@ svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const f
 void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int layer, int from, int to);
 /* How many leading rows of c's working copy still match the sequence at version v. */
 int llama_working_copy_valid(const svlm_llama_ctx *c, svlm_kv_version v);
+/* The head of layer L on n rows: h = RMSNorm(x), then q, k, v from h (one call: the CPU runs
+ * them as one parallel loop, activations quantized once; a GPU in one launch when decoding). */
+void llama_layer_qkv(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L, const float *x,
+                     float *h, float *q, float *kx, float *vx, int n);
 /* The rest of layer L after attention, on n rows: output projection and residual, then the
  * SwiGLU feed-forward block and its residual (x updated, h/gate/up scratch). */
 void llama_layer_rest(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L,

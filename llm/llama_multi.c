@@ -14,8 +14,8 @@ struct svlm_llama_multi {
     svlm_llama *m;
     svlm_kernels *k;
     int max_rows;
-    float *x, *h, *q, *kx, *vx, *att, *gate, *up; /* [max_rows][...], svlm_k_alloc */
-    int32_t *pos, *pos_k;                         /* RoPE position of every row: host, kernels' side */
+    llama_rows r;         /* activations of up to max_rows rows */
+    int32_t *pos, *pos_k; /* RoPE position of every row: host, kernels' side */
 };
 
 int svlm_llama_multi_item_max(void) {
@@ -34,20 +34,11 @@ svlm_status svlm_llama_multi_create(svlm_llama *m, svlm_kernels *k, int max_rows
     b->m = m;
     b->k = k;
     b->max_rows = max_rows;
-    const size_t R = (size_t)max_rows, E = (size_t)hp->n_embd, kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    const size_t qd = (size_t)hp->n_head * hp->head_dim, F = (size_t)hp->n_ff;
-    b->x = svlm_k_alloc(k, R * E * 4);
-    b->h = svlm_k_alloc(k, R * (E > qd ? E : qd) * 4);
-    b->q = svlm_k_alloc(k, R * qd * 4);
-    b->kx = svlm_k_alloc(k, R * kvd * 4);
-    b->vx = svlm_k_alloc(k, R * kvd * 4);
-    b->att = svlm_k_alloc(k, R * qd * 4);
-    b->gate = svlm_k_alloc(k, R * F * 4);
-    b->up = svlm_k_alloc(k, R * F * 4);
+    const size_t R = (size_t)max_rows;
+    const int rows_ok = llama_rows_alloc(k, hp, R, &b->r);
     b->pos_k = svlm_k_alloc(k, R * sizeof(int32_t));
     b->pos = calloc(R, sizeof(int32_t));
-    if (!b->x || !b->h || !b->q || !b->kx || !b->vx || !b->att || !b->gate || !b->up || !b->pos_k ||
-        !b->pos) {
+    if (!rows_ok || !b->pos_k || !b->pos) {
         svlm_llama_multi_free(b);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a pass of %d rows", max_rows);
     }
@@ -57,9 +48,8 @@ svlm_status svlm_llama_multi_create(svlm_llama *m, svlm_kernels *k, int max_rows
 
 void svlm_llama_multi_free(svlm_llama_multi *b) {
     if (!b) return;
-    void *bufs[] = {b->x, b->h, b->q, b->kx, b->vx, b->att, b->gate, b->up, b->pos_k};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) svlm_k_free(b->k, bufs[i]);
+    llama_rows_free(b->k, &b->r);
+    if (b->pos_k) svlm_k_free(b->k, b->pos_k);
     free(b->pos);
     free(b);
 }
@@ -97,18 +87,18 @@ static void layer_attention(svlm_llama_multi *b, const live_item *lv, int nl, in
     svlm_kernels *k = b->k;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, qd = (size_t)hp->n_head * hp->head_dim;
     for (int i = 0; i < nl; i++)
-        llama_new_rows_to_pending(lv[i].it->ctx, lv[i].it->seq, l, b->kx + (size_t)lv[i].row * kvd,
-                                  b->vx + (size_t)lv[i].row * kvd, lv[i].it->n, lv[i].p0, lv[i].sync_from);
-    svlm_k_rope(k, b->q, rows, hp->n_head, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base, hp->rope_neox);
-    svlm_k_rope(k, b->kx, rows, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
+        llama_new_rows_to_pending(lv[i].it->ctx, lv[i].it->seq, l, b->r.kx + (size_t)lv[i].row * kvd,
+                                  b->r.vx + (size_t)lv[i].row * kvd, lv[i].it->n, lv[i].p0, lv[i].sync_from);
+    svlm_k_rope(k, b->r.q, rows, hp->n_head, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base, hp->rope_neox);
+    svlm_k_rope(k, b->r.kx, rows, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
                 hp->rope_neox);
     for (int i = 0; i < nl; i++) {
         svlm_llama_ctx *c = lv[i].it->ctx;
         const int n = lv[i].it->n;
-        llama_store_rows(c, c->k_cache[l], b->kx + (size_t)lv[i].row * kvd, lv[i].p0, n, kvd);
-        llama_store_rows(c, c->v_cache[l], b->vx + (size_t)lv[i].row * kvd, lv[i].p0, n, kvd);
-        svlm_attn_args a = llama_cache_attention(c, l, b->q + (size_t)lv[i].row * qd,
-                                                 b->att + (size_t)lv[i].row * qd, n, lv[i].p0);
+        llama_store_rows(c, c->k_cache[l], b->r.kx + (size_t)lv[i].row * kvd, lv[i].p0, n, kvd);
+        llama_store_rows(c, c->v_cache[l], b->r.vx + (size_t)lv[i].row * kvd, lv[i].p0, n, kvd);
+        svlm_attn_args a = llama_cache_attention(c, l, b->r.q + (size_t)lv[i].row * qd,
+                                                 b->r.att + (size_t)lv[i].row * qd, n, lv[i].p0);
         svlm_k_attention(k, &a);
     }
 }
@@ -148,7 +138,7 @@ svlm_status svlm_llama_eval_seq_multi(svlm_llama_multi *b, svlm_llama_multi_item
             c->pos[L->p0 + j] = b->pos[rows + j];
         }
         const float *e = items[i].embd;
-        llama_embed_inputs(c, b->x + (size_t)rows * E, items[i].ids, &e, items[i].n);
+        llama_embed_inputs(c, b->r.x + (size_t)rows * E, items[i].ids, &e, items[i].n);
         rows += items[i].n;
         nl++;
     }
@@ -159,12 +149,9 @@ svlm_status svlm_llama_eval_seq_multi(svlm_llama_multi *b, svlm_llama_multi_item
     svlm_k_copy(k, b->pos_k, b->pos, sizeof(int32_t) * (size_t)rows);
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
-        svlm_k_rmsnorm(k, b->x, L->attn_norm, b->h, rows, E, hp->rms_eps);
-        const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
-        float *ys[3] = {b->q, b->kx, b->vx};
-        svlm_k_matmul_multi(k, ws, 3, b->h, rows, ys);
+        llama_layer_qkv(k, hp, L, b->r.x, b->r.h, b->r.q, b->r.kx, b->r.vx, rows);
         layer_attention(b, lv, nl, l, rows);
-        llama_layer_rest(k, hp, L, b->att, b->x, b->h, b->gate, b->up, rows);
+        llama_layer_rest(k, hp, L, b->r.att, b->r.x, b->r.h, b->r.gate, b->r.up, rows);
     }
     /* the new rows reach each sequence's pages: one copy per sequence */
     for (int i = 0; i < nl; i++) {
