@@ -408,6 +408,18 @@ static double rel_err(double got, double ref, double floor_) {
     return fabs(got - ref) / (fabs(ref) + floor_);
 }
 
+/* Mean and 1 / sqrt(population variance + eps) of a row, in double. */
+static void row_stats(const float *x, int64_t dim, double eps, double *mean, double *inv_std) {
+    double m = 0.0, var = 0.0;
+    for (int64_t i = 0; i < dim; i++)
+        m += x[i];
+    m /= dim;
+    for (int64_t i = 0; i < dim; i++)
+        var += (x[i] - m) * (x[i] - m);
+    *mean = m;
+    *inv_std = 1.0 / sqrt(var / dim + eps);
+}
+
 static void test_norms(svlm_kernels *k) {
     const int64_t n = 5, dim = 77;
     float x[5 * 77], w[77], b[77], y[5 * 77];
@@ -431,13 +443,8 @@ static void test_norms(svlm_kernels *k) {
         svlm_k_layernorm(k, y, w, with_bias ? b : NULL, y, n, dim, 1e-6f); /* in place */
         worst = 0.0;
         for (int64_t r = 0; r < n; r++) {
-            double mean = 0.0, var = 0.0;
-            for (int64_t i = 0; i < dim; i++)
-                mean += x[r * dim + i];
-            mean /= dim;
-            for (int64_t i = 0; i < dim; i++)
-                var += (x[r * dim + i] - mean) * (x[r * dim + i] - mean);
-            double s = 1.0 / sqrt(var / dim + 1e-6);
+            double mean, s;
+            row_stats(x + r * dim, dim, 1e-6, &mean, &s);
             for (int64_t i = 0; i < dim; i++) {
                 double term = (x[r * dim + i] - mean) * s * w[i], bias = with_bias ? b[i] : 0.0;
                 /* relative to the sizes of the operands: x - mean and the bias add may cancel */
@@ -457,13 +464,9 @@ static void test_norms(svlm_kernels *k) {
     svlm_k_layernorm(k, xo, w, NULL, y, n, dim, 1e-6f);
     worst = 0.0;
     for (int64_t r = 0; r < n; r++) {
-        double mean = 0.0, var = 0.0;
-        for (int64_t i = 0; i < dim; i++)
-            mean += xo[r * dim + i];
-        mean /= dim;
-        for (int64_t i = 0; i < dim; i++)
-            var += (xo[r * dim + i] - mean) * (xo[r * dim + i] - mean);
-        const float m = (float)mean, s = (float)(1.0 / sqrt(var / dim + 1e-6));
+        double mean, inv_std;
+        row_stats(xo + r * dim, dim, 1e-6, &mean, &inv_std);
+        const float m = (float)mean, s = (float)inv_std;
         for (int64_t i = 0; i < dim; i++) {
             const float ref = (xo[r * dim + i] - m) * s * w[i];
             worst = fmax(worst, fabs(y[r * dim + i] - ref) / (fabs(w[i]) + 1e-30)); /* |normalised| ~ 1 */
