@@ -38,6 +38,16 @@ typedef struct backend_ops {
                         int64_t dim);
     void (*gelu_tanh_f16)(svlm_kernels *k, float *x, int64_t n);
     void (*attention_multi)(svlm_kernels *k, const svlm_attn_args *a, int n); /* NULL: one by one */
+    /* NULL: the generic loops over store / attention */
+    void (*store_rows)(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src, int64_t n,
+                       int64_t dim);
+    void (*attention_items)(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items, int n);
+    void (*add_bias_gelu_f16)(svlm_kernels *k, float *x, const float *b, int64_t n_rows,
+                              int64_t dim); /* NULL: add_bias, then gelu_tanh_f16 */
+    /* NULL: no replay. begin returns the run's mode (replay_mode); end gets the hash of the
+     * run's calls and returns svlm_k_replay_end's answer. */
+    int (*replay_begin)(svlm_kernels *k, uint64_t key);
+    int (*replay_end)(svlm_kernels *k, uint64_t calls_hash);
 } backend_ops;
 
 struct svlm_kernels {
@@ -46,7 +56,13 @@ struct svlm_kernels {
     int n_threads;
     int is_gpu;
     svlm_cpu cpu;
-    void *dev; /* a device backend's state */
+    void *dev;            /* a device backend's state */
+    int replay_mode;      /* inside svlm_k_replay_begin/end: one of replay_mode */
+    uint64_t replay_hash; /* of the calls so far in the run */
 };
+
+/* How the ops of a replayed run go: as usual (not recorded), to the backend (which records them),
+ * or nowhere (the backend replays its recording at the end); the calls are hashed in the last two. */
+typedef enum replay_mode { REPLAY_OFF = 0, REPLAY_RECORD = 1, REPLAY_SKIP = 2 } replay_mode;
 
 #endif

@@ -68,29 +68,155 @@ void svlm_k_forget(svlm_kernels *k, const void *weight_data) {
     if (k->ops->forget && weight_data) k->ops->forget(k, weight_data);
 }
 
+/* ---- replayed runs: every op's call is hashed, and skipped when the backend replays ---- */
+
+static void note_u(svlm_kernels *k, uint64_t v) { /* one argument into the run's hash */
+    uint64_t h = k->replay_hash ^ (v + 0x9e3779b97f4a7c15ull + (k->replay_hash << 6) + (k->replay_hash >> 2));
+    h ^= h >> 31;
+    h *= 0x7fb5d329728ea185ull;
+    k->replay_hash = h ^ (h >> 27);
+}
+static void note_p(svlm_kernels *k, const void *p) {
+    note_u(k, (uint64_t)(uintptr_t)p);
+}
+static void note_f(svlm_kernels *k, float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    note_u(k, b);
+}
+static void note_w(svlm_kernels *k, const svlm_weight *w) {
+    note_u(k, (uint64_t)w->type);
+    note_u(k, (uint64_t)w->rows);
+    note_u(k, (uint64_t)w->cols);
+    note_p(k, w->data);
+    note_u(k, (uint64_t)w->row_bytes);
+}
+static void note_attn(svlm_kernels *k, const svlm_attn_args *a) {
+    const void *ptrs[] = {a->q, a->k, a->v, a->out};
+    for (int i = 0; i < 4; i++)
+        note_p(k, ptrs[i]);
+    const int64_t ints[] = {a->kv_type, a->kv_stride, a->n_q,      a->n_kv,
+                            a->n_head,  a->n_kv_head, a->head_dim, a->causal};
+    for (int i = 0; i < 8; i++)
+        note_u(k, (uint64_t)ints[i]);
+    note_f(k, a->scale);
+}
+/* Starts hashing op `op`'s call; returns 1 when the op must not run (the backend replays). */
+static int noted(svlm_kernels *k, int op) {
+    note_u(k, 0x5157u + (uint64_t)op);
+    return k->replay_mode == REPLAY_SKIP;
+}
+enum {
+    OP_COPY = 1,
+    OP_STORE,
+    OP_LOAD,
+    OP_ROUND_F16,
+    OP_GATHER,
+    OP_ATTN_MULTI,
+    OP_GELU_F16,
+    OP_MATMUL,
+    OP_MATMUL_MULTI,
+    OP_RMSNORM,
+    OP_LAYERNORM,
+    OP_ROPE,
+    OP_ATTN,
+    OP_SILU_MUL,
+    OP_GELU,
+    OP_ADD,
+    OP_ADD_BIAS,
+    OP_SOFTMAX,
+    OP_STORE_ROWS,
+    OP_ATTN_ITEMS,
+    OP_SYNC,
+    OP_BIAS_GELU
+};
+
+void svlm_k_replay_begin(svlm_kernels *k, uint64_t key) {
+    k->replay_hash = key;
+    k->replay_mode = k->ops->replay_begin ? k->ops->replay_begin(k, key) : REPLAY_OFF;
+}
+
+int svlm_k_replay_end(svlm_kernels *k) {
+    const int mode = k->replay_mode;
+    k->replay_mode = REPLAY_OFF;
+    if (mode == REPLAY_OFF || !k->ops->replay_end) return 1;
+    return k->ops->replay_end(k, k->replay_hash);
+}
+
 void svlm_k_defer(svlm_kernels *k, int on) {
     if (k->ops->defer) k->ops->defer(k, on);
 }
 void svlm_k_sync(svlm_kernels *k) {
+    if (k->replay_mode && noted(k, OP_SYNC)) return;
     if (k->ops->sync) k->ops->sync(k);
 }
 void svlm_k_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
-    if (bytes && dst != src) k->ops->copy(k, dst, src, bytes);
+    if (!bytes || dst == src) return;
+    if (k->replay_mode) {
+        int skip = noted(k, OP_COPY);
+        note_p(k, dst);
+        note_p(k, src);
+        note_u(k, bytes);
+        if (skip) return;
+    }
+    k->ops->copy(k, dst, src, bytes);
 }
 void svlm_k_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
-    if (n > 0) k->ops->store(k, dst, dst_type, src, n);
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted(k, OP_STORE);
+        note_p(k, dst);
+        note_u(k, (uint64_t)dst_type);
+        note_p(k, src);
+        note_u(k, (uint64_t)n);
+        if (skip) return;
+    }
+    k->ops->store(k, dst, dst_type, src, n);
 }
 void svlm_k_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
-    if (n > 0) k->ops->load(k, dst, src, src_type, n);
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted(k, OP_LOAD);
+        note_p(k, dst);
+        note_p(k, src);
+        note_u(k, (uint64_t)src_type);
+        note_u(k, (uint64_t)n);
+        if (skip) return;
+    }
+    k->ops->load(k, dst, src, src_type, n);
+}
+/* ops of one buffer and a count */
+static int noted_xn(svlm_kernels *k, int op, const void *x, int64_t n) {
+    int skip = noted(k, op);
+    note_p(k, x);
+    note_u(k, (uint64_t)n);
+    return skip;
 }
 void svlm_k_round_f16(svlm_kernels *k, float *x, int64_t n) {
-    if (n > 0) k->ops->round_f16(k, x, n);
+    if (n <= 0) return;
+    if (k->replay_mode && noted_xn(k, OP_ROUND_F16, x, n)) return;
+    k->ops->round_f16(k, x, n);
 }
 void svlm_k_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                         int64_t dim) {
-    if (n > 0 && dim > 0) k->ops->gather_rows(k, dst, src, idx, n, dim);
+    if (n <= 0 || dim <= 0) return;
+    if (k->replay_mode) { /* idx is host memory read at the call: its contents count */
+        int skip = noted_xn(k, OP_GATHER, dst, n);
+        note_p(k, src);
+        note_u(k, (uint64_t)dim);
+        for (int64_t i = 0; i < n; i++)
+            note_u(k, (uint64_t)(uint32_t)idx[i]);
+        if (skip) return;
+    }
+    k->ops->gather_rows(k, dst, src, idx, n, dim);
 }
 void svlm_k_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
+    if (k->replay_mode) {
+        int skip = noted(k, OP_ATTN_MULTI);
+        for (int i = 0; i < n; i++)
+            note_attn(k, &a[i]);
+        if (skip) return;
+    }
     if (k->ops->attention_multi) {
         k->ops->attention_multi(k, a, n);
         return;
@@ -98,44 +224,168 @@ void svlm_k_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
     for (int i = 0; i < n; i++)
         k->ops->attention(k, &a[i]);
 }
+void svlm_k_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src, int64_t n,
+                       int64_t dim) {
+    if (n <= 0 || dim <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_STORE_ROWS, dsts, n);
+        note_u(k, (uint64_t)dst_type);
+        note_p(k, src);
+        note_u(k, (uint64_t)dim);
+        if (skip) return;
+    }
+    if (k->ops->store_rows) {
+        k->ops->store_rows(k, dsts, dst_type, src, n, dim);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        k->ops->store(k, dsts[i], dst_type, src + i * dim, dim);
+}
+void svlm_k_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items,
+                            int n) {
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_ATTN_ITEMS, items, n);
+        note_attn(k, shape);
+        if (skip) return;
+    }
+    if (k->ops->attention_items) {
+        k->ops->attention_items(k, shape, items, n);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        svlm_attn_args a = *shape;
+        a.q = items[i].q;
+        a.k = items[i].k;
+        a.v = items[i].v;
+        a.out = items[i].out;
+        a.n_q = 1;
+        a.n_kv = items[i].n_kv;
+        k->ops->attention(k, &a);
+    }
+}
 void svlm_k_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
-    if (n > 0) k->ops->gelu_tanh_f16(k, x, n);
+    if (n <= 0) return;
+    if (k->replay_mode && noted_xn(k, OP_GELU_F16, x, n)) return;
+    k->ops->gelu_tanh_f16(k, x, n);
 }
 
 void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_MATMUL, x, n);
+        note_w(k, w);
+        note_p(k, y);
+        if (skip) return;
+    }
     k->ops->matmul(k, w, x, n, y);
 }
 void svlm_k_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                          float *const *ys) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_MATMUL_MULTI, x, n);
+        for (int i = 0; i < n_w; i++) {
+            note_w(k, ws[i]);
+            note_p(k, ys[i]);
+        }
+        if (skip) return;
+    }
     k->ops->matmul_multi(k, ws, n_w, x, n, ys);
 }
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_RMSNORM, x, n);
+        note_p(k, w);
+        note_p(k, y);
+        note_u(k, (uint64_t)dim);
+        note_f(k, eps);
+        if (skip) return;
+    }
     k->ops->rmsnorm(k, x, w, y, n, dim, eps);
 }
 void svlm_k_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y, int64_t n,
                       int64_t dim, float eps) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_LAYERNORM, x, n);
+        note_p(k, w);
+        note_p(k, b);
+        note_p(k, y);
+        note_u(k, (uint64_t)dim);
+        note_f(k, eps);
+        if (skip) return;
+    }
     k->ops->layernorm(k, x, w, b, y, n, dim, eps);
 }
 void svlm_k_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
                  const int32_t *pos, float base, int neox) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_ROPE, x, n);
+        const int64_t ints[] = {n_head, head_dim, n_rot, neox};
+        for (int i = 0; i < 4; i++)
+            note_u(k, (uint64_t)ints[i]);
+        note_p(k, pos);
+        note_f(k, base);
+        if (skip) return;
+    }
     k->ops->rope(k, x, n, n_head, head_dim, n_rot, pos, base, neox);
 }
 void svlm_k_attention(svlm_kernels *k, const svlm_attn_args *a) {
+    if (k->replay_mode) {
+        int skip = noted(k, OP_ATTN);
+        note_attn(k, a);
+        if (skip) return;
+    }
     k->ops->attention(k, a);
 }
 void svlm_k_silu_mul(svlm_kernels *k, float *gate, const float *up, int64_t n) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_SILU_MUL, gate, n);
+        note_p(k, up);
+        if (skip) return;
+    }
     k->ops->silu_mul(k, gate, up, n);
 }
 void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n) {
+    if (k->replay_mode && noted_xn(k, OP_GELU, x, n)) return;
     k->ops->gelu_tanh(k, x, n);
 }
 void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_ADD, y, n);
+        note_p(k, x);
+        if (skip) return;
+    }
     k->ops->add(k, y, x, n);
 }
 void svlm_k_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_ADD_BIAS, y, n_rows);
+        note_p(k, b);
+        note_u(k, (uint64_t)dim);
+        if (skip) return;
+    }
     k->ops->add_bias(k, y, b, n_rows, dim);
 }
+void svlm_k_add_bias_gelu_f16(svlm_kernels *k, float *x, const float *b, int64_t n_rows, int64_t dim) {
+    if (n_rows <= 0 || dim <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_BIAS_GELU, x, n_rows);
+        note_p(k, b);
+        note_u(k, (uint64_t)dim);
+        if (skip) return;
+    }
+    if (k->ops->add_bias_gelu_f16) {
+        k->ops->add_bias_gelu_f16(k, x, b, n_rows, dim);
+        return;
+    }
+    k->ops->add_bias(k, x, b, n_rows, dim);
+    k->ops->gelu_tanh_f16(k, x, n_rows * dim);
+}
 void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_SOFTMAX, x, n_rows);
+        note_u(k, (uint64_t)dim);
+        if (skip) return;
+    }
     k->ops->softmax(k, x, n_rows, dim);
 }

@@ -97,6 +97,38 @@ void svlm_k_round_f16(svlm_kernels *k, float *x, int64_t n);
 void svlm_k_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                         int64_t dim);
 
+/* Where a decode step's per-sequence arguments live so that the step's ops stay the same from
+ * step to step (see svlm_k_replay_begin): tables in svlm_k_alloc buffers, filled by svlm_k_copy
+ * before the ops that read them. */
+typedef struct svlm_attn_item {
+    const float *q;    /* one query: [n_head][head_dim] */
+    const void *k, *v; /* the sequence's cache rows, as svlm_attn_args */
+    float *out;        /* [n_head][head_dim] */
+    int64_t n_kv;      /* rows it sees (all of them: one query at the end) */
+} svlm_attn_item;
+/* Row i of src (dim floats) stored as dst_type (SVLM_F32 or SVLM_F16) at dsts[i]: the new key or
+ * value rows of n sequences into their caches. dsts: n pointers, read when the op runs. */
+void svlm_k_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src, int64_t n,
+                       int64_t dim);
+/* n decode attentions, one query each: item i over its own cache, the rest as in `shape` (whose
+ * q, k, v, out, n_q and n_kv are ignored). items: n entries, read when the op runs. */
+void svlm_k_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items, int n);
+
+/* Replayed runs (CUDA Graphs): a decode step is hundreds of small ops whose launches cost more
+ * than their work. The caller brackets a run of ops that is the same from call to call -- the
+ * same ops with the same arguments, only the contents of svlm_k_alloc buffers differ -- between
+ * begin and end, under one key per kind of run. A device backend runs the first call of a key
+ * as usual, records the second, and from then on only checks that the calls match the recording
+ * (a hash of every argument) and replays it in one launch. Inside a run: deferred mode is on,
+ * every buffer is an svlm_k_alloc buffer or weight data, the host reads no result, and tables
+ * the ops read (svlm_k_store_rows, svlm_k_attention_items) are copied in before begin.
+ * svlm_k_replay_end returns 1 when the run's ops ran or are queued in order, and 0 when they did
+ * NOT run (the calls differed from the recording, or recording failed): the caller then issues
+ * them again outside begin/end. A backend without replay (the CPU) runs ops as they come and
+ * returns 1. SVLM_CUDA_GRAPHS=0 turns replay off. */
+void svlm_k_replay_begin(svlm_kernels *k, uint64_t key);
+int svlm_k_replay_end(svlm_kernels *k);
+
 /* y[i][r] = sum_c W[r][c] * x[i][c] for i < n.  x: [n][cols] f32, y: [n][rows] f32.
  * Quantized weights are used as stored (no whole-model conversion). */
 void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
@@ -129,6 +161,9 @@ void svlm_k_gelu_tanh(svlm_kernels *k, float *x, int64_t n);
 /* GELU as ggml's F16 table gives it: inputs in (-10, 10) rounded to f16, svlm_k_gelu_tanh, then
  * outputs below 10 rounded to f16 (keeps the vision encoder within 1e-4 of llama.cpp). */
 void svlm_k_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n);
+/* x[i][j] = gelu_tanh_f16(x[i][j] + b[j]) for i < n_rows, j < dim: svlm_k_add_bias then
+ * svlm_k_gelu_tanh_f16 (the same numbers) in one pass. */
+void svlm_k_add_bias_gelu_f16(svlm_kernels *k, float *x, const float *b, int64_t n_rows, int64_t dim);
 /* y += x */
 void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n);
 /* y[i][j] += b[j] for i < n_rows, j < dim */

@@ -24,6 +24,7 @@ struct svlm_llama_batch {
     svlm_attn_args *attn;  /* per live row: its attention */
     int *p0, *sync, *live; /* per live row: cache row of its token, where its working copy stops
                             * matching its sequence, index of its item */
+    llama_step_tables step;
 };
 
 svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs, svlm_llama_batch **out,
@@ -50,8 +51,9 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->p0 = calloc(B, sizeof *b->p0);
     b->live = calloc(B, sizeof *b->live);
     b->sync = calloc(B, sizeof *b->sync);
-    if (!rows_ok || !b->logits || !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k || !b->ids ||
-        !b->host_x || !b->pending || !b->pending_host || !b->attn) {
+    const int step_ok = llama_step_tables_alloc(k, hp->n_layer, max_seqs, &b->step);
+    if (!rows_ok || !step_ok || !b->logits || !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k ||
+        !b->ids || !b->host_x || !b->pending || !b->pending_host || !b->attn) {
         svlm_llama_batch_free(b);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a batch of %d sequences", max_seqs);
     }
@@ -62,6 +64,7 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
 void svlm_llama_batch_free(svlm_llama_batch *b) {
     if (!b) return;
     llama_rows_free(b->k, &b->r);
+    llama_step_tables_free(b->k, &b->step);
     void *bufs[] = {b->logits, b->pos_k, b->pending};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(b->k, bufs[i]);
@@ -97,37 +100,14 @@ static svlm_status prepare(svlm_llama_batch *b, svlm_llama_batch_item *it, int *
     return st;
 }
 
-svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *items, int n, svlm_err *err) {
-    if (n <= 0 || n > b->max)
-        return svlm_fail(err, SVLM_E_INVALID, "a batch of %d items (this one holds 1 to %d)", n, b->max);
-    for (int i = 0; i < n; i++) {
-        if (!items[i].ctx || !items[i].seq)
-            return svlm_fail(err, SVLM_E_INVALID, "item %d has no context", i);
-        for (int j = 0; j < i; j++)
-            if (items[j].ctx == items[i].ctx || items[j].seq == items[i].seq)
-                return svlm_fail(err, SVLM_E_INVALID, "items %d and %d share a context or a sequence", j, i);
-    }
+/* The layers of a step of nl live rows (see svlm_llama_eval_batch). tables: the rows' cache
+ * stores and attentions go through b->step. */
+static void batch_layers(svlm_llama_batch *b, svlm_llama_batch_item *items, int nl, int tables) {
     const svlm_llama *m = b->m;
     const svlm_llama_hparams *hp = &m->hp;
     svlm_kernels *k = b->k;
-    const int E = hp->n_embd, kvd = hp->n_head_kv * hp->head_dim, qd = hp->n_head * hp->head_dim;
-    int *sync_from = b->sync;
-    int nl = 0; /* live rows: the items that prepared */
-    for (int i = 0; i < n; i++) {
-        items[i].status = SVLM_OK;
-        items[i].err_msg[0] = 0;
-        if (prepare(b, &items[i], &b->p0[nl], &sync_from[nl])) continue;
-        svlm_llama_batch_item *it = &items[i];
-        b->live[nl] = i;
-        b->pos[nl] = svlm_kv_seq_pos(it->seq, b->p0[nl]);
-        it->ctx->pos[b->p0[nl]] = b->pos[nl];
-        b->ids[nl] = it->id;
-        nl++;
-    }
-    if (nl == 0) return SVLM_OK;
-    svlm_k_defer(k, 1); /* the host touches the buffers only through svlm_k_copy */
-    llama_embed_rows(m, k, b->host_x, b->r.x, b->ids, nl);
-    svlm_k_copy(k, b->pos_k, b->pos, sizeof(int32_t) * (size_t)nl);
+    const int kvd = hp->n_head_kv * hp->head_dim, qd = hp->n_head * hp->head_dim;
+    const int *sync_from = b->sync;
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         llama_layer_qkv(k, hp, L, b->r.x, b->r.h, b->r.q, b->r.kx, b->r.vx, nl);
@@ -156,16 +136,76 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
                     hp->rope_neox);
         svlm_k_rope(k, b->r.kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
                     hp->rope_neox);
-        for (int r = 0; r < nl; r++) {
-            svlm_llama_ctx *c = items[b->live[r]].ctx;
-            llama_store_rows(c, c->k_cache[l], b->r.kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
-            llama_store_rows(c, c->v_cache[l], b->r.vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
-            b->attn[r] =
-                llama_cache_attention(c, l, b->r.q + (size_t)r * qd, b->r.att + (size_t)r * qd, 1, b->p0[r]);
+        if (tables) {
+            llama_step_attend(items[b->live[0]].ctx, &b->step, l, b->r.kx, b->r.vx);
+        } else {
+            for (int r = 0; r < nl; r++) {
+                svlm_llama_ctx *c = items[b->live[r]].ctx;
+                llama_store_rows(c, c->k_cache[l], b->r.kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+                llama_store_rows(c, c->v_cache[l], b->r.vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+                b->attn[r] = llama_cache_attention(c, l, b->r.q + (size_t)r * qd, b->r.att + (size_t)r * qd,
+                                                   1, b->p0[r]);
+            }
+            svlm_k_attention_multi(k, b->attn, nl); /* one launch for every row on a GPU */
         }
-        svlm_k_attention_multi(k, b->attn, nl); /* one launch for every row on a GPU */
         llama_layer_rest(k, hp, L, b->r.att, b->r.x, b->r.h, b->r.gate, b->r.up, nl);
     }
+}
+
+svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *items, int n, svlm_err *err) {
+    if (n <= 0 || n > b->max)
+        return svlm_fail(err, SVLM_E_INVALID, "a batch of %d items (this one holds 1 to %d)", n, b->max);
+    for (int i = 0; i < n; i++) {
+        if (!items[i].ctx || !items[i].seq)
+            return svlm_fail(err, SVLM_E_INVALID, "item %d has no context", i);
+        for (int j = 0; j < i; j++)
+            if (items[j].ctx == items[i].ctx || items[j].seq == items[i].seq)
+                return svlm_fail(err, SVLM_E_INVALID, "items %d and %d share a context or a sequence", j, i);
+    }
+    const svlm_llama *m = b->m;
+    const svlm_llama_hparams *hp = &m->hp;
+    svlm_kernels *k = b->k;
+    const int E = hp->n_embd, kvd = hp->n_head_kv * hp->head_dim, qd = hp->n_head * hp->head_dim;
+    int *sync_from = b->sync;
+    int nl = 0; /* live rows: the items that prepared */
+    for (int i = 0; i < n; i++) {
+        items[i].status = SVLM_OK;
+        items[i].err_msg[0] = 0;
+        if (prepare(b, &items[i], &b->p0[nl], &sync_from[nl])) continue;
+        svlm_llama_batch_item *it = &items[i];
+        b->live[nl] = i;
+        b->pos[nl] = svlm_kv_seq_pos(it->seq, b->p0[nl]);
+        it->ctx->pos[b->p0[nl]] = b->pos[nl];
+        b->ids[nl] = it->id;
+        nl++;
+    }
+    if (nl == 0) return SVLM_OK;
+    /* one store and one attention launch per layer through the step tables when the contexts'
+     * caches are alike (they are when one engine made them) */
+    int tables = 1, replay = 1;
+    for (int r = 0; r < nl; r++) {
+        tables &= items[b->live[r]].ctx->kv_type == items[b->live[0]].ctx->kv_type;
+        replay &= sync_from[r] >= b->p0[r];
+    }
+    replay &= tables;
+    svlm_k_defer(k, 1); /* the host touches the buffers only through svlm_k_copy */
+    llama_embed_rows(m, k, b->host_x, b->r.x, b->ids, nl);
+    svlm_k_copy(k, b->pos_k, b->pos, sizeof(int32_t) * (size_t)nl);
+    if (tables) {
+        for (int r = 0; r < nl; r++)
+            llama_step_row(&b->step, items[b->live[r]].ctx, nl, r, b->r.q + (size_t)r * qd,
+                           b->r.att + (size_t)r * qd, b->p0[r]);
+        llama_step_upload(k, &b->step, hp->n_layer);
+    }
+    if (replay) { /* the same ops for every step of nl rows whose pages are as f16 as these */
+        uint64_t key = (uint64_t)(uintptr_t)b * 31 + (uint64_t)nl * 8191;
+        for (int r = 0; r < nl; r++)
+            key =
+                key * 3 + (svlm_kv_pool_params_of(svlm_kv_seq_pool(items[b->live[r]].seq))->type == SVLM_F16);
+        svlm_k_replay_begin(k, key);
+    }
+    batch_layers(b, items, nl, tables);
+    if (replay && !svlm_k_replay_end(k)) batch_layers(b, items, nl, tables);
     svlm_k_rmsnorm(k, b->r.x, m->output_norm, b->r.h, nl, E, hp->rms_eps);
     svlm_k_matmul(k, &m->output, b->r.h, nl, b->logits);
     const size_t per_layer = (size_t)2 * nl * kvd;

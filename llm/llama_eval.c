@@ -54,7 +54,8 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
         c->stage_pos_k = svlm_k_alloc(k, B * sizeof(int32_t));
         c->pending = svlm_k_alloc(k, (size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * 4);
         ok = c->x && c->h && c->q && c->kx && c->vx && c->att && c->gate && c->up && c->logit_in &&
-             c->stage && c->pos_k && c->stage_pos_k && c->pending;
+             c->stage && c->pos_k && c->stage_pos_k && c->pending &&
+             llama_step_tables_alloc(k, hp->n_layer, 1, &c->step);
     }
     if (!ok) {
         svlm_llama_ctx_free(c);
@@ -78,6 +79,7 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->stage_pos);
     free(c->host_rows);
     free(c->pending_host);
+    llama_step_tables_free(k, &c->step);
     void *bufs[] = {c->x,  c->h,        c->q,     c->kx,    c->vx,          c->att,    c->gate,
                     c->up, c->logit_in, c->stage, c->pos_k, c->stage_pos_k, c->pending};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -186,6 +188,52 @@ void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int laye
     }
 }
 
+int llama_step_tables_alloc(svlm_kernels *k, int n_layer, int max_rows, llama_step_tables *t) {
+    memset(t, 0, sizeof *t);
+    t->max_rows = max_rows;
+    const size_t dsts = (size_t)n_layer * 2 * (size_t)max_rows, items = (size_t)n_layer * (size_t)max_rows;
+    t->dst_host = calloc(dsts, sizeof(void *));
+    t->att_host = calloc(items, sizeof(svlm_attn_item));
+    t->dst_k = svlm_k_alloc(k, dsts * sizeof(void *));
+    t->att_k = svlm_k_alloc(k, items * sizeof(svlm_attn_item));
+    return t->dst_host && t->att_host && t->dst_k && t->att_k;
+}
+
+void llama_step_tables_free(svlm_kernels *k, llama_step_tables *t) {
+    free(t->dst_host);
+    free(t->att_host);
+    if (t->dst_k) svlm_k_free(k, t->dst_k);
+    if (t->att_k) svlm_k_free(k, t->att_k);
+    memset(t, 0, sizeof *t);
+}
+
+void llama_step_row(llama_step_tables *t, const svlm_llama_ctx *c, int rows, int r, const float *q,
+                    float *att, int p0) {
+    const int n_layer = c->m->hp.n_layer;
+    const size_t row_bytes = (size_t)c->m->hp.n_head_kv * c->m->hp.head_dim * c->kv_elt;
+    t->rows = rows;
+    for (int l = 0; l < n_layer; l++) {
+        t->dst_host[(size_t)(2 * l) * rows + r] = (uint8_t *)c->k_cache[l] + (size_t)p0 * row_bytes;
+        t->dst_host[(size_t)(2 * l + 1) * rows + r] = (uint8_t *)c->v_cache[l] + (size_t)p0 * row_bytes;
+        t->att_host[(size_t)l * rows + r] =
+            (svlm_attn_item){.q = q, .k = c->k_cache[l], .v = c->v_cache[l], .out = att, .n_kv = p0 + 1};
+    }
+}
+
+void llama_step_upload(svlm_kernels *k, llama_step_tables *t, int n_layer) {
+    svlm_k_copy(k, t->dst_k, t->dst_host, sizeof(void *) * 2 * (size_t)n_layer * (size_t)t->rows);
+    svlm_k_copy(k, t->att_k, t->att_host, sizeof(svlm_attn_item) * (size_t)n_layer * (size_t)t->rows);
+}
+
+void llama_step_attend(const svlm_llama_ctx *c, const llama_step_tables *t, int l, const float *kx,
+                       const float *vx) {
+    const int n = t->rows, kvd = c->m->hp.n_head_kv * c->m->hp.head_dim;
+    svlm_k_store_rows(c->k, t->dst_k + (size_t)(2 * l) * n, c->kv_type, kx, n, kvd);
+    svlm_k_store_rows(c->k, t->dst_k + (size_t)(2 * l + 1) * n, c->kv_type, vx, n, kvd);
+    const svlm_attn_args shape = llama_cache_attention(c, l, NULL, NULL, 1, 0);
+    svlm_k_attention_items(c->k, &shape, t->att_k + (size_t)l * n, n);
+}
+
 int llama_rows_alloc(svlm_kernels *k, const svlm_llama_hparams *hp, size_t rows, llama_rows *r) {
     const size_t E = (size_t)hp->n_embd, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, F = (size_t)hp->n_ff;
@@ -280,20 +328,14 @@ svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const f
     };
 }
 
-static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
-                       const float **embd, int n, float *logits, int all_logits) {
+/* The layers of one chunk (see eval_chunk). step: a decode step whose cache rows and attention
+ * go through c->step's tables. */
+static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, int n, int pend,
+                       int step) {
     const svlm_llama *m = c->m;
     const svlm_llama_hparams *hp = &m->hp;
     svlm_kernels *k = c->k;
-    const int E = hp->n_embd, kvd = hp->n_head_kv * hp->head_dim;
-
-    llama_embed_inputs(c, c->x, ids, embd, n);
-    for (int i = 0; i < n; i++) {
-        c->batch_pos[i] = seq ? svlm_kv_seq_pos(seq, p0 + i) : p0 + i;
-        c->pos[p0 + i] = c->batch_pos[i];
-    }
-    svlm_k_copy(k, c->pos_k, c->batch_pos, sizeof(int32_t) * (size_t)n);
-    const int pend = seq && n <= LLAMA_PENDING_ROWS; /* new rows reach the pages after the layers */
+    const int kvd = hp->n_head_kv * hp->head_dim;
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         llama_layer_qkv(k, hp, L, c->x, c->h, c->q, c->kx, c->vx, n);
@@ -314,12 +356,43 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         svlm_k_rope(k, c->q, n, hp->n_head, hp->head_dim, hp->n_rot, c->pos_k, hp->rope_base, hp->rope_neox);
         svlm_k_rope(k, c->kx, n, hp->n_head_kv, hp->head_dim, hp->n_rot, c->pos_k, hp->rope_base,
                     hp->rope_neox);
-        llama_store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
-        llama_store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
-        svlm_attn_args a = llama_cache_attention(c, l, c->q, c->att, n, p0);
-        svlm_k_attention(k, &a);
+        if (step) {
+            llama_step_attend(c, &c->step, l, c->kx, c->vx);
+        } else {
+            llama_store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
+            llama_store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
+            svlm_attn_args a = llama_cache_attention(c, l, c->q, c->att, n, p0);
+            svlm_k_attention(k, &a);
+        }
         llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
     }
+}
+
+static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
+                       const float **embd, int n, float *logits, int all_logits) {
+    const svlm_llama *m = c->m;
+    const svlm_llama_hparams *hp = &m->hp;
+    svlm_kernels *k = c->k;
+    const int E = hp->n_embd;
+
+    llama_embed_inputs(c, c->x, ids, embd, n);
+    for (int i = 0; i < n; i++) {
+        c->batch_pos[i] = seq ? svlm_kv_seq_pos(seq, p0 + i) : p0 + i;
+        c->pos[p0 + i] = c->batch_pos[i];
+    }
+    svlm_k_copy(k, c->pos_k, c->batch_pos, sizeof(int32_t) * (size_t)n);
+    const int pend = seq && n <= LLAMA_PENDING_ROWS; /* new rows reach the pages after the layers */
+    /* a decode step with nothing to bring over from the pages: the same ops every step, which a
+     * GPU replays in one launch */
+    const int step = n == 1 && (!seq || sync_from >= p0);
+    if (step) {
+        llama_step_row(&c->step, c, 1, 0, c->q, c->att, p0);
+        llama_step_upload(k, &c->step, hp->n_layer);
+        const int page_f16 = seq && svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16;
+        svlm_k_replay_begin(k, (uint64_t)(uintptr_t)c * 4 + (uint64_t)(seq ? 1 + page_f16 : 0));
+    }
+    run_layers(c, seq, p0, sync_from, n, pend, step);
+    if (step && !svlm_k_replay_end(k)) run_layers(c, seq, p0, sync_from, n, pend, step);
     if (pend) llama_pending_to_pages(c, seq, p0, n);
     if (!logits) return;
     if (all_logits) {

@@ -18,6 +18,16 @@ struct svlm_llama {
     svlm_llama_layer *layers;
 };
 
+/* A decode step's per-row arguments: where each row's new key and value go in every layer
+ * ([n_layer][2][rows] pointers) and each row's attention in every layer ([n_layer][rows]), on
+ * the host and on the kernels' side. The step's ops read them there, so the ops themselves are
+ * the same from step to step and a device backend can replay them (svlm_k_replay_begin). */
+typedef struct llama_step_tables {
+    int max_rows, rows;
+    void **dst_host, **dst_k;
+    svlm_attn_item *att_host, *att_k;
+} llama_step_tables;
+
 struct svlm_llama_ctx {
     svlm_llama *m;
     svlm_kernels *k;
@@ -43,6 +53,7 @@ struct svlm_llama_ctx {
     int32_t *pos_k, *stage_pos_k; /* batch_pos and stage_pos, svlm_k_alloc */
     float *pending;               /* [n_layer][2][n][kv_dim] for a chunk of n rows, svlm_k_alloc */
     float *pending_host;          /* the same, host memory */
+    llama_step_tables step;       /* a decode step's tables (one row) */
 };
 
 enum { LLAMA_PENDING_ROWS = 96 }; /* a video frame (64 or 81 tokens) or a question */
@@ -55,6 +66,21 @@ typedef struct llama_rows {
 /* 0 when out of memory (what was made is freed by llama_rows_free). */
 int llama_rows_alloc(svlm_kernels *k, const svlm_llama_hparams *hp, size_t rows, llama_rows *r);
 void llama_rows_free(svlm_kernels *k, llama_rows *r);
+
+/* Step tables for up to max_rows rows; 0 when out of memory (what was made is freed by
+ * llama_step_tables_free). */
+int llama_step_tables_alloc(svlm_kernels *k, int n_layer, int max_rows, llama_step_tables *t);
+void llama_step_tables_free(svlm_kernels *k, llama_step_tables *t);
+/* Row r of a step of `rows` rows: context c's token at cache row p0, query q and output att
+ * (one row each, svlm_k_alloc), in every layer. */
+void llama_step_row(llama_step_tables *t, const svlm_llama_ctx *c, int rows, int r, const float *q,
+                    float *att, int p0);
+/* The filled rows over to the kernels' side (before the step's ops). */
+void llama_step_upload(svlm_kernels *k, llama_step_tables *t, int n_layer);
+/* Layer l of a step: the rows' new keys (RoPE applied) and values stored into the working
+ * copies, then the rows' attentions. c: any of the step's contexts (they share shapes). */
+void llama_step_attend(const svlm_llama_ctx *c, const llama_step_tables *t, int l, const float *kx,
+                       const float *vx);
 
 /* Shared by llama_eval.c and llama_batch.c. */
 /* x (svlm_k_alloc, n rows of n_embd) = the inputs of a chunk: token embeddings, and image rows

@@ -219,10 +219,21 @@ if [ -x "$S" ]; then
     # where a decode step's time goes: host time per op, and the waits for the GPU
     SVLM_CUDA_PROFILE=1 bench "text, cuda, profiled decode" 60 bench -m "$M.gguf" --pp 0 --tg 64 --reps 1 \
       --backend cuda
+    # decode steps replayed as CUDA graphs (the default) against launched op by op
+    SVLM_CUDA_GRAPHS=0 bench "text, cuda, no graphs" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
     bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
+      --reps 1 --backend cuda
+    SVLM_CUDA_GRAPHS=0 bench "text, cuda, 16 answers decoding together, no graphs" 60 bench -m "$M.gguf" \
+      --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
+    bench "text, cuda, 64 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 64 \
       --reps 1 --backend cuda
     bench "text, cpu ($jobs threads)" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cpu --threads "$jobs"
     bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    # the fused flash attention (default) against the cuBLAS scores / softmax / P V path
+    SVLM_CUDA_FLASH=0 bench "vision encoder, cuda, no flash attention" 60 bench --mmproj "$M-mmproj.gguf" \
+      --batch 32 --reps 2 --backend cuda
+    SVLM_CUDA_FLASH=0 bench "text, cuda, prefill without flash attention" 60 bench -m "$M.gguf" --pp 512 \
+      --tg 0 --backend cuda
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
     # the headline: many live streams at 1 fps with 20-token questions (on a GPU STC is off by

@@ -7,11 +7,12 @@
  *
  * Tolerances: element-wise ops and norms 1e-5 relative (absolute below 1); add/add_bias exact;
  * RoPE 1e-5 + 5e-7 * pos (float32 angles, computed pair by pair or by powf, differ by a few ulps
- * of pos); attention 1e-4 absolute of values in [-1, 1]. Matmuls are held to a double-precision
- * product of the stored weights (see matmul_err): float rounding, plus in batched products the
- * rounding of bf16 operands (cuBLAS on tensor cores; tf32 and f16 keep more bits), plus in decode
- * products of quantized weights the rounding of 8-bit activations (the CPU's way; the GPU may
- * keep floats); and to the CPU's results, relative to the largest output.
+ * of pos); attention 1e-4 absolute of values in [-1, 1] (the tensor-core paths more, see
+ * attention_tol; every case runs with the flash kernel off, then on). Matmuls are held to a
+ * double-precision product of the stored weights (see matmul_err): float rounding, plus in batched
+ * products the rounding of bf16 operands (cuBLAS on tensor cores; tf32 and f16 keep more bits),
+ * plus in decode products of quantized weights the rounding of 8-bit activations (the CPU's way;
+ * the GPU may keep floats); and to the CPU's results, relative to the largest output.
  *
  * Skips (77) where no GPU is usable (svlm_kernels_create_cuda returns E_UNSUPPORTED), unless
  * SVLM_TEST_REQUIRE_GPU=1 (scripts/gpu-check.sh), which makes that a failure.
@@ -28,7 +29,9 @@
 #include "test.h"
 #include "test_ref_attention.h"
 
-static svlm_kernels *G, *C; /* the backend under test, the CPU reference */
+static svlm_kernels *G, *C;   /* the backend under test, the CPU reference */
+static svlm_kernels *G_flash; /* for the attention tests: G with the flash kernel from FLASH_MIN_Q queries */
+static int flash_on;          /* G is G_flash now */
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -440,17 +443,24 @@ static void test_elementwise(void) {
 
 /* ---- attention ---- */
 
-/* The CUDA backend takes n_q >= ATTN_GEMM_MIN_Q (set through SVLM_CUDA_ATTN_GEMM_MIN_Q in test_main;
- * 128 by default) to cuBLAS on tensor cores,
+/* G (made with SVLM_CUDA_FLASH=0) takes n_q >= ATTN_GEMM_MIN_Q (set through SVLM_CUDA_ATTN_GEMM_MIN_Q in
+ * test_main; 128 by default) to cuBLAS on tensor cores,
  * whose operands keep 10 mantissa bits (TF32 for f32 K/V; f16 copies of Q and P for f16 K/V): a
  * probability or V value read 2^-10 off (TF32 may truncate; f16 rounds, 2^-11) moves an output by
  * at most 2^-10 max |v| ~ 1e-3, its error in the scores (std ~6e-4 with |q|, |k| <= 1.5, hd 64)
  * by less. A CPU emulation of the path measured 8.3e-4 worst (truncating TF32; 1e-4 rounding)
  * and 3.3e-4 (f16), so 3e-3 and 2e-3. Fewer queries (the kernel), SVLM_CUDA_TF32=0 for f32 K/V,
- * and a CPU standing in for the GPU: 1e-4. */
+ * and a CPU standing in for the GPU: 1e-4.
+ * G_flash takes n_q >= FLASH_MIN_Q with head_dim <= 128 to the fused flash kernel, which rounds Q, K,
+ * V and the probabilities to f16 (f32 accumulation): V's rounding alone moves an output by up to
+ * 2^-12 max |v| = 2.4e-4, and a CPU emulation of the kernel's tiling measured 4.4e-4 worst over
+ * these cases (f32 K/V; 2.8e-4 f16), so 1e-3. */
 #define ATTN_GEMM_MIN_Q 32
-static double attention_tol(int64_t n_q, svlm_dtype kv_type) {
-    if (!svlm_kernels_is_gpu(G) || n_q < ATTN_GEMM_MIN_Q) return 1e-4;
+#define FLASH_MIN_Q     2
+static double attention_tol(int64_t n_q, svlm_dtype kv_type, int hd) {
+    if (!svlm_kernels_is_gpu(G)) return 1e-4;
+    if (flash_on && n_q >= FLASH_MIN_Q && hd <= 128) return 1e-3;
+    if (n_q < ATTN_GEMM_MIN_Q) return 1e-4;
     if (kv_type == SVLM_F16) return 2e-3;
     const char *tf32 = getenv("SVLM_CUDA_TF32");
     return tf32 && !strcmp(tf32, "0") ? 1e-4 : 3e-3;
@@ -496,10 +506,10 @@ static void attention_case(int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
         if (!(d <= vs)) vs = d;
     }
     char what[96];
-    snprintf(what, sizeof what, "attention %s q=%lld kv=%lld heads=%d/%d hd=%d causal=%d pad=%d",
+    snprintf(what, sizeof what, "attention %s q=%lld kv=%lld heads=%d/%d hd=%d causal=%d pad=%d%s",
              svlm_dtype_get(kv_type)->name, (long long)n_q, (long long)n_kv, n_head, n_kv_head, hd, causal,
-             pad);
-    double tol = attention_tol(n_q, kv_type);
+             pad, flash_on ? " flash" : "");
+    double tol = attention_tol(n_q, kv_type, hd);
     int shown = note(what, worst, tol);
     shown |= note(what, vs, tol);
     if (shown)
@@ -514,7 +524,7 @@ static void attention_case(int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
     free(oc);
 }
 
-static void test_attention(void) {
+static void attention_cases(void) {
     for (int f16 = 0; f16 < 2; f16++) {
         svlm_dtype t = f16 ? SVLM_F16 : SVLM_F32;
         attention_case(1, 1, 9, 3, 64, 1, t, 5);       /* first decode step */
@@ -537,9 +547,30 @@ static void test_attention(void) {
         attention_case(40, 10, 4, 2, 64, 1, t, 0);     /* n_kv < n_q: 30 queries see nothing */
         attention_case(48, 1000, 2, 1, 8, 1, t, 0);    /* MQA, tiny heads, a long prefix */
         attention_case(200, 200, 16, 16, 72, 0, t, 3); /* head_dim not a power of two */
+        /* the flash kernel's tiles (64 queries, 64 kv rows) and padded head dims */
+        attention_case(77, 77, 4, 2, 8, 0, t, 0);     /* head_dim 8; n_q, n_kv not multiples of 64 */
+        attention_case(150, 90, 4, 4, 72, 1, t, 3);   /* head_dim 72, causal, n_kv < n_q */
+        attention_case(90, 150, 4, 2, 80, 1, t, 4);   /* head_dim 80, causal, n_kv > n_q */
+        attention_case(129, 200, 4, 2, 128, 1, t, 8); /* head_dim 128; one query past two tiles */
+        attention_case(100, 130, 9, 3, 64, 0, t, 7);  /* GQA 9/3, odd padded stride */
+        attention_case(65, 65, 9, 3, 24, 1, t, 0);    /* one row into a second tile */
+        attention_case(16, 5, 2, 1, 40, 1, t, 1);     /* 11 of 16 queries see nothing */
+        attention_case(40, 60, 2, 2, 160, 0, t, 0);   /* head_dim past 128: flash declines */
     }
     if (buf_mode == BUF_ALLOC) /* one vision tile: 1024 tokens, 12 heads (f32 K/V, as the encoder) */
         attention_case(1024, 1024, 12, 12, 64, 0, SVLM_F32, 0);
+}
+
+/* Every case through G (cuBLAS and the kernel), then through G_flash (the flash kernel). */
+static void test_attention(void) {
+    attention_cases();
+    if (!G_flash) return;
+    svlm_kernels *plain = G;
+    G = G_flash;
+    flash_on = 1;
+    attention_cases();
+    G = plain;
+    flash_on = 0;
 }
 
 /* ---- backend creation ---- */
@@ -581,9 +612,21 @@ int test_main(void) {
         st = svlm_kernels_create_cpu(2, &G, &err);
         unsetenv("SVLM_SIMD");
     } else {
-        setenv("SVLM_CUDA_ATTN_GEMM_MIN_Q", "32",
-               1); /* the cases below reach the cuBLAS path from 32 queries */
+        /* the cases below reach the cuBLAS path from 32 queries; G takes them to cuBLAS and the
+         * kernel, G_flash to the flash kernel */
+        setenv("SVLM_CUDA_ATTN_GEMM_MIN_Q", "32", 1);
+        setenv("SVLM_CUDA_FLASH", "0", 1);
         st = svlm_kernels_create_cuda(0, &G, &err);
+        unsetenv("SVLM_CUDA_FLASH");
+        if (st == SVLM_OK) {
+            setenv("SVLM_CUDA_FLASH_MIN_Q", "2", 1);
+            st = svlm_kernels_create_cuda(0, &G_flash, &err);
+            unsetenv("SVLM_CUDA_FLASH_MIN_Q");
+            if (st != SVLM_OK) {
+                svlm_kernels_destroy(G);
+                G = NULL;
+            }
+        }
     }
     if (st == SVLM_E_UNSUPPORTED) {
         const char *req = getenv("SVLM_TEST_REQUIRE_GPU");
@@ -622,6 +665,7 @@ int test_main(void) {
         printf("%s buffers: worst comparison at %.3g of its tolerance (%s)\n", mode_names[m], worst_share[m],
                worst_what[m]);
     svlm_kernels_destroy(G); /* before the weights it may hold copies of are freed */
+    if (G_flash) svlm_kernels_destroy(G_flash);
     svlm_kernels_destroy(C);
     for (int i = 0; i < n_cases; i++) {
         free(cases[i].deq);

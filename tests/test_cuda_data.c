@@ -1,8 +1,9 @@
 /*
  * The CUDA backend's data ops and deferred mode against the CPU backend: svlm_k_copy between
  * host memory and svlm_k_alloc buffers, svlm_k_store and svlm_k_load (f32, f16), svlm_k_round_f16,
- * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, svlm_k_attention_multi, matmul_multi's one-launch products, and
- * chains of ops run with svlm_k_defer on, which must give exactly what the same chain gives op by op.
+ * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, svlm_k_attention_multi, matmul_multi's one-launch products,
+ * chains of ops run with svlm_k_defer on, which must give exactly what the same chain gives op by op,
+ * svlm_k_store_rows, and decode-like steps replayed from a recording (svlm_k_replay_begin/end).
  *
  * Tolerances: copies, stores, roundings and gathers are exact (IEEE round-to-nearest-even on both
  * sides); the f16-table GELU may differ by one f16 step where the two backends' expf differ by an
@@ -426,6 +427,166 @@ static void test_matvec_together(void) {
     }
 }
 
+/* One decode-like step of NS sequences (rows) through the step tables, as llama_eval.c runs it:
+ * 3 layers of rmsnorm, product, RoPE, the rows' keys stored into their caches (store_rows) and
+ * each row's attention over its own cache (attention_items), residual. With `skip_add` the last
+ * layer leaves out its add: a different run under the same key. */
+enum { RS = 2, RE = 256, RNH = 4, RHD = 64, RLAYERS = 3, RMAXKV = 16 };
+typedef struct replay_bufs {
+    float *x, *h, *q, *att;
+    void *cache[RLAYERS][RS]; /* [RMAXKV][RE] each, type `type` */
+    void **dsts;              /* [RLAYERS][RS] */
+    svlm_attn_item *items;    /* [RLAYERS][RS] */
+    int32_t *pos;
+    svlm_dtype type;
+} replay_bufs;
+
+static void replay_alloc(svlm_kernels *k, replay_bufs *b, svlm_dtype type) {
+    const size_t elt = type == SVLM_F16 ? 2 : 4;
+    b->type = type;
+    b->x = svlm_k_alloc(k, sizeof(float) * RS * RE);
+    b->h = svlm_k_alloc(k, sizeof(float) * RS * RE);
+    b->q = svlm_k_alloc(k, sizeof(float) * RS * RE);
+    b->att = svlm_k_alloc(k, sizeof(float) * RS * RE);
+    b->dsts = svlm_k_alloc(k, sizeof(void *) * RLAYERS * RS);
+    b->items = svlm_k_alloc(k, sizeof(svlm_attn_item) * RLAYERS * RS);
+    b->pos = svlm_k_alloc(k, sizeof(int32_t) * RS);
+    REQUIRE(b->x && b->h && b->q && b->att && b->dsts && b->items && b->pos, "svlm_k_alloc failed");
+    for (int l = 0; l < RLAYERS; l++)
+        for (int r = 0; r < RS; r++)
+            REQUIRE((b->cache[l][r] = svlm_k_alloc(k, elt * RMAXKV * RE)), "svlm_k_alloc failed");
+}
+
+static void replay_free(svlm_kernels *k, replay_bufs *b) {
+    void *bufs[] = {b->x, b->h, b->q, b->att, b->dsts, b->items, b->pos};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        svlm_k_free(k, bufs[i]);
+    for (int l = 0; l < RLAYERS; l++)
+        for (int r = 0; r < RS; r++)
+            svlm_k_free(k, b->cache[l][r]);
+}
+
+static void replay_ops(svlm_kernels *k, replay_bufs *b, const svlm_weight *w, const float *nw, int skip_add) {
+    const svlm_attn_args shape = {.kv_type = b->type,
+                                  .kv_stride = RE,
+                                  .n_head = RNH,
+                                  .n_kv_head = RNH,
+                                  .head_dim = RHD,
+                                  .causal = 1,
+                                  .scale = 0.125f};
+    for (int l = 0; l < RLAYERS; l++) {
+        svlm_k_rmsnorm(k, b->x, nw, b->h, RS, RE, 1e-5f);
+        svlm_k_matmul(k, w, b->h, RS, b->q);
+        svlm_k_rope(k, b->q, RS, RNH, RHD, RHD, b->pos, 10000.0f, 0);
+        svlm_k_store_rows(k, b->dsts + l * RS, b->type, b->q, RS, RE);
+        svlm_k_attention_items(k, &shape, b->items + l * RS, RS);
+        if (!(skip_add && l == RLAYERS - 1)) svlm_k_add(k, b->x, b->att, (int64_t)RS * RE);
+    }
+}
+
+/* Step `step` (cache row `step` of every sequence): returns what svlm_k_replay_end said. */
+static int replay_step(svlm_kernels *k, replay_bufs *b, const svlm_weight *w, const float *nw, int step,
+                       const float *x0, int skip_add, float *out) {
+    const size_t row = (b->type == SVLM_F16 ? 2 : 4) * (size_t)RE;
+    void *dsts[RLAYERS * RS];
+    svlm_attn_item items[RLAYERS * RS];
+    int32_t pos[RS];
+    for (int r = 0; r < RS; r++)
+        pos[r] = 10 * r + step;
+    for (int l = 0; l < RLAYERS; l++)
+        for (int r = 0; r < RS; r++) {
+            dsts[l * RS + r] = (char *)b->cache[l][r] + (size_t)step * row;
+            items[l * RS + r] =
+                (svlm_attn_item){b->q + r * RE, b->cache[l][r], b->cache[l][r], b->att + r * RE, step + 1};
+        }
+    svlm_k_defer(k, 1);
+    svlm_k_copy(k, b->x, x0, sizeof(float) * RS * RE);
+    svlm_k_copy(k, b->pos, pos, sizeof pos);
+    svlm_k_copy(k, b->dsts, dsts, sizeof dsts);
+    svlm_k_copy(k, b->items, items, sizeof items);
+    svlm_k_replay_begin(k, 0x1234);
+    replay_ops(k, b, w, nw, skip_add);
+    int ran = svlm_k_replay_end(k);
+    if (!ran) replay_ops(k, b, w, nw, skip_add);
+    svlm_k_copy(k, out, b->x, sizeof(float) * RS * RE);
+    svlm_k_defer(k, 0);
+    return ran;
+}
+
+/* Replayed steps (CUDA Graphs) give what the CPU gives step after step, with each step's own
+ * inputs, cache rows and lengths; a different run under the same key is caught (its ops issued
+ * again) and still right. */
+static void test_replay(void) {
+    float *wd = host_floats((int64_t)RE * RE, 0.1f), *nw = host_floats(RE, 1.0f);
+    svlm_weight w = {SVLM_F32, RE, RE, wd, sizeof(float) * RE};
+    const char *graphs = getenv("SVLM_CUDA_GRAPHS");
+    const int graphs_on = svlm_kernels_is_gpu(G) && !(graphs && !strcmp(graphs, "0"));
+    for (int f16 = 0; f16 < 2; f16++) {
+        replay_bufs bg, bc;
+        replay_alloc(G, &bg, f16 ? SVLM_F16 : SVLM_F32);
+        replay_alloc(C, &bc, f16 ? SVLM_F16 : SVLM_F32);
+        float *og = host_floats(RS * RE, 0.0f), *oc = host_floats(RS * RE, 0.0f);
+        double worst = 0;
+        int refused = -1;
+        for (int step = 0; step < 8; step++) {
+            float *x0 = host_floats(RS * RE, 1.0f);
+            const int odd = step == 5; /* not the recorded run */
+            int ran = replay_step(G, &bg, &w, nw, step, x0, odd, og);
+            REQUIRE(replay_step(C, &bc, &w, nw, step, x0, odd, oc), "the CPU refused a run");
+            if (odd) refused = !ran;
+            worst = fmax(worst, max_rel(og, oc, RS * RE));
+            free(x0);
+        }
+        printf(
+            "replayed decode steps (%s caches): 8 steps, max |gpu - cpu| %.3g (tolerance 1e-4); a different "
+            "run under the same key %s\n",
+            f16 ? "f16" : "f32", worst, refused ? "was refused and issued again" : "ran");
+        CHECK(worst <= 1e-4, "replayed steps differ from the CPU by %g", worst);
+        /* steps 2..4 replay the recording: step 5's calls differ from it */
+        if (graphs_on) CHECK(refused == 1, "a run that differs from the recording was replayed");
+        free(og);
+        free(oc);
+        replay_free(G, &bg);
+        replay_free(C, &bc);
+    }
+    svlm_k_forget(G, wd);
+    svlm_k_forget(G, nw);
+    free(wd);
+    free(nw);
+}
+
+/* store_rows puts each row where its table entry says, f32 as is and f16 rounded as svlm_k_store. */
+static void test_store_rows(void) {
+    enum { N = 5, DIM = 300 };
+    for (int f16 = 0; f16 < 2; f16++) {
+        const svlm_dtype t = f16 ? SVLM_F16 : SVLM_F32;
+        const size_t elt = f16 ? 2 : 4;
+        float *src = host_floats(N * DIM, 3.0f), *sg = galloc(sizeof(float) * N * DIM);
+        char *dg = galloc(elt * N * DIM * 2), *dc = calloc(N * DIM * 2, elt),
+             *back = calloc(N * DIM * 2, elt);
+        REQUIRE(dc && back, "out of memory");
+        void *tg[N], *tc[N], **tk = galloc(sizeof(void *) * N);
+        for (int i = 0; i < N; i++) { /* rows land reversed and spaced out */
+            tg[i] = dg + elt * (size_t)DIM * (size_t)(2 * (N - 1 - i));
+            tc[i] = dc + elt * (size_t)DIM * (size_t)(2 * (N - 1 - i));
+        }
+        svlm_k_copy(G, sg, src, sizeof(float) * N * DIM);
+        svlm_k_copy(G, tk, tg, sizeof tg);
+        svlm_k_store_rows(G, tk, t, sg, N, DIM);
+        svlm_k_store_rows(C, tc, t, src, N, DIM);
+        svlm_k_copy(G, back, dg, elt * N * DIM * 2);
+        CHECK(!memcmp(back, dc, elt * N * DIM * 2), "store_rows (%s) differs from the CPU",
+              f16 ? "f16" : "f32");
+        svlm_k_free(G, sg);
+        svlm_k_free(G, dg);
+        svlm_k_free(G, tk);
+        free(src);
+        free(dc);
+        free(back);
+    }
+    printf("store_rows f32 and f16: equal to the CPU\n");
+}
+
 int test_main(void) {
     svlm_err err = {0};
     svlm_status st;
@@ -448,6 +609,8 @@ int test_main(void) {
     test_deferred_chain();
     test_attention_multi();
     test_matvec_together();
+    test_store_rows();
+    test_replay();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);
     return 0;

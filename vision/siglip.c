@@ -54,11 +54,11 @@ void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t row
 
     svlm_k_layernorm(k, x, L->ln1_w, L->ln1_b, c->h, rows, D, hp->eps);
     svlm_vision_trace(c, "layer_inp_normed", il, c->h, rows, D);
-    svlm_k_matmul(k, &L->q, c->h, rows, c->q);
+    const svlm_weight *ws[3] = {&L->q, &L->k, &L->v}; /* one pass: a GPU converts h once */
+    float *ys[3] = {c->q, c->kk, c->v};
+    svlm_k_matmul_multi(k, ws, 3, c->h, rows, ys);
     svlm_k_add_bias(k, c->q, L->q_b, rows, D);
-    svlm_k_matmul(k, &L->k, c->h, rows, c->kk);
     svlm_k_add_bias(k, c->kk, L->k_b, rows, D);
-    svlm_k_matmul(k, &L->v, c->h, rows, c->v);
     svlm_k_add_bias(k, c->v, L->v_b, rows, D);
     svlm_vision_trace(c, "Qcur", il, c->q, rows, D);
     svlm_vision_trace(c, "Kcur", il, c->kk, rows, D);
@@ -102,10 +102,14 @@ void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows
     svlm_k_layernorm(k, x, L->ln2_w, L->ln2_b, c->h, rows, D, hp->eps);
     svlm_vision_trace(c, "ffn_inp_normed", il, c->h, rows, D);
     svlm_k_matmul(k, &L->up, c->h, rows, c->ff);
-    svlm_vision_trace(c, "ffn_up", il, c->ff, rows, F);
-    svlm_k_add_bias(k, c->ff, L->up_b, rows, F);
-    svlm_vision_trace(c, "ffn_up_b", il, c->ff, rows, F);
-    svlm_k_gelu_tanh_f16(k, c->ff, rows * F);
+    if (c->trace) { /* each intermediate on its own for the comparison with llama.cpp's */
+        svlm_vision_trace(c, "ffn_up", il, c->ff, rows, F);
+        svlm_k_add_bias(k, c->ff, L->up_b, rows, F);
+        svlm_vision_trace(c, "ffn_up_b", il, c->ff, rows, F);
+        svlm_k_gelu_tanh_f16(k, c->ff, rows * F);
+    } else { /* the same numbers in one pass over the widest activations */
+        svlm_k_add_bias_gelu_f16(k, c->ff, L->up_b, rows, F);
+    }
     svlm_vision_trace(c, "ffn_gelu", il, c->ff, rows, F);
     svlm_k_matmul(k, &L->down, c->ff, rows, c->h);
     svlm_vision_trace(c, "ffn_down", il, c->h, rows, D);

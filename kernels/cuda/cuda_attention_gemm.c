@@ -52,6 +52,7 @@ static void *attn_scratch(cu_ctx *c, size_t bytes) {
         return NULL;
     }
     c->attn_scratch_cap = cap;
+    c->buf_gen++;
     return c->attn_scratch;
 }
 

@@ -4,7 +4,9 @@
  * backend's stream and waits for it, so the host code of the decoder and encoder can read any
  * result right after the call.
  */
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,11 @@
 
 void cu_check(int err, const char *what) {
     if (err == cudaSuccess) return;
+    if (cu_capturing) { /* recording a run: it is dropped and its ops issued again */
+        cu_capture_failed = 1;
+        (void)cudaGetLastError();
+        return;
+    }
     fprintf(stderr, "svlm: CUDA error in %s: %s (%d); the GPU state is lost, stopping\n", what,
             cudaGetErrorString((cudaError_t)err), err);
     abort();
@@ -22,6 +29,10 @@ void cu_check(int err, const char *what) {
 
 void cu_check_blas(cublasStatus_t st, const char *what) {
     if (st == CUBLAS_STATUS_SUCCESS) return;
+    if (cu_capturing) {
+        cu_capture_failed = 1;
+        return;
+    }
     fprintf(stderr, "svlm: cuBLAS error in %s: status %d; stopping\n", what, (int)st);
     abort();
 }
@@ -58,6 +69,7 @@ static void *stage_buffer(cu_ctx *c, int slot, size_t bytes) {
         size_t cap = (bytes + bytes / 4 + 255) / 256 * 256;
         cu_check(cudaMalloc(&c->stage[slot], cap), "cudaMalloc(staging)");
         c->stage_cap[slot] = cap;
+        c->buf_gen++;
     }
     return c->stage[slot];
 }
@@ -101,7 +113,8 @@ void cu_done(svlm_kernels *k, const char *what) {
     const int wrote_host = c->n_wb > 0 || c->pinned_out;
     c->n_wb = 0;
     c->pinned_out = 0;
-    if (wrote_host || !c->defer) cu_check(cudaStreamSynchronize(c->stream), what);
+    if (cu_capturing && wrote_host) cu_capture_failed = 1; /* a recorded run writes no host memory */
+    if ((wrote_host || !c->defer) && !cu_capturing) cu_check(cudaStreamSynchronize(c->stream), what);
     cu_prof_stop(k, what);
 }
 
@@ -112,6 +125,7 @@ void *cu_scratch(svlm_kernels *k, size_t bytes) {
         size_t cap = (bytes + bytes / 4 + 255) / 256 * 256;
         cu_check(cudaMalloc(&c->scratch, cap), "cudaMalloc(scratch)");
         c->scratch_cap = cap;
+        c->buf_gen++;
     }
     return c->scratch;
 }
@@ -170,13 +184,15 @@ static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
     const void *dk = kv_bytes ? cu_in(k, 1, a->k, kv_bytes) : NULL;
     const void *dv = kv_bytes ? cu_in(k, 2, a->v, kv_bytes) : NULL;
     float *dout = cu_out(k, 3, a->out, q_bytes, 0);
-    const int gemm = cu_attention_gemm(k, a, dq, dk, dv, dout); /* tensor cores for long query runs */
-    if (!gemm)
+    /* tensor cores for long query runs: the fused kernel, else cuBLAS */
+    const int flash = cu_attention_flash(k, a, dq, dk, dv, dout);
+    const int gemm = !flash && cu_attention_gemm(k, a, dq, dk, dv, dout);
+    if (!flash && !gemm)
         cu_check(svlm_cu_attention(CU(k)->stream, dq, dk, dv, a->kv_type == SVLM_F16, a->kv_stride, dout,
                                    a->n_q, a->n_kv > 0 ? a->n_kv : 0, a->n_head, a->n_kv_head, a->head_dim,
                                    a->causal, a->scale),
                  "attention");
-    cu_done(k, gemm ? "attention (cuBLAS)" : "attention (kernel)");
+    cu_done(k, flash ? "attention (flash)" : gemm ? "attention (cuBLAS)" : "attention (kernel)");
 }
 
 /* Decode attentions of several sequences (one query each, shared shapes, device-accessible
@@ -243,6 +259,14 @@ static void cu_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_row
     cu_done(k, "add_bias");
 }
 
+static void cu_add_bias_gelu_f16(svlm_kernels *k, float *x, const float *b, int64_t n_rows, int64_t dim) {
+    cu_begin(k);
+    float *dx = cu_out(k, 0, x, sizeof(float) * (size_t)(n_rows * dim), 1);
+    const float *db = cu_weight(k, b, sizeof(float) * (size_t)dim);
+    cu_check(svlm_cu_add_bias_gelu_f16(CU(k)->stream, dx, db, n_rows, dim), "add_bias_gelu_f16");
+    cu_done(k, "add_bias_gelu_f16");
+}
+
 static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     if (n_rows <= 0 || dim <= 0) return;
     cu_begin(k);
@@ -273,6 +297,7 @@ static void cu_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
     int dst_host, src_host;
     (void)device_view_of(dst, &dst_host);
     (void)device_view_of(src, &src_host);
+    if (cu_capturing && (dst_host || src_host)) cu_capture_failed = 1; /* host work is not recorded */
     if (dst_host && src_host) { /* no op leaves host memory pending: nothing to wait for, */
         /* unless a queued op still reads pinned memory the host is about to write */
         if (CU(k)->defer && device_view(dst)) cu_check(cudaStreamSynchronize(CU(k)->stream), "copy");
@@ -341,6 +366,35 @@ static void cu_gather_rows(svlm_kernels *k, float *dst, const float *src, const 
     cu_done(k, "gather_rows");
 }
 
+/* Key or value rows of several sequences into their caches: one launch. The destinations must be
+ * device-accessible (svlm_k_alloc caches); the table itself may be anywhere. */
+static void cu_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src,
+                          int64_t n, int64_t dim) {
+    cu_begin(k);
+    void *const *dd = cu_in(k, 0, dsts, sizeof(void *) * (size_t)n);
+    const float *ds = cu_in(k, 1, src, sizeof(float) * (size_t)(n * dim));
+    cu_check(svlm_cu_store_rows(CU(k)->stream, dd, dst_type == SVLM_F16, ds, n, dim), "store_rows");
+    cu_done(k, "store_rows");
+}
+
+_Static_assert(sizeof(svlm_attn_item) == sizeof(svlm_cu_attn_item) &&
+                   offsetof(svlm_attn_item, n_kv) == offsetof(svlm_cu_attn_item, n_kv) &&
+                   offsetof(svlm_attn_item, out) == offsetof(svlm_cu_attn_item, out),
+               "svlm_attn_item and svlm_cu_attn_item must agree");
+
+/* Decode attentions whose items the kernel reads where they lie (an svlm_k_alloc table), so a
+ * recorded decode step reads each step's own lengths. */
+static void cu_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items,
+                               int n) {
+    cu_begin(k);
+    const svlm_cu_attn_item *di = cu_in(k, 0, items, sizeof(svlm_attn_item) * (size_t)n);
+    cu_check(svlm_cu_attention_multi(CU(k)->stream, di, n, shape->kv_type == SVLM_F16, shape->kv_stride,
+                                     shape->n_head, shape->n_kv_head, shape->head_dim, shape->causal,
+                                     shape->scale),
+             "attention_items");
+    cu_done(k, "attention_items (kernel)");
+}
+
 /* Managed memory: the decoder's and encoder's host code reads and writes these buffers between
  * ops, and the driver moves the pages to whichever side touches them. */
 static void *cu_alloc(svlm_kernels *k, size_t bytes) {
@@ -380,6 +434,7 @@ static void cu_destroy(svlm_kernels *k) {
         cu_prof_report(k);
         (void)cudaSetDevice(c->device);
         if (c->stream) (void)cudaStreamSynchronize(c->stream);
+        cu_graphs_free(k);
         for (int i = 0; i < CU_STAGE_SLOTS; i++)
             if (c->stage[i]) (void)cudaFree(c->stage[i]);
         if (c->scratch) (void)cudaFree(c->scratch);
@@ -417,6 +472,11 @@ static const backend_ops cuda_ops = {
     .gather_rows = cu_gather_rows,
     .gelu_tanh_f16 = cu_gelu_tanh_f16,
     .attention_multi = cu_attention_multi,
+    .store_rows = cu_store_rows,
+    .add_bias_gelu_f16 = cu_add_bias_gelu_f16,
+    .attention_items = cu_attention_items,
+    .replay_begin = cu_replay_begin,
+    .replay_end = cu_replay_end,
 };
 
 /* cudaGetDeviceCount's answers that mean "no GPU here": no driver or too old a driver (35), no
@@ -466,8 +526,11 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     k->is_gpu = 1;
     c->device = device;
     cu_prof_init(k);
+    cu_graphs_init(k);
     const char *mq = getenv("SVLM_CUDA_ATTN_GEMM_MIN_Q"); /* tests reach the cuBLAS path with less */
     c->attn_gemm_min_q = mq && atoi(mq) >= 32 ? atoi(mq) : 128;
+    const char *fl = getenv("SVLM_CUDA_FLASH"), *fq = getenv("SVLM_CUDA_FLASH_MIN_Q");
+    c->attn_flash_min_q = fl && !strcmp(fl, "0") ? INT_MAX : fq && atoi(fq) >= 1 ? atoi(fq) : 16;
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

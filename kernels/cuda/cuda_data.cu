@@ -31,16 +31,26 @@ __global__ void round_f16_kernel(float *x, int64_t n) {
     if (i < n) x[i] = round_f16(x[i]);
 }
 
-__global__ void gelu_tanh_f16_kernel(float *x, int64_t n) {
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float v = x[i];
+__device__ float gelu_f16(float v) {
     if (v > -10.0f && v < 10.0f) v = round_f16(v);
     /* the formula of gelu_tanh_kernel (and the CPU): v / (1 + exp(-2u)) */
     const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
     float y = v / (1.0f + expf(-2.0f * u));
     if (y < 10.0f) y = round_f16(y);
-    x[i] = y;
+    return y;
+}
+
+__global__ void gelu_tanh_f16_kernel(float *x, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) x[i] = gelu_f16(x[i]);
+}
+
+/* the encoder's feed-forward bias and GELU in one pass over the widest activations; row blockIdx.y */
+__global__ void add_bias_gelu_f16_kernel(float *x, const float *b, int64_t dim) {
+    const int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    float *p = x + blockIdx.y * dim + j;
+    *p = gelu_f16(*p + b[j]);
 }
 
 /* one block row per output row; threads stride over the row's floats */
@@ -50,6 +60,18 @@ __global__ void gather_rows_kernel(float *dst, const float *src, const int32_t *
     float *d = dst + r * dim;
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
         d[j] = s[j];
+}
+
+/* row blockIdx.y to its own destination; threads stride over the row */
+template <bool F16> __global__ void store_rows_kernel(void *const *dsts, const float *x, int64_t dim) {
+    const int64_t r = blockIdx.y;
+    const float *s = x + r * dim;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < dim;
+         j += (int64_t)gridDim.x * blockDim.x)
+        if (F16)
+            static_cast<__half *>(dsts[r])[j] = __float2half_rn(s[j]);
+        else
+            static_cast<float *>(dsts[r])[j] = s[j];
 }
 
 unsigned blocks_for(int64_t n, int threads) {
@@ -78,11 +100,34 @@ extern "C" int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n) {
     return (int)cudaGetLastError();
 }
 
+extern "C" int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t n_rows,
+                                         int64_t dim) {
+    for (int64_t r0 = 0; r0 < n_rows && dim > 0; r0 += 65535) { /* gridDim.y's limit */
+        const dim3 grid(blocks_for(dim, 256), (unsigned)(n_rows - r0 < 65535 ? n_rows - r0 : 65535));
+        add_bias_gelu_f16_kernel<<<grid, 256, 0, s>>>(x + r0 * dim, b, dim);
+    }
+    return (int)cudaGetLastError();
+}
+
 extern "C" int svlm_cu_gather_rows(cudaStream_t s, float *dst, const float *src, const int32_t *idx,
                                    int64_t n, int64_t dim) {
     if (n > 0 && dim > 0) {
         const int threads = dim >= 256 ? 256 : (int)((dim + 31) / 32 * 32);
         gather_rows_kernel<<<(unsigned)n, threads, 0, s>>>(dst, src, idx, dim);
+    }
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, const float *x, int64_t n,
+                                  int64_t dim) {
+    int64_t bx = (dim + 255) / 256;
+    if (bx > 64) bx = 64;
+    for (int64_t r0 = 0; r0 < n; r0 += 65535) { /* gridDim.y's limit */
+        const dim3 grid((unsigned)bx, (unsigned)(n - r0 < 65535 ? n - r0 : 65535));
+        if (f16)
+            store_rows_kernel<true><<<grid, 256, 0, s>>>(dsts + r0, x + r0 * dim, dim);
+        else
+            store_rows_kernel<false><<<grid, 256, 0, s>>>(dsts + r0, x + r0 * dim, dim);
     }
     return (int)cudaGetLastError();
 }

@@ -111,9 +111,10 @@ __global__ void add_kernel(float *y, const float *x, int64_t n) {
     if (i < n) y[i] += x[i];
 }
 
-__global__ void add_bias_kernel(float *y, const float *b, int64_t n, int64_t dim) {
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i < n) y[i] += b[i % dim];
+/* row blockIdx.y: no division per element (the encoder adds six biases per layer to 16 tiles) */
+__global__ void add_bias_kernel(float *y, const float *b, int64_t dim) {
+    const int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (j < dim) y[blockIdx.y * dim + j] += b[j];
 }
 
 __global__ void softmax_kernel(float *x, int64_t dim) {
@@ -191,8 +192,10 @@ extern "C" int svlm_cu_add(cudaStream_t s, float *y, const float *x, int64_t n) 
 }
 
 extern "C" int svlm_cu_add_bias(cudaStream_t s, float *y, const float *b, int64_t n_rows, int64_t dim) {
-    const int64_t n = n_rows * dim;
-    if (n > 0) add_bias_kernel<<<blocks_for(n, 256), 256, 0, s>>>(y, b, n, dim);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 65535) { /* gridDim.y's limit */
+        const dim3 grid(blocks_for(dim, 256), (unsigned)(n_rows - r0 < 65535 ? n_rows - r0 : 65535));
+        add_bias_kernel<<<grid, 256, 0, s>>>(y + r0 * dim, b, dim);
+    }
     return (int)cudaGetLastError();
 }
 

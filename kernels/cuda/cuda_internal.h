@@ -19,6 +19,17 @@ typedef struct cu_writeback {
 } cu_writeback;
 
 enum { CU_PROF_OPS = 40 };
+
+/* A recorded run (cuda_graphs.c): the CUDA graph of one key's ops and the hash of their calls. */
+enum { CU_GRAPHS = 16 };
+typedef struct cu_graph {
+    uint64_t key, hash;
+    cudaGraphExec_t exec;
+    unsigned gen; /* cu_generation when recorded */
+    int seen;     /* the key ran once: its weights are uploaded, its buffers sized */
+    int fails;    /* recordings that failed or calls that differed; replay stops at a few */
+    uint64_t last_use;
+} cu_graph;
 typedef struct cu_prof_op {
     const char *what;
     long calls;
@@ -39,15 +50,26 @@ typedef struct cu_ctx {
     double prof_t0;
     cu_prof_op prof_ops[CU_PROF_OPS];
     int n_prof;
-    int pinned_out;      /* this op writes pinned host memory directly: it must wait too */
-    int defer;           /* svlm_k_defer depth: ops return without waiting while > 0 */
-    int attn_gemm_min_q; /* fewer queries go to the kernel: its one launch beats cuBLAS's eight
-                            launches of host time (decode, a frame's 64 to 81 rows) */
-    void *attn_scratch;  /* scores, probabilities and f16 queries of cu_attention_gemm */
+    int pinned_out;       /* this op writes pinned host memory directly: it must wait too */
+    int defer;            /* svlm_k_defer depth: ops return without waiting while > 0 */
+    int attn_gemm_min_q;  /* fewer queries go to the kernel: its one launch beats cuBLAS's eight
+                             launches of host time (decode, a frame's 64 to 81 rows) */
+    int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */
+    void *attn_scratch;   /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
+    unsigned buf_gen; /* bumped when a staging or scratch buffer moves: recordings hold addresses */
+    int graphs_on;    /* SVLM_CUDA_GRAPHS (default on) */
+    int graph_mode;   /* replay_mode of the current run */
+    int graph_cur;    /* its entry */
+    uint64_t graph_clock;
+    cu_graph graphs[CU_GRAPHS];
 } cu_ctx;
 
 #define CU(k) ((cu_ctx *)(k)->dev)
+
+/* Set while this thread records a run: cu_check and cu_check_blas note failures in
+ * cu_capture_failed instead of stopping (nothing ran yet; the caller issues the ops again). */
+extern _Thread_local int cu_capturing, cu_capture_failed;
 
 /* Ends the program with the failing call named: a device fault is not an input error, and the
  * ops have no way to report one (the CPU backend aborts on out-of-memory the same way). */
@@ -76,6 +98,14 @@ const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, voi
 void cu_weights_retain(void);
 void cu_weights_release(void);
 void cu_weights_forget(svlm_kernels *k, const void *host);
+/* Changes when any device copy of a weight is replaced or dropped. */
+unsigned cu_weights_generation(void);
+
+/* Replayed runs (cuda_graphs.c): the backend ops behind svlm_k_replay_begin/end. */
+int cu_replay_begin(svlm_kernels *k, uint64_t key);
+int cu_replay_end(svlm_kernels *k, uint64_t calls_hash);
+void cu_graphs_init(svlm_kernels *k);
+void cu_graphs_free(svlm_kernels *k);
 
 /* The managed allocations of svlm_k_alloc (cuda_ranges.c): device-accessible pointers known
  * without a driver call. add returns 0 when out of memory (the pointer is then simply unknown). */
@@ -101,5 +131,10 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
  * n_q, sizes past cuBLAS's int arguments, or scratch it cannot get. */
 int cu_attention_gemm(svlm_kernels *k, const svlm_attn_args *a, const float *dq, const void *dk,
                       const void *dv, float *dout);
+/* Attention by the fused flash kernel (cuda_attention_flash.c) for n_q >= attn_flash_min_q: same
+ * arguments and contract as cu_attention_gemm; declines (0) unsupported head dims, bad GQA ratios,
+ * sizes past the kernel's limits, or when SVLM_CUDA_FLASH=0 turned it off. */
+int cu_attention_flash(svlm_kernels *k, const svlm_attn_args *a, const float *dq, const void *dk,
+                       const void *dv, float *dout);
 
 #endif

@@ -30,8 +30,15 @@ static int cu_tf32(void) {
     return !(e && !strcmp(e, "0"));
 }
 
-/* y = x W^T on device pointers (no staging, no wait). */
-static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int64_t n, float *dy) {
+/* Whether cuBLAS multiplies w in bf16 (cu_weight_gemm's choice): activations go to bf16 first. */
+static int gemm_in_bf16(const svlm_weight *w) {
+    return w->type != SVLM_F32 && w->type != SVLM_F16;
+}
+
+/* y = x W^T on device pointers (no staging, no wait). xh: x already in bf16 (products of several
+ * weights share one conversion), or NULL. */
+static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int64_t n, float *dy,
+                    const uint16_t *xh_given) {
     cu_ctx *c = CU(k);
     if (n <= SVLM_CU_MATVEC_MAX) {
         const void *dw = cu_weight(k, w->data, (size_t)w->rows * w->row_bytes);
@@ -51,8 +58,12 @@ static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int6
         const float *xb = dx + i0 * w->cols;
         float *yb = dy + i0 * w->rows;
         if (bf16) {
-            uint16_t *xh = cu_scratch(k, sizeof(uint16_t) * (size_t)nb * (size_t)kk);
-            cu_check(svlm_cu_f32_to_bf16(c->stream, xb, xh, (int64_t)nb * kk), "activations to bf16");
+            const uint16_t *xh = xh_given ? xh_given + i0 * w->cols : NULL;
+            if (!xh) {
+                uint16_t *t = cu_scratch(k, sizeof(uint16_t) * (size_t)nb * (size_t)kk);
+                cu_check(svlm_cu_f32_to_bf16(c->stream, xb, t, (int64_t)nb * kk), "activations to bf16");
+                xh = t;
+            }
             cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, nb, kk, &one, dw, CUDA_R_16BF,
                                        kk, xh, CUDA_R_16BF, kk, &zero, yb, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
                                        CUBLAS_GEMM_DEFAULT),
@@ -77,7 +88,7 @@ void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n,
     cu_begin(k);
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
     float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 0);
-    product(k, w, dx, n, dy);
+    product(k, w, dx, n, dy, NULL);
     cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul (matvec)" : "matmul (cuBLAS)");
 }
 
@@ -113,13 +124,23 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
         cu_done(k, "matmul_multi (one matvec launch)");
         return;
     }
+    /* batched products of bf16 weights (q/k/v of the vision encoder) share one conversion of x */
+    const uint16_t *xh = NULL;
+    int all_bf16 = n > SVLM_CU_MATVEC_MAX && n_w > 1;
+    for (int i = 0; i < n_w && all_bf16; i++)
+        all_bf16 = gemm_in_bf16(ws[i]) && ws[i]->cols == ws[0]->cols;
+    if (all_bf16) {
+        uint16_t *t = cu_scratch(k, sizeof(uint16_t) * (size_t)n * (size_t)ws[0]->cols);
+        cu_check(svlm_cu_f32_to_bf16(CU(k)->stream, dx, t, n * ws[0]->cols), "activations to bf16");
+        xh = t;
+    }
     /* outputs staged in turn: one wait per group of CU_MAX_WRITEBACKS products */
     for (int i = 0; i < n_w; i++) {
         if (ws[i]->rows <= 0) continue;
         check_weight(ws[i]);
         if (CU(k)->n_wb == CU_MAX_WRITEBACKS) cu_done(k, "matmul");
         float *dy = cu_out(k, 1 + CU(k)->n_wb, ys[i], sizeof(float) * (size_t)(n * ws[i]->rows), 0);
-        product(k, ws[i], dx, n, dy);
+        product(k, ws[i], dx, n, dy, xh);
     }
     cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul_multi (matvec)" : "matmul_multi (cuBLAS)");
 }

@@ -74,6 +74,10 @@ int svlm_cu_store_f16(cudaStream_t s, void *y, const float *x, int64_t n);
 int svlm_cu_load_f16(cudaStream_t s, float *y, const void *x, int64_t n);
 int svlm_cu_round_f16(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n);
+/* x[i][j] = the f16-table GELU of (x[i][j] + b[j]) */
+int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t n_rows, int64_t dim);
+/* Row i of x (dim floats) to dsts[i] (a device table of n row pointers), as f16 or f32. */
+int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, const float *x, int64_t n, int64_t dim);
 int svlm_cu_gather_rows(cudaStream_t s, float *dst, const float *src, const int32_t *idx, int64_t n,
                         int64_t dim);
 
@@ -85,6 +89,15 @@ int svlm_cu_attn_softmax(cudaStream_t s, float *S, uint16_t *p16, int64_t ld, in
                          int64_t rows_per_head, int64_t len, int64_t first_q, int64_t vis_off, int causal);
 /* n f32 values to f16 (round to nearest even). */
 int svlm_cu_attn_to_f16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
+
+/* Attention as svlm_cu_attention, fused on tensor cores (cuda_flash_attention.cu): 64 queries of
+ * one head per block, scores kept in shared memory. Q, K, V and the probabilities are rounded to
+ * f16 (inputs must lie in f16's range), accumulation is f32. supported: the head dims it takes
+ * (1 to 128; f32 or f16 K/V); others get cudaErrorInvalidValue. */
+int svlm_cu_flash_attention(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
+                            int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,
+                            int n_kv_head, int head_dim, int causal, float scale);
+int svlm_cu_flash_attention_supported(int head_dim, int kv_f16);
 
 #ifdef __cplusplus
 }

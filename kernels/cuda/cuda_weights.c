@@ -34,6 +34,9 @@ static entry *table; /* open addressing, cap a power of two */
 static size_t cap, used;
 static int users;
 static size_t device_bytes;
+/* Bumped whenever a device copy is replaced or dropped: replayed runs (cuda_graphs.c) recorded
+ * the old copy's address. */
+static unsigned generation;
 /* Device copies of entries found changed: another lane may have launched work on them already,
  * so they are freed only when the last backend goes. */
 static void **graveyard;
@@ -167,6 +170,7 @@ static entry *get(svlm_kernels *k, const void *host, size_t bytes) {
         e->dev = e->gemm = NULL;
         free(e->small);
         e->small = NULL; /* the slot stays taken: same key, new contents */
+        __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
     }
     if (!e->dev) upload(k, e);
     return e;
@@ -242,6 +246,7 @@ const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, voi
                  "weight decode");
         cu_check(cudaStreamSynchronize(CU(k)->stream), "weight decode");
         if (e) {
+            if (e->gemm) __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
             bury(e->gemm); /* a decode for another view of the same bytes */
             e->gemm = g;
             e->gemm_bf16 = want_bf16;
@@ -301,6 +306,7 @@ void cu_weights_forget(svlm_kernels *k, const void *host) {
             used--;
             removed = 1;
         }
+    if (removed) __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
     if (removed) { /* open addressing: re-insert everything so no chain has a hole */
         entry *old = table;
         size_t old_cap = cap;
@@ -319,4 +325,8 @@ void cu_weights_forget(svlm_kernels *k, const void *host) {
         free(old);
     }
     pthread_mutex_unlock(&lock);
+}
+
+unsigned cu_weights_generation(void) {
+    return __atomic_load_n(&generation, __ATOMIC_RELAXED);
 }
