@@ -14,7 +14,7 @@
 # (SVLM_GPU_CHECK_BUDGET seconds, default 470: under 8 minutes with the summary).
 #
 # Environment: SVLM_TEST_DATA (default ../shared, else ./shared), SVLM_GPU_CHECK_22B=0 (skip the
-# 2.2B-shaped model and its benchmarks), SVLM_CUDA_ARCH (default: the
+# 2.2B-shaped model and its benchmarks), SVLM_GPU_CHECK_MEMCHECK=0 (skip compute-sanitizer), SVLM_CUDA_ARCH (default: the
 # GPU's compute capability from nvidia-smi, e.g. 90 on an H100; "80;90" without a GPU),
 # SVLM_GPU_CHECK_BUILD (the build folder, default build-gpu).
 set -uo pipefail
@@ -158,6 +158,10 @@ SAN=${SVLM_COMPUTE_SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
 memcheck() {
   local t=$1 cap=$2
   [ -x "$B/tests/$t" ] || return 0
+  if [ "${SVLM_GPU_CHECK_MEMCHECK:-1}" = 0 ]; then
+    summary+=("memcheck $t: skipped (SVLM_GPU_CHECK_MEMCHECK=0)")
+    return 0
+  fi
   if [ ! -x "$SAN" ]; then
     summary+=("memcheck $t: skipped (no $SAN)")
     return 0
