@@ -44,6 +44,12 @@ typedef struct backend_ops {
     void (*attention_items)(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items, int n);
     void (*add_bias_gelu_f16)(svlm_kernels *k, float *x, const float *b, int64_t n_rows,
                               int64_t dim); /* NULL: add_bias, then gelu_tanh_f16 */
+    /* NULL: the sequences of ops they stand for */
+    void (*matmul_add)(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
+    void (*rmsnorm_matmul_multi)(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                                 const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys);
+    void (*rmsnorm_swiglu)(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                           const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up);
     /* NULL: no replay. begin returns the run's mode (replay_mode); end gets the hash of the
      * run's calls and returns svlm_k_replay_end's answer. */
     int (*replay_begin)(svlm_kernels *k, uint64_t key);

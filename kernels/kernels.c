@@ -128,7 +128,10 @@ enum {
     OP_STORE_ROWS,
     OP_ATTN_ITEMS,
     OP_SYNC,
-    OP_BIAS_GELU
+    OP_BIAS_GELU,
+    OP_MATMUL_ADD,
+    OP_NORM_MATMUL,
+    OP_NORM_SWIGLU
 };
 
 void svlm_k_replay_begin(svlm_kernels *k, uint64_t key) {
@@ -290,6 +293,68 @@ void svlm_k_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w,
         if (skip) return;
     }
     k->ops->matmul_multi(k, ws, n_w, x, n, ys);
+}
+void svlm_k_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y,
+                       float *tmp) {
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_MATMUL_ADD, x, n);
+        note_w(k, w);
+        note_p(k, y);
+        note_p(k, tmp);
+        if (skip) return;
+    }
+    if (k->ops->matmul_add) {
+        k->ops->matmul_add(k, w, x, n, y);
+        return;
+    }
+    k->ops->matmul(k, w, x, n, tmp);
+    k->ops->add(k, y, tmp, n * w->rows);
+}
+void svlm_k_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                                 const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys) {
+    if (n <= 0 || n_w <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_NORM_MATMUL, x, n);
+        note_p(k, norm_w);
+        note_f(k, eps);
+        note_p(k, h);
+        for (int i = 0; i < n_w; i++) {
+            note_w(k, ws[i]);
+            note_p(k, ys[i]);
+        }
+        if (skip) return;
+    }
+    if (k->ops->rmsnorm_matmul_multi) {
+        k->ops->rmsnorm_matmul_multi(k, x, norm_w, eps, h, ws, n_w, n, ys);
+        return;
+    }
+    k->ops->rmsnorm(k, x, norm_w, h, n, ws[0]->cols, eps);
+    k->ops->matmul_multi(k, ws, n_w, h, n, ys);
+}
+void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                           const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up) {
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_NORM_SWIGLU, x, n);
+        note_p(k, norm_w);
+        note_f(k, eps);
+        note_p(k, h);
+        note_w(k, wg);
+        note_w(k, wu);
+        note_p(k, gate);
+        note_p(k, up);
+        if (skip) return;
+    }
+    if (k->ops->rmsnorm_swiglu) {
+        k->ops->rmsnorm_swiglu(k, x, norm_w, eps, h, wg, wu, n, gate, up);
+        return;
+    }
+    const svlm_weight *ws[2] = {wg, wu};
+    float *ys[2] = {gate, up};
+    k->ops->rmsnorm(k, x, norm_w, h, n, wg->cols, eps);
+    k->ops->matmul_multi(k, ws, 2, h, n, ys);
+    k->ops->silu_mul(k, gate, up, n * wg->rows);
 }
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps) {

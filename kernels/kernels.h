@@ -138,6 +138,20 @@ void svlm_k_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_
 void svlm_k_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                          float *const *ys);
 
+/* Fused forms of the decoder's sequences (one pass, one launch on a GPU for decode-sized n; the
+ * same numbers as the ops they stand for on the CPU):
+ * y[i] += x[i] W^T: svlm_k_matmul into tmp (n x w->rows floats of scratch), then svlm_k_add. */
+void svlm_k_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y,
+                       float *tmp);
+/* h = RMSNorm(x) with norm_w (rows of ws[0]->cols), then ys[i] = h ws[i]^T. h is scratch the
+ * op may leave unwritten. */
+void svlm_k_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                                 const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys);
+/* gate = silu(h Wg^T) * (h Wu^T) with h = RMSNorm(x) (the SwiGLU feed-forward's first half); h
+ * and up are scratch the op may leave unwritten. */
+void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                           const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up);
+
 /* y = x / sqrt(mean(x^2) + eps) * w, per row of `dim`. y may alias x. */
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps);

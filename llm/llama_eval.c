@@ -257,24 +257,16 @@ void llama_rows_free(svlm_kernels *k, llama_rows *r) {
 
 void llama_layer_qkv(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L, const float *x,
                      float *h, float *q, float *kx, float *vx, int n) {
-    svlm_k_rmsnorm(k, x, L->attn_norm, h, n, hp->n_embd, hp->rms_eps);
     const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
     float *ys[3] = {q, kx, vx};
-    svlm_k_matmul_multi(k, ws, 3, h, n, ys);
+    svlm_k_rmsnorm_matmul_multi(k, x, L->attn_norm, hp->rms_eps, h, ws, 3, n, ys);
 }
 
 void llama_layer_rest(svlm_kernels *k, const svlm_llama_hparams *hp, const svlm_llama_layer *L,
                       const float *att, float *x, float *h, float *gate, float *up, int n) {
-    const int E = hp->n_embd;
-    svlm_k_matmul(k, &L->wo, att, n, h);
-    svlm_k_add(k, x, h, (int64_t)n * E);
-    svlm_k_rmsnorm(k, x, L->ffn_norm, h, n, E, hp->rms_eps);
-    const svlm_weight *ws[2] = {&L->w_gate, &L->w_up};
-    float *ys[2] = {gate, up};
-    svlm_k_matmul_multi(k, ws, 2, h, n, ys);
-    svlm_k_silu_mul(k, gate, up, (int64_t)n * hp->n_ff);
-    svlm_k_matmul(k, &L->w_down, gate, n, h);
-    svlm_k_add(k, x, h, (int64_t)n * E);
+    svlm_k_matmul_add(k, &L->wo, att, n, x, h);
+    svlm_k_rmsnorm_swiglu(k, x, L->ffn_norm, hp->rms_eps, h, &L->w_gate, &L->w_up, n, gate, up);
+    svlm_k_matmul_add(k, &L->w_down, gate, n, x, h);
 }
 
 /*

@@ -113,7 +113,7 @@ if step "configure $B" 120 150 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DS
   # need libraries this machine lacks)
   targets=(svlm)
   while IFS= read -r t; do targets+=("$t"); done < <(ctest --test-dir "$B" -N -R '^test_cuda' |
-    sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
+    sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p' | grep -v '_as_cpu$')
   echo "targets: ${targets[*]}"
   # the whole log is long: warnings, errors and the last lines on failure
   step "build $B ($jobs jobs)" 330 120 bash -c 'cmake --build "$1" -j"$2" --target "${@:3}" >"$1/build.log" 2>&1
@@ -225,6 +225,14 @@ if [ -x "$S" ]; then
       --backend cuda
     # decode steps replayed as CUDA graphs (the default) against launched op by op
     SVLM_CUDA_GRAPHS=0 bench "text, cuda, no graphs" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+    # SVLM_GPU_CHECK_NSYS=1: GPU time per kernel of a decode run (Nsight Systems, when installed)
+    NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+    if [ "${SVLM_GPU_CHECK_NSYS:-0}" = 1 ] && [ -n "$NSYS" ]; then
+      step "nsys: kernels of 64 decode steps" 60 0 bash -c '"$1" profile -o "$2/bench/decode" --force-overwrite true \
+        "$3" bench -m "$4" --pp 0 --tg 64 --reps 1 --backend cuda >/dev/null 2>&1
+        "$1" stats --report cuda_gpu_kern_sum --format table "$2/bench/decode.nsys-rep" 2>/dev/null | head -n 40' \
+        _ "$NSYS" "$B" "$S" "$M.gguf"
+    fi
     bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
       --reps 1 --backend cuda
     SVLM_CUDA_GRAPHS=0 bench "text, cuda, 16 answers decoding together, no graphs" 60 bench -m "$M.gguf" \

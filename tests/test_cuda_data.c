@@ -266,20 +266,24 @@ static void test_deferred_chain(void) {
     free(nw);
 }
 
-/* Decode attentions of several sequences at once equal the same attentions one by one (the same
- * device code: exactly), and the CPU's within 1e-4; with a host buffer among them it falls back. */
-static void test_attention_multi(void) {
-    enum { NI = 7, NH = 6, NKVH = 2, HD = 64, KVD = NKVH * HD, MAXKV = 300 };
+/* Decode attentions of several sequences at once (split over blocks, lanes over rows) equal the
+ * same attentions one by one (the kernel that walks rows per warp) within 1e-5 -- the sums go in
+ * another order -- and the CPU's within 1e-4; with a host buffer among them it falls back. Shapes:
+ * a few sequences, one long cache (many splits), many short ones (one split each). */
+static void attention_multi_case(int NI, int MAXKV) {
+    enum { NH = 6, NKVH = 2, HD = 64, KVD = NKVH * HD };
     for (int f16 = 0; f16 < 2; f16++) {
         const size_t elt = f16 ? 2 : 4;
-        svlm_attn_args ag[NI], ac[NI];
+        svlm_attn_args *ag = calloc((size_t)NI, sizeof *ag), *ac = calloc((size_t)NI, sizeof *ac);
+        void **kc = calloc((size_t)NI, sizeof(void *)), **vc = calloc((size_t)NI, sizeof(void *));
+        void **kg = calloc((size_t)NI, sizeof(void *)), **vg = calloc((size_t)NI, sizeof(void *));
+        REQUIRE(ag && ac && kc && vc && kg && vg, "out of memory");
         float *qh = host_floats(NI * NH * HD, 1.0f), *outs = host_floats(2 * NI * NH * HD, 0.0f);
         float *oc = host_floats(NI * NH * HD, 0.0f);
         float *qg = galloc(sizeof(float) * NI * NH * HD), *og = galloc(sizeof(float) * 2 * NI * NH * HD);
-        void *kc[NI], *vc[NI], *kg[NI], *vg[NI];
         svlm_k_copy(G, qg, qh, sizeof(float) * NI * NH * HD);
         for (int i = 0; i < NI; i++) {
-            const int64_t n_kv = 1 + (i * 97) % MAXKV;
+            const int64_t n_kv = NI == 1 ? MAXKV : 1 + (i * 97) % MAXKV;
             float *kf = host_floats(n_kv * KVD, 1.0f), *vf = host_floats(n_kv * KVD, 1.0f);
             kc[i] = malloc(elt * (size_t)n_kv * KVD);
             vc[i] = malloc(elt * (size_t)n_kv * KVD);
@@ -321,18 +325,19 @@ static void test_attention_multi(void) {
         }
         svlm_k_copy(G, outs, og, sizeof(float) * 2 * NI * NH * HD);
         svlm_k_defer(G, 0);
-        CHECK(!memcmp(outs, outs + NI * NH * HD, sizeof(float) * NI * NH * HD),
-              "attention_multi (%s KV) differs from one by one", f16 ? "f16" : "f32");
+        double e1 = max_rel(outs, outs + NI * NH * HD, NI * NH * HD);
+        CHECK(e1 <= 1e-5, "attention_multi (%s KV) differs from one by one by %g", f16 ? "f16" : "f32", e1);
         double e = max_rel(outs, oc, NI * NH * HD);
-        printf(
-            "attention_multi %d items, %s KV: equal to one by one; max |gpu - cpu| %.3g (tolerance 1e-4)\n",
-            NI, f16 ? "f16" : "f32", e);
+        printf("attention_multi %d items (up to %d rows), %s KV: %.3g off one by one (tolerance 1e-5); max "
+               "|gpu - "
+               "cpu| %.3g (tolerance 1e-4)\n",
+               NI, MAXKV, f16 ? "f16" : "f32", e1, e);
         CHECK(e <= 1e-4, "attention_multi differs from the CPU by %g", e);
         /* a host output among them: the backend goes one by one */
         float *host_out = host_floats(NH * HD, 0.0f);
-        ag[3].out = host_out;
+        ag[NI / 2].out = host_out;
         svlm_k_attention_multi(G, ag, NI);
-        e = max_rel(host_out, oc + 3 * NH * HD, NH * HD);
+        e = max_rel(host_out, oc + NI / 2 * NH * HD, NH * HD);
         CHECK(e <= 1e-4, "attention_multi with a host output differs from the CPU by %g", e);
         free(host_out);
         for (int i = 0; i < NI; i++) {
@@ -346,7 +351,19 @@ static void test_attention_multi(void) {
         free(qh);
         free(outs);
         free(oc);
+        free(ag);
+        free(ac);
+        free(kc);
+        free(vc);
+        free(kg);
+        free(vg);
     }
+}
+
+static void test_attention_multi(void) {
+    attention_multi_case(7, 300);
+    attention_multi_case(1, 3000);
+    attention_multi_case(40, 50);
 }
 
 /* q/k/v-like products of weights alike (matmul_multi into svlm_k_alloc outputs: one launch on a
@@ -537,11 +554,13 @@ static void test_replay(void) {
             worst = fmax(worst, max_rel(og, oc, RS * RE));
             free(x0);
         }
-        printf(
-            "replayed decode steps (%s caches): 8 steps, max |gpu - cpu| %.3g (tolerance 1e-4); a different "
-            "run under the same key %s\n",
-            f16 ? "f16" : "f32", worst, refused ? "was refused and issued again" : "ran");
-        CHECK(worst <= 1e-4, "replayed steps differ from the CPU by %g", worst);
+        /* f16 caches: a last-bit difference upstream can flip a stored key by one f16 step (2^-10) */
+        const double tol = f16 ? 1e-3 : 1e-4;
+        printf("replayed decode steps (%s caches): 8 steps, max |gpu - cpu| %.3g (tolerance %g); a different "
+               "run under the same key %s\n",
+               f16 ? "f16" : "f32", worst, tol, refused ? "was refused and issued again" : "ran");
+        CHECK(worst <= tol, "replayed steps (%s caches) differ from the CPU by %g", f16 ? "f16" : "f32",
+              worst);
         /* steps 2..4 replay the recording: step 5's calls differ from it */
         if (graphs_on) CHECK(refused == 1, "a run that differs from the recording was replayed");
         free(og);
@@ -587,6 +606,111 @@ static void test_store_rows(void) {
     printf("store_rows f32 and f16: equal to the CPU\n");
 }
 
+/* The fused decode products (rmsnorm + q/k/v, rmsnorm + gate/up + SwiGLU, product + residual)
+ * equal the op sequences they stand for on the same backend within 1e-5 of the largest output
+ * (the norm's sum goes in another order), and the CPU's within the decode products' 2e-2 (8-bit
+ * activations on the CPU). n = 1, 3, 8 take the fused kernels; n = 20 the cuBLAS path. */
+static void test_fused_products(void) {
+    enum { E = 256, F = 512, QD = 256, KVD = 64 }; /* Q4_K rows: multiples of 256 */
+    const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        const svlm_dtype type = types[t];
+        const int64_t rows[5] = {QD, KVD, KVD, F, F}, cols[5] = {E, E, E, E, E};
+        svlm_weight w[6];
+        void *data[6];
+        for (int i = 0; i < 6; i++) { /* q, k, v, gate, up, down (F -> E) */
+            const int64_t r = i < 5 ? rows[i] : E, c = i < 5 ? cols[i] : F;
+            const size_t rb = svlm_row_bytes(type, c);
+            data[i] = malloc(rb * (size_t)r);
+            REQUIRE(data[i], "out of memory");
+            float *row = host_floats(c, 1.0f);
+            for (int64_t j = 0; j < r; j++) {
+                for (int64_t q = 0; q < c; q++)
+                    row[q] = frand();
+                REQUIRE(!svlm_quantize_row(type, row, (char *)data[i] + (size_t)j * rb, c), "quantize");
+            }
+            free(row);
+            w[i] = (svlm_weight){type, r, c, data[i], rb};
+        }
+        float *nw = host_floats(E, 1.0f);
+        const int ns[4] = {1, 3, 8, 20};
+        for (int ni = 0; ni < 4; ni++) {
+            const int n = ns[ni];
+            float *x = host_floats((int64_t)n * E, 2.0f);
+            /* outputs: q k v | gate | x after the residuals; fused (f) and sequence (s) on the GPU, CPU (c)
+             */
+            const size_t out_n = (size_t)n * (QD + 2 * KVD + F + E);
+            float *of = host_floats((int64_t)out_n, 0), *os = host_floats((int64_t)out_n, 0),
+                  *oc = host_floats((int64_t)out_n, 0);
+            for (int mode = 0; mode < 3; mode++) {
+                svlm_kernels *k = mode == 2 ? C : G;
+                float *xb = svlm_k_alloc(k, sizeof(float) * n * E),
+                      *h = svlm_k_alloc(k, sizeof(float) * n * F);
+                float *q = svlm_k_alloc(k, sizeof(float) * n * QD),
+                      *kk = svlm_k_alloc(k, sizeof(float) * n * KVD),
+                      *v = svlm_k_alloc(k, sizeof(float) * n * KVD),
+                      *g = svlm_k_alloc(k, sizeof(float) * n * F),
+                      *u = svlm_k_alloc(k, sizeof(float) * n * F);
+                REQUIRE(xb && h && q && kk && v && g && u, "svlm_k_alloc failed");
+                svlm_k_copy(k, xb, x, sizeof(float) * n * E);
+                const svlm_weight *qkv[3] = {&w[0], &w[1], &w[2]}, *gu[2] = {&w[3], &w[4]};
+                float *ys[3] = {q, kk, v}, *gus[2] = {g, u};
+                if (mode == 1) { /* the sequence the fused ops stand for */
+                    svlm_k_rmsnorm(k, xb, nw, h, n, E, 1e-5f);
+                    svlm_k_matmul_multi(k, qkv, 3, h, n, ys);
+                    svlm_k_matmul(k, &w[0], q, n, h); /* a residual: x += q Wq^T (Wq is E x E) */
+                    svlm_k_add(k, xb, h, (int64_t)n * E);
+                    svlm_k_rmsnorm(k, xb, nw, h, n, E, 1e-5f);
+                    svlm_k_matmul_multi(k, gu, 2, h, n, gus);
+                    svlm_k_silu_mul(k, g, u, (int64_t)n * F);
+                    svlm_k_matmul(k, &w[5], g, n, h);
+                    svlm_k_add(k, xb, h, (int64_t)n * E);
+                } else {
+                    svlm_k_rmsnorm_matmul_multi(k, xb, nw, 1e-5f, h, qkv, 3, n, ys);
+                    svlm_k_matmul_add(k, &w[0], q, n, xb, h);
+                    svlm_k_rmsnorm_swiglu(k, xb, nw, 1e-5f, h, &w[3], &w[4], n, g, u);
+                    svlm_k_matmul_add(k, &w[5], g, n, xb, h);
+                }
+                float *o = mode == 0 ? of : mode == 1 ? os : oc;
+                svlm_k_copy(k, o, q, sizeof(float) * n * QD);
+                svlm_k_copy(k, o + n * QD, kk, sizeof(float) * n * KVD);
+                svlm_k_copy(k, o + n * (QD + KVD), v, sizeof(float) * n * KVD);
+                svlm_k_copy(k, o + n * (QD + 2 * KVD), g, sizeof(float) * n * F);
+                svlm_k_copy(k, o + n * (QD + 2 * KVD + F), xb, sizeof(float) * n * E);
+                void *bufs[] = {xb, h, q, kk, v, g, u};
+                for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++)
+                    svlm_k_free(k, bufs[b]);
+            }
+            double ymax = 0, dfs = 0, dfc = 0;
+            for (size_t i = 0; i < out_n; i++) {
+                ymax = fmax(ymax, fabs(oc[i]));
+                dfs = fmax(dfs, fabs((double)of[i] - os[i]));
+                dfc = fmax(dfc, fabs((double)of[i] - oc[i]));
+            }
+            dfs /= fmax(ymax, 1e-30);
+            dfc /= fmax(ymax, 1e-30);
+            printf(
+                "fused decode products %s n=%d: %.3g off the op sequence (tolerance 1e-5), %.3g off the cpu "
+                "(tolerance 2e-2), of max|y|\n",
+                svlm_dtype_get(type)->name, n, dfs, dfc);
+            CHECK(dfs <= 1e-5, "%s n=%d: fused products differ from the op sequence by %g",
+                  svlm_dtype_get(type)->name, n, dfs);
+            CHECK(dfc <= 2e-2, "%s n=%d: fused products differ from the CPU by %g",
+                  svlm_dtype_get(type)->name, n, dfc);
+            free(x);
+            free(of);
+            free(os);
+            free(oc);
+        }
+        for (int i = 0; i < 6; i++) {
+            svlm_k_forget(G, data[i]);
+            free(data[i]);
+        }
+        svlm_k_forget(G, nw);
+        free(nw);
+    }
+}
+
 int test_main(void) {
     svlm_err err = {0};
     svlm_status st;
@@ -610,6 +734,7 @@ int test_main(void) {
     test_attention_multi();
     test_matvec_together();
     test_store_rows();
+    test_fused_products();
     test_replay();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);

@@ -492,7 +492,8 @@ static void encode(const svlm_mmproj *mp, svlm_kernels *k, int max_batch, const 
 
 /* One projector on backend k in one precision mode, against llama.cpp's and the CPU's outputs. */
 static void vision_mode(const svlm_mmproj *mp, svlm_kernels *k, const char *dt, const char *mode,
-                        const float *px, const float *ref, const float *cpu, double tol_ref, double tol_cpu) {
+                        const float *px, const float *ref, const float *cpu, double tol_ref, double tol_cpu,
+                        double tol_batch) {
     const size_t tile = (size_t)3 * mp->hp.image_size * mp->hp.image_size;
     const size_t emb = (size_t)mp->hp.tokens_per_tile * mp->hp.proj_dim;
     float *out = xmalloc(sizeof(float) * emb * TILES);
@@ -512,7 +513,7 @@ static void vision_mode(const svlm_mmproj *mp, svlm_kernels *k, const char *dt, 
     encode(mp, k, 1, px, 1, out);
     snprintf(what, sizeof what, "vision %s, %s: tile alone vs the same tile 2nd in a batch of 3, max |diff|",
              dt, mode);
-    judge(what, max_abs_diff(out, out3 + emb, emb), 1e-3);
+    judge(what, max_abs_diff(out, out3 + emb, emb), tol_batch);
     free(px3);
     free(out3);
     free(out);
@@ -534,10 +535,12 @@ static void test_vision(svlm_mmproj *mps[2], svlm_kernels *g32) {
                max_abs_diff(cpu, ref, emb * TILES), max_abs(ref, emb * TILES));
         char *old = getenv("SVLM_CUDA_TF32") ? strdup(getenv("SVLM_CUDA_TF32")) : NULL;
         setenv("SVLM_CUDA_TF32", "0", 1);
-        vision_mode(mp, g32, dt, "SVLM_CUDA_TF32=0", px, ref, cpu, tol, 1e-3);
+        vision_mode(mp, g32, dt, "SVLM_CUDA_TF32=0", px, ref, cpu, tol, 1e-3, 1e-3);
         restore_env("SVLM_CUDA_TF32", old);
         free(old);
-        vision_mode(mp, G, dt, "default precision", px, ref, cpu, 1.5e-2, 1.5e-2);
+        /* default precision: cuBLAS picks other kernels for other batch sizes, and the f16 inputs of
+         * flash attention turn their last-bit differences into f16 steps (2^-10) */
+        vision_mode(mp, G, dt, "default precision", px, ref, cpu, 1.5e-2, 1.5e-2, 3e-3);
         free(px);
         free(ref);
         free(cpu);

@@ -195,6 +195,28 @@ static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
     cu_done(k, flash ? "attention (flash)" : gemm ? "attention (cuBLAS)" : "attention (kernel)");
 }
 
+/* Decode attentions of items (device-accessible) shaped like `shape`: split over blocks when
+ * the launch alone would leave the GPU idle. */
+static void decode_attention(svlm_kernels *k, const svlm_attn_args *shape, const svlm_cu_attn_item *di,
+                             int n) {
+    cu_ctx *c = CU(k);
+    const int splits = svlm_cu_attention_decode_splits(n, shape->n_head);
+    const size_t need =
+        sizeof(float) * (size_t)n * (size_t)shape->n_head * (size_t)splits * (size_t)(shape->head_dim + 2);
+    if (splits > 1 && need > c->dec_part_cap) {
+        if (c->dec_part) cu_check(cudaFree(c->dec_part), "cudaFree(attention partials)");
+        c->dec_part = NULL;
+        c->dec_part_cap = 0;
+        cu_check(cudaMalloc((void **)&c->dec_part, need + need / 2), "cudaMalloc(attention partials)");
+        c->dec_part_cap = need + need / 2;
+        c->buf_gen++;
+    }
+    cu_check(svlm_cu_attention_decode(c->stream, di, n, shape->kv_type == SVLM_F16, shape->kv_stride,
+                                      shape->n_head, shape->n_kv_head, shape->head_dim, shape->scale, splits,
+                                      c->dec_part),
+             "decode attention");
+}
+
 /* Decode attentions of several sequences (one query each, shared shapes, device-accessible
  * buffers) in one launch; anything else one by one. */
 static void cu_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
@@ -218,9 +240,7 @@ static void cu_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) 
     }
     cu_begin(k);
     const svlm_cu_attn_item *di = cu_in(k, 0, items, sizeof(svlm_cu_attn_item) * (size_t)n);
-    cu_check(svlm_cu_attention_multi(CU(k)->stream, di, n, a[0].kv_type == SVLM_F16, a[0].kv_stride,
-                                     a[0].n_head, a[0].n_kv_head, a[0].head_dim, a[0].causal, a[0].scale),
-             "attention_multi");
+    decode_attention(k, &a[0], di, n);
     cu_done(k, "attention_multi (kernel)");
 }
 
@@ -388,10 +408,7 @@ static void cu_attention_items(svlm_kernels *k, const svlm_attn_args *shape, con
                                int n) {
     cu_begin(k);
     const svlm_cu_attn_item *di = cu_in(k, 0, items, sizeof(svlm_attn_item) * (size_t)n);
-    cu_check(svlm_cu_attention_multi(CU(k)->stream, di, n, shape->kv_type == SVLM_F16, shape->kv_stride,
-                                     shape->n_head, shape->n_kv_head, shape->head_dim, shape->causal,
-                                     shape->scale),
-             "attention_items");
+    decode_attention(k, shape, di, n);
     cu_done(k, "attention_items (kernel)");
 }
 
@@ -439,6 +456,7 @@ static void cu_destroy(svlm_kernels *k) {
             if (c->stage[i]) (void)cudaFree(c->stage[i]);
         if (c->scratch) (void)cudaFree(c->scratch);
         if (c->attn_scratch) (void)cudaFree(c->attn_scratch);
+        if (c->dec_part) (void)cudaFree(c->dec_part);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) (void)cudaStreamDestroy(c->stream);
         free(c);
@@ -473,6 +491,9 @@ static const backend_ops cuda_ops = {
     .gelu_tanh_f16 = cu_gelu_tanh_f16,
     .attention_multi = cu_attention_multi,
     .store_rows = cu_store_rows,
+    .matmul_add = cu_matmul_add,
+    .rmsnorm_matmul_multi = cu_rmsnorm_matmul_multi,
+    .rmsnorm_swiglu = cu_rmsnorm_swiglu,
     .add_bias_gelu_f16 = cu_add_bias_gelu_f16,
     .attention_items = cu_attention_items,
     .replay_begin = cu_replay_begin,

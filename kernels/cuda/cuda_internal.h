@@ -57,6 +57,8 @@ typedef struct cu_ctx {
     int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */
     void *attn_scratch;   /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
+    float *dec_part; /* partial results of split decode attention */
+    size_t dec_part_cap;
     unsigned buf_gen; /* bumped when a staging or scratch buffer moves: recordings hold addresses */
     int graphs_on;    /* SVLM_CUDA_GRAPHS (default on) */
     int graph_mode;   /* replay_mode of the current run */
@@ -125,6 +127,11 @@ void cu_prof_report(svlm_kernels *k);
 void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
 void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                      float *const *ys);
+void cu_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
+void cu_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                             const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys);
+void cu_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                       const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up);
 /* Attention on tensor cores through cuBLAS (cuda_attention_gemm.c) for n_q >= 32: scores, a
  * masked row softmax, then P V, in query chunks. Takes the device views of a's q, k, v and out,
  * enqueues on the stream without waiting; returns 0 (nothing done) when it declines: decode-sized

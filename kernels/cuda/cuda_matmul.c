@@ -35,21 +35,22 @@ static int gemm_in_bf16(const svlm_weight *w) {
     return w->type != SVLM_F32 && w->type != SVLM_F16;
 }
 
-/* y = x W^T on device pointers (no staging, no wait). xh: x already in bf16 (products of several
- * weights share one conversion), or NULL. */
+/* y = x W^T (acc: y += x W^T) on device pointers (no staging, no wait). xh: x already in bf16
+ * (products of several weights share one conversion), or NULL. */
 static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int64_t n, float *dy,
-                    const uint16_t *xh_given) {
+                    const uint16_t *xh_given, int acc) {
     cu_ctx *c = CU(k);
     if (n <= SVLM_CU_MATVEC_MAX) {
         const void *dw = cu_weight(k, w->data, (size_t)w->rows * w->row_bytes);
-        cu_check(svlm_cu_matvec(c->stream, (int)w->type, dw, w->row_bytes, w->rows, w->cols, dx, n, dy),
+        cu_check(svlm_cu_matvec(c->stream, (int)w->type, dw, w->row_bytes, w->rows, w->cols, dx, n, dy, acc),
                  "matvec");
         return;
     }
     int bf16;
     void *temp;
     const void *dw = cu_weight_gemm(k, w, &bf16, &temp);
-    const float one = 1.0f, zero = 0.0f;
+    /* beta 1: cuBLAS adds y in f32 after the product, one rounding, as svlm_cu_add would */
+    const float one = 1.0f, zero = acc ? 1.0f : 0.0f;
     const int m = (int)w->rows, kk = (int)w->cols;
     /* row-major y[n][rows] = x[n][cols] W[rows][cols]^T is, column-major, y^T = W^T' x^T with W
      * read as a cols x rows matrix (lda = cols) and transposed */
@@ -88,15 +89,26 @@ void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n,
     cu_begin(k);
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
     float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 0);
-    product(k, w, dx, n, dy, NULL);
+    product(k, w, dx, n, dy, NULL, 0);
     cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul (matvec)" : "matmul (cuBLAS)");
+}
+
+void cu_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    if (n <= 0 || w->rows <= 0) return;
+    check_weight(w);
+    cu_begin(k);
+    const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
+    float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 1);
+    product(k, w, dx, n, dy, NULL, 1);
+    cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul_add (matvec)" : "matmul_add (cuBLAS)");
 }
 
 /* Decode-sized products of weights alike (type, width, row size) into device-accessible outputs:
  * one launch for all of them. Returns 0 when they do not qualify. */
 static int matvec_together(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *dx, int64_t n,
-                           float *const *ys) {
-    if (n > SVLM_CU_MATVEC_MAX || n_w < 2 || n_w > SVLM_CU_MULTI_MAX) return 0;
+                           float *const *ys, const float *norm_w, float eps) {
+    if (n > SVLM_CU_MATVEC_MAX || n_w < 1 || n_w > SVLM_CU_MULTI_MAX || (!norm_w && n_w < 2)) return 0;
+    if (norm_w && !svlm_cu_norm_fits(ws[0]->cols, n)) return 0;
     svlm_cu_matvec_set set = {.row_bytes = ws[0]->row_bytes, .n = n_w};
     for (int i = 0; i < n_w; i++) {
         const svlm_weight *w = ws[i];
@@ -110,7 +122,8 @@ static int matvec_together(svlm_kernels *k, const svlm_weight *const *ws, int n_
         set.y[i] = ys[i];
         set.rows[i] = ws[i]->rows;
     }
-    cu_check(svlm_cu_matvec_multi(CU(k)->stream, (int)ws[0]->type, &set, ws[0]->cols, dx, n),
+    const float *dn = norm_w ? cu_weight(k, norm_w, sizeof(float) * (size_t)ws[0]->cols) : NULL;
+    cu_check(svlm_cu_matvec_multi(CU(k)->stream, (int)ws[0]->type, &set, ws[0]->cols, dx, n, dn, eps),
              "matvec (several)");
     return 1;
 }
@@ -120,7 +133,7 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
     if (n <= 0 || n_w <= 0) return;
     cu_begin(k);
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * ws[0]->cols));
-    if (matvec_together(k, ws, n_w, dx, n, ys)) {
+    if (matvec_together(k, ws, n_w, dx, n, ys, NULL, 0.0f)) {
         cu_done(k, "matmul_multi (one matvec launch)");
         return;
     }
@@ -140,7 +153,56 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
         check_weight(ws[i]);
         if (CU(k)->n_wb == CU_MAX_WRITEBACKS) cu_done(k, "matmul");
         float *dy = cu_out(k, 1 + CU(k)->n_wb, ys[i], sizeof(float) * (size_t)(n * ws[i]->rows), 0);
-        product(k, ws[i], dx, n, dy, xh);
+        product(k, ws[i], dx, n, dy, xh, 0);
     }
     cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul_multi (matvec)" : "matmul_multi (cuBLAS)");
+}
+
+/* Whether x of n rows and dim is an svlm_k_alloc buffer and the weights alike (type, width, row
+ * size) with device-accessible outputs: what the fused decode products need. */
+static int fusable(const float *x, const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys) {
+    if (n > SVLM_CU_MATVEC_MAX || !cu_ranges_contain(x) || !svlm_cu_norm_fits(ws[0]->cols, n)) return 0;
+    for (int i = 0; i < n_w; i++)
+        if (ws[i]->type != ws[0]->type || ws[i]->cols != ws[0]->cols ||
+            ws[i]->row_bytes != ws[0]->row_bytes || ws[i]->rows <= 0 || !cu_ranges_contain(ys[i]))
+            return 0;
+    return 1;
+}
+
+void cu_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                             const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys) {
+    if (n <= 0 || n_w <= 0) return;
+    if (n_w <= SVLM_CU_MULTI_MAX && fusable(x, ws, n_w, n, ys)) {
+        cu_begin(k);
+        if (matvec_together(k, ws, n_w, x, n, ys, norm_w, eps)) {
+            cu_done(k, "rmsnorm + matmul_multi (one launch)");
+            return;
+        }
+        cu_done(k, "rmsnorm + matmul_multi (declined)");
+    }
+    k->ops->rmsnorm(k, x, norm_w, h, n, ws[0]->cols, eps);
+    k->ops->matmul_multi(k, ws, n_w, h, n, ys);
+}
+
+void cu_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                       const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up) {
+    if (n <= 0) return;
+    const svlm_weight *ws[2] = {wg, wu};
+    float *ys[2] = {gate, up};
+    if (wg->rows == wu->rows && fusable(x, ws, 2, n, ys)) {
+        check_weight(wg);
+        check_weight(wu);
+        cu_begin(k);
+        const size_t bytes = (size_t)wg->rows * wg->row_bytes;
+        const void *dg = cu_weight(k, wg->data, bytes), *du = cu_weight(k, wu->data, bytes);
+        const float *dn = cu_weight(k, norm_w, sizeof(float) * (size_t)wg->cols);
+        cu_check(svlm_cu_matvec_swiglu(CU(k)->stream, (int)wg->type, dg, du, wg->row_bytes, wg->rows,
+                                       wg->cols, x, n, dn, eps, gate),
+                 "rmsnorm + gate/up + SwiGLU");
+        cu_done(k, "rmsnorm + swiglu (one launch)");
+        return;
+    }
+    k->ops->rmsnorm(k, x, norm_w, h, n, wg->cols, eps);
+    k->ops->matmul_multi(k, ws, 2, h, n, ys);
+    k->ops->silu_mul(k, gate, up, n * wg->rows);
 }

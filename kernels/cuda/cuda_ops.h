@@ -17,12 +17,14 @@ extern "C" {
 int svlm_cu_type_supported(int type);
 
 /* y[i][r] = sum_c W[r][c] x[i][c] for i < n <= SVLM_CU_MATVEC_MAX, W stored as `type` rows of
- * row_bytes, decoded inside the kernel. cols is a multiple of 32. */
+ * row_bytes, decoded inside the kernel (accumulate: y[i][r] += the sum). cols is a multiple of 32
+ * for block types. */
 #define SVLM_CU_MATVEC_MAX 8
 int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
-                   const float *x, int64_t n, float *y);
+                   const float *x, int64_t n, float *y, int accumulate);
 /* Up to SVLM_CU_MULTI_MAX weights of one type, width and row size against the same activations
- * in one launch: y[i] = x W[i]^T, as svlm_cu_matvec for each. */
+ * in one launch: y[i] = x W[i]^T, as svlm_cu_matvec for each. norm_w: x RMS-normalised with these
+ * weights first (svlm_cu_rmsnorm's numbers), when svlm_cu_norm_fits(cols, n). */
 #define SVLM_CU_MULTI_MAX 4
 typedef struct svlm_cu_matvec_set {
     const void *w[SVLM_CU_MULTI_MAX];
@@ -32,7 +34,14 @@ typedef struct svlm_cu_matvec_set {
     int n;
 } svlm_cu_matvec_set;
 int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
-                         const float *x, int64_t n);
+                         const float *x, int64_t n, const float *norm_w, float eps);
+/* gate[i][r] = silu(x_i . Wg_r) * (x_i . Wu_r), both weights alike; norm_w as above. */
+int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, const void *wu, size_t row_bytes,
+                          int64_t rows, int64_t cols, const float *x, int64_t n, const float *norm_w,
+                          float eps, float *gate);
+/* Whether n rows of cols normalised activations fit a block's shared memory. */
+#define SVLM_CU_NORM_SMEM (48 * 1024)
+int svlm_cu_norm_fits(int64_t cols, int64_t n);
 /* Whole weight to bf16 (out_bf16 = 1) or f32 rows of cols elements, for cuBLAS. */
 int svlm_cu_dequant(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                     void *out, int out_bf16);
@@ -67,6 +76,15 @@ typedef struct svlm_cu_attn_item {
 int svlm_cu_attention_multi(cudaStream_t s, const svlm_cu_attn_item *items, int n_items, int kv_f16,
                             int64_t kv_stride, int n_head, int n_kv_head, int head_dim, int causal,
                             float scale);
+
+/* The same decode attentions with each (item, head) split over `splits` blocks
+ * (cuda_attention_decode.cu): svlm_cu_attention_decode_splits picks the count for a launch's
+ * shape; part holds n_items * n_head * splits * (head_dim + 2) floats (unused with one split).
+ * One query after its whole cache, so causal or not makes no difference. head_dim <= 256. */
+int svlm_cu_attention_decode_splits(int n_items, int n_head);
+int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int n_items, int kv_f16,
+                             int64_t kv_stride, int n_head, int n_kv_head, int head_dim, float scale,
+                             int splits, float *part);
 
 /* Data movement (cuda_data.cu): f32 -> f16 stores, rounding through f16, the f16-table GELU,
  * row gathers (dst row i = src row idx[i], idx on the device). */

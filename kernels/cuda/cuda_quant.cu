@@ -23,17 +23,14 @@ SVLM_QD_TYPES(ELEM)
 
 constexpr int kWarpsPerBlock = 4;
 
-/* One warp per row r; lane l takes element l of every sub-block, so the block's bytes and the 32
- * activations are read together. Up to SVLM_CU_MATVEC_MAX activation rows share the decode. */
+/* acc[i] = W row . x row i for i < n, summed over the warp (every lane gets it). Lane l takes
+ * element l of every sub-block, so the block's bytes and the 32 activations are read together;
+ * the activation rows share the decode. x rows are cols apart. */
 template <int T>
-__global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                              int n, float *y) {
+__device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n,
+                                         float *acc) {
     const int lane = threadIdx.x % 32;
-    const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
-    if (r >= rows) return;
-    const uint8_t *row = w + r * row_bytes;
     const int64_t n_sb = (cols + 31) / 32; /* plain types may end in a partial sub-block */
-    float acc[SVLM_CU_MATVEC_MAX];
 #pragma unroll
     for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
         acc[i] = 0.0f;
@@ -49,17 +46,62 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
 #pragma unroll
     for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++) {
         if (i >= n) break;
-        float a = acc[i];
         for (int o = 16; o > 0; o >>= 1)
-            a += __shfl_xor_sync(0xffffffffu, a, o);
-        if (lane == 0) y[i * rows + r] = a;
+            acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
     }
 }
 
-/* Several weights of one type and width in one launch (q/k/v, gate/up): global row r belongs to
- * the weight whose range of the concatenated rows holds it. */
-template <int T>
-__global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n) {
+/* The activations a block multiplies: x itself, or (NORM) x RMS-normalised with weights nw into
+ * the block's shared memory xs (n rows of cols), as svlm_cu_rmsnorm computes them. Every thread
+ * of the block takes part. */
+template <bool NORM>
+__device__ const float *block_activations(const float *x, const float *nw, float eps, int64_t cols, int n,
+                                          float *xs) {
+    if (!NORM) return x;
+    __shared__ double part[kWarpsPerBlock];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = 0; i < n; i++) {
+        const float *xr = x + i * cols;
+        double ss = 0;
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+            ss += (double)xr[c] * xr[c];
+        for (int o = 16; o > 0; o >>= 1)
+            ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) part[warp] = ss;
+        __syncthreads();
+        double total = 0;
+        for (int w = 0; w < kWarpsPerBlock; w++)
+            total += part[w];
+        __syncthreads(); /* part is reused by the next row */
+        const float scale = (float)(1.0 / sqrt(total / (double)cols + (double)eps));
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+            xs[i * cols + c] = xr[c] * scale * nw[c];
+    }
+    __syncthreads();
+    return xs;
+}
+
+/* One warp per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
+template <int T, bool ACC>
+__global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
+                              int n, float *y) {
+    const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+    if (r >= rows) return;
+    float acc[SVLM_CU_MATVEC_MAX];
+    row_dots<T>(w + r * row_bytes, cols, x, n, acc);
+    if (threadIdx.x % 32) return;
+#pragma unroll
+    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+        if (i < n) y[i * rows + r] = ACC ? y[i * rows + r] + acc[i] : acc[i];
+}
+
+/* Several weights of one type and width in one launch (q/k/v): global row r belongs to the weight
+ * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
+template <int T, bool NORM>
+__global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
+                                    const float *nw, float eps) {
+    extern __shared__ float xs[];
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
     int wi = 0;
     while (wi < set.n && r >= set.rows[wi]) {
@@ -67,32 +109,32 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
         wi++;
     }
     if (wi >= set.n) return;
-    const int lane = threadIdx.x % 32;
     const int64_t rows = set.rows[wi];
-    const uint8_t *row = static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes;
-    const int64_t n_sb = (cols + 31) / 32;
     float acc[SVLM_CU_MATVEC_MAX];
-#pragma unroll
-    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
-        acc[i] = 0.0f;
-#pragma unroll 4
-    for (int64_t sb = 0; sb < n_sb; sb++) {
-        if (sb * 32 + lane >= cols) break;
-        const float v = elem<T>(row, sb, lane);
-        const float *xc = x + sb * 32 + lane;
-#pragma unroll
-        for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
-            if (i < n) acc[i] += v * xc[i * cols];
-    }
+    row_dots<T>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc);
+    if (threadIdx.x % 32) return;
     float *y = set.y[wi];
 #pragma unroll
-    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++) {
-        if (i >= n) break;
-        float a = acc[i];
-        for (int o = 16; o > 0; o >>= 1)
-            a += __shfl_xor_sync(0xffffffffu, a, o);
-        if (lane == 0) y[i * rows + r] = a;
-    }
+    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+        if (i < n) y[i * rows + r] = acc[i];
+}
+
+/* The feed-forward's head: gate[i][r] = silu(x_i . Wg_r) (x_i . Wu_r), one warp per row r of both
+ * weights; NORM: RMSNorm of x first. silu as svlm_cu_silu_mul computes it. */
+template <int T, bool NORM>
+__global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
+                              int64_t cols, const float *x, int n, const float *nw, float eps, float *gate) {
+    extern __shared__ float xs[];
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
+    const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+    if (r >= rows) return;
+    float g[SVLM_CU_MATVEC_MAX], u[SVLM_CU_MATVEC_MAX];
+    row_dots<T>(wg + r * row_bytes, cols, xa, n, g);
+    row_dots<T>(wu + r * row_bytes, cols, xa, n, u);
+    if (threadIdx.x % 32) return;
+#pragma unroll
+    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+        if (i < n) gate[i * rows + r] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 __device__ __forceinline__ uint16_t to_bf16(float f) {
@@ -116,22 +158,45 @@ __global__ void dequant_kernel(const uint8_t *w, size_t row_bytes, int64_t rows,
 
 template <int T>
 int launch_matvec(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                  int64_t n, float *y) {
+                  int64_t n, float *y, int accumulate) {
     const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    matvec_kernel<T><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(static_cast<const uint8_t *>(w), row_bytes, rows,
-                                                            cols, x, (int)n, y);
+    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    if (accumulate)
+        matvec_kernel<T, true>
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y);
+    else
+        matvec_kernel<T, false>
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y);
     return (int)cudaGetLastError();
 }
 
 /* Warps are independent, so a block may hold the last rows of one weight and the first of the next. */
 template <int T>
 int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
-                        int64_t n) {
+                        int64_t n, const float *nw, float eps) {
     int64_t total = 0;
     for (int i = 0; i < set->n; i++)
         total += set->rows[i];
     const unsigned blocks = (unsigned)((total + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    matvec_multi_kernel<T><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n);
+    if (nw)
+        matvec_multi_kernel<T, true><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
+            *set, cols, x, (int)n, nw, eps);
+    else
+        matvec_multi_kernel<T, false><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps);
+    return (int)cudaGetLastError();
+}
+
+template <int T>
+int launch_swiglu(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
+                  int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate) {
+    const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
+    if (nw)
+        swiglu_kernel<T, true><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
+            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
+    else
+        swiglu_kernel<T, false>
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
     return (int)cudaGetLastError();
 }
 
@@ -159,22 +224,40 @@ extern "C" int svlm_cu_type_supported(int type) {
 }
 
 extern "C" int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows,
-                              int64_t cols, const float *x, int64_t n, float *y) {
+                              int64_t cols, const float *x, int64_t n, float *y, int accumulate) {
     if (rows <= 0 || n <= 0) return 0;
     if (n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32)) return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
-    case T: return launch_matvec<T>(s, w, row_bytes, rows, cols, x, n, y);
+    case T: return launch_matvec<T>(s, w, row_bytes, rows, cols, x, n, y, accumulate);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
 #undef CASE
 }
 
+extern "C" int svlm_cu_norm_fits(int64_t cols, int64_t n) {
+    return cols > 0 && n > 0 && n <= SVLM_CU_MATVEC_MAX &&
+           sizeof(float) * (size_t)(n * cols) <= SVLM_CU_NORM_SMEM;
+}
+
 extern "C" int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
-                                    const float *x, int64_t n) {
+                                    const float *x, int64_t n, const float *norm_w, float eps) {
     if (set->n <= 0 || n <= 0) return 0;
-    if (set->n > SVLM_CU_MULTI_MAX || n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32))
+    if (set->n > SVLM_CU_MULTI_MAX || n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32) ||
+        (norm_w && !svlm_cu_norm_fits(cols, n)))
         return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
-    case T: return launch_matvec_multi<T>(s, set, cols, x, n);
+    case T: return launch_matvec_multi<T>(s, set, cols, x, n, norm_w, eps);
+    switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
+#undef CASE
+}
+
+extern "C" int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, const void *wu,
+                                     size_t row_bytes, int64_t rows, int64_t cols, const float *x, int64_t n,
+                                     const float *norm_w, float eps, float *gate) {
+    if (rows <= 0 || n <= 0) return 0;
+    if (n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32) || (norm_w && !svlm_cu_norm_fits(cols, n)))
+        return (int)cudaErrorInvalidValue;
+#define CASE(T, FN)                                                                                          \
+    case T: return launch_swiglu<T>(s, wg, wu, row_bytes, rows, cols, x, n, norm_w, eps, gate);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
 #undef CASE
 }

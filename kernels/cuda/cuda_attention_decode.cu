@@ -1,0 +1,225 @@
+/*
+ * Decode attention: one query per sequence over its own cache, several sequences per launch.
+ * A query's heads alone are too few blocks to fill a GPU (9 heads on 132 SMs), and a warp that
+ * walks the rows one at a time waits on each row's load and reductions. So the rows of one
+ * (sequence, head) are split over `splits` blocks, and inside a block each lane scores its own row
+ * (lanes over rows: one max and one sum per 32 rows instead of per row), then the warp adds the
+ * 32 rows' values with lanes over head dims (coalesced rows of V). Each split keeps an online
+ * softmax (max m, sum l, weighted values); a second kernel merges the splits. With one split the
+ * first kernel writes the output itself.
+ *
+ * The lengths are read from the items when the kernel runs (not at launch), so a recorded decode
+ * step (CUDA graph) serves every step; the number of splits depends only on the launch's shape.
+ */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "kernels/cuda/cuda_ops.h"
+
+namespace {
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
+constexpr int kMaxDim = 256, kPerLane = kMaxDim / 32;
+constexpr int kTargetBlocks = 264; /* two waves of an H100's 132 SMs */
+constexpr int kMaxSplits = 32;
+
+/* q (scaled, shared memory) . row of K at p (hd elements) */
+template <bool F16>
+__device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd, bool vec) {
+    float s = 0.0f;
+    if (F16) {
+        const __half *r = static_cast<const __half *>(p);
+        if (vec) {
+            for (int d = 0; d < hd; d += 4) {
+                const uint2 u = *reinterpret_cast<const uint2 *>(r + d);
+                const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
+                const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
+                s += qs[d] * a.x + qs[d + 1] * a.y + qs[d + 2] * b.x + qs[d + 3] * b.y;
+            }
+        } else {
+            for (int d = 0; d < hd; d++)
+                s += qs[d] * __half2float(r[d]);
+        }
+    } else {
+        const float *r = static_cast<const float *>(p);
+        if (vec) {
+            for (int d = 0; d < hd; d += 4) {
+                const float4 a = *reinterpret_cast<const float4 *>(r + d);
+                s += qs[d] * a.x + qs[d + 1] * a.y + qs[d + 2] * a.z + qs[d + 3] * a.w;
+            }
+        } else {
+            for (int d = 0; d < hd; d++)
+                s += qs[d] * r[d];
+        }
+    }
+    return s;
+}
+
+template <bool F16> __device__ __forceinline__ float val(const void *base, int64_t i) {
+    if (F16) return __half2float(static_cast<const __half *>(base)[i]);
+    return static_cast<const float *>(base)[i];
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Block (item blockIdx.x, head blockIdx.y, split blockIdx.z). part: [item][head][split][hd + 2]
+ * (m, l, then the values weighted by exp(s - m)), unused with one split. */
+template <bool F16>
+__global__ void __launch_bounds__(kThreads)
+    decode_kernel(const svlm_cu_attn_item *items, int64_t kv_stride, int n_head, int rep, int hd, float scale,
+                  int splits, bool vec, float *part) {
+    __shared__ float qs[kMaxDim];
+    __shared__ float sm[kWarps], sl[kWarps];
+    __shared__ float sacc[kWarps][kMaxDim];
+    const svlm_cu_attn_item it = items[blockIdx.x];
+    const int h = blockIdx.y, split = blockIdx.z, kvh = h / rep;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int d = threadIdx.x; d < hd; d += kThreads)
+        qs[d] = it.q[(int64_t)h * hd + d] * scale;
+    __syncthreads();
+
+    /* one query after every cached row: it sees them all */
+    const int64_t n = it.n_kv > 0 ? it.n_kv : 0, chunk = (n + splits - 1) / splits;
+    const int64_t c0 = split * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
+    const int64_t koff = (int64_t)kvh * hd;
+    float m = -INFINITY, l = 0.0f, acc[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++)
+        acc[j] = 0.0f;
+    for (int64_t base = c0 + warp * 32; base < c1; base += kThreads) {
+        const int64_t row = base + lane;
+        const bool valid = row < c1;
+        const float s =
+            valid
+                ? dot_row<F16>(qs, static_cast<const char *>(it.k) + (row * kv_stride + koff) * (F16 ? 2 : 4),
+                               hd, vec)
+                : -INFINITY;
+        const float m_new = fmaxf(m, warp_max(s)); /* finite: lane 0's row is valid */
+        const float p = valid ? expf(s - m_new) : 0.0f, corr = expf(m - m_new);
+        l = l * corr + warp_sum(p);
+#pragma unroll
+        for (int j = 0; j < kPerLane; j++)
+            acc[j] *= corr;
+        const int rows = c1 - base < 32 ? (int)(c1 - base) : 32;
+        for (int i = 0; i < rows; i++) {
+            const float pi = __shfl_sync(0xffffffffu, p, i);
+            const int64_t vb = (base + i) * kv_stride + koff;
+#pragma unroll
+            for (int j = 0; j < kPerLane; j++) {
+                const int d = lane + 32 * j;
+                if (d < hd) acc[j] += pi * val<F16>(it.v, vb + d);
+            }
+        }
+        m = m_new;
+    }
+
+    /* the block's warps merged at their common maximum */
+    if (lane == 0) {
+        sm[warp] = m;
+        sl[warp] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; j++) {
+        const int d = lane + 32 * j;
+        if (d < hd) sacc[warp][d] = acc[j];
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int w = 0; w < kWarps; w++)
+        if (sl[w] > 0.0f) mx = fmaxf(mx, sm[w]);
+    float total = 0.0f, wt[kWarps];
+    for (int w = 0; w < kWarps; w++) {
+        wt[w] = sl[w] > 0.0f ? expf(sm[w] - mx) : 0.0f; /* a warp without rows has l = 0 */
+        total += sl[w] * wt[w];
+    }
+    if (splits == 1) {
+        float *o = it.out + (int64_t)h * hd;
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f; /* no rows: zeros, as on the CPU */
+        for (int d = threadIdx.x; d < hd; d += kThreads) {
+            float r = 0.0f;
+            for (int w = 0; w < kWarps; w++)
+                r += sacc[w][d] * wt[w];
+            o[d] = r * inv;
+        }
+        return;
+    }
+    float *pp = part + (((int64_t)blockIdx.x * n_head + h) * splits + split) * (hd + 2);
+    if (threadIdx.x == 0) {
+        pp[0] = mx;
+        pp[1] = total;
+    }
+    for (int d = threadIdx.x; d < hd; d += kThreads) {
+        float r = 0.0f;
+        for (int w = 0; w < kWarps; w++)
+            r += sacc[w][d] * wt[w];
+        pp[2 + d] = r;
+    }
+}
+
+/* Block (item, head): the splits' partial results merged into the output. */
+__global__ void combine_kernel(const svlm_cu_attn_item *items, int n_head, int hd, int splits,
+                               const float *part) {
+    const float *pp = part + ((int64_t)blockIdx.x * n_head + blockIdx.y) * splits * (hd + 2);
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; s++)
+        if (pp[s * (hd + 2) + 1] > 0.0f) mx = fmaxf(mx, pp[s * (hd + 2)]);
+    float total = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const float l = pp[s * (hd + 2) + 1];
+        if (l > 0.0f) total += l * expf(pp[s * (hd + 2)] - mx);
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    float *o = items[blockIdx.x].out + (int64_t)blockIdx.y * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float r = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float *ps = pp + s * (hd + 2);
+            if (ps[1] > 0.0f) r += ps[2 + d] * expf(ps[0] - mx);
+        }
+        o[d] = r * inv;
+    }
+}
+
+} // namespace
+
+extern "C" int svlm_cu_attention_decode_splits(int n_items, int n_head) {
+    if (n_items <= 0 || n_head <= 0) return 1;
+    const long long blocks = (long long)n_items * n_head;
+    long long s = (kTargetBlocks + blocks - 1) / blocks;
+    return (int)(s < 1 ? 1 : s > kMaxSplits ? kMaxSplits : s);
+}
+
+extern "C" int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int n_items,
+                                        int kv_f16, int64_t kv_stride, int n_head, int n_kv_head,
+                                        int head_dim, float scale, int splits, float *part) {
+    if (n_items <= 0 || n_head <= 0) return 0;
+    if (head_dim <= 0 || head_dim > kMaxDim || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535 ||
+        splits < 1 || splits > kMaxSplits || (splits > 1 && !part))
+        return (int)cudaErrorInvalidValue;
+    /* 4-element loads of K rows: every row start aligned (the base pointers are allocations) */
+    const bool vec = head_dim % 4 == 0 && kv_stride % 4 == 0;
+    const dim3 grid((unsigned)n_items, (unsigned)n_head, (unsigned)splits);
+    const int rep = n_head / n_kv_head;
+    if (kv_f16)
+        decode_kernel<true>
+            <<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits, vec, part);
+    else
+        decode_kernel<false>
+            <<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits, vec, part);
+    if (splits > 1) {
+        const dim3 cgrid((unsigned)n_items, (unsigned)n_head);
+        const int cthreads = head_dim < 128 ? 64 : 128;
+        combine_kernel<<<cgrid, cthreads, 0, s>>>(items, n_head, head_dim, splits, part);
+    }
+    return (int)cudaGetLastError();
+}
