@@ -131,7 +131,8 @@ enum {
     OP_BIAS_GELU,
     OP_MATMUL_ADD,
     OP_NORM_MATMUL,
-    OP_NORM_SWIGLU
+    OP_NORM_SWIGLU,
+    OP_ROPE_STORE
 };
 
 void svlm_k_replay_begin(svlm_kernels *k, uint64_t key) {
@@ -227,6 +228,16 @@ void svlm_k_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
     for (int i = 0; i < n; i++)
         k->ops->attention(k, &a[i]);
 }
+/* store_rows below the hashing (fused ops' fallbacks call it too) */
+static void do_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src,
+                          int64_t n, int64_t dim) {
+    if (k->ops->store_rows) {
+        k->ops->store_rows(k, dsts, dst_type, src, n, dim);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        k->ops->store(k, dsts[i], dst_type, src + i * dim, dim);
+}
 void svlm_k_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src, int64_t n,
                        int64_t dim) {
     if (n <= 0 || dim <= 0) return;
@@ -237,12 +248,7 @@ void svlm_k_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, 
         note_u(k, (uint64_t)dim);
         if (skip) return;
     }
-    if (k->ops->store_rows) {
-        k->ops->store_rows(k, dsts, dst_type, src, n, dim);
-        return;
-    }
-    for (int64_t i = 0; i < n; i++)
-        k->ops->store(k, dsts[i], dst_type, src + i * dim, dim);
+    do_store_rows(k, dsts, dst_type, src, n, dim);
 }
 void svlm_k_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items,
                             int n) {
@@ -355,6 +361,40 @@ void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w,
     k->ops->rmsnorm(k, x, norm_w, h, n, wg->cols, eps);
     k->ops->matmul_multi(k, ws, 2, h, n, ys);
     k->ops->silu_mul(k, gate, up, n * wg->rows);
+}
+void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,
+                       int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
+                       svlm_dtype kv_type, float *keep, int round) {
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_ROPE_STORE, q, n);
+        const void *ptrs[] = {kx, vx, pos, dsts, keep};
+        for (int i = 0; i < 5; i++)
+            note_p(k, ptrs[i]);
+        const int64_t ints[] = {n_head, n_kv_head, head_dim, n_rot, neox, kv_type, round};
+        for (int i = 0; i < 7; i++)
+            note_u(k, (uint64_t)ints[i]);
+        note_f(k, base);
+        if (skip) return;
+    }
+    if (k->ops->rope_store) {
+        k->ops->rope_store(k, q, kx, vx, n, n_head, n_kv_head, head_dim, n_rot, pos, base, neox, dsts,
+                           kv_type, keep, round);
+        return;
+    }
+    const int64_t kvd = (int64_t)n_kv_head * head_dim;
+    if (keep) {
+        k->ops->copy(k, keep, kx, sizeof(float) * (size_t)(n * kvd));
+        k->ops->copy(k, keep + n * kvd, vx, sizeof(float) * (size_t)(n * kvd));
+    }
+    if (round) {
+        k->ops->round_f16(k, kx, n * kvd);
+        k->ops->round_f16(k, vx, n * kvd);
+    }
+    k->ops->rope(k, q, n, n_head, head_dim, n_rot, pos, base, neox);
+    k->ops->rope(k, kx, n, n_kv_head, head_dim, n_rot, pos, base, neox);
+    do_store_rows(k, dsts, kv_type, kx, n, kvd);
+    do_store_rows(k, dsts + n, kv_type, vx, n, kvd);
 }
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps) {

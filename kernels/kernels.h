@@ -152,6 +152,16 @@ void svlm_k_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *n
 void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                            const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up);
 
+/* A decode step's new rows into the caches: q rotated in place (RoPE at pos, as svlm_k_rope), the
+ * keys rotated and stored, the values stored, row r's key at dsts[r] and its value at dsts[n + r]
+ * (kv_dim = n_kv_head * head_dim elements each, as kv_type). keep (not NULL): the keys and values
+ * as they came, [n] keys then [n] values, also go there (the pages' copy); round: keys and values
+ * rounded through f16 before RoPE and the stores (f16 pages). kx and vx are scratch afterwards.
+ * The same numbers as svlm_k_copy (keep), svlm_k_round_f16, svlm_k_rope and svlm_k_store_rows. */
+void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,
+                       int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
+                       svlm_dtype kv_type, float *keep, int round);
+
 /* y = x / sqrt(mean(x^2) + eps) * w, per row of `dim`. y may alias x. */
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps);

@@ -100,8 +100,8 @@ static svlm_status prepare(svlm_llama_batch *b, svlm_llama_batch_item *it, int *
     return st;
 }
 
-/* The layers of a step of nl live rows (see svlm_llama_eval_batch). tables: the rows' cache
- * stores and attentions go through b->step. */
+/* The layers of a step of nl live rows (see svlm_llama_eval_batch). tables: the rows' RoPE,
+ * cache stores and attentions go through b->step (their pages all f16 or none). */
 static void batch_layers(svlm_llama_batch *b, svlm_llama_batch_item *items, int nl, int tables) {
     const svlm_llama *m = b->m;
     const svlm_llama_hparams *hp = &m->hp;
@@ -113,14 +113,20 @@ static void batch_layers(svlm_llama_batch *b, svlm_llama_batch_item *items, int 
         llama_layer_qkv(k, hp, L, b->r.x, b->r.h, b->r.q, b->r.kx, b->r.vx, nl);
         /* the rows' new keys and values reach their pages after the layers, in one copy */
         float *pk = b->pending + (size_t)l * 2 * nl * kvd;
-        svlm_k_copy(k, pk, b->r.kx, sizeof(float) * (size_t)nl * kvd);
-        svlm_k_copy(k, pk + (size_t)nl * kvd, b->r.vx, sizeof(float) * (size_t)nl * kvd);
         int n_f16 = 0;
         for (int r = 0; r < nl; r++) {
             svlm_llama_batch_item *it = &items[b->live[r]];
             if (sync_from[r] < b->p0[r]) llama_sync_working_copy(it->ctx, it->seq, l, sync_from[r], b->p0[r]);
             n_f16 += svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq))->type == SVLM_F16;
         }
+        if (tables) {
+            llama_step_layer(items[b->live[0]].ctx, &b->step, l, b->r.q, b->r.kx, b->r.vx, b->pos_k, pk,
+                             n_f16 == nl);
+            llama_layer_rest(k, hp, L, b->r.att, b->r.x, b->r.h, b->r.gate, b->r.up, nl);
+            continue;
+        }
+        svlm_k_copy(k, pk, b->r.kx, sizeof(float) * (size_t)nl * kvd);
+        svlm_k_copy(k, pk + (size_t)nl * kvd, b->r.vx, sizeof(float) * (size_t)nl * kvd);
         /* rows on f16 pages must look as they will when read back: all at once when all are */
         if (n_f16 == nl) {
             svlm_k_round_f16(k, b->r.kx, (int64_t)nl * kvd);
@@ -136,18 +142,14 @@ static void batch_layers(svlm_llama_batch *b, svlm_llama_batch_item *items, int 
                     hp->rope_neox);
         svlm_k_rope(k, b->r.kx, nl, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos_k, hp->rope_base,
                     hp->rope_neox);
-        if (tables) {
-            llama_step_attend(items[b->live[0]].ctx, &b->step, l, b->r.kx, b->r.vx);
-        } else {
-            for (int r = 0; r < nl; r++) {
-                svlm_llama_ctx *c = items[b->live[r]].ctx;
-                llama_store_rows(c, c->k_cache[l], b->r.kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
-                llama_store_rows(c, c->v_cache[l], b->r.vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
-                b->attn[r] = llama_cache_attention(c, l, b->r.q + (size_t)r * qd, b->r.att + (size_t)r * qd,
-                                                   1, b->p0[r]);
-            }
-            svlm_k_attention_multi(k, b->attn, nl); /* one launch for every row on a GPU */
+        for (int r = 0; r < nl; r++) {
+            svlm_llama_ctx *c = items[b->live[r]].ctx;
+            llama_store_rows(c, c->k_cache[l], b->r.kx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+            llama_store_rows(c, c->v_cache[l], b->r.vx + (size_t)r * kvd, b->p0[r], 1, (size_t)kvd);
+            b->attn[r] =
+                llama_cache_attention(c, l, b->r.q + (size_t)r * qd, b->r.att + (size_t)r * qd, 1, b->p0[r]);
         }
+        svlm_k_attention_multi(k, b->attn, nl); /* one launch for every row on a GPU */
         llama_layer_rest(k, hp, L, b->r.att, b->r.x, b->r.h, b->r.gate, b->r.up, nl);
     }
 }
@@ -182,11 +184,13 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
     if (nl == 0) return SVLM_OK;
     /* one store and one attention launch per layer through the step tables when the contexts'
      * caches are alike (they are when one engine made them) */
-    int tables = 1, replay = 1;
+    int tables = 1, replay = 1, n_f16 = 0;
     for (int r = 0; r < nl; r++) {
         tables &= items[b->live[r]].ctx->kv_type == items[b->live[0]].ctx->kv_type;
         replay &= sync_from[r] >= b->p0[r];
+        n_f16 += svlm_kv_pool_params_of(svlm_kv_seq_pool(items[b->live[r]].seq))->type == SVLM_F16;
     }
+    tables &= n_f16 == 0 || n_f16 == nl;
     replay &= tables;
     svlm_k_defer(k, 1); /* the host touches the buffers only through svlm_k_copy */
     llama_embed_rows(m, k, b->host_x, b->r.x, b->ids, nl);
@@ -197,13 +201,8 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
                            b->r.att + (size_t)r * qd, b->p0[r]);
         llama_step_upload(k, &b->step, hp->n_layer);
     }
-    if (replay) { /* the same ops for every step of nl rows whose pages are as f16 as these */
-        uint64_t key = (uint64_t)(uintptr_t)b * 31 + (uint64_t)nl * 8191;
-        for (int r = 0; r < nl; r++)
-            key =
-                key * 3 + (svlm_kv_pool_params_of(svlm_kv_seq_pool(items[b->live[r]].seq))->type == SVLM_F16);
-        svlm_k_replay_begin(k, key);
-    }
+    if (replay) /* the same ops for every step of nl rows whose pages are as f16 as these */
+        svlm_k_replay_begin(k, (uint64_t)(uintptr_t)b * 31 + (uint64_t)nl * 8191 + (n_f16 > 0));
     batch_layers(b, items, nl, tables);
     if (replay && !svlm_k_replay_end(k)) batch_layers(b, items, nl, tables);
     svlm_k_rmsnorm(k, b->r.x, m->output_norm, b->r.h, nl, E, hp->rms_eps);

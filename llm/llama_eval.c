@@ -225,11 +225,12 @@ void llama_step_upload(svlm_kernels *k, llama_step_tables *t, int n_layer) {
     svlm_k_copy(k, t->att_k, t->att_host, sizeof(svlm_attn_item) * (size_t)n_layer * (size_t)t->rows);
 }
 
-void llama_step_attend(const svlm_llama_ctx *c, const llama_step_tables *t, int l, const float *kx,
-                       const float *vx) {
-    const int n = t->rows, kvd = c->m->hp.n_head_kv * c->m->hp.head_dim;
-    svlm_k_store_rows(c->k, t->dst_k + (size_t)(2 * l) * n, c->kv_type, kx, n, kvd);
-    svlm_k_store_rows(c->k, t->dst_k + (size_t)(2 * l + 1) * n, c->kv_type, vx, n, kvd);
+void llama_step_layer(const svlm_llama_ctx *c, const llama_step_tables *t, int l, float *q, float *kx,
+                      float *vx, const int32_t *pos, float *keep, int round) {
+    const svlm_llama_hparams *hp = &c->m->hp;
+    const int n = t->rows;
+    svlm_k_rope_store(c->k, q, kx, vx, n, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, pos,
+                      hp->rope_base, hp->rope_neox, t->dst_k + (size_t)(2 * l) * n, c->kv_type, keep, round);
     const svlm_attn_args shape = llama_cache_attention(c, l, NULL, NULL, 1, 0);
     svlm_k_attention_items(c->k, &shape, t->att_k + (size_t)l * n, n);
 }
@@ -331,6 +332,13 @@ static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         llama_layer_qkv(k, hp, L, c->x, c->h, c->q, c->kx, c->vx, n);
+        if (step) { /* no working copy to bring over: everything after q/k/v in one pass */
+            const int round = pend && svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16;
+            llama_step_layer(c, &c->step, l, c->q, c->kx, c->vx, c->pos_k,
+                             pend ? c->pending + (size_t)l * 2 * n * kvd : NULL, round);
+            llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
+            continue;
+        }
         if (pend) {
             llama_new_rows_to_pending(c, seq, l, c->kx, c->vx, n, p0, sync_from);
         } else if (seq) { /* a long chunk: the wait for its rows is small next to its compute */
@@ -348,14 +356,10 @@ static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         svlm_k_rope(k, c->q, n, hp->n_head, hp->head_dim, hp->n_rot, c->pos_k, hp->rope_base, hp->rope_neox);
         svlm_k_rope(k, c->kx, n, hp->n_head_kv, hp->head_dim, hp->n_rot, c->pos_k, hp->rope_base,
                     hp->rope_neox);
-        if (step) {
-            llama_step_attend(c, &c->step, l, c->kx, c->vx);
-        } else {
-            llama_store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
-            llama_store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
-            svlm_attn_args a = llama_cache_attention(c, l, c->q, c->att, n, p0);
-            svlm_k_attention(k, &a);
-        }
+        llama_store_rows(c, c->k_cache[l], c->kx, p0, n, (size_t)kvd);
+        llama_store_rows(c, c->v_cache[l], c->vx, p0, n, (size_t)kvd);
+        svlm_attn_args a = llama_cache_attention(c, l, c->q, c->att, n, p0);
+        svlm_k_attention(k, &a);
         llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
     }
 }

@@ -711,6 +711,90 @@ static void test_fused_products(void) {
     }
 }
 
+/* svlm_k_rope_store equals the sequence it stands for (copy to keep, f16 rounding, RoPE on q and
+ * the keys, stores) on the same backend within 1e-6 (an f16 step for f16 caches), and the CPU's
+ * within 1e-5 (f32 caches) or one f16 step (f16 caches). Rows land in scattered cache slots. */
+static void test_rope_store(void) {
+    enum { N = 3, NH = 6, NKVH = 2, HD = 64, KVD = NKVH * HD, SLOTS = 8 };
+    int32_t pos[N] = {5, 17, 1000};
+    for (int variant = 0; variant < 4; variant++) {
+        const int f16 = variant & 1, neox = variant >> 1, round = f16, use_keep = variant != 0;
+        const svlm_dtype t = f16 ? SVLM_F16 : SVLM_F32;
+        const size_t elt = f16 ? 2 : 4;
+        float *q0 = host_floats(N * NH * HD, 2.0f), *k0 = host_floats(N * KVD, 2.0f),
+              *v0 = host_floats(N * KVD, 2.0f);
+        /* results: q, keep, cache (as floats) for fused GPU (0), sequence GPU (1), fused CPU (2) */
+        float *res[3];
+        for (int mode = 0; mode < 3; mode++) {
+            svlm_kernels *k = mode == 2 ? C : G;
+            float *q = svlm_k_alloc(k, sizeof(float) * N * NH * HD),
+                  *kx = svlm_k_alloc(k, sizeof(float) * N * KVD),
+                  *vx = svlm_k_alloc(k, sizeof(float) * N * KVD),
+                  *keep = svlm_k_alloc(k, sizeof(float) * 2 * N * KVD);
+            char *cache = svlm_k_alloc(k, elt * SLOTS * KVD);
+            void **dk = svlm_k_alloc(k, sizeof(void *) * 2 * N);
+            int32_t *pk = svlm_k_alloc(k, sizeof pos);
+            REQUIRE(q && kx && vx && keep && cache && dk && pk, "svlm_k_alloc failed");
+            void *dh[2 * N];
+            for (int r = 0; r < N; r++) { /* keys in slots 7, 5, 3; values in 0, 2, 4 */
+                dh[r] = cache + elt * KVD * (size_t)(7 - 2 * r);
+                dh[N + r] = cache + elt * KVD * (size_t)(2 * r);
+            }
+            svlm_k_copy(k, q, q0, sizeof(float) * N * NH * HD);
+            svlm_k_copy(k, kx, k0, sizeof(float) * N * KVD);
+            svlm_k_copy(k, vx, v0, sizeof(float) * N * KVD);
+            svlm_k_copy(k, dk, dh, sizeof dh);
+            svlm_k_copy(k, pk, pos, sizeof pos);
+            float *kp = use_keep ? keep : NULL;
+            if (mode == 1) {
+                if (kp) {
+                    svlm_k_copy(k, kp, kx, sizeof(float) * N * KVD);
+                    svlm_k_copy(k, kp + N * KVD, vx, sizeof(float) * N * KVD);
+                }
+                if (round) {
+                    svlm_k_round_f16(k, kx, N * KVD);
+                    svlm_k_round_f16(k, vx, N * KVD);
+                }
+                svlm_k_rope(k, q, N, NH, HD, HD, pk, 10000.0f, neox);
+                svlm_k_rope(k, kx, N, NKVH, HD, HD, pk, 10000.0f, neox);
+                svlm_k_store_rows(k, dk, t, kx, N, KVD);
+                svlm_k_store_rows(k, dk + N, t, vx, N, KVD);
+            } else {
+                svlm_k_rope_store(k, q, kx, vx, N, NH, NKVH, HD, HD, pk, 10000.0f, neox, dk, t, kp, round);
+            }
+            float *o = res[mode] = calloc(N * NH * HD + 2 * N * KVD + SLOTS * KVD, sizeof(float));
+            REQUIRE(o, "out of memory");
+            svlm_k_copy(k, o, q, sizeof(float) * N * NH * HD);
+            if (kp) svlm_k_copy(k, o + N * NH * HD, kp, sizeof(float) * 2 * N * KVD);
+            char *ch = malloc(elt * SLOTS * KVD);
+            REQUIRE(ch, "out of memory");
+            svlm_k_copy(k, ch, cache, elt * SLOTS * KVD);
+            svlm_k_load(C, o + N * NH * HD + 2 * N * KVD, ch, t, SLOTS * KVD);
+            free(ch);
+            void *bufs[] = {q, kx, vx, keep, cache, dk, pk};
+            for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++)
+                svlm_k_free(k, bufs[b]);
+        }
+        const int64_t total = N * NH * HD + 2 * N * KVD + SLOTS * KVD;
+        /* the same operations per element; only the compiler's fused multiply-adds may differ */
+        const double tol = f16 ? 1e-3 : 1e-5, e_seq = max_rel(res[0], res[1], total),
+                     e = max_rel(res[0], res[2], total);
+        printf("rope_store %s cache, neox %d, keep %d: %.3g off its op sequence (tolerance 1e-6 or an f16 "
+               "step), "
+               "%.3g off the cpu (tolerance %g)\n",
+               f16 ? "f16" : "f32", neox, use_keep, e_seq, e, tol);
+        CHECK(e_seq <= (f16 ? 1e-3 : 1e-6),
+              "rope_store (%s cache, neox %d) differs from its op sequence by %g", f16 ? "f16" : "f32", neox,
+              e_seq);
+        CHECK(e <= tol, "rope_store differs from the CPU by %g", e);
+        for (int mode = 0; mode < 3; mode++)
+            free(res[mode]);
+        free(q0);
+        free(k0);
+        free(v0);
+    }
+}
+
 int test_main(void) {
     svlm_err err = {0};
     svlm_status st;
@@ -735,6 +819,7 @@ int test_main(void) {
     test_matvec_together();
     test_store_rows();
     test_fused_products();
+    test_rope_store();
     test_replay();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);

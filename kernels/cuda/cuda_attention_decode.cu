@@ -5,8 +5,8 @@
  * (sequence, head) are split over `splits` blocks, and inside a block each lane scores its own row
  * (lanes over rows: one max and one sum per 32 rows instead of per row), then the warp adds the
  * 32 rows' values with lanes over head dims (coalesced rows of V). Each split keeps an online
- * softmax (max m, sum l, weighted values); a second kernel merges the splits. With one split the
- * first kernel writes the output itself.
+ * softmax (max m, sum l, weighted values) and leaves it in `part`; the last split of a (sequence,
+ * head) to finish (a counter per pair) merges them into the output, so a step is one launch.
  *
  * The lengths are read from the items when the kernel runs (not at launch), so a recorded decode
  * step (CUDA graph) serves every step; the number of splits depends only on the launch's shape.
@@ -72,12 +72,35 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* The splits' partial results of one (item, head) merged into its output by one block. */
+__device__ void merge_splits(const float *pp, int hd, int splits, float *o) {
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; s++)
+        if (__ldcg(pp + s * (hd + 2) + 1) > 0.0f) mx = fmaxf(mx, __ldcg(pp + s * (hd + 2)));
+    float total = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const float l = __ldcg(pp + s * (hd + 2) + 1);
+        if (l > 0.0f) total += l * expf(__ldcg(pp + s * (hd + 2)) - mx);
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f; /* no rows at all: zeros, as on the CPU */
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float r = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float *ps = pp + s * (hd + 2);
+            const float l = __ldcg(ps + 1);
+            if (l > 0.0f) r += __ldcg(ps + 2 + d) * expf(__ldcg(ps) - mx);
+        }
+        o[d] = r * inv;
+    }
+}
+
 /* Block (item blockIdx.x, head blockIdx.y, split blockIdx.z). part: [item][head][split][hd + 2]
- * (m, l, then the values weighted by exp(s - m)), unused with one split. */
+ * (m, l, then the values weighted by exp(s - m)), unused with one split; done: a counter per
+ * (item, head), zero between launches (the merging block resets it). */
 template <bool F16>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(const svlm_cu_attn_item *items, int64_t kv_stride, int n_head, int rep, int hd, float scale,
-                  int splits, bool vec, float *part) {
+                  int splits, bool vec, float *part, unsigned *done) {
     __shared__ float qs[kMaxDim];
     __shared__ float sm[kWarps], sl[kWarps];
     __shared__ float sacc[kWarps][kMaxDim];
@@ -153,7 +176,8 @@ __global__ void __launch_bounds__(kThreads)
         }
         return;
     }
-    float *pp = part + (((int64_t)blockIdx.x * n_head + h) * splits + split) * (hd + 2);
+    float *pairs = part + ((int64_t)blockIdx.x * n_head + h) * splits * (hd + 2),
+          *pp = pairs + split * (hd + 2);
     if (threadIdx.x == 0) {
         pp[0] = mx;
         pp[1] = total;
@@ -164,30 +188,20 @@ __global__ void __launch_bounds__(kThreads)
             r += sacc[w][d] * wt[w];
         pp[2 + d] = r;
     }
-}
-
-/* Block (item, head): the splits' partial results merged into the output. */
-__global__ void combine_kernel(const svlm_cu_attn_item *items, int n_head, int hd, int splits,
-                               const float *part) {
-    const float *pp = part + ((int64_t)blockIdx.x * n_head + blockIdx.y) * splits * (hd + 2);
-    float mx = -INFINITY;
-    for (int s = 0; s < splits; s++)
-        if (pp[s * (hd + 2) + 1] > 0.0f) mx = fmaxf(mx, pp[s * (hd + 2)]);
-    float total = 0.0f;
-    for (int s = 0; s < splits; s++) {
-        const float l = pp[s * (hd + 2) + 1];
-        if (l > 0.0f) total += l * expf(pp[s * (hd + 2)] - mx);
+    /* the last split to finish merges: its partial is written, the others' are visible after the
+     * fence and the counter (the threadfence-reduction pattern) */
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        unsigned *c = done + (int64_t)blockIdx.x * n_head + h;
+        last = atomicAdd(c, 1u) == (unsigned)splits - 1;
+        if (last) *c = 0; /* for the next launch: every split of this one has counted */
     }
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    float *o = items[blockIdx.x].out + (int64_t)blockIdx.y * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float r = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            const float *ps = pp + s * (hd + 2);
-            if (ps[1] > 0.0f) r += ps[2 + d] * expf(ps[0] - mx);
-        }
-        o[d] = r * inv;
-    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    merge_splits(pairs, hd, splits, it.out + (int64_t)h * hd);
 }
 
 } // namespace
@@ -201,25 +215,20 @@ extern "C" int svlm_cu_attention_decode_splits(int n_items, int n_head) {
 
 extern "C" int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int n_items,
                                         int kv_f16, int64_t kv_stride, int n_head, int n_kv_head,
-                                        int head_dim, float scale, int splits, float *part) {
+                                        int head_dim, float scale, int splits, float *part, unsigned *done) {
     if (n_items <= 0 || n_head <= 0) return 0;
     if (head_dim <= 0 || head_dim > kMaxDim || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535 ||
-        splits < 1 || splits > kMaxSplits || (splits > 1 && !part))
+        splits < 1 || splits > kMaxSplits || (splits > 1 && (!part || !done)))
         return (int)cudaErrorInvalidValue;
     /* 4-element loads of K rows: every row start aligned (the base pointers are allocations) */
     const bool vec = head_dim % 4 == 0 && kv_stride % 4 == 0;
     const dim3 grid((unsigned)n_items, (unsigned)n_head, (unsigned)splits);
     const int rep = n_head / n_kv_head;
     if (kv_f16)
-        decode_kernel<true>
-            <<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits, vec, part);
+        decode_kernel<true><<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits,
+                                                      vec, part, done);
     else
-        decode_kernel<false>
-            <<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits, vec, part);
-    if (splits > 1) {
-        const dim3 cgrid((unsigned)n_items, (unsigned)n_head);
-        const int cthreads = head_dim < 128 ? 64 : 128;
-        combine_kernel<<<cgrid, cthreads, 0, s>>>(items, n_head, head_dim, splits, part);
-    }
+        decode_kernel<false><<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits,
+                                                       vec, part, done);
     return (int)cudaGetLastError();
 }

@@ -172,6 +172,25 @@ static void cu_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_d
     cu_done(k, "rope");
 }
 
+static void cu_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head,
+                          int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float base, int neox,
+                          void *const *dsts, svlm_dtype kv_type, float *keep, int round) {
+    cu_begin(k);
+    const size_t kv_bytes = sizeof(float) * (size_t)(n * n_kv_head * head_dim);
+    float *dq = cu_out(k, 0, q, sizeof(float) * (size_t)(n * n_head * head_dim), 1);
+    const float *dk = cu_in(k, 1, kx, kv_bytes), *dv = cu_in(k, 2, vx, kv_bytes);
+    const int32_t *dp = cu_in(k, 3, pos, sizeof(int32_t) * (size_t)n);
+    void *const *dd = cu_in(k, 4, dsts, sizeof(void *) * 2 * (size_t)n);
+    float *dkeep = keep ? cu_out(k, 5, keep, 2 * kv_bytes, 0) : NULL;
+    /* the same float theta_scale as svlm_k_rope; odd n_rot: the last dimension is not rotated */
+    const float theta_scale = n_rot > 0 ? powf(base, -2.0f / (float)n_rot) : 1.0f;
+    cu_check(svlm_cu_rope_store(CU(k)->stream, dq, dk, dv, n, n_head, n_kv_head, head_dim,
+                                n_rot > 0 ? n_rot : 0, dp, theta_scale, neox, dd, kv_type == SVLM_F16, dkeep,
+                                round),
+             "rope_store");
+    cu_done(k, "rope_store");
+}
+
 static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
     if (a->n_q <= 0) return;
     cu_begin(k);
@@ -201,19 +220,31 @@ static void decode_attention(svlm_kernels *k, const svlm_attn_args *shape, const
                              int n) {
     cu_ctx *c = CU(k);
     const int splits = svlm_cu_attention_decode_splits(n, shape->n_head);
-    const size_t need =
-        sizeof(float) * (size_t)n * (size_t)shape->n_head * (size_t)splits * (size_t)(shape->head_dim + 2);
-    if (splits > 1 && need > c->dec_part_cap) {
-        if (c->dec_part) cu_check(cudaFree(c->dec_part), "cudaFree(attention partials)");
-        c->dec_part = NULL;
-        c->dec_part_cap = 0;
-        cu_check(cudaMalloc((void **)&c->dec_part, need + need / 2), "cudaMalloc(attention partials)");
-        c->dec_part_cap = need + need / 2;
+    const size_t pairs = (size_t)n * (size_t)shape->n_head;
+    const size_t part_bytes = sizeof(float) * pairs * (size_t)splits * (size_t)(shape->head_dim + 2);
+    /* counters first, at fixed places: a launch of another shape leaves them zero */
+    const size_t counters =
+        (sizeof(unsigned) * (pairs > c->dec_pairs ? pairs : c->dec_pairs) + 255) / 256 * 256;
+    if (splits > 1 && (pairs > c->dec_pairs || counters + part_bytes > c->dec_buf_cap)) {
+        if (cu_capturing) { /* the counters must start at zero: made outside a recording */
+            cu_capture_failed = 1;
+            return;
+        }
+        if (c->dec_buf) cu_check(cudaFree(c->dec_buf), "cudaFree(attention partials)");
+        c->dec_buf = NULL;
+        c->dec_buf_cap = c->dec_pairs = 0;
+        const size_t cap = counters + part_bytes + part_bytes / 2;
+        cu_check(cudaMalloc(&c->dec_buf, cap), "cudaMalloc(attention partials)");
+        cu_check(cudaMemsetAsync(c->dec_buf, 0, counters, c->stream), "zeroing attention counters");
+        c->dec_buf_cap = cap;
+        c->dec_pairs = counters / sizeof(unsigned);
         c->buf_gen++;
     }
+    unsigned *done = splits > 1 ? (unsigned *)c->dec_buf : NULL;
+    float *part = splits > 1 ? (float *)((char *)c->dec_buf + c->dec_pairs * sizeof(unsigned)) : NULL;
     cu_check(svlm_cu_attention_decode(c->stream, di, n, shape->kv_type == SVLM_F16, shape->kv_stride,
                                       shape->n_head, shape->n_kv_head, shape->head_dim, shape->scale, splits,
-                                      c->dec_part),
+                                      part, done),
              "decode attention");
 }
 
@@ -456,7 +487,7 @@ static void cu_destroy(svlm_kernels *k) {
             if (c->stage[i]) (void)cudaFree(c->stage[i]);
         if (c->scratch) (void)cudaFree(c->scratch);
         if (c->attn_scratch) (void)cudaFree(c->attn_scratch);
-        if (c->dec_part) (void)cudaFree(c->dec_part);
+        if (c->dec_buf) (void)cudaFree(c->dec_buf);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) (void)cudaStreamDestroy(c->stream);
         free(c);
@@ -491,6 +522,7 @@ static const backend_ops cuda_ops = {
     .gelu_tanh_f16 = cu_gelu_tanh_f16,
     .attention_multi = cu_attention_multi,
     .store_rows = cu_store_rows,
+    .rope_store = cu_rope_store,
     .matmul_add = cu_matmul_add,
     .rmsnorm_matmul_multi = cu_rmsnorm_matmul_multi,
     .rmsnorm_swiglu = cu_rmsnorm_swiglu,

@@ -3,6 +3,7 @@
  * residual adds, bias, softmax and the f32 -> bf16 conversion in front of cuBLAS. Reductions run
  * in double where the CPU reference does, so both backends agree to float rounding.
  */
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -92,6 +93,61 @@ __global__ void rope_kernel(float *x, int64_t n, int n_head, int head_dim, int h
     *bb = x0 * s + x1 * c;
 }
 
+__device__ __forceinline__ float through_f16(float v, int round) {
+    return round ? __half2float(__float2half_rn(v)) : v;
+}
+
+/* Row blockIdx.x of a decode step: q's pairs rotated in place; each key element rotated (from its
+ * pair partner, read as it came) and stored at dsts[row]; each value stored at dsts[n + row];
+ * keep: keys then values as they came; round: keys and values through f16 first. The rotation
+ * is rope_kernel's, operation for operation. */
+__global__ void rope_store_kernel(float *q, const float *kx, const float *vx, int n, int n_head,
+                                  int n_kv_head, int hd, int half, const int32_t *pos, float theta_scale,
+                                  int neox, void *const *dsts, int f16_cache, float *keep, int round) {
+    const int r = blockIdx.x, kvd = n_kv_head * hd;
+    const float p = (float)pos[r];
+    for (int j = threadIdx.x; j < n_head * half; j += blockDim.x) {
+        const int head = j / half, i = j % half;
+        float theta = p;
+        for (int t = 0; t < i; t++)
+            theta *= theta_scale;
+        const float c = cosf(theta), s = sinf(theta);
+        float *a = q + ((int64_t)r * n_head + head) * hd + (neox ? i : 2 * i), *b = a + (neox ? half : 1);
+        const float x0 = *a, x1 = *b;
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+    const float *kr = kx + (int64_t)r * kvd, *vr = vx + (int64_t)r * kvd;
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
+        const int d = j % hd, base = j - d;
+        const float me = through_f16(kr[j], round);
+        float out = me;
+        if (d < 2 * half) { /* a rotated dimension: first or second of its pair */
+            const int i = neox ? (d < half ? d : d - half) : d / 2;
+            const bool first = neox ? d < half : d % 2 == 0;
+            const int partner = neox ? (first ? d + half : d - half) : (first ? d + 1 : d - 1);
+            const float other = through_f16(kr[base + partner], round);
+            float theta = p;
+            for (int t = 0; t < i; t++)
+                theta *= theta_scale;
+            const float c = cosf(theta), s = sinf(theta);
+            out = first ? me * c - other * s : other * s + me * c;
+        }
+        const float v = through_f16(vr[j], round);
+        if (keep) {
+            keep[(int64_t)r * kvd + j] = kr[j];
+            keep[((int64_t)n + r) * kvd + j] = vr[j];
+        }
+        if (f16_cache) {
+            static_cast<__half *>(dsts[r])[j] = __float2half_rn(out);
+            static_cast<__half *>(dsts[n + r])[j] = __float2half_rn(v);
+        } else {
+            static_cast<float *>(dsts[r])[j] = out;
+            static_cast<float *>(dsts[n + r])[j] = v;
+        }
+    }
+}
+
 __global__ void silu_mul_kernel(float *g, const float *u, int64_t n) {
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i < n) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -173,6 +229,17 @@ extern "C" int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int
     if (total > 0)
         rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n, n_head, head_dim, half, pos, theta_scale,
                                                            neox);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_rope_store(cudaStream_t s, float *q, const float *kx, const float *vx, int64_t n,
+                                  int n_head, int n_kv_head, int head_dim, int n_rot, const int32_t *pos,
+                                  float theta_scale, int neox, void *const *dsts, int f16_cache, float *keep,
+                                  int round) {
+    if (n <= 0) return 0;
+    if (n > 0x7fffffff) return (int)cudaErrorInvalidValue;
+    rope_store_kernel<<<(unsigned)n, 128, 0, s>>>(q, kx, vx, (int)n, n_head, n_kv_head, head_dim, n_rot / 2,
+                                                  pos, theta_scale, neox, dsts, f16_cache, keep, round);
     return (int)cudaGetLastError();
 }
 

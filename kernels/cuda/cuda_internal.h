@@ -57,8 +57,8 @@ typedef struct cu_ctx {
     int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */
     void *attn_scratch;   /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
-    float *dec_part; /* partial results of split decode attention */
-    size_t dec_part_cap;
+    void *dec_buf; /* split decode attention: [dec_pairs] counters, then partial results */
+    size_t dec_buf_cap, dec_pairs;
     unsigned buf_gen; /* bumped when a staging or scratch buffer moves: recordings hold addresses */
     int graphs_on;    /* SVLM_CUDA_GRAPHS (default on) */
     int graph_mode;   /* replay_mode of the current run */

@@ -54,6 +54,10 @@ int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const floa
                       int64_t dim, float eps);
 int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
                  float theta_scale, int neox);
+/* svlm_k_rope_store on device buffers (dsts: a device table of 2n row pointers; n_rot even). */
+int svlm_cu_rope_store(cudaStream_t s, float *q, const float *kx, const float *vx, int64_t n, int n_head,
+                       int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float theta_scale,
+                       int neox, void *const *dsts, int f16_cache, float *keep, int round);
 int svlm_cu_silu_mul(cudaStream_t s, float *gate, const float *up, int64_t n);
 int svlm_cu_gelu_tanh(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_add(cudaStream_t s, float *y, const float *x, int64_t n);
@@ -79,12 +83,13 @@ int svlm_cu_attention_multi(cudaStream_t s, const svlm_cu_attn_item *items, int 
 
 /* The same decode attentions with each (item, head) split over `splits` blocks
  * (cuda_attention_decode.cu): svlm_cu_attention_decode_splits picks the count for a launch's
- * shape; part holds n_items * n_head * splits * (head_dim + 2) floats (unused with one split).
- * One query after its whole cache, so causal or not makes no difference. head_dim <= 256. */
+ * shape; part holds n_items * n_head * splits * (head_dim + 2) floats and done n_items * n_head
+ * counters, zero before the first launch and left zero by each (both unused with one split). One
+ * query after its whole cache, so causal or not makes no difference. head_dim <= 256. */
 int svlm_cu_attention_decode_splits(int n_items, int n_head);
 int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int n_items, int kv_f16,
                              int64_t kv_stride, int n_head, int n_kv_head, int head_dim, float scale,
-                             int splits, float *part);
+                             int splits, float *part, unsigned *done);
 
 /* Data movement (cuda_data.cu): f32 -> f16 stores, rounding through f16, the f16-table GELU,
  * row gathers (dst row i = src row idx[i], idx on the device). */
