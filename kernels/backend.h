@@ -53,6 +53,7 @@ typedef struct backend_ops {
     void (*rope_store)(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
+    void (*im2col)(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
     /* NULL: no replay. begin returns the run's mode (replay_mode); end gets the hash of the
      * run's calls and returns svlm_k_replay_end's answer. */
     int (*replay_begin)(svlm_kernels *k, uint64_t key);

@@ -132,7 +132,8 @@ enum {
     OP_MATMUL_ADD,
     OP_NORM_MATMUL,
     OP_NORM_SWIGLU,
-    OP_ROPE_STORE
+    OP_ROPE_STORE,
+    OP_IM2COL
 };
 
 void svlm_k_replay_begin(svlm_kernels *k, uint64_t key) {
@@ -395,6 +396,35 @@ void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t 
     k->ops->rope(k, kx, n, n_kv_head, head_dim, n_rot, pos, base, neox);
     do_store_rows(k, dsts, kv_type, kx, n, kvd);
     do_store_rows(k, dsts + n, kv_type, vx, n, kvd);
+}
+void svlm_k_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round) {
+    if (b <= 0 || p <= 0 || S < p) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_IM2COL, dst, b);
+        note_p(k, pixels);
+        note_u(k, (uint64_t)S);
+        note_u(k, (uint64_t)p);
+        note_u(k, (uint64_t)round);
+        if (skip) return;
+    }
+    if (k->ops->im2col) {
+        k->ops->im2col(k, dst, pixels, b, S, p, round);
+        return;
+    }
+    const int g = S / p;
+    const size_t plane = (size_t)S * S, row = (size_t)3 * p * p;
+    for (int t = 0; t < b; t++)
+        for (int i = 0; i < g * g; i++) {
+            float *d = dst + ((size_t)t * g * g + i) * row;
+            const float *img = pixels + (size_t)t * 3 * plane;
+            for (int c = 0; c < 3; c++)
+                for (int ky = 0; ky < p; ky++) {
+                    const float *s = img + c * plane + (size_t)((i / g) * p + ky) * S + (size_t)(i % g) * p;
+                    for (int kx = 0; kx < p; kx++)
+                        d[((size_t)c * p + ky) * p + kx] =
+                            round ? svlm_f16_to_f32(svlm_f32_to_f16(s[kx])) : s[kx];
+                }
+        }
 }
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps) {

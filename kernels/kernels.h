@@ -162,6 +162,11 @@ void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t 
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
 
+/* The patches of b images (3 planes of S x S floats each, S a multiple of p; any memory) as rows
+ * of 3 p p values in (channel, ky, kx) order, patch i at row (py, px) = (i / (S/p), i % (S/p)):
+ * dst [b (S/p)^2][3 p p]. round: each value rounded through f16 (llama.cpp's F16 convolution). */
+void svlm_k_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
+
 /* y = x / sqrt(mean(x^2) + eps) * w, per row of `dim`. y may alias x. */
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps);

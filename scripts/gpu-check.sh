@@ -14,7 +14,8 @@
 # (SVLM_GPU_CHECK_BUDGET seconds, default 470: under 8 minutes with the summary).
 #
 # Environment: SVLM_TEST_DATA (default ../shared, else ./shared), SVLM_GPU_CHECK_22B=0 (skip the
-# 2.2B-shaped model and its benchmarks), SVLM_GPU_CHECK_MEMCHECK=0 (skip compute-sanitizer), SVLM_CUDA_ARCH (default: the
+# 2.2B-shaped model and its benchmarks), SVLM_GPU_CHECK_MEMCHECK=0 (skip compute-sanitizer; or the names of the tests to run it on),
+# SVLM_GPU_CHECK_NCU=1 (a kernel profile of decode steps), SVLM_CUDA_ARCH (default: the
 # GPU's compute capability from nvidia-smi, e.g. 90 on an H100; "80;90" without a GPU),
 # SVLM_GPU_CHECK_BUILD (the build folder, default build-gpu).
 set -uo pipefail
@@ -158,10 +159,13 @@ SAN=${SVLM_COMPUTE_SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
 memcheck() {
   local t=$1 cap=$2
   [ -x "$B/tests/$t" ] || return 0
-  if [ "${SVLM_GPU_CHECK_MEMCHECK:-1}" = 0 ]; then
-    summary+=("memcheck $t: skipped (SVLM_GPU_CHECK_MEMCHECK=0)")
+  case " ${SVLM_GPU_CHECK_MEMCHECK:-1} " in
+  " 1 " | *" $t "*) ;;
+  *)
+    summary+=("memcheck $t: skipped (SVLM_GPU_CHECK_MEMCHECK=${SVLM_GPU_CHECK_MEMCHECK:-1})")
     return 0
-  fi
+    ;;
+  esac
   if [ ! -x "$SAN" ]; then
     summary+=("memcheck $t: skipped (no $SAN)")
     return 0
@@ -232,6 +236,13 @@ if [ -x "$S" ]; then
         "$3" bench -m "$4" --pp 0 --tg 64 --reps 1 --backend cuda >/dev/null 2>&1
         "$1" stats --report cuda_gpu_kern_sum --format table "$2/bench/decode.nsys-rep" 2>/dev/null | head -n 40' \
         _ "$NSYS" "$B" "$S" "$M.gguf"
+    fi
+    # SVLM_GPU_CHECK_NCU=1: GPU time per kernel of decode steps (Nsight Compute: 300 launches
+    # after the first 2000, i.e. steps well after the recording)
+    NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+    if [ "${SVLM_GPU_CHECK_NCU:-0}" = 1 ] && [ -n "$NCU" ]; then
+      step "ncu: kernels of decode steps" 90 0 scripts/ncu-kernels.sh "$NCU" 2000 300 "$S" bench -m "$M.gguf" \
+        --pp 0 --tg 32 --reps 1 --backend cuda
     fi
     bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
       --reps 1 --backend cuda

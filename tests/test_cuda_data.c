@@ -795,6 +795,37 @@ static void test_rope_store(void) {
     }
 }
 
+/* svlm_k_im2col: every value where the (channel, ky, kx) order puts it, rounded through f16 when
+ * asked, exactly as the CPU's (and a direct reference). */
+static void test_im2col(void) {
+    enum { B = 2, S = 48, P = 16, GR = S / P, ROW = 3 * P * P };
+    float *px = host_floats(B * 3 * S * S, 3.0f), *ref = host_floats(B * GR * GR * ROW, 0.0f);
+    for (int t = 0; t < B; t++)
+        for (int i = 0; i < GR * GR; i++)
+            for (int c = 0; c < 3; c++)
+                for (int ky = 0; ky < P; ky++)
+                    for (int kx = 0; kx < P; kx++)
+                        ref[((size_t)t * GR * GR + i) * ROW + (c * P + ky) * P + kx] =
+                            px[(size_t)(t * 3 + c) * S * S + ((i / GR) * P + ky) * S + (i % GR) * P + kx];
+    for (int round = 0; round < 2; round++) {
+        float *dg = galloc(sizeof(float) * B * GR * GR * ROW), *hg = host_floats(B * GR * GR * ROW, 0.0f),
+              *hc = host_floats(B * GR * GR * ROW, 0.0f);
+        svlm_k_im2col(G, dg, px, B, S, P, round);
+        svlm_k_copy(G, hg, dg, sizeof(float) * B * GR * GR * ROW);
+        svlm_k_im2col(C, hc, px, B, S, P, round);
+        int ok = !memcmp(hg, hc, sizeof(float) * B * GR * GR * ROW);
+        for (int i = 0; i < B * GR * GR * ROW; i++)
+            ok &= hc[i] == (round ? svlm_f16_to_f32(svlm_f32_to_f16(ref[i])) : ref[i]);
+        CHECK(ok, "im2col (round %d) differs from the reference", round);
+        svlm_k_free(G, dg);
+        free(hg);
+        free(hc);
+    }
+    printf("im2col of %d %dx%d images, %d-px patches, f32 and f16-rounded: exact\n", B, S, S, P);
+    free(px);
+    free(ref);
+}
+
 int test_main(void) {
     svlm_err err = {0};
     svlm_status st;
@@ -820,6 +851,7 @@ int test_main(void) {
     test_store_rows();
     test_fused_products();
     test_rope_store();
+    test_im2col();
     test_replay();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);

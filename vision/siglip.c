@@ -140,10 +140,16 @@ void svlm_siglip_forward(svlm_vision_ctx *c, const float *pixels, int b) {
     const svlm_mmproj_hparams *hp = &m->hp;
     int64_t N = hp->n_patches, D = hp->n_embd, rows = (int64_t)b * N;
 
-    /* the patches are built on the host: the patch matmul copies them across */
-    im2col(pixels, b, hp->image_size, hp->patch_size, c->patches);
-    svlm_f16_round(c->patches, (size_t)rows * (size_t)c->patch16.cols);
-    svlm_k_matmul(c->k, &c->patch16, c->patches, rows, c->x);
+    if (svlm_kernels_is_gpu(c->k) && hp->image_size % hp->patch_size == 0) {
+        /* the pixels go across as they are and become patches there (h holds 3 p p per row):
+         * the host's im2col and rounding cost more than the GPU's whole encoder */
+        svlm_k_im2col(c->k, c->h, pixels, b, hp->image_size, hp->patch_size, 1);
+        svlm_k_matmul(c->k, &c->patch16, c->h, rows, c->x);
+    } else { /* built on the host: the patch matmul copies them across */
+        im2col(pixels, b, hp->image_size, hp->patch_size, c->patches);
+        svlm_f16_round(c->patches, (size_t)rows * (size_t)c->patch16.cols);
+        svlm_k_matmul(c->k, &c->patch16, c->patches, rows, c->x);
+    }
     svlm_k_add_bias(c->k, c->x, m->patch_b, rows, D);
     svlm_vision_trace(c, "patch_bias", -1, c->x, rows, D);
     /* positions as a bias over whole tiles: the table is model data a device keeps */

@@ -404,6 +404,15 @@ static void cu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
     cu_done(k, "gelu_tanh_f16");
 }
 
+static void cu_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round) {
+    cu_begin(k);
+    const int g = S / p;
+    const float *dp = cu_in(k, 0, pixels, sizeof(float) * (size_t)b * 3 * (size_t)S * (size_t)S);
+    float *dd = cu_out(k, 1, dst, sizeof(float) * (size_t)b * (size_t)g * g * 3 * (size_t)p * p, 0);
+    cu_check(svlm_cu_im2col(CU(k)->stream, dd, dp, b, S, p, round), "im2col");
+    cu_done(k, "im2col");
+}
+
 static void cu_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                            int64_t dim) {
     cu_begin(k);
@@ -522,6 +531,7 @@ static const backend_ops cuda_ops = {
     .gelu_tanh_f16 = cu_gelu_tanh_f16,
     .attention_multi = cu_attention_multi,
     .store_rows = cu_store_rows,
+    .im2col = cu_im2col,
     .rope_store = cu_rope_store,
     .matmul_add = cu_matmul_add,
     .rmsnorm_matmul_multi = cu_rmsnorm_matmul_multi,

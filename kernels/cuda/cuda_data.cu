@@ -74,6 +74,17 @@ template <bool F16> __global__ void store_rows_kernel(void *const *dsts, const f
             static_cast<float *>(dsts[r])[j] = s[j];
 }
 
+/* one thread per patch value: output element o of patch row (tile, i) is (c, ky, kx) */
+__global__ void im2col_kernel(float *dst, const float *px, int S, int p, int g, int64_t row, int64_t total,
+                              int round) {
+    const int64_t o = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (o >= total) return;
+    const int64_t r = o / row, e = o % row, t = r / ((int64_t)g * g), i = r % ((int64_t)g * g);
+    const int c = (int)(e / ((int64_t)p * p)), ky = (int)(e / p % p), kx = (int)(e % p);
+    const float v = px[(t * 3 + c) * (int64_t)S * S + ((i / g) * p + ky) * (int64_t)S + (i % g) * p + kx];
+    dst[o] = round ? round_f16(v) : v;
+}
+
 unsigned blocks_for(int64_t n, int threads) {
     return (unsigned)((n + threads - 1) / threads);
 }
@@ -106,6 +117,15 @@ extern "C" int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *
         const dim3 grid(blocks_for(dim, 256), (unsigned)(n_rows - r0 < 65535 ? n_rows - r0 : 65535));
         add_bias_gelu_f16_kernel<<<grid, 256, 0, s>>>(x + r0 * dim, b, dim);
     }
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_im2col(cudaStream_t s, float *dst, const float *pixels, int b, int S, int p,
+                              int round) {
+    const int g = S / p;
+    const int64_t row = 3LL * p * p, total = (int64_t)b * g * g * row;
+    if (total > 0)
+        im2col_kernel<<<blocks_for(total, 256), 256, 0, s>>>(dst, pixels, S, p, g, row, total, round);
     return (int)cudaGetLastError();
 }
 

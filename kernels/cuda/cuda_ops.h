@@ -101,6 +101,8 @@ int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t n_rows, int64_t dim);
 /* Row i of x (dim floats) to dsts[i] (a device table of n row pointers), as f16 or f32. */
 int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, const float *x, int64_t n, int64_t dim);
+/* svlm_k_im2col on device buffers */
+int svlm_cu_im2col(cudaStream_t s, float *dst, const float *pixels, int b, int S, int p, int round);
 int svlm_cu_gather_rows(cudaStream_t s, float *dst, const float *src, const int32_t *idx, int64_t n,
                         int64_t dim);
 
