@@ -15,7 +15,8 @@
 #
 # Environment: SVLM_TEST_DATA (default ../shared, else ./shared), SVLM_GPU_CHECK_22B=0 (skip the
 # 2.2B-shaped model and its benchmarks), SVLM_GPU_CHECK_MEMCHECK=0 (skip compute-sanitizer; or the names of the tests to run it on),
-# SVLM_GPU_CHECK_NCU=1 (a kernel profile of decode steps), SVLM_CUDA_ARCH (default: the
+# SVLM_GPU_CHECK_NCU=1 (a kernel profile of decode steps), SVLM_GPU_CHECK_BENCH (a regular
+# expression: only the benchmarks whose label matches), SVLM_CUDA_ARCH (default: the
 # GPU's compute capability from nvidia-smi, e.g. 90 on an H100; "80;90" without a GPU),
 # SVLM_GPU_CHECK_BUILD (the build folder, default build-gpu).
 set -uo pipefail
@@ -199,6 +200,8 @@ M="$B/bench/s256-q8_0"
 bench() { # bench LABEL CAP ARGS...: runs svlm ARGS as a step, keeps its result lines for the summary
   local label=$1 cap=$2
   shift 2
+  # SVLM_GPU_CHECK_BENCH: an extended regular expression; only the benchmarks whose label matches
+  if [ -n "${SVLM_GPU_CHECK_BENCH:-}" ] && ! [[ $label =~ $SVLM_GPU_CHECK_BENCH ]]; then return 0; fi
   local log="$B/bench/last.log"
   step "$label: svlm $*" "$cap" 0 bash -c '"$@" >"$0" 2>&1; rc=$?; cat "$0"; exit $rc' "$log" "$S" "$@"
   local rc=$?

@@ -31,6 +31,7 @@ __device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd,
     if (F16) {
         const __half *r = static_cast<const __half *>(p);
         if (vec) {
+#pragma unroll 4
             for (int d = 0; d < hd; d += 4) {
                 const uint2 u = *reinterpret_cast<const uint2 *>(r + d);
                 const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
@@ -44,6 +45,7 @@ __device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd,
     } else {
         const float *r = static_cast<const float *>(p);
         if (vec) {
+#pragma unroll 4
             for (int d = 0; d < hd; d += 4) {
                 const float4 a = *reinterpret_cast<const float4 *>(r + d);
                 s += qs[d] * a.x + qs[d + 1] * a.y + qs[d + 2] * a.z + qs[d + 3] * a.w;
@@ -85,6 +87,7 @@ __device__ void merge_splits(const float *pp, int hd, int splits, float *o) {
     const float inv = total > 0.0f ? 1.0f / total : 0.0f; /* no rows at all: zeros, as on the CPU */
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float r = 0.0f;
+#pragma unroll 4
         for (int s = 0; s < splits; s++) {
             const float *ps = pp + s * (hd + 2);
             const float l = __ldcg(ps + 1);
@@ -134,6 +137,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int j = 0; j < kPerLane; j++)
             acc[j] *= corr;
         const int rows = c1 - base < 32 ? (int)(c1 - base) : 32;
+#pragma unroll 4
         for (int i = 0; i < rows; i++) {
             const float pi = __shfl_sync(0xffffffffu, p, i);
             const int64_t vb = (base + i) * kv_stride + koff;

@@ -40,7 +40,7 @@ int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, const void *
                           int64_t rows, int64_t cols, const float *x, int64_t n, const float *norm_w,
                           float eps, float *gate);
 /* Whether n rows of cols normalised activations fit a block's shared memory. */
-#define SVLM_CU_NORM_SMEM (48 * 1024)
+#define SVLM_CU_NORM_SMEM (47 * 1024) /* 48 KB less the kernels' own shared memory */
 int svlm_cu_norm_fits(int64_t cols, int64_t n);
 /* Whole weight to bf16 (out_bf16 = 1) or f32 rows of cols elements, for cuBLAS. */
 int svlm_cu_dequant(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,

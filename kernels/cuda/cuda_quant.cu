@@ -25,23 +25,38 @@ constexpr int kWarpsPerBlock = 4;
 
 /* acc[i] = W row . x row i for i < n, summed over the warp (every lane gets it). Lane l takes
  * element l of every sub-block, so the block's bytes and the 32 activations are read together;
- * the activation rows share the decode. x rows are cols apart. */
+ * the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a time with
+ * their loads issued together: a decode row is a few hundred bytes, so a warp's time is the
+ * latency of its dependent loads, not their bandwidth. The sums keep the sub-blocks' order. */
 template <int T>
 __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n,
                                          float *acc) {
     const int lane = threadIdx.x % 32;
-    const int64_t n_sb = (cols + 31) / 32; /* plain types may end in a partial sub-block */
+    const int64_t n_full = cols / 32; /* sub-blocks every lane has; plain types may add a partial one */
 #pragma unroll
     for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
         acc[i] = 0.0f;
-#pragma unroll 4
-    for (int64_t sb = 0; sb < n_sb; sb++) {
-        if (sb * 32 + lane >= cols) break; /* only in the last sub-block of a plain type */
+    int64_t sb = 0;
+    for (; sb + 4 <= n_full; sb += 4) {
+        float v[4], x0[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            v[u] = elem<T>(row, sb + u, lane);
+            x0[u] = x[(sb + u) * 32 + lane]; /* row 0 is always there */
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            acc[0] += v[u] * x0[u];
+#pragma unroll
+            for (int i = 1; i < SVLM_CU_MATVEC_MAX; i++)
+                if (i < n) acc[i] += v[u] * x[i * cols + (sb + u) * 32 + lane];
+        }
+    }
+    for (; sb * 32 + lane < cols && sb <= n_full; sb++) { /* the last full ones, then a partial one */
         const float v = elem<T>(row, sb, lane);
-        const float *xc = x + sb * 32 + lane;
 #pragma unroll
         for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
-            if (i < n) acc[i] += v * xc[i * cols];
+            if (i < n) acc[i] += v * x[i * cols + sb * 32 + lane];
     }
 #pragma unroll
     for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++) {
