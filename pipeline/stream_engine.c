@@ -248,10 +248,10 @@ static void step_batch(svlm_engine *e) {
     e->answer_busy = 0;
     e->m.decode_batches++;
     e->m.decode_batch_answers += (uint64_t)live;
-    for (int i = goes_on - 1; i >= 0; i--) { /* back at the front, in their order */
-        qs[i]->next = e->active;
-        e->active = qs[i];
-    }
+    /* back at the end, in their order: with more answers running than a batch holds, the next
+     * step takes the ones that waited (the first ones would otherwise hold the batch until they end) */
+    for (int i = 0; i < goes_on; i++)
+        list_append(&e->active, qs[i]);
     e->rr_active = e->active;
 }
 

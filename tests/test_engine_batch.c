@@ -148,7 +148,7 @@ static void flood(svlm_llama *m, const svlm_mmproj *mp) {
 /* Fairness between streams: stream 0 asks 20 questions at once, then stream 1 one; with two
  * answer slots, stream 1's question is taken up as soon as a slot frees, not after the burst. */
 typedef struct order_rec {
-    int n, order[32];
+    int n, order[32], tokens[32];
 } order_rec;
 typedef struct tagged {
     order_rec *rec;
@@ -156,10 +156,13 @@ typedef struct tagged {
 } tagged;
 static void on_done_order(void *user, uint64_t qid, svlm_status st, const char *answer,
                           const svlm_answer_metrics *am, const char *err_msg) {
-    (void)qid, (void)st, (void)answer, (void)am, (void)err_msg;
+    (void)qid, (void)st, (void)answer, (void)err_msg;
     tagged *t = user;
     int i = __atomic_fetch_add(&t->rec->n, 1, __ATOMIC_SEQ_CST);
-    if (i < 32) t->rec->order[i] = t->sid;
+    if (i < 32) {
+        t->rec->order[i] = t->sid;
+        t->rec->tokens[i] = am ? am->tokens : 0;
+    }
 }
 
 static void burst(svlm_llama *m, const svlm_mmproj *mp) {
@@ -202,6 +205,52 @@ static void burst(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_engine_stop(e);
     for (int i = 0; i < 2; i++)
         svlm_stream_free(s[i]);
+    svlm_engine_free(e);
+}
+
+/* Rotation inside the answer lane: three answers running, batches of two. Two long answers (40
+ * tokens) must not hold the batch while a short one (3 tokens) waits after its first token: the
+ * short one ends first. */
+static void rotation(svlm_llama *m, const svlm_mmproj *mp) {
+    svlm_err err = {0};
+    svlm_stc_controls stc;
+    svlm_stc_controls_default(&stc);
+    stc.enabled = 0;
+    svlm_engine_params ep = {.max_streams = 1, .max_active = 3, .decode_batch = 2, .stc = &stc};
+    svlm_engine *e = NULL;
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream *s = NULL;
+    int sid = 0;
+    svlm_stream_params sp = {.sink_tokens = 16,
+                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
+                             .text_tokens = 128,
+                             .rows_per_frame = mp->hp.tokens_per_tile,
+                             .kv_type = SVLM_F32};
+    REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s, &sid, &err) == SVLM_OK, "%s", err.msg);
+    order_rec rec = {0};
+    tagged tags[3] = {{&rec, 0}, {&rec, 1}, {&rec, 2}};
+    const int max_tokens[3] = {40, 40, 3};
+    for (int i = 0; i < 3; i++) {
+        svlm_ask_opts o = {.max_tokens = max_tokens[i]};
+        REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, NULL, on_done_order, &tags[i], NULL, &err) ==
+                    SVLM_OK,
+                "%s", err.msg);
+    }
+    svlm_engine_drain(e);
+    printf(
+        "two 40-token answers and a 3-token one, batches of 2: they ended in the order %d %d %d (%d, %d, %d "
+        "tokens)\n",
+        rec.order[0], rec.order[1], rec.order[2], rec.tokens[0], rec.tokens[1], rec.tokens[2]);
+    CHECK(rec.n == 3, "%d of 3 questions ended", rec.n);
+    /* meaningful when the long ones ran long (a random model could end an answer early) */
+    int long_ran = 1;
+    for (int i = 0; i < 3; i++)
+        if (rec.order[i] != 2) long_ran &= rec.tokens[i] > 8;
+    if (long_ran)
+        CHECK(rec.order[0] == 2, "the short answer ended %s: the long ones held the batch",
+              rec.order[1] == 2 ? "second" : "last");
+    svlm_engine_stop(e);
+    svlm_stream_free(s);
     svlm_engine_free(e);
 }
 
@@ -253,6 +302,7 @@ int test_main(void) {
 
     flood(m, mp);
     burst(m, mp);
+    rotation(m, mp);
 
     svlm_mmproj_free(mp);
     svlm_llama_free(m);
