@@ -56,8 +56,9 @@ typedef struct backend_ops {
     void (*im2col)(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
     /* NULL: no replay. begin returns the run's mode (replay_mode); end gets the hash of the
      * run's calls and returns svlm_k_replay_end's answer. */
-    int (*replay_begin)(svlm_kernels *k, uint64_t key);
+    int (*replay_begin)(svlm_kernels *k, const void *owner, uint64_t shape);
     int (*replay_end)(svlm_kernels *k, uint64_t calls_hash);
+    void (*replay_forget)(svlm_kernels *k, const void *owner);
 } backend_ops;
 
 struct svlm_kernels {

@@ -136,9 +136,14 @@ enum {
     OP_IM2COL
 };
 
-void svlm_k_replay_begin(svlm_kernels *k, uint64_t key) {
-    k->replay_hash = key;
-    k->replay_mode = k->ops->replay_begin ? k->ops->replay_begin(k, key) : REPLAY_OFF;
+void svlm_k_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape) {
+    k->replay_hash = shape;
+    note_p(k, owner);
+    k->replay_mode = k->ops->replay_begin ? k->ops->replay_begin(k, owner, shape) : REPLAY_OFF;
+}
+
+void svlm_k_replay_forget(svlm_kernels *k, const void *owner) {
+    if (k->ops->replay_forget) k->ops->replay_forget(k, owner);
 }
 
 int svlm_k_replay_end(svlm_kernels *k) {

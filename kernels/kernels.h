@@ -117,7 +117,8 @@ void svlm_k_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const 
 /* Replayed runs (CUDA Graphs): a decode step is hundreds of small ops whose launches cost more
  * than their work. The caller brackets a run of ops that is the same from call to call -- the
  * same ops with the same arguments, only the contents of svlm_k_alloc buffers differ -- between
- * begin and end, under one key per kind of run. A device backend runs the first call of a key
+ * begin and end, keyed by the object whose buffers the run uses (owner) and a number for the
+ * kind of run (shape). A device backend runs the first call of a key
  * as usual, records the second, and from then on only checks that the calls match the recording
  * (a hash of every argument) and replays it in one launch. Inside a run: deferred mode is on,
  * every buffer is an svlm_k_alloc buffer or weight data, the host reads no result, and tables
@@ -126,8 +127,10 @@ void svlm_k_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const 
  * NOT run (the calls differed from the recording, or recording failed): the caller then issues
  * them again outside begin/end. A backend without replay (the CPU) runs ops as they come and
  * returns 1. SVLM_CUDA_GRAPHS=0 turns replay off. */
-void svlm_k_replay_begin(svlm_kernels *k, uint64_t key);
+void svlm_k_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape);
 int svlm_k_replay_end(svlm_kernels *k);
+/* Drops the recordings of owner (its runs' buffers are about to be freed). */
+void svlm_k_replay_forget(svlm_kernels *k, const void *owner);
 
 /* y[i][r] = sum_c W[r][c] * x[i][c] for i < n.  x: [n][cols] f32, y: [n][rows] f32.
  * Quantized weights are used as stored (no whole-model conversion). */

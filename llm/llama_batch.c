@@ -65,6 +65,7 @@ void svlm_llama_batch_free(svlm_llama_batch *b) {
     if (!b) return;
     llama_rows_free(b->k, &b->r);
     llama_step_tables_free(b->k, &b->step);
+    svlm_k_replay_forget(b->k, b); /* its recorded steps hold these buffers */
     void *bufs[] = {b->logits, b->pos_k, b->pending};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(b->k, bufs[i]);
@@ -202,7 +203,7 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
         llama_step_upload(k, &b->step, hp->n_layer);
     }
     if (replay) /* the same ops for every step of nl rows whose pages are as f16 as these */
-        svlm_k_replay_begin(k, (uint64_t)(uintptr_t)b * 31 + (uint64_t)nl * 8191 + (n_f16 > 0));
+        svlm_k_replay_begin(k, b, (uint64_t)nl * 2 + (n_f16 > 0));
     batch_layers(b, items, nl, tables);
     if (replay && !svlm_k_replay_end(k)) batch_layers(b, items, nl, tables);
     svlm_k_rmsnorm(k, b->r.x, m->output_norm, b->r.h, nl, E, hp->rms_eps);

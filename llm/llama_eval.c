@@ -80,6 +80,7 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->host_rows);
     free(c->pending_host);
     llama_step_tables_free(k, &c->step);
+    svlm_k_replay_forget(k, c); /* its recorded steps hold these buffers */
     void *bufs[] = {c->x,  c->h,        c->q,     c->kx,    c->vx,          c->att,    c->gate,
                     c->up, c->logit_in, c->stage, c->pos_k, c->stage_pos_k, c->pending};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -385,7 +386,7 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         llama_step_row(&c->step, c, 1, 0, c->q, c->att, p0);
         llama_step_upload(k, &c->step, hp->n_layer);
         const int page_f16 = seq && svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16;
-        svlm_k_replay_begin(k, (uint64_t)(uintptr_t)c * 4 + (uint64_t)(seq ? 1 + page_f16 : 0));
+        svlm_k_replay_begin(k, c, (uint64_t)(seq ? 1 + page_f16 : 0));
     }
     run_layers(c, seq, p0, sync_from, n, pend, step);
     if (step && !svlm_k_replay_end(k)) run_layers(c, seq, p0, sync_from, n, pend, step);

@@ -521,7 +521,7 @@ static int replay_step(svlm_kernels *k, replay_bufs *b, const svlm_weight *w, co
     svlm_k_copy(k, b->pos, pos, sizeof pos);
     svlm_k_copy(k, b->dsts, dsts, sizeof dsts);
     svlm_k_copy(k, b->items, items, sizeof items);
-    svlm_k_replay_begin(k, 0x1234);
+    svlm_k_replay_begin(k, b, 1);
     replay_ops(k, b, w, nw, skip_add);
     int ran = svlm_k_replay_end(k);
     if (!ran) replay_ops(k, b, w, nw, skip_add);
@@ -565,6 +565,7 @@ static void test_replay(void) {
         if (graphs_on) CHECK(refused == 1, "a run that differs from the recording was replayed");
         free(og);
         free(oc);
+        svlm_k_replay_forget(G, &bg);
         replay_free(G, &bg);
         replay_free(C, &bc);
     }

@@ -108,6 +108,8 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ float sm[kWarps], sl[kWarps];
     __shared__ float sacc[kWarps][kMaxDim];
     const svlm_cu_attn_item it = items[blockIdx.x];
+    /* 4-wide loads need 16-byte aligned rows (allocations are; a pointer into one may not be) */
+    vec = vec && !(((uintptr_t)it.k | (uintptr_t)it.v) & 15);
     const int h = blockIdx.y, split = blockIdx.z, kvh = h / rep;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int d = threadIdx.x; d < hd; d += kThreads)

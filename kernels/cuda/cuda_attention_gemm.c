@@ -41,6 +41,10 @@ static size_t align256(size_t n) {
  * declines, and the kernel needs none). */
 static void *attn_scratch(cu_ctx *c, size_t bytes) {
     if (bytes <= c->attn_scratch_cap) return c->attn_scratch;
+    if (cu_capturing) { /* freeing a buffer a recording may hold: give the recording up */
+        cu_capture_failed = 1;
+        return NULL;
+    }
     /* cudaFree waits for the GPU: no queued op (deferred ones too) still uses the old buffer */
     if (c->attn_scratch) cu_check(cudaFree(c->attn_scratch), "cudaFree(attention scratch)");
     c->attn_scratch = NULL;

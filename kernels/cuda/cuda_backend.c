@@ -64,6 +64,10 @@ static const void *device_view(const void *p) {
 }
 
 static void *stage_buffer(cu_ctx *c, int slot, size_t bytes) {
+    if (bytes > c->stage_cap[slot] && cu_capturing) { /* freeing a buffer a recording may hold */
+        cu_capture_failed = 1;
+        return NULL;
+    }
     if (bytes > c->stage_cap[slot]) {
         if (c->stage[slot]) cu_check(cudaFree(c->stage[slot]), "cudaFree(staging)");
         size_t cap = (bytes + bytes / 4 + 255) / 256 * 256;
@@ -79,6 +83,7 @@ const void *cu_in(svlm_kernels *k, int slot, const void *p, size_t bytes) {
     const void *d = device_view(p);
     if (d) return d;
     cu_ctx *c = CU(k);
+    if (cu_capturing) cu_capture_failed = 1; /* a replay would read the host memory again, later */
     void *s = stage_buffer(c, slot, bytes);
     cu_check(cudaMemcpyAsync(s, p, bytes, cudaMemcpyHostToDevice, c->stream), "copy to the GPU");
     return s;
@@ -93,6 +98,7 @@ void *cu_out(svlm_kernels *k, int slot, void *p, size_t bytes, int copy_in) {
         c->pinned_out |= host_side; /* host memory the GPU writes: complete on return too */
         return (void *)d;
     }
+    if (cu_capturing) cu_capture_failed = 1; /* host outputs are not recorded */
     void *s = stage_buffer(c, slot, bytes);
     if (copy_in) cu_check(cudaMemcpyAsync(s, p, bytes, cudaMemcpyHostToDevice, c->stream), "copy to the GPU");
     if (c->n_wb == CU_MAX_WRITEBACKS) {
@@ -120,6 +126,10 @@ void cu_done(svlm_kernels *k, const char *what) {
 
 void *cu_scratch(svlm_kernels *k, size_t bytes) {
     cu_ctx *c = CU(k);
+    if (bytes > c->scratch_cap && cu_capturing) { /* freeing a buffer a recording may hold */
+        cu_capture_failed = 1;
+        return NULL;
+    }
     if (bytes > c->scratch_cap) {
         if (c->scratch) cu_check(cudaFree(c->scratch), "cudaFree(scratch)");
         size_t cap = (bytes + bytes / 4 + 255) / 256 * 256;
@@ -348,7 +358,11 @@ static void cu_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
     int dst_host, src_host;
     (void)device_view_of(dst, &dst_host);
     (void)device_view_of(src, &src_host);
-    if (cu_capturing && (dst_host || src_host)) cu_capture_failed = 1; /* host work is not recorded */
+    if (cu_capturing && (dst_host || src_host)) { /* host work is not recorded: the op is issued again */
+        cu_capture_failed = 1;
+        cu_prof_stop(k, "copy (refused while recording)");
+        return;
+    }
     if (dst_host && src_host) { /* no op leaves host memory pending: nothing to wait for, */
         /* unless a queued op still reads pinned memory the host is about to write */
         if (CU(k)->defer && device_view(dst)) cu_check(cudaStreamSynchronize(CU(k)->stream), "copy");
@@ -540,6 +554,7 @@ static const backend_ops cuda_ops = {
     .attention_items = cu_attention_items,
     .replay_begin = cu_replay_begin,
     .replay_end = cu_replay_end,
+    .replay_forget = cu_replay_forget,
 };
 
 /* cudaGetDeviceCount's answers that mean "no GPU here": no driver or too old a driver (35), no

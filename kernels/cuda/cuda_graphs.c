@@ -31,18 +31,29 @@ static void drop_exec(cu_graph *g) {
     g->exec = NULL;
 }
 
-/* The entry of key, or the least recently used one made over to it. */
-static cu_graph *entry_for(cu_ctx *c, uint64_t key) {
+/* The entry of (owner, shape), or the least recently used one made over to it. */
+static cu_graph *entry_for(cu_ctx *c, const void *owner, uint64_t shape) {
     cu_graph *lru = &c->graphs[0];
     for (int i = 0; i < CU_GRAPHS; i++) {
         cu_graph *g = &c->graphs[i];
-        if (g->last_use && g->key == key) return g;
+        if (g->last_use && g->owner == owner && g->shape == shape) return g;
         if (g->last_use < lru->last_use) lru = g;
     }
     drop_exec(lru);
     memset(lru, 0, sizeof *lru);
-    lru->key = key;
+    lru->owner = owner;
+    lru->shape = shape;
     return lru;
+}
+
+void cu_replay_forget(svlm_kernels *k, const void *owner) {
+    for (int i = 0; i < CU_GRAPHS; i++) {
+        cu_graph *g = &CU(k)->graphs[i];
+        if (g->last_use && g->owner == owner) {
+            drop_exec(g);
+            memset(g, 0, sizeof *g);
+        }
+    }
 }
 
 void cu_graphs_init(svlm_kernels *k) {
@@ -55,11 +66,11 @@ void cu_graphs_free(svlm_kernels *k) {
         drop_exec(&CU(k)->graphs[i]);
 }
 
-int cu_replay_begin(svlm_kernels *k, uint64_t key) {
+int cu_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape) {
     cu_ctx *c = CU(k);
     c->graph_mode = REPLAY_OFF;
     if (!c->graphs_on || c->defer <= 0) return REPLAY_OFF;
-    cu_graph *g = entry_for(c, key);
+    cu_graph *g = entry_for(c, owner, shape);
     c->graph_cur = (int)(g - c->graphs);
     g->last_use = ++c->graph_clock;
     if (g->fails >= MAX_FAILS) return REPLAY_OFF;
@@ -68,6 +79,12 @@ int cu_replay_begin(svlm_kernels *k, uint64_t key) {
         return REPLAY_OFF;
     }
     if (g->exec && g->gen == generation(c)) return c->graph_mode = REPLAY_SKIP;
+    if (g->exec) { /* a buffer or weight copy moved: run as usual once (uploads happen there, not
+                    * inside a capture), record next time */
+        drop_exec(g);
+        return REPLAY_OFF;
+    }
+    c->graph_gen0 = generation(c);
     cu_begin(k);
     /* relaxed: other lanes' threads keep allocating and synchronising their own streams */
     if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
@@ -127,6 +144,12 @@ int cu_replay_end(svlm_kernels *k, uint64_t calls_hash) {
         }
         g->hash = calls_hash;
         g->gen = generation(c);
+        if (g->gen != c->graph_gen0) { /* something moved while recording: its old address is in it */
+            drop_exec(g);
+            g->fails++;
+            cu_prof_stop(k, "replay: buffers moved while recording (ops issued again)");
+            return 0;
+        }
     } else if (calls_hash != g->hash) { /* not the recorded run: record again next time */
         g->fails++;
         drop_exec(g);

@@ -23,7 +23,8 @@ enum { CU_PROF_OPS = 40 };
 /* A recorded run (cuda_graphs.c): the CUDA graph of one key's ops and the hash of their calls. */
 enum { CU_GRAPHS = 16 };
 typedef struct cu_graph {
-    uint64_t key, hash;
+    const void *owner;
+    uint64_t shape, hash;
     cudaGraphExec_t exec;
     unsigned gen; /* cu_generation when recorded */
     int seen;     /* the key ran once: its weights are uploaded, its buffers sized */
@@ -59,10 +60,11 @@ typedef struct cu_ctx {
     size_t attn_scratch_cap;
     void *dec_buf; /* split decode attention: [dec_pairs] counters, then partial results */
     size_t dec_buf_cap, dec_pairs;
-    unsigned buf_gen; /* bumped when a staging or scratch buffer moves: recordings hold addresses */
-    int graphs_on;    /* SVLM_CUDA_GRAPHS (default on) */
-    int graph_mode;   /* replay_mode of the current run */
-    int graph_cur;    /* its entry */
+    unsigned buf_gen;    /* bumped when a staging or scratch buffer moves: recordings hold addresses */
+    int graphs_on;       /* SVLM_CUDA_GRAPHS (default on) */
+    int graph_mode;      /* replay_mode of the current run */
+    int graph_cur;       /* its entry */
+    unsigned graph_gen0; /* cu_generation when its recording began */
     uint64_t graph_clock;
     cu_graph graphs[CU_GRAPHS];
 } cu_ctx;
@@ -104,8 +106,9 @@ void cu_weights_forget(svlm_kernels *k, const void *host);
 unsigned cu_weights_generation(void);
 
 /* Replayed runs (cuda_graphs.c): the backend ops behind svlm_k_replay_begin/end. */
-int cu_replay_begin(svlm_kernels *k, uint64_t key);
+int cu_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape);
 int cu_replay_end(svlm_kernels *k, uint64_t calls_hash);
+void cu_replay_forget(svlm_kernels *k, const void *owner);
 void cu_graphs_init(svlm_kernels *k);
 void cu_graphs_free(svlm_kernels *k);
 

@@ -199,6 +199,15 @@ static const void *cached(const void *host, size_t bytes, int device) {
     return NULL;
 }
 
+/* While a run is being recorded (cuda_graphs.c) an upload or decode would be recorded instead of
+ * done, leaving the entry marked valid over garbage: the recording is given up instead (its ops
+ * are issued again, outside a capture, where the upload happens). */
+static int refused_while_recording(void) {
+    if (!cu_capturing) return 0;
+    cu_capture_failed = 1;
+    return 1;
+}
+
 const void *cu_weight(svlm_kernels *k, const void *host, size_t bytes) {
     if (!host || !bytes) return host;
     if (cu_ranges_contain(host)) return host; /* an svlm_k_alloc buffer */
@@ -209,6 +218,7 @@ const void *cu_weight(svlm_kernels *k, const void *host, size_t bytes) {
     if (hit) return hit;
     const void *d = readable(host);
     if (d) return d;
+    if (refused_while_recording()) return host; /* never read: the recording is dropped */
     pthread_mutex_lock(&lock);
     const void *dev = get(k, host, bytes)->dev;
     pthread_mutex_unlock(&lock);
@@ -228,6 +238,10 @@ const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, voi
     pthread_mutex_lock(&lock);
     entry *e = NULL;
     const void *raw = readable_w;
+    if (!raw && !cached(w->data, bytes, CU(k)->device) && refused_while_recording()) {
+        pthread_mutex_unlock(&lock);
+        return NULL; /* never read: the recording is dropped */
+    }
     if (!raw) {
         e = get(k, w->data, bytes);
         raw = e->dev;
@@ -238,6 +252,8 @@ const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, voi
     } else if (e && e->gemm && e->gemm_type == (int)w->type && e->gemm_rows == w->rows &&
                e->gemm_cols == w->cols) {
         out = e->gemm;
+    } else if (refused_while_recording()) {
+        out = NULL; /* never read: the recording is dropped */
     } else {
         size_t elt = want_bf16 ? 2 : 4, gbytes = elt * (size_t)w->rows * (size_t)w->cols;
         void *g = NULL;
