@@ -99,25 +99,37 @@ static void run(svlm_llama *m, const svlm_mmproj *mp, int batch, int remove_midd
     svlm_engine_free(e);
 }
 
+/* An engine without token compression (on the CPU, with the answer lane's limits given) and
+ * n_streams streams of the vision-tiny shape, each with text_tokens of text window. */
+static svlm_engine *answer_engine(svlm_llama *m, const svlm_mmproj *mp, int max_active, int decode_batch,
+                                  int text_tokens, int n_streams, svlm_stream **s, int *sid) {
+    svlm_err err = {0};
+    svlm_stc_controls stc;
+    svlm_stc_controls_default(&stc);
+    stc.enabled = 0; /* copied by the engine */
+    svlm_engine_params ep = {
+        .max_streams = n_streams, .max_active = max_active, .decode_batch = decode_batch, .stc = &stc};
+    svlm_engine *e = NULL;
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream_params sp = {.sink_tokens = 16,
+                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
+                             .text_tokens = text_tokens,
+                             .rows_per_frame = mp->hp.tokens_per_tile,
+                             .kv_type = SVLM_F32};
+    for (int i = 0; i < n_streams; i++)
+        REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
+                err.msg);
+    return e;
+}
+
 /* A flood of questions on one stream: at most max_active answers run at once (each holds a
  * context), and every question is answered. */
 static void flood(svlm_llama *m, const svlm_mmproj *mp) {
     enum { N_Q = 40, MAX_ACTIVE = 4 };
     svlm_err err = {0};
-    svlm_stc_controls stc;
-    svlm_stc_controls_default(&stc);
-    stc.enabled = 0;
-    svlm_engine_params ep = {.max_streams = 1, .max_active = MAX_ACTIVE, .decode_batch = 3, .stc = &stc};
-    svlm_engine *e = NULL;
-    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
     svlm_stream *s = NULL;
     int sid = 0;
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
-                             .text_tokens = 64,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
-    REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s, &sid, &err) == SVLM_OK, "%s", err.msg);
+    svlm_engine *e = answer_engine(m, mp, MAX_ACTIVE, 3, 64, 1, &s, &sid);
     svlm_frame f;
     make_frame(&f, 0, 0);
     REQUIRE(svlm_engine_push_frame(e, sid, &f, 1, &err) == SVLM_OK, "%s", err.msg);
@@ -168,22 +180,9 @@ static void on_done_order(void *user, uint64_t qid, svlm_status st, const char *
 static void burst(svlm_llama *m, const svlm_mmproj *mp) {
     enum { N_Q = 20 };
     svlm_err err = {0};
-    svlm_stc_controls stc;
-    svlm_stc_controls_default(&stc);
-    stc.enabled = 0;
-    svlm_engine_params ep = {.max_streams = 2, .max_active = 2, .decode_batch = 2, .stc = &stc};
-    svlm_engine *e = NULL;
-    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
     svlm_stream *s[2];
     int sid[2];
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
-                             .text_tokens = 64,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
-    for (int i = 0; i < 2; i++)
-        REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
-                err.msg);
+    svlm_engine *e = answer_engine(m, mp, 2, 2, 64, 2, s, sid);
     order_rec rec = {0};
     tagged tags[2] = {{&rec, 0}, {&rec, 1}};
     svlm_ask_opts o = {.max_tokens = 6};
@@ -213,20 +212,9 @@ static void burst(svlm_llama *m, const svlm_mmproj *mp) {
  * short one ends first. */
 static void rotation(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_err err = {0};
-    svlm_stc_controls stc;
-    svlm_stc_controls_default(&stc);
-    stc.enabled = 0;
-    svlm_engine_params ep = {.max_streams = 1, .max_active = 3, .decode_batch = 2, .stc = &stc};
-    svlm_engine *e = NULL;
-    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
     svlm_stream *s = NULL;
     int sid = 0;
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
-                             .text_tokens = 128,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
-    REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s, &sid, &err) == SVLM_OK, "%s", err.msg);
+    svlm_engine *e = answer_engine(m, mp, 3, 2, 128, 1, &s, &sid);
     order_rec rec = {0};
     tagged tags[3] = {{&rec, 0}, {&rec, 1}, {&rec, 2}};
     const int max_tokens[3] = {40, 40, 3};
