@@ -1,8 +1,9 @@
 /*
  * Attention on the GPU, one thread block per (query, head): its warps split the visible kv rows
  * and keep an online softmax each (running max, sum and weighted V in registers), then merge
- * through shared memory. The same kernel serves prefill (many queries, causal or not) and decode
- * (one query over the whole cache); K and V are f32 or f16 rows kv_stride elements apart.
+ * through shared memory. It serves attention with few queries (prefill chunks below the flash
+ * kernel's threshold, a lone decode query); decode steps of many sequences use
+ * cuda_attention_decode.cu. K and V are f32 or f16 rows kv_stride elements apart.
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -111,33 +112,7 @@ __global__ void attention_kernel(const float *q, const void *k, const void *v, i
                 blockIdx.y);
 }
 
-/* Block (item, head): one decode query of item over its own cache. */
-template <bool F16>
-__global__ void attention_multi_kernel(const svlm_cu_attn_item *items, int64_t kv_stride, int n_head,
-                                       int n_kv_head, int head_dim, int causal, float scale) {
-    const svlm_cu_attn_item it = items[blockIdx.x];
-    attend<F16>(it.q, it.k, it.v, kv_stride, it.out, 1, it.n_kv, n_head, n_kv_head, head_dim, causal, scale,
-                0, blockIdx.y);
-}
-
 } // namespace
-
-extern "C" int svlm_cu_attention_multi(cudaStream_t s, const svlm_cu_attn_item *items, int n_items,
-                                       int kv_f16, int64_t kv_stride, int n_head, int n_kv_head, int head_dim,
-                                       int causal, float scale) {
-    if (n_items <= 0 || n_head <= 0) return 0;
-    if (head_dim > 32 * kMaxDimPerLane || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535)
-        return (int)cudaErrorInvalidValue;
-    const dim3 grid((unsigned)n_items, (unsigned)n_head);
-    const size_t shmem = sizeof(float) * kWarps * (size_t)head_dim;
-    if (kv_f16)
-        attention_multi_kernel<true>
-            <<<grid, 32 * kWarps, shmem, s>>>(items, kv_stride, n_head, n_kv_head, head_dim, causal, scale);
-    else
-        attention_multi_kernel<false>
-            <<<grid, 32 * kWarps, shmem, s>>>(items, kv_stride, n_head, n_kv_head, head_dim, causal, scale);
-    return (int)cudaGetLastError();
-}
 
 extern "C" int svlm_cu_attention(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
                                  int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,

@@ -69,23 +69,20 @@ int svlm_cu_attention(cudaStream_t s, const float *q, const void *k, const void 
                       int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
                       int head_dim, int causal, float scale);
 
-/* Decode attention of several sequences in one launch: item i is one query (q, out: [n_head]
- * [head_dim]) over its own cache of n_kv rows; the rest is shared. items: device memory. */
+/* One decode query of a sequence (q, out: [n_head][head_dim]) over its own cache of n_kv rows;
+ * the rest is shared by a launch. Laid out as svlm_attn_item (kernels.h). */
 typedef struct svlm_cu_attn_item {
     const float *q;
     const void *k, *v;
     float *out;
     int64_t n_kv;
 } svlm_cu_attn_item;
-int svlm_cu_attention_multi(cudaStream_t s, const svlm_cu_attn_item *items, int n_items, int kv_f16,
-                            int64_t kv_stride, int n_head, int n_kv_head, int head_dim, int causal,
-                            float scale);
 
-/* The same decode attentions with each (item, head) split over `splits` blocks
- * (cuda_attention_decode.cu): svlm_cu_attention_decode_splits picks the count for a launch's
- * shape; part holds n_items * n_head * splits * (head_dim + 2) floats and done n_items * n_head
- * counters, zero before the first launch and left zero by each (both unused with one split). One
- * query after its whole cache, so causal or not makes no difference. head_dim <= 256. */
+/* Decode attentions of n_items such queries in one launch, each (item, head) split over `splits`
+ * blocks (cuda_attention_decode.cu), items in device memory: svlm_cu_attention_decode_splits picks the count
+ * for a launch's shape; part holds n_items * n_head * splits * (head_dim + 2) floats and done n_items *
+ * n_head counters, zero before the first launch and left zero by each (both unused with one split). One query
+ * after its whole cache, so causal or not makes no difference. head_dim <= 256. */
 int svlm_cu_attention_decode_splits(int n_items, int n_head);
 int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int n_items, int kv_f16,
                              int64_t kv_stride, int n_head, int n_kv_head, int head_dim, float scale,
