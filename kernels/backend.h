@@ -43,7 +43,8 @@ typedef struct backend_ops {
                        int64_t dim);
     void (*attention_items)(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items, int n);
     void (*add_bias_gelu_f16)(svlm_kernels *k, float *x, const float *b, int64_t n_rows,
-                              int64_t dim); /* NULL: add_bias, then gelu_tanh_f16 */
+                              int64_t dim);          /* NULL: add_bias, then gelu_tanh_f16 */
+    void (*set_priority)(svlm_kernels *k, int high); /* NULL: nothing to reorder */
     /* NULL: the sequences of ops they stand for */
     void (*matmul_add)(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
     void (*rmsnorm_matmul_multi)(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,

@@ -45,6 +45,10 @@ svlm_status svlm_kernels_create_named(const char *name, int n_threads, svlm_kern
     return svlm_kernels_create_cpu(n_threads, out, err);
 }
 
+void svlm_kernels_set_priority(svlm_kernels *k, int high) {
+    if (k->ops->set_priority) k->ops->set_priority(k, high);
+}
+
 int svlm_kernels_is_gpu(const svlm_kernels *k) {
     return k->is_gpu;
 }

@@ -62,6 +62,10 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
  * unusable, the CPU backend is created instead and the reason is printed on stderr once.
  * n_threads is for the CPU backend. Unknown names: SVLM_E_INVALID. */
 svlm_status svlm_kernels_create_named(const char *name, int n_threads, svlm_kernels **out, svlm_err *err);
+/* high = 1: a device backend's work goes ahead of other backends' queued work on the same GPU
+ * (the answer lane's, which a person waits on, ahead of the frames'); 0: the default. Call it
+ * before the backend has work queued. The CPU has nothing to reorder. */
+void svlm_kernels_set_priority(svlm_kernels *k, int high);
 /* 1 when the backend computes on a GPU. */
 int svlm_kernels_is_gpu(const svlm_kernels *k);
 void svlm_kernels_destroy(svlm_kernels *k);

@@ -630,6 +630,8 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     /* one backend per lane: the CPU, or a GPU when SVLM_BACKEND says so */
     if (!st) st = svlm_kernels_create_named(NULL, e->p.ingest_threads, &e->k_ingest, err);
     if (!st) st = svlm_kernels_create_named(NULL, e->p.answer_threads, &e->k_answer, err);
+    /* on one GPU, answers (someone waits for the first token) go ahead of frames */
+    if (!st && svlm_kernels_is_gpu(e->k_answer)) svlm_kernels_set_priority(e->k_answer, 1);
     if (e->p.decode_batch <= 0) e->p.decode_batch = 16;
     /* every running answer holds a context: an unbounded number of them under a flood of
      * questions runs out of memory before any finishes. A GPU keeps four decode batches busy. */

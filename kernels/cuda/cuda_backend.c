@@ -336,6 +336,30 @@ static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     cu_done(k, "softmax");
 }
 
+/* A new stream at the device's greatest priority (high) or its default: the block scheduler
+ * takes its kernels' blocks first, so a decode step need not wait behind a batch of frames. */
+static void cu_set_priority(svlm_kernels *k, int high) {
+    cu_ctx *c = CU(k);
+    cu_begin(k);
+    int least = 0, greatest = 0;
+    cudaStream_t s = NULL;
+    if (cudaDeviceGetStreamPriorityRange(&least, &greatest) != cudaSuccess ||
+        cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, high ? greatest : least) != cudaSuccess) {
+        (void)cudaGetLastError(); /* the default priority stays: slower answers, same results */
+        cu_prof_stop(k, "stream priority (refused)");
+        return;
+    }
+    cu_check(cudaStreamSynchronize(c->stream), "stream priority");
+    if (cublasSetStream(c->blas, s) != CUBLAS_STATUS_SUCCESS) {
+        (void)cudaStreamDestroy(s);
+        cu_prof_stop(k, "stream priority (refused)");
+        return;
+    }
+    (void)cudaStreamDestroy(c->stream);
+    c->stream = s;
+    cu_prof_stop(k, "stream priority");
+}
+
 static void cu_defer(svlm_kernels *k, int on) {
     cu_ctx *c = CU(k);
     if (on) {
@@ -555,6 +579,7 @@ static const backend_ops cuda_ops = {
     .replay_begin = cu_replay_begin,
     .replay_end = cu_replay_end,
     .replay_forget = cu_replay_forget,
+    .set_priority = cu_set_priority,
 };
 
 /* cudaGetDeviceCount's answers that mean "no GPU here": no driver or too old a driver (35), no
