@@ -27,6 +27,7 @@
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_gpu.h"
 #include "test_ref_attention.h"
 
 static svlm_kernels *G, *C;   /* the backend under test, the CPU reference */
@@ -605,38 +606,21 @@ static void test_create(void) {
 
 int test_main(void) {
     svlm_err err = {0};
-    svlm_status st;
-    const char *as_cpu = getenv("SVLM_TEST_CUDA_AS_CPU"); /* "1" (scalar) or a SIMD level */
-    if (as_cpu && *as_cpu) {
-        setenv("SVLM_SIMD", strcmp(as_cpu, "1") ? as_cpu : "scalar", 1);
-        st = svlm_kernels_create_cpu(2, &G, &err);
-        unsetenv("SVLM_SIMD");
-    } else {
-        /* the cases below reach the cuBLAS path from 32 queries; G takes them to cuBLAS and the
-         * kernel, G_flash to the flash kernel */
-        setenv("SVLM_CUDA_ATTN_GEMM_MIN_Q", "32", 1);
-        setenv("SVLM_CUDA_FLASH", "0", 1);
-        st = svlm_kernels_create_cuda(0, &G, &err);
-        unsetenv("SVLM_CUDA_FLASH");
-        if (st == SVLM_OK) {
-            setenv("SVLM_CUDA_FLASH_MIN_Q", "2", 1);
-            st = svlm_kernels_create_cuda(0, &G_flash, &err);
-            unsetenv("SVLM_CUDA_FLASH_MIN_Q");
-            if (st != SVLM_OK) {
-                svlm_kernels_destroy(G);
-                G = NULL;
-            }
-        }
+    const int as_cpu = test_gpu_as_cpu();
+    /* the cases below reach the cuBLAS path from 32 queries; G takes them to cuBLAS and the kernel,
+     * G_flash to the flash kernel */
+    setenv("SVLM_CUDA_ATTN_GEMM_MIN_Q", "32", 1);
+    setenv("SVLM_CUDA_FLASH", "0", 1);
+    G = test_gpu_backend();
+    unsetenv("SVLM_CUDA_FLASH");
+    if (!as_cpu) {
+        setenv("SVLM_CUDA_FLASH_MIN_Q", "2", 1);
+        G_flash = test_gpu_backend();
+        unsetenv("SVLM_CUDA_FLASH_MIN_Q");
     }
-    if (st == SVLM_E_UNSUPPORTED) {
-        const char *req = getenv("SVLM_TEST_REQUIRE_GPU");
-        REQUIRE(!req || strcmp(req, "1"), "SVLM_TEST_REQUIRE_GPU=1 but no usable GPU: %s", err.msg);
-        SKIP("no usable GPU: %s", err.msg);
-    }
-    REQUIRE(st == SVLM_OK, "svlm_kernels_create_cuda: %s", err.msg);
     REQUIRE(svlm_kernels_create_cpu(0, &C, &err) == SVLM_OK, "cpu backend: %s", err.msg);
     printf("backend under test: %s; reference: %s\n", svlm_kernels_name(G), svlm_kernels_name(C));
-    if (!as_cpu || !*as_cpu) test_create();
+    if (!as_cpu) test_create();
 
     /* weights: every type at 256 and 576 columns (768 for the K-quants: 256 | cols), and float weights with
      * stories260K's odd sizes */

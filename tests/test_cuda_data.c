@@ -21,6 +21,7 @@
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_gpu.h"
 
 static svlm_kernels *G, *C;
 
@@ -829,18 +830,7 @@ static void test_im2col(void) {
 
 int test_main(void) {
     svlm_err err = {0};
-    svlm_status st;
-    const char *as_cpu = getenv("SVLM_TEST_CUDA_AS_CPU");
-    if (as_cpu && *as_cpu)
-        st = svlm_kernels_create_cpu(2, &G, &err);
-    else
-        st = svlm_kernels_create_cuda(0, &G, &err);
-    if (st == SVLM_E_UNSUPPORTED) {
-        const char *req = getenv("SVLM_TEST_REQUIRE_GPU");
-        REQUIRE(!req || strcmp(req, "1"), "SVLM_TEST_REQUIRE_GPU=1 but no usable GPU: %s", err.msg);
-        SKIP("no usable GPU: %s", err.msg);
-    }
-    REQUIRE(st == SVLM_OK, "svlm_kernels_create_cuda: %s", err.msg);
+    G = test_gpu_backend();
     REQUIRE(svlm_kernels_create_cpu(0, &C, &err) == SVLM_OK, "cpu backend: %s", err.msg);
     /* the answer lane's setting: everything below then runs on the high-priority stream */
     svlm_kernels_set_priority(G, 1);

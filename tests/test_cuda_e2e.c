@@ -19,6 +19,7 @@
 #include "kernels/kernels.h"
 #include "llm/llama.h"
 #include "test.h"
+#include "test_gpu.h"
 
 /* The 44-token prompt of fixtures/stories260K/logits_prompt.json (as in test_llama.c). */
 static const int32_t prompt[] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 400, 428, 395, 392, 412,
@@ -87,22 +88,7 @@ static void run_free(run *r) {
 
 int test_main(void) {
     svlm_err err = {0};
-    svlm_kernels *g = NULL, *c = NULL;
-    svlm_status st;
-    const char *as_cpu = getenv("SVLM_TEST_CUDA_AS_CPU"); /* "1" (scalar) or a SIMD level */
-    if (as_cpu && *as_cpu) {
-        setenv("SVLM_SIMD", strcmp(as_cpu, "1") ? as_cpu : "scalar", 1);
-        st = svlm_kernels_create_cpu(2, &g, &err);
-        unsetenv("SVLM_SIMD");
-    } else {
-        st = svlm_kernels_create_cuda(0, &g, &err);
-    }
-    if (st == SVLM_E_UNSUPPORTED) {
-        const char *req = getenv("SVLM_TEST_REQUIRE_GPU");
-        REQUIRE(!req || strcmp(req, "1"), "SVLM_TEST_REQUIRE_GPU=1 but no usable GPU: %s", err.msg);
-        SKIP("no usable GPU: %s", err.msg);
-    }
-    REQUIRE(st == SVLM_OK, "svlm_kernels_create_cuda: %s", err.msg);
+    svlm_kernels *g = test_gpu_backend(), *c = NULL;
     if (!test_data("models/stories260K.gguf")) {
         svlm_kernels_destroy(g);
         SKIP("test data folder not found (set SVLM_TEST_DATA to the shared/ folder): no stories260K.gguf");

@@ -47,6 +47,7 @@
 #include "kernels/kernels.h"
 #include "llm/llama.h"
 #include "test.h"
+#include "test_gpu.h"
 #include "vision/encoder.h"
 
 static svlm_kernels *G, *C; /* the backend under test, the CPU reference */
@@ -112,18 +113,6 @@ static void restore_env(const char *name, const char *old) {
         setenv(name, old, 1);
     else
         unsetenv(name);
-}
-
-/* The backend under test: CUDA device 0, or the CPU level SVLM_TEST_CUDA_AS_CPU names. */
-static svlm_status create_under_test(svlm_kernels **out, svlm_err *err) {
-    const char *as_cpu = getenv("SVLM_TEST_CUDA_AS_CPU"); /* "1" (scalar) or a SIMD level */
-    if (!as_cpu || !*as_cpu) return svlm_kernels_create_cuda(0, out, err);
-    char *old = getenv("SVLM_SIMD") ? strdup(getenv("SVLM_SIMD")) : NULL;
-    setenv("SVLM_SIMD", strcmp(as_cpu, "1") ? as_cpu : "scalar", 1);
-    svlm_status st = svlm_kernels_create_cpu(2, out, err);
-    restore_env("SVLM_SIMD", old);
-    free(old);
-    return st;
 }
 
 /* ---- 1. the paged cache ------------------------------------------------------------------ */
@@ -551,13 +540,7 @@ static void test_vision(svlm_mmproj *mps[2], svlm_kernels *g32) {
 
 int test_main(void) {
     svlm_err err = {0};
-    svlm_status st = create_under_test(&G, &err);
-    if (st == SVLM_E_UNSUPPORTED) {
-        const char *req = getenv("SVLM_TEST_REQUIRE_GPU");
-        REQUIRE(!req || strcmp(req, "1"), "SVLM_TEST_REQUIRE_GPU=1 but no usable GPU: %s", err.msg);
-        SKIP("no usable GPU: %s", err.msg);
-    }
-    REQUIRE(st == SVLM_OK, "backend under test: %s", err.msg);
+    G = test_gpu_backend();
     const int have_llm = have("models/stories260K.gguf"), have_vision = vision_data_present();
     if (!have_llm && !have_vision) {
         svlm_kernels_destroy(G);
@@ -585,11 +568,9 @@ int test_main(void) {
         }
         char *old = getenv("SVLM_CUDA_TF32") ? strdup(getenv("SVLM_CUDA_TF32")) : NULL;
         setenv("SVLM_CUDA_TF32", "0", 1); /* set before creating it, in case it is read there */
-        svlm_kernels *g32 = NULL;
-        st = create_under_test(&g32, &err);
+        svlm_kernels *g32 = test_gpu_backend();
         restore_env("SVLM_CUDA_TF32", old);
         free(old);
-        REQUIRE(st == SVLM_OK, "second backend under test: %s", err.msg);
         test_vision(mps, g32);
         svlm_kernels_destroy(g32);
     } else {
