@@ -252,6 +252,9 @@ if [ -x "$S" ]; then
       --reps 1 --backend cuda
     SVLM_CUDA_GRAPHS=0 bench "text, cuda, 16 answers decoding together, no graphs" 60 bench -m "$M.gguf" \
       --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
+    # the fused decode kernels for all 16 rows of the engine's decode batch (default: up to 8)
+    SVLM_CUDA_MATVEC_ROWS=16 bench "text, cuda, 16 answers decoding together, matvec up to 16 rows" 60 \
+      bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
     bench "text, cuda, 64 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 64 \
       --reps 1 --backend cuda
     bench "text, cpu ($jobs threads)" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cpu --threads "$jobs"

@@ -611,8 +611,9 @@ static void test_store_rows(void) {
 /* The fused decode products (rmsnorm + q/k/v, rmsnorm + gate/up + SwiGLU, product + residual)
  * equal the op sequences they stand for on the same backend within 1e-5 of the largest output
  * (the norm's sum goes in another order), and the CPU's within the decode products' 2e-2 (8-bit
- * activations on the CPU). n = 1, 3, 8 take the fused kernels; n = 20 the cuBLAS path. */
-static void test_fused_products(void) {
+ * activations on the CPU). On the default backend n = 1, 3, 8 take the fused kernels and n = 20
+ * the cuBLAS path; with matvec up to 16 rows, n = 9, 12, 16 take the kernels' 16-row form. */
+static void fused_products(svlm_kernels *GU, const int *ns, int n_ns) {
     enum { E = 256, F = 512, QD = 256, KVD = 64 }; /* Q4_K rows: multiples of 256 */
     const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K};
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
@@ -635,8 +636,7 @@ static void test_fused_products(void) {
             w[i] = (svlm_weight){type, r, c, data[i], rb};
         }
         float *nw = host_floats(E, 1.0f);
-        const int ns[4] = {1, 3, 8, 20};
-        for (int ni = 0; ni < 4; ni++) {
+        for (int ni = 0; ni < n_ns; ni++) {
             const int n = ns[ni];
             float *x = host_floats((int64_t)n * E, 2.0f);
             /* outputs: q k v | gate | x after the residuals; fused (f) and sequence (s) on the GPU, CPU (c)
@@ -645,7 +645,7 @@ static void test_fused_products(void) {
             float *of = host_floats((int64_t)out_n, 0), *os = host_floats((int64_t)out_n, 0),
                   *oc = host_floats((int64_t)out_n, 0);
             for (int mode = 0; mode < 3; mode++) {
-                svlm_kernels *k = mode == 2 ? C : G;
+                svlm_kernels *k = mode == 2 ? C : GU;
                 float *xb = svlm_k_alloc(k, sizeof(float) * n * E),
                       *h = svlm_k_alloc(k, sizeof(float) * n * F);
                 float *q = svlm_k_alloc(k, sizeof(float) * n * QD),
@@ -705,12 +705,24 @@ static void test_fused_products(void) {
             free(oc);
         }
         for (int i = 0; i < 6; i++) {
-            svlm_k_forget(G, data[i]);
+            svlm_k_forget(GU, data[i]);
             free(data[i]);
         }
-        svlm_k_forget(G, nw);
+        svlm_k_forget(GU, nw);
         free(nw);
     }
+}
+
+/* The default backend (matvec up to 8 rows, cuBLAS above) and one that takes the matvec kernels
+ * up to 16 rows (SVLM_CUDA_MATVEC_ROWS=16, the engine's decode batch). */
+static void test_fused_products(void) {
+    const int ns[4] = {1, 3, 8, 20}, wide[3] = {9, 12, 16};
+    fused_products(G, ns, 4);
+    setenv("SVLM_CUDA_MATVEC_ROWS", "16", 1);
+    svlm_kernels *g16 = test_gpu_backend();
+    unsetenv("SVLM_CUDA_MATVEC_ROWS");
+    fused_products(g16, wide, 3);
+    svlm_kernels_destroy(g16);
 }
 
 /* svlm_k_rope_store equals the sequence it stands for (copy to keep, f16 rounding, RoPE on q and

@@ -630,6 +630,9 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     c->device = device;
     cu_prof_init(k);
     cu_graphs_init(k);
+    /* 8: measured on an H100; up to 16 (the engine's decode batch) is there to be measured */
+    const char *mr = getenv("SVLM_CUDA_MATVEC_ROWS");
+    c->matvec_rows = mr && atoi(mr) >= 1 && atoi(mr) <= SVLM_CU_MATVEC_MAX ? atoi(mr) : 8;
     const char *mq = getenv("SVLM_CUDA_ATTN_GEMM_MIN_Q"); /* tests reach the cuBLAS path with less */
     c->attn_gemm_min_q = mq && atoi(mq) >= 32 ? atoi(mq) : 128;
     const char *fl = getenv("SVLM_CUDA_FLASH"), *fq = getenv("SVLM_CUDA_FLASH_MIN_Q");

@@ -53,6 +53,8 @@ typedef struct cu_ctx {
     int n_prof;
     int pinned_out;       /* this op writes pinned host memory directly: it must wait too */
     int defer;            /* svlm_k_defer depth: ops return without waiting while > 0 */
+    int matvec_rows;      /* products of up to this many rows decode the weight in the kernel
+                             (SVLM_CUDA_MATVEC_ROWS, 1 to SVLM_CU_MATVEC_MAX, default 8); more go to cuBLAS */
     int attn_gemm_min_q;  /* fewer queries go to the kernel: its one launch beats cuBLAS's eight
                              launches of host time (decode, a frame's 64 to 81 rows) */
     int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */

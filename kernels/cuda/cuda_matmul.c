@@ -1,5 +1,5 @@
 /*
- * Matrix products on the GPU. Up to SVLM_CU_MATVEC_MAX activation rows (decode steps, small
+ * Matrix products on the GPU. Up to matvec_rows activation rows (decode steps, small
  * batches): the quantized weight is read as stored and decoded inside the kernel, the bound
  * being memory bandwidth. More rows (prefill, the vision encoder): cuBLAS on tensor cores, bf16
  * for quantized and BF16 weights (activations rounded to bf16 as the CPU backend's bf16 GEMM
@@ -40,7 +40,7 @@ static int gemm_in_bf16(const svlm_weight *w) {
 static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int64_t n, float *dy,
                     const uint16_t *xh_given, int acc) {
     cu_ctx *c = CU(k);
-    if (n <= SVLM_CU_MATVEC_MAX) {
+    if (n <= c->matvec_rows) {
         const void *dw = cu_weight(k, w->data, (size_t)w->rows * w->row_bytes);
         cu_check(svlm_cu_matvec(c->stream, (int)w->type, dw, w->row_bytes, w->rows, w->cols, dx, n, dy, acc),
                  "matvec");
@@ -90,7 +90,7 @@ void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n,
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
     float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 0);
     product(k, w, dx, n, dy, NULL, 0);
-    cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul (matvec)" : "matmul (cuBLAS)");
+    cu_done(k, n <= CU(k)->matvec_rows ? "matmul (matvec)" : "matmul (cuBLAS)");
 }
 
 void cu_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
@@ -100,14 +100,14 @@ void cu_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
     float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 1);
     product(k, w, dx, n, dy, NULL, 1);
-    cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul_add (matvec)" : "matmul_add (cuBLAS)");
+    cu_done(k, n <= CU(k)->matvec_rows ? "matmul_add (matvec)" : "matmul_add (cuBLAS)");
 }
 
 /* Decode-sized products of weights alike (type, width, row size) into device-accessible outputs:
  * one launch for all of them. Returns 0 when they do not qualify. */
 static int matvec_together(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *dx, int64_t n,
                            float *const *ys, const float *norm_w, float eps) {
-    if (n > SVLM_CU_MATVEC_MAX || n_w < 1 || n_w > SVLM_CU_MULTI_MAX || (!norm_w && n_w < 2)) return 0;
+    if (n > CU(k)->matvec_rows || n_w < 1 || n_w > SVLM_CU_MULTI_MAX || (!norm_w && n_w < 2)) return 0;
     if (norm_w && !svlm_cu_norm_fits(ws[0]->cols, n)) return 0;
     svlm_cu_matvec_set set = {.row_bytes = ws[0]->row_bytes, .n = n_w};
     for (int i = 0; i < n_w; i++) {
@@ -139,7 +139,7 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
     }
     /* batched products of bf16 weights (q/k/v of the vision encoder) share one conversion of x */
     const uint16_t *xh = NULL;
-    int all_bf16 = n > SVLM_CU_MATVEC_MAX && n_w > 1;
+    int all_bf16 = n > CU(k)->matvec_rows && n_w > 1;
     for (int i = 0; i < n_w && all_bf16; i++)
         all_bf16 = gemm_in_bf16(ws[i]) && ws[i]->cols == ws[0]->cols;
     if (all_bf16) {
@@ -155,13 +155,14 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
         float *dy = cu_out(k, 1 + CU(k)->n_wb, ys[i], sizeof(float) * (size_t)(n * ws[i]->rows), 0);
         product(k, ws[i], dx, n, dy, xh, 0);
     }
-    cu_done(k, n <= SVLM_CU_MATVEC_MAX ? "matmul_multi (matvec)" : "matmul_multi (cuBLAS)");
+    cu_done(k, n <= CU(k)->matvec_rows ? "matmul_multi (matvec)" : "matmul_multi (cuBLAS)");
 }
 
 /* Whether x of n rows and dim is an svlm_k_alloc buffer and the weights alike (type, width, row
  * size) with device-accessible outputs: what the fused decode products need. */
-static int fusable(const float *x, const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys) {
-    if (n > SVLM_CU_MATVEC_MAX || !cu_ranges_contain(x) || !svlm_cu_norm_fits(ws[0]->cols, n)) return 0;
+static int fusable(svlm_kernels *k, const float *x, const svlm_weight *const *ws, int n_w, int64_t n,
+                   float *const *ys) {
+    if (n > CU(k)->matvec_rows || !cu_ranges_contain(x) || !svlm_cu_norm_fits(ws[0]->cols, n)) return 0;
     for (int i = 0; i < n_w; i++)
         if (ws[i]->type != ws[0]->type || ws[i]->cols != ws[0]->cols ||
             ws[i]->row_bytes != ws[0]->row_bytes || ws[i]->rows <= 0 || !cu_ranges_contain(ys[i]))
@@ -172,7 +173,7 @@ static int fusable(const float *x, const svlm_weight *const *ws, int n_w, int64_
 void cu_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                              const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys) {
     if (n <= 0 || n_w <= 0) return;
-    if (n_w <= SVLM_CU_MULTI_MAX && fusable(x, ws, n_w, n, ys)) {
+    if (n_w <= SVLM_CU_MULTI_MAX && fusable(k, x, ws, n_w, n, ys)) {
         cu_begin(k);
         if (matvec_together(k, ws, n_w, x, n, ys, norm_w, eps)) {
             cu_done(k, "rmsnorm + matmul_multi (one launch)");
@@ -189,7 +190,7 @@ void cu_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, flo
     if (n <= 0) return;
     const svlm_weight *ws[2] = {wg, wu};
     float *ys[2] = {gate, up};
-    if (wg->rows == wu->rows && fusable(x, ws, 2, n, ys)) {
+    if (wg->rows == wu->rows && fusable(k, x, ws, 2, n, ys)) {
         check_weight(wg);
         check_weight(wu);
         cu_begin(k);

@@ -18,8 +18,9 @@ int svlm_cu_type_supported(int type);
 
 /* y[i][r] = sum_c W[r][c] x[i][c] for i < n <= SVLM_CU_MATVEC_MAX, W stored as `type` rows of
  * row_bytes, decoded inside the kernel (accumulate: y[i][r] += the sum). cols is a multiple of 32
- * for block types. */
-#define SVLM_CU_MATVEC_MAX 8
+ * for block types. How many rows take this path rather than cuBLAS is the backend's choice
+ * (cu_ctx.matvec_rows). */
+#define SVLM_CU_MATVEC_MAX 16
 int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                    const float *x, int64_t n, float *y, int accumulate);
 /* Up to SVLM_CU_MULTI_MAX weights of one type, width and row size against the same activations

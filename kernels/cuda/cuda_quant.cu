@@ -28,13 +28,13 @@ constexpr int kWarpsPerBlock = 4;
  * the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a time with
  * their loads issued together: a decode row is a few hundred bytes, so a warp's time is the
  * latency of its dependent loads, not their bandwidth. The sums keep the sub-blocks' order. */
-template <int T>
+template <int T, int NMAX>
 __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n,
                                          float *acc) {
     const int lane = threadIdx.x % 32;
     const int64_t n_full = cols / 32; /* sub-blocks every lane has; plain types may add a partial one */
 #pragma unroll
-    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+    for (int i = 0; i < NMAX; i++)
         acc[i] = 0.0f;
     int64_t sb = 0;
     for (; sb + 4 <= n_full; sb += 4) {
@@ -48,18 +48,18 @@ __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const
         for (int u = 0; u < 4; u++) {
             acc[0] += v[u] * x0[u];
 #pragma unroll
-            for (int i = 1; i < SVLM_CU_MATVEC_MAX; i++)
+            for (int i = 1; i < NMAX; i++)
                 if (i < n) acc[i] += v[u] * x[i * cols + (sb + u) * 32 + lane];
         }
     }
     for (; sb * 32 + lane < cols && sb <= n_full; sb++) { /* the last full ones, then a partial one */
         const float v = elem<T>(row, sb, lane);
 #pragma unroll
-        for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+        for (int i = 0; i < NMAX; i++)
             if (i < n) acc[i] += v * x[i * cols + sb * 32 + lane];
     }
 #pragma unroll
-    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++) {
+    for (int i = 0; i < NMAX; i++) {
         if (i >= n) break;
         for (int o = 16; o > 0; o >>= 1)
             acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
@@ -97,22 +97,22 @@ __device__ const float *block_activations(const float *x, const float *nw, float
 }
 
 /* One warp per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
-template <int T, bool ACC>
+template <int T, bool ACC, int NMAX>
 __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
                               int n, float *y) {
     const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
     if (r >= rows) return;
-    float acc[SVLM_CU_MATVEC_MAX];
-    row_dots<T>(w + r * row_bytes, cols, x, n, acc);
+    float acc[NMAX];
+    row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc);
     if (threadIdx.x % 32) return;
 #pragma unroll
-    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+    for (int i = 0; i < NMAX; i++)
         if (i < n) y[i * rows + r] = ACC ? y[i * rows + r] + acc[i] : acc[i];
 }
 
 /* Several weights of one type and width in one launch (q/k/v): global row r belongs to the weight
  * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
-template <int T, bool NORM>
+template <int T, bool NORM, int NMAX>
 __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
                                     const float *nw, float eps) {
     extern __shared__ float xs[];
@@ -125,30 +125,30 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
     }
     if (wi >= set.n) return;
     const int64_t rows = set.rows[wi];
-    float acc[SVLM_CU_MATVEC_MAX];
-    row_dots<T>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc);
+    float acc[NMAX];
+    row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc);
     if (threadIdx.x % 32) return;
     float *y = set.y[wi];
 #pragma unroll
-    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+    for (int i = 0; i < NMAX; i++)
         if (i < n) y[i * rows + r] = acc[i];
 }
 
 /* The feed-forward's head: gate[i][r] = silu(x_i . Wg_r) (x_i . Wu_r), one warp per row r of both
  * weights; NORM: RMSNorm of x first. silu as svlm_cu_silu_mul computes it. */
-template <int T, bool NORM>
+template <int T, bool NORM, int NMAX>
 __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
                               int64_t cols, const float *x, int n, const float *nw, float eps, float *gate) {
     extern __shared__ float xs[];
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
     if (r >= rows) return;
-    float g[SVLM_CU_MATVEC_MAX], u[SVLM_CU_MATVEC_MAX];
-    row_dots<T>(wg + r * row_bytes, cols, xa, n, g);
-    row_dots<T>(wu + r * row_bytes, cols, xa, n, u);
+    float g[NMAX], u[NMAX];
+    row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g);
+    row_dots<T, NMAX>(wu + r * row_bytes, cols, xa, n, u);
     if (threadIdx.x % 32) return;
 #pragma unroll
-    for (int i = 0; i < SVLM_CU_MATVEC_MAX; i++)
+    for (int i = 0; i < NMAX; i++)
         if (i < n) gate[i * rows + r] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
@@ -171,48 +171,77 @@ __global__ void dequant_kernel(const uint8_t *w, size_t row_bytes, int64_t rows,
         static_cast<float *>(out)[id] = v;
 }
 
-template <int T>
-int launch_matvec(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                  int64_t n, float *y, int accumulate) {
+/* The kernels' activation rows come in two sizes of register arrays: up to 8 (decode of one
+ * answer or a few) and up to SVLM_CU_MATVEC_MAX. */
+constexpr int kFewRows = 8;
+
+template <int T, int NMAX>
+int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
+                    const float *x, int64_t n, float *y, int accumulate) {
     const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
     if (accumulate)
-        matvec_kernel<T, true>
+        matvec_kernel<T, true, NMAX>
             <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y);
     else
-        matvec_kernel<T, false>
+        matvec_kernel<T, false, NMAX>
             <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y);
     return (int)cudaGetLastError();
 }
 
-/* Warps are independent, so a block may hold the last rows of one weight and the first of the next. */
 template <int T>
-int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
-                        int64_t n, const float *nw, float eps) {
+int launch_matvec(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
+                  int64_t n, float *y, int accumulate) {
+    return n <= kFewRows
+               ? launch_matvec_n<T, kFewRows>(s, w, row_bytes, rows, cols, x, n, y, accumulate)
+               : launch_matvec_n<T, SVLM_CU_MATVEC_MAX>(s, w, row_bytes, rows, cols, x, n, y, accumulate);
+}
+
+/* Warps are independent, so a block may hold the last rows of one weight and the first of the next. */
+template <int T, int NMAX>
+int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
+                          int64_t n, const float *nw, float eps) {
     int64_t total = 0;
     for (int i = 0; i < set->n; i++)
         total += set->rows[i];
     const unsigned blocks = (unsigned)((total + kWarpsPerBlock - 1) / kWarpsPerBlock);
     if (nw)
-        matvec_multi_kernel<T, true><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
-            *set, cols, x, (int)n, nw, eps);
+        matvec_multi_kernel<T, true, NMAX>
+            <<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(*set, cols, x, (int)n,
+                                                                                     nw, eps);
     else
-        matvec_multi_kernel<T, false><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps);
+        matvec_multi_kernel<T, false, NMAX>
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps);
+    return (int)cudaGetLastError();
+}
+
+template <int T>
+int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
+                        int64_t n, const float *nw, float eps) {
+    return n <= kFewRows ? launch_matvec_multi_n<T, kFewRows>(s, set, cols, x, n, nw, eps)
+                         : launch_matvec_multi_n<T, SVLM_CU_MATVEC_MAX>(s, set, cols, x, n, nw, eps);
+}
+
+template <int T, int NMAX>
+int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
+                    int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate) {
+    const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
+    if (nw)
+        swiglu_kernel<T, true, NMAX><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
+            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
+    else
+        swiglu_kernel<T, false, NMAX>
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
     return (int)cudaGetLastError();
 }
 
 template <int T>
 int launch_swiglu(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
                   int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate) {
-    const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
-    if (nw)
-        swiglu_kernel<T, true><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
-            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
-    else
-        swiglu_kernel<T, false>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
-    return (int)cudaGetLastError();
+    return n <= kFewRows ? launch_swiglu_n<T, kFewRows>(s, wg, wu, row_bytes, rows, cols, x, n, nw, eps, gate)
+                         : launch_swiglu_n<T, SVLM_CU_MATVEC_MAX>(s, wg, wu, row_bytes, rows, cols, x, n, nw,
+                                                                  eps, gate);
 }
 
 template <int T>
