@@ -168,25 +168,29 @@ static uint8_t to_u8(float v) {
 svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_image *dst, svlm_err *err) {
     svlm_image mid = {0};
     taps tx = {0}, ty = {0};
-    float *acc = NULL;
+    float *acc = NULL, *rowf = NULL;
     svlm_status st = svlm_image_alloc(&mid, w, src->h, err);
     if (!st) st = svlm_image_alloc(dst, w, h, err);
     if (st) goto done;
     acc = malloc(sizeof(float) * (size_t)w * 3);
-    if (!acc || !taps_make(src->w, w, &tx) || !taps_make(src->h, h, &ty)) {
+    rowf = malloc(sizeof(float) * (size_t)src->w * 3);
+    if (!acc || !rowf || !taps_make(src->w, w, &tx) || !taps_make(src->h, h, &ty)) {
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory for resampling weights");
         svlm_image_free(dst);
         goto done;
     }
     for (int y = 0; y < src->h; y++) {
-        const uint8_t *row = src->rgb + (size_t)y * src->w * 3;
+        /* the row as floats once: each source value feeds several taps */
+        const uint8_t *row8 = src->rgb + (size_t)y * src->w * 3;
+        for (int i = 0; i < src->w * 3; i++)
+            rowf[i] = (float)row8[i];
         for (int x = 0; x < w; x++) {
             const float *wt = tx.wt + (size_t)x * tx.max_taps;
             float acc[3] = {0, 0, 0};
             for (int k = 0; k < tx.count[x]; k++) {
-                const uint8_t *p = row + (size_t)(tx.first[x] + k) * 3;
+                const float *p = rowf + (size_t)(tx.first[x] + k) * 3;
                 for (int c = 0; c < 3; c++)
-                    acc[c] += wt[k] * (float)p[c];
+                    acc[c] += wt[k] * p[c];
             }
             for (int c = 0; c < 3; c++)
                 mid.rgb[((size_t)y * w + x) * 3 + c] = to_u8(acc[c]);
@@ -209,6 +213,7 @@ svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_ima
     }
 done:
     free(acc);
+    free(rowf);
     taps_free(&tx);
     taps_free(&ty);
     svlm_image_free(&mid);
