@@ -10,10 +10,14 @@
 
 void svlm_preproc_normalize(const svlm_image *tile, const svlm_preproc_params *p, float *out) {
     size_t plane = (size_t)tile->w * (size_t)tile->h;
+    /* a byte has 256 values: each one's result once per channel (the same float operations) */
+    float lut[3][256];
+    for (int c = 0; c < 3; c++)
+        for (int v = 0; v < 256; v++)
+            lut[c][v] = ((float)v / 255.0f - p->mean[c]) / p->std[c];
     for (int c = 0; c < 3; c++)
         for (size_t i = 0; i < plane; i++)
-            out[(size_t)c * plane + i] =
-                ((float)tile->rgb[i * 3 + (size_t)c] / 255.0f - p->mean[c]) / p->std[c];
+            out[(size_t)c * plane + i] = lut[c][tile->rgb[i * 3 + (size_t)c]];
 }
 
 void svlm_preproc_grid(const svlm_preproc_params *p, int w, int h, int *refined_w, int *refined_h) {
