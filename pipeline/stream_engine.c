@@ -414,7 +414,7 @@ static void pre_task(void *ctx, int i, int thread) {
 }
 
 /* Frames of nb streams without token compression: preprocessed (in parallel with a pool: resizing
- * costs the host ~10 ms a frame), encoded as one batch, then appended each to its stream.
+ * a 640x480 frame costs the host ~5 ms), encoded as one batch, then appended each to its stream.
  * st[i]: frame i's outcome. */
 static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, int nb, svlm_status *st) {
     const svlm_mmproj *mp = e->mp;
