@@ -74,7 +74,8 @@ float svlm_f16_to_f32(svlm_f16 h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f;
     uint32_t mant = h & 0x3ff;
-    if (exp == 0x1f) return f32_from_bits(sign | 0x7f800000u | (mant << 13)); /* inf, nan */
+    if (exp == 0x1f) /* inf; a NaN comes out quiet, as F16C gives it (f16_round.h's arrays use it) */
+        return f32_from_bits(sign | 0x7f800000u | (mant << 13) | (mant ? 0x400000u : 0));
     if (exp != 0) return f32_from_bits(sign | ((exp + 112) << 23) | (mant << 13));
     if (mant == 0) return f32_from_bits(sign);
     /* Subnormal half: normalise the mantissa into an f32 exponent. */

@@ -206,9 +206,7 @@ static void cpu_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) 
 static void cpu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
     (void)k;
     if (dst_type == SVLM_F16) {
-        svlm_f16 *d = dst;
-        for (int64_t i = 0; i < n; i++)
-            d[i] = svlm_f32_to_f16(src[i]);
+        svlm_f32_to_f16_array(dst, src, (size_t)n);
     } else {
         memmove(dst, src, sizeof(float) * (size_t)n);
     }
@@ -216,9 +214,7 @@ static void cpu_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const flo
 static void cpu_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
     (void)k;
     if (src_type == SVLM_F16) {
-        const svlm_f16 *s = src;
-        for (int64_t i = 0; i < n; i++)
-            dst[i] = svlm_f16_to_f32(s[i]);
+        svlm_f16_to_f32_array(dst, src, (size_t)n);
     } else {
         memmove(dst, src, sizeof(float) * (size_t)n);
     }

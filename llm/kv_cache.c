@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "kernels/cpu/f16_round.h"
 
 struct svlm_kv_pool {
     svlm_kv_pool_params p;
@@ -419,9 +420,7 @@ static void store_row(const svlm_kv_pool *pool, uint8_t *dst, const float *src) 
     if (pool->p.type == SVLM_F32) {
         memcpy(dst, src, pool->row_bytes);
     } else {
-        svlm_f16 *d = (svlm_f16 *)dst;
-        for (int i = 0; i < pool->p.kv_dim; i++)
-            d[i] = svlm_f32_to_f16(src[i]);
+        svlm_f32_to_f16_array((svlm_f16 *)dst, src, (size_t)pool->p.kv_dim);
     }
 }
 

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/f16_round.h"
 #include "kernels/dtype.h"
 #include "test.h"
 
@@ -187,6 +188,35 @@ static void test_f16(void) {
         }
     }
     CHECK(mismatches == 0, "%d f32->f16 mismatches against the reference", mismatches);
+}
+
+/* The array conversions (F16C where the CPU has it) give the scalar functions' bits: every half,
+ * and 2^20 spread f32 patterns with every exponent, NaNs, infinities and subnormals among them. */
+static void test_f16_arrays(void) {
+    enum { N = 1 << 20 };
+    float *f = malloc(sizeof(float) * N), *g = malloc(sizeof(float) * 65536);
+    svlm_f16 *h = malloc(sizeof(svlm_f16) * 65536), *a = malloc(sizeof(svlm_f16) * N);
+    REQUIRE(f && g && h && a, "out of memory");
+    int bad = 0;
+    for (uint32_t i = 0; i < 65536; i++)
+        h[i] = (svlm_f16)i;
+    svlm_f16_to_f32_array(g, h, 65536);
+    for (uint32_t i = 0; i < 65536; i++)
+        bad += bits_of(g[i]) != bits_of(svlm_f16_to_f32(h[i]));
+    CHECK(bad == 0, "%d halves widen differently in arrays", bad);
+    CHECK(isnan(svlm_f16_to_f32(0x7c01)) && (bits_of(svlm_f16_to_f32(0x7c01)) & 0x400000u),
+          "a signalling half NaN widens to a quiet NaN");
+    for (uint32_t i = 0; i < N; i++)
+        f[i] = f32_of(i * 4099u + (i & 7));
+    svlm_f32_to_f16_array(a, f, N);
+    bad = 0;
+    for (uint32_t i = 0; i < N; i++)
+        bad += a[i] != svlm_f32_to_f16(f[i]);
+    CHECK(bad == 0, "%d floats narrow differently in arrays", bad);
+    free(f);
+    free(g);
+    free(h);
+    free(a);
 }
 
 static void test_bf16(void) {
@@ -563,6 +593,7 @@ static void test_exact_grids(void) {
 int test_main(void) {
     test_table();
     test_f16();
+    test_f16_arrays();
     test_bf16();
     test_dequantize_formulas();
     test_roundtrip();

@@ -27,6 +27,30 @@ void svlm_f16_round(float *x, size_t n) {
         x[i] = r16(x[i]);
 }
 
+void svlm_f32_to_f16_array(svlm_f16 *dst, const float *src, size_t n) {
+    size_t done = 0;
+#ifdef SVLM_X86
+    if (have_f16c()) {
+        done = n / 8 * 8;
+        svlm_f32_to_f16_f16c(dst, src, done);
+    }
+#endif
+    for (size_t i = done; i < n; i++)
+        dst[i] = svlm_f32_to_f16(src[i]);
+}
+
+void svlm_f16_to_f32_array(float *dst, const svlm_f16 *src, size_t n) {
+    size_t done = 0;
+#ifdef SVLM_X86
+    if (have_f16c()) {
+        done = n / 8 * 8;
+        svlm_f16_to_f32_f16c(dst, src, done);
+    }
+#endif
+    for (size_t i = done; i < n; i++)
+        dst[i] = svlm_f16_to_f32(src[i]);
+}
+
 void svlm_gelu_round_in(float *x, size_t n) {
     size_t done = 0;
 #ifdef SVLM_X86

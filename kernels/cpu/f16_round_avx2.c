@@ -12,6 +12,18 @@ void svlm_f16_round_f16c(float *x, size_t n) {
         _mm256_storeu_ps(x + i, round8(_mm256_loadu_ps(x + i)));
 }
 
+void svlm_f32_to_f16_f16c(svlm_f16 *dst, const float *src, size_t n) {
+    for (size_t i = 0; i + 8 <= n; i += 8)
+        _mm_storeu_si128(
+            (__m128i *)(dst + i),
+            _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+void svlm_f16_to_f32_f16c(float *dst, const svlm_f16 *src, size_t n) {
+    for (size_t i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+}
+
 void svlm_gelu_round_in_f16c(float *x, size_t n) {
     const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
     for (size_t i = 0; i + 8 <= n; i += 8) {
