@@ -74,25 +74,33 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-/* The splits' partial results of one (item, head) merged into its output by one block. */
+/* The splits' partial results of one (item, head) merged into its output by one block: the first
+ * warp reads every split's (m, l) at once and leaves its weight exp(m - max) in shared memory, so
+ * the values are one pass of independent loads. The whole block calls it. */
+static_assert(kMaxSplits <= 32, "one lane per split");
 __device__ void merge_splits(const float *pp, int hd, int splits, float *o) {
-    float mx = -INFINITY;
-    for (int s = 0; s < splits; s++)
-        if (__ldcg(pp + s * (hd + 2) + 1) > 0.0f) mx = fmaxf(mx, __ldcg(pp + s * (hd + 2)));
-    float total = 0.0f;
-    for (int s = 0; s < splits; s++) {
-        const float l = __ldcg(pp + s * (hd + 2) + 1);
-        if (l > 0.0f) total += l * expf(__ldcg(pp + s * (hd + 2)) - mx);
+    __shared__ float wt[kMaxSplits];
+    __shared__ float inv;
+    if (threadIdx.x < 32) {
+        const int s = threadIdx.x;
+        const float l = s < splits ? __ldcg(pp + s * (hd + 2) + 1) : 0.0f;
+        const float m = l > 0.0f ? __ldcg(pp + s * (hd + 2)) : -INFINITY; /* a split without rows: none */
+        float mx = m;
+        for (int off = 16; off > 0; off >>= 1)
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float e = l > 0.0f ? expf(m - mx) : 0.0f;
+        float total = l * e;
+        for (int off = 16; off > 0; off >>= 1)
+            total += __shfl_xor_sync(0xffffffffu, total, off);
+        if (s < splits) wt[s] = e;
+        if (s == 0) inv = total > 0.0f ? 1.0f / total : 0.0f; /* no rows at all: zeros, as on the CPU */
     }
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f; /* no rows at all: zeros, as on the CPU */
+    __syncthreads();
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float r = 0.0f;
 #pragma unroll 4
-        for (int s = 0; s < splits; s++) {
-            const float *ps = pp + s * (hd + 2);
-            const float l = __ldcg(ps + 1);
-            if (l > 0.0f) r += __ldcg(ps + 2 + d) * expf(__ldcg(ps) - mx);
-        }
+        for (int s = 0; s < splits; s++)
+            if (wt[s] > 0.0f) r += __ldcg(pp + s * (hd + 2) + 2 + d) * wt[s];
         o[d] = r * inv;
     }
 }
