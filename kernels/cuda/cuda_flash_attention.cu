@@ -114,6 +114,20 @@ __device__ void load_tile(__half *dst, const T *src, int64_t stride, int64_t r0,
     }
 }
 
+/* o's rows times factor[row] (per warp row, shared memory); row_of: each accumulator element's row. */
+template <int ND>
+__device__ __forceinline__ void scale_rows(frag_c (&o)[ND], const float *factor, const int *row_of) {
+    float f[frag_c::num_elements];
+#pragma unroll
+    for (int i = 0; i < frag_c::num_elements; i++)
+        f[i] = factor[row_of[i]];
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+#pragma unroll
+        for (int i = 0; i < frag_c::num_elements; i++)
+            o[n].x[i] *= f[i];
+}
+
 /* Block (query tile blockIdx.x, head blockIdx.y). rep = n_head / n_kv_head; hd the real head dim. */
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -232,15 +246,7 @@ __global__ void __launch_bounds__(kThreads)
             if (half == 0) salpha[r] = alpha;
             __syncwarp();
 
-            float a[frag_c::num_elements];
-#pragma unroll
-            for (int i = 0; i < frag_c::num_elements; i++)
-                a[i] = salpha[row_of[i]];
-#pragma unroll
-            for (int n = 0; n < ND; n++)
-#pragma unroll
-                for (int i = 0; i < frag_c::num_elements; i++)
-                    o[n].x[i] *= a[i];
+            scale_rows<ND>(o, salpha, row_of);
 #pragma unroll(ND > 4 ? 1 : NK) /* wide heads: a loop, else head dim 128 spills on sm_80 */
             for (int kk = 0; kk < NK; kk++) {
                 frag_a pf;
@@ -259,17 +265,10 @@ __global__ void __launch_bounds__(kThreads)
     /* O / l through F; a row that saw nothing has l = 0 and gets zeros */
     if (half == 0) salpha[r] = l > 0.0f ? 1.0f / l : 0.0f;
     __syncwarp();
-    float inv[frag_c::num_elements];
+    scale_rows<ND>(o, salpha, row_of);
 #pragma unroll
-    for (int i = 0; i < frag_c::num_elements; i++)
-        inv[i] = salpha[row_of[i]];
-#pragma unroll
-    for (int n = 0; n < ND; n++) {
-#pragma unroll
-        for (int i = 0; i < frag_c::num_elements; i++)
-            o[n].x[i] *= inv[i];
+    for (int n = 0; n < ND; n++)
         wmma::store_matrix_sync(sf + n * 16, o[n], L::kLdF, wmma::mem_row_major);
-    }
     __syncwarp();
     float *ob = out + (int64_t)h * hd;
     for (int i = lane; i < kRowsW * hd; i += 32) {

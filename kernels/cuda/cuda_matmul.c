@@ -83,24 +83,25 @@ static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int6
     }
 }
 
-void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+/* y = x W^T, or (acc) y += x W^T: staging, the product, the wait. */
+static void matmul_op(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y, int acc) {
     if (n <= 0 || w->rows <= 0) return;
     check_weight(w);
     cu_begin(k);
     const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
-    float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 0);
-    product(k, w, dx, n, dy, NULL, 0);
-    cu_done(k, n <= CU(k)->matvec_rows ? "matmul (matvec)" : "matmul (cuBLAS)");
+    float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), acc);
+    product(k, w, dx, n, dy, NULL, acc);
+    const int mv = n <= CU(k)->matvec_rows;
+    cu_done(k, acc ? (mv ? "matmul_add (matvec)" : "matmul_add (cuBLAS)")
+                   : (mv ? "matmul (matvec)" : "matmul (cuBLAS)"));
+}
+
+void cu_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    matmul_op(k, w, x, n, y, 0);
 }
 
 void cu_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
-    if (n <= 0 || w->rows <= 0) return;
-    check_weight(w);
-    cu_begin(k);
-    const float *dx = cu_in(k, 0, x, sizeof(float) * (size_t)(n * w->cols));
-    float *dy = cu_out(k, 1, y, sizeof(float) * (size_t)(n * w->rows), 1);
-    product(k, w, dx, n, dy, NULL, 1);
-    cu_done(k, n <= CU(k)->matvec_rows ? "matmul_add (matvec)" : "matmul_add (cuBLAS)");
+    matmul_op(k, w, x, n, y, 1);
 }
 
 /* Decode-sized products of weights alike (type, width, row size) into device-accessible outputs:
