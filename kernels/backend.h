@@ -55,6 +55,7 @@ typedef struct backend_ops {
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
     void (*im2col)(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
+    void (*kv_shift)(svlm_kernels *k, const svlm_kv_shift_args *a); /* required */
     /* NULL: no replay. begin returns the run's mode (replay_mode); end gets the hash of the
      * run's calls and returns svlm_k_replay_end's answer. */
     int (*replay_begin)(svlm_kernels *k, const void *owner, uint64_t shape);

@@ -137,7 +137,8 @@ enum {
     OP_NORM_MATMUL,
     OP_NORM_SWIGLU,
     OP_ROPE_STORE,
-    OP_IM2COL
+    OP_IM2COL,
+    OP_KV_SHIFT
 };
 
 void svlm_k_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape) {
@@ -246,7 +247,7 @@ static void do_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_typ
         return;
     }
     for (int64_t i = 0; i < n; i++)
-        k->ops->store(k, dsts[i], dst_type, src + i * dim, dim);
+        if (dsts[i]) k->ops->store(k, dsts[i], dst_type, src + i * dim, dim);
 }
 void svlm_k_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src, int64_t n,
                        int64_t dim) {
@@ -282,6 +283,25 @@ void svlm_k_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const 
         a.n_kv = items[i].n_kv;
         k->ops->attention(k, &a);
     }
+}
+void svlm_k_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
+    if (a->n <= 0 || a->n_layer <= 0) return;
+    if (k->replay_mode) { /* the layer tables are host memory read at the call: their contents count */
+        int skip = noted(k, OP_KV_SHIFT);
+        for (int l = 0; l < a->n_layer; l++) {
+            note_p(k, a->raw[l]);
+            note_p(k, a->kc[l]);
+            note_p(k, a->vc[l]);
+        }
+        const int64_t ints[] = {a->n_layer,   a->type,     a->dst,   a->src, a->n,
+                                a->n_kv_head, a->head_dim, a->n_rot, a->neox};
+        for (int i = 0; i < 9; i++)
+            note_u(k, (uint64_t)ints[i]);
+        note_f(k, a->base);
+        note_p(k, a->pos);
+        if (skip) return;
+    }
+    k->ops->kv_shift(k, a);
 }
 void svlm_k_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
     if (n <= 0) return;

@@ -111,7 +111,8 @@ typedef struct svlm_attn_item {
     int64_t n_kv;      /* rows it sees (all of them: one query at the end) */
 } svlm_attn_item;
 /* Row i of src (dim floats) stored as dst_type (SVLM_F32 or SVLM_F16) at dsts[i]: the new key or
- * value rows of n sequences into their caches. dsts: n pointers, read when the op runs. */
+ * value rows of n sequences into their caches. dsts: n pointers, read when the op runs; a NULL
+ * one skips its row. */
 void svlm_k_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src, int64_t n,
                        int64_t dim);
 /* n decode attentions, one query each: item i over its own cache, the rest as in `shape` (whose
@@ -168,6 +169,22 @@ void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w,
 void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
+
+/* The rows of a working copy that an eviction moved (see svlm_kv_version), every layer in one op:
+ * rows [src, src + n) of raw[l] (keys before RoPE) and of vc[l] (values) move to rows
+ * [dst, dst + n) (dst < src: the ranges may overlap), then kc[l]'s rows [dst, dst + n) become the
+ * moved keys rotated to positions pos[0..n) (kernels' side), with the numbers of svlm_k_load,
+ * svlm_k_rope and svlm_k_store. Rows hold n_kv_head * head_dim elements of `type`. */
+typedef struct svlm_kv_shift_args {
+    void *const *raw, *const *kc, *const *vc; /* n_layer pointers each, host memory read at the call */
+    int n_layer;
+    svlm_dtype type; /* SVLM_F32 or SVLM_F16 */
+    int64_t dst, src, n;
+    int n_kv_head, head_dim, n_rot, neox;
+    float base;
+    const int32_t *pos;
+} svlm_kv_shift_args;
+void svlm_k_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a);
 
 /* The patches of b images (3 planes of S x S floats each, S a multiple of p; any memory) as rows
  * of 3 p p values in (channel, ky, kx) order, patch i at row (py, px) = (i / (S/p), i % (S/p)):

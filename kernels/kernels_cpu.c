@@ -235,6 +235,29 @@ static void cpu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
     svlm_gelu_round_out(x, (size_t)n);
 }
 
+/* In-place moves down (memmove), then the keys re-rotated from the moved rows a chunk at a time. */
+static void cpu_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
+    const int64_t dim = (int64_t)a->n_kv_head * a->head_dim, chunk = a->n < 256 ? a->n : 256;
+    const size_t elt = a->type == SVLM_F16 ? 2 : 4, row = (size_t)dim * elt;
+    float *tmp = malloc(sizeof(float) * (size_t)(chunk * dim));
+    if (!tmp) {
+        fprintf(stderr, "svlm: out of memory moving a working copy's rows\n");
+        abort();
+    }
+    for (int l = 0; l < a->n_layer; l++) {
+        uint8_t *raw = a->raw[l], *kc = a->kc[l], *vc = a->vc[l];
+        memmove(raw + (size_t)a->dst * row, raw + (size_t)a->src * row, (size_t)a->n * row);
+        memmove(vc + (size_t)a->dst * row, vc + (size_t)a->src * row, (size_t)a->n * row);
+        for (int64_t i = 0; i < a->n; i += chunk) {
+            const int64_t m = a->n - i < chunk ? a->n - i : chunk;
+            cpu_load(k, tmp, raw + (size_t)(a->dst + i) * row, a->type, m * dim);
+            svlm_cpu_rope(CPU(k), tmp, m, a->n_kv_head, a->head_dim, a->n_rot, a->pos + i, a->base, a->neox);
+            cpu_store(k, kc + (size_t)(a->dst + i) * row, a->type, tmp, m * dim);
+        }
+    }
+    free(tmp);
+}
+
 static const backend_ops cpu_ops = {
     .destroy = cpu_destroy,
     .matmul = cpu_matmul,
@@ -256,6 +279,7 @@ static const backend_ops cpu_ops = {
     .round_f16 = cpu_round_f16,
     .gather_rows = cpu_gather_rows,
     .gelu_tanh_f16 = cpu_gelu_tanh_f16,
+    .kv_shift = cpu_kv_shift,
 };
 
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err) {

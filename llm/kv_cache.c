@@ -31,7 +31,7 @@ struct svlm_kv_seq {
     svlm_kv_policy policy;
     svlm_kv_evict_hook hook;
     uint64_t uid, epoch;
-    int kept;
+    int kept, gone;     /* the latest eviction (see svlm_kv_version) */
     int n, cap;         /* tokens held; allocated length of slot/spos */
     int32_t *slot;      /* page * page_tokens + row, per token */
     int64_t *spos;      /* index in the stream, per token */
@@ -282,7 +282,7 @@ svlm_kv_pool *svlm_kv_seq_pool(const svlm_kv_seq *s) {
 }
 
 svlm_kv_version svlm_kv_seq_version(const svlm_kv_seq *s) {
-    svlm_kv_version v = {s->uid, s->epoch, s->kept};
+    svlm_kv_version v = {s->uid, s->epoch, s->kept, s->gone};
     return v;
 }
 
@@ -360,11 +360,14 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
     }
     /* evict the oldest spans of this kind, whole, until the new span fits */
     const int n_before = s->n;
-    int first_change = n_before;
+    int first_change = n_before, gone = 0, one_run = 1;
     while (s->count[kind] + n > s->policy.budget[kind]) {
         int si = 0;
         while (s->spans[si].kind != kind)
             si++;
+        /* the spans removed by one append form one run when each starts where the last was */
+        if (gone && s->spans[si].start != first_change) one_run = 0;
+        gone += s->spans[si].n;
         evict_span(s, si, &first_change);
     }
     int next = 0;
@@ -411,6 +414,7 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
     if (first_change < n_before) { /* an eviction moved or removed rows from first_change on */
         s->epoch++;
         s->kept = first_change;
+        s->gone = one_run ? gone : 0;
     }
     *first = start;
     return SVLM_OK;

@@ -110,11 +110,13 @@ int32_t svlm_kv_seq_pos(const svlm_kv_seq *seq, int idx);
 /*
  * For working copies (the decoder's contiguous K/V): a sequence has a unique id; `epoch` grows at
  * each eviction, and rows below `kept` were untouched by the latest one. A copy made at epoch e
- * with m rows is still valid for min(m, kept) rows at epoch e + 1, for m rows at epoch e.
+ * with m rows is still valid for min(m, kept) rows at epoch e + 1, for m rows at epoch e. When
+ * the latest eviction removed one run of `gone` rows at `kept` (gone > 0), the rows after it only
+ * moved: row i >= kept at epoch e + 1 was row i + gone at epoch e (its position may differ).
  */
 typedef struct svlm_kv_version {
     uint64_t uid, epoch;
-    int kept;
+    int kept, gone;
 } svlm_kv_version;
 svlm_kv_version svlm_kv_seq_version(const svlm_kv_seq *seq);
 

@@ -37,6 +37,12 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
 void svlm_llama_ctx_free(svlm_llama_ctx *c);
 int svlm_llama_ctx_n_past(const svlm_llama_ctx *c);
 void svlm_llama_ctx_reset(svlm_llama_ctx *c);
+/* on: c also keeps its cached keys before RoPE (kv_type, as much again as its keys), so that when
+ * an eviction moves a sequence's rows (a stream's oldest frame leaving its window) c moves and
+ * re-rotates them where they are (one op) instead of bringing them over again from the pages:
+ * the same numbers, for sequences whose pages have c's kv_type. What a GPU wants for a stream's
+ * context; off by default. */
+svlm_status svlm_llama_ctx_follow_moves(svlm_llama_ctx *c, int on, svlm_err *err);
 
 /*
  * Appends n tokens at positions n_past..n_past+n-1. ids[i] >= 0 is a token id; ids[i] < 0 takes

@@ -93,6 +93,10 @@ static svlm_status prepare(svlm_llama_batch *b, svlm_llama_batch_item *it, int *
     if (it->ctx->m != b->m || it->ctx->k != b->k)
         st = svlm_fail(&e, SVLM_E_INVALID, "the context belongs to another model or backend than the batch");
     if (!st) st = llama_seq_prepare(it->ctx, it->seq, it->kind, it->tag, &it->id, NULL, 1, p0, sync_from, &e);
+    if (!st) {
+        llama_apply_shift(it->ctx, it->seq);
+        it->ctx->raw_ok = 0; /* a batch keeps no raw keys for its rows: the next use rebuilds them */
+    }
     if (st) {
         it->status = st;
         memcpy(it->err_msg, e.msg, sizeof it->err_msg - 1);

@@ -80,6 +80,7 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->host_rows);
     free(c->pending_host);
     llama_step_tables_free(k, &c->step);
+    llama_raw_free(c);
     svlm_k_replay_forget(k, c); /* its recorded steps hold these buffers */
     void *bufs[] = {c->x,  c->h,        c->q,     c->kx,    c->vx,          c->att,    c->gate,
                     c->up, c->logit_in, c->stage, c->pos_k, c->stage_pos_k, c->pending};
@@ -174,6 +175,7 @@ void llama_sync_working_copy(svlm_llama_ctx *c, const svlm_kv_seq *seq, int laye
             c->stage_pos[i] = svlm_kv_seq_pos(seq, a + i);
         gather_page_rows(seq, layer, 0, a, m, row_bytes, host);
         svlm_k_load(c->k, c->stage, host, page_type, (int64_t)m * (int64_t)kvd);
+        if (c->raw) llama_store_rows(c, c->raw[layer], c->stage, a, m, kvd);
         svlm_k_copy(c->k, c->stage_pos_k, c->stage_pos, (size_t)m * sizeof(int32_t));
         svlm_k_rope(c->k, c->stage, m, hp->n_head_kv, hp->head_dim, hp->n_rot, c->stage_pos_k, hp->rope_base,
                     hp->rope_neox);
@@ -348,6 +350,7 @@ static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
             svlm_k_copy(k, hk, c->kx, row_bytes);
             svlm_k_copy(k, hv, c->vx, row_bytes);
             svlm_kv_seq_write(seq, l, p0, n, hk, hv);
+            if (c->raw) llama_store_rows(c, c->raw[l], c->kx, p0, n, (size_t)kvd);
             if (sync_from < p0) llama_sync_working_copy(c, seq, l, sync_from, p0);
             if (svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16) {
                 svlm_k_round_f16(k, c->kx, (int64_t)n * kvd);
@@ -390,7 +393,10 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     }
     run_layers(c, seq, p0, sync_from, n, pend, step);
     if (step && !svlm_k_replay_end(k)) run_layers(c, seq, p0, sync_from, n, pend, step);
-    if (pend) llama_pending_to_pages(c, seq, p0, n);
+    if (pend) {
+        llama_pending_to_pages(c, seq, p0, n);
+        llama_pending_to_raw(c, p0, n);
+    }
     if (!logits) return;
     if (all_logits) {
         svlm_k_rmsnorm(k, c->x, m->output_norm, c->logit_in, n, E, hp->rms_eps);
@@ -418,6 +424,7 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
     const int n_vocab = c->m->hp.n_vocab;
     const float *e = embd;
     svlm_k_defer(c->k, 1); /* the host touches the buffers only through svlm_k_copy */
+    if (seq) llama_apply_shift(c, seq);
     for (int done = 0; done < n;) {
         int chunk = n - done < c->n_batch ? n - done : c->n_batch;
         int last = done + chunk == n;
@@ -473,7 +480,8 @@ svlm_status llama_seq_prepare(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind 
                          svlm_kv_seq_capacity(seq), c->n_ctx);
     int first = 0;
     if ((st = svlm_kv_seq_append(seq, kind, tag, n, &first, err))) return st;
-    int valid = llama_working_copy_valid(c, svlm_kv_seq_version(seq));
+    const svlm_kv_version v = svlm_kv_seq_version(seq);
+    const int valid = llama_plan_shift(c, seq, v, llama_working_copy_valid(c, v));
     *sync_from = valid < first ? valid : first;
     *p0 = first;
     /* the copy is unknown while it is rebuilt; the caller records what it holds afterwards */

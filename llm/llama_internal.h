@@ -54,6 +54,14 @@ struct svlm_llama_ctx {
     float *pending;               /* [n_layer][2][n][kv_dim] for a chunk of n rows, svlm_k_alloc */
     float *pending_host;          /* the same, host memory */
     llama_step_tables step;       /* a decode step's tables (one row) */
+    /* Keys before RoPE beside the working copy (svlm_llama_ctx_follow_moves; NULL: off), per layer
+     * [n_ctx][kv_dim] of kv_type, matching the copy's rows when raw_ok. With them the rows an
+     * eviction moved are moved on the kernels' side (llama_shift.c). shift_*: the move prepare
+     * planned, made by llama_apply_shift. */
+    void **raw;
+    int32_t *shift_pos, *shift_pos_k; /* n_ctx positions: host, kernels' side */
+    int raw_ok, shift_dst, shift_src, shift_n;
+    int64_t moves, moved_rows; /* counters: moves made, rows they moved */
 };
 
 enum { LLAMA_PENDING_ROWS = 96 }; /* a video frame (64 or 81 tokens) or a question */
@@ -101,6 +109,14 @@ void llama_new_rows_to_pending(svlm_llama_ctx *c, svlm_kv_seq *seq, int layer, f
                                int p0, int sync_from);
 /* Every layer's kept rows into seq's pages at p0 (one copy to the host). */
 void llama_pending_to_pages(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int n);
+/* llama_shift.c. The rows valid in c's working copy of seq at version v once the move an
+ * eviction made is followed (valid: those valid without it); plans the move. */
+int llama_plan_shift(svlm_llama_ctx *c, const svlm_kv_seq *seq, svlm_kv_version v, int valid);
+/* Makes the planned move (after llama_seq_prepare, before the layers). */
+void llama_apply_shift(svlm_llama_ctx *c, const svlm_kv_seq *seq);
+/* The raw keys of a chunk's n new rows at p0 from c->pending (after the layers). */
+void llama_pending_to_raw(svlm_llama_ctx *c, int p0, int n);
+void llama_raw_free(svlm_llama_ctx *c);
 /* The causal attention of n query rows at cache rows p0.. over c's working copy of one layer. */
 svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const float *q, float *out, int n,
                                      int p0);

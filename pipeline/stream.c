@@ -78,6 +78,11 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
     svlm_kv_policy pol = {{s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens}, 1};
     if (!st) st = svlm_kv_seq_create(s->pool, &pol, &s->seq, err);
     if (!st) st = svlm_llama_ctx_create(m, k, cap, s->p.kv_type, &s->ingest, err);
+    /* on a GPU each frame's eviction moves the window's rows there in one op instead of bringing
+     * them over from the pages (SVLM_KV_SHIFT=0 or 1 decides) */
+    const char *shift = getenv("SVLM_KV_SHIFT");
+    const int follow = shift && *shift ? atoi(shift) != 0 : svlm_kernels_is_gpu(k);
+    if (!st && follow) st = svlm_llama_ctx_follow_moves(s->ingest, 1, err);
     if (!st && s->p.memory) {
         s->memory_on = 1;
         st = stream_memory_init(&s->mem, m, &s->p, err);

@@ -809,6 +809,112 @@ static void test_rope_store(void) {
     }
 }
 
+/* svlm_k_kv_shift: rows of 3 layers' raw keys and values moved down over themselves (the ranges
+ * overlap), the keys re-rotated from the moved raw ones; against the same done op by op (load,
+ * store, RoPE) on the backend under test and against the CPU's op. Moves are exact; rows outside
+ * the destination keep their bits. */
+static void test_kv_shift(void) {
+    enum { L = 3, ROWS = 40, NKVH = 2, HD = 64, DIM = NKVH * HD, DST = 4, SRC = 16, N = 20 };
+    int32_t pos[N];
+    for (int i = 0; i < N; i++)
+        pos[i] = DST + i + (i > 10 ? 300 : 0);
+    for (int variant = 0; variant < 4; variant++) {
+        const int f16 = variant & 1, neox = variant >> 1;
+        const svlm_dtype t = f16 ? SVLM_F16 : SVLM_F32;
+        const size_t elt = f16 ? 2 : 4, layer_bytes = elt * ROWS * DIM;
+        float *init = host_floats(3 * L * ROWS * DIM, 2.0f);
+        float *res[3]; /* raw, k, v of every layer as floats: op (0), op by op (1), the CPU's op (2) */
+        for (int mode = 0; mode < 3; mode++) {
+            svlm_kernels *k = mode == 2 ? C : G;
+            void *raw[L], *kc[L], *vc[L];
+            float *f = svlm_k_alloc(k, sizeof(float) * N * DIM);
+            int32_t *pk = svlm_k_alloc(k, sizeof pos);
+            REQUIRE(f && pk, "svlm_k_alloc failed");
+            svlm_k_copy(k, pk, pos, sizeof pos);
+            for (int l = 0; l < L; l++) {
+                void **bufs[3] = {raw, kc, vc};
+                for (int b = 0; b < 3; b++) {
+                    bufs[b][l] = svlm_k_alloc(k, layer_bytes);
+                    REQUIRE(bufs[b][l], "svlm_k_alloc failed");
+                    svlm_k_store(k, bufs[b][l], t, init + (size_t)(3 * l + b) * ROWS * DIM, ROWS * DIM);
+                }
+            }
+            if (mode == 1) {
+                for (int l = 0; l < L; l++) {
+                    svlm_k_load(k, f, (char *)vc[l] + elt * SRC * DIM, t, N * DIM);
+                    svlm_k_store(k, (char *)vc[l] + elt * DST * DIM, t, f, N * DIM);
+                    svlm_k_load(k, f, (char *)raw[l] + elt * SRC * DIM, t, N * DIM);
+                    svlm_k_store(k, (char *)raw[l] + elt * DST * DIM, t, f, N * DIM);
+                    svlm_k_rope(k, f, N, NKVH, HD, HD, pk, 10000.0f, neox);
+                    svlm_k_store(k, (char *)kc[l] + elt * DST * DIM, t, f, N * DIM);
+                }
+            } else {
+                const svlm_kv_shift_args a = {.raw = raw,
+                                              .kc = kc,
+                                              .vc = vc,
+                                              .n_layer = L,
+                                              .type = t,
+                                              .dst = DST,
+                                              .src = SRC,
+                                              .n = N,
+                                              .n_kv_head = NKVH,
+                                              .head_dim = HD,
+                                              .n_rot = HD,
+                                              .neox = neox,
+                                              .base = 10000.0f,
+                                              .pos = pk};
+                svlm_k_kv_shift(k, &a);
+            }
+            float *o = res[mode] = calloc((size_t)3 * L * ROWS * DIM, sizeof(float));
+            char *h = malloc(layer_bytes);
+            REQUIRE(o && h, "out of memory");
+            for (int l = 0; l < L; l++) {
+                void *bufs[3] = {raw[l], kc[l], vc[l]};
+                for (int b = 0; b < 3; b++) {
+                    svlm_k_copy(k, h, bufs[b], layer_bytes);
+                    svlm_k_load(C, o + (size_t)(3 * l + b) * ROWS * DIM, h, t, ROWS * DIM);
+                    svlm_k_free(k, bufs[b]);
+                }
+            }
+            free(h);
+            svlm_k_free(k, f);
+            svlm_k_free(k, pk);
+        }
+        int moved_exact = 1, others_kept = 1;
+        double e_seq = 0, e_cpu = 0;
+        for (int l = 0; l < L; l++)
+            for (int b = 0; b < 3; b++) {
+                const size_t at = (size_t)(3 * l + b) * ROWS * DIM;
+                const float *in = init + at;
+                for (int r = 0; r < ROWS; r++) {
+                    const int moved = r >= DST && r < DST + N;
+                    const float *g = res[0] + at + (size_t)r * DIM;
+                    if (!moved || b != 1) { /* raw keys, values, and rows outside: exact everywhere */
+                        float want[DIM];
+                        const float *src = in + (size_t)(moved ? r - DST + SRC : r) * DIM;
+                        for (int j = 0; j < DIM; j++)
+                            want[j] = f16 ? svlm_f16_to_f32(svlm_f32_to_f16(src[j])) : src[j];
+                        for (int mo = 0; mo < 3; mo++)
+                            *(moved ? &moved_exact : &others_kept) &=
+                                !memcmp(res[mo] + at + (size_t)r * DIM, want, sizeof want);
+                    } else {
+                        e_seq = fmax(e_seq, max_rel(g, res[1] + at + (size_t)r * DIM, DIM));
+                        e_cpu = fmax(e_cpu, max_rel(g, res[2] + at + (size_t)r * DIM, DIM));
+                    }
+                }
+            }
+        printf("kv_shift %s, neox %d: moves exact %d, other rows kept %d; keys %.3g off the op sequence "
+               "(tolerance 1e-6 or an f16 step), %.3g off the cpu (tolerance %g)\n",
+               f16 ? "f16" : "f32", neox, moved_exact, others_kept, e_seq, e_cpu, f16 ? 1e-3 : 1e-5);
+        CHECK(moved_exact && others_kept, "kv_shift (%s) moved or touched rows wrongly", f16 ? "f16" : "f32");
+        CHECK(e_seq <= (f16 ? 1e-3 : 1e-6), "kv_shift keys differ from the op sequence by %g", e_seq);
+        CHECK(e_cpu <= (f16 ? 1e-3 : 1e-5), "kv_shift keys differ from the CPU by %g", e_cpu);
+        for (int mode = 0; mode < 3; mode++)
+            free(res[mode]);
+        free(init);
+    }
+}
+
 /* svlm_k_im2col: every value where the (channel, ky, kx) order puts it, rounded through f16 when
  * asked, exactly as the CPU's (and a direct reference). */
 static void test_im2col(void) {
@@ -857,6 +963,7 @@ int test_main(void) {
     test_store_rows();
     test_fused_products();
     test_rope_store();
+    test_kv_shift();
     test_im2col();
     test_replay();
     svlm_kernels_destroy(G);

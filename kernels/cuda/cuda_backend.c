@@ -182,6 +182,36 @@ static void cu_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_d
     cu_done(k, "rope");
 }
 
+/* The working copy's buffers are svlm_k_alloc memory: the kernels read the layer table where
+ * the GPU sees them. Two launches for all layers: the moved rows into scratch, then back at dst
+ * with the keys rotated. */
+static void cu_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
+    cu_begin(k);
+    const int L = a->n_layer;
+    void *tab[3 * L];
+    for (int l = 0; l < L; l++) {
+        void *const ps[3] = {a->raw[l], a->kc[l], a->vc[l]};
+        for (int j = 0; j < 3; j++) {
+            tab[j * L + l] = (void *)device_view(ps[j]);
+            if (!tab[j * L + l]) {
+                fprintf(stderr, "svlm: internal error: a working copy the GPU cannot reach\n");
+                abort();
+            }
+        }
+    }
+    void *const *dtab = cu_in(k, 0, tab, sizeof tab);
+    const int32_t *dpos = cu_in(k, 1, a->pos, sizeof(int32_t) * (size_t)a->n);
+    const size_t elt = a->type == SVLM_F16 ? 2 : 4;
+    void *scratch =
+        cu_scratch(k, (size_t)L * (size_t)a->n * 2 * (size_t)a->n_kv_head * (size_t)a->head_dim * elt);
+    if (!scratch) return; /* a recording gives up (cu_scratch noted it) */
+    const float theta_scale = powf(a->base, -2.0f / (float)a->n_rot); /* as cu_rope */
+    cu_check(svlm_cu_kv_shift(CU(k)->stream, dtab, L, a->dst, a->src, a->n, a->n_kv_head, a->head_dim,
+                              a->n_rot, dpos, theta_scale, a->neox, a->type == SVLM_F16, scratch),
+             "kv_shift");
+    cu_done(k, "kv_shift");
+}
+
 static void cu_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head,
                           int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float base, int neox,
                           void *const *dsts, svlm_dtype kv_type, float *keep, int round) {
@@ -576,6 +606,7 @@ static const backend_ops cuda_ops = {
     .rmsnorm_swiglu = cu_rmsnorm_swiglu,
     .add_bias_gelu_f16 = cu_add_bias_gelu_f16,
     .attention_items = cu_attention_items,
+    .kv_shift = cu_kv_shift,
     .replay_begin = cu_replay_begin,
     .replay_end = cu_replay_end,
     .replay_forget = cu_replay_forget,

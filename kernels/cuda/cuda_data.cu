@@ -66,12 +66,77 @@ __global__ void gather_rows_kernel(float *dst, const float *src, const int32_t *
 template <bool F16> __global__ void store_rows_kernel(void *const *dsts, const float *x, int64_t dim) {
     const int64_t r = blockIdx.y;
     const float *s = x + r * dim;
+    if (!dsts[r]) return; /* a row the caller skips */
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < dim;
          j += (int64_t)gridDim.x * blockDim.x)
         if (F16)
             static_cast<__half *>(dsts[r])[j] = __float2half_rn(s[j]);
         else
             static_cast<float *>(dsts[r])[j] = s[j];
+}
+
+/* svlm_k_kv_shift's first half: block (row i, layer l) copies the moved row's raw key and value
+ * into scratch [n_layer][n][2][dim], so the second half may write rows that overlap them. tab:
+ * [3][n_layer] pointers (raw keys, keys, values). E: the stored element's bits. */
+template <typename E>
+__global__ void kv_shift_gather_kernel(void *const *tab, int n_layer, int64_t src, int64_t n, int dim,
+                                       E *scratch) {
+    const int64_t i = blockIdx.x;
+    const int l = blockIdx.y;
+    const E *raw = static_cast<const E *>(tab[l]) + (src + i) * dim;
+    const E *v = static_cast<const E *>(tab[2 * n_layer + l]) + (src + i) * dim;
+    E *out = scratch + ((int64_t)l * n + i) * 2 * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        out[j] = raw[j];
+        out[dim + j] = v[j];
+    }
+}
+
+__device__ __forceinline__ float kv_load(const __half *p) {
+    return __half2float(*p);
+}
+__device__ __forceinline__ float kv_load(const float *p) {
+    return *p;
+}
+__device__ __forceinline__ void kv_store(__half *p, float v) {
+    *p = __float2half_rn(v);
+}
+__device__ __forceinline__ void kv_store(float *p, float v) {
+    *p = v;
+}
+
+/* The second half: the moved rows written at dst, and the keys rotated to pos[i] from the raw
+ * ones (rope_kernel's rotation, operation for operation). */
+template <typename T>
+__global__ void kv_shift_scatter_kernel(void *const *tab, int n_layer, int64_t dst, int64_t n, int n_kv_head,
+                                        int hd, int half, const int32_t *pos, float theta_scale, int neox,
+                                        const T *scratch) {
+    const int64_t i = blockIdx.x;
+    const int l = blockIdx.y, dim = n_kv_head * hd;
+    const T *sr = scratch + ((int64_t)l * n + i) * 2 * dim, *sv = sr + dim;
+    T *raw = static_cast<T *>(tab[l]) + (dst + i) * dim;
+    T *kc = static_cast<T *>(tab[n_layer + l]) + (dst + i) * dim;
+    T *vc = static_cast<T *>(tab[2 * n_layer + l]) + (dst + i) * dim;
+    const float p = (float)pos[i];
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        raw[j] = sr[j];
+        vc[j] = sv[j];
+        const int d = j % hd, base = j - d;
+        const float me = kv_load(sr + j);
+        float out = me;
+        if (d < 2 * half) { /* a rotated dimension: first or second of its pair */
+            const int e = neox ? (d < half ? d : d - half) : d / 2;
+            const bool first = neox ? d < half : d % 2 == 0;
+            const int partner = neox ? (first ? d + half : d - half) : (first ? d + 1 : d - 1);
+            const float other = kv_load(sr + base + partner);
+            float theta = p;
+            for (int t = 0; t < e; t++)
+                theta *= theta_scale;
+            const float c = cosf(theta), s = sinf(theta);
+            out = first ? me * c - other * s : other * s + me * c;
+        }
+        kv_store(kc + j, out);
+    }
 }
 
 /* one thread per patch value: output element o of patch row (tile, i) is (c, ky, kx) */
@@ -148,6 +213,30 @@ extern "C" int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, co
             store_rows_kernel<true><<<grid, 256, 0, s>>>(dsts + r0, x + r0 * dim, dim);
         else
             store_rows_kernel<false><<<grid, 256, 0, s>>>(dsts + r0, x + r0 * dim, dim);
+    }
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_kv_shift(cudaStream_t s, void *const *tab, int n_layer, int64_t dst, int64_t src,
+                                int64_t n, int n_kv_head, int head_dim, int n_rot, const int32_t *pos,
+                                float theta_scale, int neox, int f16, void *scratch) {
+    const int dim = n_kv_head * head_dim;
+    if (n <= 0 || n_layer <= 0 || dim <= 0) return 0;
+    if (n > 0x7fffffff || n_layer > 65535) return (int)cudaErrorInvalidValue;
+    const dim3 grid((unsigned)n, (unsigned)n_layer);
+    const int threads = dim >= 128 ? 128 : (dim + 31) / 32 * 32;
+    if (f16) {
+        kv_shift_gather_kernel<unsigned short>
+            <<<grid, threads, 0, s>>>(tab, n_layer, src, n, dim, static_cast<unsigned short *>(scratch));
+        kv_shift_scatter_kernel<__half><<<grid, threads, 0, s>>>(tab, n_layer, dst, n, n_kv_head, head_dim,
+                                                                 n_rot / 2, pos, theta_scale, neox,
+                                                                 static_cast<const __half *>(scratch));
+    } else {
+        kv_shift_gather_kernel<float>
+            <<<grid, threads, 0, s>>>(tab, n_layer, src, n, dim, static_cast<float *>(scratch));
+        kv_shift_scatter_kernel<float><<<grid, threads, 0, s>>>(tab, n_layer, dst, n, n_kv_head, head_dim,
+                                                                n_rot / 2, pos, theta_scale, neox,
+                                                                static_cast<const float *>(scratch));
     }
     return (int)cudaGetLastError();
 }
