@@ -278,6 +278,11 @@ if [ -x "$S" ]; then
           --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
           --backend cuda $flags
       done
+      # the frames' prefill as before its two changes: the window's rows brought over from the
+      # pages at every eviction, and one attention launch per stream
+      SVLM_KV_SHIFT=0 SVLM_CUDA_FLASH_ITEMS=0 bench "256 streams at 1 fps, cuda, rows from the pages, attention per stream" \
+        60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 4 --duration 15 \
+        --drain-max 5 --question-tokens 20 --answer-tokens 8 --backend cuda
     fi
   fi
   # the 2.2B shape (Q4_K_M): text speed and the issue's 32 streams (making the model takes about

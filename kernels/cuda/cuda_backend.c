@@ -63,6 +63,10 @@ static const void *device_view(const void *p) {
     return device_view_of(p, &host_side);
 }
 
+const void *cu_device_view(const void *p) {
+    return device_view(p);
+}
+
 static void *stage_buffer(cu_ctx *c, int slot, size_t bytes) {
     if (bytes > c->stage_cap[slot] && cu_capturing) { /* freeing a buffer a recording may hold */
         cu_capture_failed = 1;
@@ -292,6 +296,14 @@ static void decode_attention(svlm_kernels *k, const svlm_attn_args *shape, const
  * buffers) in one launch; anything else one by one. */
 static void cu_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
     enum { MAX_ITEMS = 256 };
+    if (n > 1 && a[0].n_q > 1) { /* prefill of many sequences: one fused launch when it takes them */
+        cu_begin(k);
+        if (cu_attention_flash_items(k, a, n)) {
+            cu_done(k, "attention_multi (flash)");
+            return;
+        }
+        cu_prof_stop(k, "attention_multi (declined)"); /* nothing was queued */
+    }
     svlm_cu_attn_item items[MAX_ITEMS];
     int ok = n > 0 && n <= MAX_ITEMS;
     for (int i = 0; ok && i < n; i++) {

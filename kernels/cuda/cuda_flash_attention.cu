@@ -128,12 +128,24 @@ __device__ __forceinline__ void scale_rows(frag_c (&o)[ND], const float *factor,
             o[n].x[i] *= f[i];
 }
 
-/* Block (query tile blockIdx.x, head blockIdx.y). rep = n_head / n_kv_head; hd the real head dim. */
+/* Block (query tile blockIdx.x, head blockIdx.y). rep = n_head / n_kv_head; hd the real head dim.
+ * items (not NULL): blockIdx.z is a sequence of a launch for many, whose table entry replaces q, k,
+ * v, out, n_q and n_kv; tiles past its queries have nothing to do. */
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
     flash_kernel(const float *q, const T *k, const T *v, int64_t kv_stride, float *out, int64_t n_q,
                  int64_t n_kv, int n_head, int rep, int hd, int causal, float scale_log2, bool vec_q,
-                 bool vec_kv) {
+                 bool vec_kv, const svlm_cu_flash_item *items) {
+    if (items) {
+        const svlm_cu_flash_item it = items[blockIdx.z];
+        if ((int64_t)blockIdx.x * kBQ >= it.n_q) return; /* the whole block: no barrier is left waiting */
+        q = it.q;
+        k = static_cast<const T *>(it.k);
+        v = static_cast<const T *>(it.v);
+        out = it.out;
+        n_q = it.n_q;
+        n_kv = it.n_kv;
+    }
     using L = Layout<D>;
     constexpr int ND = D / 16, NK = kBK / 16;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -300,20 +312,35 @@ struct args {
     int n_head, rep, hd, causal;
     float scale_log2;
     bool vec_q, vec_kv;
+    const svlm_cu_flash_item *items; /* NULL: the one attention above */
+    int n_items;
 };
 
 template <int D, typename T> int launch(cudaStream_t s, const args &a) {
     const cudaError_t e = allow_shared<D, T>();
     if (e != cudaSuccess) return (int)e;
-    const dim3 grid((unsigned)((a.n_q + kBQ - 1) / kBQ), (unsigned)a.n_head);
+    const dim3 grid((unsigned)((a.n_q + kBQ - 1) / kBQ), (unsigned)a.n_head, (unsigned)a.n_items);
     flash_kernel<D, T><<<grid, kThreads, Layout<D>::kBytes, s>>>(
         a.q, static_cast<const T *>(a.k), static_cast<const T *>(a.v), a.kv_stride, a.out, a.n_q, a.n_kv,
-        a.n_head, a.rep, a.hd, a.causal, a.scale_log2, a.vec_q, a.vec_kv);
+        a.n_head, a.rep, a.hd, a.causal, a.scale_log2, a.vec_q, a.vec_kv, a.items);
     return (int)cudaGetLastError();
 }
 
 template <int D> int launch_d(cudaStream_t s, const args &a, int kv_f16) {
     return kv_f16 ? launch<D, __half>(s, a) : launch<D, float>(s, a);
+}
+
+int launch_dim(cudaStream_t s, const args &a, int kv_f16) {
+    switch ((a.hd + 15) / 16) {
+    case 1: return launch_d<16>(s, a, kv_f16);
+    case 2: return launch_d<32>(s, a, kv_f16);
+    case 3: return launch_d<48>(s, a, kv_f16);
+    case 4: return launch_d<64>(s, a, kv_f16);
+    case 5: return launch_d<80>(s, a, kv_f16);
+    case 6: return launch_d<96>(s, a, kv_f16);
+    case 7: return launch_d<112>(s, a, kv_f16);
+    default: return launch_d<128>(s, a, kv_f16);
+    }
 }
 
 bool aligned(const void *p, uintptr_t n) {
@@ -349,15 +376,35 @@ extern "C" int svlm_cu_flash_attention(cudaStream_t s, const float *q, const voi
               causal != 0,
               scale * 1.4426950408889634f,
               aligned(q, 16) && head_dim % 4 == 0,
-              aligned(k, kv_align) && aligned(v, kv_align) && kv_stride % 4 == 0 && head_dim % 4 == 0};
-    switch ((head_dim + 15) / 16) {
-    case 1: return launch_d<16>(s, a, kv_f16);
-    case 2: return launch_d<32>(s, a, kv_f16);
-    case 3: return launch_d<48>(s, a, kv_f16);
-    case 4: return launch_d<64>(s, a, kv_f16);
-    case 5: return launch_d<80>(s, a, kv_f16);
-    case 6: return launch_d<96>(s, a, kv_f16);
-    case 7: return launch_d<112>(s, a, kv_f16);
-    default: return launch_d<128>(s, a, kv_f16);
-    }
+              aligned(k, kv_align) && aligned(v, kv_align) && kv_stride % 4 == 0 && head_dim % 4 == 0,
+              nullptr,
+              1};
+    return launch_dim(s, a, kv_f16);
+}
+
+extern "C" int svlm_cu_flash_attention_items(cudaStream_t s, const svlm_cu_flash_item *items, int n,
+                                             int64_t max_n_q, int kv_f16, int64_t kv_stride, int n_head,
+                                             int n_kv_head, int head_dim, int causal, float scale, int vec_q,
+                                             int vec_kv) {
+    if (n <= 0 || max_n_q <= 0 || n_head <= 0) return 0;
+    if (!svlm_cu_flash_attention_supported(head_dim, kv_f16) || n_kv_head <= 0 || n_head % n_kv_head ||
+        n_head > 65535 || n > 65535 || kv_stride < 0 || max_n_q > (int64_t)0x7fffffff * kBQ)
+        return (int)cudaErrorInvalidValue;
+    args a = {nullptr,
+              nullptr,
+              nullptr,
+              kv_stride,
+              nullptr,
+              max_n_q,
+              0,
+              n_head,
+              n_head / n_kv_head,
+              head_dim,
+              causal != 0,
+              scale * 1.4426950408889634f,
+              vec_q != 0 && head_dim % 4 == 0,
+              vec_kv != 0 && kv_stride % 4 == 0 && head_dim % 4 == 0,
+              items,
+              n};
+    return launch_dim(s, a, kv_f16);
 }

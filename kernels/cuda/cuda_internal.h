@@ -148,5 +148,10 @@ int cu_attention_gemm(svlm_kernels *k, const svlm_attn_args *a, const float *dq,
  * sizes past the kernel's limits, or when SVLM_CUDA_FLASH=0 turned it off. */
 int cu_attention_flash(svlm_kernels *k, const svlm_attn_args *a, const float *dq, const void *dk,
                        const void *dv, float *dout);
+/* n prefill attentions shaped alike in one launch of the flash kernel (cuda_attention_flash.c):
+ * 0 when it declines them (then they go one by one). */
+int cu_attention_flash_items(svlm_kernels *k, const svlm_attn_args *a, int n);
+/* The address the GPU may use for p, or NULL when p is plain host memory. */
+const void *cu_device_view(const void *p);
 
 #endif

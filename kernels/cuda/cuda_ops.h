@@ -127,6 +127,20 @@ int svlm_cu_flash_attention(cudaStream_t s, const float *q, const void *k, const
                             int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,
                             int n_kv_head, int head_dim, int causal, float scale);
 int svlm_cu_flash_attention_supported(int head_dim, int kv_f16);
+/* One sequence of svlm_cu_flash_attention_items (device pointers): its n_q queries are the last of
+ * its n_kv cached rows. */
+typedef struct svlm_cu_flash_item {
+    const float *q;
+    const void *k, *v;
+    float *out;
+    int64_t n_q, n_kv;
+} svlm_cu_flash_item;
+/* n attentions shaped alike (the frames of many streams) in one launch: items is a device table,
+ * max_n_q the most queries of any; vec_q, vec_kv: every q is 16-byte aligned, every k and v 4
+ * elements aligned (else the loads go one by one). */
+int svlm_cu_flash_attention_items(cudaStream_t s, const svlm_cu_flash_item *items, int n, int64_t max_n_q,
+                                  int kv_f16, int64_t kv_stride, int n_head, int n_kv_head, int head_dim,
+                                  int causal, float scale, int vec_q, int vec_kv);
 
 #ifdef __cplusplus
 }
