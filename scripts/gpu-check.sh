@@ -264,6 +264,11 @@ if [ -x "$S" ]; then
       --batch 32 --reps 2 --backend cuda
     SVLM_CUDA_FLASH=0 bench "text, cuda, prefill without flash attention" 60 bench -m "$M.gguf" --pp 512 \
       --tg 0 --backend cuda
+    # GPU time per kernel of an encoder batch (after the first run's launches)
+    if [ "${SVLM_GPU_CHECK_NCU:-1}" = 1 ] && [ -n "$NCU" ]; then
+      step "ncu: kernels of the vision encoder, batch 32" 90 0 scripts/ncu-kernels.sh "$NCU" 400 400 "$S" bench \
+        --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    fi
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
     # the headline: many live streams at 1 fps with 20-token questions (on a GPU STC is off by
@@ -278,6 +283,10 @@ if [ -x "$S" ]; then
           --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
           --backend cuda $flags
       done
+      # the ops (calls and host time) the ingest and answer lanes issue, per op
+      SVLM_CUDA_PROFILE=1 bench "64 streams at 1 fps, cuda, profiled ops" 60 bench-streams -m "$M.gguf" \
+        --mmproj "$M-mmproj.gguf" --streams 64 --fps 1 --warmup 2 --duration 8 --drain-max 5 --question-tokens 20 \
+        --answer-tokens 8 --backend cuda
       # the frames' prefill as before its two changes: the window's rows brought over from the
       # pages at every eviction, and one attention launch per stream
       SVLM_KV_SHIFT=0 SVLM_CUDA_FLASH_ITEMS=0 bench "256 streams at 1 fps, cuda, rows from the pages, attention per stream" \
