@@ -107,6 +107,10 @@ typedef struct svlm_llama_multi svlm_llama_multi;
 svlm_status svlm_llama_multi_create(svlm_llama *m, svlm_kernels *k, int max_rows, svlm_llama_multi **out,
                                     svlm_err *err);
 void svlm_llama_multi_free(svlm_llama_multi *b);
+/* A pool (common/threadpool.h) that writes the items' pages in parallel after the pass; NULL (the
+ * default): the calling thread writes them. The caller serialises the pool's runs. */
+struct svlm_pool;
+void svlm_llama_multi_set_pool(svlm_llama_multi *b, struct svlm_pool *pool);
 /* The most rows one item may bring (a frame with its timestamp text). */
 int svlm_llama_multi_item_max(void);
 

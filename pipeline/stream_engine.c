@@ -659,6 +659,7 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (!st && mp && e->p.ingest_batch > 1)
         st = svlm_llama_multi_create(m, e->k_ingest, e->p.ingest_batch * svlm_llama_multi_item_max(),
                                      &e->multi, err);
+    if (!st && e->multi) svlm_llama_multi_set_pool(e->multi, e->pre_pool); /* idle while a pass runs */
     if (!st && mp && !(e->pre_job = calloc(1, sizeof *e->pre_job)))
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st && mp) {

@@ -5,12 +5,14 @@
  * (ids < 0), compared after every round by the logits of one probe token per sequence. Tolerance
  * 1e-2, as for continuous batching from 16 rows on: the pass's products run as one GEMM over all
  * rows where a short chunk alone takes the CPU's dot kernels (measured 7e-4).
+ * The pass writes the pages with a pool of 3 threads, as the engine's does.
  * Also: an item that fails alone, shared contexts, too many rows.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/threadpool.h"
 #include "llm/llama.h"
 #include "test.h"
 
@@ -88,6 +90,9 @@ int test_main(void) {
     setup(m, k, &b);
     svlm_llama_multi *mb = NULL;
     REQUIRE(!svlm_llama_multi_create(m, k, NS * MAXN, &mb, &err), "%s", err.msg);
+    svlm_pool *pages_pool = NULL; /* the engine's way: pages written in parallel */
+    REQUIRE(!svlm_pool_create(3, &pages_pool, &err), "%s", err.msg);
+    svlm_llama_multi_set_pool(mb, pages_pool);
     int32_t *ids = malloc(sizeof(int32_t) * NS * MAXN);
     float *embd = malloc(sizeof(float) * NS * MAXN * (size_t)E);
     float *la = malloc(sizeof(float) * (size_t)V), *lb = malloc(sizeof(float) * (size_t)V);
@@ -152,6 +157,7 @@ int test_main(void) {
     free(la);
     free(lb);
     svlm_llama_multi_free(mb);
+    svlm_pool_destroy(pages_pool);
     teardown(&a);
     teardown(&b);
     svlm_kernels_destroy(k);
