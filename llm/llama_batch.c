@@ -95,7 +95,8 @@ static svlm_status prepare(svlm_llama_batch *b, svlm_llama_batch_item *it, int *
     if (!st) st = llama_seq_prepare(it->ctx, it->seq, it->kind, it->tag, &it->id, NULL, 1, p0, sync_from, &e);
     if (!st) {
         llama_apply_shift(it->ctx, it->seq);
-        it->ctx->raw_ok = 0; /* a batch keeps no raw keys for its rows: the next use rebuilds them */
+        /* a batch keeps no raw key for its row: the next use rebuilds that row's */
+        if (it->ctx->raw_n > *p0) it->ctx->raw_n = *p0;
     }
     if (st) {
         it->status = st;

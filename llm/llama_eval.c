@@ -498,6 +498,7 @@ svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kin
     eval_chunks(c, seq, first, valid, ids, embd, n, logits, all_logits);
     c->mirror_of = svlm_kv_seq_version(seq);
     c->mirror_n = first + n;
+    c->raw_n = c->mirror_n; /* every row's raw key was kept or brought over (when c->raw) */
     c->n_past = 0;
     return SVLM_OK;
 }

@@ -55,12 +55,12 @@ struct svlm_llama_ctx {
     float *pending_host;          /* the same, host memory */
     llama_step_tables step;       /* a decode step's tables (one row) */
     /* Keys before RoPE beside the working copy (svlm_llama_ctx_follow_moves; NULL: off), per layer
-     * [n_ctx][kv_dim] of kv_type, matching the copy's rows when raw_ok. With them the rows an
+     * [n_ctx][kv_dim] of kv_type, matching the copy's rows below raw_n. With them the rows an
      * eviction moved are moved on the kernels' side (llama_shift.c). shift_*: the move prepare
      * planned, made by llama_apply_shift. */
     void **raw;
     int32_t *shift_pos, *shift_pos_k; /* n_ctx positions: host, kernels' side */
-    int raw_ok, shift_dst, shift_src, shift_n;
+    int raw_n, shift_dst, shift_src, shift_n;
     int64_t moves, moved_rows; /* counters: moves made, rows they moved */
 };
 

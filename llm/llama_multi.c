@@ -286,6 +286,7 @@ svlm_status svlm_llama_eval_seq_multi(svlm_llama_multi *b, svlm_llama_multi_item
         svlm_llama_ctx *c = lv[i].it->ctx;
         c->mirror_of = svlm_kv_seq_version(lv[i].it->seq);
         c->mirror_n = lv[i].p0 + lv[i].it->n;
+        c->raw_n = c->mirror_n;
         c->n_past = 0;
     }
     svlm_k_defer(k, 0);

@@ -21,7 +21,7 @@ static void raw_free(svlm_llama_ctx *c) {
     if (c->shift_pos_k) svlm_k_free(c->k, c->shift_pos_k);
     c->raw = NULL;
     c->shift_pos = c->shift_pos_k = NULL;
-    c->raw_ok = 0;
+    c->raw_n = 0;
     c->shift_n = 0;
 }
 
@@ -47,28 +47,24 @@ svlm_status svlm_llama_ctx_follow_moves(svlm_llama_ctx *c, int on, svlm_err *err
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the keys before RoPE of a %d-token context",
                          c->n_ctx);
     }
-    /* the copy's rows so far have no raw keys: the next use rebuilds both from the pages */
-    c->raw_ok = 0;
+    c->raw_n = 0; /* the copy's rows so far have no raw keys: the next use rebuilds both */
     return SVLM_OK;
 }
 
 int llama_plan_shift(svlm_llama_ctx *c, const svlm_kv_seq *seq, svlm_kv_version v, int valid) {
     c->shift_n = 0;
     if (!c->raw) return valid;
-    if (!c->raw_ok) { /* rebuilt from the pages, raw keys with it */
-        c->raw_ok = 1;
-        return 0;
-    }
+    if (valid > c->raw_n) valid = c->raw_n; /* rows without raw keys are rebuilt with them */
     const svlm_dtype page_type = svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type;
     /* raw keys hold the pages' bytes only when the copy has their type */
     if (page_type != c->kv_type || v.gone <= 0 || c->mirror_of.uid != v.uid ||
         c->mirror_of.epoch + 1 != v.epoch)
         return valid;
-    const int src = v.kept + v.gone;
-    if (c->mirror_n <= src || valid < v.kept) return valid;
+    const int src = v.kept + v.gone, end = c->mirror_n < c->raw_n ? c->mirror_n : c->raw_n;
+    if (end <= src || valid < v.kept) return valid;
     c->shift_dst = v.kept;
     c->shift_src = src;
-    c->shift_n = c->mirror_n - src;
+    c->shift_n = end - src;
     return v.kept + c->shift_n;
 }
 

@@ -5,14 +5,16 @@
  * frames of 12 rows that push the oldest out, dialogue turns between them), F32 and F16 caches,
  * through svlm_llama_eval_seq and through the multi-sequence pass. Compared bit for bit: the
  * logits of every frame and every row of the working copies. Also: the eviction record
- * (svlm_kv_version.gone) for one run and for spans apart; a context used for another sequence in
- * between rebuilds its raw keys.
+ * (svlm_kv_version.gone) for one run and for spans apart; a decode step through a batch (which
+ * keeps no raw key) and a context used for another sequence in between. test_cuda_llama_shift
+ * runs it on a GPU (SVLM_TEST_SHIFT_ON_GPU=1), where the moves are CUDA kernels.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "llm/llama_internal.h"
 #include "test.h"
+#include "test_gpu.h"
 
 enum { FRAME = 12, ROUNDS = 16, SIDES = 6 };
 
@@ -80,6 +82,8 @@ static void run(svlm_llama *m, svlm_kernels *k, svlm_dtype type) {
     world_make(m, k, type, &w);
     svlm_llama_multi *mb = NULL;
     REQUIRE(!svlm_llama_multi_create(m, k, 2 * FRAME, &mb, &err), "%s", err.msg);
+    svlm_llama_batch *bt = NULL;
+    REQUIRE(!svlm_llama_batch_create(m, k, 2, &bt, &err), "%s", err.msg);
     int32_t ids[3][FRAME];
     float *embd = malloc(sizeof(float) * 3 * FRAME * (size_t)E);
     float *la = malloc(sizeof(float) * (size_t)V), *lb = malloc(sizeof(float) * (size_t)V);
@@ -116,6 +120,13 @@ static void run(svlm_llama *m, svlm_kernels *k, svlm_dtype type) {
                     !svlm_llama_eval_seq(w.ctx[i], w.seq[i], SVLM_KV_TEXT, r, turn, NULL, 5, NULL, 0, &err),
                     "%s", err.msg);
             }
+        if (r == 5) /* a decode step through a batch on sides 0 and 1: no raw key for its row */
+            for (int i = 0; i < 2; i++) {
+                svlm_llama_batch_item it = {
+                    .ctx = w.ctx[i], .seq = w.seq[i], .kind = SVLM_KV_TEXT, .tag = 50, .id = 9};
+                REQUIRE(!svlm_llama_eval_batch(bt, &it, 1, &err) && it.status == SVLM_OK, "%s %s", err.msg,
+                        it.err_msg);
+            }
         if (r == 9) { /* side 0's context serves a fork once: its copy and raw keys are rebuilt next */
             svlm_kv_seq *f = NULL;
             REQUIRE(!svlm_kv_seq_fork(w.seq[0], &f, &err), "%s", err.msg);
@@ -148,6 +159,7 @@ static void run(svlm_llama *m, svlm_kernels *k, svlm_dtype type) {
     free(la);
     free(lb);
     svlm_llama_multi_free(mb);
+    svlm_llama_batch_free(bt);
     world_free(&w);
 }
 
@@ -190,7 +202,11 @@ int test_main(void) {
     svlm_llama *m = NULL;
     svlm_kernels *k = NULL;
     REQUIRE(!svlm_llama_load(path, &m, &err), "%s", err.msg);
-    REQUIRE(!svlm_kernels_create_cpu(2, &k, &err), "%s", err.msg);
+    if (getenv("SVLM_TEST_SHIFT_ON_GPU")) /* test_cuda_llama_shift: the backend under test */
+        k = test_gpu_backend();
+    else
+        REQUIRE(!svlm_kernels_create_cpu(2, &k, &err), "%s", err.msg);
+    printf("backend: %s\n", svlm_kernels_name(k));
     run(m, k, SVLM_F32);
     run(m, k, SVLM_F16);
     svlm_kernels_destroy(k);

@@ -39,12 +39,10 @@ int cu_attention_flash(svlm_kernels *k, const svlm_attn_args *a, const float *dq
  * each item at least attn_flash_min_q queries, shapes alike, every buffer device-accessible.
  * SVLM_CUDA_FLASH_ITEMS=0 leaves them to one launch each. Returns 0 when not taken. */
 int cu_attention_flash_items(svlm_kernels *k, const svlm_attn_args *a, int n) {
-    enum { MAX_ITEMS = 1024 };
-    const char *e = getenv("SVLM_CUDA_FLASH_ITEMS");
-    const int off = e && !strcmp(e, "0");
+    enum { MAX_ITEMS = 256 }; /* the engine's passes carry up to 64 */
     const int f16 = a[0].kv_type == SVLM_F16;
-    if (off || f32_asked() || n < 2 || n > MAX_ITEMS || a[0].n_head <= 0 || a[0].n_kv_head <= 0 ||
-        a[0].n_head % a[0].n_kv_head || a[0].n_head > 65535 || a[0].kv_stride < 0 ||
+    if (!CU(k)->flash_items || f32_asked() || n < 2 || n > MAX_ITEMS || a[0].n_head <= 0 ||
+        a[0].n_kv_head <= 0 || a[0].n_head % a[0].n_kv_head || a[0].n_head > 65535 || a[0].kv_stride < 0 ||
         !svlm_cu_flash_attention_supported(a[0].head_dim, f16))
         return 0;
     svlm_cu_flash_item items[MAX_ITEMS];

@@ -206,13 +206,22 @@ static void cu_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
     void *const *dtab = cu_in(k, 0, tab, sizeof tab);
     const int32_t *dpos = cu_in(k, 1, a->pos, sizeof(int32_t) * (size_t)a->n);
     const size_t elt = a->type == SVLM_F16 ? 2 : 4;
-    void *scratch =
-        cu_scratch(k, (size_t)L * (size_t)a->n * 2 * (size_t)a->n_kv_head * (size_t)a->head_dim * elt);
-    if (!scratch) return; /* a recording gives up (cu_scratch noted it) */
+    /* the layers in groups whose moved rows fit 32 MB of scratch (the backend's one scratch buffer,
+     * kept at its largest): one group for the 256M shape, a few for 2.2B */
+    const size_t per_layer = (size_t)a->n * 2 * (size_t)a->n_kv_head * (size_t)a->head_dim * elt;
+    const size_t cap = (size_t)32 << 20;
+    const int group = per_layer >= cap ? 1 : cap / per_layer < (size_t)L ? (int)(cap / per_layer) : L;
+    void *scratch = cu_scratch(k, per_layer * (size_t)group);
+    if (!scratch) { /* a recording gives up (cu_scratch noted it) */
+        cu_done(k, "kv_shift");
+        return;
+    }
     const float theta_scale = powf(a->base, -2.0f / (float)a->n_rot); /* as cu_rope */
-    cu_check(svlm_cu_kv_shift(CU(k)->stream, dtab, L, a->dst, a->src, a->n, a->n_kv_head, a->head_dim,
-                              a->n_rot, dpos, theta_scale, a->neox, a->type == SVLM_F16, scratch),
-             "kv_shift");
+    for (int l0 = 0; l0 < L; l0 += group)
+        cu_check(svlm_cu_kv_shift(CU(k)->stream, dtab, L, l0, L - l0 < group ? L - l0 : group, a->dst, a->src,
+                                  a->n, a->n_kv_head, a->head_dim, a->n_rot, dpos, theta_scale, a->neox,
+                                  a->type == SVLM_F16, scratch),
+                 "kv_shift");
     cu_done(k, "kv_shift");
 }
 
@@ -680,6 +689,8 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     c->attn_gemm_min_q = mq && atoi(mq) >= 32 ? atoi(mq) : 128;
     const char *fl = getenv("SVLM_CUDA_FLASH"), *fq = getenv("SVLM_CUDA_FLASH_MIN_Q");
     c->attn_flash_min_q = fl && !strcmp(fl, "0") ? INT_MAX : fq && atoi(fq) >= 1 ? atoi(fq) : 16;
+    const char *fi = getenv("SVLM_CUDA_FLASH_ITEMS");
+    c->flash_items = !(fi && !strcmp(fi, "0"));
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

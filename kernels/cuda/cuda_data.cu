@@ -9,6 +9,7 @@
 #include <math.h>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_rope.cuh"
 
 namespace {
 
@@ -76,16 +77,17 @@ template <bool F16> __global__ void store_rows_kernel(void *const *dsts, const f
 }
 
 /* svlm_k_kv_shift's first half: block (row i, layer l) copies the moved row's raw key and value
- * into scratch [n_layer][n][2][dim], so the second half may write rows that overlap them. tab:
+ * into scratch [n_l][n][2][dim] (layers l0 .. l0 + n_l - 1, blockIdx.y), so the second half may
+ * write rows that overlap them. tab:
  * [3][n_layer] pointers (raw keys, keys, values). E: the stored element's bits. */
 template <typename E>
-__global__ void kv_shift_gather_kernel(void *const *tab, int n_layer, int64_t src, int64_t n, int dim,
+__global__ void kv_shift_gather_kernel(void *const *tab, int n_layer, int l0, int64_t src, int64_t n, int dim,
                                        E *scratch) {
     const int64_t i = blockIdx.x;
-    const int l = blockIdx.y;
+    const int g = blockIdx.y, l = l0 + g; /* g: the layer's place in the group's scratch */
     const E *raw = static_cast<const E *>(tab[l]) + (src + i) * dim;
     const E *v = static_cast<const E *>(tab[2 * n_layer + l]) + (src + i) * dim;
-    E *out = scratch + ((int64_t)l * n + i) * 2 * dim;
+    E *out = scratch + ((int64_t)g * n + i) * 2 * dim;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         out[j] = raw[j];
         out[dim + j] = v[j];
@@ -106,14 +108,14 @@ __device__ __forceinline__ void kv_store(float *p, float v) {
 }
 
 /* The second half: the moved rows written at dst, and the keys rotated to pos[i] from the raw
- * ones (rope_kernel's rotation, operation for operation). */
+ * ones (cuda_rope.cuh: rope_kernel's rotation, bit for bit). */
 template <typename T>
-__global__ void kv_shift_scatter_kernel(void *const *tab, int n_layer, int64_t dst, int64_t n, int n_kv_head,
-                                        int hd, int half, const int32_t *pos, float theta_scale, int neox,
-                                        const T *scratch) {
+__global__ void kv_shift_scatter_kernel(void *const *tab, int n_layer, int l0, int64_t dst, int64_t n,
+                                        int n_kv_head, int hd, int half, const int32_t *pos,
+                                        float theta_scale, int neox, const T *scratch) {
     const int64_t i = blockIdx.x;
-    const int l = blockIdx.y, dim = n_kv_head * hd;
-    const T *sr = scratch + ((int64_t)l * n + i) * 2 * dim, *sv = sr + dim;
+    const int g = blockIdx.y, l = l0 + g, dim = n_kv_head * hd;
+    const T *sr = scratch + ((int64_t)g * n + i) * 2 * dim, *sv = sr + dim;
     T *raw = static_cast<T *>(tab[l]) + (dst + i) * dim;
     T *kc = static_cast<T *>(tab[n_layer + l]) + (dst + i) * dim;
     T *vc = static_cast<T *>(tab[2 * n_layer + l]) + (dst + i) * dim;
@@ -129,11 +131,9 @@ __global__ void kv_shift_scatter_kernel(void *const *tab, int n_layer, int64_t d
             const bool first = neox ? d < half : d % 2 == 0;
             const int partner = neox ? (first ? d + half : d - half) : (first ? d + 1 : d - 1);
             const float other = kv_load(sr + base + partner);
-            float theta = p;
-            for (int t = 0; t < e; t++)
-                theta *= theta_scale;
+            const float theta = rope_theta(p, theta_scale, e);
             const float c = cosf(theta), s = sinf(theta);
-            out = first ? me * c - other * s : other * s + me * c;
+            out = first ? rope_first(me, other, c, s) : rope_second(other, me, c, s);
         }
         kv_store(kc + j, out);
     }
@@ -217,24 +217,24 @@ extern "C" int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, co
     return (int)cudaGetLastError();
 }
 
-extern "C" int svlm_cu_kv_shift(cudaStream_t s, void *const *tab, int n_layer, int64_t dst, int64_t src,
-                                int64_t n, int n_kv_head, int head_dim, int n_rot, const int32_t *pos,
-                                float theta_scale, int neox, int f16, void *scratch) {
+extern "C" int svlm_cu_kv_shift(cudaStream_t s, void *const *tab, int n_layer, int l0, int n_l, int64_t dst,
+                                int64_t src, int64_t n, int n_kv_head, int head_dim, int n_rot,
+                                const int32_t *pos, float theta_scale, int neox, int f16, void *scratch) {
     const int dim = n_kv_head * head_dim;
-    if (n <= 0 || n_layer <= 0 || dim <= 0) return 0;
-    if (n > 0x7fffffff || n_layer > 65535) return (int)cudaErrorInvalidValue;
-    const dim3 grid((unsigned)n, (unsigned)n_layer);
+    if (n <= 0 || n_l <= 0 || dim <= 0) return 0;
+    if (n > 0x7fffffff || n_l > 65535 || l0 < 0 || l0 + n_l > n_layer) return (int)cudaErrorInvalidValue;
+    const dim3 grid((unsigned)n, (unsigned)n_l);
     const int threads = dim >= 128 ? 128 : (dim + 31) / 32 * 32;
     if (f16) {
         kv_shift_gather_kernel<unsigned short>
-            <<<grid, threads, 0, s>>>(tab, n_layer, src, n, dim, static_cast<unsigned short *>(scratch));
-        kv_shift_scatter_kernel<__half><<<grid, threads, 0, s>>>(tab, n_layer, dst, n, n_kv_head, head_dim,
-                                                                 n_rot / 2, pos, theta_scale, neox,
+            <<<grid, threads, 0, s>>>(tab, n_layer, l0, src, n, dim, static_cast<unsigned short *>(scratch));
+        kv_shift_scatter_kernel<__half><<<grid, threads, 0, s>>>(tab, n_layer, l0, dst, n, n_kv_head,
+                                                                 head_dim, n_rot / 2, pos, theta_scale, neox,
                                                                  static_cast<const __half *>(scratch));
     } else {
         kv_shift_gather_kernel<float>
-            <<<grid, threads, 0, s>>>(tab, n_layer, src, n, dim, static_cast<float *>(scratch));
-        kv_shift_scatter_kernel<float><<<grid, threads, 0, s>>>(tab, n_layer, dst, n, n_kv_head, head_dim,
+            <<<grid, threads, 0, s>>>(tab, n_layer, l0, src, n, dim, static_cast<float *>(scratch));
+        kv_shift_scatter_kernel<float><<<grid, threads, 0, s>>>(tab, n_layer, l0, dst, n, n_kv_head, head_dim,
                                                                 n_rot / 2, pos, theta_scale, neox,
                                                                 static_cast<const float *>(scratch));
     }

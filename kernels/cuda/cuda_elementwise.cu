@@ -8,6 +8,7 @@
 #include <math.h>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_rope.cuh"
 
 namespace {
 
@@ -82,15 +83,13 @@ __global__ void rope_kernel(float *x, int64_t n, int n_head, int head_dim, int h
     const int p = (int)(id % half);
     const int64_t th = id / half; /* row * n_head + head */
     const int64_t t = th / n_head;
-    float theta = (float)pos[t];
-    for (int i = 0; i < p; i++)
-        theta *= theta_scale;
+    const float theta = rope_theta((float)pos[t], theta_scale, p);
     const float c = cosf(theta), s = sinf(theta);
     float *v = x + th * head_dim;
     float *a = v + (neox ? p : 2 * p), *bb = a + (neox ? half : 1);
     const float x0 = *a, x1 = *bb;
-    *a = x0 * c - x1 * s;
-    *bb = x0 * s + x1 * c;
+    *a = rope_first(x0, x1, c, s);
+    *bb = rope_second(x0, x1, c, s);
 }
 
 __device__ __forceinline__ float through_f16(float v, int round) {
@@ -108,14 +107,12 @@ __global__ void rope_store_kernel(float *q, const float *kx, const float *vx, in
     const float p = (float)pos[r];
     for (int j = threadIdx.x; j < n_head * half; j += blockDim.x) {
         const int head = j / half, i = j % half;
-        float theta = p;
-        for (int t = 0; t < i; t++)
-            theta *= theta_scale;
+        const float theta = rope_theta(p, theta_scale, i);
         const float c = cosf(theta), s = sinf(theta);
         float *a = q + ((int64_t)r * n_head + head) * hd + (neox ? i : 2 * i), *b = a + (neox ? half : 1);
         const float x0 = *a, x1 = *b;
-        *a = x0 * c - x1 * s;
-        *b = x0 * s + x1 * c;
+        *a = rope_first(x0, x1, c, s);
+        *b = rope_second(x0, x1, c, s);
     }
     const float *kr = kx + (int64_t)r * kvd, *vr = vx + (int64_t)r * kvd;
     for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
@@ -127,11 +124,9 @@ __global__ void rope_store_kernel(float *q, const float *kx, const float *vx, in
             const bool first = neox ? d < half : d % 2 == 0;
             const int partner = neox ? (first ? d + half : d - half) : (first ? d + 1 : d - 1);
             const float other = through_f16(kr[base + partner], round);
-            float theta = p;
-            for (int t = 0; t < i; t++)
-                theta *= theta_scale;
+            const float theta = rope_theta(p, theta_scale, i);
             const float c = cosf(theta), s = sinf(theta);
-            out = first ? me * c - other * s : other * s + me * c;
+            out = first ? rope_first(me, other, c, s) : rope_second(other, me, c, s);
         }
         const float v = through_f16(vr[j], round);
         if (keep) {

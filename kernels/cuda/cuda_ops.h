@@ -100,11 +100,11 @@ int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t 
 /* Row i of x (dim floats) to dsts[i] (a device table of n row pointers; NULL skips the row), as
  * f16 or f32. */
 int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, const float *x, int64_t n, int64_t dim);
-/* svlm_k_kv_shift on device buffers: tab, a device table of [3][n_layer] pointers (raw keys, keys,
- * values); scratch: n_layer * n * 2 rows of the cache type. */
-int svlm_cu_kv_shift(cudaStream_t s, void *const *tab, int n_layer, int64_t dst, int64_t src, int64_t n,
-                     int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float theta_scale, int neox,
-                     int f16, void *scratch);
+/* svlm_k_kv_shift on device buffers for layers l0 .. l0 + n_l - 1: tab, a device table of
+ * [3][n_layer] pointers (raw keys, keys, values); scratch: n_l * n * 2 rows of the cache type. */
+int svlm_cu_kv_shift(cudaStream_t s, void *const *tab, int n_layer, int l0, int n_l, int64_t dst, int64_t src,
+                     int64_t n, int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float theta_scale,
+                     int neox, int f16, void *scratch);
 /* svlm_k_im2col on device buffers */
 int svlm_cu_im2col(cudaStream_t s, float *dst, const float *pixels, int b, int S, int p, int round);
 int svlm_cu_gather_rows(cudaStream_t s, float *dst, const float *src, const int32_t *idx, int64_t n,
