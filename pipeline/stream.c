@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "common/err.h"
+#include "common/threadpool.h"
 #include "pipeline/stream_internal.h"
 #include "vision/prompt.h"
 
@@ -147,6 +148,7 @@ static void join_pending_locked(svlm_stream *s) {
         free(t);
     }
     s->pending_tail = &s->pending;
+    if (s->memory_on) stream_memory_flush(&s->mem); /* (turns evict turns: nothing, as a rule) */
 }
 
 svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err) {
@@ -225,8 +227,10 @@ static svlm_status frame_begin(svlm_stream *s, double t_seconds, const float *em
     return SVLM_OK;
 }
 
-/* The second half: counters, then the stream unlocked. */
+/* The second half: the frames the append evicted into the memory bank (when not done already),
+ * counters, then the stream unlocked. */
 static void frame_end(svlm_stream *s, svlm_status st, double t_abs, int n_tokens, double prefill_ms) {
+    if (s->memory_on) stream_memory_flush(&s->mem);
     if (!st) {
         s->t_last = t_abs;
         s->frames_in++;
@@ -252,9 +256,15 @@ svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const
     return st;
 }
 
-svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, svlm_stream *const *ss, const double *t_seconds,
-                                    const float *const *embd, const int *n_tokens, int n, svlm_status *st,
-                                    svlm_err *errs) {
+static void flush_task(void *ctx, int i, int thread) {
+    (void)thread;
+    svlm_stream *s = ((svlm_stream *const *)ctx)[i];
+    if (s->memory_on) stream_memory_flush(&s->mem);
+}
+
+svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, svlm_pool *pool, svlm_stream *const *ss,
+                                    const double *t_seconds, const float *const *embd, const int *n_tokens,
+                                    int n, svlm_status *st, svlm_err *errs) {
     enum { MAX = 256 };
     if (n < 1 || n > MAX)
         return svlm_fail(&errs[0], SVLM_E_INVALID, "1 to %d frames at once, not %d", MAX, n);
@@ -287,6 +297,12 @@ svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, svlm_stream *const *ss
     svlm_err e = {0};
     svlm_status all = ni ? svlm_llama_eval_seq_multi(mb, items, ni, &e) : SVLM_OK;
     const double per = ni ? (now_ms() - t0) / ni : 0;
+    /* the frames the pass evicted go into the streams' banks side by side (each bank its own) */
+    svlm_stream *locked[MAX];
+    int nk = 0;
+    for (int i = 0; i < n; i++)
+        if (at[i] >= 0) locked[nk++] = ss[i];
+    if (pool && nk > 1) svlm_pool_run(pool, flush_task, locked, nk);
     for (int i = 0; i < n; i++) {
         if (at[i] >= 0) {
             const svlm_llama_multi_item *it = &items[at[i]];

@@ -98,10 +98,12 @@ svlm_status svlm_stream_add_frame_tokens(svlm_stream *s, double t_seconds, const
  * engine's batched ingest): like n svlm_stream_add_frame_tokens calls, each frame's outcome in
  * st[i] (errs[i] says why). mb: scratch made for this model and the streams' kernels with room for
  * every frame's rows; a frame whose prompt is longer than svlm_llama_multi_item_max() goes alone.
+ * pool (or NULL): pushes the frames the pass evicted into the streams' memory banks in parallel.
  * Returns SVLM_E_INVALID (in errs[0]) when n is out of 1..256, else SVLM_OK. */
-svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, svlm_stream *const *ss, const double *t_seconds,
-                                    const float *const *embd, const int *n_tokens, int n, svlm_status *st,
-                                    svlm_err *errs);
+struct svlm_pool;
+svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, struct svlm_pool *pool, svlm_stream *const *ss,
+                                    const double *t_seconds, const float *const *embd, const int *n_tokens,
+                                    int n, svlm_status *st, svlm_err *errs);
 /* Records what token compression did with a frame (metrics only): encoder tokens and those
  * recomputed, reused outright (path 2) or partly (path 1), a scene cut, connector tokens and kept. */
 void svlm_stream_note_stc(svlm_stream *s, int n_patches, int n_recomputed, int path, int cut, int n_tokens,

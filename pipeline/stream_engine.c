@@ -468,7 +468,7 @@ static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, 
     }
     if (na == 0) return;
     if (e->multi) {
-        (void)svlm_streams_add_frames(e->multi, ss, ts, rows, nt, na, sa, e->pre_job->err);
+        (void)svlm_streams_add_frames(e->multi, e->pre_pool, ss, ts, rows, nt, na, sa, e->pre_job->err);
         for (int j = 0; j < na; j++)
             st[which[j]] = sa[j];
     } else {

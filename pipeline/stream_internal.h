@@ -20,12 +20,17 @@ typedef struct stream_memory {
     int ring_n, ring_next;
     const gguf_tensor *tok_embd; /* the decoder's input embeddings: the questions' key space */
     int64_t push_errors, missing;
+    /* evicted frames whose push into the bank waits for stream_memory_flush (ring slots) */
+    int push_q[4], n_push;
 } stream_memory;
 
 /* Opens the bank (resuming p->memory->dir when set). */
 svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svlm_stream_params *p,
                                svlm_err *err);
 void stream_memory_free(stream_memory *sm);
+/* Pushes the frames evicted since the last call into the bank (their eviction only queued them:
+ * a batch of streams pushes in parallel after its pass). The stream's lock is held. */
+void stream_memory_flush(stream_memory *sm);
 /* Keeps the rows of the frame about to be appended (copied into the ring). */
 void stream_memory_remember(stream_memory *sm, int64_t tag, double t, const float *rows, int n);
 /* Bytes of the frame ring. */

@@ -91,12 +91,21 @@ void stream_memory_on_evict(void *user, const svlm_kv_seq *seq, const svlm_kv_sp
     for (int i = 0; i < sm->ring_n; i++) {
         stream_frame_slot *slot = &sm->ring[i];
         if (!slot->used || slot->tag != span->tag) continue;
-        svlm_err err = {0};
-        if (svlm_memory_push(sm->bank, slot->t, slot->rows, slot->n, NULL, &err)) sm->push_errors++;
-        slot->used = 0;
+        if (sm->n_push == (int)(sizeof sm->push_q / sizeof sm->push_q[0])) stream_memory_flush(sm);
+        sm->push_q[sm->n_push++] = i; /* pushed by stream_memory_flush, in eviction order */
         return;
     }
     sm->missing++; /* cannot happen while the ring outsizes the window; counted, not fatal */
+}
+
+void stream_memory_flush(stream_memory *sm) {
+    for (int j = 0; j < sm->n_push; j++) {
+        stream_frame_slot *slot = &sm->ring[sm->push_q[j]];
+        svlm_err err = {0};
+        if (svlm_memory_push(sm->bank, slot->t, slot->rows, slot->n, NULL, &err)) sm->push_errors++;
+        slot->used = 0;
+    }
+    sm->n_push = 0;
 }
 
 /* ---- the question's prompt ---- */
