@@ -41,7 +41,7 @@ typedef struct lane_stream {
     int join_due;    /* an answered turn waits to be joined */
     int in_flight;   /* questions forked (or about to be) and not ended */
     int closing;     /* being removed: no frames or questions taken */
-    int ingesting;   /* one of its frames is on the ingest lane */
+    int ingesting;   /* its frames on the ingest lane (a batch running, one ahead) */
     svlm_stc *stc;   /* token compression state (NULL: off) */
 } lane_stream;
 
@@ -59,9 +59,14 @@ struct svlm_engine {
     svlm_err *batch_errs;    /* one per answer of a batch (kept off the lane's stack: ~0.5 KB each) */
     svlm_vision_ctx *vc;
     svlm_pool *pre_pool;     /* preprocesses a batch's frames in parallel (NULL: one by one) */
+    svlm_pool *lane_pool;    /* the lane's host work during a pass: pages, memory banks */
     svlm_llama_multi *multi; /* a batch's frames reach their streams in one decoder pass */
-    struct pre_job *pre_job;
-    float *pixels, *embd, *kept_embd; /* pixels, embd: ingest_batch tiles */
+    /* Batches of frames for the encoder, two so that the next one is taken from the queues and
+     * preprocessed (its own thread, on pre_pool) while the lane runs the current one on the
+     * device: `ahead` is the slot holding such a batch, or -1. */
+    struct ingest_slot *slots;
+    int ahead;
+    float *embd, *kept_embd; /* embd: ingest_batch tiles */
     int32_t *kept;
     svlm_stc_controls stc;
     pthread_mutex_t compute_mu; /* the ingest kernels: the lane, or a stream being created */
@@ -376,17 +381,17 @@ static svlm_status preprocess_frame(svlm_engine *e, const svlm_frame *f, float *
 
 /* Encodes f into e->embd; with token compression the kept rows go to e->kept_embd (*n_rows of
  * them, *rows set to it), else *rows = e->embd with every row. */
-static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, const float **rows,
-                                int *n_rows, svlm_err *err) {
+static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, float *pixels,
+                                const float **rows, int *n_rows, svlm_err *err) {
     const svlm_mmproj *mp = e->mp;
     if (!e->vc) return svlm_fail(err, SVLM_E_INVALID, "the engine has no vision model");
-    svlm_status st = preprocess_frame(e, f, e->pixels, err);
+    svlm_status st = preprocess_frame(e, f, pixels, err);
     *rows = e->embd;
     *n_rows = mp->hp.tokens_per_tile;
-    if (!st && !ls->stc) st = svlm_vision_encode(e->vc, e->pixels, 1, e->embd, err);
+    if (!st && !ls->stc) st = svlm_vision_encode(e->vc, pixels, 1, e->embd, err);
     if (!st && ls->stc) {
         svlm_stc_frame_info info;
-        st = svlm_stc_frame(ls->stc, e->pixels, e->embd, e->kept, e->kept_embd, &info, err);
+        st = svlm_stc_frame(ls->stc, pixels, e->embd, e->kept, e->kept_embd, &info, err);
         if (!st) {
             svlm_stream_note_stc(ls->s, info.n_patches, info.n_recomputed, (int)info.path, info.cut,
                                  info.n_tokens, info.n_kept);
@@ -397,31 +402,51 @@ static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_fram
     return st;
 }
 
-struct pre_job {
+/* A batch's frames and their preprocessing: the frames taken from their streams' queues, the
+ * tiles, each frame's outcome so far. */
+typedef struct ingest_slot {
     svlm_engine *e;
-    const svlm_frame *fr;
-    svlm_status *st;
+    int nb, sids[MAX_INGEST_BATCH];
+    svlm_frame fr[MAX_INGEST_BATCH];
+    float *pixels; /* ingest_batch tiles */
+    svlm_status st[MAX_INGEST_BATCH];
     svlm_err err[MAX_INGEST_BATCH];
-};
-typedef struct pre_job pre_job;
+    pthread_t th;
+    int running; /* th preprocesses it: joined before the batch runs */
+} ingest_slot;
 
 static void pre_task(void *ctx, int i, int thread) {
     (void)thread;
-    pre_job *j = ctx;
-    const svlm_mmproj_hparams *hp = &j->e->mp->hp;
+    ingest_slot *b = ctx;
+    const svlm_mmproj_hparams *hp = &b->e->mp->hp;
     const size_t tile = (size_t)3 * hp->image_size * hp->image_size;
-    j->st[i] = preprocess_frame(j->e, &j->fr[i], j->e->pixels + (size_t)i * tile, &j->err[i]);
+    b->st[i] = preprocess_frame(b->e, &b->fr[i], b->pixels + (size_t)i * tile, &b->err[i]);
 }
 
-/* Frames of nb streams without token compression: preprocessed (in parallel with a pool: resizing
- * a 640x480 frame costs the host ~5 ms), encoded as one batch, then appended each to its stream.
- * st[i]: frame i's outcome. */
-static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, int nb, svlm_status *st) {
+/* The batch's frames as tiles, in parallel with a pool (resizing a 640x480 frame costs the host
+ * ~5 ms). */
+static void preprocess_batch(ingest_slot *b) {
+    if (b->e->pre_pool)
+        svlm_pool_run(b->e->pre_pool, pre_task, b, b->nb);
+    else
+        for (int i = 0; i < b->nb; i++)
+            pre_task(b, i, 0);
+}
+
+static void *preprocess_thread(void *arg) {
+    preprocess_batch(arg);
+    return NULL;
+}
+
+/* Frames of nb streams without token compression, preprocessed: encoded as one batch, then
+ * appended each to its stream. b->st[i]: frame i's outcome. */
+static void ingest_batch(svlm_engine *e, ingest_slot *b) {
     const svlm_mmproj *mp = e->mp;
     const size_t tile = (size_t)3 * mp->hp.image_size * mp->hp.image_size;
-    const int T = mp->hp.tokens_per_tile;
+    const int T = mp->hp.tokens_per_tile, nb = b->nb;
     const size_t emb = (size_t)T * mp->hp.proj_dim;
     int slot[MAX_INGEST_BATCH], n_ok = 0;
+    svlm_status *st = b->st;
     svlm_err err = {0};
     const double t0 = now_ms();
     if (!e->vc) {
@@ -429,25 +454,16 @@ static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, 
             st[i] = svlm_fail(&err, SVLM_E_INVALID, "the engine has no vision model");
         return;
     }
-    pre_job *job = e->pre_job; /* the ingest lane's own: one batch at a time */
-    job->e = e;
-    job->fr = fr;
-    job->st = st;
-    if (e->pre_pool)
-        svlm_pool_run(e->pre_pool, pre_task, job, nb);
-    else
-        for (int i = 0; i < nb; i++)
-            pre_task(job, i, 0);
     for (int i = 0; i < nb; i++) { /* failed frames leave holes: close them up */
         if (st[i]) {
             slot[i] = -1;
             continue;
         }
         if (n_ok != i)
-            memmove(e->pixels + (size_t)n_ok * tile, e->pixels + (size_t)i * tile, sizeof(float) * tile);
+            memmove(b->pixels + (size_t)n_ok * tile, b->pixels + (size_t)i * tile, sizeof(float) * tile);
         slot[i] = n_ok++;
     }
-    svlm_status enc = n_ok ? svlm_vision_encode(e->vc, e->pixels, n_ok, e->embd, &err) : SVLM_OK;
+    svlm_status enc = n_ok ? svlm_vision_encode(e->vc, b->pixels, n_ok, e->embd, &err) : SVLM_OK;
     const double per_frame = n_ok ? (now_ms() - t0) / n_ok : 0;
     /* the encoded frames reach their streams in one pass of the decoder over all their rows */
     svlm_stream *ss[MAX_INGEST_BATCH];
@@ -459,22 +475,61 @@ static void ingest_batch(svlm_engine *e, const int *sids, const svlm_frame *fr, 
         if (slot[i] < 0) continue;
         st[i] = enc;
         if (st[i]) continue;
-        svlm_stream_note_encode(e->streams[sids[i]].s, per_frame);
-        ss[na] = e->streams[sids[i]].s;
-        ts[na] = fr[i].pts;
+        svlm_stream_note_encode(e->streams[b->sids[i]].s, per_frame);
+        ss[na] = e->streams[b->sids[i]].s;
+        ts[na] = b->fr[i].pts;
         rows[na] = e->embd + (size_t)slot[i] * emb;
         nt[na] = T;
         which[na++] = i;
     }
     if (na == 0) return;
     if (e->multi) {
-        (void)svlm_streams_add_frames(e->multi, e->pre_pool, ss, ts, rows, nt, na, sa, e->pre_job->err);
+        (void)svlm_streams_add_frames(e->multi, e->lane_pool, ss, ts, rows, nt, na, sa, b->err);
         for (int j = 0; j < na; j++)
             st[which[j]] = sa[j];
     } else {
         for (int j = 0; j < na; j++)
             st[which[j]] = svlm_stream_add_frame_tokens(ss[j], ts[j], rows[j], nt[j], &err);
     }
+}
+
+/* Takes the next frame of each stream in sids into b, marking them on the lane. Under e->mu. */
+static void take_frames(svlm_engine *e, ingest_slot *b, const int *sids, int nb) {
+    b->nb = nb;
+    for (int i = 0; i < nb; i++) {
+        lane_stream *ls = &e->streams[sids[i]];
+        b->sids[i] = sids[i];
+        b->fr[i] = ls->queue[ls->head];
+        b->st[i] = SVLM_OK;
+        memset(&ls->queue[ls->head], 0, sizeof b->fr[i]);
+        ls->head = (ls->head + 1) % e->p.frame_queue;
+        ls->n--;
+        ls->ingesting++;
+        if (!e->p.exact) ls->join_due = 0; /* add_frame joins first */
+    }
+    e->rr_ingest = (sids[nb - 1] + 1) % e->n_streams;
+    pthread_cond_broadcast(&e->cv_room);
+}
+
+/* While the lane runs a batch on the device: the next frames of up to ingest_batch streams
+ * without token compression go into the other slot and are preprocessed on their own thread.
+ * Takes e->mu. */
+static void look_ahead(svlm_engine *e, int slot) {
+    ingest_slot *b = &e->slots[slot];
+    int sids[MAX_INGEST_BATCH], nb = 0;
+    pthread_mutex_lock(&e->mu);
+    for (int i = 0; i < e->n_streams && nb < e->p.ingest_batch && !e->stop; i++) {
+        const int j = (e->rr_ingest + i) % e->n_streams;
+        if (e->streams[j].n > 0 && !e->streams[j].closing && !e->streams[j].stc) sids[nb++] = j;
+    }
+    if (nb > 0) {
+        take_frames(e, b, sids, nb);
+        e->ahead = slot;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (nb == 0) return;
+    b->running = pthread_create(&b->th, NULL, preprocess_thread, b) == 0;
+    if (!b->running) preprocess_batch(b); /* no thread: now, before the current batch */
 }
 
 static void *ingest_lane(void *arg) {
@@ -502,74 +557,81 @@ static void *ingest_lane(void *arg) {
                 }
                 release_pinned(e, j);
             }
-        int sid = -1;
-        for (int i = 0; i < e->n_streams && sid < 0; i++) {
-            int j = (e->rr_ingest + i) % e->n_streams;
-            if (e->streams[j].n > 0 && !e->streams[j].closing && !(e->p.exact && pinned_due(e, j))) sid = j;
+        int cur = e->ahead, sids[MAX_INGEST_BATCH], nb = 0; /* cur: the slot of the batch to run */
+        const int from_ahead = cur >= 0;
+        if (from_ahead) {
+            e->ahead = -1; /* its frames were taken and are being preprocessed */
+        } else {
+            int sid = -1;
+            for (int i = 0; i < e->n_streams && sid < 0; i++) {
+                int j = (e->rr_ingest + i) % e->n_streams;
+                if (e->streams[j].n > 0 && !e->streams[j].closing && !(e->p.exact && pinned_due(e, j)))
+                    sid = j;
+            }
+            if (sid < 0) {
+                for (int j = 0; j < e->n_streams; j++)
+                    /* no frame coming: join answered turns now (exact replays: at a due question or the end)
+                     */
+                    if (e->streams[j].join_due && !e->streams[j].closing && (!e->p.exact || e->draining)) {
+                        e->streams[j].join_due = 0;
+                        svlm_stream *s = e->streams[j].s;
+                        e->ingest_busy = 1;
+                        e->ingest_sid = j;
+                        pthread_mutex_unlock(&e->mu);
+                        svlm_err err = {0};
+                        pthread_mutex_lock(&e->compute_mu);
+                        svlm_stream_join_pending(s, &err);
+                        pthread_mutex_unlock(&e->compute_mu);
+                        pthread_mutex_lock(&e->mu);
+                        e->ingest_busy = 0;
+                        e->ingest_sid = -1;
+                    }
+                pthread_cond_broadcast(&e->cv_idle);
+                if (!e->stop) pthread_cond_wait(&e->cv_ingest, &e->mu);
+                continue;
+            }
+            /* with the next streams' frames when they can share the encoder (no token compression) */
+            sids[nb++] = sid;
+            for (int i = 1; i < e->n_streams && nb < e->p.ingest_batch && !e->streams[sid].stc; i++) {
+                int j = (sid + i) % e->n_streams;
+                if (e->streams[j].n > 0 && !e->streams[j].closing && !e->streams[j].stc) sids[nb++] = j;
+            }
+            cur = 0; /* no batch ahead: neither slot is in use */
+            take_frames(e, &e->slots[cur], sids, nb);
         }
-        if (sid < 0) {
-            for (int j = 0; j < e->n_streams; j++)
-                /* no frame coming: join answered turns now (exact replays: at a due question or the end) */
-                if (e->streams[j].join_due && !e->streams[j].closing && (!e->p.exact || e->draining)) {
-                    e->streams[j].join_due = 0;
-                    svlm_stream *s = e->streams[j].s;
-                    e->ingest_busy = 1;
-                    e->ingest_sid = j;
-                    pthread_mutex_unlock(&e->mu);
-                    svlm_err err = {0};
-                    pthread_mutex_lock(&e->compute_mu);
-                    svlm_stream_join_pending(s, &err);
-                    pthread_mutex_unlock(&e->compute_mu);
-                    pthread_mutex_lock(&e->mu);
-                    e->ingest_busy = 0;
-                    e->ingest_sid = -1;
-                }
-            pthread_cond_broadcast(&e->cv_idle);
-            if (!e->stop) pthread_cond_wait(&e->cv_ingest, &e->mu);
-            continue;
-        }
-        /* with the next streams' frames when they can share the encoder (no token compression) */
-        int sids[MAX_INGEST_BATCH], nb = 0;
-        sids[nb++] = sid;
-        for (int i = 1; i < e->n_streams && nb < e->p.ingest_batch && !e->streams[sid].stc; i++) {
-            int j = (sid + i) % e->n_streams;
-            if (e->streams[j].n > 0 && !e->streams[j].closing && !e->streams[j].stc) sids[nb++] = j;
-        }
-        e->rr_ingest = (sids[nb - 1] + 1) % e->n_streams;
-        svlm_frame fr[MAX_INGEST_BATCH];
-        for (int i = 0; i < nb; i++) {
-            lane_stream *ls = &e->streams[sids[i]];
-            fr[i] = ls->queue[ls->head];
-            memset(&ls->queue[ls->head], 0, sizeof fr[i]);
-            ls->head = (ls->head + 1) % e->p.frame_queue;
-            ls->n--;
-            ls->ingesting = 1;
-            if (!e->p.exact) ls->join_due = 0; /* add_frame joins first */
-        }
+        ingest_slot *b = &e->slots[cur];
+        nb = b->nb;
         e->ingest_busy = 1;
-        e->ingest_sid = sid;
-        pthread_cond_broadcast(&e->cv_room);
+        e->ingest_sid = b->sids[0];
         pthread_mutex_unlock(&e->mu);
 
         pthread_mutex_lock(&e->compute_mu);
         const double t0 = now_ms();
-        svlm_status st[MAX_INGEST_BATCH];
-        if (nb == 1) {
-            lane_stream *ls = &e->streams[sid];
+        svlm_status *st = b->st;
+        if (nb == 1 && !from_ahead) {
+            lane_stream *ls = &e->streams[b->sids[0]];
             svlm_err err = {0};
             const float *rows = NULL;
             int n_rows = 0;
-            st[0] = encode_frame(e, ls, &fr[0], &rows, &n_rows, &err);
+            st[0] = encode_frame(e, ls, &b->fr[0], b->pixels, &rows, &n_rows, &err);
             const double t1 = now_ms();
             if (!st[0]) svlm_stream_note_encode(ls->s, t1 - t0);
-            if (!st[0]) st[0] = svlm_stream_add_frame_tokens(ls->s, fr[0].pts, rows, n_rows, &err);
+            if (!st[0]) st[0] = svlm_stream_add_frame_tokens(ls->s, b->fr[0].pts, rows, n_rows, &err);
         } else {
-            ingest_batch(e, sids, fr, nb, st);
+            if (b->running) {
+                pthread_join(b->th, NULL);
+                b->running = 0;
+            } else if (!from_ahead) {
+                preprocess_batch(b);
+            }
+            /* the next batch is preprocessed on the host while this one runs on the device */
+            if (e->p.ingest_batch > 1 && !e->p.exact) look_ahead(e, 1 - cur);
+            ingest_batch(e, b);
         }
         for (int i = 0; i < nb; i++) {
             /* a frame that failed is lost: counted with the drops */
-            if (st[i]) svlm_stream_note_drop(e->streams[sids[i]].s);
-            svlm_frame_release(&fr[i]);
+            if (st[i]) svlm_stream_note_drop(e->streams[b->sids[i]].s);
+            svlm_frame_release(&b->fr[i]);
         }
         pthread_mutex_unlock(&e->compute_mu);
 
@@ -581,16 +643,30 @@ static void *ingest_lane(void *arg) {
             e->m.ingest_batches++;
             e->m.ingest_batch_frames += (uint64_t)nb;
         }
+        e->m.ingest_batches_ahead += (uint64_t)from_ahead;
         for (int i = 0; i < nb; i++) {
-            lane_stream *ls = &e->streams[sids[i]];
-            ls->ingesting = 0;
+            lane_stream *ls = &e->streams[b->sids[i]];
+            ls->ingesting--;
             ls->handled++;
             if (st[i])
                 e->m.frames_dropped++;
             else
                 e->m.frames_done++;
-            release_pinned(e, sids[i]);
+            release_pinned(e, b->sids[i]);
         }
+        b->nb = 0;
+        pthread_cond_broadcast(&e->cv_idle);
+    }
+    if (e->ahead >= 0) { /* stopping: the batch ahead is dropped */
+        ingest_slot *b = &e->slots[e->ahead];
+        if (b->running) pthread_join(b->th, NULL);
+        b->running = 0;
+        for (int i = 0; i < b->nb; i++) {
+            e->streams[b->sids[i]].ingesting--;
+            svlm_frame_release(&b->fr[i]);
+        }
+        b->nb = 0;
+        e->ahead = -1;
         pthread_cond_broadcast(&e->cv_idle);
     }
     pthread_mutex_unlock(&e->mu);
@@ -617,6 +693,7 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
         svlm_stc_controls_default(&e->stc);
     e->p.stc = NULL;
     e->ingest_sid = -1;
+    e->ahead = -1;
     pthread_mutex_init(&e->compute_mu, NULL);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv_ingest, NULL);
@@ -659,18 +736,25 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (!st && mp && e->p.ingest_batch > 1)
         st = svlm_llama_multi_create(m, e->k_ingest, e->p.ingest_batch * svlm_llama_multi_item_max(),
                                      &e->multi, err);
-    if (!st && e->multi) svlm_llama_multi_set_pool(e->multi, e->pre_pool); /* idle while a pass runs */
-    if (!st && mp && !(e->pre_job = calloc(1, sizeof *e->pre_job)))
-        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    /* the lane's own host work during a pass (pages, banks) runs while pre_pool preprocesses the
+     * next batch: a pool of its own */
+    if (!st && e->multi) st = svlm_pool_create(4, &e->lane_pool, err);
+    if (!st && e->multi) svlm_llama_multi_set_pool(e->multi, e->lane_pool);
     if (!st && mp) {
         const int B = e->p.ingest_batch;
         st = svlm_vision_ctx_create(mp, e->k_ingest, B, &e->vc, err);
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
-        e->pixels = malloc((size_t)B * 3 * S * S * sizeof(float));
+        e->slots = calloc(2, sizeof *e->slots);
+        for (int i = 0; e->slots && i < 2; i++) {
+            e->slots[i].e = e;
+            /* the second slot only holds batches ahead */
+            if (i == 0 || B > 1) e->slots[i].pixels = malloc((size_t)B * 3 * S * S * sizeof(float));
+        }
         e->embd = malloc((size_t)B * T * mp->hp.proj_dim * sizeof(float));
         e->kept_embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
         e->kept = malloc((size_t)T * sizeof *e->kept);
-        if (!st && (!e->pixels || !e->embd || !e->kept_embd || !e->kept))
+        if (!st && (!e->slots || !e->slots[0].pixels || (B > 1 && !e->slots[1].pixels) || !e->embd ||
+                    !e->kept_embd || !e->kept))
             st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     }
     e->streams = calloc((size_t)e->p.max_streams, sizeof *e->streams);
@@ -745,8 +829,10 @@ void svlm_engine_free(svlm_engine *e) {
     svlm_vision_ctx_free(e->vc);
     if (e->pre_pool) svlm_pool_destroy(e->pre_pool);
     svlm_llama_multi_free(e->multi);
-    free(e->pre_job);
-    free(e->pixels);
+    if (e->lane_pool) svlm_pool_destroy(e->lane_pool);
+    for (int i = 0; e->slots && i < 2; i++)
+        free(e->slots[i].pixels);
+    free(e->slots);
     free(e->embd);
     free(e->kept_embd);
     free(e->kept);
@@ -929,7 +1015,7 @@ svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, 
     q->id = ++e->next_qid;
     if (qid) *qid = q->id;
     lane_stream *ls = &e->streams[sid];
-    q->pin_frames = ls->handled + ls->n + (ls->ingesting ? 1 : 0);
+    q->pin_frames = ls->handled + ls->n + ls->ingesting;
     if (pin) {
         list_append(&e->pinned, q);
         release_pinned(e, sid);
@@ -961,7 +1047,7 @@ void svlm_engine_cancel(svlm_engine *e, uint64_t qid) {
 }
 
 static int busy(svlm_engine *e) {
-    if (e->pinned || e->ready || e->active || e->ingest_busy || e->answer_busy) return 1;
+    if (e->pinned || e->ready || e->active || e->ingest_busy || e->answer_busy || e->ahead >= 0) return 1;
     for (int i = 0; i < e->n_streams; i++)
         if (e->streams[i].n > 0 || e->streams[i].join_due) return 1;
     return 0;

@@ -107,6 +107,7 @@ typedef struct svlm_engine_metrics {
     double ingest_busy_ms, answer_busy_ms;         /* time each lane spent working */
     uint64_t decode_batches, decode_batch_answers; /* batched decode steps, answers they stepped */
     uint64_t ingest_batches, ingest_batch_frames;  /* encoder batches of 2+ streams' frames, their frames */
+    uint64_t ingest_batches_ahead; /* batches preprocessed while the one before ran on the device */
 } svlm_engine_metrics;
 void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out);
 

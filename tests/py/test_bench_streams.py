@@ -91,8 +91,10 @@ def parse_text(out):
         (r'answer_tok_s +' + NUM + ' aggregate, ' + NUM + ' per answer$', lambda m: r.update(answer_tok_s=float(m[1]))),
         (r'lanes_busy +ingest ' + NUM + ' % answer ' + NUM + ' %$',
          lambda m: r.update(ingest_busy=float(m[1]) / 100, answer_busy=float(m[2]) / 100)),
-        (r'ingest_batch +' + NUM + ' frames per encoder batch of several streams; ' + NUM + ' % of frames in them$',
-         lambda m: r.update(ingest_batch_mean=float(m[1]), ingest_batch_share=float(m[2]) / 100)),
+        (r'ingest_batch +' + NUM + ' frames per encoder batch of several streams; ' + NUM + ' % of frames in them; '
+         + NUM + ' % of batches preprocessed while the one before ran$',
+         lambda m: r.update(ingest_batch_mean=float(m[1]), ingest_batch_share=float(m[2]) / 100,
+                            ingest_ahead_share=float(m[3]) / 100)),
         (r'ingest_ms +' + NUM + ' encode ' + NUM + ' prefill per frame$',
          lambda m: r.update(encode_ms_per_frame=float(m[1]), prefill_ms_per_frame=float(m[2]))),
         (r'memory +per stream: KV ' + NUM + ' MiB, memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',

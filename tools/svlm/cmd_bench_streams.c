@@ -95,6 +95,7 @@ typedef struct result {
     double encode_ms, prefill_ms; /* ingest cost of a frame, mean over every frame so far */
     double ingest_batch_mean;     /* frames per encoder batch of 2+ streams in the window */
     double ingest_batch_share;    /* share of the window's frames encoded in such batches */
+    double ingest_ahead_share;    /* share of the window's batches preprocessed ahead */
     int question_tokens, keeps_up;
     size_t kv_per_stream, bank_per_stream, rss;
 } result;
@@ -541,6 +542,8 @@ static svlm_status produce(run_ctx *r, result *res, svlm_err *err) {
                    nfr = m1.ingest_batch_frames - m0.ingest_batch_frames;
     res->ingest_batch_mean = nbat ? (double)nfr / (double)nbat : 0;
     res->ingest_batch_share = res->frames > 0 ? (double)nfr / (double)res->frames : 0;
+    const uint64_t nahead = m1.ingest_batches_ahead - m0.ingest_batches_ahead;
+    res->ingest_ahead_share = nbat ? (double)nahead / (double)nbat : 0;
     stream_figures(r, res);
     res->rss = cli_rss_bytes();
     return SVLM_OK;
@@ -628,6 +631,7 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     json_num("ingest_busy", r->ingest_busy, 1);
     json_num("ingest_batch_mean", r->ingest_batch_mean, 1);
     json_num("ingest_batch_share", r->ingest_batch_share, 1);
+    json_num("ingest_ahead_share", r->ingest_ahead_share, 1);
     json_num("answer_busy", r->answer_busy, 1);
     json_num("producer_lag_max_ms", r->lag_max_ms, 1);
     json_num("drain_s", r->drain_s, 1);
@@ -658,8 +662,9 @@ static void report_text(const bench_args *a, const result *r, const char *backen
     printf("answer_tok_s     %.1f aggregate, %.1f per answer\n", r->tok_s,
            isfinite(r->tok_s_per_answer) ? r->tok_s_per_answer : 0.0);
     printf("lanes_busy       ingest %.1f %% answer %.1f %%\n", 100 * r->ingest_busy, 100 * r->answer_busy);
-    printf("ingest_batch     %.1f frames per encoder batch of several streams; %.0f %% of frames in them\n",
-           r->ingest_batch_mean, 100 * r->ingest_batch_share);
+    printf("ingest_batch     %.1f frames per encoder batch of several streams; %.0f %% of frames in them; "
+           "%.0f %% of batches preprocessed while the one before ran\n",
+           r->ingest_batch_mean, 100 * r->ingest_batch_share, 100 * r->ingest_ahead_share);
     printf("ingest_ms        %.2f encode %.2f prefill per frame\n",
            isfinite(r->encode_ms) ? r->encode_ms : 0.0, isfinite(r->prefill_ms) ? r->prefill_ms : 0.0);
     printf("memory           per stream: KV %.2f MiB, memory bank %.2f MiB; process %.1f MiB resident\n",
