@@ -642,8 +642,8 @@ static void *ingest_lane(void *arg) {
         if (nb > 1) {
             e->m.ingest_batches++;
             e->m.ingest_batch_frames += (uint64_t)nb;
+            e->m.ingest_batches_ahead += (uint64_t)from_ahead;
         }
-        e->m.ingest_batches_ahead += (uint64_t)from_ahead;
         for (int i = 0; i < nb; i++) {
             lane_stream *ls = &e->streams[b->sids[i]];
             ls->ingesting--;

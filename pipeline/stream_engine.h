@@ -6,7 +6,9 @@
  *   ingest lane  takes the next queued frame (streams in turn), encodes it and appends it to its
  *                stream; answered turns join their stream's dialogue here too (deferred joins).
  *                With params.ingest_batch > 1 (the default on a GPU) it takes the next frames of up
- *                to that many streams without token compression and encodes them as one batch.
+ *                to that many streams without token compression and encodes them as one batch;
+ *                while a batch runs, the next one is taken and preprocessed on a thread of its own
+ *                (the host's resizing overlaps the device's work).
  *   answer lane  a new question first (fork, memory, prefill, first token: time to first token
  *                comes first), otherwise one decode step of the active answers in turn; when
  *                questions keep coming, starts and decode steps alternate, and at most
@@ -107,7 +109,7 @@ typedef struct svlm_engine_metrics {
     double ingest_busy_ms, answer_busy_ms;         /* time each lane spent working */
     uint64_t decode_batches, decode_batch_answers; /* batched decode steps, answers they stepped */
     uint64_t ingest_batches, ingest_batch_frames;  /* encoder batches of 2+ streams' frames, their frames */
-    uint64_t ingest_batches_ahead; /* batches preprocessed while the one before ran on the device */
+    uint64_t ingest_batches_ahead;                 /* of those, preprocessed while the batch before ran */
 } svlm_engine_metrics;
 void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out);
 
