@@ -3,10 +3,11 @@
 # The check for a machine with an NVIDIA GPU: builds the svlm tool and the GPU tests in
 # build-gpu/ with the CUDA backend (no FFmpeg, GStreamer or server libraries needed), runs the GPU
 # tests (ctest -R test_cuda) and each under compute-sanitizer's memcheck when it is installed,
-# then benchmarks the CUDA backend on a generated SmolVLM2-256M-shaped Q8_0 model (text pp512 /
-# tg128 and a profiled decode, 16 answers decoding together, the CPU for comparison, the vision
-# encoder, bench-vision on the built-in test pattern, bench-streams at 256, 128 and 64 streams)
-# and on a 2.2B-shaped Q4_K_M one (text, 32 streams).
+# then benchmarks the CUDA backend on a generated SmolVLM2-256M-shaped Q8_0 model (bench-streams
+# at 256 streams with and without the frames' prefill changes, 128 and 64; text pp512 / tg128, 16
+# and 64 answers decoding together, the vision encoder, bench-vision on the built-in test pattern)
+# and on a 2.2B-shaped Q4_K_M one (text, 32 streams), then profiles (host time per op of decode
+# and of 64 streams, GPU time per kernel of decode and of the encoder).
 #
 # Everything goes to stdout (and to $OUT/gpu-check.log when $OUT names a folder); a summary comes
 # last. Exit status 1 when the build, a test, memcheck or a benchmark command failed; the
@@ -16,7 +17,8 @@
 # Environment: SVLM_TEST_DATA (default ../shared, else ./shared), SVLM_GPU_CHECK_22B=0 (skip the
 # 2.2B-shaped model and its benchmarks), SVLM_GPU_CHECK_MEMCHECK=0 (skip compute-sanitizer; or
 # the names of the tests to run it on),
-# SVLM_GPU_CHECK_NCU=0 (skip the kernel profile of decode steps), SVLM_GPU_CHECK_BENCH (a regular
+# SVLM_GPU_CHECK_NCU=0 (skip the kernel profiles), SVLM_GPU_CHECK_AB=1 (also the comparisons
+# measured before: no graphs, no flash attention, the host CPU), SVLM_GPU_CHECK_BENCH (a regular
 # expression: only the benchmarks whose label matches), SVLM_CUDA_ARCH (default: the
 # GPU's compute capability from nvidia-smi, e.g. 90 on an H100; "80;90" without a GPU),
 # SVLM_GPU_CHECK_BUILD (the build folder, default build-gpu).
@@ -227,51 +229,11 @@ if [ -x "$S" ]; then
     step "benchmark model (SmolVLM2-256M shape, Q8_0)" 90 0 "$S" mkmodel --arch smolvlm --shape smolvlm2-256m \
       --type q8_0 --seed 1 -o "$M" --quiet || { status=1; summary+=("mkmodel: FAILED"); }
   fi
+  # In order of what matters most when the budget runs out: the streams (the issue's headline),
+  # text, the encoder, the 2.2B shape, then the profiles, then comparisons already measured once
+  # (SVLM_GPU_CHECK_AB=1).
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
   if [ -f "$M.gguf" ]; then
-    bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
-    # where a decode step's time goes: host time per op, and the waits for the GPU
-    SVLM_CUDA_PROFILE=1 bench "text, cuda, profiled decode" 60 bench -m "$M.gguf" --pp 0 --tg 64 --reps 1 \
-      --backend cuda
-    # decode steps replayed as CUDA graphs (the default) against launched op by op
-    SVLM_CUDA_GRAPHS=0 bench "text, cuda, no graphs" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
-    # SVLM_GPU_CHECK_NSYS=1: GPU time per kernel of a decode run (Nsight Systems, when installed)
-    NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
-    if [ "${SVLM_GPU_CHECK_NSYS:-0}" = 1 ] && [ -n "$NSYS" ]; then
-      step "nsys: kernels of 64 decode steps" 60 0 bash -c '"$1" profile -o "$2/bench/decode" --force-overwrite true \
-        "$3" bench -m "$4" --pp 0 --tg 64 --reps 1 --backend cuda >/dev/null 2>&1
-        "$1" stats --report cuda_gpu_kern_sum --format table "$2/bench/decode.nsys-rep" 2>/dev/null | head -n 40' \
-        _ "$NSYS" "$B" "$S" "$M.gguf"
-    fi
-    # GPU time per kernel of decode steps (Nsight Compute: 300 launches after the first 2000, i.e.
-    # steps well after the recording; SVLM_GPU_CHECK_NCU=0 skips it)
-    NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
-    if [ "${SVLM_GPU_CHECK_NCU:-1}" = 1 ] && [ -n "$NCU" ]; then
-      step "ncu: kernels of decode steps" 90 0 scripts/ncu-kernels.sh "$NCU" 2000 300 "$S" bench -m "$M.gguf" \
-        --pp 0 --tg 32 --reps 1 --backend cuda
-    fi
-    bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
-      --reps 1 --backend cuda
-    SVLM_CUDA_GRAPHS=0 bench "text, cuda, 16 answers decoding together, no graphs" 60 bench -m "$M.gguf" \
-      --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
-    # the fused decode kernels for all 16 rows of the engine's decode batch (default: up to 8)
-    SVLM_CUDA_MATVEC_ROWS=16 bench "text, cuda, 16 answers decoding together, matvec up to 16 rows" 60 \
-      bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
-    bench "text, cuda, 64 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 64 \
-      --reps 1 --backend cuda
-    bench "text, cpu ($jobs threads)" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cpu --threads "$jobs"
-    bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
-    # the fused flash attention (default) against the cuBLAS scores / softmax / P V path
-    SVLM_CUDA_FLASH=0 bench "vision encoder, cuda, no flash attention" 60 bench --mmproj "$M-mmproj.gguf" \
-      --batch 32 --reps 2 --backend cuda
-    SVLM_CUDA_FLASH=0 bench "text, cuda, prefill without flash attention" 60 bench -m "$M.gguf" --pp 512 \
-      --tg 0 --backend cuda
-    # GPU time per kernel of an encoder batch (after the first run's launches)
-    if [ "${SVLM_GPU_CHECK_NCU:-1}" = 1 ] && [ -n "$NCU" ]; then
-      step "ncu: kernels of the vision encoder, batch 32" 90 0 scripts/ncu-kernels.sh "$NCU" 400 400 "$S" bench \
-        --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
-    fi
-    bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
-      --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
     # the headline: many live streams at 1 fps with 20-token questions (on a GPU STC is off by
     # default: the encoder is batched across streams; one run with it on for comparison).
     # SVLM_GPU_CHECK_STREAMS: entries N:FLAGS, the flags' words joined by commas.
@@ -283,17 +245,26 @@ if [ -x "$S" ]; then
         bench "$n streams at 1 fps, cuda ${flags:-(defaults)}" 60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" \
           --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
           --backend cuda $flags
+        if [ "$n" = 256 ] && [ -z "$flags" ]; then
+          # the frames' prefill as before its two changes: the window's rows brought over from the
+          # pages at every eviction, and one attention launch per stream
+          SVLM_KV_SHIFT=0 SVLM_CUDA_FLASH_ITEMS=0 bench "256 streams at 1 fps, cuda, rows from the pages, attention per stream" \
+            60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 4 --duration 15 \
+            --drain-max 5 --question-tokens 20 --answer-tokens 8 --backend cuda
+        fi
       done
-      # the ops (calls and host time) the ingest and answer lanes issue, per op
-      SVLM_CUDA_PROFILE=1 bench "64 streams at 1 fps, cuda, profiled ops" 60 bench-streams -m "$M.gguf" \
-        --mmproj "$M-mmproj.gguf" --streams 64 --fps 1 --warmup 2 --duration 8 --drain-max 5 --question-tokens 20 \
-        --answer-tokens 8 --backend cuda
-      # the frames' prefill as before its two changes: the window's rows brought over from the
-      # pages at every eviction, and one attention launch per stream
-      SVLM_KV_SHIFT=0 SVLM_CUDA_FLASH_ITEMS=0 bench "256 streams at 1 fps, cuda, rows from the pages, attention per stream" \
-        60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 4 --duration 15 \
-        --drain-max 5 --question-tokens 20 --answer-tokens 8 --backend cuda
     fi
+    bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+    bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
+      --reps 1 --backend cuda
+    # the fused decode kernels for all 16 rows of the engine's decode batch (default: up to 8)
+    SVLM_CUDA_MATVEC_ROWS=16 bench "text, cuda, 16 answers decoding together, matvec up to 16 rows" 60 \
+      bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
+    bench "text, cuda, 64 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 64 \
+      --reps 1 --backend cuda
+    bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
+      --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
   fi
   # the 2.2B shape (Q4_K_M): text speed and the issue's 32 streams (making the model takes about
   # 100 s on one core; skipped when the budget is short)
@@ -309,6 +280,43 @@ if [ -x "$S" ]; then
       bench "2.2B: 32 streams at 1 fps, cuda" 60 bench-streams -m "$M22.gguf" --mmproj "$M22-mmproj.gguf" \
         --streams 32 --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
         --backend cuda
+    fi
+  fi
+  if [ -f "$M.gguf" ]; then
+    # where the time goes: host time per op of decode steps and of 64 streams' lanes, and the GPU
+    # time per kernel of decode steps (Nsight Compute: 300 launches after the first 2000, i.e. steps
+    # well after the recording) and of an encoder batch; SVLM_GPU_CHECK_NCU=0 skips the latter
+    SVLM_CUDA_PROFILE=1 bench "text, cuda, profiled decode" 60 bench -m "$M.gguf" --pp 0 --tg 64 --reps 1 \
+      --backend cuda
+    if "$S" bench-streams --help >/dev/null 2>&1; then
+      SVLM_CUDA_PROFILE=1 bench "64 streams at 1 fps, cuda, profiled ops" 60 bench-streams -m "$M.gguf" \
+        --mmproj "$M-mmproj.gguf" --streams 64 --fps 1 --warmup 2 --duration 8 --drain-max 5 --question-tokens 20 \
+        --answer-tokens 8 --backend cuda
+    fi
+    if [ "${SVLM_GPU_CHECK_NCU:-1}" = 1 ] && [ -n "$NCU" ]; then
+      step "ncu: kernels of decode steps" 90 0 scripts/ncu-kernels.sh "$NCU" 2000 300 "$S" bench -m "$M.gguf" \
+        --pp 0 --tg 32 --reps 1 --backend cuda
+      step "ncu: kernels of the vision encoder, batch 32" 90 0 scripts/ncu-kernels.sh "$NCU" 400 400 "$S" bench \
+        --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    fi
+    # SVLM_GPU_CHECK_NSYS=1: GPU time per kernel of a decode run (Nsight Systems, when installed)
+    NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+    if [ "${SVLM_GPU_CHECK_NSYS:-0}" = 1 ] && [ -n "$NSYS" ]; then
+      step "nsys: kernels of 64 decode steps" 60 0 bash -c '"$1" profile -o "$2/bench/decode" --force-overwrite true \
+        "$3" bench -m "$4" --pp 0 --tg 64 --reps 1 --backend cuda >/dev/null 2>&1
+        "$1" stats --report cuda_gpu_kern_sum --format table "$2/bench/decode.nsys-rep" 2>/dev/null | head -n 40' \
+        _ "$NSYS" "$B" "$S" "$M.gguf"
+    fi
+    # comparisons measured before (SVLM_GPU_CHECK_AB=1): graphs, flash attention, the host CPU
+    if [ "${SVLM_GPU_CHECK_AB:-0}" = 1 ]; then
+      SVLM_CUDA_GRAPHS=0 bench "text, cuda, no graphs" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+      SVLM_CUDA_GRAPHS=0 bench "text, cuda, 16 answers decoding together, no graphs" 60 bench -m "$M.gguf" \
+        --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
+      SVLM_CUDA_FLASH=0 bench "vision encoder, cuda, no flash attention" 60 bench --mmproj "$M-mmproj.gguf" \
+        --batch 32 --reps 2 --backend cuda
+      SVLM_CUDA_FLASH=0 bench "text, cuda, prefill without flash attention" 60 bench -m "$M.gguf" --pp 512 \
+        --tg 0 --backend cuda
+      bench "text, cpu ($jobs threads)" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cpu --threads "$jobs"
     fi
   fi
 else
