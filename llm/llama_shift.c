@@ -12,7 +12,7 @@
 #include "common/err.h"
 #include "llm/llama_internal.h"
 
-static void raw_free(svlm_llama_ctx *c) {
+void llama_raw_free(svlm_llama_ctx *c) {
     if (c->raw)
         for (int l = 0; l < c->m->hp.n_layer; l++)
             if (c->raw[l]) svlm_k_free(c->k, c->raw[l]);
@@ -25,13 +25,9 @@ static void raw_free(svlm_llama_ctx *c) {
     c->shift_n = 0;
 }
 
-void llama_raw_free(svlm_llama_ctx *c) {
-    raw_free(c);
-}
-
 svlm_status svlm_llama_ctx_follow_moves(svlm_llama_ctx *c, int on, svlm_err *err) {
     if (!on || c->raw) {
-        if (!on) raw_free(c);
+        if (!on) llama_raw_free(c);
         return SVLM_OK;
     }
     const svlm_llama_hparams *hp = &c->m->hp;
@@ -43,7 +39,7 @@ svlm_status svlm_llama_ctx_follow_moves(svlm_llama_ctx *c, int on, svlm_err *err
     for (int l = 0; ok && l < hp->n_layer; l++)
         ok = (c->raw[l] = svlm_k_alloc(c->k, (size_t)c->n_ctx * row)) != NULL;
     if (!ok) {
-        raw_free(c);
+        llama_raw_free(c);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the keys before RoPE of a %d-token context",
                          c->n_ctx);
     }
