@@ -43,6 +43,13 @@ void svlm_llama_ctx_reset(svlm_llama_ctx *c);
  * the same numbers, for sequences whose pages have c's kv_type. What a GPU wants for a stream's
  * context; off by default. */
 svlm_status svlm_llama_ctx_follow_moves(svlm_llama_ctx *c, int on, svlm_err *err);
+/* dst's working copy for seq, copied from src's (on dst's kernels, finished on return) when seq
+ * holds what src_seq holds and src's copy is of src_seq as it is now (seq a fork of src_seq made
+ * since src's last use) and both contexts have the same KV type: the numbers dst would otherwise
+ * build from the pages. Returns 1 when taken, 0 when not (dst then builds it as usual). The caller
+ * keeps src and src_seq unchanged meanwhile (src's kernels idle). */
+int svlm_llama_ctx_take_copy(svlm_llama_ctx *dst, const svlm_llama_ctx *src, const svlm_kv_seq *src_seq,
+                             const svlm_kv_seq *seq);
 
 /*
  * Appends n tokens at positions n_past..n_past+n-1. ids[i] >= 0 is a token id; ids[i] < 0 takes

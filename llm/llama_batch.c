@@ -183,7 +183,6 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
         svlm_llama_batch_item *it = &items[i];
         b->live[nl] = i;
         b->pos[nl] = svlm_kv_seq_pos(it->seq, b->p0[nl]);
-        it->ctx->pos[b->p0[nl]] = b->pos[nl];
         b->ids[nl] = it->id;
         nl++;
     }

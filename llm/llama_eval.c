@@ -26,14 +26,12 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, E = hp->n_embd, B = c->n_batch;
     c->k_cache = calloc((size_t)hp->n_layer, sizeof(void *));
     c->v_cache = calloc((size_t)hp->n_layer, sizeof(void *));
-    c->pos = calloc((size_t)n_ctx, sizeof(int32_t));
     c->batch_pos = calloc(B, sizeof(int32_t));
     c->stage_pos = calloc(B, sizeof(int32_t));
     const size_t host_w = E > 2 * kvd ? E : 2 * kvd;
     c->host_rows = malloc(B * host_w * sizeof(float));
     c->pending_host = malloc((size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * sizeof(float));
-    int ok =
-        c->k_cache && c->v_cache && c->pos && c->batch_pos && c->stage_pos && c->host_rows && c->pending_host;
+    int ok = c->k_cache && c->v_cache && c->batch_pos && c->stage_pos && c->host_rows && c->pending_host;
     for (int l = 0; ok && l < hp->n_layer; l++) {
         c->k_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
         c->v_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
@@ -74,7 +72,6 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     }
     free(c->k_cache);
     free(c->v_cache);
-    free(c->pos);
     free(c->batch_pos);
     free(c->stage_pos);
     free(c->host_rows);
@@ -376,10 +373,8 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     const int E = hp->n_embd;
 
     llama_embed_inputs(c, c->x, ids, embd, n);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         c->batch_pos[i] = seq ? svlm_kv_seq_pos(seq, p0 + i) : p0 + i;
-        c->pos[p0 + i] = c->batch_pos[i];
-    }
     svlm_k_copy(k, c->pos_k, c->batch_pos, sizeof(int32_t) * (size_t)n);
     const int pend = seq && n <= LLAMA_PENDING_ROWS; /* new rows reach the pages after the layers */
     /* a decode step with nothing to bring over from the pages: the same ops every step, which a

@@ -36,7 +36,6 @@ struct svlm_llama_ctx {
     size_t kv_elt;  /* bytes per cached element */
     void **k_cache; /* per layer: [n_ctx][n_head_kv * head_dim] */
     void **v_cache;
-    int32_t *pos; /* RoPE position of each cache slot */
     /* when serving a paged sequence, k_cache/v_cache hold its rows 0..mirror_n-1 (RoPE applied)
      * as of version mirror_of; mirror_of.uid == 0 means they hold the context's own cache */
     svlm_kv_version mirror_of;

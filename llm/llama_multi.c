@@ -252,10 +252,8 @@ svlm_status svlm_llama_eval_seq_multi(svlm_llama_multi *b, svlm_llama_multi_item
         L->f16 = svlm_kv_pool_params_of(svlm_kv_seq_pool(items[i].seq))->type == SVLM_F16;
         svlm_llama_ctx *c = items[i].ctx;
         llama_apply_shift(c, items[i].seq);
-        for (int j = 0; j < items[i].n; j++) {
+        for (int j = 0; j < items[i].n; j++)
             b->pos[rows + j] = svlm_kv_seq_pos(items[i].seq, L->p0 + j);
-            c->pos[L->p0 + j] = b->pos[rows + j];
-        }
         const float *e = items[i].embd;
         llama_embed_inputs(c, b->r.x + (size_t)rows * E, items[i].ids, &e, items[i].n);
         rows += items[i].n;

@@ -69,7 +69,7 @@ void llama_apply_shift(svlm_llama_ctx *c, const svlm_kv_seq *seq) {
     const svlm_llama_hparams *hp = &c->m->hp;
     const int n = c->shift_n, dst = c->shift_dst;
     for (int i = 0; i < n; i++)
-        c->pos[dst + i] = c->shift_pos[i] = svlm_kv_seq_pos(seq, dst + i);
+        c->shift_pos[i] = svlm_kv_seq_pos(seq, dst + i);
     svlm_k_copy(c->k, c->shift_pos_k, c->shift_pos, sizeof(int32_t) * (size_t)n);
     const svlm_kv_shift_args a = {.raw = c->raw,
                                   .kc = c->k_cache,

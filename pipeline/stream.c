@@ -337,11 +337,17 @@ struct svlm_stream_fork {
     int64_t frames_at_fork, turn;
     double t_created, wait_ms, now; /* now: stream time of the newest frame it holds */
     int prepared;                   /* memory retrieved at the fork (svlm_stream_fork_prepare) */
+    int copy_taken;                 /* the answer's context copied the stream's window at the fork */
     stream_prompt pr;
     svlm_answer_metrics am;
 };
 
 svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_err *err) {
+    return svlm_stream_fork_into(s, NULL, out, err);
+}
+
+svlm_status svlm_stream_fork_into(svlm_stream *s, svlm_llama_ctx *ctx, svlm_stream_fork **out,
+                                  svlm_err *err) {
     *out = NULL;
     svlm_stream_fork *f = calloc(1, sizeof *f);
     if (!f) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
@@ -352,6 +358,9 @@ svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_er
     f->frames_at_fork = s->frames_in;
     f->turn = ++s->questions;
     f->now = s->t_last;
+    /* while the stream is locked its context is still (every append ends with its ops finished):
+     * the answer's context copies the window from it instead of building it from the pages */
+    if (!st && ctx) f->copy_taken = svlm_llama_ctx_take_copy(ctx, s->ingest, s->seq, f->seq);
     pthread_mutex_unlock(&s->mu);
     if (st) {
         free(f);
@@ -441,6 +450,7 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
         a->am = f->am;
         a->am.wait_ms = wait;
     }
+    const int copied = f->copy_taken;
     svlm_stream_fork_free(f);
     svlm_status st = SVLM_OK;
     if (o->max_tokens <= 0) st = svlm_fail(err, SVLM_E_INVALID, "max_tokens must be positive");
@@ -449,6 +459,7 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st && !prepared && s->memory_on && o->use_memory)
         st = stream_memory_prompt(&s->mem, s->tok, question, now, o, &a->pr, &a->am, err);
+    a->am.window_copied = copied;
     a->q_start = a->pr.n;
     /* the SmolVLM2 chat turn; the question itself is plain text */
     if (!st) st = stream_prompt_push_text(&a->pr, s->tok, "<|im_start|>User:", 1, err);
@@ -649,7 +660,7 @@ svlm_status svlm_stream_ask(svlm_stream *s, svlm_llama_ctx *ctx, const char *que
                             svlm_stream_token_fn on_token, void *user, char **answer, svlm_answer_metrics *am,
                             svlm_err *err) {
     svlm_stream_fork *f = NULL;
-    svlm_status st = svlm_stream_fork_now(s, &f, err);
+    svlm_status st = svlm_stream_fork_into(s, ctx, &f, err);
     if (st) return st;
     return svlm_stream_ask_fork(s, f, ctx, question, max_tokens, on_token, user, answer, am, err);
 }

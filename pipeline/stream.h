@@ -70,6 +70,7 @@ typedef struct svlm_answer_metrics {
     int tokens;
     double wait_ms, ttft_ms, tokens_per_s; /* lock wait, question prefill + first token, decode rate */
     int64_t frames_during;                 /* frames ingested between the fork and the answer's end */
+    int window_copied; /* its context copied the stream's window at the fork (svlm_stream_fork_into) */
     /* memory placed before the question */
     int memory_hits, memory_tokens, memory_time_anchored;
     double retrieve_ms;
@@ -126,6 +127,10 @@ int svlm_stream_ctx_size(const svlm_stream *s);
  * (cheap, shares pages), answer later on another thread. ask_fork consumes the fork. */
 typedef struct svlm_stream_fork svlm_stream_fork;
 svlm_status svlm_stream_fork_now(svlm_stream *s, svlm_stream_fork **out, svlm_err *err);
+/* The same, and ctx (the context that will answer on the fork) copies the stream's window from
+ * the stream's own context while the stream is locked, when their KV types match: the answer then
+ * starts without building it from the pages (svlm_llama_ctx_take_copy). */
+svlm_status svlm_stream_fork_into(svlm_stream *s, svlm_llama_ctx *ctx, svlm_stream_fork **out, svlm_err *err);
 void svlm_stream_fork_free(svlm_stream_fork *f);
 svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
                                  const char *question, int max_tokens, svlm_stream_token_fn on_token,

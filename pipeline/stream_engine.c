@@ -178,8 +178,8 @@ static int question_start(svlm_engine *e, question *q) {
     q->t_start = now_ms();
     svlm_status st = __atomic_load_n(&q->cancel, __ATOMIC_RELAXED) ? SVLM_E_CANCELLED : SVLM_OK;
     if (st) snprintf(err.msg, sizeof err.msg, "answer cancelled");
-    if (!st && !q->fork) st = svlm_stream_fork_now(s, &q->fork, &err);
     if (!st) st = ctx_acquire(e, q, svlm_stream_ctx_size(s), &err);
+    if (!st && !q->fork) st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
     if (!st) {
         svlm_stream_fork *f = q->fork;
         q->fork = NULL;
