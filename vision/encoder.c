@@ -45,7 +45,8 @@ svlm_status svlm_vision_ctx_create(const svlm_mmproj *m, svlm_kernels *k, int ma
     c->shuf = scratch(c, out_rows, D * s2, &ok);
     c->proj = scratch(c, out_rows, (size_t)hp->proj_dim, &ok);
     size_t patch_floats = 0;
-    ok = ok && svlm_mul_size(tokens, im2col, &patch_floats) &&
+    /* (also the rows of positions svlm_siglip_embed_rows adds: D wide) */
+    ok = ok && svlm_mul_size(tokens, im2col > D ? im2col : D, &patch_floats) &&
          (c->patches = malloc(sizeof(float) * patch_floats)) != NULL &&
          (c->shuffle = malloc(sizeof(int32_t) * out_rows * s2)) != NULL;
     if (ok) svlm_connector_shuffle_rows(hp, max_batch, c->shuffle);

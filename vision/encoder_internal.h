@@ -16,7 +16,8 @@ struct svlm_vision_ctx {
     float *ff;         /* [B*N][F]                                     */
     float *shuf;       /* [B*T][D*s*s] pixel-shuffled features         */
     float *proj;       /* [B*T][proj_dim]                              */
-    float *patches; /* [B*N][3p^2] im2col rows, host memory: built there, copied across by the patch matmul */
+    float *patches;   /* [B*N][max(3p^2, D)] im2col rows, host memory: built there, copied across by the patch
+                       * matmul (then, in svlm_siglip_embed_rows, the rows' positions) */
     int32_t *shuffle; /* [B*T*s*s] encoder row behind each pixel-shuffled row of D (host memory) */
     /* The patch kernel rounded to F16, and im2col rows rounded likewise: llama.cpp runs the
      * patch convolution in F16 (ggml_conv_2d), a 2e-4 relative shift we reproduce. */

@@ -42,8 +42,10 @@ void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32
     svlm_f16_round(c->patches, (size_t)m * row);
     svlm_k_matmul(c->k, &c->patch16, c->patches, m, x);
     svlm_k_add_bias(c->k, x, mp->patch_b, m, D);
+    /* the rows' positions gathered on the host (the product has read the patches): one add */
     for (int64_t i = 0; i < m; i++)
-        svlm_k_add(c->k, x + (size_t)(i * D), mp->pos + (size_t)idx[i] * (size_t)D, D);
+        memcpy(c->patches + (size_t)(i * D), mp->pos + (size_t)idx[i] * (size_t)D, sizeof(float) * (size_t)D);
+    svlm_k_add(c->k, x, c->patches, m * D);
 }
 
 void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t rows) {

@@ -24,8 +24,14 @@ struct svlm_stc_cache {
     uint8_t *mask, *grown;  /* [N] dynamic */
     int32_t *idx;           /* [N] dynamic patch indices */
     float **ref_k, **ref_v; /* [n_layer] of [N][D], from svlm_k_alloc */
-    float *ref_enc;         /* [N][D] post-LayerNorm output of the reference */
+    float *ref_enc;         /* [N][D] post-LayerNorm output of the reference, svlm_k_alloc */
     float *ref_out;         /* [T][E] connector output of the reference */
+    /* The partial pass works where the kernels' buffers are (a GPU: no host loop over them):
+     * a layer's reference keys and values with the dynamic rows put in ([N][D] each), and where
+     * each dynamic row goes in them and in the residual stream ([3][N] pointers, host and kernels'
+     * side). */
+    float *work_k, *work_v;
+    void **rows_host, **rows_k;
 };
 
 static void free_kv(svlm_stc_cache *c) {
@@ -50,7 +56,10 @@ void svlm_stc_cache_free(svlm_stc_cache *c) {
     free(c->mask);
     free(c->grown);
     free(c->idx);
-    free(c->ref_enc);
+    void *bufs[] = {c->ref_enc, c->work_k, c->work_v, c->rows_k};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) svlm_k_free(c->vc->k, bufs[i]);
+    free(c->rows_host);
     free(c->ref_out);
     free(c);
 }
@@ -78,10 +87,16 @@ svlm_status svlm_stc_cache_create(svlm_vision_ctx *vc, const svlm_stc_controls *
              (c->prev_desc = malloc(sizeof(float) * dl)) && (c->change = malloc(sizeof(float) * N)) &&
              (c->ga = malloc(sizeof(float) * dl)) && (c->gb = malloc(sizeof(float) * dl)) &&
              (c->resid = malloc(sizeof(float) * dl)) && (c->mask = malloc(N)) && (c->grown = malloc(N)) &&
-             (c->idx = malloc(sizeof(int32_t) * N)) && (c->ref_enc = malloc(sizeof(float) * ND)) &&
+             (c->idx = malloc(sizeof(int32_t) * N)) &&
              (c->ref_out = malloc(sizeof(float) * (size_t)c->T * (size_t)c->E)) &&
              (c->ref_k = calloc((size_t)c->n_layer, sizeof(float *))) &&
              (c->ref_v = calloc((size_t)c->n_layer, sizeof(float *)));
+    if (ok && ctl->cache)
+        ok = (c->ref_enc = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
+             (c->work_k = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
+             (c->work_v = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
+             (c->rows_host = calloc(3 * N, sizeof(void *))) &&
+             (c->rows_k = svlm_k_alloc(vc->k, 3 * N * sizeof(void *)));
     for (int l = 0; ok && l < c->n_layer && ctl->cache; l++)
         ok = (c->ref_k[l] = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
              (c->ref_v[l] = svlm_k_alloc(vc->k, sizeof(float) * ND));
@@ -231,51 +246,49 @@ static void full_pass(svlm_stc_cache *c, const float *pixels, const float *desc,
     svlm_siglip_forward(vc, pixels, 1);
     vc->save_k = vc->save_v = NULL;
     svlm_connector_forward(vc, 1);
-    memcpy(out, vc->proj, sizeof(float) * TE);
+    svlm_k_copy(vc->k, out, vc->proj, sizeof(float) * TE);
     if (!c->ctl.cache) return;
-    memcpy(c->ref_enc, vc->x, sizeof(float) * ND);
-    memcpy(c->ref_out, vc->proj, sizeof(float) * TE);
+    svlm_k_copy(vc->k, c->ref_enc, vc->x, sizeof(float) * ND);
+    memcpy(c->ref_out, out, sizeof(float) * TE);
     memcpy(c->ref_desc, desc, sizeof(float) * (size_t)c->N * c->desc_len);
     c->has_ref = 1;
     c->frames_on_ref = 0;
 }
 
-/* Exchanges rows idx[i] of `cache` with rows i of `rows` ([.][D]). Swapping in before attention
- * and back after it leaves the reference untouched without copying whole [N][D] tensors. */
-static void swap_rows(float *cache, float *rows, const int32_t *idx, int m, int D) {
-    for (int i = 0; i < m; i++) {
-        float *a = cache + (size_t)idx[i] * D, *b = rows + (size_t)i * D;
-        for (int j = 0; j < D; j++) {
-            float t = a[j];
-            a[j] = b[j];
-            b[j] = t;
-        }
-    }
-}
-
-/* Only the m dynamic patches through every block; static ones keep the reference's outputs. */
+/* Only the m dynamic patches through every block; static ones keep the reference's outputs. Each
+ * layer attends over the reference's keys and values with the dynamic rows put in (copies on the
+ * kernels' side: with a GPU's buffers, host loops over them would move their pages each time). */
 static void partial_pass(svlm_stc_cache *c, const float *pixels, int m, float *out) {
     svlm_vision_ctx *vc = c->vc;
+    svlm_kernels *k = vc->k;
     const svlm_mmproj_hparams *hp = &vc->m->hp;
-    int D = c->D;
+    const int D = c->D;
+    const size_t ND = sizeof(float) * (size_t)c->N * D;
+    for (int i = 0; i < m; i++) { /* dynamic row i's place in the work keys, values and stream */
+        const size_t at = (size_t)c->idx[i] * D;
+        c->rows_host[i] = c->work_k + at;
+        c->rows_host[m + i] = c->work_v + at;
+        c->rows_host[2 * m + i] = vc->x + at;
+    }
+    svlm_k_copy(k, c->rows_k, c->rows_host, sizeof(void *) * 3 * (size_t)m);
+    void *const *to_k = c->rows_k, *const *to_v = c->rows_k + m, *const *to_x = c->rows_k + 2 * m;
     svlm_siglip_embed_rows(vc, pixels, c->idx, m, vc->x);
     for (int il = 0; il < c->n_layer; il++) {
         svlm_siglip_attn_in(vc, il, vc->x, m);
-        swap_rows(c->ref_k[il], vc->kk, c->idx, m, D);
-        swap_rows(c->ref_v[il], vc->v, c->idx, m, D);
-        svlm_siglip_attention(vc, vc->q, c->ref_k[il], c->ref_v[il], m, c->N, vc->attn);
-        swap_rows(c->ref_k[il], vc->kk, c->idx, m, D);
-        swap_rows(c->ref_v[il], vc->v, c->idx, m, D);
+        svlm_k_copy(k, c->work_k, c->ref_k[il], ND);
+        svlm_k_copy(k, c->work_v, c->ref_v[il], ND);
+        svlm_k_store_rows(k, to_k, SVLM_F32, vc->kk, m, D);
+        svlm_k_store_rows(k, to_v, SVLM_F32, vc->v, m, D);
+        svlm_siglip_attention(vc, vc->q, c->work_k, c->work_v, m, c->N, vc->attn);
         svlm_siglip_attn_out_ffn(vc, il, vc->x, m);
     }
-    svlm_k_layernorm(vc->k, vc->x, vc->m->post_ln_w, vc->m->post_ln_b, vc->x, m, D, hp->eps);
+    svlm_k_layernorm(k, vc->x, vc->m->post_ln_w, vc->m->post_ln_b, vc->x, m, D, hp->eps);
     /* vc->x = the reference output with the dynamic rows replaced (q holds the new rows meanwhile) */
-    memcpy(vc->q, vc->x, sizeof(float) * (size_t)m * D);
-    memcpy(vc->x, c->ref_enc, sizeof(float) * (size_t)c->N * D);
-    for (int i = 0; i < m; i++)
-        memcpy(vc->x + (size_t)c->idx[i] * D, vc->q + (size_t)i * D, sizeof(float) * (size_t)D);
+    svlm_k_copy(k, vc->q, vc->x, sizeof(float) * (size_t)m * D);
+    svlm_k_copy(k, vc->x, c->ref_enc, ND);
+    svlm_k_store_rows(k, to_x, SVLM_F32, vc->q, m, D);
     svlm_connector_forward(vc, 1);
-    memcpy(out, vc->proj, sizeof(float) * (size_t)c->T * c->E);
+    svlm_k_copy(k, out, vc->proj, sizeof(float) * (size_t)c->T * c->E);
 }
 
 svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out,
