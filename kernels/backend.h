@@ -56,6 +56,9 @@ typedef struct backend_ops {
                        svlm_dtype kv_type, float *keep, int round);
     void (*im2col)(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
     void (*kv_shift)(svlm_kernels *k, const svlm_kv_shift_args *a); /* required */
+    /* NULL: malloc / free. free_host also gets malloc'ed pointers (alloc_host may fail) */
+    void *(*alloc_host)(svlm_kernels *k, size_t bytes);
+    void (*free_host)(svlm_kernels *k, void *p);
     /* NULL: no replay. begin returns the run's mode (replay_mode); end gets the hash of the
      * run's calls and returns svlm_k_replay_end's answer. */
     int (*replay_begin)(svlm_kernels *k, const void *owner, uint64_t shape);

@@ -68,6 +68,17 @@ void *svlm_k_alloc(svlm_kernels *k, size_t bytes) {
 void svlm_k_free(svlm_kernels *k, void *p) {
     k->ops->free(k, p);
 }
+void *svlm_k_alloc_host(svlm_kernels *k, size_t bytes) {
+    void *p = k->ops->alloc_host ? k->ops->alloc_host(k, bytes) : NULL;
+    return p ? p : malloc(bytes ? bytes : 1); /* (the backend's free_host tells the two apart) */
+}
+void svlm_k_free_host(svlm_kernels *k, void *p) {
+    if (!p) return;
+    if (k->ops->free_host)
+        k->ops->free_host(k, p);
+    else
+        free(p);
+}
 void svlm_k_forget(svlm_kernels *k, const void *weight_data) {
     if (k->ops->forget && weight_data) k->ops->forget(k, weight_data);
 }

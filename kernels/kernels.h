@@ -74,6 +74,11 @@ int svlm_kernels_threads(const svlm_kernels *k);
 
 void *svlm_k_alloc(svlm_kernels *k, size_t bytes); /* zero-filled, 64-byte aligned; NULL on failure */
 void svlm_k_free(svlm_kernels *k, void *p);
+/* Host memory the backend copies to and from fastest: page-locked on a GPU (a pass's new rows
+ * reach the host at the bus's full speed, not through a staging copy), malloc'ed otherwise. For
+ * the host side of svlm_k_copy only, not for ops. NULL on failure. */
+void *svlm_k_alloc_host(svlm_kernels *k, size_t bytes);
+void svlm_k_free_host(svlm_kernels *k, void *p);
 /* A host buffer that served as weight data (svlm_weight.data) is about to be freed or rewritten:
  * device backends drop their copies of it. Weights from the model mapping never need this. */
 void svlm_k_forget(svlm_kernels *k, const void *weight_data);

@@ -20,7 +20,7 @@ struct svlm_llama_batch {
     int32_t *ids;          /* the live rows' tokens */
     float *host_x;         /* their embeddings on the host */
     float *pending;        /* [n_layer][2][live rows][kv_dim]: new keys and values for the pages, */
-    float *pending_host;   /* written after the layers in one copy (svlm_k_alloc, host memory) */
+    float *pending_host;   /* written after the layers in one copy (svlm_k_alloc_host) */
     svlm_attn_args *attn;  /* per live row: its attention */
     int *p0, *sync, *live; /* per live row: cache row of its token, where its working copy stops
                             * matching its sequence, index of its item */
@@ -47,7 +47,7 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->ids = calloc(B, sizeof *b->ids);
     b->host_x = malloc(B * E * sizeof(float));
     b->pending = svlm_k_alloc(k, (size_t)hp->n_layer * 2 * B * kvd * sizeof(float));
-    b->pending_host = malloc((size_t)hp->n_layer * 2 * B * kvd * sizeof(float));
+    b->pending_host = svlm_k_alloc_host(k, (size_t)hp->n_layer * 2 * B * kvd * sizeof(float));
     b->p0 = calloc(B, sizeof *b->p0);
     b->live = calloc(B, sizeof *b->live);
     b->sync = calloc(B, sizeof *b->sync);
@@ -72,7 +72,7 @@ void svlm_llama_batch_free(svlm_llama_batch *b) {
     free(b->pos);
     free(b->ids);
     free(b->host_x);
-    free(b->pending_host);
+    svlm_k_free_host(b->k, b->pending_host);
     free(b->attn);
     free(b->p0);
     free(b->live);

@@ -18,7 +18,8 @@ struct svlm_llama_multi {
     llama_rows r;         /* activations of up to max_rows rows */
     int32_t *pos, *pos_k; /* RoPE position of every row: host, kernels' side */
     /* every layer's new keys and values before RoPE, [n_layer][2][rows][kv_dim], for the pages
-     * (one copy to the host after the layers) and the contexts' raw keys */
+     * (one copy to the host after the layers, into svlm_k_alloc_host memory) and the contexts'
+     * raw keys */
     float *pending, *pending_host;
     /* per layer [2][rows]: where each row's key and value go in its working copy (dst), and its
      * key before RoPE (raw; values NULL): host, kernels' side */
@@ -53,7 +54,7 @@ svlm_status svlm_llama_multi_create(svlm_llama *m, svlm_kernels *k, int max_rows
     b->pos_k = svlm_k_alloc(k, R * sizeof(int32_t));
     b->pos = calloc(R, sizeof(int32_t));
     b->pending = svlm_k_alloc(k, rows_all * kvd * sizeof(float));
-    b->pending_host = malloc(rows_all * kvd * sizeof(float));
+    b->pending_host = svlm_k_alloc_host(k, rows_all * kvd * sizeof(float));
     b->dst_host = calloc(rows_all, sizeof(void *));
     b->raw_host = calloc(rows_all, sizeof(void *));
     b->dst_k = svlm_k_alloc(k, rows_all * sizeof(void *));
@@ -75,7 +76,7 @@ void svlm_llama_multi_free(svlm_llama_multi *b) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(b->k, bufs[i]);
     free(b->pos);
-    free(b->pending_host);
+    svlm_k_free_host(b->k, b->pending_host);
     free(b->dst_host);
     free(b->raw_host);
     free(b->attn);

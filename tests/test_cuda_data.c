@@ -85,6 +85,22 @@ static void test_copy(void) {
     /* host -> host goes straight through */
     svlm_k_copy(G, back, src, sizeof(float) * 100);
     CHECK(!memcmp(back, src, sizeof(float) * 100), "host -> host copy");
+    /* svlm_k_alloc_host memory (page-locked on a GPU) both ways, in deferred mode as the passes use it */
+    float *pinned = svlm_k_alloc_host(G, sizeof(float) * N);
+    REQUIRE(pinned, "svlm_k_alloc_host failed");
+    svlm_k_defer(G, 1);
+    svlm_k_copy(G, a, src, sizeof(float) * N);
+    svlm_k_copy(G, pinned, a, sizeof(float) * N); /* device -> page-locked host: complete on return */
+    int pin_ok = !memcmp(pinned, src, sizeof(float) * N);
+    for (int i = 0; i < N; i++)
+        pinned[i] = -src[i];
+    svlm_k_copy(G, b, pinned, sizeof(float) * N);
+    svlm_k_copy(G, back, b, sizeof(float) * N);
+    svlm_k_defer(G, 0);
+    for (int i = 0; i < N && pin_ok; i++)
+        pin_ok = back[i] == -src[i];
+    CHECK(pin_ok, "copies to and from svlm_k_alloc_host memory lost data");
+    svlm_k_free_host(G, pinned);
     svlm_k_free(G, a);
     svlm_k_free(G, b);
     free(src);

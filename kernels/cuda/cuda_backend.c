@@ -574,6 +574,30 @@ static void cu_free(svlm_kernels *k, void *p) {
     cu_check(cudaFree(p), "cudaFree");
 }
 
+/* Page-locked host memory: copies to it from the GPU run at the bus's speed. */
+static void *cu_alloc_host(svlm_kernels *k, size_t bytes) {
+    cu_begin(k);
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) != cudaSuccess) {
+        (void)cudaGetLastError();
+        p = NULL; /* the caller takes malloc'ed memory instead */
+    }
+    cu_prof_stop(k, "alloc_host");
+    return p;
+}
+
+static void cu_free_host(svlm_kernels *k, void *p) {
+    cu_begin(k);
+    struct cudaPointerAttributes a;
+    const int pinned = cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeHost;
+    (void)cudaGetLastError();
+    if (pinned)
+        cu_check(cudaFreeHost(p), "cudaFreeHost");
+    else
+        free(p);
+    cu_prof_stop(k, "free_host");
+}
+
 static void cu_destroy(svlm_kernels *k) {
     cu_ctx *c = CU(k);
     if (c) {
@@ -628,6 +652,8 @@ static const backend_ops cuda_ops = {
     .add_bias_gelu_f16 = cu_add_bias_gelu_f16,
     .attention_items = cu_attention_items,
     .kv_shift = cu_kv_shift,
+    .alloc_host = cu_alloc_host,
+    .free_host = cu_free_host,
     .replay_begin = cu_replay_begin,
     .replay_end = cu_replay_end,
     .replay_forget = cu_replay_forget,
