@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,18 +43,21 @@
 #error "memory_store.c writes little-endian files by copying host values"
 #endif
 
-uint32_t mem_crc32(uint32_t crc, const void *data, size_t n) {
-    static uint32_t table[256];
-    static int ready = 0; /* benign race: every thread computes the same table */
-    if (!ready) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
-        ready = 1;
+static uint32_t crc_table[256];
+
+static void crc_table_make(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
     }
+}
+
+uint32_t mem_crc32(uint32_t crc, const void *data, size_t n) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT; /* banks of several streams push at once */
+    pthread_once(&once, crc_table_make);
+    const uint32_t *table = crc_table;
     const uint8_t *p = data;
     crc = ~crc;
     for (size_t i = 0; i < n; i++)

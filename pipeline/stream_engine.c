@@ -511,17 +511,32 @@ static void take_frames(svlm_engine *e, ingest_slot *b, const int *sids, int nb)
     pthread_cond_broadcast(&e->cv_room);
 }
 
-/* While the lane runs a batch on the device: the next frames of up to ingest_batch streams
- * without token compression go into the other slot and are preprocessed on their own thread.
- * Takes e->mu. */
+/* A batch from stream sid on (sids[0] = sid): with the next streams' frames when they can share
+ * the encoder (no token compression), up to ingest_batch, stopping at a stream with token
+ * compression and frames (rr_ingest then lands on it: it goes next, alone). Under e->mu. */
+static int gather_batch(svlm_engine *e, int sid, int *sids) {
+    int nb = 0;
+    sids[nb++] = sid;
+    for (int i = 1; i < e->n_streams && nb < e->p.ingest_batch && !e->streams[sid].stc; i++) {
+        const lane_stream *ls = &e->streams[(sid + i) % e->n_streams];
+        if (ls->n == 0 || ls->closing) continue;
+        if (ls->stc) break;
+        sids[nb++] = (sid + i) % e->n_streams;
+    }
+    return nb;
+}
+
+/* While the lane runs a batch on the device: the batch the lane would take next, when it has no
+ * token compression, goes into the other slot and is preprocessed on its own thread. Takes e->mu. */
 static void look_ahead(svlm_engine *e, int slot) {
     ingest_slot *b = &e->slots[slot];
-    int sids[MAX_INGEST_BATCH], nb = 0;
+    int sids[MAX_INGEST_BATCH], nb = 0, sid = -1;
     pthread_mutex_lock(&e->mu);
-    for (int i = 0; i < e->n_streams && nb < e->p.ingest_batch && !e->stop; i++) {
+    for (int i = 0; i < e->n_streams && sid < 0 && !e->stop; i++) {
         const int j = (e->rr_ingest + i) % e->n_streams;
-        if (e->streams[j].n > 0 && !e->streams[j].closing && !e->streams[j].stc) sids[nb++] = j;
+        if (e->streams[j].n > 0 && !e->streams[j].closing) sid = j;
     }
+    if (sid >= 0 && !e->streams[sid].stc) nb = gather_batch(e, sid, sids);
     if (nb > 0) {
         take_frames(e, b, sids, nb);
         e->ahead = slot;
@@ -590,12 +605,7 @@ static void *ingest_lane(void *arg) {
                 if (!e->stop) pthread_cond_wait(&e->cv_ingest, &e->mu);
                 continue;
             }
-            /* with the next streams' frames when they can share the encoder (no token compression) */
-            sids[nb++] = sid;
-            for (int i = 1; i < e->n_streams && nb < e->p.ingest_batch && !e->streams[sid].stc; i++) {
-                int j = (sid + i) % e->n_streams;
-                if (e->streams[j].n > 0 && !e->streams[j].closing && !e->streams[j].stc) sids[nb++] = j;
-            }
+            nb = gather_batch(e, sid, sids);
             cur = 0; /* no batch ahead: neither slot is in use */
             take_frames(e, &e->slots[cur], sids, nb);
         }
@@ -621,11 +631,11 @@ static void *ingest_lane(void *arg) {
             if (b->running) {
                 pthread_join(b->th, NULL);
                 b->running = 0;
-            } else if (!from_ahead) {
+            } else if (!from_ahead && e->vc) { /* (without a vision model the frames fail below) */
                 preprocess_batch(b);
             }
             /* the next batch is preprocessed on the host while this one runs on the device */
-            if (e->p.ingest_batch > 1 && !e->p.exact) look_ahead(e, 1 - cur);
+            if (e->p.ingest_batch > 1 && !e->p.exact && e->vc) look_ahead(e, 1 - cur);
             ingest_batch(e, b);
         }
         for (int i = 0; i < nb; i++) {
@@ -740,16 +750,16 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
      * next batch: a pool of its own */
     if (!st && e->multi) st = svlm_pool_create(4, &e->lane_pool, err);
     if (!st && e->multi) svlm_llama_multi_set_pool(e->multi, e->lane_pool);
+    /* the lane's batches (without a vision model too: its frames fail one by one, with a message) */
+    if (!st && !(e->slots = calloc(2, sizeof *e->slots))) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    for (int i = 0; !st && i < 2; i++)
+        e->slots[i].e = e;
     if (!st && mp) {
         const int B = e->p.ingest_batch;
         st = svlm_vision_ctx_create(mp, e->k_ingest, B, &e->vc, err);
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
-        e->slots = calloc(2, sizeof *e->slots);
-        for (int i = 0; e->slots && i < 2; i++) {
-            e->slots[i].e = e;
-            /* the second slot only holds batches ahead */
+        for (int i = 0; e->slots && i < 2; i++) /* (the second slot only holds batches ahead) */
             if (i == 0 || B > 1) e->slots[i].pixels = malloc((size_t)B * 3 * S * S * sizeof(float));
-        }
         e->embd = malloc((size_t)B * T * mp->hp.proj_dim * sizeof(float));
         e->kept_embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
         e->kept = malloc((size_t)T * sizeof *e->kept);

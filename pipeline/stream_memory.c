@@ -93,6 +93,7 @@ void stream_memory_on_evict(void *user, const svlm_kv_seq *seq, const svlm_kv_sp
         if (!slot->used || slot->tag != span->tag) continue;
         if (sm->n_push == (int)(sizeof sm->push_q / sizeof sm->push_q[0])) stream_memory_flush(sm);
         sm->push_q[sm->n_push++] = i; /* pushed by stream_memory_flush, in eviction order */
+        slot->used = 0; /* (its rows stay until then: the next frame is remembered after the flush) */
         return;
     }
     sm->missing++; /* cannot happen while the ring outsizes the window; counted, not fatal */
@@ -103,7 +104,6 @@ void stream_memory_flush(stream_memory *sm) {
         stream_frame_slot *slot = &sm->ring[sm->push_q[j]];
         svlm_err err = {0};
         if (svlm_memory_push(sm->bank, slot->t, slot->rows, slot->n, NULL, &err)) sm->push_errors++;
-        slot->used = 0;
     }
     sm->n_push = 0;
 }

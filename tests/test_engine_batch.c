@@ -9,6 +9,7 @@
  * of it.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -243,6 +244,82 @@ static void rotation(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_engine_free(e);
 }
 
+/* Live frames on two streams without token compression and one with it, batches of 2: the one
+ * with it gets its turns too (a batch stops at it; the lane's lookahead takes a batch only when
+ * the next stream has no token compression). Before, batches formed ahead kept it waiting. */
+typedef struct live_push {
+    svlm_engine *e;
+    int sid, stream;
+    volatile int *stop;
+} live_push;
+
+static void *push_live(void *arg) {
+    live_push *lp = arg;
+    for (int k = 0; !*lp->stop; k++) {
+        svlm_frame f;
+        make_frame(&f, lp->stream, k % 8);
+        svlm_err err = {0};
+        (void)svlm_engine_push_frame(lp->e, lp->sid, &f, 0, &err); /* a full queue drops its oldest */
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static void mixed_stc(svlm_llama *m, const svlm_mmproj *mp) {
+    svlm_err err = {0};
+    svlm_stc_controls off, on;
+    svlm_stc_controls_default(&off);
+    svlm_stc_controls_default(&on);
+    off.enabled = 0;
+    on.enabled = 1;
+    svlm_engine_params ep = {.frame_queue = 2, .max_streams = 3, .ingest_batch = 2, .stc = &off};
+    svlm_engine *e = NULL;
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream_params sp = {.sink_tokens = 16,
+                             .vision_tokens = 8 * mp->hp.tokens_per_tile,
+                             .text_tokens = 64,
+                             .rows_per_frame = mp->hp.tokens_per_tile,
+                             .kv_type = SVLM_F32};
+    svlm_stream *s[3];
+    int sid[3];
+    for (int i = 0; i < 3; i++)
+        REQUIRE(svlm_engine_open_stream_with(e, &sp, "You watch a camera.", i == 2 ? &on : &off, &s[i],
+                                             &sid[i], &err) == SVLM_OK,
+                "%s", err.msg);
+    volatile int stop = 0;
+    live_push lp[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        lp[i] = (live_push){e, sid[i], i, &stop};
+        REQUIRE(pthread_create(&th[i], NULL, push_live, &lp[i]) == 0, "pthread_create");
+    }
+    struct timespec ts = {1, 500000000};
+    nanosleep(&ts, NULL);
+    stop = 1;
+    for (int i = 0; i < 3; i++)
+        pthread_join(th[i], NULL);
+    svlm_engine_drain(e);
+    int64_t in[3];
+    for (int i = 0; i < 3; i++) {
+        svlm_stream_metrics sm;
+        svlm_stream_metrics_get(s[i], &sm);
+        in[i] = sm.frames_in;
+    }
+    const int64_t least = in[0] < in[1] ? in[0] : in[1];
+    printf(
+        "live frames for 1.5 s, batches of 2: %lld and %lld frames ingested without token compression, %lld "
+        "with it\n",
+        (long long)in[0], (long long)in[1], (long long)in[2]);
+    CHECK(least > 0 && in[2] * 10 >= least * 3,
+          "the stream with token compression got %lld frames, the others %lld", (long long)in[2],
+          (long long)least);
+    svlm_engine_stop(e);
+    for (int i = 0; i < 3; i++)
+        svlm_stream_free(s[i]);
+    svlm_engine_free(e);
+}
+
 int test_main(void) {
     const char *tp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf");
     const char *mpp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf");
@@ -298,6 +375,7 @@ int test_main(void) {
     flood(m, mp);
     burst(m, mp);
     rotation(m, mp);
+    mixed_stc(m, mp);
 
     svlm_mmproj_free(mp);
     svlm_llama_free(m);

@@ -26,11 +26,11 @@ struct svlm_stc_cache {
     float **ref_k, **ref_v; /* [n_layer] of [N][D], from svlm_k_alloc */
     float *ref_enc;         /* [N][D] post-LayerNorm output of the reference, svlm_k_alloc */
     float *ref_out;         /* [T][E] connector output of the reference */
-    /* The partial pass works where the kernels' buffers are (a GPU: no host loop over them):
-     * a layer's reference keys and values with the dynamic rows put in ([N][D] each), and where
-     * each dynamic row goes in them and in the residual stream ([3][N] pointers, host and kernels'
-     * side). */
-    float *work_k, *work_v;
+    /* The partial pass works where the kernels' buffers are (a GPU: no host loop over them): the
+     * reference rows a frame's dynamic rows stand in for, saved meanwhile ([N][D] each), and where
+     * each dynamic row goes in every layer's reference keys and values and in the residual stream
+     * ([n_layer][2][N] then [N] pointers, host and kernels' side). */
+    float *save_k, *save_v;
     void **rows_host, **rows_k;
 };
 
@@ -56,7 +56,7 @@ void svlm_stc_cache_free(svlm_stc_cache *c) {
     free(c->mask);
     free(c->grown);
     free(c->idx);
-    void *bufs[] = {c->ref_enc, c->work_k, c->work_v, c->rows_k};
+    void *bufs[] = {c->ref_enc, c->save_k, c->save_v, c->rows_k};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) svlm_k_free(c->vc->k, bufs[i]);
     free(c->rows_host);
@@ -93,10 +93,10 @@ svlm_status svlm_stc_cache_create(svlm_vision_ctx *vc, const svlm_stc_controls *
              (c->ref_v = calloc((size_t)c->n_layer, sizeof(float *)));
     if (ok && ctl->cache)
         ok = (c->ref_enc = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
-             (c->work_k = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
-             (c->work_v = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
-             (c->rows_host = calloc(3 * N, sizeof(void *))) &&
-             (c->rows_k = svlm_k_alloc(vc->k, 3 * N * sizeof(void *)));
+             (c->save_k = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
+             (c->save_v = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
+             (c->rows_host = calloc((2 * (size_t)c->n_layer + 1) * N, sizeof(void *))) &&
+             (c->rows_k = svlm_k_alloc(vc->k, (2 * (size_t)c->n_layer + 1) * N * sizeof(void *)));
     for (int l = 0; ok && l < c->n_layer && ctl->cache; l++)
         ok = (c->ref_k[l] = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
              (c->ref_v[l] = svlm_k_alloc(vc->k, sizeof(float) * ND));
@@ -256,37 +256,41 @@ static void full_pass(svlm_stc_cache *c, const float *pixels, const float *desc,
 }
 
 /* Only the m dynamic patches through every block; static ones keep the reference's outputs. Each
- * layer attends over the reference's keys and values with the dynamic rows put in (copies on the
- * kernels' side: with a GPU's buffers, host loops over them would move their pages each time). */
+ * layer's dynamic keys and values stand in for the reference's rows during its attention (the
+ * reference rows saved and put back): row gathers and stores on the kernels' side, O(m) rows, as
+ * a GPU's buffers must not be looped over on the host (that would move their pages each time). */
 static void partial_pass(svlm_stc_cache *c, const float *pixels, int m, float *out) {
     svlm_vision_ctx *vc = c->vc;
     svlm_kernels *k = vc->k;
     const svlm_mmproj_hparams *hp = &vc->m->hp;
-    const int D = c->D;
-    const size_t ND = sizeof(float) * (size_t)c->N * D;
-    for (int i = 0; i < m; i++) { /* dynamic row i's place in the work keys, values and stream */
-        const size_t at = (size_t)c->idx[i] * D;
-        c->rows_host[i] = c->work_k + at;
-        c->rows_host[m + i] = c->work_v + at;
-        c->rows_host[2 * m + i] = vc->x + at;
-    }
-    svlm_k_copy(k, c->rows_k, c->rows_host, sizeof(void *) * 3 * (size_t)m);
-    void *const *to_k = c->rows_k, *const *to_v = c->rows_k + m, *const *to_x = c->rows_k + 2 * m;
+    const int D = c->D, L = c->n_layer;
+    for (int il = 0; il < L; il++) /* dynamic row i's place in layer il's reference keys, values */
+        for (int i = 0; i < m; i++) {
+            const size_t at = (size_t)c->idx[i] * D;
+            c->rows_host[(size_t)(2 * il) * m + i] = c->ref_k[il] + at;
+            c->rows_host[(size_t)(2 * il + 1) * m + i] = c->ref_v[il] + at;
+        }
+    for (int i = 0; i < m; i++) /* and in the residual stream */
+        c->rows_host[(size_t)(2 * L) * m + i] = vc->x + (size_t)c->idx[i] * D;
+    svlm_k_copy(k, c->rows_k, c->rows_host, sizeof(void *) * (2 * (size_t)L + 1) * (size_t)m);
     svlm_siglip_embed_rows(vc, pixels, c->idx, m, vc->x);
-    for (int il = 0; il < c->n_layer; il++) {
+    for (int il = 0; il < L; il++) {
+        void *const *to_k = c->rows_k + (size_t)(2 * il) * m, *const *to_v = to_k + m;
         svlm_siglip_attn_in(vc, il, vc->x, m);
-        svlm_k_copy(k, c->work_k, c->ref_k[il], ND);
-        svlm_k_copy(k, c->work_v, c->ref_v[il], ND);
+        svlm_k_gather_rows(k, c->save_k, c->ref_k[il], c->idx, m, D);
+        svlm_k_gather_rows(k, c->save_v, c->ref_v[il], c->idx, m, D);
         svlm_k_store_rows(k, to_k, SVLM_F32, vc->kk, m, D);
         svlm_k_store_rows(k, to_v, SVLM_F32, vc->v, m, D);
-        svlm_siglip_attention(vc, vc->q, c->work_k, c->work_v, m, c->N, vc->attn);
+        svlm_siglip_attention(vc, vc->q, c->ref_k[il], c->ref_v[il], m, c->N, vc->attn);
+        svlm_k_store_rows(k, to_k, SVLM_F32, c->save_k, m, D);
+        svlm_k_store_rows(k, to_v, SVLM_F32, c->save_v, m, D);
         svlm_siglip_attn_out_ffn(vc, il, vc->x, m);
     }
     svlm_k_layernorm(k, vc->x, vc->m->post_ln_w, vc->m->post_ln_b, vc->x, m, D, hp->eps);
     /* vc->x = the reference output with the dynamic rows replaced (q holds the new rows meanwhile) */
     svlm_k_copy(k, vc->q, vc->x, sizeof(float) * (size_t)m * D);
-    svlm_k_copy(k, vc->x, c->ref_enc, ND);
-    svlm_k_store_rows(k, to_x, SVLM_F32, vc->q, m, D);
+    svlm_k_copy(k, vc->x, c->ref_enc, sizeof(float) * (size_t)c->N * D);
+    svlm_k_store_rows(k, c->rows_k + (size_t)(2 * L) * m, SVLM_F32, vc->q, m, D);
     svlm_connector_forward(vc, 1);
     svlm_k_copy(k, out, vc->proj, sizeof(float) * (size_t)c->T * c->E);
 }
