@@ -22,10 +22,8 @@
 
 enum { N_STREAMS = 3, N_FRAMES = 4, W = 96, H = 64 };
 
-/* Frame k of stream s: a gradient with a box that moves with k, in a colour of s. */
-static void make_frame(svlm_frame *f, int s, int k) {
-    svlm_err err = {0};
-    REQUIRE(svlm_frame_alloc(f, W, H, &err) == SVLM_OK, "%s", err.msg);
+/* Frame k of stream s (allocated): a gradient with a box that moves with k, in a colour of s. */
+static void draw_frame(svlm_frame *f, int s, int k) {
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++) {
             uint8_t *p = f->data + (size_t)y * f->stride + (size_t)x * 3;
@@ -35,6 +33,12 @@ static void make_frame(svlm_frame *f, int s, int k) {
             p[2] = (uint8_t)((x + y + 37 * s) & 255);
         }
     f->pts = 0.5 * k;
+}
+
+static void make_frame(svlm_frame *f, int s, int k) {
+    svlm_err err = {0};
+    REQUIRE(svlm_frame_alloc(f, W, H, &err) == SVLM_OK, "%s", err.msg);
+    draw_frame(f, s, k);
 }
 
 typedef struct answers {
@@ -250,15 +254,16 @@ static void rotation(svlm_llama *m, const svlm_mmproj *mp) {
 typedef struct live_push {
     svlm_engine *e;
     int sid, stream;
-    volatile int *stop;
+    int *stop; /* read and written atomically */
 } live_push;
 
-static void *push_live(void *arg) {
+static void *push_live(void *arg) { /* (no REQUIRE here: the test's counters are the main thread's) */
     live_push *lp = arg;
-    for (int k = 0; !*lp->stop; k++) {
+    for (int k = 0; !__atomic_load_n(lp->stop, __ATOMIC_ACQUIRE); k++) {
         svlm_frame f;
-        make_frame(&f, lp->stream, k % 8);
         svlm_err err = {0};
+        if (svlm_frame_alloc(&f, W, H, &err) != SVLM_OK) break;
+        draw_frame(&f, lp->stream, k % 8);
         (void)svlm_engine_push_frame(lp->e, lp->sid, &f, 0, &err); /* a full queue drops its oldest */
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
@@ -287,7 +292,7 @@ static void mixed_stc(svlm_llama *m, const svlm_mmproj *mp) {
         REQUIRE(svlm_engine_open_stream_with(e, &sp, "You watch a camera.", i == 2 ? &on : &off, &s[i],
                                              &sid[i], &err) == SVLM_OK,
                 "%s", err.msg);
-    volatile int stop = 0;
+    int stop = 0;
     live_push lp[3];
     pthread_t th[3];
     for (int i = 0; i < 3; i++) {
@@ -296,7 +301,7 @@ static void mixed_stc(svlm_llama *m, const svlm_mmproj *mp) {
     }
     struct timespec ts = {1, 500000000};
     nanosleep(&ts, NULL);
-    stop = 1;
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < 3; i++)
         pthread_join(th[i], NULL);
     svlm_engine_drain(e);
