@@ -223,7 +223,9 @@ static void rotation(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_engine *e = answer_engine(m, mp, 3, 2, 128, 1, &s, &sid);
     order_rec rec = {0};
     tagged tags[3] = {{&rec, 0}, {&rec, 1}, {&rec, 2}};
-    const int max_tokens[3] = {40, 40, 3};
+    /* long ones long enough that the asks, made one after another while the lane already runs,
+     * land long before a long answer could end (a busy machine can delay the third ask) */
+    const int max_tokens[3] = {120, 120, 3};
     for (int i = 0; i < 3; i++) {
         svlm_ask_opts o = {.max_tokens = max_tokens[i]};
         REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, NULL, on_done_order, &tags[i], NULL, &err) ==
@@ -232,7 +234,7 @@ static void rotation(svlm_llama *m, const svlm_mmproj *mp) {
     }
     svlm_engine_drain(e);
     printf(
-        "two 40-token answers and a 3-token one, batches of 2: they ended in the order %d %d %d (%d, %d, %d "
+        "two 120-token answers and a 3-token one, batches of 2: they ended in the order %d %d %d (%d, %d, %d "
         "tokens)\n",
         rec.order[0], rec.order[1], rec.order[2], rec.tokens[0], rec.tokens[1], rec.tokens[2]);
     CHECK(rec.n == 3, "%d of 3 questions ended", rec.n);
