@@ -50,6 +50,9 @@ def check_figures(r, where):
     asked, started, answered = (r.get('questions_' + k, 0) for k in ('asked', 'started', 'answered'))
     if not (0 < answered <= started <= asked):
         fails.append('%s: questions asked %r started %r answered %r' % (where, asked, started, answered))
+    copied = r.get('answers_window_copied', -1)  # f32 streams and answer contexts: the fork copies
+    if not (0 < copied <= answered):
+        fails.append('%s: %r of %r answers copied the window' % (where, copied, answered))
     if not (r.get('encode_ms_per_frame', 0) > 0 and r.get('prefill_ms_per_frame', 0) > 0):
         fails.append('%s: ingest ms per frame %r %r' % (where, r.get('encode_ms_per_frame'),
                                                        r.get('prefill_ms_per_frame')))
@@ -86,8 +89,10 @@ def parse_text(out):
          r'\(([0-9]+) tokens, up to ([0-9]+) answer tokens\)$',
          lambda m: r.update(questions_asked=int(m[1]), questions_started=int(m[2]), questions_answered=int(m[3]),
                             questions_failed=int(m[4]), questions_unanswered=int(m[5]), question_tokens=int(m[6]))),
-        (r'ttft_ms +p50 ' + NUM + ' p90 ' + NUM + ' p99 ' + NUM + ' max ' + NUM + '$',
-         lambda m: r.update(ttft_ms={'p50': float(m[1]), 'p90': float(m[2]), 'p99': float(m[3]), 'max': float(m[4])})),
+        (r'ttft_ms +p50 ' + NUM + ' p90 ' + NUM + ' p99 ' + NUM + ' max ' + NUM
+         + r"; ([0-9]+) of ([0-9]+) answers copied the stream's window$",
+         lambda m: r.update(ttft_ms={'p50': float(m[1]), 'p90': float(m[2]), 'p99': float(m[3]), 'max': float(m[4])},
+                            answers_window_copied=int(m[5]))),
         (r'answer_tok_s +' + NUM + ' aggregate, ' + NUM + ' per answer$', lambda m: r.update(answer_tok_s=float(m[1]))),
         (r'lanes_busy +ingest ' + NUM + ' % answer ' + NUM + ' %$',
          lambda m: r.update(ingest_busy=float(m[1]) / 100, answer_busy=float(m[2]) / 100)),

@@ -75,6 +75,7 @@ typedef struct bench {
     pthread_mutex_t mu; /* done callbacks run on the answer lane */
     samples ttft[2];    /* ms, answered questions */
     int64_t asked[2], started[2], answered[2], failed[2], cancelled[2]; /* started: a first token came */
+    int64_t copied[2];     /* answered ones whose context copied the stream's window at the fork */
     int64_t window_tokens; /* tokens of answers that ended inside the window */
     double rate_sum;       /* per-answer decode rates, measured questions */
     double t_win0, t_win1; /* the window, monotonic seconds */
@@ -91,7 +92,7 @@ typedef struct result {
     int64_t frames, pushed, drops, stream_min, stream_max; /* frames: all streams; one stream's */
     double fps_per_stream, fps_share, ingest_busy, answer_busy, tok_s, tok_s_per_answer;
     double p50, p90, p99, max;
-    int64_t asked, started, answered, failed, unanswered;
+    int64_t asked, started, answered, failed, unanswered, copied;
     double encode_ms, prefill_ms; /* ingest cost of a frame, mean over every frame so far */
     double ingest_batch_mean;     /* frames per encoder batch of 2+ streams in the window */
     double ingest_batch_share;    /* share of the window's frames encoded in such batches */
@@ -268,6 +269,7 @@ static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer
     pthread_mutex_lock(&b->mu);
     if (st == SVLM_OK) {
         b->answered[k]++;
+        b->copied[k] += am->window_copied != 0;
         samples_push(&b->ttft[k], am->ttft_ms); /* out of memory: one sample fewer */
         if (k) b->rate_sum += am->tokens_per_s;
         if (now >= b->t_win0 && now < b->t_win1) b->window_tokens += am->tokens;
@@ -571,6 +573,7 @@ static void summarize(const bench_args *a, bench *b, result *res) {
     res->answered = b->answered[1];
     res->failed = b->failed[1];
     res->unanswered = b->asked[1] - b->answered[1] - b->failed[1];
+    res->copied = b->copied[1];
     res->p50 = res->p90 = res->p99 = res->max = NAN;
     if (s->n) {
         qsort(s->v, s->n, sizeof *s->v, cmp_double);
@@ -616,9 +619,10 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     printf(
         "\"question_tokens\":%d,\"answer_tokens\":%lld,\"questions_asked\":%lld,\"questions_started\":%lld,"
         "\"questions_answered\":%lld,"
-        "\"questions_failed\":%lld,\"questions_unanswered\":%lld,\"ttft_ms\":{",
+        "\"questions_failed\":%lld,\"questions_unanswered\":%lld,\"answers_window_copied\":%lld,\"ttft_ms\":"
+        "{",
         r->question_tokens, a->answer_tokens, (long long)r->asked, (long long)r->started,
-        (long long)r->answered, (long long)r->failed, (long long)r->unanswered);
+        (long long)r->answered, (long long)r->failed, (long long)r->unanswered, (long long)r->copied);
     json_num("p50", r->p50, 1);
     json_num("p90", r->p90, 1);
     json_num("p99", r->p99, 1);
@@ -656,7 +660,10 @@ static void report_text(const bench_args *a, const result *r, const char *backen
         (long long)r->asked, (long long)r->started, (long long)r->answered, (long long)r->failed,
         (long long)r->unanswered, r->question_tokens, a->answer_tokens);
     if (r->answered)
-        printf("ttft_ms          p50 %.1f p90 %.1f p99 %.1f max %.1f\n", r->p50, r->p90, r->p99, r->max);
+        printf(
+            "ttft_ms          p50 %.1f p90 %.1f p99 %.1f max %.1f; %lld of %lld answers copied the stream's "
+            "window\n",
+            r->p50, r->p90, r->p99, r->max, (long long)r->copied, (long long)r->answered);
     else
         printf("ttft_ms          none answered in the window\n");
     printf("answer_tok_s     %.1f aggregate, %.1f per answer\n", r->tok_s,
