@@ -116,10 +116,12 @@ if step "configure $B" 120 150 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DS
   -DSVLM_TEST_DATA="$SVLM_TEST_DATA"; then
   # only what this check runs: the svlm tool and the GPU tests (faster, and other tests may
   # need libraries this machine lacks)
-  # (test_cuda_llama_shift runs test_llama_shift on the GPU)
-  targets=(svlm test_llama_shift)
+  # (test_cuda_llama_shift and test_cuda_stream_take run test_llama_shift and test_stream_take on
+  # the GPU)
+  targets=(svlm test_llama_shift test_stream_take)
   while IFS= read -r t; do targets+=("$t"); done < <(ctest --test-dir "$B" -N -R '^test_cuda' |
-    sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p' | grep -v -E '_as_cpu$|^test_cuda_llama_shift$')
+    sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p' |
+    grep -v -E '_as_cpu$|^test_cuda_llama_shift$|^test_cuda_stream_take$')
   echo "targets: ${targets[*]}"
   # the whole log is long: warnings, errors and the last lines on failure
   step "build $B ($jobs jobs)" 330 120 bash -c 'cmake --build "$1" -j"$2" --target "${@:3}" >"$1/build.log" 2>&1

@@ -4,7 +4,7 @@
  * SmolVLM text model, a stream whose frames have pushed older ones out of its window, the two
  * contexts compared row by row after the question and answer. A stream on F16 pages has an F16
  * context of its own, unlike the F32 answer's: there the copy is declined and the answer built as
- * before.
+ * before. test_cuda_stream_take runs it on a GPU (SVLM_TEST_TAKE_ON_GPU=1): device copies.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +12,7 @@
 #include "llm/llama_internal.h"
 #include "pipeline/stream.h"
 #include "test.h"
+#include "test_gpu.h"
 
 enum { ROWS = 8, FRAMES = 30 };
 
@@ -71,7 +72,11 @@ static void answer_both(svlm_stream *s, svlm_llama_ctx *a, svlm_llama_ctx *b, ch
 int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
-    REQUIRE(svlm_kernels_create_cpu(2, &kern, &err) == SVLM_OK, "%s", err.msg);
+    if (getenv("SVLM_TEST_TAKE_ON_GPU")) /* test_cuda_stream_take: the backend under test */
+        kern = test_gpu_backend();
+    else
+        REQUIRE(svlm_kernels_create_cpu(2, &kern, &err) == SVLM_OK, "%s", err.msg);
+    printf("backend: %s\n", svlm_kernels_name(kern));
     REQUIRE(svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &model,
                             &err) == SVLM_OK,
             "%s", err.msg);
