@@ -14,6 +14,7 @@
 
 #include "llm/llama_internal.h"
 #include "test.h"
+#include "test_working_copy.h"
 #include "test_gpu.h"
 
 enum { FRAME = 12, ROUNDS = 16, SIDES = 6 };
@@ -61,17 +62,6 @@ static void frame(int p, int r, int V, int E, int32_t *ids, float *embd) {
             ids[j] = 1 + (31 * j + 17 * p + 5 * r) % (V - 1);
         }
     }
-}
-
-/* Every row of the two contexts' working copies of their sequences, bit for bit. */
-static int same_copies(const svlm_llama_ctx *a, const svlm_llama_ctx *b) {
-    if (a->mirror_n != b->mirror_n) return 0;
-    const svlm_llama_hparams *hp = &a->m->hp;
-    const size_t bytes = (size_t)a->mirror_n * hp->n_head_kv * hp->head_dim * a->kv_elt;
-    for (int l = 0; l < hp->n_layer; l++)
-        if (memcmp(a->k_cache[l], b->k_cache[l], bytes) || memcmp(a->v_cache[l], b->v_cache[l], bytes))
-            return 0;
-    return 1;
 }
 
 static void run(svlm_llama *m, svlm_kernels *k, svlm_dtype type) {
@@ -137,7 +127,7 @@ static void run(svlm_llama *m, svlm_kernels *k, svlm_dtype type) {
         }
         for (int p = 0; p < 3; p++)
             if (!(p == 0 && r == 9)) /* side 0's context holds the fork now */
-                copies_same &= same_copies(w.ctx[2 * p], w.ctx[2 * p + 1]);
+                copies_same &= test_same_working_copies(w.ctx[2 * p], w.ctx[2 * p + 1]);
     }
     CHECK(logits_same, "%s: a context that follows moves gave other logits", tname);
     CHECK(copies_same, "%s: a context that follows moves holds other rows", tname);

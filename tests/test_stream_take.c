@@ -12,6 +12,7 @@
 #include "llm/llama_internal.h"
 #include "pipeline/stream.h"
 #include "test.h"
+#include "test_working_copy.h"
 #include "test_gpu.h"
 
 enum { ROWS = 8, FRAMES = 30 };
@@ -42,16 +43,6 @@ static svlm_stream *new_stream(svlm_dtype kv) {
     }
     free(frame);
     return s;
-}
-
-static int same_copies(const svlm_llama_ctx *a, const svlm_llama_ctx *b) {
-    if (a->mirror_n != b->mirror_n || a->mirror_n <= 0) return 0;
-    const svlm_llama_hparams *hp = &a->m->hp;
-    const size_t bytes = (size_t)a->mirror_n * hp->n_head_kv * hp->head_dim * a->kv_elt;
-    for (int l = 0; l < hp->n_layer; l++)
-        if (memcmp(a->k_cache[l], b->k_cache[l], bytes) || memcmp(a->v_cache[l], b->v_cache[l], bytes))
-            return 0;
-    return 1;
 }
 
 /* Two answers to the same question on forks made one after the other: ctx a copies the window
@@ -95,7 +86,7 @@ int test_main(void) {
     CHECK(am_a.window_copied == 1 && am_b.window_copied == 0, "copied: %d and %d (want 1, 0)",
           am_a.window_copied, am_b.window_copied);
     const int rows = a->mirror_n;
-    CHECK(same_copies(a, b), "the copied window and the one built from the pages differ");
+    CHECK(test_same_working_copies(a, b), "the copied window and the one built from the pages differ");
     CHECK(ans_a && ans_b && !strcmp(ans_a, ans_b), "answers '%s' and '%s'", ans_a ? ans_a : "",
           ans_b ? ans_b : "");
     printf(
@@ -110,7 +101,7 @@ int test_main(void) {
     s = new_stream(SVLM_F16);
     answer_both(s, a, b, &ans_a, &ans_b, &am_a, &am_b);
     CHECK(am_a.window_copied == 0, "an f16 window was copied into an f32 context");
-    CHECK(same_copies(a, b) && ans_a && ans_b && !strcmp(ans_a, ans_b),
+    CHECK(test_same_working_copies(a, b) && ans_a && ans_b && !strcmp(ans_a, ans_b),
           "f16 stream: the two contexts differ");
     printf("f16 stream: the copy declined (the stream's context is f16), both contexts built from the pages, "
            "equal\n");
