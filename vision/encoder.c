@@ -22,8 +22,9 @@ static float *scratch(svlm_vision_ctx *c, size_t rows, size_t cols, int *ok) {
 svlm_status svlm_vision_ctx_create(const svlm_mmproj *m, svlm_kernels *k, int max_batch,
                                    svlm_vision_ctx **out, svlm_err *err) {
     *out = NULL;
-    if (!m || !k || max_batch < 1 || max_batch > 256)
-        return svlm_fail(err, SVLM_E_INVALID, "vision context: batch size %d is outside 1..256", max_batch);
+    if (!m || !k || max_batch < 1 || max_batch > SVLM_VISION_MAX_BATCH)
+        return svlm_fail(err, SVLM_E_INVALID, "vision context: batch size %d is outside 1..%d", max_batch,
+                         SVLM_VISION_MAX_BATCH);
     svlm_vision_ctx *c = calloc(1, sizeof *c);
     if (!c) return svlm_fail(err, SVLM_E_NOMEM, "vision context: out of memory");
     c->m = m;

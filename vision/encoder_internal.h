@@ -4,6 +4,8 @@
 
 #include "vision/encoder.h"
 
+enum { SVLM_VISION_MAX_BATCH = 256 }; /* tiles a vision context takes at once */
+
 struct svlm_vision_ctx {
     const svlm_mmproj *m;
     svlm_kernels *k;

@@ -67,10 +67,10 @@ void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t row
     svlm_vision_trace(c, "Vcur", il, c->v, rows, D);
 }
 
-void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, const float *v, int64_t n_q,
-                           int64_t n_kv, float *out) {
+static svlm_attn_args attention_args(const svlm_vision_ctx *c, const float *q, const float *k, const float *v,
+                                     int64_t n_q, int64_t n_kv, float *out) {
     const svlm_mmproj_hparams *hp = &c->m->hp;
-    svlm_attn_args a = {
+    return (svlm_attn_args){
         .q = q,
         .k = k,
         .v = v,
@@ -85,7 +85,25 @@ void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, c
         .causal = 0,
         .scale = 1.0f / sqrtf((float)hp->head_dim),
     };
+}
+
+void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, const float *v, int64_t n_q,
+                           int64_t n_kv, float *out) {
+    svlm_attn_args a = attention_args(c, q, k, v, n_q, n_kv, out);
     svlm_k_attention(c->k, &a);
+}
+
+/* Every tile of the batch attends within itself: one op, which a GPU runs as one launch over all
+ * tiles (a launch per tile left most of the device idle: 12 heads x 16 query tiles of blocks). */
+static void attention_tiles(svlm_vision_ctx *c, int b) {
+    const svlm_mmproj_hparams *hp = &c->m->hp;
+    int64_t N = hp->n_patches, D = hp->n_embd;
+    svlm_attn_args a[SVLM_VISION_MAX_BATCH];
+    for (int t = 0; t < b; t++) {
+        size_t off = (size_t)t * (size_t)N * (size_t)D;
+        a[t] = attention_args(c, c->q + off, c->kk + off, c->v + off, N, N, c->attn + off);
+    }
+    svlm_k_attention_multi(c->k, a, b);
 }
 
 void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows) {
@@ -130,10 +148,7 @@ static void block(svlm_vision_ctx *c, int il, int b) {
         svlm_k_copy(c->k, c->save_k[il], c->kk, sizeof(float) * (size_t)(N * D));
         svlm_k_copy(c->k, c->save_v[il], c->v, sizeof(float) * (size_t)(N * D));
     }
-    for (int t = 0; t < b; t++) {
-        size_t off = (size_t)t * (size_t)N * (size_t)D;
-        svlm_siglip_attention(c, c->q + off, c->kk + off, c->v + off, N, N, c->attn + off);
-    }
+    attention_tiles(c, b);
     svlm_siglip_attn_out_ffn(c, il, c->x, rows);
 }
 
