@@ -266,6 +266,11 @@ if [ -x "$S" ]; then
     bench "text, cuda, 64 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 64 \
       --reps 1 --backend cuda
     bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    # the flash kernel's mma.sync form (off by default until measured here; test_cuda_backend checks it)
+    SVLM_CUDA_FLASH_MMA=1 bench "vision encoder, cuda, flash on mma.sync" 60 bench --mmproj "$M-mmproj.gguf" \
+      --batch 32 --reps 2 --backend cuda
+    SVLM_CUDA_FLASH_MMA=1 bench "text prefill, cuda, flash on mma.sync" 60 bench -m "$M.gguf" --pp 512 --tg 0 \
+      --backend cuda
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
   fi

@@ -32,7 +32,8 @@
 
 static svlm_kernels *G, *C;   /* the backend under test, the CPU reference */
 static svlm_kernels *G_flash; /* for the attention tests: G with the flash kernel from FLASH_MIN_Q queries */
-static int flash_on;          /* G is G_flash now */
+static svlm_kernels *G_mma;   /* the same with the kernel's mma.sync form (SVLM_CUDA_FLASH_MMA=1) */
+static int flash_on;          /* G is G_flash or G_mma now (2: G_mma) */
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -509,7 +510,10 @@ static void attention_case(int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
     char what[96];
     snprintf(what, sizeof what, "attention %s q=%lld kv=%lld heads=%d/%d hd=%d causal=%d pad=%d%s",
              svlm_dtype_get(kv_type)->name, (long long)n_q, (long long)n_kv, n_head, n_kv_head, hd, causal,
-             pad, flash_on ? " flash" : "");
+             pad,
+             flash_on == 2 ? " flash mma"
+             : flash_on    ? " flash"
+                           : "");
     double tol = attention_tol(n_q, kv_type, hd);
     int shown = note(what, worst, tol);
     shown |= note(what, vs, tol);
@@ -562,7 +566,8 @@ static void attention_cases(void) {
         attention_case(1024, 1024, 12, 12, 64, 0, SVLM_F32, 0);
 }
 
-/* Every case through G (cuBLAS and the kernel), then through G_flash (the flash kernel). */
+/* Every case through G (cuBLAS and the kernel), then through G_flash (the flash kernel), then
+ * G_mma (its mma.sync form: the same rounding, so the same tolerance). */
 static void test_attention(void) {
     attention_cases();
     if (!G_flash) return;
@@ -570,6 +575,11 @@ static void test_attention(void) {
     G = G_flash;
     flash_on = 1;
     attention_cases();
+    if (G_mma) {
+        G = G_mma;
+        flash_on = 2;
+        attention_cases();
+    }
     G = plain;
     flash_on = 0;
 }
@@ -616,6 +626,9 @@ int test_main(void) {
     if (!as_cpu) {
         setenv("SVLM_CUDA_FLASH_MIN_Q", "2", 1);
         G_flash = test_gpu_backend();
+        setenv("SVLM_CUDA_FLASH_MMA", "1", 1);
+        G_mma = test_gpu_backend();
+        unsetenv("SVLM_CUDA_FLASH_MMA");
         unsetenv("SVLM_CUDA_FLASH_MIN_Q");
     }
     REQUIRE(svlm_kernels_create_cpu(0, &C, &err) == SVLM_OK, "cpu backend: %s", err.msg);
@@ -650,6 +663,7 @@ int test_main(void) {
                worst_what[m]);
     svlm_kernels_destroy(G); /* before the weights it may hold copies of are freed */
     if (G_flash) svlm_kernels_destroy(G_flash);
+    if (G_mma) svlm_kernels_destroy(G_mma);
     svlm_kernels_destroy(C);
     for (int i = 0; i < n_cases; i++) {
         free(cases[i].deq);

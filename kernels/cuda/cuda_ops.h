@@ -142,6 +142,15 @@ int svlm_cu_flash_attention_items(cudaStream_t s, const svlm_cu_flash_item *item
                                   int kv_f16, int64_t kv_stride, int n_head, int n_kv_head, int head_dim,
                                   int causal, float scale, int vec_q, int vec_kv);
 
+/* The same two entries on mma.sync with the scores kept in registers (cuda_flash_mma.cu): same
+ * inputs, outputs and rounding, head dims 1 to 128. */
+int svlm_cu_flash_mma(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
+                      int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
+                      int head_dim, int causal, float scale);
+int svlm_cu_flash_mma_items(cudaStream_t s, const svlm_cu_flash_item *items, int n, int64_t max_n_q,
+                            int kv_f16, int64_t kv_stride, int n_head, int n_kv_head, int head_dim,
+                            int causal, float scale, int vec_q, int vec_kv);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,392 @@
+/*
+ * Attention with many queries, flash style, on the tensor cores' register-level instruction
+ * (mma.sync m16n8k16, f16 operands, f32 sums): the second form of cuda_flash_attention.cu's
+ * kernel, with the same inputs, outputs and rounding. There the scores go through shared memory
+ * between the two products (WMMA leaves its fragments' layout unspecified); here the layout is
+ * the PTX ISA's, so the scores stay in registers: the S accumulators of one product are the P
+ * operands of the next, and the online softmax runs on them in place.
+ *
+ * One block = one head x 64 queries (4 warps x 16 rows); it walks the kv rows in tiles of 64.
+ * Shared memory holds the K tile as rows ([64][D + 8] halves) and the V tile transposed
+ * ([D][64 + 8]), so that every operand a lane needs is one 32-bit load. The pads put the 8 rows
+ * a warp reads at once in different banks.
+ *
+ * Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 g + t:
+ *   A (16 x 16, row major), 4 registers of 2 halves: {row g, cols 2t, 2t+1}, {row g + 8, same},
+ *     {row g, cols 8 + 2t, 9 + 2t}, {row g + 8, same};
+ *   B (16 x 8, "col"), 2 registers: {rows 2t, 2t+1 of col g}, {rows 8 + 2t, 9 + 2t of col g};
+ *   C (16 x 8 f32), 4 floats: row g cols 2t, 2t+1, then row g + 8 cols 2t, 2t+1.
+ * The lower column of a pair sits in the lower 16 bits.
+ *
+ * Numerics as the WMMA kernel: Q, K, V and P rounded to f16, the scores scaled by scale log2(e)
+ * in f32, exp2, and l sums the probabilities as rounded (the weights P V uses).
+ */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels/cuda/cuda_ops.h"
+
+namespace {
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
+constexpr int kBQ = 16 * kWarps; /* queries per block */
+constexpr int kBK = 64;          /* kv rows per tile */
+constexpr int kMaxDim = 128;
+constexpr int kLdVt = kBK + 8; /* halves per row of the transposed V tile */
+
+template <int D> struct Shape {
+    static constexpr int kLdK = D + 8; /* halves per row of the K (and Q) tile */
+    static constexpr int kKHalves = kBK * kLdK, kVHalves = D * kLdVt;
+    static constexpr size_t kBytes = sizeof(__half) * (size_t)(kKHalves + kVHalves);
+    static_assert(D % 16 == 0 && D <= kMaxDim, "D: a multiple of 16 up to 128");
+    static_assert(kBytes <= 48 * 1024, "static shared-memory limit");
+};
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&h);
+}
+
+__device__ __forceinline__ uint32_t ld32(const __half *p) {
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/* c += a b (16 x 8 x 16) */
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void load4(const float *p, float *x) {
+    const float4 v = *reinterpret_cast<const float4 *>(p);
+    x[0] = v.x;
+    x[1] = v.y;
+    x[2] = v.z;
+    x[3] = v.w;
+}
+__device__ __forceinline__ void load4(const __half *p, float *x) {
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
+    x[0] = a.x;
+    x[1] = a.y;
+    x[2] = b.x;
+    x[3] = b.y;
+}
+__device__ __forceinline__ float to_f32(float x) {
+    return x;
+}
+__device__ __forceinline__ float to_f32(__half x) {
+    return __half2float(x);
+}
+
+/* Columns c .. c + 3 of row `row` (zeros past n_rows or width) as floats. vec: 4-element loads. */
+template <typename T>
+__device__ __forceinline__ void fetch4(const T *src, int64_t stride, int64_t row, int64_t n_rows, int c,
+                                       int width, bool vec, float *x) {
+    x[0] = x[1] = x[2] = x[3] = 0.0f;
+    if (row >= n_rows) return;
+    const T *p = src + row * stride + c;
+    if (vec) {
+        if (c < width) load4(p, x); /* width % 4 == 0: a group is all in or all out */
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+        if (c + e < width) x[e] = to_f32(p[e]);
+}
+
+/* Rows r0 .. r0 + 63 of a matrix (row r at src + r stride, width columns) as f16 rows of dst
+ * (ld D + 8), zeros past the end. All threads take part. */
+template <int D, typename T>
+__device__ void load_rows(__half *dst, const T *src, int64_t stride, int64_t r0, int64_t n_rows, int width,
+                          bool vec) {
+    constexpr int G = D / 4;
+    for (int idx = threadIdx.x; idx < kBK * G; idx += kThreads) {
+        const int r = idx / G, c = idx % G * 4;
+        float x[4];
+        fetch4(src, stride, r0 + r, n_rows, c, width, vec, x);
+        uint2 u;
+        u.x = pack_half2(x[0], x[1]);
+        u.y = pack_half2(x[2], x[3]);
+        *reinterpret_cast<uint2 *>(dst + r * Shape<D>::kLdK + c) = u;
+    }
+}
+
+/* The same rows transposed: dst[c][r] (ld 64 + 8). A lane takes two neighbouring rows, so its
+ * stores are 32-bit and the warp's 32 lanes (64 rows) write 32 consecutive words. */
+template <int D, typename T>
+__device__ void load_rows_t(__half *dst, const T *src, int64_t stride, int64_t r0, int64_t n_rows, int width,
+                            bool vec) {
+    constexpr int G = D / 4;
+    for (int idx = threadIdx.x; idx < 32 * G; idx += kThreads) {
+        const int rp = idx % 32, c = idx / 32 * 4;
+        float a[4], b[4];
+        fetch4(src, stride, r0 + 2 * rp, n_rows, c, width, vec, a);
+        fetch4(src, stride, r0 + 2 * rp + 1, n_rows, c, width, vec, b);
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            *reinterpret_cast<uint32_t *>(dst + (c + e) * kLdVt + 2 * rp) = pack_half2(a[e], b[e]);
+    }
+}
+
+/* Block (query tile blockIdx.x, head blockIdx.y, item blockIdx.z when items is not NULL). */
+template <int D, typename T>
+__global__ void __launch_bounds__(kThreads)
+    mma_kernel(const float *q, const T *k, const T *v, int64_t kv_stride, float *out, int64_t n_q,
+               int64_t n_kv, int n_head, int rep, int hd, int causal, float scale_log2, bool vec_q,
+               bool vec_kv, const svlm_cu_flash_item *items) {
+    if (items) {
+        const svlm_cu_flash_item it = items[blockIdx.z];
+        if ((int64_t)blockIdx.x * kBQ >= it.n_q) return; /* the whole block: no barrier is left waiting */
+        q = it.q;
+        k = static_cast<const T *>(it.k);
+        v = static_cast<const T *>(it.v);
+        out = it.out;
+        n_q = it.n_q;
+        n_kv = it.n_kv;
+    }
+    using S = Shape<D>;
+    constexpr int KC = D / 16;  /* 16-wide chunks of the head dim: S's reduction */
+    constexpr int ND = D / 8;   /* 8-wide tiles of the head dim: O's columns */
+    constexpr int NS = kBK / 8; /* 8-wide tiles of kv rows: S's columns */
+    __shared__ __align__(16) __half sk[S::kKHalves];
+    __shared__ __align__(16) __half svt[S::kVHalves];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, kvh = h / rep;
+    const int64_t ldq = (int64_t)n_head * hd, off = n_kv - n_q; /* causal: i sees j <= off + i */
+    const int64_t q0 = (int64_t)blockIdx.x * kBQ, wq0 = q0 + warp * 16;
+
+    /* the warp's 16 query rows as A operands, staged through the K buffer */
+    load_rows<D>(sk, q + (int64_t)h * hd, ldq, q0, n_q, hd, vec_q);
+    __syncthreads();
+    uint32_t qa[KC][4];
+    {
+        const __half *r0 = sk + (warp * 16 + g) * S::kLdK + 2 * t, *r8 = r0 + 8 * S::kLdK;
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) {
+            qa[kc][0] = ld32(r0 + kc * 16);
+            qa[kc][1] = ld32(r8 + kc * 16);
+            qa[kc][2] = ld32(r0 + kc * 16 + 8);
+            qa[kc][3] = ld32(r8 + kc * 16 + 8);
+        }
+    }
+    __syncthreads(); /* the Q tile is read before K overwrites it */
+
+    float o[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    /* this lane's two rows: g and g + 8 of the warp's 16 */
+    int64_t vis[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int64_t qi = wq0 + g + 8 * i;
+        vis[i] = causal && off + qi + 1 < n_kv ? off + qi + 1 : n_kv; /* kv rows < vis[i] */
+    }
+    const int64_t q_last = (q0 + kBQ < n_q ? q0 + kBQ : n_q) - 1;
+    const int64_t wq_last = (wq0 + 16 < n_q ? wq0 + 16 : n_q) - 1;
+    const int64_t kv_end = causal && off + q_last + 1 < n_kv ? off + q_last + 1 : n_kv;     /* block */
+    const int64_t warp_end = causal && off + wq_last + 1 < n_kv ? off + wq_last + 1 : n_kv; /* warp */
+    const bool warp_rows = wq0 < n_q;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* units of log2 */
+
+    for (int64_t kv0 = 0; kv0 < kv_end; kv0 += kBK) {
+        load_rows<D>(sk, k + (int64_t)kvh * hd, kv_stride, kv0, n_kv, hd, vec_kv);
+        load_rows_t<D>(svt, v + (int64_t)kvh * hd, kv_stride, kv0, n_kv, hd, vec_kv);
+        __syncthreads();
+        if (warp_rows && kv0 < warp_end) { /* else the tile is masked for all the warp's rows */
+            /* S = Q K^T: B[k][n] = K[kv0 + 8 j + n][k], a lane's pair is one word of K's row */
+            float s[NS][4];
+#pragma unroll
+            for (int j = 0; j < NS; j++) {
+                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+                const __half *kr = sk + (j * 8 + g) * S::kLdK + 2 * t;
+#pragma unroll
+                for (int kc = 0; kc < KC; kc++)
+                    mma16816(s[j], qa[kc], ld32(kr + kc * 16), ld32(kr + kc * 16 + 8));
+            }
+            /* online softmax of rows g (i = 0: s[j][0..1]) and g + 8 (i = 1: s[j][2..3]); the
+             * four lanes of a group hold a row's 64 columns between them */
+            float alpha[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int64_t lim64 = vis[i] - kv0;
+                const int lim = lim64 < 0 ? 0 : lim64 > kBK ? kBK : (int)lim64;
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < NS; j++) {
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int col = j * 8 + 2 * t + e;
+                        const float x = col < lim ? s[j][2 * i + e] * scale_log2 : -INFINITY;
+                        s[j][2 * i + e] = x;
+                        mx = fmaxf(mx, x);
+                    }
+                }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float m_new = fmaxf(m[i], mx);
+                const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* nothing seen yet: p = 0 */
+                alpha[i] = exp2f(m[i] - m_use);
+                float sum = 0.0f;
+#pragma unroll
+                for (int j = 0; j < NS; j++) {
+                    /* P rounded to f16 here; l sums the rounded weights */
+                    const __half2 p2 =
+                        __floats2half2_rn(exp2f(s[j][2 * i] - m_use), exp2f(s[j][2 * i + 1] - m_use));
+                    const float2 back = __half22float2(p2);
+                    s[j][2 * i] = back.x;
+                    s[j][2 * i + 1] = back.y;
+                    sum += back.x + back.y;
+                }
+                sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                l[i] = l[i] * alpha[i] + sum;
+                m[i] = m_new;
+            }
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                o[n][0] *= alpha[0];
+                o[n][1] *= alpha[0];
+                o[n][2] *= alpha[1];
+                o[n][3] *= alpha[1];
+            }
+            /* O += P V: P's 16-column chunk c is S tiles 2c and 2c + 1 as an A operand;
+             * B[k][n] = V[kv0 + 16 c + k][8 d + n] = Vt[8 d + n][16 c + k], one word */
+#pragma unroll
+            for (int c = 0; c < kBK / 16; c++) {
+                const uint32_t pa[4] = {pack_half2(s[2 * c][0], s[2 * c][1]),
+                                        pack_half2(s[2 * c][2], s[2 * c][3]),
+                                        pack_half2(s[2 * c + 1][0], s[2 * c + 1][1]),
+                                        pack_half2(s[2 * c + 1][2], s[2 * c + 1][3])};
+                const __half *vr = svt + g * kLdVt + c * 16 + 2 * t;
+#pragma unroll
+                for (int n = 0; n < ND; n++)
+                    mma16816(o[n], pa, ld32(vr + n * 8 * kLdVt), ld32(vr + n * 8 * kLdVt + 8));
+            }
+        }
+        __syncthreads(); /* K and V are read before the next tile overwrites them */
+    }
+
+    /* O / l; a row that saw nothing has l = 0 and gets zeros */
+    float *ob = out + (int64_t)h * hd;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int64_t qi = wq0 + g + 8 * i;
+        if (qi >= n_q) continue;
+        const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int col = n * 8 + 2 * t + e;
+                if (col < hd) ob[qi * ldq + col] = o[n][2 * i + e] * inv;
+            }
+        }
+    }
+}
+
+struct args {
+    const float *q;
+    const void *k, *v;
+    int64_t kv_stride;
+    float *out;
+    int64_t n_q, n_kv;
+    int n_head, rep, hd, causal;
+    float scale_log2;
+    bool vec_q, vec_kv;
+    const svlm_cu_flash_item *items; /* NULL: the one attention above */
+    int n_items;
+};
+
+template <int D, typename T> int launch(cudaStream_t s, const args &a) {
+    const dim3 grid((unsigned)((a.n_q + kBQ - 1) / kBQ), (unsigned)a.n_head, (unsigned)a.n_items);
+    mma_kernel<D, T><<<grid, kThreads, 0, s>>>(a.q, static_cast<const T *>(a.k), static_cast<const T *>(a.v),
+                                               a.kv_stride, a.out, a.n_q, a.n_kv, a.n_head, a.rep, a.hd,
+                                               a.causal, a.scale_log2, a.vec_q, a.vec_kv, a.items);
+    return (int)cudaGetLastError();
+}
+
+template <int D> int launch_d(cudaStream_t s, const args &a, int kv_f16) {
+    return kv_f16 ? launch<D, __half>(s, a) : launch<D, float>(s, a);
+}
+
+int launch_dim(cudaStream_t s, const args &a, int kv_f16) {
+    switch ((a.hd + 15) / 16) {
+    case 1: return launch_d<16>(s, a, kv_f16);
+    case 2: return launch_d<32>(s, a, kv_f16);
+    case 3: return launch_d<48>(s, a, kv_f16);
+    case 4: return launch_d<64>(s, a, kv_f16);
+    case 5: return launch_d<80>(s, a, kv_f16);
+    case 6: return launch_d<96>(s, a, kv_f16);
+    case 7: return launch_d<112>(s, a, kv_f16);
+    default: return launch_d<128>(s, a, kv_f16);
+    }
+}
+
+bool aligned(const void *p, uintptr_t n) {
+    return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0;
+}
+
+} // namespace
+
+extern "C" int svlm_cu_flash_mma(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
+                                 int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,
+                                 int n_kv_head, int head_dim, int causal, float scale) {
+    if (n_q <= 0 || n_head <= 0) return 0;
+    if (head_dim < 1 || head_dim > kMaxDim || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535 ||
+        n_kv < 0 || kv_stride < 0 || n_q > (int64_t)0x7fffffff * kBQ || n_kv > INT64_MAX / 4)
+        return (int)cudaErrorInvalidValue;
+    const uintptr_t kv_align = kv_f16 ? 8 : 16; /* 4 elements */
+    const args a = {q,
+                    k,
+                    v,
+                    kv_stride,
+                    out,
+                    n_q,
+                    n_kv,
+                    n_head,
+                    n_head / n_kv_head,
+                    head_dim,
+                    causal != 0,
+                    scale * 1.4426950408889634f,
+                    aligned(q, 16) && head_dim % 4 == 0,
+                    aligned(k, kv_align) && aligned(v, kv_align) && kv_stride % 4 == 0 && head_dim % 4 == 0,
+                    nullptr,
+                    1};
+    return launch_dim(s, a, kv_f16);
+}
+
+extern "C" int svlm_cu_flash_mma_items(cudaStream_t s, const svlm_cu_flash_item *items, int n,
+                                       int64_t max_n_q, int kv_f16, int64_t kv_stride, int n_head,
+                                       int n_kv_head, int head_dim, int causal, float scale, int vec_q,
+                                       int vec_kv) {
+    if (n <= 0 || max_n_q <= 0 || n_head <= 0) return 0;
+    if (head_dim < 1 || head_dim > kMaxDim || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535 ||
+        n > 65535 || kv_stride < 0 || max_n_q > (int64_t)0x7fffffff * kBQ)
+        return (int)cudaErrorInvalidValue;
+    const args a = {nullptr,
+                    nullptr,
+                    nullptr,
+                    kv_stride,
+                    nullptr,
+                    max_n_q,
+                    0,
+                    n_head,
+                    n_head / n_kv_head,
+                    head_dim,
+                    causal != 0,
+                    scale * 1.4426950408889634f,
+                    vec_q != 0 && head_dim % 4 == 0,
+                    vec_kv != 0 && kv_stride % 4 == 0 && head_dim % 4 == 0,
+                    items,
+                    n};
+    return launch_dim(s, a, kv_f16);
+}
