@@ -51,6 +51,14 @@ typedef struct backend_ops {
                                  const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys);
     void (*rmsnorm_swiglu)(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                            const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up);
+    void (*layernorm_matmul_bias)(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                                  float eps, float *h, const svlm_weight *const *ws, const float *const *bs,
+                                  int n_w, int64_t n, float *const *ys);
+    void (*matmul_bias_add)(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
+                            float *y, float *tmp);
+    void (*layernorm_gelu_ffn_add)(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b, float eps,
+                                   const svlm_weight *w1, const float *b1, const svlm_weight *w2,
+                                   const float *b2, int64_t n, float *h, float *ff, float *tmp);
     void (*rope_store)(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
@@ -80,5 +88,17 @@ struct svlm_kernels {
 /* How the ops of a replayed run go: as usual (not recorded), to the backend (which records them),
  * or nowhere (the backend replays its recording at the end); the calls are hashed in the last two. */
 typedef enum replay_mode { REPLAY_OFF = 0, REPLAY_RECORD = 1, REPLAY_SKIP = 2 } replay_mode;
+
+/* The op sequences the encoder's fused ops stand for, through k's own ops (kernels.c): what runs
+ * when a backend has no fused form, or declines one. */
+void svlm_k_seq_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                                      float eps, float *h, const svlm_weight *const *ws,
+                                      const float *const *bs, int n_w, int64_t n, float *const *ys);
+void svlm_k_seq_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x,
+                                int64_t n, float *y, float *tmp);
+void svlm_k_seq_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b,
+                                       float eps, const svlm_weight *w1, const float *b1,
+                                       const svlm_weight *w2, const float *b2, int64_t n, float *h, float *ff,
+                                       float *tmp);
 
 #endif

@@ -148,6 +148,9 @@ enum {
     OP_NORM_MATMUL,
     OP_NORM_SWIGLU,
     OP_ROPE_STORE,
+    OP_NORM_MATMUL_BIAS,
+    OP_MATMUL_BIAS_ADD,
+    OP_NORM_GELU_FFN,
     OP_IM2COL,
     OP_KV_SHIFT
 };
@@ -378,6 +381,101 @@ void svlm_k_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *n
     }
     k->ops->rmsnorm(k, x, norm_w, h, n, ws[0]->cols, eps);
     k->ops->matmul_multi(k, ws, n_w, h, n, ys);
+}
+/* the sequences the encoder's fused ops stand for (backends without their own form, and theirs
+ * when they decline) */
+void svlm_k_seq_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x,
+                                int64_t n, float *y, float *tmp) {
+    k->ops->matmul(k, w, x, n, tmp);
+    k->ops->add_bias(k, tmp, b, n, w->rows);
+    k->ops->add(k, y, tmp, n * w->rows);
+}
+void svlm_k_seq_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                                      float eps, float *h, const svlm_weight *const *ws,
+                                      const float *const *bs, int n_w, int64_t n, float *const *ys) {
+    k->ops->layernorm(k, x, ln_w, ln_b, h, n, ws[0]->cols, eps);
+    k->ops->matmul_multi(k, ws, n_w, h, n, ys);
+    for (int i = 0; i < n_w; i++)
+        if (bs[i]) k->ops->add_bias(k, ys[i], bs[i], n, ws[i]->rows);
+}
+void svlm_k_seq_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b,
+                                       float eps, const svlm_weight *w1, const float *b1,
+                                       const svlm_weight *w2, const float *b2, int64_t n, float *h, float *ff,
+                                       float *tmp) {
+    k->ops->layernorm(k, x, ln_w, ln_b, h, n, w1->cols, eps);
+    k->ops->matmul(k, w1, h, n, ff);
+    if (k->ops->add_bias_gelu_f16) {
+        k->ops->add_bias_gelu_f16(k, ff, b1, n, w1->rows);
+    } else {
+        k->ops->add_bias(k, ff, b1, n, w1->rows);
+        k->ops->gelu_tanh_f16(k, ff, n * w1->rows);
+    }
+    svlm_k_seq_matmul_bias_add(k, w2, b2, ff, n, x, tmp);
+}
+
+void svlm_k_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                                  float eps, float *h, const svlm_weight *const *ws, const float *const *bs,
+                                  int n_w, int64_t n, float *const *ys) {
+    if (n <= 0 || n_w <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_NORM_MATMUL_BIAS, x, n);
+        note_p(k, ln_w);
+        note_p(k, ln_b);
+        note_f(k, eps);
+        note_p(k, h);
+        for (int i = 0; i < n_w; i++) {
+            note_w(k, ws[i]);
+            note_p(k, bs[i]);
+            note_p(k, ys[i]);
+        }
+        if (skip) return;
+    }
+    if (k->ops->layernorm_matmul_bias) {
+        k->ops->layernorm_matmul_bias(k, x, ln_w, ln_b, eps, h, ws, bs, n_w, n, ys);
+        return;
+    }
+    svlm_k_seq_layernorm_matmul_bias(k, x, ln_w, ln_b, eps, h, ws, bs, n_w, n, ys);
+}
+void svlm_k_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
+                            float *y, float *tmp) {
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_MATMUL_BIAS_ADD, x, n);
+        note_w(k, w);
+        note_p(k, b);
+        note_p(k, y);
+        note_p(k, tmp);
+        if (skip) return;
+    }
+    if (k->ops->matmul_bias_add) {
+        k->ops->matmul_bias_add(k, w, b, x, n, y, tmp);
+        return;
+    }
+    svlm_k_seq_matmul_bias_add(k, w, b, x, n, y, tmp);
+}
+void svlm_k_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b, float eps,
+                                   const svlm_weight *w1, const float *b1, const svlm_weight *w2,
+                                   const float *b2, int64_t n, float *h, float *ff, float *tmp) {
+    if (n <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_NORM_GELU_FFN, x, n);
+        note_p(k, ln_w);
+        note_p(k, ln_b);
+        note_f(k, eps);
+        note_w(k, w1);
+        note_p(k, b1);
+        note_w(k, w2);
+        note_p(k, b2);
+        note_p(k, h);
+        note_p(k, ff);
+        note_p(k, tmp);
+        if (skip) return;
+    }
+    if (k->ops->layernorm_gelu_ffn_add) {
+        k->ops->layernorm_gelu_ffn_add(k, x, ln_w, ln_b, eps, w1, b1, w2, b2, n, h, ff, tmp);
+        return;
+    }
+    svlm_k_seq_layernorm_gelu_ffn_add(k, x, ln_w, ln_b, eps, w1, b1, w2, b2, n, h, ff, tmp);
 }
 void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                            const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up) {

@@ -54,10 +54,15 @@ void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t row
     svlm_kernels *k = c->k;
     int64_t D = hp->n_embd;
 
-    svlm_k_layernorm(k, x, L->ln1_w, L->ln1_b, c->h, rows, D, hp->eps);
-    svlm_vision_trace(c, "layer_inp_normed", il, c->h, rows, D);
     const svlm_weight *ws[3] = {&L->q, &L->k, &L->v}; /* one pass: a GPU converts h once */
     float *ys[3] = {c->q, c->kk, c->v};
+    if (!c->trace) { /* the same numbers as below, in one op (a GPU fuses the norm and biases) */
+        const float *bs[3] = {L->q_b, L->k_b, L->v_b};
+        svlm_k_layernorm_matmul_bias(k, x, L->ln1_w, L->ln1_b, hp->eps, c->h, ws, bs, 3, rows, ys);
+        return;
+    }
+    svlm_k_layernorm(k, x, L->ln1_w, L->ln1_b, c->h, rows, D, hp->eps);
+    svlm_vision_trace(c, "layer_inp_normed", il, c->h, rows, D);
     svlm_k_matmul_multi(k, ws, 3, c->h, rows, ys);
     svlm_k_add_bias(k, c->q, L->q_b, rows, D);
     svlm_k_add_bias(k, c->kk, L->k_b, rows, D);
@@ -112,6 +117,12 @@ void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows
     svlm_kernels *k = c->k;
     int64_t D = hp->n_embd, F = hp->n_ff;
 
+    if (!c->trace) { /* the sequence below in two ops (a GPU adds biases and residuals in its products) */
+        svlm_k_matmul_bias_add(k, &L->o, L->o_b, c->attn, rows, x, c->h);
+        svlm_k_layernorm_gelu_ffn_add(k, x, L->ln2_w, L->ln2_b, hp->eps, &L->up, L->up_b, &L->down, L->down_b,
+                                      rows, c->h, c->ff, c->attn);
+        return;
+    }
     svlm_vision_trace(c, "kqv_out", il, c->attn, rows, D);
     svlm_k_matmul(k, &L->o, c->attn, rows, c->h);
     svlm_k_add_bias(k, c->h, L->o_b, rows, D);
@@ -122,14 +133,11 @@ void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows
     svlm_k_layernorm(k, x, L->ln2_w, L->ln2_b, c->h, rows, D, hp->eps);
     svlm_vision_trace(c, "ffn_inp_normed", il, c->h, rows, D);
     svlm_k_matmul(k, &L->up, c->h, rows, c->ff);
-    if (c->trace) { /* each intermediate on its own for the comparison with llama.cpp's */
-        svlm_vision_trace(c, "ffn_up", il, c->ff, rows, F);
-        svlm_k_add_bias(k, c->ff, L->up_b, rows, F);
-        svlm_vision_trace(c, "ffn_up_b", il, c->ff, rows, F);
-        svlm_k_gelu_tanh_f16(k, c->ff, rows * F);
-    } else { /* the same numbers in one pass over the widest activations */
-        svlm_k_add_bias_gelu_f16(k, c->ff, L->up_b, rows, F);
-    }
+    /* each intermediate on its own for the comparison with llama.cpp's */
+    svlm_vision_trace(c, "ffn_up", il, c->ff, rows, F);
+    svlm_k_add_bias(k, c->ff, L->up_b, rows, F);
+    svlm_vision_trace(c, "ffn_up_b", il, c->ff, rows, F);
+    svlm_k_gelu_tanh_f16(k, c->ff, rows * F);
     svlm_vision_trace(c, "ffn_gelu", il, c->ff, rows, F);
     svlm_k_matmul(k, &L->down, c->ff, rows, c->h);
     svlm_vision_trace(c, "ffn_down", il, c->h, rows, D);
