@@ -749,6 +749,118 @@ static void test_fused_products(void) {
     svlm_kernels_destroy(g16);
 }
 
+/* The vision encoder's fused ops (a layer of it: layer norm + q/k/v with biases, a product with
+ * bias and residual, the GELU feed-forward half) against the op sequence they stand for on the
+ * same GPU and against the CPU, for batched bf16 products (n past the matvec rows), through
+ * cuBLASLt's epilogues (GL) and through cuBLAS with separate passes (SVLM_CUDA_LT=0). Against
+ * the sequence: the same bf16 operands and f32 sums, but another GEMM algorithm sums in another
+ * order and the residual adds in another order; a last-bit change before the GELU's f16 rounding
+ * and the next product's bf16 one can move a rounded value a step (2^-9 relative), a handful of
+ * which in a 1024-term sum stay under 2e-3 of max|y|. Against the CPU: bf16 operands, 2e-2. */
+static void encoder_fused_case(svlm_kernels *GL, const char *label, svlm_dtype type, int n) {
+    enum { D = 256, F = 1024 };
+    const int64_t rows[6] = {D, D, D, D, F, D}, cols[6] = {D, D, D, D, D, F}; /* q k v o up down */
+    svlm_weight w[6];
+    void *data[6];
+    float *b[6];
+    for (int i = 0; i < 6; i++) {
+        const size_t rb = svlm_row_bytes(type, cols[i]);
+        data[i] = malloc(rb * (size_t)rows[i]);
+        REQUIRE(data[i], "out of memory");
+        float *row = host_floats(cols[i], 0.25f);
+        for (int64_t j = 0; j < rows[i]; j++) {
+            for (int64_t q = 0; q < cols[i]; q++)
+                row[q] = frand() * 0.25f;
+            REQUIRE(!svlm_quantize_row(type, row, (char *)data[i] + (size_t)j * rb, cols[i]), "quantize");
+        }
+        free(row);
+        w[i] = (svlm_weight){type, rows[i], cols[i], data[i], rb};
+        b[i] = host_floats(rows[i], 0.5f);
+    }
+    float *ln_w = host_floats(D, 1.0f), *ln_b = host_floats(D, 0.2f), *x = host_floats((int64_t)n * D, 2.0f);
+    const size_t out_n = (size_t)n * (3 * D + D);
+    float *o[3];
+    for (int mode = 0; mode < 3; mode++) { /* fused on GL, the sequence on GL, the CPU */
+        svlm_kernels *k = mode == 2 ? C : GL;
+        o[mode] = host_floats((int64_t)out_n, 0);
+        float *xb = svlm_k_alloc(k, sizeof(float) * n * D), *h = svlm_k_alloc(k, sizeof(float) * n * D),
+              *ff = svlm_k_alloc(k, sizeof(float) * n * F), *tmp = svlm_k_alloc(k, sizeof(float) * n * D),
+              *q = svlm_k_alloc(k, sizeof(float) * n * D), *kk = svlm_k_alloc(k, sizeof(float) * n * D),
+              *v = svlm_k_alloc(k, sizeof(float) * n * D);
+        REQUIRE(xb && h && ff && tmp && q && kk && v, "svlm_k_alloc failed");
+        svlm_k_copy(k, xb, x, sizeof(float) * n * D);
+        const svlm_weight *qkv[3] = {&w[0], &w[1], &w[2]};
+        const float *bs[3] = {b[0], b[1], b[2]};
+        float *ys[3] = {q, kk, v};
+        if (mode == 1) {
+            svlm_k_layernorm(k, xb, ln_w, ln_b, h, n, D, 1e-6f);
+            svlm_k_matmul_multi(k, qkv, 3, h, n, ys);
+            for (int i = 0; i < 3; i++)
+                svlm_k_add_bias(k, ys[i], bs[i], n, D);
+            svlm_k_matmul(k, &w[3], v, n, tmp); /* v stands in for the attention's output */
+            svlm_k_add_bias(k, tmp, b[3], n, D);
+            svlm_k_add(k, xb, tmp, (int64_t)n * D);
+            svlm_k_layernorm(k, xb, ln_w, ln_b, h, n, D, 1e-6f);
+            svlm_k_matmul(k, &w[4], h, n, ff);
+            svlm_k_add_bias_gelu_f16(k, ff, b[4], n, F);
+            svlm_k_matmul(k, &w[5], ff, n, tmp);
+            svlm_k_add_bias(k, tmp, b[5], n, D);
+            svlm_k_add(k, xb, tmp, (int64_t)n * D);
+        } else {
+            svlm_k_layernorm_matmul_bias(k, xb, ln_w, ln_b, 1e-6f, h, qkv, bs, 3, n, ys);
+            svlm_k_matmul_bias_add(k, &w[3], b[3], v, n, xb, tmp);
+            svlm_k_layernorm_gelu_ffn_add(k, xb, ln_w, ln_b, 1e-6f, &w[4], b[4], &w[5], b[5], n, h, ff, tmp);
+        }
+        svlm_k_copy(k, o[mode], q, sizeof(float) * n * D);
+        svlm_k_copy(k, o[mode] + n * D, kk, sizeof(float) * n * D);
+        svlm_k_copy(k, o[mode] + 2 * n * D, v, sizeof(float) * n * D);
+        svlm_k_copy(k, o[mode] + 3 * n * D, xb, sizeof(float) * n * D);
+        float *bufs[] = {xb, h, ff, tmp, q, kk, v};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            svlm_k_free(k, bufs[i]);
+    }
+    double ymax = 0, dfs = 0, dfc = 0;
+    for (size_t i = 0; i < out_n; i++) {
+        ymax = fmax(ymax, fabs(o[2][i]));
+        double a = fabs((double)o[0][i] - o[1][i]), c = fabs((double)o[0][i] - o[2][i]);
+        if (!(a <= dfs)) dfs = a; /* NaN counts as worst */
+        if (!(c <= dfc)) dfc = c;
+    }
+    dfs /= fmax(ymax, 1e-30);
+    dfc /= fmax(ymax, 1e-30);
+    printf("encoder fused ops (%s) %s n=%d: %.3g off the op sequence (tolerance 2e-3), %.3g off the cpu "
+           "(tolerance 2e-2), of max|y| %.3g\n",
+           label, svlm_dtype_get(type)->name, n, dfs, dfc, ymax);
+    CHECK(dfs <= 2e-3, "%s %s n=%d: fused encoder ops differ from the op sequence by %g", label,
+          svlm_dtype_get(type)->name, n, dfs);
+    CHECK(dfc <= 2e-2, "%s %s n=%d: fused encoder ops differ from the CPU by %g", label,
+          svlm_dtype_get(type)->name, n, dfc);
+    for (int i = 0; i < 6; i++) {
+        svlm_k_forget(GL, data[i]);
+        free(data[i]);
+        free(b[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        free(o[i]);
+    free(ln_w);
+    free(ln_b);
+    free(x);
+}
+
+static void test_encoder_fused(void) {
+    setenv("SVLM_CUDA_LT", "0", 1);
+    svlm_kernels *plain = test_gpu_backend();
+    unsetenv("SVLM_CUDA_LT");
+    const svlm_dtype types[2] = {SVLM_Q8_0, SVLM_Q4_K};
+    const int ns[3] = {4, 100, 1030}; /* 4: the matvec kernels, so the sequence itself */
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 3; i++) {
+            encoder_fused_case(G, "cuBLASLt", types[t], ns[i]);
+            encoder_fused_case(plain, "cuBLAS + passes", types[t], ns[i]);
+        }
+    svlm_kernels_destroy(plain);
+}
+
 /* svlm_k_rope_store equals the sequence it stands for (copy to keep, f16 rounding, RoPE on q and
  * the keys, stores) on the same backend within 1e-6 (an f16 step for f16 caches), and the CPU's
  * within 1e-5 (f32 caches) or one f16 step (f16 caches). Rows land in scattered cache slots. */
@@ -984,6 +1096,7 @@ int test_main(void) {
     test_matvec_together();
     test_store_rows();
     test_fused_products();
+    test_encoder_fused();
     test_rope_store();
     test_kv_shift();
     test_im2col();

@@ -605,6 +605,7 @@ static void cu_destroy(svlm_kernels *k) {
         (void)cudaSetDevice(c->device);
         if (c->stream) (void)cudaStreamSynchronize(c->stream);
         cu_graphs_free(k);
+        cu_lt_free(k);
         for (int i = 0; i < CU_STAGE_SLOTS; i++)
             if (c->stage[i]) (void)cudaFree(c->stage[i]);
         if (c->scratch) (void)cudaFree(c->scratch);
@@ -650,6 +651,9 @@ static const backend_ops cuda_ops = {
     .rmsnorm_matmul_multi = cu_rmsnorm_matmul_multi,
     .rmsnorm_swiglu = cu_rmsnorm_swiglu,
     .add_bias_gelu_f16 = cu_add_bias_gelu_f16,
+    .layernorm_matmul_bias = cu_layernorm_matmul_bias,
+    .matmul_bias_add = cu_matmul_bias_add,
+    .layernorm_gelu_ffn_add = cu_layernorm_gelu_ffn_add,
     .attention_items = cu_attention_items,
     .kv_shift = cu_kv_shift,
     .alloc_host = cu_alloc_host,

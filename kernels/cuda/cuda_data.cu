@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
+#include "kernels/cuda/cuda_bf16.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rope.cuh"
 
@@ -52,6 +53,12 @@ __global__ void add_bias_gelu_f16_kernel(float *x, const float *b, int64_t dim) 
     if (j >= dim) return;
     float *p = x + blockIdx.y * dim + j;
     *p = gelu_f16(*p + b[j]);
+}
+
+/* the GELU of a product whose epilogue added the bias, as the next product's bf16 operand */
+__global__ void gelu_f16_to_bf16_kernel(const float *x, uint16_t *y, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = svlm_bf16_rne(gelu_f16(x[i]));
 }
 
 /* one block row per output row; threads stride over the row's floats */
@@ -173,6 +180,11 @@ extern "C" int svlm_cu_round_f16(cudaStream_t s, float *x, int64_t n) {
 
 extern "C" int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n) {
     if (n > 0) gelu_tanh_f16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_gelu_f16_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n) {
+    if (n > 0) gelu_f16_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
     return (int)cudaGetLastError();
 }
 

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
+#include "kernels/cuda/cuda_bf16.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rope.cuh"
 
@@ -54,11 +55,19 @@ __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int64_t
         yr[i] = xr[i] * scale * w[i];
 }
 
-__global__ void layernorm_kernel(const float *x, const float *w, const float *b, float *y, int64_t dim,
+__device__ __forceinline__ void store_out(float *y, int64_t i, float v) {
+    y[i] = v;
+}
+__device__ __forceinline__ void store_out(uint16_t *y, int64_t i, float v) {
+    y[i] = svlm_bf16_rne(v); /* the next product's operand, as the f32 -> bf16 pass would round it */
+}
+
+template <typename Out>
+__global__ void layernorm_kernel(const float *x, const float *w, const float *b, Out *y, int64_t dim,
                                  float eps) {
     __shared__ double scratch[32];
     const float *xr = x + blockIdx.x * dim;
-    float *yr = y + blockIdx.x * dim;
+    Out *yr = y + blockIdx.x * dim;
     double sum = 0;
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
         sum += xr[i];
@@ -70,7 +79,7 @@ __global__ void layernorm_kernel(const float *x, const float *w, const float *b,
     const float m = (float)mean, scale = (float)(1.0 / sqrt(var / (double)dim + (double)eps));
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
         const float v = (xr[i] - m) * scale * w[i];
-        yr[i] = b ? v + b[i] : v;
+        store_out(yr, i, b ? v + b[i] : v);
     }
 }
 
@@ -190,13 +199,7 @@ __global__ void softmax_kernel(float *x, int64_t dim) {
 
 __global__ void f32_to_bf16_kernel(const float *x, uint16_t *y, int64_t n) {
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    uint32_t u = __float_as_uint(x[i]);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        y[i] = (uint16_t)((u >> 16) | 64); /* NaN stays NaN */
-        return;
-    }
-    y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    if (i < n) y[i] = svlm_bf16_rne(x[i]);
 }
 
 unsigned blocks_for(int64_t n, int threads) {
@@ -213,7 +216,13 @@ extern "C" int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, f
 
 extern "C" int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y,
                                  int64_t n, int64_t dim, float eps) {
-    if (n > 0) layernorm_kernel<<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
+    if (n > 0) layernorm_kernel<float><<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_layernorm_bf16(cudaStream_t s, const float *x, const float *w, const float *b,
+                                      uint16_t *y, int64_t n, int64_t dim, float eps) {
+    if (n > 0) layernorm_kernel<uint16_t><<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
     return (int)cudaGetLastError();
 }
 

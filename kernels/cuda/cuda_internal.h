@@ -37,6 +37,8 @@ typedef struct cu_prof_op {
     double us;
 } cu_prof_op;
 
+typedef struct cu_lt cu_lt; /* cuBLASLt's handle and per-shape descriptors (cuda_lt.c) */
+
 typedef struct cu_ctx {
     int device;
     cudaStream_t stream;
@@ -60,6 +62,7 @@ typedef struct cu_ctx {
     int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */
     int flash_items;      /* many sequences' prefill in one flash launch (SVLM_CUDA_FLASH_ITEMS, on) */
     int flash_mma;        /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA) */
+    cu_lt *lt;            /* made on first use */
     void *attn_scratch;   /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
     void *dec_buf; /* split decode attention: [dec_pairs] counters, then partial results */
@@ -153,6 +156,21 @@ int cu_attention_flash(svlm_kernels *k, const svlm_attn_args *a, const float *dq
 /* n prefill attentions shaped alike in one launch of the flash kernel (cuda_attention_flash.c):
  * 0 when it declines them (then they go one by one). */
 int cu_attention_flash_items(svlm_kernels *k, const svlm_attn_args *a, int n);
+/* y (n x m, row-major) = x16 W^T + bias (acc: y += ...) with W and x in bf16 (W: m rows of kk),
+ * bias f32 (m values; NULL: none), all device pointers, through cuBLASLt with the bias and
+ * residual in the epilogue; queued, no wait. Returns 0 when it declines (nothing queued). */
+int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, float *y,
+                    const float *bias, int acc);
+void cu_lt_free(svlm_kernels *k);
+/* The encoder's fused ops (cuda_encoder.c). */
+void cu_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                              float eps, float *h, const svlm_weight *const *ws, const float *const *bs,
+                              int n_w, int64_t n, float *const *ys);
+void cu_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
+                        float *y, float *tmp);
+void cu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b, float eps,
+                               const svlm_weight *w1, const float *b1, const svlm_weight *w2, const float *b2,
+                               int64_t n, float *h, float *ff, float *tmp);
 /* The address the GPU may use for p, or NULL when p is plain host memory. */
 const void *cu_device_view(const void *p);
 

@@ -53,6 +53,9 @@ int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, float *y, in
                     float eps);
 int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y, int64_t n,
                       int64_t dim, float eps);
+/* The same rows written as bf16 (the next product's operand). */
+int svlm_cu_layernorm_bf16(cudaStream_t s, const float *x, const float *w, const float *b, uint16_t *y,
+                           int64_t n, int64_t dim, float eps);
 int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
                  float theta_scale, int neox);
 /* svlm_k_rope_store on device buffers (dsts: a device table of 2n row pointers; n_rot even). */
@@ -96,6 +99,8 @@ int svlm_cu_load_f16(cudaStream_t s, float *y, const void *x, int64_t n);
 int svlm_cu_round_f16(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n);
 /* x[i][j] = the f16-table GELU of (x[i][j] + b[j]) */
+/* y = bf16(gelu_f16(x)) (svlm_k_gelu_tanh_f16's numbers, then the bf16 of a product's operand) */
+int svlm_cu_gelu_f16_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
 int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t n_rows, int64_t dim);
 /* Row i of x (dim floats) to dsts[i] (a device table of n row pointers; NULL skips the row), as
  * f16 or f32. */

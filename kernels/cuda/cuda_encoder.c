@@ -1,0 +1,117 @@
+/*
+ * The vision encoder's fused ops on the GPU (kernels.h: svlm_k_layernorm_matmul_bias,
+ * svlm_k_matmul_bias_add, svlm_k_layernorm_gelu_ffn_add). Where the weights multiply in bf16,
+ * the activations between ops never exist in f32 only to be converted: the layer norm and the
+ * GELU write the next product's bf16 operand, and each product adds its bias (and the residual,
+ * through beta) as it writes its results (cuBLASLt's epilogue). Per encoder layer that takes the
+ * activation traffic from about 146 KB to about 66 KB per token (SmolVLM2-256M's shape).
+ * The numbers are the unfused GPU path's: the same bf16 operands, f32 sums; only the order of the
+ * final adds of a residual row (x + (p + b) against (p + x) + b) differs. Elsewhere (F16 and F32
+ * weights, decode-sized batches, host buffers) the op sequences run as before.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kernels/cuda/cuda_internal.h"
+#include "kernels/cuda/cuda_ops.h"
+
+/* A product the fused forms take: batched (cuBLAS, not the matvec kernels) and in bf16. */
+static int bf16_batch(svlm_kernels *k, const svlm_weight *w, int64_t n) {
+    return n > CU(k)->matvec_rows && n <= INT32_MAX / 2 && w->rows > 0 && w->rows <= INT32_MAX &&
+           w->cols > 0 && w->cols <= INT32_MAX && n * w->cols <= INT32_MAX && w->type != SVLM_F32 &&
+           w->type != SVLM_F16 && svlm_cu_type_supported((int)w->type);
+}
+
+/* y (+)= xh W^T + b on device pointers, queued: cuBLASLt with the bias in the epilogue, else
+ * cuBLAS (beta 1 for the residual) and a bias pass. */
+static void product_bias(svlm_kernels *k, const svlm_weight *w, const uint16_t *xh, int64_t n, float *y,
+                         const float *b, int acc) {
+    cu_ctx *c = CU(k);
+    int bf16 = 0;
+    void *temp = NULL;
+    const void *dw = cu_weight_gemm(k, w, &bf16, &temp);
+    if (!bf16) { /* bf16_batch chose these weights for their bf16 decode */
+        fprintf(stderr, "svlm: internal error: a %lld x %lld weight has no bf16 decode\n", (long long)w->rows,
+                (long long)w->cols);
+        abort();
+    }
+    const float *db = b ? cu_weight(k, b, sizeof(float) * (size_t)w->rows) : NULL;
+    const int m = (int)w->rows, kk = (int)w->cols;
+    if (!cu_lt_gemm_bias(k, m, (int)n, kk, dw, xh, y, db, acc)) {
+        const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+        cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, (int)n, kk, &one, dw, CUDA_R_16BF,
+                                   kk, xh, CUDA_R_16BF, kk, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT),
+                      "bf16 GEMM");
+        if (db) cu_check(svlm_cu_add_bias(c->stream, y, db, n, w->rows), "add_bias");
+    }
+    if (temp) {
+        cu_check(cudaStreamSynchronize(c->stream), "GEMM");
+        cu_check(cudaFree(temp), "cudaFree");
+    }
+}
+
+static const float *param(svlm_kernels *k, const float *p, int64_t n) {
+    return p ? cu_weight(k, p, sizeof(float) * (size_t)n) : NULL;
+}
+
+void cu_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                              float eps, float *h, const svlm_weight *const *ws, const float *const *bs,
+                              int n_w, int64_t n, float *const *ys) {
+    int ok = cu_ranges_contain(x);
+    for (int i = 0; ok && i < n_w; i++)
+        ok = bf16_batch(k, ws[i], n) && ws[i]->cols == ws[0]->cols && cu_ranges_contain(ys[i]);
+    if (!ok) {
+        svlm_k_seq_layernorm_matmul_bias(k, x, ln_w, ln_b, eps, h, ws, bs, n_w, n, ys);
+        return;
+    }
+    cu_begin(k);
+    const int64_t D = ws[0]->cols;
+    uint16_t *xh = cu_scratch(k, sizeof(uint16_t) * (size_t)(n * D));
+    if (xh) { /* (NULL: a recording gave up) */
+        cu_check(
+            svlm_cu_layernorm_bf16(CU(k)->stream, x, param(k, ln_w, D), param(k, ln_b, D), xh, n, D, eps),
+            "layernorm (bf16)");
+        for (int i = 0; i < n_w; i++)
+            product_bias(k, ws[i], xh, n, ys[i], bs[i], 0);
+    }
+    cu_done(k, "layernorm + matmul + bias (bf16)");
+}
+
+void cu_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
+                        float *y, float *tmp) {
+    if (!bf16_batch(k, w, n) || !cu_ranges_contain(x) || !cu_ranges_contain(y)) {
+        svlm_k_seq_matmul_bias_add(k, w, b, x, n, y, tmp);
+        return;
+    }
+    cu_begin(k);
+    uint16_t *xh = cu_scratch(k, sizeof(uint16_t) * (size_t)(n * w->cols));
+    if (xh) {
+        cu_check(svlm_cu_f32_to_bf16(CU(k)->stream, x, xh, n * w->cols), "activations to bf16");
+        product_bias(k, w, xh, n, y, b, 1);
+    }
+    cu_done(k, "matmul + bias + residual (bf16)");
+}
+
+void cu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b, float eps,
+                               const svlm_weight *w1, const float *b1, const svlm_weight *w2, const float *b2,
+                               int64_t n, float *h, float *ff, float *tmp) {
+    if (!bf16_batch(k, w1, n) || !bf16_batch(k, w2, n) || w2->cols != w1->rows || w2->rows != w1->cols ||
+        n * w1->rows > INT32_MAX || !cu_ranges_contain(x) || !cu_ranges_contain(ff)) {
+        svlm_k_seq_layernorm_gelu_ffn_add(k, x, ln_w, ln_b, eps, w1, b1, w2, b2, n, h, ff, tmp);
+        return;
+    }
+    cu_begin(k);
+    const int64_t D = w1->cols, F = w1->rows;
+    /* one bf16 buffer: the normed rows, then (the up product has read them: same stream) the GELU's */
+    uint16_t *sh = cu_scratch(k, sizeof(uint16_t) * (size_t)(n * (F > D ? F : D)));
+    if (sh) {
+        cu_check(
+            svlm_cu_layernorm_bf16(CU(k)->stream, x, param(k, ln_w, D), param(k, ln_b, D), sh, n, D, eps),
+            "layernorm (bf16)");
+        product_bias(k, w1, sh, n, ff, b1, 0);
+        cu_check(svlm_cu_gelu_f16_to_bf16(CU(k)->stream, ff, sh, n * F), "GELU (bf16)");
+        product_bias(k, w2, sh, n, x, b2, 1);
+    }
+    cu_done(k, "layernorm + GELU feed-forward + residual (bf16)");
+}

@@ -1,0 +1,181 @@
+/*
+ * Batched bf16 products through cuBLASLt, for the epilogues cuBLAS's GemmEx lacks: the bias added
+ * (and, through beta, the residual) as the product's results are written, not in passes of their
+ * own over the activations. Descriptors and the chosen algorithm are kept per shape: the encoder
+ * repeats a few shapes, and a heuristic query costs more host time than launching.
+ * SVLM_CUDA_LT=0 turns it off; any failure does too, once, with a message, and the callers go
+ * back to cuBLAS and separate passes.
+ */
+#include <cublasLt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_internal.h"
+
+enum { LT_SHAPES = 16 };
+#define LT_WORKSPACE ((size_t)32 << 20)
+
+typedef struct lt_shape {
+    int m, n, kk, bias, used;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    int ok; /* a heuristic found an algorithm */
+    uint64_t last_use;
+} lt_shape;
+
+struct cu_lt {
+    cublasLtHandle_t h;
+    void *ws;
+    int off;
+    uint64_t clock;
+    lt_shape s[LT_SHAPES];
+};
+
+static void lt_off(cu_lt *L, const char *why, int status) {
+    if (!L->off)
+        fprintf(stderr, "svlm: CUDA: cuBLASLt %s (status %d): products add their biases in separate passes\n",
+                why, status);
+    L->off = 1;
+}
+
+static cu_lt *lt_get(svlm_kernels *k) {
+    cu_ctx *c = CU(k);
+    if (c->lt) return c->lt->off ? NULL : c->lt;
+    if (cu_capturing) return NULL; /* creating allocates */
+    cu_lt *L = calloc(1, sizeof *L);
+    if (!L) return NULL;
+    c->lt = L;
+    const char *e = getenv("SVLM_CUDA_LT");
+    if (e && !strcmp(e, "0")) {
+        L->off = 1; /* asked: no message */
+        return NULL;
+    }
+    cublasStatus_t st = cublasLtCreate(&L->h);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        L->h = NULL;
+        lt_off(L, "cannot start", (int)st);
+        return NULL;
+    }
+    if (cudaMalloc(&L->ws, LT_WORKSPACE) != cudaSuccess) {
+        (void)cudaGetLastError();
+        L->ws = NULL;
+        lt_off(L, "has no workspace", 0);
+        return NULL;
+    }
+    return L;
+}
+
+static void shape_free(lt_shape *s) {
+    if (s->desc) cublasLtMatmulDescDestroy(s->desc);
+    if (s->a) cublasLtMatrixLayoutDestroy(s->a);
+    if (s->b) cublasLtMatrixLayoutDestroy(s->b);
+    if (s->c) cublasLtMatrixLayoutDestroy(s->c);
+    memset(s, 0, sizeof *s);
+}
+
+/* y[n][m] = x[n][kk] W[m][kk]^T is, column-major, Y (m x n) = W^T X with W read as kk x m (ld kk)
+ * and transposed, X as kk x n: the layout cu_matmul gives cuBLAS. */
+static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *bias) {
+    s->m = m;
+    s->n = n;
+    s->kk = kk;
+    s->bias = bias != NULL;
+    s->used = 1;
+    const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const int32_t bias_type = CUDA_R_32F;
+    cublasStatus_t st = cublasLtMatmulDescCreate(&s->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t);
+    if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n);
+    if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    if (!st && bias) {
+        st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        if (!st)
+            st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                sizeof bias_type);
+    }
+    if (!st) st = cublasLtMatrixLayoutCreate(&s->a, CUDA_R_16BF, (uint64_t)kk, (uint64_t)m, kk);
+    if (!st) st = cublasLtMatrixLayoutCreate(&s->b, CUDA_R_16BF, (uint64_t)kk, (uint64_t)n, kk);
+    if (!st) st = cublasLtMatrixLayoutCreate(&s->c, CUDA_R_32F, (uint64_t)m, (uint64_t)n, m);
+    cublasLtMatmulPreference_t pref = NULL;
+    if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
+    const uint64_t ws = LT_WORKSPACE;
+    if (!st)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                  sizeof ws);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    if (!st)
+        st = cublasLtMatmulAlgoGetHeuristic(L->h, s->desc, s->a, s->b, s->c, s->c, pref, 1, &res, &found);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (st) return (int)st;
+    s->ok = found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+    if (s->ok) s->algo = res.algo;
+    return 0;
+}
+
+static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias) {
+    lt_shape *slot = &L->s[0];
+    for (int i = 0; i < LT_SHAPES; i++) {
+        lt_shape *s = &L->s[i];
+        if (s->used && s->m == m && s->n == n && s->kk == kk && s->bias == (bias != NULL)) {
+            s->last_use = ++L->clock;
+            return s->ok ? s : NULL;
+        }
+        if (!s->used || (slot->used && s->last_use < slot->last_use)) slot = s;
+    }
+    shape_free(slot);
+    int st = shape_make(L, slot, m, n, kk, bias);
+    slot->last_use = ++L->clock;
+    if (st) {
+        shape_free(slot);
+        lt_off(L, "refused a product's description", st);
+        return NULL;
+    }
+    return slot->ok ? slot : NULL; /* no algorithm for this shape: cuBLAS takes it */
+}
+
+int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, float *y,
+                    const float *bias, int acc) {
+    if (m <= 0 || n <= 0 || kk <= 0) return 0;
+    /* the alignment the heuristic assumes of every operand */
+    const uintptr_t mis = (uintptr_t)w16 | (uintptr_t)x16 | (uintptr_t)y | (uintptr_t)bias;
+    if (mis & 15) return 0;
+    cu_lt *L = lt_get(k);
+    if (!L) return 0;
+    lt_shape *s = shape_for(L, m, n, kk, bias);
+    if (!s) return 0;
+    if (bias) {
+        cublasStatus_t st =
+            cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        if (st) {
+            lt_off(L, "refused a bias", (int)st);
+            return 0;
+        }
+    }
+    const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+    cublasStatus_t st = cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &beta, y, s->c, y, s->c,
+                                       &s->algo, L->ws, LT_WORKSPACE, CU(k)->stream);
+    if (st) {
+        if (cu_capturing) { /* the recording is given up; the caller reissues the ops */
+            cu_capture_failed = 1;
+            return 1;
+        }
+        lt_off(L, "failed a product", (int)st);
+        return 0;
+    }
+    return 1;
+}
+
+void cu_lt_free(svlm_kernels *k) {
+    cu_lt *L = CU(k)->lt;
+    if (!L) return;
+    for (int i = 0; i < LT_SHAPES; i++)
+        shape_free(&L->s[i]);
+    if (L->ws) (void)cudaFree(L->ws);
+    if (L->h) cublasLtDestroy(L->h);
+    free(L);
+    CU(k)->lt = NULL;
+}
