@@ -266,6 +266,9 @@ if [ -x "$S" ]; then
     bench "text, cuda, 64 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 64 \
       --reps 1 --backend cuda
     bench "vision encoder, cuda" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    # the encoder's products with their biases and residuals as separate passes (before cuBLASLt)
+    SVLM_CUDA_LT=0 bench "vision encoder, cuda, no cuBLASLt epilogues" 60 bench --mmproj "$M-mmproj.gguf" \
+      --batch 32 --reps 2 --backend cuda
     # the flash kernel's mma.sync form (off by default until measured here; test_cuda_backend checks it)
     SVLM_CUDA_FLASH_MMA=1 bench "vision encoder, cuda, flash on mma.sync" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
