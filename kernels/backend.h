@@ -63,6 +63,8 @@ typedef struct backend_ops {
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
     void (*im2col)(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
+    void (*patch_embed)(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                        float *patches, float *y);                  /* NULL: im2col, then matmul */
     void (*kv_shift)(svlm_kernels *k, const svlm_kv_shift_args *a); /* required */
     /* NULL: malloc / free. free_host also gets malloc'ed pointers (alloc_host may fail) */
     void *(*alloc_host)(svlm_kernels *k, size_t bytes);
@@ -100,5 +102,7 @@ void svlm_k_seq_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *l
                                        float eps, const svlm_weight *w1, const float *b1,
                                        const svlm_weight *w2, const float *b2, int64_t n, float *h, float *ff,
                                        float *tmp);
+void svlm_k_seq_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                            float *patches, float *y);
 
 #endif

@@ -151,6 +151,7 @@ enum {
     OP_NORM_MATMUL_BIAS,
     OP_MATMUL_BIAS_ADD,
     OP_NORM_GELU_FFN,
+    OP_PATCH_EMBED,
     OP_IM2COL,
     OP_KV_SHIFT
 };
@@ -563,6 +564,30 @@ void svlm_k_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int 
                             round ? svlm_f16_to_f32(svlm_f32_to_f16(s[kx])) : s[kx];
                 }
         }
+}
+void svlm_k_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                        float *patches, float *y) {
+    if (b <= 0 || p <= 0 || S < p) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_PATCH_EMBED, y, b);
+        note_w(k, w);
+        note_p(k, pixels);
+        note_u(k, (uint64_t)S);
+        note_u(k, (uint64_t)p);
+        note_p(k, patches);
+        if (skip) return;
+    }
+    if (k->ops->patch_embed) {
+        k->ops->patch_embed(k, w, pixels, b, S, p, patches, y);
+        return;
+    }
+    svlm_k_seq_patch_embed(k, w, pixels, b, S, p, patches, y);
+}
+void svlm_k_seq_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                            float *patches, float *y) {
+    const int64_t g = S / p;
+    svlm_k_im2col(k, patches, pixels, b, S, p, 1);
+    k->ops->matmul(k, w, patches, (int64_t)b * g * g, y);
 }
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps) {

@@ -215,6 +215,14 @@ void svlm_k_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a);
  * dst [b (S/p)^2][3 p p]. round: each value rounded through f16 (llama.cpp's F16 convolution). */
 void svlm_k_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
 
+/* The patch embedding's convolution: y [b (S/p)^2][w->rows] = the patches of b images (as
+ * svlm_k_im2col with rounding through f16) times w^T, w holding rows of 3 p p values in (channel,
+ * ky, kx) order. patches (an svlm_k_alloc buffer of b (S/p)^2 3 p p floats) is scratch the op may
+ * leave unwritten. The numbers of svlm_k_im2col (round 1) then svlm_k_matmul; a GPU built with
+ * cuDNN runs one convolution instead (f16-rounded pixels, products exact in TF32, f32 sums). */
+void svlm_k_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                        float *patches, float *y);
+
 /* y = x / sqrt(mean(x^2) + eps) * w, per row of `dim`. y may alias x. */
 void svlm_k_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                     float eps);

@@ -1080,6 +1080,61 @@ static void test_im2col(void) {
     free(ref);
 }
 
+/* The patch embedding (cuDNN's convolution in a build with it) against im2col + product on the
+ * same GPU and on the CPU: the f16-rounded pixels and F16 weights are exact in TF32, so only the
+ * order of the f32 sums differs, 1e-5 of max|y|. 14-px patches are the 2.2B model's. */
+static void patch_embed_case(int B, int S, int P, int D) {
+    const int GR = S / P, ROW = 3 * P * P, N = B * GR * GR;
+    svlm_f16 *wd = malloc(sizeof(svlm_f16) * (size_t)D * ROW);
+    REQUIRE(wd, "out of memory");
+    for (int i = 0; i < D * ROW; i++)
+        wd[i] = svlm_f32_to_f16(frand() * 0.1f);
+    const svlm_weight w = {SVLM_F16, D, ROW, wd, sizeof(svlm_f16) * (size_t)ROW};
+    float *px = host_floats((int64_t)B * 3 * S * S, 2.0f);
+    float *out[3];
+    for (int mode = 0; mode < 3; mode++) { /* the op on G, the sequence on G, the op on the CPU */
+        svlm_kernels *k = mode == 2 ? C : G;
+        float *patches = svlm_k_alloc(k, sizeof(float) * (size_t)N * ROW),
+              *y = svlm_k_alloc(k, sizeof(float) * N * D);
+        REQUIRE(patches && y, "svlm_k_alloc failed");
+        if (mode == 1) {
+            svlm_k_im2col(k, patches, px, B, S, P, 1);
+            svlm_k_matmul(k, &w, patches, N, y);
+        } else {
+            svlm_k_patch_embed(k, &w, px, B, S, P, patches, y);
+        }
+        out[mode] = host_floats((int64_t)N * D, 0.0f);
+        svlm_k_copy(k, out[mode], y, sizeof(float) * (size_t)N * D);
+        svlm_k_free(k, patches);
+        svlm_k_free(k, y);
+    }
+    double ymax = 0, ds = 0, dc = 0;
+    for (int i = 0; i < N * D; i++) {
+        ymax = fmax(ymax, fabs(out[2][i]));
+        double a = fabs((double)out[0][i] - out[1][i]), c = fabs((double)out[0][i] - out[2][i]);
+        if (!(a <= ds)) ds = a;
+        if (!(c <= dc)) dc = c;
+    }
+    ds /= fmax(ymax, 1e-30);
+    dc /= fmax(ymax, 1e-30);
+    printf("patch embedding of %d %dx%d images, %d-px patches, %d outputs: %.3g off im2col + product, %.3g "
+           "off the "
+           "cpu (tolerance 1e-5 of max|y| %.3g)\n",
+           B, S, S, P, D, ds, dc, ymax);
+    CHECK(ds <= 1e-5 && dc <= 1e-5, "patch embedding (%d-px patches): %g off the sequence, %g off the CPU", P,
+          ds, dc);
+    svlm_k_forget(G, wd);
+    free(wd);
+    free(px);
+    for (int i = 0; i < 3; i++)
+        free(out[i]);
+}
+
+static void test_patch_embed(void) {
+    patch_embed_case(3, 64, 16, 96);
+    patch_embed_case(2, 56, 14, 72);
+}
+
 int test_main(void) {
     svlm_err err = {0};
     G = test_gpu_backend();
@@ -1100,6 +1155,7 @@ int test_main(void) {
     test_rope_store();
     test_kv_shift();
     test_im2col();
+    test_patch_embed();
     test_replay();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);

@@ -606,6 +606,7 @@ static void cu_destroy(svlm_kernels *k) {
         if (c->stream) (void)cudaStreamSynchronize(c->stream);
         cu_graphs_free(k);
         cu_lt_free(k);
+        cu_dnn_free(k);
         for (int i = 0; i < CU_STAGE_SLOTS; i++)
             if (c->stage[i]) (void)cudaFree(c->stage[i]);
         if (c->scratch) (void)cudaFree(c->scratch);
@@ -654,6 +655,7 @@ static const backend_ops cuda_ops = {
     .layernorm_matmul_bias = cu_layernorm_matmul_bias,
     .matmul_bias_add = cu_matmul_bias_add,
     .layernorm_gelu_ffn_add = cu_layernorm_gelu_ffn_add,
+    .patch_embed = cu_patch_embed,
     .attention_items = cu_attention_items,
     .kv_shift = cu_kv_shift,
     .alloc_host = cu_alloc_host,

@@ -115,3 +115,35 @@ void cu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, con
     }
     cu_done(k, "layernorm + GELU feed-forward + residual (bf16)");
 }
+
+/* The convolution through cuDNN when it takes it (F16 or F32 weights: their f32 decode is exact;
+ * the pixels rounded through f16 into the patches' scratch, which is as large), else im2col + GEMM. */
+void cu_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                    float *patches, float *y) {
+    const int64_t g = S / p, n = (int64_t)b * g * g;
+    const int ok = (w->type == SVLM_F16 || w->type == SVLM_F32) && w->cols == (int64_t)3 * p * p &&
+                   w->rows <= INT32_MAX && S % p == 0 && n * w->rows <= INT32_MAX &&
+                   cu_ranges_contain(patches) && cu_ranges_contain(y);
+    if (ok) {
+        cu_begin(k);
+        const size_t px = sizeof(float) * (size_t)b * 3 * (size_t)S * (size_t)S;
+        const float *dp = cu_in(k, 0, pixels, px);
+        int bf16 = 0;
+        void *temp = NULL;
+        const float *dw = cu_weight_gemm(k, w, &bf16, &temp);
+        int done = 0;
+        if (!bf16) {
+            cu_check(cudaMemcpyAsync(patches, dp, px, cudaMemcpyDeviceToDevice, CU(k)->stream), "pixels");
+            cu_check(svlm_cu_round_f16(CU(k)->stream, patches, (int64_t)(px / sizeof(float))),
+                     "pixels through f16");
+            done = cu_dnn_patch_embed(k, dw, (int)w->rows, patches, b, S, p, y);
+        }
+        if (temp) {
+            cu_check(cudaStreamSynchronize(CU(k)->stream), "patch embedding");
+            cu_check(cudaFree(temp), "cudaFree");
+        }
+        cu_done(k, done ? "patch embedding (cuDNN)" : "patch embedding (declined)");
+        if (done) return;
+    }
+    svlm_k_seq_patch_embed(k, w, pixels, b, S, p, patches, y);
+}

@@ -37,7 +37,8 @@ typedef struct cu_prof_op {
     double us;
 } cu_prof_op;
 
-typedef struct cu_lt cu_lt; /* cuBLASLt's handle and per-shape descriptors (cuda_lt.c) */
+typedef struct cu_lt cu_lt;   /* cuBLASLt's handle and per-shape descriptors (cuda_lt.c) */
+typedef struct cu_dnn cu_dnn; /* cuDNN's handle and the patch convolution's descriptors (cuda_cudnn.c) */
 
 typedef struct cu_ctx {
     int device;
@@ -63,6 +64,7 @@ typedef struct cu_ctx {
     int flash_items;      /* many sequences' prefill in one flash launch (SVLM_CUDA_FLASH_ITEMS, on) */
     int flash_mma;        /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA) */
     cu_lt *lt;            /* made on first use */
+    cu_dnn *dnn;          /* made on first use */
     void *attn_scratch;   /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
     void *dec_buf; /* split decode attention: [dec_pairs] counters, then partial results */
@@ -162,6 +164,12 @@ int cu_attention_flash_items(svlm_kernels *k, const svlm_attn_args *a, int n);
 int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, float *y,
                     const float *bias, int acc);
 void cu_lt_free(svlm_kernels *k);
+/* dy [b g^2][D] (g = (S - p) / p + 1) = the convolution of dx (b images, 3 planes of S x S, device)
+ * with dw ([D][3][p][p] f32, device), stride p, through cuDNN; queued. 0: declined (a build without
+ * cuDNN, SVLM_CUDA_CUDNN=0, or a failure), nothing queued. */
+int cu_dnn_patch_embed(svlm_kernels *k, const float *dw, int D, const float *dx, int b, int S, int p,
+                       float *dy);
+void cu_dnn_free(svlm_kernels *k);
 /* The encoder's fused ops (cuda_encoder.c). */
 void cu_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
                               float eps, float *h, const svlm_weight *const *ws, const float *const *bs,
@@ -171,6 +179,8 @@ void cu_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, c
 void cu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b, float eps,
                                const svlm_weight *w1, const float *b1, const svlm_weight *w2, const float *b2,
                                int64_t n, float *h, float *ff, float *tmp);
+void cu_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                    float *patches, float *y);
 /* The address the GPU may use for p, or NULL when p is plain host memory. */
 const void *cu_device_view(const void *p);
 
