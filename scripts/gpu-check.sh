@@ -258,6 +258,9 @@ if [ -x "$S" ]; then
       done
     fi
     bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+    # decode products with one warp per weight row, as before the split (default: up to 4 warps a row)
+    SVLM_CUDA_MATVEC_SPLIT=1 bench "text, cuda, one warp per weight row" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
+      --backend cuda
     bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
       --reps 1 --backend cuda
     # the fused decode kernels for all 16 rows of the engine's decode batch (default: up to 8)

@@ -6,6 +6,7 @@
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <stdlib.h>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/quant_decode.h"
@@ -23,36 +24,38 @@ SVLM_QD_TYPES(ELEM)
 
 constexpr int kWarpsPerBlock = 4;
 
-/* acc[i] = W row . x row i for i < n, summed over the warp (every lane gets it). Lane l takes
- * element l of every sub-block, so the block's bytes and the 32 activations are read together;
- * the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a time with
- * their loads issued together: a decode row is a few hundred bytes, so a warp's time is the
- * latency of its dependent loads, not their bandwidth. The sums keep the sub-blocks' order. */
+/* acc[i] = W row . x row i for i < n over this warp's share of the row's 32-element sub-blocks
+ * (part, part + parts, ...: parts warps split a row), summed over the warp (every lane gets it).
+ * Lane l takes element l of every sub-block, so the block's bytes and the 32 activations are read
+ * together; the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a
+ * time with their loads issued together: a decode row is a few hundred bytes, so a warp's time is
+ * the latency of its dependent loads, not their bandwidth (hence also the split: fewer rounds of
+ * loads per warp). The sums keep the sub-blocks' order within a warp. */
 template <int T, int NMAX>
-__device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n,
-                                         float *acc) {
+__device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n, float *acc,
+                                         int part, int parts) {
     const int lane = threadIdx.x % 32;
     const int64_t n_full = cols / 32; /* sub-blocks every lane has; plain types may add a partial one */
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
         acc[i] = 0.0f;
-    int64_t sb = 0;
-    for (; sb + 4 <= n_full; sb += 4) {
+    int64_t sb = part;
+    for (; sb + 3 * parts < n_full; sb += 4 * parts) {
         float v[4], x0[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            v[u] = elem<T>(row, sb + u, lane);
-            x0[u] = x[(sb + u) * 32 + lane]; /* row 0 is always there */
+            v[u] = elem<T>(row, sb + u * parts, lane);
+            x0[u] = x[(sb + u * parts) * 32 + lane]; /* row 0 is always there */
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             acc[0] += v[u] * x0[u];
 #pragma unroll
             for (int i = 1; i < NMAX; i++)
-                if (i < n) acc[i] += v[u] * x[i * cols + (sb + u) * 32 + lane];
+                if (i < n) acc[i] += v[u] * x[i * cols + (sb + u * parts) * 32 + lane];
         }
     }
-    for (; sb * 32 + lane < cols && sb <= n_full; sb++) { /* the last full ones, then a partial one */
+    for (; sb * 32 + lane < cols && sb <= n_full; sb += parts) { /* the last full ones, then a partial one */
         const float v = elem<T>(row, sb, lane);
 #pragma unroll
         for (int i = 0; i < NMAX; i++)
@@ -63,6 +66,42 @@ __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const
         if (i >= n) break;
         for (int o = 16; o > 0; o >>= 1)
             acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    }
+}
+
+/* A block's warps in rows: `parts` warps per row (1, 2 or 4), row r0 + warp / parts. */
+struct row_split {
+    int parts, part, slot; /* slot: the warp's row within the block */
+};
+__device__ __forceinline__ row_split split_of(int parts) {
+    const int warp = threadIdx.x / 32;
+    return {parts, warp % parts, warp / parts};
+}
+
+/* The row's sum over its parts: every warp of the block calls it (it has a barrier), each with its
+ * own acc; the first part's lane 0 gets the total, in part order, in out. One part: acc as is. */
+template <int NMAX>
+__device__ __forceinline__ void sum_parts(const row_split &rs, const float *acc, int n, float *out) {
+    if (rs.parts == 1) {
+#pragma unroll
+        for (int i = 0; i < NMAX; i++)
+            out[i] = acc[i];
+        return;
+    }
+    __shared__ float partial[kWarpsPerBlock][NMAX];
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+        for (int i = 0; i < NMAX; i++)
+            if (i < n) partial[warp][i] = acc[i];
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < NMAX; i++) {
+        float t = 0.0f;
+        if (i < n)
+            for (int p = 0; p < rs.parts; p++)
+                t += partial[warp - rs.part + p][i];
+        out[i] = t;
     }
 }
 
@@ -96,60 +135,80 @@ __device__ const float *block_activations(const float *x, const float *nw, float
     return xs;
 }
 
-/* One warp per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
+/* parts warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
 template <int T, bool ACC, int NMAX>
 __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                              int n, float *y) {
-    const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
-    if (r >= rows) return;
-    float acc[NMAX];
-    row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc);
-    if (threadIdx.x % 32) return;
+                              int n, float *y, int parts) {
+    const row_split rs = split_of(parts);
+    const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    float acc[NMAX], tot[NMAX];
+    if (r < rows) /* (no return before sum_parts' barrier) */
+        row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts);
+    else
+        for (int i = 0; i < NMAX; i++)
+            acc[i] = 0.0f;
+    sum_parts<NMAX>(rs, acc, n, tot);
+    if (r >= rows || rs.part || threadIdx.x % 32) return;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
-        if (i < n) y[i * rows + r] = ACC ? y[i * rows + r] + acc[i] : acc[i];
+        if (i < n) y[i * rows + r] = ACC ? y[i * rows + r] + tot[i] : tot[i];
 }
 
 /* Several weights of one type and width in one launch (q/k/v): global row r belongs to the weight
  * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
 template <int T, bool NORM, int NMAX>
 __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
-                                    const float *nw, float eps) {
+                                    const float *nw, float eps, int parts) {
     extern __shared__ float xs[];
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
-    int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+    const row_split rs = split_of(parts);
+    int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
     int wi = 0;
     while (wi < set.n && r >= set.rows[wi]) {
         r -= set.rows[wi];
         wi++;
     }
-    if (wi >= set.n) return;
+    float acc[NMAX], tot[NMAX];
+    if (wi < set.n)
+        row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc,
+                          rs.part, parts);
+    else
+        for (int i = 0; i < NMAX; i++)
+            acc[i] = 0.0f;
+    sum_parts<NMAX>(rs, acc, n, tot);
+    if (wi >= set.n || rs.part || threadIdx.x % 32) return;
     const int64_t rows = set.rows[wi];
-    float acc[NMAX];
-    row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc);
-    if (threadIdx.x % 32) return;
     float *y = set.y[wi];
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
-        if (i < n) y[i * rows + r] = acc[i];
+        if (i < n) y[i * rows + r] = tot[i];
 }
 
 /* The feed-forward's head: gate[i][r] = silu(x_i . Wg_r) (x_i . Wu_r), one warp per row r of both
  * weights; NORM: RMSNorm of x first. silu as svlm_cu_silu_mul computes it. */
 template <int T, bool NORM, int NMAX>
 __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
-                              int64_t cols, const float *x, int n, const float *nw, float eps, float *gate) {
+                              int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
+                              int parts) {
     extern __shared__ float xs[];
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
-    const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
-    if (r >= rows) return;
-    float g[NMAX], u[NMAX];
-    row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g);
-    row_dots<T, NMAX>(wu + r * row_bytes, cols, xa, n, u);
-    if (threadIdx.x % 32) return;
+    const row_split rs = split_of(parts);
+    const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    float g[NMAX], u[NMAX], gt[NMAX], ut[NMAX];
+    if (r < rows) {
+        row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g, rs.part, parts);
+        row_dots<T, NMAX>(wu + r * row_bytes, cols, xa, n, u, rs.part, parts);
+    } else {
+        for (int i = 0; i < NMAX; i++)
+            g[i] = u[i] = 0.0f;
+    }
+    sum_parts<NMAX>(rs, g, n, gt);
+    __syncthreads(); /* the partial sums' buffer is reused */
+    sum_parts<NMAX>(rs, u, n, ut);
+    if (r >= rows || rs.part || threadIdx.x % 32) return;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
-        if (i < n) gate[i * rows + r] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        if (i < n) gate[i * rows + r] = gt[i] / (1.0f + expf(-gt[i])) * ut[i];
 }
 
 __device__ __forceinline__ uint16_t to_bf16(float f) {
@@ -175,17 +234,38 @@ __global__ void dequant_kernel(const uint8_t *w, size_t row_bytes, int64_t rows,
  * answer or a few) and up to SVLM_CU_MATVEC_MAX. */
 constexpr int kFewRows = 8;
 
+/* Warps per weight row: a row of 576 columns is 18 sub-blocks, five rounds of loads for one warp
+ * but two for each of four, and four times the warps to hide the latency with.
+ * SVLM_CUDA_MATVEC_SPLIT=1, 2 or 4 fixes it ("auto", the default: 4 from 16 sub-blocks, 2 from 8). */
+int parts_for(int64_t cols) {
+    static int fixed = -1;
+    if (fixed < 0) {
+        const char *e = getenv("SVLM_CUDA_MATVEC_SPLIT");
+        const int v = e ? atoi(e) : 0;
+        fixed = v == 1 || v == 2 || v == 4 ? v : 0;
+    }
+    if (fixed) return fixed;
+    const int64_t sub = cols / 32;
+    return sub >= 16 ? 4 : sub >= 8 ? 2 : 1;
+}
+
+unsigned row_blocks(int64_t rows, int parts) {
+    const int per = kWarpsPerBlock / parts;
+    return (unsigned)((rows + per - 1) / per);
+}
+
 template <int T, int NMAX>
 int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                     const float *x, int64_t n, float *y, int accumulate) {
-    const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    const int parts = parts_for(cols);
+    const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
     if (accumulate)
         matvec_kernel<T, true, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y);
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y, parts);
     else
         matvec_kernel<T, false, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y);
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y, parts);
     return (int)cudaGetLastError();
 }
 
@@ -204,14 +284,15 @@ int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t
     int64_t total = 0;
     for (int i = 0; i < set->n; i++)
         total += set->rows[i];
-    const unsigned blocks = (unsigned)((total + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    const int parts = parts_for(cols);
+    const unsigned blocks = row_blocks(total, parts);
     if (nw)
         matvec_multi_kernel<T, true, NMAX>
             <<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(*set, cols, x, (int)n,
-                                                                                     nw, eps);
+                                                                                     nw, eps, parts);
     else
         matvec_multi_kernel<T, false, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps);
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps, parts);
     return (int)cudaGetLastError();
 }
 
@@ -225,14 +306,15 @@ int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t c
 template <int T, int NMAX>
 int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
                     int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate) {
-    const unsigned blocks = (unsigned)((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    const int parts = parts_for(cols);
+    const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
     if (nw)
         swiglu_kernel<T, true, NMAX><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
-            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
+            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate, parts);
     else
-        swiglu_kernel<T, false, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate);
+        swiglu_kernel<T, false, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(g, u, row_bytes, rows, cols, x,
+                                                                             (int)n, nw, eps, gate, parts);
     return (int)cudaGetLastError();
 }
 
