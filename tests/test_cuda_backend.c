@@ -636,8 +636,8 @@ int test_main(void) {
     if (!as_cpu) test_create();
 
     /* weights: every type at 256 and 576 columns (768 for the K-quants: 256 | cols), and float weights with
-     * stories260K's odd sizes */
-    wcase cases[2 * N_TYPES + 3 + NW];
+     * stories260K's odd sizes, and 300 columns: a row split over warps with a partial sub-block */
+    wcase cases[2 * N_TYPES + 6 + NW];
     int n_cases = 0;
     cases[n_cases++] = make_weight(SVLM_Q8_0, 96, MULTI_COLS); /* for test_matmul_multi */
     cases[n_cases++] = make_weight(SVLM_F16, 200, MULTI_COLS);
@@ -647,6 +647,8 @@ int test_main(void) {
         int bs = svlm_dtype_get(weight_types[i])->block_size;
         cases[n_cases++] = make_weight(weight_types[i], 96, bs == 256 ? 768 : 576);
         if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 37, 172);
+        /* a row split over warps (9 sub-blocks of 32 and a partial one) */
+        if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 29, 300);
     }
     for (buf_mode = 0; buf_mode < BUF_MODES; buf_mode++) {
         printf("---- buffers: %s ----\n", mode_names[buf_mode]);
