@@ -196,8 +196,7 @@ memcheck() {
     ;;
   esac
 }
-memcheck test_cuda_backend 90
-memcheck test_cuda_data 60
+# (memcheck of the tests runs after the benchmarks: their figures matter more when time runs out)
 
 # ---- benchmarks ----
 unset OPENBLAS_CORETYPE
@@ -231,32 +230,12 @@ if [ -x "$S" ]; then
     step "benchmark model (SmolVLM2-256M shape, Q8_0)" 90 0 "$S" mkmodel --arch smolvlm --shape smolvlm2-256m \
       --type q8_0 --seed 1 -o "$M" --quiet || { status=1; summary+=("mkmodel: FAILED"); }
   fi
-  # In order of what matters most when the budget runs out: the streams (the issue's headline),
-  # text, the encoder, the 2.2B shape, then the profiles, then comparisons already measured once
-  # (SVLM_GPU_CHECK_AB=1).
+  # In order of what matters most when the budget runs out: text and the encoder with each change
+  # since the last GPU run against its switch (short runs), the streams (the issue's headline),
+  # the 2.2B shape, memcheck of the tests, then the profiles, then comparisons already measured
+  # once (SVLM_GPU_CHECK_AB=1).
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
   if [ -f "$M.gguf" ]; then
-    # the headline: many live streams at 1 fps with 20-token questions (on a GPU STC is off by
-    # default: the encoder is batched across streams; one run with it on for comparison; one with
-    # encoder batches of 32 instead of 16, where the encoder measured fastest).
-    # SVLM_GPU_CHECK_STREAMS: entries N:FLAGS, the flags' words joined by commas.
-    if "$S" bench-streams --help >/dev/null 2>&1; then
-      for cfg in ${SVLM_GPU_CHECK_STREAMS:-256: 256:--ingest-batch,32 128: 64:--stc,on}; do
-        n=${cfg%%:*} flags=${cfg#*:}
-        flags=${flags//,/ }
-        # shellcheck disable=SC2086 # flags are words
-        bench "$n streams at 1 fps, cuda ${flags:-(defaults)}" 60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" \
-          --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
-          --backend cuda $flags
-        if [ "$n" = 256 ] && [ -z "$flags" ]; then
-          # the frames' prefill as before its two changes: the window's rows brought over from the
-          # pages at every eviction, and one attention launch per stream
-          SVLM_KV_SHIFT=0 SVLM_CUDA_FLASH_ITEMS=0 bench "256 streams at 1 fps, cuda, rows from the pages, attention per stream" \
-            60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 4 --duration 15 \
-            --drain-max 5 --question-tokens 20 --answer-tokens 8 --backend cuda
-        fi
-      done
-    fi
     bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
     # decode products with one warp per weight row, as before the split (default: up to 4 warps a row)
     SVLM_CUDA_MATVEC_SPLIT=1 bench "text, cuda, one warp per weight row" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
@@ -279,6 +258,27 @@ if [ -x "$S" ]; then
       --backend cuda
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda
+    # the headline: many live streams at 1 fps with 20-token questions (on a GPU STC is off by
+    # default: the encoder is batched across streams; one run with it on for comparison; one with
+    # encoder batches of 32 instead of 16, where the encoder measured fastest).
+    # SVLM_GPU_CHECK_STREAMS: entries N:FLAGS, the flags' words joined by commas.
+    if "$S" bench-streams --help >/dev/null 2>&1; then
+      for cfg in ${SVLM_GPU_CHECK_STREAMS:-256: 256:--ingest-batch,32 128: 64:--stc,on}; do
+        n=${cfg%%:*} flags=${cfg#*:}
+        flags=${flags//,/ }
+        # shellcheck disable=SC2086 # flags are words
+        bench "$n streams at 1 fps, cuda ${flags:-(defaults)}" 60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" \
+          --streams "$n" --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
+          --backend cuda $flags
+        if [ "$n" = 256 ] && [ -z "$flags" ]; then
+          # the frames' prefill as before its two changes: the window's rows brought over from the
+          # pages at every eviction, and one attention launch per stream
+          SVLM_KV_SHIFT=0 SVLM_CUDA_FLASH_ITEMS=0 bench "256 streams at 1 fps, cuda, rows from the pages, attention per stream" \
+            60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 4 --duration 15 \
+            --drain-max 5 --question-tokens 20 --answer-tokens 8 --backend cuda
+        fi
+      done
+    fi
   fi
   # the 2.2B shape (Q4_K_M): text speed and the issue's 32 streams (making the model takes about
   # 100 s on one core; skipped when the budget is short)
@@ -296,6 +296,8 @@ if [ -x "$S" ]; then
         --backend cuda
     fi
   fi
+  memcheck test_cuda_backend 90
+  memcheck test_cuda_data 60
   if [ -f "$M.gguf" ]; then
     # where the time goes: host time per op of decode steps and of 64 streams' lanes, and the GPU
     # time per kernel of decode steps (Nsight Compute: 300 launches after the first 2000, i.e. steps
