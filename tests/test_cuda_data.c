@@ -389,6 +389,16 @@ static void test_attention_multi(void) {
     attention_multi_case(40, 50, 1);
     attention_multi_case(5, 700, 81);  /* frames after a window of frames */
     attention_multi_case(33, 90, 130); /* query tiles past some items' queries */
+    /* the many-query cases again through the flash kernel's mma.sync form (SVLM_CUDA_FLASH_MMA=1),
+     * whose one launch for many sequences they are the only check of */
+    setenv("SVLM_CUDA_FLASH_MMA", "1", 1);
+    svlm_kernels *mma = test_gpu_backend(), *plain = G;
+    unsetenv("SVLM_CUDA_FLASH_MMA");
+    G = mma;
+    attention_multi_case(5, 700, 81);
+    attention_multi_case(33, 90, 130);
+    G = plain;
+    svlm_kernels_destroy(mma);
 }
 
 /* q/k/v-like products of weights alike (matmul_multi into svlm_k_alloc outputs: one launch on a
@@ -752,7 +762,8 @@ static void test_fused_products(void) {
 /* The vision encoder's fused ops (a layer of it: layer norm + q/k/v with biases, a product with
  * bias and residual, the GELU feed-forward half) against the op sequence they stand for on the
  * same GPU and against the CPU, for batched bf16 products (n past the matvec rows), through
- * cuBLASLt's epilogues (GL) and through cuBLAS with separate passes (SVLM_CUDA_LT=0). Against
+ * cuBLASLt's epilogues (SVLM_CUDA_LT=1: required, so a declined product fails the test) and
+ * through cuBLAS with separate passes (SVLM_CUDA_LT=0). Against
  * the sequence: the same bf16 operands and f32 sums, but another GEMM algorithm sums in another
  * order and the residual adds in another order; a last-bit change before the GELU's f16 rounding
  * and the next product's bf16 one can move a rounded value a step (2^-9 relative), a handful of
@@ -850,15 +861,18 @@ static void encoder_fused_case(svlm_kernels *GL, const char *label, svlm_dtype t
 static void test_encoder_fused(void) {
     setenv("SVLM_CUDA_LT", "0", 1);
     svlm_kernels *plain = test_gpu_backend();
+    setenv("SVLM_CUDA_LT", "1", 1); /* required: a product cuBLASLt declined would end the test */
+    svlm_kernels *lt = test_gpu_backend();
     unsetenv("SVLM_CUDA_LT");
     const svlm_dtype types[2] = {SVLM_Q8_0, SVLM_Q4_K};
     const int ns[3] = {4, 100, 1030}; /* 4: the matvec kernels, so the sequence itself */
     for (int t = 0; t < 2; t++)
         for (int i = 0; i < 3; i++) {
-            encoder_fused_case(G, "cuBLASLt", types[t], ns[i]);
+            encoder_fused_case(lt, "cuBLASLt", types[t], ns[i]);
             encoder_fused_case(plain, "cuBLAS + passes", types[t], ns[i]);
         }
     svlm_kernels_destroy(plain);
+    svlm_kernels_destroy(lt);
 }
 
 /* svlm_k_rope_store equals the sequence it stands for (copy to keep, f16 rounding, RoPE on q and

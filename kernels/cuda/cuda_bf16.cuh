@@ -3,6 +3,7 @@
 #ifndef SVLM_KERNELS_CUDA_BF16_CUH
 #define SVLM_KERNELS_CUDA_BF16_CUH
 
+#include <cuda_runtime.h>
 #include <stdint.h>
 
 __device__ __forceinline__ uint16_t svlm_bf16_rne(float x) {

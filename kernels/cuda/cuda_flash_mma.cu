@@ -275,19 +275,27 @@ __global__ void __launch_bounds__(kThreads)
         __syncthreads(); /* K and V are read before the next tile overwrites them */
     }
 
-    /* O / l; a row that saw nothing has l = 0 and gets zeros */
+    /* O / l; a row that saw nothing has l = 0 and gets zeros. A lane's two columns are neighbours:
+     * one 8-byte store when the rows allow it (even head dim, 8-byte aligned output). */
     float *ob = out + (int64_t)h * hd;
+    const bool pairs = !(hd & 1) && !(reinterpret_cast<uintptr_t>(ob) & 7);
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int64_t qi = wq0 + g + 8 * i;
         if (qi >= n_q) continue;
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        float *orow = ob + qi * ldq;
 #pragma unroll
         for (int n = 0; n < ND; n++) {
+            const int col = n * 8 + 2 * t;
+            if (pairs) {
+                if (col < hd)
+                    *reinterpret_cast<float2 *>(orow + col) =
+                        make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+            } else {
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int col = n * 8 + 2 * t + e;
-                if (col < hd) ob[qi * ldq + col] = o[n][2 * i + e] * inv;
+                for (int e = 0; e < 2; e++)
+                    if (col + e < hd) orow[col + e] = o[n][2 * i + e] * inv;
             }
         }
     }

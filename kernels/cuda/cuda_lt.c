@@ -1,10 +1,12 @@
 /*
  * Batched bf16 products through cuBLASLt, for the epilogues cuBLAS's GemmEx lacks: the bias added
  * (and, through beta, the residual) as the product's results are written, not in passes of their
- * own over the activations. Descriptors and the chosen algorithm are kept per shape: the encoder
- * repeats a few shapes, and a heuristic query costs more host time than launching.
- * SVLM_CUDA_LT=0 turns it off; any failure does too, once, with a message, and the callers go
- * back to cuBLAS and separate passes.
+ * own over the activations. Descriptors and the chosen algorithm are kept per shape and operand
+ * alignment: the encoder repeats a few shapes, and a heuristic query costs more host time than
+ * launching. SVLM_CUDA_LT=0 turns it off; a failure does too, once, with a message, and the
+ * callers go back to cuBLAS and separate passes (a shape without an algorithm goes back alone).
+ * SVLM_CUDA_LT=1 requires it: a product it would decline ends the program (the tests' check that
+ * the epilogues really ran).
  */
 #include <cublasLt.h>
 #include <stdio.h>
@@ -17,7 +19,7 @@ enum { LT_SHAPES = 16 };
 #define LT_WORKSPACE ((size_t)32 << 20)
 
 typedef struct lt_shape {
-    int m, n, kk, bias, used;
+    int m, n, kk, bias, align, used;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
@@ -28,7 +30,7 @@ typedef struct lt_shape {
 struct cu_lt {
     cublasLtHandle_t h;
     void *ws;
-    int off;
+    int off, required;
     uint64_t clock;
     lt_shape s[LT_SHAPES];
 };
@@ -52,6 +54,7 @@ static cu_lt *lt_get(svlm_kernels *k) {
         L->off = 1; /* asked: no message */
         return NULL;
     }
+    L->required = e && !strcmp(e, "1");
     cublasStatus_t st = cublasLtCreate(&L->h);
     if (st != CUBLAS_STATUS_SUCCESS) {
         L->h = NULL;
@@ -77,11 +80,12 @@ static void shape_free(lt_shape *s) {
 
 /* y[n][m] = x[n][kk] W[m][kk]^T is, column-major, Y (m x n) = W^T X with W read as kk x m (ld kk)
  * and transposed, X as kk x n: the layout cu_matmul gives cuBLAS. */
-static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *bias) {
+static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *bias, uint32_t align) {
     s->m = m;
     s->n = n;
     s->kk = kk;
     s->bias = bias != NULL;
+    s->align = (int)align;
     s->used = 1;
     const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
@@ -116,18 +120,19 @@ static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *
     return 0;
 }
 
-static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias) {
+static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias, uint32_t align) {
     lt_shape *slot = &L->s[0];
     for (int i = 0; i < LT_SHAPES; i++) {
         lt_shape *s = &L->s[i];
-        if (s->used && s->m == m && s->n == n && s->kk == kk && s->bias == (bias != NULL)) {
+        if (s->used && s->m == m && s->n == n && s->kk == kk && s->bias == (bias != NULL) &&
+            s->align == (int)align) {
             s->last_use = ++L->clock;
             return s->ok ? s : NULL;
         }
         if (!s->used || (slot->used && s->last_use < slot->last_use)) slot = s;
     }
     shape_free(slot);
-    int st = shape_make(L, slot, m, n, kk, bias);
+    int st = shape_make(L, slot, m, n, kk, bias, align);
     slot->last_use = ++L->clock;
     if (st) {
         shape_free(slot);
@@ -137,22 +142,37 @@ static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias) {
     return slot->ok ? slot : NULL; /* no algorithm for this shape: cuBLAS takes it */
 }
 
+/* The largest power of two up to 256 dividing every operand's address. */
+static uint32_t operand_alignment(const void *w16, const uint16_t *x16, const float *y, const float *bias) {
+    const uintptr_t all = (uintptr_t)w16 | (uintptr_t)x16 | (uintptr_t)y | (uintptr_t)bias | 256;
+    return (uint32_t)(all & (~all + 1)); /* lowest set bit */
+}
+
+static int declined(cu_lt *L, const char *why) {
+    if (L && L->required) {
+        fprintf(stderr,
+                "svlm: internal error: SVLM_CUDA_LT=1 requires cuBLASLt, which declined a product: %s\n",
+                why);
+        abort();
+    }
+    return 0;
+}
+
 int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, float *y,
                     const float *bias, int acc) {
     if (m <= 0 || n <= 0 || kk <= 0) return 0;
-    /* the alignment the heuristic assumes of every operand */
-    const uintptr_t mis = (uintptr_t)w16 | (uintptr_t)x16 | (uintptr_t)y | (uintptr_t)bias;
-    if (mis & 15) return 0;
+    const uint32_t align = operand_alignment(w16, x16, y, bias);
     cu_lt *L = lt_get(k);
-    if (!L) return 0;
-    lt_shape *s = shape_for(L, m, n, kk, bias);
-    if (!s) return 0;
+    if (!L) return declined(CU(k)->lt, "it is off or could not start");
+    if (align < 16) return declined(L, "an operand is not 16-byte aligned");
+    lt_shape *s = shape_for(L, m, n, kk, bias, align);
+    if (!s) return declined(L, "no algorithm for the shape");
     if (bias) {
         cublasStatus_t st =
             cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
         if (st) {
             lt_off(L, "refused a bias", (int)st);
-            return 0;
+            return declined(L, "a bias was refused");
         }
     }
     const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
@@ -163,8 +183,9 @@ int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, cons
             cu_capture_failed = 1;
             return 1;
         }
+        (void)cudaGetLastError(); /* a launch error it left must not stop the next op */
         lt_off(L, "failed a product", (int)st);
-        return 0;
+        return declined(L, "a product failed");
     }
     return 1;
 }

@@ -99,9 +99,9 @@ int svlm_cu_load_f16(cudaStream_t s, float *y, const void *x, int64_t n);
 int svlm_cu_round_f16(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n);
 /* x[i][j] = the f16-table GELU of (x[i][j] + b[j]) */
+int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t n_rows, int64_t dim);
 /* y = bf16(gelu_f16(x)) (svlm_k_gelu_tanh_f16's numbers, then the bf16 of a product's operand) */
 int svlm_cu_gelu_f16_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
-int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t n_rows, int64_t dim);
 /* Row i of x (dim floats) to dsts[i] (a device table of n row pointers; NULL skips the row), as
  * f16 or f32. */
 int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, const float *x, int64_t n, int64_t dim);
