@@ -251,10 +251,10 @@ if [ -x "$S" ]; then
     # the encoder's products with their biases and residuals as separate passes (before cuBLASLt)
     SVLM_CUDA_LT=0 bench "vision encoder, cuda, no cuBLASLt epilogues" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
-    # the flash kernel's mma.sync form (off by default until measured here; test_cuda_backend checks it)
-    SVLM_CUDA_FLASH_MMA=1 bench "vision encoder, cuda, flash on mma.sync" 60 bench --mmproj "$M-mmproj.gguf" \
+    # the flash kernel's WMMA form, the default before its mma.sync form (test_cuda_backend checks both)
+    SVLM_CUDA_FLASH_MMA=0 bench "vision encoder, cuda, flash on WMMA" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
-    SVLM_CUDA_FLASH_MMA=1 bench "text prefill, cuda, flash on mma.sync" 60 bench -m "$M.gguf" --pp 512 --tg 0 \
+    SVLM_CUDA_FLASH_MMA=0 bench "text prefill, cuda, flash on WMMA" 60 bench -m "$M.gguf" --pp 512 --tg 0 \
       --backend cuda
     bench "bench-vision, cuda" 90 bench-vision "pattern:size=640x480,rate=25,duration=4" \
       --mmproj "$M-mmproj.gguf" --fps 5 --max-frames 20 --backend cuda

@@ -30,10 +30,11 @@
 #include "test_gpu.h"
 #include "test_ref_attention.h"
 
-static svlm_kernels *G, *C;   /* the backend under test, the CPU reference */
-static svlm_kernels *G_flash; /* for the attention tests: G with the flash kernel from FLASH_MIN_Q queries */
-static svlm_kernels *G_mma;   /* the same with the kernel's mma.sync form (SVLM_CUDA_FLASH_MMA=1) */
-static int flash_on;          /* G is G_flash or G_mma now (2: G_mma) */
+static svlm_kernels *G, *C; /* the backend under test, the CPU reference */
+static svlm_kernels
+    *G_flash; /* for the attention tests: G with the WMMA flash kernel from FLASH_MIN_Q queries */
+static svlm_kernels *G_mma; /* the same with the kernel's mma.sync form (the default) */
+static int flash_on;        /* G is G_flash or G_mma now (2: G_mma) */
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -625,6 +626,7 @@ int test_main(void) {
     unsetenv("SVLM_CUDA_FLASH");
     if (!as_cpu) {
         setenv("SVLM_CUDA_FLASH_MIN_Q", "2", 1);
+        setenv("SVLM_CUDA_FLASH_MMA", "0", 1);
         G_flash = test_gpu_backend();
         setenv("SVLM_CUDA_FLASH_MMA", "1", 1);
         G_mma = test_gpu_backend();

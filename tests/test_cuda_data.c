@@ -389,16 +389,16 @@ static void test_attention_multi(void) {
     attention_multi_case(40, 50, 1);
     attention_multi_case(5, 700, 81);  /* frames after a window of frames */
     attention_multi_case(33, 90, 130); /* query tiles past some items' queries */
-    /* the many-query cases again through the flash kernel's mma.sync form (SVLM_CUDA_FLASH_MMA=1),
-     * whose one launch for many sequences they are the only check of */
-    setenv("SVLM_CUDA_FLASH_MMA", "1", 1);
-    svlm_kernels *mma = test_gpu_backend(), *plain = G;
+    /* the many-query cases again through the flash kernel's WMMA form (SVLM_CUDA_FLASH_MMA=0; G
+     * takes the mma.sync form), whose one launch for many sequences they are the only check of */
+    setenv("SVLM_CUDA_FLASH_MMA", "0", 1);
+    svlm_kernels *wmma = test_gpu_backend(), *plain = G;
     unsetenv("SVLM_CUDA_FLASH_MMA");
-    G = mma;
+    G = wmma;
     attention_multi_case(5, 700, 81);
     attention_multi_case(33, 90, 130);
     G = plain;
-    svlm_kernels_destroy(mma);
+    svlm_kernels_destroy(wmma);
 }
 
 /* q/k/v-like products of weights alike (matmul_multi into svlm_k_alloc outputs: one launch on a

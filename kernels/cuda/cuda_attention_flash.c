@@ -3,7 +3,8 @@
  * launch, the scores kept on chip, instead of cuBLAS's scores in global memory (50 MB per vision
  * tile and layer). Taken from attn_flash_min_q queries (SVLM_CUDA_FLASH_MIN_Q, default 16) for
  * head dims up to 128; SVLM_CUDA_FLASH=0 (or SVLM_CUDA_TF32=0) leaves attention to cuBLAS and
- * the kernel. SVLM_CUDA_FLASH_MMA=1 takes the mma.sync form (cuda_flash_mma.cu).
+ * the kernel. The kernel is cuda_flash_mma.cu's (mma.sync, scores in registers);
+ * SVLM_CUDA_FLASH_MMA=0 takes cuda_flash_attention.cu's WMMA form instead.
  */
 #include <stdint.h>
 #include <stdlib.h>

@@ -723,9 +723,9 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     c->attn_flash_min_q = fl && !strcmp(fl, "0") ? INT_MAX : fq && atoi(fq) >= 1 ? atoi(fq) : 16;
     const char *fi = getenv("SVLM_CUDA_FLASH_ITEMS");
     c->flash_items = !(fi && !strcmp(fi, "0"));
-    /* off until an H100 has run it against the WMMA form (gpu-check does both) */
+    /* the mma.sync form unless SVLM_CUDA_FLASH_MMA=0 asks for the WMMA one (gpu-check compares) */
     const char *fm = getenv("SVLM_CUDA_FLASH_MMA");
-    c->flash_mma = fm && !strcmp(fm, "1");
+    c->flash_mma = !(fm && !strcmp(fm, "0"));
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);
