@@ -21,17 +21,22 @@
 #include <mma.h>
 #include <stdint.h>
 
+#include "kernels/cuda/cuda_flash_common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
 namespace {
 
 using namespace nvcuda;
+using svlm_flash::args;
+using svlm_flash::kBQ;
+using svlm_flash::kMaxDim;
+using svlm_flash::load4;
+using svlm_flash::to_f32;
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kRowsW = 16;           /* query rows per warp */
-constexpr int kBQ = kWarps * kRowsW; /* queries per block */
-constexpr int kBK = 64;              /* kv rows per tile */
-constexpr int kMaxDim = 128;
+constexpr int kRowsW = 16; /* query rows per warp */
+constexpr int kBK = 64;    /* kv rows per tile */
+static_assert(kBQ == kWarps * kRowsW, "a block's queries are its warps' rows");
 constexpr int kLdP = kBK + 8; /* halves per row of P */
 static_assert(kBQ == kBK, "the Q tile is staged in the K buffer");
 
@@ -55,29 +60,6 @@ template <int D> struct Layout {
     static_assert(D % 16 == 0 && D <= kMaxDim, "D: a multiple of 16 up to 128");
     static_assert(kTile % 128 == 0 && kFWarp % 128 == 0 && kPWarp % 128 == 0, "32-byte aligned regions");
 };
-
-__device__ __forceinline__ void load4(const float *p, float *x) {
-    const float4 v = *reinterpret_cast<const float4 *>(p);
-    x[0] = v.x;
-    x[1] = v.y;
-    x[2] = v.z;
-    x[3] = v.w;
-}
-__device__ __forceinline__ void load4(const __half *p, float *x) {
-    const uint2 u = *reinterpret_cast<const uint2 *>(p); /* one 8-byte load */
-    const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
-    const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
-    x[0] = a.x;
-    x[1] = a.y;
-    x[2] = b.x;
-    x[3] = b.y;
-}
-__device__ __forceinline__ float to_f32(float x) {
-    return x;
-}
-__device__ __forceinline__ float to_f32(__half x) {
-    return __half2float(x);
-}
 
 /* Scores f (columns c .. c + 3) times scale log2(e); -inf from column lim on (masked). */
 __device__ __forceinline__ void masked4(const float4 f, int c, int lim, float scale_log2, float *x) {
@@ -303,83 +285,33 @@ template <int D, typename T> cudaError_t allow_shared() {
     return e;
 }
 
-struct args {
-    const float *q;
-    const void *k, *v;
-    int64_t kv_stride;
-    float *out;
-    int64_t n_q, n_kv;
-    int n_head, rep, hd, causal;
-    float scale_log2;
-    bool vec_q, vec_kv;
-    const svlm_cu_flash_item *items; /* NULL: the one attention above */
-    int n_items;
-};
-
-template <int D, typename T> int launch(cudaStream_t s, const args &a) {
-    const cudaError_t e = allow_shared<D, T>();
-    if (e != cudaSuccess) return (int)e;
-    const dim3 grid((unsigned)((a.n_q + kBQ - 1) / kBQ), (unsigned)a.n_head, (unsigned)a.n_items);
-    flash_kernel<D, T><<<grid, kThreads, Layout<D>::kBytes, s>>>(
-        a.q, static_cast<const T *>(a.k), static_cast<const T *>(a.v), a.kv_stride, a.out, a.n_q, a.n_kv,
-        a.n_head, a.rep, a.hd, a.causal, a.scale_log2, a.vec_q, a.vec_kv, a.items);
-    return (int)cudaGetLastError();
-}
-
-template <int D> int launch_d(cudaStream_t s, const args &a, int kv_f16) {
-    return kv_f16 ? launch<D, __half>(s, a) : launch<D, float>(s, a);
-}
-
-int launch_dim(cudaStream_t s, const args &a, int kv_f16) {
-    switch ((a.hd + 15) / 16) {
-    case 1: return launch_d<16>(s, a, kv_f16);
-    case 2: return launch_d<32>(s, a, kv_f16);
-    case 3: return launch_d<48>(s, a, kv_f16);
-    case 4: return launch_d<64>(s, a, kv_f16);
-    case 5: return launch_d<80>(s, a, kv_f16);
-    case 6: return launch_d<96>(s, a, kv_f16);
-    case 7: return launch_d<112>(s, a, kv_f16);
-    default: return launch_d<128>(s, a, kv_f16);
+template <int D, typename T> struct launcher {
+    static int run(cudaStream_t s, const args &a) {
+        const cudaError_t e = allow_shared<D, T>();
+        if (e != cudaSuccess) return (int)e;
+        const dim3 grid((unsigned)((a.n_q + kBQ - 1) / kBQ), (unsigned)a.n_head, (unsigned)a.n_items);
+        flash_kernel<D, T><<<grid, kThreads, Layout<D>::kBytes, s>>>(
+            a.q, static_cast<const T *>(a.k), static_cast<const T *>(a.v), a.kv_stride, a.out, a.n_q, a.n_kv,
+            a.n_head, a.rep, a.hd, a.causal, a.scale_log2, a.vec_q, a.vec_kv, a.items);
+        return (int)cudaGetLastError();
     }
-}
-
-bool aligned(const void *p, uintptr_t n) {
-    return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0;
-}
+};
 
 } // namespace
 
 extern "C" int svlm_cu_flash_attention_supported(int head_dim, int kv_f16) {
     (void)kv_f16; /* f32 and f16 K/V alike */
-    return head_dim >= 1 && head_dim <= kMaxDim;
+    return svlm_flash::dim_supported(head_dim);
 }
 
 extern "C" int svlm_cu_flash_attention(cudaStream_t s, const float *q, const void *k, const void *v,
                                        int kv_f16, int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv,
                                        int n_head, int n_kv_head, int head_dim, int causal, float scale) {
     if (n_q <= 0 || n_head <= 0) return 0;
-    if (!svlm_cu_flash_attention_supported(head_dim, kv_f16) || n_kv_head <= 0 || n_head % n_kv_head ||
-        n_head > 65535 || n_kv < 0 || kv_stride < 0 || n_q > (int64_t)0x7fffffff * kBQ ||
-        n_kv > INT64_MAX / 4)
-        return (int)cudaErrorInvalidValue;
-    const uintptr_t kv_align = kv_f16 ? 8 : 16; /* 4 elements */
-    args a = {q,
-              k,
-              v,
-              kv_stride,
-              out,
-              n_q,
-              n_kv,
-              n_head,
-              n_head / n_kv_head,
-              head_dim,
-              causal != 0,
-              scale * 1.4426950408889634f,
-              aligned(q, 16) && head_dim % 4 == 0,
-              aligned(k, kv_align) && aligned(v, kv_align) && kv_stride % 4 == 0 && head_dim % 4 == 0,
-              nullptr,
-              1};
-    return launch_dim(s, a, kv_f16);
+    args a;
+    const int e = svlm_flash::one(q, k, v, kv_f16, kv_stride, out, n_q, n_kv, n_head, n_kv_head, head_dim,
+                                  causal, scale, &a);
+    return e ? e : svlm_flash::launch_dim<launcher>(s, a, kv_f16);
 }
 
 extern "C" int svlm_cu_flash_attention_items(cudaStream_t s, const svlm_cu_flash_item *items, int n,
@@ -387,24 +319,8 @@ extern "C" int svlm_cu_flash_attention_items(cudaStream_t s, const svlm_cu_flash
                                              int n_kv_head, int head_dim, int causal, float scale, int vec_q,
                                              int vec_kv) {
     if (n <= 0 || max_n_q <= 0 || n_head <= 0) return 0;
-    if (!svlm_cu_flash_attention_supported(head_dim, kv_f16) || n_kv_head <= 0 || n_head % n_kv_head ||
-        n_head > 65535 || n > 65535 || kv_stride < 0 || max_n_q > (int64_t)0x7fffffff * kBQ)
-        return (int)cudaErrorInvalidValue;
-    args a = {nullptr,
-              nullptr,
-              nullptr,
-              kv_stride,
-              nullptr,
-              max_n_q,
-              0,
-              n_head,
-              n_head / n_kv_head,
-              head_dim,
-              causal != 0,
-              scale * 1.4426950408889634f,
-              vec_q != 0 && head_dim % 4 == 0,
-              vec_kv != 0 && kv_stride % 4 == 0 && head_dim % 4 == 0,
-              items,
-              n};
-    return launch_dim(s, a, kv_f16);
+    args a;
+    const int e = svlm_flash::many(items, n, max_n_q, kv_stride, n_head, n_kv_head, head_dim, causal, scale,
+                                   vec_q, vec_kv, &a);
+    return e ? e : svlm_flash::launch_dim<launcher>(s, a, kv_f16);
 }

@@ -26,14 +26,20 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/cuda/cuda_flash_common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
 namespace {
 
+using svlm_flash::args;
+using svlm_flash::kBQ;
+using svlm_flash::kMaxDim;
+using svlm_flash::load4;
+using svlm_flash::to_f32;
+
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kBQ = 16 * kWarps; /* queries per block */
-constexpr int kBK = 64;          /* kv rows per tile */
-constexpr int kMaxDim = 128;
+constexpr int kBK = 64; /* kv rows per tile */
+static_assert(kBQ == 16 * kWarps, "a block's queries are its warps' 16 rows each");
 constexpr int kLdVt = kBK + 8; /* halves per row of the transposed V tile */
 
 template <int D> struct Shape {
@@ -59,29 +65,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
                  "{%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void load4(const float *p, float *x) {
-    const float4 v = *reinterpret_cast<const float4 *>(p);
-    x[0] = v.x;
-    x[1] = v.y;
-    x[2] = v.z;
-    x[3] = v.w;
-}
-__device__ __forceinline__ void load4(const __half *p, float *x) {
-    const uint2 u = *reinterpret_cast<const uint2 *>(p);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
-    const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
-    x[0] = a.x;
-    x[1] = a.y;
-    x[2] = b.x;
-    x[3] = b.y;
-}
-__device__ __forceinline__ float to_f32(float x) {
-    return x;
-}
-__device__ __forceinline__ float to_f32(__half x) {
-    return __half2float(x);
 }
 
 /* Columns c .. c + 3 of row `row` (zeros past n_rows or width) as floats. vec: 4-element loads. */
@@ -301,47 +284,15 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-struct args {
-    const float *q;
-    const void *k, *v;
-    int64_t kv_stride;
-    float *out;
-    int64_t n_q, n_kv;
-    int n_head, rep, hd, causal;
-    float scale_log2;
-    bool vec_q, vec_kv;
-    const svlm_cu_flash_item *items; /* NULL: the one attention above */
-    int n_items;
-};
-
-template <int D, typename T> int launch(cudaStream_t s, const args &a) {
-    const dim3 grid((unsigned)((a.n_q + kBQ - 1) / kBQ), (unsigned)a.n_head, (unsigned)a.n_items);
-    mma_kernel<D, T><<<grid, kThreads, 0, s>>>(a.q, static_cast<const T *>(a.k), static_cast<const T *>(a.v),
-                                               a.kv_stride, a.out, a.n_q, a.n_kv, a.n_head, a.rep, a.hd,
-                                               a.causal, a.scale_log2, a.vec_q, a.vec_kv, a.items);
-    return (int)cudaGetLastError();
-}
-
-template <int D> int launch_d(cudaStream_t s, const args &a, int kv_f16) {
-    return kv_f16 ? launch<D, __half>(s, a) : launch<D, float>(s, a);
-}
-
-int launch_dim(cudaStream_t s, const args &a, int kv_f16) {
-    switch ((a.hd + 15) / 16) {
-    case 1: return launch_d<16>(s, a, kv_f16);
-    case 2: return launch_d<32>(s, a, kv_f16);
-    case 3: return launch_d<48>(s, a, kv_f16);
-    case 4: return launch_d<64>(s, a, kv_f16);
-    case 5: return launch_d<80>(s, a, kv_f16);
-    case 6: return launch_d<96>(s, a, kv_f16);
-    case 7: return launch_d<112>(s, a, kv_f16);
-    default: return launch_d<128>(s, a, kv_f16);
+template <int D, typename T> struct launcher {
+    static int run(cudaStream_t s, const args &a) {
+        const dim3 grid((unsigned)((a.n_q + kBQ - 1) / kBQ), (unsigned)a.n_head, (unsigned)a.n_items);
+        mma_kernel<D, T><<<grid, kThreads, 0, s>>>(
+            a.q, static_cast<const T *>(a.k), static_cast<const T *>(a.v), a.kv_stride, a.out, a.n_q, a.n_kv,
+            a.n_head, a.rep, a.hd, a.causal, a.scale_log2, a.vec_q, a.vec_kv, a.items);
+        return (int)cudaGetLastError();
     }
-}
-
-bool aligned(const void *p, uintptr_t n) {
-    return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0;
-}
+};
 
 } // namespace
 
@@ -349,27 +300,10 @@ extern "C" int svlm_cu_flash_mma(cudaStream_t s, const float *q, const void *k, 
                                  int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,
                                  int n_kv_head, int head_dim, int causal, float scale) {
     if (n_q <= 0 || n_head <= 0) return 0;
-    if (head_dim < 1 || head_dim > kMaxDim || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535 ||
-        n_kv < 0 || kv_stride < 0 || n_q > (int64_t)0x7fffffff * kBQ || n_kv > INT64_MAX / 4)
-        return (int)cudaErrorInvalidValue;
-    const uintptr_t kv_align = kv_f16 ? 8 : 16; /* 4 elements */
-    const args a = {q,
-                    k,
-                    v,
-                    kv_stride,
-                    out,
-                    n_q,
-                    n_kv,
-                    n_head,
-                    n_head / n_kv_head,
-                    head_dim,
-                    causal != 0,
-                    scale * 1.4426950408889634f,
-                    aligned(q, 16) && head_dim % 4 == 0,
-                    aligned(k, kv_align) && aligned(v, kv_align) && kv_stride % 4 == 0 && head_dim % 4 == 0,
-                    nullptr,
-                    1};
-    return launch_dim(s, a, kv_f16);
+    args a;
+    const int e = svlm_flash::one(q, k, v, kv_f16, kv_stride, out, n_q, n_kv, n_head, n_kv_head, head_dim,
+                                  causal, scale, &a);
+    return e ? e : svlm_flash::launch_dim<launcher>(s, a, kv_f16);
 }
 
 extern "C" int svlm_cu_flash_mma_items(cudaStream_t s, const svlm_cu_flash_item *items, int n,
@@ -377,24 +311,8 @@ extern "C" int svlm_cu_flash_mma_items(cudaStream_t s, const svlm_cu_flash_item 
                                        int n_kv_head, int head_dim, int causal, float scale, int vec_q,
                                        int vec_kv) {
     if (n <= 0 || max_n_q <= 0 || n_head <= 0) return 0;
-    if (head_dim < 1 || head_dim > kMaxDim || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535 ||
-        n > 65535 || kv_stride < 0 || max_n_q > (int64_t)0x7fffffff * kBQ)
-        return (int)cudaErrorInvalidValue;
-    const args a = {nullptr,
-                    nullptr,
-                    nullptr,
-                    kv_stride,
-                    nullptr,
-                    max_n_q,
-                    0,
-                    n_head,
-                    n_head / n_kv_head,
-                    head_dim,
-                    causal != 0,
-                    scale * 1.4426950408889634f,
-                    vec_q != 0 && head_dim % 4 == 0,
-                    vec_kv != 0 && kv_stride % 4 == 0 && head_dim % 4 == 0,
-                    items,
-                    n};
-    return launch_dim(s, a, kv_f16);
+    args a;
+    const int e = svlm_flash::many(items, n, max_n_q, kv_stride, n_head, n_kv_head, head_dim, causal, scale,
+                                   vec_q, vec_kv, &a);
+    return e ? e : svlm_flash::launch_dim<launcher>(s, a, kv_f16);
 }
