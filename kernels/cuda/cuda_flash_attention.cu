@@ -118,16 +118,7 @@ __global__ void __launch_bounds__(kThreads)
     flash_kernel(const float *q, const T *k, const T *v, int64_t kv_stride, float *out, int64_t n_q,
                  int64_t n_kv, int n_head, int rep, int hd, int causal, float scale_log2, bool vec_q,
                  bool vec_kv, const svlm_cu_flash_item *items) {
-    if (items) {
-        const svlm_cu_flash_item it = items[blockIdx.z];
-        if ((int64_t)blockIdx.x * kBQ >= it.n_q) return; /* the whole block: no barrier is left waiting */
-        q = it.q;
-        k = static_cast<const T *>(it.k);
-        v = static_cast<const T *>(it.v);
-        out = it.out;
-        n_q = it.n_q;
-        n_kv = it.n_kv;
-    }
+    if (!svlm_flash::take_item(items, q, k, v, out, n_q, n_kv)) return;
     using L = Layout<D>;
     constexpr int ND = D / 16, NK = kBK / 16;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -168,11 +159,11 @@ __global__ void __launch_bounds__(kThreads)
     /* softmax lanes: row r of the warp, columns half * 32 .. + 31 (lanes r and r + 16) */
     const int r = lane & 15, half = lane >> 4;
     const int64_t my_q = wq0 + r;
-    const int64_t vis_end = causal && off + my_q + 1 < n_kv ? off + my_q + 1 : n_kv; /* rows < it */
+    const int64_t vis_end = svlm_flash::visible_end(causal, off, my_q, n_kv); /* rows < it */
     const int64_t q_last = (q0 + kBQ < n_q ? q0 + kBQ : n_q) - 1;
     const int64_t wq_last = (wq0 + kRowsW < n_q ? wq0 + kRowsW : n_q) - 1;
-    const int64_t kv_end = causal && off + q_last + 1 < n_kv ? off + q_last + 1 : n_kv;     /* block */
-    const int64_t warp_end = causal && off + wq_last + 1 < n_kv ? off + wq_last + 1 : n_kv; /* warp */
+    const int64_t kv_end = svlm_flash::visible_end(causal, off, q_last, n_kv);    /* block */
+    const int64_t warp_end = svlm_flash::visible_end(causal, off, wq_last, n_kv); /* warp */
     const bool warp_rows = wq0 < n_q;
     float m = -INFINITY, l = 0.0f; /* in units of log2: scores times scale log2(e) */
 

@@ -40,6 +40,30 @@ __device__ __forceinline__ float to_f32(__half x) {
     return __half2float(x);
 }
 
+/* items (not NULL): the sequence blockIdx.z of a launch for many takes the place of q, k, v, out,
+ * n_q and n_kv. false: this block's query tile lies past its queries, and the whole block returns
+ * (before any barrier, so none is left waiting). */
+template <typename T>
+__device__ __forceinline__ bool take_item(const svlm_cu_flash_item *items, const float *&q, const T *&k,
+                                          const T *&v, float *&out, int64_t &n_q, int64_t &n_kv) {
+    if (!items) return true;
+    const svlm_cu_flash_item it = items[blockIdx.z];
+    if ((int64_t)blockIdx.x * kBQ >= it.n_q) return false;
+    q = it.q;
+    k = static_cast<const T *>(it.k);
+    v = static_cast<const T *>(it.v);
+    out = it.out;
+    n_q = it.n_q;
+    n_kv = it.n_kv;
+    return true;
+}
+
+/* The end of the kv rows that query rows up to `last` see: causal, query i sees rows j <= off + i
+ * (off = n_kv - n_q); else all n_kv. */
+__device__ __forceinline__ int64_t visible_end(int causal, int64_t off, int64_t last, int64_t n_kv) {
+    return causal && off + last + 1 < n_kv ? off + last + 1 : n_kv;
+}
+
 struct args {
     const float *q;
     const void *k, *v;

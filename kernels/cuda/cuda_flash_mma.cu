@@ -123,16 +123,7 @@ __global__ void __launch_bounds__(kThreads)
     mma_kernel(const float *q, const T *k, const T *v, int64_t kv_stride, float *out, int64_t n_q,
                int64_t n_kv, int n_head, int rep, int hd, int causal, float scale_log2, bool vec_q,
                bool vec_kv, const svlm_cu_flash_item *items) {
-    if (items) {
-        const svlm_cu_flash_item it = items[blockIdx.z];
-        if ((int64_t)blockIdx.x * kBQ >= it.n_q) return; /* the whole block: no barrier is left waiting */
-        q = it.q;
-        k = static_cast<const T *>(it.k);
-        v = static_cast<const T *>(it.v);
-        out = it.out;
-        n_q = it.n_q;
-        n_kv = it.n_kv;
-    }
+    if (!svlm_flash::take_item(items, q, k, v, out, n_q, n_kv)) return;
     using S = Shape<D>;
     constexpr int KC = D / 16;  /* 16-wide chunks of the head dim: S's reduction */
     constexpr int ND = D / 8;   /* 8-wide tiles of the head dim: O's columns */
@@ -171,12 +162,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int64_t qi = wq0 + g + 8 * i;
-        vis[i] = causal && off + qi + 1 < n_kv ? off + qi + 1 : n_kv; /* kv rows < vis[i] */
+        vis[i] = svlm_flash::visible_end(causal, off, qi, n_kv); /* kv rows < vis[i] */
     }
     const int64_t q_last = (q0 + kBQ < n_q ? q0 + kBQ : n_q) - 1;
     const int64_t wq_last = (wq0 + 16 < n_q ? wq0 + 16 : n_q) - 1;
-    const int64_t kv_end = causal && off + q_last + 1 < n_kv ? off + q_last + 1 : n_kv;     /* block */
-    const int64_t warp_end = causal && off + wq_last + 1 < n_kv ? off + wq_last + 1 : n_kv; /* warp */
+    const int64_t kv_end = svlm_flash::visible_end(causal, off, q_last, n_kv);    /* block */
+    const int64_t warp_end = svlm_flash::visible_end(causal, off, wq_last, n_kv); /* warp */
     const bool warp_rows = wq0 < n_q;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* units of log2 */
 
