@@ -2,12 +2,13 @@
 # shellcheck disable=SC2016 # bash -c scripts take their arguments as $1...
 # The check for a machine with an NVIDIA GPU: builds the svlm tool and the GPU tests in
 # build-gpu/ with the CUDA backend (no FFmpeg, GStreamer or server libraries needed), runs the GPU
-# tests (ctest -R test_cuda) and each under compute-sanitizer's memcheck when it is installed,
-# then benchmarks the CUDA backend on a generated SmolVLM2-256M-shaped Q8_0 model (bench-streams
-# at 256 streams with and without the frames' prefill changes, 128 and 64; text pp512 / tg128, 16
-# and 64 answers decoding together, the vision encoder, bench-vision on the built-in test pattern)
-# and on a 2.2B-shaped Q4_K_M one (text, 32 streams), then profiles (host time per op of decode
-# and of 64 streams, GPU time per kernel of decode and of the encoder).
+# tests (ctest -R test_cuda), then benchmarks the CUDA backend on a generated SmolVLM2-256M-shaped
+# Q8_0 model (text pp512 / tg128, 16 and 64 answers decoding together, the vision encoder and
+# bench-vision, each recent change against its switch; bench-streams at 256 streams with and
+# without the frames' prefill changes, 128 and 64) and on a 2.2B-shaped Q4_K_M one (text, 32
+# streams), then profiles (host time per op of decode and of 64 streams, GPU time per kernel of
+# decode and of the encoder), and last the GPU tests under compute-sanitizer's memcheck when it is
+# installed.
 #
 # Everything goes to stdout (and to $OUT/gpu-check.log when $OUT names a folder); a summary comes
 # last. Exit status 1 when the build, a test, memcheck or a benchmark command failed; the
@@ -152,7 +153,7 @@ if [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; then
   fi
   # the tests' own summaries: worst margins, check counts, skips and the first failures
   while IFS= read -r line; do summary+=("  $line"); done < <(
-    grep -E 'worst comparison|checks, [0-9]+ failed|SKIP|Test +#|tests passed|prompt logits|identical|part at' \
+    grep -E 'worst comparison|checks, [0-9]+ failed|SKIP|Test +#|tests passed|prompt logits|identical|part at|^[0-9]+: svlm: CUDA:|internal error' \
       "$B/gpu-tests.log" 2>/dev/null | sed -E 's/^[0-9]+: //' | head -n 30
     grep -E 'CHECK\(|REQUIRE\(' "$B/gpu-tests.log" 2>/dev/null | sed -E 's/^[0-9]+: //' | head -n 12
   )
@@ -177,6 +178,11 @@ memcheck() {
     summary+=("memcheck $t: skipped (no $SAN)")
     return 0
   fi
+  rm -f "$B/memcheck-$t.log" # no figures from an earlier run
+  if [ $((budget - $(elapsed) - 20)) -lt 10 ]; then
+    summary+=("memcheck $t: skipped (out of time)")
+    return 0
+  fi
   # from the tests' folder, as ctest runs them; the log under an absolute path
   step "compute-sanitizer memcheck: $t" "$cap" 20 bash -c 'cd "$2/tests" && "$1" --tool memcheck --leak-check full \
     --error-exitcode 99 "./$3" >"$2/memcheck-$3.log" 2>&1
@@ -196,7 +202,8 @@ memcheck() {
     ;;
   esac
 }
-# (memcheck of the tests runs after the benchmarks: their figures matter more when time runs out)
+# (memcheck of the tests runs after the benchmarks, at the end: their figures matter more when time
+# runs out)
 
 # ---- benchmarks ----
 unset OPENBLAS_CORETYPE
@@ -232,8 +239,8 @@ if [ -x "$S" ]; then
   fi
   # In order of what matters most when the budget runs out: text and the encoder with each change
   # since the last GPU run against its switch (short runs), the streams (the issue's headline),
-  # the 2.2B shape, memcheck of the tests, then the profiles, then comparisons already measured
-  # once (SVLM_GPU_CHECK_AB=1).
+  # the 2.2B shape, the profiles, comparisons already measured once (SVLM_GPU_CHECK_AB=1); then
+  # memcheck of the tests.
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
   if [ -f "$M.gguf" ]; then
     bench "text, cuda" 90 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
@@ -251,6 +258,9 @@ if [ -x "$S" ]; then
     # the encoder's products with their biases and residuals as separate passes (before cuBLASLt)
     SVLM_CUDA_LT=0 bench "vision encoder, cuda, no cuBLASLt epilogues" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
+    # the patch embedding as im2col + GEMM instead of cuDNN's convolution
+    SVLM_CUDA_CUDNN=0 bench "vision encoder, cuda, patch embedding without cuDNN" 60 bench \
+      --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
     # the flash kernel's WMMA form, the default before its mma.sync form (test_cuda_backend checks both)
     SVLM_CUDA_FLASH_MMA=0 bench "vision encoder, cuda, flash on WMMA" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
@@ -296,8 +306,6 @@ if [ -x "$S" ]; then
         --backend cuda
     fi
   fi
-  memcheck test_cuda_backend 90
-  memcheck test_cuda_data 60
   if [ -f "$M.gguf" ]; then
     # where the time goes: host time per op of decode steps and of 64 streams' lanes, and the GPU
     # time per kernel of decode steps (Nsight Compute: 300 launches after the first 2000, i.e. steps
@@ -339,6 +347,8 @@ else
   summary+=("benchmarks: skipped (no $S)")
 fi
 
+memcheck test_cuda_backend 90
+memcheck test_cuda_data 60
 memcheck test_cuda_stream 60
 
 echo

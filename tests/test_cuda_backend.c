@@ -638,8 +638,8 @@ int test_main(void) {
     if (!as_cpu) test_create();
 
     /* weights: every type at 256 and 576 columns (768 for the K-quants: 256 | cols), and float weights with
-     * stories260K's odd sizes, and 300 columns: a row split over warps with a partial sub-block */
-    wcase cases[2 * N_TYPES + 6 + NW];
+     * stories260K's odd sizes, and 300 and 530 columns: rows split over warps with a partial sub-block */
+    wcase cases[2 * N_TYPES + 9 + NW];
     int n_cases = 0;
     cases[n_cases++] = make_weight(SVLM_Q8_0, 96, MULTI_COLS); /* for test_matmul_multi */
     cases[n_cases++] = make_weight(SVLM_F16, 200, MULTI_COLS);
@@ -649,8 +649,9 @@ int test_main(void) {
         int bs = svlm_dtype_get(weight_types[i])->block_size;
         cases[n_cases++] = make_weight(weight_types[i], 96, bs == 256 ? 768 : 576);
         if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 37, 172);
-        /* a row split over warps (9 sub-blocks of 32 and a partial one) */
+        /* rows split over two and four warps (9 and 16 sub-blocks of 32 and a partial one) */
         if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 29, 300);
+        if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 21, 530);
     }
     for (buf_mode = 0; buf_mode < BUF_MODES; buf_mode++) {
         printf("---- buffers: %s ----\n", mode_names[buf_mode]);

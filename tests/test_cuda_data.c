@@ -648,7 +648,8 @@ static void test_store_rows(void) {
  * activations on the CPU). On the default backend n = 1, 3, 8 take the fused kernels and n = 20
  * the cuBLAS path; with matvec up to 16 rows, n = 9, 12, 16 take the kernels' 16-row form. */
 static void fused_products(svlm_kernels *GU, const int *ns, int n_ns) {
-    enum { E = 256, F = 512, QD = 256, KVD = 64 }; /* Q4_K rows: multiples of 256 */
+    /* Q4_K rows: multiples of 256; 768 columns: four warps share a row, the norm prologue with them */
+    enum { E = 768, F = 512, QD = 768, KVD = 64 };
     const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K};
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         const svlm_dtype type = types[t];
@@ -681,7 +682,7 @@ static void fused_products(svlm_kernels *GU, const int *ns, int n_ns) {
             for (int mode = 0; mode < 3; mode++) {
                 svlm_kernels *k = mode == 2 ? C : GU;
                 float *xb = svlm_k_alloc(k, sizeof(float) * n * E),
-                      *h = svlm_k_alloc(k, sizeof(float) * n * F);
+                      *h = svlm_k_alloc(k, sizeof(float) * n * (E > F ? E : F));
                 float *q = svlm_k_alloc(k, sizeof(float) * n * QD),
                       *kk = svlm_k_alloc(k, sizeof(float) * n * KVD),
                       *v = svlm_k_alloc(k, sizeof(float) * n * KVD),
@@ -1094,10 +1095,12 @@ static void test_im2col(void) {
     free(ref);
 }
 
-/* The patch embedding (cuDNN's convolution in a build with it) against im2col + product on the
- * same GPU and on the CPU: the f16-rounded pixels and F16 weights are exact in TF32, so only the
- * order of the f32 sums differs, 1e-5 of max|y|. 14-px patches are the 2.2B model's. */
-static void patch_embed_case(int B, int S, int P, int D) {
+/* The patch embedding (cuDNN's convolution in a build with it, required there: a declined
+ * convolution ends the test) against im2col + product on the same GPU and on the CPU: the
+ * f16-rounded pixels and F16 weights are exact in TF32, so only the order of the f32 sums differs:
+ * a TF32-style emulation of chunked sums measured 5.4e-6 of max|y|, so 3e-5. 14-px patches are the
+ * 2.2B model's. */
+static void patch_embed_case(svlm_kernels *GP, int B, int S, int P, int D) {
     const int GR = S / P, ROW = 3 * P * P, N = B * GR * GR;
     svlm_f16 *wd = malloc(sizeof(svlm_f16) * (size_t)D * ROW);
     REQUIRE(wd, "out of memory");
@@ -1107,7 +1110,7 @@ static void patch_embed_case(int B, int S, int P, int D) {
     float *px = host_floats((int64_t)B * 3 * S * S, 2.0f);
     float *out[3];
     for (int mode = 0; mode < 3; mode++) { /* the op on G, the sequence on G, the op on the CPU */
-        svlm_kernels *k = mode == 2 ? C : G;
+        svlm_kernels *k = mode == 2 ? C : GP;
         float *patches = svlm_k_alloc(k, sizeof(float) * (size_t)N * ROW),
               *y = svlm_k_alloc(k, sizeof(float) * N * D);
         REQUIRE(patches && y, "svlm_k_alloc failed");
@@ -1133,11 +1136,11 @@ static void patch_embed_case(int B, int S, int P, int D) {
     dc /= fmax(ymax, 1e-30);
     printf("patch embedding of %d %dx%d images, %d-px patches, %d outputs: %.3g off im2col + product, %.3g "
            "off the "
-           "cpu (tolerance 1e-5 of max|y| %.3g)\n",
+           "cpu (tolerance 3e-5 of max|y| %.3g)\n",
            B, S, S, P, D, ds, dc, ymax);
-    CHECK(ds <= 1e-5 && dc <= 1e-5, "patch embedding (%d-px patches): %g off the sequence, %g off the CPU", P,
+    CHECK(ds <= 3e-5 && dc <= 3e-5, "patch embedding (%d-px patches): %g off the sequence, %g off the CPU", P,
           ds, dc);
-    svlm_k_forget(G, wd);
+    svlm_k_forget(GP, wd);
     free(wd);
     free(px);
     for (int i = 0; i < 3; i++)
@@ -1145,8 +1148,14 @@ static void patch_embed_case(int B, int S, int P, int D) {
 }
 
 static void test_patch_embed(void) {
-    patch_embed_case(3, 64, 16, 96);
-    patch_embed_case(2, 56, 14, 72);
+#ifdef SVLM_HAVE_CUDNN
+    setenv("SVLM_CUDA_CUDNN", "1", 1);
+#endif
+    svlm_kernels *gp = test_gpu_backend();
+    unsetenv("SVLM_CUDA_CUDNN");
+    patch_embed_case(gp, 3, 64, 16, 96);
+    patch_embed_case(gp, 2, 56, 14, 72);
+    svlm_kernels_destroy(gp);
 }
 
 int test_main(void) {

@@ -4,7 +4,8 @@
  * as NCHW images and the tokens written as NHWC, i.e. [b (S/p)^2][D] rows, the layout the encoder
  * continues with. f16 values are exact in TF32, so the products are exact as in the im2col + GEMM
  * form; only the order of the f32 sums differs. Any cuDNN failure turns it off, once, with a
- * message, and the caller runs im2col + GEMM.
+ * message, and the caller runs im2col + GEMM. SVLM_CUDA_CUDNN=1 requires it: a decline ends the
+ * program (the tests' check that the convolution really ran).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@
 
 struct cu_dnn {
     cudnnHandle_t h;
-    int off;
+    int off, required;
     int ready; /* the descriptors below are made for (b, S, p, D) */
     int b, S, p, D;
     cudnnTensorDescriptor_t x, y;
@@ -47,6 +48,7 @@ static cu_dnn *dnn_get(svlm_kernels *k) {
         d->off = 1;
         return NULL;
     }
+    d->required = e && !strcmp(e, "1");
     cudnnStatus_t st = cudnnCreate(&d->h);
     if (st != CUDNN_STATUS_SUCCESS) {
         d->h = NULL;
@@ -82,18 +84,26 @@ static cudnnStatus_t dnn_prepare(cu_dnn *d, int b, int S, int p, int D) {
     if (st) return st;
     const size_t max_ws = (size_t)256 << 20;
     int pick = -1;
-    for (int i = 0; i < found && pick < 0; i++)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= max_ws) pick = i;
+    for (int i = 0; i < found && pick < 0; i++) /* full f32 asked: FMA entries only */
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= max_ws &&
+            (math != CUDNN_FMA_MATH || perf[i].mathType == CUDNN_FMA_MATH))
+            pick = i;
     if (pick < 0) return CUDNN_STATUS_NOT_SUPPORTED;
-    if (perf[pick].memory > d->ws_bytes) {
+    /* an entry's math type may differ from the descriptor's: the convolution runs with it */
+    if ((st = cudnnSetConvolutionMathType(d->conv, perf[pick].mathType))) return st;
+    size_t need = 0;
+    if ((st = cudnnGetConvolutionForwardWorkspaceSize(d->h, d->x, d->w, d->conv, d->y, perf[pick].algo,
+                                                      &need)))
+        return st;
+    if (need > d->ws_bytes) {
         if (d->ws) (void)cudaFree(d->ws);
         d->ws = NULL;
         d->ws_bytes = 0;
-        if (cudaMalloc(&d->ws, perf[pick].memory) != cudaSuccess) {
+        if (cudaMalloc(&d->ws, need) != cudaSuccess) {
             (void)cudaGetLastError();
             return CUDNN_STATUS_ALLOC_FAILED;
         }
-        d->ws_bytes = perf[pick].memory;
+        d->ws_bytes = need;
     }
     d->algo = perf[pick].algo;
     d->b = b;
@@ -104,16 +114,27 @@ static cudnnStatus_t dnn_prepare(cu_dnn *d, int b, int S, int p, int D) {
     return CUDNN_STATUS_SUCCESS;
 }
 
+static int declined(cu_dnn *d, const char *why) {
+    if (d && d->required) {
+        fprintf(stderr,
+                "svlm: internal error: SVLM_CUDA_CUDNN=1 requires cuDNN, which declined the patch "
+                "embedding: %s\n",
+                why);
+        abort();
+    }
+    return 0;
+}
+
 int cu_dnn_patch_embed(svlm_kernels *k, const float *dw, int D, const float *dx, int b, int S, int p,
                        float *dy) {
     cu_dnn *d = dnn_get(k);
-    if (!d) return 0;
+    if (!d) return declined(CU(k)->dnn, "it is off or could not start");
     if (!d->ready || d->b != b || d->S != S || d->p != p || d->D != D) {
         if (cu_capturing) return 0; /* preparing allocates */
         cudnnStatus_t st = dnn_prepare(d, b, S, p, D);
         if (st) {
             dnn_off(d, "has no convolution for the patch embedding", st);
-            return 0;
+            return declined(d, cudnnGetErrorString(st));
         }
     }
     cudnnStatus_t st = cudnnSetStream(d->h, CU(k)->stream);
@@ -126,8 +147,9 @@ int cu_dnn_patch_embed(svlm_kernels *k, const float *dw, int D, const float *dx,
             cu_capture_failed = 1;
             return 1;
         }
+        (void)cudaGetLastError(); /* a launch error it left must not stop the next op */
         dnn_off(d, "failed the patch embedding", st);
-        return 0;
+        return declined(d, cudnnGetErrorString(st));
     }
     return 1;
 }
@@ -150,6 +172,11 @@ void cu_dnn_free(svlm_kernels *k) {
 int cu_dnn_patch_embed(svlm_kernels *k, const float *dw, int D, const float *dx, int b, int S, int p,
                        float *dy) {
     (void)k, (void)dw, (void)D, (void)dx, (void)b, (void)S, (void)p, (void)dy;
+    const char *e = getenv("SVLM_CUDA_CUDNN");
+    if (e && !strcmp(e, "1")) {
+        fprintf(stderr, "svlm: internal error: SVLM_CUDA_CUDNN=1, but this build has no cuDNN\n");
+        abort();
+    }
     return 0;
 }
 

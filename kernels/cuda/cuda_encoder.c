@@ -30,7 +30,8 @@ static void product_bias(svlm_kernels *k, const svlm_weight *w, const uint16_t *
     int bf16 = 0;
     void *temp = NULL;
     const void *dw = cu_weight_gemm(k, w, &bf16, &temp);
-    if (!bf16) { /* bf16_batch chose these weights for their bf16 decode */
+    if (dw &&
+        !bf16) { /* (NULL: a recording gave up) */ /* bf16_batch chose these weights for their bf16 decode */
         fprintf(stderr, "svlm: internal error: a %lld x %lld weight has no bf16 decode\n", (long long)w->rows,
                 (long long)w->cols);
         abort();
@@ -116,14 +117,15 @@ void cu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, con
     cu_done(k, "layernorm + GELU feed-forward + residual (bf16)");
 }
 
-/* The convolution through cuDNN when it takes it (F16 or F32 weights: their f32 decode is exact;
- * the pixels rounded through f16 into the patches' scratch, which is as large), else im2col + GEMM. */
+/* The convolution through cuDNN when it takes it, else im2col + GEMM. F16 weights only: their f32
+ * decode and the pixels rounded through f16 (into the patches' scratch, which is as large) are
+ * exact in TF32, as in the GEMM (TF32 for F16 weights); an F32 weight's GEMM is full f32. */
 void cu_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                     float *patches, float *y) {
     const int64_t g = S / p, n = (int64_t)b * g * g;
-    const int ok = (w->type == SVLM_F16 || w->type == SVLM_F32) && w->cols == (int64_t)3 * p * p &&
-                   w->rows <= INT32_MAX && S % p == 0 && n * w->rows <= INT32_MAX &&
-                   cu_ranges_contain(patches) && cu_ranges_contain(y);
+    const int ok = w->type == SVLM_F16 && w->cols == (int64_t)3 * p * p && w->rows <= INT32_MAX &&
+                   S % p == 0 && n * w->rows <= INT32_MAX && cu_ranges_contain(patches) &&
+                   cu_ranges_contain(y);
     if (ok) {
         cu_begin(k);
         const size_t px = sizeof(float) * (size_t)b * 3 * (size_t)S * (size_t)S;
