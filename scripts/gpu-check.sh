@@ -44,7 +44,8 @@ jobs=$(nproc)
 elapsed() { echo $(($(date +%s) - start)); }
 
 # step NAME CAP RESERVE CMD...: runs CMD with a timeout of CAP seconds, or less so that RESERVE
-# seconds of the budget stay for the steps after it. Returns CMD's status (124: timed out).
+# seconds of the budget stay for the steps after it. Returns CMD's status (124: timed out; 125:
+# not run, the budget was spent).
 step() {
   local name=$1 cap=$2 reserve=$3
   shift 3
@@ -54,7 +55,7 @@ step() {
   echo "==== $name (timeout ${t}s; $(elapsed)s elapsed)"
   if [ "$t" -lt 10 ]; then
     echo "skipped: out of time"
-    return 124
+    return 125
   fi
   local t0
   t0=$(date +%s)
@@ -195,6 +196,7 @@ memcheck() {
   case $rc in
   0) summary+=("memcheck $t: clean (${errs:-no summary line})") ;;
   77) summary+=("memcheck $t: skipped (the test found no usable GPU)") ;;
+  125) summary+=("memcheck $t: skipped (out of time)") ;;
   124 | 137) summary+=("memcheck $t: TIMED OUT, inconclusive (${errs:-no summary line})") ;;
   *)
     status=1
@@ -217,7 +219,9 @@ bench() { # bench LABEL CAP ARGS...: runs svlm ARGS as a step, keeps its result 
   local log="$B/bench/last.log"
   step "$label: svlm $*" "$cap" 0 bash -c '"$@" >"$0" 2>&1; rc=$?; cat "$0"; exit $rc' "$log" "$S" "$@"
   local rc=$?
-  if [ $rc -ne 0 ]; then
+  if [ $rc -eq 125 ]; then
+    summary+=("$label: skipped (out of time)")
+  elif [ $rc -ne 0 ]; then
     status=1
     summary+=("$label: FAILED (exit $rc)")
   else
