@@ -210,16 +210,18 @@ typedef struct svlm_kv_shift_args {
 } svlm_kv_shift_args;
 void svlm_k_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a);
 
-/* The patches of b images (3 planes of S x S floats each, S a multiple of p; any memory) as rows
- * of 3 p p values in (channel, ky, kx) order, patch i at row (py, px) = (i / (S/p), i % (S/p)):
- * dst [b (S/p)^2][3 p p]. round: each value rounded through f16 (llama.cpp's F16 convolution). */
+/* The patches of b images (3 planes of S x S floats each, S >= p; any memory) as rows of 3 p p
+ * values in (channel, ky, kx) order, patch i at row (py, px) = (i / g, i % g) with g = S / p
+ * (rounded down: pixels past g p are not read, as SmolVLM2-2.2B's 384-px tiles of 14-px
+ * patches leave 6): dst [b g^2][3 p p]. round: each value rounded through f16 (llama.cpp's F16 convolution).
+ */
 void svlm_k_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
 
-/* The patch embedding's convolution: y [b (S/p)^2][w->rows] = the patches of b images (as
- * svlm_k_im2col with rounding through f16) times w^T, w holding rows of 3 p p values in (channel,
- * ky, kx) order. patches (an svlm_k_alloc buffer of b (S/p)^2 3 p p floats) is scratch the op may
- * leave unwritten. The numbers of svlm_k_im2col (round 1) then svlm_k_matmul; a GPU built with
- * cuDNN runs one convolution instead (f16-rounded pixels, products exact in TF32, f32 sums). */
+/* The patch embedding's convolution: y [b g^2][w->rows] (g = S / p, rounded down) = the patches
+ * of b images (as svlm_k_im2col with rounding through f16) times w^T, w holding rows of 3 p p values in
+ * (channel, ky, kx) order. patches (an svlm_k_alloc buffer of b g^2 3 p p floats) is scratch the op may leave
+ * unwritten. The numbers of svlm_k_im2col (round 1) then svlm_k_matmul; a GPU built with cuDNN runs one
+ * convolution instead (f16-rounded pixels, products exact in TF32, f32 sums). */
 void svlm_k_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                         float *patches, float *y);
 

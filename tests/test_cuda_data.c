@@ -1066,8 +1066,10 @@ static void test_kv_shift(void) {
 
 /* svlm_k_im2col: every value where the (channel, ky, kx) order puts it, rounded through f16 when
  * asked, exactly as the CPU's (and a direct reference). */
-static void test_im2col(void) {
-    enum { B = 2, S = 48, P = 16, GR = S / P, ROW = 3 * P * P };
+/* S need not be a multiple of P: the patches cover g = S / P a side (2.2B's 384-px tiles of 14-px
+ * patches leave 6 pixels unread). */
+static void im2col_case(int B, int S, int P) {
+    const int GR = S / P, ROW = 3 * P * P;
     float *px = host_floats(B * 3 * S * S, 3.0f), *ref = host_floats(B * GR * GR * ROW, 0.0f);
     for (int t = 0; t < B; t++)
         for (int i = 0; i < GR * GR; i++)
@@ -1090,9 +1092,15 @@ static void test_im2col(void) {
         free(hg);
         free(hc);
     }
-    printf("im2col of %d %dx%d images, %d-px patches, f32 and f16-rounded: exact\n", B, S, S, P);
+    printf("im2col of %d %dx%d images, %d-px patches (%d a side), f32 and f16-rounded: exact\n", B, S, S, P,
+           GR);
     free(px);
     free(ref);
+}
+
+static void test_im2col(void) {
+    im2col_case(2, 48, 16);
+    im2col_case(2, 61, 14);
 }
 
 /* The patch embedding (cuDNN's convolution in a build with it, required there: a declined
@@ -1155,6 +1163,7 @@ static void test_patch_embed(void) {
     unsetenv("SVLM_CUDA_CUDNN");
     patch_embed_case(gp, 3, 64, 16, 96);
     patch_embed_case(gp, 2, 56, 14, 72);
+    patch_embed_case(gp, 2, 61, 14, 40); /* 5 pixels past the patches: im2col + product on a GPU too */
     svlm_kernels_destroy(gp);
 }
 

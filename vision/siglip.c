@@ -165,10 +165,11 @@ void svlm_siglip_forward(svlm_vision_ctx *c, const float *pixels, int b) {
     const svlm_mmproj_hparams *hp = &m->hp;
     int64_t N = hp->n_patches, D = hp->n_embd, rows = (int64_t)b * N;
 
-    if (svlm_kernels_is_gpu(c->k) && hp->image_size % hp->patch_size == 0) {
+    if (svlm_kernels_is_gpu(c->k)) {
         /* the pixels go across as they are and become patches there (h holds 3 p p per row, or
-         * the rounded pixels of cuDNN's convolution): the host's im2col and rounding cost more
-         * than the GPU's whole encoder */
+         * the rounded pixels of cuDNN's convolution; 2.2B's tiles, whose side is not a multiple
+         * of the patch, take im2col): the host's im2col and rounding cost more than the GPU's
+         * whole encoder */
         svlm_k_patch_embed(c->k, &c->patch16, pixels, b, hp->image_size, hp->patch_size, c->h, c->x);
     } else { /* built on the host: the patch matmul copies them across */
         im2col(pixels, b, hp->image_size, hp->patch_size, c->patches);
