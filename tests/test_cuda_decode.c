@@ -58,6 +58,50 @@ static void check_type(int type, decode_fn fn, int64_t cols) {
     free(q);
 }
 
+/* The lane forms (a warp's 32 lanes over one super-block) give every element of every super-block
+ * exactly once, with the element decoder's value bit for bit. */
+typedef void (*lane_fn)(const uint8_t *blk, int l, float *v, int *off);
+static void check_lanes(int type, lane_fn lane, decode_fn fn) {
+    enum { COLS = 768, SUPER = 256 };
+    const svlm_dtype_info *info = svlm_dtype_get(type);
+    const size_t row_bytes = svlm_row_bytes((svlm_dtype)type, COLS), blk_bytes = row_bytes / (COLS / SUPER);
+    float *src = malloc(sizeof(float) * COLS);
+    uint8_t *row = malloc(row_bytes);
+    REQUIRE(src && row, "out of memory");
+    for (int i = 0; i < COLS; i++)
+        src[i] = rnd() * (i % 61 == 3 ? 9.0f : 1.0f) + (i >= SUPER ? 0.3f : 0.0f);
+    REQUIRE(!svlm_quantize_row((svlm_dtype)type, src, row, COLS), "%s: quantize", info->name);
+    int bad = 0, seen_bad = 0;
+    for (int s = 0; s < COLS / SUPER; s++) {
+        int seen[SUPER] = {0};
+        for (int l = 0; l < 32; l++) {
+            float v[8];
+            int off[2];
+            lane(row + blk_bytes * (size_t)s, l, v, off);
+            for (int e = 0; e < 8; e++) {
+                const int o = off[e / 4] + e % 4, i = s * SUPER + o;
+                if (o < 0 || o >= SUPER) {
+                    seen_bad++;
+                    continue;
+                }
+                seen[o]++;
+                const float want = fn(row, i / 32, i % 32);
+                if (v[e] != want && bad++ < 3)
+                    fprintf(stderr, "%s lane %d super-block %d element %d: %g, element decoder %g\n",
+                            info->name, l, s, o, v[e], want);
+            }
+        }
+        for (int o = 0; o < SUPER; o++)
+            seen_bad += seen[o] != 1;
+    }
+    CHECK(bad == 0 && seen_bad == 0, "%s lane form: %d values differ, %d elements not covered once",
+          info->name, bad, seen_bad);
+    printf("%-5s lane form: %d super-blocks, every element once, equal to the element decoder\n", info->name,
+           COLS / SUPER);
+    free(src);
+    free(row);
+}
+
 int test_main(void) {
 #define RUN(ID, FN)                                                                                          \
     check_type(ID, FN, 768);                                                                                 \
@@ -67,5 +111,7 @@ int test_main(void) {
     /* plain types may end in a partial sub-block: the kernels mask those lanes */
     check_type(SVLM_F32, qd_f32, 77);
     check_type(SVLM_F16, qd_f16, 77);
+    check_lanes(SVLM_Q4_K, qd_q4_k_lane, qd_q4_k);
+    check_lanes(SVLM_Q6_K, qd_q6_k_lane, qd_q6_k);
     return 0;
 }

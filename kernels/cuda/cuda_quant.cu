@@ -31,9 +31,66 @@ constexpr int kWarpsPerBlock = 4;
  * time with their loads issued together: a decode row is a few hundred bytes, so a warp's time is
  * the latency of its dependent loads, not their bandwidth (hence also the split: fewer rounds of
  * loads per warp). The sums keep the sub-blocks' order within a warp. */
+/* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
+ * each lane four quant bytes in one load and the eight elements they hold (quant_decode.h's lane
+ * forms), with their activations in two 4-element loads. The element-per-lane form read one byte a
+ * lane and decoded a super-block's scales for every element; the 2.2B shape's Q4_K_M decode read
+ * its weights at 125 GB/s. A lane sums its eight products in order, the warp its lanes. */
+template <int T, int NMAX>
+__device__ __forceinline__ void row_dots_k(const uint8_t *row, int64_t cols, const float *x, int n,
+                                           float *acc, int part, int parts) {
+    constexpr int kBytes = T == 12 ? 144 : 210;
+    const int lane = threadIdx.x % 32;
+    const int64_t n_super = cols / 256;
+    const bool vec = !(reinterpret_cast<uintptr_t>(x) & 15); /* cols is a multiple of 256 */
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        acc[i] = 0.0f;
+    for (int64_t s = part; s < n_super; s += parts) {
+        float v[8];
+        int off[2];
+        if (T == 12)
+            qd_q4_k_lane(row + s * kBytes, lane, v, off);
+        else
+            qd_q6_k_lane(row + s * kBytes, lane, v, off);
+#pragma unroll
+        for (int i = 0; i < NMAX; i++) {
+            if (i >= n) break;
+            const float *xs = x + i * cols + s * 256;
+            float a[4], b[4];
+            if (vec) {
+                const float4 fa = *reinterpret_cast<const float4 *>(xs + off[0]);
+                const float4 fb = *reinterpret_cast<const float4 *>(xs + off[1]);
+                a[0] = fa.x, a[1] = fa.y, a[2] = fa.z, a[3] = fa.w;
+                b[0] = fb.x, b[1] = fb.y, b[2] = fb.z, b[3] = fb.w;
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    a[e] = xs[off[0] + e], b[e] = xs[off[1] + e];
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[i] += v[e] * a[e];
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[i] += v[4 + e] * b[e];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NMAX; i++) {
+        if (i >= n) break;
+        for (int o = 16; o > 0; o >>= 1)
+            acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    }
+}
+
 template <int T, int NMAX>
 __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n, float *acc,
                                          int part, int parts) {
+    if constexpr (T == 12 || T == 14) { /* Q4_K, Q6_K */
+        row_dots_k<T, NMAX>(row, cols, x, n, acc, part, parts);
+        return;
+    }
     const int lane = threadIdx.x % 32;
     const int64_t n_full = cols / 32; /* sub-blocks every lane has; plain types may add a partial one */
 #pragma unroll

@@ -116,6 +116,61 @@ QD_FN float qd_q6_k(const uint8_t *row, int64_t sb, int l) {
     return (qd_half_at(b + 208) * (float)sc) * (float)(q - 32);
 }
 
+/* Lane forms of two K-quants for the decode products: a warp reads a whole 256-element
+ * super-block, lane l (0..31) four neighbouring quant bytes (one load, not one byte a lane), which
+ * hold eight of its elements. v[0..3] are the elements at offsets off[0] .. off[0] + 3 of the
+ * super-block and v[4..7] those at off[1] .. off[1] + 3, each as the element decoder above gives
+ * it. Q4_K super-blocks (144 bytes) keep 4-byte alignment; Q6_K's (210) only 2-byte. */
+#ifdef __CUDACC__
+QD_FN uint32_t qd_u32_a4(const uint8_t *p) {
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+QD_FN uint32_t qd_u32_a2(const uint8_t *p) {
+    const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
+    return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+#else
+QD_FN uint32_t qd_u32_a4(const uint8_t *p) {
+    return qd_u32_at(p);
+}
+QD_FN uint32_t qd_u32_a2(const uint8_t *p) {
+    return qd_u32_at(p);
+}
+#endif
+QD_FN void qd_q4_k_lane(const uint8_t *blk, int l, float *v, int *off) {
+    const int j = l >> 3, i = (l & 7) * 4; /* bytes 32 j + i ..: sub-blocks 2 j (low nibbles), 2 j + 1 */
+    int sc0, mn0, sc1, mn1;
+    qd_scale_min_k(2 * j, blk + 4, &sc0, &mn0);
+    qd_scale_min_k(2 * j + 1, blk + 4, &sc1, &mn1);
+    const float d = qd_half_at(blk), dmin = qd_half_at(blk + 2);
+    const float a0 = d * (float)sc0, m0 = dmin * (float)mn0, a1 = d * (float)sc1, m1 = dmin * (float)mn1;
+    const uint32_t q = qd_u32_a4(blk + 16 + 32 * j + i);
+    for (int e = 0; e < 4; e++) {
+        const int byte = (int)((q >> (8 * e)) & 255);
+        v[e] = a0 * (float)(byte & 15) - m0;
+        v[4 + e] = a1 * (float)(byte >> 4) - m1;
+    }
+    off[0] = 64 * j + i;
+    off[1] = 64 * j + 32 + i;
+}
+QD_FN void qd_q6_k_lane(const uint8_t *blk, int l, float *v, int *off) {
+    /* low-bits bytes 4 l ..: half h, elements e0 .. of sub-blocks 4 h + q1 (low nibbles) and
+     * 4 h + q1 + 2 (high); their high bits sit in bytes 128 + 32 h + e0 .. */
+    const int b = 4 * l, h = b >> 6, q1 = (b & 63) >> 5, e0 = b & 31;
+    const uint32_t ql = qd_u32_a2(blk + b), qh = qd_u32_a2(blk + 128 + 32 * h + e0);
+    const float d = qd_half_at(blk + 208);
+    const float a0 = d * (float)(int8_t)blk[192 + 8 * h + e0 / 16 + 2 * q1];
+    const float a1 = d * (float)(int8_t)blk[192 + 8 * h + e0 / 16 + 2 * (q1 + 2)];
+    for (int e = 0; e < 4; e++) {
+        const int lo = (int)((ql >> (8 * e)) & 15), hi = (int)((ql >> (8 * e + 4)) & 15);
+        const int hb = (int)((qh >> (8 * e)) & 255);
+        v[e] = a0 * (float)((lo | (((hb >> (2 * q1)) & 3) << 4)) - 32);
+        v[4 + e] = a1 * (float)((hi | (((hb >> (2 * (q1 + 2))) & 3) << 4)) - 32);
+    }
+    off[0] = 32 * (4 * h + q1) + e0;
+    off[1] = 32 * (4 * h + q1 + 2) + e0;
+}
+
 /* The types above, with their ggml ids, for the dispatch in the kernels and the test. */
 #define SVLM_QD_TYPES(X)                                                                                     \
     X(0, qd_f32)                                                                                             \
