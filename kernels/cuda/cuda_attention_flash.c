@@ -29,15 +29,10 @@ int cu_attention_flash(svlm_kernels *k, const svlm_attn_args *a, const float *dq
         return 0;
     /* the kernel's grid has n_q / 64 blocks in x; kv rows are int64 offsets */
     if (a->n_q > (int64_t)INT32_MAX * 64 || a->n_kv > INT64_MAX / 4 || a->kv_stride < 0) return 0;
-    const int64_t n_kv = a->n_kv > 0 ? a->n_kv : 0;
-    if (CU(k)->flash_mma)
-        cu_check(svlm_cu_flash_mma(CU(k)->stream, dq, dk, dv, f16, a->kv_stride, dout, a->n_q, n_kv,
-                                   a->n_head, a->n_kv_head, a->head_dim, a->causal, a->scale),
-                 "attention (flash, mma)");
-    else
-        cu_check(svlm_cu_flash_attention(CU(k)->stream, dq, dk, dv, f16, a->kv_stride, dout, a->n_q, n_kv,
-                                         a->n_head, a->n_kv_head, a->head_dim, a->causal, a->scale),
-                 "attention (flash)");
+    cu_check(svlm_cu_flash_attention(CU(k)->stream, dq, dk, dv, f16, a->kv_stride, dout, a->n_q,
+                                     a->n_kv > 0 ? a->n_kv : 0, a->n_head, a->n_kv_head, a->head_dim,
+                                     a->causal, a->scale, CU(k)->flash_mma),
+             "attention (flash)");
     return 1;
 }
 
@@ -71,11 +66,9 @@ int cu_attention_flash_items(svlm_kernels *k, const svlm_attn_args *a, int n) {
         vec_kv &= ((uintptr_t)x->k & (kv_align - 1)) == 0 && ((uintptr_t)x->v & (kv_align - 1)) == 0;
     }
     const svlm_cu_flash_item *di = cu_in(k, 0, items, sizeof(svlm_cu_flash_item) * (size_t)n);
-    int (*launch)(cudaStream_t, const svlm_cu_flash_item *, int, int64_t, int, int64_t, int, int, int, int,
-                  float, int, int) =
-        CU(k)->flash_mma ? svlm_cu_flash_mma_items : svlm_cu_flash_attention_items;
-    cu_check(launch(CU(k)->stream, di, n, max_q, f16, a[0].kv_stride, a[0].n_head, a[0].n_kv_head,
-                    a[0].head_dim, a[0].causal, a[0].scale, vec_q, vec_kv),
+    cu_check(svlm_cu_flash_attention_items(CU(k)->stream, di, n, max_q, f16, a[0].kv_stride, a[0].n_head,
+                                           a[0].n_kv_head, a[0].head_dim, a[0].causal, a[0].scale, vec_q,
+                                           vec_kv, CU(k)->flash_mma),
              "attention (flash, many sequences)");
     return 1;
 }

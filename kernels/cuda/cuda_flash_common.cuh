@@ -155,6 +155,11 @@ template <template <int, typename> class L> int launch_dim(cudaStream_t s, const
     }
 }
 
+/* The two forms' launches (cuda_flash_mma.cu, cuda_flash_attention.cu) of checked arguments; the
+ * C entry points that choose between them are in cuda_flash_entry.cu. */
+int launch_mma(cudaStream_t s, const args &a, int kv_f16);
+int launch_wmma(cudaStream_t s, const args &a, int kv_f16);
+
 } // namespace svlm_flash
 
 #endif

@@ -287,23 +287,6 @@ template <int D, typename T> struct launcher {
 
 } // namespace
 
-extern "C" int svlm_cu_flash_mma(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
-                                 int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,
-                                 int n_kv_head, int head_dim, int causal, float scale) {
-    if (n_q <= 0 || n_head <= 0) return 0;
-    args a;
-    const int e = svlm_flash::one(q, k, v, kv_f16, kv_stride, out, n_q, n_kv, n_head, n_kv_head, head_dim,
-                                  causal, scale, &a);
-    return e ? e : svlm_flash::launch_dim<launcher>(s, a, kv_f16);
-}
-
-extern "C" int svlm_cu_flash_mma_items(cudaStream_t s, const svlm_cu_flash_item *items, int n,
-                                       int64_t max_n_q, int kv_f16, int64_t kv_stride, int n_head,
-                                       int n_kv_head, int head_dim, int causal, float scale, int vec_q,
-                                       int vec_kv) {
-    if (n <= 0 || max_n_q <= 0 || n_head <= 0) return 0;
-    args a;
-    const int e = svlm_flash::many(items, n, max_n_q, kv_stride, n_head, n_kv_head, head_dim, causal, scale,
-                                   vec_q, vec_kv, &a);
-    return e ? e : svlm_flash::launch_dim<launcher>(s, a, kv_f16);
+int svlm_flash::launch_mma(cudaStream_t s, const args &a, int kv_f16) {
+    return svlm_flash::launch_dim<launcher>(s, a, kv_f16);
 }

@@ -124,13 +124,15 @@ int svlm_cu_attn_softmax(cudaStream_t s, float *S, uint16_t *p16, int64_t ld, in
 /* n f32 values to f16 (round to nearest even). */
 int svlm_cu_attn_to_f16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
 
-/* Attention as svlm_cu_attention, fused on tensor cores (cuda_flash_attention.cu): 64 queries of
- * one head per block, scores kept in shared memory. Q, K, V and the probabilities are rounded to
- * f16 (inputs must lie in f16's range), accumulation is f32. supported: the head dims it takes
- * (1 to 128; f32 or f16 K/V); others get cudaErrorInvalidValue. */
+/* Attention as svlm_cu_attention, fused on tensor cores (cuda_flash_entry.cu): 64 queries of one
+ * head per block, the scores never in global memory; mma: the mma.sync form, scores in registers
+ * (cuda_flash_mma.cu), else the WMMA form, scores through shared memory (cuda_flash_attention.cu).
+ * Q, K, V and the probabilities are rounded to f16 (inputs must lie in f16's range), accumulation
+ * is f32. supported: the head dims it takes (1 to 128; f32 or f16 K/V); others get
+ * cudaErrorInvalidValue. */
 int svlm_cu_flash_attention(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
                             int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head,
-                            int n_kv_head, int head_dim, int causal, float scale);
+                            int n_kv_head, int head_dim, int causal, float scale, int mma);
 int svlm_cu_flash_attention_supported(int head_dim, int kv_f16);
 /* One sequence of svlm_cu_flash_attention_items (device pointers): its n_q queries are the last of
  * its n_kv cached rows. */
@@ -145,16 +147,7 @@ typedef struct svlm_cu_flash_item {
  * elements aligned (else the loads go one by one). */
 int svlm_cu_flash_attention_items(cudaStream_t s, const svlm_cu_flash_item *items, int n, int64_t max_n_q,
                                   int kv_f16, int64_t kv_stride, int n_head, int n_kv_head, int head_dim,
-                                  int causal, float scale, int vec_q, int vec_kv);
-
-/* The same two entries on mma.sync with the scores kept in registers (cuda_flash_mma.cu): same
- * inputs, outputs and rounding, head dims 1 to 128. */
-int svlm_cu_flash_mma(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,
-                      int64_t kv_stride, float *out, int64_t n_q, int64_t n_kv, int n_head, int n_kv_head,
-                      int head_dim, int causal, float scale);
-int svlm_cu_flash_mma_items(cudaStream_t s, const svlm_cu_flash_item *items, int n, int64_t max_n_q,
-                            int kv_f16, int64_t kv_stride, int n_head, int n_kv_head, int head_dim,
-                            int causal, float scale, int vec_q, int vec_kv);
+                                  int causal, float scale, int vec_q, int vec_kv, int mma);
 
 #ifdef __cplusplus
 }
