@@ -304,7 +304,10 @@ if [ -x "$S" ]; then
     fi
     if [ -f "$M22.gguf" ] && [ -f "$M22-mmproj.gguf" ]; then
       # two repetitions: the first decodes the weights for cuBLAS once (the best one is printed)
-      bench "2.2B text, cuda" 45 bench -m "$M22.gguf" --pp 512 --tg 64 --reps 2 --backend cuda
+            bench "2.2B text, cuda" 45 bench -m "$M22.gguf" --pp 512 --tg 64 --reps 2 --backend cuda
+      # its Q4_K and Q6_K rows one element a lane, as before their lane form
+      SVLM_CUDA_KQUANT_LANES=0 bench "2.2B text, cuda, K-quants one element a lane" 45 bench -m "$M22.gguf" \
+        --pp 0 --tg 64 --reps 2 --backend cuda
       bench "2.2B: 32 streams at 1 fps, cuda" 60 bench-streams -m "$M22.gguf" --mmproj "$M22-mmproj.gguf" \
         --streams 32 --fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 \
         --backend cuda

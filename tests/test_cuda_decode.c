@@ -59,7 +59,9 @@ static void check_type(int type, decode_fn fn, int64_t cols) {
 }
 
 /* The lane forms (a warp's 32 lanes over one super-block) give every element of every super-block
- * exactly once, with the element decoder's value bit for bit. */
+ * exactly once, with the element decoder's value bit for bit. The row starts at a 16-byte boundary,
+ * as a device copy of a weight does, so the loads' alignment is the device's (quant_decode.h's host
+ * stand-ins return all ones for a misaligned one). */
 typedef void (*lane_fn)(const uint8_t *blk, int l, float *v, int *off);
 static void check_lanes(int type, lane_fn lane, decode_fn fn) {
     enum { COLS = 768, SUPER = 256 };

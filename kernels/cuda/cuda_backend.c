@@ -666,6 +666,13 @@ static const backend_ops cuda_ops = {
     .set_priority = cu_set_priority,
 };
 
+/* An on/off switch with a required setting: "0" off, "1" required (a decline is an error), else
+ * used when it can be. */
+static int switch_mode(const char *name) {
+    const char *e = getenv(name);
+    return e && !strcmp(e, "0") ? CU_SWITCH_OFF : e && !strcmp(e, "1") ? CU_SWITCH_REQUIRED : CU_SWITCH_AUTO;
+}
+
 /* cudaGetDeviceCount's answers that mean "no GPU here": no driver or too old a driver (35), no
  * device (100), and the unknown error some containers give without a GPU (999). */
 static int means_no_gpu(cudaError_t e) {
@@ -726,6 +733,9 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     /* the mma.sync form unless SVLM_CUDA_FLASH_MMA=0 asks for the WMMA one (gpu-check compares) */
     const char *fm = getenv("SVLM_CUDA_FLASH_MMA");
     c->flash_mma = !(fm && !strcmp(fm, "0"));
+    /* read here, not at first use: a test sets them around creating its backends */
+    c->lt_mode = switch_mode("SVLM_CUDA_LT");
+    c->dnn_mode = switch_mode("SVLM_CUDA_CUDNN");
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

@@ -43,12 +43,11 @@ static cu_dnn *dnn_get(svlm_kernels *k) {
     cu_dnn *d = calloc(1, sizeof *d);
     if (!d) return NULL;
     c->dnn = d;
-    const char *e = getenv("SVLM_CUDA_CUDNN");
-    if (e && !strcmp(e, "0")) {
+    if (c->dnn_mode == CU_SWITCH_OFF) {
         d->off = 1;
         return NULL;
     }
-    d->required = e && !strcmp(e, "1");
+    d->required = c->dnn_mode == CU_SWITCH_REQUIRED;
     cudnnStatus_t st = cudnnCreate(&d->h);
     if (st != CUDNN_STATUS_SUCCESS) {
         d->h = NULL;
@@ -172,8 +171,7 @@ void cu_dnn_free(svlm_kernels *k) {
 int cu_dnn_patch_embed(svlm_kernels *k, const float *dw, int D, const float *dx, int b, int S, int p,
                        float *dy) {
     (void)k, (void)dw, (void)D, (void)dx, (void)b, (void)S, (void)p, (void)dy;
-    const char *e = getenv("SVLM_CUDA_CUDNN");
-    if (e && !strcmp(e, "1")) {
+    if (CU(k)->dnn_mode == CU_SWITCH_REQUIRED) {
         fprintf(stderr, "svlm: internal error: SVLM_CUDA_CUDNN=1, but this build has no cuDNN\n");
         abort();
     }

@@ -11,6 +11,8 @@
 #include "kernels/backend.h"
 
 enum { CU_STAGE_SLOTS = 6, CU_MAX_WRITEBACKS = 4 };
+/* cuBLASLt's and cuDNN's switches (SVLM_CUDA_LT, SVLM_CUDA_CUDNN) */
+enum { CU_SWITCH_AUTO = 0, CU_SWITCH_OFF = 1, CU_SWITCH_REQUIRED = 2 };
 
 typedef struct cu_writeback {
     void *host;
@@ -62,10 +64,11 @@ typedef struct cu_ctx {
                              launches of host time (decode, a frame's 64 to 81 rows) */
     int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */
     int flash_items;      /* many sequences' prefill in one flash launch (SVLM_CUDA_FLASH_ITEMS, on) */
-    int flash_mma;      /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA=0: WMMA) */
-    cu_lt *lt;          /* made on first use */
-    cu_dnn *dnn;        /* made on first use */
-    void *attn_scratch; /* scores, probabilities and f16 queries of cu_attention_gemm */
+    int flash_mma; /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA=0: WMMA) */
+    cu_lt *lt;     /* made on first use */
+    cu_dnn *dnn;   /* made on first use */
+    int lt_mode, dnn_mode; /* CU_SWITCH_*, read when the backend is made */
+    void *attn_scratch;    /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
     void *dec_buf; /* split decode attention: [dec_pairs] counters, then partial results */
     size_t dec_buf_cap, dec_pairs;

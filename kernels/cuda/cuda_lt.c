@@ -49,12 +49,11 @@ static cu_lt *lt_get(svlm_kernels *k) {
     cu_lt *L = calloc(1, sizeof *L);
     if (!L) return NULL;
     c->lt = L;
-    const char *e = getenv("SVLM_CUDA_LT");
-    if (e && !strcmp(e, "0")) {
+    if (c->lt_mode == CU_SWITCH_OFF) {
         L->off = 1; /* asked: no message */
         return NULL;
     }
-    L->required = e && !strcmp(e, "1");
+    L->required = c->lt_mode == CU_SWITCH_REQUIRED;
     cublasStatus_t st = cublasLtCreate(&L->h);
     if (st != CUBLAS_STATUS_SUCCESS) {
         L->h = NULL;

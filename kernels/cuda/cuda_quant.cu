@@ -1,7 +1,8 @@
 /*
  * Weights as stored in GGUF, decoded on the GPU: the matrix-vector product of decode steps reads
- * the quantized blocks directly (one warp per output row, one lane per element of a 32-element
- * sub-block, so a warp reads each block once and coalesced), and a whole-weight decode to bf16 or
+ * the quantized blocks directly (up to four warps per output row, one lane per element of a
+ * 32-element sub-block, so a warp reads each block once and coalesced; Q4_K and Q6_K a whole
+ * super-block per warp, eight elements a lane), and a whole-weight decode to bf16 or
  * f32 feeds cuBLAS for batched products. Block layouts are those of kernels/dtype.h.
  */
 #include <cuda_fp16.h>
@@ -24,13 +25,6 @@ SVLM_QD_TYPES(ELEM)
 
 constexpr int kWarpsPerBlock = 4;
 
-/* acc[i] = W row . x row i for i < n over this warp's share of the row's 32-element sub-blocks
- * (part, part + parts, ...: parts warps split a row), summed over the warp (every lane gets it).
- * Lane l takes element l of every sub-block, so the block's bytes and the 32 activations are read
- * together; the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a
- * time with their loads issued together: a decode row is a few hundred bytes, so a warp's time is
- * the latency of its dependent loads, not their bandwidth (hence also the split: fewer rounds of
- * loads per warp). The sums keep the sub-blocks' order within a warp. */
 /* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
  * each lane four quant bytes in one load and the eight elements they hold (quant_decode.h's lane
  * forms), with their activations in two 4-element loads. The element-per-lane form read one byte a
@@ -84,12 +78,21 @@ __device__ __forceinline__ void row_dots_k(const uint8_t *row, int64_t cols, con
     }
 }
 
+/* acc[i] = W row . x row i for i < n over this warp's share of the row's 32-element sub-blocks
+ * (part, part + parts, ...: parts warps split a row), summed over the warp (every lane gets it).
+ * Lane l takes element l of every sub-block, so the block's bytes and the 32 activations are read
+ * together; the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a
+ * time with their loads issued together: a decode row is a few hundred bytes, so a warp's time is
+ * the latency of its dependent loads, not their bandwidth (hence also the split: fewer rounds of
+ * loads per warp). The sums keep the sub-blocks' order within a warp. */
 template <int T, int NMAX>
 __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n, float *acc,
-                                         int part, int parts) {
-    if constexpr (T == 12 || T == 14) { /* Q4_K, Q6_K */
-        row_dots_k<T, NMAX>(row, cols, x, n, acc, part, parts);
-        return;
+                                         int part, int parts, bool lanes) {
+    if constexpr (T == 12 || T == 14) { /* Q4_K, Q6_K: their lane form unless SVLM_CUDA_KQUANT_LANES=0 */
+        if (lanes) {
+            row_dots_k<T, NMAX>(row, cols, x, n, acc, part, parts);
+            return;
+        }
     }
     const int lane = threadIdx.x % 32;
     const int64_t n_full = cols / 32; /* sub-blocks every lane has; plain types may add a partial one */
@@ -195,12 +198,12 @@ __device__ const float *block_activations(const float *x, const float *nw, float
 /* parts warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
 template <int T, bool ACC, int NMAX>
 __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                              int n, float *y, int parts) {
+                              int n, float *y, int parts, bool lanes) {
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
     float acc[NMAX], tot[NMAX];
     if (r < rows) /* (no return before sum_parts' barrier) */
-        row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts);
+        row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, lanes);
     else
         for (int i = 0; i < NMAX; i++)
             acc[i] = 0.0f;
@@ -215,7 +218,7 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
  * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
 template <int T, bool NORM, int NMAX>
 __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
-                                    const float *nw, float eps, int parts) {
+                                    const float *nw, float eps, int parts, bool lanes) {
     extern __shared__ float xs[];
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     const row_split rs = split_of(parts);
@@ -228,7 +231,7 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
     float acc[NMAX], tot[NMAX];
     if (wi < set.n)
         row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc,
-                          rs.part, parts);
+                          rs.part, parts, lanes);
     else
         for (int i = 0; i < NMAX; i++)
             acc[i] = 0.0f;
@@ -246,15 +249,15 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
 template <int T, bool NORM, int NMAX>
 __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
                               int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
-                              int parts) {
+                              int parts, bool lanes) {
     extern __shared__ float xs[];
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
     float g[NMAX], u[NMAX], gt[NMAX], ut[NMAX];
     if (r < rows) {
-        row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g, rs.part, parts);
-        row_dots<T, NMAX>(wu + r * row_bytes, cols, xa, n, u, rs.part, parts);
+        row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g, rs.part, parts, lanes);
+        row_dots<T, NMAX>(wu + r * row_bytes, cols, xa, n, u, rs.part, parts, lanes);
     } else {
         for (int i = 0; i < NMAX; i++)
             g[i] = u[i] = 0.0f;
@@ -306,6 +309,16 @@ int parts_for(int64_t cols) {
     return sub >= 16 ? 4 : sub >= 8 ? 2 : 1;
 }
 
+/* SVLM_CUDA_KQUANT_LANES=0: Q4_K and Q6_K rows one element a lane, as the other types (before). */
+bool kq_lanes() {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("SVLM_CUDA_KQUANT_LANES");
+        on = !(e && e[0] == '0' && !e[1]);
+    }
+    return on != 0;
+}
+
 unsigned row_blocks(int64_t rows, int parts) {
     const int per = kWarpsPerBlock / parts;
     return (unsigned)((rows + per - 1) / per);
@@ -318,11 +331,11 @@ int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t row
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
     if (accumulate)
-        matvec_kernel<T, true, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y, parts);
+        matvec_kernel<T, true, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x,
+                                                                            (int)n, y, parts, kq_lanes());
     else
-        matvec_kernel<T, false, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x, (int)n, y, parts);
+        matvec_kernel<T, false, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x,
+                                                                             (int)n, y, parts, kq_lanes());
     return (int)cudaGetLastError();
 }
 
@@ -345,11 +358,11 @@ int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t
     const unsigned blocks = row_blocks(total, parts);
     if (nw)
         matvec_multi_kernel<T, true, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(*set, cols, x, (int)n,
-                                                                                     nw, eps, parts);
+            <<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
+                *set, cols, x, (int)n, nw, eps, parts, kq_lanes());
     else
         matvec_multi_kernel<T, false, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps, parts);
+            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps, parts, kq_lanes());
     return (int)cudaGetLastError();
 }
 
@@ -368,10 +381,10 @@ int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_b
     const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
     if (nw)
         swiglu_kernel<T, true, NMAX><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
-            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate, parts);
+            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes());
     else
-        swiglu_kernel<T, false, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(g, u, row_bytes, rows, cols, x,
-                                                                             (int)n, nw, eps, gate, parts);
+        swiglu_kernel<T, false, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(
+            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes());
     return (int)cudaGetLastError();
 }
 
@@ -397,6 +410,12 @@ bool is_blocked(int type) {
     return type != 0 && type != 1 && type != 30; /* F32, F16, BF16 */
 }
 
+/* Columns a row of the type cannot have: a partial block (32 elements; 256 for the K-quants). */
+bool bad_cols(int type, int64_t cols) {
+    const int64_t block = type == 12 || type == 13 || type == 14 ? 256 : 32;
+    return is_blocked(type) && cols % block;
+}
+
 } // namespace
 
 extern "C" int svlm_cu_type_supported(int type) {
@@ -409,7 +428,7 @@ extern "C" int svlm_cu_type_supported(int type) {
 extern "C" int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows,
                               int64_t cols, const float *x, int64_t n, float *y, int accumulate) {
     if (rows <= 0 || n <= 0) return 0;
-    if (n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32)) return (int)cudaErrorInvalidValue;
+    if (n > SVLM_CU_MATVEC_MAX || bad_cols(type, cols)) return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
     case T: return launch_matvec<T>(s, w, row_bytes, rows, cols, x, n, y, accumulate);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
@@ -424,7 +443,7 @@ extern "C" int svlm_cu_norm_fits(int64_t cols, int64_t n) {
 extern "C" int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
                                     const float *x, int64_t n, const float *norm_w, float eps) {
     if (set->n <= 0 || n <= 0) return 0;
-    if (set->n > SVLM_CU_MULTI_MAX || n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32) ||
+    if (set->n > SVLM_CU_MULTI_MAX || n > SVLM_CU_MATVEC_MAX || bad_cols(type, cols) ||
         (norm_w && !svlm_cu_norm_fits(cols, n)))
         return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
@@ -437,7 +456,7 @@ extern "C" int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, c
                                      size_t row_bytes, int64_t rows, int64_t cols, const float *x, int64_t n,
                                      const float *norm_w, float eps, float *gate) {
     if (rows <= 0 || n <= 0) return 0;
-    if (n > SVLM_CU_MATVEC_MAX || (is_blocked(type) && cols % 32) || (norm_w && !svlm_cu_norm_fits(cols, n)))
+    if (n > SVLM_CU_MATVEC_MAX || bad_cols(type, cols) || (norm_w && !svlm_cu_norm_fits(cols, n)))
         return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
     case T: return launch_swiglu<T>(s, wg, wu, row_bytes, rows, cols, x, n, norm_w, eps, gate);
@@ -448,7 +467,7 @@ extern "C" int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, c
 extern "C" int svlm_cu_dequant(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows,
                                int64_t cols, void *out, int out_bf16) {
     if (rows <= 0) return 0;
-    if (is_blocked(type) && cols % 32) return (int)cudaErrorInvalidValue;
+    if (bad_cols(type, cols)) return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
     case T: return launch_dequant<T>(s, w, row_bytes, rows, cols, out, out_bf16);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
