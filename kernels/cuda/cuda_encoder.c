@@ -30,8 +30,7 @@ static void product_bias(svlm_kernels *k, const svlm_weight *w, const uint16_t *
     int bf16 = 0;
     void *temp = NULL;
     const void *dw = cu_weight_gemm(k, w, &bf16, &temp);
-    if (dw &&
-        !bf16) { /* (NULL: a recording gave up) */ /* bf16_batch chose these weights for their bf16 decode */
+    if (!bf16) { /* bf16_batch chose these weights for their bf16 decode */
         fprintf(stderr, "svlm: internal error: a %lld x %lld weight has no bf16 decode\n", (long long)w->rows,
                 (long long)w->cols);
         abort();
@@ -134,7 +133,7 @@ void cu_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, 
         void *temp = NULL;
         const float *dw = cu_weight_gemm(k, w, &bf16, &temp);
         int done = 0;
-        if (!bf16) {
+        if (dw && !bf16) { /* (NULL: a recording gave up) */
             cu_check(cudaMemcpyAsync(patches, dp, px, cudaMemcpyDeviceToDevice, CU(k)->stream), "pixels");
             cu_check(svlm_cu_round_f16(CU(k)->stream, patches, (int64_t)(px / sizeof(float))),
                      "pixels through f16");
