@@ -94,7 +94,7 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
         } else if (!memcmp(type, "PLTE", 4)) {
             plte = body;
             plte_n = len / 3;
-        } else if (!memcmp(type, "IDAT", 4)) {
+        } else if (!memcmp(type, "IDAT", 4) && len) { /* (an empty one is allowed, and adds nothing) */
             if (zn + len > zcap) {
                 size_t ncap = (zn + len) * 2;
                 uint8_t *nz = realloc(z, ncap);
