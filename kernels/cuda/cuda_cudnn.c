@@ -170,7 +170,7 @@ void cu_dnn_free(svlm_kernels *k) {
 
 int cu_dnn_patch_embed(svlm_kernels *k, const float *dw, int D, const float *dx, int b, int S, int p,
                        float *dy) {
-    (void)k, (void)dw, (void)D, (void)dx, (void)b, (void)S, (void)p, (void)dy;
+    (void)dw, (void)D, (void)dx, (void)b, (void)S, (void)p, (void)dy;
     if (CU(k)->dnn_mode == CU_SWITCH_REQUIRED) {
         fprintf(stderr, "svlm: internal error: SVLM_CUDA_CUDNN=1, but this build has no cuDNN\n");
         abort();
