@@ -16,6 +16,7 @@
 #include <math.h>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_pdl.cuh"
 
 namespace {
 
@@ -115,6 +116,8 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ float qs[kMaxDim];
     __shared__ float sm[kWarps], sl[kWarps];
     __shared__ float sacc[kWarps][kMaxDim];
+    pdl_wait(); /* launched with pdl_launch: a decode step's kernel */
+    pdl_launch_dependents();
     const svlm_cu_attn_item it = items[blockIdx.x];
     /* 4-wide loads need 16-byte aligned rows (allocations are; a pointer into one may not be) */
     vec = vec && !(((uintptr_t)it.k | (uintptr_t)it.v) & 15);
@@ -229,7 +232,8 @@ extern "C" int svlm_cu_attention_decode_splits(int n_items, int n_head) {
 
 extern "C" int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int n_items,
                                         int kv_f16, int64_t kv_stride, int n_head, int n_kv_head,
-                                        int head_dim, float scale, int splits, float *part, unsigned *done) {
+                                        int head_dim, float scale, int splits, float *part, unsigned *done,
+                                        int pdl) {
     if (n_items <= 0 || n_head <= 0) return 0;
     if (head_dim <= 0 || head_dim > kMaxDim || n_kv_head <= 0 || n_head % n_kv_head || n_head > 65535 ||
         splits < 1 || splits > kMaxSplits || (splits > 1 && (!part || !done)))
@@ -238,11 +242,6 @@ extern "C" int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item 
     const bool vec = head_dim % 4 == 0 && kv_stride % 4 == 0;
     const dim3 grid((unsigned)n_items, (unsigned)n_head, (unsigned)splits);
     const int rep = n_head / n_kv_head;
-    if (kv_f16)
-        decode_kernel<true><<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits,
-                                                      vec, part, done);
-    else
-        decode_kernel<false><<<grid, kThreads, 0, s>>>(items, kv_stride, n_head, rep, head_dim, scale, splits,
-                                                       vec, part, done);
-    return (int)cudaGetLastError();
+    return pdl_launch(pdl, kv_f16 ? decode_kernel<true> : decode_kernel<false>, grid, kThreads, 0, s, items,
+                      kv_stride, n_head, rep, head_dim, scale, splits, vec, part, done);
 }

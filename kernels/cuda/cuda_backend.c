@@ -158,7 +158,7 @@ static void cu_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y
     const float *dx = cu_in(k, 0, x, bytes);
     const float *dw = cu_weight(k, w, sizeof(float) * (size_t)dim);
     float *dy = cu_out(k, 1, y, bytes, 0);
-    cu_check(svlm_cu_rmsnorm(CU(k)->stream, dx, dw, dy, n, dim, eps), "rmsnorm");
+    cu_check(svlm_cu_rmsnorm(CU(k)->stream, dx, dw, dy, n, dim, eps, CU(k)->pdl), "rmsnorm");
     cu_done(k, "rmsnorm");
 }
 
@@ -239,7 +239,7 @@ static void cu_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64
     const float theta_scale = n_rot > 0 ? powf(base, -2.0f / (float)n_rot) : 1.0f;
     cu_check(svlm_cu_rope_store(CU(k)->stream, dq, dk, dv, n, n_head, n_kv_head, head_dim,
                                 n_rot > 0 ? n_rot : 0, dp, theta_scale, neox, dd, kv_type == SVLM_F16, dkeep,
-                                round),
+                                round, CU(k)->pdl),
              "rope_store");
     cu_done(k, "rope_store");
 }
@@ -297,7 +297,7 @@ static void decode_attention(svlm_kernels *k, const svlm_attn_args *shape, const
     float *part = splits > 1 ? (float *)((char *)c->dec_buf + c->dec_pairs * sizeof(unsigned)) : NULL;
     cu_check(svlm_cu_attention_decode(c->stream, di, n, shape->kv_type == SVLM_F16, shape->kv_stride,
                                       shape->n_head, shape->n_kv_head, shape->head_dim, shape->scale, splits,
-                                      part, done),
+                                      part, done, c->pdl),
              "decode attention");
 }
 
@@ -736,6 +736,10 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     /* read here, not at first use: a test sets them around creating its backends */
     c->lt_mode = switch_mode("SVLM_CUDA_LT");
     c->dnn_mode = switch_mode("SVLM_CUDA_CUDNN");
+    /* the decode kernels' programmatic dependent launch: compute capability 9.0 and newer, unless
+     * SVLM_CUDA_PDL=0 */
+    const char *pd = getenv("SVLM_CUDA_PDL");
+    c->pdl = prop.major >= 9 && !(pd && !strcmp(pd, "0"));
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

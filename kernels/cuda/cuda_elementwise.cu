@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/cuda_bf16.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_pdl.cuh"
 #include "kernels/cuda/cuda_rope.cuh"
 
 namespace {
@@ -42,8 +43,11 @@ __device__ float block_max(float v, float *scratch) {
     return t;
 }
 
+/* rmsnorm_kernel and rope_store_kernel run in decode steps: launched with pdl_launch */
 __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int64_t dim, float eps) {
     __shared__ double scratch[32];
+    pdl_wait();
+    pdl_launch_dependents();
     const float *xr = x + blockIdx.x * dim;
     float *yr = y + blockIdx.x * dim;
     double ss = 0;
@@ -112,6 +116,8 @@ __device__ __forceinline__ float through_f16(float v, int round) {
 __global__ void rope_store_kernel(float *q, const float *kx, const float *vx, int n, int n_head,
                                   int n_kv_head, int hd, int half, const int32_t *pos, float theta_scale,
                                   int neox, void *const *dsts, int f16_cache, float *keep, int round) {
+    pdl_wait();
+    pdl_launch_dependents();
     const int r = blockIdx.x, kvd = n_kv_head * hd;
     const float p = (float)pos[r];
     for (int j = threadIdx.x; j < n_head * half; j += blockDim.x) {
@@ -209,9 +215,9 @@ unsigned blocks_for(int64_t n, int threads) {
 } // namespace
 
 extern "C" int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, float *y, int64_t n,
-                               int64_t dim, float eps) {
-    if (n > 0) rmsnorm_kernel<<<(unsigned)n, kRowThreads, 0, s>>>(x, w, y, dim, eps);
-    return (int)cudaGetLastError();
+                               int64_t dim, float eps, int pdl) {
+    if (n <= 0) return (int)cudaGetLastError();
+    return pdl_launch(pdl, rmsnorm_kernel, (unsigned)n, kRowThreads, 0, s, x, w, y, dim, eps);
 }
 
 extern "C" int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y,
@@ -239,12 +245,11 @@ extern "C" int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int
 extern "C" int svlm_cu_rope_store(cudaStream_t s, float *q, const float *kx, const float *vx, int64_t n,
                                   int n_head, int n_kv_head, int head_dim, int n_rot, const int32_t *pos,
                                   float theta_scale, int neox, void *const *dsts, int f16_cache, float *keep,
-                                  int round) {
+                                  int round, int pdl) {
     if (n <= 0) return 0;
     if (n > 0x7fffffff) return (int)cudaErrorInvalidValue;
-    rope_store_kernel<<<(unsigned)n, 128, 0, s>>>(q, kx, vx, (int)n, n_head, n_kv_head, head_dim, n_rot / 2,
-                                                  pos, theta_scale, neox, dsts, f16_cache, keep, round);
-    return (int)cudaGetLastError();
+    return pdl_launch(pdl, rope_store_kernel, (unsigned)n, 128, 0, s, q, kx, vx, (int)n, n_head, n_kv_head,
+                      head_dim, n_rot / 2, pos, theta_scale, neox, dsts, f16_cache, keep, round);
 }
 
 extern "C" int svlm_cu_silu_mul(cudaStream_t s, float *gate, const float *up, int64_t n) {

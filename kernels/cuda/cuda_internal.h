@@ -65,8 +65,9 @@ typedef struct cu_ctx {
     int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */
     int flash_items;      /* many sequences' prefill in one flash launch (SVLM_CUDA_FLASH_ITEMS, on) */
     int flash_mma; /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA=0: WMMA) */
-    cu_lt *lt;     /* made on first use */
-    cu_dnn *dnn;   /* made on first use */
+    int pdl;     /* decode kernels with programmatic dependent launch (cuda_pdl.cuh; SVLM_CUDA_PDL=0: off) */
+    cu_lt *lt;   /* made on first use */
+    cu_dnn *dnn; /* made on first use */
     int lt_mode, dnn_mode; /* CU_SWITCH_*, read when the backend is made */
     void *attn_scratch;    /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;

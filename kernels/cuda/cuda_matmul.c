@@ -42,7 +42,8 @@ static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int6
     cu_ctx *c = CU(k);
     if (n <= c->matvec_rows) {
         const void *dw = cu_weight(k, w->data, (size_t)w->rows * w->row_bytes);
-        cu_check(svlm_cu_matvec(c->stream, (int)w->type, dw, w->row_bytes, w->rows, w->cols, dx, n, dy, acc),
+        cu_check(svlm_cu_matvec(c->stream, (int)w->type, dw, w->row_bytes, w->rows, w->cols, dx, n, dy, acc,
+                                c->pdl),
                  "matvec");
         return;
     }
@@ -124,8 +125,9 @@ static int matvec_together(svlm_kernels *k, const svlm_weight *const *ws, int n_
         set.rows[i] = ws[i]->rows;
     }
     const float *dn = norm_w ? cu_weight(k, norm_w, sizeof(float) * (size_t)ws[0]->cols) : NULL;
-    cu_check(svlm_cu_matvec_multi(CU(k)->stream, (int)ws[0]->type, &set, ws[0]->cols, dx, n, dn, eps),
-             "matvec (several)");
+    cu_check(
+        svlm_cu_matvec_multi(CU(k)->stream, (int)ws[0]->type, &set, ws[0]->cols, dx, n, dn, eps, CU(k)->pdl),
+        "matvec (several)");
     return 1;
 }
 
@@ -199,7 +201,7 @@ void cu_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, flo
         const void *dg = cu_weight(k, wg->data, bytes), *du = cu_weight(k, wu->data, bytes);
         const float *dn = cu_weight(k, norm_w, sizeof(float) * (size_t)wg->cols);
         cu_check(svlm_cu_matvec_swiglu(CU(k)->stream, (int)wg->type, dg, du, wg->row_bytes, wg->rows,
-                                       wg->cols, x, n, dn, eps, gate),
+                                       wg->cols, x, n, dn, eps, gate, CU(k)->pdl),
                  "rmsnorm + gate/up + SwiGLU");
         cu_done(k, "rmsnorm + swiglu (one launch)");
         return;

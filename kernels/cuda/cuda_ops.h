@@ -13,6 +13,9 @@
 extern "C" {
 #endif
 
+/* pdl (the launchers of a decode step's kernels): launch with programmatic dependent launch
+ * (cuda_pdl.cuh; compute capability 9.0 and newer). */
+
 /* Weight types the kernels decode (the ggml type ids of kernels/dtype.h). */
 int svlm_cu_type_supported(int type);
 
@@ -22,7 +25,7 @@ int svlm_cu_type_supported(int type);
  * (cu_ctx.matvec_rows). */
 #define SVLM_CU_MATVEC_MAX 16
 int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
-                   const float *x, int64_t n, float *y, int accumulate);
+                   const float *x, int64_t n, float *y, int accumulate, int pdl);
 /* Up to SVLM_CU_MULTI_MAX weights of one type, width and row size against the same activations
  * in one launch: y[i] = x W[i]^T, as svlm_cu_matvec for each. norm_w: x RMS-normalised with these
  * weights first (svlm_cu_rmsnorm's numbers), when svlm_cu_norm_fits(cols, n). */
@@ -35,11 +38,11 @@ typedef struct svlm_cu_matvec_set {
     int n;
 } svlm_cu_matvec_set;
 int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
-                         const float *x, int64_t n, const float *norm_w, float eps);
+                         const float *x, int64_t n, const float *norm_w, float eps, int pdl);
 /* gate[i][r] = silu(x_i . Wg_r) * (x_i . Wu_r), both weights alike; norm_w as above. */
 int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, const void *wu, size_t row_bytes,
                           int64_t rows, int64_t cols, const float *x, int64_t n, const float *norm_w,
-                          float eps, float *gate);
+                          float eps, float *gate, int pdl);
 /* Whether n rows of cols normalised activations fit a block's shared memory. */
 #define SVLM_CU_NORM_SMEM (47 * 1024) /* 48 KB less the kernels' own shared memory */
 int svlm_cu_norm_fits(int64_t cols, int64_t n);
@@ -50,7 +53,7 @@ int svlm_cu_dequant(cudaStream_t s, int type, const void *w, size_t row_bytes, i
 int svlm_cu_f32_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
 
 int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, float *y, int64_t n, int64_t dim,
-                    float eps);
+                    float eps, int pdl);
 int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y, int64_t n,
                       int64_t dim, float eps);
 /* The same rows written as bf16 (the next product's operand). */
@@ -61,7 +64,7 @@ int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int head_dim, 
 /* svlm_k_rope_store on device buffers (dsts: a device table of 2n row pointers; n_rot even). */
 int svlm_cu_rope_store(cudaStream_t s, float *q, const float *kx, const float *vx, int64_t n, int n_head,
                        int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float theta_scale,
-                       int neox, void *const *dsts, int f16_cache, float *keep, int round);
+                       int neox, void *const *dsts, int f16_cache, float *keep, int round, int pdl);
 int svlm_cu_silu_mul(cudaStream_t s, float *gate, const float *up, int64_t n);
 int svlm_cu_gelu_tanh(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_add(cudaStream_t s, float *y, const float *x, int64_t n);
@@ -90,7 +93,7 @@ typedef struct svlm_cu_attn_item {
 int svlm_cu_attention_decode_splits(int n_items, int n_head);
 int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int n_items, int kv_f16,
                              int64_t kv_stride, int n_head, int n_kv_head, int head_dim, float scale,
-                             int splits, float *part, unsigned *done);
+                             int splits, float *part, unsigned *done, int pdl);
 
 /* Data movement (cuda_data.cu): f32 -> f16 stores, rounding through f16, the f16-table GELU,
  * row gathers (dst row i = src row idx[i], idx on the device). */

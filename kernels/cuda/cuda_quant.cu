@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_pdl.cuh"
 #include "kernels/cuda/quant_decode.h"
 
 namespace {
@@ -201,6 +202,9 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
                               int n, float *y, int parts, bool lanes) {
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    if (r < rows) pdl_prefetch_warp(w + r * row_bytes, row_bytes, rs.part, parts);
+    pdl_wait(); /* x and y: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
     float acc[NMAX], tot[NMAX];
     if (r < rows) /* (no return before sum_parts' barrier) */
         row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, lanes);
@@ -220,7 +224,6 @@ template <int T, bool NORM, int NMAX>
 __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
                                     const float *nw, float eps, int parts, bool lanes) {
     extern __shared__ float xs[];
-    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     const row_split rs = split_of(parts);
     int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
     int wi = 0;
@@ -228,6 +231,12 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
         r -= set.rows[wi];
         wi++;
     }
+    if (wi < set.n)
+        pdl_prefetch_warp(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, set.row_bytes, rs.part,
+                          parts);
+    pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     float acc[NMAX], tot[NMAX];
     if (wi < set.n)
         row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc,
@@ -251,9 +260,15 @@ __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_b
                               int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
                               int parts, bool lanes) {
     extern __shared__ float xs[];
-    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    if (r < rows) {
+        pdl_prefetch_warp(wg + r * row_bytes, row_bytes, rs.part, parts);
+        pdl_prefetch_warp(wu + r * row_bytes, row_bytes, rs.part, parts);
+    }
+    pdl_wait(); /* x and gate: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     float g[NMAX], u[NMAX], gt[NMAX], ut[NMAX];
     if (r < rows) {
         row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g, rs.part, parts, lanes);
@@ -326,74 +341,63 @@ unsigned row_blocks(int64_t rows, int parts) {
 
 template <int T, int NMAX>
 int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
-                    const float *x, int64_t n, float *y, int accumulate) {
+                    const float *x, int64_t n, float *y, int accumulate, bool pdl) {
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
-    if (accumulate)
-        matvec_kernel<T, true, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x,
-                                                                            (int)n, y, parts, kq_lanes());
-    else
-        matvec_kernel<T, false, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(wb, row_bytes, rows, cols, x,
-                                                                             (int)n, y, parts, kq_lanes());
-    return (int)cudaGetLastError();
+    return pdl_launch(pdl, accumulate ? matvec_kernel<T, true, NMAX> : matvec_kernel<T, false, NMAX>, blocks,
+                      32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y, parts, kq_lanes());
 }
 
 template <int T>
 int launch_matvec(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                  int64_t n, float *y, int accumulate) {
-    return n <= kFewRows
-               ? launch_matvec_n<T, kFewRows>(s, w, row_bytes, rows, cols, x, n, y, accumulate)
-               : launch_matvec_n<T, SVLM_CU_MATVEC_MAX>(s, w, row_bytes, rows, cols, x, n, y, accumulate);
+                  int64_t n, float *y, int accumulate, bool pdl) {
+    return n <= kFewRows ? launch_matvec_n<T, kFewRows>(s, w, row_bytes, rows, cols, x, n, y, accumulate, pdl)
+                         : launch_matvec_n<T, SVLM_CU_MATVEC_MAX>(s, w, row_bytes, rows, cols, x, n, y,
+                                                                  accumulate, pdl);
 }
 
 /* Warps are independent, so a block may hold the last rows of one weight and the first of the next. */
 template <int T, int NMAX>
 int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
-                          int64_t n, const float *nw, float eps) {
+                          int64_t n, const float *nw, float eps, bool pdl) {
     int64_t total = 0;
     for (int i = 0; i < set->n; i++)
         total += set->rows[i];
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(total, parts);
-    if (nw)
-        matvec_multi_kernel<T, true, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
-                *set, cols, x, (int)n, nw, eps, parts, kq_lanes());
-    else
-        matvec_multi_kernel<T, false, NMAX>
-            <<<blocks, 32 * kWarpsPerBlock, 0, s>>>(*set, cols, x, (int)n, nw, eps, parts, kq_lanes());
-    return (int)cudaGetLastError();
+    return pdl_launch(pdl, nw ? matvec_multi_kernel<T, true, NMAX> : matvec_multi_kernel<T, false, NMAX>,
+                      blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols,
+                      x, (int)n, nw, eps, parts, kq_lanes());
 }
 
 template <int T>
 int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
-                        int64_t n, const float *nw, float eps) {
-    return n <= kFewRows ? launch_matvec_multi_n<T, kFewRows>(s, set, cols, x, n, nw, eps)
-                         : launch_matvec_multi_n<T, SVLM_CU_MATVEC_MAX>(s, set, cols, x, n, nw, eps);
+                        int64_t n, const float *nw, float eps, bool pdl) {
+    return n <= kFewRows ? launch_matvec_multi_n<T, kFewRows>(s, set, cols, x, n, nw, eps, pdl)
+                         : launch_matvec_multi_n<T, SVLM_CU_MATVEC_MAX>(s, set, cols, x, n, nw, eps, pdl);
 }
 
 template <int T, int NMAX>
 int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
-                    int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate) {
+                    int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate,
+                    bool pdl) {
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
-    if (nw)
-        swiglu_kernel<T, true, NMAX><<<blocks, 32 * kWarpsPerBlock, sizeof(float) * (size_t)(n * cols), s>>>(
-            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes());
-    else
-        swiglu_kernel<T, false, NMAX><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(
-            g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes());
-    return (int)cudaGetLastError();
+    return pdl_launch(pdl, nw ? swiglu_kernel<T, true, NMAX> : swiglu_kernel<T, false, NMAX>, blocks,
+                      32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, g, u, row_bytes,
+                      rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes());
 }
 
 template <int T>
 int launch_swiglu(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
-                  int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate) {
-    return n <= kFewRows ? launch_swiglu_n<T, kFewRows>(s, wg, wu, row_bytes, rows, cols, x, n, nw, eps, gate)
-                         : launch_swiglu_n<T, SVLM_CU_MATVEC_MAX>(s, wg, wu, row_bytes, rows, cols, x, n, nw,
-                                                                  eps, gate);
+                  int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate,
+                  bool pdl) {
+    return n <= kFewRows
+               ? launch_swiglu_n<T, kFewRows>(s, wg, wu, row_bytes, rows, cols, x, n, nw, eps, gate, pdl)
+               : launch_swiglu_n<T, SVLM_CU_MATVEC_MAX>(s, wg, wu, row_bytes, rows, cols, x, n, nw, eps, gate,
+                                                        pdl);
 }
 
 template <int T>
@@ -426,11 +430,11 @@ extern "C" int svlm_cu_type_supported(int type) {
 }
 
 extern "C" int svlm_cu_matvec(cudaStream_t s, int type, const void *w, size_t row_bytes, int64_t rows,
-                              int64_t cols, const float *x, int64_t n, float *y, int accumulate) {
+                              int64_t cols, const float *x, int64_t n, float *y, int accumulate, int pdl) {
     if (rows <= 0 || n <= 0) return 0;
     if (n > SVLM_CU_MATVEC_MAX || bad_cols(type, cols)) return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
-    case T: return launch_matvec<T>(s, w, row_bytes, rows, cols, x, n, y, accumulate);
+    case T: return launch_matvec<T>(s, w, row_bytes, rows, cols, x, n, y, accumulate, pdl != 0);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
 #undef CASE
 }
@@ -441,25 +445,25 @@ extern "C" int svlm_cu_norm_fits(int64_t cols, int64_t n) {
 }
 
 extern "C" int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
-                                    const float *x, int64_t n, const float *norm_w, float eps) {
+                                    const float *x, int64_t n, const float *norm_w, float eps, int pdl) {
     if (set->n <= 0 || n <= 0) return 0;
     if (set->n > SVLM_CU_MULTI_MAX || n > SVLM_CU_MATVEC_MAX || bad_cols(type, cols) ||
         (norm_w && !svlm_cu_norm_fits(cols, n)))
         return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
-    case T: return launch_matvec_multi<T>(s, set, cols, x, n, norm_w, eps);
+    case T: return launch_matvec_multi<T>(s, set, cols, x, n, norm_w, eps, pdl != 0);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
 #undef CASE
 }
 
 extern "C" int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, const void *wu,
                                      size_t row_bytes, int64_t rows, int64_t cols, const float *x, int64_t n,
-                                     const float *norm_w, float eps, float *gate) {
+                                     const float *norm_w, float eps, float *gate, int pdl) {
     if (rows <= 0 || n <= 0) return 0;
     if (n > SVLM_CU_MATVEC_MAX || bad_cols(type, cols) || (norm_w && !svlm_cu_norm_fits(cols, n)))
         return (int)cudaErrorInvalidValue;
 #define CASE(T, FN)                                                                                          \
-    case T: return launch_swiglu<T>(s, wg, wu, row_bytes, rows, cols, x, n, norm_w, eps, gate);
+    case T: return launch_swiglu<T>(s, wg, wu, row_bytes, rows, cols, x, n, norm_w, eps, gate, pdl != 0);
     switch (type) { SVLM_QD_TYPES(CASE) default : return (int)cudaErrorInvalidValue; }
 #undef CASE
 }

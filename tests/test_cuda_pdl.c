@@ -1,0 +1,282 @@
+/*
+ * Programmatic dependent launch (kernels/cuda/cuda_pdl.cuh): decode steps as llama_eval.c runs
+ * them (per layer: RMSNorm + q/k/v, RoPE + the rows' stores into their caches, attention over each
+ * row's own cache, output product + residual, RMSNorm + gate/up + SwiGLU, down product + residual;
+ * then the output norm and head) on two sequences, replayed from a recording after the first two
+ * steps, on a backend with PDL (the default from compute capability 9.0) and on one without
+ * (SVLM_CUDA_PDL=0). A kernel that read its inputs, or wrote its outputs, before the kernel ahead
+ * of it was done would change the numbers: the two must agree bit for bit, step after step, and
+ * both must agree with the CPU within the decode products' tolerance (2e-2 of the largest logit:
+ * the CPU rounds activations to 8 bits for Q8_0 products).
+ *
+ * Skips (77) without a usable GPU unless SVLM_TEST_REQUIRE_GPU=1; SVLM_TEST_CUDA_AS_CPU=1 puts CPU
+ * backends in the GPUs' places (a check of this test without a GPU).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/dtype.h"
+#include "kernels/kernels.h"
+#include "test.h"
+#include "test_gpu.h"
+
+enum {
+    NS = 2,
+    E = 256,
+    NH = 4,
+    NKV = 2,
+    HD = 64,
+    KVD = NKV * HD,
+    F = 512,
+    VOCAB = 320,
+    LAYERS = 3,
+    MAXKV = 16,
+    STEPS = 8
+};
+
+static uint64_t rng = 0x853c49e6748fea9bULL;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static float *host_floats(int64_t n, float scale) {
+    float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    REQUIRE(p, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        p[i] = scale * frand();
+    return p;
+}
+
+/* The model: Q8_0 weights (the decode products' quantized path with its prefetches), f32 norms. */
+typedef struct model {
+    svlm_weight wq[LAYERS], wk[LAYERS], wv[LAYERS], wo[LAYERS], wg[LAYERS], wu[LAYERS], wd[LAYERS], out;
+    float *norm; /* [E], every norm */
+    void *data[7 * LAYERS + 1];
+    int n_data;
+} model;
+
+static svlm_weight q8_weight(model *m, int64_t rows, int64_t cols, float scale) {
+    const size_t rb = svlm_row_bytes(SVLM_Q8_0, cols);
+    void *d = malloc(rb * (size_t)rows);
+    REQUIRE(d, "out of memory");
+    float *row = host_floats(cols, 0);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c = 0; c < cols; c++)
+            row[c] = scale * frand();
+        REQUIRE(!svlm_quantize_row(SVLM_Q8_0, row, (char *)d + (size_t)r * rb, cols), "quantize");
+    }
+    free(row);
+    m->data[m->n_data++] = d;
+    return (svlm_weight){SVLM_Q8_0, rows, cols, d, rb};
+}
+
+static void model_make(model *m) {
+    memset(m, 0, sizeof *m);
+    const float s = 1.0f / sqrtf((float)E);
+    for (int l = 0; l < LAYERS; l++) {
+        m->wq[l] = q8_weight(m, E, E, s);
+        m->wk[l] = q8_weight(m, KVD, E, s);
+        m->wv[l] = q8_weight(m, KVD, E, s);
+        m->wo[l] = q8_weight(m, E, E, s);
+        m->wg[l] = q8_weight(m, F, E, s);
+        m->wu[l] = q8_weight(m, F, E, s);
+        m->wd[l] = q8_weight(m, E, F, 1.0f / sqrtf((float)F));
+    }
+    m->out = q8_weight(m, VOCAB, E, s);
+    m->norm = host_floats(E, 1.0f);
+    for (int i = 0; i < E; i++)
+        m->norm[i] = 1.0f + 0.25f * m->norm[i];
+}
+
+static void model_free(model *m, svlm_kernels *const *ks, int n_ks) {
+    for (int i = 0; i < m->n_data; i++) {
+        for (int j = 0; j < n_ks; j++)
+            svlm_k_forget(ks[j], m->data[i]);
+        free(m->data[i]);
+    }
+    for (int j = 0; j < n_ks; j++)
+        svlm_k_forget(ks[j], m->norm);
+    free(m->norm);
+}
+
+/* One backend's buffers: activations, each sequence's caches and the step tables. */
+typedef struct run {
+    svlm_kernels *k;
+    float *x, *h, *q, *kx, *vx, *att, *gate, *up, *logit_in, *logits;
+    void *kc[LAYERS][NS], *vc[LAYERS][NS]; /* [MAXKV][KVD] f32 */
+    void **dsts;                           /* [LAYERS][2 * NS]: keys, then values */
+    svlm_attn_item *items;                 /* [LAYERS][NS] */
+    int32_t *pos;
+} run;
+
+static float *falloc(svlm_kernels *k, int64_t n) {
+    float *p = svlm_k_alloc(k, sizeof(float) * (size_t)n);
+    REQUIRE(p, "svlm_k_alloc failed");
+    return p;
+}
+
+static void run_make(run *r, svlm_kernels *k) {
+    memset(r, 0, sizeof *r);
+    r->k = k;
+    r->x = falloc(k, NS * E);
+    r->h = falloc(k, NS * F);
+    r->q = falloc(k, NS * E);
+    r->kx = falloc(k, NS * KVD);
+    r->vx = falloc(k, NS * KVD);
+    r->att = falloc(k, NS * E);
+    r->gate = falloc(k, NS * F);
+    r->up = falloc(k, NS * F);
+    r->logit_in = falloc(k, NS * E);
+    r->logits = falloc(k, NS * VOCAB);
+    for (int l = 0; l < LAYERS; l++)
+        for (int s = 0; s < NS; s++) {
+            r->kc[l][s] = falloc(k, MAXKV * KVD);
+            r->vc[l][s] = falloc(k, MAXKV * KVD);
+        }
+    r->dsts = svlm_k_alloc(k, sizeof(void *) * LAYERS * 2 * NS);
+    r->items = svlm_k_alloc(k, sizeof(svlm_attn_item) * LAYERS * NS);
+    r->pos = svlm_k_alloc(k, sizeof(int32_t) * NS);
+    REQUIRE(r->dsts && r->items && r->pos, "svlm_k_alloc failed");
+}
+
+static void run_free(run *r) {
+    svlm_k_replay_forget(r->k, r);
+    void *bufs[] = {r->x,  r->h,        r->q,      r->kx,   r->vx,    r->att, r->gate,
+                    r->up, r->logit_in, r->logits, r->dsts, r->items, r->pos};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        svlm_k_free(r->k, bufs[i]);
+    for (int l = 0; l < LAYERS; l++)
+        for (int s = 0; s < NS; s++) {
+            svlm_k_free(r->k, r->kc[l][s]);
+            svlm_k_free(r->k, r->vc[l][s]);
+        }
+}
+
+/* The ops of one step, in llama_eval.c's order. */
+static void step_ops(run *r, const model *m) {
+    const svlm_attn_args shape = {.kv_type = SVLM_F32,
+                                  .kv_stride = KVD,
+                                  .n_head = NH,
+                                  .n_kv_head = NKV,
+                                  .head_dim = HD,
+                                  .causal = 1,
+                                  .scale = 0.125f};
+    svlm_kernels *k = r->k;
+    for (int l = 0; l < LAYERS; l++) {
+        const svlm_weight *qkv[3] = {&m->wq[l], &m->wk[l], &m->wv[l]};
+        float *ys[3] = {r->q, r->kx, r->vx};
+        svlm_k_rmsnorm_matmul_multi(k, r->x, m->norm, 1e-5f, r->h, qkv, 3, NS, ys);
+        svlm_k_rope_store(k, r->q, r->kx, r->vx, NS, NH, NKV, HD, HD, r->pos, 10000.0f, 0,
+                          r->dsts + (size_t)l * 2 * NS, SVLM_F32, NULL, 0);
+        svlm_k_attention_items(k, &shape, r->items + (size_t)l * NS, NS);
+        svlm_k_matmul_add(k, &m->wo[l], r->att, NS, r->x, r->h);
+        svlm_k_rmsnorm_swiglu(k, r->x, m->norm, 1e-5f, r->h, &m->wg[l], &m->wu[l], NS, r->gate, r->up);
+        svlm_k_matmul_add(k, &m->wd[l], r->gate, NS, r->x, r->h);
+    }
+    svlm_k_rmsnorm(k, r->x, m->norm, r->logit_in, NS, E, 1e-5f);
+    svlm_k_matmul(k, &m->out, r->logit_in, NS, r->logits);
+}
+
+/* Step `step` (cache row `step` of both sequences) from embeddings x0; logits to out. Returns
+ * whether the recording ran (svlm_k_replay_end). */
+static int step_run(run *r, const model *m, int step, const float *x0, float *out) {
+    svlm_kernels *k = r->k;
+    void *dsts[LAYERS * 2 * NS];
+    svlm_attn_item items[LAYERS * NS];
+    int32_t pos[NS];
+    for (int s = 0; s < NS; s++)
+        pos[s] = 7 * s + step;
+    for (int l = 0; l < LAYERS; l++)
+        for (int s = 0; s < NS; s++) {
+            dsts[l * 2 * NS + s] = (float *)r->kc[l][s] + (size_t)step * KVD;
+            dsts[l * 2 * NS + NS + s] = (float *)r->vc[l][s] + (size_t)step * KVD;
+            items[l * NS + s] =
+                (svlm_attn_item){r->q + s * E, r->kc[l][s], r->vc[l][s], r->att + s * E, step + 1};
+        }
+    svlm_k_defer(k, 1);
+    svlm_k_copy(k, r->x, x0, sizeof(float) * NS * E);
+    svlm_k_copy(k, r->pos, pos, sizeof pos);
+    svlm_k_copy(k, r->dsts, dsts, sizeof dsts);
+    svlm_k_copy(k, r->items, items, sizeof items);
+    svlm_k_replay_begin(k, r, 1);
+    step_ops(r, m);
+    const int ran = svlm_k_replay_end(k);
+    if (!ran) step_ops(r, m);
+    svlm_k_copy(k, out, r->logits, sizeof(float) * NS * VOCAB);
+    svlm_k_defer(k, 0);
+    return ran;
+}
+
+static double rel_to_max(const float *a, const float *b, int64_t n) {
+    double worst = 0, big = 1e-30;
+    for (int64_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs((double)a[i] - b[i]));
+        big = fmax(big, fabs((double)b[i]));
+    }
+    return worst / big;
+}
+
+static void test_pdl_steps(void) {
+    svlm_kernels *g_pdl = test_gpu_backend(); /* the default: PDL from compute capability 9.0 */
+    setenv("SVLM_CUDA_PDL", "0", 1);
+    svlm_kernels *g_plain = test_gpu_backend();
+    unsetenv("SVLM_CUDA_PDL");
+    svlm_kernels *cpu = NULL;
+    svlm_err err = {0};
+    REQUIRE(svlm_kernels_create_cpu(2, &cpu, &err) == SVLM_OK, "CPU backend: %s", err.msg);
+    const char *name = svlm_kernels_name(g_pdl);
+    const char *sm = strstr(name, "sm_");
+    const int pdl_expected = svlm_kernels_is_gpu(g_pdl) && sm && atoi(sm + 3) >= 90;
+    printf("backend %s: programmatic dependent launch %s\n", name,
+           pdl_expected ? "on (compute capability 9.0 or newer)" : "off (needs compute capability 9.0)");
+
+    model m;
+    model_make(&m);
+    run a, b, c;
+    run_make(&a, g_pdl);
+    run_make(&b, g_plain);
+    run_make(&c, cpu);
+    float *la = host_floats(NS * VOCAB, 0), *lb = host_floats(NS * VOCAB, 0),
+          *lc = host_floats(NS * VOCAB, 0);
+    int replayed = 0, differing = 0;
+    double worst_cpu = 0;
+    for (int step = 0; step < STEPS; step++) {
+        float *x0 = host_floats(NS * E, 1.0f);
+        replayed += step_run(&a, &m, step, x0, la);
+        step_run(&b, &m, step, x0, lb);
+        REQUIRE(step_run(&c, &m, step, x0, lc), "the CPU refused a run");
+        if (memcmp(la, lb, sizeof(float) * NS * VOCAB)) {
+            differing++;
+            printf("step %d: with PDL and without differ by %.3g of the largest logit\n", step,
+                   rel_to_max(la, lb, NS * VOCAB));
+        }
+        worst_cpu = fmax(worst_cpu, fmax(rel_to_max(la, lc, NS * VOCAB), rel_to_max(lb, lc, NS * VOCAB)));
+        free(x0);
+    }
+    printf("%d decode steps of %d layers (%d replayed): with PDL and without %s; max |gpu - cpu| %.3g of the "
+           "largest logit (tolerance 2e-2)\n",
+           STEPS, LAYERS, replayed, differing ? "DIFFER" : "equal bit for bit", worst_cpu);
+    CHECK(differing == 0, "%d of %d steps differ with PDL and without", differing, STEPS);
+    CHECK(worst_cpu <= 2e-2, "the GPU's logits differ from the CPU's by %g of the largest", worst_cpu);
+    free(la);
+    free(lb);
+    free(lc);
+    run_free(&a);
+    run_free(&b);
+    run_free(&c);
+    svlm_kernels *ks[3] = {g_pdl, g_plain, cpu};
+    model_free(&m, ks, 3);
+    for (int i = 0; i < 3; i++)
+        svlm_kernels_destroy(ks[i]);
+}
+
+int test_main(void) {
+    test_pdl_steps();
+    return 0;
+}
