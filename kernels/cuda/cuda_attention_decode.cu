@@ -9,7 +9,9 @@
  * head) to finish (a counter per pair) merges them into the output, so a step is one launch.
  *
  * The lengths are read from the items when the kernel runs (not at launch), so a recorded decode
- * step (CUDA graph) serves every step; the number of splits depends only on the launch's shape.
+ * step (CUDA graph) serves every step; the launch's shape sets the most splits, and a short cache
+ * uses fewer (at least a block's pass of kThreads rows each; up to kThreads rows, one split writes
+ * the output itself).
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -119,6 +121,14 @@ __global__ void __launch_bounds__(kThreads)
     pdl_wait(); /* launched with pdl_launch: a decode step's kernel */
     pdl_launch_dependents();
     const svlm_cu_attn_item it = items[blockIdx.x];
+    /* one query after every cached row: it sees them all. A split takes at least a pass of all its
+     * warps (kThreads rows): a short cache in fewer splits, one (no partials, counter or merge) up
+     * to kThreads rows, and the blocks past them leave at once. Every block of a (sequence, head)
+     * reads the same n, so all agree on the count. */
+    const int64_t n = it.n_kv > 0 ? it.n_kv : 0;
+    const int64_t want = (n + kThreads - 1) / kThreads;
+    const int used = want < 1 ? 1 : want < splits ? (int)want : splits;
+    if ((int)blockIdx.z >= used) return;
     /* 4-wide loads need 16-byte aligned rows (allocations are; a pointer into one may not be) */
     vec = vec && !(((uintptr_t)it.k | (uintptr_t)it.v) & 15);
     const int h = blockIdx.y, split = blockIdx.z, kvh = h / rep;
@@ -127,8 +137,7 @@ __global__ void __launch_bounds__(kThreads)
         qs[d] = it.q[(int64_t)h * hd + d] * scale;
     __syncthreads();
 
-    /* one query after every cached row: it sees them all */
-    const int64_t n = it.n_kv > 0 ? it.n_kv : 0, chunk = (n + splits - 1) / splits;
+    const int64_t chunk = (n + used - 1) / used;
     const int64_t c0 = split * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
     const int64_t koff = (int64_t)kvh * hd;
     float m = -INFINITY, l = 0.0f, acc[kPerLane];
@@ -182,7 +191,7 @@ __global__ void __launch_bounds__(kThreads)
         wt[w] = sl[w] > 0.0f ? expf(sm[w] - mx) : 0.0f; /* a warp without rows has l = 0 */
         total += sl[w] * wt[w];
     }
-    if (splits == 1) {
+    if (used == 1) {
         float *o = it.out + (int64_t)h * hd;
         const float inv = total > 0.0f ? 1.0f / total : 0.0f; /* no rows: zeros, as on the CPU */
         for (int d = threadIdx.x; d < hd; d += kThreads) {
@@ -212,13 +221,13 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) {
         __threadfence();
         unsigned *c = done + (int64_t)blockIdx.x * n_head + h;
-        last = atomicAdd(c, 1u) == (unsigned)splits - 1;
+        last = atomicAdd(c, 1u) == (unsigned)used - 1;
         if (last) *c = 0; /* for the next launch: every split of this one has counted */
     }
     __syncthreads();
     if (!last) return;
     __threadfence();
-    merge_splits(pairs, hd, splits, it.out + (int64_t)h * hd);
+    merge_splits(pairs, hd, used, it.out + (int64_t)h * hd);
 }
 
 } // namespace
