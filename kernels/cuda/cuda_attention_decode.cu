@@ -10,8 +10,8 @@
  *
  * The lengths are read from the items when the kernel runs (not at launch), so a recorded decode
  * step (CUDA graph) serves every step; the launch's shape sets the most splits, and a short cache
- * uses fewer (at least a block's pass of kThreads rows each; up to kThreads rows, one split writes
- * the output itself).
+ * uses fewer (ceil(n / kThreads): at most one pass of a block's warps each; up to kThreads rows,
+ * one split writes the output itself).
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -121,10 +121,11 @@ __global__ void __launch_bounds__(kThreads)
     pdl_wait(); /* launched with pdl_launch: a decode step's kernel */
     pdl_launch_dependents();
     const svlm_cu_attn_item it = items[blockIdx.x];
-    /* one query after every cached row: it sees them all. A split takes at least a pass of all its
-     * warps (kThreads rows): a short cache in fewer splits, one (no partials, counter or merge) up
-     * to kThreads rows, and the blocks past them leave at once. Every block of a (sequence, head)
-     * reads the same n, so all agree on the count. */
+    /* one query after every cached row: it sees them all. Only as many splits as one pass of a
+     * block's warps (kThreads rows) each needs: a short cache in fewer splits, one (no partials,
+     * counter or merge) up to kThreads rows, and the blocks past them leave at once. More splits
+     * would give each warp no fewer passes, only more partials to merge. Every block of a
+     * (sequence, head) reads the same n, so all agree on the count. */
     const int64_t n = it.n_kv > 0 ? it.n_kv : 0;
     const int64_t want = (n + kThreads - 1) / kThreads;
     const int used = want < 1 ? 1 : want < splits ? (int)want : splits;

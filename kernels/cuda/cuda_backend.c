@@ -736,10 +736,10 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     /* read here, not at first use: a test sets them around creating its backends */
     c->lt_mode = switch_mode("SVLM_CUDA_LT");
     c->dnn_mode = switch_mode("SVLM_CUDA_CUDNN");
-    /* the decode kernels' programmatic dependent launch: compute capability 9.0 and newer, unless
-     * SVLM_CUDA_PDL=0 */
+    /* the decode kernels' programmatic dependent launch: compute capability 9.0 and newer, with
+     * kernels built for it, unless SVLM_CUDA_PDL=0 */
     const char *pd = getenv("SVLM_CUDA_PDL");
-    c->pdl = prop.major >= 9 && !(pd && !strcmp(pd, "0"));
+    c->pdl = prop.major >= 9 && !(pd && !strcmp(pd, "0")) && svlm_cu_pdl_compiled();
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);
@@ -753,7 +753,8 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d: cuBLAS does not start (status %d)", device,
                          (int)bs);
     }
-    snprintf(k->name, sizeof k->name, "cuda:%d %.40s sm_%d%d", device, prop.name, prop.major, prop.minor);
+    snprintf(k->name, sizeof k->name, "cuda:%d %.36s sm_%d%d%s", device, prop.name, prop.major, prop.minor,
+             c->pdl ? " pdl" : "");
     *out = k;
     return SVLM_OK;
 }

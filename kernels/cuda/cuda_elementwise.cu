@@ -214,6 +214,15 @@ unsigned blocks_for(int64_t n, int threads) {
 
 } // namespace
 
+extern "C" int svlm_cu_pdl_compiled(void) {
+    cudaFuncAttributes a;
+    if (cudaFuncGetAttributes(&a, rmsnorm_kernel) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return a.ptxVersion >= 90;
+}
+
 extern "C" int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, float *y, int64_t n,
                                int64_t dim, float eps, int pdl) {
     if (n <= 0) return (int)cudaGetLastError();

@@ -14,7 +14,10 @@ extern "C" {
 #endif
 
 /* pdl (the launchers of a decode step's kernels): launch with programmatic dependent launch
- * (cuda_pdl.cuh; compute capability 9.0 and newer). */
+ * (cuda_pdl.cuh; compute capability 9.0 and newer). svlm_cu_pdl_compiled: whether the kernels
+ * this device runs were compiled with it (PTX for 9.0 or newer; from compute_80 PTX they lack the
+ * waits, and must not be launched so). */
+int svlm_cu_pdl_compiled(void);
 
 /* Weight types the kernels decode (the ggml type ids of kernels/dtype.h). */
 int svlm_cu_type_supported(int type);

@@ -38,7 +38,8 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 
 /* The 128-byte lines of [p, p + bytes) into L2: this warp takes lines share, share + shares, ...
  * (the warps that split a row each take their share). Only for data that no kernel writes (the
- * weights): it may run before pdl_wait. */
+ * weights): it may run before pdl_wait. Kernels prefetch only when launched with PDL (the kernel
+ * before still runs then), so SVLM_CUDA_PDL=0 is the code as it was. */
 __device__ __forceinline__ void pdl_prefetch_warp(const void *p, size_t bytes, int share, int shares) {
     const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~(uintptr_t)127,
                     end = reinterpret_cast<uintptr_t>(p) + bytes;

@@ -199,10 +199,10 @@ __device__ const float *block_activations(const float *x, const float *nw, float
 /* parts warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
 template <int T, bool ACC, int NMAX>
 __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                              int n, float *y, int parts, bool lanes) {
+                              int n, float *y, int parts, bool lanes, bool pdl) {
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
-    if (r < rows) pdl_prefetch_warp(w + r * row_bytes, row_bytes, rs.part, parts);
+    if (pdl && r < rows) pdl_prefetch_warp(w + r * row_bytes, row_bytes, rs.part, parts);
     pdl_wait(); /* x and y: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     float acc[NMAX], tot[NMAX];
@@ -222,7 +222,7 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
  * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
 template <int T, bool NORM, int NMAX>
 __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
-                                    const float *nw, float eps, int parts, bool lanes) {
+                                    const float *nw, float eps, int parts, bool lanes, bool pdl) {
     extern __shared__ float xs[];
     const row_split rs = split_of(parts);
     int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
@@ -231,7 +231,7 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
         r -= set.rows[wi];
         wi++;
     }
-    if (wi < set.n)
+    if (pdl && wi < set.n)
         pdl_prefetch_warp(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, set.row_bytes, rs.part,
                           parts);
     pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
@@ -258,11 +258,11 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
 template <int T, bool NORM, int NMAX>
 __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
                               int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
-                              int parts, bool lanes) {
+                              int parts, bool lanes, bool pdl) {
     extern __shared__ float xs[];
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
-    if (r < rows) {
+    if (pdl && r < rows) {
         pdl_prefetch_warp(wg + r * row_bytes, row_bytes, rs.part, parts);
         pdl_prefetch_warp(wu + r * row_bytes, row_bytes, rs.part, parts);
     }
@@ -346,7 +346,8 @@ int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t row
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
     return pdl_launch(pdl, accumulate ? matvec_kernel<T, true, NMAX> : matvec_kernel<T, false, NMAX>, blocks,
-                      32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y, parts, kq_lanes());
+                      32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y, parts, kq_lanes(),
+                      pdl);
 }
 
 template <int T>
@@ -368,7 +369,7 @@ int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t
     const unsigned blocks = row_blocks(total, parts);
     return pdl_launch(pdl, nw ? matvec_multi_kernel<T, true, NMAX> : matvec_multi_kernel<T, false, NMAX>,
                       blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols,
-                      x, (int)n, nw, eps, parts, kq_lanes());
+                      x, (int)n, nw, eps, parts, kq_lanes(), pdl);
 }
 
 template <int T>
@@ -387,7 +388,7 @@ int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_b
     const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
     return pdl_launch(pdl, nw ? swiglu_kernel<T, true, NMAX> : swiglu_kernel<T, false, NMAX>, blocks,
                       32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, g, u, row_bytes,
-                      rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes());
+                      rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes(), pdl);
 }
 
 template <int T>
