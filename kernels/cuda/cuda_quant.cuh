@@ -1,0 +1,430 @@
+/*
+ * The quantized-weight kernels of cuda_quant.cu and their launchers, as templates over the ggml
+ * type id. Each type's instances are compiled in a file of their own (cuda_quant_*.cu: one nvcc
+ * job each, in parallel, where one file took a build's longest single job) and reached through
+ * that file's svlm_quant_ops table.
+ *
+ * Weights as stored in GGUF, decoded on the GPU: the matrix-vector product of decode steps reads
+ * the quantized blocks directly (up to four warps per output row, one lane per element of a
+ * 32-element sub-block, so a warp reads each block once and coalesced; Q4_K and Q6_K a whole
+ * super-block per warp, eight elements a lane), and a whole-weight decode to bf16 or
+ * f32 feeds cuBLAS for batched products. Block layouts are those of kernels/dtype.h.
+ */
+#ifndef SVLM_KERNELS_CUDA_QUANT_CUH
+#define SVLM_KERNELS_CUDA_QUANT_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdlib.h>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_pdl.cuh"
+#include "kernels/cuda/cuda_quant_table.cuh"
+#include "kernels/cuda/quant_decode.h"
+
+namespace {
+
+/* elem<T>: the decoder of type id T from quant_decode.h */
+template <int T> __device__ __forceinline__ float elem(const uint8_t *row, int64_t sb, int l);
+#define ELEM(ID, FN)                                                                                         \
+    template <> __device__ __forceinline__ float elem<ID>(const uint8_t *row, int64_t sb, int l) {           \
+        return FN(row, sb, l);                                                                               \
+    }
+SVLM_QD_TYPES(ELEM)
+#undef ELEM
+
+constexpr int kWarpsPerBlock = 4;
+
+/* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
+ * each lane four quant bytes in one load and the eight elements they hold (quant_decode.h's lane
+ * forms), with their activations in two 4-element loads. The element-per-lane form read one byte a
+ * lane and decoded a super-block's scales for every element; the 2.2B shape's Q4_K_M decode read
+ * its weights at 125 GB/s. A lane sums its eight products in order, the warp its lanes. */
+template <int T, int NMAX>
+__device__ __forceinline__ void row_dots_k(const uint8_t *row, int64_t cols, const float *x, int n,
+                                           float *acc, int part, int parts) {
+    constexpr int kBytes = T == 12 ? 144 : 210;
+    const int lane = threadIdx.x % 32;
+    const int64_t n_super = cols / 256;
+    const bool vec = !(reinterpret_cast<uintptr_t>(x) & 15); /* cols is a multiple of 256 */
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        acc[i] = 0.0f;
+    for (int64_t s = part; s < n_super; s += parts) {
+        float v[8];
+        int off[2];
+        if (T == 12)
+            qd_q4_k_lane(row + s * kBytes, lane, v, off);
+        else
+            qd_q6_k_lane(row + s * kBytes, lane, v, off);
+#pragma unroll
+        for (int i = 0; i < NMAX; i++) {
+            if (i >= n) break;
+            const float *xs = x + i * cols + s * 256;
+            float a[4], b[4];
+            if (vec) {
+                const float4 fa = *reinterpret_cast<const float4 *>(xs + off[0]);
+                const float4 fb = *reinterpret_cast<const float4 *>(xs + off[1]);
+                a[0] = fa.x, a[1] = fa.y, a[2] = fa.z, a[3] = fa.w;
+                b[0] = fb.x, b[1] = fb.y, b[2] = fb.z, b[3] = fb.w;
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    a[e] = xs[off[0] + e], b[e] = xs[off[1] + e];
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[i] += v[e] * a[e];
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[i] += v[4 + e] * b[e];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NMAX; i++) {
+        if (i >= n) break;
+        for (int o = 16; o > 0; o >>= 1)
+            acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    }
+}
+
+/* acc[i] = W row . x row i for i < n over this warp's share of the row's 32-element sub-blocks
+ * (part, part + parts, ...: parts warps split a row), summed over the warp (every lane gets it).
+ * Lane l takes element l of every sub-block, so the block's bytes and the 32 activations are read
+ * together; the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a
+ * time with their loads issued together: a decode row is a few hundred bytes, so a warp's time is
+ * the latency of its dependent loads, not their bandwidth (hence also the split: fewer rounds of
+ * loads per warp). The sums keep the sub-blocks' order within a warp. */
+template <int T, int NMAX>
+__device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n, float *acc,
+                                         int part, int parts, bool lanes) {
+    if constexpr (T == 12 || T == 14) { /* Q4_K, Q6_K: their lane form unless SVLM_CUDA_KQUANT_LANES=0 */
+        if (lanes) {
+            row_dots_k<T, NMAX>(row, cols, x, n, acc, part, parts);
+            return;
+        }
+    }
+    const int lane = threadIdx.x % 32;
+    const int64_t n_full = cols / 32; /* sub-blocks every lane has; plain types may add a partial one */
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        acc[i] = 0.0f;
+    int64_t sb = part;
+    for (; sb + 3 * parts < n_full; sb += 4 * parts) {
+        float v[4], x0[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            v[u] = elem<T>(row, sb + u * parts, lane);
+            x0[u] = x[(sb + u * parts) * 32 + lane]; /* row 0 is always there */
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            acc[0] += v[u] * x0[u];
+#pragma unroll
+            for (int i = 1; i < NMAX; i++)
+                if (i < n) acc[i] += v[u] * x[i * cols + (sb + u * parts) * 32 + lane];
+        }
+    }
+    for (; sb * 32 + lane < cols && sb <= n_full; sb += parts) { /* the last full ones, then a partial one */
+        const float v = elem<T>(row, sb, lane);
+#pragma unroll
+        for (int i = 0; i < NMAX; i++)
+            if (i < n) acc[i] += v * x[i * cols + sb * 32 + lane];
+    }
+#pragma unroll
+    for (int i = 0; i < NMAX; i++) {
+        if (i >= n) break;
+        for (int o = 16; o > 0; o >>= 1)
+            acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    }
+}
+
+/* A block's warps in rows: `parts` warps per row (1, 2 or 4), row r0 + warp / parts. */
+struct row_split {
+    int parts, part, slot; /* slot: the warp's row within the block */
+};
+__device__ __forceinline__ row_split split_of(int parts) {
+    const int warp = threadIdx.x / 32;
+    return {parts, warp % parts, warp / parts};
+}
+
+/* The row's sum over its parts: every warp of the block calls it (it has a barrier), each with its
+ * own acc; the first part's lane 0 gets the total, in part order, in out. One part: acc as is. */
+template <int NMAX>
+__device__ __forceinline__ void sum_parts(const row_split &rs, const float *acc, int n, float *out) {
+    if (rs.parts == 1) {
+#pragma unroll
+        for (int i = 0; i < NMAX; i++)
+            out[i] = acc[i];
+        return;
+    }
+    __shared__ float partial[kWarpsPerBlock][NMAX];
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+        for (int i = 0; i < NMAX; i++)
+            if (i < n) partial[warp][i] = acc[i];
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < NMAX; i++) {
+        float t = 0.0f;
+        if (i < n)
+            for (int p = 0; p < rs.parts; p++)
+                t += partial[warp - rs.part + p][i];
+        out[i] = t;
+    }
+}
+
+/* The activations a block multiplies: x itself, or (NORM) x RMS-normalised with weights nw into
+ * the block's shared memory xs (n rows of cols), as svlm_cu_rmsnorm computes them. Every thread
+ * of the block takes part. */
+template <bool NORM>
+__device__ const float *block_activations(const float *x, const float *nw, float eps, int64_t cols, int n,
+                                          float *xs) {
+    if (!NORM) return x;
+    __shared__ double part[kWarpsPerBlock];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = 0; i < n; i++) {
+        const float *xr = x + i * cols;
+        double ss = 0;
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+            ss += (double)xr[c] * xr[c];
+        for (int o = 16; o > 0; o >>= 1)
+            ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) part[warp] = ss;
+        __syncthreads();
+        double total = 0;
+        for (int w = 0; w < kWarpsPerBlock; w++)
+            total += part[w];
+        __syncthreads(); /* part is reused by the next row */
+        const float scale = (float)(1.0 / sqrt(total / (double)cols + (double)eps));
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+            xs[i * cols + c] = xr[c] * scale * nw[c];
+    }
+    __syncthreads();
+    return xs;
+}
+
+/* parts warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
+template <int T, bool ACC, int NMAX>
+__global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
+                              int n, float *y, int parts, bool lanes, bool pdl) {
+    const row_split rs = split_of(parts);
+    const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    if (pdl && r < rows) pdl_prefetch_warp(w + r * row_bytes, row_bytes, rs.part, parts);
+    pdl_wait(); /* x and y: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    float acc[NMAX], tot[NMAX];
+    if (r < rows) /* (no return before sum_parts' barrier) */
+        row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, lanes);
+    else
+        for (int i = 0; i < NMAX; i++)
+            acc[i] = 0.0f;
+    sum_parts<NMAX>(rs, acc, n, tot);
+    if (r >= rows || rs.part || threadIdx.x % 32) return;
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        if (i < n) y[i * rows + r] = ACC ? y[i * rows + r] + tot[i] : tot[i];
+}
+
+/* Several weights of one type and width in one launch (q/k/v): global row r belongs to the weight
+ * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
+template <int T, bool NORM, int NMAX>
+__global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
+                                    const float *nw, float eps, int parts, bool lanes, bool pdl) {
+    extern __shared__ float xs[];
+    const row_split rs = split_of(parts);
+    int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    int wi = 0;
+    while (wi < set.n && r >= set.rows[wi]) {
+        r -= set.rows[wi];
+        wi++;
+    }
+    if (pdl && wi < set.n)
+        pdl_prefetch_warp(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, set.row_bytes, rs.part,
+                          parts);
+    pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
+    float acc[NMAX], tot[NMAX];
+    if (wi < set.n)
+        row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc,
+                          rs.part, parts, lanes);
+    else
+        for (int i = 0; i < NMAX; i++)
+            acc[i] = 0.0f;
+    sum_parts<NMAX>(rs, acc, n, tot);
+    if (wi >= set.n || rs.part || threadIdx.x % 32) return;
+    const int64_t rows = set.rows[wi];
+    float *y = set.y[wi];
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        if (i < n) y[i * rows + r] = tot[i];
+}
+
+/* The feed-forward's head: gate[i][r] = silu(x_i . Wg_r) (x_i . Wu_r), one warp per row r of both
+ * weights; NORM: RMSNorm of x first. silu as svlm_cu_silu_mul computes it. */
+template <int T, bool NORM, int NMAX>
+__global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
+                              int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
+                              int parts, bool lanes, bool pdl) {
+    extern __shared__ float xs[];
+    const row_split rs = split_of(parts);
+    const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    if (pdl && r < rows) {
+        pdl_prefetch_warp(wg + r * row_bytes, row_bytes, rs.part, parts);
+        pdl_prefetch_warp(wu + r * row_bytes, row_bytes, rs.part, parts);
+    }
+    pdl_wait(); /* x and gate: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
+    float g[NMAX], u[NMAX], gt[NMAX], ut[NMAX];
+    if (r < rows) {
+        row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g, rs.part, parts, lanes);
+        row_dots<T, NMAX>(wu + r * row_bytes, cols, xa, n, u, rs.part, parts, lanes);
+    } else {
+        for (int i = 0; i < NMAX; i++)
+            g[i] = u[i] = 0.0f;
+    }
+    sum_parts<NMAX>(rs, g, n, gt);
+    __syncthreads(); /* the partial sums' buffer is reused */
+    sum_parts<NMAX>(rs, u, n, ut);
+    if (r >= rows || rs.part || threadIdx.x % 32) return;
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        if (i < n) gate[i * rows + r] = gt[i] / (1.0f + expf(-gt[i])) * ut[i];
+}
+
+__device__ __forceinline__ uint16_t to_bf16(float f) {
+    const uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+template <int T>
+__global__ void dequant_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, void *out,
+                               int out_bf16) {
+    const int64_t id = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (id >= rows * cols) return;
+    const int64_t r = id / cols, c = id % cols;
+    const float v = elem<T>(w + r * row_bytes, c / 32, (int)(c % 32));
+    if (out_bf16)
+        static_cast<uint16_t *>(out)[id] = to_bf16(v);
+    else
+        static_cast<float *>(out)[id] = v;
+}
+
+/* The kernels' activation rows come in two sizes of register arrays: up to 8 (decode of one
+ * answer or a few) and up to SVLM_CU_MATVEC_MAX. */
+constexpr int kFewRows = 8;
+
+/* Warps per weight row: a row of 576 columns is 18 sub-blocks, five rounds of loads for one warp
+ * but two for each of four, and four times the warps to hide the latency with.
+ * SVLM_CUDA_MATVEC_SPLIT=1, 2 or 4 fixes it ("auto", the default: 4 from 16 sub-blocks, 2 from 8). */
+int parts_for(int64_t cols) {
+    static int fixed = -1;
+    if (fixed < 0) {
+        const char *e = getenv("SVLM_CUDA_MATVEC_SPLIT");
+        const int v = e ? atoi(e) : 0;
+        fixed = v == 1 || v == 2 || v == 4 ? v : 0;
+    }
+    if (fixed) return fixed;
+    const int64_t sub = cols / 32;
+    return sub >= 16 ? 4 : sub >= 8 ? 2 : 1;
+}
+
+/* SVLM_CUDA_KQUANT_LANES=0: Q4_K and Q6_K rows one element a lane, as the other types (before). */
+bool kq_lanes() {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("SVLM_CUDA_KQUANT_LANES");
+        on = !(e && e[0] == '0' && !e[1]);
+    }
+    return on != 0;
+}
+
+unsigned row_blocks(int64_t rows, int parts) {
+    const int per = kWarpsPerBlock / parts;
+    return (unsigned)((rows + per - 1) / per);
+}
+
+template <int T, int NMAX>
+int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
+                    const float *x, int64_t n, float *y, int accumulate, bool pdl) {
+    const int parts = parts_for(cols);
+    const unsigned blocks = row_blocks(rows, parts);
+    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    return pdl_launch(pdl, accumulate ? matvec_kernel<T, true, NMAX> : matvec_kernel<T, false, NMAX>, blocks,
+                      32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y, parts, kq_lanes(),
+                      pdl);
+}
+
+template <int T>
+int launch_matvec(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
+                  int64_t n, float *y, int accumulate, bool pdl) {
+    return n <= kFewRows ? launch_matvec_n<T, kFewRows>(s, w, row_bytes, rows, cols, x, n, y, accumulate, pdl)
+                         : launch_matvec_n<T, SVLM_CU_MATVEC_MAX>(s, w, row_bytes, rows, cols, x, n, y,
+                                                                  accumulate, pdl);
+}
+
+/* Warps are independent, so a block may hold the last rows of one weight and the first of the next. */
+template <int T, int NMAX>
+int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
+                          int64_t n, const float *nw, float eps, bool pdl) {
+    int64_t total = 0;
+    for (int i = 0; i < set->n; i++)
+        total += set->rows[i];
+    const int parts = parts_for(cols);
+    const unsigned blocks = row_blocks(total, parts);
+    return pdl_launch(pdl, nw ? matvec_multi_kernel<T, true, NMAX> : matvec_multi_kernel<T, false, NMAX>,
+                      blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols,
+                      x, (int)n, nw, eps, parts, kq_lanes(), pdl);
+}
+
+template <int T>
+int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
+                        int64_t n, const float *nw, float eps, bool pdl) {
+    return n <= kFewRows ? launch_matvec_multi_n<T, kFewRows>(s, set, cols, x, n, nw, eps, pdl)
+                         : launch_matvec_multi_n<T, SVLM_CU_MATVEC_MAX>(s, set, cols, x, n, nw, eps, pdl);
+}
+
+template <int T, int NMAX>
+int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
+                    int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate,
+                    bool pdl) {
+    const int parts = parts_for(cols);
+    const unsigned blocks = row_blocks(rows, parts);
+    const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
+    return pdl_launch(pdl, nw ? swiglu_kernel<T, true, NMAX> : swiglu_kernel<T, false, NMAX>, blocks,
+                      32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, g, u, row_bytes,
+                      rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes(), pdl);
+}
+
+template <int T>
+int launch_swiglu(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
+                  int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate,
+                  bool pdl) {
+    return n <= kFewRows
+               ? launch_swiglu_n<T, kFewRows>(s, wg, wu, row_bytes, rows, cols, x, n, nw, eps, gate, pdl)
+               : launch_swiglu_n<T, SVLM_CU_MATVEC_MAX>(s, wg, wu, row_bytes, rows, cols, x, n, nw, eps, gate,
+                                                        pdl);
+}
+
+template <int T>
+int launch_dequant(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols, void *out,
+                   int out_bf16) {
+    const int64_t total = rows * cols;
+    if (total <= 0) return 0;
+    dequant_kernel<T><<<(unsigned)((total + 255) / 256), 256, 0, s>>>(static_cast<const uint8_t *>(w),
+                                                                      row_bytes, rows, cols, out, out_bf16);
+    return (int)cudaGetLastError();
+}
+
+} // namespace
+
+/* The table of type id ID, in the file that compiles its instances. */
+#define SVLM_QUANT_OPS_DEFINE(ID)                                                                            \
+    extern const svlm_quant_ops svlm_quant_ops_##ID = {launch_matvec<ID>, launch_matvec_multi<ID>,           \
+                                                       launch_swiglu<ID>, launch_dequant<ID>};
+
+#endif
