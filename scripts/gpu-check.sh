@@ -147,7 +147,7 @@ fi
 # switch that makes some of them pass stays exported, so the benchmarks after measure code the
 # tests passed, and the summary names it.
 SWITCHES_BACK=(SVLM_CUDA_PDL=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0 SVLM_CUDA_MATVEC_SPLIT=1
-  SVLM_CUDA_KQUANT_LANES=0)
+  SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0)
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
   all=$(ctest --test-dir "$B" -N -R test_cuda | sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
@@ -345,6 +345,17 @@ if [ -x "$S" ]; then
       --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
     SVLM_CUDA_FLASH_MMA=0 bench "text prefill, cuda, flash on WMMA" 60 bench -m "$M.gguf" --pp 512 --tg 0 \
       --backend cuda
+    # an F16 mmproj (published beside the Q8_0 one): f16 operands, and as before (TF32 on f32 copies)
+    MF="$B/bench/s256-f16proj"
+    if [ ! -f "$MF-mmproj.gguf" ] && { [ -z "${SVLM_GPU_CHECK_BENCH:-}" ] || [[ "F16 mmproj" =~ $SVLM_GPU_CHECK_BENCH ]]; }; then
+      step "benchmark model (SmolVLM2-256M shape, F16 mmproj)" 60 60 "$S" mkmodel --arch smolvlm \
+        --shape smolvlm2-256m --type q8_0 --mmproj-type f16 --seed 1 -o "$MF" --quiet
+    fi
+    if [ -f "$MF-mmproj.gguf" ]; then
+      bench "vision encoder, cuda, F16 mmproj" 60 bench --mmproj "$MF-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+      SVLM_CUDA_ENCODER_F16=0 bench "vision encoder, cuda, F16 mmproj in TF32" 60 bench --mmproj "$MF-mmproj.gguf" \
+        --batch 32 --reps 2 --backend cuda
+    fi
     if [ -f "$M22.gguf" ]; then
       # its Q4_K and Q6_K rows one element a lane, as before their lane form
       SVLM_CUDA_KQUANT_LANES=0 bench "2.2B text, cuda, K-quants one element a lane" 45 bench -m "$M22.gguf" \

@@ -765,7 +765,8 @@ static void test_fused_products(void) {
  * same GPU and against the CPU, for batched bf16 products (n past the matvec rows), through
  * cuBLASLt's epilogues (SVLM_CUDA_LT=1: required, so a declined product fails the test) and
  * through cuBLAS with separate passes (SVLM_CUDA_LT=0). Against
- * the sequence: the same bf16 operands and f32 sums, but another GEMM algorithm sums in another
+ * the sequence: the same bf16 operands (F16 weights: f16 operands against TF32 ones, the same
+ * precision) and f32 sums, but another GEMM algorithm sums in another
  * order and the residual adds in another order; a last-bit change before the GELU's f16 rounding
  * and the next product's bf16 one can move a rounded value a step (2^-9 relative), a handful of
  * which in a 1024-term sum stay under 2e-3 of max|y|. Against the CPU: bf16 operands, 2e-2. */
@@ -865,9 +866,10 @@ static void test_encoder_fused(void) {
     setenv("SVLM_CUDA_LT", "1", 1); /* required: a product cuBLASLt declined would end the test */
     svlm_kernels *lt = test_gpu_backend();
     unsetenv("SVLM_CUDA_LT");
-    const svlm_dtype types[2] = {SVLM_Q8_0, SVLM_Q4_K};
+    /* F16: f16 operands (the sequence rounds them to TF32: the same 11 significant bits) */
+    const svlm_dtype types[3] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_F16};
     const int ns[3] = {4, 100, 1030}; /* 4: the matvec kernels, so the sequence itself */
-    for (int t = 0; t < 2; t++)
+    for (int t = 0; t < 3; t++)
         for (int i = 0; i < 3; i++) {
             encoder_fused_case(lt, "cuBLASLt", types[t], ns[i]);
             encoder_fused_case(plain, "cuBLAS + passes", types[t], ns[i]);

@@ -740,6 +740,8 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
      * kernels built for it, unless SVLM_CUDA_PDL=0 */
     const char *pd = getenv("SVLM_CUDA_PDL");
     c->pdl = prop.major >= 9 && !(pd && !strcmp(pd, "0")) && svlm_cu_pdl_compiled();
+    const char *ef = getenv("SVLM_CUDA_ENCODER_F16");
+    c->encoder_f16 = !(ef && !strcmp(ef, "0"));
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

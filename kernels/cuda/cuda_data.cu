@@ -61,6 +61,12 @@ __global__ void gelu_f16_to_bf16_kernel(const float *x, uint16_t *y, int64_t n) 
     if (i < n) y[i] = svlm_bf16_rne(gelu_f16(x[i]));
 }
 
+/* the same as an F16 weight's operand (values past f16's range become infinities, as in llama.cpp) */
+__global__ void gelu_f16_to_f16_kernel(const float *x, __half *y, int64_t n) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2half_rn(gelu_f16(x[i]));
+}
+
 /* one block row per output row; threads stride over the row's floats */
 __global__ void gather_rows_kernel(float *dst, const float *src, const int32_t *idx, int64_t dim) {
     const int64_t r = blockIdx.x;
@@ -185,6 +191,11 @@ extern "C" int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n) {
 
 extern "C" int svlm_cu_gelu_f16_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n) {
     if (n > 0) gelu_f16_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_gelu_f16_to_f16(cudaStream_t s, const float *x, uint16_t *y, int64_t n) {
+    if (n > 0) gelu_f16_to_f16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, reinterpret_cast<__half *>(y), n);
     return (int)cudaGetLastError();
 }
 

@@ -65,6 +65,9 @@ __device__ __forceinline__ void store_out(float *y, int64_t i, float v) {
 __device__ __forceinline__ void store_out(uint16_t *y, int64_t i, float v) {
     y[i] = svlm_bf16_rne(v); /* the next product's operand, as the f32 -> bf16 pass would round it */
 }
+__device__ __forceinline__ void store_out(__half *y, int64_t i, float v) {
+    y[i] = __float2half_rn(v); /* an F16 weight's product operand */
+}
 
 template <typename Out>
 __global__ void layernorm_kernel(const float *x, const float *w, const float *b, Out *y, int64_t dim,
@@ -238,6 +241,14 @@ extern "C" int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w,
 extern "C" int svlm_cu_layernorm_bf16(cudaStream_t s, const float *x, const float *w, const float *b,
                                       uint16_t *y, int64_t n, int64_t dim, float eps) {
     if (n > 0) layernorm_kernel<uint16_t><<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_layernorm_f16(cudaStream_t s, const float *x, const float *w, const float *b,
+                                     uint16_t *y, int64_t n, int64_t dim, float eps) {
+    if (n > 0)
+        layernorm_kernel<__half>
+            <<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, reinterpret_cast<__half *>(y), dim, eps);
     return (int)cudaGetLastError();
 }
 

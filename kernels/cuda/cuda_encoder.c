@@ -1,12 +1,17 @@
 /*
  * The vision encoder's fused ops on the GPU (kernels.h: svlm_k_layernorm_matmul_bias,
- * svlm_k_matmul_bias_add, svlm_k_layernorm_gelu_ffn_add). Where the weights multiply in bf16,
- * the activations between ops never exist in f32 only to be converted: the layer norm and the
- * GELU write the next product's bf16 operand, and each product adds its bias (and the residual,
- * through beta) as it writes its results (cuBLASLt's epilogue). Per encoder layer that takes the
+ * svlm_k_matmul_bias_add, svlm_k_layernorm_gelu_ffn_add). Where the weights multiply in bf16
+ * (quantized and BF16 weights, decoded) or f16 (F16 weights, as stored), the activations between
+ * ops never exist in f32 only to be converted: the layer norm and the GELU write the next
+ * product's operand, and each product adds its bias (and the residual, through beta) as it writes
+ * its results (cuBLASLt's epilogue). F16 weights took TF32 on f32 copies of themselves before
+ * (SVLM_CUDA_ENCODER_F16=0 still does): f16 operands carry the same 11 significant bits at twice
+ * TF32's tensor-core rate and half its operand bytes, and the encoder's operands (normed rows, the
+ * GELU's, the attention's output) stay far inside f16's range. Per encoder layer that takes the
  * activation traffic from about 146 KB to about 66 KB per token (SmolVLM2-256M's shape).
  * The numbers are the unfused GPU path's: the same bf16 operands, f32 sums; only the order of the
- * final adds of a residual row (x + (p + b) against (p + x) + b) differs. Elsewhere (F16 and F32
+ * final adds of a residual row (x + (p + b) against (p + x) + b) differs (for F16 weights: f16
+ * operands where the unfused path rounds them to TF32, the same precision). Elsewhere (F32
  * weights, decode-sized batches, host buffers) the op sequences run as before.
  */
 #include <stdio.h>
@@ -15,34 +20,61 @@
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/cuda_ops.h"
 
-/* A product the fused forms take: batched (cuBLAS, not the matvec kernels) and in bf16. */
-static int bf16_batch(svlm_kernels *k, const svlm_weight *w, int64_t n) {
-    return n > CU(k)->matvec_rows && n <= INT32_MAX / 2 && w->rows > 0 && w->rows <= INT32_MAX &&
-           w->cols > 0 && w->cols <= INT32_MAX && n * w->cols <= INT32_MAX && w->type != SVLM_F32 &&
-           w->type != SVLM_F16 && svlm_cu_type_supported((int)w->type);
+enum { OPERAND_NONE, OPERAND_BF16, OPERAND_F16 };
+
+/* The operand type of a product the fused forms take: batched (cuBLAS, not the matvec kernels);
+ * bf16 for quantized and BF16 weights, f16 for packed F16 ones; NONE: the op sequence. */
+static int operand_of(svlm_kernels *k, const svlm_weight *w, int64_t n) {
+    if (!(n > CU(k)->matvec_rows && n <= INT32_MAX / 2 && w->rows > 0 && w->rows <= INT32_MAX &&
+          w->cols > 0 && w->cols <= INT32_MAX && n * w->cols <= INT32_MAX &&
+          svlm_cu_type_supported((int)w->type)))
+        return OPERAND_NONE;
+    if (w->type == SVLM_F32) return OPERAND_NONE;
+    if (w->type == SVLM_F16)
+        return CU(k)->encoder_f16 && cu_tf32() && w->row_bytes == 2 * (size_t)w->cols ? OPERAND_F16
+                                                                                      : OPERAND_NONE;
+    return OPERAND_BF16;
 }
 
-/* y (+)= xh W^T + b on device pointers, queued: cuBLASLt with the bias in the epilogue, else
- * cuBLAS (beta 1 for the residual) and a bias pass. */
-static void product_bias(svlm_kernels *k, const svlm_weight *w, const uint16_t *xh, int64_t n, float *y,
-                         const float *b, int acc) {
+/* The rows of x (n x D, f32) as the operand type op, into xh. */
+static void to_operand(svlm_kernels *k, int op, const float *x, uint16_t *xh, int64_t count) {
+    if (op == OPERAND_F16)
+        cu_check(svlm_cu_store_f16(CU(k)->stream, xh, x, count), "activations to f16");
+    else
+        cu_check(svlm_cu_f32_to_bf16(CU(k)->stream, x, xh, count), "activations to bf16");
+}
+
+static void layernorm_to(svlm_kernels *k, int op, const float *x, const float *w, const float *b, uint16_t *y,
+                         int64_t n, int64_t D, float eps) {
+    if (op == OPERAND_F16)
+        cu_check(svlm_cu_layernorm_f16(CU(k)->stream, x, w, b, y, n, D, eps), "layernorm (f16)");
+    else
+        cu_check(svlm_cu_layernorm_bf16(CU(k)->stream, x, w, b, y, n, D, eps), "layernorm (bf16)");
+}
+
+/* y (+)= xh W^T + b on device pointers, queued, xh and W in operand type op: cuBLASLt with the
+ * bias in the epilogue, else cuBLAS (beta 1 for the residual) and a bias pass. */
+static void product_bias(svlm_kernels *k, const svlm_weight *w, int op, const uint16_t *xh, int64_t n,
+                         float *y, const float *b, int acc) {
     cu_ctx *c = CU(k);
     int bf16 = 0;
     void *temp = NULL;
-    const void *dw = cu_weight_gemm(k, w, &bf16, &temp);
-    if (!bf16) { /* bf16_batch chose these weights for their bf16 decode */
+    const void *dw = op == OPERAND_F16 ? cu_weight(k, w->data, (size_t)w->rows * w->row_bytes)
+                                       : cu_weight_gemm(k, w, &bf16, &temp);
+    if (op == OPERAND_BF16 && !bf16) { /* operand_of chose these weights for their bf16 decode */
         fprintf(stderr, "svlm: internal error: a %lld x %lld weight has no bf16 decode\n", (long long)w->rows,
                 (long long)w->cols);
         abort();
     }
     const float *db = b ? cu_weight(k, b, sizeof(float) * (size_t)w->rows) : NULL;
     const int m = (int)w->rows, kk = (int)w->cols;
-    if (!cu_lt_gemm_bias(k, m, (int)n, kk, dw, xh, y, db, acc)) {
+    const int f16 = op == OPERAND_F16;
+    if (dw && !cu_lt_gemm_bias(k, m, (int)n, kk, dw, xh, f16, y, db, acc)) {
         const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
-        cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, (int)n, kk, &one, dw, CUDA_R_16BF,
-                                   kk, xh, CUDA_R_16BF, kk, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT),
-                      "bf16 GEMM");
+        const cudaDataType_t t = f16 ? CUDA_R_16F : CUDA_R_16BF;
+        cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, (int)n, kk, &one, dw, t, kk, xh, t,
+                                   kk, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      f16 ? "f16 GEMM" : "bf16 GEMM");
         if (db) cu_check(svlm_cu_add_bias(c->stream, y, db, n, w->rows), "add_bias");
     }
     if (temp) {
@@ -58,9 +90,10 @@ static const float *param(svlm_kernels *k, const float *p, int64_t n) {
 void cu_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
                               float eps, float *h, const svlm_weight *const *ws, const float *const *bs,
                               int n_w, int64_t n, float *const *ys) {
-    int ok = cu_ranges_contain(x);
+    const int op = n_w > 0 ? operand_of(k, ws[0], n) : OPERAND_NONE;
+    int ok = op != OPERAND_NONE && cu_ranges_contain(x);
     for (int i = 0; ok && i < n_w; i++)
-        ok = bf16_batch(k, ws[i], n) && ws[i]->cols == ws[0]->cols && cu_ranges_contain(ys[i]);
+        ok = operand_of(k, ws[i], n) == op && ws[i]->cols == ws[0]->cols && cu_ranges_contain(ys[i]);
     if (!ok) {
         svlm_k_seq_layernorm_matmul_bias(k, x, ln_w, ln_b, eps, h, ws, bs, n_w, n, ys);
         return;
@@ -69,51 +102,53 @@ void cu_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w
     const int64_t D = ws[0]->cols;
     uint16_t *xh = cu_scratch(k, sizeof(uint16_t) * (size_t)(n * D));
     if (xh) { /* (NULL: a recording gave up) */
-        cu_check(
-            svlm_cu_layernorm_bf16(CU(k)->stream, x, param(k, ln_w, D), param(k, ln_b, D), xh, n, D, eps),
-            "layernorm (bf16)");
+        layernorm_to(k, op, x, param(k, ln_w, D), param(k, ln_b, D), xh, n, D, eps);
         for (int i = 0; i < n_w; i++)
-            product_bias(k, ws[i], xh, n, ys[i], bs[i], 0);
+            product_bias(k, ws[i], op, xh, n, ys[i], bs[i], 0);
     }
-    cu_done(k, "layernorm + matmul + bias (bf16)");
+    cu_done(k, op == OPERAND_F16 ? "layernorm + matmul + bias (f16)" : "layernorm + matmul + bias (bf16)");
 }
 
 void cu_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
                         float *y, float *tmp) {
-    if (!bf16_batch(k, w, n) || !cu_ranges_contain(x) || !cu_ranges_contain(y)) {
+    const int op = operand_of(k, w, n);
+    if (op == OPERAND_NONE || !cu_ranges_contain(x) || !cu_ranges_contain(y)) {
         svlm_k_seq_matmul_bias_add(k, w, b, x, n, y, tmp);
         return;
     }
     cu_begin(k);
     uint16_t *xh = cu_scratch(k, sizeof(uint16_t) * (size_t)(n * w->cols));
     if (xh) {
-        cu_check(svlm_cu_f32_to_bf16(CU(k)->stream, x, xh, n * w->cols), "activations to bf16");
-        product_bias(k, w, xh, n, y, b, 1);
+        to_operand(k, op, x, xh, n * w->cols);
+        product_bias(k, w, op, xh, n, y, b, 1);
     }
-    cu_done(k, "matmul + bias + residual (bf16)");
+    cu_done(k, op == OPERAND_F16 ? "matmul + bias + residual (f16)" : "matmul + bias + residual (bf16)");
 }
 
 void cu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b, float eps,
                                const svlm_weight *w1, const float *b1, const svlm_weight *w2, const float *b2,
                                int64_t n, float *h, float *ff, float *tmp) {
-    if (!bf16_batch(k, w1, n) || !bf16_batch(k, w2, n) || w2->cols != w1->rows || w2->rows != w1->cols ||
+    const int op = operand_of(k, w1, n);
+    if (op == OPERAND_NONE || operand_of(k, w2, n) != op || w2->cols != w1->rows || w2->rows != w1->cols ||
         n * w1->rows > INT32_MAX || !cu_ranges_contain(x) || !cu_ranges_contain(ff)) {
         svlm_k_seq_layernorm_gelu_ffn_add(k, x, ln_w, ln_b, eps, w1, b1, w2, b2, n, h, ff, tmp);
         return;
     }
     cu_begin(k);
     const int64_t D = w1->cols, F = w1->rows;
-    /* one bf16 buffer: the normed rows, then (the up product has read them: same stream) the GELU's */
+    /* one operand buffer: the normed rows, then (the up product has read them: same stream) the GELU's */
     uint16_t *sh = cu_scratch(k, sizeof(uint16_t) * (size_t)(n * (F > D ? F : D)));
     if (sh) {
-        cu_check(
-            svlm_cu_layernorm_bf16(CU(k)->stream, x, param(k, ln_w, D), param(k, ln_b, D), sh, n, D, eps),
-            "layernorm (bf16)");
-        product_bias(k, w1, sh, n, ff, b1, 0);
-        cu_check(svlm_cu_gelu_f16_to_bf16(CU(k)->stream, ff, sh, n * F), "GELU (bf16)");
-        product_bias(k, w2, sh, n, x, b2, 1);
+        layernorm_to(k, op, x, param(k, ln_w, D), param(k, ln_b, D), sh, n, D, eps);
+        product_bias(k, w1, op, sh, n, ff, b1, 0);
+        if (op == OPERAND_F16)
+            cu_check(svlm_cu_gelu_f16_to_f16(CU(k)->stream, ff, sh, n * F), "GELU (f16)");
+        else
+            cu_check(svlm_cu_gelu_f16_to_bf16(CU(k)->stream, ff, sh, n * F), "GELU (bf16)");
+        product_bias(k, w2, op, sh, n, x, b2, 1);
     }
-    cu_done(k, "layernorm + GELU feed-forward + residual (bf16)");
+    cu_done(k, op == OPERAND_F16 ? "layernorm + GELU feed-forward + residual (f16)"
+                                 : "layernorm + GELU feed-forward + residual (bf16)");
 }
 
 /* The convolution through cuDNN when it takes it, else im2col + GEMM. F16 weights only: their f32

@@ -65,9 +65,11 @@ typedef struct cu_ctx {
     int attn_flash_min_q; /* the least queries cu_attention_flash takes (INT_MAX: off) */
     int flash_items;      /* many sequences' prefill in one flash launch (SVLM_CUDA_FLASH_ITEMS, on) */
     int flash_mma; /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA=0: WMMA) */
-    int pdl;     /* decode kernels with programmatic dependent launch (cuda_pdl.cuh; SVLM_CUDA_PDL=0: off) */
-    cu_lt *lt;   /* made on first use */
-    cu_dnn *dnn; /* made on first use */
+    int pdl; /* decode kernels with programmatic dependent launch (cuda_pdl.cuh; SVLM_CUDA_PDL=0: off) */
+    int encoder_f16; /* the encoder's fused ops take F16 weights as f16 operands (SVLM_CUDA_ENCODER_F16=0:
+                        TF32) */
+    cu_lt *lt;       /* made on first use */
+    cu_dnn *dnn;     /* made on first use */
     int lt_mode, dnn_mode; /* CU_SWITCH_*, read when the backend is made */
     void *attn_scratch;    /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
@@ -162,12 +164,15 @@ int cu_attention_flash(svlm_kernels *k, const svlm_attn_args *a, const float *dq
 /* n prefill attentions shaped alike in one launch of the flash kernel (cuda_attention_flash.c):
  * 0 when it declines them (then they go one by one). */
 int cu_attention_flash_items(svlm_kernels *k, const svlm_attn_args *a, int n);
-/* y (n x m, row-major) = x16 W^T + bias (acc: y += ...) with W and x in bf16 (W: m rows of kk),
- * bias f32 (m values; NULL: none), all device pointers, through cuBLASLt with the bias and
- * residual in the epilogue; queued, no wait. Returns 0 when it declines (nothing queued). */
-int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, float *y,
-                    const float *bias, int acc);
+/* y (n x m, row-major) = x16 W^T + bias (acc: y += ...) with W and x in bf16 (f16: in f16; W: m
+ * rows of kk), bias f32 (m values; NULL: none), all device pointers, through cuBLASLt with the bias
+ * and residual in the epilogue; queued, no wait. Returns 0 when it declines (nothing queued). */
+int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
+                    float *y, const float *bias, int acc);
 void cu_lt_free(svlm_kernels *k);
+/* Whether F16 weights may multiply at their own precision (TF32, or f16 operands in the encoder's
+ * fused ops): not under SVLM_CUDA_TF32=0, which asks for full f32 products (read at each product). */
+int cu_tf32(void);
 /* dy [b g^2][D] (g = (S - p) / p + 1) = the convolution of dx (b images, 3 planes of S x S, device)
  * with dw ([D][3][p][p] f32, device), stride p, through cuDNN; queued. 0: declined (a build without
  * cuDNN, SVLM_CUDA_CUDNN=0, or a failure), nothing queued. */

@@ -1,5 +1,5 @@
 /*
- * Batched bf16 products through cuBLASLt, for the epilogues cuBLAS's GemmEx lacks: the bias added
+ * Batched bf16 (and f16) products through cuBLASLt, for the epilogues cuBLAS's GemmEx lacks: the bias added
  * (and, through beta, the residual) as the product's results are written, not in passes of their
  * own over the activations. Descriptors and the chosen algorithm are kept per shape and operand
  * alignment: the encoder repeats a few shapes, and a heuristic query costs more host time than
@@ -19,7 +19,7 @@ enum { LT_SHAPES = 16 };
 #define LT_WORKSPACE ((size_t)32 << 20)
 
 typedef struct lt_shape {
-    int m, n, kk, bias, align, used;
+    int m, n, kk, bias, align, f16, used;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
@@ -79,8 +79,10 @@ static void shape_free(lt_shape *s) {
 
 /* y[n][m] = x[n][kk] W[m][kk]^T is, column-major, Y (m x n) = W^T X with W read as kk x m (ld kk)
  * and transposed, X as kk x n: the layout cu_matmul gives cuBLAS. */
-static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *bias, uint32_t align) {
+static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *bias, uint32_t align,
+                      int f16) {
     s->m = m;
+    s->f16 = f16;
     s->n = n;
     s->kk = kk;
     s->bias = bias != NULL;
@@ -99,8 +101,9 @@ static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *
             st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                 sizeof bias_type);
     }
-    if (!st) st = cublasLtMatrixLayoutCreate(&s->a, CUDA_R_16BF, (uint64_t)kk, (uint64_t)m, kk);
-    if (!st) st = cublasLtMatrixLayoutCreate(&s->b, CUDA_R_16BF, (uint64_t)kk, (uint64_t)n, kk);
+    const cudaDataType_t op_type = f16 ? CUDA_R_16F : CUDA_R_16BF;
+    if (!st) st = cublasLtMatrixLayoutCreate(&s->a, op_type, (uint64_t)kk, (uint64_t)m, kk);
+    if (!st) st = cublasLtMatrixLayoutCreate(&s->b, op_type, (uint64_t)kk, (uint64_t)n, kk);
     if (!st) st = cublasLtMatrixLayoutCreate(&s->c, CUDA_R_32F, (uint64_t)m, (uint64_t)n, m);
     cublasLtMatmulPreference_t pref = NULL;
     if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
@@ -119,19 +122,19 @@ static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *
     return 0;
 }
 
-static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias, uint32_t align) {
+static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias, uint32_t align, int f16) {
     lt_shape *slot = &L->s[0];
     for (int i = 0; i < LT_SHAPES; i++) {
         lt_shape *s = &L->s[i];
         if (s->used && s->m == m && s->n == n && s->kk == kk && s->bias == (bias != NULL) &&
-            s->align == (int)align) {
+            s->align == (int)align && s->f16 == f16) {
             s->last_use = ++L->clock;
             return s->ok ? s : NULL;
         }
         if (!s->used || (slot->used && s->last_use < slot->last_use)) slot = s;
     }
     shape_free(slot);
-    int st = shape_make(L, slot, m, n, kk, bias, align);
+    int st = shape_make(L, slot, m, n, kk, bias, align, f16);
     slot->last_use = ++L->clock;
     if (st) {
         shape_free(slot);
@@ -157,14 +160,14 @@ static int declined(cu_lt *L, const char *why) {
     return 0;
 }
 
-int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, float *y,
-                    const float *bias, int acc) {
+int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
+                    float *y, const float *bias, int acc) {
     if (m <= 0 || n <= 0 || kk <= 0) return 0;
     const uint32_t align = operand_alignment(w16, x16, y, bias);
     cu_lt *L = lt_get(k);
     if (!L) return declined(CU(k)->lt, "it is off or could not start");
     if (align < 16) return declined(L, "an operand is not 16-byte aligned");
-    lt_shape *s = shape_for(L, m, n, kk, bias, align);
+    lt_shape *s = shape_for(L, m, n, kk, bias, align, f16 != 0);
     if (!s) return declined(L, "no algorithm for the shape");
     if (bias) {
         cublasStatus_t st =

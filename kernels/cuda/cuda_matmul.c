@@ -25,7 +25,7 @@ static void check_weight(const svlm_weight *w) {
 
 /* F16 weights multiply on TF32 tensor cores (10-bit mantissas: the weights' own precision);
  * SVLM_CUDA_TF32=0 asks for full f32 products instead, for comparisons. */
-static int cu_tf32(void) {
+int cu_tf32(void) {
     const char *e = getenv("SVLM_CUDA_TF32");
     return !(e && !strcmp(e, "0"));
 }

@@ -59,9 +59,11 @@ int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, float *y, in
                     float eps, int pdl);
 int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y, int64_t n,
                       int64_t dim, float eps);
-/* The same rows written as bf16 (the next product's operand). */
+/* The same rows written as bf16 or (_f16) f16 (the next product's operand; RNE). */
 int svlm_cu_layernorm_bf16(cudaStream_t s, const float *x, const float *w, const float *b, uint16_t *y,
                            int64_t n, int64_t dim, float eps);
+int svlm_cu_layernorm_f16(cudaStream_t s, const float *x, const float *w, const float *b, uint16_t *y,
+                          int64_t n, int64_t dim, float eps);
 int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int head_dim, int n_rot, const int32_t *pos,
                  float theta_scale, int neox);
 /* svlm_k_rope_store on device buffers (dsts: a device table of 2n row pointers; n_rot even). */
@@ -108,6 +110,8 @@ int svlm_cu_gelu_tanh_f16(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_add_bias_gelu_f16(cudaStream_t s, float *x, const float *b, int64_t n_rows, int64_t dim);
 /* y = bf16(gelu_f16(x)) (svlm_k_gelu_tanh_f16's numbers, then the bf16 of a product's operand) */
 int svlm_cu_gelu_f16_to_bf16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
+/* y = f16(gelu_f16(x)): the same GELU as an F16 weight's product operand */
+int svlm_cu_gelu_f16_to_f16(cudaStream_t s, const float *x, uint16_t *y, int64_t n);
 /* Row i of x (dim floats) to dsts[i] (a device table of n row pointers; NULL skips the row), as
  * f16 or f32. */
 int svlm_cu_store_rows(cudaStream_t s, void *const *dsts, int f16, const float *x, int64_t n, int64_t dim);
