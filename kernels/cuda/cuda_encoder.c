@@ -69,7 +69,10 @@ static void product_bias(svlm_kernels *k, const svlm_weight *w, int op, const ui
     const float *db = b ? cu_weight(k, b, sizeof(float) * (size_t)w->rows) : NULL;
     const int m = (int)w->rows, kk = (int)w->cols;
     const int f16 = op == OPERAND_F16;
-    if (dw && !cu_lt_gemm_bias(k, m, (int)n, kk, dw, xh, f16, y, db, acc)) {
+    /* a refused recording (cu_weight then hands back the host copy; cu_weight_gemm NULL): nothing
+     * of it runs, the caller issues the ops again */
+    const int refused = !dw || (cu_capturing && cu_capture_failed);
+    if (!refused && !cu_lt_gemm_bias(k, m, (int)n, kk, dw, xh, f16, y, db, acc)) {
         const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
         const cudaDataType_t t = f16 ? CUDA_R_16F : CUDA_R_16BF;
         cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, (int)n, kk, &one, dw, t, kk, xh, t,
