@@ -3,8 +3,8 @@
  * decode step. A step is some 180 kernels of a few microseconds each, and between two of them
  * the GPU drains one grid before it launches and ramps up the next. Launched with pdl_launch, a
  * kernel may start while the kernel before it in the stream still runs: it may read what no
- * kernel writes (its weights, prefetched into L2 by pdl_prefetch_warp) and then waits (pdl_wait) until
- * the kernel before has completed and its writes are visible.
+ * kernel writes (its weights, prefetched into L2 by pdl_prefetch_warp) and then waits (pdl_wait)
+ * until the kernel before has completed and its writes are visible.
  *
  * The rule for a kernel launched with pdl_launch: every thread calls pdl_wait before any other
  * global read or write and before any return. A kernel that never waited could end before the
@@ -12,9 +12,9 @@
  * ahead of that one. pdl_launch_dependents (right after the wait) lets the next kernel's blocks
  * start their prefetches while this one runs.
  *
- * Each backend decides when it is made (cu_ctx.pdl: compute capability 9.0 and newer, unless
- * SVLM_CUDA_PDL=0) and passes it to the launchers; launched without it, the wait and the trigger
- * do nothing.
+ * Each backend decides when it is made (cu_ctx.pdl: compute capability 9.0 and newer, kernels
+ * compiled for it, unless SVLM_CUDA_PDL=0) and passes it to the launchers; launched without it,
+ * the wait and the trigger do nothing.
  */
 #ifndef SVLM_KERNELS_CUDA_PDL_CUH
 #define SVLM_KERNELS_CUDA_PDL_CUH
