@@ -22,23 +22,17 @@
 #include "kernels/kernels.h"
 #include "test.h"
 #include "test_gpu.h"
+#include "test_rand.h"
 
 static svlm_kernels *G, *C;
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static float frand(void) { /* uniform in [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+    return test_frand(&rng);
 }
 
 static float *host_floats(int64_t n, float scale) {
-    float *p = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    REQUIRE(p, "out of memory");
-    for (int64_t i = 0; i < n; i++)
-        p[i] = frand() * scale;
-    return p;
+    return test_floats(&rng, n, scale);
 }
 
 static void *galloc(size_t bytes) {

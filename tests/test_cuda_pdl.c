@@ -24,6 +24,7 @@
 #include "kernels/kernels.h"
 #include "test.h"
 #include "test_gpu.h"
+#include "test_rand.h"
 
 enum {
     NS = 2,
@@ -42,18 +43,11 @@ static const int base_rows[NS] = {124, 380}; /* rows cached before the first ste
 
 static uint64_t rng = 0x853c49e6748fea9bULL;
 static float frand(void) { /* uniform in [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+    return test_frand(&rng);
 }
 
 static float *host_floats(int64_t n, float scale) {
-    float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    REQUIRE(p, "out of memory");
-    for (int64_t i = 0; i < n; i++)
-        p[i] = scale * frand();
-    return p;
+    return test_floats(&rng, n, scale);
 }
 
 /* The model: Q8_0 weights (the decode products' quantized path with its prefetches), f32 norms. */
