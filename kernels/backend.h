@@ -62,6 +62,10 @@ typedef struct backend_ops {
     void (*rope_store)(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
+    /* NULL: rmsnorm_matmul_multi, then rope_store (through the public ops) */
+    void (*rmsnorm_qkv_rope_store)(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                                   const svlm_weight *const *ws, int64_t n, float *q, float *kx, float *vx,
+                                   const svlm_rope_store_args *r);
     void (*im2col)(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
     void (*patch_embed)(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                         float *patches, float *y);                  /* NULL: im2col, then matmul */

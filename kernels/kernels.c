@@ -153,7 +153,8 @@ enum {
     OP_NORM_GELU_FFN,
     OP_PATCH_EMBED,
     OP_IM2COL,
-    OP_KV_SHIFT
+    OP_KV_SHIFT,
+    OP_NORM_QKV_ROPE
 };
 
 void svlm_k_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape) {
@@ -502,6 +503,35 @@ void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w,
     k->ops->matmul_multi(k, ws, 2, h, n, ys);
     k->ops->silu_mul(k, gate, up, n * wg->rows);
 }
+void svlm_k_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                                   const svlm_weight *const *ws, int64_t n, float *q, float *kx, float *vx,
+                                   const svlm_rope_store_args *r) {
+    if (n <= 0) return;
+    if (!k->ops->rmsnorm_qkv_rope_store) { /* the two ops, each noted for replay on its own */
+        float *ys[3] = {q, kx, vx};
+        svlm_k_rmsnorm_matmul_multi(k, x, norm_w, eps, h, ws, 3, n, ys);
+        svlm_k_rope_store(k, q, kx, vx, n, r->n_head, r->n_kv_head, r->head_dim, r->n_rot, r->pos, r->base,
+                          r->neox, r->dsts, r->kv_type, r->keep, r->round);
+        return;
+    }
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_NORM_QKV_ROPE, x, n);
+        const void *ptrs[] = {norm_w, h, q, kx, vx, r->pos, r->dsts, r->keep};
+        for (int i = 0; i < 8; i++)
+            note_p(k, ptrs[i]);
+        for (int i = 0; i < 3; i++)
+            note_w(k, ws[i]);
+        const int64_t ints[] = {r->n_head, r->n_kv_head, r->head_dim, r->n_rot,
+                                r->neox,   r->kv_type,   r->round};
+        for (int i = 0; i < 7; i++)
+            note_u(k, (uint64_t)ints[i]);
+        note_f(k, eps);
+        note_f(k, r->base);
+        if (skip) return;
+    }
+    k->ops->rmsnorm_qkv_rope_store(k, x, norm_w, eps, h, ws, n, q, kx, vx, r);
+}
+
 void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round) {

@@ -194,6 +194,26 @@ void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t 
                        int head_dim, int n_rot, const int32_t *pos, float base, int neox, void *const *dsts,
                        svlm_dtype kv_type, float *keep, int round);
 
+/* svlm_k_rope_store's arguments besides the rows themselves. */
+typedef struct svlm_rope_store_args {
+    int n_head, n_kv_head, head_dim, n_rot;
+    const int32_t *pos;
+    float base;
+    int neox;
+    void *const *dsts;
+    svlm_dtype kv_type;
+    float *keep;
+    int round;
+} svlm_rope_store_args;
+
+/* A decode step's attention inputs in one op: svlm_k_rmsnorm_matmul_multi of x with ws = {Wq, Wk,
+ * Wv} into q, kx, vx, then svlm_k_rope_store on them with r. The same numbers; h, kx and vx are
+ * scratch the op may leave unwritten (a GPU rotates and stores the rows as its products make them:
+ * one kernel instead of two). */
+void svlm_k_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                                   const svlm_weight *const *ws, int64_t n, float *q, float *kx, float *vx,
+                                   const svlm_rope_store_args *r);
+
 /* The rows of a working copy that an eviction moved (see svlm_kv_version), every layer in one op:
  * rows [src, src + n) of raw[l] (keys before RoPE) and of vc[l] (values) move to rows
  * [dst, dst + n) (dst < src: the ranges may overlap), then kc[l]'s rows [dst, dst + n) become the

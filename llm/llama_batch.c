@@ -116,7 +116,6 @@ static void batch_layers(svlm_llama_batch *b, svlm_llama_batch_item *items, int 
     const int *sync_from = b->sync;
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
-        llama_layer_qkv(k, hp, L, b->r.x, b->r.h, b->r.q, b->r.kx, b->r.vx, nl);
         /* the rows' new keys and values reach their pages after the layers, in one copy */
         float *pk = b->pending + (size_t)l * 2 * nl * kvd;
         int n_f16 = 0;
@@ -126,11 +125,12 @@ static void batch_layers(svlm_llama_batch *b, svlm_llama_batch_item *items, int 
             n_f16 += svlm_kv_pool_params_of(svlm_kv_seq_pool(it->seq))->type == SVLM_F16;
         }
         if (tables) {
-            llama_step_layer(items[b->live[0]].ctx, &b->step, l, b->r.q, b->r.kx, b->r.vx, b->pos_k, pk,
-                             n_f16 == nl);
+            llama_step_layer(items[b->live[0]].ctx, &b->step, l, L, b->r.x, b->r.h, b->r.q, b->r.kx, b->r.vx,
+                             b->pos_k, pk, n_f16 == nl);
             llama_layer_rest(k, hp, L, b->r.att, b->r.x, b->r.h, b->r.gate, b->r.up, nl);
             continue;
         }
+        llama_layer_qkv(k, hp, L, b->r.x, b->r.h, b->r.q, b->r.kx, b->r.vx, nl);
         svlm_k_copy(k, pk, b->r.kx, sizeof(float) * (size_t)nl * kvd);
         svlm_k_copy(k, pk + (size_t)nl * kvd, b->r.vx, sizeof(float) * (size_t)nl * kvd);
         /* rows on f16 pages must look as they will when read back: all at once when all are */

@@ -225,12 +225,24 @@ void llama_step_upload(svlm_kernels *k, llama_step_tables *t, int n_layer) {
     svlm_k_copy(k, t->att_k, t->att_host, sizeof(svlm_attn_item) * (size_t)n_layer * (size_t)t->rows);
 }
 
-void llama_step_layer(const svlm_llama_ctx *c, const llama_step_tables *t, int l, float *q, float *kx,
-                      float *vx, const int32_t *pos, float *keep, int round) {
+void llama_step_layer(const svlm_llama_ctx *c, const llama_step_tables *t, int l, const svlm_llama_layer *L,
+                      const float *x, float *h, float *q, float *kx, float *vx, const int32_t *pos,
+                      float *keep, int round) {
     const svlm_llama_hparams *hp = &c->m->hp;
     const int n = t->rows;
-    svlm_k_rope_store(c->k, q, kx, vx, n, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, pos,
-                      hp->rope_base, hp->rope_neox, t->dst_k + (size_t)(2 * l) * n, c->kv_type, keep, round);
+    const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+    const svlm_rope_store_args r = {.n_head = hp->n_head,
+                                    .n_kv_head = hp->n_head_kv,
+                                    .head_dim = hp->head_dim,
+                                    .n_rot = hp->n_rot,
+                                    .pos = pos,
+                                    .base = hp->rope_base,
+                                    .neox = hp->rope_neox,
+                                    .dsts = t->dst_k + (size_t)(2 * l) * n,
+                                    .kv_type = c->kv_type,
+                                    .keep = keep,
+                                    .round = round};
+    svlm_k_rmsnorm_qkv_rope_store(c->k, x, L->attn_norm, hp->rms_eps, h, ws, n, q, kx, vx, &r);
     const svlm_attn_args shape = llama_cache_attention(c, l, NULL, NULL, 1, 0);
     svlm_k_attention_items(c->k, &shape, t->att_k + (size_t)l * n, n);
 }
@@ -331,14 +343,14 @@ static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     const int kvd = hp->n_head_kv * hp->head_dim;
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
-        llama_layer_qkv(k, hp, L, c->x, c->h, c->q, c->kx, c->vx, n);
-        if (step) { /* no working copy to bring over: everything after q/k/v in one pass */
+        if (step) { /* no working copy to bring over: the layer in one pass */
             const int round = pend && svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16;
-            llama_step_layer(c, &c->step, l, c->q, c->kx, c->vx, c->pos_k,
+            llama_step_layer(c, &c->step, l, L, c->x, c->h, c->q, c->kx, c->vx, c->pos_k,
                              pend ? c->pending + (size_t)l * 2 * n * kvd : NULL, round);
             llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
             continue;
         }
+        llama_layer_qkv(k, hp, L, c->x, c->h, c->q, c->kx, c->vx, n);
         if (pend) {
             llama_new_rows_to_pending(c, seq, l, c->kx, c->vx, n, p0, sync_from);
         } else if (seq) { /* a long chunk: the wait for its rows is small next to its compute */

@@ -84,12 +84,14 @@ void llama_step_row(llama_step_tables *t, const svlm_llama_ctx *c, int rows, int
                     float *att, int p0);
 /* The filled rows over to the kernels' side (before the step's ops). */
 void llama_step_upload(svlm_kernels *k, llama_step_tables *t, int n_layer);
-/* Layer l of a step after q/k/v: RoPE on the rows' queries and keys, their keys and values into
- * the working copies (and, keep not NULL, as they came into keep for the pages; round: through f16
- * first, for f16 pages), then the rows' attentions into their att rows. c: any of the step's
- * contexts (they share shapes); pos: the rows' positions on the kernels' side. */
-void llama_step_layer(const svlm_llama_ctx *c, const llama_step_tables *t, int l, float *q, float *kx,
-                      float *vx, const int32_t *pos, float *keep, int round);
+/* Layer l of a step up to its attention: q/k/v of x (weights L, h scratch), RoPE on the rows'
+ * queries and keys, their keys and values into the working copies (and, keep not NULL, as they
+ * came into keep for the pages; round: through f16 first, for f16 pages), all one op
+ * (svlm_k_rmsnorm_qkv_rope_store), then the rows' attentions into their att rows. c: any of the
+ * step's contexts (they share shapes); pos: the rows' positions on the kernels' side. */
+void llama_step_layer(const svlm_llama_ctx *c, const llama_step_tables *t, int l, const svlm_llama_layer *L,
+                      const float *x, float *h, float *q, float *kx, float *vx, const int32_t *pos,
+                      float *keep, int round);
 
 /* Shared by llama_eval.c and llama_batch.c. */
 /* x (svlm_k_alloc, n rows of n_embd) = the inputs of a chunk: token embeddings, and image rows

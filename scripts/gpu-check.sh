@@ -147,7 +147,7 @@ fi
 # switch that makes some of them pass stays exported, so the benchmarks after measure code the
 # tests passed, and the summary names it.
 SWITCHES_BACK=(SVLM_CUDA_PDL=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0 SVLM_CUDA_MATVEC_SPLIT=1
-  SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0)
+  SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0)
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
   all=$(ctest --test-dir "$B" -N -R test_cuda | sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
@@ -331,6 +331,9 @@ if [ -x "$S" ]; then
     # the decode step's kernels without programmatic dependent launch (each waits for the one before
     # to end before it starts; default on from compute capability 9.0)
     SVLM_CUDA_PDL=0 bench "text, cuda, no PDL" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+    # a step's q/k/v products and its RoPE + cache stores as two kernels, as before their fusion
+    SVLM_CUDA_QKV_ROPE=0 bench "text, cuda, q/k/v and RoPE as two kernels" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
+      --backend cuda
     # decode products with one warp per weight row, as before the split (default: up to 4 warps a row)
     SVLM_CUDA_MATVEC_SPLIT=1 bench "text, cuda, one warp per weight row" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
       --backend cuda

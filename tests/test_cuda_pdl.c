@@ -2,6 +2,7 @@
  * Programmatic dependent launch (kernels/cuda/cuda_pdl.cuh): decode steps as llama_eval.c runs
  * them (per layer: RMSNorm + q/k/v, RoPE + the rows' stores into their caches, attention over each
  * row's own cache, output product + residual, RMSNorm + gate/up + SwiGLU, down product + residual;
+ * the first two are one kernel on a GPU, svlm_k_rmsnorm_qkv_rope_store;
  * then the output norm and head) on two sequences, replayed from a recording after the first two
  * steps, on a backend with PDL (the default from compute capability 9.0) and on one without
  * (SVLM_CUDA_PDL=0). The caches start with 124 and 380 rows, so while the recording replays each
@@ -167,10 +168,15 @@ static void step_ops(run *r, const model *m) {
     svlm_kernels *k = r->k;
     for (int l = 0; l < LAYERS; l++) {
         const svlm_weight *qkv[3] = {&m->wq[l], &m->wk[l], &m->wv[l]};
-        float *ys[3] = {r->q, r->kx, r->vx};
-        svlm_k_rmsnorm_matmul_multi(k, r->x, m->norm, 1e-5f, r->h, qkv, 3, NS, ys);
-        svlm_k_rope_store(k, r->q, r->kx, r->vx, NS, NH, NKV, HD, HD, r->pos, 10000.0f, 0,
-                          r->dsts + (size_t)l * 2 * NS, SVLM_F32, NULL, 0);
+        const svlm_rope_store_args ra = {.n_head = NH,
+                                         .n_kv_head = NKV,
+                                         .head_dim = HD,
+                                         .n_rot = HD,
+                                         .pos = r->pos,
+                                         .base = 10000.0f,
+                                         .dsts = r->dsts + (size_t)l * 2 * NS,
+                                         .kv_type = SVLM_F32};
+        svlm_k_rmsnorm_qkv_rope_store(k, r->x, m->norm, 1e-5f, r->h, qkv, NS, r->q, r->kx, r->vx, &ra);
         svlm_k_attention_items(k, &shape, r->items + (size_t)l * NS, NS);
         svlm_k_matmul_add(k, &m->wo[l], r->att, NS, r->x, r->h);
         svlm_k_rmsnorm_swiglu(k, r->x, m->norm, 1e-5f, r->h, &m->wg[l], &m->wu[l], NS, r->gate, r->up);

@@ -651,6 +651,7 @@ static const backend_ops cuda_ops = {
     .matmul_add = cu_matmul_add,
     .rmsnorm_matmul_multi = cu_rmsnorm_matmul_multi,
     .rmsnorm_swiglu = cu_rmsnorm_swiglu,
+    .rmsnorm_qkv_rope_store = cu_rmsnorm_qkv_rope_store,
     .add_bias_gelu_f16 = cu_add_bias_gelu_f16,
     .layernorm_matmul_bias = cu_layernorm_matmul_bias,
     .matmul_bias_add = cu_matmul_bias_add,
@@ -742,6 +743,8 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     c->pdl = prop.major >= 9 && !(pd && !strcmp(pd, "0")) && svlm_cu_pdl_compiled();
     const char *ef = getenv("SVLM_CUDA_ENCODER_F16");
     c->encoder_f16 = !(ef && !strcmp(ef, "0"));
+    const char *qr = getenv("SVLM_CUDA_QKV_ROPE");
+    c->qkv_rope = !(qr && !strcmp(qr, "0"));
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

@@ -68,6 +68,7 @@ typedef struct cu_ctx {
     int pdl; /* decode kernels with programmatic dependent launch (cuda_pdl.cuh; SVLM_CUDA_PDL=0: off) */
     int encoder_f16; /* the encoder's fused ops take F16 weights as f16 operands (SVLM_CUDA_ENCODER_F16=0:
                         TF32) */
+    int qkv_rope;    /* decode steps' q/k/v, RoPE and stores in one kernel (SVLM_CUDA_QKV_ROPE=0: two) */
     cu_lt *lt;       /* made on first use */
     cu_dnn *dnn;     /* made on first use */
     int lt_mode, dnn_mode; /* CU_SWITCH_*, read when the backend is made */
@@ -148,6 +149,9 @@ void cu_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, con
 void cu_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y);
 void cu_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                              const svlm_weight *const *ws, int n_w, int64_t n, float *const *ys);
+void cu_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                               const svlm_weight *const *ws, int64_t n, float *q, float *kx, float *vx,
+                               const svlm_rope_store_args *r);
 void cu_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                        const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up);
 /* Attention on tensor cores through cuBLAS (cuda_attention_gemm.c) for n_q >= 32: scores, a

@@ -188,6 +188,54 @@ void cu_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_
     k->ops->matmul_multi(k, ws, n_w, h, n, ys);
 }
 
+/* Whether the decode step's q/k/v, RoPE and stores can go as one kernel (svlm_cu_matvec_qkv_rope):
+ * RoPE's normal form, even head and rotated dims, the weights' rows whole heads, every table the
+ * kernel reads device-accessible. */
+static int qkv_rope_fits(svlm_kernels *k, const float *x, const svlm_weight *const *ws, int64_t n,
+                         float *const *ys, const svlm_rope_store_args *r) {
+    const int hd = r->head_dim;
+    return CU(k)->qkv_rope && !r->neox && hd > 0 && hd % 2 == 0 && r->n_rot >= 0 && r->n_rot % 2 == 0 &&
+           r->n_rot <= hd && (r->kv_type == SVLM_F32 || r->kv_type == SVLM_F16) &&
+           ws[0]->rows == (int64_t)r->n_head * hd && ws[1]->rows == (int64_t)r->n_kv_head * hd &&
+           ws[2]->rows == ws[1]->rows && fusable(k, x, ws, 3, n, ys) && cu_ranges_contain(r->pos) &&
+           cu_ranges_contain(r->dsts) && (!r->keep || cu_ranges_contain(r->keep));
+}
+
+void cu_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                               const svlm_weight *const *ws, int64_t n, float *q, float *kx, float *vx,
+                               const svlm_rope_store_args *r) {
+    float *ys[3] = {q, kx, vx};
+    if (qkv_rope_fits(k, x, ws, n, ys, r)) {
+        cu_begin(k);
+        svlm_cu_matvec_set set = {.row_bytes = ws[0]->row_bytes, .n = 3};
+        for (int i = 0; i < 3; i++) {
+            check_weight(ws[i]);
+            set.w[i] = cu_weight(k, ws[i]->data, (size_t)ws[i]->rows * ws[i]->row_bytes);
+            set.y[i] = ys[i];
+            set.rows[i] = ws[i]->rows;
+        }
+        /* the same float theta_scale as svlm_k_rope and cu_rope_store */
+        const svlm_cu_rope_pairs rp = {.pos = r->pos,
+                                       .dsts = r->dsts,
+                                       .keep = r->keep,
+                                       .theta_scale =
+                                           r->n_rot > 0 ? powf(r->base, -2.0f / (float)r->n_rot) : 1.0f,
+                                       .head_dim = r->head_dim,
+                                       .n_rot = r->n_rot,
+                                       .f16_cache = r->kv_type == SVLM_F16,
+                                       .round = r->round};
+        const float *dn = cu_weight(k, norm_w, sizeof(float) * (size_t)ws[0]->cols);
+        cu_check(svlm_cu_matvec_qkv_rope(CU(k)->stream, (int)ws[0]->type, &set, ws[0]->cols, x, n, dn, eps,
+                                         &rp, CU(k)->pdl),
+                 "rmsnorm + q/k/v + RoPE + stores");
+        cu_done(k, "rmsnorm + q/k/v + rope_store (one launch)");
+        return;
+    }
+    cu_rmsnorm_matmul_multi(k, x, norm_w, eps, h, ws, 3, n, ys);
+    k->ops->rope_store(k, q, kx, vx, n, r->n_head, r->n_kv_head, r->head_dim, r->n_rot, r->pos, r->base,
+                       r->neox, r->dsts, r->kv_type, r->keep, r->round);
+}
+
 void cu_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                        const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up) {
     if (n <= 0) return;

@@ -42,6 +42,21 @@ typedef struct svlm_cu_matvec_set {
 } svlm_cu_matvec_set;
 int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
                          const float *x, int64_t n, const float *norm_w, float eps, int pdl);
+/* A decode step's q/k/v products (set: 3 weights, y[0] = q; k and v are not written) with
+ * svlm_cu_rope_store's work done on their results: q rotated, keys rotated into dsts[i], values
+ * into dsts[n + i], keep and round as there. RoPE's normal form only (pairs 2i, 2i + 1); head_dim
+ * and n_rot even, every weight's rows a multiple of head_dim, k and v alike. The same numbers as
+ * svlm_cu_matvec_multi followed by svlm_cu_rope_store. */
+typedef struct svlm_cu_rope_pairs {
+    const int32_t *pos; /* [n] */
+    void *const *dsts;  /* [2n] device row pointers: each row's key, then each row's value */
+    float *keep;        /* NULL, or [2][n][k rows]: keys, then values, as they came */
+    float theta_scale;
+    int head_dim, n_rot, f16_cache, round;
+} svlm_cu_rope_pairs;
+int svlm_cu_matvec_qkv_rope(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
+                            const float *x, int64_t n, const float *norm_w, float eps,
+                            const svlm_cu_rope_pairs *rp, int pdl);
 /* gate[i][r] = silu(x_i . Wg_r) * (x_i . Wu_r), both weights alike; norm_w as above. */
 int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, const void *wu, size_t row_bytes,
                           int64_t rows, int64_t cols, const float *x, int64_t n, const float *norm_w,

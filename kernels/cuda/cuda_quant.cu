@@ -56,6 +56,20 @@ extern "C" int svlm_cu_matvec_multi(cudaStream_t s, int type, const svlm_cu_matv
     return ops ? ops->matvec_multi(s, set, cols, x, n, norm_w, eps, pdl != 0) : (int)cudaErrorInvalidValue;
 }
 
+extern "C" int svlm_cu_matvec_qkv_rope(cudaStream_t s, int type, const svlm_cu_matvec_set *set, int64_t cols,
+                                       const float *x, int64_t n, const float *norm_w, float eps,
+                                       const svlm_cu_rope_pairs *rp, int pdl) {
+    if (n <= 0) return 0;
+    const int hd = rp->head_dim;
+    if (set->n != 3 || n > SVLM_CU_MATVEC_MAX || bad_cols(type, cols) ||
+        (norm_w && !svlm_cu_norm_fits(cols, n)) || hd <= 0 || hd % 2 || rp->n_rot < 0 || rp->n_rot % 2 ||
+        rp->n_rot > hd || set->rows[0] <= 0 || set->rows[0] % hd || set->rows[1] <= 0 || set->rows[1] % hd ||
+        set->rows[2] != set->rows[1] || !rp->pos || !rp->dsts)
+        return (int)cudaErrorInvalidValue;
+    const svlm_quant_ops *ops = ops_of(type);
+    return ops ? ops->qkv_rope(s, set, cols, x, n, norm_w, eps, rp, pdl != 0) : (int)cudaErrorInvalidValue;
+}
+
 extern "C" int svlm_cu_matvec_swiglu(cudaStream_t s, int type, const void *wg, const void *wu,
                                      size_t row_bytes, int64_t rows, int64_t cols, const float *x, int64_t n,
                                      const float *norm_w, float eps, float *gate, int pdl) {

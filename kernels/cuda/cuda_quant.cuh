@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_pdl.cuh"
+#include "kernels/cuda/cuda_rope.cuh"
 #include "kernels/cuda/cuda_quant_table.cuh"
 #include "kernels/cuda/quant_decode.h"
 
@@ -295,6 +296,91 @@ __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_b
         if (i < n) gate[i * rows + r] = gt[i] / (1.0f + expf(-gt[i])) * ut[i];
 }
 
+__device__ __forceinline__ float through_f16(float v, int round) {
+    return round ? __half2float(__float2half_rn(v)) : v;
+}
+
+/* One row's two stored neighbours (a rotation pair) into a cache row, f16 or f32. */
+__device__ __forceinline__ void store_pair(void *row, int64_t c, float a, float b, int f16) {
+    if (f16) {
+        static_cast<__half *>(row)[c] = __float2half_rn(a);
+        static_cast<__half *>(row)[c + 1] = __float2half_rn(b);
+    } else {
+        static_cast<float *>(row)[c] = a;
+        static_cast<float *>(row)[c + 1] = b;
+    }
+}
+
+/* svlm_cu_matvec_qkv_rope: the warps of a block slot take two neighbouring rows of the concatenated
+ * q | k | v (a rotation pair), each warp its part of both, as swiglu_kernel takes a gate and an up
+ * row; each row sums exactly as in matvec_multi_kernel. The first part's lane 0 then does
+ * rope_store_kernel's work on the pair, operation for operation: q rotated; a key pair kept as it
+ * came, rounded through f16 (round), rotated and stored; a value pair kept, rounded and stored. */
+template <int T, bool NORM, int NMAX>
+__global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n, const float *nw,
+                                float eps, svlm_cu_rope_pairs rp, int parts, bool lanes, bool pdl) {
+    extern __shared__ float xs[];
+    const row_split rs = split_of(parts);
+    int64_t r = 2 * ((int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot); /* the pair's first row */
+    int wi = 0;
+    while (wi < set.n && r >= set.rows[wi]) {
+        r -= set.rows[wi];
+        wi++;
+    }
+    const uint8_t *w = wi < set.n ? static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes : nullptr;
+    if (pdl && w) pdl_prefetch_warp(w, 2 * set.row_bytes, rs.part, parts);
+    pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
+    float a[NMAX], b[NMAX], at[NMAX], bt[NMAX];
+    if (w) {
+        row_dots<T, NMAX>(w, cols, xa, n, a, rs.part, parts, lanes);
+        row_dots<T, NMAX>(w + set.row_bytes, cols, xa, n, b, rs.part, parts, lanes);
+    } else {
+        for (int i = 0; i < NMAX; i++)
+            a[i] = b[i] = 0.0f;
+    }
+    sum_parts<NMAX>(rs, a, n, at);
+    __syncthreads(); /* the partial sums' buffer is reused */
+    sum_parts<NMAX>(rs, b, n, bt);
+    if (!w || rs.part || threadIdx.x % 32) return;
+    const int64_t kvd = set.rows[1];
+    const int d = (int)(r % rp.head_dim); /* even: rows pair up within a head */
+    for (int i = 0; i < NMAX; i++) {
+        if (i >= n) break;
+        float x0 = at[i], x1 = bt[i];
+        if (wi == 2) { /* values */
+            if (rp.keep) {
+                rp.keep[((int64_t)n + i) * kvd + r] = x0;
+                rp.keep[((int64_t)n + i) * kvd + r + 1] = x1;
+            }
+            store_pair(rp.dsts[n + i], r, through_f16(x0, rp.round), through_f16(x1, rp.round), rp.f16_cache);
+            continue;
+        }
+        if (wi == 1) { /* keys: kept as they came, rotated from their f16 values */
+            if (rp.keep) {
+                rp.keep[(int64_t)i * kvd + r] = x0;
+                rp.keep[(int64_t)i * kvd + r + 1] = x1;
+            }
+            x0 = through_f16(x0, rp.round);
+            x1 = through_f16(x1, rp.round);
+        }
+        float y0 = x0, y1 = x1;
+        if (d < rp.n_rot) {
+            const float theta = rope_theta((float)rp.pos[i], rp.theta_scale, d / 2);
+            const float c = cosf(theta), s = sinf(theta);
+            y0 = rope_first(x0, x1, c, s);
+            y1 = rope_second(x0, x1, c, s);
+        }
+        if (wi == 0) {
+            set.y[0][(int64_t)i * set.rows[0] + r] = y0;
+            set.y[0][(int64_t)i * set.rows[0] + r + 1] = y1;
+        } else {
+            store_pair(rp.dsts[i], r, y0, y1, rp.f16_cache);
+        }
+    }
+}
+
 __device__ __forceinline__ uint16_t to_bf16(float f) {
     const uint32_t u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
@@ -389,6 +475,24 @@ int launch_matvec_multi(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t c
 }
 
 template <int T, int NMAX>
+int launch_qkv_rope_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x, int64_t n,
+                      const float *nw, float eps, const svlm_cu_rope_pairs *rp, bool pdl) {
+    const int64_t pairs = (set->rows[0] + set->rows[1] + set->rows[2]) / 2;
+    const int parts = parts_for(cols);
+    const unsigned blocks = row_blocks(pairs, parts);
+    return pdl_launch(pdl, nw ? qkv_rope_kernel<T, true, NMAX> : qkv_rope_kernel<T, false, NMAX>, blocks,
+                      32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols, x,
+                      (int)n, nw, eps, *rp, parts, kq_lanes(), pdl);
+}
+
+template <int T>
+int launch_qkv_rope(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x, int64_t n,
+                    const float *nw, float eps, const svlm_cu_rope_pairs *rp, bool pdl) {
+    return n <= kFewRows ? launch_qkv_rope_n<T, kFewRows>(s, set, cols, x, n, nw, eps, rp, pdl)
+                         : launch_qkv_rope_n<T, SVLM_CU_MATVEC_MAX>(s, set, cols, x, n, nw, eps, rp, pdl);
+}
+
+template <int T, int NMAX>
 int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
                     int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate,
                     bool pdl) {
@@ -425,6 +529,7 @@ int launch_dequant(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows
 /* The table of type id ID, in the file that compiles its instances. */
 #define SVLM_QUANT_OPS_DEFINE(ID)                                                                            \
     extern const svlm_quant_ops svlm_quant_ops_##ID = {launch_matvec<ID>, launch_matvec_multi<ID>,           \
-                                                       launch_swiglu<ID>, launch_dequant<ID>};
+                                                       launch_swiglu<ID>, launch_dequant<ID>,                \
+                                                       launch_qkv_rope<ID>};
 
 #endif

@@ -22,6 +22,8 @@ struct svlm_quant_ops {
                   int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate, bool pdl);
     int (*dequant)(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols, void *out,
                    int out_bf16);
+    int (*qkv_rope)(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x, int64_t n,
+                    const float *nw, float eps, const svlm_cu_rope_pairs *rp, bool pdl);
 };
 
 /* The tables, by type id (defined in cuda_quant_*.cu). */
