@@ -874,135 +874,174 @@ static void test_encoder_fused(void) {
 
 /* svlm_k_rmsnorm_qkv_rope_store (a decode step's q/k/v with RoPE and the cache stores, one kernel
  * on a GPU) equals svlm_k_rmsnorm_matmul_multi + svlm_k_rope_store, the sequence it stands for, on
- * a backend that runs that sequence (SVLM_CUDA_QKV_ROPE=0) bit for bit: the rows sum as the q/k/v
- * kernel sums them and rotate as rope_store_kernel rotates them. Against the CPU within the
- * decode products' 2e-2 of the largest value (8-bit activations there). Variants: f32 and f16
- * caches, keep and round, a partial rotation (n_rot < head_dim), NeoX RoPE (the sequence on every
- * backend), Q8_0 and Q4_K weights, 1, 3 and 8 rows. */
+ * a backend that runs that sequence (SVLM_CUDA_QKV_ROPE=0) bit for bit (memcmp): the rows sum as
+ * the q/k/v kernel sums them and rotate as rope_store_kernel rotates them. Against the CPU within
+ * the decode products' 2e-2 of the largest value. On a GPU the fused backend must leave kx and vx
+ * as they were (a NaN fill): the one kernel ran, not the sequence. Variants: f32 and f16 caches,
+ * keep and round (f16 and f32 caches), a partial rotation, NeoX RoPE (the sequence on every
+ * backend); Q8_0 and Q4_K weights of 256 columns (2 warps a row) and 576 / 512 (4 warps a row,
+ * Q8_0 with a last round of fewer sub-blocks); 1, 3, 8 rows, and 16 on backends taking 16. */
+static int qkv_rope_cases(svlm_kernels *gf, svlm_kernels *gs, const int *ns, int n_ns, double *worst_cpu) {
+    enum { NH = 4, NKVH = 2, HD = 64, QD = NH * HD, KVD = NKVH * HD, SLOTS = 32, NMAX = 16 };
+    const svlm_dtype wtypes[2] = {SVLM_Q8_0, SVLM_Q4_K};
+    const int widths[2][2] = {{256, 576}, {256, 512}};
+    const int on_gpu = !test_gpu_as_cpu();
+    int cases = 0;
+    for (int wt = 0; wt < 2; wt++)
+        for (int wd = 0; wd < 2; wd++) {
+            const int E = widths[wt][wd];
+            const int64_t rows[3] = {QD, KVD, KVD};
+            svlm_weight w[3];
+            void *data[3];
+            for (int i = 0; i < 3; i++) {
+                const size_t rb = svlm_row_bytes(wtypes[wt], E);
+                data[i] = malloc(rb * (size_t)rows[i]);
+                REQUIRE(data[i], "out of memory");
+                float *row = host_floats(E, 1.0f);
+                for (int64_t j = 0; j < rows[i]; j++) {
+                    for (int q = 0; q < E; q++)
+                        row[q] = frand() * 0.1f;
+                    REQUIRE(!svlm_quantize_row(wtypes[wt], row, (char *)data[i] + (size_t)j * rb, E),
+                            "quantize");
+                }
+                free(row);
+                w[i] = (svlm_weight){wtypes[wt], rows[i], E, data[i], rb};
+            }
+            const svlm_weight *ws[3] = {&w[0], &w[1], &w[2]};
+            float *nw = host_floats(E, 1.0f);
+            for (int variant = 0; variant < 5; variant++)
+                for (int ni = 0; ni < n_ns; ni++) {
+                    /* 0: f32 cache; 1: f16 cache, round, keep; 2: f32 + keep, 32 of 64 dims rotated;
+                     * 3: NeoX; 4: f32 cache, round, keep (f16 pages under an f32 working copy) */
+                    const int n = ns[ni], f16 = variant == 1, round = variant == 1 || variant == 4;
+                    const int use_keep = variant == 1 || variant == 2 || variant == 4;
+                    const int n_rot = variant == 2 ? 32 : HD, neox = variant == 3;
+                    const svlm_dtype t = f16 ? SVLM_F16 : SVLM_F32;
+                    const size_t elt = f16 ? 2 : 4;
+                    float *x0 = host_floats((int64_t)n * E, 2.0f);
+                    int32_t pos[NMAX];
+                    for (int r = 0; r < n; r++)
+                        pos[r] = 3 + 37 * r;
+                    const int64_t total = (int64_t)n * QD + 2 * (int64_t)n * KVD + (int64_t)SLOTS * KVD;
+                    float *nan_rows = malloc(sizeof(float) * (size_t)n * KVD);
+                    REQUIRE(nan_rows, "out of memory");
+                    for (int64_t i = 0; i < (int64_t)n * KVD; i++)
+                        nan_rows[i] = NAN;
+                    float *res[3];
+                    int untouched = 0;
+                    for (int mode = 0; mode < 3; mode++) { /* fused (gf), the sequence (gs), the CPU */
+                        svlm_kernels *k = mode == 0 ? gf : mode == 1 ? gs : C;
+                        float *x = svlm_k_alloc(k, sizeof(float) * n * E),
+                              *h = svlm_k_alloc(k, sizeof(float) * n * E),
+                              *q = svlm_k_alloc(k, sizeof(float) * n * QD),
+                              *kx = svlm_k_alloc(k, sizeof(float) * n * KVD),
+                              *vx = svlm_k_alloc(k, sizeof(float) * n * KVD),
+                              *keep = svlm_k_alloc(k, sizeof(float) * 2 * n * KVD);
+                        char *cache = svlm_k_alloc(k, elt * SLOTS * KVD);
+                        void **dk = svlm_k_alloc(k, sizeof(void *) * 2 * n);
+                        int32_t *pk = svlm_k_alloc(k, sizeof(int32_t) * n);
+                        REQUIRE(x && h && q && kx && vx && keep && cache && dk && pk, "svlm_k_alloc failed");
+                        void *dh[2 * NMAX];
+                        for (int r = 0; r < n;
+                             r++) { /* keys in odd slots from the top, values in even ones */
+                            dh[r] = cache + elt * KVD * (size_t)(SLOTS - 1 - 2 * r);
+                            dh[n + r] = cache + elt * KVD * (size_t)(2 * r);
+                        }
+                        char *zero = calloc(SLOTS * KVD, elt);
+                        REQUIRE(zero, "out of memory");
+                        svlm_k_copy(k, cache, zero, elt * SLOTS * KVD);
+                        free(zero);
+                        svlm_k_copy(k, kx, nan_rows, sizeof(float) * n * KVD);
+                        svlm_k_copy(k, vx, nan_rows, sizeof(float) * n * KVD);
+                        svlm_k_copy(k, x, x0, sizeof(float) * n * E);
+                        svlm_k_copy(k, dk, dh, sizeof(void *) * 2 * n);
+                        svlm_k_copy(k, pk, pos, sizeof(int32_t) * n);
+                        const svlm_rope_store_args ra = {.n_head = NH,
+                                                         .n_kv_head = NKVH,
+                                                         .head_dim = HD,
+                                                         .n_rot = n_rot,
+                                                         .pos = pk,
+                                                         .base = 10000.0f,
+                                                         .neox = neox,
+                                                         .dsts = dk,
+                                                         .kv_type = t,
+                                                         .keep = use_keep ? keep : NULL,
+                                                         .round = round};
+                        svlm_k_rmsnorm_qkv_rope_store(k, x, nw, 1e-5f, h, ws, n, q, kx, vx, &ra);
+                        float *o = res[mode] = calloc((size_t)total, sizeof(float));
+                        REQUIRE(o, "out of memory");
+                        svlm_k_copy(k, o, q, sizeof(float) * n * QD);
+                        if (use_keep) svlm_k_copy(k, o + n * QD, keep, sizeof(float) * 2 * n * KVD);
+                        char *ch = malloc(elt * SLOTS * KVD);
+                        REQUIRE(ch, "out of memory");
+                        svlm_k_copy(k, ch, cache, elt * SLOTS * KVD);
+                        svlm_k_load(C, o + n * QD + 2 * n * KVD, ch, t, SLOTS * KVD);
+                        free(ch);
+                        if (mode == 0) { /* the fused kernel writes neither kx nor vx */
+                            float *kb = malloc(sizeof(float) * (size_t)n * KVD);
+                            REQUIRE(kb, "out of memory");
+                            svlm_k_copy(k, kb, kx, sizeof(float) * n * KVD);
+                            untouched = isnan(kb[0]) && isnan(kb[(int64_t)n * KVD - 1]);
+                            free(kb);
+                        }
+                        void *bufs[] = {x, h, q, kx, vx, keep, cache, dk, pk};
+                        for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++)
+                            svlm_k_free(k, bufs[b]);
+                    }
+                    free(nan_rows);
+                    double big = 1e-30, e_cpu = 0;
+                    for (int64_t i = 0; i < total; i++) {
+                        big = fmax(big, fabs(res[2][i]));
+                        const double c = fabs((double)res[0][i] - res[2][i]);
+                        if (!(c <= e_cpu)) e_cpu = c;
+                    }
+                    e_cpu /= big;
+                    *worst_cpu = fmax(*worst_cpu, e_cpu);
+                    cases++;
+                    CHECK(!memcmp(res[0], res[1], sizeof(float) * (size_t)total),
+                          "q/k/v + rope_store (%s, %d cols, variant %d, n=%d) differs from its op sequence",
+                          svlm_dtype_get(wtypes[wt])->name, E, variant, n);
+                    CHECK(e_cpu <= 2e-2,
+                          "q/k/v + rope_store (%s, %d cols, variant %d, n=%d) differs from the CPU by %g",
+                          svlm_dtype_get(wtypes[wt])->name, E, variant, n, e_cpu);
+                    CHECK(!on_gpu || untouched == !neox,
+                          "q/k/v + rope_store (%s, %d cols, variant %d, n=%d): %s",
+                          svlm_dtype_get(wtypes[wt])->name, E, variant, n,
+                          neox ? "NeoX did not take the sequence" : "the fused kernel did not run");
+                    for (int mode = 0; mode < 3; mode++)
+                        free(res[mode]);
+                    free(x0);
+                }
+            for (int i = 0; i < 3; i++) {
+                svlm_k_forget(gf, data[i]);
+                svlm_k_forget(gs, data[i]);
+                free(data[i]);
+            }
+            svlm_k_forget(gf, nw);
+            svlm_k_forget(gs, nw);
+            free(nw);
+        }
+    return cases;
+}
+
 static void test_qkv_rope(void) {
-    enum { E = 256, NH = 4, NKVH = 2, HD = 64, QD = NH * HD, KVD = NKVH * HD, SLOTS = 16, NMAX = 8 };
+    const int ns[3] = {1, 3, 8}, ns16[1] = {16};
+    double worst_cpu = 0;
     setenv("SVLM_CUDA_QKV_ROPE", "0", 1);
     svlm_kernels *gs = test_gpu_backend();
+    setenv("SVLM_CUDA_MATVEC_ROWS", "16", 1);
+    svlm_kernels *gs16 = test_gpu_backend();
     unsetenv("SVLM_CUDA_QKV_ROPE");
-    const svlm_dtype wtypes[2] = {SVLM_Q8_0, SVLM_Q4_K};
-    const int ns[3] = {1, 3, 8};
-    double worst_cpu = 0;
-    int cases = 0;
-    for (int wt = 0; wt < 2; wt++) {
-        const int64_t rows[3] = {QD, KVD, KVD};
-        svlm_weight w[3];
-        void *data[3];
-        for (int i = 0; i < 3; i++) {
-            const size_t rb = svlm_row_bytes(wtypes[wt], E);
-            data[i] = malloc(rb * (size_t)rows[i]);
-            REQUIRE(data[i], "out of memory");
-            float *row = host_floats(E, 1.0f);
-            for (int64_t j = 0; j < rows[i]; j++) {
-                for (int q = 0; q < E; q++)
-                    row[q] = frand() * 0.1f;
-                REQUIRE(!svlm_quantize_row(wtypes[wt], row, (char *)data[i] + (size_t)j * rb, E), "quantize");
-            }
-            free(row);
-            w[i] = (svlm_weight){wtypes[wt], rows[i], E, data[i], rb};
-        }
-        const svlm_weight *ws[3] = {&w[0], &w[1], &w[2]};
-        float *nw = host_floats(E, 1.0f);
-        for (int variant = 0; variant < 4; variant++)
-            for (int ni = 0; ni < 3; ni++) {
-                /* 0: f32 cache; 1: f16 cache, round, keep; 2: f32 + keep, 32 of 64 dims rotated; 3: NeoX */
-                const int n = ns[ni], f16 = variant == 1, use_keep = variant == 1 || variant == 2;
-                const int n_rot = variant == 2 ? 32 : HD, neox = variant == 3;
-                const svlm_dtype t = f16 ? SVLM_F16 : SVLM_F32;
-                const size_t elt = f16 ? 2 : 4;
-                float *x0 = host_floats((int64_t)n * E, 2.0f);
-                int32_t pos[NMAX];
-                for (int r = 0; r < n; r++)
-                    pos[r] = 3 + 37 * r;
-                const int64_t total = (int64_t)n * QD + 2 * (int64_t)n * KVD + (int64_t)SLOTS * KVD;
-                float *res[3];
-                for (int mode = 0; mode < 3; mode++) { /* fused (G), the sequence (gs), the CPU */
-                    svlm_kernels *k = mode == 0 ? G : mode == 1 ? gs : C;
-                    float *x = svlm_k_alloc(k, sizeof(float) * n * E),
-                          *h = svlm_k_alloc(k, sizeof(float) * n * E),
-                          *q = svlm_k_alloc(k, sizeof(float) * n * QD),
-                          *kx = svlm_k_alloc(k, sizeof(float) * n * KVD),
-                          *vx = svlm_k_alloc(k, sizeof(float) * n * KVD),
-                          *keep = svlm_k_alloc(k, sizeof(float) * 2 * n * KVD);
-                    char *cache = svlm_k_alloc(k, elt * SLOTS * KVD);
-                    void **dk = svlm_k_alloc(k, sizeof(void *) * 2 * n);
-                    int32_t *pk = svlm_k_alloc(k, sizeof(int32_t) * n);
-                    REQUIRE(x && h && q && kx && vx && keep && cache && dk && pk, "svlm_k_alloc failed");
-                    void *dh[2 * NMAX];
-                    for (int r = 0; r < n; r++) { /* keys in odd slots from the top, values in even ones */
-                        dh[r] = cache + elt * KVD * (size_t)(SLOTS - 1 - 2 * r);
-                        dh[n + r] = cache + elt * KVD * (size_t)(2 * r);
-                    }
-                    char *zero = calloc(SLOTS * KVD, elt);
-                    REQUIRE(zero, "out of memory");
-                    svlm_k_copy(k, cache, zero, elt * SLOTS * KVD);
-                    free(zero);
-                    svlm_k_copy(k, x, x0, sizeof(float) * n * E);
-                    svlm_k_copy(k, dk, dh, sizeof(void *) * 2 * n);
-                    svlm_k_copy(k, pk, pos, sizeof(int32_t) * n);
-                    const svlm_rope_store_args ra = {.n_head = NH,
-                                                     .n_kv_head = NKVH,
-                                                     .head_dim = HD,
-                                                     .n_rot = n_rot,
-                                                     .pos = pk,
-                                                     .base = 10000.0f,
-                                                     .neox = neox,
-                                                     .dsts = dk,
-                                                     .kv_type = t,
-                                                     .keep = use_keep ? keep : NULL,
-                                                     .round = f16};
-                    svlm_k_rmsnorm_qkv_rope_store(k, x, nw, 1e-5f, h, ws, n, q, kx, vx, &ra);
-                    float *o = res[mode] = calloc((size_t)total, sizeof(float));
-                    REQUIRE(o, "out of memory");
-                    svlm_k_copy(k, o, q, sizeof(float) * n * QD);
-                    if (use_keep) svlm_k_copy(k, o + n * QD, keep, sizeof(float) * 2 * n * KVD);
-                    char *ch = malloc(elt * SLOTS * KVD);
-                    REQUIRE(ch, "out of memory");
-                    svlm_k_copy(k, ch, cache, elt * SLOTS * KVD);
-                    svlm_k_load(C, o + n * QD + 2 * n * KVD, ch, t, SLOTS * KVD);
-                    free(ch);
-                    void *bufs[] = {x, h, q, kx, vx, keep, cache, dk, pk};
-                    for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++)
-                        svlm_k_free(k, bufs[b]);
-                }
-                double big = 1e-30, e_seq = 0, e_cpu = 0;
-                for (int64_t i = 0; i < total; i++) {
-                    big = fmax(big, fabs(res[2][i]));
-                    const double a = fabs((double)res[0][i] - res[1][i]),
-                                 c = fabs((double)res[0][i] - res[2][i]);
-                    if (!(a <= e_seq)) e_seq = a; /* NaN counts as worst */
-                    if (!(c <= e_cpu)) e_cpu = c;
-                }
-                e_cpu /= big;
-                worst_cpu = fmax(worst_cpu, e_cpu);
-                cases++;
-                CHECK(e_seq == 0,
-                      "q/k/v + rope_store (%s, variant %d, n=%d) differs from its op sequence by %g",
-                      svlm_dtype_get(wtypes[wt])->name, variant, n, e_seq);
-                CHECK(e_cpu <= 2e-2, "q/k/v + rope_store (%s, variant %d, n=%d) differs from the CPU by %g",
-                      svlm_dtype_get(wtypes[wt])->name, variant, n, e_cpu);
-                for (int mode = 0; mode < 3; mode++)
-                    free(res[mode]);
-                free(x0);
-            }
-        for (int i = 0; i < 3; i++) {
-            svlm_k_forget(G, data[i]);
-            svlm_k_forget(gs, data[i]);
-            free(data[i]);
-        }
-        svlm_k_forget(G, nw);
-        svlm_k_forget(gs, nw);
-        free(nw);
-    }
+    svlm_kernels *g16 = test_gpu_backend();
+    unsetenv("SVLM_CUDA_MATVEC_ROWS");
+    int cases = qkv_rope_cases(G, gs, ns, 3, &worst_cpu);
+    cases += qkv_rope_cases(g16, gs16, ns16, 1, &worst_cpu);
     printf("rmsnorm + q/k/v + rope_store: %d cases equal to their op sequence bit for bit; max |gpu - cpu| "
-           "%.3g of "
-           "the largest value (tolerance 2e-2)\n",
+           "%.3g of the largest value (tolerance 2e-2)\n",
            cases, worst_cpu);
     svlm_kernels_destroy(gs);
+    svlm_kernels_destroy(gs16);
+    svlm_kernels_destroy(g16);
 }
 
 /* svlm_k_rope_store equals the sequence it stands for (copy to keep, f16 rounding, RoPE on q and

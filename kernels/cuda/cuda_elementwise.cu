@@ -108,10 +108,6 @@ __global__ void rope_kernel(float *x, int64_t n, int n_head, int head_dim, int h
     *bb = rope_second(x0, x1, c, s);
 }
 
-__device__ __forceinline__ float through_f16(float v, int round) {
-    return round ? __half2float(__float2half_rn(v)) : v;
-}
-
 /* Row blockIdx.x of a decode step: q's pairs rotated in place; each key element rotated (from its
  * pair partner, read as it came) and stored at dsts[row]; each value stored at dsts[n + row];
  * keep: keys then values as they came; round: keys and values through f16 first. The rotation

@@ -296,10 +296,6 @@ __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_b
         if (i < n) gate[i * rows + r] = gt[i] / (1.0f + expf(-gt[i])) * ut[i];
 }
 
-__device__ __forceinline__ float through_f16(float v, int round) {
-    return round ? __half2float(__float2half_rn(v)) : v;
-}
-
 /* One row's two stored neighbours (a rotation pair) into a cache row, f16 or f32. */
 __device__ __forceinline__ void store_pair(void *row, int64_t c, float a, float b, int f16) {
     if (f16) {
@@ -346,6 +342,7 @@ __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const floa
     if (!w || rs.part || threadIdx.x % 32) return;
     const int64_t kvd = set.rows[1];
     const int d = (int)(r % rp.head_dim); /* even: rows pair up within a head */
+#pragma unroll                            /* at and bt stay in registers */
     for (int i = 0; i < NMAX; i++) {
         if (i >= n) break;
         float x0 = at[i], x1 = bt[i];
