@@ -309,9 +309,10 @@ __device__ __forceinline__ void store_pair(void *row, int64_t c, float a, float 
 
 /* svlm_cu_matvec_qkv_rope: the warps of a block slot take two neighbouring rows of the concatenated
  * q | k | v (a rotation pair), each warp its part of both, as swiglu_kernel takes a gate and an up
- * row; each row sums exactly as in matvec_multi_kernel. The first part's lane 0 then does
- * rope_store_kernel's work on the pair, operation for operation: q rotated; a key pair kept as it
- * came, rounded through f16 (round), rotated and stored; a value pair kept, rounded and stored. */
+ * row; each row sums exactly as in matvec_multi_kernel. The first part's lanes then do
+ * rope_store_kernel's work on the pair, lane i for activation row i, operation for operation: q rotated; a
+ * key pair kept as it came, rounded through f16 (round), rotated and stored; a value pair kept, rounded and
+ * stored. */
 template <int T, bool NORM, int NMAX>
 __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n, const float *nw,
                                 float eps, svlm_cu_rope_pairs rp, int parts, bool lanes, bool pdl) {
@@ -339,42 +340,43 @@ __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const floa
     sum_parts<NMAX>(rs, a, n, at);
     __syncthreads(); /* the partial sums' buffer is reused */
     sum_parts<NMAX>(rs, b, n, bt);
-    if (!w || rs.part || threadIdx.x % 32) return;
+    /* every lane of the first part's warp holds every row's sums: lane i takes row i */
+    const int i = threadIdx.x % 32;
+    if (!w || rs.part || i >= n) return;
+    float x0 = 0.0f, x1 = 0.0f;
+#pragma unroll /* a select, not an index: at and bt stay in registers */
+    for (int j = 0; j < NMAX; j++)
+        if (j == i) x0 = at[j], x1 = bt[j];
     const int64_t kvd = set.rows[1];
     const int d = (int)(r % rp.head_dim); /* even: rows pair up within a head */
-#pragma unroll                            /* at and bt stay in registers */
-    for (int i = 0; i < NMAX; i++) {
-        if (i >= n) break;
-        float x0 = at[i], x1 = bt[i];
-        if (wi == 2) { /* values */
-            if (rp.keep) {
-                rp.keep[((int64_t)n + i) * kvd + r] = x0;
-                rp.keep[((int64_t)n + i) * kvd + r + 1] = x1;
-            }
-            store_pair(rp.dsts[n + i], r, through_f16(x0, rp.round), through_f16(x1, rp.round), rp.f16_cache);
-            continue;
+    if (wi == 2) {                        /* values */
+        if (rp.keep) {
+            rp.keep[((int64_t)n + i) * kvd + r] = x0;
+            rp.keep[((int64_t)n + i) * kvd + r + 1] = x1;
         }
-        if (wi == 1) { /* keys: kept as they came, rotated from their f16 values */
-            if (rp.keep) {
-                rp.keep[(int64_t)i * kvd + r] = x0;
-                rp.keep[(int64_t)i * kvd + r + 1] = x1;
-            }
-            x0 = through_f16(x0, rp.round);
-            x1 = through_f16(x1, rp.round);
+        store_pair(rp.dsts[n + i], r, through_f16(x0, rp.round), through_f16(x1, rp.round), rp.f16_cache);
+        return;
+    }
+    if (wi == 1) { /* keys: kept as they came, rotated from their f16 values */
+        if (rp.keep) {
+            rp.keep[(int64_t)i * kvd + r] = x0;
+            rp.keep[(int64_t)i * kvd + r + 1] = x1;
         }
-        float y0 = x0, y1 = x1;
-        if (d < rp.n_rot) {
-            const float theta = rope_theta((float)rp.pos[i], rp.theta_scale, d / 2);
-            const float c = cosf(theta), s = sinf(theta);
-            y0 = rope_first(x0, x1, c, s);
-            y1 = rope_second(x0, x1, c, s);
-        }
-        if (wi == 0) {
-            set.y[0][(int64_t)i * set.rows[0] + r] = y0;
-            set.y[0][(int64_t)i * set.rows[0] + r + 1] = y1;
-        } else {
-            store_pair(rp.dsts[i], r, y0, y1, rp.f16_cache);
-        }
+        x0 = through_f16(x0, rp.round);
+        x1 = through_f16(x1, rp.round);
+    }
+    float y0 = x0, y1 = x1;
+    if (d < rp.n_rot) {
+        const float theta = rope_theta((float)rp.pos[i], rp.theta_scale, d / 2);
+        const float c = cosf(theta), s = sinf(theta);
+        y0 = rope_first(x0, x1, c, s);
+        y1 = rope_second(x0, x1, c, s);
+    }
+    if (wi == 0) {
+        set.y[0][(int64_t)i * set.rows[0] + r] = y0;
+        set.y[0][(int64_t)i * set.rows[0] + r + 1] = y1;
+    } else {
+        store_pair(rp.dsts[i], r, y0, y1, rp.f16_cache);
     }
 }
 
