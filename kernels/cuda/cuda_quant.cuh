@@ -228,6 +228,37 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
         if (i < n) y[i * rows + r] = ACC ? y[i * rows + r] + tot[i] : tot[i];
 }
 
+/* Which of set's weights global row *r of their concatenation is in (set.n: none); *r becomes the
+ * row within it. */
+__device__ __forceinline__ int weight_of(const svlm_cu_matvec_set &set, int64_t *r) {
+    int wi = 0;
+    while (wi < set.n && *r >= set.rows[wi]) {
+        *r -= set.rows[wi];
+        wi++;
+    }
+    return wi;
+}
+
+/* at, bt: the sums of rows wa and wb against xa, each as row_dots and
+ * sum_parts give a single row's; zeros without rows (has = false). Every thread of the block calls
+ * it (sum_parts has barriers). */
+template <int T, int NMAX>
+__device__ __forceinline__ void two_row_sums(const row_split &rs, bool has, const uint8_t *wa,
+                                             const uint8_t *wb, int64_t cols, const float *xa, int n,
+                                             bool lanes, float *at, float *bt) {
+    float a[NMAX], b[NMAX];
+    if (has) {
+        row_dots<T, NMAX>(wa, cols, xa, n, a, rs.part, rs.parts, lanes);
+        row_dots<T, NMAX>(wb, cols, xa, n, b, rs.part, rs.parts, lanes);
+    } else {
+        for (int i = 0; i < NMAX; i++)
+            a[i] = b[i] = 0.0f;
+    }
+    sum_parts<NMAX>(rs, a, n, at);
+    __syncthreads(); /* the partial sums' buffer is reused */
+    sum_parts<NMAX>(rs, b, n, bt);
+}
+
 /* Several weights of one type and width in one launch (q/k/v): global row r belongs to the weight
  * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
 template <int T, bool NORM, int NMAX>
@@ -236,11 +267,7 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
     extern __shared__ float xs[];
     const row_split rs = split_of(parts);
     int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
-    int wi = 0;
-    while (wi < set.n && r >= set.rows[wi]) {
-        r -= set.rows[wi];
-        wi++;
-    }
+    const int wi = weight_of(set, &r);
     if (pdl && wi < set.n)
         pdl_prefetch_warp(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, set.row_bytes, rs.part,
                           parts);
@@ -279,17 +306,9 @@ __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_b
     pdl_wait(); /* x and gate: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
-    float g[NMAX], u[NMAX], gt[NMAX], ut[NMAX];
-    if (r < rows) {
-        row_dots<T, NMAX>(wg + r * row_bytes, cols, xa, n, g, rs.part, parts, lanes);
-        row_dots<T, NMAX>(wu + r * row_bytes, cols, xa, n, u, rs.part, parts, lanes);
-    } else {
-        for (int i = 0; i < NMAX; i++)
-            g[i] = u[i] = 0.0f;
-    }
-    sum_parts<NMAX>(rs, g, n, gt);
-    __syncthreads(); /* the partial sums' buffer is reused */
-    sum_parts<NMAX>(rs, u, n, ut);
+    float gt[NMAX], ut[NMAX];
+    const int64_t ro = r < rows ? r * (int64_t)row_bytes : 0; /* (rows past the weight: not read) */
+    two_row_sums<T, NMAX>(rs, r < rows, wg + ro, wu + ro, cols, xa, n, lanes, gt, ut);
     if (r >= rows || rs.part || threadIdx.x % 32) return;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
@@ -310,36 +329,23 @@ __device__ __forceinline__ void store_pair(void *row, int64_t c, float a, float 
 /* svlm_cu_matvec_qkv_rope: the warps of a block slot take two neighbouring rows of the concatenated
  * q | k | v (a rotation pair), each warp its part of both, as swiglu_kernel takes a gate and an up
  * row; each row sums exactly as in matvec_multi_kernel. The first part's lanes then do
- * rope_store_kernel's work on the pair, lane i for activation row i, operation for operation: q rotated; a
- * key pair kept as it came, rounded through f16 (round), rotated and stored; a value pair kept, rounded and
- * stored. */
+ * rope_store_kernel's work on the pair, lane i for activation row i, operation for operation: q
+ * rotated; a key pair kept as it came, rounded through f16 (round), rotated and stored; a value
+ * pair kept, rounded and stored. */
 template <int T, bool NORM, int NMAX>
 __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n, const float *nw,
                                 float eps, svlm_cu_rope_pairs rp, int parts, bool lanes, bool pdl) {
     extern __shared__ float xs[];
     const row_split rs = split_of(parts);
     int64_t r = 2 * ((int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot); /* the pair's first row */
-    int wi = 0;
-    while (wi < set.n && r >= set.rows[wi]) {
-        r -= set.rows[wi];
-        wi++;
-    }
+    const int wi = weight_of(set, &r);
     const uint8_t *w = wi < set.n ? static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes : nullptr;
     if (pdl && w) pdl_prefetch_warp(w, 2 * set.row_bytes, rs.part, parts);
     pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
-    float a[NMAX], b[NMAX], at[NMAX], bt[NMAX];
-    if (w) {
-        row_dots<T, NMAX>(w, cols, xa, n, a, rs.part, parts, lanes);
-        row_dots<T, NMAX>(w + set.row_bytes, cols, xa, n, b, rs.part, parts, lanes);
-    } else {
-        for (int i = 0; i < NMAX; i++)
-            a[i] = b[i] = 0.0f;
-    }
-    sum_parts<NMAX>(rs, a, n, at);
-    __syncthreads(); /* the partial sums' buffer is reused */
-    sum_parts<NMAX>(rs, b, n, bt);
+    float at[NMAX], bt[NMAX];
+    two_row_sums<T, NMAX>(rs, w != nullptr, w, w ? w + set.row_bytes : w, cols, xa, n, lanes, at, bt);
     /* every lane of the first part's warp holds every row's sums: lane i takes row i */
     const int i = threadIdx.x % 32;
     if (!w || rs.part || i >= n) return;
