@@ -24,6 +24,7 @@ svlm_status svlm_kernels_create_named(const char *name, int n_threads, svlm_kern
     if (!name || !*name) name = getenv("SVLM_BACKEND");
     if (!name || !*name) name = "cpu";
     if (!strcmp(name, "cpu")) return svlm_kernels_create_cpu(n_threads, out, err);
+    if (!strcmp(name, "null")) return svlm_kernels_create_null(out, err);
     int device = 0, is_auto = !strcmp(name, "auto");
     if (!is_auto) {
         char *end = NULL;
@@ -33,7 +34,8 @@ svlm_status svlm_kernels_create_named(const char *name, int n_threads, svlm_kern
                  (device = (int)strtol(name + 5, &end, 10), end && !*end) && device < 64)
             ;
         else
-            return svlm_fail(err, SVLM_E_INVALID, "backend '%s': expected cpu, cuda, cuda:N or auto", name);
+            return svlm_fail(err, SVLM_E_INVALID, "backend '%s': expected cpu, cuda, cuda:N, auto or null",
+                             name);
     }
     svlm_err cerr = {0};
     svlm_status st = svlm_kernels_create_cuda(device, out, &cerr);

@@ -57,10 +57,13 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
  * No usable GPU (cudaGetDeviceCount errors 35, 100, 999, or no device) or a build without CUDA:
  * SVLM_E_UNSUPPORTED with the reason. */
 svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *err);
-/* The backend named `name`: "cpu", "cuda" (or "cuda:N" for GPU N) or "auto" (CUDA when a GPU is
- * usable, else the CPU). NULL or "" reads SVLM_BACKEND, default "cpu". When CUDA is asked for but
- * unusable, the CPU backend is created instead and the reason is printed on stderr once.
- * n_threads is for the CPU backend. Unknown names: SVLM_E_INVALID. */
+/* The "null" backend: no op computes anything (buffers are zeroed host memory) and it says it is a
+ * GPU, so a benchmark on it measures svlm's own host work under a GPU's policies (kernels_null.c). */
+svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err);
+/* The backend named `name`: "cpu", "cuda" (or "cuda:N" for GPU N), "auto" (CUDA when a GPU is
+ * usable, else the CPU) or "null" (svlm_kernels_create_null). NULL or "" reads SVLM_BACKEND, default "cpu".
+ * When CUDA is asked for but unusable, the CPU backend is created instead and the reason is printed on stderr
+ * once. n_threads is for the CPU backend. Unknown names: SVLM_E_INVALID. */
 svlm_status svlm_kernels_create_named(const char *name, int n_threads, svlm_kernels **out, svlm_err *err);
 /* high = 1: a device backend's work goes ahead of other backends' queued work on the same GPU
  * (the answer lane's, which a person waits on, ahead of the frames'); 0: the default. Call it

@@ -145,6 +145,25 @@ else:
     if not re.search(r'^t=[0-9]+s (warmup|measure) frames [0-9]+ drops [0-9]+', p.stderr, re.M):
         fails.append('--progress printed no progress line: %r' % p.stderr[-300:])
 
+# the null backend: the whole engine under a GPU's policies (frames of several streams batched, no
+# token compression) with no compute; its figures are svlm's own host work, its answers meaningless
+nb = [a if a != 'cpu' else 'null' for a in base]
+p = run(nb + ['--json', '--ingest-batch', '3'])
+if p.returncode != 0:
+    fails.append('null backend: rc %d %s' % (p.returncode, p.stderr[-400:]))
+else:
+    try:
+        r = json.loads(p.stdout)
+    except ValueError as e:
+        fails.append('null backend: not one JSON object (%s): %r' % (e, p.stdout[-300:]))
+        r = {}
+    if not r.get('backend', '').startswith('null') or r.get('stc') is not False:
+        fails.append('null backend: backend %r stc %r (a GPU\'s policy: no compression)' %
+                     (r.get('backend'), r.get('stc')))
+    if not r.get('stream_frames_min', 0) > 0 or not r.get('questions_answered', 0) > 0:
+        fails.append('null backend: frames %r answered %r' % (r.get('stream_frames_min'),
+                                                              r.get('questions_answered')))
+
 ok = ['-m', model, '--mmproj', mmproj]
 for bad in (['--mmproj', mmproj], ok + ['--streams', '0'], ok + ['--streams', '1025'], ok + ['--fps', '0'],
             ok + ['--fps', 'x'], ok + ['--duration', '-1'], ok + ['--warmup', 'nan'], ok + ['--ask-every', '0.001'],

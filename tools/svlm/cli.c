@@ -45,14 +45,14 @@ int cli_kv_type(const char *flag, const char *s, svlm_dtype *out) {
 }
 
 int cli_backend(const char *flag, const char *s) {
-    int ok = !strcmp(s, "cpu") || !strcmp(s, "cuda") || !strcmp(s, "auto");
+    int ok = !strcmp(s, "cpu") || !strcmp(s, "cuda") || !strcmp(s, "auto") || !strcmp(s, "null");
     if (!ok && !strncmp(s, "cuda:", 5) && s[5]) {
         char *end;
         errno = 0;
         long v = strtol(s + 5, &end, 10);
         ok = !errno && !*end && v >= 0 && v < 64 && s[5] >= '0' && s[5] <= '9';
     }
-    if (!ok) fprintf(stderr, "svlm: %s expects cpu, cuda, cuda:N or auto, got '%s'\n", flag, s);
+    if (!ok) fprintf(stderr, "svlm: %s expects cpu, cuda, cuda:N, auto or null, got '%s'\n", flag, s);
     return ok ? 0 : -1;
 }
 

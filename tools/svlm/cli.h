@@ -18,12 +18,13 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
 const char *cli_value(int argc, char **argv, int *i);
 /* Parses a KV cache type ("f32" or "f16"). */
 int cli_kv_type(const char *flag, const char *s, svlm_dtype *out);
-/* Checks a compute backend name for svlm_kernels_create_named: cpu, cuda, cuda:N or auto. */
+/* Checks a compute backend name for svlm_kernels_create_named: cpu, cuda, cuda:N, auto or null. */
 int cli_backend(const char *flag, const char *s);
 /* The --backend line of the commands' --help texts. */
 #define CLI_BACKEND_HELP                                                                                     \
     "  --backend B      compute on cpu, cuda (cuda:N for GPU N) or auto (a GPU when one is usable);\n"       \
-    "                   default $SVLM_BACKEND, else cpu. Without a usable GPU, cuda runs on the CPU\n"
+    "                   default $SVLM_BACKEND, else cpu. Without a usable GPU, cuda runs on the CPU.\n"      \
+    "                   null computes nothing: it measures svlm's own host work at the model's shapes\n"
 /* Prints s as a JSON string literal (quotes, escapes, invalid UTF-8 replaced by U+FFFD). */
 void cli_json_str(FILE *f, const char *s, size_t len);
 /* Monotonic seconds. */

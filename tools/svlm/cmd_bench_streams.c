@@ -599,7 +599,7 @@ static void json_num(const char *key, double v, int comma) {
         printf("\"%s\":null%s", key, comma ? "," : "");
 }
 
-/* --stc as given: on, off, or the engine's choice (on for the CPU, off on a GPU) */
+/* --stc: on, off, or (not yet resolved) the engine's choice: on for the CPU, off on a GPU */
 static const char *stc_name(int enabled, int json) {
     if (enabled < 0) return json ? "\"auto\"" : "auto";
     return enabled ? (json ? "true" : "on") : (json ? "false" : "off");
@@ -769,6 +769,8 @@ int cmd_bench_streams(int argc, char **argv) {
     svlm_engine_stop(r.e); /* what is left is cancelled: every done callback has run */
     summarize(&a, &b, &res);
     if (b.first_err[0]) fprintf(stderr, "svlm bench-streams: a question failed: %s\n", b.first_err);
+    if (a.sf.stc.enabled < 0)
+        a.sf.stc.enabled = !svlm_kernels_is_gpu(k); /* the engine's choice, as it made it */
     if (a.json)
         report_json(&a, &res, svlm_kernels_name(k), svlm_kernels_is_gpu(k));
     else

@@ -1,0 +1,202 @@
+/*
+ * The "null" backend: every compute op returns at once, buffers are zeroed host memory and copies
+ * still copy. It says it is a GPU, so the engine takes a GPU's policies (frames of many streams
+ * batched, no token compression, moved windows re-rotated in place). A benchmark on it measures
+ * svlm's own host work at a model's real shapes (scheduling, preprocessing, pages, memory banks,
+ * sampling), the ceiling that no device can raise. Its outputs are meaningless by design.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "kernels/backend.h"
+#include "kernels/kernels.h"
+
+static void null_destroy(svlm_kernels *k) {
+    free(k);
+}
+static void *null_alloc(svlm_kernels *k, size_t bytes) {
+    (void)k;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (rounded < bytes) return NULL;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (p) memset(p, 0, rounded ? rounded : 64);
+    return p;
+}
+static void null_free(svlm_kernels *k, void *p) {
+    (void)k;
+    free(p);
+}
+static void null_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
+    (void)k;
+    memmove(dst, src, bytes);
+}
+/* stores and loads keep their sizes' bytes right (f16 rows are half as long) without converting */
+static void null_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
+    (void)k;
+    (void)src;
+    memset(dst, 0, (size_t)n * (dst_type == SVLM_F16 ? 2 : 4));
+}
+static void null_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
+    (void)k;
+    (void)src;
+    (void)src_type;
+    memset(dst, 0, sizeof(float) * (size_t)n);
+}
+static void null_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
+                             int64_t dim) {
+    (void)k;
+    for (int64_t i = 0; i < n; i++)
+        memcpy(dst + (size_t)(i * dim), src + (size_t)idx[i] * (size_t)dim, sizeof(float) * (size_t)dim);
+}
+
+/* ---- compute: nothing ---- */
+
+static void null_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    (void)k, (void)w, (void)x, (void)n, (void)y;
+}
+static void null_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x,
+                              int64_t n, float *const *ys) {
+    (void)k, (void)ws, (void)n_w, (void)x, (void)n, (void)ys;
+}
+static void null_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
+                         float eps) {
+    (void)k, (void)x, (void)w, (void)y, (void)n, (void)dim, (void)eps;
+}
+static void null_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y,
+                           int64_t n, int64_t dim, float eps) {
+    (void)k, (void)x, (void)w, (void)b, (void)y, (void)n, (void)dim, (void)eps;
+}
+static void null_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
+                      const int32_t *pos, float base, int neox) {
+    (void)k, (void)x, (void)n, (void)n_head, (void)head_dim, (void)n_rot, (void)pos, (void)base, (void)neox;
+}
+static void null_attention(svlm_kernels *k, const svlm_attn_args *a) {
+    (void)k, (void)a;
+}
+static void null_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
+    (void)k, (void)a, (void)n;
+}
+static void null_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items,
+                                 int n) {
+    (void)k, (void)shape, (void)items, (void)n;
+}
+static void null_unary(svlm_kernels *k, float *x, int64_t n) {
+    (void)k, (void)x, (void)n;
+}
+static void null_binary(svlm_kernels *k, float *y, const float *x, int64_t n) {
+    (void)k, (void)y, (void)x, (void)n;
+}
+static void null_rows(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
+    (void)k, (void)y, (void)b, (void)n_rows, (void)dim;
+}
+static void null_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
+    (void)k, (void)x, (void)n_rows, (void)dim;
+}
+static void null_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src,
+                            int64_t n, int64_t dim) {
+    (void)k, (void)dsts, (void)dst_type, (void)src, (void)n, (void)dim;
+}
+static void null_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    (void)k, (void)w, (void)x, (void)n, (void)y;
+}
+static void null_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps,
+                                      float *h, const svlm_weight *const *ws, int n_w, int64_t n,
+                                      float *const *ys) {
+    (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n_w, (void)n, (void)ys;
+}
+static void null_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
+                                const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate,
+                                float *up) {
+    (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)wg, (void)wu, (void)n, (void)gate, (void)up;
+}
+static void null_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                                       float eps, float *h, const svlm_weight *const *ws,
+                                       const float *const *bs, int n_w, int64_t n, float *const *ys) {
+    (void)k, (void)x, (void)ln_w, (void)ln_b, (void)eps, (void)h, (void)ws, (void)bs, (void)n_w, (void)n,
+        (void)ys;
+}
+static void null_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x,
+                                 int64_t n, float *y, float *tmp) {
+    (void)k, (void)w, (void)b, (void)x, (void)n, (void)y, (void)tmp;
+}
+static void null_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b,
+                                        float eps, const svlm_weight *w1, const float *b1,
+                                        const svlm_weight *w2, const float *b2, int64_t n, float *h,
+                                        float *ff, float *tmp) {
+    (void)k, (void)x, (void)ln_w, (void)ln_b, (void)eps, (void)w1, (void)b1, (void)w2, (void)b2, (void)n,
+        (void)h, (void)ff, (void)tmp;
+}
+static void null_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head,
+                            int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float base, int neox,
+                            void *const *dsts, svlm_dtype kv_type, float *keep, int round) {
+    (void)k, (void)q, (void)kx, (void)vx, (void)n, (void)n_head, (void)n_kv_head, (void)head_dim, (void)n_rot,
+        (void)pos, (void)base, (void)neox, (void)dsts, (void)kv_type, (void)keep, (void)round;
+}
+static void null_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float *norm_w, float eps,
+                                        float *h, const svlm_weight *const *ws, int64_t n, float *q,
+                                        float *kx, float *vx, const svlm_rope_store_args *r) {
+    (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n, (void)q, (void)kx, (void)vx,
+        (void)r;
+}
+static void null_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round) {
+    (void)k, (void)dst, (void)pixels, (void)b, (void)S, (void)p, (void)round;
+}
+static void null_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
+                             float *patches, float *y) {
+    (void)k, (void)w, (void)pixels, (void)b, (void)S, (void)p, (void)patches, (void)y;
+}
+static void null_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
+    (void)k, (void)a;
+}
+
+static const backend_ops null_ops = {
+    .destroy = null_destroy,
+    .matmul = null_matmul,
+    .matmul_multi = null_matmul_multi,
+    .rmsnorm = null_rmsnorm,
+    .layernorm = null_layernorm,
+    .rope = null_rope,
+    .attention = null_attention,
+    .silu_mul = null_binary,
+    .gelu_tanh = null_unary,
+    .add = null_binary,
+    .add_bias = null_rows,
+    .softmax = null_softmax,
+    .alloc = null_alloc,
+    .free = null_free,
+    .copy = null_copy,
+    .store = null_store,
+    .load = null_load,
+    .round_f16 = null_unary,
+    .gather_rows = null_gather_rows,
+    .gelu_tanh_f16 = null_unary,
+    .attention_multi = null_attention_multi,
+    .store_rows = null_store_rows,
+    .attention_items = null_attention_items,
+    .add_bias_gelu_f16 = null_rows,
+    .matmul_add = null_matmul_add,
+    .rmsnorm_matmul_multi = null_rmsnorm_matmul_multi,
+    .rmsnorm_swiglu = null_rmsnorm_swiglu,
+    .layernorm_matmul_bias = null_layernorm_matmul_bias,
+    .matmul_bias_add = null_matmul_bias_add,
+    .layernorm_gelu_ffn_add = null_layernorm_gelu_ffn_add,
+    .rope_store = null_rope_store,
+    .rmsnorm_qkv_rope_store = null_rmsnorm_qkv_rope_store,
+    .im2col = null_im2col,
+    .patch_embed = null_patch_embed,
+    .kv_shift = null_kv_shift,
+};
+
+svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err) {
+    *out = NULL;
+    svlm_kernels *k = calloc(1, sizeof *k);
+    if (!k) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the null backend");
+    k->ops = &null_ops;
+    k->n_threads = 1;
+    k->is_gpu = 1;
+    snprintf(k->name, sizeof k->name, "null (no compute)");
+    *out = k;
+    return SVLM_OK;
+}
