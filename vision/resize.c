@@ -165,55 +165,87 @@ static uint8_t to_u8(float v) {
     return (uint8_t)(t + (v - (float)t >= 0.5f));
 }
 
+/* Source rows per horizontal block: the block is held transposed (each value's AA_ROWS rows side
+ * by side), so one output value of all the block's rows is a short vector loop over the rows. */
+#define AA_ROWS 8
+
+/* The horizontal pass over rows y0 .. y0 + n - 1 of src into mid (width w). block holds
+ * src->w * 3 * AA_ROWS floats. Each value's taps are summed in order, as one row at a time would. */
+static void aa_horizontal_block(const svlm_image *src, int y0, int n, const taps *tx, int w, svlm_image *mid,
+                                float *block) {
+    const int row_len = src->w * 3;
+    for (int r = 0; r < AA_ROWS; r++) {
+        const uint8_t *row8 = src->rgb + (size_t)(y0 + (r < n ? r : 0)) * row_len;
+        for (int i = 0; i < row_len; i++)
+            block[(size_t)i * AA_ROWS + r] = (float)row8[i];
+    }
+    for (int x = 0; x < w; x++) {
+        const float *wt = tx->wt + (size_t)x * tx->max_taps;
+        const int count = tx->count[x];
+        for (int c = 0; c < 3; c++) {
+            const float *p = block + ((size_t)tx->first[x] * 3 + c) * AA_ROWS;
+            float acc[AA_ROWS] = {0};
+            for (int k = 0; k < count; k++) {
+                const float wk = wt[k];
+                const float *q = p + (size_t)k * 3 * AA_ROWS;
+                for (int r = 0; r < AA_ROWS; r++)
+                    acc[r] += wk * q[r];
+            }
+            for (int r = 0; r < n; r++)
+                mid->rgb[((size_t)(y0 + r) * w + x) * 3 + c] = to_u8(acc[r]);
+        }
+    }
+}
+
+/* The vertical pass: rows at a time (each value's taps still summed in order), so the inner loop
+ * runs along a row. */
+static void aa_vertical(const svlm_image *mid, const taps *ty, int h, svlm_image *dst, float *acc) {
+    const int row_len = mid->w * 3;
+    for (int y = 0; y < h; y++) {
+        const float *wt = ty->wt + (size_t)y * ty->max_taps;
+        uint8_t *o = dst->rgb + (size_t)y * row_len;
+        for (int x = 0; x < row_len; x++)
+            acc[x] = 0.0f;
+        for (int k = 0; k < ty->count[y]; k++) {
+            const uint8_t *row = mid->rgb + (size_t)(ty->first[y] + k) * row_len;
+            const float wk = wt[k];
+            for (int x = 0; x < row_len; x++)
+                acc[x] += wk * (float)row[x];
+        }
+        for (int x = 0; x < row_len; x++)
+            o[x] = to_u8(acc[x]);
+    }
+}
+
+/* A pass whose size does not change is skipped: its taps are 0, 1, 0, 0 and it gives the same
+ * bytes back (a 512 x 384 frame made 512 x 512 is one pass, not two). */
 svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_image *dst, svlm_err *err) {
     svlm_image mid = {0};
     taps tx = {0}, ty = {0};
-    float *acc = NULL, *rowf = NULL;
-    svlm_status st = svlm_image_alloc(&mid, w, src->h, err);
+    float *buf = NULL;
+    const int same_w = w == src->w, same_h = h == src->h;
+    svlm_status st = same_w ? SVLM_OK : svlm_image_alloc(&mid, w, src->h, err);
     if (!st) st = svlm_image_alloc(dst, w, h, err);
     if (st) goto done;
-    acc = malloc(sizeof(float) * (size_t)w * 3);
-    rowf = malloc(sizeof(float) * (size_t)src->w * 3);
-    if (!acc || !rowf || !taps_make(src->w, w, &tx) || !taps_make(src->h, h, &ty)) {
+    const size_t block = same_w ? 0 : (size_t)src->w * 3 * AA_ROWS, row = same_h ? 0 : (size_t)w * 3;
+    buf = malloc(sizeof(float) * (block > row ? block : row) + 1);
+    if (!buf || (!same_w && !taps_make(src->w, w, &tx)) || (!same_h && !taps_make(src->h, h, &ty))) {
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory for resampling weights");
         svlm_image_free(dst);
         goto done;
     }
-    for (int y = 0; y < src->h; y++) {
-        /* the row as floats once: each source value feeds several taps */
-        const uint8_t *row8 = src->rgb + (size_t)y * src->w * 3;
-        for (int i = 0; i < src->w * 3; i++)
-            rowf[i] = (float)row8[i];
-        for (int x = 0; x < w; x++) {
-            const float *wt = tx.wt + (size_t)x * tx.max_taps;
-            float acc[3] = {0, 0, 0};
-            for (int k = 0; k < tx.count[x]; k++) {
-                const float *p = rowf + (size_t)(tx.first[x] + k) * 3;
-                for (int c = 0; c < 3; c++)
-                    acc[c] += wt[k] * p[c];
-            }
-            for (int c = 0; c < 3; c++)
-                mid.rgb[((size_t)y * w + x) * 3 + c] = to_u8(acc[c]);
-        }
+    const svlm_image *across = src;
+    if (!same_w) {
+        for (int y0 = 0; y0 < src->h; y0 += AA_ROWS)
+            aa_horizontal_block(src, y0, src->h - y0 < AA_ROWS ? src->h - y0 : AA_ROWS, &tx, w, &mid, buf);
+        across = &mid;
     }
-    /* rows at a time (each value's taps still summed in order): the inner loop runs along a row */
-    for (int y = 0; y < h; y++) {
-        const float *wt = ty.wt + (size_t)y * ty.max_taps;
-        uint8_t *o = dst->rgb + (size_t)y * w * 3;
-        for (int x = 0; x < w * 3; x++)
-            acc[x] = 0.0f;
-        for (int k = 0; k < ty.count[y]; k++) {
-            const uint8_t *row = mid.rgb + (size_t)(ty.first[y] + k) * w * 3;
-            const float wk = wt[k];
-            for (int x = 0; x < w * 3; x++)
-                acc[x] += wk * (float)row[x];
-        }
-        for (int x = 0; x < w * 3; x++)
-            o[x] = to_u8(acc[x]);
-    }
+    if (same_h)
+        memcpy(dst->rgb, across->rgb, (size_t)w * h * 3);
+    else
+        aa_vertical(across, &ty, h, dst, buf);
 done:
-    free(acc);
-    free(rowf);
+    free(buf);
     taps_free(&tx);
     taps_free(&ty);
     svlm_image_free(&mid);
