@@ -261,7 +261,15 @@ SVLM_RESIZE_CLONES static void aa_vertical(const svlm_image *mid, const taps *ty
             for (int x = 0; x < row_len; x++)
                 acc[x] += wk * (float)row[x];
         }
-        for (int x = 0; x < row_len; x++)
+        int x = 0;
+#if defined(__GNUC__)
+        for (; x + AA_ROWS <= row_len; x += AA_ROWS) { /* rounded a vector at a time */
+            rows_f v;
+            memcpy(&v, acc + x, sizeof v);
+            rows_to_u8(&v, o + x);
+        }
+#endif
+        for (; x < row_len; x++)
             o[x] = to_u8(acc[x]);
     }
 }
