@@ -311,6 +311,11 @@ if [ -x "$S" ]; then
     # default: the encoder is batched across streams)
     [ $have_streams = 1 ] && bench "256 streams at 1 fps, cuda (defaults)" 60 bench-streams -m "$M.gguf" \
       --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}"
+    # the same on the null backend (no compute): svlm's own host work on this machine's cores, the
+    # ceiling no GPU raises; below the line above's figure, the run was host-bound
+    [ $have_streams = 1 ] && bench "256 streams at 1 fps, host work only (null backend)" 40 bench-streams \
+      -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 3 --duration 8 --drain-max 5 \
+      --question-tokens 20 --answer-tokens 8 --backend null
   fi
   # the 2.2B shape (Q4_K_M): the 32 streams and text speed (making the model takes about
   # 100 s on one core, a few seconds on a GPU machine's cores)
