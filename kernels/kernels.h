@@ -57,7 +57,7 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
  * No usable GPU (cudaGetDeviceCount errors 35, 100, 999, or no device) or a build without CUDA:
  * SVLM_E_UNSUPPORTED with the reason. */
 svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *err);
-/* The "null" backend: no op computes anything (buffers are zeroed host memory) and it says it is a
+/* The "null" backend: no op computes anything (buffers are host memory) and it says it is a
  * GPU, so a benchmark on it measures svlm's own host work under a GPU's policies (kernels_null.c). */
 svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err);
 /* The backend named `name`: "cpu", "cuda" (or "cuda:N" for GPU N), "auto" (CUDA when a GPU is

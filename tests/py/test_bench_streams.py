@@ -163,6 +163,8 @@ else:
     if not r.get('stream_frames_min', 0) > 0 or not r.get('questions_answered', 0) > 0:
         fails.append('null backend: frames %r answered %r' % (r.get('stream_frames_min'),
                                                               r.get('questions_answered')))
+    if not r.get('answer_tok_s', 0) > 0:  # its logits pick an ordinary token: answers are not empty
+        fails.append('null backend: answers had no tokens (answer_tok_s %r)' % r.get('answer_tok_s'))
 
 ok = ['-m', model, '--mmproj', mmproj]
 for bad in (['--mmproj', mmproj], ok + ['--streams', '0'], ok + ['--streams', '1025'], ok + ['--fps', '0'],
