@@ -1,10 +1,10 @@
 /*
  * The "null" backend: every compute op returns at once, buffers are host memory, and only copies
  * that cross between the host's memory and the backend's still copy. It says it is a GPU, so the
- * engine takes a GPU's policies (frames of many streams batched, no token compression, moved windows
- * re-rotated in place). A benchmark on it measures svlm's own host work at a model's real shapes (scheduling,
- * preprocessing, pages, memory banks, sampling), the ceiling that no device can raise. Its outputs are
- * meaningless by design.
+ * engine takes a GPU's policies (frames of many streams batched, no token compression, moved
+ * windows re-rotated in place). A benchmark on it measures svlm's own host work at a model's real
+ * shapes (scheduling, preprocessing, pages, memory banks, sampling), the ceiling that no device
+ * can raise. Its outputs are meaningless by design.
  */
 #include <pthread.h>
 #include <search.h>
@@ -17,45 +17,35 @@
 #include "kernels/backend.h"
 #include "kernels/kernels.h"
 
-/* The blocks null_alloc handed out ("device" memory) in a tree of address spans, so a copy
- * between two of them costs nothing, as on a GPU, while one from or to the host's memory (a
- * transfer a GPU's host also pays for) still copies. */
+/* The blocks null_alloc handed out ("device" memory), from every null backend (as on one GPU, a
+ * copy between two backends' blocks stays on the device), in one tree of address spans: a copy
+ * between two of them costs nothing, one from or to the host's memory (a transfer a GPU's host
+ * also pays for) still copies. */
 typedef struct {
     uintptr_t lo, hi;
 } span;
-typedef struct {
-    pthread_mutex_t mu;
-    void *root;
-} null_state;
-#define NULL_STATE(k) ((null_state *)(k)->dev)
+static pthread_mutex_t spans_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *spans_root;
 
 static int span_cmp(const void *a, const void *b) { /* overlapping spans compare equal */
     const span *x = a, *y = b;
     return x->hi <= y->lo ? -1 : y->hi <= x->lo ? 1 : 0;
 }
 
-static int on_device(svlm_kernels *k, const void *p, size_t bytes) {
+static int on_device(const void *p, size_t bytes) {
     const span key = {(uintptr_t)p, (uintptr_t)p + (bytes ? bytes : 1)};
-    null_state *ns = NULL_STATE(k);
-    pthread_mutex_lock(&ns->mu);
-    span *const *hit = tfind(&key, &ns->root, span_cmp);
+    pthread_mutex_lock(&spans_mu);
+    span *const *hit = tfind(&key, &spans_root, span_cmp);
     const int in = hit && (*hit)->lo <= key.lo && key.hi <= (*hit)->hi;
-    pthread_mutex_unlock(&ns->mu);
+    pthread_mutex_unlock(&spans_mu);
     return in;
 }
 
 static void null_destroy(svlm_kernels *k) {
-    null_state *ns = NULL_STATE(k);
-    while (ns->root) {
-        span *s = *(span **)ns->root;
-        tdelete(s, &ns->root, span_cmp);
-        free(s);
-    }
-    pthread_mutex_destroy(&ns->mu);
-    free(ns);
     free(k);
 }
 static void *null_alloc(svlm_kernels *k, size_t bytes) {
+    (void)k;
     size_t rounded = (bytes + 63) / 64 * 64;
     if (rounded < bytes) return NULL;
     rounded = rounded ? rounded : 64;
@@ -68,10 +58,9 @@ static void *null_alloc(svlm_kernels *k, size_t bytes) {
     }
     memset(p, 0, rounded);
     *s = (span){(uintptr_t)p, (uintptr_t)p + rounded};
-    null_state *ns = NULL_STATE(k);
-    pthread_mutex_lock(&ns->mu);
-    span *const *added = tsearch(s, &ns->root, span_cmp);
-    pthread_mutex_unlock(&ns->mu);
+    pthread_mutex_lock(&spans_mu);
+    span *const *added = tsearch(s, &spans_root, span_cmp);
+    pthread_mutex_unlock(&spans_mu);
     if (!added || *added != s) { /* out of memory for the node (a live block never overlaps a new one) */
         free(p);
         free(s);
@@ -80,29 +69,32 @@ static void *null_alloc(svlm_kernels *k, size_t bytes) {
     return p;
 }
 static void null_free(svlm_kernels *k, void *p) {
+    (void)k;
     if (!p) return;
     const span key = {(uintptr_t)p, (uintptr_t)p + 1};
-    null_state *ns = NULL_STATE(k);
-    pthread_mutex_lock(&ns->mu);
-    span *const *hit = tfind(&key, &ns->root, span_cmp);
+    pthread_mutex_lock(&spans_mu);
+    span *const *hit = tfind(&key, &spans_root, span_cmp);
     span *s = hit ? *hit : NULL;
-    if (s) tdelete(s, &ns->root, span_cmp);
-    pthread_mutex_unlock(&ns->mu);
+    if (s) tdelete(s, &spans_root, span_cmp);
+    pthread_mutex_unlock(&spans_mu);
     free(s);
     free(p);
 }
 static void null_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
-    if (!on_device(k, dst, bytes) || !on_device(k, src, bytes)) memmove(dst, src, bytes);
+    (void)k;
+    if (!on_device(dst, bytes) || !on_device(src, bytes)) memmove(dst, src, bytes);
 }
 /* stores and loads write their sizes' bytes (f16 rows are half as long) without converting, and
  * nothing when both sides are the backend's own */
 static void null_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
+    (void)k;
     const size_t bytes = (size_t)n * (dst_type == SVLM_F16 ? 2 : 4);
-    if (!on_device(k, dst, bytes) || !on_device(k, src, sizeof(float) * (size_t)n)) memset(dst, 0, bytes);
+    if (!on_device(dst, bytes) || !on_device(src, sizeof(float) * (size_t)n)) memset(dst, 0, bytes);
 }
 static void null_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
+    (void)k;
     const size_t bytes = sizeof(float) * (size_t)n;
-    if (!on_device(k, dst, bytes) || !on_device(k, src, (size_t)n * (src_type == SVLM_F16 ? 2 : 4)))
+    if (!on_device(dst, bytes) || !on_device(src, (size_t)n * (src_type == SVLM_F16 ? 2 : 4)))
         memset(dst, 0, bytes);
 }
 /* a device-side op on a GPU (the connector's pixel shuffle): nothing, like the compute */
@@ -113,7 +105,7 @@ static void null_gather_rows(svlm_kernels *k, float *dst, const float *src, cons
 
 /* ---- compute: nothing ---- */
 
-/* the ramp of null_alloc's blocks */
+/* floats 0..1023, repeated */
 static void ramp(float *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         p[i] = (float)(i & 1023);
@@ -122,9 +114,10 @@ static void ramp(float *p, size_t n) {
 /* A product into the host's memory (the logits of the last row) comes back as a GPU's would: the
  * host pays for the transfer, and a greedy sampler finds an ordinary token (1023) in the ramp. */
 static void null_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    (void)k;
     (void)x;
     const size_t count = (size_t)n * (size_t)w->rows;
-    if (!on_device(k, y, sizeof(float) * count)) ramp(y, count);
+    if (!on_device(y, sizeof(float) * count)) ramp(y, count);
 }
 static void null_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x,
                               int64_t n, float *const *ys) {
@@ -263,13 +256,6 @@ svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err) {
     *out = NULL;
     svlm_kernels *k = calloc(1, sizeof *k);
     if (!k) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the null backend");
-    null_state *ns = calloc(1, sizeof *ns);
-    if (!ns) {
-        free(k);
-        return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the null backend");
-    }
-    pthread_mutex_init(&ns->mu, NULL);
-    k->dev = ns;
     k->ops = &null_ops;
     k->n_threads = 1;
     k->is_gpu = 1;
