@@ -7,6 +7,14 @@
 
 #include "common/err.h"
 
+/* The resamplers' sums are byte-exact references (Pillow's, llama.cpp's): a multiply and an add
+ * must not become one fused multiply-add, whatever the build's flags or the clone's target. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 static int clampi(int x, int lo, int hi) {
     return x < lo ? lo : x > hi ? hi : x;
 }
@@ -170,7 +178,7 @@ static uint8_t to_u8(float v) {
 #define AA_ROWS 8
 
 /* The passes also built for AVX2 and AVX-512, chosen when the program loads: the same multiplies
- * and adds in the same order (neither target allows FMA), so the same bytes. */
+ * and adds in the same order (no contraction, above), so the same bytes. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SVLM_RESIZE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
