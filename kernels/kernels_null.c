@@ -41,6 +41,15 @@ static int on_device(const void *p, size_t bytes) {
     return in;
 }
 
+/* What every block starts as, and what a product into the host's memory returns: floats whose
+ * largest value in any row of logits is an ordinary token's (index 511 of each 1024, never the
+ * first or last ids where vocabularies keep their special and end-of-turn tokens), so greedy
+ * answers run their full length, batched (logits on the "device") or not. */
+static void logits_pattern(float *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)(((i & 1023) + 512) & 1023);
+}
+
 static void null_destroy(svlm_kernels *k) {
     free(k);
 }
@@ -56,12 +65,13 @@ static void *null_alloc(svlm_kernels *k, size_t bytes) {
         free(s);
         return NULL;
     }
-    memset(p, 0, rounded);
+    logits_pattern(p, rounded / sizeof(float));
     *s = (span){(uintptr_t)p, (uintptr_t)p + rounded};
     pthread_mutex_lock(&spans_mu);
     span *const *added = tsearch(s, &spans_root, span_cmp);
+    const int ok = added && *added == s; /* read under the lock: another tdelete may move nodes */
     pthread_mutex_unlock(&spans_mu);
-    if (!added || *added != s) { /* out of memory for the node (a live block never overlaps a new one) */
+    if (!ok) { /* out of memory for the node (a live block never overlaps a new one) */
         free(p);
         free(s);
         return NULL;
@@ -74,7 +84,7 @@ static void null_free(svlm_kernels *k, void *p) {
     const span key = {(uintptr_t)p, (uintptr_t)p + 1};
     pthread_mutex_lock(&spans_mu);
     span *const *hit = tfind(&key, &spans_root, span_cmp);
-    span *s = hit ? *hit : NULL;
+    span *s = hit && (*hit)->lo == key.lo ? *hit : NULL; /* (only a block's own start frees it) */
     if (s) tdelete(s, &spans_root, span_cmp);
     pthread_mutex_unlock(&spans_mu);
     free(s);
@@ -105,19 +115,13 @@ static void null_gather_rows(svlm_kernels *k, float *dst, const float *src, cons
 
 /* ---- compute: nothing ---- */
 
-/* floats 0..1023, repeated */
-static void ramp(float *p, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        p[i] = (float)(i & 1023);
-}
-
 /* A product into the host's memory (the logits of the last row) comes back as a GPU's would: the
- * host pays for the transfer, and a greedy sampler finds an ordinary token (1023) in the ramp. */
+ * host pays for the transfer, and a greedy sampler finds an ordinary token in it. */
 static void null_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
     (void)k;
     (void)x;
     const size_t count = (size_t)n * (size_t)w->rows;
-    if (!on_device(y, sizeof(float) * count)) ramp(y, count);
+    if (!on_device(y, sizeof(float) * count)) logits_pattern(y, count);
 }
 static void null_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x,
                               int64_t n, float *const *ys) {
@@ -203,12 +207,19 @@ static void null_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const f
     (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n, (void)q, (void)kx, (void)vx,
         (void)r;
 }
+/* the pixels cross to the device (a GPU backend uploads them, then embeds them there) */
+static void upload_pixels(const float *pixels, int b, int S, float *to) {
+    const size_t bytes = sizeof(float) * 3 * (size_t)b * (size_t)S * (size_t)S;
+    if (!on_device(pixels, bytes)) memmove(to, pixels, bytes);
+}
 static void null_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round) {
-    (void)k, (void)dst, (void)pixels, (void)b, (void)S, (void)p, (void)round;
+    (void)k, (void)round;
+    if (S % p == 0) upload_pixels(pixels, b, S, dst); /* (dst then holds as many floats) */
 }
 static void null_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                              float *patches, float *y) {
-    (void)k, (void)w, (void)pixels, (void)b, (void)S, (void)p, (void)patches, (void)y;
+    (void)k, (void)w, (void)p, (void)y;
+    upload_pixels(pixels, b, S, patches);
 }
 static void null_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
     (void)k, (void)a;

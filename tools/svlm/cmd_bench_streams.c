@@ -75,10 +75,11 @@ typedef struct bench {
     pthread_mutex_t mu; /* done callbacks run on the answer lane */
     samples ttft[2];    /* ms, answered questions */
     int64_t asked[2], started[2], answered[2], failed[2], cancelled[2]; /* started: a first token came */
-    int64_t copied[2];     /* answered ones whose context copied the stream's window at the fork */
-    int64_t window_tokens; /* tokens of answers that ended inside the window */
-    double rate_sum;       /* per-answer decode rates, measured questions */
-    double t_win0, t_win1; /* the window, monotonic seconds */
+    int64_t copied[2];      /* answered ones whose context copied the stream's window at the fork */
+    int64_t window_tokens;  /* tokens of answers that ended inside the window */
+    int64_t window_answers; /* and how many answers those were */
+    double rate_sum;        /* per-answer decode rates, measured questions */
+    double t_win0, t_win1;  /* the window, monotonic seconds */
     char first_err[256];
 } bench;
 
@@ -90,7 +91,7 @@ typedef struct q_rec {
 typedef struct result {
     double secs, lag_max_ms, drain_s;
     int64_t frames, pushed, drops, stream_min, stream_max; /* frames: all streams; one stream's */
-    double fps_per_stream, fps_share, ingest_busy, answer_busy, tok_s, tok_s_per_answer;
+    double fps_per_stream, fps_share, ingest_busy, answer_busy, tok_s, tok_s_per_answer, answer_len;
     double p50, p90, p99, max;
     int64_t asked, started, answered, failed, unanswered, copied;
     double encode_ms, prefill_ms; /* ingest cost of a frame, mean over every frame so far */
@@ -272,7 +273,7 @@ static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer
         b->copied[k] += am->window_copied != 0;
         samples_push(&b->ttft[k], am->ttft_ms); /* out of memory: one sample fewer */
         if (k) b->rate_sum += am->tokens_per_s;
-        if (now >= b->t_win0 && now < b->t_win1) b->window_tokens += am->tokens;
+        if (now >= b->t_win0 && now < b->t_win1) b->window_tokens += am->tokens, b->window_answers++;
     } else if (st == SVLM_E_CANCELLED) {
         b->cancelled[k]++;
     } else {
@@ -583,6 +584,7 @@ static void summarize(const bench_args *a, bench *b, result *res) {
         res->max = s->v[s->n - 1];
     }
     res->tok_s = (double)b->window_tokens / res->secs;
+    res->answer_len = b->window_answers ? (double)b->window_tokens / (double)b->window_answers : NAN;
     res->tok_s_per_answer = res->answered ? b->rate_sum / (double)res->answered : NAN;
     res->fps_per_stream = (double)res->frames / (double)a->streams / res->secs;
     res->fps_share = res->fps_per_stream / a->fps;
@@ -630,6 +632,7 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     printf("},");
     json_num("answer_tok_s", r->tok_s, 1);
     json_num("answer_tok_s_per_answer", r->tok_s_per_answer, 1);
+    json_num("answer_tokens_mean", r->answer_len, 1);
     json_num("encode_ms_per_frame", r->encode_ms, 1);
     json_num("prefill_ms_per_frame", r->prefill_ms, 1);
     json_num("ingest_busy", r->ingest_busy, 1);

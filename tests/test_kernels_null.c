@@ -1,0 +1,79 @@
+/*
+ * The null backend's contract (kernels/kernels_null.c), which bench-streams' host-ceiling figures
+ * rest on:
+ *  - it is created by name, says it is a GPU and computes nothing;
+ *  - a copy between two of its blocks (from any null backend: one "device") is skipped, one from
+ *    or to host memory is done;
+ *  - logits read from its blocks or from a product into host memory have their largest value at
+ *    an ordinary token for the vocabulary sizes svlm meets (never the first 17 ids nor the last
+ *    128, where special and end-of-turn tokens live), so greedy answers run their full length;
+ *  - unknown backend names still fail with a message.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "test.h"
+
+static int64_t argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static void check_rows(const float *logits, int64_t rows, int64_t vocab, const char *where) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t j = argmax(logits + r * vocab, vocab);
+        CHECK(j >= 17 && j < vocab - 128, "%s: vocabulary %lld, row %lld: greedy picks id %lld", where,
+              (long long)vocab, (long long)r, (long long)j);
+    }
+}
+
+int test_main(void) {
+    svlm_err err = {0};
+    svlm_kernels *a = NULL, *b = NULL;
+    REQUIRE(svlm_kernels_create_named("null", 1, &a, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_kernels_create_named("null", 1, &b, &err) == SVLM_OK, "%s", err.msg);
+    CHECK(svlm_kernels_is_gpu(a), "the null backend takes a GPU's policies: is_gpu is 0");
+    CHECK(!strncmp(svlm_kernels_name(a), "null", 4), "name %s", svlm_kernels_name(a));
+
+    /* copies: device to device skipped (across backends too), host to device and back done */
+    enum { N = 4096 };
+    float *d1 = svlm_k_alloc(a, sizeof(float) * N), *d2 = svlm_k_alloc(b, sizeof(float) * N);
+    float host[N], back[N];
+    REQUIRE(d1 && d2, "null blocks not allocated");
+    for (int i = 0; i < N; i++)
+        host[i] = (float)(7 * i % 101) - 50.0f;
+    const float before = d2[5];
+    svlm_k_copy(a, d2, d1 + 1, sizeof(float) * 100); /* a device-side copy: nothing happens */
+    CHECK(d2[5] == before, "a copy between two null blocks was done (%g -> %g)", before, d2[5]);
+    svlm_k_copy(a, d1, host, sizeof host);
+    svlm_k_copy(b, back, d1, sizeof back);
+    CHECK(!memcmp(host, back, sizeof host), "host -> null block -> host did not give the bytes back");
+
+    /* logits: in a fresh block (a batch's, on the "device") and from a product into host memory */
+    const int64_t vocabs[] = {1024, 32000, 49152, 49280, 151936};
+    for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++) {
+        const int64_t V = vocabs[v], rows = 16;
+        float *dev = svlm_k_alloc(a, sizeof(float) * (size_t)(rows * V));
+        float *out = malloc(sizeof(float) * (size_t)(rows * V));
+        REQUIRE(dev && out, "out of memory");
+        check_rows(dev, rows, V, "a fresh block");
+        const svlm_weight head = {.type = SVLM_F32, .rows = V, .cols = 8, .data = NULL, .row_bytes = 32};
+        svlm_k_matmul(a, &head, d1, rows, out);
+        check_rows(out, rows, V, "a product into host memory");
+        svlm_k_free(a, dev);
+        free(out);
+    }
+    svlm_k_free(a, d1);
+    svlm_k_free(b, d2);
+    svlm_kernels_destroy(a);
+    svlm_kernels_destroy(b);
+
+    svlm_kernels *bad = NULL;
+    CHECK(svlm_kernels_create_named("nul", 1, &bad, &err) == SVLM_E_INVALID && !bad &&
+              strstr(err.msg, "null"),
+          "an unknown name: %s", err.msg);
+    return 0;
+}
