@@ -8,7 +8,8 @@
 #include "common/err.h"
 
 /* The resamplers' sums are byte-exact references (Pillow's, llama.cpp's): a multiply and an add
- * must not become one fused multiply-add, whatever the build's flags or the clone's target. */
+ * must not become one fused multiply-add, whatever the clone's target (CMakeLists.txt also
+ * builds this file with -ffp-contract=off, which clang needs under -ffp-contract=fast). */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
@@ -179,7 +180,7 @@ static uint8_t to_u8(float v) {
 
 /* The passes also built for AVX2 and AVX-512, chosen when the program loads: the same multiplies
  * and adds in the same order (no contraction, above), so the same bytes. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) /* (ifunc) */
 #define SVLM_RESIZE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SVLM_RESIZE_CLONES
