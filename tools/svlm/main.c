@@ -51,14 +51,17 @@ static void usage(FILE *f) {
 /* glibc hands a freed block of 128 KiB or more straight back to the kernel (and trims arenas
  * above 128 KiB of free space), so every frame's images, rows and pages came back as fresh pages
  * to fault in and zero: half the host time of many streams. Blocks up to 32 MiB now come from
- * the heap and up to 256 MiB of free space stays there for the next frame (what is held never
- * exceeds the peak in use). MALLOC_* variables or GLIBC_TUNABLES, when set, win. */
+ * the heap, and up to 64 MiB of free space stays at the top of each arena for the next frame
+ * (so a process may hold that much more per arena than it uses). MALLOC_MMAP_THRESHOLD_,
+ * MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables, when set, win. */
 static void keep_freed_memory(void) {
 #ifdef __GLIBC__
-    if (getenv("GLIBC_TUNABLES") || getenv("MALLOC_MMAP_THRESHOLD_") || getenv("MALLOC_TRIM_THRESHOLD_"))
+    const char *tunables = getenv("GLIBC_TUNABLES");
+    if ((tunables && strstr(tunables, "glibc.malloc.")) || getenv("MALLOC_MMAP_THRESHOLD_") ||
+        getenv("MALLOC_TRIM_THRESHOLD_"))
         return;
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
 #endif
 }
 
