@@ -30,7 +30,10 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
     c->stage_pos = calloc(B, sizeof(int32_t));
     const size_t host_w = E > 2 * kvd ? E : 2 * kvd;
     c->host_rows = malloc(B * host_w * sizeof(float));
-    c->pending_host = malloc((size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * sizeof(float));
+    /* page-locked on a GPU: the pending rows' one copy back per chunk is then a DMA, not a staged
+     * copy through the host's CPU (2.2B: 32 MB a frame) */
+    c->pending_host =
+        svlm_k_alloc_host(k, (size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * sizeof(float));
     int ok = c->k_cache && c->v_cache && c->batch_pos && c->stage_pos && c->host_rows && c->pending_host;
     for (int l = 0; ok && l < hp->n_layer; l++) {
         c->k_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
@@ -75,7 +78,7 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->batch_pos);
     free(c->stage_pos);
     free(c->host_rows);
-    free(c->pending_host);
+    svlm_k_free_host(k, c->pending_host);
     llama_step_tables_free(k, &c->step);
     llama_raw_free(c);
     svlm_k_replay_forget(k, c); /* its recorded steps hold these buffers */
