@@ -758,9 +758,12 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
         const int B = e->p.ingest_batch;
         st = svlm_vision_ctx_create(mp, e->k_ingest, B, &e->vc, err);
         const int S = mp->hp.image_size, T = mp->hp.tokens_per_tile;
+        /* the pixels go to the encoder and its rows come back in one copy each per batch: in
+         * page-locked memory on a GPU, DMA without the host's CPU (16 tiles: 50 MB of pixels) */
         for (int i = 0; e->slots && i < 2; i++) /* (the second slot only holds batches ahead) */
-            if (i == 0 || B > 1) e->slots[i].pixels = malloc((size_t)B * 3 * S * S * sizeof(float));
-        e->embd = malloc((size_t)B * T * mp->hp.proj_dim * sizeof(float));
+            if (i == 0 || B > 1)
+                e->slots[i].pixels = svlm_k_alloc_host(e->k_ingest, (size_t)B * 3 * S * S * sizeof(float));
+        e->embd = svlm_k_alloc_host(e->k_ingest, (size_t)B * T * mp->hp.proj_dim * sizeof(float));
         e->kept_embd = malloc((size_t)T * mp->hp.proj_dim * sizeof(float));
         e->kept = malloc((size_t)T * sizeof *e->kept);
         if (!st && (!e->slots || !e->slots[0].pixels || (B > 1 && !e->slots[1].pixels) || !e->embd ||
@@ -841,9 +844,9 @@ void svlm_engine_free(svlm_engine *e) {
     svlm_llama_multi_free(e->multi);
     if (e->lane_pool) svlm_pool_destroy(e->lane_pool);
     for (int i = 0; e->slots && i < 2; i++)
-        free(e->slots[i].pixels);
+        svlm_k_free_host(e->k_ingest, e->slots[i].pixels);
     free(e->slots);
-    free(e->embd);
+    svlm_k_free_host(e->k_ingest, e->embd);
     free(e->kept_embd);
     free(e->kept);
     svlm_llama_batch_free(e->batch);

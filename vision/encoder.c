@@ -144,11 +144,12 @@ svlm_status svlm_vision_bench(const svlm_mmproj *m, svlm_kernels *k, int batch, 
     const svlm_mmproj_hparams *hp = &m->hp;
     size_t tile = (size_t)3 * hp->image_size * hp->image_size;
     size_t emb = (size_t)hp->tokens_per_tile * (size_t)hp->proj_dim;
-    float *px = malloc(sizeof(float) * tile * (size_t)batch),
-          *out = malloc(sizeof(float) * emb * (size_t)batch);
+    /* page-locked on a GPU, as the engine's batches are */
+    float *px = svlm_k_alloc_host(k, sizeof(float) * tile * (size_t)batch),
+          *out = svlm_k_alloc_host(k, sizeof(float) * emb * (size_t)batch);
     if (!px || !out) {
-        free(px);
-        free(out);
+        svlm_k_free_host(k, px);
+        svlm_k_free_host(k, out);
         return svlm_fail(err, SVLM_E_NOMEM, "vision bench: out of memory");
     }
     uint32_t s = 12345u; /* deterministic pixels in [-1, 1) */
@@ -159,8 +160,8 @@ svlm_status svlm_vision_bench(const svlm_mmproj *m, svlm_kernels *k, int batch, 
     double t1, tb;
     svlm_status st = time_batch(m, k, 1, iters, px, out, &t1, err);
     if (!st) st = time_batch(m, k, batch, iters, px, out, &tb, err);
-    free(px);
-    free(out);
+    svlm_k_free_host(k, px);
+    svlm_k_free_host(k, out);
     if (st) return st;
     r->batch = batch;
     r->tokens_per_tile = hp->tokens_per_tile;
