@@ -93,6 +93,18 @@ const void *cu_in(svlm_kernels *k, int slot, const void *p, size_t bytes) {
     return s;
 }
 
+const void *cu_in_bulk(svlm_kernels *k, int slot, const void *p, size_t bytes) {
+    if (!p || !bytes) return p;
+    int host_side;
+    const void *d = device_view_of(p, &host_side);
+    if (d && !host_side) return d;
+    cu_ctx *c = CU(k);
+    if (cu_capturing) cu_capture_failed = 1; /* a replay would read the host memory again, later */
+    void *s = stage_buffer(c, slot, bytes);
+    cu_check(cudaMemcpyAsync(s, p, bytes, cudaMemcpyHostToDevice, c->stream), "copy to the GPU");
+    return s;
+}
+
 void *cu_out(svlm_kernels *k, int slot, void *p, size_t bytes, int copy_in) {
     if (!p || !bytes) return p;
     cu_ctx *c = CU(k);
@@ -496,7 +508,7 @@ static void cu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
 static void cu_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round) {
     cu_begin(k);
     const int g = S / p;
-    const float *dp = cu_in(k, 0, pixels, sizeof(float) * (size_t)b * 3 * (size_t)S * (size_t)S);
+    const float *dp = cu_in_bulk(k, 0, pixels, sizeof(float) * (size_t)b * 3 * (size_t)S * (size_t)S);
     float *dd = cu_out(k, 1, dst, sizeof(float) * (size_t)b * (size_t)g * g * 3 * (size_t)p * p, 0);
     cu_check(svlm_cu_im2col(CU(k)->stream, dd, dp, b, S, p, round), "im2col");
     cu_done(k, "im2col");

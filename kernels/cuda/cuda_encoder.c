@@ -166,13 +166,14 @@ void cu_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, 
     if (ok) {
         cu_begin(k);
         const size_t px = sizeof(float) * (size_t)b * 3 * (size_t)S * (size_t)S;
-        const float *dp = cu_in(k, 0, pixels, px);
         int bf16 = 0;
         void *temp = NULL;
         const float *dw = cu_weight_gemm(k, w, &bf16, &temp);
         int done = 0;
         if (dw && !bf16) { /* (NULL: a recording gave up) */
-            cu_check(cudaMemcpyAsync(patches, dp, px, cudaMemcpyDeviceToDevice, CU(k)->stream), "pixels");
+            /* one copy from wherever the pixels are (the engine's are page-locked: a DMA) */
+            if (cu_capturing && !cu_ranges_contain(pixels)) cu_capture_failed = 1; /* (host memory) */
+            cu_check(cudaMemcpyAsync(patches, pixels, px, cudaMemcpyDefault, CU(k)->stream), "pixels");
             cu_check(svlm_cu_round_f16(CU(k)->stream, patches, (int64_t)(px / sizeof(float))),
                      "pixels through f16");
             done = cu_dnn_patch_embed(k, dw, (int)w->rows, patches, b, S, p, y);

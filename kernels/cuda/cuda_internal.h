@@ -99,6 +99,9 @@ void cu_check_blas(cublasStatus_t st, const char *what);
 /* A device-accessible view of `bytes` of input at p: p itself when the GPU can read it (device,
  * managed or mapped memory), else a copy in staging slot `slot`. */
 const void *cu_in(svlm_kernels *k, int slot, const void *p, size_t bytes);
+/* cu_in for an input a kernel reads in short, scattered runs (im2col's pixels): page-locked host
+ * memory is copied across in one DMA too, rather than read in place over the bus */
+const void *cu_in_bulk(svlm_kernels *k, int slot, const void *p, size_t bytes);
 /* Same for an output (copy_in = 1: also an input); host-only outputs are copied back by cu_done. */
 void *cu_out(svlm_kernels *k, int slot, void *p, size_t bytes, int copy_in);
 /* Copies staged outputs back to the host and waits for the stream, unless the op wrote only
