@@ -178,23 +178,16 @@ static uint8_t to_u8(float v) {
  * by side), so one output value of all the block's rows is one vector of AA_ROWS lanes. */
 #define AA_ROWS 8
 
-/* The passes also built for AVX2 and AVX-512, chosen when the program loads: the same multiplies
- * and adds in the same order (no contraction, above), so the same bytes. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) /* (ifunc) */
-#define SVLM_RESIZE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SVLM_RESIZE_CLONES
-#endif
-
 #if defined(__GNUC__)
+#define AA_INLINE __attribute__((always_inline)) static inline
 /* GCC's vector types: AA_ROWS lanes whatever the target's registers (two SSE ones by default) */
 typedef float rows_f __attribute__((vector_size(AA_ROWS * sizeof(float))));
 typedef int32_t rows_i __attribute__((vector_size(AA_ROWS * sizeof(int32_t))));
 
 /* to_u8 of every lane of *acc into out (a comparison gives -1 in a true lane): NaN and v <= 0
  * give 0, v >= 255 gives 255, else v rounded half away from zero. (Pointers, not vector values:
- * vector arguments' ABI differs between the clones.) */
-__attribute__((always_inline)) static inline void rows_to_u8(const rows_f *acc, uint8_t *out) {
+ * vector arguments' ABI differs between the targets below.) */
+AA_INLINE void rows_to_u8(const rows_f *acc, uint8_t *out) {
     const rows_f zero = {0}, top = zero + 255.0f;
     rows_f v = *acc;
     const rows_i pos = v > zero, low = v < top;
@@ -207,8 +200,8 @@ __attribute__((always_inline)) static inline void rows_to_u8(const rows_f *acc, 
 
 /* The horizontal pass over rows y0 .. y0 + n - 1 of src into mid (width w). block holds
  * src->w * 3 * AA_ROWS floats. Each value's taps are summed in order, as one row at a time would. */
-SVLM_RESIZE_CLONES static void aa_horizontal_block(const svlm_image *src, int y0, int n, const taps *tx,
-                                                   int w, svlm_image *mid, float *block) {
+AA_INLINE void aa_horizontal_block(const svlm_image *src, int y0, int n, const taps *tx, int w,
+                                   svlm_image *mid, float *block) {
     const int row_len = src->w * 3;
     const uint8_t *rows[AA_ROWS];
     for (int r = 0; r < AA_ROWS; r++)
@@ -235,6 +228,7 @@ SVLM_RESIZE_CLONES static void aa_horizontal_block(const svlm_image *src, int y0
     }
 }
 #else
+#define AA_INLINE static
 /* other compilers: the same sums, a lane at a time */
 static void aa_horizontal_block(const svlm_image *src, int y0, int n, const taps *tx, int w, svlm_image *mid,
                                 float *block) {
@@ -256,8 +250,7 @@ static void aa_horizontal_block(const svlm_image *src, int y0, int n, const taps
 
 /* The vertical pass: rows at a time (each value's taps still summed in order), so the inner loop
  * runs along a row. */
-SVLM_RESIZE_CLONES static void aa_vertical(const svlm_image *mid, const taps *ty, int h, svlm_image *dst,
-                                           float *acc) {
+AA_INLINE void aa_vertical(const svlm_image *mid, const taps *ty, int h, svlm_image *dst, float *acc) {
     const int row_len = mid->w * 3;
     for (int y = 0; y < h; y++) {
         const float *wt = ty->wt + (size_t)y * ty->max_taps;
@@ -283,6 +276,62 @@ SVLM_RESIZE_CLONES static void aa_vertical(const svlm_image *mid, const taps *ty
     }
 }
 
+/* Both passes (a NULL taps: that pass is skipped, src already has its size): dst from src
+ * through mid. */
+typedef struct {
+    const svlm_image *src;
+    const taps *tx, *ty;
+    svlm_image *mid, *dst;
+    float *buf;
+} aa_job;
+
+AA_INLINE void aa_run(const aa_job *j) {
+    const svlm_image *across = j->src;
+    if (j->tx) {
+        for (int y0 = 0; y0 < j->src->h; y0 += AA_ROWS)
+            aa_horizontal_block(j->src, y0, j->src->h - y0 < AA_ROWS ? j->src->h - y0 : AA_ROWS, j->tx,
+                                j->mid->w, j->mid, j->buf);
+        across = j->mid;
+    }
+    if (j->ty)
+        aa_vertical(across, j->ty, j->dst->h, j->dst, j->buf);
+    else
+        memcpy(j->dst->rgb, across->rgb, (size_t)j->dst->w * j->dst->h * 3);
+}
+
+/* The passes also built for AVX2 and AVX-512 (the same source inlined into each), picked per
+ * call from what the CPU has and SVLM_SIMD (scalar, avx2, avx512: at most that level, as for the
+ * kernels). The same multiplies and adds in the same order in each (no contraction, above), so
+ * the same bytes. A plain runtime choice, not ifunc clones: those resolvers run before sanitizer
+ * runtimes start and crash ThreadSanitizer builds. */
+static void aa_run_plain(const aa_job *j) {
+    aa_run(j);
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) static void aa_run_avx2(const aa_job *j) {
+    aa_run(j);
+}
+__attribute__((target("avx512f"))) static void aa_run_avx512(const aa_job *j) {
+    aa_run(j);
+}
+#endif
+
+static void aa_dispatch(const aa_job *j) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *env = getenv("SVLM_SIMD");
+    const int cap = !env || strcmp(env, "scalar") ? (env && !strcmp(env, "avx2") ? 1 : 2) : 0;
+    if (cap >= 2 && __builtin_cpu_supports("avx512f")) {
+        aa_run_avx512(j);
+        return;
+    }
+    if (cap >= 1 && __builtin_cpu_supports("avx2")) {
+        aa_run_avx2(j);
+        return;
+    }
+#endif
+    aa_run_plain(j);
+}
+
 /* A pass whose size does not change is skipped: its taps are 0, 1, 0, 0 and it gives the same
  * bytes back (a 512 x 384 frame made 512 x 512 is one pass, not two). */
 svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_image *dst, svlm_err *err) {
@@ -300,16 +349,8 @@ svlm_status svlm_resize_bicubic_aa(const svlm_image *src, int w, int h, svlm_ima
         svlm_image_free(dst);
         goto done;
     }
-    const svlm_image *across = src;
-    if (!same_w) {
-        for (int y0 = 0; y0 < src->h; y0 += AA_ROWS)
-            aa_horizontal_block(src, y0, src->h - y0 < AA_ROWS ? src->h - y0 : AA_ROWS, &tx, w, &mid, buf);
-        across = &mid;
-    }
-    if (same_h)
-        memcpy(dst->rgb, across->rgb, (size_t)w * h * 3);
-    else
-        aa_vertical(across, &ty, h, dst, buf);
+    const aa_job job = {src, same_w ? NULL : &tx, same_h ? NULL : &ty, &mid, dst, buf};
+    aa_dispatch(&job);
 done:
     free(buf);
     taps_free(&tx);
