@@ -273,9 +273,21 @@ svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, svlm_pool *pool, svlm_
     double t_abs[MAX];
     svlm_llama_multi_item items[MAX];
     int at[MAX], ni = 0; /* items[at[i]] is frame i's, or -1 */
+    /* frame_begin locks each frame's stream until frame_end: in address order, one order for every
+     * batch (a batch holds each stream once) */
+    int order[MAX];
     for (int i = 0; i < n; i++) {
+        int j = i;
+        for (; j > 0 && (uintptr_t)ss[order[j - 1]] > (uintptr_t)ss[i]; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
+    for (int o = 0; o < n; o++) {
+        const int i = order[o];
         at[i] = -1;
         st[i] = frame_begin(ss[i], t_seconds[i], embd[i], n_tokens[i], &fp[i], &tag[i], &t_abs[i], &errs[i]);
+    }
+    for (int i = 0; i < n; i++) {
         if (st[i]) continue;
         if (fp[i].n > (size_t)svlm_llama_multi_item_max()) { /* too long for a shared pass: alone */
             double t0 = now_ms();
