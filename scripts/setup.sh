@@ -3,16 +3,19 @@
 #   build/       the optimised build (the `svlm` binary is build/svlm), with the CUDA backend
 #                when nvcc is found (/usr/local/cuda or PATH); it runs without a GPU too
 #   build-asan/  the same with AddressSanitizer + UndefinedBehaviorSanitizer, for the tests
-# Usage: scripts/setup.sh [--no-install] [--no-asan]
+#   build-tsan/  ThreadSanitizer: svlm and the tests whose threads share streams, lanes and pools
+# Usage: scripts/setup.sh [--no-install] [--no-asan] [--no-tsan]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 install=1
 asan=1
+tsan=1
 for a in "$@"; do
   case "$a" in
     --no-install) install=0 ;;
     --no-asan) asan=0 ;;
+    --no-tsan) tsan=0 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -44,5 +47,11 @@ if [ "$asan" = 1 ]; then
   echo "== building build-asan/ (ASan + UBSan)"
   cmake -S . -B build-asan "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSVLM_SANITIZE=ON >/dev/null
   cmake --build build-asan -j"$(nproc)"
+fi
+if [ "$tsan" = 1 ]; then
+  echo "== building build-tsan/ (ThreadSanitizer: svlm and the threaded tests)"
+  cmake -S . -B build-tsan "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSVLM_TSAN=ON >/dev/null
+  cmake --build build-tsan -j"$(nproc)" --target svlm test_engine_batch test_stream test_stream_memory \
+    test_stream_take test_llama_multi test_kernels test_kernels_null
 fi
 echo "== done: build/svlm"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs svlm's whole test suite: every test on the optimised build, then the unit tests (label
 # "unit", i.e. all but the long end-to-end ones) and the CLI/server tests that feed svlm outside
-# input again under ASan + UBSan.
+# input again under ASan + UBSan, and the threaded tests (engine, streams, pools, bench-streams)
+# under ThreadSanitizer.
 # Test data comes from SVLM_TEST_DATA (default ../shared); tests that need it skip without it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export SVLM_TEST_DATA="${SVLM_TEST_DATA:-$(cd .. && pwd)/shared}"
 jobs=$(nproc)
 # ctest hands SVLM_TEST_DATA to every test from the build's cache: point it at this folder.
-for b in build build-asan; do
+for b in build build-asan build-tsan; do
   [ -d "$b" ] && cmake -S . -B "$b" -DSVLM_TEST_DATA="$SVLM_TEST_DATA" >/dev/null
 done
 status=0
@@ -22,5 +23,17 @@ if [ -d build-asan ]; then
   # the CLI and server tests that feed svlm outside input (files, media, JSON, websocket frames)
   ctest --test-dir build-asan --output-on-failure -j"$jobs" \
     -R 'py_test_(server_protocol|server_engine|server_serve|generate|vision_describe|tokenize_fixtures|quantize|cli_info|ingest_files)$' || status=1
+fi
+if [ -d build-tsan ]; then
+  echo "== threaded tests under ThreadSanitizer (build-tsan/)"
+  # some kernels place mappings where TSan's runtime cannot start: say so rather than fail
+  if ! TSAN_OPTIONS= build-tsan/svlm --version >/dev/null 2>&1; then
+    echo "SKIP: ThreadSanitizer's runtime does not start on this machine (try: setarch -R, or sysctl vm.mmap_rnd_bits=28)"
+  else
+    export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+    ctest --test-dir build-tsan --output-on-failure -j"$jobs" \
+      -R '^(test_(engine_batch|stream|stream_memory|stream_take|llama_multi|kernels|kernels_null)|py_test_bench_streams)$' ||
+      status=1
+  fi
 fi
 exit $status
