@@ -129,15 +129,21 @@ else:
     if 't=' in p.stderr:
         fails.append('progress lines without a terminal or --progress: %r' % p.stderr[-200:])
 
-p = run(base + ['--json', '--progress', '--no-stc', '--no-memory', '--ingest-batch', '3'])
-if p.returncode != 0:
-    fails.append('json run: rc %d %s' % (p.returncode, p.stderr[-400:]))
-else:
+def json_run(args, where):
+    """The JSON report of a run, or None (a failure recorded) when it failed or is not one object."""
+    p = run(args)
+    if p.returncode != 0:
+        fails.append('%s: rc %d %s' % (where, p.returncode, p.stderr[-400:]))
+        return p, None
     try:
-        r = json.loads(p.stdout)
+        return p, json.loads(p.stdout)
     except ValueError as e:
-        fails.append('--json is not one JSON object (%s): %r' % (e, p.stdout[-300:]))
-        r = {}
+        fails.append('%s: --json is not one JSON object (%s): %r' % (where, e, p.stdout[-300:]))
+        return p, {}
+
+
+p, r = json_run(base + ['--json', '--progress', '--no-stc', '--no-memory', '--ingest-batch', '3'], 'json run')
+if r is not None:
     check_figures(r, 'json')
     if r.get('stc') is not False or r.get('memory') is not False or r.get('answer_tokens') != 4:
         fails.append('json: stc %r memory %r answer_tokens %r' %
@@ -150,15 +156,8 @@ else:
 nb = [a if a != 'cpu' else 'null' for a in base]
 nb[nb.index('--ask-every') + 1] = '0.1'  # 30 questions a second: answers share decode steps
 nb[nb.index('--answer-tokens') + 1] = '16'
-p = run(nb + ['--json', '--ingest-batch', '3'])
-if p.returncode != 0:
-    fails.append('null backend: rc %d %s' % (p.returncode, p.stderr[-400:]))
-else:
-    try:
-        r = json.loads(p.stdout)
-    except ValueError as e:
-        fails.append('null backend: not one JSON object (%s): %r' % (e, p.stdout[-300:]))
-        r = {}
+p, r = json_run(nb + ['--json', '--ingest-batch', '3'], 'null backend')
+if r is not None:
     if not r.get('backend', '').startswith('null') or r.get('stc') is not False:
         fails.append('null backend: backend %r stc %r (a GPU\'s policy: no compression)' %
                      (r.get('backend'), r.get('stc')))
