@@ -3,7 +3,8 @@
 #   build/       the optimised build (the `svlm` binary is build/svlm), with the CUDA backend
 #                when nvcc is found (/usr/local/cuda or PATH); it runs without a GPU too
 #   build-asan/  the same with AddressSanitizer + UndefinedBehaviorSanitizer, for the tests
-#   build-tsan/  ThreadSanitizer: svlm and the tests whose threads share streams, lanes and pools
+#   build-tsan/  ThreadSanitizer: svlm and the tests whose threads share streams, lanes, pools and
+#                the server
 # Usage: scripts/setup.sh [--no-install] [--no-asan] [--no-tsan]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,6 @@ if [ "$tsan" = 1 ]; then
   echo "== building build-tsan/ (ThreadSanitizer: svlm and the threaded tests)"
   cmake -S . -B build-tsan "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSVLM_TSAN=ON >/dev/null
   cmake --build build-tsan -j"$(nproc)" --target svlm test_engine_batch test_stream test_stream_memory \
-    test_stream_take test_llama_multi test_kernels test_kernels_null
+    test_stream_take test_llama_multi test_kernels test_kernels_null test_server_host
 fi
 echo "== done: build/svlm"

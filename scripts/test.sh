@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs svlm's whole test suite: every test on the optimised build, then the unit tests (label
 # "unit", i.e. all but the long end-to-end ones) and the CLI/server tests that feed svlm outside
-# input again under ASan + UBSan, and the threaded tests (engine, streams, pools, bench-streams)
-# under ThreadSanitizer.
+# input again under ASan + UBSan, and the threaded tests (engine, streams, pools, bench-streams,
+# the server) under ThreadSanitizer.
 # Test data comes from SVLM_TEST_DATA (default ../shared); tests that need it skip without it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ if [ -d build-tsan ]; then
   else
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
     ctest --test-dir build-tsan --output-on-failure -j"$jobs" \
-      -R '^(test_(engine_batch|stream|stream_memory|stream_take|llama_multi|kernels|kernels_null)|py_test_bench_streams)$' ||
+      -R '^(test_(engine_batch|stream|stream_memory|stream_take|llama_multi|kernels|kernels_null|server_host)|py_test_(bench_streams|server_engine|server_protocol|server_serve))$' ||
       status=1
   fi
 fi
