@@ -316,6 +316,10 @@ if [ -x "$S" ]; then
     [ $have_streams = 1 ] && bench "256 streams at 1 fps, host work only (null backend)" 40 bench-streams \
       -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 3 --duration 8 --drain-max 5 \
       --question-tokens 20 --answer-tokens 8 --backend null
+    # and the host's part of the encoder and of a decode step (a few seconds each)
+    bench "vision encoder, host work only (null backend)" 20 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
+      --backend null
+    bench "text, host work only (null backend)" 20 bench -m "$M.gguf" --pp 512 --tg 128 --backend null
   fi
   # the 2.2B shape (Q4_K_M): the 32 streams and text speed (making the model takes about
   # 100 s on one core, a few seconds on a GPU machine's cores)
