@@ -42,10 +42,11 @@ static int on_device(const void *p, size_t bytes) {
     return in;
 }
 
-/* What every block starts as, and what a product into the host's memory returns: floats whose
- * largest value in any row of logits is an ordinary token's (index 511 of each 1024, never the
- * first or last ids where vocabularies keep their special and end-of-turn tokens), so greedy
- * answers run their full length, batched (logits on the "device") or not. */
+/* What every block starts as (not zeros), and what a product into the host's memory returns:
+ * floats 0..1023 peaking at index 511 of every 1024, so the largest logit of a row is an ordinary
+ * token's for the vocabularies svlm meets (multiples of 64, 1024 or more: never the first 17 ids
+ * nor the last 128, where special and end-of-turn tokens live; test_kernels_null checks them),
+ * and greedy answers run their full length, batched (logits on the "device") or not. */
 static void logits_pattern(float *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         p[i] = (float)(((i & 1023) + 512) & 1023);
@@ -208,19 +209,21 @@ static void null_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const f
     (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n, (void)q, (void)kx, (void)vx,
         (void)r;
 }
-/* the pixels cross to the device (a GPU backend uploads them, then embeds them there) */
-static void upload_pixels(const float *pixels, int b, int S, float *to) {
-    const size_t bytes = sizeof(float) * 3 * (size_t)b * (size_t)S * (size_t)S;
+/* The pixels cross to the device (a GPU backend uploads them, then embeds them there): as many
+ * floats as the patches hold (b (S/p)^2 3p^2; all the pixels when p divides S), the size of the
+ * destination either op is given. */
+static void upload_pixels(const float *pixels, int b, int S, int p, float *to) {
+    const size_t g = (size_t)(S / p), bytes = sizeof(float) * (size_t)b * g * g * 3 * (size_t)p * (size_t)p;
     if (!on_device(pixels, bytes)) memmove(to, pixels, bytes);
 }
 static void null_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round) {
     (void)k, (void)round;
-    if (S % p == 0) upload_pixels(pixels, b, S, dst); /* (dst then holds as many floats) */
+    upload_pixels(pixels, b, S, p, dst);
 }
 static void null_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                              float *patches, float *y) {
-    (void)k, (void)w, (void)p, (void)y;
-    upload_pixels(pixels, b, S, patches);
+    (void)k, (void)w, (void)y;
+    upload_pixels(pixels, b, S, p, patches);
 }
 static void null_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
     (void)k, (void)a;

@@ -7,6 +7,8 @@
  *  - logits read from its blocks or from a product into host memory have their largest value at
  *    an ordinary token for the vocabulary sizes svlm meets (never the first 17 ids nor the last
  *    128, where special and end-of-turn tokens live), so greedy answers run their full length;
+ *  - the pixels' upload copies no more than the patches hold (tiles whose side the patch does not
+ *    divide);
  *  - unknown backend names still fail with a message.
  */
 #include <stdlib.h>
@@ -65,6 +67,25 @@ int test_main(void) {
         check_rows(out, rows, V, "a product into host memory");
         svlm_k_free(a, dev);
         free(out);
+    }
+    /* the pixels' upload fills only what the patches hold: a 60-pixel tile of 14-pixel patches
+     * (tiny-p14, as 2.2B's 384 / 14) has 16 patches of 588 values, fewer than its 10800 pixels
+     * (ASan catches a longer copy) */
+    {
+        const int B = 2, S = 60, P = 14, g = S / P;
+        const size_t held = (size_t)B * g * g * 3 * P * P;
+        float *pixels = malloc(sizeof(float) * (size_t)B * 3 * S * S);
+        float *patches = svlm_k_alloc(a, sizeof(float) * held), *y = svlm_k_alloc(a, sizeof(float) * 64);
+        REQUIRE(pixels && patches && y, "out of memory");
+        for (int i = 0; i < B * 3 * S * S; i++)
+            pixels[i] = (float)i;
+        const svlm_weight pw = {.type = SVLM_F16, .rows = 8, .cols = 3 * P * P, .data = NULL, .row_bytes = 0};
+        svlm_k_patch_embed(a, &pw, pixels, B, S, P, patches, y);
+        CHECK(patches[held - 1] == (float)(held - 1), "the pixels' upload did not reach the patches' end");
+        svlm_k_im2col(a, patches, pixels, B, S, P, 0);
+        free(pixels);
+        svlm_k_free(a, patches);
+        svlm_k_free(a, y);
     }
     svlm_k_free(a, d1);
     svlm_k_free(b, d2);
