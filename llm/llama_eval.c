@@ -30,11 +30,7 @@ svlm_status svlm_llama_ctx_create(svlm_llama *m, svlm_kernels *k, int n_ctx, svl
     c->stage_pos = calloc(B, sizeof(int32_t));
     const size_t host_w = E > 2 * kvd ? E : 2 * kvd;
     c->host_rows = malloc(B * host_w * sizeof(float));
-    /* page-locked on a GPU: the pending rows' one copy back per chunk is then a DMA, not a staged
-     * copy through the host's CPU (2.2B: 32 MB a frame) */
-    c->pending_host =
-        svlm_k_alloc_host(k, (size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * sizeof(float));
-    int ok = c->k_cache && c->v_cache && c->batch_pos && c->stage_pos && c->host_rows && c->pending_host;
+    int ok = c->k_cache && c->v_cache && c->batch_pos && c->stage_pos && c->host_rows;
     for (int l = 0; ok && l < hp->n_layer; l++) {
         c->k_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
         c->v_cache[l] = svlm_k_alloc(k, (size_t)n_ctx * kvd * c->kv_elt);
@@ -380,6 +376,20 @@ static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     }
 }
 
+/* The pending rows' host copy, made on first use: page-locked on a GPU, so their one copy back per
+ * chunk is a DMA rather than a staged copy through the host's CPU (2.2B: 32 MB a frame); many
+ * contexts never need it (a stream's, while its frames go through the multi-sequence pass).
+ * 0: none could be had. */
+static int pending_host_ready(svlm_llama_ctx *c) {
+    if (!c->pending_host) {
+        const svlm_llama_hparams *hp = &c->m->hp;
+        const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+        c->pending_host =
+            svlm_k_alloc_host(c->k, (size_t)hp->n_layer * 2 * LLAMA_PENDING_ROWS * kvd * sizeof(float));
+    }
+    return c->pending_host != NULL;
+}
+
 static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
                        const float **embd, int n, float *logits, int all_logits) {
     const svlm_llama *m = c->m;
@@ -391,7 +401,8 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     for (int i = 0; i < n; i++)
         c->batch_pos[i] = seq ? svlm_kv_seq_pos(seq, p0 + i) : p0 + i;
     svlm_k_copy(k, c->pos_k, c->batch_pos, sizeof(int32_t) * (size_t)n);
-    const int pend = seq && n <= LLAMA_PENDING_ROWS; /* new rows reach the pages after the layers */
+    /* new rows reach the pages after the layers (without the host copy: layer by layer) */
+    const int pend = seq && n <= LLAMA_PENDING_ROWS && pending_host_ready(c);
     /* a decode step with nothing to bring over from the pages: the same ops every step, which a
      * GPU replays in one launch */
     const int step = n == 1 && (!seq || sync_from >= p0);
