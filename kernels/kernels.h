@@ -1,7 +1,7 @@
 /*
  * The compute interface under the decoder and the vision encoder. One table of operations per
- * backend (CPU, CUDA). All tensors are row-major; "rows" of a weight are its output
- * features (ggml ne[1]) and "cols" its input features (ggml ne[0], contiguous in memory).
+ * backend (CPU, CUDA, and "null", which computes nothing). All tensors are row-major; "rows" of a weight are
+ * its output features (ggml ne[1]) and "cols" its input features (ggml ne[0], contiguous in memory).
  * Activation buffers passed to the ops must come from svlm_k_alloc so a device backend can
  * place them in its own memory; on the CPU they are plain host memory.
  */
@@ -38,7 +38,8 @@ typedef struct svlm_kernels svlm_kernels;
 
 /* CPU backend with its own thread pool (n_threads <= 0: all CPUs). Picks the best SIMD level the
  * CPU has at run time. Environment overrides (for tests and comparisons):
- *   SVLM_SIMD=scalar|avx2|avx512  force a level (unknown value: E_INVALID; above the CPU's: E_UNSUPPORTED)
+ *   SVLM_SIMD=scalar|avx2|avx512  force a level (unknown value: E_INVALID; above the CPU's: E_UNSUPPORTED);
+ *                                 it also caps the image resize's AVX2 / AVX-512 builds
  *   SVLM_GEMM=own|blas            batched matmuls through svlm's AVX-512 GEMM or OpenBLAS (default
  *                                 OpenBLAS when built with it). Creating the backend sets OpenBLAS to
  *                                 one thread: svlm parallelises across its own pool.
@@ -75,11 +76,14 @@ void svlm_kernels_destroy(svlm_kernels *k);
 const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */
 int svlm_kernels_threads(const svlm_kernels *k);
 
-void *svlm_k_alloc(svlm_kernels *k, size_t bytes); /* zero-filled, 64-byte aligned; NULL on failure */
+/* zero-filled (the null backend's: a fixed pattern), 64-byte aligned; NULL on failure */
+void *svlm_k_alloc(svlm_kernels *k, size_t bytes);
 void svlm_k_free(svlm_kernels *k, void *p);
 /* Host memory the backend copies to and from fastest: page-locked on a GPU (a pass's new rows
  * reach the host at the bus's full speed, not through a staging copy), malloc'ed otherwise. For
- * the host side of svlm_k_copy only, not for ops. NULL on failure. */
+ * the host side of svlm_k_copy, and as an input ops only read (a GPU reads it in place over the
+ * bus; the patch embedding's and im2col's pixels cross in one DMA); never as an op's output.
+ * NULL on failure. */
 void *svlm_k_alloc_host(svlm_kernels *k, size_t bytes);
 void svlm_k_free_host(svlm_kernels *k, void *p);
 /* A host buffer that served as weight data (svlm_weight.data) is about to be freed or rewritten:

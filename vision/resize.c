@@ -8,8 +8,9 @@
 #include "common/err.h"
 
 /* The resamplers' sums are byte-exact references (Pillow's, llama.cpp's): a multiply and an add
- * must not become one fused multiply-add, whatever the clone's target (CMakeLists.txt also
- * builds this file with -ffp-contract=off, which clang needs under -ffp-contract=fast). */
+ * must not become one fused multiply-add, in any build of the passes (plain, AVX2, AVX-512;
+ * CMakeLists.txt also builds this file with -ffp-contract=off, which clang needs under
+ * -ffp-contract=fast). */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
