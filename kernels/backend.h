@@ -85,6 +85,7 @@ struct svlm_kernels {
     char name[64];
     int n_threads;
     int is_gpu;
+    int no_compute; /* the null backend */
     svlm_cpu cpu;
     void *dev;            /* a device backend's state */
     int replay_mode;      /* inside svlm_k_replay_begin/end: one of replay_mode */

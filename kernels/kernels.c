@@ -54,6 +54,9 @@ void svlm_kernels_set_priority(svlm_kernels *k, int high) {
 int svlm_kernels_is_gpu(const svlm_kernels *k) {
     return k->is_gpu;
 }
+int svlm_kernels_computes(const svlm_kernels *k) {
+    return !k->no_compute;
+}
 
 void svlm_kernels_destroy(svlm_kernels *k) {
     if (k) k->ops->destroy(k);

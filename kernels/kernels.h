@@ -72,6 +72,8 @@ svlm_status svlm_kernels_create_named(const char *name, int n_threads, svlm_kern
 void svlm_kernels_set_priority(svlm_kernels *k, int high);
 /* 1 when the backend computes on a GPU. */
 int svlm_kernels_is_gpu(const svlm_kernels *k);
+/* 0 for the null backend (whose figures are host work only), else 1. */
+int svlm_kernels_computes(const svlm_kernels *k);
 void svlm_kernels_destroy(svlm_kernels *k);
 const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */
 int svlm_kernels_threads(const svlm_kernels *k);

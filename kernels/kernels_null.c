@@ -278,6 +278,7 @@ svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err) {
     k->ops = &null_ops;
     k->n_threads = 1;
     k->is_gpu = 1;
+    k->no_compute = 1;
     snprintf(k->name, sizeof k->name, "null (no compute)");
     *out = k;
     return SVLM_OK;

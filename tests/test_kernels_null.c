@@ -38,6 +38,7 @@ int test_main(void) {
     REQUIRE(svlm_kernels_create_named("null", 1, &a, &err) == SVLM_OK, "%s", err.msg);
     REQUIRE(svlm_kernels_create_named("null", 1, &b, &err) == SVLM_OK, "%s", err.msg);
     CHECK(svlm_kernels_is_gpu(a), "the null backend takes a GPU's policies: is_gpu is 0");
+    CHECK(!svlm_kernels_computes(a), "the null backend says it computes");
     CHECK(!strncmp(svlm_kernels_name(a), "null", 4), "name %s", svlm_kernels_name(a));
 
     /* copies: device to device skipped (across backends too), host to device and back done */
@@ -91,6 +92,11 @@ int test_main(void) {
     svlm_k_free(b, d2);
     svlm_kernels_destroy(a);
     svlm_kernels_destroy(b);
+
+    svlm_kernels *cpu = NULL;
+    REQUIRE(svlm_kernels_create_named("cpu", 1, &cpu, &err) == SVLM_OK, "%s", err.msg);
+    CHECK(svlm_kernels_computes(cpu), "the CPU backend says it computes nothing");
+    svlm_kernels_destroy(cpu);
 
     svlm_kernels *bad = NULL;
     CHECK(svlm_kernels_create_named("nul", 1, &bad, &err) == SVLM_E_INVALID && !bad &&

@@ -195,7 +195,9 @@ int cmd_bench(int argc, char **argv) {
     } else {
         printf("model       %s\nbackend     %s\n", model_path, svlm_kernels_name(tm.kernels));
         if (pp > 0) printf("pp%-8lld  %.1f tok/s\n", pp, best_pp);
-        if (tg > 0)
+        if (tg > 0 && !svlm_kernels_computes(tm.kernels))
+            printf("tg%-8lld  %.1f tok/s (host work only: nothing computed)\n", tg, best_tg);
+        else if (tg > 0)
             printf("tg%-8lld  %.1f tok/s (weights read at %.1f GB/s)\n", tg, best_tg, wb * best_tg / 1e9);
         if (batch_tps > 0)
             printf("tg%lld x%-4lld %.1f tok/s aggregate, %lld sequences decoding together (%.1f each)\n", tg,
