@@ -297,9 +297,10 @@ if [ -x "$S" ]; then
       --type q8_0 --seed 1 -o "$M" --quiet || { status=1; summary+=("mkmodel: FAILED"); }
   fi
   # In order of what matters most when the budget runs out: the figures first (text, the
-  # encoder, 256 streams, the 2.2B shape's 32 streams), then each change since the last GPU run
-  # against its switch (short runs), more stream configurations, the profiles, comparisons already
-  # measured once (SVLM_GPU_CHECK_AB=1); then memcheck of the tests.
+  # encoder, 256 streams, the 2.2B shape's 32 streams), the host's own share of them (the null
+  # backend), then each change since the last GPU run against its switch (short runs), more
+  # stream configurations, the profiles, comparisons already measured once (SVLM_GPU_CHECK_AB=1);
+  # then memcheck of the tests.
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
   streams_args=(--fps 1 --warmup 4 --duration 15 --drain-max 5 --question-tokens 20 --answer-tokens 8 --backend cuda)
   have_streams=0
@@ -311,15 +312,6 @@ if [ -x "$S" ]; then
     # default: the encoder is batched across streams)
     [ $have_streams = 1 ] && bench "256 streams at 1 fps, cuda (defaults)" 60 bench-streams -m "$M.gguf" \
       --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}"
-    # the same on the null backend (no compute): svlm's own host work on this machine's cores, the
-    # ceiling no GPU raises; below the line above's figure, the run was host-bound
-    [ $have_streams = 1 ] && bench "256 streams at 1 fps, host work only (null backend)" 40 bench-streams \
-      -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 3 --duration 8 --drain-max 5 \
-      --question-tokens 20 --answer-tokens 8 --backend null
-    # and the host's part of the encoder and of a decode step (a few seconds each)
-    bench "vision encoder, host work only (null backend)" 20 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
-      --backend null
-    bench "text, host work only (null backend)" 20 bench -m "$M.gguf" --pp 512 --tg 128 --backend null
   fi
   # the 2.2B shape (Q4_K_M): the 32 streams and text speed (making the model takes about
   # 100 s on one core, a few seconds on a GPU machine's cores)
@@ -337,6 +329,15 @@ if [ -x "$S" ]; then
     fi
   fi
   if [ -f "$M.gguf" ]; then
+    # the 256 streams on the null backend (no compute): svlm's own host work on this machine's
+    # cores, the ceiling no GPU raises (at or below the CUDA figure above: that run was
+    # host-bound); then the host's part of the encoder and of a decode step (seconds each)
+    [ $have_streams = 1 ] && bench "256 streams at 1 fps, host work only (null backend)" 40 bench-streams \
+      -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 --fps 1 --warmup 3 --duration 8 --drain-max 5 \
+      --question-tokens 20 --answer-tokens 8 --backend null
+    bench "vision encoder, host work only (null backend)" 20 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
+      --backend null
+    bench "text, host work only (null backend)" 20 bench -m "$M.gguf" --pp 512 --tg 128 --backend null
     # the decode step's kernels without programmatic dependent launch (each waits for the one before
     # to end before it starts; default on from compute capability 9.0)
     SVLM_CUDA_PDL=0 bench "text, cuda, no PDL" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda

@@ -27,7 +27,10 @@ fi
 if [ -d build-tsan ]; then
   echo "== threaded tests under ThreadSanitizer (build-tsan/)"
   # some kernels place mappings where TSan's runtime cannot start: say so rather than fail
-  if ! TSAN_OPTIONS= build-tsan/svlm --version >/dev/null 2>&1; then
+  if [ ! -x build-tsan/svlm ]; then
+    echo "FAIL: build-tsan/svlm is missing: run scripts/setup.sh (or delete build-tsan/)"
+    status=1
+  elif ! TSAN_OPTIONS= build-tsan/svlm --version >/dev/null 2>&1; then
     echo "SKIP: ThreadSanitizer's runtime does not start on this machine (try: setarch -R, or sysctl vm.mmap_rnd_bits=28)"
   else
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
