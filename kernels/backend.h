@@ -25,6 +25,7 @@ typedef struct backend_ops {
     void (*add)(svlm_kernels *k, float *y, const float *x, int64_t n);
     void (*add_bias)(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim);
     void (*softmax)(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim);
+    void (*argmax)(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids); /* required */
     void *(*alloc)(svlm_kernels *k, size_t bytes);
     void (*free)(svlm_kernels *k, void *p);
     void (*forget)(svlm_kernels *k, const void *weight_data); /* NULL: nothing cached */

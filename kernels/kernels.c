@@ -159,7 +159,8 @@ enum {
     OP_PATCH_EMBED,
     OP_IM2COL,
     OP_KV_SHIFT,
-    OP_NORM_QKV_ROPE
+    OP_NORM_QKV_ROPE,
+    OP_ARGMAX
 };
 
 void svlm_k_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape) {
@@ -721,4 +722,14 @@ void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
         if (skip) return;
     }
     k->ops->softmax(k, x, n_rows, dim);
+}
+void svlm_k_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    if (n_rows <= 0 || dim <= 0) return;
+    if (k->replay_mode) {
+        int skip = noted_xn(k, OP_ARGMAX, x, n_rows);
+        note_u(k, (uint64_t)dim);
+        note_p(k, ids);
+        if (skip) return;
+    }
+    k->ops->argmax(k, x, n_rows, dim, ids);
 }

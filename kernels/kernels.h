@@ -286,5 +286,10 @@ void svlm_k_add(svlm_kernels *k, float *y, const float *x, int64_t n);
 void svlm_k_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim);
 /* In-place softmax over rows of `dim`. */
 void svlm_k_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim);
+/* ids[i] = the index of row i's greatest element, the first of equals; NaNs never win, and a
+ * row that starts with a NaN gives 0 (the plain loop `if (x[j] > x[best]) best = j`). Greedy
+ * decoding reads n_rows ids where the logits are instead of n_rows x dim floats; ids may be
+ * host memory. */
+void svlm_k_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids);
 
 #endif

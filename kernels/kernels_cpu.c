@@ -186,6 +186,10 @@ static void cpu_add_bias(svlm_kernels *k, float *y, const float *b, int64_t n_ro
 static void cpu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     svlm_cpu_softmax(CPU(k), x, n_rows, dim);
 }
+static void cpu_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    (void)k;
+    svlm_cpu_argmax(x, n_rows, dim, ids);
+}
 static void *cpu_alloc(svlm_kernels *k, size_t bytes) {
     (void)k;
     size_t rounded = (bytes + 63) / 64 * 64;
@@ -271,6 +275,7 @@ static const backend_ops cpu_ops = {
     .add = cpu_add,
     .add_bias = cpu_add_bias,
     .softmax = cpu_softmax,
+    .argmax = cpu_argmax,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .copy = cpu_copy,

@@ -16,6 +16,7 @@
 
 #include "common/err.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/kernels.h"
 
 /* The blocks null_alloc handed out ("device" memory), from every null backend (as on one GPU, a
@@ -42,14 +43,27 @@ static int on_device(const void *p, size_t bytes) {
     return in;
 }
 
+/* Where the block holding p starts (p is in one). */
+static uintptr_t block_start(const void *p) {
+    const span key = {(uintptr_t)p, (uintptr_t)p + 1};
+    pthread_mutex_lock(&spans_mu);
+    span *const *hit = tfind(&key, &spans_root, span_cmp);
+    const uintptr_t lo = hit ? (*hit)->lo : (uintptr_t)p;
+    pthread_mutex_unlock(&spans_mu);
+    return lo;
+}
+
 /* What every block starts as (not zeros), and what a product into the host's memory returns:
  * floats 0..1023 peaking at index 511 of every 1024, so the largest logit of a row is an ordinary
  * token's for the vocabularies svlm meets (multiples of 64, 1024 or more: never the first 17 ids
  * nor the last 128, where special and end-of-turn tokens live; test_kernels_null checks them),
  * and greedy answers run their full length, batched (logits on the "device") or not. */
+static float pattern_at(size_t i) {
+    return (float)(((i & 1023) + 512) & 1023);
+}
 static void logits_pattern(float *p, size_t n) {
     for (size_t i = 0; i < n; i++)
-        p[i] = (float)(((i & 1023) + 512) & 1023);
+        p[i] = pattern_at(i);
 }
 
 static void null_destroy(svlm_kernels *k) {
@@ -163,6 +177,27 @@ static void null_rows(svlm_kernels *k, float *y, const float *b, int64_t n_rows,
 static void null_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     (void)k, (void)x, (void)n_rows, (void)dim;
 }
+/* Into host memory, the index a GPU would find in the block's logits pattern (found from the
+ * pattern's formula, without reading the block); a host row is really searched. */
+static void null_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    (void)k;
+    if (on_device(ids, sizeof(int32_t) * (size_t)n_rows)) return;
+    if (!on_device(x, sizeof(float) * (size_t)(n_rows * dim))) {
+        svlm_cpu_argmax(x, n_rows, dim, ids);
+        return;
+    }
+    const size_t first = (size_t)((uintptr_t)x - block_start(x)) / sizeof(float);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const size_t at = first + (size_t)(r * dim);
+        int64_t best = (int64_t)((511 - at % 1024 + 1024) % 1024); /* the first peak */
+        if (best >= dim) {                                         /* a short row without one */
+            best = 0;
+            for (int64_t i = 1; i < dim; i++)
+                if (pattern_at(at + (size_t)i) > pattern_at(at + (size_t)best)) best = i;
+        }
+        ids[r] = (int32_t)best;
+    }
+}
 static void null_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src,
                             int64_t n, int64_t dim) {
     (void)k, (void)dsts, (void)dst_type, (void)src, (void)n, (void)dim;
@@ -242,6 +277,7 @@ static const backend_ops null_ops = {
     .add = null_binary,
     .add_bias = null_rows,
     .softmax = null_softmax,
+    .argmax = null_argmax,
     .alloc = null_alloc,
     .free = null_free,
     .copy = null_copy,

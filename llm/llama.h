@@ -58,6 +58,11 @@ int svlm_llama_ctx_take_copy(svlm_llama_ctx *dst, const svlm_llama_ctx *src, con
  */
 svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n, float *logits,
                             int all_logits, svlm_err *err);
+/* svlm_llama_eval for greedy decoding: *next receives the index of the last token's greatest
+ * logit (svlm_k_argmax's rule), found where the logits are made; on a GPU one id crosses to the
+ * host instead of n_vocab floats. next may be ids' last element (the token fed back). */
+svlm_status svlm_llama_eval_greedy(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                                   int32_t *next, svlm_err *err);
 
 /* ---- streaming over a paged, bounded cache (llm/kv_cache.h) ---- */
 
@@ -75,6 +80,10 @@ svlm_status svlm_llama_kv_pool_create(const svlm_llama *m, svlm_dtype kv_type, i
 svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
                                 const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
                                 svlm_err *err);
+/* svlm_llama_eval_seq with the greedy next token in *next, as svlm_llama_eval_greedy. */
+svlm_status svlm_llama_eval_seq_greedy(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                                       const int32_t *ids, const float *embd, int n, int32_t *next,
+                                       svlm_err *err);
 
 /* ---- continuous batching: one decode step of many sequences at once ---- */
 
@@ -88,7 +97,9 @@ int svlm_llama_batch_max(const svlm_llama_batch *b);
 
 /* One item of a batched decode step: like svlm_llama_eval_seq(ctx, seq, kind, tag, &id, NULL, 1,
  * logits, 0): token `id` is appended to `seq` and evaluated with `ctx` as its working copy;
- * logits receives [n_vocab]. Each item needs its own ctx and seq. */
+ * logits (when set) receives [n_vocab], next (when set) the greedy next token as
+ * svlm_llama_eval_seq_greedy gives it: the step's ids cross to the host in one copy. Each item
+ * needs its own ctx and seq. */
 typedef struct svlm_llama_batch_item {
     svlm_llama_ctx *ctx;
     svlm_kv_seq *seq;
@@ -96,6 +107,7 @@ typedef struct svlm_llama_batch_item {
     int64_t tag;
     int32_t id;
     float *logits;
+    int32_t *next;
     svlm_status status; /* out: SVLM_OK, or why this item was not evaluated (err_msg) */
     char err_msg[128];
 } svlm_llama_batch_item;

@@ -18,6 +18,7 @@ struct svlm_llama_batch {
     float *logits;
     int32_t *pos, *pos_k;  /* RoPE positions, in host memory and on the kernels' side */
     int32_t *ids;          /* the live rows' tokens */
+    int32_t *next;         /* the live rows' greedy next tokens (host memory) */
     float *host_x;         /* their embeddings on the host */
     float *pending;        /* [n_layer][2][live rows][kv_dim]: new keys and values for the pages, */
     float *pending_host;   /* written after the layers in one copy (svlm_k_alloc_host) */
@@ -45,6 +46,7 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->attn = calloc(B, sizeof *b->attn);
     b->pos_k = svlm_k_alloc(k, B * sizeof *b->pos_k);
     b->ids = calloc(B, sizeof *b->ids);
+    b->next = calloc(B, sizeof *b->next);
     b->host_x = malloc(B * E * sizeof(float));
     b->pending = svlm_k_alloc(k, (size_t)hp->n_layer * 2 * B * kvd * sizeof(float));
     b->pending_host = svlm_k_alloc_host(k, (size_t)hp->n_layer * 2 * B * kvd * sizeof(float));
@@ -53,7 +55,7 @@ svlm_status svlm_llama_batch_create(svlm_llama *m, svlm_kernels *k, int max_seqs
     b->sync = calloc(B, sizeof *b->sync);
     const int step_ok = llama_step_tables_alloc(k, hp->n_layer, max_seqs, &b->step);
     if (!rows_ok || !step_ok || !b->logits || !b->pos || !b->p0 || !b->live || !b->sync || !b->pos_k ||
-        !b->ids || !b->host_x || !b->pending || !b->pending_host || !b->attn) {
+        !b->ids || !b->next || !b->host_x || !b->pending || !b->pending_host || !b->attn) {
         svlm_llama_batch_free(b);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a batch of %d sequences", max_seqs);
     }
@@ -71,6 +73,7 @@ void svlm_llama_batch_free(svlm_llama_batch *b) {
         if (bufs[i]) svlm_k_free(b->k, bufs[i]);
     free(b->pos);
     free(b->ids);
+    free(b->next);
     free(b->host_x);
     svlm_k_free_host(b->k, b->pending_host);
     free(b->attn);
@@ -220,8 +223,13 @@ svlm_status svlm_llama_eval_batch(svlm_llama_batch *b, svlm_llama_batch_item *it
             svlm_kv_seq_write(items[b->live[r]].seq, l, b->p0[r], 1, hk + (size_t)r * kvd,
                               hv + (size_t)r * kvd);
     }
+    int greedy = 0;
+    for (int r = 0; r < nl; r++)
+        greedy |= items[b->live[r]].next != NULL;
+    if (greedy) svlm_k_argmax(k, b->logits, nl, hp->n_vocab, b->next);
     for (int r = 0; r < nl; r++) {
         svlm_llama_batch_item *it = &items[b->live[r]];
+        if (it->next) *it->next = b->next[r];
         if (it->logits)
             svlm_k_copy(k, it->logits, b->logits + (size_t)r * hp->n_vocab,
                         sizeof(float) * (size_t)hp->n_vocab);

@@ -75,6 +75,7 @@ void svlm_llama_ctx_free(svlm_llama_ctx *c) {
     free(c->stage_pos);
     free(c->host_rows);
     svlm_k_free_host(k, c->pending_host);
+    svlm_k_free(k, c->logits_k);
     llama_step_tables_free(k, &c->step);
     llama_raw_free(c);
     svlm_k_replay_forget(k, c); /* its recorded steps hold these buffers */
@@ -390,8 +391,16 @@ static int pending_host_ready(svlm_llama_ctx *c) {
     return c->pending_host != NULL;
 }
 
+/* What a call wants back: the logits ([n_vocab] for the last token, [n][n_vocab] with all), or
+ * the greedy next token (next), or nothing. */
+typedef struct {
+    float *logits;
+    int all;
+    int32_t *next;
+} eval_out;
+
 static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
-                       const float **embd, int n, float *logits, int all_logits) {
+                       const float **embd, int n, const eval_out *out) {
     const svlm_llama *m = c->m;
     const svlm_llama_hparams *hp = &m->hp;
     svlm_kernels *k = c->k;
@@ -418,13 +427,17 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
         llama_pending_to_pages(c, seq, p0, n);
         llama_pending_to_raw(c, p0, n);
     }
-    if (!logits) return;
-    if (all_logits) {
+    if (!out->logits && !out->next) return;
+    if (out->logits && out->all) {
         svlm_k_rmsnorm(k, c->x, m->output_norm, c->logit_in, n, E, hp->rms_eps);
-        svlm_k_matmul(k, &m->output, c->logit_in, n, logits);
-    } else {
-        svlm_k_rmsnorm(k, c->x + (size_t)(n - 1) * E, m->output_norm, c->logit_in, 1, E, hp->rms_eps);
-        svlm_k_matmul(k, &m->output, c->logit_in, 1, logits);
+        svlm_k_matmul(k, &m->output, c->logit_in, n, out->logits);
+        return;
+    }
+    svlm_k_rmsnorm(k, c->x + (size_t)(n - 1) * E, m->output_norm, c->logit_in, 1, E, hp->rms_eps);
+    if (out->logits) svlm_k_matmul(k, &m->output, c->logit_in, 1, out->logits);
+    if (out->next) { /* the logits stay where they are made; one id comes back */
+        svlm_k_matmul(k, &m->output, c->logit_in, 1, c->logits_k);
+        svlm_k_argmax(k, c->logits_k, 1, hp->n_vocab, out->next);
     }
 }
 
@@ -441,7 +454,7 @@ svlm_status llama_check_inputs(const svlm_llama_ctx *c, const int32_t *ids, cons
 
 /* Runs n tokens in chunks of n_batch starting at cache row p0. */
 static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, const int32_t *ids,
-                        const float *embd, int n, float *logits, int all_logits) {
+                        const float *embd, int n, const eval_out *out) {
     const int n_vocab = c->m->hp.n_vocab;
     const float *e = embd;
     svlm_k_defer(c->k, 1); /* the host touches the buffers only through svlm_k_copy */
@@ -449,12 +462,12 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
     for (int done = 0; done < n;) {
         int chunk = n - done < c->n_batch ? n - done : c->n_batch;
         int last = done + chunk == n;
-        float *lg = NULL;
-        if (logits && all_logits)
-            lg = logits + (size_t)done * n_vocab;
-        else if (logits && last)
-            lg = logits;
-        eval_chunk(c, seq, p0 + done, sync_from, ids + done, &e, chunk, lg, all_logits);
+        eval_out part = {0};
+        if (out->logits && out->all)
+            part = (eval_out){.logits = out->logits + (size_t)done * n_vocab, .all = 1};
+        else if (last)
+            part = *out;
+        eval_chunk(c, seq, p0 + done, sync_from, ids + done, &e, chunk, &part);
         if (!seq) c->n_past += chunk;
         done += chunk;
         sync_from = p0 + done;
@@ -462,9 +475,17 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
     svlm_k_defer(c->k, 0);
 }
 
-svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n, float *logits,
-                            int all_logits, svlm_err *err) {
+/* The greedy search's logits buffer, on first use. */
+static svlm_status greedy_ready(svlm_llama_ctx *c, const eval_out *out, svlm_err *err) {
+    if (!out->next || c->logits_k) return SVLM_OK;
+    c->logits_k = svlm_k_alloc(c->k, (size_t)c->m->hp.n_vocab * sizeof(float));
+    return c->logits_k ? SVLM_OK : svlm_fail(err, SVLM_E_NOMEM, "out of memory for the logits");
+}
+
+static svlm_status eval_plain(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                              const eval_out *out, svlm_err *err) {
     svlm_status st = llama_check_inputs(c, ids, embd, n, err);
+    if (!st) st = greedy_ready(c, out, err);
     if (st) return st;
     if (n > c->n_ctx - c->n_past)
         return svlm_fail(err, SVLM_E_LIMIT, "context full: %d tokens cached, %d more do not fit in %d",
@@ -473,8 +494,20 @@ svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *
         memset(&c->mirror_of, 0, sizeof c->mirror_of);
         c->n_past = 0;
     }
-    eval_chunks(c, NULL, c->n_past, c->n_past, ids, embd, n, logits, all_logits);
+    eval_chunks(c, NULL, c->n_past, c->n_past, ids, embd, n, out);
     return SVLM_OK;
+}
+
+svlm_status svlm_llama_eval(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n, float *logits,
+                            int all_logits, svlm_err *err) {
+    const eval_out out = {.logits = logits, .all = all_logits};
+    return eval_plain(c, ids, embd, n, &out, err);
+}
+
+svlm_status svlm_llama_eval_greedy(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,
+                                   int32_t *next, svlm_err *err) {
+    const eval_out out = {.next = next};
+    return eval_plain(c, ids, embd, n, &out, err);
 }
 
 /* How many leading rows of the working copy still match the sequence at version v. */
@@ -510,16 +543,31 @@ svlm_status llama_seq_prepare(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind 
     return SVLM_OK;
 }
 
-svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
-                                const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
-                                svlm_err *err) {
+static svlm_status eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                            const int32_t *ids, const float *embd, int n, const eval_out *out,
+                            svlm_err *err) {
     int first = 0, valid = 0;
-    svlm_status st = llama_seq_prepare(c, seq, kind, tag, ids, embd, n, &first, &valid, err);
+    svlm_status st = greedy_ready(c, out, err); /* before the sequence grows */
+    if (!st) st = llama_seq_prepare(c, seq, kind, tag, ids, embd, n, &first, &valid, err);
     if (st) return st;
-    eval_chunks(c, seq, first, valid, ids, embd, n, logits, all_logits);
+    eval_chunks(c, seq, first, valid, ids, embd, n, out);
     c->mirror_of = svlm_kv_seq_version(seq);
     c->mirror_n = first + n;
     c->raw_n = c->mirror_n; /* every row's raw key was kept or brought over (when c->raw) */
     c->n_past = 0;
     return SVLM_OK;
+}
+
+svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                                const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
+                                svlm_err *err) {
+    const eval_out out = {.logits = logits, .all = all_logits};
+    return eval_seq(c, seq, kind, tag, ids, embd, n, &out, err);
+}
+
+svlm_status svlm_llama_eval_seq_greedy(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
+                                       const int32_t *ids, const float *embd, int n, int32_t *next,
+                                       svlm_err *err) {
+    const eval_out out = {.next = next};
+    return eval_seq(c, seq, kind, tag, ids, embd, n, &out, err);
 }

@@ -52,6 +52,7 @@ struct svlm_llama_ctx {
     int32_t *pos_k, *stage_pos_k; /* batch_pos and stage_pos, svlm_k_alloc */
     float *pending;               /* [n_layer][2][n][kv_dim] for a chunk of n rows, svlm_k_alloc */
     float *pending_host;          /* the same, host memory (svlm_k_alloc_host, on first use) */
+    float *logits_k;              /* [n_vocab], svlm_k_alloc on first greedy use: searched in place */
     llama_step_tables step;       /* a decode step's tables (one row) */
     /* Keys before RoPE beside the working copy (svlm_llama_ctx_follow_moves; NULL: off), per layer
      * [n_ctx][kv_dim] of kv_type, matching the copy's rows below raw_n. With them the rows an

@@ -336,14 +336,6 @@ void svlm_stream_note_drop(svlm_stream *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Appends the tokens of text (special tokens parsed or not) to a growing id list. */
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 struct svlm_stream_fork {
     svlm_kv_seq *seq;
     int64_t frames_at_fork, turn;
@@ -415,10 +407,10 @@ struct svlm_stream_answer {
     svlm_llama_ctx *ctx;
     svlm_kv_seq *fork;
     stream_prompt pr; /* memory, then the question turn from q_start, then the answer */
-    int q_start, n_end, max_tokens, eog, n_vocab;
+    int q_start, n_end, max_tokens, eog;
+    int32_t next; /* the greedy token after the last one evaluated */
     int64_t frames_at_fork, turn;
     double t0, t_first;
-    float *logits;
     svlm_stream_token_fn on_token;
     void *user;
     svlm_answer_metrics am;
@@ -428,7 +420,6 @@ static void answer_free(svlm_stream_answer *a) {
     if (!a) return;
     svlm_kv_seq_free(a->fork);
     stream_prompt_free(&a->pr);
-    free(a->logits);
     free(a);
 }
 
@@ -500,12 +491,9 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
         else
             a->pr.ids = g;
     }
-    a->n_vocab = svlm_llama_hparams_of(s->model)->n_vocab;
-    if (!st && !(a->logits = malloc((size_t)a->n_vocab * sizeof(float))))
-        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (!st)
-        st = svlm_llama_eval_seq(ctx, a->fork, SVLM_KV_TEXT, a->turn, a->pr.ids, a->pr.embd, a->pr.n,
-                                 a->logits, 0, err);
+        st = svlm_llama_eval_seq_greedy(ctx, a->fork, SVLM_KV_TEXT, a->turn, a->pr.ids, a->pr.embd, a->pr.n,
+                                        &a->next, err);
     a->n_end = a->pr.n;
     if (st) {
         answer_free(a);
@@ -521,7 +509,7 @@ static svlm_status answer_emit(svlm_stream_answer *a, int32_t *id_out, int *more
     *more = 0;
     const int limit = a->pr.n + a->max_tokens;
     if (a->eog || a->n_end >= limit) return SVLM_OK;
-    int32_t id = argmax(a->logits, a->n_vocab);
+    const int32_t id = a->next;
     if (a->n_end == a->pr.n) a->t_first = now_ms();
     a->pr.ids[a->n_end++] = id;
     if (svlm_tokenizer_is_eog(a->s->tok, id)) {
@@ -543,7 +531,7 @@ svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *
     int more = 0;
     svlm_status st = answer_emit(a, &id, &more, err);
     if (st || !more) return st;
-    st = svlm_llama_eval_seq(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, a->logits, 0, err);
+    st = svlm_llama_eval_seq_greedy(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, &a->next, err);
     if (!st) *done = 0;
     return st;
 }
@@ -573,7 +561,7 @@ svlm_status svlm_stream_answers_step(svlm_llama_batch *b, svlm_stream_answer *co
                                                .kind = SVLM_KV_TEXT,
                                                .tag = a->turn,
                                                .id = id,
-                                               .logits = a->logits};
+                                               .next = &a->next};
             of[m++] = i;
         }
         if (!m) continue;

@@ -27,6 +27,7 @@
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_argmax_rows.h"
 #include "test_gpu.h"
 #include "test_ref_attention.h"
 
@@ -441,6 +442,27 @@ static void test_elementwise(void) {
         bufs_free();
         free(s);
         free(sc);
+    }
+
+    /* greedy argmax: the same index as the CPU and the stated rule, exactly (a decode batch of
+     * vocabulary rows, and short rows), ids into the backend's memory or the host's */
+    const int64_t arows[2] = {16, 13}, adims[2] = {49280, 37};
+    for (int si = 0; si < 2; si++) {
+        const int64_t n = arows[si] * adims[si];
+        float *x = xmalloc(sizeof(float) * (size_t)n);
+        argmax_rows_fill(x, arows[si], adims[si], 77 + (uint64_t)si);
+        int32_t ic[16], *ig = tbuf(NULL, sizeof(int32_t) * 16);
+        svlm_k_argmax(C, x, arows[si], adims[si], ic);
+        svlm_k_argmax(G, tbuf(x, sizeof(float) * (size_t)n), arows[si], adims[si], ig);
+        double differ = 0;
+        for (int64_t r = 0; r < arows[si]; r++)
+            differ += ig[r] != ic[r] || ic[r] != argmax_expected(x + r * adims[si], adims[si]);
+        char what[96];
+        snprintf(what, sizeof what, "argmax %lldx%lld (rows differing)", (long long)arows[si],
+                 (long long)adims[si]);
+        report(what, differ, 0);
+        bufs_free();
+        free(x);
     }
 }
 

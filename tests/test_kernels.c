@@ -19,6 +19,7 @@
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_argmax_rows.h"
 #include "test_ref_attention.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
@@ -576,6 +577,30 @@ static void test_activations(svlm_kernels *k) {
     CHECK(worst < 2e-5, "%s softmax rel error %.3g", svlm_kernels_name(k), worst);
 }
 
+/* greedy argmax: the stated rule on special and random rows, dims from 4 to a vocabulary */
+static void test_argmax(svlm_kernels *k) {
+    const int64_t dims[] = {4, 5, 1023, 49280};
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+        const int64_t rows = 13, dim = dims[d];
+        float *x = malloc(sizeof(float) * (size_t)(rows * dim));
+        int32_t ids[13];
+        REQUIRE(x, "out of memory");
+        argmax_rows_fill(x, rows, dim, (uint64_t)dim);
+        for (int r = 0; r < rows; r++)
+            ids[r] = -1;
+        svlm_k_argmax(k, x, rows, dim, ids);
+        int bad = 0;
+        for (int r = 0; r < rows; r++)
+            if (ids[r] != argmax_expected(x + r * dim, dim)) {
+                if (!bad++)
+                    fprintf(stderr, "  row %d of %lld: %d, expected %d\n", r, (long long)dim, ids[r],
+                            argmax_expected(x + r * dim, dim));
+            }
+        CHECK(!bad, "%s argmax over rows of %lld: %d rows differ", svlm_kernels_name(k), (long long)dim, bad);
+        free(x);
+    }
+}
+
 static void attention_case(svlm_kernels *k, int64_t n_q, int64_t n_kv, int n_head, int n_kv_head, int hd,
                            int causal, svlm_dtype kv_type) {
     int64_t stride = (int64_t)n_kv_head * hd + 5; /* rows padded like a cache with spare room */
@@ -851,6 +876,7 @@ int test_main(void) {
         test_norms(k);
         test_rope(k);
         test_activations(k);
+        test_argmax(k);
         test_attention(k);
         printf("%s: ops checked\n", svlm_kernels_name(k));
         svlm_kernels_destroy(k);

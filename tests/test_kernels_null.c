@@ -7,6 +7,8 @@
  *  - logits read from its blocks or from a product into host memory have their largest value at
  *    an ordinary token for the vocabulary sizes svlm meets (never the first 17 ids nor the last
  *    128, where special and end-of-turn tokens live), so greedy answers run their full length;
+ *    svlm_k_argmax over its blocks gives, without reading them, the index the rows hold, and over
+ *    host rows their true argmax;
  *  - the pixels' upload copies no more than the patches hold (tiles whose side the patch does not
  *    divide);
  *  - unknown backend names still fail with a message.
@@ -63,6 +65,31 @@ int test_main(void) {
         float *out = malloc(sizeof(float) * (size_t)(rows * V));
         REQUIRE(dev && out, "out of memory");
         check_rows(dev, rows, V, "a fresh block");
+        /* the greedy search, from the block's start (an ordinary token) and from inside it (rows of
+         * another length: the index the rows hold) */
+        int32_t ids[16];
+        const int64_t offs[2] = {0, 5}, dims[2] = {V, V - 7};
+        for (int o = 0; o < 2; o++) {
+            const float *x = dev + offs[o];
+            svlm_k_argmax(a, x, rows - 1, dims[o], ids);
+            for (int64_t r = 0; r < rows - 1; r++) {
+                const int64_t want = argmax(x + r * dims[o], dims[o]);
+                CHECK(ids[r] == want && (o || (want >= 17 && want < dims[o] - 128)),
+                      "argmax over a block (offset %lld, rows of %lld), row %lld: %d, the row's is %lld",
+                      (long long)offs[o], (long long)dims[o], (long long)r, ids[r], (long long)want);
+            }
+        }
+        /* short rows, some without a peak of the pattern */
+        svlm_k_argmax(a, dev, 7, 100, ids);
+        for (int64_t r = 0; r < 7; r++)
+            CHECK(ids[r] == argmax(dev + r * 100, 100),
+                  "argmax over rows of 100, row %lld: %d, the row's is %lld", (long long)r, ids[r],
+                  (long long)argmax(dev + r * 100, 100));
+        for (int64_t i = 0; i < V; i++)
+            out[i] = (float)((i * 7919) % 10007);
+        svlm_k_argmax(a, out, 1, V, ids);
+        CHECK(ids[0] == argmax(out, V), "argmax over host memory: %d, expected %lld", ids[0],
+              (long long)argmax(out, V));
         const svlm_weight head = {.type = SVLM_F32, .rows = V, .cols = 8, .data = NULL, .row_bytes = 32};
         svlm_k_matmul(a, &head, d1, rows, out);
         check_rows(out, rows, V, "a product into host memory");

@@ -1,7 +1,9 @@
 /*
  * Continuous batching (svlm_llama_eval_batch): decode steps of several sequences evaluated
  * together give the logits that separate svlm_llama_eval_seq calls give, through window
- * evictions, F16 pages, batches of 1 to 16, an item that fails alone, and bad arguments.
+ * evictions, F16 pages, batches of 1 to 16, an item that fails alone, and bad arguments; and
+ * the greedy forms (a batch item's next, svlm_llama_eval_greedy, svlm_llama_eval_seq_greedy)
+ * give the argmax of those logits.
  * Tolerance 1e-4 below 16 rows (the CPU runs the same dot products as for one row: measured 0),
  * 1e-2 from 16 rows on, where the CPU's products switch to a GEMM.
  */
@@ -71,9 +73,10 @@ static void compare(svlm_llama *m, svlm_kernels *k, int n) {
     svlm_err err = {0};
     REQUIRE(!svlm_llama_batch_create(m, k, n, &batch, &err), "%s", err.msg);
     double worst = 0;
-    int same = 1;
+    int same = 1, greedy_same = 1;
     for (int step = 0; step < STEPS; step++) {
         svlm_llama_batch_item items[MAXS];
+        int32_t next[MAXS];
         for (int i = 0; i < n; i++) {
             int32_t ta = argmax(a.logits[i], V), tb = argmax(b.logits[i], V);
             same &= ta == tb;
@@ -82,7 +85,9 @@ static void compare(svlm_llama *m, svlm_kernels *k, int n) {
                                                .kind = SVLM_KV_TEXT,
                                                .tag = 2 + step,
                                                .id = ta,
-                                               .logits = a.logits[i]};
+                                               .logits = a.logits[i],
+                                               .next = i % 2 ? &next[i] : NULL};
+            next[i] = -1;
             REQUIRE(!svlm_llama_eval_seq(b.ctx[i], b.seq[i], SVLM_KV_TEXT, 2 + step, &tb, NULL, 1,
                                          b.logits[i], 0, &err),
                     "%s", err.msg);
@@ -90,6 +95,7 @@ static void compare(svlm_llama *m, svlm_kernels *k, int n) {
         REQUIRE(!svlm_llama_eval_batch(batch, items, n, &err), "%s", err.msg);
         for (int i = 0; i < n; i++) {
             CHECK(items[i].status == SVLM_OK, "item %d: %s", i, items[i].err_msg);
+            if (i % 2) greedy_same &= next[i] == argmax(a.logits[i], V);
             for (int v = 0; v < V; v++) {
                 double d = fabs((double)a.logits[i][v] - b.logits[i][v]);
                 if (!(d <= worst)) worst = d;
@@ -97,6 +103,7 @@ static void compare(svlm_llama *m, svlm_kernels *k, int n) {
         }
     }
     CHECK(same, "batch of %d: greedy tokens differ from separate steps", n);
+    CHECK(greedy_same, "batch of %d: an item's next is not the argmax of its logits", n);
     /* below 16 rows the CPU's products are the same dot products as for one row; from 16 on they
      * run as a GEMM, whose other summation order (2e-4 at the first step) compounds over the steps */
     const double tol = n < 16 ? 1e-4 : 1e-2;
@@ -150,6 +157,46 @@ static void errors(svlm_llama *m, svlm_kernels *k) {
     teardown(&b, 3);
 }
 
+/* The greedy forms against the argmax of the logits forms, step by step on twin contexts. */
+static void greedy_forms(svlm_llama *m, svlm_kernels *k) {
+    const int V = svlm_llama_hparams_of(m)->n_vocab;
+    svlm_err err = {0};
+    side a = {0}, b = {0};
+    setup(m, k, &a, 1, V);
+    setup(m, k, &b, 1, V);
+    svlm_llama_ctx *pa = NULL, *pb = NULL;
+    REQUIRE(!svlm_llama_ctx_create(m, k, 64, SVLM_F32, &pa, &err), "%s", err.msg);
+    REQUIRE(!svlm_llama_ctx_create(m, k, 64, SVLM_F32, &pb, &err), "%s", err.msg);
+    const int32_t prompt[5] = {1, 403, 9, 77, 250};
+    int32_t ta = -1, tb = -1, ua = -1, ub = -1;
+    REQUIRE(!svlm_llama_eval(pa, prompt, NULL, 5, a.logits[0], 0, &err), "%s", err.msg);
+    REQUIRE(!svlm_llama_eval_greedy(pb, prompt, NULL, 5, &tb, &err), "%s", err.msg);
+    ta = argmax(a.logits[0], V);
+    ub = argmax(b.logits[0], V); /* setup's logits: the sequence's next token */
+    int same_plain = ta == tb, same_seq = 1;
+    for (int step = 0; step < STEPS; step++) {
+        REQUIRE(!svlm_llama_eval(pa, &ta, NULL, 1, a.logits[0], 0, &err), "%s", err.msg);
+        REQUIRE(!svlm_llama_eval_greedy(pb, &tb, NULL, 1, &tb, &err), "%s", err.msg);
+        ta = argmax(a.logits[0], V);
+        same_plain &= ta == tb;
+        ua = ub;
+        REQUIRE(!svlm_llama_eval_seq(a.ctx[0], a.seq[0], SVLM_KV_TEXT, 2 + step, &ua, NULL, 1, a.logits[0], 0,
+                                     &err),
+                "%s", err.msg);
+        REQUIRE(
+            !svlm_llama_eval_seq_greedy(b.ctx[0], b.seq[0], SVLM_KV_TEXT, 2 + step, &ub, NULL, 1, &ub, &err),
+            "%s", err.msg);
+        same_seq &= ub == argmax(a.logits[0], V);
+        ub = argmax(a.logits[0], V); /* both sides go on from the same token */
+    }
+    CHECK(same_plain, "svlm_llama_eval_greedy's tokens differ from the argmax of svlm_llama_eval's logits");
+    CHECK(same_seq, "svlm_llama_eval_seq_greedy's tokens differ from the argmax of svlm_llama_eval_seq's");
+    svlm_llama_ctx_free(pa);
+    svlm_llama_ctx_free(pb);
+    teardown(&a, 1);
+    teardown(&b, 1);
+}
+
 int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
@@ -161,6 +208,7 @@ int test_main(void) {
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         compare(m, k, sizes[i]);
     errors(m, k);
+    greedy_forms(m, k);
     svlm_kernels_destroy(k);
     svlm_llama_free(m);
     return 0;

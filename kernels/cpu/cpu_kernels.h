@@ -120,6 +120,7 @@ void svlm_cpu_gelu_tanh(svlm_cpu *c, float *x, int64_t n);
 void svlm_cpu_add(svlm_cpu *c, float *y, const float *x, int64_t n);
 void svlm_cpu_add_bias(svlm_cpu *c, float *y, const float *b, int64_t n_rows, int64_t dim);
 void svlm_cpu_softmax(svlm_cpu *c, float *x, int64_t n_rows, int64_t dim);
+void svlm_cpu_argmax(const float *x, int64_t n_rows, int64_t dim, int32_t *ids);
 /* Portable vector loops (the SIMD levels replace them in their tables). */
 float svlm_cpu_exp_row_ref(float *x, int64_t dim, float scale);
 void svlm_cpu_rmsnorm_row_ref(const float *x, const float *w, float *y, int64_t dim, float eps);

@@ -260,3 +260,15 @@ void svlm_cpu_softmax(svlm_cpu *c, float *x, int64_t n_rows, int64_t dim) {
     softmax_job j = {c, x, dim};
     parallel_for(c, n_rows, dim * 8, softmax_rows, &j);
 }
+
+/* The rule every backend keeps: a later element wins only when strictly greater, so the first of
+ * equals wins, NaNs never do and a leading NaN keeps index 0. */
+void svlm_cpu_argmax(const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *row = x + r * dim;
+        int64_t best = 0;
+        for (int64_t i = 1; i < dim; i++)
+            if (row[i] > row[best]) best = i;
+        ids[r] = (int32_t)best;
+    }
+}

@@ -399,6 +399,14 @@ static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     cu_done(k, "softmax");
 }
 
+static void cu_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    cu_begin(k);
+    int32_t *di = cu_out(k, 0, ids, sizeof(int32_t) * (size_t)n_rows, 0);
+    const float *dx = cu_in(k, 1, x, sizeof(float) * (size_t)(n_rows * dim));
+    cu_check(svlm_cu_argmax(CU(k)->stream, dx, n_rows, dim, di), "argmax");
+    cu_done(k, "argmax");
+}
+
 /* A new stream at the device's greatest priority (high) or its default: the block scheduler
  * takes its kernels' blocks first, so a decode step need not wait behind a batch of frames. */
 static void cu_set_priority(svlm_kernels *k, int high) {
@@ -645,6 +653,7 @@ static const backend_ops cuda_ops = {
     .add = cu_add,
     .add_bias = cu_add_bias,
     .softmax = cu_softmax,
+    .argmax = cu_argmax,
     .alloc = cu_alloc,
     .free = cu_free,
     .forget = cu_weights_forget,

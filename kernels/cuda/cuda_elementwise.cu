@@ -1,7 +1,7 @@
 /*
  * Row-wise and element-wise kernels of the CUDA backend: RMSNorm, LayerNorm, RoPE, SwiGLU, GELU,
- * residual adds, bias, softmax and the f32 -> bf16 conversion in front of cuBLAS. Reductions run
- * in double where the CPU reference does, so both backends agree to float rounding.
+ * residual adds, bias, softmax, greedy argmax and the f32 -> bf16 conversion in front of cuBLAS. Reductions
+ * run in double where the CPU reference does, so both backends agree to float rounding.
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -202,6 +202,39 @@ __global__ void softmax_kernel(float *x, int64_t dim) {
         r[i] *= inv;
 }
 
+/* (value, index) candidates of svlm_k_argmax; index -1 is none. NaNs never enter, so the
+ * comparison is a total order and the first of equals wins however the row was split. */
+__device__ bool argmax_better(float v, int64_t i, float bv, int64_t bi) {
+    return i >= 0 && (bi < 0 || v > bv || (v == bv && i < bi));
+}
+
+constexpr int kArgmaxThreads = 1024; /* one row a block: a decode step's row is one vocabulary */
+
+__global__ void argmax_kernel(const float *x, int64_t dim, int32_t *ids) {
+    __shared__ float sv[32];
+    __shared__ int64_t si[32];
+    const float *r = x + blockIdx.x * dim;
+    float bv = 0;
+    int64_t bi = -1;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = r[i];
+        if (!isnan(v) && argmax_better(v, i, bv, bi)) bv = v, bi = i;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int64_t i = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (argmax_better(v, i, bv, bi)) bv = v, bi = i;
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+    if (lane == 0) sv[warp] = bv, si[warp] = bi;
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    for (int w = 0; w < n_warps; w++)
+        if (argmax_better(sv[w], si[w], bv, bi)) bv = sv[w], bi = si[w];
+    /* the host loop's rule: a leading NaN is never beaten */
+    ids[blockIdx.x] = isnan(r[0]) || bi < 0 ? 0 : (int32_t)bi;
+}
+
 __global__ void f32_to_bf16_kernel(const float *x, uint16_t *y, int64_t n) {
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i < n) y[i] = svlm_bf16_rne(x[i]);
@@ -293,6 +326,11 @@ extern "C" int svlm_cu_add_bias(cudaStream_t s, float *y, const float *b, int64_
 
 extern "C" int svlm_cu_softmax(cudaStream_t s, float *x, int64_t n_rows, int64_t dim) {
     if (n_rows > 0) softmax_kernel<<<(unsigned)n_rows, kRowThreads, 0, s>>>(x, dim);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int svlm_cu_argmax(cudaStream_t s, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    if (n_rows > 0) argmax_kernel<<<(unsigned)n_rows, kArgmaxThreads, 0, s>>>(x, dim, ids);
     return (int)cudaGetLastError();
 }
 

@@ -90,6 +90,7 @@ int svlm_cu_gelu_tanh(cudaStream_t s, float *x, int64_t n);
 int svlm_cu_add(cudaStream_t s, float *y, const float *x, int64_t n);
 int svlm_cu_add_bias(cudaStream_t s, float *y, const float *b, int64_t n_rows, int64_t dim);
 int svlm_cu_softmax(cudaStream_t s, float *x, int64_t n_rows, int64_t dim);
+int svlm_cu_argmax(cudaStream_t s, const float *x, int64_t n_rows, int64_t dim, int32_t *ids);
 
 /* Attention as svlm_k_attention describes it; k/v are f32 (kv_f16 = 0) or f16. head_dim <= 256. */
 int svlm_cu_attention(cudaStream_t s, const float *q, const void *k, const void *v, int kv_f16,

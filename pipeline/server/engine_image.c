@@ -68,21 +68,13 @@ static svlm_status add_image(eng *e, const svlm_backend_image *im, const svlm_vl
     return st;
 }
 
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *err) {
     const svlm_tokenizer *tok = svlm_llama_tokenizer(e->model);
-    const int n_vocab = svlm_llama_hparams_of(e->model)->n_vocab;
     const char *head = "<|im_start|>User:", *tail = "<end_of_utterance>\nAssistant:";
     svlm_vlm_specials sp;
     svlm_prompt p;
     svlm_prompt_init(&p);
-    float *embd = NULL, *logits = NULL;
+    float *embd = NULL;
     size_t n_rows = 0;
     svlm_llama_ctx *ctx = NULL;
     svlm_status st = svlm_vlm_specials_find(tok, &sp, err);
@@ -100,21 +92,20 @@ svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *e
     if (!st) *prompt_tokens = (int)p.n;
     if (!st)
         st = svlm_llama_ctx_create(e->model, e->k_image, (int)p.n + j->max_tokens + 1, SVLM_F32, &ctx, err);
-    if (!st && !(logits = malloc((size_t)n_vocab * sizeof *logits)))
-        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    if (!st) st = svlm_llama_eval(ctx, p.ids, embd, (int)p.n, logits, 0, err);
+    int32_t id = 0;
+    if (!st) st = svlm_llama_eval_greedy(ctx, p.ids, embd, (int)p.n, &id, err);
     for (int n = 0; !st && n < j->max_tokens; n++) {
-        int32_t id = argmax(logits, n_vocab);
         if (svlm_tokenizer_is_eog(tok, id)) break;
         char piece[256];
         size_t len = svlm_token_piece(tok, id, 0, piece, sizeof piece);
         if (eng_job_token(j, piece, len < sizeof piece ? len : sizeof piece))
             st = SVLM_E_CANCELLED;
-        else if (n + 1 < j->max_tokens)
-            st = svlm_llama_eval(ctx, &id, NULL, 1, logits, 0, err);
+        else if (n + 1 < j->max_tokens) {
+            const int32_t last = id;
+            st = svlm_llama_eval_greedy(ctx, &last, NULL, 1, &id, err);
+        }
     }
     svlm_llama_ctx_free(ctx);
-    free(logits);
     free(embd);
     svlm_prompt_free(&p);
     return st;

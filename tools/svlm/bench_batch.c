@@ -23,10 +23,10 @@ svlm_status cli_bench_decode_batch(svlm_llama *m, svlm_kernels *k, int n_seq, in
     svlm_kv_seq **seq = calloc((size_t)n_seq, sizeof *seq);
     svlm_llama_ctx **ctx = calloc((size_t)n_seq, sizeof *ctx);
     svlm_llama_batch_item *items = calloc((size_t)n_seq, sizeof *items);
-    float *logits = malloc(sizeof(float) * (size_t)V);
+    int32_t *next = calloc((size_t)n_seq, sizeof *next); /* each answer's greedy token, fed back */
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(prompt + steps));
     svlm_status st =
-        seq && ctx && items && logits && ids ? SVLM_OK : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        seq && ctx && items && next && ids ? SVLM_OK : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     const int page = 16, pages = n_seq * ((n_ctx + page - 1) / page + 1);
     if (!st) st = svlm_llama_kv_pool_create(m, SVLM_F16, page, pages, &pool, err);
     if (!st) st = svlm_llama_batch_create(m, k, n_seq, &b, err);
@@ -40,9 +40,10 @@ svlm_status cli_bench_decode_batch(svlm_llama *m, svlm_kernels *k, int n_seq, in
             if (!st && !ctx[i]) st = svlm_llama_ctx_create(m, k, n_ctx + 8, SVLM_F32, &ctx[i], err);
             fill_ids(ids, prompt + steps, V, (uint64_t)i + 1);
             if (!st) st = svlm_llama_eval_seq(ctx[i], seq[i], SVLM_KV_SINK, 0, ids, NULL, 4, NULL, 0, err);
+            next[i] = ids[0];
             if (!st && prompt > 4)
-                st = svlm_llama_eval_seq(ctx[i], seq[i], SVLM_KV_TEXT, 1, ids + 4, NULL, prompt - 4, logits,
-                                         0, err);
+                st = svlm_llama_eval_seq_greedy(ctx[i], seq[i], SVLM_KV_TEXT, 1, ids + 4, NULL, prompt - 4,
+                                                &next[i], err);
         }
         double t0 = cli_now();
         for (int s = 0; !st && s < steps; s++) {
@@ -51,8 +52,8 @@ svlm_status cli_bench_decode_batch(svlm_llama *m, svlm_kernels *k, int n_seq, in
                                                    .seq = seq[i],
                                                    .kind = SVLM_KV_TEXT,
                                                    .tag = 2 + s,
-                                                   .id = (int32_t)((7 * s + 13 * i) % V),
-                                                   .logits = i == 0 ? logits : NULL};
+                                                   .id = next[i],
+                                                   .next = &next[i]};
             st = svlm_llama_eval_batch(b, items, n_seq, err);
             for (int i = 0; !st && i < n_seq; i++)
                 if (items[i].status) st = svlm_fail(err, items[i].status, "%s", items[i].err_msg);
@@ -69,7 +70,7 @@ svlm_status cli_bench_decode_batch(svlm_llama *m, svlm_kernels *k, int n_seq, in
     free(seq);
     free(ctx);
     free(items);
-    free(logits);
+    free(next);
     free(ids);
     return st;
 }
