@@ -79,6 +79,7 @@ typedef struct backend_ops {
     int (*replay_begin)(svlm_kernels *k, const void *owner, uint64_t shape);
     int (*replay_end)(svlm_kernels *k, uint64_t calls_hash);
     void (*replay_forget)(svlm_kernels *k, const void *owner);
+    int (*device_memory)(svlm_kernels *k, size_t *used, size_t *total); /* NULL: host memory */
 } backend_ops;
 
 struct svlm_kernels {

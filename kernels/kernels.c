@@ -57,6 +57,10 @@ int svlm_kernels_is_gpu(const svlm_kernels *k) {
 int svlm_kernels_computes(const svlm_kernels *k) {
     return !k->no_compute;
 }
+int svlm_kernels_device_memory(svlm_kernels *k, size_t *used, size_t *total) {
+    *used = *total = 0;
+    return k->ops->device_memory ? k->ops->device_memory(k, used, total) : 0;
+}
 
 void svlm_kernels_destroy(svlm_kernels *k) {
     if (k) k->ops->destroy(k);

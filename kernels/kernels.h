@@ -74,6 +74,11 @@ void svlm_kernels_set_priority(svlm_kernels *k, int high);
 int svlm_kernels_is_gpu(const svlm_kernels *k);
 /* 0 for the null backend (whose figures are host work only), else 1. */
 int svlm_kernels_computes(const svlm_kernels *k);
+/* Device memory now in use and the device's size, for capacity figures: a GPU's as its driver
+ * counts them (every allocation on the device, weights included); the null backend's blocks
+ * (what svlm_k_alloc holds, on every null backend; total 0: unknown). 0 where buffers are the
+ * host's own memory (the CPU): the process's resident size tells. */
+int svlm_kernels_device_memory(svlm_kernels *k, size_t *used, size_t *total);
 void svlm_kernels_destroy(svlm_kernels *k);
 const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */
 int svlm_kernels_threads(const svlm_kernels *k);

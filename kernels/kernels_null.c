@@ -28,6 +28,7 @@ typedef struct {
 } span;
 static pthread_mutex_t spans_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *spans_root;
+static size_t spans_bytes; /* their sizes' sum, under spans_mu */
 
 static int span_cmp(const void *a, const void *b) { /* overlapping spans compare equal */
     const span *x = a, *y = b;
@@ -86,6 +87,7 @@ static void *null_alloc(svlm_kernels *k, size_t bytes) {
     pthread_mutex_lock(&spans_mu);
     span *const *added = tsearch(s, &spans_root, span_cmp);
     const int ok = added && *added == s; /* read under the lock: another tdelete may move nodes */
+    if (ok) spans_bytes += rounded;
     pthread_mutex_unlock(&spans_mu);
     if (!ok) { /* out of memory for the node (a live block never overlaps a new one) */
         free(p);
@@ -101,10 +103,21 @@ static void null_free(svlm_kernels *k, void *p) {
     pthread_mutex_lock(&spans_mu);
     span *const *hit = tfind(&key, &spans_root, span_cmp);
     span *s = hit && (*hit)->lo == key.lo ? *hit : NULL; /* (only a block's own start frees it) */
-    if (s) tdelete(s, &spans_root, span_cmp);
+    if (s) {
+        tdelete(s, &spans_root, span_cmp);
+        spans_bytes -= s->hi - s->lo;
+    }
     pthread_mutex_unlock(&spans_mu);
     free(s);
     free(p);
+}
+static int null_device_memory(svlm_kernels *k, size_t *used, size_t *total) {
+    (void)k;
+    pthread_mutex_lock(&spans_mu);
+    *used = spans_bytes;
+    pthread_mutex_unlock(&spans_mu);
+    *total = 0;
+    return 1;
 }
 static void null_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
     (void)k;
@@ -301,6 +314,7 @@ static const backend_ops null_ops = {
     .im2col = null_im2col,
     .patch_embed = null_patch_embed,
     .kv_shift = null_kv_shift,
+    .device_memory = null_device_memory,
 };
 
 svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err) {

@@ -9,6 +9,7 @@
  *    128, where special and end-of-turn tokens live), so greedy answers run their full length;
  *    svlm_k_argmax over its blocks gives, without reading them, the index the rows hold, and over
  *    host rows their true argmax;
+ *  - it counts its blocks as device memory;
  *  - the pixels' upload copies no more than the patches hold (tiles whose side the patch does not
  *    divide);
  *  - unknown backend names still fail with a message.
@@ -115,6 +116,16 @@ int test_main(void) {
         svlm_k_free(a, patches);
         svlm_k_free(a, y);
     }
+    /* device memory: every null backend's blocks, counted as they come and go */
+    size_t used0 = 0, used1 = 0, used2 = 0, total = 1;
+    CHECK(svlm_kernels_device_memory(a, &used0, &total) && total == 0, "device memory unknown (total %zu)",
+          total);
+    void *blk = svlm_k_alloc(b, 1000);
+    svlm_kernels_device_memory(a, &used1, &total);
+    svlm_k_free(b, blk);
+    svlm_kernels_device_memory(b, &used2, &total);
+    CHECK(used0 >= 2 * sizeof(float) * N && used1 == used0 + 1024 && used2 == used0,
+          "device memory %zu, with a 1000-byte block %zu, after it %zu", used0, used1, used2);
     svlm_k_free(a, d1);
     svlm_k_free(b, d2);
     svlm_kernels_destroy(a);
@@ -123,6 +134,7 @@ int test_main(void) {
     svlm_kernels *cpu = NULL;
     REQUIRE(svlm_kernels_create_named("cpu", 1, &cpu, &err) == SVLM_OK, "%s", err.msg);
     CHECK(svlm_kernels_computes(cpu), "the CPU backend says it computes nothing");
+    CHECK(!svlm_kernels_device_memory(cpu, &used0, &total), "the CPU backend reported device memory");
     svlm_kernels_destroy(cpu);
 
     svlm_kernels *bad = NULL;

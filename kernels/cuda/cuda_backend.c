@@ -594,6 +594,16 @@ static void cu_free(svlm_kernels *k, void *p) {
     cu_check(cudaFree(p), "cudaFree");
 }
 
+static int cu_device_memory(svlm_kernels *k, size_t *used, size_t *total) {
+    cu_begin(k);
+    size_t free_b = 0;
+    const int ok = cudaMemGetInfo(&free_b, total) == cudaSuccess;
+    if (!ok) (void)cudaGetLastError();
+    *used = ok ? *total - free_b : 0;
+    cu_prof_stop(k, "device memory");
+    return ok;
+}
+
 /* Page-locked host memory: copies to it from the GPU run at the bus's speed. */
 static void *cu_alloc_host(svlm_kernels *k, size_t bytes) {
     cu_begin(k);
@@ -686,6 +696,7 @@ static const backend_ops cuda_ops = {
     .replay_end = cu_replay_end,
     .replay_forget = cu_replay_forget,
     .set_priority = cu_set_priority,
+    .device_memory = cu_device_memory,
 };
 
 /* An on/off switch with a required setting: "0" off, "1" required (a decline is an error), else

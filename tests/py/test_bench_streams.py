@@ -145,6 +145,8 @@ def json_run(args, where):
 p, r = json_run(base + ['--json', '--progress', '--no-stc', '--no-memory', '--ingest-batch', '3'], 'json run')
 if r is not None:
     check_figures(r, 'json')
+    if 'device_bytes_per_stream' in r:  # the CPU's buffers are host memory: no device figures
+        fails.append('json: the CPU backend reported device memory %r' % r.get('device_bytes_per_stream'))
     if r.get('stc') is not False or r.get('memory') is not False or r.get('answer_tokens') != 4:
         fails.append('json: stc %r memory %r answer_tokens %r' %
                      (r.get('stc'), r.get('memory'), r.get('answer_tokens')))
@@ -166,6 +168,13 @@ if r is not None:
                                                               r.get('questions_answered')))
     # its logits pick an ordinary token, batched or not: every answer runs its full length (here
     # three streams ask at once, so answers share decode steps)
+    # its blocks stand for device memory: each stream holds its working copy there, and with no
+    # device size there is no estimate of how many fit
+    per, eng, end = (r.get(k) for k in ('device_bytes_per_stream', 'device_bytes_engine', 'device_bytes_end'))
+    if not (isinstance(per, (int, float)) and per > 0 and 0 < eng < end and
+            r.get('device_streams_fit') is None and r.get('device_bytes_total') == 0):
+        fails.append('null backend: device memory per stream %r, engine %r, end %r, fit %r, total %r' %
+                     (per, eng, end, r.get('device_streams_fit'), r.get('device_bytes_total')))
     if r.get('answer_tokens_mean') != r.get('answer_tokens'):
         fails.append('null backend: answers of %r tokens on average, wanted all %r' %
                      (r.get('answer_tokens_mean'), r.get('answer_tokens')))

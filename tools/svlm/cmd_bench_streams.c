@@ -100,7 +100,24 @@ typedef struct result {
     double ingest_ahead_share;    /* share of the window's batches preprocessed ahead */
     int question_tokens, keeps_up;
     size_t kv_per_stream, bank_per_stream, rss;
+    /* device memory (svlm_kernels_device_memory): in use once the engine was made, once the
+     * streams were added, at the end (answers' contexts, copies made on first use), the device's
+     * size (0: unknown); dev_known 0 where the buffers are host memory */
+    size_t dev_engine, dev_streams, dev_end, dev_total;
+    int dev_known;
 } result;
+
+/* The device memory a stream takes, and how many such streams the device holds next to what the
+ * run needed besides them (the GPU backend refuses allocations past 90 % of the device). */
+static double dev_per_stream(const result *r, int64_t n) {
+    return r->dev_streams > r->dev_engine ? (double)(r->dev_streams - r->dev_engine) / (double)n : 0;
+}
+static double dev_streams_fit(const result *r, int64_t n) {
+    const double per = dev_per_stream(r, n), rest = (double)r->dev_end - per * (double)n;
+    if (!r->dev_total || per <= 0) return NAN;
+    const double fit = floor((0.9 * (double)r->dev_total - rest) / per);
+    return fit > 0 ? fit : 0;
+}
 
 /* ---- flags ---- */
 
@@ -642,6 +659,12 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     json_num("answer_busy", r->answer_busy, 1);
     json_num("producer_lag_max_ms", r->lag_max_ms, 1);
     json_num("drain_s", r->drain_s, 1);
+    if (r->dev_known) {
+        printf("\"device_bytes_engine\":%zu,\"device_bytes_end\":%zu,\"device_bytes_total\":%zu,",
+               r->dev_engine, r->dev_end, r->dev_total);
+        json_num("device_bytes_per_stream", dev_per_stream(r, a->streams), 1);
+        json_num("device_streams_fit", dev_streams_fit(r, a->streams), 1);
+    }
     printf("\"kv_bytes_per_stream\":%zu,\"memory_bank_bytes_per_stream\":%zu,\"rss_bytes\":%zu,"
            "\"keeps_up\":%s}\n",
            r->kv_per_stream, r->bank_per_stream, r->rss, r->keeps_up ? "true" : "false");
@@ -679,6 +702,16 @@ static void report_text(const bench_args *a, const result *r, const char *backen
            isfinite(r->encode_ms) ? r->encode_ms : 0.0, isfinite(r->prefill_ms) ? r->prefill_ms : 0.0);
     printf("memory           per stream: KV %.2f MiB, memory bank %.2f MiB; process %.1f MiB resident\n",
            (double)r->kv_per_stream / mib, (double)r->bank_per_stream / mib, (double)r->rss / mib);
+    if (r->dev_known) {
+        printf("device_memory    %.1f MiB per stream; %.1f MiB with the engine alone, %.1f MiB at the end",
+               dev_per_stream(r, a->streams) / mib, (double)r->dev_engine / mib, (double)r->dev_end / mib);
+        const double fit = dev_streams_fit(r, a->streams);
+        if (isfinite(fit))
+            printf("; %.0f such streams fit in the device's %.1f GiB\n", fit,
+                   (double)r->dev_total / (mib * 1024));
+        else
+            printf("\n");
+    }
     printf("producer_lag_ms  %.1f max; drain %.2f s\n", r->lag_max_ms, r->drain_s);
     printf("keeps up: %s (fps >= %.2f*target and p99 < %.0f ms)\n", r->keeps_up ? "yes" : "no", FPS_SHARE,
            TTFT_TARGET_MS);
@@ -756,11 +789,16 @@ int cmd_bench_streams(int argc, char **argv) {
                              .decode_batch = (int)a.decode_batch,
                              .ingest_batch = (int)a.ingest_batch,
                              .stc = &a.sf.stc};
-    if (svlm_engine_create(model, mp, &ep, &r.e, &err) || open_streams(&r, mp, res.question_tokens, &err)) {
+    svlm_kernels *k = NULL;
+    if (!svlm_engine_create(model, mp, &ep, &r.e, &err)) {
+        k = svlm_engine_ingest_kernels(r.e);
+        res.dev_known = svlm_kernels_device_memory(k, &res.dev_engine, &res.dev_total);
+    }
+    if (!k || open_streams(&r, mp, res.question_tokens, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
     }
-    const svlm_kernels *k = svlm_engine_ingest_kernels(r.e);
+    svlm_kernels_device_memory(k, &res.dev_streams, &res.dev_total);
     r.t0 = r.next_progress = cli_now();
     b.t_win0 = r.t0 + a.warmup;
     b.t_win1 = b.t_win0 + a.duration;
@@ -769,6 +807,7 @@ int cmd_bench_streams(int argc, char **argv) {
         goto done;
     }
     drain(&r, &res);
+    svlm_kernels_device_memory(k, &res.dev_end, &res.dev_total);
     svlm_engine_stop(r.e); /* what is left is cancelled: every done callback has run */
     summarize(&a, &b, &res);
     if (b.first_err[0]) fprintf(stderr, "svlm bench-streams: a question failed: %s\n", b.first_err);
