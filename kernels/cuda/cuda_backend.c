@@ -567,9 +567,12 @@ static void *cu_alloc(svlm_kernels *k, size_t bytes) {
     cu_begin(k);
     size_t rounded = (bytes + 255) / 256 * 256;
     if (rounded < bytes) return NULL;
-    /* oversubscribed managed memory thrashes or stalls the GPU: keep a tenth of it free */
+    /* oversubscribed managed memory thrashes or stalls the GPU, and cuBLAS, graphs and staging
+     * still need room: keep a tenth of the device free */
     size_t free_b = 0, total_b = 0;
-    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && rounded > free_b / 10 * 9) return NULL;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess &&
+        (rounded > free_b || free_b - rounded < total_b / 10))
+        return NULL;
     (void)cudaGetLastError();
     void *p = NULL;
     if (cudaMallocManaged(&p, rounded ? rounded : 256, cudaMemAttachGlobal) != cudaSuccess) {
@@ -594,13 +597,13 @@ static void cu_free(svlm_kernels *k, void *p) {
     cu_check(cudaFree(p), "cudaFree");
 }
 
+/* (no profiling: called from any thread while the lanes run ops) */
 static int cu_device_memory(svlm_kernels *k, size_t *used, size_t *total) {
-    cu_begin(k);
     size_t free_b = 0;
-    const int ok = cudaMemGetInfo(&free_b, total) == cudaSuccess;
+    const int ok =
+        cudaSetDevice(CU(k)->device) == cudaSuccess && cudaMemGetInfo(&free_b, total) == cudaSuccess;
     if (!ok) (void)cudaGetLastError();
     *used = ok ? *total - free_b : 0;
-    cu_prof_stop(k, "device memory");
     return ok;
 }
 

@@ -170,7 +170,7 @@ if r is not None:
     # three streams ask at once, so answers share decode steps)
     # its blocks stand for device memory: each stream holds its working copy there, and with no
     # device size there is no estimate of how many fit
-    per, eng, end = (r.get(k) for k in ('device_bytes_per_stream', 'device_bytes_engine', 'device_bytes_end'))
+    per, eng, end = (r.get(k) for k in ('device_bytes_per_stream', 'device_bytes_one_stream', 'device_bytes_end'))
     if not (isinstance(per, (int, float)) and per > 0 and 0 < eng < end and
             r.get('device_streams_fit') is None and r.get('device_bytes_total') == 0):
         fails.append('null backend: device memory per stream %r, engine %r, end %r, fit %r, total %r' %

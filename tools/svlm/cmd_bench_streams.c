@@ -100,21 +100,24 @@ typedef struct result {
     double ingest_ahead_share;    /* share of the window's batches preprocessed ahead */
     int question_tokens, keeps_up;
     size_t kv_per_stream, bank_per_stream, rss;
-    /* device memory (svlm_kernels_device_memory): in use once the engine was made, once the
-     * streams were added, at the end (answers' contexts, copies made on first use), the device's
-     * size (0: unknown); dev_known 0 where the buffers are host memory */
-    size_t dev_engine, dev_streams, dev_end, dev_total;
+    /* device memory (svlm_kernels_device_memory): in use once the first stream was added (its
+     * system prompt's prefill uploaded the weights and made the backends' workspaces), once all
+     * were, at the end (answers' contexts, copies made on first use), the device's size (0:
+     * unknown); dev_known 0 where the buffers are host memory */
+    size_t dev_one, dev_streams, dev_end, dev_total;
     int dev_known;
 } result;
 
-/* The device memory a stream takes, and how many such streams the device holds next to what the
- * run needed besides them (the GPU backend refuses allocations past 90 % of the device). */
+/* The device memory each stream after the first took (NAN with one stream), and how many such
+ * streams the device holds beside what the run needed besides them (the CUDA backend keeps a
+ * tenth of the device free). */
 static double dev_per_stream(const result *r, int64_t n) {
-    return r->dev_streams > r->dev_engine ? (double)(r->dev_streams - r->dev_engine) / (double)n : 0;
+    if (n < 2) return NAN;
+    return r->dev_streams > r->dev_one ? (double)(r->dev_streams - r->dev_one) / (double)(n - 1) : 0;
 }
 static double dev_streams_fit(const result *r, int64_t n) {
     const double per = dev_per_stream(r, n), rest = (double)r->dev_end - per * (double)n;
-    if (!r->dev_total || per <= 0) return NAN;
+    if (!r->dev_total || !(per > 0)) return NAN;
     const double fit = floor((0.9 * (double)r->dev_total - rest) / per);
     return fit > 0 ? fit : 0;
 }
@@ -660,8 +663,8 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     json_num("producer_lag_max_ms", r->lag_max_ms, 1);
     json_num("drain_s", r->drain_s, 1);
     if (r->dev_known) {
-        printf("\"device_bytes_engine\":%zu,\"device_bytes_end\":%zu,\"device_bytes_total\":%zu,",
-               r->dev_engine, r->dev_end, r->dev_total);
+        printf("\"device_bytes_one_stream\":%zu,\"device_bytes_end\":%zu,\"device_bytes_total\":%zu,",
+               r->dev_one, r->dev_end, r->dev_total);
         json_num("device_bytes_per_stream", dev_per_stream(r, a->streams), 1);
         json_num("device_streams_fit", dev_streams_fit(r, a->streams), 1);
     }
@@ -703,8 +706,13 @@ static void report_text(const bench_args *a, const result *r, const char *backen
     printf("memory           per stream: KV %.2f MiB, memory bank %.2f MiB; process %.1f MiB resident\n",
            (double)r->kv_per_stream / mib, (double)r->bank_per_stream / mib, (double)r->rss / mib);
     if (r->dev_known) {
-        printf("device_memory    %.1f MiB per stream; %.1f MiB with the engine alone, %.1f MiB at the end",
-               dev_per_stream(r, a->streams) / mib, (double)r->dev_engine / mib, (double)r->dev_end / mib);
+        const double per = dev_per_stream(r, a->streams);
+        if (isfinite(per))
+            printf("device_memory    %.1f MiB per stream after the first; ", per / mib);
+        else
+            printf("device_memory    per stream: run two or more to tell; ");
+        printf("%.1f MiB with the engine and one stream, %.1f MiB at the end", (double)r->dev_one / mib,
+               (double)r->dev_end / mib);
         const double fit = dev_streams_fit(r, a->streams);
         if (isfinite(fit))
             printf("; %.0f such streams fit in the device's %.1f GiB\n", fit,
@@ -719,7 +727,7 @@ static void report_text(const bench_args *a, const result *r, const char *backen
 
 /* ---- setup ---- */
 
-static int open_streams(run_ctx *r, const svlm_mmproj *mp, int q_tokens, svlm_err *err) {
+static int open_streams(run_ctx *r, const svlm_mmproj *mp, int q_tokens, result *res, svlm_err *err) {
     const bench_args *a = r->a;
     const int T = mp->hp.tokens_per_tile;
     svlm_memory_opts mo;
@@ -737,6 +745,9 @@ static int open_streams(run_ctx *r, const svlm_mmproj *mp, int q_tokens, svlm_er
                              .memory_tokens = (int)a->sf.memory_tokens};
     for (int i = 0; i < (int)a->streams; i++) {
         if (svlm_engine_open_stream(r->e, &sp, SYSTEM_PROMPT, &r->streams[i], &r->sids[i], err)) return -1;
+        if (!i)
+            res->dev_known =
+                svlm_kernels_device_memory(svlm_engine_ingest_kernels(r->e), &res->dev_one, &res->dev_total);
         if (a->progress && (i + 1) % 64 == 0)
             fprintf(stderr, "opened %d of %lld streams\n", i + 1, a->streams);
     }
@@ -789,15 +800,12 @@ int cmd_bench_streams(int argc, char **argv) {
                              .decode_batch = (int)a.decode_batch,
                              .ingest_batch = (int)a.ingest_batch,
                              .stc = &a.sf.stc};
-    svlm_kernels *k = NULL;
-    if (!svlm_engine_create(model, mp, &ep, &r.e, &err)) {
-        k = svlm_engine_ingest_kernels(r.e);
-        res.dev_known = svlm_kernels_device_memory(k, &res.dev_engine, &res.dev_total);
-    }
-    if (!k || open_streams(&r, mp, res.question_tokens, &err)) {
+    if (svlm_engine_create(model, mp, &ep, &r.e, &err) ||
+        open_streams(&r, mp, res.question_tokens, &res, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
     }
+    svlm_kernels *k = svlm_engine_ingest_kernels(r.e);
     svlm_kernels_device_memory(k, &res.dev_streams, &res.dev_total);
     r.t0 = r.next_progress = cli_now();
     b.t_win0 = r.t0 + a.warmup;
