@@ -49,6 +49,9 @@ static double now_ms(void) {
 int svlm_stream_ctx_size(const svlm_stream *s) {
     return s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens + s->p.answer_room + s->p.memory_room;
 }
+svlm_dtype svlm_stream_kv_type(const svlm_stream *s) {
+    return s->p.kv_type;
+}
 
 svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream_params *p,
                                const char *system_prompt, svlm_stream **out, svlm_err *err) {

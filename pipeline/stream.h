@@ -122,6 +122,9 @@ svlm_status svlm_stream_ask(svlm_stream *s, svlm_llama_ctx *ctx, const char *que
                             svlm_stream_token_fn on_token, void *user, char **answer, svlm_answer_metrics *am,
                             svlm_err *err);
 int svlm_stream_ctx_size(const svlm_stream *s);
+/* The stream's KV type: an answer context of this type takes the stream's window by copying its
+ * working copy (svlm_llama_ctx_take_copy) instead of rebuilding it from the pages. */
+svlm_dtype svlm_stream_kv_type(const svlm_stream *s);
 
 /* The same in two steps, so a question can be pinned to the frame it was asked at: fork now
  * (cheap, shares pages), answer later on another thread. ask_fork consumes the fork. */

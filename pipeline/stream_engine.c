@@ -29,6 +29,7 @@ typedef struct question {
     svlm_stream_answer *ans;
     svlm_llama_ctx *ctx;
     int ctx_n;
+    svlm_dtype ctx_type;
     double t_ask, t_start, t_first;
     struct question *next;
 } question;
@@ -48,6 +49,7 @@ typedef struct lane_stream {
 typedef struct idle_ctx {
     svlm_llama_ctx *ctx;
     int n;
+    svlm_dtype type;
 } idle_ctx;
 
 struct svlm_engine {
@@ -121,7 +123,7 @@ static void ctx_release(svlm_engine *e, question *q) {
     if (!q->ctx) return;
     pthread_mutex_lock(&e->mu);
     if (e->n_idle < e->max_idle) {
-        e->idle[e->n_idle++] = (idle_ctx){q->ctx, q->ctx_n};
+        e->idle[e->n_idle++] = (idle_ctx){q->ctx, q->ctx_n, q->ctx_type};
         q->ctx = NULL;
     }
     pthread_mutex_unlock(&e->mu);
@@ -129,19 +131,22 @@ static void ctx_release(svlm_engine *e, question *q) {
     q->ctx = NULL;
 }
 
-static svlm_status ctx_acquire(svlm_engine *e, question *q, int n, svlm_err *err) {
+/* A context of n rows or more, of the stream's KV type (so that it can copy the stream's window). */
+static svlm_status ctx_acquire(svlm_engine *e, question *q, int n, svlm_dtype type, svlm_err *err) {
     pthread_mutex_lock(&e->mu);
     for (int i = 0; i < e->n_idle; i++)
-        if (e->idle[i].n >= n) {
+        if (e->idle[i].n >= n && e->idle[i].type == type) {
             q->ctx = e->idle[i].ctx;
             q->ctx_n = e->idle[i].n;
+            q->ctx_type = type;
             e->idle[i] = e->idle[--e->n_idle];
             break;
         }
     pthread_mutex_unlock(&e->mu);
     if (q->ctx) return SVLM_OK;
     q->ctx_n = n;
-    return svlm_llama_ctx_create(e->model, e->k_answer, n, SVLM_F32, &q->ctx, err);
+    q->ctx_type = type;
+    return svlm_llama_ctx_create(e->model, e->k_answer, n, type, &q->ctx, err);
 }
 
 /* Ends a question: callback, its pages and context back, the turn queued for joining. */
@@ -178,7 +183,7 @@ static int question_start(svlm_engine *e, question *q) {
     q->t_start = now_ms();
     svlm_status st = __atomic_load_n(&q->cancel, __ATOMIC_RELAXED) ? SVLM_E_CANCELLED : SVLM_OK;
     if (st) snprintf(err.msg, sizeof err.msg, "answer cancelled");
-    if (!st) st = ctx_acquire(e, q, svlm_stream_ctx_size(s), &err);
+    if (!st) st = ctx_acquire(e, q, svlm_stream_ctx_size(s), svlm_stream_kv_type(s), &err);
     if (!st && !q->fork) st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
     if (!st) {
         svlm_stream_fork *f = q->fork;

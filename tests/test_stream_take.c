@@ -3,8 +3,10 @@
  * bit for bit, what one that builds it from the pages holds, and answers the same: the tiny
  * SmolVLM text model, a stream whose frames have pushed older ones out of its window, the two
  * contexts compared row by row after the question and answer. A stream on F16 pages has an F16
- * context of its own, unlike the F32 answer's: there the copy is declined and the answer built as
- * before. test_cuda_stream_take runs it on a GPU (SVLM_TEST_TAKE_ON_GPU=1): device copies.
+ * context of its own, unlike an F32 answer's: there the copy is declined and the answer built as
+ * before; an F16 answer context (the engine's for such a stream) takes the copy, with the same
+ * rows as one built from the pages. test_cuda_stream_take runs it on a GPU (SVLM_TEST_TAKE_ON_GPU=1): device
+ * copies.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +107,27 @@ int test_main(void) {
           "f16 stream: the two contexts differ");
     printf("f16 stream: the copy declined (the stream's context is f16), both contexts built from the pages, "
            "equal\n");
+    free(ans_a);
+    free(ans_b);
+    svlm_llama_ctx_free(a);
+    svlm_llama_ctx_free(b);
+
+    /* f16 answer contexts, as the engine gives an f16 stream's questions: the window copied,
+     * equal to one built from the pages */
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F16, &a, &err) == SVLM_OK, "%s",
+            err.msg);
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F16, &b, &err) == SVLM_OK, "%s",
+            err.msg);
+    answer_both(s, a, b, &ans_a, &ans_b, &am_a, &am_b);
+    CHECK(am_a.window_copied == 1 && am_b.window_copied == 0, "f16: copied %d and %d (want 1, 0)",
+          am_a.window_copied, am_b.window_copied);
+    CHECK(test_same_working_copies(a, b), "f16: the copied window and the one built from the pages differ");
+    CHECK(ans_a && ans_b && !strcmp(ans_a, ans_b), "f16: answers '%s' and '%s'", ans_a ? ans_a : "",
+          ans_b ? ans_b : "");
+    printf(
+        "f16 stream, f16 answer contexts: the window copied, all %d rows equal those built from the pages, "
+        "answer '%s' both ways\n",
+        a->mirror_n, ans_a ? ans_a : "");
     free(ans_a);
     free(ans_b);
     svlm_stream_free(s);
