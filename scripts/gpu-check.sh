@@ -373,6 +373,10 @@ if [ -x "$S" ]; then
       # its Q4_K and Q6_K rows one element a lane, as before their lane form
       SVLM_CUDA_KQUANT_LANES=0 bench "2.2B text, cuda, K-quants one element a lane" 45 bench -m "$M22.gguf" \
         --pp 0 --tg 64 --reps 2 --backend cuda
+      # f16 keys and values: half the device memory a stream holds (897 -> 498 MiB on the null
+      # backend), half the attention's reads; answers copy their stream's window in either type
+      [ $have_streams = 1 ] && bench "2.2B: 32 streams at 1 fps, cuda, f16 KV" 60 bench-streams -m "$M22.gguf" \
+        --mmproj "$M22-mmproj.gguf" --streams 32 "${streams_args[@]}" --kv f16
     fi
     bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
       --reps 1 --backend cuda
