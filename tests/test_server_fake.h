@@ -73,6 +73,13 @@ static int64_t fake_frames(const fake_stream *s) {
     return (int64_t)((fake_now() - s->t_open) * s->fps) + 1;
 }
 
+/* a GPU of 5678 bytes, 1234 of them in use */
+static void fake_compute(void *ctx, svlm_backend_compute *out) {
+    (void)ctx;
+    *out = (svlm_backend_compute){
+        .backend = "fake \"gpu\"", .gpu = 1, .device_known = 1, .device_used = 1234, .device_total = 5678};
+}
+
 static void fake_info(void *ctx, svlm_backend_info *out) {
     (void)ctx;
     snprintf(out->model, sizeof out->model, "fake-test-engine");
@@ -321,9 +328,9 @@ static fake_engine *fake_engine_start(double tick_s, svlm_server_backend *be) {
         free(e);
         return NULL;
     }
-    svlm_server_backend b = {e,           fake_info,        fake_open,   fake_close,
-                             fake_list,   fake_status,      fake_frame,  fake_ask_start,
-                             fake_cancel, fake_watch_start, fake_unwatch};
+    svlm_server_backend b = {e,           fake_info,        fake_open,    fake_close,
+                             fake_list,   fake_status,      fake_frame,   fake_ask_start,
+                             fake_cancel, fake_watch_start, fake_unwatch, fake_compute};
     *be = b;
     return e;
 }

@@ -174,7 +174,10 @@ int test_main(void) {
     r = http_get(port, "GET /metrics HTTP/1.0\r\n\r\n");
     CHECK(r && strstr(r, "svlm_frames_in_total{stream=\"cam\"}") &&
               strstr(r, "# TYPE svlm_ttft_seconds histogram") &&
-              strstr(r, "svlm_memory_bytes{stream=\"cam\",tier=\"kv_text\"} 12288"),
+              strstr(r, "svlm_memory_bytes{stream=\"cam\",tier=\"kv_text\"} 12288") &&
+              strstr(r, "svlm_compute_info{backend=\"fake \\\"gpu\\\"\",gpu=\"1\"} 1") &&
+              strstr(r, "svlm_device_memory_bytes{kind=\"used\"} 1234") &&
+              strstr(r, "svlm_device_memory_bytes{kind=\"total\"} 5678"),
           "/metrics: %.300s", r ? r : "(no reply)");
     free(r);
     r = http_get(port, "GET /v1/streams/nope/snapshot.jpg HTTP/1.0\r\n\r\n");

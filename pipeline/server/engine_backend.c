@@ -333,6 +333,16 @@ static void info(void *ctx, svlm_backend_info *out) {
     out->stand_in = e->o.stand_in;
 }
 
+static void compute(void *ctx, svlm_backend_compute *out) {
+    eng *e = ctx;
+    memset(out, 0, sizeof *out);
+    svlm_kernels *k = e->engine ? svlm_engine_ingest_kernels(e->engine) : NULL;
+    if (!k) return;
+    snprintf(out->backend, sizeof out->backend, "%s", svlm_kernels_name(k));
+    out->gpu = svlm_kernels_is_gpu(k);
+    out->device_known = svlm_kernels_device_memory(k, &out->device_used, &out->device_total);
+}
+
 static svlm_status load_models(eng *e, svlm_err *err) {
     svlm_status st;
     if ((st = svlm_llama_load(e->o.text_path, &e->model, err))) return st; /* messages name the file */
@@ -407,7 +417,7 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
     }
     svlm_server_backend be = {
         e,       info,       open_stream, close_stream, list_streams, stream_status, latest_frame,
-        eng_ask, eng_cancel, eng_watch,   eng_unwatch};
+        eng_ask, eng_cancel, eng_watch,   eng_unwatch,  compute};
     *iface = be;
     *out = e;
     return SVLM_OK;

@@ -126,6 +126,14 @@ typedef struct svlm_backend_info {
     int stand_in;    /* 1: random-weight stand-in model (the page shows a banner) */
 } svlm_backend_info;
 
+/* What computes (read at each /metrics): the answer lane's backend, and the device's memory. */
+typedef struct svlm_backend_compute {
+    char backend[64]; /* svlm_kernels_name, e.g. "cuda:0 NVIDIA H100" or "cpu-avx2 x8" */
+    int gpu;
+    int device_known; /* 0: buffers are host memory (the process's resident size tells) */
+    size_t device_used, device_total;
+} svlm_backend_compute;
+
 typedef struct svlm_server_backend {
     void *ctx;
 
@@ -147,6 +155,8 @@ typedef struct svlm_server_backend {
     svlm_status (*watch)(void *ctx, const svlm_backend_watch_req *req, const svlm_backend_watch_cb *cb,
                          uint64_t *id, svlm_err *err);
     void (*unwatch)(void *ctx, uint64_t id);
+
+    void (*compute)(void *ctx, svlm_backend_compute *out); /* NULL: not reported */
 } svlm_server_backend;
 
 #endif

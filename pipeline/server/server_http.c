@@ -86,6 +86,11 @@ static int metrics(svlm_server *srv, srv_conn *c) {
     srv_text t = {0};
     srv_metrics_render(&t, &srv->metrics, st, n, srv->n_clients, srv->n_asks, srv_now() - srv->t_start);
     free(st);
+    if (srv->be.compute) {
+        svlm_backend_compute c;
+        srv->be.compute(srv->be.ctx, &c);
+        srv_metrics_render_compute(&t, &c);
+    }
     if (t.failed) {
         free(t.buf);
         return srv_http_error(c, 500, "server_error", "out of memory");

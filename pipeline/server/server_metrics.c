@@ -158,3 +158,16 @@ void srv_metrics_render(srv_text *out, const srv_metrics *m, const svlm_backend_
     head(out, "svlm_alerts_total", "counter", "Watch alerts pushed.");
     srv_text_printf(out, "svlm_alerts_total %lld\n", (long long)m->alerts);
 }
+
+void srv_metrics_render_compute(srv_text *out, const svlm_backend_compute *c) {
+    char lb[160];
+    head(out, "svlm_compute_info", "gauge", "The backend that computes, and whether it is a GPU.");
+    srv_text_printf(out, "svlm_compute_info{backend=\"%s\",gpu=\"%d\"} 1\n", label(c->backend, lb, sizeof lb),
+                    c->gpu);
+    if (!c->device_known) return;
+    head(out, "svlm_device_memory_bytes", "gauge",
+         "Device memory in use (all of it, as the driver counts) and the device's size.");
+    srv_text_printf(out, "svlm_device_memory_bytes{kind=\"used\"} %zu\n", c->device_used);
+    if (c->device_total)
+        srv_text_printf(out, "svlm_device_memory_bytes{kind=\"total\"} %zu\n", c->device_total);
+}

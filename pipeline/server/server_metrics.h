@@ -40,5 +40,7 @@ void srv_text_printf(srv_text *t, const char *fmt, ...) __attribute__((format(pr
 /* Appends the exposition of m, the streams and the live gauges to out. */
 void srv_metrics_render(srv_text *out, const srv_metrics *m, const svlm_backend_stream_status *streams,
                         int n_streams, int clients, int questions_active, double uptime_s);
+/* The compute backend's gauges (name, GPU or not, device memory where it has its own). */
+void srv_metrics_render_compute(srv_text *out, const svlm_backend_compute *c);
 
 #endif

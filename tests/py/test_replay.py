@@ -39,7 +39,7 @@ def replay(extra):
 
 
 answers, counters = replay(asks)
-again, counters2 = replay(asks)
+again, counters2 = replay(asks + ['--backend', 'cpu'])  # the default backend, named
 if len(answers) != 3:
     fails.append('expected 3 answers, got %d' % len(answers))
 for a in answers:
@@ -95,6 +95,7 @@ for args, needle in (([binp, 'replay', '/nonexistent.mp4', '-m', 'x', '--mmproj'
                      (base + ['--memory-tokens', '0'], '--memory-tokens'),
                      (base + ['--ask', 'soon:why?'], '--ask expects'),
                      (base + ['--speed', 'warp'], '--speed expects'),
+                     (base + ['--backend', 'tpu'], '--backend expects'),
                      ([binp, 'replay', video], 'required')):
     p = subprocess.run(args, capture_output=True, text=True, timeout=60)
     if p.returncode == 0 or needle not in p.stderr:

@@ -245,7 +245,7 @@ async def disconnect_mid_answer(s):
 def main():
     text, mmproj = fixture_models()
     with tempfile.TemporaryDirectory():
-        with Serve(["-m", text, "--mmproj", mmproj, "--source", "cam=" + PATTERN]) as s:
+        with Serve(["-m", text, "--mmproj", mmproj, "--source", "cam=" + PATTERN, "--backend", "cpu"]) as s:
             asyncio.run(ws_questions(s))
             asyncio.run(fifty_clients(s))
             openai(s, text, mmproj)
@@ -255,6 +255,11 @@ def main():
             m = parse_prometheus(http(s.base + "/metrics")[2].decode())
             assert m[("svlm_frames_dropped_total", frozenset({("stream", "cam")}))] == 0
             assert m[("svlm_frames_in_total", frozenset({("stream", "cam")}))] >= 3
+            # the backend that computes: the CPU here, whose buffers are host memory (no device gauge)
+            info = [k for k in m if k[0] == "svlm_compute_info"]
+            assert len(info) == 1 and dict(info[0][1])["gpu"] == "0" and \
+                dict(info[0][1])["backend"].startswith("cpu"), info
+            assert not [k for k in m if k[0] == "svlm_device_memory_bytes"], m
     print("engine serving ok")
 
 

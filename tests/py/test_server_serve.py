@@ -60,6 +60,7 @@ def main():
                (["-m", model, "--mmproj", model, "--listen", "0.0.0.0:0"], b"token"),
                (["-m", model, "--mmproj", model, "--source", "noequals"], b"NAME=URI"),
                (["-m", model, "--mmproj", model, "--bogus"], b"unknown option"),
+               (["-m", model, "--mmproj", model, "--backend", "tpu"], b"--backend expects"),
                (["-m", model, "--mmproj", model, "--answer-threads", "0"], b"--answer-threads"),
                (["--demo", "-m", model], b"--demo"),
                (["-m", model, "--mmproj", model, "--stc", "maybe"], b"on or off"),

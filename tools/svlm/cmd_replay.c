@@ -18,15 +18,16 @@
 enum { MAX_ASKS = 256 };
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: svlm replay VIDEO -m TEXT_GGUF --mmproj MMPROJ_GGUF [--fps F] [--speed realtime|max]\n"
-            "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--threads K] [--stats-every N]\n"
-            "                   [stream controls] [--json]\n"
-            "  --ask T:Q          ask Q when the video reaches T seconds (repeatable)\n"
-            "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n"
-            "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
-            "  --json             one line per answer (as they come), then one line of stream counters\n"
-            "A live replay (--speed realtime) drops the oldest waiting frame beyond --queue.\n");
+    fprintf(
+        f,
+        "usage: svlm replay VIDEO -m TEXT_GGUF --mmproj MMPROJ_GGUF [--fps F] [--speed realtime|max]\n"
+        "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--threads K] [--stats-every N]\n"
+        "                   [--backend B] [stream controls] [--json]\n"
+        "  --ask T:Q          ask Q when the video reaches T seconds (repeatable)\n"
+        "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n" CLI_BACKEND_HELP
+        "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
+        "  --json             one line per answer (as they come), then one line of stream counters\n"
+        "A live replay (--speed realtime) drops the oldest waiting frame beyond --queue.\n");
     stream_flags_usage(f);
 }
 
@@ -172,6 +173,12 @@ int cmd_replay(int argc, char **argv) {
             else {
                 fprintf(stderr, "svlm: --speed expects realtime or max, got '%s'\n", v);
                 return 2;
+            }
+        } else if (!strcmp(a, "--backend")) { /* the engine's lanes make their kernels from SVLM_BACKEND */
+            if (cli_backend(a, v)) return 2;
+            if (setenv("SVLM_BACKEND", v, 1)) {
+                fprintf(stderr, "svlm replay: cannot set SVLM_BACKEND\n");
+                return 1;
             }
         } else if (!strcmp(a, "--ask")) {
             char *end;

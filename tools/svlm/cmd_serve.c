@@ -44,6 +44,9 @@ static void usage(FILE *f) {
             "  --decode-batch N      of those, how many step together, reading the weights once (16;\n"
             "                        1: one answer per step)\n"
             "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
+            "  --backend B           compute on cpu, cuda (cuda:N for GPU N) or auto (a GPU when one is\n"
+            "                        usable); default $SVLM_BACKEND, else cpu. Without a usable GPU,\n"
+            "                        cuda runs on the CPU. null computes nothing (answers are meaningless)\n"
             "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
             "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
             "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
@@ -323,6 +326,13 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "-t")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &num)) return 2;
             eo.compute_threads = (int)num;
+        } else if (!strcmp(argv[i],
+                           "--backend")) { /* the engine's lanes make their kernels from SVLM_BACKEND */
+            if (!(v = cli_value(argc, argv, &i)) || cli_backend(argv[i - 1], v)) return 2;
+            if (setenv("SVLM_BACKEND", v, 1)) {
+                fprintf(stderr, "svlm serve: cannot set SVLM_BACKEND\n");
+                return 1;
+            }
         } else if (!strcmp(argv[i], "--source")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             const char *eq = strchr(v, '=');
