@@ -59,7 +59,9 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
  * SVLM_E_UNSUPPORTED with the reason. */
 svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *err);
 /* The "null" backend: no op computes anything (buffers are host memory) and it says it is a
- * GPU, so a benchmark on it measures svlm's own host work under a GPU's policies (kernels_null.c). */
+ * GPU, so a benchmark on it measures svlm's own host work under a GPU's policies (kernels_null.c).
+ * SVLM_NULL_DEVICE_MIB=N makes its "device" N MiB (blocks refused past nine tenths, as the CUDA
+ * backend does); a value that is not a size is SVLM_E_INVALID. */
 svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err);
 /* The backend named `name`: "cpu", "cuda" (or "cuda:N" for GPU N), "auto" (CUDA when a GPU is
  * usable, else the CPU) or "null" (svlm_kernels_create_null). NULL or "" reads SVLM_BACKEND, default "cpu".
@@ -76,8 +78,8 @@ int svlm_kernels_is_gpu(const svlm_kernels *k);
 int svlm_kernels_computes(const svlm_kernels *k);
 /* Device memory now in use and the device's size, for capacity figures: a GPU's as its driver
  * counts them (every allocation on the device, weights included); the null backend's blocks
- * (what svlm_k_alloc holds, on every null backend; total 0: unknown). 0 where buffers are the
- * host's own memory (the CPU): the process's resident size tells. */
+ * (what svlm_k_alloc holds, on every null backend; total: SVLM_NULL_DEVICE_MIB, 0 unknown). 0 where buffers
+ * are the host's own memory (the CPU): the process's resident size tells. */
 int svlm_kernels_device_memory(svlm_kernels *k, size_t *used, size_t *total);
 void svlm_kernels_destroy(svlm_kernels *k);
 const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */

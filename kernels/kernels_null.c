@@ -29,6 +29,10 @@ typedef struct {
 static pthread_mutex_t spans_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *spans_root;
 static size_t spans_bytes; /* their sizes' sum, under spans_mu */
+/* SVLM_NULL_DEVICE_MIB: a device of that size (0: unbounded), read when a null backend is made;
+ * like the CUDA backend, blocks are refused past nine tenths of it, so capacity and what the
+ * engine does when the device is full can be tried without one. Under spans_mu. */
+static size_t device_cap;
 
 static int span_cmp(const void *a, const void *b) { /* overlapping spans compare equal */
     const span *x = a, *y = b;
@@ -82,6 +86,14 @@ static void *null_alloc(svlm_kernels *k, size_t bytes) {
         free(s);
         return NULL;
     }
+    pthread_mutex_lock(&spans_mu);
+    if (device_cap && spans_bytes + rounded > device_cap - device_cap / 10) { /* the device is full */
+        pthread_mutex_unlock(&spans_mu);
+        free(p);
+        free(s);
+        return NULL;
+    }
+    pthread_mutex_unlock(&spans_mu);
     logits_pattern(p, rounded / sizeof(float));
     *s = (span){(uintptr_t)p, (uintptr_t)p + rounded};
     pthread_mutex_lock(&spans_mu);
@@ -115,8 +127,8 @@ static int null_device_memory(svlm_kernels *k, size_t *used, size_t *total) {
     (void)k;
     pthread_mutex_lock(&spans_mu);
     *used = spans_bytes;
+    *total = device_cap;
     pthread_mutex_unlock(&spans_mu);
-    *total = 0;
     return 1;
 }
 static void null_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
@@ -323,6 +335,15 @@ svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err) {
     if (!atomic_exchange(&told, 1)) /* once: serve or describe on it would otherwise look broken */
         fprintf(stderr, "svlm: the null backend computes nothing (it measures svlm's own host work): "
                         "answers and descriptions are meaningless\n");
+    const char *mib = getenv("SVLM_NULL_DEVICE_MIB");
+    char *end = NULL;
+    const double cap = mib && *mib ? strtod(mib, &end) : 0;
+    if (mib && *mib && (*end || !(cap >= 0 && cap < 1e9)))
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "SVLM_NULL_DEVICE_MIB must be a size in MiB (0: unbounded), not '%s'", mib);
+    pthread_mutex_lock(&spans_mu);
+    device_cap = (size_t)(cap * 1048576.0);
+    pthread_mutex_unlock(&spans_mu);
     svlm_kernels *k = calloc(1, sizeof *k);
     if (!k) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for the null backend");
     k->ops = &null_ops;

@@ -84,6 +84,9 @@ struct svlm_engine {
     uint64_t next_qid;
     idle_ctx idle[MAX_IDLE_CTX];
     int n_idle, max_idle;
+    /* answers the device's memory held when a context could not be had (0: no limit seen): fresh
+     * questions wait below it until a stream goes */
+    int mem_cap;
     svlm_engine_metrics m;
 };
 
@@ -176,14 +179,34 @@ static void question_end(svlm_engine *e, question *q, svlm_status st, const char
     free(q);
 }
 
-/* Fork (unless pinned), memory, prefill and the first token. Returns 1 if the answer goes on. */
-static int question_start(svlm_engine *e, question *q) {
+/* Frees the idle contexts (their memory, on a GPU, for a context of another size or type). */
+static void drop_idle(svlm_engine *e) {
+    pthread_mutex_lock(&e->mu);
+    int n = e->n_idle;
+    idle_ctx idle[MAX_IDLE_CTX];
+    memcpy(idle, e->idle, sizeof(idle_ctx) * (size_t)n);
+    e->n_idle = 0;
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < n; i++)
+        svlm_llama_ctx_free(idle[i].ctx);
+}
+
+enum { START_ENDED, START_GOES_ON, START_WAITS };
+
+/* Fork (unless pinned), memory, prefill and the first token. START_WAITS: no memory for the
+ * answer's context while others run (others_active): the question waits for one of them. */
+static int question_start(svlm_engine *e, question *q, int others_active) {
     svlm_err err = {0};
     svlm_stream *s = e->streams[q->sid].s;
     q->t_start = now_ms();
     svlm_status st = __atomic_load_n(&q->cancel, __ATOMIC_RELAXED) ? SVLM_E_CANCELLED : SVLM_OK;
     if (st) snprintf(err.msg, sizeof err.msg, "answer cancelled");
     if (!st) st = ctx_acquire(e, q, svlm_stream_ctx_size(s), svlm_stream_kv_type(s), &err);
+    if (st == SVLM_E_NOMEM) { /* the idle contexts' memory first, then the running answers' */
+        drop_idle(e);
+        st = ctx_acquire(e, q, svlm_stream_ctx_size(s), svlm_stream_kv_type(s), &err);
+        if (st == SVLM_E_NOMEM && others_active) return START_WAITS;
+    }
     if (!st && !q->fork) st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
     if (!st) {
         svlm_stream_fork *f = q->fork;
@@ -194,9 +217,9 @@ static int question_start(svlm_engine *e, question *q) {
     if (!st) st = svlm_stream_answer_step(q->ans, &done, &err);
     if (st || done) {
         question_end(e, q, st, st ? err.msg : "");
-        return 0;
+        return START_ENDED;
     }
-    return 1;
+    return START_GOES_ON;
 }
 
 static int question_step(svlm_engine *e, question *q) {
@@ -292,10 +315,12 @@ static void *answer_lane(void *arg) {
         int n_active = 0;
         for (question *a = e->active; a; a = a->next)
             n_active++;
-        /* a fresh question waits while max_active answers run */
-        if (q && e->p.max_active > 0 && n_active >= e->p.max_active &&
-            !__atomic_load_n(&q->cancel, __ATOMIC_RELAXED))
-            q = NULL;
+        /* a fresh question waits while max_active answers run, or as many as the device's
+         * memory held when the last context could not be had */
+        const int cap = e->mem_cap > 0 && (e->p.max_active <= 0 || e->mem_cap < e->p.max_active)
+                            ? e->mem_cap
+                            : e->p.max_active;
+        if (q && cap > 0 && n_active >= cap && !__atomic_load_n(&q->cancel, __ATOMIC_RELAXED)) q = NULL;
         /* under a stream of questions, starts and decode steps take turns: answers already
          * running keep streaming instead of waiting for every newcomer's first token */
         if (q && !__atomic_load_n(&q->cancel, __ATOMIC_RELAXED) && e->started_last && e->active) q = NULL;
@@ -321,11 +346,20 @@ static void *answer_lane(void *arg) {
         /* the step's successor keeps the round robin going */
         pthread_mutex_unlock(&e->mu);
         const double t0 = now_ms();
-        int goes_on = fresh ? question_start(e, q) : question_step(e, q);
+        int goes_on = fresh ? question_start(e, q, n_active > 0) : question_step(e, q);
         pthread_mutex_lock(&e->mu);
         e->m.answer_busy_ms += now_ms() - t0;
         e->answer_busy = 0;
-        if (goes_on) list_append(&e->active, q);
+        if (goes_on == START_WAITS) { /* first in line again, once an answer ends */
+            q->next = e->ready;
+            e->ready = q;
+            e->mem_cap = n_active;
+            e->m.memory_waits++;
+            e->started_last = 0;
+        } else {
+            if (fresh && n_active + 1 > e->m.active_answers_max) e->m.active_answers_max = n_active + 1;
+            if (goes_on) list_append(&e->active, q);
+        }
         e->rr_active = e->active;
     }
     pthread_mutex_unlock(&e->mu);
@@ -943,6 +977,7 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     }
     lane_stream *ls = &e->streams[sid];
     ls->closing = 1;
+    e->mem_cap = 0; /* its memory will be free: answers may try for more again */
     question *lists[] = {e->ready, e->active};
     for (int l = 0; l < 2; l++)
         for (question *q = lists[l]; q; q = q->next)

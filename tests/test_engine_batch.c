@@ -5,8 +5,8 @@
  * every stream the same frames and tokens of each kind, answers to questions on the streams, no
  * drops, and batches that did form, the next one preprocessed while one ran; a stream removed while its
  * frames queue leaves the others whole; a flood of questions runs at most max_active answers at once and
- * answers them all; and one stream's burst of questions does not make another stream's question wait for all
- * of it.
+ * answers them all, also when the device has room for only two of them; and one stream's burst of questions
+ * does not make another stream's question wait for all of it.
  */
 #include <math.h>
 #include <pthread.h>
@@ -161,6 +161,61 @@ static void flood(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_engine_stop(e);
     svlm_stream_free(s);
     svlm_engine_free(e);
+}
+
+/* A device too small for every answer's context (the null backend with SVLM_NULL_DEVICE_MIB):
+ * the questions that find no memory wait for a running answer to end instead of failing, and all
+ * are answered. */
+static void device_full(svlm_llama *m, const svlm_mmproj *mp) {
+    enum { N_Q = 8 };
+    svlm_err err = {0};
+    svlm_stream *s = NULL;
+    int sid = 0;
+    REQUIRE(setenv("SVLM_BACKEND", "null", 1) == 0 && unsetenv("SVLM_NULL_DEVICE_MIB") == 0, "setenv");
+    /* what the engine and its stream hold, and one answer's context */
+    svlm_engine *e = answer_engine(m, mp, N_Q, 4, 64, 1, &s, &sid);
+    svlm_kernels *k = svlm_engine_ingest_kernels(e);
+    size_t base = 0, with_ctx = 0, total = 0;
+    svlm_llama_ctx *c = NULL;
+    REQUIRE(svlm_kernels_device_memory(k, &base, &total), "the null backend counts its blocks");
+    REQUIRE(svlm_llama_ctx_create(m, k, svlm_stream_ctx_size(s), SVLM_F32, &c, &err) == SVLM_OK, "%s",
+            err.msg);
+    svlm_kernels_device_memory(k, &with_ctx, &total);
+    svlm_llama_ctx_free(c);
+    svlm_engine_stop(e);
+    svlm_stream_free(s);
+    svlm_engine_free(e);
+    /* room for two and a half contexts beside them (a tenth of the device stays free) */
+    const double cap_mib = ((double)base + 2.5 * (double)(with_ctx - base)) / 0.9 / 1048576.0;
+    char v[64];
+    snprintf(v, sizeof v, "%.6f", cap_mib);
+    REQUIRE(setenv("SVLM_NULL_DEVICE_MIB", v, 1) == 0, "setenv");
+    e = answer_engine(m, mp, N_Q, 4, 64, 1, &s, &sid);
+    svlm_frame f;
+    make_frame(&f, 0, 0);
+    REQUIRE(svlm_engine_push_frame(e, sid, &f, 1, &err) == SVLM_OK, "%s", err.msg);
+    answers ans = {0};
+    for (int i = 0; i < N_Q; i++) {
+        svlm_ask_opts o = {.max_tokens = 6};
+        REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, NULL, on_done, &ans, NULL, &err) == SVLM_OK,
+                "%s", err.msg);
+    }
+    svlm_engine_drain(e);
+    svlm_engine_metrics em;
+    svlm_engine_metrics_get(e, &em);
+    const int most = em.active_answers_max;
+    CHECK(ans.ok == N_Q, "a device with room for two answers: %d of %d questions answered", ans.ok, N_Q);
+    CHECK(em.memory_waits > 0 && most == 2, "%llu waits for memory, %d answers at once (room for 2)",
+          (unsigned long long)em.memory_waits, most);
+    printf("a device with room for two answers' contexts (%.1f KiB each): %d of %d questions answered, at "
+           "most %d "
+           "at once, %llu starts waited for memory\n",
+           (double)(with_ctx - base) / 1024.0, ans.ok, N_Q, most, (unsigned long long)em.memory_waits);
+    svlm_engine_stop(e);
+    svlm_stream_free(s);
+    svlm_engine_free(e);
+    unsetenv("SVLM_NULL_DEVICE_MIB");
+    unsetenv("SVLM_BACKEND");
 }
 
 /* Fairness between streams: stream 0 asks 20 questions at once, then stream 1 one; with two
@@ -380,6 +435,7 @@ int test_main(void) {
     CHECK(rm.ans.ok == 2, "answers with the middle stream removed: %d", rm.ans.ok);
 
     flood(m, mp);
+    device_full(m, mp);
     burst(m, mp);
     rotation(m, mp);
     mixed_stc(m, mp);

@@ -56,6 +56,9 @@ def check_figures(r, where):
     if not (r.get('encode_ms_per_frame', 0) > 0 and r.get('prefill_ms_per_frame', 0) > 0):
         fails.append('%s: ingest ms per frame %r %r' % (where, r.get('encode_ms_per_frame'),
                                                        r.get('prefill_ms_per_frame')))
+    if not (r.get('answers_running_max', 0) >= 1 and r.get('answer_memory_waits', -1) == 0):
+        fails.append('%s: answers running at once %r, memory waits %r' % (where, r.get('answers_running_max'),
+                                                                         r.get('answer_memory_waits')))
     t = r.get('ttft_ms') or {}
     vals = [t.get(k) for k in ('p50', 'p90', 'p99', 'max')]
     if any(not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 for v in vals):
@@ -96,6 +99,8 @@ def parse_text(out):
         (r'answer_tok_s +' + NUM + ' aggregate, ' + NUM + ' per answer$', lambda m: r.update(answer_tok_s=float(m[1]))),
         (r'lanes_busy +ingest ' + NUM + ' % answer ' + NUM + ' %$',
          lambda m: r.update(ingest_busy=float(m[1]) / 100, answer_busy=float(m[2]) / 100)),
+        (r'answers +at most ([0-9]+) running at once(?:; ([0-9]+) starts waited for a running answer\'s memory)?$',
+         lambda m: r.update(answers_running_max=int(m[1]), answer_memory_waits=int(m[2] or 0))),
         (r'ingest_batch +' + NUM + ' frames per encoder batch of several streams; ' + NUM + ' % of frames in them; '
          + NUM + ' % of batches preprocessed while the one before ran$',
          lambda m: r.update(ingest_batch_mean=float(m[1]), ingest_batch_share=float(m[2]) / 100,

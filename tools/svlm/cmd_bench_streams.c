@@ -99,6 +99,8 @@ typedef struct result {
     double ingest_batch_share;    /* share of the window's frames encoded in such batches */
     double ingest_ahead_share;    /* share of the window's batches preprocessed ahead */
     int question_tokens, keeps_up;
+    int64_t memory_waits; /* question starts that waited for a running answer's memory */
+    int answers_max;      /* the most answers running at once, since the start */
     size_t kv_per_stream, bank_per_stream, rss;
     /* device memory (svlm_kernels_device_memory): in use once the first stream was added (its
      * system prompt's prefill uploaded the weights and made the backends' workspaces), once all
@@ -561,6 +563,8 @@ static svlm_status produce(run_ctx *r, result *res, svlm_err *err) {
     res->pushed = j - pushed0;
     res->ingest_busy = (m1.ingest_busy_ms - m0.ingest_busy_ms) / (res->secs * 1e3);
     res->answer_busy = (m1.answer_busy_ms - m0.answer_busy_ms) / (res->secs * 1e3);
+    res->memory_waits = (int64_t)(m1.memory_waits - m0.memory_waits);
+    res->answers_max = m1.active_answers_max;
     const uint64_t nbat = m1.ingest_batches - m0.ingest_batches,
                    nfr = m1.ingest_batch_frames - m0.ingest_batch_frames;
     res->ingest_batch_mean = nbat ? (double)nfr / (double)nbat : 0;
@@ -660,6 +664,8 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     json_num("ingest_batch_share", r->ingest_batch_share, 1);
     json_num("ingest_ahead_share", r->ingest_ahead_share, 1);
     json_num("answer_busy", r->answer_busy, 1);
+    printf("\"answers_running_max\":%d,\"answer_memory_waits\":%lld,", r->answers_max,
+           (long long)r->memory_waits);
     json_num("producer_lag_max_ms", r->lag_max_ms, 1);
     json_num("drain_s", r->drain_s, 1);
     if (r->dev_known) {
@@ -698,6 +704,10 @@ static void report_text(const bench_args *a, const result *r, const char *backen
     printf("answer_tok_s     %.1f aggregate, %.1f per answer\n", r->tok_s,
            isfinite(r->tok_s_per_answer) ? r->tok_s_per_answer : 0.0);
     printf("lanes_busy       ingest %.1f %% answer %.1f %%\n", 100 * r->ingest_busy, 100 * r->answer_busy);
+    printf("answers          at most %d running at once", r->answers_max);
+    if (r->memory_waits)
+        printf("; %lld starts waited for a running answer's memory", (long long)r->memory_waits);
+    printf("\n");
     printf("ingest_batch     %.1f frames per encoder batch of several streams; %.0f %% of frames in them; "
            "%.0f %% of batches preprocessed while the one before ran\n",
            r->ingest_batch_mean, 100 * r->ingest_batch_share, 100 * r->ingest_ahead_share);
@@ -744,7 +754,12 @@ static int open_streams(run_ctx *r, const svlm_mmproj *mp, int q_tokens, result 
                              .memory = a->sf.memory ? &mo : NULL,
                              .memory_tokens = (int)a->sf.memory_tokens};
     for (int i = 0; i < (int)a->streams; i++) {
-        if (svlm_engine_open_stream(r->e, &sp, SYSTEM_PROMPT, &r->streams[i], &r->sids[i], err)) return -1;
+        if (svlm_engine_open_stream(r->e, &sp, SYSTEM_PROMPT, &r->streams[i], &r->sids[i], err)) {
+            char what[sizeof err->msg - 64]; /* room for the words around it */
+            snprintf(what, sizeof what, "%.440s", err->msg);
+            snprintf(err->msg, sizeof err->msg, "opening stream %d of %lld: %s", i + 1, a->streams, what);
+            return -1;
+        }
         if (!i)
             res->dev_known =
                 svlm_kernels_device_memory(svlm_engine_ingest_kernels(r->e), &res->dev_one, &res->dev_total);
