@@ -86,20 +86,21 @@ static void *null_alloc(svlm_kernels *k, size_t bytes) {
         free(s);
         return NULL;
     }
-    pthread_mutex_lock(&spans_mu);
-    if (device_cap && spans_bytes + rounded > device_cap - device_cap / 10) { /* the device is full */
-        pthread_mutex_unlock(&spans_mu);
+    pthread_mutex_lock(&spans_mu); /* the bytes are counted (reserved) before the block is filled */
+    const int full = device_cap && spans_bytes + rounded > device_cap - device_cap / 10;
+    if (!full) spans_bytes += rounded;
+    pthread_mutex_unlock(&spans_mu);
+    if (full) {
         free(p);
         free(s);
         return NULL;
     }
-    pthread_mutex_unlock(&spans_mu);
     logits_pattern(p, rounded / sizeof(float));
     *s = (span){(uintptr_t)p, (uintptr_t)p + rounded};
     pthread_mutex_lock(&spans_mu);
     span *const *added = tsearch(s, &spans_root, span_cmp);
     const int ok = added && *added == s; /* read under the lock: another tdelete may move nodes */
-    if (ok) spans_bytes += rounded;
+    if (!ok) spans_bytes -= rounded;
     pthread_mutex_unlock(&spans_mu);
     if (!ok) { /* out of memory for the node (a live block never overlaps a new one) */
         free(p);

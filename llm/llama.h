@@ -80,6 +80,9 @@ svlm_status svlm_llama_kv_pool_create(const svlm_llama *m, svlm_dtype kv_type, i
 svlm_status svlm_llama_eval_seq(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
                                 const int32_t *ids, const float *embd, int n, float *logits, int all_logits,
                                 svlm_err *err);
+/* The greedy forms' logits buffer ([n_vocab] on the context's kernels), now rather than at the
+ * first greedy call: a caller that must know up front that a context has all its memory. */
+svlm_status svlm_llama_ctx_reserve_greedy(svlm_llama_ctx *c, svlm_err *err);
 /* svlm_llama_eval_seq with the greedy next token in *next, as svlm_llama_eval_greedy. */
 svlm_status svlm_llama_eval_seq_greedy(svlm_llama_ctx *c, svlm_kv_seq *seq, svlm_kv_kind kind, int64_t tag,
                                        const int32_t *ids, const float *embd, int n, int32_t *next,

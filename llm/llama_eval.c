@@ -475,11 +475,15 @@ static void eval_chunks(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fr
     svlm_k_defer(c->k, 0);
 }
 
-/* The greedy search's logits buffer, on first use. */
-static svlm_status greedy_ready(svlm_llama_ctx *c, const eval_out *out, svlm_err *err) {
-    if (!out->next || c->logits_k) return SVLM_OK;
+svlm_status svlm_llama_ctx_reserve_greedy(svlm_llama_ctx *c, svlm_err *err) {
+    if (c->logits_k) return SVLM_OK;
     c->logits_k = svlm_k_alloc(c->k, (size_t)c->m->hp.n_vocab * sizeof(float));
     return c->logits_k ? SVLM_OK : svlm_fail(err, SVLM_E_NOMEM, "out of memory for the logits");
+}
+
+/* The greedy search's logits buffer, on first use. */
+static svlm_status greedy_ready(svlm_llama_ctx *c, const eval_out *out, svlm_err *err) {
+    return out->next ? svlm_llama_ctx_reserve_greedy(c, err) : SVLM_OK;
 }
 
 static svlm_status eval_plain(svlm_llama_ctx *c, const int32_t *ids, const float *embd, int n,

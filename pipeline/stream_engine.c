@@ -80,13 +80,15 @@ struct svlm_engine {
     lane_stream *streams;
     int n_streams, rr_ingest, ingest_sid; /* ingest_sid: the stream the lane works on (-1) */
     question *pinned, *ready, *active;    /* lists; ready is FIFO */
-    question *rr_active;                  /* the active answer to step next */
+    question *hand;      /* the answer lane's questions while it works on them unlocked: cancels reach them */
+    question *rr_active; /* the active answer to step next */
     uint64_t next_qid;
     idle_ctx idle[MAX_IDLE_CTX];
     int n_idle, max_idle;
-    /* answers the device's memory held when a context could not be had (0: no limit seen): fresh
-     * questions wait below it until a stream goes */
+    /* answers the device's memory held when a context could not be had (0: no limit): fresh
+     * questions start only below it, and try for more a second after it was set */
     int mem_cap;
+    double mem_cap_at;
     svlm_engine_metrics m;
 };
 
@@ -149,7 +151,13 @@ static svlm_status ctx_acquire(svlm_engine *e, question *q, int n, svlm_dtype ty
     if (q->ctx) return SVLM_OK;
     q->ctx_n = n;
     q->ctx_type = type;
-    return svlm_llama_ctx_create(e->model, e->k_answer, n, type, &q->ctx, err);
+    svlm_status st = svlm_llama_ctx_create(e->model, e->k_answer, n, type, &q->ctx, err);
+    if (!st) st = svlm_llama_ctx_reserve_greedy(q->ctx, err); /* all its memory now, or none */
+    if (st) {
+        svlm_llama_ctx_free(q->ctx);
+        q->ctx = NULL;
+    }
+    return st;
 }
 
 /* Ends a question: callback, its pages and context back, the turn queued for joining. */
@@ -166,6 +174,7 @@ static void question_end(svlm_engine *e, question *q, svlm_status st, const char
     if (q->on_done) q->on_done(q->user, q->id, st, st == SVLM_OK ? (answer ? answer : "") : NULL, &am, msg);
     free(answer);
     pthread_mutex_lock(&e->mu);
+    list_remove(&e->hand, q); /* (before q is freed: cancels look there under mu) */
     if (st == SVLM_OK)
         e->m.questions_done++;
     else if (st == SVLM_E_CANCELLED)
@@ -194,8 +203,9 @@ static void drop_idle(svlm_engine *e) {
 enum { START_ENDED, START_GOES_ON, START_WAITS };
 
 /* Fork (unless pinned), memory, prefill and the first token. START_WAITS: no memory for the
- * answer's context while others run (others_active): the question waits for one of them. */
-static int question_start(svlm_engine *e, question *q, int others_active) {
+ * answer's context while others run (others_active): the question waits for one of them.
+ * *held: the question had a context. */
+static int question_start(svlm_engine *e, question *q, int others_active, int *held) {
     svlm_err err = {0};
     svlm_stream *s = e->streams[q->sid].s;
     q->t_start = now_ms();
@@ -207,6 +217,7 @@ static int question_start(svlm_engine *e, question *q, int others_active) {
         st = ctx_acquire(e, q, svlm_stream_ctx_size(s), svlm_stream_kv_type(s), &err);
         if (st == SVLM_E_NOMEM && others_active) return START_WAITS;
     }
+    *held = st == SVLM_OK;
     if (!st && !q->fork) st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
     if (!st) {
         svlm_stream_fork *f = q->fork;
@@ -247,6 +258,7 @@ static void step_batch(svlm_engine *e) {
     while (e->active && n < max) {
         qs[n] = e->active;
         list_remove(&e->active, qs[n]);
+        list_append(&e->hand, qs[n]);
         n++;
     }
     e->answer_busy = 1;
@@ -283,8 +295,10 @@ static void step_batch(svlm_engine *e) {
     e->m.decode_batch_answers += (uint64_t)live;
     /* back at the end, in their order: with more answers running than a batch holds, the next
      * step takes the ones that waited (the first ones would otherwise hold the batch until they end) */
-    for (int i = 0; i < goes_on; i++)
+    for (int i = 0; i < goes_on; i++) {
+        list_remove(&e->hand, qs[i]);
         list_append(&e->active, qs[i]);
+    }
     e->rr_active = e->active;
 }
 
@@ -317,6 +331,8 @@ static void *answer_lane(void *arg) {
             n_active++;
         /* a fresh question waits while max_active answers run, or as many as the device's
          * memory held when the last context could not be had */
+        if (e->mem_cap && (now_ms() - e->mem_cap_at > 1000 || (!e->active && !e->ready)))
+            e->mem_cap = 0; /* memory may have come back: one try a second, or when idle */
         const int cap = e->mem_cap > 0 && (e->p.max_active <= 0 || e->mem_cap < e->p.max_active)
                             ? e->mem_cap
                             : e->p.max_active;
@@ -343,22 +359,27 @@ static void *answer_lane(void *arg) {
             continue;
         }
         e->answer_busy = 1;
+        list_append(&e->hand, q);
         /* the step's successor keeps the round robin going */
         pthread_mutex_unlock(&e->mu);
         const double t0 = now_ms();
-        int goes_on = fresh ? question_start(e, q, n_active > 0) : question_step(e, q);
+        int held = 0;
+        int goes_on = fresh ? question_start(e, q, n_active > 0, &held) : question_step(e, q);
         pthread_mutex_lock(&e->mu);
         e->m.answer_busy_ms += now_ms() - t0;
         e->answer_busy = 0;
-        if (goes_on == START_WAITS) { /* first in line again, once an answer ends */
+        if (fresh && held && n_active + 1 > e->m.active_answers_max) e->m.active_answers_max = n_active + 1;
+        if (goes_on == START_WAITS) { /* back to the front of the queue, once an answer ends */
+            list_remove(&e->hand, q);
             q->next = e->ready;
             e->ready = q;
             e->mem_cap = n_active;
+            e->mem_cap_at = now_ms();
             e->m.memory_waits++;
             e->started_last = 0;
-        } else {
-            if (fresh && n_active + 1 > e->m.active_answers_max) e->m.active_answers_max = n_active + 1;
-            if (goes_on) list_append(&e->active, q);
+        } else if (goes_on) { /* (an ended question is gone: question_end unlinked and freed it) */
+            list_remove(&e->hand, q);
+            list_append(&e->active, q);
         }
         e->rr_active = e->active;
     }
@@ -977,9 +998,8 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     }
     lane_stream *ls = &e->streams[sid];
     ls->closing = 1;
-    e->mem_cap = 0; /* its memory will be free: answers may try for more again */
-    question *lists[] = {e->ready, e->active};
-    for (int l = 0; l < 2; l++)
+    question *lists[] = {e->ready, e->active, e->hand};
+    for (int l = 0; l < 3; l++)
         for (question *q = lists[l]; q; q = q->next)
             if (q->sid == sid) __atomic_store_n(&q->cancel, 1, __ATOMIC_RELAXED);
     for (question **pp = &e->pinned; *pp;) { /* pinned ones end at once, on the answer lane */
@@ -1083,8 +1103,8 @@ svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, 
 
 void svlm_engine_cancel(svlm_engine *e, uint64_t qid) {
     pthread_mutex_lock(&e->mu);
-    question *lists[] = {e->pinned, e->ready, e->active};
-    for (int l = 0; l < 3; l++)
+    question *lists[] = {e->pinned, e->ready, e->active, e->hand};
+    for (int l = 0; l < 4; l++)
         for (question *q = lists[l]; q; q = q->next)
             if (q->id == qid) __atomic_store_n(&q->cancel, 1, __ATOMIC_RELAXED);
     /* a pinned question waiting for its frame is ended at once */

@@ -87,9 +87,9 @@ static int metrics(svlm_server *srv, srv_conn *c) {
     srv_metrics_render(&t, &srv->metrics, st, n, srv->n_clients, srv->n_asks, srv_now() - srv->t_start);
     free(st);
     if (srv->be.compute) {
-        svlm_backend_compute c;
-        srv->be.compute(srv->be.ctx, &c);
-        srv_metrics_render_compute(&t, &c);
+        svlm_backend_compute comp;
+        srv->be.compute(srv->be.ctx, &comp);
+        srv_metrics_render_compute(&t, &comp);
     }
     if (t.failed) {
         free(t.buf);
