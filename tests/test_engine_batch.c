@@ -43,7 +43,20 @@ static void make_frame(svlm_frame *f, int s, int k) {
 
 typedef struct answers {
     int done, ok;
+    int closed; /* gated_token: 1 holds every answer at its first token until the test opens it */
 } answers;
+
+/* Holds an answer at its token while a->closed: the answer lane waits there, so that questions
+ * asked meanwhile all find it running (the null backend answers faster than a burst is asked). */
+static int gated_token(void *user, int32_t id, const char *piece, size_t len) {
+    (void)id, (void)piece, (void)len;
+    answers *a = user;
+    while (__atomic_load_n(&a->closed, __ATOMIC_SEQ_CST)) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
 
 static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer,
                     const svlm_answer_metrics *am, const char *err_msg) {
@@ -201,12 +214,14 @@ static void device_full(svlm_llama *m, const svlm_mmproj *mp) {
     int most[2] = {0, 0}, ok[2] = {0, 0};
     uint64_t waits[2] = {0, 0};
     for (int round = 0; round < 2; round++) {
-        answers ans = {0};
+        answers ans = {.closed = 1}; /* the first answer waits until all are asked */
         for (int i = 0; i < N_Q; i++) {
             svlm_ask_opts o = {.max_tokens = 6};
-            REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, NULL, on_done, &ans, NULL, &err) == SVLM_OK,
+            REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, gated_token, on_done, &ans, NULL, &err) ==
+                        SVLM_OK,
                     "%s", err.msg);
         }
+        __atomic_store_n(&ans.closed, 0, __ATOMIC_SEQ_CST);
         svlm_engine_drain(e);
         svlm_engine_metrics em;
         svlm_engine_metrics_get(e, &em);
