@@ -634,6 +634,10 @@ static void test_create(void) {
         zero &= p[i] == 0;
     CHECK(zero && ((uintptr_t)p & 63) == 0, "svlm_k_alloc: not zero-filled or not 64-byte aligned");
     memset(p, 7, 1000003);
+    /* device memory: the driver's count, with this block in it */
+    size_t used = 0, total = 0;
+    CHECK(svlm_kernels_device_memory(G, &used, &total) && total > used && used >= 1000003,
+          "device memory: used %zu of %zu", used, total);
     svlm_k_free(G, p);
 }
 
