@@ -147,7 +147,7 @@ fi
 # switch that makes some of them pass stays exported, so the benchmarks after measure code the
 # tests passed, and the summary names it.
 SWITCHES_BACK=(SVLM_CUDA_PDL=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0 SVLM_CUDA_MATVEC_SPLIT=1
-  SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0)
+  SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
   all=$(ctest --test-dir "$B" -N -R test_cuda | sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
@@ -341,6 +341,9 @@ if [ -x "$S" ]; then
     # the decode step's kernels without programmatic dependent launch (each waits for the one before
     # to end before it starts; default on from compute capability 9.0)
     SVLM_CUDA_PDL=0 bench "text, cuda, no PDL" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+    # greedy tokens searched on the host after the logits cross (197 KB a token), as before the
+    # argmax kernel
+    SVLM_CUDA_ARGMAX=0 bench "text, cuda, logits to the host" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
     # a step's q/k/v products and its RoPE + cache stores as two kernels, as before their fusion
     SVLM_CUDA_QKV_ROPE=0 bench "text, cuda, q/k/v and RoPE as two kernels" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
       --backend cuda
@@ -380,6 +383,8 @@ if [ -x "$S" ]; then
     fi
     bench "text, cuda, 16 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 \
       --reps 1 --backend cuda
+    SVLM_CUDA_ARGMAX=0 bench "text, cuda, 16 answers decoding together, logits to the host" 60 bench -m "$M.gguf" \
+      --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda
     # the fused decode kernels for all 16 rows of the engine's decode batch (default: up to 8)
     SVLM_CUDA_MATVEC_ROWS=16 bench "text, cuda, 16 answers decoding together, matvec up to 16 rows" 60 \
       bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 16 --reps 1 --backend cuda

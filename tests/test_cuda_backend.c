@@ -34,8 +34,9 @@
 static svlm_kernels *G, *C; /* the backend under test, the CPU reference */
 static svlm_kernels
     *G_flash; /* for the attention tests: G with the WMMA flash kernel from FLASH_MIN_Q queries */
-static svlm_kernels *G_mma; /* the same with the kernel's mma.sync form (the default) */
-static int flash_on;        /* G is G_flash or G_mma now (2: G_mma) */
+static svlm_kernels *G_mma;         /* the same with the kernel's mma.sync form (the default) */
+static int flash_on;                /* G is G_flash or G_mma now (2: G_mma) */
+static svlm_kernels *G_host_argmax; /* SVLM_CUDA_ARGMAX=0: greedy ids searched on the host */
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -452,11 +453,15 @@ static void test_elementwise(void) {
         float *x = xmalloc(sizeof(float) * (size_t)n);
         argmax_rows_fill(x, arows[si], adims[si], 77 + (uint64_t)si);
         int32_t ic[16], *ig = tbuf(NULL, sizeof(int32_t) * 16);
+        int32_t ih[16];
         svlm_k_argmax(C, x, arows[si], adims[si], ic);
-        svlm_k_argmax(G, tbuf(x, sizeof(float) * (size_t)n), arows[si], adims[si], ig);
+        const float *gx = tbuf(x, sizeof(float) * (size_t)n);
+        svlm_k_argmax(G, gx, arows[si], adims[si], ig);
+        svlm_k_argmax(G_host_argmax ? G_host_argmax : C, gx, arows[si], adims[si], ih);
         double differ = 0;
         for (int64_t r = 0; r < arows[si]; r++)
-            differ += ig[r] != ic[r] || ic[r] != argmax_expected(x + r * adims[si], adims[si]);
+            differ +=
+                ig[r] != ic[r] || ih[r] != ic[r] || ic[r] != argmax_expected(x + r * adims[si], adims[si]);
         char what[96];
         snprintf(what, sizeof what, "argmax %lldx%lld (rows differing)", (long long)arows[si],
                  (long long)adims[si]);
@@ -657,6 +662,9 @@ int test_main(void) {
         setenv("SVLM_CUDA_FLASH_MMA", "1", 1);
         G_mma = test_gpu_backend();
         unsetenv("SVLM_CUDA_FLASH_MMA");
+        setenv("SVLM_CUDA_ARGMAX", "0", 1);
+        G_host_argmax = test_gpu_backend();
+        unsetenv("SVLM_CUDA_ARGMAX");
         unsetenv("SVLM_CUDA_FLASH_MIN_Q");
     }
     REQUIRE(svlm_kernels_create_cpu(0, &C, &err) == SVLM_OK, "cpu backend: %s", err.msg);
@@ -695,6 +703,7 @@ int test_main(void) {
     svlm_kernels_destroy(G); /* before the weights it may hold copies of are freed */
     if (G_flash) svlm_kernels_destroy(G_flash);
     if (G_mma) svlm_kernels_destroy(G_mma);
+    if (G_host_argmax) svlm_kernels_destroy(G_host_argmax);
     svlm_kernels_destroy(C);
     for (int i = 0; i < n_cases; i++) {
         free(cases[i].deq);

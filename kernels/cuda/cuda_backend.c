@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_internal.h"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -399,7 +400,37 @@ static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     cu_done(k, "softmax");
 }
 
+/* SVLM_CUDA_ARGMAX=0: the rows cross to pageable host memory and the host searches them, as
+ * greedy decoding did before the kernel (one copy for all rows; it copied a row per answer). */
+static void argmax_on_host(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    cu_ctx *c = CU(k);
+    const size_t bytes = sizeof(float) * (size_t)(n_rows * dim);
+    if (bytes > c->argmax_host_cap) {
+        float *grown = realloc(c->argmax_host, bytes);
+        if (!grown) {
+            fprintf(stderr, "svlm: out of host memory for %zu bytes of logits\n", bytes);
+            abort();
+        }
+        c->argmax_host = grown;
+        c->argmax_host_cap = bytes;
+    }
+    cu_check(cudaMemcpyAsync(c->argmax_host, x, bytes, cudaMemcpyDefault, c->stream), "logits to the host");
+    cu_check(cudaStreamSynchronize(c->stream), "logits to the host");
+    int32_t found[64];
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 64) {
+        const int64_t n = n_rows - r0 < 64 ? n_rows - r0 : 64;
+        svlm_cpu_argmax(c->argmax_host + r0 * dim, n, dim, found);
+        cu_check(cudaMemcpy(ids + r0, found, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault), "greedy ids");
+    }
+}
+
 static void cu_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+    if (!CU(k)->argmax_gpu && !cu_capturing) {
+        cu_begin(k);
+        argmax_on_host(k, x, n_rows, dim, ids);
+        cu_done(k, "argmax (host)");
+        return;
+    }
     cu_begin(k);
     int32_t *di = cu_out(k, 0, ids, sizeof(int32_t) * (size_t)n_rows, 0);
     const float *dx = cu_in(k, 1, x, sizeof(float) * (size_t)(n_rows * dim));
@@ -645,6 +676,7 @@ static void cu_destroy(svlm_kernels *k) {
         if (c->scratch) (void)cudaFree(c->scratch);
         if (c->attn_scratch) (void)cudaFree(c->attn_scratch);
         if (c->dec_buf) (void)cudaFree(c->dec_buf);
+        free(c->argmax_host);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) (void)cudaStreamDestroy(c->stream);
         free(c);
@@ -780,6 +812,8 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     c->encoder_f16 = !(ef && !strcmp(ef, "0"));
     const char *qr = getenv("SVLM_CUDA_QKV_ROPE");
     c->qkv_rope = !(qr && !strcmp(qr, "0"));
+    const char *am = getenv("SVLM_CUDA_ARGMAX");
+    c->argmax_gpu = !(am && !strcmp(am, "0"));
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

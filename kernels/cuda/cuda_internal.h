@@ -66,11 +66,15 @@ typedef struct cu_ctx {
     int flash_items;      /* many sequences' prefill in one flash launch (SVLM_CUDA_FLASH_ITEMS, on) */
     int flash_mma; /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA=0: WMMA) */
     int pdl; /* decode kernels with programmatic dependent launch (cuda_pdl.cuh; SVLM_CUDA_PDL=0: off) */
-    int encoder_f16; /* the encoder's fused ops take F16 weights as f16 operands (SVLM_CUDA_ENCODER_F16=0:
-                        TF32) */
-    int qkv_rope;    /* decode steps' q/k/v, RoPE and stores in one kernel (SVLM_CUDA_QKV_ROPE=0: two) */
-    cu_lt *lt;       /* made on first use */
-    cu_dnn *dnn;     /* made on first use */
+    int encoder_f16;    /* the encoder's fused ops take F16 weights as f16 operands (SVLM_CUDA_ENCODER_F16=0:
+                           TF32) */
+    int qkv_rope;       /* decode steps' q/k/v, RoPE and stores in one kernel (SVLM_CUDA_QKV_ROPE=0: two) */
+    int argmax_gpu;     /* greedy tokens found on the GPU (SVLM_CUDA_ARGMAX=0: the logits cross to the host
+                         * and are searched there, as before the kernel; for comparison) */
+    float *argmax_host; /* that copy (host memory, grown) */
+    size_t argmax_host_cap;
+    cu_lt *lt;             /* made on first use */
+    cu_dnn *dnn;           /* made on first use */
     int lt_mode, dnn_mode; /* CU_SWITCH_*, read when the backend is made */
     void *attn_scratch;    /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
