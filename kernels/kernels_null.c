@@ -203,11 +203,11 @@ static void null_rows(svlm_kernels *k, float *y, const float *b, int64_t n_rows,
 static void null_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
     (void)k, (void)x, (void)n_rows, (void)dim;
 }
-/* Into host memory, the index a GPU would find in the block's logits pattern (found from the
- * pattern's formula, without reading the block); a host row is really searched. */
+/* The index a GPU would find in the block's logits pattern (found from the pattern's formula,
+ * without reading the block); a host row is really searched. Written wherever ids are (the
+ * "device" is host memory too): a caller may read them as tokens. */
 static void null_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
     (void)k;
-    if (on_device(ids, sizeof(int32_t) * (size_t)n_rows)) return;
     if (!on_device(x, sizeof(float) * (size_t)(n_rows * dim))) {
         svlm_cpu_argmax(x, n_rows, dim, ids);
         return;
@@ -339,7 +339,7 @@ svlm_status svlm_kernels_create_null(svlm_kernels **out, svlm_err *err) {
     const char *mib = getenv("SVLM_NULL_DEVICE_MIB");
     char *end = NULL;
     const double cap = mib && *mib ? strtod(mib, &end) : 0;
-    if (mib && *mib && (*end || !(cap >= 0 && cap < 1e9)))
+    if (mib && *mib && (*end || !(cap >= 0 && cap < 1e9) || (cap > 0 && cap * 1048576.0 < 1.0)))
         return svlm_fail(err, SVLM_E_INVALID,
                          "SVLM_NULL_DEVICE_MIB must be a size in MiB (0: unbounded), not '%s'", mib);
     pthread_mutex_lock(&spans_mu);

@@ -925,6 +925,9 @@ void svlm_engine_free(svlm_engine *e) {
 svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e) {
     return e->k_ingest;
 }
+svlm_kernels *svlm_engine_answer_kernels(svlm_engine *e) {
+    return e->k_answer;
+}
 
 svlm_status svlm_engine_add_stream(svlm_engine *e, svlm_stream *s, int *id, svlm_err *err) {
     return svlm_engine_add_stream_with(e, s, NULL, id, err);

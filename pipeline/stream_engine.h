@@ -12,9 +12,12 @@
  *   answer lane  a new question first (fork, memory, prefill, first token: time to first token
  *                comes first), otherwise one decode step of the active answers in turn; when
  *                questions keep coming, starts and decode steps alternate, and at most
- *                params.max_active answers run (more wait, unforked). The next question taken
- *                up is the oldest of the stream with the fewest running answers: one stream's
- *                burst does not hold every slot while another stream waits.
+ *                params.max_active answers run (more wait, unforked); a question whose context
+ *                finds no device memory while others run goes back into the queue, and fresh
+ *                ones start only below the number running then (tried again once a second or
+ *                when idle). The next question taken up is the oldest of the stream with the
+ *                fewest running answers: one stream's burst does not hold every slot while
+ *                another stream waits.
  * Ingest never waits for an answer: frames wait in a small queue per stream; a live push into a
  * full queue drops the oldest frame (counted in the stream's drops), a replay push
  * (block = 1) waits for room instead, so a replay at full speed ingests every frame.
@@ -65,6 +68,8 @@ void svlm_engine_stop(svlm_engine *e);
 void svlm_engine_free(svlm_engine *e);
 /* The kernels to create streams with (their ingest context runs on the ingest lane). */
 svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e);
+/* The answer lane's kernels (what answers compute on; the same device as the ingest lane's). */
+svlm_kernels *svlm_engine_answer_kernels(svlm_engine *e);
 
 /* Serves s (created with svlm_engine_ingest_kernels) from now on; sets deferred joins. Only while
  * the ingest lane is idle (before any frame): use svlm_engine_open_stream on a running engine. */

@@ -184,15 +184,22 @@ static void device_full(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_err err = {0};
     svlm_stream *s = NULL;
     int sid = 0;
+    const char *backend_was = getenv("SVLM_BACKEND");
+    char *restore = backend_was ? strdup(backend_was) : NULL;
     REQUIRE(setenv("SVLM_BACKEND", "null", 1) == 0 && unsetenv("SVLM_NULL_DEVICE_MIB") == 0, "setenv");
-    /* what the engine and its stream hold, and one answer's context */
+    /* what the engine and its stream hold once a frame went through, and one answer's context */
     svlm_engine *e = answer_engine(m, mp, N_Q, 4, 64, 1, &s, &sid);
+    svlm_frame f;
+    make_frame(&f, 0, 0);
+    REQUIRE(svlm_engine_push_frame(e, sid, &f, 1, &err) == SVLM_OK, "%s", err.msg);
+    svlm_engine_drain(e);
     svlm_kernels *k = svlm_engine_ingest_kernels(e);
     size_t base = 0, with_ctx = 0, total = 0;
     svlm_llama_ctx *c = NULL;
     REQUIRE(svlm_kernels_device_memory(k, &base, &total), "the null backend counts its blocks");
-    REQUIRE(svlm_llama_ctx_create(m, k, svlm_stream_ctx_size(s), SVLM_F32, &c, &err) == SVLM_OK, "%s",
-            err.msg);
+    REQUIRE(svlm_llama_ctx_create(m, k, svlm_stream_ctx_size(s), SVLM_F32, &c, &err) == SVLM_OK &&
+                svlm_llama_ctx_reserve_greedy(c, &err) == SVLM_OK,
+            "%s", err.msg);
     svlm_kernels_device_memory(k, &with_ctx, &total);
     svlm_llama_ctx_free(c);
     svlm_engine_stop(e);
@@ -204,9 +211,9 @@ static void device_full(svlm_llama *m, const svlm_mmproj *mp) {
     snprintf(v, sizeof v, "%.6f", cap_mib);
     REQUIRE(setenv("SVLM_NULL_DEVICE_MIB", v, 1) == 0, "setenv");
     e = answer_engine(m, mp, N_Q, 4, 64, 1, &s, &sid);
-    svlm_frame f;
     make_frame(&f, 0, 0);
     REQUIRE(svlm_engine_push_frame(e, sid, &f, 1, &err) == SVLM_OK, "%s", err.msg);
+    svlm_engine_drain(e);
     /* first with a context's worth held by someone else (room for one answer), then without it:
      * after a second the answers try for more and find room for two */
     void *other = svlm_k_alloc(svlm_engine_ingest_kernels(e), with_ctx - base);
@@ -248,7 +255,11 @@ static void device_full(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_stream_free(s);
     svlm_engine_free(e);
     unsetenv("SVLM_NULL_DEVICE_MIB");
-    unsetenv("SVLM_BACKEND");
+    if (restore)
+        setenv("SVLM_BACKEND", restore, 1);
+    else
+        unsetenv("SVLM_BACKEND");
+    free(restore);
 }
 
 /* Fairness between streams: stream 0 asks 20 questions at once, then stream 1 one; with two

@@ -401,35 +401,44 @@ static void cu_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
 }
 
 /* SVLM_CUDA_ARGMAX=0: the rows cross to pageable host memory and the host searches them, as
- * greedy decoding did before the kernel (one copy for all rows; it copied a row per answer). */
-static void argmax_on_host(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
+ * greedy decoding did before the kernel (one copy for all rows; it copied a row per answer).
+ * 0 when the host has no room for them (the kernel then does it). */
+static int argmax_on_host(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
     cu_ctx *c = CU(k);
-    const size_t bytes = sizeof(float) * (size_t)(n_rows * dim);
+    const size_t bytes = sizeof(float) * (size_t)(n_rows * dim) + sizeof(int32_t) * (size_t)n_rows;
     if (bytes > c->argmax_host_cap) {
         float *grown = realloc(c->argmax_host, bytes);
-        if (!grown) {
-            fprintf(stderr, "svlm: out of host memory for %zu bytes of logits\n", bytes);
-            abort();
-        }
+        if (!grown) return 0;
         c->argmax_host = grown;
         c->argmax_host_cap = bytes;
     }
-    cu_check(cudaMemcpyAsync(c->argmax_host, x, bytes, cudaMemcpyDefault, c->stream), "logits to the host");
+    float *rows = c->argmax_host;
+    int32_t *found = (int32_t *)(rows + n_rows * dim);
+    cu_check(cudaMemcpyAsync(rows, x, sizeof(float) * (size_t)(n_rows * dim), cudaMemcpyDefault, c->stream),
+             "logits to the host");
     cu_check(cudaStreamSynchronize(c->stream), "logits to the host");
-    int32_t found[64];
-    for (int64_t r0 = 0; r0 < n_rows; r0 += 64) {
-        const int64_t n = n_rows - r0 < 64 ? n_rows - r0 : 64;
-        svlm_cpu_argmax(c->argmax_host + r0 * dim, n, dim, found);
-        cu_check(cudaMemcpy(ids + r0, found, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault), "greedy ids");
+    svlm_cpu_argmax(rows, n_rows, dim, found);
+    if (!cu_device_view(ids)) { /* plain host memory */
+        memcpy(ids, found, sizeof(int32_t) * (size_t)n_rows);
+        return 1;
     }
+    /* the backend's memory: in its stream's order, done before the op returns */
+    cu_check(cudaMemcpyAsync(ids, found, sizeof(int32_t) * (size_t)n_rows, cudaMemcpyDefault, c->stream),
+             "greedy ids");
+    cu_check(cudaStreamSynchronize(c->stream), "greedy ids");
+    return 1;
 }
 
 static void cu_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
-    if (!CU(k)->argmax_gpu && !cu_capturing) {
+    if (!CU(k)->argmax_gpu) {
+        if (cu_capturing) { /* a recording would keep the kernel: this op runs again outside it */
+            cu_capture_failed = 1;
+            return;
+        }
         cu_begin(k);
-        argmax_on_host(k, x, n_rows, dim, ids);
-        cu_done(k, "argmax (host)");
-        return;
+        const int done = argmax_on_host(k, x, n_rows, dim, ids);
+        cu_prof_stop(k, "argmax (host)");
+        if (done) return;
     }
     cu_begin(k);
     int32_t *di = cu_out(k, 0, ids, sizeof(int32_t) * (size_t)n_rows, 0);

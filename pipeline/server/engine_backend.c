@@ -336,7 +336,7 @@ static void info(void *ctx, svlm_backend_info *out) {
 static void compute(void *ctx, svlm_backend_compute *out) {
     eng *e = ctx;
     memset(out, 0, sizeof *out);
-    svlm_kernels *k = e->engine ? svlm_engine_ingest_kernels(e->engine) : NULL;
+    svlm_kernels *k = e->engine ? svlm_engine_answer_kernels(e->engine) : NULL;
     if (!k) return;
     snprintf(out->backend, sizeof out->backend, "%s", svlm_kernels_name(k));
     out->gpu = svlm_kernels_is_gpu(k);

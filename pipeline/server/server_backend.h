@@ -126,7 +126,7 @@ typedef struct svlm_backend_info {
     int stand_in;    /* 1: random-weight stand-in model (the page shows a banner) */
 } svlm_backend_info;
 
-/* What computes (read at each /metrics): the answer lane's backend, and the device's memory. */
+/* What computes (read at each /metrics): the answer lane's backend, and its device's memory. */
 typedef struct svlm_backend_compute {
     char backend[64]; /* svlm_kernels_name, e.g. "cuda:0 NVIDIA H100" or "cpu-avx2 x8" */
     int gpu;

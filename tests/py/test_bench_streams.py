@@ -173,16 +173,17 @@ if r is not None:
                                                               r.get('questions_answered')))
     # its logits pick an ordinary token, batched or not: every answer runs its full length (here
     # three streams ask at once, so answers share decode steps)
-    # its blocks stand for device memory: each stream holds its working copy there, and with no
-    # device size there is no estimate of how many fit
-    per, eng, end = (r.get(k) for k in ('device_bytes_per_stream', 'device_bytes_one_stream', 'device_bytes_end'))
-    if not (isinstance(per, (int, float)) and per > 0 and 0 < eng < end and
-            r.get('device_streams_fit') is None and r.get('device_bytes_total') == 0):
-        fails.append('null backend: device memory per stream %r, engine %r, end %r, fit %r, total %r' %
-                     (per, eng, end, r.get('device_streams_fit'), r.get('device_bytes_total')))
     if r.get('answer_tokens_mean') != r.get('answer_tokens'):
         fails.append('null backend: answers of %r tokens on average, wanted all %r' %
                      (r.get('answer_tokens_mean'), r.get('answer_tokens')))
+    # its blocks stand for device memory: each stream holds its working copy there, and with no
+    # device size there is no estimate of how many fit
+    per, one, end = (r.get(k) for k in ('device_bytes_per_stream', 'device_bytes_one_stream', 'device_bytes_end'))
+    nums = all(isinstance(v, (int, float)) for v in (per, one, end))
+    if not (nums and per > 0 and 0 < one < end and r.get('device_streams_fit') is None and
+            r.get('device_bytes_total') == 0):
+        fails.append('null backend: device memory per stream %r, with one stream %r, end %r, fit %r, total %r' %
+                     (per, one, end, r.get('device_streams_fit'), r.get('device_bytes_total')))
 
 ok = ['-m', model, '--mmproj', mmproj]
 for bad in (['--mmproj', mmproj], ok + ['--streams', '0'], ok + ['--streams', '1025'], ok + ['--fps', '0'],
