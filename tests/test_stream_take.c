@@ -62,6 +62,26 @@ static void answer_both(svlm_stream *s, svlm_llama_ctx *a, svlm_llama_ctx *b, ch
             "%s", err.msg);
 }
 
+/* Two answer contexts of type t sized for s. */
+static void two_contexts(svlm_stream *s, svlm_dtype t, svlm_llama_ctx **a, svlm_llama_ctx **b) {
+    svlm_err err = {0};
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), t, a, &err) == SVLM_OK &&
+                svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), t, b, &err) == SVLM_OK,
+            "%s", err.msg);
+}
+
+/* a took the window at the fork, b built it from the pages: the same rows, the same answer. */
+static void check_copied(const char *what, svlm_llama_ctx *a, svlm_llama_ctx *b, const char *ans_a,
+                         const char *ans_b, const svlm_answer_metrics *am_a,
+                         const svlm_answer_metrics *am_b) {
+    CHECK(am_a->window_copied == 1 && am_b->window_copied == 0, "%s: copied %d and %d (want 1, 0)", what,
+          am_a->window_copied, am_b->window_copied);
+    CHECK(test_same_working_copies(a, b), "%s: the copied window and the one built from the pages differ",
+          what);
+    CHECK(ans_a && ans_b && !strcmp(ans_a, ans_b), "%s: answers '%s' and '%s'", what, ans_a ? ans_a : "",
+          ans_b ? ans_b : "");
+}
+
 int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
@@ -78,19 +98,12 @@ int test_main(void) {
     svlm_stream_metrics_get(s, &m);
     CHECK(m.evicted_spans > 0, "no frame left the window");
     svlm_llama_ctx *a = NULL, *b = NULL;
-    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &a, &err) == SVLM_OK, "%s",
-            err.msg);
-    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &b, &err) == SVLM_OK, "%s",
-            err.msg);
+    two_contexts(s, SVLM_F32, &a, &b);
     char *ans_a = NULL, *ans_b = NULL;
     svlm_answer_metrics am_a, am_b;
     answer_both(s, a, b, &ans_a, &ans_b, &am_a, &am_b);
-    CHECK(am_a.window_copied == 1 && am_b.window_copied == 0, "copied: %d and %d (want 1, 0)",
-          am_a.window_copied, am_b.window_copied);
+    check_copied("f32", a, b, ans_a, ans_b, &am_a, &am_b);
     const int rows = a->mirror_n;
-    CHECK(test_same_working_copies(a, b), "the copied window and the one built from the pages differ");
-    CHECK(ans_a && ans_b && !strcmp(ans_a, ans_b), "answers '%s' and '%s'", ans_a ? ans_a : "",
-          ans_b ? ans_b : "");
     printf(
         "f32 stream, %lld frames evicted: the answer's context took the window at the fork; all %d rows it "
         "held after the answer equal those of the one built from the pages, answer '%s' both ways\n",
@@ -114,16 +127,9 @@ int test_main(void) {
 
     /* f16 answer contexts, as the engine gives an f16 stream's questions: the window copied,
      * equal to one built from the pages */
-    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F16, &a, &err) == SVLM_OK, "%s",
-            err.msg);
-    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F16, &b, &err) == SVLM_OK, "%s",
-            err.msg);
+    two_contexts(s, SVLM_F16, &a, &b);
     answer_both(s, a, b, &ans_a, &ans_b, &am_a, &am_b);
-    CHECK(am_a.window_copied == 1 && am_b.window_copied == 0, "f16: copied %d and %d (want 1, 0)",
-          am_a.window_copied, am_b.window_copied);
-    CHECK(test_same_working_copies(a, b), "f16: the copied window and the one built from the pages differ");
-    CHECK(ans_a && ans_b && !strcmp(ans_a, ans_b), "f16: answers '%s' and '%s'", ans_a ? ans_a : "",
-          ans_b ? ans_b : "");
+    check_copied("f16", a, b, ans_a, ans_b, &am_a, &am_b);
     printf(
         "f16 stream, f16 answer contexts: the window copied, all %d rows equal those built from the pages, "
         "answer '%s' both ways\n",
