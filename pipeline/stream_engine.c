@@ -369,7 +369,7 @@ static void *answer_lane(void *arg) {
         e->m.answer_busy_ms += now_ms() - t0;
         e->answer_busy = 0;
         if (fresh && held && n_active + 1 > e->m.active_answers_max) e->m.active_answers_max = n_active + 1;
-        if (goes_on == START_WAITS) { /* back to the front of the queue, once an answer ends */
+        if (goes_on == START_WAITS) { /* back into the queue ahead of later ones, once an answer ends */
             list_remove(&e->hand, q);
             q->next = e->ready;
             e->ready = q;
