@@ -492,16 +492,18 @@ static void note_stream_frames(run_ctx *r) {
     }
 }
 
-/* At the window's end: the fewest and most frames a stream ingested in it (a starved stream
+/* At the window's end: the frames of the window and the fewest and most a stream ingested (a starved stream
  * shows here), the mean KV pages and memory bank of a stream, and what a frame costs to ingest. */
 static void stream_figures(run_ctx *r, result *res) {
     const int N = (int)r->a->streams;
     size_t kv = 0, bank = 0;
     double frames = 0, encode = 0, prefill = 0;
+    int64_t window = 0;
     for (int i = 0; i < N; i++) {
         svlm_stream_metrics m;
         svlm_stream_metrics_get(r->streams[i], &m);
         const int64_t got = m.frames_in - r->frames0[i];
+        window += got;
         if (!i || got < res->stream_min) res->stream_min = got;
         if (!i || got > res->stream_max) res->stream_max = got;
         kv += m.kv_bytes;
@@ -514,6 +516,9 @@ static void stream_figures(run_ctx *r, result *res) {
     res->prefill_ms = frames > 0 ? prefill / frames : NAN;
     res->kv_per_stream = kv / (size_t)N;
     res->bank_per_stream = bank / (size_t)N;
+    /* the window's frames from the streams' counts, as the fewest and most are: the engine's count
+     * was read a moment apart and may hold a frame more or less */
+    res->frames = window;
 }
 
 /* Frames and questions on their schedule until the window ends: frame k of stream i is due at
@@ -571,7 +576,7 @@ static svlm_status produce(run_ctx *r, result *res, svlm_err *err) {
     res->ingest_batch_share = res->frames > 0 ? (double)nfr / (double)res->frames : 0;
     const uint64_t nahead = m1.ingest_batches_ahead - m0.ingest_batches_ahead;
     res->ingest_ahead_share = nbat ? (double)nahead / (double)nbat : 0;
-    stream_figures(r, res);
+    stream_figures(r, res); /* (res->frames from here on: the streams' own counts) */
     res->rss = cli_rss_bytes();
     return SVLM_OK;
 }
