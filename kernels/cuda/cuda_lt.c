@@ -111,10 +111,21 @@ static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *
     if (!st)
         st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                   sizeof ws);
+    /* the algorithm must take operands aligned as this shape's are (the default asks for 256 bytes) */
+    const cublasLtMatmulPreferenceAttributes_t aligns[] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (size_t i = 0; !st && i < sizeof aligns / sizeof aligns[0]; i++)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &align, sizeof align);
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    if (!st)
+    if (!st) {
         st = cublasLtMatmulAlgoGetHeuristic(L->h, s->desc, s->a, s->b, s->c, s->c, pref, 1, &res, &found);
+        if (st == CUBLAS_STATUS_NOT_SUPPORTED) { /* no algorithm for this shape: cuBLAS takes it alone */
+            st = CUBLAS_STATUS_SUCCESS;
+            found = 0;
+        }
+    }
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (st) return (int)st;
     s->ok = found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
