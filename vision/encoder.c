@@ -85,6 +85,9 @@ void svlm_vision_ctx_free(svlm_vision_ctx *c) {
     free(c->patch16_data);
     free(c->patches);
     free(c->shuffle);
+    svlm_k_free_host(c->k, c->stage);
+    if (c->rows_k) svlm_k_free(c->k, c->rows_k);
+    free(c->rows_host);
     free(c);
 }
 

@@ -27,9 +27,17 @@ struct svlm_vision_ctx {
     svlm_f16 *patch16_data;
     svlm_vision_trace_fn trace;
     void *trace_user;
-    /* When set (the STC feature cache, vision/stc_cache.c), the full forward pass copies tile 0's
-     * keys and values of layer il into save_k[il] and save_v[il] ([N][D] each). */
-    float *const *save_k, *const *save_v;
+    /* When set (the STC feature cache, vision/stc_cache.c), the full forward pass copies tile t's
+     * keys and values of layer il into save_k[t][il] and save_v[t][il] ([N][D] each; a NULL
+     * save_k[t] skips tile t). */
+    float *const *const *save_k, *const *const *save_v;
+    /* The feature cache's batches (vision/stc_cache.c), grown on first use and kept: host tiles
+     * for full passes gathered into one batch (svlm_k_alloc_host), and the row tables of a batch's
+     * partial passes (host and kernels' side). */
+    float *stage;
+    int stage_tiles;
+    void **rows_host, **rows_k;
+    size_t rows_cap;
 };
 
 static inline void svlm_vision_trace(svlm_vision_ctx *c, const char *name, int layer, const float *d,
@@ -46,13 +54,23 @@ void svlm_connector_shuffle_rows(const svlm_mmproj_hparams *hp, int b, int32_t *
 /* Pieces of the SigLIP forward pass for callers that run it on a subset of one tile's tokens
  * (vision/stc_cache.c). Scratch comes from the context, so rows <= max_batch * N. */
 
-/* x[i] = patch embedding + position of patch idx[i] of one tile's pixels [3][S][S]. */
-void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *idx, int64_t m, float *x);
+/* x[i] = patch embedding + position of patch idx[i] of tile tile[i] (tile NULL: every row of tile
+ * 0) of pixels, tiles of [3][S][S] one after another. */
+void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *tile, const int32_t *idx,
+                            int64_t m, float *x);
 /* Block il, first half: LN1 of x then Q, K, V (with biases) into c->q, c->kk, c->v. */
 void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t rows);
 /* Non-causal attention of n_q query rows over n_kv key/value rows ([.][D] each). */
 void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, const float *v, int64_t n_q,
                            int64_t n_kv, float *out);
+/* Attentions of several row sets at once, each over its own n_kv keys and values: one op (a GPU
+ * runs them in one launch when it can). */
+typedef struct svlm_siglip_part {
+    const float *q, *k, *v;
+    float *out;
+    int64_t n_q;
+} svlm_siglip_part;
+void svlm_siglip_attention_parts(svlm_vision_ctx *c, const svlm_siglip_part *parts, int n, int64_t n_kv);
 /* Block il, second half: x += O(c->attn) + bo, then x += MLP(LN2 x). */
 void svlm_siglip_attn_out_ffn(svlm_vision_ctx *c, int il, float *x, int64_t rows);
 

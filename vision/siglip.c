@@ -31,14 +31,15 @@ static void im2col(const float *pixels, int b, int S, int p, float *out) {
             patch_row(pixels + (size_t)t * 3 * S * S, S, p, i, out + ((size_t)t * n + i) * row);
 }
 
-void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *idx, int64_t m,
-                            float *x) {
+void svlm_siglip_embed_rows(svlm_vision_ctx *c, const float *pixels, const int32_t *tile, const int32_t *idx,
+                            int64_t m, float *x) {
     const svlm_mmproj *mp = c->m;
     const svlm_mmproj_hparams *hp = &mp->hp;
     int64_t D = hp->n_embd;
-    size_t row = (size_t)c->patch16.cols;
+    size_t row = (size_t)c->patch16.cols, tile_floats = (size_t)3 * hp->image_size * hp->image_size;
     for (int64_t i = 0; i < m; i++)
-        patch_row(pixels, hp->image_size, hp->patch_size, idx[i], c->patches + (size_t)i * row);
+        patch_row(pixels + (tile ? (size_t)tile[i] * tile_floats : 0), hp->image_size, hp->patch_size, idx[i],
+                  c->patches + (size_t)i * row);
     svlm_f16_round(c->patches, (size_t)m * row);
     svlm_k_matmul(c->k, &c->patch16, c->patches, m, x);
     svlm_k_add_bias(c->k, x, mp->patch_b, m, D);
@@ -98,6 +99,13 @@ void svlm_siglip_attention(svlm_vision_ctx *c, const float *q, const float *k, c
     svlm_k_attention(c->k, &a);
 }
 
+void svlm_siglip_attention_parts(svlm_vision_ctx *c, const svlm_siglip_part *parts, int n, int64_t n_kv) {
+    svlm_attn_args a[SVLM_VISION_MAX_BATCH];
+    for (int i = 0; i < n; i++)
+        a[i] = attention_args(c, parts[i].q, parts[i].k, parts[i].v, parts[i].n_q, n_kv, parts[i].out);
+    svlm_k_attention_multi(c->k, a, n);
+}
+
 /* Every tile of the batch attends within itself: one op, which a GPU runs as one launch over all
  * tiles (a launch per tile left most of the device idle: 12 heads x 16 query tiles of blocks). */
 static void attention_tiles(svlm_vision_ctx *c, int b) {
@@ -152,10 +160,12 @@ static void block(svlm_vision_ctx *c, int il, int b) {
     const svlm_mmproj_hparams *hp = &c->m->hp;
     int64_t N = hp->n_patches, D = hp->n_embd, rows = (int64_t)b * N;
     svlm_siglip_attn_in(c, il, c->x, rows);
-    if (c->save_k) { /* the feature cache keeps tile 0's keys and values of every layer */
-        svlm_k_copy(c->k, c->save_k[il], c->kk, sizeof(float) * (size_t)(N * D));
-        svlm_k_copy(c->k, c->save_v[il], c->v, sizeof(float) * (size_t)(N * D));
-    }
+    for (int t = 0; c->save_k && t < b; t++) /* the feature cache keeps its tiles' keys and values */
+        if (c->save_k[t]) {
+            size_t off = (size_t)t * (size_t)(N * D);
+            svlm_k_copy(c->k, c->save_k[t][il], c->kk + off, sizeof(float) * (size_t)(N * D));
+            svlm_k_copy(c->k, c->save_v[t][il], c->v + off, sizeof(float) * (size_t)(N * D));
+        }
     attention_tiles(c, b);
     svlm_siglip_attn_out_ffn(c, il, c->x, rows);
 }

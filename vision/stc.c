@@ -174,32 +174,85 @@ void svlm_stc_set_memory(svlm_stc *s, svlm_stc_memory_fn fn, void *user) {
     if (s->pruner) svlm_stc_pruner_set_memory(s->pruner, fn, user);
 }
 
+void svlm_stc_plan(svlm_stc *s, const float *pixels, svlm_stc_frame_info *info) {
+    const svlm_mmproj_hparams *hp = &s->vc->m->hp;
+    if (s->cache) {
+        svlm_stc_cache_plan(s->cache, pixels, info);
+        return;
+    }
+    memset(info, 0, sizeof *info); /* off: exactly the plain encoder, every token */
+    info->reason = SVLM_STC_UNCACHED;
+    info->n_patches = info->n_recomputed = hp->n_patches;
+    info->n_tokens = hp->tokens_per_tile;
+}
+
+/* The pruner's choice for one frame, or every token. */
+static void keep(svlm_stc *s, float *tokens, int32_t *kept, float *kept_tokens, svlm_stc_frame_info *info) {
+    const svlm_mmproj_hparams *hp = &s->vc->m->hp;
+    const int T = hp->tokens_per_tile;
+    if (s->pruner) {
+        info->n_kept = svlm_stc_prune(s->pruner, tokens, info->cut, kept, kept_tokens, NULL);
+        return;
+    }
+    for (int i = 0; i < T; i++)
+        kept[i] = i;
+    if (kept_tokens) memcpy(kept_tokens, tokens, sizeof(float) * (size_t)T * (size_t)hp->proj_dim);
+    info->n_kept = T;
+}
+
+svlm_status svlm_stc_run(svlm_stc *const *s, int n, const float *pixels, float *tokens, int32_t *kept,
+                         float *kept_tokens, svlm_stc_frame_info *info, svlm_err *err) {
+    if (!s || n < 1 || !pixels || !tokens || !kept || !info)
+        return svlm_fail(err, SVLM_E_INVALID, "stc run: bad arguments");
+    enum { MAX = 256 };
+    if (n > MAX) return svlm_fail(err, SVLM_E_INVALID, "stc run: %d frames at once, at most %d", n, MAX);
+    for (int i = 0; i < n; i++)
+        if (!s[i] || s[i]->vc != s[0]->vc)
+            return svlm_fail(err, SVLM_E_INVALID,
+                             "stc run: frame %d's stream is missing or on another vision context", i);
+    const svlm_mmproj_hparams *hp = &s[0]->vc->m->hp;
+    const int T = hp->tokens_per_tile;
+    const size_t TE = (size_t)T * (size_t)hp->proj_dim, tile = (size_t)3 * hp->image_size * hp->image_size;
+    /* streams with the feature cache go as one batch; any without it, one by one */
+    svlm_stc_cache *cs[MAX] = {0};
+    int with[MAX], n_with = 0;
+    svlm_status st = SVLM_OK;
+    for (int i = 0; i < n && !st; i++) {
+        if (s[i]->cache)
+            with[n_with++] = i;
+        else
+            st = svlm_vision_encode(s[i]->vc, pixels + (size_t)i * tile, 1, tokens + (size_t)i * TE, err);
+    }
+    if (!st && n_with == n) { /* the engine's case: in place */
+        for (int i = 0; i < n; i++)
+            cs[i] = s[i]->cache;
+        st = svlm_stc_cache_run(cs, n, pixels, tokens, err);
+    } else if (!st && n_with > 0) { /* mixed: the cached ones' tiles and outputs side by side */
+        float *px = malloc(sizeof(float) * tile * (size_t)n_with),
+              *out = malloc(sizeof(float) * TE * (size_t)n_with);
+        if (!px || !out) st = svlm_fail(err, SVLM_E_NOMEM, "stc run: out of memory");
+        for (int j = 0; !st && j < n_with; j++) {
+            cs[j] = s[with[j]]->cache;
+            memcpy(px + (size_t)j * tile, pixels + (size_t)with[j] * tile, sizeof(float) * tile);
+        }
+        if (!st) st = svlm_stc_cache_run(cs, n_with, px, out, err);
+        for (int j = 0; !st && j < n_with; j++)
+            memcpy(tokens + (size_t)with[j] * TE, out + (size_t)j * TE, sizeof(float) * TE);
+        free(px);
+        free(out);
+    }
+    if (st) return st;
+    for (int i = 0; i < n; i++)
+        keep(s[i], tokens + (size_t)i * TE, kept + (size_t)i * T,
+             kept_tokens ? kept_tokens + (size_t)i * TE : NULL, &info[i]);
+    return SVLM_OK;
+}
+
 svlm_status svlm_stc_frame(svlm_stc *s, const float *pixels, float *tokens, int32_t *kept, float *kept_tokens,
                            svlm_stc_frame_info *info, svlm_err *err) {
     if (!s || !pixels || !tokens || !kept) return svlm_fail(err, SVLM_E_INVALID, "stc frame: bad arguments");
-    const svlm_mmproj_hparams *hp = &s->vc->m->hp;
-    int T = hp->tokens_per_tile;
-    size_t TE = (size_t)T * (size_t)hp->proj_dim;
     svlm_stc_frame_info local;
     if (!info) info = &local;
-    svlm_status st;
-    if (!s->ctl.enabled) { /* exactly the plain encoder, every token */
-        memset(info, 0, sizeof *info);
-        st = svlm_vision_encode(s->vc, pixels, 1, tokens, err);
-        if (st) return st;
-        info->reason = SVLM_STC_UNCACHED;
-        info->n_patches = info->n_recomputed = hp->n_patches;
-        info->n_tokens = T;
-    } else if ((st = svlm_stc_cache_encode(s->cache, pixels, tokens, info, err))) {
-        return st;
-    }
-    if (s->pruner) {
-        info->n_kept = svlm_stc_prune(s->pruner, tokens, info->cut, kept, kept_tokens, NULL);
-    } else {
-        for (int i = 0; i < T; i++)
-            kept[i] = i;
-        if (kept_tokens) memcpy(kept_tokens, tokens, sizeof(float) * TE);
-        info->n_kept = T;
-    }
-    return SVLM_OK;
+    svlm_stc_plan(s, pixels, info);
+    return svlm_stc_run(&s, 1, pixels, tokens, kept, kept_tokens, info, err);
 }

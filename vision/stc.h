@@ -123,4 +123,18 @@ void svlm_stc_set_memory(svlm_stc *s, svlm_stc_memory_fn fn, void *user);
 svlm_status svlm_stc_frame(svlm_stc *s, const float *pixels, float *tokens, int32_t *kept, float *kept_tokens,
                            svlm_stc_frame_info *info, svlm_err *err);
 
+/*
+ * svlm_stc_frame in two halves, so that frames of many streams share the encoder (a GPU's batch):
+ *   plan: the host's half for one stream (change detection, what the frame needs); touches s only,
+ *         so plans of different streams may run on different threads. info: every field but
+ *         n_kept.
+ *   run:  the planned frames of n different streams on one vision context, as one batch (n at
+ *         most the context's batch size): pixels [n] tiles; tokens [n][T][E]; kept [n][T];
+ *         kept_tokens NULL or [n][T][E]; info [n], their plans' (n_kept set here). Each frame's
+ *         result is what svlm_stc_frame gives it alone, within float rounding.
+ */
+void svlm_stc_plan(svlm_stc *s, const float *pixels, svlm_stc_frame_info *info);
+svlm_status svlm_stc_run(svlm_stc *const *s, int n, const float *pixels, float *tokens, int32_t *kept,
+                         float *kept_tokens, svlm_stc_frame_info *info, svlm_err *err);
+
 #endif

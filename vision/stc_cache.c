@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/select.h"
 #include "vision/encoder_internal.h"
 #include "vision/stc_cache.h"
 
@@ -26,12 +27,9 @@ struct svlm_stc_cache {
     float **ref_k, **ref_v; /* [n_layer] of [N][D], from svlm_k_alloc */
     float *ref_enc;         /* [N][D] post-LayerNorm output of the reference, svlm_k_alloc */
     float *ref_out;         /* [T][E] connector output of the reference */
-    /* The partial pass works where the kernels' buffers are (a GPU: no host loop over them): the
-     * reference rows a frame's dynamic rows stand in for, saved meanwhile ([N][D] each), and where
-     * each dynamic row goes in every layer's reference keys and values and in the residual stream
-     * ([n_layer][2][N] then [N] pointers, host and kernels' side). */
-    float *save_k, *save_v;
-    void **rows_host, **rows_k;
+    /* the plan for the frame svlm_stc_cache_plan saw, which svlm_stc_cache_run carries out */
+    int planned, m;
+    svlm_stc_reason why;
 };
 
 static void free_kv(svlm_stc_cache *c) {
@@ -56,10 +54,7 @@ void svlm_stc_cache_free(svlm_stc_cache *c) {
     free(c->mask);
     free(c->grown);
     free(c->idx);
-    void *bufs[] = {c->ref_enc, c->save_k, c->save_v, c->rows_k};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) svlm_k_free(c->vc->k, bufs[i]);
-    free(c->rows_host);
+    if (c->ref_enc) svlm_k_free(c->vc->k, c->ref_enc);
     free(c->ref_out);
     free(c);
 }
@@ -91,12 +86,7 @@ svlm_status svlm_stc_cache_create(svlm_vision_ctx *vc, const svlm_stc_controls *
              (c->ref_out = malloc(sizeof(float) * (size_t)c->T * (size_t)c->E)) &&
              (c->ref_k = calloc((size_t)c->n_layer, sizeof(float *))) &&
              (c->ref_v = calloc((size_t)c->n_layer, sizeof(float *)));
-    if (ok && ctl->cache)
-        ok = (c->ref_enc = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
-             (c->save_k = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
-             (c->save_v = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
-             (c->rows_host = calloc((2 * (size_t)c->n_layer + 1) * N, sizeof(void *))) &&
-             (c->rows_k = svlm_k_alloc(vc->k, (2 * (size_t)c->n_layer + 1) * N * sizeof(void *)));
+    if (ok && ctl->cache) ok = (c->ref_enc = svlm_k_alloc(vc->k, sizeof(float) * ND)) != NULL;
     for (int l = 0; ok && l < c->n_layer && ctl->cache; l++)
         ok = (c->ref_k[l] = svlm_k_alloc(vc->k, sizeof(float) * ND)) &&
              (c->ref_v[l] = svlm_k_alloc(vc->k, sizeof(float) * ND));
@@ -111,6 +101,7 @@ svlm_status svlm_stc_cache_create(svlm_vision_ctx *vc, const svlm_stc_controls *
 void svlm_stc_cache_reset(svlm_stc_cache *c) {
     c->has_ref = c->has_prev = 0;
     c->frames_on_ref = 0;
+    c->planned = 0;
 }
 
 /* Per patch: the mean of each channel over each (p/nb)^2 block. */
@@ -148,11 +139,6 @@ static float patch_change(const svlm_stc_cache *c, const float *a, const float *
     return s / (float)c->desc_len;
 }
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 /* Least squares a[i] ~ gain * b[i] + offset over the i whose |residual| under `prev` is at
  * most cap (all of them when prev is NULL). A flat picture gets an offset only. */
 static void fit_affine(const float *a, const float *b, size_t n, const float *prev, float cap, float out[2]) {
@@ -185,9 +171,9 @@ static float global_fit(svlm_stc_cache *c, const float *a, const float *b, float
         fit_affine(c->ga, c->gb, n, NULL, 0, first);
         for (size_t i = 0; i < n; i++)
             c->resid[i] = fabsf(c->ga[i] - first[0] * c->gb[i] - first[1]);
-        qsort(c->resid, n, sizeof(float), cmp_float);
+        const float median = svlm_nth_smallest(c->resid, n, n / 2); /* (a sort cost 1 ms a channel) */
         float *f = fit + 2 * ch;
-        fit_affine(c->ga, c->gb, n, first, c->resid[n / 2], f);
+        fit_affine(c->ga, c->gb, n, first, median, f);
         for (size_t i = 0; i < n; i++)
             explained += fabsf((f[0] - 1.0f) * c->gb[i] + f[1]);
     }
@@ -235,69 +221,9 @@ static int dynamic_set(svlm_stc_cache *c) {
     return n;
 }
 
-/* A full pass that also becomes the reference (keys/values captured by the blocks). */
-static void full_pass(svlm_stc_cache *c, const float *pixels, const float *desc, float *out) {
-    svlm_vision_ctx *vc = c->vc;
-    size_t ND = (size_t)c->N * c->D, TE = (size_t)c->T * c->E;
-    if (c->ctl.cache) {
-        vc->save_k = c->ref_k;
-        vc->save_v = c->ref_v;
-    }
-    svlm_siglip_forward(vc, pixels, 1);
-    vc->save_k = vc->save_v = NULL;
-    svlm_connector_forward(vc, 1);
-    svlm_k_copy(vc->k, out, vc->proj, sizeof(float) * TE);
-    if (!c->ctl.cache) return;
-    svlm_k_copy(vc->k, c->ref_enc, vc->x, sizeof(float) * ND);
-    memcpy(c->ref_out, out, sizeof(float) * TE);
-    memcpy(c->ref_desc, desc, sizeof(float) * (size_t)c->N * c->desc_len);
-    c->has_ref = 1;
-    c->frames_on_ref = 0;
-}
+/* ---- the plan: what a frame needs, decided on the host ------------------------------------ */
 
-/* Only the m dynamic patches through every block; static ones keep the reference's outputs. Each
- * layer's dynamic keys and values stand in for the reference's rows during its attention (the
- * reference rows saved and put back): row gathers and stores on the kernels' side, O(m) rows, as
- * a GPU's buffers must not be looped over on the host (that would move their pages each time). */
-static void partial_pass(svlm_stc_cache *c, const float *pixels, int m, float *out) {
-    svlm_vision_ctx *vc = c->vc;
-    svlm_kernels *k = vc->k;
-    const svlm_mmproj_hparams *hp = &vc->m->hp;
-    const int D = c->D, L = c->n_layer;
-    for (int il = 0; il < L; il++) /* dynamic row i's place in layer il's reference keys, values */
-        for (int i = 0; i < m; i++) {
-            const size_t at = (size_t)c->idx[i] * D;
-            c->rows_host[(size_t)(2 * il) * m + i] = c->ref_k[il] + at;
-            c->rows_host[(size_t)(2 * il + 1) * m + i] = c->ref_v[il] + at;
-        }
-    for (int i = 0; i < m; i++) /* and in the residual stream */
-        c->rows_host[(size_t)(2 * L) * m + i] = vc->x + (size_t)c->idx[i] * D;
-    svlm_k_copy(k, c->rows_k, c->rows_host, sizeof(void *) * (2 * (size_t)L + 1) * (size_t)m);
-    svlm_siglip_embed_rows(vc, pixels, c->idx, m, vc->x);
-    for (int il = 0; il < L; il++) {
-        void *const *to_k = c->rows_k + (size_t)(2 * il) * m, *const *to_v = to_k + m;
-        svlm_siglip_attn_in(vc, il, vc->x, m);
-        svlm_k_gather_rows(k, c->save_k, c->ref_k[il], c->idx, m, D);
-        svlm_k_gather_rows(k, c->save_v, c->ref_v[il], c->idx, m, D);
-        svlm_k_store_rows(k, to_k, SVLM_F32, vc->kk, m, D);
-        svlm_k_store_rows(k, to_v, SVLM_F32, vc->v, m, D);
-        svlm_siglip_attention(vc, vc->q, c->ref_k[il], c->ref_v[il], m, c->N, vc->attn);
-        svlm_k_store_rows(k, to_k, SVLM_F32, c->save_k, m, D);
-        svlm_k_store_rows(k, to_v, SVLM_F32, c->save_v, m, D);
-        svlm_siglip_attn_out_ffn(vc, il, vc->x, m);
-    }
-    svlm_k_layernorm(k, vc->x, vc->m->post_ln_w, vc->m->post_ln_b, vc->x, m, D, hp->eps);
-    /* vc->x = the reference output with the dynamic rows replaced (q holds the new rows meanwhile) */
-    svlm_k_copy(k, vc->q, vc->x, sizeof(float) * (size_t)m * D);
-    svlm_k_copy(k, vc->x, c->ref_enc, sizeof(float) * (size_t)c->N * D);
-    svlm_k_store_rows(k, c->rows_k + (size_t)(2 * L) * m, SVLM_F32, vc->q, m, D);
-    svlm_connector_forward(vc, 1);
-    svlm_k_copy(k, out, vc->proj, sizeof(float) * (size_t)c->T * c->E);
-}
-
-svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out,
-                                  svlm_stc_frame_info *info, svlm_err *err) {
-    if (!c || !pixels || !out || !info) return svlm_fail(err, SVLM_E_INVALID, "stc cache: bad arguments");
+void svlm_stc_cache_plan(svlm_stc_cache *c, const float *pixels, svlm_stc_frame_info *info) {
     memset(info, 0, sizeof *info);
     info->n_patches = c->N;
     info->n_tokens = c->T;
@@ -357,22 +283,209 @@ svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float 
         else if ((float)m > c->ctl.max_dynamic * (float)c->N)
             why = SVLM_STC_DYNAMIC;
     }
-
+    c->why = why;
+    c->m = m;
+    c->planned = 1;
     if (why != SVLM_STC_NO_REFRESH) {
-        full_pass(c, pixels, desc, out);
         info->path = SVLM_STC_FULL;
         info->reason = why;
         info->n_recomputed = c->N;
-        return SVLM_OK;
+        if (c->ctl.cache) { /* the frame becomes the reference (its state comes with the run) */
+            memcpy(c->ref_desc, desc, sizeof(float) * (size_t)c->N * c->desc_len);
+            c->has_ref = 1;
+            c->frames_on_ref = 0;
+        }
+        return;
     }
     c->frames_on_ref++;
-    if (m == 0) {
-        memcpy(out, c->ref_out, sizeof(float) * (size_t)c->T * c->E);
-        info->path = SVLM_STC_REUSED;
-        return SVLM_OK;
-    }
-    partial_pass(c, pixels, m, out);
-    info->path = SVLM_STC_PARTIAL;
+    info->path = m == 0 ? SVLM_STC_REUSED : SVLM_STC_PARTIAL;
     info->n_recomputed = m;
+}
+
+/* ---- the run: the planned frames of several streams as one batch ---------------------------- */
+
+/* Full passes, which become their streams' references (keys, values and outputs kept), as one
+ * batch of the encoder: the tiles gathered when they are not already side by side. */
+static void run_full(svlm_stc_cache *const *cs, const int *which, int nf, const float *pixels, float *out) {
+    svlm_vision_ctx *vc = cs[which[0]]->vc;
+    svlm_kernels *k = vc->k;
+    const svlm_stc_cache *c0 = cs[which[0]];
+    const size_t tile = (size_t)3 * c0->S * c0->S, ND = (size_t)c0->N * c0->D, TE = (size_t)c0->T * c0->E;
+    int side_by_side = 1;
+    for (int j = 1; j < nf; j++)
+        side_by_side &= which[j] == which[0] + j;
+    const float *px = pixels + (size_t)which[0] * tile;
+    if (!side_by_side) {
+        if (vc->stage_tiles < nf) {
+            svlm_k_free_host(k, vc->stage);
+            vc->stage = svlm_k_alloc_host(k, sizeof(float) * tile * (size_t)nf);
+            vc->stage_tiles = vc->stage ? nf : 0;
+        }
+        if (!vc->stage) { /* no room to gather them: one at a time */
+            for (int j = 0; j < nf; j++)
+                run_full(cs, &which[j], 1, pixels, out);
+            return;
+        }
+        for (int j = 0; j < nf; j++)
+            memcpy(vc->stage + (size_t)j * tile, pixels + (size_t)which[j] * tile, sizeof(float) * tile);
+        px = vc->stage;
+    }
+    float *const *save_k[SVLM_VISION_MAX_BATCH], *const *save_v[SVLM_VISION_MAX_BATCH];
+    for (int j = 0; j < nf; j++) {
+        const svlm_stc_cache *c = cs[which[j]];
+        save_k[j] = c->ctl.cache ? c->ref_k : NULL;
+        save_v[j] = c->ctl.cache ? c->ref_v : NULL;
+    }
+    vc->save_k = save_k;
+    vc->save_v = save_v;
+    svlm_siglip_forward(vc, px, nf);
+    vc->save_k = vc->save_v = NULL;
+    svlm_connector_forward(vc, nf);
+    for (int j = 0; j < nf; j++) {
+        svlm_stc_cache *c = cs[which[j]];
+        float *o = out + (size_t)which[j] * TE;
+        svlm_k_copy(k, o, vc->proj + (size_t)j * TE, sizeof(float) * TE);
+        if (!c->ctl.cache) continue;
+        svlm_k_copy(k, c->ref_enc, vc->x + (size_t)j * ND, sizeof(float) * ND);
+        memcpy(c->ref_out, o, sizeof(float) * TE);
+    }
+}
+
+/* Room for n row pointers in the context's tables. */
+static int rows_room(svlm_vision_ctx *vc, size_t n) {
+    if (vc->rows_cap >= n) return 1;
+    if (vc->rows_k) svlm_k_free(vc->k, vc->rows_k);
+    free(vc->rows_host);
+    vc->rows_host = malloc(n * sizeof(void *));
+    vc->rows_k = svlm_k_alloc(vc->k, n * sizeof(void *));
+    vc->rows_cap = vc->rows_host && vc->rows_k ? n : 0;
+    return vc->rows_cap != 0;
+}
+
+/* Partial passes: only the dynamic patches of every stream, together (rows of the streams one
+ * after another), through every block; static ones keep their references' outputs. In each layer
+ * a stream's dynamic keys and values stand in for its reference's rows during its attention (the
+ * reference rows saved and put back): row gathers and stores on the kernels' side, O(m) rows, as a
+ * GPU's buffers must not be looped over on the host (that would move their pages each time). */
+static svlm_status run_partial(svlm_stc_cache *const *cs, const int *which, int np, const float *pixels,
+                               float *out, svlm_err *err) {
+    svlm_vision_ctx *vc = cs[which[0]]->vc;
+    svlm_kernels *k = vc->k;
+    const svlm_mmproj_hparams *hp = &vc->m->hp;
+    const int64_t D = hp->n_embd, N = hp->n_patches, L = hp->n_layer;
+    const size_t TE = (size_t)hp->tokens_per_tile * (size_t)hp->proj_dim;
+    int64_t off[SVLM_VISION_MAX_BATCH], M = 0;
+    for (int j = 0; j < np; j++) {
+        off[j] = M;
+        M += cs[which[j]]->m;
+    }
+    int32_t *tile = malloc(sizeof(int32_t) * 2 * (size_t)M), *idx = tile ? tile + M : NULL;
+    if (!tile || !rows_room(vc, (size_t)(2 * L + 1) * (size_t)M)) {
+        free(tile);
+        return svlm_fail(err, SVLM_E_NOMEM, "stc: out of memory for the row tables of %lld patches",
+                         (long long)M);
+    }
+    void **rh = vc->rows_host;
+    for (int j = 0; j < np; j++) { /* where each dynamic row goes: its layers' keys and values, then x */
+        const svlm_stc_cache *c = cs[which[j]];
+        for (int r = 0; r < c->m; r++) {
+            const int64_t row = off[j] + r;
+            const size_t at = (size_t)c->idx[r] * (size_t)D;
+            for (int64_t il = 0; il < L; il++) {
+                rh[(2 * il) * M + row] = c->ref_k[il] + at;
+                rh[(2 * il + 1) * M + row] = c->ref_v[il] + at;
+            }
+            rh[2 * L * M + row] = vc->x + ((size_t)j * (size_t)N + (size_t)c->idx[r]) * (size_t)D;
+            tile[row] = which[j];
+            idx[row] = c->idx[r];
+        }
+    }
+    svlm_k_copy(k, vc->rows_k, rh, sizeof(void *) * (size_t)(2 * L + 1) * (size_t)M);
+    svlm_siglip_embed_rows(vc, pixels, tile, idx, M, vc->x);
+    free(tile);
+    /* the reference rows wait in scratch nothing uses between a layer's first half and its second
+     * (h: the normed rows; shuf: the connector's, [B*N][D] as well) */
+    float *save_k = vc->h, *save_v = vc->shuf;
+    for (int64_t il = 0; il < L; il++) {
+        void *const *to_k = vc->rows_k + (size_t)(2 * il) * (size_t)M, *const *to_v = to_k + M;
+        svlm_siglip_attn_in(vc, (int)il, vc->x, M);
+        for (int j = 0; j < np; j++) {
+            const svlm_stc_cache *c = cs[which[j]];
+            svlm_k_gather_rows(k, save_k + off[j] * D, c->ref_k[il], c->idx, c->m, D);
+            svlm_k_gather_rows(k, save_v + off[j] * D, c->ref_v[il], c->idx, c->m, D);
+        }
+        svlm_k_store_rows(k, to_k, SVLM_F32, vc->kk, M, D);
+        svlm_k_store_rows(k, to_v, SVLM_F32, vc->v, M, D);
+        if (np == 1) {
+            const svlm_stc_cache *c = cs[which[0]];
+            svlm_siglip_attention(vc, vc->q, c->ref_k[il], c->ref_v[il], c->m, N, vc->attn);
+        } else {
+            svlm_siglip_part parts[SVLM_VISION_MAX_BATCH];
+            for (int j = 0; j < np; j++) {
+                const svlm_stc_cache *c = cs[which[j]];
+                parts[j] = (svlm_siglip_part){vc->q + off[j] * D, c->ref_k[il], c->ref_v[il],
+                                              vc->attn + off[j] * D, c->m};
+            }
+            svlm_siglip_attention_parts(vc, parts, np, N);
+        }
+        svlm_k_store_rows(k, to_k, SVLM_F32, save_k, M, D);
+        svlm_k_store_rows(k, to_v, SVLM_F32, save_v, M, D);
+        svlm_siglip_attn_out_ffn(vc, (int)il, vc->x, M);
+    }
+    svlm_k_layernorm(k, vc->x, vc->m->post_ln_w, vc->m->post_ln_b, vc->x, M, D, hp->eps);
+    /* each tile of x = its reference's output with its dynamic rows replaced (q holds the new rows
+     * meanwhile) */
+    svlm_k_copy(k, vc->q, vc->x, sizeof(float) * (size_t)(M * D));
+    for (int j = 0; j < np; j++)
+        svlm_k_copy(k, vc->x + (size_t)j * (size_t)(N * D), cs[which[j]]->ref_enc,
+                    sizeof(float) * (size_t)(N * D));
+    svlm_k_store_rows(k, vc->rows_k + (size_t)(2 * L) * (size_t)M, SVLM_F32, vc->q, M, D);
+    svlm_connector_forward(vc, np);
+    for (int j = 0; j < np; j++)
+        svlm_k_copy(k, out + (size_t)which[j] * TE, vc->proj + (size_t)j * TE, sizeof(float) * TE);
     return SVLM_OK;
+}
+
+svlm_status svlm_stc_cache_run(svlm_stc_cache *const *cs, int n, const float *pixels, float *out,
+                               svlm_err *err) {
+    if (!cs || n < 1 || !cs[0] || !pixels || !out)
+        return svlm_fail(err, SVLM_E_INVALID, "stc cache: bad arguments");
+    svlm_vision_ctx *vc = cs[0]->vc;
+    if (n > vc->max_batch)
+        return svlm_fail(err, SVLM_E_INVALID, "stc cache: %d frames in one run; the vision context takes %d",
+                         n, vc->max_batch);
+    int full[SVLM_VISION_MAX_BATCH], part[SVLM_VISION_MAX_BATCH], nf = 0, np = 0;
+    for (int i = 0; i < n; i++) {
+        if (!cs[i] || cs[i]->vc != vc || !cs[i]->planned)
+            return svlm_fail(err, SVLM_E_INVALID,
+                             "stc cache: frame %d of the run has no plan on this vision context", i);
+        for (int j = 0; j < i; j++)
+            if (cs[j] == cs[i])
+                return svlm_fail(err, SVLM_E_INVALID,
+                                 "stc cache: one stream twice in a run (frames %d and %d)", j, i);
+    }
+    const size_t TE = (size_t)cs[0]->T * (size_t)cs[0]->E;
+    for (int i = 0; i < n; i++) {
+        svlm_stc_cache *c = cs[i];
+        c->planned = 0;
+        if (c->why != SVLM_STC_NO_REFRESH)
+            full[nf++] = i;
+        else if (c->m == 0)
+            memcpy(out + (size_t)i * TE, c->ref_out, sizeof(float) * TE);
+        else
+            part[np++] = i;
+    }
+    svlm_status st = SVLM_OK;
+    svlm_k_defer(vc->k, 1);
+    if (nf) run_full(cs, full, nf, pixels, out);
+    if (np) st = run_partial(cs, part, np, pixels, out, err);
+    svlm_k_defer(vc->k, 0);
+    return st;
+}
+
+svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out,
+                                  svlm_stc_frame_info *info, svlm_err *err) {
+    if (!c || !pixels || !out || !info) return svlm_fail(err, SVLM_E_INVALID, "stc cache: bad arguments");
+    svlm_stc_cache_plan(c, pixels, info);
+    return svlm_stc_cache_run(&c, 1, pixels, out, err);
 }

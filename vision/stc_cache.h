@@ -25,8 +25,20 @@ svlm_status svlm_stc_cache_create(svlm_vision_ctx *vc, const svlm_stc_controls *
 void svlm_stc_cache_free(svlm_stc_cache *c);
 void svlm_stc_cache_reset(svlm_stc_cache *c);
 
-/* pixels [3][S][S] -> out [T][E]; fills every field of info except n_kept. */
+/* pixels [3][S][S] -> out [T][E]; fills every field of info except n_kept. The plan then the run
+ * of a batch of one. */
 svlm_status svlm_stc_cache_encode(svlm_stc_cache *c, const float *pixels, float *out,
                                   svlm_stc_frame_info *info, svlm_err *err);
+
+/* The host's half: change detection and the decision (full pass, partial pass or the reference
+ * reused), which the next run of c carries out; fills every field of info except n_kept. Touches
+ * c only, so plans of different streams may run on different threads. */
+void svlm_stc_cache_plan(svlm_stc_cache *c, const float *pixels, svlm_stc_frame_info *info);
+/* The planned frames of n different streams on one vision context, as one batch (n <= its
+ * max_batch): full passes together, then partial passes together (every stream's dynamic patches
+ * in the same products; each attends to its own reference). pixels: n tiles [3][S][S]; out
+ * [n][T][E]. Frame i's result is that of encoding it alone, within float rounding. */
+svlm_status svlm_stc_cache_run(svlm_stc_cache *const *cs, int n, const float *pixels, float *out,
+                               svlm_err *err);
 
 #endif
