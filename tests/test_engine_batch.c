@@ -3,7 +3,9 @@
  * (svlm_engine_params.ingest_batch, the default on a GPU), on the CPU with the vision-tiny models
  * (SVLM_TEST_DATA): the same frames pushed to three streams with batches of 1 and of 3 must give
  * every stream the same frames and tokens of each kind, answers to questions on the streams, no
- * drops, and batches that did form, the next one preprocessed while one ran; a stream removed while its
+ * drops, and batches that did form, the next one preprocessed while one ran; with token compression
+ * too (each frame the same path, patches recomputed and tokens kept in batches as one at a time); a
+ * stream removed while its
  * frames queue leaves the others whole; a flood of questions runs at most max_active answers at once and
  * answers them all, also when the device has room for only two of them; and one stream's burst of questions
  * does not make another stream's question wait for all of it.
@@ -72,11 +74,12 @@ typedef struct run_result {
     answers ans;
 } run_result;
 
-static void run(svlm_llama *m, const svlm_mmproj *mp, int batch, int remove_middle, run_result *r) {
+static void run(svlm_llama *m, const svlm_mmproj *mp, int batch, int remove_middle, int with_stc,
+                run_result *r) {
     svlm_err err = {0};
     svlm_stc_controls stc;
     svlm_stc_controls_default(&stc);
-    stc.enabled = 0; /* batches take streams without token compression */
+    stc.enabled = with_stc;
     svlm_engine_params ep = {
         .frame_queue = N_FRAMES, .max_streams = N_STREAMS, .ingest_batch = batch, .stc = &stc};
     svlm_engine *e = NULL;
@@ -438,8 +441,8 @@ int test_main(void) {
     REQUIRE(svlm_mmproj_load(mpp, &mp, &err) == SVLM_OK, "%s", err.msg);
 
     run_result one, three;
-    run(m, mp, 1, 0, &one);
-    run(m, mp, 3, 0, &three);
+    run(m, mp, 1, 0, 0, &one);
+    run(m, mp, 3, 0, 0, &three);
     for (int i = 0; i < N_STREAMS; i++) {
         CHECK(one.sm[i].frames_in == N_FRAMES && three.sm[i].frames_in == N_FRAMES,
               "stream %d ingested %lld frames one at a time, %lld in batches (want %d)", i,
@@ -471,8 +474,41 @@ int test_main(void) {
         (unsigned long long)three.em.ingest_batch_frames, (unsigned long long)three.em.ingest_batches_ahead,
         one.ans.ok, three.ans.ok);
 
+    /* with token compression: the batch's streams planned apart, encoded together (svlm_stc_run) */
+    run(m, mp, 1, 0, 1, &one);
+    run(m, mp, 3, 0, 1, &three);
+    for (int i = 0; i < N_STREAMS; i++) {
+        const svlm_stream_metrics *a = &one.sm[i], *b = &three.sm[i];
+        CHECK(a->frames_in == N_FRAMES && b->frames_in == N_FRAMES,
+              "token compression: stream %d ingested %lld frames one at a time, %lld in batches", i,
+              (long long)a->frames_in, (long long)b->frames_in);
+        CHECK(
+            a->stc_frames == N_FRAMES && b->stc_frames == N_FRAMES &&
+                a->stc_recomputed == b->stc_recomputed && a->stc_reused == b->stc_reused &&
+                a->stc_partial == b->stc_partial && a->stc_kept == b->stc_kept,
+            "token compression, stream %d: one at a time %lld frames, %lld patches recomputed, %lld reused, "
+            "%lld partial, %lld tokens kept; in batches %lld, %lld, %lld, %lld, %lld",
+            i, (long long)a->stc_frames, (long long)a->stc_recomputed, (long long)a->stc_reused,
+            (long long)a->stc_partial, (long long)a->stc_kept, (long long)b->stc_frames,
+            (long long)b->stc_recomputed, (long long)b->stc_reused, (long long)b->stc_partial,
+            (long long)b->stc_kept);
+        for (int kind = 0; kind < SVLM_KV_N_KINDS; kind++)
+            CHECK(a->tokens[kind] == b->tokens[kind],
+                  "token compression, stream %d: %d tokens of kind %d one at a time, %d in batches", i,
+                  a->tokens[kind], kind, b->tokens[kind]);
+    }
+    CHECK(three.em.ingest_batches > 0, "token compression: no batch of 3 formed");
+    CHECK(one.ans.ok == N_STREAMS && three.ans.ok == N_STREAMS, "token compression: answers %d and %d of %d",
+          one.ans.ok, three.ans.ok, N_STREAMS);
+    printf(
+        "with token compression: %llu batches of %llu frames; %lld of %lld patches recomputed, %lld tokens "
+        "kept in stream 0, as one at a time\n",
+        (unsigned long long)three.em.ingest_batches, (unsigned long long)three.em.ingest_batch_frames,
+        (long long)three.sm[0].stc_recomputed, (long long)three.sm[0].stc_patches,
+        (long long)three.sm[0].stc_kept);
+
     run_result rm;
-    run(m, mp, 3, 1, &rm);
+    run(m, mp, 3, 1, 0, &rm);
     CHECK(rm.sm[0].frames_in == N_FRAMES && rm.sm[2].frames_in == N_FRAMES,
           "with the middle stream removed, the others ingested %lld and %lld frames",
           (long long)rm.sm[0].frames_in, (long long)rm.sm[2].frames_in);

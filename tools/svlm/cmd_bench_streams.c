@@ -44,7 +44,7 @@ static void usage(FILE *f) {
         "  --threads K          kernel threads of each lane, ingest and answer (default 1)\n"
         "  --decode-batch B     answers decoded together in one step (default 16)\n"
         "  --ingest-batch B     frames of different streams encoded together (default 0: 16 on a GPU,\n"
-        "                       1 on the CPU; streams with token compression go one at a time)\n"
+        "                       4 on the CPU)\n"
         "  --kv f32|f16         KV cache type of the streams (default f32)\n"
         "  --no-stc             no token compression (the same as --stc off)\n"
         "  --drain-max SEC      after the window, wait at most this long for the queues (default 30)\n"
