@@ -4,9 +4,10 @@
 # build-gpu/ with the CUDA backend (no FFmpeg, GStreamer or server libraries needed), runs the GPU
 # tests (ctest -R test_cuda; when some fail, again with each recent change switched back, keeping
 # the switches that fix them for the benchmarks), then benchmarks the CUDA backend on a generated
-# SmolVLM2-256M-shaped Q8_0 model (text pp512 / tg128, the vision encoder, 256 streams) and a
-# 2.2B-shaped Q4_K_M one (32 streams, text), then each recent change against its switch, 16 and
-# 64 answers decoding together, more stream configurations and bench-vision, then profiles (host
+# SmolVLM2-256M-shaped Q8_0 model (text pp512 / tg128, the vision encoder, 256 streams without
+# and with token compression) and a 2.2B-shaped Q4_K_M one (32 streams, text), then each recent
+# change against its switch, 16 and 64 answers decoding together, more stream configurations and
+# bench-vision, then profiles (host
 # time per op of decode and of 64 streams, GPU time per kernel of decode and of the encoder), and
 # last the GPU tests under compute-sanitizer's memcheck when it is installed.
 #
@@ -312,6 +313,10 @@ if [ -x "$S" ]; then
     # default: the encoder is batched across streams)
     [ $have_streams = 1 ] && bench "256 streams at 1 fps, cuda (defaults)" 60 bench-streams -m "$M.gguf" \
       --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}"
+    # the same with token compression, whose streams now share the encoder in batches too (only
+    # the changed patches computed, fewer tokens to prefill; never measured on a GPU)
+    [ $have_streams = 1 ] && bench "256 streams at 1 fps, cuda, STC on" 60 bench-streams -m "$M.gguf" \
+      --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}" --stc on
   fi
   # the 2.2B shape (Q4_K_M): the issue's 32 streams and text speed (making the model takes about
   # 100 s on one core, a few seconds on a GPU machine's cores)
@@ -392,14 +397,15 @@ if [ -x "$S" ]; then
       --reps 1 --backend cuda
     # more stream configurations: encoder batches of 32 instead of 16 (where the encoder measured
     # fastest), the frames' prefill as before its two changes (the window's rows brought over from
-    # the pages at every eviction, one attention launch per stream), fewer streams, STC on.
+    # the pages at every eviction, one attention launch per stream), fewer streams, STC on one frame
+    # at a time (as before its batches).
     # SVLM_GPU_CHECK_STREAMS: entries N:FLAGS, the flags' words joined by commas.
     if [ $have_streams = 1 ]; then
       bench "256 streams at 1 fps, cuda, encoder batches of 32" 60 bench-streams -m "$M.gguf" \
         --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}" --ingest-batch 32
       SVLM_KV_SHIFT=0 SVLM_CUDA_FLASH_ITEMS=0 bench "256 streams at 1 fps, cuda, rows from the pages, attention per stream" \
         60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}"
-      for cfg in ${SVLM_GPU_CHECK_STREAMS:-128: 64:--stc,on}; do
+      for cfg in ${SVLM_GPU_CHECK_STREAMS:-128: 64:--stc,on,--ingest-batch,1}; do
         n=${cfg%%:*} flags=${cfg#*:}
         flags=${flags//,/ }
         # shellcheck disable=SC2086 # flags are words
