@@ -5,12 +5,12 @@
  * calls, and on a 2-core machine one core per lane keeps the two from fighting):
  *   ingest lane  takes the next queued frame (streams in turn), encodes it and appends it to its
  *                stream; answered turns join their stream's dialogue here too (deferred joins).
- *                With params.ingest_batch > 1 (the default) it takes the next frames of up to that
- *                many streams of one kind (all with token compression, or all without) and encodes
- *                them as one batch (with token compression: each frame planned on the host, in
- *                parallel, then the batch's full and partial passes run together); while a batch
- *                runs, the next one is taken and preprocessed on a thread of its own (the host's
- *                resizing overlaps the device's work).
+ *                With params.ingest_batch > 1 (the default on a GPU) it takes the next frames of
+ *                up to that many streams of one kind (all with token compression, or all without)
+ *                and encodes them as one batch (with token compression: each frame planned on the
+ *                host, in parallel, then the batch's full and partial passes run together); while
+ *                a batch runs, the next one is taken and preprocessed on a thread of its own (the
+ *                host's resizing overlaps the device's work).
  *   answer lane  a new question first (fork, memory, prefill, first token: time to first token
  *                comes first), otherwise one decode step of the active answers in turn; when
  *                questions keep coming, starts and decode steps alternate, and at most
@@ -51,7 +51,7 @@ typedef struct svlm_engine_params {
     int decode_batch;             /* answers whose decode steps run as one batch (continuous batching: the
                                      weights are read once per step for all of them); default 16, 1 = one
                                      answer per step; exact replays always step one at a time */
-    int ingest_batch;             /* frames of different streams encoded together (0: 16 on a GPU, 4 on the
+    int ingest_batch;             /* frames of different streams encoded together (0: 16 on a GPU, 1 on the
                                      CPU; at most 64; exact replays 1) */
     int exact;                    /* replays: a pinned question forks only after the earlier answers of its
                                      stream joined the dialogue, and that stream's frames wait for the fork

@@ -283,7 +283,7 @@ bench() { # bench LABEL CAP ARGS...: runs svlm ARGS as a step, keeps its result 
   else
     summary+=("$label:")
     while IFS= read -r line; do summary+=("  $line"); done < <(
-      grep -E '^(backend|pp[0-9]|tg[0-9]|bandwidth|batch|mmproj|source|pattern|streams|fps_per|frames|ttft|questions|answer_tok|lanes|ingest|keeps|memory)|no usable GPU|^svlm: CUDA:|^  [a-z]' \
+      grep -E '^(backend|pp[0-9]|tg[0-9]|bandwidth|batch|mmproj|source|pattern|streams|fps_per|frames|ttft|questions|answer_tok|lanes|ingest|stc|keeps|memory)|no usable GPU|^svlm: CUDA:|^  [a-z]' \
         "$log" | head -n 30
     )
   fi

@@ -161,6 +161,17 @@ static void check_model(const char *bin, const char *tmp, const char *type, doub
     err.msg[0] = 0;
     CHECK(svlm_stc_run(one, 2, px, tok_b, kept_b, NULL, ib, &err) != SVLM_OK && strstr(err.msg, "takes"),
           "more frames than the vision context takes should be refused (%s)", err.msg);
+    /* a refused run leaves no reference behind: the frame again is a first frame, as on a fresh stream */
+    svlm_stc *fresh = NULL;
+    REQUIRE(svlm_stc_create(small, &ctl, &fresh, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stc_frame_info again, first;
+    REQUIRE(svlm_stc_frame(one[0], px, tok_a, kept_a, NULL, &again, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_stc_frame(fresh, px, tok_b, kept_b, NULL, &first, &err) == SVLM_OK, "%s", err.msg);
+    CHECK(again.path == SVLM_STC_FULL && again.reason == SVLM_STC_FIRST && first.path == SVLM_STC_FULL &&
+              !memcmp(tok_a, tok_b, sizeof(float) * TE),
+          "%s: after a refused run the frame took path %d (%s), a fresh stream's %d", type, again.path,
+          svlm_stc_reason_name(again.reason), first.path);
+    svlm_stc_free(fresh);
     for (int s = 0; s < 2; s++)
         svlm_stc_free(one[s]);
     svlm_vision_ctx_free(small);

@@ -286,15 +286,10 @@ void svlm_stc_cache_plan(svlm_stc_cache *c, const float *pixels, svlm_stc_frame_
     c->why = why;
     c->m = m;
     c->planned = 1;
-    if (why != SVLM_STC_NO_REFRESH) {
+    if (why != SVLM_STC_NO_REFRESH) { /* the run makes the frame the reference, once computed */
         info->path = SVLM_STC_FULL;
         info->reason = why;
         info->n_recomputed = c->N;
-        if (c->ctl.cache) { /* the frame becomes the reference (its state comes with the run) */
-            memcpy(c->ref_desc, desc, sizeof(float) * (size_t)c->N * c->desc_len);
-            c->has_ref = 1;
-            c->frames_on_ref = 0;
-        }
         return;
     }
     c->frames_on_ref++;
@@ -348,6 +343,10 @@ static void run_full(svlm_stc_cache *const *cs, const int *which, int nf, const 
         if (!c->ctl.cache) continue;
         svlm_k_copy(k, c->ref_enc, vc->x + (size_t)j * ND, sizeof(float) * ND);
         memcpy(c->ref_out, o, sizeof(float) * TE);
+        /* the frame is the reference now (its summary: the plan's, still prev_desc) */
+        memcpy(c->ref_desc, c->prev_desc, sizeof(float) * (size_t)c->N * c->desc_len);
+        c->has_ref = 1;
+        c->frames_on_ref = 0;
     }
 }
 

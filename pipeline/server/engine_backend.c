@@ -373,6 +373,7 @@ static svlm_status load_models(eng *e, svlm_err *err) {
                              .max_streams = e->o.max_streams,
                              .max_active = e->o.answer_threads,
                              .decode_batch = e->o.decode_batch,
+                             .ingest_batch = e->o.ingest_batch,
                              .stc = &e->o.stc};
     if ((st = svlm_engine_create(e->model, e->mmproj, &ep, &e->engine, err))) return st;
     /* still images: their own kernels (one CPU thread, or the GPU of SVLM_BACKEND), so they never
@@ -387,9 +388,9 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
     if (!o->text_path || !o->mmproj_path)
         return svlm_fail(err, SVLM_E_INVALID, "the engine needs both model files");
     if (o->max_streams < 1 || o->answer_threads < 0 || o->answer_threads > 1024 || o->decode_batch < 0 ||
-        o->decode_batch > 1024 || o->frames_window < 1 || o->text_window < 16 || o->max_answer_tokens < 1 ||
-        o->max_queued < 1 || o->sink_tokens < 16 || o->frame_queue < 1 || o->memory_tokens < 1 ||
-        (o->memory && o->memory_budget < 4096))
+        o->decode_batch > 1024 || o->ingest_batch < 0 || o->ingest_batch > 64 || o->frames_window < 1 ||
+        o->text_window < 16 || o->max_answer_tokens < 1 || o->max_queued < 1 || o->sink_tokens < 16 ||
+        o->frame_queue < 1 || o->memory_tokens < 1 || (o->memory && o->memory_budget < 4096))
         return svlm_fail(err, SVLM_E_INVALID, "engine options out of range");
     if (o->memory_dir && strlen(o->memory_dir) >= 400)
         return svlm_fail(err, SVLM_E_INVALID, "the memory directory path is too long");

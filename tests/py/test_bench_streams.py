@@ -107,6 +107,11 @@ def parse_text(out):
                             ingest_ahead_share=float(m[3]) / 100)),
         (r'ingest_ms +' + NUM + ' encode ' + NUM + ' prefill per frame$',
          lambda m: r.update(encode_ms_per_frame=float(m[1]), prefill_ms_per_frame=float(m[2]))),
+        (r'stc +' + NUM + r' % of patches recomputed; frames ' + NUM + r' % reused, ' + NUM + r' % partial, ' + NUM
+         + r' % full; ' + NUM + ' of ' + NUM + ' tokens kept a frame$',
+         lambda m: r.update(stc_recomputed_share=float(m[1]) / 100, stc_reused_share=float(m[2]) / 100,
+                            stc_partial_share=float(m[3]) / 100, stc_full_share=float(m[4]) / 100,
+                            stc_tokens_kept_per_frame=float(m[5]), stc_tokens=float(m[6]))),
         (r'memory +per stream: KV ' + NUM + ' MiB, memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',
          lambda m: r.update(kv_bytes_per_stream=float(m[1]) * 2**20)),
         (r'producer_lag_ms +' + NUM + '(?: max)?; drain ' + NUM + ' s$', lambda m: None),
@@ -133,6 +138,13 @@ else:
         fails.append('text: question of %r tokens, wanted 20' % r.get('question_tokens'))
     if 't=' in p.stderr:
         fails.append('progress lines without a terminal or --progress: %r' % p.stderr[-200:])
+    # the CPU's default: token compression on, its figures reported (the moving box: some frames
+    # partial, the first ones full)
+    shares = [r.get(k) for k in ('stc_reused_share', 'stc_partial_share', 'stc_full_share')]
+    if (None in shares or abs(sum(shares) - 1) > 0.02 or not 0 < r.get('stc_recomputed_share', -1) <= 1
+            or not 0 < r.get('stc_tokens_kept_per_frame', -1) <= r.get('stc_tokens', 0)):
+        fails.append('text: token compression figures %r %r of %r' % (shares, r.get('stc_tokens_kept_per_frame'),
+                                                                    r.get('stc_tokens')))
 
 def json_run(args, where):
     """The JSON report of a run, or None (a failure recorded) when it failed or is not one object."""

@@ -62,6 +62,7 @@ def main():
                (["-m", model, "--mmproj", model, "--bogus"], b"unknown option"),
                (["-m", model, "--mmproj", model, "--backend", "tpu"], b"--backend expects"),
                (["-m", model, "--mmproj", model, "--answer-threads", "0"], b"--answer-threads"),
+               (["-m", model, "--mmproj", model, "--ingest-batch", "65"], b"--ingest-batch"),
                (["--demo", "-m", model], b"--demo"),
                (["-m", model, "--mmproj", model, "--stc", "maybe"], b"on or off"),
                (["-m", model, "--mmproj", model, "--stc-keep-ratio", "2"], b"keep-ratio"),

@@ -44,7 +44,7 @@ static void usage(FILE *f) {
         "  --threads K          kernel threads of each lane, ingest and answer (default 1)\n"
         "  --decode-batch B     answers decoded together in one step (default 16)\n"
         "  --ingest-batch B     frames of different streams encoded together (default 0: 16 on a GPU,\n"
-        "                       4 on the CPU)\n"
+        "                       1 on the CPU)\n"
         "  --kv f32|f16         KV cache type of the streams (default f32)\n"
         "  --no-stc             no token compression (the same as --stc off)\n"
         "  --drain-max SEC      after the window, wait at most this long for the queues (default 30)\n"
@@ -108,6 +108,11 @@ typedef struct result {
      * unknown); dev_known 0 where the buffers are host memory */
     size_t dev_one, dev_streams, dev_end, dev_total;
     int dev_known;
+    /* token compression over every frame so far (stc_frames 0: off): shares of the patches
+     * recomputed and of the frames reused outright, partial and full; tokens kept a frame of
+     * stc_tokens */
+    int64_t stc_frames;
+    double stc_recomputed, stc_reused, stc_partial, stc_full, stc_kept, stc_tokens;
 } result;
 
 /* The device memory each stream after the first took (NAN with one stream), and how many such
@@ -498,7 +503,8 @@ static void stream_figures(run_ctx *r, result *res) {
     const int N = (int)r->a->streams;
     size_t kv = 0, bank = 0;
     double frames = 0, encode = 0, prefill = 0;
-    int64_t window = 0;
+    int64_t window = 0, stc[6] = {0}; /* frames, patches, recomputed, reused, partial, kept */
+    int64_t stc_tokens = 0;
     for (int i = 0; i < N; i++) {
         svlm_stream_metrics m;
         svlm_stream_metrics_get(r->streams[i], &m);
@@ -511,6 +517,19 @@ static void stream_figures(run_ctx *r, result *res) {
         frames += (double)m.frames_in;
         encode += m.encode_ms_per_frame * (double)m.frames_in;
         prefill += m.prefill_ms_per_frame * (double)m.frames_in;
+        stc[0] += m.stc_frames, stc[1] += m.stc_patches, stc[2] += m.stc_recomputed;
+        stc[3] += m.stc_reused, stc[4] += m.stc_partial, stc[5] += m.stc_kept;
+        stc_tokens += m.stc_tokens;
+    }
+    res->stc_frames = stc[0];
+    if (stc[0] > 0) {
+        const double f = (double)stc[0];
+        res->stc_recomputed = stc[1] ? (double)stc[2] / (double)stc[1] : 0;
+        res->stc_reused = (double)stc[3] / f;
+        res->stc_partial = (double)stc[4] / f;
+        res->stc_full = 1 - res->stc_reused - res->stc_partial;
+        res->stc_kept = (double)stc[5] / f;
+        res->stc_tokens = (double)stc_tokens / f;
     }
     res->encode_ms = frames > 0 ? encode / frames : NAN;
     res->prefill_ms = frames > 0 ? prefill / frames : NAN;
@@ -671,6 +690,13 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     json_num("answer_busy", r->answer_busy, 1);
     printf("\"answers_running_max\":%d,\"answer_memory_waits\":%lld,", r->answers_max,
            (long long)r->memory_waits);
+    if (r->stc_frames) {
+        json_num("stc_recomputed_share", r->stc_recomputed, 1);
+        json_num("stc_reused_share", r->stc_reused, 1);
+        json_num("stc_partial_share", r->stc_partial, 1);
+        json_num("stc_full_share", r->stc_full, 1);
+        json_num("stc_tokens_kept_per_frame", r->stc_kept, 1);
+    }
     json_num("producer_lag_max_ms", r->lag_max_ms, 1);
     json_num("drain_s", r->drain_s, 1);
     if (r->dev_known) {
@@ -718,6 +744,12 @@ static void report_text(const bench_args *a, const result *r, const char *backen
            r->ingest_batch_mean, 100 * r->ingest_batch_share, 100 * r->ingest_ahead_share);
     printf("ingest_ms        %.2f encode %.2f prefill per frame\n",
            isfinite(r->encode_ms) ? r->encode_ms : 0.0, isfinite(r->prefill_ms) ? r->prefill_ms : 0.0);
+    if (r->stc_frames)
+        printf(
+            "stc              %.1f %% of patches recomputed; frames %.0f %% reused, %.0f %% partial, %.0f %% "
+            "full; %.1f of %.0f tokens kept a frame\n",
+            100 * r->stc_recomputed, 100 * r->stc_reused, 100 * r->stc_partial, 100 * r->stc_full,
+            r->stc_kept, r->stc_tokens);
     printf("memory           per stream: KV %.2f MiB, memory bank %.2f MiB; process %.1f MiB resident\n",
            (double)r->kv_per_stream / mib, (double)r->bank_per_stream / mib, (double)r->rss / mib);
     if (r->dev_known) {

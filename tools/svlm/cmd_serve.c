@@ -43,6 +43,9 @@ static void usage(FILE *f) {
             "  --answer-threads N    answers running at once (default 8 on the CPU, 64 on a GPU)\n"
             "  --decode-batch N      of those, how many step together, reading the weights once (16;\n"
             "                        1: one answer per step)\n"
+            "  --ingest-batch N      frames of up to N streams encoded as one batch (16 on a GPU, 1 on\n"
+            "                        the CPU, where 4 ingests a third more frames of busy streams with\n"
+            "                        token compression, but questions may wait for a whole batch)\n"
             "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
             "  --backend B           compute on cpu, cuda (cuda:N for GPU N) or auto (a GPU when one is\n"
             "                        usable); default $SVLM_BACKEND, else cpu. Without a usable GPU,\n"
@@ -318,6 +321,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--decode-batch")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &num)) return 2;
             eo.decode_batch = (int)num;
+        } else if (!strcmp(argv[i], "--ingest-batch")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 64, &num)) return 2;
+            eo.ingest_batch = (int)num;
         } else if (!strcmp(argv[i], "--answer-threads")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 1024, &answer_threads))
                 return 2;
