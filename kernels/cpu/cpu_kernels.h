@@ -102,6 +102,15 @@ void *svlm_cpu_scratch(svlm_cpu *c, int thread, int slot, size_t bytes);
  * aligned, grown on demand (contents not kept). Aborts when memory runs out. */
 void *svlm_cpu_act_buffer(svlm_cpu *c, size_t bytes);
 
+/* The bf16 GEMM's packed copy of w (bytes long; kernels/cpu/packed_weights.c), shared by every CPU
+ * backend: a ready copy (*fill 0), a new buffer the caller packs and then passes to
+ * svlm_cpu_packed_ready (*fill 1), or NULL (over the cap, or another caller is packing it): pack
+ * per call. */
+uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill);
+void svlm_cpu_packed_ready(const uint32_t *packed);
+size_t svlm_cpu_packed_bytes(void);           /* held by the cache, all weights */
+void svlm_cpu_packed_set_limit(size_t bytes); /* the cap from now on (tests); entries stay */
+
 void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y);
 void svlm_cpu_matmul_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                            float *const *ys);

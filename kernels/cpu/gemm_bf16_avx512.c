@@ -27,6 +27,7 @@ typedef struct bf16_job {
     int64_t n, n_pad, kp; /* tokens, tokens rounded up to MR, k pairs */
     uint32_t *a;          /* [n_pad][kp] bf16 pairs */
     float *y;
+    uint32_t *packed; /* the whole weight packed ([strips][kp][NR]), or NULL: each task packs its panel */
 } bf16_job;
 
 /* cols floats -> kp bf16 pairs (round to nearest even), the odd tail padded with zero. */
@@ -102,14 +103,26 @@ static void pack_panel(const bf16_job *j, int thread, int64_t r0, int64_t nr, ui
     }
 }
 
+/* Packs panel `task` into the whole weight's packed copy (its strips are those of the copy). */
+static void pack_task(void *ctx, int task, int thread) {
+    const bf16_job *j = ctx;
+    int64_t r0 = (int64_t)task * PANEL, nr = j->w->rows - r0 < PANEL ? j->w->rows - r0 : PANEL;
+    pack_panel(j, thread, r0, nr, j->packed + (r0 / NR) * j->kp * NR);
+}
+
 static void panel_task(void *ctx, int task, int thread) {
     const bf16_job *j = ctx;
     const svlm_weight *w = j->w;
     int64_t r0 = (int64_t)task * PANEL, nr = w->rows - r0 < PANEL ? w->rows - r0 : PANEL;
     int64_t strips = (nr + NR - 1) / NR;
-    uint32_t *bp =
-        svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, sizeof(uint32_t) * (size_t)(strips * NR * j->kp));
-    pack_panel(j, thread, r0, nr, bp);
+    uint32_t *bp;
+    if (j->packed) {
+        bp = j->packed + (r0 / NR) * j->kp * NR;
+    } else {
+        bp =
+            svlm_cpu_scratch(j->c, thread, SVLM_SCRATCH_OP, sizeof(uint32_t) * (size_t)(strips * NR * j->kp));
+        pack_panel(j, thread, r0, nr, bp);
+    }
     for (int64_t i0 = 0; i0 < j->n; i0 += MR) {
         int64_t mr = j->n - i0 < MR ? j->n - i0 : MR;
         for (int64_t s = 0; s < strips; s++) {
@@ -122,10 +135,19 @@ static void panel_task(void *ctx, int task, int thread) {
 
 static void matmul_bf16(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
     int64_t kp = (w->cols + 1) / 2, n_pad = (n + MR - 1) / MR * MR;
-    bf16_job j = {c, w, x, n, n_pad, kp, NULL, y};
+    const int panels = (int)((w->rows + PANEL - 1) / PANEL);
+    bf16_job j = {c, w, x, n, n_pad, kp, NULL, y, NULL};
     j.a = svlm_cpu_act_buffer(c, sizeof(uint32_t) * (size_t)(n_pad * kp));
     svlm_pool_run(c->pool, convert_rows_task, &j, (int)(n_pad / MR));
-    svlm_pool_run(c->pool, panel_task, &j, (int)((w->rows + PANEL - 1) / PANEL));
+    /* the weight packed once for every later product (the same bytes as a panel's own packing) */
+    int fill = 0;
+    const int64_t strips = (w->rows + NR - 1) / NR;
+    j.packed = svlm_cpu_packed(w, sizeof(uint32_t) * (size_t)(strips * NR * kp), &fill);
+    if (fill) {
+        svlm_pool_run(c->pool, pack_task, &j, panels);
+        svlm_cpu_packed_ready(j.packed);
+    }
+    svlm_pool_run(c->pool, panel_task, &j, panels);
 }
 
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops) {

@@ -1,0 +1,137 @@
+/*
+ * Weights packed once for the bf16 GEMM (kernels/cpu/gemm_bf16_avx512.c), shared by every CPU
+ * backend of the process. A product of a few rows (a question's prefill, a frame's changed
+ * patches) otherwise spends most of its time decoding and packing the whole weight again: 16
+ * tokens through the 256M shape's Q8_0 text model took 25 ms, about what 32 took.
+ *
+ * Entries are keyed by the weight's data address, type and shape. Weights come from the
+ * read-only model mapping; as a guard against a model unloaded and another mapped at the same
+ * address, each entry keeps a checksum of 16 spread 64-byte samples of the weight's bytes,
+ * compared on every use (a mismatch drops the entry). The total is capped (SVLM_CPU_PACK_MIB,
+ * default min(8 GiB, a quarter of the machine's memory); 0 turns the cache off): a weight that
+ * does not fit is packed per call, as before, and so is one under 64 KB (cheap to pack, and the
+ * checksum's samples would cover too little of it).
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+enum { SAMPLES = 16, SAMPLE_BYTES = 64, SMALL_BYTES = 64 * 1024 };
+
+typedef struct entry {
+    const void *data;
+    int type;
+    int64_t rows, cols;
+    uint64_t sig;
+    size_t bytes;
+    uint32_t *packed;
+    int ready; /* 0: being filled by the caller that made it */
+} entry;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static entry *table;
+static size_t n_entries, cap_entries, used_bytes, limit_bytes;
+static int limit_known;
+
+static uint64_t signature(const svlm_weight *w) {
+    const size_t total = (size_t)w->rows * w->row_bytes;
+    const unsigned char *p = w->data;
+    uint64_t h = 1469598103934665603ull;
+    for (int s = 0; s < SAMPLES; s++) {
+        size_t at = total > SAMPLE_BYTES ? (total - SAMPLE_BYTES) / (SAMPLES - 1) * (size_t)s : 0;
+        size_t n = total < SAMPLE_BYTES ? total : SAMPLE_BYTES;
+        for (size_t i = 0; i < n; i++)
+            h = (h ^ p[at + i]) * 1099511628211ull;
+    }
+    return h;
+}
+
+static size_t default_limit(void) {
+    const char *e = getenv("SVLM_CPU_PACK_MIB");
+    if (e && *e) {
+        char *end = NULL;
+        unsigned long long mib = strtoull(e, &end, 10);
+        if (end && !*end) return (size_t)mib << 20;
+    }
+    /* bf16 is 2 bytes a weight: the 256M shape's Q8_0 models take 0.37 GB, the 2.2B shape's 4 GB */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t quarter = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 4 : 0, most = (size_t)8 << 30;
+    return quarter && quarter < most ? quarter : most;
+}
+
+uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
+    *fill = 0;
+    if ((size_t)w->rows * w->row_bytes < SMALL_BYTES) return NULL;
+    pthread_mutex_lock(&lock);
+    if (!limit_known) {
+        limit_bytes = default_limit();
+        limit_known = 1;
+    }
+    uint32_t *out = NULL;
+    const uint64_t sig = signature(w);
+    for (size_t i = 0; i < n_entries; i++) {
+        entry *e = &table[i];
+        if (e->data != w->data || e->type != (int)w->type || e->rows != w->rows || e->cols != w->cols)
+            continue;
+        if (e->sig == sig && e->bytes == bytes) {
+            out = e->ready ? e->packed : NULL; /* (another lane is filling it: pack this call's own) */
+            pthread_mutex_unlock(&lock);
+            return out;
+        }
+        if (!e->ready) { /* its bytes changed while being filled: leave it to its filler */
+            pthread_mutex_unlock(&lock);
+            return NULL;
+        }
+        used_bytes -= e->bytes; /* another weight now lives at this address */
+        free(e->packed);
+        *e = table[--n_entries];
+        break;
+    }
+    if (used_bytes + bytes > limit_bytes) {
+        pthread_mutex_unlock(&lock);
+        return NULL;
+    }
+    if (n_entries == cap_entries) {
+        size_t nc = cap_entries ? 2 * cap_entries : 64;
+        entry *t = realloc(table, nc * sizeof *t);
+        if (!t) {
+            pthread_mutex_unlock(&lock);
+            return NULL;
+        }
+        table = t;
+        cap_entries = nc;
+    }
+    if (posix_memalign((void **)&out, 64, bytes) != 0) out = NULL;
+    if (out) {
+        table[n_entries++] = (entry){w->data, (int)w->type, w->rows, w->cols, sig, bytes, out, 0};
+        used_bytes += bytes;
+        *fill = 1;
+    }
+    pthread_mutex_unlock(&lock);
+    return out;
+}
+
+void svlm_cpu_packed_ready(const uint32_t *packed) {
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < n_entries; i++)
+        if (table[i].packed == packed) table[i].ready = 1;
+    pthread_mutex_unlock(&lock);
+}
+
+void svlm_cpu_packed_set_limit(size_t bytes) {
+    pthread_mutex_lock(&lock);
+    limit_bytes = bytes;
+    limit_known = 1;
+    pthread_mutex_unlock(&lock);
+}
+
+size_t svlm_cpu_packed_bytes(void) {
+    pthread_mutex_lock(&lock);
+    size_t b = used_bytes;
+    pthread_mutex_unlock(&lock);
+    return b;
+}
