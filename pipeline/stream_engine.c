@@ -834,10 +834,9 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (!st && e->batch && !(e->batch_errs = calloc((size_t)e->p.decode_batch, sizeof *e->batch_errs)))
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     /* frames of several streams through the encoder together: a GPU's products fill up. The CPU
-     * takes one frame at a time unless asked: there batches of 4 busy streams with token compression
-     * ingest 31 to 45 % more frames (two cores, 256M shape), but a question waits for the whole
-     * batch's pass into its stream (p99 time to first token 366-488 ms against 237-241 with 4
-     * streams at 2 fps asking every 2 s), and whole frames gain nothing */
+     * takes one frame at a time unless asked: there a question waits for the whole batch's pass
+     * into its stream, and batches of 4 busy streams with token compression ingest only 3 % more
+     * frames since the weights are packed once (docs/stc.md) */
     if (e->p.ingest_batch <= 0) e->p.ingest_batch = e->k_ingest && svlm_kernels_is_gpu(e->k_ingest) ? 16 : 1;
     if (e->p.ingest_batch > MAX_INGEST_BATCH) e->p.ingest_batch = MAX_INGEST_BATCH;
     if (e->p.exact) e->p.ingest_batch = 1; /* a replay's frames go in order, one at a time */
