@@ -269,6 +269,7 @@ static void device_full(svlm_llama *m, const svlm_mmproj *mp) {
  * answer slots, stream 1's question is taken up as soon as a slot frees, not after the burst. */
 typedef struct order_rec {
     int n, order[32], tokens[32];
+    int closed; /* gated_order_token holds every answer at its token while set */
 } order_rec;
 typedef struct tagged {
     order_rec *rec;
@@ -283,6 +284,17 @@ static void on_done_order(void *user, uint64_t qid, svlm_status st, const char *
         t->rec->order[i] = t->sid;
         t->rec->tokens[i] = am ? am->tokens : 0;
     }
+}
+
+/* Holds the answer lane at an answer's token while the record is closed (as gated_token does). */
+static int gated_order_token(void *user, int32_t id, const char *piece, size_t len) {
+    (void)id, (void)piece, (void)len;
+    tagged *t = user;
+    while (__atomic_load_n(&t->rec->closed, __ATOMIC_SEQ_CST)) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
 }
 
 static void burst(svlm_llama *m, const svlm_mmproj *mp) {
@@ -323,17 +335,19 @@ static void rotation(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_stream *s = NULL;
     int sid = 0;
     svlm_engine *e = answer_engine(m, mp, 3, 2, 128, 1, &s, &sid);
-    order_rec rec = {0};
+    order_rec rec = {.closed = 1};
     tagged tags[3] = {{&rec, 0}, {&rec, 1}, {&rec, 2}};
-    /* long ones long enough that the asks, made one after another while the lane already runs,
-     * land long before a long answer could end (a busy machine can delay the third ask) */
+    /* the first answer is held at its first token until all three are asked: on a busy machine the
+     * asks, one after another, could otherwise land after a long answer had ended (a CI run saw
+     * the order 0 2 1: the first one's 120 tokens done before the third ask) */
     const int max_tokens[3] = {120, 120, 3};
     for (int i = 0; i < 3; i++) {
         svlm_ask_opts o = {.max_tokens = max_tokens[i]};
-        REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, NULL, on_done_order, &tags[i], NULL, &err) ==
-                    SVLM_OK,
+        REQUIRE(svlm_engine_ask(e, sid, "What moves?", &o, 0, gated_order_token, on_done_order, &tags[i],
+                                NULL, &err) == SVLM_OK,
                 "%s", err.msg);
     }
+    __atomic_store_n(&rec.closed, 0, __ATOMIC_SEQ_CST);
     svlm_engine_drain(e);
     printf(
         "two 120-token answers and a 3-token one, batches of 2: they ended in the order %d %d %d (%d, %d, %d "
