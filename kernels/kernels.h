@@ -98,6 +98,9 @@ void svlm_k_free_host(svlm_kernels *k, void *p);
 /* A host buffer that served as weight data (svlm_weight.data) is about to be freed or rewritten:
  * device backends drop their copies of it. Weights from the model mapping never need this. */
 void svlm_k_forget(svlm_kernels *k, const void *weight_data);
+/* Memory [data, data + bytes) that held weights (a model file's mapping) is about to go: every
+ * backend of the process drops what it derived from weights there (the CPU's packed copies). */
+void svlm_kernels_forget_range(const void *data, size_t bytes);
 
 /* Deferred mode, for code whose buffers the host does not touch between ops: while on (calls
  * nest), a device backend's ops may return before their results land, so a decode step is a queue

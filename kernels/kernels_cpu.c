@@ -262,8 +262,18 @@ static void cpu_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
     free(tmp);
 }
 
+static void cpu_forget(svlm_kernels *k, const void *weight_data) {
+    (void)k;
+    svlm_cpu_packed_forget(weight_data, 0);
+}
+
+void svlm_kernels_forget_range(const void *data, size_t bytes) {
+    svlm_cpu_packed_forget(data, bytes);
+}
+
 static const backend_ops cpu_ops = {
     .destroy = cpu_destroy,
+    .forget = cpu_forget,
     .matmul = cpu_matmul,
     .matmul_multi = cpu_matmul_multi,
     .rmsnorm = cpu_rmsnorm,

@@ -17,6 +17,7 @@
 
 #include "common/checked.h"
 #include "common/err.h"
+#include "kernels/kernels.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
 #define GGUF_MAX_KEY_BYTES     4096 /* far beyond any real key; keeps messages sane */
@@ -593,6 +594,7 @@ void gguf_close(gguf_file *f) {
     free(g->kv_sorted);
     free(g->tensor_sorted);
     free(f->path);
+    svlm_kernels_forget_range(f->map, f->size); /* packed copies of its weights */
     if (g->owns_map) munmap((void *)f->map, f->size);
     free(g);
 }

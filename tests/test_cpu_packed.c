@@ -6,7 +6,8 @@
  * are seen (the entry's checksum no longer matches); a weight under 64 KB is never kept; and over
  * the cap nothing is kept, each product packing its own; two backends on two threads using one new
  * weight at once (one packs it, the other packs its own meanwhile or uses the kept copy) get the
- * same products (run under ThreadSanitizer in CI). Needs the AVX-512 BF16 level (skips without it).
+ * same products (run under ThreadSanitizer in CI); svlm_k_forget and svlm_kernels_forget_range drop
+ * a weight's copy. Needs the AVX-512 BF16 level (skips without it).
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -85,6 +86,14 @@ static void check_type(svlm_kernels *k, svlm_dtype t, float *src, float *x) {
     product(k, &w, x, MAXN, y1, 1);
     CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)(MAXN * ROWS)),
           "%s: new weights at the same address unseen", name);
+    /* forgotten (a buffer about to be freed or rewritten, a model file closing): dropped */
+    const size_t held = svlm_cpu_packed_bytes();
+    if (t == SVLM_BF16)
+        svlm_kernels_forget_range(data, rb * ROWS);
+    else
+        svlm_k_forget(k, data);
+    CHECK(svlm_cpu_packed_bytes() < held, "%s: forgetting the weight kept its packing (%zu bytes)", name,
+          held);
     free(data);
     free(y0);
     free(y1);

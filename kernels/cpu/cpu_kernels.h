@@ -108,6 +108,8 @@ void *svlm_cpu_act_buffer(svlm_cpu *c, size_t bytes);
  * per call. */
 uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill);
 void svlm_cpu_packed_ready(const uint32_t *packed);
+/* Drops the packed copies of weights whose data starts in [data, data + bytes) (bytes 0: at data). */
+void svlm_cpu_packed_forget(const void *data, size_t bytes);
 size_t svlm_cpu_packed_bytes(void);           /* held by the cache, all weights */
 void svlm_cpu_packed_set_limit(size_t bytes); /* the cap from now on (tests); entries stay */
 

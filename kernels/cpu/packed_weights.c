@@ -7,13 +7,16 @@
  * Entries are keyed by the weight's data address, type and shape. Weights come from the
  * read-only model mapping; as a guard against a model unloaded and another mapped at the same
  * address, each entry keeps a checksum of 16 spread 64-byte samples of the weight's bytes,
- * compared on every use (a mismatch drops the entry). The total is capped (SVLM_CPU_PACK_MIB,
- * default min(8 GiB, a quarter of the machine's memory); 0 turns the cache off): a weight that
+ * compared on every use (a mismatch drops the entry); closing a model file drops the entries of
+ * its mapping, and svlm_k_forget those of a weight buffer about to be freed or rewritten. The
+ * total is capped (SVLM_CPU_PACK_MIB, default a quarter of the memory the process may use, the
+ * machine's or its cgroup's limit, at most 8 GiB; 0 turns the cache off): a weight that
  * does not fit is packed per call, as before, and so is one under 64 KB (cheap to pack, and the
  * checksum's samples would cover too little of it).
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -30,6 +33,7 @@ typedef struct entry {
     size_t bytes;
     uint32_t *packed;
     int ready; /* 0: being filled by the caller that made it */
+    int dead;  /* forgotten while being filled: freed when the filler is done */
 } entry;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -50,29 +54,45 @@ static uint64_t signature(const svlm_weight *w) {
     return h;
 }
 
+/* The cgroup's memory limit (v2, then v1), or 0 when none is set. */
+static size_t cgroup_limit(void) {
+    const char *files[] = {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        FILE *f = fopen(files[i], "r");
+        if (!f) continue;
+        unsigned long long v = 0;
+        int got = fscanf(f, "%llu", &v); /* "max" reads as nothing: no limit */
+        fclose(f);
+        if (got == 1 && v > 0 && v < ((unsigned long long)1 << 60)) return (size_t)v;
+    }
+    return 0;
+}
+
 static size_t default_limit(void) {
     const char *e = getenv("SVLM_CPU_PACK_MIB");
     if (e && *e) {
         char *end = NULL;
         unsigned long long mib = strtoull(e, &end, 10);
-        if (end && !*end) return (size_t)mib << 20;
+        if (end && !*end && e[0] != '-' && mib <= ((unsigned long long)1 << 30)) return (size_t)mib << 20;
     }
     /* bf16 is 2 bytes a weight: the 256M shape's Q8_0 models take 0.37 GB, the 2.2B shape's 4 GB */
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    size_t quarter = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 4 : 0, most = (size_t)8 << 30;
+    size_t mem = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0, cg = cgroup_limit();
+    if (cg && (!mem || cg < mem)) mem = cg;
+    const size_t quarter = mem / 4, most = (size_t)8 << 30;
     return quarter && quarter < most ? quarter : most;
 }
 
 uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
     *fill = 0;
     if ((size_t)w->rows * w->row_bytes < SMALL_BYTES) return NULL;
+    const uint64_t sig = signature(w); /* (the caller's own weight: outside the lock) */
     pthread_mutex_lock(&lock);
     if (!limit_known) {
         limit_bytes = default_limit();
         limit_known = 1;
     }
     uint32_t *out = NULL;
-    const uint64_t sig = signature(w);
     for (size_t i = 0; i < n_entries; i++) {
         entry *e = &table[i];
         if (e->data != w->data || e->type != (int)w->type || e->rows != w->rows || e->cols != w->cols)
@@ -82,7 +102,7 @@ uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
             pthread_mutex_unlock(&lock);
             return out;
         }
-        if (!e->ready) { /* its bytes changed while being filled: leave it to its filler */
+        if (!e->ready || e->dead) { /* being filled: leave it to its filler */
             pthread_mutex_unlock(&lock);
             return NULL;
         }
@@ -107,7 +127,7 @@ uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
     }
     if (posix_memalign((void **)&out, 64, bytes) != 0) out = NULL;
     if (out) {
-        table[n_entries++] = (entry){w->data, (int)w->type, w->rows, w->cols, sig, bytes, out, 0};
+        table[n_entries++] = (entry){w->data, (int)w->type, w->rows, w->cols, sig, bytes, out, 0, 0};
         used_bytes += bytes;
         *fill = 1;
     }
@@ -115,10 +135,40 @@ uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
     return out;
 }
 
+/* Drops entry i (ready or dead). Under the lock. */
+static void drop(size_t i) {
+    used_bytes -= table[i].bytes;
+    free(table[i].packed);
+    table[i] = table[--n_entries];
+}
+
 void svlm_cpu_packed_ready(const uint32_t *packed) {
     pthread_mutex_lock(&lock);
     for (size_t i = 0; i < n_entries; i++)
-        if (table[i].packed == packed) table[i].ready = 1;
+        if (table[i].packed == packed) {
+            if (table[i].dead)
+                drop(i);
+            else
+                table[i].ready = 1;
+            break;
+        }
+    pthread_mutex_unlock(&lock);
+}
+
+void svlm_cpu_packed_forget(const void *data, size_t bytes) {
+    const uintptr_t lo = (uintptr_t)data, hi = lo + (bytes ? bytes : 1);
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < n_entries;) {
+        const uintptr_t at = (uintptr_t)table[i].data;
+        if (at < lo || at >= hi) {
+            i++;
+        } else if (!table[i].ready) { /* its filler frees it when done */
+            table[i].dead = 1;
+            i++;
+        } else {
+            drop(i); /* (the last entry moved into i: looked at next) */
+        }
+    }
     pthread_mutex_unlock(&lock);
 }
 
