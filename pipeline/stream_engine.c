@@ -439,6 +439,11 @@ static svlm_status preprocess_frame(svlm_engine *e, const svlm_frame *f, float *
     return st;
 }
 
+/* What token compression did to a frame of s, into its counters. */
+static void note_stc(svlm_stream *s, const svlm_stc_frame_info *f) {
+    svlm_stream_note_stc(s, f->n_patches, f->n_recomputed, (int)f->path, f->cut, f->n_tokens, f->n_kept);
+}
+
 /* Encodes f into e->embd; with token compression the kept rows go to e->kept_embd (*n_rows of
  * them, *rows set to it), else *rows = e->embd with every row. */
 static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, float *pixels,
@@ -453,8 +458,7 @@ static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_fram
         svlm_stc_frame_info info;
         st = svlm_stc_frame(ls->stc, pixels, e->embd, e->kept, e->kept_embd, &info, err);
         if (!st) {
-            svlm_stream_note_stc(ls->s, info.n_patches, info.n_recomputed, (int)info.path, info.cut,
-                                 info.n_tokens, info.n_kept);
+            note_stc(ls->s, &info);
             *rows = e->kept_embd;
             *n_rows = info.n_kept;
         }
@@ -571,8 +575,7 @@ static void ingest_batch(svlm_engine *e, ingest_slot *b) {
         nt[na] = T;
         if (with_stc) {
             const svlm_stc_frame_info *f = &info[slot[i]];
-            svlm_stream_note_stc(ss[na], f->n_patches, f->n_recomputed, (int)f->path, f->cut, f->n_tokens,
-                                 f->n_kept);
+            note_stc(ss[na], f);
             rows[na] = e->kept_embd + (size_t)slot[i] * emb;
             nt[na] = f->n_kept;
         }

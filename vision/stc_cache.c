@@ -415,18 +415,13 @@ static svlm_status run_partial(svlm_stc_cache *const *cs, const int *which, int 
         }
         svlm_k_store_rows(k, to_k, SVLM_F32, vc->kk, M, D);
         svlm_k_store_rows(k, to_v, SVLM_F32, vc->v, M, D);
-        if (np == 1) {
-            const svlm_stc_cache *c = cs[which[0]];
-            svlm_siglip_attention(vc, vc->q, c->ref_k[il], c->ref_v[il], c->m, N, vc->attn);
-        } else {
-            svlm_siglip_part parts[SVLM_VISION_MAX_BATCH];
-            for (int j = 0; j < np; j++) {
-                const svlm_stc_cache *c = cs[which[j]];
-                parts[j] = (svlm_siglip_part){vc->q + off[j] * D, c->ref_k[il], c->ref_v[il],
-                                              vc->attn + off[j] * D, c->m};
-            }
-            svlm_siglip_attention_parts(vc, parts, np, N);
+        svlm_siglip_part parts[SVLM_VISION_MAX_BATCH];
+        for (int j = 0; j < np; j++) {
+            const svlm_stc_cache *c = cs[which[j]];
+            parts[j] = (svlm_siglip_part){vc->q + off[j] * D, c->ref_k[il], c->ref_v[il],
+                                          vc->attn + off[j] * D, c->m};
         }
+        svlm_siglip_attention_parts(vc, parts, np, N);
         svlm_k_store_rows(k, to_k, SVLM_F32, save_k, M, D);
         svlm_k_store_rows(k, to_v, SVLM_F32, save_v, M, D);
         svlm_siglip_attn_out_ffn(vc, (int)il, vc->x, M);

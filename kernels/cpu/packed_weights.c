@@ -83,6 +83,13 @@ static size_t default_limit(void) {
     return quarter && quarter < most ? quarter : most;
 }
 
+/* Drops entry i (ready or dead). Under the lock. */
+static void drop(size_t i) {
+    used_bytes -= table[i].bytes;
+    free(table[i].packed);
+    table[i] = table[--n_entries];
+}
+
 uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
     *fill = 0;
     if ((size_t)w->rows * w->row_bytes < SMALL_BYTES) return NULL;
@@ -106,9 +113,7 @@ uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
             pthread_mutex_unlock(&lock);
             return NULL;
         }
-        used_bytes -= e->bytes; /* another weight now lives at this address */
-        free(e->packed);
-        *e = table[--n_entries];
+        drop(i); /* another weight now lives at this address */
         break;
     }
     if (used_bytes + bytes > limit_bytes) {
@@ -133,13 +138,6 @@ uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
     }
     pthread_mutex_unlock(&lock);
     return out;
-}
-
-/* Drops entry i (ready or dead). Under the lock. */
-static void drop(size_t i) {
-    used_bytes -= table[i].bytes;
-    free(table[i].packed);
-    table[i] = table[--n_entries];
 }
 
 void svlm_cpu_packed_ready(const uint32_t *packed) {
