@@ -109,6 +109,11 @@ void svlm_k_seq_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *l
                                        float eps, const svlm_weight *w1, const float *b1,
                                        const svlm_weight *w2, const float *b2, int64_t n, float *h, float *ff,
                                        float *tmp);
+#ifdef SVLM_HAVE_CUDA
+/* The CUDA weight table's part of svlm_kernels_forget_range (kernels/cuda/cuda_weights.c). */
+void svlm_cuda_weights_forget_range(const void *data, size_t bytes);
+#endif
+
 void svlm_k_seq_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                             float *patches, float *y);
 

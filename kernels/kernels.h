@@ -99,7 +99,8 @@ void svlm_k_free_host(svlm_kernels *k, void *p);
  * device backends drop their copies of it. Weights from the model mapping never need this. */
 void svlm_k_forget(svlm_kernels *k, const void *weight_data);
 /* Memory [data, data + bytes) that held weights (a model file's mapping) is about to go: every
- * backend of the process drops what it derived from weights there (the CPU's packed copies). */
+ * backend of the process drops what it derived from weights there (the CPU's packed copies, the
+ * GPU's device copies and their decodes, freed once the devices finish what was queued). */
 void svlm_kernels_forget_range(const void *data, size_t bytes);
 
 /* Deferred mode, for code whose buffers the host does not touch between ops: while on (calls

@@ -269,6 +269,9 @@ static void cpu_forget(svlm_kernels *k, const void *weight_data) {
 
 void svlm_kernels_forget_range(const void *data, size_t bytes) {
     svlm_cpu_packed_forget(data, bytes);
+#ifdef SVLM_HAVE_CUDA
+    svlm_cuda_weights_forget_range(data, bytes);
+#endif
 }
 
 static const backend_ops cpu_ops = {

@@ -3,7 +3,8 @@
  * host memory and svlm_k_alloc buffers, svlm_k_store and svlm_k_load (f32, f16), svlm_k_round_f16,
  * svlm_k_gather_rows, svlm_k_gelu_tanh_f16, svlm_k_attention_multi, matmul_multi's one-launch products,
  * chains of ops run with svlm_k_defer on, which must give exactly what the same chain gives op by op,
- * svlm_k_store_rows, and decode-like steps replayed from a recording (svlm_k_replay_begin/end).
+ * svlm_k_store_rows, decode-like steps replayed from a recording (svlm_k_replay_begin/end), and
+ * svlm_kernels_forget_range freeing a closed model's device copies.
  *
  * Tolerances: copies, stores, roundings and gathers are exact (IEEE round-to-nearest-even on both
  * sides); the f16-table GELU may differ by one f16 step where the two backends' expf differ by an
@@ -1335,6 +1336,47 @@ static void test_patch_embed(void) {
     svlm_kernels_destroy(gp);
 }
 
+/* A model file closing (svlm_kernels_forget_range over its mapping) frees its weights' device
+ * copies and their decodes for cuBLAS at once, and a product after it uploads them again and gives
+ * the same numbers. */
+static void test_forget_range(void) {
+    enum { R = 2048, K = 4096, N = 16 }; /* 16 MB as stored, 16 MB more decoded to bf16 */
+    svlm_bf16 *wd = malloc(sizeof(svlm_bf16) * R * K);
+    REQUIRE(wd, "out of memory");
+    for (int64_t i = 0; i < (int64_t)R * K; i++)
+        wd[i] = svlm_f32_to_bf16(0.05f * frand());
+    const svlm_weight w = {SVLM_BF16, R, K, wd, sizeof(svlm_bf16) * K};
+    float *x = host_floats((int64_t)N * K, 1.0f), *y[2], *y1[2];
+    for (int i = 0; i < 2; i++) {
+        y[i] = host_floats((int64_t)N * R, 0.0f);
+        y1[i] = host_floats(R, 0.0f);
+    }
+    size_t used0 = 0, used1 = 0, total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        svlm_k_matmul(G, &w, x, N, y[pass]);  /* the decode for cuBLAS */
+        svlm_k_matmul(G, &w, x, 1, y1[pass]); /* the weight as stored */
+        if (pass) break;
+        int known = svlm_kernels_device_memory(G, &used0, &total);
+        svlm_kernels_forget_range(wd, sizeof(svlm_bf16) * R * K);
+        svlm_kernels_device_memory(G, &used1, &total);
+        if (known && !test_gpu_as_cpu()) {
+            printf("forget_range: device memory %.1f -> %.1f MiB\n", used0 / 1048576.0, used1 / 1048576.0);
+            CHECK(used1 + ((size_t)24 << 20) <= used0,
+                  "forgetting a 16 MB weight and its decode freed only %.1f MiB of the device",
+                  ((double)used0 - (double)used1) / 1048576.0);
+        }
+    }
+    CHECK(!memcmp(y[0], y[1], sizeof(float) * N * R) && !memcmp(y1[0], y1[1], sizeof(float) * R),
+          "products after forget_range differ from those before it");
+    svlm_kernels_forget_range(wd, sizeof(svlm_bf16) * R * K);
+    free(wd);
+    free(x);
+    for (int i = 0; i < 2; i++) {
+        free(y[i]);
+        free(y1[i]);
+    }
+}
+
 int test_main(void) {
     svlm_err err = {0};
     G = test_gpu_backend();
@@ -1358,6 +1400,7 @@ int test_main(void) {
     test_im2col();
     test_patch_embed();
     test_replay();
+    test_forget_range();
     svlm_kernels_destroy(G);
     svlm_kernels_destroy(C);
     return 0;

@@ -89,6 +89,13 @@ static int still_valid(const entry *e) {
     return e->sig == signature(e->host, e->bytes);
 }
 
+/* What an entry holds on the device: the bytes as stored and their decode for cuBLAS. */
+static size_t entry_device_bytes(const entry *e) {
+    size_t n = e->dev ? e->bytes : 0;
+    if (e->gemm) n += (size_t)(e->gemm_bf16 ? 2 : 4) * (size_t)e->gemm_rows * (size_t)e->gemm_cols;
+    return n;
+}
+
 static void drop(entry *e) {
     if (e->dev) (void)cudaFree(e->dev);
     if (e->gemm) (void)cudaFree(e->gemm);
@@ -164,7 +171,7 @@ static void upload(svlm_kernels *k, entry *e) {
 static entry *get(svlm_kernels *k, const void *host, size_t bytes) {
     entry *e = find(host, bytes, CU(k)->device);
     if (e->dev && !still_valid(e)) {
-        device_bytes -= e->bytes;
+        device_bytes -= entry_device_bytes(e);
         bury(e->dev);
         bury(e->gemm);
         e->dev = e->gemm = NULL;
@@ -262,7 +269,10 @@ const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, voi
                  "weight decode");
         cu_check(cudaStreamSynchronize(CU(k)->stream), "weight decode");
         if (e) {
-            if (e->gemm) __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
+            if (e->gemm) {
+                __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
+                device_bytes -= entry_device_bytes(e) - e->bytes;
+            }
             bury(e->gemm); /* a decode for another view of the same bytes */
             e->gemm = g;
             e->gemm_bf16 = want_bf16;
@@ -306,24 +316,23 @@ void cu_weights_release(void) {
     pthread_mutex_unlock(&lock);
 }
 
-/* Removes every entry of `host` (any size) and rebuilds the probe chains after them. */
-void cu_weights_forget(svlm_kernels *k, const void *host) {
-    (void)k;
-    pthread_mutex_lock(&lock);
+/* Removes every entry whose host bytes start in [lo, hi] (hi inclusive, so a zero-length range
+ * is one address) and rebuilds the probe chains after them. Under the lock; returns how many. */
+static int remove_range(uintptr_t lo, uintptr_t hi) {
     int removed = 0;
     for (size_t i = 0; i < cap; i++)
-        if (table[i].host == host) {
-            device_bytes -= table[i].bytes;
+        if (table[i].host && (uintptr_t)table[i].host >= lo && (uintptr_t)table[i].host <= hi) {
+            device_bytes -= entry_device_bytes(&table[i]);
             bury(table[i].dev); /* another lane may still be using it */
             bury(table[i].gemm);
             table[i].dev = table[i].gemm = NULL;
             free(table[i].small);
             memset(&table[i], 0, sizeof table[i]);
             used--;
-            removed = 1;
+            removed++;
         }
-    if (removed) __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
     if (removed) { /* open addressing: re-insert everything so no chain has a hole */
+        __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
         entry *old = table;
         size_t old_cap = cap;
         table = NULL;
@@ -339,6 +348,42 @@ void cu_weights_forget(svlm_kernels *k, const void *host) {
                 used++;
             }
         free(old);
+    }
+    return removed;
+}
+
+/* Removes every entry of `host` (any size). */
+void cu_weights_forget(svlm_kernels *k, const void *host) {
+    (void)k;
+    pthread_mutex_lock(&lock);
+    remove_range((uintptr_t)host, (uintptr_t)host);
+    pthread_mutex_unlock(&lock);
+}
+
+/* A model file's mapping is going: its weights' device copies and decodes go too. Its users
+ * (decoders, encoders) are gone, so nothing queued can still read them; the device copies of
+ * other models stay. The buried copies are freed after the devices finish what was queued,
+ * instead of waiting for the last backend (a process that reloads models kept them all). */
+void svlm_cuda_weights_forget_range(const void *data, size_t bytes) {
+    if (!data || !bytes) return;
+    pthread_mutex_lock(&lock);
+    if (!cap) { /* no CUDA backend has uploaded anything: no driver call at all */
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    const size_t first_grave = n_graves;
+    if (remove_range((uintptr_t)data, (uintptr_t)data + bytes - 1)) {
+        int n_dev = 0;
+        if (cudaGetDeviceCount(&n_dev) != cudaSuccess) n_dev = 0;
+        int cur = 0;
+        (void)cudaGetDevice(&cur);
+        for (int d = 0; d < n_dev; d++)
+            if (cudaSetDevice(d) == cudaSuccess) (void)cudaDeviceSynchronize();
+        (void)cudaSetDevice(cur);
+        (void)cudaGetLastError();
+        for (size_t i = first_grave; i < n_graves; i++) /* only this model's: the rest wait as before */
+            (void)cudaFree(graveyard[i]);
+        n_graves = first_grave;
     }
     pthread_mutex_unlock(&lock);
 }
