@@ -43,6 +43,9 @@ void svlm_err_prefix(svlm_err *err, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
+    size_t n = strlen(pre);
+    /* already said by the layer below (a file's path from gguf_open, then again from a loader) */
+    if (n && !strncmp(err->msg, pre, n) && err->msg[n] == ':') return;
     memcpy(old, err->msg, sizeof old);
     snprintf(err->msg, sizeof err->msg, "%.200s: %.300s", pre, old);
 }

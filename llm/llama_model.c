@@ -75,9 +75,9 @@ static svlm_status load_hparams(const gguf_file *f, svlm_llama_hparams *hp, svlm
     char key[160];
     uint32_t u;
     snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
-    hp->n_head_kv = gguf_get_u32(f, key, &u) ? (int)u : hp->n_head;
+    hp->n_head_kv = gguf_get_u32(f, key, &u) ? (u <= (1u << 30) ? (int)u : 0) : hp->n_head;
     snprintf(key, sizeof key, "%s.context_length", arch);
-    hp->n_ctx_train = gguf_get_u32(f, key, &u) ? (int)u : 2048;
+    hp->n_ctx_train = gguf_get_u32(f, key, &u) ? (u <= (1u << 30) ? (int)u : -1) : 2048;
     snprintf(key, sizeof key, "%s.rope.freq_base", arch);
     /* llama.cpp uses 10000 when the key is absent (e.g. llama2.c exports); do the same. */
     if (!gguf_get_f32(f, key, &hp->rope_base)) hp->rope_base = 10000.0f;
@@ -85,6 +85,12 @@ static svlm_status load_hparams(const gguf_file *f, svlm_llama_hparams *hp, svlm
     if (!gguf_get_f32(f, key, &hp->rms_eps)) {
         free(arch);
         return svlm_fail(err, SVLM_E_FORMAT, "missing metadata key '%s'", key);
+    }
+    if (hp->n_ctx_train <= 0 || !(hp->rope_base > 0 && isfinite(hp->rope_base)) ||
+        !(hp->rms_eps >= 0 && hp->rms_eps < 1)) {
+        free(arch);
+        return svlm_fail(err, SVLM_E_FORMAT, "invalid context_length %d, rope.freq_base %g or rms epsilon %g",
+                         hp->n_ctx_train, (double)hp->rope_base, (double)hp->rms_eps);
     }
     if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv != 0 || hp->n_embd % hp->n_head != 0) {
         free(arch);
@@ -118,10 +124,21 @@ svlm_status svlm_llama_load(const char *path, svlm_llama **out, svlm_err *err) {
     const gguf_file *f = m->gguf;
     svlm_llama_hparams *hp = &m->hp;
     if ((st = load_hparams(f, hp, err))) goto fail;
+    /* each layer binds 9 tensors: a count beyond that is a damaged header, not a model to size
+     * tables for */
+    if ((uint64_t)hp->n_layer > f->n_tensors / 9) {
+        st = svlm_fail(err, SVLM_E_FORMAT, "block_count %d, but the file holds only %llu tensors (9 a layer)",
+                       hp->n_layer, (unsigned long long)f->n_tensors);
+        goto fail;
+    }
 
     const gguf_tensor *emb = gguf_find_tensor(f, "token_embd.weight");
     if (!emb) {
         st = svlm_fail(err, SVLM_E_FORMAT, "tensor 'token_embd.weight' is missing");
+        goto fail;
+    }
+    if (emb->ne[1] < 1 || emb->ne[1] > (1 << 30)) {
+        st = svlm_fail(err, SVLM_E_FORMAT, "token_embd.weight has %lld rows", (long long)emb->ne[1]);
         goto fail;
     }
     hp->n_vocab = (int)emb->ne[1];
