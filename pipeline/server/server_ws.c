@@ -469,7 +469,19 @@ static void handle(svlm_server *srv, srv_conn *c, const char *text, size_t len) 
             goto out;
         }
         char *s = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (s) snprintf(r.id, sizeof r.id, "%s", s);
+        if (!s) {
+            srv_ws_error(srv, c, "", "server_busy", "out of memory");
+            goto out;
+        }
+        /* replies echo the id as this text: cut short, it would no longer parse, and two ids with
+         * the same beginning would collide (control characters take 6 bytes each once escaped) */
+        if (strlen(s) >= sizeof r.id) {
+            free(s);
+            srv_ws_error(srv, c, "", "bad_message", "field 'id' is longer than %d bytes once written as JSON",
+                         (int)sizeof r.id - 1);
+            goto out;
+        }
+        snprintf(r.id, sizeof r.id, "%s", s);
         free(s);
     }
     json_t *type = json_object_get(r.msg, "type");

@@ -116,6 +116,13 @@ async def protocol(h):
         await send(ws, type="ask", stream="cam", question="q")
         m, _ = await until(ws, lambda m: m["type"] == "error")
         assert m["code"] == "bad_message" and "id" in m["message"], m
+        # 30 control characters are 30 bytes but 180 written as JSON: refused, never cut short (a
+        # cut id would no longer parse in the replies, and two such ids could collide)
+        await send(ws, type="ask", id="\x01" * 30, stream="cam", question="q")
+        m, _ = await until(ws, lambda m: m["type"] == "error")
+        assert m["code"] == "bad_message" and "written as JSON" in m["message"] and m.get("id") is None, m
+        await send(ws, type="ask", id="\x01" * 20 + "é", stream="cam", question="q", max_tokens=1)
+        m, _ = await until(ws, lambda m: m["type"] == "done" and m["id"] == "\x01" * 20 + "é")
 
         # cancel in the middle
         await send(ws, type="ask", id="c1", stream="cam", question="long:5000")
