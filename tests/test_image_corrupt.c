@@ -201,9 +201,40 @@ static void pnm_corruption(void) {
     printf("PNM: %d of %d mutated files decoded, every other one rejected with a message\n", accepted, total);
 }
 
+/* Headers that claim a huge image over a few bytes are refused before the image is allocated
+ * (each would have cost its claimed size first: 1.5 GB for the PNM, 2 GB of rows for the PNG). */
+static void huge_headers(void) {
+    svlm_image im = {0};
+    svlm_err err = {0};
+    static const char pnm[] = "P6\n16000 16000\n65535\n0123456789abcdef";
+    CHECK(svlm_image_decode_builtin((const uint8_t *)pnm, sizeof pnm - 1, &im, &err) == SVLM_E_FORMAT &&
+              !im.rgb && strstr(err.msg, "truncated"),
+          "a 16000x16000 PNM of 16 raster bytes: %s", err.msg);
+    uint8_t png[256], ihdr[13] = {0}, idat[64], z[128];
+    size_t n = 0;
+    memcpy(png, "\x89PNG\r\n\x1a\n", 8);
+    n = 8;
+    put32(ihdr, 16000);
+    put32(ihdr + 4, 16000);
+    ihdr[8] = 16; /* 16-bit RGBA: 128000 bytes a row */
+    ihdr[9] = 6;
+    chunk(png, &n, "IHDR", ihdr, 13);
+    memset(idat, 0, sizeof idat);
+    uLongf zn = sizeof z;
+    CHECK(compress(z, &zn, idat, sizeof idat) == Z_OK, "zlib compress");
+    chunk(png, &n, "IDAT", z, (uint32_t)zn);
+    chunk(png, &n, "IEND", NULL, 0);
+    err.msg[0] = 0;
+    CHECK(svlm_image_decode_builtin(png, n, &im, &err) == SVLM_E_FORMAT && !im.rgb &&
+              strstr(err.msg, "truncated") && strstr(err.msg, "rows' bytes"),
+          "a 16000x16000 PNG of %lu compressed bytes: %s", (unsigned long)zn, err.msg);
+    printf("huge headers over a few bytes refused before allocating: %s\n", err.msg);
+}
+
 int test_main(void) {
     png_corruption();
     pnm_corruption();
+    huge_headers();
     return 0;
 }
 

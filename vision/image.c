@@ -66,15 +66,14 @@ svlm_status svlm_image_decode_pnm(const uint8_t *d, size_t n, svlm_image *out, s
         return svlm_fail(err, SVLM_E_FORMAT, "PNM maxval %ld is invalid", maxval);
     if (pos >= n) return svlm_fail(err, SVLM_E_FORMAT, "PNM file ends after its header");
     pos++; /* exactly one whitespace byte before the raster */
+    size_t bps = maxval > 255 ? 2 : 1;
+    size_t need = (size_t)w * (size_t)h * (size_t)channels * bps; /* each side < 1e6: no overflow */
+    /* before the image is allocated: a short file must not cost its header's claimed size */
+    if (w > 0 && w <= SVLM_IMAGE_MAX_SIDE && h > 0 && h <= SVLM_IMAGE_MAX_SIDE && n - pos < need)
+        return svlm_fail(err, SVLM_E_FORMAT, "PNM raster is truncated: %zu of %zu bytes", n - pos, need);
     svlm_status st = svlm_image_alloc(out, (int)(w > 0 && w <= SVLM_IMAGE_MAX_SIDE ? w : 0),
                                       (int)(h > 0 && h <= SVLM_IMAGE_MAX_SIDE ? h : 0), err);
     if (st) return st;
-    size_t bps = maxval > 255 ? 2 : 1;
-    size_t need = (size_t)w * (size_t)h * (size_t)channels * bps;
-    if (n - pos < need) {
-        svlm_image_free(out);
-        return svlm_fail(err, SVLM_E_FORMAT, "PNM raster is truncated: %zu of %zu bytes", n - pos, need);
-    }
     const uint8_t *s = d + pos;
     for (size_t i = 0; i < (size_t)w * (size_t)h; i++) {
         for (int c = 0; c < 3; c++) {

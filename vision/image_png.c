@@ -130,12 +130,19 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
         free(z);
         return svlm_fail(err, SVLM_E_FORMAT, "palette PNG has no PLTE chunk");
     }
-    svlm_status st = svlm_image_alloc(out, w <= SVLM_IMAGE_MAX_SIDE ? (int)w : 0,
-                                      h <= SVLM_IMAGE_MAX_SIDE ? (int)h : 0, err);
-    if (st) return free(z), st;
     size_t bits_pp = (size_t)channels * (size_t)depth;
     size_t stride = ((size_t)w * bits_pp + 7) / 8, bpp = (bits_pp + 7) / 8;
     size_t raw_n = (stride + 1) * h;
+    /* deflate expands at most about 1032:1, so image data this short cannot fill the rows: say
+     * so before allocating what the header claims (up to a gigabyte) */
+    if (w <= SVLM_IMAGE_MAX_SIDE && h <= SVLM_IMAGE_MAX_SIDE && raw_n / 1032 > zn + 64) {
+        free(z);
+        return svlm_fail(err, SVLM_E_FORMAT, "PNG image data is truncated (%zu bytes for %zu rows' bytes)",
+                         zn, raw_n);
+    }
+    svlm_status st = svlm_image_alloc(out, w <= SVLM_IMAGE_MAX_SIDE ? (int)w : 0,
+                                      h <= SVLM_IMAGE_MAX_SIDE ? (int)h : 0, err);
+    if (st) return free(z), st;
     uint8_t *raw = malloc(raw_n + 1);
     if (!raw) {
         free(z);
