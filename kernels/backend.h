@@ -92,6 +92,7 @@ struct svlm_kernels {
     void *dev;            /* a device backend's state */
     int replay_mode;      /* inside svlm_k_replay_begin/end: one of replay_mode */
     uint64_t replay_hash; /* of the calls so far in the run */
+    uint64_t n_ops;       /* op calls so far, where the backend counts them (null); __atomic */
 };
 
 /* How the ops of a replayed run go: as usual (not recorded), to the backend (which records them),

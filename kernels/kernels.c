@@ -71,6 +71,9 @@ const char *svlm_kernels_name(const svlm_kernels *k) {
 int svlm_kernels_threads(const svlm_kernels *k) {
     return k->n_threads;
 }
+uint64_t svlm_kernels_ops(const svlm_kernels *k) {
+    return k ? __atomic_load_n(&k->n_ops, __ATOMIC_RELAXED) : 0;
+}
 void *svlm_k_alloc(svlm_kernels *k, size_t bytes) {
     return k->ops->alloc(k, bytes);
 }

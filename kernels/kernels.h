@@ -84,6 +84,9 @@ int svlm_kernels_device_memory(svlm_kernels *k, size_t *used, size_t *total);
 void svlm_kernels_destroy(svlm_kernels *k);
 const char *svlm_kernels_name(const svlm_kernels *k); /* e.g. "cpu-avx512-vnni-bf16 x2" */
 int svlm_kernels_threads(const svlm_kernels *k);
+/* Op calls made on k so far, where its backend counts them (the null backend, whose every op a
+ * GPU would run as one or a few launches or a transfer); 0 elsewhere. Any thread may ask. */
+uint64_t svlm_kernels_ops(const svlm_kernels *k);
 
 /* zero-filled (the null backend's: a fixed pattern), 64-byte aligned; NULL on failure */
 void *svlm_k_alloc(svlm_kernels *k, size_t bytes);

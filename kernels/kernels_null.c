@@ -132,19 +132,26 @@ static int null_device_memory(svlm_kernels *k, size_t *used, size_t *total) {
     pthread_mutex_unlock(&spans_mu);
     return 1;
 }
+/* Every op call counts (svlm_kernels_ops): on a GPU each would be one or a few kernel launches
+ * or a transfer, so ops per frame and per decode step measure the host's launch work. The lanes
+ * read their counts from other threads. */
+static void counted(svlm_kernels *k) {
+    __atomic_fetch_add(&k->n_ops, 1, __ATOMIC_RELAXED);
+}
+
 static void null_copy(svlm_kernels *k, void *dst, const void *src, size_t bytes) {
-    (void)k;
+    counted(k);
     if (!on_device(dst, bytes) || !on_device(src, bytes)) memmove(dst, src, bytes);
 }
 /* stores and loads write their sizes' bytes (f16 rows are half as long) without converting, and
  * nothing when both sides are the backend's own */
 static void null_store(svlm_kernels *k, void *dst, svlm_dtype dst_type, const float *src, int64_t n) {
-    (void)k;
+    counted(k);
     const size_t bytes = (size_t)n * (dst_type == SVLM_F16 ? 2 : 4);
     if (!on_device(dst, bytes) || !on_device(src, sizeof(float) * (size_t)n)) memset(dst, 0, bytes);
 }
 static void null_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype src_type, int64_t n) {
-    (void)k;
+    counted(k);
     const size_t bytes = sizeof(float) * (size_t)n;
     if (!on_device(dst, bytes) || !on_device(src, (size_t)n * (src_type == SVLM_F16 ? 2 : 4)))
         memset(dst, 0, bytes);
@@ -152,7 +159,7 @@ static void null_load(svlm_kernels *k, float *dst, const void *src, svlm_dtype s
 /* a device-side op on a GPU (the connector's pixel shuffle): nothing, like the compute */
 static void null_gather_rows(svlm_kernels *k, float *dst, const float *src, const int32_t *idx, int64_t n,
                              int64_t dim) {
-    (void)k, (void)dst, (void)src, (void)idx, (void)n, (void)dim;
+    counted(k), (void)dst, (void)src, (void)idx, (void)n, (void)dim;
 }
 
 /* ---- compute: nothing ---- */
@@ -160,54 +167,55 @@ static void null_gather_rows(svlm_kernels *k, float *dst, const float *src, cons
 /* A product into the host's memory (the logits of the last row) comes back as a GPU's would: the
  * host pays for the transfer, and a greedy sampler finds an ordinary token in it. */
 static void null_matmul(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
-    (void)k;
+    counted(k);
     (void)x;
     const size_t count = (size_t)n * (size_t)w->rows;
     if (!on_device(y, sizeof(float) * count)) logits_pattern(y, count);
 }
 static void null_matmul_multi(svlm_kernels *k, const svlm_weight *const *ws, int n_w, const float *x,
                               int64_t n, float *const *ys) {
-    (void)k, (void)ws, (void)n_w, (void)x, (void)n, (void)ys;
+    counted(k), (void)ws, (void)n_w, (void)x, (void)n, (void)ys;
 }
 static void null_rmsnorm(svlm_kernels *k, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                          float eps) {
-    (void)k, (void)x, (void)w, (void)y, (void)n, (void)dim, (void)eps;
+    counted(k), (void)x, (void)w, (void)y, (void)n, (void)dim, (void)eps;
 }
 static void null_layernorm(svlm_kernels *k, const float *x, const float *w, const float *b, float *y,
                            int64_t n, int64_t dim, float eps) {
-    (void)k, (void)x, (void)w, (void)b, (void)y, (void)n, (void)dim, (void)eps;
+    counted(k), (void)x, (void)w, (void)b, (void)y, (void)n, (void)dim, (void)eps;
 }
 static void null_rope(svlm_kernels *k, float *x, int64_t n, int n_head, int head_dim, int n_rot,
                       const int32_t *pos, float base, int neox) {
-    (void)k, (void)x, (void)n, (void)n_head, (void)head_dim, (void)n_rot, (void)pos, (void)base, (void)neox;
+    counted(k), (void)x, (void)n, (void)n_head, (void)head_dim, (void)n_rot, (void)pos, (void)base,
+        (void)neox;
 }
 static void null_attention(svlm_kernels *k, const svlm_attn_args *a) {
-    (void)k, (void)a;
+    counted(k), (void)a;
 }
 static void null_attention_multi(svlm_kernels *k, const svlm_attn_args *a, int n) {
-    (void)k, (void)a, (void)n;
+    counted(k), (void)a, (void)n;
 }
 static void null_attention_items(svlm_kernels *k, const svlm_attn_args *shape, const svlm_attn_item *items,
                                  int n) {
-    (void)k, (void)shape, (void)items, (void)n;
+    counted(k), (void)shape, (void)items, (void)n;
 }
 static void null_unary(svlm_kernels *k, float *x, int64_t n) {
-    (void)k, (void)x, (void)n;
+    counted(k), (void)x, (void)n;
 }
 static void null_binary(svlm_kernels *k, float *y, const float *x, int64_t n) {
-    (void)k, (void)y, (void)x, (void)n;
+    counted(k), (void)y, (void)x, (void)n;
 }
 static void null_rows(svlm_kernels *k, float *y, const float *b, int64_t n_rows, int64_t dim) {
-    (void)k, (void)y, (void)b, (void)n_rows, (void)dim;
+    counted(k), (void)y, (void)b, (void)n_rows, (void)dim;
 }
 static void null_softmax(svlm_kernels *k, float *x, int64_t n_rows, int64_t dim) {
-    (void)k, (void)x, (void)n_rows, (void)dim;
+    counted(k), (void)x, (void)n_rows, (void)dim;
 }
 /* The index a GPU would find in the block's logits pattern (found from the pattern's formula,
  * without reading the block); a host row is really searched. Written wherever ids are (the
  * "device" is host memory too): a caller may read them as tokens. */
 static void null_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t dim, int32_t *ids) {
-    (void)k;
+    counted(k);
     if (!on_device(x, sizeof(float) * (size_t)(n_rows * dim))) {
         svlm_cpu_argmax(x, n_rows, dim, ids);
         return;
@@ -226,48 +234,48 @@ static void null_argmax(svlm_kernels *k, const float *x, int64_t n_rows, int64_t
 }
 static void null_store_rows(svlm_kernels *k, void *const *dsts, svlm_dtype dst_type, const float *src,
                             int64_t n, int64_t dim) {
-    (void)k, (void)dsts, (void)dst_type, (void)src, (void)n, (void)dim;
+    counted(k), (void)dsts, (void)dst_type, (void)src, (void)n, (void)dim;
 }
 static void null_matmul_add(svlm_kernels *k, const svlm_weight *w, const float *x, int64_t n, float *y) {
-    (void)k, (void)w, (void)x, (void)n, (void)y;
+    counted(k), (void)w, (void)x, (void)n, (void)y;
 }
 static void null_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *norm_w, float eps,
                                       float *h, const svlm_weight *const *ws, int n_w, int64_t n,
                                       float *const *ys) {
-    (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n_w, (void)n, (void)ys;
+    counted(k), (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n_w, (void)n, (void)ys;
 }
 static void null_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                                 const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate,
                                 float *up) {
-    (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)wg, (void)wu, (void)n, (void)gate, (void)up;
+    counted(k), (void)x, (void)norm_w, (void)eps, (void)h, (void)wg, (void)wu, (void)n, (void)gate, (void)up;
 }
 static void null_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
                                        float eps, float *h, const svlm_weight *const *ws,
                                        const float *const *bs, int n_w, int64_t n, float *const *ys) {
-    (void)k, (void)x, (void)ln_w, (void)ln_b, (void)eps, (void)h, (void)ws, (void)bs, (void)n_w, (void)n,
+    counted(k), (void)x, (void)ln_w, (void)ln_b, (void)eps, (void)h, (void)ws, (void)bs, (void)n_w, (void)n,
         (void)ys;
 }
 static void null_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x,
                                  int64_t n, float *y, float *tmp) {
-    (void)k, (void)w, (void)b, (void)x, (void)n, (void)y, (void)tmp;
+    counted(k), (void)w, (void)b, (void)x, (void)n, (void)y, (void)tmp;
 }
 static void null_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b,
                                         float eps, const svlm_weight *w1, const float *b1,
                                         const svlm_weight *w2, const float *b2, int64_t n, float *h,
                                         float *ff, float *tmp) {
-    (void)k, (void)x, (void)ln_w, (void)ln_b, (void)eps, (void)w1, (void)b1, (void)w2, (void)b2, (void)n,
+    counted(k), (void)x, (void)ln_w, (void)ln_b, (void)eps, (void)w1, (void)b1, (void)w2, (void)b2, (void)n,
         (void)h, (void)ff, (void)tmp;
 }
 static void null_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head,
                             int n_kv_head, int head_dim, int n_rot, const int32_t *pos, float base, int neox,
                             void *const *dsts, svlm_dtype kv_type, float *keep, int round) {
-    (void)k, (void)q, (void)kx, (void)vx, (void)n, (void)n_head, (void)n_kv_head, (void)head_dim, (void)n_rot,
-        (void)pos, (void)base, (void)neox, (void)dsts, (void)kv_type, (void)keep, (void)round;
+    counted(k), (void)q, (void)kx, (void)vx, (void)n, (void)n_head, (void)n_kv_head, (void)head_dim,
+        (void)n_rot, (void)pos, (void)base, (void)neox, (void)dsts, (void)kv_type, (void)keep, (void)round;
 }
 static void null_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float *norm_w, float eps,
                                         float *h, const svlm_weight *const *ws, int64_t n, float *q,
                                         float *kx, float *vx, const svlm_rope_store_args *r) {
-    (void)k, (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n, (void)q, (void)kx, (void)vx,
+    counted(k), (void)x, (void)norm_w, (void)eps, (void)h, (void)ws, (void)n, (void)q, (void)kx, (void)vx,
         (void)r;
 }
 /* The pixels cross to the device (a GPU backend uploads them, then embeds them there): as many
@@ -278,16 +286,16 @@ static void upload_pixels(const float *pixels, int b, int S, int p, float *to) {
     if (!on_device(pixels, bytes)) memmove(to, pixels, bytes);
 }
 static void null_im2col(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round) {
-    (void)k, (void)round;
+    counted(k), (void)round;
     upload_pixels(pixels, b, S, p, dst);
 }
 static void null_patch_embed(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                              float *patches, float *y) {
-    (void)k, (void)w, (void)y;
+    counted(k), (void)w, (void)y;
     upload_pixels(pixels, b, S, p, patches);
 }
 static void null_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
-    (void)k, (void)a;
+    counted(k), (void)a;
 }
 
 static const backend_ops null_ops = {

@@ -1205,4 +1205,6 @@ void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out) {
         n += e->streams[i].n;
     out->queued_frames = n;
     pthread_mutex_unlock(&e->mu);
+    out->ingest_ops = svlm_kernels_ops(e->k_ingest);
+    out->answer_ops = svlm_kernels_ops(e->k_answer);
 }

@@ -117,9 +117,11 @@ typedef struct svlm_engine_metrics {
     uint64_t decode_batches, decode_batch_answers; /* batched decode steps, answers they stepped */
     uint64_t ingest_batches, ingest_batch_frames;  /* encoder batches of 2+ streams' frames, their frames */
     uint64_t ingest_batches_ahead;                 /* of those, preprocessed while the batch before ran */
-    uint64_t memory_waits;  /* question starts put off for a running answer's memory (device full;
-                             * a question may be put off more than once) */
-    int active_answers_max; /* the most answers that ran at once (each holds a context) */
+    uint64_t memory_waits;           /* question starts put off for a running answer's memory (device full;
+                                      * a question may be put off more than once) */
+    int active_answers_max;          /* the most answers that ran at once (each holds a context) */
+    uint64_t ingest_ops, answer_ops; /* op calls on each lane's kernels (svlm_kernels_ops: the null
+                                      * backend counts them; 0 on the others) */
 } svlm_engine_metrics;
 void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out);
 

@@ -57,6 +57,13 @@ int test_main(void) {
     svlm_k_copy(a, d1, host, sizeof host);
     svlm_k_copy(b, back, d1, sizeof back);
     CHECK(!memcmp(host, back, sizeof host), "host -> null block -> host did not give the bytes back");
+    /* every op call counts, on its own backend: a's two copies (the skipped one too), b's one */
+    CHECK(svlm_kernels_ops(a) == 2 && svlm_kernels_ops(b) == 1, "op counts %llu and %llu, expected 2 and 1",
+          (unsigned long long)svlm_kernels_ops(a), (unsigned long long)svlm_kernels_ops(b));
+    svlm_k_add(a, d1, d1, N);
+    svlm_k_copy(a, d1, d1, 0); /* nothing to do: kernels.c never calls the backend */
+    CHECK(svlm_kernels_ops(a) == 3, "op count %llu after an add, expected 3",
+          (unsigned long long)svlm_kernels_ops(a));
 
     /* logits: in a fresh block (a batch's, on the "device") and from a product into host memory */
     const int64_t vocabs[] = {1024, 32000, 49152, 49280, 151936};

@@ -98,6 +98,10 @@ typedef struct result {
     double ingest_batch_mean;     /* frames per encoder batch of 2+ streams in the window */
     double ingest_batch_share;    /* share of the window's frames encoded in such batches */
     double ingest_ahead_share;    /* share of the window's batches preprocessed ahead */
+    /* op calls in the window (the null backend counts them: a GPU's launches and transfers) per
+     * frame ingested and per answer token (question starts included); 0 where not counted */
+    uint64_t ingest_ops, answer_ops;
+    double ops_per_frame, ops_per_token;
     int question_tokens, keeps_up;
     int64_t memory_waits; /* question starts that waited for a running answer's memory */
     int answers_max;      /* the most answers running at once, since the start */
@@ -595,6 +599,9 @@ static svlm_status produce(run_ctx *r, result *res, svlm_err *err) {
     res->ingest_batch_share = res->frames > 0 ? (double)nfr / (double)res->frames : 0;
     const uint64_t nahead = m1.ingest_batches_ahead - m0.ingest_batches_ahead;
     res->ingest_ahead_share = nbat ? (double)nahead / (double)nbat : 0;
+    res->ingest_ops = m1.ingest_ops - m0.ingest_ops;
+    res->answer_ops = m1.answer_ops - m0.answer_ops;
+    res->ops_per_frame = res->frames > 0 ? (double)res->ingest_ops / (double)res->frames : 0;
     stream_figures(r, res); /* (res->frames from here on: the streams' own counts) */
     res->rss = cli_rss_bytes();
     return SVLM_OK;
@@ -632,6 +639,7 @@ static void summarize(const bench_args *a, bench *b, result *res) {
         res->max = s->v[s->n - 1];
     }
     res->tok_s = (double)b->window_tokens / res->secs;
+    res->ops_per_token = b->window_tokens ? (double)res->answer_ops / (double)b->window_tokens : 0;
     res->answer_len = b->window_answers ? (double)b->window_tokens / (double)b->window_answers : NAN;
     res->tok_s_per_answer = res->answered ? b->rate_sum / (double)res->answered : NAN;
     res->fps_per_stream = (double)res->frames / (double)a->streams / res->secs;
@@ -685,6 +693,8 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     json_num("prefill_ms_per_frame", r->prefill_ms, 1);
     json_num("ingest_busy", r->ingest_busy, 1);
     json_num("ingest_batch_mean", r->ingest_batch_mean, 1);
+    json_num("ingest_ops_per_frame", r->ops_per_frame, 1);
+    json_num("answer_ops_per_token", r->ops_per_token, 1);
     json_num("ingest_batch_share", r->ingest_batch_share, 1);
     json_num("ingest_ahead_share", r->ingest_ahead_share, 1);
     json_num("answer_busy", r->answer_busy, 1);
@@ -744,6 +754,10 @@ static void report_text(const bench_args *a, const result *r, const char *backen
            r->ingest_batch_mean, 100 * r->ingest_batch_share, 100 * r->ingest_ahead_share);
     printf("ingest_ms        %.2f encode %.2f prefill per frame\n",
            isfinite(r->encode_ms) ? r->encode_ms : 0.0, isfinite(r->prefill_ms) ? r->prefill_ms : 0.0);
+    if (r->ingest_ops || r->answer_ops)
+        printf("device_ops       %.1f per frame (ingest lane), %.1f per answer token (answer lane, question "
+               "starts included)\n",
+               r->ops_per_frame, r->ops_per_token);
     if (r->stc_frames)
         printf(
             "stc              %.1f %% of patches recomputed; frames %.0f %% reused, %.0f %% partial, %.0f %% "
