@@ -516,9 +516,10 @@ static svlm_status push_locked(svlm_memory *m, double t, const float *tokens, in
     if (m->opts.read_only) return svlm_fail(err, SVLM_E_INVALID, "memory: the bank is open read-only");
     if (!tokens || n < 1 || n > (1 << 20))
         return svlm_fail(err, SVLM_E_INVALID, "memory: a frame needs 1..1048576 tokens, got %d", n);
-    if (!isfinite(t) || (m->st.frames > 0 && t < m->prev_t))
+    if (!(fabs(t) <= MEM_MAX_TIME) || (m->st.frames > 0 && t < m->prev_t))
         return svlm_fail(err, SVLM_E_INVALID,
-                         "memory: frame time %.3f is not finite or goes backwards (last %.3f)", t, m->prev_t);
+                         "memory: frame time %.3f is not finite, beyond 1e12 s or goes backwards (last %.3f)",
+                         t, m->prev_t);
     if ((m->opts.key_dim > 0) != (key != NULL))
         return svlm_fail(err, SVLM_E_INVALID, "memory: a per-frame key is %s",
                          m->opts.key_dim > 0 ? "required (key_dim > 0)" : "not expected (key_dim = 0)");

@@ -120,7 +120,8 @@ mem_entry *mem_merge_clips(svlm_memory *m, const mem_entry *a, const mem_entry *
     }
     e->t0 = a->t0 < b->t0 ? a->t0 : b->t0;
     e->t1 = a->t1 > b->t1 ? a->t1 : b->t1;
-    e->n_frames = a->n_frames + b->n_frames;
+    e->n_frames =
+        a->n_frames > INT64_MAX - b->n_frames ? INT64_MAX : a->n_frames + b->n_frames; /* loaded ones */
     e->level = (a->level > b->level ? a->level : b->level) + 1;
     e->importance = 1.0f / (float)(1 + e->level);
     return e;

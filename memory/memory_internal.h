@@ -6,6 +6,11 @@
 
 #include "memory/memory_bank.h"
 
+/* Frame times (stream seconds) the bank takes and persists: within +-31,700 years, so a resumed
+ * stream's clock converts to int64 milliseconds and a reloaded record never holds what a push
+ * would have refused. */
+#define MEM_MAX_TIME 1e12
+
 typedef struct mem_entry {
     uint64_t id;
     svlm_memory_tier tier;

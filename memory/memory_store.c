@@ -38,6 +38,9 @@
 #define MAN_HEADER 56
 #define MAN_ROW    16
 #define MAX_FILE   ((size_t)1 << 31)
+#define MAX_ID     ((uint64_t)1 << 62) /* ids count up from 1: a larger one would wrap next_id */
+#define MAX_FRAMES ((int64_t)1 << 48)  /* frames an entry stands for (merges add them up) */
+#define MAX_LEVEL  (1 << 16)           /* times a clip was merged */
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "memory_store.c writes little-endian files by copying host values"
@@ -264,7 +267,10 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
         return NULL;
     }
     double t0 = get_f64(p + 24), t1 = get_f64(p + 32);
-    if (!isfinite(t0) || !isfinite(t1) || t1 < t0 || get_u64(p + 8) == 0) {
+    int64_t n_frames = (int64_t)get_u64(p + 40);
+    int32_t level = (int32_t)get_u32(p + 20);
+    if (!(t0 >= -MEM_MAX_TIME) || !(t1 <= MEM_MAX_TIME) || t1 < t0 || get_u64(p + 8) == 0 ||
+        get_u64(p + 8) >= MAX_ID || n_frames < 0 || n_frames > MAX_FRAMES || level < 0 || level > MAX_LEVEL) {
         *why = "inconsistent header";
         return NULL;
     }
@@ -274,10 +280,10 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
         return NULL;
     }
     e->id = get_u64(p + 8);
-    e->level = (int)get_u32(p + 20);
+    e->level = level;
     e->t0 = t0;
     e->t1 = t1;
-    e->n_frames = (int64_t)get_u64(p + 40);
+    e->n_frames = n_frames;
     memcpy(&e->importance, p + 64, 4);
     memcpy(e->tokens, p + REC_HEADER, a * 4);
     memcpy(e->keys, p + REC_HEADER + a * 4, b * 4);
@@ -286,7 +292,14 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
     return e;
 }
 
-static void load_record(svlm_memory *m, const char *name, int has_listed_crc, uint32_t listed_crc) {
+static void load_record(svlm_memory *m, const char *name, uint64_t id, int has_listed_crc,
+                        uint32_t listed_crc) {
+    for (int i = 0; i < m->n_entries; i++)
+        if (m->entries[i]->id == id) { /* listed twice: its record is loaded, leave it in place */
+            m->report.rejected++;
+            note(m, "%s: %s", name, "listed twice");
+            return;
+        }
     char path[4096];
     path_of(m, path, sizeof path, name);
     const char *why = NULL;
@@ -295,7 +308,11 @@ static void load_record(svlm_memory *m, const char *name, int has_listed_crc, ui
     int exists = p != NULL;
     mem_entry *e = p ? parse_record(m, p, n, &why) : NULL;
     free(p);
-    if (e && has_listed_crc && e->crc != listed_crc) {
+    if (e && e->id != id) { /* it would be written back, and deleted, under another name */
+        why = "its id differs from its file name";
+        mem_entry_free(e);
+        e = NULL;
+    } else if (e && has_listed_crc && e->crc != listed_crc) {
         why = "differs from the manifest";
         mem_entry_free(e);
         e = NULL;
@@ -350,7 +367,8 @@ static int parse_manifest(const uint8_t *p, size_t n, manifest *mf, const char *
     mf->count = get_u32(p + 48);
     mf->rows = p + MAN_HEADER;
     if (get_u32(p + 4) != VERSION || (size_t)mf->count * MAN_ROW + MAN_HEADER + 4 != n || mf->dim < 1 ||
-        mf->dim > (1u << 16) || mf->key_dim > (1u << 16)) {
+        mf->next_id > MAX_ID || mf->dim > (1u << 16) || mf->key_dim > (1u << 16) ||
+        !(fabs(mf->t_first) <= MEM_MAX_TIME) || !(fabs(mf->t_last) <= MEM_MAX_TIME)) {
         *why = "inconsistent header";
         return -1;
     }
@@ -409,7 +427,10 @@ svlm_status mem_store_sync(svlm_memory *m, svlm_err *err) {
 
 static int is_record_name(const char *s) {
     size_t n = strlen(s);
-    return n == 21 && s[0] == 'e' && !strcmp(s + 17, ".rec");
+    if (n != 21 || s[0] != 'e' || strcmp(s + 17, ".rec")) return 0;
+    for (int i = 1; i < 17; i++) /* as record_name() writes it: strtoull takes signs and spaces too */
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
 }
 
 /* Loads every record in dir (no manifest to trust); with only_orphans, deletes instead the
@@ -435,7 +456,7 @@ static void scan_dir(svlm_memory *m, int only_orphans) {
         if (only_orphans) {
             if (!listed && !m->opts.read_only) unlink(path);
         } else if (!listed) {
-            load_record(m, s, 0, 0);
+            load_record(m, s, id, 0, 0);
         }
     }
     closedir(d);
@@ -466,7 +487,7 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
             char name[64];
             const uint8_t *row = mf.rows + (size_t)i * MAN_ROW;
             record_name(get_u64(row), name, sizeof name);
-            load_record(m, name, 1, get_u32(row + 8));
+            load_record(m, name, get_u64(row), 1, get_u32(row + 8));
         }
         if (mf.next_id > m->next_id) m->next_id = mf.next_id;
         m->st.t_first = mf.t_first;

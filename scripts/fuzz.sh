@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes svlm's parsers of outside input with libFuzzer: GGUF files and the model loaders behind
 # them (gguf), the built-in PNG/PNM decoders (image), the tokenizers (tokenizer: the vocabularies
-# of $SVLM_TEST_DATA/models) and the server's websocket and HTTP messages (server). Builds
+# of $SVLM_TEST_DATA/models), the server's websocket and HTTP messages (server), persisted memory
+# banks (memory) and the settings' text parsers: source URIs, stream options, STC controls, time
+# anchors of questions, the stream flags (options). Builds
 # build-fuzz/ with clang, ASan + UBSan and coverage hooks (SVLM_FUZZ=ON), then runs each target for
 # SECONDS (default 300) from tests/fuzz/corpus/<target>/ with its dictionary. New inputs go to
 # build-fuzz/corpus/<target>/ (the committed corpus is only read); a crash, leak, sanitizer report,
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-300}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(gguf image tokenizer server)
+[ ${#targets[@]} -eq 0 ] && targets=(gguf image tokenizer server memory options)
 export SVLM_TEST_DATA="${SVLM_TEST_DATA:-$(cd .. && pwd)/shared}"
 if ! command -v clang >/dev/null; then
   echo "fuzz.sh: needs clang with libFuzzer (Debian: apt-get install clang libclang-rt-14-dev)" >&2
