@@ -79,10 +79,17 @@ svlm_status mem_insert(svlm_memory *m, mem_entry *e, svlm_err *err) {
         m->entries = p;
         m->cap_entries = cap;
     }
+    if (!e->id && m->next_id >= MEM_MAX_ID) { /* only a crafted bank file gets here */
+        mem_entry_free(e);
+        return svlm_fail(err, SVLM_E_LIMIT, "memory: the bank's entry ids are used up (next id %llu)",
+                         (unsigned long long)m->next_id);
+    }
     if (!e->id)
         e->id = m->next_id++;
     else if (e->id >= m->next_id)
         m->next_id = e->id + 1;
+    /* a clip's end is its last frame plus a frame's interval: kept within what a load takes */
+    if (e->t1 > MEM_MAX_TIME) e->t1 = e->t0 > MEM_MAX_TIME ? e->t0 : MEM_MAX_TIME;
     int i = m->n_entries;
     while (i > 0 && entry_before(e, m->entries[i - 1]))
         i--;

@@ -120,9 +120,10 @@ mem_entry *mem_merge_clips(svlm_memory *m, const mem_entry *a, const mem_entry *
     }
     e->t0 = a->t0 < b->t0 ? a->t0 : b->t0;
     e->t1 = a->t1 > b->t1 ? a->t1 : b->t1;
-    e->n_frames =
-        a->n_frames > INT64_MAX - b->n_frames ? INT64_MAX : a->n_frames + b->n_frames; /* loaded ones */
+    /* saturated at what a bank file may hold (memory_store.c refuses more on load) */
+    e->n_frames = a->n_frames > MEM_MAX_FRAMES - b->n_frames ? MEM_MAX_FRAMES : a->n_frames + b->n_frames;
     e->level = (a->level > b->level ? a->level : b->level) + 1;
+    if (e->level > MEM_MAX_LEVEL) e->level = MEM_MAX_LEVEL;
     e->importance = 1.0f / (float)(1 + e->level);
     return e;
 }

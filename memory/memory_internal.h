@@ -10,6 +10,12 @@
  * stream's clock converts to int64 milliseconds and a reloaded record never holds what a push
  * would have refused. */
 #define MEM_MAX_TIME 1e12
+/* What a persisted entry may hold, so the loader's limits are the writer's: ids count up from 1
+ * (a larger one would wrap next_id), frames an entry stands for and times a clip was merged (merges
+ * add them up and saturate here). */
+#define MEM_MAX_ID     ((uint64_t)1 << 62)
+#define MEM_MAX_FRAMES ((int64_t)1 << 48)
+#define MEM_MAX_LEVEL  (1 << 16)
 
 typedef struct mem_entry {
     uint64_t id;

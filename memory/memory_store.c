@@ -38,9 +38,6 @@
 #define MAN_HEADER 56
 #define MAN_ROW    16
 #define MAX_FILE   ((size_t)1 << 31)
-#define MAX_ID     ((uint64_t)1 << 62) /* ids count up from 1: a larger one would wrap next_id */
-#define MAX_FRAMES ((int64_t)1 << 48)  /* frames an entry stands for (merges add them up) */
-#define MAX_LEVEL  (1 << 16)           /* times a clip was merged */
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "memory_store.c writes little-endian files by copying host values"
@@ -270,7 +267,8 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
     int64_t n_frames = (int64_t)get_u64(p + 40);
     int32_t level = (int32_t)get_u32(p + 20);
     if (!(t0 >= -MEM_MAX_TIME) || !(t1 <= MEM_MAX_TIME) || t1 < t0 || get_u64(p + 8) == 0 ||
-        get_u64(p + 8) >= MAX_ID || n_frames < 0 || n_frames > MAX_FRAMES || level < 0 || level > MAX_LEVEL) {
+        get_u64(p + 8) >= MEM_MAX_ID || n_frames < 0 || n_frames > MEM_MAX_FRAMES || level < 0 ||
+        level > MEM_MAX_LEVEL) {
         *why = "inconsistent header";
         return NULL;
     }
@@ -367,7 +365,7 @@ static int parse_manifest(const uint8_t *p, size_t n, manifest *mf, const char *
     mf->count = get_u32(p + 48);
     mf->rows = p + MAN_HEADER;
     if (get_u32(p + 4) != VERSION || (size_t)mf->count * MAN_ROW + MAN_HEADER + 4 != n || mf->dim < 1 ||
-        mf->next_id > MAX_ID || mf->dim > (1u << 16) || mf->key_dim > (1u << 16) ||
+        mf->next_id > MEM_MAX_ID || mf->dim > (1u << 16) || mf->key_dim > (1u << 16) ||
         !(fabs(mf->t_first) <= MEM_MAX_TIME) || !(fabs(mf->t_last) <= MEM_MAX_TIME)) {
         *why = "inconsistent header";
         return -1;

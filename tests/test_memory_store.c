@@ -232,6 +232,28 @@ int test_main(void) {
     o.dir = dir;
     CHECK(svlm_memory_create(&o, &m, &err) == SVLM_E_INVALID && strstr(err.msg, "dim"), "%s", err.msg);
 
+    /* at the far end of time: every clip a stream near 1e12 s writes reloads (a clip ends a
+     * frame's interval after its last frame; the loader refuses times beyond 1e12), and a time
+     * past 1e12 is refused on push */
+    snprintf(dir, sizeof dir, "%s/mem-far", test_tmpdir());
+    m = open_bank(dir, &r);
+    const double t_end = 1e12;
+    for (int f = 0; f < 600; f++) {
+        synth_frame(&s, f, frame);
+        REQUIRE(svlm_memory_push(m, t_end - 599 + f, frame, T_TOK, NULL, &err) == SVLM_OK, "frame %d: %s", f,
+                err.msg);
+    }
+    CHECK(svlm_memory_push(m, 2 * t_end, frame, T_TOK, NULL, &err) == SVLM_E_INVALID &&
+              strstr(err.msg, "1e12"),
+          "a push at 2e12 s: %s", err.msg);
+    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    take(m, before);
+    svlm_memory_free(m);
+    m = open_bank(dir, &r);
+    CHECK(r.manifest_ok && r.rejected == 0 && r.loaded == before->n && before->n > 0,
+          "near 1e12 s: loaded %d of %d, rejected %d: %s", r.loaded, before->n, r.rejected, r.detail);
+    svlm_memory_free(m);
+
     free(before);
     free(after);
     synth_free(&s);

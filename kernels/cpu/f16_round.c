@@ -3,13 +3,13 @@
 
 #include "kernels/dtype.h"
 
-#if defined(SVLM_X86) && defined(__clang__) && __clang_major__ < 15
+#if defined(SVLM_X86) && defined(__clang__)
 #include <cpuid.h>
 #endif
 
 static int have_f16c(void) {
-#if defined(SVLM_X86) && defined(__clang__) && __clang_major__ < 15
-    /* clang before 15 does not know "f16c" in __builtin_cpu_supports: CPUID.1:ECX bit 29 */
+#if defined(SVLM_X86) && defined(__clang__)
+    /* clang before 18 does not know "f16c" in __builtin_cpu_supports: CPUID.1:ECX bit 29 */
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1) && __builtin_cpu_supports("avx2");
 #elif defined(SVLM_X86) && defined(__GNUC__)

@@ -318,10 +318,11 @@ void cu_weights_release(void) {
 
 /* Removes every entry whose host bytes start in [lo, hi] (hi inclusive, so a zero-length range
  * is one address) and rebuilds the probe chains after them. Under the lock; returns how many. */
-static int remove_range(uintptr_t lo, uintptr_t hi) {
+static int remove_range(uintptr_t lo, uintptr_t hi, uint64_t *devices) {
     int removed = 0;
     for (size_t i = 0; i < cap; i++)
         if (table[i].host && (uintptr_t)table[i].host >= lo && (uintptr_t)table[i].host <= hi) {
+            if (devices && table[i].device >= 0 && table[i].device < 64) *devices |= 1ull << table[i].device;
             device_bytes -= entry_device_bytes(&table[i]);
             bury(table[i].dev); /* another lane may still be using it */
             bury(table[i].gemm);
@@ -356,7 +357,7 @@ static int remove_range(uintptr_t lo, uintptr_t hi) {
 void cu_weights_forget(svlm_kernels *k, const void *host) {
     (void)k;
     pthread_mutex_lock(&lock);
-    remove_range((uintptr_t)host, (uintptr_t)host);
+    remove_range((uintptr_t)host, (uintptr_t)host, NULL);
     pthread_mutex_unlock(&lock);
 }
 
@@ -372,18 +373,21 @@ void svlm_cuda_weights_forget_range(const void *data, size_t bytes) {
         return;
     }
     const size_t first_grave = n_graves;
-    if (remove_range((uintptr_t)data, (uintptr_t)data + bytes - 1)) {
-        int n_dev = 0;
-        if (cudaGetDeviceCount(&n_dev) != cudaSuccess) n_dev = 0;
-        int cur = 0;
-        (void)cudaGetDevice(&cur);
-        for (int d = 0; d < n_dev; d++)
-            if (cudaSetDevice(d) == cudaSuccess) (void)cudaDeviceSynchronize();
+    uint64_t devices = 0; /* those the removed copies were on: no other device is touched */
+    if (remove_range((uintptr_t)data, (uintptr_t)data + bytes - 1, &devices)) {
+        int cur = 0, waited = cudaGetDevice(&cur) == cudaSuccess;
+        for (int d = 0; d < 64 && waited; d++)
+            if (devices >> d & 1)
+                waited = cudaSetDevice(d) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess;
         (void)cudaSetDevice(cur);
         (void)cudaGetLastError();
-        for (size_t i = first_grave; i < n_graves; i++) /* only this model's: the rest wait as before */
-            (void)cudaFree(graveyard[i]);
-        n_graves = first_grave;
+        /* only this model's copies, and only once the wait succeeded (a sync while another lane
+         * records a graph returns at once): otherwise they wait for the last backend as before */
+        if (waited) {
+            for (size_t i = first_grave; i < n_graves; i++)
+                (void)cudaFree(graveyard[i]);
+            n_graves = first_grave;
+        }
     }
     pthread_mutex_unlock(&lock);
 }
