@@ -33,7 +33,6 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static entry *table; /* open addressing, cap a power of two */
 static size_t cap, used;
 static int users;
-static size_t device_bytes;
 /* Bumped whenever a device copy is replaced or dropped: replayed runs (cuda_graphs.c) recorded
  * the old copy's address. */
 static unsigned generation;
@@ -87,13 +86,6 @@ static uint64_t signature(const void *host, size_t bytes) {
 static int still_valid(const entry *e) {
     if (e->small) return !memcmp(e->small, e->host, e->bytes);
     return e->sig == signature(e->host, e->bytes);
-}
-
-/* What an entry holds on the device: the bytes as stored and their decode for cuBLAS. */
-static size_t entry_device_bytes(const entry *e) {
-    size_t n = e->dev ? e->bytes : 0;
-    if (e->gemm) n += (size_t)(e->gemm_bf16 ? 2 : 4) * (size_t)e->gemm_rows * (size_t)e->gemm_cols;
-    return n;
 }
 
 static void drop(entry *e) {
@@ -154,7 +146,6 @@ static void upload(svlm_kernels *k, entry *e) {
     cu_check(cudaMemcpyAsync(e->dev, e->host, e->bytes, cudaMemcpyHostToDevice, CU(k)->stream),
              "weight upload");
     cu_check(cudaStreamSynchronize(CU(k)->stream), "weight upload");
-    device_bytes += e->bytes;
     if (e->bytes <= SMALL_BYTES) {
         e->small = malloc(e->bytes);
         if (!e->small) {
@@ -171,7 +162,6 @@ static void upload(svlm_kernels *k, entry *e) {
 static entry *get(svlm_kernels *k, const void *host, size_t bytes) {
     entry *e = find(host, bytes, CU(k)->device);
     if (e->dev && !still_valid(e)) {
-        device_bytes -= entry_device_bytes(e);
         bury(e->dev);
         bury(e->gemm);
         e->dev = e->gemm = NULL;
@@ -269,17 +259,13 @@ const void *cu_weight_gemm(svlm_kernels *k, const svlm_weight *w, int *bf16, voi
                  "weight decode");
         cu_check(cudaStreamSynchronize(CU(k)->stream), "weight decode");
         if (e) {
-            if (e->gemm) {
-                __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
-                device_bytes -= entry_device_bytes(e) - e->bytes;
-            }
+            if (e->gemm) __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
             bury(e->gemm); /* a decode for another view of the same bytes */
             e->gemm = g;
             e->gemm_bf16 = want_bf16;
             e->gemm_type = (int)w->type;
             e->gemm_rows = w->rows;
             e->gemm_cols = w->cols;
-            device_bytes += gbytes;
         } else {
             *temp = g; /* a device-resident weight the caller owns: decoded for this product only */
         }
@@ -306,7 +292,6 @@ void cu_weights_release(void) {
         free(table);
         table = NULL;
         cap = used = 0;
-        device_bytes = 0;
         for (size_t i = 0; i < n_graves; i++)
             (void)cudaFree(graveyard[i]);
         free(graveyard);
@@ -323,7 +308,6 @@ static int remove_range(uintptr_t lo, uintptr_t hi, uint64_t *devices) {
     for (size_t i = 0; i < cap; i++)
         if (table[i].host && (uintptr_t)table[i].host >= lo && (uintptr_t)table[i].host <= hi) {
             if (devices && table[i].device >= 0 && table[i].device < 64) *devices |= 1ull << table[i].device;
-            device_bytes -= entry_device_bytes(&table[i]);
             bury(table[i].dev); /* another lane may still be using it */
             bury(table[i].gemm);
             table[i].dev = table[i].gemm = NULL;
