@@ -1,8 +1,11 @@
 /*
- * The bf16 GEMM's packed weights, kept once per process (kernels/cpu/packed_weights.c): with the
- * cache the products are bit for bit those of per-call packing (cap 0), for Q8_0, Q4_K and BF16
- * weights of 700 rows (panels of 96 and a partial strip) and 17 and 64 token rows; the second
- * product uses the kept copy (the cache's size does not grow); new contents at the same address
+ * The GEMMs' packed weights, kept once per process (kernels/cpu/packed_weights.c): with the
+ * cache the products are bit for bit those of per-call packing (cap 0), for Q8_0, Q4_K, BF16 (the
+ * bf16 GEMM) and F16 (the f16 GEMM) weights of 700 rows (panels of 96 and a partial strip) and 17
+ * and 64 token rows; 7 rows (a decode batch) take the kept copy, bit for bit the first rows of a
+ * larger product, and with nothing kept and a cap of 0 pack nothing (the dot products serve them);
+ * an F16 weight through both GEMMs (SVLM_BF16=all on one backend) gets each GEMM's own packing;
+ * the second product uses the kept copy (the cache's size does not grow); new contents at the same address
  * are seen (the entry's checksum no longer matches); a weight under 64 KB is never kept; and over
  * the cap nothing is kept, each product packing its own; two backends on two threads using one new
  * weight at once (one packs it, the other packs its own meanwhile or uses the kept copy) get the
@@ -78,6 +81,11 @@ static void check_type(svlm_kernels *k, svlm_dtype t, float *src, float *x) {
         CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)(n * ROWS)) && svlm_cpu_packed_bytes() == kept,
               "%s n %lld: the second product differs or packed again", name, (long long)n);
     }
+    /* a decode batch of 7 rows: the kept copy, the same sums as the first rows of 64 */
+    product(k, &w, x, 7, y0, 1);
+    CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)(7 * ROWS)),
+          "%s n 7: differs from the rows of a product of 64", name);
+    product(k, &w, x, 7, y0, 0); /* (checks that nothing is kept; no packing per call either, by design) */
     /* new contents at the same address: the old packing must not be used */
     fill(src, (size_t)ROWS * COLS);
     quantize(t, src, data, ROWS, COLS);
@@ -144,6 +152,47 @@ static void two_lanes(svlm_kernels *k0, float *src, float *x) {
     svlm_kernels_destroy(k1);
 }
 
+/* One F16 weight through the f16 GEMM (default) and the bf16 GEMM (SVLM_BF16=all): each backend
+ * keeps and uses its own layout, so each product equals its own packing per call. */
+static void both_layouts(svlm_kernels *k0, float *src, float *x) {
+    svlm_err err = {0};
+    svlm_kernels *k1 = NULL;
+    setenv("SVLM_SIMD", "avx512", 1);
+    setenv("SVLM_BF16", "all", 1);
+    REQUIRE(svlm_kernels_create_cpu(2, &k1, &err) == SVLM_OK, "%s", err.msg);
+    unsetenv("SVLM_SIMD");
+    unsetenv("SVLM_BF16");
+    const svlm_dtype t = SVLM_F16;
+    const size_t rb = svlm_row_bytes(t, COLS);
+    void *data = malloc(rb * ROWS);
+    float *y = malloc(sizeof(float) * 4 * MAXN * ROWS);
+    REQUIRE(data && y, "out of memory");
+    fill(src, (size_t)ROWS * COLS);
+    quantize(t, src, data, ROWS, COLS);
+    fill(x, (size_t)MAXN * COLS);
+    svlm_weight w = {t, ROWS, COLS, data, rb};
+    float *f16_own = y, *bf16_own = y + MAXN * ROWS, *f16_kept = y + 2 * MAXN * ROWS,
+          *bf16_kept = y + 3 * MAXN * ROWS;
+    product(k0, &w, x, MAXN, f16_own, 0);
+    product(k1, &w, x, MAXN, bf16_own, 0);
+    CHECK(memcmp(f16_own, bf16_own, sizeof(float) * MAXN * ROWS),
+          "f16 and bf16 GEMMs gave the same products");
+    const size_t before = svlm_cpu_packed_bytes();
+    for (int round = 0; round < 2; round++) { /* the second round finds both copies kept */
+        product(k0, &w, x, MAXN, f16_kept, 1);
+        product(k1, &w, x, MAXN, bf16_kept, 1);
+        CHECK(!memcmp(f16_own, f16_kept, sizeof(float) * MAXN * ROWS),
+              "F16 weight, f16 GEMM: round %d differs", round);
+        CHECK(!memcmp(bf16_own, bf16_kept, sizeof(float) * MAXN * ROWS),
+              "F16 weight, bf16 GEMM: round %d differs", round);
+    }
+    CHECK(svlm_cpu_packed_bytes() >= before + 2 * (size_t)ROWS * COLS * 2, "both layouts were not kept");
+    svlm_k_forget(k0, data);
+    free(data);
+    free(y);
+    svlm_kernels_destroy(k1);
+}
+
 int test_main(void) {
     setenv("SVLM_SIMD", "avx512", 1);
     svlm_kernels *k = NULL;
@@ -155,10 +204,11 @@ int test_main(void) {
     if (!strstr(svlm_kernels_name(k), "bf16")) SKIP("no AVX-512 BF16 on this CPU (%s)", svlm_kernels_name(k));
     float *src = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * MAXN * COLS);
     REQUIRE(src && x, "out of memory");
-    const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_BF16};
+    const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_BF16, SVLM_F16};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         check_type(k, types[i], src, x);
     two_lanes(k, src, x);
+    both_layouts(k, src, x);
 
     /* a small weight is never kept; over the cap nothing is */
     const svlm_dtype t = SVLM_Q8_0;

@@ -3,9 +3,10 @@
  * has (forced through SVLM_SIMD), with odd sizes. Matmuls of every weight type are compared
  * with dequantize (the reference dtype.c) + f32 dot; the tolerance is the error that 8-bit
  * activation quantization may cause (per 32-value block, half a step of max|x|/127 times
- * sum|w|) plus float rounding. Batched matmuls of non-F32 weights at the AVX-512 level use bf16
- * products: both operands rounded to 8 significant bits (2^-8 relative each), so each product may be off by
- * 2^-7 of itself. SVLM_KERNEL_BENCH=1 runs the benchmarks instead.
+ * sum|w|) plus float rounding. Batched matmuls (from 6 rows of a weight packed once, from 16 of
+ * any) of quantized and BF16 weights at the AVX-512 level, and of F16 ones with SVLM_BF16=all, use
+ * bf16 products: both operands rounded to 8 significant bits (2^-8 relative each), so each product
+ * may be off by 2^-7 of itself. SVLM_KERNEL_BENCH=1 runs the benchmarks instead.
  */
 #include <math.h>
 #include <pthread.h>
@@ -225,16 +226,17 @@ static double matmul_error(const wcase *c, const float *x, int64_t n, const floa
     return worst;
 }
 
-/* 1 when a batch of n rows of weight type t goes through the bf16 GEMM at level li. */
+/* 1 when a batch of n rows of weight type t may go through the bf16 GEMM at level li (from 6 rows
+ * on where the weight is packed once, from 16 in any case). */
 static int uses_bf16(size_t li, svlm_dtype t, int64_t n) {
     const char *env = getenv("SVLM_BF16");
-    if (li != 2 || n < 8 || t == SVLM_F32 || (env && !strcmp(env, "0"))) return 0;
+    if (li != 2 || n < 6 || t == SVLM_F32 || (env && !strcmp(env, "0"))) return 0;
     return t != SVLM_F16 || (env && !strcmp(env, "all"));
 }
 
-/* One weight of type t with `cols` columns and `rows` rows, n = 1, 3, 17, 64, at every level. */
+/* One weight of type t with `cols` columns and `rows` rows, n = 1, 3, 7, 17, 64, at every level. */
 static void check_matmul(svlm_dtype t, int64_t rows, int64_t cols, float *x, float *y, float *y_scalar) {
-    const int64_t ns[] = {1, 3, 17, 64};
+    const int64_t ns[] = {1, 3, 7, 17, 64};
     wcase c = make_weight(t, rows, cols);
     int quantized = svlm_dtype_get(t)->is_quantized;
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
@@ -283,6 +285,10 @@ static void test_matmul(void) {
     /* several weight panels per matmul (the bf16 GEMM packs 96 rows per task) */
     check_matmul(SVLM_F16, 211, 83, x, y, y_scalar);
     check_matmul(SVLM_Q8_0, 211, 64, x, y, y_scalar);
+    /* weights of 64 KB and more are packed once: 7 rows take the packed GEMMs too (F16: a K past
+     * the f16 GEMM's 256-column slices) */
+    check_matmul(SVLM_F16, 211, 300, x, y, y_scalar);
+    check_matmul(SVLM_Q8_0, 211, 512, x, y, y_scalar);
     free(x);
     free(y);
     free(y_scalar);

@@ -56,8 +56,13 @@ typedef struct svlm_cpu_matmul_ops {
     void (*rmsnorm_row)(const float *x, const float *w, float *y, int64_t dim, float eps);
     void (*layernorm_row)(const float *x, const float *w, const float *b, float *y, int64_t dim, float eps);
     void (*quantize_q8a)(const float *x, svlm_q8a *out, int64_t cols); /* as svlm_cpu_quantize_q8a */
-    /* Batched matmul with bf16 products for non-F32 weights (NULL: not available or disabled). */
-    void (*matmul_bf16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y);
+    /* Batched matmuls over weights packed once: with bf16 products for non-F32 weights, and for F16
+     * weights kept f16 and widened in the kernel (NULL: not available or disabled). Return 1 when
+     * done; 0, doing nothing, when packed_only is set and no packed copy is kept or made now. */
+    int (*matmul_bf16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
+                       int packed_only);
+    int (*matmul_f16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
+                      int packed_only);
 } svlm_cpu_matmul_ops;
 
 void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops);
@@ -66,6 +71,7 @@ void svlm_cpu_matmul_init_avx2(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_matmul_init_avx512(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops);      /* own AVX-512 f32 GEMM */
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
+void svlm_cpu_gemm_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* F16 weights widened in the kernel */
 #endif
 
 /* 1 when the weight type takes svlm_q8a activations, 0 when it takes floats. */
@@ -102,11 +108,14 @@ void *svlm_cpu_scratch(svlm_cpu *c, int thread, int slot, size_t bytes);
  * aligned, grown on demand (contents not kept). Aborts when memory runs out. */
 void *svlm_cpu_act_buffer(svlm_cpu *c, size_t bytes);
 
-/* The bf16 GEMM's packed copy of w (bytes long; kernels/cpu/packed_weights.c), shared by every CPU
- * backend: a ready copy (*fill 0), a new buffer the caller packs and then passes to
+/* How a GEMM lays out its packed weights: an entry is only ever used in its own layout (one
+ * process may run an F16 weight through both GEMMs, by backends made with different settings). */
+enum { SVLM_PACK_BF16_PAIRS = 1, SVLM_PACK_F16_STRIPS = 2 };
+/* A GEMM's packed copy of w in `layout` (bytes long; kernels/cpu/packed_weights.c), shared by every
+ * CPU backend: a ready copy (*fill 0), a new buffer the caller packs and then passes to
  * svlm_cpu_packed_ready (*fill 1), or NULL (over the cap, or another caller is packing it): pack
  * per call. */
-uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill);
+uint32_t *svlm_cpu_packed(const svlm_weight *w, int layout, size_t bytes, int *fill);
 void svlm_cpu_packed_ready(const uint32_t *packed);
 /* Drops the packed copies of weights whose data starts in [data, data + bytes) (bytes 0: at data). */
 void svlm_cpu_packed_forget(const void *data, size_t bytes);

@@ -57,15 +57,17 @@ static void convert_rows_task(void *ctx, int task, int thread) {
     }
 }
 
-/* y[i][0..nr) = sum_p a[i][p] . b[p][0..nr) for MR token rows a (stride kp). */
-static void micro_kernel(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
-                         int64_t nr) {
+/* y[i][0..nr) = sum_p a[i][p] . b[p][0..nr) for the m (<= MR) token rows a (stride kp). m is a
+ * constant in each caller below, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void tile(const int m, int64_t kp, const uint32_t *a,
+                                                       const uint32_t *b, float *y, int64_t ldy, int64_t mr,
+                                                       int64_t nr) {
     __m512 c[MR][2];
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < m; i++)
         c[i][0] = c[i][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < kp; p++, b += NR) {
         __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < m; i++) {
             __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i * kp + p]);
             c[i][0] = _mm512_dpbf16_ps(c[i][0], ai, b0);
             c[i][1] = _mm512_dpbf16_ps(c[i][1], ai, b1);
@@ -73,10 +75,25 @@ static void micro_kernel(int64_t kp, const uint32_t *a, const uint32_t *b, float
     }
     __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
-    for (int i = 0; i < MR && i < mr; i++) {
+    for (int i = 0; i < m && i < mr; i++) {
         _mm512_mask_storeu_ps(y + i * ldy, m0, c[i][0]);
         _mm512_mask_storeu_ps(y + i * ldy + 16, m1, c[i][1]);
     }
+}
+
+/* The last tile of a product takes the smallest of these that covers its rows: 16 tokens run as
+ * 12 + 4 rather than 12 + 12. */
+static void tile12(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
+                   int64_t nr) {
+    tile(12, kp, a, b, y, ldy, mr, nr);
+}
+static void tile8(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
+                  int64_t nr) {
+    tile(8, kp, a, b, y, ldy, mr, nr);
+}
+static void tile4(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
+                  int64_t nr) {
+    tile(4, kp, a, b, y, ldy, mr, nr);
 }
 
 /* Dequantizes weight rows r0..r0+nr into strips [s][kp][NR] of bf16 pairs (rows past nr zero). */
@@ -127,27 +144,34 @@ static void panel_task(void *ctx, int task, int thread) {
         int64_t mr = j->n - i0 < MR ? j->n - i0 : MR;
         for (int64_t s = 0; s < strips; s++) {
             int64_t cols = nr - s * NR < NR ? nr - s * NR : NR;
-            micro_kernel(j->kp, j->a + i0 * j->kp, bp + s * j->kp * NR, j->y + i0 * w->rows + r0 + s * NR,
-                         w->rows, mr, cols);
+            void (*run)(int64_t, const uint32_t *, const uint32_t *, float *, int64_t, int64_t, int64_t) =
+                mr > 8   ? tile12
+                : mr > 4 ? tile8
+                         : tile4;
+            run(j->kp, j->a + i0 * j->kp, bp + s * j->kp * NR, j->y + i0 * w->rows + r0 + s * NR, w->rows, mr,
+                cols);
         }
     }
 }
 
-static void matmul_bf16(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
+static int matmul_bf16(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
+                       int packed_only) {
     int64_t kp = (w->cols + 1) / 2, n_pad = (n + MR - 1) / MR * MR;
     const int panels = (int)((w->rows + PANEL - 1) / PANEL);
     bf16_job j = {c, w, x, n, n_pad, kp, NULL, y, NULL};
-    j.a = svlm_cpu_act_buffer(c, sizeof(uint32_t) * (size_t)(n_pad * kp));
-    svlm_pool_run(c->pool, convert_rows_task, &j, (int)(n_pad / MR));
     /* the weight packed once for every later product (the same bytes as a panel's own packing) */
     int fill = 0;
     const int64_t strips = (w->rows + NR - 1) / NR;
-    j.packed = svlm_cpu_packed(w, sizeof(uint32_t) * (size_t)(strips * NR * kp), &fill);
+    j.packed = svlm_cpu_packed(w, SVLM_PACK_BF16_PAIRS, sizeof(uint32_t) * (size_t)(strips * NR * kp), &fill);
+    if (!j.packed && packed_only) return 0;
+    j.a = svlm_cpu_act_buffer(c, sizeof(uint32_t) * (size_t)(n_pad * kp));
+    svlm_pool_run(c->pool, convert_rows_task, &j, (int)(n_pad / MR));
     if (fill) {
         svlm_pool_run(c->pool, pack_task, &j, panels);
         svlm_cpu_packed_ready(j.packed);
     }
     svlm_pool_run(c->pool, panel_task, &j, panels);
+    return 1;
 }
 
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops) {

@@ -14,10 +14,15 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 
-/* From this many activation rows on, dequantize + GEMM beats repeated dot products. Below it the
- * four-row dot kernels serve every row: 8 batched decode rows of SmolVLM2-256M Q8_0 took 19.6 ms
- * that way and 31.8 ms through the bf16 GEMM; from 16 rows on the two are even. */
+/* From this many activation rows on, dequantize + GEMM beats repeated dot products. */
 #define GEMM_MIN_ROWS 16
+/* From this many on, a GEMM over a weight packed once (kernels/cpu/packed_weights.c) beats them:
+ * the dot kernels cost about the same for each activation row. One batched decode step of the
+ * SmolVLM2-256M shape on 2 threads, dot products against the packed GEMM: Q8_0 5 rows 10.6 and
+ * 11.0 ms, 6 rows 12.7 and 11.6, 8 rows 16.9 and 14.3; F16 5 rows 17.7 and 19.0, 6 rows 21.2 and
+ * 19.8, 8 rows 28.4 and 21.6; the 2.2B shape's Q4_K 4 rows 94 and 90 ms, 8 rows 187 and 121.
+ * Below GEMM_MIN_ROWS only a weight already packed (or packed now, once) takes it. */
+#define PACKED_GEMM_MIN_ROWS 6
 /* Weight rows per GEMM task: an equal share per thread (bigger panels run faster GEMMs),
  * capped so large matrices still balance, in multiples of 16. */
 #define GEMM_PANEL_MAX 256
@@ -142,14 +147,22 @@ static void matvec_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, con
     svlm_pool_run(c->pool, matvec_task, &j, j.first_task[n_w]);
 }
 
+/* The GEMMs over packed weights, where one applies: 1 done, 0 not (the caller goes on). Below
+ * GEMM_MIN_ROWS only a packed copy ready or packed now is used: packing the whole weight for one
+ * product of a few rows would cost more than the product. */
+static int packed_gemm(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
+    if (n < PACKED_GEMM_MIN_ROWS) return 0;
+    const int packed_only = n < GEMM_MIN_ROWS;
+    if (c->mm.matmul_bf16 && w->type != SVLM_F32 && (w->type != SVLM_F16 || c->bf16_f16))
+        return c->mm.matmul_bf16(c, w, x, n, y, packed_only);
+    if (w->type == SVLM_F16 && c->mm.matmul_f16) return c->mm.matmul_f16(c, w, x, n, y, packed_only);
+    return 0;
+}
+
 void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
     if (n <= 0 || w->rows <= 0) return;
     check_type(c, w);
-    if (n >= GEMM_MIN_ROWS && c->mm.matmul_bf16 && w->type != SVLM_F32 &&
-        (w->type != SVLM_F16 || c->bf16_f16)) {
-        c->mm.matmul_bf16(c, w, x, n, y);
-        return;
-    }
+    if (packed_gemm(c, w, x, n, y)) return;
     if (n >= GEMM_MIN_ROWS) {
         gemm_job j = {c, w, x, n, gemm_panel_rows(w->rows, c->n_threads), y};
         svlm_pool_run(c->pool, gemm_task, &j, (int)((w->rows + j.panel - 1) / j.panel));
@@ -174,8 +187,18 @@ void svlm_cpu_matmul_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, c
             svlm_cpu_matmul(c, ws[i], x, n, ys[i]);
         return;
     }
-    for (int i = 0; i < n_w; i += MATVEC_MAX_WEIGHTS) {
-        int m = n_w - i < MATVEC_MAX_WEIGHTS ? n_w - i : MATVEC_MAX_WEIGHTS;
-        matvec_multi(c, ws + i, m, x, n, ys + i);
+    /* the weights no packed GEMM took share the dot-product runs */
+    const svlm_weight *rest_w[MATVEC_MAX_WEIGHTS];
+    float *rest_y[MATVEC_MAX_WEIGHTS];
+    int m = 0;
+    for (int i = 0; i < n_w; i++) {
+        if (ws[i]->rows <= 0 || packed_gemm(c, ws[i], x, n, ys[i])) continue;
+        rest_w[m] = ws[i];
+        rest_y[m++] = ys[i];
+        if (m == MATVEC_MAX_WEIGHTS || i == n_w - 1) {
+            matvec_multi(c, rest_w, m, x, n, rest_y);
+            m = 0;
+        }
     }
+    if (m) matvec_multi(c, rest_w, m, x, n, rest_y);
 }

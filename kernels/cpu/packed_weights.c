@@ -1,10 +1,11 @@
 /*
- * Weights packed once for the bf16 GEMM (kernels/cpu/gemm_bf16_avx512.c), shared by every CPU
- * backend of the process. A product of a few rows (a question's prefill, a frame's changed
- * patches) otherwise spends most of its time decoding and packing the whole weight again: 16
- * tokens through the 256M shape's Q8_0 text model took 25 ms, about what 32 took.
+ * Weights packed once for the bf16 and f16 GEMMs (kernels/cpu/gemm_bf16_avx512.c,
+ * gemm_f16_avx512.c), shared by every CPU backend of the process. A product of a few rows (a
+ * question's prefill, a frame's changed patches, a batch of decode steps) otherwise spends most of
+ * its time decoding and packing the whole weight again: 16 tokens through the 256M shape's Q8_0
+ * text model took 25 ms, about what 32 took.
  *
- * Entries are keyed by the weight's data address, type and shape. Weights come from the
+ * Entries are keyed by the weight's data address, type, shape and the GEMM's layout. Weights come from the
  * read-only model mapping; as a guard against a model unloaded and another mapped at the same
  * address, each entry keeps a checksum of 16 spread 64-byte samples of the weight's bytes,
  * compared on every use (a mismatch drops the entry); closing a model file drops the entries of
@@ -27,7 +28,7 @@ enum { SAMPLES = 16, SAMPLE_BYTES = 64, SMALL_BYTES = 64 * 1024 };
 
 typedef struct entry {
     const void *data;
-    int type;
+    int type, layout;
     int64_t rows, cols;
     uint64_t sig;
     size_t bytes;
@@ -90,7 +91,7 @@ static void drop(size_t i) {
     table[i] = table[--n_entries];
 }
 
-uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
+uint32_t *svlm_cpu_packed(const svlm_weight *w, int layout, size_t bytes, int *fill) {
     *fill = 0;
     if ((size_t)w->rows * w->row_bytes < SMALL_BYTES) return NULL;
     const uint64_t sig = signature(w); /* (the caller's own weight: outside the lock) */
@@ -102,7 +103,8 @@ uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
     uint32_t *out = NULL;
     for (size_t i = 0; i < n_entries; i++) {
         entry *e = &table[i];
-        if (e->data != w->data || e->type != (int)w->type || e->rows != w->rows || e->cols != w->cols)
+        if (e->data != w->data || e->type != (int)w->type || e->layout != layout || e->rows != w->rows ||
+            e->cols != w->cols)
             continue;
         if (e->sig == sig && e->bytes == bytes) {
             out = e->ready ? e->packed : NULL; /* (another lane is filling it: pack this call's own) */
@@ -132,7 +134,7 @@ uint32_t *svlm_cpu_packed(const svlm_weight *w, size_t bytes, int *fill) {
     }
     if (posix_memalign((void **)&out, 64, bytes) != 0) out = NULL;
     if (out) {
-        table[n_entries++] = (entry){w->data, (int)w->type, w->rows, w->cols, sig, bytes, out, 0, 0};
+        table[n_entries++] = (entry){w->data, (int)w->type, layout, w->rows, w->cols, sig, bytes, out, 0, 0};
         used_bytes += bytes;
         *fill = 1;
     }
