@@ -46,9 +46,10 @@ typedef struct svlm_kernels svlm_kernels;
  *   SVLM_BF16=quant|all|0         batched matmuls with bf16 products (AVX-512 BF16, twice the f32
  *                                 rate; operands rounded to 8 significant bits): quantized and BF16
  *                                 weights (default "quant"), F16 weights too ("all"), or none.
- *   SVLM_F16_GEMM=1|0             batched matmuls of F16 weights (AVX-512, without SVLM_BF16=all):
- *                                 weights kept f16 and widened in the kernel (default), or
- *                                 converted to f32 on every call for the f32 GEMM.
+ *   SVLM_F16_GEMM=1|0             batched matmuls of F16 weights (AVX-512 without SVLM_BF16=all;
+ *                                 AVX2, where quantized weights too): weights packed once as f16
+ *                                 and widened in the kernel (default), or dequantized to f32 on
+ *                                 every call for the f32 GEMM.
  * Weight types with a kernel: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K (loaders must
  * reject others up front). */
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err);

@@ -75,9 +75,9 @@ static svlm_status choose_level(svlm_cpu_level *level, svlm_err *err) {
     return SVLM_OK;
 }
 
-/* F16 weights in batched matmuls: kept f16 and widened in the kernel (SVLM_F16_GEMM unset or 1),
- * or converted to f32 per call for the f32 GEMM (0; comparisons). The products are the same but
- * for the order of the sums. */
+/* The f16 GEMM (kernels/cpu/gemm_f16.inc) for batched matmuls of F16 weights, and at the AVX2
+ * level of quantized ones (SVLM_F16_GEMM unset or 1), or weights dequantized to f32 on every call
+ * for the f32 GEMM (0; comparisons). */
 static int use_f16_gemm(void) {
     const char *env = getenv("SVLM_F16_GEMM");
     return !env || strcmp(env, "0") != 0;
@@ -337,6 +337,7 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
     if (level >= SVLM_CPU_AVX512) svlm_cpu_matmul_init_avx512(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512 && use_own_gemm()) svlm_cpu_gemm_init_avx512(&k->cpu.mm);
     if (bf16_quant) svlm_cpu_gemm_bf16_init_avx512(&k->cpu.mm);
+    if (level == SVLM_CPU_AVX2 && use_f16_gemm()) svlm_cpu_gemm_f16_init_avx2(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512 && use_f16_gemm()) svlm_cpu_gemm_f16_init_avx512(&k->cpu.mm);
     k->cpu.bf16_f16 = bf16_f16;
 #endif

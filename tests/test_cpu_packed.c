@@ -2,9 +2,11 @@
  * The GEMMs' packed weights, kept once per process (kernels/cpu/packed_weights.c): with the
  * cache the products are bit for bit those of per-call packing (cap 0), for Q8_0, Q4_K, BF16 (the
  * bf16 GEMM) and F16 (the f16 GEMM) weights of 700 rows (panels of 96 and a partial strip) and 17
- * and 64 token rows; 7 rows (a decode batch) take the kept copy, bit for bit the first rows of a
- * larger product, and with nothing kept and a cap of 0 pack nothing (the dot products serve them);
+ * and 64 token rows; 7 rows (a decode batch) take the kept copy at the AVX-512 level, bit for bit
+ * the first rows of a larger product, and with nothing kept and a cap of 0 pack nothing (the dot
+ * products serve them);
  * an F16 weight through both GEMMs (SVLM_BF16=all on one backend) gets each GEMM's own packing;
+ * the same for the AVX2 level's f16 GEMM with Q8_0, Q4_K and F16 weights;
  * the second product uses the kept copy (the cache's size does not grow); new contents at the same address
  * are seen (the entry's checksum no longer matches); a weight under 64 KB is never kept; and over
  * the cap nothing is kept, each product packing its own; two backends on two threads using one new
@@ -57,7 +59,8 @@ static void product(svlm_kernels *k, const svlm_weight *w, const float *x, int64
     free(copy);
 }
 
-static void check_type(svlm_kernels *k, svlm_dtype t, float *src, float *x) {
+/* decode_rows: a batch under 16 rows that takes the kept copy at this level (0: none does) */
+static void check_type(svlm_kernels *k, svlm_dtype t, float *src, float *x, int64_t decode_rows) {
     const size_t rb = svlm_row_bytes(t, COLS);
     void *data = malloc(rb * ROWS);
     float *y0 = malloc(sizeof(float) * MAXN * ROWS), *y1 = malloc(sizeof(float) * MAXN * ROWS);
@@ -81,11 +84,12 @@ static void check_type(svlm_kernels *k, svlm_dtype t, float *src, float *x) {
         CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)(n * ROWS)) && svlm_cpu_packed_bytes() == kept,
               "%s n %lld: the second product differs or packed again", name, (long long)n);
     }
-    /* a decode batch of 7 rows: the kept copy, the same sums as the first rows of 64 */
-    product(k, &w, x, 7, y0, 1);
-    CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)(7 * ROWS)),
-          "%s n 7: differs from the rows of a product of 64", name);
-    product(k, &w, x, 7, y0, 0); /* (checks that nothing is kept; no packing per call either, by design) */
+    if (decode_rows) { /* a decode batch: the kept copy, the same sums as the first rows of 64 */
+        product(k, &w, x, decode_rows, y0, 1);
+        CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)(decode_rows * ROWS)),
+              "%s n %lld: differs from the rows of a product of 64", name, (long long)decode_rows);
+        product(k, &w, x, decode_rows, y0, 0); /* (checks that nothing is kept: no packing per call either) */
+    }
     /* new contents at the same address: the old packing must not be used */
     fill(src, (size_t)ROWS * COLS);
     quantize(t, src, data, ROWS, COLS);
@@ -206,9 +210,18 @@ int test_main(void) {
     REQUIRE(src && x, "out of memory");
     const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_BF16, SVLM_F16};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-        check_type(k, types[i], src, x);
+        check_type(k, types[i], src, x, 7);
     two_lanes(k, src, x);
     both_layouts(k, src, x);
+    /* the AVX2 level's f16 GEMM packs F16 and quantized weights (BF16 ones take the f32 GEMM) */
+    setenv("SVLM_SIMD", "avx2", 1);
+    svlm_kernels *k2 = NULL;
+    REQUIRE(svlm_kernels_create_cpu(2, &k2, &err) == SVLM_OK, "%s", err.msg);
+    unsetenv("SVLM_SIMD");
+    const svlm_dtype avx2_types[] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_F16};
+    for (size_t i = 0; i < sizeof avx2_types / sizeof avx2_types[0]; i++)
+        check_type(k2, avx2_types[i], src, x, 0); /* (decode batches take the dot products) */
+    svlm_kernels_destroy(k2);
 
     /* a small weight is never kept; over the cap nothing is */
     const svlm_dtype t = SVLM_Q8_0;

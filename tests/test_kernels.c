@@ -6,7 +6,9 @@
  * sum|w|) plus float rounding. Batched matmuls (from 6 rows of a weight packed once, from 16 of
  * any) of quantized and BF16 weights at the AVX-512 level, and of F16 ones with SVLM_BF16=all, use
  * bf16 products: both operands rounded to 8 significant bits (2^-8 relative each), so each product
- * may be off by 2^-7 of itself. SVLM_KERNEL_BENCH=1 runs the benchmarks instead.
+ * may be off by 2^-7 of itself. At the AVX2 level the same batches of quantized weights take the
+ * f16 GEMM: weights rounded to 11 significant bits (2^-11 relative), activations exact. SVLM_KERNEL_BENCH=1
+ * runs the benchmarks instead.
  */
 #include <math.h>
 #include <pthread.h>
@@ -200,7 +202,7 @@ static wcase make_weight(svlm_dtype t, int64_t rows, int64_t cols) {
 
 /* Max over outputs of |y - ref| / bound, where bound is what activation quantization allows. */
 static double matmul_error(const wcase *c, const float *x, int64_t n, const float *y, int quantized,
-                           int bf16) {
+                           double rounding) {
     int64_t rows = c->w.rows, cols = c->w.cols;
     double worst = 0.0;
     for (int64_t i = 0; i < n; i++) {
@@ -218,7 +220,7 @@ static double matmul_error(const wcase *c, const float *x, int64_t n, const floa
                 }
                 qbound += wsum * amax / 254.0;
             }
-            double bound = (bf16 ? 1.0 / 128 + 1e-5 : 1e-5) * mag + 1e-30 + (quantized ? 1.01 * qbound : 0.0);
+            double bound = (rounding + 1e-5) * mag + 1e-30 + (quantized ? 1.01 * qbound : 0.0);
             double e = fabs(y[i * rows + r] - ref) / bound;
             if (e > worst) worst = e;
         }
@@ -226,12 +228,17 @@ static double matmul_error(const wcase *c, const float *x, int64_t n, const floa
     return worst;
 }
 
-/* 1 when a batch of n rows of weight type t may go through the bf16 GEMM at level li (from 6 rows
- * on where the weight is packed once, from 16 in any case). */
-static int uses_bf16(size_t li, svlm_dtype t, int64_t n) {
-    const char *env = getenv("SVLM_BF16");
-    if (li != 2 || n < 6 || t == SVLM_F32 || (env && !strcmp(env, "0"))) return 0;
-    return t != SVLM_F16 || (env && !strcmp(env, "all"));
+/* The relative rounding of each product when a batch of n rows of weight type t may go through
+ * the bf16 GEMM at level li (2^-7; from 6 rows on where the weight is packed once, from 16 in any
+ * case), or the AVX2 level's f16 GEMM with quantized weights rounded to f16 (2^-11; from 16 rows
+ * on); 0 otherwise. */
+static double product_rounding(size_t li, svlm_dtype t, int64_t n) {
+    const char *bf16 = getenv("SVLM_BF16"), *f16 = getenv("SVLM_F16_GEMM");
+    if (n < 6 || t == SVLM_F32) return 0;
+    if (li == 1) /* (from 16 rows on only, at this level) */
+        return n >= 16 && svlm_dtype_get(t)->is_quantized && !(f16 && !strcmp(f16, "0")) ? 1.0 / 2048 : 0;
+    if (li != 2 || (bf16 && !strcmp(bf16, "0"))) return 0;
+    return t != SVLM_F16 || (bf16 && !strcmp(bf16, "all")) ? 1.0 / 128 : 0;
 }
 
 /* One weight of type t with `cols` columns and `rows` rows, n = 1, 3, 7, 17, 64, at every level. */
@@ -246,14 +253,14 @@ static void check_matmul(svlm_dtype t, int64_t rows, int64_t cols, float *x, flo
             svlm_kernels *k = make_kernels(levels[li], li == 1 ? 3 : 2);
             if (!k) continue;
             svlm_k_matmul(k, &c.w, x, n, y);
-            int bf16 = uses_bf16(li, t, n);
-            double e = matmul_error(&c, x, n, y, quantized, bf16);
+            double rounding = product_rounding(li, t, n);
+            double e = matmul_error(&c, x, n, y, quantized, rounding);
             CHECK(e <= 1.0, "%s %s cols=%lld n=%lld: error %.3g of the bound", svlm_kernels_name(k),
                   svlm_dtype_get(t)->name, (long long)cols, (long long)n, e);
             /* the SIMD levels compute the same sums as the scalar one, up to rounding */
             if (li == 0) {
                 memcpy(y_scalar, y, sizeof(float) * (size_t)(n * rows));
-            } else if (!bf16) {
+            } else if (!rounding) {
                 /* relative to the largest output: sums that cancel keep absolute rounding */
                 double worst = 0.0, ymax = 1e-30;
                 for (int64_t i = 0; i < n * rows; i++)

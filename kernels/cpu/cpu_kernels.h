@@ -63,7 +63,18 @@ typedef struct svlm_cpu_matmul_ops {
                        int packed_only);
     int (*matmul_f16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
                       int packed_only);
+    int f16_quant; /* quantized weights take matmul_f16 too (levels without the bf16 GEMM) */
+    /* From this many activation rows on, a weight already packed takes these GEMMs rather than the
+     * dot products (from 16 on, any weight does). */
+    int packed_min_rows;
 } svlm_cpu_matmul_ops;
+
+/* At the AVX-512 level, from 6 activation rows on a packed weight's GEMM beats the dot products,
+ * which cost about the same for each row. One batched decode step of the SmolVLM2-256M shape on 2
+ * threads, dot products against the packed GEMM: Q8_0 5 rows 10.6 and 11.0 ms, 6 rows 12.7 and
+ * 11.6, 8 rows 16.9 and 14.3; F16 5 rows 17.7 and 19.0, 6 rows 21.2 and 19.8, 8 rows 28.4 and
+ * 21.6; the 2.2B shape's Q4_K 4 rows 94 and 90 ms, 8 rows 187 and 121. */
+#define PACKED_MIN_ROWS_AVX512 6
 
 void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops);
 #ifdef SVLM_X86
@@ -72,6 +83,7 @@ void svlm_cpu_matmul_init_avx512(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops);      /* own AVX-512 f32 GEMM */
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
 void svlm_cpu_gemm_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* F16 weights widened in the kernel */
+void svlm_cpu_gemm_f16_init_avx2(svlm_cpu_matmul_ops *ops);    /* F16 and quantized weights, as f16 */
 #endif
 
 /* 1 when the weight type takes svlm_q8a activations, 0 when it takes floats. */

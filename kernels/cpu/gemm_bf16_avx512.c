@@ -176,5 +176,6 @@ static int matmul_bf16(svlm_cpu *c, const svlm_weight *w, const float *x, int64_
 
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops) {
     ops->matmul_bf16 = matmul_bf16;
+    ops->packed_min_rows = PACKED_MIN_ROWS_AVX512;
 }
 #endif

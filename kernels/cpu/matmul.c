@@ -4,8 +4,11 @@
  *    with every activation row while it sits in L1; quantized weights meet activations
  *    quantized to 8 bits (svlm_q8a) in integer dot products. Memory-bandwidth bound.
  *  - many rows (prefill, vision encoder): panels of weight rows are dequantized to f32 in
- *    per-thread scratch and multiplied with a GEMM. Compute bound. On AVX-512 BF16 CPUs
- *    quantized and BF16 weights (and F16 ones with SVLM_BF16=all) go to the bf16 GEMM instead.
+ *    per-thread scratch and multiplied with a GEMM. Compute bound. Where a SIMD level has one,
+ *    a GEMM over weights packed once (kernels/cpu/packed_weights.c) takes them instead: at
+ *    AVX-512 BF16 the bf16 GEMM for quantized and BF16 weights (F16 ones too with
+ *    SVLM_BF16=all) and the f16 GEMM for F16 weights; at AVX2 the f16 GEMM for F16 and
+ *    quantized weights. At AVX-512 a packed weight takes them from 6 rows on (decode batches).
  * Rows are split over the pool in chunks handed out dynamically.
  */
 #include <stdio.h>
@@ -16,13 +19,6 @@
 
 /* From this many activation rows on, dequantize + GEMM beats repeated dot products. */
 #define GEMM_MIN_ROWS 16
-/* From this many on, a GEMM over a weight packed once (kernels/cpu/packed_weights.c) beats them:
- * the dot kernels cost about the same for each activation row. One batched decode step of the
- * SmolVLM2-256M shape on 2 threads, dot products against the packed GEMM: Q8_0 5 rows 10.6 and
- * 11.0 ms, 6 rows 12.7 and 11.6, 8 rows 16.9 and 14.3; F16 5 rows 17.7 and 19.0, 6 rows 21.2 and
- * 19.8, 8 rows 28.4 and 21.6; the 2.2B shape's Q4_K 4 rows 94 and 90 ms, 8 rows 187 and 121.
- * Below GEMM_MIN_ROWS only a weight already packed (or packed now, once) takes it. */
-#define PACKED_GEMM_MIN_ROWS 6
 /* Weight rows per GEMM task: an equal share per thread (bigger panels run faster GEMMs),
  * capped so large matrices still balance, in multiples of 16. */
 #define GEMM_PANEL_MAX 256
@@ -151,11 +147,12 @@ static void matvec_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, con
  * GEMM_MIN_ROWS only a packed copy ready or packed now is used: packing the whole weight for one
  * product of a few rows would cost more than the product. */
 static int packed_gemm(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
-    if (n < PACKED_GEMM_MIN_ROWS) return 0;
+    if (n < c->mm.packed_min_rows) return 0;
     const int packed_only = n < GEMM_MIN_ROWS;
     if (c->mm.matmul_bf16 && w->type != SVLM_F32 && (w->type != SVLM_F16 || c->bf16_f16))
         return c->mm.matmul_bf16(c, w, x, n, y, packed_only);
-    if (w->type == SVLM_F16 && c->mm.matmul_f16) return c->mm.matmul_f16(c, w, x, n, y, packed_only);
+    if (c->mm.matmul_f16 && (w->type == SVLM_F16 || (c->mm.f16_quant && svlm_cpu_type_uses_q8a(w->type))))
+        return c->mm.matmul_f16(c, w, x, n, y, packed_only);
     return 0;
 }
 
