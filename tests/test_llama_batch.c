@@ -4,8 +4,9 @@
  * evictions, F16 pages, batches of 1 to 16, an item that fails alone, and bad arguments; and
  * the greedy forms (a batch item's next, svlm_llama_eval_greedy, svlm_llama_eval_seq_greedy)
  * give the argmax of those logits.
- * Tolerance 1e-4 below 16 rows (the CPU runs the same dot products as for one row: measured 0),
- * 1e-2 from 16 rows on, where the CPU's products switch to a GEMM.
+ * Tolerance 1e-4 below 16 rows (the CPU runs the same dot products as for one row: measured 0;
+ * this model's weights are F32, which no packed GEMM takes; packed ones take it from 6 rows on at
+ * the AVX-512 level), 1e-2 from 16 rows on, where the CPU's products switch to a GEMM.
  */
 #include <math.h>
 #include <stdlib.h>
