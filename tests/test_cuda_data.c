@@ -1380,17 +1380,24 @@ static void test_forget_range(void) {
 int test_main(void) {
     svlm_err err = {0};
     G = test_gpu_backend();
-    /* The reference without bf16 products: f32 GEMMs, and 8-bit activations for the decode
+    /* The reference without bf16 or f16 GEMMs: f32 GEMMs, and 8-bit activations for the decode
      * products of up to 15 rows (where the default CPU backend takes the bf16 GEMM from 6 rows on,
      * a scalar stand-in's 8-bit products and those differ by up to 2e-2 of the largest value). */
-    char *bf16 = getenv("SVLM_BF16") ? strdup(getenv("SVLM_BF16")) : NULL;
+    char *bf16 = getenv("SVLM_BF16") ? strdup(getenv("SVLM_BF16")) : NULL,
+         *f16 = getenv("SVLM_F16_GEMM") ? strdup(getenv("SVLM_F16_GEMM")) : NULL;
     setenv("SVLM_BF16", "0", 1);
+    setenv("SVLM_F16_GEMM", "0", 1);
     svlm_status st = svlm_kernels_create_cpu(0, &C, &err);
     if (bf16)
         setenv("SVLM_BF16", bf16, 1);
     else
         unsetenv("SVLM_BF16");
+    if (f16)
+        setenv("SVLM_F16_GEMM", f16, 1);
+    else
+        unsetenv("SVLM_F16_GEMM");
     free(bf16);
+    free(f16);
     REQUIRE(st == SVLM_OK, "cpu backend: %s", err.msg);
     /* the answer lane's setting: everything below then runs on the high-priority stream */
     svlm_kernels_set_priority(G, 1);

@@ -241,9 +241,10 @@ static double product_rounding(size_t li, svlm_dtype t, int64_t n) {
     return t != SVLM_F16 || (bf16 && !strcmp(bf16, "all")) ? 1.0 / 128 : 0;
 }
 
-/* One weight of type t with `cols` columns and `rows` rows, n = 1, 3, 7, 17, 64, at every level. */
+/* One weight of type t with `cols` columns and `rows` rows, n = 1, 3, 7, 17, 20, 64, at every
+ * level (the GEMMs' last tiles: AVX-512 8 and 4 rows, AVX2 6, 4 and 2). */
 static void check_matmul(svlm_dtype t, int64_t rows, int64_t cols, float *x, float *y, float *y_scalar) {
-    const int64_t ns[] = {1, 3, 7, 17, 64};
+    const int64_t ns[] = {1, 3, 7, 17, 20, 64};
     wcase c = make_weight(t, rows, cols);
     int quantized = svlm_dtype_get(t)->is_quantized;
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
@@ -279,8 +280,8 @@ static void check_matmul(svlm_dtype t, int64_t rows, int64_t cols, float *x, flo
 
 static void test_matmul(void) {
     const int64_t rows = 37; /* not a multiple of the thread counts or of a vector width */
-    float *x = malloc(sizeof(float) * 64 * 768), *y = malloc(sizeof(float) * 64 * 211);
-    float *y_scalar = malloc(sizeof(float) * 64 * 211);
+    float *x = malloc(sizeof(float) * 64 * 768), *y = malloc(sizeof(float) * 64 * 221);
+    float *y_scalar = malloc(sizeof(float) * 64 * 221);
     REQUIRE(x && y && y_scalar, "out of memory");
     for (size_t ti = 0; ti < sizeof weight_types / sizeof weight_types[0]; ti++) {
         svlm_dtype t = weight_types[ti];
@@ -296,6 +297,9 @@ static void test_matmul(void) {
      * the f16 GEMM's 256-column slices) */
     check_matmul(SVLM_F16, 211, 300, x, y, y_scalar);
     check_matmul(SVLM_Q8_0, 211, 512, x, y, y_scalar);
+    /* a last strip of 29 rows (the AVX2 tile's second half partly masked), cached, two K slices */
+    check_matmul(SVLM_F16, 221, 300, x, y, y_scalar);
+    check_matmul(SVLM_Q4_K, 221, 512, x, y, y_scalar);
     free(x);
     free(y);
     free(y_scalar);

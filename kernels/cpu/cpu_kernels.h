@@ -63,9 +63,9 @@ typedef struct svlm_cpu_matmul_ops {
                        int packed_only);
     int (*matmul_f16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
                       int packed_only);
-    int f16_quant; /* quantized weights take matmul_f16 too (levels without the bf16 GEMM) */
-    /* From this many activation rows on, a weight already packed takes these GEMMs rather than the
-     * dot products (from 16 on, any weight does). */
+    int f16_quant; /* quantized weights take matmul_f16 too (the AVX2 level: no bf16 GEMM) */
+    /* From this many activation rows on, a weight with a packed copy (kept, or made now where it
+     * fits the cache) takes these GEMMs rather than the dot products (from 16 on, any weight). */
     int packed_min_rows;
 } svlm_cpu_matmul_ops;
 
@@ -124,9 +124,9 @@ void *svlm_cpu_act_buffer(svlm_cpu *c, size_t bytes);
  * process may run an F16 weight through both GEMMs, by backends made with different settings). */
 enum { SVLM_PACK_BF16_PAIRS = 1, SVLM_PACK_F16_STRIPS = 2 };
 /* A GEMM's packed copy of w in `layout` (bytes long; kernels/cpu/packed_weights.c), shared by every
- * CPU backend: a ready copy (*fill 0), a new buffer the caller packs and then passes to
- * svlm_cpu_packed_ready (*fill 1), or NULL (over the cap, or another caller is packing it): pack
- * per call. */
+ * CPU backend: a ready copy (*fill 0), a new buffer the caller packs, uses and then passes to
+ * svlm_cpu_packed_ready (*fill 1; a copy forgotten meanwhile is freed by that call), or NULL (over
+ * the cap, or another caller is packing it): pack per call. */
 uint32_t *svlm_cpu_packed(const svlm_weight *w, int layout, size_t bytes, int *fill);
 void svlm_cpu_packed_ready(const uint32_t *packed);
 /* Drops the packed copies of weights whose data starts in [data, data + bytes) (bytes 0: at data). */

@@ -166,11 +166,10 @@ static int matmul_bf16(svlm_cpu *c, const svlm_weight *w, const float *x, int64_
     if (!j.packed && packed_only) return 0;
     j.a = svlm_cpu_act_buffer(c, sizeof(uint32_t) * (size_t)(n_pad * kp));
     svlm_pool_run(c->pool, convert_rows_task, &j, (int)(n_pad / MR));
-    if (fill) {
-        svlm_pool_run(c->pool, pack_task, &j, panels);
-        svlm_cpu_packed_ready(j.packed);
-    }
+    if (fill) svlm_pool_run(c->pool, pack_task, &j, panels);
     svlm_pool_run(c->pool, panel_task, &j, panels);
+    /* (only now: a copy forgotten while being filled is freed by this call) */
+    if (fill) svlm_cpu_packed_ready(j.packed);
     return 1;
 }
 

@@ -83,12 +83,13 @@ static void tile2(TILE_ARGS) {
 /* the last tile of a product takes the smallest that covers its rows */
 #define TILE_FOR(mr) ((mr) > 4 ? tile6 : (mr) > 2 ? tile4 : tile2)
 
+/* (max and min return their second operand for a NaN first one: NaN stays NaN) */
 static void to_f16(const float *x, uint16_t *out, int64_t n) {
     const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(out + i),
-                         _mm256_cvtps_ph(_mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(x + i), lo), hi),
+                         _mm256_cvtps_ph(_mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(x + i))),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     for (; i < n; i++) {
         float v = x[i] > 65504.0f ? 65504.0f : x[i] < -65504.0f ? -65504.0f : x[i];

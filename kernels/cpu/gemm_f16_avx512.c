@@ -55,16 +55,17 @@ static void tile4(TILE_ARGS) {
 /* the last tile of a product takes the smallest that covers its rows: 16 tokens as 12 + 4 */
 #define TILE_FOR(mr) ((mr) > 8 ? tile12 : (mr) > 4 ? tile8 : tile4)
 
+/* (max and min return their second operand for a NaN first one: NaN stays NaN) */
 static void to_f16(const float *x, uint16_t *out, int64_t n) {
     const __m512 hi = _mm512_set1_ps(65504.0f), lo = _mm512_set1_ps(-65504.0f);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i *)(out + i),
-                            _mm512_cvtps_ph(_mm512_min_ps(_mm512_max_ps(_mm512_loadu_ps(x + i), lo), hi),
+                            _mm512_cvtps_ph(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_loadu_ps(x + i))),
                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        __m256i v = _mm512_cvtps_ph(_mm512_min_ps(_mm512_max_ps(_mm512_maskz_loadu_ps(m, x + i), lo), hi),
+        __m256i v = _mm512_cvtps_ph(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_maskz_loadu_ps(m, x + i))),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm256_mask_storeu_epi16(out + i, m, v);
     }
