@@ -126,22 +126,39 @@ static void *lane_run(void *arg) {
     return NULL;
 }
 
-/* Two lanes at once on a weight nobody packed yet. */
-static void two_lanes(svlm_kernels *k0, float *src, float *x) {
-    svlm_err err = {0};
-    svlm_kernels *k1 = NULL;
-    setenv("SVLM_SIMD", "avx512", 1);
-    REQUIRE(svlm_kernels_create_cpu(2, &k1, &err) == SVLM_OK, "%s", err.msg);
+/* A CPU backend made with SVLM_SIMD=simd and SVLM_BF16=bf16 (NULL: unset); NULL with *st
+ * SVLM_E_UNSUPPORTED where this CPU lacks the level. */
+static svlm_kernels *backend(const char *simd, const char *bf16, svlm_status *st, svlm_err *err) {
+    svlm_kernels *k = NULL;
+    setenv("SVLM_SIMD", simd, 1);
+    if (bf16) setenv("SVLM_BF16", bf16, 1);
+    *st = svlm_kernels_create_cpu(2, &k, err);
     unsetenv("SVLM_SIMD");
-    const svlm_dtype t = SVLM_Q8_0;
+    unsetenv("SVLM_BF16");
+    REQUIRE(*st == SVLM_OK || *st == SVLM_E_UNSUPPORTED, "%s", err->msg);
+    return k;
+}
+
+/* A new ROWS x COLS weight of type t (its data is the caller's to free) and MAXN input rows. */
+static svlm_weight new_weight(svlm_dtype t, float *src, float *x) {
     const size_t rb = svlm_row_bytes(t, COLS);
     void *data = malloc(rb * ROWS);
-    float *y = malloc(sizeof(float) * 7 * MAXN * ROWS);
-    REQUIRE(data && y, "out of memory");
+    REQUIRE(data, "out of memory");
     fill(src, (size_t)ROWS * COLS);
     quantize(t, src, data, ROWS, COLS);
     fill(x, (size_t)MAXN * COLS);
-    svlm_weight w = {t, ROWS, COLS, data, rb};
+    return (svlm_weight){t, ROWS, COLS, data, rb};
+}
+
+/* Two lanes at once on a weight nobody packed yet. */
+static void two_lanes(svlm_kernels *k0, float *src, float *x) {
+    svlm_err err = {0};
+    svlm_status st;
+    svlm_kernels *k1 = backend("avx512", NULL, &st, &err);
+    float *y = malloc(sizeof(float) * 7 * MAXN * ROWS);
+    REQUIRE(k1 && y, "out of memory");
+    svlm_weight w = new_weight(SVLM_Q8_0, src, x);
+    void *data = (void *)w.data;
     product(k0, &w, x, MAXN, y, 0); /* the reference, packed per call */
     svlm_cpu_packed_set_limit((size_t)1 << 30);
     lane a = {k0, &w, x, y + (size_t)MAXN * ROWS}, b = {k1, &w, x, y + (size_t)4 * MAXN * ROWS};
@@ -161,21 +178,12 @@ static void two_lanes(svlm_kernels *k0, float *src, float *x) {
  * keeps and uses its own layout, so each product equals its own packing per call. */
 static void both_layouts(svlm_kernels *k0, float *src, float *x) {
     svlm_err err = {0};
-    svlm_kernels *k1 = NULL;
-    setenv("SVLM_SIMD", "avx512", 1);
-    setenv("SVLM_BF16", "all", 1);
-    REQUIRE(svlm_kernels_create_cpu(2, &k1, &err) == SVLM_OK, "%s", err.msg);
-    unsetenv("SVLM_SIMD");
-    unsetenv("SVLM_BF16");
-    const svlm_dtype t = SVLM_F16;
-    const size_t rb = svlm_row_bytes(t, COLS);
-    void *data = malloc(rb * ROWS);
+    svlm_status st;
+    svlm_kernels *k1 = backend("avx512", "all", &st, &err);
     float *y = malloc(sizeof(float) * 4 * MAXN * ROWS);
-    REQUIRE(data && y, "out of memory");
-    fill(src, (size_t)ROWS * COLS);
-    quantize(t, src, data, ROWS, COLS);
-    fill(x, (size_t)MAXN * COLS);
-    svlm_weight w = {t, ROWS, COLS, data, rb};
+    REQUIRE(k1 && y, "out of memory");
+    svlm_weight w = new_weight(SVLM_F16, src, x);
+    void *data = (void *)w.data;
     float *f16_own = y, *bf16_own = y + MAXN * ROWS, *f16_kept = y + 2 * MAXN * ROWS,
           *bf16_kept = y + 3 * MAXN * ROWS;
     product(k0, &w, x, MAXN, f16_own, 0);
@@ -203,25 +211,18 @@ int test_main(void) {
     float *src = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * MAXN * COLS);
     REQUIRE(src && x, "out of memory");
     /* the AVX2 level's f16 GEMM packs F16 and quantized weights (BF16 ones take the f32 GEMM) */
-    setenv("SVLM_SIMD", "avx2", 1);
-    svlm_kernels *k2 = NULL;
-    svlm_status st = svlm_kernels_create_cpu(2, &k2, &err);
-    unsetenv("SVLM_SIMD");
-    if (st == SVLM_E_UNSUPPORTED) SKIP("no AVX2 level on this CPU: %s", err.msg);
-    REQUIRE(st == SVLM_OK, "%s", err.msg);
+    svlm_status st;
+    svlm_kernels *k2 = backend("avx2", NULL, &st, &err);
+    if (!k2) SKIP("no AVX2 level on this CPU: %s", err.msg);
     const svlm_dtype avx2_types[] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_F16};
     for (size_t i = 0; i < sizeof avx2_types / sizeof avx2_types[0]; i++)
         check_type(k2, avx2_types[i], src, x, 0); /* (decode batches take the dot products) */
     svlm_kernels_destroy(k2);
 
-    setenv("SVLM_SIMD", "avx512", 1);
-    svlm_kernels *k = NULL;
-    st = svlm_kernels_create_cpu(2, &k, &err);
-    unsetenv("SVLM_SIMD");
+    svlm_kernels *k = backend("avx512", NULL, &st, &err);
     /* (without AVX-512 BF16 the run ends here: failed if the AVX2 checks failed, else skipped) */
     REQUIRE(!svlm_test_failures, "the AVX2 level's checks failed");
-    if (st == SVLM_E_UNSUPPORTED) SKIP("AVX2 level checked; no AVX-512 level on this CPU: %s", err.msg);
-    REQUIRE(st == SVLM_OK, "%s", err.msg);
+    if (!k) SKIP("AVX2 level checked; no AVX-512 level on this CPU: %s", err.msg);
     if (!strstr(svlm_kernels_name(k), "bf16"))
         SKIP("AVX2 level checked; no AVX-512 BF16 on this CPU (%s)", svlm_kernels_name(k));
     const svlm_dtype types[] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_BF16, SVLM_F16};
