@@ -247,6 +247,43 @@ static void cpu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
     svlm_gelu_round_out(x, (size_t)n);
 }
 
+/* The vision encoder's fused ops: their products' biases and residuals are added as the GEMM
+ * over packed weights stores its sums (svlm_cpu_epilogue), which spares a pass over the outputs
+ * for each; a product no such GEMM takes runs as the op sequence. */
+static void cpu_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x,
+                                int64_t n, float *y, float *tmp) {
+    const svlm_cpu_epilogue ep = {b, 1};
+    if (!svlm_cpu_matmul_fused(CPU(k), w, x, n, y, &ep)) svlm_k_seq_matmul_bias_add(k, w, b, x, n, y, tmp);
+}
+/* y = x W^T + b; 1 through the fused GEMM, else the product then the bias. */
+static void matmul_bias(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
+                        float *y) {
+    const svlm_cpu_epilogue ep = {b, 0};
+    if (svlm_cpu_matmul_fused(CPU(k), w, x, n, y, &ep)) return;
+    svlm_cpu_matmul(CPU(k), w, x, n, y);
+    if (b) svlm_cpu_add_bias(CPU(k), y, b, n, w->rows);
+}
+static void cpu_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
+                                      float eps, float *h, const svlm_weight *const *ws,
+                                      const float *const *bs, int n_w, int64_t n, float *const *ys) {
+    if (n < 16) { /* (few rows: the dot products of all weights share one run) */
+        svlm_k_seq_layernorm_matmul_bias(k, x, ln_w, ln_b, eps, h, ws, bs, n_w, n, ys);
+        return;
+    }
+    svlm_cpu_layernorm(CPU(k), x, ln_w, ln_b, h, n, ws[0]->cols, eps);
+    for (int i = 0; i < n_w; i++)
+        matmul_bias(k, ws[i], bs[i], h, n, ys[i]);
+}
+static void cpu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, const float *ln_b,
+                                       float eps, const svlm_weight *w1, const float *b1,
+                                       const svlm_weight *w2, const float *b2, int64_t n, float *h, float *ff,
+                                       float *tmp) {
+    svlm_cpu_layernorm(CPU(k), x, ln_w, ln_b, h, n, w1->cols, eps);
+    matmul_bias(k, w1, b1, h, n, ff);
+    cpu_gelu_tanh_f16(k, ff, n * w1->rows);
+    cpu_matmul_bias_add(k, w2, b2, ff, n, x, tmp);
+}
+
 /* In-place moves down (memmove), then the keys re-rotated from the moved rows a chunk at a time. */
 static void cpu_kv_shift(svlm_kernels *k, const svlm_kv_shift_args *a) {
     const int64_t dim = (int64_t)a->n_kv_head * a->head_dim, chunk = a->n < 256 ? a->n : 256;
@@ -306,6 +343,9 @@ static const backend_ops cpu_ops = {
     .gather_rows = cpu_gather_rows,
     .gelu_tanh_f16 = cpu_gelu_tanh_f16,
     .kv_shift = cpu_kv_shift,
+    .matmul_bias_add = cpu_matmul_bias_add,
+    .layernorm_matmul_bias = cpu_layernorm_matmul_bias,
+    .layernorm_gelu_ffn_add = cpu_layernorm_gelu_ffn_add,
 };
 
 svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err *err) {

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "common/threadpool.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/dtype.h"
 #include "kernels/kernels.h"
@@ -341,6 +342,89 @@ static void test_matmul_multi(void) {
     for (int i = 0; i < NW; i++) {
         free(cs[i].deq);
         free((void *)cs[i].w.data);
+    }
+}
+
+/* The vision encoder's fused ops (y += x W^T + b; layer norm + products with biases; the GELU
+ * feed-forward half) against the op sequences they stand for on the same backend, at every level,
+ * for Q8_0 and F16 weights of 64 KB and more (which the GEMMs over packed weights take, adding the
+ * bias and residual as they store), 20 and 7 rows: bit for bit where the products have one K slice
+ * per store (the bf16 GEMM: (sum + b) + y, as the sequence adds them), else within 1e-6 of the
+ * largest value (the f16 GEMM adds them with its first 256-column slice). */
+static void test_fused_bias(void) {
+    const struct {
+        svlm_dtype t;
+        int64_t e, f; /* model width, feed-forward width */
+    } cases[] = {{SVLM_Q8_0, 256, 288}, {SVLM_F16, 300, 200}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t E = cases[ci].e, F = cases[ci].f;
+        wcase w1 = make_weight(cases[ci].t, F, E), w2 = make_weight(cases[ci].t, E, F);
+        const int64_t EF = E + F; /* room for a row of either width */
+        float *buf = malloc(sizeof(float) * (size_t)(20 * (3 * E + 3 * EF + 5 * F) + 3 * E + F));
+        REQUIRE(buf && w1.deq && w2.deq, "out of memory");
+        float *x = buf, *xs = x + 20 * E, *xf = xs + 20 * E, *h = xf + 20 * E, *tmp = h + 20 * EF,
+              *ys = tmp + 20 * EF, *yf = ys + 20 * 2 * F, *ff = yf + 20 * 2 * F, *lnw = ff + 20 * EF,
+              *lnb = lnw + E, *b1 = lnb + E, *b2 = b1 + F;
+        fill(lnw, E, 1.0f);
+        fill(lnb, E, 0.5f);
+        fill(b1, F, 0.5f);
+        fill(b2, E, 0.5f);
+        for (size_t li = 0; li < 3; li++) {
+            svlm_kernels *k = make_kernels(levels[li], 2);
+            if (!k) continue;
+            const int bf16 = li == 2 && cases[ci].t != SVLM_F16;
+            const int64_t ns[] = {20, 7};
+            for (int ni = 0; ni < 2; ni++) {
+                const int64_t n = ns[ni];
+                fill(x, n * E, 1.0f);
+                double worst = 0, ymax = 1e-30;
+                /* y += x W^T + b (W2 is E x F: inputs of F columns) */
+                memcpy(xs, x, sizeof(float) * (size_t)(n * E));
+                memcpy(xf, x, sizeof(float) * (size_t)(n * E));
+                fill(h, n * F, 1.0f);
+                svlm_k_seq_matmul_bias_add(k, &w2.w, b2, h, n, xs, tmp);
+                svlm_k_matmul_bias_add(k, &w2.w, b2, h, n, xf, tmp);
+                for (int64_t i = 0; i < n * E; i++) {
+                    ymax = fmax(ymax, fabs(xs[i]));
+                    worst = fmax(worst, fabs(xs[i] - xf[i]));
+                }
+                /* layer norm + two products with biases (one without) */
+                const svlm_weight *ws[2] = {&w1.w, &w1.w};
+                const float *bs[2] = {b1, NULL};
+                float *yss[2] = {ys, ys + n * F}, *yfs[2] = {yf, yf + n * F};
+                svlm_k_seq_layernorm_matmul_bias(k, x, lnw, lnb, 1e-6f, h, ws, bs, 2, n, yss);
+                svlm_k_layernorm_matmul_bias(k, x, lnw, lnb, 1e-6f, h, ws, bs, 2, n, yfs);
+                for (int64_t i = 0; i < 2 * n * F; i++) {
+                    ymax = fmax(ymax, fabs(ys[i]));
+                    worst = fmax(worst, fabs(ys[i] - yf[i]));
+                }
+                const double tol = li == 0 || bf16 ? 0 : 1e-6; /* (scalar: no such GEMM, the sequence) */
+                CHECK(worst / ymax <= tol, "%s %s n=%lld: fused products differ from their sequence by %.3g",
+                      svlm_kernels_name(k), svlm_dtype_get(cases[ci].t)->name, (long long)n, worst / ymax);
+                /* the GELU feed-forward half, in place on x: where a sum differs in its last bit, the
+                 * GELU's f16 rounding may differ by 2^-11 of a feed-forward value */
+                memcpy(xs, x, sizeof(float) * (size_t)(n * E));
+                memcpy(xf, x, sizeof(float) * (size_t)(n * E));
+                svlm_k_seq_layernorm_gelu_ffn_add(k, xs, lnw, lnb, 1e-6f, &w1.w, b1, &w2.w, b2, n, h, ff,
+                                                  tmp);
+                svlm_k_layernorm_gelu_ffn_add(k, xf, lnw, lnb, 1e-6f, &w1.w, b1, &w2.w, b2, n, h, ff, tmp);
+                worst = 0;
+                ymax = 1e-30;
+                for (int64_t i = 0; i < n * E; i++) {
+                    ymax = fmax(ymax, fabs(xs[i]));
+                    worst = fmax(worst, fabs(xs[i] - xf[i]));
+                }
+                CHECK(worst / ymax <= (tol ? 1e-4 : 0),
+                      "%s %s n=%lld: the fused feed-forward half differs by %.3g", svlm_kernels_name(k),
+                      svlm_dtype_get(cases[ci].t)->name, (long long)n, worst / ymax);
+            }
+            svlm_kernels_destroy(k);
+        }
+        free(buf);
+        free(w1.deq);
+        free(w2.deq);
+        free((void *)w1.w.data);
+        free((void *)w2.w.data);
     }
 }
 
@@ -872,6 +956,7 @@ int test_main(void) {
     test_pool_stress();
     test_dot4();
     test_matmul_multi();
+    test_fused_bias();
     test_matmul();                 /* default: bf16 products for quantized and BF16 weights */
     setenv("SVLM_BF16", "all", 1); /* F16 weights too */
     test_matmul();

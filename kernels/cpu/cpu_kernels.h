@@ -43,6 +43,14 @@ typedef struct svlm_cpu svlm_cpu;
 typedef void (*svlm_gemm_fn)(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
                              int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
 
+/* What a GEMM over packed weights does with each sum before storing it: adds bias[r] (NULL: no
+ * bias), then, with residual set, the value y already holds (y += x W^T + b). Fused this way, the
+ * vision encoder's products skip a pass over their outputs per bias and per residual. */
+typedef struct svlm_cpu_epilogue {
+    const float *bias;
+    int residual;
+} svlm_cpu_epilogue;
+
 /* The kernels a SIMD level provides (matrix kernels and the exp-heavy vector loops). */
 typedef struct svlm_cpu_matmul_ops {
     svlm_dot_fn dot[SVLM_DTYPE_COUNT];
@@ -57,12 +65,13 @@ typedef struct svlm_cpu_matmul_ops {
     void (*layernorm_row)(const float *x, const float *w, const float *b, float *y, int64_t dim, float eps);
     void (*quantize_q8a)(const float *x, svlm_q8a *out, int64_t cols); /* as svlm_cpu_quantize_q8a */
     /* Batched matmuls over weights packed once: with bf16 products for non-F32 weights, and for F16
-     * weights kept f16 and widened in the kernel (NULL: not available or disabled). Return 1 when
-     * done; 0, doing nothing, when packed_only is set and no packed copy is kept or made now. */
+     * weights kept f16 and widened in the kernel (NULL: not available or disabled), with the
+     * epilogue ep (NULL: none). Return 1 when done; 0, doing nothing, when packed_only is set and
+     * no packed copy is kept or made now. */
     int (*matmul_bf16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
-                       int packed_only);
-    int (*matmul_f16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
-                      int packed_only);
+                       int packed_only, const svlm_cpu_epilogue *ep);
+    int (*matmul_f16)(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y, int packed_only,
+                      const svlm_cpu_epilogue *ep);
     int f16_quant; /* quantized weights take matmul_f16 too (the AVX2 level: no bf16 GEMM) */
     /* From this many activation rows on, a weight with a packed copy (kept, or made now where it
      * fits the cache) takes these GEMMs rather than the dot products (from 16 on, any weight). */
@@ -135,6 +144,10 @@ size_t svlm_cpu_packed_bytes(void);           /* held by the cache, all weights 
 void svlm_cpu_packed_set_limit(size_t bytes); /* the cap from now on (tests); entries stay */
 
 void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y);
+/* y = x W^T with the epilogue ep through a GEMM over packed weights: 1 done, 0 when none takes
+ * this product (nothing done: the caller runs the op sequence). */
+int svlm_cpu_matmul_fused(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
+                          const svlm_cpu_epilogue *ep);
 void svlm_cpu_matmul_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, const float *x, int64_t n,
                            float *const *ys);
 void svlm_cpu_attention(svlm_cpu *c, const svlm_attn_args *a);

@@ -27,7 +27,9 @@ typedef struct bf16_job {
     int64_t n, n_pad, kp; /* tokens, tokens rounded up to MR, k pairs */
     uint32_t *a;          /* [n_pad][kp] bf16 pairs */
     float *y;
-    uint32_t *packed; /* the whole weight packed ([strips][kp][NR]), or NULL: each task packs its panel */
+    uint32_t *packed;  /* the whole weight packed ([strips][kp][NR]), or NULL: each task packs its panel */
+    const float *bias; /* the epilogue's (svlm_cpu_epilogue) */
+    int residual;
 } bf16_job;
 
 /* cols floats -> kp bf16 pairs (round to nearest even), the odd tail padded with zero. */
@@ -57,11 +59,12 @@ static void convert_rows_task(void *ctx, int task, int thread) {
     }
 }
 
-/* y[i][0..nr) = sum_p a[i][p] . b[p][0..nr) for the m (<= MR) token rows a (stride kp). m is a
- * constant in each caller below, so the accumulators stay in registers. */
+/* y[i][0..nr) = sum_p a[i][p] . b[p][0..nr) (+ bias[0..nr), + y[i][0..nr) when residual) for the
+ * m (<= MR) token rows a (stride kp). m is a constant in each caller below, so the accumulators
+ * stay in registers. */
 static inline __attribute__((always_inline)) void tile(const int m, int64_t kp, const uint32_t *a,
                                                        const uint32_t *b, float *y, int64_t ldy, int64_t mr,
-                                                       int64_t nr) {
+                                                       int64_t nr, const float *bias, int residual) {
     __m512 c[MR][2];
     for (int i = 0; i < m; i++)
         c[i][0] = c[i][1] = _mm512_setzero_ps();
@@ -75,25 +78,39 @@ static inline __attribute__((always_inline)) void tile(const int m, int64_t kp, 
     }
     __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+    if (bias) {
+        bias0 = _mm512_maskz_loadu_ps(m0, bias);
+        bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    }
     for (int i = 0; i < m && i < mr; i++) {
-        _mm512_mask_storeu_ps(y + i * ldy, m0, c[i][0]);
-        _mm512_mask_storeu_ps(y + i * ldy + 16, m1, c[i][1]);
+        float *row = y + i * ldy;
+        if (bias) { /* (sum + b) + y: the op sequence's sums, bit for bit */
+            c[i][0] = _mm512_add_ps(c[i][0], bias0);
+            c[i][1] = _mm512_add_ps(c[i][1], bias1);
+        }
+        if (residual) {
+            c[i][0] = _mm512_add_ps(c[i][0], _mm512_maskz_loadu_ps(m0, row));
+            c[i][1] = _mm512_add_ps(c[i][1], _mm512_maskz_loadu_ps(m1, row + 16));
+        }
+        _mm512_mask_storeu_ps(row, m0, c[i][0]);
+        _mm512_mask_storeu_ps(row + 16, m1, c[i][1]);
     }
 }
 
 /* The last tile of a product takes the smallest of these that covers its rows: 16 tokens run as
  * 12 + 4 rather than 12 + 12. */
-static void tile12(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
-                   int64_t nr) {
-    tile(12, kp, a, b, y, ldy, mr, nr);
+#define TILE_ARGS                                                                                            \
+    int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr, int64_t nr,         \
+        const float *bias, int residual
+static void tile12(TILE_ARGS) {
+    tile(12, kp, a, b, y, ldy, mr, nr, bias, residual);
 }
-static void tile8(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
-                  int64_t nr) {
-    tile(8, kp, a, b, y, ldy, mr, nr);
+static void tile8(TILE_ARGS) {
+    tile(8, kp, a, b, y, ldy, mr, nr, bias, residual);
 }
-static void tile4(int64_t kp, const uint32_t *a, const uint32_t *b, float *y, int64_t ldy, int64_t mr,
-                  int64_t nr) {
-    tile(4, kp, a, b, y, ldy, mr, nr);
+static void tile4(TILE_ARGS) {
+    tile(4, kp, a, b, y, ldy, mr, nr, bias, residual);
 }
 
 /* Dequantizes weight rows r0..r0+nr into strips [s][kp][NR] of bf16 pairs (rows past nr zero). */
@@ -144,21 +161,18 @@ static void panel_task(void *ctx, int task, int thread) {
         int64_t mr = j->n - i0 < MR ? j->n - i0 : MR;
         for (int64_t s = 0; s < strips; s++) {
             int64_t cols = nr - s * NR < NR ? nr - s * NR : NR;
-            void (*run)(int64_t, const uint32_t *, const uint32_t *, float *, int64_t, int64_t, int64_t) =
-                mr > 8   ? tile12
-                : mr > 4 ? tile8
-                         : tile4;
+            void (*run)(TILE_ARGS) = mr > 8 ? tile12 : mr > 4 ? tile8 : tile4;
             run(j->kp, j->a + i0 * j->kp, bp + s * j->kp * NR, j->y + i0 * w->rows + r0 + s * NR, w->rows, mr,
-                cols);
+                cols, j->bias ? j->bias + r0 + s * NR : NULL, j->residual);
         }
     }
 }
 
 static int matmul_bf16(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
-                       int packed_only) {
+                       int packed_only, const svlm_cpu_epilogue *ep) {
     int64_t kp = (w->cols + 1) / 2, n_pad = (n + MR - 1) / MR * MR;
     const int panels = (int)((w->rows + PANEL - 1) / PANEL);
-    bf16_job j = {c, w, x, n, n_pad, kp, NULL, y, NULL};
+    bf16_job j = {c, w, x, n, n_pad, kp, NULL, y, NULL, ep ? ep->bias : NULL, ep ? ep->residual : 0};
     /* the weight packed once for every later product (the same bytes as a panel's own packing) */
     int fill = 0;
     const int64_t strips = (w->rows + NR - 1) / NR;

@@ -25,7 +25,7 @@ static inline __m256i lane_mask(int64_t n) {
 static inline __attribute__((always_inline)) void half_tile(const int m, int64_t kc, const float *a,
                                                             int64_t lda, const uint16_t *b, float *y,
                                                             int64_t ldy, int64_t mr, int64_t nr,
-                                                            int accumulate) {
+                                                            int accumulate, const float *bias) {
     /* (loops over i unrolled, so that gcc keeps c in registers rather than storing it every k) */
     __m256 c[MR_MAX][2];
 #pragma GCC unroll 6
@@ -42,10 +42,17 @@ static inline __attribute__((always_inline)) void half_tile(const int m, int64_t
         }
     }
     const __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
+    __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+    if (bias && nr > 0) bias0 = mask_load(bias, nr, m0);
+    if (bias && nr > 8) bias1 = mask_load(bias + 8, nr - 8, m1);
 #pragma GCC unroll 6
     for (int i = 0; i < m; i++) {
         if (i >= mr) break;
         float *row = y + i * ldy;
+        if (bias) {
+            c[i][0] = _mm256_add_ps(c[i][0], bias0);
+            c[i][1] = _mm256_add_ps(c[i][1], bias1);
+        }
         if (accumulate) {
             if (nr > 0) c[i][0] = _mm256_add_ps(c[i][0], mask_load(row, nr, m0));
             if (nr > 8) c[i][1] = _mm256_add_ps(c[i][1], mask_load(row + 8, nr - 8, m1));
@@ -63,22 +70,23 @@ static inline __attribute__((always_inline)) void half_tile(const int m, int64_t
 
 static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, const float *a, int64_t lda,
                                                        const uint16_t *b, float *y, int64_t ldy, int64_t mr,
-                                                       int64_t nr, int accumulate) {
-    half_tile(m, kc, a, lda, b, y, ldy, mr, nr < 16 ? nr : 16, accumulate);
-    if (nr > 16) half_tile(m, kc, a, lda, b + 16, y + 16, ldy, mr, nr - 16, accumulate);
+                                                       int64_t nr, int accumulate, const float *bias) {
+    half_tile(m, kc, a, lda, b, y, ldy, mr, nr < 16 ? nr : 16, accumulate, bias);
+    if (nr > 16)
+        half_tile(m, kc, a, lda, b + 16, y + 16, ldy, mr, nr - 16, accumulate, bias ? bias + 16 : NULL);
 }
 
 #define TILE_ARGS                                                                                            \
     int64_t kc, const float *a, int64_t lda, const uint16_t *b, float *y, int64_t ldy, int64_t mr,           \
-        int64_t nr, int acc
+        int64_t nr, int acc, const float *bias
 static void tile6(TILE_ARGS) {
-    tile(6, kc, a, lda, b, y, ldy, mr, nr, acc);
+    tile(6, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
 }
 static void tile4(TILE_ARGS) {
-    tile(4, kc, a, lda, b, y, ldy, mr, nr, acc);
+    tile(4, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
 }
 static void tile2(TILE_ARGS) {
-    tile(2, kc, a, lda, b, y, ldy, mr, nr, acc);
+    tile(2, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
 }
 /* the last tile of a product takes the smallest that covers its rows */
 #define TILE_FOR(mr) ((mr) > 4 ? tile6 : (mr) > 2 ? tile4 : tile2)

@@ -14,7 +14,7 @@
 /* m is a constant in each caller below, so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, const float *a, int64_t lda,
                                                        const uint16_t *b, float *y, int64_t ldy, int64_t mr,
-                                                       int64_t nr, int accumulate) {
+                                                       int64_t nr, int accumulate, const float *bias) {
     __m512 c[MR_MAX][2];
     for (int i = 0; i < m; i++)
         c[i][0] = c[i][1] = _mm512_setzero_ps();
@@ -29,8 +29,17 @@ static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, 
     }
     __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+    if (bias) {
+        bias0 = _mm512_maskz_loadu_ps(m0, bias);
+        bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    }
     for (int i = 0; i < m && i < mr; i++) {
         float *row = y + i * ldy;
+        if (bias) {
+            c[i][0] = _mm512_add_ps(c[i][0], bias0);
+            c[i][1] = _mm512_add_ps(c[i][1], bias1);
+        }
         if (accumulate) {
             c[i][0] = _mm512_add_ps(c[i][0], _mm512_maskz_loadu_ps(m0, row));
             c[i][1] = _mm512_add_ps(c[i][1], _mm512_maskz_loadu_ps(m1, row + 16));
@@ -42,15 +51,15 @@ static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, 
 
 #define TILE_ARGS                                                                                            \
     int64_t kc, const float *a, int64_t lda, const uint16_t *b, float *y, int64_t ldy, int64_t mr,           \
-        int64_t nr, int acc
+        int64_t nr, int acc, const float *bias
 static void tile12(TILE_ARGS) {
-    tile(12, kc, a, lda, b, y, ldy, mr, nr, acc);
+    tile(12, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
 }
 static void tile8(TILE_ARGS) {
-    tile(8, kc, a, lda, b, y, ldy, mr, nr, acc);
+    tile(8, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
 }
 static void tile4(TILE_ARGS) {
-    tile(4, kc, a, lda, b, y, ldy, mr, nr, acc);
+    tile(4, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
 }
 /* the last tile of a product takes the smallest that covers its rows: 16 tokens as 12 + 4 */
 #define TILE_FOR(mr) ((mr) > 8 ? tile12 : (mr) > 4 ? tile8 : tile4)

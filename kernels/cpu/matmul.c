@@ -146,20 +146,28 @@ static void matvec_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, con
 /* The GEMMs over packed weights, where one applies: 1 done, 0 not (the caller goes on). Below
  * GEMM_MIN_ROWS only a packed copy ready or packed now is used: packing the whole weight for one
  * product of a few rows would cost more than the product. */
-static int packed_gemm(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
+static int packed_gemm(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
+                       const svlm_cpu_epilogue *ep) {
     if (n < c->mm.packed_min_rows) return 0;
     const int packed_only = n < GEMM_MIN_ROWS;
     if (c->mm.matmul_bf16 && w->type != SVLM_F32 && (w->type != SVLM_F16 || c->bf16_f16))
-        return c->mm.matmul_bf16(c, w, x, n, y, packed_only);
+        return c->mm.matmul_bf16(c, w, x, n, y, packed_only, ep);
     if (c->mm.matmul_f16 && (w->type == SVLM_F16 || (c->mm.f16_quant && svlm_cpu_type_uses_q8a(w->type))))
-        return c->mm.matmul_f16(c, w, x, n, y, packed_only);
+        return c->mm.matmul_f16(c, w, x, n, y, packed_only, ep);
     return 0;
+}
+
+int svlm_cpu_matmul_fused(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y,
+                          const svlm_cpu_epilogue *ep) {
+    if (n <= 0 || w->rows <= 0) return 1;
+    check_type(c, w);
+    return packed_gemm(c, w, x, n, y, ep);
 }
 
 void svlm_cpu_matmul(svlm_cpu *c, const svlm_weight *w, const float *x, int64_t n, float *y) {
     if (n <= 0 || w->rows <= 0) return;
     check_type(c, w);
-    if (packed_gemm(c, w, x, n, y)) return;
+    if (packed_gemm(c, w, x, n, y, NULL)) return;
     if (n >= GEMM_MIN_ROWS) {
         gemm_job j = {c, w, x, n, gemm_panel_rows(w->rows, c->n_threads), y};
         svlm_pool_run(c->pool, gemm_task, &j, (int)((w->rows + j.panel - 1) / j.panel));
@@ -189,7 +197,7 @@ void svlm_cpu_matmul_multi(svlm_cpu *c, const svlm_weight *const *ws, int n_w, c
     float *rest_y[MATVEC_MAX_WEIGHTS];
     int m = 0;
     for (int i = 0; i < n_w; i++) {
-        if (ws[i]->rows <= 0 || packed_gemm(c, ws[i], x, n, ys[i])) continue;
+        if (ws[i]->rows <= 0 || packed_gemm(c, ws[i], x, n, ys[i], NULL)) continue;
         rest_w[m] = ws[i];
         rest_y[m++] = ys[i];
         if (m == MATVEC_MAX_WEIGHTS || i == n_w - 1) {
