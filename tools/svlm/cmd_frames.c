@@ -203,16 +203,18 @@ int cmd_frames(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (out_dir && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "svlm: cannot create %s: %s\n", out_dir, strerror(errno));
-        return 1;
-    }
     svlm_source_library_log(verbose);
 
     svlm_err err = {0};
     svlm_source *src = NULL;
     if (svlm_source_open(&src, uri, &opts, &err) != SVLM_OK) {
         fprintf(stderr, "svlm: %s\n", err.msg);
+        return 1;
+    }
+    /* (made once the source opened: a source that fails leaves no empty folder behind) */
+    if (out_dir && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "svlm: cannot create %s: %s\n", out_dir, strerror(errno));
+        svlm_source_close(src);
         return 1;
     }
     running_source = src;
