@@ -402,7 +402,7 @@ void svlm_k_rmsnorm_matmul_multi(svlm_kernels *k, const float *x, const float *n
 void svlm_k_seq_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x,
                                 int64_t n, float *y, float *tmp) {
     k->ops->matmul(k, w, x, n, tmp);
-    k->ops->add_bias(k, tmp, b, n, w->rows);
+    if (b) k->ops->add_bias(k, tmp, b, n, w->rows);
     k->ops->add(k, y, tmp, n * w->rows);
 }
 void svlm_k_seq_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
@@ -419,10 +419,10 @@ void svlm_k_seq_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *l
                                        float *tmp) {
     k->ops->layernorm(k, x, ln_w, ln_b, h, n, w1->cols, eps);
     k->ops->matmul(k, w1, h, n, ff);
-    if (k->ops->add_bias_gelu_f16) {
+    if (b1 && k->ops->add_bias_gelu_f16) {
         k->ops->add_bias_gelu_f16(k, ff, b1, n, w1->rows);
     } else {
-        k->ops->add_bias(k, ff, b1, n, w1->rows);
+        if (b1) k->ops->add_bias(k, ff, b1, n, w1->rows);
         k->ops->gelu_tanh_f16(k, ff, n * w1->rows);
     }
     svlm_k_seq_matmul_bias_add(k, w2, b2, ff, n, x, tmp);

@@ -194,14 +194,15 @@ void svlm_k_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w,
 
 /* Fused forms of the vision encoder's sequences (the same numbers as the ops they stand for on the
  * CPU; a GPU whose products run in bf16 keeps their inputs in bf16 and adds biases and residuals
- * in the products' epilogues):
+ * in the products' epilogues; outputs should not overlap inputs):
  * ys[i] = LN(x) ws[i]^T + bs[i] (bs[i] NULL: no bias), the norm as svlm_k_layernorm with ln_w and
  * ln_b (rows of ws[0]->cols): svlm_k_layernorm into h, svlm_k_matmul_multi, svlm_k_add_bias. h is
  * scratch the op may leave unwritten. */
 void svlm_k_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
                                   float eps, float *h, const svlm_weight *const *ws, const float *const *bs,
                                   int n_w, int64_t n, float *const *ys);
-/* y += (x W^T + b): svlm_k_matmul into tmp (n x w->rows floats of scratch), svlm_k_add_bias, svlm_k_add. */
+/* y += (x W^T + b) (b NULL: no bias): svlm_k_matmul into tmp (n x w->rows floats of scratch),
+ * svlm_k_add_bias, svlm_k_add. */
 void svlm_k_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
                             float *y, float *tmp);
 /* x += W2 gelu_f16(W1 LN(x) + b1) + b2, the encoder block's feed-forward half: svlm_k_layernorm into

@@ -250,23 +250,30 @@ static void cpu_gelu_tanh_f16(svlm_kernels *k, float *x, int64_t n) {
 /* The vision encoder's fused ops: their products' biases and residuals are added as the GEMM
  * over packed weights stores its sums (svlm_cpu_epilogue), which spares a pass over the outputs
  * for each; a product no such GEMM takes runs as the op sequence. */
+/* 1 when the n rows of x (cols wide) and of y (rows wide) share memory: the GEMMs may read x
+ * after storing into y, so such a call takes the op sequence (through tmp, or in place as before). */
+static int overlap(const float *x, int64_t cols, const float *y, int64_t rows, int64_t n) {
+    const uintptr_t x0 = (uintptr_t)x, y0 = (uintptr_t)y;
+    return x0 < y0 + sizeof(float) * (size_t)(n * rows) && y0 < x0 + sizeof(float) * (size_t)(n * cols);
+}
 static void cpu_matmul_bias_add(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x,
                                 int64_t n, float *y, float *tmp) {
     const svlm_cpu_epilogue ep = {b, 1};
-    if (!svlm_cpu_matmul_fused(CPU(k), w, x, n, y, &ep)) svlm_k_seq_matmul_bias_add(k, w, b, x, n, y, tmp);
+    if (overlap(x, w->cols, y, w->rows, n) || !svlm_cpu_matmul_fused(CPU(k), w, x, n, y, &ep))
+        svlm_k_seq_matmul_bias_add(k, w, b, x, n, y, tmp);
 }
-/* y = x W^T + b; 1 through the fused GEMM, else the product then the bias. */
+/* y = x W^T + b: the fused GEMM, else the product then the bias. */
 static void matmul_bias(svlm_kernels *k, const svlm_weight *w, const float *b, const float *x, int64_t n,
                         float *y) {
     const svlm_cpu_epilogue ep = {b, 0};
-    if (svlm_cpu_matmul_fused(CPU(k), w, x, n, y, &ep)) return;
+    if (!overlap(x, w->cols, y, w->rows, n) && svlm_cpu_matmul_fused(CPU(k), w, x, n, y, &ep)) return;
     svlm_cpu_matmul(CPU(k), w, x, n, y);
     if (b) svlm_cpu_add_bias(CPU(k), y, b, n, w->rows);
 }
 static void cpu_layernorm_matmul_bias(svlm_kernels *k, const float *x, const float *ln_w, const float *ln_b,
                                       float eps, float *h, const svlm_weight *const *ws,
                                       const float *const *bs, int n_w, int64_t n, float *const *ys) {
-    if (n < 16) { /* (few rows: the dot products of all weights share one run) */
+    if (n < SVLM_CPU_GEMM_MIN_ROWS) { /* (few rows: the dot products of all weights share one run) */
         svlm_k_seq_layernorm_matmul_bias(k, x, ln_w, ln_b, eps, h, ws, bs, n_w, n, ys);
         return;
     }

@@ -57,7 +57,7 @@ void svlm_siglip_attn_in(svlm_vision_ctx *c, int il, const float *x, int64_t row
 
     const svlm_weight *ws[3] = {&L->q, &L->k, &L->v}; /* one pass: a GPU converts h once */
     float *ys[3] = {c->q, c->kk, c->v};
-    if (!c->trace) { /* the same numbers as below, in one op (a GPU fuses the norm and biases) */
+    if (!c->trace) { /* the numbers below, in one op (a GPU fuses the norm and biases) */
         const float *bs[3] = {L->q_b, L->k_b, L->v_b};
         svlm_k_layernorm_matmul_bias(k, x, L->ln1_w, L->ln1_b, hp->eps, c->h, ws, bs, 3, rows, ys);
         return;

@@ -43,9 +43,10 @@ typedef struct svlm_cpu svlm_cpu;
 typedef void (*svlm_gemm_fn)(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
                              int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
 
-/* What a GEMM over packed weights does with each sum before storing it: adds bias[r] (NULL: no
- * bias), then, with residual set, the value y already holds (y += x W^T + b). Fused this way, the
- * vision encoder's products skip a pass over their outputs per bias and per residual. */
+/* What a GEMM over packed weights does with each sum as it stores it: adds bias[r] (NULL: no
+ * bias), then, with residual set, the value y already holds (y += x W^T + b): (sum + b) + y, the
+ * op sequence's numbers bit for bit. Fused this way, the vision encoder's products skip a pass
+ * over their outputs per bias and per residual. x must not overlap y. */
 typedef struct svlm_cpu_epilogue {
     const float *bias;
     int residual;
@@ -77,6 +78,10 @@ typedef struct svlm_cpu_matmul_ops {
      * fits the cache) takes these GEMMs rather than the dot products (from 16 on, any weight). */
     int packed_min_rows;
 } svlm_cpu_matmul_ops;
+
+/* From this many activation rows on, any weight takes a GEMM (dequantized per call where it has
+ * no packed copy); below it the dot products, or a packed copy's GEMM (packed_min_rows). */
+#define SVLM_CPU_GEMM_MIN_ROWS 16
 
 /* At the AVX-512 level, from 6 activation rows on a packed weight's GEMM beats the dot products,
  * which cost about the same for each row. One batched decode step of the SmolVLM2-256M shape on 2

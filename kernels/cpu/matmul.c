@@ -17,8 +17,7 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 
-/* From this many activation rows on, dequantize + GEMM beats repeated dot products. */
-#define GEMM_MIN_ROWS 16
+#define GEMM_MIN_ROWS SVLM_CPU_GEMM_MIN_ROWS
 /* Weight rows per GEMM task: an equal share per thread (bigger panels run faster GEMMs),
  * capped so large matrices still balance, in multiples of 16. */
 #define GEMM_PANEL_MAX 256

@@ -2,8 +2,9 @@
 """Every flag of every svlm command, as its --help lists it, given a value that is missing, empty,
 not a number, negative, out of any range, or not UTF-8: the command exits with status 1 or 2 and
 says why on stderr, and never crashes or hangs. The model or input path is one that does not
-exist, so nothing is loaded or served: what is checked is that parsing the command line refuses
-what it cannot take (or leaves it to a later step that fails cleanly). Needs no shared data."""
+exist, so nothing is loaded or served: a value the parser takes meets that failure next, so what
+is checked is that no value crashes, hangs or fails silently, not which step refuses it. Needs no
+shared data."""
 import os
 import re
 import subprocess
@@ -36,8 +37,8 @@ for c in commands:
     for f in flags:
         for v in VALUES:
             tail = [] if v is None else [os.fsencode(v)]
-            if c in POSITIONAL:
-                cases.append((c, f, v, [binp, c, f] + tail + ['/nonexistent/input']))
+            if c in POSITIONAL:  # (the input first: a flag with no value comes last)
+                cases.append((c, f, v, [binp, c, '/nonexistent/input', f] + tail))
             else:
                 cases.append((c, f, v, [binp, c, '-m', '/nonexistent/model.gguf', f] + tail))
 
