@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tile_store_avx512.h"
 
 #define MR    12 /* tokens per tile (broadcast) */
 #define NR    32 /* weight rows per tile (two vectors) */
@@ -76,26 +77,7 @@ static inline __attribute__((always_inline)) void tile(const int m, int64_t kp, 
             c[i][1] = _mm512_dpbf16_ps(c[i][1], ai, b1);
         }
     }
-    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
-    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
-    if (bias) {
-        bias0 = _mm512_maskz_loadu_ps(m0, bias);
-        bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    }
-    for (int i = 0; i < m && i < mr; i++) {
-        float *row = y + i * ldy;
-        if (bias) { /* (sum + b) + y: the op sequence's sums, bit for bit */
-            c[i][0] = _mm512_add_ps(c[i][0], bias0);
-            c[i][1] = _mm512_add_ps(c[i][1], bias1);
-        }
-        if (residual) {
-            c[i][0] = _mm512_add_ps(c[i][0], _mm512_maskz_loadu_ps(m0, row));
-            c[i][1] = _mm512_add_ps(c[i][1], _mm512_maskz_loadu_ps(m1, row + 16));
-        }
-        _mm512_mask_storeu_ps(row, m0, c[i][0]);
-        _mm512_mask_storeu_ps(row + 16, m1, c[i][1]);
-    }
+    tile_store_avx512(m, c, y, ldy, mr, nr, bias, residual);
 }
 
 /* The last tile of a product takes the smallest of these that covers its rows: 16 tokens run as

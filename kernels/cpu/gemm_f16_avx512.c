@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tile_store_avx512.h"
 
 #define MR_MAX 12
 
@@ -27,26 +28,7 @@ static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, 
             c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);
         }
     }
-    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
-    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
-    if (bias) {
-        bias0 = _mm512_maskz_loadu_ps(m0, bias);
-        bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    }
-    for (int i = 0; i < m && i < mr; i++) {
-        float *row = y + i * ldy;
-        if (bias) {
-            c[i][0] = _mm512_add_ps(c[i][0], bias0);
-            c[i][1] = _mm512_add_ps(c[i][1], bias1);
-        }
-        if (accumulate) {
-            c[i][0] = _mm512_add_ps(c[i][0], _mm512_maskz_loadu_ps(m0, row));
-            c[i][1] = _mm512_add_ps(c[i][1], _mm512_maskz_loadu_ps(m1, row + 16));
-        }
-        _mm512_mask_storeu_ps(row, m0, c[i][0]);
-        _mm512_mask_storeu_ps(row + 16, m1, c[i][1]);
-    }
+    tile_store_avx512(m, c, y, ldy, mr, nr, bias, accumulate);
 }
 
 #define TILE_ARGS                                                                                            \
