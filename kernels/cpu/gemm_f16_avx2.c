@@ -10,7 +10,9 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 
-#define MR_MAX 6
+#define MR_MAX 6 /* the tiles' rows */
+#define MR_MID 4
+#define MR_MIN 2
 
 static inline __m256 mask_load(const float *p, int64_t n, __m256i m) {
     return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
@@ -75,21 +77,6 @@ static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, 
     if (nr > 16)
         half_tile(m, kc, a, lda, b + 16, y + 16, ldy, mr, nr - 16, accumulate, bias ? bias + 16 : NULL);
 }
-
-#define TILE_ARGS                                                                                            \
-    int64_t kc, const float *a, int64_t lda, const uint16_t *b, float *y, int64_t ldy, int64_t mr,           \
-        int64_t nr, int acc, const float *bias
-static void tile6(TILE_ARGS) {
-    tile(6, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
-}
-static void tile4(TILE_ARGS) {
-    tile(4, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
-}
-static void tile2(TILE_ARGS) {
-    tile(2, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
-}
-/* the last tile of a product takes the smallest that covers its rows */
-#define TILE_FOR(mr) ((mr) > 4 ? tile6 : (mr) > 2 ? tile4 : tile2)
 
 /* (max and min return their second operand for a NaN first one: NaN stays NaN) */
 static void to_f16(const float *x, uint16_t *out, int64_t n) {

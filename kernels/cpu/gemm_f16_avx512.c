@@ -10,7 +10,9 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/tile_store_avx512.h"
 
-#define MR_MAX 12
+#define MR_MAX 12 /* the tiles' rows: 16 tokens run as 12 + 4 */
+#define MR_MID 8
+#define MR_MIN 4
 
 /* m is a constant in each caller below, so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, const float *a, int64_t lda,
@@ -30,21 +32,6 @@ static inline __attribute__((always_inline)) void tile(const int m, int64_t kc, 
     }
     tile_store_avx512(m, c, y, ldy, mr, nr, bias, accumulate);
 }
-
-#define TILE_ARGS                                                                                            \
-    int64_t kc, const float *a, int64_t lda, const uint16_t *b, float *y, int64_t ldy, int64_t mr,           \
-        int64_t nr, int acc, const float *bias
-static void tile12(TILE_ARGS) {
-    tile(12, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
-}
-static void tile8(TILE_ARGS) {
-    tile(8, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
-}
-static void tile4(TILE_ARGS) {
-    tile(4, kc, a, lda, b, y, ldy, mr, nr, acc, bias);
-}
-/* the last tile of a product takes the smallest that covers its rows: 16 tokens as 12 + 4 */
-#define TILE_FOR(mr) ((mr) > 8 ? tile12 : (mr) > 4 ? tile8 : tile4)
 
 /* (max and min return their second operand for a NaN first one: NaN stays NaN) */
 static void to_f16(const float *x, uint16_t *out, int64_t n) {
