@@ -51,7 +51,7 @@ typedef struct svlm_engine_params {
     int decode_batch;             /* answers whose decode steps run as one batch (continuous batching: the
                                      weights are read once per step for all of them); default 16, 1 = one
                                      answer per step; exact replays always step one at a time */
-    int ingest_batch;             /* frames of different streams encoded together (0: 16 on a GPU, 1 on the
+    int ingest_batch;             /* frames of different streams encoded together (0: 32 on a GPU, 1 on the
                                      CPU; at most 64; exact replays 1) */
     int exact;                    /* replays: a pinned question forks only after the earlier answers of its
                                      stream joined the dialogue, and that stream's frames wait for the fork

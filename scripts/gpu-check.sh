@@ -120,13 +120,15 @@ if step "configure $B" 120 150 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DS
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DSVLM_FFMPEG=OFF -DSVLM_GSTREAMER=OFF -DSVLM_SERVER=OFF -DSVLM_WERROR=OFF \
   -DSVLM_TEST_DATA="$SVLM_TEST_DATA"; then
   # only what this check runs: the svlm tool and the GPU tests (faster, and other tests may
-  # need libraries this machine lacks)
-  # (test_cuda_llama_shift and test_cuda_stream_take run test_llama_shift and test_stream_take on
-  # the GPU)
-  targets=(svlm test_llama_shift test_stream_take)
-  while IFS= read -r t; do targets+=("$t"); done < <(ctest --test-dir "$B" -N -R '^test_cuda' |
-    sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p' |
-    grep -v -E '_as_cpu$|^test_cuda_llama_shift$|^test_cuda_stream_take$')
+  # need libraries this machine lacks). A GPU test runs its own program test_cuda_X when there is
+  # one, else test_X's on the GPU (test_cuda_stc_batch runs test_stc_batch); the _as_cpu tests
+  # run programs already in the list.
+  targets=(svlm)
+  all_targets=$(cmake --build "$B" --target help 2>/dev/null | sed -n -E 's/^\.\.\. ([A-Za-z0-9_]+).*/\1/p')
+  while IFS= read -r t; do
+    if grep -qx "$t" <<<"$all_targets"; then targets+=("$t"); else targets+=("test_${t#test_cuda_}"); fi
+  done < <(ctest --test-dir "$B" -N -R '^test_cuda' |
+    sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p' | grep -v -E '_as_cpu$')
   echo "targets: ${targets[*]}"
   # the whole log is long: warnings, errors and the last lines on failure
   step "build $B ($jobs jobs)" 330 120 bash -c 'cmake --build "$1" -j"$2" --target "${@:3}" >"$1/build.log" 2>&1

@@ -34,7 +34,7 @@ typedef struct svlm_engine_backend_opts {
     int max_streams;         /* (16) */
     int answer_threads;      /* answers running at once (0: 8 on the CPU, 64 on a GPU); more wait */
     int decode_batch;        /* of those, decode steps run together (continuous batching); 0: 16 */
-    int ingest_batch;        /* frames of different streams encoded together (0: 16 on a GPU, 1 on the
+    int ingest_batch;        /* frames of different streams encoded together (0: 32 on a GPU, 1 on the
                                 CPU) */
     int compute_threads;     /* kernel threads of the answer lane (0: all CPUs but one, which the
                                 ingest lane has; at least 1) */

@@ -43,7 +43,7 @@ static void usage(FILE *f) {
         "  --ask-every SEC      seconds between one stream's questions (default 10; 0: none)\n"
         "  --threads K          kernel threads of each lane, ingest and answer (default 1)\n"
         "  --decode-batch B     answers decoded together in one step (default 16)\n"
-        "  --ingest-batch B     frames of different streams encoded together (default 0: 16 on a GPU,\n"
+        "  --ingest-batch B     frames of different streams encoded together (default 0: 32 on a GPU,\n"
         "                       1 on the CPU)\n"
         "  --kv f32|f16         KV cache type of the streams (default f32)\n"
         "  --no-stc             no token compression (the same as --stc off)\n"

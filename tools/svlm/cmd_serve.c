@@ -43,7 +43,7 @@ static void usage(FILE *f) {
             "  --answer-threads N    answers running at once (default 8 on the CPU, 64 on a GPU)\n"
             "  --decode-batch N      of those, how many step together, reading the weights once (16;\n"
             "                        1: one answer per step)\n"
-            "  --ingest-batch N      frames of up to N streams encoded as one batch (16 on a GPU, 1 on\n"
+            "  --ingest-batch N      frames of up to N streams encoded as one batch (32 on a GPU, 1 on\n"
             "                        the CPU: there a question may wait for a whole batch)\n"
             "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
             "  --backend B           compute on cpu, cuda (cuda:N for GPU N) or auto (a GPU when one is\n"
