@@ -90,6 +90,66 @@ __global__ void layernorm_kernel(const float *x, const float *w, const float *b,
     }
 }
 
+/* The same for rows of up to 32 kNormPer elements: one warp a row, the row read once into registers
+ * (a block a row read it three times and met at barriers twice; the encoder normalizes 1024 rows
+ * of 768 a tile twice a layer). Sums in double as above, in another order. Two blocks an SM: the
+ * compiler keeps a lane's loads of w and b in flight beside its row (up to 128 registers). */
+constexpr int kNormWarps = 8, kNormPerMax = 32; /* rows of up to 1024 */
+template <typename Out, int kNormPer>
+__global__ void __launch_bounds__(32 * kNormWarps, 2)
+    layernorm_warp_kernel(const float *x, const float *w, const float *b, Out *y, int64_t n, int dim,
+                          float eps) {
+    const int lane = threadIdx.x % 32;
+    const int64_t row = (int64_t)blockIdx.x * kNormWarps + threadIdx.x / 32;
+    if (row >= n) return;
+    const float *xr = x + row * dim;
+    float v[kNormPer];
+    double sum = 0;
+#pragma unroll
+    for (int i = 0; i < kNormPer; i++) {
+        const int j = lane + 32 * i;
+        v[i] = j < dim ? xr[j] : 0.0f;
+        sum += v[i];
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const double mean = sum / (double)dim;
+    double var = 0;
+#pragma unroll
+    for (int i = 0; i < kNormPer; i++)
+        if (lane + 32 * i < dim) var += ((double)v[i] - mean) * ((double)v[i] - mean);
+    for (int o = 16; o > 0; o >>= 1)
+        var += __shfl_xor_sync(0xffffffffu, var, o);
+    const float m = (float)mean, scale = (float)(1.0 / sqrt(var / (double)dim + (double)eps));
+    Out *yr = y + row * dim;
+#pragma unroll
+    for (int i = 0; i < kNormPer; i++) {
+        const int j = lane + 32 * i;
+        if (j < dim) {
+            const float o = (v[i] - m) * scale * w[j];
+            store_out(yr, j, b ? o + b[j] : o);
+        }
+    }
+}
+
+template <typename Out>
+int launch_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, Out *y, int64_t n,
+                     int64_t dim, float eps) {
+    if (n <= 0) return 0;
+    const unsigned blocks = (unsigned)((n + kNormWarps - 1) / kNormWarps), threads = 32 * kNormWarps;
+    if (dim <= 32 * 8)
+        layernorm_warp_kernel<Out, 8><<<blocks, threads, 0, s>>>(x, w, b, y, n, (int)dim, eps);
+    else if (dim <= 32 * 16)
+        layernorm_warp_kernel<Out, 16><<<blocks, threads, 0, s>>>(x, w, b, y, n, (int)dim, eps);
+    else if (dim <= 32 * 24)
+        layernorm_warp_kernel<Out, 24><<<blocks, threads, 0, s>>>(x, w, b, y, n, (int)dim, eps);
+    else if (dim <= 32 * kNormPerMax)
+        layernorm_warp_kernel<Out, kNormPerMax><<<blocks, threads, 0, s>>>(x, w, b, y, n, (int)dim, eps);
+    else
+        layernorm_kernel<Out><<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
+    return (int)cudaGetLastError();
+}
+
 /* One thread per (row, head, pair). The angle is built pair after pair in float, as the CPU
  * backend (and ggml) does, so both round the same way. */
 __global__ void rope_kernel(float *x, int64_t n, int n_head, int head_dim, int half, const int32_t *pos,
@@ -263,22 +323,17 @@ extern "C" int svlm_cu_rmsnorm(cudaStream_t s, const float *x, const float *w, f
 
 extern "C" int svlm_cu_layernorm(cudaStream_t s, const float *x, const float *w, const float *b, float *y,
                                  int64_t n, int64_t dim, float eps) {
-    if (n > 0) layernorm_kernel<float><<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
-    return (int)cudaGetLastError();
+    return launch_layernorm<float>(s, x, w, b, y, n, dim, eps);
 }
 
 extern "C" int svlm_cu_layernorm_bf16(cudaStream_t s, const float *x, const float *w, const float *b,
                                       uint16_t *y, int64_t n, int64_t dim, float eps) {
-    if (n > 0) layernorm_kernel<uint16_t><<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
-    return (int)cudaGetLastError();
+    return launch_layernorm<uint16_t>(s, x, w, b, y, n, dim, eps);
 }
 
 extern "C" int svlm_cu_layernorm_f16(cudaStream_t s, const float *x, const float *w, const float *b,
                                      uint16_t *y, int64_t n, int64_t dim, float eps) {
-    if (n > 0)
-        layernorm_kernel<__half>
-            <<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, reinterpret_cast<__half *>(y), dim, eps);
-    return (int)cudaGetLastError();
+    return launch_layernorm<__half>(s, x, w, b, reinterpret_cast<__half *>(y), n, dim, eps);
 }
 
 extern "C" int svlm_cu_rope(cudaStream_t s, float *x, int64_t n, int n_head, int head_dim, int n_rot,

@@ -7,9 +7,11 @@
  * operands of the next, and the online softmax runs on them in place.
  *
  * One block = one head x 64 queries (4 warps x 16 rows); it walks the kv rows in tiles of 64.
- * Shared memory holds the K tile as rows ([64][D + 8] halves) and the V tile transposed
- * ([D][64 + 8]), so that every operand a lane needs is one 32-bit load. The pads put the 8 rows
- * a warp reads at once in different banks.
+ * Shared memory holds the K and V tiles as rows ([64][D + 8] halves); the B operands come out of
+ * them through ldmatrix, V's transposed on the way (.trans), four 8 x 8 matrices an instruction.
+ * The pad puts the 8 rows of a matrix in different banks. A tile's global loads are all issued
+ * before any of its shared stores (a few at a time in flight per thread, not one after another),
+ * and a tile that every row of a lane sees whole skips the per-column mask.
  *
  * Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 g + t:
  *   A (16 x 16, row major), 4 registers of 2 halves: {row g, cols 2t, 2t+1}, {row g + 8, same},
@@ -40,12 +42,11 @@ using svlm_flash::to_f32;
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kBK = 64; /* kv rows per tile */
 static_assert(kBQ == 16 * kWarps, "a block's queries are its warps' 16 rows each");
-constexpr int kLdVt = kBK + 8; /* halves per row of the transposed V tile */
 
 template <int D> struct Shape {
-    static constexpr int kLdK = D + 8; /* halves per row of the K (and Q) tile */
-    static constexpr int kKHalves = kBK * kLdK, kVHalves = D * kLdVt;
-    static constexpr size_t kBytes = sizeof(__half) * (size_t)(kKHalves + kVHalves);
+    static constexpr int kLdK = D + 8; /* halves per row of the K, V (and Q) tiles */
+    static constexpr int kKHalves = kBK * kLdK;
+    static constexpr size_t kBytes = sizeof(__half) * (size_t)(2 * kKHalves);
     static_assert(D % 16 == 0 && D <= kMaxDim, "D: a multiple of 16 up to 128");
     static_assert(kBytes <= 48 * 1024, "static shared-memory limit");
 };
@@ -83,37 +84,64 @@ __device__ __forceinline__ void fetch4(const T *src, int64_t stride, int64_t row
         if (c + e < width) x[e] = to_f32(p[e]);
 }
 
-/* Rows r0 .. r0 + 63 of a matrix (row r at src + r stride, width columns) as f16 rows of dst
- * (ld D + 8), zeros past the end. All threads take part. */
-template <int D, typename T>
-__device__ void load_rows(__half *dst, const T *src, int64_t stride, int64_t r0, int64_t n_rows, int width,
-                          bool vec) {
-    constexpr int G = D / 4;
-    for (int idx = threadIdx.x; idx < kBK * G; idx += kThreads) {
-        const int r = idx / G, c = idx % G * 4;
-        float x[4];
-        fetch4(src, stride, r0 + r, n_rows, c, width, vec, x);
-        uint2 u;
-        u.x = pack_half2(x[0], x[1]);
-        u.y = pack_half2(x[2], x[3]);
-        *reinterpret_cast<uint2 *>(dst + r * Shape<D>::kLdK + c) = u;
-    }
+/* ldmatrix: four 8 x 8 matrices of halves, row addresses from lanes 8i .. 8i + 7 for matrix i;
+ * .trans hands each lane the transposed pairs (PTX ISA, "ldmatrix") */
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const __half *p) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm2(uint32_t (&r)[2], const __half *p) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm4_t(uint32_t (&r)[4], const __half *p) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
 }
 
-/* The same rows transposed: dst[c][r] (ld 64 + 8). A lane takes two neighbouring rows, so its
- * stores are 32-bit and the warp's 32 lanes (64 rows) write 32 consecutive words. */
-template <int D, typename T>
-__device__ void load_rows_t(__half *dst, const T *src, int64_t stride, int64_t r0, int64_t n_rows, int width,
-                            bool vec) {
-    constexpr int G = D / 4;
-    for (int idx = threadIdx.x; idx < 32 * G; idx += kThreads) {
-        const int rp = idx % 32, c = idx / 32 * 4;
-        float a[4], b[4];
-        fetch4(src, stride, r0 + 2 * rp, n_rows, c, width, vec, a);
-        fetch4(src, stride, r0 + 2 * rp + 1, n_rows, c, width, vec, b);
+/* Rows r0 .. r0 + 63 of one or two matrices (row r at src + r stride, width columns) as f16 rows
+ * of dst (ld D + 8), zeros past the end. All threads take part: a thread's groups of 4 columns
+ * are loaded kLoads at a time (both matrices'), then stored, so their loads wait together. */
+template <int D, int N, typename T>
+__device__ __forceinline__ void load_tiles(__half *const (&dst)[N], const T *const (&src)[N], int64_t stride,
+                                           int64_t r0, int64_t n_rows, int width, bool vec) {
+    constexpr int G = D / 4, kGroups = kBK * G / kThreads; /* per thread and matrix: D / 8 */
+    static_assert(kBK * G % kThreads == 0, "whole groups per thread");
+    constexpr int kLoads = kGroups % 4 == 0 ? 4 : kGroups % 3 == 0 ? 3 : kGroups % 2 == 0 ? 2 : 1;
+    static_assert(kGroups % kLoads == 0, "whole batches of loads");
+    /* the common case, every row there and every column used: loads without branches */
+    const bool plain = vec && width == D && r0 + kBK <= n_rows;
 #pragma unroll
-        for (int e = 0; e < 4; e++)
-            *reinterpret_cast<uint32_t *>(dst + (c + e) * kLdVt + 2 * rp) = pack_half2(a[e], b[e]);
+    for (int b = 0; b < kGroups; b += kLoads) {
+        float x[N][kLoads][4];
+#pragma unroll
+        for (int i = 0; i < kLoads; i++) {
+            const int idx = threadIdx.x + (b + i) * kThreads, r = idx / G, c = idx % G * 4;
+#pragma unroll
+            for (int m = 0; m < N; m++) {
+                if (plain)
+                    load4(src[m] + (r0 + r) * stride + c, x[m][i]);
+                else
+                    fetch4(src[m], stride, r0 + r, n_rows, c, width, vec, x[m][i]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kLoads; i++) {
+            const int idx = threadIdx.x + (b + i) * kThreads, r = idx / G, c = idx % G * 4;
+#pragma unroll
+            for (int m = 0; m < N; m++) {
+                uint2 u;
+                u.x = pack_half2(x[m][i][0], x[m][i][1]);
+                u.y = pack_half2(x[m][i][2], x[m][i][3]);
+                *reinterpret_cast<uint2 *>(dst[m] + r * Shape<D>::kLdK + c) = u;
+            }
+        }
     }
 }
 
@@ -129,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
     constexpr int ND = D / 8;   /* 8-wide tiles of the head dim: O's columns */
     constexpr int NS = kBK / 8; /* 8-wide tiles of kv rows: S's columns */
     __shared__ __align__(16) __half sk[S::kKHalves];
-    __shared__ __align__(16) __half svt[S::kVHalves];
+    __shared__ __align__(16) __half sv[S::kKHalves];
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, kvh = h / rep;
@@ -137,7 +165,11 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t q0 = (int64_t)blockIdx.x * kBQ, wq0 = q0 + warp * 16;
 
     /* the warp's 16 query rows as A operands, staged through the K buffer */
-    load_rows<D>(sk, q + (int64_t)h * hd, ldq, q0, n_q, hd, vec_q);
+    {
+        __half *const dq[1] = {sk};
+        const float *const srcq[1] = {q + (int64_t)h * hd};
+        load_tiles<D>(dq, srcq, ldq, q0, n_q, hd, vec_q);
+    }
     __syncthreads();
     uint32_t qa[KC][4];
     {
@@ -171,37 +203,65 @@ __global__ void __launch_bounds__(kThreads)
     const bool warp_rows = wq0 < n_q;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* units of log2 */
 
+    /* the rows of the lane's two that see the fewest kv rows: tiles that end before them need no mask */
+    const int64_t vis_lane = vis[0] < vis[1] ? vis[0] : vis[1];
+    __half *const dkv[2] = {sk, sv};
+    const T *const srckv[2] = {k + (int64_t)kvh * hd, v + (int64_t)kvh * hd};
+    /* this lane's ldmatrix row: row lane % 8 of matrix lane / 8 */
+    const int lr = lane & 7, lm = lane >> 3;
     for (int64_t kv0 = 0; kv0 < kv_end; kv0 += kBK) {
-        load_rows<D>(sk, k + (int64_t)kvh * hd, kv_stride, kv0, n_kv, hd, vec_kv);
-        load_rows_t<D>(svt, v + (int64_t)kvh * hd, kv_stride, kv0, n_kv, hd, vec_kv);
+        load_tiles<D>(dkv, srckv, kv_stride, kv0, n_kv, hd, vec_kv);
         __syncthreads();
         if (warp_rows && kv0 < warp_end) { /* else the tile is masked for all the warp's rows */
-            /* S = Q K^T: B[k][n] = K[kv0 + 8 j + n][k], a lane's pair is one word of K's row */
+            /* S = Q K^T: B[k][n] = K[kv0 + 8 j + n][k]; matrices (rows 8 j .., columns 16 kc + 8 i)
+             * for i = 0 .. 3 give b0, b1 of chunks kc and kc + 1 */
             float s[NS][4];
 #pragma unroll
             for (int j = 0; j < NS; j++) {
                 s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-                const __half *kr = sk + (j * 8 + g) * S::kLdK + 2 * t;
+                const __half *kr = sk + (j * 8 + lr) * S::kLdK + lm * 8;
 #pragma unroll
-                for (int kc = 0; kc < KC; kc++)
-                    mma16816(s[j], qa[kc], ld32(kr + kc * 16), ld32(kr + kc * 16 + 8));
+                for (int kc = 0; kc + 1 < KC; kc += 2) {
+                    uint32_t b[4];
+                    ldsm4(b, kr + kc * 16);
+                    mma16816(s[j], qa[kc], b[0], b[1]);
+                    mma16816(s[j], qa[kc + 1], b[2], b[3]);
+                }
+                if (KC & 1) { /* the last chunk alone: lanes 0 .. 15 give its two matrices */
+                    uint32_t b[2];
+                    ldsm2(b, sk + (j * 8 + lr) * S::kLdK + (KC - 1) * 16 + (lm & 1) * 8);
+                    mma16816(s[j], qa[KC - 1], b[0], b[1]);
+                }
             }
             /* online softmax of rows g (i = 0: s[j][0..1]) and g + 8 (i = 1: s[j][2..3]); the
              * four lanes of a group hold a row's 64 columns between them */
+            const bool whole = kv0 + kBK <= vis_lane; /* both rows see every column */
             float alpha[2];
 #pragma unroll
             for (int i = 0; i < 2; i++) {
-                const int64_t lim64 = vis[i] - kv0;
-                const int lim = lim64 < 0 ? 0 : lim64 > kBK ? kBK : (int)lim64;
                 float mx = -INFINITY;
+                if (whole) {
 #pragma unroll
-                for (int j = 0; j < NS; j++) {
+                    for (int j = 0; j < NS; j++) {
 #pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int col = j * 8 + 2 * t + e;
-                        const float x = col < lim ? s[j][2 * i + e] * scale_log2 : -INFINITY;
-                        s[j][2 * i + e] = x;
-                        mx = fmaxf(mx, x);
+                        for (int e = 0; e < 2; e++) {
+                            const float x = s[j][2 * i + e] * scale_log2;
+                            s[j][2 * i + e] = x;
+                            mx = fmaxf(mx, x);
+                        }
+                    }
+                } else {
+                    const int64_t lim64 = vis[i] - kv0;
+                    const int lim = lim64 < 0 ? 0 : lim64 > kBK ? kBK : (int)lim64;
+#pragma unroll
+                    for (int j = 0; j < NS; j++) {
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int col = j * 8 + 2 * t + e;
+                            const float x = col < lim ? s[j][2 * i + e] * scale_log2 : -INFINITY;
+                            s[j][2 * i + e] = x;
+                            mx = fmaxf(mx, x);
+                        }
                     }
                 }
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -233,17 +293,22 @@ __global__ void __launch_bounds__(kThreads)
                 o[n][3] *= alpha[1];
             }
             /* O += P V: P's 16-column chunk c is S tiles 2c and 2c + 1 as an A operand;
-             * B[k][n] = V[kv0 + 16 c + k][8 d + n] = Vt[8 d + n][16 c + k], one word */
+             * B[k][n] = V[kv0 + 16 c + k][8 d + n]: matrices (rows 16 c + 8 (i & 1) .., columns
+             * 8 d + 8 (i >> 1)) transposed give b0, b1 of tiles d and d + 1 */
 #pragma unroll
             for (int c = 0; c < kBK / 16; c++) {
                 const uint32_t pa[4] = {pack_half2(s[2 * c][0], s[2 * c][1]),
                                         pack_half2(s[2 * c][2], s[2 * c][3]),
                                         pack_half2(s[2 * c + 1][0], s[2 * c + 1][1]),
                                         pack_half2(s[2 * c + 1][2], s[2 * c + 1][3])};
-                const __half *vr = svt + g * kLdVt + c * 16 + 2 * t;
+                const __half *vr = sv + (c * 16 + (lm & 1) * 8 + lr) * S::kLdK + (lm >> 1) * 8;
 #pragma unroll
-                for (int n = 0; n < ND; n++)
-                    mma16816(o[n], pa, ld32(vr + n * 8 * kLdVt), ld32(vr + n * 8 * kLdVt + 8));
+                for (int n = 0; n < ND; n += 2) {
+                    uint32_t b[4];
+                    ldsm4_t(b, vr + n * 8);
+                    mma16816(o[n], pa, b[0], b[1]);
+                    mma16816(o[n + 1], pa, b[2], b[3]);
+                }
             }
         }
         __syncthreads(); /* K and V are read before the next tile overwrites them */
