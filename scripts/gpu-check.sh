@@ -149,8 +149,8 @@ fi
 # When GPU tests fail (or hang), the ones that did not pass run again with each switch in turn; a
 # switch that makes some of them pass stays exported, so the benchmarks after measure code the
 # tests passed, and the summary names it.
-SWITCHES_BACK=(SVLM_CUDA_PDL=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0 SVLM_CUDA_MATVEC_SPLIT=1
-  SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
+SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0
+  SVLM_CUDA_MATVEC_SPLIT=1 SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
   all=$(ctest --test-dir "$B" -N -R test_cuda | sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
@@ -359,6 +359,9 @@ if [ -x "$S" ]; then
       --backend cuda
     # the flash kernel's WMMA form, the default before its mma.sync form (test_cuda_backend checks both)
     SVLM_CUDA_FLASH_MMA=0 bench "vision encoder, cuda, flash on WMMA" 60 bench --mmproj "$M-mmproj.gguf" \
+      --batch 32 --reps 2 --backend cuda
+    # the encoder's GELU as a pass of its own after the up product (before cuBLASLt's GELU epilogue)
+    SVLM_CUDA_LT_GELU=0 bench "vision encoder, cuda, GELU as a pass" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
     # the encoder's products with their biases and residuals as separate passes (before cuBLASLt)
     SVLM_CUDA_LT=0 bench "vision encoder, cuda, no cuBLASLt epilogues" 60 bench --mmproj "$M-mmproj.gguf" \

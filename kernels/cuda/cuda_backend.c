@@ -813,6 +813,7 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     /* read here, not at first use: a test sets them around creating its backends */
     c->lt_mode = switch_mode("SVLM_CUDA_LT");
     c->dnn_mode = switch_mode("SVLM_CUDA_CUDNN");
+    c->lt_gelu = switch_mode("SVLM_CUDA_LT_GELU");
     /* the decode kernels' programmatic dependent launch: compute capability 9.0 and newer, with
      * kernels built for it, unless SVLM_CUDA_PDL=0 */
     const char *pd = getenv("SVLM_CUDA_PDL");

@@ -54,18 +54,32 @@ static void layernorm_to(svlm_kernels *k, int op, const float *x, const float *w
 
 /* y (+)= xh W^T + b on device pointers, queued, xh and W in operand type op: cuBLASLt with the
  * bias in the epilogue, else cuBLAS (beta 1 for the residual) and a bias pass. */
-static void product_bias(svlm_kernels *k, const svlm_weight *w, int op, const uint16_t *xh, int64_t n,
-                         float *y, const float *b, int acc) {
-    cu_ctx *c = CU(k);
+/* W on the device in operand type op (temp: a decode to free after the product, or NULL) */
+static const void *operand_weight(svlm_kernels *k, const svlm_weight *w, int op, void **temp) {
     int bf16 = 0;
-    void *temp = NULL;
+    *temp = NULL;
     const void *dw = op == OPERAND_F16 ? cu_weight(k, w->data, (size_t)w->rows * w->row_bytes)
-                                       : cu_weight_gemm(k, w, &bf16, &temp);
+                                       : cu_weight_gemm(k, w, &bf16, temp);
     if (op == OPERAND_BF16 && !bf16) { /* operand_of chose these weights for their bf16 decode */
         fprintf(stderr, "svlm: internal error: a %lld x %lld weight has no bf16 decode\n", (long long)w->rows,
                 (long long)w->cols);
         abort();
     }
+    return dw;
+}
+
+static void free_temp(svlm_kernels *k, void *temp) {
+    if (temp) {
+        cu_check(cudaStreamSynchronize(CU(k)->stream), "GEMM");
+        cu_check(cudaFree(temp), "cudaFree");
+    }
+}
+
+static void product_bias(svlm_kernels *k, const svlm_weight *w, int op, const uint16_t *xh, int64_t n,
+                         float *y, const float *b, int acc) {
+    cu_ctx *c = CU(k);
+    void *temp;
+    const void *dw = operand_weight(k, w, op, &temp);
     const float *db = b ? cu_weight(k, b, sizeof(float) * (size_t)w->rows) : NULL;
     const int m = (int)w->rows, kk = (int)w->cols;
     const int f16 = op == OPERAND_F16;
@@ -80,10 +94,28 @@ static void product_bias(svlm_kernels *k, const svlm_weight *w, int op, const ui
                       f16 ? "f16 GEMM" : "bf16 GEMM");
         if (db) cu_check(svlm_cu_add_bias(c->stream, y, db, n, w->rows), "add_bias");
     }
-    if (temp) {
-        cu_check(cudaStreamSynchronize(c->stream), "GEMM");
-        cu_check(cudaFree(temp), "cudaFree");
+    free_temp(k, temp);
+}
+
+/* y16 = GELU(xh W^T + b) in operand type op through cuBLASLt's GELU epilogue: 1 when queued (or a
+ * recording gave up), 0 when declined. b16: room for b in that type (the epilogue's bias takes the
+ * results' type). Its GELU is the tanh form of the f16-table one the other path computes, without
+ * that one's f16 roundings before the operand's own rounding, and its bias is rounded to the
+ * operand type (test_cuda_data bounds the difference). */
+static int up_gelu(svlm_kernels *k, const svlm_weight *w, int op, const uint16_t *xh, int64_t n,
+                   uint16_t *y16, const float *b, uint16_t *b16) {
+    if (CU(k)->lt_gelu == CU_SWITCH_OFF) return 0;
+    void *temp;
+    const void *dw = operand_weight(k, w, op, &temp);
+    const float *db = b ? cu_weight(k, b, sizeof(float) * (size_t)w->rows) : NULL;
+    int done = 1; /* a refused recording: nothing runs, the caller issues the ops again */
+    if (dw && !(cu_capturing && cu_capture_failed)) {
+        if (db) to_operand(k, op, db, b16, w->rows); /* the epilogue's bias in the results' type */
+        done = cu_lt_gemm_bias_gelu(k, (int)w->rows, (int)n, (int)w->cols, dw, xh, op == OPERAND_F16, y16,
+                                    db ? b16 : NULL);
     }
+    free_temp(k, temp);
+    return done;
 }
 
 static const float *param(svlm_kernels *k, const float *p, int64_t n) {
@@ -139,16 +171,24 @@ void cu_layernorm_gelu_ffn_add(svlm_kernels *k, float *x, const float *ln_w, con
     }
     cu_begin(k);
     const int64_t D = w1->cols, F = w1->rows;
-    /* one operand buffer: the normed rows, then (the up product has read them: same stream) the GELU's */
-    uint16_t *sh = cu_scratch(k, sizeof(uint16_t) * (size_t)(n * (F > D ? F : D)));
+    /* one operand buffer: the normed rows, then (the up product has read them: same stream) the GELU's;
+     * after it (256-byte aligned) the up product's bias in the operand type, for its GELU epilogue */
+    const size_t sh_elts = ((size_t)(n * (F > D ? F : D)) + 127) / 128 * 128;
+    uint16_t *sh = cu_scratch(k, sizeof(uint16_t) * (sh_elts + (size_t)F));
     if (sh) {
         layernorm_to(k, op, x, param(k, ln_w, D), param(k, ln_b, D), sh, n, D, eps);
-        product_bias(k, w1, op, sh, n, ff, b1, 0);
-        if (op == OPERAND_F16)
-            cu_check(svlm_cu_gelu_f16_to_f16(CU(k)->stream, ff, sh, n * F), "GELU (f16)");
-        else
-            cu_check(svlm_cu_gelu_f16_to_bf16(CU(k)->stream, ff, sh, n * F), "GELU (bf16)");
-        product_bias(k, w2, op, sh, n, x, b2, 1);
+        /* the up product writes its GELU as the down product's operand (into ff's first half) */
+        uint16_t *g16 = (uint16_t *)ff;
+        if (up_gelu(k, w1, op, sh, n, g16, b1, sh + sh_elts)) {
+            product_bias(k, w2, op, g16, n, x, b2, 1);
+        } else {
+            product_bias(k, w1, op, sh, n, ff, b1, 0);
+            if (op == OPERAND_F16)
+                cu_check(svlm_cu_gelu_f16_to_f16(CU(k)->stream, ff, sh, n * F), "GELU (f16)");
+            else
+                cu_check(svlm_cu_gelu_f16_to_bf16(CU(k)->stream, ff, sh, n * F), "GELU (bf16)");
+            product_bias(k, w2, op, sh, n, x, b2, 1);
+        }
     }
     cu_done(k, op == OPERAND_F16 ? "layernorm + GELU feed-forward + residual (f16)"
                                  : "layernorm + GELU feed-forward + residual (bf16)");

@@ -76,7 +76,9 @@ typedef struct cu_ctx {
     cu_lt *lt;             /* made on first use */
     cu_dnn *dnn;           /* made on first use */
     int lt_mode, dnn_mode; /* CU_SWITCH_*, read when the backend is made */
-    void *attn_scratch;    /* scores, probabilities and f16 queries of cu_attention_gemm */
+    int lt_gelu; /* CU_SWITCH_*: the encoder's GELU in its up product's epilogue (SVLM_CUDA_LT_GELU=0: a
+                    pass of its own; 1: required, a decline ends the program) */
+    void *attn_scratch; /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
     void *dec_buf; /* split decode attention: [dec_pairs] counters, then partial results */
     size_t dec_buf_cap, dec_pairs;
@@ -180,6 +182,13 @@ int cu_attention_flash_items(svlm_kernels *k, const svlm_attn_args *a, int n);
  * and residual in the epilogue; queued, no wait. Returns 0 when it declines (nothing queued). */
 int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
                     float *y, const float *bias, int acc);
+/* y16 (n x m, bf16; f16: f16) = GELU(x16 W^T + bias16) through cuBLASLt's GELU epilogue (its tanh
+ * form), the next product's operand written by this one; bias16: m values of y16's type (NULL:
+ * none); queued. 0 when it declines (no such
+ * epilogue for the shape, SVLM_CUDA_LT_GELU=0 or SVLM_CUDA_LT=0; nothing queued): the caller runs
+ * the product and its own GELU pass. SVLM_CUDA_LT_GELU=1 requires it (the tests' check). */
+int cu_lt_gemm_bias_gelu(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
+                         uint16_t *y16, const uint16_t *bias16);
 void cu_lt_free(svlm_kernels *k);
 /* Whether F16 weights may multiply at their own precision (TF32, or f16 operands in the encoder's
  * fused ops): not under SVLM_CUDA_TF32=0, which asks for full f32 products (read at each product). */

@@ -19,7 +19,7 @@ enum { LT_SHAPES = 16 };
 #define LT_WORKSPACE ((size_t)32 << 20)
 
 typedef struct lt_shape {
-    int m, n, kk, bias, align, f16, used;
+    int m, n, kk, bias, align, f16, gelu, used; /* gelu: GELU_BIAS epilogue, 16-bit results */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
@@ -31,6 +31,7 @@ struct cu_lt {
     cublasLtHandle_t h;
     void *ws;
     int off, required;
+    int gelu_told; /* the message that a GELU epilogue was declined is given once */
     uint64_t clock;
     lt_shape s[LT_SHAPES];
 };
@@ -79,17 +80,20 @@ static void shape_free(lt_shape *s) {
 
 /* y[n][m] = x[n][kk] W[m][kk]^T is, column-major, Y (m x n) = W^T X with W read as kk x m (ld kk)
  * and transposed, X as kk x n: the layout cu_matmul gives cuBLAS. */
-static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *bias, uint32_t align,
-                      int f16) {
+static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *bias, uint32_t align, int f16,
+                      int gelu) {
     s->m = m;
     s->f16 = f16;
+    s->gelu = gelu;
     s->n = n;
     s->kk = kk;
     s->bias = bias != NULL;
     s->align = (int)align;
     s->used = 1;
     const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
-    const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const cublasLtEpilogue_t epi = gelu   ? (bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
+                                   : bias ? CUBLASLT_EPILOGUE_BIAS
+                                          : CUBLASLT_EPILOGUE_DEFAULT;
     const int32_t bias_type = CUDA_R_32F;
     cublasStatus_t st = cublasLtMatmulDescCreate(&s->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
     if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t);
@@ -97,14 +101,16 @@ static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *
     if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
     if (!st && bias) {
         st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-        if (!st)
+        /* f32 biases beside f32 results; a GELU epilogue's 16-bit results take a bias of their own
+         * type (the default: cuBLASLt declined f32 ones beside bf16 results on an H100) */
+        if (!st && !gelu)
             st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                 sizeof bias_type);
     }
     const cudaDataType_t op_type = f16 ? CUDA_R_16F : CUDA_R_16BF;
     if (!st) st = cublasLtMatrixLayoutCreate(&s->a, op_type, (uint64_t)kk, (uint64_t)m, kk);
     if (!st) st = cublasLtMatrixLayoutCreate(&s->b, op_type, (uint64_t)kk, (uint64_t)n, kk);
-    if (!st) st = cublasLtMatrixLayoutCreate(&s->c, CUDA_R_32F, (uint64_t)m, (uint64_t)n, m);
+    if (!st) st = cublasLtMatrixLayoutCreate(&s->c, gelu ? op_type : CUDA_R_32F, (uint64_t)m, (uint64_t)n, m);
     cublasLtMatmulPreference_t pref = NULL;
     if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
     const uint64_t ws = LT_WORKSPACE;
@@ -133,20 +139,28 @@ static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *
     return 0;
 }
 
-static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias, uint32_t align, int f16) {
+static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const void *bias, uint32_t align, int f16,
+                           int gelu) {
     lt_shape *slot = &L->s[0];
     for (int i = 0; i < LT_SHAPES; i++) {
         lt_shape *s = &L->s[i];
         if (s->used && s->m == m && s->n == n && s->kk == kk && s->bias == (bias != NULL) &&
-            s->align == (int)align && s->f16 == f16) {
+            s->align == (int)align && s->f16 == f16 && s->gelu == gelu) {
             s->last_use = ++L->clock;
             return s->ok ? s : NULL;
         }
         if (!s->used || (slot->used && s->last_use < slot->last_use)) slot = s;
     }
     shape_free(slot);
-    int st = shape_make(L, slot, m, n, kk, bias, align, f16);
+    int st = shape_make(L, slot, m, n, kk, bias, align, f16, gelu);
     slot->last_use = ++L->clock;
+    if (st && gelu) { /* an epilogue this cuBLASLt lacks: this shape only goes without it */
+        shape_free(slot);
+        slot->m = m, slot->n = n, slot->kk = kk, slot->bias = bias != NULL, slot->align = (int)align;
+        slot->f16 = f16, slot->gelu = 1, slot->used = 1, slot->ok = 0;
+        slot->last_use = L->clock;
+        return NULL;
+    }
     if (st) {
         shape_free(slot);
         lt_off(L, "refused a product's description", st);
@@ -156,7 +170,7 @@ static lt_shape *shape_for(cu_lt *L, int m, int n, int kk, const float *bias, ui
 }
 
 /* The largest power of two up to 256 dividing every operand's address. */
-static uint32_t operand_alignment(const void *w16, const uint16_t *x16, const float *y, const float *bias) {
+static uint32_t operand_alignment(const void *w16, const uint16_t *x16, const void *y, const void *bias) {
     const uintptr_t all = (uintptr_t)w16 | (uintptr_t)x16 | (uintptr_t)y | (uintptr_t)bias | 256;
     return (uint32_t)(all & (~all + 1)); /* lowest set bit */
 }
@@ -178,7 +192,7 @@ int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, cons
     cu_lt *L = lt_get(k);
     if (!L) return declined(CU(k)->lt, "it is off or could not start");
     if (align < 16) return declined(L, "an operand is not 16-byte aligned");
-    lt_shape *s = shape_for(L, m, n, kk, bias, align, f16 != 0);
+    lt_shape *s = shape_for(L, m, n, kk, bias, align, f16 != 0, 0);
     if (!s) return declined(L, "no algorithm for the shape");
     if (bias) {
         cublasStatus_t st =
@@ -199,6 +213,55 @@ int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, cons
         (void)cudaGetLastError(); /* a launch error it left must not stop the next op */
         lt_off(L, "failed a product", (int)st);
         return declined(L, "a product failed");
+    }
+    return 1;
+}
+
+static int gelu_declined(const char *why) {
+    fprintf(stderr, "svlm: internal error: SVLM_CUDA_LT_GELU=1 requires cuBLASLt's GELU epilogue: %s\n", why);
+    abort();
+}
+
+int cu_lt_gemm_bias_gelu(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
+                         uint16_t *y16, const uint16_t *bias16) {
+    const void *bias = bias16;
+    const int required = CU(k)->lt_gelu == CU_SWITCH_REQUIRED;
+    if (m <= 0 || n <= 0 || kk <= 0 || CU(k)->lt_gelu == CU_SWITCH_OFF) return 0;
+    cu_lt *L = lt_get(k);
+    if (!L) return required ? gelu_declined("cuBLASLt is off or could not start") : 0;
+    const uint32_t align = operand_alignment(w16, x16, y16, bias);
+    lt_shape *s = align >= 16 ? shape_for(L, m, n, kk, bias, align, f16 != 0, 1) : NULL;
+    if (!s) {
+        if (required) return gelu_declined("no GELU epilogue for the shape or its alignment");
+        if (!L->gelu_told && !L->off)
+            fprintf(stderr,
+                    "svlm: CUDA: cuBLASLt has no GELU epilogue for a %d x %d x %d product: the GELU "
+                    "runs as a pass of its own\n",
+                    m, n, kk);
+        L->gelu_told = 1;
+        return 0;
+    }
+    if (bias &&
+        cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias))
+        return 0;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t st = cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &zero, y16, s->c, y16, s->c,
+                                       &s->algo, L->ws, LT_WORKSPACE, CU(k)->stream);
+    if (st) {
+        if (cu_capturing) { /* the recording is given up; the caller reissues the ops */
+            cu_capture_failed = 1;
+            return 1;
+        }
+        (void)cudaGetLastError();
+        if (required) return gelu_declined("the product failed");
+        s->ok = 0; /* this shape goes without the epilogue from now on */
+        if (!L->gelu_told)
+            fprintf(stderr,
+                    "svlm: CUDA: cuBLASLt's GELU epilogue failed (status %d): the GELU runs as a pass of "
+                    "its own\n",
+                    (int)st);
+        L->gelu_told = 1;
+        return 0;
     }
     return 1;
 }
