@@ -862,21 +862,24 @@ static void encoder_fused_case(svlm_kernels *GL, const char *label, svlm_dtype t
  * output moves up to about 2e-3 of max|y| (simulated for this case's shapes and ranges, with a
  * 1e-3 relative error in the tanh as well), so 4e-3 against the sequence. The CPU bound stays 2e-2. */
 static void test_encoder_fused(void) {
-    /* SVLM_CUDA_LT_GELU=0 from outside (gpu-check switching a failing path back): no epilogue case */
+    /* SVLM_CUDA_LT_GELU=0 from outside (gpu-check switching a failing path back): no epilogue case.
+     * The outside value is put back at the end. */
     const char *g = getenv("SVLM_CUDA_LT_GELU");
-    const int gelu_off = g && !strcmp(g, "0");
+    char *outside = g ? strdup(g) : NULL;
+    const int gelu_off = outside && !strcmp(outside, "0");
+    setenv("SVLM_CUDA_LT_GELU", "0", 1); /* beside SVLM_CUDA_LT=0 it could not be required */
     setenv("SVLM_CUDA_LT", "0", 1);
     svlm_kernels *plain = test_gpu_backend();
     setenv("SVLM_CUDA_LT", "1", 1); /* required: a product cuBLASLt declined would end the test */
-    setenv("SVLM_CUDA_LT_GELU", "0", 1);
     svlm_kernels *lt = test_gpu_backend();
     setenv("SVLM_CUDA_LT_GELU", "1", 1); /* required as well */
     svlm_kernels *lt_gelu = gelu_off ? NULL : test_gpu_backend();
-    if (gelu_off)
-        printf("SKIP encoder fused ops with the GELU epilogue: SVLM_CUDA_LT_GELU=0\n");
+    if (gelu_off) printf("SKIP encoder fused ops with the GELU epilogue: SVLM_CUDA_LT_GELU=0\n");
+    if (outside)
+        setenv("SVLM_CUDA_LT_GELU", outside, 1);
     else
         unsetenv("SVLM_CUDA_LT_GELU");
-    if (gelu_off) setenv("SVLM_CUDA_LT_GELU", "0", 1);
+    free(outside);
     unsetenv("SVLM_CUDA_LT");
     /* F16: f16 operands (the sequence rounds them to TF32: the same 11 significant bits) */
     const svlm_dtype types[3] = {SVLM_Q8_0, SVLM_Q4_K, SVLM_F16};

@@ -94,7 +94,7 @@ __global__ void layernorm_kernel(const float *x, const float *w, const float *b,
  * (a block a row read it three times and met at barriers twice; the encoder normalizes 1024 rows
  * of 768 a tile twice a layer). Sums in double as above, in another order. Two blocks an SM: the
  * compiler keeps a lane's loads of w and b in flight beside its row (up to 128 registers). */
-constexpr int kNormWarps = 8, kNormPerMax = 32; /* rows of up to 1024 */
+constexpr int kNormWarps = 8; /* rows of up to 768, 24 a lane (wider ones spilled at 128 registers) */
 template <typename Out, int kNormPer>
 __global__ void __launch_bounds__(32 * kNormWarps, 2)
     layernorm_warp_kernel(const float *x, const float *w, const float *b, Out *y, int64_t n, int dim,
@@ -143,8 +143,6 @@ int launch_layernorm(cudaStream_t s, const float *x, const float *w, const float
         layernorm_warp_kernel<Out, 16><<<blocks, threads, 0, s>>>(x, w, b, y, n, (int)dim, eps);
     else if (dim <= 32 * 24)
         layernorm_warp_kernel<Out, 24><<<blocks, threads, 0, s>>>(x, w, b, y, n, (int)dim, eps);
-    else if (dim <= 32 * kNormPerMax)
-        layernorm_warp_kernel<Out, kNormPerMax><<<blocks, threads, 0, s>>>(x, w, b, y, n, (int)dim, eps);
     else
         layernorm_kernel<Out><<<(unsigned)n, kRowThreads, 0, s>>>(x, w, b, y, dim, eps);
     return (int)cudaGetLastError();

@@ -145,9 +145,12 @@ __device__ __forceinline__ void load_tiles(__half *const (&dst)[N], const T *con
     }
 }
 
-/* Block (query tile blockIdx.x, head blockIdx.y, item blockIdx.z when items is not NULL). */
+/* Block (query tile blockIdx.x, head blockIdx.y, item blockIdx.z when items is not NULL). Head
+ * dims 65 to 80 (SmolVLM2-2.2B's vision heads of 72) at three blocks an SM, as before the ldmatrix
+ * form (left alone, ptxas took 250 registers there: two blocks; capped, 168 and 8 bytes spilled);
+ * the others as ptxas chooses (166 registers for heads of 64, as measured). */
 template <int D, typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, D == 80 ? 3 : 0)
     mma_kernel(const float *q, const T *k, const T *v, int64_t kv_stride, float *out, int64_t n_q,
                int64_t n_kv, int n_head, int rep, int hd, int causal, float scale_log2, bool vec_q,
                bool vec_kv, const svlm_cu_flash_item *items) {

@@ -243,7 +243,7 @@ int cu_lt_gemm_bias_gelu(svlm_kernels *k, int m, int n, int kk, const void *w16,
     }
     if (bias &&
         cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias))
-        return 0;
+        return required ? gelu_declined("the bias was refused") : 0;
     const float one = 1.0f, zero = 0.0f;
     cublasStatus_t st = cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &zero, y16, s->c, y16, s->c,
                                        &s->algo, L->ws, LT_WORKSPACE, CU(k)->stream);
