@@ -120,13 +120,12 @@ if step "configure $B" 120 150 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DS
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DSVLM_FFMPEG=OFF -DSVLM_GSTREAMER=OFF -DSVLM_SERVER=OFF -DSVLM_WERROR=OFF \
   -DSVLM_TEST_DATA="$SVLM_TEST_DATA"; then
   # only what this check runs: the svlm tool and the GPU tests (faster, and other tests may
-  # need libraries this machine lacks). A GPU test runs its own program test_cuda_X when there is
-  # one, else test_X's on the GPU (test_cuda_stc_batch runs test_stc_batch); the _as_cpu tests
-  # run programs already in the list.
+  # need libraries this machine lacks). A GPU test runs its own program test_cuda_X (built from
+  # tests/test_cuda_X.c) when there is one, else test_X's on the GPU (test_cuda_stc_batch runs
+  # test_stc_batch); the _as_cpu tests run programs already in the list.
   targets=(svlm)
-  all_targets=$(cmake --build "$B" --target help 2>/dev/null | sed -n -E 's/^\.\.\. ([A-Za-z0-9_]+).*/\1/p')
   while IFS= read -r t; do
-    if grep -qx "$t" <<<"$all_targets"; then targets+=("$t"); else targets+=("test_${t#test_cuda_}"); fi
+    if [ -f "tests/$t.c" ]; then targets+=("$t"); else targets+=("test_${t#test_cuda_}"); fi
   done < <(ctest --test-dir "$B" -N -R '^test_cuda' |
     sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p' | grep -v -E '_as_cpu$')
   echo "targets: ${targets[*]}"
@@ -149,7 +148,7 @@ fi
 # When GPU tests fail (or hang), the ones that did not pass run again with each switch in turn; a
 # switch that makes some of them pass stays exported, so the benchmarks after measure code the
 # tests passed, and the summary names it.
-SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0
+SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_DECODE_AHEAD=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0
   SVLM_CUDA_MATVEC_SPLIT=1 SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
@@ -345,6 +344,10 @@ if [ -x "$S" ]; then
     bench "vision encoder, host work only (null backend)" 20 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
       --backend null
     bench "text, host work only (null backend)" 20 bench -m "$M.gguf" --pp 512 --tg 128 --backend null
+    # decode attention with a lane's K loads and the rows' V loads one after another behind their
+    # sums, as before they were issued together (the same prompt and answer as "text, cuda")
+    SVLM_CUDA_DECODE_AHEAD=0 bench "text, cuda, decode attention loads one after another" 60 bench -m "$M.gguf" \
+      --pp 512 --tg 128 --backend cuda
     # the decode step's kernels without programmatic dependent launch (each waits for the one before
     # to end before it starts; default on from compute capability 9.0)
     SVLM_CUDA_PDL=0 bench "text, cuda, no PDL" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda

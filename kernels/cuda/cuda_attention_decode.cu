@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_pdl.cuh"
@@ -23,17 +24,32 @@
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kMaxDim = 256, kPerLane = kMaxDim / 32;
+constexpr int kMaxDim = 256;
 constexpr int kTargetBlocks = 264; /* two waves of an H100's 132 SMs */
 constexpr int kMaxSplits = 32;
 
-/* q (scaled, shared memory) . row of K at p (hd elements) */
-template <bool F16>
-__device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd, bool vec) {
+/* q (scaled, shared memory) . row of K at p (hd elements). The sum goes 4 elements a step, in
+ * order. For rows of up to 64 (MaxD) a lane's loads are all issued first, then summed: a loop
+ * that summed each load as it came waited on them one after another. */
+template <bool F16, int MaxD>
+__device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd, bool vec, bool ahead) {
     float s = 0.0f;
     if (F16) {
         const __half *r = static_cast<const __half *>(p);
-        if (vec) {
+        if (vec && MaxD <= 64 && ahead) {
+            uint2 u[MaxD / 4];
+#pragma unroll
+            for (int g = 0; g < MaxD / 4; g++)
+                u[g] = 4 * g < hd ? *reinterpret_cast<const uint2 *>(r + 4 * g) : make_uint2(0u, 0u);
+#pragma unroll
+            for (int g = 0; g < MaxD / 4; g++) {
+                const int d = 4 * g;
+                if (d >= hd) break;
+                const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u[g].x));
+                const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&u[g].y));
+                s += qs[d] * a.x + qs[d + 1] * a.y + qs[d + 2] * b.x + qs[d + 3] * b.y;
+            }
+        } else if (vec) {
 #pragma unroll 4
             for (int d = 0; d < hd; d += 4) {
                 const uint2 u = *reinterpret_cast<const uint2 *>(r + d);
@@ -47,7 +63,18 @@ __device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd,
         }
     } else {
         const float *r = static_cast<const float *>(p);
-        if (vec) {
+        if (vec && MaxD <= 64 && ahead) {
+            float4 v[MaxD / 4];
+#pragma unroll
+            for (int g = 0; g < MaxD / 4; g++)
+                v[g] = 4 * g < hd ? *reinterpret_cast<const float4 *>(r + 4 * g) : make_float4(0, 0, 0, 0);
+#pragma unroll
+            for (int g = 0; g < MaxD / 4; g++) {
+                const int d = 4 * g;
+                if (d >= hd) break;
+                s += qs[d] * v[g].x + qs[d + 1] * v[g].y + qs[d + 2] * v[g].z + qs[d + 3] * v[g].w;
+            }
+        } else if (vec) {
 #pragma unroll 4
             for (int d = 0; d < hd; d += 4) {
                 const float4 a = *reinterpret_cast<const float4 *>(r + d);
@@ -111,10 +138,10 @@ __device__ void merge_splits(const float *pp, int hd, int splits, float *o) {
 /* Block (item blockIdx.x, head blockIdx.y, split blockIdx.z). part: [item][head][split][hd + 2]
  * (m, l, then the values weighted by exp(s - m)), unused with one split; done: a counter per
  * (item, head), zero between launches (the merging block resets it). */
-template <bool F16>
+template <bool F16, int kPerLane>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(const svlm_cu_attn_item *items, int64_t kv_stride, int n_head, int rep, int hd, float scale,
-                  int splits, bool vec, float *part, unsigned *done) {
+                  int splits, bool vec, float *part, unsigned *done, bool ahead) {
     __shared__ float qs[kMaxDim];
     __shared__ float sm[kWarps], sl[kWarps];
     __shared__ float sacc[kWarps][kMaxDim];
@@ -148,11 +175,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t base = c0 + warp * 32; base < c1; base += kThreads) {
         const int64_t row = base + lane;
         const bool valid = row < c1;
-        const float s =
-            valid
-                ? dot_row<F16>(qs, static_cast<const char *>(it.k) + (row * kv_stride + koff) * (F16 ? 2 : 4),
-                               hd, vec)
-                : -INFINITY;
+        const float s = valid ? dot_row<F16, 32 * kPerLane>(qs,
+                                                            static_cast<const char *>(it.k) +
+                                                                (row * kv_stride + koff) * (F16 ? 2 : 4),
+                                                            hd, vec, ahead)
+                              : -INFINITY;
         const float m_new = fmaxf(m, warp_max(s)); /* finite: lane 0's row is valid */
         const float p = valid ? expf(s - m_new) : 0.0f, corr = expf(m - m_new);
         l = l * corr + warp_sum(p);
@@ -160,14 +187,39 @@ __global__ void __launch_bounds__(kThreads)
         for (int j = 0; j < kPerLane; j++)
             acc[j] *= corr;
         const int rows = c1 - base < 32 ? (int)(c1 - base) : 32;
+        /* ahead: the rows' values a chunk at a time, a chunk's loads issued before its sums
+         * (kChunk x kPerLane registers); the sums in row order as one row at a time adds them */
+        constexpr int kChunk = 32 / kPerLane;
+        if (!ahead) {
 #pragma unroll 4
-        for (int i = 0; i < rows; i++) {
-            const float pi = __shfl_sync(0xffffffffu, p, i);
-            const int64_t vb = (base + i) * kv_stride + koff;
+            for (int i = 0; i < rows; i++) {
+                const float pi = __shfl_sync(0xffffffffu, p, i);
+                const int64_t vb = (base + i) * kv_stride + koff;
 #pragma unroll
-            for (int j = 0; j < kPerLane; j++) {
-                const int d = lane + 32 * j;
-                if (d < hd) acc[j] += pi * val<F16>(it.v, vb + d);
+                for (int j = 0; j < kPerLane; j++) {
+                    const int d = lane + 32 * j;
+                    if (d < hd) acc[j] += pi * val<F16>(it.v, vb + d);
+                }
+            }
+        }
+        for (int i0 = 0; ahead && i0 < rows; i0 += kChunk) {
+            float vv[kChunk][kPerLane];
+#pragma unroll
+            for (int u = 0; u < kChunk; u++) {
+                const int64_t vb = (base + i0 + u) * kv_stride + koff;
+#pragma unroll
+                for (int j = 0; j < kPerLane; j++) {
+                    const int d = lane + 32 * j;
+                    vv[u][j] = i0 + u < rows && d < hd ? val<F16>(it.v, vb + d) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < kChunk; u++) {
+                if (i0 + u >= rows) break;
+                const float pi = __shfl_sync(0xffffffffu, p, i0 + u);
+#pragma unroll
+                for (int j = 0; j < kPerLane; j++)
+                    if (lane + 32 * j < hd) acc[j] += pi * vv[u][j];
             }
         }
         m = m_new;
@@ -231,6 +283,17 @@ __global__ void __launch_bounds__(kThreads)
     merge_splits(pairs, hd, used, it.out + (int64_t)h * hd);
 }
 
+/* SVLM_CUDA_DECODE_AHEAD=0: a lane's K loads and the rows' V loads waited one after another
+ * behind their sums, as before (read once per process; gpu-check compares) */
+bool ahead_loads() {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("SVLM_CUDA_DECODE_AHEAD");
+        on = !(e && e[0] == '0' && !e[1]);
+    }
+    return on != 0;
+}
+
 } // namespace
 
 extern "C" int svlm_cu_attention_decode_splits(int n_items, int n_head) {
@@ -252,6 +315,10 @@ extern "C" int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item 
     const bool vec = head_dim % 4 == 0 && kv_stride % 4 == 0;
     const dim3 grid((unsigned)n_items, (unsigned)n_head, (unsigned)splits);
     const int rep = n_head / n_kv_head;
-    return pdl_launch(pdl, kv_f16 ? decode_kernel<true> : decode_kernel<false>, grid, kThreads, 0, s, items,
-                      kv_stride, n_head, rep, head_dim, scale, splits, vec, part, done);
+    /* a lane's share of a head: 2, 4 or 8 dims (heads up to 64, 128, 256) */
+    auto kernel = head_dim <= 64    ? (kv_f16 ? decode_kernel<true, 2> : decode_kernel<false, 2>)
+                  : head_dim <= 128 ? (kv_f16 ? decode_kernel<true, 4> : decode_kernel<false, 4>)
+                                    : (kv_f16 ? decode_kernel<true, 8> : decode_kernel<false, 8>);
+    return pdl_launch(pdl, kernel, grid, kThreads, 0, s, items, kv_stride, n_head, rep, head_dim, scale,
+                      splits, vec, part, done, ahead_loads());
 }
