@@ -372,6 +372,9 @@ if [ -x "$S" ]; then
     # the patch embedding as im2col + GEMM instead of cuDNN's convolution
     SVLM_CUDA_CUDNN=0 bench "vision encoder, cuda, patch embedding without cuDNN" 60 bench \
       --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    # the prompt alone on each form, back to back (the last run measured the mma.sync form slower
+    # on a 512-token prompt than the run before, while faster on the encoder)
+    bench "text prefill, cuda" 60 bench -m "$M.gguf" --pp 512 --tg 0 --backend cuda
     SVLM_CUDA_FLASH_MMA=0 bench "text prefill, cuda, flash on WMMA" 60 bench -m "$M.gguf" --pp 512 --tg 0 \
       --backend cuda
     # an F16 mmproj (published beside the Q8_0 one): f16 operands, and as before (TF32 on f32 copies)
@@ -468,6 +471,25 @@ fi
 memcheck test_cuda_backend 90
 memcheck test_cuda_data 60
 memcheck test_cuda_stream 60
+
+# Last, what budget is left: why the decode kernels and a prompt's flash kernel take the time they
+# do (Nsight Compute's speed-of-light, occupancy and warp-stall sections for one launch of each;
+# SVLM_GPU_CHECK_NCU=0 skips them)
+if [ -x "$S" ] && [ -f "$M.gguf" ] && [ "${SVLM_GPU_CHECK_NCU:-1}" = 1 ] && [ -n "${NCU:-}" ]; then
+  ncu_detail() { # LABEL REGEX SKIP ARGS...: the sections for one launch of the kernels matching REGEX
+    local label=$1 re=$2 skip=$3
+    shift 3
+    step "ncu detail: $label" 40 0 bash -c '"$1" --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats -k "regex:$2" --launch-skip "$3" --launch-count 1 "${@:4}" 2>/dev/null |
+      grep -E "^  [A-Za-z]|Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles|Throughput|Block Size|Grid Size" |
+      head -n 40' _ "$NCU" "$re" "$skip" "$@"
+  }
+  for kern in swiglu_kernel matvec_kernel decode_kernel qkv_rope_kernel; do
+    ncu_detail "$kern (decode)" "$kern" 60 "$S" bench -m "$M.gguf" --pp 0 --tg 32 --reps 1 --backend cuda
+  done
+  ncu_detail "mma_kernel (512-token prompt)" mma_kernel 10 "$S" bench -m "$M.gguf" --pp 512 --tg 0 --reps 1 \
+    --backend cuda
+fi
 
 echo
 echo "==== summary ($(elapsed)s)"
