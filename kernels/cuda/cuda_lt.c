@@ -185,6 +185,27 @@ static int declined(cu_lt *L, const char *why) {
     return 0;
 }
 
+/* s's bias pointer set, then y (+)= W^T x queued on the backend's stream: the first failing
+ * status, 0 when queued. A failure inside a recording gives the recording up (*gave_up: the
+ * caller's ops are issued again) instead. */
+static cublasStatus_t lt_matmul(svlm_kernels *k, cu_lt *L, lt_shape *s, const void *bias, const void *w16,
+                                const uint16_t *x16, float beta, void *y, int *gave_up) {
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    if (bias)
+        st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    const float one = 1.0f;
+    if (!st)
+        st = cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &beta, y, s->c, y, s->c, &s->algo,
+                            L->ws, LT_WORKSPACE, CU(k)->stream);
+    if (st && cu_capturing) {
+        cu_capture_failed = 1;
+        *gave_up = 1;
+        return st;
+    }
+    if (st) (void)cudaGetLastError(); /* a launch error it left must not stop the next op */
+    return st;
+}
+
 int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
                     float *y, const float *bias, int acc) {
     if (m <= 0 || n <= 0 || kk <= 0) return 0;
@@ -194,23 +215,10 @@ int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, cons
     if (align < 16) return declined(L, "an operand is not 16-byte aligned");
     lt_shape *s = shape_for(L, m, n, kk, bias, align, f16 != 0, 0);
     if (!s) return declined(L, "no algorithm for the shape");
-    if (bias) {
-        cublasStatus_t st =
-            cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-        if (st) {
-            lt_off(L, "refused a bias", (int)st);
-            return declined(L, "a bias was refused");
-        }
-    }
-    const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
-    cublasStatus_t st = cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &beta, y, s->c, y, s->c,
-                                       &s->algo, L->ws, LT_WORKSPACE, CU(k)->stream);
+    int gave_up = 0;
+    const cublasStatus_t st = lt_matmul(k, L, s, bias, w16, x16, acc ? 1.0f : 0.0f, y, &gave_up);
+    if (gave_up) return 1;
     if (st) {
-        if (cu_capturing) { /* the recording is given up; the caller reissues the ops */
-            cu_capture_failed = 1;
-            return 1;
-        }
-        (void)cudaGetLastError(); /* a launch error it left must not stop the next op */
         lt_off(L, "failed a product", (int)st);
         return declined(L, "a product failed");
     }
@@ -241,18 +249,10 @@ int cu_lt_gemm_bias_gelu(svlm_kernels *k, int m, int n, int kk, const void *w16,
         L->gelu_told = 1;
         return 0;
     }
-    if (bias &&
-        cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias))
-        return required ? gelu_declined("the bias was refused") : 0;
-    const float one = 1.0f, zero = 0.0f;
-    cublasStatus_t st = cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &zero, y16, s->c, y16, s->c,
-                                       &s->algo, L->ws, LT_WORKSPACE, CU(k)->stream);
+    int gave_up = 0;
+    const cublasStatus_t st = lt_matmul(k, L, s, bias, w16, x16, 0.0f, y16, &gave_up);
+    if (gave_up) return 1;
     if (st) {
-        if (cu_capturing) { /* the recording is given up; the caller reissues the ops */
-            cu_capture_failed = 1;
-            return 1;
-        }
-        (void)cudaGetLastError();
         if (required) return gelu_declined("the product failed");
         s->ok = 0; /* this shape goes without the epilogue from now on */
         if (!L->gelu_told)
