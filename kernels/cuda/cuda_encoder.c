@@ -52,8 +52,6 @@ static void layernorm_to(svlm_kernels *k, int op, const float *x, const float *w
         cu_check(svlm_cu_layernorm_bf16(CU(k)->stream, x, w, b, y, n, D, eps), "layernorm (bf16)");
 }
 
-/* y (+)= xh W^T + b on device pointers, queued, xh and W in operand type op: cuBLASLt with the
- * bias in the epilogue, else cuBLAS (beta 1 for the residual) and a bias pass. */
 /* W on the device in operand type op (temp: a decode to free after the product, or NULL) */
 static const void *operand_weight(svlm_kernels *k, const svlm_weight *w, int op, void **temp) {
     int bf16 = 0;
@@ -75,6 +73,8 @@ static void free_temp(svlm_kernels *k, void *temp) {
     }
 }
 
+/* y (+)= xh W^T + b on device pointers, queued, xh and W in operand type op: cuBLASLt with the
+ * bias in the epilogue, else cuBLAS (beta 1 for the residual) and a bias pass. */
 static void product_bias(svlm_kernels *k, const svlm_weight *w, int op, const uint16_t *xh, int64_t n,
                          float *y, const float *b, int acc) {
     cu_ctx *c = CU(k);

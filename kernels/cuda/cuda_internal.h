@@ -184,9 +184,9 @@ int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, cons
                     float *y, const float *bias, int acc);
 /* y16 (n x m, bf16; f16: f16) = GELU(x16 W^T + bias16) through cuBLASLt's GELU epilogue (its tanh
  * form), the next product's operand written by this one; bias16: m values of y16's type (NULL:
- * none); queued. 0 when it declines (no such
- * epilogue for the shape, SVLM_CUDA_LT_GELU=0 or SVLM_CUDA_LT=0; nothing queued): the caller runs
- * the product and its own GELU pass. SVLM_CUDA_LT_GELU=1 requires it (the tests' check). */
+ * none); queued. 0 when it declines (no such epilogue for the shape, SVLM_CUDA_LT_GELU=0 or
+ * SVLM_CUDA_LT=0; nothing queued): the caller runs the product and its own GELU pass.
+ * SVLM_CUDA_LT_GELU=1 requires it (the tests' check). */
 int cu_lt_gemm_bias_gelu(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
                          uint16_t *y16, const uint16_t *bias16);
 void cu_lt_free(svlm_kernels *k);
