@@ -36,6 +36,13 @@ SVLM_QD_TYPES(ELEM)
 
 constexpr int kWarpsPerBlock = 4;
 
+/* How the decode products read a row (row_flags(), passed down by every launcher):
+ * kRowKqLanes: Q4_K and Q6_K a whole super-block per warp, four quant bytes a lane
+ * (SVLM_CUDA_KQUANT_LANES=0: one element a lane); kRowAhead: the other types' sub-blocks eight at
+ * a time with their loads issued together, and a SwiGLU or q/k/v pair's two rows' loads together
+ * (SVLM_CUDA_MATVEC_AHEAD=0: four at a time, then one at a time, one row after the other). */
+constexpr int kRowKqLanes = 1, kRowAhead = 2;
+
 /* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
  * each lane four quant bytes in one load and the eight elements they hold (quant_decode.h's lane
  * forms), with their activations in two 4-element loads. The element-per-lane form read one byte a
@@ -92,18 +99,84 @@ __device__ __forceinline__ void row_dots_k(const uint8_t *row, int64_t cols, con
 /* acc[i] = W row . x row i for i < n over this warp's share of the row's 32-element sub-blocks
  * (part, part + parts, ...: parts warps split a row), summed over the warp (every lane gets it).
  * Lane l takes element l of every sub-block, so the block's bytes and the 32 activations are read
- * together; the activation rows share the decode. x rows are cols apart. Sub-blocks go four at a
- * time with their loads issued together: a decode row is a few hundred bytes, so a warp's time is
- * the latency of its dependent loads, not their bandwidth (hence also the split: fewer rounds of
- * loads per warp). The sums keep the sub-blocks' order within a warp. */
+ * together; the activation rows share the decode. x rows are cols apart. Sub-blocks go eight at a
+ * time (rows_ahead; SVLM_CUDA_MATVEC_AHEAD=0: four, then the rest one at a time) with their loads
+ * issued together: a decode row is a few hundred bytes, so a warp's time is the latency of its
+ * dependent loads, not their bandwidth (hence also the split: fewer rounds of loads per warp).
+ * The sums keep the sub-blocks' order within a warp. */
+/* Rows a and b (b NULL: a alone) against the same activations, this warp's sub-blocks kAhead at a
+ * time: a batch's loads (predicated past the full sub-blocks) issued before its sums, then the
+ * partial sub-block, if any and this warp's. Each row sums exactly as row_dots's other loop does:
+ * its sub-blocks in order, each adding its activation rows in order. */
+constexpr int kAhead = 8;
+template <int T, int NMAX>
+__device__ __forceinline__ void rows_ahead(const uint8_t *ra, const uint8_t *rb, int64_t cols, const float *x,
+                                           int n, float *a, float *b, int part, int parts) {
+    const int lane = threadIdx.x % 32;
+    const int64_t n_full = cols / 32;
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        a[i] = b[i] = 0.0f;
+    for (int64_t sb = part; sb < n_full; sb += (int64_t)kAhead * parts) {
+        float va[kAhead], vb[kAhead], x0[kAhead];
+#pragma unroll
+        for (int u = 0; u < kAhead; u++) {
+            const int64_t s = sb + (int64_t)u * parts;
+            const bool ok = s < n_full;
+            va[u] = ok ? elem<T>(ra, s, lane) : 0.0f;
+            vb[u] = ok && rb ? elem<T>(rb, s, lane) : 0.0f;
+            x0[u] = ok ? x[s * 32 + lane] : 0.0f; /* row 0 is always there */
+        }
+#pragma unroll
+        for (int u = 0; u < kAhead; u++) {
+            const int64_t s = sb + (int64_t)u * parts;
+            if (s >= n_full) break;
+            a[0] += va[u] * x0[u];
+            b[0] += vb[u] * x0[u];
+#pragma unroll
+            for (int i = 1; i < NMAX; i++)
+                if (i < n) {
+                    const float xi = x[i * cols + s * 32 + lane];
+                    a[i] += va[u] * xi;
+                    b[i] += vb[u] * xi;
+                }
+        }
+    }
+    /* the partial sub-block n_full: this warp's when it falls in its sequence */
+    if (n_full >= part && (n_full - part) % parts == 0 && n_full * 32 + lane < cols) {
+        const float va = elem<T>(ra, n_full, lane), vb = rb ? elem<T>(rb, n_full, lane) : 0.0f;
+#pragma unroll
+        for (int i = 0; i < NMAX; i++)
+            if (i < n) {
+                const float xi = x[i * cols + n_full * 32 + lane];
+                a[i] += va * xi;
+                b[i] += vb * xi;
+            }
+    }
+#pragma unroll
+    for (int i = 0; i < NMAX; i++) {
+        if (i >= n) break;
+        for (int o = 16; o > 0; o >>= 1)
+            a[i] += __shfl_xor_sync(0xffffffffu, a[i], o);
+        if (rb)
+            for (int o = 16; o > 0; o >>= 1)
+                b[i] += __shfl_xor_sync(0xffffffffu, b[i], o);
+    }
+}
+
 template <int T, int NMAX>
 __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n, float *acc,
-                                         int part, int parts, bool lanes) {
+                                         int part, int parts, int flags) {
     if constexpr (T == 12 || T == 14) { /* Q4_K, Q6_K: their lane form unless SVLM_CUDA_KQUANT_LANES=0 */
-        if (lanes) {
+        if (flags & kRowKqLanes) {
             row_dots_k<T, NMAX>(row, cols, x, n, acc, part, parts);
             return;
         }
+    }
+    if (flags & kRowAhead) {
+        float unused[NMAX];
+        rows_ahead<T, NMAX>(row, nullptr, cols, x, n, acc, unused, part, parts);
+        return;
     }
     const int lane = threadIdx.x % 32;
     const int64_t n_full = cols / 32; /* sub-blocks every lane has; plain types may add a partial one */
@@ -209,7 +282,7 @@ __device__ const float *block_activations(const float *x, const float *nw, float
 /* parts warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
 template <int T, bool ACC, int NMAX>
 __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                              int n, float *y, int parts, bool lanes, bool pdl) {
+                              int n, float *y, int parts, int flags, bool pdl) {
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
     if (pdl && r < rows) pdl_prefetch_warp(w + r * row_bytes, row_bytes, rs.part, parts);
@@ -217,7 +290,7 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
     pdl_launch_dependents();
     float acc[NMAX], tot[NMAX];
     if (r < rows) /* (no return before sum_parts' barrier) */
-        row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, lanes);
+        row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, flags);
     else
         for (int i = 0; i < NMAX; i++)
             acc[i] = 0.0f;
@@ -245,11 +318,14 @@ __device__ __forceinline__ int weight_of(const svlm_cu_matvec_set &set, int64_t 
 template <int T, int NMAX>
 __device__ __forceinline__ void two_row_sums(const row_split &rs, bool has, const uint8_t *wa,
                                              const uint8_t *wb, int64_t cols, const float *xa, int n,
-                                             bool lanes, float *at, float *bt) {
+                                             int flags, float *at, float *bt) {
     float a[NMAX], b[NMAX];
-    if (has) {
-        row_dots<T, NMAX>(wa, cols, xa, n, a, rs.part, rs.parts, lanes);
-        row_dots<T, NMAX>(wb, cols, xa, n, b, rs.part, rs.parts, lanes);
+    const bool kq = (T == 12 || T == 14) && (flags & kRowKqLanes);
+    if (has && (flags & kRowAhead) && !kq) {
+        rows_ahead<T, NMAX>(wa, wb, cols, xa, n, a, b, rs.part, rs.parts); /* both rows' loads together */
+    } else if (has) {
+        row_dots<T, NMAX>(wa, cols, xa, n, a, rs.part, rs.parts, flags);
+        row_dots<T, NMAX>(wb, cols, xa, n, b, rs.part, rs.parts, flags);
     } else {
         for (int i = 0; i < NMAX; i++)
             a[i] = b[i] = 0.0f;
@@ -263,7 +339,7 @@ __device__ __forceinline__ void two_row_sums(const row_split &rs, bool has, cons
  * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
 template <int T, bool NORM, int NMAX>
 __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
-                                    const float *nw, float eps, int parts, bool lanes, bool pdl) {
+                                    const float *nw, float eps, int parts, int flags, bool pdl) {
     extern __shared__ float xs[];
     const row_split rs = split_of(parts);
     int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
@@ -277,7 +353,7 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
     float acc[NMAX], tot[NMAX];
     if (wi < set.n)
         row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc,
-                          rs.part, parts, lanes);
+                          rs.part, parts, flags);
     else
         for (int i = 0; i < NMAX; i++)
             acc[i] = 0.0f;
@@ -295,7 +371,7 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
 template <int T, bool NORM, int NMAX>
 __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
                               int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
-                              int parts, bool lanes, bool pdl) {
+                              int parts, int flags, bool pdl) {
     extern __shared__ float xs[];
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
@@ -308,7 +384,7 @@ __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_b
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     float gt[NMAX], ut[NMAX];
     const int64_t ro = r < rows ? r * (int64_t)row_bytes : 0; /* (rows past the weight: not read) */
-    two_row_sums<T, NMAX>(rs, r < rows, wg + ro, wu + ro, cols, xa, n, lanes, gt, ut);
+    two_row_sums<T, NMAX>(rs, r < rows, wg + ro, wu + ro, cols, xa, n, flags, gt, ut);
     if (r >= rows || rs.part || threadIdx.x % 32) return;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
@@ -334,7 +410,7 @@ __device__ __forceinline__ void store_pair(void *row, int64_t c, float a, float 
  * pair kept, rounded and stored. */
 template <int T, bool NORM, int NMAX>
 __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n, const float *nw,
-                                float eps, svlm_cu_rope_pairs rp, int parts, bool lanes, bool pdl) {
+                                float eps, svlm_cu_rope_pairs rp, int parts, int flags, bool pdl) {
     extern __shared__ float xs[];
     const row_split rs = split_of(parts);
     int64_t r = 2 * ((int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot); /* the pair's first row */
@@ -345,7 +421,7 @@ __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const floa
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     float at[NMAX], bt[NMAX];
-    two_row_sums<T, NMAX>(rs, w != nullptr, w, w ? w + set.row_bytes : w, cols, xa, n, lanes, at, bt);
+    two_row_sums<T, NMAX>(rs, w != nullptr, w, w ? w + set.row_bytes : w, cols, xa, n, flags, at, bt);
     /* every lane of the first part's warp holds every row's sums: lane i takes row i */
     const int i = threadIdx.x % 32;
     if (!w || rs.part || i >= n) return;
@@ -424,14 +500,16 @@ int parts_for(int64_t cols) {
     return sub >= 16 ? 4 : sub >= 8 ? 2 : 1;
 }
 
-/* SVLM_CUDA_KQUANT_LANES=0: Q4_K and Q6_K rows one element a lane, as the other types (before). */
-bool kq_lanes() {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("SVLM_CUDA_KQUANT_LANES");
-        on = !(e && e[0] == '0' && !e[1]);
+/* kRowKqLanes unless SVLM_CUDA_KQUANT_LANES=0, kRowAhead unless SVLM_CUDA_MATVEC_AHEAD=0 (read
+ * once per process) */
+int row_flags() {
+    static int flags = -1;
+    if (flags < 0) {
+        const char *kl = getenv("SVLM_CUDA_KQUANT_LANES"), *ah = getenv("SVLM_CUDA_MATVEC_AHEAD");
+        const int lanes = !(kl && kl[0] == '0' && !kl[1]), ahead = !(ah && ah[0] == '0' && !ah[1]);
+        flags = (lanes ? kRowKqLanes : 0) | (ahead ? kRowAhead : 0);
     }
-    return on != 0;
+    return flags;
 }
 
 unsigned row_blocks(int64_t rows, int parts) {
@@ -446,7 +524,7 @@ int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t row
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
     return pdl_launch(pdl, accumulate ? matvec_kernel<T, true, NMAX> : matvec_kernel<T, false, NMAX>, blocks,
-                      32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y, parts, kq_lanes(),
+                      32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y, parts, row_flags(),
                       pdl);
 }
 
@@ -469,7 +547,7 @@ int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t
     const unsigned blocks = row_blocks(total, parts);
     return pdl_launch(pdl, nw ? matvec_multi_kernel<T, true, NMAX> : matvec_multi_kernel<T, false, NMAX>,
                       blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols,
-                      x, (int)n, nw, eps, parts, kq_lanes(), pdl);
+                      x, (int)n, nw, eps, parts, row_flags(), pdl);
 }
 
 template <int T>
@@ -487,7 +565,7 @@ int launch_qkv_rope_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t col
     const unsigned blocks = row_blocks(pairs, parts);
     return pdl_launch(pdl, nw ? qkv_rope_kernel<T, true, NMAX> : qkv_rope_kernel<T, false, NMAX>, blocks,
                       32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols, x,
-                      (int)n, nw, eps, *rp, parts, kq_lanes(), pdl);
+                      (int)n, nw, eps, *rp, parts, row_flags(), pdl);
 }
 
 template <int T>
@@ -506,7 +584,7 @@ int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_b
     const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
     return pdl_launch(pdl, nw ? swiglu_kernel<T, true, NMAX> : swiglu_kernel<T, false, NMAX>, blocks,
                       32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, g, u, row_bytes,
-                      rows, cols, x, (int)n, nw, eps, gate, parts, kq_lanes(), pdl);
+                      rows, cols, x, (int)n, nw, eps, gate, parts, row_flags(), pdl);
 }
 
 template <int T>
