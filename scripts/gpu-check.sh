@@ -150,7 +150,7 @@ fi
 # tests passed, and the summary names it.
 SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_DECODE_AHEAD=0 SVLM_CUDA_MATVEC_AHEAD=0 SVLM_CUDA_FLASH_MMA=0
   SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0 SVLM_CUDA_MATVEC_SPLIT=1 SVLM_CUDA_KQUANT_LANES=0
-  SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
+  SVLM_CUDA_MATVEC_SPLIT=4 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
   all=$(ctest --test-dir "$B" -N -R test_cuda | sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
@@ -352,6 +352,10 @@ if [ -x "$S" ]; then
     # decode products with a row's sub-blocks four at a time and a pair's rows one after the other,
     # as before eight at a time with both rows' loads together
     SVLM_CUDA_MATVEC_AHEAD=0 bench "text, cuda, decode products four sub-blocks at a time" 60 bench -m "$M.gguf" \
+      --pp 512 --tg 128 --backend cuda
+    # every decode product four warps a row, the output product's 49,280 rows too (as before: now
+    # one warp a row there)
+    SVLM_CUDA_MATVEC_SPLIT=4 bench "text, cuda, output product four warps a row" 60 bench -m "$M.gguf" \
       --pp 512 --tg 128 --backend cuda
     # the decode step's kernels without programmatic dependent launch (each waits for the one before
     # to end before it starts; default on from compute capability 9.0)

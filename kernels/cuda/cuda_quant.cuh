@@ -485,19 +485,38 @@ __global__ void dequant_kernel(const uint8_t *w, size_t row_bytes, int64_t rows,
  * answer or a few) and up to SVLM_CU_MATVEC_MAX. */
 constexpr int kFewRows = 8;
 
-/* Warps per weight row: a row of 576 columns is 18 sub-blocks, five rounds of loads for one warp
- * but two for each of four, and four times the warps to hide the latency with.
- * SVLM_CUDA_MATVEC_SPLIT=1, 2 or 4 fixes it ("auto", the default: 4 from 16 sub-blocks, 2 from 8). */
-int parts_for(int64_t cols) {
+/* SVLM_CUDA_MATVEC_SPLIT=1, 2 or 4: that many warps a row for every product; 0: chosen */
+int split_fixed() {
     static int fixed = -1;
     if (fixed < 0) {
         const char *e = getenv("SVLM_CUDA_MATVEC_SPLIT");
         const int v = e ? atoi(e) : 0;
         fixed = v == 1 || v == 2 || v == 4 ? v : 0;
     }
-    if (fixed) return fixed;
+    return fixed;
+}
+
+/* Warps per weight row: a row of 576 columns is 18 sub-blocks, five rounds of loads for one warp
+ * but two for each of four, and four times the warps to hide the latency with.
+ * SVLM_CUDA_MATVEC_SPLIT fixes it ("auto", the default: 4 from 16 sub-blocks, 2 from 8). */
+int parts_for(int64_t cols) {
+    if (split_fixed()) return split_fixed();
     const int64_t sub = cols / 32;
     return sub >= 16 ? 4 : sub >= 8 ? 2 : 1;
+}
+
+/* The same for a lone product of `rows` rows: a tall weight (the output product, 49,280 rows for
+ * SmolVLM2) fills the GPU with waves of warps anyway, and each extra wave of blocks costs its
+ * rounds of loads and a barrier: split so that it takes at most kTallWarps warps (four waves of an
+ * H100's 8,448 warp slots), one warp a row for the output product. The fused kernels keep
+ * parts_for (q/k/v's two forms must split alike: test_cuda_data compares them bit for bit). */
+constexpr int64_t kTallWarps = 32768;
+int parts_for_rows(int64_t cols, int64_t rows) {
+    int p = parts_for(cols);
+    if (!split_fixed())
+        while (p > 1 && rows * p > kTallWarps)
+            p /= 2;
+    return p;
 }
 
 /* kRowKqLanes unless SVLM_CUDA_KQUANT_LANES=0, kRowAhead unless SVLM_CUDA_MATVEC_AHEAD=0 (read
@@ -520,7 +539,7 @@ unsigned row_blocks(int64_t rows, int parts) {
 template <int T, int NMAX>
 int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                     const float *x, int64_t n, float *y, int accumulate, bool pdl) {
-    const int parts = parts_for(cols);
+    const int parts = parts_for_rows(cols, rows);
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
     return pdl_launch(pdl, accumulate ? matvec_kernel<T, true, NMAX> : matvec_kernel<T, false, NMAX>, blocks,
