@@ -105,11 +105,11 @@ __device__ __forceinline__ void row_dots_k(const uint8_t *row, int64_t cols, con
  * dependent loads, not their bandwidth (hence also the split: fewer rounds of loads per warp).
  * The sums keep the sub-blocks' order within a warp. */
 /* Rows a and b (b NULL: a alone) against the same activations, this warp's sub-blocks kAhead at a
- * time: a batch's loads (predicated past the full sub-blocks) issued before its sums, then the
+ * time (8 for one row, 4 for two: twice the loads in flight, and registers for a few blocks an SM):
+ * a batch's loads issued before its sums, then the
  * partial sub-block, if any and this warp's. Each row sums exactly as row_dots's other loop does:
  * its sub-blocks in order, each adding its activation rows in order. */
-constexpr int kAhead = 8;
-template <int T, int NMAX>
+template <int T, int NMAX, int kAhead>
 __device__ __forceinline__ void rows_ahead(const uint8_t *ra, const uint8_t *rb, int64_t cols, const float *x,
                                            int n, float *a, float *b, int part, int parts) {
     const int lane = threadIdx.x % 32;
@@ -121,11 +121,13 @@ __device__ __forceinline__ void rows_ahead(const uint8_t *ra, const uint8_t *rb,
         float va[kAhead], vb[kAhead], x0[kAhead];
 #pragma unroll
         for (int u = 0; u < kAhead; u++) {
-            const int64_t s = sb + (int64_t)u * parts;
-            const bool ok = s < n_full;
-            va[u] = ok ? elem<T>(ra, s, lane) : 0.0f;
-            vb[u] = ok && rb ? elem<T>(rb, s, lane) : 0.0f;
-            x0[u] = ok ? x[s * 32 + lane] : 0.0f; /* row 0 is always there */
+            /* past the full sub-blocks the last one again (never summed: the loop below stops
+             * there): loads without conditions, which the compiler issues all before any wait
+             * (a condition per load made each sub-block wait for the one before) */
+            const int64_t s = sb + (int64_t)u * parts, c = s < n_full ? s : n_full - 1;
+            va[u] = elem<T>(ra, c, lane);
+            vb[u] = rb ? elem<T>(rb, c, lane) : 0.0f;
+            x0[u] = x[c * 32 + lane]; /* row 0 is always there */
         }
 #pragma unroll
         for (int u = 0; u < kAhead; u++) {
@@ -175,7 +177,7 @@ __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const
     }
     if (flags & kRowAhead) {
         float unused[NMAX];
-        rows_ahead<T, NMAX>(row, nullptr, cols, x, n, acc, unused, part, parts);
+        rows_ahead<T, NMAX, 8>(row, nullptr, cols, x, n, acc, unused, part, parts);
         return;
     }
     const int lane = threadIdx.x % 32;
@@ -322,7 +324,7 @@ __device__ __forceinline__ void two_row_sums(const row_split &rs, bool has, cons
     float a[NMAX], b[NMAX];
     const bool kq = (T == 12 || T == 14) && (flags & kRowKqLanes);
     if (has && (flags & kRowAhead) && !kq) {
-        rows_ahead<T, NMAX>(wa, wb, cols, xa, n, a, b, rs.part, rs.parts); /* both rows' loads together */
+        rows_ahead<T, NMAX, 4>(wa, wb, cols, xa, n, a, b, rs.part, rs.parts); /* both rows' loads together */
     } else if (has) {
         row_dots<T, NMAX>(wa, cols, xa, n, a, rs.part, rs.parts, flags);
         row_dots<T, NMAX>(wb, cols, xa, n, b, rs.part, rs.parts, flags);
