@@ -40,7 +40,7 @@ __device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd,
             uint2 u[MaxD / 4];
 #pragma unroll
             for (int g = 0; g < MaxD / 4; g++)
-                u[g] = 4 * g < hd ? *reinterpret_cast<const uint2 *>(r + 4 * g) : make_uint2(0u, 0u);
+                u[g] = *reinterpret_cast<const uint2 *>(r + (4 * g < hd ? 4 * g : 0)); /* (past hd: unused) */
 #pragma unroll
             for (int g = 0; g < MaxD / 4; g++) {
                 const int d = 4 * g;
@@ -67,7 +67,8 @@ __device__ __forceinline__ float dot_row(const float *qs, const void *p, int hd,
             float4 v[MaxD / 4];
 #pragma unroll
             for (int g = 0; g < MaxD / 4; g++)
-                v[g] = 4 * g < hd ? *reinterpret_cast<const float4 *>(r + 4 * g) : make_float4(0, 0, 0, 0);
+                v[g] =
+                    *reinterpret_cast<const float4 *>(r + (4 * g < hd ? 4 * g : 0)); /* (past hd: unused) */
 #pragma unroll
             for (int g = 0; g < MaxD / 4; g++) {
                 const int d = 4 * g;
@@ -206,11 +207,13 @@ __global__ void __launch_bounds__(kThreads)
             float vv[kChunk][kPerLane];
 #pragma unroll
             for (int u = 0; u < kChunk; u++) {
-                const int64_t vb = (base + i0 + u) * kv_stride + koff;
+                /* past the rows or the head, the last row or dim again (never summed): loads
+                 * without conditions, issued all before any wait */
+                const int64_t vb = (base + (i0 + u < rows ? i0 + u : rows - 1)) * kv_stride + koff;
 #pragma unroll
                 for (int j = 0; j < kPerLane; j++) {
                     const int d = lane + 32 * j;
-                    vv[u][j] = i0 + u < rows && d < hd ? val<F16>(it.v, vb + d) : 0.0f;
+                    vv[u][j] = val<F16>(it.v, vb + (d < hd ? d : hd - 1));
                 }
             }
 #pragma unroll
