@@ -676,7 +676,7 @@ int test_main(void) {
 
     /* weights: every type at 256 and 576 columns (768 for the K-quants: 256 | cols), and float weights with
      * stories260K's odd sizes, and 300 and 530 columns: rows split over warps with a partial sub-block */
-    wcase cases[2 * N_TYPES + 9 + NW];
+    wcase cases[2 * N_TYPES + 10 + NW];
     int n_cases = 0;
     cases[n_cases++] = make_weight(SVLM_Q8_0, 96, MULTI_COLS); /* for test_matmul_multi */
     cases[n_cases++] = make_weight(SVLM_F16, 200, MULTI_COLS);
@@ -690,6 +690,8 @@ int test_main(void) {
         if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 29, 300);
         if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 21, 530);
     }
+    /* a tall weight (as the output product): split over fewer warps a row, one here (parts_for_rows) */
+    cases[n_cases++] = make_weight(SVLM_Q8_0, 16400, 512);
     for (buf_mode = 0; buf_mode < BUF_MODES; buf_mode++) {
         printf("---- buffers: %s ----\n", mode_names[buf_mode]);
         test_matmul(cases + NW, n_cases - NW);
