@@ -9,7 +9,8 @@ pattern sampled at 1 frame per second:
   decoder: identical text and prompt token count), and a question about the stream;
 - a watch pushes an alert (condition "change": the first answer counts), and unwatch stops it;
 - a client that disconnects in the middle of an answer has it cancelled, and its stream then
-  closes at once (no reference to it is left behind)."""
+  closes at once (no reference to it is left behind); the live source keeps flowing in meanwhile
+  (that deliberate overload may drop its oldest waiting frames in a slow sanitizer build)."""
 import asyncio
 import base64
 import json
@@ -251,10 +252,19 @@ def main():
             openai(s, text, mmproj)
             asyncio.run(watch(s))
             asyncio.run(open_options(s))
-            asyncio.run(disconnect_mid_answer(s))
+            cam = frozenset({("stream", "cam")})
             m = parse_prometheus(http(s.base + "/metrics")[2].decode())
-            assert m[("svlm_frames_dropped_total", frozenset({("stream", "cam")}))] == 0
-            assert m[("svlm_frames_in_total", frozenset({("stream", "cam")}))] >= 3
+            assert m[("svlm_frames_dropped_total", cam)] == 0, m
+            frames_before_overload = m[("svlm_frames_in_total", cam)]
+            # five long answers at once on purpose: a slow build (TSan on two cores) may fall behind
+            # the live source then, and dropping its oldest waiting frame is the intended behaviour;
+            # what must hold is that the source keeps flowing in
+            asyncio.run(disconnect_mid_answer(s))
+            wait_frames(s.base, "cam", int(frames_before_overload) + 1)
+            m = parse_prometheus(http(s.base + "/metrics")[2].decode())
+            assert m[("svlm_frames_in_total", cam)] > frames_before_overload >= 3, m
+            print("overload: %d of cam's frames dropped while five long answers ran"
+                  % m[("svlm_frames_dropped_total", cam)])
             # the backend that computes: the CPU here, whose buffers are host memory (no device gauge)
             info = [k for k in m if k[0] == "svlm_compute_info"]
             assert len(info) == 1 and dict(info[0][1])["gpu"] == "0" and \
