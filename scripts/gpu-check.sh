@@ -148,9 +148,13 @@ fi
 # When GPU tests fail (or hang), the ones that did not pass run again with each switch in turn; a
 # switch that makes some of them pass stays exported, so the benchmarks after measure code the
 # tests passed, and the summary names it.
-SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_DECODE_AHEAD=0 SVLM_CUDA_MATVEC_AHEAD=0 SVLM_CUDA_FLASH_MMA=0
-  SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0 SVLM_CUDA_MATVEC_SPLIT=1 SVLM_CUDA_KQUANT_LANES=0
-  SVLM_CUDA_MATVEC_SPLIT=4 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
+SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0
+  SVLM_CUDA_MATVEC_SPLIT=1 SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0
+  SVLM_CUDA_ARGMAX=0)
+# Forms built since the last GPU run, off by default until one has run them (docs/cuda.md): after
+# the tests pass as they are, they run again with all of these on; the benchmarks compare each.
+UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 SVLM_CUDA_LT_GELU=auto)
+unmeasured_ok=0
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
   all=$(ctest --test-dir "$B" -N -R test_cuda | sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
@@ -216,6 +220,31 @@ elif [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; the
   if [ $rc -ne 0 ] && [ $rc -ne 125 ]; then
     switch_back_failed_tests
   fi
+  # the forms not yet run on a GPU, all on: the same GPU tests (test_cuda_data requires the GELU
+  # epilogue whatever the setting: where switching it off made tests pass above, it stays off)
+  if [ "${SVLM_CUDA_LT_GELU:-}" = 0 ]; then
+    UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1)
+  fi
+  step "GPU tests with the unmeasured forms on: ${UNMEASURED[*]}" 120 100 bash -c 'shift; env "$@" \
+    ctest --test-dir "$0" -R test_cuda --timeout 100 >"$0/gpu-tests-unmeasured.log" 2>&1
+    rc=$?
+    grep -E "Test +#|tests passed|worst comparison|identical|CHECK\(|REQUIRE\(|internal error" \
+      "$0/gpu-tests-unmeasured.log" | head -n 40
+    exit $rc' "$B" _ "${UNMEASURED[@]}"
+  case $? in
+  0)
+    unmeasured_ok=1
+    summary+=("GPU tests with ${UNMEASURED[*]}: passed")
+    ;;
+  125) summary+=("GPU tests with the unmeasured forms on: skipped (out of time)") ;;
+  *)
+    summary+=("GPU tests with ${UNMEASURED[*]}: FAILED (they stay off; $B/gpu-tests-unmeasured.log)")
+    while IFS= read -r line; do summary+=("  $line"); done < <(
+      grep -E 'Failed|CHECK\(|REQUIRE\(|internal error' "$B/gpu-tests-unmeasured.log" | sed -E 's/^[0-9]+: //' |
+        head -n 12
+    )
+    ;;
+  esac
 else
   status=1
   summary+=("GPU tests: not built")
@@ -345,18 +374,24 @@ if [ -x "$S" ]; then
     bench "vision encoder, host work only (null backend)" 20 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
       --backend null
     bench "text, host work only (null backend)" 20 bench -m "$M.gguf" --pp 512 --tg 128 --backend null
-    # decode attention with a lane's K loads and the rows' V loads one after another behind their
-    # sums, as before they were issued together (the same prompt and answer as "text, cuda")
-    SVLM_CUDA_DECODE_AHEAD=0 bench "text, cuda, decode attention loads one after another" 60 bench -m "$M.gguf" \
-      --pp 512 --tg 128 --backend cuda
-    # decode products with a row's sub-blocks four at a time and a pair's rows one after the other,
-    # as before eight at a time with both rows' loads together
-    SVLM_CUDA_MATVEC_AHEAD=0 bench "text, cuda, decode products four sub-blocks at a time" 60 bench -m "$M.gguf" \
-      --pp 512 --tg 128 --backend cuda
-    # every decode product four warps a row, the output product's 49,280 rows too (as before: now
-    # one warp a row there)
-    SVLM_CUDA_MATVEC_SPLIT=4 bench "text, cuda, output product four warps a row" 60 bench -m "$M.gguf" \
-      --pp 512 --tg 128 --backend cuda
+    # the forms not yet run on a GPU (off by default), each against "text, cuda" / "vision encoder,
+    # cuda" above, once the GPU tests passed with them: decode attention's loads issued before
+    # their sums; decode products eight sub-blocks at a time with a pair's rows together; the
+    # output product one warp a row; all three; the encoder's GELU in cuBLASLt's epilogue
+    if [ $unmeasured_ok = 1 ]; then
+      SVLM_CUDA_DECODE_AHEAD=1 bench "text, cuda, decode attention loads ahead" 60 bench -m "$M.gguf" \
+        --pp 512 --tg 128 --backend cuda
+      SVLM_CUDA_MATVEC_AHEAD=1 bench "text, cuda, decode products eight sub-blocks at a time" 60 bench \
+        -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+      SVLM_CUDA_MATVEC_TALL=1 bench "text, cuda, output product one warp a row" 60 bench -m "$M.gguf" \
+        --pp 512 --tg 128 --backend cuda
+      SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 bench \
+        "text, cuda, all three decode forms" 60 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+      SVLM_CUDA_LT_GELU=auto bench "vision encoder, cuda, GELU in the epilogue" 60 bench \
+        --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 --backend cuda
+    else
+      summary+=("unmeasured forms: not benchmarked (their GPU tests did not pass or did not run)")
+    fi
     # the decode step's kernels without programmatic dependent launch (each waits for the one before
     # to end before it starts; default on from compute capability 9.0)
     SVLM_CUDA_PDL=0 bench "text, cuda, no PDL" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
@@ -371,9 +406,6 @@ if [ -x "$S" ]; then
       --backend cuda
     # the flash kernel's WMMA form, the default before its mma.sync form (test_cuda_backend checks both)
     SVLM_CUDA_FLASH_MMA=0 bench "vision encoder, cuda, flash on WMMA" 60 bench --mmproj "$M-mmproj.gguf" \
-      --batch 32 --reps 2 --backend cuda
-    # the encoder's GELU as a pass of its own after the up product (before cuBLASLt's GELU epilogue)
-    SVLM_CUDA_LT_GELU=0 bench "vision encoder, cuda, GELU as a pass" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
     # the encoder's products with their biases and residuals as separate passes (before cuBLASLt)
     SVLM_CUDA_LT=0 bench "vision encoder, cuda, no cuBLASLt epilogues" 60 bench --mmproj "$M-mmproj.gguf" \

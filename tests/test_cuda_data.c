@@ -855,12 +855,12 @@ static void encoder_fused_case(svlm_kernels *GL, const char *label, svlm_dtype t
     free(x);
 }
 
-/* With the GELU in the up product's epilogue (cuBLASLt's tanh form; SVLM_CUDA_LT_GELU, on by
- * default, required here): the sequence's f16-table GELU rounds its input and output through f16
- * before the operand's bf16 rounding, which moves about one GELU output in eight a bf16 step
- * (2^-8 relative), and the epilogue adds the bias rounded to bf16; in a 1024-term sum the largest
- * output moves up to about 2e-3 of max|y| (simulated for this case's shapes and ranges, with a
- * 1e-3 relative error in the tanh as well), so 4e-3 against the sequence. The CPU bound stays 2e-2. */
+/* With the GELU in the up product's epilogue (cuBLASLt's tanh form; SVLM_CUDA_LT_GELU, off by
+ * default until it has run on a GPU, required here): the sequence's f16-table GELU rounds its input and
+ * output through f16 before the operand's bf16 rounding, which moves about one GELU output in eight a bf16
+ * step (2^-8 relative), and the epilogue adds the bias rounded to bf16; in a 1024-term sum the largest output
+ * moves up to about 2e-3 of max|y| (simulated for this case's shapes and ranges, with a 1e-3 relative error
+ * in the tanh as well), so 4e-3 against the sequence. The CPU bound stays 2e-2. */
 static void test_encoder_fused(void) {
     /* SVLM_CUDA_LT_GELU=0 from outside (gpu-check switching a failing path back): no epilogue case.
      * The outside value is put back at the end. */

@@ -286,13 +286,14 @@ __global__ void __launch_bounds__(kThreads)
     merge_splits(pairs, hd, used, it.out + (int64_t)h * hd);
 }
 
-/* SVLM_CUDA_DECODE_AHEAD=0: a lane's K loads and the rows' V loads waited one after another
- * behind their sums, as before (read once per process; gpu-check compares) */
+/* SVLM_CUDA_DECODE_AHEAD=1: a lane's key row and a chunk of rows' values loaded before they are
+ * summed. Off by default until it has run on a GPU (docs/cuda.md; gpu-check tests and compares
+ * it); off, the loads wait one after another behind their sums, as measured. Read once a process. */
 bool ahead_loads() {
     static int on = -1;
     if (on < 0) {
         const char *e = getenv("SVLM_CUDA_DECODE_AHEAD");
-        on = !(e && e[0] == '0' && !e[1]);
+        on = e && e[0] == '1' && !e[1];
     }
     return on != 0;
 }

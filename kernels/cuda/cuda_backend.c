@@ -813,7 +813,12 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     /* read here, not at first use: a test sets them around creating its backends */
     c->lt_mode = switch_mode("SVLM_CUDA_LT");
     c->dnn_mode = switch_mode("SVLM_CUDA_CUDNN");
-    c->lt_gelu = switch_mode("SVLM_CUDA_LT_GELU");
+    /* the GELU epilogue has not run on a GPU yet: off unless asked for ("auto": tried, a decline
+     * falls back to the pass; 1: required, as the tests do) */
+    const char *lg = getenv("SVLM_CUDA_LT_GELU");
+    c->lt_gelu = lg && !strcmp(lg, "1")      ? CU_SWITCH_REQUIRED
+                 : lg && !strcmp(lg, "auto") ? CU_SWITCH_AUTO
+                                             : CU_SWITCH_OFF;
     /* the decode kernels' programmatic dependent launch: compute capability 9.0 and newer, with
      * kernels built for it, unless SVLM_CUDA_PDL=0 */
     const char *pd = getenv("SVLM_CUDA_PDL");

@@ -38,9 +38,10 @@ constexpr int kWarpsPerBlock = 4;
 
 /* How the decode products read a row (row_flags(), passed down by every launcher):
  * kRowKqLanes: Q4_K and Q6_K a whole super-block per warp, four quant bytes a lane
- * (SVLM_CUDA_KQUANT_LANES=0: one element a lane); kRowAhead: the other types' sub-blocks eight at
- * a time with their loads issued together, and a SwiGLU or q/k/v pair's two rows' loads together
- * (SVLM_CUDA_MATVEC_AHEAD=0: four at a time, then one at a time, one row after the other). */
+ * (SVLM_CUDA_KQUANT_LANES=0: one element a lane); kRowAhead (SVLM_CUDA_MATVEC_AHEAD=1; off by
+ * default until it has run on a GPU): the other types' sub-blocks eight at a time with their loads
+ * issued together, and a SwiGLU or q/k/v pair's two rows' loads together (off: four at a time, then
+ * one at a time, one row after the other, as measured). */
 constexpr int kRowKqLanes = 1, kRowAhead = 2;
 
 /* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
@@ -100,7 +101,7 @@ __device__ __forceinline__ void row_dots_k(const uint8_t *row, int64_t cols, con
  * (part, part + parts, ...: parts warps split a row), summed over the warp (every lane gets it).
  * Lane l takes element l of every sub-block, so the block's bytes and the 32 activations are read
  * together; the activation rows share the decode. x rows are cols apart. Sub-blocks go eight at a
- * time (rows_ahead; SVLM_CUDA_MATVEC_AHEAD=0: four, then the rest one at a time) with their loads
+ * time (rows_ahead; kRowAhead off, the default: four, then the rest one at a time) with their loads
  * issued together: a decode row is a few hundred bytes, so a warp's time is the latency of its
  * dependent loads, not their bandwidth (hence also the split: fewer rounds of loads per warp).
  * The sums keep the sub-blocks' order within a warp. */
@@ -507,27 +508,39 @@ int parts_for(int64_t cols) {
     return sub >= 16 ? 4 : sub >= 8 ? 2 : 1;
 }
 
+/* SVLM_CUDA_MATVEC_TALL=1: parts_for_rows's split for tall weights. Off by default until it has
+ * run on a GPU (docs/cuda.md; gpu-check tests and compares it). Read once a process. */
+bool tall_split() {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("SVLM_CUDA_MATVEC_TALL");
+        on = e && e[0] == '1' && !e[1];
+    }
+    return on != 0;
+}
+
 /* The same for a lone product of `rows` rows: a tall weight (the output product, 49,280 rows for
  * SmolVLM2) fills the GPU with waves of warps anyway, and each extra wave of blocks costs its
- * rounds of loads and a barrier: split so that it takes at most kTallWarps warps (four waves of an
- * H100's 8,448 warp slots), one warp a row for the output product. The fused kernels keep
- * parts_for (q/k/v's two forms must split alike: test_cuda_data compares them bit for bit). */
+ * rounds of loads and a barrier: with tall_split(), split so that it takes at most kTallWarps warps
+ * (four waves of an H100's 8,448 warp slots), one warp a row for the output product. The fused
+ * kernels keep parts_for (q/k/v's two forms must split alike: test_cuda_data compares them bit for
+ * bit). */
 constexpr int64_t kTallWarps = 32768;
 int parts_for_rows(int64_t cols, int64_t rows) {
     int p = parts_for(cols);
-    if (!split_fixed())
+    if (!split_fixed() && tall_split())
         while (p > 1 && rows * p > kTallWarps)
             p /= 2;
     return p;
 }
 
-/* kRowKqLanes unless SVLM_CUDA_KQUANT_LANES=0, kRowAhead unless SVLM_CUDA_MATVEC_AHEAD=0 (read
+/* kRowKqLanes unless SVLM_CUDA_KQUANT_LANES=0, kRowAhead with SVLM_CUDA_MATVEC_AHEAD=1 (read
  * once per process) */
 int row_flags() {
     static int flags = -1;
     if (flags < 0) {
         const char *kl = getenv("SVLM_CUDA_KQUANT_LANES"), *ah = getenv("SVLM_CUDA_MATVEC_AHEAD");
-        const int lanes = !(kl && kl[0] == '0' && !kl[1]), ahead = !(ah && ah[0] == '0' && !ah[1]);
+        const int lanes = !(kl && kl[0] == '0' && !kl[1]), ahead = ah && ah[0] == '1' && !ah[1];
         flags = (lanes ? kRowKqLanes : 0) | (ahead ? kRowAhead : 0);
     }
     return flags;
