@@ -139,10 +139,10 @@ __device__ void merge_splits(const float *pp, int hd, int splits, float *o) {
 /* Block (item blockIdx.x, head blockIdx.y, split blockIdx.z). part: [item][head][split][hd + 2]
  * (m, l, then the values weighted by exp(s - m)), unused with one split; done: a counter per
  * (item, head), zero between launches (the merging block resets it). */
-template <bool F16, int kPerLane>
+template <bool F16, int kPerLane, bool ahead>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(const svlm_cu_attn_item *items, int64_t kv_stride, int n_head, int rep, int hd, float scale,
-                  int splits, bool vec, float *part, unsigned *done, bool ahead) {
+                  int splits, bool vec, float *part, unsigned *done) {
     __shared__ float qs[kMaxDim];
     __shared__ float sm[kWarps], sl[kWarps];
     __shared__ float sacc[kWarps][kMaxDim];
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreads)
         /* ahead: the rows' values a chunk at a time, a chunk's loads issued before its sums
          * (kChunk x kPerLane registers); the sums in row order as one row at a time adds them */
         constexpr int kChunk = 32 / kPerLane;
-        if (!ahead) {
+        if constexpr (!ahead) {
 #pragma unroll 4
             for (int i = 0; i < rows; i++) {
                 const float pi = __shfl_sync(0xffffffffu, p, i);
@@ -319,10 +319,13 @@ extern "C" int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item 
     const bool vec = head_dim % 4 == 0 && kv_stride % 4 == 0;
     const dim3 grid((unsigned)n_items, (unsigned)n_head, (unsigned)splits);
     const int rep = n_head / n_kv_head;
-    /* a lane's share of a head: 2, 4 or 8 dims (heads up to 64, 128, 256) */
-    auto kernel = head_dim <= 64    ? (kv_f16 ? decode_kernel<true, 2> : decode_kernel<false, 2>)
-                  : head_dim <= 128 ? (kv_f16 ? decode_kernel<true, 4> : decode_kernel<false, 4>)
-                                    : (kv_f16 ? decode_kernel<true, 8> : decode_kernel<false, 8>);
+    /* measured: a lane's share of any head in 8 registers (heads up to 256), without the loads
+     * ahead compiled in; ahead: 2, 4 or 8 dims (heads up to 64, 128, 256) */
+    auto kernel = kv_f16 ? decode_kernel<true, 8, false> : decode_kernel<false, 8, false>;
+    if (ahead_loads())
+        kernel = head_dim <= 64    ? (kv_f16 ? decode_kernel<true, 2, true> : decode_kernel<false, 2, true>)
+                 : head_dim <= 128 ? (kv_f16 ? decode_kernel<true, 4, true> : decode_kernel<false, 4, true>)
+                                   : (kv_f16 ? decode_kernel<true, 8, true> : decode_kernel<false, 8, true>);
     return pdl_launch(pdl, kernel, grid, kThreads, 0, s, items, kv_stride, n_head, rep, head_dim, scale,
-                      splits, vec, part, done, ahead_loads());
+                      splits, vec, part, done);
 }

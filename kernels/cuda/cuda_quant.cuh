@@ -167,7 +167,7 @@ __device__ __forceinline__ void rows_ahead(const uint8_t *ra, const uint8_t *rb,
     }
 }
 
-template <int T, int NMAX>
+template <int T, int NMAX, bool AH>
 __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const float *x, int n, float *acc,
                                          int part, int parts, int flags) {
     if constexpr (T == 12 || T == 14) { /* Q4_K, Q6_K: their lane form unless SVLM_CUDA_KQUANT_LANES=0 */
@@ -176,7 +176,7 @@ __device__ __forceinline__ void row_dots(const uint8_t *row, int64_t cols, const
             return;
         }
     }
-    if (flags & kRowAhead) {
+    if constexpr (AH) {
         float unused[NMAX];
         rows_ahead<T, NMAX, 8>(row, nullptr, cols, x, n, acc, unused, part, parts);
         return;
@@ -283,7 +283,7 @@ __device__ const float *block_activations(const float *x, const float *nw, float
 }
 
 /* parts warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
-template <int T, bool ACC, int NMAX>
+template <int T, bool ACC, int NMAX, bool AH>
 __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
                               int n, float *y, int parts, int flags, bool pdl) {
     const row_split rs = split_of(parts);
@@ -293,7 +293,7 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
     pdl_launch_dependents();
     float acc[NMAX], tot[NMAX];
     if (r < rows) /* (no return before sum_parts' barrier) */
-        row_dots<T, NMAX>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, flags);
+        row_dots<T, NMAX, AH>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, flags);
     else
         for (int i = 0; i < NMAX; i++)
             acc[i] = 0.0f;
@@ -318,17 +318,21 @@ __device__ __forceinline__ int weight_of(const svlm_cu_matvec_set &set, int64_t 
 /* at, bt: the sums of rows wa and wb against xa, each as row_dots and
  * sum_parts give a single row's; zeros without rows (has = false). Every thread of the block calls
  * it (sum_parts has barriers). */
-template <int T, int NMAX>
+template <int T, int NMAX, bool AH>
 __device__ __forceinline__ void two_row_sums(const row_split &rs, bool has, const uint8_t *wa,
                                              const uint8_t *wb, int64_t cols, const float *xa, int n,
                                              int flags, float *at, float *bt) {
     float a[NMAX], b[NMAX];
-    const bool kq = (T == 12 || T == 14) && (flags & kRowKqLanes);
-    if (has && (flags & kRowAhead) && !kq) {
+    bool together = false;
+    if constexpr (AH) {
+        const bool kq = (T == 12 || T == 14) && (flags & kRowKqLanes);
+        together = has && !kq;
+    }
+    if (together) {
         rows_ahead<T, NMAX, 4>(wa, wb, cols, xa, n, a, b, rs.part, rs.parts); /* both rows' loads together */
     } else if (has) {
-        row_dots<T, NMAX>(wa, cols, xa, n, a, rs.part, rs.parts, flags);
-        row_dots<T, NMAX>(wb, cols, xa, n, b, rs.part, rs.parts, flags);
+        row_dots<T, NMAX, AH>(wa, cols, xa, n, a, rs.part, rs.parts, flags);
+        row_dots<T, NMAX, AH>(wb, cols, xa, n, b, rs.part, rs.parts, flags);
     } else {
         for (int i = 0; i < NMAX; i++)
             a[i] = b[i] = 0.0f;
@@ -340,7 +344,7 @@ __device__ __forceinline__ void two_row_sums(const row_split &rs, bool has, cons
 
 /* Several weights of one type and width in one launch (q/k/v): global row r belongs to the weight
  * whose range of the concatenated rows holds it. NORM: RMSNorm of x first (nw, eps). */
-template <int T, bool NORM, int NMAX>
+template <int T, bool NORM, int NMAX, bool AH>
 __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n,
                                     const float *nw, float eps, int parts, int flags, bool pdl) {
     extern __shared__ float xs[];
@@ -355,8 +359,8 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     float acc[NMAX], tot[NMAX];
     if (wi < set.n)
-        row_dots<T, NMAX>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc,
-                          rs.part, parts, flags);
+        row_dots<T, NMAX, AH>(static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes, cols, xa, n, acc,
+                              rs.part, parts, flags);
     else
         for (int i = 0; i < NMAX; i++)
             acc[i] = 0.0f;
@@ -371,7 +375,7 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
 
 /* The feed-forward's head: gate[i][r] = silu(x_i . Wg_r) (x_i . Wu_r), one warp per row r of both
  * weights; NORM: RMSNorm of x first. silu as svlm_cu_silu_mul computes it. */
-template <int T, bool NORM, int NMAX>
+template <int T, bool NORM, int NMAX, bool AH>
 __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
                               int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
                               int parts, int flags, bool pdl) {
@@ -387,7 +391,7 @@ __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_b
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     float gt[NMAX], ut[NMAX];
     const int64_t ro = r < rows ? r * (int64_t)row_bytes : 0; /* (rows past the weight: not read) */
-    two_row_sums<T, NMAX>(rs, r < rows, wg + ro, wu + ro, cols, xa, n, flags, gt, ut);
+    two_row_sums<T, NMAX, AH>(rs, r < rows, wg + ro, wu + ro, cols, xa, n, flags, gt, ut);
     if (r >= rows || rs.part || threadIdx.x % 32) return;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
@@ -411,7 +415,7 @@ __device__ __forceinline__ void store_pair(void *row, int64_t c, float a, float 
  * rope_store_kernel's work on the pair, lane i for activation row i, operation for operation: q
  * rotated; a key pair kept as it came, rounded through f16 (round), rotated and stored; a value
  * pair kept, rounded and stored. */
-template <int T, bool NORM, int NMAX>
+template <int T, bool NORM, int NMAX, bool AH>
 __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n, const float *nw,
                                 float eps, svlm_cu_rope_pairs rp, int parts, int flags, bool pdl) {
     extern __shared__ float xs[];
@@ -424,7 +428,7 @@ __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const floa
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     float at[NMAX], bt[NMAX];
-    two_row_sums<T, NMAX>(rs, w != nullptr, w, w ? w + set.row_bytes : w, cols, xa, n, flags, at, bt);
+    two_row_sums<T, NMAX, AH>(rs, w != nullptr, w, w ? w + set.row_bytes : w, cols, xa, n, flags, at, bt);
     /* every lane of the first part's warp holds every row's sums: lane i takes row i */
     const int i = threadIdx.x % 32;
     if (!w || rs.part || i >= n) return;
@@ -551,15 +555,23 @@ unsigned row_blocks(int64_t rows, int parts) {
     return (unsigned)((rows + per - 1) / per);
 }
 
+/* The launchers below: kRowAhead's kernels (AH) are made for the few-row form only (one answer's,
+ * or a few answers', decode), so the larger batches and every default launch run the measured
+ * code, compiled without rows_ahead (a runtime flag beside it changed the default kernels'
+ * registers too). */
+
 template <int T, int NMAX>
 int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                     const float *x, int64_t n, float *y, int accumulate, bool pdl) {
     const int parts = parts_for_rows(cols, rows);
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *wb = static_cast<const uint8_t *>(w);
-    return pdl_launch(pdl, accumulate ? matvec_kernel<T, true, NMAX> : matvec_kernel<T, false, NMAX>, blocks,
-                      32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y, parts, row_flags(),
-                      pdl);
+    auto kernel = accumulate ? matvec_kernel<T, true, NMAX, false> : matvec_kernel<T, false, NMAX, false>;
+    if constexpr (NMAX == kFewRows)
+        if (row_flags() & kRowAhead)
+            kernel = accumulate ? matvec_kernel<T, true, NMAX, true> : matvec_kernel<T, false, NMAX, true>;
+    return pdl_launch(pdl, kernel, blocks, 32 * kWarpsPerBlock, 0, s, wb, row_bytes, rows, cols, x, (int)n, y,
+                      parts, row_flags(), pdl);
 }
 
 template <int T>
@@ -579,9 +591,13 @@ int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t
         total += set->rows[i];
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(total, parts);
-    return pdl_launch(pdl, nw ? matvec_multi_kernel<T, true, NMAX> : matvec_multi_kernel<T, false, NMAX>,
-                      blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols,
-                      x, (int)n, nw, eps, parts, row_flags(), pdl);
+    auto kernel = nw ? matvec_multi_kernel<T, true, NMAX, false> : matvec_multi_kernel<T, false, NMAX, false>;
+    if constexpr (NMAX == kFewRows)
+        if (row_flags() & kRowAhead)
+            kernel =
+                nw ? matvec_multi_kernel<T, true, NMAX, true> : matvec_multi_kernel<T, false, NMAX, true>;
+    return pdl_launch(pdl, kernel, blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0,
+                      s, *set, cols, x, (int)n, nw, eps, parts, row_flags(), pdl);
 }
 
 template <int T>
@@ -597,9 +613,12 @@ int launch_qkv_rope_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t col
     const int64_t pairs = (set->rows[0] + set->rows[1] + set->rows[2]) / 2;
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(pairs, parts);
-    return pdl_launch(pdl, nw ? qkv_rope_kernel<T, true, NMAX> : qkv_rope_kernel<T, false, NMAX>, blocks,
-                      32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, *set, cols, x,
-                      (int)n, nw, eps, *rp, parts, row_flags(), pdl);
+    auto kernel = nw ? qkv_rope_kernel<T, true, NMAX, false> : qkv_rope_kernel<T, false, NMAX, false>;
+    if constexpr (NMAX == kFewRows)
+        if (row_flags() & kRowAhead)
+            kernel = nw ? qkv_rope_kernel<T, true, NMAX, true> : qkv_rope_kernel<T, false, NMAX, true>;
+    return pdl_launch(pdl, kernel, blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0,
+                      s, *set, cols, x, (int)n, nw, eps, *rp, parts, row_flags(), pdl);
 }
 
 template <int T>
@@ -616,9 +635,12 @@ int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_b
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(rows, parts);
     const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
-    return pdl_launch(pdl, nw ? swiglu_kernel<T, true, NMAX> : swiglu_kernel<T, false, NMAX>, blocks,
-                      32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0, s, g, u, row_bytes,
-                      rows, cols, x, (int)n, nw, eps, gate, parts, row_flags(), pdl);
+    auto kernel = nw ? swiglu_kernel<T, true, NMAX, false> : swiglu_kernel<T, false, NMAX, false>;
+    if constexpr (NMAX == kFewRows)
+        if (row_flags() & kRowAhead)
+            kernel = nw ? swiglu_kernel<T, true, NMAX, true> : swiglu_kernel<T, false, NMAX, true>;
+    return pdl_launch(pdl, kernel, blocks, 32 * kWarpsPerBlock, nw ? sizeof(float) * (size_t)(n * cols) : 0,
+                      s, g, u, row_bytes, rows, cols, x, (int)n, nw, eps, gate, parts, row_flags(), pdl);
 }
 
 template <int T>
