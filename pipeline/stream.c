@@ -138,28 +138,39 @@ void svlm_stream_free(svlm_stream *s) {
     free(s);
 }
 
-/* Prefills the turns answered since the last frame (deferred joins); under mu. */
-static void join_pending_locked(svlm_stream *s) {
-    while (s->pending) {
+/* Prefills the turns answered since the last frame (deferred joins), oldest first, under mu: all
+ * of them (max_tokens <= 0) or until at least max_tokens tokens went in. 1 if turns remain. */
+static int join_pending_locked(svlm_stream *s, int max_tokens) {
+    int joined = 0;
+    while (s->pending && (max_tokens <= 0 || joined < max_tokens)) {
         pending_turn *t = s->pending;
         s->pending = t->next;
         svlm_err join_err = {0};
         if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, t->turn, t->ids, NULL, t->n, NULL, 0,
                                 &join_err) == SVLM_OK)
             s->answers_joined++;
+        joined += t->n;
         free(t->ids);
         free(t);
     }
-    s->pending_tail = &s->pending;
+    if (!s->pending) s->pending_tail = &s->pending;
     if (s->memory_on) stream_memory_flush(&s->mem); /* (turns evict turns: nothing, as a rule) */
+    return s->pending != NULL;
 }
 
 svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err) {
     (void)err;
     pthread_mutex_lock(&s->mu);
-    join_pending_locked(s);
+    join_pending_locked(s, 0);
     pthread_mutex_unlock(&s->mu);
     return SVLM_OK;
+}
+
+int svlm_stream_join_some(svlm_stream *s, int max_tokens) {
+    pthread_mutex_lock(&s->mu);
+    const int more = join_pending_locked(s, max_tokens);
+    pthread_mutex_unlock(&s->mu);
+    return more;
 }
 
 void svlm_stream_set_deferred_join(svlm_stream *s, int on) {
@@ -222,7 +233,7 @@ static svlm_status frame_begin(svlm_stream *s, double t_seconds, const float *em
                        n_tokens);
     if (st) return st;
     pthread_mutex_lock(&s->mu);
-    if (s->deferred_join != 2) join_pending_locked(s);
+    if (s->deferred_join != 2) join_pending_locked(s, 0);
     /* the tag is the frame time in milliseconds: what the memory bank files it under */
     *tag = (int64_t)(t_seconds * 1000.0);
     *t_abs = t_seconds;

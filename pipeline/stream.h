@@ -191,6 +191,9 @@ svlm_status svlm_stream_ask_fork_opts(svlm_stream *s, svlm_stream_fork *f, svlm_
  * lane). Off (0) by default. */
 void svlm_stream_set_deferred_join(svlm_stream *s, int on);
 svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err);
+/* Joins the oldest waiting turns until at least max_tokens tokens went in (a long backlog in
+ * pieces, so that other streams' frames go between them); 1 if turns still wait. */
+int svlm_stream_join_some(svlm_stream *s, int max_tokens);
 
 /* Records the encoder time of a frame (metrics only). */
 void svlm_stream_note_encode(svlm_stream *s, double ms);

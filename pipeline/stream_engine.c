@@ -19,6 +19,10 @@ enum { MAX_IDLE_CTX = 36, CPU_IDLE_CTX = 4, MAX_INGEST_BATCH = 64, CPU_MAX_ACTIV
  * with batches of up to 32 (0.999 fps each, p99 time to first token 74 ms) and fell just short
  * with 16 (0.948 fps, p99 107 ms) */
 enum { GPU_INGEST_BATCH = 32 };
+/* answered turns joined into a live stream's context at most about this many tokens at a time
+ * between frames (a frame is 64 to 81 tokens for SmolVLM2): four 256-token answers that end
+ * together were one block of 1,000+ tokens that every other stream's frames waited behind */
+enum { JOIN_PIECE_TOKENS = 256 };
 
 typedef struct question {
     uint64_t id;
@@ -690,9 +694,11 @@ static void *ingest_lane(void *arg) {
                     sid = j;
             }
             if (sid < 0) {
+                int more = 0; /* turns left for the next pass */
                 for (int j = 0; j < e->n_streams; j++)
-                    /* no frame coming: join answered turns now (exact replays: at a due question or the end)
-                     */
+                    /* no frame coming: join answered turns now (exact replays: at a due question or the
+                     * end, all at once); live, a piece at a time, so that a frame of another stream
+                     * that comes meanwhile waits for one piece, not for a burst of long answers */
                     if (e->streams[j].join_due && !e->streams[j].closing && (!e->p.exact || e->draining)) {
                         e->streams[j].join_due = 0;
                         svlm_stream *s = e->streams[j].s;
@@ -700,15 +706,23 @@ static void *ingest_lane(void *arg) {
                         e->ingest_sid = j;
                         pthread_mutex_unlock(&e->mu);
                         svlm_err err = {0};
+                        int left = 0;
                         pthread_mutex_lock(&e->compute_mu);
-                        svlm_stream_join_pending(s, &err);
+                        if (e->p.exact)
+                            svlm_stream_join_pending(s, &err);
+                        else
+                            left = svlm_stream_join_some(s, JOIN_PIECE_TOKENS);
                         pthread_mutex_unlock(&e->compute_mu);
                         pthread_mutex_lock(&e->mu);
                         e->ingest_busy = 0;
                         e->ingest_sid = -1;
+                        if (left && !e->streams[j].closing) {
+                            e->streams[j].join_due = 1;
+                            more = 1;
+                        }
                     }
                 pthread_cond_broadcast(&e->cv_idle);
-                if (!e->stop) pthread_cond_wait(&e->cv_ingest, &e->mu);
+                if (!e->stop && !more) pthread_cond_wait(&e->cv_ingest, &e->mu);
                 continue;
             }
             nb = gather_batch(e, sid, sids);

@@ -173,6 +173,59 @@ static void pruned_frames(void) {
     svlm_stream_free(s);
 }
 
+/* Deferred joins in pieces (the engine's ingest lane joins a backlog of answered turns a piece at
+ * a time between frames): svlm_stream_join_some joins the oldest waiting turns until its token
+ * count is reached, and the stream ends as one that joined them all at once: the same text window
+ * and the same greedy answer after. */
+static void joins_in_pieces(void) {
+    svlm_err err = {0};
+    svlm_stream *whole = new_stream(), *pieces = new_stream();
+    svlm_stream *both[2] = {whole, pieces};
+    svlm_llama_ctx *ctx = NULL;
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(whole), SVLM_F32, &ctx, &err) == SVLM_OK,
+            "%s", err.msg);
+    const char *questions[3] = {"What happens?", "Who is there?", "Is it raining?"};
+    for (int k = 0; k < 2; k++) {
+        add_frames(both[k], 0, 4);
+        svlm_stream_set_deferred_join(both[k], 1);
+        for (int q = 0; q < 3; q++)
+            REQUIRE(svlm_stream_ask(both[k], ctx, questions[q], 8, NULL, NULL, NULL, NULL, &err) == SVLM_OK,
+                    "%s", err.msg);
+    }
+    svlm_stream_metrics m, mw;
+    svlm_stream_metrics_get(pieces, &m);
+    CHECK(m.answers_joined == 0 && m.tokens[SVLM_KV_TEXT] == 0, "before any join: %lld turns, %d text tokens",
+          (long long)m.answers_joined, m.tokens[SVLM_KV_TEXT]);
+    REQUIRE(svlm_stream_join_pending(whole, &err) == SVLM_OK, "%s", err.msg);
+    for (int k = 1; k <= 3; k++) { /* one token asked for: one turn a call, oldest first */
+        const int more = svlm_stream_join_some(pieces, 1);
+        svlm_stream_metrics_get(pieces, &m);
+        CHECK(m.answers_joined == k && more == (k < 3), "call %d: %lld turns joined, more %d", k,
+              (long long)m.answers_joined, more);
+    }
+    CHECK(svlm_stream_join_some(pieces, 1000) == 0, "turns wait after all three joined");
+    svlm_stream_metrics_get(whole, &mw);
+    svlm_stream_metrics_get(pieces, &m);
+    CHECK(mw.answers_joined == 3 && mw.tokens[SVLM_KV_TEXT] > 0 &&
+              mw.tokens[SVLM_KV_TEXT] == m.tokens[SVLM_KV_TEXT],
+          "text window %d tokens joined at once, %d in pieces", mw.tokens[SVLM_KV_TEXT],
+          m.tokens[SVLM_KV_TEXT]);
+    char *ans_whole = NULL, *ans_pieces = NULL;
+    REQUIRE(svlm_stream_ask(whole, ctx, "And now?", 12, NULL, NULL, &ans_whole, NULL, &err) == SVLM_OK, "%s",
+            err.msg);
+    REQUIRE(svlm_stream_ask(pieces, ctx, "And now?", 12, NULL, NULL, &ans_pieces, NULL, &err) == SVLM_OK,
+            "%s", err.msg);
+    CHECK(ans_whole && ans_pieces && !strcmp(ans_whole, ans_pieces), "answers differ: '%s' vs '%s'",
+          ans_whole, ans_pieces);
+    printf("joins in pieces: 3 turns, %d text tokens, the same answer '%s'\n", m.tokens[SVLM_KV_TEXT],
+           ans_whole ? ans_whole : "");
+    free(ans_whole);
+    free(ans_pieces);
+    svlm_llama_ctx_free(ctx);
+    svlm_stream_free(whole);
+    svlm_stream_free(pieces);
+}
+
 int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
@@ -290,6 +343,9 @@ int test_main(void) {
     /* 6. pruned frames (token compression): the image block holds as many rows as were kept,
      * windows and eviction work in whole frames of any size, the memory bank gets the kept rows */
     pruned_frames();
+
+    /* 7. a backlog of answered turns joins in pieces as it would at once */
+    joins_in_pieces();
 
     svlm_llama_ctx_free(ctx);
     svlm_stream_free(a);
