@@ -19,9 +19,10 @@ enum { MAX_IDLE_CTX = 36, CPU_IDLE_CTX = 4, MAX_INGEST_BATCH = 64, CPU_MAX_ACTIV
  * with batches of up to 32 (0.999 fps each, p99 time to first token 74 ms) and fell just short
  * with 16 (0.948 fps, p99 107 ms) */
 enum { GPU_INGEST_BATCH = 32 };
-/* answered turns joined into a live stream's context at most about this many tokens at a time
- * between frames (a frame is 64 to 81 tokens for SmolVLM2): four 256-token answers that end
- * together were one block of 1,000+ tokens that every other stream's frames waited behind */
+/* answered turns joined into a live stream's context about this many tokens at a time (the
+ * default of params.join_piece_tokens) between frames (a frame is 64 to 81 tokens for SmolVLM2): four
+ * 256-token answers that end together were one block of 1,000+ tokens that every other stream's frames waited
+ * behind */
 enum { JOIN_PIECE_TOKENS = 256 };
 
 typedef struct question {
@@ -86,8 +87,8 @@ struct svlm_engine {
     int threads_started, stop, ingest_busy, answer_busy, draining;
     int started_last; /* the answer lane's last work was a question's start */
     lane_stream *streams;
-    int n_streams, rr_ingest, ingest_sid; /* ingest_sid: the stream the lane works on (-1) */
-    question *pinned, *ready, *active;    /* lists; ready is FIFO */
+    int n_streams, rr_ingest, rr_join, ingest_sid; /* ingest_sid: the stream the lane works on (-1) */
+    question *pinned, *ready, *active;             /* lists; ready is FIFO */
     question *hand;      /* the answer lane's questions while it works on them unlocked: cancels reach them */
     question *rr_active; /* the active answer to step next */
     uint64_t next_qid;
@@ -694,33 +695,37 @@ static void *ingest_lane(void *arg) {
                     sid = j;
             }
             if (sid < 0) {
-                int more = 0; /* turns left for the next pass */
-                for (int j = 0; j < e->n_streams; j++)
-                    /* no frame coming: join answered turns now (exact replays: at a due question or the
-                     * end, all at once); live, a piece at a time, so that a frame of another stream
-                     * that comes meanwhile waits for one piece, not for a burst of long answers */
-                    if (e->streams[j].join_due && !e->streams[j].closing && (!e->p.exact || e->draining)) {
-                        e->streams[j].join_due = 0;
-                        svlm_stream *s = e->streams[j].s;
-                        e->ingest_busy = 1;
-                        e->ingest_sid = j;
-                        pthread_mutex_unlock(&e->mu);
-                        svlm_err err = {0};
-                        int left = 0;
-                        pthread_mutex_lock(&e->compute_mu);
-                        if (e->p.exact)
-                            svlm_stream_join_pending(s, &err);
-                        else
-                            left = svlm_stream_join_some(s, JOIN_PIECE_TOKENS);
-                        pthread_mutex_unlock(&e->compute_mu);
-                        pthread_mutex_lock(&e->mu);
-                        e->ingest_busy = 0;
-                        e->ingest_sid = -1;
-                        if (left && !e->streams[j].closing) {
-                            e->streams[j].join_due = 1;
-                            more = 1;
-                        }
-                    }
+                /* no frame coming: join answered turns now (exact replays: at a due question or the
+                 * end, every stream's all at once); live, one piece of one stream a pass (streams in
+                 * turn), then frames are looked for again: a frame that comes meanwhile waits for
+                 * one piece, not for a burst of long answers ending together on several streams */
+                int more = 0; /* joins left for the next pass */
+                for (int i = 0; i < e->n_streams; i++) {
+                    const int j = (e->rr_join + i) % e->n_streams;
+                    lane_stream *ls = &e->streams[j];
+                    if (!ls->join_due || ls->closing || (e->p.exact && !e->draining)) continue;
+                    ls->join_due = 0;
+                    e->ingest_busy = 1;
+                    e->ingest_sid = j;
+                    pthread_mutex_unlock(&e->mu);
+                    svlm_err err = {0};
+                    int left = 0;
+                    pthread_mutex_lock(&e->compute_mu);
+                    if (e->p.exact)
+                        svlm_stream_join_pending(ls->s, &err);
+                    else
+                        left = svlm_stream_join_some(ls->s, e->p.join_piece_tokens);
+                    pthread_mutex_unlock(&e->compute_mu);
+                    pthread_mutex_lock(&e->mu);
+                    e->ingest_busy = 0;
+                    e->ingest_sid = -1;
+                    if (left && !ls->closing) ls->join_due = 1;
+                    if (e->p.exact) continue;
+                    e->rr_join = (j + 1) % e->n_streams;
+                    for (int k = 0; k < e->n_streams; k++)
+                        if (e->streams[k].join_due && !e->streams[k].closing) more = 1;
+                    break;
+                }
                 pthread_cond_broadcast(&e->cv_idle);
                 if (!e->stop && !more) pthread_cond_wait(&e->cv_ingest, &e->mu);
                 continue;
@@ -817,6 +822,7 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     if (e->p.ingest_threads <= 0) e->p.ingest_threads = 1;
     if (e->p.answer_threads <= 0) e->p.answer_threads = 1;
     if (e->p.frame_queue <= 0) e->p.frame_queue = 2;
+    if (e->p.join_piece_tokens <= 0) e->p.join_piece_tokens = JOIN_PIECE_TOKENS;
     if (e->p.max_streams <= 0) e->p.max_streams = 16;
     if (e->p.stc)
         e->stc = *e->p.stc;

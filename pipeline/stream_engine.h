@@ -58,6 +58,8 @@ typedef struct svlm_engine_params {
                                      (answers then repeat exactly; ingest does wait for answers: not for live) */
     const svlm_stc_controls *stc; /* token compression on every stream (copied): NULL = the tuned
                                      defaults (on); enabled = 0: the plain encoder, every token */
+    int join_piece_tokens;        /* live: answered turns join their stream between frames about this
+                                     many tokens at a time, one stream a piece (default 256) */
 } svlm_engine_params;
 
 /* The models must outlive the engine. */

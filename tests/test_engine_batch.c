@@ -123,14 +123,18 @@ static void run(svlm_llama *m, const svlm_mmproj *mp, int batch, int remove_midd
 
 /* An engine without token compression (on the CPU, with the answer lane's limits given) and
  * n_streams streams of the vision-tiny shape, each with text_tokens of text window. */
-static svlm_engine *answer_engine(svlm_llama *m, const svlm_mmproj *mp, int max_active, int decode_batch,
-                                  int text_tokens, int n_streams, svlm_stream **s, int *sid) {
+static svlm_engine *answer_engine_opts(svlm_llama *m, const svlm_mmproj *mp, int max_active, int decode_batch,
+                                       int text_tokens, int n_streams, int join_piece, svlm_stream **s,
+                                       int *sid) {
     svlm_err err = {0};
     svlm_stc_controls stc;
     svlm_stc_controls_default(&stc);
     stc.enabled = 0; /* copied by the engine */
-    svlm_engine_params ep = {
-        .max_streams = n_streams, .max_active = max_active, .decode_batch = decode_batch, .stc = &stc};
+    svlm_engine_params ep = {.max_streams = n_streams,
+                             .max_active = max_active,
+                             .decode_batch = decode_batch,
+                             .stc = &stc,
+                             .join_piece_tokens = join_piece};
     svlm_engine *e = NULL;
     REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
     svlm_stream_params sp = {.sink_tokens = 16,
@@ -142,6 +146,11 @@ static svlm_engine *answer_engine(svlm_llama *m, const svlm_mmproj *mp, int max_
         REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
                 err.msg);
     return e;
+}
+
+static svlm_engine *answer_engine(svlm_llama *m, const svlm_mmproj *mp, int max_active, int decode_batch,
+                                  int text_tokens, int n_streams, svlm_stream **s, int *sid) {
+    return answer_engine_opts(m, mp, max_active, decode_batch, text_tokens, n_streams, 0, s, sid);
 }
 
 /* A flood of questions on one stream: at most max_active answers run at once (each holds a
@@ -176,6 +185,53 @@ static void flood(svlm_llama *m, const svlm_mmproj *mp) {
            most, MAX_ACTIVE);
     svlm_engine_stop(e);
     svlm_stream_free(s);
+    svlm_engine_free(e);
+}
+
+/* Answered turns on several streams at once, in pieces of one token (one turn a piece) between
+ * frames: after the drain every answered turn has joined its stream (the ingest lane joins a piece
+ * of one stream a pass, streams in turn, and comes back for what is left). */
+static void joins_on_streams(svlm_llama *m, const svlm_mmproj *mp) {
+    enum { N_S = 3, N_Q = 6 };
+    svlm_err err = {0};
+    svlm_stream *s[N_S] = {0};
+    int sid[N_S];
+    svlm_engine *e = answer_engine_opts(m, mp, 8, 8, 1024, N_S, 1, s, sid);
+    answers ans[N_S] = {{0}};
+    for (int i = 0; i < N_S; i++) {
+        svlm_frame f;
+        make_frame(&f, i, 0);
+        REQUIRE(svlm_engine_push_frame(e, sid[i], &f, 1, &err) == SVLM_OK, "%s", err.msg);
+    }
+    for (int q = 0; q < N_Q; q++)
+        for (int i = 0; i < N_S; i++) {
+            svlm_ask_opts o = {.max_tokens = 48};
+            REQUIRE(svlm_engine_ask(e, sid[i], "Tell me about the moving box.", &o, 0, NULL, on_done, &ans[i],
+                                    NULL, &err) == SVLM_OK,
+                    "%s", err.msg);
+        }
+    /* frames arrive meanwhile: a stream's frame first joins all of its waiting turns, the lane
+     * joins the rest a piece at a time when no frame waits */
+    for (int k = 1; k <= 8; k++)
+        for (int i = 0; i < N_S; i++) {
+            svlm_frame f;
+            make_frame(&f, i, k);
+            REQUIRE(svlm_engine_push_frame(e, sid[i], &f, 1, &err) == SVLM_OK, "%s", err.msg);
+        }
+    svlm_engine_drain(e);
+    int joined = 0;
+    for (int i = 0; i < N_S; i++) {
+        svlm_stream_metrics sm;
+        svlm_stream_metrics_get(s[i], &sm);
+        CHECK(ans[i].ok == N_Q && sm.answers_joined == ans[i].ok,
+              "stream %d: %d of %d answered, %lld turns joined after the drain", i, ans[i].ok, N_Q,
+              (long long)sm.answers_joined);
+        joined += (int)sm.answers_joined;
+    }
+    printf("joins on %d streams: %d answered turns, all joined after the drain\n", N_S, joined);
+    svlm_engine_stop(e);
+    for (int i = 0; i < N_S; i++)
+        svlm_stream_free(s[i]);
     svlm_engine_free(e);
 }
 
@@ -536,6 +592,7 @@ int test_main(void) {
     device_full(m, mp);
     burst(m, mp);
     rotation(m, mp);
+    joins_on_streams(m, mp);
     mixed_stc(m, mp);
 
     svlm_mmproj_free(mp);
