@@ -81,6 +81,17 @@ static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
     return SVLM_OK;
 }
 
+/* An HLS playlist that is finished (#EXT-X-ENDLIST: video on demand) has a duration; a live one
+ * has none. Read through a probe of its own (bounded by the open timeout). */
+static int finished_playlist(const char *uri, const svlm_source_opts *opts) {
+    svlm_source_opts po = *opts;
+    po.live = 1;
+    svlm_probe_info info;
+    memset(&info, 0, sizeof info);
+    svlm_err perr = {0};
+    return svlm_source_probe(uri, &po, &info, &perr) == SVLM_OK && info.duration > 0;
+}
+
 static svlm_status open_backend(svlm_source *s, svlm_err *err) {
     svlm_backend_args args = {&s->uri, &s->opts, &s->ctl, &s->sampler};
     atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
@@ -238,6 +249,8 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
         return st;
     }
     s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
+    if (opts.live < 0 && s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls && finished_playlist(uri, &opts))
+        s->live = 0; /* a VOD playlist would otherwise play again from its start at every end */
     opts.live = s->live;
     s->opts = opts;
     s->reconnectable = s->live && (s->uri.kind == SVLM_URI_RTSP || s->uri.kind == SVLM_URI_HTTP ||

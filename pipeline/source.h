@@ -6,6 +6,7 @@
  *   PATH or file://PATH                    recordings              [ffmpeg, else gst]
  *   rtsp://[user:pass@]host[:port]/path    IP cameras, live        [ffmpeg, else gst]
  *   http(s)://...  (progressive, HLS .m3u8) replay; .m3u8 is live  [ffmpeg, else gst]
+ *                  unless the playlist is finished (video on demand: it has a duration)
  *   v4l2:///dev/videoN                     webcams, live           [gst only]
  *   gst:LAUNCH                             any GStreamer source    [gst only]
  *   pattern:[KEY=VAL,...] or testsrc:...   built-in test pattern   [always available]

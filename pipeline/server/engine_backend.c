@@ -166,6 +166,7 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
     svlm_source_opts so;
     svlm_source_opts_default(&so);
     if (req->fps > 0) so.fps = req->fps;
+    so.live = set.live;           /* an HTTP camera (MJPEG, MPEG-TS) says so: only its URI's kind is known */
     so.pace = SVLM_PACE_REALTIME; /* a recording plays like a camera */
     st = svlm_source_open(&s->src, req->uri, &so, err);
     if (!st)

@@ -95,6 +95,8 @@ typedef struct eng_stream_settings {
     svlm_stream_params sp;
     int memory;
     svlm_stc_controls stc;
+    int live; /* -1: from the URI (RTSP, webcams, HLS that is not finished); 0: a recording; 1: a
+                 camera (watchdog, reconnects, the oldest frame dropped when behind) */
 } eng_stream_settings;
 
 struct svlm_engine_backend {

@@ -43,6 +43,7 @@ svlm_status eng_stream_options(const svlm_engine_backend *e, const char *json, e
     out->sp = e->sp;
     out->memory = e->o.memory;
     out->stc = e->o.stc;
+    out->live = -1;
     if (!json || !*json) return SVLM_OK;
     json_error_t jerr;
     json_t *o = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
@@ -50,7 +51,8 @@ svlm_status eng_stream_options(const svlm_engine_backend *e, const char *json, e
         json_decref(o);
         return svlm_fail(err, SVLM_E_INVALID, "'options' must be a JSON object");
     }
-    static const char *const known[] = {"stc", "memory", "frames_window", "text_window", "memory_tokens"};
+    static const char *const known[] = {"stc",         "memory",        "frames_window",
+                                        "text_window", "memory_tokens", "live"};
     const char *key;
     json_t *v;
     svlm_status st = SVLM_OK;
@@ -59,19 +61,20 @@ svlm_status eng_stream_options(const svlm_engine_backend *e, const char *json, e
         while (i < sizeof known / sizeof known[0] && strcmp(key, known[i]))
             i++;
         if (i == sizeof known / sizeof known[0]) {
-            st = svlm_fail(
-                err, SVLM_E_INVALID,
-                "unknown option '%.60s' (known: stc, memory, frames_window, text_window, memory_tokens)",
-                key);
+            st = svlm_fail(err, SVLM_E_INVALID,
+                           "unknown option '%.60s' (known: stc, memory, frames_window, text_window, "
+                           "memory_tokens, live)",
+                           key);
             break;
         }
     }
     int frames = e->o.frames_window, text = e->o.text_window, mem_tokens = e->o.memory_tokens;
     int stc_on = e->o.stc.enabled;
-    if (!st && (bool_option(o, "stc", &stc_on, err) || bool_option(o, "memory", &out->memory, err) ||
-                int_option(o, "frames_window", 1, 256, &frames, err) ||
-                int_option(o, "text_window", 16, 8192, &text, err) ||
-                int_option(o, "memory_tokens", 1, 1024, &mem_tokens, err)))
+    if (!st &&
+        (bool_option(o, "stc", &stc_on, err) || bool_option(o, "memory", &out->memory, err) ||
+         bool_option(o, "live", &out->live, err) || int_option(o, "frames_window", 1, 256, &frames, err) ||
+         int_option(o, "text_window", 16, 8192, &text, err) ||
+         int_option(o, "memory_tokens", 1, 1024, &mem_tokens, err)))
         st = err->status ? err->status : SVLM_E_INVALID;
     json_decref(o);
     if (st) return st;

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import threading
 import time
 
@@ -214,6 +215,14 @@ for be in BACKENDS:
     # HLS is live by default; --replay makes a VOD playlist lossless
     rc, frames, _, err = run_frames(f"{base}/hls/index.m3u8", "--backend", be, "--fps", "2", "--replay")
     check(rc == 0 and len(frames) == 12, f"hls/{be}: rc {rc}, {len(frames)} frames (expected 12) {err[:200]}")
+    # a finished (VOD) playlist is a recording without --replay too: every frame, then the end (as
+    # a live source it played again from its start at every end, for ever)
+    try:
+        rc, frames, _, err = run_frames(f"{base}/hls/index.m3u8", "--backend", be, "--fps", "2", timeout=40)
+        check(rc == 0 and len(frames) == 12,
+              f"hls VOD, no --replay/{be}: rc {rc}, {len(frames)} frames (expected 12) {err[:200]}")
+    except subprocess.TimeoutExpired:
+        check(False, f"hls VOD, no --replay/{be}: still running after 40 s (played again as a live source)")
     p = run_svlm("frames", f"{base}/missing.mp4", "--backend", be, "--open-timeout", "5")
     check(p.returncode == 1 and "svlm:" in p.stderr, f"http 404/{be}: rc {p.returncode} {p.stderr[:200]}")
 httpd.shutdown()

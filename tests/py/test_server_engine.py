@@ -155,22 +155,25 @@ async def open_options(s):
     async with websockets.connect(s.ws_url) as ws:
         for i, (opts, words) in enumerate([({"bogus": 1}, "unknown option 'bogus'"),
                                            ({"frames_window": 0}, "frames_window"),
-                                           ({"stc": "maybe"}, "'stc'"), ({"memory": 3}, "'memory'")]):
+                                           ({"stc": "maybe"}, "'stc'"), ({"memory": 3}, "'memory'"),
+                                           ({"live": "sometimes"}, "'live'")]):
             await ws.send(json.dumps({"type": "open", "id": "bad%d" % i, "stream": "opt%d" % i, "uri": PATTERN,
                                       "options": opts}))
             m, _ = await until(ws, lambda m: m.get("id") == "bad%d" % i, timeout=30)
             assert m["type"] == "error" and words in m.get("message", ""), (opts, m)
         await ws.send(json.dumps({"type": "open", "id": "o3", "stream": "cam3", "uri": PATTERN, "fps": 2,
-                                  "options": {"memory": False, "stc": "off", "frames_window": 2}}))
+                                  "options": {"memory": False, "stc": "off", "frames_window": 2, "live": False}}))
         m, _ = await until(ws, lambda m: m.get("id") == "o3", timeout=30)
         assert m["type"] == "opened", m
         st = wait_frames(s.base, "cam3", 4)
+        # the pattern says "live"; the option makes it a recording (no drops, no watchdog)
+        assert st["live"] in (False, 0) and wait_frames(s.base, "cam", 1)["live"] in (True, 1), st
         mine, theirs = st["memory"], wait_frames(s.base, "cam", 1)["memory"]
         assert mine.get("memory_bank", 0) == 0 and theirs.get("memory_bank", 0) > 0, (mine, theirs)
         await ws.send(json.dumps({"type": "close", "id": "c3", "stream": "cam3"}))
         m, _ = await until(ws, lambda m: m.get("id") == "c3", timeout=10)
         assert m["type"] == "closed", m
-        print("open options: 4 bad ones refused; memory off and a 2-frame window on cam3 only (%s vs %s)"
+        print("open options: 5 bad ones refused; memory off, a 2-frame window and a recording on cam3 only (%s vs %s)"
               % (mine, theirs))
 
 
