@@ -139,12 +139,16 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     c->resp = NULL;
     c->body_len = 0;
     c->body_oversize = 0;
+    c->rejected = 0;
     c->kind = CONN_HTTP;
     c->serial = ++srv->next_serial;
     srv->metrics.http_requests++;
     snprintf(c->path, sizeof c->path, "%s", uri);
     c->is_post = lws_hdr_total_length(c->wsi, WSI_TOKEN_POST_URI) > 0;
     if (c->is_post) {
+        /* libwebsockets still reads the body of a request answered here and reports its end:
+         * `rejected` keeps that body from running as a chat request (it did, unauthorized) */
+        c->rejected = 1;
         if (strcmp(uri, "/v1/chat/completions"))
             return srv_http_error(c, 404, "not_found", "no such endpoint");
         if (!srv_authorized(srv, c->wsi))
@@ -152,6 +156,7 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
         char cl[32];
         if (lws_hdr_copy(c->wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0 || atol(cl) <= 0)
             return srv_http_error(c, 411, "bad_request", "a JSON body with a Content-Length is required");
+        c->rejected = 0;
         if ((size_t)atol(cl) > srv->cfg.max_message_bytes) c->body_oversize = 1;
         return 0; /* the body follows */
     }
@@ -181,7 +186,7 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
 }
 
 int srv_http_body(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
-    if (c->body_oversize) return 0;
+    if (c->body_oversize || c->rejected) return 0;
     if (c->body_len + len > srv->cfg.max_message_bytes) {
         c->body_oversize = 1;
         free(c->body);
@@ -202,6 +207,12 @@ int srv_http_body(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
 }
 
 int srv_http_body_done(svlm_server *srv, srv_conn *c) {
+    if (c->rejected) { /* answered already (401, 404, 411) */
+        free(c->body);
+        c->body = NULL;
+        c->body_len = 0;
+        return 0;
+    }
     int rc = c->body_oversize ? srv_http_error(c, 413, "message_too_large", "the request body is too large")
                               : srv_openai_chat(srv, c);
     free(c->body);

@@ -54,6 +54,7 @@ typedef struct srv_conn {
     char *body;
     size_t body_len;
     int body_oversize;
+    int rejected; /* a POST answered with an error before its body: the body is read, then dropped */
     int http_status;
     srv_msg *resp; /* whole response body, sent in pieces */
     size_t resp_off;

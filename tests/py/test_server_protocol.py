@@ -248,6 +248,17 @@ async def auth(h):
     assert http(h.base + "/health")[0] == 200
     body = json.dumps({"model": "cam", "messages": [{"role": "user", "content": "hi"}]}).encode()
     assert http(h.base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})[0] == 401
+    # the whole exchange of a refused POST on the wire: the refusal only, never the answer after it
+    # (libwebsockets reads the body of a refused request and reports its end all the same: that once
+    # ran the chat request unauthorized)
+    for path, code in (("/v1/chat/completions", b"401"), ("/v1/elsewhere", b"404")):
+        for stream in (True, False):
+            wire = raw_post(h.port, path, json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                                      "stream": stream}).encode())
+            assert wire.startswith(b"HTTP/1.1 " + code) and wire.count(b"HTTP/1.1") == 1 and \
+                b"data:" not in wire and b"chat.completion" not in wire, (path, stream, wire[:600])
+    m = parse_prometheus(http(h.base + "/metrics?token=s3cret")[2].decode())
+    assert not [k for k in m if k[0] == "svlm_questions_total" and m[k] > 0], m
 
 
 def metrics(h):
@@ -271,6 +282,26 @@ async def disconnect_mid_answer(h):
     key = ("svlm_questions_total", frozenset({("outcome", "cancelled")}))
     assert m[("svlm_questions_active", frozenset())] == 0, m
     assert m[key] == before[key] + 1, (before[key], m[key])
+
+
+def raw_post(port, path, body, wait=1.0):
+    """Everything the server sends back for one POST without a token, until it closes or goes
+    quiet for `wait` seconds."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+              % (path.encode(), len(body)) + body)
+    s.settimeout(wait)
+    data = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    except socket.timeout:
+        pass
+    s.close()
+    return data
 
 
 def raw_ws_connect(port, rcvbuf):
