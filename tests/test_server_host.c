@@ -7,7 +7,7 @@
  * "PORT n", and stops when stdin closes. SVLM_SERVER_TOKEN sets a token, SVLM_SERVER_WEB the
  * page folder, SVLM_SERVER_STREAMS "name=uri,..." opens streams at start, SVLM_SERVER_LIMITS
  * "key=value,..." overrides limits (clients, per_client, total, streams, rate, message_bytes,
- * send_queue_bytes, status_interval), SVLM_FAKE_TICK_MS the token interval (5).
+ * send_queue_bytes, status_interval, watches, auth_timeout), SVLM_FAKE_TICK_MS the token interval (5).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -53,6 +53,8 @@ static void apply_limits(svlm_server_config *cfg, const char *spec) {
             cfg->status_interval_s = v;
         else if (!strcmp(kv, "watches"))
             cfg->max_watches_per_client = (int)v;
+        else if (!strcmp(kv, "auth_timeout"))
+            cfg->auth_timeout_s = v;
     }
 }
 

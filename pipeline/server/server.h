@@ -23,6 +23,8 @@ typedef struct svlm_server_config {
     int max_clients;              /* websocket clients (256) */
     size_t max_send_queue_bytes;  /* per client; a client further behind is disconnected (4 MiB) */
     double status_interval_s;     /* default push interval of `status` messages (0 = off; 5) */
+    double auth_timeout_s;        /* with a token: a websocket client not authenticated within this long
+                                     is closed, so idle connections cannot hold every client slot (10) */
 } svlm_server_config;
 
 void svlm_server_config_default(svlm_server_config *cfg);

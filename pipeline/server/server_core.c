@@ -19,6 +19,7 @@ void svlm_server_config_default(svlm_server_config *cfg) {
     cfg->max_clients = 256;
     cfg->max_send_queue_bytes = 4u << 20;
     cfg->status_interval_s = 5;
+    cfg->auth_timeout_s = 10;
 }
 
 static svlm_server *server_of(struct lws *wsi) {
@@ -82,7 +83,8 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
         return svlm_fail(err, SVLM_E_INVALID, "port %d is out of range", cfg->port);
     if (cfg->max_message_bytes < 1024 || cfg->max_messages_per_s <= 0 || cfg->max_questions_per_client < 1 ||
         cfg->max_questions_total < 1 || cfg->max_streams < 1 || cfg->max_clients < 1 ||
-        cfg->max_send_queue_bytes < 4096 || cfg->max_watches_per_client < 0 || cfg->status_interval_s < 0)
+        cfg->max_send_queue_bytes < 4096 || cfg->max_watches_per_client < 0 || cfg->status_interval_s < 0 ||
+        cfg->auth_timeout_s < 1 || cfg->auth_timeout_s > 3600)
         return svlm_fail(err, SVLM_E_INVALID, "a server limit is out of range");
     svlm_server *srv = calloc(1, sizeof *srv);
     if (!srv) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");

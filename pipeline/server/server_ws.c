@@ -71,6 +71,8 @@ int srv_ws_established(svlm_server *srv, srv_conn *c) {
     }
     srv->n_clients++;
     srv->metrics.clients_total++;
+    /* a client slot is taken before the hello that authenticates it: one that stays silent goes */
+    if (!c->authed) lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)srv->cfg.auth_timeout_s);
     return 0;
 }
 
@@ -220,6 +222,7 @@ static void do_hello(req_ctx *r) {
             return;
         }
         r->c->authed = 1;
+        lws_set_timeout(r->c->wsi, NO_PENDING_TIMEOUT, 0);
     }
     r->c->status_interval = interval;
     r->c->next_status = srv_now() + interval;

@@ -326,6 +326,26 @@ def ws_frame(text):
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
+async def silent_clients(h):
+    """With a token, clients that connect and never authenticate are closed after auth_timeout (1 s
+    here): two of them held both client slots for ever, and a client with the token was refused."""
+    idle = [raw_ws_connect(h.port, 65536) for _ in range(2)]
+    t0 = time.time()
+    for s in idle:  # the server closes each: recv() sees the close frame, then the end
+        s.settimeout(10)
+        while s.recv(4096):
+            pass
+    waited = time.time() - t0
+    assert 0.5 < waited < 8, waited
+    async with websockets.connect(h.ws_url) as ws:
+        await send(ws, type="hello", id=1, token="s3cret")
+        m = await recv_json(ws)
+        assert m["type"] == "hello", m
+        await asyncio.sleep(1.5)  # authenticated: no deadline any more
+        await still_alive(ws)
+    print("silent clients closed after %.1f s; then a client with the token served" % waited)
+
+
 async def slow_reader(h):
     s = raw_ws_connect(h.port, 4096)
     for i in range(8):
@@ -468,6 +488,8 @@ def main():
         asyncio.run(total_and_clients(h))
     with Host(token="s3cret") as h:
         asyncio.run(auth(h))
+    with Host(token="s3cret", limits="clients=2,auth_timeout=1") as h:
+        asyncio.run(silent_clients(h))
     print("limits and auth ok (%.1f s)" % (time.time() - t0))
     with Host(limits="send_queue_bytes=65536,per_client=8", tick_ms=1) as h:
         asyncio.run(slow_reader(h))

@@ -57,6 +57,7 @@ static void usage(FILE *f) {
             "\"max_questions_per_client\",\n"
             "                        \"max_questions_total\", \"max_watches_per_client\", \"max_streams\",\n"
             "                        \"max_clients\", \"max_send_queue_bytes\", \"status_interval_s\",\n"
+            "                        \"auth_timeout_s\",\n"
             "                        \"stc\": {\"stc\": \"on\"|\"off\", NAME: VALUE}, \"memory\": {\"on\", "
             "\"budget_mib\",\n"
             "                        \"dir\", \"tokens\"}, \"stream\": {\"sinks\", \"frames_window\", "
@@ -224,6 +225,7 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             {"max_clients", 2, &cfg->max_clients, 1, 1 << 20},
             {"max_send_queue_bytes", 1, &cfg->max_send_queue_bytes, 4096, 1 << 30},
             {"status_interval_s", 0, &cfg->status_interval_s, 0, 3600},
+            {"auth_timeout_s", 0, &cfg->auth_timeout_s, 1, 3600},
         };
         int known = 0;
         for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
