@@ -128,6 +128,18 @@ static int pick_stream(svlm_server *srv, json_t *body, int has_images, char *out
     return 0;
 }
 
+/* Drops a UTF-8 sequence that a byte limit cut short at the end of s (JSON strings must be valid
+ * UTF-8: jansson refuses the whole reply otherwise). */
+static void trim_cut_utf8(char *s) {
+    size_t n = strlen(s), start = n;
+    while (start > 0 && n - start < 4 && ((unsigned char)s[start - 1] & 0xC0) == 0x80)
+        start--; /* back over continuation bytes to the lead byte */
+    if (start == 0) return;
+    const unsigned char lead = (unsigned char)s[start - 1];
+    const size_t want = lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+    if (start - 1 + want > n) s[start - 1] = 0;
+}
+
 static void sse_push(svlm_server *srv, srv_conn *c, json_t *obj) {
     (void)srv;
     char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
@@ -194,6 +206,7 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
              name[0]                 ? name
              : json_is_string(model) ? json_string_value(model)
                                      : "svlm");
+    trim_cut_utf8(c->ask_model);
     c->ask_stream_flag = json_is_true(stream);
     c->ask_max_tokens = mt && json_is_integer(mt) ? (int)json_integer_value(mt) : 256;
     svlm_backend_ask_req req = {

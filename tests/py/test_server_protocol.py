@@ -378,6 +378,19 @@ async def slow_reader(h):
     assert metrics(h)[("svlm_questions_active", frozenset())] == 0
 
 
+def long_model_name(h):
+    """A still image's reply echoes the client's model name, cut to 63 bytes: a cut through a
+    multi-byte character made the reply invalid JSON (only "[DONE]" came, or nothing)."""
+    img = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake bytes").decode()
+    for stream in (False, True):
+        body = {"model": "a" * 62 + "\u00e9", "stream": stream, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": img}}]}]}
+        st, _, out = http(h.base + "/v1/chat/completions", json.dumps(body).encode(),
+                          {"Content-Type": "application/json"})
+        text = out.decode()
+        assert st == 200 and "a" * 62 in text and "chat.completion" in text, (stream, st, text[:300])
+
+
 def curl_openai(h):
     curl = shutil.which("curl")
     q = "What do you see?"
@@ -481,6 +494,7 @@ def main():
         asyncio.run(protocol(h))
         asyncio.run(disconnect_mid_answer(h))
         curl_openai(h)
+        long_model_name(h)
         check_http(h)
         cli_ask(h)
     print("protocol ok (%.1f s)" % (time.time() - t0))
