@@ -82,7 +82,7 @@ typedef struct eng_watcher {
     char stream[SVLM_BACKEND_NAME_MAX];
     char *question;
     int cond_true;
-    double interval, next_due;
+    double interval, next_due, last_vt; /* last_vt: the stream's video time at the last evaluation */
     int max_tokens, in_flight, evaluated, last_yes;
     char *last_answer;
     svlm_backend_watch_cb cb;

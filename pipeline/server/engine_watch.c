@@ -33,6 +33,15 @@ static void maybe_queue(eng *e, eng_watcher *w) {
     eng_job *j = NULL;
     svlm_err err = {0};
     uint64_t id;
+    /* a stream's video time never goes back: when it does, the stream was closed and opened again
+     * under its name, and the watch starts over, its first answer an alert again (its next
+     * evaluation was due at the old stream's time: silence until the new one got there) */
+    if (w->evaluated && vt + 1.0 < w->last_vt) {
+        w->evaluated = 0;
+        w->last_yes = 0;
+        free(w->last_answer);
+        w->last_answer = NULL;
+    }
     /* the first evaluation waits for a frame in the context, not just one read */
     if (has_frame && m.frames_in > 0 && (!w->evaluated || vt >= w->next_due) && (j = calloc(1, sizeof *j))) {
         size_t n = strlen(w->question) + 1;
@@ -46,6 +55,7 @@ static void maybe_queue(eng *e, eng_watcher *w) {
             w->in_flight = 1;
             w->evaluated = 1;
             w->next_due = vt + w->interval;
+            w->last_vt = vt;
             return; /* the job holds the stream reference */
         }
         eng_job_free(j);

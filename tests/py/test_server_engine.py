@@ -215,6 +215,35 @@ async def watch(s):
         print("watch: alert %r at video time %.1f s" % (alert["answer"], alert["video_time"]))
 
 
+async def watch_reopened(s):
+    """A watch whose stream is closed and opened again under its name starts over: its first answer
+    on the new stream is an alert again (it waited for the old stream's next due time: ten minutes
+    here)."""
+    async with websockets.connect(s.ws_url) as ws:
+        await ws.send(json.dumps({"type": "open", "id": "ow", "stream": "camw", "uri": PATTERN, "fps": 1}))
+        m, _ = await until(ws, lambda m: m.get("id") == "ow", timeout=30)
+        assert m["type"] == "opened", m
+        wait_frames(s.base, "camw", 5)  # some seconds of video time before the first evaluation
+        await ws.send(json.dumps({"type": "watch", "id": "w2", "stream": "camw", "question": "Is anything moving?",
+                                  "condition": "change", "interval": 600, "max_tokens": 4}))
+        first, _ = await until(ws, lambda m: m["type"] == "alert" and m.get("id") == "w2", timeout=30)
+        await ws.send(json.dumps({"type": "close", "id": "cw", "stream": "camw"}))
+        m, _ = await until(ws, lambda m: m.get("id") == "cw", timeout=10)
+        assert m["type"] == "closed", m
+        await ws.send(json.dumps({"type": "open", "id": "ow2", "stream": "camw", "uri": PATTERN, "fps": 1}))
+        m, _ = await until(ws, lambda m: m.get("id") == "ow2", timeout=30)
+        assert m["type"] == "opened", m
+        # (a bound on the whole wait: status messages keep arriving meanwhile)
+        again, _ = await asyncio.wait_for(until(ws, lambda m: m["type"] == "alert" and m.get("id") == "w2"), 30)
+        assert again["video_time"] < first["video_time"], (first, again)
+        await ws.send(json.dumps({"type": "unwatch", "id": "w2"}))
+        await until(ws, lambda m: m["type"] == "unwatched", timeout=10)
+        await ws.send(json.dumps({"type": "close", "id": "cw2", "stream": "camw"}))
+        await until(ws, lambda m: m.get("id") == "cw2", timeout=10)
+    print("watch on a reopened stream: alerts at video time %.1f s, then %.1f s on the new stream"
+          % (first["video_time"], again["video_time"]))
+
+
 async def disconnect_mid_answer(s):
     def cancelled():
         m = parse_prometheus(http(s.base + "/metrics")[2].decode())
@@ -254,6 +283,7 @@ def main():
             asyncio.run(fifty_clients(s))
             openai(s, text, mmproj)
             asyncio.run(watch(s))
+            asyncio.run(watch_reopened(s))
             asyncio.run(open_options(s))
             cam = frozenset({("stream", "cam")})
             m = parse_prometheus(http(s.base + "/metrics")[2].decode())
