@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "pipeline/frame_queue.h"
 #include "pipeline/source_backend.h"
+#include "pipeline/timeline.h"
 
 #define PENDING_MAX 4
 
@@ -40,8 +41,7 @@ struct svlm_source {
     svlm_frame_queue queue;
 
     /* the timeline (producer side): keeps pts increasing across reconnects */
-    double pts_offset, last_pts, last_wall;
-    int have_last, new_session;
+    svlm_timeline timeline;
     int64_t corrupt_reported;
 
     int64_t delivered;
@@ -123,18 +123,9 @@ static int corrupt_event(svlm_source *s, svlm_source_item *item) {
 }
 
 static void place_on_timeline(svlm_source *s, svlm_frame *f) {
-    if (s->new_session && s->have_last) {
-        double gap = f->wall - s->last_wall;
-        s->pts_offset = s->last_pts + (gap > 0 ? gap : 0) - f->pts;
-    }
-    s->new_session = 0;
-    f->pts += s->pts_offset;
-    /* Some files carry timestamps that step back (box_printed_text_handheld.mp4 ends so):
-     * consumers get a timeline that never goes backwards. */
-    if (s->have_last && f->pts < s->last_pts) f->pts = s->last_pts;
-    s->last_pts = f->pts;
-    s->last_wall = f->wall;
-    s->have_last = 1;
+    /* (some files carry timestamps that step back at their end, box_printed_text_handheld.mp4 for
+     * one: consumers get a timeline that never goes backwards) */
+    f->pts = svlm_timeline_place(&s->timeline, f->pts, f->wall);
 }
 
 static svlm_status read_backend(svlm_source *s, svlm_frame *f, svlm_err *err) {
@@ -169,7 +160,7 @@ static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
             long long total = atomic_fetch_add(&s->reconnects, 1) + 1;
             push_event(s, SVLM_EVENT_RECONNECT, attempt, total, svlm_mono_now() - down_since, NULL);
             svlm_sampler_restart(&s->sampler);
-            s->new_session = 1;
+            svlm_timeline_new_session(&s->timeline);
             return SVLM_OK;
         }
         if (st == SVLM_E_CANCELLED) return svlm_fail(err, st, "source cancelled");
@@ -260,6 +251,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     /* The watchdog guards live sources; a replay may legitimately wait on its consumer. */
     svlm_ctl_init(&s->ctl, s->live ? opts.stall_timeout_s : 0);
     svlm_sampler_init(&s->sampler, opts.fps, s->live);
+    svlm_timeline_init(&s->timeline, s->live);
 
     st = open_backend(s, err);
     if (st == SVLM_OK && s->live) {

@@ -5,6 +5,7 @@
 
 #include "pipeline/frame_queue.h"
 #include "pipeline/source_backend.h"
+#include "pipeline/timeline.h"
 #include "test.h"
 
 static void test_uri(void) {
@@ -87,6 +88,36 @@ static void test_sampler(void) {
           "lead to the next kept frame");
     /* timestamps that restart (a wrapped stream) start the grid over */
     CHECK(svlm_sampler_take(&s, 0, 0), "restarted timeline keeps its first frame");
+}
+
+/* The timeline: continuous across a reconnect, re-anchored when a live clock jumps back, held at
+ * the last time for a recording's small steps back. */
+static void test_timeline(void) {
+    svlm_timeline t;
+    svlm_timeline_init(&t, 1);
+    double out = 0;
+    for (int i = 0; i < 50; i++) /* 5 s of a 10 fps camera */
+        out = svlm_timeline_place(&t, 100.0 + 0.1 * i, 1000.0 + 0.1 * i);
+    CHECK(fabs(out - 104.9) < 1e-9, "steady: %.3f", out);
+    /* the camera's encoder restarts: its clock is back at 2 s; the timeline goes on by the wall gap */
+    out = svlm_timeline_place(&t, 2.0, 1005.0);
+    CHECK(fabs(out - 105.0) < 1e-9, "a live clock 103 s back: %.3f (expected 105.0)", out);
+    out = svlm_timeline_place(&t, 2.1, 1005.1);
+    CHECK(fabs(out - 105.1) < 1e-9, "after the jump: %.3f", out);
+    /* jitter under the threshold is held, not re-anchored */
+    out = svlm_timeline_place(&t, 1.7, 1005.2);
+    CHECK(fabs(out - 105.1) < 1e-9, "0.4 s back: held at %.3f", out);
+    /* a reconnect: the new session's clock restarts at 0, 3 s of wall time later */
+    svlm_timeline_new_session(&t);
+    out = svlm_timeline_place(&t, 0.0, 1008.2);
+    CHECK(fabs(out - 108.1) < 1e-9, "after a reconnect: %.3f (expected 108.1)", out);
+    /* a recording holds every step back (its last frames may step back), and never jumps */
+    svlm_timeline_init(&t, 0);
+    svlm_timeline_place(&t, 10.0, 0.0);
+    out = svlm_timeline_place(&t, 4.0, 0.1);
+    CHECK(fabs(out - 10.0) < 1e-9, "a recording 6 s back: held at %.3f", out);
+    out = svlm_timeline_place(&t, 10.5, 0.2);
+    CHECK(fabs(out - 10.5) < 1e-9, "a recording after: %.3f", out);
 }
 
 static void test_output_size(void) {
@@ -217,6 +248,7 @@ static void test_pattern_source(void) {
 int test_main(void) {
     test_uri();
     test_sampler();
+    test_timeline();
     test_output_size();
     test_queue();
     test_pattern_source();
