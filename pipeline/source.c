@@ -155,11 +155,12 @@ static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
         double jitter = 0.75 + 0.5 * ((double)rand_r(&s->jitter_seed) / RAND_MAX);
         if (svlm_ctl_sleep(&s->ctl, delay * jitter))
             return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
+        /* before the open: a GStreamer pipeline samples on its own thread as soon as it runs */
+        svlm_sampler_restart(&s->sampler);
         svlm_status st = open_backend(s, &last);
         if (st == SVLM_OK) {
             long long total = atomic_fetch_add(&s->reconnects, 1) + 1;
             push_event(s, SVLM_EVENT_RECONNECT, attempt, total, svlm_mono_now() - down_since, NULL);
-            svlm_sampler_restart(&s->sampler);
             svlm_timeline_new_session(&s->timeline);
             return SVLM_OK;
         }
