@@ -27,7 +27,8 @@ typedef struct gst_ctx {
     svlm_source_opts opts;
     const svlm_uri *uri;
     int live;
-    GstClockTime first_pts; /* live: pts 0 is the first frame */
+    GstClockTime first_pts;  /* live: pts 0 is the first frame */
+    GstClockTime next_synth; /* the time given to the next buffer that comes without one */
 } gst_ctx;
 
 static void gst_close(void *ctx) {
@@ -66,6 +67,17 @@ static GstPadProbeReturn sample_probe(GstPad *pad, GstPadProbeInfo *info, gpoint
     if (GST_BUFFER_FLAG_IS_SET(buf, GST_BUFFER_FLAG_CORRUPTED)) {
         atomic_fetch_add(&c->ctl->corrupt, 1);
         return GST_PAD_PROBE_DROP;
+    }
+    if (!GST_CLOCK_TIME_IS_VALID(GST_BUFFER_PTS(buf))) {
+        /* an untimestamped source (multifilesrc of images without a frame rate, ...): every frame
+         * was at 0 s, and sampling by time kept the first only; the frames get consecutive times,
+         * their duration apart (40 ms without one), written into the buffer so that the frame
+         * read later carries the same time */
+        buf = gst_buffer_make_writable(buf);
+        GST_PAD_PROBE_INFO_DATA(info) = buf;
+        GST_BUFFER_PTS(buf) = c->next_synth;
+        const GstClockTime d = GST_BUFFER_DURATION(buf);
+        c->next_synth += GST_CLOCK_TIME_IS_VALID(d) && d > 0 ? d : 40 * GST_MSECOND;
     }
     GstEvent *ev = gst_pad_get_sticky_event(pad, GST_EVENT_SEGMENT, 0);
     const GstSegment *seg = NULL;

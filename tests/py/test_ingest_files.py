@@ -239,5 +239,15 @@ if "gst" in BACKENDS:
     if frames:
         w, h, rows = read_png(frames[0]["file"])
         check(w == 222 and rows[0] == rows[40], "width 222: rows 0 and 40 of the SMPTE bars differ (row padding mishandled)")
+    # images without timestamps (multifilesrc, no frame rate): consecutive times 40 ms apart, so
+    # sampling at 2 fps keeps 3 of 30 (with every frame at 0 s it kept the first only)
+    img_dir = os.path.join(T, "imgs")
+    os.makedirs(img_dir, exist_ok=True)
+    make_clip(os.path.join(img_dir, "img%d.png"), "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-frames:v", "30")
+    rc, frames, _, err = run_frames(f"gst:multifilesrc location={img_dir}/img%d.png start-index=1 stop-index=30 ! pngdec",
+                                    "--fps", "2")
+    pts = [f["pts"] for f in frames]
+    check(rc == 0 and len(frames) == 3 and pts == sorted(pts) and pts[-1] > 0.9,
+          f"untimestamped images: rc {rc}, pts {pts} (expected 3 frames over about 1 s) {err[:200]}")
 
 finish("ingest_files")
