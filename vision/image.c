@@ -8,13 +8,19 @@
 
 #include "common/err.h"
 
+svlm_status svlm_image_check_size(long long w, long long h, svlm_err *err) {
+    if (w <= 0 || h <= 0 || w > SVLM_IMAGE_MAX_SIDE || h > SVLM_IMAGE_MAX_SIDE ||
+        (size_t)w * (size_t)h > SVLM_IMAGE_MAX_PIXELS)
+        return svlm_fail(err, SVLM_E_LIMIT, "image size %lldx%lld is outside 1..%d per side / %zu pixels", w,
+                         h, SVLM_IMAGE_MAX_SIDE, SVLM_IMAGE_MAX_PIXELS);
+    return SVLM_OK;
+}
+
 svlm_status svlm_image_alloc(svlm_image *img, int w, int h, svlm_err *err) {
     img->w = img->h = 0;
     img->rgb = NULL;
-    if (w <= 0 || h <= 0 || w > SVLM_IMAGE_MAX_SIDE || h > SVLM_IMAGE_MAX_SIDE ||
-        (size_t)w * (size_t)h > SVLM_IMAGE_MAX_PIXELS)
-        return svlm_fail(err, SVLM_E_LIMIT, "image size %dx%d is outside 1..%d per side / %zu pixels", w, h,
-                         SVLM_IMAGE_MAX_SIDE, SVLM_IMAGE_MAX_PIXELS);
+    svlm_status st = svlm_image_check_size(w, h, err);
+    if (st) return st;
     img->rgb = malloc((size_t)w * (size_t)h * 3);
     if (!img->rgb) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %dx%d image", w, h);
     img->w = w;

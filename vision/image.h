@@ -33,6 +33,9 @@ typedef svlm_status (*svlm_image_decoder)(const char *path, svlm_image *out, svl
 svlm_status svlm_image_load(const char *path, svlm_image_decoder fallback, svlm_image *out, svlm_err *err);
 /* Decodes an in-memory PNG or PPM/PGM file (no fallback). */
 svlm_status svlm_image_decode_builtin(const uint8_t *data, size_t size, svlm_image *out, svlm_err *err);
+/* SVLM_E_LIMIT unless a w x h picture is within the limits: decoders check a header's size with it
+ * before they decode (a small file may declare a huge picture). */
+svlm_status svlm_image_check_size(long long w, long long h, svlm_err *err);
 /* Allocates an uninitialised w x h image after checking the size limits. */
 svlm_status svlm_image_alloc(svlm_image *img, int w, int h, svlm_err *err);
 void svlm_image_free(svlm_image *img);

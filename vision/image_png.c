@@ -123,6 +123,9 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
     }
     if (interlace) {
         free(z);
+        /* FFmpeg would decode it whatever its size: the limits first */
+        svlm_status st = svlm_image_check_size(w, h, err);
+        if (st) return st;
         return svlm_fail(err, SVLM_E_UNSUPPORTED,
                          "interlaced PNG needs FFmpeg (built-in decoder reads non-interlaced PNG)");
     }

@@ -92,7 +92,20 @@ svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err
     int rc = avformat_open_input(&fmt, path, NULL, &opts);
     av_dict_free(&opts);
     if (rc < 0) return av_fail(err, SVLM_E_UNSUPPORTED, "FFmpeg cannot open it as an image", rc);
-    if ((rc = avformat_find_stream_info(fmt, NULL)) < 0) {
+    /* the decoders that find_stream_info runs refuse pictures past the limit before decoding them
+     * (a small file may declare a huge one: a 137 KB interlaced PNG of 12000 x 12000 took 6.5 s) */
+    AVDictionary **sopts = calloc(fmt->nb_streams ? fmt->nb_streams : 1, sizeof *sopts);
+    if (!sopts) {
+        st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (unsigned i = 0; i < fmt->nb_streams; i++)
+        av_dict_set_int(&sopts[i], "max_pixels", (int64_t)SVLM_IMAGE_MAX_PIXELS, 0);
+    rc = avformat_find_stream_info(fmt, sopts);
+    for (unsigned i = 0; i < fmt->nb_streams; i++)
+        av_dict_free(&sopts[i]);
+    free(sopts);
+    if (rc < 0) {
         st = av_fail(err, SVLM_E_FORMAT, "FFmpeg cannot read it", rc);
         goto done;
     }
@@ -108,8 +121,12 @@ svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err
         st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
         goto done;
     }
-    avcodec_parameters_to_context(dec, fmt->streams[stream]->codecpar);
+    const AVCodecParameters *par = fmt->streams[stream]->codecpar;
+    if (par->width > 0 && par->height > 0 && (st = svlm_image_check_size(par->width, par->height, err)))
+        goto done;
+    avcodec_parameters_to_context(dec, par);
     dec->thread_count = 1;
+    dec->max_pixels = (int64_t)SVLM_IMAGE_MAX_PIXELS;
     if ((rc = avcodec_open2(dec, codec, NULL)) < 0) {
         st = av_fail(err, SVLM_E_UNSUPPORTED, "FFmpeg cannot open its decoder", rc);
         goto done;
