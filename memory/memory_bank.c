@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "memory/memory_internal.h"
@@ -188,6 +189,7 @@ svlm_status svlm_memory_create(const svlm_memory_opts *opts, svlm_memory **out, 
     svlm_memory *m = calloc(1, sizeof *m);
     if (!m) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory");
     pthread_mutex_init(&m->lock, NULL);
+    m->lock_fd = -1;
     m->opts = o;
     m->kdim = o.key_dim > 0 ? o.key_dim : o.dim;
     m->next_id = 1;
@@ -235,6 +237,7 @@ void svlm_memory_free(svlm_memory *m) {
     free_work(m);
     free(m->removed_ids);
     free(m->dir);
+    if (m->lock_fd >= 0) close(m->lock_fd); /* (releases the directory's lock) */
     pthread_mutex_destroy(&m->lock);
     free(m);
 }

@@ -86,7 +86,9 @@ struct svlm_memory {
     svlm_memory_load_report report;
     uint64_t *removed_ids; /* records to delete from dir after the next manifest */
     int n_removed, cap_removed;
-    int dirty; /* entries changed since the last manifest */
+    int dirty;       /* entries changed since the last manifest */
+    int lock_fd;     /* dir/LOCK, held (flock) while a writing bank has dir open; -1: none */
+    int other_width; /* records skipped for another model's width (no manifest to say so) */
 };
 
 /* memory_bank.c */

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,6 +65,9 @@ uint32_t mem_crc32(uint32_t crc, const void *data, size_t n) {
         crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
+
+/* The reason a record of another model's width is skipped (compared by address). */
+static const char OTHER_WIDTH[] = "token or key width differs from the bank's";
 
 /* ---- little helpers -------------------------------------------------------------------- */
 
@@ -139,9 +143,11 @@ static svlm_status write_atomic(const svlm_memory *m, const char *name, const vo
         }
         done += (size_t)w;
     }
-    if (fsync(fd) || close(fd)) {
+    /* both, whatever the first says (a failed fsync left the descriptor open, one per retry) */
+    const int synced = fsync(fd) == 0 ? 0 : errno, closed = close(fd) == 0 ? 0 : errno;
+    if (synced || closed) {
         unlink(tmp);
-        return svlm_fail(err, SVLM_E_IO, "memory: fsync %s: %s", tmp, strerror(errno));
+        return svlm_fail(err, SVLM_E_IO, "memory: fsync %s: %s", tmp, strerror(synced ? synced : closed));
     }
     if (rename(tmp, path)) {
         unlink(tmp);
@@ -253,7 +259,7 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
         return NULL;
     }
     if (dim != (uint32_t)m->opts.dim || key_dim != (uint32_t)m->kdim) {
-        *why = "token or key width differs from the bank's";
+        *why = OTHER_WIDTH;
         return NULL;
     }
     if ((tier != SVLM_MEMORY_MID && tier != SVLM_MEMORY_EVENT) || n_tokens < 1 || n_tokens > (1u << 20) ||
@@ -323,6 +329,10 @@ static void load_record(svlm_memory *m, const char *name, uint64_t id, int has_l
                 e = NULL;
                 break;
             }
+    }
+    if (!e && why == OTHER_WIDTH && !has_listed_crc) { /* no manifest: another model's bank, left alone */
+        m->other_width++;
+        return;
     }
     if (!e || mem_insert(m, e, NULL)) {
         m->report.rejected++;
@@ -467,6 +477,19 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
     if (stat(m->dir, &sb) || !S_ISDIR(sb.st_mode))
         return svlm_fail(err, SVLM_E_IO, "memory: %s is not a directory", m->dir);
     char path[4096];
+    if (!m->opts.read_only) {
+        /* one writer a directory: two handed out the same ids and overwrote each other's records,
+         * and each deleted the other's files as orphans when it opened (readers take no lock) */
+        path_of(m, path, sizeof path, "LOCK");
+        m->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (m->lock_fd < 0)
+            return svlm_fail(err, SVLM_E_IO, "memory: cannot open %s: %s", path, strerror(errno));
+        if (flock(m->lock_fd, LOCK_EX | LOCK_NB))
+            return svlm_fail(err, SVLM_E_IO,
+                             "memory: %s is in use by another svlm (it holds %s); give each stream "
+                             "and server a directory of its own",
+                             m->dir, path);
+    }
     path_of(m, path, sizeof path, "MANIFEST");
     const char *why = NULL;
     size_t n = 0;
@@ -494,6 +517,14 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
     } else {
         if (!(p == NULL && !strcmp(why, "missing"))) note(m, "MANIFEST: %s%s", why, "");
         scan_dir(m, 0);
+        if (m->other_width) { /* as with a manifest that says so: refused, nothing touched */
+            free(p);
+            return svlm_fail(err, SVLM_E_INVALID,
+                             "memory: %s holds %d record%s of another width than this stream's (dim %d, "
+                             "key_dim %d): another model's bank",
+                             m->dir, m->other_width, m->other_width == 1 ? "" : "s", m->opts.dim,
+                             m->opts.key_dim);
+        }
         if (p == NULL && !strcmp(why, "missing") && m->report.loaded + m->report.rejected == 0)
             m->report.manifest_ok = 1; /* a new, empty directory */
         else if (p == NULL && !strcmp(why, "missing"))

@@ -231,6 +231,28 @@ int test_main(void) {
     o.dim = DIM * 2;
     o.dir = dir;
     CHECK(svlm_memory_create(&o, &m, &err) == SVLM_E_INVALID && strstr(err.msg, "dim"), "%s", err.msg);
+    /* ... without its manifest too, and nothing is touched: every record had been set aside as
+     * corrupt and an empty manifest written, so the bank's own model then found it gone */
+    snprintf(path, sizeof path, "%s/MANIFEST", dir);
+    REQUIRE(unlink(path) == 0, "remove the manifest");
+    CHECK(svlm_memory_create(&o, &m, &err) == SVLM_E_INVALID && strstr(err.msg, "another model"),
+          "another width, no manifest: %s", err.msg);
+    m = open_bank(dir, &r);
+    CHECK(r.loaded == before->n - 2, "its own model after that: %d of %d loaded, %s", r.loaded, before->n - 2,
+          r.detail);
+
+    /* one writer a directory: a second one is refused while the first holds it, a reader is not */
+    svlm_memory *second = NULL;
+    o.dim = DIM;
+    CHECK(svlm_memory_create(&o, &second, &err) == SVLM_E_IO && strstr(err.msg, "in use"),
+          "a second writer: %s", err.msg);
+    o.read_only = 1;
+    CHECK(svlm_memory_create(&o, &second, &err) == SVLM_OK, "a reader beside the writer: %s", err.msg);
+    svlm_memory_free(second);
+    o.read_only = 0;
+    svlm_memory_free(m);
+    CHECK(svlm_memory_create(&o, &second, &err) == SVLM_OK, "a writer once the first is gone: %s", err.msg);
+    svlm_memory_free(second);
 
     /* at the far end of time: every clip a stream near 1e12 s writes reloads (a clip ends a
      * frame's interval after its last frame; the loader refuses times beyond 1e12), and a time
