@@ -104,7 +104,8 @@ svlm_status mem_insert(svlm_memory *m, mem_entry *e, svlm_err *err) {
     return SVLM_OK;
 }
 
-void mem_remove(svlm_memory *m, int i) {
+/* Takes entry i out of the table; the caller owns it. */
+static mem_entry *take_entry(svlm_memory *m, int i) {
     mem_entry *e = m->entries[i];
     size_t b = mem_entry_bytes(m, e);
     m->entry_bytes -= b;
@@ -112,20 +113,37 @@ void mem_remove(svlm_memory *m, int i) {
     m->st.tier_bytes[e->tier] -= b;
     memmove(m->entries + i, m->entries + i + 1, (size_t)(m->n_entries - i - 1) * sizeof *m->entries);
     m->n_entries--;
-    if (e->persisted && m->dir) {
-        if (m->n_removed == m->cap_removed) {
-            int cap = m->cap_removed ? m->cap_removed * 2 : 16;
-            uint64_t *p = realloc(m->removed_ids, (size_t)cap * sizeof *p);
-            if (p) {
-                m->removed_ids = p;
-                m->cap_removed = cap;
-            }
+    return e;
+}
+
+/* A persisted entry's record is deleted once the next manifest no longer lists it. */
+static void retire_record(svlm_memory *m, const mem_entry *e) {
+    if (!e->persisted || !m->dir) return;
+    if (m->n_removed == m->cap_removed) {
+        int cap = m->cap_removed ? m->cap_removed * 2 : 16;
+        uint64_t *p = realloc(m->removed_ids, (size_t)cap * sizeof *p);
+        if (p) {
+            m->removed_ids = p;
+            m->cap_removed = cap;
         }
-        /* Without room the record stays on disk until the next load drops it (not in MANIFEST). */
-        if (m->n_removed < m->cap_removed) m->removed_ids[m->n_removed++] = e->id;
-        m->dirty = 1;
     }
+    /* Without room the record stays on disk until the next load drops it (not in MANIFEST). */
+    if (m->n_removed < m->cap_removed) m->removed_ids[m->n_removed++] = e->id;
+    m->dirty = 1;
+}
+
+void mem_remove(svlm_memory *m, int i) {
+    mem_entry *e = take_entry(m, i);
+    retire_record(m, e);
     mem_entry_free(e);
+}
+
+svlm_status mem_renew(svlm_memory *m, int i, svlm_err *err) {
+    mem_entry *e = take_entry(m, i);
+    retire_record(m, e);
+    e->id = 0;
+    e->persisted = 0;
+    return mem_insert(m, e, err);
 }
 
 svlm_status mem_refresh_keys(svlm_memory *m, mem_entry *e) {

@@ -76,10 +76,10 @@ static int shrink_event(svlm_memory *m) {
     size_t after = mem_entry_bytes(m, e);
     m->entry_bytes -= before - after;
     m->st.tier_bytes[SVLM_MEMORY_EVENT] -= before - after;
-    e->persisted = 0;
-    m->dirty = 1;
     m->st.shrinks++;
-    return 1;
+    /* a new id: the record rewritten under the old one replaced it before the manifest that
+     * lists the new checksum, and a failed manifest write then lost the event on the next open */
+    return mem_renew(m, i, NULL) ? -1 : 1;
 }
 
 static size_t event_cap(const svlm_memory *m) {

@@ -99,6 +99,10 @@ void mem_entry_free(mem_entry *e);
 svlm_status mem_insert(svlm_memory *m, mem_entry *e, svlm_err *err);
 /* Removes entry i and frees it (remembering its record for deletion). */
 void mem_remove(svlm_memory *m, int i);
+/* Entry i changed: it gets a new id, so a save written under it never replaces the record the
+ * current manifest lists (a save that fails before its manifest leaves the old state whole);
+ * the old record goes with the next manifest. Fails only for memory or ids (the entry is lost). */
+svlm_status mem_renew(svlm_memory *m, int i, svlm_err *err);
 /* Re-derives the keys from the tokens (key_dim == 0) after tokens changed. */
 svlm_status mem_refresh_keys(svlm_memory *m, mem_entry *e);
 
