@@ -10,7 +10,8 @@ pattern sampled at 1 frame per second:
 - a watch pushes an alert (condition "change": the first answer counts), and unwatch stops it;
 - a client that disconnects in the middle of an answer has it cancelled, and its stream then
   closes at once (no reference to it is left behind); the live source keeps flowing in meanwhile
-  (that deliberate overload may drop its oldest waiting frames in a slow sanitizer build)."""
+  (with the extra streams and that deliberate overload a slow sanitizer build may drop its
+  oldest waiting frames: no drops is checked while only the two streams run)."""
 import asyncio
 import base64
 import json
@@ -285,19 +286,20 @@ def main():
             asyncio.run(watch(s))
             asyncio.run(watch_reopened(s))
             asyncio.run(open_options(s))
+            # no drops is checked where only cam and cam2 run (ws_questions, fifty_clients); the
+            # phases since add streams (camw, cam3 at 2 fps) and the disconnect case five long
+            # answers at once, on purpose: a slow build (TSan on two cores, 0.37 s a frame) falls
+            # behind the live sources then, and dropping the oldest waiting frame is the intended
+            # behaviour; what must hold is that the source keeps flowing in
             cam = frozenset({("stream", "cam")})
             m = parse_prometheus(http(s.base + "/metrics")[2].decode())
-            assert m[("svlm_frames_dropped_total", cam)] == 0, m
-            frames_before_overload = m[("svlm_frames_in_total", cam)]
-            # five long answers at once on purpose: a slow build (TSan on two cores) may fall behind
-            # the live source then, and dropping its oldest waiting frame is the intended behaviour;
-            # what must hold is that the source keeps flowing in
+            frames_before_overload, drops_before = m[("svlm_frames_in_total", cam)], m[("svlm_frames_dropped_total", cam)]
             asyncio.run(disconnect_mid_answer(s))
             wait_frames(s.base, "cam", int(frames_before_overload) + 1)
             m = parse_prometheus(http(s.base + "/metrics")[2].decode())
             assert m[("svlm_frames_in_total", cam)] > frames_before_overload >= 3, m
-            print("overload: %d of cam's frames dropped while five long answers ran"
-                  % m[("svlm_frames_dropped_total", cam)])
+            print("extra streams and an overload: %d of cam's frames dropped before the five long answers, %d after"
+                  % (drops_before, m[("svlm_frames_dropped_total", cam)]))
             # the backend that computes: the CPU here, whose buffers are host memory (no device gauge)
             info = [k for k in m if k[0] == "svlm_compute_info"]
             assert len(info) == 1 and dict(info[0][1])["gpu"] == "0" and \
