@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "llm/unicode.h"
 #include "pipeline/server/server_internal.h"
 
 #define MAX_IMAGES 4
@@ -135,9 +136,7 @@ static void trim_cut_utf8(char *s) {
     while (start > 0 && n - start < 4 && ((unsigned char)s[start - 1] & 0xC0) == 0x80)
         start--; /* back over continuation bytes to the lead byte */
     if (start == 0) return;
-    const unsigned char lead = (unsigned char)s[start - 1];
-    const size_t want = lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
-    if (start - 1 + want > n) s[start - 1] = 0;
+    if (start - 1 + svlm_utf8_lead_len((unsigned char)s[start - 1]) > n) s[start - 1] = 0;
 }
 
 static void sse_push(svlm_server *srv, srv_conn *c, json_t *obj) {
