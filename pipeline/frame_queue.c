@@ -58,9 +58,62 @@ static void drop_oldest_frame(svlm_frame_queue *q) {
     q->dropped_total++;
 }
 
+/* b, a newer event of a's kind, absorbs a: the counts add up (a reconnect's downtime too); the
+ * total (a running total), the detail and the other seconds are b's own. */
+static void merge_event(svlm_source_event *b, const svlm_source_event *a) {
+    b->count += a->count;
+    if (b->kind == SVLM_EVENT_RECONNECT) b->seconds += a->seconds;
+}
+
+/* The newest queued event; caller holds the lock. */
+static svlm_queue_node *last_event(svlm_frame_queue *q) {
+    svlm_queue_node *last = NULL;
+    for (svlm_queue_node *n = q->head; n; n = n->next)
+        if (n->item.kind == SVLM_ITEM_EVENT) last = n;
+    return last;
+}
+
+static void unlink_node(svlm_frame_queue *q, svlm_queue_node *prev, svlm_queue_node *n) {
+    if (prev)
+        prev->next = n->next;
+    else
+        q->head = n->next;
+    if (q->tail == n) q->tail = prev;
+}
+
+/* Over the cap: the oldest event whose kind comes again later is merged into the next one of its
+ * kind (the cap is above the number of kinds, so there is one); caller holds the lock. */
+static void merge_oldest_event(svlm_frame_queue *q) {
+    for (svlm_queue_node *prev = NULL, *n = q->head; n; prev = n, n = n->next) {
+        if (n->item.kind != SVLM_ITEM_EVENT) continue;
+        svlm_queue_node *later = n->next;
+        while (later && (later->item.kind != SVLM_ITEM_EVENT || later->item.event.kind != n->item.event.kind))
+            later = later->next;
+        if (!later) continue;
+        merge_event(&later->item.event, &n->item.event);
+        unlink_node(q, prev, n);
+        free(n);
+        q->events--;
+        q->events_merged++;
+        return;
+    }
+}
+
 int svlm_frame_queue_push(svlm_frame_queue *q, svlm_source_item *item) {
     svlm_queue_node *n = malloc(sizeof *n);
     pthread_mutex_lock(&q->lock);
+    svlm_queue_node *last = item->kind == SVLM_ITEM_EVENT ? last_event(q) : NULL;
+    if (last && last->item.event.kind == item->event.kind) { /* the same kind again: merged */
+        svlm_source_event newer = item->event;
+        merge_event(&newer, &last->item.event);
+        last->item.event = newer;
+        q->events_merged++;
+        pthread_cond_signal(&q->ready);
+        pthread_mutex_unlock(&q->lock);
+        free(n);
+        memset(item, 0, sizeof *item);
+        return 0;
+    }
     if (!n) {
         if (item->kind == SVLM_ITEM_FRAME) {
             svlm_frame_release(&item->frame);
@@ -75,6 +128,9 @@ int svlm_frame_queue_push(svlm_frame_queue *q, svlm_source_item *item) {
     if (item->kind == SVLM_ITEM_FRAME) {
         if (q->frames >= q->capacity) drop_oldest_frame(q);
         q->frames++;
+    } else {
+        if (q->events >= SVLM_QUEUE_MAX_EVENTS) merge_oldest_event(q);
+        q->events++;
     }
     if (q->tail)
         q->tail->next = n;
@@ -118,7 +174,10 @@ svlm_status svlm_frame_queue_pop(svlm_frame_queue *q, svlm_source_item *item, at
             svlm_queue_node *n = q->head;
             q->head = n->next;
             if (!q->head) q->tail = NULL;
-            if (n->item.kind == SVLM_ITEM_FRAME) q->frames--;
+            if (n->item.kind == SVLM_ITEM_FRAME)
+                q->frames--;
+            else
+                q->events--;
             *item = n->item;
             free(n);
             break;
@@ -146,4 +205,11 @@ int64_t svlm_frame_queue_dropped(svlm_frame_queue *q) {
     int64_t d = q->dropped_total;
     pthread_mutex_unlock(&q->lock);
     return d;
+}
+
+void svlm_frame_queue_event_counts(svlm_frame_queue *q, int *waiting, int64_t *merged) {
+    pthread_mutex_lock(&q->lock);
+    if (waiting) *waiting = q->events;
+    if (merged) *merged = q->events_merged;
+    pthread_mutex_unlock(&q->lock);
 }

@@ -1,7 +1,13 @@
 /*
  * The bounded queue between a live source's reader thread and its consumer. Pushing never
  * blocks: when `capacity` frames are waiting, the oldest frame is dropped (and counted).
- * Events and the final status are never dropped. One producer, one consumer.
+ * Events are bounded too, so that a camera failing (or sending damaged data) for days beside a
+ * consumer that reads nothing cannot grow it: an event of the same kind as the last queued event
+ * is merged into it (counts added, the newer total, detail and downtime), and beyond
+ * SVLM_QUEUE_MAX_EVENTS waiting events the oldest one whose kind comes again later is merged into
+ * that later one (counted in events_merged). What merging keeps exact: each kind's running total
+ * (the newest event's), the sum of the counts, and the order of the kinds' first waiting events.
+ * The final status is never dropped. One producer, one consumer.
  */
 #ifndef SVLM_PIPELINE_FRAME_QUEUE_H
 #define SVLM_PIPELINE_FRAME_QUEUE_H
@@ -13,11 +19,16 @@
 
 typedef struct svlm_queue_node svlm_queue_node;
 
+/* More than the kinds of event there are, so that some kind always comes twice beyond it. */
+#define SVLM_QUEUE_MAX_EVENTS 16
+
 typedef struct svlm_frame_queue {
     pthread_mutex_t lock;
     pthread_cond_t ready;
     svlm_queue_node *head, *tail;
     int frames, capacity;
+    int events;            /* events waiting (at most SVLM_QUEUE_MAX_EVENTS) */
+    int64_t events_merged; /* events merged into another one instead of being queued on their own */
     int64_t dropped_pending, dropped_total;
     int closed; /* the producer finished: final status below */
     svlm_status final_status;
@@ -41,5 +52,7 @@ svlm_status svlm_frame_queue_pop(svlm_frame_queue *q, svlm_source_item *item, at
                                  svlm_err *err);
 
 int64_t svlm_frame_queue_dropped(svlm_frame_queue *q);
+/* Events waiting now, and events merged so far. */
+void svlm_frame_queue_event_counts(svlm_frame_queue *q, int *waiting, int64_t *merged);
 
 #endif

@@ -25,7 +25,11 @@
  *   - svlm_source_next() blocks until a frame or an event is ready: for replay it decodes in
  *     the caller's thread (paced to real time when opts.pace is REALTIME); for live sources a
  *     reader thread decodes into a bounded queue that drops the oldest frame when the consumer
- *     lags (reported as a DROP event), so the network is never stalled by the consumer.
+ *     lags (reported as a DROP event), so the network is never stalled by the consumer. Its
+ *     events are bounded too: one of the same kind as the last waiting event is merged into it
+ *     (counts added; total, detail and seconds the newer ones, a reconnect's downtime added), and
+ *     beyond a few waiting events the oldest whose kind comes again is merged into that later one,
+ *     so a consumer that reads late gets every total and the sum of every count.
  *
  * Ownership: a frame returned by svlm_source_next() belongs to the caller, which releases
  * it with svlm_frame_release() (it may keep it as long as it likes, on any thread).

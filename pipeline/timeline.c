@@ -25,3 +25,28 @@ double svlm_timeline_place(svlm_timeline *t, double pts, double wall) {
     t->have_last = 1;
     return out;
 }
+
+void svlm_frame_clock_init(svlm_frame_clock *c, int replay) {
+    memset(c, 0, sizeof *c);
+    c->replay = replay;
+}
+
+int svlm_frame_clock_stalled(const svlm_frame_clock *c, int has_ts, int64_t ts, double t) {
+    if (!c->replay || !has_ts || !c->have_last) return 0;
+    if (c->synth) return t <= c->last;
+    return (c->last_had_ts && ts == c->last_ts) || t < c->last - SVLM_TIMELINE_JUMP_S;
+}
+
+double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double t, double step) {
+    const int stalled = svlm_frame_clock_stalled(c, has_ts, ts, t);
+    double out = t;
+    if (!has_ts || stalled) out = c->have_last ? c->last + step : 0;
+    c->replaced += stalled;
+    /* a frame without a timestamp neither starts nor ends the replacing */
+    if (has_ts) c->synth = stalled;
+    c->last_ts = ts;
+    c->last_had_ts = has_ts;
+    c->last = out;
+    c->have_last = 1;
+    return out;
+}

@@ -9,6 +9,8 @@
 #ifndef SVLM_PIPELINE_TIMELINE_H
 #define SVLM_PIPELINE_TIMELINE_H
 
+#include <stdint.h>
+
 #define SVLM_TIMELINE_JUMP_S 1.0
 
 typedef struct svlm_timeline {
@@ -23,5 +25,31 @@ void svlm_timeline_new_session(svlm_timeline *t);
 /* The timeline's time of a frame with this pts (seconds, the source's clock) that arrived at wall
  * (seconds, a monotonic clock). */
 double svlm_timeline_place(svlm_timeline *t, double pts, double wall);
+
+/*
+ * A backend's clock, before sampling: a frame's own timestamp, or a synthesized one (the previous
+ * frame's time plus a frame) where it has none, or — for a recording — where its timestamps do not
+ * advance: the same timestamp as the previous frame's (every pts 0, a pts stuck at one value), one
+ * more than SVLM_TIMELINE_JUMP_S before it (timestamps that restart), or, once synthesizing, one
+ * that has not yet passed the synthesized time. A recording's smaller step back is left as it is
+ * (the timeline holds it). Live sources only get their missing timestamps synthesized: their clock
+ * jumps are the timeline's to handle.
+ */
+typedef struct svlm_frame_clock {
+    int replay;
+    int have_last;
+    double last;     /* the previous frame's time, seconds */
+    int64_t last_ts; /* its own timestamp (valid when last_had_ts) */
+    int last_had_ts;
+    int synth;        /* the previous frame's time was synthesized in place of its own */
+    int64_t replaced; /* frames whose own (non-advancing) timestamp was replaced */
+} svlm_frame_clock;
+
+void svlm_frame_clock_init(svlm_frame_clock *c, int replay);
+/* Whether a frame with this timestamp (has_ts: it has one; ts: its own units; t: in seconds) would
+ * get a synthesized time because its timestamp does not advance. */
+int svlm_frame_clock_stalled(const svlm_frame_clock *c, int has_ts, int64_t ts, double t);
+/* The time of the next frame in seconds; step: a frame's duration, for synthesized times. */
+double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double t, double step);
 
 #endif

@@ -1,6 +1,7 @@
 /* Ingest pieces that need no media library: URI parsing, sampling, output size, the
  * drop-oldest queue, and the built-in pattern source through the public API. */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "pipeline/frame_queue.h"
@@ -120,6 +121,56 @@ static void test_timeline(void) {
     CHECK(fabs(out - 10.5) < 1e-9, "a recording after: %.3f", out);
 }
 
+/* The backend's clock (before sampling): a recording whose timestamps stop advancing gets its
+ * frames timed by the frame rate; a small step back is left to the timeline; live clocks are
+ * left alone except where a timestamp is missing. Timestamps in milliseconds here. */
+static void test_frame_clock(void) {
+    svlm_frame_clock c;
+    svlm_frame_clock_init(&c, 1);
+    int ok = 1;
+    for (int i = 0; i < 5000; i++) /* every pts 0 */
+        ok &= fabs(svlm_frame_clock_next(&c, 1, 0, 0.0, 0.1) - 0.1 * i) < 1e-6;
+    CHECK(ok && c.replaced == 4999, "all-zero pts: frames 0.1 s apart (%lld replaced)",
+          (long long)c.replaced);
+
+    svlm_frame_clock_init(&c, 1);
+    double out = 0;
+    for (int i = 0; i < 10; i++) /* 0.0 .. 0.9 s, then stuck at 0.9 s for 10 frames */
+        out = svlm_frame_clock_next(&c, 1, 100 * i, 0.1 * i, 0.1);
+    CHECK(fabs(out - 0.9) < 1e-9 && c.replaced == 0, "advancing pts are kept: %g", out);
+    CHECK(svlm_frame_clock_stalled(&c, 1, 900, 0.9) && !svlm_frame_clock_stalled(&c, 1, 1000, 1.0) &&
+              !svlm_frame_clock_stalled(&c, 0, 0, 0),
+          "a packet at the same pts is stalled, a later one or one without pts is not");
+    for (int i = 0; i < 10; i++)
+        out = svlm_frame_clock_next(&c, 1, 900, 0.9, 0.1);
+    CHECK(fabs(out - 1.9) < 1e-9 && c.replaced == 10, "stuck at 0.9 s: the 10th repeat at %g", out);
+    out = svlm_frame_clock_next(&c, 1, 1500, 1.5, 0.1);
+    CHECK(fabs(out - 2.0) < 1e-9, "the file's clock resumes behind the synthesized time: %g", out);
+    out = svlm_frame_clock_next(&c, 1, 2500, 2.5, 0.1);
+    CHECK(fabs(out - 2.5) < 1e-9 && !c.synth, "and is used again once past it: %g", out);
+
+    /* a recording's last frame a frame back (box_printed_text_handheld.mp4): left to the timeline */
+    out = svlm_frame_clock_next(&c, 1, 2467, 2.467, 0.1);
+    CHECK(fabs(out - 2.467) < 1e-9 && c.replaced == 11, "a small step back is kept: %g", out);
+    /* timestamps that restart from 0 (two recordings joined) */
+    svlm_frame_clock_init(&c, 1);
+    svlm_frame_clock_next(&c, 1, 10000, 10.0, 0.04);
+    out = svlm_frame_clock_next(&c, 1, 0, 0.0, 0.04);
+    double out2 = svlm_frame_clock_next(&c, 1, 40, 0.04, 0.04);
+    CHECK(fabs(out - 10.04) < 1e-9 && fabs(out2 - 10.08) < 1e-9, "restarted pts continue: %g %g", out, out2);
+
+    /* missing timestamps: synthesized for live and replay alike, from 0 */
+    svlm_frame_clock_init(&c, 0);
+    out = svlm_frame_clock_next(&c, 0, 0, 0, 0.04);
+    out2 = svlm_frame_clock_next(&c, 0, 0, 0, 0.04);
+    CHECK(out == 0 && fabs(out2 - 0.04) < 1e-9, "missing pts: %g %g", out, out2);
+    /* a live clock that repeats or jumps back is the timeline's business */
+    out = svlm_frame_clock_next(&c, 1, 5, 5.0, 0.04);
+    out2 = svlm_frame_clock_next(&c, 1, 5, 5.0, 0.04);
+    double out3 = svlm_frame_clock_next(&c, 1, 1, 1.0, 0.04);
+    CHECK(out == 5.0 && out2 == 5.0 && out3 == 1.0 && c.replaced == 0, "live: %g %g %g", out, out2, out3);
+}
+
 static void test_output_size(void) {
     svlm_source_opts o;
     svlm_source_opts_default(&o);
@@ -187,6 +238,114 @@ static void test_queue(void) {
     svlm_frame_queue_destroy(&q);
 }
 
+static void push_event(svlm_frame_queue *q, svlm_source_event_kind kind, int64_t count, int64_t total,
+                       double seconds) {
+    svlm_source_item it;
+    memset(&it, 0, sizeof it);
+    it.kind = SVLM_ITEM_EVENT;
+    it.event.kind = kind;
+    it.event.count = count;
+    it.event.total = total;
+    it.event.seconds = seconds;
+    snprintf(it.event.detail, sizeof it.event.detail, "event %lld", (long long)total);
+    svlm_frame_queue_push(q, &it);
+}
+
+/* A camera that fails, reconnects and sends damaged data for days beside a consumer that reads
+ * nothing: the waiting events stay bounded, and what the consumer reads at last adds up exactly. */
+static void test_queue_events_bounded(void) {
+    svlm_frame_queue q;
+    REQUIRE(svlm_frame_queue_init(&q, 4) == SVLM_OK, "queue init");
+    int64_t corrupt = 0, reconnects = 0, attempts = 0, frames = 0, pushed = 0;
+    double downtime = 0;
+    int max_events = 0, ok = 1;
+    for (int i = 0; i < 200000; i++) {
+        if (i % 3 == 0) { /* damaged packets, reported as they are found */
+            corrupt += 1 + i % 5;
+            push_event(&q, SVLM_EVENT_CORRUPT, 1 + i % 5, corrupt, 0), pushed++;
+        }
+        if (i % 7 == 0) { /* the stream is lost and comes back */
+            push_event(&q, SVLM_EVENT_STALL, 0, 0, 5), pushed++;
+            push_event(&q, SVLM_EVENT_DISCONNECT, 0, reconnects, 0), pushed++;
+            attempts += 1 + i % 4;
+            downtime += 0.25;
+            push_event(&q, SVLM_EVENT_RECONNECT, 1 + i % 4, ++reconnects, 0.25), pushed++;
+        }
+        if (i % 2 == 0) {
+            svlm_source_item it = frame_item(i);
+            svlm_frame_queue_push(&q, &it);
+            frames++;
+        }
+        int waiting = 0;
+        svlm_frame_queue_event_counts(&q, &waiting, NULL);
+        if (waiting > max_events) max_events = waiting;
+        ok &= q.frames <= 4;
+    }
+    CHECK(ok && max_events <= SVLM_QUEUE_MAX_EVENTS,
+          "%lld events, %lld frames pushed: at most %d events waiting", (long long)pushed, (long long)frames,
+          max_events);
+    int waiting = 0;
+    int64_t merged = 0;
+    svlm_frame_queue_event_counts(&q, &waiting, &merged);
+    svlm_frame_queue_finish(&q, SVLM_E_END, NULL);
+    /* the consumer reads everything at last */
+    int64_t got_corrupt = 0, last_corrupt_total = -1, got_attempts = 0, last_reconnect_total = -1, popped = 0;
+    int64_t got_frames = 0, drop_count = 0, drop_total = 0;
+    double got_downtime = 0;
+    svlm_source_item out;
+    svlm_err err;
+    atomic_int cancel = 0;
+    while (svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK) {
+        if (out.kind == SVLM_ITEM_FRAME) {
+            got_frames++;
+            svlm_frame_release(&out.frame);
+            continue;
+        }
+        if (out.event.kind == SVLM_EVENT_DROP) {
+            drop_count += out.event.count;
+            drop_total = out.event.total;
+            continue;
+        }
+        popped++;
+        if (out.event.kind == SVLM_EVENT_CORRUPT) {
+            got_corrupt += out.event.count;
+            CHECK(out.event.total > last_corrupt_total, "corrupt totals rise");
+            last_corrupt_total = out.event.total;
+        } else if (out.event.kind == SVLM_EVENT_RECONNECT) {
+            got_attempts += out.event.count;
+            got_downtime += out.event.seconds;
+            last_reconnect_total = out.event.total;
+        }
+    }
+    CHECK(popped == waiting && popped + merged == pushed, "%lld events read + %lld merged = %lld pushed",
+          (long long)popped, (long long)merged, (long long)pushed);
+    CHECK(got_corrupt == corrupt && last_corrupt_total == corrupt,
+          "corrupt: counts add up to %lld (total %lld), %lld", (long long)got_corrupt,
+          (long long)last_corrupt_total, (long long)corrupt);
+    CHECK(last_reconnect_total == reconnects && got_attempts == attempts &&
+              fabs(got_downtime - downtime) < 1e-6,
+          "reconnects: total %lld of %lld, attempts %lld of %lld, downtime %g of %g",
+          (long long)last_reconnect_total, (long long)reconnects, (long long)got_attempts,
+          (long long)attempts, got_downtime, downtime);
+    CHECK(got_frames == 4 && drop_count == frames - 4 && drop_total == frames - 4 &&
+              svlm_frame_queue_dropped(&q) == frames - 4,
+          "frames: %lld kept, %lld dropped", (long long)got_frames, (long long)drop_count);
+    svlm_frame_queue_destroy(&q);
+
+    /* the same kind again and again is one waiting event */
+    REQUIRE(svlm_frame_queue_init(&q, 2) == SVLM_OK, "queue init");
+    for (int i = 1; i <= 10000; i++)
+        push_event(&q, SVLM_EVENT_CORRUPT, 1, i, 0);
+    svlm_frame_queue_event_counts(&q, &waiting, &merged);
+    CHECK(waiting == 1 && merged == 9999, "10000 corrupt events: %d waiting", waiting);
+    CHECK(svlm_frame_queue_pop(&q, &out, &cancel, &err) == SVLM_OK && out.kind == SVLM_ITEM_EVENT &&
+              out.event.count == 10000 && out.event.total == 10000 &&
+              !strcmp(out.event.detail, "event 10000"),
+          "merged: count %lld total %lld detail '%s'", (long long)out.event.count, (long long)out.event.total,
+          out.event.detail);
+    svlm_frame_queue_destroy(&q);
+}
+
 static void test_pattern_source(void) {
     svlm_source_opts o;
     svlm_source_opts_default(&o);
@@ -249,8 +408,10 @@ int test_main(void) {
     test_uri();
     test_sampler();
     test_timeline();
+    test_frame_clock();
     test_output_size();
     test_queue();
+    test_queue_events_bounded();
     test_pattern_source();
     return 0;
 }

@@ -11,7 +11,7 @@ static int interrupt_cb(void *opaque) {
 }
 
 /* Strips "user:pass@" so that passwords never reach messages. */
-static void redact(const char *url, char *out, size_t n) {
+void svlm_ff_redact(const char *url, char *out, size_t n) {
     const char *scheme_end = strstr(url, "://");
     const char *at = scheme_end ? strchr(scheme_end + 3, '@') : NULL;
     const char *slash = scheme_end ? strchr(scheme_end + 3, '/') : NULL;
@@ -24,7 +24,7 @@ static void redact(const char *url, char *out, size_t n) {
 svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char *target) {
     char msg[AV_ERROR_MAX_STRING_SIZE] = {0}, safe[512];
     av_strerror(averr, msg, sizeof msg);
-    redact(target, safe, sizeof safe);
+    svlm_ff_redact(target, safe, sizeof safe);
     if (averr == AVERROR_EXIT) return svlm_fail(err, SVLM_E_CANCELLED, "%s %s: interrupted", what, safe);
     if (averr == AVERROR(ENOENT)) return svlm_fail(err, SVLM_E_IO, "%s %s: no such file", what, safe);
     if (averr == AVERROR(ECONNREFUSED))

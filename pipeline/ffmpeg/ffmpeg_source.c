@@ -14,6 +14,7 @@
 
 #include "common/err.h"
 #include "pipeline/ffmpeg/ffmpeg_input.h"
+#include "pipeline/timeline.h"
 
 typedef struct ff_ctx {
     AVFormatContext *fmt;
@@ -28,9 +29,11 @@ typedef struct ff_ctx {
     svlm_ingest_ctl *ctl;
     svlm_sampler *sampler;
     svlm_source_opts opts;
-    int64_t base_ts;  /* stream timestamp of pts 0 */
-    double frame_dur; /* seconds, from the stream's frame rate */
-    double last_pts;
+    int64_t base_ts;        /* stream timestamp of pts 0 */
+    double frame_dur;       /* seconds, from the stream's frame rate */
+    int rate_known;         /* frame_dur comes from a plausible frame rate of the stream */
+    double prev_dur;        /* the previous frame's own duration in seconds (0: unknown) */
+    svlm_frame_clock clock; /* synthesizes missing and (replay) non-advancing timestamps */
     int draining;
     int bad_reads; /* consecutive unreadable packets */
 } ff_ctx;
@@ -84,6 +87,8 @@ static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
 
     AVRational fr = c->st->avg_frame_rate.num ? c->st->avg_frame_rate : c->st->r_frame_rate;
     c->frame_dur = fr.num > 0 && fr.den > 0 ? av_q2d(av_inv_q(fr)) : 1.0 / 25;
+    /* (a rate far above any camera's is a guess from the time base, e.g. 1000 for Matroska) */
+    c->rate_known = fr.num > 0 && fr.den > 0 && av_q2d(fr) <= 500;
     /* Live streams start mid-way: their first frame is pts 0. */
     c->base_ts = c->opts.live ? AV_NOPTS_VALUE : c->st->start_time;
     return SVLM_OK;
@@ -96,7 +101,7 @@ static svlm_status ff_open(void **out, const svlm_backend_args *a, svlm_err *err
     c->ctl = a->ctl;
     c->sampler = a->sampler;
     c->opts = *a->opts;
-    c->last_pts = -1;
+    svlm_frame_clock_init(&c->clock, !c->opts.live);
     svlm_status st = svlm_ff_open_input(&c->fmt, a, err);
     if (st == SVLM_OK) st = open_decoder(c, err);
     if (st == SVLM_OK && (!(c->pkt = av_packet_alloc()) || !(c->frame = av_frame_alloc())))
@@ -110,9 +115,44 @@ static svlm_status ff_open(void **out, const svlm_backend_args *a, svlm_err *err
 }
 
 static double ts_seconds(ff_ctx *c, int64_t ts) {
-    if (ts == AV_NOPTS_VALUE) return c->last_pts < 0 ? 0 : c->last_pts + c->frame_dur;
     if (c->base_ts == AV_NOPTS_VALUE) c->base_ts = ts; /* no declared start: the first frame is 0 */
     return (double)(ts - c->base_ts) * av_q2d(c->st->time_base);
+}
+
+/* A synthesized frame's duration: from the stream's frame rate, else the previous frame's own
+ * duration, else 25 fps. */
+static double synth_step(const ff_ctx *c) {
+    return c->rate_known ? c->frame_dur : c->prev_dur > 0 && c->prev_dur <= 10 ? c->prev_dur : 1.0 / 25;
+}
+
+static double frame_duration(const ff_ctx *c, const AVFrame *f) {
+#if LIBAVUTIL_VERSION_INT >= AV_VERSION_INT(57, 30, 100)
+    int64_t d = f->duration;
+#else
+    int64_t d = f->pkt_duration;
+#endif
+    return d > 0 ? (double)d * av_q2d(c->st->time_base) : 0;
+}
+
+/* A frame's time: its own timestamp, or a synthesized one where it has none or (a recording) where
+ * the timestamps stop advancing: said once, so that a file of all-zero timestamps is not a mystery. */
+static double frame_time(ff_ctx *c, const AVFrame *f) {
+    const int64_t ts = f->best_effort_timestamp;
+    const int has_ts = ts != AV_NOPTS_VALUE;
+    const double t = has_ts ? ts_seconds(c, ts) : 0;
+    const int64_t replaced = c->clock.replaced;
+    const double step = synth_step(c);
+    const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step);
+    if (!replaced && c->clock.replaced) {
+        char safe[512];
+        svlm_ff_redact(c->uri->target, safe, sizeof safe);
+        fprintf(stderr,
+                "svlm: %s: timestamps do not advance (a frame at %.3f s after one at %.3f s): timing such "
+                "frames by the frame rate instead, %.4g s a frame\n",
+                safe, t, out - step, step);
+    }
+    c->prev_dur = frame_duration(c, f);
+    return out;
 }
 
 /* Skip non-reference frames while the next kept frame is more than a few frames (plus the
@@ -124,6 +164,12 @@ static void choose_skip(ff_ctx *c, const AVPacket *pkt) {
     }
     double pts = (double)(pkt->pts - (c->base_ts == AV_NOPTS_VALUE ? pkt->pts : c->base_ts)) *
                  av_q2d(c->st->time_base);
+    /* A packet whose timestamp does not advance gets its time from the frame count: every frame
+     * must be decoded for that count. */
+    if (svlm_frame_clock_stalled(&c->clock, 1, pkt->pts, pts)) {
+        c->dec->skip_frame = AVDISCARD_DEFAULT;
+        return;
+    }
     double margin = 4 * c->frame_dur + 0.1;
     c->dec->skip_frame =
         svlm_sampler_lead(c->sampler, pts, svlm_wall_now()) > margin ? AVDISCARD_NONREF : AVDISCARD_DEFAULT;
@@ -164,9 +210,8 @@ static int on_frame(ff_ctx *c, svlm_frame *out, svlm_status *st, svlm_err *err) 
         av_frame_unref(f);
         return 0;
     }
-    double pts = ts_seconds(c, f->best_effort_timestamp);
+    double pts = frame_time(c, f);
     double wall = svlm_wall_now();
-    c->last_pts = pts;
     int keep = svlm_sampler_take(c->sampler, pts, wall);
     if (keep) {
         *st = convert(c, f, out, err);

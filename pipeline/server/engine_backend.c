@@ -103,8 +103,8 @@ static void *reader(void *arg) {
             for (int64_t i = 0; ev->kind == SVLM_EVENT_DROP && i < ev->count; i++)
                 svlm_stream_note_drop(s->stream);
             pthread_mutex_lock(&e->lock);
-            if (ev->kind == SVLM_EVENT_RECONNECT)
-                s->reconnects++, snprintf(s->state, sizeof s->state, "running");
+            if (ev->kind == SVLM_EVENT_RECONNECT) /* the source's running count: merged events count too */
+                s->reconnects = ev->total, snprintf(s->state, sizeof s->state, "running");
             else if (ev->kind == SVLM_EVENT_STALL)
                 snprintf(s->state, sizeof s->state, "stalled");
             else if (ev->kind == SVLM_EVENT_DISCONNECT)

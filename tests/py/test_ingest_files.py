@@ -158,6 +158,34 @@ if "ffmpeg" in BACKENDS:
     corrupt = [e for e in events if e["event"] == "corrupt"]
     check(corrupt and len(frames) < 150, f"flipped.mp4/ffmpeg: expected skipped corrupt frames, got {len(frames)} frames, {corrupt[:2]}")
 
+# ---- timestamps that never advance (FFmpeg): timed by the frame rate, said once on stderr -------
+# Matroska keeps what the setts filter writes: every pts 0 (MJPEG, H.264 with B-frames), or a pts
+# stuck at 1 s from the 11th frame on (10 fps for 4 s, time base 1 ms).
+if "ffmpeg" in BACKENDS:
+    SRC = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=4"]
+    STUCK = {
+        "zero_mjpeg.mkv": ["-c:v", "mjpeg", "-bsf:v", "setts=pts=0:dts=0"],
+        "zero_h264.mkv": ["-c:v", "libx264", "-bf", "2", "-bsf:v", "setts=pts=0:dts=0"],
+        "stuck_1s.mkv": ["-c:v", "mjpeg", "-bsf:v", "setts=pts=min(PTS\\,1000):dts=min(DTS\\,1000)"],
+    }
+    for fname, enc in STUCK.items():
+        path = make_clip(os.path.join(T, fname), *SRC, *enc)
+        rc, frames, events, err = run_frames(path, "--backend", "ffmpeg", "--fps", "0", "--max-edge", "48")
+        tag = f"{fname}/ffmpeg"
+        pts = [f["pts"] for f in frames]
+        check(rc == 0 and len(frames) == 40, f"{tag}: rc {rc}, {len(frames)} frames {err[:200]}")
+        check(all(abs(p - i / 10) < 1e-3 for i, p in enumerate(pts)), f"{tag}: pts {pts[:12]} not 0.1 s apart")
+        check(err.count("timestamps do not advance") == 1, f"{tag}: expected one notice on stderr, got {err[:300]!r}")
+        rc, frames, events, err = run_frames(path, "--backend", "ffmpeg", "--fps", "1", "--max-edge", "48")
+        pts = [f["pts"] for f in frames]
+        check(rc == 0 and len(pts) == 4 and all(abs(p - i) < 1e-3 for i, p in enumerate(pts)),
+              f"{tag} 1 fps: pts {pts}, expected 0, 1, 2, 3")
+        stats = [e for e in events if e["event"] == "stats"]
+        check(stats and stats[-1]["decoded"] == 40, f"{tag} 1 fps: every frame decoded (time by count): {stats}")
+    # the clips above with their timestamps intact say nothing
+    rc, frames, events, err = run_frames(CLIPS["h264"][0], "--backend", "ffmpeg", "--fps", "1")
+    check(rc == 0 and "timestamps do not advance" not in err, f"h264/ffmpeg: a notice for a valid clip: {err[:200]!r}")
+
 # ---- clear errors ---------------------------------------------------------------------------
 unk = os.path.join(T, "unknown_codec.avi")
 make_clip(unk, "-f", "lavfi", "-i", "testsrc=size=64x48:rate=5:duration=1", "-c:v", "mpeg4", "-f", "avi")
