@@ -59,6 +59,9 @@ def main():
                (["-m", model, "--mmproj", model, "--listen", "nonsense"], b"HOST:PORT"),
                (["-m", model, "--mmproj", model, "--listen", "0.0.0.0:0"], b"token"),
                (["-m", model, "--mmproj", model, "--source", "noequals"], b"NAME=URI"),
+               (["-m", model, "--mmproj", model, "--live"], b"--live applies to the --source before it"),
+               (["-m", model, "--mmproj", model, "--replay", "--source", "a=pattern:"], b"--replay applies"),
+               (["-m", model, "--mmproj", model, "--source", "a=pattern:", "--live", "--replay"], b"already"),
                (["-m", model, "--mmproj", model, "--bogus"], b"unknown option"),
                (["-m", model, "--mmproj", model, "--backend", "tpu"], b"--backend expects"),
                (["-m", model, "--mmproj", model, "--answer-threads", "0"], b"--answer-threads"),
@@ -83,7 +86,10 @@ def main():
                               ({"stc": {"stc": "maybe"}}, b"on or off"), ({"stc": 1}, b"'stc'"),
                               ({"memory": {"budget_mib": "x"}}, b"memory.budget_mib"),
                               ({"memory": {"on": 1}}, b"memory.on"), ({"stream": {"bogus": 1}}, b"stream.bogus"),
-                              ({"stream": {"frames_window": 0.5}}, b"stream.frames_window")]:
+                              ({"stream": {"frames_window": 0.5}}, b"stream.frames_window"),
+                              ({"sources": {"a": {"uri": "pattern:", "live": "yes"}}}, b"sources.a.live"),
+                              ({"sources": {"a": {"live": True}}}, b"sources.a must be"),
+                              ({"sources": {"a": 5}}, b"sources.a must be")]:
             open(cfg, "w").write(json.dumps(section))
             r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg], capture_output=True)
             assert r.returncode == 2 and what in r.stderr, (section, r)
@@ -131,6 +137,24 @@ def main():
             assert "generating" not in log, log
             streams = json.loads(http(base + "/v1/streams")[2])["streams"]
             assert [s["stream"] for s in streams] == ["demo"], streams
+        finally:
+            p.send_signal(signal.SIGINT)
+            rc = p.wait(timeout=30)
+            p.stderr.close()
+        assert rc == 0, rc
+        # --live / --replay after a --source, and "live" in the config's sources, override the URI's
+        # kind (a pattern is live when its URI says "live"): /v1/streams shows each stream's
+        cfg3 = os.path.join(tmp, "c3.json")
+        pat = "pattern:size=64x48,rate=2,duration=0"
+        open(cfg3, "w").write(json.dumps({"sources": {"door": {"uri": pat, "live": True},
+                                                      "yard": {"uri": pat + ",live", "live": False}}}))
+        p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--listen", "127.0.0.1:0", "--no-memory",
+                                    "--source", "cam=" + pat, "--live", "--source", "rec=" + pat + ",live",
+                                    "--replay", "--source", "auto=" + pat + ",live", "--config", cfg3])
+        try:
+            streams = json.loads(http(base + "/v1/streams")[2])["streams"]
+            live = {s["stream"]: s["live"] for s in streams}
+            assert live == {"cam": True, "rec": False, "auto": True, "door": True, "yard": False}, streams
         finally:
             p.send_signal(signal.SIGINT)
             rc = p.wait(timeout=30)

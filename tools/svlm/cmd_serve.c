@@ -50,9 +50,14 @@ static void usage(FILE *f) {
             "                        usable); default $SVLM_BACKEND, else cpu. Without a usable GPU,\n"
             "                        cuda runs on the CPU. null computes nothing (answers are meaningless)\n"
             "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
+            "  --live | --replay     after a --source: that source is a camera (stall watchdog, reconnects,\n"
+            "                        the oldest waiting frame dropped when behind) or a recording. Default\n"
+            "                        from the URI: RTSP, webcams and unfinished HLS playlists are live, so\n"
+            "                        an MJPEG or MPEG-TS camera over http(s):// needs --live\n"
             "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
             "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
-            "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"sources\": {NAME: URI},\n"
+            "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"sources\": {NAME: URI or\n"
+            "                        {\"uri\": URI, \"live\": true|false}},\n"
             "                        \"max_message_bytes\", \"max_messages_per_s\", "
             "\"max_questions_per_client\",\n"
             "                        \"max_questions_total\", \"max_watches_per_client\", \"max_streams\",\n"
@@ -94,6 +99,7 @@ static int read_token(const char *path, svlm_server_config *cfg) {
 typedef struct source_arg {
     char name[SVLM_BACKEND_NAME_MAX];
     char uri[1024];
+    int live; /* -1: from the URI (--live: 1, --replay: 0) */
 } source_arg;
 
 static int add_source(source_arg *src, int *n, const char *name, size_t name_len, const char *uri) {
@@ -102,7 +108,51 @@ static int add_source(source_arg *src, int *n, const char *name, size_t name_len
         return fprintf(stderr, "svlm serve: --source expects NAME=URI\n"), -1;
     snprintf(src[*n].name, sizeof src[*n].name, "%.*s", (int)name_len, name);
     snprintf(src[*n].uri, sizeof src[*n].uri, "%s", uri);
+    src[*n].live = -1;
     (*n)++;
+    return 0;
+}
+
+/* --live / --replay: the kind of the --source given last on the command line (last: its index). */
+static int set_source_live(source_arg *src, int last, const char *flag) {
+    if (last < 0)
+        return fprintf(stderr, "svlm serve: %s applies to the --source before it (--source NAME=URI %s)\n",
+                       flag, flag),
+               -1;
+    if (src[last].live >= 0)
+        return fprintf(stderr, "svlm serve: --source %s has --live or --replay already\n", src[last].name),
+               -1;
+    src[last].live = !strcmp(flag, "--live");
+    return 0;
+}
+
+/* "sources": {NAME: URI or {"uri": URI, "live": bool}} */
+static int config_source(const char *path, const char *name, json_t *v, source_arg *src, int *n_src) {
+    const char *uri = json_is_string(v) ? json_string_value(v) : NULL;
+    json_t *live = NULL;
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *x;
+        json_object_foreach(v, key, x) {
+            if (!strcmp(key, "uri") && json_is_string(x))
+                uri = json_string_value(x);
+            else if (!strcmp(key, "live") && json_is_boolean(x))
+                live = x;
+            else
+                return fprintf(stderr,
+                               "svlm serve: %s: sources.%s.%s: unknown key or wrong type (uri: string, "
+                               "live: true or false)\n",
+                               path, name, key),
+                       -1;
+        }
+    }
+    if (!uri)
+        return fprintf(stderr,
+                       "svlm serve: %s: sources.%s must be a URI string or {\"uri\": URI, \"live\": bool}\n",
+                       path, name),
+               -1;
+    if (add_source(src, n_src, name, strlen(name), uri)) return -1;
+    if (live) src[*n_src - 1].live = json_is_true(live);
     return 0;
 }
 
@@ -259,14 +309,9 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             rc = config_stream(path, v, sf, answer_threads);
         else if (!strcmp(key, "sources") && json_is_object(v)) {
             const char *name;
-            json_t *uri;
-            json_object_foreach(v, name, uri) {
-                if (!json_is_string(uri)) {
-                    rc = (fprintf(stderr, "svlm serve: %s: sources.%s must be a URI string\n", path, name),
-                          -1);
-                    break;
-                }
-                if ((rc = add_source(src, n_src, name, strlen(name), json_string_value(uri)))) break;
+            json_t *one;
+            json_object_foreach(v, name, one) {
+                if ((rc = config_source(path, name, one, src, n_src))) break;
             }
         } else
             rc = (fprintf(stderr, "svlm serve: %s: unknown key or wrong type: '%s'\n", path, key), -1);
@@ -299,7 +344,7 @@ int cmd_serve(int argc, char **argv) {
     svlm_server_config_default(&cfg);
     const char *model = NULL, *mmproj = NULL, *cache_dir = NULL;
     static source_arg src[MAX_SOURCES];
-    int n_src = 0, demo = 0;
+    int n_src = 0, demo = 0, last_source = -1; /* last_source: the last --source, for --live */
     svlm_engine_backend_opts eo;
     svlm_engine_backend_opts_default(&eo);
     stream_flags sf;
@@ -347,6 +392,9 @@ int cmd_serve(int argc, char **argv) {
                 fprintf(stderr, "svlm serve: --source expects NAME=URI, got '%s'\n", v);
                 return 2;
             }
+            last_source = n_src - 1;
+        } else if (!strcmp(argv[i], "--live") || !strcmp(argv[i], "--replay")) {
+            if (set_source_live(src, last_source, argv[i])) return 2;
         } else if (!strcmp(argv[i], "--listen")) {
             if (!(v = cli_value(argc, argv, &i)) || parse_listen(v, &cfg)) return 2;
         } else if (!strcmp(argv[i], "--token-file")) {
@@ -417,7 +465,9 @@ int cmd_serve(int argc, char **argv) {
         return 1;
     }
     for (int i = 0; i < n_src; i++) {
-        svlm_backend_open_req req = {src[i].name, src[i].uri, 0, NULL};
+        /* the websocket open's own option (pipeline/server/engine_options.c) */
+        const char *options = src[i].live < 0 ? NULL : src[i].live ? "{\"live\":true}" : "{\"live\":false}";
+        svlm_backend_open_req req = {src[i].name, src[i].uri, 0, options};
         if (be.open_stream(be.ctx, &req, &err) != SVLM_OK) {
             fprintf(stderr, "svlm serve: --source %s=%s: %s\n", src[i].name, src[i].uri, err.msg);
             svlm_engine_backend_destroy(eb);
