@@ -282,15 +282,14 @@ __device__ const float *block_activations(const float *x, const float *nw, float
     return xs;
 }
 
-/* parts warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. */
+/* matvec_kernel's work for block index vb (a persistent kernel passes its virtual blocks): parts
+ * warps per row r of y (n rows of `rows`); ACC adds to y (the residual) instead of storing. Every
+ * thread of the block calls it (sum_parts has a barrier). */
 template <int T, bool ACC, int NMAX, bool AH>
-__global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
-                              int n, float *y, int parts, int flags, bool pdl) {
+__device__ __forceinline__ void matvec_rows(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols,
+                                            const float *x, int n, float *y, int parts, int flags, unsigned vb) {
     const row_split rs = split_of(parts);
-    const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
-    if (pdl && r < rows) pdl_prefetch_warp(w + r * row_bytes, row_bytes, rs.part, parts);
-    pdl_wait(); /* x and y: the kernel before (cuda_pdl.cuh) */
-    pdl_launch_dependents();
+    const int64_t r = (int64_t)vb * (kWarpsPerBlock / parts) + rs.slot;
     float acc[NMAX], tot[NMAX];
     if (r < rows) /* (no return before sum_parts' barrier) */
         row_dots<T, NMAX, AH>(w + r * row_bytes, cols, x, n, acc, rs.part, parts, flags);
@@ -302,6 +301,17 @@ __global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, 
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
         if (i < n) y[i * rows + r] = ACC ? y[i * rows + r] + tot[i] : tot[i];
+}
+
+template <int T, bool ACC, int NMAX, bool AH>
+__global__ void matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x,
+                              int n, float *y, int parts, int flags, bool pdl) {
+    const row_split rs = split_of(parts);
+    const int64_t r = (int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot;
+    if (pdl && r < rows) pdl_prefetch_warp(w + r * row_bytes, row_bytes, rs.part, parts);
+    pdl_wait(); /* x and y: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    matvec_rows<T, ACC, NMAX, AH>(w, row_bytes, rows, cols, x, n, y, parts, flags, blockIdx.x);
 }
 
 /* Which of set's weights global row *r of their concatenation is in (set.n: none); *r becomes the
@@ -374,7 +384,24 @@ __global__ void matvec_multi_kernel(svlm_cu_matvec_set set, int64_t cols, const 
 }
 
 /* The feed-forward's head: gate[i][r] = silu(x_i . Wg_r) (x_i . Wu_r), one warp per row r of both
- * weights; NORM: RMSNorm of x first. silu as svlm_cu_silu_mul computes it. */
+ * weights, for block index vb, from the activations xa (normalised already, if they are to be).
+ * silu as svlm_cu_silu_mul computes it. Every thread of the block calls it. */
+template <int T, int NMAX, bool AH>
+__device__ __forceinline__ void swiglu_rows(const uint8_t *wg, const uint8_t *wu, size_t row_bytes,
+                                            int64_t rows, int64_t cols, const float *xa, int n, float *gate,
+                                            int parts, int flags, unsigned vb) {
+    const row_split rs = split_of(parts);
+    const int64_t r = (int64_t)vb * (kWarpsPerBlock / parts) + rs.slot;
+    float gt[NMAX], ut[NMAX];
+    const int64_t ro = r < rows ? r * (int64_t)row_bytes : 0; /* (rows past the weight: not read) */
+    two_row_sums<T, NMAX, AH>(rs, r < rows, wg + ro, wu + ro, cols, xa, n, flags, gt, ut);
+    if (r >= rows || rs.part || threadIdx.x % 32) return;
+#pragma unroll
+    for (int i = 0; i < NMAX; i++)
+        if (i < n) gate[i * rows + r] = gt[i] / (1.0f + expf(-gt[i])) * ut[i];
+}
+
+/* swiglu_rows as a kernel; NORM: RMSNorm of x first. */
 template <int T, bool NORM, int NMAX, bool AH>
 __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_bytes, int64_t rows,
                               int64_t cols, const float *x, int n, const float *nw, float eps, float *gate,
@@ -389,13 +416,7 @@ __global__ void swiglu_kernel(const uint8_t *wg, const uint8_t *wu, size_t row_b
     pdl_wait(); /* x and gate: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
-    float gt[NMAX], ut[NMAX];
-    const int64_t ro = r < rows ? r * (int64_t)row_bytes : 0; /* (rows past the weight: not read) */
-    two_row_sums<T, NMAX, AH>(rs, r < rows, wg + ro, wu + ro, cols, xa, n, flags, gt, ut);
-    if (r >= rows || rs.part || threadIdx.x % 32) return;
-#pragma unroll
-    for (int i = 0; i < NMAX; i++)
-        if (i < n) gate[i * rows + r] = gt[i] / (1.0f + expf(-gt[i])) * ut[i];
+    swiglu_rows<T, NMAX, AH>(wg, wu, row_bytes, rows, cols, xa, n, gate, parts, flags, blockIdx.x);
 }
 
 /* One row's two stored neighbours (a rotation pair) into a cache row, f16 or f32. */
@@ -409,24 +430,38 @@ __device__ __forceinline__ void store_pair(void *row, int64_t c, float a, float 
     }
 }
 
-/* svlm_cu_matvec_qkv_rope: the warps of a block slot take two neighbouring rows of the concatenated
- * q | k | v (a rotation pair), each warp its part of both, as swiglu_kernel takes a gate and an up
- * row; each row sums exactly as in matvec_multi_kernel. The first part's lanes then do
- * rope_store_kernel's work on the pair, lane i for activation row i, operation for operation: q
- * rotated; a key pair kept as it came, rounded through f16 (round), rotated and stored; a value
- * pair kept, rounded and stored. */
-template <int T, bool NORM, int NMAX, bool AH>
-__global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n, const float *nw,
-                                float eps, svlm_cu_rope_pairs rp, int parts, int flags, bool pdl) {
-    extern __shared__ float xs[];
-    const row_split rs = split_of(parts);
-    int64_t r = 2 * ((int64_t)blockIdx.x * (kWarpsPerBlock / parts) + rs.slot); /* the pair's first row */
-    const int wi = weight_of(set, &r);
-    const uint8_t *w = wi < set.n ? static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes : nullptr;
-    if (pdl && w) pdl_prefetch_warp(w, 2 * set.row_bytes, rs.part, parts);
-    pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
-    pdl_launch_dependents();
-    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
+/* svlm_cu_matvec_qkv_rope's work for block index vb, from the activations xa (normalised already,
+ * if they are to be): the warps of a block slot
+ * take two neighbouring rows of the concatenated q | k | v (a rotation pair), each warp its part of
+ * both, as swiglu_rows takes a gate and an up row; each row sums exactly as in
+ * matvec_multi_kernel. The first part's lanes then do rope_store_kernel's work on the pair, lane i
+ * for activation row i, operation for operation: q rotated; a key pair kept as it came, rounded
+ * through f16 (round), rotated and stored; a value pair kept, rounded and stored. Every thread of
+ * the block calls it. */
+/* Block vb's rotation pair for this warp: its first row r within weight wi of set, and that row
+ * (nullptr past the weights). */
+struct qkv_pair {
+    row_split rs;
+    int64_t r;
+    int wi;
+    const uint8_t *w;
+};
+__device__ __forceinline__ qkv_pair qkv_pair_of(const svlm_cu_matvec_set &set, int parts, unsigned vb) {
+    qkv_pair p;
+    p.rs = split_of(parts);
+    p.r = 2 * ((int64_t)vb * (kWarpsPerBlock / parts) + p.rs.slot);
+    p.wi = weight_of(set, &p.r);
+    p.w = p.wi < set.n ? static_cast<const uint8_t *>(set.w[p.wi]) + p.r * set.row_bytes : nullptr;
+    return p;
+}
+
+template <int T, int NMAX, bool AH>
+__device__ __forceinline__ void qkv_rope_rows(const svlm_cu_matvec_set &set, const qkv_pair &p, int64_t cols,
+                                              const float *xa, int n, const svlm_cu_rope_pairs &rp, int flags) {
+    const row_split &rs = p.rs;
+    const int64_t r = p.r;
+    const int wi = p.wi;
+    const uint8_t *w = p.w;
     float at[NMAX], bt[NMAX];
     two_row_sums<T, NMAX, AH>(rs, w != nullptr, w, w ? w + set.row_bytes : w, cols, xa, n, flags, at, bt);
     /* every lane of the first part's warp holds every row's sums: lane i takes row i */
@@ -467,6 +502,19 @@ __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const floa
     } else {
         store_pair(rp.dsts[i], r, y0, y1, rp.f16_cache);
     }
+}
+
+/* qkv_rope_rows as a kernel; NORM: RMSNorm of x first. */
+template <int T, bool NORM, int NMAX, bool AH>
+__global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const float *x, int n, const float *nw,
+                                float eps, svlm_cu_rope_pairs rp, int parts, int flags, bool pdl) {
+    extern __shared__ float xs[];
+    const qkv_pair p = qkv_pair_of(set, parts, blockIdx.x);
+    if (pdl && p.w) pdl_prefetch_warp(p.w, 2 * set.row_bytes, p.rs.part, parts);
+    pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
+    pdl_launch_dependents();
+    const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
+    qkv_rope_rows<T, NMAX, AH>(set, p, cols, xa, n, rp, flags);
 }
 
 __device__ __forceinline__ uint16_t to_bf16(float f) {
