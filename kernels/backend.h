@@ -67,6 +67,8 @@ typedef struct backend_ops {
     void (*rmsnorm_qkv_rope_store)(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                                    const svlm_weight *const *ws, int64_t n, float *q, float *kx, float *vx,
                                    const svlm_rope_store_args *r);
+    /* NULL: none (svlm_k_decode_layers returns 0); check: only whether it takes these arguments */
+    int (*decode_layers)(svlm_kernels *k, const svlm_decode_layers_args *a, int check);
     void (*im2col)(svlm_kernels *k, float *dst, const float *pixels, int b, int S, int p, int round);
     void (*patch_embed)(svlm_kernels *k, const svlm_weight *w, const float *pixels, int b, int S, int p,
                         float *patches, float *y);                  /* NULL: im2col, then matmul */

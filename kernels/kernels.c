@@ -167,7 +167,8 @@ enum {
     OP_IM2COL,
     OP_KV_SHIFT,
     OP_NORM_QKV_ROPE,
-    OP_ARGMAX
+    OP_ARGMAX,
+    OP_DECODE_LAYERS
 };
 
 void svlm_k_replay_begin(svlm_kernels *k, const void *owner, uint64_t shape) {
@@ -543,6 +544,36 @@ void svlm_k_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float 
         if (skip) return;
     }
     k->ops->rmsnorm_qkv_rope_store(k, x, norm_w, eps, h, ws, n, q, kx, vx, r);
+}
+
+int svlm_k_decode_layers(svlm_kernels *k, const svlm_decode_layers_args *a) {
+    if (a->n_layer <= 0 || !k->ops->decode_layers || !k->ops->decode_layers(k, a, 1)) return 0;
+    if (k->replay_mode) {
+        int skip = noted(k, OP_DECODE_LAYERS);
+        const void *ptrs[] = {a->x, a->h, a->q, a->kx, a->vx, a->att, a->gate, a->up, a->rope.pos};
+        for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
+            note_p(k, ptrs[i]);
+        note_u(k, (uint64_t)a->n_layer);
+        note_f(k, a->eps);
+        const int64_t ints[] = {a->rope.n_head, a->rope.n_kv_head, a->rope.head_dim, a->rope.n_rot,
+                                a->rope.neox,   a->rope.kv_type,   a->rope.round};
+        for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+            note_u(k, (uint64_t)ints[i]);
+        note_f(k, a->rope.base);
+        note_attn(k, &a->attn);
+        for (int l = 0; l < a->n_layer; l++) {
+            const svlm_decode_layer *L = &a->layers[l];
+            const void *lp[] = {L->attn_norm, L->ffn_norm, L->dsts, L->att, L->keep};
+            for (size_t i = 0; i < sizeof lp / sizeof lp[0]; i++)
+                note_p(k, lp[i]);
+            const svlm_weight *ws[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+                note_w(k, ws[i]);
+        }
+        if (skip) return 1;
+    }
+    k->ops->decode_layers(k, a, 0);
+    return 1;
 }
 
 void svlm_k_rope_store(svlm_kernels *k, float *q, float *kx, float *vx, int64_t n, int n_head, int n_kv_head,

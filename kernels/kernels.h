@@ -242,6 +242,35 @@ void svlm_k_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float 
                                    const svlm_weight *const *ws, int64_t n, float *q, float *kx, float *vx,
                                    const svlm_rope_store_args *r);
 
+/* One layer of a one-row decode step, for svlm_k_decode_layers. */
+typedef struct svlm_decode_layer {
+    const float *attn_norm, *ffn_norm;
+    const svlm_weight *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+    void *const *dsts;         /* the row's key and value rows (svlm_rope_store_args.dsts) */
+    const svlm_attn_item *att; /* the row's attention in this layer: one item, kernels' side, its q and
+                                  out the step's q and att */
+    float *keep;               /* svlm_rope_store_args.keep */
+} svlm_decode_layer;
+/* The step: its layers (host memory, read at the call), the one-row activations, and the
+ * arguments every layer shares (rope's dsts and keep, and attn's q, k, v, out and lengths, are
+ * ignored: they come from the layers). */
+typedef struct svlm_decode_layers_args {
+    int n_layer;
+    const svlm_decode_layer *layers;
+    float *x, *h, *q, *kx, *vx, *att, *gate, *up;
+    float eps;
+    svlm_rope_store_args rope;
+    svlm_attn_args attn;
+} svlm_decode_layers_args;
+/* Every layer of a decode step of one row as one op where the backend has one: per layer
+ * svlm_k_rmsnorm_qkv_rope_store, svlm_k_attention_items (att), svlm_k_matmul_add of Wo on att
+ * into x, svlm_k_rmsnorm_swiglu into gate, svlm_k_matmul_add of W_down on gate into x, with the
+ * same numbers. On a GPU with SVLM_CUDA_PERSISTENT=1, one kernel for the whole step (Q8_0 weights).
+ * Returns 0 when the backend has no such op for these arguments: nothing ran, and the caller
+ * issues the ops itself. The answer depends only on the arguments and the backend, so a replayed
+ * run takes the same path as its recording. */
+int svlm_k_decode_layers(svlm_kernels *k, const svlm_decode_layers_args *a);
+
 /* The rows of a working copy that an eviction moved (see svlm_kv_version), every layer in one op:
  * rows [src, src + n) of raw[l] (keys before RoPE) and of vc[l] (values) move to rows
  * [dst, dst + n) (dst < src: the ranges may overlap), then kc[l]'s rows [dst, dst + n) become the

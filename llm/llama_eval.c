@@ -196,12 +196,14 @@ int llama_step_tables_alloc(svlm_kernels *k, int n_layer, int max_rows, llama_st
     t->att_host = calloc(items, sizeof(svlm_attn_item));
     t->dst_k = svlm_k_alloc(k, dsts * sizeof(void *));
     t->att_k = svlm_k_alloc(k, items * sizeof(svlm_attn_item));
+    if (max_rows == 1 && !(t->layers = calloc((size_t)n_layer, sizeof *t->layers))) return 0;
     return t->dst_host && t->att_host && t->dst_k && t->att_k;
 }
 
 void llama_step_tables_free(svlm_kernels *k, llama_step_tables *t) {
     free(t->dst_host);
     free(t->att_host);
+    free(t->layers);
     if (t->dst_k) svlm_k_free(k, t->dst_k);
     if (t->att_k) svlm_k_free(k, t->att_k);
     memset(t, 0, sizeof *t);
@@ -225,23 +227,29 @@ void llama_step_upload(svlm_kernels *k, llama_step_tables *t, int n_layer) {
     svlm_k_copy(k, t->att_k, t->att_host, sizeof(svlm_attn_item) * (size_t)n_layer * (size_t)t->rows);
 }
 
+svlm_rope_store_args llama_step_rope(const svlm_llama_ctx *c, const llama_step_tables *t, int l,
+                                     const int32_t *pos, float *keep, int round) {
+    const svlm_llama_hparams *hp = &c->m->hp;
+    return (svlm_rope_store_args){.n_head = hp->n_head,
+                                  .n_kv_head = hp->n_head_kv,
+                                  .head_dim = hp->head_dim,
+                                  .n_rot = hp->n_rot,
+                                  .pos = pos,
+                                  .base = hp->rope_base,
+                                  .neox = hp->rope_neox,
+                                  .dsts = t->dst_k + (size_t)(2 * l) * t->rows,
+                                  .kv_type = c->kv_type,
+                                  .keep = keep,
+                                  .round = round};
+}
+
 void llama_step_layer(const svlm_llama_ctx *c, const llama_step_tables *t, int l, const svlm_llama_layer *L,
                       const float *x, float *h, float *q, float *kx, float *vx, const int32_t *pos,
                       float *keep, int round) {
     const svlm_llama_hparams *hp = &c->m->hp;
     const int n = t->rows;
     const svlm_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
-    const svlm_rope_store_args r = {.n_head = hp->n_head,
-                                    .n_kv_head = hp->n_head_kv,
-                                    .head_dim = hp->head_dim,
-                                    .n_rot = hp->n_rot,
-                                    .pos = pos,
-                                    .base = hp->rope_base,
-                                    .neox = hp->rope_neox,
-                                    .dsts = t->dst_k + (size_t)(2 * l) * n,
-                                    .kv_type = c->kv_type,
-                                    .keep = keep,
-                                    .round = round};
+    const svlm_rope_store_args r = llama_step_rope(c, t, l, pos, keep, round);
     svlm_k_rmsnorm_qkv_rope_store(c->k, x, L->attn_norm, hp->rms_eps, h, ws, n, q, kx, vx, &r);
     const svlm_attn_args shape = llama_cache_attention(c, l, NULL, NULL, 1, 0);
     svlm_k_attention_items(c->k, &shape, t->att_k + (size_t)l * n, n);
@@ -335,18 +343,58 @@ svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const f
 
 /* The layers of one chunk (see eval_chunk). step: a decode step whose cache rows and attention
  * go through c->step's tables. */
+/* A one-row decode step's layers (run_layers' step form) as one op where the backend has one
+ * (svlm_k_decode_layers); 0: declined, nothing ran. */
+static int step_layers_fused(svlm_llama_ctx *c, int pend, int round) {
+    const svlm_llama *m = c->m;
+    const svlm_llama_hparams *hp = &m->hp;
+    llama_step_tables *t = &c->step;
+    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    if (!t->layers || t->rows != 1) return 0;
+    for (int l = 0; l < hp->n_layer; l++) {
+        const svlm_llama_layer *L = &m->layers[l];
+        t->layers[l] = (svlm_decode_layer){.attn_norm = L->attn_norm,
+                                           .ffn_norm = L->ffn_norm,
+                                           .wq = &L->wq,
+                                           .wk = &L->wk,
+                                           .wv = &L->wv,
+                                           .wo = &L->wo,
+                                           .w_gate = &L->w_gate,
+                                           .w_up = &L->w_up,
+                                           .w_down = &L->w_down,
+                                           .dsts = t->dst_k + (size_t)(2 * l),
+                                           .att = t->att_k + l,
+                                           .keep = pend ? c->pending + (size_t)l * 2 * kvd : NULL};
+    }
+    const svlm_decode_layers_args a = {.n_layer = hp->n_layer,
+                                       .layers = t->layers,
+                                       .x = c->x,
+                                       .h = c->h,
+                                       .q = c->q,
+                                       .kx = c->kx,
+                                       .vx = c->vx,
+                                       .att = c->att,
+                                       .gate = c->gate,
+                                       .up = c->up,
+                                       .eps = hp->rms_eps,
+                                       .rope = llama_step_rope(c, t, 0, c->pos_k, NULL, round),
+                                       .attn = llama_cache_attention(c, 0, NULL, NULL, 1, 0)};
+    return svlm_k_decode_layers(c->k, &a);
+}
+
 static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, int n, int pend,
                        int step) {
     const svlm_llama *m = c->m;
     const svlm_llama_hparams *hp = &m->hp;
     svlm_kernels *k = c->k;
     const int kvd = hp->n_head_kv * hp->head_dim;
+    const int step_round = step && pend && svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16;
+    if (step && step_layers_fused(c, pend, step_round)) return;
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         if (step) { /* no working copy to bring over: the layer in one pass */
-            const int round = pend && svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16;
             llama_step_layer(c, &c->step, l, L, c->x, c->h, c->q, c->kx, c->vx, c->pos_k,
-                             pend ? c->pending + (size_t)l * 2 * n * kvd : NULL, round);
+                             pend ? c->pending + (size_t)l * 2 * n * kvd : NULL, step_round);
             llama_layer_rest(k, hp, L, c->att, c->x, c->h, c->gate, c->up, n);
             continue;
         }

@@ -26,6 +26,7 @@ typedef struct llama_step_tables {
     int max_rows, rows;
     void **dst_host, **dst_k;
     svlm_attn_item *att_host, *att_k;
+    svlm_decode_layer *layers; /* one row: the step's layers as svlm_k_decode_layers takes them */
 } llama_step_tables;
 
 struct svlm_llama_ctx {
@@ -85,6 +86,10 @@ void llama_step_row(llama_step_tables *t, const svlm_llama_ctx *c, int rows, int
                     float *att, int p0);
 /* The filled rows over to the kernels' side (before the step's ops). */
 void llama_step_upload(svlm_kernels *k, llama_step_tables *t, int n_layer);
+/* The RoPE and store arguments of layer l of a step (rows at pos on the kernels' side; keep and
+ * round as svlm_rope_store_args). */
+svlm_rope_store_args llama_step_rope(const svlm_llama_ctx *c, const llama_step_tables *t, int l,
+                                     const int32_t *pos, float *keep, int round);
 /* Layer l of a step up to its attention: q/k/v of x (weights L, h scratch), RoPE on the rows'
  * queries and keys, their keys and values into the working copies (and, keep not NULL, as they
  * came into keep for the pages; round: through f16 first, for f16 pages), all one op

@@ -154,7 +154,8 @@ SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_PDL=0 SVLM_CU
   SVLM_CUDA_ARGMAX=0)
 # Forms built since the last GPU run, off by default until one has run them (docs/cuda.md): after
 # the tests pass as they are, they run again with all of these on; the benchmarks compare each.
-UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 SVLM_CUDA_LT_GELU=auto)
+UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 SVLM_CUDA_PERSISTENT=1
+  SVLM_CUDA_LT_GELU=auto)
 unmeasured_ok=0 default_tests_ok=0
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
@@ -238,7 +239,7 @@ elif [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; the
   # a failure here is these forms'). test_cuda_data requires the GELU epilogue when
   # SVLM_CUDA_LT_GELU is auto or 1; where switching it off made tests pass above, it stays off.
   if [ "${SVLM_CUDA_LT_GELU:-}" = 0 ]; then
-    UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1)
+    UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 SVLM_CUDA_PERSISTENT=1)
   fi
   rm -f "$B/gpu-tests-unmeasured.ok"
   if [ $default_tests_ok = 1 ] && [ "$(elapsed)" -gt $((budget / 2)) ]; then
@@ -413,6 +414,32 @@ if [ -x "$S" ]; then
         --pp 512 --tg 128 --backend cuda
       SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 bench \
         "text, cuda, all three decode forms" 60 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+      # one kernel a decode step, end to end: the benchmark model's greedy tokens (f32 and f16
+      # caches) must be those of the separate kernels
+      for kv in f32 f16; do
+        gen_tokens() {
+          "$S" generate -m "$M.gguf" -p "the quick brown fox" -n 48 --temp 0 --kv $kv --backend cuda --json \
+            2>/dev/null | grep -o '"tokens":\[[^]]*\]'
+        }
+        one=$(SVLM_CUDA_PERSISTENT=1 gen_tokens) sep=$(gen_tokens)
+        if [ -n "$one" ] && [ "$one" = "$sep" ]; then
+          summary+=("one kernel a step, $kv cache: the same 48 greedy tokens as the separate kernels")
+        else
+          status=1
+          summary+=("one kernel a step, $kv cache: greedy tokens DIFFER from the separate kernels (or none)")
+        fi
+      done
+      # one kernel a decode step (every layer; the output product and argmax after it), with as
+      # many blocks as fit, with 2 an SM (cheaper barriers), without its L2 prefetches, and with
+      # the output product one warp a row
+      SVLM_CUDA_PERSISTENT=1 bench "text, cuda, one kernel a step" 60 bench -m "$M.gguf" --pp 512 --tg 128 \
+        --backend cuda
+      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_SM_BLOCKS=2 bench "text, cuda, one kernel a step, 2 blocks an SM" \
+        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_PREFETCH=0 bench "text, cuda, one kernel a step, no prefetch" \
+        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_MATVEC_TALL=1 bench "text, cuda, one kernel a step, tall output product" \
+        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
       [[ " ${UNMEASURED[*]} " == *" SVLM_CUDA_LT_GELU=auto "* ]] && SVLM_CUDA_LT_GELU=auto bench \
         "vision encoder, cuda, GELU in the epilogue" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
         --backend cuda

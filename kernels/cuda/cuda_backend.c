@@ -280,21 +280,19 @@ static void cu_attention(svlm_kernels *k, const svlm_attn_args *a) {
     cu_done(k, flash ? "attention (flash)" : gemm ? "attention (cuBLAS)" : "attention (kernel)");
 }
 
-/* Decode attentions of items (device-accessible) shaped like `shape`: split over blocks when
- * the launch alone would leave the GPU idle. */
-static void decode_attention(svlm_kernels *k, const svlm_attn_args *shape, const svlm_cu_attn_item *di,
-                             int n) {
+int cu_decode_partials(svlm_kernels *k, int n, int n_head, int head_dim, int *splits, float **part,
+                       unsigned **done) {
     cu_ctx *c = CU(k);
-    const int splits = svlm_cu_attention_decode_splits(n, shape->n_head);
-    const size_t pairs = (size_t)n * (size_t)shape->n_head;
-    const size_t part_bytes = sizeof(float) * pairs * (size_t)splits * (size_t)(shape->head_dim + 2);
+    *splits = svlm_cu_attention_decode_splits(n, n_head);
+    const size_t pairs = (size_t)n * (size_t)n_head;
+    const size_t part_bytes = sizeof(float) * pairs * (size_t)*splits * (size_t)(head_dim + 2);
     /* counters first, at fixed places: a launch of another shape leaves them zero */
     const size_t counters =
         (sizeof(unsigned) * (pairs > c->dec_pairs ? pairs : c->dec_pairs) + 255) / 256 * 256;
-    if (splits > 1 && (pairs > c->dec_pairs || counters + part_bytes > c->dec_buf_cap)) {
+    if (*splits > 1 && (pairs > c->dec_pairs || counters + part_bytes > c->dec_buf_cap)) {
         if (cu_capturing) { /* the counters must start at zero: made outside a recording */
             cu_capture_failed = 1;
-            return;
+            return 0;
         }
         if (c->dec_buf) cu_check(cudaFree(c->dec_buf), "cudaFree(attention partials)");
         c->dec_buf = NULL;
@@ -306,8 +304,20 @@ static void decode_attention(svlm_kernels *k, const svlm_attn_args *shape, const
         c->dec_pairs = counters / sizeof(unsigned);
         c->buf_gen++;
     }
-    unsigned *done = splits > 1 ? (unsigned *)c->dec_buf : NULL;
-    float *part = splits > 1 ? (float *)((char *)c->dec_buf + c->dec_pairs * sizeof(unsigned)) : NULL;
+    *done = *splits > 1 ? (unsigned *)c->dec_buf : NULL;
+    *part = *splits > 1 ? (float *)((char *)c->dec_buf + c->dec_pairs * sizeof(unsigned)) : NULL;
+    return 1;
+}
+
+/* Decode attentions of items (device-accessible) shaped like `shape`: split over blocks when
+ * the launch alone would leave the GPU idle. */
+static void decode_attention(svlm_kernels *k, const svlm_attn_args *shape, const svlm_cu_attn_item *di,
+                             int n) {
+    cu_ctx *c = CU(k);
+    int splits;
+    float *part;
+    unsigned *done;
+    if (!cu_decode_partials(k, n, shape->n_head, shape->head_dim, &splits, &part, &done)) return;
     cu_check(svlm_cu_attention_decode(c->stream, di, n, shape->kv_type == SVLM_F16, shape->kv_stride,
                                       shape->n_head, shape->n_kv_head, shape->head_dim, shape->scale, splits,
                                       part, done, c->pdl),
@@ -678,6 +688,7 @@ static void cu_destroy(svlm_kernels *k) {
         (void)cudaSetDevice(c->device);
         if (c->stream) (void)cudaStreamSynchronize(c->stream);
         cu_graphs_free(k);
+        cu_decode_layers_free(k);
         cu_lt_free(k);
         cu_dnn_free(k);
         for (int i = 0; i < CU_STAGE_SLOTS; i++)
@@ -727,6 +738,7 @@ static const backend_ops cuda_ops = {
     .rmsnorm_matmul_multi = cu_rmsnorm_matmul_multi,
     .rmsnorm_swiglu = cu_rmsnorm_swiglu,
     .rmsnorm_qkv_rope_store = cu_rmsnorm_qkv_rope_store,
+    .decode_layers = cu_decode_layers,
     .add_bias_gelu_f16 = cu_add_bias_gelu_f16,
     .layernorm_matmul_bias = cu_layernorm_matmul_bias,
     .matmul_bias_add = cu_matmul_bias_add,
@@ -829,6 +841,9 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     c->qkv_rope = !(qr && !strcmp(qr, "0"));
     const char *am = getenv("SVLM_CUDA_ARGMAX");
     c->argmax_gpu = !(am && !strcmp(am, "0"));
+    /* one kernel a decode step: not yet run on a GPU, so off unless asked for (docs/cuda.md) */
+    const char *pk = getenv("SVLM_CUDA_PERSISTENT");
+    c->persistent = pk && !strcmp(pk, "1");
     cu_weights_retain();
     if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         cu_destroy(k);

@@ -69,6 +69,10 @@ typedef struct cu_ctx {
     int encoder_f16;    /* the encoder's fused ops take F16 weights as f16 operands (SVLM_CUDA_ENCODER_F16=0:
                            TF32) */
     int qkv_rope;       /* decode steps' q/k/v, RoPE and stores in one kernel (SVLM_CUDA_QKV_ROPE=0: two) */
+    int persistent; /* one-row decode steps as one kernel (SVLM_CUDA_PERSISTENT=1; cuda_decode.c) */
+    int persistent_blocks[2]; /* its blocks a launch, f32 and f16 caches (-1: it cannot run here) */
+    int64_t persistent_for[2]; /* the model width those are for (0: none yet) */
+    struct cu_layer_tabs *layer_tabs; /* its device tables of layers (cuda_decode.c) */
     int argmax_gpu;     /* greedy tokens found on the GPU (SVLM_CUDA_ARGMAX=0: the logits cross to the host
                          * and are searched there, as before the kernel; for comparison) */
     float *argmax_host; /* that copy (host memory, grown) */
@@ -163,6 +167,15 @@ void cu_rmsnorm_qkv_rope_store(svlm_kernels *k, const float *x, const float *nor
                                const svlm_rope_store_args *r);
 void cu_rmsnorm_swiglu(svlm_kernels *k, const float *x, const float *norm_w, float eps, float *h,
                        const svlm_weight *wg, const svlm_weight *wu, int64_t n, float *gate, float *up);
+/* The split decode attention's splits for n items of n_head heads, and its counters and partial
+ * results (cu_ctx.dec_buf, grown outside recordings: inside one it marks the capture failed and
+ * returns 0). */
+int cu_decode_partials(svlm_kernels *k, int n, int n_head, int head_dim, int *splits, float **part,
+                       unsigned **done);
+/* svlm_k_decode_layers (cuda_decode.c): one kernel for every layer of a one-row decode step when
+ * cu_ctx.persistent and the step fits it; check: only whether it does. */
+int cu_decode_layers(svlm_kernels *k, const svlm_decode_layers_args *a, int check);
+void cu_decode_layers_free(svlm_kernels *k);
 /* Attention on tensor cores through cuBLAS (cuda_attention_gemm.c) for n_q >= 32: scores, a
  * masked row softmax, then P V, in query chunks. Takes the device views of a's q, k, v and out,
  * enqueues on the stream without waiting; returns 0 (nothing done) when it declines: decode-sized

@@ -116,6 +116,44 @@ int svlm_cu_attention_decode(cudaStream_t s, const svlm_cu_attn_item *items, int
                              int64_t kv_stride, int n_head, int n_kv_head, int head_dim, float scale,
                              int splits, float *part, unsigned *done, int pdl);
 
+/* A decode step of one row with every layer in one kernel (cuda_decode_layers.cu): per layer the
+ * work of svlm_cu_matvec_qkv_rope (with RMSNorm), svlm_cu_attention_decode, svlm_cu_matvec
+ * (output product + residual), svlm_cu_matvec_swiglu (with RMSNorm) and svlm_cu_matvec (down
+ * product + residual), each a phase of the same per-block code as those kernels (so the same
+ * numbers), the phases separated by grid-wide barriers (a cooperative launch: every block
+ * resident). */
+typedef struct svlm_cu_decode_layer {
+    const void *wq, *wk, *wv, *wo, *wg, *wu, *wd; /* device weights, all of the step's type */
+    const float *attn_norm, *ffn_norm;
+    void *const *dsts;            /* the row's key and value rows in this layer's caches (2 pointers) */
+    const svlm_cu_attn_item *att; /* the row's attention in this layer (its q and out: the step's) */
+    float *keep;                  /* NULL, or [2][kv rows]: the new key and value as they came */
+} svlm_cu_decode_layer;
+typedef struct svlm_cu_decode_step {
+    const svlm_cu_decode_layer *layers; /* device table of n_layer */
+    int n_layer, type;
+    size_t qkv_row_bytes, o_row_bytes, ffn_row_bytes, down_row_bytes;
+    int64_t n_embd, q_rows, kv_rows, n_ff; /* q_rows = n_head * head_dim, kv_rows = n_kv_head * head_dim */
+    float *x, *q, *att, *gate;             /* one row each */
+    const int32_t *pos;                    /* the row's position */
+    float eps, theta_scale, scale;
+    int n_rot, round, kv_f16;
+    int n_head, n_kv_head, head_dim;
+    int64_t kv_stride;
+    int splits; /* the attention's splits (svlm_cu_attention_decode_splits(1, n_head)), part and
+                   done as for svlm_cu_attention_decode */
+    float *part;
+    unsigned *done;
+    int prefetch; /* each block prefetches its later phases' weight rows into L2 */
+} svlm_cu_decode_step;
+/* Whether the kernel is built for this weight type. */
+int svlm_cu_decode_layers_type(int type);
+/* The most blocks of the kernel resident at once on the current device for these shapes (0: the
+ * type is not built, or none fit). */
+int svlm_cu_decode_layers_max_blocks(int type, int kv_f16, int64_t n_embd);
+/* blocks: at most svlm_cu_decode_layers_max_blocks (a cooperative launch needs them all resident). */
+int svlm_cu_decode_layers(cudaStream_t s, const svlm_cu_decode_step *a, int blocks);
+
 /* Data movement (cuda_data.cu): f32 -> f16 stores, rounding through f16, the f16-table GELU,
  * row gathers (dst row i = src row idx[i], idx on the device). */
 int svlm_cu_store_f16(cudaStream_t s, void *y, const float *x, int64_t n);
