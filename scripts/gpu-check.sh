@@ -406,19 +406,11 @@ if [ -x "$S" ]; then
     # their sums; decode products eight sub-blocks at a time with a pair's rows together; the
     # output product one warp a row; all three; the encoder's GELU in cuBLASLt's epilogue
     if [ $unmeasured_ok = 1 ]; then
-      SVLM_CUDA_DECODE_AHEAD=1 bench "text, cuda, decode attention loads ahead" 60 bench -m "$M.gguf" \
-        --pp 512 --tg 128 --backend cuda
-      SVLM_CUDA_MATVEC_AHEAD=1 bench "text, cuda, decode products eight sub-blocks at a time" 60 bench \
-        -m "$M.gguf" --pp 512 --tg 128 --backend cuda
-      SVLM_CUDA_MATVEC_TALL=1 bench "text, cuda, output product one warp a row" 60 bench -m "$M.gguf" \
-        --pp 512 --tg 128 --backend cuda
-      SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 bench \
-        "text, cuda, all three decode forms" 60 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
       # one kernel a decode step, end to end: the benchmark model's greedy tokens (f32 and f16
       # caches) must be those of the separate kernels
       for kv in f32 f16; do
         gen_tokens() {
-          "$S" generate -m "$M.gguf" -p "the quick brown fox" -n 48 --temp 0 --kv $kv --backend cuda --json \
+          timeout 60 "$S" generate -m "$M.gguf" -p "the quick brown fox" -n 48 --temp 0 --kv $kv --backend cuda --json \
             2>/dev/null | grep -o '"tokens":\[[^]]*\]'
         }
         one=$(SVLM_CUDA_PERSISTENT=1 gen_tokens) sep=$(gen_tokens)
@@ -440,6 +432,14 @@ if [ -x "$S" ]; then
         60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
       SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_MATVEC_TALL=1 bench "text, cuda, one kernel a step, tall output product" \
         60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+      SVLM_CUDA_DECODE_AHEAD=1 bench "text, cuda, decode attention loads ahead" 60 bench -m "$M.gguf" \
+        --pp 512 --tg 128 --backend cuda
+      SVLM_CUDA_MATVEC_AHEAD=1 bench "text, cuda, decode products eight sub-blocks at a time" 60 bench \
+        -m "$M.gguf" --pp 512 --tg 128 --backend cuda
+      SVLM_CUDA_MATVEC_TALL=1 bench "text, cuda, output product one warp a row" 60 bench -m "$M.gguf" \
+        --pp 512 --tg 128 --backend cuda
+      SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 bench \
+        "text, cuda, all three decode forms" 60 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
       [[ " ${UNMEASURED[*]} " == *" SVLM_CUDA_LT_GELU=auto "* ]] && SVLM_CUDA_LT_GELU=auto bench \
         "vision encoder, cuda, GELU in the epilogue" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
         --backend cuda
