@@ -341,8 +341,6 @@ svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const f
     };
 }
 
-/* The layers of one chunk (see eval_chunk). step: a decode step whose cache rows and attention
- * go through c->step's tables. */
 /* A one-row decode step's layers (run_layers' step form) as one op where the backend has one
  * (svlm_k_decode_layers); 0: declined, nothing ran. */
 static int step_layers_fused(svlm_llama_ctx *c, int pend, int round) {
@@ -382,6 +380,8 @@ static int step_layers_fused(svlm_llama_ctx *c, int pend, int round) {
     return svlm_k_decode_layers(c->k, &a);
 }
 
+/* The layers of one chunk (see eval_chunk). step: a decode step whose cache rows and attention
+ * go through c->step's tables. */
 static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_from, int n, int pend,
                        int step) {
     const svlm_llama *m = c->m;
