@@ -117,6 +117,12 @@ static void batch_layers(svlm_llama_batch *b, svlm_llama_batch_item *items, int 
     svlm_kernels *k = b->k;
     const int kvd = hp->n_head_kv * hp->head_dim, qd = hp->n_head * hp->head_dim;
     const int *sync_from = b->sync;
+    /* one answer whose rows need nothing from its pages: every layer as one op where the backend
+     * has one */
+    if (tables && nl == 1 && sync_from[0] >= b->p0[0] &&
+        llama_step_fused(items[b->live[0]].ctx, &b->step, &b->r, b->pos_k, b->pending,
+                         svlm_kv_pool_params_of(svlm_kv_seq_pool(items[b->live[0]].seq))->type == SVLM_F16))
+        return;
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         /* the rows' new keys and values reach their pages after the layers, in one copy */

@@ -196,8 +196,8 @@ int llama_step_tables_alloc(svlm_kernels *k, int n_layer, int max_rows, llama_st
     t->att_host = calloc(items, sizeof(svlm_attn_item));
     t->dst_k = svlm_k_alloc(k, dsts * sizeof(void *));
     t->att_k = svlm_k_alloc(k, items * sizeof(svlm_attn_item));
-    if (max_rows == 1 && !(t->layers = calloc((size_t)n_layer, sizeof *t->layers))) return 0;
-    return t->dst_host && t->att_host && t->dst_k && t->att_k;
+    t->layers = calloc((size_t)n_layer, sizeof *t->layers);
+    return t->dst_host && t->att_host && t->dst_k && t->att_k && t->layers;
 }
 
 void llama_step_tables_free(svlm_kernels *k, llama_step_tables *t) {
@@ -341,12 +341,10 @@ svlm_attn_args llama_cache_attention(const svlm_llama_ctx *c, int layer, const f
     };
 }
 
-/* A one-row decode step's layers (run_layers' step form) as one op where the backend has one
- * (svlm_k_decode_layers); 0: declined, nothing ran. */
-static int step_layers_fused(svlm_llama_ctx *c, int pend, int round) {
+int llama_step_fused(const svlm_llama_ctx *c, llama_step_tables *t, const llama_rows *r, const int32_t *pos,
+                     float *pending, int round) {
     const svlm_llama *m = c->m;
     const svlm_llama_hparams *hp = &m->hp;
-    llama_step_tables *t = &c->step;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     if (!t->layers || t->rows != 1) return 0;
     for (int l = 0; l < hp->n_layer; l++) {
@@ -362,20 +360,20 @@ static int step_layers_fused(svlm_llama_ctx *c, int pend, int round) {
                                            .w_down = &L->w_down,
                                            .dsts = t->dst_k + (size_t)(2 * l),
                                            .att = t->att_k + l,
-                                           .keep = pend ? c->pending + (size_t)l * 2 * kvd : NULL};
+                                           .keep = pending ? pending + (size_t)l * 2 * kvd : NULL};
     }
     const svlm_decode_layers_args a = {.n_layer = hp->n_layer,
                                        .layers = t->layers,
-                                       .x = c->x,
-                                       .h = c->h,
-                                       .q = c->q,
-                                       .kx = c->kx,
-                                       .vx = c->vx,
-                                       .att = c->att,
-                                       .gate = c->gate,
-                                       .up = c->up,
+                                       .x = r->x,
+                                       .h = r->h,
+                                       .q = r->q,
+                                       .kx = r->kx,
+                                       .vx = r->vx,
+                                       .att = r->att,
+                                       .gate = r->gate,
+                                       .up = r->up,
                                        .eps = hp->rms_eps,
-                                       .rope = llama_step_rope(c, t, 0, c->pos_k, NULL, round),
+                                       .rope = llama_step_rope(c, t, 0, pos, NULL, round),
                                        .attn = llama_cache_attention(c, 0, NULL, NULL, 1, 0)};
     return svlm_k_decode_layers(c->k, &a);
 }
@@ -389,7 +387,8 @@ static void run_layers(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     svlm_kernels *k = c->k;
     const int kvd = hp->n_head_kv * hp->head_dim;
     const int step_round = step && pend && svlm_kv_pool_params_of(svlm_kv_seq_pool(seq))->type == SVLM_F16;
-    if (step && step_layers_fused(c, pend, step_round)) return;
+    const llama_rows rows = {c->x, c->h, c->q, c->kx, c->vx, c->att, c->gate, c->up};
+    if (step && llama_step_fused(c, &c->step, &rows, c->pos_k, pend ? c->pending : NULL, step_round)) return;
     for (int l = 0; l < hp->n_layer; l++) {
         const svlm_llama_layer *L = &m->layers[l];
         if (step) { /* no working copy to bring over: the layer in one pass */

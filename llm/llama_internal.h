@@ -26,7 +26,7 @@ typedef struct llama_step_tables {
     int max_rows, rows;
     void **dst_host, **dst_k;
     svlm_attn_item *att_host, *att_k;
-    svlm_decode_layer *layers; /* one row: the step's layers as svlm_k_decode_layers takes them */
+    svlm_decode_layer *layers; /* [n_layer]: a one-row step's layers as svlm_k_decode_layers takes them */
 } llama_step_tables;
 
 struct svlm_llama_ctx {
@@ -72,6 +72,13 @@ enum { LLAMA_PENDING_ROWS = 96 }; /* a video frame (64 or 81 tokens) or a questi
 typedef struct llama_rows {
     float *x, *h, *q, *kx, *vx, *att, *gate, *up;
 } llama_rows;
+/* A step of one row (t->rows == 1: rows from llama_step_row, tables uploaded) with every layer as
+ * one op where the backend has one (svlm_k_decode_layers): activations r, positions pos on the
+ * kernels' side, the new rows also into pending ([n_layer][2][1][kv_dim]; NULL: not), round as
+ * llama_step_layer. c: the step's context (its shapes and caches). 0: declined, nothing ran (the
+ * caller runs llama_step_layer and llama_layer_rest per layer). */
+int llama_step_fused(const svlm_llama_ctx *c, llama_step_tables *t, const llama_rows *r, const int32_t *pos,
+                     float *pending, int round);
 /* 0 when out of memory (what was made is freed by llama_rows_free). */
 int llama_rows_alloc(svlm_kernels *k, const svlm_llama_hparams *hp, size_t rows, llama_rows *r);
 void llama_rows_free(svlm_kernels *k, llama_rows *r);
