@@ -104,8 +104,7 @@ svlm_status mem_insert(svlm_memory *m, mem_entry *e, svlm_err *err) {
     return SVLM_OK;
 }
 
-/* Takes entry i out of the table; the caller owns it. */
-static mem_entry *take_entry(svlm_memory *m, int i) {
+mem_entry *mem_take(svlm_memory *m, int i) {
     mem_entry *e = m->entries[i];
     size_t b = mem_entry_bytes(m, e);
     m->entry_bytes -= b;
@@ -133,13 +132,13 @@ static void retire_record(svlm_memory *m, const mem_entry *e) {
 }
 
 void mem_remove(svlm_memory *m, int i) {
-    mem_entry *e = take_entry(m, i);
+    mem_entry *e = mem_take(m, i);
     retire_record(m, e);
     mem_entry_free(e);
 }
 
 svlm_status mem_renew(svlm_memory *m, int i, svlm_err *err) {
-    mem_entry *e = take_entry(m, i);
+    mem_entry *e = mem_take(m, i);
     retire_record(m, e);
     e->id = 0;
     e->persisted = 0;
@@ -254,6 +253,8 @@ void svlm_memory_free(svlm_memory *m) {
     free(m->entries);
     free_work(m);
     free(m->removed_ids);
+    free(m->plan);
+    free(m->found_rows);
     free(m->dir);
     if (m->lock_fd >= 0) close(m->lock_fd); /* (releases the directory's lock) */
     pthread_mutex_destroy(&m->lock);

@@ -50,7 +50,34 @@
  * corrupt, truncated or missing are reported (svlm_memory_load_report) and skipped, and the
  * bank resumes with what verified. SHORT frames and the clip/event still being built are not
  * persisted (they are the last seconds of the stream). A resumed stream should continue its
- * clock after svlm_memory_stats.t_last (restored from the directory), so times stay ordered.
+ * clock after svlm_memory_stats.t_last (restored from the directory: the manifest's, or without
+ * one the latest end among the records read and verified), so times stay ordered.
+ * A record refused (corrupt, unreadable, not a regular file) is renamed NAME.corrupt, out of the
+ * bank's way, by a writing open; a record is never deleted for being refused or unreadable.
+ * A file that is not a regular file (a FIFO, a device, a directory) where the manifest, a record
+ * or LOCK belongs is refused without being waited on: LOCK's fails the open; so does a directory
+ * named MANIFEST for a writing open (a rebuilt manifest could not replace it), while a reader
+ * scans the records as without a manifest; a FIFO, socket or device named MANIFEST is reported
+ * like a corrupt manifest (the records scanned, a rebuilt manifest replaces it), and one named as
+ * a record like a corrupt record.
+ * Opening applies the budget before reading payloads: the budget's steps run on the records'
+ * headers (sizes, times, importance are all they look at), and only the records that something
+ * is kept of are read and verified, so a directory larger than the budget costs what the budget
+ * keeps, not what the directory holds. The entries are those that loading every record and then
+ * applying the budget gives (the same merges and shrinks, computed on what is kept), except:
+ * records never read are never verified, so a corrupt one among those evicted counts as its
+ * header says instead of being set aside; and where redoing the merges and shrinks of what is
+ * kept would read more than 4 budgets or cluster far more than a bank's own entries need (records
+ * crafted with thousands of tokens), the budget evicts only (oldest clips first, then the least
+ * important events) and nothing is clustered (load report: evict_only). Records evicted unread
+ * are counted (skipped, and in detail) and deleted as evictions are, by a save, which opening
+ * then makes at once (an unread record is not vouched for, so none stays listed). Without a valid
+ * manifest (or with records refused), opening first writes one listing the records as found, so
+ * that a save that fails or is interrupted leaves orphans the next open deletes, never records
+ * loaded beside those they were made from. Should a save on opening fail (a full disk), the bank
+ * opens all the same with its entries in memory, says so in the load report's detail (and on
+ * stderr), and the next save tries again. Out of memory while opening fails the open rather than
+ * drop a record.
  */
 #ifndef SVLM_MEMORY_BANK_H
 #define SVLM_MEMORY_BANK_H
@@ -142,8 +169,11 @@ svlm_status svlm_memory_entry(svlm_memory *m, int i, svlm_memory_entry_info *inf
 /* What opening opts.dir found: records loaded and rejected, and why. */
 typedef struct svlm_memory_load_report {
     int loaded, rejected;
-    int manifest_ok;  /* 1: MANIFEST verified; 0: absent or corrupt (records scanned) */
-    char detail[512]; /* human-readable list of problems, empty when none */
+    int skipped;       /* records the budget evicted on opening, left unread (see Persistence above) */
+    int evict_only;    /* 1: the budget was applied on opening by eviction only (see Persistence) */
+    size_t bytes_read; /* bytes of records read whole (of the others, 76 bytes of header and checksum) */
+    int manifest_ok;   /* 1: MANIFEST verified; 0: absent, corrupt or not a regular file (records scanned) */
+    char detail[512];  /* human-readable list of problems and of what the budget skipped, empty when none */
 } svlm_memory_load_report;
 void svlm_memory_load_report_get(svlm_memory *m, svlm_memory_load_report *r);
 

@@ -16,6 +16,7 @@ static int over(const svlm_memory *m) {
 
 /* Step 1: the oldest adjacent pair of MID clips whose larger level is the lowest. */
 static int merge_oldest_clips(svlm_memory *m) {
+    if (m->evict_only) return 0;
     int best_a = -1, best_b = -1, best_level = 1 << 30, last = -1;
     for (int i = 0; i < m->n_entries; i++) {
         if (m->entries[i]->tier != SVLM_MEMORY_MID) continue;
@@ -27,7 +28,8 @@ static int merge_oldest_clips(svlm_memory *m) {
         last = i;
     }
     if (best_a < 0) return 0;
-    mem_entry *e = mem_merge_clips(m, m->entries[best_a], m->entries[best_b]);
+    const mem_entry *a = m->entries[best_a], *b = m->entries[best_b];
+    mem_entry *e = a->plan || b->plan ? mem_merge_planned(m, a, b) : mem_merge_clips(m, a, b);
     if (!e) return -1;
     mem_remove(m, best_b); /* b after a: a's index stays valid */
     mem_remove(m, best_a);
@@ -59,20 +61,12 @@ static int least_important_event(const svlm_memory *m, int shrinkable) {
 
 /* Step 4: halve an event's tokens by clustering them. */
 static int shrink_event(svlm_memory *m) {
+    if (m->evict_only) return 0;
     int i = least_important_event(m, 1);
     if (i < 0) return 0;
     mem_entry *e = m->entries[i];
-    int d = m->opts.dim, k = e->n_tokens / 2;
-    float *c = malloc((size_t)k * (size_t)d * sizeof(float));
-    if (!c || mem_cluster(e->tokens, e->n_tokens, d, k, c)) {
-        free(c);
-        return -1;
-    }
     size_t before = mem_entry_bytes(m, e);
-    free(e->tokens);
-    e->tokens = c;
-    e->n_tokens = k;
-    if (mem_refresh_keys(m, e)) return -1;
+    if (e->plan ? mem_halve_planned(m, e) : mem_halve_tokens(m, e)) return -1;
     size_t after = mem_entry_bytes(m, e);
     m->entry_bytes -= before - after;
     m->st.tier_bytes[SVLM_MEMORY_EVENT] -= before - after;

@@ -20,6 +20,8 @@
 typedef struct mem_entry {
     uint64_t id;
     svlm_memory_tier tier;
+    int plan; /* a planned entry (resume): its node in svlm_memory.plan, + 1; 0: tokens and keys are in memory
+               * (it sits in what was padding: mem_entry_bytes, and so every budget, is unchanged) */
     double t0, t1;
     int64_t n_frames;
     int n_tokens;
@@ -31,6 +33,24 @@ typedef struct mem_entry {
     int persisted; /* its record is on disk as it is now */
     uint32_t crc;  /* of that record */
 } mem_entry;
+
+/* Resume (memory_store.c) applies the budget to entries made from their records' headers alone,
+ * "planned" entries (tokens and keys NULL), before it reads any payload: the budget's merges and
+ * halvings of planned entries are noted here instead of computed, so only the records that the
+ * budget keeps something of are read, and only what it keeps is computed (memory_budget.c's steps
+ * are the same code either way). */
+typedef struct mem_plan_node {
+    int rec;      /* a record: its index in the resume's list; -1: a merge of from[0] and from[1] */
+    int from[2];  /* a merge's two nodes (indices) */
+    int halvings; /* a record: times its tokens are halved (an event's shrinks) */
+    int n_tokens; /* tokens after that */
+} mem_plan_node;
+
+/* A manifest's row: a record listed, with its checksum. */
+typedef struct mem_row {
+    uint64_t id;
+    uint32_t crc;
+} mem_row;
 
 /* The clip being built: per-position sums of similar consecutive frames. */
 typedef struct mem_clip {
@@ -89,6 +109,18 @@ struct svlm_memory {
     int dirty;       /* entries changed since the last manifest */
     int lock_fd;     /* dir/LOCK, held (flock) while a writing bank has dir open; -1: none */
     int other_width; /* records skipped for another model's width (no manifest to say so) */
+
+    /* resume only (memory_store.c) */
+    mem_plan_node *plan; /* what planned entries stand for */
+    int n_plan, cap_plan;
+    int evict_only; /* the budget evicts only (no merges, no shrinks) */
+    /* The directory's records as opening found them (not refused), when no manifest there lists
+     * just them (none, a corrupt one, or one listing records set aside): the next save writes
+     * them as the manifest before it writes any new record, so whatever records a failed or
+     * interrupted save leaves are orphans that the next open deletes, never loaded beside the
+     * records they were made from. NULL once written. */
+    mem_row *found_rows;
+    int n_found_rows;
 };
 
 /* memory_bank.c */
@@ -97,6 +129,8 @@ mem_entry *mem_entry_new(svlm_memory *m, svlm_memory_tier tier, int n_tokens, in
 void mem_entry_free(mem_entry *e);
 /* Inserts in time order; takes ownership. */
 svlm_status mem_insert(svlm_memory *m, mem_entry *e, svlm_err *err);
+/* Takes entry i out of the table, its record left as it is; the caller owns it. */
+mem_entry *mem_take(svlm_memory *m, int i);
 /* Removes entry i and frees it (remembering its record for deletion). */
 void mem_remove(svlm_memory *m, int i);
 /* Entry i changed: it gets a new id, so a save written under it never replaces the record the
@@ -110,8 +144,18 @@ svlm_status mem_refresh_keys(svlm_memory *m, mem_entry *e);
 /* Clusters n vectors [n][d] into k <= n centroids [k][d] (farthest-point start, a few Lloyd
  * rounds on cosine). Deterministic. Returns 0, or -1 when out of memory. */
 int mem_cluster(const float *x, int n, int d, int k, float *centroids);
+/* The work of mem_cluster(x, n, d, k): vector elements it visits (a few multiply-adds each). */
+double mem_cluster_cost(int n, int d, int k);
 /* Merges entries a and b (adjacent MID clips) into a new entry. NULL when out of memory. */
 mem_entry *mem_merge_clips(svlm_memory *m, const mem_entry *a, const mem_entry *b);
+/* Halves an entry's tokens by clustering them (an event's shrink); keys re-derived. -1: out of memory. */
+int mem_halve_tokens(svlm_memory *m, mem_entry *e);
+/* The same two on planned entries (both planned): the result's header as the real ones give it,
+ * the work noted in m->plan. NULL / -1 when out of memory. */
+mem_entry *mem_merge_planned(svlm_memory *m, const mem_entry *a, const mem_entry *b);
+int mem_halve_planned(svlm_memory *m, mem_entry *e);
+/* Appends a node to m->plan; returns its index + 1 (for mem_entry.plan), 0 when out of memory. */
+int mem_plan_add(svlm_memory *m, int rec, int from0, int from1, int n_tokens);
 float mem_cosine(const float *a, const float *b, int d);
 void mem_normalise(float *v, int d);
 

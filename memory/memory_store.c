@@ -5,7 +5,9 @@
  * records with their checksums. Every file is written to NAME.tmp, fsynced, renamed over
  * NAME, and the directory fsynced: a file is either complete or absent. Sync order: new
  * records, then the manifest, then deleting records no longer listed; so a crash at any
- * point leaves a manifest whose records all exist (orphans are removed on the next open).
+ * point leaves a manifest whose records all exist (orphans are removed on the next open). Where
+ * opening found no manifest that lists just the records there (none, a corrupt one, records set
+ * aside), one that does is written before any new record, so that holds from the first save on.
  *
  * Record (little-endian, 72-byte header):
  *   "SVMR" u32 version=1 | u64 id | u32 tier | i32 level | f64 t0 | f64 t1 | i64 n_frames |
@@ -66,8 +68,11 @@ uint32_t mem_crc32(uint32_t crc, const void *data, size_t n) {
     return ~crc;
 }
 
-/* The reason a record of another model's width is skipped (compared by address). */
+/* Reasons compared by address: a record of another model's width is skipped; a file that is not
+ * there has nothing to set aside; running out of memory fails the open instead of losing a record. */
 static const char OTHER_WIDTH[] = "token or key width differs from the bank's";
+static const char MISSING[] = "missing";
+static const char OUT_OF_MEMORY[] = "out of memory";
 
 /* ---- little helpers -------------------------------------------------------------------- */
 
@@ -128,7 +133,10 @@ static svlm_status write_atomic(const svlm_memory *m, const char *name, const vo
     char path[4096], tmp[4200];
     path_of(m, path, sizeof path, name);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* a fresh file: whatever a crash or someone left under the name goes first (a FIFO there would
+     * block an open for writing; a directory stays, and the open fails) */
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return svlm_fail(err, SVLM_E_IO, "memory: cannot create %s: %s", tmp, strerror(errno));
     const uint8_t *p = data;
     size_t done = 0;
@@ -156,44 +164,74 @@ static svlm_status write_atomic(const svlm_memory *m, const char *name, const vo
     return SVLM_OK;
 }
 
-/* Reads a whole file (at most MAX_FILE bytes). Returns NULL with a reason in why. */
+/* What stands in a bank file's place when it is not a regular file, and what to do. */
+static const char *not_regular(mode_t mode) {
+    if (S_ISFIFO(mode)) return "a FIFO, not a regular file: not read (remove it)";
+    if (S_ISDIR(mode)) return "a directory, not a regular file: not read (remove it)";
+    if (S_ISSOCK(mode)) return "a socket, not a regular file: not read (remove it)";
+    if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device, not a regular file: not read (remove it)";
+    return "not a regular file: not read (remove it)";
+}
+
+/* Opens a bank file so that nothing can block: a FIFO, device, socket or directory in its place is
+ * refused. It is looked at first, so what is not a regular file then is not opened; one that takes
+ * the name between that look and the open is opened with O_NONBLOCK (a FIFO opens at once, a
+ * device without waiting for a carrier) and refused by fstat before anything is read. The
+ * descriptor of a regular file is made blocking again. Returns it with sb filled; or -1 with why
+ * saying what is there instead, or with why NULL and errno set when open failed. */
+static int open_file(const char *path, int flags, struct stat *sb, const char **why) {
+    *why = NULL;
+    if (stat(path, sb) == 0 && !S_ISREG(sb->st_mode)) {
+        *why = not_regular(sb->st_mode);
+        return -1;
+    }
+    int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    int fl = -1;
+    if (fstat(fd, sb) == 0 && !S_ISREG(sb->st_mode))
+        *why = not_regular(sb->st_mode);
+    else if ((fl = fcntl(fd, F_GETFL)) >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0)
+        return fd;
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+}
+
+/* Reads a whole bank file (a regular file of at most MAX_FILE bytes, its size checked before
+ * anything is allocated). Returns NULL with a reason in why. */
 static uint8_t *read_all(const char *path, size_t *n, const char **why) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *why = errno == ENOENT ? "missing" : "unreadable";
+    struct stat sb;
+    int fd = open_file(path, O_RDONLY, &sb, why);
+    if (fd < 0) {
+        if (!*why) *why = errno == ENOENT ? MISSING : "unreadable";
         return NULL;
     }
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            if (cap >= MAX_FILE) {
-                *why = "too large";
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            cap = cap ? cap * 2 : 65536;
-            uint8_t *p = realloc(buf, cap);
-            if (!p) {
-                *why = "out of memory";
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = p;
+    if (sb.st_size < 0 || (uint64_t)sb.st_size > MAX_FILE) {
+        close(fd);
+        *why = "too large";
+        return NULL;
+    }
+    size_t size = (size_t)sb.st_size, len = 0;
+    uint8_t *buf = malloc(size ? size : 1);
+    if (!buf) {
+        close(fd);
+        *why = OUT_OF_MEMORY;
+        return NULL;
+    }
+    while (len < size) {
+        ssize_t r = read(fd, buf + len, size - len);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            close(fd);
+            free(buf);
+            *why = "read error";
+            return NULL;
         }
-        size_t r = fread(buf + len, 1, cap - len, f);
-        len += r;
-        if (r == 0) break;
+        if (r == 0) break; /* shorter than it was: checked like any truncated file */
+        len += (size_t)r;
     }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        *why = "read error";
-        free(buf);
-        return NULL;
-    }
+    close(fd);
     *n = len;
     return buf;
 }
@@ -241,6 +279,72 @@ static svlm_status write_record(svlm_memory *m, mem_entry *e, svlm_err *err) {
     return st;
 }
 
+/* The reason a record's size is not what its header says (compared by address). */
+static const char SIZE_DIFFERS[] = "truncated or extended (its size is not what its header says)";
+
+/* Checks a record's header, p[0..REC_HEADER), against the bank and against the record's size n:
+ * everything but the checksum, so a resume can judge a record before reading its payload. 0, or
+ * -1 with the reason in why. */
+static int check_header(const svlm_memory *m, const uint8_t *p, size_t n, const char **why) {
+    if (n < REC_HEADER + 4 || memcmp(p, REC_MAGIC, 4)) {
+        *why = n < REC_HEADER + 4 ? "truncated" : "not a memory record";
+        return -1;
+    }
+    uint32_t tier = get_u32(p + 16), n_tokens = get_u32(p + 48), dim = get_u32(p + 52);
+    uint32_t n_keys = get_u32(p + 56), key_dim = get_u32(p + 60);
+    size_t need = 0, a, b;
+    if (get_u32(p + 4) != VERSION) {
+        *why = "unsupported version";
+        return -1;
+    }
+    if (dim != (uint32_t)m->opts.dim || key_dim != (uint32_t)m->kdim) {
+        *why = OTHER_WIDTH;
+        return -1;
+    }
+    if ((tier != SVLM_MEMORY_MID && tier != SVLM_MEMORY_EVENT) || n_tokens < 1 || n_tokens > (1u << 20) ||
+        n_keys < 1 || n_keys > SVLM_MEMORY_MAX_KEYS || !svlm_mul_size(n_tokens, dim, &a) ||
+        !svlm_mul_size(n_keys, key_dim, &b) || !svlm_add_size(a, b, &need) ||
+        !svlm_mul_size(need, 4, &need)) {
+        *why = "inconsistent header";
+        return -1;
+    }
+    if (need + REC_HEADER + 4 != n) {
+        *why = SIZE_DIFFERS;
+        return -1;
+    }
+    double t0 = get_f64(p + 24), t1 = get_f64(p + 32);
+    int64_t n_frames = (int64_t)get_u64(p + 40);
+    int32_t level = (int32_t)get_u32(p + 20);
+    if (!(t0 >= -MEM_MAX_TIME) || !(t1 <= MEM_MAX_TIME) || t1 < t0 || get_u64(p + 8) == 0 ||
+        get_u64(p + 8) >= MEM_MAX_ID || n_frames < 0 || n_frames > MEM_MAX_FRAMES || level < 0 ||
+        level > MEM_MAX_LEVEL) {
+        *why = "inconsistent header";
+        return -1;
+    }
+    float importance;
+    memcpy(&importance, p + 64, 4);
+    if (!isfinite(importance)) { /* (t0 and t1 are finite by the ranges above) */
+        *why = "inconsistent header (its importance is not a finite number)";
+        return -1;
+    }
+    return 0;
+}
+
+/* The entry fields a checked header gives. */
+static void header_to_entry(const uint8_t *p, uint32_t crc, mem_entry *e) {
+    e->id = get_u64(p + 8);
+    e->tier = (svlm_memory_tier)get_u32(p + 16);
+    e->level = (int32_t)get_u32(p + 20);
+    e->t0 = get_f64(p + 24);
+    e->t1 = get_f64(p + 32);
+    e->n_frames = (int64_t)get_u64(p + 40);
+    e->n_tokens = (int)get_u32(p + 48);
+    e->n_keys = (int)get_u32(p + 56);
+    memcpy(&e->importance, p + 64, 4);
+    e->persisted = 1;
+    e->crc = crc;
+}
+
 /* Parses and verifies one record. Returns the entry, or NULL with the reason in why. */
 static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const char **why) {
     if (n < REC_HEADER + 4 || memcmp(p, REC_MAGIC, 4)) {
@@ -251,100 +355,461 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
         *why = "checksum mismatch (corrupt or truncated)";
         return NULL;
     }
-    uint32_t tier = get_u32(p + 16), n_tokens = get_u32(p + 48), dim = get_u32(p + 52);
-    uint32_t n_keys = get_u32(p + 56), key_dim = get_u32(p + 60);
-    size_t need = 0, a, b;
-    if (get_u32(p + 4) != VERSION) {
-        *why = "unsupported version";
+    if (check_header(m, p, n, why)) {
+        if (*why == SIZE_DIFFERS) *why = "inconsistent header"; /* it verified: its header is wrong */
         return NULL;
     }
-    if (dim != (uint32_t)m->opts.dim || key_dim != (uint32_t)m->kdim) {
-        *why = OTHER_WIDTH;
-        return NULL;
-    }
-    if ((tier != SVLM_MEMORY_MID && tier != SVLM_MEMORY_EVENT) || n_tokens < 1 || n_tokens > (1u << 20) ||
-        n_keys < 1 || n_keys > SVLM_MEMORY_MAX_KEYS || !svlm_mul_size(n_tokens, dim, &a) ||
-        !svlm_mul_size(n_keys, key_dim, &b) || !svlm_add_size(a, b, &need) ||
-        !svlm_mul_size(need, 4, &need) || need + REC_HEADER + 4 != n) {
-        *why = "inconsistent header";
-        return NULL;
-    }
-    double t0 = get_f64(p + 24), t1 = get_f64(p + 32);
-    int64_t n_frames = (int64_t)get_u64(p + 40);
-    int32_t level = (int32_t)get_u32(p + 20);
-    if (!(t0 >= -MEM_MAX_TIME) || !(t1 <= MEM_MAX_TIME) || t1 < t0 || get_u64(p + 8) == 0 ||
-        get_u64(p + 8) >= MEM_MAX_ID || n_frames < 0 || n_frames > MEM_MAX_FRAMES || level < 0 ||
-        level > MEM_MAX_LEVEL) {
-        *why = "inconsistent header";
-        return NULL;
-    }
-    mem_entry *e = mem_entry_new(m, (svlm_memory_tier)tier, (int)n_tokens, (int)n_keys);
+    int n_tokens = (int)get_u32(p + 48), n_keys = (int)get_u32(p + 56);
+    mem_entry *e = mem_entry_new(m, (svlm_memory_tier)get_u32(p + 16), n_tokens, n_keys);
     if (!e) {
-        *why = "out of memory";
+        *why = OUT_OF_MEMORY;
         return NULL;
     }
-    e->id = get_u64(p + 8);
-    e->level = level;
-    e->t0 = t0;
-    e->t1 = t1;
-    e->n_frames = n_frames;
-    memcpy(&e->importance, p + 64, 4);
+    header_to_entry(p, get_u32(p + n - 4), e);
+    size_t a = (size_t)n_tokens * (size_t)m->opts.dim, b = (size_t)n_keys * (size_t)m->kdim;
     memcpy(e->tokens, p + REC_HEADER, a * 4);
     memcpy(e->keys, p + REC_HEADER + a * 4, b * 4);
-    e->persisted = 1;
-    e->crc = get_u32(p + n - 4);
     return e;
 }
 
-static void load_record(svlm_memory *m, const char *name, uint64_t id, int has_listed_crc,
+/* ---- resuming: the budget applied before the payloads are read --------------------------- */
+
+/* A record found on opening the directory, from its header and trailing checksum alone. */
+typedef struct rec_found {
+    uint64_t id;
+    uint32_t crc; /* its trailing checksum */
+    int rejected; /* refused (reported; set aside where there was a file): not part of the bank */
+    int verified; /* read whole and verified (its header vouched for) */
+    size_t size;  /* bytes */
+    uint8_t head[REC_HEADER];
+    mem_entry *loaded; /* read and verified, not yet used; NULL: not read (or used) */
+} rec_found;
+
+typedef struct resume {
+    rec_found *r;
+    int n, cap;
+    int listed;       /* from a verified manifest */
+    uint64_t next_id; /* the manifest's */
+} resume;
+
+/* What a resume may spend to give exactly what loading every record and then applying the budget
+ * gives: reading the records that the budget keeps something of, up to RESUME_READ_BUDGETS times
+ * the budget, and redoing the budget's merges and shrinks of them, up to RESUME_WORK_PER_BYTE
+ * vector elements (mem_cluster_cost) per byte of budget, about 10 s for 64 MiB here. A bank
+ * reopened under the budget it was written with needs neither; one written under a budget up to
+ * about 4 times larger stays within both (its entries are a bank's own, a clip of mid_tokens, an
+ * event of event_frames x event_tokens: 10 to 75 per byte measured, halving the budget to
+ * quartering it). Past either, the budget evicts only (in its own order: oldest clips, then the
+ * least important events), so at most the budget is read and nothing is clustered: a directory of
+ * 128 MiB of 4096-token records took about 600 s of clustering to fit a 64 MiB budget. */
+#define RESUME_READ_BUDGETS  4
+#define RESUME_WORK_PER_BYTE 128
+
+static int found_index(const resume *rs, uint64_t id) {
+    for (int i = 0; i < rs->n; i++)
+        if (rs->r[i].id == id) return i;
+    return -1;
+}
+
+/* A record refused: reported, and set aside for inspection, out of the bank's way, when there was
+ * a file (whatever it is: renaming one opens nothing). A record is never deleted for being refused,
+ * nor for being unreadable: one that could not be set aside stays in the resume's list, refused,
+ * so the open does not delete it as an orphan. */
+static void reject(svlm_memory *m, const char *name, const char *why, int set_aside) {
+    m->report.rejected++;
+    note(m, "%s: %s", name, why ? why : OUT_OF_MEMORY);
+    if (!m->opts.read_only && set_aside) {
+        char path[4096], bad[4200];
+        path_of(m, path, sizeof path, name);
+        snprintf(bad, sizeof bad, "%s.corrupt", path);
+        rename(path, bad);
+    }
+}
+
+static int pread_full(int fd, uint8_t *p, size_t n, off_t at) {
+    while (n) {
+        ssize_t r = pread(fd, p, n, at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r, n -= (size_t)r, at += r;
+    }
+    return 0;
+}
+
+/* Appends record id to the resume's list (refused or not yet). NULL when out of memory. */
+static rec_found *found_add(resume *rs, uint64_t id) {
+    if (rs->n == rs->cap) {
+        int cap = rs->cap ? rs->cap * 2 : 64;
+        rec_found *r = realloc(rs->r, (size_t)cap * sizeof *r);
+        if (!r) return NULL;
+        rs->r = r;
+        rs->cap = cap;
+    }
+    rec_found *r = &rs->r[rs->n++];
+    memset(r, 0, sizeof *r);
+    r->id = id;
+    return r;
+}
+
+/* A record refused while probing: reported, set aside where there is a file, and kept in the
+ * resume's list (refused) so that nothing deletes it as an orphan. -1 when out of memory. */
+static int probe_reject(svlm_memory *m, resume *rs, const char *name, uint64_t id, const char *why,
+                        int exists) {
+    reject(m, name, why, exists);
+    rec_found *r = found_add(rs, id);
+    if (!r) return -1;
+    r->rejected = 1;
+    return 0;
+}
+
+/* Finds record NAME (id from its name; with has_listed_crc, listed in the manifest with that
+ * checksum): its header and trailing checksum are read and checked, its payload is not. 0, or -1
+ * when out of memory (the open fails: a record is never dropped for want of memory). */
+static int probe_record(svlm_memory *m, resume *rs, const char *name, uint64_t id, int has_listed_crc,
                         uint32_t listed_crc) {
-    for (int i = 0; i < m->n_entries; i++)
-        if (m->entries[i]->id == id) { /* listed twice: its record is loaded, leave it in place */
-            m->report.rejected++;
-            note(m, "%s: %s", name, "listed twice");
-            return;
-        }
+    if (found_index(rs, id) >= 0) { /* listed twice: its record is found, leave it in place */
+        m->report.rejected++;
+        note(m, "%s: %s", name, "listed twice");
+        return 0;
+    }
     char path[4096];
+    path_of(m, path, sizeof path, name);
+    struct stat sb;
+    const char *why = NULL;
+    int fd = open_file(path, O_RDONLY, &sb, &why);
+    if (fd < 0) { /* not there, or something there that cannot be read (set aside, not deleted) */
+        int missing = !why && errno == ENOENT;
+        return probe_reject(m, rs, name, id, why ? why : missing ? MISSING : "unreadable", !missing);
+    }
+    uint8_t head[REC_HEADER], tail[4];
+    size_t size = (size_t)sb.st_size;
+    why = NULL;
+    if (sb.st_size < 0 || (uint64_t)sb.st_size > MAX_FILE)
+        why = "too large";
+    else if (size < REC_HEADER + 4)
+        why = "truncated";
+    else if (pread_full(fd, head, REC_HEADER, 0) || pread_full(fd, tail, 4, (off_t)(size - 4)))
+        why = "read error";
+    close(fd);
+    if (why) return probe_reject(m, rs, name, id, why, 1);
+    if (check_header(m, head, size, &why)) {
+        if (why == OTHER_WIDTH && !has_listed_crc) {
+            /* no manifest: another model's bank is left alone, if the record verifies */
+            size_t n = 0;
+            uint8_t *p = read_all(path, &n, &why);
+            if (!p && why == OUT_OF_MEMORY) return -1;
+            const int got = p != NULL;
+            if (got) m->report.bytes_read += n;
+            int ok = got && n >= REC_HEADER + 4 && mem_crc32(0, p, n - 4) == get_u32(p + n - 4);
+            free(p);
+            if (ok) {
+                m->other_width++;
+                return 0;
+            }
+            if (got) why = "checksum mismatch (corrupt or truncated)";
+            return probe_reject(m, rs, name, id, why, why != MISSING);
+        }
+        return probe_reject(m, rs, name, id, why, 1);
+    }
+    if (get_u64(head + 8) != id) /* it would be written back, and deleted, under another name */
+        return probe_reject(m, rs, name, id, "its id differs from its file name", 1);
+    if (has_listed_crc && get_u32(tail) != listed_crc)
+        return probe_reject(m, rs, name, id, "differs from the manifest", 1);
+    rec_found *r = found_add(rs, id);
+    if (!r) return -1;
+    r->crc = get_u32(tail);
+    r->size = size;
+    memcpy(r->head, head, REC_HEADER);
+    return 0;
+}
+
+/* Reads record i whole and verifies it; 0, 1 when it is refused (reported, set aside where there is
+ * a file), or -1 when out of memory (the open fails rather than drop the record). */
+static int verify_record(svlm_memory *m, resume *rs, int i) {
+    rec_found *r = &rs->r[i];
+    char name[64], path[4096];
+    record_name(r->id, name, sizeof name);
     path_of(m, path, sizeof path, name);
     const char *why = NULL;
     size_t n = 0;
     uint8_t *p = read_all(path, &n, &why);
-    int exists = p != NULL;
+    if (p) m->report.bytes_read += n;
     mem_entry *e = p ? parse_record(m, p, n, &why) : NULL;
+    if (e && (memcmp(p, r->head, REC_HEADER) || e->crc != r->crc)) {
+        why = "changed while the directory was opened";
+        mem_entry_free(e);
+        e = NULL;
+    }
     free(p);
-    if (e && e->id != id) { /* it would be written back, and deleted, under another name */
-        why = "its id differs from its file name";
-        mem_entry_free(e);
-        e = NULL;
-    } else if (e && has_listed_crc && e->crc != listed_crc) {
-        why = "differs from the manifest";
-        mem_entry_free(e);
-        e = NULL;
+    if (!e && why == OUT_OF_MEMORY) return -1;
+    if (!e) {
+        r->rejected = 1;
+        reject(m, name, why, why != MISSING);
+        return 1;
     }
-    if (e) {
-        for (int i = 0; i < m->n_entries; i++) /* a duplicate id would confuse deletion */
-            if (m->entries[i]->id == e->id) {
-                why = "duplicate id";
-                mem_entry_free(e);
-                e = NULL;
-                break;
-            }
-    }
-    if (!e && why == OTHER_WIDTH && !has_listed_crc) { /* no manifest: another model's bank, left alone */
-        m->other_width++;
-        return;
-    }
-    if (!e || mem_insert(m, e, NULL)) {
-        m->report.rejected++;
-        note(m, "%s: %s", name, why ? why : "out of memory");
-        if (!m->opts.read_only && exists) { /* keep it aside for inspection, out of the bank's way */
-            char bad[4200];
-            snprintf(bad, sizeof bad, "%s.corrupt", path);
-            rename(path, bad);
+    r->loaded = e;
+    r->verified = 1;
+    return 0;
+}
+
+/* Empties the table and fills it with one planned entry a record found (and not refused), as
+ * loading them all fills it: the same entries in the same order, the same ids to come, the same
+ * table size (which the budget counts). */
+static svlm_status plan_table(svlm_memory *m, const resume *rs, svlm_err *err) {
+    for (int i = 0; i < m->n_entries; i++)
+        mem_entry_free(m->entries[i]);
+    free(m->entries);
+    m->entries = NULL;
+    m->n_entries = m->cap_entries = 0;
+    m->entry_bytes = 0;
+    memset(m->st.tier_entries, 0, sizeof m->st.tier_entries);
+    memset(m->st.tier_bytes, 0, sizeof m->st.tier_bytes);
+    m->st.merges = m->st.evictions = m->st.shrinks = 0;
+    m->n_removed = 0;
+    m->dirty = 0;
+    m->next_id = 1;
+    m->n_plan = 0;
+    for (int i = 0; i < rs->n; i++) {
+        if (rs->r[i].rejected) continue;
+        mem_entry *e = calloc(1, sizeof *e); /* tokens and keys NULL: a planned entry */
+        if (e) header_to_entry(rs->r[i].head, rs->r[i].crc, e);
+        if (e && !(e->plan = mem_plan_add(m, i, -1, -1, e->n_tokens))) {
+            free(e);
+            e = NULL;
         }
-        return;
+        if (!e) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
+        svlm_status st = mem_insert(m, e, err);
+        if (st) return st;
     }
-    m->report.loaded++;
+    if (rs->listed && rs->next_id > m->next_id) m->next_id = rs->next_id;
+    return SVLM_OK;
+}
+
+/* The table planned, then the budget applied to it (a writing bank; a reader keeps everything). */
+static svlm_status plan(svlm_memory *m, const resume *rs, int evict_only, svlm_err *err) {
+    svlm_status st = plan_table(m, rs, err);
+    if (st || m->opts.read_only) return st;
+    m->evict_only = evict_only;
+    st = mem_enforce_budget(m, err);
+    m->evict_only = 0;
+    return st;
+}
+
+/* Marks live[node] for the nodes that the table's entries stand on. stack: room for n_plan. */
+static void mark_live(const svlm_memory *m, char *live, int *stack) {
+    int top = 0;
+    memset(live, 0, (size_t)m->n_plan);
+    for (int i = 0; i < m->n_entries; i++)
+        if (m->entries[i]->plan) stack[top++] = m->entries[i]->plan - 1;
+    while (top) { /* a node is part of one entry only: each is pushed once */
+        int x = stack[--top];
+        live[x] = 1;
+        if (m->plan[x].rec < 0) {
+            stack[top++] = m->plan[x].from[0];
+            stack[top++] = m->plan[x].from[1];
+        }
+    }
+}
+
+/* Work of mem_refresh_keys on k tokens. */
+static double keys_cost(const svlm_memory *m, int k) {
+    return m->opts.key_dim > 0 ? 0 : mem_cluster_cost(k, m->kdim, SVLM_MEMORY_MAX_KEYS);
+}
+
+/* What giving the table's entries their tokens takes: bytes of records still to read, and work. */
+static void plan_cost(const svlm_memory *m, const resume *rs, const char *live, double *read, double *work) {
+    *read = *work = 0;
+    for (int i = 0; i < m->n_plan; i++) {
+        if (!live[i]) continue;
+        const mem_plan_node *p = &m->plan[i];
+        if (p->rec >= 0) {
+            const rec_found *r = &rs->r[p->rec];
+            if (!r->loaded) *read += (double)r->size;
+            int n = (int)get_u32(r->head + 48);
+            for (int h = 0; h < p->halvings; n /= 2, h++)
+                *work += mem_cluster_cost(n, m->opts.dim, n / 2) + keys_cost(m, n / 2);
+        } else {
+            int n = m->plan[p->from[0]].n_tokens + m->plan[p->from[1]].n_tokens;
+            *work += mem_cluster_cost(n, m->opts.dim, p->n_tokens) + keys_cost(m, p->n_tokens);
+        }
+    }
+}
+
+/* The fields of an entry's header that the budget looks at, the same bit for bit (a NaN is equal
+ * to itself here, and -0 differs from 0: what is compared is what the plan computed from). */
+static int same_header(const mem_entry *a, const mem_entry *b) {
+    return a->tier == b->tier && !memcmp(&a->t0, &b->t0, sizeof a->t0) &&
+           !memcmp(&a->t1, &b->t1, sizeof a->t1) && a->n_frames == b->n_frames && a->level == b->level &&
+           !memcmp(&a->importance, &b->importance, sizeof a->importance) && a->n_tokens == b->n_tokens &&
+           a->n_keys == b->n_keys;
+}
+
+/* Gives planned entry i its tokens and keys: computed from its records, read and verified (in
+ * rs), by the same merges and halvings, in the same order, as the budget would have done on them
+ * loaded. Should what is computed not be what was planned (it never is: the plan's arithmetic is
+ * the merge's and the halving's), the entry computed replaces the planned one, under its id, and
+ * *differs is set (the caller applies the budget again). made: room for n_plan entries; stack: for
+ * 2 n_plan + 1. */
+static svlm_status materialize(svlm_memory *m, resume *rs, int i, mem_entry **made, int *stack, int *differs,
+                               svlm_err *err) {
+    mem_entry *e = m->entries[i];
+    int top = 0, root = e->plan - 1;
+    stack[top++] = root;
+    while (top) { /* post-order: a merge after its two parts; ~x: x's parts are done */
+        int x = stack[--top];
+        if (x >= 0) {
+            stack[top++] = ~x;
+            if (m->plan[x].rec < 0) {
+                stack[top++] = m->plan[x].from[1];
+                stack[top++] = m->plan[x].from[0];
+            }
+            continue;
+        }
+        x = ~x;
+        const mem_plan_node *p = &m->plan[x];
+        if (p->rec >= 0) {
+            made[x] = rs->r[p->rec].loaded;
+            rs->r[p->rec].loaded = NULL;
+            if (!made[x]) return svlm_fail(err, SVLM_E_INVALID, "memory: resume: a record was not read");
+            for (int h = 0; h < p->halvings; h++)
+                if (mem_halve_tokens(m, made[x]))
+                    return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory while compressing");
+        } else {
+            made[x] = mem_merge_clips(m, made[p->from[0]], made[p->from[1]]);
+            mem_entry_free(made[p->from[0]]);
+            mem_entry_free(made[p->from[1]]);
+            made[p->from[0]] = made[p->from[1]] = NULL;
+            if (!made[x]) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory while compressing");
+        }
+    }
+    mem_entry *x = made[root];
+    made[root] = NULL;
+    if (!same_header(x, e)) {
+        /* kept as really computed: the planned entry's bytes and place in time are replaced too */
+        mem_entry *old = mem_take(m, i);
+        x->id = old->id;
+        x->persisted = old->persisted;
+        x->crc = old->crc;
+        x->plan = 0;
+        mem_entry_free(old);
+        *differs = 1;
+        return mem_insert(m, x, err);
+    }
+    e->tokens = x->tokens;
+    e->keys = x->keys;
+    x->tokens = x->keys = NULL;
+    mem_entry_free(x);
+    e->plan = 0;
+    return SVLM_OK;
+}
+
+/* The entries of the records found, within the budget: the budget is applied to planned entries;
+ * only the records it keeps something of are read (and verified: one refused, it is planned again
+ * without it), then what it keeps is computed from them. The result is what loading every record
+ * and then applying the budget gives (RESUME_* for when it evicts only, and the note in
+ * memory_bank.h for the difference). Fills the report's loaded, skipped and evict_only. */
+static svlm_status resume_entries(svlm_memory *m, resume *rs, svlm_err *err) {
+    svlm_status st = SVLM_OK;
+    char *live = NULL;
+    int *stack = NULL;
+    mem_entry **made = NULL;
+    double read = 0, work = 0;
+    for (;;) {
+        int evict_only = 0;
+        if ((st = plan(m, rs, 0, err))) goto done;
+        for (int pass = 0; pass < 2; pass++) {
+            free(live);
+            free(stack);
+            live = malloc((size_t)m->n_plan + 1);
+            stack = malloc((2 * (size_t)m->n_plan + 1) * sizeof *stack);
+            if (!live || !stack) {
+                st = svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
+                goto done;
+            }
+            mark_live(m, live, stack);
+            if (pass == 1) break;
+            plan_cost(m, rs, live, &read, &work);
+            double budget = (double)m->opts.budget_bytes;
+            if (m->opts.read_only ||
+                (read <= RESUME_READ_BUDGETS * budget && work <= RESUME_WORK_PER_BYTE * budget))
+                break;
+            if ((st = plan(m, rs, 1, err))) goto done;
+            evict_only = 1;
+        }
+        m->report.evict_only = evict_only;
+        int refused = 0;
+        for (int i = 0; i < m->n_plan; i++) {
+            if (!live[i] || m->plan[i].rec < 0 || rs->r[m->plan[i].rec].loaded) continue;
+            int v = verify_record(m, rs, m->plan[i].rec);
+            if (v < 0) {
+                st = svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory reading the records of %s", m->dir);
+                goto done;
+            }
+            refused += v;
+        }
+        if (!refused) break;
+    }
+    made = calloc((size_t)m->n_plan + 1, sizeof *made);
+    if (!made) {
+        st = svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
+        goto done;
+    }
+    int kept = 0, found = 0;
+    double unread = 0;
+    for (int i = 0; i < m->n_plan; i++)
+        kept += live[i] && m->plan[i].rec >= 0;
+    for (int i = 0; i < rs->n; i++)
+        if (!rs->r[i].rejected) {
+            found++;
+            if (!rs->r[i].loaded) unread += (double)rs->r[i].size;
+        }
+    int differs = 0;
+    for (int i = 0; i < m->n_entries && !st; i++) {
+        if (!m->entries[i]->plan) continue;
+        int d = 0;
+        st = materialize(m, rs, i, made, stack, &d, err);
+        if (d) differs = 1, i = -1; /* the table changed order: from the start (done ones are skipped) */
+    }
+    if (st) goto done;
+    m->report.loaded += kept;
+    m->report.skipped += found - kept;
+    if (found > kept) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%d of %d records evicted on opening (%.0f KiB left unread)", found - kept,
+                 found, unread / 1024);
+        note(m, "budget: %s%s", msg, "");
+    }
+    if (differs) {
+        /* the entries are what was computed; the budget then holds on those */
+        note(
+            m, "budget: %s%s",
+            "an entry computed on opening differed from its plan: kept as computed, the budget applied to it",
+            "");
+        if (!m->opts.read_only && (st = mem_enforce_budget(m, err))) goto done;
+    }
+    if (m->report.evict_only) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "evicted only: merging and shrinking to fit would have read %.0f KiB and cost %.3g element "
+                 "operations",
+                 read / 1024, work);
+        note(m, "budget: %s%s", msg, "");
+    }
+done:
+    if (made)
+        for (int i = 0; i < m->n_plan; i++)
+            mem_entry_free(made[i]);
+    free(made);
+    free(live);
+    free(stack);
+    for (int i = 0; i < rs->n; i++) { /* read before a plan left them out */
+        mem_entry_free(rs->r[i].loaded);
+        rs->r[i].loaded = NULL;
+    }
+    free(m->plan);
+    m->plan = NULL;
+    m->n_plan = m->cap_plan = 0;
+    return st;
 }
 
 /* ---- manifest -------------------------------------------------------------------------- */
@@ -383,10 +848,14 @@ static int parse_manifest(const uint8_t *p, size_t n, manifest *mf, const char *
     return 0;
 }
 
-static svlm_status write_manifest(svlm_memory *m, svlm_err *err) {
+/* The manifest of the persisted entries; or, with rows, of those records. */
+static svlm_status write_manifest(svlm_memory *m, const mem_row *rows, int n_rows, svlm_err *err) {
     int count = 0;
-    for (int i = 0; i < m->n_entries; i++)
-        count += m->entries[i]->persisted;
+    if (rows)
+        count = n_rows;
+    else
+        for (int i = 0; i < m->n_entries; i++)
+            count += m->entries[i]->persisted;
     wbuf b = {malloc(MAN_HEADER + (size_t)count * MAN_ROW + 4), 0};
     if (!b.p) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory writing the manifest");
     put(&b, MAN_MAGIC, 4);
@@ -399,11 +868,12 @@ static svlm_status write_manifest(svlm_memory *m, svlm_err *err) {
     put_u64(&b, (uint64_t)m->st.frames);
     put_u32(&b, (uint32_t)count);
     put_u32(&b, 0);
-    for (int i = 0; i < m->n_entries; i++) {
-        const mem_entry *e = m->entries[i];
-        if (!e->persisted) continue;
-        put_u64(&b, e->id);
-        put_u32(&b, e->crc);
+    for (int i = 0; i < (rows ? n_rows : m->n_entries); i++) {
+        uint64_t id = rows ? rows[i].id : m->entries[i]->id;
+        uint32_t crc = rows ? rows[i].crc : m->entries[i]->crc;
+        if (!rows && !m->entries[i]->persisted) continue;
+        put_u64(&b, id);
+        put_u32(&b, crc);
         put_u32(&b, 0);
     }
     put_u32(&b, mem_crc32(0, b.p, b.n));
@@ -412,13 +882,30 @@ static svlm_status write_manifest(svlm_memory *m, svlm_err *err) {
     return st;
 }
 
-svlm_status mem_store_sync(svlm_memory *m, svlm_err *err) {
+/* The manifest of the records opening found, when one is due (svlm_memory.found_rows). */
+static svlm_status write_found_manifest(svlm_memory *m, svlm_err *err) {
+    if (!m->found_rows) return SVLM_OK;
     svlm_status st;
+    if ((st = fsync_dir(m->dir, err)) || (st = write_manifest(m, m->found_rows, m->n_found_rows, err)) ||
+        (st = fsync_dir(m->dir, err)))
+        return st;
+    free(m->found_rows);
+    m->found_rows = NULL;
+    m->n_found_rows = 0;
+    return SVLM_OK;
+}
+
+svlm_status mem_store_sync(svlm_memory *m, svlm_err *err) {
+    /* first a manifest of what is on disk, where there is none: the records written next are then
+     * orphans until the manifest that lists them is in place */
+    svlm_status st = write_found_manifest(m, err);
+    if (st) return st;
     for (int i = 0; i < m->n_entries; i++) {
         mem_entry *e = m->entries[i];
         if (e->tier != SVLM_MEMORY_SHORT && !e->persisted && (st = write_record(m, e, err))) return st;
     }
-    if ((st = fsync_dir(m->dir, err)) || (st = write_manifest(m, err)) || (st = fsync_dir(m->dir, err)))
+    if ((st = fsync_dir(m->dir, err)) || (st = write_manifest(m, NULL, 0, err)) ||
+        (st = fsync_dir(m->dir, err)))
         return st;
     for (int i = 0; i < m->n_removed; i++) {
         char name[64], path[4096];
@@ -441,13 +928,15 @@ static int is_record_name(const char *s) {
     return 1;
 }
 
-/* Loads every record in dir (no manifest to trust); with only_orphans, deletes instead the
- * records the manifest does not list, and leftover temporary files. */
-static void scan_dir(svlm_memory *m, int only_orphans) {
+/* Finds every record in dir (no manifest to trust); with only_orphans, deletes instead the records
+ * the resume's list does not hold (the manifest does not list them), and leftover temporary files.
+ * 0, or -1 when out of memory (the open fails). */
+static int scan_dir(svlm_memory *m, resume *rs, int only_orphans) {
     DIR *d = opendir(m->dir);
-    if (!d) return;
+    if (!d) return 0;
     struct dirent *de;
-    while ((de = readdir(d))) {
+    int rc = 0;
+    while (!rc && (de = readdir(d))) {
         const char *s = de->d_name;
         size_t n = strlen(s);
         char path[4096];
@@ -458,16 +947,43 @@ static void scan_dir(svlm_memory *m, int only_orphans) {
         }
         if (!is_record_name(s)) continue;
         uint64_t id = strtoull(s + 1, NULL, 16);
-        int listed = 0;
-        for (int i = 0; i < m->n_entries && !listed; i++)
-            listed = m->entries[i]->id == id;
+        int listed = found_index(rs, id) >= 0;
         if (only_orphans) {
             if (!listed && !m->opts.read_only) unlink(path);
         } else if (!listed) {
-            load_record(m, s, id, 0, 0);
+            rc = probe_record(m, rs, s, id, 0, 0);
         }
     }
     closedir(d);
+    return rc;
+}
+
+/* The stream's times from the records whose headers are vouched for: read and verified (those the
+ * budget kept something of), never one left unread, whose header may be anything that passes its
+ * checks. */
+static void times_from_records(svlm_memory *m, const resume *rs) {
+    int first = 1;
+    for (int i = 0; i < rs->n; i++) {
+        if (rs->r[i].rejected || !rs->r[i].verified) continue;
+        double t0 = get_f64(rs->r[i].head + 24), t1 = get_f64(rs->r[i].head + 32);
+        if (first || t0 < m->st.t_first) m->st.t_first = t0;
+        if (t1 > m->st.t_last) m->st.t_last = t1;
+        first = 0;
+    }
+}
+
+/* Notes that the records opening found are to be the manifest before anything new is written. */
+static svlm_status keep_found_rows(svlm_memory *m, const resume *rs, svlm_err *err) {
+    int n = 0;
+    for (int i = 0; i < rs->n; i++)
+        n += !rs->r[i].rejected;
+    free(m->found_rows);
+    m->found_rows = malloc((size_t)(n ? n : 1) * sizeof *m->found_rows);
+    m->n_found_rows = 0;
+    if (!m->found_rows) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
+    for (int i = 0; i < rs->n; i++)
+        if (!rs->r[i].rejected) m->found_rows[m->n_found_rows++] = (mem_row){rs->r[i].id, rs->r[i].crc};
+    return SVLM_OK;
 }
 
 svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
@@ -477,11 +993,16 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
     if (stat(m->dir, &sb) || !S_ISDIR(sb.st_mode))
         return svlm_fail(err, SVLM_E_IO, "memory: %s is not a directory", m->dir);
     char path[4096];
+    const char *why = NULL;
     if (!m->opts.read_only) {
         /* one writer a directory: two handed out the same ids and overwrote each other's records,
          * and each deleted the other's files as orphans when it opened (readers take no lock) */
         path_of(m, path, sizeof path, "LOCK");
-        m->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        m->lock_fd = open_file(path, O_RDWR | O_CREAT, &sb, &why);
+        if (m->lock_fd < 0 && why) /* "a FIFO, not a regular file" */
+            return svlm_fail(err, SVLM_E_IO,
+                             "memory: %s is %.*s: remove it (svlm locks the directory with it)", path,
+                             (int)(strchr(why, ':') - why), why);
         if (m->lock_fd < 0)
             return svlm_fail(err, SVLM_E_IO, "memory: cannot open %s: %s", path, strerror(errno));
         if (flock(m->lock_fd, LOCK_EX | LOCK_NB))
@@ -491,9 +1012,16 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
                              m->dir, path);
     }
     path_of(m, path, sizeof path, "MANIFEST");
-    const char *why = NULL;
     size_t n = 0;
     uint8_t *p = read_all(path, &n, &why);
+    if (!p && why == OUT_OF_MEMORY)
+        return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory reading %s", path);
+    if (!p && !m->opts.read_only &&
+        !strncmp(why, "a directory", 11)) /* a rebuilt manifest cannot replace it */
+        return svlm_fail(
+            err, SVLM_E_IO,
+            "memory: %s is a directory, not a regular file: remove it (the bank's manifest goes there)",
+            path);
     manifest mf;
     int ok = p && parse_manifest(p, n, &mf, &why) == 0;
     if (ok && (mf.dim != (uint32_t)m->opts.dim || mf.key_dim != (uint32_t)m->opts.key_dim)) {
@@ -503,42 +1031,68 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
                          m->dir, mf.dim, mf.key_dim, m->opts.dim, m->opts.key_dim);
     }
     m->report.manifest_ok = ok;
+    resume rs = {0};
+    int oom = 0;
     if (ok) {
-        for (uint32_t i = 0; i < mf.count; i++) {
+        rs.listed = 1;
+        rs.next_id = mf.next_id;
+        for (uint32_t i = 0; i < mf.count && !oom; i++) {
             char name[64];
             const uint8_t *row = mf.rows + (size_t)i * MAN_ROW;
             record_name(get_u64(row), name, sizeof name);
-            load_record(m, name, get_u64(row), 1, get_u32(row + 8));
+            oom = probe_record(m, &rs, name, get_u64(row), 1, get_u32(row + 8)) < 0;
         }
-        if (mf.next_id > m->next_id) m->next_id = mf.next_id;
         m->st.t_first = mf.t_first;
         m->st.t_last = mf.t_last;
-        scan_dir(m, 1);
+        /* (every listed record is in rs, refused or not: only unlisted ones are deleted) */
+        if (!oom) scan_dir(m, &rs, 1);
     } else {
-        if (!(p == NULL && !strcmp(why, "missing"))) note(m, "MANIFEST: %s%s", why, "");
-        scan_dir(m, 0);
-        if (m->other_width) { /* as with a manifest that says so: refused, nothing touched */
+        /* corrupt, unreadable, or not a file at all (a FIFO: refused, never waited on): the records
+         * are what there is, and a rebuilt manifest takes its place */
+        if (!(p == NULL && why == MISSING)) note(m, "MANIFEST: %s%s", why, "");
+        oom = scan_dir(m, &rs, 0) < 0;
+        if (!oom && m->other_width) { /* as with a manifest that says so: refused, nothing touched */
             free(p);
+            free(rs.r);
             return svlm_fail(err, SVLM_E_INVALID,
                              "memory: %s holds %d record%s of another width than this stream's (dim %d, "
                              "key_dim %d): another model's bank",
                              m->dir, m->other_width, m->other_width == 1 ? "" : "s", m->opts.dim,
                              m->opts.key_dim);
         }
-        if (p == NULL && !strcmp(why, "missing") && m->report.loaded + m->report.rejected == 0)
+        if (p == NULL && why == MISSING && rs.n + m->report.rejected == 0)
             m->report.manifest_ok = 1; /* a new, empty directory */
-        else if (p == NULL && !strcmp(why, "missing"))
+        else if (p == NULL && why == MISSING)
             note(m, "MANIFEST: %s%s", why, "");
-        if (m->n_entries) {
-            m->st.t_first = m->entries[0]->t0;
-            for (int i = 0; i < m->n_entries; i++)
-                if (m->entries[i]->t1 > m->st.t_last) m->st.t_last = m->entries[i]->t1;
-        }
     }
     free(p);
-    if (!m->opts.read_only && (!m->report.manifest_ok || m->report.rejected)) {
-        m->dirty = 1; /* write a manifest that lists exactly what verified */
-        return mem_store_sync(m, err);
+    if (oom) {
+        free(rs.r);
+        return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
+    }
+    svlm_status st = resume_entries(m, &rs, err);
+    if (!st && !ok) times_from_records(m, &rs);
+    /* no manifest that lists just what is there (none, or one listing records now set aside): one
+     * that does is written before anything else, so the records a failed save leaves are orphans */
+    if (!st && !m->opts.read_only && (!m->report.manifest_ok || m->report.rejected))
+        st = keep_found_rows(m, &rs, err);
+    free(rs.r);
+    if (st || m->opts.read_only) return st;
+    svlm_err save_err = {0};
+    svlm_status saved = SVLM_OK;
+    if (m->report.skipped)
+        /* what the budget keeps, saved now: records left unread are not vouched for, so none may
+         * stay listed (those it evicts go as an eviction's do, with this save) */
+        saved = mem_store_sync(m, &save_err);
+    else
+        saved = write_found_manifest(m, &save_err); /* the rest is saved with the next push */
+    if (saved) {
+        /* the bank opens all the same, as one whose save failed after a push: its entries are in
+         * memory, and the next save (the next push that changes them, or a flush) tries again */
+        m->dirty = 1;
+        note(m, "saving on opening failed (tried again with the next save): %s%s", save_err.msg, "");
+        fprintf(stderr, "svlm: %s (the bank in %s opened; the next save tries again)\n", save_err.msg,
+                m->dir);
     }
     return SVLM_OK;
 }
