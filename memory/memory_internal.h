@@ -34,7 +34,7 @@ typedef struct mem_entry {
     uint32_t crc;  /* of that record */
 } mem_entry;
 
-/* Resume (memory_store.c) applies the budget to entries made from their records' headers alone,
+/* Resume (memory_resume.c) applies the budget to entries made from their records' headers alone,
  * "planned" entries (tokens and keys NULL), before it reads any payload: the budget's merges and
  * halvings of planned entries are noted here instead of computed, so only the records that the
  * budget keeps something of are read, and only what it keeps is computed (memory_budget.c's steps
@@ -110,7 +110,7 @@ struct svlm_memory {
     int lock_fd;     /* dir/LOCK, held (flock) while a writing bank has dir open; -1: none */
     int other_width; /* records skipped for another model's width (no manifest to say so) */
 
-    /* resume only (memory_store.c) */
+    /* resume only (memory_resume.c; found_rows: memory_store.c) */
     mem_plan_node *plan; /* what planned entries stand for */
     int n_plan, cap_plan;
     int evict_only; /* the budget evicts only (no merges, no shrinks) */

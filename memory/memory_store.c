@@ -8,6 +8,7 @@
  * point leaves a manifest whose records all exist (orphans are removed on the next open). Where
  * opening found no manifest that lists just the records there (none, a corrupt one, records set
  * aside), one that does is written before any new record, so that holds from the first save on.
+ * What opening keeps of the records found, within the budget, is planned in memory_resume.c.
  *
  * Record (little-endian, 72-byte header):
  *   "SVMR" u32 version=1 | u64 id | u32 tier | i32 level | f64 t0 | f64 t1 | i64 n_frames |
@@ -33,11 +34,12 @@
 #include "common/checked.h"
 #include "common/err.h"
 #include "memory/memory_internal.h"
+#include "memory/memory_resume.h"
 
 #define REC_MAGIC  "SVMR"
 #define MAN_MAGIC  "SVMM"
 #define VERSION    1u
-#define REC_HEADER 72
+#define REC_HEADER MEM_REC_HEADER /* 72 */
 #define MAN_HEADER 56
 #define MAN_ROW    16
 #define MAX_FILE   ((size_t)1 << 31)
@@ -236,7 +238,7 @@ static uint8_t *read_all(const char *path, size_t *n, const char **why) {
     return buf;
 }
 
-static void note(svlm_memory *m, const char *fmt, const char *a, const char *b) {
+void mem_note(svlm_memory *m, const char *fmt, const char *a, const char *b) {
     size_t used = strlen(m->report.detail);
     if (used + 4 >= sizeof m->report.detail) return;
     snprintf(m->report.detail + used, sizeof m->report.detail - used, used ? "; " : "");
@@ -330,8 +332,7 @@ static int check_header(const svlm_memory *m, const uint8_t *p, size_t n, const 
     return 0;
 }
 
-/* The entry fields a checked header gives. */
-static void header_to_entry(const uint8_t *p, uint32_t crc, mem_entry *e) {
+void mem_header_to_entry(const uint8_t *p, uint32_t crc, mem_entry *e) {
     e->id = get_u64(p + 8);
     e->tier = (svlm_memory_tier)get_u32(p + 16);
     e->level = (int32_t)get_u32(p + 20);
@@ -343,6 +344,10 @@ static void header_to_entry(const uint8_t *p, uint32_t crc, mem_entry *e) {
     memcpy(&e->importance, p + 64, 4);
     e->persisted = 1;
     e->crc = crc;
+}
+
+int mem_record_tokens(const uint8_t *p) {
+    return (int)get_u32(p + 48);
 }
 
 /* Parses and verifies one record. Returns the entry, or NULL with the reason in why. */
@@ -365,47 +370,16 @@ static mem_entry *parse_record(svlm_memory *m, const uint8_t *p, size_t n, const
         *why = OUT_OF_MEMORY;
         return NULL;
     }
-    header_to_entry(p, get_u32(p + n - 4), e);
+    mem_header_to_entry(p, get_u32(p + n - 4), e);
     size_t a = (size_t)n_tokens * (size_t)m->opts.dim, b = (size_t)n_keys * (size_t)m->kdim;
     memcpy(e->tokens, p + REC_HEADER, a * 4);
     memcpy(e->keys, p + REC_HEADER + a * 4, b * 4);
     return e;
 }
 
-/* ---- resuming: the budget applied before the payloads are read --------------------------- */
+/* ---- finding records: headers checked before any payload is read ------------------------- */
 
-/* A record found on opening the directory, from its header and trailing checksum alone. */
-typedef struct rec_found {
-    uint64_t id;
-    uint32_t crc; /* its trailing checksum */
-    int rejected; /* refused (reported; set aside where there was a file): not part of the bank */
-    int verified; /* read whole and verified (its header vouched for) */
-    size_t size;  /* bytes */
-    uint8_t head[REC_HEADER];
-    mem_entry *loaded; /* read and verified, not yet used; NULL: not read (or used) */
-} rec_found;
-
-typedef struct resume {
-    rec_found *r;
-    int n, cap;
-    int listed;       /* from a verified manifest */
-    uint64_t next_id; /* the manifest's */
-} resume;
-
-/* What a resume may spend to give exactly what loading every record and then applying the budget
- * gives: reading the records that the budget keeps something of, up to RESUME_READ_BUDGETS times
- * the budget, and redoing the budget's merges and shrinks of them, up to RESUME_WORK_PER_BYTE
- * vector elements (mem_cluster_cost) per byte of budget, about 10 s for 64 MiB here. A bank
- * reopened under the budget it was written with needs neither; one written under a budget up to
- * about 4 times larger stays within both (its entries are a bank's own, a clip of mid_tokens, an
- * event of event_frames x event_tokens: 10 to 75 per byte measured, halving the budget to
- * quartering it). Past either, the budget evicts only (in its own order: oldest clips, then the
- * least important events), so at most the budget is read and nothing is clustered: a directory of
- * 128 MiB of 4096-token records took about 600 s of clustering to fit a 64 MiB budget. */
-#define RESUME_READ_BUDGETS  4
-#define RESUME_WORK_PER_BYTE 128
-
-static int found_index(const resume *rs, uint64_t id) {
+static int found_index(const mem_resume *rs, uint64_t id) {
     for (int i = 0; i < rs->n; i++)
         if (rs->r[i].id == id) return i;
     return -1;
@@ -417,7 +391,7 @@ static int found_index(const resume *rs, uint64_t id) {
  * so the open does not delete it as an orphan. */
 static void reject(svlm_memory *m, const char *name, const char *why, int set_aside) {
     m->report.rejected++;
-    note(m, "%s: %s", name, why ? why : OUT_OF_MEMORY);
+    mem_note(m, "%s: %s", name, why ? why : OUT_OF_MEMORY);
     if (!m->opts.read_only && set_aside) {
         char path[4096], bad[4200];
         path_of(m, path, sizeof path, name);
@@ -437,15 +411,15 @@ static int pread_full(int fd, uint8_t *p, size_t n, off_t at) {
 }
 
 /* Appends record id to the resume's list (refused or not yet). NULL when out of memory. */
-static rec_found *found_add(resume *rs, uint64_t id) {
+static mem_rec_found *found_add(mem_resume *rs, uint64_t id) {
     if (rs->n == rs->cap) {
         int cap = rs->cap ? rs->cap * 2 : 64;
-        rec_found *r = realloc(rs->r, (size_t)cap * sizeof *r);
+        mem_rec_found *r = realloc(rs->r, (size_t)cap * sizeof *r);
         if (!r) return NULL;
         rs->r = r;
         rs->cap = cap;
     }
-    rec_found *r = &rs->r[rs->n++];
+    mem_rec_found *r = &rs->r[rs->n++];
     memset(r, 0, sizeof *r);
     r->id = id;
     return r;
@@ -453,10 +427,10 @@ static rec_found *found_add(resume *rs, uint64_t id) {
 
 /* A record refused while probing: reported, set aside where there is a file, and kept in the
  * resume's list (refused) so that nothing deletes it as an orphan. -1 when out of memory. */
-static int probe_reject(svlm_memory *m, resume *rs, const char *name, uint64_t id, const char *why,
+static int probe_reject(svlm_memory *m, mem_resume *rs, const char *name, uint64_t id, const char *why,
                         int exists) {
     reject(m, name, why, exists);
-    rec_found *r = found_add(rs, id);
+    mem_rec_found *r = found_add(rs, id);
     if (!r) return -1;
     r->rejected = 1;
     return 0;
@@ -465,11 +439,11 @@ static int probe_reject(svlm_memory *m, resume *rs, const char *name, uint64_t i
 /* Finds record NAME (id from its name; with has_listed_crc, listed in the manifest with that
  * checksum): its header and trailing checksum are read and checked, its payload is not. 0, or -1
  * when out of memory (the open fails: a record is never dropped for want of memory). */
-static int probe_record(svlm_memory *m, resume *rs, const char *name, uint64_t id, int has_listed_crc,
+static int probe_record(svlm_memory *m, mem_resume *rs, const char *name, uint64_t id, int has_listed_crc,
                         uint32_t listed_crc) {
     if (found_index(rs, id) >= 0) { /* listed twice: its record is found, leave it in place */
         m->report.rejected++;
-        note(m, "%s: %s", name, "listed twice");
+        mem_note(m, "%s: %s", name, "listed twice");
         return 0;
     }
     char path[4096];
@@ -515,7 +489,7 @@ static int probe_record(svlm_memory *m, resume *rs, const char *name, uint64_t i
         return probe_reject(m, rs, name, id, "its id differs from its file name", 1);
     if (has_listed_crc && get_u32(tail) != listed_crc)
         return probe_reject(m, rs, name, id, "differs from the manifest", 1);
-    rec_found *r = found_add(rs, id);
+    mem_rec_found *r = found_add(rs, id);
     if (!r) return -1;
     r->crc = get_u32(tail);
     r->size = size;
@@ -523,10 +497,8 @@ static int probe_record(svlm_memory *m, resume *rs, const char *name, uint64_t i
     return 0;
 }
 
-/* Reads record i whole and verifies it; 0, 1 when it is refused (reported, set aside where there is
- * a file), or -1 when out of memory (the open fails rather than drop the record). */
-static int verify_record(svlm_memory *m, resume *rs, int i) {
-    rec_found *r = &rs->r[i];
+int mem_verify_record(svlm_memory *m, mem_resume *rs, int i) {
+    mem_rec_found *r = &rs->r[i];
     char name[64], path[4096];
     record_name(r->id, name, sizeof name);
     path_of(m, path, sizeof path, name);
@@ -550,266 +522,6 @@ static int verify_record(svlm_memory *m, resume *rs, int i) {
     r->loaded = e;
     r->verified = 1;
     return 0;
-}
-
-/* Empties the table and fills it with one planned entry a record found (and not refused), as
- * loading them all fills it: the same entries in the same order, the same ids to come, the same
- * table size (which the budget counts). */
-static svlm_status plan_table(svlm_memory *m, const resume *rs, svlm_err *err) {
-    for (int i = 0; i < m->n_entries; i++)
-        mem_entry_free(m->entries[i]);
-    free(m->entries);
-    m->entries = NULL;
-    m->n_entries = m->cap_entries = 0;
-    m->entry_bytes = 0;
-    memset(m->st.tier_entries, 0, sizeof m->st.tier_entries);
-    memset(m->st.tier_bytes, 0, sizeof m->st.tier_bytes);
-    m->st.merges = m->st.evictions = m->st.shrinks = 0;
-    m->n_removed = 0;
-    m->dirty = 0;
-    m->next_id = 1;
-    m->n_plan = 0;
-    for (int i = 0; i < rs->n; i++) {
-        if (rs->r[i].rejected) continue;
-        mem_entry *e = calloc(1, sizeof *e); /* tokens and keys NULL: a planned entry */
-        if (e) header_to_entry(rs->r[i].head, rs->r[i].crc, e);
-        if (e && !(e->plan = mem_plan_add(m, i, -1, -1, e->n_tokens))) {
-            free(e);
-            e = NULL;
-        }
-        if (!e) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
-        svlm_status st = mem_insert(m, e, err);
-        if (st) return st;
-    }
-    if (rs->listed && rs->next_id > m->next_id) m->next_id = rs->next_id;
-    return SVLM_OK;
-}
-
-/* The table planned, then the budget applied to it (a writing bank; a reader keeps everything). */
-static svlm_status plan(svlm_memory *m, const resume *rs, int evict_only, svlm_err *err) {
-    svlm_status st = plan_table(m, rs, err);
-    if (st || m->opts.read_only) return st;
-    m->evict_only = evict_only;
-    st = mem_enforce_budget(m, err);
-    m->evict_only = 0;
-    return st;
-}
-
-/* Marks live[node] for the nodes that the table's entries stand on. stack: room for n_plan. */
-static void mark_live(const svlm_memory *m, char *live, int *stack) {
-    int top = 0;
-    memset(live, 0, (size_t)m->n_plan);
-    for (int i = 0; i < m->n_entries; i++)
-        if (m->entries[i]->plan) stack[top++] = m->entries[i]->plan - 1;
-    while (top) { /* a node is part of one entry only: each is pushed once */
-        int x = stack[--top];
-        live[x] = 1;
-        if (m->plan[x].rec < 0) {
-            stack[top++] = m->plan[x].from[0];
-            stack[top++] = m->plan[x].from[1];
-        }
-    }
-}
-
-/* Work of mem_refresh_keys on k tokens. */
-static double keys_cost(const svlm_memory *m, int k) {
-    return m->opts.key_dim > 0 ? 0 : mem_cluster_cost(k, m->kdim, SVLM_MEMORY_MAX_KEYS);
-}
-
-/* What giving the table's entries their tokens takes: bytes of records still to read, and work. */
-static void plan_cost(const svlm_memory *m, const resume *rs, const char *live, double *read, double *work) {
-    *read = *work = 0;
-    for (int i = 0; i < m->n_plan; i++) {
-        if (!live[i]) continue;
-        const mem_plan_node *p = &m->plan[i];
-        if (p->rec >= 0) {
-            const rec_found *r = &rs->r[p->rec];
-            if (!r->loaded) *read += (double)r->size;
-            int n = (int)get_u32(r->head + 48);
-            for (int h = 0; h < p->halvings; n /= 2, h++)
-                *work += mem_cluster_cost(n, m->opts.dim, n / 2) + keys_cost(m, n / 2);
-        } else {
-            int n = m->plan[p->from[0]].n_tokens + m->plan[p->from[1]].n_tokens;
-            *work += mem_cluster_cost(n, m->opts.dim, p->n_tokens) + keys_cost(m, p->n_tokens);
-        }
-    }
-}
-
-/* The fields of an entry's header that the budget looks at, the same bit for bit (a NaN is equal
- * to itself here, and -0 differs from 0: what is compared is what the plan computed from). */
-static int same_header(const mem_entry *a, const mem_entry *b) {
-    return a->tier == b->tier && !memcmp(&a->t0, &b->t0, sizeof a->t0) &&
-           !memcmp(&a->t1, &b->t1, sizeof a->t1) && a->n_frames == b->n_frames && a->level == b->level &&
-           !memcmp(&a->importance, &b->importance, sizeof a->importance) && a->n_tokens == b->n_tokens &&
-           a->n_keys == b->n_keys;
-}
-
-/* Gives planned entry i its tokens and keys: computed from its records, read and verified (in
- * rs), by the same merges and halvings, in the same order, as the budget would have done on them
- * loaded. Should what is computed not be what was planned (it never is: the plan's arithmetic is
- * the merge's and the halving's), the entry computed replaces the planned one, under its id, and
- * *differs is set (the caller applies the budget again). made: room for n_plan entries; stack: for
- * 2 n_plan + 1. */
-static svlm_status materialize(svlm_memory *m, resume *rs, int i, mem_entry **made, int *stack, int *differs,
-                               svlm_err *err) {
-    mem_entry *e = m->entries[i];
-    int top = 0, root = e->plan - 1;
-    stack[top++] = root;
-    while (top) { /* post-order: a merge after its two parts; ~x: x's parts are done */
-        int x = stack[--top];
-        if (x >= 0) {
-            stack[top++] = ~x;
-            if (m->plan[x].rec < 0) {
-                stack[top++] = m->plan[x].from[1];
-                stack[top++] = m->plan[x].from[0];
-            }
-            continue;
-        }
-        x = ~x;
-        const mem_plan_node *p = &m->plan[x];
-        if (p->rec >= 0) {
-            made[x] = rs->r[p->rec].loaded;
-            rs->r[p->rec].loaded = NULL;
-            if (!made[x]) return svlm_fail(err, SVLM_E_INVALID, "memory: resume: a record was not read");
-            for (int h = 0; h < p->halvings; h++)
-                if (mem_halve_tokens(m, made[x]))
-                    return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory while compressing");
-        } else {
-            made[x] = mem_merge_clips(m, made[p->from[0]], made[p->from[1]]);
-            mem_entry_free(made[p->from[0]]);
-            mem_entry_free(made[p->from[1]]);
-            made[p->from[0]] = made[p->from[1]] = NULL;
-            if (!made[x]) return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory while compressing");
-        }
-    }
-    mem_entry *x = made[root];
-    made[root] = NULL;
-    if (!same_header(x, e)) {
-        /* kept as really computed: the planned entry's bytes and place in time are replaced too */
-        mem_entry *old = mem_take(m, i);
-        x->id = old->id;
-        x->persisted = old->persisted;
-        x->crc = old->crc;
-        x->plan = 0;
-        mem_entry_free(old);
-        *differs = 1;
-        return mem_insert(m, x, err);
-    }
-    e->tokens = x->tokens;
-    e->keys = x->keys;
-    x->tokens = x->keys = NULL;
-    mem_entry_free(x);
-    e->plan = 0;
-    return SVLM_OK;
-}
-
-/* The entries of the records found, within the budget: the budget is applied to planned entries;
- * only the records it keeps something of are read (and verified: one refused, it is planned again
- * without it), then what it keeps is computed from them. The result is what loading every record
- * and then applying the budget gives (RESUME_* for when it evicts only, and the note in
- * memory_bank.h for the difference). Fills the report's loaded, skipped and evict_only. */
-static svlm_status resume_entries(svlm_memory *m, resume *rs, svlm_err *err) {
-    svlm_status st = SVLM_OK;
-    char *live = NULL;
-    int *stack = NULL;
-    mem_entry **made = NULL;
-    double read = 0, work = 0;
-    for (;;) {
-        int evict_only = 0;
-        if ((st = plan(m, rs, 0, err))) goto done;
-        for (int pass = 0; pass < 2; pass++) {
-            free(live);
-            free(stack);
-            live = malloc((size_t)m->n_plan + 1);
-            stack = malloc((2 * (size_t)m->n_plan + 1) * sizeof *stack);
-            if (!live || !stack) {
-                st = svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
-                goto done;
-            }
-            mark_live(m, live, stack);
-            if (pass == 1) break;
-            plan_cost(m, rs, live, &read, &work);
-            double budget = (double)m->opts.budget_bytes;
-            if (m->opts.read_only ||
-                (read <= RESUME_READ_BUDGETS * budget && work <= RESUME_WORK_PER_BYTE * budget))
-                break;
-            if ((st = plan(m, rs, 1, err))) goto done;
-            evict_only = 1;
-        }
-        m->report.evict_only = evict_only;
-        int refused = 0;
-        for (int i = 0; i < m->n_plan; i++) {
-            if (!live[i] || m->plan[i].rec < 0 || rs->r[m->plan[i].rec].loaded) continue;
-            int v = verify_record(m, rs, m->plan[i].rec);
-            if (v < 0) {
-                st = svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory reading the records of %s", m->dir);
-                goto done;
-            }
-            refused += v;
-        }
-        if (!refused) break;
-    }
-    made = calloc((size_t)m->n_plan + 1, sizeof *made);
-    if (!made) {
-        st = svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
-        goto done;
-    }
-    int kept = 0, found = 0;
-    double unread = 0;
-    for (int i = 0; i < m->n_plan; i++)
-        kept += live[i] && m->plan[i].rec >= 0;
-    for (int i = 0; i < rs->n; i++)
-        if (!rs->r[i].rejected) {
-            found++;
-            if (!rs->r[i].loaded) unread += (double)rs->r[i].size;
-        }
-    int differs = 0;
-    for (int i = 0; i < m->n_entries && !st; i++) {
-        if (!m->entries[i]->plan) continue;
-        int d = 0;
-        st = materialize(m, rs, i, made, stack, &d, err);
-        if (d) differs = 1, i = -1; /* the table changed order: from the start (done ones are skipped) */
-    }
-    if (st) goto done;
-    m->report.loaded += kept;
-    m->report.skipped += found - kept;
-    if (found > kept) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "%d of %d records evicted on opening (%.0f KiB left unread)", found - kept,
-                 found, unread / 1024);
-        note(m, "budget: %s%s", msg, "");
-    }
-    if (differs) {
-        /* the entries are what was computed; the budget then holds on those */
-        note(
-            m, "budget: %s%s",
-            "an entry computed on opening differed from its plan: kept as computed, the budget applied to it",
-            "");
-        if (!m->opts.read_only && (st = mem_enforce_budget(m, err))) goto done;
-    }
-    if (m->report.evict_only) {
-        char msg[200];
-        snprintf(msg, sizeof msg,
-                 "evicted only: merging and shrinking to fit would have read %.0f KiB and cost %.3g element "
-                 "operations",
-                 read / 1024, work);
-        note(m, "budget: %s%s", msg, "");
-    }
-done:
-    if (made)
-        for (int i = 0; i < m->n_plan; i++)
-            mem_entry_free(made[i]);
-    free(made);
-    free(live);
-    free(stack);
-    for (int i = 0; i < rs->n; i++) { /* read before a plan left them out */
-        mem_entry_free(rs->r[i].loaded);
-        rs->r[i].loaded = NULL;
-    }
-    free(m->plan);
-    m->plan = NULL;
-    m->n_plan = m->cap_plan = 0;
-    return st;
 }
 
 /* ---- manifest -------------------------------------------------------------------------- */
@@ -931,7 +643,7 @@ static int is_record_name(const char *s) {
 /* Finds every record in dir (no manifest to trust); with only_orphans, deletes instead the records
  * the resume's list does not hold (the manifest does not list them), and leftover temporary files.
  * 0, or -1 when out of memory (the open fails). */
-static int scan_dir(svlm_memory *m, resume *rs, int only_orphans) {
+static int scan_dir(svlm_memory *m, mem_resume *rs, int only_orphans) {
     DIR *d = opendir(m->dir);
     if (!d) return 0;
     struct dirent *de;
@@ -961,7 +673,7 @@ static int scan_dir(svlm_memory *m, resume *rs, int only_orphans) {
 /* The stream's times from the records whose headers are vouched for: read and verified (those the
  * budget kept something of), never one left unread, whose header may be anything that passes its
  * checks. */
-static void times_from_records(svlm_memory *m, const resume *rs) {
+static void times_from_records(svlm_memory *m, const mem_resume *rs) {
     int first = 1;
     for (int i = 0; i < rs->n; i++) {
         if (rs->r[i].rejected || !rs->r[i].verified) continue;
@@ -973,7 +685,7 @@ static void times_from_records(svlm_memory *m, const resume *rs) {
 }
 
 /* Notes that the records opening found are to be the manifest before anything new is written. */
-static svlm_status keep_found_rows(svlm_memory *m, const resume *rs, svlm_err *err) {
+static svlm_status keep_found_rows(svlm_memory *m, const mem_resume *rs, svlm_err *err) {
     int n = 0;
     for (int i = 0; i < rs->n; i++)
         n += !rs->r[i].rejected;
@@ -1031,7 +743,7 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
                          m->dir, mf.dim, mf.key_dim, m->opts.dim, m->opts.key_dim);
     }
     m->report.manifest_ok = ok;
-    resume rs = {0};
+    mem_resume rs = {0};
     int oom = 0;
     if (ok) {
         rs.listed = 1;
@@ -1049,7 +761,7 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
     } else {
         /* corrupt, unreadable, or not a file at all (a FIFO: refused, never waited on): the records
          * are what there is, and a rebuilt manifest takes its place */
-        if (!(p == NULL && why == MISSING)) note(m, "MANIFEST: %s%s", why, "");
+        if (!(p == NULL && why == MISSING)) mem_note(m, "MANIFEST: %s%s", why, "");
         oom = scan_dir(m, &rs, 0) < 0;
         if (!oom && m->other_width) { /* as with a manifest that says so: refused, nothing touched */
             free(p);
@@ -1063,14 +775,14 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
         if (p == NULL && why == MISSING && rs.n + m->report.rejected == 0)
             m->report.manifest_ok = 1; /* a new, empty directory */
         else if (p == NULL && why == MISSING)
-            note(m, "MANIFEST: %s%s", why, "");
+            mem_note(m, "MANIFEST: %s%s", why, "");
     }
     free(p);
     if (oom) {
         free(rs.r);
         return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
     }
-    svlm_status st = resume_entries(m, &rs, err);
+    svlm_status st = mem_resume_entries(m, &rs, err);
     if (!st && !ok) times_from_records(m, &rs);
     /* no manifest that lists just what is there (none, or one listing records now set aside): one
      * that does is written before anything else, so the records a failed save leaves are orphans */
@@ -1090,7 +802,7 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
         /* the bank opens all the same, as one whose save failed after a push: its entries are in
          * memory, and the next save (the next push that changes them, or a flush) tries again */
         m->dirty = 1;
-        note(m, "saving on opening failed (tried again with the next save): %s%s", save_err.msg, "");
+        mem_note(m, "saving on opening failed (tried again with the next save): %s%s", save_err.msg, "");
         fprintf(stderr, "svlm: %s (the bank in %s opened; the next save tries again)\n", save_err.msg,
                 m->dir);
     }
