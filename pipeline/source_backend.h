@@ -34,6 +34,9 @@ svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err);
 const char *svlm_uri_kind_name(svlm_uri_kind kind);
 /* Live unless told otherwise: RTSP, V4L2, HLS; the pattern decides from its "live" key. */
 int svlm_uri_default_live(const svlm_uri *uri);
+/* s with the "user:pass@" after each "://" written as "***@" (a launch description may hold
+ * several URLs), into out (n bytes), so that passwords never reach a message. */
+void svlm_uri_redact(const char *s, char *out, size_t n);
 
 /* Why a blocking backend call should give up. */
 typedef enum svlm_stop_reason {

@@ -57,6 +57,24 @@ svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err) {
     return set_target(out, SVLM_URI_FILE, uri, uri, err);
 }
 
+void svlm_uri_redact(const char *s, char *out, size_t n) {
+    size_t o = 0;
+    while (*s && o + 1 < n) {
+        const char *sep = strstr(s, "://");
+        size_t login = sep ? strcspn(sep + 3, "@/ \t\"'") : 0;
+        size_t keep = sep ? (size_t)(sep + 3 - s) : strlen(s);
+        o += (size_t)snprintf(out + o, n - o, "%.*s", (int)keep, s);
+        if (o >= n) break;
+        s += keep;
+        if (sep && s[login] == '@') {
+            o += (size_t)snprintf(out + o, n - o, "***");
+            s += login;
+        }
+    }
+    if (o >= n) o = n - 1;
+    out[o] = 0;
+}
+
 const char *svlm_uri_kind_name(svlm_uri_kind kind) {
     switch (kind) {
     case SVLM_URI_FILE: return "file";

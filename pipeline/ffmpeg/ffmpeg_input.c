@@ -10,21 +10,10 @@ static int interrupt_cb(void *opaque) {
     return svlm_ctl_should_stop(opaque) != SVLM_STOP_NONE;
 }
 
-/* Strips "user:pass@" so that passwords never reach messages. */
-void svlm_ff_redact(const char *url, char *out, size_t n) {
-    const char *scheme_end = strstr(url, "://");
-    const char *at = scheme_end ? strchr(scheme_end + 3, '@') : NULL;
-    const char *slash = scheme_end ? strchr(scheme_end + 3, '/') : NULL;
-    if (at && (!slash || at < slash))
-        snprintf(out, n, "%.*s***@%s", (int)(scheme_end + 3 - url), url, at + 1);
-    else
-        snprintf(out, n, "%s", url);
-}
-
 svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char *target) {
     char msg[AV_ERROR_MAX_STRING_SIZE] = {0}, safe[512];
     av_strerror(averr, msg, sizeof msg);
-    svlm_ff_redact(target, safe, sizeof safe);
+    svlm_uri_redact(target, safe, sizeof safe);
     if (averr == AVERROR_EXIT) return svlm_fail(err, SVLM_E_CANCELLED, "%s %s: interrupted", what, safe);
     if (averr == AVERROR(ENOENT)) return svlm_fail(err, SVLM_E_IO, "%s %s: no such file", what, safe);
     if (averr == AVERROR(ECONNREFUSED))

@@ -12,7 +12,4 @@ svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a
 /* A message for an FFmpeg error code, with the likely cause spelled out. */
 svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char *target);
 
-/* The URL with any "user:pass@" replaced by "***@", for messages. */
-void svlm_ff_redact(const char *url, char *out, size_t n);
-
 #endif

@@ -145,7 +145,7 @@ static double frame_time(ff_ctx *c, const AVFrame *f) {
     const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step);
     if (!replaced && c->clock.replaced) {
         char safe[512];
-        svlm_ff_redact(c->uri->target, safe, sizeof safe);
+        svlm_uri_redact(c->uri->target, safe, sizeof safe);
         fprintf(stderr,
                 "svlm: %s: timestamps do not advance (a frame at %.3f s after one at %.3f s): timing such "
                 "frames by the frame rate instead, %.4g s a frame\n",
