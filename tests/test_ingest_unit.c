@@ -171,6 +171,41 @@ static void test_frame_clock(void) {
     CHECK(out == 5.0 && out2 == 5.0 && out3 == 1.0 && c.replaced == 0, "live: %g %g %g", out, out2, out3);
 }
 
+/* The GStreamer backend's uses of the clock: a decoder's input (timestamps in decode order) is
+ * watched for a stall, B-frames' presentation times stepping back a frame or two are not one; and
+ * the clock of its output judges repeats only once that input stalled (a decoder may give frames
+ * after damaged ones the time of the next good one: kept until then). Milliseconds here. */
+static void test_frame_clock_gst(void) {
+    svlm_frame_clock in;
+    svlm_frame_clock_init(&in, 1);
+    static const int64_t bframes[] = {0, 120, 40, 80, 240, 160, 200, 360, 280, 320};
+    for (int i = 0; i < 10; i++)
+        svlm_frame_clock_next(&in, 1, bframes[i], bframes[i] / 1000.0, 0);
+    CHECK(in.replaced == 0, "B-frames' presentation times in decode order: %lld stalls",
+          (long long)in.replaced);
+    svlm_frame_clock_init(&in, 1);
+    svlm_frame_clock_next(&in, 1, 0, 0, 0);
+    svlm_frame_clock_next(&in, 0, 0, 0, 0); /* a packet without a timestamp is no stall */
+    CHECK(in.replaced == 0, "missing timestamps: %lld stalls", (long long)in.replaced);
+    svlm_frame_clock_next(&in, 1, 0, 0, 0);
+    svlm_frame_clock_next(&in, 1, 0, 0, 0);
+    CHECK(in.replaced == 1, "every timestamp 0: a stall at the second one in a row");
+
+    svlm_frame_clock out;
+    svlm_frame_clock_init(&out, 0); /* a replay whose decoder's input has not stalled (yet) */
+    double t[5];
+    static const int64_t box[] = {0, 101, 101, 101, 134};
+    for (int i = 0; i < 5; i++)
+        t[i] = svlm_frame_clock_next(&out, 1, box[i], box[i] / 1000.0, 0.04);
+    CHECK(t[0] == 0 && t[1] == 0.101 && t[2] == 0.101 && t[3] == 0.101 && t[4] == 0.134 && out.replaced == 0,
+          "a decoder's repeated time kept: %g %g %g %g %g", t[0], t[1], t[2], t[3], t[4]);
+    out.replay = 1; /* the input stalled: from now on repeats are timed by the frame rate */
+    t[0] = svlm_frame_clock_next(&out, 1, 134, 0.134, 0.04);
+    t[1] = svlm_frame_clock_next(&out, 1, 134, 0.134, 0.04);
+    CHECK(fabs(t[0] - 0.174) < 1e-9 && fabs(t[1] - 0.214) < 1e-9 && out.replaced == 2,
+          "then synthesized: %g %g", t[0], t[1]);
+}
+
 static void test_output_size(void) {
     svlm_source_opts o;
     svlm_source_opts_default(&o);
@@ -409,6 +444,7 @@ int test_main(void) {
     test_sampler();
     test_timeline();
     test_frame_clock();
+    test_frame_clock_gst();
     test_output_size();
     test_queue();
     test_queue_events_bounded();

@@ -8,12 +8,14 @@
 #include <gst/app/gstappsink.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
 #include "pipeline/source_backend.h"
+#include "pipeline/timeline.h"
 
 #define ELEMENT_PREFIX "svlm_"
 
@@ -27,8 +29,17 @@ typedef struct gst_ctx {
     svlm_source_opts opts;
     const svlm_uri *uri;
     int live;
-    GstClockTime first_pts;  /* live: pts 0 is the first frame */
-    GstClockTime next_synth; /* the time given to the next buffer that comes without one */
+    GstClockTime first_pts; /* live: pts 0 is the first frame */
+    /* Synthesizes the times of buffers without a timestamp and (replay) of those whose timestamps
+     * do not advance: used only on the streaming thread, inside the probe. */
+    svlm_frame_clock clock;
+    /* Replay: the stream's own timestamps stopped advancing somewhere. A decoder's output is
+     * judged only once its input was (a decoder that lost frames to damaged data may give the
+     * frames after them the same time, e.g. box_printed_text_handheld.mp4: not a stuck file);
+     * without a decoder the frames are the stream itself. */
+    atomic_int have_decoder, input_stalled;
+    /* The reference of the meta that carries a synthesized time from the probe to the frame. */
+    GstCaps *time_ref;
 } gst_ctx;
 
 static void gst_close(void *ctx) {
@@ -43,6 +54,7 @@ static void gst_close(void *ctx) {
     if (c->sink) gst_object_unref(c->sink);
     if (c->conv) gst_object_unref(c->conv);
     if (c->pipeline) gst_object_unref(c->pipeline);
+    if (c->time_ref) gst_caps_unref(c->time_ref);
     free(c);
 }
 
@@ -57,6 +69,67 @@ static double stream_seconds(gst_ctx *c, const GstSegment *seg, GstClockTime pts
     return GST_CLOCK_TIME_IS_VALID(t) ? (double)t / GST_SECOND : (double)pts / GST_SECOND;
 }
 
+static const char *safe_target(const svlm_uri *uri) {
+    return uri->kind == SVLM_URI_RTSP ? "rtsp source" : uri->target;
+}
+
+/* A synthesized frame's duration, in seconds: from the decoded caps' frame rate, else the
+ * buffer's own duration, else 25 fps. A rate far above any camera's (more than 500 fps) is a
+ * guess from a time base, not the stream's rate: ignored. */
+static double synth_step(GstPad *pad, GstBuffer *buf) {
+    double step = 0;
+    GstCaps *caps = gst_pad_get_current_caps(pad);
+    gint n = 0, d = 0;
+    if (caps && gst_caps_get_size(caps) > 0 &&
+        gst_structure_get_fraction(gst_caps_get_structure(caps, 0), "framerate", &n, &d) && n > 0 && d > 0 &&
+        (double)n / d <= 500)
+        step = (double)d / n;
+    if (caps) gst_caps_unref(caps);
+    const GstClockTime dur = GST_BUFFER_DURATION(buf);
+    if (step <= 0 && GST_CLOCK_TIME_IS_VALID(dur) && dur > 0 && dur <= 10 * GST_SECOND)
+        step = (double)dur / GST_SECOND;
+    return step > 0 ? step : 1.0 / 25;
+}
+
+/* A buffer's time, in seconds: its own timestamp, or a synthesized one where it has none or (a
+ * recording) where the timestamps stop advancing, said once so that a file of all-zero timestamps
+ * is not a mystery. A synthesized time travels with the buffer (a reference timestamp meta), so
+ * that the frame read from appsink later carries the same time. */
+static double buffer_time(gst_ctx *c, GstPad *pad, GstPadProbeInfo *info) {
+    GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    const GstClockTime ts = GST_BUFFER_PTS(buf);
+    const int has_ts = GST_CLOCK_TIME_IS_VALID(ts);
+    double t = 0;
+    if (has_ts) {
+        GstEvent *ev = gst_pad_get_sticky_event(pad, GST_EVENT_SEGMENT, 0);
+        const GstSegment *seg = NULL;
+        if (ev) gst_event_parse_segment(ev, &seg);
+        t = stream_seconds(c, seg, ts);
+        if (ev) gst_event_unref(ev);
+    }
+    /* (a decoder's output is judged once its input was seen to stall) */
+    c->clock.replay = !c->live && (atomic_load(&c->input_stalled) || !atomic_load(&c->have_decoder));
+    if (has_ts && !svlm_frame_clock_stalled(&c->clock, has_ts, (int64_t)ts, t))
+        return svlm_frame_clock_next(&c->clock, has_ts, (int64_t)ts, t, 0); /* its own time */
+    const int64_t replaced = c->clock.replaced;
+    const double step = synth_step(pad, buf);
+    const double out = svlm_frame_clock_next(&c->clock, has_ts, has_ts ? (int64_t)ts : 0, t, step);
+    if (!replaced && c->clock.replaced) {
+        char safe[1024];
+        svlm_uri_redact(safe_target(c->uri), safe, sizeof safe);
+        fprintf(stderr,
+                "svlm: %s: timestamps do not advance (a frame at %.3f s after one at %.3f s): timing such "
+                "frames by the frame rate instead, %.4g s a frame\n",
+                safe, t, out - step, step);
+    }
+    /* whole nanoseconds, as the frame will carry it */
+    const GstClockTime out_ns = (GstClockTime)llround(out * GST_SECOND);
+    buf = gst_buffer_make_writable(buf);
+    GST_PAD_PROBE_INFO_DATA(info) = buf;
+    gst_buffer_add_reference_timestamp_meta(buf, c->time_ref, out_ns, GST_CLOCK_TIME_NONE);
+    return (double)out_ns / GST_SECOND;
+}
+
 /* Streaming thread: count every decoded frame, drop those the sampler does not keep. */
 static GstPadProbeReturn sample_probe(GstPad *pad, GstPadProbeInfo *info, gpointer user) {
     gst_ctx *c = user;
@@ -68,22 +141,7 @@ static GstPadProbeReturn sample_probe(GstPad *pad, GstPadProbeInfo *info, gpoint
         atomic_fetch_add(&c->ctl->corrupt, 1);
         return GST_PAD_PROBE_DROP;
     }
-    if (!GST_CLOCK_TIME_IS_VALID(GST_BUFFER_PTS(buf))) {
-        /* an untimestamped source (multifilesrc of images without a frame rate, ...): every frame
-         * was at 0 s, and sampling by time kept the first only; the frames get consecutive times,
-         * their duration apart (40 ms without one), written into the buffer so that the frame
-         * read later carries the same time */
-        buf = gst_buffer_make_writable(buf);
-        GST_PAD_PROBE_INFO_DATA(info) = buf;
-        GST_BUFFER_PTS(buf) = c->next_synth;
-        const GstClockTime d = GST_BUFFER_DURATION(buf);
-        c->next_synth += GST_CLOCK_TIME_IS_VALID(d) && d > 0 ? d : 40 * GST_MSECOND;
-    }
-    GstEvent *ev = gst_pad_get_sticky_event(pad, GST_EVENT_SEGMENT, 0);
-    const GstSegment *seg = NULL;
-    if (ev) gst_event_parse_segment(ev, &seg);
-    double pts = stream_seconds(c, seg, GST_BUFFER_PTS(buf));
-    if (ev) gst_event_unref(ev);
+    const double pts = buffer_time(c, pad, info);
     return svlm_sampler_take(c->sampler, pts, svlm_wall_now()) ? GST_PAD_PROBE_OK : GST_PAD_PROBE_DROP;
 }
 
@@ -98,11 +156,74 @@ static void on_source_setup(GstElement *bin, GstElement *source, gpointer user) 
         g_object_set(source, "protocols", c->opts.transport == SVLM_TRANSPORT_TCP ? 0x4u : 0x1u, NULL);
 }
 
-/* Decoders keep going past damaged data (reported as warnings) instead of failing. */
-static void on_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer user) {
-    (void)bin, (void)sub, (void)user;
-    if (GST_IS_VIDEO_DECODER(el) && g_object_class_find_property(G_OBJECT_GET_CLASS(el), "max-errors"))
+/* A video decoder's input, watched for timestamps that do not advance (on its streaming thread). */
+typedef struct input_watch {
+    gst_ctx *c;
+    svlm_frame_clock pts, dts;
+} input_watch;
+
+static int input_stalls(svlm_frame_clock *clock, GstClockTime ts) {
+    const int has_ts = GST_CLOCK_TIME_IS_VALID(ts);
+    svlm_frame_clock_next(clock, has_ts, has_ts ? (int64_t)ts : 0, has_ts ? (double)ts / GST_SECOND : 0, 0);
+    return clock->replaced > 0;
+}
+
+static GstPadProbeReturn input_probe(GstPad *pad, GstPadProbeInfo *info, gpointer user) {
+    (void)pad;
+    input_watch *w = user;
+    GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    /* every packet to both clocks: a timestamp that repeats in decode order, or goes back more
+     * than SVLM_TIMELINE_JUMP_S (B-frames' presentation times step back a frame or two) */
+    const int pts = input_stalls(&w->pts, GST_BUFFER_PTS(buf));
+    const int dts = input_stalls(&w->dts, GST_BUFFER_DTS(buf));
+    if (pts || dts) {
+        atomic_store(&w->c->input_stalled, 1);
+        return GST_PAD_PROBE_REMOVE; /* said once is enough */
+    }
+    return GST_PAD_PROBE_OK;
+}
+
+/* Decoders keep going past damaged data (reported as warnings) instead of failing; a replay's
+ * decoders have their input watched. */
+static void watch_decoder(gst_ctx *c, GstElement *el) {
+    if (!GST_IS_VIDEO_DECODER(el)) return;
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(el), "max-errors"))
         g_object_set(el, "max-errors", -1, NULL);
+    if (c->live) return;
+    GstPad *pad = gst_element_get_static_pad(el, "sink");
+    if (!pad) {
+        atomic_store(&c->input_stalled, 1); /* unwatched: its output is judged as it is */
+        return;
+    }
+    input_watch *w = g_new0(input_watch, 1);
+    w->c = c;
+    svlm_frame_clock_init(&w->pts, 1);
+    svlm_frame_clock_init(&w->dts, 1);
+    gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER, input_probe, w, g_free);
+    gst_object_unref(pad);
+    atomic_store(&c->have_decoder, 1);
+}
+
+static void on_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer user) {
+    (void)bin, (void)sub;
+    watch_decoder(user, el);
+}
+
+/* The decoders a launch description names (made before the signal above was connected). */
+static void watch_decoders_in(gst_ctx *c) {
+    GstIterator *it = gst_bin_iterate_recurse(GST_BIN(c->pipeline));
+    GValue v = G_VALUE_INIT;
+    for (GstIteratorResult r; (r = gst_iterator_next(it, &v)) != GST_ITERATOR_DONE;) {
+        if (r == GST_ITERATOR_RESYNC) {
+            gst_iterator_resync(it);
+            continue;
+        }
+        if (r != GST_ITERATOR_OK) break;
+        watch_decoder(c, g_value_get_object(&v));
+        g_value_reset(&v);
+    }
+    g_value_unset(&v);
+    gst_iterator_free(it);
 }
 
 static char *caps_string(const svlm_source_opts *o) {
@@ -178,10 +299,6 @@ static svlm_status drain_bus(gst_ctx *c, const char *target, svlm_err *err) {
     return SVLM_OK;
 }
 
-static const char *safe_target(const svlm_uri *uri) {
-    return uri->kind == SVLM_URI_RTSP ? "rtsp source" : uri->target;
-}
-
 static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) {
     GError *gerr = NULL;
     if (!gst_init_check(NULL, NULL, &gerr)) {
@@ -190,6 +307,7 @@ static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) 
         if (gerr) g_error_free(gerr);
         return st;
     }
+    c->time_ref = gst_caps_new_empty_simple("timestamp/x-svlm-frame-time");
     char *caps = caps_string(a->opts);
     char *desc = describe(a->uri);
     c->pipeline = gst_parse_launch_full(desc, NULL, GST_PARSE_FLAG_FATAL_ERRORS, &gerr);
@@ -218,6 +336,7 @@ static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) 
         g_signal_connect(src, "source-setup", G_CALLBACK(on_source_setup), c);
     }
     if (src) gst_object_unref(src);
+    watch_decoders_in(c);
     g_signal_connect(c->pipeline, "deep-element-added", G_CALLBACK(on_element_added), c);
 
     c->sink = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "sink");
@@ -273,6 +392,7 @@ static svlm_status gst_open_common(gst_ctx **out, const svlm_backend_args *a, sv
     c->uri = a->uri;
     c->live = a->opts->live;
     c->first_pts = GST_CLOCK_TIME_NONE;
+    svlm_frame_clock_init(&c->clock, !c->live);
     svlm_status st = build(c, a, err);
     if (st == SVLM_OK) st = start(c, err);
     if (st != SVLM_OK) {
@@ -308,8 +428,10 @@ static svlm_status copy_sample(gst_ctx *c, GstSample *sample, svlm_frame *out, s
         int stride = GST_VIDEO_FRAME_PLANE_STRIDE(&vf, 0);
         for (int y = 0; y < h; y++)
             memcpy(out->data + (size_t)y * out->stride, src + (size_t)y * stride, (size_t)w * 3);
-        const GstSegment *seg = gst_sample_get_segment(sample);
-        out->pts = stream_seconds(c, seg, GST_BUFFER_PTS(buf));
+        /* a synthesized time (buffer_time) or the buffer's own */
+        GstReferenceTimestampMeta *synth = gst_buffer_get_reference_timestamp_meta(buf, c->time_ref);
+        out->pts = synth ? (double)synth->timestamp / GST_SECOND
+                         : stream_seconds(c, gst_sample_get_segment(sample), GST_BUFFER_PTS(buf));
         out->wall = svlm_wall_now();
     }
     gst_video_frame_unmap(&vf);
