@@ -442,17 +442,19 @@ static void test_persistent_steps(svlm_dtype kv, int pages) {
     printf("%s cache%s, %d decode steps of %d layers over %d cached rows, %s: against the separate kernels "
            "%s (max difference %.3g of the largest logit; %s); max |gpu - cpu| %.3g of the largest logit "
            "(tolerance 2e-2)\n",
-           kv == SVLM_F16 ? "f16" : "f32", pages ? " and the pages' copy" : "", STEPS, LAYERS, base_rows[NS - 1],
-           took ? "every layer as one op" : "the op declined (the ops ran)",
+           kv == SVLM_F16 ? "f16" : "f32", pages ? " and the pages' copy" : "", STEPS, LAYERS,
+           base_rows[NS - 1], took ? "every layer as one op" : "the op declined (the ops ran)",
            differing ? "DIFFERENT" : "equal bit for bit", worst_ops,
            strict ? "required equal" : "their ahead forms on: 1e-5", worst_cpu);
     const char *req = getenv("SVLM_TEST_REQUIRE_GPU"), *qr = getenv("SVLM_CUDA_QKV_ROPE");
     if (req && !strcmp(req, "1") && !test_gpu_as_cpu() && !(qr && !strcmp(qr, "0")))
         CHECK(took, "the GPU declined svlm_k_decode_layers in %d of %d tries", a.declined, a.tries);
     if (strict)
-        CHECK(differing == 0, "%d of %d steps differ between one op and the separate kernels", differing, STEPS);
+        CHECK(differing == 0, "%d of %d steps differ between one op and the separate kernels", differing,
+              STEPS);
     else
-        CHECK(worst_ops <= 1e-5, "one op and the separate kernels differ by %g of the largest logit", worst_ops);
+        CHECK(worst_ops <= 1e-5, "one op and the separate kernels differ by %g of the largest logit",
+              worst_ops);
     CHECK(keep_differing == 0 || !strict, "the pages' copy differs in %d of %d steps", keep_differing, STEPS);
     CHECK(worst_cpu <= 2e-2, "the GPU's logits differ from the CPU's by %g of the largest", worst_cpu);
     free(la);

@@ -14,7 +14,6 @@
 
 namespace {
 
-
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kMaxDim = 256;
 constexpr int kTargetBlocks = 264; /* two waves of an H100's 132 SMs */
@@ -250,8 +249,7 @@ __device__ __forceinline__ void decode_block(const svlm_cu_attn_item *items, uns
         }
         return;
     }
-    float *pairs = part + ((int64_t)item * n_head + h) * splits * (hd + 2),
-          *pp = pairs + split * (hd + 2);
+    float *pairs = part + ((int64_t)item * n_head + h) * splits * (hd + 2), *pp = pairs + split * (hd + 2);
     if (threadIdx.x == 0) {
         pp[0] = mx;
         pp[1] = total;

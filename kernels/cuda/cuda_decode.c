@@ -89,11 +89,13 @@ static int step_fits(svlm_kernels *k, const svlm_decode_layers_args *a) {
         s->n_head != r->n_head || s->n_kv_head != r->n_kv_head || s->head_dim != hd || s->kv_stride != kvr ||
         !svlm_cu_norm_fits(E, 1) || E % 32 || F % 32 || qr % 32)
         return 0;
-    if (!dev_ptr(a->x) || !dev_ptr(a->q) || !dev_ptr(a->att) || !dev_ptr(a->gate) || !dev_ptr(r->pos)) return 0;
+    if (!dev_ptr(a->x) || !dev_ptr(a->q) || !dev_ptr(a->att) || !dev_ptr(a->gate) || !dev_ptr(r->pos))
+        return 0;
     for (int l = 0; l < a->n_layer; l++) {
         const svlm_decode_layer *L = &a->layers[l];
-        if (!weight_is(L->wq, type, qr, E) || !weight_is(L->wk, type, kvr, E) || !weight_is(L->wv, type, kvr, E) ||
-            !weight_is(L->wo, type, E, qr) || !weight_is(L->w_gate, type, F, E) || !weight_is(L->w_up, type, F, E) ||
+        if (!weight_is(L->wq, type, qr, E) || !weight_is(L->wk, type, kvr, E) ||
+            !weight_is(L->wv, type, kvr, E) || !weight_is(L->wo, type, E, qr) ||
+            !weight_is(L->w_gate, type, F, E) || !weight_is(L->w_up, type, F, E) ||
             !weight_is(L->w_down, type, E, F) || L->wq->row_bytes != L0->wq->row_bytes ||
             L->wk->row_bytes != L0->wq->row_bytes || L->wv->row_bytes != L0->wq->row_bytes ||
             L->wo->row_bytes != L0->wo->row_bytes || L->w_gate->row_bytes != L0->w_gate->row_bytes ||
@@ -105,7 +107,8 @@ static int step_fits(svlm_kernels *k, const svlm_decode_layers_args *a) {
     const int f16 = r->kv_type == SVLM_F16;
     if (c->persistent_for[f16] != E) { /* (a backend may serve models of other widths) */
         c->persistent_for[f16] = E;
-        c->persistent_blocks[f16] = cudaSetDevice(c->device) == cudaSuccess ? launch_blocks(type, f16, E) : -1;
+        c->persistent_blocks[f16] =
+            cudaSetDevice(c->device) == cudaSuccess ? launch_blocks(type, f16, E) : -1;
     }
     return c->persistent_blocks[f16] > 0;
 }
@@ -113,9 +116,9 @@ static int step_fits(svlm_kernels *k, const svlm_decode_layers_args *a) {
 enum { MADE_OF = 12 }; /* pointers a layer's table entry is made from */
 
 static void layer_made_of(const svlm_decode_layer *L, const void **p) {
-    const void *q[MADE_OF] = {L->wq->data,     L->wk->data,    L->wv->data,     L->wo->data,
-                              L->w_gate->data, L->w_up->data,  L->w_down->data, L->attn_norm,
-                              L->ffn_norm,     (void *)L->dsts, L->att,         L->keep};
+    const void *q[MADE_OF] = {L->wq->data,     L->wk->data,     L->wv->data,     L->wo->data,
+                              L->w_gate->data, L->w_up->data,   L->w_down->data, L->attn_norm,
+                              L->ffn_norm,     (void *)L->dsts, L->att,          L->keep};
     memcpy(p, q, sizeof q);
 }
 

@@ -44,7 +44,8 @@ __device__ __forceinline__ void prefetch_rows(const void *w, size_t row_bytes, i
     const row_split rs = split_of(parts);
     for (unsigned vb = blockIdx.x; vb < nvb; vb += gridDim.x) {
         const int64_t r = (int64_t)vb * (kWarpsPerBlock / parts) + rs.slot;
-        if (r < rows) pdl_prefetch_warp(static_cast<const uint8_t *>(w) + r * row_bytes, row_bytes, rs.part, parts);
+        if (r < rows)
+            pdl_prefetch_warp(static_cast<const uint8_t *>(w) + r * row_bytes, row_bytes, rs.part, parts);
     }
 }
 
@@ -76,8 +77,11 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
     const bool vec = a.head_dim % 4 == 0 && a.kv_stride % 4 == 0;
     for (int l = 0; l < a.n_layer; l++) {
         const svlm_cu_decode_layer L = a.layers[l];
-        const svlm_cu_matvec_set set = {{L.wq, L.wk, L.wv}, {a.q, nullptr, nullptr},
-                                        {a.q_rows, a.kv_rows, a.kv_rows}, a.qkv_row_bytes, 3};
+        const svlm_cu_matvec_set set = {{L.wq, L.wk, L.wv},
+                                        {a.q, nullptr, nullptr},
+                                        {a.q_rows, a.kv_rows, a.kv_rows},
+                                        a.qkv_row_bytes,
+                                        3};
         if (a.prefetch) {
             prefetch_rows(L.wo, a.o_row_bytes, a.n_embd, ps.o_parts, ps.o_vb);
             prefetch_rows(L.wg, a.ffn_row_bytes, a.n_ff, ps.ffn_parts, ps.ffn_vb);
@@ -86,7 +90,8 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
         }
         /* 1: RMSNorm + q/k/v + RoPE + stores */
         if (blockIdx.x < ps.qkv_vb) {
-            const svlm_cu_rope_pairs rp = {a.pos, L.dsts, L.keep, a.theta_scale, a.head_dim, a.n_rot, F16, a.round};
+            const svlm_cu_rope_pairs rp = {a.pos,      L.dsts,  L.keep, a.theta_scale,
+                                           a.head_dim, a.n_rot, F16,    a.round};
             const float *xa = block_activations<true>(a.x, L.attn_norm, a.eps, a.n_embd, 1, xs);
             for (unsigned vb = blockIdx.x; vb < ps.qkv_vb; vb += gridDim.x) {
                 qkv_rope_rows<T, 1, false>(set, qkv_pair3(set, ps.qkv_parts, vb), a.n_embd, xa, 1, rp,
@@ -104,8 +109,8 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
         grid.sync();
         /* 3: output product + residual */
         for (unsigned vb = blockIdx.x; vb < ps.o_vb; vb += gridDim.x) {
-            matvec_rows<T, true, 1, false>(static_cast<const uint8_t *>(L.wo), a.o_row_bytes, a.n_embd, a.q_rows,
-                                           a.att, 1, a.x, ps.o_parts, ps.flags, vb);
+            matvec_rows<T, true, 1, false>(static_cast<const uint8_t *>(L.wo), a.o_row_bytes, a.n_embd,
+                                           a.q_rows, a.att, 1, a.x, ps.o_parts, ps.flags, vb);
             __syncthreads();
         }
         grid.sync();
@@ -113,16 +118,19 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
         if (blockIdx.x < ps.ffn_vb) {
             const float *xa = block_activations<true>(a.x, L.ffn_norm, a.eps, a.n_embd, 1, xs);
             for (unsigned vb = blockIdx.x; vb < ps.ffn_vb; vb += gridDim.x) {
-                swiglu_rows<T, 1, false>(static_cast<const uint8_t *>(L.wg), static_cast<const uint8_t *>(L.wu),
-                                         a.ffn_row_bytes, a.n_ff, a.n_embd, xa, 1, a.gate, ps.ffn_parts, ps.flags,
-                                         vb);
+                swiglu_rows<T, 1, false>(static_cast<const uint8_t *>(L.wg),
+                                         static_cast<const uint8_t *>(L.wu), a.ffn_row_bytes, a.n_ff,
+                                         a.n_embd, xa, 1, a.gate, ps.ffn_parts, ps.flags, vb);
                 __syncthreads();
             }
         }
         if (a.prefetch && l + 1 < a.n_layer) { /* the next layer's q/k/v rows */
             const svlm_cu_decode_layer N = a.layers[l + 1];
-            const svlm_cu_matvec_set next = {{N.wq, N.wk, N.wv}, {a.q, nullptr, nullptr},
-                                             {a.q_rows, a.kv_rows, a.kv_rows}, a.qkv_row_bytes, 3};
+            const svlm_cu_matvec_set next = {{N.wq, N.wk, N.wv},
+                                             {a.q, nullptr, nullptr},
+                                             {a.q_rows, a.kv_rows, a.kv_rows},
+                                             a.qkv_row_bytes,
+                                             3};
             for (unsigned vb = blockIdx.x; vb < ps.qkv_vb; vb += gridDim.x) {
                 const qkv_pair p = qkv_pair3(next, ps.qkv_parts, vb);
                 if (p.w) pdl_prefetch_warp(p.w, 2 * next.row_bytes, p.rs.part, ps.qkv_parts);
@@ -131,8 +139,8 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
         grid.sync();
         /* 5: down product + residual */
         for (unsigned vb = blockIdx.x; vb < ps.down_vb; vb += gridDim.x) {
-            matvec_rows<T, true, 1, false>(static_cast<const uint8_t *>(L.wd), a.down_row_bytes, a.n_embd, a.n_ff,
-                                           a.gate, 1, a.x, ps.down_parts, ps.flags, vb);
+            matvec_rows<T, true, 1, false>(static_cast<const uint8_t *>(L.wd), a.down_row_bytes, a.n_embd,
+                                           a.n_ff, a.gate, 1, a.x, ps.down_parts, ps.flags, vb);
             __syncthreads();
         }
         grid.sync();

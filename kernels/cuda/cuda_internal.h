@@ -66,12 +66,12 @@ typedef struct cu_ctx {
     int flash_items;      /* many sequences' prefill in one flash launch (SVLM_CUDA_FLASH_ITEMS, on) */
     int flash_mma; /* the flash kernel on mma.sync, scores in registers (SVLM_CUDA_FLASH_MMA=0: WMMA) */
     int pdl; /* decode kernels with programmatic dependent launch (cuda_pdl.cuh; SVLM_CUDA_PDL=0: off) */
-    int encoder_f16;    /* the encoder's fused ops take F16 weights as f16 operands (SVLM_CUDA_ENCODER_F16=0:
-                           TF32) */
-    int qkv_rope;       /* decode steps' q/k/v, RoPE and stores in one kernel (SVLM_CUDA_QKV_ROPE=0: two) */
-    int persistent; /* one-row decode steps as one kernel (SVLM_CUDA_PERSISTENT=1; cuda_decode.c) */
-    int persistent_blocks[2]; /* its blocks a launch, f32 and f16 caches (-1: it cannot run here) */
-    int64_t persistent_for[2]; /* the model width those are for (0: none yet) */
+    int encoder_f16; /* the encoder's fused ops take F16 weights as f16 operands (SVLM_CUDA_ENCODER_F16=0:
+                        TF32) */
+    int qkv_rope;    /* decode steps' q/k/v, RoPE and stores in one kernel (SVLM_CUDA_QKV_ROPE=0: two) */
+    int persistent;  /* one-row decode steps as one kernel (SVLM_CUDA_PERSISTENT=1; cuda_decode.c) */
+    int persistent_blocks[2];         /* its blocks a launch, f32 and f16 caches (-1: it cannot run here) */
+    int64_t persistent_for[2];        /* the model width those are for (0: none yet) */
     struct cu_layer_tabs *layer_tabs; /* its device tables of layers (cuda_decode.c) */
     int argmax_gpu;     /* greedy tokens found on the GPU (SVLM_CUDA_ARGMAX=0: the logits cross to the host
                          * and are searched there, as before the kernel; for comparison) */

@@ -287,7 +287,8 @@ __device__ const float *block_activations(const float *x, const float *nw, float
  * thread of the block calls it (sum_parts has a barrier). */
 template <int T, bool ACC, int NMAX, bool AH>
 __device__ __forceinline__ void matvec_rows(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols,
-                                            const float *x, int n, float *y, int parts, int flags, unsigned vb) {
+                                            const float *x, int n, float *y, int parts, int flags,
+                                            unsigned vb) {
     const row_split rs = split_of(parts);
     const int64_t r = (int64_t)vb * (kWarpsPerBlock / parts) + rs.slot;
     float acc[NMAX], tot[NMAX];
@@ -457,7 +458,8 @@ __device__ __forceinline__ qkv_pair qkv_pair_of(const svlm_cu_matvec_set &set, i
 
 template <int T, int NMAX, bool AH>
 __device__ __forceinline__ void qkv_rope_rows(const svlm_cu_matvec_set &set, const qkv_pair &p, int64_t cols,
-                                              const float *xa, int n, const svlm_cu_rope_pairs &rp, int flags) {
+                                              const float *xa, int n, const svlm_cu_rope_pairs &rp,
+                                              int flags) {
     const row_split &rs = p.rs;
     const int64_t r = p.r;
     const int wi = p.wi;
