@@ -443,7 +443,9 @@ static svlm_status preprocess_frame(svlm_engine *e, const svlm_frame *f, float *
     svlm_preproc_params pp = {.tile = mp->hp.image_size, .longest_edge = mp->hp.preproc_image_size};
     memcpy(pp.mean, mp->hp.image_mean, sizeof pp.mean);
     memcpy(pp.std, mp->hp.image_std, sizeof pp.std);
-    st = svlm_preprocess_frame(&img, &pp, 512, pixels, err);
+    /* frames go to the encoder's tile size (SmolVLM2's video_size: 512, 384 for 2.2B), as
+     * bench-vision and the tests preprocess them */
+    st = svlm_preprocess_frame(&img, &pp, mp->hp.image_size, pixels, err);
     svlm_image_free(&img);
     return st;
 }

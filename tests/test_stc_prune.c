@@ -126,6 +126,17 @@ int test_main(void) {
     n = svlm_stc_prune(p, f, 0, kept, NULL, NULL);
     CHECK(n == 8, "floor 8 over count 5 kept %d", n);
     svlm_stc_pruner_free(p);
+    /* no floor, no ratio, every token redundant: an unchanged frame still hands over one token (the
+     * stream takes no empty frame: it would drop it as an error) */
+    ctl.keep_count = 0;
+    ctl.keep_ratio = 0;
+    ctl.keep_floor = 0;
+    ctl.redundant = 2;
+    REQUIRE(!svlm_stc_pruner_create(&ctl, GW, GH, DIM, &p, &err), "%s", err.msg);
+    svlm_stc_prune(p, f, 0, kept, NULL, NULL);
+    n = svlm_stc_prune(p, f, 0, kept, NULL, NULL);
+    CHECK(n == 1, "an unchanged frame with floor 0 and ratio 0 kept %d tokens, expected 1", n);
+    svlm_stc_pruner_free(p);
     free(f);
     free(kt);
     return 0;

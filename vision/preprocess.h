@@ -36,7 +36,8 @@ void svlm_preproc_grid(const svlm_preproc_params *p, int w, int h, int *refined_
 
 svlm_status svlm_preprocess_image(const svlm_image *img, const svlm_preproc_params *p, svlm_tiles *out,
                                   svlm_err *err);
-/* One video frame into out[3][S][S]. frame_edge: the video longest edge (512 for SmolVLM2). */
+/* One video frame into out[3][S][S]. frame_edge: the video longest edge (SmolVLM2's video_size: the
+ * tile, 512, or 384 for 2.2B). */
 svlm_status svlm_preprocess_frame(const svlm_image *img, const svlm_preproc_params *p, int frame_edge,
                                   float *out, svlm_err *err);
 /* Normalises an S x S image into out[3][S][S]. */

@@ -142,7 +142,7 @@ static int budget(const svlm_stc_pruner *p, int keyframe) {
                 ? c->keep_count
                 : (int)ceilf((keyframe ? c->keyframe_ratio : c->keep_ratio) * (float)p->n);
     if (k < c->keep_floor) k = c->keep_floor;
-    return k < p->n ? (k > 0 ? k : 0) : p->n;
+    return k < p->n ? (k > 0 ? k : 1) : p->n; /* (at least one: a frame is never handed over empty) */
 }
 
 int svlm_stc_prune(svlm_stc_pruner *p, const float *tokens, int keyframe, int32_t *kept, float *kept_tokens,
@@ -173,9 +173,12 @@ int svlm_stc_prune(svlm_stc_pruner *p, const float *tokens, int keyframe, int32_
     int k = budget(p, keyframe || !p->has_prev);
     sort_by_score_desc(p->order, p->score, n);
     int n_kept = 0;
+    /* a frame keeps one token at least, whatever the controls: the stream takes no empty frame (it
+     * would be dropped as an error), and an unchanged scene still marks that time passed */
+    const int floor = c->keep_floor > 1 ? c->keep_floor : 1;
     for (int r = 0; r < n && n_kept < k; r++) {
         int i = p->order[r];
-        if (!fresh && n_kept >= c->keep_floor && p->nov[i] < c->redundant) continue;
+        if (!fresh && n_kept >= floor && p->nov[i] < c->redundant) continue;
         kept[n_kept++] = i;
     }
     sort_ascending(kept, n_kept);
