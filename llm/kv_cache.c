@@ -55,6 +55,7 @@ svlm_status svlm_kv_pool_create(const svlm_kv_pool_params *p, svlm_kv_pool **out
     svlm_kv_pool *pool = calloc(1, sizeof *pool);
     if (!pool) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     pool->p = *p;
+    pthread_mutex_init(&pool->mu, NULL); /* (first: svlm_kv_pool_free destroys it on any failure) */
     pool->row_bytes = (size_t)p->kv_dim * (p->type == SVLM_F32 ? 4 : 2);
     pool->page_bytes = pool->row_bytes * (size_t)p->page_tokens * 2 * (size_t)p->n_layer;
     pool->mem = calloc((size_t)p->max_pages, sizeof *pool->mem);
@@ -65,18 +66,16 @@ svlm_status svlm_kv_pool_create(const svlm_kv_pool_params *p, svlm_kv_pool **out
         svlm_kv_pool_free(pool);
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %d-page KV pool", p->max_pages);
     }
-    pthread_mutex_init(&pool->mu, NULL);
     *out = pool;
     return SVLM_OK;
 }
 
 void svlm_kv_pool_free(svlm_kv_pool *pool) {
     if (!pool) return;
-    if (pool->mem) {
+    if (pool->mem)
         for (int i = 0; i < pool->n_made; i++)
             free(pool->mem[i]);
-        pthread_mutex_destroy(&pool->mu);
-    }
+    pthread_mutex_destroy(&pool->mu);
     free(pool->mem);
     free(pool->refs);
     free(pool->used);
@@ -224,9 +223,11 @@ svlm_status svlm_kv_seq_fork(const svlm_kv_seq *src, svlm_kv_seq **out, svlm_err
         *out = NULL;
         return st;
     }
-    memcpy(s->slot, src->slot, (size_t)src->n * sizeof *s->slot);
-    memcpy(s->spos, src->spos, (size_t)src->n * sizeof *s->spos);
-    memcpy(s->spans, src->spans, (size_t)src->n_spans * sizeof *s->spans);
+    if (src->n) { /* (an empty sequence may have no arrays yet: no memcpy from NULL) */
+        memcpy(s->slot, src->slot, (size_t)src->n * sizeof *s->slot);
+        memcpy(s->spos, src->spos, (size_t)src->n * sizeof *s->spos);
+    }
+    if (src->n_spans) memcpy(s->spans, src->spans, (size_t)src->n_spans * sizeof *s->spans);
     memcpy(s->count, src->count, sizeof s->count);
     s->n = src->n;
     s->n_spans = src->n_spans;

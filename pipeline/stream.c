@@ -53,6 +53,20 @@ svlm_dtype svlm_stream_kv_type(const svlm_stream *s) {
     return s->p.kv_type;
 }
 
+int svlm_stream_pool_pages(const svlm_stream_params *p) {
+    /* the stream and max_answers forks, each with its answer room and part-filled pages and, at
+     * worst, a whole window of pages the stream has evicted since the fork (pages are made as they
+     * are used: the bound costs nothing until reached); never below the bound for a few forks that
+     * came before */
+    const int64_t cap = (int64_t)p->sink_tokens + p->vision_tokens + p->text_tokens, B = p->page_tokens;
+    const int64_t room = (int64_t)p->answer_room + p->memory_room,
+                  answers = p->max_answers > 0 ? p->max_answers : 4;
+    const int64_t least = 4 * ((cap + 4 * room) / B + 16);
+    int64_t want = (1 + answers) * (cap / B + 2) + answers * (room / B + 2) + 16;
+    if (want < least) want = least;
+    return (int)(want < INT32_MAX / 2 ? want : INT32_MAX / 2);
+}
+
 svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream_params *p,
                                const char *system_prompt, svlm_stream **out, svlm_err *err) {
     *out = NULL;
@@ -76,8 +90,8 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
     pthread_mutex_init(&s->mu, NULL);
     svlm_status st = svlm_vlm_specials_find(s->tok, &s->specials, err);
     const int cap = s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens;
-    /* the stream plus a few concurrent forks, each with its answer room and part-filled pages */
-    const int pages = 4 * ((cap + 4 * (s->p.answer_room + s->p.memory_room)) / s->p.page_tokens + 16);
+    if (s->p.max_answers <= 0) s->p.max_answers = 4;
+    const int pages = svlm_stream_pool_pages(&s->p);
     if (!st) st = svlm_llama_kv_pool_create(m, s->p.kv_type, s->p.page_tokens, pages, &s->pool, err);
     svlm_kv_policy pol = {{s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens}, 1};
     if (!st) st = svlm_kv_seq_create(s->pool, &pol, &s->seq, err);

@@ -40,6 +40,9 @@ typedef struct svlm_stream_params {
     int memory_tokens; /* memory rows placed per question at most (default 64): they are prefilled
                           before the question, so they bound what memory adds to the time to
                           first token (see docs/streaming.md) */
+    int max_answers;   /* answers running on the stream at once that its KV pool holds pages for
+                          (default 4; the engine passes its max_active): each may keep a window of
+                          older pages alive beside its own */
 } svlm_stream_params;
 
 typedef struct svlm_stream_metrics {
@@ -122,6 +125,9 @@ svlm_status svlm_stream_ask(svlm_stream *s, svlm_llama_ctx *ctx, const char *que
                             svlm_stream_token_fn on_token, void *user, char **answer, svlm_answer_metrics *am,
                             svlm_err *err);
 int svlm_stream_ctx_size(const svlm_stream *s);
+/* The pages a stream's KV pool may hold for these (resolved) parameters: the stream and
+ * max_answers answers forked from it, each forked at a different frame. */
+int svlm_stream_pool_pages(const svlm_stream_params *p);
 /* The stream's KV type: an answer context of this type takes the stream's window by copying its
  * working copy (svlm_llama_ctx_take_copy) instead of rebuilding it from the pages. */
 svlm_dtype svlm_stream_kv_type(const svlm_stream *s);

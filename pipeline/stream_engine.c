@@ -1055,8 +1055,10 @@ svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_param
                                          const char *system_prompt, const svlm_stc_controls *stc,
                                          svlm_stream **out, int *id, svlm_err *err) {
     *out = NULL;
+    svlm_stream_params sp = *p;
+    if (sp.max_answers <= 0) sp.max_answers = e->p.max_active; /* its pool holds them all */
     pthread_mutex_lock(&e->compute_mu); /* the system prompt runs on the ingest kernels */
-    svlm_status st = svlm_stream_create(e->model, e->k_ingest, p, system_prompt, out, err);
+    svlm_status st = svlm_stream_create(e->model, e->k_ingest, &sp, system_prompt, out, err);
     pthread_mutex_unlock(&e->compute_mu);
     if (!st) st = svlm_engine_add_stream_with(e, *out, stc, id, err);
     if (st) {

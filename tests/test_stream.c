@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llm/kv_cache.h"
 #include "pipeline/stream.h"
 #include "test.h"
 
@@ -226,7 +227,62 @@ static void joins_in_pieces(void) {
     svlm_stream_free(pieces);
 }
 
+/* The pool svlm_stream_pool_pages sizes holds max_answers answers at once on one stream, each forked
+ * a frame after the one before (so each keeps older window pages alive) and grown by its whole
+ * answer room, and the stream's own frames go on: 64 answers (a GPU engine's max_active) with the
+ * server's default budgets. The bound before it held 37, and then refused the stream's frames too. */
+static void pool_holds_answers(void) {
+    const int sink = 64, vision = 8 * (64 + 24), text = 512, B = 16, answers = 64;
+    const svlm_stream_params sp = {.sink_tokens = sink,
+                                   .vision_tokens = vision,
+                                   .text_tokens = text,
+                                   .answer_room = 512,
+                                   .page_tokens = B,
+                                   .memory_room = 64 + 24 * 3,
+                                   .max_answers = answers};
+    svlm_kv_pool_params pp = {1, 8, SVLM_F32, B, svlm_stream_pool_pages(&sp)};
+    svlm_kv_pool *pool = NULL;
+    svlm_err err = {0};
+    REQUIRE(!svlm_kv_pool_create(&pp, &pool, &err), "%s", err.msg);
+    svlm_kv_policy pol = {{sink, vision, text}, 1};
+    svlm_kv_seq *s = NULL;
+    REQUIRE(!svlm_kv_seq_create(pool, &pol, &s, &err), "%s", err.msg);
+    svlm_kv_seq *empty = NULL; /* a question before anything was appended (no system prompt) */
+    REQUIRE(!svlm_kv_seq_fork(s, &empty, &err), "forking an empty sequence: %s", err.msg);
+    CHECK(svlm_kv_seq_len(empty) == 0, "the fork of an empty sequence holds %d tokens",
+          svlm_kv_seq_len(empty));
+    svlm_kv_seq_free(empty);
+    int first, frame = 0, failed = -1, frames_refused = 0;
+    REQUIRE(!svlm_kv_seq_append(s, SVLM_KV_SINK, 0, 40, &first, &err), "%s", err.msg);
+    for (int i = 0; i < 20; i++) {
+        REQUIRE(!svlm_kv_seq_append(s, SVLM_KV_VISION, frame++, 88, &first, &err), "%s", err.msg);
+        if (i % 3 == 0)
+            REQUIRE(!svlm_kv_seq_append(s, SVLM_KV_TEXT, 100 + i, 60, &first, &err), "%s", err.msg);
+    }
+    svlm_kv_seq *forks[64] = {0};
+    svlm_kv_policy fp = {{sink, vision, text + sp.answer_room + sp.memory_room}, 1};
+    for (int q = 0; q < answers && failed < 0; q++) {
+        REQUIRE(!svlm_kv_seq_fork(s, &forks[q], &err), "%s", err.msg);
+        svlm_kv_seq_set_policy(forks[q], &fp);
+        if (svlm_kv_seq_append(forks[q], SVLM_KV_TEXT, 1, sp.memory_room + 20, &first, &err)) failed = q;
+        for (int t = 0; t < sp.answer_room - 20 && failed < 0; t++)
+            if (svlm_kv_seq_append(forks[q], SVLM_KV_TEXT, 1, 1, &first, &err)) failed = q;
+        frames_refused += svlm_kv_seq_append(s, SVLM_KV_VISION, frame++, 88, &first, &err) != SVLM_OK;
+    }
+    CHECK(failed < 0, "answer %d of %d found the pool full (%d pages): %s", failed, answers, pp.max_pages,
+          err.msg);
+    CHECK(frames_refused == 0, "the stream's frames were refused %d times", frames_refused);
+    printf("%d answers forked a frame apart on one stream: %d of %d pages in use\n", answers,
+           svlm_kv_pool_pages_in_use(pool), pp.max_pages);
+    for (int q = 0; q < answers; q++)
+        svlm_kv_seq_free(forks[q]);
+    svlm_kv_seq_free(s);
+    CHECK(svlm_kv_pool_pages_in_use(pool) == 0, "pages leaked");
+    svlm_kv_pool_free(pool);
+}
+
 int test_main(void) {
+    pool_holds_answers();
     test_data_or_skip();
     svlm_err err = {0};
     REQUIRE(svlm_kernels_create_cpu(2, &kern, &err) == SVLM_OK, "%s", err.msg);
