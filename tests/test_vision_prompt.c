@@ -50,6 +50,19 @@ int test_main(void) {
     CHECK(!memcmp(p.ids + text_n, tail, sizeof tail), "frame block differs");
     svlm_prompt_free(&p);
 
+    /* A stream 200 days on (a resumed memory bank carries its clock): minutes past 99, as SmolVLM2's
+     * "MM:SS" writes them; 1e7 s was the end of a stream's frames before. */
+    svlm_prompt_init(&p);
+    st = svlm_prompt_frame(&p, tok, &sp, 200.0 * 86400 + 5, 3, &err);
+    REQUIRE(st == SVLM_OK, "a frame 200 days in: %s", err.msg);
+    text = svlm_detokenize(tok, p.ids, p.n - 6, 1);
+    CHECK(text && !strcmp(text, "\nFrame from 288000:05:"), "frame text '%s'", text ? text : "(null)");
+    free(text);
+    svlm_prompt_free(&p);
+    svlm_prompt_init(&p);
+    CHECK(svlm_prompt_frame(&p, tok, &sp, -1, 3, &err) == SVLM_E_INVALID, "a negative time accepted");
+    svlm_prompt_free(&p);
+
     char intro[256];
     svlm_prompt_video_intro(intro, sizeof intro, 24, 24.9);
     CHECK(

@@ -109,10 +109,12 @@ svlm_status svlm_prompt_image(svlm_prompt *p, const svlm_tokenizer *t, const svl
 
 svlm_status svlm_prompt_frame(svlm_prompt *p, const svlm_tokenizer *t, const svlm_vlm_specials *sp,
                               double t_seconds, int T, svlm_err *err) {
-    if (!(t_seconds >= 0.0) || t_seconds > 1e7)
+    /* (a stream runs for months, and a resumed memory bank carries its clock on: the bound is the
+     * bank's own, 1e12 s; minutes go past 99 as SmolVLM2's "MM:SS" does) */
+    if (!(t_seconds >= 0.0) || t_seconds > 1e12)
         return svlm_fail(err, SVLM_E_INVALID, "frame time %g s is invalid", t_seconds);
     char text[64];
-    int n = snprintf(text, sizeof text, "\nFrame from %02d:%02d:", (int)(t_seconds / 60.0),
+    int n = snprintf(text, sizeof text, "\nFrame from %02lld:%02d:", (long long)(t_seconds / 60.0),
                      (int)fmod(t_seconds, 60.0));
     svlm_status st = svlm_prompt_text(p, t, text, (size_t)n, 0, 0, err);
     return st ? st : single_block(p, sp, T, err);
