@@ -461,7 +461,8 @@ static void eval_chunk(svlm_llama_ctx *c, svlm_kv_seq *seq, int p0, int sync_fro
     const int pend = seq && n <= LLAMA_PENDING_ROWS && pending_host_ready(c);
     /* a decode step with nothing to bring over from the pages: the same ops every step, which a
      * GPU replays in one launch */
-    const int step = n == 1 && (!seq || sync_from >= p0);
+    const int step = n == 1 && (!seq || (sync_from >= p0 && pend)); /* (without pend's copy, the
+                                                                     * long form writes the pages) */
     if (step) {
         llama_step_row(&c->step, c, 1, 0, c->q, c->att, p0);
         llama_step_upload(k, &c->step, hp->n_layer);
