@@ -165,6 +165,14 @@ static svlm_status load_hparams(const gguf_file *f, svlm_mmproj_hparams *hp, svl
     if (g < 1)
         return svlm_fail(err, SVLM_E_FORMAT, "mmproj: image size %d is smaller than one %d-px patch",
                          hp->image_size, hp->patch_size);
+    /* SmolVLM2: 32 x 32 patches (1,024), 27 x 27 for 2.2B; a tile of millions of patches (4096 px,
+     * 1-px patches) is a crafted file that would ask gigabytes per stream and quadratic attention */
+    if (g > 128)
+        return svlm_fail(
+            err, SVLM_E_UNSUPPORTED,
+            "mmproj: a %d x %d patch grid (%d px tiles of %d px patches) is more than the 128 x 128 "
+            "this runtime takes",
+            g, g, hp->image_size, hp->patch_size);
     if (g % hp->scale_factor)
         return svlm_fail(err, SVLM_E_UNSUPPORTED,
                          "mmproj: patch grid %d is not a multiple of scale factor %d", g, hp->scale_factor);

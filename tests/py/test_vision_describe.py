@@ -3,7 +3,7 @@
 prompt layout (token ids with -1 at image rows) equals result.json's sequence, in --raw mode and
 in the built-in chat format; dumped pixels (2e-2), per-tile embeddings (1e-3 F32 / 4e-3 F16) and
 the logits after the prompt (1e-2 / 6e-2) match; bad inputs give clear errors and exit 1."""
-import json, os, subprocess, sys, tempfile
+import json, os, struct, subprocess, sys, tempfile
 import numpy as np
 
 BIN = os.environ.get('SVLM_BIN')
@@ -63,11 +63,20 @@ with tempfile.TemporaryDirectory() as d:
     bogus = os.path.join(d, 'bogus.gif'); open(bogus, 'wb').write(b'GIF89a not really')
     other = os.path.join(d, 'other-mmproj.gguf')
     open(other, 'wb').write(open(mm32, 'rb').read().replace(b'idefics3', b'idefics9', 1))
+    # a tile of millions of patches (4096-px tiles of 1-px patches): refused before any allocation
+    huge = os.path.join(d, 'huge-mmproj.gguf')
+    raw = bytearray(open(mm32, 'rb').read())
+    for key, value in ((b'clip.vision.image_size', 4096), (b'clip.vision.patch_size', 1)):
+        at = raw.index(key) + len(key)
+        assert struct.unpack_from('<I', raw, at)[0] == 4, key  # a u32
+        struct.pack_into('<I', raw, at + 4, value)
+    open(huge, 'wb').write(raw)
     cases = [
         (['-m', text32, '--mmproj', mm32, '--image', os.path.join(d, 'nope.png'), '-p', 'x'], 'cannot open image'),
         (['-m', text32, '--mmproj', mm32, '--image', trunc, '-p', 'x'], 'truncated'),
         (['-m', text32, '--mmproj', mm32, '--image', bogus, '-p', 'x'], 'image'),
         (['-m', text32, '--mmproj', other, '--image', img, '-p', 'x'], "projector type 'idefics9' is not supported"),
+        (['-m', text32, '--mmproj', huge, '--image', img, '-p', 'x'], 'patch grid'),
         (['-m', text32, '--mmproj', text32, '--image', img, '-p', 'x'], 'not an mmproj file'),
         (['-m', text32, '--mmproj', mm32, '--image', img, '-p', 'no marker', '--raw'], '<__media__>'),
         (['-m', text32, '--mmproj', mm32, '--image', img], 'required'),
