@@ -252,9 +252,17 @@ void svlm_kv_seq_set_hook(svlm_kv_seq *s, const svlm_kv_evict_hook *hook) {
         memset(&s->hook, 0, sizeof s->hook);
 }
 
-void svlm_kv_seq_set_policy(svlm_kv_seq *s, const svlm_kv_policy *policy) {
-    svlm_err e;
-    if (check_policy(policy, &e) == SVLM_OK) s->policy = *policy;
+svlm_status svlm_kv_seq_set_policy(svlm_kv_seq *s, const svlm_kv_policy *policy, svlm_err *err) {
+    svlm_status st = check_policy(policy, err);
+    if (st) return st;
+    /* (nothing is evicted now: a budget below what the sequence holds would leave it longer than
+     * its capacity, and the next append's rows past the context made for that capacity) */
+    for (int k = 0; k < SVLM_KV_N_KINDS; k++)
+        if (policy->budget[k] < s->count[k])
+            return svlm_fail(err, SVLM_E_INVALID, "KV budget %d for kind %d is below the %d tokens held",
+                             policy->budget[k], k, s->count[k]);
+    s->policy = *policy;
+    return SVLM_OK;
 }
 
 int svlm_kv_seq_len(const svlm_kv_seq *s) {

@@ -81,8 +81,9 @@ svlm_status svlm_kv_seq_fork(const svlm_kv_seq *src, svlm_kv_seq **out, svlm_err
 void svlm_kv_seq_free(svlm_kv_seq *seq);
 void svlm_kv_seq_set_hook(svlm_kv_seq *seq, const svlm_kv_evict_hook *hook);
 /* Replaces the budgets (e.g. a question's fork may grow its text window for the answer). Takes
- * effect at the next append; nothing is evicted now. */
-void svlm_kv_seq_set_policy(svlm_kv_seq *seq, const svlm_kv_policy *policy);
+ * effect at the next append; nothing is evicted now, so a budget below what the sequence holds of
+ * its kind is refused (SVLM_E_INVALID, as an invalid policy is). */
+svlm_status svlm_kv_seq_set_policy(svlm_kv_seq *seq, const svlm_kv_policy *policy, svlm_err *err);
 
 int svlm_kv_seq_len(const svlm_kv_seq *seq);
 int svlm_kv_seq_count(const svlm_kv_seq *seq, svlm_kv_kind kind);

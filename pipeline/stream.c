@@ -401,7 +401,11 @@ svlm_status svlm_stream_fork_into(svlm_stream *s, svlm_llama_ctx *ctx, svlm_stre
     /* memory, question and answer grow the fork's dialogue window, never evicting what the stream had */
     svlm_kv_policy pol = {
         {s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens + s->p.answer_room + s->p.memory_room}, 1};
-    svlm_kv_seq_set_policy(f->seq, &pol);
+    if ((st = svlm_kv_seq_set_policy(f->seq, &pol, err))) {
+        svlm_kv_seq_free(f->seq);
+        free(f);
+        return st;
+    }
     *out = f;
     return SVLM_OK;
 }

@@ -263,7 +263,7 @@ static void pool_holds_answers(void) {
     svlm_kv_policy fp = {{sink, vision, text + sp.answer_room + sp.memory_room}, 1};
     for (int q = 0; q < answers && failed < 0; q++) {
         REQUIRE(!svlm_kv_seq_fork(s, &forks[q], &err), "%s", err.msg);
-        svlm_kv_seq_set_policy(forks[q], &fp);
+        REQUIRE(!svlm_kv_seq_set_policy(forks[q], &fp, &err), "%s", err.msg);
         if (svlm_kv_seq_append(forks[q], SVLM_KV_TEXT, 1, sp.memory_room + 20, &first, &err)) failed = q;
         for (int t = 0; t < sp.answer_room - 20 && failed < 0; t++)
             if (svlm_kv_seq_append(forks[q], SVLM_KV_TEXT, 1, 1, &first, &err)) failed = q;
@@ -271,6 +271,9 @@ static void pool_holds_answers(void) {
     }
     CHECK(failed < 0, "answer %d of %d found the pool full (%d pages): %s", failed, answers, pp.max_pages,
           err.msg);
+    /* a budget below what a sequence holds is refused (nothing is evicted when a policy changes) */
+    CHECK(svlm_kv_seq_set_policy(forks[0], &pol, &err) == SVLM_E_INVALID, "a fork's text budget shrank below "
+                                                                          "its answer");
     CHECK(frames_refused == 0, "the stream's frames were refused %d times", frames_refused);
     printf("%d answers forked a frame apart on one stream: %d of %d pages in use\n", answers,
            svlm_kv_pool_pages_in_use(pool), pp.max_pages);
