@@ -345,6 +345,17 @@ static void *answer_lane(void *arg) {
         const int cap = e->mem_cap > 0 && (e->p.max_active <= 0 || e->mem_cap < e->p.max_active)
                             ? e->mem_cap
                             : e->p.max_active;
+        /* the last slot is kept for a stream with no answer running while other streams are
+         * open: a burst of questions on one stream never holds every slot, so a quiet stream's
+         * question starts at once instead of after a whole answer */
+        if (q && cap > 1 && n_active >= cap - 1 && !__atomic_load_n(&q->cancel, __ATOMIC_RELAXED)) {
+            int mine = 0, open = 0;
+            for (question *a = e->active; a; a = a->next)
+                mine += a->sid == q->sid;
+            for (int i = 0; i < e->n_streams; i++)
+                open += e->streams[i].s && !e->streams[i].closing;
+            if (mine > 0 && open > 1) q = NULL;
+        }
         if (q && cap > 0 && n_active >= cap && !__atomic_load_n(&q->cancel, __ATOMIC_RELAXED)) q = NULL;
         /* under a stream of questions, starts and decode steps take turns: answers already
          * running keep streaming instead of waiting for every newcomer's first token */
@@ -660,6 +671,42 @@ static void look_ahead(svlm_engine *e, int slot) {
     if (!b->running) preprocess_batch(b); /* no thread: now, before the current batch */
 }
 
+/* One piece of answered turns joined into a stream (under e->mu, let go while it runs): live, one
+ * piece of one stream, streams in turn; exact replays (at a due question or the end), every
+ * stream's all. without_frames: only a stream with no frames queued or being ingested (its own
+ * frames would join it). Returns whether joins are left for a later pass. */
+static int join_piece(svlm_engine *e, int without_frames) {
+    int more = 0;
+    for (int i = 0; i < e->n_streams; i++) {
+        const int j = (e->rr_join + i) % e->n_streams;
+        lane_stream *ls = &e->streams[j];
+        if (!ls->join_due || ls->closing || (e->p.exact && !e->draining)) continue;
+        if (without_frames && (ls->n > 0 || ls->ingesting > 0)) continue; /* its own frames join it */
+        ls->join_due = 0;
+        e->ingest_busy = 1;
+        e->ingest_sid = j;
+        pthread_mutex_unlock(&e->mu);
+        svlm_err err = {0};
+        int left = 0;
+        pthread_mutex_lock(&e->compute_mu);
+        if (e->p.exact)
+            svlm_stream_join_pending(ls->s, &err);
+        else
+            left = svlm_stream_join_some(ls->s, e->p.join_piece_tokens);
+        pthread_mutex_unlock(&e->compute_mu);
+        pthread_mutex_lock(&e->mu);
+        e->ingest_busy = 0;
+        e->ingest_sid = -1;
+        if (left && !ls->closing) ls->join_due = 1;
+        if (e->p.exact) continue;
+        e->rr_join = (j + 1) % e->n_streams;
+        for (int k = 0; k < e->n_streams; k++)
+            if (e->streams[k].join_due && !e->streams[k].closing) more = 1;
+        break;
+    }
+    return more;
+}
+
 static void *ingest_lane(void *arg) {
     svlm_engine *e = arg;
     pthread_mutex_lock(&e->mu);
@@ -701,33 +748,10 @@ static void *ingest_lane(void *arg) {
                  * end, every stream's all at once); live, one piece of one stream a pass (streams in
                  * turn), then frames are looked for again: a frame that comes meanwhile waits for
                  * one piece, not for a burst of long answers ending together on several streams */
-                int more = 0; /* joins left for the next pass */
-                for (int i = 0; i < e->n_streams; i++) {
-                    const int j = (e->rr_join + i) % e->n_streams;
-                    lane_stream *ls = &e->streams[j];
-                    if (!ls->join_due || ls->closing || (e->p.exact && !e->draining)) continue;
-                    ls->join_due = 0;
-                    e->ingest_busy = 1;
-                    e->ingest_sid = j;
-                    pthread_mutex_unlock(&e->mu);
-                    svlm_err err = {0};
-                    int left = 0;
-                    pthread_mutex_lock(&e->compute_mu);
-                    if (e->p.exact)
-                        svlm_stream_join_pending(ls->s, &err);
-                    else
-                        left = svlm_stream_join_some(ls->s, e->p.join_piece_tokens);
-                    pthread_mutex_unlock(&e->compute_mu);
-                    pthread_mutex_lock(&e->mu);
-                    e->ingest_busy = 0;
-                    e->ingest_sid = -1;
-                    if (left && !ls->closing) ls->join_due = 1;
-                    if (e->p.exact) continue;
-                    e->rr_join = (j + 1) % e->n_streams;
-                    for (int k = 0; k < e->n_streams; k++)
-                        if (e->streams[k].join_due && !e->streams[k].closing) more = 1;
-                    break;
-                }
+                int more = join_piece(e, 0); /* joins left for the next pass */
+                /* a frame pushed while the lock was let go for a join signalled nobody: look again */
+                for (int k = 0; k < e->n_streams && !more; k++)
+                    more = e->streams[k].n > 0 && !e->streams[k].closing && !(e->p.exact && pinned_due(e, k));
                 pthread_cond_broadcast(&e->cv_idle);
                 if (!e->stop && !more) pthread_cond_wait(&e->cv_ingest, &e->mu);
                 continue;
@@ -793,6 +817,9 @@ static void *ingest_lane(void *arg) {
             release_pinned(e, b->sids[i]);
         }
         b->nb = 0;
+        /* a stream whose frames stopped (paused, stalled, ended) still gets its answered turns
+         * joined while other streams keep this lane busy: one piece between batches */
+        if (!e->p.exact && !e->stop) (void)join_piece(e, 1);
         pthread_cond_broadcast(&e->cv_idle);
     }
     if (e->ahead >= 0) { /* stopping: the batch ahead is dropped */
@@ -1117,8 +1144,14 @@ svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, i
         return svlm_fail(err, SVLM_E_INVALID, "no stream %d", sid);
     }
     lane_stream *ls = &e->streams[sid];
-    while (block && ls->n == e->p.frame_queue && !e->stop)
+    const svlm_stream *mine = ls->s;
+    while (block && ls->n == e->p.frame_queue && !e->stop && ls->s == mine && !ls->closing)
         pthread_cond_wait(&e->cv_room, &e->mu);
+    if (ls->s != mine || ls->closing) { /* removed (or its slot reused) while this push waited */
+        pthread_mutex_unlock(&e->mu);
+        svlm_frame_release(frame);
+        return svlm_fail(err, SVLM_E_INVALID, "stream %d was closed", sid);
+    }
     if (ls->n == e->p.frame_queue) { /* live and full: the oldest waiting frame goes */
         svlm_frame_release(&ls->queue[ls->head]);
         ls->head = (ls->head + 1) % e->p.frame_queue;
@@ -1222,7 +1255,9 @@ void svlm_engine_metrics_get(svlm_engine *e, svlm_engine_metrics *out) {
     int n = 0;
     for (question *q = e->active; q; q = q->next)
         n++;
-    out->active_answers = n + (e->answer_busy ? 1 : 0);
+    for (question *q = e->hand; q; q = q->next) /* (the lane's: one starting or stepping, or a batch) */
+        n++;
+    out->active_answers = n;
     n = 0;
     for (question *q = e->ready; q; q = q->next)
         n++;

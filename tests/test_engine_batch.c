@@ -383,6 +383,65 @@ static void burst(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_engine_free(e);
 }
 
+/* Paces an answer at a millisecond a token (the null backend's answers end too fast to be caught
+ * running). */
+static int slow_token(void *user, int32_t id, const char *piece, size_t len) {
+    (void)user, (void)id, (void)piece, (void)len;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+    return 0;
+}
+
+/* The same once the burst holds the slots: stream 0's long answers are running when stream 1 asks.
+ * The last slot is kept for a stream with no answer running, so stream 1's short answer starts at
+ * once and ends first (when stream 0 could take every slot it waited for a whole 200-token answer). */
+static void burst_running(svlm_llama *m, const svlm_mmproj *mp) {
+    enum { N_Q = 6 };
+    svlm_err err = {0};
+    svlm_stream *s[2];
+    int sid[2];
+    svlm_engine *e = answer_engine(m, mp, 2, 2, 512, 2, s, sid);
+    order_rec rec = {0};
+    tagged tags[2] = {{&rec, 0}, {&rec, 1}};
+    svlm_ask_opts longer = {.max_tokens = 200}, shorter = {.max_tokens = 3};
+    for (int i = 0; i < N_Q; i++)
+        REQUIRE(svlm_engine_ask(e, sid[0], "What moves?", &longer, 0, slow_token, on_done_order, &tags[0],
+                                NULL, &err) == SVLM_OK,
+                "%s", err.msg);
+    svlm_engine_metrics em = {0};
+    for (int i = 0; i < 20000 && em.active_answers < 1; i++) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+        svlm_engine_metrics_get(e, &em);
+    }
+    /* and the second slot taken if stream 0 may take it (it may not: 20 ms) */
+    for (int i = 0; i < 200 && em.active_answers < 2; i++) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+        svlm_engine_metrics_get(e, &em);
+    }
+    CHECK(em.active_answers >= 1 && __atomic_load_n(&rec.n, __ATOMIC_SEQ_CST) == 0,
+          "stream 0's first answer is not running (%d running, %d ended)", em.active_answers, rec.n);
+    REQUIRE(svlm_engine_ask(e, sid[1], "And here?", &shorter, 0, NULL, on_done_order, &tags[1], NULL, &err) ==
+                SVLM_OK,
+            "%s", err.msg);
+    svlm_engine_drain(e);
+    svlm_engine_metrics_get(e, &em);
+    printf("stream 1's 3-token question asked while stream 0's 200-token answers ran: ended %d of %d "
+           "(at most %d running at once)\n",
+           rec.order[0] == 1   ? 1
+           : rec.order[1] == 1 ? 2
+                               : 0,
+           rec.n, em.active_answers_max);
+    CHECK(rec.n == N_Q + 1, "%d of %d questions ended", rec.n, N_Q + 1);
+    CHECK(rec.order[0] == 1, "stream 1's question did not end first: it waited for stream 0's answers");
+    CHECK(em.active_answers_max <= 2, "%d answers ran at once (max_active 2)", em.active_answers_max);
+    svlm_engine_stop(e);
+    for (int i = 0; i < 2; i++)
+        svlm_stream_free(s[i]);
+    svlm_engine_free(e);
+}
+
 /* Rotation inside the answer lane: three answers running, batches of two. Two long answers (40
  * tokens) must not hold the batch while a short one (3 tokens) waits after its first token: the
  * short one ends first. */
@@ -591,6 +650,7 @@ int test_main(void) {
     flood(m, mp);
     device_full(m, mp);
     burst(m, mp);
+    burst_running(m, mp);
     rotation(m, mp);
     joins_on_streams(m, mp);
     mixed_stc(m, mp);
