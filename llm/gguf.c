@@ -403,9 +403,13 @@ static svlm_status read_alignment(gguf_impl *g, svlm_err *err) {
         return svlm_fail(err, SVLM_E_FORMAT, "general.alignment has type %s, expected an integer (u32)",
                          gguf_vtype_name(kv->type));
     uint64_t a = kv->v.u64;
-    if ((vtype_is_signed(kv->type) && kv->v.i64 <= 0) || a == 0 || (a & (a - 1)) || a > (1u << 30))
-        return svlm_fail(err, SVLM_E_FORMAT, "general.alignment %lld is not a power of two (1 .. 2^30)",
-                         (long long)kv->v.i64);
+    /* a multiple of 8, as the GGUF spec asks: tensors are read in place as floats, f16 and quant
+     * blocks, and an alignment of 1 or 2 put them at addresses their loads may not use */
+    if ((vtype_is_signed(kv->type) && kv->v.i64 <= 0) || a < 8 || (a & (a - 1)) || a > (1u << 30))
+        return svlm_fail(err, SVLM_E_FORMAT,
+                         "general.alignment %llu is not a power of two from 8 to 2^30 (GGUF's rule: tensors "
+                         "are read in place)",
+                         vtype_is_signed(kv->type) && kv->v.i64 < 0 ? 0ull : (unsigned long long)a);
     f->alignment = (size_t)a;
     return SVLM_OK;
 }

@@ -1,7 +1,7 @@
 /*
  * libFuzzer harness: GGUF parsing (gguf_open_buffer), the typed getters, the tokenizer loader
  * (svlm_tokenizer_load + a tokenize/detokenize round), the mmproj loader (svlm_mmproj_from_gguf)
- * and the Llama loader (svlm_llama_load, through a memfd).
+ * and the Llama loader (svlm_llama_load, through a memfd) with one token through a model it loads.
  *
  * Pass 1 parses the input as is. Pass 2 appends PAD zero bytes (sparse, in a memfd) so that an
  * input holding only header + metadata + tensor table (seeds truncated at the data section)
@@ -102,7 +102,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     svlm_llama *m = NULL;
     st = svlm_llama_load(memfd_path, &m, &err);
     if (debug) fprintf(stderr, "llama: %d %s\n", st, st ? err.msg : "ok");
-    if (st == SVLM_OK) svlm_llama_free(m);
+    if (st == SVLM_OK) { /* one token through the decoder: a loaded model is read in place */
+        static svlm_kernels *k;
+        if (!k && svlm_kernels_create_cpu(1, &k, &err) != SVLM_OK) abort();
+        svlm_llama_ctx *c = NULL;
+        const int32_t tok = 0;
+        float *logits = malloc(sizeof(float) * (size_t)svlm_llama_hparams_of(m)->n_vocab);
+        if (logits && svlm_llama_ctx_create(m, k, 4, SVLM_F32, &c, &err) == SVLM_OK) {
+            st = svlm_llama_eval(c, &tok, NULL, 1, logits, 0, &err);
+            if (debug) fprintf(stderr, "eval: %d %s\n", st, st ? err.msg : "ok");
+            svlm_llama_ctx_free(c);
+        }
+        free(logits);
+        svlm_llama_free(m);
+    }
     svlm_mmproj *mp = NULL;
     st = svlm_mmproj_load(memfd_path, &mp, &err);
     if (debug) fprintf(stderr, "mmproj: %d %s\n", st, st ? err.msg : "ok");
