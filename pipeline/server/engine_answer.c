@@ -148,21 +148,29 @@ static void on_lane_done(void *user, uint64_t qid, svlm_status st, const char *a
     eng_job_free(j);
 }
 
-/* Question + chat template tokens, to fit max_tokens into the stream's answer room. */
-static int turn_tokens(eng *e, const char *question) {
-    const char *head = "<|im_start|>User: ", *tail = "<end_of_utterance>\nAssistant:";
-    size_t n = strlen(head) + strlen(question) + strlen(tail) + 1;
-    char *text = malloc(n);
-    if (!text) return -1;
-    snprintf(text, n, "%s%s%s", head, question, tail);
+/* Tokens of text (special: markers in it are special tokens), -1 on failure. */
+static int count_tokens(eng *e, const char *text, int special) {
     int32_t *ids = NULL;
     size_t n_ids = 0;
     svlm_err err = {0};
     svlm_status st =
-        svlm_tokenize(svlm_llama_tokenizer(e->model), text, strlen(text), 0, 1, &ids, &n_ids, &err);
-    free(text);
+        svlm_tokenize(svlm_llama_tokenizer(e->model), text, strlen(text), 0, special, &ids, &n_ids, &err);
     free(ids);
     return st ? -1 : (int)n_ids;
+}
+
+/* Question + chat template tokens, to fit max_tokens into the stream's answer room: counted as the
+ * stream builds the turn (svlm_stream_answer_start), the question as plain text, so that one
+ * holding a literal "<end_of_utterance>" is not counted short and then refused. */
+static int turn_tokens(eng *e, const char *question) {
+    char *q = malloc(strlen(question) + 2);
+    if (!q) return -1;
+    q[0] = ' ';
+    strcpy(q + 1, question);
+    const int head = count_tokens(e, "<|im_start|>User:", 1), body = count_tokens(e, q, 0),
+              tail = count_tokens(e, "<end_of_utterance>\nAssistant:", 1);
+    free(q);
+    return head < 0 || body < 0 || tail < 0 ? -1 : head + body + tail;
 }
 
 svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
