@@ -438,6 +438,8 @@ static svlm_status per_token_array(const gguf_file *f, const char *key, gguf_vty
     return SVLM_OK;
 }
 
+enum { TOK_MAX_TOKEN_BYTES = 1024 };
+
 static svlm_status load_tokens(svlm_tokenizer *t, const gguf_file *f, svlm_err *err) {
     const gguf_kv *toks = gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING);
     if (!toks || !toks->arr_strs)
@@ -452,8 +454,15 @@ static svlm_status load_tokens(svlm_tokenizer *t, const gguf_file *f, svlm_err *
     if (st) return st;
 
     uint64_t total = 0;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        /* real vocabularies' longest tokens are tens of bytes: a crafted one of megabytes made a
+         * detokenized piece of (its code points x its length) bytes (an unknown byte's marker
+         * repeats the token) */
+        if (toks->arr_strs[i].len > TOK_MAX_TOKEN_BYTES)
+            return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: token %zu is %llu bytes long (at most %d)", i,
+                             (unsigned long long)toks->arr_strs[i].len, TOK_MAX_TOKEN_BYTES);
         total += toks->arr_strs[i].len ? toks->arr_strs[i].len : 32;
+    }
     if (arena_reserve(t, total))
         return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: token texts do not fit in memory");
     t->n_vocab = (int)n;

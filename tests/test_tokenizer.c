@@ -400,6 +400,16 @@ static void test_bad_metadata(void) {
     v.pre = NULL;
     expect_load_error("no-pre.gguf", &v, SVLM_E_UNSUPPORTED, "missing");
 
+    /* A token of 2,000 bytes (real vocabularies' longest are tens): refused, naming it. */
+    char *huge = malloc(2001);
+    REQUIRE(huge, "out of memory");
+    memset(huge, 'x', 2000);
+    huge[2000] = 0;
+    const char *long_tokens[] = {"<unk>", "<s>", "</s>", huge};
+    vocab_spec lv = {"llama", NULL, long_tokens, 4, scores, types, NULL, 0, 0};
+    expect_load_error("long-token.gguf", &lv, SVLM_E_FORMAT, "token 3 is 2000 bytes long");
+    free(huge);
+
     /* Per-token arrays shorter than the vocabulary, or of the wrong type. */
     const char *five[] = {"<unk>", "<s>", "</s>", "a", "b"};
     const char *path = tmp_path("short-scores.gguf");
