@@ -1138,6 +1138,11 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
 
 svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, int block, svlm_err *err) {
     pthread_mutex_lock(&e->mu);
+    if (e->stop) { /* no lane would take it up */
+        pthread_mutex_unlock(&e->mu);
+        svlm_frame_release(frame);
+        return svlm_fail(err, SVLM_E_CANCELLED, "the engine has stopped");
+    }
     if (sid < 0 || sid >= e->n_streams || !e->streams[sid].s || e->streams[sid].closing) {
         pthread_mutex_unlock(&e->mu);
         svlm_frame_release(frame);
@@ -1189,6 +1194,12 @@ svlm_status svlm_engine_ask(svlm_engine *e, int sid, const char *question_text, 
     q->user = user;
     q->pin = pin;
     pthread_mutex_lock(&e->mu);
+    if (e->stop) { /* no lane would take it up: its done would never come */
+        pthread_mutex_unlock(&e->mu);
+        free(q->text);
+        free(q);
+        return svlm_fail(err, SVLM_E_CANCELLED, "the engine has stopped");
+    }
     if (sid < 0 || sid >= e->n_streams || !e->streams[sid].s || e->streams[sid].closing) {
         pthread_mutex_unlock(&e->mu);
         free(q->text);
