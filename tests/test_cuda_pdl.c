@@ -309,6 +309,49 @@ static double rel_to_max(const float *a, const float *b, int64_t n) {
     return worst / big;
 }
 
+/* The model and three runs of the same steps (a and b on the backends compared, c on the CPU), their
+ * caches filled with the same rows. */
+typedef struct trio {
+    model m;
+    run a, b, c;
+    svlm_kernels *ks[3];
+    float *prefix[LAYERS][NS];
+} trio;
+
+static void trio_make(trio *t, svlm_kernels *ka, svlm_kernels *kb, svlm_kernels *cpu, int ns, svlm_dtype kv,
+                      int a_fused, int pages) {
+    model_make(&t->m);
+    run_make(&t->a, ka, ns, kv, a_fused);
+    run_make(&t->b, kb, ns, kv, 0);
+    run_make(&t->c, cpu, ns, kv, 0);
+    run *rs[3] = {&t->a, &t->b, &t->c};
+    for (int i = 0; i < 3; i++) {
+        t->ks[i] = rs[i]->k;
+        if (pages) {
+            rs[i]->keep = falloc(rs[i]->k, (int64_t)LAYERS * 2 * ns * KVD);
+            rs[i]->round = 1;
+        }
+    }
+    for (int l = 0; l < LAYERS; l++)
+        for (int s = 0; s < NS; s++)
+            t->prefix[l][s] = host_floats((int64_t)2 * base_rows[s] * KVD, 1.0f);
+    for (int i = 0; i < 3; i++)
+        fill_prefix(rs[i], t->prefix);
+}
+
+/* Frees it all, the backends too. */
+static void trio_free(trio *t) {
+    for (int l = 0; l < LAYERS; l++)
+        for (int s = 0; s < NS; s++)
+            free(t->prefix[l][s]);
+    run_free(&t->a);
+    run_free(&t->b);
+    run_free(&t->c);
+    model_free(&t->m, t->ks, 3);
+    for (int i = 0; i < 3; i++)
+        svlm_kernels_destroy(t->ks[i]);
+}
+
 static void test_pdl_steps(void) {
     svlm_kernels *g_pdl = test_gpu_backend(); /* the default: PDL from compute capability 9.0 */
     setenv("SVLM_CUDA_PDL", "0", 1);
@@ -327,28 +370,17 @@ static void test_pdl_steps(void) {
     if (req && !strcmp(req, "1") && sm && atoi(sm + 3) >= 90 && !(off && !strcmp(off, "0")))
         CHECK(on, "PDL is off on %s", name);
 
-    model m;
-    model_make(&m);
-    run a, b, c;
-    run_make(&a, g_pdl, NS, SVLM_F32, 0);
-    run_make(&b, g_plain, NS, SVLM_F32, 0);
-    run_make(&c, cpu, NS, SVLM_F32, 0);
-    float *prefix[LAYERS][NS];
-    for (int l = 0; l < LAYERS; l++)
-        for (int s = 0; s < NS; s++)
-            prefix[l][s] = host_floats((int64_t)2 * base_rows[s] * KVD, 1.0f);
-    fill_prefix(&a, prefix);
-    fill_prefix(&b, prefix);
-    fill_prefix(&c, prefix);
+    trio t;
+    trio_make(&t, g_pdl, g_plain, cpu, NS, SVLM_F32, 0, 0);
     float *la = host_floats(NS * VOCAB, 0), *lb = host_floats(NS * VOCAB, 0),
           *lc = host_floats(NS * VOCAB, 0);
     int differing = 0;
     double worst_cpu = 0;
     for (int step = 0; step < STEPS; step++) {
         float *x0 = host_floats(NS * E, 1.0f);
-        step_run(&a, &m, step, x0, la);
-        step_run(&b, &m, step, x0, lb);
-        REQUIRE(step_run(&c, &m, step, x0, lc), "the CPU refused a run");
+        step_run(&t.a, &t.m, step, x0, la);
+        step_run(&t.b, &t.m, step, x0, lb);
+        REQUIRE(step_run(&t.c, &t.m, step, x0, lc), "the CPU refused a run");
         if (memcmp(la, lb, sizeof(float) * NS * VOCAB)) {
             differing++;
             printf("step %d: with PDL and without differ by %.3g of the largest logit\n", step,
@@ -365,16 +397,7 @@ static void test_pdl_steps(void) {
     free(la);
     free(lb);
     free(lc);
-    for (int l = 0; l < LAYERS; l++)
-        for (int s = 0; s < NS; s++)
-            free(prefix[l][s]);
-    run_free(&a);
-    run_free(&b);
-    run_free(&c);
-    svlm_kernels *ks[3] = {g_pdl, g_plain, cpu};
-    model_free(&m, ks, 3);
-    for (int i = 0; i < 3; i++)
-        svlm_kernels_destroy(ks[i]);
+    trio_free(&t);
 }
 
 /* One sequence's steps with every layer as one op (SVLM_CUDA_PERSISTENT=1) against the separate
@@ -392,49 +415,31 @@ static void test_persistent_steps(svlm_dtype kv, int pages) {
     svlm_kernels *cpu = NULL;
     svlm_err err = {0};
     REQUIRE(svlm_kernels_create_cpu(2, &cpu, &err) == SVLM_OK, "CPU backend: %s", err.msg);
-    model m;
-    model_make(&m);
-    run a, b, c;
-    run_make(&a, g_one, 1, kv, 1);
-    run_make(&b, g_ops, 1, kv, 0);
-    run_make(&c, cpu, 1, kv, 0);
+    trio t;
+    trio_make(&t, g_one, g_ops, cpu, 1, kv, 1, pages);
     const size_t keep_n = (size_t)LAYERS * 2 * KVD;
-    if (pages) {
-        run *rs[3] = {&a, &b, &c};
-        for (int i = 0; i < 3; i++) {
-            rs[i]->keep = falloc(rs[i]->k, (int64_t)keep_n);
-            rs[i]->round = 1;
-        }
-    }
-    float *prefix[LAYERS][NS];
-    for (int l = 0; l < LAYERS; l++)
-        for (int s = 0; s < NS; s++)
-            prefix[l][s] = host_floats((int64_t)2 * base_rows[s] * KVD, 1.0f);
-    fill_prefix(&a, prefix);
-    fill_prefix(&b, prefix);
-    fill_prefix(&c, prefix);
     float *la = host_floats(VOCAB, 0), *lb = host_floats(VOCAB, 0), *lc = host_floats(VOCAB, 0);
     float *ka = host_floats((int64_t)keep_n, 0), *kb = host_floats((int64_t)keep_n, 0);
     int differing = 0, keep_differing = 0;
     double worst_cpu = 0, worst_ops = 0;
     for (int step = 0; step < STEPS; step++) {
         float *x0 = host_floats(E, 1.0f);
-        step_run(&a, &m, step, x0, la);
-        step_run(&b, &m, step, x0, lb);
-        REQUIRE(step_run(&c, &m, step, x0, lc), "the CPU refused a run");
+        step_run(&t.a, &t.m, step, x0, la);
+        step_run(&t.b, &t.m, step, x0, lb);
+        REQUIRE(step_run(&t.c, &t.m, step, x0, lc), "the CPU refused a run");
         if (memcmp(la, lb, sizeof(float) * VOCAB)) {
             differing++;
             worst_ops = fmax(worst_ops, rel_to_max(la, lb, VOCAB));
         }
         if (pages) {
-            svlm_k_copy(a.k, ka, a.keep, sizeof(float) * keep_n);
-            svlm_k_copy(b.k, kb, b.keep, sizeof(float) * keep_n);
+            svlm_k_copy(t.a.k, ka, t.a.keep, sizeof(float) * keep_n);
+            svlm_k_copy(t.b.k, kb, t.b.keep, sizeof(float) * keep_n);
             keep_differing += memcmp(ka, kb, sizeof(float) * keep_n) != 0;
         }
         worst_cpu = fmax(worst_cpu, fmax(rel_to_max(la, lc, VOCAB), rel_to_max(lb, lc, VOCAB)));
         free(x0);
     }
-    const int took = a.declined == 0;
+    const int took = t.a.declined == 0;
     /* the separate kernels' own forms, where set, sum in the order of the default ones (their
      * claim, not yet run on a GPU): then within 1e-5 */
     const char *ma = getenv("SVLM_CUDA_MATVEC_AHEAD"), *da = getenv("SVLM_CUDA_DECODE_AHEAD");
@@ -448,7 +453,7 @@ static void test_persistent_steps(svlm_dtype kv, int pages) {
            strict ? "required equal" : "their ahead forms on: 1e-5", worst_cpu);
     const char *req = getenv("SVLM_TEST_REQUIRE_GPU"), *qr = getenv("SVLM_CUDA_QKV_ROPE");
     if (req && !strcmp(req, "1") && !test_gpu_as_cpu() && !(qr && !strcmp(qr, "0")))
-        CHECK(took, "the GPU declined svlm_k_decode_layers in %d of %d tries", a.declined, a.tries);
+        CHECK(took, "the GPU declined svlm_k_decode_layers in %d of %d tries", t.a.declined, t.a.tries);
     if (strict)
         CHECK(differing == 0, "%d of %d steps differ between one op and the separate kernels", differing,
               STEPS);
@@ -462,16 +467,7 @@ static void test_persistent_steps(svlm_dtype kv, int pages) {
     free(lc);
     free(ka);
     free(kb);
-    for (int l = 0; l < LAYERS; l++)
-        for (int s = 0; s < NS; s++)
-            free(prefix[l][s]);
-    run_free(&a);
-    run_free(&b);
-    run_free(&c);
-    svlm_kernels *ks[3] = {g_one, g_ops, cpu};
-    model_free(&m, ks, 3);
-    for (int i = 0; i < 3; i++)
-        svlm_kernels_destroy(ks[i]);
+    trio_free(&t);
 }
 
 int test_main(void) {

@@ -69,6 +69,25 @@ __device__ __forceinline__ qkv_pair qkv_pair3(const svlm_cu_matvec_set &set, int
     return p;
 }
 
+/* Layer L's q/k/v as the set qkv_rope_rows takes (q into the step's q row). */
+__device__ __forceinline__ svlm_cu_matvec_set qkv_set(const svlm_cu_decode_layer &L,
+                                                      const svlm_cu_decode_step &a) {
+    return {
+        {L.wq, L.wk, L.wv}, {a.q, nullptr, nullptr}, {a.q_rows, a.kv_rows, a.kv_rows}, a.qkv_row_bytes, 3};
+}
+
+/* A phase of a product added to the residual x (n_embd rows of w, cols wide, against x_in). */
+template <int T>
+__device__ __forceinline__ void product_add_phase(const void *w, size_t row_bytes, int64_t cols,
+                                                  const float *x_in, const svlm_cu_decode_step &a, int parts,
+                                                  int flags, unsigned nvb) {
+    for (unsigned vb = blockIdx.x; vb < nvb; vb += gridDim.x) {
+        matvec_rows<T, true, 1, false>(static_cast<const uint8_t *>(w), row_bytes, a.n_embd, cols, x_in, 1,
+                                       a.x, parts, flags, vb);
+        __syncthreads(); /* sum_parts' buffer is reused */
+    }
+}
+
 template <int T, bool F16>
 __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_step a, phase_shape ps) {
     extern __shared__ float xs[]; /* x normalised: n_embd floats */
@@ -77,11 +96,7 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
     const bool vec = a.head_dim % 4 == 0 && a.kv_stride % 4 == 0;
     for (int l = 0; l < a.n_layer; l++) {
         const svlm_cu_decode_layer L = a.layers[l];
-        const svlm_cu_matvec_set set = {{L.wq, L.wk, L.wv},
-                                        {a.q, nullptr, nullptr},
-                                        {a.q_rows, a.kv_rows, a.kv_rows},
-                                        a.qkv_row_bytes,
-                                        3};
+        const svlm_cu_matvec_set set = qkv_set(L, a);
         if (a.prefetch) {
             prefetch_rows(L.wo, a.o_row_bytes, a.n_embd, ps.o_parts, ps.o_vb);
             prefetch_rows(L.wg, a.ffn_row_bytes, a.n_ff, ps.ffn_parts, ps.ffn_vb);
@@ -108,11 +123,7 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
         }
         grid.sync();
         /* 3: output product + residual */
-        for (unsigned vb = blockIdx.x; vb < ps.o_vb; vb += gridDim.x) {
-            matvec_rows<T, true, 1, false>(static_cast<const uint8_t *>(L.wo), a.o_row_bytes, a.n_embd,
-                                           a.q_rows, a.att, 1, a.x, ps.o_parts, ps.flags, vb);
-            __syncthreads();
-        }
+        product_add_phase<T>(L.wo, a.o_row_bytes, a.q_rows, a.att, a, ps.o_parts, ps.flags, ps.o_vb);
         grid.sync();
         /* 4: RMSNorm + gate/up + SwiGLU */
         if (blockIdx.x < ps.ffn_vb) {
@@ -125,12 +136,7 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
             }
         }
         if (a.prefetch && l + 1 < a.n_layer) { /* the next layer's q/k/v rows */
-            const svlm_cu_decode_layer N = a.layers[l + 1];
-            const svlm_cu_matvec_set next = {{N.wq, N.wk, N.wv},
-                                             {a.q, nullptr, nullptr},
-                                             {a.q_rows, a.kv_rows, a.kv_rows},
-                                             a.qkv_row_bytes,
-                                             3};
+            const svlm_cu_matvec_set next = qkv_set(a.layers[l + 1], a);
             for (unsigned vb = blockIdx.x; vb < ps.qkv_vb; vb += gridDim.x) {
                 const qkv_pair p = qkv_pair3(next, ps.qkv_parts, vb);
                 if (p.w) pdl_prefetch_warp(p.w, 2 * next.row_bytes, p.rs.part, ps.qkv_parts);
@@ -138,11 +144,7 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
         }
         grid.sync();
         /* 5: down product + residual */
-        for (unsigned vb = blockIdx.x; vb < ps.down_vb; vb += gridDim.x) {
-            matvec_rows<T, true, 1, false>(static_cast<const uint8_t *>(L.wd), a.down_row_bytes, a.n_embd,
-                                           a.n_ff, a.gate, 1, a.x, ps.down_parts, ps.flags, vb);
-            __syncthreads();
-        }
+        product_add_phase<T>(L.wd, a.down_row_bytes, a.n_ff, a.gate, a, ps.down_parts, ps.flags, ps.down_vb);
         grid.sync();
     }
 }
