@@ -188,6 +188,8 @@ static void question_end(svlm_engine *e, question *q, svlm_status st, const char
         e->m.questions_done++;
     else if (st == SVLM_E_CANCELLED)
         e->m.questions_cancelled++;
+    else
+        e->m.questions_failed++;
     if (st == SVLM_OK) e->streams[q->sid].join_due = 1;
     e->streams[q->sid].in_flight--;
     pthread_cond_signal(&e->cv_ingest);
@@ -981,6 +983,7 @@ void svlm_engine_stop(svlm_engine *e) {
         lane_stream *ls = &e->streams[i];
         for (int j = 0; j < ls->n; j++)
             svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
+        e->m.frames_dropped += ls->n; /* (pushed = done + dropped, stopped or not) */
         ls->n = 0;
         if (!ls->s) continue;
         svlm_err err = {0};
@@ -1121,6 +1124,7 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     pthread_cond_signal(&e->cv_answer);
     for (int j = 0; j < ls->n; j++)
         svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
+    e->m.frames_dropped += ls->n; /* (pushed = done + dropped, the stream removed or not) */
     ls->n = 0;
     pthread_cond_broadcast(&e->cv_room);
     /* answers end on the answer lane (also while it is stopping: stop ends every list) */

@@ -114,6 +114,7 @@ void svlm_engine_drain(svlm_engine *e);
 
 typedef struct svlm_engine_metrics {
     int64_t frames_done, frames_dropped, questions_done, questions_cancelled;
+    int64_t questions_failed; /* ended with an error (asked = done + cancelled + failed + queued + running) */
     int active_answers, queued_questions, queued_frames;
     double ingest_busy_ms, answer_busy_ms;         /* time each lane spent working */
     uint64_t decode_batches, decode_batch_answers; /* batched decode steps, answers they stepped */

@@ -436,6 +436,17 @@ static void burst_running(svlm_llama *m, const svlm_mmproj *mp) {
     CHECK(rec.n == N_Q + 1, "%d of %d questions ended", rec.n, N_Q + 1);
     CHECK(rec.order[0] == 1, "stream 1's question did not end first: it waited for stream 0's answers");
     CHECK(em.active_answers_max <= 2, "%d answers ran at once (max_active 2)", em.active_answers_max);
+    /* a question the stream refuses (more tokens than its answer room) counts as failed */
+    svlm_ask_opts too_long = {.max_tokens = 100000};
+    REQUIRE(svlm_engine_ask(e, sid[1], "And now?", &too_long, 0, NULL, on_done_order, &tags[1], NULL, &err) ==
+                SVLM_OK,
+            "%s", err.msg);
+    svlm_engine_drain(e);
+    svlm_engine_metrics_get(e, &em);
+    CHECK(em.questions_done == N_Q + 1 && em.questions_failed == 1 && em.questions_cancelled == 0,
+          "questions: %lld done, %lld failed, %lld cancelled (expected %d, 1, 0)",
+          (long long)em.questions_done, (long long)em.questions_failed, (long long)em.questions_cancelled,
+          N_Q + 1);
     svlm_engine_stop(e);
     for (int i = 0; i < 2; i++)
         svlm_stream_free(s[i]);
