@@ -43,16 +43,24 @@ typedef struct question {
     struct question *next;
 } question;
 
+/* A frame waiting in its stream's queue. */
+typedef struct queued_frame {
+    svlm_frame f;
+    int restart; /* the first frame after a break in the video (a reconnect): token compression
+                    starts over at it instead of comparing it with a frame from before the break */
+} queued_frame;
+
 typedef struct lane_stream {
     svlm_stream *s;
-    svlm_frame *queue; /* ring of params.frame_queue frames */
+    queued_frame *queue; /* ring of params.frame_queue frames */
     int head, n;
-    int64_t handled; /* frames ingested or dropped */
-    int join_due;    /* an answered turn waits to be joined */
-    int in_flight;   /* questions forked (or about to be) and not ended */
-    int closing;     /* being removed: no frames or questions taken */
-    int ingesting;   /* its frames on the ingest lane (a batch running, one ahead) */
-    svlm_stc *stc;   /* token compression state (NULL: off) */
+    int restart_next; /* a break was reported after the last frame pushed: the next one restarts */
+    int64_t handled;  /* frames ingested or dropped */
+    int join_due;     /* an answered turn waits to be joined */
+    int in_flight;    /* questions forked (or about to be) and not ended */
+    int closing;      /* being removed: no frames or questions taken */
+    int ingesting;    /* its frames on the ingest lane (a batch running, one ahead) */
+    svlm_stc *stc;    /* token compression state (NULL: off) */
 } lane_stream;
 
 typedef struct idle_ctx {
@@ -85,6 +93,9 @@ struct svlm_engine {
     pthread_cond_t cv_ingest, cv_answer, cv_room, cv_idle;
     pthread_t th_ingest, th_answer;
     int threads_started, stop, ingest_busy, answer_busy, draining;
+    /* svlm_engine_stop: one caller claims the teardown (joins the lanes, ends what is left); any
+     * other waits until it is stopped, so the lanes are joined once */
+    int stop_claimed, stopped;
     int started_last; /* the answer lane's last work was a question's start */
     lane_stream *streams;
     int n_streams, rr_ingest, rr_join, ingest_sid; /* ingest_sid: the stream the lane works on (-1) */
@@ -469,11 +480,14 @@ static void note_stc(svlm_stream *s, const svlm_stc_frame_info *f) {
 }
 
 /* Encodes f into e->embd; with token compression the kept rows go to e->kept_embd (*n_rows of
- * them, *rows set to it), else *rows = e->embd with every row. */
-static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, float *pixels,
-                                const float **rows, int *n_rows, svlm_err *err) {
+ * them, *rows set to it), else *rows = e->embd with every row. restart: f is the first frame after
+ * a break, so token compression forgets the frames before it (even if f fails: the next one is
+ * after the break too). */
+static svlm_status encode_frame(svlm_engine *e, lane_stream *ls, const svlm_frame *f, int restart,
+                                float *pixels, const float **rows, int *n_rows, svlm_err *err) {
     const svlm_mmproj *mp = e->mp;
     if (!e->vc) return svlm_fail(err, SVLM_E_INVALID, "the engine has no vision model");
+    if (restart && ls->stc) svlm_stc_reset(ls->stc);
     svlm_status st = preprocess_frame(e, f, pixels, err);
     *rows = e->embd;
     *n_rows = mp->hp.tokens_per_tile;
@@ -496,7 +510,8 @@ typedef struct ingest_slot {
     svlm_engine *e;
     int nb, sids[MAX_INGEST_BATCH];
     svlm_frame fr[MAX_INGEST_BATCH];
-    float *pixels; /* ingest_batch tiles */
+    int restart[MAX_INGEST_BATCH]; /* the queued frames' restart flags */
+    float *pixels;                 /* ingest_batch tiles */
     svlm_status st[MAX_INGEST_BATCH];
     svlm_err err[MAX_INGEST_BATCH];
     svlm_stc_frame_info stc[MAX_INGEST_BATCH]; /* token compression's plan for each frame */
@@ -532,7 +547,9 @@ static void plan_task(void *ctx, int i, int thread) {
     ingest_slot *b = ctx;
     const svlm_mmproj_hparams *hp = &b->e->mp->hp;
     const size_t tile = (size_t)3 * hp->image_size * hp->image_size;
-    if (!b->st[i]) svlm_stc_plan(b->e->streams[b->sids[i]].stc, b->pixels + (size_t)i * tile, &b->stc[i]);
+    svlm_stc *stc = b->e->streams[b->sids[i]].stc;
+    if (b->restart[i]) svlm_stc_reset(stc); /* (here, in the stream's frame order: not when taken ahead) */
+    if (!b->st[i]) svlm_stc_plan(stc, b->pixels + (size_t)i * tile, &b->stc[i]);
 }
 
 /* Token compression's host half for a batch of such streams (each stream at most once in a
@@ -622,9 +639,10 @@ static void take_frames(svlm_engine *e, ingest_slot *b, const int *sids, int nb)
     for (int i = 0; i < nb; i++) {
         lane_stream *ls = &e->streams[sids[i]];
         b->sids[i] = sids[i];
-        b->fr[i] = ls->queue[ls->head];
+        b->fr[i] = ls->queue[ls->head].f;
+        b->restart[i] = ls->queue[ls->head].restart;
         b->st[i] = SVLM_OK;
-        memset(&ls->queue[ls->head], 0, sizeof b->fr[i]);
+        memset(&ls->queue[ls->head], 0, sizeof ls->queue[ls->head]);
         ls->head = (ls->head + 1) % e->p.frame_queue;
         ls->n--;
         ls->ingesting++;
@@ -776,7 +794,7 @@ static void *ingest_lane(void *arg) {
             svlm_err err = {0};
             const float *rows = NULL;
             int n_rows = 0;
-            st[0] = encode_frame(e, ls, &b->fr[0], b->pixels, &rows, &n_rows, &err);
+            st[0] = encode_frame(e, ls, &b->fr[0], b->restart[0], b->pixels, &rows, &n_rows, &err);
             const double t1 = now_ms();
             if (!st[0]) svlm_stream_note_encode(ls->s, t1 - t0);
             if (!st[0]) st[0] = svlm_stream_add_frame_tokens(ls->s, b->fr[0].pts, rows, n_rows, &err);
@@ -830,6 +848,8 @@ static void *ingest_lane(void *arg) {
         b->running = 0;
         for (int i = 0; i < b->nb; i++) {
             e->streams[b->sids[i]].ingesting--;
+            e->streams[b->sids[i]].handled++;
+            e->m.frames_dropped++; /* (taken from the queue, so stop's count of queued frames misses it) */
             svlm_frame_release(&b->fr[i]);
         }
         b->nb = 0;
@@ -956,40 +976,93 @@ svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     return SVLM_OK;
 }
 
-static void free_list(svlm_engine *e, question **list, int pinned) {
-    while (*list) {
-        question *q = *list;
-        *list = q->next;
-        if (pinned) e->streams[q->sid].in_flight++; /* question_end counts it out */
+/* Ends every question left once the lanes are gone. Each is taken from its list under e->mu and
+ * ended without it (question_end takes it), so a remove_stream or cancel meanwhile finds the lists
+ * whole; a stream's removal waits for in_flight, so its questions end before it returns. */
+static void end_all_questions(svlm_engine *e) {
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        question *q = e->pinned;
+        if (q) {
+            e->pinned = q->next;
+            e->streams[q->sid].in_flight++; /* question_end counts it out */
+        } else if ((q = e->ready)) {
+            e->ready = q->next;
+        } else if ((q = e->active)) {
+            e->active = q->next;
+        } else {
+            break;
+        }
+        list_append(&e->hand, q); /* (question_end unlinks it; cancels look there) */
+        pthread_mutex_unlock(&e->mu);
         question_end(e, q, SVLM_E_CANCELLED, "the engine stopped");
+        pthread_mutex_lock(&e->mu);
     }
+    pthread_mutex_unlock(&e->mu);
 }
 
-void svlm_engine_stop(svlm_engine *e) {
-    if (!e || !e->threads_started) return;
-    pthread_mutex_lock(&e->mu);
-    e->stop = 1;
-    pthread_cond_broadcast(&e->cv_ingest);
-    pthread_cond_broadcast(&e->cv_answer);
-    pthread_cond_broadcast(&e->cv_room);
-    pthread_mutex_unlock(&e->mu);
-    pthread_join(e->th_ingest, NULL);
-    pthread_join(e->th_answer, NULL);
-    e->threads_started = 0;
-    free_list(e, &e->pinned, 1);
-    free_list(e, &e->ready, 0);
-    free_list(e, &e->active, 0);
+/* Drops every queued frame (counted: pushed = done + dropped, stopped or not). Under e->mu, as
+ * remove_stream does it, so no frame is released or counted twice. */
+static void drop_all_frames(svlm_engine *e) {
     for (int i = 0; e->streams && i < e->n_streams; i++) {
         lane_stream *ls = &e->streams[i];
         for (int j = 0; j < ls->n; j++)
-            svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
-        e->m.frames_dropped += ls->n; /* (pushed = done + dropped, stopped or not) */
+            svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue].f);
+        e->m.frames_dropped += ls->n;
         ls->n = 0;
-        if (!ls->s) continue;
-        svlm_err err = {0};
-        svlm_stream_join_pending(ls->s, &err);
-        svlm_stream_set_deferred_join(ls->s, 0);
     }
+}
+
+/* Joins every stream's answered turns and ends deferred joins: the streams are the caller's again.
+ * Each stream is marked as the ingest lane's meanwhile (ingest_sid), so a remove_stream of it
+ * waits; one already being removed is left to its remover. */
+static void join_all_turns(svlm_engine *e) {
+    pthread_mutex_lock(&e->mu);
+    for (int i = 0; e->streams && i < e->n_streams; i++) {
+        svlm_stream *s = e->streams[i].s;
+        if (!s || e->streams[i].closing) continue;
+        e->ingest_sid = i;
+        pthread_mutex_unlock(&e->mu);
+        svlm_err err = {0};
+        pthread_mutex_lock(&e->compute_mu); /* (an open_stream may be prefilling on these kernels) */
+        svlm_stream_join_pending(s, &err);
+        svlm_stream_set_deferred_join(s, 0);
+        pthread_mutex_unlock(&e->compute_mu);
+        pthread_mutex_lock(&e->mu);
+        e->ingest_sid = -1;
+        pthread_cond_broadcast(&e->cv_idle);
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+void svlm_engine_stop(svlm_engine *e) {
+    if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    if (e->stop_claimed) { /* another caller stops it: return once it has */
+        while (!e->stopped)
+            pthread_cond_wait(&e->cv_idle, &e->mu);
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    e->stop_claimed = e->stop = 1;
+    pthread_cond_broadcast(&e->cv_ingest);
+    pthread_cond_broadcast(&e->cv_answer);
+    pthread_cond_broadcast(&e->cv_room);
+    pthread_cond_broadcast(&e->cv_idle); /* drain returns */
+    pthread_mutex_unlock(&e->mu);
+    if (e->threads_started) { /* (set once, before the engine was handed out) */
+        pthread_join(e->th_ingest, NULL);
+        pthread_join(e->th_answer, NULL);
+    }
+    end_all_questions(e);
+    pthread_mutex_lock(&e->mu);
+    drop_all_frames(e);
+    pthread_mutex_unlock(&e->mu);
+    join_all_turns(e);
+    pthread_mutex_lock(&e->mu);
+    e->stopped = 1;
+    pthread_cond_broadcast(&e->cv_idle);
+    pthread_mutex_unlock(&e->mu);
 }
 
 void svlm_engine_free(svlm_engine *e) {
@@ -1042,7 +1115,7 @@ svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const sv
     svlm_stc_controls resolved = *stc_controls;
     if (resolved.enabled < 0) resolved.enabled = !svlm_kernels_is_gpu(e->k_ingest);
     stc_controls = &resolved;
-    svlm_frame *queue = calloc((size_t)e->p.frame_queue, sizeof *queue);
+    queued_frame *queue = calloc((size_t)e->p.frame_queue, sizeof *queue);
     if (!queue) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     svlm_stc *stc = NULL;
     if (stc_controls->enabled && e->vc) {
@@ -1060,12 +1133,14 @@ svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const sv
     int slot = -1;
     for (int i = 0; i < e->n_streams && slot < 0; i++)
         if (!e->streams[i].s) slot = i; /* a removed stream's place */
-    if (slot < 0 && e->n_streams == e->p.max_streams) {
+    if (e->stop || (slot < 0 && e->n_streams == e->p.max_streams)) {
+        const int stopped = e->stop; /* (stop would not join its turns nor end its deferred joins) */
         pthread_mutex_unlock(&e->mu);
         free(queue);
         pthread_mutex_lock(&e->compute_mu);
         svlm_stc_free(stc);
         pthread_mutex_unlock(&e->compute_mu);
+        if (stopped) return svlm_fail(err, SVLM_E_CANCELLED, "the engine has stopped");
         return svlm_fail(err, SVLM_E_LIMIT, "the engine serves at most %d streams", e->p.max_streams);
     }
     if (slot < 0) slot = e->n_streams++;
@@ -1123,12 +1198,13 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     }
     pthread_cond_signal(&e->cv_answer);
     for (int j = 0; j < ls->n; j++)
-        svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue]);
+        svlm_frame_release(&ls->queue[(ls->head + j) % e->p.frame_queue].f);
     e->m.frames_dropped += ls->n; /* (pushed = done + dropped, the stream removed or not) */
     ls->n = 0;
     pthread_cond_broadcast(&e->cv_room);
-    /* answers end on the answer lane (also while it is stopping: stop ends every list) */
-    while ((ls->in_flight > 0 || e->ingest_sid == sid || ls->ingesting) && e->threads_started)
+    /* answers end on the answer lane, or in svlm_engine_stop once the lanes are gone (it ends every
+     * list, then joins turns with ingest_sid set): either way they end before the stream goes */
+    while (ls->in_flight > 0 || e->ingest_sid == sid || ls->ingesting)
         pthread_cond_wait(&e->cv_idle, &e->mu);
     svlm_stc *stc = ls->stc;
     free(ls->queue);
@@ -1138,6 +1214,25 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     pthread_mutex_lock(&e->compute_mu); /* it frees on the ingest kernels, which the lane may be using */
     svlm_stc_free(stc);
     pthread_mutex_unlock(&e->compute_mu);
+}
+
+void svlm_engine_free_stream(svlm_engine *e, svlm_stream *s) {
+    if (!s) return;
+    if (!e) {
+        svlm_stream_free(s);
+        return;
+    }
+    pthread_mutex_lock(&e->compute_mu);
+    svlm_stream_free(s);
+    pthread_mutex_unlock(&e->compute_mu);
+}
+
+/* A dropped frame was the first after a break: the frame after it (queued, or the next pushed) is. */
+static void pass_restart(lane_stream *ls) {
+    if (ls->n > 0)
+        ls->queue[ls->head].restart = 1;
+    else
+        ls->restart_next = 1;
 }
 
 svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, int block, svlm_err *err) {
@@ -1161,19 +1256,51 @@ svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, i
         svlm_frame_release(frame);
         return svlm_fail(err, SVLM_E_INVALID, "stream %d was closed", sid);
     }
+    if (e->stop) { /* stopped while this push waited: no lane takes it, stop counted the queue */
+        pthread_mutex_unlock(&e->mu);
+        svlm_frame_release(frame);
+        return svlm_fail(err, SVLM_E_CANCELLED, "the engine has stopped");
+    }
     if (ls->n == e->p.frame_queue) { /* live and full: the oldest waiting frame goes */
-        svlm_frame_release(&ls->queue[ls->head]);
+        const int restart = ls->queue[ls->head].restart;
+        svlm_frame_release(&ls->queue[ls->head].f);
         ls->head = (ls->head + 1) % e->p.frame_queue;
         ls->n--;
+        if (restart) pass_restart(ls); /* the break is still between the frames before and after it */
         ls->handled++;
         e->m.frames_dropped++;
         svlm_stream_note_drop(ls->s);
         release_pinned(e, sid);
     }
-    ls->queue[(ls->head + ls->n) % e->p.frame_queue] = *frame;
+    ls->queue[(ls->head + ls->n) % e->p.frame_queue] = (queued_frame){*frame, ls->restart_next};
+    ls->restart_next = 0;
     ls->n++;
     memset(frame, 0, sizeof *frame);
     pthread_cond_signal(&e->cv_ingest);
+    pthread_mutex_unlock(&e->mu);
+    return SVLM_OK;
+}
+
+/* A disconnect and the reconnect after it are breaks in the video: what comes after is not the
+ * scene that the frames before it showed (a camera down for minutes, another scene). Drops, corrupt
+ * packets and stalls are not: the frames around them are still of one scene. */
+static int breaks_video(svlm_source_event_kind kind) {
+    return kind == SVLM_EVENT_DISCONNECT || kind == SVLM_EVENT_RECONNECT;
+}
+
+svlm_status svlm_engine_push_event(svlm_engine *e, int sid, const svlm_source_event *ev, svlm_err *err) {
+    pthread_mutex_lock(&e->mu);
+    if (e->stop) {
+        pthread_mutex_unlock(&e->mu);
+        return svlm_fail(err, SVLM_E_CANCELLED, "the engine has stopped");
+    }
+    if (sid < 0 || sid >= e->n_streams || !e->streams[sid].s || e->streams[sid].closing) {
+        pthread_mutex_unlock(&e->mu);
+        return svlm_fail(err, SVLM_E_INVALID, "no stream %d", sid);
+    }
+    /* on the next frame pushed, in its order: the frames queued before the break still compare
+     * with the ones before them */
+    if (breaks_video(ev->kind)) e->streams[sid].restart_next = 1;
     pthread_mutex_unlock(&e->mu);
     return SVLM_OK;
 }

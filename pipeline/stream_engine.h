@@ -66,9 +66,12 @@ typedef struct svlm_engine_params {
 svlm_status svlm_engine_create(svlm_llama *m, const svlm_mmproj *mp, const svlm_engine_params *p,
                                svlm_engine **out, svlm_err *err);
 /* Stops the lanes, cancels what is pending and joins answered turns: the streams are the
- * caller's again (free them before the engine: their contexts use the engine's kernels). */
+ * caller's again (free them before the engine: their contexts use the engine's kernels). From any
+ * thread, also while others push, ask or remove streams (those are refused from now on, or end
+ * before it returns); a second caller returns once the first has stopped it. Not from a callback. */
 void svlm_engine_stop(svlm_engine *e);
-/* Stops (if not yet) and frees the engine. */
+/* Stops (if not yet) and frees the engine: once every other call on it has returned (a removed
+ * stream is freed after its remove_stream returned, and before the engine). */
 void svlm_engine_free(svlm_engine *e);
 /* The kernels to create streams with (their ingest context runs on the ingest lane). */
 svlm_kernels *svlm_engine_ingest_kernels(svlm_engine *e);
@@ -89,16 +92,27 @@ svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_param
                                          const char *system_prompt, const svlm_stc_controls *stc,
                                          svlm_stream **out, int *id, svlm_err *err);
 /* Stops serving a stream: its questions are cancelled (their done callbacks run), queued frames
- * dropped; returns once nothing of the engine touches it. The caller then frees the stream. */
+ * dropped; returns once nothing of the engine touches it. The caller then frees the stream, with
+ * svlm_engine_free_stream while the engine runs. */
 void svlm_engine_remove_stream(svlm_engine *e, int id);
+/* svlm_stream_free of a stream made with svlm_engine_open_stream, once removed (or never added):
+ * its context lives on the ingest kernels, which the ingest lane may be using for other streams. */
+void svlm_engine_free_stream(svlm_engine *e, svlm_stream *s);
 
 /* Queues a frame (the engine takes it: the caller's struct is cleared). block = 0: a full queue
  * drops its oldest frame; block = 1: waits for room. */
 svlm_status svlm_engine_push_frame(svlm_engine *e, int stream_id, svlm_frame *frame, int block,
                                    svlm_err *err);
 
-/* Called once per question, on the answer lane, when it ends (status SVLM_OK, SVLM_E_CANCELLED or
- * an error; answer NULL unless OK). am->ttft_ms and wait_ms count from the ask call. */
+/* A source event of the stream (pipeline/source.h), in its order among the stream's frames: after
+ * a disconnect or a reconnect, the next frame pushed starts the stream's token compression over
+ * (encoded in full, like a stream's first frame, never compared with a frame from before the
+ * break); frames queued before the event are not affected. Other events change nothing here. */
+svlm_status svlm_engine_push_event(svlm_engine *e, int stream_id, const svlm_source_event *ev, svlm_err *err);
+
+/* Called once per question when it ends: on the answer lane, or on svlm_engine_stop's caller for
+ * those it cancels (status SVLM_OK, SVLM_E_CANCELLED or an error; answer NULL unless OK).
+ * am->ttft_ms and wait_ms count from the ask call. */
 typedef void (*svlm_engine_done_fn)(void *user, uint64_t qid, svlm_status st, const char *answer,
                                     const svlm_answer_metrics *am, const char *err_msg);
 

@@ -102,6 +102,9 @@ static void *reader(void *arg) {
             const svlm_source_event *ev = &item.event;
             for (int64_t i = 0; ev->kind == SVLM_EVENT_DROP && i < ev->count; i++)
                 svlm_stream_note_drop(s->stream);
+            /* in order with the frames: after a reconnect token compression starts over (an error
+             * means the stream is being removed: the next push says so) */
+            (void)svlm_engine_push_event(e->engine, s->sid, ev, &err);
             pthread_mutex_lock(&e->lock);
             if (ev->kind == SVLM_EVENT_RECONNECT) /* the source's running count: merged events count too */
                 s->reconnects = ev->total, snprintf(s->state, sizeof s->state, "running");
@@ -139,7 +142,7 @@ static void stream_free(eng *e, eng_stream *s) {
     }
     if (s->stream) svlm_engine_remove_stream(e->engine, s->sid); /* cancels its answers, waits for them */
     svlm_source_close(s->src);
-    svlm_stream_free(s->stream);
+    svlm_engine_free_stream(e->engine, s->stream);
     free(s->latest);
     free(s);
 }

@@ -159,7 +159,11 @@ static int bench_source(bench *b, const char *uri, double fps, long long max_fra
             rc = -1;
             break;
         }
-        if (item.kind != SVLM_ITEM_FRAME) continue;
+        if (item.kind != SVLM_ITEM_FRAME) { /* after a break, no frame compares with one before it */
+            const svlm_source_event_kind ek = item.event.kind;
+            if (stc && (ek == SVLM_EVENT_DISCONNECT || ek == SVLM_EVENT_RECONNECT)) svlm_stc_reset(stc);
+            continue;
+        }
         int r = bench_frame(b, stc, &item.frame, cs->frames > 0, cs, &err);
         svlm_frame_release(&item.frame);
         if (r) {

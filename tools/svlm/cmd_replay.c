@@ -279,6 +279,8 @@ int cmd_replay(int argc, char **argv) {
         if (item.kind == SVLM_ITEM_EVENT) {
             for (int64_t i = 0; item.event.kind == SVLM_EVENT_DROP && i < item.event.count; i++)
                 svlm_stream_note_drop(r.stream);
+            /* after a reconnect token compression starts over (in order with the frames) */
+            (void)svlm_engine_push_event(engine, sid, &item.event, &err);
             continue;
         }
         video_t = item.frame.pts;
