@@ -18,6 +18,7 @@ struct svlm_kv_pool {
     int *used;     /* rows written into each page */
     int *free_ids; /* stack of released page ids */
     int n_free, n_made, in_use;
+    int64_t promised; /* the sum of the live sequences' shares (see seq_share) */
 };
 
 typedef struct kv_span_rec {
@@ -39,6 +40,8 @@ struct svlm_kv_seq {
     int n_spans, cap_spans;
     int count[SVLM_KV_N_KINDS];
     int64_t stream_len, evicted_spans, evicted_tokens;
+    int held;  /* distinct pages its tokens are in (a page's tokens are contiguous: one run each) */
+    int share; /* pages the pool promises it (seq_share) */
 };
 
 /* Ids only have to be unique across the process so a working copy never mistakes one sequence
@@ -135,20 +138,47 @@ static void pool_ref(svlm_kv_pool *pool, int id) {
     pthread_mutex_unlock(&pool->mu);
 }
 
-static void pool_unref(svlm_kv_pool *pool, int id) {
+/* Pages an append lets go of: unreferenced ones are caught for the append's own rows (up to
+ * `want`) rather than freed, so no other sequence takes them in between. */
+typedef struct page_catch {
+    int *ids;
+    int n, want;
+} page_catch;
+
+static void pool_unref_catch(svlm_kv_pool *pool, int id, page_catch *c) {
     pthread_mutex_lock(&pool->mu);
     if (--pool->refs[id] == 0) {
-        pool->free_ids[pool->n_free++] = id;
-        pool->in_use--;
+        if (c && c->n < c->want) {
+            c->ids[c->n++] = id;
+            pool->refs[id] = 1;
+            pool->used[id] = 0;
+        } else {
+            pool->free_ids[pool->n_free++] = id;
+            pool->in_use--;
+        }
     }
     pthread_mutex_unlock(&pool->mu);
 }
 
-static int pool_refs(svlm_kv_pool *pool, int id) {
+/* Moves a sequence's share from `from` to `to` pages. A growth past max_pages is refused (-1,
+ * nothing changes) unless forced: a sequence that was created, or already took its pages. */
+static int pool_promise(svlm_kv_pool *pool, int from, int to, int force) {
     pthread_mutex_lock(&pool->mu);
-    int r = pool->refs[id];
+    int ok = force || to <= from || pool->promised - from + to <= pool->p.max_pages;
+    if (ok) pool->promised += to - from;
     pthread_mutex_unlock(&pool->mu);
-    return r;
+    return ok ? 0 : -1;
+}
+
+int svlm_kv_pool_pages_promised(svlm_kv_pool *pool) {
+    pthread_mutex_lock(&pool->mu);
+    int64_t n = pool->promised;
+    pthread_mutex_unlock(&pool->mu);
+    return n < INT32_MAX ? (int)n : INT32_MAX;
+}
+
+static void pool_unref(svlm_kv_pool *pool, int id) {
+    pool_unref_catch(pool, id, NULL);
 }
 
 static uint8_t *row_ptr(const svlm_kv_pool *pool, int32_t slot, int layer, int is_v) {
@@ -193,16 +223,36 @@ static svlm_status seq_reserve(svlm_kv_seq *s, int n_tokens, int n_spans, svlm_e
     return SVLM_OK;
 }
 
+/* The pages a sequence may come to hold on its own under the policy: its budgets in whole pages
+ * plus a part-filled page at either end, or what it holds if more (spans of different kinds
+ * that left leave part-used pages behind). Forks keep what it shares after it evicts, so each
+ * sequence needs this much whatever the others hold. */
+static int seq_share(const svlm_kv_policy *policy, int page_tokens, int held) {
+    long total = 0; /* at most 2^28 (check_policy) */
+    for (int k = 0; k < SVLM_KV_N_KINDS; k++)
+        total += policy->budget[k];
+    int window = (int)((total + page_tokens - 1) / page_tokens) + 2;
+    return held > window ? held : window;
+}
+
+static svlm_kv_seq *seq_new(svlm_kv_pool *pool, const svlm_kv_policy *policy, int share) {
+    svlm_kv_seq *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->pool = pool;
+    s->policy = *policy;
+    s->share = share;
+    s->uid = atomic_fetch_add(&next_uid, 1);
+    return s;
+}
+
 svlm_status svlm_kv_seq_create(svlm_kv_pool *pool, const svlm_kv_policy *policy, svlm_kv_seq **out,
                                svlm_err *err) {
     *out = NULL;
     svlm_status st = check_policy(policy, err);
     if (st) return st;
-    svlm_kv_seq *s = calloc(1, sizeof *s);
+    svlm_kv_seq *s = seq_new(pool, policy, seq_share(policy, pool->p.page_tokens, 0));
     if (!s) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    s->pool = pool;
-    s->policy = *policy;
-    s->uid = atomic_fetch_add(&next_uid, 1);
+    pool_promise(pool, 0, s->share, 1); /* (not refused: see kv_cache.h) */
     *out = s;
     return SVLM_OK;
 }
@@ -214,13 +264,26 @@ static void for_each_page(const svlm_kv_seq *s, int a, int b, void (*fn)(svlm_kv
         if (i == a || s->slot[i] / B != s->slot[i - 1] / B) fn(s->pool, s->slot[i] / B);
 }
 
+static svlm_status refuse_share(svlm_kv_pool *pool, int share, const char *what, svlm_err *err) {
+    return svlm_fail(err, SVLM_E_LIMIT,
+                     "KV pool full: %s needs %d pages of its own at worst and the pool has promised %d of "
+                     "its %d pages to other sequences",
+                     what, share, svlm_kv_pool_pages_promised(pool), pool->p.max_pages);
+}
+
 svlm_status svlm_kv_seq_fork(const svlm_kv_seq *src, svlm_kv_seq **out, svlm_err *err) {
-    svlm_status st = svlm_kv_seq_create(src->pool, &src->policy, out, err);
-    if (st) return st;
-    svlm_kv_seq *s = *out;
-    if ((st = seq_reserve(s, src->n, src->n_spans, err))) {
-        svlm_kv_seq_free(s);
-        *out = NULL;
+    *out = NULL;
+    svlm_kv_pool *pool = src->pool;
+    /* the fork will keep every page it shares now once src has moved on */
+    if (pool_promise(pool, 0, src->share, 0)) return refuse_share(pool, src->share, "a fork", err);
+    svlm_kv_seq *s = seq_new(pool, &src->policy, src->share);
+    if (!s) {
+        pool_promise(pool, src->share, 0, 1);
+        return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    }
+    svlm_status st = seq_reserve(s, src->n, src->n_spans, err);
+    if (st) {
+        svlm_kv_seq_free(s); /* (gives the share back) */
         return st;
     }
     if (src->n) { /* (an empty sequence may have no arrays yet: no memcpy from NULL) */
@@ -232,13 +295,16 @@ svlm_status svlm_kv_seq_fork(const svlm_kv_seq *src, svlm_kv_seq **out, svlm_err
     s->n = src->n;
     s->n_spans = src->n_spans;
     s->stream_len = src->stream_len;
+    s->held = src->held;
     for_each_page(s, 0, s->n, pool_ref);
+    *out = s;
     return SVLM_OK;
 }
 
 void svlm_kv_seq_free(svlm_kv_seq *s) {
     if (!s) return;
     for_each_page(s, 0, s->n, pool_unref);
+    pool_promise(s->pool, s->share, 0, 1);
     free(s->slot);
     free(s->spos);
     free(s->spans);
@@ -261,6 +327,10 @@ svlm_status svlm_kv_seq_set_policy(svlm_kv_seq *s, const svlm_kv_policy *policy,
         if (policy->budget[k] < s->count[k])
             return svlm_fail(err, SVLM_E_INVALID, "KV budget %d for kind %d is below the %d tokens held",
                              policy->budget[k], k, s->count[k]);
+    int share = seq_share(policy, s->pool->p.page_tokens, s->held);
+    if (pool_promise(s->pool, s->share, share, 0))
+        return refuse_share(s->pool, share, "the larger window", err);
+    s->share = share;
     s->policy = *policy;
     return SVLM_OK;
 }
@@ -276,6 +346,9 @@ int svlm_kv_seq_capacity(const svlm_kv_seq *s) {
     for (int k = 0; k < SVLM_KV_N_KINDS; k++)
         t += s->policy.budget[k];
     return t;
+}
+int svlm_kv_seq_pages(const svlm_kv_seq *s) {
+    return s->held;
 }
 int svlm_kv_seq_n_spans(const svlm_kv_seq *s) {
     return s->n_spans;
@@ -306,8 +379,9 @@ const void *svlm_kv_seq_v_row(const svlm_kv_seq *s, int layer, int idx) {
     return row_ptr(s->pool, s->slot[idx], layer, 1);
 }
 
-/* Removes span si after showing it to the hook, and releases the pages no token refers to now. */
-static void evict_span(svlm_kv_seq *s, int si, int *first_change) {
+/* Removes span si after showing it to the hook, and releases the pages no token refers to now
+ * (catching those nobody holds for the append). */
+static void evict_span(svlm_kv_seq *s, int si, int *first_change, page_catch *c) {
     kv_span_rec sp = s->spans[si];
     if (s->hook.on_evict) {
         svlm_kv_span view = {sp.kind, sp.tag, sp.start, sp.n, sp.stream_pos};
@@ -319,7 +393,10 @@ static void evict_span(svlm_kv_seq *s, int si, int *first_change) {
         int page = s->slot[i] / B;
         int shared_before = a > 0 && s->slot[a - 1] / B == page;
         int shared_after = b < s->n && s->slot[b] / B == page;
-        if (!shared_before && !shared_after) pool_unref(s->pool, page);
+        if (!shared_before && !shared_after) {
+            pool_unref_catch(s->pool, page, c);
+            s->held--;
+        }
     }
     memmove(s->slot + a, s->slot + b, (size_t)(s->n - b) * sizeof *s->slot);
     memmove(s->spos + a, s->spos + b, (size_t)(s->n - b) * sizeof *s->spos);
@@ -344,6 +421,84 @@ static void copy_page(svlm_kv_pool *pool, int from, int to) {
     pool->used[to] = used;
 }
 
+/* What an append does to pages, worked out before anything changes. */
+typedef struct append_plan {
+    int n_evict;         /* the kind's oldest spans that leave */
+    int released, freed; /* pages the sequence lets go of; of those, pages nobody else holds */
+    int tail_page, room; /* the page the new rows continue (-1: a fresh one) and its free rows */
+    int copy;            /* 1: that page is shared, so it is copied first */
+    int fresh;           /* new pages for the rows past it */
+} append_plan;
+
+/* One run of a page ends: released when every token of it leaves (called under pool->mu). */
+static void plan_run_end(const svlm_kv_pool *pool, int page, int leaves, append_plan *pl) {
+    if (page < 0 || !leaves) return;
+    pl->released++;
+    pl->freed += pool->refs[page] == 1;
+}
+
+/* The pages of the leaving spans and the tail after them (called under pool->mu). */
+static void plan_pages(const svlm_kv_seq *s, svlm_kv_kind kind, int n, append_plan *pl) {
+    const svlm_kv_pool *pool = s->pool;
+    const int B = pool->p.page_tokens;
+    int seen = 0, run_page = -1, run_leaves = 0;
+    int last = pl->n_evict ? -1 : s->n - 1; /* the last token that stays */
+    for (int si = 0; pl->n_evict && si < s->n_spans; si++) {
+        const kv_span_rec *sp = &s->spans[si];
+        const int leaves = sp->kind == kind && seen++ < pl->n_evict;
+        if (!leaves) last = sp->start + sp->n - 1;
+        for (int i = sp->start; i < sp->start + sp->n; i++) {
+            if (s->slot[i] / B != run_page) {
+                plan_run_end(pool, run_page, run_leaves, pl);
+                run_page = s->slot[i] / B;
+                run_leaves = 1;
+            }
+            run_leaves &= leaves;
+        }
+    }
+    plan_run_end(pool, run_page, run_leaves, pl);
+    pl->tail_page = -1;
+    if (last >= 0) { /* append into the tail page when this sequence wrote its last row */
+        int page = s->slot[last] / B, row = s->slot[last] % B;
+        if (row + 1 == pool->used[page] && row + 1 < B) {
+            pl->tail_page = page;
+            pl->room = B - (row + 1);
+            pl->copy = pool->refs[page] > 1;
+        }
+    }
+    pl->fresh = n > pl->room ? (n - pl->room + B - 1) / B : 0;
+}
+
+static void plan_append(const svlm_kv_seq *s, svlm_kv_kind kind, int n, append_plan *pl) {
+    memset(pl, 0, sizeof *pl);
+    int count = s->count[kind]; /* the oldest spans of the kind leave until the new one fits */
+    for (int si = 0; si < s->n_spans && count + n > s->policy.budget[kind]; si++)
+        if (s->spans[si].kind == kind) {
+            count -= s->spans[si].n;
+            pl->n_evict++;
+        }
+    pthread_mutex_lock(&s->pool->mu);
+    plan_pages(s, kind, n, pl);
+    pthread_mutex_unlock(&s->pool->mu);
+}
+
+/* Evicts the planned spans, catching the pages they free into ids (after the `taken` ones). */
+static void evict_planned(svlm_kv_seq *s, svlm_kv_kind kind, const append_plan *pl, int *ids, int taken,
+                          int need, int *first_change, int *gone, int *one_run) {
+    page_catch c = {ids + taken, 0, need - taken};
+    for (int e = 0; e < pl->n_evict; e++) {
+        int si = 0;
+        while (s->spans[si].kind != kind)
+            si++;
+        /* the spans removed by one append form one run when each starts where the last was */
+        if (*gone && s->spans[si].start != *first_change) *one_run = 0;
+        *gone += s->spans[si].n;
+        evict_span(s, si, first_change, &c);
+    }
+    /* c.n == c.want: the plan counted pages only this sequence held, and another sequence can
+     * only drop its references meanwhile (a fork of this one waits for the append) */
+}
+
 svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, int n, int *first,
                                svlm_err *err) {
     if (kind < 0 || kind >= SVLM_KV_N_KINDS)
@@ -356,60 +511,42 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
         return svlm_fail(err, SVLM_E_LIMIT, "the %d sink tokens are taken", s->policy.budget[kind]);
     svlm_kv_pool *pool = s->pool;
     const int B = pool->p.page_tokens;
-    /* worst case: a copied tail page plus fresh pages for every token */
-    const int worst = (n + B - 1) / B + 1;
-    int ids_local[8], *ids = worst <= 8 ? ids_local : malloc((size_t)worst * sizeof(int));
+    append_plan pl;
+    plan_append(s, kind, n, &pl);
+    /* the pages the eviction frees are the append's own; only the rest are taken now */
+    const int need = pl.copy + pl.fresh, taken = need > pl.freed ? need - pl.freed : 0;
+    int ids_local[8], *ids = need <= 8 ? ids_local : malloc((size_t)need * sizeof(int));
     if (!ids) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     svlm_status st = seq_reserve(s, s->n + n, s->n_spans + 1, err);
-    if (st == SVLM_OK && !pool_take(pool, worst, ids))
+    if (st == SVLM_OK && taken && !pool_take(pool, taken, ids))
         st = svlm_fail(err, SVLM_E_LIMIT, "KV pool full (%d pages of %d tokens)", pool->p.max_pages, B);
     if (st) {
         if (ids != ids_local) free(ids);
         return st;
     }
-    /* evict the oldest spans of this kind, whole, until the new span fits */
     const int n_before = s->n;
     int first_change = n_before, gone = 0, one_run = 1;
-    while (s->count[kind] + n > s->policy.budget[kind]) {
-        int si = 0;
-        while (s->spans[si].kind != kind)
-            si++;
-        /* the spans removed by one append form one run when each starts where the last was */
-        if (gone && s->spans[si].start != first_change) one_run = 0;
-        gone += s->spans[si].n;
-        evict_span(s, si, &first_change);
-    }
-    int next = 0;
-    /* where the tail page stands: append into it when this sequence wrote its last row */
-    int room = 0, tail_page = -1;
-    if (s->n > 0) {
-        int32_t last = s->slot[s->n - 1];
-        int page = last / B, row = last % B;
-        if (row + 1 == pool->used[page] && row + 1 < B) {
-            tail_page = page;
-            room = B - (row + 1);
-            if (pool_refs(pool, page) > 1) { /* shared with a fork: copy it first */
-                int copy = ids[next++];
-                copy_page(pool, page, copy);
-                for (int i = s->n - 1; i >= 0 && s->slot[i] / B == page; i--)
-                    s->slot[i] = copy * B + s->slot[i] % B;
-                pool_unref(pool, page);
-                tail_page = copy;
-            }
-        }
+    evict_planned(s, kind, &pl, ids, taken, need, &first_change, &gone, &one_run);
+    int next = 0, room = pl.room, tail_page = pl.tail_page;
+    if (pl.copy) { /* shared with a fork: copy it first */
+        int copy = ids[next++];
+        copy_page(pool, tail_page, copy);
+        for (int i = s->n - 1; i >= 0 && s->slot[i] / B == tail_page; i--)
+            s->slot[i] = copy * B + s->slot[i] % B;
+        pool_unref(pool, tail_page);
+        tail_page = copy;
     }
     const int start = s->n;
     for (int i = 0; i < n; i++) {
         if (!room) {
             tail_page = ids[next++];
             room = B;
+            s->held++;
         }
         s->slot[start + i] = tail_page * B + pool->used[tail_page]++;
         s->spos[start + i] = s->stream_len + i;
         room--;
     }
-    while (next < worst)
-        pool_unref(pool, ids[next++]); /* unused pages go back */
     if (ids != ids_local) free(ids);
     kv_span_rec *sp = &s->spans[s->n_spans++];
     sp->kind = kind;
@@ -425,6 +562,10 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
         s->kept = first_change;
         s->gone = one_run ? gone : 0;
     }
+    /* a sequence past its window (part-used pages) keeps what it took: the pool promises less */
+    int share = seq_share(&s->policy, B, s->held);
+    pool_promise(pool, s->share, share, 1);
+    s->share = share;
     *first = start;
     return SVLM_OK;
 }

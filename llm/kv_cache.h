@@ -13,6 +13,16 @@
  * vision and text. Appending a span of a kind first evicts the oldest spans of that kind until
  * the new one fits; an eviction hook sees each span before it goes (the memory bank's input).
  *
+ * Promise: a fork keeps every page it shares after its source evicts them, so any sequence may
+ * come to hold its whole window of pages on its own: its budgets in pages plus a part-filled
+ * page at either end (or what it holds, if more: spans of different kinds that left leave
+ * part-used pages behind). The pool promises each sequence that share and never more than
+ * max_pages in all: a fork, or a larger budget, that would break the promise is refused at once
+ * (SVLM_E_LIMIT, nothing changed) instead of some later append, often the stream's own, finding
+ * the pool full. Created sequences are counted but not refused (their appends find the pool full
+ * when pages run out, as before). While the promise holds, an append within its sequence's
+ * window finds its pages: the pages its eviction frees go to it before anyone else.
+ *
  * Positions: a token's RoPE position is its index in the sequence (0..n-1, contiguous after an
  * eviction), or, with reassign_positions off, its index in the whole stream (for comparisons).
  * Keys are stored BEFORE RoPE. A shift therefore never rewrites a page (so shared pages stay
@@ -54,6 +64,8 @@ svlm_status svlm_kv_pool_create(const svlm_kv_pool_params *p, svlm_kv_pool **out
 void svlm_kv_pool_free(svlm_kv_pool *pool);
 const svlm_kv_pool_params *svlm_kv_pool_params_of(const svlm_kv_pool *pool);
 int svlm_kv_pool_pages_in_use(svlm_kv_pool *pool);
+/* The sum of the live sequences' shares (see "Promise" above). */
+int svlm_kv_pool_pages_promised(svlm_kv_pool *pool);
 size_t svlm_kv_pool_page_bytes(const svlm_kv_pool *pool);
 
 typedef struct svlm_kv_policy {
@@ -76,18 +88,21 @@ typedef struct svlm_kv_evict_hook {
 
 svlm_status svlm_kv_seq_create(svlm_kv_pool *pool, const svlm_kv_policy *policy, svlm_kv_seq **out,
                                svlm_err *err);
-/* A sequence holding the same tokens as src, sharing its pages; no hook. */
+/* A sequence holding the same tokens as src, sharing its pages; no hook. Refused (SVLM_E_LIMIT)
+ * when the pool cannot promise it src's share. */
 svlm_status svlm_kv_seq_fork(const svlm_kv_seq *src, svlm_kv_seq **out, svlm_err *err);
 void svlm_kv_seq_free(svlm_kv_seq *seq);
 void svlm_kv_seq_set_hook(svlm_kv_seq *seq, const svlm_kv_evict_hook *hook);
 /* Replaces the budgets (e.g. a question's fork may grow its text window for the answer). Takes
  * effect at the next append; nothing is evicted now, so a budget below what the sequence holds of
- * its kind is refused (SVLM_E_INVALID, as an invalid policy is). */
+ * its kind is refused (SVLM_E_INVALID, as an invalid policy is), and a larger window the pool
+ * cannot promise (SVLM_E_LIMIT). */
 svlm_status svlm_kv_seq_set_policy(svlm_kv_seq *seq, const svlm_kv_policy *policy, svlm_err *err);
 
 int svlm_kv_seq_len(const svlm_kv_seq *seq);
 int svlm_kv_seq_count(const svlm_kv_seq *seq, svlm_kv_kind kind);
 int svlm_kv_seq_capacity(const svlm_kv_seq *seq); /* sum of the budgets */
+int svlm_kv_seq_pages(const svlm_kv_seq *seq);    /* distinct pages it refers to, shared or not */
 int svlm_kv_seq_n_spans(const svlm_kv_seq *seq);
 int64_t svlm_kv_seq_evicted_spans(const svlm_kv_seq *seq);
 int64_t svlm_kv_seq_evicted_tokens(const svlm_kv_seq *seq);

@@ -1,7 +1,7 @@
 /*
- * Tokenizer loading from GGUF metadata, the special-token partition, dispatch to the SPM or
- * BPE algorithm, token pieces and detokenization. The behaviour follows llama.cpp's
- * llama-vocab.cpp (see the spec, section 6) so that token ids match it exactly.
+ * Tokenizer loading from GGUF metadata, dispatch to the special-token partition
+ * (tokenizer_special.c) and to the SPM or BPE algorithm, token pieces and detokenization. The behaviour
+ * follows llama.cpp's llama-vocab.cpp (see the spec, section 6) so that token ids match it exactly.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -368,17 +368,6 @@ static int32_t special_id(const gguf_file *f, const char *key, int32_t dflt, int
     return dflt < n_vocab ? dflt : -1;
 }
 
-typedef struct special_key {
-    uint32_t len;
-    int32_t id;
-} special_key;
-
-static int cmp_special(const void *a, const void *b) { /* longest first, then by id */
-    const special_key *x = a, *y = b;
-    if (x->len != y->len) return x->len > y->len ? -1 : 1;
-    return x->id < y->id ? -1 : x->id > y->id;
-}
-
 /* Pre-tokenizers we implement, by tokenizer.ggml.pre; clean_spaces as llama.cpp sets it. */
 static const struct {
     const char *name;
@@ -438,13 +427,11 @@ static svlm_status per_token_array(const gguf_file *f, const char *key, gguf_vty
     return SVLM_OK;
 }
 
-enum { TOK_MAX_TOKEN_BYTES = 1024 };
-
 static svlm_status load_tokens(svlm_tokenizer *t, const gguf_file *f, svlm_err *err) {
     const gguf_kv *toks = gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING);
     if (!toks || !toks->arr_strs)
         return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: no tokenizer.ggml.tokens string array");
-    if (toks->arr_n == 0 || toks->arr_n > (1u << 24))
+    if (toks->arr_n == 0 || toks->arr_n > TOK_MAX_VOCAB)
         return svlm_fail(err, SVLM_E_FORMAT, "tokenizer: %llu tokens (expected 1 to 16777216)",
                          (unsigned long long)toks->arr_n);
     size_t n = (size_t)toks->arr_n;
@@ -554,24 +541,6 @@ static void load_byte_tokens(svlm_tokenizer *t) {
     }
 }
 
-/* The tokens the partition looks for: control, user-defined and unknown, longest first. */
-static svlm_status load_specials(svlm_tokenizer *t, svlm_err *err) {
-    special_key *keys = malloc((size_t)t->n_vocab * sizeof *keys);
-    t->special = malloc((size_t)t->n_vocab * sizeof *t->special);
-    if (!keys || !t->special) {
-        free(keys);
-        return svlm_fail(err, SVLM_E_NOMEM, "tokenizer: out of memory");
-    }
-    for (int32_t id = 0; id < t->n_vocab; id++)
-        if (t->tok[id].attr & (TOK_ATTR_CONTROL | TOK_ATTR_USER_DEFINED | TOK_ATTR_UNKNOWN))
-            keys[t->n_special++] = (special_key){t->tok[id].text_len, id};
-    qsort(keys, t->n_special, sizeof *keys, cmp_special);
-    for (size_t i = 0; i < t->n_special; i++)
-        t->special[i] = keys[i].id;
-    free(keys);
-    return SVLM_OK;
-}
-
 svlm_status svlm_tokenizer_load(const gguf_file *f, svlm_tokenizer **out, svlm_err *err) {
     if (!out) return svlm_fail(err, SVLM_E_INVALID, "tokenizer: no output handle");
     *out = NULL;
@@ -584,7 +553,7 @@ svlm_status svlm_tokenizer_load(const gguf_file *f, svlm_tokenizer **out, svlm_e
     if (!st && (st = load_flags(t, f)) != SVLM_OK) svlm_fail(err, st, "tokenizer: out of memory");
     if (!st) {
         load_byte_tokens(t);
-        st = load_specials(t, err);
+        if (tok_special_build(t)) st = svlm_fail(err, SVLM_E_NOMEM, "tokenizer: out of memory");
     }
     if (st) {
         svlm_tokenizer_free(t);
@@ -602,7 +571,7 @@ void svlm_tokenizer_free(svlm_tokenizer *t) {
     free(t->merge_off);
     free(t->merge_len);
     free(t->merge_rank.slots);
-    free(t->special);
+    tok_special_free(&t->special);
     free(t->eog);
     free(t);
 }
@@ -630,84 +599,7 @@ int32_t svlm_tokenizer_find(const svlm_tokenizer *t, const char *text) {
     return text ? tok_lookup(t, text, strlen(text)) : -1;
 }
 
-#define TOK_MAX_TEXT (1u << 28)
-
 /* ---- tokenization ----------------------------------------------------------------------- */
-
-/* A stretch of the input: raw text [off, off+len) or one special token (id >= 0). */
-typedef struct fragment {
-    int32_t id;
-    size_t off, len;
-} fragment;
-
-typedef struct fragments {
-    fragment *v;
-    size_t n, cap;
-} fragments;
-
-static int frag_push(fragments *fs, int32_t id, size_t off, size_t len) {
-    if (fs->n == fs->cap) {
-        size_t cap = fs->cap ? fs->cap * 2 : 16;
-        fragment *v = realloc(fs->v, cap * sizeof *v);
-        if (!v) return -1;
-        fs->v = v;
-        fs->cap = cap;
-    }
-    fs->v[fs->n++] = (fragment){id, off, len};
-    return 0;
-}
-
-static const char *find_bytes(const char *hay, size_t n, const char *needle, size_t m) {
-    if (m == 0 || m > n) return NULL;
-    const char *end = hay + n - m + 1;
-    for (const char *p = hay; p < end; p++) {
-        p = memchr(p, needle[0], (size_t)(end - p));
-        if (!p) return NULL;
-        if (!memcmp(p, needle, m)) return p;
-    }
-    return NULL;
-}
-
-/* Splits the text around special tokens, longest token first. Without parse_special only
- * user-defined tokens are split out. Returns 0, or -1 when memory runs out. */
-static int partition(const svlm_tokenizer *t, const char *text, size_t len, int parse_special,
-                     fragments *out) {
-    fragments cur = {0}, next = {0};
-    if (len && frag_push(&cur, -1, 0, len)) return -1;
-    for (size_t s = 0; s < t->n_special; s++) {
-        int32_t id = t->special[s];
-        if (!parse_special && (t->tok[id].attr & (TOK_ATTR_CONTROL | TOK_ATTR_UNKNOWN))) continue;
-        size_t slen;
-        const char *stext = tok_text(t, id, &slen);
-        next.n = 0;
-        for (size_t i = 0; i < cur.n; i++) {
-            fragment fr = cur.v[i];
-            if (fr.id >= 0) {
-                if (frag_push(&next, fr.id, 0, 0)) goto oom;
-                continue;
-            }
-            size_t pos = fr.off, end = fr.off + fr.len;
-            const char *m;
-            while ((m = find_bytes(text + pos, end - pos, stext, slen)) != NULL) {
-                size_t at = (size_t)(m - text);
-                if (at > pos && frag_push(&next, -1, pos, at - pos)) goto oom;
-                if (frag_push(&next, id, 0, 0)) goto oom;
-                pos = at + slen;
-            }
-            if (pos < end && frag_push(&next, -1, pos, end - pos)) goto oom;
-        }
-        fragments tmp = cur;
-        cur = next;
-        next = tmp;
-    }
-    free(next.v);
-    *out = cur;
-    return 0;
-oom:
-    free(cur.v);
-    free(next.v);
-    return -1;
-}
 
 svlm_status svlm_tokenize(const svlm_tokenizer *t, const char *text, size_t len, int add_special,
                           int parse_special, int32_t **ids, size_t *n_ids, svlm_err *err) {
@@ -718,14 +610,14 @@ svlm_status svlm_tokenize(const svlm_tokenizer *t, const char *text, size_t len,
     if (len > TOK_MAX_TEXT) /* symbol offsets are 32-bit and a word may grow 8-fold when mapped */
         return svlm_fail(err, SVLM_E_LIMIT, "tokenize: %zu bytes of text (at most %u at once)", len,
                          TOK_MAX_TEXT);
-    fragments fs = {0};
+    tok_frags fs = {0};
     tok_ids out = {0};
-    if (partition(t, text, len, parse_special, &fs)) goto oom;
+    if (tok_partition(t, text, len, parse_special, &fs)) goto oom;
     int spm = t->kind == TOK_KIND_SPM;
     if (add_special && t->add_bos && t->bos >= 0 && tok_ids_push(&out, t->bos)) goto oom;
     int prev_special = 1; /* SPM: the text start counts as "after a special token" */
     for (size_t i = 0; i < fs.n; i++) {
-        const fragment *fr = &fs.v[i];
+        const tok_frag *fr = &fs.v[i];
         int rc;
         if (fr->id >= 0) {
             rc = tok_ids_push(&out, fr->id);

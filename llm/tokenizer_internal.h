@@ -25,6 +25,11 @@ typedef enum { TOK_KIND_SPM, TOK_KIND_BPE } tok_kind;
 /* BPE pre-tokenizers: the GPT-2 pattern alone, or every \p{N} split off first. */
 typedef enum { TOK_PRE_GPT2, TOK_PRE_DIGITS_GPT2 } tok_pre;
 
+/* Limits the loader enforces; the special-token partition packs them into one 64-bit key. */
+enum { TOK_MAX_TOKEN_BYTES = 1024 }; /* bytes of one token's text */
+#define TOK_MAX_VOCAB (1u << 24)     /* tokens in a vocabulary */
+#define TOK_MAX_TEXT  (1u << 28)     /* bytes of text tokenized at once */
+
 typedef struct tok_entry {
     uint32_t text_off, text_len; /* into arena */
     float score;
@@ -36,6 +41,28 @@ typedef struct tok_hash {
     uint32_t *slots;
     uint32_t mask;
 } tok_hash;
+
+/* The special tokens as a compacted trie of their texts: node 0 is the root, each edge a run of
+ * bytes. Mode 0 holds every special token (parse_special), mode 1 the user-defined ones only
+ * (tokens that are also control or unknown are not split out without parse_special). */
+enum { TOK_MODE_PARSE = 0, TOK_MODE_USER = 1 };
+
+typedef struct tok_snode {
+    uint32_t text_off;     /* arena offset of a special text that runs through this node */
+    uint32_t depth;        /* bytes from the root */
+    uint32_t kids, n_kids; /* children: kid[kids .. kids + n_kids), by the first byte of their edge */
+    int32_t id[2];         /* per mode, the token whose text ends here (lowest id of equal texts), or -1 */
+    uint32_t up[2];        /* per mode, the deepest proper ancestor with an id (0: none) */
+} tok_snode;
+
+typedef struct tok_special {
+    tok_snode *node;
+    uint32_t *kid;      /* child node indices, grouped by parent */
+    uint8_t *kid_byte;  /* the first edge byte of each kid */
+    uint32_t root[256]; /* the root's child by first byte (0: none) */
+    int only_first;     /* the first byte of every special text when they all share it, else -1 */
+    size_t n_tokens[2]; /* special tokens per mode */
+} tok_special;
 
 struct svlm_tokenizer {
     tok_kind kind;
@@ -54,9 +81,8 @@ struct svlm_tokenizer {
     int add_bos, add_eos, add_space_prefix, clean_spaces;
     int32_t byte_token[256]; /* fallback id for a raw byte, or -1 */
 
-    int32_t *special; /* CONTROL/USER_DEFINED/UNKNOWN ids, longest text first */
-    size_t n_special;
-    uint8_t *eog; /* per id: ends generation */
+    tok_special special; /* CONTROL/USER_DEFINED/UNKNOWN tokens, indexed for the partition */
+    uint8_t *eog;        /* per id: ends generation */
 };
 
 typedef struct tok_ids {
@@ -100,6 +126,24 @@ typedef struct tok_symbol {
     uint32_t off, n; /* n == 0: merged away */
     int32_t prev, next;
 } tok_symbol;
+
+/* A stretch of the input: raw text [off, off+len) or one special token (id >= 0). */
+typedef struct tok_frag {
+    int32_t id;
+    size_t off, len;
+} tok_frag;
+
+typedef struct tok_frags {
+    tok_frag *v;
+    size_t n, cap;
+} tok_frags;
+
+/* Builds t->special from the token attributes (0, or -1 when memory runs out); frees it. */
+int tok_special_build(svlm_tokenizer *t);
+void tok_special_free(tok_special *sp);
+/* Splits text around special tokens as llama.cpp does (see tokenizer_special.c). Without
+ * parse_special only user-defined tokens are split out. Returns 0, or -1 when memory runs out. */
+int tok_partition(const svlm_tokenizer *t, const char *text, size_t len, int parse_special, tok_frags *out);
 
 /* Encode one text fragment (no special tokens inside) and append the ids.
  * Both return 0, or -1 when memory runs out. */

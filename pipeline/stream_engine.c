@@ -225,7 +225,8 @@ static void drop_idle(svlm_engine *e) {
 enum { START_ENDED, START_GOES_ON, START_WAITS };
 
 /* Fork (unless pinned), memory, prefill and the first token. START_WAITS: no memory for the
- * answer's context while others run (others_active): the question waits for one of them.
+ * answer's context, or no pages of the stream's KV pool for its fork, while others run
+ * (others_active): the question waits for one of them.
  * *held: the question had a context. */
 static int question_start(svlm_engine *e, question *q, int others_active, int *held) {
     svlm_err err = {0};
@@ -240,7 +241,14 @@ static int question_start(svlm_engine *e, question *q, int others_active, int *h
         if (st == SVLM_E_NOMEM && others_active) return START_WAITS;
     }
     *held = st == SVLM_OK;
-    if (!st && !q->fork) st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
+    if (!st && !q->fork) {
+        st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
+        if (st == SVLM_E_LIMIT && others_active) { /* the stream's pages are promised to running answers */
+            ctx_release(e, q);
+            *held = 0;
+            return START_WAITS;
+        }
+    }
     if (!st) {
         svlm_stream_fork *f = q->fork;
         q->fork = NULL;
