@@ -428,11 +428,13 @@ if [ -x "$S" ]; then
         SVLM_CUDA_DECODE_AHEAD=1 bench "text, cuda, every unmeasured decode form" 60 bench -m "$M.gguf" \
         --pp 0 --tg 128 --backend cuda
       # one kernel a decode step (every layer; the output product and argmax after it), with as
-      # many blocks as fit, with 2 an SM (cheaper barriers), without its L2 prefetches, and with
-      # the output product one warp a row
+      # many blocks as fit, with 2 an SM and 1 (cheaper barriers, fewer warps to issue loads),
+      # without its L2 prefetches, and with the output product one warp a row
       SVLM_CUDA_PERSISTENT=1 bench "text, cuda, one kernel a step" 60 bench -m "$M.gguf" --pp 512 --tg 128 \
         --backend cuda
       SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_SM_BLOCKS=2 bench "text, cuda, one kernel a step, 2 blocks an SM" \
+        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_SM_BLOCKS=1 bench "text, cuda, one kernel a step, 1 block an SM" \
         60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
       SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_PREFETCH=0 bench "text, cuda, one kernel a step, no prefetch" \
         60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
