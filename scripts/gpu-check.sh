@@ -249,7 +249,7 @@ elif [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; the
     step "GPU tests with the unmeasured forms on: ${UNMEASURED[*]}" 150 100 bash -c 'shift; env "$@" \
       ctest --test-dir "$0" -R test_cuda --timeout 100 >"$0/gpu-tests-unmeasured.log" 2>&1
       rc=$?
-      grep -E "Test +#|tests passed|worst comparison|identical|CHECK\(|REQUIRE\(|internal error" \
+      grep -E "Test +#|tests passed|worst comparison|identical|recording of the one-kernel|CHECK\(|REQUIRE\(|internal error" \
         "$0/gpu-tests-unmeasured.log" | head -n 40
       exit $rc' "$B" _ "${UNMEASURED[@]}"
     case $? in

@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) decode_layers_kernel(svlm_cu_decode_
         grid.sync();
         /* 5: down product + residual */
         product_add_phase<T>(L.wd, a.down_row_bytes, a.n_ff, a.gate, a, ps.down_parts, ps.flags, ps.down_vb);
-        grid.sync();
+        if (l + 1 < a.n_layer) grid.sync(); /* (after the last layer the kernel's end orders what follows) */
     }
 }
 
