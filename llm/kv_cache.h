@@ -21,7 +21,10 @@
  * (SVLM_E_LIMIT, nothing changed) instead of some later append, often the stream's own, finding
  * the pool full. Created sequences are counted but not refused (their appends find the pool full
  * when pages run out, as before). While the promise holds, an append within its sequence's
- * window finds its pages: the pages its eviction frees go to it before anyone else.
+ * window finds its pages, the pages its eviction frees going to it before anyone else; except
+ * where short spans of different kinds share pages, so that an eviction frees fewer pages than it
+ * removes tokens and the sequence holds more than its window (the append may then find the pool
+ * full: refused cleanly, as before).
  *
  * Positions: a token's RoPE position is its index in the sequence (0..n-1, contiguous after an
  * eviction), or, with reassign_positions off, its index in the whole stream (for comparisons).

@@ -387,22 +387,21 @@ svlm_status svlm_stream_fork_into(svlm_stream *s, svlm_llama_ctx *ctx, svlm_stre
     pthread_mutex_lock(&s->mu);
     f->wait_ms = now_ms() - f->t_created;
     svlm_status st = svlm_kv_seq_fork(s->seq, &f->seq, err);
-    f->frames_at_fork = s->frames_in;
-    f->turn = ++s->questions;
-    f->now = s->t_last;
-    /* while the stream is locked its context is still (every append ends with its ops finished):
-     * the answer's context copies the window from it instead of building it from the pages */
-    if (!st && ctx) f->copy_taken = svlm_llama_ctx_take_copy(ctx, s->ingest, s->seq, f->seq);
-    pthread_mutex_unlock(&s->mu);
-    if (st) {
-        free(f);
-        return st;
-    }
-    /* memory, question and answer grow the fork's dialogue window, never evicting what the stream had */
+    /* memory, question and answer grow the fork's dialogue window, never evicting what the stream
+     * had (a growth the pool cannot promise refuses the fork: no question counted, no copy made) */
     svlm_kv_policy pol = {
         {s->p.sink_tokens, s->p.vision_tokens, s->p.text_tokens + s->p.answer_room + s->p.memory_room}, 1};
-    if ((st = svlm_kv_seq_set_policy(f->seq, &pol, err))) {
-        svlm_kv_seq_free(f->seq);
+    if (!st && (st = svlm_kv_seq_set_policy(f->seq, &pol, err))) svlm_kv_seq_free(f->seq);
+    if (!st) {
+        f->frames_at_fork = s->frames_in;
+        f->turn = ++s->questions;
+        f->now = s->t_last;
+        /* while the stream is locked its context is still (every append ends with its ops finished):
+         * the answer's context copies the window from it instead of building it from the pages */
+        if (ctx) f->copy_taken = svlm_llama_ctx_take_copy(ctx, s->ingest, s->seq, f->seq);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (st) {
         free(f);
         return st;
     }

@@ -60,6 +60,7 @@ typedef struct lane_stream {
     int in_flight;    /* questions forked (or about to be) and not ended */
     int closing;      /* being removed: no frames or questions taken */
     int ingesting;    /* its frames on the ingest lane (a batch running, one ahead) */
+    int pages_wait;   /* a fork was refused for pages: its fresh questions wait for one of its answers */
     svlm_stc *stc;    /* token compression state (NULL: off) */
 } lane_stream;
 
@@ -203,6 +204,7 @@ static void question_end(svlm_engine *e, question *q, svlm_status st, const char
         e->m.questions_failed++;
     if (st == SVLM_OK) e->streams[q->sid].join_due = 1;
     e->streams[q->sid].in_flight--;
+    e->streams[q->sid].pages_wait = 0; /* (its fork's pages are promised no more) */
     pthread_cond_signal(&e->cv_ingest);
     pthread_cond_broadcast(&e->cv_idle); /* remove_stream waits for its answers */
     pthread_mutex_unlock(&e->mu);
@@ -222,13 +224,14 @@ static void drop_idle(svlm_engine *e) {
         svlm_llama_ctx_free(idle[i].ctx);
 }
 
-enum { START_ENDED, START_GOES_ON, START_WAITS };
+enum { START_ENDED, START_GOES_ON, START_WAITS, START_WAITS_PAGES };
 
 /* Fork (unless pinned), memory, prefill and the first token. START_WAITS: no memory for the
- * answer's context, or no pages of the stream's KV pool for its fork, while others run
- * (others_active): the question waits for one of them.
+ * answer's context while others run (others_active): the question waits for one of them.
+ * START_WAITS_PAGES: no pages of the stream's KV pool for its fork while answers of the stream
+ * run (stream_active): the stream's questions wait for one of those (other streams' go on).
  * *held: the question had a context. */
-static int question_start(svlm_engine *e, question *q, int others_active, int *held) {
+static int question_start(svlm_engine *e, question *q, int others_active, int stream_active, int *held) {
     svlm_err err = {0};
     svlm_stream *s = e->streams[q->sid].s;
     q->t_start = now_ms();
@@ -243,10 +246,11 @@ static int question_start(svlm_engine *e, question *q, int others_active, int *h
     *held = st == SVLM_OK;
     if (!st && !q->fork) {
         st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
-        if (st == SVLM_E_LIMIT && others_active) { /* the stream's pages are promised to running answers */
+        /* the stream's pages are promised to its running answers: wait for one of them */
+        if (st == SVLM_E_LIMIT && stream_active) {
             ctx_release(e, q);
             *held = 0;
-            return START_WAITS;
+            return START_WAITS_PAGES;
         }
     }
     if (!st) {
@@ -344,10 +348,12 @@ static question *next_ready(svlm_engine *e) {
     for (question *a = e->active; a; a = a->next)
         if (a->sid >= 0 && a->sid < e->n_streams) running[a->sid]++;
     question *best = NULL;
-    for (question *c = e->ready; c; c = c->next) /* FIFO: the first of a count wins */
+    for (question *c = e->ready; c; c = c->next) { /* FIFO: the first of a count wins */
+        if (c->sid >= 0 && c->sid < e->n_streams && e->streams[c->sid].pages_wait) continue; /* its pages */
         if (!best || (c->sid >= 0 && c->sid < e->n_streams && best->sid >= 0 && best->sid < e->n_streams &&
                       running[c->sid] < running[best->sid]))
             best = c;
+    }
     return best;
 }
 
@@ -400,17 +406,27 @@ static void *answer_lane(void *arg) {
             continue;
         }
         e->answer_busy = 1;
+        int mine_active = 0; /* (a fresh question's stream: answers of it running) */
+        for (question *a = e->active; fresh && a; a = a->next)
+            mine_active += a->sid == q->sid;
         list_append(&e->hand, q);
         /* the step's successor keeps the round robin going */
         pthread_mutex_unlock(&e->mu);
         const double t0 = now_ms();
         int held = 0;
-        int goes_on = fresh ? question_start(e, q, n_active > 0, &held) : question_step(e, q);
+        int goes_on =
+            fresh ? question_start(e, q, n_active > 0, mine_active > 0, &held) : question_step(e, q);
         pthread_mutex_lock(&e->mu);
         e->m.answer_busy_ms += now_ms() - t0;
         e->answer_busy = 0;
         if (fresh && held && n_active + 1 > e->m.active_answers_max) e->m.active_answers_max = n_active + 1;
-        if (goes_on == START_WAITS) { /* back into the queue ahead of later ones, once an answer ends */
+        if (goes_on == START_WAITS_PAGES) { /* at the front; its stream's questions wait for its answers */
+            list_remove(&e->hand, q);
+            q->next = e->ready;
+            e->ready = q;
+            e->streams[q->sid].pages_wait = 1;
+            e->started_last = 0;
+        } else if (goes_on == START_WAITS) { /* ahead of later ones again, once an answer ends */
             list_remove(&e->hand, q);
             q->next = e->ready;
             e->ready = q;
@@ -1175,7 +1191,7 @@ svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_param
     pthread_mutex_unlock(&e->compute_mu);
     if (!st) st = svlm_engine_add_stream_with(e, *out, stc, id, err);
     if (st) {
-        svlm_stream_free(*out);
+        svlm_engine_free_stream(e, *out); /* (the lane may be running other streams on its kernels) */
         *out = NULL;
     }
     return st;

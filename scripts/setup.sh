@@ -52,8 +52,8 @@ fi
 if [ "$tsan" = 1 ]; then
   echo "== building build-tsan/ (ThreadSanitizer: svlm and the threaded tests)"
   cmake -S . -B build-tsan "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSVLM_TSAN=ON >/dev/null
-  targets=(svlm test_engine_batch test_engine_race test_engine_stc_reconnect test_stream test_stream_memory
-    test_stream_take test_llama_multi test_kernels test_kernels_null test_cpu_packed)
+  targets=(svlm test_engine_batch test_engine_race test_engine_stc_reconnect test_engine_pages test_stream
+    test_stream_memory test_stream_take test_llama_multi test_kernels test_kernels_null test_cpu_packed)
   # (the server's host test exists only where libwebsockets and jansson were found)
   cmake --build build-tsan --target help 2>/dev/null | grep -q 'test_server_host' && targets+=(test_server_host)
   cmake --build build-tsan -j"$(nproc)" --target "${targets[@]}"

@@ -35,7 +35,7 @@ if [ -d build-tsan ]; then
   else
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
     ctest --test-dir build-tsan --output-on-failure -j"$jobs" \
-      -R '^(test_(engine_batch|engine_race|engine_stc_reconnect|stream|stream_memory|stream_take|llama_multi|kernels|kernels_null|cpu_packed|server_host)|py_test_(bench_streams|server_engine|server_protocol|server_serve))$' ||
+      -R '^(test_(engine_batch|engine_race|engine_stc_reconnect|engine_pages|stream|stream_memory|stream_take|llama_multi|kernels|kernels_null|cpu_packed|server_host)|py_test_(bench_streams|server_engine|server_protocol|server_serve))$' ||
       status=1
   fi
 fi

@@ -113,7 +113,7 @@ static void remove_first(round_state *r) {
     /* the contract: its questions ended (done callbacks ran) and nothing of the engine touches it */
     if (__atomic_load_n(&r->done[0], __ATOMIC_SEQ_CST) != __atomic_load_n(&r->asked[0], __ATOMIC_SEQ_CST))
         __atomic_store_n(&r->early, 1, __ATOMIC_SEQ_CST);
-    svlm_stream_free(r->s[0]);
+    svlm_engine_free_stream(r->e, r->s[0]); /* (the engine may still run: the other thread stops it) */
     r->s[0] = NULL;
 }
 

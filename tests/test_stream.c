@@ -284,6 +284,50 @@ static void pool_holds_answers(void) {
     svlm_kv_pool_free(pool);
 }
 
+/* A fork the stream's pool cannot promise its pages is refused (SVLM_E_LIMIT) without counting a
+ * question or using a turn number: the engine retries it each time one of the stream's answers
+ * ends, and each retry counted one before. */
+static void refused_forks_not_counted(void) {
+    svlm_stream_params p = {.sink_tokens = 32,
+                            .vision_tokens = 70,
+                            .text_tokens = 120,
+                            .answer_room = 64,
+                            .rows_per_frame = ROWS,
+                            .page_tokens = 16,
+                            .kv_type = SVLM_F32,
+                            .max_answers = 1};
+    svlm_stream *s = NULL;
+    svlm_err err = {0};
+    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe.<end_of_utterance>\n", &s,
+                               &err) == SVLM_OK,
+            "%s", err.msg);
+    add_frames(s, 0, 4);
+    svlm_stream_fork *forks[64];
+    int taken = 0;
+    svlm_status st = SVLM_OK;
+    while (taken < 64 && !(st = svlm_stream_fork_now(s, &forks[taken], &err)))
+        taken++;
+    CHECK(st == SVLM_E_LIMIT && taken >= 1, "%d forks, then status %d (%s)", taken, (int)st, err.msg);
+    svlm_stream_metrics before, after;
+    svlm_stream_metrics_get(s, &before);
+    int refused = 0;
+    for (int i = 0; i < 10; i++) {
+        svlm_stream_fork *f = NULL;
+        refused += svlm_stream_fork_now(s, &f, &err) == SVLM_E_LIMIT && !f;
+    }
+    svlm_stream_metrics_get(s, &after);
+    CHECK(refused == 10, "%d of 10 forks past the pool's promise refused", refused);
+    CHECK(after.questions == before.questions && before.questions == taken,
+          "questions counted %lld, then %lld after 10 refused forks (%d taken)", (long long)before.questions,
+          (long long)after.questions, taken);
+    for (int i = 0; i < taken; i++)
+        svlm_stream_fork_free(forks[i]);
+    svlm_stream_fork *f = NULL; /* the pages came back: a fork is taken again */
+    CHECK(svlm_stream_fork_now(s, &f, &err) == SVLM_OK, "a fork after the others ended: %s", err.msg);
+    svlm_stream_fork_free(f);
+    svlm_stream_free(s);
+}
+
 int test_main(void) {
     pool_holds_answers();
     test_data_or_skip();
@@ -405,6 +449,9 @@ int test_main(void) {
 
     /* 7. a backlog of answered turns joins in pieces as it would at once */
     joins_in_pieces();
+
+    /* 8. refused forks count no question */
+    refused_forks_not_counted();
 
     svlm_llama_ctx_free(ctx);
     svlm_stream_free(a);

@@ -1,0 +1,85 @@
+/*
+ * A stream's KV pool refusing a fork (its pages promised to its running answers) holds back only
+ * that stream's questions (vision-tiny models, SVLM_TEST_DATA, on the CPU). Stream A, whose pool
+ * is sized for one answer, is asked 18 long questions at once: more forks than its pool can
+ * promise, so some wait for A's running answers. Then stream B, with an empty pool, is asked a
+ * short one. Every question must be answered; a page refusal is not a lack of device memory, so
+ * the engine's memory waits (which cap every stream's new answers for up to a second) stay at 0.
+ * Before, the refusal went through the memory path: memory_waits rose and B's question waited
+ * for one of A's answers (about 940 ms here) although B's pool was empty.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "llm/llama.h"
+#include "pipeline/stream_engine.h"
+#include "test.h"
+#include "vision/mmproj.h"
+
+enum { N_A = 18 };
+
+static int answered[2], failed;
+
+static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer,
+                    const svlm_answer_metrics *am, const char *msg) {
+    (void)qid, (void)answer, (void)am, (void)msg;
+    if (st == SVLM_OK)
+        __atomic_add_fetch(&answered[(intptr_t)user], 1, __ATOMIC_SEQ_CST);
+    else
+        __atomic_add_fetch(&failed, 1, __ATOMIC_SEQ_CST);
+}
+
+int test_main(void) {
+    test_data_or_skip();
+    setenv("SVLM_BACKEND", "cpu", 1);
+    svlm_err err = {0};
+    svlm_llama *m = NULL;
+    svlm_mmproj *mp = NULL;
+    REQUIRE(svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &m, &err) ==
+                SVLM_OK,
+            "%s", err.msg);
+    REQUIRE(svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &mp,
+                             &err) == SVLM_OK,
+            "%s", err.msg);
+    svlm_engine_params ep = {.max_streams = 2, .max_active = 64, .decode_batch = 64};
+    svlm_engine *e = NULL;
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    const svlm_stream_params sp = {.sink_tokens = 16,
+                                   .vision_tokens = 4 * mp->hp.tokens_per_tile,
+                                   .text_tokens = 96,
+                                   .answer_room = 1024,
+                                   .rows_per_frame = mp->hp.tokens_per_tile,
+                                   .kv_type = SVLM_F32,
+                                   .max_answers = 1};
+    svlm_stream *s[2];
+    int sid[2];
+    for (int i = 0; i < 2; i++)
+        REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
+                err.msg);
+    const svlm_ask_opts long_answer = {.max_tokens = 600}, short_answer = {.max_tokens = 4};
+    for (int k = 0; k < N_A; k++)
+        REQUIRE(svlm_engine_ask(e, sid[0], "What moves?", &long_answer, 0, NULL, on_done, (void *)(intptr_t)0,
+                                NULL, &err) == SVLM_OK,
+                "%s", err.msg);
+    REQUIRE(svlm_engine_ask(e, sid[1], "What moves?", &short_answer, 0, NULL, on_done, (void *)(intptr_t)1,
+                            NULL, &err) == SVLM_OK,
+            "%s", err.msg);
+    svlm_engine_drain(e);
+    svlm_engine_metrics em;
+    svlm_engine_metrics_get(e, &em);
+    printf("stream A: %d of %d answered; stream B: %d of 1; %d failed; memory waits %llu\n", answered[0], N_A,
+           answered[1], failed, (unsigned long long)em.memory_waits);
+    CHECK(answered[0] == N_A && answered[1] == 1 && failed == 0, "answered %d + %d of %d, %d failed",
+          answered[0], answered[1], N_A + 1, failed);
+    CHECK(em.memory_waits == 0, "a page refusal counted %llu memory waits (every stream's starts capped)",
+          (unsigned long long)em.memory_waits);
+    svlm_engine_stop(e);
+    for (int i = 0; i < 2; i++) {
+        svlm_engine_remove_stream(e, sid[i]);
+        svlm_engine_free_stream(e, s[i]);
+    }
+    svlm_engine_free(e);
+    svlm_mmproj_free(mp);
+    svlm_llama_free(m);
+    return 0;
+}
