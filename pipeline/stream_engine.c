@@ -229,7 +229,8 @@ enum { START_ENDED, START_GOES_ON, START_WAITS, START_WAITS_PAGES };
 /* Fork (unless pinned), memory, prefill and the first token. START_WAITS: no memory for the
  * answer's context while others run (others_active): the question waits for one of them.
  * START_WAITS_PAGES: no pages of the stream's KV pool for its fork while answers of the stream
- * run (stream_active): the stream's questions wait for one of those (other streams' go on).
+ * run or wait with forks (stream_active): the stream's questions without a fork wait for one of
+ * those to end (other streams' go on).
  * *held: the question had a context. */
 static int question_start(svlm_engine *e, question *q, int others_active, int stream_active, int *held) {
     svlm_err err = {0};
@@ -349,7 +350,8 @@ static question *next_ready(svlm_engine *e) {
         if (a->sid >= 0 && a->sid < e->n_streams) running[a->sid]++;
     question *best = NULL;
     for (question *c = e->ready; c; c = c->next) { /* FIFO: the first of a count wins */
-        if (c->sid >= 0 && c->sid < e->n_streams && e->streams[c->sid].pages_wait) continue; /* its pages */
+        /* a stream waiting for pages: its questions already forked start (they hold theirs) */
+        if (c->sid >= 0 && c->sid < e->n_streams && e->streams[c->sid].pages_wait && !c->fork) continue;
         if (!best || (c->sid >= 0 && c->sid < e->n_streams && best->sid >= 0 && best->sid < e->n_streams &&
                       running[c->sid] < running[best->sid]))
             best = c;
@@ -406,9 +408,13 @@ static void *answer_lane(void *arg) {
             continue;
         }
         e->answer_busy = 1;
-        int mine_active = 0; /* (a fresh question's stream: answers of it running) */
+        /* a fresh question's stream: its answers running, or its questions waiting with forks
+         * (pinned ones, forked at their frame): pages that come back when one of them ends */
+        int mine_active = 0;
         for (question *a = e->active; fresh && a; a = a->next)
             mine_active += a->sid == q->sid;
+        for (question *r = e->ready; fresh && r; r = r->next)
+            mine_active += r->sid == q->sid && r->fork;
         list_append(&e->hand, q);
         /* the step's successor keeps the round robin going */
         pthread_mutex_unlock(&e->mu);

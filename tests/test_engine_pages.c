@@ -7,6 +7,9 @@
  * the engine's memory waits (which cap every stream's new answers for up to a second) stay at 0.
  * Before, the refusal went through the memory path: memory_waits rose and B's question waited
  * for one of A's answers (about 940 ms here) although B's pool was empty.
+ * Then pinned_forks_ahead: a question whose fork is refused while the pages are held by pinned
+ * questions' forks waiting behind it (nothing of its stream running) waits for them instead of
+ * failing (before: it failed in 2 of 3 runs).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,6 +30,44 @@ static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer
         __atomic_add_fetch(&answered[(intptr_t)user], 1, __ATOMIC_SEQ_CST);
     else
         __atomic_add_fetch(&failed, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Stream A's pool filled by pinned questions' forks (taken when their frame is handled, past
+ * max_active) while an unpinned question X waits for the one running answer: when that answer
+ * ends, nothing of A runs, X's fork is refused, and the pinned questions behind X hold the pages.
+ * X must wait for them (they start first: they hold their forks), not fail. */
+static void pinned_forks_ahead(svlm_llama *m, const svlm_mmproj *mp, const svlm_stream_params *sp) {
+    enum { N_PINNED = 16 };
+    svlm_engine_params ep = {.max_streams = 1, .max_active = 1};
+    svlm_engine *e = NULL;
+    svlm_err err = {0};
+    REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream *s = NULL;
+    int sid = -1;
+    REQUIRE(svlm_engine_open_stream(e, sp, "You watch a camera.", &s, &sid, &err) == SVLM_OK, "%s", err.msg);
+    answered[0] = answered[1] = failed = 0;
+    const svlm_ask_opts running = {.max_tokens = 400}, waiting = {.max_tokens = 4};
+    REQUIRE(svlm_engine_ask(e, sid, "What moves?", &running, 0, NULL, on_done, (void *)(intptr_t)0, NULL,
+                            &err) == SVLM_OK,
+            "%s", err.msg);
+    REQUIRE(svlm_engine_ask(e, sid, "And now?", &waiting, 0, NULL, on_done, (void *)(intptr_t)1, NULL,
+                            &err) == SVLM_OK,
+            "%s", err.msg);
+    for (int k = 0; k < N_PINNED; k++) /* (no frame pushed: forked at once) */
+        REQUIRE(svlm_engine_ask(e, sid, "What moved?", &waiting, 1, NULL, on_done, (void *)(intptr_t)0, NULL,
+                                &err) == SVLM_OK,
+                "%s", err.msg);
+    svlm_engine_drain(e);
+    printf("one stream, one answer at a time, %d pinned forks behind a waiting question: %d of %d answered, "
+           "%d failed\n",
+           N_PINNED, answered[0] + answered[1], N_PINNED + 2, failed);
+    CHECK(answered[1] == 1 && answered[0] == N_PINNED + 1 && failed == 0,
+          "the waiting question %s; %d of %d others answered, %d failed", answered[1] ? "answered" : "FAILED",
+          answered[0], N_PINNED + 1, failed);
+    svlm_engine_stop(e);
+    svlm_engine_remove_stream(e, sid);
+    svlm_engine_free_stream(e, s);
+    svlm_engine_free(e);
 }
 
 int test_main(void) {
@@ -79,6 +120,7 @@ int test_main(void) {
         svlm_engine_free_stream(e, s[i]);
     }
     svlm_engine_free(e);
+    pinned_forks_ahead(m, mp, &sp);
     svlm_mmproj_free(mp);
     svlm_llama_free(m);
     return 0;
