@@ -17,6 +17,7 @@
 #include "llm/llama.h"
 #include "pipeline/stream_engine.h"
 #include "test.h"
+#include "test_tiny_models.h"
 #include "vision/mmproj.h"
 
 enum { N_A = 18 };
@@ -71,17 +72,10 @@ static void pinned_forks_ahead(svlm_llama *m, const svlm_mmproj *mp, const svlm_
 }
 
 int test_main(void) {
-    test_data_or_skip();
-    setenv("SVLM_BACKEND", "cpu", 1);
-    svlm_err err = {0};
     svlm_llama *m = NULL;
     svlm_mmproj *mp = NULL;
-    REQUIRE(svlm_llama_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf"), &m, &err) ==
-                SVLM_OK,
-            "%s", err.msg);
-    REQUIRE(svlm_mmproj_load(test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf"), &mp,
-                             &err) == SVLM_OK,
-            "%s", err.msg);
+    tiny_models_load(&m, &mp);
+    svlm_err err = {0};
     svlm_engine_params ep = {.max_streams = 2, .max_active = 64, .decode_batch = 64};
     svlm_engine *e = NULL;
     REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);

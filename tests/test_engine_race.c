@@ -20,6 +20,7 @@
 #include "pipeline/source_backend.h"
 #include "pipeline/stream_engine.h"
 #include "test.h"
+#include "test_tiny_models.h"
 #include "vision/mmproj.h"
 
 enum { ROUNDS = 300, W = 96, H = 64, MAX_Q = 256, N_S = 2 };
@@ -235,15 +236,9 @@ static void one_round(svlm_llama *m, const svlm_mmproj *mp, int round, int only,
 }
 
 int test_main(void) {
-    const char *tp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf");
-    const char *mpp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf");
-    if (!tp || !mpp) SKIP("test data folder not found (set SVLM_TEST_DATA): no vision-tiny models");
-    setenv("SVLM_BACKEND", "cpu", 1);
-    svlm_err err = {0};
     svlm_llama *m = NULL;
     svlm_mmproj *mp = NULL;
-    REQUIRE(svlm_llama_load(tp, &m, &err) == SVLM_OK, "%s", err.msg);
-    REQUIRE(svlm_mmproj_load(mpp, &mp, &err) == SVLM_OK, "%s", err.msg);
+    tiny_models_load(&m, &mp);
     const char *env = getenv("SVLM_RACE_ROUNDS");
     const int rounds = env && atoi(env) > 0 ? atoi(env) : ROUNDS;
     const char *only = getenv("SVLM_RACE_ONLY"); /* one kind of race (0..2), to look at it alone */

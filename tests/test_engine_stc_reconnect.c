@@ -17,6 +17,7 @@
 #include "pipeline/source_backend.h"
 #include "pipeline/stream_engine.h"
 #include "test.h"
+#include "test_tiny_models.h"
 #include "vision/mmproj.h"
 
 enum { W = 96, H = 64, N_S = 3, N_FRAMES = 4 };
@@ -165,15 +166,9 @@ static void dropped_after_break(svlm_llama *m, const svlm_mmproj *mp) {
 }
 
 int test_main(void) {
-    const char *tp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf");
-    const char *mpp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf");
-    if (!tp || !mpp) SKIP("test data folder not found (set SVLM_TEST_DATA): no vision-tiny models");
-    setenv("SVLM_BACKEND", "cpu", 1);
-    svlm_err err = {0};
     svlm_llama *m = NULL;
     svlm_mmproj *mp = NULL;
-    REQUIRE(svlm_llama_load(tp, &m, &err) == SVLM_OK, "%s", err.msg);
-    REQUIRE(svlm_mmproj_load(mpp, &mp, &err) == SVLM_OK, "%s", err.msg);
+    tiny_models_load(&m, &mp);
     queued(m, mp, 1);
     queued(m, mp, N_S);
     dropped_after_break(m, mp);

@@ -22,14 +22,19 @@ static void make_frame(int i, int E) {
     }
 }
 
+/* The tests' stream budgets (small, so windows fill and evict within a few frames). */
+static svlm_stream_params small_params(void) {
+    return (svlm_stream_params){.sink_tokens = 32,
+                                .vision_tokens = 70,
+                                .text_tokens = 120,
+                                .answer_room = 64,
+                                .rows_per_frame = ROWS,
+                                .page_tokens = 16,
+                                .kv_type = SVLM_F32};
+}
+
 static svlm_stream *new_stream(void) {
-    svlm_stream_params p = {.sink_tokens = 32,
-                            .vision_tokens = 70,
-                            .text_tokens = 120,
-                            .answer_room = 64,
-                            .rows_per_frame = ROWS,
-                            .page_tokens = 16,
-                            .kv_type = SVLM_F32};
+    const svlm_stream_params p = small_params();
     svlm_stream *s = NULL;
     svlm_err err = {0};
     REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe the video.<end_of_utterance>\n",
@@ -120,14 +125,8 @@ static void pruned_frames(void) {
     svlm_memory_opts mo;
     svlm_memory_opts_default(&mo);
     mo.short_frames = 64; /* every evicted frame stays a SHORT entry, to be checked row by row */
-    svlm_stream_params p = {.sink_tokens = 32,
-                            .vision_tokens = 70,
-                            .text_tokens = 120,
-                            .answer_room = 64,
-                            .rows_per_frame = ROWS,
-                            .page_tokens = 16,
-                            .kv_type = SVLM_F32,
-                            .memory = &mo};
+    svlm_stream_params p = small_params();
+    p.memory = &mo;
     svlm_stream *s = NULL;
     REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: video.<end_of_utterance>\n", &s, &err) ==
                 SVLM_OK,
@@ -288,14 +287,8 @@ static void pool_holds_answers(void) {
  * question or using a turn number: the engine retries it each time one of the stream's answers
  * ends, and each retry counted one before. */
 static void refused_forks_not_counted(void) {
-    svlm_stream_params p = {.sink_tokens = 32,
-                            .vision_tokens = 70,
-                            .text_tokens = 120,
-                            .answer_room = 64,
-                            .rows_per_frame = ROWS,
-                            .page_tokens = 16,
-                            .kv_type = SVLM_F32,
-                            .max_answers = 1};
+    svlm_stream_params p = small_params();
+    p.max_answers = 1;
     svlm_stream *s = NULL;
     svlm_err err = {0};
     REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe.<end_of_utterance>\n", &s,

@@ -1,0 +1,24 @@
+/*
+ * The vision-tiny fixture models (SVLM_TEST_DATA) that the engine tests run on the CPU backend;
+ * a skip (77), said, without them.
+ */
+#ifndef SVLM_TESTS_TEST_TINY_MODELS_H
+#define SVLM_TESTS_TEST_TINY_MODELS_H
+
+#include <stdlib.h>
+
+#include "llm/llama.h"
+#include "test.h"
+#include "vision/mmproj.h"
+
+static inline void tiny_models_load(svlm_llama **m, svlm_mmproj **mp) {
+    const char *tp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-text-f32.gguf");
+    const char *mpp = test_data("fixtures/vision-tiny/models/tiny-smolvlm-mmproj-f32.gguf");
+    if (!tp || !mpp) SKIP("test data folder not found (set SVLM_TEST_DATA): no vision-tiny models");
+    setenv("SVLM_BACKEND", "cpu", 1);
+    svlm_err err = {0};
+    REQUIRE(svlm_llama_load(tp, m, &err) == SVLM_OK, "%s", err.msg);
+    REQUIRE(svlm_mmproj_load(mpp, mp, &err) == SVLM_OK, "%s", err.msg);
+}
+
+#endif
