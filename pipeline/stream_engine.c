@@ -226,13 +226,47 @@ static void drop_idle(svlm_engine *e) {
 
 enum { START_ENDED, START_GOES_ON, START_WAITS, START_WAITS_PAGES };
 
+/* Whether stream sid's pages are held by forks that will end: its answers running, or its
+ * questions waiting with forks (pinned ones, forked at their frame). Counted when a fork was
+ * refused, not before: the ingest lane or an ask may fork pinned questions meanwhile. */
+static int stream_forks_held_locked(svlm_engine *e, int sid) {
+    int held = 0;
+    for (question *a = e->active; a && !held; a = a->next)
+        held = a->sid == sid;
+    for (question *r = e->ready; r && !held; r = r->next)
+        held = r->sid == sid && r->fork;
+    return held;
+}
+
+static int stream_forks_held(svlm_engine *e, int sid) {
+    pthread_mutex_lock(&e->mu);
+    const int held = stream_forks_held_locked(e, sid);
+    pthread_mutex_unlock(&e->mu);
+    return held;
+}
+
+/* The question's fork; SVLM_E_LIMIT with *wait set: the stream's pool has promised its pages to
+ * forks that will end (the question waits for one of them). Refused with none held, it tries
+ * again (they ended in between), a few times before it gives up. */
+static svlm_status fork_or_wait(svlm_engine *e, question *q, svlm_stream *s, int *wait, svlm_err *err) {
+    *wait = 0;
+    svlm_status st = SVLM_E_LIMIT;
+    for (int tries = 0; tries < 3 && st == SVLM_E_LIMIT; tries++) {
+        st = svlm_stream_fork_into(s, q->ctx, &q->fork, err);
+        if (st == SVLM_E_LIMIT && stream_forks_held(e, q->sid)) {
+            *wait = 1;
+            break;
+        }
+    }
+    return st;
+}
+
 /* Fork (unless pinned), memory, prefill and the first token. START_WAITS: no memory for the
  * answer's context while others run (others_active): the question waits for one of them.
- * START_WAITS_PAGES: no pages of the stream's KV pool for its fork while answers of the stream
- * run or wait with forks (stream_active): the stream's questions without a fork wait for one of
- * those to end (other streams' go on).
- * *held: the question had a context. */
-static int question_start(svlm_engine *e, question *q, int others_active, int stream_active, int *held) {
+ * START_WAITS_PAGES: no pages of the stream's KV pool for its fork while forks of the stream
+ * hold them (fork_or_wait): the stream's questions without a fork wait for one of those to end
+ * (other streams' go on). *held: the question had a context. */
+static int question_start(svlm_engine *e, question *q, int others_active, int *held) {
     svlm_err err = {0};
     svlm_stream *s = e->streams[q->sid].s;
     q->t_start = now_ms();
@@ -246,9 +280,9 @@ static int question_start(svlm_engine *e, question *q, int others_active, int st
     }
     *held = st == SVLM_OK;
     if (!st && !q->fork) {
-        st = svlm_stream_fork_into(s, q->ctx, &q->fork, &err);
-        /* the stream's pages are promised to its running answers: wait for one of them */
-        if (st == SVLM_E_LIMIT && stream_active) {
+        int wait = 0;
+        st = fork_or_wait(e, q, s, &wait, &err);
+        if (wait) {
             ctx_release(e, q);
             *held = 0;
             return START_WAITS_PAGES;
@@ -408,20 +442,12 @@ static void *answer_lane(void *arg) {
             continue;
         }
         e->answer_busy = 1;
-        /* a fresh question's stream: its answers running, or its questions waiting with forks
-         * (pinned ones, forked at their frame): pages that come back when one of them ends */
-        int mine_active = 0;
-        for (question *a = e->active; fresh && a; a = a->next)
-            mine_active += a->sid == q->sid;
-        for (question *r = e->ready; fresh && r; r = r->next)
-            mine_active += r->sid == q->sid && r->fork;
         list_append(&e->hand, q);
         /* the step's successor keeps the round robin going */
         pthread_mutex_unlock(&e->mu);
         const double t0 = now_ms();
         int held = 0;
-        int goes_on =
-            fresh ? question_start(e, q, n_active > 0, mine_active > 0, &held) : question_step(e, q);
+        int goes_on = fresh ? question_start(e, q, n_active > 0, &held) : question_step(e, q);
         pthread_mutex_lock(&e->mu);
         e->m.answer_busy_ms += now_ms() - t0;
         e->answer_busy = 0;
@@ -430,7 +456,8 @@ static void *answer_lane(void *arg) {
             list_remove(&e->hand, q);
             q->next = e->ready;
             e->ready = q;
-            e->streams[q->sid].pages_wait = 1;
+            /* (once none holds pages no question_end would clear it: then it tries again at once) */
+            e->streams[q->sid].pages_wait = stream_forks_held_locked(e, q->sid);
             e->started_last = 0;
         } else if (goes_on == START_WAITS) { /* ahead of later ones again, once an answer ends */
             list_remove(&e->hand, q);

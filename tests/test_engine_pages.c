@@ -23,14 +23,16 @@
 enum { N_A = 18 };
 
 static int answered[2], failed;
+static char first_error[256]; /* the first failed question's message */
 
 static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer,
                     const svlm_answer_metrics *am, const char *msg) {
-    (void)qid, (void)answer, (void)am, (void)msg;
-    if (st == SVLM_OK)
+    (void)qid, (void)answer, (void)am;
+    if (st == SVLM_OK) {
         __atomic_add_fetch(&answered[(intptr_t)user], 1, __ATOMIC_SEQ_CST);
-    else
-        __atomic_add_fetch(&failed, 1, __ATOMIC_SEQ_CST);
+    } else if (__atomic_add_fetch(&failed, 1, __ATOMIC_SEQ_CST) == 1) { /* (callbacks: one lane) */
+        snprintf(first_error, sizeof first_error, "%s", msg ? msg : "");
+    }
 }
 
 /* Stream A's pool filled by pinned questions' forks (taken when their frame is handled, past
@@ -47,6 +49,7 @@ static void pinned_forks_ahead(svlm_llama *m, const svlm_mmproj *mp, const svlm_
     int sid = -1;
     REQUIRE(svlm_engine_open_stream(e, sp, "You watch a camera.", &s, &sid, &err) == SVLM_OK, "%s", err.msg);
     answered[0] = answered[1] = failed = 0;
+    first_error[0] = 0;
     const svlm_ask_opts running = {.max_tokens = 400}, waiting = {.max_tokens = 4};
     REQUIRE(svlm_engine_ask(e, sid, "What moves?", &running, 0, NULL, on_done, (void *)(intptr_t)0, NULL,
                             &err) == SVLM_OK,
@@ -63,8 +66,8 @@ static void pinned_forks_ahead(svlm_llama *m, const svlm_mmproj *mp, const svlm_
            "%d failed\n",
            N_PINNED, answered[0] + answered[1], N_PINNED + 2, failed);
     CHECK(answered[1] == 1 && answered[0] == N_PINNED + 1 && failed == 0,
-          "the waiting question %s; %d of %d others answered, %d failed", answered[1] ? "answered" : "FAILED",
-          answered[0], N_PINNED + 1, failed);
+          "the waiting question %s; %d of %d others answered, %d failed (%s)",
+          answered[1] ? "answered" : "FAILED", answered[0], N_PINNED + 1, failed, first_error);
     svlm_engine_stop(e);
     svlm_engine_remove_stream(e, sid);
     svlm_engine_free_stream(e, s);
