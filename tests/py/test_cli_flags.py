@@ -30,6 +30,9 @@ VALUES = [None, '', 'abc', '-1', '1e999', '99999999999999999999', '\udcff']
 cases = []
 for c in commands:
     h = subprocess.run([binp, c, '--help'], capture_output=True, text=True, errors='replace')
+    if 'not built with' in h.stderr:  # (a command left out of this build, e.g. serve without its libraries)
+        print(f'svlm {c}: {h.stderr.strip()}')
+        continue
     flags = sorted(set(re.findall(r'(?<![\w-])(--?[a-zA-Z][\w-]*)', h.stdout + h.stderr)) - {'--help', '-h'})
     if not flags:
         print(f'FAIL: svlm {c} --help lists no flags')

@@ -86,6 +86,10 @@ class Serve:
         while True:
             line = self.proc.stderr.readline().decode()
             if not line:
+                if "not built with the server libraries" in "".join(self.log):
+                    self.proc.wait(timeout=10)
+                    self.proc.stderr.close()
+                    skip("svlm was built without the server (libwebsockets-dev, libjansson-dev)")
                 raise RuntimeError("svlm serve did not start: %s" % "".join(self.log))
             self.log.append(line)
             if "http://127.0.0.1:" in line:
