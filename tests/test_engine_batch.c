@@ -87,11 +87,7 @@ static void run(svlm_llama *m, const svlm_mmproj *mp, int batch, int remove_midd
     REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
     svlm_stream *s[N_STREAMS];
     int sid[N_STREAMS];
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 8 * mp->hp.tokens_per_tile,
-                             .text_tokens = 64,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
+    svlm_stream_params sp = tiny_stream_params(mp, 8, 64);
     for (int i = 0; i < N_STREAMS; i++)
         REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
                 err.msg);
@@ -138,11 +134,7 @@ static svlm_engine *answer_engine_opts(svlm_llama *m, const svlm_mmproj *mp, int
                              .join_piece_tokens = join_piece};
     svlm_engine *e = NULL;
     REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
-                             .text_tokens = text_tokens,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
+    svlm_stream_params sp = tiny_stream_params(mp, 4, text_tokens);
     for (int i = 0; i < n_streams; i++)
         REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
                 err.msg);
@@ -526,11 +518,7 @@ static void mixed_stc(svlm_llama *m, const svlm_mmproj *mp) {
     svlm_engine_params ep = {.frame_queue = 2, .max_streams = 3, .ingest_batch = 2, .stc = &off};
     svlm_engine *e = NULL;
     REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 8 * mp->hp.tokens_per_tile,
-                             .text_tokens = 64,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
+    svlm_stream_params sp = tiny_stream_params(mp, 8, 64);
     svlm_stream *s[3];
     int sid[3];
     for (int i = 0; i < 3; i++)

@@ -82,13 +82,9 @@ int test_main(void) {
     svlm_engine_params ep = {.max_streams = 2, .max_active = 64, .decode_batch = 64};
     svlm_engine *e = NULL;
     REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
-    const svlm_stream_params sp = {.sink_tokens = 16,
-                                   .vision_tokens = 4 * mp->hp.tokens_per_tile,
-                                   .text_tokens = 96,
-                                   .answer_room = 1024,
-                                   .rows_per_frame = mp->hp.tokens_per_tile,
-                                   .kv_type = SVLM_F32,
-                                   .max_answers = 1};
+    svlm_stream_params sp = tiny_stream_params(mp, 4, 96);
+    sp.answer_room = 1024;
+    sp.max_answers = 1;
     svlm_stream *s[2];
     int sid[2];
     for (int i = 0; i < 2; i++)

@@ -159,11 +159,7 @@ static void setup(round_state *r, svlm_llama *m, const svlm_mmproj *mp, int roun
     svlm_engine_params ep = {
         .max_streams = N_S, .frame_queue = 2, .ingest_batch = round % 2 ? 2 : 1, .stc = &stc};
     REQUIRE(svlm_engine_create(m, mp, &ep, &r->e, &err) == SVLM_OK, "%s", err.msg);
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 4 * mp->hp.tokens_per_tile,
-                             .text_tokens = 96,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
+    svlm_stream_params sp = tiny_stream_params(mp, 4, 96);
     for (int i = 0; i < N_S; i++) {
         r->tags[i] = (qtag){r, i};
         REQUIRE(svlm_engine_open_stream(r->e, &sp, "You watch a camera.", &r->s[i], &r->sid[i], &err) ==

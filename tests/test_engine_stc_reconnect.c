@@ -66,11 +66,7 @@ static svlm_engine *engine(svlm_llama *m, const svlm_mmproj *mp, int batch, int 
     svlm_engine_params ep = {.max_streams = N_S, .frame_queue = queue, .ingest_batch = batch, .stc = &stc};
     svlm_engine *e = NULL;
     REQUIRE(svlm_engine_create(m, mp, &ep, &e, &err) == SVLM_OK, "%s", err.msg);
-    svlm_stream_params sp = {.sink_tokens = 16,
-                             .vision_tokens = 8 * mp->hp.tokens_per_tile,
-                             .text_tokens = 64,
-                             .rows_per_frame = mp->hp.tokens_per_tile,
-                             .kv_type = SVLM_F32};
+    svlm_stream_params sp = tiny_stream_params(mp, 8, 64);
     for (int i = 0; i < N_S; i++)
         REQUIRE(svlm_engine_open_stream(e, &sp, "You watch a camera.", &s[i], &sid[i], &err) == SVLM_OK, "%s",
                 err.msg);

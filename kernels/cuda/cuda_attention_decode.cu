@@ -37,12 +37,8 @@ __global__ void __launch_bounds__(kThreads)
  * summed. Off by default until it has run on a GPU (docs/cuda.md; gpu-check tests and compares
  * it); off, the loads wait one after another behind their sums, as measured. Read once a process. */
 bool ahead_loads() {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("SVLM_CUDA_DECODE_AHEAD");
-        on = e && e[0] == '1' && !e[1];
-    }
-    return on != 0;
+    static const bool on = svlm_cu_switch_on("SVLM_CUDA_DECODE_AHEAD"); /* (initialised once, thread-safe) */
+    return on;
 }
 
 } // namespace

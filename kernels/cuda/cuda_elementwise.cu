@@ -317,12 +317,8 @@ template <bool AHEAD> __global__ void argmax_kernel(const float *x, int64_t dim,
 
 /* SVLM_CUDA_ARGMAX_AHEAD=1, read once a process */
 bool argmax_ahead() {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("SVLM_CUDA_ARGMAX_AHEAD");
-        on = e && e[0] == '1' && !e[1];
-    }
-    return on != 0;
+    static const bool on = svlm_cu_switch_on("SVLM_CUDA_ARGMAX_AHEAD"); /* (initialised once, thread-safe) */
+    return on;
 }
 
 __global__ void f32_to_bf16_kernel(const float *x, uint16_t *y, int64_t n) {

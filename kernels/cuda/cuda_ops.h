@@ -8,10 +8,18 @@
 
 #include <cuda_runtime_api.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Whether the environment switch `name` is exactly "1": how the forms not yet run on a GPU are
+ * asked for (docs/cuda.md). Callers read it once a process. */
+static inline int svlm_cu_switch_on(const char *name) {
+    const char *e = getenv(name);
+    return e && e[0] == '1' && !e[1];
+}
 
 /* pdl (the launchers of a decode step's kernels): launch with programmatic dependent launch
  * (cuda_pdl.cuh; compute capability 9.0 and newer). svlm_cu_pdl_compiled: whether the kernels

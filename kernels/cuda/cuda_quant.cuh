@@ -565,12 +565,8 @@ int parts_for(int64_t cols) {
 /* SVLM_CUDA_MATVEC_TALL=1: parts_for_rows's split for tall weights. Off by default until it has
  * run on a GPU (docs/cuda.md; gpu-check tests and compares it). Read once a process. */
 bool tall_split() {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("SVLM_CUDA_MATVEC_TALL");
-        on = e && e[0] == '1' && !e[1];
-    }
-    return on != 0;
+    static const bool on = svlm_cu_switch_on("SVLM_CUDA_MATVEC_TALL"); /* (initialised once, thread-safe) */
+    return on;
 }
 
 /* The same for a lone product of `rows` rows: a tall weight (the output product, 49,280 rows for
@@ -593,8 +589,9 @@ int parts_for_rows(int64_t cols, int64_t rows) {
 int row_flags() {
     static int flags = -1;
     if (flags < 0) {
-        const char *kl = getenv("SVLM_CUDA_KQUANT_LANES"), *ah = getenv("SVLM_CUDA_MATVEC_AHEAD");
-        const int lanes = !(kl && kl[0] == '0' && !kl[1]), ahead = ah && ah[0] == '1' && !ah[1];
+        const char *kl = getenv("SVLM_CUDA_KQUANT_LANES");
+        const int lanes = !(kl && kl[0] == '0' && !kl[1]),
+                  ahead = svlm_cu_switch_on("SVLM_CUDA_MATVEC_AHEAD");
         flags = (lanes ? kRowKqLanes : 0) | (ahead ? kRowAhead : 0);
     }
     return flags;
