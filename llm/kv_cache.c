@@ -21,6 +21,14 @@ struct svlm_kv_pool {
     int64_t promised; /* the sum of the live sequences' shares (see seq_share) */
 };
 
+/* One kind's pages in a sequence, oldest first (a ring), with the tokens of the sequence in each.
+ * A kind's spans leave oldest first, so its pages leave from the front, and its new tokens go into
+ * the newest page: short spans of other kinds in between never keep a page alive. */
+typedef struct kv_pages {
+    int *id, *live;
+    int head, n, cap;
+} kv_pages;
+
 typedef struct kv_span_rec {
     svlm_kv_kind kind;
     int64_t tag, stream_pos;
@@ -39,8 +47,10 @@ struct svlm_kv_seq {
     kv_span_rec *spans; /* in order; starts are indices into slot */
     int n_spans, cap_spans;
     int count[SVLM_KV_N_KINDS];
+    kv_pages pages[SVLM_KV_N_KINDS];    /* each kind's pages: a page holds tokens of one kind only */
+    int32_t last_slot[SVLM_KV_N_KINDS]; /* the kind's newest token's slot (-1: none) */
     int64_t stream_len, evicted_spans, evicted_tokens;
-    int held;  /* distinct pages its tokens are in (a page's tokens are contiguous: one run each) */
+    int held;  /* distinct pages its tokens are in: the pages of every kind */
     int share; /* pages the pool promises it (seq_share) */
 };
 
@@ -200,6 +210,48 @@ static svlm_status check_policy(const svlm_kv_policy *policy, svlm_err *err) {
     return SVLM_OK;
 }
 
+/* The i-th oldest page of a kind's ring. */
+static int *pages_id(const kv_pages *q, int i) {
+    return &q->id[(q->head + i) % q->cap];
+}
+static int *pages_live(const kv_pages *q, int i) {
+    return &q->live[(q->head + i) % q->cap];
+}
+
+/* Room for `more` pages at the back of the ring (the ring is unwrapped into the new arrays). */
+static int pages_reserve(kv_pages *q, int more) {
+    if (q->n + more <= q->cap) return 0;
+    int cap = q->cap ? q->cap : 8;
+    while (cap < q->n + more)
+        cap *= 2;
+    int *id = malloc((size_t)cap * sizeof *id), *live = malloc((size_t)cap * sizeof *live);
+    if (!id || !live) {
+        free(id);
+        free(live);
+        return -1;
+    }
+    for (int i = 0; i < q->n; i++)
+        id[i] = *pages_id(q, i), live[i] = *pages_live(q, i);
+    free(q->id);
+    free(q->live);
+    q->id = id;
+    q->live = live;
+    q->head = 0;
+    q->cap = cap;
+    return 0;
+}
+
+static void pages_push(kv_pages *q, int id) { /* (room reserved) */
+    q->n++;
+    *pages_id(q, q->n - 1) = id;
+    *pages_live(q, q->n - 1) = 0;
+}
+
+static void pages_pop(kv_pages *q) {
+    q->head = (q->head + 1) % q->cap;
+    q->n--;
+}
+
 static svlm_status seq_reserve(svlm_kv_seq *s, int n_tokens, int n_spans, svlm_err *err) {
     if (n_tokens > s->cap) {
         int cap = s->cap ? s->cap : 64;
@@ -223,15 +275,21 @@ static svlm_status seq_reserve(svlm_kv_seq *s, int n_tokens, int n_spans, svlm_e
     return SVLM_OK;
 }
 
-/* The pages a sequence may come to hold on its own under the policy: its budgets in whole pages
- * plus a part-filled page at either end, or what it holds if more (spans of different kinds
- * that left leave part-used pages behind). Forks keep what it shares after it evicts, so each
- * sequence needs this much whatever the others hold. */
-static int seq_share(const svlm_kv_policy *policy, int page_tokens, int held) {
-    long total = 0; /* at most 2^28 (check_policy) */
+int svlm_kv_policy_pages(const svlm_kv_policy *policy, int page_tokens) {
+    /* a kind's tokens fill its pages in order, from anywhere in the oldest to anywhere in the
+     * newest: its budget in whole pages plus one */
+    int64_t pages = 0; /* budgets are at most 2^28 in all (check_policy) */
     for (int k = 0; k < SVLM_KV_N_KINDS; k++)
-        total += policy->budget[k];
-    int window = (int)((total + page_tokens - 1) / page_tokens) + 2;
+        if (policy->budget[k] > 0) pages += (policy->budget[k] + page_tokens - 1) / page_tokens + 1;
+    return pages < INT32_MAX ? (int)pages : INT32_MAX;
+}
+
+/* The pages a sequence may come to hold on its own under the policy, or what it holds if more (a
+ * fork whose source wrote on into their shared newest page of a kind starts a page of its own).
+ * Forks keep what it shares after it evicts, so each sequence needs this much whatever the others
+ * hold. */
+static int seq_share(const svlm_kv_policy *policy, int page_tokens, int held) {
+    int window = svlm_kv_policy_pages(policy, page_tokens);
     return held > window ? held : window;
 }
 
@@ -242,6 +300,8 @@ static svlm_kv_seq *seq_new(svlm_kv_pool *pool, const svlm_kv_policy *policy, in
     s->policy = *policy;
     s->share = share;
     s->uid = atomic_fetch_add(&next_uid, 1);
+    for (int k = 0; k < SVLM_KV_N_KINDS; k++)
+        s->last_slot[k] = -1;
     return s;
 }
 
@@ -255,13 +315,6 @@ svlm_status svlm_kv_seq_create(svlm_kv_pool *pool, const svlm_kv_policy *policy,
     pool_promise(pool, 0, s->share, 1); /* (not refused: see kv_cache.h) */
     *out = s;
     return SVLM_OK;
-}
-
-/* Calls fn once per distinct page among tokens [a, b) (a page's tokens are contiguous). */
-static void for_each_page(const svlm_kv_seq *s, int a, int b, void (*fn)(svlm_kv_pool *, int)) {
-    const int B = s->pool->p.page_tokens;
-    for (int i = a; i < b; i++)
-        if (i == a || s->slot[i] / B != s->slot[i - 1] / B) fn(s->pool, s->slot[i] / B);
 }
 
 static svlm_status refuse_share(svlm_kv_pool *pool, int share, const char *what, svlm_err *err) {
@@ -282,6 +335,8 @@ svlm_status svlm_kv_seq_fork(const svlm_kv_seq *src, svlm_kv_seq **out, svlm_err
         return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     }
     svlm_status st = seq_reserve(s, src->n, src->n_spans, err);
+    for (int k = 0; k < SVLM_KV_N_KINDS && !st; k++)
+        if (pages_reserve(&s->pages[k], src->pages[k].n)) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (st) {
         svlm_kv_seq_free(s); /* (gives the share back) */
         return st;
@@ -292,18 +347,29 @@ svlm_status svlm_kv_seq_fork(const svlm_kv_seq *src, svlm_kv_seq **out, svlm_err
     }
     if (src->n_spans) memcpy(s->spans, src->spans, (size_t)src->n_spans * sizeof *s->spans);
     memcpy(s->count, src->count, sizeof s->count);
+    memcpy(s->last_slot, src->last_slot, sizeof s->last_slot);
+    for (int k = 0; k < SVLM_KV_N_KINDS; k++)
+        for (int i = 0; i < src->pages[k].n; i++) {
+            pages_push(&s->pages[k], *pages_id(&src->pages[k], i));
+            *pages_live(&s->pages[k], i) = *pages_live(&src->pages[k], i);
+            pool_ref(pool, *pages_id(&src->pages[k], i));
+        }
     s->n = src->n;
     s->n_spans = src->n_spans;
     s->stream_len = src->stream_len;
     s->held = src->held;
-    for_each_page(s, 0, s->n, pool_ref);
     *out = s;
     return SVLM_OK;
 }
 
 void svlm_kv_seq_free(svlm_kv_seq *s) {
     if (!s) return;
-    for_each_page(s, 0, s->n, pool_unref);
+    for (int k = 0; k < SVLM_KV_N_KINDS; k++) {
+        for (int i = 0; i < s->pages[k].n; i++)
+            pool_unref(s->pool, *pages_id(&s->pages[k], i));
+        free(s->pages[k].id);
+        free(s->pages[k].live);
+    }
     pool_promise(s->pool, s->share, 0, 1);
     free(s->slot);
     free(s->spos);
@@ -379,25 +445,28 @@ const void *svlm_kv_seq_v_row(const svlm_kv_seq *s, int layer, int idx) {
     return row_ptr(s->pool, s->slot[idx], layer, 1);
 }
 
-/* Removes span si after showing it to the hook, and releases the pages no token refers to now
- * (catching those nobody holds for the append). */
+/* Removes span si after showing it to the hook, and releases the pages of its kind that no token
+ * is in now (catching those nobody holds for the append). The span is its kind's oldest, so its
+ * tokens are in the kind's oldest pages, in order. */
 static void evict_span(svlm_kv_seq *s, int si, int *first_change, page_catch *c) {
     kv_span_rec sp = s->spans[si];
     if (s->hook.on_evict) {
         svlm_kv_span view = {sp.kind, sp.tag, sp.start, sp.n, sp.stream_pos};
         s->hook.on_evict(s->hook.user, s, &view);
     }
-    const int B = s->pool->p.page_tokens, a = sp.start, b = sp.start + sp.n;
-    for (int i = a; i < b; i++) {
-        if (i > a && s->slot[i] / B == s->slot[i - 1] / B) continue;
-        int page = s->slot[i] / B;
-        int shared_before = a > 0 && s->slot[a - 1] / B == page;
-        int shared_after = b < s->n && s->slot[b] / B == page;
-        if (!shared_before && !shared_after) {
-            pool_unref_catch(s->pool, page, c);
+    const int a = sp.start, b = sp.start + sp.n;
+    kv_pages *q = &s->pages[sp.kind];
+    for (int left = sp.n; left > 0;) {
+        int *live = pages_live(q, 0), take = *live < left ? *live : left;
+        *live -= take;
+        left -= take;
+        if (*live == 0) {
+            pool_unref_catch(s->pool, *pages_id(q, 0), c);
+            pages_pop(q);
             s->held--;
         }
     }
+    if (!q->n) s->last_slot[sp.kind] = -1;
     memmove(s->slot + a, s->slot + b, (size_t)(s->n - b) * sizeof *s->slot);
     memmove(s->spos + a, s->spos + b, (size_t)(s->n - b) * sizeof *s->spos);
     memmove(s->spans + si, s->spans + si + 1, (size_t)(s->n_spans - si - 1) * sizeof *s->spans);
@@ -424,42 +493,29 @@ static void copy_page(svlm_kv_pool *pool, int from, int to) {
 /* What an append does to pages, worked out before anything changes. */
 typedef struct append_plan {
     int n_evict;         /* the kind's oldest spans that leave */
+    int leaving;         /* their tokens */
     int released, freed; /* pages the sequence lets go of; of those, pages nobody else holds */
     int tail_page, room; /* the page the new rows continue (-1: a fresh one) and its free rows */
     int copy;            /* 1: that page is shared, so it is copied first */
     int fresh;           /* new pages for the rows past it */
 } append_plan;
 
-/* One run of a page ends: released when every token of it leaves (called under pool->mu). */
-static void plan_run_end(const svlm_kv_pool *pool, int page, int leaves, append_plan *pl) {
-    if (page < 0 || !leaves) return;
-    pl->released++;
-    pl->freed += pool->refs[page] == 1;
-}
-
-/* The pages of the leaving spans and the tail after them (called under pool->mu). */
+/* The kind's pages the leaving spans empty, and the newest one after them (under pool->mu). */
 static void plan_pages(const svlm_kv_seq *s, svlm_kv_kind kind, int n, append_plan *pl) {
     const svlm_kv_pool *pool = s->pool;
     const int B = pool->p.page_tokens;
-    int seen = 0, run_page = -1, run_leaves = 0;
-    int last = pl->n_evict ? -1 : s->n - 1; /* the last token that stays */
-    for (int si = 0; pl->n_evict && si < s->n_spans; si++) {
-        const kv_span_rec *sp = &s->spans[si];
-        const int leaves = sp->kind == kind && seen++ < pl->n_evict;
-        if (!leaves) last = sp->start + sp->n - 1;
-        for (int i = sp->start; i < sp->start + sp->n; i++) {
-            if (s->slot[i] / B != run_page) {
-                plan_run_end(pool, run_page, run_leaves, pl);
-                run_page = s->slot[i] / B;
-                run_leaves = 1;
-            }
-            run_leaves &= leaves;
-        }
+    const kv_pages *q = &s->pages[kind];
+    int left = pl->leaving;
+    while (pl->released < q->n && *pages_live(q, pl->released) <= left) {
+        left -= *pages_live(q, pl->released);
+        pl->freed += pool->refs[*pages_id(q, pl->released)] == 1;
+        pl->released++;
     }
-    plan_run_end(pool, run_page, run_leaves, pl);
     pl->tail_page = -1;
-    if (last >= 0) { /* append into the tail page when this sequence wrote its last row */
-        int page = s->slot[last] / B, row = s->slot[last] % B;
+    const int32_t last = s->last_slot[kind];
+    if (pl->released < q->n &&
+        last >= 0) { /* continue the newest page when this sequence wrote its last row */
+        int page = last / B, row = last % B;
         if (row + 1 == pool->used[page] && row + 1 < B) {
             pl->tail_page = page;
             pl->room = B - (row + 1);
@@ -475,6 +531,7 @@ static void plan_append(const svlm_kv_seq *s, svlm_kv_kind kind, int n, append_p
     for (int si = 0; si < s->n_spans && count + n > s->policy.budget[kind]; si++)
         if (s->spans[si].kind == kind) {
             count -= s->spans[si].n;
+            pl->leaving += s->spans[si].n;
             pl->n_evict++;
         }
     pthread_mutex_lock(&s->pool->mu);
@@ -499,6 +556,20 @@ static void evict_planned(svlm_kv_seq *s, svlm_kv_kind kind, const append_plan *
      * only drop its references meanwhile (a fork of this one waits for the append) */
 }
 
+/* The newest page of a kind is shared with a fork: this sequence writes on into a copy. */
+static void copy_newest_page(svlm_kv_seq *s, kv_pages *q, int copy) {
+    const int B = s->pool->p.page_tokens, page = *pages_id(q, q->n - 1);
+    copy_page(s->pool, page, copy);
+    /* the page's tokens are the newest of their kind: look from the end */
+    for (int i = s->n - 1, left = *pages_live(q, q->n - 1); i >= 0 && left; i--)
+        if (s->slot[i] / B == page) {
+            s->slot[i] = copy * B + s->slot[i] % B;
+            left--;
+        }
+    *pages_id(q, q->n - 1) = copy;
+    pool_unref(s->pool, page);
+}
+
 svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, int n, int *first,
                                svlm_err *err) {
     if (kind < 0 || kind >= SVLM_KV_N_KINDS)
@@ -511,6 +582,7 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
         return svlm_fail(err, SVLM_E_LIMIT, "the %d sink tokens are taken", s->policy.budget[kind]);
     svlm_kv_pool *pool = s->pool;
     const int B = pool->p.page_tokens;
+    kv_pages *q = &s->pages[kind];
     append_plan pl;
     plan_append(s, kind, n, &pl);
     /* the pages the eviction frees are the append's own; only the rest are taken now */
@@ -518,6 +590,7 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
     int ids_local[8], *ids = need <= 8 ? ids_local : malloc((size_t)need * sizeof(int));
     if (!ids) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     svlm_status st = seq_reserve(s, s->n + n, s->n_spans + 1, err);
+    if (st == SVLM_OK && pages_reserve(q, pl.fresh)) st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     if (st == SVLM_OK && taken && !pool_take(pool, taken, ids))
         st = svlm_fail(err, SVLM_E_LIMIT, "KV pool full (%d pages of %d tokens)", pool->p.max_pages, B);
     if (st) {
@@ -529,24 +602,23 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
     evict_planned(s, kind, &pl, ids, taken, need, &first_change, &gone, &one_run);
     int next = 0, room = pl.room, tail_page = pl.tail_page;
     if (pl.copy) { /* shared with a fork: copy it first */
-        int copy = ids[next++];
-        copy_page(pool, tail_page, copy);
-        for (int i = s->n - 1; i >= 0 && s->slot[i] / B == tail_page; i--)
-            s->slot[i] = copy * B + s->slot[i] % B;
-        pool_unref(pool, tail_page);
-        tail_page = copy;
+        copy_newest_page(s, q, ids[next++]);
+        tail_page = *pages_id(q, q->n - 1);
     }
     const int start = s->n;
     for (int i = 0; i < n; i++) {
         if (!room) {
             tail_page = ids[next++];
             room = B;
+            pages_push(q, tail_page);
             s->held++;
         }
         s->slot[start + i] = tail_page * B + pool->used[tail_page]++;
         s->spos[start + i] = s->stream_len + i;
+        (*pages_live(q, q->n - 1))++;
         room--;
     }
+    s->last_slot[kind] = s->slot[start + n - 1];
     if (ids != ids_local) free(ids);
     kv_span_rec *sp = &s->spans[s->n_spans++];
     sp->kind = kind;
@@ -562,7 +634,8 @@ svlm_status svlm_kv_seq_append(svlm_kv_seq *s, svlm_kv_kind kind, int64_t tag, i
         s->kept = first_change;
         s->gone = one_run ? gone : 0;
     }
-    /* a sequence past its window (part-used pages) keeps what it took: the pool promises less */
+    /* a sequence past its window (a page of its own after a fork) keeps what it took: the pool
+     * promises less */
     int share = seq_share(&s->policy, B, s->held);
     pool_promise(pool, s->share, share, 1);
     s->share = share;

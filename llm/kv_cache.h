@@ -13,18 +13,21 @@
  * vision and text. Appending a span of a kind first evicts the oldest spans of that kind until
  * the new one fits; an eviction hook sees each span before it goes (the memory bank's input).
  *
+ * Pages by kind: a page holds tokens of one kind only. A kind's spans leave oldest first, so its
+ * pages leave in the order they came, and a kind's new tokens go into its newest page: a short
+ * dialogue turn between two frames never keeps a frame's page alive after the frame has gone.
+ * Each kind therefore holds at most its budget in whole pages plus one (part-filled pages at its
+ * oldest and newest ends).
+ *
  * Promise: a fork keeps every page it shares after its source evicts them, so any sequence may
- * come to hold its whole window of pages on its own: its budgets in pages plus a part-filled
- * page at either end (or what it holds, if more: spans of different kinds that left leave
- * part-used pages behind). The pool promises each sequence that share and never more than
- * max_pages in all: a fork, or a larger budget, that would break the promise is refused at once
- * (SVLM_E_LIMIT, nothing changed) instead of some later append, often the stream's own, finding
- * the pool full. Created sequences are counted but not refused (their appends find the pool full
- * when pages run out, as before). While the promise holds, an append within its sequence's
- * window finds its pages, the pages its eviction frees going to it before anyone else; except
- * where short spans of different kinds share pages, so that an eviction frees fewer pages than it
- * removes tokens and the sequence holds more than its window (the append may then find the pool
- * full: refused cleanly, as before).
+ * come to hold its whole window of pages on its own (svlm_kv_policy_pages, or what it holds if
+ * more: a fork whose source wrote on into their shared newest page of a kind starts a page of its
+ * own). The pool promises each sequence that share and never more than max_pages in all: a fork,
+ * or a larger budget, that would break the promise is refused at once (SVLM_E_LIMIT, nothing
+ * changed) instead of some later append, often the stream's own, finding the pool full. Created
+ * sequences are counted but not refused (their appends find the pool full when pages run out, as
+ * before). While the promise holds, an append within its sequence's window finds its pages, the
+ * pages its eviction frees going to it before anyone else.
  *
  * Positions: a token's RoPE position is its index in the sequence (0..n-1, contiguous after an
  * eviction), or, with reassign_positions off, its index in the whole stream (for comparisons).
@@ -88,6 +91,9 @@ typedef struct svlm_kv_evict_hook {
     void (*on_evict)(void *user, const svlm_kv_seq *seq, const svlm_kv_span *span);
     void *user;
 } svlm_kv_evict_hook;
+
+/* The most pages a sequence under the policy holds: each kind's budget in whole pages plus one. */
+int svlm_kv_policy_pages(const svlm_kv_policy *policy, int page_tokens);
 
 svlm_status svlm_kv_seq_create(svlm_kv_pool *pool, const svlm_kv_policy *policy, svlm_kv_seq **out,
                                svlm_err *err);

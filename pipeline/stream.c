@@ -54,15 +54,18 @@ svlm_dtype svlm_stream_kv_type(const svlm_stream *s) {
 }
 
 int svlm_stream_pool_pages(const svlm_stream_params *p) {
-    /* the stream and max_answers forks, each with its answer room and part-filled pages and, at
-     * worst, a whole window of pages the stream has evicted since the fork (pages are made as they
-     * are used: the bound costs nothing until reached); never below the bound for a few forks that
-     * came before */
-    const int64_t cap = (int64_t)p->sink_tokens + p->vision_tokens + p->text_tokens, B = p->page_tokens;
+    /* the stream and max_answers forks, each with its answer room and, at worst, a whole window of
+     * pages the stream has evicted since the fork (pages are made as they are used: the bound costs
+     * nothing until reached); never below the bound for a few forks that came before */
+    const int64_t cap = (int64_t)p->sink_tokens + p->vision_tokens + p->text_tokens,
+                  B = p->page_tokens > 0 ? p->page_tokens : 16;
     const int64_t room = (int64_t)p->answer_room + p->memory_room,
                   answers = p->max_answers > 0 ? p->max_answers : 4;
+    if (cap + room > (1 << 28)) return INT32_MAX / 2; /* (budgets this large are refused) */
+    const svlm_kv_policy stream = {{p->sink_tokens, p->vision_tokens, p->text_tokens}, 1},
+                         fork = {{p->sink_tokens, p->vision_tokens, (int)(p->text_tokens + room)}, 1};
     const int64_t least = 4 * ((cap + 4 * room) / B + 16);
-    int64_t want = (1 + answers) * (cap / B + 2) + answers * (room / B + 2) + 16;
+    int64_t want = svlm_kv_policy_pages(&stream, (int)B) + answers * svlm_kv_policy_pages(&fork, (int)B) + 16;
     if (want < least) want = least;
     return (int)(want < INT32_MAX / 2 ? want : INT32_MAX / 2);
 }

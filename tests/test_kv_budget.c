@@ -6,8 +6,10 @@
  * nothing, the stream's own appends never fail, no page is shared wrongly (every row reads back
  * what its writer stored), and the pages in use never pass the pool's bound. (Before, every fork
  * was taken and the stream's next frames found the pool full.) Part 2: a fork whose window grows
- * past the promise is refused the same way. Part 3: spans of different kinds that leave part-used
- * pages behind make a sequence hold more than its window, and the promise counts that.
+ * past the promise is refused the same way. Part 3: short spans of another kind between frames
+ * never keep a frame's page alive (pages hold one kind each), so a sequence holds at most its
+ * window of pages, and the pool's pages in use are what it holds. (Before, each short turn
+ * kept pages alive once the frames around it had gone: 7 pages held for a window of 5.)
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +19,13 @@
 
 enum { B = 4, DIM = 2, SINKS = 4, VISION = 16, TEXT = 8, ANSWER = 8, FRAME = 4 };
 
-/* pages of a window of w tokens: whole pages plus a part-filled one at each end */
-static int window_pages(int w) {
-    return (w + B - 1) / B + 2;
+/* pages of a window: each kind's budget in whole pages plus a part-filled one */
+static int window_pages(int sinks, int vision, int text) {
+    svlm_kv_policy pol = {{sinks, vision, text}, 0};
+    int want = (sinks ? (sinks + B - 1) / B + 1 : 0) + (vision + B - 1) / B + 1 + (text + B - 1) / B + 1;
+    CHECK(svlm_kv_policy_pages(&pol, B) == want, "svlm_kv_policy_pages: %d, want %d",
+          svlm_kv_policy_pages(&pol, B), want);
+    return want;
 }
 
 static svlm_kv_pool *new_pool(int max_pages) {
@@ -96,8 +102,8 @@ static svlm_status answer_fork(svlm_kv_seq *stream, int writer, fork_rec *out, s
 }
 
 static void test_pinned_forks(void) {
-    const int stream_share = window_pages(SINKS + VISION + TEXT);
-    const int fork_share = window_pages(SINKS + VISION + TEXT + ANSWER);
+    const int stream_share = window_pages(SINKS, VISION, TEXT);
+    const int fork_share = window_pages(SINKS, VISION, TEXT + ANSWER);
     const int max_pages = stream_share + 2 * fork_share; /* room for two answers at once */
     svlm_kv_pool *pool = new_pool(max_pages);
     svlm_kv_seq *s = new_stream(pool);
@@ -158,7 +164,7 @@ static void test_pinned_forks(void) {
 
 /* The promise is checked when a fork's window grows too; a refused growth changes nothing. */
 static void test_growth_refused(void) {
-    const int stream_share = window_pages(SINKS + VISION + TEXT);
+    const int stream_share = window_pages(SINKS, VISION, TEXT);
     svlm_kv_pool *pool = new_pool(2 * stream_share + 1); /* a fork fits, its answer room does not */
     svlm_kv_seq *s = new_stream(pool), *f = NULL;
     CHECK(put(s, SVLM_KV_SINK, SINKS, 0) == SVLM_OK && advance(s) == 0, "filling the stream");
@@ -180,22 +186,42 @@ static void test_growth_refused(void) {
     svlm_kv_pool_free(pool);
 }
 
-/* One-token turns between frames: once the frames leave, each turn holds a page of its own. */
-static void test_part_used_pages(void) {
+/* One-token turns between frames (and frames between turns): once the frames leave, the turns
+ * keep none of their pages alive, and the other way round. */
+static void test_mixed_spans(void) {
     svlm_kv_pool *pool = new_pool(64);
     svlm_kv_policy pol = {{0, FRAME, TEXT}, 0};
     svlm_kv_seq *s = NULL;
     svlm_err err = {0};
     REQUIRE(svlm_kv_seq_create(pool, &pol, &s, &err) == SVLM_OK, "%s", err.msg);
-    for (int i = 0; i < 2 * TEXT; i++)
-        CHECK(put(s, SVLM_KV_TEXT, 1, 0) == SVLM_OK && put(s, SVLM_KV_VISION, FRAME - 1, 0) == SVLM_OK,
+    const int window = window_pages(0, FRAME, TEXT);
+    int most = 0;
+    for (int i = 0; i < 4 * TEXT; i++) {
+        CHECK(put(s, SVLM_KV_TEXT, 1 + i % 2, 0) == SVLM_OK &&
+                  put(s, SVLM_KV_VISION, FRAME - i % 3, 0) == SVLM_OK,
               "append %d", i);
-    const int held = svlm_kv_seq_pages(s), window = window_pages(FRAME + TEXT);
-    CHECK(held > window, "%d pages held, the window's are %d: no part-used pages to count", held, window);
-    CHECK(svlm_kv_pool_pages_promised(pool) == held && svlm_kv_pool_pages_in_use(pool) == held,
-          "holding %d pages: %d promised, %d in use", held, svlm_kv_pool_pages_promised(pool),
-          svlm_kv_pool_pages_in_use(pool));
+        int held = svlm_kv_seq_pages(s);
+        most = held > most ? held : most;
+        CHECK(svlm_kv_pool_pages_in_use(pool) == held, "holding %d pages, %d in use", held,
+              svlm_kv_pool_pages_in_use(pool));
+    }
+    CHECK(most <= window, "%d pages held, the window's are %d", most, window);
+    CHECK(svlm_kv_pool_pages_promised(pool) == window, "%d pages promised, the window's are %d",
+          svlm_kv_pool_pages_promised(pool), window);
     CHECK(rows_intact(s, svlm_kv_seq_len(s), 0, 0), "rows changed");
+    /* a fork shares the newest pages; each then writes on into pages of its own */
+    svlm_kv_seq *f = NULL;
+    REQUIRE(svlm_kv_seq_fork(s, &f, &err) == SVLM_OK, "%s", err.msg);
+    for (int i = 0; i < 3; i++)
+        CHECK(put(f, SVLM_KV_TEXT, 1, 1) == SVLM_OK && put(s, SVLM_KV_TEXT, 1, 0) == SVLM_OK &&
+                  put(s, SVLM_KV_VISION, FRAME, 0) == SVLM_OK,
+              "appends after the fork");
+    /* (the fork's three turns are its newest tokens) */
+    CHECK(rows_intact(f, svlm_kv_seq_len(f) - 3, 0, 1) && rows_intact(s, svlm_kv_seq_len(s), 0, 0),
+          "rows changed after the fork");
+    CHECK(svlm_kv_seq_pages(f) <= window + 1 && svlm_kv_seq_pages(s) <= window,
+          "pages held: fork %d, stream %d", svlm_kv_seq_pages(f), svlm_kv_seq_pages(s));
+    svlm_kv_seq_free(f);
     svlm_kv_seq_free(s);
     CHECK(svlm_kv_pool_pages_in_use(pool) == 0 && svlm_kv_pool_pages_promised(pool) == 0, "pages left");
     svlm_kv_pool_free(pool);
@@ -204,6 +230,6 @@ static void test_part_used_pages(void) {
 int test_main(void) {
     test_pinned_forks();
     test_growth_refused();
-    test_part_used_pages();
+    test_mixed_spans();
     return 0;
 }
