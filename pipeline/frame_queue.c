@@ -65,11 +65,23 @@ static void merge_event(svlm_source_event *b, const svlm_source_event *a) {
     if (b->kind == SVLM_EVENT_RECONNECT) b->seconds += a->seconds;
 }
 
-/* The newest queued event; caller holds the lock. */
-static svlm_queue_node *last_event(svlm_frame_queue *q) {
+/* DISCONNECT and RECONNECT are breaks in the video (the engine restarts token compression at the
+ * next frame): one may merge into another only where no frame lies between them, else the
+ * frames between would lose (or gain) the break before them. */
+static int is_break(const svlm_queue_node *n) {
+    return n->item.kind == SVLM_ITEM_EVENT &&
+           (n->item.event.kind == SVLM_EVENT_DISCONNECT || n->item.event.kind == SVLM_EVENT_RECONNECT);
+}
+
+/* The newest queued event, and whether a frame was queued after it; caller holds the lock. */
+static svlm_queue_node *last_event(svlm_frame_queue *q, int *frame_after) {
     svlm_queue_node *last = NULL;
+    *frame_after = 0;
     for (svlm_queue_node *n = q->head; n; n = n->next)
-        if (n->item.kind == SVLM_ITEM_EVENT) last = n;
+        if (n->item.kind == SVLM_ITEM_EVENT)
+            last = n, *frame_after = 0;
+        else
+            *frame_after = 1;
     return last;
 }
 
@@ -81,11 +93,24 @@ static void unlink_node(svlm_frame_queue *q, svlm_queue_node *prev, svlm_queue_n
     if (q->tail == n) q->tail = prev;
 }
 
+/* Whether the events between the frames around n (its run) hold a break besides n. */
+static int run_has_other_break(svlm_queue_node *run, const svlm_queue_node *n) {
+    for (; run && run->item.kind == SVLM_ITEM_EVENT; run = run->next)
+        if (run != n && is_break(run)) return 1;
+    return 0;
+}
+
 /* Over the cap: the oldest event whose kind comes again later is merged into the next one of its
- * kind (the cap is above the number of kinds, so there is one); caller holds the lock. */
-static void merge_oldest_event(svlm_frame_queue *q) {
+ * kind, a break only where another break stays between its frames. Returns 0 when none may go;
+ * caller holds the lock. */
+static int merge_oldest_event(svlm_frame_queue *q) {
+    svlm_queue_node *run = q->head; /* the first node of n's run of events */
     for (svlm_queue_node *prev = NULL, *n = q->head; n; prev = n, n = n->next) {
-        if (n->item.kind != SVLM_ITEM_EVENT) continue;
+        if (n->item.kind != SVLM_ITEM_EVENT) {
+            run = n->next;
+            continue;
+        }
+        if (is_break(n) && !run_has_other_break(run, n)) continue;
         svlm_queue_node *later = n->next;
         while (later && (later->item.kind != SVLM_ITEM_EVENT || later->item.event.kind != n->item.event.kind))
             later = later->next;
@@ -95,15 +120,26 @@ static void merge_oldest_event(svlm_frame_queue *q) {
         free(n);
         q->events--;
         q->events_merged++;
-        return;
+        return 1;
     }
+    return 0;
+}
+
+/* Makes room for one more event. Where every waiting break is alone between its frames (a
+ * camera lost again and again beside a consumer that reads nothing), the oldest frame goes
+ * (counted as dropped) until two breaks meet; caller holds the lock. */
+static void make_event_room(svlm_frame_queue *q) {
+    while (q->events >= SVLM_QUEUE_MAX_EVENTS && !merge_oldest_event(q) && q->frames > 0)
+        drop_oldest_frame(q);
 }
 
 int svlm_frame_queue_push(svlm_frame_queue *q, svlm_source_item *item) {
     svlm_queue_node *n = malloc(sizeof *n);
     pthread_mutex_lock(&q->lock);
-    svlm_queue_node *last = item->kind == SVLM_ITEM_EVENT ? last_event(q) : NULL;
-    if (last && last->item.event.kind == item->event.kind) { /* the same kind again: merged */
+    int frame_after = 0;
+    svlm_queue_node *last = item->kind == SVLM_ITEM_EVENT ? last_event(q, &frame_after) : NULL;
+    if (last && last->item.event.kind == item->event.kind && !(frame_after && is_break(last))) {
+        /* the same kind again: merged */
         svlm_source_event newer = item->event;
         merge_event(&newer, &last->item.event);
         last->item.event = newer;
@@ -129,7 +165,7 @@ int svlm_frame_queue_push(svlm_frame_queue *q, svlm_source_item *item) {
         if (q->frames >= q->capacity) drop_oldest_frame(q);
         q->frames++;
     } else {
-        if (q->events >= SVLM_QUEUE_MAX_EVENTS) merge_oldest_event(q);
+        make_event_room(q);
         q->events++;
     }
     if (q->tail)

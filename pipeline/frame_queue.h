@@ -7,7 +7,10 @@
  * SVLM_QUEUE_MAX_EVENTS waiting events the oldest one whose kind comes again later is merged into
  * that later one (counted in events_merged). What merging keeps exact: each kind's running total
  * (the newest event's), the sum of the counts, and the order of the kinds' first waiting events.
- * The final status is never dropped. One producer, one consumer.
+ * Breaks (DISCONNECT, RECONNECT) never merge across a frame: a break lies between two frames the
+ * consumer reads exactly when one came between them; where only that could make room, the oldest
+ * frame is dropped instead (counted). The final status is never dropped. One producer, one
+ * consumer.
  */
 #ifndef SVLM_PIPELINE_FRAME_QUEUE_H
 #define SVLM_PIPELINE_FRAME_QUEUE_H

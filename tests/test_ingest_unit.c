@@ -2,6 +2,7 @@
  * drop-oldest queue, and the built-in pattern source through the public API. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "pipeline/frame_queue.h"
@@ -381,6 +382,62 @@ static void test_queue_events_bounded(void) {
     svlm_frame_queue_destroy(&q);
 }
 
+/* Whatever the queue merges or drops, a break (DISCONNECT, RECONNECT: the engine restarts token
+ * compression at the next frame) lies between two frames the consumer reads exactly when the
+ * stream had one between them: never lost, never moved. A flapping camera beside a consumer that
+ * reads in bursts, queues of several capacities. */
+static void test_queue_breaks_kept(void) {
+    static const int capacities[] = {1, 4, 32};
+    for (int ci = 0; ci < 3; ci++) {
+        svlm_frame_queue q;
+        REQUIRE(svlm_frame_queue_init(&q, capacities[ci]) == SVLM_OK, "queue init");
+        int64_t session = 0, last_session = 0, frames_read = 0, wrong = 0, first_wrong = -1, reconnects = 0;
+        int break_seen = 0;
+        svlm_source_item out;
+        svlm_err err;
+        atomic_int cancel = 0;
+        unsigned seed = 7;
+        for (int i = 0; i < 20000; i++) {
+            const unsigned r = rand_r(&seed) % 16;
+            if (r < 2) push_event(&q, SVLM_EVENT_CORRUPT, 1, i, 0);
+            if (r == 2) push_event(&q, SVLM_EVENT_STALL, 0, 0, 5);
+            if (r < 5) { /* lost and back: pts carries the session */
+                push_event(&q, SVLM_EVENT_DISCONNECT, 0, reconnects, 0);
+                push_event(&q, SVLM_EVENT_RECONNECT, 1, ++reconnects, 0.25);
+                session++;
+            }
+            for (unsigned k = rand_r(&seed) % 3; k > 0; k--) {
+                svlm_source_item it = frame_item((int)session);
+                svlm_frame_queue_push(&q, &it);
+            }
+            /* the consumer wakes now and then and reads a few items */
+            for (unsigned k = i % 53 == 0 ? 40 : 0; k > 0; k--) {
+                int waiting = 0;
+                svlm_frame_queue_event_counts(&q, &waiting, NULL);
+                if (!waiting && !q.frames && !q.dropped_pending) break;
+                if (svlm_frame_queue_pop(&q, &out, &cancel, &err) != SVLM_OK) break;
+                if (out.kind == SVLM_ITEM_EVENT) {
+                    break_seen |=
+                        out.event.kind == SVLM_EVENT_DISCONNECT || out.event.kind == SVLM_EVENT_RECONNECT;
+                    continue;
+                }
+                const int64_t s = (int64_t)out.frame.pts;
+                if (frames_read && (s != last_session) != break_seen && !wrong++) first_wrong = frames_read;
+                last_session = s, break_seen = 0, frames_read++;
+                svlm_frame_release(&out.frame);
+            }
+        }
+        CHECK(frames_read > 100 && wrong == 0,
+              "capacity %d: %lld of %lld frames read with a break lost or moved before them (first: frame "
+              "%lld)",
+              capacities[ci], (long long)wrong, (long long)frames_read, (long long)first_wrong);
+        int waiting = 0;
+        svlm_frame_queue_event_counts(&q, &waiting, NULL);
+        CHECK(waiting <= SVLM_QUEUE_MAX_EVENTS, "capacity %d: %d events waiting", capacities[ci], waiting);
+        svlm_frame_queue_destroy(&q);
+    }
+}
+
 static void test_pattern_source(void) {
     svlm_source_opts o;
     svlm_source_opts_default(&o);
@@ -448,6 +505,7 @@ int test_main(void) {
     test_output_size();
     test_queue();
     test_queue_events_bounded();
+    test_queue_breaks_kept();
     test_pattern_source();
     return 0;
 }

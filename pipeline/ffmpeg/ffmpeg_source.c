@@ -2,12 +2,15 @@
  * The FFmpeg backend: libavformat demuxes (files, RTSP, HTTP, HLS), libavcodec decodes,
  * libswscale converts and scales only the frames the sampler keeps. While the next kept
  * frame is far ahead, the decoder skips non-reference frames (AVDISCARD_NONREF): nothing
- * else depends on them, so skipping them never damages later frames.
+ * else depends on them, so skipping them never damages later frames. Frames come out the way
+ * players show them: a phone's portrait clip (a display matrix) is turned upright.
  */
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
+#include <libavutil/display.h>
 #include <libavutil/imgutils.h>
 #include <libswscale/swscale.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +38,10 @@ typedef struct ff_ctx {
     double prev_dur;        /* the previous frame's own duration in seconds (0: unknown) */
     svlm_frame_clock clock; /* synthesizes missing and (replay) non-advancing timestamps */
     int draining;
-    int bad_reads; /* consecutive unreadable packets */
+    int bad_reads;     /* consecutive unreadable packets */
+    int turns;         /* clockwise quarter turns the stream's display matrix asks for */
+    uint8_t *turn_buf; /* a scaled frame before it is turned */
+    size_t turn_cap;
 } ff_ctx;
 
 static void ff_close(void *ctx) {
@@ -46,7 +52,31 @@ static void ff_close(void *ctx) {
     av_packet_free(&c->pkt);
     avcodec_free_context(&c->dec);
     avformat_close_input(&c->fmt);
+    free(c->turn_buf);
     free(c);
+}
+
+/* Clockwise quarter turns (0 to 3) that a display matrix asks players to show frames with, as
+ * ffmpeg's autorotate reads it; a matrix that is no quarter turn is ignored. */
+static int display_turns(const int32_t *matrix) {
+    if (!matrix) return 0;
+    double theta = -av_display_rotation_get(matrix);
+    if (!isfinite(theta)) return 0;
+    theta -= 360 * floor(theta / 360 + 0.9 / 360);
+    const double q = round(theta / 90);
+    return fabs(theta - 90 * q) < 1 ? (int)q % 4 : 0;
+}
+
+static int stream_turns(const AVStream *st) {
+#if LIBAVCODEC_VERSION_INT >= AV_VERSION_INT(60, 30, 100)
+    const AVPacketSideData *sd = av_packet_side_data_get(
+        st->codecpar->coded_side_data, st->codecpar->nb_coded_side_data, AV_PKT_DATA_DISPLAYMATRIX);
+    return sd && sd->size >= 9 * sizeof(int32_t) ? display_turns((const int32_t *)sd->data) : 0;
+#else
+    size_t size = 0;
+    const uint8_t *m = av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, &size);
+    return m && size >= 9 * sizeof(int32_t) ? display_turns((const int32_t *)m) : 0;
+#endif
 }
 
 static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
@@ -91,6 +121,7 @@ static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
     c->rate_known = fr.num > 0 && fr.den > 0 && av_q2d(fr) <= 500;
     /* Live streams start mid-way: their first frame is pts 0. */
     c->base_ts = c->opts.live ? AV_NOPTS_VALUE : c->st->start_time;
+    c->turns = stream_turns(c->st);
     return SVLM_OK;
 }
 
@@ -175,13 +206,43 @@ static void choose_skip(ff_ctx *c, const AVPacket *pkt) {
         svlm_sampler_lead(c->sampler, pts, svlm_wall_now()) > margin ? AVDISCARD_NONREF : AVDISCARD_DEFAULT;
 }
 
+/* src (w x h, tight RGB24) turned clockwise by turns quarter turns into out. */
+static void turn_rgb(const uint8_t *src, int w, int h, int turns, svlm_frame *out) {
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            int dx = x, dy = y;
+            if (turns == 1) dx = h - 1 - y, dy = x;
+            if (turns == 2) dx = w - 1 - x, dy = h - 1 - y;
+            if (turns == 3) dx = y, dy = w - 1 - x;
+            memcpy(out->data + (size_t)dy * out->stride + (size_t)dx * 3, src + ((size_t)y * w + x) * 3, 3);
+        }
+}
+
 static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_err *err) {
+    /* a frame's own display matrix (H.264/HEVC orientation SEI) overrides the stream's */
+    const AVFrameSideData *sd = av_frame_get_side_data(f, AV_FRAME_DATA_DISPLAYMATRIX);
+    const int turns =
+        sd && sd->size >= 9 * sizeof(int32_t) ? display_turns((const int32_t *)sd->data) : c->turns;
+    /* the output size is the shown picture's; scaling happens before the turn */
     int ow, oh;
-    svlm_output_size(&c->opts, f->width, f->height, &ow, &oh);
+    if (turns & 1)
+        svlm_output_size(&c->opts, f->height, f->width, &ow, &oh);
+    else
+        svlm_output_size(&c->opts, f->width, f->height, &ow, &oh);
+    const int sw = turns & 1 ? oh : ow, sh = turns & 1 ? ow : oh;
     svlm_status st = svlm_frame_alloc(out, ow, oh, err);
     if (st != SVLM_OK) return st;
-    int flags = (ow < f->width || oh < f->height) ? SWS_AREA : SWS_BILINEAR;
-    c->sws = sws_getCachedContext(c->sws, f->width, f->height, f->format, ow, oh, AV_PIX_FMT_RGB24, flags,
+    if (turns && c->turn_cap < (size_t)ow * oh * 3) {
+        free(c->turn_buf);
+        c->turn_cap = 0;
+        if (!(c->turn_buf = malloc((size_t)ow * oh * 3))) {
+            svlm_frame_release(out);
+            return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %dx%d frame", ow, oh);
+        }
+        c->turn_cap = (size_t)ow * oh * 3;
+    }
+    int flags = (sw < f->width || sh < f->height) ? SWS_AREA : SWS_BILINEAR;
+    c->sws = sws_getCachedContext(c->sws, f->width, f->height, f->format, sw, sh, AV_PIX_FMT_RGB24, flags,
                                   NULL, NULL, NULL);
     if (!c->sws) {
         svlm_frame_release(out);
@@ -194,9 +255,10 @@ static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_er
     int full = f->color_range == AVCOL_RANGE_JPEG;
     sws_setColorspaceDetails(c->sws, sws_getCoefficients(space), full, sws_getCoefficients(SWS_CS_DEFAULT), 1,
                              0, 1 << 16, 1 << 16);
-    uint8_t *dst[4] = {out->data, NULL, NULL, NULL};
-    int dst_stride[4] = {out->stride, 0, 0, 0};
+    uint8_t *dst[4] = {turns ? c->turn_buf : out->data, NULL, NULL, NULL};
+    int dst_stride[4] = {turns ? sw * 3 : out->stride, 0, 0, 0};
     sws_scale(c->sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst, dst_stride);
+    if (turns) turn_rgb(c->turn_buf, sw, sh, turns, out);
     return SVLM_OK;
 }
 

@@ -3,7 +3,8 @@
  * SOURCE is uridecodebin (files, rtsp, http, HLS), v4l2src (webcams) or a user's launch
  * description (gst:...). A pad probe in front of videoconvert runs the sampler, so frames
  * that sampling discards are never colour-converted or scaled. appsink rows are padded to
- * 4 bytes; frames are repacked to a tight stride.
+ * 4 bytes; frames are repacked to a tight stride. videoflip turns frames the way players show
+ * them (a phone's portrait clip carries an image-orientation tag), as the FFmpeg backend does.
  */
 #include <gst/app/gstappsink.h>
 #include <gst/gst.h>
@@ -30,6 +31,11 @@ typedef struct gst_ctx {
     const svlm_uri *uri;
     int live;
     GstClockTime first_pts; /* live: pts 0 is the first frame */
+    /* Replay: the first frame's stream time (set by the probe, before appsink has the frame),
+     * subtracted as the FFmpeg backend subtracts the stream's start, so that both start at 0: a
+     * segment may start before the first frame (MPEG-TS: at its first PCR; MP4: an empty edit). */
+    double first_t;
+    int have_first_t;
     /* Synthesizes the times of buffers without a timestamp and (replay) of those whose timestamps
      * do not advance: used only on the streaming thread, inside the probe. */
     svlm_frame_clock clock;
@@ -66,7 +72,7 @@ static double stream_seconds(gst_ctx *c, const GstSegment *seg, GstClockTime pts
         return pts >= c->first_pts ? (double)(pts - c->first_pts) / GST_SECOND : 0;
     }
     guint64 t = seg ? gst_segment_to_stream_time(seg, GST_FORMAT_TIME, pts) : pts;
-    return GST_CLOCK_TIME_IS_VALID(t) ? (double)t / GST_SECOND : (double)pts / GST_SECOND;
+    return (GST_CLOCK_TIME_IS_VALID(t) ? (double)t / GST_SECOND : (double)pts / GST_SECOND) - c->first_t;
 }
 
 static const char *safe_target(const svlm_uri *uri) {
@@ -105,6 +111,7 @@ static double buffer_time(gst_ctx *c, GstPad *pad, GstPadProbeInfo *info) {
         const GstSegment *seg = NULL;
         if (ev) gst_event_parse_segment(ev, &seg);
         t = stream_seconds(c, seg, ts);
+        if (!c->live && !c->have_first_t) c->first_t = t, c->have_first_t = 1, t = 0;
         if (ev) gst_event_unref(ev);
     }
     /* (a decoder's output is judged once its input was seen to stall) */
@@ -237,9 +244,14 @@ static char *caps_string(const svlm_source_opts *o) {
 }
 
 static char *describe(const svlm_uri *uri) {
+    /* (videoflip is in gst-plugins-good: without it frames stay as decoded) */
+    GstElementFactory *flip = gst_element_factory_find("videoflip");
     const char *tail =
-        "videoconvert name=" ELEMENT_PREFIX "conv ! videoscale ! capsfilter name=" ELEMENT_PREFIX
-        "caps ! appsink name=" ELEMENT_PREFIX "sink";
+        flip ? "videoconvert name=" ELEMENT_PREFIX "conv ! videoflip video-direction=auto ! "
+               "videoscale ! capsfilter name=" ELEMENT_PREFIX "caps ! appsink name=" ELEMENT_PREFIX "sink"
+             : "videoconvert name=" ELEMENT_PREFIX "conv ! videoscale ! capsfilter name=" ELEMENT_PREFIX
+               "caps ! appsink name=" ELEMENT_PREFIX "sink";
+    if (flip) gst_object_unref(flip);
     switch (uri->kind) {
     case SVLM_URI_V4L2: return g_strdup_printf("v4l2src name=" ELEMENT_PREFIX "src ! %s", tail);
     case SVLM_URI_GST: return g_strdup_printf("%s ! %s", uri->target, tail);

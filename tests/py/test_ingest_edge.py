@@ -1,0 +1,70 @@
+"""Recordings at the edges, through both backends: clips whose display matrix asks players to turn
+them (phone footage shot in portrait) come out upright, as the ffmpeg CLI shows them."""
+import os
+
+from test_ingest_common import (backends, check, ffmpeg_cli, finish, make_clip, need_svlm, read_png, run_frames,
+                                skip, tmpdir)
+
+need_svlm()
+if not ffmpeg_cli():
+    skip("the ffmpeg CLI is needed to make test clips")
+BACKENDS = backends()
+if not BACKENDS:
+    skip("svlm was built without FFmpeg and GStreamer")
+T = tmpdir("ingest-edge")
+
+
+def red_corners(w, h, rows):
+    """The corners (TL, TR, BL, BR) whose pixel, an eighth in from each edge, is red."""
+    out = []
+    for name, x, y in (("TL", w // 8, h // 8), ("TR", w - 1 - w // 8, h // 8), ("BL", w // 8, h - 1 - h // 8),
+                       ("BR", w - 1 - w // 8, h - 1 - h // 8)):
+        r, g, b = rows[y][3 * x:3 * x + 3]
+        if r > 150 and g < 100 and b < 100:
+            out.append(name)
+    return out
+
+
+# ---- rotation: a 320x240 picture, red in its top-left corner, tagged to be shown turned ----------
+plain = make_clip(os.path.join(T, "plain.mp4"), "-f", "lavfi", "-i",
+                  "color=black:s=320x240:r=10:d=1,drawbox=x=0:y=0:w=80:h=60:color=red:t=fill", "-c:v", "libx264",
+                  "-pix_fmt", "yuv420p")
+# the mov muxer's "rotate" tag: degrees clockwise; the ffmpeg CLI (autorotate) shows the picture so
+# that the red corner is at BL after 90, BR after 180, TR after 270
+WANT = {90: ((240, 320), ["BL"]), 180: ((320, 240), ["BR"]), 270: ((240, 320), ["TR"])}
+for deg, (size, corners) in WANT.items():
+    clip = make_clip(os.path.join(T, f"rot{deg}.mp4"), "-i", plain, "-c", "copy", "-metadata:s:v:0", f"rotate={deg}")
+    # the ffmpeg CLI is the reference: check the clip says what this test believes
+    ref = os.path.join(T, f"ref{deg}.png")
+    make_clip(ref, "-i", clip, "-frames:v", "1", "-pix_fmt", "rgb24")
+    w, h, rows = read_png(ref)
+    if ((w, h), red_corners(w, h, rows)) != (size, corners):
+        skip(f"this ffmpeg CLI shows rotate={deg} as {w}x{h} {red_corners(w, h, rows)}")
+    for be in BACKENDS:
+        for sizing in (("--native",), ("--max-edge", "160")):
+            out = os.path.join(T, f"out-{deg}-{be}-{sizing[0][2:]}")
+            rc, frames, _, err = run_frames(clip, "--backend", be, "--max-frames", "1", "--out", out, *sizing)
+            tag = f"rotate={deg}/{be}/{' '.join(sizing)}"
+            if rc != 0 or not frames:
+                check(False, f"{tag}: rc {rc}: {err[-300:]}")
+                continue
+            want = size if sizing == ("--native",) else (size[0] // 2, size[1] // 2)
+            w, h, rows = read_png(frames[0]["file"])
+            check((w, h) == want and (frames[0]["width"], frames[0]["height"]) == want,
+                  f"{tag}: {w}x{h}, expected {want[0]}x{want[1]} (shown turned)")
+            check(red_corners(w, h, rows) == corners, f"{tag}: red at {red_corners(w, h, rows)}, expected {corners}")
+
+# ---- where a recording starts: its first frame is 0 s in both backends ---------------------------
+# (MPEG-TS starts its timestamps at 1.4 s and GStreamer's segment at the first PCR; an MP4 made with
+# an offset starts with an empty edit)
+for name, args in (("ts", ("-f", "mpegts")), ("offset.mp4", ("-output_ts_offset", "5"))):
+    clip = make_clip(os.path.join(T, f"start-{name}" + ("" if "." in name else ".ts")), "-f", "lavfi", "-i",
+                     "testsrc=size=160x120:rate=10:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", *args)
+    for be in BACKENDS:
+        rc, frames, _, err = run_frames(clip, "--backend", be, "--fps", "2")
+        pts = [f["pts"] for f in frames]
+        want = [0.0, 0.5, 1.0, 1.5]
+        check(rc == 0 and len(pts) == 4 and all(abs(a - b) < 1e-3 for a, b in zip(pts, want)),
+              f"start/{name}/{be}: rc {rc}, pts {pts}, expected {want} {err[-200:]}")
+
+finish("ingest_edge")
