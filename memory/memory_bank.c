@@ -9,6 +9,16 @@
 #include "memory/memory_internal.h"
 
 #define WARMUP_FRAMES 5
+/* An interval past this many frame intervals is a break in the video (a reconnect's gap, a
+ * paused source): it neither stretches the frame interval estimate nor is covered by the entry
+ * that ends before it, so a question about the gap does not get what was seen before it. */
+#define GAP_INTERVALS 2
+
+/* Where an entry whose last frame is at t_last ends at the latest: a frame's interval after it. */
+static double end_after(const svlm_memory *m, double t_last, double t1) {
+    double cap = t_last + GAP_INTERVALS * (m->dt > 0 ? m->dt : 1.0);
+    return t1 < cap ? t1 : cap;
+}
 
 const char *svlm_memory_tier_name(svlm_memory_tier tier) {
     switch (tier) {
@@ -50,7 +60,8 @@ mem_entry *mem_entry_new(svlm_memory *m, svlm_memory_tier tier, int n_tokens, in
     e->n_tokens = n_tokens;
     e->n_keys = n_keys;
     e->tokens = malloc((size_t)(n_tokens > 0 ? n_tokens : 1) * (size_t)m->opts.dim * sizeof(float));
-    e->keys = malloc((size_t)SVLM_MEMORY_MAX_KEYS * (size_t)m->kdim * sizeof(float));
+    /* just the keys it holds, as mem_entry_bytes counts them (mem_refresh_keys resizes them) */
+    e->keys = malloc((size_t)(n_keys > 0 ? n_keys : 1) * (size_t)m->kdim * sizeof(float));
     if (!e->tokens || !e->keys) {
         mem_entry_free(e);
         return NULL;
@@ -149,6 +160,11 @@ svlm_status mem_refresh_keys(svlm_memory *m, mem_entry *e) {
     if (m->opts.key_dim > 0) return SVLM_OK; /* external keys are kept as they are */
     int k = e->n_tokens < SVLM_MEMORY_MAX_KEYS ? e->n_tokens : SVLM_MEMORY_MAX_KEYS;
     if (k < 1) k = 1;
+    if (k != e->n_keys) {
+        float *g = realloc(e->keys, (size_t)k * (size_t)m->kdim * sizeof(float));
+        if (!g && k > e->n_keys) return SVLM_E_NOMEM;
+        if (g) e->keys = g; /* (a failed shrink keeps the larger block) */
+    }
     if (e->n_tokens <= k)
         memcpy(e->keys, e->tokens, (size_t)k * (size_t)m->kdim * sizeof(float));
     else if (mem_cluster(e->tokens, e->n_tokens, m->kdim, k, e->keys))
@@ -261,6 +277,14 @@ void svlm_memory_free(svlm_memory *m) {
     free(m);
 }
 
+/* Bytes of the working buffers for frames of n tokens (alloc_work's). */
+static size_t work_bytes_for(const svlm_memory *m, int n) {
+    size_t d = (size_t)m->opts.dim, kd = (size_t)m->kdim, nn = (size_t)n;
+    size_t kept = (size_t)m->opts.event_frames * (size_t)m->opts.event_tokens;
+    return nn * d * (2 * sizeof(float) + sizeof(double)) + 2 * nn * sizeof(float) + 2 * d * sizeof(float) +
+           kept * d * sizeof(float) + 2 * kd * sizeof(double);
+}
+
 /* Working buffers sized for frames of n tokens. */
 static svlm_status alloc_work(svlm_memory *m, int n, svlm_err *err) {
     free_work(m);
@@ -279,8 +303,7 @@ static svlm_status alloc_work(svlm_memory *m, int n, svlm_err *err) {
         free_work(m);
         return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory for frames of %d tokens", n);
     }
-    m->work_bytes = nn * d * (2 * sizeof(float) + sizeof(double)) + 2 * nn * sizeof(float) +
-                    2 * d * sizeof(float) + kept * d * sizeof(float) + 2 * kd * sizeof(double);
+    m->work_bytes = work_bytes_for(m, n);
     return SVLM_OK;
 }
 
@@ -366,7 +389,7 @@ static svlm_status close_clip(svlm_memory *m, double t1, svlm_err *err) {
     }
     if (m->opts.key_dim > 0) keys_from_sum(m, e, c->key_sum);
     e->t0 = c->t0;
-    e->t1 = t1 > c->t_last ? t1 : c->t_last + m->dt;
+    e->t1 = t1 > c->t_last ? end_after(m, c->t_last, t1) : c->t_last + m->dt;
     e->n_frames = c->n_frames;
     e->importance = 1.0f;
     return mem_insert(m, e, err);
@@ -417,7 +440,7 @@ static svlm_status close_event(svlm_memory *m, double t1, svlm_err *err) {
     }
     if (m->opts.key_dim > 0) keys_from_sum(m, e, ev->key_sum);
     e->t0 = ev->t0;
-    e->t1 = t1 > ev->t0 ? t1 : ev->t0 + m->dt;
+    e->t1 = t1 > ev->t0 ? end_after(m, ev->t_last, t1) : ev->t0 + m->dt;
     e->n_frames = ev->n_frames;
     e->importance = ev->peak_z;
     m->st.events++;
@@ -509,6 +532,7 @@ static svlm_status event_step(svlm_memory *m, double t, const float *tokens, int
         for (int j = 0; j < m->kdim; j++)
             ev->key_sum[j] += key[j];
     ev->n_frames++;
+    ev->t_last = t;
     return SVLM_OK;
 }
 
@@ -553,13 +577,19 @@ static svlm_status push_locked(svlm_memory *m, double t, const float *tokens, in
         return svlm_fail(err, SVLM_E_INVALID, "memory: a per-frame key is %s",
                          m->opts.key_dim > 0 ? "required (key_dim > 0)" : "not expected (key_dim = 0)");
     if (n != m->prev_n || !m->prev) {
-        /* A new frame size: finish what was built for the old one, then resize the buffers. */
-        if ((st = close_event(m, t, err)) || (st = close_clip(m, t, err))) return st;
-        size_t frame = (size_t)n * (size_t)m->opts.dim * sizeof(float);
-        if (frame + 2 * frame + sizeof(mem_entry) > m->opts.budget_bytes)
+        /* A new frame size. Its working buffers and one SHORT frame must fit, or the frame is
+         * refused with the bank untouched: else the budget evicted every entry (persisted: the next
+         * save deleted their records) to make room for buffers it could not fit anyway. */
+        size_t need = work_bytes_for(m, n) + (size_t)m->cap_entries * sizeof(mem_entry *);
+        if (m->opts.short_frames > 0)
+            need += sizeof(mem_entry) + ((size_t)n * (size_t)m->opts.dim + (size_t)m->kdim) * sizeof(float);
+        if (need > m->opts.budget_bytes)
             return svlm_fail(err, SVLM_E_LIMIT,
-                             "memory: frames of %d tokens do not fit a budget of %zu bytes", n,
-                             m->opts.budget_bytes);
+                             "memory: frames of %d tokens need %zu bytes of working buffers, more than the "
+                             "budget of %zu bytes",
+                             n, need, m->opts.budget_bytes);
+        /* finish what was built for the old size, then resize the buffers */
+        if ((st = close_event(m, t, err)) || (st = close_clip(m, t, err))) return st;
         if ((st = alloc_work(m, n, err))) return st;
         m->prev_n = 0;
     }
@@ -575,7 +605,12 @@ static svlm_status push_locked(svlm_memory *m, double t, const float *tokens, in
             spike = z > m->opts.event_z && score > m->opts.event_min_change;
         }
         if (!spike) update_change_stats(m, score);
-        if (t > m->prev_t) m->dt = m->dt > 0 ? 0.9 * m->dt + 0.1 * (t - m->prev_t) : t - m->prev_t;
+        if (t > m->prev_t) {
+            /* a gap counts as a few intervals: a slower rate is still learnt, a gap is not */
+            double step = t - m->prev_t, most = 4 * m->dt;
+            if (m->dt > 0 && step > most) step = most;
+            m->dt = m->dt > 0 ? 0.9 * m->dt + 0.1 * step : step;
+        }
     }
     if ((st = event_step(m, t, tokens, n, key, spike, z, err))) return st;
     if ((st = clip_step(m, t, tokens, n, key, dir, spike, err))) return st;

@@ -15,7 +15,9 @@
  *          opts.event_gap_s of calm (that change starts the next event; the range ends where
  *          the calm began), or after opts.event_max_s. Events are entries once they end.
  * Every entry carries [t0, t1) in stream seconds, a token count, bytes, an importance and up
- * to SVLM_MEMORY_MAX_KEYS unit summary keys that retrieval ranks against.
+ * to SVLM_MEMORY_MAX_KEYS unit summary keys that retrieval ranks against. An entry ends at most
+ * two frame intervals after its last frame: a gap in the frame times (a reconnect, a paused
+ * source) is covered by no entry, and does not count as a frame interval.
  *
  * Budget rule (memory_budget.c): after every push the bank's bytes (entries, keys and the
  * working buffers of the detectors) are at most opts.budget_bytes. When over, in order:
@@ -130,7 +132,8 @@ void svlm_memory_free(svlm_memory *m);
 
 /* One frame: t in stream seconds (non-decreasing), tokens [n_tokens][dim], key [key_dim] or
  * NULL (required when opts.key_dim > 0). Returns SVLM_E_LIMIT if one frame cannot fit the
- * budget at all, SVLM_E_IO if persisting failed (the bank in memory stays consistent). */
+ * budget at all (the working buffers for its size and one SHORT frame; the bank is left as it
+ * was), SVLM_E_IO if persisting failed (the bank in memory stays consistent). */
 svlm_status svlm_memory_push(svlm_memory *m, double t, const float *tokens, int n_tokens, const float *key,
                              svlm_err *err);
 

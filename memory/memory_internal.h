@@ -68,7 +68,8 @@ typedef struct mem_event {
     int open;
     int n_tokens; /* baseline frame size */
     double t0, t_last_spike;
-    int calm; /* no salient change since calm_since */
+    double t_last; /* its last frame */
+    int calm;      /* no salient change since calm_since */
     double calm_since;
     float peak_z;
     int frames_kept;

@@ -27,6 +27,8 @@ typedef struct mem_rec_found {
 typedef struct mem_resume {
     mem_rec_found *r;
     int n, cap;
+    int *slot; /* ids hashed (open addressing): index in r + 1, 0 empty; n_slot a power of 2 > 2 n */
+    int n_slot;
     int listed;       /* from a verified manifest */
     uint64_t next_id; /* the manifest's */
 } mem_resume;

@@ -28,7 +28,9 @@ svlm_status stream_memory_init(stream_memory *sm, const svlm_llama *m, const svl
         return svlm_fail(err, SVLM_E_FORMAT, "stream memory: the model has no usable token_embd.weight");
     /* every frame the window can hold, plus the one arriving: a pruned frame can be as small as
      * its header (a dozen tokens) and one row, so a slot per 8 window tokens; a slot's rows are
-     * allocated at the size of the frames it holds */
+     * allocated at the size of the frame it holds and freed once the bank has it, so the ring
+     * holds the window's rows, not a full frame a slot (282 frames' rows for an 8-frame window
+     * of 256-row frames) */
     sm->ring_n = p->vision_tokens / 8 + 2;
     sm->ring = calloc((size_t)sm->ring_n, sizeof *sm->ring);
     if (!sm->ring) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
@@ -104,6 +106,9 @@ void stream_memory_flush(stream_memory *sm) {
         stream_frame_slot *slot = &sm->ring[sm->push_q[j]];
         svlm_err err = {0};
         if (svlm_memory_push(sm->bank, slot->t, slot->rows, slot->n, NULL, &err)) sm->push_errors++;
+        free(slot->rows);
+        slot->rows = NULL;
+        slot->cap = 0;
     }
     sm->n_push = 0;
 }

@@ -123,6 +123,53 @@ static void batched_like_single(int E, float *frame) {
         svlm_stream_free(many[j]);
 }
 
+/* The frame ring holds the rows of the frames still in the window (and the one arriving), not a
+ * full frame in every slot: the ring has a slot per 8 window tokens (for pruned frames), and
+ * slots that kept their largest frame's rows made an 8-frame window of 256-row frames hold 282. */
+static void ring_holds_window(int E) {
+    enum { R = 64, WINDOW = 3 * (R + 24), FRAMES = 60 };
+    static svlm_memory_opts mo;
+    svlm_memory_opts_default(&mo);
+    mo.budget_bytes = 4 << 20;
+    svlm_stream_params p = {.sink_tokens = 32,
+                            .vision_tokens = WINDOW,
+                            .text_tokens = 120,
+                            .answer_room = 64,
+                            .rows_per_frame = R,
+                            .page_tokens = 16,
+                            .kv_type = SVLM_F32,
+                            .memory = &mo,
+                            .memory_room = 160,
+                            .memory_top_k = 3};
+    svlm_stream *s = NULL;
+    svlm_err err = {0};
+    REQUIRE(svlm_stream_create(model, kern, &p, NULL, &s, &err) == SVLM_OK, "%s", err.msg);
+    float *frame = malloc((size_t)R * E * sizeof(float));
+    REQUIRE(frame, "out of memory");
+    size_t most = 0;
+    for (int i = 0; i < FRAMES; i++) {
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < E; j++)
+                frame[(size_t)r * E + j] = 0.5f * (float)((r * 7 + j * 13 + i) % 17 - 8) / 8.0f;
+        REQUIRE(svlm_stream_add_frame(s, (double)i, frame, &err) == SVLM_OK, "%s", err.msg);
+        svlm_stream_metrics m;
+        svlm_stream_metrics_get(s, &m);
+        if (m.frame_ring_bytes > most) most = m.frame_ring_bytes;
+    }
+    svlm_stream_metrics m;
+    svlm_stream_metrics_get(s, &m);
+    const size_t bound = (size_t)(WINDOW + R) * (size_t)E * sizeof(float);
+    printf("frame ring: at most %zu bytes over %d frames of %d rows (the window and one frame: %zu)\n", most,
+           FRAMES, R, bound);
+    CHECK(most <= bound, "the frame ring held %zu bytes, the window's rows and one frame are %zu", most,
+          bound);
+    CHECK(m.memory_frames == m.evicted_spans && m.memory_frames >= FRAMES - 4 && m.memory_push_errors == 0,
+          "memory frames %lld, evicted spans %lld, push errors %lld", (long long)m.memory_frames,
+          (long long)m.evicted_spans, (long long)m.memory_push_errors);
+    free(frame);
+    svlm_stream_free(s);
+}
+
 int test_main(void) {
     test_data_or_skip();
     svlm_err err = {0};
@@ -217,6 +264,7 @@ int test_main(void) {
     svlm_stream_free(s);
 
     batched_like_single(E, frame);
+    ring_holds_window(E);
 
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
