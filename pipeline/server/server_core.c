@@ -103,7 +103,10 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     info.iface = srv->cfg.host;
     info.protocols = protocols;
     info.user = srv;
-    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_DISABLE_IPV6;
+    /* No LWS_SERVER_OPTION_VALIDATE_UTF8: with it, libwebsockets closed the connection (1007) on a
+     * text message that is not UTF-8, and the client's answers and watches went with it; jansson
+     * checks the whole message instead, and it gets a bad_json error as docs/protocol.md says. */
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     info.max_http_header_data = 4096;
     info.timeout_secs = 30;
     info.ka_time = 0;

@@ -13,6 +13,13 @@ int srv_http_respond(srv_conn *c, int status, const char *type, const void *body
     if (lws_add_http_header_by_name(
             c->wsi, (const unsigned char *)"cache-control:", (const unsigned char *)"no-store", 8, &p, end))
         return -1;
+    /* A POST's connection closes after its answer: libwebsockets 4.1 mixes up a request that
+     * follows a POST body in the same read (pipelining): the next one was answered with a
+     * header and no body, or not at all. Not before the body is read (a 401 ahead of a large
+     * body): the client, still sending, would see a broken pipe instead of the answer. */
+    if (c->close_after && lws_add_http_header_by_name(c->wsi, (const unsigned char *)"connection:",
+                                                      (const unsigned char *)"close", 5, &p, end))
+        return -1;
     if (lws_finalize_write_http_header(c->wsi, start, &p, end)) return -1;
     free(c->resp);
     c->resp = srv_msg_new(body, len);
@@ -32,9 +39,13 @@ int srv_http_respond_json(srv_conn *c, int status, json_t *body) {
 }
 
 int srv_http_error(srv_conn *c, int status, const char *code, const char *msg) {
-    /* The OpenAI error shape, so its clients show the message. */
+    /* The OpenAI error shape, so its clients show the message. A message that is not valid UTF-8
+     * (the engine's, cut at a byte limit) would make json_pack fail and the request go unanswered. */
+    char text[512];
+    snprintf(text, sizeof text, "%s", msg);
+    srv_utf8_fix(text);
     return srv_http_respond_json(c, status,
-                                 json_pack("{s:{s:s, s:s, s:s}}", "error", "message", msg, "type",
+                                 json_pack("{s:{s:s, s:s, s:s}}", "error", "message", text, "type",
                                            status >= 500 ? "server_error" : "invalid_request_error", "code",
                                            code));
 }
@@ -139,16 +150,22 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     c->resp = NULL;
     c->body_len = 0;
     c->body_oversize = 0;
-    c->rejected = 0;
+    c->close_after = 0;
+    /* libwebsockets reads the body of any request (a GET or PUT may carry one too) and reports
+     * its end: `rejected` keeps every body but an accepted chat POST's from running as a chat
+     * request (a GET /health with a chat body was answered, without the token) */
+    c->rejected = 1;
     c->kind = CONN_HTTP;
     c->serial = ++srv->next_serial;
     srv->metrics.http_requests++;
     snprintf(c->path, sizeof c->path, "%s", uri);
     c->is_post = lws_hdr_total_length(c->wsi, WSI_TOKEN_POST_URI) > 0;
+    if (!c->is_post && lws_hdr_total_length(c->wsi, WSI_TOKEN_GET_URI) <= 0 &&
+        lws_hdr_total_length(c->wsi, WSI_TOKEN_HEAD_URI) <= 0) /* a DELETE must not look done */
+        return srv_http_error(c, 405, "method_not_allowed",
+                              "only GET (and POST to /v1/chat/completions) is served; streams are opened "
+                              "and closed over the websocket (docs/protocol.md)");
     if (c->is_post) {
-        /* libwebsockets still reads the body of a request answered here and reports its end:
-         * `rejected` keeps that body from running as a chat request (it did, unauthorized) */
-        c->rejected = 1;
         if (strcmp(uri, "/v1/chat/completions"))
             return srv_http_error(c, 404, "not_found", "no such endpoint");
         if (!srv_authorized(srv, c->wsi))
@@ -213,8 +230,12 @@ int srv_http_body_done(svlm_server *srv, srv_conn *c) {
         c->body_len = 0;
         return 0;
     }
+    c->close_after = 1;
     int rc = c->body_oversize ? srv_http_error(c, 413, "message_too_large", "the request body is too large")
                               : srv_openai_chat(srv, c);
+    /* libwebsockets 4.1 reports the end of a body twice when the next request follows it in the
+     * same read (pipelining): the second ran as an empty chat request and answered a 400 */
+    c->rejected = 1;
     free(c->body);
     c->body = NULL;
     c->body_len = 0;
@@ -249,6 +270,7 @@ int srv_http_writeable(svlm_server *srv, srv_conn *c) {
     }
     free(c->resp);
     c->resp = NULL;
+    if (c->close_after) return -1; /* "connection: close" (above) */
     return lws_http_transaction_completed(c->wsi) ? -1 : 0;
 }
 

@@ -54,7 +54,8 @@ typedef struct srv_conn {
     char *body;
     size_t body_len;
     int body_oversize;
-    int rejected; /* a POST answered with an error before its body: the body is read, then dropped */
+    int rejected;    /* a POST answered with an error before its body: the body is read, then dropped */
+    int close_after; /* a chat POST's body was read: the connection closes after the answer */
     int http_status;
     srv_msg *resp; /* whole response body, sent in pieces */
     size_t resp_off;
@@ -150,6 +151,7 @@ void srv_queue_push(srv_queue *q, srv_msg *m);
 srv_msg *srv_queue_pop(srv_queue *q);
 void srv_queue_clear(srv_queue *q);
 int srv_stream_name_ok(const char *s);
+void srv_utf8_fix(char *s); /* in place: a cut sequence at the end dropped, other bad bytes '?' */
 /* Reads "token=" from the URL query or "Authorization: Bearer" into buf (1 = found). */
 int srv_presented_token(struct lws *wsi, char *buf, size_t cap);
 int srv_authorized(svlm_server *srv, struct lws *wsi);

@@ -176,7 +176,8 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     const char *e = r ? NULL : "out of memory";
     json_t *stream = json_object_get(body, "stream"), *mt = json_object_get(body, "max_tokens");
     json_t *temp = json_object_get(body, "temperature");
-    if (!mt) mt = json_object_get(body, "max_completion_tokens");
+    if (!mt || json_is_null(mt)) /* clients send "max_tokens": null beside the newer name */
+        mt = json_object_get(body, "max_completion_tokens");
     if (!e && !json_is_object(body)) e = "the body must be a JSON object";
     if (!e && stream && !json_is_boolean(stream) && !json_is_null(stream)) e = "'stream' must be a boolean";
     if (!e && mt && !json_is_null(mt) &&
@@ -251,7 +252,9 @@ void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_bac
     json_t *usage = json_pack("{s:i, s:i, s:i}", "prompt_tokens", d->prompt_tokens, "completion_tokens",
                               d->completion_tokens, "total_tokens", d->prompt_tokens + d->completion_tokens);
     int failed = d->status != SVLM_OK && !d->cancelled;
-    const char *why = d->error[0] ? d->error : svlm_status_str(d->status);
+    char why[sizeof d->error];
+    snprintf(why, sizeof why, "%s", d->error[0] ? d->error : svlm_status_str(d->status));
+    srv_utf8_fix(why); /* cut at a byte limit: json_pack would fail, and the event be lost */
     if (c->sse) {
         if (failed) {
             sse_push(srv, c,

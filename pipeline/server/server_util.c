@@ -68,6 +68,36 @@ int svlm_host_is_loopback(const char *host) {
     return 0;
 }
 
+/* Makes s valid UTF-8 in place: jansson refuses a string that is not, and a reply built with it
+ * lost its text (an error without its message, or an HTTP error not sent at all). A sequence
+ * that a byte limit cut short at the end is dropped; any other invalid byte becomes '?'. */
+void srv_utf8_fix(char *s) {
+    size_t n = strlen(s), i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : c < 0xC2 ? 0 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : c < 0xF5 ? 4 : 0, k = 1;
+        while (len && k < len && i + k < n && ((unsigned char)s[i + k] & 0xC0) == 0x80)
+            k++;
+        if (len && k == len) {
+            const unsigned char *b = (const unsigned char *)s + i;
+            unsigned cp = len == 3   ? (b[0] & 0x0Fu) << 12 | (b[1] & 0x3Fu) << 6 | (b[2] & 0x3Fu)
+                          : len == 4 ? (b[0] & 0x07u) << 18 | (b[1] & 0x3Fu) << 12 | (b[2] & 0x3Fu) << 6 |
+                                           (b[3] & 0x3Fu)
+                                     : 0;
+            int ok = len < 3 || (len == 3 ? cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)
+                                          : cp >= 0x10000 && cp <= 0x10FFFF);
+            if (ok) {
+                i += len;
+                continue;
+            }
+        } else if (len && i + k == n) {
+            s[i] = 0; /* cut short at the end */
+            return;
+        }
+        s[i++] = '?';
+    }
+}
+
 int srv_stream_name_ok(const char *s) {
     size_t n = strlen(s);
     if (n == 0 || n >= SVLM_BACKEND_NAME_MAX) return 0;

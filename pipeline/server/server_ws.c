@@ -37,6 +37,7 @@ void srv_ws_error(svlm_server *srv, srv_conn *c, const char *req_id, const char 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    srv_utf8_fix(msg); /* the engine's messages quote URIs and keys, cut at a byte limit */
     srv->metrics.ws_errors++;
     json_t *m = srv_reply("error", req_id);
     json_object_set_new(m, "code", json_string(code));
@@ -301,7 +302,8 @@ static void do_list(req_ctx *r) {
 
 static void do_status(req_ctx *r) {
     const char *name = NULL;
-    if (json_object_get(r->msg, "stream") && get_stream(r, &name, 1)) return;
+    json_t *one = json_object_get(r->msg, "stream"); /* null: every stream, as when left out */
+    if (one && !json_is_null(one) && get_stream(r, &name, 1)) return;
     json_t *m = srv_reply("status", r->id);
     json_object_set_new(m, "streams", streams_json(r->srv, name));
     srv_ws_send_json(r->srv, r->c, m);
@@ -505,6 +507,7 @@ static void handle(svlm_server *srv, srv_conn *c, const char *text, size_t len) 
         }
     char shown[40];
     snprintf(shown, sizeof shown, "%s", r.type);
+    srv_utf8_fix(shown); /* cut at 39 bytes, maybe inside a character */
     srv_ws_error(srv, c, r.id, "unknown_type", "unknown message type '%s'", shown);
 out:
     json_decref(r.msg);

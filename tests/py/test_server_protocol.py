@@ -66,6 +66,9 @@ async def protocol(h):
         await send(ws, type="status", id="st", stream="cam")
         m, _ = await until(ws, lambda m: m["type"] == "status" and m.get("id") == "st")
         assert len(m["streams"]) == 1 and m["streams"][0]["memory"]["kv_text"] == 12288, m
+        await send(ws, type="status", id="st0", stream=None)  # null is "left out", as for every field
+        m, _ = await until(ws, lambda m: m.get("id") == "st0")
+        assert m["type"] == "status" and len(m["streams"]) == 1, m
         await send(ws, type="hello", id=2, status_interval=0)  # quiet from here on
         await until(ws, lambda m: m["type"] == "hello")
 
@@ -79,6 +82,12 @@ async def protocol(h):
         await send(ws, type="open", id="o3", stream="bad", uri="fail:nothing")
         m, _ = await until(ws, lambda m: m.get("id") == "o3")
         assert m["type"] == "error" and m["code"] == "open_failed" and "nothing" in m["message"], m
+        # an engine message cut at its byte limit inside a character: the error lost its message
+        # (jansson refuses invalid UTF-8); one of the two cuts falls inside a character
+        for i, pad in enumerate(("", "a")):
+            await send(ws, type="open", id="o3%d" % i, stream="bad", uri="fail:" + pad + "\u00e9" * 400)
+            m, _ = await until(ws, lambda m: m.get("id") == "o3%d" % i)
+            assert m["code"] == "open_failed" and m.get("message", "").startswith("cannot open fail:"), m
         await send(ws, type="open", id="o4", stream="no spaces!", uri="pattern:")
         m, _ = await until(ws, lambda m: m.get("id") == "o4")
         assert m["code"] == "bad_message", m
@@ -174,6 +183,9 @@ async def protocol(h):
         await error_for(ws, '{"type":"list","id":[1]}', "bad_message")
         m = await error_for(ws, '{"type":"dance","id":"d"}', "unknown_type")
         assert m["id"] == "d", m
+        for pad in ("", "a"):  # the type is shown cut to 39 bytes: inside a character, once
+            m = await error_for(ws, json.dumps({"type": pad + "\u00e9" * 30}), "unknown_type")
+            assert "\u00e9" * 19 in m["message"] and "\ufffd" not in m["message"], m
         await error_for(ws, b"\x00\x01binary", "binary_not_supported")
         await error_for(ws, json.dumps({"type": "list", "pad": "x" * 5000}), "message_too_large")
         await error_for(ws, json.dumps({"type": "hello", "version": 99}), "unsupported_version")
@@ -248,15 +260,21 @@ async def auth(h):
     assert http(h.base + "/health")[0] == 200
     body = json.dumps({"model": "cam", "messages": [{"role": "user", "content": "hi"}]}).encode()
     assert http(h.base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})[0] == 401
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * 3000000}]}).encode()
+    assert http(h.base + "/v1/chat/completions", data=big, headers={"Content-Type": "application/json"})[0] == 401
     # the whole exchange of a refused POST on the wire: the refusal only, never the answer after it
     # (libwebsockets reads the body of a refused request and reports its end all the same: that once
     # ran the chat request unauthorized)
-    for path, code in (("/v1/chat/completions", b"401"), ("/v1/elsewhere", b"404")):
+    # A GET, PUT or DELETE with a chat body ran it too (a GET /health needs no token), and a
+    # DELETE /v1/streams/cam answered 200 with the stream as if it had closed it: other methods get 405.
+    for method, path, code in (("POST", "/v1/chat/completions", b"401"), ("POST", "/v1/elsewhere", b"404"),
+                               ("GET", "/health", b"200"), ("PUT", "/health", b"405"),
+                               ("DELETE", "/v1/streams/cam", b"405")):
         for stream in (True, False):
             wire = raw_post(h.port, path, json.dumps({"messages": [{"role": "user", "content": "hi"}],
-                                                      "stream": stream}).encode())
+                                                      "stream": stream}).encode(), method=method)
             assert wire.startswith(b"HTTP/1.1 " + code) and wire.count(b"HTTP/1.1") == 1 and \
-                b"data:" not in wire and b"chat.completion" not in wire, (path, stream, wire[:600])
+                b"data:" not in wire and b"chat.completion" not in wire, (method, path, stream, wire[:600])
     m = parse_prometheus(http(h.base + "/metrics?token=s3cret")[2].decode())
     assert not [k for k in m if k[0] == "svlm_questions_total" and m[k] > 0], m
 
@@ -284,12 +302,21 @@ async def disconnect_mid_answer(h):
     assert m[key] == before[key] + 1, (before[key], m[key])
 
 
-def raw_post(port, path, body, wait=1.0):
-    """Everything the server sends back for one POST without a token, until it closes or goes
-    quiet for `wait` seconds."""
+def raw_post(port, path, body, wait=1.0, method="POST"):
+    """Everything the server sends back for one request with a body (a POST unless `method`)
+    without a token, until it closes or goes quiet for `wait` seconds."""
+    return raw_exchange(port, http_request(method, path, body), wait)
+
+
+def http_request(method, path, body):
+    return b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+        method.encode(), path.encode(), len(body)) + body
+
+
+def raw_exchange(port, data, wait=1.0):
+    """Everything the server sends back for `data` sent at once, until it closes or goes quiet."""
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-              % (path.encode(), len(body)) + body)
+    s.sendall(data)
     s.settimeout(wait)
     data = b""
     try:
@@ -320,10 +347,49 @@ def raw_ws_connect(port, rcvbuf):
 
 
 def ws_frame(text):
-    data = text.encode()
+    return ws_frame_bytes(text.encode())
+
+
+def ws_frame_bytes(data):
+    """A masked text frame of raw bytes (which need not be UTF-8)."""
     mask = os.urandom(4)
     head = bytes([0x81, 0x80 | len(data)]) if len(data) < 126 else bytes([0x81, 0xFE]) + len(data).to_bytes(2, "big")
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def ws_read_frame(s):
+    """(opcode, payload) of the server's next frame (unmasked)."""
+    def exact(n):
+        out = b""
+        while len(out) < n:
+            d = s.recv(n - len(out))
+            if not d:
+                raise AssertionError("the server closed the connection")
+            out += d
+        return out
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(exact(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exact(8), "big")
+    return b0 & 0x0F, exact(n)
+
+
+def bad_utf8(h):
+    """A text message that is not UTF-8 is a bad_json error and the connection stays open (the
+    protocol's promise); libwebsockets' own check closed it (1007), ending the client's answers."""
+    s = raw_ws_connect(h.port, 65536)
+    s.settimeout(10)
+    s.sendall(ws_frame_bytes(b'{"type":"list","id":"a","x":"\xff"}'))
+    s.sendall(ws_frame_bytes(b'{"type":"list","id":"b"}'))
+    op, first = ws_read_frame(s)
+    assert op == 1, (op, first)
+    m = json.loads(first)
+    assert m["type"] == "error" and m["code"] == "bad_json" and m["message"], m
+    op, second = ws_read_frame(s)
+    assert op == 1 and json.loads(second)["id"] == "b", (op, second)
+    s.close()
 
 
 async def silent_clients(h):
@@ -426,6 +492,13 @@ def curl_openai(h):
     assert chunks[-1]["choices"][0]["finish_reason"] == "length", chunks[-1]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
 
+    # "max_tokens": null beside max_completion_tokens (as some clients send both): the limit held
+    body = {"model": "cam", "messages": [{"role": "user", "content": q}], "max_tokens": None,
+            "max_completion_tokens": 3}
+    st, _, out = http(h.base + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    r = json.loads(out)
+    assert st == 200 and r["usage"]["completion_tokens"] == 3 and r["choices"][0]["finish_reason"] == "length", r
+
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 100).decode()
     body = {"model": "anything", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is this?"},
@@ -446,6 +519,22 @@ def curl_openai(h):
     assert st == 413, (st, out)
     st, _, out = http(h.base + "/v1/models")
     assert st == 200 and json.loads(out)["data"][0]["id"] == "cam", out
+
+
+def pipelined(h):
+    """A request right behind a chat POST in the same read (HTTP pipelining): libwebsockets 4.1
+    reported the POST's body as ended again, which ran as an empty chat request and answered 400
+    while the real answer was made; a second POST was answered with a header and no body. Now the
+    POST is answered, then the connection closes ("connection: close"); the client sends again."""
+    q = "what is here?"
+    chat = http_request("POST", "/v1/chat/completions", json.dumps(
+        {"model": "cam", "messages": [{"role": "user", "content": q}]}).encode())
+    for follow in (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", chat):
+        wire = raw_exchange(h.port, chat + follow, wait=5)
+        head, _, body = wire.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower(), wire[:600]
+        assert wire.count(b"HTTP/1.1") == 1, wire[:800]
+        assert json.loads(body)["choices"][0]["message"]["content"] == expected_answer(q), wire[:800]
 
 
 def check_http(h):
@@ -493,7 +582,9 @@ def main():
     with Host(limits="message_bytes=4096,rate=20,per_client=2") as h:
         asyncio.run(protocol(h))
         asyncio.run(disconnect_mid_answer(h))
+        bad_utf8(h)
         curl_openai(h)
+        pipelined(h)
         long_model_name(h)
         check_http(h)
         cli_ask(h)
