@@ -115,6 +115,8 @@ static svlm_status fake_close(void *ctx, const char *name, svlm_err *err) {
     pthread_mutex_lock(&e->lock);
     fake_stream *s = fake_find(e, name);
     if (s) s->used = 0;
+    for (int i = 0; s && i < 256; i++) /* its questions are cancelled, as the engine's are */
+        if (e->asks[i].used && !strcmp(e->asks[i].stream, name)) e->asks[i].cancelled = 1;
     pthread_mutex_unlock(&e->lock);
     if (!s) snprintf(err->msg, sizeof err->msg, "no stream named %s", name);
     return s ? SVLM_OK : SVLM_E_INVALID;

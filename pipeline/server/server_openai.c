@@ -251,15 +251,24 @@ void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_bac
     const char *finish = d->completion_tokens >= c->ask_max_tokens ? "length" : "stop";
     json_t *usage = json_pack("{s:i, s:i, s:i}", "prompt_tokens", d->prompt_tokens, "completion_tokens",
                               d->completion_tokens, "total_tokens", d->prompt_tokens + d->completion_tokens);
-    int failed = d->status != SVLM_OK && !d->cancelled;
+    /* An answer cancelled here was cut short by its stream's close or the server's stop (a client
+     * that left reads nothing): said as an error, not as a finished answer ("stop") */
+    int failed = d->status != SVLM_OK || d->cancelled;
+    const char *code = d->cancelled ? "answer_cancelled" : "answer_failed";
     char why[sizeof d->error];
-    snprintf(why, sizeof why, "%s", d->error[0] ? d->error : svlm_status_str(d->status));
+    if (d->cancelled)
+        snprintf(why, sizeof why,
+                 "the answer was cut short after %d tokens: its stream was closed or the "
+                 "server is stopping",
+                 d->completion_tokens);
+    else
+        snprintf(why, sizeof why, "%s", d->error[0] ? d->error : svlm_status_str(d->status));
     srv_utf8_fix(why); /* cut at a byte limit: json_pack would fail, and the event be lost */
     if (c->sse) {
         if (failed) {
             sse_push(srv, c,
                      json_pack("{s:{s:s, s:s, s:s}}", "error", "message", why, "type", "server_error", "code",
-                               "answer_failed"));
+                               code));
             json_decref(usage);
         } else {
             json_t *last = chunk(c, json_object(), finish);
@@ -272,7 +281,7 @@ void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_bac
     }
     if (failed) {
         json_decref(usage);
-        srv_http_error(c, 500, "answer_failed", why);
+        srv_http_error(c, d->cancelled ? 503 : 500, code, why);
         return;
     }
     char id[48];

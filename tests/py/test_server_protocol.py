@@ -457,6 +457,33 @@ def long_model_name(h):
         assert st == 200 and "a" * 62 in text and "chat.completion" in text, (stream, st, text[:300])
 
 
+async def http_cut_short(h):
+    """An HTTP answer whose stream is closed under it is an error (503 answer_cancelled; with
+    "stream": true an error event before [DONE]), not a finished answer: it said 200 "stop"."""
+    async with websockets.connect(h.ws_url) as ws:
+        for sse in (False, True):
+            await send(ws, type="open", id="co", stream="cut", uri="pattern:", fps=2)
+            m, _ = await until(ws, lambda m: m.get("id") == "co")
+            assert m["type"] == "opened", m
+            body = {"model": "cut", "messages": [{"role": "user", "content": "long:4000"}], "max_tokens": 4000,
+                    "stream": sse}
+            call = asyncio.create_task(asyncio.to_thread(
+                http, h.base + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}))
+            await asyncio.sleep(0.3)  # (4000 tokens take 20 s: the close lands mid-answer)
+            await send(ws, type="close", id="cc", stream="cut")
+            m, _ = await until(ws, lambda m: m.get("id") == "cc")
+            assert m["type"] == "closed", m
+            st, _, out = await call
+            if not sse:
+                err = json.loads(out)["error"]
+                assert st == 503 and err["code"] == "answer_cancelled" and "cut short" in err["message"], (st, out[:300])
+            else:
+                events = [e[len("data: "):] for e in out.decode().split("\n\n") if e.strip()]
+                assert st == 200 and events[-1] == "[DONE]", (st, events[-3:])
+                last = json.loads(events[-2])
+                assert last.get("error", {}).get("code") == "answer_cancelled", last
+
+
 def curl_openai(h):
     curl = shutil.which("curl")
     q = "What do you see?"
@@ -584,6 +611,7 @@ def main():
         asyncio.run(disconnect_mid_answer(h))
         bad_utf8(h)
         curl_openai(h)
+        asyncio.run(http_cut_short(h))
         pipelined(h)
         long_model_name(h)
         check_http(h)
