@@ -239,18 +239,23 @@ svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, c
         svlm_memory_format_intro(h->t0, h->t1, intro, sizeof intro);
         snprintf(line, sizeof line, "\n%s", intro);
         const int n_before = out->n;
+        const size_t text_before = out->text_len;
         st = stream_prompt_push_text(out, tok, line, 0, err);
         if (st) break;
         if (out->n - n_before + h->n_tokens + am->memory_tokens > sm->room) { /* does not fit: skip it */
             out->n = n_before;
+            if (out->text) out->text[out->text_len = text_before] = 0; /* (its intro too) */
             continue;
         }
-        if (grow((void **)&out->ids, &out->cap, out->n + h->n_tokens, sizeof *out->ids) ||
-            !(out->embd =
-                  realloc(out->embd, (size_t)(out->n_rows + h->n_tokens) * (size_t)E * sizeof(float)))) {
+        float *embd =
+            grow((void **)&out->ids, &out->cap, out->n + h->n_tokens, sizeof *out->ids)
+                ? NULL
+                : realloc(out->embd, (size_t)(out->n_rows + h->n_tokens) * (size_t)E * sizeof(float));
+        if (!embd) { /* (out->embd stays: the caller frees it) */
             st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
             break;
         }
+        out->embd = embd;
         for (int r = 0; r < h->n_tokens; r++)
             out->ids[out->n++] = -1;
         memcpy(out->embd + (size_t)out->n_rows * E, h->tokens, (size_t)h->n_tokens * E * sizeof(float));
