@@ -20,11 +20,18 @@ void svlm_preproc_normalize(const svlm_image *tile, const svlm_preproc_params *p
             out[(size_t)c * plane + i] = lut[c][tile->rgb[i * 3 + (size_t)c]];
 }
 
+/* ceil(side * L / longest / S) * S in integers. llama.cpp forms side * (L / longest) in float,
+ * which can land an ulp above a multiple of S (3000 * (1536 / 3000) = 1536.0001) and so add a
+ * whole row or column of tiles that HF never makes (5 x 3 for 3000 x 2000 on 2.2B instead of
+ * 4 x 3); exact arithmetic gives llama.cpp's grid everywhere else. */
+static int refined_side(long long side, long long longest, long long L, long long S) {
+    return (int)((side * L + longest * S - 1) / (longest * S) * S);
+}
+
 void svlm_preproc_grid(const svlm_preproc_params *p, int w, int h, int *refined_w, int *refined_h) {
-    int L = p->longest_edge > 0 ? p->longest_edge : p->tile, S = p->tile;
-    float sx = (float)L / (float)w, sy = (float)L / (float)h, s = sx < sy ? sx : sy;
-    *refined_w = (int)ceilf((float)w * s / (float)S) * S;
-    *refined_h = (int)ceilf((float)h * s / (float)S) * S;
+    long long L = p->longest_edge > 0 ? p->longest_edge : p->tile, S = p->tile, longest = w > h ? w : h;
+    *refined_w = refined_side(w, longest, L, S);
+    *refined_h = refined_side(h, longest, L, S);
 }
 
 static svlm_status check_params(const svlm_preproc_params *p, svlm_err *err) {

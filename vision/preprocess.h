@@ -3,7 +3,8 @@
  * (u8/255 - mean[c]) / std[c].
  *
  * Still images follow llama.cpp's idefics3 path (the reference our fixtures come from):
- *   refined size = each side of (original * min(L/w, L/h)) rounded up to a multiple of S;
+ *   refined size = each side of (original * min(L/w, L/h)) rounded up to a multiple of S
+ *                  (in exact arithmetic: llama.cpp's float product can overshoot by a tile);
  *   tiles        = the original resized (bicubic, aspect kept, letterboxed on black) into the
  *                  refined size, cut row-major into S x S;
  *   overview     = the original resized straight to S x S (bilinear, aspect not kept).

@@ -75,7 +75,9 @@ svlm_status svlm_stc_cache_create(svlm_vision_ctx *vc, const svlm_stc_controls *
     c->T = hp->tokens_per_tile;
     c->E = hp->proj_dim;
     c->n_layer = hp->n_layer;
-    c->nb = c->p % BLOCKS_PER_SIDE == 0 ? BLOCKS_PER_SIDE : 1;
+    /* 4 x 4 blocks whatever the patch (14-px ones too: blocks of 3 and 4 px); one block for a
+     * 14-px patch saw only its mean colour, and motion inside it reused stale features */
+    c->nb = c->p < BLOCKS_PER_SIDE ? c->p : BLOCKS_PER_SIDE;
     c->desc_len = 3 * c->nb * c->nb;
     size_t N = (size_t)c->N, ND = N * (size_t)c->D, dl = N * (size_t)c->desc_len;
     int ok = (c->desc = malloc(sizeof(float) * dl)) && (c->ref_desc = malloc(sizeof(float) * dl)) &&
@@ -104,24 +106,26 @@ void svlm_stc_cache_reset(svlm_stc_cache *c) {
     c->planned = 0;
 }
 
-/* Per patch: the mean of each channel over each (p/nb)^2 block. */
+/* Per patch: the mean of each channel over each of its nb x nb blocks. Block edges fall at
+ * b * p / nb: equal blocks when nb divides p (16-px patches: 4 px), else within a pixel of each
+ * other (14 px: 3, 4, 3, 4). */
 static void summarise(const svlm_stc_cache *c, const float *px, float *desc) {
-    int bs = c->p / c->nb;
     size_t plane = (size_t)c->S * c->S;
-    float inv = 1.0f / (float)(bs * bs);
     for (int pi = 0; pi < c->N; pi++) {
         int py = pi / c->g, pxl = pi % c->g;
         float *d = desc + (size_t)pi * c->desc_len;
         for (int ch = 0; ch < 3; ch++)
             for (int by = 0; by < c->nb; by++)
                 for (int bx = 0; bx < c->nb; bx++) {
-                    const float *src = px + ch * plane + (size_t)(py * c->p + by * bs) * c->S +
-                                       (size_t)(pxl * c->p + bx * bs);
+                    const int y0 = by * c->p / c->nb, h = (by + 1) * c->p / c->nb - y0;
+                    const int x0 = bx * c->p / c->nb, w = (bx + 1) * c->p / c->nb - x0;
+                    const float *src =
+                        px + ch * plane + (size_t)(py * c->p + y0) * c->S + (size_t)(pxl * c->p + x0);
                     float s = 0;
-                    for (int y = 0; y < bs; y++)
-                        for (int x = 0; x < bs; x++)
+                    for (int y = 0; y < h; y++)
+                        for (int x = 0; x < w; x++)
                             s += src[(size_t)y * c->S + x];
-                    *d++ = s * inv;
+                    *d++ = s * (1.0f / (float)(h * w));
                 }
     }
 }
