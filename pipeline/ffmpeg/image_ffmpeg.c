@@ -7,6 +7,7 @@
 #include <libavformat/avformat.h>
 #include <libavutil/imgutils.h>
 #include <libswscale/swscale.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -50,6 +51,43 @@ static svlm_status first_frame(AVFormatContext *fmt, AVCodecContext *dec, int st
         av_packet_unref(pkt);
     }
     av_packet_free(&pkt);
+    return SVLM_OK;
+}
+
+/* The EXIF orientation (1 to 8) FFmpeg's JPEG decoder read into the frame's metadata; 1 (as
+ * stored) when there is none or it is not one of the eight. */
+static int exif_orientation(const AVFrame *frame) {
+    const AVDictionaryEntry *e = av_dict_get(frame->metadata, "Orientation", NULL, 0);
+    int o = e ? atoi(e->value) : 1; /* (FFmpeg pads the value with spaces; atoi skips them) */
+    return o >= 1 && o <= 8 ? o : 1;
+}
+
+/* img turned upright as its EXIF orientation asks, as viewers and Hugging Face's image loader
+ * (PIL's exif_transpose) show it: a phone's portrait photo is stored sideways with orientation 6.
+ * Source pixel (x, y) of output pixel (u, v), per orientation: 2 mirror, 3 half turn, 4 flip,
+ * 5 transpose, 6 quarter turn clockwise, 7 transverse, 8 quarter turn anticlockwise. */
+static svlm_status orient(svlm_image *img, int o, svlm_err *err) {
+    if (o == 1) return SVLM_OK;
+    const int w = img->w, h = img->h, swap = o >= 5;
+    svlm_image out;
+    svlm_status st = svlm_image_alloc(&out, swap ? h : w, swap ? w : h, err);
+    if (st) return st;
+    for (int v = 0; v < out.h; v++)
+        for (int u = 0; u < out.w; u++) {
+            int x = u, y = v;
+            switch (o) {
+            case 2: x = w - 1 - u; break;
+            case 3: x = w - 1 - u, y = h - 1 - v; break;
+            case 4: y = h - 1 - v; break;
+            case 5: x = v, y = u; break;
+            case 6: x = v, y = h - 1 - u; break;
+            case 7: x = w - 1 - v, y = h - 1 - u; break;
+            case 8: x = w - 1 - v, y = u; break;
+            }
+            memcpy(out.rgb + ((size_t)v * out.w + u) * 3, img->rgb + ((size_t)y * w + x) * 3, 3);
+        }
+    svlm_image_free(img);
+    *img = out;
     return SVLM_OK;
 }
 
@@ -133,6 +171,7 @@ svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err
     }
     st = first_frame(fmt, dec, stream, frame, err);
     if (!st) st = to_rgb(frame, out, err);
+    if (!st && (st = orient(out, exif_orientation(frame), err))) svlm_image_free(out);
 done:
     av_frame_free(&frame);
     avcodec_free_context(&dec);
