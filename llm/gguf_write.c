@@ -184,21 +184,35 @@ svlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype elem
     return SVLM_OK;
 }
 
-svlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t n,
-                                    svlm_err *err) {
-    if (!strs && n)
-        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL array for '%s'", key ? key : "?");
+/* The string arrays' common part: strs[i] (NUL-terminated) or, without strs, lens[i] (ptr, len). */
+static svlm_status set_arr_str(gguf_writer *w, const char *key, const char *const *strs, const gguf_str *lens,
+                               uint64_t n, svlm_err *err) {
     for (uint64_t i = 0; i < n; i++)
-        if (!strs[i])
+        if (strs ? !strs[i] : (!lens[i].ptr && lens[i].len))
             return svlm_fail(err, SVLM_E_INVALID, "gguf writer: '%s': string %llu is NULL", key ? key : "?",
                              (unsigned long long)i);
     svlm_status st = begin_kv(w, key, GGUF_ARRAY, err);
     if (st) return st;
     int bad = buf_le(&w->kv, GGUF_STRING, 4) || buf_le(&w->kv, n, 8);
     for (uint64_t i = 0; i < n && !bad; i++)
-        bad = buf_str(&w->kv, strs[i], strlen(strs[i]));
+        bad = strs ? buf_str(&w->kv, strs[i], strlen(strs[i]))
+                   : lens[i].len > SIZE_MAX || buf_str(&w->kv, lens[i].ptr, (size_t)lens[i].len);
     if (bad) return oom(w, err);
     return SVLM_OK;
+}
+
+svlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t n,
+                                    svlm_err *err) {
+    if (!strs && n)
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL array for '%s'", key ? key : "?");
+    return set_arr_str(w, key, strs, NULL, n, err);
+}
+
+svlm_status gguf_writer_set_arr_str_n(gguf_writer *w, const char *key, const gguf_str *strs, uint64_t n,
+                                      svlm_err *err) {
+    if (!strs && n)
+        return svlm_fail(err, SVLM_E_INVALID, "gguf writer: NULL array for '%s'", key ? key : "?");
+    return set_arr_str(w, key, NULL, strs, n, err);
 }
 
 /* ---- tensors ---------------------------------------------------------------------------- */

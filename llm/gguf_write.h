@@ -51,6 +51,10 @@ svlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype elem
 /* Array of n strings (NUL-terminated). */
 svlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t n,
                                     svlm_err *err);
+/* Array of n strings given as (ptr, len): they may hold NUL bytes, as GGUF strings may (a copy of
+ * a file's tokenizer.ggml.tokens must keep every byte). */
+svlm_status gguf_writer_set_arr_str_n(gguf_writer *w, const char *key, const gguf_str *strs, uint64_t n,
+                                      svlm_err *err);
 
 /* Declares the next tensor: ne in ggml order (ne[0] fastest), n_dims 1..4, ne[0] a multiple
  * of the type's block size. Names are unique and at most 63 bytes (ggml's limit). */

@@ -52,8 +52,16 @@ svlm_status svlm_sampler_create(const svlm_sampler_params *p, int n_vocab, svlm_
                                 svlm_err *err) {
     *out = NULL;
     if (n_vocab <= 0) return svlm_fail(err, SVLM_E_INVALID, "empty vocabulary");
-    if (!(p->temp == p->temp) || p->repeat_penalty <= 0 || p->repeat_last_n < 0)
-        return svlm_fail(err, SVLM_E_INVALID, "invalid sampler parameters");
+    /* NaN passed every "off" test and an infinite penalty made 0 * inf = NaN logits */
+    if (!isfinite(p->temp) || isnan(p->top_p) || isnan(p->min_p))
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "sampler: temperature %g, top-p %g and min-p %g must be numbers", (double)p->temp,
+                         (double)p->top_p, (double)p->min_p);
+    if (!(p->repeat_penalty > 0 && isfinite(p->repeat_penalty)) || p->repeat_last_n < 0)
+        return svlm_fail(
+            err, SVLM_E_INVALID,
+            "sampler: repeat penalty %g must be a positive number, repeat_last_n %d not negative",
+            (double)p->repeat_penalty, p->repeat_last_n);
     svlm_sampler *s = calloc(1, sizeof *s);
     if (!s) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     s->p = *p;
@@ -85,9 +93,16 @@ void svlm_sampler_accept(svlm_sampler *s, int32_t id) {
     if (s->n_recent < s->p.repeat_last_n) s->n_recent++;
 }
 
+/* Greatest logit first, NaNs last: a NaN compared "before" everything, an inconsistent order that
+ * left the draw to chance positions (it always gave the least likely token). */
 static int by_logit_desc(const void *a, const void *b) {
     float x = ((const candidate *)a)->logit, y = ((const candidate *)b)->logit;
-    if (x != y) return x < y ? 1 : -1;
+    if (isnan(x) || isnan(y)) {
+        if (!isnan(x)) return -1;
+        if (!isnan(y)) return 1;
+    } else if (x != y) {
+        return x < y ? 1 : -1;
+    }
     return ((const candidate *)a)->id - ((const candidate *)b)->id;
 }
 
@@ -122,6 +137,8 @@ int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits) {
             m = s->p.top_k;
         }
         qsort(c, (size_t)n, sizeof *c, by_logit_desc);
+        while (m > 1 && isnan(c[m - 1].logit)) /* never drawn (all NaN: the first id) */
+            m--;
         /* softmax over the kept candidates at temperature 1 for top-p / min-p filtering */
         double sum = 0;
         for (int i = 0; i < m; i++)

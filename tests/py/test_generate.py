@@ -41,7 +41,76 @@ for args, needle in ((['generate', '-m', model, '-p', 'x', '-n', 'abc'], '-n exp
     if p.returncode == 0 or needle not in p.stderr:
         fails.append('%s: expected an error mentioning %r, got rc %d %r' % (args, needle, p.returncode, p.stderr[-200:]))
 
+
+def with_token_text(src, dst, token, text):
+    """A copy of the GGUF file src whose token `token` reads `text` (the data section moves along)."""
+    import struct
+    b = open(src, 'rb').read()
+    pos = 24
+    n_tensors, n_kv = struct.unpack_from('<QQ', b, 8)
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+    def skip_str(p):
+        return p + 8 + struct.unpack_from('<Q', b, p)[0]
+
+    def skip_val(t, p):
+        if t == 8:
+            return skip_str(p)
+        if t == 9:
+            et, n = struct.unpack_from('<IQ', b, p)
+            p += 12
+            for _ in range(n):
+                p = skip_val(et, p)
+            return p
+        return p + sizes[t]
+    out = bytearray(b[:24])
+    for _ in range(n_kv):
+        k_end = skip_str(pos)
+        key = b[pos + 8:k_end]
+        t = struct.unpack_from('<I', b, k_end)[0]
+        end = skip_val(t, k_end + 4)
+        if key == b'tokenizer.ggml.tokens':
+            et, n = struct.unpack_from('<IQ', b, k_end + 4)
+            p, toks = k_end + 16, []
+            for _ in range(n):
+                q = skip_str(p)
+                toks.append(b[p + 8:q])
+                p = q
+            toks[token] = text
+            out += b[pos:k_end + 16] + b''.join(struct.pack('<Q', len(x)) + x for x in toks)
+        else:
+            out += b[pos:end]
+        pos = end
+    for _ in range(n_tensors):
+        p = skip_str(pos)
+        n_dims = struct.unpack_from('<I', b, p)[0]
+        end = p + 4 + 8 * n_dims + 12
+        out += b[pos:end]
+        pos = end
+    out += b'\0' * (-len(out) % 32)
+    open(dst, 'wb').write(bytes(out) + b[pos + (-pos % 32):])
+
+# a token's whole text is printed however long it is (pieces were cut at 256 bytes)
+import tempfile
+with tempfile.TemporaryDirectory() as d:
+    c = cases[0]
+    long_text = b',' + b'x' * 299
+    m2 = os.path.join(d, 'long-token.gguf')
+    with_token_text(model, m2, c['generated_tokens'][0], long_text)
+    p = run(['generate', '-m', m2, '-p', c['prompt'], '-n', '3', '--temp', '0'])
+    if p.returncode or c['prompt'] + long_text.decode() not in p.stdout:
+        fails.append('a 300-byte token was printed as %r (rc %d, %s)' % (p.stdout[:40] + '...' + p.stdout[-40:],
+                                                                         p.returncode, p.stderr[-200:]))
+
+# beyond the trained context (2048 for stories260K) it still runs, with a warning
+p = run(['generate', '-m', model, '-p', 'Once', '-n', '2100', '--temp', '0', '--json'])
+if p.returncode or 'trained on' not in p.stderr or len(json.loads(p.stdout)['tokens']) + 2 <= 2048:
+    fails.append('2100 tokens past a 2048-token context: rc %d, %r' % (p.returncode, p.stderr[-200:]))
+p = run(['generate', '-m', model, '-p', 'Once', '-n', '16', '--temp', '0'])
+if p.returncode or 'warning' in p.stderr:
+    fails.append('a short run warned or failed: rc %d, %r' % (p.returncode, p.stderr[-200:]))
+
 for f in fails:
     print('FAIL', f)
-print('%d passed, %d failed' % (len(cases) + 5 - len(fails), len(fails)))
+print('%d passed, %d failed' % (len(cases) + 8 - len(fails), len(fails)))
 sys.exit(1 if fails else 0)

@@ -5,7 +5,7 @@ Tolerances are what each type's rounding allows on this model (logits span about
 max |d logit| over the 44-token prompt (measured: f16 0.011, bf16 0.115, q8_0 0.238, q5_1 1.80,
 q4_0 4.49 — this 260K-parameter model is very sensitive to 4- and 5-bit rounding), and the share of
 positions whose argmax agrees (measured 44/44 for every type)."""
-import array, json, os, subprocess, sys, tempfile
+import array, json, os, struct, subprocess, sys, tempfile
 
 data = os.environ.get('SVLM_TEST_DATA', '../shared')
 binp = os.environ['SVLM_BIN']
@@ -61,6 +61,31 @@ with tempfile.TemporaryDirectory() as d:
             passed += 1
         if os.path.exists(os.path.join(d, 'x.gguf')):
             fails.append('a failed quantize left its output behind')
+
+    # Metadata is copied byte for byte: GGUF strings may hold NUL bytes (a token's text), and a
+    # copy that cut them at the first NUL renamed tokens, even merging two into one.
+    def gstr(b):
+        return struct.pack('<Q', len(b)) + b
+    strs = [b'a\0b', b'c', b'\0', b'a']
+    head = b'GGUF' + struct.pack('<IQQ', 3, 1, 2)
+    head += gstr(b't.arr') + struct.pack('<IIQ', 9, 8, len(strs)) + b''.join(gstr(x) for x in strs)
+    head += gstr(b't.str') + struct.pack('<I', 8) + gstr(b'x\0y')
+    head += gstr(b'x.weight') + struct.pack('<IQQIQ', 2, 32, 2, 0, 0)
+    head += b'\0' * (-len(head) % 32)
+    src, dst = os.path.join(d, 'nul.gguf'), os.path.join(d, 'nul-f16.gguf')
+    open(src, 'wb').write(head + struct.pack('<64f', *range(64)))
+    p = subprocess.run([binp, 'quantize', src, dst, '--type', 'f16'], capture_output=True, text=True)
+    if p.returncode:
+        fails.append('quantize of a file with NUL bytes in strings: %s' % p.stderr[-200:])
+    else:
+        metas = []
+        for path in (src, dst):
+            p = subprocess.run([binp, 'info', path, '--json'], capture_output=True, text=True)
+            metas.append(json.loads(p.stdout)['metadata'] if p.returncode == 0 else p.stderr)
+        if metas[0] != metas[1]:
+            fails.append('quantize changed the metadata: %r became %r' % (metas[0], metas[1]))
+        else:
+            passed += 1
 
 for f in fails:
     print('FAIL', f)

@@ -100,6 +100,11 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int n_ctx = (int)(n_prompt + (size_t)n_predict);
+    if (n_ctx > hp->n_ctx_train) /* as llama.cpp warns: positions past it were never trained */
+        fprintf(stderr,
+                "svlm: warning: %zu prompt + %lld new tokens exceed the %d tokens the model was trained on; "
+                "the text past them may degrade\n",
+                n_prompt, n_predict, hp->n_ctx_train);
     if (svlm_llama_ctx_create(tm.model, tm.kernels, n_ctx, kv_type, &ctx, &err) ||
         svlm_sampler_create(&sp, hp->n_vocab, &smp, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
@@ -129,10 +134,16 @@ int cmd_generate(int argc, char **argv) {
         int32_t id = svlm_sampler_sample(smp, logits);
         if (svlm_tokenizer_is_eog(tok, id)) break;
         gen[n_gen++] = id;
-        if (!json) {
-            char piece[256];
-            size_t len = svlm_token_piece(tok, id, 0, piece, sizeof piece);
-            cli_utf8_put(&us, stdout, piece, len < sizeof piece ? len : sizeof piece);
+        if (!json) { /* tokens may be up to 1 KB, and an unmapped byte's marker repeats one */
+            char small[256], *piece = small;
+            size_t len = svlm_token_piece(tok, id, 0, small, sizeof small);
+            if (len > sizeof small && (piece = malloc(len)) != NULL) svlm_token_piece(tok, id, 0, piece, len);
+            if (!piece) {
+                fprintf(stderr, "\nsvlm: out of memory\n");
+                goto done;
+            }
+            cli_utf8_put(&us, stdout, piece, len);
+            if (piece != small) free(piece);
         }
         if (n_gen == n_predict) break;
         if (svlm_llama_eval(ctx, &id, NULL, 1, logits, 0, &err)) {

@@ -31,27 +31,9 @@ static svlm_status copy_kv(gguf_writer *w, const gguf_kv *kv, svlm_err *err) {
     case GGUF_BOOL: return gguf_writer_set_bool(w, kv->key, kv->v.b, err);
     case GGUF_STRING: return gguf_writer_set_str_n(w, kv->key, kv->v.str.ptr, (size_t)kv->v.str.len, err);
     case GGUF_ARRAY:
-        if (kv->arr_type != GGUF_STRING)
-            return gguf_writer_set_arr(w, kv->key, kv->arr_type, kv->data, kv->arr_n, err);
-        {
-            /* the writer takes NUL-terminated strings: copy them */
-            char **strs = calloc(kv->arr_n ? kv->arr_n : 1, sizeof *strs);
-            svlm_status st = strs ? SVLM_OK : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-            for (uint64_t i = 0; !st && i < kv->arr_n; i++) {
-                strs[i] = malloc(kv->arr_strs[i].len + 1);
-                if (!strs[i])
-                    st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-                else {
-                    memcpy(strs[i], kv->arr_strs[i].ptr, kv->arr_strs[i].len);
-                    strs[i][kv->arr_strs[i].len] = 0;
-                }
-            }
-            if (!st) st = gguf_writer_set_arr_str(w, kv->key, (const char *const *)strs, kv->arr_n, err);
-            for (uint64_t i = 0; strs && i < kv->arr_n; i++)
-                free(strs[i]);
-            free(strs);
-            return st;
-        }
+        if (kv->arr_type == GGUF_STRING) /* by length: a token's text may hold NUL bytes */
+            return gguf_writer_set_arr_str_n(w, kv->key, kv->arr_strs, kv->arr_n, err);
+        return gguf_writer_set_arr(w, kv->key, kv->arr_type, kv->data, kv->arr_n, err);
     default: return svlm_fail(err, SVLM_E_UNSUPPORTED, "metadata '%s' has an unknown type", kv->key);
     }
 }
