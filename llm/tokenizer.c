@@ -652,6 +652,16 @@ size_t svlm_token_piece(const svlm_tokenizer *t, int32_t id, int special, char *
     return o.n;
 }
 
+const char *svlm_token_piece_whole(const svlm_tokenizer *t, int32_t id, int special, char *buf, size_t cap,
+                                   char **heap, size_t *len) {
+    *heap = NULL;
+    *len = svlm_token_piece(t, id, special, buf, cap);
+    if (*len <= cap) return buf;
+    if (!(*heap = malloc(*len))) return NULL;
+    svlm_token_piece(t, id, special, *heap, *len);
+    return *heap;
+}
+
 /* llama.cpp's clean_up_tokenization_spaces for BPE vocabs: drops the space before ?!., and
  * before the contractions 's 'm 're 've, and the spaces around a lone " ' ". In place. */
 static size_t clean_spaces(char *s, size_t n) {

@@ -34,6 +34,11 @@ svlm_status svlm_tokenize(const svlm_tokenizer *t, const char *text, size_t len,
  * Writes up to cap bytes and returns the full length (may split a UTF-8 character: callers
  * streaming text should hold back incomplete sequences). Invalid ids give 0. */
 size_t svlm_token_piece(const svlm_tokenizer *t, int32_t id, int special, char *buf, size_t cap);
+/* The whole piece: in buf when it fits, else in a new block set in *heap (the caller frees it;
+ * NULL when the piece fit, and on running out of memory, which returns NULL). A piece may be
+ * longer than the token's text: an unknown byte's marker stands for each of its bytes. */
+const char *svlm_token_piece_whole(const svlm_tokenizer *t, int32_t id, int special, char *buf, size_t cap,
+                                   char **heap, size_t *len);
 
 /* Whole-sequence detokenization into a new NUL-terminated string (caller frees). */
 char *svlm_detokenize(const svlm_tokenizer *t, const int32_t *ids, size_t n, int special);

@@ -550,10 +550,13 @@ static svlm_status answer_emit(svlm_stream_answer *a, int32_t *id_out, int *more
         a->eog = 1;
         return SVLM_OK;
     }
-    char piece[256];
-    size_t len = svlm_token_piece(a->s->tok, id, 0, piece, sizeof piece);
-    if (a->on_token && a->on_token(a->user, id, piece, len < sizeof piece ? len : sizeof piece))
-        return svlm_fail(err, SVLM_E_CANCELLED, "answer cancelled");
+    char small[256], *heap;
+    size_t len;
+    const char *piece = svlm_token_piece_whole(a->s->tok, id, 0, small, sizeof small, &heap, &len);
+    if (!piece) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %zu-byte token", len);
+    const int cancelled = a->on_token && a->on_token(a->user, id, piece, len);
+    free(heap);
+    if (cancelled) return svlm_fail(err, SVLM_E_CANCELLED, "answer cancelled");
     *id_out = id;
     *more = a->n_end < limit;
     return SVLM_OK;

@@ -96,9 +96,14 @@ svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *e
     if (!st) st = svlm_llama_eval_greedy(ctx, p.ids, embd, (int)p.n, &id, err);
     for (int n = 0; !st && n < j->max_tokens; n++) {
         if (svlm_tokenizer_is_eog(tok, id)) break;
-        char piece[256];
-        size_t len = svlm_token_piece(tok, id, 0, piece, sizeof piece);
-        if (eng_job_token(j, piece, len < sizeof piece ? len : sizeof piece))
+        char small[256], *heap;
+        size_t len;
+        const char *piece = svlm_token_piece_whole(tok, id, 0, small, sizeof small, &heap, &len);
+        const int cancelled = piece && eng_job_token(j, piece, len);
+        free(heap);
+        if (!piece)
+            st = svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %zu-byte token", len);
+        else if (cancelled)
             st = SVLM_E_CANCELLED;
         else if (n + 1 < j->max_tokens) {
             const int32_t last = id;

@@ -210,9 +210,11 @@ int cmd_describe(int argc, char **argv) {
         if (svlm_tokenizer_is_eog(tok, id)) break;
         gen[n_gen++] = id;
         if (!a.json) {
-            char piece[256];
-            size_t len = svlm_token_piece(tok, id, 0, piece, sizeof piece);
-            cli_utf8_put(&us, stdout, piece, len < sizeof piece ? len : sizeof piece);
+            char small[256], *heap;
+            size_t len;
+            const char *piece = svlm_token_piece_whole(tok, id, 0, small, sizeof small, &heap, &len);
+            if (piece) cli_utf8_put(&us, stdout, piece, len); /* (out of memory: the JSON still has it) */
+            free(heap);
         }
         if (n_gen == a.n_predict) break;
         if (svlm_llama_eval(ctx, &id, NULL, 1, logits, 0, &err)) {

@@ -135,15 +135,15 @@ int cmd_generate(int argc, char **argv) {
         if (svlm_tokenizer_is_eog(tok, id)) break;
         gen[n_gen++] = id;
         if (!json) { /* tokens may be up to 1 KB, and an unmapped byte's marker repeats one */
-            char small[256], *piece = small;
-            size_t len = svlm_token_piece(tok, id, 0, small, sizeof small);
-            if (len > sizeof small && (piece = malloc(len)) != NULL) svlm_token_piece(tok, id, 0, piece, len);
+            char small[256], *heap;
+            size_t len;
+            const char *piece = svlm_token_piece_whole(tok, id, 0, small, sizeof small, &heap, &len);
             if (!piece) {
                 fprintf(stderr, "\nsvlm: out of memory\n");
                 goto done;
             }
             cli_utf8_put(&us, stdout, piece, len);
-            if (piece != small) free(piece);
+            free(heap);
         }
         if (n_gen == n_predict) break;
         if (svlm_llama_eval(ctx, &id, NULL, 1, logits, 0, &err)) {
