@@ -332,9 +332,10 @@ static void describe_stream(const AVStream *s, svlm_stream_desc *d) {
     snprintf(d->type, sizeof d->type, "%s",
              av_get_media_type_string(p->codec_type) ? av_get_media_type_string(p->codec_type) : "unknown");
     snprintf(d->codec, sizeof d->codec, "%s", avcodec_get_name(p->codec_id));
-    if (p->codec_type == AVMEDIA_TYPE_VIDEO) {
-        d->width = p->width;
-        d->height = p->height;
+    if (p->codec_type == AVMEDIA_TYPE_VIDEO) { /* the size frames come out at: turned as shown */
+        const int turned = stream_turns(s) & 1;
+        d->width = turned ? p->height : p->width;
+        d->height = turned ? p->width : p->height;
         AVRational fr = s->avg_frame_rate.num ? s->avg_frame_rate : s->r_frame_rate;
         d->fps = fr.num > 0 && fr.den > 0 ? av_q2d(fr) : 0;
     }

@@ -247,7 +247,8 @@ static char *describe(const svlm_uri *uri) {
     /* (videoflip is in gst-plugins-good: without it frames stay as decoded) */
     GstElementFactory *flip = gst_element_factory_find("videoflip");
     const char *tail =
-        flip ? "videoconvert name=" ELEMENT_PREFIX "conv ! videoflip video-direction=auto ! "
+        flip ? "videoconvert name=" ELEMENT_PREFIX "conv ! videoflip name=" ELEMENT_PREFIX
+               "flip video-direction=auto ! "
                "videoscale ! capsfilter name=" ELEMENT_PREFIX "caps ! appsink name=" ELEMENT_PREFIX "sink"
              : "videoconvert name=" ELEMENT_PREFIX "conv ! videoscale ! capsfilter name=" ELEMENT_PREFIX
                "caps ! appsink name=" ELEMENT_PREFIX "sink";
@@ -467,6 +468,22 @@ static svlm_status gst_read(void *ctx, svlm_frame *out, svlm_err *err) {
     }
 }
 
+/* A clip's orientation tag turns frames in videoflip: its output is the size frames come out at
+ * (before scaling). Unchanged when there is no videoflip or it has no caps yet. */
+static void turned_size(gst_ctx *c, svlm_stream_desc *d) {
+    GstElement *flip = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "flip");
+    GstPad *pad = flip ? gst_element_get_static_pad(flip, "src") : NULL;
+    GstCaps *caps = pad ? gst_pad_get_current_caps(pad) : NULL;
+    GstVideoInfo vi;
+    if (caps && gst_video_info_from_caps(&vi, caps)) {
+        d->width = GST_VIDEO_INFO_WIDTH(&vi);
+        d->height = GST_VIDEO_INFO_HEIGHT(&vi);
+    }
+    if (caps) gst_caps_unref(caps);
+    if (pad) gst_object_unref(pad);
+    if (flip) gst_object_unref(flip);
+}
+
 static svlm_status gst_probe(const svlm_backend_args *a, svlm_probe_info *info, svlm_err *err) {
     gst_ctx *c = NULL;
     svlm_status st = gst_open_common(&c, a, err);
@@ -483,6 +500,7 @@ static svlm_status gst_probe(const svlm_backend_args *a, svlm_probe_info *info, 
                  gst_video_format_to_string(GST_VIDEO_INFO_FORMAT(&vi)));
         d->width = GST_VIDEO_INFO_WIDTH(&vi);
         d->height = GST_VIDEO_INFO_HEIGHT(&vi);
+        turned_size(c, d); /* the size frames come out at, as the FFmpeg backend says */
         d->fps =
             GST_VIDEO_INFO_FPS_D(&vi) ? (double)GST_VIDEO_INFO_FPS_N(&vi) / GST_VIDEO_INFO_FPS_D(&vi) : 0;
     }

@@ -2,8 +2,10 @@
 them (phone footage shot in portrait) come out upright, as the ffmpeg CLI shows them."""
 import os
 
+import json
+
 from test_ingest_common import (backends, check, ffmpeg_cli, finish, make_clip, need_svlm, read_png, run_frames,
-                                skip, tmpdir)
+                                run_svlm, skip, tmpdir)
 
 need_svlm()
 if not ffmpeg_cli():
@@ -41,6 +43,14 @@ for deg, (size, corners) in WANT.items():
     if ((w, h), red_corners(w, h, rows)) != (size, corners):
         skip(f"this ffmpeg CLI shows rotate={deg} as {w}x{h} {red_corners(w, h, rows)}")
     for be in BACKENDS:
+        # probe says the size frames come out at (it said the stored 320x240)
+        p = run_svlm("probe", clip, "--backend", be, "--json")
+        try:
+            v = json.loads(p.stdout.strip().splitlines()[-1])["streams"][0]
+            got = (v["width"], v["height"])
+        except (ValueError, IndexError, KeyError):
+            got = None
+        check(p.returncode == 0 and got == size, f"probe rotate={deg}/{be}: {got}, expected {size} {p.stderr[-200:]}")
         for sizing in (("--native",), ("--max-edge", "160")):
             out = os.path.join(T, f"out-{deg}-{be}-{sizing[0][2:]}")
             rc, frames, _, err = run_frames(clip, "--backend", be, "--max-frames", "1", "--out", out, *sizing)
