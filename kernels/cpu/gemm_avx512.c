@@ -120,33 +120,93 @@ static void pack_b(int trans, const float *B, int64_t ldb, int64_t N, int64_t j0
     }
 }
 
+/* The eight lane sums of v[0..8) in the low eight floats of the result's two halves (quarters 0
+ * and 2): pairs of lanes, then quarters, then the two halves of each 256 bits added. */
+static inline void sum8(const __m512 v[8], float *out, __mmask16 keep) {
+    __m512 t[4], u[2];
+    for (int p = 0; p < 4; p++)
+        t[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]),
+                             _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+    for (int q = 0; q < 2; q++) /* quarter L, float e: vector 4q + e's sum over quarter L */
+        u[q] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * q], t[2 * q + 1], 0x44),
+                             _mm512_shuffle_ps(t[2 * q], t[2 * q + 1], 0xEE));
+    __m512 s0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44), _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
+    __m512 s = _mm512_add_ps(s0, _mm512_shuffle_f32x4(s0, s0, 0xB1));
+    /* quarters 0 and 2 hold vectors 0..3 and 4..7: packed into the low eight floats */
+    __m512 lo8 = _mm512_shuffle_f32x4(s, s, 0x08);
+    _mm512_mask_storeu_ps(out, keep, lo8);
+}
+
+/* C (M x N) = A B^T for M <= 3 rows (decode attention's scores: a GQA group's queries against
+ * the keys): eight keys at a time, each key's row loaded once for every query row, the products
+ * summed along K in vectors and their lanes added eight keys together at the end (the
+ * one-key-at-a-time form paid a whole lane sum per key and query). */
+static inline __attribute__((always_inline)) void small_nt(const int M, int64_t N, int64_t K, const float *A,
+                                                           int64_t lda, const float *B, int64_t ldb, float *C,
+                                                           int64_t ldc) {
+    for (int64_t j0 = 0; j0 < N; j0 += 8) {
+        const int64_t nj = N - j0 < 8 ? N - j0 : 8;
+        __m512 acc[3][8];
+        for (int i = 0; i < M; i++)
+            for (int jj = 0; jj < 8; jj++)
+                acc[i][jj] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 m = tail_mask(K - k);
+            __m512 a[3];
+            for (int i = 0; i < M; i++)
+                a[i] = _mm512_maskz_loadu_ps(m, A + i * lda + k);
+            for (int jj = 0; jj < 8; jj++) {
+                if (jj >= nj) break;
+                const __m512 b = _mm512_maskz_loadu_ps(m, B + (j0 + jj) * ldb + k);
+                for (int i = 0; i < M; i++)
+                    acc[i][jj] = _mm512_fmadd_ps(a[i], b, acc[i][jj]);
+            }
+        }
+        for (int i = 0; i < M; i++)
+            sum8(acc[i], C + i * ldc + j0, tail_mask(nj));
+    }
+}
+
+/* C (M x N) = A B for M <= 3 rows (decode attention's weighted sum of values): 64 columns at a
+ * time, each row of B loaded once for every row of A. */
+static inline __attribute__((always_inline)) void small_nn(const int M, int64_t N, int64_t K, const float *A,
+                                                           int64_t lda, const float *B, int64_t ldb, float *C,
+                                                           int64_t ldc) {
+    for (int64_t j0 = 0; j0 < N; j0 += 64) {
+        __mmask16 m[4];
+        for (int c = 0; c < 4; c++)
+            m[c] = N - j0 - 16 * c <= 0 ? 0 : tail_mask(N - j0 - 16 * c);
+        __m512 acc[3][4];
+        for (int i = 0; i < M; i++)
+            for (int c = 0; c < 4; c++)
+                acc[i][c] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < K; k++) {
+            const float *b = B + k * ldb + j0;
+            __m512 bv[4];
+            for (int c = 0; c < 4; c++)
+                bv[c] = _mm512_maskz_loadu_ps(m[c], b + 16 * c);
+            for (int i = 0; i < M; i++) {
+                const __m512 a = _mm512_set1_ps(A[i * lda + k]);
+                for (int c = 0; c < 4; c++)
+                    acc[i][c] = _mm512_fmadd_ps(a, bv[c], acc[i][c]);
+            }
+        }
+        for (int i = 0; i < M; i++)
+            for (int c = 0; c < 4; c++)
+                _mm512_mask_storeu_ps(C + i * ldc + j0 + 16 * c, m[c], acc[i][c]);
+    }
+}
+
 /* A few rows of A (decode attention): packing would cost more than it saves. */
 static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                          const float *B, int64_t ldb, float *C, int64_t ldc) {
-    for (int64_t i = 0; i < M; i++) {
-        const float *a = A + i * lda;
-        float *c = C + i * ldc;
-        if (trans) {
-            for (int64_t j = 0; j < N; j++) {
-                const float *b = B + j * ldb;
-                __m512 acc = _mm512_setzero_ps();
-                for (int64_t k = 0; k < K; k += 16) {
-                    __mmask16 m = tail_mask(K - k);
-                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k),
-                                          acc);
-                }
-                c[j] = _mm512_reduce_add_ps(acc);
-            }
-        } else {
-            for (int64_t j = 0; j < N; j += 16) {
-                __mmask16 m = tail_mask(N - j);
-                __m512 acc = _mm512_setzero_ps();
-                for (int64_t k = 0; k < K; k++)
-                    acc =
-                        _mm512_fmadd_ps(_mm512_set1_ps(a[k]), _mm512_maskz_loadu_ps(m, B + k * ldb + j), acc);
-                _mm512_mask_storeu_ps(c + j, m, acc);
-            }
-        }
+    switch ((int)M * 2 + trans) {
+    case 2: small_nn(1, N, K, A, lda, B, ldb, C, ldc); break;
+    case 3: small_nt(1, N, K, A, lda, B, ldb, C, ldc); break;
+    case 4: small_nn(2, N, K, A, lda, B, ldb, C, ldc); break;
+    case 5: small_nt(2, N, K, A, lda, B, ldb, C, ldc); break;
+    case 6: small_nn(3, N, K, A, lda, B, ldb, C, ldc); break;
+    case 7: small_nt(3, N, K, A, lda, B, ldb, C, ldc); break;
     }
 }
 
