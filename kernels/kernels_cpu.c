@@ -398,6 +398,8 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
     if (level >= SVLM_CPU_AVX512 && use_own_gemm()) {
         svlm_cpu_gemm_init_avx512(&k->cpu.mm);
         blas = 0;
+    } else if (level >= SVLM_CPU_AVX512) {
+        svlm_cpu_gemm_rows_init_avx512(&k->cpu.mm);
     }
     if (bf16_quant) svlm_cpu_gemm_bf16_init_avx512(&k->cpu.mm);
     if (level == SVLM_CPU_AVX2 && use_f16_gemm()) svlm_cpu_gemm_f16_init_avx2(&k->cpu.mm);

@@ -56,13 +56,13 @@ static svlm_kernels *make_kernels(const char *level, int threads) {
 
 /* Both forms of the backend's f32 GEMM against a double-precision reference on shapes that
  * leave every edge of the blocking (rows past a 12-row panel, columns past a 32-column strip and
- * a 16-wide transpose, K past a 256 slice and not a multiple of 16; the one- to three-row forms of
+ * a 16-wide transpose, K past a 256 slice and not a multiple of 16; the one- to four-row forms of
  * decode attention, keys past eight and columns past 64) and on strided operands. */
 static void test_gemm(svlm_kernels *k) {
-    static const int64_t Ms[] = {1, 2, 3, 5, 12, 13, 64}, Ns[] = {1, 8, 17, 33, 64, 70},
+    static const int64_t Ms[] = {1, 2, 3, 4, 5, 12, 13, 64}, Ns[] = {1, 8, 17, 33, 64, 70},
                          Ks[] = {1, 8, 15, 64, 300};
     int bad = 0, cases = 0;
-    for (size_t mi = 0; mi < 7; mi++)
+    for (size_t mi = 0; mi < 8; mi++)
         for (size_t ni = 0; ni < 6; ni++)
             for (size_t ki = 0; ki < 5; ki++)
                 for (int trans = 0; trans < 2; trans++) {

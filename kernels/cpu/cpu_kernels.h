@@ -58,6 +58,7 @@ typedef struct svlm_cpu_matmul_ops {
     svlm_dot4_fn dot4[SVLM_DTYPE_COUNT]; /* NULL: the matvec calls dot row by row */
     svlm_dequant_fn dequant[SVLM_DTYPE_COUNT];
     svlm_gemm_fn gemm_nt, gemm_nn;
+    svlm_gemm_fn gemm_nt_wide, gemm_nn_wide; /* behind the few-row forms (svlm_cpu_gemm_rows_init_avx512) */
     /* x[i] = exp(scale * (x[i] - max x)) in place; returns the sum (softmax = this / sum) */
     float (*exp_row)(float *x, int64_t dim, float scale);
     void (*silu_mul)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
@@ -94,7 +95,10 @@ void svlm_cpu_matmul_init_ref(svlm_cpu_matmul_ops *ops);
 #ifdef SVLM_X86
 void svlm_cpu_matmul_init_avx2(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_matmul_init_avx512(svlm_cpu_matmul_ops *ops);
-void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops);      /* own AVX-512 f32 GEMM */
+void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops); /* own AVX-512 f32 GEMM */
+/* Our one- to four-row forms (decode attention) in front of another f32 GEMM (OpenBLAS's): it was
+ * 4-6x slower on them even with its AVX-512 kernels. */
+void svlm_cpu_gemm_rows_init_avx512(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
 void svlm_cpu_gemm_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* F16 weights widened in the kernel */
 void svlm_cpu_gemm_f16_init_avx2(svlm_cpu_matmul_ops *ops);    /* F16 and quantized weights, as f16 */

@@ -167,7 +167,7 @@ static inline __attribute__((always_inline)) void small_nt(const int M, int64_t 
     }
 }
 
-/* C (M x N) = A B for M <= 3 rows (decode attention's weighted sum of values): 64 columns at a
+/* C (M x N) = A B for M <= 4 rows (decode attention's weighted sum of values): 64 columns at a
  * time, each row of B loaded once for every row of A. */
 static inline __attribute__((always_inline)) void small_nn(const int M, int64_t N, int64_t K, const float *A,
                                                            int64_t lda, const float *B, int64_t ldb, float *C,
@@ -176,7 +176,7 @@ static inline __attribute__((always_inline)) void small_nn(const int M, int64_t 
         __mmask16 m[4];
         for (int c = 0; c < 4; c++)
             m[c] = N - j0 - 16 * c <= 0 ? 0 : tail_mask(N - j0 - 16 * c);
-        __m512 acc[3][4];
+        __m512 acc[4][4];
         for (int i = 0; i < M; i++)
             for (int c = 0; c < 4; c++)
                 acc[i][c] = _mm512_setzero_ps();
@@ -207,6 +207,11 @@ static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float
     case 5: small_nt(2, N, K, A, lda, B, ldb, C, ldc); break;
     case 6: small_nn(3, N, K, A, lda, B, ldb, C, ldc); break;
     case 7: small_nt(3, N, K, A, lda, B, ldb, C, ldc); break;
+    case 8: small_nn(4, N, K, A, lda, B, ldb, C, ldc); break;
+    case 9: /* (four rows of eight keys' sums would not fit the registers: two by two) */
+        small_nt(2, N, K, A, lda, B, ldb, C, ldc);
+        small_nt(2, N, K, A + 2 * lda, lda, B, ldb, C + 2 * ldc, ldc);
+        break;
     }
 }
 
@@ -217,7 +222,7 @@ static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64
             memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
         return;
     }
-    if (M < 4) {
+    if (M <= 4) {
         gemm_small_m(trans, M, N, K, A, lda, B, ldb, C, ldc);
         return;
     }
@@ -252,6 +257,29 @@ static void gemm_nt_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_
 static void gemm_nn_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
                            int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
     gemm(c, thread, 0, M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+static void gemm_nt_rows(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (M <= 4 && K > 0)
+        gemm_small_m(1, M, N, K, A, lda, B, ldb, C, ldc);
+    else
+        c->mm.gemm_nt_wide(c, thread, M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+static void gemm_nn_rows(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (M <= 4 && K > 0)
+        gemm_small_m(0, M, N, K, A, lda, B, ldb, C, ldc);
+    else
+        c->mm.gemm_nn_wide(c, thread, M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+void svlm_cpu_gemm_rows_init_avx512(svlm_cpu_matmul_ops *ops) {
+    ops->gemm_nt_wide = ops->gemm_nt;
+    ops->gemm_nn_wide = ops->gemm_nn;
+    ops->gemm_nt = gemm_nt_rows;
+    ops->gemm_nn = gemm_nn_rows;
 }
 
 void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops) {
