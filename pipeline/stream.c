@@ -36,7 +36,10 @@ struct svlm_stream {
     int memory_on;
     stream_memory mem; /* used under mu (the hook runs inside add_frame) */
     double time_offset, t_last;
-    int deferred_join;
+    int deferred_join; /* (read without mu by answer_finish: atomic) */
+    /* The waiting turns have a lock of their own: an answer's end queues its turn without waiting
+     * for the frame or join prefill that holds mu (the engine's answer lane would stall behind it). */
+    pthread_mutex_t join_mu;
     pending_turn *pending, **pending_tail;
 };
 
@@ -91,6 +94,7 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
         s->p.memory_room = s->p.memory_tokens + 24 * s->p.memory_top_k;
     s->pending_tail = &s->pending;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->join_mu, NULL);
     svlm_status st = svlm_vlm_specials_find(s->tok, &s->specials, err);
     const int cap = s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens;
     if (s->p.max_answers <= 0) s->p.max_answers = 4;
@@ -152,6 +156,7 @@ void svlm_stream_free(svlm_stream *s) {
     }
     svlm_kv_pool_free(s->pool);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->join_mu);
     free(s);
 }
 
@@ -159,9 +164,12 @@ void svlm_stream_free(svlm_stream *s) {
  * of them (max_tokens <= 0) or until at least max_tokens tokens went in. 1 if turns remain. */
 static int join_pending_locked(svlm_stream *s, int max_tokens) {
     int joined = 0;
-    while (s->pending && (max_tokens <= 0 || joined < max_tokens)) {
+    while (max_tokens <= 0 || joined < max_tokens) {
+        pthread_mutex_lock(&s->join_mu);
         pending_turn *t = s->pending;
-        s->pending = t->next;
+        if (t && !(s->pending = t->next)) s->pending_tail = &s->pending;
+        pthread_mutex_unlock(&s->join_mu);
+        if (!t) break;
         svlm_err join_err = {0};
         if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, t->turn, t->ids, NULL, t->n, NULL, 0,
                                 &join_err) == SVLM_OK)
@@ -170,9 +178,11 @@ static int join_pending_locked(svlm_stream *s, int max_tokens) {
         free(t->ids);
         free(t);
     }
-    if (!s->pending) s->pending_tail = &s->pending;
     if (s->memory_on) stream_memory_flush(&s->mem); /* (turns evict turns: nothing, as a rule) */
-    return s->pending != NULL;
+    pthread_mutex_lock(&s->join_mu);
+    const int more = s->pending != NULL;
+    pthread_mutex_unlock(&s->join_mu);
+    return more;
 }
 
 svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err) {
@@ -192,8 +202,12 @@ int svlm_stream_join_some(svlm_stream *s, int max_tokens) {
 
 void svlm_stream_set_deferred_join(svlm_stream *s, int on) {
     pthread_mutex_lock(&s->mu);
-    s->deferred_join = on;
+    __atomic_store_n(&s->deferred_join, on, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&s->mu);
+}
+
+int64_t svlm_stream_frames_in(const svlm_stream *s) {
+    return __atomic_load_n(&s->frames_in, __ATOMIC_RELAXED);
 }
 
 void svlm_stream_note_encode(svlm_stream *s, double ms) {
@@ -264,7 +278,7 @@ static void frame_end(svlm_stream *s, svlm_status st, double t_abs, int n_tokens
     if (s->memory_on) stream_memory_flush(&s->mem);
     if (!st) {
         s->t_last = t_abs;
-        s->frames_in++;
+        __atomic_store_n(&s->frames_in, s->frames_in + 1, __ATOMIC_RELAXED); /* (read without mu) */
         s->image_rows_in += n_tokens;
         s->prefill_ms_total += prefill_ms;
     }
@@ -361,10 +375,10 @@ svlm_status svlm_streams_add_frames(svlm_llama_multi *mb, svlm_pool *pool, svlm_
     return SVLM_OK;
 }
 
+/* Without mu: the engine counts a drop under its own lock, which must not wait for this stream's
+ * frame prefill (every lane and push would wait with it). */
 void svlm_stream_note_drop(svlm_stream *s) {
-    pthread_mutex_lock(&s->mu);
-    s->frames_dropped++;
-    pthread_mutex_unlock(&s->mu);
+    __atomic_add_fetch(&s->frames_dropped, 1, __ATOMIC_RELAXED);
 }
 
 struct svlm_stream_fork {
@@ -639,12 +653,12 @@ void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svl
             n_answer > 1 && t_end > a->t_first ? (n_answer - 1) / ((t_end - a->t_first) / 1e3) : 0;
     }
     if (ok && answer) *answer = svlm_detokenize(s->tok, a->pr.ids + a->pr.n, (size_t)n_answer, 0);
-    pthread_mutex_lock(&s->mu);
-    a->am.frames_during = s->frames_in - a->frames_at_fork;
-    /* the turn (question and answer, not the memory) joins the dialogue window when it fits there */
+    a->am.frames_during = svlm_stream_frames_in(s) - a->frames_at_fork;
+    /* the turn (question and answer, not the memory) joins the dialogue window when it fits there;
+     * deferred, it is only queued: no wait for the stream's lock, which a frame's prefill holds */
     const int n_turn = a->n_end - a->q_start;
     if (ok && n_turn <= s->p.text_tokens) {
-        if (s->deferred_join) {
+        if (__atomic_load_n(&s->deferred_join, __ATOMIC_ACQUIRE)) {
             pending_turn *t = calloc(1, sizeof *t);
             int32_t *ids = malloc((size_t)n_turn * sizeof *ids);
             if (t && ids) {
@@ -652,20 +666,23 @@ void svlm_stream_answer_finish(svlm_stream_answer *a, int ok, char **answer, svl
                 t->ids = ids;
                 t->n = n_turn;
                 t->turn = a->turn;
+                pthread_mutex_lock(&s->join_mu);
                 *s->pending_tail = t;
                 s->pending_tail = &t->next;
+                pthread_mutex_unlock(&s->join_mu);
             } else {
                 free(t);
                 free(ids);
             }
         } else {
             svlm_err join_err = {0};
+            pthread_mutex_lock(&s->mu);
             if (svlm_llama_eval_seq(s->ingest, s->seq, SVLM_KV_TEXT, a->turn, a->pr.ids + a->q_start, NULL,
                                     n_turn, NULL, 0, &join_err) == SVLM_OK)
                 s->answers_joined++;
+            pthread_mutex_unlock(&s->mu);
         }
     }
-    pthread_mutex_unlock(&s->mu);
     if (am) *am = a->am;
     answer_free(a);
 }
@@ -708,7 +725,7 @@ void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out) {
     const size_t row_bytes = 2 * (size_t)pp->n_layer * svlm_row_bytes(pp->type, pp->kv_dim); /* K and V */
     pthread_mutex_lock(&s->mu);
     out->frames_in = s->frames_in;
-    out->frames_dropped = s->frames_dropped;
+    out->frames_dropped = __atomic_load_n(&s->frames_dropped, __ATOMIC_RELAXED);
     out->questions = s->questions;
     out->answers_joined = s->answers_joined;
     out->prefill_ms_per_frame = s->frames_in ? s->prefill_ms_total / (double)s->frames_in : 0;

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "llm/kv_cache.h"
 #include "pipeline/stream.h"
@@ -286,6 +287,101 @@ static void pool_holds_answers(void) {
 /* A fork the stream's pool cannot promise its pages is refused (SVLM_E_LIMIT) without counting a
  * question or using a turn number: the engine retries it each time one of the stream's answers
  * ends, and each retry counted one before. */
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+typedef struct joiner {
+    svlm_stream *s;
+    int started;
+    double t0, t1; /* the join's start and end */
+} joiner;
+
+static void *join_thread(void *arg) {
+    joiner *j = arg;
+    svlm_err err = {0};
+    j->t0 = now_ms();
+    __atomic_store_n(&j->started, 1, __ATOMIC_SEQ_CST);
+    svlm_stream_join_pending(j->s, &err);
+    j->t1 = now_ms();
+    return NULL;
+}
+
+/* While the stream's lock is held by a long prefill (here a backlog of answered turns joining, as
+ * a frame's prefill holds it on the engine's ingest lane), an answer's end with deferred joins, a
+ * drop and the frame count return at once: the engine counts a drop under its own lock, and its
+ * answer lane ends answers of every stream, so waiting there stalled the whole engine. (Measured
+ * against the join itself: they must return in its first three quarters, where before they
+ * returned with its end; three tries.) The turn queued meanwhile still joins, the counters add up. */
+static void no_wait_behind_prefill(void) {
+    enum { BACKLOG = 40, TRIES = 3 };
+    svlm_stream_params p = small_params();
+    p.text_tokens = 1024;
+    p.answer_room = 1024;
+    svlm_stream *s = NULL;
+    svlm_err err = {0};
+    REQUIRE(svlm_stream_create(model, kern, &p, "<|im_start|>System: describe.<end_of_utterance>\n", &s,
+                               &err) == SVLM_OK,
+            "%s", err.msg);
+    svlm_llama_ctx *ctx = NULL;
+    REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &ctx, &err) == SVLM_OK,
+            "%s", err.msg);
+    add_frames(s, 0, 2);
+    svlm_stream_set_deferred_join(s, 1);
+    char question[2048] = "";
+    for (int i = 0; i < 24; i++)
+        strcat(question, "the red car turns left at the corner ");
+    int early = 0, asked = 0, runs = 0;
+    double join_ms = 0, call_ms = 0;
+    while (runs < TRIES && !early) {
+        runs++;
+        svlm_ask_opts o = {.max_tokens = 2};
+        svlm_stream_fork *f = NULL;
+        svlm_stream_answer *a = NULL;
+        REQUIRE(svlm_stream_fork_into(s, ctx, &f, &err) == SVLM_OK, "%s", err.msg);
+        REQUIRE(svlm_stream_answer_start(s, f, ctx, "What moves?", &o, NULL, NULL, &a, &err) == SVLM_OK, "%s",
+                err.msg);
+        for (int done = 0; !done;)
+            REQUIRE(svlm_stream_answer_step(a, &done, &err) == SVLM_OK, "%s", err.msg);
+        for (int q = 0; q < BACKLOG; q++, asked++)
+            REQUIRE(svlm_stream_ask(s, ctx, question, 2, NULL, NULL, NULL, NULL, &err) == SVLM_OK, "%s",
+                    err.msg);
+        joiner j = {.s = s};
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, join_thread, &j) == 0, "thread");
+        while (!__atomic_load_n(&j.started, __ATOMIC_SEQ_CST))
+            ;
+        struct timespec ts = {0, 20 * 1000000L}; /* (the joiner takes the lock meanwhile) */
+        nanosleep(&ts, NULL);
+        const double t = now_ms();
+        svlm_stream_note_drop(s);
+        (void)svlm_stream_frames_in(s);
+        svlm_answer_metrics am;
+        svlm_stream_answer_finish(a, 1, NULL, &am);
+        asked++;
+        const double returned = now_ms();
+        pthread_join(th, NULL);
+        join_ms = j.t1 - j.t0, call_ms = returned - t;
+        early = returned < j.t1 - join_ms / 4;
+    }
+    CHECK(early,
+          "a drop and an answer's end waited for the join's prefill in %d tries (the last: %.1f of %.1f ms)",
+          runs, call_ms, join_ms);
+    REQUIRE(svlm_stream_join_pending(s, &err) == SVLM_OK, "%s", err.msg);
+    svlm_stream_metrics m;
+    svlm_stream_metrics_get(s, &m);
+    CHECK(m.answers_joined == asked && m.frames_dropped == runs,
+          "%lld turns joined of %d answered, %lld drops", (long long)m.answers_joined, asked,
+          (long long)m.frames_dropped);
+    printf("behind a join of %d long turns (%.0f ms): a drop and an answer's end took %.2f ms; %lld turns "
+           "joined\n",
+           BACKLOG, join_ms, call_ms, (long long)m.answers_joined);
+    svlm_llama_ctx_free(ctx);
+    svlm_stream_free(s);
+}
+
 static void refused_forks_not_counted(void) {
     svlm_stream_params p = small_params();
     p.max_answers = 1;
@@ -445,6 +541,9 @@ int test_main(void) {
 
     /* 8. refused forks count no question */
     refused_forks_not_counted();
+
+    /* 9. an answer's end and a drop never wait for the stream's prefill */
+    no_wait_behind_prefill();
 
     svlm_llama_ctx_free(ctx);
     svlm_stream_free(a);

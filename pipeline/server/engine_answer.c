@@ -173,12 +173,17 @@ static int turn_tokens(eng *e, const char *question) {
     return head < 0 || body < 0 || tail < 0 ? -1 : head + body + tail;
 }
 
+svlm_status eng_question_fits(eng *e, const char *question, int *n_q, int *room, svlm_err *err) {
+    *n_q = turn_tokens(e, question);
+    *room = e->sp.answer_room - *n_q - 4; /* a little slack for tokenization at the seams */
+    return *n_q < 0    ? svlm_fail(err, SVLM_E_INVALID, "the question cannot be tokenized")
+           : *room < 1 ? svlm_fail(err, SVLM_E_LIMIT, "the question is too long (%d tokens)", *n_q)
+                       : SVLM_OK;
+}
+
 svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
-    int n_q = turn_tokens(e, j->question);
-    int room = e->sp.answer_room - n_q - 4; /* a little slack for tokenization at the seams */
-    svlm_status st = n_q < 0    ? svlm_fail(err, SVLM_E_INVALID, "the question cannot be tokenized")
-                     : room < 1 ? svlm_fail(err, SVLM_E_LIMIT, "the question is too long (%d tokens)", n_q)
-                                : SVLM_OK;
+    int n_q = 0, room = 0;
+    svlm_status st = eng_question_fits(e, j->question, &n_q, &room, err);
     if (j->max_tokens > room) j->max_tokens = room;
     j->prompt_tokens = n_q;
     j->owner = e;

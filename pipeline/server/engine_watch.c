@@ -28,8 +28,9 @@ static void maybe_queue(eng *e, eng_watcher *w) {
     double vt = s->video_time;
     int has_frame = s->latest != NULL;
     pthread_mutex_unlock(&e->lock);
-    svlm_stream_metrics m;
-    svlm_stream_metrics_get(s->stream, &m);
+    /* (not svlm_stream_metrics_get: it waits for a frame's prefill, with watch_lock held, and the
+     * answer lane waits for watch_lock to report every watch's result) */
+    const int64_t frames_in = svlm_stream_frames_in(s->stream);
     eng_job *j = NULL;
     svlm_err err = {0};
     uint64_t id;
@@ -43,7 +44,7 @@ static void maybe_queue(eng *e, eng_watcher *w) {
         w->last_answer = NULL;
     }
     /* the first evaluation waits for a frame in the context, not just one read */
-    if (has_frame && m.frames_in > 0 && (!w->evaluated || vt >= w->next_due) && (j = calloc(1, sizeof *j))) {
+    if (has_frame && frames_in > 0 && (!w->evaluated || vt >= w->next_due) && (j = calloc(1, sizeof *j))) {
         size_t n = strlen(w->question) + 1;
         j->question = malloc(n);
         j->kind = JOB_WATCH;
@@ -136,6 +137,11 @@ svlm_status eng_watch(void *ctx, const svlm_backend_watch_req *req, const svlm_b
     eng_stream *s = eng_stream_ref(e, req->stream);
     if (!s) return svlm_fail(err, SVLM_E_INVALID, "no stream named '%s'", req->stream);
     eng_stream_unref(s);
+    /* a question too long for the answer room would be refused at every evaluation, silently: the
+     * watch would never fire */
+    int n_q = 0, room = 0;
+    svlm_status st = eng_question_fits(e, req->question, &n_q, &room, err);
+    if (st) return st;
     eng_watcher *w = calloc(1, sizeof *w);
     size_t n = strlen(req->question) + 1;
     if (!w || !(w->question = malloc(n))) {

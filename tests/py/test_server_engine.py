@@ -7,7 +7,8 @@ pattern sampled at 1 frame per second:
 - the OpenAI endpoint with curl, streaming and not: a still image (PNG in the core, JPEG through
   FFmpeg) must give exactly what `svlm describe` gives for that image and prompt (same greedy
   decoder: identical text and prompt token count), and a question about the stream;
-- a watch pushes an alert (condition "change": the first answer counts), and unwatch stops it;
+- a watch pushes an alert (condition "change": the first answer counts), and unwatch stops it; a
+  watch whose question is too long for the answer room is refused at once (it never fired);
 - a client that disconnects in the middle of an answer has it cancelled, and its stream then
   closes at once (no reference to it is left behind); the live source keeps flowing in meanwhile
   (with the extra streams and that deliberate overload a slow sanitizer build may drop its
@@ -216,6 +217,22 @@ async def watch(s):
         print("watch: alert %r at video time %.1f s" % (alert["answer"], alert["video_time"]))
 
 
+async def watch_too_long(s):
+    """A watch whose question leaves no room for an answer is refused when it is made: every
+    evaluation would be refused (the question is too long), so it was accepted and never fired."""
+    async with websockets.connect(s.ws_url) as ws:
+        question = "Is anything moving in the left half of the picture? " * 120  # ~6 KB, past the answer room
+        await ws.send(json.dumps({"type": "watch", "id": "wl", "stream": "cam", "question": question,
+                                  "condition": "change", "interval": 1, "max_tokens": 4}))
+        m = await recv_json(ws)
+        assert m["type"] == "error" and m["id"] == "wl" and "too long" in m["message"], m
+        # an ask of that question is refused the same way
+        await ws.send(json.dumps({"type": "ask", "id": "al", "stream": "cam", "question": question, "max_tokens": 4}))
+        m = await recv_json(ws)
+        assert m["type"] == "error" and m["id"] == "al" and "too long" in m["message"], m
+    print("watch with a question too long for the answer room: refused at once")
+
+
 async def watch_reopened(s):
     """A watch whose stream is closed and opened again under its name starts over: its first answer
     on the new stream is an alert again (it waited for the old stream's next due time: ten minutes
@@ -284,6 +301,7 @@ def main():
             asyncio.run(fifty_clients(s))
             openai(s, text, mmproj)
             asyncio.run(watch(s))
+            asyncio.run(watch_too_long(s))
             asyncio.run(watch_reopened(s))
             asyncio.run(open_options(s))
             # no drops is checked where only cam and cam2 run (ws_questions, fifty_clients); the
