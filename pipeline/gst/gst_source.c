@@ -468,19 +468,38 @@ static svlm_status gst_read(void *ctx, svlm_frame *out, svlm_err *err) {
     }
 }
 
-/* A clip's orientation tag turns frames in videoflip: its output is the size frames come out at
- * (before scaling). Unchanged when there is no videoflip or it has no caps yet. */
+/* Whether a clip's orientation tag (which videoflip follows) turns frames a quarter: read from the
+ * tag events that passed the probe pad (sticky: stored there before the first buffer). */
+static int quarter_turned(gst_ctx *c) {
+    int odd = 0;
+    for (guint i = 0;; i++) {
+        GstEvent *ev = gst_pad_get_sticky_event(c->probe_pad, GST_EVENT_TAG, i);
+        if (!ev) break;
+        GstTagList *tags = NULL;
+        gchar *o = NULL;
+        gst_event_parse_tag(ev, &tags);
+        if (tags && gst_tag_list_get_string(tags, GST_TAG_IMAGE_ORIENTATION, &o)) {
+            odd = g_str_has_suffix(o, "-90") || g_str_has_suffix(o, "-270");
+            g_free(o);
+        }
+        gst_event_unref(ev);
+    }
+    return odd;
+}
+
+/* The size frames come out at (before scaling), as the FFmpeg backend says: turned when the clip's
+ * orientation tag asks (videoflip turns them); only where videoflip is in the pipeline. */
 static void turned_size(gst_ctx *c, svlm_stream_desc *d) {
     GstElement *flip = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "flip");
-    GstPad *pad = flip ? gst_element_get_static_pad(flip, "src") : NULL;
-    GstCaps *caps = pad ? gst_pad_get_current_caps(pad) : NULL;
-    GstVideoInfo vi;
-    if (caps && gst_video_info_from_caps(&vi, caps)) {
-        d->width = GST_VIDEO_INFO_WIDTH(&vi);
-        d->height = GST_VIDEO_INFO_HEIGHT(&vi);
+    if (flip && !c->live) { /* a first frame at the sink: every tag before it has passed the probe */
+        GstSample *first = gst_app_sink_try_pull_sample(GST_APP_SINK(c->sink), 2 * GST_SECOND);
+        if (first) gst_sample_unref(first);
     }
-    if (caps) gst_caps_unref(caps);
-    if (pad) gst_object_unref(pad);
+    if (flip && quarter_turned(c)) {
+        int w = d->width;
+        d->width = d->height;
+        d->height = w;
+    }
     if (flip) gst_object_unref(flip);
 }
 
