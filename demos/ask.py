@@ -25,6 +25,8 @@ async def ask(url, token, stream, question):
             elif msg["type"] == "error":
                 print("error %s: %s" % (msg["code"], msg["message"]), file=sys.stderr)
                 return 1
+    print("ask.py: the server closed the connection before the answer was done", file=sys.stderr)
+    return 1
 
 
 def main():
@@ -34,7 +36,14 @@ def main():
     p.add_argument("stream")
     p.add_argument("question")
     a = p.parse_args()
-    sys.exit(asyncio.run(ask(a.url, a.token, a.stream, a.question)))
+    try:
+        sys.exit(asyncio.run(ask(a.url, a.token, a.stream, a.question)))
+    except OSError as e:
+        sys.exit("ask.py: cannot connect to %s: %s (is svlm serve running there? see its --listen)" % (a.url, e))
+    except websockets.exceptions.ConnectionClosed as e:
+        sys.exit("ask.py: the server closed the connection (%s)" % e)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

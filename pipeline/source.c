@@ -236,6 +236,14 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     }
     if (st == SVLM_OK && !(s->ops = svlm_backend_choose(opts.backend, &s->uri, err)))
         st = err ? err->status : SVLM_E_UNSUPPORTED;
+    if (st == SVLM_OK && s->uri.kind == SVLM_URI_V4L2) {
+        struct stat sb;
+        if (stat(s->uri.target, &sb) != 0)
+            st = svlm_fail(err, SVLM_E_IO,
+                           "no camera at %s: plug one in, or name another as v4l2:///dev/videoN "
+                           "('ls /dev/video*' lists them)",
+                           s->uri.target);
+    }
     if (st != SVLM_OK) {
         free(s);
         return st;

@@ -61,7 +61,7 @@ static void apply_limits(svlm_server_config *cfg, const char *spec) {
 static int host_mode(void) {
     svlm_server_config cfg;
     svlm_server_config_default(&cfg);
-    cfg.port = 0;
+    cfg.port = getenv("SVLM_SERVER_PORT") ? atoi(getenv("SVLM_SERVER_PORT")) : 0; /* 0: any free one */
     const char *tok = getenv("SVLM_SERVER_TOKEN"), *web = getenv("SVLM_SERVER_WEB");
     if (tok) snprintf(cfg.token, sizeof cfg.token, "%s", tok);
     if (web) snprintf(cfg.web_root, sizeof cfg.web_root, "%s", web);

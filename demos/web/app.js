@@ -4,11 +4,12 @@ const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
 const tokenQuery = token ? "token=" + encodeURIComponent(token) : "";
 const $ = (id) => document.getElementById(id);
-let ws = null, nextId = 1, streams = [];
+let ws = null, nextId = 1, streams = [], unauthorized = false;
 const answers = new Map();   // request id -> answer element
-const watches = new Map();   // request id -> question
+const watches = new Map();   // request id -> watch message (sent again after a reconnect)
 
-function send(msg) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); }
+// false when the connection is down: the message was not sent.
+function send(msg) { if (!ws || ws.readyState !== WebSocket.OPEN) return false; ws.send(JSON.stringify(msg)); return true; }
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
 
 function connect() {
@@ -16,7 +17,18 @@ function connect() {
   ws = new WebSocket(proto + "//" + location.host + "/v1/ws" + (tokenQuery ? "?" + tokenQuery : ""));
   ws.onopen = () => { send({type: "hello", id: "hello", version: 1, token: token || undefined, status_interval: 2}); };
   ws.onmessage = (ev) => handle(JSON.parse(ev.data));
-  ws.onclose = () => { setConn("disconnected", "bad"); setTimeout(connect, 2000); };
+  ws.onclose = () => {
+    // a server that went away took its running answers with it: say so instead of leaving them open
+    for (const a of answers.values()) {
+      a.text.textContent += (a.text.textContent ? " " : "") + "[connection lost: the answer was cut short]";
+      a.box.classList.add("error");
+    }
+    answers.clear();
+    // the same token would be refused again: wait for the user to load the page with ?token=
+    if (unauthorized) return;
+    setConn("disconnected: reconnecting…", "bad");
+    setTimeout(connect, 2000);
+  };
 }
 
 function setConn(text, cls) { const c = $("conn"); c.textContent = text; c.className = "pill " + (cls || ""); }
@@ -28,6 +40,7 @@ function handle(m) {
     $("model").textContent = "model: " + m.model;
     $("banner").hidden = !m.stand_in;
     send({type: "list", id: "list"});
+    for (const w of watches.values()) send(w);   // a restarted server has forgotten them
     break;
   case "streams": case "status": renderStreams(m.streams); break;
   case "opened": case "closed": send({type: "list", id: "list"}); break;
@@ -44,17 +57,22 @@ function handle(m) {
     break;
   }
   case "alert": {
-    const li = el("li", "", `[${m.stream} @ ${m.video_time.toFixed(1)} s] ${watches.get(m.id) || ""} → ${m.answer}`);
+    const li = el("li", "", `[${m.stream} @ ${m.video_time.toFixed(1)} s] ${(watches.get(m.id) || {}).question || ""} → ${m.answer}`);
     $("alerts").prepend(li);
     break;
   }
-  case "watching": case "unwatched": break;
+  case "watching": break;
+  case "unwatched": watches.delete(m.id); break;
   case "error": {
     const a = answers.get(m.id);
     const text = `${m.code}: ${m.message}`;
+    if (watches.has(m.id)) watches.delete(m.id);   // a refused watch is not sent again
     if (a) { a.text.textContent = text; a.box.classList.add("error"); answers.delete(m.id); }
     else { const d = el("div", "answer error", text); $("chat").append(d); }
-    if (m.code === "unauthorized") setConn("needs ?token=", "bad");
+    if (m.code === "unauthorized") {
+      unauthorized = true;
+      setConn(token ? "token refused: open the page with the right ?token=" : "needs a token: open the page as /?token=TOKEN", "bad");
+    }
     break;
   }
   }
@@ -87,6 +105,7 @@ function renderStreams(list) {
 
 // Frames refresh about once a second; a new image replaces the old only when it has loaded.
 setInterval(() => {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;   // the server is down: no failing requests
   for (const card of $("stream-list").children) {
     const img = card.querySelector("img"), next = new Image();
     next.onload = () => { img.src = next.src; };
@@ -102,8 +121,8 @@ $("ask-form").addEventListener("submit", (e) => {
   $("chat").append(el("div", "q", `${stream}: ${q}`));
   const box = el("div", "answer"), text = el("span", "text"), stats = el("span", "stats");
   box.append(text, stats); $("chat").append(box);
-  answers.set(id, {box, text, stats});
-  send({type: "ask", id, stream, question: q, max_tokens: 256});
+  if (send({type: "ask", id, stream, question: q, max_tokens: 256})) answers.set(id, {box, text, stats});
+  else { text.textContent = "not connected to the server: the question was not sent (reconnecting…)"; box.classList.add("error"); }
   $("question").value = "";
   $("chat").scrollTop = $("chat").scrollHeight;
 });
@@ -113,15 +132,17 @@ $("watch-form").addEventListener("submit", (e) => {
   const q = $("watch-question").value.trim(), stream = $("stream-select").value;
   if (!q || !stream) return;
   const id = "w" + nextId++;
-  watches.set(id, q);
-  send({type: "watch", id, stream, question: q, condition: $("watch-condition").value,
-        interval: Number($("watch-interval").value) || 5});
+  const msg = {type: "watch", id, stream, question: q, condition: $("watch-condition").value,
+               interval: Number($("watch-interval").value) || 5};
+  if (!send(msg)) { $("alerts").prepend(el("li", "error", "not connected to the server: the watch was not sent")); return; }
+  watches.set(id, msg);
   $("watch-question").value = "";
 });
 
 $("open-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  send({type: "open", id: "o" + nextId++, stream: $("open-name").value.trim(), uri: $("open-uri").value.trim()});
+  if (!send({type: "open", id: "o" + nextId++, stream: $("open-name").value.trim(), uri: $("open-uri").value.trim()}))
+    $("chat").append(el("div", "answer error", "not connected to the server: the stream was not opened"));
 });
 
 connect();

@@ -36,6 +36,20 @@ svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char 
     return svlm_fail(err, SVLM_E_IO, "%s %s: %s", what, safe, msg);
 }
 
+/* A failure once the open deadline has passed is the timeout, whatever FFmpeg made of it (its own
+ * socket timeout reads as "invalid data" for RTSP, our interrupt as AVERROR_EXIT). */
+static svlm_status open_fail(const svlm_backend_args *a, int averr, const char *what, svlm_err *err) {
+    if (a->ctl && svlm_ctl_should_stop(a->ctl) == SVLM_STOP_OPEN_TIMEOUT) {
+        char safe[512];
+        svlm_uri_redact(a->uri->target, safe, sizeof safe);
+        return svlm_fail(err, SVLM_E_IO,
+                         "%s %s: no answer within %g s (check the host, port and path; --open-timeout S "
+                         "waits longer)",
+                         what, safe, a->opts->open_timeout_s);
+    }
+    return svlm_ff_fail(err, averr, what, a->uri->target);
+}
+
 svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a, svlm_err *err) {
     *out = NULL;
     const svlm_uri *uri = a->uri;
@@ -64,11 +78,11 @@ svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a
     const char *target = uri->target;
     int rc = avformat_open_input(&fmt, target, NULL, &opts);
     av_dict_free(&opts);
-    if (rc < 0) return svlm_ff_fail(err, rc, "cannot open", target);
+    if (rc < 0) return open_fail(a, rc, "cannot open", err);
     rc = avformat_find_stream_info(fmt, NULL);
     if (rc < 0) {
         avformat_close_input(&fmt);
-        return svlm_ff_fail(err, rc, "cannot read the streams of", target);
+        return open_fail(a, rc, "cannot read the streams of", err);
     }
     *out = fmt;
     return SVLM_OK;

@@ -247,7 +247,7 @@ ERRORS = [  # (source, backend or None, words the message must contain)
     (aud, "ffmpeg", "no video stream"),
     (aud, "gst", "no video stream"),
     (T, None, "directory"),
-    ("v4l2:///dev/video99", "gst", "/dev/video99"),
+    ("v4l2:///dev/video99", "gst", "no camera at /dev/video99: plug one in"),
     ("v4l2:///dev/video0", "ffmpeg", "need the gst backend"),
     ("gst:nosuchelement", "gst", "no element \"nosuchelement\""),
     ("pattern:size=0x0", None, "pattern: size"),
@@ -260,6 +260,17 @@ for src, be, words in ERRORS:
     check(p.returncode == 1 and words in p.stderr and "Sanitizer" not in p.stderr,
           f"{src} ({be}): rc {p.returncode}, stderr {p.stderr.strip()[:300]!r} lacks {words!r}")
     check(time.time() - t0 < 8, f"{src} ({be}): the error took {time.time() - t0:.1f} s")
+# a server that takes the connection and says nothing: the error names the timeout, not the media
+if "ffmpeg" in BACKENDS:
+    import socket
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        for scheme in ("rtsp", "http"):
+            src = f"{scheme}://127.0.0.1:{silent.getsockname()[1]}/stream"
+            p = run_svlm("frames", src, "--backend", "ffmpeg", "--open-timeout", "1")
+            check(p.returncode == 1 and "no answer within 1 s" in p.stderr,
+                  f"silent {scheme} server: rc {p.returncode}, stderr {p.stderr.strip()[:300]!r}")
 for args in (["--fps", "-1"], ["--size", "10"], ["--speed", "fast"], ["--backend", "vlc"], ["--bogus"]):
     p = run_svlm("frames", "pattern:", *args)
     check(p.returncode == 2 and "svlm:" in p.stderr, f"bad flag {args}: rc {p.returncode} {p.stderr[:200]}")

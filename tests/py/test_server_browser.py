@@ -57,6 +57,38 @@ class Driver:
         raise AssertionError("timed out waiting for " + (what or script))
 
 
+def reconnect(d):
+    """The server goes away in the middle of an answer and comes back on the same port: the cut
+    answer says so, a question asked meanwhile says it was not sent, and the page reconnects by
+    itself and answers again."""
+    port = free_port()
+    answer = "const a = [...document.querySelectorAll('.answer')].pop(); "
+    h = Host(tick_ms=250, port=port)  # 12 tokens: 3 s an answer
+    try:
+        d.s("POST", "/url", {"url": h.base + "/"})
+        d.wait("return document.getElementById('conn').textContent === 'connected'", what="connection")
+        d.js("document.getElementById('question').value = 'what is on the screen?';"
+             "document.getElementById('ask').click()")
+        d.wait(answer + "return a && a.querySelector('.text').textContent.length > 0", what="a first token")
+    finally:
+        h.proc.kill()
+        h.proc.wait()
+    cut = d.wait(answer + "return a.classList.contains('error') && a.textContent", what="the cut answer marked")
+    assert "connection lost" in cut, cut
+    d.wait("return document.getElementById('conn').textContent.startsWith('disconnected')", what="disconnected")
+    d.js("document.getElementById('question').value = 'anyone there?'; document.getElementById('ask').click()")
+    down = d.wait(answer + "return a.classList.contains('error') && a.textContent", what="the unsent question")
+    assert "not sent" in down, down
+    with Host(tick_ms=5, port=port):
+        d.wait("return document.getElementById('conn').textContent === 'connected'", timeout=30, what="reconnection")
+        q = "what is on the screen?"
+        d.js("document.getElementById('question').value = arguments[0]; document.getElementById('ask').click()", q)
+        final = d.wait(answer + "return a.classList.contains('done') && a.querySelector('.text').textContent",
+                       what="an answer after the restart")
+        assert final == expected_answer(q), final
+    print("browser ok: a cut answer and a question asked while down are shown, the page reconnected")
+
+
 def main():
     if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
         skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
@@ -105,6 +137,7 @@ def main():
             stats = d.js("return document.querySelector('.answer .stats').textContent")
             assert "12 tokens" in stats, stats
         print("browser ok: frame shown, %d partial answers before the final one" % len(partial))
+        reconnect(d)
     finally:
         if d.session:
             try:

@@ -29,8 +29,8 @@ def host_binary():
 
 
 class Host:
-    def __init__(self, token=None, limits=None, streams="cam=pattern:", tick_ms=None, web=True):
-        env = dict(os.environ, SVLM_SERVER_HOST="1")
+    def __init__(self, token=None, limits=None, streams="cam=pattern:", tick_ms=None, web=True, port=0):
+        env = dict(os.environ, SVLM_SERVER_HOST="1", SVLM_SERVER_PORT=str(port))
         if token:
             env["SVLM_SERVER_TOKEN"] = token
         if limits:

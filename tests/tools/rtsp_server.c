@@ -1,7 +1,8 @@
 /*
  * A small RTSP server for the ingest tests (gst-rtsp-server), on 127.0.0.1 only.
  *
- *   rtsp_server --port P --file CLIP.mp4 [--loop]    serve an H.264 MP4 without re-encoding
+ *   rtsp_server --port P --file CLIP.mp4             serve an H.264 MP4 without re-encoding,
+ *                                                     each client (or reconnect) from the start
  *   rtsp_server --port P --stamp                      a live 320x240 30 fps stream whose frames
  *                                                     carry the wall clock (see below)
  *   [--user U --pass W]                               require HTTP basic login

@@ -25,14 +25,16 @@ typedef struct ask_client {
     int n_out, sent;
     char *rx;
     size_t rx_len;
-    int json, finished, rc, cancel_sent;
+    int json, finished, rc, cancel_sent, established;
     const char *req_id;
 } ask_client;
 
+/* Ctrl-C counts here: the first cancels the question on the server (its "done" ends the
+ * run), a second one, or a first before the connection is up, exits at once. */
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) {
     (void)sig;
-    interrupted = 1;
+    if (interrupted < 2) interrupted++;
 }
 
 static void usage(FILE *f) {
@@ -80,10 +82,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     ask_client *a = lws_context_user(lws_get_context(wsi));
     switch (reason) {
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
-        fprintf(stderr, "svlm ask: cannot connect: %s\n", in ? (const char *)in : "unknown error");
+        fprintf(stderr,
+                "svlm ask: cannot connect: %s (is 'svlm serve' running and listening at that address?)\n",
+                in ? (const char *)in : "unknown error");
         a->finished = 1, a->rc = 1;
         return 0;
-    case LWS_CALLBACK_CLIENT_ESTABLISHED: lws_callback_on_writable(wsi); return 0;
+    case LWS_CALLBACK_CLIENT_ESTABLISHED:
+        a->established = 1;
+        lws_callback_on_writable(wsi);
+        return 0;
     case LWS_CALLBACK_CLIENT_WRITEABLE:
         if (interrupted && !a->cancel_sent && a->sent == a->n_out) {
             char msg[200];
@@ -244,9 +251,18 @@ int cmd_ask(int argc, char **argv) {
     signal(SIGINT, on_sigint);
     double t0 = cli_now();
     int cancel_requested = 0;
+    double t_cancel = 0;
     while (!a.finished) {
+        /* not connected yet, a second Ctrl-C, or no reply to the cancel within 2 s: leave now */
+        if (interrupted &&
+            (!a.established || interrupted > 1 || (cancel_requested && cli_now() - t_cancel > 2.0))) {
+            fprintf(stderr, "\nsvlm ask: interrupted\n");
+            a.rc = 130;
+            break;
+        }
         if (interrupted && !cancel_requested && wsi) {
             cancel_requested = 1;
+            t_cancel = cli_now();
             lws_callback_on_writable(wsi);
         }
         if (cli_now() - t0 > timeout) {
