@@ -41,6 +41,10 @@ struct svlm_stream {
      * for the frame or join prefill that holds mu (the engine's answer lane would stall behind it). */
     pthread_mutex_t join_mu;
     pending_turn *pending, **pending_tail;
+    /* The metrics as last read under mu, for readers that must not wait for a prefill (the
+     * server's status, on its service thread): svlm_stream_metrics_peek. */
+    pthread_mutex_t snap_mu;
+    svlm_stream_metrics snap;
 };
 
 static double now_ms(void) {
@@ -95,6 +99,7 @@ svlm_status svlm_stream_create(svlm_llama *m, svlm_kernels *k, const svlm_stream
     s->pending_tail = &s->pending;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->join_mu, NULL);
+    pthread_mutex_init(&s->snap_mu, NULL);
     svlm_status st = svlm_vlm_specials_find(s->tok, &s->specials, err);
     const int cap = s->p.sink_tokens + s->p.vision_tokens + s->p.text_tokens;
     if (s->p.max_answers <= 0) s->p.max_answers = 4;
@@ -157,6 +162,7 @@ void svlm_stream_free(svlm_stream *s) {
     svlm_kv_pool_free(s->pool);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->join_mu);
+    pthread_mutex_destroy(&s->snap_mu);
     free(s);
 }
 
@@ -719,11 +725,11 @@ svlm_status svlm_stream_ask(svlm_stream *s, svlm_llama_ctx *ctx, const char *que
     return svlm_stream_ask_fork(s, f, ctx, question, max_tokens, on_token, user, answer, am, err);
 }
 
-void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out) {
+/* The metrics read under mu (the caller holds it); also kept as the snapshot peek returns. */
+static void metrics_locked(svlm_stream *s, svlm_stream_metrics *out) {
     memset(out, 0, sizeof *out);
     const svlm_kv_pool_params *pp = svlm_kv_pool_params_of(s->pool);
     const size_t row_bytes = 2 * (size_t)pp->n_layer * svlm_row_bytes(pp->type, pp->kv_dim); /* K and V */
-    pthread_mutex_lock(&s->mu);
     out->frames_in = s->frames_in;
     out->frames_dropped = __atomic_load_n(&s->frames_dropped, __ATOMIC_RELAXED);
     out->questions = s->questions;
@@ -757,7 +763,34 @@ void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out) {
         out->memory_push_errors = s->mem.push_errors;
         out->frame_ring_bytes = stream_memory_ring_bytes(&s->mem);
     }
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->snap_mu);
+    s->snap = *out;
+    pthread_mutex_unlock(&s->snap_mu);
+}
+
+/* What needs no lock of the stream's: the pool's pages. */
+static void metrics_unlocked(svlm_stream *s, svlm_stream_metrics *out) {
     out->kv_page_bytes = svlm_kv_pool_page_bytes(s->pool);
     out->kv_bytes = (size_t)svlm_kv_pool_pages_in_use(s->pool) * out->kv_page_bytes;
+}
+
+void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out) {
+    pthread_mutex_lock(&s->mu);
+    metrics_locked(s, out);
+    pthread_mutex_unlock(&s->mu);
+    metrics_unlocked(s, out);
+}
+
+void svlm_stream_metrics_peek(svlm_stream *s, svlm_stream_metrics *out) {
+    if (pthread_mutex_trylock(&s->mu) == 0) {
+        metrics_locked(s, out);
+        pthread_mutex_unlock(&s->mu);
+    } else { /* a frame or a join is being prefilled: the metrics from before it */
+        pthread_mutex_lock(&s->snap_mu);
+        *out = s->snap;
+        pthread_mutex_unlock(&s->snap_mu);
+        out->frames_in = svlm_stream_frames_in(s); /* (the counters are atomic: current) */
+        out->frames_dropped = __atomic_load_n(&s->frames_dropped, __ATOMIC_RELAXED);
+    }
+    metrics_unlocked(s, out);
 }

@@ -146,6 +146,10 @@ svlm_status svlm_stream_ask_fork(svlm_stream *s, svlm_stream_fork *f, svlm_llama
                                  void *user, char **answer, svlm_answer_metrics *am, svlm_err *err);
 
 void svlm_stream_metrics_get(svlm_stream *s, svlm_stream_metrics *out);
+/* The same without waiting for a frame or join being prefilled: its figures are then those of the
+ * last read before it (frames in, drops and the pool's pages are current). For status readers on
+ * threads that must not stall (the server's). */
+void svlm_stream_metrics_peek(svlm_stream *s, svlm_stream_metrics *out);
 /* Frames appended so far, without waiting for a frame being appended (metrics_get waits). */
 int64_t svlm_stream_frames_in(const svlm_stream *s);
 

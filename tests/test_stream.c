@@ -334,6 +334,7 @@ static void no_wait_behind_prefill(void) {
     for (int i = 0; i < 24; i++)
         strcat(question, "the red car turns left at the corner ");
     int early = 0, asked = 0, runs = 0;
+    int64_t peeked_frames = -1;
     double join_ms = 0, call_ms = 0;
     while (runs < TRIES && !early) {
         runs++;
@@ -358,6 +359,9 @@ static void no_wait_behind_prefill(void) {
         const double t = now_ms();
         svlm_stream_note_drop(s);
         (void)svlm_stream_frames_in(s);
+        svlm_stream_metrics peek; /* the server's status (on its service thread) */
+        svlm_stream_metrics_peek(s, &peek);
+        peeked_frames = peek.frames_in;
         svlm_answer_metrics am;
         svlm_stream_answer_finish(a, 1, NULL, &am);
         asked++;
@@ -367,8 +371,11 @@ static void no_wait_behind_prefill(void) {
         early = returned < j.t1 - join_ms / 4;
     }
     CHECK(early,
-          "a drop and an answer's end waited for the join's prefill in %d tries (the last: %.1f of %.1f ms)",
+          "a drop, a status peek and an answer's end waited for the join's prefill in %d tries (the last: "
+          "%.1f of %.1f ms)",
           runs, call_ms, join_ms);
+    CHECK(peeked_frames == 2, "a peek during the join said %lld frames in, 2 went in",
+          (long long)peeked_frames);
     REQUIRE(svlm_stream_join_pending(s, &err) == SVLM_OK, "%s", err.msg);
     svlm_stream_metrics m;
     svlm_stream_metrics_get(s, &m);

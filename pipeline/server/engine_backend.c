@@ -266,8 +266,8 @@ static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     o->fps_in = s->fps_ema;
     o->reconnects = s->reconnects;
     o->video_time = s->video_time;
-    svlm_stream_metrics m;
-    svlm_stream_metrics_get(s->stream, &m);
+    svlm_stream_metrics m; /* (peek: the server's thread must not wait for this stream's prefill) */
+    svlm_stream_metrics_peek(s->stream, &m);
     o->frames_in = m.frames_in;
     o->drops = m.frames_dropped;
     o->encoder_ms_sum = m.encode_ms_per_frame * (double)m.frames_in;
