@@ -406,8 +406,7 @@ int cmd_serve(int argc, char **argv) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             snprintf(cfg.web_root, sizeof cfg.web_root, "%s", v);
         } else {
-            fprintf(stderr, "svlm serve: unknown option %s\n", argv[i]);
-            usage(stderr);
+            fprintf(stderr, "svlm serve: unknown option %s (svlm serve --help lists them)\n", argv[i]);
             return 2;
         }
     }
@@ -428,8 +427,9 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     if (!demo && (!model || !mmproj)) {
-        fprintf(stderr, "svlm serve: -m TEXT_GGUF and --mmproj MMPROJ_GGUF are required (or --demo)\n");
-        usage(stderr);
+        /* (not the 60 lines of --help after it: the one line that says what is wrong would scroll away) */
+        fprintf(stderr, "svlm serve: -m TEXT_GGUF and --mmproj MMPROJ_GGUF are required, or --demo for a "
+                        "generated stand-in model (svlm serve --help lists every option)\n");
         return 2;
     }
     if (!demo) {
