@@ -23,6 +23,7 @@
 
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_mkmodel_run.h"
 #include "test_gpu.h"
 #include "vision/encoder.h"
 #include "vision/mmproj.h"
@@ -50,14 +51,11 @@ static void draw(float *px, int S, int s, int f) {
     }
 }
 
-static void check_model(const char *bin, const char *tmp, const char *type, double tol, int same_kept) {
-    char prefix[512], cmd[1400], path[600];
-    snprintf(prefix, sizeof prefix, "%s/stc-batch-%s", tmp, type);
-    snprintf(cmd, sizeof cmd,
-             "'%s' mkmodel --arch smolvlm --shape tiny --type f32 --mmproj-type %s --seed 9 -o '%s' --quiet",
-             bin, type, prefix);
-    REQUIRE(system(cmd) == 0, "could not make the model: %s", cmd);
-    snprintf(path, sizeof path, "%s-mmproj.gguf", prefix);
+static void check_model(const char *type, double tol, int same_kept) {
+    char name[64], args[128], path[1024];
+    snprintf(name, sizeof name, "stc-batch-%s", type);
+    snprintf(args, sizeof args, "--shape tiny --type f32 --mmproj-type %s --seed 9", type);
+    test_mkmodel_smolvlm(name, args, path, sizeof path);
     svlm_err err = {0};
     svlm_mmproj *m = NULL;
     svlm_kernels *k = NULL;
@@ -192,10 +190,8 @@ static void check_model(const char *bin, const char *tmp, const char *type, doub
 }
 
 int test_main(void) {
-    const char *bin = getenv("SVLM_BIN"), *tmp = getenv("SVLM_TEST_TMP");
-    if (!bin || !tmp) SKIP("SVLM_BIN and SVLM_TEST_TMP not set (run through ctest)");
     const int gpu = getenv("SVLM_TEST_STC_ON_GPU") != NULL;
-    check_model(bin, tmp, "f32", gpu ? 1e-2 : 5e-5, !gpu);
-    check_model(bin, tmp, "q8_0", gpu ? 3e-2 : 1.5e-2, 0);
+    check_model("f32", gpu ? 1e-2 : 5e-5, !gpu);
+    check_model("q8_0", gpu ? 3e-2 : 1.5e-2, 0);
     return 0;
 }

@@ -13,6 +13,7 @@
 
 #include "kernels/kernels.h"
 #include "test.h"
+#include "test_mkmodel_run.h"
 #include "vision/encoder.h"
 #include "vision/mmproj.h"
 
@@ -24,14 +25,8 @@ static double max_diff(const float *a, const float *b, size_t n) {
 }
 
 int test_main(void) {
-    const char *bin = getenv("SVLM_BIN"), *tmp = getenv("SVLM_TEST_TMP");
-    if (!bin || !tmp) SKIP("SVLM_BIN and SVLM_TEST_TMP not set (run through ctest)");
-    char prefix[512], cmd[1400], mmproj[600];
-    snprintf(prefix, sizeof prefix, "%s/geometry-p14", tmp);
-    snprintf(cmd, sizeof cmd,
-             "'%s' mkmodel --arch smolvlm --shape tiny-p14 --type f32 --seed 5 -o '%s' --quiet", bin, prefix);
-    REQUIRE(system(cmd) == 0, "could not make the model: %s", cmd);
-    snprintf(mmproj, sizeof mmproj, "%s-mmproj.gguf", prefix);
+    char mmproj[1024];
+    test_mkmodel_smolvlm("geometry-p14", "--shape tiny-p14 --type f32 --seed 5", mmproj, sizeof mmproj);
 
     svlm_err err = {0};
     svlm_mmproj *m = NULL;
