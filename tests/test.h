@@ -5,6 +5,7 @@
 #ifndef SVLM_TESTS_TEST_H
 #define SVLM_TESTS_TEST_H
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -52,5 +53,17 @@ const char *test_tmpdir(void);
         printf("\n");                                                                                        \
         exit(77);                                                                                            \
     } while (0)
+
+/* The largest |a[i] - b[i]|; NaN as soon as one difference is NaN (so a `d <= tol` check fails:
+ * a running maximum with fmax, or "if (!(d <= m)) m = d", let a later value hide it). */
+static inline double test_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - b[i]);
+        if (isnan(d)) return d;
+        if (d > m) m = d;
+    }
+    return m;
+}
 
 #endif

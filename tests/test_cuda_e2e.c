@@ -41,15 +41,6 @@ static int argmax(const float *l, int n) {
     return best;
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d; /* NaN counts as a failure */
-    }
-    return m;
-}
-
 static void generate(svlm_llama *m, svlm_kernels *k, svlm_dtype kv, int batched, run *r) {
     const int V = svlm_llama_hparams_of(m)->n_vocab;
     svlm_err err = {0};
@@ -118,11 +109,11 @@ int test_main(void) {
             run_alloc(&rg, V);
             generate(m, c, kv, batched, &rc);
             generate(m, g, kv, batched, &rg);
-            double d = max_abs_diff(rg.prompt_logits, rc.prompt_logits, (size_t)N * V);
+            double d = test_max_abs_diff(rg.prompt_logits, rc.prompt_logits, (size_t)N * V);
             printf("%s: prompt logits max |gpu - cpu| %.3g (tolerance %.3g)\n", what, d, tol);
             CHECK(d <= tol, "%s: prompt logits differ by %.3g", what, d);
             if (ref && n_ref == (size_t)N * V && !kvi) {
-                double dr = max_abs_diff(rg.prompt_logits, ref, (size_t)N * V);
+                double dr = test_max_abs_diff(rg.prompt_logits, ref, (size_t)N * V);
                 printf("%s: prompt logits max |gpu - llama.cpp| %.3g (tolerance %.3g)\n", what, dr, tol);
                 CHECK(dr <= tol, "%s: prompt logits differ from llama.cpp's by %.3g", what, dr);
             }
@@ -137,8 +128,8 @@ int test_main(void) {
                 printf(" %d", rg.gen[i]);
             printf("\n");
             if (first < 0) {
-                double dl = max_abs_diff(rg.last_logits, rc.last_logits, (size_t)V);
-                double ds = max_abs_diff(rg.step_logits, rc.step_logits, (size_t)N_GEN * V);
+                double dl = test_max_abs_diff(rg.last_logits, rc.last_logits, (size_t)V);
+                double ds = test_max_abs_diff(rg.step_logits, rc.step_logits, (size_t)N_GEN * V);
                 printf(
                     "%s: %d tokens identical; generation logits max |gpu - cpu| %.3g, last %.3g (tolerance "
                     "%.3g)\n",

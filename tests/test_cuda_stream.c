@@ -70,14 +70,7 @@ static void judge(const char *what, double err, double tol) {
 }
 
 static void worse(double *w, double d) {
-    if (!(d <= *w)) *w = d; /* NaN counts as the worst */
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        worse(&m, fabs((double)a[i] - b[i]));
-    return m;
+    if (!isnan(*w) && !(d <= *w)) *w = d; /* NaN counts as the worst, and stays */
 }
 
 static double max_abs(const float *a, size_t n) {
@@ -245,21 +238,21 @@ static void paged_case_run(svlm_llama *m, const paged_case *pc, const float *ref
     paged_generate(m, C, pc, &c);
     char what[200];
     snprintf(what, sizeof what, "paged %s: logits of the prompt, max |gpu - cpu|", pc->name);
-    judge(what, max_abs_diff(g.prompt_logits, c.prompt_logits, (size_t)N * V), pc->tol);
+    judge(what, test_max_abs_diff(g.prompt_logits, c.prompt_logits, (size_t)N * V), pc->tol);
     if (ref && n_ref == (size_t)N * V && pc->pages == SVLM_F32 && pc->copy == SVLM_F32 && pc->reassign) {
         /* before the first eviction the sequence is the plain prompt: llama.cpp's logits */
         snprintf(what, sizeof what,
                  "paged %s: %d prompt rows before the first eviction, max |gpu - llama.cpp|", pc->name,
                  g.clean);
-        judge(what, max_abs_diff(g.prompt_logits, ref, (size_t)g.clean * V), pc->tol);
+        judge(what, test_max_abs_diff(g.prompt_logits, ref, (size_t)g.clean * V), pc->tol);
     }
     const int same = paged_compare_ids(pc, &g, &c, V);
     snprintf(what, sizeof what, "paged %s: logits of the %d steps on the same history, max |gpu - cpu|",
              pc->name, same);
-    judge(what, max_abs_diff(g.step_logits, c.step_logits, (size_t)same * V), pc->tol);
+    judge(what, test_max_abs_diff(g.step_logits, c.step_logits, (size_t)same * V), pc->tol);
     if (same == N_GEN) {
         snprintf(what, sizeof what, "paged %s: logits after the last token, max |gpu - cpu|", pc->name);
-        judge(what, max_abs_diff(g.last_logits, c.last_logits, (size_t)V), pc->tol);
+        judge(what, test_max_abs_diff(g.last_logits, c.last_logits, (size_t)V), pc->tol);
         CHECK(g.evicted_spans == c.evicted_spans && g.evicted_tokens == c.evicted_tokens,
               "%s: evictions differ with the same tokens", pc->name);
     }
@@ -389,9 +382,9 @@ static int batch_step(bside *a, bside *b, bside *c, int step, int V, int *wide, 
         CHECK(ia[r].status == SVLM_OK && ic[r].status == SVLM_OK, "step %d, sequence %d: %s / %s", step, i,
               ia[r].err_msg, ic[r].err_msg);
         wide[i] |= nl > MATVEC_MAX;
-        const double d = max_abs_diff(a->logits[i], b->logits[i], (size_t)V);
+        const double d = test_max_abs_diff(a->logits[i], b->logits[i], (size_t)V);
         worse(!wide[i] ? &w->narrow : on_f16(i) ? &w->wide16 : &w->wide32, d);
-        worse(on_f16(i) ? &w->cpu16 : &w->cpu32, max_abs_diff(a->logits[i], c->logits[i], (size_t)V));
+        worse(on_f16(i) ? &w->cpu16 : &w->cpu32, test_max_abs_diff(a->logits[i], c->logits[i], (size_t)V));
     }
     return nl;
 }
@@ -404,7 +397,7 @@ static void test_batching(svlm_llama *m) {
     bside_setup(m, C, 1, &c);
     double pre32 = 0, pre16 = 0;
     for (int i = 0; i < NSEQ; i++)
-        worse(on_f16(i) ? &pre16 : &pre32, max_abs_diff(a.logits[i], c.logits[i], (size_t)V));
+        worse(on_f16(i) ? &pre16 : &pre32, test_max_abs_diff(a.logits[i], c.logits[i], (size_t)V));
     judge("batching: prefill (chunks of 1 to 13 tokens) logits max |gpu - cpu|, f32 pages", pre32, 1e-3);
     judge("batching: prefill logits max |gpu - cpu|, f16 pages", pre16, 3e-2);
     int wide[NSEQ] = {0};
@@ -490,9 +483,9 @@ static void vision_mode(const svlm_mmproj *mp, svlm_kernels *k, const char *dt, 
     char what[200];
     snprintf(what, sizeof what, "vision %s, %s: %d tiles in batches of 3 + 2, max |gpu - llama.cpp|", dt,
              mode, TILES);
-    judge(what, max_abs_diff(out, ref, emb * TILES), tol_ref);
+    judge(what, test_max_abs_diff(out, ref, emb * TILES), tol_ref);
     snprintf(what, sizeof what, "vision %s, %s: %d tiles, max |gpu - cpu|", dt, mode, TILES);
-    judge(what, max_abs_diff(out, cpu, emb * TILES), tol_cpu);
+    judge(what, test_max_abs_diff(out, cpu, emb * TILES), tol_cpu);
     /* tile 0 alone, and in the middle of tiles 1, 0, 2 */
     float *px3 = xmalloc(sizeof(float) * tile * 3), *out3 = xmalloc(sizeof(float) * emb * 3);
     memcpy(px3, px + tile, sizeof(float) * tile);
@@ -502,7 +495,7 @@ static void vision_mode(const svlm_mmproj *mp, svlm_kernels *k, const char *dt, 
     encode(mp, k, 1, px, 1, out);
     snprintf(what, sizeof what, "vision %s, %s: tile alone vs the same tile 2nd in a batch of 3, max |diff|",
              dt, mode);
-    judge(what, max_abs_diff(out, out3 + emb, emb), tol_batch);
+    judge(what, test_max_abs_diff(out, out3 + emb, emb), tol_batch);
     free(px3);
     free(out3);
     free(out);
@@ -521,7 +514,7 @@ static void test_vision(svlm_mmproj *mps[2], svlm_kernels *g32) {
         encode(mp, C, 3, px, TILES, cpu);
         const double tol = t ? 4e-3 : 1e-3; /* test_vision_encoder's */
         printf("vision %s: for scale, the cpu backend is %.3g off llama.cpp (largest |embedding| %.3g)\n", dt,
-               max_abs_diff(cpu, ref, emb * TILES), max_abs(ref, emb * TILES));
+               test_max_abs_diff(cpu, ref, emb * TILES), max_abs(ref, emb * TILES));
         char *old = getenv("SVLM_CUDA_TF32") ? strdup(getenv("SVLM_CUDA_TF32")) : NULL;
         setenv("SVLM_CUDA_TF32", "0", 1);
         vision_mode(mp, g32, dt, "SVLM_CUDA_TF32=0", px, ref, cpu, tol, 1e-3, 1e-3);

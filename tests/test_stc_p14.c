@@ -19,13 +19,6 @@
 #include "vision/mmproj.h"
 #include "vision/stc.h"
 
-static double max_abs(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)a[i] - b[i]));
-    return m;
-}
-
 int test_main(void) {
     char mmproj[1024];
     test_mkmodel_smolvlm("stc-p14", "--shape tiny-p14 --type f32 --seed 11", mmproj, sizeof mmproj);
@@ -64,7 +57,7 @@ int test_main(void) {
                 b[(size_t)c * plane + (size_t)(p + y) * S + (size_t)(p + x)] += x < p / 2 ? 0.6f : -0.6f;
     REQUIRE(svlm_stc_frame(s, b, out, kept, NULL, &info, &err) == SVLM_OK, "%s", err.msg);
     REQUIRE(svlm_vision_encode(vc, b, 1, full, &err) == SVLM_OK, "%s", err.msg);
-    const double d = max_abs(out, full, TE);
+    const double d = test_max_abs_diff(out, full, TE);
     printf("%d-px patches, an edge moved inside one: path %d, %d of %d recomputed, max|d| vs full %.3g\n", p,
            info.path, info.n_recomputed, info.n_patches, d);
     CHECK(info.path == SVLM_STC_PARTIAL && info.n_recomputed == 1,

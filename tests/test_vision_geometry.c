@@ -17,13 +17,6 @@
 #include "vision/encoder.h"
 #include "vision/mmproj.h"
 
-static double max_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)a[i] - b[i]));
-    return m;
-}
-
 int test_main(void) {
     char mmproj[1024];
     test_mkmodel_smolvlm("geometry-p14", "--shape tiny-p14 --type f32 --seed 5", mmproj, sizeof mmproj);
@@ -59,7 +52,7 @@ int test_main(void) {
     for (int t = 0; t < 3; t++)
         REQUIRE(svlm_vision_encode(vc, px + (size_t)t * tile, 1, out + (size_t)t * emb, &err) == SVLM_OK,
                 "%s", err.msg);
-    double unseen = max_diff(out, out + emb, emb), seen = max_diff(out, out + 2 * emb, emb);
+    double unseen = test_max_abs_diff(out, out + emb, emb), seen = test_max_abs_diff(out, out + 2 * emb, emb);
     printf("%d-px tiles of %d-px patches (%d x %d, %d px never seen): changing the unseen pixels moves the "
            "embeddings by %g, one seen pixel by %g\n",
            S, p, g, g, S - g * p, unseen, seen);
