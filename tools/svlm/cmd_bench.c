@@ -13,12 +13,14 @@
 
 static void usage(FILE *f) {
     fprintf(
-        f, "usage: svlm bench [-m MODEL] [--mmproj MMPROJ] [--pp N] [--tg N] [--decode-batch S] [--batch B]\n"
-           "                  [--reps R] [--threads K] [--kv f32|f16] [--backend B] [--json]\n"
+        f, "usage: svlm bench [-m MODEL] [--mmproj MMPROJ] [--pp N] [--tg N] [--depth D] [--decode-batch S]\n"
+           "                  [--batch B] [--reps R] [--threads K] [--kv f32|f16] [--backend B] [--json]\n"
            "  -m MODEL          text model: prompt processing and generation speed\n"
            "  --mmproj MMPROJ   vision encoder: ms per tile at batch 1 and at --batch B (default 4)\n"
            "  --pp N    prompt tokens processed in one batch (default 512; 0 skips)\n"
-           "  --tg N    tokens generated one at a time from an empty context (default 128; 0 skips)\n"
+           "  --tg N    tokens generated one at a time (default 128; 0 skips)\n"
+           "  --depth D  the generation starts after D tokens already in the cache (default 0): how\n"
+           "            attention over a long window (a stream's memory) slows each token\n"
            "  --decode-batch S  also S sequences (128-token prompts) decoding N steps together, as\n"
            "                    the server's answers do: aggregate tokens per second\n"
            "  --reps R  repetitions; the best is reported (default 3)\n" CLI_BACKEND_HELP
@@ -75,7 +77,7 @@ done:
 
 int cmd_bench(int argc, char **argv) {
     const char *model_path = NULL, *mmproj_path = NULL, *backend = NULL;
-    long long pp = 512, tg = 128, threads = 0, reps = 3, batch = 4, decode_batch = 0;
+    long long pp = 512, tg = 128, depth = 0, threads = 0, reps = 3, batch = 4, decode_batch = 0;
     int json = 0;
     svlm_dtype kv_type = SVLM_F16;
     for (int i = 1; i < argc; i++) {
@@ -99,6 +101,8 @@ int cmd_bench(int argc, char **argv) {
             if (cli_int(a, v, 0, 1 << 16, &pp)) return 2;
         } else if (!strcmp(a, "--tg")) {
             if (cli_int(a, v, 0, 1 << 16, &tg)) return 2;
+        } else if (!strcmp(a, "--depth")) {
+            if (cli_int(a, v, 0, 1 << 20, &depth)) return 2;
         } else if (!strcmp(a, "--reps")) {
             if (cli_int(a, v, 1, 1000, &reps)) return 2;
         } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
@@ -126,7 +130,7 @@ int cmd_bench(int argc, char **argv) {
     cli_text_model tm;
     if (cli_text_model_open(&tm, model_path, backend, (int)threads)) return 1;
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(tm.model);
-    int n_ctx = (int)(pp > tg ? pp : tg);
+    int n_ctx = (int)(pp > depth + tg ? pp : depth + tg);
     if (n_ctx < 1) n_ctx = 1;
     svlm_err err = {0};
     svlm_llama_ctx *ctx = NULL;
@@ -157,8 +161,9 @@ int cmd_bench(int argc, char **argv) {
         }
         if (tg > 0) {
             svlm_llama_ctx_reset(ctx);
-            double t0 = cli_now();
             int32_t tok = ids[0], next = 0; /* greedy decoding, as an answer runs */
+            if (depth > 0 && svlm_llama_eval_greedy(ctx, ids, NULL, (int)depth, &tok, &err)) goto eval_fail;
+            double t0 = cli_now();
             for (int i = 0; i < tg; i++, tok = next)
                 if (svlm_llama_eval_greedy(ctx, &tok, NULL, 1, &next, &err)) goto eval_fail;
             double tps = tg / (cli_now() - t0);
@@ -188,16 +193,20 @@ int cmd_bench(int argc, char **argv) {
         cli_json_str(stdout, model_path, strlen(model_path));
         printf(
             ",\"backend\":\"%s\",\"gpu\":%s,\"threads\":%d,\"pp\":%lld,\"tg\":%lld,\"pp_tps\":%.2f,"
-            "\"tg_tps\":%.2f,\"weight_bytes_per_token\":%.0f,\"tg_weight_gbs\":%.2f,\"bandwidth_gbs\":%.2f,"
+            "\"depth\":%lld,\"tg_tps\":%.2f,\"weight_bytes_per_token\":%.0f,\"tg_weight_gbs\":%.2f,"
+            "\"bandwidth_gbs\":%.2f,"
             "\"tg_bound_tps\":%.2f,\"tg_share_of_bound\":%.4f,\"decode_batch\":%lld,\"decode_batch_tps\":%."
             "2f}\n",
             svlm_kernels_name(tm.kernels), gpu ? "true" : "false", svlm_kernels_threads(tm.kernels), pp, tg,
-            best_pp, best_tg, wb, wb * best_tg / 1e9, bw / 1e9, bound, share, decode_batch, batch_tps);
+            best_pp, depth, best_tg, wb, wb * best_tg / 1e9, bw / 1e9, bound, share, decode_batch, batch_tps);
     } else {
         printf("model       %s\nbackend     %s\n", model_path, svlm_kernels_name(tm.kernels));
         if (pp > 0) printf("pp%-8lld  %.1f tok/s\n", pp, best_pp);
         if (tg > 0 && !svlm_kernels_computes(tm.kernels))
             printf("tg%-8lld  %.1f tok/s (host work only: nothing computed)\n", tg, best_tg);
+        else if (tg > 0 && depth > 0)
+            printf("tg%lld@d%lld  %.1f tok/s after %lld tokens of context (weights read at %.1f GB/s)\n", tg,
+                   depth, best_tg, depth, wb * best_tg / 1e9);
         else if (tg > 0)
             printf("tg%-8lld  %.1f tok/s (weights read at %.1f GB/s)\n", tg, best_tg, wb * best_tg / 1e9);
         if (batch_tps > 0)
