@@ -395,6 +395,7 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
 #ifdef SVLM_X86
     if (level >= SVLM_CPU_AVX2) svlm_cpu_matmul_init_avx2(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512) svlm_cpu_matmul_init_avx512(&k->cpu.mm);
+    if (level >= SVLM_CPU_AVX512) svlm_cpu_rows_f16_init_avx512(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512 && use_own_gemm()) {
         svlm_cpu_gemm_init_avx512(&k->cpu.mm);
         blas = 0;

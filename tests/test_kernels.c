@@ -804,6 +804,8 @@ static void test_attention(svlm_kernels *k) {
         attention_case(k, 1, 1, 9, 3, 64, 1, t);     /* first decode step */
         attention_case(k, 1, 300, 9, 3, 64, 1, t);   /* decode over a cache (kv rows split in parts) */
         attention_case(k, 1, 777, 4, 2, 32, 1, t);   /* uneven parts */
+        attention_case(k, 1, 133, 8, 2, 24, 1, t);   /* groups of 4, rows not a vector's multiple */
+        attention_case(k, 1, 61, 4, 4, 16, 1, t);    /* groups of 1, one part, keys not 8's multiple */
         attention_case(k, 3, 40, 6, 2, 32, 1, t);    /* a few new tokens after a prefix */
         attention_case(k, 70, 70, 4, 1, 16, 1, t);   /* causal prefill, two query blocks */
         attention_case(k, 130, 130, 4, 4, 24, 0, t); /* encoder: no mask */

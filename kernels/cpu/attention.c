@@ -1,8 +1,8 @@
 /*
  * Scaled dot-product attention on the CPU. One task per (kv head, block of queries): the kv
- * head's K and V (converted to f32 once when the cache is F16) serve every query head of its
- * GQA group; scores S = Q K^T and the output S V are GEMMs, with a stable softmax in between
- * whose division by the row sum is applied to the outputs.
+ * head's K and V (svlm_attn_kv_view: F16 rows widened once, or read as f16 in decode) serve every query head
+ * of its GQA group; scores S = Q K^T and the output S V are GEMMs, with a stable softmax in between whose
+ * division by the row sum is applied to the outputs.
  */
 #include <string.h>
 
@@ -55,38 +55,22 @@ static void attn_task(void *ctx, int task, int thread) {
     }
 
     int64_t n_rows = nq > group ? nq : group;
+    int64_t m_rows = nq == 1 ? group : nq; /* query rows of each product */
     size_t s_bytes = sizeof(float) * (size_t)n_rows * (size_t)n_vis;
-    size_t kv_bytes = a->kv_type == SVLM_F16 ? 2 * sizeof(float) * (size_t)n_vis * (size_t)hd : 0;
+    size_t kv_bytes = svlm_attn_kv_scratch(c, a, n_vis, m_rows);
     float *scores =
         svlm_cpu_scratch(c, thread, SVLM_SCRATCH_OP, s_bytes + kv_bytes + sizeof(float) * (size_t)n_rows);
     float *inv_sum = (float *)((char *)scores + s_bytes + kv_bytes); /* per score row */
-    const float *K, *V;
-    int64_t ld_kv;
-    if (a->kv_type == SVLM_F16) {
-        float *kf = (float *)((char *)scores + s_bytes), *vf = kf + (size_t)n_vis * (size_t)hd;
-        const svlm_f16 *k16 = (const svlm_f16 *)a->k + (int64_t)kvh * hd;
-        const svlm_f16 *v16 = (const svlm_f16 *)a->v + (int64_t)kvh * hd;
-        svlm_dequant_fn cvt = c->mm.dequant[SVLM_F16];
-        for (int64_t r = 0; r < n_vis; r++) {
-            cvt(hd, k16 + r * a->kv_stride, kf + r * hd);
-            cvt(hd, v16 + r * a->kv_stride, vf + r * hd);
-        }
-        K = kf;
-        V = vf;
-        ld_kv = hd;
-    } else {
-        K = (const float *)a->k + (int64_t)kvh * hd;
-        V = (const float *)a->v + (int64_t)kvh * hd;
-        ld_kv = a->kv_stride;
-    }
+    svlm_attn_kv kv;
+    svlm_attn_kv_view(c, a, kvh, 0, n_vis, m_rows, (float *)((char *)scores + s_bytes), &kv);
 
     if (nq == 1) { /* decode: the group's query heads are adjacent rows; one GEMM serves all */
         const float *q = a->q + q0 * q_stride + (int64_t)kvh * group * hd;
         float *out = a->out + q0 * q_stride + (int64_t)kvh * group * hd;
-        c->mm.gemm_nt(c, thread, group, n_vis, hd, q, hd, K, ld_kv, scores, n_vis);
+        svlm_attn_kv_scores(c, thread, &kv, group, n_vis, hd, q, hd, scores, n_vis);
         for (int g = 0; g < group; g++)
             inv_sum[g] = 1.0f / c->mm.exp_row(scores + (int64_t)g * n_vis, n_vis, a->scale);
-        c->mm.gemm_nn(c, thread, group, hd, n_vis, scores, n_vis, V, ld_kv, out, hd);
+        svlm_attn_kv_values(c, thread, &kv, group, hd, n_vis, scores, n_vis, out, hd);
         scale_rows(out, hd, group, hd, inv_sum);
         return;
     }
@@ -94,7 +78,7 @@ static void attn_task(void *ctx, int task, int thread) {
         int h = kvh * group + g;
         const float *q = a->q + q0 * q_stride + (int64_t)h * hd;
         float *out = a->out + q0 * q_stride + (int64_t)h * hd;
-        c->mm.gemm_nt(c, thread, nq, n_vis, hd, q, q_stride, K, ld_kv, scores, n_vis);
+        svlm_attn_kv_scores(c, thread, &kv, nq, n_vis, hd, q, q_stride, scores, n_vis);
         for (int64_t i = 0; i < nq; i++) {
             float *s = scores + i * n_vis;
             int64_t vis = a->causal ? offset + q0 + i + 1 : a->n_kv;
@@ -108,7 +92,7 @@ static void attn_task(void *ctx, int task, int thread) {
             for (int64_t t = vis; t < n_vis; t++)
                 s[t] = 0.0f;
         }
-        c->mm.gemm_nn(c, thread, nq, hd, n_vis, scores, n_vis, V, ld_kv, out, q_stride);
+        svlm_attn_kv_values(c, thread, &kv, nq, hd, n_vis, scores, n_vis, out, q_stride);
         scale_rows(out, q_stride, nq, hd, inv_sum);
     }
 }

@@ -35,29 +35,12 @@ static void part_task(void *ctx, int task, int thread) {
     int64_t r0 = (int64_t)p * j->part_rows, r1 = r0 + j->part_rows < a->n_kv ? r0 + j->part_rows : a->n_kv;
     int64_t rows = r1 - r0;
     size_t s_bytes = sizeof(float) * (size_t)group * (size_t)rows;
-    size_t kv_bytes = a->kv_type == SVLM_F16 ? 2 * sizeof(float) * (size_t)rows * (size_t)hd : 0;
+    size_t kv_bytes = svlm_attn_kv_scratch(c, a, rows, group);
     float *scores = svlm_cpu_scratch(c, thread, SVLM_SCRATCH_OP, s_bytes + kv_bytes);
-    const float *K, *V;
-    int64_t ld_kv;
-    if (a->kv_type == SVLM_F16) {
-        float *kf = (float *)((char *)scores + s_bytes), *vf = kf + (size_t)rows * (size_t)hd;
-        const svlm_f16 *k16 = (const svlm_f16 *)a->k + r0 * a->kv_stride + (int64_t)kvh * hd;
-        const svlm_f16 *v16 = (const svlm_f16 *)a->v + r0 * a->kv_stride + (int64_t)kvh * hd;
-        svlm_dequant_fn cvt = c->mm.dequant[SVLM_F16];
-        for (int64_t r = 0; r < rows; r++) {
-            cvt(hd, k16 + r * a->kv_stride, kf + r * hd);
-            cvt(hd, v16 + r * a->kv_stride, vf + r * hd);
-        }
-        K = kf;
-        V = vf;
-        ld_kv = hd;
-    } else {
-        K = (const float *)a->k + r0 * a->kv_stride + (int64_t)kvh * hd;
-        V = (const float *)a->v + r0 * a->kv_stride + (int64_t)kvh * hd;
-        ld_kv = a->kv_stride;
-    }
+    svlm_attn_kv kv;
+    svlm_attn_kv_view(c, a, kvh, r0, rows, group, (float *)((char *)scores + s_bytes), &kv);
     const float *q = a->q + (int64_t)kvh * group * hd; /* the group's query heads are adjacent */
-    c->mm.gemm_nt(c, thread, group, rows, hd, q, hd, K, ld_kv, scores, rows);
+    svlm_attn_kv_scores(c, thread, &kv, group, rows, hd, q, hd, scores, rows);
     for (int g = 0; g < group; g++) {
         float *s = scores + (int64_t)g * rows, mx = s[0];
         for (int64_t t = 1; t < rows; t++)
@@ -66,9 +49,8 @@ static void part_task(void *ctx, int task, int thread) {
         dst[hd] = mx;
         dst[hd + 1] = c->mm.exp_row(s, rows, a->scale);
     }
-    for (int g = 0; g < group; g++)
-        c->mm.gemm_nn(c, thread, 1, hd, rows, scores + (int64_t)g * rows, rows, V, ld_kv,
-                      part_at(j, kvh, p, g), hd);
+    /* the group's outputs are hd + 2 floats apart: one product loads each value row once for all */
+    svlm_attn_kv_values(c, thread, &kv, group, hd, rows, scores, rows, part_at(j, kvh, p, 0), hd + 2);
 }
 
 static void merge_task(void *ctx, int task, int thread) {

@@ -59,6 +59,10 @@ typedef struct svlm_cpu_matmul_ops {
     svlm_dequant_fn dequant[SVLM_DTYPE_COUNT];
     svlm_gemm_fn gemm_nt, gemm_nn;
     svlm_gemm_fn gemm_nt_wide, gemm_nn_wide; /* behind the few-row forms (svlm_cpu_gemm_rows_init_avx512) */
+    /* C (M x N) = A B^T (trans 1) or A B for M <= 4 rows of f32 A and an f16 B: decode attention
+     * straight from an F16 cache, read once at half the bytes (NULL: the rows are widened first) */
+    void (*rows_f16)(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                     const svlm_f16 *B, int64_t ldb, float *C, int64_t ldc);
     /* x[i] = exp(scale * (x[i] - max x)) in place; returns the sum (softmax = this / sum) */
     float (*exp_row)(float *x, int64_t dim, float scale);
     void (*silu_mul)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
@@ -99,6 +103,7 @@ void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops); /* own AVX-512 f32 GEM
 /* Our one- to four-row forms (decode attention) in front of another f32 GEMM (OpenBLAS's): it was
  * 4-6x slower on them even with its AVX-512 kernels. */
 void svlm_cpu_gemm_rows_init_avx512(svlm_cpu_matmul_ops *ops);
+void svlm_cpu_rows_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* ops->rows_f16 */
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
 void svlm_cpu_gemm_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* F16 weights widened in the kernel */
 void svlm_cpu_gemm_f16_init_avx2(svlm_cpu_matmul_ops *ops);    /* F16 and quantized weights, as f16 */
@@ -163,6 +168,24 @@ void svlm_cpu_attention(svlm_cpu *c, const svlm_attn_args *a);
 /* Decode attention over long caches split along the kv rows; returns 0 (nothing done) where
  * splitting does not pay. */
 int svlm_cpu_attention_split(svlm_cpu *c, const svlm_attn_args *a);
+
+/* The K and V rows (kv head kvh, rows [r0, r0 + rows)) an attention task reads with m_rows query
+ * rows per product (kernels/cpu/attention_kv.c): f32, or the F16 cache's own rows (f16 set) where
+ * the few-row forms read f16. */
+typedef struct svlm_attn_kv {
+    const void *k, *v;
+    int64_t ld; /* elements between rows */
+    int f16;
+} svlm_attn_kv;
+/* Bytes of scratch svlm_attn_kv_view needs to widen the rows (0: read in place). */
+size_t svlm_attn_kv_scratch(const svlm_cpu *c, const svlm_attn_args *a, int64_t rows, int64_t m_rows);
+void svlm_attn_kv_view(const svlm_cpu *c, const svlm_attn_args *a, int kvh, int64_t r0, int64_t rows,
+                       int64_t m_rows, float *scratch, svlm_attn_kv *kv);
+/* C = A K^T (scores) and C = A V (weighted values) over the view's rows. */
+void svlm_attn_kv_scores(svlm_cpu *c, int thread, const svlm_attn_kv *kv, int64_t M, int64_t N, int64_t K,
+                         const float *A, int64_t lda, float *C, int64_t ldc);
+void svlm_attn_kv_values(svlm_cpu *c, int thread, const svlm_attn_kv *kv, int64_t M, int64_t N, int64_t K,
+                         const float *A, int64_t lda, float *C, int64_t ldc);
 void svlm_cpu_rmsnorm(svlm_cpu *c, const float *x, const float *w, float *y, int64_t n, int64_t dim,
                       float eps);
 void svlm_cpu_layernorm(svlm_cpu *c, const float *x, const float *w, const float *b, float *y, int64_t n,

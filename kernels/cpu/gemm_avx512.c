@@ -137,13 +137,21 @@ static inline void sum8(const __m512 v[8], float *out, __mmask16 keep) {
     _mm512_mask_storeu_ps(out, keep, lo8);
 }
 
+/* Up to 16 elements of B at element offset off: f32, or f16 widened (a cache kept in F16 is read
+ * as it is, half the bytes, instead of being converted to f32 first). */
+static inline __attribute__((always_inline)) __m512 load_b(const int f16, const void *B, int64_t off,
+                                                           __mmask16 m) {
+    if (f16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const svlm_f16 *)B + off));
+    return _mm512_maskz_loadu_ps(m, (const float *)B + off);
+}
+
 /* C (M x N) = A B^T for M <= 3 rows (decode attention's scores: a GQA group's queries against
- * the keys): eight keys at a time, each key's row loaded once for every query row, the products
- * summed along K in vectors and their lanes added eight keys together at the end (the
- * one-key-at-a-time form paid a whole lane sum per key and query). */
-static inline __attribute__((always_inline)) void small_nt(const int M, int64_t N, int64_t K, const float *A,
-                                                           int64_t lda, const float *B, int64_t ldb, float *C,
-                                                           int64_t ldc) {
+ * the keys, B f32 or f16): eight keys at a time, each key's row loaded once for every query row,
+ * the products summed along K in vectors and their lanes added eight keys together at the end
+ * (the one-key-at-a-time form paid a whole lane sum per key and query). */
+static inline __attribute__((always_inline)) void small_nt(const int M, const int f16, int64_t N, int64_t K,
+                                                           const float *A, int64_t lda, const void *B,
+                                                           int64_t ldb, float *C, int64_t ldc) {
     for (int64_t j0 = 0; j0 < N; j0 += 8) {
         const int64_t nj = N - j0 < 8 ? N - j0 : 8;
         __m512 acc[3][8];
@@ -157,7 +165,7 @@ static inline __attribute__((always_inline)) void small_nt(const int M, int64_t 
                 a[i] = _mm512_maskz_loadu_ps(m, A + i * lda + k);
             for (int jj = 0; jj < 8; jj++) {
                 if (jj >= nj) break;
-                const __m512 b = _mm512_maskz_loadu_ps(m, B + (j0 + jj) * ldb + k);
+                const __m512 b = load_b(f16, B, (j0 + jj) * ldb + k, m);
                 for (int i = 0; i < M; i++)
                     acc[i][jj] = _mm512_fmadd_ps(a[i], b, acc[i][jj]);
             }
@@ -167,11 +175,11 @@ static inline __attribute__((always_inline)) void small_nt(const int M, int64_t 
     }
 }
 
-/* C (M x N) = A B for M <= 4 rows (decode attention's weighted sum of values): 64 columns at a
- * time, each row of B loaded once for every row of A. */
-static inline __attribute__((always_inline)) void small_nn(const int M, int64_t N, int64_t K, const float *A,
-                                                           int64_t lda, const float *B, int64_t ldb, float *C,
-                                                           int64_t ldc) {
+/* C (M x N) = A B for M <= 4 rows (decode attention's weighted sum of values, B f32 or f16): 64
+ * columns at a time, each row of B loaded once for every row of A. */
+static inline __attribute__((always_inline)) void small_nn(const int M, const int f16, int64_t N, int64_t K,
+                                                           const float *A, int64_t lda, const void *B,
+                                                           int64_t ldb, float *C, int64_t ldc) {
     for (int64_t j0 = 0; j0 < N; j0 += 64) {
         __mmask16 m[4];
         for (int c = 0; c < 4; c++)
@@ -181,10 +189,9 @@ static inline __attribute__((always_inline)) void small_nn(const int M, int64_t 
             for (int c = 0; c < 4; c++)
                 acc[i][c] = _mm512_setzero_ps();
         for (int64_t k = 0; k < K; k++) {
-            const float *b = B + k * ldb + j0;
             __m512 bv[4];
             for (int c = 0; c < 4; c++)
-                bv[c] = _mm512_maskz_loadu_ps(m[c], b + 16 * c);
+                bv[c] = load_b(f16, B, k * ldb + j0 + 16 * c, m[c]);
             for (int i = 0; i < M; i++) {
                 const __m512 a = _mm512_set1_ps(A[i * lda + k]);
                 for (int c = 0; c < 4; c++)
@@ -197,22 +204,39 @@ static inline __attribute__((always_inline)) void small_nn(const int M, int64_t 
     }
 }
 
-/* A few rows of A (decode attention): packing would cost more than it saves. */
-static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                         const float *B, int64_t ldb, float *C, int64_t ldc) {
+/* A few rows of A (decode attention): packing would cost more than it saves. B is f32, or f16
+ * with f16 set. */
+static inline __attribute__((always_inline)) void small_m(const int f16, int trans, int64_t M, int64_t N,
+                                                          int64_t K, const float *A, int64_t lda,
+                                                          const void *B, int64_t ldb, float *C, int64_t ldc) {
     switch ((int)M * 2 + trans) {
-    case 2: small_nn(1, N, K, A, lda, B, ldb, C, ldc); break;
-    case 3: small_nt(1, N, K, A, lda, B, ldb, C, ldc); break;
-    case 4: small_nn(2, N, K, A, lda, B, ldb, C, ldc); break;
-    case 5: small_nt(2, N, K, A, lda, B, ldb, C, ldc); break;
-    case 6: small_nn(3, N, K, A, lda, B, ldb, C, ldc); break;
-    case 7: small_nt(3, N, K, A, lda, B, ldb, C, ldc); break;
-    case 8: small_nn(4, N, K, A, lda, B, ldb, C, ldc); break;
+    case 2: small_nn(1, f16, N, K, A, lda, B, ldb, C, ldc); break;
+    case 3: small_nt(1, f16, N, K, A, lda, B, ldb, C, ldc); break;
+    case 4: small_nn(2, f16, N, K, A, lda, B, ldb, C, ldc); break;
+    case 5: small_nt(2, f16, N, K, A, lda, B, ldb, C, ldc); break;
+    case 6: small_nn(3, f16, N, K, A, lda, B, ldb, C, ldc); break;
+    case 7: small_nt(3, f16, N, K, A, lda, B, ldb, C, ldc); break;
+    case 8: small_nn(4, f16, N, K, A, lda, B, ldb, C, ldc); break;
     case 9: /* (four rows of eight keys' sums would not fit the registers: two by two) */
-        small_nt(2, N, K, A, lda, B, ldb, C, ldc);
-        small_nt(2, N, K, A + 2 * lda, lda, B, ldb, C + 2 * ldc, ldc);
+        small_nt(2, f16, N, K, A, lda, B, ldb, C, ldc);
+        small_nt(2, f16, N, K, A + 2 * lda, lda, B, ldb, C + 2 * ldc, ldc);
         break;
     }
+}
+
+static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                         const float *B, int64_t ldb, float *C, int64_t ldc) {
+    small_m(0, trans, M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+static void rows_f16(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                     const svlm_f16 *B, int64_t ldb, float *C, int64_t ldc) {
+    if (K <= 0) {
+        for (int64_t i = 0; i < M; i++)
+            memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    small_m(1, trans, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64_t K, const float *A,
@@ -280,6 +304,10 @@ void svlm_cpu_gemm_rows_init_avx512(svlm_cpu_matmul_ops *ops) {
     ops->gemm_nn_wide = ops->gemm_nn;
     ops->gemm_nt = gemm_nt_rows;
     ops->gemm_nn = gemm_nn_rows;
+}
+
+void svlm_cpu_rows_f16_init_avx512(svlm_cpu_matmul_ops *ops) {
+    ops->rows_f16 = rows_f16;
 }
 
 void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops) {
