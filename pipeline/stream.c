@@ -206,6 +206,13 @@ int svlm_stream_join_some(svlm_stream *s, int max_tokens) {
     return more;
 }
 
+int svlm_stream_turns_waiting(svlm_stream *s) {
+    pthread_mutex_lock(&s->join_mu);
+    const int waiting = s->pending != NULL;
+    pthread_mutex_unlock(&s->join_mu);
+    return waiting;
+}
+
 void svlm_stream_set_deferred_join(svlm_stream *s, int on) {
     pthread_mutex_lock(&s->mu);
     __atomic_store_n(&s->deferred_join, on, __ATOMIC_RELEASE);

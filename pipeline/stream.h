@@ -206,6 +206,8 @@ svlm_status svlm_stream_join_pending(svlm_stream *s, svlm_err *err);
 /* Joins the oldest waiting turns until at least max_tokens tokens went in (a long backlog in
  * pieces, so that other streams' frames go between them); 1 if turns still wait. */
 int svlm_stream_join_some(svlm_stream *s, int max_tokens);
+/* 1 if answered turns wait to be joined (takes only the queue's own lock: callable under others). */
+int svlm_stream_turns_waiting(svlm_stream *s);
 
 /* Records the encoder time of a frame (metrics only). */
 void svlm_stream_note_encode(svlm_stream *s, double ms);

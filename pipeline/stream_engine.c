@@ -891,6 +891,9 @@ static void *ingest_lane(void *arg) {
                 e->m.frames_dropped++;
             else
                 e->m.frames_done++;
+            /* take_frames left the stream's answered turns to this frame's prefill: when the frame
+             * failed before it, they are due again (else they would wait for the next frame) */
+            if (st[i] && !e->p.exact && !ls->closing && svlm_stream_turns_waiting(ls->s)) ls->join_due = 1;
             release_pinned(e, b->sids[i]);
         }
         b->nb = 0;

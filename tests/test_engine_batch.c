@@ -21,6 +21,7 @@
 #include "pipeline/stream_engine.h"
 #include "test.h"
 #include "test_tiny_models.h"
+#include "vision/image.h"
 #include "vision/mmproj.h"
 
 enum { N_STREAMS = 3, N_FRAMES = 4, W = 96, H = 64 };
@@ -178,6 +179,64 @@ static void flood(svlm_llama *m, const svlm_mmproj *mp) {
            most, MAX_ACTIVE);
     svlm_engine_stop(e);
     svlm_stream_free(s);
+    svlm_engine_free(e);
+}
+
+/* on_done of failed_frame's questions: queues a frame that fails before its prefill (wider than an
+ * image may be) on the answered stream, before the engine marks the turn as waiting to be joined. */
+typedef struct bad_frame_ctx {
+    svlm_engine *e;
+    int sid;
+    answers ans;
+} bad_frame_ctx;
+
+static void push_bad_frame(void *user, uint64_t qid, svlm_status st, const char *answer,
+                           const svlm_answer_metrics *am, const char *err_msg) {
+    bad_frame_ctx *c = user;
+    svlm_err err = {0};
+    svlm_frame f;
+    make_frame(&f, 0, 0);
+    f.width = SVLM_IMAGE_MAX_SIDE + 1; /* (the image's check fails before its pixels are read) */
+    CHECK(svlm_engine_push_frame(c->e, c->sid, &f, 0, &err) == SVLM_OK, "%s", err.msg);
+    on_done(&c->ans, qid, st, answer, am, err_msg);
+}
+
+/* A frame that fails before its prefill (which joins the stream's answered turns first) does not
+ * leave those turns waiting for the next frame: while another stream's frames keep the ingest lane
+ * busy, each answer of stream 0 ends with a failing frame queued on it; after the drain every
+ * answered turn has joined. */
+static void failed_frame(svlm_llama *m, const svlm_mmproj *mp) {
+    enum { N_Q = 3 };
+    svlm_err err = {0};
+    svlm_stream *s[2] = {0};
+    int sid[2];
+    svlm_engine *e = answer_engine(m, mp, 4, 4, 1024, 2, s, sid);
+    bad_frame_ctx c = {e, sid[0], {0}};
+    svlm_frame f;
+    make_frame(&f, 0, 0);
+    REQUIRE(svlm_engine_push_frame(e, sid[0], &f, 1, &err) == SVLM_OK, "%s", err.msg);
+    svlm_engine_drain(e);
+    for (int q = 0, k = 0; q < N_Q; q++) {
+        svlm_ask_opts o = {.max_tokens = 4};
+        REQUIRE(svlm_engine_ask(e, sid[0], "What moves?", &o, 0, NULL, push_bad_frame, &c, NULL, &err) ==
+                    SVLM_OK,
+                "%s", err.msg);
+        while (__atomic_load_n(&c.ans.done, __ATOMIC_SEQ_CST) <= q) { /* stream 1 keeps the lane busy */
+            make_frame(&f, 1, k++ % 8);
+            REQUIRE(svlm_engine_push_frame(e, sid[1], &f, 1, &err) == SVLM_OK, "%s", err.msg);
+        }
+    }
+    svlm_engine_drain(e);
+    svlm_stream_metrics sm;
+    svlm_stream_metrics_get(s[0], &sm);
+    CHECK(c.ans.ok == N_Q && sm.answers_joined == N_Q && sm.frames_dropped == N_Q,
+          "failing frames after answers: %d of %d answered, %lld joined, %lld frames dropped", c.ans.ok, N_Q,
+          (long long)sm.answers_joined, (long long)sm.frames_dropped);
+    printf("a frame failing before its prefill: %lld of %d answered turns joined after the drain\n",
+           (long long)sm.answers_joined, N_Q);
+    svlm_engine_stop(e);
+    for (int i = 0; i < 2; i++)
+        svlm_stream_free(s[i]);
     svlm_engine_free(e);
 }
 
@@ -647,6 +706,7 @@ int test_main(void) {
     burst_running(m, mp);
     rotation(m, mp);
     joins_on_streams(m, mp);
+    failed_frame(m, mp);
     mixed_stc(m, mp);
 
     svlm_mmproj_free(mp);
