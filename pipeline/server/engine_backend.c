@@ -31,6 +31,7 @@ void svlm_engine_backend_opts_default(svlm_engine_backend_opts *o) {
     o->text_window = 512;
     o->sink_tokens = 64;
     o->frame_queue = 2;
+    o->kv_type = SVLM_F32;
     o->max_answer_tokens = 256;
     o->max_queued = 1024;
     svlm_stc_controls_default(&o->stc);
@@ -354,14 +355,15 @@ static svlm_status load_models(eng *e, svlm_err *err) {
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(e->model);
     e->n_embd = hp->n_embd;
     e->tokens_per_tile = e->mmproj->hp.tokens_per_tile;
-    e->kv_bytes_per_token = (size_t)2 * hp->n_layer * hp->n_head_kv * hp->head_dim * sizeof(float);
+    e->kv_bytes_per_token = (size_t)2 * hp->n_layer * hp->n_head_kv * hp->head_dim *
+                            (e->o.kv_type == SVLM_F16 ? 2 : sizeof(float));
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block */
     svlm_stream_params sp = {.sink_tokens = e->o.sink_tokens,
                              .vision_tokens = e->o.frames_window * (e->tokens_per_tile + 24),
                              .text_tokens = e->o.text_window,
                              .answer_room = e->o.max_answer_tokens + 256, /* the question's share */
                              .rows_per_frame = e->tokens_per_tile,
-                             .kv_type = SVLM_F32,
+                             .kv_type = e->o.kv_type,
                              .memory_tokens = e->o.memory_tokens};
     e->sp = sp;
     svlm_memory_opts_default(&e->mo);
@@ -394,7 +396,8 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
     if (o->max_streams < 1 || o->answer_threads < 0 || o->answer_threads > 1024 || o->decode_batch < 0 ||
         o->decode_batch > 1024 || o->ingest_batch < 0 || o->ingest_batch > 64 || o->frames_window < 1 ||
         o->text_window < 16 || o->max_answer_tokens < 1 || o->max_queued < 1 || o->sink_tokens < 16 ||
-        o->frame_queue < 1 || o->memory_tokens < 1 || (o->memory && o->memory_budget < 4096))
+        o->frame_queue < 1 || o->memory_tokens < 1 || (o->memory && o->memory_budget < 4096) ||
+        (o->kv_type != SVLM_F32 && o->kv_type != SVLM_F16))
         return svlm_fail(err, SVLM_E_INVALID, "engine options out of range");
     if (o->memory_dir && strlen(o->memory_dir) >= 400)
         return svlm_fail(err, SVLM_E_INVALID, "the memory directory path is too long");

@@ -42,6 +42,7 @@ typedef struct svlm_engine_backend_opts {
     int text_window;         /* dialogue tokens kept (512) */
     int sink_tokens;         /* system-prompt budget (64) */
     int frame_queue;         /* frames waiting per stream; a live source drops the oldest past it (2) */
+    svlm_dtype kv_type;      /* KV cache type: SVLM_F32 (default) or SVLM_F16 */
     int max_answer_tokens;   /* longer requests are cut to this (256) */
     int max_queued;          /* questions waiting or running (1024) */
     svlm_stc_controls stc;   /* token compression (defaults: on, tuned) */

@@ -73,6 +73,7 @@ def main():
                (["-m", model, "--mmproj", model, "--memory-budget", "0"], b"--memory-budget"),
                (["-m", model, "--mmproj", model, "--no-memory", "--memory-dir", tmp], b"--memory-dir"),
                (["-m", model, "--mmproj", model, "--frames-window", "0"], b"--frames-window"),
+               (["-m", model, "--mmproj", model, "--kv", "q8"], b"--kv expects f32 or f16"),
                (["-m", model, "--mmproj", model, "--listen", "127.0.0.1:0"], b"m.gguf")]
         for args, what in bad:
             r = subprocess.run([svlm, "serve"] + args, capture_output=True, timeout=30)
@@ -87,6 +88,7 @@ def main():
                               ({"memory": {"budget_mib": "x"}}, b"memory.budget_mib"),
                               ({"memory": {"on": 1}}, b"memory.on"), ({"stream": {"bogus": 1}}, b"stream.bogus"),
                               ({"stream": {"frames_window": 0.5}}, b"stream.frames_window"),
+                              ({"stream": {"kv": "q8"}}, b"stream.kv"), ({"stream": {"kv": 16}}, b"stream.kv"),
                               ({"sources": {"a": {"uri": "pattern:", "live": "yes"}}}, b"sources.a.live"),
                               ({"sources": {"a": {"live": True}}}, b"sources.a must be"),
                               ({"sources": {"a": 5}}, b"sources.a must be")]:
@@ -97,7 +99,8 @@ def main():
                                          "sources": {"cam": "pattern:size=160x120,rate=10,duration=0,live"},
                                          "stc": {"stc": "on", "keep-ratio": 0.3, "cache": 1},
                                          "memory": {"on": True, "budget_mib": 8, "tokens": 32},
-                                         "stream": {"frames_window": 6, "queue": 3, "answer_threads": 4}}))
+                                         "stream": {"frames_window": 6, "queue": 3, "answer_threads": 4,
+                                                    "kv": "f16"}}))
         cache = os.path.join(tmp, "cache")
         t0 = time.time()
         p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--config", cfg])

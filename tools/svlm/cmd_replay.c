@@ -244,7 +244,7 @@ int cmd_replay(int argc, char **argv) {
                              .text_tokens = (int)sf.text_window,
                              .answer_room = (int)max_tokens + 128,
                              .rows_per_frame = T,
-                             .kv_type = SVLM_F32,
+                             .kv_type = sf.kv,
                              .memory = sf.memory ? &mo : NULL,
                              .memory_tokens = (int)sf.memory_tokens};
     if (svlm_stream_create(model, svlm_engine_ingest_kernels(engine), &sp,

@@ -67,7 +67,7 @@ static void usage(FILE *f) {
             "\"budget_mib\",\n"
             "                        \"dir\", \"tokens\"}, \"stream\": {\"sinks\", \"frames_window\", "
             "\"text_window\",\n"
-            "                        \"queue\", \"answer_threads\"}} (docs/streaming.md)\n"
+            "                        \"queue\", \"answer_threads\", \"kv\"}} (docs/streaming.md)\n"
             "  --web DIR             the page's folder (demos/web next to the binary's source tree)\n"
             "Protocol: docs/protocol.md. The page: http://HOST:PORT/\n");
     stream_flags_usage(f);
@@ -231,7 +231,8 @@ static int config_memory(const char *path, json_t *obj, stream_flags *sf) {
     return 0;
 }
 
-/* "stream": {"sinks", "frames_window", "text_window", "queue", "answer_threads"} (integers) */
+/* "stream": {"sinks", "frames_window", "text_window", "queue", "answer_threads"} (integers) and
+ * "kv" ("f32" or "f16") */
 static int config_stream(const char *path, json_t *obj, stream_flags *sf, long long *answer_threads) {
     const char *key;
     json_t *v;
@@ -242,6 +243,13 @@ static int config_stream(const char *path, json_t *obj, stream_flags *sf, long l
                              {"text_window", &sf->text_window, 16, 1 << 20},
                              {"queue", &sf->queue, 1, 1024},
                              {"answer_threads", answer_threads, 1, 1024}};
+        if (!strcmp(key, "kv")) {
+            const char *t = json_string_value(v);
+            if (!t || (strcmp(t, "f32") && strcmp(t, "f16")))
+                return fprintf(stderr, "svlm serve: %s: stream.kv must be \"f32\" or \"f16\"\n", path), -1;
+            sf->kv = strcmp(t, "f16") ? SVLM_F32 : SVLM_F16;
+            continue;
+        }
         if (config_ints(path, "stream", key, v, ints, (int)(sizeof ints / sizeof ints[0]), &known)) return -1;
         if (!known) return fprintf(stderr, "svlm serve: %s: unknown key stream.%s\n", path, key), -1;
     }
@@ -416,6 +424,7 @@ int cmd_serve(int argc, char **argv) {
     eo.text_window = (int)sf.text_window;
     eo.sink_tokens = (int)sf.sinks;
     eo.frame_queue = (int)sf.queue;
+    eo.kv_type = sf.kv;
     eo.stc = sf.stc;
     eo.memory = sf.memory;
     eo.memory_budget = (size_t)(sf.memory_mib * 1048576.0);

@@ -16,6 +16,7 @@ void stream_flags_default(stream_flags *f) {
     f->frames_window = 8;
     f->text_window = 512;
     f->queue = 2;
+    f->kv = SVLM_F32;
 }
 
 int stream_flags_parse(stream_flags *f, const char *cmd, int argc, char **argv, int *i) {
@@ -39,11 +40,12 @@ int stream_flags_parse(stream_flags *f, const char *cmd, int argc, char **argv, 
     for (int k = 0; k < (int)(sizeof ints / sizeof ints[0]); k++)
         if (!strcmp(a, ints[k].flag)) is_int = k;
     const int ours = is_int >= 0 || !strcmp(a, "--memory-budget") || !strcmp(a, "--memory-dir") ||
-                     !strcmp(a, "--stc") || !strncmp(a, "--stc-", 6);
+                     !strcmp(a, "--stc") || !strncmp(a, "--stc-", 6) || !strcmp(a, "--kv");
     if (!ours) return 0;
     if (!(v = cli_value(argc, argv, i))) return -1;
     if (is_int >= 0) return cli_int(a, v, ints[is_int].lo, ints[is_int].hi, ints[is_int].p) ? -1 : 1;
     if (!strcmp(a, "--memory-budget")) return cli_float(a, v, 0.0625, 1 << 20, &f->memory_mib) ? -1 : 1;
+    if (!strcmp(a, "--kv")) return cli_kv_type(a, v, &f->kv) ? -1 : 1;
     if (!strcmp(a, "--memory-dir")) {
         f->memory_dir = v;
         return 1;
@@ -71,6 +73,8 @@ void stream_flags_usage(FILE *out) {
             "  --frames-window N  frames kept in the context (8)\n"
             "  --text-window N    dialogue tokens kept in the context (512)\n"
             "  --sinks N          tokens kept for ever for the system prompt (64)\n"
+            "  --kv f32|f16       KV cache type (f32): f16 holds each stream's context in half the\n"
+            "                     memory and, on AVX-512 CPUs, decodes long windows faster\n"
             "  --queue N          frames waiting for the encoder per stream; a live source drops\n"
             "                     the oldest beyond it (2)\n"
             "  --memory-budget M  memory bank budget in MiB per stream (64)\n"

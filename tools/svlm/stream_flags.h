@@ -1,6 +1,6 @@
 /* The stream controls `svlm replay` and `svlm serve` share: token compression (--stc, --stc-NAME),
  * memory (--memory-budget, --memory-dir, --memory-tokens, --no-memory) and the context's budgets
- * (--sinks, --frames-window, --text-window, --queue); and the server config's "stc", "memory"
+ * (--sinks, --frames-window, --text-window, --queue, --kv); and the server config's "stc", "memory"
  * and "stream" objects (docs/streaming.md). */
 #ifndef SVLM_TOOLS_STREAM_FLAGS_H
 #define SVLM_TOOLS_STREAM_FLAGS_H
@@ -19,6 +19,7 @@ typedef struct stream_flags {
     long long frames_window; /* frames kept in the context (8) */
     long long text_window;   /* dialogue tokens kept (512) */
     long long queue;         /* frames waiting for the encoder per stream (2) */
+    svlm_dtype kv;           /* KV cache type (SVLM_F32; --kv f16 halves it) */
 } stream_flags;
 
 void stream_flags_default(stream_flags *f);
