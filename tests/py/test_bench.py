@@ -37,6 +37,16 @@ if p.returncode != 0 or not any(l.startswith('tg8 ') for l in lines) or not any(
         or any(l.startswith('pp') for l in lines) or not any(l.startswith('backend') for l in lines):
     fails.append('text report: rc %d %r %s' % (p.returncode, p.stdout, p.stderr[-200:]))
 
+# generation after a filled window: the depth is reported, and stories260K's 512 trained
+# positions hold depth + tg
+p = run(['-m', model, '--pp', '0', '--tg', '8', '--depth', '400', '--reps', '1', '--threads', '2', '--json'])
+r = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
+if r.get('depth') != 400 or not r.get('tg_tps', 0) > 0:
+    fails.append('bench --depth 400: rc %d %r %s' % (p.returncode, p.stdout, p.stderr[-200:]))
+p = run(['-m', model, '--pp', '0', '--tg', '8', '--depth', '100', '--reps', '1', '--threads', '1', '--kv', 'f16'])
+if p.returncode != 0 or not any(l.startswith('tg8@d100 ') for l in p.stdout.splitlines()):
+    fails.append('bench --depth text report: rc %d %r %s' % (p.returncode, p.stdout, p.stderr[-200:]))
+
 if os.path.isfile(mmproj):
     p = run(['--mmproj', mmproj, '--batch', '2', '--reps', '1', '--threads', '1', '--json'])
     if p.returncode != 0:
@@ -47,7 +57,7 @@ if os.path.isfile(mmproj):
             fails.append('vision report: %s' % r)
 
 for bad in (['-m', model, '--decode-batch', '0'], ['-m', model, '--tg', 'x'], ['-m', model, '--backend', 'tpu'],
-            ['--pp', '8'], ['-m', model, '--bogus', '1']):
+            ['--pp', '8'], ['-m', model, '--bogus', '1'], ['-m', model, '--depth', '-1']):
     p = run(bad)
     if p.returncode != 2 or not p.stderr.strip():
         fails.append('%s: exit %d, stderr %r (want 2 and a message)' % (bad, p.returncode, p.stderr[-200:]))
