@@ -394,6 +394,7 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
 #endif
 #ifdef SVLM_X86
     if (level >= SVLM_CPU_AVX2) svlm_cpu_matmul_init_avx2(&k->cpu.mm);
+    if (level == SVLM_CPU_AVX2) svlm_cpu_rows_init_avx2(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512) svlm_cpu_matmul_init_avx512(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512) svlm_cpu_rows_f16_init_avx512(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512 && use_own_gemm()) {

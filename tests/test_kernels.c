@@ -806,6 +806,7 @@ static void test_attention(svlm_kernels *k) {
         attention_case(k, 1, 777, 4, 2, 32, 1, t);   /* uneven parts */
         attention_case(k, 1, 133, 8, 2, 24, 1, t);   /* groups of 4, rows not a vector's multiple */
         attention_case(k, 1, 61, 4, 4, 16, 1, t);    /* groups of 1, one part, keys not 8's multiple */
+        attention_case(k, 1, 150, 6, 2, 20, 1, t);   /* head size not 8's multiple */
         attention_case(k, 3, 40, 6, 2, 32, 1, t);    /* a few new tokens after a prefix */
         attention_case(k, 70, 70, 4, 1, 16, 1, t);   /* causal prefill, two query blocks */
         attention_case(k, 130, 130, 4, 4, 24, 0, t); /* encoder: no mask */
@@ -1032,6 +1033,7 @@ int test_main(void) {
         test_activations(k);
         test_argmax(k);
         test_attention(k);
+        test_gemm(k); /* (each level's few-row forms stand in front of its GEMM) */
         printf("%s: ops checked\n", svlm_kernels_name(k));
         svlm_kernels_destroy(k);
     }

@@ -103,7 +103,9 @@ void svlm_cpu_gemm_init_avx512(svlm_cpu_matmul_ops *ops); /* own AVX-512 f32 GEM
 /* Our one- to four-row forms (decode attention) in front of another f32 GEMM (OpenBLAS's): it was
  * 4-6x slower on them even with its AVX-512 kernels. */
 void svlm_cpu_gemm_rows_init_avx512(svlm_cpu_matmul_ops *ops);
-void svlm_cpu_rows_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* ops->rows_f16 */
+void svlm_cpu_rows_f16_init_avx512(svlm_cpu_matmul_ops *ops); /* ops->rows_f16 */
+/* The AVX2 level's few-row forms: ops->rows_f16, and in front of its f32 GEMM for 1-4 rows. */
+void svlm_cpu_rows_init_avx2(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
 void svlm_cpu_gemm_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* F16 weights widened in the kernel */
 void svlm_cpu_gemm_f16_init_avx2(svlm_cpu_matmul_ops *ops);    /* F16 and quantized weights, as f16 */
