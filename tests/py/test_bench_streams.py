@@ -112,7 +112,7 @@ def parse_text(out):
          lambda m: r.update(stc_recomputed_share=float(m[1]) / 100, stc_reused_share=float(m[2]) / 100,
                             stc_partial_share=float(m[3]) / 100, stc_full_share=float(m[4]) / 100,
                             stc_tokens_kept_per_frame=float(m[5]), stc_tokens=float(m[6]))),
-        (r'memory +per stream: KV ' + NUM + ' MiB, memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',
+        (r'memory +per stream: KV ' + NUM + r' MiB \(f32\), memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',
          lambda m: r.update(kv_bytes_per_stream=float(m[1]) * 2**20)),
         (r'producer_lag_ms +' + NUM + '(?: max)?; drain ' + NUM + ' s$', lambda m: None),
         (r'keeps up: (yes|no) \(fps >= 0\.95\*target and p99 < 250 ms\)$', lambda m: r.update(keeps_up=m[1] == 'yes')),
@@ -159,9 +159,12 @@ def json_run(args, where):
         return p, {}
 
 
-p, r = json_run(base + ['--json', '--progress', '--no-stc', '--no-memory', '--ingest-batch', '3'], 'json run')
+p, r = json_run(base + ['--json', '--progress', '--no-stc', '--no-memory', '--ingest-batch', '3', '--kv', 'f16'],
+                'json run')
 if r is not None:
     check_figures(r, 'json')
+    if r.get('kv') != 'f16' or r.get('questions_skipped') != 0:
+        fails.append('json: kv %r (--kv f16), questions skipped %r' % (r.get('kv'), r.get('questions_skipped')))
     if 'device_bytes_per_stream' in r:  # the CPU's buffers are host memory: no device figures
         fails.append('json: the CPU backend reported device memory %r' % r.get('device_bytes_per_stream'))
     if r.get('stc') is not False or r.get('memory') is not False or r.get('answer_tokens') != 4:
@@ -197,11 +200,25 @@ if r is not None:
         fails.append('null backend: device memory per stream %r, with one stream %r, end %r, fit %r, total %r' %
                      (per, one, end, r.get('device_streams_fit'), r.get('device_bytes_total')))
 
+# an engine that falls behind its questions: a stream's next question is skipped while one waits
+# (100 questions a second on each of 3 streams, 32-token answers on one thread), and the run does
+# not keep up
+fast = [a for a in base]
+fast[fast.index('--ask-every') + 1] = '0.01'
+fast[fast.index('--answer-tokens') + 1] = '32'
+p, r = json_run(fast + ['--json', '--max-waiting', '1'], 'max-waiting run')
+if r is not None:
+    if not (r.get('questions_skipped', 0) > 0 and r.get('questions_asked', 0) > 0 and r.get('keeps_up') is False
+            and r.get('questions_unanswered') == 0):
+        fails.append('--max-waiting 1: asked %r skipped %r unanswered %r keeps_up %r' %
+                     (r.get('questions_asked'), r.get('questions_skipped'), r.get('questions_unanswered'),
+                      r.get('keeps_up')))
+
 ok = ['-m', model, '--mmproj', mmproj]
 for bad in (['--mmproj', mmproj], ok + ['--streams', '0'], ok + ['--streams', '1025'], ok + ['--fps', '0'],
             ok + ['--fps', 'x'], ok + ['--duration', '-1'], ok + ['--warmup', 'nan'], ok + ['--ask-every', '0.001'],
             ok + ['--question-tokens', '0'], ok + ['--answer-tokens', '5000'], ok + ['--threads', '0'],
-            ok + ['--backend', 'tpu'], ok + ['--kv', 'q8'], ok + ['--bogus'], ok + ['video.mp4'],
+            ok + ['--backend', 'tpu'], ok + ['--kv', 'q8'], ok + ['--max-waiting', '0'], ok + ['--bogus'], ok + ['video.mp4'],
             ok + ['--memory-dir', tmp], ok + ['--stc', 'maybe'], ok + ['--streams'], ok + ['--ingest-batch', '65']):
     p = run(['bench-streams'] + bad)
     if p.returncode != 2 or not p.stderr.strip():

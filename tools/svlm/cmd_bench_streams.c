@@ -30,7 +30,7 @@ static void usage(FILE *f) {
         "usage: svlm bench-streams -m TEXT_GGUF --mmproj MMPROJ_GGUF [--streams N] [--fps F]\n"
         "                          [--duration S] [--warmup W] [--question-tokens Q] [--answer-tokens A]\n"
         "                          [--ask-every SEC] [--threads K] [--decode-batch B] [--ingest-batch B]\n"
-        "                          [--kv f32|f16]\n"
+        "                          [--max-waiting W]\n"
         "                          [--backend B] [--no-stc] [--drain-max SEC] [--progress] [--json]\n"
         "                          [stream controls]\n"
         "N streams each get F frames per second (%dx%d, drawn in-process, a moving box per stream;\n"
@@ -45,24 +45,25 @@ static void usage(FILE *f) {
         "  --decode-batch B     answers decoded together in one step (default 16)\n"
         "  --ingest-batch B     frames of different streams encoded together (default 0: 32 on a GPU,\n"
         "                       1 on the CPU)\n"
-        "  --kv f32|f16         KV cache type of the streams (default f32)\n"
+        "  --max-waiting W      a question due while its stream already has W unanswered is skipped\n"
+        "                       and counted (default 8): an engine that falls behind does not queue\n"
+        "                       questions without end\n"
         "  --no-stc             no token compression (the same as --stc off)\n"
         "  --drain-max SEC      after the window, wait at most this long for the queues (default 30)\n"
         "  --progress           a line on stderr each second (the default when stderr is a terminal)\n"
         "  --json               the report as one JSON object\n" CLI_BACKEND_HELP
         "Keeps up: frames per stream per second >= %.2f x F and p99 time to first token < %.0f ms, with\n"
-        "every question of the window answered.\n",
+        "every question of the window asked and answered.\n",
         FRAME_W, FRAME_H, MAX_STREAMS, FPS_SHARE, TTFT_TARGET_MS);
     stream_flags_usage(f);
 }
 
 typedef struct bench_args {
     const char *model, *mmproj, *backend;
-    long long streams, question_tokens, answer_tokens, threads, decode_batch, ingest_batch;
+    long long streams, question_tokens, answer_tokens, threads, decode_batch, ingest_batch, max_waiting;
     double fps, duration, warmup, ask_every, drain_max;
     int json, progress;
-    svlm_dtype kv;
-    stream_flags sf;
+    stream_flags sf; /* (with the KV cache type) */
 } bench_args;
 
 typedef struct samples {
@@ -75,6 +76,8 @@ typedef struct bench {
     pthread_mutex_t mu; /* done callbacks run on the answer lane */
     samples ttft[2];    /* ms, answered questions */
     int64_t asked[2], started[2], answered[2], failed[2], cancelled[2]; /* started: a first token came */
+    int64_t skipped[2];     /* due while their stream had max_waiting unanswered: not asked */
+    int *waiting;           /* per stream: asked, not yet done */
     int64_t copied[2];      /* answered ones whose context copied the stream's window at the fork */
     int64_t window_tokens;  /* tokens of answers that ended inside the window */
     int64_t window_answers; /* and how many answers those were */
@@ -85,7 +88,7 @@ typedef struct bench {
 
 typedef struct q_rec {
     bench *b;
-    int measured, started;
+    int measured, started, stream;
 } q_rec;
 
 typedef struct result {
@@ -93,7 +96,7 @@ typedef struct result {
     int64_t frames, pushed, drops, stream_min, stream_max; /* frames: all streams; one stream's */
     double fps_per_stream, fps_share, ingest_busy, answer_busy, tok_s, tok_s_per_answer, answer_len;
     double p50, p90, p99, max;
-    int64_t asked, started, answered, failed, unanswered, copied;
+    int64_t asked, started, answered, failed, unanswered, copied, skipped;
     double encode_ms, prefill_ms; /* ingest cost of a frame, mean over every frame so far */
     double ingest_batch_mean;     /* frames per encoder batch of 2+ streams in the window */
     double ingest_batch_share;    /* share of the window's frames encoded in such batches */
@@ -147,7 +150,7 @@ static void args_default(bench_args *a) {
     a->threads = 1;
     a->decode_batch = 16;
     a->drain_max = 30;
-    a->kv = SVLM_F32;
+    a->max_waiting = 8;
     stream_flags_default(&a->sf);
 }
 
@@ -156,7 +159,7 @@ static int takes_value(const char *f) {
                                         "--model",
                                         "--mmproj",
                                         "--backend",
-                                        "--kv",
+                                        "--max-waiting",
                                         "--streams",
                                         "--threads",
                                         "-t",
@@ -188,7 +191,7 @@ static int parse_value(bench_args *a, const char *f, const char *v) {
         a->backend = v;
         return cli_backend(f, v);
     }
-    if (!strcmp(f, "--kv")) return cli_kv_type(f, v, &a->kv);
+    if (!strcmp(f, "--max-waiting")) return cli_int(f, v, 1, 1 << 20, &a->max_waiting);
     if (!strcmp(f, "--streams")) return cli_int(f, v, 1, MAX_STREAMS, &a->streams);
     if (!strcmp(f, "--question-tokens")) return cli_int(f, v, 1, 1024, &a->question_tokens);
     if (!strcmp(f, "--answer-tokens")) return cli_int(f, v, 1, 1024, &a->answer_tokens);
@@ -299,6 +302,7 @@ static void on_done(void *user, uint64_t qid, svlm_status st, const char *answer
     const int k = q->measured;
     const double now = cli_now();
     pthread_mutex_lock(&b->mu);
+    b->waiting[q->stream]--;
     if (st == SVLM_OK) {
         b->answered[k]++;
         b->copied[k] += am->window_copied != 0;
@@ -478,17 +482,30 @@ static svlm_status push_frame(run_ctx *r, const uint8_t *bg, int i, int64_t k, s
 }
 
 static svlm_status ask(run_ctx *r, int i, int measured, svlm_err *err) {
+    bench *b = r->b;
+    pthread_mutex_lock(&b->mu);
+    const int skip = b->waiting[i] >= r->a->max_waiting;
+    b->skipped[measured] += skip;
+    pthread_mutex_unlock(&b->mu);
+    if (skip) return SVLM_OK;
     q_rec *q = malloc(sizeof *q);
     if (!q) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
-    q->b = r->b;
+    q->b = b;
     q->measured = measured;
     q->started = 0;
+    q->stream = i;
     svlm_ask_opts o = {.max_tokens = (int)r->a->answer_tokens, .use_memory = r->a->sf.memory};
-    pthread_mutex_lock(&r->b->mu);
-    r->b->asked[measured]++;
-    pthread_mutex_unlock(&r->b->mu);
+    pthread_mutex_lock(&b->mu);
+    b->asked[measured]++;
+    b->waiting[i]++;
+    pthread_mutex_unlock(&b->mu);
     svlm_status st = svlm_engine_ask(r->e, r->sids[i], r->question, &o, 0, on_token, on_done, q, NULL, err);
-    if (st) free(q); /* no callback comes */
+    if (st) { /* no callback comes */
+        pthread_mutex_lock(&b->mu);
+        b->waiting[i]--;
+        pthread_mutex_unlock(&b->mu);
+        free(q);
+    }
     return st;
 }
 
@@ -630,6 +647,7 @@ static void summarize(const bench_args *a, bench *b, result *res) {
     res->failed = b->failed[1];
     res->unanswered = b->asked[1] - b->answered[1] - b->failed[1];
     res->copied = b->copied[1];
+    res->skipped = b->skipped[1];
     res->p50 = res->p90 = res->p99 = res->max = NAN;
     if (s->n) {
         qsort(s->v, s->n, sizeof *s->v, cmp_double);
@@ -644,7 +662,7 @@ static void summarize(const bench_args *a, bench *b, result *res) {
     res->tok_s_per_answer = res->answered ? b->rate_sum / (double)res->answered : NAN;
     res->fps_per_stream = (double)res->frames / (double)a->streams / res->secs;
     res->fps_share = res->fps_per_stream / a->fps;
-    res->keeps_up = res->fps_share >= FPS_SHARE && !res->unanswered && !res->failed &&
+    res->keeps_up = res->fps_share >= FPS_SHARE && !res->unanswered && !res->failed && !res->skipped &&
                     (!res->answered || res->p99 < TTFT_TARGET_MS);
 }
 
@@ -677,10 +695,11 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     printf(
         "\"question_tokens\":%d,\"answer_tokens\":%lld,\"questions_asked\":%lld,\"questions_started\":%lld,"
         "\"questions_answered\":%lld,"
-        "\"questions_failed\":%lld,\"questions_unanswered\":%lld,\"answers_window_copied\":%lld,\"ttft_ms\":"
-        "{",
+        "\"questions_failed\":%lld,\"questions_unanswered\":%lld,\"questions_skipped\":%lld,"
+        "\"answers_window_copied\":%lld,\"ttft_ms\":{",
         r->question_tokens, a->answer_tokens, (long long)r->asked, (long long)r->started,
-        (long long)r->answered, (long long)r->failed, (long long)r->unanswered, (long long)r->copied);
+        (long long)r->answered, (long long)r->failed, (long long)r->unanswered, (long long)r->skipped,
+        (long long)r->copied);
     json_num("p50", r->p50, 1);
     json_num("p90", r->p90, 1);
     json_num("p99", r->p99, 1);
@@ -715,9 +734,10 @@ static void report_json(const bench_args *a, const result *r, const char *backen
         json_num("device_bytes_per_stream", dev_per_stream(r, a->streams), 1);
         json_num("device_streams_fit", dev_streams_fit(r, a->streams), 1);
     }
-    printf("\"kv_bytes_per_stream\":%zu,\"memory_bank_bytes_per_stream\":%zu,\"rss_bytes\":%zu,"
+    printf("\"kv\":\"%s\",\"kv_bytes_per_stream\":%zu,\"memory_bank_bytes_per_stream\":%zu,\"rss_bytes\":%zu,"
            "\"keeps_up\":%s}\n",
-           r->kv_per_stream, r->bank_per_stream, r->rss, r->keeps_up ? "true" : "false");
+           a->sf.kv == SVLM_F16 ? "f16" : "f32", r->kv_per_stream, r->bank_per_stream, r->rss,
+           r->keeps_up ? "true" : "false");
 }
 
 static void report_text(const bench_args *a, const result *r, const char *backend) {
@@ -735,6 +755,9 @@ static void report_text(const bench_args *a, const result *r, const char *backen
         "up to %lld answer tokens)\n",
         (long long)r->asked, (long long)r->started, (long long)r->answered, (long long)r->failed,
         (long long)r->unanswered, r->question_tokens, a->answer_tokens);
+    if (r->skipped)
+        printf("questions        %lld more skipped: their stream had %lld unanswered (--max-waiting)\n",
+               (long long)r->skipped, a->max_waiting);
     if (r->answered)
         printf(
             "ttft_ms          p50 %.1f p90 %.1f p99 %.1f max %.1f; %lld of %lld answers copied the stream's "
@@ -764,8 +787,9 @@ static void report_text(const bench_args *a, const result *r, const char *backen
             "full; %.1f of %.0f tokens kept a frame\n",
             100 * r->stc_recomputed, 100 * r->stc_reused, 100 * r->stc_partial, 100 * r->stc_full,
             r->stc_kept, r->stc_tokens);
-    printf("memory           per stream: KV %.2f MiB, memory bank %.2f MiB; process %.1f MiB resident\n",
-           (double)r->kv_per_stream / mib, (double)r->bank_per_stream / mib, (double)r->rss / mib);
+    printf("memory           per stream: KV %.2f MiB (%s), memory bank %.2f MiB; process %.1f MiB resident\n",
+           (double)r->kv_per_stream / mib, a->sf.kv == SVLM_F16 ? "f16" : "f32",
+           (double)r->bank_per_stream / mib, (double)r->rss / mib);
     if (r->dev_known) {
         const double per = dev_per_stream(r, a->streams);
         if (isfinite(per))
@@ -801,7 +825,7 @@ static int open_streams(run_ctx *r, const svlm_mmproj *mp, int q_tokens, result 
                              .text_tokens = (int)a->sf.text_window,
                              .answer_room = q_tokens + (int)a->answer_tokens + 64,
                              .rows_per_frame = T,
-                             .kv_type = a->kv,
+                             .kv_type = a->sf.kv,
                              .memory = a->sf.memory ? &mo : NULL,
                              .memory_tokens = (int)a->sf.memory_tokens};
     for (int i = 0; i < (int)a->streams; i++) {
@@ -841,7 +865,8 @@ int cmd_bench_streams(int argc, char **argv) {
     r.streams = calloc((size_t)a.streams, sizeof *r.streams);
     r.sids = calloc((size_t)a.streams, sizeof *r.sids);
     r.frames0 = calloc((size_t)a.streams, sizeof *r.frames0);
-    if (!r.streams || !r.sids || !r.frames0) {
+    b.waiting = calloc((size_t)a.streams, sizeof *b.waiting);
+    if (!r.streams || !r.sids || !r.frames0 || !b.waiting) {
         fprintf(stderr, "svlm: out of memory\n");
         goto done;
     }
@@ -900,6 +925,7 @@ done:
     free(r.streams);
     free(r.sids);
     free(r.frames0);
+    free(b.waiting);
     free(question);
     svlm_mmproj_free(mp);
     svlm_llama_free(model);
