@@ -129,16 +129,21 @@ mem_entry *mem_take(svlm_memory *m, int i) {
 /* A persisted entry's record is deleted once the next manifest no longer lists it. */
 static void retire_record(svlm_memory *m, const mem_entry *e) {
     if (!e->persisted || !m->dir) return;
-    if (m->n_removed == m->cap_removed) {
+    if (m->n_removed == m->cap_removed && m->cap_removed < MEM_MAX_REMOVED(m)) {
         int cap = m->cap_removed ? m->cap_removed * 2 : 16;
+        if (cap > MEM_MAX_REMOVED(m)) cap = MEM_MAX_REMOVED(m);
         uint64_t *p = realloc(m->removed_ids, (size_t)cap * sizeof *p);
         if (p) {
             m->removed_ids = p;
             m->cap_removed = cap;
         }
     }
-    /* Without room the record stays on disk until the next load drops it (not in MANIFEST). */
-    if (m->n_removed < m->cap_removed) m->removed_ids[m->n_removed++] = e->id;
+    /* Without room the record stays on disk (the manifest there may list it: it cannot go before the
+     * next one is written); the save whose manifest no longer lists it deletes it with the orphans. */
+    if (m->n_removed < m->cap_removed)
+        m->removed_ids[m->n_removed++] = e->id;
+    else
+        m->orphans = 1;
     m->dirty = 1;
 }
 
@@ -573,6 +578,13 @@ static svlm_status push_locked(svlm_memory *m, double t, const float *tokens, in
         return svlm_fail(err, SVLM_E_INVALID,
                          "memory: frame time %.3f is not finite, beyond 1e12 s or goes backwards (last %.3f)",
                          t, m->prev_t);
+    /* a caller's clock restarted at 0 would file new frames among the resumed ones: retrieval by
+     * time would mix the two, and merges join clips across them */
+    if (m->st.frames == 0 && m->resumed && t < m->st.t_last)
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "memory: frame time %.3f is before the end of the resumed bank (t_last %.3f): "
+                         "continue the stream's clock after svlm_memory_stats.t_last",
+                         t, m->st.t_last);
     if ((m->opts.key_dim > 0) != (key != NULL))
         return svlm_fail(err, SVLM_E_INVALID, "memory: a per-frame key is %s",
                          m->opts.key_dim > 0 ? "required (key_dim > 0)" : "not expected (key_dim = 0)");

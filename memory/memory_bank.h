@@ -51,9 +51,12 @@
  * a temporary file, fsynced and renamed. On open the directory is verified; records that are
  * corrupt, truncated or missing are reported (svlm_memory_load_report) and skipped, and the
  * bank resumes with what verified. SHORT frames and the clip/event still being built are not
- * persisted (they are the last seconds of the stream). A resumed stream should continue its
- * clock after svlm_memory_stats.t_last (restored from the directory: the manifest's, or without
- * one the latest end among the records read and verified), so times stay ordered.
+ * persisted (they are the last seconds of the stream). A resumed stream continues its clock
+ * after svlm_memory_stats.t_last (restored from the directory: the manifest's, or without one the
+ * latest end among the records read and verified), so times stay ordered: a bank that resumed a
+ * manifest or records refuses an earlier frame time (svlm_memory_push). Saves that keep failing
+ * (a full disk) leave the records of evicted entries on disk, unlisted once a save succeeds again,
+ * which then deletes them; what the bank keeps in memory for that stays bounded.
  * A record refused (corrupt, unreadable, not a regular file) is renamed NAME.corrupt, out of the
  * bank's way, by a writing open; a record is never deleted for being refused or unreadable.
  * A file that is not a regular file (a FIFO, a device, a directory) where the manifest, a record
@@ -133,7 +136,10 @@ void svlm_memory_free(svlm_memory *m);
 /* One frame: t in stream seconds (non-decreasing), tokens [n_tokens][dim], key [key_dim] or
  * NULL (required when opts.key_dim > 0). Returns SVLM_E_LIMIT if one frame cannot fit the
  * budget at all (the working buffers for its size and one SHORT frame; the bank is left as it
- * was), SVLM_E_IO if persisting failed (the bank in memory stays consistent). */
+ * was), SVLM_E_IO if persisting failed (the bank in memory stays consistent; the next push or
+ * flush saves again), SVLM_E_INVALID for a time that goes backwards, also in a bank resumed from
+ * opts.dir whose caller's clock restarted: t before svlm_memory_stats.t_last (the bank left as it
+ * was; svlm's streams add svlm_stream_metrics.time_offset, past it). */
 svlm_status svlm_memory_push(svlm_memory *m, double t, const float *tokens, int n_tokens, const float *key,
                              svlm_err *err);
 

@@ -16,6 +16,10 @@
 #define MEM_MAX_ID     ((uint64_t)1 << 62)
 #define MEM_MAX_FRAMES ((int64_t)1 << 48)
 #define MEM_MAX_LEVEL  (1 << 16)
+/* Most ids removed_ids holds: it is outside the budget, and saves that fail for days (a full disk)
+ * retired records into it without end. Past it a record is left on disk, unlisted, for the next
+ * complete save to delete (svlm_memory.orphans). */
+#define MEM_MAX_REMOVED(m) ((m)->opts.max_entries > 64 ? (m)->opts.max_entries : 64)
 
 typedef struct mem_entry {
     uint64_t id;
@@ -105,9 +109,12 @@ struct svlm_memory {
 
     svlm_memory_stats st;
     svlm_memory_load_report report;
-    uint64_t *removed_ids; /* records to delete from dir after the next manifest */
+    uint64_t *removed_ids; /* records to delete from dir after the next manifest (MEM_MAX_REMOVED) */
     int n_removed, cap_removed;
+    int orphans;     /* records retired past that cap: the next complete save deletes every record it
+                      * does not list, as the next open would */
     int dirty;       /* entries changed since the last manifest */
+    int resumed;     /* dir held a bank (a manifest or verified records): st.t_last is where it ended */
     int lock_fd;     /* dir/LOCK, held (flock) while a writing bank has dir open; -1: none */
     int other_width; /* records skipped for another model's width (no manifest to say so) */
 

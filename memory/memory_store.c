@@ -640,6 +640,24 @@ static svlm_status write_found_manifest(svlm_memory *m, svlm_err *err) {
     return SVLM_OK;
 }
 
+static int scan_dir(svlm_memory *m, mem_resume *rs, int only_orphans);
+
+/* After a complete save, when records were retired past removed_ids' cap: every record that the
+ * manifest just written does not list is an orphan, deleted now as the next open would (a stream
+ * may run for weeks before that). */
+static void delete_orphans(svlm_memory *m) {
+    mem_resume rs = {0};
+    int ok = 1;
+    for (int i = 0; ok && i < m->n_entries; i++)
+        if (m->entries[i]->persisted) ok = found_add(&rs, m->entries[i]->id) != NULL;
+    if (ok) { /* (out of memory: the next save tries again) */
+        scan_dir(m, &rs, 1);
+        m->orphans = 0;
+    }
+    free(rs.r);
+    free(rs.slot);
+}
+
 svlm_status mem_store_sync(svlm_memory *m, svlm_err *err) {
     /* first a manifest of what is on disk, where there is none: the records written next are then
      * orphans until the manifest that lists them is in place */
@@ -659,6 +677,7 @@ svlm_status mem_store_sync(svlm_memory *m, svlm_err *err) {
         unlink(path); /* already unlisted: a leftover is an orphan, removed on the next open */
     }
     m->n_removed = 0;
+    if (m->orphans) delete_orphans(m);
     m->dirty = 0;
     return SVLM_OK;
 }
@@ -705,8 +724,8 @@ static int scan_dir(svlm_memory *m, mem_resume *rs, int only_orphans) {
 
 /* The stream's times from the records whose headers are vouched for: read and verified (those the
  * budget kept something of), never one left unread, whose header may be anything that passes its
- * checks. */
-static void times_from_records(svlm_memory *m, const mem_resume *rs) {
+ * checks. Returns whether there was one. */
+static int times_from_records(svlm_memory *m, const mem_resume *rs) {
     int first = 1;
     for (int i = 0; i < rs->n; i++) {
         if (rs->r[i].rejected || !rs->r[i].verified) continue;
@@ -715,6 +734,7 @@ static void times_from_records(svlm_memory *m, const mem_resume *rs) {
         if (t1 > m->st.t_last) m->st.t_last = t1;
         first = 0;
     }
+    return !first;
 }
 
 /* Notes that the records opening found are to be the manifest before anything new is written. */
@@ -818,7 +838,7 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
         return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory opening %s", m->dir);
     }
     svlm_status st = mem_resume_entries(m, &rs, err);
-    if (!st && !ok) times_from_records(m, &rs);
+    if (!st) m->resumed = ok || times_from_records(m, &rs); /* (the manifest's times, else the records') */
     /* no manifest that lists just what is there (none, or one listing records now set aside): one
      * that does is written before anything else, so the records a failed save leaves are orphans */
     if (!st && !m->opts.read_only && (!m->report.manifest_ok || m->report.rejected))

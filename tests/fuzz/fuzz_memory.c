@@ -207,7 +207,8 @@ static void resume(int dim, int key_dim, int frames) {
     float *tok = malloc((size_t)T * (size_t)dim * sizeof(float)), *key = malloc((size_t)kw * sizeof(float));
     svlm_memory_stats s;
     svlm_memory_stats_get(m, &s);
-    double t = isfinite(s.t_last) && s.t_last > 0 && s.t_last < 1e9 ? s.t_last + 1 : 0;
+    double t =
+        isfinite(s.t_last) && s.t_last > 0 && s.t_last < 1e11 ? s.t_last + 1 : 0; /* (resumed: no earlier) */
     int ok = 1;
     for (int f = 0; tok && key && f < frames && ok; f++) {
         for (size_t j = 0; j < (size_t)T * (size_t)dim; j++)
