@@ -355,8 +355,6 @@ static svlm_status load_models(eng *e, svlm_err *err) {
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(e->model);
     e->n_embd = hp->n_embd;
     e->tokens_per_tile = e->mmproj->hp.tokens_per_tile;
-    e->kv_bytes_per_token = (size_t)2 * hp->n_layer * hp->n_head_kv * hp->head_dim *
-                            (e->o.kv_type == SVLM_F16 ? 2 : sizeof(float));
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block */
     svlm_stream_params sp = {.sink_tokens = e->o.sink_tokens,
                              .vision_tokens = e->o.frames_window * (e->tokens_per_tile + 24),
@@ -382,6 +380,10 @@ static svlm_status load_models(eng *e, svlm_err *err) {
                              .ingest_batch = e->o.ingest_batch,
                              .stc = &e->o.stc};
     if ((st = svlm_engine_create(e->model, e->mmproj, &ep, &e->engine, err))) return st;
+    if (e->o.kv_auto)
+        e->sp.kv_type = svlm_kernels_is_gpu(svlm_engine_answer_kernels(e->engine)) ? SVLM_F32 : SVLM_F16;
+    e->kv_bytes_per_token = (size_t)2 * hp->n_layer * hp->n_head_kv * hp->head_dim *
+                            (e->sp.kv_type == SVLM_F16 ? 2 : sizeof(float));
     /* still images: their own kernels (one CPU thread, or the GPU of SVLM_BACKEND), so they never
      * touch the lanes' */
     if ((st = svlm_kernels_create_named(NULL, 1, &e->k_image, err))) return st;

@@ -43,6 +43,7 @@ typedef struct svlm_engine_backend_opts {
     int sink_tokens;         /* system-prompt budget (64) */
     int frame_queue;         /* frames waiting per stream; a live source drops the oldest past it (2) */
     svlm_dtype kv_type;      /* KV cache type: SVLM_F32 (default) or SVLM_F16 */
+    int kv_auto;             /* 1: kv_type is f16 on the CPU, f32 on a GPU */
     int max_answer_tokens;   /* longer requests are cut to this (256) */
     int max_queued;          /* questions waiting or running (1024) */
     svlm_stc_controls stc;   /* token compression (defaults: on, tuned) */

@@ -50,7 +50,7 @@ def check_figures(r, where):
     asked, started, answered = (r.get('questions_' + k, 0) for k in ('asked', 'started', 'answered'))
     if not (0 < answered <= started <= asked):
         fails.append('%s: questions asked %r started %r answered %r' % (where, asked, started, answered))
-    copied = r.get('answers_window_copied', -1)  # f32 streams and answer contexts: the fork copies
+    copied = r.get('answers_window_copied', -1)  # the fork copies the window into the answer's context
     if not (0 < copied <= answered):
         fails.append('%s: %r of %r answers copied the window' % (where, copied, answered))
     if not (r.get('encode_ms_per_frame', 0) > 0 and r.get('prefill_ms_per_frame', 0) > 0):
@@ -112,7 +112,7 @@ def parse_text(out):
          lambda m: r.update(stc_recomputed_share=float(m[1]) / 100, stc_reused_share=float(m[2]) / 100,
                             stc_partial_share=float(m[3]) / 100, stc_full_share=float(m[4]) / 100,
                             stc_tokens_kept_per_frame=float(m[5]), stc_tokens=float(m[6]))),
-        (r'memory +per stream: KV ' + NUM + r' MiB \(f32\), memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',
+        (r'memory +per stream: KV ' + NUM + r' MiB \(f16\), memory bank ' + NUM + ' MiB; process ' + NUM + ' MiB resident$',
          lambda m: r.update(kv_bytes_per_stream=float(m[1]) * 2**20)),
         (r'producer_lag_ms +' + NUM + '(?: max)?; drain ' + NUM + ' s$', lambda m: None),
         (r'keeps up: (yes|no) \(fps >= 0\.95\*target and p99 < 250 ms\)$', lambda m: r.update(keeps_up=m[1] == 'yes')),

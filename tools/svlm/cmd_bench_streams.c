@@ -109,6 +109,7 @@ typedef struct result {
     int64_t memory_waits; /* question starts that waited for a running answer's memory */
     int answers_max;      /* the most answers running at once, since the start */
     size_t kv_per_stream, bank_per_stream, rss;
+    svlm_dtype kv; /* the streams' KV cache type */
     /* device memory (svlm_kernels_device_memory): in use once the first stream was added (its
      * system prompt's prefill uploaded the weights and made the backends' workspaces), once all
      * were, at the end (answers' contexts, copies made on first use), the device's size (0:
@@ -736,7 +737,7 @@ static void report_json(const bench_args *a, const result *r, const char *backen
     }
     printf("\"kv\":\"%s\",\"kv_bytes_per_stream\":%zu,\"memory_bank_bytes_per_stream\":%zu,\"rss_bytes\":%zu,"
            "\"keeps_up\":%s}\n",
-           a->sf.kv == SVLM_F16 ? "f16" : "f32", r->kv_per_stream, r->bank_per_stream, r->rss,
+           r->kv == SVLM_F16 ? "f16" : "f32", r->kv_per_stream, r->bank_per_stream, r->rss,
            r->keeps_up ? "true" : "false");
 }
 
@@ -788,7 +789,7 @@ static void report_text(const bench_args *a, const result *r, const char *backen
             100 * r->stc_recomputed, 100 * r->stc_reused, 100 * r->stc_partial, 100 * r->stc_full,
             r->stc_kept, r->stc_tokens);
     printf("memory           per stream: KV %.2f MiB (%s), memory bank %.2f MiB; process %.1f MiB resident\n",
-           (double)r->kv_per_stream / mib, a->sf.kv == SVLM_F16 ? "f16" : "f32",
+           (double)r->kv_per_stream / mib, r->kv == SVLM_F16 ? "f16" : "f32",
            (double)r->bank_per_stream / mib, (double)r->rss / mib);
     if (r->dev_known) {
         const double per = dev_per_stream(r, a->streams);
@@ -818,6 +819,7 @@ static int open_streams(run_ctx *r, const svlm_mmproj *mp, int q_tokens, result 
     svlm_memory_opts mo;
     svlm_memory_opts_default(&mo);
     mo.budget_bytes = (size_t)(a->sf.memory_mib * 1048576.0);
+    res->kv = stream_flags_kv(&a->sf, svlm_kernels_is_gpu(svlm_engine_ingest_kernels(r->e)));
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block; the
      * answer room holds the chat turn around the question too */
     svlm_stream_params sp = {.sink_tokens = (int)a->sf.sinks,
@@ -825,7 +827,7 @@ static int open_streams(run_ctx *r, const svlm_mmproj *mp, int q_tokens, result 
                              .text_tokens = (int)a->sf.text_window,
                              .answer_room = q_tokens + (int)a->answer_tokens + 64,
                              .rows_per_frame = T,
-                             .kv_type = a->sf.kv,
+                             .kv_type = res->kv,
                              .memory = a->sf.memory ? &mo : NULL,
                              .memory_tokens = (int)a->sf.memory_tokens};
     for (int i = 0; i < (int)a->streams; i++) {

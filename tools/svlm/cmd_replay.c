@@ -239,14 +239,15 @@ int cmd_replay(int argc, char **argv) {
     mo.budget_bytes = (size_t)(sf.memory_mib * 1048576.0);
     mo.dir = sf.memory_dir;
     /* a frame is its header ("\nFrame from MM:SS:", a few tokens) plus the image block */
-    svlm_stream_params sp = {.sink_tokens = (int)sf.sinks,
-                             .vision_tokens = (int)sf.frames_window * (T + 24),
-                             .text_tokens = (int)sf.text_window,
-                             .answer_room = (int)max_tokens + 128,
-                             .rows_per_frame = T,
-                             .kv_type = sf.kv,
-                             .memory = sf.memory ? &mo : NULL,
-                             .memory_tokens = (int)sf.memory_tokens};
+    svlm_stream_params sp = {
+        .sink_tokens = (int)sf.sinks,
+        .vision_tokens = (int)sf.frames_window * (T + 24),
+        .text_tokens = (int)sf.text_window,
+        .answer_room = (int)max_tokens + 128,
+        .rows_per_frame = T,
+        .kv_type = stream_flags_kv(&sf, svlm_kernels_is_gpu(svlm_engine_ingest_kernels(engine))),
+        .memory = sf.memory ? &mo : NULL,
+        .memory_tokens = (int)sf.memory_tokens};
     if (svlm_stream_create(model, svlm_engine_ingest_kernels(engine), &sp,
                            "<|im_start|>System: You are watching a video.<end_of_utterance>\n", &r.stream,
                            &err) ||

@@ -248,6 +248,7 @@ static int config_stream(const char *path, json_t *obj, stream_flags *sf, long l
             if (!t || (strcmp(t, "f32") && strcmp(t, "f16")))
                 return fprintf(stderr, "svlm serve: %s: stream.kv must be \"f32\" or \"f16\"\n", path), -1;
             sf->kv = strcmp(t, "f16") ? SVLM_F32 : SVLM_F16;
+            sf->kv_given = 1;
             continue;
         }
         if (config_ints(path, "stream", key, v, ints, (int)(sizeof ints / sizeof ints[0]), &known)) return -1;
@@ -425,6 +426,7 @@ int cmd_serve(int argc, char **argv) {
     eo.sink_tokens = (int)sf.sinks;
     eo.frame_queue = (int)sf.queue;
     eo.kv_type = sf.kv;
+    eo.kv_auto = !sf.kv_given;
     eo.stc = sf.stc;
     eo.memory = sf.memory;
     eo.memory_budget = (size_t)(sf.memory_mib * 1048576.0);

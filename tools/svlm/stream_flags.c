@@ -16,7 +16,7 @@ void stream_flags_default(stream_flags *f) {
     f->frames_window = 8;
     f->text_window = 512;
     f->queue = 2;
-    f->kv = SVLM_F32;
+    f->kv = SVLM_F16;
 }
 
 int stream_flags_parse(stream_flags *f, const char *cmd, int argc, char **argv, int *i) {
@@ -45,7 +45,10 @@ int stream_flags_parse(stream_flags *f, const char *cmd, int argc, char **argv, 
     if (!(v = cli_value(argc, argv, i))) return -1;
     if (is_int >= 0) return cli_int(a, v, ints[is_int].lo, ints[is_int].hi, ints[is_int].p) ? -1 : 1;
     if (!strcmp(a, "--memory-budget")) return cli_float(a, v, 0.0625, 1 << 20, &f->memory_mib) ? -1 : 1;
-    if (!strcmp(a, "--kv")) return cli_kv_type(a, v, &f->kv) ? -1 : 1;
+    if (!strcmp(a, "--kv")) {
+        f->kv_given = 1;
+        return cli_kv_type(a, v, &f->kv) ? -1 : 1;
+    }
     if (!strcmp(a, "--memory-dir")) {
         f->memory_dir = v;
         return 1;
@@ -73,8 +76,9 @@ void stream_flags_usage(FILE *out) {
             "  --frames-window N  frames kept in the context (8)\n"
             "  --text-window N    dialogue tokens kept in the context (512)\n"
             "  --sinks N          tokens kept for ever for the system prompt (64)\n"
-            "  --kv f32|f16       KV cache type (f32): f16 holds each stream's context in half the\n"
-            "                     memory and, on AVX-512 CPUs, decodes long windows faster\n"
+            "  --kv f32|f16       KV cache type (default: f16 on the CPU, f32 on a GPU); f16 holds\n"
+            "                     each stream's context in half the memory, and on the CPU its\n"
+            "                     decode reads it directly (faster than f32 over long windows)\n"
             "  --queue N          frames waiting for the encoder per stream; a live source drops\n"
             "                     the oldest beyond it (2)\n"
             "  --memory-budget M  memory bank budget in MiB per stream (64)\n"
@@ -90,4 +94,9 @@ void stream_flags_usage(FILE *out) {
     svlm_stc_controls_default(&def);
     for (int k = 0; k < n; k++)
         fprintf(out, "  --stc-%-18s %s (%g)\n", d[k].name, d[k].help, svlm_stc_control_get(&def, d[k].name));
+}
+
+svlm_dtype stream_flags_kv(const stream_flags *f, int gpu) {
+    if (f->kv_given) return f->kv;
+    return gpu ? SVLM_F32 : SVLM_F16;
 }

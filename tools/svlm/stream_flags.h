@@ -19,7 +19,8 @@ typedef struct stream_flags {
     long long frames_window; /* frames kept in the context (8) */
     long long text_window;   /* dialogue tokens kept (512) */
     long long queue;         /* frames waiting for the encoder per stream (2) */
-    svlm_dtype kv;           /* KV cache type (SVLM_F32; --kv f16 halves it) */
+    svlm_dtype kv;           /* KV cache type, when kv_given (--kv, or the config's stream.kv) */
+    int kv_given;            /* 0: stream_flags_kv picks */
 } stream_flags;
 
 void stream_flags_default(stream_flags *f);
@@ -29,5 +30,8 @@ int stream_flags_parse(stream_flags *f, const char *cmd, int argc, char **argv, 
 /* Consistency after parsing: 0 or -1 (printed). */
 int stream_flags_check(const stream_flags *f, const char *cmd);
 void stream_flags_usage(FILE *out);
+/* The streams' KV cache type: --kv's, else f16 on the CPU (half the memory, and its decode reads
+ * f16 rows directly) and f32 on a GPU (what its stream figures were measured with). */
+svlm_dtype stream_flags_kv(const stream_flags *f, int gpu);
 
 #endif
