@@ -33,12 +33,14 @@ void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s) {
     atomic_init(&ctl->open_deadline_ns, 0);
     atomic_init(&ctl->decoded, 0);
     atomic_init(&ctl->corrupt, 0);
+    atomic_init(&ctl->corrupt_at_progress, 0);
     atomic_init(&ctl->stop_reason, SVLM_STOP_NONE);
     ctl->stall_timeout_s = stall_timeout_s;
 }
 
 void svlm_ctl_touch(svlm_ingest_ctl *ctl) {
     atomic_store(&ctl->progress_ns, mono_ns());
+    atomic_store(&ctl->corrupt_at_progress, atomic_load(&ctl->corrupt));
 }
 
 svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
@@ -57,8 +59,16 @@ svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
 }
 
 svlm_status svlm_ctl_stop_error(svlm_ingest_ctl *ctl, svlm_err *err, const char *what) {
+    const long long damaged = atomic_load(&ctl->corrupt) - atomic_load(&ctl->corrupt_at_progress);
     switch (atomic_load(&ctl->stop_reason)) {
     case SVLM_STOP_STALL:
+        if (damaged > 0) /* data kept coming: not a silent server, so say what is wrong with it */
+            return svlm_fail(
+                err, SVLM_E_IO,
+                "%s: stalled, no frame decoded for %.1f s: the %lld packets/frames that arrived "
+                "failed to decode (a damaged stream, or an encoding this decoder cannot read: check "
+                "the source's encoder settings; for RTSP try --transport tcp)",
+                what, ctl->stall_timeout_s, damaged);
         return svlm_fail(err, SVLM_E_IO, "%s: stalled, no frame for %.1f s (watchdog)", what,
                          ctl->stall_timeout_s);
     case SVLM_STOP_OPEN_TIMEOUT: return svlm_fail(err, SVLM_E_IO, "%s: timed out while opening", what);

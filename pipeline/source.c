@@ -3,12 +3,16 @@
  * replays, the reader thread and drop-oldest queue of live sources, the watchdog and the
  * reconnect loop with exponential backoff and jitter.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "pipeline/frame_queue.h"
@@ -25,6 +29,7 @@ struct svlm_source {
     svlm_ingest_ctl ctl;
     svlm_sampler sampler;
     int live, reconnectable;
+    int fifo, fifo_fd; /* the FILE is a named pipe; its descriptor once a writer wrote (-1 before) */
     unsigned jitter_seed;
 
     /* replay: items produced in the consumer's thread, handed out in order */
@@ -92,11 +97,50 @@ static int finished_playlist(const char *uri, const svlm_source_opts *opts) {
     return svlm_source_probe(uri, &po, &info, &perr) == SVLM_OK && info.duration > 0;
 }
 
+/*
+ * A named pipe's open(2) blocks in the kernel until a writer opens it, out of reach of the open
+ * timeout and of a cancel. So it is opened here without blocking and polled until a writer has
+ * written something (or ctl says stop); the backends then read that descriptor.
+ */
+static svlm_status fifo_wait(const char *path, svlm_ingest_ctl *ctl, double timeout_s, int *fd_out,
+                             svlm_err *err) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return svlm_fail(err, SVLM_E_IO, "cannot open the named pipe %s: %s", path, strerror(errno));
+    for (;;) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int n = poll(&p, 1, 50); /* short: a cancel or the deadline is noticed within 50 ms */
+        if (n > 0 && (p.revents & POLLIN)) break;
+        const svlm_stop_reason why = svlm_ctl_should_stop(ctl);
+        svlm_status st = SVLM_OK;
+        if (n > 0 && (p.revents & (POLLHUP | POLLERR)))
+            st = svlm_fail(err, SVLM_E_IO, "%s: the named pipe's writer closed it without writing anything",
+                           path);
+        else if (n < 0 && errno != EINTR)
+            st = svlm_fail(err, SVLM_E_IO, "cannot wait on the named pipe %s: %s", path, strerror(errno));
+        else if (why == SVLM_STOP_OPEN_TIMEOUT)
+            st = svlm_fail(err, SVLM_E_IO,
+                           "%s is a named pipe (FIFO) and nothing was written to it within %g s: start the "
+                           "program that writes the video into it (--open-timeout S waits longer)",
+                           path, timeout_s);
+        else if (why)
+            st = svlm_ctl_stop_error(ctl, err, path);
+        if (st != SVLM_OK) {
+            close(fd);
+            return st;
+        }
+    }
+    *fd_out = fd;
+    return SVLM_OK;
+}
+
 static svlm_status open_backend(svlm_source *s, svlm_err *err) {
-    svlm_backend_args args = {&s->uri, &s->opts, &s->ctl, &s->sampler};
     atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
     atomic_store(&s->ctl.open_deadline_ns, (long long)((svlm_mono_now() + s->opts.open_timeout_s) * 1e9));
-    svlm_status st = s->ops->open(&s->bctx, &args, err);
+    svlm_status st = SVLM_OK;
+    if (s->fifo && s->fifo_fd < 0)
+        st = fifo_wait(s->uri.target, &s->ctl, s->opts.open_timeout_s, &s->fifo_fd, err);
+    svlm_backend_args args = {&s->uri, &s->opts, &s->ctl, &s->sampler, s->fifo_fd};
+    if (st == SVLM_OK) st = s->ops->open(&s->bctx, &args, err);
     atomic_store(&s->ctl.open_deadline_ns, 0);
     svlm_ctl_touch(&s->ctl);
     if (st != SVLM_OK) s->bctx = NULL;
@@ -226,6 +270,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
 
     svlm_source *s = calloc(1, sizeof *s);
     if (!s) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    s->fifo_fd = -1;
     st = svlm_uri_parse(uri, &s->uri, err);
     if (st == SVLM_OK && s->uri.kind == SVLM_URI_FILE) {
         struct stat sb;
@@ -233,6 +278,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
             st = svlm_fail(err, SVLM_E_IO, "no such file: %s", s->uri.target);
         else if (S_ISDIR(sb.st_mode))
             st = svlm_fail(err, SVLM_E_INVALID, "%s is a directory, not a video file", s->uri.target);
+        s->fifo = st == SVLM_OK && S_ISFIFO(sb.st_mode);
     }
     if (st == SVLM_OK && !(s->ops = svlm_backend_choose(opts.backend, &s->uri, err)))
         st = err ? err->status : SVLM_E_UNSUPPORTED;
@@ -275,6 +321,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     }
     if (st != SVLM_OK) {
         if (s->bctx) s->ops->close(s->bctx);
+        if (s->fifo_fd >= 0) close(s->fifo_fd);
         free(s);
         return st;
     }
@@ -385,6 +432,7 @@ void svlm_source_close(svlm_source *s) {
         svlm_frame_queue_destroy(&s->queue);
     }
     if (s->bctx) s->ops->close(s->bctx);
+    if (s->fifo_fd >= 0) close(s->fifo_fd); /* after the backend: it reads this descriptor */
     for (int i = 0; i < s->n_pending; i++)
         if (s->pending[i].kind == SVLM_ITEM_FRAME) svlm_frame_release(&s->pending[i].frame);
     free(s);
@@ -404,8 +452,11 @@ svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_
     if (!uri) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     st = svlm_uri_parse(uri_str, uri, err);
     struct stat sb;
+    int fifo = 0, fifo_fd = -1;
     if (st == SVLM_OK && uri->kind == SVLM_URI_FILE && stat(uri->target, &sb) != 0)
         st = svlm_fail(err, SVLM_E_IO, "no such file: %s", uri->target);
+    else if (st == SVLM_OK && uri->kind == SVLM_URI_FILE)
+        fifo = S_ISFIFO(sb.st_mode);
     const svlm_backend_ops *ops = st == SVLM_OK ? svlm_backend_choose(opts.backend, uri, err) : NULL;
     if (st == SVLM_OK && !ops) st = err ? err->status : SVLM_E_UNSUPPORTED;
     if (st == SVLM_OK) {
@@ -413,11 +464,13 @@ svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_
         svlm_ingest_ctl ctl;
         svlm_ctl_init(&ctl, 0);
         atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + opts.open_timeout_s) * 1e9));
-        svlm_backend_args args = {uri, &opts, &ctl, NULL};
-        st = ops->probe(&args, info, err);
+        if (fifo) st = fifo_wait(uri->target, &ctl, opts.open_timeout_s, &fifo_fd, err);
+        svlm_backend_args args = {uri, &opts, &ctl, NULL, fifo_fd};
+        if (st == SVLM_OK) st = ops->probe(&args, info, err);
         snprintf(info->backend, sizeof info->backend, "%s", ops->name);
         info->live = opts.live;
     }
+    if (fifo_fd >= 0) close(fifo_fd);
     free(uri);
     return st;
 }

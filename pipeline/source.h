@@ -4,6 +4,7 @@
  *
  * URIs (the backend in brackets is the default, --backend / opts.backend overrides it):
  *   PATH or file://PATH                    recordings              [ffmpeg, else gst]
+ *                  (a named pipe is opened once its writer has written, within opts.open_timeout_s)
  *   rtsp://[user:pass@]host[:port]/path    IP cameras, live        [ffmpeg, else gst]
  *   http(s)://...  (progressive, HLS .m3u8) replay; .m3u8 is live  [ffmpeg, else gst]
  *                  unless the playlist is finished (video on demand: it has a duration)
@@ -64,7 +65,7 @@ typedef struct svlm_source_opts {
     int live;                 /* -1: from the URI (rtsp, v4l2, HLS, live pattern), 0: replay, 1: live */
     svlm_transport transport; /* RTSP transport (AUTO: the library's choice, usually UDP then TCP) */
     double open_timeout_s;    /* connect/open limit (10) */
-    double stall_timeout_s;   /* live watchdog: no decoded frame for this long = stalled (5) */
+    double stall_timeout_s;   /* live watchdog: no cleanly decoded frame for this long = stalled (5) */
     int max_reconnects;       /* live: consecutive failed reconnects before giving up, -1 = forever (-1) */
     double backoff_initial_s; /* first reconnect delay (0.25), doubling up to backoff_max_s (5) with ±25%
                                  jitter */

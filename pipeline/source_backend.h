@@ -48,16 +48,19 @@ typedef enum svlm_stop_reason {
 
 typedef struct svlm_ingest_ctl {
     atomic_int cancel;
-    atomic_llong progress_ns;      /* monotonic time of the last decoded frame (or of the read start) */
+    atomic_llong progress_ns;      /* monotonic time of the last good decoded frame (or of the read start) */
     atomic_llong open_deadline_ns; /* while opening: give up after this; 0 otherwise */
     atomic_llong decoded;
     atomic_llong corrupt;
+    /* corrupt as it was at progress_ns: more since then means data came but did not decode */
+    atomic_llong corrupt_at_progress;
     atomic_int stop_reason; /* the last reason svlm_ctl_should_stop returned */
     double stall_timeout_s; /* 0: no watchdog */
 } svlm_ingest_ctl;
 
 void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s);
-/* Marks progress now (a frame was decoded, or a read began). */
+/* Marks progress now (a frame decoded cleanly, or a read began). Not for frames the decoder flagged
+ * as damaged: a stream of only those must still trip the watchdog. */
 void svlm_ctl_touch(svlm_ingest_ctl *ctl);
 /* Cheap; called from library callbacks (FFmpeg interrupt callback, GStreamer poll loops). */
 svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl);
@@ -80,6 +83,9 @@ typedef struct svlm_backend_args {
     const svlm_source_opts *opts; /* live already resolved to 0 or 1 */
     svlm_ingest_ctl *ctl;
     svlm_sampler *sampler; /* NULL when probing */
+    /* >= 0: the FILE is a named pipe, already open here (non-blocking, data waiting): read this
+     * descriptor (it stays the source's) instead of opening the path, which would block. */
+    int fifo_fd;
 } svlm_backend_args;
 
 typedef struct svlm_backend_ops {

@@ -75,7 +75,13 @@ svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a
         av_dict_set(&opts, "analyzeduration", "200000", 0);
         if (uri->kind == SVLM_URI_RTSP) av_dict_set(&opts, "max_delay", "100000", 0);
     }
+    /* a named pipe: the descriptor the source opened without blocking (see svlm_backend_args) */
+    char pipe_url[32];
     const char *target = uri->target;
+    if (a->fifo_fd >= 0) {
+        snprintf(pipe_url, sizeof pipe_url, "pipe:%d", a->fifo_fd);
+        target = pipe_url;
+    }
     int rc = avformat_open_input(&fmt, target, NULL, &opts);
     av_dict_free(&opts);
     if (rc < 0) return open_fail(a, rc, "cannot open", err);

@@ -133,6 +133,7 @@ static svlm_status ff_open(void **out, const svlm_backend_args *a, svlm_err *err
     c->sampler = a->sampler;
     c->opts = *a->opts;
     svlm_frame_clock_init(&c->clock, !c->opts.live);
+    c->clock.live = c->opts.live;
     svlm_status st = svlm_ff_open_input(&c->fmt, a, err);
     if (st == SVLM_OK) st = open_decoder(c, err);
     if (st == SVLM_OK && (!(c->pkt = av_packet_alloc()) || !(c->frame = av_frame_alloc())))
@@ -166,14 +167,15 @@ static double frame_duration(const ff_ctx *c, const AVFrame *f) {
 }
 
 /* A frame's time: its own timestamp, or a synthesized one where it has none or (a recording) where
- * the timestamps stop advancing: said once, so that a file of all-zero timestamps is not a mystery. */
+ * the timestamps stop advancing: said once, so that a file of all-zero timestamps is not a mystery;
+ * (live) shifted back once the stream's clock leapt forward, said once too. */
 static double frame_time(ff_ctx *c, const AVFrame *f) {
     const int64_t ts = f->best_effort_timestamp;
     const int has_ts = ts != AV_NOPTS_VALUE;
     const double t = has_ts ? ts_seconds(c, ts) : 0;
-    const int64_t replaced = c->clock.replaced;
-    const double step = synth_step(c);
-    const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step);
+    const int64_t replaced = c->clock.replaced, leaps = c->clock.leaps;
+    const double step = synth_step(c), shift = c->clock.shift;
+    const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step, svlm_wall_now());
     if (!replaced && c->clock.replaced) {
         char safe[512];
         svlm_uri_redact(c->uri->target, safe, sizeof safe);
@@ -181,6 +183,13 @@ static double frame_time(ff_ctx *c, const AVFrame *f) {
                 "svlm: %s: timestamps do not advance (a frame at %.3f s after one at %.3f s): timing such "
                 "frames by the frame rate instead, %.4g s a frame\n",
                 safe, t, out - step, step);
+    }
+    if (!leaps && c->clock.leaps) {
+        char safe[512];
+        svlm_uri_redact(c->uri->target, safe, sizeof safe);
+        fprintf(stderr,
+                "svlm: %s: the stream's clock leapt %.0f s ahead: continuing from the previous frame\n", safe,
+                shift - c->clock.shift);
     }
     c->prev_dur = frame_duration(c, f);
     return out;
@@ -266,12 +275,12 @@ static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_er
 static int on_frame(ff_ctx *c, svlm_frame *out, svlm_status *st, svlm_err *err) {
     AVFrame *f = c->frame;
     atomic_fetch_add(&c->ctl->decoded, 1);
-    svlm_ctl_touch(c->ctl);
     if (f->decode_error_flags || (f->flags & AV_FRAME_FLAG_CORRUPT)) {
         atomic_fetch_add(&c->ctl->corrupt, 1);
         av_frame_unref(f);
-        return 0;
+        return 0; /* no progress: a stream of only these is stalled (the watchdog reconnects) */
     }
+    svlm_ctl_touch(c->ctl);
     double pts = frame_time(c, f);
     double wall = svlm_wall_now();
     int keep = svlm_sampler_take(c->sampler, pts, wall);

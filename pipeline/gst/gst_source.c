@@ -99,8 +99,9 @@ static double synth_step(GstPad *pad, GstBuffer *buf) {
 
 /* A buffer's time, in seconds: its own timestamp, or a synthesized one where it has none or (a
  * recording) where the timestamps stop advancing, said once so that a file of all-zero timestamps
- * is not a mystery. A synthesized time travels with the buffer (a reference timestamp meta), so
- * that the frame read from appsink later carries the same time. */
+ * is not a mystery; (live) shifted back once its clock leapt forward. A time not its own travels
+ * with the buffer (a reference timestamp meta), so that the frame read from appsink later carries
+ * the same time. */
 static double buffer_time(gst_ctx *c, GstPad *pad, GstPadProbeInfo *info) {
     GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
     const GstClockTime ts = GST_BUFFER_PTS(buf);
@@ -116,18 +117,25 @@ static double buffer_time(gst_ctx *c, GstPad *pad, GstPadProbeInfo *info) {
     }
     /* (a decoder's output is judged once its input was seen to stall) */
     c->clock.replay = !c->live && (atomic_load(&c->input_stalled) || !atomic_load(&c->have_decoder));
-    if (has_ts && !svlm_frame_clock_stalled(&c->clock, has_ts, (int64_t)ts, t))
-        return svlm_frame_clock_next(&c->clock, has_ts, (int64_t)ts, t, 0); /* its own time */
-    const int64_t replaced = c->clock.replaced;
-    const double step = synth_step(pad, buf);
-    const double out = svlm_frame_clock_next(&c->clock, has_ts, has_ts ? (int64_t)ts : 0, t, step);
+    const int own = has_ts && !svlm_frame_clock_stalled(&c->clock, has_ts, (int64_t)ts, t);
+    const int64_t replaced = c->clock.replaced, leaps = c->clock.leaps;
+    const double step = own && !c->live ? 0 : synth_step(pad, buf), shift = c->clock.shift;
+    const double out =
+        svlm_frame_clock_next(&c->clock, has_ts, has_ts ? (int64_t)ts : 0, t, step, svlm_wall_now());
+    if (own && out == t) return out; /* its own time */
+    char safe[1024];
     if (!replaced && c->clock.replaced) {
-        char safe[1024];
         svlm_uri_redact(safe_target(c->uri), safe, sizeof safe);
         fprintf(stderr,
                 "svlm: %s: timestamps do not advance (a frame at %.3f s after one at %.3f s): timing such "
                 "frames by the frame rate instead, %.4g s a frame\n",
                 safe, t, out - step, step);
+    }
+    if (!leaps && c->clock.leaps) {
+        svlm_uri_redact(safe_target(c->uri), safe, sizeof safe);
+        fprintf(stderr,
+                "svlm: %s: the stream's clock leapt %.0f s ahead: continuing from the previous frame\n", safe,
+                shift - c->clock.shift);
     }
     /* whole nanoseconds, as the frame will carry it */
     const GstClockTime out_ns = (GstClockTime)llround(out * GST_SECOND);
@@ -142,12 +150,12 @@ static GstPadProbeReturn sample_probe(GstPad *pad, GstPadProbeInfo *info, gpoint
     gst_ctx *c = user;
     GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
     atomic_fetch_add(&c->ctl->decoded, 1);
-    svlm_ctl_touch(c->ctl);
     if (!c->sampler) return GST_PAD_PROBE_OK; /* probing: let it preroll */
     if (GST_BUFFER_FLAG_IS_SET(buf, GST_BUFFER_FLAG_CORRUPTED)) {
         atomic_fetch_add(&c->ctl->corrupt, 1);
-        return GST_PAD_PROBE_DROP;
+        return GST_PAD_PROBE_DROP; /* no progress: a stream of only these is stalled */
     }
+    svlm_ctl_touch(c->ctl);
     const double pts = buffer_time(c, pad, info);
     return svlm_sampler_take(c->sampler, pts, svlm_wall_now()) ? GST_PAD_PROBE_OK : GST_PAD_PROBE_DROP;
 }
@@ -171,7 +179,8 @@ typedef struct input_watch {
 
 static int input_stalls(svlm_frame_clock *clock, GstClockTime ts) {
     const int has_ts = GST_CLOCK_TIME_IS_VALID(ts);
-    svlm_frame_clock_next(clock, has_ts, has_ts ? (int64_t)ts : 0, has_ts ? (double)ts / GST_SECOND : 0, 0);
+    svlm_frame_clock_next(clock, has_ts, has_ts ? (int64_t)ts : 0, has_ts ? (double)ts / GST_SECOND : 0, 0,
+                          0);
     return clock->replaced > 0;
 }
 
@@ -342,8 +351,10 @@ static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) 
     GstElement *src = gst_bin_get_by_name(GST_BIN(c->pipeline), ELEMENT_PREFIX "src");
     if (src && a->uri->kind == SVLM_URI_V4L2) g_object_set(src, "device", a->uri->target, NULL);
     if (src && a->uri->kind != SVLM_URI_V4L2) {
-        gchar *u = a->uri->kind == SVLM_URI_FILE ? gst_filename_to_uri(a->uri->target, NULL)
-                                                 : g_strdup(a->uri->target);
+        /* (a named pipe: fdsrc reads the descriptor the source opened without blocking) */
+        gchar *u = a->fifo_fd >= 0                 ? g_strdup_printf("fd://%d", a->fifo_fd)
+                   : a->uri->kind == SVLM_URI_FILE ? gst_filename_to_uri(a->uri->target, NULL)
+                                                   : g_strdup(a->uri->target);
         g_object_set(src, "uri", u, NULL);
         g_free(u);
         g_signal_connect(src, "source-setup", G_CALLBACK(on_source_setup), c);
@@ -406,6 +417,7 @@ static svlm_status gst_open_common(gst_ctx **out, const svlm_backend_args *a, sv
     c->live = a->opts->live;
     c->first_pts = GST_CLOCK_TIME_NONE;
     svlm_frame_clock_init(&c->clock, !c->live);
+    c->clock.live = c->live;
     svlm_status st = build(c, a, err);
     if (st == SVLM_OK) st = start(c, err);
     if (st != SVLM_OK) {

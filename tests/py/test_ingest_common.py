@@ -3,11 +3,15 @@ test of `svlm frames --out` PNGs: the built-in pattern paints each frame's numbe
 black/white cells, which must read back as the frame numbers the sampler chose."""
 import json
 import os
+import queue
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zlib
 
 SVLM = os.environ.get("SVLM_BIN", "")
@@ -73,6 +77,56 @@ def run_frames(source, *args, timeout=60):
         obj = json.loads(line)
         (events if "event" in obj else frames).append(obj)
     return p.returncode, frames, events, p.stderr
+
+
+class Client:
+    """svlm frames --json in the background; lines arrive on a queue."""
+
+    def __init__(self, url, *args):
+        self.proc = subprocess.Popen([SVLM, "frames", url, "--json", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=ENV)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def wait_for(self, pred, timeout):
+        """Collects lines until pred(line) holds; returns that line or None on timeout/exit."""
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                obj = self.lines.get(timeout=max(0.01, end - time.time()))
+            except queue.Empty:
+                break
+            if obj is None:
+                return None
+            self.seen.append(obj)
+            if pred(obj):
+                return obj
+        return None
+
+    def frames_after(self, n, timeout):
+        count = [0]
+
+        def pred(o):
+            count[0] += "index" in o
+            return count[0] >= n
+        return self.wait_for(pred, timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.wait_for(lambda o: False, 1)
+        return rc, self.proc.stderr.read()
 
 
 def backends():

@@ -2,16 +2,13 @@
 here with cc and pkg-config): TCP and UDP through both backends, end-to-end latency read
 from the wall clock the server paints into each frame, a killed and restarted server
 (reconnect, frames again), a frozen server (SIGSTOP: the watchdog fires) and a refused login."""
-import json
 import os
-import queue
 import signal
 import statistics
 import subprocess
-import threading
 import time
 
-from test_ingest_common import (ENV, MEDIA, SVLM, backends, check, finish, free_port, need_svlm, read_cells, read_png,
+from test_ingest_common import (MEDIA, Client, backends, check, finish, free_port, need_svlm, read_cells, read_png,
                                 run_frames, skip, tmpdir)
 
 need_svlm()
@@ -49,56 +46,6 @@ class Server:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
         self.proc.wait()
-
-
-class Client:
-    """svlm frames --json in the background; lines arrive on a queue."""
-
-    def __init__(self, url, *args):
-        self.proc = subprocess.Popen([SVLM, "frames", url, "--json", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=ENV)
-        self.lines = queue.Queue()
-        self.seen = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-        self.lines.put(None)
-
-    def wait_for(self, pred, timeout):
-        """Collects lines until pred(line) holds; returns that line or None on timeout/exit."""
-        end = time.time() + timeout
-        while time.time() < end:
-            try:
-                obj = self.lines.get(timeout=max(0.01, end - time.time()))
-            except queue.Empty:
-                break
-            if obj is None:
-                return None
-            self.seen.append(obj)
-            if pred(obj):
-                return obj
-        return None
-
-    def frames_after(self, n, timeout):
-        count = [0]
-
-        def pred(o):
-            count[0] += "index" in o
-            return count[0] >= n
-        return self.wait_for(pred, timeout)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            rc = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.wait_for(lambda o: False, 1)
-        return rc, self.proc.stderr.read()
 
 
 def latencies_ms(frames):
