@@ -1,5 +1,6 @@
 #include "pipeline/timeline.h"
 
+#include <math.h>
 #include <string.h>
 
 void svlm_timeline_init(svlm_timeline *t, int live) {
@@ -37,10 +38,22 @@ int svlm_frame_clock_stalled(const svlm_frame_clock *c, int has_ts, int64_t ts, 
     return (c->last_had_ts && ts == c->last_ts) || t < c->last - SVLM_TIMELINE_JUMP_S;
 }
 
-double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double t, double step) {
+double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double t, double step,
+                             double wall) {
     const int stalled = svlm_frame_clock_stalled(c, has_ts, ts, t);
-    double out = t;
-    if (!has_ts || stalled) out = c->have_last ? c->last + step : 0;
+    double out = t + c->shift;
+    if (!has_ts || stalled) {
+        out = c->have_last ? c->last + step : 0;
+    } else if (c->live && c->have_last) {
+        const double passed = wall > c->last_wall ? wall - c->last_wall : 0;
+        if (out - c->last - passed > fmax(SVLM_TIMELINE_LEAP_S, SVLM_TIMELINE_LEAP_FRAMES * step)) {
+            const double to = c->last + fmax(passed, step); /* as if the clock had not leapt */
+            c->shift += to - out;
+            out = to;
+            c->leaps++;
+        }
+    }
+    c->last_wall = wall;
     c->replaced += stalled;
     /* a frame without a timestamp neither starts nor ends the replacing */
     if (has_ts) c->synth = stalled;

@@ -4,7 +4,7 @@
  * a live source whose clock jumps back by more than SVLM_TIMELINE_JUMP_S (an encoder restart, an
  * HLS discontinuity) is re-anchored the same way, so its frames are not all filed at one time
  * until the new clock catches up; smaller steps back (a recording's last frames, jitter) are held
- * at the last time.
+ * at the last time. A live clock's leaps forward are taken out before sampling (svlm_frame_clock).
  */
 #ifndef SVLM_PIPELINE_TIMELINE_H
 #define SVLM_PIPELINE_TIMELINE_H
@@ -12,6 +12,10 @@
 #include <stdint.h>
 
 #define SVLM_TIMELINE_JUMP_S 1.0
+/* A live clock leaps when a frame's time is further ahead of the previous frame's than the time
+ * that passed between their arrivals, by more than this many seconds or frames (the larger). */
+#define SVLM_TIMELINE_LEAP_S      10.0
+#define SVLM_TIMELINE_LEAP_FRAMES 50
 
 typedef struct svlm_timeline {
     double offset; /* added to the source's pts */
@@ -32,24 +36,33 @@ double svlm_timeline_place(svlm_timeline *t, double pts, double wall);
  * advance: the same timestamp as the previous frame's (every pts 0, a pts stuck at one value), one
  * more than SVLM_TIMELINE_JUMP_S before it (timestamps that restart), or, once synthesizing, one
  * that has not yet passed the synthesized time. A recording's smaller step back is left as it is
- * (the timeline holds it). Live sources only get their missing timestamps synthesized: their clock
- * jumps are the timeline's to handle.
+ * (the timeline holds it). A live clock (live set) that leaps forward (a camera's clock set an hour
+ * on, an HLS discontinuity) continues from the previous frame instead, and its later frames keep
+ * that shift: the leap is judged on consecutive decoded frames against the time that passed, so a
+ * start-up burst (frames faster than real time, each a frame later) or a real gap is not one, where
+ * the timeline, seeing only the frames sampling kept (on the wall clock), could not tell them apart.
+ * A live clock's jumps back are the timeline's to handle.
  */
 typedef struct svlm_frame_clock {
     int replay;
+    int live; /* take out forward leaps (set after init) */
     int have_last;
     double last;     /* the previous frame's time, seconds */
     int64_t last_ts; /* its own timestamp (valid when last_had_ts) */
     int last_had_ts;
     int synth;        /* the previous frame's time was synthesized in place of its own */
     int64_t replaced; /* frames whose own (non-advancing) timestamp was replaced */
+    double last_wall; /* live: the previous frame's arrival, seconds */
+    double shift;     /* live: added to frames' own times since the leaps so far */
+    int64_t leaps;
 } svlm_frame_clock;
 
 void svlm_frame_clock_init(svlm_frame_clock *c, int replay);
 /* Whether a frame with this timestamp (has_ts: it has one; ts: its own units; t: in seconds) would
  * get a synthesized time because its timestamp does not advance. */
 int svlm_frame_clock_stalled(const svlm_frame_clock *c, int has_ts, int64_t ts, double t);
-/* The time of the next frame in seconds; step: a frame's duration, for synthesized times. */
-double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double t, double step);
+/* The time of the next frame in seconds; step: a frame's duration, for synthesized times (and a live
+ * clock's leaps); wall: its arrival, seconds on the wall clock (used by live clocks only). */
+double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double t, double step, double wall);
 
 #endif

@@ -130,46 +130,100 @@ static void test_frame_clock(void) {
     svlm_frame_clock_init(&c, 1);
     int ok = 1;
     for (int i = 0; i < 5000; i++) /* every pts 0 */
-        ok &= fabs(svlm_frame_clock_next(&c, 1, 0, 0.0, 0.1) - 0.1 * i) < 1e-6;
+        ok &= fabs(svlm_frame_clock_next(&c, 1, 0, 0.0, 0.1, 0) - 0.1 * i) < 1e-6;
     CHECK(ok && c.replaced == 4999, "all-zero pts: frames 0.1 s apart (%lld replaced)",
           (long long)c.replaced);
 
     svlm_frame_clock_init(&c, 1);
     double out = 0;
     for (int i = 0; i < 10; i++) /* 0.0 .. 0.9 s, then stuck at 0.9 s for 10 frames */
-        out = svlm_frame_clock_next(&c, 1, 100 * i, 0.1 * i, 0.1);
+        out = svlm_frame_clock_next(&c, 1, 100 * i, 0.1 * i, 0.1, 0);
     CHECK(fabs(out - 0.9) < 1e-9 && c.replaced == 0, "advancing pts are kept: %g", out);
     CHECK(svlm_frame_clock_stalled(&c, 1, 900, 0.9) && !svlm_frame_clock_stalled(&c, 1, 1000, 1.0) &&
               !svlm_frame_clock_stalled(&c, 0, 0, 0),
           "a packet at the same pts is stalled, a later one or one without pts is not");
     for (int i = 0; i < 10; i++)
-        out = svlm_frame_clock_next(&c, 1, 900, 0.9, 0.1);
+        out = svlm_frame_clock_next(&c, 1, 900, 0.9, 0.1, 0);
     CHECK(fabs(out - 1.9) < 1e-9 && c.replaced == 10, "stuck at 0.9 s: the 10th repeat at %g", out);
-    out = svlm_frame_clock_next(&c, 1, 1500, 1.5, 0.1);
+    out = svlm_frame_clock_next(&c, 1, 1500, 1.5, 0.1, 0);
     CHECK(fabs(out - 2.0) < 1e-9, "the file's clock resumes behind the synthesized time: %g", out);
-    out = svlm_frame_clock_next(&c, 1, 2500, 2.5, 0.1);
+    out = svlm_frame_clock_next(&c, 1, 2500, 2.5, 0.1, 0);
     CHECK(fabs(out - 2.5) < 1e-9 && !c.synth, "and is used again once past it: %g", out);
 
     /* a recording's last frame a frame back (box_printed_text_handheld.mp4): left to the timeline */
-    out = svlm_frame_clock_next(&c, 1, 2467, 2.467, 0.1);
+    out = svlm_frame_clock_next(&c, 1, 2467, 2.467, 0.1, 0);
     CHECK(fabs(out - 2.467) < 1e-9 && c.replaced == 11, "a small step back is kept: %g", out);
     /* timestamps that restart from 0 (two recordings joined) */
     svlm_frame_clock_init(&c, 1);
-    svlm_frame_clock_next(&c, 1, 10000, 10.0, 0.04);
-    out = svlm_frame_clock_next(&c, 1, 0, 0.0, 0.04);
-    double out2 = svlm_frame_clock_next(&c, 1, 40, 0.04, 0.04);
+    svlm_frame_clock_next(&c, 1, 10000, 10.0, 0.04, 0);
+    out = svlm_frame_clock_next(&c, 1, 0, 0.0, 0.04, 0);
+    double out2 = svlm_frame_clock_next(&c, 1, 40, 0.04, 0.04, 0);
     CHECK(fabs(out - 10.04) < 1e-9 && fabs(out2 - 10.08) < 1e-9, "restarted pts continue: %g %g", out, out2);
 
     /* missing timestamps: synthesized for live and replay alike, from 0 */
     svlm_frame_clock_init(&c, 0);
-    out = svlm_frame_clock_next(&c, 0, 0, 0, 0.04);
-    out2 = svlm_frame_clock_next(&c, 0, 0, 0, 0.04);
+    out = svlm_frame_clock_next(&c, 0, 0, 0, 0.04, 0);
+    out2 = svlm_frame_clock_next(&c, 0, 0, 0, 0.04, 0);
     CHECK(out == 0 && fabs(out2 - 0.04) < 1e-9, "missing pts: %g %g", out, out2);
     /* a live clock that repeats or jumps back is the timeline's business */
-    out = svlm_frame_clock_next(&c, 1, 5, 5.0, 0.04);
-    out2 = svlm_frame_clock_next(&c, 1, 5, 5.0, 0.04);
-    double out3 = svlm_frame_clock_next(&c, 1, 1, 1.0, 0.04);
+    out = svlm_frame_clock_next(&c, 1, 5, 5.0, 0.04, 0);
+    out2 = svlm_frame_clock_next(&c, 1, 5, 5.0, 0.04, 0);
+    double out3 = svlm_frame_clock_next(&c, 1, 1, 1.0, 0.04, 0);
     CHECK(out == 5.0 && out2 == 5.0 && out3 == 1.0 && c.replaced == 0, "live: %g %g %g", out, out2, out3);
+}
+
+/* A live clock's leap forward (a camera's clock set an hour on) is taken out; a start-up burst
+ * (frames far faster than real time, each a frame on), a real gap (nothing for a minute, then the
+ * right time) and a replay's leap are not touched. Then, with the timeline, the camera's clock set
+ * back again continues the timeline too. Times in seconds (ts in ms), wall in seconds. */
+static void test_frame_clock_leap(void) {
+    svlm_frame_clock c;
+    svlm_frame_clock_init(&c, 0);
+    c.live = 1;
+    double out = 0, wall = 100;
+    int own = 1;
+    for (int i = 0; i < 750; i++, wall += 0.0007) /* an HLS start: 30 s of frames within 0.5 s */
+        own &= svlm_frame_clock_next(&c, 1, 40 * i, 0.04 * i, 0.04, wall) == 0.04 * i;
+    CHECK(own && c.leaps == 0, "a start-up burst keeps its own times (%lld leaps)", (long long)c.leaps);
+    for (int i = 750; i < 800; i++, wall += 0.04) /* then real time */
+        out = svlm_frame_clock_next(&c, 1, 40 * i, 0.04 * i, 0.04, wall);
+    wall += 60; /* a minute without frames, then the right time */
+    out = svlm_frame_clock_next(&c, 1, 40 * 2300, 92.0, 0.04, wall);
+    CHECK(out == 92.0 && c.leaps == 0, "a real gap of 60 s is kept: %g", out);
+    wall += 0.04; /* the camera's clock jumps an hour on */
+    out = svlm_frame_clock_next(&c, 1, 3692040, 3692.04, 0.04, wall);
+    CHECK(fabs(out - 92.04) < 1e-9 && c.leaps == 1, "an hour's leap: %g (expected 92.04)", out);
+    wall += 0.04;
+    out = svlm_frame_clock_next(&c, 1, 3692080, 3692.08, 0.04, wall);
+    CHECK(fabs(out - 92.08) < 1e-9, "the frames after it keep the shift: %g", out);
+    out = svlm_frame_clock_next(&c, 0, 0, 0, 0.04, wall + 0.04);
+    CHECK(fabs(out - 92.12) < 1e-9, "a frame without a timestamp after it: %g", out);
+    /* small leaps pass: under 10 s, or under 50 frames of a slow (1 fps) camera */
+    out = svlm_frame_clock_next(&c, 1, 3701000, 3701.0, 0.04, wall + 0.08);
+    CHECK(fabs(out - 101.0) < 1e-9 && c.leaps == 1, "a 9 s leap is kept: %g", out);
+    out = svlm_frame_clock_next(&c, 1, 3731000, 3731.0, 1.0, wall + 1.08);
+    CHECK(fabs(out - 131.0) < 1e-9 && c.leaps == 1, "30 s at 1 fps is kept: %g", out);
+
+    /* the camera's clock set back: the timeline re-anchors it (the frame clock leaves it) */
+    svlm_timeline tl;
+    svlm_timeline_init(&tl, 1);
+    svlm_frame_clock_init(&c, 0);
+    c.live = 1;
+    double placed[4];
+    static const double pts[4] = {0, 0.04, 3600.08, 0.12}; /* on an hour, then back */
+    for (int i = 0; i < 4; i++)
+        placed[i] = svlm_timeline_place(
+            &tl, svlm_frame_clock_next(&c, 1, (int64_t)(pts[i] * 1000), pts[i], 0.04, 1.0 + 0.04 * i),
+            1000.0 + 0.04 * i);
+    CHECK(fabs(placed[2] - 0.08) < 1e-9 && fabs(placed[3] - 0.12) < 1e-9,
+          "an hour on and back again: %g %g %g %g (expected 0 0.04 0.08 0.12)", placed[0], placed[1],
+          placed[2], placed[3]);
+
+    /* a replay keeps its timestamps exactly, leap or not */
+    svlm_frame_clock_init(&c, 1);
+    svlm_frame_clock_next(&c, 1, 2960, 2.96, 0.04, 0);
+    out = svlm_frame_clock_next(&c, 1, 3600000, 3600.0, 0.04, 0);
+    CHECK(out == 3600.0 && c.leaps == 0, "a replay's leap is kept: %g", out);
 }
 
 /* The GStreamer backend's uses of the clock: a decoder's input (timestamps in decode order) is
@@ -181,15 +235,15 @@ static void test_frame_clock_gst(void) {
     svlm_frame_clock_init(&in, 1);
     static const int64_t bframes[] = {0, 120, 40, 80, 240, 160, 200, 360, 280, 320};
     for (int i = 0; i < 10; i++)
-        svlm_frame_clock_next(&in, 1, bframes[i], bframes[i] / 1000.0, 0);
+        svlm_frame_clock_next(&in, 1, bframes[i], bframes[i] / 1000.0, 0, 0);
     CHECK(in.replaced == 0, "B-frames' presentation times in decode order: %lld stalls",
           (long long)in.replaced);
     svlm_frame_clock_init(&in, 1);
-    svlm_frame_clock_next(&in, 1, 0, 0, 0);
-    svlm_frame_clock_next(&in, 0, 0, 0, 0); /* a packet without a timestamp is no stall */
+    svlm_frame_clock_next(&in, 1, 0, 0, 0, 0);
+    svlm_frame_clock_next(&in, 0, 0, 0, 0, 0); /* a packet without a timestamp is no stall */
     CHECK(in.replaced == 0, "missing timestamps: %lld stalls", (long long)in.replaced);
-    svlm_frame_clock_next(&in, 1, 0, 0, 0);
-    svlm_frame_clock_next(&in, 1, 0, 0, 0);
+    svlm_frame_clock_next(&in, 1, 0, 0, 0, 0);
+    svlm_frame_clock_next(&in, 1, 0, 0, 0, 0);
     CHECK(in.replaced == 1, "every timestamp 0: a stall at the second one in a row");
 
     svlm_frame_clock out;
@@ -197,12 +251,12 @@ static void test_frame_clock_gst(void) {
     double t[5];
     static const int64_t box[] = {0, 101, 101, 101, 134};
     for (int i = 0; i < 5; i++)
-        t[i] = svlm_frame_clock_next(&out, 1, box[i], box[i] / 1000.0, 0.04);
+        t[i] = svlm_frame_clock_next(&out, 1, box[i], box[i] / 1000.0, 0.04, 0);
     CHECK(t[0] == 0 && t[1] == 0.101 && t[2] == 0.101 && t[3] == 0.101 && t[4] == 0.134 && out.replaced == 0,
           "a decoder's repeated time kept: %g %g %g %g %g", t[0], t[1], t[2], t[3], t[4]);
     out.replay = 1; /* the input stalled: from now on repeats are timed by the frame rate */
-    t[0] = svlm_frame_clock_next(&out, 1, 134, 0.134, 0.04);
-    t[1] = svlm_frame_clock_next(&out, 1, 134, 0.134, 0.04);
+    t[0] = svlm_frame_clock_next(&out, 1, 134, 0.134, 0.04, 0);
+    t[1] = svlm_frame_clock_next(&out, 1, 134, 0.134, 0.04, 0);
     CHECK(fabs(t[0] - 0.174) < 1e-9 && fabs(t[1] - 0.214) < 1e-9 && out.replaced == 2,
           "then synthesized: %g %g", t[0], t[1]);
 }
@@ -502,6 +556,7 @@ int test_main(void) {
     test_timeline();
     test_frame_clock();
     test_frame_clock_gst();
+    test_frame_clock_leap();
     test_output_size();
     test_queue();
     test_queue_events_bounded();
