@@ -982,6 +982,9 @@ static void bench(void) {
     bench_attention(k, 512, 512, 9, 3, 1, SVLM_F16);
     bench_attention(k, 1024, 1024, 12, 12, 0, SVLM_F32);
     bench_attention(k, 1, 4096, 9, 3, 1, SVLM_F16);
+    bench_attention(k, 1, 4096, 9, 3, 1, SVLM_F32);
+    bench_attention(k, 1, 4096, 12, 12, 1, SVLM_F16); /* MHA: one query row per kv head */
+    bench_attention(k, 1, 4096, 12, 12, 1, SVLM_F32);
 done:
     svlm_pool_destroy(pool);
     svlm_kernels_destroy(k);
