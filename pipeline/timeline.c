@@ -45,15 +45,17 @@ double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double
     if (!has_ts || stalled) {
         out = c->have_last ? c->last + step : 0;
     } else if (c->live && c->have_last) {
-        const double passed = wall > c->last_wall ? wall - c->last_wall : 0;
-        if (out - c->last - passed > fmax(SVLM_TIMELINE_LEAP_S, SVLM_TIMELINE_LEAP_FRAMES * step)) {
-            const double to = c->last + fmax(passed, step); /* as if the clock had not leapt */
+        /* A live source never runs ahead of real time: out - wall stays at most where its least
+         * delayed frame put it, and climbs only by a frame at a time in a start-up burst. A frame
+         * far beyond that leapt; one after a gap, or after frames that came late, did not. */
+        if (out - wall - c->ahead_max > fmax(SVLM_TIMELINE_LEAP_S, SVLM_TIMELINE_LEAP_FRAMES * step)) {
+            const double to = fmax(c->last + step, wall + c->ahead_max); /* as if it had not leapt */
             c->shift += to - out;
             out = to;
             c->leaps++;
         }
     }
-    c->last_wall = wall;
+    if (c->live) c->ahead_max = c->have_last ? fmax(c->ahead_max, out - wall) : out - wall;
     c->replaced += stalled;
     /* a frame without a timestamp neither starts nor ends the replacing */
     if (has_ts) c->synth = stalled;

@@ -12,8 +12,8 @@
 #include <stdint.h>
 
 #define SVLM_TIMELINE_JUMP_S 1.0
-/* A live clock leaps when a frame's time is further ahead of the previous frame's than the time
- * that passed between their arrivals, by more than this many seconds or frames (the larger). */
+/* A live clock leaps when a frame's time is further ahead of its arrival than any frame before it
+ * was (out - arrival), by more than this many seconds or frames (the larger). */
 #define SVLM_TIMELINE_LEAP_S      10.0
 #define SVLM_TIMELINE_LEAP_FRAMES 50
 
@@ -38,9 +38,10 @@ double svlm_timeline_place(svlm_timeline *t, double pts, double wall);
  * that has not yet passed the synthesized time. A recording's smaller step back is left as it is
  * (the timeline holds it). A live clock (live set) that leaps forward (a camera's clock set an hour
  * on, an HLS discontinuity) continues from the previous frame instead, and its later frames keep
- * that shift: the leap is judged on consecutive decoded frames against the time that passed, so a
- * start-up burst (frames faster than real time, each a frame later) or a real gap is not one, where
- * the timeline, seeing only the frames sampling kept (on the wall clock), could not tell them apart.
+ * that shift: the leap is judged on every decoded frame against its arrival (a live source cannot
+ * run ahead of real time), so a start-up burst (frames faster than real time, each a frame later),
+ * a real gap, or a gap after frames that came late is not one, where the timeline, seeing only the
+ * frames sampling kept (on the wall clock), could not tell them apart.
  * A live clock's jumps back are the timeline's to handle.
  */
 typedef struct svlm_frame_clock {
@@ -52,7 +53,7 @@ typedef struct svlm_frame_clock {
     int last_had_ts;
     int synth;        /* the previous frame's time was synthesized in place of its own */
     int64_t replaced; /* frames whose own (non-advancing) timestamp was replaced */
-    double last_wall; /* live: the previous frame's arrival, seconds */
+    double ahead_max; /* live: the largest (time - arrival) of the frames so far */
     double shift;     /* live: added to frames' own times since the leaps so far */
     int64_t leaps;
 } svlm_frame_clock;
@@ -62,7 +63,7 @@ void svlm_frame_clock_init(svlm_frame_clock *c, int replay);
  * get a synthesized time because its timestamp does not advance. */
 int svlm_frame_clock_stalled(const svlm_frame_clock *c, int has_ts, int64_t ts, double t);
 /* The time of the next frame in seconds; step: a frame's duration, for synthesized times (and a live
- * clock's leaps); wall: its arrival, seconds on the wall clock (used by live clocks only). */
+ * clock's leaps); wall: its arrival, seconds on a monotonic clock (used by live clocks only). */
 double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double t, double step, double wall);
 
 #endif

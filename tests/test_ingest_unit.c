@@ -204,6 +204,16 @@ static void test_frame_clock_leap(void) {
     out = svlm_frame_clock_next(&c, 1, 3731000, 3731.0, 1.0, wall + 1.08);
     CHECK(fabs(out - 131.0) < 1e-9 && c.leaps == 1, "30 s at 1 fps is kept: %g", out);
 
+    /* a minute's outage whose last second of frames came late, with the first frame after it (a
+     * TCP link that held them): the gap is real, not a leap */
+    svlm_frame_clock_init(&c, 0);
+    c.live = 1;
+    for (int i = 0; i < 250; i++)
+        out = svlm_frame_clock_next(&c, 1, 40 * i, 0.04 * i, 0.04, i < 225 ? 500 + 0.04 * i : 570.0);
+    out = svlm_frame_clock_next(&c, 1, 70000, 70.0, 0.04, 570.001);
+    CHECK(out == 70.0 && c.leaps == 0, "a gap after frames that came late is kept: %g (%lld leaps)", out,
+          (long long)c.leaps);
+
     /* the camera's clock set back: the timeline re-anchors it (the frame clock leaves it) */
     svlm_timeline tl;
     svlm_timeline_init(&tl, 1);

@@ -175,7 +175,7 @@ static double frame_time(ff_ctx *c, const AVFrame *f) {
     const double t = has_ts ? ts_seconds(c, ts) : 0;
     const int64_t replaced = c->clock.replaced, leaps = c->clock.leaps;
     const double step = synth_step(c), shift = c->clock.shift;
-    const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step, svlm_wall_now());
+    const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step, svlm_mono_now());
     if (!replaced && c->clock.replaced) {
         char safe[512];
         svlm_uri_redact(c->uri->target, safe, sizeof safe);

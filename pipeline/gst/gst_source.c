@@ -121,7 +121,7 @@ static double buffer_time(gst_ctx *c, GstPad *pad, GstPadProbeInfo *info) {
     const int64_t replaced = c->clock.replaced, leaps = c->clock.leaps;
     const double step = own && !c->live ? 0 : synth_step(pad, buf), shift = c->clock.shift;
     const double out =
-        svlm_frame_clock_next(&c->clock, has_ts, has_ts ? (int64_t)ts : 0, t, step, svlm_wall_now());
+        svlm_frame_clock_next(&c->clock, has_ts, has_ts ? (int64_t)ts : 0, t, step, svlm_mono_now());
     if (own && out == t) return out; /* its own time */
     char safe[1024];
     if (!replaced && c->clock.replaced) {
