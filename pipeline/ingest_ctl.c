@@ -58,11 +58,16 @@ svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
     return why;
 }
 
+/* Damaged frames since the last good one from which a stall is said to be a decoding failure. */
+#define SVLM_STALL_DAMAGED_MIN 10
+
 svlm_status svlm_ctl_stop_error(svlm_ingest_ctl *ctl, svlm_err *err, const char *what) {
     const long long damaged = atomic_load(&ctl->corrupt) - atomic_load(&ctl->corrupt_at_progress);
     switch (atomic_load(&ctl->stop_reason)) {
     case SVLM_STOP_STALL:
-        if (damaged > 0) /* data kept coming: not a silent server, so say what is wrong with it */
+        /* data kept coming: not a silent server, so say what is wrong with it (a few damaged frames
+         * are what a camera that dropped off the network leaves: then the plain message) */
+        if (damaged >= SVLM_STALL_DAMAGED_MIN)
             return svlm_fail(
                 err, SVLM_E_IO,
                 "%s: stalled, no frame decoded for %.1f s: the %lld packets/frames that arrived "

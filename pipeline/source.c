@@ -137,8 +137,11 @@ static svlm_status open_backend(svlm_source *s, svlm_err *err) {
     atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
     atomic_store(&s->ctl.open_deadline_ns, (long long)((svlm_mono_now() + s->opts.open_timeout_s) * 1e9));
     svlm_status st = SVLM_OK;
-    if (s->fifo && s->fifo_fd < 0)
+    if (s->fifo && s->fifo_fd < 0) {
         st = fifo_wait(s->uri.target, &s->ctl, s->opts.open_timeout_s, &s->fifo_fd, err);
+        /* the writer came: the backend's own open gets the whole timeout, not what the wait left */
+        atomic_store(&s->ctl.open_deadline_ns, (long long)((svlm_mono_now() + s->opts.open_timeout_s) * 1e9));
+    }
     svlm_backend_args args = {&s->uri, &s->opts, &s->ctl, &s->sampler, s->fifo_fd};
     if (st == SVLM_OK) st = s->ops->open(&s->bctx, &args, err);
     atomic_store(&s->ctl.open_deadline_ns, 0);
@@ -464,7 +467,10 @@ svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_
         svlm_ingest_ctl ctl;
         svlm_ctl_init(&ctl, 0);
         atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + opts.open_timeout_s) * 1e9));
-        if (fifo) st = fifo_wait(uri->target, &ctl, opts.open_timeout_s, &fifo_fd, err);
+        if (fifo) { /* (then the whole timeout again for the backend, as open_backend does) */
+            st = fifo_wait(uri->target, &ctl, opts.open_timeout_s, &fifo_fd, err);
+            atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + opts.open_timeout_s) * 1e9));
+        }
         svlm_backend_args args = {uri, &opts, &ctl, NULL, fifo_fd};
         if (st == SVLM_OK) st = ops->probe(&args, info, err);
         snprintf(info->backend, sizeof info->backend, "%s", ops->name);

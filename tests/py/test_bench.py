@@ -37,8 +37,8 @@ if p.returncode != 0 or not any(l.startswith('tg8 ') for l in lines) or not any(
         or any(l.startswith('pp') for l in lines) or not any(l.startswith('backend') for l in lines):
     fails.append('text report: rc %d %r %s' % (p.returncode, p.stdout, p.stderr[-200:]))
 
-# generation after a filled window: the depth is reported, and stories260K's 512 trained
-# positions hold depth + tg
+# generation after a filled window: the depth is reported (stories260K's 2048 trained
+# positions hold depth + tg)
 p = run(['-m', model, '--pp', '0', '--tg', '8', '--depth', '400', '--reps', '1', '--threads', '2', '--json'])
 r = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
 if r.get('depth') != 400 or not r.get('tg_tps', 0) > 0:

@@ -131,6 +131,10 @@ int cmd_bench(int argc, char **argv) {
     if (cli_text_model_open(&tm, model_path, backend, (int)threads)) return 1;
     const svlm_llama_hparams *hp = svlm_llama_hparams_of(tm.model);
     int n_ctx = (int)(pp > depth + tg ? pp : depth + tg);
+    if (depth + tg > hp->n_ctx_train) /* (the timing holds: positions are computed, not tabled) */
+        fprintf(stderr,
+                "svlm bench: note: --depth %lld + --tg %lld passes the model's trained context (%d)\n", depth,
+                tg, hp->n_ctx_train);
     if (n_ctx < 1) n_ctx = 1;
     svlm_err err = {0};
     svlm_llama_ctx *ctx = NULL;
