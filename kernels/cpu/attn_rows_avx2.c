@@ -28,9 +28,9 @@ static inline void sum4(const __m256 v[4], float out[4]) {
 
 /* C (M x N) = A B^T, M <= 3: four keys at a time (3 x 4 accumulators, the rows of A and a key fill
  * the sixteen registers), K's last K % 8 elements added one by one. */
-static inline __attribute__((always_inline)) void rows_nt(const int M, const int f16, int64_t N, int64_t K,
-                                                          const float *A, int64_t lda, const void *B,
-                                                          int64_t ldb, float *C, int64_t ldc) {
+static inline __attribute__((always_inline)) void small_nt(const int M, const int f16, int64_t N, int64_t K,
+                                                           const float *A, int64_t lda, const void *B,
+                                                           int64_t ldb, float *C, int64_t ldc) {
     const int64_t K8 = K & ~(int64_t)7;
     for (int64_t j0 = 0; j0 < N; j0 += 4) {
         const int nj = N - j0 < 4 ? (int)(N - j0) : 4;
@@ -63,9 +63,9 @@ static inline __attribute__((always_inline)) void rows_nt(const int M, const int
 
 /* C (M x N) = A B, M <= 4: sixteen columns at a time (4 x 2 accumulators), then eight, then the
  * last N % 8 one by one. */
-static inline __attribute__((always_inline)) void rows_nn(const int M, const int f16, int64_t N, int64_t K,
-                                                          const float *A, int64_t lda, const void *B,
-                                                          int64_t ldb, float *C, int64_t ldc) {
+static inline __attribute__((always_inline)) void small_nn(const int M, const int f16, int64_t N, int64_t K,
+                                                           const float *A, int64_t lda, const void *B,
+                                                           int64_t ldb, float *C, int64_t ldc) {
     int64_t j0 = 0;
     for (; j0 + 16 <= N; j0 += 16) {
         __m256 acc[4][2];
@@ -105,55 +105,9 @@ static inline __attribute__((always_inline)) void rows_nn(const int M, const int
         }
 }
 
-static inline __attribute__((always_inline)) void rows(const int f16, int trans, int64_t M, int64_t N,
-                                                       int64_t K, const float *A, int64_t lda, const void *B,
-                                                       int64_t ldb, float *C, int64_t ldc) {
-    switch ((int)M * 2 + trans) {
-    case 2: rows_nn(1, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 3: rows_nt(1, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 4: rows_nn(2, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 5: rows_nt(2, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 6: rows_nn(3, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 7: rows_nt(3, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 8: rows_nn(4, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 9: /* (four rows of four keys' sums would not fit the registers: two by two) */
-        rows_nt(2, f16, N, K, A, lda, B, ldb, C, ldc);
-        rows_nt(2, f16, N, K, A + 2 * lda, lda, B, ldb, C + 2 * ldc, ldc);
-        break;
-    }
-}
-
-static void rows_f16(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                     const svlm_f16 *B, int64_t ldb, float *C, int64_t ldc) {
-    if (K <= 0) {
-        for (int64_t i = 0; i < M; i++)
-            memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
-        return;
-    }
-    rows(1, trans, M, N, K, A, lda, B, ldb, C, ldc);
-}
-
-static void gemm_nt_rows(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
-    if (M <= 4 && K > 0)
-        rows(0, 1, M, N, K, A, lda, B, ldb, C, ldc);
-    else
-        c->mm.gemm_nt_wide(c, thread, M, N, K, A, lda, B, ldb, C, ldc);
-}
-
-static void gemm_nn_rows(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
-    if (M <= 4 && K > 0)
-        rows(0, 0, M, N, K, A, lda, B, ldb, C, ldc);
-    else
-        c->mm.gemm_nn_wide(c, thread, M, N, K, A, lda, B, ldb, C, ldc);
-}
+#include "kernels/cpu/rows_forms.inc"
 
 void svlm_cpu_rows_init_avx2(svlm_cpu_matmul_ops *ops) {
-    ops->gemm_nt_wide = ops->gemm_nt;
-    ops->gemm_nn_wide = ops->gemm_nn;
-    ops->gemm_nt = gemm_nt_rows;
-    ops->gemm_nn = gemm_nn_rows;
-    ops->rows_f16 = rows_f16;
+    rows_init(ops);
 }
 #endif

@@ -204,40 +204,8 @@ static inline __attribute__((always_inline)) void small_nn(const int M, const in
     }
 }
 
-/* A few rows of A (decode attention): packing would cost more than it saves. B is f32, or f16
- * with f16 set. */
-static inline __attribute__((always_inline)) void small_m(const int f16, int trans, int64_t M, int64_t N,
-                                                          int64_t K, const float *A, int64_t lda,
-                                                          const void *B, int64_t ldb, float *C, int64_t ldc) {
-    switch ((int)M * 2 + trans) {
-    case 2: small_nn(1, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 3: small_nt(1, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 4: small_nn(2, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 5: small_nt(2, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 6: small_nn(3, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 7: small_nt(3, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 8: small_nn(4, f16, N, K, A, lda, B, ldb, C, ldc); break;
-    case 9: /* (four rows of eight keys' sums would not fit the registers: two by two) */
-        small_nt(2, f16, N, K, A, lda, B, ldb, C, ldc);
-        small_nt(2, f16, N, K, A + 2 * lda, lda, B, ldb, C + 2 * ldc, ldc);
-        break;
-    }
-}
-
-static void gemm_small_m(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                         const float *B, int64_t ldb, float *C, int64_t ldc) {
-    small_m(0, trans, M, N, K, A, lda, B, ldb, C, ldc);
-}
-
-static void rows_f16(int trans, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                     const svlm_f16 *B, int64_t ldb, float *C, int64_t ldc) {
-    if (K <= 0) {
-        for (int64_t i = 0; i < M; i++)
-            memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
-        return;
-    }
-    small_m(1, trans, M, N, K, A, lda, B, ldb, C, ldc);
-}
+/* A few rows of A (decode attention): packing would cost more than it saves. */
+#include "kernels/cpu/rows_forms.inc"
 
 static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64_t K, const float *A,
                  int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
@@ -247,7 +215,7 @@ static void gemm(svlm_cpu *c, int thread, int trans, int64_t M, int64_t N, int64
         return;
     }
     if (M <= 4) {
-        gemm_small_m(trans, M, N, K, A, lda, B, ldb, C, ldc);
+        small_m(0, trans, M, N, K, A, lda, B, ldb, C, ldc);
         return;
     }
     int64_t m_pad = (M + MR - 1) / MR * MR;
@@ -283,27 +251,8 @@ static void gemm_nn_avx512(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_
     gemm(c, thread, 0, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
-static void gemm_nt_rows(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
-    if (M <= 4 && K > 0)
-        gemm_small_m(1, M, N, K, A, lda, B, ldb, C, ldc);
-    else
-        c->mm.gemm_nt_wide(c, thread, M, N, K, A, lda, B, ldb, C, ldc);
-}
-
-static void gemm_nn_rows(svlm_cpu *c, int thread, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
-    if (M <= 4 && K > 0)
-        gemm_small_m(0, M, N, K, A, lda, B, ldb, C, ldc);
-    else
-        c->mm.gemm_nn_wide(c, thread, M, N, K, A, lda, B, ldb, C, ldc);
-}
-
 void svlm_cpu_gemm_rows_init_avx512(svlm_cpu_matmul_ops *ops) {
-    ops->gemm_nt_wide = ops->gemm_nt;
-    ops->gemm_nn_wide = ops->gemm_nn;
-    ops->gemm_nt = gemm_nt_rows;
-    ops->gemm_nn = gemm_nn_rows;
+    rows_init(ops);
 }
 
 void svlm_cpu_rows_f16_init_avx512(svlm_cpu_matmul_ops *ops) {
