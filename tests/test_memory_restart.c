@@ -17,37 +17,11 @@
 #include "memory/memory_bank.h"
 #include "memory/memory_internal.h" /* the list of records to delete: its length */
 #include "test.h"
+#include "test_memory_snapshot.h"
 #include "test_memory_synth.h"
 
 #define T_TOK 16
 #define DIM   32
-#define MAX_E 64
-
-typedef struct snapshot {
-    int n;
-    svlm_memory_entry_info e[MAX_E];
-} snapshot;
-
-/* The persisted tiers only (SHORT frames are not written). */
-static void take(svlm_memory *m, snapshot *s) {
-    s->n = 0;
-    for (int i = 0; i < svlm_memory_count(m) && s->n < MAX_E; i++) {
-        svlm_memory_entry_info e;
-        svlm_memory_entry(m, i, &e);
-        if (e.tier != SVLM_MEMORY_SHORT) s->e[s->n++] = e;
-    }
-}
-
-static int same_entries(const snapshot *a, const snapshot *b) {
-    if (a->n != b->n) return 0;
-    for (int i = 0; i < a->n; i++) {
-        const svlm_memory_entry_info *x = &a->e[i], *y = &b->e[i];
-        if (x->id != y->id || x->tier != y->tier || x->t0 != y->t0 || x->t1 != y->t1 ||
-            x->n_tokens != y->n_tokens || x->n_frames != y->n_frames || x->level != y->level)
-            return 0;
-    }
-    return 1;
-}
 
 static int count_records(const char *dir) {
     DIR *d = opendir(dir);

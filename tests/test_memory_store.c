@@ -29,32 +29,11 @@
 #include "memory/memory_bank.h"
 #include "memory/memory_internal.h" /* the reference: every record loaded, then the budget applied */
 #include "test.h"
+#include "test_memory_snapshot.h"
 #include "test_memory_synth.h"
 
 #define T_TOK 16
 #define DIM   32
-#define MAX_E 512
-
-typedef struct snapshot {
-    int n;
-    svlm_memory_entry_info e[MAX_E];
-} snapshot;
-
-/* The persisted tiers only (SHORT frames are not written). */
-static void take(svlm_memory *m, snapshot *s) {
-    s->n = 0;
-    for (int i = 0; i < svlm_memory_count(m) && s->n < MAX_E; i++) {
-        svlm_memory_entry_info e;
-        svlm_memory_entry(m, i, &e);
-        if (e.tier != SVLM_MEMORY_SHORT) s->e[s->n++] = e;
-    }
-}
-
-static int same_entry(const svlm_memory_entry_info *a, const svlm_memory_entry_info *b) {
-    return a->id == b->id && a->tier == b->tier && a->t0 == b->t0 && a->t1 == b->t1 &&
-           a->n_tokens == b->n_tokens && a->n_frames == b->n_frames && a->importance == b->importance &&
-           a->level == b->level;
-}
 
 static svlm_memory *open_bank_budget(const char *dir, size_t budget, svlm_memory_load_report *r) {
     svlm_memory_opts o;
