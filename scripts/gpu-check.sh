@@ -468,6 +468,12 @@ if [ -x "$S" ]; then
     # decode products with one warp per weight row, as before the split (default: up to 4 warps a row)
     SVLM_CUDA_MATVEC_SPLIT=1 bench "text, cuda, one warp per weight row" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
       --backend cuda
+    # one answer after 1600 tokens already in the cache (a stream's window), f32 and f16 keys and
+    # values: what decode attention over a long window adds to the empty cache's figure
+    for kv in f32 f16; do
+      bench "text, cuda, after 1600 tokens, $kv cache" 45 bench -m "$M.gguf" --pp 0 --tg 128 --depth 1600 \
+        --kv $kv --reps 2 --backend cuda
+    done
     # the flash kernel's WMMA form, the default before its mma.sync form (test_cuda_backend checks both)
     SVLM_CUDA_FLASH_MMA=0 bench "vision encoder, cuda, flash on WMMA" 60 bench --mmproj "$M-mmproj.gguf" \
       --batch 32 --reps 2 --backend cuda
