@@ -267,6 +267,7 @@ static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     o->fps_in = s->fps_ema;
     o->reconnects = s->reconnects;
     o->video_time = s->video_time;
+    snprintf(o->kv_type, sizeof o->kv_type, "%s", svlm_stream_kv_type(s->stream) == SVLM_F16 ? "f16" : "f32");
     svlm_stream_metrics m; /* (peek: the server's thread must not wait for this stream's prefill) */
     svlm_stream_metrics_peek(s->stream, &m);
     o->frames_in = m.frames_in;

@@ -50,6 +50,7 @@ typedef struct svlm_backend_stream_status {
     int64_t reconnects;
     double video_time;                     /* seconds of video ingested */
     double encoder_ms_sum, prefill_ms_sum; /* totals over frames_in, for means and /metrics */
+    char kv_type[8];                       /* the stream's KV cache type: "f32", "f16" ("": unknown) */
     int n_tiers;
     svlm_backend_tier tiers[SVLM_BACKEND_MAX_TIERS];
 } svlm_backend_stream_status;

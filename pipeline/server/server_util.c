@@ -137,10 +137,12 @@ json_t *srv_status_json(const svlm_backend_stream_status *st) {
         total += st->tiers[k].bytes;
     }
     double n = st->frames_in > 0 ? (double)st->frames_in : 1.0;
-    return json_pack("{s:s, s:s, s:s, s:b, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:o, s:I}", "stream", st->name,
-                     "uri", st->uri, "state", st->state, "live", st->live, "fps_in", st->fps_in, "frames_in",
-                     (json_int_t)st->frames_in, "drops", (json_int_t)st->drops, "reconnects",
-                     (json_int_t)st->reconnects, "video_time", st->video_time, "encoder_ms",
-                     st->encoder_ms_sum / n, "prefill_ms", st->prefill_ms_sum / n, "memory", mem,
-                     "memory_total", (json_int_t)total);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:o, s:I}", "stream",
+                          st->name, "uri", st->uri, "state", st->state, "live", st->live, "fps_in",
+                          st->fps_in, "frames_in", (json_int_t)st->frames_in, "drops", (json_int_t)st->drops,
+                          "reconnects", (json_int_t)st->reconnects, "video_time", st->video_time,
+                          "encoder_ms", st->encoder_ms_sum / n, "prefill_ms", st->prefill_ms_sum / n,
+                          "memory", mem, "memory_total", (json_int_t)total);
+    if (o && st->kv_type[0]) json_object_set_new(o, "kv_type", json_string(st->kv_type));
+    return o;
 }

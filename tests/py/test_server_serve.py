@@ -119,6 +119,7 @@ def main():
             time.sleep(1.5)
             s2 = json.loads(http(base + "/v1/streams/cam")[2])
             assert s2["frames_in"] > s1["frames_in"] and s2["state"] == "running" and s2["drops"] == 0, (s1, s2)
+            assert s2.get("kv_type") == "f16", s2  # the config's stream.kv
             assert json.loads(http(base + "/health")[2])["streams"] == 1
             st, _, page = http(base + "/")
             assert st == 200 and b"svlm" in page and b"random-weight stand-in" in page
