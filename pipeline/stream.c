@@ -150,7 +150,8 @@ void svlm_stream_free(svlm_stream *s) {
     svlm_kv_seq_free(s->seq);
     if (s->memory_on) {
         svlm_err err = {0};
-        svlm_memory_flush(s->mem.bank, &err); /* the last clip and event persist */
+        /* the last clip and event persist (no bank: its creation failed, and so did the stream's) */
+        if (s->mem.bank) svlm_memory_flush(s->mem.bank, &err);
         stream_memory_free(&s->mem);
     }
     while (s->pending) {

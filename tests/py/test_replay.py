@@ -93,12 +93,15 @@ for args, needle in (([binp, 'replay', '/nonexistent.mp4', '-m', 'x', '--mmproj'
                      (base + ['--stc-nosuch', '1'], "unknown control 'nosuch'"),
                      (base + ['--no-memory', '--memory-dir', '/tmp'], '--memory-dir'),
                      (base + ['--memory-tokens', '0'], '--memory-tokens'),
+                     # a bank that cannot be made: the error, not a crash freeing the stream
+                     (base + ['--memory-dir', '/proc/svlm-no-such/bank'], 'cannot create'),
+                     (base + ['--memory-dir', os.path.abspath(binp)], 'not a directory'),
                      (base + ['--ask', 'soon:why?'], '--ask expects'),
                      (base + ['--speed', 'warp'], '--speed expects'),
                      (base + ['--backend', 'tpu'], '--backend expects'),
                      ([binp, 'replay', video], 'required')):
     p = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    if p.returncode == 0 or needle not in p.stderr:
+    if p.returncode not in (1, 2) or needle not in p.stderr:
         fails.append('%s: expected an error mentioning %r, got rc %d %r' % (args[2:], needle, p.returncode,
                                                                               p.stderr[-200:]))
 
