@@ -3,8 +3,10 @@
 not a number, negative, out of any range, or not UTF-8: the command exits with status 1 or 2 and
 says why on stderr, and never crashes or hangs. The model or input path is one that does not
 exist, so nothing is loaded or served: a value the parser takes meets that failure next, so what
-is checked is that no value crashes, hangs or fails silently, not which step refuses it. Needs no
-shared data."""
+is checked is that no value crashes, hangs or fails silently, not which step refuses it. Then
+particular lines (stray words, a trailing comma, an -o prefix that is a folder, over-long tokens and
+source URIs, ws:// URLs without a host or a valid port) must be refused with their own one-line
+message and status. Needs no shared data."""
 import os
 import re
 import subprocess
@@ -66,10 +68,63 @@ def run(case):
 
 with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
     fails = [m for m in pool.map(run, cases) if m]
+
+# Particular lines, each refused with its own one-line message: (argv, environment additions,
+# expected exit status, text the message holds). Files they need live in their own folder, so the
+# working folder stays empty.
+aux = tempfile.mkdtemp(dir=os.environ.get('SVLM_TEST_TMP') or None)
+long_token = os.path.join(aux, 'long-token')
+with open(long_token, 'w') as f:
+    f.write('t' * 300 + '\n')
+NOMODEL = '/nonexistent/model.gguf'
+SPECIFIC = [
+    # a stray word is not a flag that lost its value
+    (['generate', '-m', NOMODEL, '-p', 'x', 'extra'], {}, 2, "unexpected argument 'extra'"),
+    (['generate', 'extra', '-m', NOMODEL, '-p', 'x'], {}, 2, "unexpected argument 'extra'"),
+    (['replay', 'video.mp4', '-m', NOMODEL, '--mmproj', NOMODEL, 'extra'], {}, 2, "unexpected argument"),
+    (['logits', '-m', NOMODEL, '--tokens', '1,2,', '--out', 'x.f32'], {}, 2, 'ends with a comma'),
+    # "" or a folder as the prefix wrote a hidden ".gguf"
+    (['mkmodel', '--arch', 'llama', '--quiet', '-o', ''], {}, 2, 'file name prefix'),
+    (['mkmodel', '--arch', 'llama', '--quiet', '-o', './'], {}, 2, 'file name prefix'),
+    # a token longer than the server keeps was cut short, silently; a folder read as no token
+    (['serve', '-m', NOMODEL, '--mmproj', NOMODEL, '--token-file', long_token], {}, 2, 'longer than'),
+    (['serve', '-m', NOMODEL, '--mmproj', NOMODEL, '--token-file', aux], {}, 2, 'cannot read'),
+    (['serve', '-m', NOMODEL, '--mmproj', NOMODEL, '--listen', '127.0.0.1:99999'], {}, 2, '--listen'),
+    (['serve', '-m', NOMODEL, '--mmproj', NOMODEL, '--source', '=x'], {}, 2, 'NAME'),
+    (['serve', '-m', NOMODEL, '--mmproj', NOMODEL, '--source', 'a=' + 'u' * 2000], {}, 2, 'URI of 1 to'),
+    # ports out of range or with garbage, no host: refused as usage, not tried
+    (['ask', 'ws://127.0.0.1:99999', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
+    (['ask', 'ws://127.0.0.1:0', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
+    (['ask', 'ws://127.0.0.1:80x', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
+    (['ask', 'ws://:80', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
+    (['ask', 'ws://', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
+    (['ask', '--token-file', aux, 'ws://127.0.0.1:9', 's', 'q'], {}, 2, 'cannot read'),
+    (['ask', 'ws://127.0.0.1:9', 's', 'q'], {'SVLM_TOKEN': 't' * 400}, 2, 'longer than'),
+]
+
+
+def run_specific(case):
+    argv, env, want_rc, want_msg = case
+    name = f"svlm {' '.join(a[:40] for a in argv)}"
+    h = subprocess.run([binp, argv[0], '--help'], capture_output=True, text=True, errors='replace')
+    if 'not built with' in h.stderr:
+        return None
+    try:
+        r = subprocess.run([binp] + argv, capture_output=True, timeout=60, cwd=tmp, env={**os.environ, **env})
+    except subprocess.TimeoutExpired:
+        return f'{name}: still running after 60 s'
+    err = r.stderr.decode(errors='replace').strip()
+    if r.returncode != want_rc or want_msg not in err or '\n' in err:
+        return f'{name}: exit status {r.returncode}, expected {want_rc} and one line with {want_msg!r}: {err[-300:]!r}'
+    return None
+
+
+with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    fails += [m for m in pool.map(run_specific, SPECIFIC) if m]
 leftovers = os.listdir(tmp)
 if leftovers:
     fails.append(f'refused commands left files behind: {leftovers[:5]}')
 for m in fails[:20]:
     print('FAIL:', m)
-print(f'{len(cases)} command lines over {len(commands)} commands: {len(fails)} failures')
+print(f'{len(cases) + len(SPECIFIC)} command lines over {len(commands)} commands: {len(fails)} failures')
 sys.exit(1 if fails else 0)

@@ -57,6 +57,11 @@ int cli_backend(const char *flag, const char *s) {
 }
 
 const char *cli_value(int argc, char **argv, int *i) {
+    if (argv[*i][0] != '-') { /* a stray word, not a flag that lost its value */
+        fprintf(stderr, "svlm: unexpected argument '%s' (options start with '-'; quote text with spaces)\n",
+                argv[*i]);
+        return NULL;
+    }
     if (*i + 1 >= argc) {
         fprintf(stderr, "svlm: %s needs a value\n", argv[*i]);
         return NULL;

@@ -14,7 +14,8 @@
 /* Each returns 0 and sets *out, or prints "svlm: FLAG expects ..." to stderr and returns -1. */
 int cli_int(const char *flag, const char *s, long long lo, long long hi, long long *out);
 int cli_float(const char *flag, const char *s, double lo, double hi, double *out);
-/* The value after a flag, or NULL after printing "svlm: FLAG needs a value". Advances *i. */
+/* The value after a flag, or NULL after printing "svlm: FLAG needs a value" (or, for a word that is
+ * not a flag, "svlm: unexpected argument"). Advances *i. */
 const char *cli_value(int argc, char **argv, int *i);
 /* Parses a KV cache type ("f32" or "f16"). */
 int cli_kv_type(const char *flag, const char *s, svlm_dtype *out);

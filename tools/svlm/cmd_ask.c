@@ -141,11 +141,49 @@ static int read_token(const char *path, char *buf, size_t cap) {
         return -1;
     }
     size_t n = fread(buf, 1, cap - 1, f);
+    int bad = ferror(f);
     fclose(f);
+    if (bad) {
+        fprintf(stderr, "svlm ask: cannot read --token-file %s\n", path);
+        return -1;
+    }
     buf[n] = 0;
-    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
         buf[--n] = 0;
+    if (n == cap - 1) { /* (a cut token would only meet "wrong token") */
+        fprintf(stderr, "svlm ask: the token in %s is longer than %zu characters\n", path, cap - 2);
+        return -1;
+    }
     return 0;
+}
+
+/* The HOST[:PORT] of a ws:// URL: a host, and a port from 1 to 65535 when there is one. */
+static int url_authority_ok(const char *url) {
+    const char *p = strstr(url, "://");
+    if (!p) return 0;
+    p += 3;
+    size_t len = strcspn(p, "/?#");
+    const char *end = p + len, *colon = NULL, *host_end = p;
+    if (*p == '[') { /* [IPv6]:PORT */
+        const char *rb = memchr(p, ']', len);
+        if (!rb || rb == p + 1) return 0;
+        host_end = rb + 1;
+        if (host_end < end && *host_end != ':') return 0;
+        colon = host_end < end ? host_end : NULL;
+    } else {
+        colon = memchr(p, ':', len);
+        host_end = colon ? colon : end;
+    }
+    if (host_end == p) return 0;
+    if (!colon) return 1;
+    long port = 0;
+    if (colon + 1 == end) return 0;
+    for (const char *q = colon + 1; q < end; q++) {
+        if (*q < '0' || *q > '9') return 0;
+        port = port * 10 + (*q - '0');
+        if (port > 65535) return 0;
+    }
+    return port >= 1;
 }
 
 int cmd_ask(int argc, char **argv) {
@@ -155,7 +193,13 @@ int cmd_ask(int argc, char **argv) {
     double temperature = 0, timeout = 120;
     char token[320] = "";
     ask_client a = {0};
-    if (getenv("SVLM_TOKEN")) snprintf(token, sizeof token, "%s", getenv("SVLM_TOKEN"));
+    if (getenv("SVLM_TOKEN")) {
+        if (strlen(getenv("SVLM_TOKEN")) >= sizeof token - 1) {
+            fprintf(stderr, "svlm ask: $SVLM_TOKEN is longer than %zu characters\n", sizeof token - 2);
+            return 2;
+        }
+        snprintf(token, sizeof token, "%s", getenv("SVLM_TOKEN"));
+    }
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -192,8 +236,12 @@ int cmd_ask(int argc, char **argv) {
     snprintf(url, sizeof url, "%s", pos[0]);
     const char *scheme, *host, *path;
     int port;
-    if (lws_parse_uri(url, &scheme, &host, &port, &path) || (strcmp(scheme, "ws") && strcmp(scheme, "wss"))) {
-        fprintf(stderr, "svlm ask: URL must look like ws://HOST:PORT or wss://HOST:PORT, not '%s'\n", pos[0]);
+    if (strlen(pos[0]) >= sizeof url || !url_authority_ok(url) ||
+        lws_parse_uri(url, &scheme, &host, &port, &path) || (strcmp(scheme, "ws") && strcmp(scheme, "wss"))) {
+        fprintf(stderr,
+                "svlm ask: URL must look like ws://HOST:PORT or wss://HOST:PORT (PORT from 1 to 65535), not "
+                "'%s'\n",
+                pos[0]);
         return 2;
     }
     char full_path[512];

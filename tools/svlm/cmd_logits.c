@@ -38,6 +38,11 @@ static int parse_ids(const char *s, int32_t **out, int *n) {
         }
         ids[cnt++] = (int32_t)v;
         p = *end ? end + 1 : end;
+        if (*end && !*p) { /* "1,2,": a comma promises one more id */
+            fprintf(stderr, "svlm: --tokens expects comma-separated token ids, it ends with a comma\n");
+            free(ids);
+            return -1;
+        }
     }
     if (!cnt) {
         fprintf(stderr, "svlm: --tokens is empty\n");

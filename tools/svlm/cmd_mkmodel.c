@@ -118,6 +118,12 @@ int cmd_mkmodel(int argc, char **argv) {
         fprintf(stderr, "svlm mkmodel: -o PREFIX is required\n");
         return 2;
     }
+    if (prefix && (!prefix[0] || prefix[strlen(prefix) - 1] == '/')) { /* "" or "dir/": a hidden ".gguf" */
+        fprintf(stderr,
+                "svlm mkmodel: -o expects a file name prefix (PREFIX.gguf), got '%s'; e.g. -o %smodel\n",
+                prefix, prefix);
+        return 2;
+    }
     const int with_mmproj = !strcmp(arch, "smolvlm") && !vocab_only;
 
     svlm_err err = {0};

@@ -75,24 +75,36 @@ static void usage(FILE *f) {
 
 static int parse_listen(const char *s, svlm_server_config *cfg) {
     const char *colon = strrchr(s, ':');
-    long long port;
-    if (!colon || colon == s || (size_t)(colon - s) >= sizeof cfg->host ||
-        cli_int("--listen", colon + 1, 0, 65535, &port))
-        return fprintf(stderr, "svlm serve: --listen expects HOST:PORT, e.g. 127.0.0.1:8080\n"), -1;
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || colon == s || (size_t)(colon - s) >= sizeof cfg->host || colon[1] < '0' || colon[1] > '9' ||
+        *end || port > 65535)
+        return fprintf(
+                   stderr,
+                   "svlm serve: --listen expects HOST:PORT (PORT from 0 to 65535), e.g. 127.0.0.1:8080\n"),
+               -1;
     snprintf(cfg->host, sizeof cfg->host, "%.*s", (int)(colon - s), s);
     cfg->port = (int)port;
     return 0;
 }
 
 static int read_token(const char *path, svlm_server_config *cfg) {
+    char buf[sizeof cfg->token + 1]; /* one byte more: a longer token is refused, not cut */
     FILE *f = fopen(path, "r");
     if (!f) return fprintf(stderr, "svlm serve: cannot read the token file %s\n", path), -1;
-    size_t n = fread(cfg->token, 1, sizeof cfg->token - 1, f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    int bad = ferror(f);
     fclose(f);
-    cfg->token[n] = 0;
-    while (n && strchr("\r\n \t", cfg->token[n - 1]))
-        cfg->token[--n] = 0;
+    if (bad) return fprintf(stderr, "svlm serve: cannot read the token file %s\n", path), -1;
+    buf[n] = 0;
+    while (n && strchr("\r\n \t", buf[n - 1]))
+        buf[--n] = 0;
+    if (n >= sizeof cfg->token)
+        return fprintf(stderr, "svlm serve: the token in %s is longer than %zu characters\n", path,
+                       sizeof cfg->token - 1),
+               -1;
     if (n < 8) return fprintf(stderr, "svlm serve: the token in %s is shorter than 8 characters\n", path), -1;
+    memcpy(cfg->token, buf, n + 1);
     return 0;
 }
 
@@ -104,8 +116,12 @@ typedef struct source_arg {
 
 static int add_source(source_arg *src, int *n, const char *name, size_t name_len, const char *uri) {
     if (*n >= MAX_SOURCES) return fprintf(stderr, "svlm serve: at most %d --source\n", MAX_SOURCES), -1;
-    if (!name_len || name_len >= SVLM_BACKEND_NAME_MAX || !uri[0])
-        return fprintf(stderr, "svlm serve: --source expects NAME=URI\n"), -1;
+    if (!name_len || name_len >= SVLM_BACKEND_NAME_MAX || !uri[0] || strlen(uri) >= sizeof src->uri)
+        return fprintf(stderr,
+                       "svlm serve: a source needs a NAME of 1 to %d bytes and a URI of 1 to %zu bytes "
+                       "(--source NAME=URI)\n",
+                       SVLM_BACKEND_NAME_MAX - 1, sizeof src->uri - 1),
+               -1;
     snprintf(src[*n].name, sizeof src[*n].name, "%.*s", (int)name_len, name);
     snprintf(src[*n].uri, sizeof src[*n].uri, "%s", uri);
     src[*n].live = -1;
@@ -397,10 +413,11 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--source")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             const char *eq = strchr(v, '=');
-            if (!eq || add_source(src, &n_src, v, (size_t)(eq - v), eq + 1)) {
+            if (!eq) {
                 fprintf(stderr, "svlm serve: --source expects NAME=URI, got '%s'\n", v);
                 return 2;
             }
+            if (add_source(src, &n_src, v, (size_t)(eq - v), eq + 1)) return 2; /* (it says why) */
             last_source = n_src - 1;
         } else if (!strcmp(argv[i], "--live") || !strcmp(argv[i], "--replay")) {
             if (set_source_live(src, last_source, argv[i])) return 2;
