@@ -19,9 +19,31 @@ static svlm_status set_target(svlm_uri *out, svlm_uri_kind kind, const char *tar
     return SVLM_OK;
 }
 
+/* Whether a network URI names a host: its authority (after "://", before the path), less any
+ * user:password@, is not empty and does not start with the port. */
+static int names_host(const char *uri) {
+    const char *a = strstr(uri, "://") + 3;
+    size_t n = strcspn(a, "/?#");
+    for (size_t i = n; i > 0; i--)
+        if (a[i - 1] == '@') {
+            a += i;
+            n -= i;
+            break;
+        }
+    return n > 0 && a[0] != ':';
+}
+
 svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err) {
     memset(out, 0, sizeof *out);
     if (!uri || !*uri) return svlm_fail(err, SVLM_E_INVALID, "empty source URI");
+    const int net = has_prefix(uri, "rtsp://") || has_prefix(uri, "rtsps://") || has_prefix(uri, "http://") ||
+                    has_prefix(uri, "https://");
+    if (net && !names_host(uri)) {
+        char safe[512]; /* (no password in messages) */
+        svlm_uri_redact(uri, safe, sizeof safe);
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "source '%s' names no host (e.g. rtsp://192.168.1.20:554/stream)", safe);
+    }
     if (has_prefix(uri, "rtsp://") || has_prefix(uri, "rtsps://"))
         return set_target(out, SVLM_URI_RTSP, uri, uri, err);
     if (has_prefix(uri, "http://") || has_prefix(uri, "https://")) {
