@@ -83,7 +83,11 @@ void svlm_uri_redact(const char *s, char *out, size_t n) {
     size_t o = 0;
     while (*s && o + 1 < n) {
         const char *sep = strstr(s, "://");
-        size_t login = sep ? strcspn(sep + 3, "@/ \t\"'") : 0;
+        /* user:password@ ends at the authority's last '@' (a password may hold one, as FFmpeg reads it) */
+        size_t auth = sep ? strcspn(sep + 3, "/?# \t\"'") : 0, login = auth;
+        while (login > 0 && sep[3 + login - 1] != '@')
+            login--;
+        login = login > 0 ? login - 1 : auth; /* at the '@', or past the authority: no login */
         size_t keep = sep ? (size_t)(sep + 3 - s) : strlen(s);
         o += (size_t)snprintf(out + o, n - o, "%.*s", (int)keep, s);
         if (o >= n) break;

@@ -44,8 +44,9 @@ static void test_uri(void) {
           "unknown scheme: %s", err.msg);
     CHECK(svlm_uri_parse("", &u, &err) == SVLM_E_INVALID, "empty URI");
     /* no host: said so (the backends answered "connection refused"), the password kept out */
-    static const char *const hostless[] = {"rtsp://", "rtsp://:554/cam", "http://?x", "https://u:secret@/x"};
-    for (int i = 0; i < 4; i++)
+    static const char *const hostless[] = {"rtsp://", "rtsp://:554/cam", "http://?x", "https://u:secret@/x",
+                                           "rtsp://u:sec@secret@:554/x"};
+    for (int i = 0; i < 5; i++)
         CHECK(svlm_uri_parse(hostless[i], &u, &err) == SVLM_E_INVALID && strstr(err.msg, "names no host") &&
                   !strstr(err.msg, "secret"),
               "%s: %s", hostless[i], err.msg);
