@@ -31,7 +31,7 @@ typedef struct eng_stream {
     struct eng_stream *next;
     eng *owner;
     char name[SVLM_BACKEND_NAME_MAX];
-    char uri[512];
+    char uri[1024]; /* (as long as an open or --source may give) */
     svlm_source *src;
     svlm_stream *stream;
     int sid;          /* the stream engine's id */

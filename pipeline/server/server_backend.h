@@ -41,7 +41,7 @@ typedef struct svlm_backend_tier {
 
 typedef struct svlm_backend_stream_status {
     char name[SVLM_BACKEND_NAME_MAX];
-    char uri[512];
+    char uri[1024]; /* (whole: a status cut inside a character would not be JSON) */
     char state[16]; /* "opening", "running", "stalled", "reconnecting", "ended", "failed" */
     int live;
     double fps_in;     /* sampled frames per second entering the engine, recent average */
