@@ -86,6 +86,8 @@ SPECIFIC = [
     # "" or a folder as the prefix wrote a hidden ".gguf"
     (['mkmodel', '--arch', 'llama', '--quiet', '-o', ''], {}, 2, 'file name prefix'),
     (['mkmodel', '--arch', 'llama', '--quiet', '-o', './'], {}, 2, 'file name prefix'),
+    (['mkmodel', '--arch', 'llama', '--quiet', '-o', '.'], {}, 2, 'file name prefix'),
+    (['mkmodel', '--arch', 'llama', '--quiet', '-o', 'sub/..'], {}, 2, 'file name prefix'),
     # a token longer than the server keeps was cut short, silently; a folder read as no token
     (['serve', '-m', NOMODEL, '--mmproj', NOMODEL, '--token-file', long_token], {}, 2, 'longer than'),
     (['serve', '-m', NOMODEL, '--mmproj', NOMODEL, '--token-file', aux], {}, 2, 'cannot read'),

@@ -100,7 +100,7 @@ def main():
                                          "stc": {"stc": "on", "keep-ratio": 0.3, "cache": 1},
                                          "memory": {"on": True, "budget_mib": 8, "tokens": 32},
                                          "stream": {"frames_window": 6, "queue": 3, "answer_threads": 4,
-                                                    "kv": "f16"}}))
+                                                    "kv": "f32"}}))
         cache = os.path.join(tmp, "cache")
         t0 = time.time()
         p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--config", cfg])
@@ -119,7 +119,7 @@ def main():
             time.sleep(1.5)
             s2 = json.loads(http(base + "/v1/streams/cam")[2])
             assert s2["frames_in"] > s1["frames_in"] and s2["state"] == "running" and s2["drops"] == 0, (s1, s2)
-            assert s2.get("kv_type") == "f16", s2  # the config's stream.kv
+            assert s2.get("kv_type") == "f32", s2  # the config's stream.kv (the CPU's default: f16)
             assert json.loads(http(base + "/health")[2])["streams"] == 1
             st, _, page = http(base + "/")
             assert st == 200 and b"svlm" in page and b"random-weight stand-in" in page

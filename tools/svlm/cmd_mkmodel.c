@@ -118,10 +118,12 @@ int cmd_mkmodel(int argc, char **argv) {
         fprintf(stderr, "svlm mkmodel: -o PREFIX is required\n");
         return 2;
     }
-    if (prefix && (!prefix[0] || prefix[strlen(prefix) - 1] == '/')) { /* "" or "dir/": a hidden ".gguf" */
+    const char *base = prefix ? (strrchr(prefix, '/') ? strrchr(prefix, '/') + 1 : prefix) : NULL;
+    /* "", "dir/", "." or "..": a hidden ".gguf" or "..gguf" */
+    if (prefix && (!base[0] || !strcmp(base, ".") || !strcmp(base, ".."))) {
         fprintf(stderr,
-                "svlm mkmodel: -o expects a file name prefix (PREFIX.gguf), got '%s'; e.g. -o %smodel\n",
-                prefix, prefix);
+                "svlm mkmodel: -o expects a file name prefix (PREFIX.gguf), got '%s'; e.g. -o %.*smodel\n",
+                prefix, (int)(base - prefix), prefix);
         return 2;
     }
     const int with_mmproj = !strcmp(arch, "smolvlm") && !vocab_only;
