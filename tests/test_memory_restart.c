@@ -135,11 +135,7 @@ static void clock_restart(void) {
     svlm_memory *m = open_bank(dir, &r);
     float frame[T_TOK * DIM];
     svlm_err err = {0};
-    for (int f = 0; f < 400; f++) {
-        synth_frame(&s, f, frame);
-        REQUIRE(svlm_memory_push(m, f, frame, T_TOK, NULL, &err) == SVLM_OK, "frame %d: %s", f, err.msg);
-    }
-    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    push_frames(m, &s, 0, 400);
     svlm_memory_free(m);
 
     m = open_bank(dir, &r);

@@ -1,9 +1,13 @@
-/* A memory bank's persisted entries, taken to compare a bank before and after (a reopen, a
- * refused push): the tests of memory/ share it. */
+/* What the tests of memory/ share: a bank's persisted entries, taken to compare a bank before and
+ * after (a reopen, a refused push), and a run of synthetic frames pushed into it. */
 #ifndef SVLM_TESTS_TEST_MEMORY_SNAPSHOT_H
 #define SVLM_TESTS_TEST_MEMORY_SNAPSHOT_H
 
+#include <stdlib.h>
+
 #include "memory/memory_bank.h"
+#include "test.h"
+#include "test_memory_synth.h"
 
 #define SNAPSHOT_MAX 512
 
@@ -33,6 +37,19 @@ static inline int same_entries(const snapshot *a, const snapshot *b) {
     for (int i = 0; i < a->n; i++)
         if (!same_entry(&a->e[i], &b->e[i])) return 0;
     return 1;
+}
+
+/* Frames f0 .. f1 - 1 of s, each pushed at t = f (every push must succeed), then a flush. */
+static inline void push_frames(svlm_memory *m, synth *s, int f0, int f1) {
+    float *frame = malloc(sizeof(float) * (size_t)s->T * (size_t)s->D);
+    REQUIRE(frame, "out of memory");
+    svlm_err err = {0};
+    for (int f = f0; f < f1; f++) {
+        synth_frame(s, f, frame);
+        REQUIRE(svlm_memory_push(m, f, frame, s->T, NULL, &err) == SVLM_OK, "frame %d: %s", f, err.msg);
+    }
+    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    free(frame);
 }
 
 #endif

@@ -146,13 +146,7 @@ static void on_alarm(int sig) {
 static int small_bank(synth *s, const char *dir, snapshot *snap) {
     svlm_memory_load_report r;
     svlm_memory *m = open_bank(dir, &r);
-    float frame[T_TOK * DIM];
-    svlm_err err = {0};
-    for (int f = 0; f < 400; f++) {
-        synth_frame(s, f, frame);
-        REQUIRE(svlm_memory_push(m, f, frame, T_TOK, NULL, &err) == SVLM_OK, "frame %d: %s", f, err.msg);
-    }
-    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    push_frames(m, s, 0, 400);
     take(m, snap);
     svlm_memory_free(m);
     REQUIRE(snap->n >= 3, "a bank of %d entries", snap->n);
@@ -427,13 +421,7 @@ static void budget_bank(const char *dir) {
         synth_add_event(&s, 40 + e * 38, 3);
     svlm_memory_load_report r;
     svlm_memory *m = open_bank_budget(dir, 256 << 10, &r);
-    float frame[T_TOK * DIM];
-    svlm_err err = {0};
-    for (int f = 0; f < 2500; f++) {
-        synth_frame(&s, f, frame);
-        REQUIRE(svlm_memory_push(m, f, frame, T_TOK, NULL, &err) == SVLM_OK, "frame %d: %s", f, err.msg);
-    }
-    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    push_frames(m, &s, 0, 2500);
     svlm_memory_free(m);
     synth_free(&s);
 }
@@ -859,11 +847,7 @@ int test_main(void) {
     CHECK(r.loaded == 0 && r.rejected == 0 && r.manifest_ok == 1, "a new directory is clean");
     float frame[T_TOK * DIM];
     svlm_err err = {0};
-    for (int f = 0; f < 1800; f++) {
-        synth_frame(&s, f, frame);
-        REQUIRE(svlm_memory_push(m, f, frame, T_TOK, NULL, &err) == SVLM_OK, "frame %d: %s", f, err.msg);
-    }
-    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    push_frames(m, &s, 0, 1800);
     snapshot *before = malloc(sizeof *before), *after = malloc(sizeof *after);
     take(m, before);
     svlm_memory_stats st;
@@ -886,11 +870,7 @@ int test_main(void) {
     uint64_t hit_after = top_hit(m, &s, 2, &sum_after);
     CHECK(hit_after == hit_before && sum_after == sum_before, "retrieval after restart differs");
     /* the restarted stream goes on from where it was */
-    for (int f = 1800; f < 1900; f++) {
-        synth_frame(&s, f, frame);
-        REQUIRE(svlm_memory_push(m, f, frame, T_TOK, NULL, &err) == SVLM_OK, "frame %d: %s", f, err.msg);
-    }
-    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    push_frames(m, &s, 1800, 1900);
     take(m, before);
     svlm_memory_free(m);
 
