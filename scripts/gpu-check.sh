@@ -149,13 +149,12 @@ fi
 # When GPU tests fail (or hang), the ones that did not pass run again with each switch in turn; a
 # switch that makes some of them pass stays exported, so the benchmarks after measure code the
 # tests passed, and the summary names it.
-SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_FLASH_MMA=0 SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0
-  SVLM_CUDA_MATVEC_SPLIT=1 SVLM_CUDA_KQUANT_LANES=0 SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0
-  SVLM_CUDA_ARGMAX=0)
+SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_DECODE_AHEAD=0 SVLM_CUDA_MATVEC_TALL=0 SVLM_CUDA_FLASH_MMA=0
+  SVLM_CUDA_PDL=0 SVLM_CUDA_LT=0 SVLM_CUDA_CUDNN=0 SVLM_CUDA_MATVEC_SPLIT=1 SVLM_CUDA_KQUANT_LANES=0
+  SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
 # Forms built since the last GPU run, off by default until one has run them (docs/cuda.md): after
 # the tests pass as they are, they run again with all of these on; the benchmarks compare each.
-UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 SVLM_CUDA_PERSISTENT=1
-  SVLM_CUDA_ARGMAX_AHEAD=1 SVLM_CUDA_LT_GELU=auto)
+UNMEASURED=(SVLM_CUDA_MATVEC_STAGED=1)
 unmeasured_ok=0 default_tests_ok=0
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
@@ -236,12 +235,7 @@ elif [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; the
     switch_back_failed_tests
   fi
   # the forms not yet run on a GPU, all on: the same GPU tests, once they pass as they are (so that
-  # a failure here is these forms'). test_cuda_data requires the GELU epilogue when
-  # SVLM_CUDA_LT_GELU is auto or 1; where switching it off made tests pass above, it stays off.
-  if [ "${SVLM_CUDA_LT_GELU:-}" = 0 ]; then
-    UNMEASURED=(SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 SVLM_CUDA_PERSISTENT=1
-      SVLM_CUDA_ARGMAX_AHEAD=1)
-  fi
+  # a failure here is these forms'; a switch back that made tests pass above stays set)
   rm -f "$B/gpu-tests-unmeasured.ok"
   if [ $default_tests_ok = 1 ] && [ "$(elapsed)" -gt $((budget / 2)) ]; then
     summary+=("GPU tests with the unmeasured forms on: not run (past half the budget; the benchmarks keep it)")
@@ -402,60 +396,59 @@ if [ -x "$S" ]; then
     bench "vision encoder, host work only (null backend)" 20 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
       --backend null
     bench "text, host work only (null backend)" 20 bench -m "$M.gguf" --pp 512 --tg 128 --backend null
-    # the forms not yet run on a GPU (off by default), each against "text, cuda" / "vision encoder,
-    # cuda" above, once the GPU tests passed with them: decode attention's loads issued before
-    # their sums; decode products eight sub-blocks at a time with a pair's rows together; the
-    # output product one warp a row; all three; the encoder's GELU in cuBLASLt's epilogue
+    # the form not yet run on a GPU (off by default), against "text, cuda" above, once the GPU tests
+    # passed with it: the decode products one warp a row, each row copied to shared memory before
+    # the kernel waits for the one ahead (SVLM_CUDA_MATVEC_STAGED=1); with its kernel profile
     if [ $unmeasured_ok = 1 ]; then
-      # one kernel a decode step, end to end: the benchmark model's greedy tokens (f32 and f16
-      # caches) must be those of the separate kernels
-      for kv in f32 f16; do
-        gen_tokens() {
-          timeout 60 "$S" generate -m "$M.gguf" -p "the quick brown fox" -n 48 --temp 0 --kv $kv --backend cuda --json \
-            2>/dev/null | grep -o '"tokens":\[[^]]*\]'
-        }
-        one=$(SVLM_CUDA_PERSISTENT=1 gen_tokens) sep=$(gen_tokens)
-        if [ -n "$one" ] && [ "$one" = "$sep" ]; then
-          summary+=("one kernel a step, $kv cache: the same 48 greedy tokens as the separate kernels")
-        else
-          status=1
-          summary+=("one kernel a step, $kv cache: greedy tokens DIFFER from the separate kernels (or none)")
-        fi
-      done
-      # every decode form at once (the layers in one kernel, the output product one warp a row with
-      # its loads ahead, the argmax's loads ahead): the figure for the 1000 tok/s target, first
-      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_MATVEC_TALL=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_ARGMAX_AHEAD=1 \
-        SVLM_CUDA_DECODE_AHEAD=1 bench "text, cuda, every unmeasured decode form" 60 bench -m "$M.gguf" \
-        --pp 0 --tg 128 --backend cuda
-      # one kernel a decode step (every layer; the output product and argmax after it), with as
-      # many blocks as fit, with 2 an SM and 1 (cheaper barriers, fewer warps to issue loads),
-      # without its L2 prefetches, and with the output product one warp a row
-      SVLM_CUDA_PERSISTENT=1 bench "text, cuda, one kernel a step" 60 bench -m "$M.gguf" --pp 512 --tg 128 \
-        --backend cuda
-      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_SM_BLOCKS=2 bench "text, cuda, one kernel a step, 2 blocks an SM" \
-        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
-      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_SM_BLOCKS=1 bench "text, cuda, one kernel a step, 1 block an SM" \
-        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
-      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_PERSISTENT_PREFETCH=0 bench "text, cuda, one kernel a step, no prefetch" \
-        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
-      SVLM_CUDA_PERSISTENT=1 SVLM_CUDA_MATVEC_TALL=1 bench "text, cuda, one kernel a step, tall output product" \
-        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
-      SVLM_CUDA_DECODE_AHEAD=1 bench "text, cuda, decode attention loads ahead" 60 bench -m "$M.gguf" \
-        --pp 512 --tg 128 --backend cuda
-      SVLM_CUDA_MATVEC_AHEAD=1 bench "text, cuda, decode products eight sub-blocks at a time" 60 bench \
-        -m "$M.gguf" --pp 512 --tg 128 --backend cuda
-      SVLM_CUDA_MATVEC_TALL=1 bench "text, cuda, output product one warp a row" 60 bench -m "$M.gguf" \
-        --pp 512 --tg 128 --backend cuda
-      SVLM_CUDA_ARGMAX_AHEAD=1 bench "text, cuda, argmax loads ahead" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
-        --backend cuda
-      SVLM_CUDA_DECODE_AHEAD=1 SVLM_CUDA_MATVEC_AHEAD=1 SVLM_CUDA_MATVEC_TALL=1 bench \
-        "text, cuda, all three decode forms" 60 bench -m "$M.gguf" --pp 512 --tg 128 --backend cuda
-      [[ " ${UNMEASURED[*]} " == *" SVLM_CUDA_LT_GELU=auto "* ]] && SVLM_CUDA_LT_GELU=auto bench \
-        "vision encoder, cuda, GELU in the epilogue" 60 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
-        --backend cuda
+      SVLM_CUDA_MATVEC_STAGED=1 bench "text, cuda, decode products staged" 60 bench -m "$M.gguf" --pp 512 \
+        --tg 128 --backend cuda
+      bench "text, cuda (again, beside the staged form)" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+      SVLM_CUDA_MATVEC_STAGED=1 bench "text, cuda, decode products staged, after 1600 tokens, f16 cache" 45 \
+        bench -m "$M.gguf" --pp 0 --tg 128 --depth 1600 --kv f16 --reps 2 --backend cuda
+      SVLM_CUDA_MATVEC_STAGED=1 bench "text, cuda, decode products staged, 4 answers decoding together" 60 \
+        bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 4 --reps 1 --backend cuda
+      bench "text, cuda, 4 answers decoding together" 60 bench -m "$M.gguf" --pp 0 --tg 64 --decode-batch 4 \
+        --reps 1 --backend cuda
+      if [ "${SVLM_GPU_CHECK_NCU:-1}" = 1 ] && [ -n "$NCU" ] && [[ "staged ncu" =~ ${SVLM_GPU_CHECK_BENCH:-.} ]]; then
+        step "ncu: kernels of decode steps, products staged" 90 0 env SVLM_CUDA_MATVEC_STAGED=1 \
+          scripts/ncu-kernels.sh "$NCU" 2000 300 "$S" bench -m "$M.gguf" --pp 0 --tg 32 --reps 1 --backend cuda
+      fi
+      [ $have_streams = 1 ] && SVLM_CUDA_MATVEC_STAGED=1 bench "256 streams at 1 fps, cuda, decode products staged" \
+        60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}"
     else
       summary+=("unmeasured forms: not benchmarked (their GPU tests did not pass or did not run)")
     fi
+    # forms measured once and left off (H100, 2026-11-28: one answer's decode 515 tok/s by default
+    # then): one kernel a step (538; Q8_0 only), its greedy tokens (f32 and f16 caches) those of the
+    # separate kernels; the products' sub-blocks eight at a time (495); the argmax's loads ahead (529)
+    for kv in f32 f16; do
+      [[ "one kernel a step" =~ ${SVLM_GPU_CHECK_BENCH:-.} ]] || break
+      gen_tokens() {
+        timeout 60 "$S" generate -m "$M.gguf" -p "the quick brown fox" -n 48 --temp 0 --kv $kv --backend cuda --json \
+          2>/dev/null | grep -o '"tokens":\[[^]]*\]'
+      }
+      one=$(SVLM_CUDA_PERSISTENT=1 gen_tokens) sep=$(SVLM_CUDA_DECODE_AHEAD=0 gen_tokens)
+      if [ -n "$one" ] && [ "$one" = "$sep" ]; then
+        summary+=("one kernel a step, $kv cache: the same 48 greedy tokens as the separate kernels")
+      else
+        status=1
+        summary+=("one kernel a step, $kv cache: greedy tokens DIFFER from the separate kernels (or none)")
+      fi
+    done
+    SVLM_CUDA_PERSISTENT=1 bench "text, cuda, one kernel a step" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
+      --backend cuda
+    SVLM_CUDA_MATVEC_AHEAD=1 bench "text, cuda, decode products eight sub-blocks at a time" 60 bench \
+      -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+    SVLM_CUDA_ARGMAX_AHEAD=1 bench "text, cuda, argmax loads ahead" 60 bench -m "$M.gguf" --pp 0 --tg 128 \
+      --backend cuda
+    # the measured changes of 2026-11-28 switched back: decode attention's loads after their sums,
+    # the output product four warps a row, the encoder's GELU as a pass of its own
+    SVLM_CUDA_DECODE_AHEAD=0 bench "text, cuda, decode attention loads after the sums" 60 bench -m "$M.gguf" \
+      --pp 0 --tg 128 --backend cuda
+    SVLM_CUDA_MATVEC_TALL=0 bench "text, cuda, output product four warps a row" 60 bench -m "$M.gguf" --pp 0 \
+      --tg 128 --backend cuda
+    SVLM_CUDA_LT_GELU=0 bench "vision encoder, cuda, GELU as a pass" 60 bench --mmproj "$M-mmproj.gguf" \
+      --batch 32 --reps 2 --backend cuda
     # the decode step's kernels without programmatic dependent launch (each waits for the one before
     # to end before it starts; default on from compute capability 9.0)
     SVLM_CUDA_PDL=0 bench "text, cuda, no PDL" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda

@@ -690,8 +690,8 @@ int test_main(void) {
         if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 29, 300);
         if (bs == 1) cases[n_cases++] = make_weight(weight_types[i], 21, 530);
     }
-    /* a tall weight (as the output product): with SVLM_CUDA_MATVEC_TALL=1 (gpu-check runs the GPU
-     * tests again with it) split over fewer warps a row, one here (parts_for_rows) */
+    /* a tall weight (as the output product): split over fewer warps a row, one here (parts_for_rows;
+     * SVLM_CUDA_MATVEC_TALL=0: four) */
     cases[n_cases++] = make_weight(SVLM_Q8_0, 16400, 512);
     for (buf_mode = 0; buf_mode < BUF_MODES; buf_mode++) {
         printf("---- buffers: %s ----\n", mode_names[buf_mode]);

@@ -81,7 +81,7 @@ typedef struct cu_ctx {
     cu_dnn *dnn;           /* made on first use */
     int lt_mode, dnn_mode; /* CU_SWITCH_*, read when the backend is made */
     int lt_gelu; /* CU_SWITCH_*: the encoder's GELU in its up product's epilogue (SVLM_CUDA_LT_GELU unset
-                    or 0: a pass of its own; auto: tried; 1: required, a decline ends the program) */
+                    or auto: tried; 0: a pass of its own; 1: required, a decline ends the program) */
     void *attn_scratch; /* scores, probabilities and f16 queries of cu_attention_gemm */
     size_t attn_scratch_cap;
     void *dec_buf; /* split decode attention: [dec_pairs] counters, then partial results */
@@ -197,8 +197,8 @@ int cu_lt_gemm_bias(svlm_kernels *k, int m, int n, int kk, const void *w16, cons
                     float *y, const float *bias, int acc);
 /* y16 (n x m, bf16; f16: f16) = GELU(x16 W^T + bias16) through cuBLASLt's GELU epilogue (its tanh
  * form), the next product's operand written by this one; bias16: m values of y16's type (NULL:
- * none); queued. 0 when it declines (no such epilogue for the shape, SVLM_CUDA_LT_GELU unset or
- * 0, or SVLM_CUDA_LT=0; nothing queued): the caller runs the product and its own GELU pass.
+ * none); queued. 0 when it declines (no such epilogue for the shape, SVLM_CUDA_LT_GELU=0 or
+ * SVLM_CUDA_LT=0; nothing queued): the caller runs the product and its own GELU pass.
  * SVLM_CUDA_LT_GELU=1 requires it (the tests' check). */
 int cu_lt_gemm_bias_gelu(svlm_kernels *k, int m, int n, int kk, const void *w16, const uint16_t *x16, int f16,
                          uint16_t *y16, const uint16_t *bias16);

@@ -21,6 +21,13 @@ static inline int svlm_cu_switch_on(const char *name) {
     return e && e[0] == '1' && !e[1];
 }
 
+/* Whether the switch `name` is exactly "0": how a measured change is switched back to what it
+ * replaced (docs/cuda.md). */
+static inline int svlm_cu_switch_off(const char *name) {
+    const char *e = getenv(name);
+    return e && e[0] == '0' && !e[1];
+}
+
 /* pdl (the launchers of a decode step's kernels): launch with programmatic dependent launch
  * (cuda_pdl.cuh; compute capability 9.0 and newer). svlm_cu_pdl_compiled: whether the kernels
  * this device runs were compiled with it (PTX for 9.0 or newer; from compute_80 PTX they lack the

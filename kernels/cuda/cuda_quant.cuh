@@ -41,8 +41,9 @@ constexpr int kWarpsPerBlock = 4;
  * (SVLM_CUDA_KQUANT_LANES=0: one element a lane); kRowAhead (SVLM_CUDA_MATVEC_AHEAD=1; off by
  * default until it has run on a GPU): the other types' sub-blocks eight at a time with their loads
  * issued together, and a SwiGLU or q/k/v pair's two rows' loads together (off: four at a time, then
- * one at a time, one row after the other, as measured). */
-constexpr int kRowKqLanes = 1, kRowAhead = 2;
+ * one at a time, one row after the other, as measured); kRowStaged (SVLM_CUDA_MATVEC_STAGED=1):
+ * one warp a row, the row copied to shared memory before the wait (cuda_quant_staged.cuh). */
+constexpr int kRowKqLanes = 1, kRowAhead = 2, kRowStaged = 4;
 
 /* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
  * each lane four quant bytes in one load and the eight elements they hold (quant_decode.h's lane
@@ -456,17 +457,32 @@ __device__ __forceinline__ qkv_pair qkv_pair_of(const svlm_cu_matvec_set &set, i
     return p;
 }
 
+template <int NMAX>
+__device__ __forceinline__ void qkv_rope_finish(const svlm_cu_matvec_set &set, const qkv_pair &p, int n,
+                                                const svlm_cu_rope_pairs &rp, const float *at,
+                                                const float *bt);
+
 template <int T, int NMAX, bool AH>
 __device__ __forceinline__ void qkv_rope_rows(const svlm_cu_matvec_set &set, const qkv_pair &p, int64_t cols,
                                               const float *xa, int n, const svlm_cu_rope_pairs &rp,
                                               int flags) {
     const row_split &rs = p.rs;
-    const int64_t r = p.r;
-    const int wi = p.wi;
     const uint8_t *w = p.w;
     float at[NMAX], bt[NMAX];
     two_row_sums<T, NMAX, AH>(rs, w != nullptr, w, w ? w + set.row_bytes : w, cols, xa, n, flags, at, bt);
-    /* every lane of the first part's warp holds every row's sums: lane i takes row i */
+    qkv_rope_finish<NMAX>(set, p, n, rp, at, bt);
+}
+
+/* qkv_rope_rows's stores from the pair's sums at and bt (every lane of the first part's warp holds
+ * every activation row's): lane i takes row i. */
+template <int NMAX>
+__device__ __forceinline__ void qkv_rope_finish(const svlm_cu_matvec_set &set, const qkv_pair &p, int n,
+                                                const svlm_cu_rope_pairs &rp, const float *at,
+                                                const float *bt) {
+    const row_split &rs = p.rs;
+    const int64_t r = p.r;
+    const int wi = p.wi;
+    const uint8_t *w = p.w;
     const int i = threadIdx.x % 32;
     if (!w || rs.part || i >= n) return;
     float x0 = 0.0f, x1 = 0.0f;
@@ -519,6 +535,8 @@ __global__ void qkv_rope_kernel(svlm_cu_matvec_set set, int64_t cols, const floa
     qkv_rope_rows<T, NMAX, AH>(set, p, cols, xa, n, rp, flags);
 }
 
+#include "kernels/cuda/cuda_quant_staged.cuh" /* (in this namespace: it uses the above) */
+
 __device__ __forceinline__ uint16_t to_bf16(float f) {
     const uint32_t u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
@@ -562,19 +580,18 @@ int parts_for(int64_t cols) {
     return sub >= 16 ? 4 : sub >= 8 ? 2 : 1;
 }
 
-/* SVLM_CUDA_MATVEC_TALL=1: parts_for_rows's split for tall weights. Off by default until it has
- * run on a GPU (docs/cuda.md; gpu-check tests and compares it). Read once a process. */
+/* parts_for_rows's split for tall weights (H100, 256M shape: one answer's decode 515 -> 542 tok/s);
+ * SVLM_CUDA_MATVEC_TALL=0: four warps a row, as before. Read once a process. */
 bool tall_split() {
-    static const bool on = svlm_cu_switch_on("SVLM_CUDA_MATVEC_TALL"); /* (initialised once, thread-safe) */
+    static const bool on = !svlm_cu_switch_off("SVLM_CUDA_MATVEC_TALL"); /* (initialised once, thread-safe) */
     return on;
 }
 
 /* The same for a lone product of `rows` rows: a tall weight (the output product, 49,280 rows for
  * SmolVLM2) fills the GPU with waves of warps anyway, and each extra wave of blocks costs its
- * rounds of loads and a barrier: with tall_split(), split so that it takes at most kTallWarps warps
- * (four waves of an H100's 8,448 warp slots), one warp a row for the output product. The fused
- * kernels keep parts_for (q/k/v's two forms must split alike: test_cuda_data compares them bit for
- * bit). */
+ * rounds of loads and a barrier: with tall_split() (the default), split so that it takes at most kTallWarps
+ * warps (four waves of an H100's 8,448 warp slots), one warp a row for the output product. The fused kernels
+ * keep parts_for (q/k/v's two forms must split alike: test_cuda_data compares them bit for bit). */
 constexpr int64_t kTallWarps = 32768;
 int parts_for_rows(int64_t cols, int64_t rows) {
     int p = parts_for(cols);
@@ -584,17 +601,25 @@ int parts_for_rows(int64_t cols, int64_t rows) {
     return p;
 }
 
-/* kRowKqLanes unless SVLM_CUDA_KQUANT_LANES=0, kRowAhead with SVLM_CUDA_MATVEC_AHEAD=1 (read
- * once per process) */
+/* kRowKqLanes unless SVLM_CUDA_KQUANT_LANES=0, kRowAhead with SVLM_CUDA_MATVEC_AHEAD=1, kRowStaged
+ * with SVLM_CUDA_MATVEC_STAGED=1 (read once per process) */
 int row_flags() {
     static int flags = -1;
     if (flags < 0) {
         const char *kl = getenv("SVLM_CUDA_KQUANT_LANES");
         const int lanes = !(kl && kl[0] == '0' && !kl[1]),
-                  ahead = svlm_cu_switch_on("SVLM_CUDA_MATVEC_AHEAD");
-        flags = (lanes ? kRowKqLanes : 0) | (ahead ? kRowAhead : 0);
+                  ahead = svlm_cu_switch_on("SVLM_CUDA_MATVEC_AHEAD"),
+                  staged = svlm_cu_switch_on("SVLM_CUDA_MATVEC_STAGED");
+        flags = (lanes ? kRowKqLanes : 0) | (ahead ? kRowAhead : 0) | (staged ? kRowStaged : 0);
     }
     return flags;
+}
+
+/* The staged form (kRowStaged) for type T's few-row products: the types without a lane form of
+ * their own (Q4_K and Q6_K keep theirs). */
+template <int T> constexpr bool kStagedType = !(T == 12 || T == 14);
+template <int T> bool staged_on() {
+    return kStagedType<T> && (row_flags() & kRowStaged);
 }
 
 unsigned row_blocks(int64_t rows, int parts) {
@@ -610,9 +635,18 @@ unsigned row_blocks(int64_t rows, int parts) {
 template <int T, int NMAX>
 int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                     const float *x, int64_t n, float *y, int accumulate, bool pdl) {
+    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    if constexpr (NMAX == kFewRows && kStagedType<T>)
+        if (staged_on<T>() && stage_fits(w, row_bytes, 0)) {
+            auto staged =
+                n == 1 ? (accumulate ? matvec_staged_kernel<T, true, 1> : matvec_staged_kernel<T, false, 1>)
+                       : (accumulate ? matvec_staged_kernel<T, true, NMAX>
+                                     : matvec_staged_kernel<T, false, NMAX>);
+            return pdl_launch(pdl, staged, row_blocks(rows, 1), 32 * kWarpsPerBlock, 0, s, wb, row_bytes,
+                              rows, cols, x, (int)n, y);
+        }
     const int parts = parts_for_rows(cols, rows);
     const unsigned blocks = row_blocks(rows, parts);
-    const uint8_t *wb = static_cast<const uint8_t *>(w);
     auto kernel = accumulate ? matvec_kernel<T, true, NMAX, false> : matvec_kernel<T, false, NMAX, false>;
     if constexpr (NMAX == kFewRows)
         if (row_flags() & kRowAhead)
@@ -633,9 +667,23 @@ int launch_matvec(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows,
 template <int T, int NMAX>
 int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x,
                           int64_t n, const float *nw, float eps, bool pdl) {
+    const size_t xs_bytes = nw ? sizeof(float) * (size_t)(n * cols) : 0;
     int64_t total = 0;
-    for (int i = 0; i < set->n; i++)
+    bool fits = true;
+    for (int i = 0; i < set->n; i++) {
         total += set->rows[i];
+        fits = fits && stage_fits(set->w[i], set->row_bytes, xs_bytes);
+    }
+    if constexpr (NMAX == kFewRows && kStagedType<T>)
+        if (staged_on<T>() && fits) {
+            auto staged =
+                n == 1
+                    ? (nw ? matvec_multi_staged_kernel<T, true, 1> : matvec_multi_staged_kernel<T, false, 1>)
+                    : (nw ? matvec_multi_staged_kernel<T, true, NMAX>
+                          : matvec_multi_staged_kernel<T, false, NMAX>);
+            return pdl_launch(pdl, staged, row_blocks(total, 1), 32 * kWarpsPerBlock, xs_bytes, s, *set, cols,
+                              x, (int)n, nw, eps);
+        }
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(total, parts);
     auto kernel = nw ? matvec_multi_kernel<T, true, NMAX, false> : matvec_multi_kernel<T, false, NMAX, false>;
@@ -658,6 +706,18 @@ template <int T, int NMAX>
 int launch_qkv_rope_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t cols, const float *x, int64_t n,
                       const float *nw, float eps, const svlm_cu_rope_pairs *rp, bool pdl) {
     const int64_t pairs = (set->rows[0] + set->rows[1] + set->rows[2]) / 2;
+    const size_t xs_bytes = nw ? sizeof(float) * (size_t)(n * cols) : 0;
+    if constexpr (NMAX == kFewRows && kStagedType<T>)
+        if (staged_on<T>() && stage_fits(set->w[0], set->row_bytes, xs_bytes) &&
+            stage_fits(set->w[1], set->row_bytes, xs_bytes) &&
+            stage_fits(set->w[2], set->row_bytes, xs_bytes)) {
+            auto staged =
+                n == 1
+                    ? (nw ? qkv_rope_staged_kernel<T, true, 1> : qkv_rope_staged_kernel<T, false, 1>)
+                    : (nw ? qkv_rope_staged_kernel<T, true, NMAX> : qkv_rope_staged_kernel<T, false, NMAX>);
+            return pdl_launch(pdl, staged, row_blocks(pairs, 1), 32 * kWarpsPerBlock, xs_bytes, s, *set, cols,
+                              x, (int)n, nw, eps, *rp);
+        }
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(pairs, parts);
     auto kernel = nw ? qkv_rope_kernel<T, true, NMAX, false> : qkv_rope_kernel<T, false, NMAX, false>;
@@ -679,9 +739,18 @@ template <int T, int NMAX>
 int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_bytes, int64_t rows,
                     int64_t cols, const float *x, int64_t n, const float *nw, float eps, float *gate,
                     bool pdl) {
+    const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
+    const size_t xs_bytes = nw ? sizeof(float) * (size_t)(n * cols) : 0;
+    if constexpr (NMAX == kFewRows && kStagedType<T>)
+        if (staged_on<T>() && stage_fits(wg, row_bytes, xs_bytes) && stage_fits(wu, row_bytes, xs_bytes)) {
+            auto staged =
+                n == 1 ? (nw ? swiglu_staged_kernel<T, true, 1> : swiglu_staged_kernel<T, false, 1>)
+                       : (nw ? swiglu_staged_kernel<T, true, NMAX> : swiglu_staged_kernel<T, false, NMAX>);
+            return pdl_launch(pdl, staged, row_blocks(rows, 1), 32 * kWarpsPerBlock, xs_bytes, s, g, u,
+                              row_bytes, rows, cols, x, (int)n, nw, eps, gate);
+        }
     const int parts = parts_for(cols);
     const unsigned blocks = row_blocks(rows, parts);
-    const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
     auto kernel = nw ? swiglu_kernel<T, true, NMAX, false> : swiglu_kernel<T, false, NMAX, false>;
     if constexpr (NMAX == kFewRows)
         if (row_flags() & kRowAhead)
