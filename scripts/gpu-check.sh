@@ -154,8 +154,11 @@ SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_DECODE_AHEAD=0 SVLM_CUDA_MATVEC_TAL
   SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
 # Forms built since the last GPU run, off by default until one has run them (docs/cuda.md): after
 # the tests pass as they are, they run again with all of these on; the benchmarks compare each.
-UNMEASURED=(SVLM_CUDA_MATVEC_STAGED=1)
-unmeasured_ok=0 default_tests_ok=0
+UNMEASURED=(SVLM_CUDA_MATVEC_STAGED=1 SVLM_CUDA_MATVEC_STAGED_K=1)
+# the unmeasured forms whose GPU tests passed (all together, or each alone when together failed)
+UNMEASURED_OK=()
+default_tests_ok=0
+form_ok() { [[ " ${UNMEASURED_OK[*]} " == *" $1 "* ]]; }
 switch_back_failed_tests() {
   local all passed failed=() t sw before after
   all=$(ctest --test-dir "$B" -N -R test_cuda | sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*).*/\1/p')
@@ -208,10 +211,7 @@ switch_back_failed_tests() {
 if [ "${SVLM_GPU_CHECK_TESTS:-1}" = 0 ]; then
   summary+=("GPU tests: skipped (SVLM_GPU_CHECK_TESTS=0)")
   # a second call on a warm machine: the first call's verdict on the unmeasured forms
-  if [ -f "$B/gpu-tests-unmeasured.ok" ]; then
-    unmeasured_ok=1
-    read -r -a UNMEASURED <"$B/gpu-tests-unmeasured.ok"
-  fi
+  [ -f "$B/gpu-tests-unmeasured.ok" ] && read -r -a UNMEASURED_OK <"$B/gpu-tests-unmeasured.ok"
 elif [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; then
   step "GPU tests: ctest -R test_cuda" 180 100 bash -c 'ctest --test-dir "$1" -R test_cuda -V >"$1/gpu-tests.log" 2>&1
     rc=$?
@@ -248,21 +248,39 @@ elif [ -x "$B/tests/test_cuda_backend" ] || [ -x "$B/tests/test_cuda_e2e" ]; the
       exit $rc' "$B" _ "${UNMEASURED[@]}"
     case $? in
     0)
-      unmeasured_ok=1
-      echo "${UNMEASURED[*]}" >"$B/gpu-tests-unmeasured.ok"
+      UNMEASURED_OK=("${UNMEASURED[@]}")
       summary+=("GPU tests with ${UNMEASURED[*]}: passed")
       ;;
     125) summary+=("GPU tests with the unmeasured forms on: skipped (out of time)") ;;
     124 | 137) summary+=("GPU tests with the unmeasured forms on: TIMED OUT, inconclusive (they stay off)") ;;
     *)
       status=1
-      summary+=("GPU tests with ${UNMEASURED[*]}: FAILED (they stay off; $B/gpu-tests-unmeasured.log)")
+      summary+=("GPU tests with ${UNMEASURED[*]}: FAILED ($B/gpu-tests-unmeasured.log)")
       while IFS= read -r line; do summary+=("  $line"); done < <(
         grep -E 'Failed|CHECK\(|REQUIRE\(|internal error' "$B/gpu-tests-unmeasured.log" | sed -E 's/^[0-9]+: //' |
           head -n 12
       )
+      # each form alone on the tests that failed, so that one broken form does not keep the others
+      # from their benchmarks
+      failed_re=$(sed -n -E 's/.*Test +#[0-9]+: (test_cuda[A-Za-z0-9_]*) .*(Failed|Timeout|Exception|Not Run).*/\1/p' \
+        "$B/gpu-tests-unmeasured.log" | paste -sd'|')
+      for f in "${UNMEASURED[@]}"; do
+        [ ${#UNMEASURED[@]} -gt 1 ] && [ -n "$failed_re" ] || break
+        step "GPU tests that failed, with $f alone" 90 100 bash -c 'env "$2" ctest --test-dir "$1" -R "$3" \
+          --timeout 80 >"$1/gpu-tests-alone.log" 2>&1
+          rc=$?
+          grep -E "Test +#|tests passed|CHECK\(|REQUIRE\(" "$1/gpu-tests-alone.log" | head -n 20
+          exit $rc' _ "$B" "$f" "^($failed_re)\$"
+        if [ $? = 0 ]; then
+          UNMEASURED_OK+=("$f")
+          summary+=("  $f alone: passed (benchmarked)")
+        else
+          summary+=("  $f alone: FAILED or not run (stays off)")
+        fi
+      done
       ;;
     esac
+    echo "${UNMEASURED_OK[*]}" >"$B/gpu-tests-unmeasured.ok"
   else
     summary+=("GPU tests with the unmeasured forms on: not run (the tests as they are did not all pass)")
   fi
@@ -396,10 +414,11 @@ if [ -x "$S" ]; then
     bench "vision encoder, host work only (null backend)" 20 bench --mmproj "$M-mmproj.gguf" --batch 32 --reps 2 \
       --backend null
     bench "text, host work only (null backend)" 20 bench -m "$M.gguf" --pp 512 --tg 128 --backend null
-    # the form not yet run on a GPU (off by default), against "text, cuda" above, once the GPU tests
-    # passed with it: the decode products one warp a row, each row copied to shared memory before
-    # the kernel waits for the one ahead (SVLM_CUDA_MATVEC_STAGED=1); with its kernel profile
-    if [ $unmeasured_ok = 1 ]; then
+    # the forms not yet run on a GPU (off by default), against "text, cuda" above, once the GPU tests
+    # passed with them: the decode products one warp a row, each row copied to shared memory before
+    # the kernel waits for the one ahead (SVLM_CUDA_MATVEC_STAGED=1; Q4_K and Q6_K rows
+    # SVLM_CUDA_MATVEC_STAGED_K=1, the 2.2B shape's); with its kernel profile
+    if form_ok SVLM_CUDA_MATVEC_STAGED=1; then
       SVLM_CUDA_MATVEC_STAGED=1 bench "text, cuda, decode products staged" 60 bench -m "$M.gguf" --pp 512 \
         --tg 128 --backend cuda
       bench "text, cuda (again, beside the staged form)" 60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
@@ -416,7 +435,15 @@ if [ -x "$S" ]; then
       [ $have_streams = 1 ] && SVLM_CUDA_MATVEC_STAGED=1 bench "256 streams at 1 fps, cuda, decode products staged" \
         60 bench-streams -m "$M.gguf" --mmproj "$M-mmproj.gguf" --streams 256 "${streams_args[@]}"
     else
-      summary+=("unmeasured forms: not benchmarked (their GPU tests did not pass or did not run)")
+      summary+=("SVLM_CUDA_MATVEC_STAGED=1: not benchmarked (its GPU tests did not pass or did not run)")
+    fi
+    if form_ok SVLM_CUDA_MATVEC_STAGED_K=1 && [ -f "$M22.gguf" ]; then
+      SVLM_CUDA_MATVEC_STAGED_K=1 bench "2.2B text, cuda, K-quant products staged" 45 bench -m "$M22.gguf" \
+        --pp 0 --tg 64 --reps 2 --backend cuda
+      SVLM_CUDA_MATVEC_STAGED=1 SVLM_CUDA_MATVEC_STAGED_K=1 bench "2.2B text, cuda, every product staged" 45 \
+        bench -m "$M22.gguf" --pp 0 --tg 64 --reps 2 --backend cuda
+      bench "2.2B text, cuda (again, beside the staged form)" 45 bench -m "$M22.gguf" --pp 0 --tg 64 --reps 2 \
+        --backend cuda
     fi
     # forms measured once and left off (H100, 2026-11-28: one answer's decode 515 tok/s by default
     # then): one kernel a step (538; Q8_0 only), its greedy tokens (f32 and f16 caches) those of the

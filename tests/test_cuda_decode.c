@@ -7,7 +7,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels/cuda/quant_decode.h"
 #include "kernels/dtype.h"
@@ -105,46 +104,6 @@ static void check_lanes(int type, lane_fn lane, decode_fn fn) {
     free(row);
 }
 
-/* The staged form's chunks (cuda_quant_staged.cuh): with W words a lane, chunk after chunk of a
- * row copied as its words into a buffer of 32 W words, every element decodes from the copy bit for
- * bit as from the row, each sub-block in exactly one chunk, and no word read past the row. */
-static void check_stage(int type, decode_fn fn, int64_t cols, int words) {
-    const svlm_dtype_info *info = svlm_dtype_get(type);
-    const size_t row_bytes = svlm_row_bytes((svlm_dtype)type, cols);
-    REQUIRE(row_bytes % 4 == 0, "%s: %lld columns are not whole words", info->name, (long long)cols);
-    float *src = malloc(sizeof(float) * (size_t)cols);
-    uint32_t *row32 = malloc(row_bytes), *buf = malloc(sizeof(uint32_t) * 32 * (size_t)words);
-    REQUIRE(src && row32 && buf, "out of memory");
-    const uint8_t *row = (const uint8_t *)row32;
-    for (int64_t i = 0; i < cols; i++)
-        src[i] = rnd() * (i % 53 == 7 ? 6.0f : 1.0f);
-    REQUIRE(!svlm_quantize_row((svlm_dtype)type, src, row32, cols), "%s: quantize", info->name);
-    const int64_t n_sb = (cols + 31) / 32, per = (int64_t)qd_stage_units(type, words) * qd_unit_sbs(type);
-    int bad = 0, chunks = 0;
-    for (int64_t c = 0; c * per < n_sb; c++, chunks++) {
-        int64_t b0, w0, w1;
-        qd_stage_chunk(type, words, c, (int64_t)row_bytes, &b0, &w0, &w1);
-        bad += w1 - w0 > 32 * words || w1 * 4 > (int64_t)row_bytes || b0 - 4 * w0 > 3;
-        for (int64_t w = w0; w < w1 && w - w0 < 32 * words; w++)
-            buf[w - w0] = row32[w];
-        const uint8_t *base = (const uint8_t *)buf + (b0 - 4 * w0);
-        for (int64_t sb = c * per; sb < n_sb && sb < (c + 1) * per; sb++)
-            for (int l = 0; l < 32 && sb * 32 + l < cols; l++) {
-                const float a = fn(base, sb - c * per, l), b = fn(row, sb, l);
-                if (memcmp(&a, &b, sizeof a) && bad++ < 3)
-                    fprintf(stderr,
-                            "%s staged, %d words a lane: chunk %lld sub-block %lld element %d: %g, row %g\n",
-                            info->name, words, (long long)c, (long long)sb, l, a, b);
-            }
-    }
-    CHECK(bad == 0, "%s staged with %d words a lane: %d elements or chunks wrong", info->name, words, bad);
-    printf("%-5s staged: %lld columns in %d chunks of %d words a lane, equal to the row's decoding\n",
-           info->name, (long long)cols, chunks, words);
-    free(src);
-    free(row32);
-    free(buf);
-}
-
 int test_main(void) {
 #define RUN(ID, FN)                                                                                          \
     check_type(ID, FN, 768);                                                                                 \
@@ -154,14 +113,6 @@ int test_main(void) {
     /* plain types may end in a partial sub-block: the kernels mask those lanes */
     check_type(SVLM_F32, qd_f32, 77);
     check_type(SVLM_F16, qd_f16, 77);
-    /* several chunks a row: 8 words a lane hold 1 KiB, 16 hold 2 KiB (units 18 to 210 bytes) */
-#define STAGE(ID, FN)                                                                                        \
-    check_stage(ID, FN, 4096, 8);                                                                            \
-    check_stage(ID, FN, 4096, 16);
-    SVLM_QD_TYPES(STAGE)
-#undef STAGE
-    check_stage(SVLM_F32, qd_f32, 530, 8); /* a partial last sub-block */
-    check_stage(SVLM_F16, qd_f16, 300, 8);
     check_lanes(SVLM_Q4_K, qd_q4_k_lane, qd_q4_k);
     check_lanes(SVLM_Q6_K, qd_q6_k_lane, qd_q6_k);
     return 0;

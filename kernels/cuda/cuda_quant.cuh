@@ -42,8 +42,10 @@ constexpr int kWarpsPerBlock = 4;
  * default until it has run on a GPU): the other types' sub-blocks eight at a time with their loads
  * issued together, and a SwiGLU or q/k/v pair's two rows' loads together (off: four at a time, then
  * one at a time, one row after the other, as measured); kRowStaged (SVLM_CUDA_MATVEC_STAGED=1):
- * one warp a row, the row copied to shared memory before the wait (cuda_quant_staged.cuh). */
-constexpr int kRowKqLanes = 1, kRowAhead = 2, kRowStaged = 4;
+ * one warp a row, the row copied to shared memory before the wait (cuda_quant_staged.cuh), for the
+ * types without a lane form; kRowStagedK (SVLM_CUDA_MATVEC_STAGED_K=1, with kRowKqLanes): the
+ * same for Q4_K and Q6_K, their lane forms reading the staged row. */
+constexpr int kRowKqLanes = 1, kRowAhead = 2, kRowStaged = 4, kRowStagedK = 8;
 
 /* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
  * each lane four quant bytes in one load and the eight elements they hold (quant_decode.h's lane
@@ -602,24 +604,27 @@ int parts_for_rows(int64_t cols, int64_t rows) {
 }
 
 /* kRowKqLanes unless SVLM_CUDA_KQUANT_LANES=0, kRowAhead with SVLM_CUDA_MATVEC_AHEAD=1, kRowStaged
- * with SVLM_CUDA_MATVEC_STAGED=1 (read once per process) */
+ * with SVLM_CUDA_MATVEC_STAGED=1, kRowStagedK with SVLM_CUDA_MATVEC_STAGED_K=1 and the lane forms
+ * (read once per process) */
 int row_flags() {
     static int flags = -1;
     if (flags < 0) {
         const char *kl = getenv("SVLM_CUDA_KQUANT_LANES");
         const int lanes = !(kl && kl[0] == '0' && !kl[1]),
                   ahead = svlm_cu_switch_on("SVLM_CUDA_MATVEC_AHEAD"),
-                  staged = svlm_cu_switch_on("SVLM_CUDA_MATVEC_STAGED");
-        flags = (lanes ? kRowKqLanes : 0) | (ahead ? kRowAhead : 0) | (staged ? kRowStaged : 0);
+                  staged = svlm_cu_switch_on("SVLM_CUDA_MATVEC_STAGED"),
+                  staged_k = svlm_cu_switch_on("SVLM_CUDA_MATVEC_STAGED_K");
+        flags = (lanes ? kRowKqLanes : 0) | (ahead ? kRowAhead : 0) | (staged ? kRowStaged : 0) |
+                (staged_k && lanes ? kRowStagedK : 0);
     }
     return flags;
 }
 
-/* The staged form (kRowStaged) for type T's few-row products: the types without a lane form of
- * their own (Q4_K and Q6_K keep theirs). */
-template <int T> constexpr bool kStagedType = !(T == 12 || T == 14);
+/* The staged form for type T's few-row products: kRowStaged for the types without a lane form of
+ * their own, kRowStagedK for Q4_K and Q6_K (two switches: a GPU run measures each alone). */
+template <int T> constexpr bool kLaneType = T == 12 || T == 14;
 template <int T> bool staged_on() {
-    return kStagedType<T> && (row_flags() & kRowStaged);
+    return (row_flags() & (kLaneType<T> ? kRowStagedK : kRowStaged)) != 0;
 }
 
 unsigned row_blocks(int64_t rows, int parts) {
@@ -636,8 +641,8 @@ template <int T, int NMAX>
 int launch_matvec_n(cudaStream_t s, const void *w, size_t row_bytes, int64_t rows, int64_t cols,
                     const float *x, int64_t n, float *y, int accumulate, bool pdl) {
     const uint8_t *wb = static_cast<const uint8_t *>(w);
-    if constexpr (NMAX == kFewRows && kStagedType<T>)
-        if (staged_on<T>() && stage_fits(w, row_bytes, 0)) {
+    if constexpr (NMAX == kFewRows)
+        if (staged_on<T>() && stage_fits<kStageWords>(w, row_bytes, 0)) {
             auto staged =
                 n == 1 ? (accumulate ? matvec_staged_kernel<T, true, 1> : matvec_staged_kernel<T, false, 1>)
                        : (accumulate ? matvec_staged_kernel<T, true, NMAX>
@@ -672,9 +677,9 @@ int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t
     bool fits = true;
     for (int i = 0; i < set->n; i++) {
         total += set->rows[i];
-        fits = fits && stage_fits(set->w[i], set->row_bytes, xs_bytes);
+        fits = fits && stage_fits<kStageWords>(set->w[i], set->row_bytes, xs_bytes);
     }
-    if constexpr (NMAX == kFewRows && kStagedType<T>)
+    if constexpr (NMAX == kFewRows)
         if (staged_on<T>() && fits) {
             auto staged =
                 n == 1
@@ -707,10 +712,10 @@ int launch_qkv_rope_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t col
                       const float *nw, float eps, const svlm_cu_rope_pairs *rp, bool pdl) {
     const int64_t pairs = (set->rows[0] + set->rows[1] + set->rows[2]) / 2;
     const size_t xs_bytes = nw ? sizeof(float) * (size_t)(n * cols) : 0;
-    if constexpr (NMAX == kFewRows && kStagedType<T>)
-        if (staged_on<T>() && stage_fits(set->w[0], set->row_bytes, xs_bytes) &&
-            stage_fits(set->w[1], set->row_bytes, xs_bytes) &&
-            stage_fits(set->w[2], set->row_bytes, xs_bytes)) {
+    if constexpr (NMAX == kFewRows)
+        if (staged_on<T>() && stage_fits<kStagePairWords>(set->w[0], set->row_bytes, xs_bytes) &&
+            stage_fits<kStagePairWords>(set->w[1], set->row_bytes, xs_bytes) &&
+            stage_fits<kStagePairWords>(set->w[2], set->row_bytes, xs_bytes)) {
             auto staged =
                 n == 1
                     ? (nw ? qkv_rope_staged_kernel<T, true, 1> : qkv_rope_staged_kernel<T, false, 1>)
@@ -741,8 +746,9 @@ int launch_swiglu_n(cudaStream_t s, const void *wg, const void *wu, size_t row_b
                     bool pdl) {
     const uint8_t *g = static_cast<const uint8_t *>(wg), *u = static_cast<const uint8_t *>(wu);
     const size_t xs_bytes = nw ? sizeof(float) * (size_t)(n * cols) : 0;
-    if constexpr (NMAX == kFewRows && kStagedType<T>)
-        if (staged_on<T>() && stage_fits(wg, row_bytes, xs_bytes) && stage_fits(wu, row_bytes, xs_bytes)) {
+    if constexpr (NMAX == kFewRows)
+        if (staged_on<T>() && stage_fits<kStagePairWords>(wg, row_bytes, xs_bytes) &&
+            stage_fits<kStagePairWords>(wu, row_bytes, xs_bytes)) {
             auto staged =
                 n == 1 ? (nw ? swiglu_staged_kernel<T, true, 1> : swiglu_staged_kernel<T, false, 1>)
                        : (nw ? swiglu_staged_kernel<T, true, NMAX> : swiglu_staged_kernel<T, false, NMAX>);

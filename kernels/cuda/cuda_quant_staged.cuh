@@ -1,109 +1,100 @@
 /*
  * The staged form of the few-row decode products (SVLM_CUDA_MATVEC_STAGED=1; included by
  * cuda_quant.cuh, inside its namespace). One warp a weight row: before the kernel waits for the
- * one ahead of it (pdl_wait), the warp copies its row's bytes into shared memory as 4-byte words,
- * every word of the row in one round of loads. The weights depend on no kernel, so with PDL the
- * copy overlaps the kernel before, and a step's critical path keeps only the activations' reads.
- * The default form reads a row one byte a lane (Q8_0: 32 bytes a warp load), its share in four
- * rounds of dependent loads after the wait; the H100's profile had every decode product short of 6
- * % of its memory bandwidth, waiting on those rounds.
+ * one ahead of it (pdl_wait), the warp copies its whole row into shared memory as 4-byte words,
+ * all in one round of loads. The weights depend on no kernel, so with PDL the copy overlaps the
+ * kernel before, and the step's critical path keeps only the activations' reads. The default form
+ * reads a row one byte a lane (Q8_0: 32 bytes a warp load), its share in rounds of dependent loads
+ * after the wait; on the H100 every decode product ran short of 6 % of the memory's bandwidth,
+ * waiting on those rounds.
  *
  * The products are then those of row_dots with one part (SVLM_CUDA_MATVEC_SPLIT=1), summed in
  * the same order from the staged bytes: the element decoders take the row's address, in shared
- * memory as in global. A row longer than the buffer goes in chunks of whole units (a 32-element
- * sub-block, or a K-quant's 256-element super-block), the first before the wait.
+ * memory as in global. Q4_K and Q6_K rows (SVLM_CUDA_MATVEC_STAGED_K=1) are summed by their lane
+ * forms (row_dots_k with one part), which need the row's 4-byte alignment: the copy keeps it. A row
+ * longer than the buffer keeps the default form (stage_fits), whose warps split it.
  */
 #ifndef SVLM_KERNELS_CUDA_QUANT_STAGED_CUH
 #define SVLM_KERNELS_CUDA_QUANT_STAGED_CUH
 
-/* words a lane holds of a row's chunk: one row a warp (2 KiB), or each of a pair's two (1 KiB) */
-constexpr int kStageWords = 16, kStagePairWords = 8;
+/* words a lane holds of a row: one row a warp (2.5 KiB: the 256M shape's 1,536-wide Q8_0 rows are
+ * 1,632 bytes), or each of a pair's two (1.25 KiB: its 576-wide ones 612, the 2.2B shape's
+ * 2,048-wide Q4_K ones 1,152) */
+constexpr int kStageWords = 20, kStagePairWords = 10;
 
-/* Chunk c of a row staged with W words a lane (quant_decode.h's geometry). */
-template <int T, int W> struct stage_chunk {
-    int64_t b0, w0, w1; /* first byte; first word and the word past the last */
-    __device__ __forceinline__ stage_chunk(int64_t c, int64_t row_bytes) {
-        qd_stage_chunk(T, W, c, row_bytes, &b0, &w0, &w1);
-    }
-};
-
-/* chunk c of row into r: every load issued before any is used (bounds uniform across the warp) */
-template <int T, int W>
-__device__ __forceinline__ void stage_load(const uint8_t *row, int64_t row_bytes, int64_t c,
-                                           uint32_t (&r)[W]) {
-    const stage_chunk<T, W> ch(c, row_bytes);
+/* row (row_bytes: whole words, at most 128 W) into r: every load issued before any is used (the
+ * bounds are the same across the warp) */
+template <int W>
+__device__ __forceinline__ void stage_load(const uint8_t *row, int64_t row_bytes, uint32_t (&r)[W]) {
     const uint32_t *words = reinterpret_cast<const uint32_t *>(row);
+    const int64_t n = row_bytes / 4;
     const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int k = 0; k < W; k++)
-        if (ch.w0 + 32 * k < ch.w1) {
-            const int64_t i = ch.w0 + 32 * k + lane;
-            r[k] = __ldg(words + (i < ch.w1 ? i : ch.w1 - 1));
-        }
+        if (32 * k < n) r[k] = __ldg(words + (32 * k + lane < n ? 32 * k + lane : n - 1));
 }
 
-template <int T, int W>
-__device__ __forceinline__ void stage_store(int64_t row_bytes, int64_t c, const uint32_t (&r)[W],
-                                            uint32_t *buf) {
-    const stage_chunk<T, W> ch(c, row_bytes);
+template <int W>
+__device__ __forceinline__ void stage_store(int64_t row_bytes, const uint32_t (&r)[W], uint32_t *buf) {
+    const int64_t n = row_bytes / 4;
     const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int k = 0; k < W; k++)
-        if (ch.w0 + 32 * k < ch.w1) buf[32 * k + lane] = r[k];
+        if (32 * k < n) buf[32 * k + lane] = r[k];
     __syncwarp();
 }
 
-/* acc[i] = W row . x row i for i < n (every lane gets the sums), with chunk 0 of the row in buf
- * already (stage_load + stage_store); later chunks are staged here. The order of the sums is
- * row_dots's with one part: a lane's sub-blocks in order, then the warp's lanes. */
-template <int T, int NMAX, int W>
-__device__ __forceinline__ void staged_dots(const uint8_t *row, int64_t row_bytes, int64_t cols,
-                                            const float *x, int n, float *acc, uint32_t *buf) {
-    const int kSbs = qd_stage_units(T, W) * qd_unit_sbs(T); /* sub-blocks a chunk */
+/* One row into a warp's buffer. */
+template <int W>
+__device__ __forceinline__ void stage_row(const uint8_t *row, int64_t row_bytes, uint32_t *buf) {
+    uint32_t r[W];
+    stage_load<W>(row, row_bytes, r);
+    stage_store<W>(row_bytes, r, buf);
+}
+
+/* Two rows (b may be null) into a warp's two buffers, b's loads issued with a's. */
+template <int W>
+__device__ __forceinline__ void stage_pair(const uint8_t *a, const uint8_t *b, int64_t row_bytes,
+                                           uint32_t *buf_a, uint32_t *buf_b) {
+    uint32_t va[W], vb[W];
+    if (a) stage_load<W>(a, row_bytes, va);
+    if (b) stage_load<W>(b, row_bytes, vb);
+    if (a) stage_store<W>(row_bytes, va, buf_a);
+    if (b) stage_store<W>(row_bytes, vb, buf_b);
+}
+
+/* acc[i] = staged row . x row i for i < n, every lane getting the sums: row_dots's with one part,
+ * a lane's sub-blocks in order (a plain type's partial last one last), then the warp's lanes. */
+template <int T, int NMAX>
+__device__ __forceinline__ void staged_dots(const uint32_t *buf, int64_t cols, const float *x, int n,
+                                            float *acc) {
+    const uint8_t *row = reinterpret_cast<const uint8_t *>(buf);
     const int lane = threadIdx.x % 32;
-    const int64_t n_full = cols / 32, n_sb = (cols + 31) / 32;
+    const int64_t n_full = cols / 32;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
         acc[i] = 0.0f;
-    for (int64_t c = 0; c * kSbs < n_sb; c++) {
-        if (c > 0) {
-            uint32_t r[W];
-            stage_load<T, W>(row, row_bytes, c, r);
-            __syncwarp(); /* every lane is done with the chunk before */
-            stage_store<T, W>(row_bytes, c, r, buf);
+    int64_t s = 0;
+    for (; s + 3 < n_full; s += 4) {
+        float v[4], x0[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            v[u] = elem<T>(row, s + u, lane);
+            x0[u] = x[(s + u) * 32 + lane]; /* row 0 is always there */
         }
-        const stage_chunk<T, W> ch(c, row_bytes);
-        const uint8_t *base = reinterpret_cast<const uint8_t *>(buf) + (ch.b0 - 4 * ch.w0);
-        const int64_t s0 = c * kSbs, s1 = s0 + kSbs < n_full ? s0 + kSbs : n_full;
-        int64_t s = s0;
-        for (; s + 3 < s1; s += 4) {
-            float v[4], x0[4];
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
-                v[u] = elem<T>(base, s + u - s0, lane);
-                x0[u] = x[(s + u) * 32 + lane]; /* row 0 is always there */
-            }
+        for (int u = 0; u < 4; u++) {
+            acc[0] += v[u] * x0[u];
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
-                acc[0] += v[u] * x0[u];
-#pragma unroll
-                for (int i = 1; i < NMAX; i++)
-                    if (i < n) acc[i] += v[u] * x[i * cols + (s + u) * 32 + lane];
-            }
+            for (int i = 1; i < NMAX; i++)
+                if (i < n) acc[i] += v[u] * x[i * cols + (s + u) * 32 + lane];
         }
-        for (; s < s1; s++) {
-            const float v = elem<T>(base, s - s0, lane);
+    }
+    for (; s * 32 + lane < cols && s <= n_full; s++) { /* the last full ones, then a partial one */
+        const float v = elem<T>(row, s, lane);
 #pragma unroll
-            for (int i = 0; i < NMAX; i++)
-                if (i < n) acc[i] += v * x[i * cols + s * 32 + lane];
-        }
-        /* a plain type's partial last sub-block, when this chunk holds it */
-        if (n_full < n_sb && n_full >= s0 && n_full < s0 + kSbs && n_full * 32 + lane < cols) {
-            const float v = elem<T>(base, n_full - s0, lane);
-#pragma unroll
-            for (int i = 0; i < NMAX; i++)
-                if (i < n) acc[i] += v * x[i * cols + n_full * 32 + lane];
-        }
+        for (int i = 0; i < NMAX; i++)
+            if (i < n) acc[i] += v * x[i * cols + s * 32 + lane];
     }
 #pragma unroll
     for (int i = 0; i < NMAX; i++) {
@@ -111,6 +102,16 @@ __device__ __forceinline__ void staged_dots(const uint8_t *row, int64_t row_byte
         for (int o = 16; o > 0; o >>= 1)
             acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
     }
+}
+
+/* A staged row's sums: Q4_K's and Q6_K's through row_dots_k (one part), the others' staged_dots. */
+template <int T, int NMAX>
+__device__ __forceinline__ void staged_row(const uint32_t *buf, int64_t cols, const float *x, int n,
+                                           float *acc) {
+    if constexpr (T == 12 || T == 14)
+        row_dots_k<T, NMAX>(reinterpret_cast<const uint8_t *>(buf), cols, x, n, acc, 0, 1);
+    else
+        staged_dots<T, NMAX>(buf, cols, x, n, acc);
 }
 
 /* matvec_kernel's staged form: row blockIdx.x * kWarpsPerBlock + warp. */
@@ -121,16 +122,12 @@ __global__ void matvec_staged_kernel(const uint8_t *w, size_t row_bytes, int64_t
     const int warp = threadIdx.x / 32;
     const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + warp;
     const uint8_t *row = w + (r < rows ? r : 0) * (int64_t)row_bytes;
-    if (r < rows) {
-        uint32_t v[kStageWords];
-        stage_load<T, kStageWords>(row, row_bytes, 0, v);
-        stage_store<T, kStageWords>(row_bytes, 0, v, stage[warp]);
-    }
+    if (r < rows) stage_row<kStageWords>(row, row_bytes, stage[warp]);
     pdl_wait(); /* x and y: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     if (r >= rows) return;
     float acc[NMAX];
-    staged_dots<T, NMAX, kStageWords>(row, row_bytes, cols, x, n, acc, stage[warp]);
+    staged_row<T, NMAX>(stage[warp], cols, x, n, acc);
     if (threadIdx.x % 32) return;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
@@ -147,33 +144,18 @@ __global__ void matvec_multi_staged_kernel(svlm_cu_matvec_set set, int64_t cols,
     int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + warp;
     const int wi = weight_of(set, &r);
     const uint8_t *row = wi < set.n ? static_cast<const uint8_t *>(set.w[wi]) + r * set.row_bytes : nullptr;
-    if (row) {
-        uint32_t v[kStageWords];
-        stage_load<T, kStageWords>(row, set.row_bytes, 0, v);
-        stage_store<T, kStageWords>(set.row_bytes, 0, v, stage[warp]);
-    }
+    if (row) stage_row<kStageWords>(row, set.row_bytes, stage[warp]);
     pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs); /* (has barriers: every warp) */
     if (!row) return;
     float acc[NMAX];
-    staged_dots<T, NMAX, kStageWords>(row, set.row_bytes, cols, xa, n, acc, stage[warp]);
+    staged_row<T, NMAX>(stage[warp], cols, xa, n, acc);
     if (threadIdx.x % 32) return;
     const int64_t rows = set.rows[wi];
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
         if (i < n) set.y[wi][i * rows + r] = acc[i];
-}
-
-/* Two rows' chunk 0 (b may be null) into a warp's two buffers, b's loads issued with a's. */
-template <int T>
-__device__ __forceinline__ void stage_pair(const uint8_t *a, const uint8_t *b, int64_t row_bytes,
-                                           uint32_t *buf_a, uint32_t *buf_b) {
-    uint32_t va[kStagePairWords], vb[kStagePairWords];
-    if (a) stage_load<T, kStagePairWords>(a, row_bytes, 0, va);
-    if (b) stage_load<T, kStagePairWords>(b, row_bytes, 0, vb);
-    if (a) stage_store<T, kStagePairWords>(row_bytes, 0, va, buf_a);
-    if (b) stage_store<T, kStagePairWords>(row_bytes, 0, vb, buf_b);
 }
 
 /* swiglu_kernel's staged form: row blockIdx.x * kWarpsPerBlock + warp of both weights. */
@@ -186,14 +168,14 @@ __global__ void swiglu_staged_kernel(const uint8_t *wg, const uint8_t *wu, size_
     const int warp = threadIdx.x / 32;
     const int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + warp;
     const int64_t ro = r < rows ? r * (int64_t)row_bytes : 0;
-    if (r < rows) stage_pair<T>(wg + ro, wu + ro, row_bytes, stage[warp][0], stage[warp][1]);
+    if (r < rows) stage_pair<kStagePairWords>(wg + ro, wu + ro, row_bytes, stage[warp][0], stage[warp][1]);
     pdl_wait(); /* x and gate: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     if (r >= rows) return;
     float gt[NMAX], ut[NMAX];
-    staged_dots<T, NMAX, kStagePairWords>(wg + ro, row_bytes, cols, xa, n, gt, stage[warp][0]);
-    staged_dots<T, NMAX, kStagePairWords>(wu + ro, row_bytes, cols, xa, n, ut, stage[warp][1]);
+    staged_row<T, NMAX>(stage[warp][0], cols, xa, n, gt);
+    staged_row<T, NMAX>(stage[warp][1], cols, xa, n, ut);
     if (threadIdx.x % 32) return;
 #pragma unroll
     for (int i = 0; i < NMAX; i++)
@@ -210,25 +192,28 @@ __global__ void qkv_rope_staged_kernel(svlm_cu_matvec_set set, int64_t cols, con
     const int warp = threadIdx.x / 32;
     const qkv_pair p = qkv_pair_of(set, 1, blockIdx.x);
     const uint8_t *b = p.w ? p.w + set.row_bytes : nullptr;
-    if (p.w) stage_pair<T>(p.w, b, set.row_bytes, stage[warp][0], stage[warp][1]);
+    if (p.w) stage_pair<kStagePairWords>(p.w, b, set.row_bytes, stage[warp][0], stage[warp][1]);
     pdl_wait(); /* x and the outputs: the kernel before (cuda_pdl.cuh) */
     pdl_launch_dependents();
     const float *xa = block_activations<NORM>(x, nw, eps, cols, n, xs);
     if (!p.w) return;
     float at[NMAX], bt[NMAX];
-    staged_dots<T, NMAX, kStagePairWords>(p.w, set.row_bytes, cols, xa, n, at, stage[warp][0]);
-    staged_dots<T, NMAX, kStagePairWords>(b, set.row_bytes, cols, xa, n, bt, stage[warp][1]);
+    staged_row<T, NMAX>(stage[warp][0], cols, xa, n, at);
+    staged_row<T, NMAX>(stage[warp][1], cols, xa, n, bt);
     qkv_rope_finish<NMAX>(set, p, n, rp, at, bt);
 }
 
-/* Whether a weight's rows can be staged: rows whole words, from a word boundary; and, with
- * xs_bytes of normalised activations, the block's shared memory within the 48 KiB a launch gets
- * without asking (the stage buffers are 8 KiB a block, static). */
+/* Whether type T's rows of a weight are staged (W words a lane): whole words from a word boundary,
+ * the row within the buffer (a longer one keeps the default form, whose warps split it), and with
+ * xs_bytes of normalised activations the block's shared memory within what a launch gets without
+ * asking (SVLM_CU_NORM_SMEM: 48 KiB less the kernels' own arrays; the stage buffers are 10 KiB a
+ * block). The weights must be written by no kernel of the stream (uploads are copies): a staged
+ * row is read before pdl_wait. */
 constexpr size_t kStageBlockBytes = sizeof(uint32_t) * kWarpsPerBlock * 32 * kStageWords;
 static_assert(kStageWords == 2 * kStagePairWords, "a pair's two buffers take one row's room");
-inline bool stage_fits(const void *w, size_t row_bytes, size_t xs_bytes) {
-    return row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(w) % 4 == 0 &&
-           xs_bytes + kStageBlockBytes <= 48 * 1024;
+template <int W> bool stage_fits(const void *w, size_t row_bytes, size_t xs_bytes) {
+    return row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(w) % 4 == 0 && row_bytes <= 128 * (size_t)W &&
+           xs_bytes + kStageBlockBytes <= SVLM_CU_NORM_SMEM;
 }
 
 #endif

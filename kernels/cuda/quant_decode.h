@@ -171,43 +171,6 @@ QD_FN void qd_q6_k_lane(const uint8_t *blk, int l, float *v, int *off) {
     off[1] = 32 * (4 * h + q1 + 2) + e0;
 }
 
-/* A row staged in shared memory in chunks (cuda_quant_staged.cuh): a chunk is whole units (a
- * 32-element sub-block, or a K-quant's 256-element super-block), copied as the 4-byte words that
- * hold it, so its first byte lies 0-3 bytes into the copy. Units: their bytes and sub-blocks. */
-QD_FN int qd_unit_bytes(int type) {
-    switch (type) {
-    case 0: return 128;
-    case 1:
-    case 30: return 64;
-    case 2: return 18;
-    case 3: return 20;
-    case 6: return 22;
-    case 7: return 24;
-    case 8: return 34;
-    case 12: return 144;
-    case 13: return 176;
-    default: return 210; /* 14: Q6_K */
-    }
-}
-QD_FN int qd_unit_sbs(int type) {
-    return type == 12 || type == 13 || type == 14 ? 8 : 1;
-}
-/* the units of a chunk staged in `words` words a lane (32 lanes), room left for the start's offset */
-QD_FN int qd_stage_units(int type, int words) {
-    return (words * 32 * 4 - 3) / qd_unit_bytes(type);
-}
-/* Chunk c of a row of row_bytes (a multiple of 4): its first byte b0, and the words [w0, w1) of the
- * row that hold it (at most 32 * words of them). */
-QD_FN void qd_stage_chunk(int type, int words, int64_t c, int64_t row_bytes, int64_t *b0, int64_t *w0,
-                          int64_t *w1) {
-    const int64_t span = (int64_t)qd_stage_units(type, words) * qd_unit_bytes(type);
-    int64_t end = c * span + span;
-    if (end > row_bytes) end = row_bytes;
-    *b0 = c * span;
-    *w0 = *b0 / 4;
-    *w1 = (end + 3) / 4;
-}
-
 /* The types above, with their ggml ids, for the dispatch in the kernels and the test. */
 #define SVLM_QD_TYPES(X)                                                                                     \
     X(0, qd_f32)                                                                                             \
