@@ -70,11 +70,14 @@ svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err) {
             if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
                   *c == '+' || *c == '-' || *c == '.'))
                 ok = 0;
-        if (ok)
+        if (ok) {
+            char safe[512]; /* (no password in messages) */
+            svlm_uri_redact(uri, safe, sizeof safe);
             return svlm_fail(err, SVLM_E_INVALID,
                              "unknown URI scheme '%.*s' in '%s' (known: file, rtsp, rtsps, http, https, "
                              "v4l2, gst:, pattern:, testsrc:)",
-                             (int)(colon - uri), uri, uri);
+                             (int)(colon - uri), uri, safe);
+        }
     }
     return set_target(out, SVLM_URI_FILE, uri, uri, err);
 }

@@ -42,6 +42,10 @@ static void test_uri(void) {
     CHECK(svlm_uri_parse("foo://x", &u, &err) == SVLM_E_INVALID &&
               strstr(err.msg, "unknown URI scheme 'foo'"),
           "unknown scheme: %s", err.msg);
+    CHECK(svlm_uri_parse("rtps://bob:secret@cam/x", &u, &err) == SVLM_E_INVALID &&
+              strstr(err.msg, "unknown URI scheme 'rtps'") && strstr(err.msg, "rtps://***@cam/x") &&
+              !strstr(err.msg, "secret"),
+          "a mistyped scheme keeps the password out: %s", err.msg);
     CHECK(svlm_uri_parse("", &u, &err) == SVLM_E_INVALID, "empty URI");
     /* no host: said so (the backends answered "connection refused"), the password kept out */
     static const char *const hostless[] = {"rtsp://", "rtsp://:554/cam", "http://?x", "https://u:secret@/x",

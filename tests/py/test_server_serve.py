@@ -91,10 +91,18 @@ def main():
                               ({"stream": {"kv": "q8"}}, b"stream.kv"), ({"stream": {"kv": 16}}, b"stream.kv"),
                               ({"sources": {"a": {"uri": "pattern:", "live": "yes"}}}, b"sources.a.live"),
                               ({"sources": {"a": {"live": True}}}, b"sources.a must be"),
-                              ({"sources": {"a": 5}}, b"sources.a must be")]:
+                              ({"sources": {"a": 5}}, b"sources.a must be"),
+                              ({"sources": {"a": ""}}, b"c.json: sources.a: a source needs"),
+                              ({"sources": {"n" * 70: "pattern:"}}, b"c.json: sources.nnnn")]:
             open(cfg, "w").write(json.dumps(section))
             r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg], capture_output=True)
             assert r.returncode == 2 and what in r.stderr, (section, r)
+        # a source the engine cannot open: the config file and the source named, the password not
+        open(cfg, "w").write(json.dumps({"sources": {"cam": "rtps://bob:secret@cam/x"}}))
+        r = subprocess.run([svlm, "serve", "--demo", "--cache-dir", os.path.join(tmp, "cache0"), "--config", cfg,
+                            "--listen", "127.0.0.1:0"], capture_output=True, timeout=120)
+        assert (r.returncode == 1 and b"c.json: sources.cam (rtps://***@cam/x): unknown URI scheme" in r.stderr
+                and b"secret" not in r.stderr), r
         open(cfg, "w").write(json.dumps({"max_clients": 10, "listen": "127.0.0.1:0",
                                          "sources": {"cam": "pattern:size=160x120,rate=10,duration=0,live"},
                                          "stc": {"stc": "on", "keep-ratio": 0.3, "cache": 1},

@@ -19,6 +19,7 @@ int cmd_serve(int argc, char **argv) {
 #include <jansson.h>
 
 #include "pipeline/server/engine_backend.h"
+#include "pipeline/source_backend.h"
 #include "pipeline/server/server.h"
 #include "serve_demo.h"
 #include "stream_flags.h"
@@ -111,20 +112,36 @@ static int read_token(const char *path, svlm_server_config *cfg) {
 typedef struct source_arg {
     char name[SVLM_BACKEND_NAME_MAX];
     char uri[1024];
-    int live; /* -1: from the URI (--live: 1, --replay: 0) */
+    int live;           /* -1: from the URI (--live: 1, --replay: 0) */
+    const char *config; /* the --config file that named it, or NULL: the command line */
 } source_arg;
 
-static int add_source(source_arg *src, int *n, const char *name, size_t name_len, const char *uri) {
-    if (*n >= MAX_SOURCES) return fprintf(stderr, "svlm serve: at most %d --source\n", MAX_SOURCES), -1;
-    if (!name_len || name_len >= SVLM_BACKEND_NAME_MAX || !uri[0] || strlen(uri) >= sizeof src->uri)
-        return fprintf(stderr,
-                       "svlm serve: a source needs a NAME of 1 to %d bytes and a URI of 1 to %zu bytes "
-                       "(--source NAME=URI)\n",
-                       SVLM_BACKEND_NAME_MAX - 1, sizeof src->uri - 1),
+/* config: the --config file the source comes from (its messages name the file and sources.NAME),
+ * or NULL for --source NAME=URI. */
+static int add_source(source_arg *src, int *n, const char *name, size_t name_len, const char *uri,
+                      const char *config) {
+    if (*n >= MAX_SOURCES)
+        return fprintf(stderr, "svlm serve: at most %d sources (--source and the config's \"sources\")\n",
+                       MAX_SOURCES),
                -1;
+    if (!name_len || name_len >= SVLM_BACKEND_NAME_MAX || !uri[0] || strlen(uri) >= sizeof src->uri) {
+        if (config)
+            fprintf(stderr,
+                    "svlm serve: %s: sources.%.*s: a source needs a NAME of 1 to %d bytes and a URI of 1 to "
+                    "%zu bytes\n",
+                    config, (int)(name_len < 80 ? name_len : 80), name, SVLM_BACKEND_NAME_MAX - 1,
+                    sizeof src->uri - 1);
+        else
+            fprintf(stderr,
+                    "svlm serve: a source needs a NAME of 1 to %d bytes and a URI of 1 to %zu bytes "
+                    "(--source NAME=URI)\n",
+                    SVLM_BACKEND_NAME_MAX - 1, sizeof src->uri - 1);
+        return -1;
+    }
     snprintf(src[*n].name, sizeof src[*n].name, "%.*s", (int)name_len, name);
     snprintf(src[*n].uri, sizeof src[*n].uri, "%s", uri);
     src[*n].live = -1;
+    src[*n].config = config;
     (*n)++;
     return 0;
 }
@@ -167,7 +184,7 @@ static int config_source(const char *path, const char *name, json_t *v, source_a
                        "svlm serve: %s: sources.%s must be a URI string or {\"uri\": URI, \"live\": bool}\n",
                        path, name),
                -1;
-    if (add_source(src, n_src, name, strlen(name), uri)) return -1;
+    if (add_source(src, n_src, name, strlen(name), uri, path)) return -1;
     if (live) src[*n_src - 1].live = json_is_true(live);
     return 0;
 }
@@ -417,7 +434,7 @@ int cmd_serve(int argc, char **argv) {
                 fprintf(stderr, "svlm serve: --source expects NAME=URI, got '%s'\n", v);
                 return 2;
             }
-            if (add_source(src, &n_src, v, (size_t)(eq - v), eq + 1)) return 2; /* (it says why) */
+            if (add_source(src, &n_src, v, (size_t)(eq - v), eq + 1, NULL)) return 2; /* (it says why) */
             last_source = n_src - 1;
         } else if (!strcmp(argv[i], "--live") || !strcmp(argv[i], "--replay")) {
             if (set_source_live(src, last_source, argv[i])) return 2;
@@ -479,7 +496,7 @@ int cmd_serve(int argc, char **argv) {
         model = demo_text, mmproj = demo_mmproj;
         eo.model_label = "svlm-demo (random-weight tiny SmolVLM2)";
         eo.stand_in = 1;
-        if (!n_src) add_source(src, &n_src, "demo", 4, DEMO_SOURCE);
+        if (!n_src) add_source(src, &n_src, "demo", 4, DEMO_SOURCE, NULL);
     }
 
     svlm_err err = {0};
@@ -497,7 +514,13 @@ int cmd_serve(int argc, char **argv) {
         const char *options = src[i].live < 0 ? NULL : src[i].live ? "{\"live\":true}" : "{\"live\":false}";
         svlm_backend_open_req req = {src[i].name, src[i].uri, 0, options};
         if (be.open_stream(be.ctx, &req, &err) != SVLM_OK) {
-            fprintf(stderr, "svlm serve: --source %s=%s: %s\n", src[i].name, src[i].uri, err.msg);
+            char shown[sizeof src[i].uri];
+            svlm_uri_redact(src[i].uri, shown, sizeof shown); /* no password in a message */
+            if (src[i].config)
+                fprintf(stderr, "svlm serve: %s: sources.%s (%s): %s\n", src[i].config, src[i].name, shown,
+                        err.msg);
+            else
+                fprintf(stderr, "svlm serve: --source %s=%s: %s\n", src[i].name, shown, err.msg);
             svlm_engine_backend_destroy(eb);
             return 1;
         }
