@@ -100,6 +100,7 @@ SPECIFIC = [
     (['ask', 'ws://127.0.0.1:80x', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
     (['ask', 'ws://:80', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
     (['ask', 'ws://', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
+    (['ask', 'ws://bob:secret@127.0.0.1:9', 's', 'q'], {}, 2, 'carries a user or password'),
     (['ask', '--token-file', aux, 'ws://127.0.0.1:9', 's', 'q'], {}, 2, 'cannot read'),
     (['ask', 'ws://127.0.0.1:9', 's', 'q'], {'SVLM_TOKEN': 't' * 400}, 2, 'longer than'),
 ]

@@ -236,6 +236,13 @@ int cmd_ask(int argc, char **argv) {
     snprintf(url, sizeof url, "%s", pos[0]);
     const char *scheme, *host, *path;
     int port;
+    const char *auth = strstr(url, "://");
+    if (auth && memchr(auth + 3, '@', strcspn(auth + 3, "/?#"))) { /* user:password@: not echoed */
+        fprintf(stderr,
+                "svlm ask: the URL carries a user or password; svlm serve checks a token instead: give "
+                "ws://HOST:PORT and --token-file FILE (or $SVLM_TOKEN)\n");
+        return 2;
+    }
     if (strlen(pos[0]) >= sizeof url || !url_authority_ok(url) ||
         lws_parse_uri(url, &scheme, &host, &port, &path) || (strcmp(scheme, "ws") && strcmp(scheme, "wss"))) {
         fprintf(stderr,
