@@ -1,8 +1,10 @@
 #include "pipeline/ffmpeg/ffmpeg_input.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 
@@ -50,6 +52,64 @@ static svlm_status open_fail(const svlm_backend_args *a, int averr, const char *
     return svlm_ff_fail(err, averr, what, a->uri->target);
 }
 
+/* A named pipe read through our own AVIO context: FFmpeg's pipe: protocol, given the descriptor
+ * the source opened without blocking, retried an empty pipe every millisecond (about 2 % of a core
+ * on an idle pipe) and lost the file's name, the probe's hint. Here a read waits in poll (up to
+ * 100 ms at a time, so that the source's stop and watchdog are heard), and the name goes to
+ * avformat_open_input. */
+typedef struct fifo_io {
+    int fd;
+    svlm_ingest_ctl *ctl;
+} fifo_io;
+
+static int fifo_read(void *opaque, uint8_t *buf, int size) {
+    fifo_io *f = opaque;
+    for (;;) {
+        const ssize_t n = read(f->fd, buf, (size_t)size);
+        if (n > 0) return (int)n;
+        if (n == 0) return AVERROR_EOF; /* the writer closed the pipe */
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return AVERROR(errno);
+        if (f->ctl && svlm_ctl_should_stop(f->ctl) != SVLM_STOP_NONE) return AVERROR_EXIT;
+        struct pollfd p = {.fd = f->fd, .events = POLLIN};
+        if (poll(&p, 1, 100) < 0 && errno != EINTR) return AVERROR(errno);
+    }
+}
+
+/* fmt's AVIO context for the pipe fd (fmt->pb, AVFMT_FLAG_CUSTOM_IO), or an error. */
+static int fifo_attach(AVFormatContext *fmt, int fd, svlm_ingest_ctl *ctl) {
+    enum { BUF = 1 << 16 };
+    fifo_io *f = av_mallocz(sizeof *f);
+    uint8_t *buf = av_malloc(BUF);
+    AVIOContext *pb = f && buf ? avio_alloc_context(buf, BUF, 0, f, fifo_read, NULL, NULL) : NULL;
+    if (!pb) {
+        av_free(buf);
+        av_free(f);
+        return AVERROR(ENOMEM);
+    }
+    f->fd = fd;
+    f->ctl = ctl;
+    pb->seekable = 0;
+    fmt->pb = pb;
+    fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
+    return 0;
+}
+
+/* The pipe's AVIO context, its buffer and state (avformat_close_input leaves a custom one). */
+static void fifo_detach(AVIOContext **pb) {
+    if (!*pb) return;
+    av_freep(&(*pb)->opaque);
+    av_freep(&(*pb)->buffer);
+    avio_context_free(pb);
+}
+
+void svlm_ff_close_input(AVFormatContext **fmt) {
+    if (!*fmt) return;
+    AVIOContext *pb = ((*fmt)->flags & AVFMT_FLAG_CUSTOM_IO) ? (*fmt)->pb : NULL;
+    avformat_close_input(fmt);
+    fifo_detach(&pb);
+}
+
 svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a, svlm_err *err) {
     *out = NULL;
     const svlm_uri *uri = a->uri;
@@ -76,18 +136,25 @@ svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a
         if (uri->kind == SVLM_URI_RTSP) av_dict_set(&opts, "max_delay", "100000", 0);
     }
     /* a named pipe: the descriptor the source opened without blocking (see svlm_backend_args) */
-    char pipe_url[32];
-    const char *target = uri->target;
+    AVIOContext *pipe_pb = NULL;
     if (a->fifo_fd >= 0) {
-        snprintf(pipe_url, sizeof pipe_url, "pipe:%d", a->fifo_fd);
-        target = pipe_url;
+        const int rc = fifo_attach(fmt, a->fifo_fd, a->ctl);
+        if (rc < 0) {
+            av_dict_free(&opts);
+            avformat_free_context(fmt);
+            return svlm_ff_fail(err, rc, "cannot open", uri->target);
+        }
+        pipe_pb = fmt->pb;
     }
-    int rc = avformat_open_input(&fmt, target, NULL, &opts);
+    int rc = avformat_open_input(&fmt, uri->target, NULL, &opts); /* (frees fmt on failure) */
     av_dict_free(&opts);
-    if (rc < 0) return open_fail(a, rc, "cannot open", err);
+    if (rc < 0) {
+        fifo_detach(&pipe_pb);
+        return open_fail(a, rc, "cannot open", err);
+    }
     rc = avformat_find_stream_info(fmt, NULL);
     if (rc < 0) {
-        avformat_close_input(&fmt);
+        svlm_ff_close_input(&fmt);
         return open_fail(a, rc, "cannot read the streams of", err);
     }
     *out = fmt;

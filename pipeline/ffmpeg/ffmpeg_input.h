@@ -9,6 +9,9 @@
 /* Opens and probes the input (honouring ctl: cancel and the open deadline). */
 svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *args, svlm_err *err);
 
+/* Closes what svlm_ff_open_input opened (a named pipe's own reader too); *fmt becomes NULL. */
+void svlm_ff_close_input(AVFormatContext **fmt);
+
 /* A message for an FFmpeg error code, with the likely cause spelled out. */
 svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char *target);
 

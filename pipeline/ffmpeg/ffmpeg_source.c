@@ -51,7 +51,7 @@ static void ff_close(void *ctx) {
     av_frame_free(&c->frame);
     av_packet_free(&c->pkt);
     avcodec_free_context(&c->dec);
-    avformat_close_input(&c->fmt);
+    svlm_ff_close_input(&c->fmt);
     free(c->turn_buf);
     free(c);
 }
@@ -364,7 +364,7 @@ static svlm_status ff_probe(const svlm_backend_args *a, svlm_probe_info *info, s
     info->bit_rate = fmt->bit_rate;
     for (unsigned i = 0; i < fmt->nb_streams && info->n_streams < SVLM_PROBE_MAX_STREAMS; i++)
         describe_stream(fmt->streams[i], &info->streams[info->n_streams++]);
-    avformat_close_input(&fmt);
+    svlm_ff_close_input(&fmt);
     return SVLM_OK;
 }
 
