@@ -154,7 +154,7 @@ SWITCHES_BACK=(SVLM_CUDA_LT_GELU=0 SVLM_CUDA_DECODE_AHEAD=0 SVLM_CUDA_MATVEC_TAL
   SVLM_CUDA_ENCODER_F16=0 SVLM_CUDA_QKV_ROPE=0 SVLM_CUDA_ARGMAX=0)
 # Forms built since the last GPU run, off by default until one has run them (docs/cuda.md): after
 # the tests pass as they are, they run again with all of these on; the benchmarks compare each.
-UNMEASURED=(SVLM_CUDA_MATVEC_STAGED=1 SVLM_CUDA_MATVEC_STAGED_K=1)
+UNMEASURED=(SVLM_CUDA_MATVEC_STAGED=1 SVLM_CUDA_MATVEC_STAGED_K=1 SVLM_CUDA_DECODE_PREFETCH=1)
 # the unmeasured forms whose GPU tests passed (all together, or each alone when together failed)
 UNMEASURED_OK=()
 default_tests_ok=0
@@ -418,6 +418,17 @@ if [ -x "$S" ]; then
     # passed with them: the decode products one warp a row, each row copied to shared memory before
     # the kernel waits for the one ahead (SVLM_CUDA_MATVEC_STAGED=1; Q4_K and Q6_K rows
     # SVLM_CUDA_MATVEC_STAGED_K=1, the 2.2B shape's); with its kernel profile
+    if form_ok SVLM_CUDA_MATVEC_STAGED=1 && form_ok SVLM_CUDA_DECODE_PREFETCH=1; then
+      # both of this session's decode forms: the figure to hold against 1000 tok/s
+      SVLM_CUDA_MATVEC_STAGED=1 SVLM_CUDA_DECODE_PREFETCH=1 bench "text, cuda, products staged, attention prefetched" \
+        60 bench -m "$M.gguf" --pp 0 --tg 128 --backend cuda
+    fi
+    if form_ok SVLM_CUDA_DECODE_PREFETCH=1; then
+      SVLM_CUDA_DECODE_PREFETCH=1 bench "text, cuda, decode attention prefetched" 60 bench -m "$M.gguf" --pp 0 \
+        --tg 128 --backend cuda
+      SVLM_CUDA_DECODE_PREFETCH=1 bench "text, cuda, decode attention prefetched, after 1600 tokens, f16 cache" 45 \
+        bench -m "$M.gguf" --pp 0 --tg 128 --depth 1600 --kv f16 --reps 2 --backend cuda
+    fi
     if form_ok SVLM_CUDA_MATVEC_STAGED=1; then
       SVLM_CUDA_MATVEC_STAGED=1 bench "text, cuda, decode products staged" 60 bench -m "$M.gguf" --pp 512 \
         --tg 128 --backend cuda
