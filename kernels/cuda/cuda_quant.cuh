@@ -674,10 +674,12 @@ int launch_matvec_multi_n(cudaStream_t s, const svlm_cu_matvec_set *set, int64_t
                           int64_t n, const float *nw, float eps, bool pdl) {
     const size_t xs_bytes = nw ? sizeof(float) * (size_t)(n * cols) : 0;
     int64_t total = 0;
+    /* staged where the q/k/v kernel with RoPE stages its pairs (a pair's room a row), so that the
+     * two forms stay equal bit for bit */
     bool fits = true;
     for (int i = 0; i < set->n; i++) {
         total += set->rows[i];
-        fits = fits && stage_fits<kStageWords>(set->w[i], set->row_bytes, xs_bytes);
+        fits = fits && stage_fits<kStagePairWords>(set->w[i], set->row_bytes, xs_bytes);
     }
     if constexpr (NMAX == kFewRows)
         if (staged_on<T>() && fits) {
