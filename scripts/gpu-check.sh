@@ -459,6 +459,21 @@ if [ -x "$S" ]; then
     # forms measured once and left off (H100, 2026-11-28: one answer's decode 515 tok/s by default
     # then): one kernel a step (538; Q8_0 only), its greedy tokens (f32 and f16 caches) those of the
     # separate kernels; the products' sub-blocks eight at a time (495); the argmax's loads ahead (529)
+    if [[ "one kernel a step" =~ ${SVLM_GPU_CHECK_BENCH:-.} ]] && [ -x "$B/tests/test_cuda_pdl" ]; then
+      step "GPU test of the one-kernel step (SVLM_CUDA_PERSISTENT=1)" 60 0 bash -c 'SVLM_CUDA_PERSISTENT=1 \
+        ctest --test-dir "$1" -R "^test_cuda_pdl\$" -V --timeout 50 >"$1/gpu-tests-persistent.log" 2>&1
+        rc=$?
+        grep -E "separate kernels|recording of the one-kernel|tests passed|CHECK\(|REQUIRE\(" "$1/gpu-tests-persistent.log"
+        exit $rc' _ "$B"
+      case $? in
+      0) summary+=("one kernel a step, GPU test: passed (equal bit for bit to the separate kernels)") ;;
+      125) summary+=("one kernel a step, GPU test: skipped (out of time)") ;;
+      *)
+        status=1
+        summary+=("one kernel a step, GPU test: FAILED ($B/gpu-tests-persistent.log)")
+        ;;
+      esac
+    fi
     for kv in f32 f16; do
       [[ "one kernel a step" =~ ${SVLM_GPU_CHECK_BENCH:-.} ]] || break
       gen_tokens() {
