@@ -37,11 +37,12 @@ __device__ __forceinline__ void prefetch_rows(const svlm_cu_attn_item *items, un
     if (split >= used) return;
     const int64_t chunk = (n + used - 1) / used, c0 = split * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
     const int64_t esize = F16 ? 2 : 4, row_bytes = hd * esize, off = (int64_t)(h / rep) * hd * esize;
-    const int64_t lines = (row_bytes + 127) / 128 + 1; /* a row may straddle one line more */
-    for (int64_t i = threadIdx.x; i < (c1 - c0) * lines * 2; i += kThreads) {
-        const int64_t row = c0 + i / (lines * 2), l = i % lines;
-        const char *base =
-            static_cast<const char *>((i / lines) % 2 ? it.v : it.k) + row * kv_stride * esize + off;
+    const int lines = (int)((row_bytes + 127) / 128) + 1; /* a row may straddle one line more */
+    const int per_row = 2 * lines;                        /* its key's lines, then its value's */
+    for (int i = threadIdx.x; i < (int)(c1 - c0) * per_row; i += kThreads) { /* (32-bit: a block's rows) */
+        const int64_t row = c0 + i / per_row;
+        const int j = i % per_row, l = j % lines;
+        const char *base = static_cast<const char *>(j < lines ? it.k : it.v) + row * kv_stride * esize + off;
         const uintptr_t first = reinterpret_cast<uintptr_t>(base) & ~(uintptr_t)127,
                         a = first + (uintptr_t)l * 128;
         if (a < reinterpret_cast<uintptr_t>(base) + (uintptr_t)row_bytes)

@@ -198,7 +198,7 @@ extern "C" int svlm_cu_decode_layers(cudaStream_t s, const svlm_cu_decode_step *
     ps.o_vb = row_blocks(a->n_embd, ps.o_parts);
     ps.ffn_vb = row_blocks(a->n_ff, ps.ffn_parts);
     ps.down_vb = row_blocks(a->n_embd, ps.down_parts);
-    ps.flags = row_flags() & ~(kRowAhead | kRowStaged); /* the default row form, as measured */
+    ps.flags = row_flags() & ~(kRowAhead | kRowStaged | kRowStagedK); /* the default row form */
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeCooperative;
     attr[0].val.cooperative = 1;

@@ -7,10 +7,12 @@
  * until the kernel before has completed and its writes are visible.
  *
  * The rule for a kernel launched with pdl_launch: every thread calls pdl_wait before any other
- * global read or write and before any return. A kernel that never waited could end before the
- * one ahead of it, and a later kernel, which waits only on its own predecessor, would then run
- * ahead of that one. pdl_launch_dependents (right after the wait) lets the next kernel's blocks
- * start their prefetches while this one runs.
+ * global read or write and before any return. The exceptions are data no kernel writes: weights
+ * (prefetched, or copied whole into shared memory by the staged products) and what a copy wrote
+ * before the step's kernels began (decode attention's items, read to prefetch their rows). A kernel that
+ * never waited could end before the one ahead of it, and a later kernel, which waits only on its own
+ * predecessor, would then run ahead of that one. pdl_launch_dependents (right after the wait) lets the next
+ * kernel's blocks start their prefetches while this one runs.
  *
  * Each backend decides when it is made (cu_ctx.pdl: compute capability 9.0 and newer, kernels
  * compiled for it, unless SVLM_CUDA_PDL=0) and passes it to the launchers; launched without it,

@@ -89,7 +89,6 @@ static int fifo_attach(AVFormatContext *fmt, int fd, svlm_ingest_ctl *ctl) {
     }
     f->fd = fd;
     f->ctl = ctl;
-    pb->seekable = 0;
     fmt->pb = pb;
     fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
     return 0;
@@ -138,11 +137,10 @@ svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a
     /* a named pipe: the descriptor the source opened without blocking (see svlm_backend_args) */
     AVIOContext *pipe_pb = NULL;
     if (a->fifo_fd >= 0) {
-        const int rc = fifo_attach(fmt, a->fifo_fd, a->ctl);
-        if (rc < 0) {
+        if (fifo_attach(fmt, a->fifo_fd, a->ctl) < 0) {
             av_dict_free(&opts);
             avformat_free_context(fmt);
-            return svlm_ff_fail(err, rc, "cannot open", uri->target);
+            return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
         }
         pipe_pb = fmt->pb;
     }
