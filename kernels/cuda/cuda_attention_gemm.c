@@ -79,9 +79,9 @@ static void gemm(cu_ctx *c, const plan *p, cublasOperation_t ta, int m, int n, i
                  const void *b, int ldb, long long sb, float *out, int ldc, long long sc, const char *what) {
     const void *a = ta == CUBLAS_OP_T ? p->k : p->v;
     const float zero = 0.0f;
-    cu_check_blas(cublasGemmStridedBatchedEx(c->blas, ta, CUBLAS_OP_N, m, n, kk, &alpha, a, p->ab, p->ldkv,
-                                             p->hd, b, p->ab, ldb, sb, &zero, out, CUDA_R_32F, ldc, sc,
-                                             p->kv_heads, p->compute, CUBLAS_GEMM_DEFAULT),
+    cu_check_blas(cu_blas()->cublasGemmStridedBatchedEx(
+                      c->blas, ta, CUBLAS_OP_N, m, n, kk, &alpha, a, p->ab, p->ldkv, p->hd, b, p->ab, ldb, sb,
+                      &zero, out, CUDA_R_32F, ldc, sc, p->kv_heads, p->compute, CUBLAS_GEMM_DEFAULT),
                   what);
 }
 

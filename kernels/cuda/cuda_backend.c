@@ -471,7 +471,7 @@ static void cu_set_priority(svlm_kernels *k, int high) {
         return;
     }
     cu_check(cudaStreamSynchronize(c->stream), "stream priority");
-    if (cublasSetStream(c->blas, s) != CUBLAS_STATUS_SUCCESS) {
+    if (cu_blas()->cublasSetStream(c->blas, s) != CUBLAS_STATUS_SUCCESS) {
         (void)cudaStreamDestroy(s);
         cu_prof_stop(k, "stream priority (refused)");
         return;
@@ -697,7 +697,7 @@ static void cu_destroy(svlm_kernels *k) {
         if (c->attn_scratch) (void)cudaFree(c->attn_scratch);
         if (c->dec_buf) (void)cudaFree(c->dec_buf);
         free(c->argmax_host);
-        if (c->blas) cublasDestroy(c->blas);
+        if (c->blas) cu_blas()->cublasDestroy(c->blas);
         if (c->stream) (void)cudaStreamDestroy(c->stream);
         free(c);
         cu_weights_release();
@@ -795,6 +795,7 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
     if (!prop.managedMemory || !prop.concurrentManagedAccess)
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d (%s) lacks concurrent managed memory access",
                          device, prop.name);
+    if (!cu_blas()) return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d: %s", device, cu_blas_error());
 
     svlm_kernels *k = calloc(1, sizeof *k);
     cu_ctx *c = calloc(1, sizeof *c);
@@ -850,8 +851,8 @@ svlm_status svlm_kernels_create_cuda(int device, svlm_kernels **out, svlm_err *e
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d: cannot create a stream: %s", device,
                          cudaGetErrorString(e));
     }
-    cublasStatus_t bs = cublasCreate(&c->blas);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(c->blas, c->stream);
+    cublasStatus_t bs = cu_blas()->cublasCreate(&c->blas);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cu_blas()->cublasSetStream(c->blas, c->stream);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         cu_destroy(k);
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "GPU %d: cuBLAS does not start (status %d)", device,

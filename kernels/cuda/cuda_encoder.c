@@ -89,8 +89,9 @@ static void product_bias(svlm_kernels *k, const svlm_weight *w, int op, const ui
     if (!refused && !cu_lt_gemm_bias(k, m, (int)n, kk, dw, xh, f16, y, db, acc)) {
         const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
         const cudaDataType_t t = f16 ? CUDA_R_16F : CUDA_R_16BF;
-        cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, (int)n, kk, &one, dw, t, kk, xh, t,
-                                   kk, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        cu_check_blas(cu_blas()->cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, (int)n, kk, &one, dw, t,
+                                              kk, xh, t, kk, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT),
                       f16 ? "f16 GEMM" : "bf16 GEMM");
         if (db) cu_check(svlm_cu_add_bias(c->stream, y, db, n, w->rows), "add_bias");
     }

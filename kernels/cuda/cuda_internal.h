@@ -5,10 +5,10 @@
 #ifndef SVLM_KERNELS_CUDA_INTERNAL_H
 #define SVLM_KERNELS_CUDA_INTERNAL_H
 
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_blas.h"
 
 enum { CU_STAGE_SLOTS = 6, CU_MAX_WRITEBACKS = 4 };
 /* cuBLASLt's and cuDNN's switches (SVLM_CUDA_LT, SVLM_CUDA_CUDNN) */

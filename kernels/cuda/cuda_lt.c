@@ -55,7 +55,7 @@ static cu_lt *lt_get(svlm_kernels *k) {
         return NULL;
     }
     L->required = c->lt_mode == CU_SWITCH_REQUIRED;
-    cublasStatus_t st = cublasLtCreate(&L->h);
+    cublasStatus_t st = cu_blas()->cublasLtCreate(&L->h);
     if (st != CUBLAS_STATUS_SUCCESS) {
         L->h = NULL;
         lt_off(L, "cannot start", (int)st);
@@ -71,10 +71,10 @@ static cu_lt *lt_get(svlm_kernels *k) {
 }
 
 static void shape_free(lt_shape *s) {
-    if (s->desc) cublasLtMatmulDescDestroy(s->desc);
-    if (s->a) cublasLtMatrixLayoutDestroy(s->a);
-    if (s->b) cublasLtMatrixLayoutDestroy(s->b);
-    if (s->c) cublasLtMatrixLayoutDestroy(s->c);
+    if (s->desc) cu_blas()->cublasLtMatmulDescDestroy(s->desc);
+    if (s->a) cu_blas()->cublasLtMatrixLayoutDestroy(s->a);
+    if (s->b) cu_blas()->cublasLtMatrixLayoutDestroy(s->b);
+    if (s->c) cu_blas()->cublasLtMatrixLayoutDestroy(s->c);
     memset(s, 0, sizeof *s);
 }
 
@@ -95,44 +95,54 @@ static int shape_make(cu_lt *L, lt_shape *s, int m, int n, int kk, const float *
                                    : bias ? CUBLASLT_EPILOGUE_BIAS
                                           : CUBLASLT_EPILOGUE_DEFAULT;
     const int32_t bias_type = CUDA_R_32F;
-    cublasStatus_t st = cublasLtMatmulDescCreate(&s->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t);
-    if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n);
-    if (!st) st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    cublasStatus_t st = cu_blas()->cublasLtMatmulDescCreate(&s->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!st)
+        st = cu_blas()->cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t,
+                                                       sizeof op_t);
+    if (!st)
+        st = cu_blas()->cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n,
+                                                       sizeof op_n);
+    if (!st)
+        st = cu_blas()->cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                                       sizeof epi);
     if (!st && bias) {
-        st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        st = cu_blas()->cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                       sizeof bias);
         /* f32 biases beside f32 results; a GELU epilogue's 16-bit results take a bias of their own
          * type (the default: cuBLASLt declined f32 ones beside bf16 results on an H100) */
         if (!st && !gelu)
-            st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
-                                                sizeof bias_type);
+            st = cu_blas()->cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                           &bias_type, sizeof bias_type);
     }
     const cudaDataType_t op_type = f16 ? CUDA_R_16F : CUDA_R_16BF;
-    if (!st) st = cublasLtMatrixLayoutCreate(&s->a, op_type, (uint64_t)kk, (uint64_t)m, kk);
-    if (!st) st = cublasLtMatrixLayoutCreate(&s->b, op_type, (uint64_t)kk, (uint64_t)n, kk);
-    if (!st) st = cublasLtMatrixLayoutCreate(&s->c, gelu ? op_type : CUDA_R_32F, (uint64_t)m, (uint64_t)n, m);
+    if (!st) st = cu_blas()->cublasLtMatrixLayoutCreate(&s->a, op_type, (uint64_t)kk, (uint64_t)m, kk);
+    if (!st) st = cu_blas()->cublasLtMatrixLayoutCreate(&s->b, op_type, (uint64_t)kk, (uint64_t)n, kk);
+    if (!st)
+        st = cu_blas()->cublasLtMatrixLayoutCreate(&s->c, gelu ? op_type : CUDA_R_32F, (uint64_t)m,
+                                                   (uint64_t)n, m);
     cublasLtMatmulPreference_t pref = NULL;
-    if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
+    if (!st) st = cu_blas()->cublasLtMatmulPreferenceCreate(&pref);
     const uint64_t ws = LT_WORKSPACE;
     if (!st)
-        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                  sizeof ws);
+        st = cu_blas()->cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &ws, sizeof ws);
     /* the algorithm must take operands aligned as this shape's are (the default asks for 256 bytes) */
     const cublasLtMatmulPreferenceAttributes_t aligns[] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (size_t i = 0; !st && i < sizeof aligns / sizeof aligns[0]; i++)
-        st = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &align, sizeof align);
+        st = cu_blas()->cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &align, sizeof align);
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     if (!st) {
-        st = cublasLtMatmulAlgoGetHeuristic(L->h, s->desc, s->a, s->b, s->c, s->c, pref, 1, &res, &found);
+        st = cu_blas()->cublasLtMatmulAlgoGetHeuristic(L->h, s->desc, s->a, s->b, s->c, s->c, pref, 1, &res,
+                                                       &found);
         if (st == CUBLAS_STATUS_NOT_SUPPORTED) { /* no algorithm for this shape: cuBLAS takes it alone */
             st = CUBLAS_STATUS_SUCCESS;
             found = 0;
         }
     }
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (pref) cu_blas()->cublasLtMatmulPreferenceDestroy(pref);
     if (st) return (int)st;
     s->ok = found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
     if (s->ok) s->algo = res.algo;
@@ -192,11 +202,12 @@ static cublasStatus_t lt_matmul(svlm_kernels *k, cu_lt *L, lt_shape *s, const vo
                                 const uint16_t *x16, float beta, void *y, int *gave_up) {
     cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
     if (bias)
-        st = cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        st = cu_blas()->cublasLtMatmulDescSetAttribute(s->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                       sizeof bias);
     const float one = 1.0f;
     if (!st)
-        st = cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &beta, y, s->c, y, s->c, &s->algo,
-                            L->ws, LT_WORKSPACE, CU(k)->stream);
+        st = cu_blas()->cublasLtMatmul(L->h, s->desc, &one, w16, s->a, x16, s->b, &beta, y, s->c, y, s->c,
+                                       &s->algo, L->ws, LT_WORKSPACE, CU(k)->stream);
     if (st && cu_capturing) {
         cu_capture_failed = 1;
         *gave_up = 1;
@@ -272,7 +283,7 @@ void cu_lt_free(svlm_kernels *k) {
     for (int i = 0; i < LT_SHAPES; i++)
         shape_free(&L->s[i]);
     if (L->ws) (void)cudaFree(L->ws);
-    if (L->h) cublasLtDestroy(L->h);
+    if (L->h) cu_blas()->cublasLtDestroy(L->h);
     free(L);
     CU(k)->lt = NULL;
 }

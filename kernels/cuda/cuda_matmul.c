@@ -66,15 +66,16 @@ static void product(svlm_kernels *k, const svlm_weight *w, const float *dx, int6
                 cu_check(svlm_cu_f32_to_bf16(c->stream, xb, t, (int64_t)nb * kk), "activations to bf16");
                 xh = t;
             }
-            cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, nb, kk, &one, dw, CUDA_R_16BF,
-                                       kk, xh, CUDA_R_16BF, kk, &zero, yb, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
-                                       CUBLAS_GEMM_DEFAULT),
+            cu_check_blas(cu_blas()->cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, nb, kk, &one, dw,
+                                                  CUDA_R_16BF, kk, xh, CUDA_R_16BF, kk, &zero, yb, CUDA_R_32F,
+                                                  m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                           "bf16 GEMM");
         } else {
             cublasComputeType_t ct =
                 w->type == SVLM_F32 || !cu_tf32() ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
-            cu_check_blas(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, nb, kk, &one, dw, CUDA_R_32F, kk,
-                                       xb, CUDA_R_32F, kk, &zero, yb, CUDA_R_32F, m, ct, CUBLAS_GEMM_DEFAULT),
+            cu_check_blas(cu_blas()->cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, nb, kk, &one, dw,
+                                                  CUDA_R_32F, kk, xb, CUDA_R_32F, kk, &zero, yb, CUDA_R_32F,
+                                                  m, ct, CUBLAS_GEMM_DEFAULT),
                           "f32 GEMM");
         }
     }
