@@ -8,9 +8,9 @@
  * after the wait; on the H100 every decode product ran short of 6 % of the memory's bandwidth,
  * waiting on those rounds.
  *
- * The products are then those of row_dots with one part (SVLM_CUDA_MATVEC_SPLIT=1), summed in
- * the same order from the staged bytes: the element decoders take the row's address, in shared
- * memory as in global. Q4_K and Q6_K rows (SVLM_CUDA_MATVEC_STAGED_K=1) are summed by their lane
+ * The products are then row_dots's with one part (SVLM_CUDA_MATVEC_SPLIT=1), run on the staged
+ * bytes: the element decoders take the row's address, in shared memory as in global. Q4_K and Q6_K
+ * rows (SVLM_CUDA_MATVEC_STAGED_K=1) are summed by their lane
  * forms (row_dots_k with one part), which need the row's 4-byte alignment: the copy keeps it. A row
  * longer than the buffer keeps the default form (stage_fits), whose warps split it.
  */
@@ -63,55 +63,13 @@ __device__ __forceinline__ void stage_pair(const uint8_t *a, const uint8_t *b, i
     if (b) stage_store<W>(row_bytes, vb, buf_b);
 }
 
-/* acc[i] = staged row . x row i for i < n, every lane getting the sums: row_dots's with one part,
- * a lane's sub-blocks in order (a plain type's partial last one last), then the warp's lanes. */
-template <int T, int NMAX>
-__device__ __forceinline__ void staged_dots(const uint32_t *buf, int64_t cols, const float *x, int n,
-                                            float *acc) {
-    const uint8_t *row = reinterpret_cast<const uint8_t *>(buf);
-    const int lane = threadIdx.x % 32;
-    const int64_t n_full = cols / 32;
-#pragma unroll
-    for (int i = 0; i < NMAX; i++)
-        acc[i] = 0.0f;
-    int64_t s = 0;
-    for (; s + 3 < n_full; s += 4) {
-        float v[4], x0[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            v[u] = elem<T>(row, s + u, lane);
-            x0[u] = x[(s + u) * 32 + lane]; /* row 0 is always there */
-        }
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            acc[0] += v[u] * x0[u];
-#pragma unroll
-            for (int i = 1; i < NMAX; i++)
-                if (i < n) acc[i] += v[u] * x[i * cols + (s + u) * 32 + lane];
-        }
-    }
-    for (; s * 32 + lane < cols && s <= n_full; s++) { /* the last full ones, then a partial one */
-        const float v = elem<T>(row, s, lane);
-#pragma unroll
-        for (int i = 0; i < NMAX; i++)
-            if (i < n) acc[i] += v * x[i * cols + s * 32 + lane];
-    }
-#pragma unroll
-    for (int i = 0; i < NMAX; i++) {
-        if (i >= n) break;
-        for (int o = 16; o > 0; o >>= 1)
-            acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
-    }
-}
-
-/* A staged row's sums: Q4_K's and Q6_K's through row_dots_k (one part), the others' staged_dots. */
+/* acc[i] = staged row . x row i for i < n, every lane getting the sums: row_dots itself with one
+ * part, reading the row from shared memory (Q4_K and Q6_K through their lane forms, which the
+ * staged form is used with). */
 template <int T, int NMAX>
 __device__ __forceinline__ void staged_row(const uint32_t *buf, int64_t cols, const float *x, int n,
                                            float *acc) {
-    if constexpr (T == 12 || T == 14)
-        row_dots_k<T, NMAX>(reinterpret_cast<const uint8_t *>(buf), cols, x, n, acc, 0, 1);
-    else
-        staged_dots<T, NMAX>(buf, cols, x, n, acc);
+    row_dots<T, NMAX, false>(reinterpret_cast<const uint8_t *>(buf), cols, x, n, acc, 0, 1, kRowKqLanes);
 }
 
 /* matvec_kernel's staged form: row blockIdx.x * kWarpsPerBlock + warp. */
