@@ -38,13 +38,13 @@ constexpr int kWarpsPerBlock = 4;
 
 /* How the decode products read a row (row_flags(), passed down by every launcher):
  * kRowKqLanes: Q4_K and Q6_K a whole super-block per warp, four quant bytes a lane
- * (SVLM_CUDA_KQUANT_LANES=0: one element a lane); kRowAhead (SVLM_CUDA_MATVEC_AHEAD=1; off by
- * default until it has run on a GPU): the other types' sub-blocks eight at a time with their loads
- * issued together, and a SwiGLU or q/k/v pair's two rows' loads together (off: four at a time, then
- * one at a time, one row after the other, as measured); kRowStaged (SVLM_CUDA_MATVEC_STAGED=1):
- * one warp a row, the row copied to shared memory before the wait (cuda_quant_staged.cuh), for the
- * types without a lane form; kRowStagedK (SVLM_CUDA_MATVEC_STAGED_K=1, with kRowKqLanes): the
- * same for Q4_K and Q6_K, their lane forms reading the staged row. */
+ * (SVLM_CUDA_KQUANT_LANES=0: one element a lane); kRowAhead (SVLM_CUDA_MATVEC_AHEAD=1; off: run 3
+ * on an H100 measured it slower, 495 against 515 tok/s): the other types' sub-blocks eight at a time with
+ * their loads issued together, and a SwiGLU or q/k/v pair's two rows' loads together (off: four at a time,
+ * then one at a time, one row after the other, as measured); kRowStaged (SVLM_CUDA_MATVEC_STAGED=1): one warp
+ * a row, the row copied to shared memory before the wait (cuda_quant_staged.cuh), for the types without a
+ * lane form; kRowStagedK (SVLM_CUDA_MATVEC_STAGED_K=1, with kRowKqLanes): the same for Q4_K and Q6_K, their
+ * lane forms reading the staged row. */
 constexpr int kRowKqLanes = 1, kRowAhead = 2, kRowStaged = 4, kRowStagedK = 8;
 
 /* row_dots for Q4_K and Q6_K: a warp takes whole 256-element super-blocks (part, part + parts, ...),
