@@ -59,8 +59,14 @@ static svlm_status load_hparams(const gguf_file *f, svlm_llama_hparams *hp, svlm
     char *arch = gguf_get_str_dup(f, "general.architecture");
     if (!arch) return svlm_fail(err, SVLM_E_FORMAT, "missing 'general.architecture'");
     if (strcmp(arch, "llama") != 0) {
-        svlm_status st = svlm_fail(err, SVLM_E_UNSUPPORTED,
-                                   "architecture '%s' is not supported (svlm runs 'llama' models)", arch);
+        /* an mmproj given as the text model: the likeliest mistake, so say which flag it belongs to */
+        svlm_status st =
+            !strcmp(arch, "clip")
+                ? svlm_fail(err, SVLM_E_INVALID,
+                            "this is a vision projector (mmproj, architecture 'clip'), not a text model: "
+                            "-m takes the text model (this file goes with --mmproj)")
+                : svlm_fail(err, SVLM_E_UNSUPPORTED,
+                            "architecture '%s' is not supported (svlm runs 'llama' models)", arch);
         free(arch);
         return st;
     }

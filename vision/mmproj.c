@@ -106,11 +106,13 @@ static svlm_status check_projector(const gguf_file *f, svlm_err *err) {
     if (!type) type = gguf_get_str_dup(f, "clip.vision.projector_type");
     if (!type) {
         char *arch = gguf_get_str_dup(f, "general.architecture");
-        int is_clip = arch && !strcmp(arch, "clip");
+        int is_clip = arch && !strcmp(arch, "clip"), is_text = arch && !strcmp(arch, "llama");
         free(arch);
         return svlm_fail(err, SVLM_E_FORMAT, "%s",
-                         is_clip ? "mmproj: clip.projector_type is missing"
-                                 : "not an mmproj file (general.architecture is not 'clip')");
+                         is_clip   ? "mmproj: clip.projector_type is missing"
+                         : is_text ? "this is a text model (architecture 'llama'), not a vision projector: "
+                                     "--mmproj takes the mmproj file (this one goes with -m)"
+                                   : "not an mmproj file (general.architecture is not 'clip')");
     }
     svlm_status st = SVLM_OK;
     if (strcmp(type, "idefics3"))

@@ -77,7 +77,9 @@ with tempfile.TemporaryDirectory() as d:
         (['-m', text32, '--mmproj', mm32, '--image', bogus, '-p', 'x'], 'image'),
         (['-m', text32, '--mmproj', other, '--image', img, '-p', 'x'], "projector type 'idefics9' is not supported"),
         (['-m', text32, '--mmproj', huge, '--image', img, '-p', 'x'], 'patch grid'),
-        (['-m', text32, '--mmproj', text32, '--image', img, '-p', 'x'], 'not an mmproj file'),
+        # the two files swapped: each error says which flag the file belongs to
+        (['-m', text32, '--mmproj', text32, '--image', img, '-p', 'x'], 'this one goes with -m'),
+        (['-m', mm32, '--mmproj', mm32, '--image', img, '-p', 'x'], 'this file goes with --mmproj'),
         (['-m', text32, '--mmproj', mm32, '--image', img, '-p', 'no marker', '--raw'], '<__media__>'),
         (['-m', text32, '--mmproj', mm32, '--image', img], 'required'),
     ]
