@@ -31,6 +31,11 @@ void svlm_server_config_default(svlm_server_config *cfg);
 
 typedef struct svlm_server svlm_server;
 
+/* host:port checked as the server will listen on it: host resolved to its IPv4 address (written to
+ * addr, e.g. "localhost" -> "127.0.0.1") and bound once; an error says why not and what to do
+ * (port in use, not an address of this machine, privileged port, IPv6). */
+svlm_status svlm_server_listen_address(const char *host, int port, char *addr, size_t cap, svlm_err *err);
+
 /* Validates the config (a non-loopback host without a token is refused) and binds. */
 svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
                                const svlm_server_backend *backend, svlm_err *err);

@@ -86,6 +86,9 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
         cfg->max_send_queue_bytes < 4096 || cfg->max_watches_per_client < 0 || cfg->status_interval_s < 0 ||
         cfg->auth_timeout_s < 1 || cfg->auth_timeout_s > 3600)
         return svlm_fail(err, SVLM_E_INVALID, "a server limit is out of range");
+    char addr[64];
+    svlm_status st = svlm_server_listen_address(cfg->host, cfg->port, addr, sizeof addr, err);
+    if (st != SVLM_OK) return st;
     svlm_server *srv = calloc(1, sizeof *srv);
     if (!srv) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     srv->cfg = *cfg;
@@ -100,7 +103,7 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.port = cfg->port;
-    info.iface = srv->cfg.host;
+    info.iface = addr; /* numeric: a name made libwebsockets defer listening for ever */
     info.protocols = protocols;
     info.user = srv;
     /* No LWS_SERVER_OPTION_VALIDATE_UTF8: with it, libwebsockets closed the connection (1007) on a
@@ -111,7 +114,7 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     info.timeout_secs = 30;
     info.ka_time = 0;
     srv->ctx = lws_create_context(&info);
-    if (!srv->ctx) {
+    if (!srv->ctx) { /* (the address bound just above: something took it since) */
         svlm_fail(err, SVLM_E_IO, "could not listen on %s:%d (in use, or not an address of this machine)",
                   cfg->host, cfg->port);
         pthread_mutex_destroy(&srv->lock);

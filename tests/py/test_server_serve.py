@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ except ImportError:
 def start(svlm, args):
     p = subprocess.Popen([svlm, "serve"] + args, stderr=subprocess.PIPE)
     log = ""
-    while "http://127.0.0.1:" not in log:
+    while "http://127.0.0.1:" not in log and "http://localhost:" not in log:
         line = p.stderr.readline().decode()
         assert line, "svlm serve did not start: " + log
         log += line
@@ -78,6 +79,23 @@ def main():
         for args, what in bad:
             r = subprocess.run([svlm, "serve"] + args, capture_output=True, timeout=30)
             assert r.returncode in (1, 2) and what in r.stderr, (args, r)
+        # --listen's address is resolved and bound as the server will bind it, before the models
+        # load: each failure says why (a name or a foreign address made libwebsockets listen
+        # nowhere while svlm printed the page's address; a port in use was a libwebsockets log line)
+        token = os.path.join(tmp, "token")
+        open(token, "w").write("a-token-for-the-listen-cases")
+        os.chmod(token, 0o600)
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        for listen, what in [("127.0.0.1:%d" % held.getsockname()[1], b"already in use"),
+                             ("192.0.2.7:8080", b"not an address of this machine"),
+                             ("nosuchhost.invalid:8080", b"cannot listen on nosuchhost.invalid"),
+                             ("[::1]:8080", b"IPv6 addresses are not supported")]:
+            r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--token-file", token, "--listen",
+                                listen], capture_output=True, timeout=30)
+            assert r.returncode == 1 and what in r.stderr and b"m.gguf" not in r.stderr, (listen, r)
+        held.close()
         cfg = os.path.join(tmp, "c.json")
         open(cfg, "w").write('{"max_clients": "many"}')
         r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg], capture_output=True)
@@ -143,8 +161,9 @@ def main():
         assert rc == 0, rc
         print("svlm serve --demo: up and answering %.1f s after start (model generated), first answer %r"
               % (time.time() - t0, done["text"]))
-        # the second start finds the model in the cache, and opens its built-in pattern itself
-        p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--listen", "127.0.0.1:0"])
+        # the second start finds the model in the cache, and opens its built-in pattern itself; it
+        # listens on a name, which must reach the server (libwebsockets took names as interfaces)
+        p, base, log = start(svlm, ["--demo", "--cache-dir", cache, "--listen", "localhost:0"])
         try:
             assert "generating" not in log, log
             streams = json.loads(http(base + "/v1/streams")[2])["streams"]

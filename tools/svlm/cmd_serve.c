@@ -55,7 +55,8 @@ static void usage(FILE *f) {
             "                        the oldest waiting frame dropped when behind) or a recording. Default\n"
             "                        from the URI: RTSP, webcams and unfinished HLS playlists are live, so\n"
             "                        an MJPEG or MPEG-TS camera over http(s):// needs --live\n"
-            "  --listen HOST:PORT    (127.0.0.1:8080); any other host than loopback needs a token\n"
+            "  --listen HOST:PORT    (127.0.0.1:8080) HOST: an IPv4 address or a name of this machine,\n"
+            "                        0.0.0.0 for all; any other host than loopback needs a token\n"
             "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
             "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"sources\": {NAME: URI or\n"
             "                        {\"uri\": URI, \"live\": true|false}},\n"
@@ -488,6 +489,14 @@ int cmd_serve(int argc, char **argv) {
     if (!svlm_host_is_loopback(cfg.host) && !cfg.token[0]) { /* before the slow part: loading models */
         fprintf(stderr, "svlm serve: listening on %s needs a token (--token-file)\n", cfg.host);
         return 2;
+    }
+    {
+        char addr[64];
+        svlm_err lerr = {0};
+        if (svlm_server_listen_address(cfg.host, cfg.port, addr, sizeof addr, &lerr) != SVLM_OK) {
+            fprintf(stderr, "svlm serve: %s\n", lerr.msg);
+            return 1;
+        }
     }
     if (!cfg.web_root[0]) default_web_root(&cfg);
     if (demo) {
