@@ -597,6 +597,11 @@ def cli_ask(h):
     r = subprocess.run([svlm, "ask", "--json", "ws://127.0.0.1:%d" % h.port, "cam", q], capture_output=True,
                        timeout=30)
     assert r.returncode == 0 and json.loads(r.stdout.decode().splitlines()[-1])["type"] == "done", r
+    # the page's address, as svlm serve prints it, reaches the same server
+    r = subprocess.run([svlm, "ask", "http://127.0.0.1:%d/" % h.port, "cam", q], capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.decode().strip() == expected_answer(q).strip(), r
+    r = subprocess.run([svlm, "ask", "ftp://127.0.0.1:%d/" % h.port, "cam", q], capture_output=True, timeout=30)
+    assert r.returncode == 2 and b"URL must look like ws://HOST:PORT" in r.stderr, r
     # the python example of demos/
     example = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "demos",
                            "ask.py")

@@ -39,7 +39,8 @@ static void on_sigint(int sig) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: svlm ask [options] URL STREAM QUESTION\n"
-               "  URL                 ws://HOST:PORT (the path defaults to /v1/ws)\n"
+               "  URL                 ws://HOST:PORT (the path defaults to /v1/ws), or the page's "
+               "http://HOST:PORT/\n"
                "  --max-tokens N      answer length limit (256)\n"
                "  --temperature T     0 = greedy (0)\n"
                "  --token-file FILE   the server's token (or env SVLM_TOKEN)\n"
@@ -243,11 +244,17 @@ int cmd_ask(int argc, char **argv) {
                 "ws://HOST:PORT and --token-file FILE (or $SVLM_TOKEN)\n");
         return 2;
     }
+    /* the page's address (http://HOST:PORT/, which svlm serve prints) names the same server: the
+     * websocket is on the same port */
+    int tls = 0;
     if (strlen(pos[0]) >= sizeof url || !url_authority_ok(url) ||
-        lws_parse_uri(url, &scheme, &host, &port, &path) || (strcmp(scheme, "ws") && strcmp(scheme, "wss"))) {
+        lws_parse_uri(url, &scheme, &host, &port, &path) ||
+        !((tls = !strcmp(scheme, "wss") || !strcmp(scheme, "https")) || !strcmp(scheme, "ws") ||
+          !strcmp(scheme, "http"))) {
         fprintf(stderr,
-                "svlm ask: URL must look like ws://HOST:PORT or wss://HOST:PORT (PORT from 1 to 65535), not "
-                "'%s'\n",
+                "svlm ask: URL must look like ws://HOST:PORT or wss://HOST:PORT (PORT from 1 to 65535; the "
+                "page's "
+                "http://HOST:PORT/ works too), not '%s'\n",
                 pos[0]);
         return 2;
     }
@@ -281,7 +288,7 @@ int cmd_ask(int argc, char **argv) {
     info.port = CONTEXT_PORT_NO_LISTEN;
     info.protocols = protocols;
     info.user = &a;
-    if (!strcmp(scheme, "wss")) info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    if (tls) info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     struct lws_context *ctx = lws_create_context(&info);
     if (!ctx) {
         fprintf(stderr, "svlm ask: cannot start libwebsockets\n");
@@ -296,7 +303,7 @@ int cmd_ask(int argc, char **argv) {
     cc.host = host;
     cc.origin = host;
     cc.local_protocol_name = "svlm-client";
-    cc.ssl_connection = strcmp(scheme, "wss") ? 0 : LCCSCF_USE_SSL;
+    cc.ssl_connection = tls ? LCCSCF_USE_SSL : 0;
     struct lws *wsi = lws_client_connect_via_info(&cc);
     if (!wsi) {
         fprintf(stderr, "svlm ask: cannot connect to %s\n", pos[0]);
