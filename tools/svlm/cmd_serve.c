@@ -498,7 +498,19 @@ int cmd_serve(int argc, char **argv) {
             return 1;
         }
     }
-    if (!cfg.web_root[0]) default_web_root(&cfg);
+    if (cfg.web_root[0]) { /* a folder given (--web, "web"): it must hold the page */
+        char index[sizeof cfg.web_root + 16];
+        snprintf(index, sizeof index, "%s/index.html", cfg.web_root);
+        if (access(index, R_OK)) {
+            fprintf(stderr,
+                    "svlm serve: the page's folder %s has no readable index.html (--web DIR takes the "
+                    "folder of demos/web)\n",
+                    cfg.web_root);
+            return 2;
+        }
+    } else {
+        default_web_root(&cfg);
+    }
     if (demo) {
         if (serve_demo_models(cache_dir, demo_text, sizeof demo_text, demo_mmproj, sizeof demo_mmproj))
             return 1;
@@ -540,8 +552,14 @@ int cmd_serve(int argc, char **argv) {
         svlm_engine_backend_destroy(eb);
         return 1;
     }
-    fprintf(stderr, "svlm serve: the page is at http://%s:%d/ (websocket ws://%s:%d/v1/ws)\n", cfg.host,
-            svlm_server_port(srv), cfg.host, svlm_server_port(srv));
+    if (cfg.web_root[0])
+        fprintf(stderr, "svlm serve: the page is at http://%s:%d/ (websocket ws://%s:%d/v1/ws)\n", cfg.host,
+                svlm_server_port(srv), cfg.host, svlm_server_port(srv));
+    else /* (an installed binary without the source tree's demos/web) */
+        fprintf(stderr,
+                "svlm serve: listening at http://%s:%d/ (websocket ws://%s:%d/v1/ws); no page: demos/web "
+                "was not found beside the binary, --web DIR names it\n",
+                cfg.host, svlm_server_port(srv), cfg.host, svlm_server_port(srv));
     if (demo)
         fprintf(stderr,
                 "svlm serve: demo mode: the model is a random-weight stand-in, its answers are noise; "
