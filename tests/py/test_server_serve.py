@@ -97,6 +97,10 @@ def main():
                                 listen], capture_output=True, timeout=30)
             assert r.returncode == 1 and what in r.stderr and b"m.gguf" not in r.stderr, (listen, r)
         held.close()
+        # --config: a folder or a missing file, named (a folder read as empty JSON)
+        for path, what in [(tmp, b"not a file"), (os.path.join(tmp, "none.json"), b"No such file")]:
+            r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", path], capture_output=True)
+            assert r.returncode == 2 and b"--config " + path.encode() + b": " + what in r.stderr, r
         cfg = os.path.join(tmp, "c.json")
         open(cfg, "w").write('{"max_clients": "many"}')
         r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg], capture_output=True)

@@ -1,8 +1,10 @@
 /* svlm serve: the websocket/HTTP server (pipeline/server) in front of the streams. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -293,6 +295,9 @@ static int config_stream(const char *path, json_t *obj, stream_flags *sf, long l
 
 static int load_config(const char *path, svlm_server_config *cfg, source_arg *src, int *n_src,
                        stream_flags *sf, long long *answer_threads) {
+    struct stat sb; /* a folder read as empty JSON ("'[' or '{' expected"), a FIFO blocked */
+    if (stat(path, &sb)) return fprintf(stderr, "svlm serve: --config %s: %s\n", path, strerror(errno)), -1;
+    if (!S_ISREG(sb.st_mode)) return fprintf(stderr, "svlm serve: --config %s: not a file\n", path), -1;
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
