@@ -336,8 +336,14 @@ static svlm_status build(gst_ctx *c, const svlm_backend_args *a, svlm_err *err) 
     g_free(desc);
     if (!c->pipeline) {
         g_free(caps);
-        svlm_status st = svlm_fail(err, SVLM_E_INVALID, "GStreamer cannot build the pipeline: %s",
-                                   gerr ? gerr->message : "?");
+        /* a launch string that ends in a sink, or gives no video, fails to link to svlm's own tail */
+        const int tail_link = a->uri->kind == SVLM_URI_GST && gerr &&
+                              g_error_matches(gerr, GST_PARSE_ERROR, GST_PARSE_ERROR_LINK);
+        svlm_status st = svlm_fail(
+            err, SVLM_E_INVALID, "GStreamer cannot build the pipeline: %s%s", gerr ? gerr->message : "?",
+            tail_link ? " (a gst: pipeline must end in raw or decodable video, without a "
+                        "sink: svlm adds its own)"
+                      : "");
         if (gerr) g_error_free(gerr);
         return st;
     }

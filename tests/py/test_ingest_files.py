@@ -250,6 +250,7 @@ ERRORS = [  # (source, backend or None, words the message must contain)
     ("v4l2:///dev/video99", "gst", "no camera at /dev/video99: plug one in"),
     ("v4l2:///dev/video0", "ffmpeg", "need the gst backend"),
     ("gst:nosuchelement", "gst", "no element \"nosuchelement\""),
+    ("gst:videotestsrc ! fakesink", "gst", "must end in raw or decodable video, without a sink"),
     ("pattern:size=0x0", None, "pattern: size"),
 ]
 for src, be, words in ERRORS:
