@@ -301,7 +301,6 @@ int cmd_bench_vision(int argc, char **argv) {
         fprintf(stderr, "svlm: out of memory\n");
         goto done;
     }
-    svlm_source_library_log(0);
     if (json) {
         printf("{\"mmproj\":");
         cli_json_str(stdout, mmproj, strlen(mmproj));

@@ -87,7 +87,6 @@ int cmd_probe(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    svlm_source_library_log(0);
     svlm_probe_info info;
     svlm_err err = {0};
     if (svlm_source_probe(uri, &opts, &info, &err) != SVLM_OK) {

@@ -7,6 +7,7 @@
 #endif
 
 #include "cli.h"
+#include "pipeline/source.h"
 #include "svlm.h"
 
 typedef struct {
@@ -67,6 +68,9 @@ static void keep_freed_memory(void) {
 
 int main(int argc, char **argv) {
     keep_freed_memory();
+    /* FFmpeg's decoders log every damaged slice (two lines a frame of a damaged camera, for ever, in
+     * serve's log): svlm counts them itself (corrupt events); `svlm frames --verbose` shows them */
+    svlm_source_library_log(0);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
