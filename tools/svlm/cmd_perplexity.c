@@ -135,11 +135,11 @@ static char *read_text(const char *path, size_t *len) {
             }
         }
     }
-    int bad = ferror(f);
+    const int bad = ferror(f) ? (errno ? errno : EIO) : 0; /* (EISDIR for a folder) */
     fclose(f);
     if (!buf || bad) {
         fprintf(stderr, "svlm: cannot read '%s' (%s)\n", path,
-                bad ? "read error" : "too large or out of memory");
+                bad ? strerror(bad) : "too large or out of memory");
         free(buf);
         return NULL;
     }
