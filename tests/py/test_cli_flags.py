@@ -101,6 +101,8 @@ SPECIFIC = [
     (['ask', 'ws://:80', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
     (['ask', 'ws://', 's', 'q'], {}, 2, 'PORT from 1 to 65535'),
     (['ask', 'ws://bob:secret@127.0.0.1:9', 's', 'q'], {}, 2, 'carries a user or password'),
+    (['ask', 'ftp://127.0.0.1:9', 's', 'q'], {}, 2, 'URL must look like ws://HOST:PORT'),
+    (['bench', '-m', NOMODEL, '--pp', '0', '--tg', '0'], {}, 2, 'leave nothing to measure'),
     (['ask', '--token-file', aux, 'ws://127.0.0.1:9', 's', 'q'], {}, 2, 'cannot read'),
     (['ask', 'ws://127.0.0.1:9', 's', 'q'], {'SVLM_TOKEN': 't' * 400}, 2, 'longer than'),
 ]

@@ -123,6 +123,10 @@ int cmd_bench(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (model_path && pp == 0 && tg == 0) {
+        fprintf(stderr, "svlm bench: --pp 0 and --tg 0 leave nothing to measure\n");
+        return 2;
+    }
     if (mmproj_path) {
         int vrc = bench_vision(mmproj_path, backend, (int)threads, (int)batch, (int)reps, json);
         if (vrc || !model_path) return vrc;
