@@ -242,6 +242,7 @@ int cmd_describe(int argc, char **argv) {
     } else {
         cli_utf8_flush(&us, stdout);
         printf("\n");
+        fflush(stdout); /* the text's end before the figures on stderr, also when both go to one file */
         fprintf(stderr,
                 "svlm: %d tiles (%dx%d + overview) encoded in %.0f ms, prompt %zu tokens in %.0f ms, %d "
                 "tokens generated (%s)\n",

@@ -170,6 +170,7 @@ int cmd_generate(int argc, char **argv) {
     } else {
         cli_utf8_flush(&us, stdout);
         printf("\n");
+        fflush(stdout); /* the text's end before the figures on stderr, also when both go to one file */
         fprintf(stderr, "svlm: prompt %zu tokens at %.1f tok/s, generated %d tokens at %.1f tok/s (%s)\n",
                 n_prompt, pp_tps, n_gen, tg_tps, svlm_kernels_name(tm.kernels));
     }
