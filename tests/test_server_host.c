@@ -7,7 +7,8 @@
  * "PORT n", and stops when stdin closes. SVLM_SERVER_TOKEN sets a token, SVLM_SERVER_WEB the
  * page folder, SVLM_SERVER_STREAMS "name=uri,..." opens streams at start, SVLM_SERVER_LIMITS
  * "key=value,..." overrides limits (clients, per_client, total, streams, rate, message_bytes,
- * send_queue_bytes, status_interval, watches, auth_timeout), SVLM_FAKE_TICK_MS the token interval (5).
+ * send_queue_bytes, status_interval, watches, auth_timeout), SVLM_SERVER_ALLOW_ORIGIN the allowed
+ * origins, SVLM_FAKE_TICK_MS the token interval (5).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -65,6 +66,8 @@ static int host_mode(void) {
     const char *tok = getenv("SVLM_SERVER_TOKEN"), *web = getenv("SVLM_SERVER_WEB");
     if (tok) snprintf(cfg.token, sizeof cfg.token, "%s", tok);
     if (web) snprintf(cfg.web_root, sizeof cfg.web_root, "%s", web);
+    if (getenv("SVLM_SERVER_ALLOW_ORIGIN"))
+        snprintf(cfg.allowed_origins, sizeof cfg.allowed_origins, "%s", getenv("SVLM_SERVER_ALLOW_ORIGIN"));
     if (getenv("SVLM_SERVER_LIMITS")) apply_limits(&cfg, getenv("SVLM_SERVER_LIMITS"));
     double tick_ms = getenv("SVLM_FAKE_TICK_MS") ? atof(getenv("SVLM_FAKE_TICK_MS")) : 5;
     svlm_server_backend be;

@@ -160,6 +160,8 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     srv->metrics.http_requests++;
     snprintf(c->path, sizeof c->path, "%s", uri);
     c->is_post = lws_hdr_total_length(c->wsi, WSI_TOKEN_POST_URI) > 0;
+    const char *refused = srv_origin_refusal(srv, c->wsi);
+    if (refused) return srv_http_error(c, 403, "forbidden_origin", refused);
     if (!c->is_post && lws_hdr_total_length(c->wsi, WSI_TOKEN_GET_URI) <= 0 &&
         lws_hdr_total_length(c->wsi, WSI_TOKEN_HEAD_URI) <= 0) /* a DELETE must not look done */
         return srv_http_error(c, 405, "method_not_allowed",

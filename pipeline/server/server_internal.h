@@ -157,6 +157,10 @@ int srv_presented_token(struct lws *wsi, char *buf, size_t cap);
 int srv_authorized(svlm_server *srv, struct lws *wsi);
 json_t *srv_status_json(const svlm_backend_stream_status *st);
 
+/* ---- server_origin.c ---- */
+/* NULL when a browser's request may be served (by its Origin and Host headers), else why not. */
+const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi);
+
 /* ---- server_events.c ---- */
 extern const svlm_backend_ask_cb srv_ask_cb_template;
 void srv_event_push(svlm_server *srv, srv_event *ev);

@@ -145,7 +145,8 @@ void srv_metrics_render(srv_text *out, const srv_metrics *m, const svlm_backend_
     srv_text_printf(out, "svlm_clients %d\n", clients);
     head(out, "svlm_clients_total", "counter", "Websocket clients accepted.");
     srv_text_printf(out, "svlm_clients_total %lld\n", (long long)m->clients_total);
-    head(out, "svlm_clients_refused_total", "counter", "Websocket clients refused (limit).");
+    head(out, "svlm_clients_refused_total", "counter",
+         "Websocket clients refused (the limit, or another site's page).");
     srv_text_printf(out, "svlm_clients_refused_total %lld\n", (long long)m->clients_refused);
     head(out, "svlm_slow_reader_disconnects_total", "counter", "Clients disconnected for falling behind.");
     srv_text_printf(out, "svlm_slow_reader_disconnects_total %lld\n", (long long)m->slow_reader_disconnects);

@@ -29,10 +29,13 @@ def host_binary():
 
 
 class Host:
-    def __init__(self, token=None, limits=None, streams="cam=pattern:", tick_ms=None, web=True, port=0):
+    def __init__(self, token=None, limits=None, streams="cam=pattern:", tick_ms=None, web=True, port=0,
+                 allow_origin=None):
         env = dict(os.environ, SVLM_SERVER_HOST="1", SVLM_SERVER_PORT=str(port))
         if token:
             env["SVLM_SERVER_TOKEN"] = token
+        if allow_origin:
+            env["SVLM_SERVER_ALLOW_ORIGIN"] = allow_origin
         if limits:
             env["SVLM_SERVER_LIMITS"] = limits
         if streams:

@@ -309,7 +309,7 @@ def raw_post(port, path, body, wait=1.0, method="POST"):
 
 
 def http_request(method, path, body):
-    return b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+    return b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
         method.encode(), path.encode(), len(body)) + body
 
 
@@ -556,7 +556,7 @@ def pipelined(h):
     q = "what is here?"
     chat = http_request("POST", "/v1/chat/completions", json.dumps(
         {"model": "cam", "messages": [{"role": "user", "content": q}]}).encode())
-    for follow in (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", chat):
+    for follow in (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", chat):
         wire = raw_exchange(h.port, chat + follow, wait=5)
         head, _, body = wire.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower(), wire[:600]

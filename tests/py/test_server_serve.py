@@ -76,6 +76,7 @@ def main():
                (["-m", model, "--mmproj", model, "--frames-window", "0"], b"--frames-window"),
                (["-m", model, "--mmproj", model, "--kv", "q8"], b"--kv expects f32 or f16"),
                (["-m", model, "--mmproj", model, "--web", tmp], b"has no readable index.html"),
+               (["-m", model, "--mmproj", model, "--allow-origin", "evil.example"], b"--allow-origin expects"),
                (["-m", model, "--mmproj", model, "--listen", "127.0.0.1:0"], b"m.gguf")]
         for args, what in bad:
             r = subprocess.run([svlm, "serve"] + args, capture_output=True, timeout=30)
@@ -117,7 +118,9 @@ def main():
                               ({"sources": {"a": 5}}, b"sources.a must be"),
                               ({"sources": {"a": ""}}, b"c.json: sources.a: a source needs"),
                               ({"sources": {"n" * 70: "pattern:"}}, b"c.json: sources.nnnn"),
-                              ({"web": tmp}, b"has no readable index.html")]:
+                              ({"web": tmp}, b"has no readable index.html"),
+                              ({"allowed_origins": [5]}, b"allowed_origins holds strings"),
+                              ({"allowed_origins": ["a,b"]}, b"--allow-origin expects")]:
             open(cfg, "w").write(json.dumps(section))
             r = subprocess.run([svlm, "serve", "-m", model, "--mmproj", model, "--config", cfg], capture_output=True)
             assert r.returncode == 2 and what in r.stderr, (section, r)

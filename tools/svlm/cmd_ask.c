@@ -301,7 +301,7 @@ int cmd_ask(int argc, char **argv) {
     cc.port = port;
     cc.path = full_path;
     cc.host = host;
-    cc.origin = host;
+    cc.origin = NULL; /* not a browser: no Origin (the server refuses other sites' pages) */
     cc.local_protocol_name = "svlm-client";
     cc.ssl_connection = tls ? LCCSCF_USE_SSL : 0;
     struct lws *wsi = lws_client_connect_via_info(&cc);

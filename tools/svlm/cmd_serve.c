@@ -36,45 +36,68 @@ static void on_signal(int sig) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: svlm serve -m TEXT_GGUF --mmproj MMPROJ_GGUF [options]\n"
-            "       svlm serve --demo [options]\n"
-            "  --demo                a generated random-weight tiny SmolVLM2 instead of -m/--mmproj\n"
-            "                        (made once into --cache-dir), and without --source a built-in\n"
-            "                        test pattern as stream 'demo'\n"
-            "  --cache-dir DIR       where --demo keeps its model ($XDG_CACHE_HOME/svlm or ~/.cache/svlm)\n"
-            "  --answer-threads N    answers running at once (default 8 on the CPU, 64 on a GPU)\n"
-            "  --decode-batch N      of those, how many step together, reading the weights once (16;\n"
-            "                        1: one answer per step)\n"
-            "  --ingest-batch N      frames of up to N streams encoded as one batch (32 on a GPU, 1 on\n"
-            "                        the CPU: there a question may wait for a whole batch)\n"
-            "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
-            "  --backend B           compute on cpu, cuda (cuda:N for GPU N) or auto (a GPU when one is\n"
-            "                        usable); default $SVLM_BACKEND, else cpu. Without a usable GPU,\n"
-            "                        cuda runs on the CPU. null computes nothing (answers are meaningless)\n"
-            "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
-            "  --live | --replay     after a --source: that source is a camera (stall watchdog, reconnects,\n"
-            "                        the oldest waiting frame dropped when behind) or a recording. Default\n"
-            "                        from the URI: RTSP, webcams and unfinished HLS playlists are live, so\n"
-            "                        an MJPEG or MPEG-TS camera over http(s):// needs --live\n"
-            "  --listen HOST:PORT    (127.0.0.1:8080) HOST: an IPv4 address or a name of this machine,\n"
-            "                        0.0.0.0 for all; any other host than loopback needs a token\n"
-            "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
-            "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"sources\": {NAME: URI or\n"
-            "                        {\"uri\": URI, \"live\": true|false}},\n"
-            "                        \"max_message_bytes\", \"max_messages_per_s\", "
-            "\"max_questions_per_client\",\n"
-            "                        \"max_questions_total\", \"max_watches_per_client\", \"max_streams\",\n"
-            "                        \"max_clients\", \"max_send_queue_bytes\", \"status_interval_s\",\n"
-            "                        \"auth_timeout_s\",\n"
-            "                        \"stc\": {\"stc\": \"on\"|\"off\", NAME: VALUE}, \"memory\": {\"on\", "
-            "\"budget_mib\",\n"
-            "                        \"dir\", \"tokens\"}, \"stream\": {\"sinks\", \"frames_window\", "
-            "\"text_window\",\n"
-            "                        \"queue\", \"answer_threads\", \"kv\"}} (docs/streaming.md)\n"
-            "  --web DIR             the page's folder (demos/web next to the binary's source tree)\n"
-            "Protocol: docs/protocol.md. The page: http://HOST:PORT/\n");
+    fprintf(
+        f,
+        "usage: svlm serve -m TEXT_GGUF --mmproj MMPROJ_GGUF [options]\n"
+        "       svlm serve --demo [options]\n"
+        "  --demo                a generated random-weight tiny SmolVLM2 instead of -m/--mmproj\n"
+        "                        (made once into --cache-dir), and without --source a built-in\n"
+        "                        test pattern as stream 'demo'\n"
+        "  --cache-dir DIR       where --demo keeps its model ($XDG_CACHE_HOME/svlm or ~/.cache/svlm)\n"
+        "  --answer-threads N    answers running at once (default 8 on the CPU, 64 on a GPU)\n"
+        "  --decode-batch N      of those, how many step together, reading the weights once (16;\n"
+        "                        1: one answer per step)\n"
+        "  --ingest-batch N      frames of up to N streams encoded as one batch (32 on a GPU, 1 on\n"
+        "                        the CPU: there a question may wait for a whole batch)\n"
+        "  --threads N           compute threads for answers (all CPUs but one, kept for ingest)\n"
+        "  --backend B           compute on cpu, cuda (cuda:N for GPU N) or auto (a GPU when one is\n"
+        "                        usable); default $SVLM_BACKEND, else cpu. Without a usable GPU,\n"
+        "                        cuda runs on the CPU. null computes nothing (answers are meaningless)\n"
+        "  --source NAME=URI     open a stream at start (repeatable; URIs as in 'svlm frames')\n"
+        "  --live | --replay     after a --source: that source is a camera (stall watchdog, reconnects,\n"
+        "                        the oldest waiting frame dropped when behind) or a recording. Default\n"
+        "                        from the URI: RTSP, webcams and unfinished HLS playlists are live, so\n"
+        "                        an MJPEG or MPEG-TS camera over http(s):// needs --live\n"
+        "  --listen HOST:PORT    (127.0.0.1:8080) HOST: an IPv4 address or a name of this machine,\n"
+        "                        0.0.0.0 for all; any other host than loopback needs a token\n"
+        "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
+        "  --allow-origin ORIGIN a web page of this origin (https://host:port) may use the server;\n"
+        "                        repeatable. Browsers' requests from other sites are refused:\n"
+        "                        a page you visit could otherwise ask about your cameras\n"
+        "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"allowed_origins\": [ORIGIN],\n"
+        "                        \"sources\": {NAME: URI or\n"
+        "                        {\"uri\": URI, \"live\": true|false}},\n"
+        "                        \"max_message_bytes\", \"max_messages_per_s\", "
+        "\"max_questions_per_client\",\n"
+        "                        \"max_questions_total\", \"max_watches_per_client\", \"max_streams\",\n"
+        "                        \"max_clients\", \"max_send_queue_bytes\", \"status_interval_s\",\n"
+        "                        \"auth_timeout_s\",\n"
+        "                        \"stc\": {\"stc\": \"on\"|\"off\", NAME: VALUE}, \"memory\": {\"on\", "
+        "\"budget_mib\",\n"
+        "                        \"dir\", \"tokens\"}, \"stream\": {\"sinks\", \"frames_window\", "
+        "\"text_window\",\n"
+        "                        \"queue\", \"answer_threads\", \"kv\"}} (docs/streaming.md)\n"
+        "  --web DIR             the page's folder (demos/web next to the binary's source tree)\n"
+        "Protocol: docs/protocol.md. The page: http://HOST:PORT/\n");
     stream_flags_usage(f);
+}
+
+/* Adds an origin browsers' requests may come from ("*": any). */
+static int allow_origin(const char *o, svlm_server_config *cfg) {
+    const size_t used = strlen(cfg->allowed_origins);
+    if (!*o || strchr(o, ',') || strchr(o, ' ') || (strcmp(o, "*") && !strstr(o, "://"))) {
+        fprintf(stderr,
+                "svlm serve: --allow-origin expects an origin as a browser sends it (https://host:port) "
+                "or *, got '%s'\n",
+                o);
+        return -1;
+    }
+    if (used + strlen(o) + 2 > sizeof cfg->allowed_origins) {
+        fprintf(stderr, "svlm serve: too many allowed origins\n");
+        return -1;
+    }
+    snprintf(cfg->allowed_origins + used, sizeof cfg->allowed_origins - used, "%s%s", used ? "," : "", o);
+    return 0;
 }
 
 static int parse_listen(const char *s, svlm_server_config *cfg) {
@@ -349,7 +372,16 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             rc = read_token(json_string_value(v), cfg);
         else if (!strcmp(key, "web") && json_is_string(v))
             snprintf(cfg->web_root, sizeof cfg->web_root, "%s", json_string_value(v));
-        else if (!strcmp(key, "stc") && json_is_object(v))
+        else if (!strcmp(key, "allowed_origins") && json_is_array(v)) {
+            size_t k;
+            json_t *o;
+            json_array_foreach(v, k, o) {
+                if (rc) break;
+                rc = json_is_string(o)
+                         ? allow_origin(json_string_value(o), cfg)
+                         : (fprintf(stderr, "svlm serve: %s: allowed_origins holds strings\n", path), -1);
+            }
+        } else if (!strcmp(key, "stc") && json_is_object(v))
             rc = config_stc(path, v, sf);
         else if (!strcmp(key, "memory") && json_is_object(v))
             rc = config_memory(path, v, sf);
@@ -451,6 +483,8 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--config")) {
             if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src, &sf, &answer_threads))
                 return 2;
+        } else if (!strcmp(argv[i], "--allow-origin")) {
+            if (!(v = cli_value(argc, argv, &i)) || allow_origin(v, &cfg)) return 2;
         } else if (!strcmp(argv[i], "--web")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             snprintf(cfg.web_root, sizeof cfg.web_root, "%s", v);

@@ -1,0 +1,86 @@
+"""Web pages of other sites may not use the server. Browsers let any page open a websocket to
+127.0.0.1 and send it requests, so before this check a page the user merely visited could ask
+about the cameras of a server without a token (the default on loopback), or `open` a gst:
+pipeline that wrote a file. Browsers send Origin with every websocket handshake: a handshake or
+request is taken without one (svlm ask, scripts), from the server's own page (Origin = Host), or
+from an origin in allowed_origins. Without a token the Host must also be loopback, which stops a
+page whose own name was pointed at 127.0.0.1 (DNS rebinding)."""
+import asyncio
+import json
+import os
+import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_server_harness import Host, http, recv_json, skip  # noqa: E402
+
+try:
+    import websockets
+except ImportError:
+    skip("python3-websockets is not installed")
+
+EVIL = "http://evil.example"
+
+
+async def handshake(url, origin=None, extra_headers=None):
+    """'ok' after a hello answered, else 'refused'."""
+    try:
+        async with websockets.connect(url, origin=origin, extra_headers=extra_headers, open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "hello", "id": 1, "version": 1, "token": "s3cret-token"}))
+            reply = await recv_json(ws)
+            return "ok" if reply["type"] == "hello" else "refused"
+    except (websockets.exceptions.InvalidHandshake, websockets.exceptions.ConnectionClosed, OSError, EOFError):
+        return "refused"
+
+
+def raw_get(port, path, host, origin=None):
+    """Status of a GET with exactly these Host and Origin headers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        req = "GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n" % (
+            path, host, "Origin: %s\r\n" % origin if origin else "")
+        s.sendall(req.encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def main():
+    with Host() as h:
+        own = "http://127.0.0.1:%d" % h.port
+        assert asyncio.run(handshake(h.ws_url)) == "ok"  # no Origin: not a browser
+        assert asyncio.run(handshake(h.ws_url, origin=own)) == "ok"  # the server's own page
+        assert asyncio.run(handshake(h.ws_url, origin=EVIL)) == "refused"
+        assert asyncio.run(handshake(h.ws_url, origin="null")) == "refused"  # sandboxed frames, file://
+        # the same checks over HTTP: another site's page gets 403 with a reason
+        host = "127.0.0.1:%d" % h.port
+        assert raw_get(h.port, "/v1/streams", host)[0] == 200
+        assert raw_get(h.port, "/v1/streams", host, own)[0] == 200
+        assert raw_get(h.port, "/v1/streams", "localhost:%d" % h.port, "http://localhost:%d" % h.port)[0] == 200
+        st, body = raw_get(h.port, "/v1/streams", host, EVIL)
+        assert st == 403 and json.loads(body)["error"]["code"] == "forbidden_origin", (st, body)
+        # DNS rebinding: evil.example resolved to 127.0.0.1 is its own origin, but not loopback
+        st, body = raw_get(h.port, "/v1/streams", "evil.example:%d" % h.port, "http://evil.example:%d" % h.port)
+        assert st == 403 and b"DNS rebinding" in body, (st, body)
+        assert raw_get(h.port, "/health", "evil.example:%d" % h.port)[0] == 403
+        st, _, _ = http(h.base + "/metrics")
+        assert st == 200
+        _, _, metrics = http(h.base + "/metrics")
+        assert b"svlm_clients_refused_total 2" in metrics, metrics[-400:]
+    # an allowed origin; and with a token, other host names are served (the token is the check)
+    with Host(token="s3cret-token", allow_origin="http://dash.example, http://evil.example:8443") as h:
+        assert asyncio.run(handshake(h.ws_url, origin="http://dash.example")) == "ok"
+        assert asyncio.run(handshake(h.ws_url, origin="http://evil.example:8443")) == "ok"
+        assert asyncio.run(handshake(h.ws_url, origin=EVIL)) == "refused"
+        st, _ = raw_get(h.port, "/health", "camera-box.lan:%d" % h.port)
+        assert st == 200, st
+    with Host(allow_origin="*") as h:
+        assert asyncio.run(handshake(h.ws_url, origin=EVIL)) == "ok"
+    print("origin checks ok")
+
+
+if __name__ == "__main__":
+    main()
