@@ -8,7 +8,8 @@
  * page folder, SVLM_SERVER_STREAMS "name=uri,..." opens streams at start, SVLM_SERVER_LIMITS
  * "key=value,..." overrides limits (clients, per_client, total, streams, rate, message_bytes,
  * send_queue_bytes, status_interval, watches, auth_timeout), SVLM_SERVER_ALLOW_ORIGIN the allowed
- * origins, SVLM_FAKE_TICK_MS the token interval (5).
+ * origins, SVLM_SERVER_LOCAL_OPEN (set) lets clients without a token open pipelines and files,
+ * SVLM_FAKE_TICK_MS the token interval (5).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -66,6 +67,7 @@ static int host_mode(void) {
     const char *tok = getenv("SVLM_SERVER_TOKEN"), *web = getenv("SVLM_SERVER_WEB");
     if (tok) snprintf(cfg.token, sizeof cfg.token, "%s", tok);
     if (web) snprintf(cfg.web_root, sizeof cfg.web_root, "%s", web);
+    cfg.local_open = getenv("SVLM_SERVER_LOCAL_OPEN") != NULL;
     if (getenv("SVLM_SERVER_ALLOW_ORIGIN"))
         snprintf(cfg.allowed_origins, sizeof cfg.allowed_origins, "%s", getenv("SVLM_SERVER_ALLOW_ORIGIN"));
     if (getenv("SVLM_SERVER_LIMITS")) apply_limits(&cfg, getenv("SVLM_SERVER_LIMITS"));

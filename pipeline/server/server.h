@@ -16,6 +16,8 @@ typedef struct svlm_server_config {
     char web_root[512];           /* folder served at / (demos/web); "" = no page */
     char allowed_origins[1024];   /* browsers' Origins taken besides the server's own page, comma-
                                      separated ("*": any); see server_origin.c */
+    int local_open;               /* without a token, `open` may name gst: pipelines and local files
+                                     too (0: only with a token; any local user reaches loopback) */
     size_t max_message_bytes;     /* largest websocket message or HTTP body accepted (1 MiB) */
     double max_messages_per_s;    /* per client, token bucket with a burst of twice this (50) */
     int max_questions_per_client; /* concurrent answers per client (4) */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "pipeline/server/server_internal.h"
+#include "pipeline/source_backend.h"
 
 #define QUESTION_MAX_BYTES 8192
 #define URI_MAX_BYTES      1024
@@ -254,6 +255,20 @@ static void do_open(req_ctx *r) {
     json_t *opts = json_object_get(r->msg, "options");
     if (opts && !json_is_object(opts) && !json_is_null(opts)) {
         bad(r, "bad_message", "field '%s' must be an object", "options");
+        return;
+    }
+    /* A gst: pipeline can write files, and a path reads any file the server's user can: on a
+     * server without a token anyone on this machine may connect (loopback is every local user's),
+     * so those come only from the operator (--source), a token holder, or with --allow-local-open. */
+    svlm_uri parsed;
+    svlm_err uerr = {0};
+    if (!srv->cfg.token[0] && !srv->cfg.local_open && svlm_uri_parse(uri, &parsed, &uerr) == SVLM_OK &&
+        (parsed.kind == SVLM_URI_GST || parsed.kind == SVLM_URI_FILE)) {
+        srv_ws_error(srv, r->c, r->id, "not_allowed",
+                     "this server has no token, so clients may not open %s (anyone on this machine can "
+                     "connect): give it with --source at start, or start the server with --token-file or "
+                     "--allow-local-open",
+                     parsed.kind == SVLM_URI_GST ? "gst: pipelines" : "local files");
         return;
     }
     svlm_backend_stream_status st;

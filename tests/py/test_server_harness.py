@@ -30,12 +30,14 @@ def host_binary():
 
 class Host:
     def __init__(self, token=None, limits=None, streams="cam=pattern:", tick_ms=None, web=True, port=0,
-                 allow_origin=None):
+                 allow_origin=None, local_open=False):
         env = dict(os.environ, SVLM_SERVER_HOST="1", SVLM_SERVER_PORT=str(port))
         if token:
             env["SVLM_SERVER_TOKEN"] = token
         if allow_origin:
             env["SVLM_SERVER_ALLOW_ORIGIN"] = allow_origin
+        if local_open:
+            env["SVLM_SERVER_LOCAL_OPEN"] = "1"
         if limits:
             env["SVLM_SERVER_LIMITS"] = limits
         if streams:

@@ -1,10 +1,14 @@
-"""Web pages of other sites may not use the server. Browsers let any page open a websocket to
+"""Who may do what: web pages of other sites may not use the server, and without a token clients
+may not open gst: pipelines or local files. Browsers let any page open a websocket to
 127.0.0.1 and send it requests, so before this check a page the user merely visited could ask
 about the cameras of a server without a token (the default on loopback), or `open` a gst:
 pipeline that wrote a file. Browsers send Origin with every websocket handshake: a handshake or
 request is taken without one (svlm ask, scripts), from the server's own page (Origin = Host), or
 from an origin in allowed_origins. Without a token the Host must also be loopback, which stops a
-page whose own name was pointed at 127.0.0.1 (DNS rebinding)."""
+page whose own name was pointed at 127.0.0.1 (DNS rebinding). And loopback is every local user's:
+without a token, `open` takes network cameras and patterns, while gst: pipelines (which can write
+files) and local files (any the server's user can read) come from the operator's --source, a
+token holder, or a server started with --allow-local-open."""
 import asyncio
 import json
 import os
@@ -79,7 +83,30 @@ def main():
         assert st == 200, st
     with Host(allow_origin="*") as h:
         assert asyncio.run(handshake(h.ws_url, origin=EVIL)) == "ok"
-    print("origin checks ok")
+    # what a client may open
+    for kw, allowed in (({}, False), ({"local_open": True}, True), ({"token": "s3cret-token"}, True)):
+        with Host(**kw) as h:
+            got = asyncio.run(opens(h.ws_url, ["gst:videotestsrc ! filesink location=/tmp/x", "/tmp/clip.mp4",
+                                               "file:///tmp/clip.mp4", "rtsp://192.0.2.1/cam", "pattern:"]))
+            want = ["opened"] * 5 if allowed else ["not_allowed"] * 3 + ["opened"] * 2
+            assert got == want, (kw, got)
+    print("origin and open checks ok")
+
+
+async def opens(url, uris):
+    """The reply type (or error code) to opening each URI as a stream of its own."""
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "hello", "id": 1, "version": 1, "token": "s3cret-token"}))
+        await recv_json(ws)
+        out = []
+        for i, uri in enumerate(uris):
+            await ws.send(json.dumps({"type": "open", "id": "o%d" % i, "stream": "s%d" % i, "uri": uri}))
+            while True:
+                m = await recv_json(ws)
+                if m.get("id") == "o%d" % i:
+                    out.append(m["code"] if m["type"] == "error" else m["type"])
+                    break
+        return out
 
 
 if __name__ == "__main__":

@@ -611,7 +611,8 @@ def cli_ask(h):
 
 def main():
     t0 = time.time()
-    with Host(limits="message_bytes=4096,rate=20,per_client=2") as h:
+    # (local_open: the fake engine's failing URIs, "fail:...", read as paths)
+    with Host(limits="message_bytes=4096,rate=20,per_client=2", local_open=True) as h:
         asyncio.run(protocol(h))
         asyncio.run(disconnect_mid_answer(h))
         bad_utf8(h)

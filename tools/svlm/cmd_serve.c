@@ -61,10 +61,13 @@ static void usage(FILE *f) {
         "  --listen HOST:PORT    (127.0.0.1:8080) HOST: an IPv4 address or a name of this machine,\n"
         "                        0.0.0.0 for all; any other host than loopback needs a token\n"
         "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
+        "  --allow-local-open    without a token, clients may still open gst: pipelines and local\n"
+        "                        files (anyone on this machine can connect to loopback)\n"
         "  --allow-origin ORIGIN a web page of this origin (https://host:port) may use the server;\n"
         "                        repeatable. Browsers' requests from other sites are refused:\n"
         "                        a page you visit could otherwise ask about your cameras\n"
         "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"allowed_origins\": [ORIGIN],\n"
+        "                        \"allow_local_open\": true|false,\n"
         "                        \"sources\": {NAME: URI or\n"
         "                        {\"uri\": URI, \"live\": true|false}},\n"
         "                        \"max_message_bytes\", \"max_messages_per_s\", "
@@ -372,6 +375,8 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             rc = read_token(json_string_value(v), cfg);
         else if (!strcmp(key, "web") && json_is_string(v))
             snprintf(cfg->web_root, sizeof cfg->web_root, "%s", json_string_value(v));
+        else if (!strcmp(key, "allow_local_open") && json_is_boolean(v))
+            cfg->local_open = json_is_true(v);
         else if (!strcmp(key, "allowed_origins") && json_is_array(v)) {
             size_t k;
             json_t *o;
@@ -483,6 +488,8 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--config")) {
             if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src, &sf, &answer_threads))
                 return 2;
+        } else if (!strcmp(argv[i], "--allow-local-open")) {
+            cfg.local_open = 1;
         } else if (!strcmp(argv[i], "--allow-origin")) {
             if (!(v = cli_value(argc, argv, &i)) || allow_origin(v, &cfg)) return 2;
         } else if (!strcmp(argv[i], "--web")) {
