@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "pipeline/server/server_internal.h"
+#include "pipeline/source_backend.h"
 
 double srv_now(void) {
     struct timespec ts;
@@ -130,6 +131,9 @@ int srv_authorized(svlm_server *srv, struct lws *wsi) {
 }
 
 json_t *srv_status_json(const svlm_backend_stream_status *st) {
+    /* a camera's password stays with the server: every client, the page included, lists streams */
+    char uri[sizeof st->uri];
+    svlm_uri_redact(st->uri, uri, sizeof uri);
     json_t *mem = json_object();
     int64_t total = 0;
     for (int k = 0; k < st->n_tiers && k < SVLM_BACKEND_MAX_TIERS; k++) {
@@ -138,8 +142,8 @@ json_t *srv_status_json(const svlm_backend_stream_status *st) {
     }
     double n = st->frames_in > 0 ? (double)st->frames_in : 1.0;
     json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:o, s:I}", "stream",
-                          st->name, "uri", st->uri, "state", st->state, "live", st->live, "fps_in",
-                          st->fps_in, "frames_in", (json_int_t)st->frames_in, "drops", (json_int_t)st->drops,
+                          st->name, "uri", uri, "state", st->state, "live", st->live, "fps_in", st->fps_in,
+                          "frames_in", (json_int_t)st->frames_in, "drops", (json_int_t)st->drops,
                           "reconnects", (json_int_t)st->reconnects, "video_time", st->video_time,
                           "encoder_ms", st->encoder_ms_sum / n, "prefill_ms", st->prefill_ms_sum / n,
                           "memory", mem, "memory_total", (json_int_t)total);

@@ -1,5 +1,5 @@
-"""Who may do what: web pages of other sites may not use the server, and without a token clients
-may not open gst: pipelines or local files. Browsers let any page open a websocket to
+"""Who may do what: web pages of other sites may not use the server, without a token clients may
+not open gst: pipelines or local files, and a camera's password never leaves the server. Browsers let any page open a websocket to
 127.0.0.1 and send it requests, so before this check a page the user merely visited could ask
 about the cameras of a server without a token (the default on loopback), or `open` a gst:
 pipeline that wrote a file. Browsers send Origin with every websocket handshake: a handshake or
@@ -90,11 +90,19 @@ def main():
                                                "file:///tmp/clip.mp4", "rtsp://192.0.2.1/cam", "pattern:"]))
             want = ["opened"] * 5 if allowed else ["not_allowed"] * 3 + ["opened"] * 2
             assert got == want, (kw, got)
-    print("origin and open checks ok")
+    # a camera's password: not in list, status, /v1/streams or /metrics
+    with Host() as h:
+        got = asyncio.run(opens(h.ws_url, ["rtsp://bob:secret@192.0.2.1/cam"], listing=True))
+        assert got[0] == "opened" and "secret" not in got[1] and "rtsp://***@192.0.2.1/cam" in got[1], got
+        for path in ("/v1/streams", "/v1/streams/s0", "/metrics", "/v1/models"):
+            st, _, body = http(h.base + path)
+            assert st == 200 and b"secret" not in body, (path, body[:300])
+    print("origin, open and password checks ok")
 
 
-async def opens(url, uris):
-    """The reply type (or error code) to opening each URI as a stream of its own."""
+async def opens(url, uris, listing=False):
+    """The reply type (or error code) to opening each URI as a stream of its own (listing: then the
+    text of a `list` reply)."""
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"type": "hello", "id": 1, "version": 1, "token": "s3cret-token"}))
         await recv_json(ws)
@@ -105,6 +113,13 @@ async def opens(url, uris):
                 m = await recv_json(ws)
                 if m.get("id") == "o%d" % i:
                     out.append(m["code"] if m["type"] == "error" else m["type"])
+                    break
+        if listing:
+            await ws.send(json.dumps({"type": "list", "id": "l"}))
+            while True:
+                m = await recv_json(ws)
+                if m.get("id") == "l":
+                    out.append(json.dumps(m))
                     break
         return out
 
