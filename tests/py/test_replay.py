@@ -64,6 +64,12 @@ if counters:
     if counters['tokens']['text'] <= 0:
         fails.append('the answered turns did not join the dialogue window')
 
+# the same questions with their times as M:SS and H:MM:SS: the same answers at the same times
+clock, _ = replay(['--ask', '0:02:What is on the table?', '--ask', '0:00:06.5:What do the hands do?', '--ask',
+                   '16:40:Anything else?'])
+if strip(clock) != strip(answers):
+    fails.append('times as M:SS gave other answers or times:\n%s\n%s' % (strip(clock), strip(answers)))
+
 # token compression through the stream: off is the plain encoder with every token, exactly (the
 # same answers as the compression path with its cache and pruner switched off, a separate code
 # path); on hands fewer tokens per frame to the decoder and still answers every question
@@ -111,6 +117,7 @@ for args, needle in (([binp, 'replay', '/nonexistent.mp4', '-m', 'x', '--mmproj'
                      (base + ['--memory-dir', '/proc/svlm-no-such/bank'], 'cannot create'),
                      (base + ['--memory-dir', os.path.abspath(binp)], 'not a directory'),
                      (base + ['--ask', 'soon:why?'], '--ask expects'),
+                     (base + ['--ask', '1e3:why?'], '--ask expects'),
                      (base + ['--speed', 'warp'], '--speed expects'),
                      (base + ['--backend', 'tpu'], '--backend expects'),
                      ([binp, 'replay', video], 'required')):

@@ -23,7 +23,8 @@ static void usage(FILE *f) {
         "usage: svlm replay VIDEO -m TEXT_GGUF --mmproj MMPROJ_GGUF [--fps F] [--speed realtime|max]\n"
         "                   [--ask \"T:QUESTION\"]... [--max-tokens N] [--threads K] [--stats-every N]\n"
         "                   [--backend B] [stream controls] [--json]\n"
-        "  --ask T:Q          ask Q when the video reaches T seconds (repeatable)\n"
+        "  --ask T:Q          ask Q when the video reaches T: seconds (95) or M:SS, H:MM:SS (1:35)\n"
+        "                     (repeatable)\n"
         "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n" CLI_BACKEND_HELP
         "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
         "  --json             one line per answer (as they come), then one line of stream counters\n"
@@ -131,6 +132,40 @@ static void print_counters(replay *r, svlm_engine *e, double video_t, double sec
         (double)m.frames_in / (secs + 1e-9));
 }
 
+/* One field of digits, with a fraction when `frac`: its value and length (0: none). */
+static size_t time_field(const char *s, int frac, double *value) {
+    size_t n = strspn(s, "0123456789");
+    if (n && frac && s[n] == '.' && s[n + 1] >= '0' && s[n + 1] <= '9')
+        n += 1 + strspn(s + n + 1, "0123456789");
+    if (n == 0 || n > 24) return 0;
+    char buf[32];
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    *value = strtod(buf, NULL);
+    return n;
+}
+
+/* "T:QUESTION": T in seconds (95, 95.5) or sexagesimal, M:SS or H:MM:SS (1:35, 1:02:03.5: after
+ * the first field, two digits each below 60, a fraction on the last only). 0, or -1 when
+ * malformed. */
+static int parse_ask(const char *v, double *t, const char **question) {
+    double x, part;
+    size_t n = time_field(v, 1, &x);
+    if (!n) return -1;
+    const char *end = v + n;
+    for (int fields = 1; fields < 3 && !memchr(v, '.', (size_t)(end - v)) && end[0] == ':'; fields++) {
+        const size_t m = time_field(end + 1, 1, &part);
+        /* two whole digits below 60, then the question's ':' (else it is the question's text) */
+        if (m < 2 || strspn(end + 1, "0123456789") != 2 || part >= 60 || end[1 + m] != ':') break;
+        x = x * 60 + part;
+        end += 1 + m;
+    }
+    if (*end != ':' || !end[1] || !(x <= 1e9)) return -1;
+    *t = x;
+    *question = end + 1;
+    return 0;
+}
+
 int cmd_replay(int argc, char **argv) {
     const char *video = NULL, *text_path = NULL, *mmproj_path = NULL;
     double fps = 1;
@@ -181,10 +216,13 @@ int cmd_replay(int argc, char **argv) {
                 return 1;
             }
         } else if (!strcmp(a, "--ask")) {
-            char *end;
-            double t = strtod(v, &end);
-            if (end == v || *end != ':' || !end[1] || !(t >= 0 && t <= 1e9)) { /* also rejects inf and nan */
-                fprintf(stderr, "svlm: --ask expects T:QUESTION (T in seconds), got '%s'\n", v);
+            double t;
+            const char *question;
+            if (parse_ask(v, &t, &question)) {
+                fprintf(stderr,
+                        "svlm: --ask expects T:QUESTION (T in seconds, 95 or 95.5, or as M:SS or H:MM:SS, "
+                        "1:35), got '%s'\n",
+                        v);
                 return 2;
             }
             if (r.n_asks == MAX_ASKS) {
@@ -192,7 +230,7 @@ int cmd_replay(int argc, char **argv) {
                 return 2;
             }
             r.asks[r.n_asks].t = t;
-            r.asks[r.n_asks++].question = end + 1;
+            r.asks[r.n_asks++].question = question;
         } else {
             fprintf(stderr, "svlm replay: unknown option '%s'\n", a);
             usage(stderr);
