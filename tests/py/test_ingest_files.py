@@ -275,6 +275,12 @@ if "ffmpeg" in BACKENDS:
 for args in (["--fps", "-1"], ["--size", "10"], ["--speed", "fast"], ["--backend", "vlc"], ["--bogus"]):
     p = run_svlm("frames", "pattern:", *args)
     check(p.returncode == 2 and "svlm:" in p.stderr, f"bad flag {args}: rc {p.returncode} {p.stderr[:200]}")
+# --out naming a file: refused before any frame, with the reason (it failed at the first PNG)
+not_dir = os.path.join(T, "not-a-folder")
+open(not_dir, "w").close()
+p = run_svlm("frames", "pattern:", "--max-frames", "1", "--out", not_dir)
+check(p.returncode == 1 and "Not a directory" in p.stderr and "frame 0" not in p.stdout,
+      f"--out a file: rc {p.returncode} {p.stderr[:200]}")
 
 # ---- HTTP (progressive) and HLS from a local server ---------------------------------------------
 hls_dir = os.path.join(T, "hls")

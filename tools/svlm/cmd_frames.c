@@ -212,8 +212,12 @@ int cmd_frames(int argc, char **argv) {
         return 1;
     }
     /* (made once the source opened: a source that fails leaves no empty folder behind) */
-    if (out_dir && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "svlm: cannot create %s: %s\n", out_dir, strerror(errno));
+    int out_err = out_dir && mkdir(out_dir, 0755) ? errno : 0;
+    struct stat sb;
+    if (out_err == EEXIST) /* a folder already there is fine; a file is not */
+        out_err = stat(out_dir, &sb) == 0 && S_ISDIR(sb.st_mode) ? 0 : ENOTDIR;
+    if (out_err) {
+        fprintf(stderr, "svlm: cannot create %s: %s\n", out_dir, strerror(out_err));
         svlm_source_close(src);
         return 1;
     }
