@@ -37,6 +37,10 @@ int svlm_uri_default_live(const svlm_uri *uri);
 /* s with the "user:pass@" after each "://" written as "***@" (a launch description may hold
  * several URLs), into out (n bytes), so that passwords never reach a message. */
 void svlm_uri_redact(const char *s, char *out, size_t n);
+/* A source's URI as clients may see it: the login of a URL ("user:pass@" ends only at /?#, as
+ * FFmpeg reads it), password-like query values (password=, pwd=, token=, ...) and, in a gst:
+ * description, also the user-pw= / proxy-pw= properties as "***". out may be cut at n bytes. */
+void svlm_uri_redact_source(const char *uri, char *out, size_t n);
 
 /* Why a blocking backend call should give up. */
 typedef enum svlm_stop_reason {

@@ -104,6 +104,60 @@ void svlm_uri_redact(const char *s, char *out, size_t n) {
     out[o] = 0;
 }
 
+/* The value after each `key=` of keys (a NULL-ended list, matched after one of `starts`) as "***",
+ * up to one of `stops`, in place; the text only shrinks or keeps its length. */
+static void mask_values(char *s, const char *const *keys, const char *starts, const char *stops) {
+    for (char *p = s; *p; p++) {
+        if (p != s && !strchr(starts, p[-1])) continue;
+        for (const char *const *k = keys; *k; k++) {
+            const size_t kl = strlen(*k);
+            if (strncasecmp(p, *k, kl)) continue;
+            char *v = p + kl;
+            const size_t vl = strcspn(v, stops);
+            if (vl > 3) {
+                memcpy(v, "***", 3);
+                memmove(v + 3, v + vl, strlen(v + vl) + 1);
+            } else if (vl > 0) {
+                memset(v, '*', vl);
+            }
+            p = v;
+            break;
+        }
+    }
+}
+
+void svlm_uri_redact_source(const char *uri, char *out, size_t n) {
+    if (!n) return;
+    static const char *const url_keys[] = {"password=", "passwd=", "pass=", "pwd=", "token=", NULL};
+    static const char *const gst_keys[] = {"user-pw=", "proxy-pw=", NULL};
+    if (!strncmp(uri,
+                 "gst:", 4)) { /* a launch description: URLs anywhere, and the sources' password properties */
+        svlm_uri_redact(uri, out, n);
+        mask_values(out, gst_keys, " \t!", " \t!");
+        mask_values(out, url_keys, "?&", "& \t!#");
+        return;
+    }
+    /* one URL or path: the authority ends only where FFmpeg ends it (/?#), so a password with a
+     * space or a quote is hidden too */
+    const char *sep = strstr(uri, "://");
+    size_t o = 0;
+    if (sep) {
+        const size_t head = (size_t)(sep + 3 - uri), auth = strcspn(sep + 3, "/?#");
+        size_t login = auth;
+        while (login > 0 && sep[3 + login - 1] != '@')
+            login--;
+        if (login > 0) {
+            o = (size_t)snprintf(out, n, "%.*s***%s", (int)head, uri, sep + 3 + login - 1);
+        } else {
+            o = (size_t)snprintf(out, n, "%s", uri);
+        }
+    } else {
+        o = (size_t)snprintf(out, n, "%s", uri);
+    }
+    (void)o;
+    mask_values(out, url_keys, "?&", "&#");
+}
+
 const char *svlm_uri_kind_name(svlm_uri_kind kind) {
     switch (kind) {
     case SVLM_URI_FILE: return "file";

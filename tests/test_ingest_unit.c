@@ -57,6 +57,28 @@ static void test_uri(void) {
     CHECK(svlm_uri_parse("rtsp://u:p@cam:554/x", &u, &err) == SVLM_OK && u.kind == SVLM_URI_RTSP,
           "a host after user:password@");
     CHECK(svlm_uri_parse("gst:", &u, &err) == SVLM_E_INVALID, "gst: without a description");
+    /* what clients see of a source's URI: no login, whatever its characters, no password-like
+     * query values or gst: password properties; paths and URLs without them unchanged */
+    static const char *const shown[][2] = {
+        {"rtsp://admin:it's@192.0.2.1/cam", "rtsp://***@192.0.2.1/cam"},
+        {"rtsp://admin:p w\"x@192.0.2.1:554/cam?a=1", "rtsp://***@192.0.2.1:554/cam?a=1"},
+        {"rtsp://a@h", "rtsp://***@h"},
+        {"http://cam/video.cgi?user=admin&password=hunter2&res=hi",
+         "http://cam/video.cgi?user=admin&password=***&res=hi"},
+        {"http://cam/v?pwd=ab", "http://cam/v?pwd=**"},
+        {"gst:rtspsrc location=rtsp://u:p@cam/x user-id=u user-pw=secret ! decodebin",
+         "gst:rtspsrc location=rtsp://***@cam/x user-id=u user-pw=*** ! decodebin"},
+        {"/videos/a b.mp4", "/videos/a b.mp4"},
+        {"rtsp://cam.lan/stream1", "rtsp://cam.lan/stream1"},
+    };
+    for (size_t i = 0; i < sizeof shown / sizeof shown[0]; i++) {
+        char out[256];
+        svlm_uri_redact_source(shown[i][0], out, sizeof out);
+        CHECK(!strcmp(out, shown[i][1]), "%s shown as %s, expected %s", shown[i][0], out, shown[i][1]);
+    }
+    char small[12];
+    svlm_uri_redact_source("rtsp://user:secret@camera/x", small, sizeof small);
+    CHECK(!strstr(small, "sec") && strlen(small) < sizeof small, "cut short: %s", small);
 }
 
 /* Frames at `rate` for `seconds`, sampled at fps: the pts of the kept frames. */

@@ -44,6 +44,8 @@ typedef struct gst_ctx {
      * frames after them the same time, e.g. box_printed_text_handheld.mp4: not a stuck file);
      * without a decoder the frames are the stream itself. */
     atomic_int have_decoder, input_stalled;
+    /* A network source made a local file's source (refuse_local_file): nothing of it is delivered. */
+    atomic_int local_refused;
     /* The reference of the meta that carries a synthesized time from the probe to the frame. */
     GstCaps *time_ref;
 } gst_ctx;
@@ -149,6 +151,7 @@ static double buffer_time(gst_ctx *c, GstPad *pad, GstPadProbeInfo *info) {
 static GstPadProbeReturn sample_probe(GstPad *pad, GstPadProbeInfo *info, gpointer user) {
     gst_ctx *c = user;
     GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    if (atomic_load(&c->local_refused)) return GST_PAD_PROBE_DROP;
     atomic_fetch_add(&c->ctl->decoded, 1);
     if (!c->sampler) return GST_PAD_PROBE_OK; /* probing: let it preroll */
     if (GST_BUFFER_FLAG_IS_SET(buf, GST_BUFFER_FLAG_CORRUPTED)) {
@@ -220,8 +223,29 @@ static void watch_decoder(gst_ctx *c, GstElement *el) {
     atomic_store(&c->have_decoder, 1);
 }
 
+/* A network stream that makes a source of a local file (an HLS or DASH playlist's file://
+ * segment: GStreamer follows it, FFmpeg's network whitelist does not) fails instead: a playlist
+ * from the network may not read this machine's files. */
+static void refuse_local_file(gst_ctx *c, GstElement *el) {
+    if (c->uri->kind != SVLM_URI_RTSP && c->uri->kind != SVLM_URI_HTTP) return;
+    GstElementFactory *f = gst_element_get_factory(el);
+    const char *name = f ? GST_OBJECT_NAME(f) : "";
+    static const char *const local[] = {"filesrc", "giosrc", "multifilesrc", "splitfilesrc", "fdsrc"};
+    for (size_t i = 0; i < sizeof local / sizeof local[0]; i++)
+        if (!strcmp(name, local[i])) {
+            atomic_store(&c->local_refused, 1);
+            GError *e = g_error_new(GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_OPEN_READ,
+                                    "the network stream names a local file (a playlist's file:// "
+                                    "segment?): refused");
+            gst_element_post_message(c->pipeline, gst_message_new_error(GST_OBJECT(el), e, NULL));
+            g_error_free(e);
+            return;
+        }
+}
+
 static void on_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer user) {
     (void)bin, (void)sub;
+    refuse_local_file(user, el);
     watch_decoder(user, el);
 }
 

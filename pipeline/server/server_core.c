@@ -80,9 +80,6 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     if (!b || !b->info || !b->open_stream || !b->close_stream || !b->list_streams || !b->stream_status ||
         !b->latest_frame || !b->ask || !b->cancel || !b->watch || !b->unwatch)
         return svlm_fail(err, SVLM_E_INVALID, "the server backend is missing functions");
-    if (!svlm_host_is_loopback(cfg->host) && !cfg->token[0])
-        return svlm_fail(err, SVLM_E_INVALID,
-                         "listening on %s (not loopback) needs a token: pass --token-file FILE", cfg->host);
     if (cfg->port < 0 || cfg->port > 65535)
         return svlm_fail(err, SVLM_E_INVALID, "port %d is out of range", cfg->port);
     if (cfg->max_message_bytes < 1024 || cfg->max_messages_per_s <= 0 || cfg->max_questions_per_client < 1 ||
@@ -93,6 +90,9 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     char addr[64];
     svlm_status st = svlm_server_listen_address(cfg->host, cfg->port, addr, sizeof addr, err);
     if (st != SVLM_OK) return st;
+    if (!svlm_host_is_loopback(addr) && !cfg->token[0]) /* (the address the name resolves to decides) */
+        return svlm_fail(err, SVLM_E_INVALID,
+                         "listening on %s (not loopback) needs a token: pass --token-file FILE", cfg->host);
     svlm_server *srv = calloc(1, sizeof *srv);
     if (!srv) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     srv->cfg = *cfg;
@@ -107,13 +107,15 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.port = cfg->port;
-    info.iface = addr; /* numeric: a name made libwebsockets defer listening for ever */
+    snprintf(srv->listen_addr, sizeof srv->listen_addr, "%s", addr);
+    info.iface = srv->listen_addr; /* numeric: a name made libwebsockets defer listening for ever */
     info.protocols = protocols;
     info.user = srv;
     /* No LWS_SERVER_OPTION_VALIDATE_UTF8: with it, libwebsockets closed the connection (1007) on a
      * text message that is not UTF-8, and the client's answers and watches went with it; jansson
      * checks the whole message instead, and it gets a bad_json error as docs/protocol.md says. */
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    /* a failed bind fails the context (else it retries every 30 s, listening nowhere meanwhile) */
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
     info.max_http_header_data = 4096;
     info.timeout_secs = 30;
     info.ka_time = 0;

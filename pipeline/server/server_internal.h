@@ -117,6 +117,7 @@ struct svlm_server {
     struct lws_context *ctx;
     struct lws_vhost *vhost;
     int port;
+    char listen_addr[64]; /* the numeric address (libwebsockets keeps a pointer to it) */
     atomic_int stop;
     double t_start;
 

@@ -30,7 +30,8 @@ static void authority_of(const char *origin, char *out, size_t cap) {
 
 /* Whether host[:port] names loopback: "localhost", 127.x.y.z or [::1], with or without a port. */
 static int authority_is_loopback(const char *auth) {
-    char host[256];
+    if (strchr(auth, ',')) return 0; /* several Host headers, joined */
+    char host[1024];
     if (auth[0] == '[') {
         snprintf(host, sizeof host, "%.*s", (int)strcspn(auth, "]") + 1, auth);
     } else {
@@ -55,7 +56,7 @@ static int listed(const char *list, const char *origin) {
 }
 
 const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi) {
-    char origin[512], host[256];
+    char origin[1024], host[1024];
     const int has_origin = header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin);
     const int has_host = header(wsi, WSI_TOKEN_HOST, host, sizeof host);
     if (has_origin < 0 || has_host < 0) return "an Origin or Host header too long";
@@ -63,8 +64,16 @@ const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi) {
         return "this server has no token and answers only requests addressed to loopback (127.0.0.1 or "
                "localhost): a Host header naming another host is how a web page reaches it by DNS "
                "rebinding; give the server a token (--token-file) to serve other names";
+    /* another site's <img> or <script> carries no Origin, but the browser says where it comes
+     * from (a snapshot's load told the page whether a stream exists); following a link is fine */
+    char fetch_site[32], fetch_mode[32];
+    if (!has_origin && lws_hdr_custom_copy(wsi, fetch_site, sizeof fetch_site, "sec-fetch-site:", 15) > 0 &&
+        (!strcasecmp(fetch_site, "cross-site") || !strcasecmp(fetch_site, "same-site")) &&
+        !(lws_hdr_custom_copy(wsi, fetch_mode, sizeof fetch_mode, "sec-fetch-mode:", 15) > 0 &&
+          !strcasecmp(fetch_mode, "navigate")))
+        return "a web page from another site may not use this server (Sec-Fetch-Site: cross-site)";
     if (!has_origin || listed(srv->cfg.allowed_origins, origin)) return NULL;
-    char auth[512];
+    char auth[1024];
     authority_of(origin, auth, sizeof auth);
     if (has_host && !strcasecmp(auth, host)) return NULL; /* svlm's own page */
     return "a web page from another site (its Origin header) may not use this server: a page you "

@@ -2,6 +2,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "pipeline/server/server_internal.h"
@@ -61,12 +62,18 @@ int svlm_token_equal(const char *expected, const char *presented, size_t present
 }
 
 int svlm_host_is_loopback(const char *host) {
-    if (!strcmp(host, "localhost") || !strcmp(host, "::1") || !strcmp(host, "[::1]")) return 1;
-    unsigned a, b, c, d;
-    char tail;
-    if (sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4)
-        return a == 127 && b < 256 && c < 256 && d < 256;
-    return 0;
+    if (!strcasecmp(host, "localhost") || !strcmp(host, "::1") || !strcmp(host, "[::1]")) return 1;
+    /* 127.b.c.d in plain decimal (sscanf's %u took signs, spaces and leading zeros: "127.0.0.+1",
+     * which a browser reads as a name) */
+    const char *p = host;
+    for (int part = 0; part < 4; part++) {
+        const size_t n = strspn(p, "0123456789");
+        if (n == 0 || n > 3 || (n > 1 && *p == '0') || atoi(p) > 255 || (part == 0 && atoi(p) != 127))
+            return 0;
+        p += n;
+        if (part < 3 && *p++ != '.') return 0;
+    }
+    return *p == 0;
 }
 
 /* Makes s valid UTF-8 in place: jansson refuses a string that is not, and a reply built with it
@@ -132,8 +139,9 @@ int srv_authorized(svlm_server *srv, struct lws *wsi) {
 
 json_t *srv_status_json(const svlm_backend_stream_status *st) {
     /* a camera's password stays with the server: every client, the page included, lists streams */
-    char uri[sizeof st->uri];
-    svlm_uri_redact(st->uri, uri, sizeof uri);
+    char uri[sizeof st->uri + 16]; /* ("a@" becomes "***@"); a cut inside a character: not JSON */
+    svlm_uri_redact_source(st->uri, uri, sizeof uri);
+    srv_utf8_fix(uri);
     json_t *mem = json_object();
     int64_t total = 0;
     for (int k = 0; k < st->n_tiers && k < SVLM_BACKEND_MAX_TIERS; k++) {

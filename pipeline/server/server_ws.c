@@ -245,6 +245,12 @@ static void do_hello(req_ctx *r) {
     srv_ws_send_json(srv, r->c, m);
 }
 
+/* /dev/videoN: a camera (a v4l2 path elsewhere tells whether a file exists, or opens any device) */
+static int is_video_device(const char *path) {
+    const size_t n = strlen("/dev/video");
+    return !strncmp(path, "/dev/video", n) && path[n] && strspn(path + n, "0123456789") == strlen(path + n);
+}
+
 static void do_open(req_ctx *r) {
     svlm_server *srv = r->srv;
     const char *name, *uri;
@@ -263,12 +269,15 @@ static void do_open(req_ctx *r) {
     svlm_uri parsed;
     svlm_err uerr = {0};
     if (!srv->cfg.token[0] && !srv->cfg.local_open && svlm_uri_parse(uri, &parsed, &uerr) == SVLM_OK &&
-        (parsed.kind == SVLM_URI_GST || parsed.kind == SVLM_URI_FILE)) {
+        (parsed.kind == SVLM_URI_GST || parsed.kind == SVLM_URI_FILE ||
+         (parsed.kind == SVLM_URI_V4L2 && !is_video_device(parsed.target)))) {
         srv_ws_error(srv, r->c, r->id, "not_allowed",
                      "this server has no token, so clients may not open %s (anyone on this machine can "
                      "connect): give it with --source at start, or start the server with --token-file or "
                      "--allow-local-open",
-                     parsed.kind == SVLM_URI_GST ? "gst: pipelines" : "local files");
+                     parsed.kind == SVLM_URI_GST    ? "gst: pipelines"
+                     : parsed.kind == SVLM_URI_FILE ? "local files"
+                                                    : "devices other than /dev/videoN");
         return;
     }
     svlm_backend_stream_status st;

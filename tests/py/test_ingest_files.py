@@ -294,6 +294,12 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+# a playlist from the network whose segment is a local file: refused by both backends (FFmpeg's
+# network whitelist has no file:; GStreamer followed it and read the file)
+segs = sorted(f for f in os.listdir(hls_dir) if f.endswith(".ts"))
+with open(os.path.join(hls_dir, "local.m3u8"), "w") as f:
+    f.write("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\n"
+            "file://%s\n#EXT-X-ENDLIST\n" % os.path.join(hls_dir, segs[0]))
 handler = functools.partial(QuietHandler, directory=T)
 httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -317,6 +323,8 @@ for be in BACKENDS:
     rc, frames, _, err = run_frames(f"{login}/zero_mjpeg.mkv", "--backend", be, "--fps", "1")
     check(rc == 0 and len(frames) == 4 and "s3cret" not in err and "http://***@" in err,
           f"http with a login/{be}: rc {rc}, {len(frames)} frames, {err[:300]!r}")
+    rc, frames, _, err = run_frames(f"{base}/hls/local.m3u8", "--backend", be, "--fps", "2", "--replay")
+    check(rc == 1 and not frames, f"hls naming a local file/{be}: rc {rc}, {len(frames)} frames {err[:200]}")
     p = run_svlm("frames", f"{base}/missing.mp4", "--backend", be, "--open-timeout", "5")
     check(p.returncode == 1 and "svlm:" in p.stderr, f"http 404/{be}: rc {p.returncode} {p.stderr[:200]}")
 httpd.shutdown()

@@ -37,11 +37,11 @@ async def handshake(url, origin=None, extra_headers=None):
         return "refused"
 
 
-def raw_get(port, path, host, origin=None):
-    """Status of a GET with exactly these Host and Origin headers."""
+def raw_get(port, path, host, origin=None, extra=""):
+    """Status of a GET with exactly these Host and Origin headers (and extra header lines)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        req = "GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n" % (
-            path, host, "Origin: %s\r\n" % origin if origin else "")
+        req = "GET %s HTTP/1.1\r\nHost: %s\r\n%s%sConnection: close\r\n\r\n" % (
+            path, host, "Origin: %s\r\n" % origin if origin else "", extra)
         s.sendall(req.encode())
         data = b""
         while True:
@@ -70,6 +70,17 @@ def main():
         st, body = raw_get(h.port, "/v1/streams", "evil.example:%d" % h.port, "http://evil.example:%d" % h.port)
         assert st == 403 and b"DNS rebinding" in body, (st, body)
         assert raw_get(h.port, "/health", "evil.example:%d" % h.port)[0] == 403
+        # loopback in plain decimal only ("127.0.0.+1" is a name to a browser), any case of
+        # localhost; two Host headers (joined by libwebsockets) are not loopback
+        assert raw_get(h.port, "/health", "127.0.0.+1:%d" % h.port)[0] == 403
+        assert raw_get(h.port, "/health", "127.000.0.1:%d" % h.port)[0] == 403
+        assert raw_get(h.port, "/health", "LocalHost:%d" % h.port)[0] == 200
+        assert raw_get(h.port, "/health", "127.0.0.1:%d\r\nHost: evil.example" % h.port)[0] == 403
+        # another site's <img> sends no Origin but Sec-Fetch-Site; a link followed to the page is fine
+        img = "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n"
+        assert raw_get(h.port, "/v1/streams/cam/snapshot.jpg", host, extra=img)[0] == 403
+        assert raw_get(h.port, "/", host, extra="Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\n")[0] == 200
+        assert raw_get(h.port, "/health", host, extra="Sec-Fetch-Site: same-origin\r\n")[0] == 200
         st, _, _ = http(h.base + "/metrics")
         assert st == 200
         _, _, metrics = http(h.base + "/metrics")
@@ -87,13 +98,16 @@ def main():
     for kw, allowed in (({}, False), ({"local_open": True}, True), ({"token": "s3cret-token"}, True)):
         with Host(**kw) as h:
             got = asyncio.run(opens(h.ws_url, ["gst:videotestsrc ! filesink location=/tmp/x", "/tmp/clip.mp4",
-                                               "file:///tmp/clip.mp4", "rtsp://192.0.2.1/cam", "pattern:"]))
-            want = ["opened"] * 5 if allowed else ["not_allowed"] * 3 + ["opened"] * 2
+                                               "file:///tmp/clip.mp4", "v4l2:///dev/ttyACM0", "v4l2:///etc/x",
+                                               "rtsp://192.0.2.1/cam", "pattern:", "v4l2:///dev/video0"]))
+            want = ["opened"] * 8 if allowed else ["not_allowed"] * 5 + ["opened"] * 3
             assert got == want, (kw, got)
     # a camera's password: not in list, status, /v1/streams or /metrics
     with Host() as h:
-        got = asyncio.run(opens(h.ws_url, ["rtsp://bob:secret@192.0.2.1/cam"], listing=True))
-        assert got[0] == "opened" and "secret" not in got[1] and "rtsp://***@192.0.2.1/cam" in got[1], got
+        got = asyncio.run(opens(h.ws_url, ["rtsp://bob:secret@192.0.2.1/cam", "rtsp://bob:it's secret@192.0.2.2/c",
+                                           "http://192.0.2.3/v.cgi?user=bob&password=secret"], listing=True))
+        assert got[:3] == ["opened"] * 3 and "secret" not in got[3] and "rtsp://***@192.0.2.1/cam" in got[3], got
+        assert "rtsp://***@192.0.2.2/c" in got[3] and "password=***" in got[3], got
         for path in ("/v1/streams", "/v1/streams/s0", "/metrics", "/v1/models"):
             st, _, body = http(h.base + path)
             assert st == 200 and b"secret" not in body, (path, body[:300])

@@ -86,13 +86,19 @@ static void usage(FILE *f) {
 }
 
 /* Adds an origin browsers' requests may come from ("*": any). */
-static int allow_origin(const char *o, svlm_server_config *cfg) {
+static int allow_origin(const char *given, svlm_server_config *cfg) {
     const size_t used = strlen(cfg->allowed_origins);
-    if (!*o || strchr(o, ',') || strchr(o, ' ') || (strcmp(o, "*") && !strstr(o, "://"))) {
+    char o[512]; /* as a browser sends it: scheme://host[:port], no path (a trailing '/' dropped) */
+    snprintf(o, sizeof o, "%s", given);
+    const size_t len = strlen(o);
+    if (len > 1 && o[len - 1] == '/') o[len - 1] = 0;
+    const char *sep = strstr(o, "://");
+    if (!*o || strlen(given) >= sizeof o || strchr(o, ',') || strchr(o, ' ') || (strcmp(o, "*") && !sep) ||
+        (sep && (strchr(sep + 3, '/') || !sep[3]))) {
         fprintf(stderr,
                 "svlm serve: --allow-origin expects an origin as a browser sends it (https://host:port) "
                 "or *, got '%s'\n",
-                o);
+                given);
         return -1;
     }
     if (used + strlen(o) + 2 > sizeof cfg->allowed_origins) {
@@ -532,16 +538,16 @@ int cmd_serve(int argc, char **argv) {
                 return 1;
             }
     }
-    if (!svlm_host_is_loopback(cfg.host) && !cfg.token[0]) { /* before the slow part: loading models */
-        fprintf(stderr, "svlm serve: listening on %s needs a token (--token-file)\n", cfg.host);
-        return 2;
-    }
-    {
+    { /* before the slow part, loading models: the address resolved and bound once */
         char addr[64];
         svlm_err lerr = {0};
         if (svlm_server_listen_address(cfg.host, cfg.port, addr, sizeof addr, &lerr) != SVLM_OK) {
             fprintf(stderr, "svlm serve: %s\n", lerr.msg);
             return 1;
+        }
+        if (!svlm_host_is_loopback(addr) && !cfg.token[0]) { /* (what the name resolves to decides) */
+            fprintf(stderr, "svlm serve: listening on %s needs a token (--token-file)\n", cfg.host);
+            return 2;
         }
     }
     if (cfg.web_root[0]) { /* a folder given (--web, "web"): it must hold the page */
