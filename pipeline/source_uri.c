@@ -130,8 +130,8 @@ void svlm_uri_redact_source(const char *uri, char *out, size_t n) {
     if (!n) return;
     static const char *const url_keys[] = {"password=", "passwd=", "pass=", "pwd=", "token=", NULL};
     static const char *const gst_keys[] = {"user-pw=", "proxy-pw=", NULL};
-    if (!strncmp(uri,
-                 "gst:", 4)) { /* a launch description: URLs anywhere, and the sources' password properties */
+    /* a launch description: URLs anywhere in it, and its sources' password properties */
+    if (!strncmp(uri, "gst:", 4)) {
         svlm_uri_redact(uri, out, n);
         mask_values(out, gst_keys, " \t!", " \t!");
         mask_values(out, url_keys, "?&", "& \t!#");
@@ -140,21 +140,13 @@ void svlm_uri_redact_source(const char *uri, char *out, size_t n) {
     /* one URL or path: the authority ends only where FFmpeg ends it (/?#), so a password with a
      * space or a quote is hidden too */
     const char *sep = strstr(uri, "://");
-    size_t o = 0;
-    if (sep) {
-        const size_t head = (size_t)(sep + 3 - uri), auth = strcspn(sep + 3, "/?#");
-        size_t login = auth;
-        while (login > 0 && sep[3 + login - 1] != '@')
-            login--;
-        if (login > 0) {
-            o = (size_t)snprintf(out, n, "%.*s***%s", (int)head, uri, sep + 3 + login - 1);
-        } else {
-            o = (size_t)snprintf(out, n, "%s", uri);
-        }
-    } else {
-        o = (size_t)snprintf(out, n, "%s", uri);
-    }
-    (void)o;
+    size_t login = sep ? strcspn(sep + 3, "/?#") : 0;
+    while (login > 0 && sep[3 + login - 1] != '@')
+        login--;
+    if (login > 0)
+        snprintf(out, n, "%.*s***%s", (int)(sep + 3 - uri), uri, sep + 3 + login - 1);
+    else
+        snprintf(out, n, "%s", uri);
     mask_values(out, url_keys, "?&", "&#");
 }
 
