@@ -7,9 +7,39 @@
 
 #define HTTP_CHUNK 16384
 
+int srv_http_add_cors(srv_conn *c, unsigned char **p, unsigned char *end) {
+    if (!c->cors[0]) return 0;
+    return lws_add_http_header_by_name(c->wsi, (const unsigned char *)"access-control-allow-origin:",
+                                       (const unsigned char *)c->cors, (int)strlen(c->cors), p, end) ||
+           lws_add_http_header_by_name(
+               c->wsi, (const unsigned char *)"vary:", (const unsigned char *)"Origin", 6, p, end);
+}
+
+/* An allowed other site's preflight (OPTIONS): what its scripts may send. */
+static int preflight(srv_conn *c) {
+    unsigned char hdr[LWS_PRE + 1536], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
+    static const char *const h[][2] = {{"access-control-allow-methods:", "GET, POST, OPTIONS"},
+                                       {"access-control-allow-headers:", "Authorization, Content-Type"},
+                                       {"access-control-max-age:", "600"}};
+    if (lws_add_http_common_headers(c->wsi, 204, NULL, 0, &p, end) || srv_http_add_cors(c, &p, end))
+        return -1;
+    for (size_t i = 0; i < sizeof h / sizeof h[0]; i++)
+        if (lws_add_http_header_by_name(c->wsi, (const unsigned char *)h[i][0],
+                                        (const unsigned char *)h[i][1], (int)strlen(h[i][1]), &p, end))
+            return -1;
+    if (lws_finalize_write_http_header(c->wsi, start, &p, end)) return -1;
+    free(c->resp); /* an empty body, ended as srv_http_writeable ends every response */
+    c->resp = srv_msg_new(NULL, 0);
+    c->resp_off = 0;
+    if (!c->resp) return -1;
+    lws_callback_on_writable(c->wsi);
+    return 0;
+}
+
 int srv_http_respond(srv_conn *c, int status, const char *type, const void *body, size_t len) {
-    unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
+    unsigned char hdr[LWS_PRE + 1536], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
     if (lws_add_http_common_headers(c->wsi, (unsigned)status, type, len, &p, end)) return -1;
+    if (srv_http_add_cors(c, &p, end)) return -1;
     if (lws_add_http_header_by_name(
             c->wsi, (const unsigned char *)"cache-control:", (const unsigned char *)"no-store", 8, &p, end))
         return -1;
@@ -162,6 +192,8 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     c->is_post = lws_hdr_total_length(c->wsi, WSI_TOKEN_POST_URI) > 0;
     const char *refused = srv_origin_refusal(srv, c->wsi);
     if (refused) return srv_http_error(c, 403, "forbidden_origin", refused);
+    srv_cors_origin(srv, c->wsi, c->cors, sizeof c->cors);
+    if (c->cors[0] && lws_hdr_total_length(c->wsi, WSI_TOKEN_OPTIONS_URI) > 0) return preflight(c);
     if (!c->is_post && lws_hdr_total_length(c->wsi, WSI_TOKEN_GET_URI) <= 0 &&
         lws_hdr_total_length(c->wsi, WSI_TOKEN_HEAD_URI) <= 0) /* a DELETE must not look done */
         return srv_http_error(c, 405, "method_not_allowed",

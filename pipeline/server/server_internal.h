@@ -56,6 +56,7 @@ typedef struct srv_conn {
     int body_oversize;
     int rejected;    /* a POST answered with an error before its body: the body is read, then dropped */
     int close_after; /* a chat POST's body was read: the connection closes after the answer */
+    char cors[512];  /* an allowed other site's Origin, echoed in Access-Control-Allow-Origin ("" none) */
     int http_status;
     srv_msg *resp; /* whole response body, sent in pieces */
     size_t resp_off;
@@ -161,6 +162,9 @@ json_t *srv_status_json(const svlm_backend_stream_status *st);
 /* ---- server_origin.c ---- */
 /* NULL when a browser's request may be served (by its Origin and Host headers), else why not. */
 const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi);
+/* The request's Origin into out when it is an allowed other site's (the page's own needs no CORS
+ * headers); "" otherwise. */
+void srv_cors_origin(const svlm_server *srv, struct lws *wsi, char *out, size_t cap);
 
 /* ---- server_events.c ---- */
 extern const svlm_backend_ask_cb srv_ask_cb_template;
@@ -202,6 +206,8 @@ int srv_http_writeable(svlm_server *srv, srv_conn *c);
 void srv_http_closed(svlm_server *srv, srv_conn *c);
 /* Queues a whole response and asks for a writeable callback (returns 0, or -1 to close). */
 int srv_http_respond(srv_conn *c, int status, const char *type, const void *body, size_t len);
+/* Access-Control-Allow-Origin and Vary for an allowed other site's request (c->cors), if any. */
+int srv_http_add_cors(srv_conn *c, unsigned char **p, unsigned char *end);
 int srv_http_respond_json(srv_conn *c, int status, json_t *body); /* steals body */
 int srv_http_error(srv_conn *c, int status, const char *code, const char *msg);
 

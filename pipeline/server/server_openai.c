@@ -223,9 +223,10 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     }
     rc = 0;
     if (c->ask_stream_flag) {
-        unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
+        unsigned char hdr[LWS_PRE + 1536], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
         if (lws_add_http_common_headers(c->wsi, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN, &p,
                                         end) ||
+            srv_http_add_cors(c, &p, end) ||
             lws_add_http_header_by_name(c->wsi, (const unsigned char *)"cache-control:",
                                         (const unsigned char *)"no-cache", 8, &p, end) ||
             lws_finalize_write_http_header(c->wsi, start, &p, end)) {

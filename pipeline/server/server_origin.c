@@ -79,3 +79,15 @@ const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi) {
     return "a web page from another site (its Origin header) may not use this server: a page you "
            "visit could otherwise ask about your cameras; allow it with --allow-origin ORIGIN";
 }
+
+void srv_cors_origin(const svlm_server *srv, struct lws *wsi, char *out, size_t cap) {
+    char origin[1024], host[1024], auth[1024];
+    out[0] = 0;
+    if (header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin) != 1 || strlen(origin) >= cap ||
+        !listed(srv->cfg.allowed_origins, origin))
+        return;
+    authority_of(origin, auth, sizeof auth);
+    if (header(wsi, WSI_TOKEN_HOST, host, sizeof host) == 1 && !strcasecmp(auth, host))
+        return; /* its own page */
+    memcpy(out, origin, strlen(origin) + 1);
+}

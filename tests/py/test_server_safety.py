@@ -37,11 +37,12 @@ async def handshake(url, origin=None, extra_headers=None):
         return "refused"
 
 
-def raw_get(port, path, host, origin=None, extra=""):
-    """Status of a GET with exactly these Host and Origin headers (and extra header lines)."""
+def raw_request(port, path, host, origin=None, extra="", method="GET"):
+    """(status, header bytes, body) of a request with exactly these Host and Origin headers (and
+    extra header lines)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        req = "GET %s HTTP/1.1\r\nHost: %s\r\n%s%sConnection: close\r\n\r\n" % (
-            path, host, "Origin: %s\r\n" % origin if origin else "", extra)
+        req = "%s %s HTTP/1.1\r\nHost: %s\r\n%s%sConnection: close\r\n\r\n" % (
+            method, path, host, "Origin: %s\r\n" % origin if origin else "", extra)
         s.sendall(req.encode())
         data = b""
         while True:
@@ -49,7 +50,14 @@ def raw_get(port, path, host, origin=None, extra=""):
             if not chunk:
                 break
             data += chunk
-    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(data.split(b" ", 2)[1]), head.lower(), body
+
+
+def raw_get(port, path, host, origin=None, extra=""):
+    """(status, body) of a GET with exactly these Host and Origin headers (and extra header lines)."""
+    st, _, body = raw_request(port, path, host, origin, extra)
+    return st, body
 
 
 def main():
@@ -92,6 +100,20 @@ def main():
         assert asyncio.run(handshake(h.ws_url, origin=EVIL)) == "refused"
         st, _ = raw_get(h.port, "/health", "camera-box.lan:%d" % h.port)
         assert st == 200, st
+        # the allowed site's scripts may read the HTTP endpoints too (CORS): its preflight is
+        # answered, and answers name it; the server's own page and other sites get no such header
+        host = "127.0.0.1:%d" % h.port
+        pre = "Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\n"
+        st, head, _ = raw_request(h.port, "/v1/chat/completions", host, "http://dash.example", pre, "OPTIONS")
+        assert st == 204 and b"access-control-allow-origin: http://dash.example" in head, (st, head)
+        assert b"access-control-allow-headers: authorization, content-type" in head, head
+        st, head, _ = raw_request(h.port, "/v1/streams", host, "http://dash.example",
+                                  "Authorization: Bearer s3cret-token\r\n")
+        assert st == 200 and b"access-control-allow-origin: http://dash.example" in head, (st, head)
+        st, head, _ = raw_request(h.port, "/v1/streams", host, "http://" + host, "Authorization: Bearer s3cret-token\r\n")
+        assert st == 200 and b"access-control-allow-origin" not in head, (st, head)
+        st, head, _ = raw_request(h.port, "/v1/streams", host, EVIL, "", "OPTIONS")
+        assert st == 403 and b"access-control-allow-origin" not in head, (st, head)
     with Host(allow_origin="*") as h:
         assert asyncio.run(handshake(h.ws_url, origin=EVIL)) == "ok"
     # what a client may open
