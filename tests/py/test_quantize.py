@@ -5,7 +5,7 @@ Tolerances are what each type's rounding allows on this model (logits span about
 max |d logit| over the 44-token prompt (measured: f16 0.011, bf16 0.115, q8_0 0.238, q5_1 1.80,
 q4_0 4.49 — this 260K-parameter model is very sensitive to 4- and 5-bit rounding), and the share of
 positions whose argmax agrees (measured 44/44 for every type)."""
-import array, json, os, struct, subprocess, sys, tempfile
+import array, json, os, shutil, struct, subprocess, sys, tempfile
 
 data = os.environ.get('SVLM_TEST_DATA', '../shared')
 binp = os.environ['SVLM_BIN']
@@ -51,6 +51,14 @@ with tempfile.TemporaryDirectory() as d:
             fails.append('%s: argmax agrees at only %d/%d positions' % (t, agree, N))
         else:
             passed += 1
+    # OUT naming IN (here through a link): refused, the model kept (it was replaced by its copy)
+    own = os.path.join(d, 'own.gguf')
+    shutil.copyfile(model, own)
+    os.symlink(own, os.path.join(d, 'own-link.gguf'))
+    p = subprocess.run([binp, 'quantize', own, os.path.join(d, 'own-link.gguf'), '--type', 'q8_0'],
+                       capture_output=True, text=True)
+    if p.returncode != 2 or 'OUT is IN' not in p.stderr or open(own, 'rb').read() != open(model, 'rb').read():
+        fails.append('quantize onto its input: rc %d, %r' % (p.returncode, p.stderr[-200:]))
     for args, needle in ((['quantize', model, os.path.join(d, 'x.gguf'), '--type', 'q9'], 'not one svlm writes'),
                          (['quantize', '/nonexistent.gguf', os.path.join(d, 'x.gguf'), '--type', 'q8_0'], 'nonexistent'),
                          (['quantize', model], 'required')):

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "llm/gguf.h"
@@ -79,6 +80,13 @@ int cmd_quantize(int argc, char **argv) {
           want == SVLM_Q4_0 || want == SVLM_Q4_1 || want == SVLM_Q5_0 || want == SVLM_Q5_1 ||
           want == SVLM_Q4_K || want == SVLM_Q5_K || want == SVLM_Q6_K)) {
         fprintf(stderr, "svlm quantize: --type '%s' is not one svlm writes\n", type_name);
+        return 2;
+    }
+    /* OUT replaces its file when done (a temporary, then a rename): naming IN again would replace
+     * the model being converted, a lossy copy in place of the original */
+    struct stat si, so;
+    if (!stat(in, &si) && !stat(out, &so) && si.st_dev == so.st_dev && si.st_ino == so.st_ino) {
+        fprintf(stderr, "svlm quantize: OUT is IN (%s): write the converted model to another file\n", out);
         return 2;
     }
     svlm_err err = {0};
