@@ -103,6 +103,10 @@ SPECIFIC = [
     (['ask', 'ws://bob:secret@127.0.0.1:9', 's', 'q'], {}, 2, 'carries a user or password'),
     (['ask', 'ftp://127.0.0.1:9', 's', 'q'], {}, 2, 'URL must look like ws://HOST:PORT'),
     (['bench', '-m', NOMODEL, '--pp', '0', '--tg', '0'], {}, 2, 'leave nothing to measure'),
+    # an output naming an input (by any path): refused before anything is written over it
+    (['logits', '-m', long_token, '--tokens', '1', '--out', aux + '/./long-token'], {}, 2, 'is the input'),
+    (['perplexity', '-m', NOMODEL, '-f', long_token, '--tokens-out', long_token], {}, 2, 'is the input'),
+    (['quantize', long_token, long_token, '--type', 'q8_0'], {}, 2, 'is the input'),
     (['ask', '--token-file', aux, 'ws://127.0.0.1:9', 's', 'q'], {}, 2, 'cannot read'),
     (['ask', 'ws://127.0.0.1:9', 's', 'q'], {'SVLM_TOKEN': 't' * 400}, 2, 'longer than'),
 ]

@@ -57,7 +57,7 @@ with tempfile.TemporaryDirectory() as d:
     os.symlink(own, os.path.join(d, 'own-link.gguf'))
     p = subprocess.run([binp, 'quantize', own, os.path.join(d, 'own-link.gguf'), '--type', 'q8_0'],
                        capture_output=True, text=True)
-    if p.returncode != 2 or 'OUT is IN' not in p.stderr or open(own, 'rb').read() != open(model, 'rb').read():
+    if p.returncode != 2 or 'is the input' not in p.stderr or open(own, 'rb').read() != open(model, 'rb').read():
         fails.append('quantize onto its input: rc %d, %r' % (p.returncode, p.stderr[-200:]))
     for args, needle in ((['quantize', model, os.path.join(d, 'x.gguf'), '--type', 'q9'], 'not one svlm writes'),
                          (['quantize', '/nonexistent.gguf', os.path.join(d, 'x.gguf'), '--type', 'q8_0'], 'nonexistent'),

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +55,14 @@ int cli_backend(const char *flag, const char *s) {
     }
     if (!ok) fprintf(stderr, "svlm: %s expects cpu, cuda, cuda:N, auto or null, got '%s'\n", flag, s);
     return ok ? 0 : -1;
+}
+
+int cli_output_not_input(const char *cmd, const char *flag, const char *out, const char *in) {
+    struct stat so, si;
+    if (!out || !in || stat(out, &so) || stat(in, &si) || so.st_dev != si.st_dev || so.st_ino != si.st_ino)
+        return 0;
+    fprintf(stderr, "svlm %s: %s %s is the input %s: write to another file\n", cmd, flag, out, in);
+    return -1;
 }
 
 const char *cli_value(int argc, char **argv, int *i) {

@@ -17,6 +17,9 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
 /* The value after a flag, or NULL after printing "svlm: FLAG needs a value" (or, for a word that is
  * not a flag, "svlm: unexpected argument"). Advances *i. */
 const char *cli_value(int argc, char **argv, int *i);
+/* -1 after printing "svlm CMD: FLAG names INPUT" when `out` is the same file as `in` (by any path
+ * or link): writing it would destroy the input (a model read while it is overwritten); else 0. */
+int cli_output_not_input(const char *cmd, const char *flag, const char *out, const char *in);
 /* Parses a KV cache type ("f32" or "f16"). */
 int cli_kv_type(const char *flag, const char *s, svlm_dtype *out);
 /* Checks a compute backend name for svlm_kernels_create_named: cpu, cuda, cuda:N, auto or null. */

@@ -89,6 +89,7 @@ int cmd_logits(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (cli_output_not_input("logits", "--out", out_path, model_path)) return 2;
     int32_t *ids;
     int n;
     if (parse_ids(tokens, &ids, &n)) return 2;

@@ -223,6 +223,9 @@ int cmd_perplexity(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (cli_output_not_input("perplexity", "--tokens-out", tokens_out, model_path) ||
+        cli_output_not_input("perplexity", "--tokens-out", tokens_out, text_path))
+        return 2;
     if (sinks < 0) sinks = mode == MODE_RECOMPUTE ? 0 : 4;
     if (mode != MODE_DENSE && sinks >= window) {
         fprintf(stderr, "svlm: --sinks (%lld) must be smaller than --window (%lld)\n", sinks, window);

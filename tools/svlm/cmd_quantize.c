@@ -2,7 +2,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "llm/gguf.h"
@@ -83,12 +82,8 @@ int cmd_quantize(int argc, char **argv) {
         return 2;
     }
     /* OUT replaces its file when done (a temporary, then a rename): naming IN again would replace
-     * the model being converted, a lossy copy in place of the original */
-    struct stat si, so;
-    if (!stat(in, &si) && !stat(out, &so) && si.st_dev == so.st_dev && si.st_ino == so.st_ino) {
-        fprintf(stderr, "svlm quantize: OUT is IN (%s): write the converted model to another file\n", out);
-        return 2;
-    }
+     * the model being converted, a lossy copy in place of the original, even a read-only one */
+    if (cli_output_not_input("quantize", "OUT", out, in)) return 2;
     svlm_err err = {0};
     gguf_file *f = NULL;
     gguf_writer *w = NULL;
