@@ -40,6 +40,10 @@ typedef struct svlm_server svlm_server;
  * (port in use, not an address of this machine, privileged port, IPv6). */
 svlm_status svlm_server_listen_address(const char *host, int port, char *addr, size_t cap, svlm_err *err);
 
+/* Whether a stream name is one clients can address: 1 to SVLM_BACKEND_NAME_MAX - 1 letters, digits,
+ * '_', '-' or '.'. */
+int svlm_server_stream_name_ok(const char *name);
+
 /* Validates the config (a non-loopback host without a token is refused) and binds. */
 svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
                                const svlm_server_backend *backend, svlm_err *err);

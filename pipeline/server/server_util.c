@@ -114,6 +114,10 @@ int srv_stream_name_ok(const char *s) {
     return 1;
 }
 
+int svlm_server_stream_name_ok(const char *name) {
+    return srv_stream_name_ok(name);
+}
+
 int srv_presented_token(struct lws *wsi, char *buf, size_t cap) {
     /* lws 4.1 leaves "token=VALUE" in buf and returns where VALUE starts. */
     const char *v = lws_get_urlarg_by_name(wsi, "token=", buf, (int)cap);

@@ -76,6 +76,9 @@ def main():
                (["-m", model, "--mmproj", model, "--frames-window", "0"], b"--frames-window"),
                (["-m", model, "--mmproj", model, "--kv", "q8"], b"--kv expects f32 or f16"),
                (["-m", model, "--mmproj", model, "--web", tmp], b"has no readable index.html"),
+               (["-m", model, "--mmproj", model, "--source", "a b=pattern:"], b"may hold only letters"),
+               (["-m", model, "--mmproj", model, "--source", "a=pattern:", "--source", "a=pattern:"],
+                b"given twice"),
                (["-m", model, "--mmproj", model, "--allow-origin", "evil.example"], b"--allow-origin expects"),
                (["-m", model, "--mmproj", model, "--listen", "127.0.0.1:0"], b"m.gguf")]
         for args, what in bad:

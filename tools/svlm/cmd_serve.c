@@ -174,7 +174,21 @@ static int add_source(source_arg *src, int *n, const char *name, size_t name_len
                     SVLM_BACKEND_NAME_MAX - 1, sizeof src->uri - 1);
         return -1;
     }
-    snprintf(src[*n].name, sizeof src[*n].name, "%.*s", (int)name_len, name);
+    char nm[SVLM_BACKEND_NAME_MAX];
+    snprintf(nm, sizeof nm, "%.*s", (int)name_len, name);
+    /* a name clients cannot address (the protocol's rule), or one given twice, is the operator's typo */
+    const char *bad =
+        !svlm_server_stream_name_ok(nm) ? "may hold only letters, digits, '_', '-' and '.'" : NULL;
+    for (int i = 0; i < *n && !bad; i++)
+        if (!strcmp(src[i].name, nm)) bad = "is given twice";
+    if (bad) {
+        if (config)
+            fprintf(stderr, "svlm serve: %s: sources.%s: the stream name %s\n", config, nm, bad);
+        else
+            fprintf(stderr, "svlm serve: --source %s=...: the stream name %s\n", nm, bad);
+        return -1;
+    }
+    snprintf(src[*n].name, sizeof src[*n].name, "%s", nm);
     snprintf(src[*n].uri, sizeof src[*n].uri, "%s", uri);
     src[*n].live = -1;
     src[*n].config = config;
