@@ -34,7 +34,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         char uri[64];
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/v1/ws")) return -1;
-        if (srv_origin_refusal(server_of(wsi), wsi)) { /* another site's page: the handshake fails */
+        if (srv_origin_refusal(server_of(wsi), wsi, NULL, 0)) { /* another site's page: the handshake fails */
             server_of(wsi)->metrics.clients_refused++;
             return -1;
         }

@@ -190,9 +190,8 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     srv->metrics.http_requests++;
     snprintf(c->path, sizeof c->path, "%s", uri);
     c->is_post = lws_hdr_total_length(c->wsi, WSI_TOKEN_POST_URI) > 0;
-    const char *refused = srv_origin_refusal(srv, c->wsi);
+    const char *refused = srv_origin_refusal(srv, c->wsi, c->cors, sizeof c->cors);
     if (refused) return srv_http_error(c, 403, "forbidden_origin", refused);
-    srv_cors_origin(srv, c->wsi, c->cors, sizeof c->cors);
     if (c->cors[0] && lws_hdr_total_length(c->wsi, WSI_TOKEN_OPTIONS_URI) > 0) return preflight(c);
     if (!c->is_post && lws_hdr_total_length(c->wsi, WSI_TOKEN_GET_URI) <= 0 &&
         lws_hdr_total_length(c->wsi, WSI_TOKEN_HEAD_URI) <= 0) /* a DELETE must not look done */

@@ -160,11 +160,10 @@ int srv_authorized(svlm_server *srv, struct lws *wsi);
 json_t *srv_status_json(const svlm_backend_stream_status *st);
 
 /* ---- server_origin.c ---- */
-/* NULL when a browser's request may be served (by its Origin and Host headers), else why not. */
-const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi);
-/* The request's Origin into out when it is an allowed other site's (the page's own needs no CORS
- * headers); "" otherwise. */
-void srv_cors_origin(const svlm_server *srv, struct lws *wsi, char *out, size_t cap);
+/* NULL when a browser's request may be served (by its Origin and Host headers), else why not.
+ * cors (cap bytes, or NULL): the Origin when it is an allowed other site's, to echo in
+ * Access-Control-Allow-Origin (the page's own needs none); "" otherwise. */
+const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi, char *cors, size_t cap);
 
 /* ---- server_events.c ---- */
 extern const svlm_backend_ask_cb srv_ask_cb_template;

@@ -55,8 +55,9 @@ static int listed(const char *list, const char *origin) {
     return 0;
 }
 
-const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi) {
+const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi, char *cors, size_t cap) {
     char origin[1024], host[1024];
+    if (cors) cors[0] = 0;
     const int has_origin = header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin);
     const int has_host = header(wsi, WSI_TOKEN_HOST, host, sizeof host);
     if (has_origin < 0 || has_host < 0) return "an Origin or Host header too long";
@@ -72,22 +73,14 @@ const char *srv_origin_refusal(const svlm_server *srv, struct lws *wsi) {
         !(lws_hdr_custom_copy(wsi, fetch_mode, sizeof fetch_mode, "sec-fetch-mode:", 15) > 0 &&
           !strcasecmp(fetch_mode, "navigate")))
         return "a web page from another site may not use this server (Sec-Fetch-Site: cross-site)";
-    if (!has_origin || listed(srv->cfg.allowed_origins, origin)) return NULL;
+    if (!has_origin) return NULL;
     char auth[1024];
     authority_of(origin, auth, sizeof auth);
-    if (has_host && !strcasecmp(auth, host)) return NULL; /* svlm's own page */
+    if (has_host && !strcasecmp(auth, host)) return NULL; /* svlm's own page: no CORS needed */
+    if (listed(srv->cfg.allowed_origins, origin)) {
+        if (cors && strlen(origin) < cap) memcpy(cors, origin, strlen(origin) + 1);
+        return NULL;
+    }
     return "a web page from another site (its Origin header) may not use this server: a page you "
            "visit could otherwise ask about your cameras; allow it with --allow-origin ORIGIN";
-}
-
-void srv_cors_origin(const svlm_server *srv, struct lws *wsi, char *out, size_t cap) {
-    char origin[1024], host[1024], auth[1024];
-    out[0] = 0;
-    if (header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin) != 1 || strlen(origin) >= cap ||
-        !listed(srv->cfg.allowed_origins, origin))
-        return;
-    authority_of(origin, auth, sizeof auth);
-    if (header(wsi, WSI_TOKEN_HOST, host, sizeof host) == 1 && !strcasecmp(auth, host))
-        return; /* its own page */
-    memcpy(out, origin, strlen(origin) + 1);
 }
