@@ -20,6 +20,12 @@
 #ifdef SVLM_X86
 #include <cpuid.h>
 #endif
+#ifdef SVLM_ARM64
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20) /* the kernel's bit for the dot product instructions */
+#endif
+#endif
 
 /* ---- SIMD level detection ---- */
 
@@ -42,6 +48,8 @@ static svlm_cpu_level detect_level(void) {
     int zmm_state = (xlo & 0xe0) == 0xe0;
     if (f && dq && bw && vl && vnni && bf16 && zmm_state) return SVLM_CPU_AVX512;
     return SVLM_CPU_AVX2;
+#elif defined(SVLM_ARM64)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? SVLM_CPU_NEON_DOT : SVLM_CPU_NEON;
 #else
     return SVLM_CPU_SCALAR;
 #endif
@@ -51,6 +59,8 @@ static const char *level_name(svlm_cpu_level l) {
     switch (l) {
     case SVLM_CPU_AVX512: return "avx512-vnni-bf16";
     case SVLM_CPU_AVX2: return "avx2";
+    case SVLM_CPU_NEON: return "neon";
+    case SVLM_CPU_NEON_DOT: return "neon-dotprod";
     default: return "scalar";
     }
 }
@@ -67,15 +77,24 @@ static svlm_status choose_level(svlm_cpu_level *level, svlm_err *err) {
         want = SVLM_CPU_AVX2;
     else if (!strcmp(env, "avx512"))
         want = SVLM_CPU_AVX512;
+    else if (!strcmp(env, "neon"))
+        want = SVLM_CPU_NEON;
+    else if (!strcmp(env, "neon-dotprod"))
+        want = SVLM_CPU_NEON_DOT;
     else
-        return svlm_fail(err, SVLM_E_INVALID, "SVLM_SIMD=%s: expected scalar, avx2 or avx512", env);
-    if (want > *level)
+        return svlm_fail(
+            err, SVLM_E_INVALID,
+            "SVLM_SIMD=%s: expected scalar, avx2, avx512 (x86-64), neon or neon-dotprod (AArch64)", env);
+    /* the levels of one family are ordered; another family's are not available at all */
+    int arm_want = want >= SVLM_CPU_NEON, arm_have = *level >= SVLM_CPU_NEON;
+    if (want != SVLM_CPU_SCALAR && (arm_want != arm_have || want > *level))
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "SVLM_SIMD=%s: this CPU supports only %s", env,
                          level_name(*level));
     *level = want;
     return SVLM_OK;
 }
 
+#ifdef SVLM_X86
 /* The f16 GEMM (kernels/cpu/gemm_f16.inc) for batched matmuls of F16 weights, and at the AVX2
  * level of quantized ones (SVLM_F16_GEMM unset or 1), or weights dequantized to f32 on every call
  * for the f32 GEMM (0; comparisons). */
@@ -104,6 +123,7 @@ static int use_own_gemm(void) {
     return 1;
 #endif
 }
+#endif
 
 /* Which batched matmuls use bf16 products (SVLM_BF16): "quant" (default) quantized and BF16
  * weights, whose stored precision the bf16 rounding of activations matches; "all" F16 weights
@@ -407,7 +427,14 @@ svlm_status svlm_kernels_create_cpu(int n_threads, svlm_kernels **out, svlm_err 
     if (level == SVLM_CPU_AVX2 && use_f16_gemm()) svlm_cpu_gemm_f16_init_avx2(&k->cpu.mm);
     if (level >= SVLM_CPU_AVX512 && use_f16_gemm()) svlm_cpu_gemm_f16_init_avx512(&k->cpu.mm);
     k->cpu.bf16_f16 = bf16_f16;
+#else
+#ifdef SVLM_ARM64
+    if (level == SVLM_CPU_NEON) svlm_cpu_matmul_init_neon(&k->cpu.mm);
+    if (level == SVLM_CPU_NEON_DOT) svlm_cpu_matmul_init_neon_dot(&k->cpu.mm);
 #endif
+    (void)bf16_quant, (void)bf16_f16;
+#endif
+    (void)blas; /* read only with OpenBLAS */
 #ifdef SVLM_HAVE_OPENBLAS
     /* Our pool already splits GEMMs across the cores; OpenBLAS threads on top would fight it.
      * (A process-wide setting.) */

@@ -5,18 +5,22 @@
 #   build-asan/  the same with AddressSanitizer + UndefinedBehaviorSanitizer, for the tests
 #   build-tsan/  ThreadSanitizer: svlm and the tests whose threads share streams, lanes, pools and
 #                the server
-# Usage: scripts/setup.sh [--no-install] [--no-asan] [--no-tsan]
+#   build-arm64/ a cross build for 64-bit ARM (the NEON kernels), its kernel and model tests run
+#                under qemu-user; built when the cross compiler and qemu are installed
+# Usage: scripts/setup.sh [--no-install] [--no-asan] [--no-tsan] [--no-arm64]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 install=1
 asan=1
 tsan=1
+arm64=1
 for a in "$@"; do
   case "$a" in
     --no-install) install=0 ;;
     --no-asan) asan=0 ;;
     --no-tsan) tsan=0 ;;
+    --no-arm64) arm64=0 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -26,7 +30,9 @@ if [ "$install" = 1 ]; then
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "== installing Debian packages"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+  cross=()
+  [ "$arm64" = 1 ] && [ "$(uname -m)" = x86_64 ] && cross=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${cross[@]}" \
     build-essential cmake pkg-config ninja-build zlib1g-dev libopenblas-dev \
     ffmpeg libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev \
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base \
@@ -57,5 +63,12 @@ if [ "$tsan" = 1 ]; then
   # (the server's host test exists only where libwebsockets and jansson were found)
   cmake --build build-tsan --target help 2>/dev/null | grep -q 'test_server_host' && targets+=(test_server_host)
   cmake --build build-tsan -j"$(nproc)" --target "${targets[@]}"
+fi
+if [ "$arm64" = 1 ] && [ "$(uname -m)" = x86_64 ] && command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
+  echo "== building build-arm64/ (64-bit ARM cross build: svlm and the kernel and model tests)"
+  cmake -S . -B build-arm64 "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_TOOLCHAIN_FILE="$PWD/scripts/aarch64-linux-gnu.cmake" >/dev/null
+  mapfile -t arm64_tests < <(grep -v '^#' scripts/arm64-tests.txt)
+  cmake --build build-arm64 -j"$(nproc)" --target svlm "${arm64_tests[@]}"
 fi
 echo "== done: build/svlm"

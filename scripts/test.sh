@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export SVLM_TEST_DATA="${SVLM_TEST_DATA:-$(cd .. && pwd)/shared}"
 jobs=$(nproc)
 # ctest hands SVLM_TEST_DATA to every test from the build's cache: point it at this folder.
-for b in build build-asan build-tsan; do
+for b in build build-asan build-tsan build-arm64; do
   [ -d "$b" ] && cmake -S . -B "$b" -DSVLM_TEST_DATA="$SVLM_TEST_DATA" >/dev/null
 done
 status=0
@@ -38,5 +38,11 @@ if [ -d build-tsan ]; then
       -R '^(test_(engine_batch|engine_race|engine_stc_reconnect|engine_pages|stream|stream_memory|stream_take|llama_multi|kernels|kernels_null|cpu_packed|server_host)|py_test_(bench_streams|server_engine|server_protocol|server_serve))$' ||
       status=1
   fi
+fi
+# the 64-bit ARM cross build (scripts/setup.sh): its kernel and model tests under qemu-user
+if [ -d build-arm64 ]; then
+  echo "== 64-bit ARM tests under qemu-user (build-arm64/)"
+  arm64_tests=$(grep -v '^#' scripts/arm64-tests.txt | paste -s -d '|')
+  ctest --test-dir build-arm64 --output-on-failure -j"$jobs" -R "^($arm64_tests)\$" || status=1
 fi
 exit $status

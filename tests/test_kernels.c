@@ -38,7 +38,9 @@ static void fill(float *x, int64_t n, float scale) {
         x[i] = frand() * scale;
 }
 
-static const char *levels[] = {"scalar", "avx2", "avx512"};
+/* indices as svlm_cpu_level: x86-64's levels, then AArch64's (a CPU has one family) */
+static const char *levels[] = {"scalar", "avx2", "avx512", "neon", "neon-dotprod"};
+enum { N_LEVELS = sizeof levels / sizeof levels[0] };
 
 /* Creates the backend at a forced level; NULL when this CPU lacks it. */
 static svlm_kernels *make_kernels(const char *level, int threads) {
@@ -302,7 +304,7 @@ static void check_matmul(svlm_dtype t, int64_t rows, int64_t cols, float *x, flo
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
         int64_t n = ns[ni];
         fill(x, n * cols, 2.0f);
-        for (size_t li = 0; li < 3; li++) {
+        for (size_t li = 0; li < N_LEVELS; li++) {
             svlm_kernels *k = make_kernels(levels[li], li == 1 ? 3 : 2);
             if (!k) continue;
             svlm_k_matmul(k, &c.w, x, n, y);
@@ -371,7 +373,7 @@ static void test_matmul_multi(void) {
         ws[i] = &cs[i].w;
         ys[i] = y_multi[i];
     }
-    for (size_t li = 0; li < 3; li++) {
+    for (size_t li = 0; li < N_LEVELS; li++) {
         svlm_kernels *k = make_kernels(levels[li], 2);
         if (!k) continue;
         const int64_t ns[] = {1, 2, 16};
@@ -419,7 +421,7 @@ static void test_fused_bias(void) {
         fill(lnb, E, 0.5f);
         fill(b1, F, 0.5f);
         fill(b2, E, 0.5f);
-        for (size_t li = 0; li < 3; li++) {
+        for (size_t li = 0; li < N_LEVELS; li++) {
             svlm_kernels *k = make_kernels(levels[li], 2);
             if (!k) continue;
             const int64_t ns[] = {24, 20, 7}; /* (24: whole tiles, read in place by the f16 GEMM) */
@@ -524,7 +526,7 @@ static void check_dot4(const svlm_cpu_matmul_ops *ops, const char *level, svlm_d
 }
 
 static void test_dot4(void) {
-    for (size_t li = 1; li < 3; li++) {
+    for (size_t li = 1; li < N_LEVELS; li++) {
         svlm_kernels *k = make_kernels(levels[li], 1); /* only to learn whether the CPU has the level */
         if (!k) continue;
         svlm_kernels_destroy(k);
@@ -533,6 +535,10 @@ static void test_dot4(void) {
 #ifdef SVLM_X86
         svlm_cpu_matmul_init_avx2(&ops);
         if (li == 2) svlm_cpu_matmul_init_avx512(&ops);
+#endif
+#ifdef SVLM_ARM64
+        if (li == 3) svlm_cpu_matmul_init_neon(&ops);
+        if (li == 4) svlm_cpu_matmul_init_neon_dot(&ops);
 #endif
         /* decode matvecs of Q8_0 weights must get the four-row kernel */
         CHECK(ops.dot4[SVLM_Q8_0] != NULL, "%s: no four-row dot for Q8_0", levels[li]);
@@ -1025,7 +1031,7 @@ int test_main(void) {
         svlm_kernels_destroy(gk);
     }
     unsetenv("SVLM_GEMM");
-    for (size_t li = 0; li < 3; li++) {
+    for (size_t li = 0; li < N_LEVELS; li++) {
         svlm_kernels *k = make_kernels(levels[li], li == 1 ? 3 : 2);
         if (!k) continue;
         void *p = svlm_k_alloc(k, 1000);

@@ -14,8 +14,10 @@
 
 typedef enum svlm_cpu_level {
     SVLM_CPU_SCALAR = 0,
-    SVLM_CPU_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    SVLM_CPU_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI + BF16 */
+    SVLM_CPU_AVX2 = 1,     /* AVX2 + FMA + F16C */
+    SVLM_CPU_AVX512 = 2,   /* AVX-512 F/BW/VL/DQ + VNNI + BF16 */
+    SVLM_CPU_NEON = 3,     /* AArch64 NEON */
+    SVLM_CPU_NEON_DOT = 4, /* AArch64 NEON + the ARMv8.2 dot product (SDOT) */
 } svlm_cpu_level;
 
 /* Activations quantized for the integer dot products: one block per 32 values,
@@ -109,6 +111,11 @@ void svlm_cpu_rows_init_avx2(svlm_cpu_matmul_ops *ops);
 void svlm_cpu_gemm_bf16_init_avx512(svlm_cpu_matmul_ops *ops); /* bf16 products (vdpbf16ps) */
 void svlm_cpu_gemm_f16_init_avx512(svlm_cpu_matmul_ops *ops);  /* F16 weights widened in the kernel */
 void svlm_cpu_gemm_f16_init_avx2(svlm_cpu_matmul_ops *ops);    /* F16 and quantized weights, as f16 */
+#endif
+
+#ifdef SVLM_ARM64
+void svlm_cpu_matmul_init_neon(svlm_cpu_matmul_ops *ops);
+void svlm_cpu_matmul_init_neon_dot(svlm_cpu_matmul_ops *ops);
 #endif
 
 /* 1 when the weight type takes svlm_q8a activations, 0 when it takes floats. */

@@ -7,17 +7,17 @@
 #include <cpuid.h>
 #endif
 
+#ifdef SVLM_X86
 static int have_f16c(void) {
-#if defined(SVLM_X86) && defined(__clang__)
+#if defined(__clang__)
     /* clang before 18 does not know "f16c" in __builtin_cpu_supports: CPUID.1:ECX bit 29 */
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1) && __builtin_cpu_supports("avx2");
-#elif defined(SVLM_X86) && defined(__GNUC__)
-    return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
 #else
-    return 0;
+    return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
 #endif
 }
+#endif
 
 static float r16(float v) {
     return svlm_f16_to_f32(svlm_f32_to_f16(v));
