@@ -5,7 +5,10 @@
  *
  * Answers: the question "long:N" gives N tokens of 1000 bytes (slow-reader tests), any other
  * question cycles through WORDS starting at a word chosen by the question's length, ending
- * after 12 tokens or max_tokens. URIs starting "fail:" fail to open.
+ * after 12 tokens or max_tokens. "capped:N" is answered as another question, but the engine cuts
+ * it at N tokens (as the real one does at its longest answer) and says so in done.max_tokens.
+ * "toolong" is refused as too long for the context. An image whose bytes start "BAD" cannot be
+ * decoded (the answer fails as the engine's does). URIs starting "fail:" fail to open.
  */
 #ifndef SVLM_TESTS_SERVER_FAKE_H
 #define SVLM_TESTS_SERVER_FAKE_H
@@ -29,7 +32,7 @@ typedef struct fake_stream {
 } fake_stream;
 
 typedef struct fake_ask {
-    int used, cancelled, n_sent, n_total, long_tokens, first_word;
+    int used, cancelled, n_sent, n_total, long_tokens, first_word, limit, bad_image;
     uint64_t id;
     double t_ask, t_first;
     int64_t frames_at_ask;
@@ -192,6 +195,10 @@ static svlm_status fake_frame(void *ctx, const char *name, svlm_backend_frame *o
 static svlm_status fake_ask_start(void *ctx, const svlm_backend_ask_req *req, const svlm_backend_ask_cb *cb,
                                   uint64_t *id, svlm_err *err) {
     fake_engine *e = ctx;
+    if (!strcmp(req->question, "toolong")) {
+        snprintf(err->msg, sizeof err->msg, "the question is too long (%d tokens)", 5000);
+        return SVLM_E_LIMIT;
+    }
     pthread_mutex_lock(&e->lock);
     fake_ask *a = NULL;
     for (int i = 0; i < 256 && !a; i++)
@@ -209,10 +216,12 @@ static svlm_status fake_ask_start(void *ctx, const svlm_backend_ask_req *req, co
     snprintf(a->stream, sizeof a->stream, "%s", req->stream ? req->stream : "");
     fake_stream *s = req->stream ? fake_find(e, req->stream) : NULL;
     a->frames_at_ask = s ? fake_frames(s) : 0;
+    a->limit = req->max_tokens;
     if (req->n_images > 0) {
         snprintf(a->image_text, sizeof a->image_text, "%d image(s), first %zu bytes of %s", req->n_images,
                  req->images[0].size, req->images[0].mime);
         a->n_total = 1;
+        a->bad_image = req->images[0].size >= 3 && !memcmp(req->images[0].data, "BAD", 3);
     } else if (!strncmp(req->question, "long:", 5)) {
         a->long_tokens = 1;
         a->n_total = atoi(req->question + 5);
@@ -220,7 +229,9 @@ static svlm_status fake_ask_start(void *ctx, const svlm_backend_ask_req *req, co
         a->n_total = 12;
         a->first_word = (int)(strlen(req->question) % 9);
     }
-    if (a->n_total > req->max_tokens) a->n_total = req->max_tokens;
+    if (!strncmp(req->question, "capped:", 7) && atoi(req->question + 7) < a->limit)
+        a->limit = atoi(req->question + 7);
+    if (a->n_total > a->limit) a->n_total = a->limit;
     *id = a->id;
     pthread_mutex_unlock(&e->lock);
     return SVLM_OK;
@@ -268,7 +279,7 @@ static void fake_step(fake_engine *e) {
     for (int i = 0; i < 256; i++) {
         fake_ask *a = &e->asks[i];
         if (!a->used) continue;
-        if (!a->cancelled && a->n_sent < a->n_total) {
+        if (!a->cancelled && a->n_sent < a->n_total && !a->bad_image) {
             char buf[1100];
             if (a->image_text[0])
                 snprintf(buf, sizeof buf, "%s", a->image_text);
@@ -293,6 +304,11 @@ static void fake_step(fake_engine *e) {
         d.decode_ms = a->n_sent ? (now - a->t_first) * 1000 : 0;
         fake_stream *s = a->stream[0] ? fake_find(e, a->stream) : NULL;
         d.frames_during = s ? fake_frames(s) - a->frames_at_ask : 0;
+        d.max_tokens = a->limit;
+        if (a->bad_image && !a->cancelled) {
+            d.status = SVLM_E_FORMAT;
+            snprintf(d.error, sizeof d.error, "image: not a PNG, JPEG or other image this build reads");
+        }
         a->used = 0;
         a->cb.on_done(a->cb.user, &d);
     }

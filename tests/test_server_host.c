@@ -9,11 +9,12 @@
  * "key=value,..." overrides limits (clients, per_client, total, streams, rate, message_bytes,
  * send_queue_bytes, status_interval, watches, auth_timeout), SVLM_SERVER_ALLOW_ORIGIN the allowed
  * origins, SVLM_SERVER_LOCAL_OPEN (set) lets clients without a token open pipelines and files,
- * SVLM_FAKE_TICK_MS the token interval (5).
+ * SVLM_FAKE_TICK_MS the token interval (5). SIGTERM stops it as it stops svlm serve.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,7 +61,18 @@ static void apply_limits(svlm_server_config *cfg, const char *spec) {
     }
 }
 
+static svlm_server *volatile host_srv;
+static void on_term(int sig) {
+    (void)sig;
+    if (host_srv) svlm_server_stop(host_srv);
+}
+
 static int host_mode(void) {
+    /* SIGTERM for this (main) thread only, so that it ends the wait on stdin below */
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &term, NULL);
     svlm_server_config cfg;
     svlm_server_config_default(&cfg);
     cfg.port = getenv("SVLM_SERVER_PORT") ? atoi(getenv("SVLM_SERVER_PORT")) : 0; /* 0: any free one */
@@ -92,11 +104,18 @@ static int host_mode(void) {
     REQUIRE(svlm_server_create(&srv, &cfg, &be, &err) == SVLM_OK, "%s", err.msg);
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, serve_thread, srv) == 0, "thread");
+    host_srv = srv;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term; /* no SA_RESTART: fgets returns */
+    sigaction(SIGTERM, &sa, NULL);
+    pthread_sigmask(SIG_UNBLOCK, &term, NULL);
     printf("PORT %d\n", svlm_server_port(srv));
     fflush(stdout);
     char line[256];
     while (fgets(line, sizeof line, stdin)) {
     }
+    host_srv = NULL;
     svlm_server_stop(srv);
     pthread_join(th, NULL);
     svlm_server_destroy(srv);

@@ -81,6 +81,10 @@ typedef struct svlm_backend_done {
     double ttft_ms;        /* from ask() to the first answer token */
     double decode_ms;      /* from the first to the last answer token */
     int64_t frames_during; /* frames ingested on the stream while this answer was made */
+    /* The token limit the answer ran under: the asked max_tokens after the engine's own caps (its
+     * longest answer, the room left in the context). An answer with this many tokens was cut by
+     * it (finish_reason "length"). 0: not reported (the server compares with the asked one). */
+    int max_tokens;
 } svlm_backend_done;
 
 typedef struct svlm_backend_ask_cb {

@@ -6,6 +6,8 @@
 #include "common/err.h"
 #include "pipeline/server/server_internal.h"
 
+#define SHUTDOWN_GRACE_S 1.5 /* at most, for the last answers to reach their clients */
+
 void svlm_server_config_default(svlm_server_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     snprintf(cfg->host, sizeof cfg->host, "127.0.0.1");
@@ -34,6 +36,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         char uri[64];
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/v1/ws")) return -1;
+        if (atomic_load(&server_of(wsi)->stop)) return -1;      /* stopping: the last answers go out */
         if (srv_origin_refusal(server_of(wsi), wsi, NULL, 0)) { /* another site's page: the handshake fails */
             server_of(wsi)->metrics.clients_refused++;
             return -1;
@@ -43,7 +46,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     }
     case LWS_CALLBACK_ESTABLISHED: c->wsi = wsi; return srv_ws_established(server_of(wsi), c);
-    case LWS_CALLBACK_RECEIVE: srv_ws_receive(server_of(wsi), c, in, len); return 0;
+    case LWS_CALLBACK_RECEIVE:
+        /* stopping: no new question or watch may reach the backend, which is about to go */
+        if (!atomic_load(&server_of(wsi)->stop)) srv_ws_receive(server_of(wsi), c, in, len);
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE: return srv_ws_writeable(server_of(wsi), c);
     case LWS_CALLBACK_CLOSED: srv_ws_closed(server_of(wsi), c); return 0;
     case LWS_CALLBACK_HTTP:
@@ -69,7 +75,7 @@ static const struct lws_protocols protocols[] = {
 
 static void tick(lws_sorted_usec_list_t *sul) {
     svlm_server *srv = lws_container_of(sul, svlm_server, tick);
-    srv_ws_tick(srv);
+    if (!atomic_load(&srv->stop)) srv_ws_tick(srv); /* (stopping: no status pushes to wait for) */
     lws_sul_schedule(srv->ctx, 0, &srv->tick, tick, 250 * LWS_US_PER_MS);
 }
 
@@ -116,7 +122,10 @@ svlm_status svlm_server_create(svlm_server **out, const svlm_server_config *cfg,
      * checks the whole message instead, and it gets a bad_json error as docs/protocol.md says. */
     /* a failed bind fails the context (else it retries every 30 s, listening nowhere meanwhile) */
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
-    info.max_http_header_data = 4096;
+    /* Request headers beyond this close the connection unanswered (libwebsockets 4.1 has no 431):
+     * browsers send every cookie of localhost, 4 KiB was too little. Each connection holds this
+     * much only while its headers are parsed and its request is answered. */
+    info.max_http_header_data = 16384;
     info.timeout_secs = 30;
     info.ka_time = 0;
     srv->ctx = lws_create_context(&info);
@@ -154,6 +163,7 @@ void svlm_server_stop(svlm_server *srv) {
 
 void svlm_server_destroy(svlm_server *srv) {
     if (!srv) return;
+    atomic_store(&srv->stop, 1); /* (also when svlm_server_stop was not called) */
     for (srv_ask *a = srv->asks; a; a = a->next)
         srv_ask_cancel(srv, a);
     while (srv->watches) {
@@ -169,6 +179,12 @@ void svlm_server_destroy(svlm_server *srv) {
         pthread_cond_wait(&srv->cond, &srv->lock);
     pthread_mutex_unlock(&srv->lock);
     srv_events_drain(srv);
+    /* Those answers' endings are queued to their clients (503 answer_cancelled, an error event and
+     * [DONE], a websocket done): serve a little longer so that they go out. New requests are
+     * refused meanwhile (srv->stop), so nothing new reaches the backend. */
+    const double until = srv_now() + SHUTDOWN_GRACE_S;
+    while (srv_writes_pending(srv) && srv_now() < until)
+        if (lws_service(srv->ctx, 0) < 0) break;
     pthread_mutex_lock(&srv->lock);
     srv->alive = 0;
     pthread_mutex_unlock(&srv->lock);

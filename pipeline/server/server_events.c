@@ -72,8 +72,30 @@ void srv_watch_alert(void *user, const svlm_backend_alert *alert) {
     srv_event_push(w->srv, ev);
 }
 
+/* The backend says "too long for the context" and "the engine is full" with the same status
+ * (SVLM_E_LIMIT): its message tells them apart. Retrying the first is useless (a 429 or
+ * server_busy invites it), so it gets its own code. The messages are the engine's (engine_answer.c,
+ * engine_image.c, pipeline/stream.c). */
+static int too_long(const char *msg) {
+    return strstr(msg, "too long") || strstr(msg, "answer room") || strstr(msg, "model's context");
+}
+
+const char *srv_fail_code(const svlm_backend_done *d, int had_images) {
+    if (d->status == SVLM_E_LIMIT && too_long(d->error)) return "question_too_long";
+    /* a still image the engine cannot read: its decoder's errors start "image" (engine_image.c) */
+    if (had_images && !strncmp(d->error, "image", 5) && d->status != SVLM_E_NOMEM &&
+        d->status != SVLM_E_DEVICE)
+        return "invalid_image";
+    return "answer_failed";
+}
+
 srv_ask *srv_ask_start(svlm_server *srv, srv_conn *conn, const svlm_backend_ask_req *req, const char *req_id,
                        const char **code, svlm_err *err) {
+    if (atomic_load(&srv->stop)) { /* a body read in the shutdown's grace: the backend is about to go */
+        *code = "server_stopping";
+        svlm_fail(err, SVLM_E_CANCELLED, "the server is stopping");
+        return NULL;
+    }
     srv_ask *a = calloc(1, sizeof *a);
     srv_ask_ticket *t = calloc(1, sizeof *t);
     if (!a || !t) {
@@ -101,7 +123,7 @@ srv_ask *srv_ask_start(svlm_server *srv, srv_conn *conn, const svlm_backend_ask_
         pthread_mutex_unlock(&srv->lock);
         free(t);
         free(a);
-        *code = st == SVLM_E_LIMIT         ? "server_busy"
+        *code = st == SVLM_E_LIMIT         ? (too_long(err->msg) ? "question_too_long" : "server_busy")
                 : st == SVLM_E_UNSUPPORTED ? "engine_unavailable"
                 : st == SVLM_E_INVALID     ? "bad_request"
                                            : "backend_error";
@@ -165,6 +187,7 @@ static void on_token(svlm_server *srv, srv_event *ev) {
     }
     a->n_tokens++;
     srv->metrics.answer_tokens++;
+    if (a->stopped) return; /* a stop string ended the text: what the cancel did not stop in time */
     ask_append(a, ev->text, ev->len);
     srv_conn *c = a->conn;
     if (!c) return;
@@ -172,8 +195,8 @@ static void on_token(svlm_server *srv, srv_event *ev) {
         json_t *m = srv_reply("token", a->req_id);
         json_object_set_new(m, "text", json_stringn(ev->text, ev->len));
         srv_ws_send_json(srv, c, m);
-    } else {
-        srv_openai_token(srv, c, ev->text, ev->len);
+    } else if (ev->len) {
+        srv_openai_token(srv, c, a);
     }
 }
 
@@ -181,7 +204,7 @@ static void on_done(svlm_server *srv, srv_event *ev) {
     srv_ask *a = ev->ask;
     const svlm_backend_done *d = &ev->done;
     double now = srv_now();
-    if (d->cancelled)
+    if (d->cancelled && !a->stopped)
         srv->metrics.questions_cancelled++;
     else if (d->status != SVLM_OK)
         srv->metrics.questions_failed++;
@@ -195,13 +218,21 @@ static void on_done(svlm_server *srv, srv_event *ev) {
     if (c && c->kind == CONN_WS) {
         c->n_asks--;
         if (d->status != SVLM_OK && !d->cancelled) {
-            srv_ws_error(srv, c, a->req_id, "answer_failed", "%s",
+            srv_ws_error(srv, c, a->req_id, srv_fail_code(d, 0), "%s",
                          d->error[0] ? d->error : svlm_status_str(d->status));
         } else {
+            /* why it ended: a token limit (the asked max_tokens, or the engine's own, which it
+             * reports), the model's end, or a cancel */
+            const int limit =
+                d->max_tokens > 0 && d->max_tokens < a->max_tokens ? d->max_tokens : a->max_tokens;
             json_t *m = srv_reply("done", a->req_id);
             json_object_set_new(m, "stream", json_string(a->stream));
             json_object_set_new(m, "text", json_stringn(a->text ? a->text : "", a->text_len));
             json_object_set_new(m, "cancelled", json_boolean(d->cancelled));
+            json_object_set_new(m, "finish_reason",
+                                json_string(d->cancelled                    ? "cancelled"
+                                            : d->completion_tokens >= limit ? "length"
+                                                                            : "stop"));
             json_object_set_new(
                 m, "tokens",
                 json_pack("{s:i, s:i}", "prompt", d->prompt_tokens, "completion", d->completion_tokens));

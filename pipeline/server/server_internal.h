@@ -54,9 +54,13 @@ typedef struct srv_conn {
     char *body;
     size_t body_len;
     int body_oversize;
-    int rejected;    /* a POST answered with an error before its body: the body is read, then dropped */
-    int close_after; /* a chat POST's body was read: the connection closes after the answer */
-    char cors[512];  /* an allowed other site's Origin, echoed in Access-Control-Allow-Origin ("" none) */
+    int rejected;      /* a POST answered with an error before its body: the body is read, then dropped */
+    int close_after;   /* a chat POST's body was read, or one that cannot be (no or a bad Content-Length):
+                          the connection closes after the answer */
+    const char *allow; /* a 405's Allow header */
+    struct srv_conn *hnext, *hprev; /* HTTP connections list (shutdown sends their last answers) */
+    int hlinked;
+    char cors[512]; /* an allowed other site's Origin, echoed in Access-Control-Allow-Origin ("" none) */
     int http_status;
     srv_msg *resp; /* whole response body, sent in pieces */
     size_t resp_off;
@@ -66,6 +70,15 @@ typedef struct srv_conn {
     char ask_model[64];
     int ask_stream_flag;
     int ask_max_tokens;
+    int ask_usage;         /* stream_options.include_usage: a usage chunk ends the stream */
+    int ask_images;        /* the question carries images (an engine failure may be about them) */
+    long long ask_created; /* one `created` for every chunk of the answer */
+    /* `stop` strings (at most 4): the answer text is cut before the first one found */
+    char *stop[4];
+    int n_stop;
+    size_t stop_max;  /* the longest one's length */
+    size_t stop_from; /* where the next search starts in the answer text */
+    size_t sent;      /* answer bytes sent as events (a stop string's possible start is held back) */
 } srv_conn;
 
 typedef struct srv_ask {
@@ -80,6 +93,7 @@ typedef struct srv_ask {
     size_t text_len, text_cap;
     int n_tokens;
     int max_tokens;
+    int stopped; /* a stop string ended the text: later tokens are dropped, its cancel is a finish */
 } srv_ask;
 
 typedef struct srv_watch {
@@ -129,7 +143,8 @@ struct svlm_server {
     int jobs;             /* open/close worker threads running */
     int alive;            /* lws context exists: callbacks may wake it */
 
-    srv_conn *clients; /* websocket clients */
+    srv_conn *clients;    /* websocket clients */
+    srv_conn *http_conns; /* HTTP connections */
     int n_clients;
     uint64_t next_serial;
     srv_ask *asks;
@@ -179,6 +194,9 @@ typedef struct srv_ask_ticket {
 srv_ask *srv_ask_start(svlm_server *srv, srv_conn *conn, const svlm_backend_ask_req *req, const char *req_id,
                        const char **code, svlm_err *err);
 void srv_ask_cancel(svlm_server *srv, srv_ask *ask);
+/* The error code for a failed answer: "question_too_long", "invalid_image" (had_images) or
+ * "answer_failed". */
+const char *srv_fail_code(const svlm_backend_done *d, int had_images);
 void srv_watch_alert(void *user, const svlm_backend_alert *alert);
 /* Runs backend open/close on a worker thread; the reply comes back as an EV_JOB. */
 int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char *req_id, const char *stream,
@@ -205,14 +223,22 @@ int srv_http_writeable(svlm_server *srv, srv_conn *c);
 void srv_http_closed(svlm_server *srv, srv_conn *c);
 /* Queues a whole response and asks for a writeable callback (returns 0, or -1 to close). */
 int srv_http_respond(srv_conn *c, int status, const char *type, const void *body, size_t len);
-/* Access-Control-Allow-Origin and Vary for an allowed other site's request (c->cors), if any. */
-int srv_http_add_cors(srv_conn *c, unsigned char **p, unsigned char *end);
 int srv_http_respond_json(srv_conn *c, int status, json_t *body); /* steals body */
 int srv_http_error(srv_conn *c, int status, const char *code, const char *msg);
+/* The same naming the request's parameter at fault (OpenAI's "param"; NULL: null). */
+int srv_http_error_param(srv_conn *c, int status, const char *code, const char *msg, const char *param);
+/* A response's status line and common headers (CORS, and Allow, WWW-Authenticate or Retry-After
+ * by status): len LWS_ILLEGAL_HTTP_CONTENT_LEN for none (the close ends the body). */
+int srv_http_head(srv_conn *c, int status, const char *type, lws_filepos_t len, unsigned char *start,
+                  unsigned char **p, unsigned char *end);
+/* Whether answers queued to clients are still being written (a stopping server waits for them). */
+int srv_writes_pending(const svlm_server *srv);
 
 /* ---- server_openai.c ---- */
 int srv_openai_chat(svlm_server *srv, srv_conn *c);
-void srv_openai_token(svlm_server *srv, srv_conn *c, const char *text, size_t len);
+/* The ask's text grew: stop strings are looked for, and a streaming answer sends what it may. */
+void srv_openai_token(svlm_server *srv, srv_conn *c, srv_ask *ask);
+void srv_openai_reset(srv_conn *c); /* frees a request's stop strings */
 void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_backend_done *done);
 
 /* ---- server_snapshot.c ---- */

@@ -100,7 +100,8 @@ static const char *parse_messages(json_t *messages, chat_req *r) {
             return "content parts must be 'text' or 'image_url'";
         }
     }
-    if (!r->qlen) return "the user message has no text";
+    /* no text (an image alone, or []) is an empty question, as content "" is: the engine answers
+     * it as it does any other (about the images, or the stream as it is now) */
     return NULL;
 }
 
@@ -159,8 +160,43 @@ static json_t *chunk(srv_conn *c, json_t *delta, const char *finish) {
     char id[48];
     snprintf(id, sizeof id, "chatcmpl-%llu", (unsigned long long)c->serial);
     return json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o}]}", "id", id, "object", "chat.completion.chunk",
-                     "created", (json_int_t)time(NULL), "model", c->ask_model, "choices", "index", 0, "delta",
-                     delta, "finish_reason", finish ? json_string(finish) : json_null());
+                     "created", (json_int_t)c->ask_created, "model", c->ask_model, "choices", "index", 0,
+                     "delta", delta, "finish_reason", finish ? json_string(finish) : json_null());
+}
+
+void srv_openai_reset(srv_conn *c) {
+    for (int i = 0; i < c->n_stop; i++)
+        free(c->stop[i]);
+    c->n_stop = 0;
+    c->stop_max = c->stop_from = c->sent = 0;
+}
+
+#define STOP_MAX_BYTES 256
+
+/* `stop`: null, a string or an array of up to 4 strings (none empty). An error message or NULL. */
+static const char *parse_stop(json_t *stop, srv_conn *c) {
+    if (!stop || json_is_null(stop)) return NULL;
+    const char *bad = "'stop' must be a string or an array of up to 4 non-empty strings";
+    const size_t n = json_is_array(stop) ? json_array_size(stop) : 1;
+    if (n > 4) return bad;
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = json_is_array(stop) ? json_array_get(stop, i) : stop;
+        if (!json_is_string(s) || json_string_length(s) == 0) return bad;
+        if (json_string_length(s) > STOP_MAX_BYTES) return "'stop' strings may have at most 256 bytes";
+        if (strlen(json_string_value(s)) != json_string_length(s)) return "'stop' strings may not hold NUL";
+        if (!(c->stop[c->n_stop] = strdup(json_string_value(s)))) return "out of memory";
+        if (json_string_length(s) > c->stop_max) c->stop_max = json_string_length(s);
+        c->n_stop++;
+    }
+    return NULL;
+}
+
+/* The parameter an error message is about: the name it starts with ('max_tokens' must ...). */
+static const char *param_of(const char *e, char *buf, size_t cap) {
+    const char *q = e[0] == '\'' ? strchr(e + 1, '\'') : NULL;
+    if (!q || (size_t)(q - e) > cap) return NULL;
+    snprintf(buf, cap, "%.*s", (int)(q - e - 1), e + 1);
+    return buf;
 }
 
 int srv_openai_chat(svlm_server *srv, srv_conn *c) {
@@ -176,29 +212,44 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     const char *e = r ? NULL : "out of memory";
     json_t *stream = json_object_get(body, "stream"), *mt = json_object_get(body, "max_tokens");
     json_t *temp = json_object_get(body, "temperature");
-    if (!mt || json_is_null(mt)) /* clients send "max_tokens": null beside the newer name */
+    const char *mt_name = "max_tokens";
+    if (!mt || json_is_null(mt)) { /* clients send "max_tokens": null beside the newer name */
         mt = json_object_get(body, "max_completion_tokens");
+        mt_name = "max_completion_tokens";
+    }
+    json_t *n = json_object_get(body, "n"), *opts = json_object_get(body, "stream_options");
+    char mt_bad[80], param_buf[40];
+    snprintf(mt_bad, sizeof mt_bad, "'%s' must be an integer from 1 to 4096", mt_name);
     if (!e && !json_is_object(body)) e = "the body must be a JSON object";
     if (!e && stream && !json_is_boolean(stream) && !json_is_null(stream)) e = "'stream' must be a boolean";
     if (!e && mt && !json_is_null(mt) &&
         (!json_is_integer(mt) || json_integer_value(mt) < 1 || json_integer_value(mt) > 4096))
-        e = "'max_tokens' must be an integer from 1 to 4096";
+        e = mt_bad;
     if (!e && temp && !json_is_null(temp) &&
         (!json_is_number(temp) || !(json_number_value(temp) >= 0 && json_number_value(temp) <= 2)))
         e = "'temperature' must be a number from 0 to 2";
-    if (!e) e = parse_messages(json_object_get(body, "messages"), r);
+    /* one answer per request: n > 1 would be billed for choices that never come */
+    if (!e && n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
+        e = "'n': only n=1 is supported";
+    if (!e && opts && !json_is_null(opts) && !json_is_object(opts)) e = "'stream_options' must be an object";
+    if (!e) e = parse_stop(json_object_get(body, "stop"), c);
+    const char *param = e ? param_of(e, param_buf, sizeof param_buf) : NULL;
+    if (!e && (e = parse_messages(json_object_get(body, "messages"), r))) param = "messages";
     if (e) {
-        rc = srv_http_error(c, 400, "bad_request", e);
+        rc = srv_http_error_param(c, 400, "bad_request", e, param);
         goto out;
     }
     char name[SVLM_BACKEND_NAME_MAX];
     if (!pick_stream(srv, body, r->n_images > 0, name, sizeof name)) {
-        rc = srv_http_error(c, 404, "unknown_stream",
-                            "name an open stream in 'model' (or 'svlm_stream'); GET /v1/models lists them");
+        rc = srv_http_error_param(
+            c, 404, "unknown_stream",
+            "name an open stream in 'model' (or 'svlm_stream'); GET /v1/models lists them",
+            json_object_get(body, "svlm_stream") ? "svlm_stream" : "model");
         goto out;
     }
     if (srv->n_asks >= srv->cfg.max_questions_total) {
-        rc = srv_http_error(c, 429, "server_busy", "the server is answering as many questions as it may");
+        rc = srv_http_error(c, 429, "rate_limit_exceeded",
+                            "the server is answering as many questions as it may");
         goto out;
     }
     json_t *model = json_object_get(body, "model");
@@ -209,6 +260,9 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     trim_cut_utf8(c->ask_model);
     c->ask_stream_flag = json_is_true(stream);
     c->ask_max_tokens = mt && json_is_integer(mt) ? (int)json_integer_value(mt) : 256;
+    c->ask_usage = json_is_object(opts) && json_is_true(json_object_get(opts, "include_usage"));
+    c->ask_images = r->n_images > 0;
+    c->ask_created = (long long)time(NULL);
     svlm_backend_ask_req req = {
         name[0] ? name : NULL, r->question,
         c->ask_max_tokens,     temp && json_is_number(temp) ? (float)json_number_value(temp) : 0.0f,
@@ -217,16 +271,19 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     svlm_err err = {0};
     c->ask = srv_ask_start(srv, c, &req, "", &code, &err);
     if (!c->ask) {
-        int status = !strcmp(code, "server_busy") ? 429 : !strcmp(code, "bad_request") ? 400 : 503;
-        rc = srv_http_error(c, status, code, err.msg[0] ? err.msg : "the engine refused the question");
+        const char *msg = err.msg[0] ? err.msg : "the engine refused the question";
+        if (!strcmp(code, "question_too_long")) /* not worth a retry, unlike a 429 */
+            rc = srv_http_error_param(c, 400, "context_length_exceeded", msg, "messages");
+        else if (!strcmp(code, "server_busy"))
+            rc = srv_http_error(c, 429, "rate_limit_exceeded", msg);
+        else
+            rc = srv_http_error(c, !strcmp(code, "bad_request") ? 400 : 503, code, msg);
         goto out;
     }
     rc = 0;
     if (c->ask_stream_flag) {
         unsigned char hdr[LWS_PRE + 1536], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
-        if (lws_add_http_common_headers(c->wsi, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN, &p,
-                                        end) ||
-            srv_http_add_cors(c, &p, end) ||
+        if (srv_http_head(c, 200, "text/event-stream", LWS_ILLEGAL_HTTP_CONTENT_LEN, start, &p, end) ||
             lws_add_http_header_by_name(c->wsi, (const unsigned char *)"cache-control:",
                                         (const unsigned char *)"no-cache", 8, &p, end) ||
             lws_finalize_write_http_header(c->wsi, start, &p, end)) {
@@ -243,38 +300,90 @@ out:
     return rc;
 }
 
-void srv_openai_token(svlm_server *srv, srv_conn *c, const char *text, size_t len) {
-    if (!c->sse || !len) return;
-    sse_push(srv, c, chunk(c, json_pack("{s:s%}", "content", text, len), NULL));
+/* A stop string in the answer text: the text ends before the first one (the rest of the answer is
+ * cancelled; its done finishes it with "stop"). The search goes on where a stop string could
+ * still end that the last search could not see whole. */
+static void find_stop(svlm_server *srv, srv_conn *c, srv_ask *a) {
+    for (size_t i = c->stop_from; i < a->text_len; i++)
+        for (int k = 0; k < c->n_stop; k++) {
+            const size_t n = strlen(c->stop[k]);
+            if (n <= a->text_len - i && !memcmp(a->text + i, c->stop[k], n)) {
+                a->text_len = i;
+                a->text[i] = 0;
+                a->stopped = 1;
+                srv_ask_cancel(srv, a);
+                return;
+            }
+        }
+    c->stop_from = a->text_len >= c->stop_max ? a->text_len - c->stop_max + 1 : 0;
+}
+
+/* Sends the answer text not sent yet, but for a tail that may be the start of a stop string
+ * (all of it once the answer is finished). */
+static void sse_text(svlm_server *srv, srv_conn *c, srv_ask *a, int finished) {
+    size_t end = a->text_len;
+    if (!finished && !a->stopped && c->n_stop) end = end > c->stop_max - 1 ? end - (c->stop_max - 1) : 0;
+    while (end > c->sent && end < a->text_len && ((unsigned char)a->text[end] & 0xC0) == 0x80)
+        end--; /* whole characters only */
+    if (end <= c->sent) return;
+    sse_push(srv, c, chunk(c, json_pack("{s:s%}", "content", a->text + c->sent, end - c->sent), NULL));
+    c->sent = end;
+}
+
+void srv_openai_token(svlm_server *srv, srv_conn *c, srv_ask *ask) {
+    if (c->n_stop && !ask->stopped && ask->text) find_stop(srv, c, ask);
+    if (c->sse) sse_text(srv, c, ask, 0);
 }
 
 void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_backend_done *d) {
-    const char *finish = d->completion_tokens >= c->ask_max_tokens ? "length" : "stop";
+    /* "length" for any token limit: the asked one, or one the engine put in its place (its longest
+     * answer, the room left in the context), which it reports */
+    const int limit =
+        d->max_tokens > 0 && d->max_tokens < c->ask_max_tokens ? d->max_tokens : c->ask_max_tokens;
+    const char *finish = !ask->stopped && d->completion_tokens >= limit ? "length" : "stop";
     json_t *usage = json_pack("{s:i, s:i, s:i}", "prompt_tokens", d->prompt_tokens, "completion_tokens",
                               d->completion_tokens, "total_tokens", d->prompt_tokens + d->completion_tokens);
     /* An answer cancelled here was cut short by its stream's close or the server's stop (a client
-     * that left reads nothing): said as an error, not as a finished answer ("stop") */
-    int failed = d->status != SVLM_OK || d->cancelled;
-    const char *code = d->cancelled ? "answer_cancelled" : "answer_failed";
-    char why[sizeof d->error];
+     * that left reads nothing): said as an error, not as a finished answer ("stop"); one that a
+     * stop string ended was cancelled by the server, and is finished */
+    int failed = !ask->stopped && (d->status != SVLM_OK || d->cancelled);
+    const char *code = d->cancelled ? "answer_cancelled" : srv_fail_code(d, c->ask_images);
+    int status = d->cancelled ? 503 : 500;
+    const char *param = NULL;
+    if (!d->cancelled && !strcmp(code, "question_too_long")) { /* the question's fault: not retried */
+        code = "context_length_exceeded", status = 400, param = "messages";
+    } else if (!d->cancelled && !strcmp(code, "invalid_image")) {
+        status = 400, param = "messages";
+    }
+    char why[sizeof d->error + 64];
     if (d->cancelled)
         snprintf(why, sizeof why,
                  "the answer was cut short after %d tokens: its stream was closed or the "
                  "server is stopping",
                  d->completion_tokens);
+    else if (!strcmp(code, "invalid_image"))
+        snprintf(why, sizeof why, "an image_url could not be read as an image (%s)", d->error);
     else
         snprintf(why, sizeof why, "%s", d->error[0] ? d->error : svlm_status_str(d->status));
     srv_utf8_fix(why); /* cut at a byte limit: json_pack would fail, and the event be lost */
     if (c->sse) {
         if (failed) {
             sse_push(srv, c,
-                     json_pack("{s:{s:s, s:s, s:s}}", "error", "message", why, "type", "server_error", "code",
-                               code));
+                     json_pack("{s:{s:s, s:s, s:o, s:s}}", "error", "message", why, "type",
+                               status >= 500 ? "server_error" : "invalid_request_error", "param",
+                               param ? json_string(param) : json_null(), "code", code));
             json_decref(usage);
         } else {
-            json_t *last = chunk(c, json_object(), finish);
-            json_object_set_new(last, "usage", usage);
-            sse_push(srv, c, last);
+            sse_text(srv, c, ask, 1);
+            sse_push(srv, c, chunk(c, json_object(), finish));
+            if (c->ask_usage) { /* OpenAI's form: a chunk of its own, with no choices */
+                json_t *last = chunk(c, json_object(), NULL);
+                json_object_set_new(last, "choices", json_array());
+                json_object_set_new(last, "usage", usage);
+                sse_push(srv, c, last);
+            } else {
+                json_decref(usage);
+            }
         }
         sse_push(srv, c, NULL);
         c->sse_done = 1;
@@ -282,14 +391,14 @@ void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_bac
     }
     if (failed) {
         json_decref(usage);
-        srv_http_error(c, d->cancelled ? 503 : 500, code, why);
+        srv_http_error_param(c, status, code, why, param);
         return;
     }
     char id[48];
     snprintf(id, sizeof id, "chatcmpl-%llu", (unsigned long long)c->serial);
     json_t *resp =
         json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s%}, s:s}], s:o}", "id", id, "object",
-                  "chat.completion", "created", (json_int_t)time(NULL), "model", c->ask_model, "choices",
+                  "chat.completion", "created", (json_int_t)c->ask_created, "model", c->ask_model, "choices",
                   "index", 0, "message", "role", "assistant", "content", ask->text ? ask->text : "",
                   ask->text_len, "finish_reason", finish, "usage", usage);
     if (srv_http_respond_json(c, 200, resp))

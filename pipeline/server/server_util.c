@@ -126,9 +126,10 @@ int srv_presented_token(struct lws *wsi, char *buf, size_t cap) {
         return 1;
     }
     char auth[320];
+    /* the scheme's name is case-insensitive (RFC 9110): "bearer x" is the same */
     if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 &&
-        !strncmp(auth, "Bearer ", 7)) {
-        snprintf(buf, cap, "%s", auth + 7);
+        !strncasecmp(auth, "Bearer", 6) && (auth[6] == ' ' || auth[6] == '\t')) {
+        snprintf(buf, cap, "%s", auth + 6 + strspn(auth + 6, " \t"));
         return 1;
     }
     return 0;

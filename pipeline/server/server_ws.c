@@ -28,6 +28,10 @@ void srv_ws_send_json(svlm_server *srv, srv_conn *c, json_t *msg) {
                   c->out.bytes);
         srv_queue_clear(&c->out);
         c->kill = 1;
+        /* now: the close in srv_ws_writeable would wait for a window a reader that does not read
+         * never opens, keeping its slot and the socket's buffers */
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
     }
     lws_callback_on_writable(c->wsi);
 }

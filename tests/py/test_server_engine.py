@@ -100,6 +100,8 @@ async def ws_questions(s):
 
 
 def curl_chat(base, body, stream):
+    if stream:  # usage comes only when asked for, in a last chunk of its own
+        body = dict(body, stream_options={"include_usage": True})
     r = subprocess.run(["curl", "-sS", "-N", "--max-time", "60", "-H", "Content-Type: application/json",
                         "--data-binary", "@-", base + "/v1/chat/completions"],
                        input=json.dumps(dict(body, stream=stream)).encode(), capture_output=True, timeout=90)
@@ -110,9 +112,9 @@ def curl_chat(base, body, stream):
     assert events and events[-1] == "[DONE]", r.stdout[-300:]
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    last = chunks[-1]
-    assert last["choices"][0]["finish_reason"] in ("stop", "length") and "usage" in last, last
-    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks), last["usage"]
+    usage, last = chunks[-1], chunks[-2]
+    assert last["choices"][0]["finish_reason"] in ("stop", "length") and usage["choices"] == [], chunks[-2:]
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]), usage["usage"]
 
 
 def openai(s, text, mmproj):

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,16 @@ async def protocol(h):
         t = done["a1"]["timings"]
         assert t["ttft_ms"] >= 0 and t["tokens_per_s"] > 0 and t["total_ms"] >= t["ttft_ms"], t
         assert done["a1"]["cancelled"] is False and done["a1"]["stream"] == "cam"
+        # why each ended: the model's end, the asked limit; the engine's own cap ("capped:3", as
+        # the real engine's longest answer) is a limit too
+        assert done["a1"]["finish_reason"] == "stop" and done["a2"]["finish_reason"] == "length", done
+        await send(ws, type="ask", id="cap", stream="cam", question="capped:3", max_tokens=100)
+        m, _ = await until(ws, lambda m: m["type"] == "done" and m["id"] == "cap")
+        assert m["tokens"]["completion"] == 3 and m["finish_reason"] == "length", m
+        # a question too long for the context is not "busy" (a client would retry it for ever)
+        await send(ws, type="ask", id="tl", stream="cam", question="toolong")
+        m, _ = await until(ws, lambda m: m.get("id") == "tl")
+        assert m["type"] == "error" and m["code"] == "question_too_long" and "too long" in m["message"], m
 
         # errors on ask
         await send(ws, type="ask", id="x1", stream="nope", question="q")
@@ -142,6 +153,7 @@ async def protocol(h):
         await send(ws, type="cancel", id="c1")
         m, _ = await until(ws, lambda m: m["type"] == "done" and m["id"] == "c1")
         assert m["cancelled"] is True and 0 < m["tokens"]["completion"] < 5000, m["tokens"]
+        assert m["finish_reason"] == "cancelled", m
         await send(ws, type="cancel", id="c1")
         m, _ = await until(ws, lambda m: m["type"] == "error")
         assert m["code"] == "unknown_id" and m["id"] == "c1", m
@@ -223,6 +235,13 @@ async def total_and_clients(h):
     await send(b, type="ask", id=1, stream="cam", question="long:300")
     m, _ = await until(b, lambda m: m["type"] == "error")
     assert m["code"] == "server_busy" and m["id"] == 1, m
+    # over HTTP: 429 as OpenAI says it (its SDKs wait Retry-After, then try again)
+    wire = raw_post(h.port, "/v1/chat/completions", json.dumps(
+        {"model": "cam", "messages": [{"role": "user", "content": "q"}]}).encode(), wait=5)
+    head, _, body = wire.partition(b"\r\n\r\n")
+    err = json.loads(body)["error"]
+    assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n") and b"\r\nretry-after: 1" in head.lower(), wire
+    assert err["type"] == "requests" and err["code"] == "rate_limit_exceeded" and err["param"] is None, err
     c = await websockets.connect(h.ws_url)
     d = await websockets.connect(h.ws_url)
     e = await websockets.connect(h.ws_url)  # the fifth
@@ -256,6 +275,9 @@ async def auth(h):
     assert http(h.base + "/metrics")[0] == 401
     assert http(h.base + "/v1/streams", headers={"Authorization": "Bearer wrong"})[0] == 401
     assert http(h.base + "/v1/streams", headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert http(h.base + "/v1/streams", headers={"Authorization": "bearer  s3cret"})[0] == 200  # any case
+    st, hd, _ = http(h.base + "/v1/streams", headers={"Authorization": "Basic s3cret"})
+    assert st == 401 and hd["WWW-Authenticate"] == "Bearer", (st, hd)
     assert http(h.base + "/v1/streams?token=s3cret")[0] == 200
     assert http(h.base + "/health")[0] == 200
     body = json.dumps({"model": "cam", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -429,6 +451,12 @@ async def slow_reader(h):
                 break
             await asyncio.sleep(0.1)
         assert metrics(h)[("svlm_slow_reader_disconnects_total", frozenset())] >= 1
+        # closed at once, not when the reader (which reads nothing) would open its window: only
+        # this client is left
+        deadline = time.time() + 5
+        while metrics(h)[("svlm_clients", frozenset())] != 1 and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert metrics(h)[("svlm_clients", frozenset())] == 1, metrics(h)[("svlm_clients", frozenset())]
         await still_alive(ws)
     # the server closed it: draining ends in EOF or a reset
     s.settimeout(10)
@@ -564,6 +592,152 @@ def pipelined(h):
         assert json.loads(body)["choices"][0]["message"]["content"] == expected_answer(q), wire[:800]
 
 
+def chat(h, body, headers=None):
+    """(status, headers, body) of a POST /v1/chat/completions."""
+    return http(h.base + "/v1/chat/completions", json.dumps(body).encode(),
+                dict({"Content-Type": "application/json"}, **(headers or {})))
+
+
+def sse_events(out):
+    events = [e[len("data: "):] for e in out.decode().split("\n\n") if e.strip()]
+    assert events[-1] == "[DONE]", events[-3:]
+    return [json.loads(e) for e in events[:-1]]
+
+
+def openai_params(h):
+    """What the OpenAI SDKs send and read: finish_reason for the engine's own limit, errors with
+    "param", n, stop strings, stream_options.include_usage, images alone, undecodable images, a
+    question too long for the context, 405 with Allow, models.retrieve."""
+    def user(content, **kw):
+        return dict({"model": "cam", "messages": [{"role": "user", "content": content}]}, **kw)
+
+    # the engine cut the answer (its longest answer, "capped:5" here) below the asked max: "length"
+    for sse in (False, True):
+        st, _, out = chat(h, user("capped:5", max_tokens=1000, stream=sse))
+        finish = sse_events(out)[-1]["choices"][0]["finish_reason"] if sse else \
+            json.loads(out)["choices"][0]["finish_reason"]
+        assert st == 200 and finish == "length", (sse, out[-300:])
+    # too long for the context: 400 (a 429 is retried by the SDKs, for ever)
+    st, _, out = chat(h, user("toolong"))
+    err = json.loads(out)["error"]
+    assert st == 400 and err["code"] == "context_length_exceeded" and err["param"] == "messages", (st, err)
+    assert err["type"] == "invalid_request_error", err
+    # errors name the parameter at fault (null when none); the newer max_tokens name is its own
+    for body, param, words in ((user("q", n=2), "n", "only n=1 is supported"),
+                               (user("q", max_completion_tokens=0), "max_completion_tokens", "max_completion_tokens"),
+                               (user("q", max_tokens="x"), "max_tokens", "max_tokens"),
+                               (user("q", stop=["a", "b", "c", "d", "e"]), "stop", "stop"),
+                               (user("q", stop=""), "stop", "stop"),
+                               (user(5), "messages", "content"),
+                               (user("q", svlm_stream="nope"), "svlm_stream", "model")):
+        st, _, out = chat(h, body)
+        err = json.loads(out)["error"]
+        assert st in (400, 404) and err["param"] == param and words in err["message"], (body, st, err)
+    st, _, out = http(h.base + "/v1/chat/completions", b"{oops", {"Content-Type": "application/json"})
+    assert st == 400 and json.loads(out)["error"]["param"] is None, out
+    assert chat(h, user("q", n=1))[0] == 200
+    # stop strings: the text ends before the first one, never sending any of it; one may span tokens
+    q = "x" * 9  # the fake engine: "the quick brown fox jumps over ..."
+    st, _, out = chat(h, user(q, stop="fox"))
+    r = json.loads(out)
+    assert st == 200 and r["choices"][0]["message"]["content"] == "the quick brown ", r
+    assert r["choices"][0]["finish_reason"] == "stop", r
+    st, _, out = chat(h, user(q, stream=True, stop=["zzz", "n fo"], stream_options={"include_usage": True}))
+    chunks = sse_events(out)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "the quick brow" and chunks[-2]["choices"][0]["finish_reason"] == "stop", chunks
+    # usage: asked for, a last chunk of its own with no choices (OpenAI's form); one `created`
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 4, chunks[-1]
+    assert "usage" not in chunks[-2] and len({c["created"] for c in chunks}) == 1, chunks
+    st, _, out = chat(h, user(q, stream=True, max_tokens=2))
+    chunks = sse_events(out)
+    assert all("usage" not in c for c in chunks) and chunks[-1]["choices"][0]["finish_reason"] == "length", chunks
+    # an image alone (no text part), [] and "" are all questions; an image that is not one is the
+    # request's fault (400), not the server's (500, which the SDKs retry)
+    png = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 100).decode()
+    for content in ([{"type": "image_url", "image_url": {"url": png}}], [], ""):
+        st, _, out = chat(h, user(content))
+        assert st == 200 and json.loads(out)["object"] == "chat.completion", (content, out)
+    bad = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"BAD").decode()}}]
+    st, _, out = chat(h, user(bad))
+    err = json.loads(out)["error"]
+    assert st == 400 and err["code"] == "invalid_image" and "image" in err["message"], (st, err)
+    assert err["type"] == "invalid_request_error", err
+    st, _, out = chat(h, user(bad, stream=True))
+    assert sse_events(out)[-1]["error"]["code"] == "invalid_image", out
+    # a known path with another method: 405 and what it takes
+    for method, path, allow in (("GET", "/v1/chat/completions", "POST"), ("POST", "/health", "GET, HEAD"),
+                                ("POST", "/v1/models", "GET, HEAD"), ("DELETE", "/v1/chat/completions", "POST")):
+        st, hd, _ = http(h.base + path, b"{}" if method == "POST" else None, method=method)
+        assert st == 405 and hd["Allow"] == allow, (method, path, st, dict(hd))
+    st, _, out = http(h.base + "/v1/models/cam")
+    assert st == 200 and json.loads(out) == {"id": "cam", "object": "model", "created": 0, "owned_by": "svlm"}, out
+    st, _, out = http(h.base + "/v1/models/nope")
+    assert st == 404 and json.loads(out)["error"]["code"] == "model_not_found", out
+
+
+def http_framing(h):
+    """A body libwebsockets cannot frame: chunked or without Content-Length (everything after the
+    headers was read as body: the next request on the connection hung), a Content-Length that is
+    not a number (the body was read as the next request). Answered, then the connection closes.
+    An empty body is a 400; Expect: 100-continue is answered before the body is sent."""
+    follow = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    start = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    for head, body, code in ((b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n", b"411"),
+                             (b"", b"", b"411"), (b"Content-Length: abc\r\n", b"", b"400"),
+                             (b"Content-Length: 0\r\n", b"", b"400")):
+        t0 = time.time()
+        wire = raw_exchange(h.port, start + head + b"\r\n" + body + follow, wait=0.5 if b": 0" in head else 2)
+        assert wire.startswith(b"HTTP/1.1 " + code), (head, wire[:400])
+        if b": 0" in head:  # framed: the connection goes on to the next request
+            assert b"the request has no body" in wire and b'"status":"ok"' in wire, wire
+        else:
+            assert b"connection: close" in wire.lower() and wire.count(b"HTTP/1.1 ") == 1, (head, wire[:400])
+            assert time.time() - t0 < 1.5, (head, time.time() - t0)  # closed, not left waiting
+    body = json.dumps({"model": "cam", "messages": [{"role": "user", "content": "q"}]}).encode()
+    with socket.create_connection(("127.0.0.1", h.port), timeout=5) as s:
+        s.sendall(start + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        wire = b""
+        while b"chat.completion" not in wire:
+            d = s.recv(65536)
+            assert d, wire
+            wire += d
+        assert wire.startswith(b"HTTP/1.1 200 OK"), wire
+
+
+async def stop_mid_answers():
+    """SIGTERM while answers run (the same svlm_server_stop as svlm serve's): each client gets the
+    documented ending (503 answer_cancelled; an error event, then [DONE]; a websocket done) before
+    the server goes, and it exits 0 at once. The endings were queued and never sent."""
+    h = Host()
+    try:
+        body = {"model": "cam", "max_tokens": 4000, "messages": [{"role": "user", "content": "long:4000"}]}
+        calls = [asyncio.create_task(asyncio.to_thread(raw_exchange, h.port, http_request(
+            "POST", "/v1/chat/completions", json.dumps(dict(body, stream=sse)).encode()), 10)) for sse in (False, True)]
+        async with websockets.connect(h.ws_url) as ws:
+            await send(ws, type="ask", id="q", stream="cam", question="long:4000", max_tokens=4000)
+            await until(ws, lambda m: m["type"] == "token")
+            await asyncio.sleep(0.3)  # (4000 tokens take 20 s)
+            t0 = time.time()
+            h.proc.send_signal(signal.SIGTERM)
+            m, _ = await until(ws, lambda m: m["type"] in ("done", "error"))
+            assert m["type"] == "done" and m["cancelled"] is True, m
+            plain, sse = [await c for c in calls]
+        assert await asyncio.to_thread(h.proc.wait, 10) == 0
+        assert time.time() - t0 < 3, time.time() - t0
+    finally:
+        if h.proc.poll() is None:
+            h.proc.kill()
+        h.proc.wait()
+    head, _, out = plain.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and json.loads(out)["error"]["code"] == "answer_cancelled", plain[-400:]
+    events = [e for e in sse.decode().split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]", events[-2:]
+    assert json.loads(events[-2][len("data: "):])["error"]["code"] == "answer_cancelled", events[-2:]
+
+
 def check_http(h):
     st, hd, body = http(h.base + "/v1/streams/cam/snapshot.jpg")
     assert st == 200 and hd["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8", (st, hd)
@@ -574,6 +748,8 @@ def check_http(h):
     assert st == 200 and b"<html" in body.lower(), (st, body[:100])
     assert http(h.base + "/nothing-here.html")[0] == 404
     assert http(h.base + "/v1/unknown")[0] == 404
+    # a browser sends every cookie of localhost: 12 KB of them (4 KB closed the connection unanswered)
+    assert http(h.base + "/health", headers={"Cookie": "c=" + "x" * 12000})[0] == 200
     m = metrics(h)
     count = m[("svlm_ttft_seconds_count", frozenset())]
     assert count > 0 and m[("svlm_ttft_seconds_bucket", frozenset({("le", "+Inf")}))] == count
@@ -617,12 +793,16 @@ def main():
         asyncio.run(disconnect_mid_answer(h))
         bad_utf8(h)
         curl_openai(h)
+        openai_params(h)
+        http_framing(h)
         asyncio.run(http_cut_short(h))
         pipelined(h)
         long_model_name(h)
         check_http(h)
         cli_ask(h)
     print("protocol ok (%.1f s)" % (time.time() - t0))
+    asyncio.run(stop_mid_answers())
+    print("answers ended at a stop ok (%.1f s)" % (time.time() - t0))
     with Host(limits="total=3,clients=4") as h:
         asyncio.run(total_and_clients(h))
     with Host(token="s3cret") as h:

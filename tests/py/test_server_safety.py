@@ -107,6 +107,18 @@ def main():
         st, head, _ = raw_request(h.port, "/v1/chat/completions", host, "http://dash.example", pre, "OPTIONS")
         assert st == 204 and b"access-control-allow-origin: http://dash.example" in head, (st, head)
         assert b"access-control-allow-headers: authorization, content-type" in head, head
+        # the headers the OpenAI JS SDK asks for (its x-stainless-* ones) are allowed: the list is
+        # echoed when it is one of header names; anything else gets the fixed pair
+        asked = "authorization,content-type,x-stainless-arch,x-stainless-os, x-stainless-retry-count"
+        pre = "Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: %s\r\n" % asked
+        st, head, _ = raw_request(h.port, "/v1/chat/completions", host, "http://dash.example", pre, "OPTIONS")
+        assert head.startswith(b"http/1.1 204 no content\r\n"), head
+        assert b"access-control-allow-headers: " + asked.encode() + b"\r\n" in head, head
+        assert b"access-control-max-age: " in head, head
+        for odd in ("x-a b", "x-a,,x-b", "x-\"a\"", "x" * 2000):
+            st, head, _ = raw_request(h.port, "/v1/chat/completions", host, "http://dash.example",
+                                      "Access-Control-Request-Headers: %s\r\n" % odd, "OPTIONS")
+            assert st == 204 and b"access-control-allow-headers: authorization, content-type\r\n" in head, (odd, head)
         st, head, _ = raw_request(h.port, "/v1/streams", host, "http://dash.example",
                                   "Authorization: Bearer s3cret-token\r\n")
         assert st == 200 and b"access-control-allow-origin: http://dash.example" in head, (st, head)
