@@ -470,7 +470,9 @@ struct svlm_stream_answer {
     svlm_kv_seq *fork;
     stream_prompt pr; /* memory, then the question turn from q_start, then the answer */
     int q_start, n_end, max_tokens, eog;
-    int32_t next; /* the greedy token after the last one evaluated */
+    int32_t next;          /* the token picked after the last one evaluated */
+    svlm_sampler *sampler; /* NULL: greedy */
+    float *logits;         /* [n_vocab] on the host, with a sampler */
     int64_t frames_at_fork, turn;
     double t0, t_first;
     svlm_stream_token_fn on_token;
@@ -480,9 +482,24 @@ struct svlm_stream_answer {
 
 static void answer_free(svlm_stream_answer *a) {
     if (!a) return;
+    svlm_sampler_free(a->sampler);
+    free(a->logits);
     svlm_kv_seq_free(a->fork);
     stream_prompt_free(&a->pr);
     free(a);
+}
+
+/* Evaluates n tokens of the answer's turn and picks the next one: greedy where the logits are
+ * made, or the sampler's draw from them. */
+static svlm_status answer_eval(svlm_stream_answer *a, const int32_t *ids, const float *embd, int n,
+                               svlm_err *err) {
+    if (!a->sampler)
+        return svlm_llama_eval_seq_greedy(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, ids, embd, n, &a->next,
+                                          err);
+    svlm_status st =
+        svlm_llama_eval_seq(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, ids, embd, n, a->logits, 0, err);
+    if (!st) a->next = svlm_sampler_sample(a->sampler, a->logits);
+    return st;
 }
 
 svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_llama_ctx *ctx,
@@ -553,9 +570,13 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
         else
             a->pr.ids = g;
     }
-    if (!st)
-        st = svlm_llama_eval_seq_greedy(ctx, a->fork, SVLM_KV_TEXT, a->turn, a->pr.ids, a->pr.embd, a->pr.n,
-                                        &a->next, err);
+    if (!st && o->sampling.temp > 0) {
+        const int n_vocab = svlm_llama_hparams_of(s->model)->n_vocab;
+        st = svlm_sampler_create(&o->sampling, n_vocab, &a->sampler, err);
+        if (!st && !(a->logits = malloc((size_t)n_vocab * sizeof *a->logits)))
+            st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    }
+    if (!st) st = answer_eval(a, a->pr.ids, a->pr.embd, a->pr.n, err);
     a->n_end = a->pr.n;
     if (st) {
         answer_free(a);
@@ -596,7 +617,7 @@ svlm_status svlm_stream_answer_step(svlm_stream_answer *a, int *done, svlm_err *
     int more = 0;
     svlm_status st = answer_emit(a, &id, &more, err);
     if (st || !more) return st;
-    st = svlm_llama_eval_seq_greedy(a->ctx, a->fork, SVLM_KV_TEXT, a->turn, &id, NULL, 1, &a->next, err);
+    st = answer_eval(a, &id, NULL, 1, err);
     if (!st) *done = 0;
     return st;
 }
@@ -626,7 +647,8 @@ svlm_status svlm_stream_answers_step(svlm_llama_batch *b, svlm_stream_answer *co
                                                .kind = SVLM_KV_TEXT,
                                                .tag = a->turn,
                                                .id = id,
-                                               .next = &a->next};
+                                               .logits = a->logits,
+                                               .next = a->sampler ? NULL : &a->next};
             of[m++] = i;
         }
         if (!m) continue;
@@ -643,6 +665,7 @@ svlm_status svlm_stream_answers_step(svlm_llama_batch *b, svlm_stream_answer *co
                 errs[i].status = st[i];
             } else {
                 done[i] = 0;
+                if (as[i]->sampler) as[i]->next = svlm_sampler_sample(as[i]->sampler, as[i]->logits);
             }
         }
     }

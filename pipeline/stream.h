@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "llm/llama.h"
+#include "llm/sampler.h"
 #include "memory/memory_bank.h"
 #include "svlm.h"
 
@@ -163,6 +164,10 @@ typedef struct svlm_ask_opts {
     int n_query_vecs;
     char **prompt_text; /* if not NULL: receives what was put before the answer (memory
                            intros, "<memory:N rows>" for their rows, the question turn) */
+    /* How each answer token is picked: temp <= 0 (a zeroed struct) is greedy, found where the
+     * logits are made; otherwise a sampler with these settings (start from
+     * svlm_sampler_params_default(): invalid ones fail the answer), the logits brought to the host */
+    svlm_sampler_params sampling;
 } svlm_ask_opts;
 
 /* Retrieves the question's memory now, from the bank as it is at the fork (answer_start then

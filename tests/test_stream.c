@@ -389,6 +389,101 @@ static void no_wait_behind_prefill(void) {
     svlm_stream_free(s);
 }
 
+/* The tokens of one answer to the stream as it is, forked now; not joined, so the stream stays as
+ * it was. batched: stepped through svlm_stream_answers_step with a second answer beside it. */
+enum { SAMPLED_TOKENS = 16 };
+typedef struct {
+    int32_t ids[SAMPLED_TOKENS];
+    int n;
+} token_list;
+static int record_token(void *user, int32_t id, const char *piece, size_t len) {
+    (void)piece, (void)len;
+    token_list *t = user;
+    if (t->n < SAMPLED_TOKENS) t->ids[t->n++] = id;
+    return 0;
+}
+static token_list sampled(svlm_stream *s, svlm_llama_ctx *const *ctx, float temp, float top_p, uint64_t seed,
+                          int batched) {
+    svlm_ask_opts o = {.max_tokens = SAMPLED_TOKENS};
+    if (temp > 0) {
+        o.sampling = svlm_sampler_params_default();
+        o.sampling.temp = temp;
+        o.sampling.top_p = top_p;
+        o.sampling.seed = seed;
+    }
+    token_list t[2] = {{{0}, 0}, {{0}, 0}};
+    svlm_stream_answer *a[2] = {NULL, NULL};
+    svlm_err err = {0};
+    for (int i = 0; i < 1 + batched; i++) {
+        svlm_stream_fork *f = NULL;
+        REQUIRE(svlm_stream_fork_now(s, &f, &err) == SVLM_OK, "%s", err.msg);
+        REQUIRE(svlm_stream_answer_start(s, f, ctx[i], "What moves?", &o, record_token, &t[i], &a[i], &err) ==
+                    SVLM_OK,
+                "%s", err.msg);
+    }
+    if (batched) {
+        svlm_llama_batch *b = NULL;
+        REQUIRE(svlm_llama_batch_create(model, kern, 2, &b, &err) == SVLM_OK, "%s", err.msg);
+        for (int left = 2; left;) {
+            int done[2];
+            svlm_status st[2];
+            svlm_err errs[2];
+            REQUIRE(svlm_stream_answers_step(b, a, 2, done, st, errs) == SVLM_OK, "answers_step");
+            REQUIRE(!st[0] && !st[1], "%s %s", errs[0].msg, errs[1].msg);
+            left = !done[0] + !done[1];
+        }
+        svlm_llama_batch_free(b);
+    } else {
+        for (int done = 0; !done;)
+            REQUIRE(svlm_stream_answer_step(a[0], &done, &err) == SVLM_OK, "%s", err.msg);
+    }
+    for (int i = 0; i < 1 + batched; i++)
+        svlm_stream_answer_finish(a[i], 0, NULL, NULL); /* (not joined) */
+    return t[0];
+}
+static int same_tokens(const token_list *a, const token_list *b) {
+    return a->n == b->n && !memcmp(a->ids, b->ids, sizeof(int32_t) * (size_t)a->n);
+}
+
+/* Sampled answers (svlm_ask_opts.sampling): the same seed on the same stream state gives the same
+ * tokens, stepped alone or in a batch; another seed other tokens; a temperature near 0 the greedy
+ * ones; invalid settings fail the answer. */
+static void sampled_answers(void) {
+    svlm_stream *s = new_stream();
+    add_frames(s, 0, 3);
+    svlm_llama_ctx *ctx[2] = {NULL, NULL};
+    svlm_err err = {0};
+    for (int i = 0; i < 2; i++)
+        REQUIRE(svlm_llama_ctx_create(model, kern, svlm_stream_ctx_size(s), SVLM_F32, &ctx[i], &err) ==
+                    SVLM_OK,
+                "%s", err.msg);
+    const token_list greedy = sampled(s, ctx, 0, 1, 0, 0);
+    const token_list s7 = sampled(s, ctx, 1.0f, 1.0f, 7, 0), s7again = sampled(s, ctx, 1.0f, 1.0f, 7, 0);
+    const token_list s7batch = sampled(s, ctx, 1.0f, 1.0f, 7, 1), s8 = sampled(s, ctx, 1.0f, 1.0f, 8, 0);
+    const token_list cold = sampled(s, ctx, 1e-4f, 1.0f, 9, 0), nucleus = sampled(s, ctx, 1.0f, 1e-6f, 10, 1);
+    CHECK(greedy.n == SAMPLED_TOKENS && s7.n > 0, "greedy %d tokens, sampled %d", greedy.n, s7.n);
+    CHECK(same_tokens(&s7, &s7again), "seed 7 gave two different answers");
+    CHECK(same_tokens(&s7, &s7batch), "seed 7 in a batch differs from seed 7 alone");
+    CHECK(!same_tokens(&s7, &s8), "seeds 7 and 8 gave the same %d tokens", s7.n);
+    CHECK(!same_tokens(&s7, &greedy), "temperature 1 gave the greedy tokens");
+    CHECK(same_tokens(&cold, &greedy), "temperature 1e-4 differs from greedy");
+    CHECK(same_tokens(&nucleus, &greedy), "top_p 1e-6 (the top token only) differs from greedy");
+    /* a NaN top_p is refused at the start, and nothing is left behind */
+    svlm_ask_opts o = {.max_tokens = 4, .sampling = svlm_sampler_params_default()};
+    o.sampling.temp = 1.0f;
+    o.sampling.top_p = 0.0f / 0.0f;
+    svlm_stream_fork *f = NULL;
+    svlm_stream_answer *a = NULL;
+    REQUIRE(svlm_stream_fork_now(s, &f, &err) == SVLM_OK, "%s", err.msg);
+    CHECK(svlm_stream_answer_start(s, f, ctx[0], "What moves?", &o, NULL, NULL, &a, &err) == SVLM_E_INVALID &&
+              !a,
+          "a NaN top_p was accepted");
+    printf("sampled answers: seed 7 alone and batched the same, seed 8 and greedy other tokens\n");
+    for (int i = 0; i < 2; i++)
+        svlm_llama_ctx_free(ctx[i]);
+    svlm_stream_free(s);
+}
+
 static void refused_forks_not_counted(void) {
     svlm_stream_params p = small_params();
     p.max_answers = 1;
@@ -548,6 +643,7 @@ int test_main(void) {
 
     /* 8. refused forks count no question */
     refused_forks_not_counted();
+    sampled_answers();
 
     /* 9. an answer's end and a drop never wait for the stream's prefill */
     no_wait_behind_prefill();

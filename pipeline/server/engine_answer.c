@@ -189,7 +189,7 @@ svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err) {
     if (j->max_tokens > room) j->max_tokens = room;
     j->prompt_tokens = n_q;
     j->owner = e;
-    svlm_ask_opts o = {.max_tokens = j->max_tokens, .use_memory = 1};
+    svlm_ask_opts o = {.max_tokens = j->max_tokens, .use_memory = 1, .sampling = j->sampling};
     /* under the lock, so that on_done (which takes it) finds j listed with its qid */
     pthread_mutex_lock(&e->lock);
     if (!st && e->stopping) st = svlm_fail(err, SVLM_E_CANCELLED, "the engine is stopping");
@@ -311,6 +311,18 @@ static svlm_status copy_images(eng_job *j, const svlm_backend_ask_req *req, svlm
 
 #define MAX_IMAGES 4
 
+/* A seed for a sampled answer that named none: answers asked alike then differ. */
+static uint64_t eng_fresh_seed(eng *e) {
+    static atomic_uint_fast64_t counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + (uintptr_t)e +
+                 0x9E3779B97F4A7C15u * atomic_fetch_add(&counter, 1);
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9u; /* splitmix64's finaliser: nearby times, far seeds */
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBu;
+    return x ^ (x >> 31);
+}
+
 svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backend_ask_cb *cb, uint64_t *id,
                     svlm_err *err) {
     eng *e = ctx;
@@ -326,6 +338,12 @@ svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backe
     j->kind = req->n_images > 0 ? JOB_IMAGE : JOB_ASK;
     j->cb = *cb;
     j->max_tokens = req->max_tokens < e->o.max_answer_tokens ? req->max_tokens : e->o.max_answer_tokens;
+    if (req->temperature > 0) { /* sampled: the stream's answer draws from its logits */
+        j->sampling = svlm_sampler_params_default();
+        j->sampling.temp = req->temperature;
+        j->sampling.top_p = req->top_p > 0 && req->top_p < 1 ? req->top_p : 1.0f;
+        j->sampling.seed = req->has_seed ? req->seed : eng_fresh_seed(e);
+    }
     svlm_status st = SVLM_OK;
     if (j->kind == JOB_IMAGE) {
         st = copy_images(j, req, err);

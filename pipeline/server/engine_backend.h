@@ -17,7 +17,8 @@
  * "change": an alert when the answer differs from the previous one (the first answer counts,
  * so a client learns the starting state).
  *
- * Decoding is greedy (the engine's sampler); temperature is accepted and ignored.
+ * Stream answers are greedy, or sampled with the question's temperature, top_p and seed (the
+ * stream's svlm_ask_opts.sampling); still-image answers are greedy.
  */
 #ifndef SVLM_PIPELINE_SERVER_ENGINE_BACKEND_H
 #define SVLM_PIPELINE_SERVER_ENGINE_BACKEND_H

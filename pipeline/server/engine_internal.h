@@ -61,9 +61,10 @@ typedef struct eng_job {
     eng_stream *s; /* JOB_ASK, JOB_WATCH: referenced (refs) */
     char *question;
     int max_tokens, prompt_tokens;
-    double video_time;      /* stream time when asked */
-    svlm_backend_ask_cb cb; /* JOB_ASK, JOB_IMAGE */
-    uint64_t watch_id;      /* JOB_WATCH */
+    svlm_sampler_params sampling; /* JOB_ASK: temp <= 0 greedy */
+    double video_time;            /* stream time when asked */
+    svlm_backend_ask_cb cb;       /* JOB_ASK, JOB_IMAGE */
+    uint64_t watch_id;            /* JOB_WATCH */
     int n_images;
     svlm_backend_image *images; /* copies */
     atomic_int cancelled;

@@ -69,6 +69,11 @@ typedef struct svlm_backend_ask_req {
     float temperature; /* 0: greedy */
     int n_images;      /* > 0: answer about these still images instead of the stream */
     const svlm_backend_image *images;
+    /* with temperature > 0: nucleus sampling (top_p in (0, 1); 0 or 1: off) and the draw's seed
+     * (has_seed 0: a fresh one, so answers differ) */
+    float top_p;
+    int has_seed;
+    uint64_t seed;
 } svlm_backend_ask_req;
 
 typedef struct svlm_backend_done {

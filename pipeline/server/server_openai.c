@@ -211,7 +211,8 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     chat_req *r = calloc(1, sizeof *r);
     const char *e = r ? NULL : "out of memory";
     json_t *stream = json_object_get(body, "stream"), *mt = json_object_get(body, "max_tokens");
-    json_t *temp = json_object_get(body, "temperature");
+    json_t *temp = json_object_get(body, "temperature"), *top_p = json_object_get(body, "top_p"),
+           *seed = json_object_get(body, "seed");
     const char *mt_name = "max_tokens";
     if (!mt || json_is_null(mt)) { /* clients send "max_tokens": null beside the newer name */
         mt = json_object_get(body, "max_completion_tokens");
@@ -228,6 +229,10 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     if (!e && temp && !json_is_null(temp) &&
         (!json_is_number(temp) || !(json_number_value(temp) >= 0 && json_number_value(temp) <= 2)))
         e = "'temperature' must be a number from 0 to 2";
+    if (!e && top_p && !json_is_null(top_p) &&
+        (!json_is_number(top_p) || !(json_number_value(top_p) >= 0 && json_number_value(top_p) <= 1)))
+        e = "'top_p' must be a number from 0 to 1";
+    if (!e && seed && !json_is_null(seed) && !json_is_integer(seed)) e = "'seed' must be an integer";
     /* one answer per request: n > 1 would be billed for choices that never come */
     if (!e && n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
         e = "'n': only n=1 is supported";
@@ -264,9 +269,15 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     c->ask_images = r->n_images > 0;
     c->ask_created = (long long)time(NULL);
     svlm_backend_ask_req req = {
-        name[0] ? name : NULL, r->question,
-        c->ask_max_tokens,     temp && json_is_number(temp) ? (float)json_number_value(temp) : 0.0f,
-        r->n_images,           r->images};
+        .stream = name[0] ? name : NULL,
+        .question = r->question,
+        .max_tokens = c->ask_max_tokens,
+        .temperature = temp && json_is_number(temp) ? (float)json_number_value(temp) : 0.0f,
+        .n_images = r->n_images,
+        .images = r->images,
+        .top_p = top_p && json_is_number(top_p) ? (float)json_number_value(top_p) : 1.0f,
+        .has_seed = seed && json_is_integer(seed),
+        .seed = seed && json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : 0}; /* (any integer) */
     const char *code = NULL;
     svlm_err err = {0};
     c->ask = srv_ask_start(srv, c, &req, "", &code, &err);

@@ -1,4 +1,5 @@
 /* The websocket JSON protocol (docs/protocol.md): message assembly, limits, dispatch. */
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -352,11 +353,12 @@ static srv_watch *find_watch(svlm_server *srv, srv_conn *c, const char *id) {
 static void do_ask(req_ctx *r) {
     svlm_server *srv = r->srv;
     const char *stream, *question;
-    long max_tokens;
-    double temperature;
+    long max_tokens, seed;
+    double temperature, top_p;
     if (need_id(r) || get_string(r, "question", 1, QUESTION_MAX_BYTES, &question) ||
         get_int(r, "max_tokens", 1, 4096, 256, &max_tokens) ||
-        get_number(r, "temperature", 0, 2, 0, &temperature) || get_stream(r, &stream, 1))
+        get_number(r, "temperature", 0, 2, 0, &temperature) || get_number(r, "top_p", 0, 1, 1, &top_p) ||
+        get_int(r, "seed", 0, LONG_MAX, -1, &seed) || get_stream(r, &stream, 1))
         return;
     if (!question[0]) {
         bad(r, "bad_message", "field '%s' is empty", "question");
@@ -376,7 +378,13 @@ static void do_ask(req_ctx *r) {
                      srv->n_asks);
         return;
     }
-    svlm_backend_ask_req req = {stream, question, (int)max_tokens, (float)temperature, 0, NULL};
+    svlm_backend_ask_req req = {.stream = stream,
+                                .question = question,
+                                .max_tokens = (int)max_tokens,
+                                .temperature = (float)temperature,
+                                .top_p = (float)top_p,
+                                .has_seed = seed >= 0,
+                                .seed = seed >= 0 ? (uint64_t)seed : 0};
     const char *code = NULL;
     svlm_err err = {0};
     if (!srv_ask_start(srv, r->c, &req, r->id, &code, &err))

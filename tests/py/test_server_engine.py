@@ -79,9 +79,11 @@ async def ws_questions(s):
         wait_frames(s.base, "cam2", 1)
         before = wait_frames(s.base, "cam", 2)
         asks = {"a": ("cam", 24), "b": ("cam", 8), "c": ("cam2", 16), "d": ("cam2", 40)}
+        # "b" samples (temperature, top_p, seed): its logits come to the host and a sampler draws
+        sampling = {"b": {"temperature": 1.0, "top_p": 0.9, "seed": 3}}
         for i, (stream, mt) in asks.items():
             await ws.send(json.dumps({"type": "ask", "id": i, "stream": stream, "question": "What is in the video?",
-                                      "max_tokens": mt}))
+                                      "max_tokens": mt, **sampling.get(i, {})}))
         res = await collect(ws, list(asks))
         for i, (toks, d) in res.items():
             check_done(toks, d, asks[i][1])
@@ -94,7 +96,7 @@ async def ws_questions(s):
         assert after["frames_in"] >= before["frames_in"] + 1 and after["drops"] == 0, (before, after)
         assert 0.5 < after["fps_in"] < 2, after
         assert after["memory"]["kv_vision"] > 0 and after["memory"]["kv_sink"] > 0, after
-        print("ws: 4 answers on 2 streams, ttft %s ms; frames %d -> %d, dropped 0"
+        print("ws: 4 answers (one sampled) on 2 streams, ttft %s ms; frames %d -> %d, dropped 0"
               % ([round(res[i][1]["timings"]["ttft_ms"], 1) for i in sorted(res)], before["frames_in"],
                  after["frames_in"]))
 

@@ -133,6 +133,10 @@ async def protocol(h):
         await send(ws, type="ask", id="x3", stream="cam", question="q", max_tokens="many")
         m, _ = await until(ws, lambda m: m.get("id") == "x3")
         assert m["code"] == "bad_message" and "max_tokens" in m["message"], m
+        for i, (field, value) in enumerate((("top_p", 1.5), ("seed", -1), ("seed", "x"))):
+            await send(ws, type="ask", id="xs%d" % i, stream="cam", question="q", temperature=1, **{field: value})
+            m, _ = await until(ws, lambda m: m.get("id") == "xs%d" % i)
+            assert m["code"] == "bad_message" and field in m["message"], m
         await send(ws, type="ask", stream="cam", question="q")
         m, _ = await until(ws, lambda m: m["type"] == "error")
         assert m["code"] == "bad_message" and "id" in m["message"], m
@@ -628,6 +632,8 @@ def openai_params(h):
                                (user("q", max_tokens="x"), "max_tokens", "max_tokens"),
                                (user("q", stop=["a", "b", "c", "d", "e"]), "stop", "stop"),
                                (user("q", stop=""), "stop", "stop"),
+                               (user("q", temperature=1, top_p=1.5), "top_p", "top_p"),
+                               (user("q", temperature=1, seed=1.5), "seed", "seed"),
                                (user(5), "messages", "content"),
                                (user("q", svlm_stream="nope"), "svlm_stream", "model")):
         st, _, out = chat(h, body)
