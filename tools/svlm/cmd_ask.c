@@ -43,6 +43,8 @@ static void usage(FILE *f) {
                "http://HOST:PORT/\n"
                "  --max-tokens N      answer length limit (256)\n"
                "  --temperature T     0 = greedy (0)\n"
+               "  --top-p P           with a temperature: sample from the top tokens up to P (1)\n"
+               "  --seed S            with a temperature: the draw's seed (a fresh one)\n"
                "  --token-file FILE   the server's token (or env SVLM_TOKEN)\n"
                "  --timeout S         give up after S seconds (120)\n"
                "  --json              print every server message as a JSON line\n");
@@ -190,8 +192,8 @@ static int url_authority_ok(const char *url) {
 int cmd_ask(int argc, char **argv) {
     const char *pos[3];
     int n_pos = 0;
-    long long max_tokens = 256;
-    double temperature = 0, timeout = 120;
+    long long max_tokens = 256, seed = -1;
+    double temperature = 0, top_p = 1, timeout = 120;
     char token[320] = "";
     ask_client a = {0};
     if (getenv("SVLM_TOKEN")) {
@@ -214,6 +216,10 @@ int cmd_ask(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--temperature")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_float("--temperature", v, 0, 2, &temperature))
                 return 2;
+        } else if (!strcmp(argv[i], "--top-p")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_float("--top-p", v, 0, 1, &top_p)) return 2;
+        } else if (!strcmp(argv[i], "--seed")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int("--seed", v, 0, INT64_MAX, &seed)) return 2;
         } else if (!strcmp(argv[i], "--timeout")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_float("--timeout", v, 0.1, 86400, &timeout)) return 2;
         } else if (!strcmp(argv[i], "--token-file")) {
@@ -269,6 +275,8 @@ int cmd_ask(int argc, char **argv) {
     json_t *ask =
         json_pack("{s:s, s:s, s:s, s:s, s:I, s:f}", "type", "ask", "id", "q1", "stream", pos[1], "question",
                   pos[2], "max_tokens", (json_int_t)max_tokens, "temperature", temperature);
+    if (ask && top_p < 1) json_object_set_new(ask, "top_p", json_real(top_p));
+    if (ask && seed >= 0) json_object_set_new(ask, "seed", json_integer((json_int_t)seed));
     if (!hello || !ask) {
         fprintf(stderr, "svlm ask: the stream name and question must be UTF-8\n");
         json_decref(hello);
