@@ -29,7 +29,9 @@ double svlm_wall_now(void) {
 
 void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s) {
     atomic_init(&ctl->cancel, 0);
+    ctl->abort_flag = NULL;
     atomic_init(&ctl->progress_ns, mono_ns());
+    atomic_init(&ctl->checked_ns, mono_ns());
     atomic_init(&ctl->open_deadline_ns, 0);
     atomic_init(&ctl->decoded, 0);
     atomic_init(&ctl->corrupt, 0);
@@ -39,15 +41,30 @@ void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s) {
 }
 
 void svlm_ctl_touch(svlm_ingest_ctl *ctl) {
-    atomic_store(&ctl->progress_ns, mono_ns());
+    const long long now = mono_ns();
+    atomic_store(&ctl->progress_ns, now);
+    atomic_store(&ctl->checked_ns, now); /* (a wait between reads, a backoff, is no freeze) */
     atomic_store(&ctl->corrupt_at_progress, atomic_load(&ctl->corrupt));
+}
+
+int svlm_ctl_cancelled(svlm_ingest_ctl *ctl) {
+    return atomic_load(&ctl->cancel) || (ctl->abort_flag && atomic_load(ctl->abort_flag));
 }
 
 svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
     svlm_stop_reason why = SVLM_STOP_NONE;
     long long now = mono_ns();
+    /* this thread did not run for a while (SIGSTOP, a VM paused, a starved CPU): the source had no
+     * chance to deliver, so the lost time moves the watchdog's and the open's marks on */
+    const long long prev = atomic_exchange(&ctl->checked_ns, now), lost = now - prev;
+    if (lost > (long long)(SVLM_CTL_FROZEN_S * 1e9)) {
+        long long p = atomic_load(&ctl->progress_ns);
+        if (p < prev) atomic_compare_exchange_strong(&ctl->progress_ns, &p, p + lost);
+        long long d = atomic_load(&ctl->open_deadline_ns);
+        if (d) atomic_compare_exchange_strong(&ctl->open_deadline_ns, &d, d + lost);
+    }
     long long deadline = atomic_load(&ctl->open_deadline_ns);
-    if (atomic_load(&ctl->cancel))
+    if (svlm_ctl_cancelled(ctl))
         why = SVLM_STOP_CANCEL;
     else if (deadline && now > deadline)
         why = SVLM_STOP_OPEN_TIMEOUT;
@@ -85,7 +102,7 @@ svlm_status svlm_ctl_stop_error(svlm_ingest_ctl *ctl, svlm_err *err, const char 
 int svlm_ctl_sleep(svlm_ingest_ctl *ctl, double seconds) {
     double end = svlm_mono_now() + seconds;
     for (;;) {
-        if (atomic_load(&ctl->cancel)) return 1;
+        if (svlm_ctl_cancelled(ctl)) return 1;
         double left = end - svlm_mono_now();
         if (left <= 0) return 0;
         if (left > 0.05) left = 0.05; /* wake often enough to notice a cancel */

@@ -29,6 +29,7 @@ struct svlm_source {
     svlm_ingest_ctl ctl;
     svlm_sampler sampler;
     int live, reconnectable;
+    int pace_live;     /* a local file opened live: read in real time, like the camera it stands for */
     int fifo, fifo_fd; /* the FILE is a named pipe; its descriptor once a writer wrote (-1 before) */
     unsigned jitter_seed;
 
@@ -48,6 +49,7 @@ struct svlm_source {
     /* the timeline (producer side): keeps pts increasing across reconnects */
     svlm_timeline timeline;
     int64_t corrupt_reported;
+    svlm_err first_err; /* keep_trying: why the first open failed (the reader reconnects first) */
 
     int64_t delivered;
     atomic_llong reconnects;
@@ -134,6 +136,7 @@ static svlm_status fifo_wait(const char *path, svlm_ingest_ctl *ctl, double time
 }
 
 static svlm_status open_backend(svlm_source *s, svlm_err *err) {
+    svlm_ctl_touch(&s->ctl); /* (no freeze before the deadline: the backoff before it was none) */
     atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
     atomic_store(&s->ctl.open_deadline_ns, (long long)((svlm_mono_now() + s->opts.open_timeout_s) * 1e9));
     svlm_status st = SVLM_OK;
@@ -194,7 +197,7 @@ static void push_event(svlm_source *s, svlm_source_event_kind kind, int64_t coun
 /* Closes the lost stream and reopens it with exponential backoff and jitter. */
 static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
     push_event(s, SVLM_EVENT_DISCONNECT, 0, atomic_load(&s->reconnects), 0, why);
-    s->ops->close(s->bctx);
+    if (s->bctx) s->ops->close(s->bctx); /* (none when the first open failed: keep_trying) */
     s->bctx = NULL;
     double down_since = svlm_mono_now(), delay = s->opts.backoff_initial_s;
     svlm_err last = {0};
@@ -219,20 +222,37 @@ static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
     }
 }
 
+static int pace(svlm_source *s, double pts);
+
 static void *reader_main(void *arg) {
     svlm_source *s = arg;
     svlm_err err = {0};
-    svlm_status st;
+    svlm_status st = SVLM_OK;
+    if (!s->bctx) { /* keep_trying: the first open failed, its message is in first_err */
+        st = reconnect(s, s->first_err.msg, &err);
+        if (st != SVLM_OK) {
+            svlm_frame_queue_finish(&s->queue, st, &err);
+            return NULL;
+        }
+    }
     for (;;) {
         svlm_frame f;
         memset(&f, 0, sizeof f);
-        if (atomic_load(&s->ctl.cancel)) {
+        if (svlm_ctl_cancelled(&s->ctl)) {
             st = svlm_fail(&err, SVLM_E_CANCELLED, "source cancelled");
             break;
         }
         st = read_backend(s, &f, &err);
         svlm_source_item item;
         if (corrupt_event(s, &item)) svlm_frame_queue_push(&s->queue, &item);
+        if (st == SVLM_OK && s->pace_live) {
+            if (pace(s, f.pts)) {
+                svlm_frame_release(&f);
+                st = svlm_fail(&err, SVLM_E_CANCELLED, "source cancelled");
+                break;
+            }
+            f.wall = svlm_wall_now(); /* it "arrives" when due */
+        }
         if (st == SVLM_OK) {
             place_on_timeline(s, &f);
             memset(&item, 0, sizeof item);
@@ -241,10 +261,11 @@ static void *reader_main(void *arg) {
             svlm_frame_queue_push(&s->queue, &item);
             continue;
         }
-        if (st == SVLM_E_CANCELLED || atomic_load(&s->ctl.cancel)) break;
+        if (st == SVLM_E_CANCELLED || svlm_ctl_cancelled(&s->ctl)) break;
         if (atomic_load(&s->ctl.stop_reason) == SVLM_STOP_STALL)
             push_event(s, SVLM_EVENT_STALL, 0, 0, s->opts.stall_timeout_s, err.msg);
-        if (s->reconnectable && st != SVLM_E_NOMEM) {
+        /* (a gst: pipeline that ends by itself, a filesrc, is done: only its failures reconnect) */
+        if (s->reconnectable && st != SVLM_E_NOMEM && !(st == SVLM_E_END && s->uri.kind == SVLM_URI_GST)) {
             char why[256];
             snprintf(why, sizeof why, "%.255s", st == SVLM_E_END ? "end of stream" : err.msg);
             st = reconnect(s, why, &err);
@@ -285,33 +306,53 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     }
     if (st == SVLM_OK && !(s->ops = svlm_backend_choose(opts.backend, &s->uri, err)))
         st = err ? err->status : SVLM_E_UNSUPPORTED;
-    if (st == SVLM_OK && s->uri.kind == SVLM_URI_V4L2) {
-        struct stat sb;
-        if (stat(s->uri.target, &sb) != 0)
-            st = svlm_fail(err, SVLM_E_IO,
-                           "no camera at %s: plug one in, or name another as v4l2:///dev/videoN "
-                           "('ls /dev/video*' lists them)",
-                           s->uri.target);
-    }
     if (st != SVLM_OK) {
         free(s);
         return st;
+    }
+    svlm_status missing = SVLM_OK; /* a webcam not plugged in: keep_trying waits for it */
+    if (s->uri.kind == SVLM_URI_V4L2) {
+        struct stat sb;
+        if (stat(s->uri.target, &sb) != 0)
+            missing = svlm_fail(&s->first_err, SVLM_E_IO,
+                                "no camera at %s: plug one in, or name another as v4l2:///dev/videoN "
+                                "('ls /dev/video*' lists them)",
+                                s->uri.target);
     }
     s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
     if (opts.live < 0 && s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls && finished_playlist(uri, &opts))
         s->live = 0; /* a VOD playlist would otherwise play again from its start at every end */
     opts.live = s->live;
     s->opts = opts;
+    /* (a gst: pipeline opened live is a camera too: a webcam's, say) */
     s->reconnectable = s->live && (s->uri.kind == SVLM_URI_RTSP || s->uri.kind == SVLM_URI_HTTP ||
-                                   s->uri.kind == SVLM_URI_V4L2);
+                                   s->uri.kind == SVLM_URI_V4L2 || s->uri.kind == SVLM_URI_GST);
+    /* A local file read live stands in for a camera: in real time when asked (a server's streams),
+     * else decoding would hand it over in one burst. (A named pipe's writer sets its own pace.) */
+    s->pace_live = s->live && s->uri.kind == SVLM_URI_FILE && !s->fifo && opts.pace == SVLM_PACE_REALTIME;
     s->jitter_seed = (unsigned)(svlm_mono_now() * 1e6) ^ (unsigned)(uintptr_t)s;
     atomic_init(&s->reconnects, 0);
-    /* The watchdog guards live sources; a replay may legitimately wait on its consumer. */
-    svlm_ctl_init(&s->ctl, s->live ? opts.stall_timeout_s : 0);
-    svlm_sampler_init(&s->sampler, opts.fps, s->live);
+    /* The watchdog guards live sources; a replay may legitimately wait on its consumer, and the
+     * built-in pattern cannot stall (its own pacing, or the process being stopped, is no stall). */
+    svlm_ctl_init(&s->ctl, s->live && s->uri.kind != SVLM_URI_PATTERN ? opts.stall_timeout_s : 0);
+    s->ctl.abort_flag = opts.abort_flag;
+    /* (a paced file is decoded ahead of its time: it is sampled by its timestamps) */
+    svlm_sampler_init(&s->sampler, opts.fps, s->live && !s->pace_live);
     svlm_timeline_init(&s->timeline, s->live);
 
-    st = open_backend(s, err);
+    const int keep_trying = opts.keep_trying && s->reconnectable;
+    if (missing != SVLM_OK && !keep_trying) {
+        if (err) *err = s->first_err;
+        free(s);
+        return missing;
+    }
+    st = missing != SVLM_OK ? missing : open_backend(s, &s->first_err);
+    if (st != SVLM_OK && err) *err = s->first_err;
+    /* keep_trying: the reader starts with a reconnect (no backend yet); a bad option, URI or codec
+     * will not get better */
+    if (st != SVLM_OK && keep_trying && st != SVLM_E_NOMEM && st != SVLM_E_INVALID &&
+        st != SVLM_E_UNSUPPORTED && st != SVLM_E_CANCELLED)
+        st = SVLM_OK;
     if (st == SVLM_OK && s->live) {
         st = svlm_frame_queue_init(&s->queue, opts.queue_frames);
         if (st != SVLM_OK)
@@ -342,7 +383,8 @@ static void pending_pop(svlm_source *s, svlm_source_item *item) {
     s->n_pending--;
 }
 
-/* Replay in real time: a frame is not handed out before its pts has elapsed. */
+/* Replay (or a local file read live) in real time: a frame is not handed out before its pts has
+ * elapsed. */
 static int pace(svlm_source *s, double pts) {
     if (s->opts.pace != SVLM_PACE_REALTIME) return 0;
     if (!s->paced) {
@@ -399,7 +441,7 @@ static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err 
 
 svlm_status svlm_source_next(svlm_source *s, svlm_source_item *item, svlm_err *err) {
     memset(item, 0, sizeof *item);
-    if (atomic_load(&s->ctl.cancel)) return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
+    if (svlm_ctl_cancelled(&s->ctl)) return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
     svlm_status st =
         s->live ? svlm_frame_queue_pop(&s->queue, item, &s->ctl.cancel, err) : next_replay(s, item, err);
     if (st == SVLM_OK && item->kind == SVLM_ITEM_FRAME) item->frame.index = s->delivered++;
@@ -466,6 +508,7 @@ svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_
         if (opts.live < 0) opts.live = svlm_uri_default_live(uri);
         svlm_ingest_ctl ctl;
         svlm_ctl_init(&ctl, 0);
+        ctl.abort_flag = opts.abort_flag;
         atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + opts.open_timeout_s) * 1e9));
         if (fifo) { /* (then the whole timeout again for the backend, as open_backend does) */
             st = fifo_wait(uri->target, &ctl, opts.open_timeout_s, &fifo_fd, err);

@@ -38,6 +38,7 @@
 #ifndef SVLM_PIPELINE_SOURCE_H
 #define SVLM_PIPELINE_SOURCE_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "svlm.h"
@@ -61,16 +62,26 @@ typedef struct svlm_source_opts {
     int max_edge;      /* scale so the longest edge is at most this; 0 keeps native size (512) */
     int width, height; /* exact output size when both > 0 (overrides max_edge) */
     svlm_backend_kind backend;
-    svlm_pace pace;           /* replay only: as fast as the consumer takes frames, or real time */
+    svlm_pace pace;           /* replay: as fast as the consumer takes frames, or real time (a local
+                                 file opened live is always read in real time) */
     int live;                 /* -1: from the URI (rtsp, v4l2, HLS, live pattern), 0: replay, 1: live */
     svlm_transport transport; /* RTSP transport (AUTO: the library's choice, usually UDP then TCP) */
     double open_timeout_s;    /* connect/open limit (10) */
-    double stall_timeout_s;   /* live watchdog: no cleanly decoded frame for this long = stalled (5) */
+    double stall_timeout_s;   /* live watchdog: no cleanly decoded frame for this long = stalled (5);
+                                 not for the built-in pattern, which cannot stall */
     int max_reconnects;       /* live: consecutive failed reconnects before giving up, -1 = forever (-1) */
     double backoff_initial_s; /* first reconnect delay (0.25), doubling up to backoff_max_s (5) with ±25%
                                  jitter */
     double backoff_max_s;
     int queue_frames; /* live queue capacity in frames (4) */
+    /* Optional, the owner's: while it is non-zero, opens, probes, reads and reconnects give up as if
+     * cancelled (a server shutting down stops opens that hang; NULL: none). Must outlive the source. */
+    const atomic_int *abort_flag;
+    /* A live source that reconnects (RTSP, HTTP, v4l2, gst:) whose first open fails still opens:
+     * it starts as if it had just been lost (a DISCONNECT event saying why, then reconnects with
+     * backoff), and svlm_source_open returns SVLM_OK with *err holding why the first open failed
+     * (err->status not SVLM_OK). Not for bad options, an unsupported URI or codec (0) */
+    int keep_trying;
 } svlm_source_opts;
 
 void svlm_source_opts_default(svlm_source_opts *opts);

@@ -54,6 +54,16 @@ double svlm_frame_clock_next(svlm_frame_clock *c, int has_ts, int64_t ts, double
             out = to;
             c->leaps++;
         }
+        /* Nor does it fall ever further behind: a clock slower than real time (a demuxer's guessed
+         * frame rate) is held at a bound behind its least delayed frame, so it follows the wall
+         * clock from there. Held, not shifted: frames that merely came late keep their own times
+         * once they are within the bound again. */
+        const double floor_t =
+            wall + c->ahead_max - fmax(SVLM_TIMELINE_LAG_S, SVLM_TIMELINE_LEAP_FRAMES * step);
+        if (out < floor_t) {
+            out = floor_t;
+            c->lags++;
+        }
     }
     if (c->live) c->ahead_max = c->have_last ? fmax(c->ahead_max, out - wall) : out - wall;
     c->replaced += stalled;

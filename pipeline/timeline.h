@@ -4,7 +4,8 @@
  * a live source whose clock jumps back by more than SVLM_TIMELINE_JUMP_S (an encoder restart, an
  * HLS discontinuity) is re-anchored the same way, so its frames are not all filed at one time
  * until the new clock catches up; smaller steps back (a recording's last frames, jitter) are held
- * at the last time. A live clock's leaps forward are taken out before sampling (svlm_frame_clock).
+ * at the last time. A live clock's leaps forward are taken out, and its lag held at a bound, before
+ * sampling (svlm_frame_clock).
  */
 #ifndef SVLM_PIPELINE_TIMELINE_H
 #define SVLM_PIPELINE_TIMELINE_H
@@ -16,6 +17,10 @@
  * was (out - arrival), by more than this many seconds or frames (the larger). */
 #define SVLM_TIMELINE_LEAP_S      10.0
 #define SVLM_TIMELINE_LEAP_FRAMES 50
+/* A live clock lags when a frame's time is further behind its arrival than the least delayed frame's
+ * was, by more than this many seconds or SVLM_TIMELINE_LEAP_FRAMES frames (the larger): more than a
+ * live HLS stream's segment (up to 10 s), whose first frames come a segment late. */
+#define SVLM_TIMELINE_LAG_S 20.0
 
 typedef struct svlm_timeline {
     double offset; /* added to the source's pts */
@@ -42,7 +47,10 @@ double svlm_timeline_place(svlm_timeline *t, double pts, double wall);
  * run ahead of real time), so a start-up burst (frames faster than real time, each a frame later),
  * a real gap, or a gap after frames that came late is not one, where the timeline, seeing only the
  * frames sampling kept (on the wall clock), could not tell them apart.
- * A live clock's jumps back are the timeline's to handle.
+ * A live clock that lags (a demuxer's guessed frame rate slower than the camera's, an MJPEG stream
+ * over HTTP at 25 fps for a 5 fps camera) is held SVLM_TIMELINE_LAG_S behind: from there its times
+ * follow the arrival clock, never going back. A live clock's smaller jumps back are the timeline's
+ * to handle.
  */
 typedef struct svlm_frame_clock {
     int replay;
@@ -56,6 +64,7 @@ typedef struct svlm_frame_clock {
     double ahead_max; /* live: the largest (time - arrival) of the frames so far */
     double shift;     /* live: added to frames' own times since the leaps so far */
     int64_t leaps;
+    int64_t lags; /* live: frames held at the lag bound */
 } svlm_frame_clock;
 
 void svlm_frame_clock_init(svlm_frame_clock *c, int replay);

@@ -1,9 +1,16 @@
 /* Ingest pieces that need no media library: URI parsing, sampling, output size, the
- * drop-oldest queue, and the built-in pattern source through the public API. */
+ * drop-oldest queue, the watchdog, and the built-in pattern source through the public API; and,
+ * with FFmpeg or GStreamer, a camera that is down at open (keep_trying) or never answers (abort). */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "pipeline/frame_queue.h"
 #include "pipeline/source_backend.h"
@@ -305,6 +312,165 @@ static void test_frame_clock_gst(void) {
           "then synthesized: %g %g", t[0], t[1]);
 }
 
+/* A live clock slower than real time (an MJPEG demuxer's 25 fps for a 5 fps camera: 0.04 s a
+ * frame, one every 0.2 s) is held SVLM_TIMELINE_LAG_S behind its least delayed frame, from there
+ * following the arrival clock, never going back. */
+static void test_frame_clock_lag(void) {
+    svlm_frame_clock c;
+    svlm_frame_clock_init(&c, 0);
+    c.live = 1;
+    double wall = 100, out = 0, prev = -1;
+    int mono = 1, first_held = -1;
+    for (int i = 0; i < 300; i++, wall += 0.2) {
+        out = svlm_frame_clock_next(&c, 1, i, 0.04 * i, 0.04, wall);
+        mono &= out >= prev;
+        if (first_held < 0 && c.lags) first_held = i;
+        prev = out;
+    }
+    CHECK(mono && (first_held == 125 || first_held == 126) &&
+              fabs(out - (0.2 * 299 - SVLM_TIMELINE_LAG_S)) < 1e-6,
+          "a clock at 1/5 real time: held from frame %d (expected 125 or 126), last %g (expected %g)",
+          first_held, out, 0.2 * 299 - SVLM_TIMELINE_LAG_S);
+}
+
+static void sleep_s(double s) {
+    struct timespec ts = {(time_t)s, (long)((s - floor(s)) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+/* The watchdog counts the time a source was given to deliver: a thread that did not run for a while
+ * (the process stopped, starved) neither stalls nor times out its open; one that waits does. */
+static void test_watchdog_frozen(void) {
+    svlm_ingest_ctl ctl;
+    svlm_ctl_init(&ctl, 0.3);
+    svlm_ctl_touch(&ctl);
+    CHECK(svlm_ctl_should_stop(&ctl) == SVLM_STOP_NONE, "fresh");
+    sleep_s(1.3); /* as if SIGSTOPped: no check ran */
+    CHECK(svlm_ctl_should_stop(&ctl) == SVLM_STOP_NONE, "1.3 s frozen is no stall");
+    double t0 = svlm_mono_now();
+    svlm_stop_reason why = SVLM_STOP_NONE;
+    while (!(why = svlm_ctl_should_stop(&ctl)) && svlm_mono_now() - t0 < 3)
+        sleep_s(0.02);
+    double took = svlm_mono_now() - t0;
+    CHECK(why == SVLM_STOP_STALL && took > 0.15 && took < 1, "then waiting: stalled after %.2f s", took);
+
+    svlm_ctl_init(&ctl, 0);
+    svlm_ctl_touch(&ctl);
+    atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + 0.5) * 1e9));
+    sleep_s(1.3);
+    CHECK(svlm_ctl_should_stop(&ctl) == SVLM_STOP_NONE, "1.3 s frozen does not spend a 0.5 s open timeout");
+    t0 = svlm_mono_now();
+    while (!(why = svlm_ctl_should_stop(&ctl)) && svlm_mono_now() - t0 < 3)
+        sleep_s(0.02);
+    took = svlm_mono_now() - t0;
+    CHECK(why == SVLM_STOP_OPEN_TIMEOUT && took > 0.3 && took < 1.2, "then the open timed out after %.2f s",
+          took);
+}
+
+/* A live pattern cannot stall: frames 0.5 s apart under a 0.1 s watchdog all come. */
+static void test_pattern_no_stall(void) {
+    svlm_source_opts o;
+    svlm_source_opts_default(&o);
+    o.fps = 0;
+    o.stall_timeout_s = 0.1;
+    svlm_source *src = NULL;
+    svlm_err err = {0};
+    REQUIRE(svlm_source_open(&src, "pattern:live,rate=2,duration=0,size=32x32", &o, &err) == SVLM_OK,
+            "open: %s", err.msg);
+    int frames = 0, events = 0;
+    svlm_source_item it;
+    svlm_status st = SVLM_OK;
+    while (frames < 3 && (st = svlm_source_next(src, &it, &err)) == SVLM_OK) {
+        if (it.kind == SVLM_ITEM_EVENT) {
+            events++;
+            continue;
+        }
+        svlm_frame_release(&it.frame);
+        frames++;
+    }
+    CHECK(st == SVLM_OK && frames == 3 && events == 0, "3 frames (%d), no event (%d): %s", frames, events,
+          st ? err.msg : "");
+    svlm_source_close(src);
+}
+
+#if defined(SVLM_HAVE_FFMPEG) || defined(SVLM_HAVE_GST)
+/* keep_trying: a camera that is down at open starts reconnecting (a DISCONNECT saying why first);
+ * a recording, a bad URI, or the same camera without keep_trying still fail the open. */
+static void test_keep_trying(void) {
+    svlm_source_opts o;
+    svlm_source_opts_default(&o);
+    o.keep_trying = 1;
+    o.backoff_initial_s = o.backoff_max_s = 0.05;
+    o.max_reconnects = 2;
+    o.open_timeout_s = 3;
+    svlm_source *src = NULL;
+    svlm_err err = {0};
+    REQUIRE(svlm_source_open(&src, "rtsp://127.0.0.1:1/x", &o, &err) == SVLM_OK && src,
+            "a camera that is down opens: %s", err.msg);
+    CHECK(err.status == SVLM_E_IO && err.msg[0], "and says why: %d %s", err.status, err.msg);
+    svlm_source_item it;
+    svlm_err e2 = {0};
+    CHECK(svlm_source_next(src, &it, &e2) == SVLM_OK && it.kind == SVLM_ITEM_EVENT &&
+              it.event.kind == SVLM_EVENT_DISCONNECT && !strcmp(it.event.detail, err.msg),
+          "first a DISCONNECT: kind %d '%s'", it.event.kind, it.event.detail);
+    svlm_status st;
+    while ((st = svlm_source_next(src, &it, &e2)) == SVLM_OK)
+        if (it.kind == SVLM_ITEM_FRAME) svlm_frame_release(&it.frame);
+    CHECK(st == SVLM_E_IO && strstr(e2.msg, "gave up after 2"), "then reconnects, and gives up: %s", e2.msg);
+    svlm_source_close(src);
+    src = NULL;
+    CHECK(svlm_source_open(&src, "/nonexistent/clip.mp4", &o, &err) == SVLM_E_IO && !src,
+          "a missing recording still fails: %s", err.msg);
+    CHECK(svlm_source_open(&src, "bogus://x", &o, &err) == SVLM_E_INVALID && !src, "a bad URI still fails");
+    o.keep_trying = 0;
+    CHECK(svlm_source_open(&src, "rtsp://127.0.0.1:1/x", &o, &err) == SVLM_E_IO && !src,
+          "without keep_trying the open fails: %s", err.msg);
+}
+
+typedef struct open_job {
+    char uri[64];
+    svlm_source_opts o;
+    svlm_status st;
+    double took;
+} open_job;
+
+static void *open_main(void *arg) {
+    open_job *j = arg;
+    svlm_source *src = NULL;
+    svlm_err err = {0};
+    const double t0 = svlm_mono_now();
+    j->st = svlm_source_open(&src, j->uri, &j->o, &err);
+    j->took = svlm_mono_now() - t0;
+    svlm_source_close(src);
+    return NULL;
+}
+
+/* An open of a server that accepts and never answers gives up as soon as the owner's abort_flag is
+ * set (a server shutting down), not at its open timeout. */
+static void test_abort_open(void) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    REQUIRE(fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof a) && !listen(fd, 4) &&
+                !getsockname(fd, (struct sockaddr *)&a, &len),
+            "a listener");
+    atomic_int stop = 0;
+    open_job j;
+    memset(&j, 0, sizeof j);
+    snprintf(j.uri, sizeof j.uri, "rtsp://127.0.0.1:%d/x", ntohs(a.sin_port));
+    svlm_source_opts_default(&j.o);
+    j.o.open_timeout_s = 20;
+    j.o.abort_flag = &stop;
+    pthread_t th;
+    REQUIRE(!pthread_create(&th, NULL, open_main, &j), "thread");
+    sleep_s(0.5);
+    atomic_store(&stop, 1);
+    pthread_join(th, NULL);
+    close(fd);
+    CHECK(j.st == SVLM_E_CANCELLED && j.took < 2.5, "aborted after %.2f s: status %d", j.took, j.st);
+}
+#endif
+
 static void test_output_size(void) {
     svlm_source_opts o;
     svlm_source_opts_default(&o);
@@ -601,6 +767,13 @@ int test_main(void) {
     test_frame_clock();
     test_frame_clock_gst();
     test_frame_clock_leap();
+    test_frame_clock_lag();
+    test_watchdog_frozen();
+    test_pattern_no_stall();
+#if defined(SVLM_HAVE_FFMPEG) || defined(SVLM_HAVE_GST)
+    test_keep_trying();
+    test_abort_open();
+#endif
     test_output_size();
     test_queue();
     test_queue_events_bounded();

@@ -38,10 +38,13 @@ svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char 
     return svlm_fail(err, SVLM_E_IO, "%s %s: %s", what, safe, msg);
 }
 
-/* A failure once the open deadline has passed is the timeout, whatever FFmpeg made of it (its own
- * socket timeout reads as "invalid data" for RTSP, our interrupt as AVERROR_EXIT). */
+/* A failure once the open deadline has passed is the timeout, and one after a cancel the cancel,
+ * whatever FFmpeg made of it (its own socket timeout reads as "invalid data" for RTSP, our interrupt
+ * as AVERROR_EXIT or, for RTSP, "invalid data" too). */
 static svlm_status open_fail(const svlm_backend_args *a, int averr, const char *what, svlm_err *err) {
-    if (a->ctl && svlm_ctl_should_stop(a->ctl) == SVLM_STOP_OPEN_TIMEOUT) {
+    const svlm_stop_reason why = a->ctl ? svlm_ctl_should_stop(a->ctl) : SVLM_STOP_NONE;
+    if (why == SVLM_STOP_CANCEL) return svlm_ff_fail(err, AVERROR_EXIT, what, a->uri->target);
+    if (why == SVLM_STOP_OPEN_TIMEOUT) {
         char safe[512];
         svlm_uri_redact(a->uri->target, safe, sizeof safe);
         return svlm_fail(err, SVLM_E_IO,

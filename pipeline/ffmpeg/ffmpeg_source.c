@@ -37,6 +37,10 @@ typedef struct ff_ctx {
     int rate_known;         /* frame_dur comes from a plausible frame rate of the stream */
     double prev_dur;        /* the previous frame's own duration in seconds (0: unknown) */
     svlm_frame_clock clock; /* synthesizes missing and (replay) non-advancing timestamps */
+    /* live, and the demuxer has no timestamps (MJPEG over HTTP): its pts count frames at a guessed
+     * rate (25 fps), so frames are timed by their arrival instead */
+    int arrival;
+    double arrival0; /* arrival of the first frame (monotonic seconds; 0: none yet) */
     int draining;
     int bad_reads;     /* consecutive unreadable packets */
     int turns;         /* clockwise quarter turns the stream's display matrix asks for */
@@ -121,6 +125,7 @@ static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
     c->rate_known = fr.num > 0 && fr.den > 0 && av_q2d(fr) <= 500;
     /* Live streams start mid-way: their first frame is pts 0. */
     c->base_ts = c->opts.live ? AV_NOPTS_VALUE : c->st->start_time;
+    c->arrival = c->opts.live && (c->fmt->iformat->flags & AVFMT_NOTIMESTAMPS);
     c->turns = stream_turns(c->st);
     return SVLM_OK;
 }
@@ -170,12 +175,19 @@ static double frame_duration(const ff_ctx *c, const AVFrame *f) {
  * the timestamps stop advancing: said once, so that a file of all-zero timestamps is not a mystery;
  * (live) shifted back once the stream's clock leapt forward, said once too. */
 static double frame_time(ff_ctx *c, const AVFrame *f) {
-    const int64_t ts = f->best_effort_timestamp;
-    const int has_ts = ts != AV_NOPTS_VALUE;
-    const double t = has_ts ? ts_seconds(c, ts) : 0;
+    int64_t ts = f->best_effort_timestamp;
+    int has_ts = ts != AV_NOPTS_VALUE;
+    double t = has_ts ? ts_seconds(c, ts) : 0;
+    const double now = svlm_mono_now();
+    if (c->arrival) {
+        if (c->arrival0 <= 0) c->arrival0 = now;
+        t = now - c->arrival0;
+        ts = (int64_t)llround(t * 1e6);
+        has_ts = 1;
+    }
     const int64_t replaced = c->clock.replaced, leaps = c->clock.leaps;
     const double step = synth_step(c), shift = c->clock.shift;
-    const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step, svlm_mono_now());
+    const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step, now);
     if (!replaced && c->clock.replaced) {
         char safe[512];
         svlm_uri_redact(c->uri->target, safe, sizeof safe);

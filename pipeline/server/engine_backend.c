@@ -38,6 +38,10 @@ void svlm_engine_backend_opts_default(svlm_engine_backend_opts *o) {
     o->memory = 1;
     o->memory_budget = (size_t)64 << 20;
     o->memory_tokens = 64;
+    svlm_source_opts so;
+    svlm_source_opts_default(&so);
+    o->open_timeout_s = so.open_timeout_s;
+    o->stall_timeout_s = so.stall_timeout_s;
 }
 
 static eng_stream *find_locked(eng *e, const char *name) {
@@ -148,7 +152,9 @@ static void stream_free(eng *e, eng_stream *s) {
     free(s);
 }
 
-static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_stream *s, svlm_err *err) {
+/* keep_trying: see svlm_engine_backend_open_start (then *down says why the source is down). */
+static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, int keep_trying, eng_stream *s,
+                                svlm_err *down, svlm_err *err) {
     s->owner = e;
     snprintf(s->name, sizeof s->name, "%s", req->name);
     snprintf(s->uri, sizeof s->uri, "%s", req->uri);
@@ -171,8 +177,18 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
     svlm_source_opts_default(&so);
     if (req->fps > 0) so.fps = req->fps;
     so.live = set.live;           /* an HTTP camera (MJPEG, MPEG-TS) says so: only its URI's kind is known */
-    so.pace = SVLM_PACE_REALTIME; /* a recording plays like a camera */
-    st = svlm_source_open(&s->src, req->uri, &so, err);
+    so.pace = SVLM_PACE_REALTIME; /* a recording (and a file opened live) plays like a camera */
+    so.open_timeout_s = e->o.open_timeout_s;
+    so.stall_timeout_s = e->o.stall_timeout_s;
+    so.abort_flag = &e->shutdown;
+    so.keep_trying = keep_trying;
+    svlm_err first = {0};
+    st = svlm_source_open(&s->src, req->uri, &so, &first);
+    if (st && err) *err = first;
+    if (!st && first.status != SVLM_OK) { /* down now: the source's reader reconnects */
+        if (down) *down = first;
+        snprintf(s->state, sizeof s->state, "reconnecting");
+    }
     if (!st)
         st = svlm_engine_open_stream_with(e->engine, &sp, SYSTEM_PROMPT, &set.stc, &s->stream, &s->sid, err);
     if (st) return st;
@@ -182,8 +198,9 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, eng_st
     return SVLM_OK;
 }
 
-static svlm_status open_stream(void *ctx, const svlm_backend_open_req *req, svlm_err *err) {
-    eng *e = ctx;
+static svlm_status open_stream_with(eng *e, const svlm_backend_open_req *req, int keep_trying, svlm_err *down,
+                                    svlm_err *err) {
+    if (atomic_load(&e->shutdown)) return svlm_fail(err, SVLM_E_CANCELLED, "the server is stopping");
     pthread_mutex_lock(&e->lock);
     int exists = find_locked(e, req->name) != NULL, slot = -1;
     for (int i = 0; i < SVLM_BACKEND_MAX_OPENING; i++) {
@@ -201,7 +218,8 @@ static svlm_status open_stream(void *ctx, const svlm_backend_open_req *req, svlm
         return svlm_fail(err, SVLM_E_LIMIT, "at most %d streams (and %d opening at once)", e->o.max_streams,
                          SVLM_BACKEND_MAX_OPENING);
     eng_stream *s = calloc(1, sizeof *s);
-    svlm_status st = s ? stream_build(e, req, s, err) : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    svlm_status st =
+        s ? stream_build(e, req, keep_trying, s, down, err) : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     pthread_mutex_lock(&e->lock);
     e->opening[slot][0] = 0;
     if (!st) {
@@ -213,6 +231,19 @@ static svlm_status open_stream(void *ctx, const svlm_backend_open_req *req, svlm
     pthread_mutex_unlock(&e->lock);
     if (st) stream_free(e, s);
     return st;
+}
+
+static svlm_status open_stream(void *ctx, const svlm_backend_open_req *req, svlm_err *err) {
+    return open_stream_with(ctx, req, 0, NULL, err);
+}
+
+svlm_status svlm_engine_backend_open_start(svlm_engine_backend *e, const svlm_backend_open_req *req,
+                                           svlm_err *down, svlm_err *err) {
+    return open_stream_with(e, req, 1, down, err);
+}
+
+void svlm_engine_backend_shutdown(svlm_engine_backend *e) {
+    if (e) atomic_store(&e->shutdown, 1);
 }
 
 static svlm_status close_stream(void *ctx, const char *name, svlm_err *err) {
@@ -264,7 +295,14 @@ static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     snprintf(o->uri, sizeof o->uri, "%s", s->uri);
     snprintf(o->state, sizeof o->state, "%s", s->state);
     o->live = svlm_source_is_live(s->src);
+    /* the average over the frames that came decays while none comes: at most one over the time
+     * since the last one (a stream reconnecting for 40 s is at 0.025), and none once it is over */
     o->fps_in = s->fps_ema;
+    const double since = eng_wall() - s->last_wall;
+    if (!strcmp(s->state, "ended") || !strcmp(s->state, "failed"))
+        o->fps_in = 0;
+    else if (s->last_wall > 0 && since > 0 && since * o->fps_in > 1)
+        o->fps_in = 1 / since;
     o->reconnects = s->reconnects;
     o->video_time = s->video_time;
     snprintf(o->kv_type, sizeof o->kv_type, "%s", svlm_stream_kv_type(s->stream) == SVLM_F16 ? "f16" : "f32");
@@ -400,6 +438,7 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
         o->decode_batch > 1024 || o->ingest_batch < 0 || o->ingest_batch > 64 || o->frames_window < 1 ||
         o->text_window < 16 || o->max_answer_tokens < 1 || o->max_queued < 1 || o->sink_tokens < 16 ||
         o->frame_queue < 1 || o->memory_tokens < 1 || (o->memory && o->memory_budget < 4096) ||
+        !(o->open_timeout_s > 0) || !(o->stall_timeout_s >= 0) ||
         (o->kv_type != SVLM_F32 && o->kv_type != SVLM_F16))
         return svlm_fail(err, SVLM_E_INVALID, "engine options out of range");
     if (o->memory_dir && strlen(o->memory_dir) >= 400)
@@ -415,6 +454,7 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
     if (o->memory_dir) snprintf(e->memory_dir, sizeof e->memory_dir, "%s", o->memory_dir);
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cv, NULL);
+    atomic_init(&e->shutdown, 0);
     pthread_mutex_init(&e->watch_lock, NULL);
     pthread_cond_init(&e->watch_cv, NULL);
     svlm_status st = load_models(e, err);

@@ -52,6 +52,8 @@ typedef struct svlm_engine_backend_opts {
     size_t memory_budget;    /* bytes per stream (64 MiB) */
     const char *memory_dir;  /* persist each stream's bank in memory_dir/NAME (NULL: not) */
     int memory_tokens;       /* memory rows placed before a question at most (64) */
+    double open_timeout_s;   /* sources: connect/open limit (10, as pipeline/source.h) */
+    double stall_timeout_s;  /* sources: live watchdog, no frame for this long (5; 0: none) */
 } svlm_engine_backend_opts;
 
 void svlm_engine_backend_opts_default(svlm_engine_backend_opts *o);
@@ -61,6 +63,18 @@ typedef struct svlm_engine_backend svlm_engine_backend;
 /* Loads both models and starts the workers; fills *iface. */
 svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_engine_backend **out,
                                        svlm_server_backend *iface, svlm_err *err);
+/* Opens a stream as the server's open_stream does, for a stream the server starts with: a live
+ * source that reconnects (RTSP, v4l2, HTTP opened live, gst:) and cannot be reached now is opened
+ * all the same, in state "reconnecting", retrying with the usual backoff; then *down says why it
+ * could not be reached (down->status != SVLM_OK). Other failures (a recording that cannot be read,
+ * a bad URI or option) fail as open_stream's do. */
+svlm_status svlm_engine_backend_open_start(svlm_engine_backend *b, const svlm_backend_open_req *req,
+                                           svlm_err *down, svlm_err *err);
+/* The server is stopping: opens in progress (a URL that never answers holds one for up to the open
+ * timeout) and sources' reads and reconnects give up at once, and new opens are refused. Call when
+ * svlm_server_run returns, before svlm_server_destroy (which waits for those opens). Only stores a
+ * flag: async-signal-safe. */
+void svlm_engine_backend_shutdown(svlm_engine_backend *b);
 /* Closes every stream, cancels and waits for every answer; accepts NULL. Call after the
  * server is destroyed. */
 void svlm_engine_backend_destroy(svlm_engine_backend *b);

@@ -47,7 +47,7 @@ typedef struct eng_stream {
     double latest_pts;
     char state[16];
     int64_t reconnects;
-    double fps_ema, last_wall, video_time;
+    double fps_ema, last_wall, video_time; /* last_wall: the last frame's arrival (eng_wall) */
 } eng_stream;
 
 typedef enum eng_job_kind { JOB_ASK, JOB_IMAGE, JOB_WATCH } eng_job_kind;
@@ -123,6 +123,7 @@ struct svlm_engine_backend {
     int n_jobs;
     uint64_t next_id;
     int stopping;
+    atomic_int shutdown; /* sources' abort_flag: opens and reads give up (the server is stopping) */
 
     /* still images: one worker with its own kernels and encoder */
     svlm_kernels *k_image;

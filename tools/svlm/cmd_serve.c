@@ -57,7 +57,12 @@ static void usage(FILE *f) {
         "  --live | --replay     after a --source: that source is a camera (stall watchdog, reconnects,\n"
         "                        the oldest waiting frame dropped when behind) or a recording. Default\n"
         "                        from the URI: RTSP, webcams and unfinished HLS playlists are live, so\n"
-        "                        an MJPEG or MPEG-TS camera over http(s):// needs --live\n"
+        "                        an MJPEG or MPEG-TS camera over http(s):// needs --live. A live source\n"
+        "                        that cannot be reached at start starts reconnecting; a recording that\n"
+        "                        cannot be opened stops the start\n"
+        "  --open-timeout S      every source's connect/open limit (10)\n"
+        "  --stall-timeout S     live sources: no frame for S seconds is a stall, then a reconnect\n"
+        "                        (5; 0: no watchdog)\n"
         "  --listen HOST:PORT    (127.0.0.1:8080) HOST: an IPv4 address or a name of this machine,\n"
         "                        0.0.0.0 for all; any other host than loopback needs a token\n"
         "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
@@ -68,7 +73,7 @@ static void usage(FILE *f) {
         "                        other sites are refused: a page you visit could otherwise ask\n"
         "                        about your cameras\n"
         "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"allowed_origins\": [ORIGIN],\n"
-        "                        \"allow_local_open\": true|false,\n"
+        "                        \"allow_local_open\": true|false, \"open_timeout_s\", \"stall_timeout_s\",\n"
         "                        \"sources\": {NAME: URI or\n"
         "                        {\"uri\": URI, \"live\": true|false}},\n"
         "                        \"max_message_bytes\", \"max_messages_per_s\", "
@@ -341,7 +346,7 @@ static int config_stream(const char *path, json_t *obj, stream_flags *sf, long l
 }
 
 static int load_config(const char *path, svlm_server_config *cfg, source_arg *src, int *n_src,
-                       stream_flags *sf, long long *answer_threads) {
+                       stream_flags *sf, long long *answer_threads, svlm_engine_backend_opts *eo) {
     struct stat sb; /* a folder read as empty JSON ("'[' or '{' expected"), a FIFO blocked */
     if (stat(path, &sb)) return fprintf(stderr, "svlm serve: --config %s: %s\n", path, strerror(errno)), -1;
     if (!S_ISREG(sb.st_mode)) return fprintf(stderr, "svlm serve: --config %s: not a file\n", path), -1;
@@ -371,6 +376,8 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             {"max_send_queue_bytes", 1, &cfg->max_send_queue_bytes, 4096, 1 << 30},
             {"status_interval_s", 0, &cfg->status_interval_s, 0, 3600},
             {"auth_timeout_s", 0, &cfg->auth_timeout_s, 1, 3600},
+            {"open_timeout_s", 0, &eo->open_timeout_s, 0.1, 3600},
+            {"stall_timeout_s", 0, &eo->stall_timeout_s, 0, 3600},
         };
         int known = 0;
         for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
@@ -507,7 +514,14 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--token-file")) {
             if (!(v = cli_value(argc, argv, &i)) || read_token(v, &cfg)) return 2;
         } else if (!strcmp(argv[i], "--config")) {
-            if (!(v = cli_value(argc, argv, &i)) || load_config(v, &cfg, src, &n_src, &sf, &answer_threads))
+            if (!(v = cli_value(argc, argv, &i)) ||
+                load_config(v, &cfg, src, &n_src, &sf, &answer_threads, &eo))
+                return 2;
+        } else if (!strcmp(argv[i], "--open-timeout")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_float(argv[i - 1], v, 0.1, 3600, &eo.open_timeout_s))
+                return 2;
+        } else if (!strcmp(argv[i], "--stall-timeout")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_float(argv[i - 1], v, 0, 3600, &eo.stall_timeout_s))
                 return 2;
         } else if (!strcmp(argv[i], "--allow-local-open")) {
             cfg.local_open = 1;
@@ -601,17 +615,23 @@ int cmd_serve(int argc, char **argv) {
         /* the websocket open's own option (pipeline/server/engine_options.c) */
         const char *options = src[i].live < 0 ? NULL : src[i].live ? "{\"live\":true}" : "{\"live\":false}";
         svlm_backend_open_req req = {src[i].name, src[i].uri, 0, options};
-        if (be.open_stream(be.ctx, &req, &err) != SVLM_OK) {
-            char shown[sizeof src[i].uri];
-            svlm_uri_redact(src[i].uri, shown, sizeof shown); /* no password in a message */
-            if (src[i].config)
-                fprintf(stderr, "svlm serve: %s: sources.%s (%s): %s\n", src[i].config, src[i].name, shown,
-                        err.msg);
-            else
-                fprintf(stderr, "svlm serve: --source %s=%s: %s\n", src[i].name, shown, err.msg);
-            svlm_engine_backend_destroy(eb);
-            return 1;
+        /* a camera that is down at start is retried as when it drops later; a recording fails */
+        svlm_err down = {0};
+        const svlm_status st = svlm_engine_backend_open_start(eb, &req, &down, &err);
+        if (st == SVLM_OK && down.status == SVLM_OK) continue;
+        char shown[sizeof src[i].uri];
+        svlm_uri_redact(src[i].uri, shown, sizeof shown); /* no password in a message */
+        if (src[i].config)
+            fprintf(stderr, "svlm serve: %s: sources.%s (%s): ", src[i].config, src[i].name, shown);
+        else
+            fprintf(stderr, "svlm serve: --source %s=%s: ", src[i].name, shown);
+        if (st == SVLM_OK) {
+            fprintf(stderr, "%s: the stream is reconnecting (retries with backoff)\n", down.msg);
+            continue;
         }
+        fprintf(stderr, "%s\n", err.msg);
+        svlm_engine_backend_destroy(eb);
+        return 1;
     }
     svlm_server *srv = NULL;
     if (svlm_server_create(&srv, &cfg, &be, &err) != SVLM_OK) {
@@ -636,6 +656,8 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     svlm_status st = svlm_server_run(srv, &err);
     running = NULL;
+    /* an open of a URL that never answers would hold the server's shutdown for its open timeout */
+    svlm_engine_backend_shutdown(eb);
     svlm_server_destroy(srv);
     svlm_engine_backend_destroy(eb);
     return st == SVLM_OK ? 0 : 1;

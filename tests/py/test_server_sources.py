@@ -1,0 +1,113 @@
+"""`svlm serve`'s sources when things go wrong (over the tiny fixture models, a few seconds each):
+- a live --source whose camera is down at start starts `reconnecting`, with a line on stderr saying
+  why; a recording that cannot be opened still stops the start; --open-timeout and --stall-timeout
+  are serve's flags;
+- the whole process stopped for 2 s (SIGSTOP: a VM paused, a starved host) under --stall-timeout 1
+  leaves a live test pattern running (it cannot stall);
+- fps_in is 0 once a stream ended, and falls while a stream delivers nothing;
+- a local file opened with {"live": true} plays in real time, not at decode speed;
+- SIGINT while an open of a server that accepts and never answers is pending exits at once (not at
+  the open timeout)."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_server_harness import REPO, Serve, fixture_models, http, recv_json, until, wait_frames, skip  # noqa: E402
+
+try:
+    import websockets
+except ImportError:
+    skip("python3-websockets is not installed")
+
+PAT = "pattern:size=64x48,rate=5,duration=0,live"
+DATA = os.environ.get("SVLM_TEST_DATA", os.path.join(REPO, "..", "shared"))
+CLIP = os.path.join(DATA, "media", "people_indoor_one_by_one.mp4")
+
+
+def status(base, name):
+    st, _, body = http(base + "/v1/streams/" + name)
+    assert st == 200, (st, body)
+    return json.loads(body)
+
+
+async def open_live_file(url):
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "open", "id": "o", "stream": "rec", "uri": CLIP, "fps": 5,
+                                  "options": {"live": True}}))
+        m, _ = await until(ws, lambda m: m.get("id") == "o", timeout=30)
+        assert m["type"] == "opened", m
+
+
+async def open_pending(url, port):
+    ws = await websockets.connect(url)
+    await ws.send(json.dumps({"type": "open", "id": "h", "stream": "hang", "uri": "rtsp://127.0.0.1:%d/x" % port}))
+    await asyncio.sleep(0.5)
+    return ws
+
+
+def main():
+    text, mmproj = fixture_models()
+    svlm = os.environ.get("SVLM_BIN") or skip("SVLM_BIN is not set")
+    models = ["-m", text, "--mmproj", mmproj, "--no-memory"]
+    # a recording that cannot be opened stops the start; the new flags check their values
+    for args, rc, what in [(["--source", "rec=/nonexistent/clip.mp4"], 1, b"--source rec=/nonexistent/clip.mp4: no such file"),
+                           (["--open-timeout", "0"], 2, b"--open-timeout"),
+                           (["--stall-timeout", "-1"], 2, b"--stall-timeout")]:
+        r = subprocess.run([svlm, "serve"] + models + ["--listen", "127.0.0.1:0"] + args, capture_output=True,
+                           timeout=60)
+        assert r.returncode == rc and what in r.stderr, (args, r)
+    hang = socket.socket()  # accepts (the kernel's backlog) and never answers
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(4)
+    s = Serve(models + ["--open-timeout", "20", "--stall-timeout", "1", "--allow-local-open",
+                        "--source", "cam=rtsp://127.0.0.1:1/x", "--source", "pat=" + PAT,
+                        "--source", "short=" + PAT.replace("duration=0", "duration=1")])
+    try:
+        log = "".join(s.log)
+        assert "--source cam=rtsp://127.0.0.1:1/x: " in log and "the stream is reconnecting" in log, log
+        cam = status(s.base, "cam")
+        assert cam["state"] == "reconnecting" and cam["fps_in"] == 0, cam
+        wait_frames(s.base, "pat", 2)
+        s.proc.send_signal(signal.SIGSTOP)
+        time.sleep(2)
+        s.proc.send_signal(signal.SIGCONT)
+        n = status(s.base, "pat")["frames_in"]
+        time.sleep(1.5)
+        pat = status(s.base, "pat")
+        assert pat["state"] == "running" and pat["frames_in"] > n, pat
+        short = status(s.base, "short")
+        assert short["state"] == "ended" and short["fps_in"] == 0, short
+        if os.path.exists(CLIP):  # 139 s: at decode speed it ended within 2 s
+            asyncio.run(open_live_file(s.ws_url))
+            time.sleep(2)
+            rec = status(s.base, "rec")
+            assert rec["state"] == "running" and rec["live"] and 1 <= rec["video_time"] < 5, rec
+        loop = asyncio.new_event_loop()
+        ws = loop.run_until_complete(open_pending(s.ws_url, hang.getsockname()[1]))
+        t0 = time.time()
+        s.proc.send_signal(signal.SIGINT)
+        rest = s.proc.stderr.read().decode()
+        rc = s.proc.wait(timeout=30)
+        took = time.time() - t0
+        s.proc.stderr.close()
+        assert rc == 0 and took < 5, (rc, took, rest)
+        assert "stalled" not in rest, rest
+        loop.run_until_complete(ws.close())
+        loop.close()
+    except BaseException:
+        s.proc.kill()
+        s.proc.wait()
+        raise
+    finally:
+        hang.close()
+    print("svlm serve sources ok: shutdown with an open pending took %.2f s" % took)
+
+
+if __name__ == "__main__":
+    main()
