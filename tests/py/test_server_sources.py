@@ -58,7 +58,9 @@ def main():
     # a recording that cannot be opened stops the start; the new flags check their values
     for args, rc, what in [(["--source", "rec=/nonexistent/clip.mp4"], 1, b"--source rec=/nonexistent/clip.mp4: no such file"),
                            (["--open-timeout", "0"], 2, b"--open-timeout"),
-                           (["--stall-timeout", "-1"], 2, b"--stall-timeout")]:
+                           (["--stall-timeout", "-1"], 2, b"--stall-timeout"),
+                           (["--max-answer-tokens", "0"], 2, b"--max-answer-tokens"),
+                           (["--max-answer-tokens", "4097"], 2, b"--max-answer-tokens")]:
         r = subprocess.run([svlm, "serve"] + models + ["--listen", "127.0.0.1:0"] + args, capture_output=True,
                            timeout=60)
         assert r.returncode == rc and what in r.stderr, (args, r)

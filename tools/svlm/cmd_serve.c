@@ -63,6 +63,8 @@ static void usage(FILE *f) {
         "  --open-timeout S      every source's connect/open limit (10)\n"
         "  --stall-timeout S     live sources: no frame for S seconds is a stall, then a reconnect\n"
         "                        (5; 0: no watchdog)\n"
+        "  --max-answer-tokens N the longest answer (256; 1-4096): a question asking for more is cut\n"
+        "                        there (finish_reason \"length\"); the context's answer room also bounds it\n"
         "  --listen HOST:PORT    (127.0.0.1:8080) HOST: an IPv4 address or a name of this machine,\n"
         "                        0.0.0.0 for all; any other host than loopback needs a token\n"
         "  --token-file FILE     clients must present this token (hello, ?token=, Bearer)\n"
@@ -74,6 +76,7 @@ static void usage(FILE *f) {
         "                        about your cameras\n"
         "  --config FILE         JSON: {\"listen\", \"token_file\", \"web\", \"allowed_origins\": [ORIGIN],\n"
         "                        \"allow_local_open\": true|false, \"open_timeout_s\", \"stall_timeout_s\",\n"
+        "                        \"max_answer_tokens\",\n"
         "                        \"sources\": {NAME: URI or\n"
         "                        {\"uri\": URI, \"live\": true|false}},\n"
         "                        \"max_message_bytes\", \"max_messages_per_s\", "
@@ -378,6 +381,7 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             {"auth_timeout_s", 0, &cfg->auth_timeout_s, 1, 3600},
             {"open_timeout_s", 0, &eo->open_timeout_s, 0.1, 3600},
             {"stall_timeout_s", 0, &eo->stall_timeout_s, 0, 3600},
+            {"max_answer_tokens", 2, &eo->max_answer_tokens, 1, 4096},
         };
         int known = 0;
         for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
@@ -523,6 +527,10 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--stall-timeout")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_float(argv[i - 1], v, 0, 3600, &eo.stall_timeout_s))
                 return 2;
+        } else if (!strcmp(argv[i], "--max-answer-tokens")) {
+            long long n;
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(argv[i - 1], v, 1, 4096, &n)) return 2;
+            eo.max_answer_tokens = (int)n;
         } else if (!strcmp(argv[i], "--allow-local-open")) {
             cfg.local_open = 1;
         } else if (!strcmp(argv[i], "--allow-origin")) {
