@@ -7,8 +7,9 @@
  * question cycles through WORDS starting at a word chosen by the question's length, ending
  * after 12 tokens or max_tokens. "capped:N" is answered as another question, but the engine cuts
  * it at N tokens (as the real one does at its longest answer) and says so in done.max_tokens.
- * "toolong" is refused as too long for the context. An image whose bytes start "BAD" cannot be
- * decoded (the answer fails as the engine's does). URIs starting "fail:" fail to open.
+ * "toolong" is refused as too long for the context. "memory:N" (N <= 8) reports N spans of memory. An image
+ * whose bytes start "BAD" cannot be decoded (the answer fails as the engine's does). URIs starting "fail:"
+ * fail to open.
  */
 #ifndef SVLM_TESTS_SERVER_FAKE_H
 #define SVLM_TESTS_SERVER_FAKE_H
@@ -32,7 +33,7 @@ typedef struct fake_stream {
 } fake_stream;
 
 typedef struct fake_ask {
-    int used, cancelled, n_sent, n_total, long_tokens, first_word, limit, bad_image;
+    int used, cancelled, n_sent, n_total, long_tokens, first_word, limit, bad_image, memory_spans;
     uint64_t id;
     double t_ask, t_first;
     int64_t frames_at_ask;
@@ -232,6 +233,8 @@ static svlm_status fake_ask_start(void *ctx, const svlm_backend_ask_req *req, co
     if (!strncmp(req->question, "capped:", 7) && atoi(req->question + 7) < a->limit)
         a->limit = atoi(req->question + 7);
     if (a->n_total > a->limit) a->n_total = a->limit;
+    a->memory_spans = 0;
+    if (!strncmp(req->question, "memory:", 7)) a->memory_spans = atoi(req->question + 7) % 9;
     *id = a->id;
     pthread_mutex_unlock(&e->lock);
     return SVLM_OK;
@@ -305,6 +308,15 @@ static void fake_step(fake_engine *e) {
         fake_stream *s = a->stream[0] ? fake_find(e, a->stream) : NULL;
         d.frames_during = s ? fake_frames(s) - a->frames_at_ask : 0;
         d.max_tokens = a->limit;
+        if (a->memory_spans) { /* "memory:N": N spans of the past, a minute apart, time-anchored */
+            d.n_memory = a->memory_spans;
+            d.memory_time_anchored = 1;
+            for (int k = 0; k < d.n_memory; k++) {
+                d.memory[k].t0 = 60.0 * k;
+                d.memory[k].t1 = 60.0 * k + 30;
+                snprintf(d.memory[k].tier, sizeof d.memory[k].tier, "%s", k ? "mid" : "event");
+            }
+        }
         if (a->bad_image && !a->cancelled) {
             d.status = SVLM_E_FORMAT;
             snprintf(d.error, sizeof d.error, "image: not a PNG, JPEG or other image this build reads");

@@ -112,6 +112,14 @@ static void job_done(eng *e, eng_job *j, svlm_status st, const char *msg) {
     d.prompt_tokens = j->prompt_tokens;
     d.completion_tokens = j->n_tokens;
     d.max_tokens = j->max_tokens; /* after the engine's caps: the server tells a cut answer by it */
+    d.memory_time_anchored = j->am.memory_time_anchored;
+    for (int i = 0; i < j->am.memory_hits && d.n_memory < (int)(sizeof d.memory / sizeof d.memory[0]); i++) {
+        d.memory[d.n_memory].t0 = j->am.memory_t0[i];
+        d.memory[d.n_memory].t1 = j->am.memory_t1[i];
+        snprintf(d.memory[d.n_memory].tier, sizeof d.memory[0].tier, "%s",
+                 svlm_memory_tier_name((svlm_memory_tier)j->am.memory_tier[i]));
+        d.n_memory++;
+    }
     d.queue_wait_ms = j->t_started > 0 ? j->t_started - j->t_asked : 0;
     d.ttft_ms = j->n_tokens ? j->t_first - j->t_asked : 0;
     if (d.queue_wait_ms > d.ttft_ms && j->n_tokens) d.queue_wait_ms = d.ttft_ms;
@@ -136,6 +144,7 @@ static void on_lane_done(void *user, uint64_t qid, svlm_status st, const char *a
     eng *e = j->owner;
     if (am->wait_ms > 0) j->t_started = j->t_asked + am->wait_ms;
     j->prompt_tokens += am->memory_tokens; /* the memory rows placed before the question count too */
+    j->am = *am;
     j->frames_during = am->frames_during;
     job_done(e, j, st, err_msg);
     pthread_mutex_lock(&e->lock); /* also waits for eng_job_submit to have recorded qid */

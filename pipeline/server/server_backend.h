@@ -90,6 +90,14 @@ typedef struct svlm_backend_done {
      * longest answer, the room left in the context). An answer with this many tokens was cut by
      * it (finish_reason "length"). 0: not reported (the server compares with the asked one). */
     int max_tokens;
+    /* The stream's past the answer drew on: memory entries placed before the question (video
+     * seconds, the tier: "short", "mid", "event"), and whether the question named a time ("ten
+     * minutes ago", "at 1:05") that chose them. */
+    int n_memory, memory_time_anchored;
+    struct {
+        double t0, t1;
+        char tier[8];
+    } memory[8];
 } svlm_backend_done;
 
 typedef struct svlm_backend_ask_cb {

@@ -3,6 +3,7 @@
  * they carry into an event, queue it under the lock and wake the loop with
  * lws_cancel_service(); the service thread drains the queue in LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -236,6 +237,16 @@ static void on_done(svlm_server *srv, srv_event *ev) {
             json_object_set_new(
                 m, "tokens",
                 json_pack("{s:i, s:i}", "prompt", d->prompt_tokens, "completion", d->completion_tokens));
+            if (d->n_memory > 0) { /* which past the answer drew on: a client can show or check it */
+                json_t *spans = json_array();
+                for (int i = 0; i < d->n_memory && i < (int)(sizeof d->memory / sizeof d->memory[0]); i++)
+                    json_array_append_new(
+                        spans, json_pack("{s:f, s:f, s:s}", "from", round(d->memory[i].t0 * 1e3) / 1e3, "to",
+                                         round(d->memory[i].t1 * 1e3) / 1e3, "tier", d->memory[i].tier));
+                json_object_set_new(
+                    m, "memory",
+                    json_pack("{s:b, s:o}", "time_anchored", d->memory_time_anchored, "spans", spans));
+            }
             json_object_set_new(m, "timings",
                                 json_pack("{s:f, s:f, s:f, s:f, s:f}", "queue_wait_ms", d->queue_wait_ms,
                                           "ttft_ms", d->ttft_ms, "client_ttft_ms",

@@ -118,6 +118,12 @@ async def protocol(h):
         await send(ws, type="ask", id="cap", stream="cam", question="capped:3", max_tokens=100)
         m, _ = await until(ws, lambda m: m["type"] == "done" and m["id"] == "cap")
         assert m["tokens"]["completion"] == 3 and m["finish_reason"] == "length", m
+        # the past an answer drew on (memory placed before the question) comes with its done
+        assert "memory" not in m, m
+        await send(ws, type="ask", id="mem", stream="cam", question="memory:2")
+        m, _ = await until(ws, lambda m: m["type"] == "done" and m["id"] == "mem")
+        assert m["memory"] == {"time_anchored": True, "spans": [{"from": 0.0, "to": 30.0, "tier": "event"},
+                                                                 {"from": 60.0, "to": 90.0, "tier": "mid"}]}, m
         # a question too long for the context is not "busy" (a client would retry it for ever)
         await send(ws, type="ask", id="tl", stream="cam", question="toolong")
         m, _ = await until(ws, lambda m: m.get("id") == "tl")
