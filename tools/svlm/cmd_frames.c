@@ -27,7 +27,7 @@ static void usage(FILE *f) {
             "  --fps F            sampling rate (default 1; 0 = every frame)\n"
             "  --max-frames N     stop after N frames\n"
             "  --duration S       stop after S seconds of wall-clock time\n"
-            "  --speed realtime|max   replay pacing (default max)\n"
+            "  --speed realtime|max   pacing of a recording, or of a file read --live (default max)\n"
             "  --out DIR          write frame_NNNNNN.png files\n"
             "  --json             one JSON line per frame and per event\n"
             "  --backend ffmpeg|gst|pattern|auto\n"
