@@ -636,6 +636,16 @@ fi
 memcheck test_cuda_backend 90
 memcheck test_cuda_data 60
 memcheck test_cuda_stream 60
+# the forms not yet measured whose GPU tests passed: the decode steps' test under memcheck with them
+# on (the tests above run with the defaults)
+forms=()
+for f in "${UNMEASURED_OK[@]}"; do [ "$f" = together ] || forms+=("$f"); done
+if [ ${#forms[@]} -gt 0 ]; then
+  summary+=("memcheck test_cuda_pdl below ran with ${forms[*]}")
+  for f in "${forms[@]}"; do export "${f?}"; done
+  memcheck test_cuda_pdl 60
+  for f in "${forms[@]}"; do unset "${f%%=*}"; done
+fi
 
 # Last, what budget is left: why the decode kernels and a prompt's flash kernel take the time they
 # do (Nsight Compute's speed-of-light, occupancy and warp-stall sections for one launch of each;

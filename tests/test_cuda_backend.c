@@ -676,7 +676,7 @@ int test_main(void) {
 
     /* weights: every type at 256 and 576 columns (768 for the K-quants: 256 | cols), and float weights with
      * stories260K's odd sizes, and 300 and 530 columns: rows split over warps with a partial sub-block */
-    wcase cases[2 * N_TYPES + 10 + NW];
+    wcase cases[2 * N_TYPES + 14 + NW];
     int n_cases = 0;
     cases[n_cases++] = make_weight(SVLM_Q8_0, 96, MULTI_COLS); /* for test_matmul_multi */
     cases[n_cases++] = make_weight(SVLM_F16, 200, MULTI_COLS);
@@ -693,6 +693,14 @@ int test_main(void) {
     /* a tall weight (as the output product): split over fewer warps a row, one here (parts_for_rows;
      * SVLM_CUDA_MATVEC_TALL=0: four) */
     cases[n_cases++] = make_weight(SVLM_Q8_0, 16400, 512);
+    /* the real shapes' row sizes, which the staged form (SVLM_CUDA_MATVEC_STAGED=1, _K=1) copies
+     * whole: SmolVLM2-256M's down product (Q8_0, 1536 columns: 1632-byte rows), 2.2B's Q4_K and Q6_K
+     * rows of 2048 columns (1152 and 1680 bytes; Q6_K at 256 and 768 columns is not whole words and
+     * never staged) and a Q4_1 row at the 1280-byte pair limit */
+    cases[n_cases++] = make_weight(SVLM_Q8_0, 24, 1536);
+    cases[n_cases++] = make_weight(SVLM_Q4_K, 24, 2048);
+    cases[n_cases++] = make_weight(SVLM_Q6_K, 24, 2048);
+    cases[n_cases++] = make_weight(SVLM_Q4_1, 24, 2048);
     for (buf_mode = 0; buf_mode < BUF_MODES; buf_mode++) {
         printf("---- buffers: %s ----\n", mode_names[buf_mode]);
         test_matmul(cases + NW, n_cases - NW);
