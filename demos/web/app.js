@@ -31,6 +31,13 @@ function connect() {
   };
 }
 
+// video seconds as M:SS (H:MM:SS past an hour)
+function clock(s) {
+  s = Math.max(0, Math.floor(s));
+  const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, sec = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
+}
+
 function setConn(text, cls) { const c = $("conn"); c.textContent = text; c.className = "pill " + (cls || ""); }
 
 function handle(m) {
@@ -50,7 +57,11 @@ function handle(m) {
     if (a) {
       a.text.textContent = m.text;
       const t = m.timings;
-      a.stats.textContent = `${m.tokens.completion} tokens · first token ${t.client_ttft_ms.toFixed(0)} ms · ${t.tokens_per_s.toFixed(1)} tok/s` + (m.cancelled ? " · cancelled" : "");
+      // which past the answer drew on (the stream's memory), and whether a token limit cut it
+      const spans = m.memory ? m.memory.spans.map((s) => `${clock(s.from)}–${clock(s.to)}`).join(", ") : "";
+      a.stats.textContent = `${m.tokens.completion} tokens · first token ${t.client_ttft_ms.toFixed(0)} ms · ${t.tokens_per_s.toFixed(1)} tok/s` +
+        (m.cancelled ? " · cancelled" : "") + (m.finish_reason === "length" ? " · cut at the token limit" : "") +
+        (spans ? ` · from memory: ${spans}` : "");
       a.box.classList.add("done");
       answers.delete(m.id);
     }
