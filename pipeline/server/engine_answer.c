@@ -349,6 +349,7 @@ svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backe
     j->max_tokens = req->max_tokens < e->o.max_answer_tokens ? req->max_tokens : e->o.max_answer_tokens;
     if (req->temperature > 0) { /* sampled: the stream's answer draws from its logits */
         j->sampling = svlm_sampler_params_default();
+        j->sampling.top_k = 0, j->sampling.min_p = 0; /* as OpenAI's: temperature and top_p only */
         j->sampling.temp = req->temperature;
         j->sampling.top_p = req->top_p > 0 && req->top_p < 1 ? req->top_p : 1.0f;
         j->sampling.seed = req->has_seed ? req->seed : eng_fresh_seed(e);
