@@ -65,6 +65,17 @@ static const char *level_name(svlm_cpu_level l) {
     }
 }
 
+/* The SVLM_SIMD values a CPU at this level takes. */
+static const char *simd_values(svlm_cpu_level l) {
+    switch (l) {
+    case SVLM_CPU_AVX512: return "scalar, avx2 or avx512";
+    case SVLM_CPU_AVX2: return "scalar or avx2";
+    case SVLM_CPU_NEON_DOT: return "scalar, neon or neon-dotprod";
+    case SVLM_CPU_NEON: return "scalar or neon";
+    default: return "scalar only";
+    }
+}
+
 /* Applies SVLM_SIMD (which may only lower the level). */
 static svlm_status choose_level(svlm_cpu_level *level, svlm_err *err) {
     *level = detect_level();
@@ -88,8 +99,8 @@ static svlm_status choose_level(svlm_cpu_level *level, svlm_err *err) {
     /* the levels of one family are ordered; another family's are not available at all */
     int arm_want = want >= SVLM_CPU_NEON, arm_have = *level >= SVLM_CPU_NEON;
     if (want != SVLM_CPU_SCALAR && (arm_want != arm_have || want > *level))
-        return svlm_fail(err, SVLM_E_UNSUPPORTED, "SVLM_SIMD=%s: this CPU supports only %s", env,
-                         level_name(*level));
+        return svlm_fail(err, SVLM_E_UNSUPPORTED, "SVLM_SIMD=%s: this CPU takes %s", env,
+                         simd_values(*level));
     *level = want;
     return SVLM_OK;
 }

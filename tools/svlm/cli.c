@@ -72,7 +72,8 @@ const char *cli_value(int argc, char **argv, int *i) {
         return NULL;
     }
     if (*i + 1 >= argc) {
-        fprintf(stderr, "svlm: %s needs a value\n", argv[*i]);
+        /* (some commands take the value before they know the flag: it may also be unknown) */
+        fprintf(stderr, "svlm: %s needs a value, or is not an option here (see --help)\n", argv[*i]);
         return NULL;
     }
     return argv[++*i];

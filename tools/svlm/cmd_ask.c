@@ -75,6 +75,8 @@ static void handle(ask_client *a, const char *text, size_t len) {
         const char *code = json_string_value(json_object_get(m, "code"));
         const char *msg = json_string_value(json_object_get(m, "message"));
         fprintf(stderr, "svlm ask: %s: %s\n", code ? code : "error", msg ? msg : "(no message)");
+        if (code && !strcmp(code, "unauthorized"))
+            fprintf(stderr, "svlm ask: give the server's token with --token-file FILE or $SVLM_TOKEN\n");
         a->finished = 1, a->rc = 1;
     }
     json_decref(m);

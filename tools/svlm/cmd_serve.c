@@ -26,6 +26,23 @@ int cmd_serve(int argc, char **argv) {
 #include "serve_demo.h"
 #include "stream_flags.h"
 
+/* The sources' messages quote the URI as given: its password (user:pass@, ?password=) is
+ * replaced by the redacted form wherever it appears. */
+static void redact_uri_in(char *msg, size_t cap, const char *uri, const char *shown) {
+    const size_t n = strlen(uri);
+    char *at = n ? strstr(msg, uri) : NULL;
+    if (!at || !strcmp(uri, shown) || !cap) return;
+    char out[sizeof((svlm_err *)0)->msg];
+    const char *parts[3] = {msg, shown, at + n};
+    const size_t lens[3] = {(size_t)(at - msg), strlen(shown), strlen(at + n)};
+    size_t k = 0;
+    for (int p = 0; p < 3; p++) /* (cut to fit, as a message may be) */
+        for (size_t c = 0; c < lens[p] && k + 1 < sizeof out; c++)
+            out[k++] = parts[p][c];
+    out[k] = 0;
+    snprintf(msg, cap, "%.*s", (int)(cap - 1), out);
+}
+
 #define MAX_SOURCES 64
 #define DEMO_SOURCE "pattern:size=320x240,rate=5,duration=0,live"
 
@@ -628,7 +645,9 @@ int cmd_serve(int argc, char **argv) {
         const svlm_status st = svlm_engine_backend_open_start(eb, &req, &down, &err);
         if (st == SVLM_OK && down.status == SVLM_OK) continue;
         char shown[sizeof src[i].uri];
-        svlm_uri_redact(src[i].uri, shown, sizeof shown); /* no password in a message */
+        svlm_uri_redact_source(src[i].uri, shown, sizeof shown); /* no password in a message */
+        redact_uri_in(down.msg, sizeof down.msg, src[i].uri, shown);
+        redact_uri_in(err.msg, sizeof err.msg, src[i].uri, shown);
         if (src[i].config)
             fprintf(stderr, "svlm serve: %s: sources.%s (%s): ", src[i].config, src[i].name, shown);
         else
