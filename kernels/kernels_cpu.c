@@ -20,7 +20,7 @@
 #ifdef SVLM_X86
 #include <cpuid.h>
 #endif
-#ifdef SVLM_ARM64
+#if defined(SVLM_ARM64) && defined(__linux__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1UL << 20) /* the kernel's bit for the dot product instructions */
@@ -48,8 +48,10 @@ static svlm_cpu_level detect_level(void) {
     int zmm_state = (xlo & 0xe0) == 0xe0;
     if (f && dq && bw && vl && vnni && bf16 && zmm_state) return SVLM_CPU_AVX512;
     return SVLM_CPU_AVX2;
-#elif defined(SVLM_ARM64)
+#elif defined(SVLM_ARM64) && defined(__linux__)
     return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? SVLM_CPU_NEON_DOT : SVLM_CPU_NEON;
+#elif defined(SVLM_ARM64)
+    return SVLM_CPU_NEON; /* (no HWCAP to ask: the dot product only where the kernel says so) */
 #else
     return SVLM_CPU_SCALAR;
 #endif
@@ -141,7 +143,7 @@ static int use_own_gemm(void) {
  * too (twice as fast, but 8 instead of 11 significant bits of the weights); "0" none. */
 static svlm_status choose_bf16(svlm_cpu_level level, int *quant, int *f16, svlm_err *err) {
     const char *env = getenv("SVLM_BF16");
-    *quant = level >= SVLM_CPU_AVX512;
+    *quant = level == SVLM_CPU_AVX512; /* (the AArch64 levels rank above it but have no bf16 GEMM) */
     *f16 = 0;
     if (!env || !*env || !strcmp(env, "quant")) return SVLM_OK;
     if (!strcmp(env, "0"))

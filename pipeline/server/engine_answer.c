@@ -351,7 +351,7 @@ svlm_status eng_ask(void *ctx, const svlm_backend_ask_req *req, const svlm_backe
         j->sampling = svlm_sampler_params_default();
         j->sampling.top_k = 0, j->sampling.min_p = 0; /* as OpenAI's: temperature and top_p only */
         j->sampling.temp = req->temperature;
-        j->sampling.top_p = req->top_p > 0 && req->top_p < 1 ? req->top_p : 1.0f;
+        j->sampling.top_p = req->top_p < 1 ? req->top_p : 1.0f; /* 0: the top token alone */
         j->sampling.seed = req->has_seed ? req->seed : eng_fresh_seed(e);
     }
     svlm_status st = SVLM_OK;
