@@ -1,8 +1,10 @@
 /* The control block shared by a source and its backend: cancel flag, watchdog, clocks. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "pipeline/source_backend.h"
@@ -27,11 +29,57 @@ double svlm_wall_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The process's heartbeat: a thread that beats every BEAT_NS and adds each gap longer than
+ * SVLM_CTL_FROZEN_S (less one beat) to the frozen total: time in which nothing of this process ran.
+ * Started once per process (a forked child starts its own). */
+#define BEAT_NS 100000000LL
+static atomic_llong hb_frozen_ns, hb_last_ns;
+static atomic_int hb_pid;
+static pthread_mutex_t hb_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *heartbeat(void *arg) {
+    (void)arg;
+    const struct timespec beat = {0, BEAT_NS};
+    for (;;) {
+        nanosleep(&beat, NULL);
+        const long long now = mono_ns(), gap = now - atomic_load(&hb_last_ns);
+        if (gap > (long long)(SVLM_CTL_FROZEN_S * 1e9)) atomic_fetch_add(&hb_frozen_ns, gap - BEAT_NS);
+        atomic_store(&hb_last_ns, now);
+    }
+    return NULL;
+}
+
+static void heartbeat_start(void) {
+    const int pid = (int)getpid();
+    if (atomic_load(&hb_pid) == pid) return;
+    pthread_mutex_lock(&hb_lock);
+    if (atomic_load(&hb_pid) != pid) {
+        atomic_store(&hb_last_ns, mono_ns());
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, heartbeat, NULL) == 0) atomic_store(&hb_pid, pid);
+        pthread_attr_destroy(&attr);
+    }
+    pthread_mutex_unlock(&hb_lock);
+}
+
+/* The frozen total at `now`, with a gap the heartbeat has not closed yet counted as it will be (a
+ * check right after a resume may run before the heartbeat's first beat). Never decreases. */
+static long long frozen_ns(long long now) {
+    if (atomic_load(&hb_pid) != (int)getpid()) return 0; /* no heartbeat: no credit */
+    const long long pending = now - atomic_load(&hb_last_ns);
+    return atomic_load(&hb_frozen_ns) +
+           (pending > (long long)(SVLM_CTL_FROZEN_S * 1e9) ? pending - BEAT_NS : 0);
+}
+
 void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s) {
     atomic_init(&ctl->cancel, 0);
     ctl->abort_flag = NULL;
     atomic_init(&ctl->progress_ns, mono_ns());
-    atomic_init(&ctl->checked_ns, mono_ns());
+    heartbeat_start();
+    atomic_init(&ctl->frozen_seen_ns, frozen_ns(mono_ns()));
     atomic_init(&ctl->open_deadline_ns, 0);
     atomic_init(&ctl->decoded, 0);
     atomic_init(&ctl->corrupt, 0);
@@ -43,7 +91,6 @@ void svlm_ctl_init(svlm_ingest_ctl *ctl, double stall_timeout_s) {
 void svlm_ctl_touch(svlm_ingest_ctl *ctl) {
     const long long now = mono_ns();
     atomic_store(&ctl->progress_ns, now);
-    atomic_store(&ctl->checked_ns, now); /* (a wait between reads, a backoff, is no freeze) */
     atomic_store(&ctl->corrupt_at_progress, atomic_load(&ctl->corrupt));
 }
 
@@ -54,12 +101,12 @@ int svlm_ctl_cancelled(svlm_ingest_ctl *ctl) {
 svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl) {
     svlm_stop_reason why = SVLM_STOP_NONE;
     long long now = mono_ns();
-    /* this thread did not run for a while (SIGSTOP, a VM paused, a starved CPU): the source had no
-     * chance to deliver, so the lost time moves the watchdog's and the open's marks on */
-    const long long prev = atomic_exchange(&ctl->checked_ns, now), lost = now - prev;
-    if (lost > (long long)(SVLM_CTL_FROZEN_S * 1e9)) {
+    /* the process did not run for a while (SIGSTOP, a VM paused): the source had no chance to
+     * deliver, so that time moves the watchdog's and the open's marks on */
+    const long long f = frozen_ns(now), lost = f - atomic_exchange(&ctl->frozen_seen_ns, f);
+    if (lost > 0) {
         long long p = atomic_load(&ctl->progress_ns);
-        if (p < prev) atomic_compare_exchange_strong(&ctl->progress_ns, &p, p + lost);
+        atomic_compare_exchange_strong(&ctl->progress_ns, &p, p + lost < now ? p + lost : now);
         long long d = atomic_load(&ctl->open_deadline_ns);
         if (d) atomic_compare_exchange_strong(&ctl->open_deadline_ns, &d, d + lost);
     }

@@ -264,8 +264,11 @@ static void *reader_main(void *arg) {
         if (st == SVLM_E_CANCELLED || svlm_ctl_cancelled(&s->ctl)) break;
         if (atomic_load(&s->ctl.stop_reason) == SVLM_STOP_STALL)
             push_event(s, SVLM_EVENT_STALL, 0, 0, s->opts.stall_timeout_s, err.msg);
-        /* (a gst: pipeline that ends by itself, a filesrc, is done: only its failures reconnect) */
-        if (s->reconnectable && st != SVLM_E_NOMEM && !(st == SVLM_E_END && s->uri.kind == SVLM_URI_GST)) {
+        /* a live gst: pipeline that reads files (filesrc, multifilesrc) is done at its end; one
+         * that ends otherwise (an HTTP camera closing souphttpsrc, an RTSP BYE) reconnects */
+        const int gst_file_end =
+            st == SVLM_E_END && s->uri.kind == SVLM_URI_GST && strstr(s->uri.target, "filesrc") != NULL;
+        if (s->reconnectable && st != SVLM_E_NOMEM && !gst_file_end) {
             char why[256];
             snprintf(why, sizeof why, "%.255s", st == SVLM_E_END ? "end of stream" : err.msg);
             st = reconnect(s, why, &err);

@@ -54,7 +54,7 @@ typedef struct svlm_ingest_ctl {
     atomic_int cancel;
     const atomic_int *abort_flag;  /* the owner's (opts.abort_flag): non-zero cancels too; NULL: none */
     atomic_llong progress_ns;      /* monotonic time of the last good decoded frame (or of the read start) */
-    atomic_llong checked_ns;       /* monotonic time of the last svlm_ctl_should_stop (or touch) */
+    atomic_llong frozen_seen_ns;   /* the process's frozen time as of the last check (ingest_ctl.c) */
     atomic_llong open_deadline_ns; /* while opening: give up after this; 0 otherwise */
     atomic_llong decoded;
     atomic_llong corrupt;
@@ -71,9 +71,10 @@ void svlm_ctl_touch(svlm_ingest_ctl *ctl);
 /* Whether the source is cancelled (its own flag or the owner's abort_flag). */
 int svlm_ctl_cancelled(svlm_ingest_ctl *ctl);
 /* Cheap; called from library callbacks (FFmpeg interrupt callback, GStreamer poll loops), which
- * call it every 100 ms or so while they wait. A gap of more than SVLM_CTL_FROZEN_S between two
- * calls means the waiting thread itself did not run (the process was stopped, suspended or starved
- * of CPU): that time is not counted against the source, neither as a stall nor as open time. */
+ * call it every 100 ms or so while they wait. Time the whole process did not run (stopped,
+ * suspended, a paused VM: a heartbeat thread missed its beats by more than SVLM_CTL_FROZEN_S) is not
+ * counted against the source, neither as a stall nor as open time; a reader merely blocked in a call
+ * (a hung resolver, a slow decode) is, as the heartbeat went on. */
 svlm_stop_reason svlm_ctl_should_stop(svlm_ingest_ctl *ctl);
 #define SVLM_CTL_FROZEN_S 1.0
 /* Status and message for a stop: CANCELLED, or E_IO "stalled/timed out". */
