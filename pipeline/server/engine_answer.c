@@ -124,7 +124,7 @@ static void job_done(eng *e, eng_job *j, svlm_status st, const char *msg) {
     d.ttft_ms = j->n_tokens ? j->t_first - j->t_asked : 0;
     if (d.queue_wait_ms > d.ttft_ms && j->n_tokens) d.queue_wait_ms = d.ttft_ms;
     d.decode_ms = j->n_tokens > 1 ? j->t_last - j->t_first : 0;
-    d.frames_during = j->frames_during;
+    d.frames_during = j->am.frames_during;
     j->cb.on_done(j->cb.user, &d);
 }
 
@@ -145,7 +145,6 @@ static void on_lane_done(void *user, uint64_t qid, svlm_status st, const char *a
     if (am->wait_ms > 0) j->t_started = j->t_asked + am->wait_ms;
     j->prompt_tokens += am->memory_tokens; /* the memory rows placed before the question count too */
     j->am = *am;
-    j->frames_during = am->frames_during;
     job_done(e, j, st, err_msg);
     pthread_mutex_lock(&e->lock); /* also waits for eng_job_submit to have recorded qid */
     for (eng_job **pp = &e->jobs; *pp; pp = &(*pp)->next)

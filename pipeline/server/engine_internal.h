@@ -70,7 +70,6 @@ typedef struct eng_job {
     atomic_int cancelled;
     double t_asked, t_started, t_first, t_last;
     int n_tokens;
-    int64_t frames_during;  /* frames ingested while the answer was made */
     svlm_answer_metrics am; /* JOB_ASK: the stream's account of the answer (memory placed) */
     char utf8[8];           /* an incomplete UTF-8 sequence held back */
     size_t utf8_n;
