@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "llm/sampler.h"
 #include "pipeline/server/engine_internal.h"
 #include "vision/preprocess.h"
 #include "vision/prompt.h"
@@ -68,15 +69,26 @@ static svlm_status add_image(eng *e, const svlm_backend_image *im, const svlm_vl
     return st;
 }
 
+/* The first token after ids (embd as in svlm_llama_eval): the greatest logit, or the sampler's
+ * draw (as `svlm describe --temp` draws: one sampler per answer, fed the whole logits). */
+static svlm_status image_eval(svlm_llama_ctx *ctx, svlm_sampler *smp, float *logits, const int32_t *ids,
+                              const float *embd, int n, int32_t *next, svlm_err *err) {
+    if (!smp) return svlm_llama_eval_greedy(ctx, ids, embd, n, next, err);
+    svlm_status st = svlm_llama_eval(ctx, ids, embd, n, logits, 0, err);
+    if (!st) *next = svlm_sampler_sample(smp, logits);
+    return st;
+}
+
 svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *err) {
     const svlm_tokenizer *tok = svlm_llama_tokenizer(e->model);
     const char *head = "<|im_start|>User:", *tail = "<end_of_utterance>\nAssistant:";
     svlm_vlm_specials sp;
     svlm_prompt p;
     svlm_prompt_init(&p);
-    float *embd = NULL;
+    float *embd = NULL, *logits = NULL;
     size_t n_rows = 0;
     svlm_llama_ctx *ctx = NULL;
+    svlm_sampler *smp = NULL;
     svlm_status st = svlm_vlm_specials_find(tok, &sp, err);
     if (!st) st = svlm_prompt_text(&p, tok, head, strlen(head), 0, 1, err);
     for (int i = 0; !st && i < j->n_images; i++) {
@@ -86,14 +98,20 @@ svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *e
     if (!st) st = svlm_prompt_text(&p, tok, j->question, strlen(j->question), 0, 0, err);
     if (!st) st = svlm_prompt_text(&p, tok, tail, strlen(tail), 0, 1, err);
     const int n_train = svlm_llama_hparams_of(e->model)->n_ctx_train;
+    const int n_vocab = svlm_llama_hparams_of(e->model)->n_vocab;
     if (!st && (int)p.n + j->max_tokens > n_train && n_train > 0)
         st = svlm_fail(err, SVLM_E_LIMIT,
                        "the images and question take %zu tokens; the model's context is %d", p.n, n_train);
     if (!st) *prompt_tokens = (int)p.n;
+    if (!st && j->sampling.temp > 0) {
+        st = svlm_sampler_create(&j->sampling, n_vocab, &smp, err);
+        if (!st && !(logits = malloc(sizeof(float) * (size_t)n_vocab)))
+            st = svlm_fail(err, SVLM_E_NOMEM, "out of memory");
+    }
     if (!st)
         st = svlm_llama_ctx_create(e->model, e->k_image, (int)p.n + j->max_tokens + 1, SVLM_F32, &ctx, err);
     int32_t id = 0;
-    if (!st) st = svlm_llama_eval_greedy(ctx, p.ids, embd, (int)p.n, &id, err);
+    if (!st) st = image_eval(ctx, smp, logits, p.ids, embd, (int)p.n, &id, err);
     for (int n = 0; !st && n < j->max_tokens; n++) {
         if (svlm_tokenizer_is_eog(tok, id)) break;
         char small[256], *heap;
@@ -107,9 +125,11 @@ svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *e
             st = SVLM_E_CANCELLED;
         else if (n + 1 < j->max_tokens) {
             const int32_t last = id;
-            st = svlm_llama_eval_greedy(ctx, &last, NULL, 1, &id, err);
+            st = image_eval(ctx, smp, logits, &last, NULL, 1, &id, err);
         }
     }
+    svlm_sampler_free(smp);
+    free(logits);
     svlm_llama_ctx_free(ctx);
     free(embd);
     svlm_prompt_free(&p);

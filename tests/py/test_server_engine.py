@@ -6,7 +6,8 @@ pattern sampled at 1 frame per second:
   stream keeps ingesting, no frame dropped;
 - the OpenAI endpoint with curl, streaming and not: a still image (PNG in the core, JPEG through
   FFmpeg) must give exactly what `svlm describe` gives for that image and prompt (same greedy
-  decoder: identical text and prompt token count), and a question about the stream;
+  decoder: identical text and prompt token count), a sampled one (temperature, top_p, seed) what
+  describe draws with those settings, and a question about the stream;
 - a watch pushes an alert (condition "change": the first answer counts), and unwatch stops it; a
   watch whose question is too long for the answer room is refused at once (it never fired);
 - a client that disconnects in the middle of an answer has it cancelled, and its stream then
@@ -36,10 +37,10 @@ PROMPT = "Describe this image."
 N_IMAGE_TOKENS = 12
 
 
-def describe(text, mmproj, image):
+def describe(text, mmproj, image, *extra):
     svlm = os.environ["SVLM_BIN"]
     r = subprocess.run([svlm, "describe", "-m", text, "--mmproj", mmproj, "--image", image, "-p", PROMPT,
-                        "-n", str(N_IMAGE_TOKENS), "--json"], capture_output=True, timeout=120)
+                        "-n", str(N_IMAGE_TOKENS), "--json", *extra], capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -142,6 +143,24 @@ def openai(s, text, mmproj):
         assert streamed == content and usage == r["usage"], (streamed, content, usage, r["usage"])
         print("openai: %s still image answered as svlm describe does (%d prompt tokens): %r"
               % (mime, ref["prompt_tokens"], content))
+    # sampled: OpenAI's temperature and top_p (no top-k or min-p cut) with a seed draw what
+    # describe draws with the same settings, and not the greedy answer
+    path, mime = images[0]
+    url = "data:%s;base64,%s" % (mime, base64.b64encode(open(path, "rb").read()).decode())
+    ref = describe(text, mmproj, path, "--temp", "1.5", "--top-p", "0.9", "--top-k", "0", "--min-p", "0",
+                   "--seed", "11")
+    assert ref["tokens"] != describe(text, mmproj, path)["tokens"], ref
+    body = {"model": "cam", "max_tokens": N_IMAGE_TOKENS, "temperature": 1.5, "top_p": 0.9, "seed": 11,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT},
+                                                      {"type": "image_url", "image_url": {"url": url}}]}]}
+    r = curl_chat(s.base, body, False)
+    content = r["choices"][0]["message"]["content"]
+    assert content == ref["text"] or "\ufffd" in content, (content, ref["text"])
+    assert r["usage"]["completion_tokens"] == len(ref["tokens"]), (r["usage"], ref["tokens"])
+    streamed, usage = curl_chat(s.base, body, True)
+    assert streamed == content and usage == r["usage"], (streamed, content, usage, r["usage"])
+    print("openai: a sampled still-image answer (temperature 1.5, top_p 0.9, seed 11) draws as svlm describe: %r"
+          % content)
     # a question about the live stream: frames arrive between the two calls, so the random-weight
     # model may answer differently, even with an end-of-generation token first (an empty answer)
     body = {"model": "cam", "max_tokens": 10, "messages": [{"role": "user", "content": "What happens?"}]}

@@ -16,10 +16,11 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: svlm describe -m TEXT_GGUF --mmproj MMPROJ_GGUF --image FILE -p PROMPT [-n N]\n"
-            "                     [--temp T] [--seed S] [--threads K] [--backend B] [--json] [--raw]\n"
-            "                     [--dump-dir DIR]\n"
+            "                     [--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
+            "                     [--threads K] [--backend B] [--json] [--raw] [--dump-dir DIR]\n"
             "  -n N            tokens to generate (default 128)\n"
-            "  --temp T        0 = greedy (default 0)\n"
+            "  --temp T        0 = greedy (default 0); with T > 0, --top-k (40), --top-p (0.95) and\n"
+            "                  --min-p (0.05) cut the draw as in svlm generate\n"
             "  --raw           use PROMPT verbatim (special tokens parsed); %s marks the image\n"
             "  --dump-dir DIR  write pixels_K.f32 [3][S][S] and embd_K.f32 [tokens][n_embd] for the K-th\n"
             "                  image chunk in prompt order, and logits.f32 after the whole prompt\n"
@@ -30,16 +31,20 @@ static void usage(FILE *f) {
 
 typedef struct describe_args {
     const char *model, *mmproj, *image, *prompt, *dump_dir, *backend;
-    long long n_predict, threads, seed;
-    double temp;
+    long long n_predict, threads;
+    svlm_sampler_params sampling;
     int json, raw;
 } describe_args;
 
 static int parse(int argc, char **argv, describe_args *a) {
     memset(a, 0, sizeof *a);
     a->n_predict = 128;
+    a->sampling = svlm_sampler_params_default();
+    a->sampling.temp = 0; /* greedy unless asked: describe's answers are references */
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v;
+        double d;
+        long long x;
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
             usage(stdout);
             return 1;
@@ -64,9 +69,20 @@ static int parse(int argc, char **argv, describe_args *a) {
         } else if (!strcmp(f, "--threads") || !strcmp(f, "-t")) {
             if (cli_int(f, v, 1, 1024, &a->threads)) return -1;
         } else if (!strcmp(f, "--seed")) {
-            if (cli_int(f, v, 0, 0x7fffffffffffffffLL, &a->seed)) return -1;
+            if (cli_int(f, v, 0, 0x7fffffffffffffffLL, &x)) return -1;
+            a->sampling.seed = (uint64_t)x;
         } else if (!strcmp(f, "--temp")) {
-            if (cli_float(f, v, 0, 100, &a->temp)) return -1;
+            if (cli_float(f, v, 0, 100, &d)) return -1;
+            a->sampling.temp = (float)d;
+        } else if (!strcmp(f, "--top-k")) {
+            if (cli_int(f, v, 0, 1 << 24, &x)) return -1;
+            a->sampling.top_k = (int)x;
+        } else if (!strcmp(f, "--top-p")) {
+            if (cli_float(f, v, 0, 1, &d)) return -1;
+            a->sampling.top_p = (float)d;
+        } else if (!strcmp(f, "--min-p")) {
+            if (cli_float(f, v, 0, 1, &d)) return -1;
+            a->sampling.min_p = (float)d;
         } else if (!strcmp(f, "--backend")) {
             if (cli_backend(f, v)) return -1;
             a->backend = v;
@@ -184,9 +200,6 @@ int cmd_describe(int argc, char **argv) {
     double t2 = cli_now();
     if (a.dump_dir && dump_chunks(a.dump_dir, &tiles, embd, emb_floats)) goto done;
 
-    svlm_sampler_params spar = svlm_sampler_params_default();
-    spar.temp = (float)a.temp;
-    spar.seed = (uint64_t)a.seed;
     int n_ctx = (int)(prompt.n + (size_t)a.n_predict + 1);
     logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
     gen = malloc(sizeof(int32_t) * ((size_t)a.n_predict + 1));
@@ -195,7 +208,7 @@ int cmd_describe(int argc, char **argv) {
         goto done;
     }
     if (svlm_llama_ctx_create(tm.model, tm.kernels, n_ctx, SVLM_F32, &ctx, &err) ||
-        svlm_sampler_create(&spar, hp->n_vocab, &smp, &err) ||
+        svlm_sampler_create(&a.sampling, hp->n_vocab, &smp, &err) ||
         svlm_llama_eval(ctx, prompt.ids, embd, (int)prompt.n, logits, 0, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);
         goto done;
