@@ -34,6 +34,7 @@ typedef enum svlm_status {
     SVLM_E_END = -8,         /* end of stream / end of answer                      */
     SVLM_E_CANCELLED = -9,   /* the operation was cancelled                        */
     SVLM_E_LIMIT = -10,      /* a configured limit was reached                     */
+    SVLM_E_TOO_LONG = -11,   /* an input longer than the model or its room takes   */
 } svlm_status;
 
 /* Short stable name of a status, e.g. "E_FORMAT". Never NULL. */

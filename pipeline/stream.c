@@ -556,7 +556,7 @@ svlm_status svlm_stream_answer_start(svlm_stream *s, svlm_stream_fork *f, svlm_l
     if (!st) st = stream_prompt_push_text(&a->pr, s->tok, "<end_of_utterance>\nAssistant:", 1, err);
     const int n_q = a->pr.n - a->q_start;
     if (!st && n_q + o->max_tokens > s->p.answer_room)
-        st = svlm_fail(err, SVLM_E_LIMIT,
+        st = svlm_fail(err, SVLM_E_TOO_LONG,
                        "a %d-token question and %d answer tokens exceed the answer room of %d", n_q,
                        o->max_tokens, s->p.answer_room);
     if (!st && o->prompt_text) {

@@ -120,7 +120,8 @@ void svlm_stream_note_drop(svlm_stream *s);
  * Answers a question from the stream's current context (greedy, up to max_tokens), on `ctx`, a
  * decoder context the caller owns (n_ctx >= svlm_stream_ctx_size). The question and answer then
  * join the stream's text window. *answer (may be NULL) gets the text (caller frees). Returns
- * SVLM_E_CANCELLED when the callback cancels; the fork's pages are freed either way.
+ * SVLM_E_CANCELLED when the callback cancels, SVLM_E_TOO_LONG when the question's turn and
+ * max_tokens exceed the answer room; the fork's pages are freed either way.
  */
 svlm_status svlm_stream_ask(svlm_stream *s, svlm_llama_ctx *ctx, const char *question, int max_tokens,
                             svlm_stream_token_fn on_token, void *user, char **answer, svlm_answer_metrics *am,

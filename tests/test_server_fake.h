@@ -198,7 +198,7 @@ static svlm_status fake_ask_start(void *ctx, const svlm_backend_ask_req *req, co
     fake_engine *e = ctx;
     if (!strcmp(req->question, "toolong")) {
         snprintf(err->msg, sizeof err->msg, "the question is too long (%d tokens)", 5000);
-        return SVLM_E_LIMIT;
+        return SVLM_E_TOO_LONG;
     }
     pthread_mutex_lock(&e->lock);
     fake_ask *a = NULL;

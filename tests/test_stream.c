@@ -571,7 +571,7 @@ int test_main(void) {
     svlm_stream_metrics_get(a, &m2);
     CHECK(calls == 2 && m2.kv_bytes == bytes_before && m2.tokens[SVLM_KV_TEXT] == m.tokens[SVLM_KV_TEXT],
           "after cancel: %zu bytes (was %zu), %d calls", m2.kv_bytes, bytes_before, calls);
-    CHECK(svlm_stream_ask(a, ctx, "x", 100, NULL, NULL, NULL, NULL, &err) == SVLM_E_LIMIT,
+    CHECK(svlm_stream_ask(a, ctx, "x", 100, NULL, NULL, NULL, NULL, &err) == SVLM_E_TOO_LONG,
           "oversized answer accepted");
 
     /* 4. a question is answered while frames keep arriving. (The fork point depends on timing, and

@@ -187,7 +187,7 @@ svlm_status eng_question_fits(eng *e, const char *question, int *n_q, int *room,
     *n_q = turn_tokens(e, question);
     *room = e->sp.answer_room - *n_q - 4; /* a little slack for tokenization at the seams */
     return *n_q < 0    ? svlm_fail(err, SVLM_E_INVALID, "the question cannot be tokenized")
-           : *room < 1 ? svlm_fail(err, SVLM_E_LIMIT, "the question is too long (%d tokens)", *n_q)
+           : *room < 1 ? svlm_fail(err, SVLM_E_TOO_LONG, "the question is too long (%d tokens)", *n_q)
                        : SVLM_OK;
 }
 

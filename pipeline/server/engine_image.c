@@ -100,7 +100,7 @@ svlm_status eng_image_answer(eng *e, eng_job *j, int *prompt_tokens, svlm_err *e
     const int n_train = svlm_llama_hparams_of(e->model)->n_ctx_train;
     const int n_vocab = svlm_llama_hparams_of(e->model)->n_vocab;
     if (!st && (int)p.n + j->max_tokens > n_train && n_train > 0)
-        st = svlm_fail(err, SVLM_E_LIMIT,
+        st = svlm_fail(err, SVLM_E_TOO_LONG,
                        "the images and question take %zu tokens; the model's context is %d", p.n, n_train);
     if (!st) *prompt_tokens = (int)p.n;
     if (!st && j->sampling.temp > 0) {

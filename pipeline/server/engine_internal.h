@@ -155,7 +155,7 @@ void eng_stream_unref(eng_stream *s);
 
 /* Answers (engine_answer.c). */
 /* Whether the question's chat turn leaves room for an answer token: *n_q its tokens, *room the
- * answer tokens it leaves; SVLM_E_LIMIT (too long) or SVLM_E_INVALID otherwise. */
+ * answer tokens it leaves; SVLM_E_TOO_LONG or SVLM_E_INVALID otherwise. */
 svlm_status eng_question_fits(eng *e, const char *question, int *n_q, int *room, svlm_err *err);
 /* Queues a stream job (JOB_ASK or JOB_WATCH; takes ownership of j and its stream reference). */
 svlm_status eng_job_submit(eng *e, eng_job *j, uint64_t *id, svlm_err *err);

@@ -165,7 +165,8 @@ typedef struct svlm_server_backend {
     /* SVLM_E_AGAIN: the stream has no frame yet. */
     svlm_status (*latest_frame)(void *ctx, const char *name, svlm_backend_frame *out, svlm_err *err);
 
-    /* Starts an answer; *id identifies it for cancel(). SVLM_E_LIMIT when the engine is full. */
+    /* Starts an answer; *id identifies it for cancel(). SVLM_E_LIMIT when the engine is full,
+     * SVLM_E_TOO_LONG when the question cannot fit (done's status too, for one found out later). */
     svlm_status (*ask)(void *ctx, const svlm_backend_ask_req *req, const svlm_backend_ask_cb *cb,
                        uint64_t *id, svlm_err *err);
     void (*cancel)(void *ctx, uint64_t id);

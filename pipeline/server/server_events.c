@@ -73,16 +73,10 @@ void srv_watch_alert(void *user, const svlm_backend_alert *alert) {
     srv_event_push(w->srv, ev);
 }
 
-/* The backend says "too long for the context" and "the engine is full" with the same status
- * (SVLM_E_LIMIT): its message tells them apart. Retrying the first is useless (a 429 or
- * server_busy invites it), so it gets its own code. The messages are the engine's (engine_answer.c,
- * engine_image.c, pipeline/stream.c). */
-static int too_long(const char *msg) {
-    return strstr(msg, "too long") || strstr(msg, "answer room") || strstr(msg, "model's context");
-}
-
+/* "Too long" (SVLM_E_TOO_LONG) gets its own code, apart from "busy" (SVLM_E_LIMIT): retrying it
+ * is useless, and a 429 or server_busy invites a retry. */
 const char *srv_fail_code(const svlm_backend_done *d, int had_images) {
-    if (d->status == SVLM_E_LIMIT && too_long(d->error)) return "question_too_long";
+    if (d->status == SVLM_E_TOO_LONG) return "question_too_long";
     /* a still image the engine cannot read: its decoder's errors start "image" (engine_image.c) */
     if (had_images && !strncmp(d->error, "image", 5) && d->status != SVLM_E_NOMEM &&
         d->status != SVLM_E_DEVICE)
@@ -124,7 +118,8 @@ srv_ask *srv_ask_start(svlm_server *srv, srv_conn *conn, const svlm_backend_ask_
         pthread_mutex_unlock(&srv->lock);
         free(t);
         free(a);
-        *code = st == SVLM_E_LIMIT         ? (too_long(err->msg) ? "question_too_long" : "server_busy")
+        *code = st == SVLM_E_TOO_LONG      ? "question_too_long"
+                : st == SVLM_E_LIMIT       ? "server_busy"
                 : st == SVLM_E_UNSUPPORTED ? "engine_unavailable"
                 : st == SVLM_E_INVALID     ? "bad_request"
                                            : "backend_error";
