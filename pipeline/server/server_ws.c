@@ -487,6 +487,30 @@ static int take_token(svlm_server *srv, srv_conn *c) {
     return 1;
 }
 
+/* A message's "id" as the JSON text replies echo (out[SRV_ID_MAX], "" when absent or null).
+ * Returns 0, or -1 with why (why[why_cap]) the id is refused, or -2 out of memory. */
+static int read_id(const json_t *msg, char *out, char *why, size_t why_cap) {
+    out[0] = 0;
+    json_t *id = json_object_get(msg, "id");
+    if (!id || json_is_null(id)) return 0;
+    if (!json_is_string(id) && !json_is_integer(id))
+        return snprintf(why, why_cap, "field 'id' must be a string or an integer"), -1;
+    if (json_is_string(id) && json_string_length(id) > 100)
+        return snprintf(why, why_cap, "field 'id' is longer than 100 bytes"), -1;
+    char *s = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!s) return -2;
+    /* replies echo the id as this text: cut short, it would no longer parse, and two ids with the
+     * same beginning would collide (control characters take 6 bytes each once escaped) */
+    const size_t n = strlen(s);
+    if (n < SRV_ID_MAX) memcpy(out, s, n + 1);
+    free(s);
+    if (n >= SRV_ID_MAX)
+        return snprintf(why, why_cap, "field 'id' is longer than %d bytes once written as JSON",
+                        SRV_ID_MAX - 1),
+               -1;
+    return 0;
+}
+
 static void handle(svlm_server *srv, srv_conn *c, const char *text, size_t len) {
     req_ctx r = {srv, c, NULL, "", ""};
     json_error_t jerr;
@@ -499,31 +523,12 @@ static void handle(svlm_server *srv, srv_conn *c, const char *text, size_t len) 
         srv_ws_error(srv, c, "", "bad_message", "a message must be a JSON object");
         goto out;
     }
-    json_t *id = json_object_get(r.msg, "id");
-    if (id && !json_is_null(id)) {
-        if (!json_is_string(id) && !json_is_integer(id)) {
-            srv_ws_error(srv, c, "", "bad_message", "field 'id' must be a string or an integer");
-            goto out;
-        }
-        if (json_is_string(id) && json_string_length(id) > 100) {
-            srv_ws_error(srv, c, "", "bad_message", "field 'id' is longer than 100 bytes");
-            goto out;
-        }
-        char *s = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!s) {
-            srv_ws_error(srv, c, "", "server_busy", "out of memory");
-            goto out;
-        }
-        /* replies echo the id as this text: cut short, it would no longer parse, and two ids with
-         * the same beginning would collide (control characters take 6 bytes each once escaped) */
-        if (strlen(s) >= sizeof r.id) {
-            free(s);
-            srv_ws_error(srv, c, "", "bad_message", "field 'id' is longer than %d bytes once written as JSON",
-                         (int)sizeof r.id - 1);
-            goto out;
-        }
-        snprintf(r.id, sizeof r.id, "%s", s);
-        free(s);
+    char why[80];
+    const int id_rc = read_id(r.msg, r.id, why, sizeof why);
+    if (id_rc) {
+        srv_ws_error(srv, c, "", id_rc == -2 ? "server_busy" : "bad_message", "%s",
+                     id_rc == -2 ? "out of memory" : why);
+        goto out;
     }
     json_t *type = json_object_get(r.msg, "type");
     if (!json_is_string(type)) {
@@ -569,7 +574,13 @@ void srv_ws_receive(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
     if (!lws_is_final_fragment(c->wsi)) return;
     srv->metrics.ws_messages++;
     if (!take_token(srv, c)) {
-        srv_ws_error(srv, c, "", "rate_limited", "more than %g messages per second",
+        /* the refusal names the message's id, so a client can tell which request it lost */
+        char id[SRV_ID_MAX] = "", why[80];
+        json_t *msg =
+            c->rx_binary || c->rx_oversize ? NULL : json_loadb(c->rx ? c->rx : "", c->rx_len, 0, NULL);
+        if (json_is_object(msg) && read_id(msg, id, why, sizeof why)) id[0] = 0;
+        json_decref(msg);
+        srv_ws_error(srv, c, id, "rate_limited", "more than %g messages per second",
                      srv->cfg.max_messages_per_s);
     } else if (c->rx_binary) {
         srv_ws_error(srv, c, "", "binary_not_supported", "send JSON text messages, not binary ones");

@@ -216,11 +216,14 @@ async def protocol(h):
         # rate limit: 40 burst at 20/s, the rest refused, the connection kept
         for i in range(100):
             await send(ws, type="list", id=i)
-        codes = []
+        codes, limited = [], set()
         for _ in range(100):
             m = await recv_json(ws)
             codes.append(m["type"] if m["type"] != "error" else m["code"])
+            if m.get("code") == "rate_limited":  # each refusal names the message it refused
+                limited.add(m["id"])
         assert codes.count("rate_limited") >= 30 and codes.count("streams") >= 10, codes
+        assert len(limited) == codes.count("rate_limited") and limited <= set(range(100)), limited
         await asyncio.sleep(1.0)
         await still_alive(ws)
 
