@@ -135,6 +135,13 @@ static void sort_candidates(candidate *c, candidate *tmp, int n, float temp, int
     if (src != c) memcpy(c, src, (size_t)k * sizeof *c);
 }
 
+/* A candidate's weight against the top one, e^((l - top) / t) with inv_t = 1/t: 1 for the top's
+ * equals (so that infinite logits tie instead of giving inf - inf = NaN), and, where 1/t overflows
+ * (t under about 3e-39), 0 for the rest: greedy, the limit as t goes to 0. */
+static float rel_weight(float l, float top, float inv_t) {
+    return l == top ? 1.0f : expf((l - top) * inv_t);
+}
+
 int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits) {
     const int n = s->n_vocab;
     candidate *c = s->cand;
@@ -172,7 +179,7 @@ int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits) {
         double sum = 0;
         if (s->p.top_p < 1.0f || s->p.min_p > 0)
             for (int i = 0; i < m; i++)
-                sum += c[i].p = expf(c[i].logit - c[0].logit);
+                sum += c[i].p = rel_weight(c[i].logit, c[0].logit, 1.0f);
         if (s->p.top_p < 1.0f) {
             double acc = 0;
             for (int i = 0; i < m; i++) {
@@ -192,7 +199,7 @@ int32_t svlm_sampler_sample(svlm_sampler *s, const float *logits) {
         sum = 0;
         const float inv_t = 1.0f / s->p.temp;
         for (int i = 0; i < m; i++)
-            sum += c[i].p = expf((c[i].logit - c[0].logit) * inv_t);
+            sum += c[i].p = rel_weight(c[i].logit, c[0].logit, inv_t);
         double r = next_uniform(s->rng) * sum, acc = 0;
         chosen = c[m - 1].id;
         for (int i = 0; i < m; i++) {

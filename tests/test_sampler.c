@@ -133,6 +133,44 @@ static void test_nan_logits(void) {
     svlm_sampler_free(s);
 }
 
+/* Infinite logits tie with each other (inf - inf once made every weight NaN and the draw always
+ * the last candidate); a temperature so small that 1/t overflows float is greedy, not the least
+ * likely token. */
+static void test_extreme_values(void) {
+    const float inf = INFINITY;
+    const float some_inf[5] = {0.0f, inf, 1.0f, inf, inf}, all_neg_inf[4] = {-inf, -inf, -inf, -inf};
+    for (int with_filters = 0; with_filters < 2; with_filters++) {
+        svlm_sampler_params p = plain(1.0f);
+        if (with_filters) p.top_p = 0.9f, p.min_p = 0.1f, p.top_k = 4;
+        svlm_sampler *s = make(&p, 5), *t = make(&p, 4);
+        int seen[5] = {0}, seen_neg[4] = {0};
+        for (int i = 0; i < 600; i++) {
+            seen[svlm_sampler_sample(s, some_inf)]++;
+            seen_neg[svlm_sampler_sample(t, all_neg_inf)]++;
+        }
+        CHECK(!seen[0] && !seen[2] && seen[1] > 120 && seen[3] > 120 && seen[4] > 120,
+              "filters %d: +inf logits at 1, 3, 4 drawn %d %d %d times (others %d %d)", with_filters, seen[1],
+              seen[3], seen[4], seen[0], seen[2]);
+        /* four equal tokens: top-p 0.9 and min-p keep all four, each drawn about 150 times */
+        CHECK(seen_neg[0] > 90 && seen_neg[1] > 90 && seen_neg[2] > 90 && seen_neg[3] > 90,
+              "filters %d: all -inf drawn %d %d %d %d times", with_filters, seen_neg[0], seen_neg[1],
+              seen_neg[2], seen_neg[3]);
+        svlm_sampler_free(s);
+        svlm_sampler_free(t);
+    }
+    const float l4[4] = {1.0f, 2.0f, 4.0f, 3.0f};
+    const float temps[] = {1e-30f, 1e-39f, 1e-45f};
+    for (size_t i = 0; i < sizeof temps / sizeof temps[0]; i++) {
+        svlm_sampler_params p = plain(temps[i]);
+        svlm_sampler *s = make(&p, 4);
+        for (int k = 0; k < 20; k++) {
+            const int32_t id = svlm_sampler_sample(s, l4);
+            CHECK(id == 2, "temperature %g drew token %d, not the greatest (2)", (double)temps[i], (int)id);
+        }
+        svlm_sampler_free(s);
+    }
+}
+
 static void test_repeat_penalty(void) {
     const float logits[3] = {2.0f, 1.5f, -3.0f};
     svlm_sampler_params p = plain(0);
@@ -181,6 +219,7 @@ int test_main(void) {
     test_greedy();
     test_distribution();
     test_nan_logits();
+    test_extreme_values();
     test_repeat_penalty();
     test_seeds();
     return 0;
