@@ -251,7 +251,7 @@ static void on_done(svlm_server *srv, srv_event *ev) {
             srv_ws_send_json(srv, c, m);
         }
     } else if (c && c->kind == CONN_HTTP) {
-        srv_openai_done(srv, c, a, d);
+        srv_openai_done(c, a, d);
         c->ask = NULL;
     }
     ask_free(srv, a);

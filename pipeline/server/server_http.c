@@ -105,7 +105,8 @@ int srv_http_respond(srv_conn *c, int status, const char *type, const void *body
     if (c->close_after && add_header(c, "connection:", "close", &p, end)) return -1;
     if (lws_finalize_write_http_header(c->wsi, start, &p, end)) return -1;
     free(c->resp);
-    c->resp = srv_msg_new(body, len);
+    /* HEAD: the headers GET would have (Content-Length included) and no body */
+    c->resp = c->is_head ? srv_msg_new(NULL, 0) : srv_msg_new(body, len);
     c->resp_off = 0;
     if (!c->resp) return -1;
     lws_callback_on_writable(c->wsi);
@@ -263,7 +264,7 @@ static int get_endpoint(const char *uri) {
  * a Content-Length that is not a number reads as 0, its body then parsed as the next request.
  * 0: a Content-Length (*len) or no body; 1: no Content-Length (or Transfer-Encoding); 2: a bad one. */
 static int body_framing(struct lws *wsi, long long *len) {
-    char cl[32];
+    char cl[64];
     *len = 0;
     const int has_body_method = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0 ||
                                 lws_hdr_total_length(wsi, WSI_TOKEN_PUT_URI) > 0 ||
@@ -271,10 +272,12 @@ static int body_framing(struct lws *wsi, long long *len) {
     if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) return 1;
     const int n = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH);
     if (n <= 0) return has_body_method ? 1 : 0;
-    if (n > 18 || lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0 ||
+    if (n >= (int)sizeof cl || lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0 ||
         strspn(cl, "0123456789") != strlen(cl))
         return 2;
-    *len = atoll(cl);
+    const char *digits = cl + strspn(cl, "0"); /* leading zeros are allowed, and say nothing */
+    if (strlen(digits) > 18) return 2;         /* (more than any body this server takes anyway) */
+    *len = atoll(digits);
     return 0;
 }
 
@@ -310,6 +313,7 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     srv->metrics.http_requests++;
     snprintf(c->path, sizeof c->path, "%s", uri);
     c->is_post = lws_hdr_total_length(c->wsi, WSI_TOKEN_POST_URI) > 0;
+    c->is_head = lws_hdr_total_length(c->wsi, WSI_TOKEN_HEAD_URI) > 0;
     long long body_len;
     const int framing = body_framing(c->wsi, &body_len);
     /* whatever the answer, such a connection cannot carry another request: its next one was

@@ -51,6 +51,7 @@ typedef struct srv_conn {
     /* HTTP */
     char path[256];
     int is_post;
+    int is_head; /* answered with headers only */
     char *body;
     size_t body_len;
     int body_oversize;
@@ -239,7 +240,7 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c);
 /* The ask's text grew: stop strings are looked for, and a streaming answer sends what it may. */
 void srv_openai_token(svlm_server *srv, srv_conn *c, srv_ask *ask);
 void srv_openai_reset(srv_conn *c); /* frees a request's stop strings */
-void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_backend_done *done);
+void srv_openai_done(srv_conn *c, srv_ask *ask, const svlm_backend_done *done);
 
 /* ---- server_snapshot.c ---- */
 int srv_snapshot(svlm_server *srv, srv_conn *c, const char *stream);

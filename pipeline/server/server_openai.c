@@ -19,6 +19,7 @@ typedef struct chat_req {
     svlm_backend_image images[MAX_IMAGES];
     char mimes[MAX_IMAGES][32];
     int n_images;
+    int too_long; /* the question passed its limit */
 } chat_req;
 
 static void chat_req_free(chat_req *r) {
@@ -26,13 +27,19 @@ static void chat_req_free(chat_req *r) {
         free((void *)r->images[i].data);
 }
 
-static void add_text(chat_req *r, const char *s) {
-    size_t n = strlen(s);
-    if (r->qlen && r->qlen + 1 < sizeof r->question) r->question[r->qlen++] = '\n';
-    if (r->qlen + n >= sizeof r->question) n = sizeof r->question - 1 - r->qlen;
+/* Joins a text part to the question; an error message when it would pass the websocket's limit
+ * (cut there, the engine would answer another question, maybe ending inside a character). */
+static const char *add_text(chat_req *r, const char *s) {
+    const size_t n = strlen(s), sep = r->qlen > 0;
+    if (r->qlen + sep + n >= sizeof r->question) {
+        r->too_long = 1;
+        return "the question (the last user message's text) may have at most 8191 bytes";
+    }
+    if (sep) r->question[r->qlen++] = '\n';
     memcpy(r->question + r->qlen, s, n);
     r->qlen += n;
     r->question[r->qlen] = 0;
+    return NULL;
 }
 
 /* "data:image/png;base64,...." → bytes. Returns an error message or NULL. */
@@ -76,10 +83,7 @@ static const char *parse_messages(json_t *messages, chat_req *r) {
     }
     if (!last) return "no message with role 'user'";
     json_t *content = json_object_get(last, "content");
-    if (json_is_string(content)) {
-        add_text(r, json_string_value(content));
-        return NULL;
-    }
+    if (json_is_string(content)) return add_text(r, json_string_value(content));
     if (!json_is_array(content)) return "'content' must be a string or an array of parts";
     json_t *part;
     json_array_foreach(content, i, part) {
@@ -89,7 +93,8 @@ static const char *parse_messages(json_t *messages, chat_req *r) {
         if (!strcmp(t, "text")) {
             json_t *text = json_object_get(part, "text");
             if (!json_is_string(text)) return "a text part needs a string 'text'";
-            add_text(r, json_string_value(text));
+            const char *e = add_text(r, json_string_value(text));
+            if (e) return e;
         } else if (!strcmp(t, "image_url")) {
             json_t *iu = json_object_get(part, "image_url");
             json_t *url = json_is_object(iu) ? json_object_get(iu, "url") : iu;
@@ -140,20 +145,30 @@ static void trim_cut_utf8(char *s) {
     if (start - 1 + svlm_utf8_lead_len((unsigned char)s[start - 1]) > n) s[start - 1] = 0;
 }
 
-static void sse_push(svlm_server *srv, srv_conn *c, json_t *obj) {
-    (void)srv;
-    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-    json_decref(obj);
-    size_t n = text ? strlen(text) : 6;
+/* One server-sent event, "data: TEXT". */
+static void sse_line(srv_conn *c, const char *text) {
+    const size_t n = strlen(text);
     char *line = malloc(n + 16);
     if (line) {
-        int len = snprintf(line, n + 16, "data: %s\n\n", text ? text : "[DONE]");
+        int len = snprintf(line, n + 16, "data: %s\n\n", text);
         srv_msg *m = srv_msg_new(line, (size_t)len);
         if (m) srv_queue_push(&c->out, m);
     }
     free(line);
-    free(text);
     lws_callback_on_writable(c->wsi);
+}
+
+/* An event with obj (taken); NULL (a chunk that could not be built, out of memory) sends nothing:
+ * it must not read as the end, which only sse_end says. */
+static void sse_push(srv_conn *c, json_t *obj) {
+    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (text) sse_line(c, text);
+    free(text);
+}
+
+static void sse_end(srv_conn *c) {
+    sse_line(c, "[DONE]");
 }
 
 static json_t *chunk(srv_conn *c, json_t *delta, const char *finish) {
@@ -241,7 +256,8 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     const char *param = e ? param_of(e, param_buf, sizeof param_buf) : NULL;
     if (!e && (e = parse_messages(json_object_get(body, "messages"), r))) param = "messages";
     if (e) {
-        rc = srv_http_error_param(c, 400, "bad_request", e, param);
+        rc = srv_http_error_param(c, 400, r && r->too_long ? "context_length_exceeded" : "bad_request", e,
+                                  param);
         goto out;
     }
     char name[SVLM_BACKEND_NAME_MAX];
@@ -302,7 +318,7 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
             goto out;
         }
         c->sse = 1;
-        sse_push(srv, c, chunk(c, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL));
+        sse_push(c, chunk(c, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL));
     }
 out:
     if (r) chat_req_free(r);
@@ -329,24 +345,41 @@ static void find_stop(svlm_server *srv, srv_conn *c, srv_ask *a) {
     c->stop_from = a->text_len >= c->stop_max ? a->text_len - c->stop_max + 1 : 0;
 }
 
+/* The length of the longest end of text[0, len) that begins a stop string (a whole one was cut
+ * already): the bytes before it can start none, whatever comes next. */
+static size_t stop_tail(const srv_conn *c, const char *text, size_t len) {
+    size_t held = 0;
+    for (int k = 0; k < c->n_stop; k++) {
+        const size_t n = strlen(c->stop[k]);
+        for (size_t t = (n - 1 < len ? n - 1 : len); t > held; t--)
+            if (!memcmp(text + len - t, c->stop[k], t)) {
+                held = t;
+                break;
+            }
+    }
+    return held;
+}
+
 /* Sends the answer text not sent yet, but for a tail that may be the start of a stop string
  * (all of it once the answer is finished). */
-static void sse_text(svlm_server *srv, srv_conn *c, srv_ask *a, int finished) {
+static void sse_text(srv_conn *c, srv_ask *a, int finished) {
     size_t end = a->text_len;
-    if (!finished && !a->stopped && c->n_stop) end = end > c->stop_max - 1 ? end - (c->stop_max - 1) : 0;
+    if (!finished && !a->stopped && c->n_stop) end -= stop_tail(c, a->text, end);
     while (end > c->sent && end < a->text_len && ((unsigned char)a->text[end] & 0xC0) == 0x80)
         end--; /* whole characters only */
     if (end <= c->sent) return;
-    sse_push(srv, c, chunk(c, json_pack("{s:s%}", "content", a->text + c->sent, end - c->sent), NULL));
+    json_t *ch = chunk(c, json_pack("{s:s%}", "content", a->text + c->sent, end - c->sent), NULL);
+    if (!ch) return; /* out of memory: these bytes go with the next chunk */
+    sse_push(c, ch);
     c->sent = end;
 }
 
 void srv_openai_token(svlm_server *srv, srv_conn *c, srv_ask *ask) {
     if (c->n_stop && !ask->stopped && ask->text) find_stop(srv, c, ask);
-    if (c->sse) sse_text(srv, c, ask, 0);
+    if (c->sse) sse_text(c, ask, 0);
 }
 
-void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_backend_done *d) {
+void srv_openai_done(srv_conn *c, srv_ask *ask, const svlm_backend_done *d) {
     /* "length" for any token limit: the asked one, or one the engine put in its place (its longest
      * answer, the room left in the context), which it reports */
     const int limit =
@@ -379,24 +412,23 @@ void srv_openai_done(svlm_server *srv, srv_conn *c, srv_ask *ask, const svlm_bac
     srv_utf8_fix(why); /* cut at a byte limit: json_pack would fail, and the event be lost */
     if (c->sse) {
         if (failed) {
-            sse_push(srv, c,
-                     json_pack("{s:{s:s, s:s, s:o, s:s}}", "error", "message", why, "type",
-                               status >= 500 ? "server_error" : "invalid_request_error", "param",
-                               param ? json_string(param) : json_null(), "code", code));
+            sse_push(c, json_pack("{s:{s:s, s:s, s:o, s:s}}", "error", "message", why, "type",
+                                  status >= 500 ? "server_error" : "invalid_request_error", "param",
+                                  param ? json_string(param) : json_null(), "code", code));
             json_decref(usage);
         } else {
-            sse_text(srv, c, ask, 1);
-            sse_push(srv, c, chunk(c, json_object(), finish));
+            sse_text(c, ask, 1);
+            sse_push(c, chunk(c, json_object(), finish));
             if (c->ask_usage) { /* OpenAI's form: a chunk of its own, with no choices */
                 json_t *last = chunk(c, json_object(), NULL);
                 json_object_set_new(last, "choices", json_array());
                 json_object_set_new(last, "usage", usage);
-                sse_push(srv, c, last);
+                sse_push(c, last);
             } else {
                 json_decref(usage);
             }
         }
-        sse_push(srv, c, NULL);
+        sse_end(c);
         c->sse_done = 1;
         return;
     }
