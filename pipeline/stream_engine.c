@@ -2,6 +2,7 @@
 #include "pipeline/stream_engine.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +91,9 @@ struct svlm_engine {
     int32_t *kept;           /* [ingest_batch][tokens_per_tile] */
     svlm_stc_controls stc;
     pthread_mutex_t compute_mu; /* the ingest kernels: the lane, or a stream being created */
+    /* callers waiting for compute_mu besides the lane (a stream opening or closing): the lane,
+     * which takes it again as soon as it lets it go, waits for them first (see lane_compute_lock) */
+    atomic_int compute_waiting;
     pthread_mutex_t mu;
     pthread_cond_t cv_ingest, cv_answer, cv_room, cv_idle;
     pthread_t th_ingest, th_answer;
@@ -752,6 +756,23 @@ static void look_ahead(svlm_engine *e, int slot) {
  * piece of one stream, streams in turn; exact replays (at a due question or the end), every
  * stream's all. without_frames: only a stream with no frames queued or being ingested (its own
  * frames would join it). Returns whether joins are left for a later pass. */
+/* compute_mu for a caller other than the lane: counted, so that the lane lets it in. A mutex is not
+ * fair: the lane, taking it again at once batch after batch, kept an open waiting for minutes. */
+static void compute_lock(svlm_engine *e) {
+    atomic_fetch_add(&e->compute_waiting, 1);
+    pthread_mutex_lock(&e->compute_mu);
+    atomic_fetch_sub(&e->compute_waiting, 1);
+}
+
+/* compute_mu for the lane: after those waiting for it (at most one batch each way). */
+static void lane_compute_lock(svlm_engine *e) {
+    while (atomic_load(&e->compute_waiting) > 0) {
+        const struct timespec pause = {0, 200000}; /* 0.2 ms: they are woken, and take it */
+        nanosleep(&pause, NULL);
+    }
+    pthread_mutex_lock(&e->compute_mu);
+}
+
 static int join_piece(svlm_engine *e, int without_frames) {
     int more = 0;
     for (int i = 0; i < e->n_streams; i++) {
@@ -765,7 +786,7 @@ static int join_piece(svlm_engine *e, int without_frames) {
         pthread_mutex_unlock(&e->mu);
         svlm_err err = {0};
         int left = 0;
-        pthread_mutex_lock(&e->compute_mu);
+        lane_compute_lock(e);
         if (e->p.exact)
             svlm_stream_join_pending(ls->s, &err);
         else
@@ -800,7 +821,7 @@ static void *ingest_lane(void *arg) {
                     e->ingest_sid = j;
                     pthread_mutex_unlock(&e->mu);
                     svlm_err err = {0};
-                    pthread_mutex_lock(&e->compute_mu);
+                    lane_compute_lock(e);
                     svlm_stream_join_pending(ls->s, &err);
                     pthread_mutex_unlock(&e->compute_mu);
                     pthread_mutex_lock(&e->mu);
@@ -843,7 +864,7 @@ static void *ingest_lane(void *arg) {
         e->ingest_sid = b->sids[0];
         pthread_mutex_unlock(&e->mu);
 
-        pthread_mutex_lock(&e->compute_mu);
+        lane_compute_lock(e);
         const double t0 = now_ms();
         svlm_status *st = b->st;
         if (nb == 1 && !from_ahead) {
@@ -1084,7 +1105,7 @@ static void join_all_turns(svlm_engine *e) {
         e->ingest_sid = i;
         pthread_mutex_unlock(&e->mu);
         svlm_err err = {0};
-        pthread_mutex_lock(&e->compute_mu); /* (an open_stream may be prefilling on these kernels) */
+        compute_lock(e); /* (an open_stream may be prefilling on these kernels) */
         svlm_stream_join_pending(s, &err);
         svlm_stream_set_deferred_join(s, 0);
         pthread_mutex_unlock(&e->compute_mu);
@@ -1179,7 +1200,7 @@ svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const sv
     if (!queue) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     svlm_stc *stc = NULL;
     if (stc_controls->enabled && e->vc) {
-        pthread_mutex_lock(&e->compute_mu); /* it allocates on the ingest kernels */
+        compute_lock(e); /* it allocates on the ingest kernels */
         svlm_status st = svlm_stc_create(e->vc, stc_controls, &stc, err);
         pthread_mutex_unlock(&e->compute_mu);
         if (st) {
@@ -1197,7 +1218,7 @@ svlm_status svlm_engine_add_stream_with(svlm_engine *e, svlm_stream *s, const sv
         const int stopped = e->stop; /* (stop would not join its turns nor end its deferred joins) */
         pthread_mutex_unlock(&e->mu);
         free(queue);
-        pthread_mutex_lock(&e->compute_mu);
+        compute_lock(e);
         svlm_stc_free(stc);
         pthread_mutex_unlock(&e->compute_mu);
         if (stopped) return svlm_fail(err, SVLM_E_CANCELLED, "the engine has stopped");
@@ -1222,7 +1243,7 @@ svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_param
     *out = NULL;
     svlm_stream_params sp = *p;
     if (sp.max_answers <= 0) sp.max_answers = e->p.max_active; /* its pool holds them all */
-    pthread_mutex_lock(&e->compute_mu); /* the system prompt runs on the ingest kernels */
+    compute_lock(e); /* the system prompt runs on the ingest kernels */
     svlm_status st = svlm_stream_create(e->model, e->k_ingest, &sp, system_prompt, out, err);
     pthread_mutex_unlock(&e->compute_mu);
     if (!st) st = svlm_engine_add_stream_with(e, *out, stc, id, err);
@@ -1271,7 +1292,7 @@ void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     svlm_stream_set_deferred_join(ls->s, 0);
     *ls = (lane_stream){0};
     pthread_mutex_unlock(&e->mu);
-    pthread_mutex_lock(&e->compute_mu); /* it frees on the ingest kernels, which the lane may be using */
+    compute_lock(e); /* it frees on the ingest kernels, which the lane may be using */
     svlm_stc_free(stc);
     pthread_mutex_unlock(&e->compute_mu);
 }
@@ -1282,7 +1303,7 @@ void svlm_engine_free_stream(svlm_engine *e, svlm_stream *s) {
         svlm_stream_free(s);
         return;
     }
-    pthread_mutex_lock(&e->compute_mu);
+    compute_lock(e);
     svlm_stream_free(s);
     pthread_mutex_unlock(&e->compute_mu);
 }
