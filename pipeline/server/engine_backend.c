@@ -477,6 +477,10 @@ svlm_status svlm_engine_backend_create(const svlm_engine_backend_opts *o, svlm_e
 void svlm_engine_backend_destroy(svlm_engine_backend *e) {
     if (!e) return;
     eng_watch_stop_thread(e);
+    /* the lanes first: they end after the frame they are on, and their questions as cancelled;
+     * closed one by one while the lanes ran, each stream waited for a frame of its own (seconds
+     * apiece on a CPU) */
+    svlm_engine_stop(e->engine);
     /* close every stream: cancels its answers and waits for them */
     for (;;) {
         pthread_mutex_lock(&e->lock);
