@@ -271,8 +271,32 @@ static void on_alert(svlm_server *srv, srv_event *ev) {
     srv_ws_send_json(srv, w->conn, m);
 }
 
+/* A closed stream's watches end with it (they outlived it, held their clients' watch slots, and
+ * fired again on a new stream of the same name): each owner is told, with the reason. Watches
+ * made after the close began (serial past max) are on a stream opened since. */
+static void end_watches_of(svlm_server *srv, const char *stream, uint64_t max) {
+    for (srv_watch **pp = &srv->watches; *pp;) {
+        srv_watch *w = *pp;
+        if (w->serial > max || strcmp(w->stream, stream)) {
+            pp = &w->next;
+            continue;
+        }
+        srv->be.unwatch(srv->be.ctx, w->backend_id);
+        *pp = w->next;
+        if (w->conn) {
+            w->conn->n_watches--;
+            json_t *m = srv_reply("unwatched", w->req_id);
+            json_object_set_new(m, "reason", json_string("stream_closed"));
+            srv_ws_send_json(srv, w->conn, m);
+        }
+        free(w);
+    }
+}
+
 static void on_job(svlm_server *srv, srv_event *ev) {
     if (!strcmp(ev->job_type, "opened")) srv->pending_opens--;
+    if (!strcmp(ev->job_type, "closed") && ev->status == SVLM_OK)
+        end_watches_of(srv, ev->stream, ev->watch_serial_max);
     srv_conn *c = srv_find_conn(srv, ev->serial);
     if (!c) return;
     if (ev->status != SVLM_OK) {
@@ -315,6 +339,7 @@ typedef struct job {
     char stream[SVLM_BACKEND_NAME_MAX];
     char *uri, *options;
     double fps;
+    uint64_t serial_at_start; /* close: the watches up to this serial were on the stream it closes */
 } job;
 
 static void *job_main(void *arg) {
@@ -336,6 +361,7 @@ static void *job_main(void *arg) {
         snprintf(ev->req_id, sizeof ev->req_id, "%s", j->req_id);
         snprintf(ev->stream, sizeof ev->stream, "%s", j->stream);
         snprintf(ev->error, sizeof ev->error, "%s", err.msg);
+        ev->watch_serial_max = j->serial_at_start;
         srv_event_push(srv, ev);
     }
     free(j->uri);
@@ -360,6 +386,7 @@ int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char
     j->uri = uri ? strdup(uri) : NULL;
     j->options = options ? strdup(options) : NULL;
     j->fps = fps;
+    j->serial_at_start = srv->next_serial;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

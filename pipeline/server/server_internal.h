@@ -116,9 +116,10 @@ typedef struct srv_event {
     srv_ask *ask;    /* TOKEN, DONE */
     uint64_t serial; /* ALERT: watch serial; JOB: connection serial */
     svlm_backend_done done;
-    double video_time, wall; /* ALERT */
-    svlm_status status;      /* JOB */
-    char job_type[16];       /* JOB: "opened" / "closed" */
+    double video_time, wall;   /* ALERT */
+    svlm_status status;        /* JOB */
+    char job_type[16];         /* JOB: "opened" / "closed" */
+    uint64_t watch_serial_max; /* JOB "closed": the last serial given out when the close began */
     char req_id[SRV_ID_MAX];
     char stream[SVLM_BACKEND_NAME_MAX];
     char error[512];

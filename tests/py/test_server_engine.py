@@ -257,9 +257,10 @@ async def watch_too_long(s):
 
 
 async def watch_reopened(s):
-    """A watch whose stream is closed and opened again under its name starts over: its first answer
-    on the new stream is an alert again (it waited for the old stream's next due time: ten minutes
-    here)."""
+    """A stream's close ends its watches (the client is told: they held its watch slots and fired
+    on whatever was opened next under the name); the same id watches the stream opened again
+    under that name from its start: its first answer there is an alert again, at that stream's
+    video time."""
     async with websockets.connect(s.ws_url) as ws:
         await ws.send(json.dumps({"type": "open", "id": "ow", "stream": "camw", "uri": PATTERN, "fps": 1}))
         m, _ = await until(ws, lambda m: m.get("id") == "ow", timeout=30)
@@ -269,11 +270,14 @@ async def watch_reopened(s):
                                   "condition": "change", "interval": 600, "max_tokens": 4}))
         first, _ = await until(ws, lambda m: m["type"] == "alert" and m.get("id") == "w2", timeout=30)
         await ws.send(json.dumps({"type": "close", "id": "cw", "stream": "camw"}))
-        m, _ = await until(ws, lambda m: m.get("id") == "cw", timeout=10)
+        m, seen = await until(ws, lambda m: m.get("id") == "cw", timeout=10)
         assert m["type"] == "closed", m
+        assert {"type": "unwatched", "id": "w2", "reason": "stream_closed"} in seen, seen
         await ws.send(json.dumps({"type": "open", "id": "ow2", "stream": "camw", "uri": PATTERN, "fps": 1}))
         m, _ = await until(ws, lambda m: m.get("id") == "ow2", timeout=30)
         assert m["type"] == "opened", m
+        await ws.send(json.dumps({"type": "watch", "id": "w2", "stream": "camw", "question": "Is anything moving?",
+                                  "condition": "change", "interval": 600, "max_tokens": 4}))
         # (a bound on the whole wait: status messages keep arriving meanwhile)
         again, _ = await asyncio.wait_for(until(ws, lambda m: m["type"] == "alert" and m.get("id") == "w2"), 30)
         assert again["video_time"] < first["video_time"], (first, again)

@@ -189,9 +189,18 @@ async def protocol(h):
         m, _ = await until(ws, lambda m: m["type"] == "error")
         assert m["code"] == "unknown_id", m
 
+        # a stream's close ends its watches: each is told (before the closed reply), and the id is free
+        await send(ws, type="watch", id="w3", stream="cam2", question="q", condition="change", interval=0.2)
+        m, _ = await until(ws, lambda m: m.get("id") == "w3")
+        assert m["type"] == "watching", m
         await send(ws, type="close", id="cl", stream="cam2")
-        m, _ = await until(ws, lambda m: m.get("id") == "cl")
+        m, seen = await until(ws, lambda m: m.get("id") == "cl")
         assert m["type"] == "closed" and m["stream"] == "cam2", m
+        ended = [x for x in seen if x["type"] == "unwatched"]
+        assert ended == [{"type": "unwatched", "id": "w3", "reason": "stream_closed"}], seen
+        await send(ws, type="unwatch", id="w3")
+        m, _ = await until(ws, lambda m: m.get("id") == "w3")
+        assert m["type"] == "error" and m["code"] == "unknown_id", m
         await send(ws, type="close", id="cl2", stream="cam2")
         m, _ = await until(ws, lambda m: m.get("id") == "cl2")
         assert m["code"] == "unknown_stream", m
@@ -213,7 +222,9 @@ async def protocol(h):
         await error_for(ws, json.dumps({"type": "hello", "version": 99}), "unsupported_version")
         await still_alive(ws)
 
-        # rate limit: 40 burst at 20/s, the rest refused, the connection kept
+        # rate limit: 40 burst at 20/s, the rest refused, the connection kept (after a second's
+        # refill: the messages above took part of the burst)
+        await asyncio.sleep(1.0)
         for i in range(100):
             await send(ws, type="list", id=i)
         codes, limited = [], set()
