@@ -241,6 +241,18 @@ static void huge_headers(void) {
     err.msg[0] = 0;
     CHECK(svlm_image_decode_builtin(png, n, &im, &err) == SVLM_E_LIMIT && !im.rgb,
           "an interlaced 12000x12000 PNG: %s (expected the size limit)", err.msg);
+    /* past a side: refused, naming the size the header claims (it said 0x0) */
+    n = 8;
+    put32(ihdr, 30000);
+    put32(ihdr + 4, 20);
+    ihdr[12] = 0;
+    chunk(png, &n, "IHDR", ihdr, 13);
+    chunk(png, &n, "IDAT", z, (uint32_t)zn);
+    chunk(png, &n, "IEND", NULL, 0);
+    err.msg[0] = 0;
+    CHECK(svlm_image_decode_builtin(png, n, &im, &err) == SVLM_E_LIMIT && !im.rgb &&
+              strstr(err.msg, "30000x20"),
+          "a 30000x20 PNG: %s (expected the size limit, naming 30000x20)", err.msg);
 }
 
 int test_main(void) {

@@ -143,8 +143,8 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
         return svlm_fail(err, SVLM_E_FORMAT, "PNG image data is truncated (%zu bytes for %zu rows' bytes)",
                          zn, raw_n);
     }
-    svlm_status st = svlm_image_alloc(out, w <= SVLM_IMAGE_MAX_SIDE ? (int)w : 0,
-                                      h <= SVLM_IMAGE_MAX_SIDE ? (int)h : 0, err);
+    svlm_status st = svlm_image_check_size(w, h, err); /* (its message names the real size) */
+    if (!st) st = svlm_image_alloc(out, (int)w, (int)h, err);
     if (st) return free(z), st;
     uint8_t *raw = malloc(raw_n + 1);
     if (!raw) {
