@@ -259,6 +259,13 @@ static int get_endpoint(const char *uri) {
            !strncmp(uri, "/v1/streams/", 12);
 }
 
+static int too_large(svlm_server *srv, srv_conn *c) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "the request body is over %zu bytes (the server's max_message_bytes)",
+             srv->cfg.max_message_bytes);
+    return srv_http_error(c, 413, "message_too_large", msg);
+}
+
 /* How libwebsockets 4.1 frames the request's body: a POST, PUT or PATCH without Content-Length
  * has everything after its headers read as body (up to 100 MB: a chunked body is not decoded), and
  * a Content-Length that is not a number reads as 0, its body then parsed as the next request.
@@ -358,7 +365,7 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
         if (body_len <= 0) return srv_http_error(c, 400, "bad_request", "the request has no body");
         if ((unsigned long long)body_len > srv->cfg.max_message_bytes) {
             /* told now rather than after the body when the client waits to be asked for it */
-            if (expect) return srv_http_error(c, 413, "message_too_large", "the request body is too large");
+            if (expect) return too_large(srv, c);
             c->body_oversize = 1;
         }
         c->rejected = 0;
@@ -428,8 +435,7 @@ int srv_http_body_done(svlm_server *srv, srv_conn *c) {
         return 0;
     }
     c->close_after = 1;
-    int rc = c->body_oversize ? srv_http_error(c, 413, "message_too_large", "the request body is too large")
-                              : srv_openai_chat(srv, c);
+    int rc = c->body_oversize ? too_large(srv, c) : srv_openai_chat(srv, c);
     /* libwebsockets 4.1 reports the end of a body twice when the next request follows it in the
      * same read (pipelining): the second ran as an empty chat request and answered a 400 */
     c->rejected = 1;

@@ -247,7 +247,10 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
     if (!e && top_p && !json_is_null(top_p) &&
         (!json_is_number(top_p) || !(json_number_value(top_p) >= 0 && json_number_value(top_p) <= 1)))
         e = "'top_p' must be a number from 0 to 1";
-    if (!e && seed && !json_is_null(seed) && !json_is_integer(seed)) e = "'seed' must be an integer";
+    if (!e && seed && !json_is_null(seed) && !(json_is_integer(seed) && json_integer_value(seed) >= 0))
+        e = "'seed' must be an integer from 0"; /* as the websocket's */
+    json_t *model = json_object_get(body, "model");
+    if (!e && model && !json_is_null(model) && !json_is_string(model)) e = "'model' must be a string";
     /* one answer per request: n > 1 would be billed for choices that never come */
     if (!e && n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
         e = "'n': only n=1 is supported";
@@ -273,7 +276,6 @@ int srv_openai_chat(svlm_server *srv, srv_conn *c) {
                             "the server is answering as many questions as it may");
         goto out;
     }
-    json_t *model = json_object_get(body, "model");
     snprintf(c->ask_model, sizeof c->ask_model, "%s",
              name[0]                 ? name
              : json_is_string(model) ? json_string_value(model)

@@ -596,7 +596,7 @@ def curl_openai(h):
         st, _, out = http(h.base + "/v1/chat/completions", bad, {"Content-Type": "application/json"})
         assert st == code and json.loads(out)["error"]["message"], (bad, st, out)
     st, _, out = http(h.base + "/v1/chat/completions", b"x" * 5000, {"Content-Type": "application/json"})
-    assert st == 413, (st, out)
+    assert st == 413 and "4096 bytes" in json.loads(out)["error"]["message"], (st, out)
     st, _, out = http(h.base + "/v1/models")
     assert st == 200 and json.loads(out)["data"][0]["id"] == "cam", out
 
@@ -655,6 +655,8 @@ def openai_params(h):
                                (user("q", stop=""), "stop", "stop"),
                                (user("q", temperature=1, top_p=1.5), "top_p", "top_p"),
                                (user("q", temperature=1, seed=1.5), "seed", "seed"),
+                               (user("q", temperature=1, seed=-3), "seed", "from 0"),
+                               (dict(user("q"), model=5), "model", "'model' must be a string"),
                                (user(5), "messages", "content"),
                                (user("q", svlm_stream="nope"), "svlm_stream", "model")):
         st, _, out = chat(h, body)
@@ -859,6 +861,7 @@ def main():
     print("answers ended at a stop ok (%.1f s)" % (time.time() - t0))
     with Host(limits="total=3,clients=4") as h:
         asyncio.run(total_and_clients(h))
+    with Host() as h:  # (questions the one above left running count against its total of 3)
         long_question(h)
     with Host(token="s3cret") as h:
         asyncio.run(auth(h))

@@ -407,8 +407,8 @@ static int load_config(const char *path, svlm_server_config *cfg, source_arg *sr
             double x = json_number_value(v);
             if (!json_is_number(v) || x < nums[i].lo || x > nums[i].hi ||
                 (nums[i].is_size && x != (double)(long long)x)) {
-                rc = (fprintf(stderr, "svlm serve: %s: '%s' must be a number from %g to %g\n", path, key,
-                              nums[i].lo, nums[i].hi),
+                rc = (fprintf(stderr, "svlm serve: %s: '%s' must be %s from %.10g to %.10g\n", path, key,
+                              nums[i].is_size ? "an integer" : "a number", nums[i].lo, nums[i].hi),
                       -1);
             } else if (nums[i].is_size == 1)
                 *(size_t *)nums[i].p = (size_t)x;
