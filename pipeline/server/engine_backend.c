@@ -88,11 +88,14 @@ static void keep_latest(eng_stream *s, const svlm_frame *f) {
     s->latest_pts = f->pts;
 }
 
-/* The source reader: frames into the engine's queue as they come (a full queue drops its
- * oldest, counted); encoding, prefill and answers run on the engine's lanes. */
+/* The source reader: frames into the engine's queue as they come; encoding, prefill and answers
+ * run on the engine's lanes. A camera's full queue drops its oldest frame (counted): the stream
+ * stays at now. A recording's waits for room instead: played at real time while the engine keeps
+ * up, it loses no frame when it does not (it then falls behind the wall clock). */
 static void *reader(void *arg) {
     eng_stream *s = arg;
     eng *e = s->owner;
+    const int wait_for_room = !svlm_source_is_live(s->src);
     for (;;) {
         svlm_source_item item;
         svlm_err err = {0};
@@ -131,7 +134,7 @@ static void *reader(void *arg) {
         keep_latest(s, &item.frame);
         snprintf(s->state, sizeof s->state, "running");
         pthread_mutex_unlock(&e->lock);
-        if (svlm_engine_push_frame(e->engine, s->sid, &item.frame, 0,
+        if (svlm_engine_push_frame(e->engine, s->sid, &item.frame, wait_for_room,
                                    &err)) { /* the stream is being removed */
             set_state(s, "ended");
             return NULL;
@@ -177,7 +180,7 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, int ke
     svlm_source_opts_default(&so);
     if (req->fps > 0) so.fps = req->fps;
     so.live = set.live;           /* an HTTP camera (MJPEG, MPEG-TS) says so: only its URI's kind is known */
-    so.pace = SVLM_PACE_REALTIME; /* a recording (and a file opened live) plays like a camera */
+    so.pace = SVLM_PACE_REALTIME; /* a recording (and a file opened live) plays at real time */
     so.open_timeout_s = e->o.open_timeout_s;
     so.stall_timeout_s = e->o.stall_timeout_s;
     so.abort_flag = &e->shutdown;
