@@ -14,7 +14,7 @@
 #define MAX_IMAGES 4
 
 typedef struct chat_req {
-    char question[8192];
+    char question[8192 + 1]; /* as the websocket's ask: up to 8192 bytes */
     size_t qlen;
     svlm_backend_image images[MAX_IMAGES];
     char mimes[MAX_IMAGES][32];
@@ -33,7 +33,7 @@ static const char *add_text(chat_req *r, const char *s) {
     const size_t n = strlen(s), sep = r->qlen > 0;
     if (r->qlen + sep + n >= sizeof r->question) {
         r->too_long = 1;
-        return "the question (the last user message's text) may have at most 8191 bytes";
+        return "the question (the last user message's text) may have at most 8192 bytes";
     }
     if (sep) r->question[r->qlen++] = '\n';
     memcpy(r->question + r->qlen, s, n);
