@@ -185,6 +185,15 @@ void svlm_server_destroy(svlm_server *srv) {
     const double until = srv_now() + SHUTDOWN_GRACE_S;
     while (srv_writes_pending(srv) && srv_now() < until)
         if (lws_service(srv->ctx, 0) < 0) break;
+    /* then each websocket client gets a close frame (1001, going away), not a dropped connection */
+    for (srv_conn *c = srv->clients; c; c = c->next)
+        if (c->kind == CONN_WS && !c->kill) {
+            c->closing = 2;
+            lws_callback_on_writable(c->wsi);
+        }
+    const double closes_until = srv_now() + 0.3;
+    while (srv->clients && srv_now() < closes_until)
+        if (lws_service(srv->ctx, 0) < 0) break;
     pthread_mutex_lock(&srv->lock);
     srv->alive = 0;
     pthread_mutex_unlock(&srv->lock);

@@ -39,7 +39,8 @@ typedef struct srv_conn {
     int authed;
     int token_ok; /* the upgrade request carried the token (?token=, Bearer) */
     int kill;     /* close at the next writeable callback */
-    int closing;  /* close once the send queue is empty */
+    int closing;  /* close once the send queue is empty: 1 policy violation (1008), 2 going away (1001) */
+    double auth_deadline; /* a client not yet authenticated: its hello must come by then */
     srv_queue out;
     /* websocket */
     char *rx;

@@ -78,8 +78,12 @@ int srv_ws_established(svlm_server *srv, srv_conn *c) {
     }
     srv->n_clients++;
     srv->metrics.clients_total++;
-    /* a client slot is taken before the hello that authenticates it: one that stays silent goes */
-    if (!c->authed) lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)srv->cfg.auth_timeout_s);
+    /* a client slot is taken before the hello that authenticates it: one that stays silent goes,
+     * told why (srv_ws_tick); the library's timeout, a little later, closes one that reads nothing */
+    if (!c->authed) {
+        c->auth_deadline = srv_now() + srv->cfg.auth_timeout_s;
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)srv->cfg.auth_timeout_s + 5);
+    }
     return 0;
 }
 
@@ -124,7 +128,9 @@ int srv_ws_writeable(svlm_server *srv, srv_conn *c) {
     if (c->out.head)
         lws_callback_on_writable(c->wsi);
     else if (c->closing) {
-        lws_close_reason(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
+        lws_close_reason(c->wsi,
+                         c->closing == 2 ? LWS_CLOSE_STATUS_GOINGAWAY : LWS_CLOSE_STATUS_POLICY_VIOLATION,
+                         NULL, 0);
         return -1;
     }
     return 0;
@@ -598,6 +604,12 @@ void srv_ws_receive(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
 
 void srv_ws_tick(svlm_server *srv) {
     double now = srv_now();
+    for (srv_conn *c = srv->clients; c; c = c->next)
+        if (c->kind == CONN_WS && !c->authed && !c->closing && !c->kill && now >= c->auth_deadline) {
+            srv_ws_error(srv, c, "", "unauthorized", "no hello with the server's token within %g s",
+                         srv->cfg.auth_timeout_s);
+            c->closing = 1;
+        }
     json_t *streams = NULL;
     for (srv_conn *c = srv->clients; c; c = c->next) {
         if (c->kind != CONN_WS || !c->authed || c->status_interval <= 0 || now < c->next_status) continue;

@@ -443,10 +443,15 @@ async def silent_clients(h):
     here): two of them held both client slots for ever, and a client with the token was refused."""
     idle = [raw_ws_connect(h.port, 65536) for _ in range(2)]
     t0 = time.time()
-    for s in idle:  # the server closes each: recv() sees the close frame, then the end
+    for s in idle:  # the server closes each: recv() sees why, the close frame, then the end
         s.settimeout(10)
-        while s.recv(4096):
-            pass
+        wire = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            wire += d
+        assert b'"code":"unauthorized"' in wire and b"\x88\x02\x03\xf0" in wire, wire  # 1008
     waited = time.time() - t0
     assert 0.5 < waited < 8, waited
     async with websockets.connect(h.ws_url) as ws:
@@ -780,6 +785,12 @@ async def stop_mid_answers():
             h.proc.send_signal(signal.SIGTERM)
             m, _ = await until(ws, lambda m: m["type"] in ("done", "error"))
             assert m["type"] == "done" and m["cancelled"] is True, m
+            # then a close frame, "going away" (the connection was dropped without one)
+            try:
+                await asyncio.wait_for(ws.recv(), 5)
+                raise AssertionError("a message after the done")
+            except websockets.ConnectionClosed as e:
+                assert e.rcvd is not None and e.rcvd.code == 1001, e
             plain, sse = [await c for c in calls]
         assert await asyncio.to_thread(h.proc.wait, 10) == 0
         assert time.time() - t0 < 3, time.time() - t0
