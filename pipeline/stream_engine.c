@@ -752,10 +752,6 @@ static void look_ahead(svlm_engine *e, int slot) {
     if (!b->running) preprocess_batch(b); /* no thread: now, before the current batch */
 }
 
-/* One piece of answered turns joined into a stream (under e->mu, let go while it runs): live, one
- * piece of one stream, streams in turn; exact replays (at a due question or the end), every
- * stream's all. without_frames: only a stream with no frames queued or being ingested (its own
- * frames would join it). Returns whether joins are left for a later pass. */
 /* compute_mu for a caller other than the lane: counted, so that the lane lets it in. A mutex is not
  * fair: the lane, taking it again at once batch after batch, kept an open waiting for minutes. */
 static void compute_lock(svlm_engine *e) {
@@ -773,6 +769,10 @@ static void lane_compute_lock(svlm_engine *e) {
     pthread_mutex_lock(&e->compute_mu);
 }
 
+/* One piece of answered turns joined into a stream (under e->mu, let go while it runs): live, one
+ * piece of one stream, streams in turn; exact replays (at a due question or the end), every
+ * stream's all. without_frames: only a stream with no frames queued or being ingested (its own
+ * frames would join it). Returns whether joins are left for a later pass. */
 static int join_piece(svlm_engine *e, int without_frames) {
     int more = 0;
     for (int i = 0; i < e->n_streams; i++) {

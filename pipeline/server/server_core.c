@@ -187,7 +187,7 @@ void svlm_server_destroy(svlm_server *srv) {
         if (lws_service(srv->ctx, 0) < 0) break;
     /* then each websocket client gets a close frame (1001, going away), not a dropped connection */
     for (srv_conn *c = srv->clients; c; c = c->next)
-        if (c->kind == CONN_WS && !c->kill) {
+        if (c->kind == CONN_WS && !c->kill && !c->closing) {
             c->closing = 2;
             lws_callback_on_writable(c->wsi);
         }
@@ -201,6 +201,8 @@ void svlm_server_destroy(svlm_server *srv) {
     lws_context_destroy(srv->ctx);
     srv_events_drain(srv); /* nothing can be queued any more; frees leftovers */
     srv_snapshots_free(srv);
+    while (srv->closing_streams) /* (each close job's event ended its entry: none should be left) */
+        srv_closing_end(srv, srv->closing_streams->name);
     pthread_mutex_destroy(&srv->lock);
     pthread_cond_destroy(&srv->cond);
     free(srv);

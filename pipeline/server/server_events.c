@@ -272,12 +272,12 @@ static void on_alert(svlm_server *srv, srv_event *ev) {
 }
 
 /* A closed stream's watches end with it (they outlived it, held their clients' watch slots, and
- * fired again on a new stream of the same name): each owner is told, with the reason. Watches
- * made after the close began (serial past max) are on a stream opened since. */
-static void end_watches_of(svlm_server *srv, const char *stream, uint64_t max) {
+ * fired again on a new stream of the same name): each owner is told, with the reason. None can
+ * have started since the close began (srv_closing_find). */
+static void end_watches_of(svlm_server *srv, const char *stream) {
     for (srv_watch **pp = &srv->watches; *pp;) {
         srv_watch *w = *pp;
-        if (w->serial > max || strcmp(w->stream, stream)) {
+        if (strcmp(w->stream, stream)) {
             pp = &w->next;
             continue;
         }
@@ -295,8 +295,10 @@ static void end_watches_of(svlm_server *srv, const char *stream, uint64_t max) {
 
 static void on_job(svlm_server *srv, srv_event *ev) {
     if (!strcmp(ev->job_type, "opened")) srv->pending_opens--;
-    if (!strcmp(ev->job_type, "closed") && ev->status == SVLM_OK)
-        end_watches_of(srv, ev->stream, ev->watch_serial_max);
+    if (!strcmp(ev->job_type, "closed")) {
+        if (ev->status == SVLM_OK) end_watches_of(srv, ev->stream);
+        srv_closing_end(srv, ev->stream);
+    }
     srv_conn *c = srv_find_conn(srv, ev->serial);
     if (!c) return;
     if (ev->status != SVLM_OK) {
@@ -339,7 +341,6 @@ typedef struct job {
     char stream[SVLM_BACKEND_NAME_MAX];
     char *uri, *options;
     double fps;
-    uint64_t serial_at_start; /* close: the watches up to this serial were on the stream it closes */
 } job;
 
 static void *job_main(void *arg) {
@@ -361,7 +362,6 @@ static void *job_main(void *arg) {
         snprintf(ev->req_id, sizeof ev->req_id, "%s", j->req_id);
         snprintf(ev->stream, sizeof ev->stream, "%s", j->stream);
         snprintf(ev->error, sizeof ev->error, "%s", err.msg);
-        ev->watch_serial_max = j->serial_at_start;
         srv_event_push(srv, ev);
     }
     free(j->uri);
@@ -374,6 +374,32 @@ static void *job_main(void *arg) {
     return NULL;
 }
 
+int srv_closing_find(const svlm_server *srv, const char *stream) {
+    for (const struct srv_closing *k = srv->closing_streams; k; k = k->next)
+        if (!strcmp(k->name, stream)) return 1;
+    return 0;
+}
+
+/* One entry per close job (two closes of a name each add one: the first to end leaves the other). */
+static int closing_begin(svlm_server *srv, const char *stream) {
+    struct srv_closing *k = calloc(1, sizeof *k);
+    if (!k) return -1;
+    snprintf(k->name, sizeof k->name, "%s", stream);
+    k->next = srv->closing_streams;
+    srv->closing_streams = k;
+    return 0;
+}
+
+void srv_closing_end(svlm_server *srv, const char *stream) {
+    for (struct srv_closing **pp = &srv->closing_streams; *pp; pp = &(*pp)->next)
+        if (!strcmp((*pp)->name, stream)) {
+            struct srv_closing *k = *pp;
+            *pp = k->next;
+            free(k);
+            return;
+        }
+}
+
 int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char *req_id, const char *stream,
                   const char *uri, double fps, const char *options) {
     job *j = calloc(1, sizeof *j);
@@ -383,10 +409,13 @@ int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char
     snprintf(j->type, sizeof j->type, "%s", type);
     snprintf(j->req_id, sizeof j->req_id, "%s", req_id);
     snprintf(j->stream, sizeof j->stream, "%s", stream);
+    if (!strcmp(type, "close") && closing_begin(srv, stream)) {
+        free(j);
+        return -1;
+    }
     j->uri = uri ? strdup(uri) : NULL;
     j->options = options ? strdup(options) : NULL;
     j->fps = fps;
-    j->serial_at_start = srv->next_serial;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -397,6 +426,7 @@ int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char
     int rc = pthread_create(&th, &attr, job_main, j);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
+        if (!strcmp(type, "close")) srv_closing_end(srv, stream);
         pthread_mutex_lock(&srv->lock);
         srv->jobs--;
         pthread_mutex_unlock(&srv->lock);

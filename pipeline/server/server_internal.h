@@ -117,10 +117,9 @@ typedef struct srv_event {
     srv_ask *ask;    /* TOKEN, DONE */
     uint64_t serial; /* ALERT: watch serial; JOB: connection serial */
     svlm_backend_done done;
-    double video_time, wall;   /* ALERT */
-    svlm_status status;        /* JOB */
-    char job_type[16];         /* JOB: "opened" / "closed" */
-    uint64_t watch_serial_max; /* JOB "closed": the last serial given out when the close began */
+    double video_time, wall; /* ALERT */
+    svlm_status status;      /* JOB */
+    char job_type[16];       /* JOB: "opened" / "closed" */
     char req_id[SRV_ID_MAX];
     char stream[SVLM_BACKEND_NAME_MAX];
     char error[512];
@@ -154,6 +153,12 @@ struct svlm_server {
     int n_asks;
     srv_watch *watches;
     int pending_opens;
+    /* the streams a close job is closing: no watch may start on one (it would outlive the stream,
+     * the close having ended the stream's watches already when it reports) */
+    struct srv_closing {
+        struct srv_closing *next;
+        char name[SVLM_BACKEND_NAME_MAX];
+    } * closing_streams;
     lws_sorted_usec_list_t tick;
     srv_metrics metrics;
     /* last encoded snapshot per stream (a small cache: the page polls once a second) */
@@ -204,6 +209,9 @@ void srv_watch_alert(void *user, const svlm_backend_alert *alert);
 /* Runs backend open/close on a worker thread; the reply comes back as an EV_JOB. */
 int srv_job_start(svlm_server *srv, srv_conn *conn, const char *type, const char *req_id, const char *stream,
                   const char *uri, double fps, const char *options);
+/* Whether a close job is closing the stream; its end (the closed event, or a job never started). */
+int srv_closing_find(const svlm_server *srv, const char *stream);
+void srv_closing_end(svlm_server *srv, const char *stream);
 
 /* ---- server_ws.c ---- */
 void srv_ws_send_json(svlm_server *srv, srv_conn *c, json_t *msg); /* steals msg */

@@ -426,6 +426,10 @@ static void do_watch(req_ctx *r) {
         bad(r, "duplicate_id", "id %s is in use by a request still running", r->id);
         return;
     }
+    if (srv_closing_find(srv, stream)) {
+        srv_ws_error(srv, r->c, r->id, "unknown_stream", "stream '%s' is closing", stream);
+        return;
+    }
     if (r->c->n_watches >= srv->cfg.max_watches_per_client) {
         srv_ws_error(srv, r->c, r->id, "too_many_watches", "at most %d watches per client",
                      srv->cfg.max_watches_per_client);
@@ -447,7 +451,11 @@ static void do_watch(req_ctx *r) {
     svlm_status st = srv->be.watch(srv->be.ctx, &req, &cb, &w->backend_id, &err);
     if (st != SVLM_OK) {
         free(w);
-        srv_ws_error(srv, r->c, r->id, st == SVLM_E_UNSUPPORTED ? "engine_unavailable" : "backend_error",
+        srv_ws_error(srv, r->c, r->id,
+                     st == SVLM_E_UNSUPPORTED ? "engine_unavailable"
+                     : st == SVLM_E_TOO_LONG  ? "question_too_long"
+                     : st == SVLM_E_INVALID   ? "unknown_stream" /* (its other fields were checked here) */
+                                              : "backend_error",
                      "%s", err.msg);
         return;
     }

@@ -248,11 +248,17 @@ async def watch_too_long(s):
         await ws.send(json.dumps({"type": "watch", "id": "wl", "stream": "cam", "question": question,
                                   "condition": "change", "interval": 1, "max_tokens": 4}))
         m = await recv_json(ws)
-        assert m["type"] == "error" and m["id"] == "wl" and "too long" in m["message"], m
+        assert m["type"] == "error" and m["id"] == "wl" and m["code"] == "question_too_long", m
+        assert "too long" in m["message"], m
         # an ask of that question is refused the same way
         await ws.send(json.dumps({"type": "ask", "id": "al", "stream": "cam", "question": question, "max_tokens": 4}))
         m = await recv_json(ws)
-        assert m["type"] == "error" and m["id"] == "al" and "too long" in m["message"], m
+        assert m["type"] == "error" and m["id"] == "al" and m["code"] == "question_too_long", m
+        assert "too long" in m["message"], m
+        # a watch on a stream that does not exist
+        await ws.send(json.dumps({"type": "watch", "id": "wn", "stream": "nosuch", "question": "q"}))
+        m = await recv_json(ws)
+        assert m["type"] == "error" and m["id"] == "wn" and m["code"] == "unknown_stream", m
     print("watch with a question too long for the answer room: refused at once")
 
 
@@ -283,7 +289,12 @@ async def watch_reopened(s):
         assert again["video_time"] < first["video_time"], (first, again)
         await ws.send(json.dumps({"type": "unwatch", "id": "w2"}))
         await until(ws, lambda m: m["type"] == "unwatched", timeout=10)
+        # a watch sent right behind a close of its stream is refused (it was kept: the close had not
+        # reached the engine yet, so the watch outlived the stream it was made on)
         await ws.send(json.dumps({"type": "close", "id": "cw2", "stream": "camw"}))
+        await ws.send(json.dumps({"type": "watch", "id": "w9", "stream": "camw", "question": "q", "interval": 1}))
+        m, _ = await until(ws, lambda m: m.get("id") == "w9", timeout=10)
+        assert m["type"] == "error" and m["code"] == "unknown_stream", m
         await until(ws, lambda m: m.get("id") == "cw2", timeout=10)
     print("watch on a reopened stream: alerts at video time %.1f s, then %.1f s on the new stream"
           % (first["video_time"], again["video_time"]))
