@@ -60,6 +60,7 @@ typedef struct lane_stream {
     int join_due;     /* an answered turn waits to be joined */
     int in_flight;    /* questions forked (or about to be) and not ended */
     int closing;      /* being removed: no frames or questions taken */
+    int refusing;     /* pushes refused (svlm_engine_refuse_pushes): its feeder is stopping */
     int ingesting;    /* its frames on the ingest lane (a batch running, one ahead) */
     int pages_wait;   /* a fork was refused for pages: its fresh questions wait for one of its answers */
     svlm_stc *stc;    /* token compression state (NULL: off) */
@@ -1254,6 +1255,15 @@ svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_param
     return st;
 }
 
+void svlm_engine_refuse_pushes(svlm_engine *e, int sid) {
+    pthread_mutex_lock(&e->mu);
+    if (sid >= 0 && sid < e->n_streams && e->streams[sid].s) {
+        e->streams[sid].refusing = 1;
+        pthread_cond_broadcast(&e->cv_room);
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
 void svlm_engine_remove_stream(svlm_engine *e, int sid) {
     pthread_mutex_lock(&e->mu);
     if (sid < 0 || sid >= e->n_streams || !e->streams[sid].s) {
@@ -1330,12 +1340,17 @@ svlm_status svlm_engine_push_frame(svlm_engine *e, int sid, svlm_frame *frame, i
     }
     lane_stream *ls = &e->streams[sid];
     const svlm_stream *mine = ls->s;
-    while (block && ls->n == e->p.frame_queue && !e->stop && ls->s == mine && !ls->closing)
+    while (block && ls->n == e->p.frame_queue && !e->stop && ls->s == mine && !ls->closing && !ls->refusing)
         pthread_cond_wait(&e->cv_room, &e->mu);
     if (ls->s != mine || ls->closing) { /* removed (or its slot reused) while this push waited */
         pthread_mutex_unlock(&e->mu);
         svlm_frame_release(frame);
         return svlm_fail(err, SVLM_E_INVALID, "stream %d was closed", sid);
+    }
+    if (ls->refusing) {
+        pthread_mutex_unlock(&e->mu);
+        svlm_frame_release(frame);
+        return svlm_fail(err, SVLM_E_CANCELLED, "stream %d takes no more frames", sid);
     }
     if (e->stop) { /* stopped while this push waited: no lane takes it, stop counted the queue */
         pthread_mutex_unlock(&e->mu);

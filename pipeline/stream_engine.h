@@ -95,6 +95,10 @@ svlm_status svlm_engine_open_stream_with(svlm_engine *e, const svlm_stream_param
  * dropped; returns once nothing of the engine touches it. The caller then frees the stream, with
  * svlm_engine_free_stream while the engine runs. */
 void svlm_engine_remove_stream(svlm_engine *e, int id);
+/* Pushes to the stream are refused from now on (SVLM_E_CANCELLED), one waiting for room included:
+ * its feeder, blocked in a push, can be stopped and joined before svlm_engine_remove_stream
+ * (which must come after it: the stream's slot may be reused once it returns). */
+void svlm_engine_refuse_pushes(svlm_engine *e, int stream_id);
 /* svlm_stream_free of a stream made with svlm_engine_open_stream, once removed (or never added):
  * its context lives on the ingest kernels, which the ingest lane may be using for other streams. */
 void svlm_engine_free_stream(svlm_engine *e, svlm_stream *s);

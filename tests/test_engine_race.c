@@ -231,10 +231,30 @@ static void one_round(svlm_llama *m, const svlm_mmproj *mp, int round, int only,
     free(r);
 }
 
+/* svlm_engine_refuse_pushes, before the stream is removed (a closing recording's feeder): its
+ * pushes fail, blocking or not, and the other stream's go on. (A push already waiting for room
+ * checks the same flag when the call wakes it.) */
+static void refused_pushes(svlm_llama *m, const svlm_mmproj *mp) {
+    round_state *r = calloc(1, sizeof *r);
+    REQUIRE(r, "out of memory");
+    setup(r, m, mp, 1);
+    svlm_engine_refuse_pushes(r->e, r->sid[0]);
+    CHECK(push(r, 0, 0, 1) == SVLM_E_CANCELLED && push(r, 0, 1, 0) == SVLM_E_CANCELLED,
+          "a push to a stream refusing them was taken");
+    CHECK(push(r, 1, 0, 1) == SVLM_OK, "the other stream's push was refused");
+    svlm_engine_remove_stream(r->e, r->sid[0]);
+    svlm_engine_stop(r->e);
+    for (int i = 0; i < N_S; i++)
+        svlm_stream_free(r->s[i]);
+    svlm_engine_free(r->e);
+    free(r);
+}
+
 int test_main(void) {
     svlm_llama *m = NULL;
     svlm_mmproj *mp = NULL;
     tiny_models_load(&m, &mp);
+    refused_pushes(m, mp);
     const char *env = getenv("SVLM_RACE_ROUNDS");
     const int rounds = env && atoi(env) > 0 ? atoi(env) : ROUNDS;
     const char *only = getenv("SVLM_RACE_ONLY"); /* one kind of race (0..2), to look at it alone */

@@ -146,6 +146,9 @@ static void stream_free(eng *e, eng_stream *s) {
     if (!s) return;
     if (s->thread_started) {
         svlm_source_cancel(s->src);
+        /* a recording's reader may wait for room in the queue: let it go now, not once the lane
+         * has come round to this stream again (seconds a frame per stream on a CPU) */
+        if (s->stream) svlm_engine_refuse_pushes(e->engine, s->sid);
         pthread_join(s->thread, NULL);
     }
     if (s->stream) svlm_engine_remove_stream(e->engine, s->sid); /* cancels its answers, waits for them */
