@@ -70,6 +70,17 @@ clock, _ = replay(['--ask', '0:02:What is on the table?', '--ask', '0:00:06.5:Wh
 if strip(clock) != strip(answers):
     fails.append('times as M:SS gave other answers or times:\n%s\n%s' % (strip(clock), strip(answers)))
 
+# a question between two sampled frames (2 per second here: at 2.011 and 2.514 s) sees the frames
+# up to its time: at 2.5 s it is answered as at 2.05 s (it was answered from the frame at 2.514)
+sampled = lambda xs: [(a['answer'], a['tokens']) for a in xs]
+at_205, _ = replay(['--ask', '2.05:What is on the table?'])
+at_25, _ = replay(['--ask', '2.5:What is on the table?'])
+at_26, _ = replay(['--ask', '2.6:What is on the table?'])
+if sampled(at_25) != sampled(at_205) or len(at_205) != 1:
+    fails.append('a question at 2.5 s was not answered from the frames up to 2.011 s: %s (2.05 s: %s, 2.6 s: %s)'
+                 % (sampled(at_25), sampled(at_205), sampled(at_26)))
+print('between frames: 2.05 s %r, 2.5 s %r, 2.6 s %r' % (sampled(at_205), sampled(at_25), sampled(at_26)))
+
 # token compression through the stream: off is the plain encoder with every token, exactly (the
 # same answers as the compression path with its cache and pruner switched off, a separate code
 # path); on hands fewer tokens per frame to the decoder and still answers every question

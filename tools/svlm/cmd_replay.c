@@ -78,8 +78,10 @@ static int cmp_ask(const void *a, const void *b) {
     return d < 0 ? -1 : d > 0;
 }
 
-static void ask_due(replay *r, svlm_engine *e, int sid, double t, int pin, int max_tokens) {
-    while (r->n_asked < r->n_asks && r->asks[r->n_asked].t <= t) {
+/* Asks the questions due by video time t: those before it (before_t set: the frame at t is not
+ * pushed yet, and a question between two sampled frames must not see the later one) or up to it. */
+static void ask_due(replay *r, svlm_engine *e, int sid, double t, int before_t, int pin, int max_tokens) {
+    while (r->n_asked < r->n_asks && (before_t ? r->asks[r->n_asked].t < t : r->asks[r->n_asked].t <= t)) {
         svlm_err err = {0};
         svlm_ask_opts o = {.max_tokens = max_tokens, .use_memory = 1};
         uint64_t qid = 0;
@@ -323,13 +325,14 @@ int cmd_replay(int argc, char **argv) {
             continue;
         }
         video_t = item.frame.pts;
+        /* a question at T sees the frames up to T: those due before this frame are asked first */
+        ask_due(&r, engine, sid, video_t, 1, replay_exact, (int)max_tokens);
         if (svlm_engine_push_frame(engine, sid, &item.frame, replay_exact, &err)) {
             fprintf(stderr, "svlm: frame at %.2f s: %s\n", video_t, err.msg);
             goto done;
         }
         frames++;
-        ask_due(&r, engine, sid, video_t, replay_exact,
-                (int)max_tokens); /* a question at T sees frames up to T */
+        ask_due(&r, engine, sid, video_t, 0, replay_exact, (int)max_tokens); /* and at this frame's time */
         if (json && stats_every && frames % stats_every == 0) {
             pthread_mutex_lock(&r.out_mu);
             print_counters(&r, engine, video_t, cli_now() - t0, 0);
@@ -348,7 +351,11 @@ int cmd_replay(int argc, char **argv) {
             pthread_mutex_unlock(&r.out_mu);
         }
     }
-    ask_due(&r, engine, sid, 1e300, replay_exact, (int)max_tokens); /* questions past the end: at the end */
+    for (int i = r.n_asked; i < r.n_asks; i++) /* said, not silently answered as if asked then */
+        fprintf(stderr, "svlm: the question at %.1f s is past the video's end (%.1f s): asked at the end\n",
+                r.asks[i].t, video_t);
+    ask_due(&r, engine, sid, 1e300, 0, replay_exact,
+            (int)max_tokens); /* questions past the end: at the end */
     svlm_engine_drain(engine);
     double secs = cli_now() - t0;
     if (json) {
