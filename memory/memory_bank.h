@@ -194,7 +194,7 @@ typedef struct svlm_memory_query {
     double t_from, t_to; /* only entries overlapping [t_from, t_to] (defaults: everything) */
     int first;           /* "when did ... first": earliest relevant entries first */
     int top_k;           /* hits wanted (default 4) */
-    int max_tokens;      /* stop adding hits past this many tokens; 0: no cap */
+    int max_tokens;      /* at most this many tokens in all: a hit that would pass it is skipped; 0: no cap */
 } svlm_memory_query;
 
 void svlm_memory_query_default(svlm_memory_query *q);

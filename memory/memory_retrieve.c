@@ -129,9 +129,11 @@ static svlm_status retrieve_locked(svlm_memory *m, const svlm_memory_query *q, s
         free(c);
         return svlm_fail(err, SVLM_E_NOMEM, "memory: out of memory for a query");
     }
-    for (int i = 0; i < want; i++) {
+    for (int i = 0; i < n && out->n < want; i++) { /* (past the top k when some did not fit) */
         const mem_entry *e = m->entries[c[i].index];
-        if (q->max_tokens && out->n > 0 && tokens + e->n_tokens > q->max_tokens) break;
+        /* a hit over the cap is skipped, the next ranked one may fit (the first is no exception:
+         * a cap of N rows is kept) */
+        if (q->max_tokens && tokens + e->n_tokens > q->max_tokens) continue;
         svlm_memory_hit *h = &out->hit[out->n];
         h->tokens = malloc((size_t)e->n_tokens * (size_t)m->opts.dim * sizeof(float));
         if (!h->tokens) {

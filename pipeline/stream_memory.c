@@ -233,6 +233,7 @@ svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, c
     if (st) return st;
     if (!q.first) qsort(hits.hit, (size_t)hits.n, sizeof *hits.hit, cmp_hit_time); /* read as a timeline */
     const int E = sm->n_embd;
+    int rows = 0; /* memory rows placed (intros not counted) */
     for (int i = 0; !st && i < hits.n && am->memory_hits < SVLM_STREAM_MAX_HITS; i++) {
         const svlm_memory_hit *h = &hits.hit[i];
         char intro[96], line[112];
@@ -242,7 +243,9 @@ svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, c
         const size_t text_before = out->text_len;
         st = stream_prompt_push_text(out, tok, line, 0, err);
         if (st) break;
-        if (out->n - n_before + h->n_tokens + am->memory_tokens > sm->room) { /* does not fit: skip it */
+        /* does not fit, its rows in the memory_tokens cap or with its intro in the room: skip it */
+        if (rows + h->n_tokens > q.max_tokens ||
+            out->n - n_before + h->n_tokens + am->memory_tokens > sm->room) {
             out->n = n_before;
             if (out->text) out->text[out->text_len = text_before] = 0; /* (its intro too) */
             continue;
@@ -260,9 +263,10 @@ svlm_status stream_memory_prompt(stream_memory *sm, const svlm_tokenizer *tok, c
             out->ids[out->n++] = -1;
         memcpy(out->embd + (size_t)out->n_rows * E, h->tokens, (size_t)h->n_tokens * E * sizeof(float));
         out->n_rows += h->n_tokens;
-        char rows[48];
-        int rl = snprintf(rows, sizeof rows, "<memory:%d rows>", h->n_tokens);
-        text_add(out, rows, (size_t)rl);
+        rows += h->n_tokens;
+        char shown[48];
+        int rl = snprintf(shown, sizeof shown, "<memory:%d rows>", h->n_tokens);
+        text_add(out, shown, (size_t)rl);
         am->memory_t0[am->memory_hits] = h->t0;
         am->memory_t1[am->memory_hits] = h->t1;
         am->memory_tier[am->memory_hits] = (int)h->tier;

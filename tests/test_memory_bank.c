@@ -174,7 +174,26 @@ static void test_needle(void) {
           best_other);
     CHECK(h.hit[0].n_tokens > 0 && isfinite(h.hit[0].tokens[0]), "hit tokens");
     CHECK(h.scanned <= o.max_entries, "scanned %d", h.scanned);
+    /* a token cap is kept whatever the ranking: the event, over it, is skipped (the first hit was
+     * always placed, 7 rows for a cap of 1), and the best hits that fit come instead */
+    const int event_rows = h.hit[0].n_tokens;
+    int smallest = event_rows;
+    for (int i = 1; i < h.n; i++)
+        smallest = h.hit[i].n_tokens < smallest ? h.hit[i].n_tokens : smallest;
     svlm_memory_hits_free(&h);
+    for (int cap = 1; cap <= event_rows; cap++) {
+        q.max_tokens = cap;
+        REQUIRE(svlm_memory_retrieve(m, &q, &h, &err) == SVLM_OK, "%s", err.msg);
+        int rows = 0, has_event = 0;
+        for (int i = 0; i < h.n; i++)
+            rows += h.hit[i].n_tokens, has_event |= h.hit[i].id == event_id;
+        CHECK(rows <= cap, "a cap of %d tokens placed %d", cap, rows);
+        CHECK(has_event == (cap >= event_rows), "cap %d (the event has %d rows): event %s", cap, event_rows,
+              has_event ? "placed" : "skipped");
+        CHECK(cap < smallest || h.n > 0, "a cap of %d placed nothing (the smallest hit has %d rows)", cap,
+              smallest);
+        svlm_memory_hits_free(&h);
+    }
 
     /* time-anchored questions */
     char question[128], clock[32];
