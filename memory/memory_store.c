@@ -33,6 +33,7 @@
 
 #include "common/checked.h"
 #include "common/err.h"
+#include "common/mkdirs.h"
 #include "memory/memory_internal.h"
 #include "memory/memory_resume.h"
 
@@ -752,7 +753,7 @@ static svlm_status keep_found_rows(svlm_memory *m, const mem_resume *rs, svlm_er
 }
 
 svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
-    if (!m->opts.read_only && mkdir(m->dir, 0755) && errno != EEXIST)
+    if (!m->opts.read_only && svlm_mkdirs(m->dir)) /* (its parents too: serve's DIR/STREAM) */
         return svlm_fail(err, SVLM_E_IO, "memory: cannot create %s: %s", m->dir, strerror(errno));
     struct stat sb;
     if (stat(m->dir, &sb) || !S_ISDIR(sb.st_mode))

@@ -117,6 +117,13 @@ with tempfile.TemporaryDirectory() as tmp:
                        text=True, timeout=300)
     if p.returncode != 0 or '"answer"' not in p.stdout or ' @ 0x' in p.stderr:
         fails.append('damaged recording: rc %d, stderr %r' % (p.returncode, p.stderr[-300:]))
+    # a memory directory whose parents do not exist yet is made with them (serve's DIR/STREAM
+    # failed to start on a new DIR)
+    bank = os.path.join(tmp, 'new', 'banks', 'cam')
+    p = subprocess.run(base + ['--ask', '2:What?', '--memory-dir', bank, '--json'], capture_output=True, text=True,
+                       timeout=300)
+    if p.returncode != 0 or not os.path.isdir(bank) or not os.listdir(bank):
+        fails.append('--memory-dir with new parents: rc %d, %r' % (p.returncode, p.stderr[-300:]))
 
 for args, needle in (([binp, 'replay', '/nonexistent.mp4', '-m', 'x', '--mmproj', 'y'], 'cannot'),
                      (base + ['--stc', 'maybe'], 'on or off'),

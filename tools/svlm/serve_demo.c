@@ -10,22 +10,11 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/mkdirs.h"
 #include "mkmodel.h"
 
 #define DEMO_SEED 8080
 #define DEMO_TAG  "svlm-demo-tiny-f32-s8080"
-
-/* mkdir -p for the cache path (every component). */
-static int make_dirs(char *path) {
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        int bad = mkdir(path, 0755) && errno != EEXIST;
-        *p = '/';
-        if (bad) return -1;
-    }
-    return mkdir(path, 0755) && errno != EEXIST ? -1 : 0;
-}
 
 static int default_cache_dir(char *out, size_t cap) {
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
@@ -62,7 +51,7 @@ int serve_demo_models(const char *cache_dir, char *text, size_t text_cap, char *
         snprintf(dir, sizeof dir, "%s", cache_dir);
     else if (default_cache_dir(dir, sizeof dir))
         return fprintf(stderr, "svlm serve: no cache folder (set HOME)\n"), -1;
-    if (make_dirs(dir))
+    if (svlm_mkdirs(dir))
         return fprintf(stderr, "svlm serve: cannot create %s: %s\n", dir, strerror(errno)), -1;
     if ((size_t)snprintf(text, text_cap, "%s/%s.gguf", dir, DEMO_TAG) >= text_cap ||
         (size_t)snprintf(mmproj, mmproj_cap, "%s/%s-mmproj.gguf", dir, DEMO_TAG) >= mmproj_cap)
