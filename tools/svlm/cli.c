@@ -26,7 +26,7 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
-        fprintf(stderr, "svlm: %s expects a number from %g to %g, got '%s'\n", flag, lo, hi, s);
+        fprintf(stderr, "svlm: %s expects a number from %.10g to %.10g, got '%s'\n", flag, lo, hi, s);
         return -1;
     }
     *out = v;

@@ -2,6 +2,7 @@
  * memory-bandwidth bound (every weight byte is read once per generated token). */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench_batch.h"
 #include "cli.h"
@@ -177,14 +178,17 @@ int cmd_bench(int argc, char **argv) {
             double tps = tg / (cli_now() - t0);
             if (tps > best_tg) best_tg = tps;
         }
-        if (!json) fprintf(stderr, "\rsvlm bench: repetition %d/%lld", r + 1, reps);
+        if (!json) /* rewritten in place on a terminal, a line each in a log */
+            fprintf(stderr,
+                    isatty(2) ? "\rsvlm bench: repetition %d/%lld" : "svlm bench: repetition %d/%lld\n",
+                    r + 1, reps);
     }
     double batch_tps = 0;
     if (decode_batch > 0 && tg > 0 &&
         cli_bench_decode_batch(tm.model, tm.kernels, (int)decode_batch, 128, (int)tg, (int)reps, &batch_tps,
                                &err))
         goto eval_fail;
-    if (!json) fprintf(stderr, "\n");
+    if (!json && isatty(2)) fprintf(stderr, "\n");
     /* the host's read bandwidth bounds generation on the CPU only */
     const int gpu = svlm_kernels_is_gpu(tm.kernels);
     svlm_pool *pool = NULL;
