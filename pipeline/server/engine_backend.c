@@ -130,7 +130,7 @@ static void *reader(void *arg) {
             s->fps_ema = s->fps_ema > 0 ? 0.8 * s->fps_ema + 0.2 * fps : fps;
         }
         s->last_wall = now;
-        s->video_time = item.frame.pts;
+        s->video_time = item.frame.pts + s->time_offset; /* the stream's clock, its memory's too */
         keep_latest(s, &item.frame);
         snprintf(s->state, sizeof s->state, "running");
         pthread_mutex_unlock(&e->lock);
@@ -198,6 +198,9 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, int ke
     if (!st)
         st = svlm_engine_open_stream_with(e->engine, &sp, SYSTEM_PROMPT, &set.stc, &s->stream, &s->sid, err);
     if (st) return st;
+    svlm_stream_metrics m;
+    svlm_stream_metrics_get(s->stream, &m);
+    s->time_offset = m.time_offset;
     if (pthread_create(&s->thread, NULL, reader, s))
         return svlm_fail(err, SVLM_E_NOMEM, "cannot start a reader thread");
     s->thread_started = 1;

@@ -48,6 +48,7 @@ typedef struct eng_stream {
     char state[16];
     int64_t reconnects;
     double fps_ema, last_wall, video_time; /* last_wall: the last frame's arrival (eng_wall) */
+    double time_offset; /* a resumed memory bank's clock: added to the source's frame times */
 } eng_stream;
 
 typedef enum eng_job_kind { JOB_ASK, JOB_IMAGE, JOB_WATCH } eng_job_kind;

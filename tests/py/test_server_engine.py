@@ -331,8 +331,40 @@ async def disconnect_mid_answer(s):
     print("disconnect: answer cancelled, stream closed in %.0f ms" % ((time.time() - t0) * 1e3))
 
 
+async def memory_resume(s):
+    """A stream opened again on its memory directory resumes its bank, and its clock goes on from
+    the bank's last time: video_time, the memory spans of answers and alerts are one clock (after
+    a restart the spans said 0:56 while the stream said 0:30)."""
+    uri = "pattern:size=160x120,rate=10,duration=0"
+    async with websockets.connect(s.ws_url) as ws:
+        await ws.send(json.dumps({"type": "open", "id": "m1", "stream": "mem", "uri": uri, "fps": 4}))
+        m, _ = await until(ws, lambda m: m.get("id") == "m1", timeout=30)
+        assert m["type"] == "opened", m
+        first = wait_frames(s.base, "mem", 12)  # frames leave the 2-frame window for the bank
+        await ws.send(json.dumps({"type": "close", "id": "c1", "stream": "mem"}))
+        await until(ws, lambda m: m.get("id") == "c1", timeout=30)
+        await ws.send(json.dumps({"type": "open", "id": "m2", "stream": "mem", "uri": uri, "fps": 4}))
+        m, _ = await until(ws, lambda m: m.get("id") == "m2", timeout=30)
+        assert m["type"] == "opened", m
+        again = wait_frames(s.base, "mem", 2)
+        assert again["video_time"] >= first["video_time"], (first, again)
+        await ws.send(json.dumps({"type": "ask", "id": "q", "stream": "mem", "question": "What happened first?",
+                                  "max_tokens": 2}))
+        res = await collect(ws, ["q"])
+        spans = res["q"][1].get("memory", {}).get("spans", [])
+        assert spans and all(sp["to"] <= again["video_time"] + 1 for sp in spans), (spans, again)
+        await ws.send(json.dumps({"type": "close", "id": "c2", "stream": "mem"}))
+        await until(ws, lambda m: m.get("id") == "c2", timeout=30)
+    print("memory resumed: video time %.1f s at the close, %.1f s after reopening; spans %s"
+          % (first["video_time"], again["video_time"], [(sp["from"], sp["to"]) for sp in spans]))
+
+
 def main():
     text, mmproj = fixture_models()
+    with tempfile.TemporaryDirectory() as bank:
+        with Serve(["-m", text, "--mmproj", mmproj, "--memory-dir", bank, "--frames-window", "2",
+                    "--backend", "cpu"]) as s:
+            asyncio.run(memory_resume(s))
     with tempfile.TemporaryDirectory():
         with Serve(["-m", text, "--mmproj", mmproj, "--source", "cam=" + PATTERN, "--backend", "cpu"]) as s:
             asyncio.run(ws_questions(s))
