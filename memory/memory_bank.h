@@ -202,7 +202,8 @@ void svlm_memory_query_default(svlm_memory_query *q);
 /* Fills q's time filter from the question's wording; now = the stream's current time.
  * Returns 1 when the question was anchored in time, 0 otherwise (q unchanged). Understood:
  * "at MM:SS" / "at H:MM:SS" (±30 s), "between A and B", "in the last N seconds/minutes/hours"
- * (digits or words one..sixty, "a"/"an"), "N minutes ago" (±30 s... ±10% of N), "first". */
+ * (digits or words one..sixty, "a"/"an"), "N minutes ago" (±30 s... ±10% of N), "first" (also "the
+ * start", "the beginning", "earliest"). */
 int svlm_memory_parse_time_query(const char *question, double now, svlm_memory_query *q);
 
 typedef struct svlm_memory_hit {

@@ -350,12 +350,18 @@ int svlm_memory_parse_time_query(const char *question, double now, svlm_memory_q
             }
         }
     }
-    for (p = strstr(s, "first"); p; p = strstr(p + 1, "first"))
-        if ((p == s || !isalpha((unsigned char)p[-1])) && !isalpha((unsigned char)p[5])) {
-            q->first = 1;
-            anchored = 1;
-            break;
-        }
+    /* "first" and what asks for the same: the earliest relevant entries ("at the start", "in the
+     * beginning", "earliest"), whole words only */
+    static const char *const earliest[] = {"first", "the start", "the beginning", "earliest"};
+    for (size_t k = 0; !q->first && k < sizeof earliest / sizeof earliest[0]; k++) {
+        const size_t n = strlen(earliest[k]);
+        for (p = strstr(s, earliest[k]); p; p = strstr(p + 1, earliest[k]))
+            if ((p == s || !isalpha((unsigned char)p[-1])) && !isalpha((unsigned char)p[n])) {
+                q->first = 1;
+                anchored = 1;
+                break;
+            }
+    }
     free(s);
     return anchored;
 }

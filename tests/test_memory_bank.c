@@ -55,6 +55,16 @@ static void test_parse_time(void) {
     CHECK(svlm_memory_parse_time_query("When did the dog first appear?", 9000, &q) == 1 && q.first == 1 &&
               isinf(q.t_from),
           "first");
+    static const char *const earliest[] = {"What happened at the start?", "Who was there in the beginning",
+                                           "the earliest sighting of a van"};
+    for (size_t i = 0; i < sizeof earliest / sizeof earliest[0]; i++) {
+        svlm_memory_query_default(&q);
+        CHECK(svlm_memory_parse_time_query(earliest[i], 9000, &q) == 1 && q.first == 1, "'%s' is not 'first'",
+              earliest[i]);
+    }
+    svlm_memory_query_default(&q);
+    CHECK(svlm_memory_parse_time_query("Who restarted the starter?", 9000, &q) == 0 && !q.first,
+          "start look-alikes");
     svlm_memory_query_default(&q);
     CHECK(svlm_memory_parse_time_query("What colour is the car?", 9000, &q) == 0 && isinf(q.t_to) && !q.first,
           "no anchor");
