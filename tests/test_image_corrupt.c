@@ -203,6 +203,23 @@ static void pnm_corruption(void) {
 
 /* Headers that claim a huge image over a few bytes are refused before the image is allocated
  * (each would have cost its claimed size first: 1.5 GB for the PNM, 2 GB of rows for the PNG). */
+/* A PNG of this header (ihdr: depth and colour type set; size and interlace set here) and one
+ * IDAT of z, decoded by the built-in decoder. */
+static svlm_status decode_header(uint8_t *ihdr, uint32_t w, uint32_t h, int interlace, const uint8_t *z,
+                                 size_t zn, svlm_image *im, svlm_err *err) {
+    uint8_t png[256];
+    size_t n = 8;
+    memcpy(png, "\x89PNG\r\n\x1a\n", 8);
+    put32(ihdr, w);
+    put32(ihdr + 4, h);
+    ihdr[12] = (uint8_t)interlace;
+    chunk(png, &n, "IHDR", ihdr, 13);
+    chunk(png, &n, "IDAT", z, (uint32_t)zn);
+    chunk(png, &n, "IEND", NULL, 0);
+    err->msg[0] = 0;
+    return svlm_image_decode_builtin(png, n, im, err);
+}
+
 static void huge_headers(void) {
     svlm_image im = {0};
     svlm_err err = {0};
@@ -210,47 +227,22 @@ static void huge_headers(void) {
     CHECK(svlm_image_decode_builtin((const uint8_t *)pnm, sizeof pnm - 1, &im, &err) == SVLM_E_FORMAT &&
               !im.rgb && strstr(err.msg, "truncated"),
           "a 16000x16000 PNM of 16 raster bytes: %s", err.msg);
-    uint8_t png[256], ihdr[13] = {0}, idat[64], z[128];
-    size_t n = 0;
-    memcpy(png, "\x89PNG\r\n\x1a\n", 8);
-    n = 8;
-    put32(ihdr, 16000);
-    put32(ihdr + 4, 16000);
+    uint8_t ihdr[13] = {0}, idat[64], z[128];
     ihdr[8] = 16; /* 16-bit RGBA: 128000 bytes a row */
     ihdr[9] = 6;
-    chunk(png, &n, "IHDR", ihdr, 13);
     memset(idat, 0, sizeof idat);
     uLongf zn = sizeof z;
     CHECK(compress(z, &zn, idat, sizeof idat) == Z_OK, "zlib compress");
-    chunk(png, &n, "IDAT", z, (uint32_t)zn);
-    chunk(png, &n, "IEND", NULL, 0);
-    err.msg[0] = 0;
-    CHECK(svlm_image_decode_builtin(png, n, &im, &err) == SVLM_E_FORMAT && !im.rgb &&
+    CHECK(decode_header(ihdr, 16000, 16000, 0, z, zn, &im, &err) == SVLM_E_FORMAT && !im.rgb &&
               strstr(err.msg, "truncated") && strstr(err.msg, "rows' bytes"),
           "a 16000x16000 PNG of %lu compressed bytes: %s", (unsigned long)zn, err.msg);
     printf("huge headers over a few bytes refused before allocating: %s\n", err.msg);
     /* the same header interlaced (which goes to FFmpeg, which decodes whatever the size): the
      * size limit first, not "needs FFmpeg"; 12000 x 12000 is within the sides but over the pixels */
-    n = 8;
-    put32(ihdr, 12000);
-    put32(ihdr + 4, 12000);
-    ihdr[12] = 1;
-    chunk(png, &n, "IHDR", ihdr, 13);
-    chunk(png, &n, "IDAT", z, (uint32_t)zn);
-    chunk(png, &n, "IEND", NULL, 0);
-    err.msg[0] = 0;
-    CHECK(svlm_image_decode_builtin(png, n, &im, &err) == SVLM_E_LIMIT && !im.rgb,
+    CHECK(decode_header(ihdr, 12000, 12000, 1, z, zn, &im, &err) == SVLM_E_LIMIT && !im.rgb,
           "an interlaced 12000x12000 PNG: %s (expected the size limit)", err.msg);
     /* past a side: refused, naming the size the header claims (it said 0x0) */
-    n = 8;
-    put32(ihdr, 30000);
-    put32(ihdr + 4, 20);
-    ihdr[12] = 0;
-    chunk(png, &n, "IHDR", ihdr, 13);
-    chunk(png, &n, "IDAT", z, (uint32_t)zn);
-    chunk(png, &n, "IEND", NULL, 0);
-    err.msg[0] = 0;
-    CHECK(svlm_image_decode_builtin(png, n, &im, &err) == SVLM_E_LIMIT && !im.rgb &&
+    CHECK(decode_header(ihdr, 30000, 20, 0, z, zn, &im, &err) == SVLM_E_LIMIT && !im.rgb &&
               strstr(err.msg, "30000x20"),
           "a 30000x20 PNG: %s (expected the size limit, naming 30000x20)", err.msg);
 }

@@ -162,6 +162,16 @@ def parse_prometheus(text):
     return out
 
 
+def recv_until_closed(sock):
+    """Every byte a socket receives until the peer closes it (its timeout raises)."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 async def recv_json(ws, timeout=10):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_server_harness import Host, http, parse_prometheus, recv_json, until, skip  # noqa: E402
+from test_server_harness import Host, http, parse_prometheus, recv_json, recv_until_closed, until, skip  # noqa: E402
 
 try:
     import websockets
@@ -445,12 +445,7 @@ async def silent_clients(h):
     t0 = time.time()
     for s in idle:  # the server closes each: recv() sees why, the close frame, then the end
         s.settimeout(10)
-        wire = b""
-        while True:
-            d = s.recv(4096)
-            if not d:
-                break
-            wire += d
+        wire = recv_until_closed(s)
         assert b'"code":"unauthorized"' in wire and b"\x88\x02\x03\xf0" in wire, wire  # 1008
     waited = time.time() - t0
     assert 0.5 < waited < 8, waited

@@ -16,7 +16,7 @@ import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_server_harness import Host, http, recv_json, skip  # noqa: E402
+from test_server_harness import Host, http, recv_json, recv_until_closed, skip  # noqa: E402
 
 try:
     import websockets
@@ -44,12 +44,7 @@ def raw_request(port, path, host, origin=None, extra="", method="GET"):
         req = "%s %s HTTP/1.1\r\nHost: %s\r\n%s%sConnection: close\r\n\r\n" % (
             method, path, host, "Origin: %s\r\n" % origin if origin else "", extra)
         s.sendall(req.encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until_closed(s)
     head, _, body = data.partition(b"\r\n\r\n")
     return int(data.split(b" ", 2)[1]), head.lower(), body
 
