@@ -553,7 +553,9 @@ svlm_status gguf_open(const char *path, gguf_file **out, svlm_err *err) {
     if (!out) return svlm_fail(err, SVLM_E_INVALID, "gguf_open: out is NULL");
     *out = NULL;
     if (!path) return svlm_fail(err, SVLM_E_INVALID, "gguf_open: path is NULL");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* non-blocking: opening a FIFO for reading waits for a writer (for ever); it is refused below
+     * as not a regular file, and a regular file's reads (mmap) do not see the flag */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return svlm_fail(err, SVLM_E_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) {

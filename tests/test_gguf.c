@@ -642,6 +642,13 @@ static void test_open_path(void) {
           "missing file: %s", err.msg);
     CHECK(gguf_open(test_tmpdir(), &f, &err) != SVLM_OK && !f, "directory accepted");
     char path[4200];
+    /* a FIFO: refused at once (opening it for reading waited for a writer, for ever) */
+    snprintf(path, sizeof path, "%s/fifo.gguf", test_tmpdir());
+    remove(path);
+    REQUIRE(mkfifo(path, 0600) == 0, "cannot make a FIFO at %s", path);
+    CHECK(gguf_open(path, &f, &err) == SVLM_E_IO && !f && strstr(err.msg, "not a regular file"), "FIFO: %s",
+          err.msg);
+    remove(path);
     snprintf(path, sizeof path, "%s/empty.gguf", test_tmpdir());
     FILE *fp = fopen(path, "wb");
     REQUIRE(fp, "cannot create %s", path);
