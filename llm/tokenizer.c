@@ -697,6 +697,11 @@ static size_t clean_spaces(char *s, size_t n) {
 }
 
 char *svlm_detokenize(const svlm_tokenizer *t, const int32_t *ids, size_t n, int special) {
+    return svlm_detokenize_len(t, ids, n, special, NULL);
+}
+
+char *svlm_detokenize_len(const svlm_tokenizer *t, const int32_t *ids, size_t n, int special, size_t *len) {
+    if (len) *len = 0;
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += svlm_token_piece(t, ids[i], special, NULL, 0);
@@ -713,5 +718,6 @@ char *svlm_detokenize(const svlm_tokenizer *t, const int32_t *ids, size_t n, int
     }
     if (t->clean_spaces) w = clean_spaces(s, w);
     s[w] = 0;
+    if (len) *len = w;
     return s;
 }

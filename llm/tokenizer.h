@@ -42,5 +42,7 @@ const char *svlm_token_piece_whole(const svlm_tokenizer *t, int32_t id, int spec
 
 /* Whole-sequence detokenization into a new NUL-terminated string (caller frees). */
 char *svlm_detokenize(const svlm_tokenizer *t, const int32_t *ids, size_t n, int special);
+/* The same with its length in *len: a token may stand for a NUL byte, which ends the C string early. */
+char *svlm_detokenize_len(const svlm_tokenizer *t, const int32_t *ids, size_t n, int special, size_t *len);
 
 #endif

@@ -57,6 +57,17 @@ def main():
                     if out['text'] != case['detok_no_special']:
                         fails.append('%s detok %r: got %r, expected %r' % (label, text, out['text'],
                                                                            case['detok_no_special']))
+    # a NUL byte (its own token) is text like any other: the detokenized text ended at it
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix='.txt') as nul:
+        nul.write(b'abc\x00def')
+        nul.flush()
+        p = subprocess.run([binp, 'tokenize', '-m', pairs[0][1], '--json', '--pieces', '--no-bos', '-f',
+                            nul.name],
+                           capture_output=True, timeout=60)
+        n_checks += 1
+        if p.returncode != 0 or json.loads(p.stdout.decode())['text'] != 'abc\x00def':
+            fails.append('text with a NUL byte: exit %d, %r' % (p.returncode, p.stdout[-200:]))
     for f in fails:
         print('FAIL:', f)
     print('%d of %d checks hold over %d fixture files' % (n_checks - len(fails), n_checks, len(pairs)))

@@ -237,7 +237,8 @@ int cmd_describe(int argc, char **argv) {
     }
     double t4 = cli_now();
     if (a.json) {
-        char *text = svlm_detokenize(tok, gen, (size_t)n_gen, 0);
+        size_t text_len = 0; /* (a NUL token would end strlen early) */
+        char *text = svlm_detokenize_len(tok, gen, (size_t)n_gen, 0, &text_len);
         printf("{\"image\":{\"width\":%d,\"height\":%d,\"rows\":%d,\"cols\":%d,\"tiles\":%d,\"tokens_per_"
                "tile\":%d},",
                img.w, img.h, tiles.rows, tiles.cols, tiles.n_tiles, vp->tokens_per_tile);
@@ -248,7 +249,7 @@ int cmd_describe(int argc, char **argv) {
         for (int i = 0; i < n_gen; i++)
             printf("%s%d", i ? "," : "", gen[i]);
         printf("],\"text\":");
-        cli_json_str(stdout, text ? text : "", text ? strlen(text) : 0);
+        cli_json_str(stdout, text ? text : "", text_len);
         printf(",\"preprocess_ms\":%.3f,\"encode_ms\":%.3f,\"prompt_ms\":%.3f,\"generate_ms\":%.3f}\n",
                (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3);
         free(text);

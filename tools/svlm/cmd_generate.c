@@ -155,7 +155,8 @@ int cmd_generate(int argc, char **argv) {
     double pp_tps = n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9);
     double tg_tps = n_gen > 1 ? (n_gen - 1) / (t2 - t1 > 0 ? t2 - t1 : 1e-9) : 0;
     if (json) {
-        char *text = svlm_detokenize(tok, gen, (size_t)n_gen, 0);
+        size_t text_len = 0; /* (a NUL token would end strlen early) */
+        char *text = svlm_detokenize_len(tok, gen, (size_t)n_gen, 0, &text_len);
         printf("{\"prompt_tokens\":%zu,\"prompt_ids\":[", n_prompt);
         for (size_t i = 0; i < n_prompt; i++)
             printf("%s%d", i ? "," : "", ids[i]);
@@ -163,7 +164,7 @@ int cmd_generate(int argc, char **argv) {
         for (int i = 0; i < n_gen; i++)
             printf("%s%d", i ? "," : "", gen[i]);
         printf("],\"text\":");
-        cli_json_str(stdout, text ? text : "", text ? strlen(text) : 0);
+        cli_json_str(stdout, text ? text : "", text_len);
         printf(",\"prompt_ms\":%.3f,\"generate_ms\":%.3f,\"prompt_tps\":%.2f,\"generate_tps\":%.2f}\n",
                (t1 - t0) * 1e3, (t2 - t1) * 1e3, pp_tps, tg_tps);
         free(text);

@@ -56,10 +56,11 @@ static int print_pieces(const svlm_tokenizer *tok, const int32_t *ids, size_t n)
         putchar('"');
         free(p);
     }
-    char *text = svlm_detokenize(tok, ids, n, 0);
+    size_t text_len = 0; /* (a NUL token would end strlen early) */
+    char *text = svlm_detokenize_len(tok, ids, n, 0, &text_len);
     if (!text) return -1;
     fputs("],\"text\":", stdout);
-    cli_json_str(stdout, text, strlen(text));
+    cli_json_str(stdout, text, text_len);
     free(text);
     return 0;
 }
