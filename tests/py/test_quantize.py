@@ -71,7 +71,9 @@ with tempfile.TemporaryDirectory() as d:
             fails.append('a failed quantize left its output behind')
 
     # Metadata is copied byte for byte: GGUF strings may hold NUL bytes (a token's text), and a
-    # copy that cut them at the first NUL renamed tokens, even merging two into one.
+    # copy that cut them at the first NUL renamed tokens, even merging two into one. Only what
+    # describes the tensors' type is the new type's: general.file_type (1 for F16, llama.cpp's
+    # numbering; it kept the input's) and general.quantization_version.
     def gstr(b):
         return struct.pack('<Q', len(b)) + b
     strs = [b'a\0b', b'c', b'\0', b'a']
@@ -90,8 +92,13 @@ with tempfile.TemporaryDirectory() as d:
         for path in (src, dst):
             p = subprocess.run([binp, 'info', path, '--json'], capture_output=True, text=True)
             metas.append(json.loads(p.stdout)['metadata'] if p.returncode == 0 else p.stderr)
-        if metas[0] != metas[1]:
+        typed = ('general.file_type', 'general.quantization_version')
+        kept = [m for m in metas[1] if m['key'] not in typed] if isinstance(metas[1], list) else metas[1]
+        types = {m['key']: m.get('value') for m in metas[1] if m['key'] in typed} if isinstance(metas[1], list) else {}
+        if metas[0] != kept:
             fails.append('quantize changed the metadata: %r became %r' % (metas[0], metas[1]))
+        elif types != {'general.file_type': 1, 'general.quantization_version': 2}:
+            fails.append('quantize to f16 wrote the type keys %r' % types)
         else:
             passed += 1
 

@@ -7,6 +7,7 @@
 #include "llm/gguf.h"
 #include "llm/gguf_write.h"
 #include "common/err.h"
+#include "mkmodel.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -92,8 +93,14 @@ int cmd_quantize(int argc, char **argv) {
     int rc = 1;
     if (gguf_open(in, &f, &err) || gguf_writer_create(out, f->alignment == 32 ? 0 : f->alignment, &w, &err))
         goto fail;
+    /* the metadata as it was, but for what describes the tensors' types: the new type's */
     for (uint64_t i = 0; i < f->n_kv; i++)
-        if (strcmp(f->kv[i].key, "general.alignment") && copy_kv(w, &f->kv[i], &err)) goto fail;
+        if (strcmp(f->kv[i].key, "general.alignment") && strcmp(f->kv[i].key, "general.file_type") &&
+            strcmp(f->kv[i].key, "general.quantization_version") && copy_kv(w, &f->kv[i], &err))
+            goto fail;
+    if (gguf_writer_set_u32(w, "general.file_type", mk_file_type_of(want), &err) ||
+        gguf_writer_set_u32(w, "general.quantization_version", GGML_QUANT_VERSION, &err))
+        goto fail;
     int64_t max_cols = 1;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];

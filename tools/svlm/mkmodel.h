@@ -44,6 +44,12 @@ typedef struct mk_ftype {
     int k_small;       /* q4_k (Q4_K_S): attn_v of layers < 4 and ffn_down of layers < n/8 → Q5_K */
 } mk_ftype;
 
+/* general.quantization_version: the block layouts of llama.cpp's ggml this writes. */
+#define GGML_QUANT_VERSION 2
+/* llama.cpp's general.file_type for a file whose matrices are all of type t (the K types: their
+ * "small" mix). */
+uint32_t mk_file_type_of(svlm_dtype t);
+
 const mk_shape *mk_shape_find(const char *name);
 const mk_ftype *mk_ftype_find(const char *name);
 /* Comma-separated lists of accepted names, for help and error messages. */

@@ -27,8 +27,7 @@ static const char chat_template[] =
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
 
-#define GGML_QUANT_VERSION 2
-#define CHUNK_VALUES       (1 << 20) /* floats drawn per step */
+#define CHUNK_VALUES (1 << 20) /* floats drawn per step */
 
 typedef struct {
     const char *path;
@@ -179,7 +178,7 @@ out:
     return st;
 }
 
-static uint32_t file_type_of(svlm_dtype t) {
+uint32_t mk_file_type_of(svlm_dtype t) {
     switch (t) {
     case SVLM_F32: return 0;
     case SVLM_F16: return 1;
@@ -205,7 +204,7 @@ svlm_status mk_write_mmproj(const char *path, const mk_options *o, const mk_plan
     KV(gguf_writer_set_str(w, "general.architecture", "clip", err));
     KV(gguf_writer_set_str(w, "general.type", "mmproj", err));
     KV(gguf_writer_set_str(w, "general.name", o->shape->model_name, err));
-    KV(gguf_writer_set_u32(w, "general.file_type", file_type_of(o->mmproj_type), err));
+    KV(gguf_writer_set_u32(w, "general.file_type", mk_file_type_of(o->mmproj_type), err));
     KV(gguf_writer_set_bool(w, "clip.has_vision_encoder", 1, err));
     KV(gguf_writer_set_u32(w, "clip.vision.projection_dim", (uint32_t)o->shape->text.n_embd, err));
     KV(gguf_writer_set_u32(w, "clip.vision.image_size", (uint32_t)v->image_size, err));
