@@ -141,6 +141,13 @@ svlm_status svlm_ctl_stop_error(svlm_ingest_ctl *ctl, svlm_err *err, const char 
         return svlm_fail(err, SVLM_E_IO, "%s: stalled, no frame for %.1f s (watchdog)", what,
                          ctl->stall_timeout_s);
     case SVLM_STOP_OPEN_TIMEOUT: return svlm_fail(err, SVLM_E_IO, "%s: timed out while opening", what);
+    case SVLM_STOP_NONE:
+        /* an interruption left over from an earlier stop: the watchdog cut a read off mid-frame,
+         * the partial frame still decoded (progress, so the reason was cleared), and the library's
+         * input stays interrupted. Not a cancel, which ended a live stream for good: a stall */
+        if (!svlm_ctl_cancelled(ctl))
+            return svlm_fail(err, SVLM_E_IO, "%s: stalled, the read was cut off (watchdog)", what);
+        return svlm_fail(err, SVLM_E_CANCELLED, "%s: cancelled", what);
     case SVLM_STOP_CANCEL:
     default: return svlm_fail(err, SVLM_E_CANCELLED, "%s: cancelled", what);
     }
