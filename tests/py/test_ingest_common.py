@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SVLM = os.environ.get("SVLM_BIN", "")
 DATA = os.environ.get("SVLM_TEST_DATA", os.path.join(os.path.dirname(__file__), "../../../shared"))
@@ -149,6 +150,22 @@ def make_clip(path, *args):
     cmd = ["ffmpeg", "-v", "error", "-y", *args, path]
     subprocess.run(cmd, check=True, timeout=120)
     return path
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (a test camera's own requests are noise)."""
+
+    def log_message(self, *args):
+        pass
+
+
+def serve_http(handler, path):
+    """A threaded HTTP server for handler on 127.0.0.1 (a free port), running in the background:
+    (server, the URL of path on it). server.shutdown() stops it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}{path}"
 
 
 def free_port():

@@ -3,11 +3,10 @@ damaged H.264) must trip the watchdog like a silent server: a stall event that s
 failed to decode, then a reconnect. Served over HTTP from 127.0.0.1 in real time: 2 s of good
 frames, then frames cut short (FFmpeg conceals and flags every one of them: none is delivered)."""
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from test_ingest_common import Client, backends, check, ffmpeg_cli, finish, make_clip, need_svlm, skip, tmpdir
+from test_ingest_common import (Client, QuietHandler, backends, check, ffmpeg_cli, finish, make_clip, need_svlm,
+                                serve_http, skip, tmpdir)
 
 need_svlm()
 if not ffmpeg_cli():
@@ -46,7 +45,7 @@ def damaged_frames():
 FRAMES = damaged_frames()
 
 
-class Camera(BaseHTTPRequestHandler):
+class Camera(QuietHandler):
     """Each connection gets the stream from its start, a frame every 1/RATE s."""
 
     def do_GET(self):
@@ -64,14 +63,8 @@ class Camera(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client went away
 
-    def log_message(self, *args):
-        pass
 
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
-server.daemon_threads = True
-threading.Thread(target=server.serve_forever, daemon=True).start()
-url = f"http://127.0.0.1:{server.server_address[1]}/cam.h264"
+server, url = serve_http(Camera, "/cam.h264")
 try:
     c = Client(url, "--live", "--backend", "ffmpeg", "--fps", "5", "--stall-timeout", "1.5")
     check(c.frames_after(3, 15), f"no frames from the good start of the stream: {c.seen[-3:]}")

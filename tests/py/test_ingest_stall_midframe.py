@@ -5,11 +5,10 @@ the stall's reason, and the next read, still interrupted, was taken for a cancel
 ended for good, a camera lost until restarted. Served from 127.0.0.1 at 10 frames a second; the
 first connection hangs 2 s in, half a JPEG sent; later connections stream normally."""
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from test_ingest_common import Client, backends, check, ffmpeg_cli, finish, make_clip, need_svlm, skip, tmpdir
+from test_ingest_common import (Client, QuietHandler, backends, check, ffmpeg_cli, finish, make_clip, need_svlm,
+                                serve_http, skip, tmpdir)
 
 need_svlm()
 if not ffmpeg_cli():
@@ -31,7 +30,7 @@ FRAMES = jpegs()
 connections = []
 
 
-class Camera(BaseHTTPRequestHandler):
+class Camera(QuietHandler):
     protocol_version = "HTTP/1.0"
 
     def do_GET(self):
@@ -58,14 +57,8 @@ class Camera(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client went away
 
-    def log_message(self, *args):
-        pass
 
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
-server.daemon_threads = True
-threading.Thread(target=server.serve_forever, daemon=True).start()
-url = f"http://127.0.0.1:{server.server_address[1]}/cam.mjpg"
+server, url = serve_http(Camera, "/cam.mjpg")
 try:
     c = Client(url, "--live", "--backend", "ffmpeg", "--fps", "5", "--stall-timeout", "1.5")
     check(c.frames_after(3, 15), f"no frames from the start of the stream: {c.seen[-3:]}")
