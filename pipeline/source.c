@@ -268,7 +268,12 @@ static void *reader_main(void *arg) {
          * that ends otherwise (an HTTP camera closing souphttpsrc, an RTSP BYE) reconnects */
         const int gst_file_end =
             st == SVLM_E_END && s->uri.kind == SVLM_URI_GST && strstr(s->uri.target, "filesrc") != NULL;
-        if (s->reconnectable && st != SVLM_E_NOMEM && !gst_file_end) {
+        /* a live HLS playlist that has become finished (#EXT-X-ENDLIST: its encoder stopped) is
+         * done too: reopened, it played again from its start, old frames as new ones, about four
+         * times a second for ever */
+        const int hls_finished = st == SVLM_E_END && s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls &&
+                                 finished_playlist(s->uri.target, &s->opts);
+        if (s->reconnectable && st != SVLM_E_NOMEM && !gst_file_end && !hls_finished) {
             char why[256];
             snprintf(why, sizeof why, "%.255s", st == SVLM_E_END ? "end of stream" : err.msg);
             st = reconnect(s, why, &err);

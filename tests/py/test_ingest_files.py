@@ -318,6 +318,20 @@ for be in BACKENDS:
               f"hls VOD, no --replay/{be}: rc {rc}, {len(frames)} frames (expected 12) {err[:200]}")
     except subprocess.TimeoutExpired:
         check(False, f"hls VOD, no --replay/{be}: still running after 40 s (played again as a live source)")
+    # a live playlist (no end) whose encoder stops: #EXT-X-ENDLIST appears 2 s in, and the stream
+    # ends there (it was reopened about four times a second for ever, its old frames delivered as
+    # new ones)
+    index = open(os.path.join(hls_dir, "index.m3u8")).read()
+    live = os.path.join(hls_dir, "live.m3u8")
+    open(live, "w").write(index.replace("#EXT-X-PLAYLIST-TYPE:VOD\n", "").replace("#EXT-X-ENDLIST\n", ""))
+    ended = threading.Timer(2.0, lambda: open(live, "w").write(index.replace("#EXT-X-PLAYLIST-TYPE:VOD\n", "")))
+    ended.start()
+    rc, frames, events, err = run_frames(f"{base}/hls/live.m3u8", "--backend", be, "--fps", "2", "--duration", "20",
+                                         timeout=60)
+    ended.join()
+    stats = [e for e in events if e.get("event") == "stats"]
+    check(rc == 0 and stats and stats[-1]["reason"] == "eos" and stats[-1]["reconnects"] <= 1,
+          f"hls live then finished/{be}: rc {rc}, {len(frames)} frames, {stats} {err[:200]}")
     # a notice that names the URL leaves its password out
     login = base.replace("http://", "http://viewer:s3cret@")
     rc, frames, _, err = run_frames(f"{login}/zero_mjpeg.mkv", "--backend", be, "--fps", "1")
