@@ -43,6 +43,10 @@ p = run(['-m', model, '--pp', '0', '--tg', '8', '--depth', '400', '--reps', '1',
 r = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
 if r.get('depth') != 400 or not r.get('tg_tps', 0) > 0:
     fails.append('bench --depth 400: rc %d %r %s' % (p.returncode, p.stdout, p.stderr[-200:]))
+# prompt processing only: no "generation reaches 0%" of a bound nothing was generated against
+p = run(['-m', model, '--pp', '16', '--tg', '0', '--reps', '1', '--threads', '1'])
+if p.returncode != 0 or not any(l.startswith('pp16 ') for l in p.stdout.splitlines()) or 'reaches' in p.stdout:
+    fails.append('bench --tg 0: rc %d %r %s' % (p.returncode, p.stdout, p.stderr[-200:]))
 p = run(['-m', model, '--pp', '0', '--tg', '8', '--depth', '100', '--reps', '1', '--threads', '1', '--kv', 'f16'])
 if p.returncode != 0 or not any(l.startswith('tg8@d100 ') for l in p.stdout.splitlines()):
     fails.append('bench --depth text report: rc %d %r %s' % (p.returncode, p.stdout, p.stderr[-200:]))

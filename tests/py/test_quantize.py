@@ -32,6 +32,10 @@ with tempfile.TemporaryDirectory() as d:
         if p.returncode:
             fails.append('quantize %s: %s' % (t, p.stderr[-200:]))
             continue
+        # into a log (not a terminal) progress is a few whole lines, not one redrawn with \r
+        lines = p.stderr.splitlines()
+        if '\r' in p.stderr or not 2 <= len(lines) <= 6 or not lines[-1].startswith('svlm quantize: wrote'):
+            fails.append('quantize %s: progress into a pipe %r' % (t, p.stderr[-300:]))
         p = subprocess.run([binp, 'logits', '-m', q, '--tokens', ','.join(map(str, meta['tokens'])), '--out', out],
                            capture_output=True, text=True)
         if p.returncode:

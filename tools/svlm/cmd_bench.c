@@ -228,10 +228,13 @@ int cmd_bench(int argc, char **argv) {
             printf(
                 "bandwidth   weights %.1f MB per token; the host-bandwidth bound applies to the CPU only\n",
                 wb / 1e6);
-        else
+        else if (tg > 0)
             printf("bandwidth   %.1f GB/s measured; weights %.1f MB per token -> bound %.1f tok/s; "
                    "generation reaches %.0f%% of it\n",
                    bw / 1e9, wb / 1e6, bound, share * 100);
+        else /* nothing generated: there is no share of the bound to report */
+            printf("bandwidth   %.1f GB/s measured; weights %.1f MB per token -> bound %.1f tok/s\n",
+                   bw / 1e9, wb / 1e6, bound);
     }
     rc = 0;
     goto done;

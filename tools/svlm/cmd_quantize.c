@@ -2,12 +2,23 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "llm/gguf.h"
 #include "llm/gguf_write.h"
 #include "common/err.h"
 #include "mkmodel.h"
+
+/* On a terminal one line is redrawn per tensor; into a log a line is written at each quarter. */
+static void report_progress(uint64_t done, uint64_t total, int tty) {
+    if (tty)
+        fprintf(stderr, "\rsvlm quantize: %llu/%llu tensors", (unsigned long long)done,
+                (unsigned long long)total);
+    else if (done == total || done * 4 / total != (done - 1) * 4 / total)
+        fprintf(stderr, "svlm quantize: %llu/%llu tensors\n", (unsigned long long)done,
+                (unsigned long long)total);
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -90,7 +101,8 @@ int cmd_quantize(int argc, char **argv) {
     gguf_writer *w = NULL;
     float *row = NULL;
     void *qrow = NULL;
-    int rc = 1;
+    int rc = 1, drawn = 0; /* drawn: a progress line is open on the terminal */
+    const int tty = isatty(2);
     if (gguf_open(in, &f, &err) || gguf_writer_create(out, f->alignment == 32 ? 0 : f->alignment, &w, &err))
         goto fail;
     /* the metadata as it was, but for what describes the tensors' types: the new type's */
@@ -118,6 +130,7 @@ int cmd_quantize(int argc, char **argv) {
         svlm_dtype to = target_type(t, want);
         if (to == t->type) {
             if (gguf_writer_write_data(w, t->data, t->nbytes, &err)) goto fail;
+            report_progress(i + 1, f->n_tensors, tty);
             continue;
         }
         size_t in_row = svlm_row_bytes(t->type, t->ne[0]), out_row = svlm_row_bytes(to, t->ne[0]);
@@ -131,15 +144,15 @@ int cmd_quantize(int argc, char **argv) {
             }
             if (gguf_writer_write_data(w, qrow, out_row, &err)) goto fail;
         }
-        fprintf(stderr, "\rsvlm quantize: %llu/%llu tensors", (unsigned long long)i + 1,
-                (unsigned long long)f->n_tensors);
+        report_progress(i + 1, f->n_tensors, tty);
+        drawn = tty;
     }
     if (gguf_writer_finish(w, &err)) goto fail;
-    fprintf(stderr, "\nsvlm quantize: wrote %s\n", out);
+    fprintf(stderr, "%ssvlm quantize: wrote %s\n", drawn ? "\n" : "", out);
     rc = 0;
     goto done;
 fail:
-    fprintf(stderr, "\nsvlm quantize: %s\n", err.msg);
+    fprintf(stderr, "%ssvlm quantize: %s\n", drawn ? "\n" : "", err.msg);
 done:
     free(row);
     free(qrow);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/threadpool.h"
@@ -31,17 +32,19 @@ static const char chat_template[] =
 
 typedef struct {
     const char *path;
-    int enabled;
+    int enabled, tty;
     uint64_t total, done, next_report;
 } progress;
 
+/* On a terminal the line is redrawn every 2%; into a log each report is a line of its own, every 25%. */
 static void progress_step(progress *p, uint64_t bytes) {
     p->done += bytes;
     if (!p->enabled || (p->done < p->next_report && p->done < p->total)) return;
-    fprintf(stderr, "\rmkmodel: %s %3d%% (%llu of %llu MB)", p->path, (int)(100.0 * p->done / p->total),
-            (unsigned long long)(p->done >> 20), (unsigned long long)(p->total >> 20));
-    if (p->done >= p->total) fputc('\n', stderr);
-    p->next_report = p->done + p->total / 50;
+    fprintf(stderr, "%smkmodel: %s %3d%% (%llu of %llu MB)%s", p->tty ? "\r" : "", p->path,
+            (int)(100.0 * p->done / p->total), (unsigned long long)(p->done >> 20),
+            (unsigned long long)(p->total >> 20), p->tty ? "" : "\n");
+    if (p->tty && p->done >= p->total) fputc('\n', stderr);
+    p->next_report = p->done + p->total / (p->tty ? 50 : 4);
 }
 
 typedef struct quant_job {
@@ -98,7 +101,7 @@ static svlm_status write_tensor(gguf_writer *w, const mk_tensor *t, uint64_t see
 static svlm_status write_plan(gguf_writer *w, const char *path, const mk_options *o, const mk_plan *p,
                               uint64_t stream_base, svlm_err *err) {
     svlm_status st;
-    progress pg = {path, 0, 0, 0, 0};
+    progress pg = {.path = path};
     size_t max_chunk = 0;
     for (int i = 0; i < p->n; i++) {
         const mk_tensor *t = &p->t[i];
@@ -109,6 +112,7 @@ static svlm_status write_plan(gguf_writer *w, const char *path, const mk_options
         if (chunk > max_chunk) max_chunk = chunk;
     }
     pg.enabled = o->progress && pg.total >= (64u << 20);
+    pg.tty = isatty(2);
     int64_t max_ne0 = 1;
     for (int i = 0; i < p->n; i++)
         if (p->t[i].ne[0] > max_ne0) max_ne0 = p->t[i].ne[0];
