@@ -526,6 +526,10 @@ svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_
         if (st == SVLM_OK) st = ops->probe(&args, info, err);
         snprintf(info->backend, sizeof info->backend, "%s", ops->name);
         info->live = opts.live;
+        /* as svlm_source_open decides: a finished HLS playlist (it has a duration) is a recording */
+        if (st == SVLM_OK && (!opts_in || opts_in->live < 0) && uri->kind == SVLM_URI_HTTP && uri->is_hls &&
+            info->duration > 0)
+            info->live = 0;
     }
     if (fifo_fd >= 0) close(fifo_fd);
     free(uri);

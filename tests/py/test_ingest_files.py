@@ -324,6 +324,11 @@ for be in BACKENDS:
     index = open(os.path.join(hls_dir, "index.m3u8")).read()
     live = os.path.join(hls_dir, "live.m3u8")
     open(live, "w").write(index.replace("#EXT-X-PLAYLIST-TYPE:VOD\n", "").replace("#EXT-X-ENDLIST\n", ""))
+    # probe tells them apart as opening does: the finished playlist is not live (it said live)
+    for name, want in (("index", False), ("live", True)):
+        p = run_svlm("probe", f"{base}/hls/{name}.m3u8", "--backend", be, "--json")
+        got = json.loads(p.stdout).get("live") if p.returncode == 0 else None
+        check(got is want, f"probe hls {name}/{be}: live {got}, expected {want}: {p.stdout} {p.stderr[-200:]}")
     ended = threading.Timer(2.0, lambda: open(live, "w").write(index.replace("#EXT-X-PLAYLIST-TYPE:VOD\n", "")))
     ended.start()
     rc, frames, events, err = run_frames(f"{base}/hls/live.m3u8", "--backend", be, "--fps", "2", "--duration", "20",
