@@ -29,6 +29,7 @@ typedef struct ff_ctx {
     struct SwsContext *sws;
     int sws_w, sws_h, sws_fmt;
     const svlm_uri *uri; /* lives in the source */
+    char safe[512];      /* its target for messages: a login's password left out */
     svlm_ingest_ctl *ctl;
     svlm_sampler *sampler;
     svlm_source_opts opts;
@@ -87,7 +88,7 @@ static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
     const AVCodec *codec = NULL;
     int idx = av_find_best_stream(c->fmt, AVMEDIA_TYPE_VIDEO, -1, -1, &codec, 0);
     if (idx == AVERROR_STREAM_NOT_FOUND)
-        return svlm_fail(err, SVLM_E_FORMAT, "%s has no video stream", c->uri->target);
+        return svlm_fail(err, SVLM_E_FORMAT, "%s has no video stream", c->safe);
     if (idx == AVERROR_DECODER_NOT_FOUND || (idx >= 0 && !codec)) {
         int any = -1;
         for (unsigned i = 0; i < c->fmt->nb_streams; i++)
@@ -134,6 +135,7 @@ static svlm_status ff_open(void **out, const svlm_backend_args *a, svlm_err *err
     ff_ctx *c = calloc(1, sizeof *c);
     if (!c) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     c->uri = a->uri;
+    svlm_uri_redact(c->uri->target, c->safe, sizeof c->safe);
     c->ctl = a->ctl;
     c->sampler = a->sampler;
     c->opts = *a->opts;
@@ -189,19 +191,15 @@ static double frame_time(ff_ctx *c, const AVFrame *f) {
     const double step = synth_step(c), shift = c->clock.shift;
     const double out = svlm_frame_clock_next(&c->clock, has_ts, ts, t, step, now);
     if (!replaced && c->clock.replaced) {
-        char safe[512];
-        svlm_uri_redact(c->uri->target, safe, sizeof safe);
         fprintf(stderr,
                 "svlm: %s: timestamps do not advance (a frame at %.3f s after one at %.3f s): timing such "
                 "frames by the frame rate instead, %.4g s a frame\n",
-                safe, t, out - step, step);
+                c->safe, t, out - step, step);
     }
     if (!leaps && c->clock.leaps) {
-        char safe[512];
-        svlm_uri_redact(c->uri->target, safe, sizeof safe);
         fprintf(stderr,
-                "svlm: %s: the stream's clock leapt %.0f s ahead: continuing from the previous frame\n", safe,
-                shift - c->clock.shift);
+                "svlm: %s: the stream's clock leapt %.0f s ahead: continuing from the previous frame\n",
+                c->safe, shift - c->clock.shift);
     }
     c->prev_dur = frame_duration(c, f);
     return out;
@@ -320,9 +318,9 @@ static svlm_status ff_read(void *ctx, svlm_frame *out, svlm_err *err) {
             continue;
         }
         if (c->draining) return SVLM_E_END;
-        if (svlm_ctl_should_stop(c->ctl)) return svlm_ctl_stop_error(c->ctl, err, c->uri->target);
+        if (svlm_ctl_should_stop(c->ctl)) return svlm_ctl_stop_error(c->ctl, err, c->safe);
         rc = av_read_frame(c->fmt, c->pkt);
-        if (rc == AVERROR_EXIT) return svlm_ctl_stop_error(c->ctl, err, c->uri->target);
+        if (rc == AVERROR_EXIT) return svlm_ctl_stop_error(c->ctl, err, c->safe);
         if (rc == AVERROR_EOF || (rc < 0 && avio_feof(c->fmt->pb))) {
             c->draining = 1;
             c->dec->skip_frame = AVDISCARD_DEFAULT;

@@ -66,9 +66,11 @@ void eng_stream_unref(eng_stream *s) {
     pthread_mutex_unlock(&e->lock);
 }
 
-static void set_state(eng_stream *s, const char *state) {
+/* reason: why it is down or failed (NULL: it is not) */
+static void set_state(eng_stream *s, const char *state, const char *reason) {
     pthread_mutex_lock(&s->owner->lock);
     snprintf(s->state, sizeof s->state, "%s", state);
+    snprintf(s->reason, sizeof s->reason, "%s", reason ? reason : "");
     pthread_mutex_unlock(&s->owner->lock);
 }
 
@@ -101,7 +103,8 @@ static void *reader(void *arg) {
         svlm_err err = {0};
         svlm_status st = svlm_source_next(s->src, &item, &err);
         if (st != SVLM_OK) {
-            set_state(s, st == SVLM_E_END || st == SVLM_E_CANCELLED ? "ended" : "failed");
+            const int failed = st != SVLM_E_END && st != SVLM_E_CANCELLED;
+            set_state(s, failed ? "failed" : "ended", failed ? err.msg : NULL);
             if (st != SVLM_E_END && st != SVLM_E_CANCELLED)
                 fprintf(stderr, "svlm serve: stream %s: %s\n", s->name, err.msg);
             return NULL;
@@ -114,12 +117,16 @@ static void *reader(void *arg) {
              * means the stream is being removed: the next push says so) */
             (void)svlm_engine_push_event(e->engine, s->sid, ev, &err);
             pthread_mutex_lock(&e->lock);
-            if (ev->kind == SVLM_EVENT_RECONNECT) /* the source's running count: merged events count too */
+            if (ev->kind == SVLM_EVENT_RECONNECT) { /* the source's running count: merged events count too */
                 s->reconnects = ev->total, snprintf(s->state, sizeof s->state, "running");
-            else if (ev->kind == SVLM_EVENT_STALL)
-                snprintf(s->state, sizeof s->state, "stalled");
-            else if (ev->kind == SVLM_EVENT_DISCONNECT)
-                snprintf(s->state, sizeof s->state, "reconnecting");
+                s->reason[0] = 0;
+            } else if (ev->kind == SVLM_EVENT_STALL || ev->kind == SVLM_EVENT_DISCONNECT) {
+                /* (a stall is followed at once by its disconnect: the reason keeps saying so) */
+                snprintf(s->state, sizeof s->state, "%s",
+                         ev->kind == SVLM_EVENT_STALL ? "stalled" : "reconnecting");
+                snprintf(s->reason, sizeof s->reason, "%s",
+                         ev->detail[0] ? ev->detail : "the source was lost");
+            }
             pthread_mutex_unlock(&e->lock);
             continue;
         }
@@ -133,10 +140,11 @@ static void *reader(void *arg) {
         s->video_time = item.frame.pts + s->time_offset; /* the stream's clock, its memory's too */
         keep_latest(s, &item.frame);
         snprintf(s->state, sizeof s->state, "running");
+        s->reason[0] = 0;
         pthread_mutex_unlock(&e->lock);
         if (svlm_engine_push_frame(e->engine, s->sid, &item.frame, wait_for_room,
                                    &err)) { /* the stream is being removed */
-            set_state(s, "ended");
+            set_state(s, "ended", NULL);
             return NULL;
         }
     }
@@ -194,6 +202,7 @@ static svlm_status stream_build(eng *e, const svlm_backend_open_req *req, int ke
     if (!st && first.status != SVLM_OK) { /* down now: the source's reader reconnects */
         if (down) *down = first;
         snprintf(s->state, sizeof s->state, "reconnecting");
+        snprintf(s->reason, sizeof s->reason, "%s", first.msg);
     }
     if (!st)
         st = svlm_engine_open_stream_with(e->engine, &sp, SYSTEM_PROMPT, &set.stc, &s->stream, &s->sid, err);
@@ -303,6 +312,7 @@ static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     snprintf(o->name, sizeof o->name, "%s", s->name);
     snprintf(o->uri, sizeof o->uri, "%s", s->uri);
     snprintf(o->state, sizeof o->state, "%s", s->state);
+    snprintf(o->reason, sizeof o->reason, "%s", s->reason);
     o->live = svlm_source_is_live(s->src);
     /* the average over the frames that came decays while none comes: at most one over the time
      * since the last one (a stream reconnecting for 40 s is at 0.025), and none once it is over */

@@ -46,6 +46,7 @@ typedef struct eng_stream {
     int64_t latest_index;
     double latest_pts;
     char state[16];
+    char reason[512]; /* why the source is down or failed ("": it is not) */
     int64_t reconnects;
     double fps_ema, last_wall, video_time; /* last_wall: the last frame's arrival (eng_wall) */
     double time_offset; /* a resumed memory bank's clock: added to the source's frame times */

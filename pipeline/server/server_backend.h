@@ -41,8 +41,9 @@ typedef struct svlm_backend_tier {
 
 typedef struct svlm_backend_stream_status {
     char name[SVLM_BACKEND_NAME_MAX];
-    char uri[1024]; /* (whole: a status cut inside a character would not be JSON) */
-    char state[16]; /* "opening", "running", "stalled", "reconnecting", "ended", "failed" */
+    char uri[1024];   /* (whole: a status cut inside a character would not be JSON) */
+    char state[16];   /* "opening", "running", "stalled", "reconnecting", "ended", "failed" */
+    char reason[512]; /* why it is stalled, reconnecting or failed ("" otherwise) */
     int live;
     double fps_in;     /* sampled frames per second entering the engine, recent average */
     int64_t frames_in; /* frames that entered the engine */

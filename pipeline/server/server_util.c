@@ -161,5 +161,12 @@ json_t *srv_status_json(const svlm_backend_stream_status *st) {
                           "encoder_ms", st->encoder_ms_sum / n, "prefill_ms", st->prefill_ms_sum / n,
                           "memory", mem, "memory_total", (json_int_t)total);
     if (o && st->kv_type[0]) json_object_set_new(o, "kv_type", json_string(st->kv_type));
+    if (o && st->reason[0]) {
+        char reason[sizeof st->reason];
+        memcpy(reason, st->reason, sizeof reason);
+        reason[sizeof reason - 1] = 0;
+        srv_utf8_fix(reason);
+        json_object_set_new(o, "reason", json_string(reason));
+    }
     return o;
 }

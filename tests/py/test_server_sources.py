@@ -9,12 +9,14 @@
 - SIGINT while an open of a server that accepts and never answers is pending exits at once (not at
   the open timeout)."""
 import asyncio
+import http.server as http_server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +30,7 @@ except ImportError:
 PAT = "pattern:size=64x48,rate=5,duration=0,live"
 DATA = os.environ.get("SVLM_TEST_DATA", os.path.join(REPO, "..", "shared"))
 CLIP = os.path.join(DATA, "media", "people_indoor_one_by_one.mp4")
+JPEG = os.path.join(DATA, "media", "rocket_falcon9_launchpad.jpg")
 
 
 def status(base, name):
@@ -75,6 +78,7 @@ def main():
         assert "--source cam=rtsp://127.0.0.1:1/x: " in log and "the stream is reconnecting" in log, log
         cam = status(s.base, "cam")
         assert cam["state"] == "reconnecting" and cam["fps_in"] == 0, cam
+        assert "connection refused" in cam.get("reason", ""), cam  # why it is down, as stderr says
         wait_frames(s.base, "pat", 2)
         s.proc.send_signal(signal.SIGSTOP)
         time.sleep(2)
@@ -82,7 +86,7 @@ def main():
         n = status(s.base, "pat")["frames_in"]
         time.sleep(1.5)
         pat = status(s.base, "pat")
-        assert pat["state"] == "running" and pat["frames_in"] > n, pat
+        assert pat["state"] == "running" and pat["frames_in"] > n and "reason" not in pat, pat
         short = status(s.base, "short")
         assert short["state"] == "ended" and short["fps_in"] == 0, short
         if os.path.exists(CLIP):  # 139 s: at decode speed it ended within 2 s
@@ -111,5 +115,67 @@ def main():
     print("svlm serve sources ok: shutdown with an open pending took %.2f s" % took)
 
 
+class StallingCamera(http_server.BaseHTTPRequestHandler):
+    """An MJPEG camera over HTTP: its first connection sends frames for 1.5 s, then nothing, the
+    socket left open; later ones answer nothing at all (a camera that froze)."""
+    protocol_version = "HTTP/1.0"
+    connections = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        StallingCamera.connections += 1
+        if StallingCamera.connections > 1:
+            time.sleep(30)
+            return
+        jpeg = open(JPEG, "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            for _ in range(6):
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                                 + jpeg + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.25)
+            time.sleep(30)
+        except OSError:
+            pass  # the server went away
+
+
+async def open_camera(url, uri):
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "open", "id": "o", "stream": "mj", "uri": uri, "fps": 4,
+                                  "options": {"live": True}}))
+        m, _ = await until(ws, lambda m: m.get("id") == "o", timeout=30)
+        assert m["type"] == "opened", m
+
+
+def stalled_camera(models):
+    """A camera that froze is `reconnecting`, and its `reason` says it stalled: the stall and the
+    disconnect that follows it at once left only "reconnecting", with nothing saying why."""
+    if not os.path.exists(JPEG):
+        print("stalled camera: skipped, %s is missing" % JPEG)
+        return
+    cam = http_server.ThreadingHTTPServer(("127.0.0.1", 0), StallingCamera)
+    cam.daemon_threads = True
+    threading.Thread(target=cam.serve_forever, daemon=True).start()
+    with Serve(models + ["--open-timeout", "20", "--stall-timeout", "1"]) as s:
+        asyncio.run(open_camera(s.ws_url, "http://127.0.0.1:%d/cam.mjpg" % cam.server_address[1]))
+        wait_frames(s.base, "mj", 1)
+        deadline = time.time() + 20
+        while True:
+            mj = status(s.base, "mj")
+            if mj["state"] == "reconnecting" or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert mj["state"] == "reconnecting" and "stalled" in mj.get("reason", ""), mj
+    cam.shutdown()
+    print("stalled camera: %s (%s)" % (mj["state"], mj["reason"]))
+
+
 if __name__ == "__main__":
     main()
+    text, mmproj = fixture_models()
+    stalled_camera(["-m", text, "--mmproj", mmproj, "--no-memory"])
