@@ -106,8 +106,8 @@ function renderStreams(list) {
       card.append(el("strong", "", s.stream), img, el("div", "meta"));
       box.append(card);
     }
-    card.querySelector(".meta").textContent =
-      `${s.state} · ${s.fps_in.toFixed(2)} fps · ${s.frames_in} frames · ${s.drops} dropped · ${s.reconnects} reconnects · ${(s.memory_total / 1048576).toFixed(1)} MiB`;
+    card.querySelector(".meta").textContent =   // (reason: why a stream is down)
+      `${s.state}${s.reason ? " — " + s.reason : ""} · ${s.fps_in.toFixed(2)} fps · ${s.frames_in} frames · ${s.drops} dropped · ${s.reconnects} reconnects · ${(s.memory_total / 1048576).toFixed(1)} MiB`;
   }
   const sel = $("stream-select"), cur = sel.value;
   sel.replaceChildren(...list.map((s) => { const o = el("option", "", s.stream); o.value = s.stream; return o; }));
