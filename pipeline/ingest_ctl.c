@@ -189,7 +189,7 @@ svlm_status svlm_frame_alloc(svlm_frame *frame, int w, int h, svlm_err *err) {
     memset(frame, 0, sizeof *frame);
     if (w <= 0 || h <= 0 || w > 16384 || h > 16384)
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "frame size %dx%d is out of range", w, h);
-    frame->data = malloc((size_t)w * 3 * (size_t)h);
+    frame->data = malloc((size_t)w * 3 * (size_t)h + SVLM_FRAME_SLACK);
     if (!frame->data) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %dx%d frame", w, h);
     frame->width = w;
     frame->height = h;

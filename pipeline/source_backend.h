@@ -88,7 +88,12 @@ int svlm_ctl_sleep(svlm_ingest_ctl *ctl, double seconds);
 /* Output size for a native w x h under opts (max_edge / width+height); never 0. */
 void svlm_output_size(const svlm_source_opts *opts, int w, int h, int *out_w, int *out_h);
 
-/* Allocates an RGB24 frame of w x h with a tight stride. */
+/* Bytes allocated past a frame's last row: swscale's SIMD converters (yuv420p to RGB24, unscaled)
+ * write whole blocks of 8 pixels, up to 21 bytes past a row whose width is no multiple of 8. Rows
+ * are written in order, so only the last row's spill leaves the pixels: here. */
+#define SVLM_FRAME_SLACK 256
+
+/* Allocates an RGB24 frame of w x h with a tight stride (and SVLM_FRAME_SLACK bytes after it). */
 svlm_status svlm_frame_alloc(svlm_frame *frame, int w, int h, svlm_err *err);
 
 typedef struct svlm_backend_args {

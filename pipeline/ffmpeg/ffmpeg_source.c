@@ -254,7 +254,7 @@ static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_er
     if (turns && c->turn_cap < (size_t)ow * oh * 3) {
         free(c->turn_buf);
         c->turn_cap = 0;
-        if (!(c->turn_buf = malloc((size_t)ow * oh * 3))) {
+        if (!(c->turn_buf = malloc((size_t)ow * oh * 3 + SVLM_FRAME_SLACK))) {
             svlm_frame_release(out);
             return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %dx%d frame", ow, oh);
         }

@@ -77,4 +77,23 @@ for name, args in (("ts", ("-f", "mpegts")), ("offset.mp4", ("-output_ts_offset"
         check(rc == 0 and len(pts) == 4 and all(abs(a - b) < 1e-3 for a, b in zip(pts, want)),
               f"start/{name}/{be}: rc {rc}, pts {pts}, expected {want} {err[-200:]}")
 
+# ---- widths that are no multiple of 8: FFmpeg's converter wrote past the frame ------------------
+# (swscale's unscaled yuv420p -> RGB24 path writes 8 pixels at a time: up to 21 bytes past the last
+# row; glibc caught the damaged heap: "double free or corruption", "malloc(): corrupted top size")
+for size, pix, extra in (("426x240", "yuv420p", ()), ("90x160", "yuv420p", ()), ("6x6", "yuv420p", ()),
+                         ("2x2", "yuv420p", ()), ("426x240", "yuv422p", ()),
+                         ("426x240", "yuv420p", ("-metadata:s:v:0", "rotate=90"))):
+    name = f"odd-{size}-{pix}{'-rot' if extra else ''}.mp4"
+    src = make_clip(os.path.join(T, "src-" + name), "-f", "lavfi", "-i", f"color=red:s={size}:r=10:d=1", "-c:v",
+                    "libx264", "-pix_fmt", pix)
+    clip = make_clip(os.path.join(T, name), "-i", src, "-c", "copy", *extra) if extra else src
+    w, h = map(int, size.split("x"))
+    want = (h, w) if extra else (w, h)
+    for be in BACKENDS:
+        rc, frames, _, err = run_frames(clip, "--backend", be, "--fps", "0", "--native")
+        sizes = {(f["width"], f["height"]) for f in frames}
+        red = all(f["mean"][0] > 200 and f["mean"][1] < 60 for f in frames)
+        check(rc == 0 and len(frames) == 10 and sizes == {want} and red,
+              f"{name}/{be}: rc {rc}, {len(frames)} frames {sizes} (expected 10 at {want}), red {red} {err[-300:]}")
+
 finish("ingest_edge")
