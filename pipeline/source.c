@@ -16,6 +16,7 @@
 
 #include "common/err.h"
 #include "pipeline/frame_queue.h"
+#include "pipeline/hls_playlist.h"
 #include "pipeline/source_backend.h"
 #include "pipeline/timeline.h"
 
@@ -53,6 +54,11 @@ struct svlm_source {
 
     int64_t delivered;
     atomic_llong reconnects;
+
+    /* a live HLS playlist: the sequence number of the last segment played (-1: unknown), and where
+     * the next open starts (see svlm_backend_args.hls_start) */
+    int64_t hls_played;
+    int hls_start;
 };
 
 void svlm_source_opts_default(svlm_source_opts *o) {
@@ -88,9 +94,18 @@ static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
     return SVLM_OK;
 }
 
-/* An HLS playlist that is finished (#EXT-X-ENDLIST: video on demand) has a duration; a live one
- * has none. Read through a probe of its own (bounded by the open timeout). */
+/* Whether an HLS playlist is finished (#EXT-X-ENDLIST: video on demand), bounded by the open
+ * timeout: read as text where FFmpeg can fetch it, else through a probe of its own (it reads
+ * segments too): a finished playlist has a duration, a live one none. */
 static int finished_playlist(const char *uri, const svlm_source_opts *opts) {
+    svlm_ingest_ctl ctl;
+    svlm_ctl_init(&ctl, 0);
+    ctl.abort_flag = opts->abort_flag;
+    atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + opts->open_timeout_s) * 1e9));
+    svlm_hls_playlist pl;
+    svlm_err ferr = {0};
+    const svlm_status fs = svlm_hls_fetch(uri, &ctl, &pl, &ferr);
+    if (fs != SVLM_E_UNSUPPORTED) return fs == SVLM_OK && pl.finished;
     svlm_source_opts po = *opts;
     po.live = 1;
     svlm_probe_info info;
@@ -145,7 +160,7 @@ static svlm_status open_backend(svlm_source *s, svlm_err *err) {
         /* the writer came: the backend's own open gets the whole timeout, not what the wait left */
         atomic_store(&s->ctl.open_deadline_ns, (long long)((svlm_mono_now() + s->opts.open_timeout_s) * 1e9));
     }
-    svlm_backend_args args = {&s->uri, &s->opts, &s->ctl, &s->sampler, s->fifo_fd};
+    svlm_backend_args args = {&s->uri, &s->opts, &s->ctl, &s->sampler, s->fifo_fd, s->hls_start};
     if (st == SVLM_OK) st = s->ops->open(&s->bctx, &args, err);
     atomic_store(&s->ctl.open_deadline_ns, 0);
     svlm_ctl_touch(&s->ctl);
@@ -194,6 +209,56 @@ static void push_event(svlm_source *s, svlm_source_event_kind kind, int64_t coun
     svlm_frame_queue_push(&s->queue, &item);
 }
 
+/* The live HLS playlist now, within the open timeout (no stall counted meanwhile). */
+static svlm_status fetch_playlist(svlm_source *s, svlm_hls_playlist *pl, svlm_err *err) {
+    atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
+    atomic_store(&s->ctl.open_deadline_ns, (long long)((svlm_mono_now() + s->opts.open_timeout_s) * 1e9));
+    svlm_status st = svlm_hls_fetch(s->uri.target, &s->ctl, pl, err);
+    atomic_store(&s->ctl.open_deadline_ns, 0);
+    svlm_ctl_touch(&s->ctl);
+    return st;
+}
+
+/* A live HLS playlist lost (its end reached, or a stall): what it lists now was played, so a
+ * reconnect waits for segments after its last one and starts at them (reopened as it was, it
+ * played its last segments again, old frames as new ones, every few seconds for as long as its
+ * encoder was down). Returns 1 when the playlist has become finished: the stream is over. why (n
+ * bytes) is the disconnect's reason, made plainer when the playlist explains it. */
+static int hls_lost(svlm_source *s, svlm_status st, char *why, size_t n) {
+    svlm_hls_playlist pl;
+    svlm_err perr = {0};
+    const svlm_status fs = fetch_playlist(s, &pl, &perr);
+    if (fs == SVLM_E_UNSUPPORTED) /* (no FFmpeg to read it with: ask a probe) */
+        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts);
+    if (fs != SVLM_OK) return 0; /* unreachable now: reconnect as any source does */
+    if (pl.finished && st == SVLM_E_END) return 1;
+    s->hls_played = svlm_hls_last_seq(&pl);
+    if (st == SVLM_E_END)
+        snprintf(why, n,
+                 "end of stream: the live playlist lists no segment after #%lld (has its encoder stopped?)",
+                 (long long)s->hls_played);
+    return 0;
+}
+
+/* Before a reconnect's open: SVLM_OK when the playlist has segments not yet played (the open
+ * starts at the first of them), E_AGAIN while it has none, E_END when it finished without any. */
+static svlm_status hls_ready(svlm_source *s, svlm_err *err) {
+    s->hls_start = 0;
+    if (s->hls_played < 0) return SVLM_OK;
+    svlm_hls_playlist pl;
+    if (fetch_playlist(s, &pl, err) != SVLM_OK) return SVLM_OK; /* the open says what is wrong */
+    const int64_t last = svlm_hls_last_seq(&pl), fresh = last - s->hls_played;
+    if (fresh <= 0 && pl.finished) return svlm_fail(err, SVLM_E_END, "the playlist has finished");
+    if (fresh <= 0)
+        return svlm_fail(err, SVLM_E_AGAIN,
+                         "the live playlist lists no segment after #%lld (has its encoder stopped?)",
+                         (long long)s->hls_played);
+    /* (a playlist that started over at a lower number, or skipped ahead: its last few, as the
+     * backend would) */
+    if (fresh < pl.n_segments) s->hls_start = -(int)fresh;
+    return SVLM_OK;
+}
+
 /* Closes the lost stream and reopens it with exponential backoff and jitter. */
 static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
     push_event(s, SVLM_EVENT_DISCONNECT, 0, atomic_load(&s->reconnects), 0, why);
@@ -205,9 +270,13 @@ static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
         double jitter = 0.75 + 0.5 * ((double)rand_r(&s->jitter_seed) / RAND_MAX);
         if (svlm_ctl_sleep(&s->ctl, delay * jitter))
             return svlm_fail(err, SVLM_E_CANCELLED, "source cancelled");
-        /* before the open: a GStreamer pipeline samples on its own thread as soon as it runs */
-        svlm_sampler_restart(&s->sampler);
-        svlm_status st = open_backend(s, &last);
+        svlm_status st = hls_ready(s, &last);
+        if (st == SVLM_E_END) return svlm_fail(err, st, "%s", last.msg);
+        if (st == SVLM_OK) {
+            /* before the open: a GStreamer pipeline samples on its own thread as soon as it runs */
+            svlm_sampler_restart(&s->sampler);
+            st = open_backend(s, &last);
+        }
         if (st == SVLM_OK) {
             long long total = atomic_fetch_add(&s->reconnects, 1) + 1;
             push_event(s, SVLM_EVENT_RECONNECT, attempt, total, svlm_mono_now() - down_since, NULL);
@@ -268,16 +337,17 @@ static void *reader_main(void *arg) {
          * that ends otherwise (an HTTP camera closing souphttpsrc, an RTSP BYE) reconnects */
         const int gst_file_end =
             st == SVLM_E_END && s->uri.kind == SVLM_URI_GST && strstr(s->uri.target, "filesrc") != NULL;
+        char why[256];
+        snprintf(why, sizeof why, "%.255s", st == SVLM_E_END ? "end of stream" : err.msg);
         /* a live HLS playlist that has become finished (#EXT-X-ENDLIST: its encoder stopped) is
          * done too: reopened, it played again from its start, old frames as new ones, about four
          * times a second for ever */
-        const int hls_finished = st == SVLM_E_END && s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls &&
-                                 finished_playlist(s->uri.target, &s->opts);
+        const int hls_finished = s->reconnectable && st != SVLM_E_NOMEM && s->uri.kind == SVLM_URI_HTTP &&
+                                 s->uri.is_hls && hls_lost(s, st, why, sizeof why);
         if (s->reconnectable && st != SVLM_E_NOMEM && !gst_file_end && !hls_finished) {
-            char why[256];
-            snprintf(why, sizeof why, "%.255s", st == SVLM_E_END ? "end of stream" : err.msg);
             st = reconnect(s, why, &err);
             if (st == SVLM_OK) continue;
+            if (st == SVLM_E_END) push_event(s, SVLM_EVENT_EOS, 0, 0, 0, NULL); /* it finished meanwhile */
             break;
         }
         if (st == SVLM_E_END) push_event(s, SVLM_EVENT_EOS, 0, 0, 0, NULL);
@@ -303,6 +373,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     svlm_source *s = calloc(1, sizeof *s);
     if (!s) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     s->fifo_fd = -1;
+    s->hls_played = -1;
     st = svlm_uri_parse(uri, &s->uri, err);
     if (st == SVLM_OK && s->uri.kind == SVLM_URI_FILE) {
         struct stat sb;
@@ -522,7 +593,7 @@ svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_
             st = fifo_wait(uri->target, &ctl, opts.open_timeout_s, &fifo_fd, err);
             atomic_store(&ctl.open_deadline_ns, (long long)((svlm_mono_now() + opts.open_timeout_s) * 1e9));
         }
-        svlm_backend_args args = {uri, &opts, &ctl, NULL, fifo_fd};
+        svlm_backend_args args = {uri, &opts, &ctl, NULL, fifo_fd, 0};
         if (st == SVLM_OK) st = ops->probe(&args, info, err);
         snprintf(info->backend, sizeof info->backend, "%s", ops->name);
         info->live = opts.live;

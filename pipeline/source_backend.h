@@ -104,6 +104,9 @@ typedef struct svlm_backend_args {
     /* >= 0: the FILE is a named pipe, already open here (non-blocking, data waiting): read this
      * descriptor (it stays the source's) instead of opening the path, which would block. */
     int fifo_fd;
+    /* < 0: a live HLS playlist is to start this many segments before its end (the new ones since
+     * the last one played); 0: the backend's default */
+    int hls_start;
 } svlm_backend_args;
 
 typedef struct svlm_backend_ops {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "pipeline/frame_queue.h"
+#include "pipeline/hls_playlist.h"
 #include "pipeline/source_backend.h"
 #include "pipeline/timeline.h"
 #include "test.h"
@@ -780,7 +781,46 @@ static void test_pattern_source(void) {
     CHECK(svlm_source_open(&src, "pattern:", &o, &err) == SVLM_E_INVALID, "negative fps refused");
 }
 
+/* What a live source needs of an HLS playlist: its segments' numbers, its end, a master's variant. */
+static void test_hls_playlist(void) {
+    svlm_hls_playlist pl;
+    svlm_err err = {0};
+    const char *live =
+        "\xEF\xBB\xBF#EXTM3U\r\n#EXT-X-VERSION:3\r\n#EXT-X-TARGETDURATION:2\r\n"
+        "#EXT-X-MEDIA-SEQUENCE:41\r\n#EXTINF:2.0,\r\nseg41.ts\r\n#EXTINF:2.0,\r\n"
+        "#EXT-X-PROGRAM-DATE-TIME:2026-11-28T12:00:00Z\r\nseg42.ts\r\n\r\n#EXTINF:2.0,\nseg43.ts";
+    REQUIRE(svlm_hls_parse(live, strlen(live), &pl, &err) == SVLM_OK, "live playlist: %s", err.msg);
+    CHECK(pl.first_seq == 41 && pl.n_segments == 3 && svlm_hls_last_seq(&pl) == 43 && !pl.finished &&
+              !pl.variant[0],
+          "live: first %lld, %lld segments, finished %d", (long long)pl.first_seq, (long long)pl.n_segments,
+          pl.finished);
+    const char *vod = "#EXTM3U\n#EXTINF:2.0,\na.ts\n#EXTINF:2.0,\nb.ts\n#EXT-X-ENDLIST\n";
+    REQUIRE(svlm_hls_parse(vod, strlen(vod), &pl, &err) == SVLM_OK, "VOD playlist");
+    CHECK(pl.finished && pl.first_seq == 0 && svlm_hls_last_seq(&pl) == 1, "VOD: finished, segments 0 and 1");
+    const char *master = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\nlow/index.m3u8\n"
+                         "#EXT-X-STREAM-INF:BANDWIDTH=3000000\nhigh/index.m3u8\n";
+    REQUIRE(svlm_hls_parse(master, strlen(master), &pl, &err) == SVLM_OK, "master playlist");
+    CHECK(!strcmp(pl.variant, "low/index.m3u8") && pl.n_segments == 0, "master: first variant '%s'",
+          pl.variant);
+    CHECK(svlm_hls_parse("<html>", 6, &pl, &err) == SVLM_E_FORMAT, "an HTML page is no playlist");
+    CHECK(svlm_hls_parse("", 0, &pl, &err) == SVLM_E_FORMAT, "empty");
+
+    char out[256];
+    static const char *const cases[][3] = {
+        {"http://h:8/live/cam.m3u8?token=1", "low/i.m3u8", "http://h:8/live/low/i.m3u8"},
+        {"http://h:8/live/cam.m3u8", "/other/i.m3u8", "http://h:8/other/i.m3u8"},
+        {"https://h/cam.m3u8", "//cdn/i.m3u8", "https://cdn/i.m3u8"},
+        {"http://h/a/cam.m3u8", "http://x/y.m3u8", "http://x/y.m3u8"},
+        {"http://h?x=/a/b", "i.m3u8", "http://h/i.m3u8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        CHECK(svlm_hls_resolve(cases[i][0], cases[i][1], out, sizeof out) == 0 && !strcmp(out, cases[i][2]),
+              "resolve '%s' against '%s': '%s', expected '%s'", cases[i][1], cases[i][0], out, cases[i][2]);
+    CHECK(svlm_hls_resolve("http://h/a.m3u8", "b.m3u8", out, 8) == -1, "a result that does not fit");
+}
+
 int test_main(void) {
+    test_hls_playlist();
     test_uri();
     test_sampler();
     test_timeline();

@@ -130,6 +130,9 @@ svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a
         av_dict_set(&opts, "timeout", us, 0);
     }
     if (uri->kind == SVLM_URI_HTTP) av_dict_set(&opts, "rw_timeout", "10000000", 0);
+    /* a live playlist reopened: start at the segments not played yet (by default its last three) */
+    if (uri->kind == SVLM_URI_HTTP && uri->is_hls && a->hls_start < 0)
+        av_dict_set_int(&opts, "live_start_index", a->hls_start, 0);
     if (a->opts->live) {
         /* Cut stream probing (it costs ~1 s before the first frame) and demuxer buffering. */
         av_dict_set(&opts, "fflags", "nobuffer", 0);

@@ -289,9 +289,16 @@ make_clip(os.path.join(hls_dir, "index.m3u8"), "-i", CLIPS["h264"][0], "-c", "co
           "-hls_playlist_type", "vod")
 
 
+requests = []  # (monotonic time, path) of each GET
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        requests.append((time.monotonic(), self.path))
+        super().do_GET()
 
 
 # a playlist from the network whose segment is a local file: refused by both backends (FFmpeg's
@@ -337,6 +344,28 @@ for be in BACKENDS:
     stats = [e for e in events if e.get("event") == "stats"]
     check(rc == 0 and stats and stats[-1]["reason"] == "eos" and stats[-1]["reconnects"] <= 1,
           f"hls live then finished/{be}: rc {rc}, {len(frames)} frames, {stats} {err[:200]}")
+    # a live playlist whose encoder died (no new segment, no end): played once, then the stream
+    # waits for a new segment (reopened as it was, it played its last segments again, old frames
+    # as new ones, every few seconds); the one added 10 s in is what the reopened stream fetches
+    # (FFmpeg; GStreamer starts a few segments before it)
+    def playlist(names):
+        return "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n" + "".join(
+            "#EXTINF:2.0,\n%s\n" % n for n in names)
+    stale = os.path.join(hls_dir, "stale.m3u8")
+    open(stale, "w").write(playlist(segs[:2]))
+    added = threading.Timer(10.0, lambda: open(stale, "w").write(playlist(segs[:3])))
+    del requests[:]
+    added.start()
+    t_added = time.monotonic() + 10.0
+    rc, frames, events, err = run_frames(f"{base}/hls/stale.m3u8", "--backend", be, "--fps", "2", "--duration", "20",
+                                         "--stall-timeout", "2", timeout=60)
+    added.join()
+    stats = [e for e in events if e.get("event") == "stats"]
+    later = [p.rsplit("/", 1)[-1] for t, p in requests if t > t_added and p.endswith(".ts")]
+    check(rc == 0 and stats and stats[-1]["reconnects"] == 1 and segs[2] in later and
+          (be != "ffmpeg" or later == [segs[2]]),
+          f"hls live, encoder stopped/{be}: rc {rc}, {stats}, segments fetched once one was added: {later} "
+          f"{[e for e in events if e.get('event') == 'disconnect']} {err[-200:]}")
     # a notice that names the URL leaves its password out
     login = base.replace("http://", "http://viewer:s3cret@")
     rc, frames, _, err = run_frames(f"{login}/zero_mjpeg.mkv", "--backend", be, "--fps", "1")
