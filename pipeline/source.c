@@ -502,6 +502,18 @@ static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err 
         fi.kind = SVLM_ITEM_FRAME;
         fi.frame = f;
         pending_push(s, &fi);
+    } else if (st == SVLM_E_END && atomic_load(&s->ctl.decoded) == 0) {
+        /* a recording that ends without one decodable frame is no video, not an empty one */
+        char safe[512];
+        svlm_uri_redact(s->uri.target, safe, sizeof safe);
+        const long long bad = atomic_load(&s->ctl.corrupt);
+        char count[64] = "";
+        if (bad) snprintf(count, sizeof count, ", %lld damaged packets or frames", bad);
+        s->finished = svlm_fail(&s->finished_err, SVLM_E_FORMAT,
+                                "%s: no video frame could be decoded (an empty, truncated or damaged file%s)",
+                                safe, count);
+        if (err) *err = s->finished_err;
+        return s->finished;
     } else if (st == SVLM_E_END) {
         event_item(&ev, SVLM_EVENT_EOS, 0, 0, NULL);
         pending_push(s, &ev);

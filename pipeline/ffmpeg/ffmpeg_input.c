@@ -33,6 +33,12 @@ svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char 
     if (averr == AVERROR_INVALIDDATA)
         return svlm_fail(err, SVLM_E_FORMAT, "%s %s: not a media file FFmpeg recognises, or damaged", what,
                          safe);
+    if (averr == AVERROR_EOF)
+        return svlm_fail(
+            err, SVLM_E_FORMAT,
+            "%s %s: it ends before any video (an empty or truncated file, or a server that closed "
+            "the connection)",
+            what, safe);
     if (averr == AVERROR_PROTOCOL_NOT_FOUND)
         return svlm_fail(err, SVLM_E_UNSUPPORTED, "%s %s: this FFmpeg build lacks the protocol", what, safe);
     return svlm_fail(err, SVLM_E_IO, "%s %s: %s", what, safe, msg);

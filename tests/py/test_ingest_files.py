@@ -153,6 +153,17 @@ for fname, data in damaged.items():
             check(rc == 0 and 0 < len(frames) <= 150, f"{tag}: rc {rc}, {len(frames)} frames {err[:200]}")
             if fname == "truncated.mp4":
                 check(len(frames) < 150 and any(e["event"] == "eos" for e in events), f"{tag}: truncated file ends cleanly")
+# a file with nothing decodable is an error, not an empty video (rc 0, "eos: 0 decoded"): text named
+# .jpg, a PNG cut short, a Matroska file with a video track and no frame
+open(os.path.join(T, "text.jpg"), "w").write("this is text\n")
+open(os.path.join(T, "cut.png"), "wb").write(open(make_clip(os.path.join(T, "whole.png"), "-f", "lavfi", "-i",
+                                                            "testsrc=size=320x240", "-frames:v", "1"), "rb").read()[:2000])
+make_clip(os.path.join(T, "no-frames.mkv"), "-f", "lavfi", "-i", "testsrc=size=64x64", "-t", "0", "-c:v", "ffv1")
+for fname in ("text.jpg", "cut.png", "no-frames.mkv"):
+    for be in BACKENDS:
+        rc, frames, events, err = run_frames(os.path.join(T, fname), "--backend", be)
+        check(rc == 1 and not frames and "svlm: " in err and not any(e["event"] == "eos" for e in events)
+              and "End of file" not in err, f"{fname}/{be}: rc {rc}, {len(frames)} frames, {events} {err[-300:]}")
 if "ffmpeg" in BACKENDS:
     rc, frames, events, err = run_frames(os.path.join(T, "flipped.mp4"), "--backend", "ffmpeg", "--fps", "0")
     corrupt = [e for e in events if e["event"] == "corrupt"]
