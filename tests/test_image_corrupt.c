@@ -202,7 +202,7 @@ static void pnm_corruption(void) {
 }
 
 /* Headers that claim a huge image over a few bytes are refused before the image is allocated
- * (each would have cost its claimed size first: 1.5 GB for the PNM, 2 GB of rows for the PNG). */
+ * (each would have cost its claimed size first: 486 MB for the PNM, 2 GB of rows for the PNG). */
 /* A PNG of this header (ihdr: depth and colour type set; size and interlace set here) and one
  * IDAT of z, decoded by the built-in decoder. */
 static svlm_status decode_header(uint8_t *ihdr, uint32_t w, uint32_t h, int interlace, const uint8_t *z,
@@ -223,10 +223,10 @@ static svlm_status decode_header(uint8_t *ihdr, uint32_t w, uint32_t h, int inte
 static void huge_headers(void) {
     svlm_image im = {0};
     svlm_err err = {0};
-    static const char pnm[] = "P6\n16000 16000\n65535\n0123456789abcdef";
+    static const char pnm[] = "P6\n9000 9000\n65535\n0123456789abcdef";
     CHECK(svlm_image_decode_builtin((const uint8_t *)pnm, sizeof pnm - 1, &im, &err) == SVLM_E_FORMAT &&
               !im.rgb && strstr(err.msg, "truncated"),
-          "a 16000x16000 PNM of 16 raster bytes: %s", err.msg);
+          "a 9000x9000 PNM of 16 raster bytes: %s", err.msg);
     uint8_t ihdr[13] = {0}, idat[64], z[128];
     ihdr[8] = 16; /* 16-bit RGBA: 128000 bytes a row */
     ihdr[9] = 6;
@@ -245,12 +245,35 @@ static void huge_headers(void) {
     CHECK(decode_header(ihdr, 30000, 20, 0, z, zn, &im, &err) == SVLM_E_LIMIT && !im.rgb &&
               strstr(err.msg, "30000x20"),
           "a 30000x20 PNG: %s (expected the size limit, naming 30000x20)", err.msg);
+    static const char wide[] = "P6\n30000 20\n255\n0123";
+    CHECK(svlm_image_decode_builtin((const uint8_t *)wide, sizeof wide - 1, &im, &err) == SVLM_E_LIMIT &&
+              !im.rgb && strstr(err.msg, "30000x20"),
+          "a 30000x20 PNM: %s (expected the size limit, naming 30000x20; it said 0x0)", err.msg);
+}
+
+/* Compressed data past the last row (which other decoders ignore) is accepted: it was refused as
+ * "truncated (N+1 of N bytes inflate)". */
+static void png_trailing_data(void) {
+    uint8_t ihdr[13] = {0}, raw[2 * 7 + 40], z[128];
+    ihdr[8] = 8; /* 8-bit RGB, 2x2: two rows of a filter byte and 6 bytes */
+    ihdr[9] = 2;
+    for (size_t i = 0; i < sizeof raw; i++)
+        raw[i] = i % 7 ? (uint8_t)(40 * i) : 0;
+    uLongf zn = sizeof z;
+    REQUIRE(compress(z, &zn, raw, sizeof raw) == Z_OK, "zlib compress");
+    svlm_image im = {0};
+    svlm_err err = {0};
+    CHECK(decode_header(ihdr, 2, 2, 0, z, zn, &im, &err) == SVLM_OK && im.w == 2 && im.h == 2 &&
+              im.rgb[3] == raw[4] && im.rgb[11] == raw[13],
+          "a PNG with 40 bytes past its rows: %s", err.msg);
+    svlm_image_free(&im);
 }
 
 int test_main(void) {
     png_corruption();
     pnm_corruption();
     huge_headers();
+    png_trailing_data();
     return 0;
 }
 

@@ -70,16 +70,16 @@ svlm_status svlm_image_decode_pnm(const uint8_t *d, size_t n, svlm_image *out, s
         return svlm_fail(err, SVLM_E_FORMAT, "PNM header is malformed");
     if (maxval < 1 || maxval > 65535)
         return svlm_fail(err, SVLM_E_FORMAT, "PNM maxval %ld is invalid", maxval);
+    svlm_status st = svlm_image_check_size(w, h, err); /* (its message names the size the header gives) */
+    if (st) return st;
     if (pos >= n) return svlm_fail(err, SVLM_E_FORMAT, "PNM file ends after its header");
     pos++; /* exactly one whitespace byte before the raster */
     size_t bps = maxval > 255 ? 2 : 1;
     size_t need = (size_t)w * (size_t)h * (size_t)channels * bps; /* each side < 1e6: no overflow */
     /* before the image is allocated: a short file must not cost its header's claimed size */
-    if (w > 0 && w <= SVLM_IMAGE_MAX_SIDE && h > 0 && h <= SVLM_IMAGE_MAX_SIDE && n - pos < need)
+    if (n - pos < need)
         return svlm_fail(err, SVLM_E_FORMAT, "PNM raster is truncated: %zu of %zu bytes", n - pos, need);
-    svlm_status st = svlm_image_alloc(out, (int)(w > 0 && w <= SVLM_IMAGE_MAX_SIDE ? w : 0),
-                                      (int)(h > 0 && h <= SVLM_IMAGE_MAX_SIDE ? h : 0), err);
-    if (st) return st;
+    if ((st = svlm_image_alloc(out, (int)w, (int)h, err))) return st;
     const uint8_t *s = d + pos;
     for (size_t i = 0; i < (size_t)w * (size_t)h; i++) {
         for (int c = 0; c < 3; c++) {
@@ -131,15 +131,17 @@ static svlm_status read_file(const char *path, uint8_t **data, size_t *size, svl
             buf = nb;
             cap = ncap;
         }
+        errno = 0;
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
         if (got == 0) break;
     }
-    int bad = ferror(f);
+    const int bad = ferror(f), why = errno; /* (a directory opens, and its read fails: EISDIR) */
     fclose(f);
     if (bad) {
         free(buf);
-        return svlm_fail(err, SVLM_E_IO, "cannot read image '%s'", path);
+        return svlm_fail(err, SVLM_E_IO, "cannot read image '%s': %s", path,
+                         why ? strerror(why) : "read error");
     }
     *data = buf;
     *size = n;

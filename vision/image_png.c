@@ -155,7 +155,8 @@ svlm_status svlm_image_decode_png(const uint8_t *d, size_t n, svlm_image *out, s
     uLongf got = (uLongf)(raw_n + 1);
     int zr = uncompress(raw, &got, z, (uLong)zn);
     free(z);
-    if ((zr != Z_OK && zr != Z_BUF_ERROR) || got != raw_n) {
+    /* (data past the last row, which other decoders ignore too, fills raw's extra byte: accepted) */
+    if ((zr != Z_OK && zr != Z_BUF_ERROR) || got < raw_n) {
         free(raw);
         svlm_image_free(out);
         return svlm_fail(err, SVLM_E_FORMAT, "PNG image data is %s (%lu of %zu bytes inflate)",

@@ -170,6 +170,13 @@ svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err
         goto done;
     }
     st = first_frame(fmt, dec, stream, frame, err);
+    /* a picture past the pixel limit is refused inside the decoder, its size unknown here */
+    if (st == SVLM_E_FORMAT && !(par->width > 0 && par->height > 0) && err) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        svlm_fail(err, st, "%.300s, or larger than svlm takes (%d pixels per side, %zu in all)", why,
+                  SVLM_IMAGE_MAX_SIDE, (size_t)SVLM_IMAGE_MAX_PIXELS);
+    }
     if (!st) st = to_rgb(frame, out, err);
     if (!st && (st = orient(out, exif_orientation(frame), err))) svlm_image_free(out);
 done:
