@@ -1,6 +1,8 @@
 #include "pipeline/ffmpeg/ffmpeg_input.h"
 
 #include <errno.h>
+#include <libavutil/display.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -169,4 +171,27 @@ svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *a
     }
     *out = fmt;
     return SVLM_OK;
+}
+
+/* Clockwise quarter turns (0 to 3) that a display matrix asks players to show frames with, as
+ * ffmpeg's autorotate reads it; a matrix that is no quarter turn is ignored. */
+int svlm_ff_display_turns(const int32_t *matrix) {
+    if (!matrix) return 0;
+    double theta = -av_display_rotation_get(matrix);
+    if (!isfinite(theta)) return 0;
+    theta -= 360 * floor(theta / 360 + 0.9 / 360);
+    const double q = round(theta / 90);
+    return fabs(theta - 90 * q) < 1 ? (int)q % 4 : 0;
+}
+
+int svlm_ff_stream_turns(const AVStream *st) {
+#if LIBAVCODEC_VERSION_INT >= AV_VERSION_INT(60, 30, 100)
+    const AVPacketSideData *sd = av_packet_side_data_get(
+        st->codecpar->coded_side_data, st->codecpar->nb_coded_side_data, AV_PKT_DATA_DISPLAYMATRIX);
+    return sd && sd->size >= 9 * sizeof(int32_t) ? svlm_ff_display_turns((const int32_t *)sd->data) : 0;
+#else
+    size_t size = 0;
+    const uint8_t *m = av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, &size);
+    return m && size >= 9 * sizeof(int32_t) ? svlm_ff_display_turns((const int32_t *)m) : 0;
+#endif
 }

@@ -9,6 +9,12 @@
 /* Opens and probes the input (honouring ctl: cancel and the open deadline). */
 svlm_status svlm_ff_open_input(AVFormatContext **out, const svlm_backend_args *args, svlm_err *err);
 
+/* Clockwise quarter turns (0 to 3) that a display matrix (9 int32, may be NULL), or a stream's,
+ * asks players to show frames with, as ffmpeg's autorotate reads it; a matrix that is no quarter
+ * turn is ignored. */
+int svlm_ff_display_turns(const int32_t *matrix);
+int svlm_ff_stream_turns(const AVStream *st);
+
 /* Closes what svlm_ff_open_input opened (a named pipe's own reader too); *fmt becomes NULL. */
 void svlm_ff_close_input(AVFormatContext **fmt);
 

@@ -61,29 +61,6 @@ static void ff_close(void *ctx) {
     free(c);
 }
 
-/* Clockwise quarter turns (0 to 3) that a display matrix asks players to show frames with, as
- * ffmpeg's autorotate reads it; a matrix that is no quarter turn is ignored. */
-static int display_turns(const int32_t *matrix) {
-    if (!matrix) return 0;
-    double theta = -av_display_rotation_get(matrix);
-    if (!isfinite(theta)) return 0;
-    theta -= 360 * floor(theta / 360 + 0.9 / 360);
-    const double q = round(theta / 90);
-    return fabs(theta - 90 * q) < 1 ? (int)q % 4 : 0;
-}
-
-static int stream_turns(const AVStream *st) {
-#if LIBAVCODEC_VERSION_INT >= AV_VERSION_INT(60, 30, 100)
-    const AVPacketSideData *sd = av_packet_side_data_get(
-        st->codecpar->coded_side_data, st->codecpar->nb_coded_side_data, AV_PKT_DATA_DISPLAYMATRIX);
-    return sd && sd->size >= 9 * sizeof(int32_t) ? display_turns((const int32_t *)sd->data) : 0;
-#else
-    size_t size = 0;
-    const uint8_t *m = av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, &size);
-    return m && size >= 9 * sizeof(int32_t) ? display_turns((const int32_t *)m) : 0;
-#endif
-}
-
 static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
     const AVCodec *codec = NULL;
     int idx = av_find_best_stream(c->fmt, AVMEDIA_TYPE_VIDEO, -1, -1, &codec, 0);
@@ -127,7 +104,7 @@ static svlm_status open_decoder(ff_ctx *c, svlm_err *err) {
     /* Live streams start mid-way: their first frame is pts 0. */
     c->base_ts = c->opts.live ? AV_NOPTS_VALUE : c->st->start_time;
     c->arrival = c->opts.live && (c->fmt->iformat->flags & AVFMT_NOTIMESTAMPS);
-    c->turns = stream_turns(c->st);
+    c->turns = svlm_ff_stream_turns(c->st);
     return SVLM_OK;
 }
 
@@ -241,7 +218,7 @@ static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_er
     /* a frame's own display matrix (H.264/HEVC orientation SEI) overrides the stream's */
     const AVFrameSideData *sd = av_frame_get_side_data(f, AV_FRAME_DATA_DISPLAYMATRIX);
     const int turns =
-        sd && sd->size >= 9 * sizeof(int32_t) ? display_turns((const int32_t *)sd->data) : c->turns;
+        sd && sd->size >= 9 * sizeof(int32_t) ? svlm_ff_display_turns((const int32_t *)sd->data) : c->turns;
     /* the output size is the shown picture's; scaling happens before the turn */
     int ow, oh;
     if (turns & 1)
@@ -352,7 +329,7 @@ static void describe_stream(const AVStream *s, svlm_stream_desc *d) {
              av_get_media_type_string(p->codec_type) ? av_get_media_type_string(p->codec_type) : "unknown");
     snprintf(d->codec, sizeof d->codec, "%s", avcodec_get_name(p->codec_id));
     if (p->codec_type == AVMEDIA_TYPE_VIDEO) { /* the size frames come out at: turned as shown */
-        const int turned = stream_turns(s) & 1;
+        const int turned = svlm_ff_stream_turns(s) & 1;
         d->width = turned ? p->height : p->width;
         d->height = turned ? p->width : p->height;
         AVRational fr = s->avg_frame_rate.num ? s->avg_frame_rate : s->r_frame_rate;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "pipeline/ffmpeg/ffmpeg_input.h"
 #include "vision/image.h"
 
 static svlm_status av_fail(svlm_err *err, svlm_status st, const char *what, int rc) {
@@ -178,7 +179,10 @@ svlm_status svlm_image_decode_ffmpeg(const char *path, svlm_image *out, svlm_err
                   SVLM_IMAGE_MAX_SIDE, (size_t)SVLM_IMAGE_MAX_PIXELS);
     }
     if (!st) st = to_rgb(frame, out, err);
-    if (!st && (st = orient(out, exif_orientation(frame), err))) svlm_image_free(out);
+    /* a photo's EXIF orientation, or a clip's display matrix (a phone's portrait video): upright */
+    int o = exif_orientation(frame);
+    if (o == 1) o = (const int[]){1, 6, 3, 8}[svlm_ff_stream_turns(fmt->streams[stream])];
+    if (!st && (st = orient(out, o, err))) svlm_image_free(out);
 done:
     av_frame_free(&frame);
     avcodec_free_context(&dec);

@@ -1,10 +1,10 @@
 """Recordings at the edges, through both backends: clips whose display matrix asks players to turn
 them (phone footage shot in portrait) come out upright, as the ffmpeg CLI shows them."""
+import array
+import json
 import os
 
-import json
-
-from test_ingest_common import (backends, check, ffmpeg_cli, finish, make_clip, need_svlm, read_png, run_frames,
+from test_ingest_common import (DATA, backends, check, ffmpeg_cli, finish, make_clip, need_svlm, read_png, run_frames,
                                 run_svlm, skip, tmpdir)
 
 need_svlm()
@@ -63,6 +63,33 @@ for deg, (size, corners) in WANT.items():
             check((w, h) == want and (frames[0]["width"], frames[0]["height"]) == want,
                   f"{tag}: {w}x{h}, expected {want[0]}x{want[1]} (shown turned)")
             check(red_corners(w, h, rows) == corners, f"{tag}: red at {red_corners(w, h, rows)}, expected {corners}")
+
+# ---- the same clips as a still (describe --image, an OpenAI image_url): upright too (they came
+# sideways: only a photo's EXIF orientation was applied)
+TINY = os.path.join(DATA, "fixtures", "vision-tiny", "models")
+if "ffmpeg" in BACKENDS and os.path.isdir(TINY):
+    for deg, (size, corners) in WANT.items():
+        dump = os.path.join(T, f"dump{deg}")
+        os.makedirs(dump, exist_ok=True)
+        p = run_svlm("describe", "-m", os.path.join(TINY, "tiny-smolvlm-text-f32.gguf"), "--mmproj",
+                     os.path.join(TINY, "tiny-smolvlm-mmproj-f32.gguf"), "--image", os.path.join(T, f"rot{deg}.mp4"),
+                     "-p", "hi", "-n", "1", "--json", "--dump-dir", dump)
+        try:
+            img = json.loads(p.stdout)["image"]
+            got = (img["width"], img["height"])
+            # the whole picture, resized to a square tile, is the last chunk; normalised to [-1, 1]
+            px = array.array("f")
+            px.frombytes(open(os.path.join(dump, f"pixels_{img['tiles'] - 1}.f32"), "rb").read())
+            S = int(round((len(px) / 3) ** 0.5))
+            red = [name for name, x, y in (("TL", S // 8, S // 8), ("TR", S - 1 - S // 8, S // 8),
+                                           ("BL", S // 8, S - 1 - S // 8), ("BR", S - 1 - S // 8, S - 1 - S // 8))
+                   if px[y * S + x] > 0.5 and px[S * S + y * S + x] < -0.5]
+        except (ValueError, KeyError, OSError):
+            got, red = None, None
+        check(p.returncode == 0 and got == size and red == corners,
+              f"describe rotate={deg}: {got}, red at {red}, expected {size} {corners} {p.stderr[-200:]}")
+else:
+    print("describe of rotated clips skipped: no FFmpeg or no tiny fixture models", flush=True)
 
 # ---- where a recording starts: its first frame is 0 s in both backends ---------------------------
 # (MPEG-TS starts its timestamps at 1.4 s and GStreamer's segment at the first PCR; an MP4 made with
