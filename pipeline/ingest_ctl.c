@@ -177,7 +177,8 @@ void svlm_output_size(const svlm_source_opts *opts, int w, int h, int *out_w, in
         *out_h = h;
         return;
     }
-    /* Same rounding as GStreamer's videoscale, so both backends agree on the size. */
+    /* Same rounding as GStreamer's videoscale, so both backends agree on the size (of square pixels:
+     * for an anamorphic picture videoscale keeps the width, FFmpeg's source scales the widened one) */
     double scale = (double)opts->max_edge / longest;
     int ow = w >= h ? opts->max_edge : (int)lround(w * scale);
     int oh = h > w ? opts->max_edge : (int)lround(h * scale);

@@ -214,17 +214,32 @@ static void turn_rgb(const uint8_t *src, int w, int h, int turns, svlm_frame *ou
         }
 }
 
+/* The picture's size in square pixels: an anamorphic one (DVD, DVB, HDV: 1440x1080 shown 16:9)
+ * widened by its sample aspect ratio, or made taller when that is below 1, as players show it. */
+static void display_size(int w, int h, AVRational sar, int *dw, int *dh) {
+    *dw = w, *dh = h;
+    if (sar.num <= 0 || sar.den <= 0 || sar.num == sar.den) return;
+    const double r = av_q2d(sar);
+    if (r < 0.1 || r > 10) return; /* (nonsense metadata) */
+    if (r > 1)
+        *dw = (int)fmin(16384, lround(w * r));
+    else
+        *dh = (int)fmin(16384, lround(h / r));
+}
+
 static svlm_status convert(ff_ctx *c, const AVFrame *f, svlm_frame *out, svlm_err *err) {
     /* a frame's own display matrix (H.264/HEVC orientation SEI) overrides the stream's */
     const AVFrameSideData *sd = av_frame_get_side_data(f, AV_FRAME_DATA_DISPLAYMATRIX);
     const int turns =
         sd && sd->size >= 9 * sizeof(int32_t) ? svlm_ff_display_turns((const int32_t *)sd->data) : c->turns;
     /* the output size is the shown picture's; scaling happens before the turn */
-    int ow, oh;
+    int ow, oh, dw, dh;
+    display_size(f->width, f->height,
+                 f->sample_aspect_ratio.num ? f->sample_aspect_ratio : c->st->sample_aspect_ratio, &dw, &dh);
     if (turns & 1)
-        svlm_output_size(&c->opts, f->height, f->width, &ow, &oh);
+        svlm_output_size(&c->opts, dh, dw, &ow, &oh);
     else
-        svlm_output_size(&c->opts, f->width, f->height, &ow, &oh);
+        svlm_output_size(&c->opts, dw, dh, &ow, &oh);
     const int sw = turns & 1 ? oh : ow, sh = turns & 1 ? ow : oh;
     svlm_status st = svlm_frame_alloc(out, ow, oh, err);
     if (st != SVLM_OK) return st;
@@ -330,8 +345,11 @@ static void describe_stream(const AVStream *s, svlm_stream_desc *d) {
     snprintf(d->codec, sizeof d->codec, "%s", avcodec_get_name(p->codec_id));
     if (p->codec_type == AVMEDIA_TYPE_VIDEO) { /* the size frames come out at: turned as shown */
         const int turned = svlm_ff_stream_turns(s) & 1;
-        d->width = turned ? p->height : p->width;
-        d->height = turned ? p->width : p->height;
+        int dw, dh;
+        display_size(p->width, p->height,
+                     s->sample_aspect_ratio.num ? s->sample_aspect_ratio : p->sample_aspect_ratio, &dw, &dh);
+        d->width = turned ? dh : dw;
+        d->height = turned ? dw : dh;
         AVRational fr = s->avg_frame_rate.num ? s->avg_frame_rate : s->r_frame_rate;
         d->fps = fr.num > 0 && fr.den > 0 ? av_q2d(fr) : 0;
     }

@@ -273,7 +273,8 @@ static char *caps_string(const svlm_source_opts *o) {
     if (o->max_edge > 0)
         return g_strdup_printf("video/x-raw,format=RGB,width=[1,%d],height=[1,%d],pixel-aspect-ratio=1/1",
                                o->max_edge, o->max_edge);
-    return g_strdup("video/x-raw,format=RGB");
+    /* (square pixels: an anamorphic picture, DVD or HDV, is widened as players show it) */
+    return g_strdup("video/x-raw,format=RGB,pixel-aspect-ratio=1/1");
 }
 
 static char *describe(const svlm_uri *uri) {

@@ -64,6 +64,23 @@ for deg, (size, corners) in WANT.items():
                   f"{tag}: {w}x{h}, expected {want[0]}x{want[1]} (shown turned)")
             check(red_corners(w, h, rows) == corners, f"{tag}: red at {red_corners(w, h, rows)}, expected {corners}")
 
+# ---- an anamorphic picture (480x360 stored, pixels 4:3 wide: shown 16:9, as DVD, DVB and HDV are):
+# widened to square pixels, as players show it (FFmpeg delivered it squeezed, 4:3)
+sar = make_clip(os.path.join(T, "sar.mp4"), "-f", "lavfi", "-i", "testsrc=size=480x360:rate=10:d=1,setsar=4/3",
+                "-c:v", "libx264", "-pix_fmt", "yuv420p")
+for be in BACKENDS:
+    for sizing in (("--native",), ()):
+        rc, frames, _, err = run_frames(sar, "--backend", be, "--max-frames", "1", *sizing)
+        got = (frames[0]["width"], frames[0]["height"]) if rc == 0 and frames else None
+        # --native: 640x360 in both; within --max-edge 512 FFmpeg gives 512x288 and GStreamer's
+        # videoscale keeps the width, 480x270: the same shape
+        ok = got == (640, 360) if sizing else got and max(got) <= 512 and abs(got[0] / got[1] - 16 / 9) < 0.01
+        check(ok, f"anamorphic {' '.join(sizing) or 'max-edge 512'}/{be}: {got} {err[-200:]}")
+    if be == "ffmpeg":
+        p = run_svlm("probe", sar, "--backend", be, "--json")
+        v = json.loads(p.stdout.strip().splitlines()[-1])["streams"][0] if p.returncode == 0 else {}
+        check((v.get("width"), v.get("height")) == (640, 360), f"probe anamorphic/{be}: {v}")
+
 # ---- the same clips as a still (describe --image, an OpenAI image_url): upright too (they came
 # sideways: only a photo's EXIF orientation was applied)
 TINY = os.path.join(DATA, "fixtures", "vision-tiny", "models")
