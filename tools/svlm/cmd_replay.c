@@ -352,7 +352,9 @@ int cmd_replay(int argc, char **argv) {
         }
     }
     for (int i = r.n_asked; i < r.n_asks; i++) /* said, not silently answered as if asked then */
-        fprintf(stderr, "svlm: the question at %.1f s is past the video's end (%.1f s): asked at the end\n",
+        fprintf(stderr,
+                "svlm: the question at %.1f s comes after the last sampled frame (%.1f s, the video's end or "
+                "near it): asked at the end\n",
                 r.asks[i].t, video_t);
     ask_due(&r, engine, sid, 1e300, 0, replay_exact,
             (int)max_tokens); /* questions past the end: at the end */
