@@ -38,6 +38,13 @@ svlm_status svlm_hls_parse(const char *text, size_t n, svlm_hls_playlist *out, s
             char *end;
             long long v = strtoll(num, &end, 10);
             if (end != num && v >= 0) out->first_seq = v;
+        } else if (starts(line, len, "#EXT-X-TARGETDURATION:")) {
+            char num[32];
+            const size_t k = strlen("#EXT-X-TARGETDURATION:");
+            snprintf(num, sizeof num, "%.*s", (int)(len - k < sizeof num - 1 ? len - k : sizeof num - 1),
+                     line + k);
+            const double v = strtod(num, NULL);
+            if (v > 0 && v < 3600) out->target_duration = v;
         } else if (starts(line, len, "#EXT-X-ENDLIST")) {
             out->finished = 1;
         } else if (starts(line, len, "#EXT-X-STREAM-INF:")) {

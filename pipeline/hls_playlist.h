@@ -16,6 +16,7 @@ typedef struct svlm_hls_playlist {
     int finished;      /* #EXT-X-ENDLIST: no segment will be added */
     int64_t first_seq; /* #EXT-X-MEDIA-SEQUENCE, 0 when absent */
     int64_t n_segments;
+    double target_duration;     /* #EXT-X-TARGETDURATION: the longest segment, seconds (0: not given) */
     char variant[SVLM_URI_MAX]; /* a master playlist: its first variant's URL as written ("" otherwise) */
 } svlm_hls_playlist;
 

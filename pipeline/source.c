@@ -96,8 +96,10 @@ static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
 
 /* Whether an HLS playlist is finished (#EXT-X-ENDLIST: video on demand), bounded by the open
  * timeout: read as text where FFmpeg can fetch it, else through a probe of its own (it reads
- * segments too): a finished playlist has a duration, a live one none. */
-static int finished_playlist(const char *uri, const svlm_source_opts *opts) {
+ * segments too): a finished playlist has a duration, a live one none. *target_s (may be NULL): its
+ * target duration when read (0 otherwise). */
+static int finished_playlist(const char *uri, const svlm_source_opts *opts, double *target_s) {
+    if (target_s) *target_s = 0;
     svlm_ingest_ctl ctl;
     svlm_ctl_init(&ctl, 0);
     ctl.abort_flag = opts->abort_flag;
@@ -105,6 +107,7 @@ static int finished_playlist(const char *uri, const svlm_source_opts *opts) {
     svlm_hls_playlist pl;
     svlm_err ferr = {0};
     const svlm_status fs = svlm_hls_fetch(uri, &ctl, &pl, &ferr);
+    if (fs == SVLM_OK && target_s) *target_s = pl.target_duration;
     if (fs != SVLM_E_UNSUPPORTED) return fs == SVLM_OK && pl.finished;
     svlm_source_opts po = *opts;
     po.live = 1;
@@ -229,7 +232,7 @@ static int hls_lost(svlm_source *s, svlm_status st, char *why, size_t n) {
     svlm_err perr = {0};
     const svlm_status fs = fetch_playlist(s, &pl, &perr);
     if (fs == SVLM_E_UNSUPPORTED) /* (no FFmpeg to read it with: ask a probe) */
-        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts);
+        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts, NULL);
     if (fs != SVLM_OK) return 0; /* unreachable now: reconnect as any source does */
     if (pl.finished && st == SVLM_E_END) return 1;
     s->hls_played = svlm_hls_last_seq(&pl);
@@ -332,7 +335,7 @@ static void *reader_main(void *arg) {
         }
         if (st == SVLM_E_CANCELLED || svlm_ctl_cancelled(&s->ctl)) break;
         if (atomic_load(&s->ctl.stop_reason) == SVLM_STOP_STALL)
-            push_event(s, SVLM_EVENT_STALL, 0, 0, s->opts.stall_timeout_s, err.msg);
+            push_event(s, SVLM_EVENT_STALL, 0, 0, s->ctl.stall_timeout_s, err.msg);
         /* a live gst: pipeline that reads files (filesrc, multifilesrc) is done at its end; one
          * that ends otherwise (an HTTP camera closing souphttpsrc, an RTSP BYE) reconnects */
         const int gst_file_end =
@@ -399,7 +402,9 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
                                 s->uri.target);
     }
     s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
-    if (opts.live < 0 && s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls && finished_playlist(uri, &opts))
+    double segment_s = 0; /* a live HLS playlist's target duration */
+    if (s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls && opts.live != 0 &&
+        finished_playlist(uri, &opts, &segment_s) && opts.live < 0)
         s->live = 0; /* a VOD playlist would otherwise play again from its start at every end */
     opts.live = s->live;
     s->opts = opts;
@@ -414,9 +419,15 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     /* The watchdog guards live sources; a replay may legitimately wait on its consumer, and the
      * built-in pattern cannot stall (its own pacing, or the process being stopped, is no stall). */
     svlm_ctl_init(&s->ctl, s->live && s->uri.kind != SVLM_URI_PATTERN ? opts.stall_timeout_s : 0);
+    /* a live HLS playlist delivers a segment at a time, a target duration apart (6 s is usual): a
+     * watchdog shorter than two of them called each wait for the next a stall */
+    if (s->ctl.stall_timeout_s > 0 && s->ctl.stall_timeout_s < 2 * segment_s)
+        s->ctl.stall_timeout_s = 2 * segment_s;
     s->ctl.abort_flag = opts.abort_flag;
     /* (a paced file is decoded ahead of its time: it is sampled by its timestamps) */
-    svlm_sampler_init(&s->sampler, opts.fps, s->live && !s->pace_live);
+    /* (so is a live HLS playlist: its frames come a segment at a time, in bursts, and were sampled
+     * once a segment by their arrival) */
+    svlm_sampler_init(&s->sampler, opts.fps, s->live && !s->pace_live && !s->uri.is_hls);
     svlm_timeline_init(&s->timeline, s->live);
 
     const int keep_trying = opts.keep_trying && s->reconnectable;
