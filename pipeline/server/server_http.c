@@ -302,6 +302,8 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     c->resp = NULL;
     c->body_len = 0;
     c->body_oversize = 0;
+    c->body_garbled = 0;
+    c->body_completions = 0;
     c->close_after = 0;
     c->allow = NULL;
     /* libwebsockets reads the body of any request (a GET or PUT may carry one too) and reports
@@ -406,7 +408,22 @@ int srv_http_request(svlm_server *srv, srv_conn *c, const char *uri) {
     return srv_http_error(c, 404, "not_found", "no such endpoint");
 }
 
+/* Whether a body's first bytes begin a request line ("POST /v1/... HTTP/1.1", or as much of it as
+ * a short body holds: "PO"): see body_garbled. A JSON body starts with '{' or a space. */
+static int request_line(const char *p, size_t len) {
+    static const char *const methods[] = {"GET /",    "POST /",   "HEAD /", "PUT /",
+                                          "DELETE /", "OPTIONS ", "PATCH /"};
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        const size_t k = strlen(methods[i]);
+        if (len && !memcmp(p, methods[i], len < k ? len : k)) return 1;
+    }
+    return 0;
+}
+
 int srv_http_body(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
+    /* (only before the body's end: after a chat POST, libwebsockets hands the next request's
+     * first bytes over as more body, and that answer is on its way) */
+    if (c->body_len == 0 && !c->body_completions && request_line(in, len)) c->body_garbled = 1;
     if (c->body_oversize || c->rejected) return 0;
     if (c->body_len + len > srv->cfg.max_message_bytes) {
         c->body_oversize = 1;
@@ -428,6 +445,8 @@ int srv_http_body(svlm_server *srv, srv_conn *c, const void *in, size_t len) {
 }
 
 int srv_http_body_done(svlm_server *srv, srv_conn *c) {
+    c->body_completions++;
+    if (c->body_garbled) return -1;
     if (c->rejected) { /* answered already (401, 404, 411) */
         free(c->body);
         c->body = NULL;

@@ -56,7 +56,12 @@ typedef struct srv_conn {
     char *body;
     size_t body_len;
     int body_oversize;
-    int rejected;      /* a POST answered with an error before its body: the body is read, then dropped */
+    int rejected; /* a POST answered with an error before its body: the body is read, then dropped */
+    /* libwebsockets 4.1 lost track of a request pipelined after another (sent in the same read):
+     * its "body" was the request's own first bytes, and the end of it came again and again, the
+     * service thread spinning for good. Such a connection is closed unanswered (a pipelining
+     * client sends again what a closed connection left unanswered, RFC 9112 9.3.2). */
+    int body_garbled, body_completions;
     int close_after;   /* a chat POST's body was read, or one that cannot be (no or a bad Content-Length):
                           the connection closes after the answer */
     const char *allow; /* a 405's Allow header */

@@ -615,6 +615,18 @@ def pipelined(h):
         assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower(), wire[:600]
         assert wire.count(b"HTTP/1.1") == 1, wire[:800]
         assert json.loads(body)["choices"][0]["message"]["content"] == expected_answer(q), wire[:800]
+    # a POST right behind a GET: libwebsockets 4.1 gave the POST's own request line as its body,
+    # then reported the body's end again and again: the service thread spun for good (every client
+    # stalled, SIGTERM unheard). Now the GET is answered and the connection closes at once; the
+    # client sends the POST again.
+    health = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for follow in (chat, http_request("POST", "/health", b"{}")):
+        t0 = time.time()
+        wire = raw_exchange(h.port, health + follow, wait=5)
+        took = time.time() - t0
+        assert wire.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in wire and took < 4, (took, wire[:600])
+        st, _, out = http(h.base + "/health")
+        assert st == 200, (st, out)
 
 
 def chat(h, body, headers=None):
