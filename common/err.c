@@ -18,6 +18,7 @@ const char *svlm_status_str(svlm_status st) {
     case SVLM_E_CANCELLED: return "E_CANCELLED";
     case SVLM_E_LIMIT: return "E_LIMIT";
     case SVLM_E_TOO_LONG: return "E_TOO_LONG";
+    case SVLM_E_EXISTS: return "E_EXISTS";
     }
     return "E_UNKNOWN";
 }

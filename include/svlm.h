@@ -35,6 +35,7 @@ typedef enum svlm_status {
     SVLM_E_CANCELLED = -9,   /* the operation was cancelled                        */
     SVLM_E_LIMIT = -10,      /* a configured limit was reached                     */
     SVLM_E_TOO_LONG = -11,   /* an input longer than the model or its room takes   */
+    SVLM_E_EXISTS = -12,     /* a name in use already (a stream's)                 */
 } svlm_status;
 
 /* Short stable name of a status, e.g. "E_FORMAT". Never NULL. */

@@ -231,7 +231,7 @@ static svlm_status open_stream_with(eng *e, const svlm_backend_open_req *req, in
         snprintf(e->opening[slot], sizeof e->opening[slot], "%s", req->name);
     }
     pthread_mutex_unlock(&e->lock);
-    if (exists) return svlm_fail(err, SVLM_E_INVALID, "a stream named '%s' is open already", req->name);
+    if (exists) return svlm_fail(err, SVLM_E_EXISTS, "a stream named '%s' is open already", req->name);
     if (full)
         return svlm_fail(err, SVLM_E_LIMIT, "at most %d streams (and %d opening at once)", e->o.max_streams,
                          SVLM_BACKEND_MAX_OPENING);

@@ -302,9 +302,11 @@ static void on_job(svlm_server *srv, srv_event *ev) {
     srv_conn *c = srv_find_conn(srv, ev->serial);
     if (!c) return;
     if (ev->status != SVLM_OK) {
-        const char *code = !strcmp(ev->job_type, "opened")
-                               ? (ev->status == SVLM_E_LIMIT ? "too_many_streams" : "open_failed")
-                               : "unknown_stream";
+        /* (two opens of one name at once both pass the server's check: the backend tells) */
+        const char *code = strcmp(ev->job_type, "opened") ? "unknown_stream"
+                           : ev->status == SVLM_E_LIMIT   ? "too_many_streams"
+                           : ev->status == SVLM_E_EXISTS  ? "stream_exists"
+                                                          : "open_failed";
         srv_ws_error(srv, c, ev->req_id, code, "%s", ev->error);
         return;
     }

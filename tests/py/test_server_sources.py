@@ -47,6 +47,24 @@ async def open_live_file(url):
         assert m["type"] == "opened", m
 
 
+async def open_twice(url):
+    """Two opens of one name sent at once: one opens, the other is told the name is in use (both
+    passed the server's check; the backend's refusal came back as open_failed)."""
+    async with websockets.connect(url) as ws:
+        for i in (1, 2):
+            await ws.send(json.dumps({"type": "open", "id": "d%d" % i, "stream": "dup", "uri": PAT}))
+        got = {}
+        while len(got) < 2:
+            m = await recv_json(ws, 30)
+            if m.get("id") in ("d1", "d2"):
+                got[m["id"]] = m
+        kinds = sorted((m["type"], m.get("code")) for m in got.values())
+        assert kinds == [("error", "stream_exists"), ("opened", None)], got
+        await ws.send(json.dumps({"type": "close", "id": "c", "stream": "dup"}))
+        m, _ = await until(ws, lambda m: m.get("id") == "c", timeout=30)
+        assert m["type"] == "closed", m
+
+
 async def open_pending(url, port):
     ws = await websockets.connect(url)
     await ws.send(json.dumps({"type": "open", "id": "h", "stream": "hang", "uri": "rtsp://127.0.0.1:%d/x" % port}))
@@ -89,6 +107,7 @@ def main():
         assert pat["state"] == "running" and pat["frames_in"] > n and "reason" not in pat, pat
         short = status(s.base, "short")
         assert short["state"] == "ended" and short["fps_in"] == 0, short
+        asyncio.run(open_twice(s.ws_url))
         if os.path.exists(CLIP):  # 139 s: at decode speed it ended within 2 s
             asyncio.run(open_live_file(s.ws_url))
             time.sleep(2)
