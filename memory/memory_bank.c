@@ -276,8 +276,8 @@ void svlm_memory_free(svlm_memory *m) {
     free(m->removed_ids);
     free(m->plan);
     free(m->found_rows);
+    mem_store_unlock(m);
     free(m->dir);
-    if (m->lock_fd >= 0) close(m->lock_fd); /* (releases the directory's lock) */
     pthread_mutex_destroy(&m->lock);
     free(m);
 }

@@ -176,6 +176,9 @@ size_t mem_total_bytes(const svlm_memory *m);
 svlm_status mem_store_load(svlm_memory *m, svlm_err *err);
 /* Writes changed entries and the manifest, then deletes removed records. */
 svlm_status mem_store_sync(svlm_memory *m, svlm_err *err);
+/* Releases the directory's lock; a directory that holds nothing but it (a stream opened and closed
+ * before its bank kept anything) goes too: a server's DIR/NAME for each name ever opened stayed. */
+void mem_store_unlock(svlm_memory *m);
 /* Reads only the manifest header of dir: dim and key_dim. */
 svlm_status mem_store_peek_dims(const char *dir, int *dim, int *key_dim, svlm_err *err);
 uint32_t mem_crc32(uint32_t crc, const void *data, size_t n);

@@ -906,3 +906,18 @@ svlm_status mem_store_peek_dims(const char *dir, int *dim, int *key_dim, svlm_er
     closedir(d);
     return st;
 }
+
+void mem_store_unlock(svlm_memory *m) {
+    if (m->lock_fd < 0) return;
+    int only_lock = 1;
+    DIR *d = opendir(m->dir);
+    for (struct dirent *e; d && only_lock && (e = readdir(d));)
+        only_lock = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, "LOCK");
+    if (d) closedir(d);
+    char path[4096];
+    path_of(m, path, sizeof path, "LOCK");
+    if (d && only_lock) unlink(path); /* (while it is held: no other writer is inside) */
+    close(m->lock_fd);
+    m->lock_fd = -1;
+    if (d && only_lock) rmdir(m->dir);
+}

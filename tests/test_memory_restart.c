@@ -179,7 +179,34 @@ static void clock_restart(void) {
     synth_free(&s);
 }
 
+/* A bank closed before it kept anything leaves no directory behind (a server's DIR/NAME stayed, a
+ * LOCK file in it, for every stream name ever opened); one that kept something stays. */
+static void empty_bank_leaves_nothing(void) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/mem-empty/cam", test_tmpdir());
+    svlm_memory_load_report r;
+    svlm_memory_free(open_bank(dir, &r));
+    struct stat sb;
+    CHECK(stat(dir, &sb) != 0, "%s is still there after an empty bank closed", dir);
+    svlm_memory *m = open_bank(dir, &r);
+    synth s;
+    synth_init(&s, T_TOK, DIM, 6);
+    float frame[T_TOK * DIM];
+    svlm_err err = {0};
+    for (int f = 0; f < 8; f++) {
+        synth_frame(&s, f, frame);
+        REQUIRE(svlm_memory_push(m, f, frame, T_TOK, NULL, &err) == SVLM_OK, "frame %d: %s", f, err.msg);
+    }
+    REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
+    svlm_memory_free(m);
+    CHECK(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode), "a bank that kept frames lost its directory");
+    m = open_bank(dir, &r);
+    CHECK(r.loaded > 0, "the kept bank reopens with its entries (%d)", r.loaded);
+    svlm_memory_free(m);
+}
+
 int test_main(void) {
+    empty_bank_leaves_nothing();
     failing_saves();
     clock_restart();
     return 0;
