@@ -21,6 +21,10 @@
 #include "pipeline/timeline.h"
 
 #define PENDING_MAX 4
+/* A recording read through GStreamer that gives no frame for this many stall timeouts (30 s by
+ * default) is over: an animated GIF's pipeline (avdemux_gif) never ends, and the replay waited for
+ * ever, a thread at 100%. */
+#define GST_REPLAY_STALLS 6
 
 struct svlm_source {
     svlm_source_opts opts;
@@ -419,6 +423,10 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     /* The watchdog guards live sources; a replay may legitimately wait on its consumer, and the
      * built-in pattern cannot stall (its own pacing, or the process being stopped, is no stall). */
     svlm_ctl_init(&s->ctl, s->live && s->uri.kind != SVLM_URI_PATTERN ? opts.stall_timeout_s : 0);
+#ifdef SVLM_HAVE_GST
+    if (!s->live && s->ops == &svlm_gst_backend)
+        s->ctl.stall_timeout_s = GST_REPLAY_STALLS * opts.stall_timeout_s;
+#endif
     /* a live HLS playlist delivers a segment at a time, a target duration apart (6 s is usual): a
      * watchdog shorter than two of them called each wait for the next a stall */
     if (s->ctl.stall_timeout_s > 0 && s->ctl.stall_timeout_s < 2 * segment_s)
@@ -513,6 +521,16 @@ static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err 
         fi.kind = SVLM_ITEM_FRAME;
         fi.frame = f;
         pending_push(s, &fi);
+    } else if (st != SVLM_E_CANCELLED && atomic_load(&s->ctl.stop_reason) == SVLM_STOP_STALL &&
+               atomic_load(&s->ctl.decoded) > 0) { /* see GST_REPLAY_STALLS */
+        char safe[512];
+        svlm_uri_redact(s->uri.target, safe, sizeof safe);
+        fprintf(stderr, "svlm: %s: GStreamer gave no frame for %.0f s after %lld: taken as its end\n", safe,
+                s->ctl.stall_timeout_s, (long long)atomic_load(&s->ctl.decoded));
+        event_item(&ev, SVLM_EVENT_EOS, 0, 0, NULL);
+        pending_push(s, &ev);
+        s->finished = SVLM_E_END;
+        svlm_fail(&s->finished_err, SVLM_E_END, "end of stream");
     } else if (st == SVLM_E_END && atomic_load(&s->ctl.decoded) == 0) {
         /* a recording that ends without one decodable frame is no video, not an empty one */
         char safe[512];
