@@ -44,6 +44,11 @@ typedef struct gst_ctx {
      * frames after them the same time, e.g. box_printed_text_handheld.mp4: not a stuck file);
      * without a decoder the frames are the stream itself. */
     atomic_int have_decoder, input_stalled;
+    /* Live, and the decoder's input has no timestamps (MJPEG over HTTP: multipartdemux sets none,
+     * and the decoder counted frames at a guessed 25 fps, a 5 fps camera's time running 5 times too
+     * slow): frames are timed by their arrival, from arrival0 (monotonic seconds; 0: none yet). */
+    atomic_int arrival;
+    double arrival0;
     /* A network source made a local file's source (refuse_local_file): nothing of it is delivered. */
     atomic_int local_refused;
     /* The reference of the meta that carries a synthesized time from the probe to the frame. */
@@ -106,6 +111,15 @@ static double synth_step(GstPad *pad, GstBuffer *buf) {
  * the same time. */
 static double buffer_time(gst_ctx *c, GstPad *pad, GstPadProbeInfo *info) {
     GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    if (c->live && atomic_load(&c->arrival)) { /* see gst_ctx.arrival */
+        const double now = svlm_mono_now();
+        if (!c->arrival0) c->arrival0 = now;
+        const GstClockTime at = (GstClockTime)llround((now - c->arrival0) * GST_SECOND);
+        buf = gst_buffer_make_writable(buf);
+        GST_PAD_PROBE_INFO_DATA(info) = buf;
+        gst_buffer_add_reference_timestamp_meta(buf, c->time_ref, at, GST_CLOCK_TIME_NONE);
+        return (double)at / GST_SECOND;
+    }
     const GstClockTime ts = GST_BUFFER_PTS(buf);
     const int has_ts = GST_CLOCK_TIME_IS_VALID(ts);
     double t = 0;
@@ -202,14 +216,28 @@ static GstPadProbeReturn input_probe(GstPad *pad, GstPadProbeInfo *info, gpointe
     return GST_PAD_PROBE_OK;
 }
 
+/* A live decoder's first input: without a timestamp, its frames are timed by arrival (gst_ctx). */
+static GstPadProbeReturn live_input_probe(GstPad *pad, GstPadProbeInfo *info, gpointer user) {
+    (void)pad;
+    gst_ctx *c = user;
+    GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    if (!GST_CLOCK_TIME_IS_VALID(GST_BUFFER_PTS(buf)) && !GST_CLOCK_TIME_IS_VALID(GST_BUFFER_DTS(buf)))
+        atomic_store(&c->arrival, 1);
+    return GST_PAD_PROBE_REMOVE;
+}
+
 /* Decoders keep going past damaged data (reported as warnings) instead of failing; a replay's
- * decoders have their input watched. */
+ * decoders have their input watched, a live one's first input is looked at. */
 static void watch_decoder(gst_ctx *c, GstElement *el) {
     if (!GST_IS_VIDEO_DECODER(el)) return;
     if (g_object_class_find_property(G_OBJECT_GET_CLASS(el), "max-errors"))
         g_object_set(el, "max-errors", -1, NULL);
-    if (c->live) return;
     GstPad *pad = gst_element_get_static_pad(el, "sink");
+    if (c->live) {
+        if (pad) gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER, live_input_probe, c, NULL);
+        if (pad) gst_object_unref(pad);
+        return;
+    }
     if (!pad) {
         atomic_store(&c->input_stalled, 1); /* unwatched: its output is judged as it is */
         return;

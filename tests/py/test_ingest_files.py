@@ -322,7 +322,25 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         requests.append((time.monotonic(), self.path))
+        if self.path == "/cam.mjpg":
+            return self.camera()
         super().do_GET()
+
+    def camera(self):
+        """An MJPEG camera over HTTP: 5 frames a second for 4 s, no timestamps of its own."""
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        t0 = time.monotonic()
+        try:
+            for n in range(20):
+                time.sleep(max(0.0, t0 + n / 5 - time.monotonic()))
+                j = CAM_JPEGS[n % len(CAM_JPEGS)]
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(j)
+                                 + j + b"\r\n")
+                self.wfile.flush()
+        except OSError:
+            pass  # the client went away
 
 
 # a playlist from the network whose segment is a local file: refused by both backends (FFmpeg's
@@ -331,6 +349,8 @@ segs = sorted(f for f in os.listdir(hls_dir) if f.endswith(".ts"))
 with open(os.path.join(hls_dir, "local.m3u8"), "w") as f:
     f.write("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\n"
             "file://%s\n#EXT-X-ENDLIST\n" % os.path.join(hls_dir, segs[0]))
+make_clip(os.path.join(T, "cam%02d.jpg"), "-f", "lavfi", "-i", "testsrc=size=160x120:rate=5:duration=1", "-q:v", "5")
+CAM_JPEGS = [open(os.path.join(T, "cam%02d.jpg" % i), "rb").read() for i in range(1, 6)]
 handler = functools.partial(QuietHandler, directory=T)
 httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -392,6 +412,14 @@ for be in BACKENDS:
         check(rc == 0 and stats and stats[-1]["reconnects"] == 1 and later == [segs[2]],
               f"hls live, encoder stopped/{be}: rc {rc}, {stats}, segments fetched once one was added: {later} "
               f"{[e for e in events if e.get('event') == 'disconnect']} {err[-200:]}")
+    # an MJPEG camera (no timestamps of its own) is timed by the frames' arrival: GStreamer's
+    # decoder counted them at a guessed 25 fps, a 5 fps camera's 3 s became 0.6 s
+    cam = f"{base}/cam.mjpg" if be == "ffmpeg" else \
+        f"gst:souphttpsrc location={base}/cam.mjpg ! multipartdemux ! jpegdec"
+    rc, frames, _, err = run_frames(cam, "--backend", be, "--live", "--fps", "0", "--duration", "3.2")
+    span = (frames[-1]["pts"] - frames[0]["pts"], frames[-1]["wall"] - frames[0]["wall"]) if len(frames) > 5 else None
+    check(span and abs(span[0] - span[1]) < 0.5 and span[0] > 2,
+          f"mjpeg camera/{be}: rc {rc}, {len(frames)} frames, pts span vs arrival span {span} {err[-200:]}")
     # a notice that names the URL leaves its password out
     login = base.replace("http://", "http://viewer:s3cret@")
     rc, frames, _, err = run_frames(f"{login}/zero_mjpeg.mkv", "--backend", be, "--fps", "1")
