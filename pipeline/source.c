@@ -172,6 +172,7 @@ static svlm_status open_backend(svlm_source *s, svlm_err *err) {
     atomic_store(&s->ctl.open_deadline_ns, 0);
     svlm_ctl_touch(&s->ctl);
     if (st != SVLM_OK) s->bctx = NULL;
+    if (st != SVLM_OK && err) svlm_redact_in_place(err->msg, sizeof err->msg); /* (it may quote the URI) */
     return st;
 }
 
@@ -203,7 +204,9 @@ static void place_on_timeline(svlm_source *s, svlm_frame *f) {
 static svlm_status read_backend(svlm_source *s, svlm_frame *f, svlm_err *err) {
     svlm_ctl_touch(&s->ctl);
     atomic_store(&s->ctl.stop_reason, SVLM_STOP_NONE);
-    return s->ops->read(s->bctx, f, err);
+    const svlm_status st = s->ops->read(s->bctx, f, err);
+    if (st != SVLM_OK && err) svlm_redact_in_place(err->msg, sizeof err->msg); /* (it may quote the URI) */
+    return st;
 }
 
 /* ---- live: the reader thread ------------------------------------------------------------- */
@@ -636,6 +639,7 @@ svlm_status svlm_source_probe(const char *uri_str, const svlm_source_opts *opts_
         }
         svlm_backend_args args = {uri, &opts, &ctl, NULL, fifo_fd, 0};
         if (st == SVLM_OK) st = ops->probe(&args, info, err);
+        if (st != SVLM_OK && err) svlm_redact_in_place(err->msg, sizeof err->msg);
         snprintf(info->backend, sizeof info->backend, "%s", ops->name);
         info->live = opts.live;
         /* as svlm_source_open decides: a finished HLS playlist (it has a duration) is a recording */

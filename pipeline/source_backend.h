@@ -35,8 +35,11 @@ const char *svlm_uri_kind_name(svlm_uri_kind kind);
 /* Live unless told otherwise: RTSP, V4L2, HLS; the pattern decides from its "live" key. */
 int svlm_uri_default_live(const svlm_uri *uri);
 /* s with the "user:pass@" after each "://" written as "***@" (a launch description may hold
- * several URLs), into out (n bytes), so that passwords never reach a message. */
+ * several URLs) and password-like values (?password=, user-pw=) as "***", into out (n bytes), so
+ * that passwords never reach a message. */
 void svlm_uri_redact(const char *s, char *out, size_t n);
+/* The same on a message in place (s holds n bytes): what a backend says may quote its URI. */
+void svlm_redact_in_place(char *s, size_t n);
 /* A source's URI as clients may see it: the login of a URL ("user:pass@" ends only at /?#, as
  * FFmpeg reads it), password-like query values (password=, pwd=, token=, ...) and, in a gst:
  * description, also the user-pw= / proxy-pw= properties as "***". out may be cut at n bytes. */

@@ -82,28 +82,6 @@ svlm_status svlm_uri_parse(const char *uri, svlm_uri *out, svlm_err *err) {
     return set_target(out, SVLM_URI_FILE, uri, uri, err);
 }
 
-void svlm_uri_redact(const char *s, char *out, size_t n) {
-    size_t o = 0;
-    while (*s && o + 1 < n) {
-        const char *sep = strstr(s, "://");
-        /* user:password@ ends at the authority's last '@' (a password may hold one, as FFmpeg reads it) */
-        size_t auth = sep ? strcspn(sep + 3, "/?# \t\"'") : 0, login = auth;
-        while (login > 0 && sep[3 + login - 1] != '@')
-            login--;
-        login = login > 0 ? login - 1 : auth; /* at the '@', or past the authority: no login */
-        size_t keep = sep ? (size_t)(sep + 3 - s) : strlen(s);
-        o += (size_t)snprintf(out + o, n - o, "%.*s", (int)keep, s);
-        if (o >= n) break;
-        s += keep;
-        if (sep && s[login] == '@') {
-            o += (size_t)snprintf(out + o, n - o, "***");
-            s += login;
-        }
-    }
-    if (o >= n) o = n - 1;
-    out[o] = 0;
-}
-
 /* The value after each `key=` of keys (a NULL-ended list, matched after one of `starts`) as "***",
  * up to one of `stops`, in place; the text only shrinks or keeps its length. */
 static void mask_values(char *s, const char *const *keys, const char *starts, const char *stops) {
@@ -126,10 +104,43 @@ static void mask_values(char *s, const char *const *keys, const char *starts, co
     }
 }
 
+static const char *const url_keys[] = {"password=", "passwd=", "pass=", "pwd=", "token=", NULL};
+static const char *const gst_keys[] = {"user-pw=", "proxy-pw=", NULL};
+
+void svlm_uri_redact(const char *s, char *out, size_t n) {
+    size_t o = 0;
+    while (*s && o + 1 < n) {
+        const char *sep = strstr(s, "://");
+        /* user:password@ ends at the authority's last '@' (a password may hold one, as FFmpeg reads it) */
+        size_t auth = sep ? strcspn(sep + 3, "/?# \t\"'") : 0, login = auth;
+        while (login > 0 && sep[3 + login - 1] != '@')
+            login--;
+        login = login > 0 ? login - 1 : auth; /* at the '@', or past the authority: no login */
+        size_t keep = sep ? (size_t)(sep + 3 - s) : strlen(s);
+        o += (size_t)snprintf(out + o, n - o, "%.*s", (int)keep, s);
+        if (o >= n) break;
+        s += keep;
+        if (sep && s[login] == '@') {
+            o += (size_t)snprintf(out + o, n - o, "***");
+            s += login;
+        }
+    }
+    if (o >= n) o = n - 1;
+    out[o] = 0;
+    /* and password-like values: a query's (?password=), a launch description's (user-pw=) */
+    mask_values(out, gst_keys, " \t!", " \t!");
+    mask_values(out, url_keys, "?&", "& \t!#\"'");
+}
+
+void svlm_redact_in_place(char *s, size_t n) {
+    char tmp[1024];
+    if (!n) return;
+    svlm_uri_redact(s, tmp, sizeof tmp < n ? sizeof tmp : n);
+    snprintf(s, n, "%s", tmp);
+}
+
 void svlm_uri_redact_source(const char *uri, char *out, size_t n) {
     if (!n) return;
-    static const char *const url_keys[] = {"password=", "passwd=", "pass=", "pwd=", "token=", NULL};
-    static const char *const gst_keys[] = {"user-pw=", "proxy-pw=", NULL};
     /* a launch description: URLs anywhere in it, and its sources' password properties */
     if (!strncmp(uri, "gst:", 4)) {
         svlm_uri_redact(uri, out, n);

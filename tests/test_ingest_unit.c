@@ -89,6 +89,22 @@ static void test_uri(void) {
     char small[12];
     svlm_uri_redact_source("rtsp://user:secret@camera/x", small, sizeof small);
     CHECK(!strstr(small, "sec") && strlen(small) < sizeof small, "cut short: %s", small);
+    /* a backend's message quotes what it opened: a stream's status "reason" showed the passwords */
+    static const char *const said[][2] = {
+        {"rtspsrc location=rtsp://192.0.2.10/x user-id=bob user-pw=hunter2 ! decodebin: timed out while "
+         "opening",
+         "rtspsrc location=rtsp://192.0.2.10/x user-id=bob user-pw=*** ! decodebin: timed out while opening"},
+        {"cannot open http://192.0.2.11/v.mjpg?user=bob&pwd=hunter3: Connection refused",
+         "cannot open http://192.0.2.11/v.mjpg?user=bob&pwd=*** Connection refused"},
+        {"cannot open rtsp://bob:hunter4@192.0.2.12/x?token=tok123: host unreachable",
+         "cannot open rtsp://***@192.0.2.12/x?token=*** host unreachable"},
+    };
+    for (size_t i = 0; i < sizeof said / sizeof said[0]; i++) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", said[i][0]);
+        svlm_redact_in_place(msg, sizeof msg);
+        CHECK(!strcmp(msg, said[i][1]), "'%s' said as '%s', expected '%s'", said[i][0], msg, said[i][1]);
+    }
 }
 
 /* Frames at `rate` for `seconds`, sampled at fps: the pts of the kept frames. */

@@ -21,7 +21,9 @@ svlm_status svlm_image_alloc(svlm_image *img, int w, int h, svlm_err *err) {
     img->rgb = NULL;
     svlm_status st = svlm_image_check_size(w, h, err);
     if (st) return st;
-    img->rgb = malloc((size_t)w * (size_t)h * 3);
+    /* (slack past the last row: FFmpeg's converters may write a block of pixels past a row's end,
+     * as pipeline/source_backend.h's SVLM_FRAME_SLACK says) */
+    img->rgb = malloc((size_t)w * (size_t)h * 3 + 256);
     if (!img->rgb) return svlm_fail(err, SVLM_E_NOMEM, "out of memory for a %dx%d image", w, h);
     img->w = w;
     img->h = h;

@@ -163,8 +163,7 @@ json_t *srv_status_json(const svlm_backend_stream_status *st) {
     if (o && st->kv_type[0]) json_object_set_new(o, "kv_type", json_string(st->kv_type));
     if (o && st->reason[0]) {
         char reason[sizeof st->reason];
-        memcpy(reason, st->reason, sizeof reason);
-        reason[sizeof reason - 1] = 0;
+        svlm_uri_redact(st->reason, reason, sizeof reason); /* (a backend's words may quote the URI) */
         srv_utf8_fix(reason);
         json_object_set_new(o, "reason", json_string(reason));
     }

@@ -90,6 +90,7 @@ def main():
     hang.listen(4)
     s = Serve(models + ["--open-timeout", "20", "--stall-timeout", "1", "--allow-local-open",
                         "--source", "cam=rtsp://127.0.0.1:1/x", "--source", "pat=" + PAT,
+                        "--source", "sec=rtsp://bob:hunter2@127.0.0.1:1/y?user=bob&password=hunter3",
                         "--source", "short=" + PAT.replace("duration=0", "duration=1")])
     try:
         log = "".join(s.log)
@@ -97,6 +98,10 @@ def main():
         cam = status(s.base, "cam")
         assert cam["state"] == "reconnecting" and cam["fps_in"] == 0, cam
         assert "connection refused" in cam.get("reason", ""), cam  # why it is down, as stderr says
+        # the reason quotes the URL without its passwords, as the uri and stderr do
+        sec = status(s.base, "sec")
+        assert "connection refused" in sec.get("reason", "") and "hunter" not in json.dumps(sec), sec
+        assert "hunter" not in log, log
         wait_frames(s.base, "pat", 2)
         s.proc.send_signal(signal.SIGSTOP)
         time.sleep(2)
