@@ -287,7 +287,7 @@ static void do_open(req_ctx *r) {
                      "connect): give it with --source at start, or start the server with --token-file or "
                      "--allow-local-open",
                      parsed.kind == SVLM_URI_GST    ? "gst: pipelines"
-                     : parsed.kind == SVLM_URI_FILE ? "local files"
+                     : parsed.kind == SVLM_URI_FILE ? "local files (a webcam: v4l2:///dev/videoN)"
                                                     : "devices other than /dev/videoN");
         return;
     }

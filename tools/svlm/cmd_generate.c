@@ -8,15 +8,15 @@
 #include "text_model.h"
 
 static void usage(FILE *f) {
-    fprintf(
-        f,
-        "usage: svlm generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
-        "                     [--min-p P] [--repeat-penalty R] [--seed S] [--threads K]\n"
-        "                     [--kv f32|f16] [--backend B] [--no-special] [--json]\n"
-        "  -n N             tokens to generate (default 64)\n"
-        "  --temp T         0 = greedy (default 0.8)\n"
-        "  --no-special     do not parse special tokens written in the prompt\n"
-        "  --json           print one JSON object: prompt_tokens, tokens, text, timings\n" CLI_BACKEND_HELP);
+    fprintf(f,
+            "usage: svlm generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
+            "                     [--min-p P] [--repeat-penalty R] [--seed S] [--threads K]\n"
+            "                     [--kv f32|f16] [--backend B] [--no-special] [--json]\n"
+            "  -n N             tokens to generate (default 64)\n"
+            "  --temp T         0 = greedy (default 0.8)\n"
+            "  --no-special     do not parse special tokens written in the prompt\n"
+            "  --json           print one JSON object: prompt_tokens, prompt_ids, tokens, text and the\n"
+            "                   timings prompt_ms, generate_ms, prompt_tps, generate_tps\n" CLI_BACKEND_HELP);
 }
 
 int cmd_generate(int argc, char **argv) {

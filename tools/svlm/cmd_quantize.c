@@ -22,7 +22,7 @@ static void report_progress(uint64_t done, uint64_t total, int tty) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: svlm quantize IN.gguf OUT.gguf --type f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
+            "usage: svlm quantize IN.gguf OUT.gguf --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
             "  Weight matrices (2-D '*.weight' tensors) are converted; vectors (norms, biases) keep\n"
             "  their type, and so does a matrix whose rows are not a multiple of the type's block.\n");
 }
@@ -90,7 +90,10 @@ int cmd_quantize(int argc, char **argv) {
         !(want == SVLM_F16 || want == SVLM_BF16 || want == SVLM_F32 || want == SVLM_Q8_0 ||
           want == SVLM_Q4_0 || want == SVLM_Q4_1 || want == SVLM_Q5_0 || want == SVLM_Q5_1 ||
           want == SVLM_Q4_K || want == SVLM_Q5_K || want == SVLM_Q6_K)) {
-        fprintf(stderr, "svlm quantize: --type '%s' is not one svlm writes\n", type_name);
+        fprintf(stderr,
+                "svlm quantize: --type '%s' is not one svlm writes (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+                "q5_1, q4_k, q5_k, q6_k)\n",
+                type_name);
         return 2;
     }
     /* OUT replaces its file when done (a temporary, then a rename): naming IN again would replace

@@ -25,6 +25,10 @@ static void usage(FILE *f) {
         "                   [--backend B] [stream controls] [--json]\n"
         "  --ask T:Q          ask Q when the video reaches T: seconds (95) or M:SS, H:MM:SS (1:35)\n"
         "                     (repeatable)\n"
+        "  --fps F            frames sampled per second of video (default 1)\n"
+        "  --speed S          max: as fast as the engine goes, every frame (default); realtime: at the\n"
+        "                     video's own pace, as a camera\n"
+        "  --max-tokens N     longest answer (default 32)\n"
         "  --threads K        kernel threads of each lane, ingest and answer (default 1)\n" CLI_BACKEND_HELP
         "  --stats-every N    with --json, a counters line every N frames (rss_bytes, kv_bytes, ...)\n"
         "  --json             one line per answer (as they come), then one line of stream counters\n"
