@@ -21,10 +21,11 @@ static void report_progress(uint64_t done, uint64_t total, int tty) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: svlm quantize IN.gguf OUT.gguf --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
-            "  Weight matrices (2-D '*.weight' tensors) are converted; vectors (norms, biases) keep\n"
-            "  their type, and so does a matrix whose rows are not a multiple of the type's block.\n");
+    fprintf(
+        f,
+        "usage: svlm quantize IN.gguf OUT.gguf --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
+        "  Weight matrices (2-D '*.weight' tensors) are converted; vectors (norms, biases) keep\n"
+        "  their type, and so does a matrix whose rows are not a multiple of the type's block.\n");
 }
 
 /* Copies one metadata value into the writer. */
