@@ -452,7 +452,15 @@ static svlm_status start(gst_ctx *c, svlm_err *err) {
             gst_caps_unref(caps);
             return SVLM_OK;
         }
-        if (svlm_ctl_should_stop(c->ctl)) return svlm_ctl_stop_error(c->ctl, err, target);
+        const svlm_stop_reason why = svlm_ctl_should_stop(c->ctl);
+        /* uridecodebin buffers an endless HTTP stream (an MJPEG camera's) and never starts it */
+        if (why == SVLM_STOP_OPEN_TIMEOUT && c->uri->kind == SVLM_URI_HTTP && !c->uri->is_hls)
+            return svlm_fail(err, SVLM_E_IO,
+                             "%s: timed out while opening (GStreamer plays no endless HTTP stream such as an "
+                             "MJPEG camera's: use --backend ffmpeg, or a gst: pipeline of souphttpsrc ! "
+                             "multipartdemux ! jpegdec)",
+                             target);
+        if (why) return svlm_ctl_stop_error(c->ctl, err, target);
         GstMessage *msg =
             gst_bus_timed_pop_filtered(c->bus, 20 * GST_MSECOND, GST_MESSAGE_ERROR | GST_MESSAGE_EOS);
         if (msg) {
