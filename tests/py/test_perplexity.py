@@ -115,12 +115,25 @@ for (kind, s, w), p in results.items():
 # bad input is refused with a clear message
 for args, needle in ((['--mode', 'sideways'], '--mode expects'),
                      (['--sinks', '8', '--window', '8'], 'smaller than --window'),
-                     (['--first', '999999'], 'fewer than'),
+                     (['--first', '9000'], 'must be below --ctx'),  # (said before tokenizing)
+                     (['--ctx', '1000000', '--first', '999999'], 'fewer than'),
                      (['--window', 'x'], '--window expects')):
     p = subprocess.run([binp, 'perplexity', '-m', model_path, '-f', text_path] + args, capture_output=True,
                        text=True, timeout=60)
     if p.returncode == 0 or needle not in p.stderr:
         fails.append('%s: expected an error mentioning %r, got rc %d %r' % (args, needle, p.returncode, p.stderr[-200:]))
+# a window wider than the text: a cache of the text's size (it was the window's: 1M tokens of KV for
+# 300 tokens, tens of GB on a larger model), the same figure as dense
+p = subprocess.run([binp, 'perplexity', '-m', model_path, '-f', text_path, '--ctx', '300', '--first', '100',
+                    '--window', '1048576', '--json'], capture_output=True, text=True, timeout=60)
+d = subprocess.run([binp, 'perplexity', '-m', model_path, '-f', text_path, '--ctx', '300', '--first', '100',
+                    '--mode', 'dense', '--json'], capture_output=True, text=True, timeout=60)
+try:
+    w, dn = json.loads(p.stdout), json.loads(d.stdout)
+    if w['window'] != 300 or abs(w['ppl'] - dn['ppl']) > 1e-3 * dn['ppl']:
+        fails.append('--window 1048576 over 300 tokens: %r vs dense %r' % (w, dn))
+except (ValueError, KeyError):
+    fails.append('--window 1048576 over 300 tokens: rc %d %r %r' % (p.returncode, p.stdout, p.stderr[-200:]))
 p = subprocess.run([binp, 'perplexity', '-m', model_path, '-f', '/nonexistent.txt'], capture_output=True, text=True)
 if p.returncode == 0 or 'cannot open' not in p.stderr:
     fails.append('a missing text file was not reported')

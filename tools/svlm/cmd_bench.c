@@ -143,9 +143,10 @@ int cmd_bench(int argc, char **argv) {
     if (n_ctx < 1) n_ctx = 1;
     svlm_err err = {0};
     svlm_llama_ctx *ctx = NULL;
-    int32_t *ids = malloc((size_t)n_ctx * sizeof(int32_t));
     int rc = 1;
-    if (!ids) {
+    int32_t *ids = NULL;
+    if (!cli_kv_fits(hp, n_ctx, kv_type, "--depth, --pp or --tg")) goto done;
+    if (!(ids = malloc((size_t)n_ctx * sizeof(int32_t)))) {
         fprintf(stderr, "svlm: out of memory\n");
         goto done;
     }

@@ -106,20 +106,8 @@ int cmd_generate(int argc, char **argv) {
                 "svlm: warning: %zu prompt + %lld new tokens exceed the %d tokens the model was trained on; "
                 "the text past them may degrade\n",
                 n_prompt, n_predict, hp->n_ctx_train);
-    /* the context holds every token's keys and values from the start: a -n of a million asked for
-     * tens of GB, and the machine ran out of memory (the OOM killer) instead of saying so */
-    const double kv_bytes = (double)n_ctx * hp->n_layer * 2.0 * hp->n_head_kv * hp->head_dim *
-                            (kv_type == SVLM_F16 ? 2.0 : 4.0),
-                 ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    if (ram > 0 && kv_bytes > 0.75 * ram) {
-        fprintf(
-            stderr,
-            "svlm: %d tokens need %.1f GiB of KV cache, more than this machine's %.1f GiB of memory allows: "
-            "ask for fewer with -n (the model was trained on %d tokens)%s\n",
-            n_ctx, kv_bytes / (1 << 30), ram / (1 << 30), hp->n_ctx_train,
-            kv_type == SVLM_F16 ? "" : ", or halve it with --kv f16");
-        goto done;
-    }
+    /* the context holds every token's keys and values from the start */
+    if (!cli_kv_fits(hp, n_ctx, kv_type, "-n")) goto done;
     if (svlm_llama_ctx_create(tm.model, tm.kernels, n_ctx, kv_type, &ctx, &err) ||
         svlm_sampler_create(&sp, hp->n_vocab, &smp, &err)) {
         fprintf(stderr, "svlm: %s\n", err.msg);

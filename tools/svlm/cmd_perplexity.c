@@ -231,6 +231,11 @@ int cmd_perplexity(int argc, char **argv) {
         fprintf(stderr, "svlm: --sinks (%lld) must be smaller than --window (%lld)\n", sinks, window);
         return 2;
     }
+    if (first >= n_ctx) {
+        fprintf(stderr, "svlm: --first (%lld) must be below --ctx (%lld): the tokens after it are scored\n",
+                first, n_ctx);
+        return 2;
+    }
     if (!reassign && mode != MODE_WINDOW) {
         fprintf(stderr, "svlm: --no-reassign applies to --mode window only\n");
         return 2;
@@ -254,10 +259,15 @@ int cmd_perplexity(int argc, char **argv) {
         goto done;
     }
     if ((long long)n_ids < n_ctx) n_ctx = (long long)n_ids;
-    if (first >= n_ctx) {
+    if (first >= n_ctx) { /* (--ctx was checked against --first above: the text is short) */
         fprintf(stderr, "svlm: the text has %lld tokens, fewer than --first + 1 (%lld)\n", n_ctx, first + 1);
         goto done;
     }
+    /* a window wider than the text holds the whole text: no wider cache than that */
+    if (mode != MODE_DENSE && window > n_ctx) window = n_ctx > sinks ? n_ctx : sinks + 1;
+    if (!cli_kv_fits(svlm_llama_hparams_of(tm.model), mode == MODE_DENSE ? n_ctx : window, kv,
+                     mode == MODE_DENSE ? "--ctx" : "--window"))
+        goto done;
     if (tokens_out && write_tokens(tokens_out, ids, (int)n_ctx)) goto done;
     if (!(logits = malloc((size_t)256 * n_vocab * sizeof(float)))) {
         fprintf(stderr, "svlm: out of memory\n");
@@ -284,13 +294,16 @@ int cmd_perplexity(int argc, char **argv) {
         goto done;
     }
     double nll = r.nll_sum / (double)r.scored, ppl = exp(nll);
-    if (json) {
+    if (json) { /* (a model whose logits are NaN or overflow: null, not a bare nan that is no JSON) */
+        char ppl_s[32] = "null", nll_s[32] = "null";
+        if (isfinite(ppl)) snprintf(ppl_s, sizeof ppl_s, "%.6f", ppl);
+        if (isfinite(nll)) snprintf(nll_s, sizeof nll_s, "%.8f", nll);
         printf(
             "{\"mode\":\"%s\",\"tokens\":%lld,\"first\":%lld,\"scored\":%ld,\"sinks\":%lld,\"window\":%lld,"
-            "\"reassign\":%s,\"kv\":\"%s\",\"ppl\":%.6f,\"nll\":%.8f,\"seconds\":%.3f}\n",
+            "\"reassign\":%s,\"kv\":\"%s\",\"ppl\":%s,\"nll\":%s,\"seconds\":%.3f}\n",
             mode_name, n_ctx, first, r.scored, mode == MODE_DENSE ? 0 : sinks,
             mode == MODE_DENSE ? n_ctx : window, reassign ? "true" : "false", kv == SVLM_F32 ? "f32" : "f16",
-            ppl, nll, secs);
+            ppl_s, nll_s, secs);
     } else {
         printf("perplexity %.4f (mean NLL %.5f) over %ld tokens (%lld..%lld), mode %s", ppl, nll, r.scored,
                first, n_ctx - 1, mode_name);

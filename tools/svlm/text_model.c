@@ -1,6 +1,7 @@
 #include "text_model.h"
 
 #include <stdio.h>
+#include <unistd.h>
 
 int cli_text_model_open(cli_text_model *tm, const char *path, const char *backend, int threads) {
     svlm_err err = {0};
@@ -16,6 +17,20 @@ int cli_text_model_open(cli_text_model *tm, const char *path, const char *backen
         tm->kernels = NULL;
         return -1;
     }
+    return 0;
+}
+
+int cli_kv_fits(const svlm_llama_hparams *hp, long long n_ctx, svlm_dtype kv, const char *fewer) {
+    const double kv_bytes = (double)n_ctx * hp->n_layer * 2.0 * hp->n_head_kv * hp->head_dim *
+                            (kv == SVLM_F16 ? 2.0 : 4.0),
+                 ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (!(ram > 0 && kv_bytes > 0.75 * ram)) return 1;
+    fprintf(
+        stderr,
+        "svlm: %lld tokens need %.1f GiB of KV cache, more than this machine's %.1f GiB of memory allows: "
+        "ask for fewer with %s (the model was trained on %d tokens)%s\n",
+        n_ctx, kv_bytes / (1 << 30), ram / (1 << 30), fewer, hp->n_ctx_train,
+        kv == SVLM_F16 ? "" : ", or halve it with --kv f16");
     return 0;
 }
 

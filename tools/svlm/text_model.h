@@ -18,6 +18,12 @@ typedef struct cli_text_model {
 int cli_text_model_open(cli_text_model *tm, const char *path, const char *backend, int threads);
 void cli_text_model_close(cli_text_model *tm);
 
+/* Whether a context of n_ctx tokens' keys and values (kv: SVLM_F32 or SVLM_F16) fits in 75% of this
+ * machine's memory; if not, says so on stderr, with `fewer` (the flag that asks for fewer tokens),
+ * and returns 0. A context of a million tokens asked for tens of GB, and the machine ran out of
+ * memory (the OOM killer) instead of saying so. */
+int cli_kv_fits(const svlm_llama_hparams *hp, long long n_ctx, svlm_dtype kv, const char *fewer);
+
 /* Streams token text to f, holding back an incomplete UTF-8 sequence until it completes. */
 typedef struct cli_utf8_stream {
     char pending[8];
