@@ -83,7 +83,9 @@ static svlm_status load_hparams(const gguf_file *f, svlm_llama_hparams *hp, svlm
     snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
     hp->n_head_kv = gguf_get_u32(f, key, &u) ? (u <= (1u << 30) ? (int)u : 0) : hp->n_head;
     snprintf(key, sizeof key, "%s.context_length", arch);
-    hp->n_ctx_train = gguf_get_u32(f, key, &u) ? (u <= (1u << 30) ? (int)u : -1) : 2048;
+    uint32_t ctx_u = 2048; /* (as it is in the file: a value past 2^30 is named as it is) */
+    if (gguf_get_u32(f, key, &u)) ctx_u = u;
+    hp->n_ctx_train = ctx_u <= (1u << 30) ? (int)ctx_u : -1;
     snprintf(key, sizeof key, "%s.rope.freq_base", arch);
     /* llama.cpp uses 10000 when the key is absent (e.g. llama2.c exports); do the same. */
     if (!gguf_get_f32(f, key, &hp->rope_base)) hp->rope_base = 10000.0f;
@@ -95,8 +97,8 @@ static svlm_status load_hparams(const gguf_file *f, svlm_llama_hparams *hp, svlm
     if (hp->n_ctx_train <= 0 || !(hp->rope_base > 0 && isfinite(hp->rope_base)) ||
         !(hp->rms_eps >= 0 && hp->rms_eps < 1)) {
         free(arch);
-        return svlm_fail(err, SVLM_E_FORMAT, "invalid context_length %d, rope.freq_base %g or rms epsilon %g",
-                         hp->n_ctx_train, (double)hp->rope_base, (double)hp->rms_eps);
+        return svlm_fail(err, SVLM_E_FORMAT, "invalid context_length %u, rope.freq_base %g or rms epsilon %g",
+                         ctx_u, (double)hp->rope_base, (double)hp->rms_eps);
     }
     if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv != 0 || hp->n_embd % hp->n_head != 0) {
         free(arch);
@@ -111,10 +113,15 @@ static svlm_status load_hparams(const gguf_file *f, svlm_llama_hparams *hp, svlm
                          hp->head_dim);
     }
     snprintf(key, sizeof key, "%s.rope.dimension_count", arch);
-    hp->n_rot = gguf_get_u32(f, key, &u) ? (int)u : hp->head_dim;
+    uint32_t rot_u = (uint32_t)hp->head_dim;
+    if (gguf_get_u32(f, key, &u)) rot_u = u;
+    hp->n_rot = rot_u <= (1u << 30) ? (int)rot_u : -1;
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2) {
         free(arch);
-        return svlm_fail(err, SVLM_E_FORMAT, "invalid rope.dimension_count %d", hp->n_rot);
+        return svlm_fail(err, SVLM_E_FORMAT,
+                         "invalid rope.dimension_count %u: it must be even and at most the head size %d "
+                         "(embedding_length %d / head_count %d)",
+                         rot_u, hp->head_dim, hp->n_embd, hp->n_head);
     }
     hp->rope_neox = 0; /* llama.cpp's LLAMA arch uses the "normal" adjacent-pair RoPE */
     free(arch);
