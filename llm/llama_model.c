@@ -190,6 +190,17 @@ svlm_status svlm_llama_load(const char *path, svlm_llama **out, svlm_err *err) {
 #undef W
 #undef V
     }
+    /* a layer past block_count is a file whose metadata lost layers: run short, it answers wrongly
+     * without a word (llama.cpp refuses a tensor count that does not match) */
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        int layer;
+        if (sscanf(f->tensors[i].name, "blk.%d.", &layer) == 1 && (layer < 0 || layer >= hp->n_layer)) {
+            st = svlm_fail(err, SVLM_E_FORMAT,
+                           "tensor '%s' is of layer %d, but block_count says %d layers (damaged metadata?)",
+                           f->tensors[i].name, layer, hp->n_layer);
+            goto fail;
+        }
+    }
     if ((st = svlm_tokenizer_load(f, &m->tok, err))) goto fail;
     if (svlm_tokenizer_n_vocab(m->tok) != hp->n_vocab) {
         st = svlm_fail(err, SVLM_E_FORMAT, "tokenizer has %d tokens but token_embd has %d rows",

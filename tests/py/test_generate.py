@@ -104,6 +104,24 @@ with tempfile.TemporaryDirectory() as d:
         fails.append('a 300-byte token was printed as %r (rc %d, %s)' % (p.stdout[:40] + '...' + p.stdout[-40:],
                                                                          p.returncode, p.stderr[-200:]))
 
+# a file whose block_count lost a layer (5 -> 4) is refused: it ran the first 4 layers, a wrong
+# model without a word
+import struct
+with tempfile.TemporaryDirectory() as d:
+    raw = bytearray(open(model, 'rb').read())
+    key = b'llama.block_count'
+    at = raw.find(struct.pack('<Q', len(key)) + key) + 8 + len(key)
+    vtype, layers = struct.unpack_from('<II', raw, at)
+    if vtype == 4 and layers > 1:  # (GGUF_TYPE_UINT32)
+        struct.pack_into('<I', raw, at + 4, layers - 1)
+        short = os.path.join(d, 'short.gguf')
+        open(short, 'wb').write(raw)
+        p = run(['generate', '-m', short, '-p', 'Once', '-n', '2'])
+        if p.returncode != 1 or 'block_count says %d layers' % (layers - 1) not in p.stderr:
+            fails.append('block_count %d of %d layers: rc %d %r' % (layers - 1, layers, p.returncode, p.stderr[-200:]))
+    else:
+        fails.append('llama.block_count not found as a u32 in %s' % model)
+
 # beyond the trained context (2048 for stories260K) it still runs, with a warning
 p = run(['generate', '-m', model, '-p', 'Once', '-n', '2100', '--temp', '0', '--json'])
 if p.returncode or 'trained on' not in p.stderr or len(json.loads(p.stdout)['tokens']) + 2 <= 2048:
