@@ -122,6 +122,26 @@ with tempfile.TemporaryDirectory() as d:
     else:
         fails.append('llama.block_count not found as a u32 in %s' % model)
 
+# logits that are not numbers (NaN weights) stop it with an error: they were sampled as token 0
+# again and again, printed as text with exit status 0
+try:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import numpy as np
+    from stream_ref import read_gguf
+except ImportError:
+    np = None
+if np is not None:
+    with tempfile.TemporaryDirectory() as d:
+        raw = bytearray(open(model, 'rb').read())
+        norm = read_gguf(model)[1]['output_norm.weight'].astype('<f4').tobytes()
+        at = raw.find(norm)
+        raw[at:at + len(norm)] = np.full(len(norm) // 4, np.nan, dtype='<f4').tobytes()
+        bad = os.path.join(d, 'nan.gguf')
+        open(bad, 'wb').write(raw)
+        p = run(['generate', '-m', bad, '-p', 'Once', '-n', '4', '--temp', '0'])
+        if p.returncode != 1 or 'not finite' not in p.stderr:
+            fails.append('NaN logits: rc %d, %r %r' % (p.returncode, p.stdout[-80:], p.stderr[-200:]))
+
 # beyond the trained context (2048 for stories260K) it still runs, with a warning
 p = run(['generate', '-m', model, '-p', 'Once', '-n', '2100', '--temp', '0', '--json'])
 if p.returncode or 'trained on' not in p.stderr or len(json.loads(p.stdout)['tokens']) + 2 <= 2048:

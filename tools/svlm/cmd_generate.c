@@ -1,4 +1,5 @@
 /* svlm generate: text continuation of a prompt. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -134,6 +135,16 @@ int cmd_generate(int argc, char **argv) {
         fflush(stdout);
     }
     while (n_gen < n_predict) {
+        /* NaN logits sampled as token 0 again and again, printed as text with exit status 0 */
+        for (int v = 0; v < hp->n_vocab; v++)
+            if (!isfinite(logits[v])) {
+                fprintf(
+                    stderr,
+                    "\nsvlm: the model's logits after %zu tokens are not finite (token %d: %g): its weights "
+                    "are damaged, or overflow their type\n",
+                    n_prompt + (size_t)n_gen, v, (double)logits[v]);
+                goto done;
+            }
         int32_t id = svlm_sampler_sample(smp, logits);
         if (svlm_tokenizer_is_eog(tok, id)) break;
         gen[n_gen++] = id;
