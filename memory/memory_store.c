@@ -771,11 +771,15 @@ svlm_status mem_store_load(svlm_memory *m, svlm_err *err) {
                              (int)(strchr(why, ':') - why), why);
         if (m->lock_fd < 0)
             return svlm_fail(err, SVLM_E_IO, "memory: cannot open %s: %s", path, strerror(errno));
-        if (flock(m->lock_fd, LOCK_EX | LOCK_NB))
+        if (flock(m->lock_fd, LOCK_EX | LOCK_NB)) {
+            /* not ours: closed now, so that freeing this bank cannot take the holder's LOCK away */
+            close(m->lock_fd);
+            m->lock_fd = -1;
             return svlm_fail(err, SVLM_E_IO,
                              "memory: %s is in use by another svlm (it holds %s); give each stream "
                              "and server a directory of its own",
                              m->dir, path);
+        }
     }
     path_of(m, path, sizeof path, "MANIFEST");
     size_t n = 0;

@@ -188,6 +188,23 @@ static void empty_bank_leaves_nothing(void) {
     svlm_memory_free(open_bank(dir, &r));
     struct stat sb;
     CHECK(stat(dir, &sb) != 0, "%s is still there after an empty bank closed", dir);
+    /* a second writer refused while the first holds the (still empty) bank takes nothing away: it
+     * removed the holder's LOCK and directory, and a third writer then got in */
+    svlm_memory *held = open_bank(dir, &r);
+    svlm_memory_opts o;
+    svlm_memory_opts_default(&o);
+    o.dim = DIM;
+    o.dir = dir;
+    svlm_memory *second = NULL, *third = NULL;
+    svlm_err e2 = {0};
+    CHECK(svlm_memory_create(&o, &second, &e2) == SVLM_E_IO && strstr(e2.msg, "in use"), "second writer: %s",
+          e2.msg);
+    svlm_memory_free(second);
+    CHECK(stat(dir, &sb) == 0, "the refused writer removed the holder's directory");
+    CHECK(svlm_memory_create(&o, &third, &e2) == SVLM_E_IO, "a third writer got in beside the first");
+    svlm_memory_free(third);
+    svlm_memory_free(held);
+    CHECK(stat(dir, &sb) != 0, "%s is still there after the holder closed it empty", dir);
     svlm_memory *m = open_bank(dir, &r);
     synth s;
     synth_init(&s, T_TOK, DIM, 6);
