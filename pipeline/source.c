@@ -21,9 +21,9 @@
 #include "pipeline/timeline.h"
 
 #define PENDING_MAX 4
-/* A recording read through GStreamer that gives no frame for this many stall timeouts (30 s by
- * default) is over: an animated GIF's pipeline (avdemux_gif) never ends, and the replay waited for
- * ever, a thread at 100%. */
+/* A recording read from a local file through GStreamer that gives no frame for this many stall
+ * timeouts (30 s by default) is over: an animated GIF's pipeline (avdemux_gif) never ends, and the replay
+ * waited for ever, a thread at 100%. */
 #define GST_REPLAY_STALLS 6
 
 struct svlm_source {
@@ -100,9 +100,9 @@ static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
 
 /* Whether an HLS playlist is finished (#EXT-X-ENDLIST: video on demand), bounded by the open
  * timeout: read as text where FFmpeg can fetch it, else through a probe of its own (it reads
- * segments too): a finished playlist has a duration, a live one none. *target_s (may be NULL): its
- * target duration when read (0 otherwise). */
-static int finished_playlist(const char *uri, const svlm_source_opts *opts, double *target_s) {
+ * segments too; not when may_probe is 0): a finished playlist has a duration, a live one none.
+ * *target_s (may be NULL): its target duration when read (0 otherwise). */
+static int finished_playlist(const char *uri, const svlm_source_opts *opts, double *target_s, int may_probe) {
     if (target_s) *target_s = 0;
     svlm_ingest_ctl ctl;
     svlm_ctl_init(&ctl, 0);
@@ -112,7 +112,7 @@ static int finished_playlist(const char *uri, const svlm_source_opts *opts, doub
     svlm_err ferr = {0};
     const svlm_status fs = svlm_hls_fetch(uri, &ctl, &pl, &ferr);
     if (fs == SVLM_OK && target_s) *target_s = pl.target_duration;
-    if (fs != SVLM_E_UNSUPPORTED) return fs == SVLM_OK && pl.finished;
+    if (fs != SVLM_E_UNSUPPORTED || !may_probe) return fs == SVLM_OK && pl.finished;
     svlm_source_opts po = *opts;
     po.live = 1;
     svlm_probe_info info;
@@ -239,7 +239,7 @@ static int hls_lost(svlm_source *s, svlm_status st, char *why, size_t n) {
     svlm_err perr = {0};
     const svlm_status fs = fetch_playlist(s, &pl, &perr);
     if (fs == SVLM_E_UNSUPPORTED) /* (no FFmpeg to read it with: ask a probe) */
-        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts, NULL);
+        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts, NULL, 1);
     if (fs != SVLM_OK) return 0; /* unreachable now: reconnect as any source does */
     if (pl.finished && st == SVLM_E_END) return 1;
     s->hls_played = svlm_hls_last_seq(&pl);
@@ -258,14 +258,17 @@ static svlm_status hls_ready(svlm_source *s, svlm_err *err) {
     svlm_hls_playlist pl;
     if (fetch_playlist(s, &pl, err) != SVLM_OK) return SVLM_OK; /* the open says what is wrong */
     const int64_t last = svlm_hls_last_seq(&pl), fresh = last - s->hls_played;
+    if (last < s->hls_played) { /* an encoder that started over, numbering from 0 again: a new stream */
+        s->hls_played = -1;
+        return SVLM_OK;
+    }
     if (fresh <= 0 && pl.finished) return svlm_fail(err, SVLM_E_END, "the playlist has finished");
     if (fresh <= 0)
         return svlm_fail(err, SVLM_E_AGAIN,
                          "the live playlist lists no segment after #%lld (has its encoder stopped?)",
                          (long long)s->hls_played);
-    /* (a playlist that started over at a lower number, or skipped ahead: its last few, as the
-     * backend would) */
-    if (fresh < pl.n_segments) s->hls_start = -(int)fresh;
+    /* (a playlist that skipped ahead past what it lists: its last few, as the backend would) */
+    if (fresh <= pl.n_segments) s->hls_start = -(int)fresh;
     return SVLM_OK;
 }
 
@@ -411,7 +414,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
     double segment_s = 0; /* a live HLS playlist's target duration */
     if (s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls && opts.live != 0 &&
-        finished_playlist(uri, &opts, &segment_s) && opts.live < 0)
+        finished_playlist(uri, &opts, &segment_s, opts.live < 0) && opts.live < 0)
         s->live = 0; /* a VOD playlist would otherwise play again from its start at every end */
     opts.live = s->live;
     s->opts = opts;
@@ -427,7 +430,10 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
      * built-in pattern cannot stall (its own pacing, or the process being stopped, is no stall). */
     svlm_ctl_init(&s->ctl, s->live && s->uri.kind != SVLM_URI_PATTERN ? opts.stall_timeout_s : 0);
 #ifdef SVLM_HAVE_GST
-    if (!s->live && s->ops == &svlm_gst_backend)
+    /* (local files only: a recording over the network that pauses is waited for, as before) */
+    const int local = s->uri.kind == SVLM_URI_FILE ||
+                      (s->uri.kind == SVLM_URI_GST && strstr(s->uri.target, "filesrc") != NULL);
+    if (!s->live && local && s->ops == &svlm_gst_backend)
         s->ctl.stall_timeout_s = GST_REPLAY_STALLS * opts.stall_timeout_s;
 #endif
     /* a live HLS playlist delivers a segment at a time, a target duration apart (6 s is usual): a
@@ -498,6 +504,14 @@ static int pace(svlm_source *s, double pts) {
     return wait > 0 ? svlm_ctl_sleep(&s->ctl, wait) : 0;
 }
 
+/* The source's name for a message, without its passwords (one URL's login ends only at /?#). */
+static void safe_name(const svlm_source *s, char *out, size_t n) {
+    if (s->uri.kind == SVLM_URI_GST)
+        svlm_uri_redact(s->uri.target, out, n);
+    else
+        svlm_uri_redact_source(s->uri.target, out, n);
+}
+
 static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err *err) {
     if (s->n_pending) {
         pending_pop(s, item);
@@ -527,7 +541,7 @@ static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err 
     } else if (st != SVLM_E_CANCELLED && atomic_load(&s->ctl.stop_reason) == SVLM_STOP_STALL &&
                atomic_load(&s->ctl.decoded) > 0) { /* see GST_REPLAY_STALLS */
         char safe[512];
-        svlm_uri_redact(s->uri.target, safe, sizeof safe);
+        safe_name(s, safe, sizeof safe);
         fprintf(stderr, "svlm: %s: GStreamer gave no frame for %.0f s after %lld: taken as its end\n", safe,
                 s->ctl.stall_timeout_s, (long long)atomic_load(&s->ctl.decoded));
         event_item(&ev, SVLM_EVENT_EOS, 0, 0, NULL);
@@ -537,7 +551,7 @@ static svlm_status next_replay(svlm_source *s, svlm_source_item *item, svlm_err 
     } else if (st == SVLM_E_END && atomic_load(&s->ctl.decoded) == 0) {
         /* a recording that ends without one decodable frame is no video, not an empty one */
         char safe[512];
-        svlm_uri_redact(s->uri.target, safe, sizeof safe);
+        safe_name(s, safe, sizeof safe);
         const long long bad = atomic_load(&s->ctl.corrupt);
         char count[64] = "";
         if (bad) snprintf(count, sizeof count, ", %lld damaged packets or frames", bad);

@@ -17,7 +17,7 @@ static int interrupt_cb(void *opaque) {
 svlm_status svlm_ff_fail(svlm_err *err, int averr, const char *what, const char *target) {
     char msg[AV_ERROR_MAX_STRING_SIZE] = {0}, safe[512];
     av_strerror(averr, msg, sizeof msg);
-    svlm_uri_redact(target, safe, sizeof safe);
+    svlm_uri_redact_source(target, safe, sizeof safe); /* (one URL: its login ends only at /?#) */
     if (averr == AVERROR_EXIT) return svlm_fail(err, SVLM_E_CANCELLED, "%s %s: interrupted", what, safe);
     if (averr == AVERROR(ENOENT)) return svlm_fail(err, SVLM_E_IO, "%s %s: no such file", what, safe);
     if (averr == AVERROR(ECONNREFUSED))
@@ -54,7 +54,7 @@ static svlm_status open_fail(const svlm_backend_args *a, int averr, const char *
     if (why == SVLM_STOP_CANCEL) return svlm_ff_fail(err, AVERROR_EXIT, what, a->uri->target);
     if (why == SVLM_STOP_OPEN_TIMEOUT) {
         char safe[512];
-        svlm_uri_redact(a->uri->target, safe, sizeof safe);
+        svlm_uri_redact_source(a->uri->target, safe, sizeof safe);
         return svlm_fail(err, SVLM_E_IO,
                          "%s %s: no answer within %g s (check the host, port and path; --open-timeout S "
                          "waits longer)",

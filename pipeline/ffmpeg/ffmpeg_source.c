@@ -112,7 +112,7 @@ static svlm_status ff_open(void **out, const svlm_backend_args *a, svlm_err *err
     ff_ctx *c = calloc(1, sizeof *c);
     if (!c) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     c->uri = a->uri;
-    svlm_uri_redact(c->uri->target, c->safe, sizeof c->safe);
+    svlm_uri_redact_source(c->uri->target, c->safe, sizeof c->safe);
     c->ctl = a->ctl;
     c->sampler = a->sampler;
     c->opts = *a->opts;

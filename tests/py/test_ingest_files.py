@@ -327,13 +327,14 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def camera(self):
-        """An MJPEG camera over HTTP: 5 frames a second for 4 s, no timestamps of its own."""
+        """An MJPEG camera over HTTP: 5 frames a second for 12 s (more than the client stays: a slow
+        open must not cut the span it measures), no timestamps of its own."""
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
         t0 = time.monotonic()
         try:
-            for n in range(20):
+            for n in range(60):
                 time.sleep(max(0.0, t0 + n / 5 - time.monotonic()))
                 j = CAM_JPEGS[n % len(CAM_JPEGS)]
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(j)
@@ -425,6 +426,10 @@ for be in BACKENDS:
     rc, frames, _, err = run_frames(f"{login}/zero_mjpeg.mkv", "--backend", be, "--fps", "1")
     check(rc == 0 and len(frames) == 4 and "s3cret" not in err and "http://***@" in err,
           f"http with a login/{be}: rc {rc}, {len(frames)} frames, {err[:300]!r}")
+    # nor a password with a space in it, nor one in the query
+    p = run_svlm("frames", "rtsp://bob:pa ss@127.0.0.1:1/x?password=zz9", "--backend", be, "--open-timeout", "2")
+    check(p.returncode == 1 and "pa ss" not in p.stderr and "zz9" not in p.stderr,
+          f"rtsp password in a message/{be}: {p.stderr[-300:]!r}")
     rc, frames, _, err = run_frames(f"{base}/hls/local.m3u8", "--backend", be, "--fps", "2", "--replay")
     check(rc == 1 and not frames, f"hls naming a local file/{be}: rc {rc}, {len(frames)} frames {err[:200]}")
     p = run_svlm("frames", f"{base}/missing.mp4", "--backend", be, "--open-timeout", "5")

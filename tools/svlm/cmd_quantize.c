@@ -135,6 +135,7 @@ int cmd_quantize(int argc, char **argv) {
         if (to == t->type) {
             if (gguf_writer_write_data(w, t->data, t->nbytes, &err)) goto fail;
             report_progress(i + 1, f->n_tensors, tty);
+            drawn = tty;
             continue;
         }
         size_t in_row = svlm_row_bytes(t->type, t->ne[0]), out_row = svlm_row_bytes(to, t->ne[0]);
