@@ -63,6 +63,7 @@ struct svlm_source {
      * the next open starts (see svlm_backend_args.hls_start) */
     int64_t hls_played;
     int hls_start;
+    int64_t hls_seen; /* its last segment's number when last read (-1: never read) */
 };
 
 void svlm_source_opts_default(svlm_source_opts *o) {
@@ -101,9 +102,12 @@ static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
 /* Whether an HLS playlist is finished (#EXT-X-ENDLIST: video on demand), bounded by the open
  * timeout: read as text where FFmpeg can fetch it, else through a probe of its own (it reads
  * segments too; not when may_probe is 0): a finished playlist has a duration, a live one none.
- * *target_s (may be NULL): its target duration when read (0 otherwise). */
-static int finished_playlist(const char *uri, const svlm_source_opts *opts, double *target_s, int may_probe) {
+ * *target_s and *last_seq (may be NULL): its target duration and last segment's number when read
+ * (0 and -1 otherwise). */
+static int finished_playlist(const char *uri, const svlm_source_opts *opts, double *target_s,
+                             int64_t *last_seq, int may_probe) {
     if (target_s) *target_s = 0;
+    if (last_seq) *last_seq = -1;
     svlm_ingest_ctl ctl;
     svlm_ctl_init(&ctl, 0);
     ctl.abort_flag = opts->abort_flag;
@@ -112,6 +116,7 @@ static int finished_playlist(const char *uri, const svlm_source_opts *opts, doub
     svlm_err ferr = {0};
     const svlm_status fs = svlm_hls_fetch(uri, &ctl, &pl, &ferr);
     if (fs == SVLM_OK && target_s) *target_s = pl.target_duration;
+    if (fs == SVLM_OK && last_seq) *last_seq = svlm_hls_last_seq(&pl);
     if (fs != SVLM_E_UNSUPPORTED || !may_probe) return fs == SVLM_OK && pl.finished;
     svlm_source_opts po = *opts;
     po.live = 1;
@@ -239,10 +244,14 @@ static int hls_lost(svlm_source *s, svlm_status st, char *why, size_t n) {
     svlm_err perr = {0};
     const svlm_status fs = fetch_playlist(s, &pl, &perr);
     if (fs == SVLM_E_UNSUPPORTED) /* (no FFmpeg to read it with: ask a probe) */
-        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts, NULL, 1);
+        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts, NULL, NULL, 1);
     if (fs != SVLM_OK) return 0; /* unreachable now: reconnect as any source does */
     if (pl.finished && st == SVLM_E_END) return 1;
-    s->hls_played = svlm_hls_last_seq(&pl);
+    const int64_t last = svlm_hls_last_seq(&pl);
+    /* numbered below what it listed when opened: its encoder started over meanwhile, and what it
+     * lists now is new (reopened at once) */
+    s->hls_played = last < s->hls_seen ? -1 : last;
+    s->hls_seen = last;
     if (st == SVLM_E_END)
         snprintf(why, n,
                  "end of stream: the live playlist lists no segment after #%lld (has its encoder stopped?)",
@@ -258,6 +267,7 @@ static svlm_status hls_ready(svlm_source *s, svlm_err *err) {
     svlm_hls_playlist pl;
     if (fetch_playlist(s, &pl, err) != SVLM_OK) return SVLM_OK; /* the open says what is wrong */
     const int64_t last = svlm_hls_last_seq(&pl), fresh = last - s->hls_played;
+    s->hls_seen = last;
     if (last < s->hls_played) { /* an encoder that started over, numbering from 0 again: a new stream */
         s->hls_played = -1;
         return SVLM_OK;
@@ -386,7 +396,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     svlm_source *s = calloc(1, sizeof *s);
     if (!s) return svlm_fail(err, SVLM_E_NOMEM, "out of memory");
     s->fifo_fd = -1;
-    s->hls_played = -1;
+    s->hls_played = s->hls_seen = -1;
     st = svlm_uri_parse(uri, &s->uri, err);
     if (st == SVLM_OK && s->uri.kind == SVLM_URI_FILE) {
         struct stat sb;
@@ -414,7 +424,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
     double segment_s = 0; /* a live HLS playlist's target duration */
     if (s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls && opts.live != 0 &&
-        finished_playlist(uri, &opts, &segment_s, opts.live < 0) && opts.live < 0)
+        finished_playlist(uri, &opts, &segment_s, &s->hls_seen, opts.live < 0) && opts.live < 0)
         s->live = 0; /* a VOD playlist would otherwise play again from its start at every end */
     opts.live = s->live;
     s->opts = opts;

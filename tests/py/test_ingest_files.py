@@ -393,26 +393,32 @@ for be in BACKENDS:
           len(frames) >= 10, f"hls live then finished/{be}: rc {rc}, {len(frames)} frames, {stats} {err[:200]}")
     # a live playlist whose encoder died (no new segment, no end): played once, then the stream
     # waits for a new segment (reopened as it was, it played its last segments again, old frames
-    # as new ones, every few seconds); the one added 10 s in is what the reopened stream fetches
-    # (FFmpeg; GStreamer waits too, then starts a few segments before it: not run, 15 s)
-    def playlist(names):
-        return "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n" + "".join(
+    # as new ones, every few seconds); the one added 10 s in is what the reopened stream fetches.
+    # Then the encoder starts over, numbering from 0 (16 s in): a new stream, fetched at once (it
+    # was waited on until the new numbers passed the old). (FFmpeg; GStreamer waits too, then
+    # starts a few segments before the new one: not run, 25 s.)
+    def playlist(names, first=0):
+        return "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:%d\n" % first + "".join(
             "#EXTINF:2.0,\n%s\n" % n for n in names)
     if be == "ffmpeg":
         stale = os.path.join(hls_dir, "stale.m3u8")
         open(stale, "w").write(playlist(segs[:2]))
         added = threading.Timer(10.0, lambda: open(stale, "w").write(playlist(segs[:3])))
+        restarted = threading.Timer(16.0, lambda: open(stale, "w").write(playlist(segs[:1])))
         del requests[:]
         added.start()
-        t_added = time.monotonic() + 10.0
+        restarted.start()
+        t_added, t_restarted = time.monotonic() + 10.0, time.monotonic() + 16.0
         rc, frames, events, err = run_frames(f"{base}/hls/stale.m3u8", "--backend", be, "--fps", "2",
-                                             "--duration", "20", "--stall-timeout", "2", timeout=60)
+                                             "--duration", "25", "--stall-timeout", "2", timeout=60)
         added.join()
+        restarted.join()
         stats = [e for e in events if e.get("event") == "stats"]
-        later = [p.rsplit("/", 1)[-1] for t, p in requests if t > t_added and p.endswith(".ts")]
-        check(rc == 0 and stats and stats[-1]["reconnects"] == 1 and later == [segs[2]],
-              f"hls live, encoder stopped/{be}: rc {rc}, {stats}, segments fetched once one was added: {later} "
-              f"{[e for e in events if e.get('event') == 'disconnect']} {err[-200:]}")
+        later = [p.rsplit("/", 1)[-1] for t, p in requests if t_added < t < t_restarted and p.endswith(".ts")]
+        again = [p.rsplit("/", 1)[-1] for t, p in requests if t > t_restarted and p.endswith(".ts")]
+        check(rc == 0 and stats and stats[-1]["reconnects"] == 2 and later == [segs[2]] and segs[0] in again,
+              f"hls live, encoder stopped/{be}: rc {rc}, {stats}, segments fetched once one was added: {later}, "
+              f"once it started over: {again} {[e for e in events if e.get('event') == 'disconnect']} {err[-200:]}")
     # an MJPEG camera (no timestamps of its own) is timed by the frames' arrival: GStreamer's
     # decoder counted them at a guessed 25 fps, a 5 fps camera's 3 s became 0.6 s
     cam = f"{base}/cam.mjpg" if be == "ffmpeg" else \
