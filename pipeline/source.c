@@ -64,6 +64,7 @@ struct svlm_source {
     int64_t hls_played;
     int hls_start;
     int64_t hls_seen; /* its last segment's number when last read (-1: never read) */
+    int hls_resync;   /* lost while its server was down too: what it played is not known */
 };
 
 void svlm_source_opts_default(svlm_source_opts *o) {
@@ -103,11 +104,13 @@ static svlm_status check_opts(const svlm_source_opts *o, svlm_err *err) {
  * timeout: read as text where FFmpeg can fetch it, else through a probe of its own (it reads
  * segments too; not when may_probe is 0): a finished playlist has a duration, a live one none.
  * *target_s and *last_seq (may be NULL): its target duration and last segment's number when read
- * (0 and -1 otherwise). */
+ * (0 and -1 otherwise). fetch_err (may be NULL): why it could not be read (status SVLM_OK when it
+ * was, or when this build cannot read it). */
 static int finished_playlist(const char *uri, const svlm_source_opts *opts, double *target_s,
-                             int64_t *last_seq, int may_probe) {
+                             int64_t *last_seq, int may_probe, svlm_err *fetch_err) {
     if (target_s) *target_s = 0;
     if (last_seq) *last_seq = -1;
+    if (fetch_err) memset(fetch_err, 0, sizeof *fetch_err);
     svlm_ingest_ctl ctl;
     svlm_ctl_init(&ctl, 0);
     ctl.abort_flag = opts->abort_flag;
@@ -117,6 +120,7 @@ static int finished_playlist(const char *uri, const svlm_source_opts *opts, doub
     const svlm_status fs = svlm_hls_fetch(uri, &ctl, &pl, &ferr);
     if (fs == SVLM_OK && target_s) *target_s = pl.target_duration;
     if (fs == SVLM_OK && last_seq) *last_seq = svlm_hls_last_seq(&pl);
+    if (fs != SVLM_OK && fs != SVLM_E_UNSUPPORTED && fetch_err) *fetch_err = ferr;
     if (fs != SVLM_E_UNSUPPORTED || !may_probe) return fs == SVLM_OK && pl.finished;
     svlm_source_opts po = *opts;
     po.live = 1;
@@ -244,8 +248,11 @@ static int hls_lost(svlm_source *s, svlm_status st, char *why, size_t n) {
     svlm_err perr = {0};
     const svlm_status fs = fetch_playlist(s, &pl, &perr);
     if (fs == SVLM_E_UNSUPPORTED) /* (no FFmpeg to read it with: ask a probe) */
-        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts, NULL, NULL, 1);
-    if (fs != SVLM_OK) return 0; /* unreachable now: reconnect as any source does */
+        return st == SVLM_E_END && finished_playlist(s->uri.target, &s->opts, NULL, NULL, 1, NULL);
+    if (fs != SVLM_OK) { /* unreachable now: what was played is read once it answers again */
+        s->hls_resync = 1;
+        return 0;
+    }
     if (pl.finished && st == SVLM_E_END) return 1;
     const int64_t last = svlm_hls_last_seq(&pl);
     /* numbered below what it listed when opened: its encoder started over meanwhile, and what it
@@ -263,10 +270,20 @@ static int hls_lost(svlm_source *s, svlm_status st, char *why, size_t n) {
  * starts at the first of them), E_AGAIN while it has none, E_END when it finished without any. */
 static svlm_status hls_ready(svlm_source *s, svlm_err *err) {
     s->hls_start = 0;
-    if (s->hls_played < 0) return SVLM_OK;
+    if (s->hls_played < 0 && !s->hls_resync) return SVLM_OK;
     svlm_hls_playlist pl;
     if (fetch_playlist(s, &pl, err) != SVLM_OK) return SVLM_OK; /* the open says what is wrong */
     const int64_t last = svlm_hls_last_seq(&pl), fresh = last - s->hls_played;
+    if (s->hls_resync) { /* lost with its server: it came back listing these, taken as played (a live
+                          * stream resumes at now; reopened at once, its last segments came again) */
+        s->hls_resync = 0;
+        s->hls_seen = last;
+        if (last >= s->hls_played || s->hls_played < 0) {
+            s->hls_played = last;
+            return svlm_fail(err, SVLM_E_AGAIN,
+                             "the live playlist is back; waiting for a segment after #%lld", (long long)last);
+        }
+    }
     s->hls_seen = last;
     if (last < s->hls_played) { /* an encoder that started over, numbering from 0 again: a new stream */
         s->hls_played = -1;
@@ -423,9 +440,17 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
     }
     s->live = opts.live >= 0 ? opts.live != 0 : svlm_uri_default_live(&s->uri);
     double segment_s = 0; /* a live HLS playlist's target duration */
+    svlm_err unread = {0};
     if (s->uri.kind == SVLM_URI_HTTP && s->uri.is_hls && opts.live != 0 &&
-        finished_playlist(uri, &opts, &segment_s, &s->hls_seen, opts.live < 0) && opts.live < 0)
+        finished_playlist(uri, &opts, &segment_s, &s->hls_seen, opts.live < 0, &unread) && opts.live < 0)
         s->live = 0; /* a VOD playlist would otherwise play again from its start at every end */
+    /* a playlist that could not be read is the open's failure: the backend's open after it took a
+     * second open timeout (20 s for "no answer within 10 s") */
+    if (unread.status != SVLM_OK && unread.status != SVLM_E_CANCELLED && missing == SVLM_OK) {
+        s->first_err = unread;
+        svlm_redact_in_place(s->first_err.msg, sizeof s->first_err.msg);
+        missing = unread.status;
+    }
     opts.live = s->live;
     s->opts = opts;
     /* (a gst: pipeline opened live is a camera too: a webcam's, say) */

@@ -104,7 +104,9 @@ static void mask_values(char *s, const char *const *keys, const char *starts, co
     }
 }
 
-static const char *const url_keys[] = {"password=", "passwd=", "pass=", "pwd=", "token=", NULL};
+static const char *const url_keys[] = {
+    "password=", "passwd=", "pass=",   "pwd=",  "token=", "access_token=", "api_key=",
+    "apikey=",   "key=",    "secret=", "auth=", "sig=",   "signature=",    NULL};
 static const char *const gst_keys[] = {"user-pw=", "proxy-pw=", NULL};
 
 void svlm_uri_redact(const char *s, char *out, size_t n) {

@@ -76,6 +76,8 @@ static void test_uri(void) {
         {"http://cam/video.cgi?user=admin&password=hunter2&res=hi",
          "http://cam/video.cgi?user=admin&password=***&res=hi"},
         {"http://cam/v?pwd=ab", "http://cam/v?pwd=**"},
+        {"https://cdn/live.m3u8?access_token=abcdef&api_key=123456&res=hi",
+         "https://cdn/live.m3u8?access_token=***&api_key=***&res=hi"},
         {"gst:rtspsrc location=rtsp://u:p@cam/x user-id=u user-pw=secret ! decodebin",
          "gst:rtspsrc location=rtsp://***@cam/x user-id=u user-pw=*** ! decodebin"},
         {"/videos/a b.mp4", "/videos/a b.mp4"},

@@ -14,6 +14,22 @@ static int stop_cb(void *opaque) {
     return svlm_ctl_should_stop(opaque) != SVLM_STOP_NONE;
 }
 
+/* A failed open or read: the open timeout as "no answer" (as an open of the stream says it), a
+ * cancel as such, else FFmpeg's error. */
+static svlm_status stopped(svlm_ingest_ctl *ctl, int rc, const char *url, svlm_err *err) {
+    const svlm_stop_reason why = svlm_ctl_should_stop(ctl);
+    if (why == SVLM_STOP_OPEN_TIMEOUT) {
+        char safe[512];
+        svlm_uri_redact_source(url, safe, sizeof safe);
+        return svlm_fail(err, SVLM_E_IO,
+                         "cannot read the playlist %s: no answer in time (check the host, port and path; "
+                         "--open-timeout S waits longer)",
+                         safe);
+    }
+    if (why) return svlm_ctl_stop_error(ctl, err, "HLS playlist");
+    return svlm_ff_fail(err, rc, "cannot read the playlist", url);
+}
+
 /* The body at url into a new buffer (*text, *len), network protocols only. */
 static svlm_status download(const char *url, svlm_ingest_ctl *ctl, char **text, size_t *len, svlm_err *err) {
     *text = NULL, *len = 0;
@@ -24,9 +40,7 @@ static svlm_status download(const char *url, svlm_ingest_ctl *ctl, char **text, 
     AVIOContext *pb = NULL;
     int rc = avio_open2(&pb, url, AVIO_FLAG_READ, &icb, &opts);
     av_dict_free(&opts);
-    if (rc < 0)
-        return rc == AVERROR_EXIT ? svlm_ctl_stop_error(ctl, err, "HLS playlist")
-                                  : svlm_ff_fail(err, rc, "cannot read the playlist", url);
+    if (rc < 0) return stopped(ctl, rc, url, err);
     size_t cap = 16384;
     char *buf = malloc(cap);
     svlm_status st = buf ? SVLM_OK : svlm_fail(err, SVLM_E_NOMEM, "out of memory");
@@ -42,8 +56,7 @@ static svlm_status download(const char *url, svlm_ingest_ctl *ctl, char **text, 
         const int n = avio_read(pb, (unsigned char *)buf + *len, (int)(cap - *len));
         if (n == AVERROR_EOF || n == 0) break;
         if (n < 0)
-            st = n == AVERROR_EXIT ? svlm_ctl_stop_error(ctl, err, "HLS playlist")
-                                   : svlm_ff_fail(err, n, "cannot read the playlist", url);
+            st = stopped(ctl, n, url, err);
         else
             *len += (size_t)n;
     }
