@@ -132,10 +132,12 @@ static void *reader(void *arg) {
         }
         double now = eng_wall();
         pthread_mutex_lock(&e->lock);
-        if (s->last_wall > 0 && now > s->last_wall) {
-            double fps = 1.0 / (now - s->last_wall);
-            s->fps_ema = s->fps_ema > 0 ? 0.8 * s->fps_ema + 0.2 * fps : fps;
-        }
+        const int cap = (int)(sizeof s->arrivals / sizeof s->arrivals[0]);
+        s->arrivals[s->n_arrivals % cap] = now;
+        s->n_arrivals++;
+        const int n = s->n_arrivals < cap ? s->n_arrivals : cap;
+        const double oldest = s->arrivals[(s->n_arrivals - n) % cap];
+        if (n > 1 && now > oldest) s->fps_recent = (n - 1) / (now - oldest);
         s->last_wall = now;
         s->video_time = item.frame.pts + s->time_offset; /* the stream's clock, its memory's too */
         keep_latest(s, &item.frame);
@@ -316,7 +318,7 @@ static void fill(eng *e, eng_stream *s, svlm_backend_stream_status *o) {
     o->live = svlm_source_is_live(s->src);
     /* the average over the frames that came decays while none comes: at most one over the time
      * since the last one (a stream reconnecting for 40 s is at 0.025), and none once it is over */
-    o->fps_in = s->fps_ema;
+    o->fps_in = s->fps_recent;
     const double since = eng_wall() - s->last_wall;
     if (!strcmp(s->state, "ended") || !strcmp(s->state, "failed"))
         o->fps_in = 0;

@@ -48,7 +48,11 @@ typedef struct eng_stream {
     char state[16];
     char reason[512]; /* why the source is down or failed ("": it is not) */
     int64_t reconnects;
-    double fps_ema, last_wall, video_time; /* last_wall: the last frame's arrival (eng_wall) */
+    double fps_recent, last_wall, video_time; /* last_wall: the last frame's arrival (eng_wall) */
+    /* the last arrivals (a ring): the rate over them (an average of 1/gap read 90 fps for a 1 fps
+     * HLS stream, whose frames come a segment at a time, milliseconds apart) */
+    double arrivals[16];
+    int n_arrivals;
     double time_offset; /* a resumed memory bank's clock: added to the source's frame times */
 } eng_stream;
 
