@@ -324,6 +324,8 @@ static svlm_status reconnect(svlm_source *s, const char *why, svlm_err *err) {
             return SVLM_OK;
         }
         if (st == SVLM_E_CANCELLED) return svlm_fail(err, st, "source cancelled");
+        /* why it is still down, as it changes (the disconnect's reason stayed all along) */
+        push_event(s, SVLM_EVENT_RETRY, 1, attempt, 0, last.msg);
         if (s->opts.max_reconnects >= 0 && attempt >= s->opts.max_reconnects)
             return svlm_fail(err, st, "gave up after %d reconnect attempt%s: %s", attempt,
                              attempt == 1 ? "" : "s", last.msg);

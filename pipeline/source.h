@@ -107,6 +107,7 @@ typedef enum svlm_source_event_kind {
     SVLM_EVENT_DISCONNECT, /* the stream ended or failed; a reconnect follows (detail says why) */
     SVLM_EVENT_RECONNECT,  /* reopened after `count` attempts, `seconds` after the disconnect */
     SVLM_EVENT_EOS,        /* end of stream; the next call returns SVLM_E_END */
+    SVLM_EVENT_RETRY,      /* `count` reconnect attempts failed, the last for `detail`; more follow */
 } svlm_source_event_kind;
 
 typedef struct svlm_source_event {

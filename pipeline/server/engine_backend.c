@@ -120,7 +120,8 @@ static void *reader(void *arg) {
             if (ev->kind == SVLM_EVENT_RECONNECT) { /* the source's running count: merged events count too */
                 s->reconnects = ev->total, snprintf(s->state, sizeof s->state, "running");
                 s->reason[0] = 0;
-            } else if (ev->kind == SVLM_EVENT_STALL || ev->kind == SVLM_EVENT_DISCONNECT) {
+            } else if (ev->kind == SVLM_EVENT_STALL || ev->kind == SVLM_EVENT_DISCONNECT ||
+                       ev->kind == SVLM_EVENT_RETRY) {
                 /* (a stall is followed at once by its disconnect: the reason keeps saying so) */
                 snprintf(s->state, sizeof s->state, "%s",
                          ev->kind == SVLM_EVENT_STALL ? "stalled" : "reconnecting");

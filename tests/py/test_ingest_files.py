@@ -416,6 +416,9 @@ for be in BACKENDS:
         stats = [e for e in events if e.get("event") == "stats"]
         later = [p.rsplit("/", 1)[-1] for t, p in requests if t_added < t < t_restarted and p.endswith(".ts")]
         again = [p.rsplit("/", 1)[-1] for t, p in requests if t > t_restarted and p.endswith(".ts")]
+        # while it waits, each attempt says why it is still down (the disconnect's reason stayed)
+        retries = [e.get("detail", "") for e in events if e.get("event") == "retry"]
+        check(any("no segment after #1" in r for r in retries), f"hls live, encoder stopped: retries {retries}")
         check(rc == 0 and stats and stats[-1]["reconnects"] == 2 and later == [segs[2]] and segs[0] in again,
               f"hls live, encoder stopped/{be}: rc {rc}, {stats}, segments fetched once one was added: {later}, "
               f"once it started over: {again} {[e for e in events if e.get('event') == 'disconnect']} {err[-200:]}")

@@ -67,8 +67,8 @@ static void print_stats(const svlm_source *src, const char *reason, int json) {
 }
 
 static void print_event(const svlm_source_event *e, const svlm_source *src, int json) {
-    static const char *names[] = {"?", "drop", "corrupt", "stall", "disconnect", "reconnect", "eos"};
-    const char *name = e->kind >= 1 && e->kind <= SVLM_EVENT_EOS ? names[e->kind] : "?";
+    static const char *names[] = {"?", "drop", "corrupt", "stall", "disconnect", "reconnect", "eos", "retry"};
+    const char *name = e->kind >= 1 && e->kind <= SVLM_EVENT_RETRY ? names[e->kind] : "?";
     if (!json) {
         fprintf(stdout, "event %s count %lld total %lld%s%s\n", name, (long long)e->count,
                 (long long)e->total, e->detail[0] ? ": " : "", e->detail);
@@ -81,6 +81,9 @@ static void print_event(const svlm_source_event *e, const svlm_source *src, int 
         printf(",\"count\":%lld,\"total\":%lld", (long long)e->count, (long long)e->total);
         break;
     case SVLM_EVENT_STALL: printf(",\"seconds\":%.3f", e->seconds); break;
+    case SVLM_EVENT_RETRY:
+        printf(",\"failed\":%lld,\"attempt\":%lld", (long long)e->count, (long long)e->total);
+        break;
     case SVLM_EVENT_RECONNECT:
         printf(",\"attempts\":%lld,\"total\":%lld,\"downtime\":%.3f", (long long)e->count,
                (long long)e->total, e->seconds);
