@@ -448,7 +448,7 @@ svlm_status svlm_source_open(svlm_source **out, const char *uri, const svlm_sour
         s->live = 0; /* a VOD playlist would otherwise play again from its start at every end */
     /* a playlist that could not be read is the open's failure: the backend's open after it took a
      * second open timeout (20 s for "no answer within 10 s") */
-    if (unread.status != SVLM_OK && unread.status != SVLM_E_CANCELLED && missing == SVLM_OK) {
+    if (unread.status == SVLM_E_IO && missing == SVLM_OK) { /* (a text it cannot parse: the backend tries) */
         s->first_err = unread;
         svlm_redact_in_place(s->first_err.msg, sizeof s->first_err.msg);
         missing = unread.status;
