@@ -216,6 +216,7 @@ static void empty_bank_leaves_nothing(void) {
     }
     REQUIRE(svlm_memory_flush(m, &err) == SVLM_OK, "%s", err.msg);
     svlm_memory_free(m);
+    synth_free(&s);
     CHECK(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode), "a bank that kept frames lost its directory");
     m = open_bank(dir, &r);
     CHECK(r.loaded > 0, "the kept bank reopens with its entries (%d)", r.loaded);
